@@ -1,0 +1,83 @@
+/* flow.h - the flowkit runtime API: context, errors, plugin registry.
+ * Model building and execution calls are added by the runtime (docs/). */
+#ifndef FLOW_H
+#define FLOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flow/flow_version.h"
+#include "flow/flow_plugin.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+# define FLOW_API __attribute__((visibility("default")))
+#else
+# define FLOW_API
+#endif
+
+/* A context owns the plugin registry and the last error message.  One
+ * context is used by one thread at a time; separate contexts are
+ * independent. */
+typedef struct flow_ctx flow_ctx;
+
+/* Version of the library actually linked (compare FLOW_VERSION_STRING).
+ * Static string, not to be freed. */
+FLOW_API const char *flow_version(void);
+FLOW_API int flow_version_number(void);
+/* "float32" or "float64": the precision the library computes in. */
+FLOW_API const char *flow_precision(void);
+
+/* New context, or NULL when out of memory.  Free with flow_ctx_free. */
+FLOW_API flow_ctx *flow_ctx_new(void);
+FLOW_API void flow_ctx_free(flow_ctx *ctx);
+
+/* Message of the last failed call on ctx ("" if none).  Owned by ctx,
+ * valid until the next call on ctx. */
+FLOW_API const char *flow_errmsg(const flow_ctx *ctx);
+
+/* --- plugins --------------------------------------------------------- */
+
+/* Directories searched for plugins, in order: the entries of
+ * FLOW_PLUGIN_PATH (colon-separated, empty entries ignored: the current
+ * directory is never searched implicitly), then the installed plugin
+ * directory.  Returns the number of directories; *dirs is owned by ctx. */
+FLOW_API size_t flow_plugin_dirs(flow_ctx *ctx, const char *const **dirs);
+
+/* Load one plugin.  `name` is a path when it contains '/', otherwise a
+ * plugin name looked up as NAME.so in the search directories.  Loading the
+ * same file twice is a no-op.  Returns FLOW_OK or an error code with the
+ * message in flow_errmsg(ctx), naming the file. */
+FLOW_API int flow_plugin_load(flow_ctx *ctx, const char *name);
+
+/* Load every *.so in the search directories (a file name found in an
+ * earlier directory hides the same name in later ones).  Stops at the
+ * first plugin that fails to load and reports it. */
+FLOW_API int flow_plugin_load_all(flow_ctx *ctx);
+
+/* Loaded plugins, in load order.  Returned pointers are owned by ctx. */
+FLOW_API size_t flow_plugin_count(const flow_ctx *ctx);
+FLOW_API const flow_plugin_info *flow_plugin_get(const flow_ctx *ctx,
+                                                 size_t i);
+FLOW_API const char *flow_plugin_file(const flow_ctx *ctx, size_t i);
+
+/* Layer type by name among the loaded plugins, or NULL.  When file is not
+ * NULL it receives the path of the providing plugin (owned by ctx). */
+FLOW_API const flow_layer_type *flow_layer_type_find(const flow_ctx *ctx,
+                                                     const char *name,
+                                                     const char **file);
+/* Target type (variational fits) by name, or NULL. */
+FLOW_API const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
+                                                       const char *name,
+                                                       const char **file);
+
+/* The host-services table handed to plugins by this runtime.  Static. */
+FLOW_API const flow_host *flow_host_services(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FLOW_H */

@@ -1,0 +1,580 @@
+/* flow_plugin.h - the flowkit plugin ABI, version 1: the only header a
+ * layer (or target) plugin needs.  See docs/plugins.md for the full guide.
+ *
+ * A plugin is a shared object that exports exactly one symbol,
+ *
+ *     const flow_plugin_info *flow_plugin_entry(void);
+ *
+ * returning a pointer to a static descriptor.  Every struct whose first
+ * fields are (abi_version, struct_size) or (struct_size) is append-only:
+ * later minor releases only add fields at the end, so a reader checks
+ * struct_size before touching a field that may be newer than the writer.
+ *
+ * Ownership: every string and table a plugin hands out is static (lives as
+ * long as the .so is loaded).  Everything the host hands to a plugin is
+ * borrowed for the duration of the call unless a field's comment says
+ * otherwise.  A plugin never links against libflowkit: all services it may
+ * need (memory, RNG, BLAS, MLP/MADE networks, elementwise transformers) come
+ * through the flow_host table.
+ */
+#ifndef FLOW_PLUGIN_H
+#define FLOW_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+#include "flow/flow_version.h"   /* FLOW_VERSION_*, flow_real */
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ABI version of this header.  The host refuses a plugin whose
+ * abi_version differs ("expected 1, got 2"). */
+#define FLOW_PLUGIN_ABI_VERSION 1u
+
+/* Name of the one symbol a plugin exports. */
+#define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
+
+#if defined(__GNUC__)
+# define FLOW_PLUGIN_EXPORT __attribute__((visibility("default")))
+#else
+# define FLOW_PLUGIN_EXPORT
+#endif
+
+/* Status codes shared by the runtime and plugins. */
+typedef enum flow_status {
+    FLOW_OK = 0,
+    FLOW_ERR = 1,          /* generic failure, message set */
+    FLOW_ERR_NOMEM = 2,    /* allocation failed */
+    FLOW_ERR_INVAL = 3,    /* invalid argument / attribute / shape */
+    FLOW_ERR_NUMERIC = 4,  /* non-finite value, solver or iteration failure */
+    FLOW_ERR_UNSUPPORTED = 5, /* direction or feature not provided */
+    FLOW_ERR_IO = 6,       /* file or stream error */
+    FLOW_ERR_FORMAT = 7,   /* malformed input file */
+    FLOW_ERR_PLUGIN = 8    /* plugin could not be loaded or misbehaved */
+} flow_status;
+
+/* ---------------------------------------------------------------------
+ * Attributes: what a layer accepts, declared statically by the plugin.
+ * The compiler checks a spec's attributes against these tables (types,
+ * ranges, required, unknown names with "did you mean") before the
+ * plugin's describe() ever sees them.
+ * ------------------------------------------------------------------- */
+typedef enum flow_attr_type {
+    FLOW_ATTR_INT = 1,       /* integer (int64)                              */
+    FLOW_ATTR_REAL = 2,      /* real (double); an integer literal is accepted */
+    FLOW_ATTR_BOOL = 3,      /* true | false                                 */
+    FLOW_ATTR_STRING = 4,    /* "text"                                       */
+    FLOW_ATTR_ENUM = 5,      /* one identifier out of enum_values            */
+    FLOW_ATTR_INT_LIST = 6,  /* [1, 2, 3]                                    */
+    FLOW_ATTR_REAL_LIST = 7, /* [0.5, 1]                                     */
+    FLOW_ATTR_VARIANT = 8    /* NAME or NAME(args): one of `alternatives`,
+                                each with its own attribute table; args may
+                                be positional (in table order) or named.   */
+} flow_attr_type;
+
+typedef struct flow_attr_spec flow_attr_spec;
+
+/* One alternative of a VARIANT attribute, e.g. `spline(bins = 8, bound = 3)`
+ * or `random(seed)`.  `attrs` may be NULL when it takes no arguments. */
+typedef struct flow_variant_alt {
+    const char *name;
+    const char *doc;
+    const flow_attr_spec *attrs;   /* terminated by an entry with name NULL */
+    int bare_list;                 /* 1: a bare list literal `[...]` selects
+                                      this alternative and fills its first
+                                      attribute (a list), so `order = [2, 0,
+                                      1]` means `order = explicit([2, 0, 1])` */
+} flow_variant_alt;
+
+/* Declared attribute.  Tables end with an entry whose name is NULL. */
+struct flow_attr_spec {
+    const char *name;
+    flow_attr_type type;
+    const char *doc;               /* one line, shown by --help-layer / docs */
+    int required;                  /* no default: the spec must give it      */
+    /* defaults (used when not required and not given) */
+    int64_t def_int;               /* INT, BOOL (0/1), ENUM (index)          */
+    double def_real;               /* REAL                                   */
+    const char *def_str;           /* STRING; VARIANT: default alternative as
+                                      source text, e.g. "affine" or
+                                      "spline(bins = 8)"; LISTs: source text
+                                      such as "[64, 64]"                    */
+    /* ranges, inclusive; checked for INT, REAL and each list item */
+    int has_min, has_max;
+    double min, max;
+    /* lists: allowed lengths (max_len 0 = unbounded) */
+    size_t min_len, max_len;
+    /* ENUM: identifiers, terminated by NULL */
+    const char *const *enum_values;
+    /* VARIANT: alternatives, terminated by an entry with name NULL */
+    const flow_variant_alt *alternatives;
+};
+
+/* A resolved attribute value as given to describe() and create().  The
+ * array `attrs` of a config holds one per entry of the type's table, in
+ * table order, with defaults filled in.  Frozen in ABI v1 (arrays of it are
+ * indexed by plugins). */
+typedef struct flow_attr_value {
+    flow_attr_type type;
+    int given;                     /* 1 if written in the spec              */
+    int64_t i;                     /* INT; BOOL 0/1; ENUM index; VARIANT index
+                                      of the chosen alternative             */
+    double r;                      /* REAL                                  */
+    const char *s;                 /* STRING; ENUM/VARIANT: chosen name     */
+    size_t n;                      /* list length                           */
+    const int64_t *ilist;          /* INT_LIST items                        */
+    const double *rlist;           /* REAL_LIST items                       */
+    const struct flow_attr_value *sub; /* VARIANT: resolved attributes of the
+                                      chosen alternative (its table order) */
+    int line, col;                 /* source position (0 when defaulted)    */
+} flow_attr_value;
+
+/* ---------------------------------------------------------------------
+ * Structure a layer declares, for the compile-time verifier and reports.
+ * ------------------------------------------------------------------- */
+
+/* Jacobian class of the forward map. */
+typedef enum flow_jac_class {
+    FLOW_JAC_VOLUME_PRESERVING = 1, /* |det J| = 1 (permutations, additive
+                                       coupling declares COUPLING instead) */
+    FLOW_JAC_DIAGONAL = 2,          /* elementwise map                      */
+    FLOW_JAC_TRIANGULAR = 3,        /* autoregressive under an order        */
+    FLOW_JAC_COUPLING = 4,          /* block triangular: identity part and a
+                                       transformed part                     */
+    FLOW_JAC_DENSE_LU = 5,          /* dense, log-det from an LU factor     */
+    FLOW_JAC_RESIDUAL = 6,          /* x + g(x), Lip(g) < 1; log-det exact
+                                       (small D) or estimated by series     */
+    FLOW_JAC_ODE = 7                /* continuous flow; log-det by trace
+                                       integration (exact or Hutchinson)    */
+} flow_jac_class;
+
+/* How the dependency pattern (which outputs depend on which inputs) is
+ * declared.  dep_vec is filled by describe() for the vector kinds. */
+typedef enum flow_dep_kind {
+    FLOW_DEP_ELEMENTWISE = 1, /* z_i depends on x_i only                    */
+    FLOW_DEP_PERMUTATION = 2, /* z_i = x_{dep_vec[i]}                        */
+    FLOW_DEP_COUPLING = 3,    /* dep_vec[i] = 1: i is transformed, depends on
+                                 itself and every j with dep_vec[j] = 0;
+                                 dep_vec[i] = 0: passes through unchanged    */
+    FLOW_DEP_ORDER = 4,       /* autoregressive: z_i depends on x_i and every
+                                 x_j with dep_vec[j] < dep_vec[i]; dep_vec is a
+                                 permutation of 0..D-1 (the degree order)    */
+    FLOW_DEP_DENSE = 5,       /* every output may depend on every input;
+                                 invertibility comes from the certificate  */
+    FLOW_DEP_MATRIX = 6       /* explicit D x D pattern from dep_matrix()   */
+} flow_dep_kind;
+
+/* Invertibility certificate. */
+typedef enum flow_cert_kind {
+    FLOW_CERT_STRUCTURAL = 1, /* invertible by construction (permutation,
+                                 positive scale, additive shift)            */
+    FLOW_CERT_MONOTONE = 2,   /* strictly monotone elementwise transformer  */
+    FLOW_CERT_LIPSCHITZ = 3,  /* residual: cert_value = bound on Lip(g), must
+                                 be < 1                                      */
+    FLOW_CERT_LU = 4,         /* LU with non-zero (positive) diagonal       */
+    FLOW_CERT_ODE = 5         /* ODE with Lipschitz dynamics; cert_value =
+                                 solver tolerance (0 for fixed step)        */
+} flow_cert_kind;
+
+/* Cost of one direction, for reports ("density 5 passes; sampling 320
+ * sequential passes"). */
+typedef struct flow_cost {
+    uint32_t passes;          /* network passes per batch                    */
+    int sequential;           /* 1: the passes depend on each other         */
+    double flops_per_row;     /* rough multiply-adds per row (0 = unknown)  */
+} flow_cost;
+
+/* Capability flags in flow_layer_desc.flags. */
+#define FLOW_LAYER_FORWARD           0x0001u /* forward() provided          */
+#define FLOW_LAYER_INVERSE           0x0002u /* inverse() provided          */
+#define FLOW_LAYER_BACKWARD_FORWARD  0x0004u /* VJP of forward provided     */
+#define FLOW_LAYER_BACKWARD_INVERSE  0x0008u /* VJP of inverse provided     */
+#define FLOW_LAYER_WHOLE_BATCH       0x0010u /* must see the whole batch in
+                                                one call (batch statistics);
+                                                the host never splits it    */
+#define FLOW_LAYER_DATA_INIT         0x0020u /* has data_init()             */
+#define FLOW_LAYER_STOCHASTIC        0x0040u /* uses the call's RNG
+                                                (estimators); log-det is an
+                                                estimate in training mode   */
+#define FLOW_LAYER_INVERSE_TRAINING_ERROR 0x0080u /* inverse only in eval
+                                                mode (batchnorm)            */
+
+/* What describe() reports.  The host zero-fills it, sets struct_size and
+ * dep_vec (D int32 entries), then calls describe(). */
+typedef struct flow_layer_desc {
+    uint32_t struct_size;
+    uint32_t flags;               /* FLOW_LAYER_* */
+    size_t n_params;              /* trainable parameters (flat)            */
+    size_t n_buffers;             /* non-trainable state saved in
+                                     checkpoints (running means, init flag) */
+    flow_jac_class jac;
+    flow_dep_kind dep;
+    int32_t *dep_vec;             /* host-owned, D entries, see flow_dep_kind */
+    flow_cert_kind cert;
+    double cert_value;            /* Lipschitz bound, tolerance, ...        */
+    const char *cert_text;        /* static text for reports, e.g.
+                                     "monotone RQ spline, 8 bins"; may be
+                                     NULL                                   */
+    flow_cost cost_forward;       /* density direction                      */
+    flow_cost cost_inverse;       /* sampling direction                     */
+    int logdet_exact;             /* 1: exact in eval mode; 0: estimated    */
+} flow_layer_desc;
+
+/* The configuration of one layer instance, given to describe() and
+ * create().  Borrowed; create() copies what it keeps. */
+typedef struct flow_layer_config {
+    uint32_t struct_size;
+    const char *name;             /* instance label, e.g. "coupling#3"      */
+    size_t dim;                   /* D: input = output width                */
+    size_t context_dim;           /* K: context width, 0 without `given`   */
+    const flow_attr_value *attrs; /* one per attribute of the type, in order */
+    int has_bounds;               /* the input is known to lie in [lo, hi]  */
+    double lo, hi;
+    int line, col;                /* position of the layer statement        */
+} flow_layer_config;
+
+/* Error report from describe()/create(): a message and the attribute it
+ * concerns (index into the type's table, -1 for the layer as a whole), so
+ * the compiler can underline the right place. */
+typedef struct flow_diag {
+    uint32_t struct_size;
+    int attr;                     /* attribute index or -1                  */
+    char message[512];
+    char help[256];               /* optional hint, "" for none             */
+} flow_diag;
+
+/* ---------------------------------------------------------------------
+ * Execution.
+ * ------------------------------------------------------------------- */
+typedef struct flow_host flow_host;
+typedef struct flow_rng flow_rng;   /* opaque, used through flow_host */
+
+/* Everything one call into a layer needs.  Built by the host per call and
+ * per thread; a layer's functions may run concurrently on different
+ * threads with different flow_call structs (different row ranges,
+ * workspaces and gradient buffers), unless the layer declares
+ * FLOW_LAYER_WHOLE_BATCH. */
+typedef struct flow_call {
+    uint32_t struct_size;
+    const flow_host *host;
+    size_t n;                     /* rows in this call                       */
+    size_t dim;                   /* D                                       */
+    size_t context_dim;           /* K                                       */
+    const flow_real *params;      /* this layer's parameter slice            */
+    flow_real *grad;              /* gradient slice (accumulate +=), private
+                                     to this call's thread; NULL when only
+                                     the input gradient is wanted           */
+    flow_real *buffers;           /* non-trainable state slice (n_buffers)   */
+    const flow_real *ctx;         /* n x K context rows, NULL if K = 0       */
+    flow_real *dctx;              /* n x K context gradient (accumulate +=),
+                                     may be NULL                            */
+    void *ws;                     /* workspace of ws_bytes, aligned to 64;
+                                     what forward/inverse store here is
+                                     still there for the matching backward  */
+    size_t ws_bytes;
+    flow_rng *rng;                /* per-thread stream; deterministic given
+                                     the seed and the thread count          */
+    int training;                 /* 1 in training mode                      */
+    int thread;                   /* 0-based index of the calling thread     */
+    char *err;                    /* message buffer of err_cap bytes; set it
+                                     (or use host->error) before returning
+                                     a non-zero status                       */
+    size_t err_cap;
+} flow_call;
+
+/* A layer type: static table exported by a plugin. */
+typedef struct flow_layer_type {
+    uint32_t struct_size;
+    const char *name;             /* unique across loaded plugins            */
+    const char *summary;          /* one line                                */
+    const flow_attr_spec *attrs;  /* terminated by name NULL; may be NULL    */
+
+    /* Compile time: validate the resolved config and report structure.
+     * Must be fast and side-effect free (called by the compiler). */
+    int (*describe)(const flow_layer_config *cfg, flow_layer_desc *out,
+                    flow_diag *diag);
+    /* Explicit D x D pattern, only when describe() says FLOW_DEP_MATRIX:
+     * mat[i*D + j] = 1 when output i may depend on input j. */
+    int (*dep_matrix)(const flow_layer_config *cfg, uint8_t *mat);
+
+    /* Instance life cycle.  create() keeps what it needs of cfg (copies). */
+    void *(*create)(const flow_host *host, const flow_layer_config *cfg,
+                    flow_diag *diag);
+    void (*destroy)(void *self);
+
+    /* Bytes of workspace for one call of `n` rows in direction `dir`
+     * (0 = forward, 1 = inverse), including what the matching backward
+     * needs.  Called once per batch size; must not depend on data. */
+    size_t (*workspace)(void *self, size_t n, int dir);
+
+    /* Parameter initialisation into c->params (writable here, cast away).
+     * Random draws from c->rng.  c->n = 0. */
+    int (*init)(void *self, const flow_call *c, flow_real *params);
+    /* Data-dependent initialisation on the first batch x (n x D), with
+     * FLOW_LAYER_DATA_INIT: may rewrite params and buffers. */
+    int (*data_init)(void *self, const flow_call *c, flow_real *params,
+                     const flow_real *x);
+
+    /* Forward (density) direction: z = f(x), logdet[r] = log|det df/dx| of
+     * row r (written, not accumulated).  x and z never alias. */
+    int (*forward)(void *self, const flow_call *c, const flow_real *x,
+                   flow_real *z, flow_real *logdet);
+    /* Inverse (sampling) direction: x = f^-1(z), logdet[r] = log|det
+     * df^-1/dz| = -log|det df/dx| at x. */
+    int (*inverse)(void *self, const flow_call *c, const flow_real *z,
+                   flow_real *x, flow_real *logdet);
+
+    /* Vector-Jacobian products, run after the matching forward/inverse
+     * with the same flow_call (same ws).  Given dL/d(out) and
+     * dL/d(logdet) per row, write dL/d(in) (n x D, written) and accumulate
+     * parameter (c->grad) and context (c->dctx) gradients. */
+    int (*forward_backward)(void *self, const flow_call *c,
+                            const flow_real *x, const flow_real *z,
+                            const flow_real *dz, const flow_real *dlogdet,
+                            flow_real *dx);
+    int (*inverse_backward)(void *self, const flow_call *c,
+                            const flow_real *z, const flow_real *x,
+                            const flow_real *dx, const flow_real *dlogdet,
+                            flow_real *dz);
+
+    /* Optional (NULL = nothing to do).  prepare() runs once per batch,
+     * single-threaded, before any forward/inverse call of that batch: derive
+     * what depends only on parameters (assembled LU weights, spectrally
+     * normalised weights) into the instance.  finish_grad() runs once per
+     * batch after the per-thread gradients were summed into `grad`: it maps
+     * whatever the layer's backward accumulated there (e.g. gradients with
+     * respect to derived weights of the same size) to gradients with
+     * respect to the raw parameters, in place. */
+    int (*prepare)(void *self, const flow_call *c);
+    int (*finish_grad)(void *self, const flow_call *c, flow_real *grad);
+
+    /* Optional: a counter the host reports (e.g. ODE function evaluations in
+     * the last call); NULL when the layer has none. */
+    const char *stat_name;
+    double (*stat)(void *self);
+} flow_layer_type;
+
+/* ---------------------------------------------------------------------
+ * Targets: unnormalised log-densities for variational (reverse-KL) fits.
+ * ------------------------------------------------------------------- */
+typedef struct flow_target_config {
+    uint32_t struct_size;
+    size_t dim;
+    const flow_attr_value *attrs;
+    int line, col;
+} flow_target_config;
+
+typedef struct flow_target_type {
+    uint32_t struct_size;
+    const char *name;
+    const char *summary;
+    const flow_attr_spec *attrs;
+    /* Check attributes; *dim_out = the dimension this target needs (0 =
+     * any, then cfg->dim decides). */
+    int (*describe)(const flow_target_config *cfg, size_t *dim_out,
+                    flow_diag *diag);
+    void *(*create)(const flow_host *host, const flow_target_config *cfg,
+                    flow_diag *diag);
+    void (*destroy)(void *self);
+    /* logp[r] = log p~(x_r); grad (n x D, may be NULL) = d log p~ / dx. */
+    int (*log_density)(void *self, const flow_call *c, const flow_real *x,
+                       flow_real *logp, flow_real *grad);
+    /* Known log normaliser log Z, or NaN when unknown. */
+    double (*log_normalizer)(void *self);
+} flow_target_type;
+
+/* ---------------------------------------------------------------------
+ * The descriptor a plugin returns.
+ * ------------------------------------------------------------------- */
+typedef struct flow_plugin_info {
+    uint32_t abi_version;         /* FLOW_PLUGIN_ABI_VERSION                 */
+    uint32_t struct_size;         /* sizeof(flow_plugin_info)                */
+    uint32_t real_size;           /* sizeof(flow_real) the plugin was built
+                                     with; must match the host's             */
+    uint32_t reserved;
+    const char *name;             /* plugin name, e.g. "coupling"            */
+    const char *version;          /* plugin's own version string             */
+    const char *summary;          /* one line                                */
+    size_t n_layers;
+    const flow_layer_type *const *layers;
+    size_t n_targets;
+    const flow_target_type *const *targets;
+} flow_plugin_info;
+
+/* Convenience initialiser for the header fields. */
+#define FLOW_PLUGIN_INFO_HEAD \
+    FLOW_PLUGIN_ABI_VERSION, (uint32_t)sizeof(flow_plugin_info), \
+    (uint32_t)sizeof(flow_real), 0u
+
+typedef const flow_plugin_info *(*flow_plugin_entry_fn)(void);
+
+/* The entry point every plugin defines (and the only symbol it exports). */
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void);
+
+/* ---------------------------------------------------------------------
+ * Host services.  A plugin reaches the runtime only through this table.
+ * Entries are never NULL in a host of the same ABI version unless the
+ * comment says so; a newer entry exists when struct_size covers it
+ * (FLOW_HOST_HAS(h, field)).
+ * ------------------------------------------------------------------- */
+typedef enum flow_log_level {
+    FLOW_LOG_DEBUG = 0, FLOW_LOG_INFO = 1, FLOW_LOG_WARN = 2,
+    FLOW_LOG_ERROR = 3
+} flow_log_level;
+
+typedef enum flow_activation {
+    FLOW_ACT_IDENTITY = 0, FLOW_ACT_RELU = 1, FLOW_ACT_LEAKY_RELU = 2,
+    FLOW_ACT_TANH = 3, FLOW_ACT_ELU = 4, FLOW_ACT_SOFTPLUS = 5,
+    FLOW_ACT_SIGMOID = 6
+} flow_activation;
+
+/* Networks built by the host: a plain MLP or a MADE (masked MLP). */
+typedef enum flow_net_kind { FLOW_NET_MLP = 1, FLOW_NET_MADE = 2 } flow_net_kind;
+
+/* Time conditioning for ODE dynamics nets. */
+typedef enum flow_time_mode {
+    FLOW_TIME_NONE = 0,
+    FLOW_TIME_CONCAT = 1,        /* t appended to every layer's input       */
+    FLOW_TIME_CONCATSQUASH = 2   /* h' = (W h + b) * sigmoid(a t + c) + d t
+                                    (Grathwohl et al. 2019, FFJORD code)    */
+} flow_time_mode;
+
+typedef struct flow_net_spec {
+    uint32_t struct_size;
+    flow_net_kind kind;
+    size_t in;                    /* input width (MADE: D)                   */
+    size_t context;               /* extra context inputs (0 = none)         */
+    size_t out;                   /* MLP: output width; MADE: outputs per
+                                     dimension (total = out * in, laid out
+                                     dimension-major: y[r, i*out + k])       */
+    size_t n_hidden;
+    const size_t *hidden;         /* hidden widths                            */
+    flow_activation act;
+    double act_param;             /* leaky_relu slope (0 = 0.01)             */
+    int zero_last;                /* last layer starts at zero (identity flow) */
+    double spectral_norm;         /* > 0: every weight matrix is used
+                                     rescaled to spectral norm <= this
+                                     (power iteration; residual flows,
+                                     Behrmann et al. 2019, sec. 3)          */
+    flow_time_mode time;
+    /* MADE only: input degrees, a permutation of 0..in-1 (order[i] = when
+     * dimension i is generated); output for dimension i depends only on
+     * inputs j with order[j] < order[i], and on every context input. */
+    const int32_t *order;
+    uint64_t seed;                /* hidden degree assignment seed (MADE)    */
+} flow_net_spec;
+
+typedef struct flow_net flow_net;  /* opaque, owned by the layer */
+
+/* Elementwise transformers (monotone scalar maps y = tau(x; theta)). */
+typedef enum flow_tf_kind {
+    FLOW_TF_AFFINE = 1,   /* y = x * scale(s) + t, theta = (s, t)            */
+    FLOW_TF_ADDITIVE = 2, /* y = x + t, theta = (t)                          */
+    FLOW_TF_SPLINE = 3    /* rational-quadratic spline with linear tails
+                             outside [-B, B] (Durkan et al. 2019), theta =
+                             (K widths, K heights, K-1 derivatives)        */
+} flow_tf_kind;
+
+typedef struct flow_tf {
+    uint32_t struct_size;
+    flow_tf_kind kind;
+    uint32_t bins;                /* spline: K                               */
+    double bound;                 /* spline: B                               */
+    double min_width, min_height, min_deriv; /* spline floors (0 = default) */
+} flow_tf;
+
+struct flow_host {
+    uint32_t abi_version;
+    uint32_t struct_size;
+    uint32_t real_size;
+
+    /* memory: aligned to 64 bytes; never returns NULL for n = 0 */
+    void *(*alloc)(size_t bytes);
+    void *(*calloc)(size_t count, size_t size);   /* overflow-checked      */
+    void (*free)(void *p);
+
+    /* messages */
+    void (*log)(flow_log_level level, const char *fmt, ...);
+    /* formats into c->err and returns FLOW_ERR */
+    int (*error)(const flow_call *c, const char *fmt, ...);
+
+    /* random numbers from the call's stream */
+    uint64_t (*rng_u64)(flow_rng *rng);
+    double (*rng_uniform)(flow_rng *rng);            /* (0, 1)              */
+    void (*rng_normal)(flow_rng *rng, flow_real *out, size_t n);
+    void (*rng_rademacher)(flow_rng *rng, flow_real *out, size_t n);
+
+    /* BLAS (row-major, single-threaded inside a call: the host threads
+     * over rows).  C = alpha op(A) op(B) + beta C. */
+    void (*gemm)(int trans_a, int trans_b, size_t m, size_t n, size_t k,
+                 flow_real alpha, const flow_real *a, size_t lda,
+                 const flow_real *b, size_t ldb, flow_real beta,
+                 flow_real *c, size_t ldc);
+
+    /* networks */
+    flow_net *(*net_create)(const flow_net_spec *spec, char *err,
+                            size_t err_cap);
+    void (*net_destroy)(flow_net *net);
+    size_t (*net_params)(const flow_net *net);
+    /* init into params (zero_last respected) */
+    void (*net_init)(const flow_net *net, flow_real *params, flow_rng *rng);
+    /* bytes for one forward tape of n rows (kept for backward/jvp) */
+    size_t (*net_workspace)(const flow_net *net, size_t n);
+    /* y = net(x, ctx, t), n rows; ctx NULL when net has none */
+    int (*net_forward)(const flow_net *net, const flow_real *params,
+                       size_t n, const flow_real *x, const flow_real *ctx,
+                       double t, flow_real *y, void *ws);
+    /* after net_forward on the same ws: dx written (may be NULL), dctx and
+     * dparams accumulated (may be NULL) */
+    int (*net_backward)(const flow_net *net, const flow_real *params,
+                        size_t n, void *ws, const flow_real *dy,
+                        flow_real *dx, flow_real *dctx, flow_real *dparams);
+    /* tangent propagation after net_forward: ty = (dy/dx) tx */
+    int (*net_jvp)(const flow_net *net, const flow_real *params, size_t n,
+                   void *ws, const flow_real *tx, flow_real *ty);
+
+    /* elementwise transformers on m scalars; theta holds tf_params(tf)
+     * raw (unconstrained) values per scalar, contiguous */
+    size_t (*tf_params)(const flow_tf *tf);
+    int (*tf_forward)(const flow_tf *tf, size_t m, const flow_real *x,
+                      const flow_real *theta, flow_real *y, flow_real *lad);
+    int (*tf_inverse)(const flow_tf *tf, size_t m, const flow_real *y,
+                      const flow_real *theta, flow_real *x, flow_real *lad);
+    /* VJP of tf_forward at x: dx written, dtheta written (m * P) */
+    int (*tf_backward)(const flow_tf *tf, size_t m, const flow_real *x,
+                       const flow_real *theta, const flow_real *dy,
+                       const flow_real *dlad, flow_real *dx,
+                       flow_real *dtheta);
+    /* VJP of tf_inverse at y (x = tau^-1(y) recomputed or passed in x when
+     * not NULL): given dL/dx and dL/d(lad of the inverse), write dy and
+     * dtheta */
+    int (*tf_inverse_backward)(const flow_tf *tf, size_t m,
+                               const flow_real *y, const flow_real *x,
+                               const flow_real *theta, const flow_real *dx,
+                               const flow_real *dlad, flow_real *dy,
+                               flow_real *dtheta);
+
+    /* second order, for exact-trace continuous flows trained by backprop:
+     * after net_forward + net_jvp(tx -> ty) on the same ws, given dL/d(ty)
+     * accumulate dL/dparams and write dL/dx and dL/dtx (each may be NULL) */
+    int (*net_jvp_backward)(const flow_net *net, const flow_real *params,
+                            size_t n, void *ws, const flow_real *tx,
+                            const flow_real *dty, flow_real *dx,
+                            flow_real *dtx, flow_real *dparams);
+
+    /* small dense linear algebra (LAPACK), row-major d x d, overwritten:
+     * log|det a| and its sign (0 when singular); inverse in place */
+    int (*slogdet)(size_t d, flow_real *a, double *logabs, int *sign);
+    int (*matinv)(size_t d, flow_real *a);
+};
+
+#define FLOW_HOST_HAS(h, field) \
+    ((h)->struct_size >= offsetof(flow_host, field) + sizeof((h)->field))
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FLOW_PLUGIN_H */

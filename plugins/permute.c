@@ -1,0 +1,263 @@
+/* permute.c - the `permute` layer: a fixed permutation of dimensions
+ * (reverse, seeded random, or explicit).  |det J| = 1, no parameters. */
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum { ATTR_ORDER };
+enum { ALT_REVERSE, ALT_RANDOM, ALT_EXPLICIT };
+
+static const flow_attr_spec random_attrs[] = {
+    {.name = "seed", .type = FLOW_ATTR_INT, .doc = "seed of the shuffle",
+     .def_int = 0, .has_min = 1, .min = 0},
+    {0}};
+
+static const flow_attr_spec explicit_attrs[] = {
+    {.name = "perm", .type = FLOW_ATTR_INT_LIST, .required = 1,
+     .doc = "z[i] = x[perm[i]]; a permutation of 0..D-1",
+     .has_min = 1, .min = 0, .min_len = 1},
+    {0}};
+
+static const flow_variant_alt order_alts[] = {
+    {.name = "reverse", .doc = "z[i] = x[D-1-i]"},
+    {.name = "random", .doc = "a shuffle drawn from `seed` (splitmix64 + "
+                              "Fisher-Yates), the same on every machine",
+     .attrs = random_attrs},
+    {.name = "explicit", .doc = "the given permutation; a bare list means "
+                                "this", .attrs = explicit_attrs,
+     .bare_list = 1},
+    {0}};
+
+static const flow_attr_spec permute_attrs[] = {
+    {.name = "order", .type = FLOW_ATTR_VARIANT,
+     .doc = "reverse | random(seed) | explicit([...]) or a bare list",
+     .def_str = "reverse", .alternatives = order_alts},
+    {0}};
+
+typedef struct permute {
+    const flow_host *host;
+    size_t d;
+    int32_t *perm;    /* z[i] = x[perm[i]] */
+} permute;
+
+/* splitmix64 (Steele et al. 2014): a portable, seedable stream so that
+ * random(seed) gives the same permutation everywhere. */
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Fills perm from the config; returns 0 or reports into diag. */
+static int make_perm(const flow_layer_config *cfg, int32_t *perm,
+                     flow_diag *diag)
+{
+    const flow_attr_value *order = &cfg->attrs[ATTR_ORDER];
+    size_t d = cfg->dim;
+
+    switch (order->i) {
+    case ALT_REVERSE:
+        for (size_t i = 0; i < d; i++)
+            perm[i] = (int32_t)(d - 1 - i);
+        return 0;
+    case ALT_RANDOM: {
+        uint64_t s = (uint64_t)order->sub[0].i;
+        for (size_t i = 0; i < d; i++)
+            perm[i] = (int32_t)i;
+        for (size_t i = d; i > 1; i--) {
+            size_t j = (size_t)(splitmix64(&s) % i);
+            int32_t t = perm[i - 1];
+            perm[i - 1] = perm[j];
+            perm[j] = t;
+        }
+        return 0;
+    }
+    case ALT_EXPLICIT: {
+        const flow_attr_value *lst = &order->sub[0];
+        if (lst->n != d) {
+            snprintf(diag->message, sizeof diag->message,
+                     "permutation has %zu entries but the layer's input has "
+                     "%zu dimensions", lst->n, d);
+            return -1;
+        }
+        for (size_t i = 0; i < d; i++)
+            perm[i] = -1;
+        for (size_t i = 0; i < d; i++) {
+            int64_t v = lst->ilist[i];
+            if (v < 0 || (uint64_t)v >= d) {
+                snprintf(diag->message, sizeof diag->message,
+                         "permutation entry %zu is %lld, outside 0..%zu", i,
+                         (long long)v, d - 1);
+                return -1;
+            }
+            if (perm[v] >= 0) {
+                snprintf(diag->message, sizeof diag->message,
+                         "%lld appears twice in the permutation (entries %d "
+                         "and %zu)", (long long)v, (int)perm[v], i);
+                snprintf(diag->help, sizeof diag->help,
+                         "each of 0..%zu must appear exactly once", d - 1);
+                return -1;
+            }
+            perm[v] = (int32_t)i;   /* inverse for the check only */
+        }
+        for (size_t i = 0; i < d; i++)
+            perm[i] = (int32_t)lst->ilist[i];
+        return 0;
+    }
+    }
+    snprintf(diag->message, sizeof diag->message, "unknown order");
+    return -1;
+}
+
+static int permute_describe(const flow_layer_config *cfg,
+                            flow_layer_desc *out, flow_diag *diag)
+{
+    diag->attr = ATTR_ORDER;
+    if (make_perm(cfg, out->dep_vec, diag) != 0)
+        return FLOW_ERR_INVAL;
+    diag->attr = -1;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->n_params = 0;
+    out->n_buffers = 0;
+    out->jac = FLOW_JAC_VOLUME_PRESERVING;
+    out->dep = FLOW_DEP_PERMUTATION;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->cert_text = "permutation";
+    out->cost_forward = (flow_cost){0, 0, 0.0};
+    out->cost_inverse = (flow_cost){0, 0, 0.0};
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void permute_destroy(void *self)
+{
+    permute *p = self;
+    if (!p)
+        return;
+    p->host->free(p->perm);
+    p->host->free(p);
+}
+
+static void *permute_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    permute *p = host->calloc(1, sizeof *p);
+    if (!p)
+        goto nomem;
+    p->host = host;
+    p->d = cfg->dim;
+    if (!(p->perm = host->calloc(cfg->dim, sizeof *p->perm)))
+        goto nomem;
+    diag->attr = ATTR_ORDER;
+    if (make_perm(cfg, p->perm, diag) != 0) {
+        permute_destroy(p);
+        return NULL;
+    }
+    return p;
+nomem:
+    snprintf(diag->message, sizeof diag->message, "out of memory");
+    permute_destroy(p);
+    return NULL;
+}
+
+static size_t permute_workspace(void *self, size_t n, int dir)
+{
+    (void)self, (void)n, (void)dir;
+    return 0;
+}
+
+static int permute_init(void *self, const flow_call *c, flow_real *params)
+{
+    (void)self, (void)c, (void)params;
+    return FLOW_OK;
+}
+
+/* out[r, i] = in[r, perm[i]] */
+static void gather(const permute *p, size_t n, const flow_real *in,
+                   flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < p->d; i++)
+            out[r * p->d + i] = in[r * p->d + (size_t)p->perm[i]];
+}
+
+/* out[r, perm[i]] = in[r, i] */
+static void scatter(const permute *p, size_t n, const flow_real *in,
+                    flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < p->d; i++)
+            out[r * p->d + (size_t)p->perm[i]] = in[r * p->d + i];
+}
+
+static int permute_forward(void *self, const flow_call *c, const flow_real *x,
+                           flow_real *z, flow_real *logdet)
+{
+    gather(self, c->n, x, z);
+    memset(logdet, 0, c->n * sizeof *logdet);
+    return FLOW_OK;
+}
+
+static int permute_inverse(void *self, const flow_call *c, const flow_real *z,
+                           flow_real *x, flow_real *logdet)
+{
+    scatter(self, c->n, z, x);
+    memset(logdet, 0, c->n * sizeof *logdet);
+    return FLOW_OK;
+}
+
+static int permute_forward_backward(void *self, const flow_call *c,
+                                    const flow_real *x, const flow_real *z,
+                                    const flow_real *dz,
+                                    const flow_real *dlogdet, flow_real *dx)
+{
+    (void)x, (void)z, (void)dlogdet;
+    scatter(self, c->n, dz, dx);
+    return FLOW_OK;
+}
+
+static int permute_inverse_backward(void *self, const flow_call *c,
+                                    const flow_real *z, const flow_real *x,
+                                    const flow_real *dx,
+                                    const flow_real *dlogdet, flow_real *dz)
+{
+    (void)x, (void)z, (void)dlogdet;
+    gather(self, c->n, dx, dz);
+    return FLOW_OK;
+}
+
+static const flow_layer_type permute_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "permute",
+    .summary = "fixed permutation of dimensions (reverse, random, explicit)",
+    .attrs = permute_attrs,
+    .describe = permute_describe,
+    .create = permute_create,
+    .destroy = permute_destroy,
+    .workspace = permute_workspace,
+    .init = permute_init,
+    .forward = permute_forward,
+    .inverse = permute_inverse,
+    .forward_backward = permute_forward_backward,
+    .inverse_backward = permute_inverse_backward,
+};
+
+static const flow_layer_type *const layers[] = {&permute_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "permute",
+    .version = FLOW_VERSION_STRING,
+    .summary = "dimension permutations",
+    .n_layers = 1,
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

@@ -1,0 +1,33 @@
+/* ctx.h - internal: the flow_ctx structure and error helpers shared by the
+ * runtime's modules.  Not installed. */
+#ifndef FLOW_RUNTIME_CTX_H
+#define FLOW_RUNTIME_CTX_H
+
+#include "flow/flow.h"
+
+#define CTX_ERRMSG_MAX 2048
+
+typedef struct loaded_plugin {
+    char *file;                     /* resolved path, owned */
+    void *handle;                   /* dlopen handle */
+    const flow_plugin_info *info;   /* static in the plugin */
+} loaded_plugin;
+
+struct flow_ctx {
+    char errmsg[CTX_ERRMSG_MAX];
+    char **dirs;                    /* plugin search dirs, owned */
+    size_t n_dirs;
+    int dirs_ready;
+    loaded_plugin *plugins;
+    size_t n_plugins, cap_plugins;
+};
+
+/* Sets ctx's message (printf-style) and returns `code`. */
+int ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void ctx_clear_error(flow_ctx *ctx);
+
+/* loader.c */
+void loader_free(flow_ctx *ctx);
+
+#endif

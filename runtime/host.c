@@ -1,0 +1,75 @@
+/* host.c - the host-services table handed to plugins: memory, messages,
+ * and (filled in by the numerical modules) RNG, BLAS, networks and
+ * transformers. */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+
+#define HOST_ALIGN 64
+
+static void *host_alloc(size_t bytes)
+{
+    void *p = NULL;
+    size_t n = bytes ? bytes : 1;
+    if (n > SIZE_MAX - HOST_ALIGN)
+        return NULL;
+    n = (n + HOST_ALIGN - 1) / HOST_ALIGN * HOST_ALIGN;
+    if (posix_memalign(&p, HOST_ALIGN, n) != 0)
+        return NULL;
+    return p;
+}
+
+static void *host_calloc(size_t count, size_t size)
+{
+    void *p;
+    if (size && count > SIZE_MAX / size)
+        return NULL;
+    p = host_alloc(count * size);
+    if (p && count * size > 0)
+        memset(p, 0, count * size);
+    return p;
+}
+
+static void host_free(void *p) { free(p); }
+
+static void host_log(flow_log_level level, const char *fmt, ...)
+{
+    static const char *names[] = {"debug", "info", "warning", "error"};
+    va_list ap;
+    if (level == FLOW_LOG_DEBUG && !getenv("FLOW_DEBUG"))
+        return;
+    fprintf(stderr, "flowkit: %s: ",
+            (unsigned)level < 4 ? names[level] : "log");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int host_error(const flow_call *c, const char *fmt, ...)
+{
+    va_list ap;
+    if (c && c->err && c->err_cap) {
+        va_start(ap, fmt);
+        vsnprintf(c->err, c->err_cap, fmt, ap);
+        va_end(ap);
+    }
+    return FLOW_ERR;
+}
+
+static const flow_host host_table = {
+    .abi_version = FLOW_PLUGIN_ABI_VERSION,
+    .struct_size = sizeof(flow_host),
+    .real_size = sizeof(flow_real),
+    .alloc = host_alloc,
+    .calloc = host_calloc,
+    .free = host_free,
+    .log = host_log,
+    .error = host_error,
+};
+
+const flow_host *flow_host_services(void) { return &host_table; }

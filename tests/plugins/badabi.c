@@ -1,0 +1,17 @@
+/* badabi.c - test-only plugin for the loader tests: see tests/test_loader.c. */
+#define STUB_LAYER_NAME "badabi_identity"
+#include "layer_stub.h"
+
+static const flow_plugin_info info = {
+    2u, (uint32_t)sizeof(flow_plugin_info), (uint32_t)sizeof(flow_real), 0u,
+    .name = "badabi",
+    .version = "test",
+    .summary = "test plugin badabi",
+    .n_layers = 1,
+    .layers = stub_layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

@@ -1,0 +1,23 @@
+/* suites.h - one Check suite per area; the runner in main.c runs them all.
+ * Shared test helpers live here too. */
+#ifndef FLOW_TESTS_SUITES_H
+#define FLOW_TESTS_SUITES_H
+
+#include <check.h>
+
+Suite *suite_loader(void);
+Suite *suite_permute(void);
+
+/* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
+ * rotating static buffers. */
+const char *test_plugin(const char *name);
+
+/* Tolerance for comparisons made in flow_real precision. */
+#include "flow/flow_version.h"
+#if FLOW_REAL_DOUBLE
+# define TEST_EPS 1e-12
+#else
+# define TEST_EPS 1e-5
+#endif
+
+#endif
