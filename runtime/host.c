@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ctx.h"
+#include "rng.h"
 
 #define HOST_ALIGN 64
 
@@ -70,6 +71,10 @@ static const flow_host host_table = {
     .free = host_free,
     .log = host_log,
     .error = host_error,
+    .rng_u64 = rng_u64,
+    .rng_uniform = rng_uniform,
+    .rng_normal = rng_normal,
+    .rng_rademacher = rng_rademacher,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

@@ -7,6 +7,7 @@
 
 Suite *suite_loader(void);
 Suite *suite_permute(void);
+Suite *suite_rng(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
