@@ -74,6 +74,96 @@ FLOW_API const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
                                                        const char *name,
                                                        const char **file);
 
+/* --- models ----------------------------------------------------------
+ * A model is built by calls, in forward (data -> latent) order: the
+ * compiler makes them in process, and `flowc --emit=c` writes them out.
+ * The model keeps one flat parameter vector (layer slices in order, then
+ * base distributions' parameters), one flat buffer vector (non-trainable
+ * state), and a random stream. */
+typedef struct flow_model flow_model;
+
+/* Base distributions of the final output and of exits. */
+typedef enum flow_base_kind {
+    FLOW_BASE_NORMAL = 1,      /* standard normal, no parameters           */
+    FLOW_BASE_DIAG_NORMAL = 2, /* learnable mean and log-std per dimension */
+    FLOW_BASE_LOGISTIC = 3,    /* standard logistic per dimension           */
+    FLOW_BASE_GMM = 4          /* learnable diagonal Gaussian mixture;
+                                  args[0] = number of components            */
+} flow_base_kind;
+
+/* New empty model on `ctx` (which must outlive it) for inputs of `dim`
+ * dimensions and `context_dim` context dimensions (0: unconditional).
+ * NULL on failure (message in ctx).  Free with flow_model_free. */
+FLOW_API flow_model *flow_model_new(flow_ctx *ctx, size_t dim,
+                                    size_t context_dim);
+FLOW_API void flow_model_free(flow_model *m);
+
+/* Appends a layer of a loaded type.  `attrs` holds one resolved value per
+ * attribute of the type, in the type's table order (as the compiler
+ * produces them); it is deep-copied.  `given` = 1 feeds the model's context
+ * to the layer.  `label` (copied) names the layer in messages; line/col are
+ * its spec position (0 if none).  The layer's describe() runs here: a
+ * failure returns its message. */
+FLOW_API int flow_model_add_layer(flow_model *m, const char *type,
+                                  const char *label,
+                                  const flow_attr_value *attrs,
+                                  size_t n_attrs, int given, int line,
+                                  int col);
+/* Factors the first k dimensions of the current state out to their own
+ * base distribution; the rest flow on. */
+FLOW_API int flow_model_add_exit(flow_model *m, size_t k, const char *name,
+                                 flow_base_kind base, const double *args,
+                                 size_t n_args);
+/* Base distribution of the final output (default: standard normal). */
+FLOW_API int flow_model_set_base(flow_model *m, flow_base_kind base,
+                                 const double *args, size_t n_args);
+/* Creates the layer instances, allocates parameters and initialises them
+ * from `seed`.  No layer may be added afterwards. */
+FLOW_API int flow_model_finish(flow_model *m, uint64_t seed);
+
+FLOW_API size_t flow_model_dim(const flow_model *m);
+FLOW_API size_t flow_model_context_dim(const flow_model *m);
+FLOW_API size_t flow_model_num_layers(const flow_model *m);
+/* Parameters (flat; owned by the model, valid until it is freed). */
+FLOW_API size_t flow_model_num_params(const flow_model *m);
+FLOW_API flow_real *flow_model_params(flow_model *m);
+FLOW_API size_t flow_model_num_buffers(const flow_model *m);
+FLOW_API flow_real *flow_model_buffers(flow_model *m);
+
+/* Training mode (batch statistics, stochastic estimators) or evaluation
+ * mode (the default). */
+FLOW_API void flow_model_set_training(flow_model *m, int training);
+
+/* Density direction on n rows: z (n x dim, exits first in the order they
+ * were added, then the final output) and logdet[r] = sum of the layers'
+ * log|det J|. `c` is n x context_dim or NULL. */
+FLOW_API int flow_model_forward(flow_model *m, size_t n, const flow_real *x,
+                                const flow_real *c, flow_real *z,
+                                flow_real *logdet);
+/* Sampling direction: x = f^-1(z), logdet[r] = log|det df^-1/dz|. */
+FLOW_API int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
+                                const flow_real *c, flow_real *x,
+                                flow_real *logdet);
+/* logp[r] = log p(x_r | c_r) in nats. */
+FLOW_API int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
+                                 const flow_real *c, flow_real *logp);
+/* n samples drawn with the model's random stream; logp (may be NULL)
+ * receives each sample's log-density. */
+FLOW_API int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
+                               flow_real *x, flow_real *logp);
+/* Mean log-likelihood of the n rows and its gradient with respect to the
+ * parameters (grad: num_params entries, overwritten). */
+FLOW_API int flow_model_loglik_grad(flow_model *m, size_t n,
+                                    const flow_real *x, const flow_real *c,
+                                    double *mean_logp, flow_real *grad);
+/* Data-dependent initialisation of the layers that have one (actnorm),
+ * run on a batch before training; layers already initialised (e.g. from
+ * a checkpoint) are left alone. */
+FLOW_API int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
+                                  const flow_real *c);
+/* Reseeds the model's random stream. */
+FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 
