@@ -30,4 +30,7 @@ void ctx_clear_error(flow_ctx *ctx);
 /* loader.c */
 void loader_free(flow_ctx *ctx);
 
+/* model.c */
+flow_ctx *model_ctx(const flow_model *m);
+
 #endif

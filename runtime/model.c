@@ -874,3 +874,19 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         *mean_logp = total / (double)n;
     return FLOW_OK;
 }
+
+void flow_model_get_rng(const flow_model *m, uint64_t out[6])
+{
+    memcpy(out, m->rng.s, 4 * sizeof *out);
+    out[4] = (uint64_t)m->rng.has_spare;
+    memcpy(&out[5], &m->rng.spare, sizeof out[5]);
+}
+
+void flow_model_set_rng(flow_model *m, const uint64_t in[6])
+{
+    memcpy(m->rng.s, in, 4 * sizeof *in);
+    m->rng.has_spare = in[4] != 0;
+    memcpy(&m->rng.spare, &in[5], sizeof in[5]);
+}
+
+flow_ctx *model_ctx(const flow_model *m) { return m->ctx; }

@@ -164,6 +164,92 @@ FLOW_API int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
 /* Reseeds the model's random stream. */
 FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
 
+/* The model's random stream as 6 words (for checkpoints): state, then the
+ * cached normal deviate. */
+FLOW_API void flow_model_get_rng(const flow_model *m, uint64_t out[6]);
+FLOW_API void flow_model_set_rng(flow_model *m, const uint64_t in[6]);
+
+/* --- training ---------------------------------------------------------
+ * Maximum likelihood with Adam (Kingma & Ba 2015, Algorithm 1; weight
+ * decay as an L2 term added to the gradient, as torch.optim.Adam does),
+ * shuffled mini-batches from a seeded stream, learning-rate schedules,
+ * clipping by global norm, validation with early stopping. */
+typedef enum flow_lr_schedule {
+    FLOW_LR_CONSTANT = 0,
+    FLOW_LR_COSINE = 1          /* lr * (1 + cos(pi t / T)) / 2 over the
+                                   total steps T (Loshchilov & Hutter 2017) */
+} flow_lr_schedule;
+
+typedef struct flow_train_config {
+    uint32_t struct_size;       /* sizeof(flow_train_config)               */
+    size_t batch;               /* rows per step (default 512)             */
+    double lr;                  /* learning rate (default 1e-3)            */
+    double beta1, beta2;        /* Adam (0.9, 0.999)                       */
+    double adam_eps;            /* Adam epsilon (1e-8)                     */
+    double weight_decay;        /* L2 coefficient (0)                      */
+    flow_lr_schedule schedule;  /* default constant                        */
+    size_t warmup_steps;        /* linear warm-up from 0 (default 0)       */
+    size_t total_steps;         /* horizon of the cosine schedule          */
+    double clip_norm;           /* clip the global gradient norm (0 = off) */
+    size_t patience;            /* validations without improvement before
+                                   should_stop says so (0 = never)         */
+    uint64_t seed;              /* shuffling stream (default 0)            */
+    size_t max_skipped;         /* non-finite steps in a row before the
+                                   trainer gives up (default 10)           */
+} flow_train_config;
+
+/* Fills the defaults above. */
+FLOW_API void flow_train_config_default(flow_train_config *cfg);
+
+typedef struct flow_trainer flow_trainer;
+
+/* A trainer for model m on n rows x (n x dim) with context c (n x
+ * context_dim or NULL); the data are borrowed and must outlive it. */
+FLOW_API flow_trainer *flow_trainer_new(flow_model *m,
+                                        const flow_train_config *cfg,
+                                        const flow_real *x,
+                                        const flow_real *c, size_t n);
+FLOW_API void flow_trainer_free(flow_trainer *t);
+/* One optimisation step on the next mini-batch (a new shuffle at each
+ * epoch).  *loss = the batch's negative mean log-likelihood.  A non-finite
+ * loss or gradient skips the step (counted); FLOW_ERR_NUMERIC after
+ * max_skipped such steps in a row. */
+FLOW_API int flow_trainer_step(flow_trainer *t, double *loss);
+/* Mean log-likelihood of n rows and its standard error, in evaluation
+ * mode. */
+FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
+                                 const flow_real *c, size_t batch,
+                                 double *mean, double *std_err);
+/* Records a validation score (higher is better): keeps a copy of the best
+ * parameters and counts validations without improvement. */
+FLOW_API int flow_trainer_validated(flow_trainer *t, double score);
+FLOW_API int flow_trainer_should_stop(const flow_trainer *t);
+/* Puts the best parameters (by validation) back into the model. */
+FLOW_API int flow_trainer_restore_best(flow_trainer *t);
+
+/* Everything needed to resume bit for bit. */
+typedef struct flow_train_state {
+    uint64_t step;              /* optimisation steps taken                */
+    uint64_t epoch;             /* completed epochs                        */
+    uint64_t pos;               /* rows of the current epoch consumed      */
+    uint64_t epoch_rng[6];      /* shuffle stream at the epoch's start     */
+    uint64_t skipped;           /* non-finite steps skipped in total       */
+    uint64_t bad_validations;   /* validations without improvement         */
+    double best_score;          /* -inf before any validation              */
+    int has_best;
+} flow_train_state;
+
+FLOW_API void flow_trainer_get_state(const flow_trainer *t,
+                                     flow_train_state *s);
+FLOW_API int flow_trainer_set_state(flow_trainer *t,
+                                    const flow_train_state *s);
+/* Adam moments and best parameters (num_params each; owned by t). */
+FLOW_API flow_real *flow_trainer_adam_m(flow_trainer *t);
+FLOW_API flow_real *flow_trainer_adam_v(flow_trainer *t);
+FLOW_API flow_real *flow_trainer_best_params(flow_trainer *t);
+/* Learning rate the next step will use. */
+FLOW_API double flow_trainer_lr(const flow_trainer *t);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 
