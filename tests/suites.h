@@ -10,6 +10,7 @@ Suite *suite_permute(void);
 Suite *suite_rng(void);
 Suite *suite_model(void);
 Suite *suite_train(void);
+Suite *suite_conform(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

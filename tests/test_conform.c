@@ -1,0 +1,136 @@
+/* test_conform.c - the conformance checks: every bundled layer passes them
+ * with several settings, and each deliberately buggy layer fails exactly
+ * the check that should catch it. */
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow.h"
+#include "../runtime/conform.h"
+#include "suites.h"
+
+static flow_ctx *ctx;
+
+static void setup(void)
+{
+    ctx = flow_ctx_new();
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_msg(flow_plugin_load(ctx, test_plugin("buggy")) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+}
+
+static void teardown(void) { flow_ctx_free(ctx); }
+
+static void print_report(const char *what, const conform_report *rep)
+{
+    for (size_t i = 0; i < rep->n; i++) {
+        const conform_row *r = &rep->rows[i];
+        if (!r->pass)
+            fprintf(stderr, "%s: FAIL %-34s err %.3g tol %.3g %s\n", what,
+                    r->name, r->err, r->tol, r->note);
+    }
+}
+
+static void run_checks(const char *type, const flow_attr_value *attrs,
+                       size_t dim, conform_report *rep)
+{
+    const char *file = NULL;
+    const flow_layer_type *t = flow_layer_type_find(ctx, type, &file);
+    conform_opts o;
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.dim = dim;
+    o.seed = 7 + dim;
+    ck_assert_msg(conform_layer(ctx, t, file, attrs, &o, rep) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    ck_assert_uint_gt(rep->n, 8);
+}
+
+START_TEST(test_actnorm_conforms)
+{
+    flow_attr_value eps;
+    conform_report rep;
+    memset(&eps, 0, sizeof eps);
+    eps.type = FLOW_ATTR_REAL;
+    eps.r = 1e-6;
+    for (size_t d = 1; d <= 6; d += 5) {
+        run_checks("actnorm", &eps, d, &rep);
+        print_report("actnorm", &rep);
+        ck_assert_int_eq(rep.failures, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_permute_conforms)
+{
+    int64_t perm[5] = {3, 0, 4, 1, 2};
+    flow_attr_value order, sub;
+    conform_report rep;
+    for (int alt = 0; alt < 3; alt++) {
+        memset(&order, 0, sizeof order);
+        memset(&sub, 0, sizeof sub);
+        order.type = FLOW_ATTR_VARIANT;
+        order.i = alt;
+        order.sub = &sub;
+        sub.type = alt == 1 ? FLOW_ATTR_INT : FLOW_ATTR_INT_LIST;
+        sub.i = 5;
+        sub.ilist = perm;
+        sub.n = 5;
+        run_checks("permute", &order, 5, &rep);
+        print_report("permute", &rep);
+        ck_assert_int_eq(rep.failures, 0);
+    }
+}
+END_TEST
+
+/* The checks that must fail for a buggy layer; all others must pass. */
+static void expect_only(const char *type, const char *const *failing)
+{
+    conform_report rep;
+    run_checks(type, NULL, 3, &rep);
+    for (size_t i = 0; i < rep.n; i++) {
+        const conform_row *r = &rep.rows[i];
+        int should_fail = 0;
+        for (const char *const *f = failing; *f; f++)
+            if (!strcmp(r->name, *f))
+                should_fail = 1;
+        ck_assert_msg(r->pass == !should_fail, "%s: check '%s' %s (err %g, "
+                      "tol %g, %s)", type, r->name,
+                      r->pass ? "passed but should fail" : "failed",
+                      r->err, r->tol, r->note);
+    }
+}
+
+START_TEST(test_bugs_are_caught_by_the_right_check)
+{
+    static const char *const none[] = {NULL};
+    static const char *const logdet[] = {"logdet vs FD Jacobian (forward)",
+                                         "logdet vs FD Jacobian (inverse)",
+                                         NULL};
+    static const char *const pattern[] = {"declared zeros are zero", NULL};
+    static const char *const rows[] = {"rows independent", NULL};
+    static const char *const grad[] = {"d/d params vs FD (forward)", NULL};
+    static const char *const noninv[] = {"round trip x -> z -> x", NULL};
+    static const char *const nondet[] = {"deterministic", NULL};
+    expect_only("bug_none", none);
+    expect_only("bug_logdet", logdet);
+    expect_only("bug_pattern", pattern);
+    expect_only("bug_rows", rows);
+    expect_only("bug_grad", grad);
+    expect_only("bug_noninv", noninv);
+    expect_only("bug_nondet", nondet);
+}
+END_TEST
+
+Suite *suite_conform(void)
+{
+    Suite *s = suite_create("conform");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_actnorm_conforms);
+    tcase_add_test(tc, test_permute_conforms);
+    tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
+    suite_add_tcase(s, tc);
+    return s;
+}
