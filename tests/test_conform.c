@@ -84,6 +84,61 @@ START_TEST(test_permute_conforms)
 }
 END_TEST
 
+START_TEST(test_logit_conforms)
+{
+    flow_attr_value alpha;
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "logit", &file);
+    conform_report rep;
+    conform_opts o;
+    memset(&alpha, 0, sizeof alpha);
+    alpha.type = FLOW_ATTR_REAL;
+    alpha.r = 0.05;
+    conform_default_opts(&o);
+    o.dim = 3;
+    o.has_bounds = 1;
+    o.lo = 0;
+    o.hi = 1;
+    ck_assert_int_eq(conform_layer(ctx, t, file, &alpha, &o, &rep), FLOW_OK);
+    print_report("logit", &rep);
+    ck_assert_int_eq(rep.failures, 0);
+}
+END_TEST
+
+START_TEST(test_batchnorm_conforms)
+{
+    flow_attr_value a[2];
+    conform_report rep;
+    memset(a, 0, sizeof a);
+    a[0].type = a[1].type = FLOW_ATTR_REAL;
+    a[0].r = 0.1;
+    a[1].r = 1e-5;
+    run_checks("batchnorm", a, 4, &rep);
+    print_report("batchnorm", &rep);
+    ck_assert_int_eq(rep.failures, 0);
+}
+END_TEST
+
+START_TEST(test_linear_conforms)
+{
+    flow_attr_value perm, seed;
+    conform_report rep;
+    for (int alt = 0; alt < 3; alt++)
+        for (size_t d = 1; d <= 5; d += 2) {
+            memset(&perm, 0, sizeof perm);
+            memset(&seed, 0, sizeof seed);
+            perm.type = FLOW_ATTR_VARIANT;
+            perm.i = alt;
+            perm.sub = &seed;
+            seed.type = FLOW_ATTR_INT;
+            seed.i = 3;
+            run_checks("linear", &perm, d, &rep);
+            print_report("linear", &rep);
+            ck_assert_int_eq(rep.failures, 0);
+        }
+}
+END_TEST
+
 /* The checks that must fail for a buggy layer; all others must pass. */
 static void expect_only(const char *type, const char *const *failing)
 {
@@ -130,6 +185,9 @@ Suite *suite_conform(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_actnorm_conforms);
     tcase_add_test(tc, test_permute_conforms);
+    tcase_add_test(tc, test_logit_conforms);
+    tcase_add_test(tc, test_batchnorm_conforms);
+    tcase_add_test(tc, test_linear_conforms);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
     suite_add_tcase(s, tc);
     return s;
