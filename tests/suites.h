@@ -8,6 +8,11 @@
 Suite *suite_loader(void);
 Suite *suite_permute(void);
 Suite *suite_rng(void);
+/* numerics */
+Suite *suite_matrix(void);
+Suite *suite_nn(void);
+Suite *suite_transform(void);
+Suite *suite_base(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
