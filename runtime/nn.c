@@ -206,7 +206,10 @@ static void set_err(char *err, size_t cap, const char *fmt, ...)
  * degree m^0(j) = order[j] + 1, context and time degree 0 (visible to
  * every unit); hidden unit k of layer l gets m^l(k) in [min m^{l-1}, D-1]
  * (cyclic from a seed-drawn offset, so every degree appears when the layer
- * is wide enough, instead of the paper's i.i.d. draw); hidden masks are
+ * is wide enough, instead of the paper's i.i.d. draw).  With context the
+ * range starts at 0: degree-0 units see only the context, so even the
+ * first dimension's outputs depend on it, as flow_net_spec promises.
+ * Hidden masks are
  * M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq. 13) and the output mask is
  * strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)] (eq. 14), with output unit
  * i*out + k of dimension i having degree order[i] + 1. */
@@ -233,7 +236,7 @@ static int made_masks(flow_net *net, const int32_t *order)
         int32_t lo = INT32_MAX, span;
         uint64_t shift = 0;
         for (size_t j = 0; j < ly->in; j++)
-            if (prev[j] > 0 && prev[j] < lo)
+            if (prev[j] < lo)
                 lo = prev[j];
         if (lo == INT32_MAX || lo > (int32_t)d - 1)
             lo = (int32_t)d - 1;   /* nothing to see: degree D-1 (D=1: 0) */
