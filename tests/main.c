@@ -27,6 +27,11 @@ int main(void)
     srunner_add_suite(sr, suite_model());
     srunner_add_suite(sr, suite_train());
     srunner_add_suite(sr, suite_conform());
+    /* numerics */
+    srunner_add_suite(sr, suite_matrix());
+    srunner_add_suite(sr, suite_nn());
+    srunner_add_suite(sr, suite_transform());
+    srunner_add_suite(sr, suite_base());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

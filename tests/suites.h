@@ -11,6 +11,11 @@ Suite *suite_rng(void);
 Suite *suite_model(void);
 Suite *suite_train(void);
 Suite *suite_conform(void);
+/* numerics */
+Suite *suite_matrix(void);
+Suite *suite_nn(void);
+Suite *suite_transform(void);
+Suite *suite_base(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
