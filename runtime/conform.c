@@ -255,6 +255,7 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     L->cfg.has_bounds = o->has_bounds;
     L->cfg.lo = o->lo;
     L->cfg.hi = o->hi;
+    L->cfg.host = flow_host_services();
     L->desc.struct_size = sizeof L->desc;
     if (!(L->dep_vec = calloc(L->d, sizeof *L->dep_vec)))
         return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");

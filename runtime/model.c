@@ -6,15 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base.h"
 #include "ctx.h"
 #include "rng.h"
-
-#define LOG_2PI 1.8378770664093454835606594728112
-
-typedef struct base_dist {
-    flow_base_kind kind;
-    size_t dim;
-} base_dist;
 
 typedef enum node_kind { NODE_LAYER, NODE_EXIT } node_kind;
 
@@ -39,6 +33,7 @@ typedef struct node {
     size_t k;
     char *name;
     base_dist base;
+    size_t bp_off;              /* its parameters in the flat vector */
     size_t z_off;               /* first column of this exit in z */
 } node;
 
@@ -53,7 +48,10 @@ struct flow_model {
     size_t dim, cdim;
     node *nodes;
     size_t n_nodes, cap_nodes;
+    base_kind base_kind;        /* of the final output, sized at finish */
+    size_t base_comps;
     base_dist base;
+    size_t base_off;            /* its parameters in the flat vector */
     size_t z_final;             /* first column of the final output in z */
     int finished;
     int training;
@@ -66,6 +64,8 @@ struct flow_model {
     flow_real **act;            /* act[i]: input of node i; act[n]: output */
     flow_real *ld, *ld_sum, *ones;
     flow_real *g0, *g1;         /* gradient ping-pong, cap_rows x dim */
+    flow_real *lpb;             /* base log-densities, cap_rows */
+    flow_real *t0, *t1;         /* scratch, cap_rows x dim */
     flow_real *zbuf;            /* cap_rows x dim */
     char err[1024];
 };
@@ -217,7 +217,7 @@ flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
     m->ctx = ctx;
     m->dim = dim;
     m->cdim = context_dim;
-    m->base.kind = FLOW_BASE_NORMAL;
+    m->base_kind = BASE_NORMAL;
     rng_seed(&m->rng, 0);
     return m;
 }
@@ -293,6 +293,7 @@ int flow_model_add_layer(flow_model *m, const char *type, const char *label,
     nd->cfg.attrs = nd->attrs;
     nd->cfg.line = line;
     nd->cfg.col = col;
+    nd->cfg.host = flow_host_services();
     nd->desc.struct_size = sizeof nd->desc;
     nd->desc.dep_vec = nd->dep_vec;
     memset(&diag, 0, sizeof diag);
@@ -309,18 +310,30 @@ int flow_model_add_layer(flow_model *m, const char *type, const char *label,
     return FLOW_OK;
 }
 
-static int check_base(flow_model *m, flow_base_kind base, size_t n_args)
+/* Validates a base given by the public enum and its arguments. */
+static int check_base(flow_model *m, flow_base_kind base, const double *args,
+                      size_t n_args, base_kind *kind, size_t *comps)
 {
-    (void)n_args;
+    *comps = 0;
     switch (base) {
     case FLOW_BASE_NORMAL:
+        *kind = BASE_NORMAL;
+        return FLOW_OK;
     case FLOW_BASE_LOGISTIC:
+        *kind = BASE_LOGISTIC;
         return FLOW_OK;
     case FLOW_BASE_DIAG_NORMAL:
+        *kind = BASE_DIAG_NORMAL;
+        return FLOW_OK;
     case FLOW_BASE_GMM:
-        return model_error(m, FLOW_ERR_UNSUPPORTED, "learnable base "
-                           "distributions are not available in this build "
-                           "yet");
+        *kind = BASE_GMM;
+        if (n_args < 1 || !args || !(args[0] >= 1)
+            || args[0] > BASE_MAX_COMPONENTS || args[0] != floor(args[0]))
+            return model_error(m, FLOW_ERR_INVAL, "a Gaussian mixture base "
+                               "needs a number of components in 1..%d",
+                               BASE_MAX_COMPONENTS);
+        *comps = (size_t)args[0];
+        return FLOW_OK;
     }
     return model_error(m, FLOW_ERR_INVAL, "unknown base distribution %d",
                        (int)base);
@@ -330,10 +343,10 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
                         flow_base_kind base, const double *args,
                         size_t n_args)
 {
-    size_t d = current_dim(m);
+    size_t d = current_dim(m), comps;
+    base_kind kind;
     node *nd;
     int rc;
-    (void)args;
     if (m->finished)
         return model_error(m, FLOW_ERR_INVAL,
                            "cannot add an exit to a finished model");
@@ -341,7 +354,7 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
         return model_error(m, FLOW_ERR_INVAL, "exit of %zu dimensions from a "
                            "state of %zu: must leave at least one and take "
                            "at least one", k, d);
-    if ((rc = check_base(m, base, n_args)) != FLOW_OK)
+    if ((rc = check_base(m, base, args, n_args, &kind, &comps)) != FLOW_OK)
         return rc;
     if (!(nd = push_node(m)))
         return model_error(m, FLOW_ERR_NOMEM, "out of memory");
@@ -351,8 +364,8 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
     nd->k = k;
     nd->name = arena_strdup(m, name ? name : "exit");
     nd->label = nd->name;
-    nd->base.kind = base;
-    nd->base.dim = k;
+    if (base_make(&nd->base, kind, k, comps) != FLOW_OK)
+        return model_error(m, FLOW_ERR_INVAL, "invalid exit base");
     if (!nd->name)
         return model_error(m, FLOW_ERR_NOMEM, "out of memory");
     m->n_nodes++;
@@ -363,13 +376,12 @@ int flow_model_set_base(flow_model *m, flow_base_kind base,
                         const double *args, size_t n_args)
 {
     int rc;
-    (void)args;
     if (m->finished)
         return model_error(m, FLOW_ERR_INVAL,
                            "cannot change the base of a finished model");
-    if ((rc = check_base(m, base, n_args)) != FLOW_OK)
+    if ((rc = check_base(m, base, args, n_args, &m->base_kind,
+                         &m->base_comps)) != FLOW_OK)
         return rc;
-    m->base.kind = base;
     return FLOW_OK;
 }
 
@@ -385,8 +397,12 @@ static void free_batch(flow_model *m)
     free(m->g0);
     free(m->g1);
     free(m->zbuf);
+    free(m->lpb);
+    free(m->t0);
+    free(m->t1);
+    m->t0 = m->t1 = NULL;
     m->act = NULL;
-    m->ld = m->ld_sum = m->ones = m->g0 = m->g1 = m->zbuf = NULL;
+    m->ld = m->ld_sum = m->ones = m->g0 = m->g1 = m->zbuf = m->lpb = NULL;
     m->cap_rows = 0;
 }
 
@@ -456,6 +472,19 @@ int flow_model_finish(flow_model *m, uint64_t seed)
         nb += nd->desc.n_buffers;
     }
     m->z_final = zoff;
+    if (base_make(&m->base, m->base_kind, current_dim(m), m->base_comps)
+        != FLOW_OK)
+        return model_error(m, FLOW_ERR_INVAL, "invalid base distribution");
+    /* base distributions' parameters follow the layers' */
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            nd->bp_off = np;
+            np += base_params(&nd->base);
+        }
+    }
+    m->base_off = np;
+    np += base_params(&m->base);
     m->n_params = np;
     m->n_buffers = nb;
     m->params = calloc(np ? np : 1, sizeof *m->params);
@@ -464,6 +493,11 @@ int flow_model_finish(flow_model *m, uint64_t seed)
         return model_error(m, FLOW_ERR_NOMEM, "out of memory for %zu "
                            "parameters", np);
     rng_seed(&m->rng, seed);
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_EXIT)
+            base_init(&m->nodes[i].base, m->params + m->nodes[i].bp_off,
+                      &m->rng);
+    base_init(&m->base, m->params + m->base_off, &m->rng);
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
         flow_diag diag;
@@ -502,55 +536,6 @@ void flow_model_set_training(flow_model *m, int training)
 }
 void flow_model_seed(flow_model *m, uint64_t seed) { rng_seed(&m->rng, seed); }
 
-/* ------------------------------------------------------------ bases */
-
-/* log-density of each row of z (n x d, row stride ld) added to out[r]. */
-static void base_logpdf(const base_dist *b, size_t n, size_t d,
-                        const flow_real *z, size_t stride, flow_real *out)
-{
-    for (size_t r = 0; r < n; r++) {
-        double s = 0;
-        const flow_real *zr = z + r * stride;
-        for (size_t i = 0; i < d; i++) {
-            double v = zr[i];
-            if (b->kind == FLOW_BASE_LOGISTIC)
-                /* log sigma(v) + log sigma(-v), stable for large |v| */
-                s += -fabs(v) - 2.0 * log1p(exp(-fabs(v)));
-            else
-                s += -0.5 * (v * v + LOG_2PI);
-        }
-        out[r] = (flow_real)(out[r] + s);
-    }
-}
-
-/* g[r, i] = w * d log p(z_r) / d z_ri */
-static void base_grad(const base_dist *b, size_t n, size_t d,
-                      const flow_real *z, size_t zstride, flow_real w,
-                      flow_real *g, size_t gstride)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t i = 0; i < d; i++) {
-            double v = z[r * zstride + i];
-            double gi = b->kind == FLOW_BASE_LOGISTIC ? -tanh(0.5 * v) : -v;
-            g[r * gstride + i] = (flow_real)(w * gi);
-        }
-}
-
-static void base_sample(const base_dist *b, flow_rng *rng, size_t n,
-                        size_t d, flow_real *z, size_t stride)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t i = 0; i < d; i++) {
-            double v;
-            if (b->kind == FLOW_BASE_LOGISTIC) {
-                double u = rng_uniform(rng);
-                v = log(u) - log1p(-u);
-            } else
-                v = rng_normal1(rng);
-            z[r * stride + i] = (flow_real)v;
-        }
-}
-
 /* ------------------------------------------------------------ execution */
 
 static int grow_batch(flow_model *m, size_t n)
@@ -572,7 +557,11 @@ static int grow_batch(flow_model *m, size_t n)
     m->g0 = malloc(n * dmax * sizeof *m->g0);
     m->g1 = malloc(n * dmax * sizeof *m->g1);
     m->zbuf = malloc(n * dmax * sizeof *m->zbuf);
-    if (!m->ld || !m->ld_sum || !m->ones || !m->g0 || !m->g1 || !m->zbuf)
+    m->lpb = malloc(n * sizeof *m->lpb);
+    m->t0 = malloc(n * dmax * sizeof *m->t0);
+    m->t1 = malloc(n * dmax * sizeof *m->t1);
+    if (!m->ld || !m->ld_sum || !m->ones || !m->g0 || !m->g1 || !m->zbuf
+        || !m->lpb || !m->t0 || !m->t1)
         goto nomem;
     m->cap_rows = n;
     return FLOW_OK;
@@ -691,17 +680,34 @@ int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
     return run_forward(m, n, x, c, m->zbuf, 1);
 }
 
-/* Adds the base log-densities of z (exits and final) to logp. */
-static void add_base_logpdf(const flow_model *m, size_t n, const flow_real *z,
-                            flow_real *logp)
+/* Gathers columns [off, off + k) of z (n x dim) into a contiguous n x k. */
+static void gather_cols(size_t n, size_t dim, const flow_real *z, size_t off,
+                        size_t k, flow_real *out)
 {
-    for (size_t i = 0; i < m->n_nodes; i++) {
-        const node *nd = &m->nodes[i];
-        if (nd->kind == NODE_EXIT)
-            base_logpdf(&nd->base, n, nd->k, z + nd->z_off, m->dim, logp);
+    for (size_t r = 0; r < n; r++)
+        memcpy(out + r * k, z + r * dim + off, k * sizeof *out);
+}
+
+/* Adds the base log-densities of z (exits and final) to logp. */
+static int add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
+                           flow_real *logp)
+{
+    flow_real *tmp = m->t0;
+    for (size_t i = 0; i <= m->n_nodes; i++) {
+        const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
+        const base_dist *b = nd ? &nd->base : &m->base;
+        size_t off = nd ? nd->z_off : m->z_final;
+        size_t po = nd ? nd->bp_off : m->base_off;
+        if (nd && nd->kind != NODE_EXIT)
+            continue;
+        gather_cols(n, m->dim, z, off, b->dim, tmp);
+        if (base_log_prob(b, m->params + po, n, tmp, m->lpb) != FLOW_OK)
+            return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                               "invalid parameters or input");
+        for (size_t r = 0; r < n; r++)
+            logp[r] += m->lpb[r];
     }
-    base_logpdf(&m->base, n, m->dim - m->z_final, z + m->z_final, m->dim,
-                logp);
+    return FLOW_OK;
 }
 
 int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
@@ -715,8 +721,7 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
         || (rc = run_forward(m, n, x, c, m->zbuf, 0)) != FLOW_OK)
         return rc;
     memcpy(logp, m->ld_sum, n * sizeof *logp);
-    add_base_logpdf(m, n, m->zbuf, logp);
-    return FLOW_OK;
+    return add_base_logpdf(m, n, m->zbuf, logp);
 }
 
 /* Inverse through every node from z; x gets the data, m->ld_sum the
@@ -784,21 +789,28 @@ int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
     ctx_clear_error(m->ctx);
     if ((rc = grow_batch(m, n)) != FLOW_OK)
         return rc;
-    for (size_t i = 0; i < m->n_nodes; i++) {
-        const node *nd = &m->nodes[i];
-        if (nd->kind == NODE_EXIT)
-            base_sample(&nd->base, &m->rng, n, nd->k, m->zbuf + nd->z_off,
-                        m->dim);
+    for (size_t i = 0; i <= m->n_nodes; i++) {
+        const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
+        const base_dist *b = nd ? &nd->base : &m->base;
+        size_t off = nd ? nd->z_off : m->z_final;
+        size_t po = nd ? nd->bp_off : m->base_off;
+        if (nd && nd->kind != NODE_EXIT)
+            continue;
+        if (base_sample(b, m->params + po, n, &m->rng, m->t1, NULL)
+            != FLOW_OK)
+            return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                               "cannot sample");
+        for (size_t r = 0; r < n; r++)
+            memcpy(m->zbuf + r * m->dim + off, m->t1 + r * b->dim,
+                   b->dim * sizeof *m->zbuf);
     }
-    base_sample(&m->base, &m->rng, n, m->dim - m->z_final,
-                m->zbuf + m->z_final, m->dim);
     if ((rc = run_inverse(m, n, m->zbuf, c, x)) != FLOW_OK)
         return rc;
     if (logp) {
         /* log p(x) = log p_base(z) - log|det df^-1/dz| */
         for (size_t r = 0; r < n; r++)
             logp[r] = -m->ld_sum[r];
-        add_base_logpdf(m, n, m->zbuf, logp);
+        return add_base_logpdf(m, n, m->zbuf, logp);
     }
     return FLOW_OK;
 }
@@ -819,19 +831,21 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         return rc;
     w = (flow_real)(1.0 / (double)n);
     memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
-    add_base_logpdf(m, n, m->zbuf, m->ld);
+    if ((rc = add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
+        return rc;
     for (size_t r = 0; r < n; r++) {
         total += m->ld[r];
-        m->ones[r] = w;             /* dL/dlogdet for the mean */
+        m->ones[r] = w;             /* dL/dlogdet and dL/dlogp_base */
     }
     memset(grad, 0, m->n_params * sizeof *grad);
-    /* d mean / d z_final */
+    /* d mean / d z_final, and the final base's parameter gradient */
     dz = m->g0;
     dprev = m->g1;
-    {
-        size_t df = current_dim(m);
-        base_grad(&m->base, n, df, m->zbuf + m->z_final, m->dim, w, dz, df);
-    }
+    gather_cols(n, m->dim, m->zbuf, m->z_final, m->base.dim, m->t0);
+    if (base_grad(&m->base, m->params + m->base_off, n, m->t0, m->ones, dz,
+                  grad + m->base_off) != FLOW_OK)
+        return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                           "gradient failed");
     for (size_t i = m->n_nodes; i-- > 0;) {
         node *nd = &m->nodes[i];
         flow_call call;
@@ -841,8 +855,14 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
             for (size_t r = n; r-- > 0;)
                 memmove(dprev + r * nd->in_dim + nd->k, dz + r * nd->out_dim,
                         nd->out_dim * sizeof *dz);
-            base_grad(&nd->base, n, nd->k, m->zbuf + nd->z_off, m->dim, w,
-                      dprev, nd->in_dim);
+            gather_cols(n, m->dim, m->zbuf, nd->z_off, nd->k, m->t0);
+            if (base_grad(&nd->base, m->params + nd->bp_off, n, m->t0,
+                          m->ones, m->t1, grad + nd->bp_off) != FLOW_OK)
+                return model_error(m, FLOW_ERR_NUMERIC, "exit %s: base "
+                                   "gradient failed", nd->name);
+            for (size_t r = 0; r < n; r++)
+                memcpy(dprev + r * nd->in_dim, m->t1 + r * nd->k,
+                       nd->k * sizeof *dprev);
         } else {
             if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
                 || !nd->type->forward_backward)

@@ -196,6 +196,67 @@ START_TEST(test_gradient_matches_finite_differences)
 }
 END_TEST
 
+/* Learnable bases: a GMM exit and a diagonal-normal output; gradients of
+ * every parameter (layers and bases) against central differences, and the
+ * samples' log-densities against log_prob. */
+START_TEST(test_learnable_bases)
+{
+    enum { N = 9, D = 3 };
+    double k = 3, f0;
+    flow_model *m = flow_model_new(ctx, D, 0);
+    flow_real x[N * D], lps[N], lpe[N], *g, *p;
+    size_t np;
+    add_actnorm(m);
+    ck_assert_int_eq(flow_model_add_exit(m, 1, "z1", FLOW_BASE_GMM, &k, 1),
+                     FLOW_OK);
+    add_actnorm(m);
+    ck_assert_int_eq(flow_model_set_base(m, FLOW_BASE_DIAG_NORMAL, NULL, 0),
+                     FLOW_OK);
+    ck_assert_int_eq(flow_model_finish(m, 5), FLOW_OK);
+    np = flow_model_num_params(m);
+    /* actnorm 2*3 + 2*2, GMM 3 + 3*1 + 3*1, diagonal normal 2*2 */
+    ck_assert_uint_eq(np, 6 + 4 + 9 + 4);
+    randomise(m, 12);
+    p = flow_model_params(m);
+    g = malloc(np * sizeof *g);
+    for (int i = 0; i < N * D; i++)
+        x[i] = (flow_real)(1.5 * sin(0.37 * i + 0.2));
+    ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &f0, g), FLOW_OK);
+    for (size_t j = 0; j < np; j++) {
+        double h = FLOW_REAL_DOUBLE ? 1e-6 : 1e-2, fp, fm, fd;
+        flow_real keep = p[j], *g2 = malloc(np * sizeof *g2);
+        p[j] = (flow_real)(keep + h);
+        ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &fp, g2),
+                         FLOW_OK);
+        p[j] = (flow_real)(keep - h);
+        ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &fm, g2),
+                         FLOW_OK);
+        p[j] = keep;
+        free(g2);
+        fd = (fp - fm) / (2 * h);
+        ck_assert_msg(fabs(g[j] - fd) <= (FLOW_REAL_DOUBLE ? 1e-6 : 3e-3)
+                                             * (1 + fabs(fd)),
+                      "param %zu: analytic %g, FD %g", j, (double)g[j], fd);
+    }
+    flow_model_seed(m, 2);
+    ck_assert_int_eq(flow_model_sample(m, N, NULL, x, lps), FLOW_OK);
+    ck_assert_int_eq(flow_model_log_prob(m, N, x, NULL, lpe), FLOW_OK);
+    for (int r = 0; r < N; r++)
+        ck_assert_double_eq_tol(lps[r], lpe[r], 1e3 * TEST_EPS);
+    ck_assert_int_eq(flow_model_set_base(m, FLOW_BASE_GMM, &k, 1),
+                     FLOW_ERR_INVAL);   /* finished */
+    free(g);
+    flow_model_free(m);
+    m = flow_model_new(ctx, 2, 0);
+    k = 0;
+    ck_assert_int_eq(flow_model_set_base(m, FLOW_BASE_GMM, &k, 1),
+                     FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), "a Gaussian mixture base needs a "
+                     "number of components in 1..256");
+    flow_model_free(m);
+}
+END_TEST
+
 START_TEST(test_data_init_normalises_once)
 {
     enum { N = 1000, D = 3 };
@@ -361,6 +422,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_build_errors);
     tcase_add_test(tc, test_data_init_error_names_layer);
     tcase_add_test(tc, test_batchnorm_training);
+    tcase_add_test(tc, test_learnable_bases);
     suite_add_tcase(s, tc);
     return s;
 }
