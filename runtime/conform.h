@@ -13,7 +13,7 @@ typedef struct conform_opts {
     uint64_t seed;
     double perturb;             /* std of noise added to initial params so
                                    identity-initialised layers are really
-                                   tested (default 0.5)                     */
+                                   tested (default 0.2)                     */
     double scale;               /* std of test inputs (default 1.5)         */
     size_t max_param_checks;    /* parameters checked by FD (default 48)    */
     int has_bounds;             /* the input lies in [lo, hi]                */

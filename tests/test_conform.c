@@ -40,6 +40,7 @@ static void run_checks(const char *type, const flow_attr_value *attrs,
     conform_opts o;
     ck_assert_ptr_nonnull(t);
     conform_default_opts(&o);
+    o.perturb = 0.5;            /* elementwise layers: large logdets */
     o.dim = dim;
     o.seed = 7 + dim;
     ck_assert_msg(conform_layer(ctx, t, file, attrs, &o, rep) == FLOW_OK,
@@ -139,6 +140,87 @@ START_TEST(test_linear_conforms)
 }
 END_TEST
 
+/* Resolved attributes of a coupling / maf style layer. */
+typedef struct ar_attrs {
+    flow_attr_value v[5];
+    flow_attr_value spline[5];
+    flow_attr_value sub;
+    int64_t hidden[2];
+    int64_t list[8];
+} ar_attrs;
+
+/* transformer: 0 affine, 1 additive, 2 spline; second: variant index and
+ * argument of the mask (coupling) or order (maf). */
+static void make_ar_attrs(ar_attrs *a, int tf, int alt, int64_t arg,
+                          const int64_t *list, size_t n)
+{
+    memset(a, 0, sizeof *a);
+    a->v[0].type = FLOW_ATTR_VARIANT;
+    a->v[0].i = tf;
+    a->v[0].sub = tf == 2 ? a->spline : NULL;
+    for (int i = 0; i < 5; i++)
+        a->spline[i].type = i ? FLOW_ATTR_REAL : FLOW_ATTR_INT;
+    a->spline[0].i = 5;
+    a->spline[1].r = 2.5;
+    a->spline[2].r = a->spline[3].r = a->spline[4].r = 1e-3;
+    a->v[1].type = FLOW_ATTR_VARIANT;
+    a->v[1].i = alt;
+    a->v[1].sub = &a->sub;
+    a->sub.type = list ? FLOW_ATTR_INT_LIST : FLOW_ATTR_INT;
+    a->sub.i = arg;
+    if (list) {
+        memcpy(a->list, list, n * sizeof *list);
+        a->sub.ilist = a->list;
+        a->sub.n = n;
+    }
+    a->v[2].type = FLOW_ATTR_INT_LIST;
+    a->hidden[0] = 16;
+    a->hidden[1] = 12;
+    a->v[2].ilist = a->hidden;
+    a->v[2].n = 2;
+    a->v[3].type = FLOW_ATTR_ENUM;
+    a->v[3].i = 2;                      /* tanh: smooth for FD checks */
+    a->v[4].type = FLOW_ATTR_BOOL;
+    a->v[4].i = 1;
+}
+
+static void check_with_context(const char *type, const ar_attrs *a,
+                               size_t dim, size_t k, const char *what)
+{
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, type, &file);
+    conform_report rep;
+    conform_opts o;
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.dim = dim;
+    o.context_dim = k;
+    o.rows = 3;
+    o.seed = 11 + dim + k;
+    ck_assert_msg(conform_layer(ctx, t, file, a->v, &o, &rep) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    print_report(what, &rep);
+    ck_assert_msg(rep.failures == 0, "%s: %d checks failed", what,
+                  rep.failures);
+}
+
+START_TEST(test_coupling_conforms)
+{
+    static const int64_t mask[5] = {1, 0, 0, 1, 1};
+    ar_attrs a;
+    char what[64];
+    for (int tf = 0; tf < 3; tf++)
+        for (int alt = 0; alt < 4; alt++)
+            for (size_t k = 0; k <= 2; k += 2) {
+                make_ar_attrs(&a, tf, alt, alt == 2 ? 2 : 1,
+                              alt == 3 ? mask : NULL, 5);
+                snprintf(what, sizeof what, "coupling tf %d mask %d ctx %zu",
+                         tf, alt, k);
+                check_with_context("coupling", &a, 5, k, what);
+            }
+}
+END_TEST
+
 /* The checks that must fail for a buggy layer; all others must pass. */
 static void expect_only(const char *type, const char *const *failing)
 {
@@ -188,6 +270,7 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_logit_conforms);
     tcase_add_test(tc, test_batchnorm_conforms);
     tcase_add_test(tc, test_linear_conforms);
+    tcase_add_test(tc, test_coupling_conforms);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
     suite_add_tcase(s, tc);
     return s;
