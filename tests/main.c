@@ -27,6 +27,7 @@ int main(void)
     srunner_add_suite(sr, suite_model());
     srunner_add_suite(sr, suite_train());
     srunner_add_suite(sr, suite_conform());
+    srunner_add_suite(sr, suite_layers());
     /* numerics */
     srunner_add_suite(sr, suite_matrix());
     srunner_add_suite(sr, suite_nn());

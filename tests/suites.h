@@ -11,6 +11,7 @@ Suite *suite_rng(void);
 Suite *suite_model(void);
 Suite *suite_train(void);
 Suite *suite_conform(void);
+Suite *suite_layers(void);
 /* numerics */
 Suite *suite_matrix(void);
 Suite *suite_nn(void);

@@ -221,6 +221,24 @@ START_TEST(test_coupling_conforms)
 }
 END_TEST
 
+START_TEST(test_autoregressive_conforms)
+{
+    static const int64_t order[4] = {2, 0, 3, 1};
+    static const char *const kinds[] = {"maf", "iaf"};
+    ar_attrs a;
+    char what[64];
+    for (int kind = 0; kind < 2; kind++)
+        for (int tf = 0; tf < 3; tf++)
+            for (int alt = 0; alt < 4; alt++) {
+                size_t k = (size_t)(alt % 2) * 2;
+                make_ar_attrs(&a, tf, alt, 5, alt == 3 ? order : NULL, 4);
+                snprintf(what, sizeof what, "%s tf %d order %d ctx %zu",
+                         kinds[kind], tf, alt, k);
+                check_with_context(kinds[kind], &a, 4, k, what);
+            }
+}
+END_TEST
+
 /* The checks that must fail for a buggy layer; all others must pass. */
 static void expect_only(const char *type, const char *const *failing)
 {
@@ -271,6 +289,7 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_batchnorm_conforms);
     tcase_add_test(tc, test_linear_conforms);
     tcase_add_test(tc, test_coupling_conforms);
+    tcase_add_test(tc, test_autoregressive_conforms);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
     suite_add_tcase(s, tc);
     return s;
