@@ -74,6 +74,49 @@ FLOW_API const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
                                                        const char *name,
                                                        const char **file);
 
+/* --- data sets (runtime/data.c; formats in docs/formats.md) ---------- */
+
+/* A data set: n rows of `dim` data columns (row-major flow_real) plus
+ * optionally `context_dim` context columns for conditional models. */
+typedef struct flow_data flow_data;
+
+typedef enum flow_data_format {
+    FLOW_DATA_AUTO = 0,   /* by name: "*.npy" is NPY, anything else CSV */
+    FLOW_DATA_CSV = 1,
+    FLOW_DATA_NPY = 2
+} flow_data_format;
+
+/* Reads a CSV or .npy file (`path` "-" reads stdin; NPY is recognised by
+ * its magic bytes).  `columns`: NULL for every column not in `context`,
+ * else a comma-separated list of header names or 0-based indices.
+ * `context`: NULL for none, else a list as for `columns`.  `dim`: 0 for
+ * any, else the required number of data columns.  On success *out is a
+ * new data set owned by the caller (flow_data_free); on failure *out is
+ * NULL and the message names file:line:column. */
+FLOW_API int flow_data_read(flow_ctx *ctx, const char *path,
+                            const char *columns, const char *context,
+                            size_t dim, flow_data **out);
+/* Writes data columns then context columns to `path` ("-": stdout), as
+ * CSV (optional header row) or NPY.  Writing a file is atomic: on failure
+ * nothing is left under `path`.  `data` is only read. */
+FLOW_API int flow_data_write(flow_ctx *ctx, const flow_data *data,
+                             const char *path, flow_data_format format,
+                             int header);
+/* New zero-filled data set owned by the caller, or NULL (message in ctx). */
+FLOW_API flow_data *flow_data_new(flow_ctx *ctx, size_t n, size_t dim,
+                                  size_t context_dim);
+FLOW_API void flow_data_free(flow_data *data);
+FLOW_API size_t flow_data_rows(const flow_data *data);
+FLOW_API size_t flow_data_dim(const flow_data *data);
+FLOW_API size_t flow_data_context_dim(const flow_data *data);
+/* Row-major n x dim values, owned by data (NULL when empty). */
+FLOW_API flow_real *flow_data_values(flow_data *data);
+/* Row-major n x context_dim values, owned by data; NULL when none. */
+FLOW_API flow_real *flow_data_context(flow_data *data);
+/* Name of column j (data columns first, then context columns), owned by
+ * data; NULL when the data set has no names or j is out of range. */
+FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 
