@@ -10,6 +10,7 @@ Suite *suite_permute(void);
 Suite *suite_rng(void);
 /* files area: data, datasets, json, checkpoint */
 Suite *suite_data(void);
+Suite *suite_datasets(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

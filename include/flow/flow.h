@@ -117,6 +117,30 @@ FLOW_API flow_real *flow_data_context(flow_data *data);
  * data; NULL when the data set has no names or j is out of range. */
 FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
 
+/* Built-in data sets (runtime/datasets.c; definitions and densities in
+ * docs/formats.md).  Zero the struct, then set what you need. */
+typedef struct flow_dataset_params {
+    const char *name;       /* moons circles 8gaussians checkerboard pinwheel
+                               2spirals rings swissroll gmm */
+    size_t n;               /* rows, 1 .. 100000000 */
+    uint64_t seed;          /* the samples; same seed, same bits */
+    size_t dim;             /* gmm: dimension (0: 2) */
+    size_t components;      /* gmm: number of components (0: 8) */
+    uint64_t means_seed;    /* gmm: seed of the component means */
+    int labels;             /* 8gaussians: the component as a one-hot in
+                               context columns label0..label7 */
+    int with_logprob;       /* append the true log-density (nats) as the
+                               last context column "logprob"; only for
+                               8gaussians, checkerboard and gmm */
+} flow_dataset_params;
+
+/* NULL-terminated list of the built-in data set names (static). */
+FLOW_API const char *const *flow_dataset_names(void);
+/* Draws a built-in data set: columns x0.. then context columns (labels,
+ * logprob) as asked.  *out is new, owned by the caller. */
+FLOW_API int flow_data_generate(flow_ctx *ctx, const flow_dataset_params *p,
+                                flow_data **out);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 
