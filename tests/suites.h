@@ -11,6 +11,7 @@ Suite *suite_rng(void);
 /* files area: data, datasets, json, checkpoint */
 Suite *suite_data(void);
 Suite *suite_datasets(void);
+Suite *suite_json(void);
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
