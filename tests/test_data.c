@@ -437,6 +437,25 @@ START_TEST(test_atomic_write)
 }
 END_TEST
 
+START_TEST(test_stdin)
+{
+    /* "-" reads stdin (this test runs in its own forked process) */
+    flow_data *a = random_data(20, 2, 0, 5), *b;
+    ck_assert_int_eq(data_write(ctx, a, tu_path(dir, "s.npy"), FLOW_DATA_NPY,
+                                0), FLOW_OK);
+    ck_assert_ptr_nonnull(freopen(tu_path(dir, "s.npy"), "rb", stdin));
+    ck_assert_int_eq(data_read(ctx, "-", NULL, &b), FLOW_OK);
+    assert_same(a, b);
+    data_free(b);
+    data_free(a);
+    tu_write(tu_path(dir, "s.csv"), "x,y\n1,2\n3,?\n", 12);
+    ck_assert_ptr_nonnull(freopen(tu_path(dir, "s.csv"), "rb", stdin));
+    ck_assert_int_eq(flow_data_read(ctx, "-", NULL, NULL, 0, &b),
+                     FLOW_ERR_FORMAT);
+    ck_assert_str_eq(flow_errmsg(ctx), "<stdin>:3:2: non-numeric value '?'");
+}
+END_TEST
+
 START_TEST(test_crc32c)
 {
     /* check value of the CRC catalogue (CRC-32/ISCSI) and chaining */
@@ -462,6 +481,7 @@ Suite *suite_data(void)
     tcase_add_test(tc, test_npy_read);
     tcase_add_test(tc, test_npy_errors);
     tcase_add_test(tc, test_atomic_write);
+    tcase_add_test(tc, test_stdin);
     tcase_add_test(tc, test_crc32c);
     suite_add_tcase(s, tc);
     return s;
