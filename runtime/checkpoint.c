@@ -138,6 +138,9 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     }
     if (numel > SIZE_MAX / ckpt_dtype_size(dtype))
         goto toobig;
+    if (numel && !data)
+        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                         "has no data", name);
     if (grow((void **)&w->t, &w->capt, w->nt, sizeof *w->t))
         return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     t = &w->t[w->nt];

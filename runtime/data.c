@@ -86,10 +86,15 @@ nomem:
 static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
                        size_t *cap, size_t rows)
 {
-    size_t ncap = *cap ? *cap : 256;
+    size_t width = data->d + data->c, ncap = *cap;
     flow_real *p;
     if (rows <= *cap)
         return FLOW_OK;
+    /* start with about 64 KiB of rows: wide data must not reserve 256
+     * rows of a million columns for a one-row file */
+    if (!ncap)
+        ncap = width < 65536 / sizeof(flow_real)
+               ? 65536 / sizeof(flow_real) / width : 1;
     while (ncap < rows) {
         if (ncap > SIZE_MAX / 2)
             goto toobig;
@@ -630,6 +635,9 @@ static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
     p.ctx = ctx;
     p.s = s;
     p.opts = opts;
+    /* a UTF-8 byte order mark (spreadsheet exports) is not data */
+    if (s->len >= 3 && !memcmp(s->buf, "\xEF\xBB\xBF", 3))
+        s->pos = 3;
     if (!(p.data = calloc(1, sizeof *p.data)))
         return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     rc = csv_parse(&p);

@@ -26,6 +26,8 @@ const char *const *datasets_names(void) { return names; }
 
 static int known(const char *name)
 {
+    if (!name)
+        return 0;
     for (int i = 0; names[i]; i++)
         if (!strcmp(names[i], name))
             return 1;
@@ -237,6 +239,8 @@ fail:
 static int validate(flow_ctx *ctx, const datasets_params *p, int want_logp)
 {
     int is_gmm;
+    if (!p->name)
+        return ctx_error(ctx, FLOW_ERR_INVAL, "no data set name given");
     if (!known(p->name))
         return ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s' "
                          "(known: moons, circles, 8gaussians, checkerboard, "

@@ -192,6 +192,65 @@ START_TEST(test_writer_round_trip)
 }
 END_TEST
 
+START_TEST(test_mutations)
+{
+    /* 20000 damaged documents: parsed or refused with a located message;
+     * whatever parses is written back and parses to the same text */
+    static const char base[] = "{\"__metadata__\":{\"spec\":\"flow {\\n}\","
+        "\"h\":\"[1,2.5e-3]\"},\"w\":{\"dtype\":\"F32\",\"shape\":[2,3],"
+        "\"data_offsets\":[0,24]},\"u\":\"\\u00e9\\ud83d\\ude00\","
+        "\"t\":[true,false,null,-0.0]}";
+    static const char alphabet[] = "{}[]\",:\\u0123456789.eE+-tfn \n";
+    char buf[512];
+    size_t ok = 0;
+    uint64_t x = 88172645463325252ull;   /* xorshift64 (Marsaglia 2003) */
+    for (int it = 0; it < 20000; it++) {
+        size_t n = sizeof base - 1;
+        json_doc *d;
+        memcpy(buf, base, n);
+        for (int k = 0; k < 1 + it % 3; k++) {
+            size_t at;
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            at = (size_t)(x % n);
+            if (x >> 62 == 0 && n > 1) {
+                memmove(buf + at, buf + at + 1, n - at - 1);
+                n--;
+            } else if (x >> 62 == 1 && n < sizeof buf) {
+                memmove(buf + at + 1, buf + at, n - at);
+                buf[at] = alphabet[(x >> 20) % (sizeof alphabet - 1)];
+                n++;
+            } else {
+                buf[at] = (x >> 62 == 2)
+                          ? alphabet[(x >> 20) % (sizeof alphabet - 1)]
+                          : (char)(x >> 24);
+            }
+        }
+        if (json_parse(ctx, "t", buf, n, 8, &d) == FLOW_OK) {
+            json_buf b1, b2;
+            json_doc *d2;
+            json_buf_init(&b1);
+            json_buf_init(&b2);
+            json_buf_value(&b1, json_root(d));
+            ck_assert(!b1.oom && !b1.bad_utf8);
+            ck_assert_int_eq(json_parse(ctx, "t", b1.s, b1.len, 8, &d2),
+                             FLOW_OK);
+            json_buf_value(&b2, json_root(d2));
+            ck_assert_str_eq(b1.s, b2.s);
+            json_buf_free(&b1);
+            json_buf_free(&b2);
+            json_free(d2);
+            json_free(d);
+            ok++;
+        } else {
+            ck_assert_msg(!strncmp(flow_errmsg(ctx), "t:", 2), "%s",
+                          flow_errmsg(ctx));
+        }
+    }
+    ck_assert_uint_gt(ok, 100);
+    ck_assert_uint_lt(ok, 19000);
+}
+END_TEST
+
 Suite *suite_json(void)
 {
     Suite *s = suite_create("json");
@@ -203,6 +262,7 @@ Suite *suite_json(void)
     tcase_add_test(tc, test_depth_limit);
     tcase_add_test(tc, test_many_keys);
     tcase_add_test(tc, test_writer_round_trip);
+    tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;
 }
