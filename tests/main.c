@@ -33,6 +33,11 @@ int main(void)
     srunner_add_suite(sr, suite_nn());
     srunner_add_suite(sr, suite_transform());
     srunner_add_suite(sr, suite_base());
+
+    srunner_add_suite(sr, suite_data());
+    srunner_add_suite(sr, suite_datasets());
+    srunner_add_suite(sr, suite_json());
+    srunner_add_suite(sr, suite_checkpoint());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

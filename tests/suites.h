@@ -18,6 +18,12 @@ Suite *suite_nn(void);
 Suite *suite_transform(void);
 Suite *suite_base(void);
 
+/* files area: data, datasets, json, checkpoint */
+Suite *suite_data(void);
+Suite *suite_datasets(void);
+Suite *suite_json(void);
+Suite *suite_checkpoint(void);
+
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
 const char *test_plugin(const char *name);
