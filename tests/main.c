@@ -24,6 +24,7 @@ int main(void)
 
     srunner_add_suite(sr, suite_permute());
     srunner_add_suite(sr, suite_rng());
+    srunner_add_suite(sr, suite_compiler());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

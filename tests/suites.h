@@ -8,6 +8,7 @@
 Suite *suite_loader(void);
 Suite *suite_permute(void);
 Suite *suite_rng(void);
+Suite *suite_compiler(void);   /* compiler branch */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
