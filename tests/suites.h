@@ -23,6 +23,7 @@ Suite *suite_data(void);
 Suite *suite_datasets(void);
 Suite *suite_json(void);
 Suite *suite_checkpoint(void);
+Suite *suite_compiler(void);   /* compiler branch */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

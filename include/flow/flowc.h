@@ -1,7 +1,16 @@
 /* flowc.h - the flowkit compiler API (libflowc): .flow specs to verified
- * layer graphs.  The calls arrive with the compiler (docs/language.md). */
+ * layer graphs.  Language: docs/language.md; command line: docs/flowc.md.
+ *
+ * One call compiles a spec into a flow_compilation, which owns everything
+ * it hands out (diagnostics, the graph, resolved attributes, dependency
+ * vectors, source text) in one arena; flow_compile_free releases it all.
+ * The layer types come from the plugins loaded in the flow_ctx given to the
+ * compile call (load them first, e.g. with flow_plugin_load_all); the
+ * compilation borrows the context, which must outlive it. */
 #ifndef FLOWC_H
 #define FLOWC_H
+
+#include <stdio.h>
 
 #include "flow/flow.h"
 
@@ -11,6 +20,162 @@ extern "C" {
 
 /* Version of the compiler's spec language. */
 #define FLOW_LANGUAGE_VERSION 1
+
+/* Limits (documented in docs/language.md).  Inputs beyond them get a
+ * located error, never a crash, hang or unbounded allocation. */
+#define FLOW_MAX_DIM          65536   /* input, context width            */
+#define FLOW_MAX_REPEAT        4096   /* one repeat count                */
+#define FLOW_MAX_LAYERS        4096   /* layers + exits after expansion  */
+#define FLOW_MAX_NESTING         64   /* brackets, repeat/block calls    */
+#define FLOW_MAX_IDENT          255   /* identifier length               */
+#define FLOW_MAX_FILE_BYTES (16u << 20) /* one source file               */
+#define FLOW_MAX_ERRORS          50   /* then "too many errors"          */
+
+typedef struct flow_compilation flow_compilation;   /* opaque */
+typedef struct flow_graph flow_graph;               /* opaque */
+
+/* --- compiling -------------------------------------------------------- */
+
+/* Compiles the spec in `path` (imports are resolved relative to it).
+ * Returns NULL only when out of memory (message in flow_errmsg(ctx));
+ * otherwise a compilation to inspect and free with flow_compile_free,
+ * whether or not the spec had errors. */
+FLOW_API flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path);
+
+/* Same for source text in memory; `name` is used in diagnostics and as the
+ * base for relative imports (the text is copied). */
+FLOW_API flow_compilation *flow_compile_string(flow_ctx *ctx,
+                                               const char *name,
+                                               const char *text, size_t len);
+
+FLOW_API void flow_compile_free(flow_compilation *c);
+
+/* Number of errors and warnings reported. */
+FLOW_API size_t flow_compile_errors(const flow_compilation *c);
+FLOW_API size_t flow_compile_warnings(const flow_compilation *c);
+
+/* The verified graph, or NULL when the spec has errors.  Owned by c. */
+FLOW_API const flow_graph *flow_compile_graph(const flow_compilation *c);
+
+/* --- diagnostics ------------------------------------------------------ */
+
+typedef enum flow_severity {
+    FLOW_SEV_ERROR = 0,
+    FLOW_SEV_WARNING = 1
+} flow_severity;
+
+/* One diagnostic.  Strings are owned by the compilation. */
+typedef struct flow_diagnostic {
+    flow_severity severity;
+    const char *code;              /* "F0103"                               */
+    const char *file;              /* as given / as imported                */
+    int line, col;                 /* 1-based; col in bytes                 */
+    int end_line, end_col;         /* last column of the span (inclusive)  */
+    const char *message;
+    const char *help;              /* NULL when no fix is known             */
+} flow_diagnostic;
+
+FLOW_API size_t flow_compile_diag_count(const flow_compilation *c);
+FLOW_API const flow_diagnostic *flow_compile_diag(const flow_compilation *c,
+                                                  size_t i);
+
+typedef enum flow_diag_format {
+    FLOW_DIAG_TEXT = 0,            /* first line, source line, underline,
+                                      help                                  */
+    FLOW_DIAG_TERSE = 1,           /* first lines only                      */
+    FLOW_DIAG_JSON = 2             /* a JSON array, one object per line     */
+} flow_diag_format;
+
+/* Writes every diagnostic to f in the given format. */
+FLOW_API void flow_compile_print_diags(const flow_compilation *c, FILE *f,
+                                       flow_diag_format fmt);
+
+/* --- the graph -------------------------------------------------------- */
+
+/* Base distributions use flow_base_kind from flow.h. */
+typedef struct flow_graph_base {
+    flow_base_kind kind;
+    const char *name;              /* "normal", "mixture", ...              */
+    size_t n_args;
+    double args[4];                /* numeric arguments in declared order   */
+    int uses_context;              /* `given c` on the base                 */
+    size_t n_params;               /* learnable parameters for dim D        */
+} flow_graph_base;
+
+typedef enum flow_node_kind {
+    FLOW_NODE_LAYER = 1,
+    FLOW_NODE_EXIT = 2
+} flow_node_kind;
+
+/* One node of the graph, in forward (data -> latent) order.  Read-only;
+ * every pointer is owned by the compilation. */
+typedef struct flow_graph_node {
+    flow_node_kind kind;
+    const char *file;              /* spec file of the statement            */
+    int line, col;
+    size_t in_dim;                 /* width of the state entering the node  */
+    /* FLOW_NODE_LAYER */
+    const flow_layer_type *type;   /* owned by the plugin (ctx)             */
+    const char *plugin_file;       /* owned by ctx                          */
+    const char *label;             /* "tcoupling#3": type#node index        */
+    size_t n_attrs;
+    const flow_attr_value *attrs;  /* = config.attrs, table order           */
+    flow_layer_config config;      /* as given to describe()                */
+    flow_layer_desc desc;          /* as returned; desc.dep_vec has in_dim
+                                      entries                               */
+    int uses_context;
+    /* FLOW_NODE_EXIT: the first `exit_k` dimensions leave the flow */
+    size_t exit_k;
+    const char *exit_name;
+    flow_graph_base exit_base;
+} flow_graph_node;
+
+FLOW_API const char *flow_graph_name(const flow_graph *g);
+FLOW_API const char *flow_graph_input_name(const flow_graph *g);
+FLOW_API size_t flow_graph_input_dim(const flow_graph *g);
+/* 1 with *lo, *hi set when the input declares `in [lo, hi]`, else 0. */
+FLOW_API int flow_graph_input_bounds(const flow_graph *g, double *lo,
+                                     double *hi);
+/* Context width (0 without a context) and its name (NULL without). */
+FLOW_API size_t flow_graph_context_dim(const flow_graph *g);
+FLOW_API const char *flow_graph_context_name(const flow_graph *g);
+
+FLOW_API size_t flow_graph_node_count(const flow_graph *g);
+FLOW_API const flow_graph_node *flow_graph_node_get(const flow_graph *g,
+                                                    size_t i);
+
+/* Base of the final latent (after the last exit), its name and width. */
+FLOW_API const flow_graph_base *flow_graph_base_get(const flow_graph *g);
+FLOW_API const char *flow_graph_output_name(const flow_graph *g);
+FLOW_API size_t flow_graph_output_dim(const flow_graph *g);
+
+/* The `train { key = value; }` section: count, and entry i.  A value is a
+ * number (is_number 1, text is its source spelling) or a name/string. */
+typedef struct flow_train_entry {
+    const char *key;
+    int is_number;
+    double number;
+    const char *text;
+    int line, col;
+} flow_train_entry;
+
+FLOW_API size_t flow_graph_train_count(const flow_graph *g);
+FLOW_API const flow_train_entry *flow_graph_train_get(const flow_graph *g,
+                                                      size_t i);
+
+/* Source files of the compilation: 0 is the main file, then imports in
+ * the order they were read.  Text is NUL-terminated; *len excludes it. */
+FLOW_API size_t flow_graph_source_count(const flow_graph *g);
+FLOW_API const char *flow_graph_source(const flow_graph *g, size_t i,
+                                       const char **path, size_t *len);
+
+/* Totals over the graph. */
+FLOW_API size_t flow_graph_params(const flow_graph *g);  /* incl. bases */
+
+/* Writers: --report table, --emit=json, --emit=dot. */
+FLOW_API void flow_graph_print_report(const flow_graph *g, FILE *f);
+FLOW_API void flow_graph_print_json(const flow_graph *g, FILE *f);
+FLOW_API void flow_graph_print_dot(const flow_graph *g, FILE *f);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,232 @@
+/* compiler.h - internal: the arena, source positions, AST, values and the
+ * compilation record shared by the compiler's modules.  Not installed. */
+#ifndef FLOW_COMPILER_H
+#define FLOW_COMPILER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flow/flowc.h"
+
+/* --- arena: one per compilation, freed at once ------------------------ */
+typedef struct arena_chunk arena_chunk;
+typedef struct arena {
+    arena_chunk *head;
+    int failed;                     /* an allocation failed               */
+} arena;
+
+void *arena_alloc(arena *a, size_t bytes);          /* zeroed, or NULL   */
+void *arena_array(arena *a, size_t n, size_t size); /* overflow-checked  */
+char *arena_strdup(arena *a, const char *s);
+char *arena_strndup(arena *a, const char *s, size_t n);
+char *arena_printf(arena *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void arena_free(arena *a);
+
+/* --- positions -------------------------------------------------------- */
+typedef struct flow_loc {
+    int file;                       /* index into the compilation's files */
+    int line, col;                  /* first character, 1-based           */
+    int end_line, end_col;          /* last character, inclusive          */
+} flow_loc;
+
+/* --- AST -------------------------------------------------------------- */
+typedef enum expr_kind {
+    E_INT, E_REAL, E_STR, E_NAME, E_LIST, E_CALL, E_BIN, E_NEG
+} expr_kind;
+
+typedef struct arg arg;
+typedef struct expr {
+    expr_kind kind;
+    flow_loc loc;
+    int depth;                      /* nesting depth of the subtree       */
+    int64_t i;
+    double r;
+    const char *s;                  /* E_STR text, E_NAME/E_CALL name     */
+    int op;                         /* E_BIN: '+', '-', '*', '/', '%'     */
+    struct expr *a, *b;
+    arg *args;                      /* E_LIST items, E_CALL arguments     */
+    size_t n;
+} expr;
+
+struct arg {
+    const char *name;               /* NULL: positional                   */
+    flow_loc loc;                   /* whole `name = value`               */
+    flow_loc name_loc;
+    expr *value;                    /* NULL for block parameters          */
+    arg *next;
+};
+
+typedef struct arg_list { arg *head, *tail; size_t n; } arg_list;
+
+typedef enum stmt_kind {
+    S_LAYER, S_REPEAT, S_CONST, S_EXIT, S_INPUT, S_CONTEXT, S_OUTPUT,
+    S_TRAIN, S_KV, S_IMPORT, S_BLOCK, S_FLOW
+} stmt_kind;
+
+typedef struct base_ref {
+    const char *name;
+    flow_loc loc;
+    arg *args;
+    size_t n;
+    const char *given;
+    flow_loc given_loc;
+} base_ref;
+
+typedef struct stmt {
+    stmt_kind kind;
+    flow_loc loc;                   /* keyword or first token             */
+    flow_loc name_loc;
+    const char *name;
+    arg *args;                      /* layer/block-call args, params      */
+    size_t n;
+    int has_parens;
+    const char *given;
+    flow_loc given_loc;
+    expr *e;                        /* const value, count, dims, exit K   */
+    expr *lo, *hi;                  /* input bounds                       */
+    const char *type_name;          /* input/context element type         */
+    flow_loc type_loc;
+    base_ref base;                  /* exit/output                        */
+    struct stmt *body;              /* repeat/block/flow/train            */
+    flow_loc close_loc;             /* closing brace                      */
+    struct stmt *next;
+} stmt;
+
+typedef struct stmt_list { stmt *head, *tail; } stmt_list;
+
+/* --- values (evaluated expressions) ---------------------------------- */
+typedef enum value_kind { V_INT, V_REAL, V_STR, V_IDENT, V_LIST, V_CALL } value_kind;
+
+typedef struct value {
+    value_kind kind;
+    flow_loc loc;
+    int64_t i;
+    double r;
+    const char *s;                  /* string, identifier, callee         */
+    size_t n;
+    struct value **items;           /* list items / call args             */
+    const char **names;             /* call arg names (NULL: positional)  */
+    flow_loc *name_locs;
+} value;
+
+/* --- diagnostics ------------------------------------------------------ */
+typedef struct diag_rec {
+    flow_diagnostic pub;
+    flow_loc loc;
+} diag_rec;
+
+/* --- compilation ------------------------------------------------------ */
+typedef struct source_file {
+    const char *path;               /* as shown in diagnostics            */
+    const char *real;               /* realpath, for cycles / dedupe      */
+    const char *text;
+    size_t len;
+    stmt *items;                    /* parsed top level                   */
+    int parsed;
+    int importing;                  /* on the import stack                */
+} source_file;
+
+struct flow_graph {
+    flow_compilation *c;
+    const char *name;
+    const char *input_name;
+    size_t input_dim;
+    int has_bounds;
+    double lo, hi;
+    const char *context_name;
+    size_t context_dim;
+    flow_loc input_loc, context_loc;
+    int context_used;
+    flow_graph_node *nodes;
+    size_t n_nodes, cap_nodes;
+    flow_loc *node_locs;            /* statement span per node            */
+    flow_loc **attr_locs;           /* per node, per attribute (given)    */
+    const char *output_name;
+    size_t output_dim;
+    flow_graph_base base;
+    flow_train_entry *train;
+    size_t n_train;
+};
+
+struct flow_compilation {
+    flow_ctx *ctx;
+    arena mem;
+    source_file *files;
+    size_t n_files, cap_files;
+    diag_rec *diags;
+    size_t n_diags, cap_diags;
+    size_t n_errors, n_warnings;
+    int too_many;                   /* stopped at FLOW_MAX_ERRORS         */
+    int ok;                         /* graph verified                     */
+    /* names in scope, for "did you mean" on undefined names in attrs */
+    const char *(*suggest)(void *ctx, const char *name);
+    void *suggest_ctx;
+    flow_graph graph;
+};
+
+/* diag.c */
+void diag_report(flow_compilation *c, flow_severity sev, const char *code,
+                 flow_loc loc, const char *help, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+#define diag_error(c, code, loc, help, ...) \
+    diag_report((c), FLOW_SEV_ERROR, (code), (loc), (help), __VA_ARGS__)
+#define diag_warning(c, code, loc, help, ...) \
+    diag_report((c), FLOW_SEV_WARNING, (code), (loc), (help), __VA_ARGS__)
+int diag_stopped(const flow_compilation *c);
+/* The closest of `n` candidates to `name` by edit distance, or NULL. */
+const char *diag_suggest(const char *name, const char *const *cands,
+                         size_t n);
+size_t diag_edit_distance(const char *a, const char *b);
+
+/* parse.c (driver around the generated parser) */
+/* Parses file index fi into c->files[fi].items; returns the error count. */
+int parse_file(flow_compilation *c, int fi);
+/* Parses `text` as one expression (plugin defaults); NULL on error, with
+ * the message in err. */
+expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
+                        size_t cap);
+/* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
+ * or an errno code (EFBIG: too large).  *text is malloc'ed. */
+int parse_read_file(const char *path, char **text, size_t *len);
+/* Adds a source file (text copied into the arena); returns its index or
+ * -1 out of memory. */
+int parse_add_file(flow_compilation *c, const char *path, const char *real,
+                   const char *text, size_t len);
+
+/* sema.c: imports, constants, expansion, attribute checks, describe() */
+void sema_run(flow_compilation *c);
+
+/* attrs.c: spec tables against values */
+/* Resolves `n` values (names[i] NULL = positional) against table `tab`
+ * into a new arena array (one per table entry) in *out, and the span of
+ * each given value into *locs.  `what` names the owner in messages
+ * ("layer 'tcoupling'").  Returns 0 or the number of errors reported. */
+int attr_resolve(flow_compilation *c, const flow_attr_spec *tab,
+                 value **vals, const char **names, const flow_loc *name_locs,
+                 size_t n, flow_loc owner_loc, const char *what,
+                 flow_attr_value **out, flow_loc **locs);
+size_t attr_count(const flow_attr_spec *tab);
+/* Describes a value in messages: "an integer", "identifier 'x'", ... */
+const char *attr_value_desc(flow_compilation *c, const value *v);
+
+/* verify.c */
+void verify_graph(flow_compilation *c);
+/* verify one layer node right after describe(); returns errors reported */
+int verify_layer(flow_compilation *c, size_t node);
+
+/* lexer support (lexer.l) */
+typedef struct lex_state {
+    flow_compilation *c;
+    int file;
+    int start_token;                /* injected first token (0 = none)    */
+    /* open brackets, for "'}' expected (to close 'flow' at line 3)" */
+    struct { char ch; int line, col; const char *kw; } open[FLOW_MAX_NESTING + 1];
+    int depth;
+    const char *last_kw;            /* keyword that owns the next '{'     */
+    int eof_line, eof_col;
+    int stop;                       /* fatal: return end of input         */
+    int line, col;                  /* position of the next character     */
+} lex_state;
+
+#endif

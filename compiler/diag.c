@@ -1,0 +1,349 @@
+/* diag.c - the compilation's arena and its diagnostics: recording, "did
+ * you mean" suggestions, and the text, terse and JSON renderings. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+/* --- arena ------------------------------------------------------------ */
+
+#define CHUNK_MIN 65536
+
+struct arena_chunk {
+    arena_chunk *next;
+    size_t used, cap;
+    max_align_t data[];
+};
+
+void *arena_alloc(arena *a, size_t bytes)
+{
+    arena_chunk *ch = a->head;
+    size_t align = sizeof(max_align_t);
+    char *p;
+
+    if (bytes > SIZE_MAX / 2) {
+        a->failed = 1;
+        return NULL;
+    }
+    bytes = (bytes + align - 1) / align * align;
+    if (!ch || ch->cap - ch->used < bytes) {
+        size_t cap = bytes > CHUNK_MIN ? bytes : CHUNK_MIN;
+        ch = malloc(sizeof *ch + cap);
+        if (!ch) {
+            a->failed = 1;
+            return NULL;
+        }
+        ch->cap = cap;
+        ch->used = 0;
+        if (a->head && bytes > CHUNK_MIN) {
+            /* big block: keep the current chunk open for small ones */
+            ch->next = a->head->next;
+            a->head->next = ch;
+        } else {
+            ch->next = a->head;
+            a->head = ch;
+        }
+    }
+    p = (char *)ch->data + ch->used;
+    ch->used += bytes;
+    memset(p, 0, bytes);
+    return p;
+}
+
+void *arena_array(arena *a, size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / 4 / size) {
+        a->failed = 1;
+        return NULL;
+    }
+    return arena_alloc(a, n && size ? n * size : 1);
+}
+
+char *arena_strndup(arena *a, const char *s, size_t n)
+{
+    char *p = arena_alloc(a, n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = '\0';
+    }
+    return p;
+}
+
+char *arena_strdup(arena *a, const char *s)
+{
+    return arena_strndup(a, s, strlen(s));
+}
+
+char *arena_printf(arena *a, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    char *p;
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || !(p = arena_alloc(a, (size_t)n + 1)))
+        return NULL;
+    va_start(ap, fmt);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return p;
+}
+
+void arena_free(arena *a)
+{
+    arena_chunk *ch = a->head;
+    while (ch) {
+        arena_chunk *next = ch->next;
+        free(ch);
+        ch = next;
+    }
+    a->head = NULL;
+}
+
+/* --- recording -------------------------------------------------------- */
+
+int diag_stopped(const flow_compilation *c)
+{
+    return c->too_many;
+}
+
+void diag_report(flow_compilation *c, flow_severity sev, const char *code,
+                 flow_loc loc, const char *help, const char *fmt, ...)
+{
+    diag_rec *d;
+    va_list ap;
+    char msg[1024];
+
+    if (c->too_many)
+        return;
+    if (sev == FLOW_SEV_ERROR && c->n_errors >= FLOW_MAX_ERRORS) {
+        c->too_many = 1;
+        code = "F0401";
+        help = NULL;
+        snprintf(msg, sizeof msg, "too many errors (%d), stopping",
+                 FLOW_MAX_ERRORS);
+    } else {
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+    }
+    if (c->n_diags == c->cap_diags) {
+        size_t cap = c->cap_diags ? 2 * c->cap_diags : 16;
+        diag_rec *nd = realloc(c->diags, cap * sizeof *nd);
+        if (!nd) {
+            c->mem.failed = 1;
+            return;
+        }
+        c->diags = nd;
+        c->cap_diags = cap;
+    }
+    d = &c->diags[c->n_diags];
+    memset(d, 0, sizeof *d);
+    d->loc = loc;
+    d->pub.severity = sev;
+    d->pub.code = code;
+    d->pub.file = loc.file >= 0 && (size_t)loc.file < c->n_files
+                      ? c->files[loc.file].path : "<input>";
+    d->pub.line = loc.line;
+    d->pub.col = loc.col;
+    d->pub.end_line = loc.end_line ? loc.end_line : loc.line;
+    d->pub.end_col = loc.end_col ? loc.end_col : loc.col;
+    d->pub.message = arena_strdup(&c->mem, msg);
+    d->pub.help = help && *help ? arena_strdup(&c->mem, help) : NULL;
+    if (!d->pub.message)
+        return;
+    c->n_diags++;
+    if (sev == FLOW_SEV_ERROR)
+        c->n_errors++;
+    else
+        c->n_warnings++;
+}
+
+/* --- suggestions ------------------------------------------------------ */
+
+/* Levenshtein distance with one row; names are short (<= 255 bytes). */
+size_t diag_edit_distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    size_t row[FLOW_MAX_IDENT + 2];
+    if (la > FLOW_MAX_IDENT || lb > FLOW_MAX_IDENT)
+        return (size_t)-1;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            if (up + 1 < best)
+                best = up + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+const char *diag_suggest(const char *name, const char *const *cands,
+                         size_t n)
+{
+    const char *best = NULL;
+    size_t best_d = (size_t)-1;
+    size_t limit = strlen(name) / 3 + 1;
+    for (size_t i = 0; i < n; i++) {
+        size_t d;
+        if (!cands[i])
+            continue;
+        d = diag_edit_distance(name, cands[i]);
+        if (d < best_d) {
+            best_d = d;
+            best = cands[i];
+        }
+    }
+    return best_d <= limit && best_d > 0 ? best : NULL;
+}
+
+/* --- rendering -------------------------------------------------------- */
+
+/* The text of line `line` of file fi: start and length (without '\n'). */
+static const char *line_text(const flow_compilation *c, int fi, int line,
+                             size_t *len)
+{
+    const char *s, *end, *nl;
+    if (fi < 0 || (size_t)fi >= c->n_files || line < 1)
+        return NULL;
+    s = c->files[fi].text;
+    end = s + c->files[fi].len;
+    for (int l = 1; l < line; l++) {
+        nl = memchr(s, '\n', (size_t)(end - s));
+        if (!nl)
+            return NULL;
+        s = nl + 1;
+    }
+    nl = memchr(s, '\n', (size_t)(end - s));
+    *len = (size_t)((nl ? nl : end) - s);
+    return s;
+}
+
+#define SHOW_MAX 200   /* bytes of a source line shown */
+
+static void print_text(const flow_compilation *c, const diag_rec *d, FILE *f,
+                       int terse)
+{
+    const flow_diagnostic *p = &d->pub;
+    const char *src;
+    size_t len = 0;
+    char num[16];
+    int w;
+
+    if (p->line > 0)
+        fprintf(f, "%s:%d:%d: ", p->file, p->line, p->col);
+    else
+        fprintf(f, "%s: ", p->file);  /* about the file as a whole */
+    fprintf(f, "%s[%s]: %s\n",
+            p->severity == FLOW_SEV_ERROR ? "error" : "warning", p->code,
+            p->message);
+    if (terse)
+        return;
+    src = line_text(c, d->loc.file, p->line, &len);
+    if (src && p->line > 0) {
+        int from = p->col, to;
+        w = snprintf(num, sizeof num, "%d", p->line);
+        if (len > SHOW_MAX)
+            len = SHOW_MAX;
+        fprintf(f, " %s | ", num);
+        for (size_t i = 0; i < len; i++) {
+            unsigned char ch = (unsigned char)src[i];
+            fputc(ch == '\t' || (ch >= 0x20 && ch < 0x7f) ? ch : '?', f);
+        }
+        fputc('\n', f);
+        to = p->end_line == p->line ? p->end_col : (int)len;
+        if (to < from)
+            to = from;
+        if (from >= 1 && (size_t)from <= len + 1) {
+            fprintf(f, " %*s | ", w, "");
+            for (int i = 1; i < from; i++)
+                fputc(src[i - 1] == '\t' ? '\t' : ' ', f);
+            fputc('^', f);
+            for (int i = from + 1; i <= to && (size_t)i <= len; i++)
+                fputc('~', f);
+            fputc('\n', f);
+        }
+    }
+    if (p->help)
+        fprintf(f, "help: %s\n", p->help);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void print_json(const diag_rec *d, FILE *f, int last)
+{
+    const flow_diagnostic *p = &d->pub;
+    fputs("  {\"file\": ", f);
+    json_str(f, p->file);
+    fprintf(f, ", \"line\": %d, \"column\": %d, \"end_line\": %d, "
+               "\"end_column\": %d, \"severity\": \"%s\", \"code\": \"%s\", "
+               "\"message\": ", p->line, p->col, p->end_line, p->end_col,
+            p->severity == FLOW_SEV_ERROR ? "error" : "warning", p->code);
+    json_str(f, p->message);
+    fputs(", \"help\": ", f);
+    if (p->help)
+        json_str(f, p->help);
+    else
+        fputs("null", f);
+    fputs(last ? "}\n" : "},\n", f);
+}
+
+void flow_compile_print_diags(const flow_compilation *c, FILE *f,
+                              flow_diag_format fmt)
+{
+    if (fmt == FLOW_DIAG_JSON)
+        fputs("[\n", f);
+    for (size_t i = 0; i < c->n_diags; i++) {
+        if (fmt == FLOW_DIAG_JSON)
+            print_json(&c->diags[i], f, i + 1 == c->n_diags);
+        else
+            print_text(c, &c->diags[i], f, fmt == FLOW_DIAG_TERSE);
+    }
+    if (fmt == FLOW_DIAG_JSON)
+        fputs("]\n", f);
+}
+
+size_t flow_compile_diag_count(const flow_compilation *c)
+{
+    return c ? c->n_diags : 0;
+}
+
+const flow_diagnostic *flow_compile_diag(const flow_compilation *c, size_t i)
+{
+    return c && i < c->n_diags ? &c->diags[i].pub : NULL;
+}
+
+size_t flow_compile_errors(const flow_compilation *c)
+{
+    return c ? c->n_errors : 0;
+}
+
+size_t flow_compile_warnings(const flow_compilation *c)
+{
+    return c ? c->n_warnings : 0;
+}

@@ -1,0 +1,1206 @@
+/* sema.c - semantic analysis: imports, constants and arithmetic, repeat
+ * and block expansion, names, dimensions, base distributions and the
+ * train section; each layer statement becomes a described graph node. */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+#define MAX_IMPORT_DEPTH 32
+#define MAX_WORK 1000000       /* statements expanded, all loops together */
+#define MAX_SUGGEST 512
+
+typedef struct binding {
+    const char *name;
+    value *val;
+    flow_loc loc;
+    struct binding *next;
+} binding;
+
+typedef struct blockdef {
+    const char *name;
+    const stmt *s;
+} blockdef;
+
+typedef struct sema {
+    flow_compilation *c;
+    flow_graph *g;
+    binding *globals;
+    blockdef *blocks;
+    size_t n_blocks, cap_blocks;
+    const stmt *flow;
+    int imports[MAX_IMPORT_DEPTH + 1];
+    int n_imports;
+    /* expansion */
+    const stmt *calls[FLOW_MAX_NESTING];
+    int depth;
+    size_t work;
+    int halted;                 /* a limit was hit: stop expanding        */
+    int have_input, have_context, have_output;
+    int said_no_input, said_no_output;  /* reported: no "missing" error */
+    size_t dim;                 /* width of the state at this point       */
+    int pristine;               /* only permutations so far: bounds hold  */
+    flow_loc output_loc;
+} sema;
+
+static void expand_body(sema *S, const stmt *s, binding *sc, int top,
+                        const char *given, flow_loc given_loc);
+
+/* --- names ------------------------------------------------------------ */
+
+static binding *lookup(sema *S, binding *sc, const char *name)
+{
+    for (binding *b = sc; b; b = b->next)
+        if (!strcmp(b->name, name))
+            return b;
+    for (binding *b = S->globals; b; b = b->next)
+        if (!strcmp(b->name, name))
+            return b;
+    return NULL;
+}
+
+static const char *suggest_name(sema *S, binding *sc, const char *name)
+{
+    const char *cands[MAX_SUGGEST];
+    size_t n = 0;
+    for (binding *b = sc; b && n < MAX_SUGGEST; b = b->next)
+        cands[n++] = b->name;
+    for (binding *b = S->globals; b && n < MAX_SUGGEST; b = b->next)
+        cands[n++] = b->name;
+    return diag_suggest(name, cands, n);
+}
+
+static void undefined(sema *S, binding *sc, const char *name, flow_loc loc)
+{
+    const char *best = suggest_name(S, sc, name);
+    char help[FLOW_MAX_IDENT + 32];
+    if (best)
+        snprintf(help, sizeof help, "did you mean '%s'?", best);
+    diag_error(S->c, "F0100", loc, best ? help : NULL,
+               "undefined name '%s'", name);
+}
+
+static binding *bind(sema *S, binding *sc, const char *name, value *v,
+                     flow_loc loc)
+{
+    binding *b = arena_alloc(&S->c->mem, sizeof *b);
+    if (!b)
+        return sc;
+    b->name = name;
+    b->val = v;
+    b->loc = loc;
+    b->next = sc;
+    return b;
+}
+
+static const blockdef *find_block(const sema *S, const char *name)
+{
+    for (size_t i = 0; i < S->n_blocks; i++)
+        if (!strcmp(S->blocks[i].name, name))
+            return &S->blocks[i];
+    return NULL;
+}
+
+/* --- evaluation ------------------------------------------------------- */
+
+static value *new_value(sema *S, value_kind k, flow_loc loc)
+{
+    value *v = arena_alloc(&S->c->mem, sizeof *v);
+    if (v) {
+        v->kind = k;
+        v->loc = loc;
+    }
+    return v;
+}
+
+static int is_num(const value *v)
+{
+    return v->kind == V_INT || v->kind == V_REAL;
+}
+
+static double num(const value *v)
+{
+    return v->kind == V_INT ? (double)v->i : v->r;
+}
+
+static value *eval(sema *S, const expr *e, binding *sc);
+
+/* Operand check for arithmetic: numbers pass; an unbound identifier is an
+ * undefined name; anything else is a type error. */
+static int numeric_operand(sema *S, binding *sc, const value *v, int op)
+{
+    if (is_num(v))
+        return 1;
+    if (v->kind == V_IDENT)
+        undefined(S, sc, v->s, v->loc);
+    else
+        diag_error(S->c, "F0120", v->loc, NULL,
+                   "operator '%c' needs numbers, got %s",
+                   op == 'n' ? '-' : op, attr_value_desc(S->c, v));
+    return 0;
+}
+
+static value *arith(sema *S, const expr *e, value *a, value *b)
+{
+    value *r;
+    int op = e->op;
+    if (a->kind == V_INT && b->kind == V_INT) {
+        int64_t x = a->i, y = b->i, z = 0;
+        int ovf = 0;
+        switch (op) {
+        case '+': ovf = __builtin_add_overflow(x, y, &z); break;
+        case '-': ovf = __builtin_sub_overflow(x, y, &z); break;
+        case '*': ovf = __builtin_mul_overflow(x, y, &z); break;
+        case '/': case '%':
+            if (y == 0) {
+                diag_error(S->c, "F0121", e->loc, NULL, "division by zero");
+                return NULL;
+            }
+            if (x == INT64_MIN && y == -1)
+                ovf = 1;
+            else
+                z = op == '/' ? x / y : x % y;
+            break;
+        }
+        if (ovf) {
+            diag_error(S->c, "F0122", e->loc, NULL,
+                       "integer overflow in '%c'", op);
+            return NULL;
+        }
+        if ((r = new_value(S, V_INT, e->loc)))
+            r->i = z;
+        return r;
+    }
+    if (op == '%') {
+        diag_error(S->c, "F0120", e->loc, NULL,
+                   "operator '%%' needs integers, got %s and %s",
+                   attr_value_desc(S->c, a), attr_value_desc(S->c, b));
+        return NULL;
+    }
+    if (op == '/' && num(b) == 0) {
+        diag_error(S->c, "F0121", e->loc, NULL, "division by zero");
+        return NULL;
+    }
+    if (!(r = new_value(S, V_REAL, e->loc)))
+        return NULL;
+    r->r = op == '+' ? num(a) + num(b) : op == '-' ? num(a) - num(b)
+         : op == '*' ? num(a) * num(b) : num(a) / num(b);
+    if (!isfinite(r->r)) {
+        diag_error(S->c, "F0122", e->loc, NULL,
+                   "real arithmetic overflow in '%c'", op);
+        return NULL;
+    }
+    return r;
+}
+
+static value *eval_call_or_list(sema *S, const expr *e, binding *sc)
+{
+    value *v = new_value(S, e->kind == E_LIST ? V_LIST : V_CALL, e->loc);
+    size_t i = 0;
+    if (!v)
+        return NULL;
+    v->s = e->s;
+    v->n = e->n;
+    v->items = arena_array(&S->c->mem, e->n, sizeof *v->items);
+    v->names = arena_array(&S->c->mem, e->n, sizeof *v->names);
+    v->name_locs = arena_array(&S->c->mem, e->n, sizeof *v->name_locs);
+    if (!v->items || !v->names || !v->name_locs)
+        return NULL;
+    for (const arg *a = e->args; a; a = a->next, i++) {
+        if (!(v->items[i] = eval(S, a->value, sc)))
+            return NULL;
+        v->names[i] = a->name;
+        v->name_locs[i] = a->name_loc;
+    }
+    return v;
+}
+
+/* Evaluates e in scope sc; NULL after reporting an error.  Unbound names
+ * stay identifiers (enum values, variant names, true/false) and become an
+ * "undefined name" only where a number is needed. */
+static value *eval(sema *S, const expr *e, binding *sc)
+{
+    value *v, *a, *b;
+    binding *bd;
+    if (!e)
+        return NULL;
+    switch (e->kind) {
+    case E_INT:
+    case E_REAL:
+    case E_STR:
+        if (!(v = new_value(S, e->kind == E_INT ? V_INT : e->kind == E_REAL
+                                ? V_REAL : V_STR, e->loc)))
+            return NULL;
+        v->i = e->i;
+        v->r = e->r;
+        v->s = e->s;
+        return v;
+    case E_NAME:
+        if ((bd = lookup(S, sc, e->s)) != NULL) {
+            if (!bd->val || !(v = new_value(S, V_INT, e->loc)))
+                return NULL;
+            *v = *bd->val;
+            v->loc = e->loc;     /* errors point at the use */
+            return v;
+        }
+        if ((v = new_value(S, V_IDENT, e->loc)))
+            v->s = e->s;
+        return v;
+    case E_LIST:
+    case E_CALL:
+        return eval_call_or_list(S, e, sc);
+    case E_NEG:
+        if (!(a = eval(S, e->a, sc)) || !numeric_operand(S, sc, a, 'n'))
+            return NULL;
+        if (!(v = new_value(S, a->kind, e->loc)))
+            return NULL;
+        if (a->kind == V_INT) {
+            if (a->i == INT64_MIN) {
+                diag_error(S->c, "F0122", e->loc, NULL,
+                           "integer overflow in '-'");
+                return NULL;
+            }
+            v->i = -a->i;
+        } else {
+            v->r = -a->r;
+        }
+        return v;
+    case E_BIN:
+        a = eval(S, e->a, sc);
+        b = eval(S, e->b, sc);
+        if (!a || !b)
+            return NULL;
+        if (!numeric_operand(S, sc, a, e->op)
+            || !numeric_operand(S, sc, b, e->op))
+            return NULL;
+        return arith(S, e, a, b);
+    }
+    return NULL;
+}
+
+/* An integer from e into *out; reports and returns -1 otherwise. */
+static int eval_int(sema *S, const expr *e, binding *sc, const char *what,
+                    int64_t *out)
+{
+    value *v = eval(S, e, sc);
+    if (!v)
+        return -1;
+    if (v->kind == V_INT) {
+        *out = v->i;
+        return 0;
+    }
+    if (v->kind == V_IDENT)
+        undefined(S, sc, v->s, v->loc);
+    else
+        diag_error(S->c, "F0123", v->loc, NULL, "%s must be an integer, "
+                   "got %s", what, attr_value_desc(S->c, v));
+    return -1;
+}
+
+static int eval_real(sema *S, const expr *e, binding *sc, const char *what,
+                     double *out)
+{
+    value *v = eval(S, e, sc);
+    if (!v)
+        return -1;
+    if (is_num(v)) {
+        *out = num(v);
+        return 0;
+    }
+    if (v->kind == V_IDENT)
+        undefined(S, sc, v->s, v->loc);
+    else
+        diag_error(S->c, "F0120", v->loc, NULL, "%s must be a number, got "
+                   "%s", what, attr_value_desc(S->c, v));
+    return -1;
+}
+
+/* A dimension: 1..FLOW_MAX_DIM. */
+static int eval_dim(sema *S, const expr *e, binding *sc, const char *what,
+                    size_t *out)
+{
+    int64_t d;
+    if (eval_int(S, e, sc, what, &d) != 0)
+        return -1;
+    if (d < 1) {
+        diag_error(S->c, "F0303", e->loc, NULL, "%s must be at least 1, "
+                   "got %lld", what, (long long)d);
+        return -1;
+    }
+    if (d > FLOW_MAX_DIM) {
+        diag_error(S->c, "F0400", e->loc, NULL, "%s %lld exceeds the limit "
+                   "of %d", what, (long long)d, FLOW_MAX_DIM);
+        return -1;
+    }
+    *out = (size_t)d;
+    return 0;
+}
+
+/* --- work limits ------------------------------------------------------ */
+
+static int tick(sema *S, flow_loc loc)
+{
+    if (S->halted || diag_stopped(S->c))
+        return -1;
+    if (++S->work > MAX_WORK) {
+        diag_error(S->c, "F0400", loc, "reduce the repeat counts",
+                   "expansion exceeds %d statements", MAX_WORK);
+        S->halted = 1;
+        return -1;
+    }
+    return 0;
+}
+
+/* --- graph nodes ------------------------------------------------------ */
+
+static flow_graph_node *new_node(sema *S, flow_node_kind kind,
+                                 const stmt *s)
+{
+    flow_graph *g = S->g;
+    flow_graph_node *n;
+    if (g->n_nodes >= FLOW_MAX_LAYERS) {
+        diag_error(S->c, "F0400", s->loc, "reduce the repeat counts",
+                   "more than %d layers after expansion", FLOW_MAX_LAYERS);
+        S->halted = 1;
+        return NULL;
+    }
+    if (g->n_nodes == g->cap_nodes) {
+        size_t cap = g->cap_nodes ? 2 * g->cap_nodes : 16;
+        flow_graph_node *nn = arena_array(&S->c->mem, cap, sizeof *nn);
+        flow_loc *nl = arena_array(&S->c->mem, cap, sizeof *nl);
+        flow_loc **na = arena_array(&S->c->mem, cap, sizeof *na);
+        if (!nn || !nl || !na)
+            return NULL;
+        if (g->n_nodes) {
+            memcpy(nn, g->nodes, g->n_nodes * sizeof *nn);
+            memcpy(nl, g->node_locs, g->n_nodes * sizeof *nl);
+            memcpy(na, g->attr_locs, g->n_nodes * sizeof *na);
+        }
+        g->nodes = nn;
+        g->node_locs = nl;
+        g->attr_locs = na;
+        g->cap_nodes = cap;
+    }
+    n = &g->nodes[g->n_nodes];
+    memset(n, 0, sizeof *n);
+    n->kind = kind;
+    n->file = S->c->files[s->loc.file].path;
+    n->line = s->loc.line;
+    n->col = s->loc.col;
+    n->in_dim = S->dim;
+    g->node_locs[g->n_nodes] = s->loc;
+    g->attr_locs[g->n_nodes] = NULL;
+    g->n_nodes++;
+    return n;
+}
+
+/* Arguments of a call as values, names and name positions. */
+static int eval_args(sema *S, const arg *args, size_t n, binding *sc,
+                     value ***vals, const char ***names, flow_loc **nlocs)
+{
+    size_t i = 0;
+    int bad = 0;
+    *vals = arena_array(&S->c->mem, n, sizeof **vals);
+    *names = arena_array(&S->c->mem, n, sizeof **names);
+    *nlocs = arena_array(&S->c->mem, n, sizeof **nlocs);
+    if (!*vals || !*names || !*nlocs)
+        return -1;
+    for (const arg *a = args; a; a = a->next, i++) {
+        (*names)[i] = a->name;
+        (*nlocs)[i] = a->name_loc;
+        if (!((*vals)[i] = eval(S, a->value, sc)))
+            bad = 1;
+    }
+    return bad ? -1 : 0;
+}
+
+/* `given NAME`: must be the declared context. */
+static int check_given(sema *S, const char *given, flow_loc loc)
+{
+    flow_graph *g = S->g;
+    char help[FLOW_MAX_IDENT + 64];
+    if (!given)
+        return 0;
+    if (S->have_context && !strcmp(given, g->context_name)) {
+        g->context_used = 1;
+        return 1;
+    }
+    if (S->have_input && !strcmp(given, g->input_name)) {
+        diag_error(S->c, "F0114", loc, "only the declared context can "
+                   "condition a layer", "'%s' is the input, not a context",
+                   given);
+        return -1;
+    }
+    if (S->have_context)
+        snprintf(help, sizeof help, "the declared context is '%s'",
+                 g->context_name);
+    else
+        snprintf(help, sizeof help, "declare it first: context %s : "
+                 "real[K];", given);
+    diag_error(S->c, "F0113", loc, help, "context '%s' is not declared",
+               given);
+    return -1;
+}
+
+typedef struct scope_hint { sema *S; binding *sc; } scope_hint;
+
+static const char *suggest_in_scope(void *ctx, const char *name)
+{
+    scope_hint *h = ctx;
+    return suggest_name(h->S, h->sc, name);
+}
+
+static const char *suggest_layer(sema *S, const char *name)
+{
+    const char *cands[MAX_SUGGEST];
+    size_t n = 0;
+    for (size_t i = 0; i < flow_plugin_count(S->c->ctx); i++) {
+        const flow_plugin_info *p = flow_plugin_get(S->c->ctx, i);
+        for (size_t j = 0; j < p->n_layers && n < MAX_SUGGEST; j++)
+            cands[n++] = p->layers[j]->name;
+    }
+    for (size_t i = 0; i < S->n_blocks && n < MAX_SUGGEST; i++)
+        cands[n++] = S->blocks[i].name;
+    return diag_suggest(name, cands, n);
+}
+
+/* Calls the plugin's describe() on a fully resolved config. */
+static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
+                          const flow_loc *attr_locs, flow_loc stmt_loc)
+{
+    flow_diag d;
+    int rc;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.attr = -1;
+    n->desc.struct_size = sizeof n->desc;
+    n->desc.dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
+    if (!n->desc.dep_vec)
+        return -1;
+    rc = n->type->describe(&n->config, &n->desc, &d);
+    if (rc != FLOW_OK) {
+        flow_loc loc = stmt_loc;
+        d.message[sizeof d.message - 1] = '\0';
+        d.help[sizeof d.help - 1] = '\0';
+        if (d.attr >= 0 && (size_t)d.attr < n->n_attrs && attr_locs
+            && attr_locs[d.attr].line > 0)
+            loc = attr_locs[d.attr];
+        diag_error(S->c, "F0207", loc, d.help[0] ? d.help : NULL,
+                   "%s: %s", n->label, d.message[0] ? d.message
+                   : "rejected by its plugin (no message)");
+        return -1;
+    }
+    return verify_layer(S->c, idx) ? -1 : 0;
+}
+
+static void expand_layer(sema *S, const stmt *s, binding *sc,
+                         const char *given, flow_loc given_loc)
+{
+    const char *file = NULL;
+    const flow_layer_type *t = flow_layer_type_find(S->c->ctx, s->name,
+                                                    &file);
+    flow_graph_node *n;
+    value **vals;
+    const char **names;
+    flow_loc *nlocs, *alocs = NULL;
+    flow_attr_value *attrs = NULL;
+    char what[FLOW_MAX_IDENT + 16];
+    int ctx_ok, rc;
+    size_t idx;
+    scope_hint hint;
+
+    if (!S->have_input) {
+        if (!S->said_no_input)
+            diag_error(S->c, "F0110", s->loc, "declare it first: input x : "
+                       "real[D];", "layer before the 'input' declaration");
+        S->said_no_input = 1;
+        return;
+    }
+    if (S->have_output) {
+        diag_error(S->c, "F0112", s->loc, "layers come before 'output'",
+                   "layer after the 'output' declaration");
+        return;
+    }
+    if (!t) {
+        const char *best = suggest_layer(S, s->name);
+        char help[FLOW_MAX_IDENT + 32];
+        if (best)
+            snprintf(help, sizeof help, "did you mean '%s'?", best);
+        diag_error(S->c, "F0102", s->name_loc, best ? help
+                   : "`flowkit plugins` lists the layer types found",
+                   "unknown layer type '%s'", s->name);
+        return;
+    }
+    if (s->given) {
+        given = s->given;
+        given_loc = s->given_loc;
+    }
+    if ((ctx_ok = check_given(S, given, given_loc)) < 0)
+        return;
+    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+        return;
+    snprintf(what, sizeof what, "layer '%s'", t->name);
+    hint.S = S;
+    hint.sc = sc;
+    S->c->suggest = suggest_in_scope;
+    S->c->suggest_ctx = &hint;
+    rc = attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
+                      what, &attrs, &alocs);
+    S->c->suggest = NULL;
+    if (rc != 0)
+        return;
+    if (!(n = new_node(S, FLOW_NODE_LAYER, s)))
+        return;
+    idx = S->g->n_nodes - 1;
+    S->g->attr_locs[idx] = alocs;
+    n->type = t;
+    n->plugin_file = file;
+    n->label = arena_printf(&S->c->mem, "%s#%zu", t->name, idx);
+    n->n_attrs = attr_count(t->attrs);
+    n->attrs = attrs;
+    n->uses_context = ctx_ok > 0;
+    n->config.struct_size = sizeof n->config;
+    n->config.name = n->label;
+    n->config.dim = S->dim;
+    n->config.context_dim = ctx_ok > 0 ? S->g->context_dim : 0;
+    n->config.attrs = attrs;
+    n->config.has_bounds = S->pristine && S->g->has_bounds;
+    n->config.lo = S->g->lo;
+    n->config.hi = S->g->hi;
+    n->config.line = s->loc.line;
+    n->config.col = s->loc.col;
+    n->config.host = flow_host_services();
+    if (!n->label)
+        return;
+    if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
+        && n->desc.dep != FLOW_DEP_PERMUTATION)
+        S->pristine = 0;
+}
+
+/* --- blocks ----------------------------------------------------------- */
+
+static void expand_block(sema *S, const blockdef *bd, const stmt *s,
+                         binding *sc, const char *given, flow_loc given_loc)
+{
+    const stmt *def = bd->s;
+    binding *inner = NULL;
+    value **vals;
+    const char **names;
+    flow_loc *nlocs;
+    size_t i = 0;
+
+    for (int k = 0; k < S->depth; k++)
+        if (S->calls[k] == def) {
+            char chain[512];
+            size_t used = 0;
+            for (int j = k; j < S->depth && used < sizeof chain; j++)
+                used += (size_t)snprintf(chain + used, sizeof chain - used,
+                                         "%s -> ", S->calls[j]->name);
+            if (used < sizeof chain)
+                snprintf(chain + used, sizeof chain - used, "%s", def->name);
+            diag_error(S->c, "F0106", s->name_loc, "a block cannot call "
+                       "itself, directly or through other blocks",
+                       "recursive block '%s' (%s)", def->name, chain);
+            return;
+        }
+    if (S->depth >= FLOW_MAX_NESTING) {
+        diag_error(S->c, "F0400", s->loc, NULL, "blocks and repeats nested "
+                   "deeper than %d levels", FLOW_MAX_NESTING);
+        S->halted = 1;
+        return;
+    }
+    if (s->n != def->n) {
+        char help[FLOW_MAX_IDENT * 2 + 64];
+        snprintf(help, sizeof help, "'%s' is declared at %s:%d with %zu "
+                 "parameter%s", def->name, S->c->files[def->loc.file].path,
+                 def->loc.line, def->n, def->n == 1 ? "" : "s");
+        diag_error(S->c, "F0105", s->name_loc, help, "block '%s' takes %zu "
+                   "argument%s, got %zu", def->name, def->n,
+                   def->n == 1 ? "" : "s", s->n);
+        return;
+    }
+    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+        return;
+    /* positional arguments bind in order; named ones by parameter name */
+    for (const arg *p = def->args; p; p = p->next, i++) {
+        value *v = vals[i];
+        if (names[i] && strcmp(names[i], p->name)) {
+            size_t j = 0;
+            const arg *q;
+            for (q = def->args; q && strcmp(q->name, names[i]);
+                 q = q->next, j++)
+                ;
+            if (!q) {
+                diag_error(S->c, "F0103", nlocs[i], NULL, "block '%s' has "
+                           "no parameter '%s'", def->name, names[i]);
+                return;
+            }
+        }
+        for (size_t j = 0; j < s->n; j++)
+            if (names[j] && !strcmp(names[j], p->name))
+                v = vals[j];
+        inner = bind(S, inner, p->name, v, p->name_loc);
+    }
+    if (s->given) {
+        given = s->given;
+        given_loc = s->given_loc;
+    }
+    S->calls[S->depth++] = def;
+    expand_body(S, def->body, inner, 0, given, given_loc);
+    S->depth--;
+}
+
+/* --- bases ------------------------------------------------------------ */
+
+static const flow_attr_spec mixture_attrs[] = {
+    {.name = "k", .type = FLOW_ATTR_INT, .doc = "number of components",
+     .required = 1, .has_min = 1, .min = 1, .has_max = 1, .max = 1024},
+    {0}};
+
+static const struct {
+    const char *name;
+    flow_base_kind kind;
+    const flow_attr_spec *attrs;
+} bases[] = {
+    {"normal", FLOW_BASE_NORMAL, NULL},
+    {"diag_normal", FLOW_BASE_DIAG_NORMAL, NULL},
+    {"logistic", FLOW_BASE_LOGISTIC, NULL},
+    {"mixture", FLOW_BASE_GMM, mixture_attrs},
+};
+
+#define N_BASES (sizeof bases / sizeof bases[0])
+
+static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
+                        flow_graph_base *out)
+{
+    size_t k;
+    value **vals;
+    const char **names;
+    flow_loc *nlocs, *alocs;
+    flow_attr_value *attrs;
+    char what[FLOW_MAX_IDENT + 16];
+    int ctx;
+
+    for (k = 0; k < N_BASES && strcmp(bases[k].name, b->name); k++)
+        ;
+    if (k == N_BASES) {
+        const char *cands[N_BASES];
+        const char *best;
+        char help[160];
+        for (size_t i = 0; i < N_BASES; i++)
+            cands[i] = bases[i].name;
+        best = diag_suggest(b->name, cands, N_BASES);
+        if (best)
+            snprintf(help, sizeof help, "did you mean '%s'?", best);
+        else
+            snprintf(help, sizeof help, "bases: normal, diag_normal, "
+                     "logistic, mixture(k)");
+        diag_error(S->c, "F0300", b->loc, help,
+                   "unknown base distribution '%s'", b->name);
+        return -1;
+    }
+    if ((ctx = check_given(S, b->given, b->given_loc)) < 0)
+        return -1;
+    if (ctx > 0 && (bases[k].kind == FLOW_BASE_NORMAL
+                    || bases[k].kind == FLOW_BASE_LOGISTIC)) {
+        diag_error(S->c, "F0301", b->given_loc, "use diag_normal or "
+                   "mixture(k) for a conditional base", "base '%s' has no "
+                   "parameters to condition on a context", b->name);
+        return -1;
+    }
+    if (eval_args(S, b->args, b->n, sc, &vals, &names, &nlocs) != 0)
+        return -1;
+    snprintf(what, sizeof what, "base '%s'", b->name);
+    if (attr_resolve(S->c, bases[k].attrs, vals, names, nlocs, b->n, b->loc,
+                     what, &attrs, &alocs) != 0)
+        return -1;
+    memset(out, 0, sizeof *out);
+    out->kind = bases[k].kind;
+    out->name = bases[k].name;
+    out->uses_context = ctx > 0;
+    if (out->kind == FLOW_BASE_GMM) {
+        out->n_args = 1;
+        out->args[0] = (double)attrs[0].i;
+        /* means and log-scales per component, and the mixture logits */
+        out->n_params = (size_t)attrs[0].i * (2 * dim + 1);
+    } else if (out->kind == FLOW_BASE_DIAG_NORMAL) {
+        out->n_params = 2 * dim;
+    }
+    return 0;
+}
+
+/* --- statements ------------------------------------------------------- */
+
+static void decl_input(sema *S, const stmt *s, binding *sc)
+{
+    flow_graph *g = S->g;
+    /* a failed declaration has been reported: no "missing input" later */
+    S->said_no_input = 1;
+    if (S->have_input) {
+        diag_error(S->c, "F0101", s->loc, NULL, "second 'input' declaration "
+                   "(first at line %d)", g->input_loc.line);
+        return;
+    }
+    if (strcmp(s->type_name, "real")) {
+        diag_error(S->c, "F0115", s->type_loc, "write real[D]",
+                   "unknown element type '%s'", s->type_name);
+        return;
+    }
+    if (eval_dim(S, s->e, sc, "input dimension", &g->input_dim) != 0)
+        return;
+    if (s->lo) {
+        if (eval_real(S, s->lo, sc, "bound", &g->lo) != 0
+            || eval_real(S, s->hi, sc, "bound", &g->hi) != 0)
+            return;
+        if (!(g->lo < g->hi)) {
+            diag_error(S->c, "F0304", s->lo->loc, NULL, "empty bounds: "
+                       "[%g, %g] needs lo < hi", g->lo, g->hi);
+            return;
+        }
+        g->has_bounds = 1;
+    }
+    g->input_name = s->name;
+    g->input_loc = s->loc;
+    S->dim = g->input_dim;
+    S->have_input = 1;
+}
+
+static void decl_context(sema *S, const stmt *s, binding *sc)
+{
+    flow_graph *g = S->g;
+    if (S->have_context) {
+        diag_error(S->c, "F0101", s->loc, NULL, "second 'context' "
+                   "declaration (first at line %d)", g->context_loc.line);
+        return;
+    }
+    if (S->have_input && !strcmp(s->name, g->input_name)) {
+        diag_error(S->c, "F0101", s->name_loc, NULL, "'%s' is already the "
+                   "input's name", s->name);
+        return;
+    }
+    if (strcmp(s->type_name, "real")) {
+        diag_error(S->c, "F0115", s->type_loc, "write real[K]",
+                   "unknown element type '%s'", s->type_name);
+        return;
+    }
+    if (eval_dim(S, s->e, sc, "context dimension", &g->context_dim) != 0)
+        return;
+    g->context_name = s->name;
+    g->context_loc = s->loc;
+    S->have_context = 1;
+}
+
+static void decl_exit(sema *S, const stmt *s, binding *sc)
+{
+    int64_t k;
+    flow_graph_node *n;
+    flow_graph_base base;
+    if (!S->have_input)
+        return;
+    if (eval_int(S, s->e, sc, "exit size", &k) != 0)
+        return;
+    if (k < 1 || (uint64_t)k >= S->dim) {
+        diag_error(S->c, "F0302", s->e->loc, S->dim > 1 ? NULL
+                   : "nothing can exit from a 1-dimensional state",
+                   "exit %lld does not fit: the state has %zu dimension%s "
+                   "here, and an exit needs 1 <= K < %zu", (long long)k,
+                   S->dim, S->dim == 1 ? "" : "s", S->dim);
+        return;
+    }
+    if (resolve_base(S, &s->base, sc, (size_t)k, &base) != 0)
+        return;
+    if (!(n = new_node(S, FLOW_NODE_EXIT, s)))
+        return;
+    n->exit_k = (size_t)k;
+    n->exit_name = s->name;
+    n->exit_base = base;
+    n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
+    S->dim -= (size_t)k;
+    S->pristine = 0;
+}
+
+static void decl_output(sema *S, const stmt *s, binding *sc)
+{
+    flow_graph *g = S->g;
+    if (S->have_output) {
+        diag_error(S->c, "F0101", s->loc, NULL, "second 'output' declaration "
+                   "(first at line %d)", S->output_loc.line);
+        return;
+    }
+    S->have_output = 1;
+    S->output_loc = s->loc;
+    if (!S->have_input)
+        return;
+    if (resolve_base(S, &s->base, sc, S->dim, &g->base) != 0)
+        return;
+    g->output_name = s->name;
+    g->output_dim = S->dim;
+}
+
+/* train { key = value; }: known keys and their value kinds. */
+static const struct {
+    const char *key;
+    char kind;                  /* 'n' name, 'i' integer, 'r' real */
+    double min;
+} train_keys[] = {
+    {"optimizer", 'n', 0}, {"lr", 'r', 0}, {"batch", 'i', 1},
+    {"epochs", 'i', 1}, {"weight_decay", 'r', 0}, {"seed", 'i', 0},
+    {"clip", 'r', 0}, {"patience", 'i', 0},
+};
+#define N_TRAIN (sizeof train_keys / sizeof train_keys[0])
+
+static void decl_train(sema *S, const stmt *s, binding *sc)
+{
+    flow_graph *g = S->g;
+    size_t n = 0, k;
+    for (const stmt *kv = s->body; kv; kv = kv->next)
+        n++;
+    if (g->train) {
+        diag_error(S->c, "F0101", s->loc, NULL, "second 'train' section");
+        return;
+    }
+    g->train = arena_array(&S->c->mem, n, sizeof *g->train);
+    if (!g->train)
+        return;
+    for (const stmt *kv = s->body; kv; kv = kv->next) {
+        flow_train_entry *t;
+        value *v;
+        const char *cands[N_TRAIN];
+        for (k = 0; k < N_TRAIN && strcmp(train_keys[k].key, kv->name); k++)
+            cands[k] = train_keys[k].key;
+        if (k == N_TRAIN) {
+            const char *best = diag_suggest(kv->name, cands, N_TRAIN);
+            char help[64];
+            if (best)
+                snprintf(help, sizeof help, "did you mean '%s'?", best);
+            diag_error(S->c, "F0600", kv->name_loc, best ? help
+                       : "known: optimizer, lr, batch, epochs, "
+                         "weight_decay, seed, clip, patience",
+                       "unknown train setting '%s'", kv->name);
+            continue;
+        }
+        for (size_t j = 0; j < g->n_train; j++)
+            if (!strcmp(g->train[j].key, kv->name))
+                diag_error(S->c, "F0101", kv->name_loc, NULL, "train "
+                           "setting '%s' given twice", kv->name);
+        if (!(v = eval(S, kv->e, sc)))
+            continue;
+        t = &g->train[g->n_train];
+        t->key = kv->name;
+        t->line = kv->loc.line;
+        t->col = kv->loc.col;
+        if (train_keys[k].kind == 'n' && (v->kind == V_IDENT
+                                          || v->kind == V_STR)) {
+            t->text = v->s;
+        } else if (train_keys[k].kind != 'n' && is_num(v)
+                   && (train_keys[k].kind == 'r' || v->kind == V_INT)
+                   && num(v) >= train_keys[k].min
+                   && (train_keys[k].kind != 'r' || num(v) > 0
+                       || !strcmp(kv->name, "weight_decay"))) {
+            t->is_number = 1;
+            t->number = num(v);
+            t->text = v->kind == V_INT ? arena_printf(&S->c->mem, "%lld",
+                                                      (long long)v->i)
+                                       : arena_printf(&S->c->mem, "%.17g",
+                                                      v->r);
+        } else {
+            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
+                       "expects %s, got %s", kv->name,
+                       train_keys[k].kind == 'n' ? "a name"
+                       : train_keys[k].kind == 'i'
+                           ? (train_keys[k].min > 0 ? "a positive integer"
+                                                    : "an integer >= 0")
+                           : "a positive number",
+                       attr_value_desc(S->c, v));
+            continue;
+        }
+        g->n_train++;
+    }
+}
+
+static int top_only(sema *S, const stmt *s, int top, const char *what)
+{
+    if (top)
+        return 1;
+    /* reported here: no "missing input/output" for it later */
+    if (s->kind == S_INPUT)
+        S->said_no_input = 1;
+    if (s->kind == S_OUTPUT)
+        S->said_no_output = 1;
+    diag_error(S->c, "F0116", s->loc, "move it to the top level of the flow",
+               "'%s' inside a repeat or block", what);
+    return 0;
+}
+
+static void expand_stmt(sema *S, const stmt *s, binding **sc, int top,
+                        const char *given, flow_loc given_loc,
+                        binding *body_start)
+{
+    const blockdef *bd;
+    int64_t count;
+    size_t before;
+    if (tick(S, s->loc) != 0)
+        return;
+    switch (s->kind) {
+    case S_LAYER:
+        if ((bd = find_block(S, s->name)) != NULL)
+            expand_block(S, bd, s, *sc, given, given_loc);
+        else
+            expand_layer(S, s, *sc, given, given_loc);
+        break;
+    case S_REPEAT:
+        if (eval_int(S, s->e, *sc, "repeat count", &count) != 0)
+            break;
+        if (count < 0 || count > FLOW_MAX_REPEAT) {
+            diag_error(S->c, count < 0 ? "F0123" : "F0400", s->e->loc, NULL,
+                       "repeat count %lld is outside 0..%d",
+                       (long long)count, FLOW_MAX_REPEAT);
+            break;
+        }
+        if (S->depth >= FLOW_MAX_NESTING) {
+            diag_error(S->c, "F0400", s->loc, NULL, "blocks and repeats "
+                       "nested deeper than %d levels", FLOW_MAX_NESTING);
+            S->halted = 1;
+            break;
+        }
+        S->calls[S->depth++] = s;
+        before = S->c->n_errors;
+        for (int64_t i = 0; i < count && !S->halted; i++) {
+            binding *inner = *sc;
+            if (s->name) {
+                value *v = new_value(S, V_INT, s->name_loc);
+                if (!v)
+                    break;
+                v->i = i;
+                inner = bind(S, inner, s->name, v, s->name_loc);
+            }
+            expand_body(S, s->body, inner, 0, given, given_loc);
+            if (S->c->n_errors > before)
+                break;          /* one report per statement, not count */
+        }
+        S->depth--;
+        break;
+    case S_CONST:
+        for (binding *b = *sc; b != body_start; b = b->next)
+            if (!strcmp(b->name, s->name)) {
+                diag_error(S->c, "F0101", s->name_loc, NULL, "duplicate "
+                           "name '%s' (first defined at line %d)", s->name,
+                           b->loc.line);
+                return;
+            }
+        *sc = bind(S, *sc, s->name, eval(S, s->e, *sc), s->name_loc);
+        break;
+    case S_EXIT:
+        decl_exit(S, s, *sc);
+        break;
+    case S_INPUT:
+        if (top_only(S, s, top, "input"))
+            decl_input(S, s, *sc);
+        break;
+    case S_CONTEXT:
+        if (top_only(S, s, top, "context"))
+            decl_context(S, s, *sc);
+        break;
+    case S_OUTPUT:
+        if (top_only(S, s, top, "output"))
+            decl_output(S, s, *sc);
+        break;
+    case S_TRAIN:
+        if (top_only(S, s, top, "train"))
+            decl_train(S, s, *sc);
+        break;
+    default:
+        break;
+    }
+}
+
+/* body is the S_KV head made by the parser's `body` rule. */
+static void expand_body(sema *S, const stmt *body, binding *sc, int top,
+                        const char *given, flow_loc given_loc)
+{
+    binding *start = sc;
+    if (!body)
+        return;
+    for (const stmt *s = body->body; s && !S->halted; s = s->next)
+        expand_stmt(S, s, &sc, top, given, given_loc, start);
+}
+
+/* --- top level and imports ------------------------------------------- */
+
+static void process_file(sema *S, int fi);
+
+static void do_import(sema *S, int fi, const stmt *s)
+{
+    flow_compilation *c = S->c;
+    const char *from = c->files[fi].path;
+    const char *slash = strrchr(from, '/');
+    char path[PATH_MAX], real[PATH_MAX];
+    char *text;
+    size_t len;
+    int err, nfi;
+
+    if (s->name[0] == '/' || !slash)
+        snprintf(path, sizeof path, "%s", s->name);
+    else
+        snprintf(path, sizeof path, "%.*s/%s", (int)(slash - from), from,
+                 s->name);
+    if (!realpath(path, real)) {
+        diag_error(c, "F0010", s->name_loc, "imports are relative to the "
+                   "importing file", "cannot read import '%s': %s", path,
+                   strerror(errno));
+        return;
+    }
+    for (int k = 0; k < S->n_imports; k++)
+        if (!strcmp(c->files[S->imports[k]].real, real)) {
+            char chain[1024];
+            size_t used = 0;
+            for (int j = k; j < S->n_imports && used < sizeof chain; j++)
+                used += (size_t)snprintf(chain + used, sizeof chain - used,
+                                         "%.200s -> ",
+                                         c->files[S->imports[j]].path);
+            if (used < sizeof chain)
+                snprintf(chain + used, sizeof chain - used, "%.200s", path);
+            diag_error(c, "F0011", s->name_loc, "remove one of the imports",
+                       "import cycle: %s", chain);
+            return;
+        }
+    for (size_t k = 0; k < c->n_files; k++)
+        if (!strcmp(c->files[k].real, real))
+            return;             /* already read (a diamond), nothing new */
+    if (S->n_imports >= MAX_IMPORT_DEPTH) {
+        diag_error(c, "F0400", s->name_loc, NULL, "imports nested deeper "
+                   "than %d levels", MAX_IMPORT_DEPTH);
+        return;
+    }
+    if ((err = parse_read_file(path, &text, &len)) != 0) {
+        diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
+                   "'%s': %s", path, err == EFBIG
+                   ? "file is larger than 16 MiB" : strerror(err));
+        return;
+    }
+    nfi = parse_add_file(c, path, real, text, len);
+    free(text);
+    if (nfi < 0) {
+        c->mem.failed = 1;
+        return;
+    }
+    if (parse_file(c, nfi) == 0)
+        process_file(S, nfi);
+}
+
+static void add_block(sema *S, const stmt *s)
+{
+    const blockdef *old = find_block(S, s->name);
+    if (old) {
+        diag_error(S->c, "F0101", s->name_loc, NULL, "duplicate block '%s' "
+                   "(first defined at %s:%d)", s->name,
+                   S->c->files[old->s->loc.file].path, old->s->loc.line);
+        return;
+    }
+    for (const arg *p = s->args; p; p = p->next)
+        for (const arg *q = s->args; q != p; q = q->next)
+            if (!strcmp(p->name, q->name)) {
+                diag_error(S->c, "F0101", p->name_loc, NULL, "duplicate "
+                           "parameter '%s'", p->name);
+                return;
+            }
+    if (S->n_blocks == S->cap_blocks) {
+        size_t cap = S->cap_blocks ? 2 * S->cap_blocks : 8;
+        blockdef *nb = arena_array(&S->c->mem, cap, sizeof *nb);
+        if (!nb)
+            return;
+        if (S->n_blocks)
+            memcpy(nb, S->blocks, S->n_blocks * sizeof *nb);
+        S->blocks = nb;
+        S->cap_blocks = cap;
+    }
+    S->blocks[S->n_blocks].name = s->name;
+    S->blocks[S->n_blocks].s = s;
+    S->n_blocks++;
+}
+
+static void process_file(sema *S, int fi)
+{
+    S->imports[S->n_imports++] = fi;
+    for (const stmt *s = S->c->files[fi].items; s; s = s->next) {
+        binding *b;
+        if (diag_stopped(S->c))
+            break;
+        switch (s->kind) {
+        case S_IMPORT:
+            do_import(S, fi, s);
+            break;
+        case S_CONST:
+            for (b = S->globals; b; b = b->next)
+                if (!strcmp(b->name, s->name))
+                    break;
+            if (b) {
+                diag_error(S->c, "F0101", s->name_loc, NULL, "duplicate "
+                           "name '%s' (first defined at %s:%d)", s->name,
+                           S->c->files[b->loc.file].path, b->loc.line);
+                break;
+            }
+            S->globals = bind(S, S->globals, s->name, eval(S, s->e, NULL),
+                              s->name_loc);
+            break;
+        case S_BLOCK:
+            add_block(S, s);
+            break;
+        case S_FLOW:
+            if (fi != 0)
+                diag_error(S->c, "F0107", s->loc, "imported files hold "
+                           "consts and blocks", "flow '%s' in an imported "
+                           "file", s->name);
+            else if (S->flow)
+                diag_error(S->c, "F0107", s->loc, NULL, "second flow '%s' "
+                           "(one flow per spec; the first is '%s' at line "
+                           "%d)", s->name, S->flow->name,
+                           S->flow->loc.line);
+            else
+                S->flow = s;
+            break;
+        default:
+            break;
+        }
+    }
+    S->n_imports--;
+}
+
+void sema_run(flow_compilation *c)
+{
+    sema S;
+    flow_graph *g = &c->graph;
+    flow_loc none = {0, 0, 0, 0, 0};
+
+    memset(&S, 0, sizeof S);
+    S.c = c;
+    S.g = g;
+    S.pristine = 1;
+    process_file(&S, 0);
+    if (!S.flow) {
+        if (c->n_errors == 0) {
+            flow_loc at = {0, 1, 1, 1, 1};
+            diag_error(c, "F0107", c->files[0].len ? at : none,
+                       "a spec defines one `flow NAME { ... }`",
+                       "no flow in %s", c->files[0].path);
+        }
+        return;
+    }
+    g->name = S.flow->name;
+    expand_body(&S, S.flow->body, NULL, 1, NULL, none);
+    if (S.halted || diag_stopped(c))
+        return;
+    if (!S.have_input && !S.said_no_input)
+        diag_error(c, "F0110", S.flow->name_loc, "declare it: input x : "
+                   "real[D];", "flow '%s' has no input", S.flow->name);
+    if (!S.have_output && !S.said_no_output)
+        diag_error(c, "F0111", S.flow->body->close_loc, "end the flow with "
+                   "output z ~ normal;", "flow '%s' has no output",
+                   S.flow->name);
+    if (c->n_errors == 0)
+        verify_graph(c);
+}

@@ -1,0 +1,370 @@
+/* verify.c - the compile-time proof: each layer's declared dependency
+ * pattern is triangular under some ordering (or its class is estimated
+ * with a valid certificate), partitions and orders are well formed, context
+ * feeds only conditioners; then whole-graph warnings. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compiler.h"
+
+#define MATRIX_MAX_DIM 4096     /* D x D bytes checked for FLOW_DEP_MATRIX */
+
+/* The span of a layer's type name (its statement's first token). */
+static flow_loc node_name_loc(const flow_graph *g, size_t idx)
+{
+    flow_loc loc = g->node_locs[idx];
+    const flow_graph_node *n = &g->nodes[idx];
+    loc.end_line = loc.line;
+    loc.end_col = loc.col + (int)strlen(n->type ? n->type->name : "exit") - 1;
+    return loc;
+}
+
+/* v is a permutation of 0..d-1?  Otherwise a reason in why. */
+static int is_permutation(const int32_t *v, size_t d, char *why, size_t cap)
+{
+    unsigned char *seen = calloc(d ? d : 1, 1);
+    int ok = 1;
+    if (!seen) {
+        snprintf(why, cap, "out of memory");
+        return 0;
+    }
+    for (size_t i = 0; i < d && ok; i++) {
+        if (v[i] < 0 || (size_t)v[i] >= d) {
+            snprintf(why, cap, "entry %zu is %d, outside 0..%zu", i,
+                     (int)v[i], d - 1);
+            ok = 0;
+        } else if (seen[v[i]]) {
+            snprintf(why, cap, "%d appears twice", (int)v[i]);
+            ok = 0;
+        } else {
+            seen[v[i]] = 1;
+        }
+    }
+    free(seen);
+    return ok;
+}
+
+/* Kahn's algorithm on edges j -> i for mat[i*d + j] (i != j).  Returns 1
+ * when acyclic; otherwise writes a cycle "a -> b -> a" into why. */
+static int acyclic(const uint8_t *mat, size_t d, char *why, size_t cap)
+{
+    size_t *indeg = calloc(d, sizeof *indeg);
+    size_t *queue = calloc(d, sizeof *queue);
+    size_t head = 0, tail = 0, done = 0;
+    int ok = 0;
+    if (!indeg || !queue) {
+        snprintf(why, cap, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++)
+            if (i != j && mat[i * d + j])
+                indeg[i]++;
+    for (size_t i = 0; i < d; i++)
+        if (!indeg[i])
+            queue[tail++] = i;
+    while (head < tail) {
+        size_t j = queue[head++];
+        done++;
+        for (size_t i = 0; i < d; i++)
+            if (i != j && mat[i * d + j] && --indeg[i] == 0)
+                queue[tail++] = i;
+    }
+    ok = done == d;
+    if (!ok) {
+        /* walk back along in-edges inside the remaining set until a
+         * dimension repeats: that closes a cycle */
+        size_t at = 0, steps = 0, used = 0;
+        while (!indeg[at])
+            at++;
+        for (size_t s = 0; s < d; s++) {       /* enter the cycle */
+            size_t j = 0;
+            while (j == at || !mat[at * d + j] || !indeg[j])
+                j++;
+            at = j;
+        }
+        size_t start = at;
+        do {
+            size_t j = 0;
+            while (j == at || !mat[at * d + j] || !indeg[j])
+                j++;
+            if (used < cap)
+                used += (size_t)snprintf(why + used, cap - used, "%zu <- ",
+                                         at);
+            at = j;
+        } while (at != start && ++steps < 8);
+        if (used < cap)
+            snprintf(why + used, cap - used, at == start ? "%zu" : "%zu ...",
+                     at);
+    }
+out:
+    free(indeg);
+    free(queue);
+    return ok;
+}
+
+static int check_matrix(flow_compilation *c, size_t idx, flow_loc loc)
+{
+    const flow_graph_node *n = &c->graph.nodes[idx];
+    size_t d = n->in_dim;
+    uint8_t *mat;
+    char why[256];
+    int errs = 0;
+
+    if (!n->type->dep_matrix) {
+        diag_error(c, "F0508", loc, NULL, "%s: plugin declares a dependency "
+                   "matrix but has no dep_matrix()", n->label);
+        return 1;
+    }
+    if (d > MATRIX_MAX_DIM) {
+        diag_error(c, "F0400", loc, NULL, "%s: a %zu x %zu dependency matrix "
+                   "is too large to verify (limit %d)", n->label, d, d,
+                   MATRIX_MAX_DIM);
+        return 1;
+    }
+    if (!(mat = calloc(d * d, 1))) {
+        c->mem.failed = 1;
+        return 1;
+    }
+    if (n->type->dep_matrix(&n->config, mat) != FLOW_OK) {
+        diag_error(c, "F0508", loc, NULL, "%s: dep_matrix() failed",
+                   n->label);
+        free(mat);
+        return 1;
+    }
+    for (size_t i = 0; i < d; i++)
+        if (!mat[i * d + i]) {
+            diag_error(c, "F0501", loc, "an invertible triangular map needs "
+                       "every output to depend on its own input",
+                       "%s: zero diagonal: output %zu does not depend on "
+                       "input %zu", n->label, i, i);
+            errs++;
+            break;
+        }
+    if (!errs && !acyclic(mat, d, why, sizeof why)) {
+        diag_error(c, "F0500", loc, "no ordering of the dimensions makes "
+                   "this Jacobian triangular", "%s: dependency pattern has "
+                   "a cycle (%s)", n->label, why);
+        errs++;
+    }
+    free(mat);
+    return errs;
+}
+
+static int valid_enums(const flow_layer_desc *d)
+{
+    return d->jac >= FLOW_JAC_VOLUME_PRESERVING && d->jac <= FLOW_JAC_ODE
+        && d->dep >= FLOW_DEP_ELEMENTWISE && d->dep <= FLOW_DEP_MATRIX
+        && d->cert >= FLOW_CERT_STRUCTURAL && d->cert <= FLOW_CERT_ODE;
+}
+
+static int check_coupling(flow_compilation *c, const flow_graph_node *n,
+                          flow_loc loc)
+{
+    size_t t = 0, d = n->in_dim;
+    for (size_t i = 0; i < d; i++) {
+        if (n->desc.dep_vec[i] != 0 && n->desc.dep_vec[i] != 1) {
+            diag_error(c, "F0508", loc, NULL, "%s: coupling mask entry %zu "
+                       "is %d (must be 0 or 1)", n->label, i,
+                       (int)n->desc.dep_vec[i]);
+            return 1;
+        }
+        t += (size_t)n->desc.dep_vec[i];
+    }
+    if (t == 0 || t == d) {
+        diag_error(c, "F0502", loc, d == 1 ? "a coupling needs at least 2 "
+                   "dimensions" : "choose a mask with both parts non-empty",
+                   "%s: coupling partition has an empty %s part (%zu of %zu "
+                   "dimension%s transformed)", n->label,
+                   t == 0 ? "transformed" : "conditioning", t, d,
+                   d == 1 ? "" : "s");
+        return 1;
+    }
+    return 0;
+}
+
+int verify_layer(flow_compilation *c, size_t idx)
+{
+    const flow_graph *g = &c->graph;
+    const flow_graph_node *n = &g->nodes[idx];
+    const flow_layer_desc *d = &n->desc;
+    flow_loc loc = node_name_loc(g, idx);
+    int estimated;
+    char why[128];
+
+    if (!valid_enums(d)) {
+        diag_error(c, "F0508", loc, NULL, "%s: plugin reported an invalid "
+                   "structure (jacobian %d, dependency %d, certificate %d)",
+                   n->label, (int)d->jac, (int)d->dep, (int)d->cert);
+        return 1;
+    }
+    if (n->uses_context
+        && (d->n_params == 0 || d->dep == FLOW_DEP_ELEMENTWISE
+            || d->dep == FLOW_DEP_PERMUTATION)) {
+        diag_error(c, "F0507", loc, "remove 'given' here; a context feeds "
+                   "coupling, autoregressive and residual conditioners and "
+                   "the base", "%s: context given to a layer without a "
+                   "conditioner", n->label);
+        return 1;
+    }
+    if (d->cert == FLOW_CERT_LIPSCHITZ && !(d->cert_value < 1.0)) {
+        diag_error(c, "F0505", loc, "the residual branch must be a "
+                   "contraction; lower its scale or use a smoother "
+                   "activation", "%s: Lipschitz bound %g is not < 1, so "
+                   "x + g(x) is not provably invertible", n->label,
+                   d->cert_value);
+        return 1;
+    }
+    if ((d->jac == FLOW_JAC_RESIDUAL && d->cert != FLOW_CERT_LIPSCHITZ)
+        || (d->jac == FLOW_JAC_ODE && d->cert != FLOW_CERT_ODE)) {
+        diag_error(c, "F0509", loc, NULL, "%s: a %s Jacobian needs a%s "
+                   "certificate", n->label, d->jac == FLOW_JAC_ODE ? "ODE"
+                   : "residual", d->jac == FLOW_JAC_ODE ? "n ODE solver"
+                   : " Lipschitz");
+        return 1;
+    }
+    estimated = d->jac == FLOW_JAC_RESIDUAL || d->jac == FLOW_JAC_ODE;
+    switch (d->dep) {
+    case FLOW_DEP_ELEMENTWISE:
+        return 0;
+    case FLOW_DEP_PERMUTATION:
+        if (!is_permutation(d->dep_vec, n->in_dim, why, sizeof why)) {
+            diag_error(c, "F0504", loc, NULL, "%s: not a permutation of "
+                       "0..%zu: %s", n->label, n->in_dim - 1, why);
+            return 1;
+        }
+        return 0;
+    case FLOW_DEP_COUPLING:
+        return check_coupling(c, n, loc);
+    case FLOW_DEP_ORDER:
+        if (!is_permutation(d->dep_vec, n->in_dim, why, sizeof why)) {
+            flow_loc at = loc;
+            /* point at the order attribute when the spec wrote it */
+            for (size_t k = 0; k < n->n_attrs; k++)
+                if (n->attrs[k].given && (n->attrs[k].type == FLOW_ATTR_VARIANT
+                    || n->attrs[k].type == FLOW_ATTR_INT_LIST)
+                    && g->attr_locs[idx] && g->attr_locs[idx][k].line > 0) {
+                    at = g->attr_locs[idx][k];
+                    break;
+                }
+            diag_error(c, "F0503", at, "each of 0..D-1 must appear exactly "
+                       "once", "%s: autoregressive order is not a "
+                       "permutation of 0..%zu: %s", n->label,
+                       n->in_dim - 1, why);
+            return 1;
+        }
+        return 0;
+    case FLOW_DEP_DENSE:
+        if (estimated || (d->jac == FLOW_JAC_DENSE_LU
+                          && d->cert == FLOW_CERT_LU))
+            return 0;
+        diag_error(c, "F0506", loc, "a dense pattern needs an estimated "
+                   "class (residual, ODE) or an LU certificate", "%s: dense "
+                   "dependencies with a %s Jacobian class: the log-"
+                   "determinant is not tractable", n->label,
+                   d->jac == FLOW_JAC_TRIANGULAR ? "triangular"
+                   : "structured");
+        return 1;
+    case FLOW_DEP_MATRIX:
+        return estimated ? 0 : check_matrix(c, idx, loc);
+    }
+    return 0;
+}
+
+/* --- whole-graph warnings -------------------------------------------- */
+
+/* Tracks which input dimension sits at each position of the state through
+ * permutations and exits, and marks those a layer transforms. */
+static void warn_untransformed(flow_compilation *c)
+{
+    flow_graph *g = &c->graph;
+    size_t D = g->input_dim, d = D;
+    size_t *cur = malloc(D * sizeof *cur), *tmp = malloc(D * sizeof *tmp);
+    unsigned char *hit = calloc(D, 1);
+    char list[256];
+    size_t used = 0, missing = 0;
+
+    if (!cur || !tmp || !hit) {
+        c->mem.failed = 1;
+        goto out;
+    }
+    for (size_t i = 0; i < D; i++)
+        cur[i] = i;
+    for (size_t k = 0; k < g->n_nodes; k++) {
+        const flow_graph_node *n = &g->nodes[k];
+        if (n->kind == FLOW_NODE_EXIT) {
+            memmove(cur, cur + n->exit_k, (d - n->exit_k) * sizeof *cur);
+            d -= n->exit_k;
+            continue;
+        }
+        switch (n->desc.dep) {
+        case FLOW_DEP_PERMUTATION:
+            for (size_t i = 0; i < d; i++)
+                tmp[i] = cur[n->desc.dep_vec[i]];
+            memcpy(cur, tmp, d * sizeof *cur);
+            break;
+        case FLOW_DEP_COUPLING:
+            for (size_t i = 0; i < d; i++)
+                if (n->desc.dep_vec[i])
+                    hit[cur[i]] = 1;
+            break;
+        default:
+            for (size_t i = 0; i < d; i++)
+                hit[cur[i]] = 1;
+        }
+    }
+    for (size_t i = 0; i < D; i++)
+        if (!hit[i]) {
+            if (missing < 8 && used < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used,
+                                         "%s%zu", missing ? ", " : "", i);
+            missing++;
+        }
+    if (missing > 8 && used < sizeof list)
+        snprintf(list + used, sizeof list - used, " and %zu more",
+                 missing - 8);
+    if (missing)
+        diag_warning(c, "F0900", g->input_loc, "permute between couplings, "
+                     "or choose masks that cover every dimension",
+                     "input dimension%s %s %s never transformed",
+                     missing == 1 ? "" : "s", list,
+                     missing == 1 ? "is" : "are");
+out:
+    free(cur);
+    free(tmp);
+    free(hit);
+}
+
+static void warn_same_order(flow_compilation *c)
+{
+    flow_graph *g = &c->graph;
+    for (size_t k = 1; k < g->n_nodes; k++) {
+        const flow_graph_node *a = &g->nodes[k - 1], *b = &g->nodes[k];
+        if (a->kind != FLOW_NODE_LAYER || b->kind != FLOW_NODE_LAYER
+            || a->desc.dep != FLOW_DEP_ORDER || b->desc.dep != FLOW_DEP_ORDER
+            || a->in_dim != b->in_dim
+            || memcmp(a->desc.dep_vec, b->desc.dep_vec,
+                      a->in_dim * sizeof(int32_t)))
+            continue;
+        diag_warning(c, "F0901", node_name_loc(g, k), "insert "
+                     "permute(order = reverse) or give it another order",
+                     "%s uses the same autoregressive order as %s right "
+                     "before it", b->label, a->label);
+    }
+}
+
+void verify_graph(flow_compilation *c)
+{
+    flow_graph *g = &c->graph;
+    char help[FLOW_MAX_IDENT + 64];
+    warn_untransformed(c);
+    warn_same_order(c);
+    if (g->context_name && !g->context_used) {
+        snprintf(help, sizeof help, "condition a layer or the base with "
+                 "'given %s', or remove it", g->context_name);
+        diag_warning(c, "F0902", g->context_loc, help, "context '%s' is "
+                     "declared but never used", g->context_name);
+    }
+}

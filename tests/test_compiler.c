@@ -1,0 +1,440 @@
+/* test_compiler.c - the .flow compiler through its API and internals:
+ * expansion, attribute resolution, graph contents, diagnostics, limits and
+ * robustness against garbage. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flow/flowc.h"
+#include "../compiler/compiler.h"
+#include "suites.h"
+
+static flow_ctx *ctx;
+
+static void setup(void)
+{
+    const char *dir = getenv("FLOW_SPEC_PLUGINS");
+    char path[4096];
+    ctx = flow_ctx_new();
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load(ctx, "permute") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_msg(dir != NULL, "FLOW_SPEC_PLUGINS is not set (run through "
+                               "make check)");
+    snprintf(path, sizeof path, "%s/testlayers.so", dir);
+    ck_assert_msg(flow_plugin_load(ctx, path) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+}
+
+static void teardown(void) { flow_ctx_free(ctx); }
+
+static flow_compilation *compile(const char *src)
+{
+    flow_compilation *c = flow_compile_string(ctx, "mem.flow", src,
+                                              strlen(src));
+    ck_assert_ptr_nonnull(c);
+    return c;
+}
+
+/* Compiles src, which must succeed without diagnostics. */
+static flow_compilation *compile_ok(const char *src)
+{
+    flow_compilation *c = compile(src);
+    if (flow_compile_diag_count(c) > 0)
+        flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 0);
+    ck_assert_ptr_nonnull(flow_compile_graph(c));
+    return c;
+}
+
+static void assert_vec(const int32_t *v, const int32_t *want, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(v[i] == want[i], "entry %zu: %d, want %d", i,
+                      (int)v[i], (int)want[i]);
+}
+
+START_TEST(test_expansion_and_dep_vecs)
+{
+    flow_compilation *c = compile_ok(
+        "const H = 3 * 4 - 2;\n"
+        "block cpl(p, w) { tcoupling(mask = parity(p), hidden = [w, H]); }\n"
+        "flow f {\n"
+        "  input x : real[5];\n"
+        "  repeat 2 * 2 - 1 as i { cpl(i % 2, 8 + i); }\n"
+        "  permute(order = [4, 3, 2, 0, 1]);\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const flow_graph *g = flow_compile_graph(c);
+    static const int32_t even[] = {1, 0, 1, 0, 1}, odd[] = {0, 1, 0, 1, 0};
+    static const int32_t perm[] = {4, 3, 2, 0, 1};
+    const flow_graph_node *n;
+
+    ck_assert_str_eq(flow_graph_name(g), "f");
+    ck_assert_uint_eq(flow_graph_input_dim(g), 5);
+    ck_assert_uint_eq(flow_graph_node_count(g), 4);
+    for (size_t i = 0; i < 3; i++) {
+        n = flow_graph_node_get(g, i);
+        ck_assert_int_eq(n->kind, FLOW_NODE_LAYER);
+        ck_assert_str_eq(n->type->name, "tcoupling");
+        ck_assert_uint_eq(n->in_dim, 5);
+        ck_assert_int_eq(n->desc.dep, FLOW_DEP_COUPLING);
+        assert_vec(n->desc.dep_vec, i % 2 ? odd : even, 5);
+        /* hidden = [8 + i, H] with H = 10 */
+        ck_assert_uint_eq(n->attrs[1].n, 2);
+        ck_assert_int_eq(n->attrs[1].ilist[0], 8 + (int64_t)i);
+        ck_assert_int_eq(n->attrs[1].ilist[1], 10);
+        ck_assert_int_eq(n->attrs[1].given, 1);
+        /* transformer defaulted to "affine" (variant index 0) */
+        ck_assert_int_eq(n->attrs[2].given, 0);
+        ck_assert_str_eq(n->attrs[2].s, "affine");
+        ck_assert_int_eq(n->attrs[2].i, 0);
+        ck_assert_int_eq(n->line, 2);       /* inside the block */
+    }
+    ck_assert_str_eq(flow_graph_node_get(g, 1)->label, "tcoupling#1");
+    n = flow_graph_node_get(g, 3);
+    ck_assert_str_eq(n->label, "permute#3");
+    ck_assert_int_eq(n->desc.dep, FLOW_DEP_PERMUTATION);
+    assert_vec(n->desc.dep_vec, perm, 5);
+    ck_assert_int_eq(n->line, 6);
+    ck_assert_int_eq(n->col, 3);
+    /* the bare list selected permute's `explicit` alternative */
+    ck_assert_str_eq(n->attrs[0].s, "explicit");
+    ck_assert_int_eq(n->attrs[0].line, 6);
+    ck_assert_int_eq(n->attrs[0].col, 19);
+    ck_assert_ptr_null(flow_graph_node_get(g, 4));
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_params_and_costs)
+{
+    /* tcoupling half on D = 4 with context 2: MLP 4 -> 16 -> 4 (affine:
+     * 2 outputs per transformed dim): 5*16 + 17*4 = 148 */
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[4] in [-1, 2.5];\n"
+        "  context c : real[2];\n"
+        "  tcoupling(mask = half, hidden = [16]) given c;\n"
+        "  tmaf(order = reverse, hidden = [8]);\n"
+        "  output z ~ mixture(3) given c;\n"
+        "}\n");
+    const flow_graph *g = flow_compile_graph(c);
+    const flow_graph_node *a = flow_graph_node_get(g, 0);
+    const flow_graph_node *b = flow_graph_node_get(g, 1);
+    const flow_graph_base *base = flow_graph_base_get(g);
+    double lo, hi;
+
+    ck_assert_int_eq(flow_graph_input_bounds(g, &lo, &hi), 1);
+    ck_assert_double_eq(lo, -1.0);
+    ck_assert_double_eq(hi, 2.5);
+    ck_assert_str_eq(flow_graph_context_name(g), "c");
+    ck_assert_uint_eq(flow_graph_context_dim(g), 2);
+    ck_assert_int_eq(a->uses_context, 1);
+    ck_assert_uint_eq(a->config.context_dim, 2);
+    ck_assert_int_eq(a->config.has_bounds, 1);   /* first layer */
+    ck_assert_uint_eq(a->desc.n_params, 148);
+    ck_assert_int_eq(b->uses_context, 0);
+    ck_assert_uint_eq(b->config.context_dim, 0);
+    ck_assert_int_eq(b->config.has_bounds, 0);   /* after a coupling */
+    /* MADE 4 -> 8 -> 8: 5*8 + 9*8 = 112 */
+    ck_assert_uint_eq(b->desc.n_params, 112);
+    ck_assert_uint_eq(b->desc.cost_inverse.passes, 4);
+    ck_assert_int_eq(base->kind, FLOW_BASE_GMM);
+    ck_assert_uint_eq(base->n_args, 1);
+    ck_assert_double_eq(base->args[0], 3.0);
+    ck_assert_int_eq(base->uses_context, 1);
+    ck_assert_uint_eq(base->n_params, 3 * (2 * 4 + 1));
+    ck_assert_uint_eq(flow_graph_params(g), 148 + 112 + 27);
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_exits_and_train)
+{
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[6];\n"
+        "  tcoupling(mask = parity(0));\n"
+        "  tcoupling(mask = parity(1));\n"
+        "  exit 2 -> z1 ~ diag_normal;\n"
+        "  tcoupling(mask = parity(0));\n"
+        "  tcoupling(mask = parity(1));\n"
+        "  output z ~ logistic;\n"
+        "  train { optimizer = adam; lr = 0.5e-3; batch = 128; }\n"
+        "}\n");
+    const flow_graph *g = flow_compile_graph(c);
+    const flow_graph_node *e = flow_graph_node_get(g, 2);
+    const flow_train_entry *t;
+
+    ck_assert_int_eq(e->kind, FLOW_NODE_EXIT);
+    ck_assert_uint_eq(e->exit_k, 2);
+    ck_assert_uint_eq(e->in_dim, 6);
+    ck_assert_str_eq(e->exit_name, "z1");
+    ck_assert_int_eq(e->exit_base.kind, FLOW_BASE_DIAG_NORMAL);
+    ck_assert_uint_eq(e->exit_base.n_params, 4);
+    ck_assert_uint_eq(flow_graph_node_get(g, 3)->in_dim, 4);
+    ck_assert_uint_eq(flow_graph_output_dim(g), 4);
+    ck_assert_str_eq(flow_graph_output_name(g), "z");
+    ck_assert_int_eq(flow_graph_base_get(g)->kind, FLOW_BASE_LOGISTIC);
+    ck_assert_uint_eq(flow_graph_train_count(g), 3);
+    t = flow_graph_train_get(g, 0);
+    ck_assert_str_eq(t->key, "optimizer");
+    ck_assert_int_eq(t->is_number, 0);
+    ck_assert_str_eq(t->text, "adam");
+    t = flow_graph_train_get(g, 1);
+    ck_assert_int_eq(t->is_number, 1);
+    ck_assert_double_eq_tol(t->number, 5e-4, 1e-18);
+    t = flow_graph_train_get(g, 2);
+    ck_assert_double_eq(t->number, 128.0);
+    ck_assert_str_eq(t->text, "128");
+    ck_assert_ptr_null(flow_graph_train_get(g, 3));
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_diagnostic_fields)
+{
+    flow_compilation *c = compile(
+        "flow f {\n"
+        "  input x : real[4];\n"
+        "  tcoupling(mask = half, hiden = [8]);\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const flow_diagnostic *d;
+    ck_assert_ptr_null(flow_compile_graph(c));
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    ck_assert_uint_eq(flow_compile_warnings(c), 0);
+    d = flow_compile_diag(c, 0);
+    ck_assert_int_eq(d->severity, FLOW_SEV_ERROR);
+    ck_assert_str_eq(d->code, "F0103");
+    ck_assert_str_eq(d->file, "mem.flow");
+    ck_assert_int_eq(d->line, 3);
+    ck_assert_int_eq(d->col, 26);
+    ck_assert_int_eq(d->end_col, 30);
+    ck_assert_str_eq(d->message,
+                     "unknown attribute 'hiden' for layer 'tcoupling'");
+    ck_assert_str_eq(d->help, "did you mean 'hidden'?");
+    ck_assert_ptr_null(flow_compile_diag(c, 1));
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_diagnostic_rendering)
+{
+    flow_compilation *c = compile(
+        "flow f {\n"
+        "\tinput x : real[4];\n"
+        "\ttmaf(order = [0, 0, 1, 2]);\n"
+        "\toutput z ~ normal;\n"
+        "}\n");
+    FILE *f = tmpfile();
+    char buf[2048];
+    size_t n;
+    ck_assert_ptr_nonnull(f);
+    flow_compile_print_diags(c, f, FLOW_DIAG_TEXT);
+    rewind(f);
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    /* tabs in the source are kept in the underline so columns line up */
+    ck_assert_str_eq(buf,
+        "mem.flow:3:7: error[F0503]: tmaf#0: autoregressive order is not a "
+        "permutation of 0..3: 0 appears twice\n"
+        " 3 | \ttmaf(order = [0, 0, 1, 2]);\n"
+        "   | \t     ^~~~~~~~~~~~~~~~~~~~\n"
+        "help: each of 0..D-1 must appear exactly once\n");
+    fclose(f);
+    ck_assert_ptr_nonnull(f = tmpfile());
+    flow_compile_print_diags(c, f, FLOW_DIAG_TERSE);
+    rewind(f);
+    n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    ck_assert_str_eq(buf,
+        "mem.flow:3:7: error[F0503]: tmaf#0: autoregressive order is not a "
+        "permutation of 0..3: 0 appears twice\n");
+    fclose(f);
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_warnings_keep_graph)
+{
+    flow_compilation *c = compile(
+        "flow f {\n"
+        "  input x : real[4];\n"
+        "  context c : real[1];\n"
+        "  tmaf(order = natural);\n"
+        "  tmaf(order = [0, 1, 2, 3]);\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    ck_assert_ptr_nonnull(flow_compile_graph(c));
+    ck_assert_uint_eq(flow_compile_errors(c), 0);
+    ck_assert_uint_eq(flow_compile_warnings(c), 2);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->code, "F0901");
+    ck_assert_int_eq(flow_compile_diag(c, 0)->line, 5);
+    ck_assert_str_eq(flow_compile_diag(c, 1)->code, "F0902");
+    ck_assert_int_eq(flow_compile_diag(c, 1)->severity, FLOW_SEV_WARNING);
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_untransformed_tracking)
+{
+    /* first(1) transforms dim 0; reverse brings dim 3 to the front, then
+     * the exit removes it: dims 1 and 2 are never transformed */
+    flow_compilation *c = compile(
+        "flow f {\n"
+        "  input x : real[4];\n"
+        "  tcoupling(mask = first(1));\n"
+        "  permute(order = reverse);\n"
+        "  tcoupling(mask = first(1));\n"
+        "  exit 1 -> a ~ normal;\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    ck_assert_uint_eq(flow_compile_warnings(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message,
+                     "input dimensions 1, 2 are never transformed");
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_missing_file)
+{
+    flow_compilation *c = flow_compile_file(ctx, "/nonexistent/x.flow");
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->code, "F0010");
+    ck_assert_int_eq(flow_compile_diag(c, 0)->line, 0);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message,
+                     "cannot read spec: No such file or directory");
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_edit_distance_and_suggest)
+{
+    static const char *const names[] = {"hidden", "mask", "transformer"};
+    ck_assert_uint_eq(diag_edit_distance("hiden", "hidden"), 1);
+    ck_assert_uint_eq(diag_edit_distance("", "abc"), 3);
+    ck_assert_uint_eq(diag_edit_distance("kitten", "sitting"), 3);
+    ck_assert_str_eq(diag_suggest("hiden", names, 3), "hidden");
+    ck_assert_str_eq(diag_suggest("transfromer", names, 3), "transformer");
+    ck_assert_ptr_null(diag_suggest("colour", names, 3));
+    ck_assert_ptr_null(diag_suggest("mask", names, 3));  /* exact: none */
+}
+END_TEST
+
+START_TEST(test_arena)
+{
+    arena a = {0};
+    char *small = arena_alloc(&a, 10);
+    char *big = arena_alloc(&a, 200000);     /* larger than a chunk */
+    char *after = arena_alloc(&a, 10);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_ptr_nonnull(big);
+    ck_assert_ptr_nonnull(after);
+    ck_assert_int_eq(big[199999], 0);        /* zeroed */
+    ck_assert_uint_eq((uintptr_t)after % sizeof(max_align_t), 0);
+    ck_assert_ptr_null(arena_array(&a, SIZE_MAX / 2, 8));
+    ck_assert_int_eq(a.failed, 1);
+    ck_assert_str_eq(arena_printf(&a, "%s#%d", "x", 3), "x#3");
+    arena_free(&a);
+}
+END_TEST
+
+START_TEST(test_parse_expr_default)
+{
+    flow_compilation *c = compile_ok(
+        "flow f { input x : real[2]; tmaf(); "
+        "output z ~ normal; }");
+    char err[128];
+    expr *e = parse_expr_string(c, "spline(bins = 8, bound = 3)", err,
+                                sizeof err);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_int_eq(e->kind, E_CALL);
+    ck_assert_str_eq(e->s, "spline");
+    ck_assert_uint_eq(e->n, 2);
+    ck_assert_str_eq(e->args->name, "bins");
+    ck_assert_int_eq(e->args->value->i, 8);
+    ck_assert_ptr_null(parse_expr_string(c, "[1, 2", err, sizeof err));
+    ck_assert_str_eq(err, "']' expected (to close '[' at line 1)");
+    /* a failed default leaves no diagnostic in the spec */
+    ck_assert_uint_eq(flow_compile_diag_count(c), 0);
+    flow_compile_free(c);
+}
+END_TEST
+
+/* Random token soup and random bytes: never a crash, a hang or a leak, and
+ * every failure is located. */
+START_TEST(test_garbage_never_crashes)
+{
+    static const char *const toks[] = {
+        "flow", "f", "{", "}", "(", ")", "[", "]", ";", ",", "=", "input",
+        "x", ":", "real", "4", "repeat", "as", "i", "block", "b", "const",
+        "tcoupling", "mask", "half", "output", "z", "~", "normal", "exit",
+        "->", "given", "c", "\"s", "1e9", "-", "%", "/", "*", "+", "train",
+        "import", "\"nowhere.flow\"", "context", "in", "\n", "\xff", "#",
+        "/*", "9999999999999999999999", "tmaf", "order"};
+    uint64_t s = 12345;
+    char buf[512];
+    for (int iter = 0; iter < 400; iter++) {
+        size_t len = 0;
+        flow_compilation *c;
+        int ntok;
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        ntok = (int)((s >> 33) % 60);
+        for (int k = 0; k < ntok; k++) {
+            const char *t;
+            size_t tl;
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            if (iter % 4 == 3) {                 /* raw bytes */
+                buf[len++] = (char)(s >> 56);
+                continue;
+            }
+            t = toks[(s >> 33) % (sizeof toks / sizeof toks[0])];
+            tl = strlen(t);
+            if (len + tl + 2 >= sizeof buf)
+                break;
+            memcpy(buf + len, t, tl);
+            len += tl;
+            buf[len++] = ' ';
+        }
+        c = flow_compile_string(ctx, "soup.flow", buf, len);
+        ck_assert_ptr_nonnull(c);
+        for (size_t i = 0; i < flow_compile_diag_count(c); i++) {
+            const flow_diagnostic *d = flow_compile_diag(c, i);
+            ck_assert_msg(d->code[0] == 'F' && strlen(d->code) == 5,
+                          "bad code %s", d->code);
+            ck_assert_ptr_nonnull(d->message);
+        }
+        ck_assert_msg(flow_compile_graph(c) != NULL
+                      || flow_compile_errors(c) > 0,
+                      "iteration %d: neither a graph nor an error", iter);
+        flow_compile_free(c);
+    }
+}
+END_TEST
+
+Suite *suite_compiler(void)
+{
+    Suite *s = suite_create("compiler");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_expansion_and_dep_vecs);
+    tcase_add_test(tc, test_params_and_costs);
+    tcase_add_test(tc, test_exits_and_train);
+    tcase_add_test(tc, test_diagnostic_fields);
+    tcase_add_test(tc, test_diagnostic_rendering);
+    tcase_add_test(tc, test_warnings_keep_graph);
+    tcase_add_test(tc, test_untransformed_tracking);
+    tcase_add_test(tc, test_missing_file);
+    tcase_add_test(tc, test_edit_distance_and_suggest);
+    tcase_add_test(tc, test_arena);
+    tcase_add_test(tc, test_parse_expr_default);
+    tcase_add_test(tc, test_garbage_never_crashes);
+    suite_add_tcase(s, tc);
+    return s;
+}
