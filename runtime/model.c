@@ -910,3 +910,38 @@ void flow_model_set_rng(flow_model *m, const uint64_t in[6])
 }
 
 flow_ctx *model_ctx(const flow_model *m) { return m->ctx; }
+
+/* ------------------------------------------------------------ slices */
+
+size_t model_slice_count(const flow_model *m)
+{
+    return m->n_nodes + 1;
+}
+
+/* Slice i: the layer or exit i (exits: their base), or, for i = n_nodes,
+ * the output's base.  Names are stable across runs of one spec. */
+int model_slice(const flow_model *m, size_t i, model_slice_info *s)
+{
+    memset(s, 0, sizeof *s);
+    if (i > m->n_nodes)
+        return FLOW_ERR_INVAL;
+    if (i == m->n_nodes) {
+        s->name = "base/output";
+        s->p_off = m->base_off;
+        s->n_params = base_params(&m->base);
+        return FLOW_OK;
+    }
+    if (m->nodes[i].kind == NODE_EXIT) {
+        s->name = m->nodes[i].name;
+        s->is_exit = 1;
+        s->p_off = m->nodes[i].bp_off;
+        s->n_params = base_params(&m->nodes[i].base);
+        return FLOW_OK;
+    }
+    s->name = m->nodes[i].label;
+    s->p_off = m->nodes[i].p_off;
+    s->n_params = m->nodes[i].desc.n_params;
+    s->b_off = m->nodes[i].b_off;
+    s->n_buffers = m->nodes[i].desc.n_buffers;
+    return FLOW_OK;
+}

@@ -317,6 +317,36 @@ FLOW_API const char *const *flow_dataset_names(void);
 FLOW_API int flow_data_generate(flow_ctx *ctx, const flow_dataset_params *p,
                                 flow_data **out);
 
+/* --- checkpoints (runtime/ckpt_model.c; layout in docs/formats.md) ----
+ * A checkpoint embeds the spec source, so loading one is: open it, compile
+ * flow_checkpoint_spec() (libflowc), build the model, then restore. */
+typedef struct flow_checkpoint flow_checkpoint;
+
+/* Writes model parameters (a tensor per layer, "params/<label>"), buffers,
+ * and, when t is not NULL, the optimizer and training state, plus the spec
+ * source and history (JSON text or NULL) to path, atomically.  A model
+ * with a non-finite parameter is refused (nothing is written). */
+FLOW_API int flow_checkpoint_save(flow_model *m, flow_trainer *t,
+                                  const char *spec_source,
+                                  const char *history_json, const char *path);
+/* Reads and validates a checkpoint (checksums, version, precision).
+ * *out is new, owned by the caller (flow_checkpoint_free). */
+FLOW_API int flow_checkpoint_open(flow_ctx *ctx, const char *path,
+                                  flow_checkpoint **out);
+FLOW_API void flow_checkpoint_free(flow_checkpoint *ck);
+/* The embedded spec source; metadata by key (NULL when absent).  Owned by
+ * ck. */
+FLOW_API const char *flow_checkpoint_spec(const flow_checkpoint *ck);
+FLOW_API const char *flow_checkpoint_meta(const flow_checkpoint *ck,
+                                          const char *key);
+/* Whether the checkpoint holds training state (optimizer moments). */
+FLOW_API int flow_checkpoint_has_training(const flow_checkpoint *ck);
+/* Copies parameters and buffers into m (built from the same spec), and the
+ * training state into t when t is not NULL.  Shape mismatches are errors
+ * naming the tensor. */
+FLOW_API int flow_checkpoint_restore(const flow_checkpoint *ck,
+                                     flow_model *m, flow_trainer *t);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 
