@@ -51,6 +51,25 @@ static char *dup_str(const char *s)
     return p;
 }
 
+void ckpt_rng_pack(const flow_rng *r, uint64_t out[CKPT_RNG_WORDS])
+{
+    for (int i = 0; i < 4; i++)
+        out[i] = r->s[i];
+    out[4] = r->has_spare ? 1 : 0;
+    memcpy(&out[5], &r->spare, sizeof out[5]);
+}
+
+int ckpt_rng_unpack(flow_rng *r, const uint64_t in[CKPT_RNG_WORDS])
+{
+    if (in[4] > 1)
+        return FLOW_ERR_FORMAT;
+    for (int i = 0; i < 4; i++)
+        r->s[i] = in[i];
+    r->has_spare = (int)in[4];
+    memcpy(&r->spare, &in[5], sizeof r->spare);
+    return FLOW_OK;
+}
+
 /* ------------------------------------------------------------ writer */
 
 typedef struct wtensor {

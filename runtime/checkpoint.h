@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "flow/flow.h"
+#include "rng.h"
 
 #define CKPT_FORMAT "flowkit.checkpoint"
 #define CKPT_FORMAT_VERSION 1
@@ -59,6 +60,15 @@ int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value);
 /* Validates and writes everything to path atomically (temp file, fsync,
  * rename, fsync of the directory).  On failure nothing is left. */
 int ckpt_writer_write(ckpt_writer *w, const char *path);
+
+/* The "rng/state" tensor: U64 of shape [CKPT_RNG_WORDS] holding the four
+ * xoshiro256** words, has_spare (0 or 1) and the IEEE-754 bits of the
+ * cached normal deviate, so a resumed run draws exactly the numbers the
+ * uninterrupted run would have drawn. */
+#define CKPT_RNG_WORDS 6
+void ckpt_rng_pack(const flow_rng *r, uint64_t out[CKPT_RNG_WORDS]);
+/* FLOW_OK, or FLOW_ERR_FORMAT when has_spare is not 0 or 1. */
+int ckpt_rng_unpack(flow_rng *r, const uint64_t in[CKPT_RNG_WORDS]);
 
 /* --- reader ---------------------------------------------------------- */
 

@@ -440,6 +440,10 @@ static int csv_first_record(csv *p, size_t line)
             e = h + strlen(h);
             while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
                 *--e = '\0';
+            if (!*h)
+                return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: "
+                                 "empty column name in the header",
+                                 p->s->name, line, j + 1);
         }
         return build_selection(p->ctx, p->s->name, p->opts, p->header,
                                p->n_header, line, &p->sel);

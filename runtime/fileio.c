@@ -1,9 +1,10 @@
 /* fileio.c - atomic output files (write to a temp file in the target's
- * directory, fsync, rename, fsync the directory), whole-stream reads,
- * CRC-32C and little-endian conversions. */
+ * directory, fsync, rename, fsync the directory), CRC-32C and
+ * little-endian conversions. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -39,7 +40,7 @@ static char *dir_of(const char *path)
 
 int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
 {
-    static unsigned counter;
+    static atomic_uint counter;
     const char *base;
     size_t dlen, n;
     int fd = -1, rc = FLOW_ERR_IO;
@@ -67,7 +68,7 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
      * rename is atomic); O_EXCL never reuses someone else's file */
     for (int tries = 0; tries < 100; tries++) {
         snprintf(o->tmp, n, "%.*s.%s.tmp.%ld.%u", (int)dlen, path, base,
-                 (long)getpid(), counter++);
+                 (long)getpid(), atomic_fetch_add(&counter, 1u));
         fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (fd >= 0 || errno != EEXIST)
             break;
@@ -163,55 +164,6 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
 fail:
     fio_abort(o);
     return FLOW_ERR_IO;
-}
-
-int fio_read_all(flow_ctx *ctx, const char *name, FILE *f, size_t max,
-                 unsigned char **buf, size_t *len)
-{
-    unsigned char *b = NULL, *nb;
-    size_t cap = 0, n = 0, got;
-    int rc;
-
-    *buf = NULL;
-    *len = 0;
-    for (;;) {
-        if (cap - n < 2) {
-            size_t ncap = cap ? cap : 65536;
-            if (cap) {
-                if (cap > SIZE_MAX / 2)
-                    goto toobig;
-                ncap = cap * 2;
-            }
-            if (!(nb = realloc(b, ncap))) {
-                rc = ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory",
-                               name);
-                goto fail;
-            }
-            b = nb;
-            cap = ncap;
-        }
-        got = fread(b + n, 1, cap - n - 1, f);
-        n += got;
-        if (n > max)
-            goto toobig;
-        if (got == 0)
-            break;
-    }
-    if (ferror(f)) {
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", name,
-                       strerror(errno));
-        goto fail;
-    }
-    b[n] = '\0';
-    *buf = b;
-    *len = n;
-    return FLOW_OK;
-toobig:
-    rc = ctx_error(ctx, FLOW_ERR_IO, "%s: input larger than %zu bytes", name,
-                   max);
-fail:
-    free(b);
-    return rc;
 }
 
 /* --- CRC-32C: table-driven, one byte per step (Sarwate 1988) ---------- */

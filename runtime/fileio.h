@@ -1,5 +1,5 @@
 /* fileio.h - internal: atomic file output (temp file, fsync, rename, fsync
- * of the directory), whole-stream input, CRC-32C and little-endian I/O. */
+ * of the directory), CRC-32C and little-endian I/O. */
 #ifndef FLOW_RUNTIME_FILEIO_H
 #define FLOW_RUNTIME_FILEIO_H
 
@@ -27,12 +27,6 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o);
 int fio_commit(flow_ctx *ctx, fio_out *o);
 /* Closes and removes the temp file (no-op on a zeroed fio_out). */
 void fio_abort(fio_out *o);
-
-/* Reads all of f into a new buffer (*buf, free with free(); one extra NUL
- * byte is appended but not counted).  Fails with "NAME: input larger than
- * MAX bytes" past max. */
-int fio_read_all(flow_ctx *ctx, const char *name, FILE *f, size_t max,
-                 unsigned char **buf, size_t *len);
 
 /* CRC-32C (Castagnoli polynomial 0x1EDC6F41, reflected 0x82F63B78, the
  * iSCSI/ext4 checksum; RFC 3720 sec. 12.1).  Start with crc = 0; chain by

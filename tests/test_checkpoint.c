@@ -10,6 +10,7 @@
 #include "../runtime/checkpoint.h"
 #include "../runtime/fileio.h"
 #include "../runtime/json.h"
+#include "../runtime/rng.h"
 #include "files_util.h"
 #include "suites.h"
 
@@ -39,7 +40,8 @@ static void teardown(void)
 static flow_real w0[6] = {0.5f, -1.25f, 3e-8f, 1e30f, -0.0f, 7};
 static flow_real b0[2] = {1, 2};
 static flow_real m0[6] = {1e-3f, 2e-3f, 3e-3f, 4e-3f, 5e-3f, 6e-3f};
-static uint64_t rng_state[4] = {1, UINT64_MAX, 0x0123456789abcdefull, 42};
+static uint64_t rng_state[6] = {1, UINT64_MAX, 0x0123456789abcdefull, 42,
+                                1, 0x3ff0000000000000ull};
 static int64_t counts[3] = {-1, INT64_MIN, INT64_MAX};
 static double f64[1] = {3.141592653589793};
 
@@ -48,7 +50,7 @@ static int write_model(const char *path)
     ckpt_writer *w = ckpt_writer_new(ctx);
     ckpt_info info = {spec, 12, 3400, 1, -1.2345678901234567,
                       "[{\"epoch\": 1, \"train\": -2.5, \"valid\": -2.6}]"};
-    uint64_t s23[2] = {2, 3}, s2[1] = {2}, s4[1] = {4}, s3[1] = {3};
+    uint64_t s23[2] = {2, 3}, s2[1] = {2}, s4[1] = {6}, s3[1] = {3};
     uint64_t s0[1] = {0};
     int rc;
     ck_assert_ptr_nonnull(w);
@@ -79,7 +81,7 @@ START_TEST(test_round_trip)
     const char *p = tu_path(dir, "m.ckpt");
     ckpt *ck;
     flow_real w[6], m[6];
-    uint64_t r[4], epoch, step;
+    uint64_t r[6], epoch, step;
     int64_t n[3];
     double pi, best;
     int has_best;
@@ -96,7 +98,7 @@ START_TEST(test_round_trip)
     ck_assert_int_eq(ckpt_get(ctx, ck, "adam/m/params/c0/w", CKPT_REAL, m, 6),
                      FLOW_OK);
     ck_assert_int_eq(memcmp(m, m0, sizeof m), 0);
-    ck_assert_int_eq(ckpt_get(ctx, ck, "rng/state", CKPT_U64, r, 4), FLOW_OK);
+    ck_assert_int_eq(ckpt_get(ctx, ck, "rng/state", CKPT_U64, r, 6), FLOW_OK);
     ck_assert_int_eq(memcmp(r, rng_state, sizeof r), 0);
     ck_assert_int_eq(ckpt_get(ctx, ck, "buffers/n", CKPT_I64, n, 3), FLOW_OK);
     ck_assert_int_eq(memcmp(n, counts, sizeof n), 0);
@@ -123,7 +125,7 @@ START_TEST(test_round_trip)
     /* wrong dtype or count */
     ck_assert_int_eq(ckpt_get(ctx, ck, "rng/state", CKPT_I64, n, 3),
                      FLOW_ERR_FORMAT);
-    ck_assert_errmsg_has(": tensor 'rng/state' is U64 with 4 elements, "
+    ck_assert_errmsg_has(": tensor 'rng/state' is U64 with 6 elements, "
                          "expected I64 with 3");
     ck_assert_int_eq(ckpt_get(ctx, ck, "nope", CKPT_I64, n, 3),
                      FLOW_ERR_FORMAT);
@@ -458,6 +460,42 @@ START_TEST(test_writer_errors)
 }
 END_TEST
 
+START_TEST(test_rng_resume)
+{
+    /* stop after an odd number of normal draws (a spare is cached), save,
+     * load into a fresh stream: the next draws are the same bits */
+    flow_rng a, b;
+    uint64_t st[CKPT_RNG_WORDS], back[CKPT_RNG_WORDS];
+    uint64_t shape[1] = {CKPT_RNG_WORDS};
+    const char *p = tu_path(dir, "r.ckpt");
+    ckpt_writer *w = ckpt_writer_new(ctx);
+    ckpt_info info = {spec, 1, 1, 0, 0, NULL};
+    ckpt *ck;
+    rng_seed(&a, 99);
+    for (int i = 0; i < 7; i++)
+        (void)rng_normal1(&a);
+    ck_assert(a.has_spare);
+    ckpt_rng_pack(&a, st);
+    ck_assert_int_eq(ckpt_writer_add(w, "rng/state", CKPT_U64, shape, 1, st),
+                     FLOW_OK);
+    ck_assert_int_eq(ckpt_writer_info(w, &info), FLOW_OK);
+    ck_assert_int_eq(ckpt_writer_write(w, p), FLOW_OK);
+    ckpt_writer_free(w);
+    ck_assert_int_eq(ckpt_read(ctx, p, &ck), FLOW_OK);
+    ck_assert_int_eq(ckpt_get(ctx, ck, "rng/state", CKPT_U64, back,
+                              CKPT_RNG_WORDS), FLOW_OK);
+    ckpt_free(ck);
+    rng_seed(&b, 1);
+    ck_assert_int_eq(ckpt_rng_unpack(&b, back), FLOW_OK);
+    for (int i = 0; i < 100; i++) {
+        double x = rng_normal1(&a), y = rng_normal1(&b);
+        ck_assert_int_eq(memcmp(&x, &y, sizeof x), 0);
+    }
+    back[4] = 2;
+    ck_assert_int_eq(ckpt_rng_unpack(&b, back), FLOW_ERR_FORMAT);
+}
+END_TEST
+
 Suite *suite_checkpoint(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -471,6 +509,7 @@ Suite *suite_checkpoint(void)
     tcase_add_test(tc, test_hostile_headers);
     tcase_add_test(tc, test_spec_check);
     tcase_add_test(tc, test_writer_errors);
+    tcase_add_test(tc, test_rng_resume);
     suite_add_tcase(s, tc);
     return s;
 }

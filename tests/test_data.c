@@ -141,6 +141,8 @@ START_TEST(test_csv_errors)
     expect_csv_error("\n \r\n\n", NULL, ": empty input");
     expect_csv_error("x,y\n", NULL, ": no data rows after the header");
     expect_csv_error("1,,2\n", NULL, ":1:2: empty value");
+    expect_csv_error("a,,c\n1,2,3\n", NULL,
+                     ":1:2: empty column name in the header");
     expect_csv_error("1,\"2\n3,4\n", NULL,
                      ":1:2: unterminated quoted value");
     expect_csv_error("\"1\"x,2\n", NULL,
