@@ -524,7 +524,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     ws_head *hd = ws;
     ws_layout lo;
     int squash, st = FLOW_OK;
-    if (!net || !params || !x || !y || !ws || (net->k && !ctx))
+    if (!net || !params || !x || !y || !ws || (net->k && !ctx) ||
+        (uintptr_t)ws % sizeof(double) != 0)
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
@@ -594,6 +595,16 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
 
 /* ------------------------------------------------------------- JVP */
 
+static int check_tape(const flow_net *net, size_t n, void *ws)
+{
+    const ws_head *hd = ws;
+    if (!net || !ws || (uintptr_t)ws % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (hd->magic != WS_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;
+    return FLOW_OK;
+}
+
 /* ty = (dy/dx) tx: tangents of x only (context and t held fixed). */
 int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
            const flow_real *tx, flow_real *ty)
@@ -601,11 +612,11 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
     ws_head *hd = ws;
     ws_layout lo;
     int squash;
-    if (!net || !params || !ws || !tx || !ty)
+    if (!params || !tx || !ty)
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
-    if (hd->magic != WS_MAGIC || hd->n != n)
+    if (check_tape(net, n, ws) != FLOW_OK)
         return FLOW_ERR_INVAL;    /* no matching forward on this ws */
     squash = net->time == FLOW_TIME_CONCATSQUASH;
     layout(net, n, &lo);
@@ -721,15 +732,6 @@ static void grad_gate(const flow_net *net, size_t l, size_t n, double t,
     (void)params;
 }
 
-static int check_tape(const flow_net *net, size_t n, void *ws)
-{
-    const ws_head *hd = ws;
-    if (!net || !ws)
-        return FLOW_ERR_INVAL;
-    if (hd->magic != WS_MAGIC || hd->n != n)
-        return FLOW_ERR_INVAL;
-    return FLOW_OK;
-}
 
 int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                 void *ws, const flow_real *dy, flow_real *dx,

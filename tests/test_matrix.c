@@ -69,6 +69,13 @@ START_TEST(test_gemm_shapes)
     /* leading dimension smaller than the stored width */
     ck_assert_int_eq(blas_gemm(0, 0, 3, 2, 4, 1, a->data, 3, b->data, 2, 0,
                                c->data, 2), FLOW_ERR_INVAL);
+    /* the host entry (void) refuses the same call and leaves C alone */
+    flow_host_services()->gemm(0, 0, 3, 2, 4, 1, a->data, 3, b->data, 2, 0,
+                               c->data, 2);
+    ck_assert_double_eq_tol(mat_get(c, 2, 0), 10, MAT_TOL);
+    flow_host_services()->gemm(0, 0, 3, 2, 4, 2, a->data, 4, b->data, 2, 0,
+                               c->data, 2);
+    ck_assert_double_eq_tol(mat_get(c, 2, 0), 20, MAT_TOL);
     mat_free(a);
     mat_free(b);
     mat_free(c);
