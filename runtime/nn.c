@@ -22,6 +22,8 @@ typedef struct nn_layer {
     size_t ga_off, gc_off, gd_off; /* concatsquash vectors                  */
     size_t m_off;               /* MADE: offset into net->mask / masked W  */
     size_t g_off;               /* concatsquash: offset of its gate vector */
+    size_t sn_off;              /* spectral norm: offset (doubles) of sigma,
+                                   scale, u[out], v[cols] in the workspace */
 } nn_layer;
 
 struct flow_net {
@@ -40,6 +42,9 @@ struct flow_net {
     size_t max_wsize;           /* largest rows * cols                     */
     size_t max_width;           /* largest in / out of any layer           */
     size_t gate_total;          /* sum of rows (concatsquash gates)        */
+    double sn;                  /* spectral-norm bound c, 0 = none         */
+    size_t sn_total;            /* doubles of spectral-norm state per call */
+    int derived;                /* weights used != params (MADE or sn)     */
 };
 
 /* Workspace header; the tape follows at WS_ALIGN offsets. */
@@ -52,7 +57,7 @@ typedef struct ws_head {
 
 /* Offsets (bytes from ws) of the tape for n rows. */
 typedef struct ws_layout {
-    size_t wm, gw, gate, xin, cin;
+    size_t wm, gw, sn, gate, xin, cin;
     size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
                                     layer at + off_rows * n * sizeof    */
     size_t s[4];                 /* backward scratch, n x max_width each  */
@@ -61,7 +66,10 @@ typedef struct ws_layout {
 
 /* ---------------------------------------------------------- helpers */
 
-static size_t round_up(size_t v) { return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
+static size_t round_up(size_t v)
+{
+    return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
+}
 
 /* a * b with overflow to SIZE_MAX (saturating: sizes are checked later) */
 static size_t mul_sat(size_t a, size_t b)
@@ -104,12 +112,13 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     size_t off = round_up(sizeof(ws_head));
     size_t hid = mul_sat(mul_sat(n, hidden_rows(net)), r);
     size_t allr = mul_sat(mul_sat(n, all_rows(net)), r);
-    int made = net->kind == FLOW_NET_MADE;
+    int der = net->derived;
     int squash = net->time == FLOW_TIME_CONCATSQUASH;
 #define TAKE(field, bytes) \
     do { lo->field = off; off = add_sat(off, round_up(bytes)); } while (0)
-    TAKE(wm, made ? mul_sat(net->mask_total, r) : 0);
-    TAKE(gw, made ? mul_sat(net->max_wsize, r) : 0);
+    TAKE(wm, der ? mul_sat(net->mask_total, r) : 0);
+    TAKE(gw, der ? mul_sat(net->max_wsize, r) : 0);
+    TAKE(sn, mul_sat(net->sn_total, sizeof(double)));
     TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
     TAKE(xin, mul_sat(mul_sat(n, net->d), r));
     TAKE(cin, mul_sat(mul_sat(n, net->k), r));
@@ -125,7 +134,10 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     lo->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
-static flow_real *at(void *ws, size_t off) { return (flow_real *)((char *)ws + off); }
+static flow_real *at(void *ws, size_t off)
+{
+    return (flow_real *)((char *)ws + off);
+}
 
 /* ------------------------------------------------------ activations */
 
@@ -303,9 +315,9 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
         set_err(err, err_cap, "net: unknown time mode %zu", (size_t)spec->time);
         return NULL;
     }
-    if (spec->spectral_norm > 0) {
-        set_err(err, err_cap, "net: spectral_norm is not supported yet by "
-                "this host (power-iteration normalisation is unimplemented)");
+    if (!(spec->spectral_norm >= 0) || !isfinite(spec->spectral_norm)) {
+        set_err(err, err_cap, "net: spectral_norm must be a finite number "
+                ">= 0 (0 = off), got %g", spec->spectral_norm);
         return NULL;
     }
     if (spec->kind == FLOW_NET_MADE && spec->order) {
@@ -369,6 +381,9 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
             ly->g_off = net->gate_total;
             net->gate_total += ly->out;
         }
+        ly->sn_off = net->sn_total;
+        if (spec->spectral_norm > 0)
+            net->sn_total += 2 + ly->out + 2 * ly->cols;
         ly->m_off = net->mask_total;
         net->mask_total += wsize;
         if (wsize > net->max_wsize)
@@ -380,6 +395,8 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
         prev = ly->out;
     }
     net->n_params = p;
+    net->sn = spec->spectral_norm;
+    net->derived = net->kind == FLOW_NET_MADE || net->sn > 0;
     if (net->kind == FLOW_NET_MADE && !made_masks(net, spec->order))
         goto nomem;
     return net;
@@ -488,11 +505,12 @@ size_t nn_workspace(const flow_net *net, size_t n)
 
 /* ---------------------------------------------------------- forward */
 
-/* Weights as used: params, or (MADE) the masked copy in the workspace. */
+/* Weights as used: params, or (MADE, spectral norm) the derived copy in
+ * the workspace. */
 static const flow_real *weights(const flow_net *net, const flow_real *params,
                                 void *ws, const ws_layout *lo, size_t l)
 {
-    if (net->kind == FLOW_NET_MADE)
+    if (net->derived)
         return at(ws, lo->wm) + net->layer[l].m_off;
     return params + net->layer[l].w_off;
 }
@@ -517,6 +535,98 @@ static int lin_blocks(const flow_net *net, size_t l, size_t n,
     return st;
 }
 
+/* Largest singular value of the rows x cols matrix a by power iteration
+ * (Miyato et al. 2018, alg. 1; Behrmann et al. 2019, sec. 3) in double,
+ * from a fixed start so the result depends only on a: u, v receive the
+ * singular vectors (sigma = u^T a v), w is scratch of cols.  Stops when
+ * v moves by less than SN_TOL (max norm), or after SN_MAX_ITER sweeps:
+ * the vectors, which the gradient needs, converge only half as fast as
+ * sigma, so a criterion on sigma would leave them ~sqrt(tol) off. */
+#define SN_TOL 1e-12
+#define SN_MAX_ITER 2000
+
+static double top_singular(const flow_real *a, size_t rows, size_t cols,
+                           double *u, double *v, double *w)
+{
+    double sigma = 0, nv = 0;
+    uint64_t st = 0x736e6f726dull;
+    for (size_t j = 0; j < cols; j++) {       /* splitmix64 start vector */
+        uint64_t z = (st += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        v[j] = 0.5 + (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+        nv += v[j] * v[j];
+    }
+    for (size_t j = 0; j < cols; j++)
+        v[j] /= sqrt(nv);
+    for (int it = 0; it < SN_MAX_ITER; it++) {
+        double nu = 0, nw = 0;
+        for (size_t i = 0; i < rows; i++) {
+            double acc = 0;
+            for (size_t j = 0; j < cols; j++)
+                acc += a[i * cols + j] * v[j];
+            u[i] = acc;
+            nu += acc * acc;
+        }
+        if (nu == 0)
+            return 0;                       /* a = 0 on the range of v */
+        nu = sqrt(nu);
+        for (size_t i = 0; i < rows; i++)
+            u[i] /= nu;
+        double move = 0;
+        for (size_t j = 0; j < cols; j++)
+            w[j] = 0;
+        for (size_t i = 0; i < rows; i++)
+            for (size_t j = 0; j < cols; j++)
+                w[j] += a[i * cols + j] * u[i];
+        for (size_t j = 0; j < cols; j++)
+            nw += w[j] * w[j];
+        sigma = sqrt(nw);
+        for (size_t j = 0; j < cols; j++) {
+            double vj = w[j] / sigma;
+            move = fmax(move, fabs(vj - v[j]));
+            v[j] = vj;
+        }
+        if (move <= SN_TOL)
+            break;
+    }
+    return sigma;
+}
+
+/* Derived weights for this call: W_m = M o W (MADE), then with spectral
+ * normalisation W_eff = W_m * min(1, c / sigma(W_m)) (the time column
+ * included, a conservative bound on the Lipschitz constant in h). */
+static void derive_weights(const flow_net *net, const flow_real *params,
+                           void *ws, const ws_layout *lo)
+{
+    flow_real *wm = at(ws, lo->wm);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = wm + ly->m_off;
+        size_t sz = ly->out * ly->cols;
+        if (net->mask) {
+            const uint8_t *m = net->mask + ly->m_off;
+            for (size_t i = 0; i < sz; i++)
+                dst[i] = m[i] ? w[i] : 0;
+        } else {
+            memcpy(dst, w, sz * sizeof *dst);
+        }
+        if (net->sn > 0) {
+            double *sn = (double *)(void *)((char *)ws + lo->sn) + ly->sn_off;
+            double sigma = top_singular(dst, ly->out, ly->cols, sn + 2,
+                                        sn + 2 + ly->out,
+                                        sn + 2 + ly->out + ly->cols);
+            double scale = sigma > net->sn ? net->sn / sigma : 1.0;
+            sn[0] = sigma;
+            sn[1] = scale;
+            if (scale != 1.0)
+                for (size_t i = 0; i < sz; i++)
+                    dst[i] = (flow_real)(dst[i] * scale);
+        }
+    }
+}
+
 int nn_forward(const flow_net *net, const flow_real *params, size_t n,
                const flow_real *x, const flow_real *ctx, double t,
                flow_real *y, void *ws)
@@ -538,16 +648,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     memcpy(at(ws, lo.xin), x, n * net->d * sizeof(flow_real));
     if (net->k)
         memcpy(at(ws, lo.cin), ctx, n * net->k * sizeof(flow_real));
-    if (net->kind == FLOW_NET_MADE) {
-        flow_real *wm = at(ws, lo.wm);
-        for (size_t l = 0; l < net->n_layers; l++) {
-            const nn_layer *ly = &net->layer[l];
-            const uint8_t *m = net->mask + ly->m_off;
-            const flow_real *w = params + ly->w_off;
-            for (size_t i = 0; i < ly->out * ly->cols; i++)
-                wm[ly->m_off + i] = m[i] ? w[i] : 0;
-        }
-    }
+    if (net->derived)
+        derive_weights(net, params, ws, &lo);
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         int last = l + 1 == net->n_layers;
@@ -656,17 +758,52 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
 
 /* ------------------------------------------------------------ VJPs */
 
+/* Adds the gradient g wrt the derived weights W_eff of layer l to dst (the
+ * raw W's gradient): with spectral normalisation active (sigma > c),
+ * W_eff = c W_m / sigma and d sigma / d W_m = u v^T, so
+ * dW_m = (c / sigma) g - (c / sigma^2) <g, W_m> u v^T; then the mask
+ * (MADE), so masked entries of dst are never touched. */
+static void map_grad(const flow_net *net, size_t l, void *ws,
+                     const ws_layout *lo, flow_real *g, flow_real *dst)
+{
+    const nn_layer *ly = &net->layer[l];
+    const uint8_t *m = net->mask ? net->mask + ly->m_off : NULL;
+    size_t sz = ly->out * ly->cols;
+    if (net->sn > 0) {
+        const double *sn = (const double *)(void *)((char *)ws + lo->sn) +
+                           ly->sn_off;
+        const double *u = sn + 2, *v = sn + 2 + ly->out;
+        const flow_real *weff = at(ws, lo->wm) + ly->m_off;
+        double scale = sn[1], inner = 0, k;
+        if (scale != 1.0) {
+            /* <g, W_m> = <g, W_eff> / scale */
+            for (size_t i = 0; i < sz; i++)
+                inner += (double)g[i] * weff[i];
+            inner /= scale;
+            k = net->sn / (sn[0] * sn[0]) * inner;
+            for (size_t r = 0; r < ly->out; r++)
+                for (size_t j = 0; j < ly->cols; j++) {
+                    size_t i = r * ly->cols + j;
+                    g[i] = (flow_real)(scale * g[i] - k * u[r] * v[j]);
+                }
+        }
+    }
+    for (size_t i = 0; i < sz; i++)
+        if (!m || m[i])
+            dst[i] += g[i];
+}
+
 /* Parameter gradient of one layer from G = dL/du (n x rows) and the
  * layer's input blocks: dW += G^T [X | C], db += sum_r G (when with_bias),
- * and the concat time column += t sum_r G.  MADE: through the gw scratch,
- * masked, so masked entries of dparams stay exactly zero. */
+ * and the concat time column += t sum_r G.  Derived weights (MADE, spectral
+ * norm): through the gw scratch and map_grad. */
 static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
                   const ws_layout *lo, const flow_real *gmat,
                   const flow_real *x0, const flow_real *c0, int with_bias,
                   double t, flow_real *dparams)
 {
     const nn_layer *ly = &net->layer[l];
-    int made = net->kind == FLOW_NET_MADE, st;
+    int made = net->derived, st;
     flow_real *dw = made ? at(ws, lo->gw) : dparams + ly->w_off;
     flow_real beta = made ? 0 : 1;
     size_t win = l == 0 ? net->d : ly->in;
@@ -688,13 +825,8 @@ static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
             if (net->time == FLOW_TIME_CONCAT)
                 dw[j * ly->cols + ly->in] += (flow_real)(t * s);
         }
-    if (made) {
-        const uint8_t *m = net->mask + ly->m_off;
-        flow_real *dst = dparams + ly->w_off;
-        for (size_t i = 0; i < ly->out * ly->cols; i++)
-            if (m[i])
-                dst[i] += dw[i];
-    }
+    if (made)
+        map_grad(net, l, ws, lo, dw, dparams + ly->w_off);
     return FLOW_OK;
 }
 

@@ -28,6 +28,7 @@ typedef struct netcase {
     flow_activation act;
     flow_time_mode time;
     int zero_last;
+    double sn;             /* spectral_norm (0 = off) */
 } netcase;
 
 /* The reference: shapes and offsets derived here from the documented
@@ -59,6 +60,7 @@ static flow_net *make_net(const netcase *nc, const int32_t *order,
     sp.time = nc->time;
     sp.order = order;
     sp.seed = 99;
+    sp.spectral_norm = nc->sn;
     net = nn_create(&sp, err, sizeof err);
     ck_assert_msg(net != NULL, "nn_create: %s", err);
     memset(rn, 0, sizeof *rn);
@@ -98,6 +100,56 @@ static flow_net *make_net(const netcase *nc, const int32_t *order,
 
 static double sgm(double z) { return 1 / (1 + exp(-z)); }
 
+/* Reference spectral scales min(1, c / sigma(M o W)) per layer: sigma^2 as
+ * the top eigenvalue of A^T A by plain power iteration from a start other
+ * than the runtime's, run to convergence. */
+static void ref_scales(const refnet *rn, const double *p, double *scale)
+{
+    for (size_t l = 0; l < rn->nl; l++) {
+        size_t rows = rn->rows[l], cols = rn->cols[l];
+        double a[64 * 64], v[64], w[64], lam = 0, prev = -1;
+        scale[l] = 1;
+        if (rn->nc.sn <= 0)
+            continue;
+        for (size_t i = 0; i < rows * cols; i++)
+            a[i] = rn->mask[l] && !rn->mask[l][i] ? 0 : p[rn->w[l] + i];
+        for (size_t j = 0; j < cols; j++)
+            v[j] = 1.0 + 0.37 * (double)((j * 7) % 5);
+        for (int it = 0; it < 100000 && fabs(lam - prev) > 1e-15 * lam;
+             it++) {
+            double nrm = 0;
+            prev = lam;
+            for (size_t j = 0; j < cols; j++)
+                w[j] = 0;
+            for (size_t i = 0; i < rows; i++) {
+                double t = 0;
+                for (size_t j = 0; j < cols; j++)
+                    t += a[i * cols + j] * v[j];
+                for (size_t j = 0; j < cols; j++)
+                    w[j] += a[i * cols + j] * t;
+            }
+            for (size_t j = 0; j < cols; j++)
+                nrm += w[j] * w[j];
+            nrm = sqrt(nrm);
+            lam = 0;
+            for (size_t j = 0; j < cols; j++)
+                lam += v[j] * w[j];
+            {
+                double nv = 0;
+                for (size_t j = 0; j < cols; j++)
+                    nv += v[j] * v[j];
+                lam /= nv;                  /* Rayleigh quotient */
+            }
+            if (nrm == 0)
+                break;
+            for (size_t j = 0; j < cols; j++)
+                v[j] = w[j] / nrm;
+        }
+        if (sqrt(lam) > rn->nc.sn)
+            scale[l] = rn->nc.sn / sqrt(lam);
+    }
+}
+
 static void ref_act(flow_activation a, double z, double *f, double *f1)
 {
     switch (a) {
@@ -118,12 +170,14 @@ static void ref_row(const refnet *rn, const double *p, const double *x,
                     const double *c, const double *tx, double t, double *y,
                     double *ty)
 {
+    double scale[MAXL];
     double h[64], th[64], hn[64], thn[64];
     size_t d = rn->nc.d, k = rn->nc.k;
     for (size_t i = 0; i < d; i++)
         h[i] = x[i], th[i] = tx[i];
     for (size_t i = 0; i < k; i++)
         h[d + i] = c[i], th[d + i] = 0;
+    ref_scales(rn, p, scale);
     for (size_t l = 0; l < rn->nl; l++) {
         int last = l + 1 == rn->nl;
         for (size_t j = 0; j < rn->rows[l]; j++) {
@@ -132,6 +186,7 @@ static void ref_row(const refnet *rn, const double *p, const double *x,
                 double wv = p[rn->w[l] + j * rn->cols[l] + i];
                 if (rn->mask[l] && !rn->mask[l][j * rn->cols[l] + i])
                     wv = 0;
+                wv *= scale[l];
                 u += wv * (i < rn->in[l] ? h[i] : t);
                 tu += i < rn->in[l] ? wv * th[i] : 0;
             }
@@ -336,7 +391,7 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
 START_TEST(test_mlp_activations)
 {
     netcase nc = {FLOW_NET_MLP, 3, 2, 2, 2, {5, 4}, (flow_activation)_i,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     check_net(&nc, NULL, 0, 1, 100 + (uint64_t)_i);
 }
 END_TEST
@@ -345,7 +400,8 @@ END_TEST
 START_TEST(test_mlp_time)
 {
     netcase nc = {FLOW_NET_MLP, 3, 1, 3, 2, {6, 5}, FLOW_ACT_TANH,
-                  _i < 2 ? FLOW_TIME_CONCAT : FLOW_TIME_CONCATSQUASH, _i % 2};
+                  _i < 2 ? FLOW_TIME_CONCAT : FLOW_TIME_CONCATSQUASH, _i % 2,
+                  0};
     check_net(&nc, NULL, 0.7, 1, 200 + (uint64_t)_i);
     nc.act = FLOW_ACT_SOFTPLUS;
     nc.k = 0;
@@ -357,7 +413,7 @@ START_TEST(test_made_gradients)
 {
     int32_t order[4] = {2, 0, 3, 1};
     netcase nc = {FLOW_NET_MADE, 4, 2, 3, 2, {9, 7}, FLOW_ACT_TANH,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     check_net(&nc, order, 0, 1, 400);
     nc.act = FLOW_ACT_ELU;
     nc.time = FLOW_TIME_CONCATSQUASH;
@@ -372,12 +428,26 @@ END_TEST
 /* Output block i must not change when any input j with order[j] >=
  * order[i] changes (Germain et al. 2015, eq. 1), must change for some
  * earlier input, and every output depends on the context. */
+/* spectral normalisation: forward, VJP, JVP and JVP-VJP through sigma */
+START_TEST(test_spectral_norm)
+{
+    netcase mlp = {FLOW_NET_MLP, 3, 2, 2, 2, {5, 4}, FLOW_ACT_TANH,
+                   FLOW_TIME_CONCAT, 0, 0.7};
+    netcase made = {FLOW_NET_MADE, 4, 1, 2, 1, {9}, FLOW_ACT_ELU,
+                    FLOW_TIME_NONE, 0, 0.5};
+    check_net(&mlp, NULL, 0.3, 1, 700);
+    check_net(&made, NULL, 0, 1, 701);
+    mlp.sn = 50;                        /* inactive: plain weights */
+    check_net(&mlp, NULL, 0.3, 1, 702);
+}
+END_TEST
+
 START_TEST(test_made_autoregressive)
 {
     enum { D = 6, K = 2, OUT = 3, W = D * OUT };
     int32_t order[D] = {3, 5, 0, 2, 4, 1};
     netcase nc = {FLOW_NET_MADE, D, K, OUT, 2, {24, 24}, FLOW_ACT_TANH,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     refnet rn;
     flow_net *net = make_net(&nc, order, &rn);
     size_t P = nn_params(net);
@@ -421,10 +491,12 @@ END_TEST
 START_TEST(test_zero_last_and_init)
 {
     netcase cases[3] = {
-        {FLOW_NET_MLP, 4, 2, 3, 2, {8, 8}, FLOW_ACT_RELU, FLOW_TIME_NONE, 1},
-        {FLOW_NET_MADE, 4, 0, 2, 1, {12}, FLOW_ACT_TANH, FLOW_TIME_NONE, 1},
+        {FLOW_NET_MLP, 4, 2, 3, 2, {8, 8}, FLOW_ACT_RELU, FLOW_TIME_NONE, 1,
+         0},
+        {FLOW_NET_MADE, 4, 0, 2, 1, {12}, FLOW_ACT_TANH, FLOW_TIME_NONE, 1,
+         0},
         {FLOW_NET_MLP, 3, 0, 3, 1, {8}, FLOW_ACT_ELU,
-         FLOW_TIME_CONCATSQUASH, 1},
+         FLOW_TIME_CONCATSQUASH, 1, 0},
     };
     for (int q = 0; q < 3; q++) {
         refnet rn;
@@ -476,7 +548,7 @@ START_TEST(test_errors)
     sp.n_hidden = 1;
     sp.hidden = hid;
     sp.act = FLOW_ACT_RELU;
-    sp.spectral_norm = 0.9;
+    sp.spectral_norm = -1;
     ck_assert(nn_create(&sp, err, sizeof err) == NULL);
     ck_assert_ptr_nonnull(strstr(err, "spectral_norm"));
     sp.spectral_norm = 0;
@@ -510,8 +582,17 @@ START_TEST(test_errors)
         free(pp);
     }
     nn_destroy(net);
-    /* the host table hands out the same implementation */
-    ck_assert(flow_host_services()->net_create == nn_create);
+    /* the host table hands out the numerical core, every entry set */
+    {
+        const flow_host *h = flow_host_services();
+        ck_assert(h->net_create == nn_create);
+        ck_assert(h->gemm && h->net_destroy && h->net_params && h->net_init &&
+                  h->net_workspace && h->net_forward && h->net_backward &&
+                  h->net_jvp && h->net_jvp_backward && h->tf_params &&
+                  h->tf_forward && h->tf_inverse && h->tf_backward &&
+                  h->tf_inverse_backward && h->slogdet && h->matinv);
+        ck_assert(FLOW_HOST_HAS(h, matinv));
+    }
 }
 END_TEST
 
@@ -524,6 +605,7 @@ Suite *suite_nn(void)
                         FLOW_ACT_SIGMOID + 1);
     tcase_add_loop_test(tc, test_mlp_time, 0, 4);
     tcase_add_test(tc, test_made_gradients);
+    tcase_add_test(tc, test_spectral_norm);
     tcase_add_test(tc, test_made_autoregressive);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
