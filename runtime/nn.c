@@ -44,6 +44,7 @@ struct flow_net {
     size_t gate_total;          /* sum of rows (concatsquash gates)        */
     double sn;                  /* spectral-norm bound c, 0 = none         */
     size_t sn_total;            /* doubles of spectral-norm state per call */
+    size_t sn_scratch;          /* bytes of LAPACK scratch (spectral norm) */
     int derived;                /* weights used != params (MADE or sn)     */
 };
 
@@ -57,7 +58,7 @@ typedef struct ws_head {
 
 /* Offsets (bytes from ws) of the tape for n rows. */
 typedef struct ws_layout {
-    size_t wm, gw, sn, gate, xin, cin;
+    size_t wm, gw, sn, sn_scratch, gate, xin, cin;
     size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
                                     layer at + off_rows * n * sizeof    */
     size_t s[4];                 /* backward scratch, n x max_width each  */
@@ -119,6 +120,7 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     TAKE(wm, der ? mul_sat(net->mask_total, r) : 0);
     TAKE(gw, der ? mul_sat(net->max_wsize, r) : 0);
     TAKE(sn, mul_sat(net->sn_total, sizeof(double)));
+    TAKE(sn_scratch, net->sn_scratch);
     TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
     TAKE(xin, mul_sat(mul_sat(n, net->d), r));
     TAKE(cin, mul_sat(mul_sat(n, net->k), r));
@@ -157,13 +159,13 @@ static void act_eval(const flow_net *net, double z, double *f, double *f1,
     switch (net->act) {
     case FLOW_ACT_IDENTITY:
         break;
-    case FLOW_ACT_RELU:
-        v = z > 0 ? z : 0;
-        d1 = z > 0 ? 1 : 0;
+    case FLOW_ACT_RELU:              /* f'(+0) = 1, f'(-0) = 0: see pos_mask */
+        v = signbit(z) ? 0 : z;
+        d1 = signbit(z) ? 0 : 1;
         break;
     case FLOW_ACT_LEAKY_RELU:
-        v = z > 0 ? z : net->slope * z;
-        d1 = z > 0 ? 1 : net->slope;
+        v = signbit(z) ? net->slope * z : z;
+        d1 = signbit(z) ? net->slope : 1;
         break;
     case FLOW_ACT_TANH:
         v = tanh(z);
@@ -197,6 +199,74 @@ static void act_eval(const flow_net *net, double z, double *f, double *f1,
         *f1 = d1;
     if (f2)
         *f2 = d2;
+}
+
+/* 1 for z >= +0, 0 for z <= -0, without a branch.  ReLU-family loops
+ * multiply by this mask: with random signs a branch mispredicts half the
+ * time, and GCC -O2 does not if-convert the float select; the branchy
+ * loops were ~10x slower and cost more than the GEMMs (docs/runtime.md). */
+static inline flow_real pos_mask(flow_real z)
+{
+#if FLOW_REAL_DOUBLE
+    return 0.5 + copysign(0.5, z);
+#else
+    return 0.5f + copysignf(0.5f, z);
+#endif
+}
+
+/* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
+static void act_apply(const flow_net *net, const flow_real *restrict z,
+                      flow_real *restrict h, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            h[i] = pos_mask(z[i]) * z[i];
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            h[i] = m * z[i] + (1 - m) * (a * z[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        memcpy(h, z, count * sizeof *h);
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f;
+            act_eval(net, z[i], &f, NULL, NULL);
+            h[i] = (flow_real)f;
+        }
+    }
+}
+
+/* g *= f'(z) over a block (backward and JVP) */
+static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
+                         flow_real *restrict g, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            g[i] *= pos_mask(z[i]);
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            g[i] = m * g[i] + (1 - m) * (a * g[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f1;
+            act_eval(net, z[i], NULL, &f1, NULL);
+            g[i] = (flow_real)(g[i] * f1);
+        }
+    }
 }
 
 /* --------------------------------------------------------- creation */
@@ -383,7 +453,10 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
         }
         ly->sn_off = net->sn_total;
         if (spec->spectral_norm > 0)
-            net->sn_total += 2 + ly->out + 2 * ly->cols;
+            net->sn_total += 2 + ly->out + ly->cols;
+        if (spec->spectral_norm > 0 &&
+            la_top_singular_scratch(ly->out, ly->cols) > net->sn_scratch)
+            net->sn_scratch = la_top_singular_scratch(ly->out, ly->cols);
         ly->m_off = net->mask_total;
         net->mask_total += wsize;
         if (wsize > net->max_wsize)
@@ -535,69 +608,15 @@ static int lin_blocks(const flow_net *net, size_t l, size_t n,
     return st;
 }
 
-/* Largest singular value of the rows x cols matrix a by power iteration
- * (Miyato et al. 2018, alg. 1; Behrmann et al. 2019, sec. 3) in double,
- * from a fixed start so the result depends only on a: u, v receive the
- * singular vectors (sigma = u^T a v), w is scratch of cols.  Stops when
- * v moves by less than SN_TOL (max norm), or after SN_MAX_ITER sweeps:
- * the vectors, which the gradient needs, converge only half as fast as
- * sigma, so a criterion on sigma would leave them ~sqrt(tol) off. */
-#define SN_TOL 1e-12
-#define SN_MAX_ITER 2000
-
-static double top_singular(const flow_real *a, size_t rows, size_t cols,
-                           double *u, double *v, double *w)
-{
-    double sigma = 0, nv = 0;
-    uint64_t st = 0x736e6f726dull;
-    for (size_t j = 0; j < cols; j++) {       /* splitmix64 start vector */
-        uint64_t z = (st += 0x9E3779B97F4A7C15ull);
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        v[j] = 0.5 + (double)((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
-        nv += v[j] * v[j];
-    }
-    for (size_t j = 0; j < cols; j++)
-        v[j] /= sqrt(nv);
-    for (int it = 0; it < SN_MAX_ITER; it++) {
-        double nu = 0, nw = 0;
-        for (size_t i = 0; i < rows; i++) {
-            double acc = 0;
-            for (size_t j = 0; j < cols; j++)
-                acc += a[i * cols + j] * v[j];
-            u[i] = acc;
-            nu += acc * acc;
-        }
-        if (nu == 0)
-            return 0;                       /* a = 0 on the range of v */
-        nu = sqrt(nu);
-        for (size_t i = 0; i < rows; i++)
-            u[i] /= nu;
-        double move = 0;
-        for (size_t j = 0; j < cols; j++)
-            w[j] = 0;
-        for (size_t i = 0; i < rows; i++)
-            for (size_t j = 0; j < cols; j++)
-                w[j] += a[i * cols + j] * u[i];
-        for (size_t j = 0; j < cols; j++)
-            nw += w[j] * w[j];
-        sigma = sqrt(nw);
-        for (size_t j = 0; j < cols; j++) {
-            double vj = w[j] / sigma;
-            move = fmax(move, fabs(vj - v[j]));
-            v[j] = vj;
-        }
-        if (move <= SN_TOL)
-            break;
-    }
-    return sigma;
-}
-
 /* Derived weights for this call: W_m = M o W (MADE), then with spectral
  * normalisation W_eff = W_m * min(1, c / sigma(W_m)) (the time column
- * included, a conservative bound on the Lipschitz constant in h). */
-static void derive_weights(const flow_net *net, const flow_real *params,
-                           void *ws, const ws_layout *lo)
+ * included, a conservative bound on the Lipschitz constant in h).  sigma
+ * and its singular vectors come exact from LAPACK (la_top_singular)
+ * rather than from the one power-iteration step per update of Miyato et
+ * al. 2018, alg. 1 / Behrmann et al. 2019, sec. 3, which needs state kept
+ * between calls: here the result depends on the parameters only. */
+static int derive_weights(const flow_net *net, const flow_real *params,
+                          void *ws, const ws_layout *lo)
 {
     flow_real *wm = at(ws, lo->wm);
     for (size_t l = 0; l < net->n_layers; l++) {
@@ -614,10 +633,13 @@ static void derive_weights(const flow_net *net, const flow_real *params,
         }
         if (net->sn > 0) {
             double *sn = (double *)(void *)((char *)ws + lo->sn) + ly->sn_off;
-            double sigma = top_singular(dst, ly->out, ly->cols, sn + 2,
-                                        sn + 2 + ly->out,
-                                        sn + 2 + ly->out + ly->cols);
-            double scale = sigma > net->sn ? net->sn / sigma : 1.0;
+            double sigma = 0, scale;
+            int st = la_top_singular(ly->out, ly->cols, dst, &sigma, sn + 2,
+                                     sn + 2 + ly->out,
+                                     (char *)ws + lo->sn_scratch);
+            if (st != FLOW_OK)
+                return st;
+            scale = sigma > net->sn ? net->sn / sigma : 1.0;
             sn[0] = sigma;
             sn[1] = scale;
             if (scale != 1.0)
@@ -625,6 +647,7 @@ static void derive_weights(const flow_net *net, const flow_real *params,
                     dst[i] = (flow_real)(dst[i] * scale);
         }
     }
+    return FLOW_OK;
 }
 
 int nn_forward(const flow_net *net, const flow_real *params, size_t n,
@@ -648,8 +671,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     memcpy(at(ws, lo.xin), x, n * net->d * sizeof(flow_real));
     if (net->k)
         memcpy(at(ws, lo.cin), ctx, n * net->k * sizeof(flow_real));
-    if (net->derived)
-        derive_weights(net, params, ws, &lo);
+    if (net->derived && (st = derive_weights(net, params, ws, &lo)) != FLOW_OK)
+        return st;
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         int last = l + 1 == net->n_layers;
@@ -663,33 +686,36 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), u);
         if (st != FLOW_OK)
             return st;
-        for (size_t j = 0; j < ly->out; j++) {
-            double bias = params[ly->b_off + j];
-            if (net->time == FLOW_TIME_CONCAT)
-                bias += t * w[j * ly->cols + ly->in];
-            for (size_t r = 0; r < n; r++)
-                u[r * ly->out + j] += (flow_real)bias;
+        {
+            /* bias (+ t W[:, last]) combined in the backward scratch (free
+             * during forward), then added row by row, contiguously */
+            flow_real *bias = at(ws, lo.s[0]);
+            for (size_t j = 0; j < ly->out; j++)
+                bias[j] = (flow_real)(params[ly->b_off + j] +
+                                      (net->time == FLOW_TIME_CONCAT
+                                           ? t * w[j * ly->cols + ly->in]
+                                           : 0.0));
+            for (size_t r = 0; r < n; r++) {
+                flow_real *ur = u + r * ly->out;
+                for (size_t j = 0; j < ly->out; j++)
+                    ur[j] += bias[j];
+            }
         }
         /* concatsquash (Grathwohl et al. 2019, FFJORD's
          * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
-        if (squash)
+        if (squash) {
+            flow_real *dt = at(ws, lo.s[1]);
             for (size_t j = 0; j < ly->out; j++) {
-                double gj = sigmoid(params[ly->ga_off + j] * t +
-                                    params[ly->gc_off + j]);
-                double dt = params[ly->gd_off + j] * t;
-                g[j] = (flow_real)gj;
-                for (size_t r = 0; r < n; r++)
-                    z[r * ly->out + j] =
-                        (flow_real)(u[r * ly->out + j] * gj + dt);
+                g[j] = (flow_real)sigmoid(params[ly->ga_off + j] * t +
+                                          params[ly->gc_off + j]);
+                dt[j] = (flow_real)(params[ly->gd_off + j] * t);
             }
-        if (!last) {
-            flow_real *h = at(ws, lo.h) + ho;
-            for (size_t i = 0; i < n * ly->out; i++) {
-                double f;
-                act_eval(net, z[i], &f, NULL, NULL);
-                h[i] = (flow_real)f;
-            }
+            for (size_t r = 0; r < n; r++)
+                for (size_t j = 0; j < ly->out; j++)
+                    z[r * ly->out + j] = u[r * ly->out + j] * g[j] + dt[j];
         }
+        if (!last)
+            act_apply(net, z, at(ws, lo.h) + ho, n * ly->out);
     }
     hd->magic = WS_MAGIC;
     return FLOW_OK;
@@ -743,13 +769,9 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
                 for (size_t j = 0; j < ly->out; j++)
                     tz[r * ly->out + j] = tu[r * ly->out + j] * g[j];
         if (!last) {
-            const flow_real *z = at(ws, lo.z) + ho;
             flow_real *th = at(ws, lo.th) + ho;
-            for (size_t i = 0; i < n * ly->out; i++) {
-                double f1;
-                act_eval(net, z[i], NULL, &f1, NULL);
-                th[i] = (flow_real)(f1 * tz[i]);
-            }
+            memcpy(th, tz, n * ly->out * sizeof *th);
+            act_grad_mul(net, at(ws, lo.z) + ho, th, n * ly->out);
         }
     }
     hd->have_jvp = 1;
@@ -914,14 +936,8 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                        ly->cols, 0, gnext, ly->in);
         if (st != FLOW_OK)
             return st;
-        {
-            const flow_real *z = at(ws, lo.z) + hidden_off(net, l - 1) * n;
-            for (size_t i = 0; i < n * ly->in; i++) {
-                double f1;
-                act_eval(net, z[i], NULL, &f1, NULL);
-                gnext[i] = (flow_real)(gnext[i] * f1);
-            }
-        }
+        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n, gnext,
+                     n * ly->in);
         {
             flow_real *tmp = gcur;
             gcur = gnext;

@@ -3,6 +3,7 @@
  * the JVP's VJP against central differences of that reference, the
  * autoregressive property, masked gradients, zero_last, error paths. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -488,6 +489,114 @@ START_TEST(test_made_autoregressive)
 }
 END_TEST
 
+/* D = 1: the single output block sees the context only, never x */
+START_TEST(test_made_one_dim)
+{
+    netcase nc = {FLOW_NET_MADE, 1, 2, 2, 1, {6}, FLOW_ACT_TANH,
+                  FLOW_TIME_NONE, 0, 0};
+    refnet rn;
+    flow_net *net = make_net(&nc, NULL, &rn);
+    size_t P = nn_params(net);
+    flow_real *p = malloc(P * sizeof *p), x = 0.5f, c[2] = {0.1f, -0.4f};
+    flow_real y0[2], y1[2];
+    void *ws = malloc(nn_workspace(net, 1));
+    flow_rng r;
+    ck_assert(p && ws);
+    rng_seed(&r, 800);
+    nn_init(net, p, &r);
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y0, ws), FLOW_OK);
+    x = -2;
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
+    ck_assert(y0[0] == y1[0] && y0[1] == y1[1]);
+    c[1] = 1;
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
+    ck_assert(y0[0] != y1[0] && y0[1] != y1[1]);
+    free(ws);
+    free(p);
+    nn_destroy(net);
+    check_net(&nc, NULL, 0, 0, 801);     /* (its JVP is 0) */
+}
+END_TEST
+
+/* One net shared by threads with private workspaces gives the serial
+ * result bit for bit (the net is read-only after creation). */
+typedef struct job {
+    const flow_net *net;
+    const flow_real *p, *x;
+    flow_real *y, *dx, *dp;
+    size_t n, d, P;
+    int status;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    /* 64-byte aligned like host->alloc: OpenBLAS's kernels may round
+     * differently for differently aligned operands */
+    void *ws = aligned_alloc(64, (nn_workspace(j->net, j->n) + 63) / 64 * 64);
+    flow_real *dy = malloc(j->n * 4 * sizeof *dy);
+    j->status = FLOW_ERR_NOMEM;
+    if (ws && dy) {
+        for (size_t i = 0; i < j->n * 4; i++)
+            dy[i] = (flow_real)((double)i / 7.0 - 1);
+        memset(j->dp, 0, j->P * sizeof *j->dp);
+        for (int rep = 0; rep < 20; rep++) {
+            j->status = nn_forward(j->net, j->p, j->n, j->x, NULL, 0, j->y,
+                                   ws);
+            if (j->status == FLOW_OK)
+                j->status = nn_backward(j->net, j->p, j->n, ws, dy, j->dx,
+                                        NULL, rep == 0 ? j->dp : NULL);
+        }
+    }
+    free(ws);
+    free(dy);
+    return NULL;
+}
+
+START_TEST(test_threads_share_net)
+{
+    enum { T = 4, R = 64, D = 4 };
+    netcase nc = {FLOW_NET_MADE, D, 0, 1, 2, {32, 32}, FLOW_ACT_RELU,
+                  FLOW_TIME_NONE, 0, 0.9};
+    refnet rn;
+    flow_net *net = make_net(&nc, NULL, &rn);
+    size_t P = nn_params(net);
+    flow_real *p = malloc(P * sizeof *p), x[R * D];
+    flow_real *y = malloc((T + 1) * R * D * sizeof *y);
+    flow_real *dx = malloc((T + 1) * R * D * sizeof *dx);
+    flow_real *dp = malloc((T + 1) * P * sizeof *dp);
+    pthread_t th[T];
+    job jobs[T + 1];
+    flow_rng r;
+    ck_assert(p && y && dx && dp);
+    rng_seed(&r, 900);
+    nn_init(net, p, &r);
+    rng_normal(&r, x, R * D);
+    for (int t = 0; t <= T; t++)
+        jobs[t] = (job){net, p, x, y + t * R * D, dx + t * R * D, dp + t * P,
+                        R, D, P, -1};
+    run_job(&jobs[T]);                              /* serial reference */
+    ck_assert_int_eq(jobs[T].status, FLOW_OK);
+    for (int t = 0; t < T; t++)
+        ck_assert_int_eq(pthread_create(&th[t], NULL, run_job, &jobs[t]), 0);
+    for (int t = 0; t < T; t++) {
+        ck_assert_int_eq(pthread_join(th[t], NULL), 0);
+        ck_assert_int_eq(jobs[t].status, FLOW_OK);
+        ck_assert(memcmp(jobs[t].y, jobs[T].y, R * D * sizeof *y) == 0);
+        ck_assert(memcmp(jobs[t].dx, jobs[T].dx, R * D * sizeof *dx) == 0);
+        for (size_t i = 0; i < P; i++)
+            ck_assert_msg(jobs[t].dp[i] == jobs[T].dp[i], "thread %d dp[%zu]"
+                          " %.17g vs %.17g", t, i, (double)jobs[t].dp[i],
+                          (double)jobs[T].dp[i]);
+    }
+    free(p);
+    free(y);
+    free(dx);
+    free(dp);
+    nn_destroy(net);
+}
+END_TEST
+
 START_TEST(test_zero_last_and_init)
 {
     netcase cases[3] = {
@@ -607,6 +716,8 @@ Suite *suite_nn(void)
     tcase_add_test(tc, test_made_gradients);
     tcase_add_test(tc, test_spectral_norm);
     tcase_add_test(tc, test_made_autoregressive);
+    tcase_add_test(tc, test_made_one_dim);
+    tcase_add_test(tc, test_threads_share_net);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);
