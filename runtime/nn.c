@@ -348,47 +348,44 @@ fail:
     return ok;
 }
 
-flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
+/* Validates a spec; 0 with a message in err when it is unusable. */
+static int check_spec(const flow_net_spec *spec, char *err, size_t err_cap)
 {
-    flow_net *net = NULL;
-    size_t p = 0, prev;
-    if (err && err_cap)
-        err[0] = '\0';
     if (!spec || spec->struct_size < sizeof(flow_net_spec)) {
         set_err(err, err_cap, "net: missing or truncated spec (struct_size "
                 "%zu)", spec ? (size_t)spec->struct_size : 0);
-        return NULL;
+        return 0;
     }
     if (spec->kind != FLOW_NET_MLP && spec->kind != FLOW_NET_MADE) {
         set_err(err, err_cap, "net: unknown kind %zu", (size_t)spec->kind);
-        return NULL;
+        return 0;
     }
     if (spec->in == 0 || spec->out == 0) {
         set_err(err, err_cap, "net: input and output widths must be > 0");
-        return NULL;
+        return 0;
     }
     if (spec->n_hidden && !spec->hidden) {
         set_err(err, err_cap, "net: %zu hidden layers but no widths",
                 spec->n_hidden);
-        return NULL;
+        return 0;
     }
     for (size_t i = 0; i < spec->n_hidden; i++)
         if (spec->hidden[i] == 0) {
             set_err(err, err_cap, "net: hidden layer %zu has width 0", i);
-            return NULL;
+            return 0;
         }
     if ((unsigned)spec->act > FLOW_ACT_SIGMOID) {
         set_err(err, err_cap, "net: unknown activation %zu", (size_t)spec->act);
-        return NULL;
+        return 0;
     }
     if ((unsigned)spec->time > FLOW_TIME_CONCATSQUASH) {
         set_err(err, err_cap, "net: unknown time mode %zu", (size_t)spec->time);
-        return NULL;
+        return 0;
     }
     if (!(spec->spectral_norm >= 0) || !isfinite(spec->spectral_norm)) {
         set_err(err, err_cap, "net: spectral_norm must be a finite number "
                 ">= 0 (0 = off), got %g", spec->spectral_norm);
-        return NULL;
+        return 0;
     }
     if (spec->kind == FLOW_NET_MADE && spec->order) {
         for (size_t i = 0; i < spec->in; i++) {
@@ -399,15 +396,26 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
             if (o < 0 || (size_t)o >= spec->in || dup) {
                 set_err(err, err_cap, "net: MADE order is not a permutation "
                         "of 0..D-1 (entry %zu)", i);
-                return NULL;
+                return 0;
             }
         }
     }
     if (spec->in > SIZE_MAX / 4 || spec->context > SIZE_MAX / 4 ||
         (spec->kind == FLOW_NET_MADE && spec->out > SIZE_MAX / spec->in)) {
         set_err(err, err_cap, "net: sizes overflow");
-        return NULL;
+        return 0;
     }
+    return 1;
+}
+
+flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
+{
+    flow_net *net = NULL;
+    size_t p = 0, prev;
+    if (err && err_cap)
+        err[0] = '\0';
+    if (!check_spec(spec, err, err_cap))
+        return NULL;
     net = calloc(1, sizeof *net);
     if (!net)
         goto nomem;
