@@ -686,8 +686,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         int last = l + 1 == net->n_layers;
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *in = l == 0 ? at(ws, lo.xin)
-                                     : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
         flow_real *z = last ? y : at(ws, lo.z) + ho;
         flow_real *u = squash ? at(ws, lo.u) + ho : z;
         flow_real *g = at(ws, lo.gate) + ly->g_off;
@@ -761,8 +761,8 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
         int last = l + 1 == net->n_layers;
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *tin = l == 0 ? tx
-                                      : at(ws, lo.th) + hidden_off(net, l - 1) * n;
+        const flow_real *tin =
+            l == 0 ? tx : at(ws, lo.th) + hidden_off(net, l - 1) * n;
         flow_real *tz = last ? ty : at(ws, lo.tz) + ho;
         flow_real *tu = squash ? at(ws, lo.tu) + ho : tz;
         const flow_real *g = at(ws, lo.gate) + ly->g_off;
@@ -919,8 +919,8 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
         const nn_layer *ly = &net->layer[l];
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *in = l == 0 ? at(ws, lo.xin)
-                                     : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
         if (squash)
             grad_gate(net, l, n, t, params, at(ws, lo.gate) + ly->g_off,
                       gcur, at(ws, lo.u) + ho, NULL, NULL, dparams);
