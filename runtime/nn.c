@@ -67,8 +67,11 @@ typedef struct ws_layout {
 
 /* ---------------------------------------------------------- helpers */
 
+/* v rounded up to WS_ALIGN, saturating at SIZE_MAX (never wraps) */
 static size_t round_up(size_t v)
 {
+    if (v > SIZE_MAX - (WS_ALIGN - 1))
+        return SIZE_MAX;
     return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
 }
 

@@ -675,6 +675,8 @@ START_TEST(test_errors)
     sp.in = 3;
     net = nn_create(&sp, err, sizeof err);
     ck_assert_ptr_nonnull(net);
+    /* a row count whose tape cannot be sized: 0, not a wrapped size */
+    ck_assert_uint_eq(nn_workspace(net, SIZE_MAX / 2), 0);
     /* backward / JVP without a matching forward on this workspace */
     {
         void *ws = calloc(1, nn_workspace(net, 2));
