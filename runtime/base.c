@@ -208,7 +208,8 @@ int base_grad(const base_dist *b, const flow_real *params, size_t n,
                     if (gx)
                         gx[j] = (flow_real)(gx[j] - w * resp * z * is);
                     if (dparams) {
-                        dparams[kk + k * d + j] += (flow_real)(w * resp * z * is);
+                        dparams[kk + k * d + j] +=
+                            (flow_real)(w * resp * z * is);
                         dparams[kk + kk * d + k * d + j] +=
                             (flow_real)(w * resp * (z * z - 1));
                     }
@@ -251,9 +252,11 @@ int base_sample(const base_dist *b, const flow_real *params, size_t n,
             }
             if (b->kind == BASE_DIAG_NORMAL)
                 v = params[j] + exp((double)params[d + j]) * v;
-            else if (b->kind == BASE_GMM)
-                v = params[b->comps + k * d + j] +
-                    exp((double)params[b->comps + b->comps * d + k * d + j]) * v;
+            else if (b->kind == BASE_GMM) {
+                const flow_real *mu = params + b->comps + k * d;
+                const flow_real *ls = mu + b->comps * d;
+                v = mu[j] + exp((double)ls[j]) * v;
+            }
             xr[j] = (flow_real)v;
         }
     }

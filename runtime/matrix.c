@@ -234,3 +234,67 @@ fail:
     free(ipiv);
     return status;
 }
+
+/* ------------------------------------------------- top singular pair */
+
+size_t la_top_singular_scratch(size_t rows, size_t cols)
+{
+    size_t k = rows < cols ? rows : cols;
+    if (k == 0)
+        k = 1;
+    if (k > BLAS_DIM_MAX / 64)
+        return 0;
+    /* Gram k x k, eigenvalues k, work 26k (dsyevr's minimum), iwork 10k
+     * and isuppz 2k lapack_ints (counted as doubles) */
+    return (k * k + k + 26 * k + 12 * k) * sizeof(double);
+}
+
+int la_top_singular(size_t rows, size_t cols, const flow_real *a,
+                    double *sigma, double *u, double *v, void *scratch)
+{
+    int by_cols = cols <= rows;         /* Gram a^T a (cols) or a a^T (rows) */
+    size_t k = by_cols ? cols : rows, o = by_cols ? rows : cols;
+    double *g = scratch, *w = g + k * k, *work = w + k, *z, *other;
+    lapack_int *iwork = (lapack_int *)(void *)(work + 26 * k);
+    lapack_int *isuppz = iwork + 10 * k, found = 0, info;
+    double nrm = 0;
+    if (!rows || !cols || rows > BLAS_DIM_MAX / 64 || cols > BLAS_DIM_MAX / 64
+        || !a || !scratch)
+        return FLOW_ERR_INVAL;
+    blas_init();        /* before any LAPACK call: its BLAS must be
+                           single-threaded too, or bits depend on timing */
+    z = by_cols ? v : u;                /* the eigenvector */
+    other = by_cols ? u : v;
+    /* g_ij = sum_t a(t, i) a(t, j) over the longer side (symmetric, so
+     * row- and column-major agree) */
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = i; j < k; j++) {
+            double s = 0;
+            for (size_t t = 0; t < o; t++)
+                s += by_cols ? (double)a[t * cols + i] * a[t * cols + j]
+                             : (double)a[i * cols + t] * a[j * cols + t];
+            g[i * k + j] = g[j * k + i] = s;
+        }
+    info = LAPACKE_dsyevr_work(LAPACK_COL_MAJOR, 'V', 'I', 'U',
+                               (lapack_int)k, g, (lapack_int)k, 0, 0,
+                               (lapack_int)k, (lapack_int)k, 0, &found, w, z,
+                               (lapack_int)k, isuppz, work,
+                               (lapack_int)(26 * k), iwork,
+                               (lapack_int)(10 * k));
+    if (info != 0 || found != 1)
+        return FLOW_ERR_NUMERIC;
+    *sigma = w[0] > 0 ? sqrt(w[0]) : 0;
+    /* the other vector: a v / sigma or a^T u / sigma, normalised */
+    for (size_t i = 0; i < o; i++) {
+        double s = 0;
+        for (size_t j = 0; j < k; j++)
+            s += by_cols ? (double)a[i * cols + j] * z[j]
+                         : (double)a[j * cols + i] * z[j];
+        other[i] = s;
+        nrm += s * s;
+    }
+    nrm = sqrt(nrm);
+    for (size_t i = 0; i < o; i++)
+        other[i] = nrm > 0 ? other[i] / nrm : (i == 0);
+    return FLOW_OK;
+}

@@ -72,4 +72,14 @@ int la_slogdet(size_t d, flow_real *a, double *logabs, int *sign);
  * FLOW_ERR_NUMERIC when singular (a is then undefined). */
 int la_matinv(size_t d, flow_real *a);
 
+/* Largest singular value sigma of the row-major rows x cols matrix a with
+ * its singular vectors (a v = sigma u, |u| = |v| = 1), from the top
+ * eigenpair of the smaller Gram matrix (a^T a or a a^T) by LAPACK dsyevr,
+ * in double, without allocating: `scratch` holds
+ * la_top_singular_scratch(rows, cols) bytes (8-byte aligned).  A zero
+ * matrix gives sigma 0 and unit vectors e_1. */
+size_t la_top_singular_scratch(size_t rows, size_t cols);
+int la_top_singular(size_t rows, size_t cols, const flow_real *a,
+                    double *sigma, double *u, double *v, void *scratch);
+
 #endif

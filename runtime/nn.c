@@ -22,6 +22,8 @@ typedef struct nn_layer {
     size_t ga_off, gc_off, gd_off; /* concatsquash vectors                  */
     size_t m_off;               /* MADE: offset into net->mask / masked W  */
     size_t g_off;               /* concatsquash: offset of its gate vector */
+    size_t sn_off;              /* spectral norm: offset (doubles) of sigma,
+                                   scale, u[out], v[cols] in the workspace */
 } nn_layer;
 
 struct flow_net {
@@ -40,6 +42,10 @@ struct flow_net {
     size_t max_wsize;           /* largest rows * cols                     */
     size_t max_width;           /* largest in / out of any layer           */
     size_t gate_total;          /* sum of rows (concatsquash gates)        */
+    double sn;                  /* spectral-norm bound c, 0 = none         */
+    size_t sn_total;            /* doubles of spectral-norm state per call */
+    size_t sn_scratch;          /* bytes of LAPACK scratch (spectral norm) */
+    int derived;                /* weights used != params (MADE or sn)     */
 };
 
 /* Workspace header; the tape follows at WS_ALIGN offsets. */
@@ -52,7 +58,7 @@ typedef struct ws_head {
 
 /* Offsets (bytes from ws) of the tape for n rows. */
 typedef struct ws_layout {
-    size_t wm, gw, gate, xin, cin;
+    size_t wm, gw, sn, sn_scratch, gate, xin, cin;
     size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
                                     layer at + off_rows * n * sizeof    */
     size_t s[4];                 /* backward scratch, n x max_width each  */
@@ -61,7 +67,13 @@ typedef struct ws_layout {
 
 /* ---------------------------------------------------------- helpers */
 
-static size_t round_up(size_t v) { return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
+/* v rounded up to WS_ALIGN, saturating at SIZE_MAX (never wraps) */
+static size_t round_up(size_t v)
+{
+    if (v > SIZE_MAX - (WS_ALIGN - 1))
+        return SIZE_MAX;
+    return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
+}
 
 /* a * b with overflow to SIZE_MAX (saturating: sizes are checked later) */
 static size_t mul_sat(size_t a, size_t b)
@@ -104,12 +116,14 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     size_t off = round_up(sizeof(ws_head));
     size_t hid = mul_sat(mul_sat(n, hidden_rows(net)), r);
     size_t allr = mul_sat(mul_sat(n, all_rows(net)), r);
-    int made = net->kind == FLOW_NET_MADE;
+    int der = net->derived;
     int squash = net->time == FLOW_TIME_CONCATSQUASH;
 #define TAKE(field, bytes) \
     do { lo->field = off; off = add_sat(off, round_up(bytes)); } while (0)
-    TAKE(wm, made ? mul_sat(net->mask_total, r) : 0);
-    TAKE(gw, made ? mul_sat(net->max_wsize, r) : 0);
+    TAKE(wm, der ? mul_sat(net->mask_total, r) : 0);
+    TAKE(gw, der ? mul_sat(net->max_wsize, r) : 0);
+    TAKE(sn, mul_sat(net->sn_total, sizeof(double)));
+    TAKE(sn_scratch, net->sn_scratch);
     TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
     TAKE(xin, mul_sat(mul_sat(n, net->d), r));
     TAKE(cin, mul_sat(mul_sat(n, net->k), r));
@@ -125,7 +139,10 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     lo->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
-static flow_real *at(void *ws, size_t off) { return (flow_real *)((char *)ws + off); }
+static flow_real *at(void *ws, size_t off)
+{
+    return (flow_real *)((char *)ws + off);
+}
 
 /* ------------------------------------------------------ activations */
 
@@ -145,13 +162,13 @@ static void act_eval(const flow_net *net, double z, double *f, double *f1,
     switch (net->act) {
     case FLOW_ACT_IDENTITY:
         break;
-    case FLOW_ACT_RELU:
-        v = z > 0 ? z : 0;
-        d1 = z > 0 ? 1 : 0;
+    case FLOW_ACT_RELU:              /* f'(+0) = 1, f'(-0) = 0: see pos_mask */
+        v = signbit(z) ? 0 : z;
+        d1 = signbit(z) ? 0 : 1;
         break;
     case FLOW_ACT_LEAKY_RELU:
-        v = z > 0 ? z : net->slope * z;
-        d1 = z > 0 ? 1 : net->slope;
+        v = signbit(z) ? net->slope * z : z;
+        d1 = signbit(z) ? net->slope : 1;
         break;
     case FLOW_ACT_TANH:
         v = tanh(z);
@@ -185,6 +202,74 @@ static void act_eval(const flow_net *net, double z, double *f, double *f1,
         *f1 = d1;
     if (f2)
         *f2 = d2;
+}
+
+/* 1 for z >= +0, 0 for z <= -0, without a branch.  ReLU-family loops
+ * multiply by this mask: with random signs a branch mispredicts half the
+ * time, and GCC -O2 does not if-convert the float select; the branchy
+ * loops were ~10x slower and cost more than the GEMMs (docs/runtime.md). */
+static inline flow_real pos_mask(flow_real z)
+{
+#if FLOW_REAL_DOUBLE
+    return 0.5 + copysign(0.5, z);
+#else
+    return 0.5f + copysignf(0.5f, z);
+#endif
+}
+
+/* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
+static void act_apply(const flow_net *net, const flow_real *restrict z,
+                      flow_real *restrict h, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            h[i] = pos_mask(z[i]) * z[i];
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            h[i] = m * z[i] + (1 - m) * (a * z[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        memcpy(h, z, count * sizeof *h);
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f;
+            act_eval(net, z[i], &f, NULL, NULL);
+            h[i] = (flow_real)f;
+        }
+    }
+}
+
+/* g *= f'(z) over a block (backward and JVP) */
+static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
+                         flow_real *restrict g, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            g[i] *= pos_mask(z[i]);
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            g[i] = m * g[i] + (1 - m) * (a * g[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f1;
+            act_eval(net, z[i], NULL, &f1, NULL);
+            g[i] = (flow_real)(g[i] * f1);
+        }
+    }
 }
 
 /* --------------------------------------------------------- creation */
@@ -266,47 +351,44 @@ fail:
     return ok;
 }
 
-flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
+/* Validates a spec; 0 with a message in err when it is unusable. */
+static int check_spec(const flow_net_spec *spec, char *err, size_t err_cap)
 {
-    flow_net *net = NULL;
-    size_t p = 0, prev;
-    if (err && err_cap)
-        err[0] = '\0';
     if (!spec || spec->struct_size < sizeof(flow_net_spec)) {
         set_err(err, err_cap, "net: missing or truncated spec (struct_size "
                 "%zu)", spec ? (size_t)spec->struct_size : 0);
-        return NULL;
+        return 0;
     }
     if (spec->kind != FLOW_NET_MLP && spec->kind != FLOW_NET_MADE) {
         set_err(err, err_cap, "net: unknown kind %zu", (size_t)spec->kind);
-        return NULL;
+        return 0;
     }
     if (spec->in == 0 || spec->out == 0) {
         set_err(err, err_cap, "net: input and output widths must be > 0");
-        return NULL;
+        return 0;
     }
     if (spec->n_hidden && !spec->hidden) {
         set_err(err, err_cap, "net: %zu hidden layers but no widths",
                 spec->n_hidden);
-        return NULL;
+        return 0;
     }
     for (size_t i = 0; i < spec->n_hidden; i++)
         if (spec->hidden[i] == 0) {
             set_err(err, err_cap, "net: hidden layer %zu has width 0", i);
-            return NULL;
+            return 0;
         }
     if ((unsigned)spec->act > FLOW_ACT_SIGMOID) {
         set_err(err, err_cap, "net: unknown activation %zu", (size_t)spec->act);
-        return NULL;
+        return 0;
     }
     if ((unsigned)spec->time > FLOW_TIME_CONCATSQUASH) {
         set_err(err, err_cap, "net: unknown time mode %zu", (size_t)spec->time);
-        return NULL;
+        return 0;
     }
-    if (spec->spectral_norm > 0) {
-        set_err(err, err_cap, "net: spectral_norm is not supported yet by "
-                "this host (power-iteration normalisation is unimplemented)");
-        return NULL;
+    if (!(spec->spectral_norm >= 0) || !isfinite(spec->spectral_norm)) {
+        set_err(err, err_cap, "net: spectral_norm must be a finite number "
+                ">= 0 (0 = off), got %g", spec->spectral_norm);
+        return 0;
     }
     if (spec->kind == FLOW_NET_MADE && spec->order) {
         for (size_t i = 0; i < spec->in; i++) {
@@ -317,15 +399,26 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
             if (o < 0 || (size_t)o >= spec->in || dup) {
                 set_err(err, err_cap, "net: MADE order is not a permutation "
                         "of 0..D-1 (entry %zu)", i);
-                return NULL;
+                return 0;
             }
         }
     }
     if (spec->in > SIZE_MAX / 4 || spec->context > SIZE_MAX / 4 ||
         (spec->kind == FLOW_NET_MADE && spec->out > SIZE_MAX / spec->in)) {
         set_err(err, err_cap, "net: sizes overflow");
-        return NULL;
+        return 0;
     }
+    return 1;
+}
+
+flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
+{
+    flow_net *net = NULL;
+    size_t p = 0, prev;
+    if (err && err_cap)
+        err[0] = '\0';
+    if (!check_spec(spec, err, err_cap))
+        return NULL;
     net = calloc(1, sizeof *net);
     if (!net)
         goto nomem;
@@ -369,6 +462,12 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
             ly->g_off = net->gate_total;
             net->gate_total += ly->out;
         }
+        ly->sn_off = net->sn_total;
+        if (spec->spectral_norm > 0)
+            net->sn_total += 2 + ly->out + ly->cols;
+        if (spec->spectral_norm > 0 &&
+            la_top_singular_scratch(ly->out, ly->cols) > net->sn_scratch)
+            net->sn_scratch = la_top_singular_scratch(ly->out, ly->cols);
         ly->m_off = net->mask_total;
         net->mask_total += wsize;
         if (wsize > net->max_wsize)
@@ -380,6 +479,8 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
         prev = ly->out;
     }
     net->n_params = p;
+    net->sn = spec->spectral_norm;
+    net->derived = net->kind == FLOW_NET_MADE || net->sn > 0;
     if (net->kind == FLOW_NET_MADE && !made_masks(net, spec->order))
         goto nomem;
     return net;
@@ -488,11 +589,12 @@ size_t nn_workspace(const flow_net *net, size_t n)
 
 /* ---------------------------------------------------------- forward */
 
-/* Weights as used: params, or (MADE) the masked copy in the workspace. */
+/* Weights as used: params, or (MADE, spectral norm) the derived copy in
+ * the workspace. */
 static const flow_real *weights(const flow_net *net, const flow_real *params,
                                 void *ws, const ws_layout *lo, size_t l)
 {
-    if (net->kind == FLOW_NET_MADE)
+    if (net->derived)
         return at(ws, lo->wm) + net->layer[l].m_off;
     return params + net->layer[l].w_off;
 }
@@ -517,6 +619,48 @@ static int lin_blocks(const flow_net *net, size_t l, size_t n,
     return st;
 }
 
+/* Derived weights for this call: W_m = M o W (MADE), then with spectral
+ * normalisation W_eff = W_m * min(1, c / sigma(W_m)) (the time column
+ * included, a conservative bound on the Lipschitz constant in h).  sigma
+ * and its singular vectors come exact from LAPACK (la_top_singular)
+ * rather than from the one power-iteration step per update of Miyato et
+ * al. 2018, alg. 1 / Behrmann et al. 2019, sec. 3, which needs state kept
+ * between calls: here the result depends on the parameters only. */
+static int derive_weights(const flow_net *net, const flow_real *params,
+                          void *ws, const ws_layout *lo)
+{
+    flow_real *wm = at(ws, lo->wm);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = wm + ly->m_off;
+        size_t sz = ly->out * ly->cols;
+        if (net->mask) {
+            const uint8_t *m = net->mask + ly->m_off;
+            for (size_t i = 0; i < sz; i++)
+                dst[i] = m[i] ? w[i] : 0;
+        } else {
+            memcpy(dst, w, sz * sizeof *dst);
+        }
+        if (net->sn > 0) {
+            double *sn = (double *)(void *)((char *)ws + lo->sn) + ly->sn_off;
+            double sigma = 0, scale;
+            int st = la_top_singular(ly->out, ly->cols, dst, &sigma, sn + 2,
+                                     sn + 2 + ly->out,
+                                     (char *)ws + lo->sn_scratch);
+            if (st != FLOW_OK)
+                return st;
+            scale = sigma > net->sn ? net->sn / sigma : 1.0;
+            sn[0] = sigma;
+            sn[1] = scale;
+            if (scale != 1.0)
+                for (size_t i = 0; i < sz; i++)
+                    dst[i] = (flow_real)(dst[i] * scale);
+        }
+    }
+    return FLOW_OK;
+}
+
 int nn_forward(const flow_net *net, const flow_real *params, size_t n,
                const flow_real *x, const flow_real *ctx, double t,
                flow_real *y, void *ws)
@@ -524,7 +668,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     ws_head *hd = ws;
     ws_layout lo;
     int squash, st = FLOW_OK;
-    if (!net || !params || !x || !y || !ws || (net->k && !ctx))
+    if (!net || !params || !x || !y || !ws || (net->k && !ctx) ||
+        (uintptr_t)ws % sizeof(double) != 0)
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
@@ -537,62 +682,67 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     memcpy(at(ws, lo.xin), x, n * net->d * sizeof(flow_real));
     if (net->k)
         memcpy(at(ws, lo.cin), ctx, n * net->k * sizeof(flow_real));
-    if (net->kind == FLOW_NET_MADE) {
-        flow_real *wm = at(ws, lo.wm);
-        for (size_t l = 0; l < net->n_layers; l++) {
-            const nn_layer *ly = &net->layer[l];
-            const uint8_t *m = net->mask + ly->m_off;
-            const flow_real *w = params + ly->w_off;
-            for (size_t i = 0; i < ly->out * ly->cols; i++)
-                wm[ly->m_off + i] = m[i] ? w[i] : 0;
-        }
-    }
+    if (net->derived && (st = derive_weights(net, params, ws, &lo)) != FLOW_OK)
+        return st;
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         int last = l + 1 == net->n_layers;
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *in = l == 0 ? at(ws, lo.xin)
-                                     : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
         flow_real *z = last ? y : at(ws, lo.z) + ho;
         flow_real *u = squash ? at(ws, lo.u) + ho : z;
         flow_real *g = at(ws, lo.gate) + ly->g_off;
         st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), u);
         if (st != FLOW_OK)
             return st;
-        for (size_t j = 0; j < ly->out; j++) {
-            double bias = params[ly->b_off + j];
-            if (net->time == FLOW_TIME_CONCAT)
-                bias += t * w[j * ly->cols + ly->in];
-            for (size_t r = 0; r < n; r++)
-                u[r * ly->out + j] += (flow_real)bias;
+        {
+            /* bias (+ t W[:, last]) combined in the backward scratch (free
+             * during forward), then added row by row, contiguously */
+            flow_real *bias = at(ws, lo.s[0]);
+            for (size_t j = 0; j < ly->out; j++)
+                bias[j] = (flow_real)(params[ly->b_off + j] +
+                                      (net->time == FLOW_TIME_CONCAT
+                                           ? t * w[j * ly->cols + ly->in]
+                                           : 0.0));
+            for (size_t r = 0; r < n; r++) {
+                flow_real *ur = u + r * ly->out;
+                for (size_t j = 0; j < ly->out; j++)
+                    ur[j] += bias[j];
+            }
         }
         /* concatsquash (Grathwohl et al. 2019, FFJORD's
          * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
-        if (squash)
+        if (squash) {
+            flow_real *dt = at(ws, lo.s[1]);
             for (size_t j = 0; j < ly->out; j++) {
-                double gj = sigmoid(params[ly->ga_off + j] * t +
-                                    params[ly->gc_off + j]);
-                double dt = params[ly->gd_off + j] * t;
-                g[j] = (flow_real)gj;
-                for (size_t r = 0; r < n; r++)
-                    z[r * ly->out + j] =
-                        (flow_real)(u[r * ly->out + j] * gj + dt);
+                g[j] = (flow_real)sigmoid(params[ly->ga_off + j] * t +
+                                          params[ly->gc_off + j]);
+                dt[j] = (flow_real)(params[ly->gd_off + j] * t);
             }
-        if (!last) {
-            flow_real *h = at(ws, lo.h) + ho;
-            for (size_t i = 0; i < n * ly->out; i++) {
-                double f;
-                act_eval(net, z[i], &f, NULL, NULL);
-                h[i] = (flow_real)f;
-            }
+            for (size_t r = 0; r < n; r++)
+                for (size_t j = 0; j < ly->out; j++)
+                    z[r * ly->out + j] = u[r * ly->out + j] * g[j] + dt[j];
         }
+        if (!last)
+            act_apply(net, z, at(ws, lo.h) + ho, n * ly->out);
     }
     hd->magic = WS_MAGIC;
     return FLOW_OK;
 }
 
 /* ------------------------------------------------------------- JVP */
+
+static int check_tape(const flow_net *net, size_t n, void *ws)
+{
+    const ws_head *hd = ws;
+    if (!net || !ws || (uintptr_t)ws % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (hd->magic != WS_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;
+    return FLOW_OK;
+}
 
 /* ty = (dy/dx) tx: tangents of x only (context and t held fixed). */
 int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
@@ -601,11 +751,11 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
     ws_head *hd = ws;
     ws_layout lo;
     int squash;
-    if (!net || !params || !ws || !tx || !ty)
+    if (!params || !tx || !ty)
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
-    if (hd->magic != WS_MAGIC || hd->n != n)
+    if (check_tape(net, n, ws) != FLOW_OK)
         return FLOW_ERR_INVAL;    /* no matching forward on this ws */
     squash = net->time == FLOW_TIME_CONCATSQUASH;
     layout(net, n, &lo);
@@ -614,8 +764,8 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
         int last = l + 1 == net->n_layers;
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *tin = l == 0 ? tx
-                                      : at(ws, lo.th) + hidden_off(net, l - 1) * n;
+        const flow_real *tin =
+            l == 0 ? tx : at(ws, lo.th) + hidden_off(net, l - 1) * n;
         flow_real *tz = last ? ty : at(ws, lo.tz) + ho;
         flow_real *tu = squash ? at(ws, lo.tu) + ho : tz;
         const flow_real *g = at(ws, lo.gate) + ly->g_off;
@@ -630,13 +780,9 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
                 for (size_t j = 0; j < ly->out; j++)
                     tz[r * ly->out + j] = tu[r * ly->out + j] * g[j];
         if (!last) {
-            const flow_real *z = at(ws, lo.z) + ho;
             flow_real *th = at(ws, lo.th) + ho;
-            for (size_t i = 0; i < n * ly->out; i++) {
-                double f1;
-                act_eval(net, z[i], NULL, &f1, NULL);
-                th[i] = (flow_real)(f1 * tz[i]);
-            }
+            memcpy(th, tz, n * ly->out * sizeof *th);
+            act_grad_mul(net, at(ws, lo.z) + ho, th, n * ly->out);
         }
     }
     hd->have_jvp = 1;
@@ -645,17 +791,52 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
 
 /* ------------------------------------------------------------ VJPs */
 
+/* Adds the gradient g wrt the derived weights W_eff of layer l to dst (the
+ * raw W's gradient): with spectral normalisation active (sigma > c),
+ * W_eff = c W_m / sigma and d sigma / d W_m = u v^T, so
+ * dW_m = (c / sigma) g - (c / sigma^2) <g, W_m> u v^T; then the mask
+ * (MADE), so masked entries of dst are never touched. */
+static void map_grad(const flow_net *net, size_t l, void *ws,
+                     const ws_layout *lo, flow_real *g, flow_real *dst)
+{
+    const nn_layer *ly = &net->layer[l];
+    const uint8_t *m = net->mask ? net->mask + ly->m_off : NULL;
+    size_t sz = ly->out * ly->cols;
+    if (net->sn > 0) {
+        const double *sn = (const double *)(void *)((char *)ws + lo->sn) +
+                           ly->sn_off;
+        const double *u = sn + 2, *v = sn + 2 + ly->out;
+        const flow_real *weff = at(ws, lo->wm) + ly->m_off;
+        double scale = sn[1], inner = 0, k;
+        if (scale != 1.0) {
+            /* <g, W_m> = <g, W_eff> / scale */
+            for (size_t i = 0; i < sz; i++)
+                inner += (double)g[i] * weff[i];
+            inner /= scale;
+            k = net->sn / (sn[0] * sn[0]) * inner;
+            for (size_t r = 0; r < ly->out; r++)
+                for (size_t j = 0; j < ly->cols; j++) {
+                    size_t i = r * ly->cols + j;
+                    g[i] = (flow_real)(scale * g[i] - k * u[r] * v[j]);
+                }
+        }
+    }
+    for (size_t i = 0; i < sz; i++)
+        if (!m || m[i])
+            dst[i] += g[i];
+}
+
 /* Parameter gradient of one layer from G = dL/du (n x rows) and the
  * layer's input blocks: dW += G^T [X | C], db += sum_r G (when with_bias),
- * and the concat time column += t sum_r G.  MADE: through the gw scratch,
- * masked, so masked entries of dparams stay exactly zero. */
+ * and the concat time column += t sum_r G.  Derived weights (MADE, spectral
+ * norm): through the gw scratch and map_grad. */
 static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
                   const ws_layout *lo, const flow_real *gmat,
                   const flow_real *x0, const flow_real *c0, int with_bias,
                   double t, flow_real *dparams)
 {
     const nn_layer *ly = &net->layer[l];
-    int made = net->kind == FLOW_NET_MADE, st;
+    int made = net->derived, st;
     flow_real *dw = made ? at(ws, lo->gw) : dparams + ly->w_off;
     flow_real beta = made ? 0 : 1;
     size_t win = l == 0 ? net->d : ly->in;
@@ -677,13 +858,8 @@ static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
             if (net->time == FLOW_TIME_CONCAT)
                 dw[j * ly->cols + ly->in] += (flow_real)(t * s);
         }
-    if (made) {
-        const uint8_t *m = net->mask + ly->m_off;
-        flow_real *dst = dparams + ly->w_off;
-        for (size_t i = 0; i < ly->out * ly->cols; i++)
-            if (m[i])
-                dst[i] += dw[i];
-    }
+    if (made)
+        map_grad(net, l, ws, lo, dw, dparams + ly->w_off);
     return FLOW_OK;
 }
 
@@ -721,15 +897,6 @@ static void grad_gate(const flow_net *net, size_t l, size_t n, double t,
     (void)params;
 }
 
-static int check_tape(const flow_net *net, size_t n, void *ws)
-{
-    const ws_head *hd = ws;
-    if (!net || !ws)
-        return FLOW_ERR_INVAL;
-    if (hd->magic != WS_MAGIC || hd->n != n)
-        return FLOW_ERR_INVAL;
-    return FLOW_OK;
-}
 
 int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                 void *ws, const flow_real *dy, flow_real *dx,
@@ -755,8 +922,8 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
         const nn_layer *ly = &net->layer[l];
         size_t ho = hidden_off(net, l) * n;
         const flow_real *w = weights(net, params, ws, &lo, l);
-        const flow_real *in = l == 0 ? at(ws, lo.xin)
-                                     : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
         if (squash)
             grad_gate(net, l, n, t, params, at(ws, lo.gate) + ly->g_off,
                       gcur, at(ws, lo.u) + ho, NULL, NULL, dparams);
@@ -780,14 +947,8 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                        ly->cols, 0, gnext, ly->in);
         if (st != FLOW_OK)
             return st;
-        {
-            const flow_real *z = at(ws, lo.z) + hidden_off(net, l - 1) * n;
-            for (size_t i = 0; i < n * ly->in; i++) {
-                double f1;
-                act_eval(net, z[i], NULL, &f1, NULL);
-                gnext[i] = (flow_real)(gnext[i] * f1);
-            }
-        }
+        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n, gnext,
+                     n * ly->in);
         {
             flow_real *tmp = gcur;
             gcur = gnext;

@@ -19,8 +19,11 @@
  * z = u * sigmoid(a t + c) + d t, else z = u; hidden layers apply the
  * activation, the last layer does not. */
 
-/* The spec's entries, validated; NULL with a message in err on failure
- * (FLOW_ERR_UNSUPPORTED-class failures included: spectral_norm > 0). */
+/* The spec's entries, validated; NULL with a message in err on failure.
+ * spectral_norm = c > 0: every layer uses W * min(1, c / sigma(W)) with
+ * sigma from a converged, deterministic power iteration run in each
+ * forward call (no state between calls), gradients through sigma
+ * included. */
 flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap);
 void nn_destroy(flow_net *net);
 size_t nn_params(const flow_net *net);

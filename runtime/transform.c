@@ -64,8 +64,8 @@ typedef struct knots {
     size_t k;                          /* bins */
     double pw[TF_MAX_BINS], ph[TF_MAX_BINS];     /* softmax probabilities */
     double xk[TF_MAX_BINS + 1], yk[TF_MAX_BINS + 1];
-    double d[TF_MAX_BINS + 1];         /* derivatives at the knots */
-    double dsig[TF_MAX_BINS + 1];      /* d(derivative)/d(theta) */
+    const double *td;                  /* derivative params (K - 1) */
+    double min_d, shift;
 } knots;
 
 static double softplus(double z)
@@ -111,13 +111,25 @@ static void make_knots(const tf_cfg *c, const double *theta, knots *kn)
         kn->yk[i + 1] = kn->yk[i] + 2 * b * (c->min_h + ch * kn->ph[i]);
     }
     kn->xk[k] = kn->yk[k] = b;           /* exact despite rounding */
-    kn->d[0] = kn->d[k] = 1;
-    kn->dsig[0] = kn->dsig[k] = 0;
-    for (size_t i = 1; i < k; i++) {
-        double z = theta[2 * k + i - 1] + c->d_shift;
-        kn->d[i] = c->min_d + softplus(z);
-        kn->dsig[i] = sigmoid(z);
+    kn->td = theta + 2 * k;
+    kn->min_d = c->min_d;
+    kn->shift = c->d_shift;
+}
+
+/* Derivative at knot i and its derivative in the raw parameter, computed
+ * only for the two knots of the bin in use (a third of the work). */
+static double knot_deriv(const knots *kn, size_t i, double *dsig)
+{
+    double z;
+    if (i == 0 || i == kn->k) {
+        if (dsig)
+            *dsig = 0;
+        return 1;
     }
+    z = kn->td[i - 1] + kn->shift;
+    if (dsig)
+        *dsig = sigmoid(z);
+    return kn->min_d + softplus(z);
 }
 
 /* Bin of v among the knots q[0..k]: largest i < k with q[i] <= v. */
@@ -191,7 +203,8 @@ static void rq_at(const knots *kn, size_t k, double x, rq_out *o)
 {
     double X = kn->xk[k], W = kn->xk[k + 1] - X;
     double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
-    rq_local(W, Y, H, kn->d[k], kn->d[k + 1], clamp01((x - X) / W), o);
+    rq_local(W, Y, H, knot_deriv(kn, k, NULL), knot_deriv(kn, k + 1, NULL),
+             clamp01((x - X) / W), o);
 }
 
 /* Inverse inside [-B, B]: the quadratic of Durkan et al. 2019, app. A.3
@@ -202,7 +215,8 @@ static double rq_inverse(const knots *kn, double y, size_t *bin)
     size_t k = find_bin(kn->yk, kn->k, y);
     double X = kn->xk[k], W = kn->xk[k + 1] - X;
     double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
-    double d0 = kn->d[k], d1 = kn->d[k + 1], s = H / W, dy = y - Y;
+    double d0 = knot_deriv(kn, k, NULL), d1 = knot_deriv(kn, k + 1, NULL);
+    double s = H / W, dy = y - Y;
     double e = d0 + d1 - 2 * s;
     double a = H * (s - d0) + dy * e;
     double b = H * d0 - dy * e;
@@ -242,10 +256,16 @@ static void rq_scatter(const tf_cfg *c, const knots *kn, size_t k,
     }
     for (size_t j = 0; j + 1 < K; j++)
         gtheta[2 * K + j] = 0;
-    if (k >= 1)
-        gtheta[2 * K + k - 1] += g[4] * kn->dsig[k];
-    if (k + 1 <= K - 1)
-        gtheta[2 * K + k] += g[5] * kn->dsig[k + 1];
+    if (k >= 1) {
+        double ds;
+        knot_deriv(kn, k, &ds);
+        gtheta[2 * K + k - 1] += g[4] * ds;
+    }
+    if (k + 1 <= K - 1) {
+        double ds;
+        knot_deriv(kn, k + 1, &ds);
+        gtheta[2 * K + k] += g[5] * ds;
+    }
 }
 
 /* ------------------------------------------------------ scalar core */

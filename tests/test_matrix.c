@@ -69,6 +69,13 @@ START_TEST(test_gemm_shapes)
     /* leading dimension smaller than the stored width */
     ck_assert_int_eq(blas_gemm(0, 0, 3, 2, 4, 1, a->data, 3, b->data, 2, 0,
                                c->data, 2), FLOW_ERR_INVAL);
+    /* the host entry (void) refuses the same call and leaves C alone */
+    flow_host_services()->gemm(0, 0, 3, 2, 4, 1, a->data, 3, b->data, 2, 0,
+                               c->data, 2);
+    ck_assert_double_eq_tol(mat_get(c, 2, 0), 10, MAT_TOL);
+    flow_host_services()->gemm(0, 0, 3, 2, 4, 2, a->data, 4, b->data, 2, 0,
+                               c->data, 2);
+    ck_assert_double_eq_tol(mat_get(c, 2, 0), 20, MAT_TOL);
     mat_free(a);
     mat_free(b);
     mat_free(c);
@@ -113,6 +120,36 @@ START_TEST(test_slogdet_and_inverse)
 }
 END_TEST
 
+START_TEST(test_top_singular)
+{
+    /* 3 x 4 with singular values 5, 3, 1: sigma 5, a v = 5 u at e_2 */
+    flow_real a[12] = {3, 0, 0, 0, 0, -5, 0, 0, 0, 0, 1, 0}, z[12] = {0};
+    double sigma, u[3], v[4];
+    void *scr = malloc(la_top_singular_scratch(3, 4));
+    ck_assert(scr != NULL);
+    ck_assert_int_eq(la_top_singular(3, 4, a, &sigma, u, v, scr), FLOW_OK);
+    ck_assert_double_eq_tol(sigma, 5, 1e-6);
+    ck_assert_double_eq_tol(fabs(u[1]), 1, 1e-6);
+    ck_assert_double_eq_tol(u[1] * v[1], -1, 1e-6);   /* a_22 = -5 */
+    /* the transposed shape goes through the other Gram matrix */
+    {
+        flow_real at[12];
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 4; j++)
+                at[j * 3 + i] = a[i * 4 + j];
+        ck_assert_int_eq(la_top_singular(4, 3, at, &sigma, v, u, scr),
+                         FLOW_OK);
+        ck_assert_double_eq_tol(sigma, 5, 1e-6);
+        ck_assert_double_eq_tol(u[1] * v[1], -1, 1e-6);
+    }
+    ck_assert_int_eq(la_top_singular(3, 4, z, &sigma, u, v, scr), FLOW_OK);
+    ck_assert(sigma == 0);
+    ck_assert_int_eq(la_top_singular(0, 4, z, &sigma, u, v, scr),
+                     FLOW_ERR_INVAL);
+    free(scr);
+}
+END_TEST
+
 Suite *suite_matrix(void)
 {
     Suite *s = suite_create("matrix");
@@ -121,6 +158,7 @@ Suite *suite_matrix(void)
     tcase_add_test(tc, test_gemm_shapes);
     tcase_add_test(tc, test_single_threaded);
     tcase_add_test(tc, test_slogdet_and_inverse);
+    tcase_add_test(tc, test_top_singular);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -3,6 +3,7 @@
  * the JVP's VJP against central differences of that reference, the
  * autoregressive property, masked gradients, zero_last, error paths. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,7 @@ typedef struct netcase {
     flow_activation act;
     flow_time_mode time;
     int zero_last;
+    double sn;             /* spectral_norm (0 = off) */
 } netcase;
 
 /* The reference: shapes and offsets derived here from the documented
@@ -59,6 +61,7 @@ static flow_net *make_net(const netcase *nc, const int32_t *order,
     sp.time = nc->time;
     sp.order = order;
     sp.seed = 99;
+    sp.spectral_norm = nc->sn;
     net = nn_create(&sp, err, sizeof err);
     ck_assert_msg(net != NULL, "nn_create: %s", err);
     memset(rn, 0, sizeof *rn);
@@ -98,6 +101,56 @@ static flow_net *make_net(const netcase *nc, const int32_t *order,
 
 static double sgm(double z) { return 1 / (1 + exp(-z)); }
 
+/* Reference spectral scales min(1, c / sigma(M o W)) per layer: sigma^2 as
+ * the top eigenvalue of A^T A by plain power iteration from a start other
+ * than the runtime's, run to convergence. */
+static void ref_scales(const refnet *rn, const double *p, double *scale)
+{
+    for (size_t l = 0; l < rn->nl; l++) {
+        size_t rows = rn->rows[l], cols = rn->cols[l];
+        double a[64 * 64], v[64], w[64], lam = 0, prev = -1;
+        scale[l] = 1;
+        if (rn->nc.sn <= 0)
+            continue;
+        for (size_t i = 0; i < rows * cols; i++)
+            a[i] = rn->mask[l] && !rn->mask[l][i] ? 0 : p[rn->w[l] + i];
+        for (size_t j = 0; j < cols; j++)
+            v[j] = 1.0 + 0.37 * (double)((j * 7) % 5);
+        for (int it = 0; it < 100000 && fabs(lam - prev) > 1e-15 * lam;
+             it++) {
+            double nrm = 0;
+            prev = lam;
+            for (size_t j = 0; j < cols; j++)
+                w[j] = 0;
+            for (size_t i = 0; i < rows; i++) {
+                double t = 0;
+                for (size_t j = 0; j < cols; j++)
+                    t += a[i * cols + j] * v[j];
+                for (size_t j = 0; j < cols; j++)
+                    w[j] += a[i * cols + j] * t;
+            }
+            for (size_t j = 0; j < cols; j++)
+                nrm += w[j] * w[j];
+            nrm = sqrt(nrm);
+            lam = 0;
+            for (size_t j = 0; j < cols; j++)
+                lam += v[j] * w[j];
+            {
+                double nv = 0;
+                for (size_t j = 0; j < cols; j++)
+                    nv += v[j] * v[j];
+                lam /= nv;                  /* Rayleigh quotient */
+            }
+            if (nrm == 0)
+                break;
+            for (size_t j = 0; j < cols; j++)
+                v[j] = w[j] / nrm;
+        }
+        if (sqrt(lam) > rn->nc.sn)
+            scale[l] = rn->nc.sn / sqrt(lam);
+    }
+}
+
 static void ref_act(flow_activation a, double z, double *f, double *f1)
 {
     switch (a) {
@@ -118,12 +171,14 @@ static void ref_row(const refnet *rn, const double *p, const double *x,
                     const double *c, const double *tx, double t, double *y,
                     double *ty)
 {
+    double scale[MAXL];
     double h[64], th[64], hn[64], thn[64];
     size_t d = rn->nc.d, k = rn->nc.k;
     for (size_t i = 0; i < d; i++)
         h[i] = x[i], th[i] = tx[i];
     for (size_t i = 0; i < k; i++)
         h[d + i] = c[i], th[d + i] = 0;
+    ref_scales(rn, p, scale);
     for (size_t l = 0; l < rn->nl; l++) {
         int last = l + 1 == rn->nl;
         for (size_t j = 0; j < rn->rows[l]; j++) {
@@ -132,6 +187,7 @@ static void ref_row(const refnet *rn, const double *p, const double *x,
                 double wv = p[rn->w[l] + j * rn->cols[l] + i];
                 if (rn->mask[l] && !rn->mask[l][j * rn->cols[l] + i])
                     wv = 0;
+                wv *= scale[l];
                 u += wv * (i < rn->in[l] ? h[i] : t);
                 tu += i < rn->in[l] ? wv * th[i] : 0;
             }
@@ -336,7 +392,7 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
 START_TEST(test_mlp_activations)
 {
     netcase nc = {FLOW_NET_MLP, 3, 2, 2, 2, {5, 4}, (flow_activation)_i,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     check_net(&nc, NULL, 0, 1, 100 + (uint64_t)_i);
 }
 END_TEST
@@ -345,7 +401,8 @@ END_TEST
 START_TEST(test_mlp_time)
 {
     netcase nc = {FLOW_NET_MLP, 3, 1, 3, 2, {6, 5}, FLOW_ACT_TANH,
-                  _i < 2 ? FLOW_TIME_CONCAT : FLOW_TIME_CONCATSQUASH, _i % 2};
+                  _i < 2 ? FLOW_TIME_CONCAT : FLOW_TIME_CONCATSQUASH, _i % 2,
+                  0};
     check_net(&nc, NULL, 0.7, 1, 200 + (uint64_t)_i);
     nc.act = FLOW_ACT_SOFTPLUS;
     nc.k = 0;
@@ -357,7 +414,7 @@ START_TEST(test_made_gradients)
 {
     int32_t order[4] = {2, 0, 3, 1};
     netcase nc = {FLOW_NET_MADE, 4, 2, 3, 2, {9, 7}, FLOW_ACT_TANH,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     check_net(&nc, order, 0, 1, 400);
     nc.act = FLOW_ACT_ELU;
     nc.time = FLOW_TIME_CONCATSQUASH;
@@ -372,12 +429,26 @@ END_TEST
 /* Output block i must not change when any input j with order[j] >=
  * order[i] changes (Germain et al. 2015, eq. 1), must change for some
  * earlier input, and every output depends on the context. */
+/* spectral normalisation: forward, VJP, JVP and JVP-VJP through sigma */
+START_TEST(test_spectral_norm)
+{
+    netcase mlp = {FLOW_NET_MLP, 3, 2, 2, 2, {5, 4}, FLOW_ACT_TANH,
+                   FLOW_TIME_CONCAT, 0, 0.7};
+    netcase made = {FLOW_NET_MADE, 4, 1, 2, 1, {9}, FLOW_ACT_ELU,
+                    FLOW_TIME_NONE, 0, 0.5};
+    check_net(&mlp, NULL, 0.3, 1, 700);
+    check_net(&made, NULL, 0, 1, 701);
+    mlp.sn = 50;                        /* inactive: plain weights */
+    check_net(&mlp, NULL, 0.3, 1, 702);
+}
+END_TEST
+
 START_TEST(test_made_autoregressive)
 {
     enum { D = 6, K = 2, OUT = 3, W = D * OUT };
     int32_t order[D] = {3, 5, 0, 2, 4, 1};
     netcase nc = {FLOW_NET_MADE, D, K, OUT, 2, {24, 24}, FLOW_ACT_TANH,
-                  FLOW_TIME_NONE, 0};
+                  FLOW_TIME_NONE, 0, 0};
     refnet rn;
     flow_net *net = make_net(&nc, order, &rn);
     size_t P = nn_params(net);
@@ -418,13 +489,123 @@ START_TEST(test_made_autoregressive)
 }
 END_TEST
 
+/* D = 1: the single output block sees the context only, never x */
+START_TEST(test_made_one_dim)
+{
+    netcase nc = {FLOW_NET_MADE, 1, 2, 2, 1, {6}, FLOW_ACT_TANH,
+                  FLOW_TIME_NONE, 0, 0};
+    refnet rn;
+    flow_net *net = make_net(&nc, NULL, &rn);
+    size_t P = nn_params(net);
+    flow_real *p = malloc(P * sizeof *p), x = 0.5f, c[2] = {0.1f, -0.4f};
+    flow_real y0[2], y1[2];
+    void *ws = malloc(nn_workspace(net, 1));
+    flow_rng r;
+    ck_assert(p && ws);
+    rng_seed(&r, 800);
+    nn_init(net, p, &r);
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y0, ws), FLOW_OK);
+    x = -2;
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
+    ck_assert(y0[0] == y1[0] && y0[1] == y1[1]);
+    c[1] = 1;
+    ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
+    ck_assert(y0[0] != y1[0] && y0[1] != y1[1]);
+    free(ws);
+    free(p);
+    nn_destroy(net);
+    check_net(&nc, NULL, 0, 0, 801);     /* (its JVP is 0) */
+}
+END_TEST
+
+/* One net shared by threads with private workspaces gives the serial
+ * result bit for bit (the net is read-only after creation). */
+typedef struct job {
+    const flow_net *net;
+    const flow_real *p, *x;
+    flow_real *y, *dx, *dp;
+    size_t n, d, P;
+    int status;
+} job;
+
+static void *run_job(void *arg)
+{
+    job *j = arg;
+    /* 64-byte aligned like host->alloc: OpenBLAS's kernels may round
+     * differently for differently aligned operands */
+    void *ws = aligned_alloc(64, (nn_workspace(j->net, j->n) + 63) / 64 * 64);
+    flow_real *dy = malloc(j->n * 4 * sizeof *dy);
+    j->status = FLOW_ERR_NOMEM;
+    if (ws && dy) {
+        for (size_t i = 0; i < j->n * 4; i++)
+            dy[i] = (flow_real)((double)i / 7.0 - 1);
+        memset(j->dp, 0, j->P * sizeof *j->dp);
+        for (int rep = 0; rep < 20; rep++) {
+            j->status = nn_forward(j->net, j->p, j->n, j->x, NULL, 0, j->y,
+                                   ws);
+            if (j->status == FLOW_OK)
+                j->status = nn_backward(j->net, j->p, j->n, ws, dy, j->dx,
+                                        NULL, rep == 0 ? j->dp : NULL);
+        }
+    }
+    free(ws);
+    free(dy);
+    return NULL;
+}
+
+START_TEST(test_threads_share_net)
+{
+    enum { T = 4, R = 64, D = 4 };
+    netcase nc = {FLOW_NET_MADE, D, 0, 1, 2, {32, 32}, FLOW_ACT_RELU,
+                  FLOW_TIME_NONE, 0, 0.9};
+    refnet rn;
+    flow_net *net = make_net(&nc, NULL, &rn);
+    size_t P = nn_params(net);
+    flow_real *p = malloc(P * sizeof *p), x[R * D];
+    flow_real *y = malloc((T + 1) * R * D * sizeof *y);
+    flow_real *dx = malloc((T + 1) * R * D * sizeof *dx);
+    flow_real *dp = malloc((T + 1) * P * sizeof *dp);
+    pthread_t th[T];
+    job jobs[T + 1];
+    flow_rng r;
+    ck_assert(p && y && dx && dp);
+    rng_seed(&r, 900);
+    nn_init(net, p, &r);
+    rng_normal(&r, x, R * D);
+    for (int t = 0; t <= T; t++)
+        jobs[t] = (job){net, p, x, y + t * R * D, dx + t * R * D, dp + t * P,
+                        R, D, P, -1};
+    run_job(&jobs[T]);                              /* serial reference */
+    ck_assert_int_eq(jobs[T].status, FLOW_OK);
+    for (int t = 0; t < T; t++)
+        ck_assert_int_eq(pthread_create(&th[t], NULL, run_job, &jobs[t]), 0);
+    for (int t = 0; t < T; t++) {
+        ck_assert_int_eq(pthread_join(th[t], NULL), 0);
+        ck_assert_int_eq(jobs[t].status, FLOW_OK);
+        ck_assert(memcmp(jobs[t].y, jobs[T].y, R * D * sizeof *y) == 0);
+        ck_assert(memcmp(jobs[t].dx, jobs[T].dx, R * D * sizeof *dx) == 0);
+        for (size_t i = 0; i < P; i++)
+            ck_assert_msg(jobs[t].dp[i] == jobs[T].dp[i], "thread %d dp[%zu]"
+                          " %.17g vs %.17g", t, i, (double)jobs[t].dp[i],
+                          (double)jobs[T].dp[i]);
+    }
+    free(p);
+    free(y);
+    free(dx);
+    free(dp);
+    nn_destroy(net);
+}
+END_TEST
+
 START_TEST(test_zero_last_and_init)
 {
     netcase cases[3] = {
-        {FLOW_NET_MLP, 4, 2, 3, 2, {8, 8}, FLOW_ACT_RELU, FLOW_TIME_NONE, 1},
-        {FLOW_NET_MADE, 4, 0, 2, 1, {12}, FLOW_ACT_TANH, FLOW_TIME_NONE, 1},
+        {FLOW_NET_MLP, 4, 2, 3, 2, {8, 8}, FLOW_ACT_RELU, FLOW_TIME_NONE, 1,
+         0},
+        {FLOW_NET_MADE, 4, 0, 2, 1, {12}, FLOW_ACT_TANH, FLOW_TIME_NONE, 1,
+         0},
         {FLOW_NET_MLP, 3, 0, 3, 1, {8}, FLOW_ACT_ELU,
-         FLOW_TIME_CONCATSQUASH, 1},
+         FLOW_TIME_CONCATSQUASH, 1, 0},
     };
     for (int q = 0; q < 3; q++) {
         refnet rn;
@@ -476,7 +657,7 @@ START_TEST(test_errors)
     sp.n_hidden = 1;
     sp.hidden = hid;
     sp.act = FLOW_ACT_RELU;
-    sp.spectral_norm = 0.9;
+    sp.spectral_norm = -1;
     ck_assert(nn_create(&sp, err, sizeof err) == NULL);
     ck_assert_ptr_nonnull(strstr(err, "spectral_norm"));
     sp.spectral_norm = 0;
@@ -494,6 +675,8 @@ START_TEST(test_errors)
     sp.in = 3;
     net = nn_create(&sp, err, sizeof err);
     ck_assert_ptr_nonnull(net);
+    /* a row count whose tape cannot be sized: 0, not a wrapped size */
+    ck_assert_uint_eq(nn_workspace(net, SIZE_MAX / 2), 0);
     /* backward / JVP without a matching forward on this workspace */
     {
         void *ws = calloc(1, nn_workspace(net, 2));
@@ -510,8 +693,17 @@ START_TEST(test_errors)
         free(pp);
     }
     nn_destroy(net);
-    /* the host table hands out the same implementation */
-    ck_assert(flow_host_services()->net_create == nn_create);
+    /* the host table hands out the numerical core, every entry set */
+    {
+        const flow_host *h = flow_host_services();
+        ck_assert(h->net_create == nn_create);
+        ck_assert(h->gemm && h->net_destroy && h->net_params && h->net_init &&
+                  h->net_workspace && h->net_forward && h->net_backward &&
+                  h->net_jvp && h->net_jvp_backward && h->tf_params &&
+                  h->tf_forward && h->tf_inverse && h->tf_backward &&
+                  h->tf_inverse_backward && h->slogdet && h->matinv);
+        ck_assert(FLOW_HOST_HAS(h, matinv));
+    }
 }
 END_TEST
 
@@ -524,7 +716,10 @@ Suite *suite_nn(void)
                         FLOW_ACT_SIGMOID + 1);
     tcase_add_loop_test(tc, test_mlp_time, 0, 4);
     tcase_add_test(tc, test_made_gradients);
+    tcase_add_test(tc, test_spectral_norm);
     tcase_add_test(tc, test_made_autoregressive);
+    tcase_add_test(tc, test_made_one_dim);
+    tcase_add_test(tc, test_threads_share_net);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
     suite_add_tcase(s, tc);

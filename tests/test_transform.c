@@ -69,8 +69,9 @@ START_TEST(test_round_trip)
         /* 1e-5 (float32) plus the conditioning of the inverse: y is
          * rounded to flow_real, an error of 2 ulp(y) / tau'(x) in x is
          * unavoidable where the map is flat (tiny bins, min_deriv) */
-        double cond = (_i % 3 == 2 && sc > 0.6) ? 2 * REAL_EPS * (1 + fabs(y[i]))
-                                              / exp((double)lf[i]) : 0;
+        double cond = (_i % 3 == 2 && sc > 0.6)
+                          ? 2 * REAL_EPS * (1 + fabs(y[i])) / exp((double)lf[i])
+                          : 0;
         ck_assert_msg(fabs((double)xb[i] - x[i]) <= RT_TOL * (1 + fabs(x[i]))
                       + cond,
                       "kind %d: x %.9g -> y %.9g -> %.9g", tf->kind, x[i],
