@@ -46,8 +46,8 @@ static int add_u64(ckpt_writer *w, const char *name, const uint64_t *v,
 }
 
 int flow_checkpoint_save(flow_model *m, flow_trainer *t,
-                         const char *spec_source, const char *history_json,
-                         const char *path)
+                         const char *spec_source, const char *spec_path,
+                         const char *history_json, const char *path)
 {
     flow_ctx *ctx = model_ctx(m);
     const flow_real *p = flow_model_params(m), *b = flow_model_buffers(m);
@@ -120,6 +120,8 @@ int flow_checkpoint_save(flow_model *m, flow_trainer *t,
     }
     if (rc == FLOW_OK)
         rc = ckpt_writer_info(w, &info);
+    if (rc == FLOW_OK && spec_path)
+        rc = ckpt_writer_meta(w, "spec_path", spec_path);
     if (rc == FLOW_OK)
         rc = ckpt_writer_write(w, path);
     ckpt_writer_free(w);

@@ -38,6 +38,15 @@ int ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
     return code;
 }
 
+int flow_ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->errmsg, sizeof ctx->errmsg, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
 void ctx_clear_error(flow_ctx *ctx)
 {
     ctx->errmsg[0] = '\0';

@@ -7,9 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "flow/flow.h"
-
-#define EXIT_USAGE 2
+#include "cli.h"
 
 static void usage(FILE *f)
 {
@@ -18,6 +16,14 @@ static void usage(FILE *f)
           "Normalizing flows with exact densities.\n"
           "\n"
           "commands:\n"
+          "  train SPEC --data F -o CKPT   fit a model by maximum likelihood\n"
+          "  eval CKPT --data F            mean log-likelihood, std. error,\n"
+          "                                bits/dim\n"
+          "  logprob CKPT --data F         log-density of each row\n"
+          "  sample CKPT -n N              draw samples (--with-logprob)\n"
+          "  encode CKPT --data F          data -> latent\n"
+          "  decode CKPT --data Z          latent -> data\n"
+          "  info CKPT                     spec, parameters, history\n"
           "  plugins [--json]   list plugin files found and the layer types\n"
           "                     they provide\n"
           "  data NAME -n N     draw a built-in data set (moons, 8gaussians,\n"
@@ -308,6 +314,18 @@ int main(int argc, char **argv)
         return cmd_plugins(argc - 1, argv + 1);
     if (!strcmp(cmd, "data"))
         return cmd_data(argc - 1, argv + 1);
+    {
+        static const struct {
+            const char *name;
+            int (*fn)(int, char **);
+        } cmds[] = {{"train", cmd_train},     {"eval", cmd_eval},
+                    {"logprob", cmd_logprob}, {"sample", cmd_sample},
+                    {"encode", cmd_encode},   {"decode", cmd_decode},
+                    {"info", cmd_info}};
+        for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+            if (!strcmp(cmd, cmds[i].name))
+                return cmds[i].fn(argc - 1, argv + 1);
+    }
     fprintf(stderr, "flowkit: unknown command '%s' (try 'flowkit --help')\n",
             cmd);
     return EXIT_USAGE;

@@ -39,6 +39,11 @@ FLOW_API void flow_ctx_free(flow_ctx *ctx);
  * valid until the next call on ctx. */
 FLOW_API const char *flow_errmsg(const flow_ctx *ctx);
 
+/* Sets ctx's message (printf-style) and returns `code`: for libraries and
+ * programs layered on flowkit that report through the same context. */
+FLOW_API int flow_ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* --- plugins --------------------------------------------------------- */
 
 /* Directories searched for plugins, in order: the entries of
@@ -324,10 +329,12 @@ typedef struct flow_checkpoint flow_checkpoint;
 
 /* Writes model parameters (a tensor per layer, "params/<label>"), buffers,
  * and, when t is not NULL, the optimizer and training state, plus the spec
- * source and history (JSON text or NULL) to path, atomically.  A model
- * with a non-finite parameter is refused (nothing is written). */
+ * source, its path (for messages and imports; may be NULL) and the
+ * history (JSON text or NULL) to path, atomically.  A model with a
+ * non-finite parameter is refused (nothing is written). */
 FLOW_API int flow_checkpoint_save(flow_model *m, flow_trainer *t,
                                   const char *spec_source,
+                                  const char *spec_path,
                                   const char *history_json, const char *path);
 /* Reads and validates a checkpoint (checksums, version, precision).
  * *out is new, owned by the caller (flow_checkpoint_free). */

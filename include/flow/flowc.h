@@ -172,6 +172,13 @@ FLOW_API const char *flow_graph_source(const flow_graph *g, size_t i,
 /* Totals over the graph. */
 FLOW_API size_t flow_graph_params(const flow_graph *g);  /* incl. bases */
 
+/* In-process emission: builds the runtime model the graph describes (the
+ * calls --emit=c writes out), finished and initialised from `seed`.  *out
+ * is new, owned by the caller (flow_model_free); ctx must be the context
+ * the graph was compiled with. */
+FLOW_API int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g,
+                                    uint64_t seed, flow_model **out);
+
 /* Writers: --report table, --emit=json, --emit=dot. */
 FLOW_API void flow_graph_print_report(const flow_graph *g, FILE *f);
 FLOW_API void flow_graph_print_json(const flow_graph *g, FILE *f);

@@ -1,0 +1,1085 @@
+/* cli_model.c - the flowkit subcommands that build or load a model: train,
+ * eval, logprob, sample, encode, decode, info.  Exit codes: 0 success,
+ * 1 error (spec, data, checkpoint, numerics), 2 usage. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ------------------------------------------------------------ options */
+
+static int usage_error(const cli_args *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static int usage_error(const cli_args *a, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", a->cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (try '%s --help')\n", a->cmd);
+    return EXIT_USAGE;
+}
+
+/* Next argument: 1 for an option (a->opt set), 0 for a positional (in
+ * *pos), -1 at the end. */
+static int next_arg(cli_args *a, const char **pos)
+{
+    const char *s;
+    if (a->i >= a->argc)
+        return -1;
+    s = a->argv[a->i++];
+    a->inline_val = NULL;
+    if (s[0] == '-' && s[1] == '-' && s[2]) {
+        static char name[64];
+        const char *eq = strchr(s, '=');
+        size_t len = eq ? (size_t)(eq - s) : strlen(s);
+        if (len >= sizeof name)
+            len = sizeof name - 1;
+        memcpy(name, s, len);
+        name[len] = '\0';
+        a->opt = name;
+        a->inline_val = eq ? eq + 1 : NULL;
+        return 1;
+    }
+    if (s[0] == '-' && s[1] && s[1] != '-' && !s[2]) {   /* -o, -n */
+        a->opt = s;
+        return 1;
+    }
+    *pos = s;
+    return 0;
+}
+
+static int opt_is(const cli_args *a, const char *name)
+{
+    return !strcmp(a->opt, name);
+}
+
+/* The option's value; NULL after printing a usage error. */
+static const char *opt_value(cli_args *a)
+{
+    if (a->inline_val)
+        return a->inline_val;
+    if (a->i >= a->argc) {
+        usage_error(a, "option %s needs a value", a->opt);
+        return NULL;
+    }
+    return a->argv[a->i++];
+}
+
+static int parse_size(cli_args *a, size_t *out, size_t min)
+{
+    const char *v = opt_value(a);
+    char *end;
+    unsigned long long x;
+    if (!v)
+        return EXIT_USAGE;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || x < min
+        || x > (unsigned long long)SIZE_MAX / 2)
+        return usage_error(a, "%s: '%s' is not an integer >= %zu", a->opt, v,
+                           min);
+    *out = (size_t)x;
+    return 0;
+}
+
+static int parse_u64v(cli_args *a, uint64_t *out)
+{
+    size_t v;
+    int rc = parse_size(a, &v, 0);
+    *out = v;
+    return rc;
+}
+
+static int parse_real(cli_args *a, double *out, double lo, double hi)
+{
+    const char *v = opt_value(a);
+    char *end;
+    double x;
+    if (!v)
+        return EXIT_USAGE;
+    errno = 0;
+    x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi))
+        return usage_error(a, "%s: '%s' is not a number in [%g, %g]", a->opt,
+                           v, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int parse_format(cli_args *a, flow_data_format *f)
+{
+    const char *v = opt_value(a);
+    if (!v)
+        return EXIT_USAGE;
+    if (!strcmp(v, "csv"))
+        *f = FLOW_DATA_CSV;
+    else if (!strcmp(v, "npy"))
+        *f = FLOW_DATA_NPY;
+    else
+        return usage_error(a, "--format: '%s' is not csv or npy", v);
+    return 0;
+}
+
+/* ------------------------------------------------------------ common */
+
+static int fail(flow_ctx *ctx, const char *cmd)
+{
+    fprintf(stderr, "%s: %s\n", cmd, ctx ? flow_errmsg(ctx) : "out of memory");
+    return 1;
+}
+
+static flow_ctx *open_ctx(const char *cmd)
+{
+    flow_ctx *ctx = flow_ctx_new();
+    if (!ctx) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return NULL;
+    }
+    if (flow_plugin_load_all(ctx) != FLOW_OK) {
+        fail(ctx, cmd);
+        flow_ctx_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Compiles a spec file or text; diagnostics to stderr.  NULL on errors. */
+static flow_compilation *compile(flow_ctx *ctx, const char *cmd,
+                                 const char *path, const char *text)
+{
+    flow_compilation *c = text
+        ? flow_compile_string(ctx, path, text, strlen(text))
+        : flow_compile_file(ctx, path);
+    if (!c) {
+        fail(ctx, cmd);
+        return NULL;
+    }
+    flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+    if (flow_compile_errors(c) || !flow_compile_graph(c)) {
+        fprintf(stderr, "%s: %s: %zu error%s in the spec\n", cmd, path,
+                flow_compile_errors(c),
+                flow_compile_errors(c) == 1 ? "" : "s");
+        flow_compile_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* A model with everything needed to run it and save it. */
+typedef struct loaded {
+    flow_ctx *ctx;
+    flow_compilation *comp;
+    flow_model *model;
+    flow_checkpoint *ck;
+    const char *spec_source;    /* owned by comp or ck */
+} loaded;
+
+static void loaded_free(loaded *l)
+{
+    flow_model_free(l->model);
+    flow_compile_free(l->comp);
+    flow_checkpoint_free(l->ck);
+    flow_ctx_free(l->ctx);
+    memset(l, 0, sizeof *l);
+}
+
+/* Opens a checkpoint, recompiles its spec and restores the parameters. */
+static int load_checkpoint(loaded *l, const char *cmd, const char *path)
+{
+    const char *spec, *spec_path;
+    memset(l, 0, sizeof *l);
+    if (!(l->ctx = open_ctx(cmd)))
+        return 1;
+    if (flow_checkpoint_open(l->ctx, path, &l->ck) != FLOW_OK)
+        goto fail;
+    spec = flow_checkpoint_spec(l->ck);
+    spec_path = flow_checkpoint_meta(l->ck, "spec_path");
+    if (!(l->comp = compile(l->ctx, cmd, spec_path ? spec_path : path, spec)))
+        goto quiet;
+    if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
+                               &l->model) != FLOW_OK
+        || flow_checkpoint_restore(l->ck, l->model, NULL) != FLOW_OK)
+        goto fail;
+    l->spec_source = spec;
+    return 0;
+fail:
+    fail(l->ctx, cmd);
+quiet:
+    loaded_free(l);
+    return 1;
+}
+
+/* Reads a data file for model m: dim columns (+ context columns). */
+static flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
+                            const char *columns, const char *context,
+                            size_t dim, size_t cdim)
+{
+    flow_data *d = NULL;
+    if (flow_data_read(ctx, path, columns, context, dim, &d) != FLOW_OK) {
+        fail(ctx, cmd);
+        return NULL;
+    }
+    if (flow_data_context_dim(d) != cdim) {
+        fprintf(stderr, "%s: %s: the model %s %zu context column%s, the data "
+                "have %zu (select them with --context)\n", cmd, path,
+                cdim ? "needs" : "takes", cdim, cdim == 1 ? "" : "s",
+                flow_data_context_dim(d));
+        flow_data_free(d);
+        return NULL;
+    }
+    if (flow_data_rows(d) == 0) {
+        fprintf(stderr, "%s: %s: no rows\n", cmd, path);
+        flow_data_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ train */
+
+static void train_usage(FILE *f)
+{
+    fputs("usage: flowkit train SPEC --data FILE -o CKPT [options]\n"
+          "\n"
+          "Trains the model of SPEC by maximum likelihood (Adam) and writes a\n"
+          "checkpoint.  Defaults come from the spec's train { } section, then\n"
+          "these flags.\n"
+          "\n"
+          "  --data FILE          training data (CSV or .npy; - for stdin)\n"
+          "  --columns LIST       data columns by name or 0-based index\n"
+          "  --context LIST       context columns (conditional models)\n"
+          "  --valid FILE         validation data (same columns)\n"
+          "  --valid-fraction X   hold out this fraction of --data instead\n"
+          "  --epochs N           passes over the data (default 10)\n"
+          "  --steps N            optimisation steps instead of epochs\n"
+          "  --batch B            rows per step (default 512)\n"
+          "  --lr X               learning rate (default 1e-3)\n"
+          "  --schedule S         constant | cosine (default constant)\n"
+          "  --warmup N           linear warm-up steps (default 0)\n"
+          "  --weight-decay X     L2 coefficient (default 0)\n"
+          "  --clip X             clip the gradient's global norm (default off)\n"
+          "  --patience N         stop after N validations without\n"
+          "                       improvement, keep the best (default off)\n"
+          "  --seed S             initialisation and shuffling (default 0)\n"
+          "  --threads T          worker threads (default 1)\n"
+          "  --checkpoint-every N also write CKPT every N epochs\n"
+          "  --resume CKPT        continue a run from its checkpoint\n"
+          "  --json               print the summary as JSON on stdout\n"
+          "  -o, --output CKPT    checkpoint to write (required)\n", f);
+}
+
+typedef struct train_opts {
+    const char *spec, *data, *valid, *out, *resume, *columns, *context;
+    double valid_fraction;
+    size_t epochs, steps, threads, ckpt_every;
+    int json, has_epochs, has_steps;
+    uint64_t seed;
+    flow_train_config cfg;
+    int set_batch, set_lr, set_schedule, set_warmup, set_wd, set_clip,
+        set_patience;
+} train_opts;
+
+static int parse_train(int argc, char **argv, train_opts *o)
+{
+    cli_args a = {argc, 1, argv, "flowkit train", NULL, NULL};
+    const char *pos;
+    int k, rc = 0;
+    memset(o, 0, sizeof *o);
+    flow_train_config_default(&o->cfg);
+    o->epochs = 10;
+    o->threads = 1;
+    while (rc == 0 && (k = next_arg(&a, &pos)) >= 0) {
+        if (k == 0) {
+            if (o->spec)
+                return usage_error(&a, "unexpected argument '%s'", pos);
+            o->spec = pos;
+        } else if (opt_is(&a, "--help") || opt_is(&a, "-h")) {
+            train_usage(stdout);
+            return -1;
+        } else if (opt_is(&a, "--data"))
+            rc = (o->data = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--valid"))
+            rc = (o->valid = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--columns"))
+            rc = (o->columns = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--context"))
+            rc = (o->context = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "-o") || opt_is(&a, "--output"))
+            rc = (o->out = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--resume"))
+            rc = (o->resume = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--valid-fraction"))
+            rc = parse_real(&a, &o->valid_fraction, 0, 0.9);
+        else if (opt_is(&a, "--epochs")) {
+            rc = parse_size(&a, &o->epochs, 1);
+            o->has_epochs = 1;
+        } else if (opt_is(&a, "--steps")) {
+            rc = parse_size(&a, &o->steps, 1);
+            o->has_steps = 1;
+        } else if (opt_is(&a, "--batch")) {
+            rc = parse_size(&a, &o->cfg.batch, 1);
+            o->set_batch = 1;
+        } else if (opt_is(&a, "--lr")) {
+            rc = parse_real(&a, &o->cfg.lr, 1e-12, 10);
+            o->set_lr = 1;
+        } else if (opt_is(&a, "--schedule")) {
+            const char *v = opt_value(&a);
+            o->set_schedule = 1;
+            if (!v)
+                rc = EXIT_USAGE;
+            else if (!strcmp(v, "constant"))
+                o->cfg.schedule = FLOW_LR_CONSTANT;
+            else if (!strcmp(v, "cosine"))
+                o->cfg.schedule = FLOW_LR_COSINE;
+            else
+                rc = usage_error(&a, "--schedule: '%s' is not constant or "
+                                 "cosine", v);
+        } else if (opt_is(&a, "--warmup")) {
+            rc = parse_size(&a, &o->cfg.warmup_steps, 0);
+            o->set_warmup = 1;
+        } else if (opt_is(&a, "--weight-decay")) {
+            rc = parse_real(&a, &o->cfg.weight_decay, 0, 1e3);
+            o->set_wd = 1;
+        } else if (opt_is(&a, "--clip")) {
+            rc = parse_real(&a, &o->cfg.clip_norm, 0, 1e12);
+            o->set_clip = 1;
+        } else if (opt_is(&a, "--patience")) {
+            rc = parse_size(&a, &o->cfg.patience, 1);
+            o->set_patience = 1;
+        } else if (opt_is(&a, "--seed"))
+            rc = parse_u64v(&a, &o->seed);
+        else if (opt_is(&a, "--threads"))
+            rc = parse_size(&a, &o->threads, 1);
+        else if (opt_is(&a, "--checkpoint-every"))
+            rc = parse_size(&a, &o->ckpt_every, 1);
+        else if (opt_is(&a, "--json"))
+            o->json = 1;
+        else
+            return usage_error(&a, "unknown option '%s'", a.opt);
+    }
+    if (rc)
+        return rc;
+    if (!o->spec)
+        return usage_error(&a, "missing SPEC");
+    if (!o->data)
+        return usage_error(&a, "missing --data FILE");
+    if (!o->out)
+        return usage_error(&a, "missing -o CKPT");
+    if (o->has_epochs && o->has_steps)
+        return usage_error(&a, "give --epochs or --steps, not both");
+    if (o->valid && o->valid_fraction > 0)
+        return usage_error(&a, "give --valid or --valid-fraction, not both");
+    return 0;
+}
+
+/* train { } entries of the spec, overridden by flags that were given. */
+static int apply_train_section(const flow_graph *g, train_opts *o,
+                               const char *spec)
+{
+    for (size_t i = 0; i < flow_graph_train_count(g); i++) {
+        const flow_train_entry *e = flow_graph_train_get(g, i);
+        double v = e->number;
+        int ok = 1;
+        if (!strcmp(e->key, "lr") && e->is_number && v > 0) {
+            if (!o->set_lr)
+                o->cfg.lr = v;
+        } else if (!strcmp(e->key, "batch") && e->is_number && v >= 1) {
+            if (!o->set_batch)
+                o->cfg.batch = (size_t)v;
+        } else if (!strcmp(e->key, "epochs") && e->is_number && v >= 1) {
+            if (!o->has_epochs && !o->has_steps)
+                o->epochs = (size_t)v;
+        } else if (!strcmp(e->key, "steps") && e->is_number && v >= 1) {
+            if (!o->has_epochs && !o->has_steps) {
+                o->steps = (size_t)v;
+                o->has_steps = 1;
+            }
+        } else if (!strcmp(e->key, "weight_decay") && e->is_number && v >= 0) {
+            if (!o->set_wd)
+                o->cfg.weight_decay = v;
+        } else if (!strcmp(e->key, "clip") && e->is_number && v >= 0) {
+            if (!o->set_clip)
+                o->cfg.clip_norm = v;
+        } else if (!strcmp(e->key, "warmup") && e->is_number && v >= 0) {
+            if (!o->set_warmup)
+                o->cfg.warmup_steps = (size_t)v;
+        } else if (!strcmp(e->key, "patience") && e->is_number && v >= 1) {
+            if (!o->set_patience)
+                o->cfg.patience = (size_t)v;
+        } else if (!strcmp(e->key, "schedule") && !e->is_number
+                   && (!strcmp(e->text, "cosine")
+                       || !strcmp(e->text, "constant"))) {
+            if (!o->set_schedule)
+                o->cfg.schedule = !strcmp(e->text, "cosine")
+                                ? FLOW_LR_COSINE : FLOW_LR_CONSTANT;
+        } else if (!strcmp(e->key, "optimizer") && !e->is_number
+                   && !strcmp(e->text, "adam")) {
+            /* the only optimizer */
+        } else
+            ok = 0;
+        if (!ok) {
+            fprintf(stderr, "flowkit train: %s:%d:%d: train setting '%s' has "
+                    "an unusable value '%s' (known: optimizer = adam, lr, "
+                    "batch, epochs, steps, schedule = constant|cosine, "
+                    "warmup, weight_decay, clip, patience)\n", spec, e->line,
+                    e->col, e->key, e->text ? e->text : "?");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Splits off a seeded random fraction of the rows as validation data. */
+static int split_valid(flow_ctx *ctx, flow_data *all, double frac,
+                       uint64_t seed, flow_data **train, flow_data **valid)
+{
+    size_t n = flow_data_rows(all), nv = (size_t)((double)n * frac);
+    size_t d = flow_data_dim(all), k = flow_data_context_dim(all);
+    size_t *idx = malloc(n * sizeof *idx);
+    uint64_t s = seed ^ 0x5eed5eed5eedull;
+    *train = *valid = NULL;
+    if (!idx)
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (nv == 0 || nv == n) {
+        free(idx);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "--valid-fraction %g of "
+                              "%zu rows leaves an empty part", frac, n);
+    }
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    for (size_t i = n; i > 1; i--) {      /* splitmix64 Fisher-Yates */
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        size_t j, t;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        j = (size_t)((z ^ (z >> 31)) % i);
+        t = idx[i - 1];
+        idx[i - 1] = idx[j];
+        idx[j] = t;
+    }
+    *valid = flow_data_new(ctx, nv, d, k);
+    *train = flow_data_new(ctx, n - nv, d, k);
+    if (!*valid || !*train) {
+        free(idx);
+        flow_data_free(*valid);
+        flow_data_free(*train);
+        *train = *valid = NULL;
+        return FLOW_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        flow_data *dst = i < nv ? *valid : *train;
+        size_t r = i < nv ? i : i - nv;
+        memcpy(flow_data_values(dst) + r * d,
+               flow_data_values(all) + idx[i] * d, d * sizeof(flow_real));
+        if (k)
+            memcpy(flow_data_context(dst) + r * k,
+                   flow_data_context(all) + idx[i] * k,
+                   k * sizeof(flow_real));
+    }
+    free(idx);
+    return FLOW_OK;
+}
+
+/* Growing JSON text of the training history. */
+typedef struct history {
+    char *s;
+    size_t len, cap;
+} history;
+
+static void hist_add(history *h, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void hist_add(history *h, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    char buf[256];
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (h->len + (size_t)n + 2 > h->cap) {
+        size_t cap = (h->cap + (size_t)n + 2) * 2;
+        char *p = realloc(h->s, cap);
+        if (!p)
+            return;
+        h->s = p;
+        h->cap = cap;
+    }
+    memcpy(h->s + h->len, buf, (size_t)n + 1);
+    h->len += (size_t)n;
+}
+
+static void progress(int tty, size_t epoch, size_t step, size_t total,
+                     double loss, int has_valid, double valid, double t0)
+{
+    double el = now_s() - t0;
+    double eta = step ? el / (double)step * (double)(total - step) : 0;
+    if (tty) {
+        int w = 24, fill = total ? (int)((double)w * step / total) : w;
+        fprintf(stderr, "\repoch %zu [%.*s%*s] %zu/%zu loss %.4f", epoch,
+                fill, "========================", w - fill, "", step, total,
+                loss);
+        if (has_valid)
+            fprintf(stderr, " valid %.4f", valid);
+        fprintf(stderr, " ETA %.0fs ", eta);
+        fflush(stderr);
+    } else {
+        fprintf(stderr, "epoch %zu step %zu/%zu loss %.5f", epoch, step, total,
+                loss);
+        if (has_valid)
+            fprintf(stderr, " valid_loglik %.5f", valid);
+        fprintf(stderr, " time %.1fs\n", el);
+    }
+}
+
+int cmd_train(int argc, char **argv)
+{
+    const char *cmd = "flowkit train";
+    train_opts o;
+    loaded l;
+    flow_data *all = NULL, *tr = NULL, *va = NULL;
+    flow_trainer *t = NULL;
+    flow_train_state st;
+    history h = {NULL, 0, 0};
+    size_t n, steps_per_epoch, total, dim;
+    double loss = NAN, vscore = NAN, t0, ep_loss = 0;
+    size_t ep_count = 0;
+    int rc, tty = isatty(2), ret = 1;
+
+    if ((rc = parse_train(argc, argv, &o)) != 0)
+        return rc < 0 ? 0 : rc;
+    memset(&l, 0, sizeof l);
+    if (o.threads != 1)
+        fprintf(stderr, "%s: note: --threads %zu: this build trains with one "
+                "thread\n", cmd, o.threads);
+    if (!(l.ctx = open_ctx(cmd)))
+        return 1;
+    if (!(l.comp = compile(l.ctx, cmd, o.spec, NULL)))
+        goto out;
+    {
+        const flow_graph *g = flow_compile_graph(l.comp);
+        const char *path;
+        size_t len;
+        if (apply_train_section(g, &o, o.spec) != 0)
+            goto out;
+        l.spec_source = flow_graph_source(g, 0, &path, &len);
+        if (flow_graph_source_count(g) > 1)
+            fprintf(stderr, "%s: note: %s imports other files; the checkpoint "
+                    "embeds only %s, so keep the imports where they are\n",
+                    cmd, o.spec, o.spec);
+        dim = flow_graph_input_dim(g);
+        if (!(all = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
+                              flow_graph_context_dim(g))))
+            goto out;
+        if (o.valid) {
+            if (!(va = read_data(l.ctx, cmd, o.valid, o.columns, o.context,
+                                 dim, flow_graph_context_dim(g))))
+                goto out;
+            tr = all;
+            all = NULL;
+        } else if (o.valid_fraction > 0) {
+            if (split_valid(l.ctx, all, o.valid_fraction, o.seed, &tr, &va)
+                != FLOW_OK) {
+                fail(l.ctx, cmd);
+                goto out;
+            }
+        } else {
+            tr = all;
+            all = NULL;
+        }
+        if (flow_graph_build_model(l.ctx, g, o.seed, &l.model) != FLOW_OK) {
+            fail(l.ctx, cmd);
+            goto out;
+        }
+    }
+    n = flow_data_rows(tr);
+    o.cfg.seed = o.seed;
+    steps_per_epoch = (n + o.cfg.batch - 1) / o.cfg.batch;
+    total = o.has_steps ? o.steps : o.epochs * steps_per_epoch;
+    o.cfg.total_steps = total;
+    if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
+                               flow_data_context(tr), n))) {
+        fail(l.ctx, cmd);
+        goto out;
+    }
+    if (o.resume) {
+        if (flow_checkpoint_open(l.ctx, o.resume, &l.ck) != FLOW_OK)
+            goto failmsg;
+        if (strcmp(flow_checkpoint_spec(l.ck), l.spec_source) != 0) {
+            fprintf(stderr, "%s: %s: checkpoint was made by a different spec "
+                    "than %s\n", cmd, o.resume, o.spec);
+            goto out;
+        }
+        if (flow_checkpoint_restore(l.ck, l.model, t) != FLOW_OK)
+            goto failmsg;
+        if (flow_checkpoint_meta(l.ck, "history"))
+            hist_add(&h, "%s", flow_checkpoint_meta(l.ck, "history"));
+        if (h.len && h.s[h.len - 1] == ']')
+            h.s[--h.len] = '\0';            /* reopen the array */
+    } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
+                                    : o.cfg.batch, flow_data_values(tr),
+                                    flow_data_context(tr)) != FLOW_OK)
+        goto failmsg;
+    if (!h.len)
+        hist_add(&h, "[");
+    t0 = now_s();
+    flow_trainer_get_state(t, &st);
+    while (st.step < total) {
+        if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
+            goto failmsg;
+        if (isfinite(loss)) {
+            ep_loss += loss;
+            ep_count++;
+        }
+        flow_trainer_get_state(t, &st);
+        if (st.pos >= n || st.step == total) {       /* end of an epoch */
+            double mean_loss = ep_count ? ep_loss / (double)ep_count : NAN;
+            int has_v = va != NULL;
+            if (has_v) {
+                double se;
+                if (flow_model_evaluate(l.model, flow_data_rows(va),
+                                        flow_data_values(va),
+                                        flow_data_context(va), 4096, &vscore,
+                                        &se) != FLOW_OK)
+                    goto failmsg;
+                flow_trainer_validated(t, vscore);
+            }
+            progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
+                     mean_loss, has_v, vscore, t0);
+            hist_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
+                     "%.9g", h.len > 1 ? ", " : "",
+                     (unsigned long long)st.epoch + 1,
+                     (unsigned long long)st.step, mean_loss);
+            if (has_v)
+                hist_add(&h, ", \"valid_loglik\": %.9g", vscore);
+            hist_add(&h, "}");
+            ep_loss = 0;
+            ep_count = 0;
+            if (o.ckpt_every && (st.epoch + 1) % o.ckpt_every == 0) {
+                hist_add(&h, "]");
+                rc = flow_checkpoint_save(l.model, t, l.spec_source, o.spec,
+                                          h.s, o.out);
+                h.s[--h.len] = '\0';
+                if (rc != FLOW_OK)
+                    goto failmsg;
+            }
+            if (has_v && flow_trainer_should_stop(t)) {
+                fprintf(stderr, "%s: early stop: no improvement in %zu "
+                        "validations\n", cmd, o.cfg.patience);
+                break;
+            }
+        }
+    }
+    if (tty)
+        fputc('\n', stderr);
+    if (va && flow_trainer_restore_best(t) == FLOW_OK) {
+        flow_trainer_get_state(t, &st);
+        vscore = st.best_score;
+    }
+    hist_add(&h, "]");
+    if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s, o.out)
+        != FLOW_OK)
+        goto failmsg;
+    flow_trainer_get_state(t, &st);
+    if (o.json) {
+        printf("{\"checkpoint\": \"%s\", \"steps\": %llu, \"epochs\": %llu, "
+               "\"final_loss\": %.9g, \"skipped_steps\": %llu", o.out,
+               (unsigned long long)st.step, (unsigned long long)st.epoch
+               + (st.pos > 0), loss, (unsigned long long)st.skipped);
+        if (va)
+            printf(", \"valid_loglik\": %.9g", vscore);
+        printf(", \"seconds\": %.3f}\n", now_s() - t0);
+    } else {
+        fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n", cmd,
+                (unsigned long long)st.step, loss,
+                st.skipped ? " (some steps skipped: non-finite)" : "", o.out);
+        if (va)
+            fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
+                    cmd, vscore);
+    }
+    ret = 0;
+    goto out;
+failmsg:
+    fail(l.ctx, cmd);
+out:
+    free(h.s);
+    flow_trainer_free(t);
+    flow_data_free(all);
+    flow_data_free(tr);
+    flow_data_free(va);
+    loaded_free(&l);
+    return ret;
+}
+
+/* ------------------------------------------------------------ eval & co */
+
+typedef struct run_opts {
+    const char *ckpt, *data, *out, *columns, *context, *ctxfile;
+    flow_data_format format;
+    size_t batch, n;
+    uint64_t seed;
+    int json, with_logprob, header, has_n;
+} run_opts;
+
+/* mode 0: --data commands; 1: sample; 2: info (checkpoint only) */
+static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
+                     void (*usage)(FILE *), int mode)
+{
+    int sampling = mode == 1, needs_data = mode == 0;
+    cli_args a = {argc, 1, argv, cmd, NULL, NULL};
+    const char *pos;
+    int k, rc = 0;
+    memset(o, 0, sizeof *o);
+    o->batch = 4096;
+    o->header = 1;
+    o->out = "-";
+    while (rc == 0 && (k = next_arg(&a, &pos)) >= 0) {
+        if (k == 0) {
+            if (o->ckpt)
+                return usage_error(&a, "unexpected argument '%s'", pos);
+            o->ckpt = pos;
+        } else if (opt_is(&a, "--help") || opt_is(&a, "-h")) {
+            usage(stdout);
+            return -1;
+        } else if (needs_data && opt_is(&a, "--data"))
+            rc = (o->data = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (needs_data && opt_is(&a, "--columns"))
+            rc = (o->columns = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--context") && needs_data)
+            rc = (o->context = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--context") && sampling)
+            rc = (o->ctxfile = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "-o") || opt_is(&a, "--output"))
+            rc = (o->out = opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (opt_is(&a, "--format"))
+            rc = parse_format(&a, &o->format);
+        else if (opt_is(&a, "--no-header"))
+            o->header = 0;
+        else if (opt_is(&a, "--batch"))
+            rc = parse_size(&a, &o->batch, 1);
+        else if (opt_is(&a, "--json"))
+            o->json = 1;
+        else if (sampling && opt_is(&a, "-n")) {
+            rc = parse_size(&a, &o->n, 1);
+            o->has_n = 1;
+        } else if (sampling && opt_is(&a, "--seed"))
+            rc = parse_u64v(&a, &o->seed);
+        else if (sampling && opt_is(&a, "--with-logprob"))
+            o->with_logprob = 1;
+        else
+            return usage_error(&a, "unknown option '%s'", a.opt);
+    }
+    if (rc)
+        return rc;
+    if (!o->ckpt)
+        return usage_error(&a, "missing CKPT");
+    if (needs_data && !o->data)
+        return usage_error(&a, "missing --data FILE");
+    if (sampling && !o->has_n)
+        return usage_error(&a, "missing -n N");
+    return 0;
+}
+
+static void eval_usage(FILE *f)
+{
+    fputs("usage: flowkit eval CKPT --data FILE [--columns L] [--context L]\n"
+          "                    [--batch B] [--json]\n\n"
+          "Mean log-likelihood (nats per sample) with its standard error, and\n"
+          "bits per dimension, of the rows of FILE under the model.\n", f);
+}
+
+int cmd_eval(int argc, char **argv)
+{
+    const char *cmd = "flowkit eval";
+    run_opts o;
+    loaded l;
+    flow_data *d;
+    double mean, se, bpd;
+    size_t dim;
+    int rc;
+    if ((rc = parse_run(argc, argv, cmd, &o, eval_usage, 0)) != 0)
+        return rc < 0 ? 0 : rc;
+    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+        return 1;
+    dim = flow_model_dim(l.model);
+    if (!(d = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
+                        flow_model_context_dim(l.model)))) {
+        loaded_free(&l);
+        return 1;
+    }
+    rc = flow_model_evaluate(l.model, flow_data_rows(d), flow_data_values(d),
+                             flow_data_context(d), o.batch, &mean, &se);
+    if (rc != FLOW_OK) {
+        fail(l.ctx, cmd);
+        flow_data_free(d);
+        loaded_free(&l);
+        return 1;
+    }
+    /* bits/dim of the negative log-likelihood: -mean / (D ln 2) */
+    bpd = -mean / ((double)dim * log(2.0));
+    if (o.json)
+        printf("{\"rows\": %zu, \"loglik\": %.9g, \"stderr\": %.9g, "
+               "\"bits_per_dim\": %.9g, \"logdet\": \"exact\"}\n",
+               flow_data_rows(d), mean, se, bpd);
+    else
+        printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
+               "%.6f bits/dim\n", mean, se, flow_data_rows(d), bpd);
+    flow_data_free(d);
+    loaded_free(&l);
+    return 0;
+}
+
+/* Writes n rows of width w (+ one logprob context column) to o->out. */
+static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
+                      size_t n, size_t w, const flow_real *rows,
+                      const flow_real *lp, size_t cw, const flow_real *cv)
+{
+    flow_data *out = flow_data_new(ctx, n, w, cw + (lp != NULL));
+    size_t k = cw + (lp != NULL);
+    int rc;
+    if (!out)
+        return fail(ctx, cmd);
+    if (w)
+        memcpy(flow_data_values(out), rows, n * w * sizeof *rows);
+    for (size_t r = 0; r < n; r++) {
+        if (cw)
+            memcpy(flow_data_context(out) + r * k, cv + r * cw,
+                   cw * sizeof *cv);
+        if (lp)
+            flow_data_context(out)[r * k + cw] = lp[r];
+    }
+    rc = flow_data_write(ctx, out, o->out, o->format, o->header);
+    flow_data_free(out);
+    return rc == FLOW_OK ? 0 : fail(ctx, cmd);
+}
+
+static void logprob_usage(FILE *f)
+{
+    fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] [--format csv|npy]\n"
+          "                       [--columns L] [--context L] [--no-header]\n\n"
+          "One log-density (nats) per input row, in input order.\n", f);
+}
+
+/* logprob, encode (dir 0) and decode (dir 1) share the data loop. */
+static int map_rows(int argc, char **argv, const char *cmd,
+                    void (*usage)(FILE *), int what)
+{
+    run_opts o;
+    loaded l;
+    flow_data *d;
+    flow_real *res = NULL;
+    size_t n, dim, w;
+    int rc;
+    if ((rc = parse_run(argc, argv, cmd, &o, usage, 0)) != 0)
+        return rc < 0 ? 0 : rc;
+    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+        return 1;
+    dim = flow_model_dim(l.model);
+    if (!(d = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
+                        flow_model_context_dim(l.model)))) {
+        loaded_free(&l);
+        return 1;
+    }
+    n = flow_data_rows(d);
+    w = what == 0 ? 1 : dim;
+    if (!(res = malloc(n * w * sizeof *res))) {
+        rc = fail(l.ctx, cmd);
+        goto out;
+    }
+    for (size_t r = 0; r < n; r += o.batch) {
+        size_t b = n - r < o.batch ? n - r : o.batch, k;
+        const flow_real *x = flow_data_values(d) + r * dim;
+        const flow_real *c = flow_data_context(d);
+        k = flow_model_context_dim(l.model);
+        c = c ? c + r * k : NULL;
+        rc = what == 0 ? flow_model_log_prob(l.model, b, x, c, res + r)
+           : what == 1 ? flow_model_forward(l.model, b, x, c, res + r * dim,
+                                            NULL)
+                       : flow_model_inverse(l.model, b, x, c, res + r * dim,
+                                            NULL);
+        if (rc != FLOW_OK) {
+            rc = fail(l.ctx, cmd);
+            goto out;
+        }
+    }
+    rc = what == 0 ? write_rows(l.ctx, cmd, &o, n, 0, NULL, res, 0, NULL)
+                   : write_rows(l.ctx, cmd, &o, n, dim, res, NULL, 0, NULL);
+out:
+    free(res);
+    flow_data_free(d);
+    loaded_free(&l);
+    return rc;
+}
+
+int cmd_logprob(int argc, char **argv)
+{
+    return map_rows(argc, argv, "flowkit logprob", logprob_usage, 0);
+}
+
+static void encode_usage(FILE *f)
+{
+    fputs("usage: flowkit encode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
+          "Maps data x to latents z (the density direction).  With exits, z\n"
+          "holds the exits' dimensions first, then the final output.\n", f);
+}
+
+int cmd_encode(int argc, char **argv)
+{
+    return map_rows(argc, argv, "flowkit encode", encode_usage, 1);
+}
+
+static void decode_usage(FILE *f)
+{
+    fputs("usage: flowkit decode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
+          "Maps latents z back to data x (the sampling direction); the inverse\n"
+          "of encode.\n", f);
+}
+
+int cmd_decode(int argc, char **argv)
+{
+    return map_rows(argc, argv, "flowkit decode", decode_usage, 2);
+}
+
+static void sample_usage(FILE *f)
+{
+    fputs("usage: flowkit sample CKPT -n N [--seed S] [--with-logprob]\n"
+          "                      [--context FILE] [-o OUT] [--format csv|npy]\n\n"
+          "Draws N samples (for a conditional model, N for each row of the\n"
+          "--context file, which is appended to each sample).  With\n"
+          "--with-logprob the last column is each sample's log-density.\n", f);
+}
+
+int cmd_sample(int argc, char **argv)
+{
+    const char *cmd = "flowkit sample";
+    run_opts o;
+    loaded l;
+    flow_data *cd = NULL;
+    flow_real *x = NULL, *lp = NULL, *cv = NULL;
+    size_t dim, k, m = 1, total;
+    int rc = 1;
+    if ((rc = parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
+        return rc < 0 ? 0 : rc;
+    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+        return 1;
+    rc = 1;
+    dim = flow_model_dim(l.model);
+    k = flow_model_context_dim(l.model);
+    if (k && !o.ctxfile) {
+        fprintf(stderr, "%s: the model is conditional: give --context FILE "
+                "with %zu columns\n", cmd, k);
+        goto out;
+    }
+    if (!k && o.ctxfile) {
+        fprintf(stderr, "%s: the model takes no context\n", cmd);
+        goto out;
+    }
+    if (k) {
+        if (flow_data_read(l.ctx, o.ctxfile, NULL, NULL, k, &cd) != FLOW_OK) {
+            fail(l.ctx, cmd);
+            goto out;
+        }
+        m = flow_data_rows(cd);
+    }
+    if (o.n > SIZE_MAX / 8 / (dim + k + 1) / m) {
+        fprintf(stderr, "%s: -n %zu is too large\n", cmd, o.n);
+        goto out;
+    }
+    total = o.n * m;
+    x = malloc(total * dim * sizeof *x);
+    lp = malloc(total * sizeof *lp);
+    cv = k ? malloc(total * k * sizeof *cv) : NULL;
+    if (!x || !lp || (k && !cv)) {
+        fail(l.ctx, cmd);
+        goto out;
+    }
+    for (size_t j = 0; j < total; j++)
+        if (k)
+            memcpy(cv + j * k, flow_data_values(cd) + (j / o.n) * k,
+                   k * sizeof *cv);
+    flow_model_seed(l.model, o.seed);
+    for (size_t r = 0; r < total; r += o.batch) {
+        size_t b = total - r < o.batch ? total - r : o.batch;
+        if (flow_model_sample(l.model, b, k ? cv + r * k : NULL, x + r * dim,
+                              lp + r) != FLOW_OK) {
+            fail(l.ctx, cmd);
+            goto out;
+        }
+    }
+    rc = write_rows(l.ctx, cmd, &o, total, dim, x, o.with_logprob ? lp : NULL,
+                    k, cv);
+out:
+    free(x);
+    free(lp);
+    free(cv);
+    flow_data_free(cd);
+    loaded_free(&l);
+    return rc;
+}
+
+/* ------------------------------------------------------------ info */
+
+static void info_usage(FILE *f)
+{
+    fputs("usage: flowkit info CKPT [--json]\n\n"
+          "The checkpoint's toolkit version, precision, spec, parameters and\n"
+          "training history.\n", f);
+}
+
+int cmd_info(int argc, char **argv)
+{
+    const char *cmd = "flowkit info";
+    static const char *const keys[] = {
+        "format_version", "flowkit_version", "precision", "epoch", "step",
+        "best_score", "spec_hash", NULL};
+    run_opts o;
+    loaded l;
+    int rc;
+    if ((rc = parse_run(argc, argv, cmd, &o, info_usage, 2)) != 0)
+        return rc < 0 ? 0 : rc;
+    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+        return 1;
+    if (o.json) {
+        printf("{\"checkpoint\": \"%s\", \"parameters\": %zu", o.ckpt,
+               flow_model_num_params(l.model));
+        for (const char *const *k = keys; *k; k++) {
+            const char *v = flow_checkpoint_meta(l.ck, *k);
+            if (v)
+                printf(", \"%s\": \"%s\"", *k, v);
+        }
+        printf(", \"history\": %s}\n", flow_checkpoint_meta(l.ck, "history")
+               ? flow_checkpoint_meta(l.ck, "history") : "[]");
+    } else {
+        printf("checkpoint   %s\nparameters   %zu\nlayers       %zu\n", o.ckpt,
+               flow_model_num_params(l.model),
+               flow_model_num_layers(l.model));
+        for (const char *const *k = keys; *k; k++) {
+            const char *v = flow_checkpoint_meta(l.ck, *k);
+            if (v)
+                printf("%-12s %s\n", *k, v);
+        }
+        printf("history      %s\n\nspec:\n%s", flow_checkpoint_meta(l.ck,
+               "history") ? flow_checkpoint_meta(l.ck, "history") : "[]",
+               l.spec_source);
+        flow_graph_print_report(flow_compile_graph(l.comp), stdout);
+    }
+    loaded_free(&l);
+    return 0;
+}
