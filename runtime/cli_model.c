@@ -846,16 +846,33 @@ int cmd_eval(int argc, char **argv)
     return 0;
 }
 
-/* Writes n rows of width w (+ one logprob context column) to o->out. */
+/* Writes n rows of width w named PREFIX0.. (+ cw context columns named as
+ * in cnames or c0.., + one "logprob" column) to o->out. */
 static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
-                      size_t n, size_t w, const flow_real *rows,
-                      const flow_real *lp, size_t cw, const flow_real *cv)
+                      size_t n, size_t w, const char *prefix,
+                      const flow_real *rows, const flow_real *lp, size_t cw,
+                      const flow_real *cv, const flow_data *cnames)
 {
-    flow_data *out = flow_data_new(ctx, n, w, cw + (lp != NULL));
-    size_t k = cw + (lp != NULL);
-    int rc;
-    if (!out)
-        return fail(ctx, cmd);
+    size_t k = cw + (lp != NULL), nn = w + k;
+    flow_data *out = flow_data_new(ctx, n, w, k);
+    char **names = calloc(nn ? nn : 1, sizeof *names);
+    int rc = FLOW_ERR_NOMEM;
+    if (!out || !names)
+        goto done;
+    for (size_t j = 0; j < nn; j++) {
+        const char *cn = j >= w && j < w + cw && cnames
+                       ? flow_data_column_name(cnames, j - w) : NULL;
+        if (!(names[j] = malloc(32 + (cn ? strlen(cn) : 0))))
+            goto done;
+        if (j < w)
+            snprintf(names[j], 32, "%s%zu", prefix, j);
+        else if (cn)
+            strcpy(names[j], cn);
+        else if (j < w + cw)
+            snprintf(names[j], 32, "c%zu", j - w);
+        else
+            strcpy(names[j], "logprob");
+    }
     if (w)
         memcpy(flow_data_values(out), rows, n * w * sizeof *rows);
     for (size_t r = 0; r < n; r++) {
@@ -865,8 +882,17 @@ static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
         if (lp)
             flow_data_context(out)[r * k + cw] = lp[r];
     }
-    rc = flow_data_write(ctx, out, o->out, o->format, o->header);
+    if ((rc = flow_data_set_column_names(ctx, out,
+                                         (const char *const *)names))
+        == FLOW_OK)
+        rc = flow_data_write(ctx, out, o->out, o->format, o->header);
+done:
+    for (size_t j = 0; names && j < nn; j++)
+        free(names[j]);
+    free(names);
     flow_data_free(out);
+    if (rc == FLOW_ERR_NOMEM && !*flow_errmsg(ctx))
+        flow_ctx_error(ctx, rc, "out of memory");
     return rc == FLOW_OK ? 0 : fail(ctx, cmd);
 }
 
@@ -919,8 +945,10 @@ static int map_rows(int argc, char **argv, const char *cmd,
             goto out;
         }
     }
-    rc = what == 0 ? write_rows(l.ctx, cmd, &o, n, 0, NULL, res, 0, NULL)
-                   : write_rows(l.ctx, cmd, &o, n, dim, res, NULL, 0, NULL);
+    rc = what == 0
+       ? write_rows(l.ctx, cmd, &o, n, 0, "", NULL, res, 0, NULL, NULL)
+       : write_rows(l.ctx, cmd, &o, n, dim, what == 1 ? "z" : "x", res,
+                    NULL, 0, NULL, NULL);
 out:
     free(res);
     flow_data_free(d);
@@ -1023,8 +1051,8 @@ int cmd_sample(int argc, char **argv)
             goto out;
         }
     }
-    rc = write_rows(l.ctx, cmd, &o, total, dim, x, o.with_logprob ? lp : NULL,
-                    k, cv);
+    rc = write_rows(l.ctx, cmd, &o, total, dim, "x", x,
+                    o.with_logprob ? lp : NULL, k, cv, cd);
 out:
     free(x);
     free(lp);

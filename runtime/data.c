@@ -82,6 +82,12 @@ nomem:
     return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 }
 
+int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
+                               const char *const *names)
+{
+    return data_set_names(ctx, data, names);
+}
+
 /* Grows x and ctx to hold at least `rows` rows (amortised doubling). */
 static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
                        size_t *cap, size_t rows)

@@ -28,6 +28,7 @@ int main(void)
     srunner_add_suite(sr, suite_train());
     srunner_add_suite(sr, suite_conform());
     srunner_add_suite(sr, suite_layers());
+    srunner_add_suite(sr, suite_ckpt_model());
     /* numerics */
     srunner_add_suite(sr, suite_matrix());
     srunner_add_suite(sr, suite_nn());

@@ -12,6 +12,7 @@ Suite *suite_model(void);
 Suite *suite_train(void);
 Suite *suite_conform(void);
 Suite *suite_layers(void);
+Suite *suite_ckpt_model(void);
 /* numerics */
 Suite *suite_matrix(void);
 Suite *suite_nn(void);

@@ -294,6 +294,10 @@ FLOW_API size_t flow_data_context_dim(const flow_data *data);
 FLOW_API flow_real *flow_data_values(flow_data *data);
 /* Row-major n x context_dim values, owned by data; NULL when none. */
 FLOW_API flow_real *flow_data_context(flow_data *data);
+/* Sets the column names (copied): dim + context_dim entries, data columns
+ * first; used by CSV headers. */
+FLOW_API int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
+                                        const char *const *names);
 /* Name of column j (data columns first, then context columns), owned by
  * data; NULL when the data set has no names or j is out of range. */
 FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
