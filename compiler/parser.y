@@ -9,6 +9,7 @@ typedef struct parse_ctx {
     stmt *items;                  /* START_FILE result                    */
     expr *expr;                   /* START_EXPR result                    */
     int deep_reported;
+    int long_reported;
 } parse_ctx;
 }
 
@@ -276,7 +277,14 @@ args_opt : %empty               { $$.head = $$.tail = NULL; $$.n = 0; }
          ;
 
 args : arg                      { $$.head = $$.tail = NULL; $$.n = 0; args_add(&$$, $1); }
-     | args ',' arg             { $$ = $1; args_add(&$$, $3); }
+     | args ',' arg             {
+           $$ = $1;
+           if ($$.n < FLOW_MAX_LIST)
+               args_add(&$$, $3);
+           else if (!p->long_reported++)
+               diag_error(p->c, "F0400", @3, NULL, "more than %d "
+                          "arguments", FLOW_MAX_LIST);
+       }
      ;
 
 /* arg ::= expr | NAME '=' expr */
@@ -293,7 +301,14 @@ list : expr                     {
            $$.head = $$.tail = NULL; $$.n = 0;
            args_add(&$$, mk_arg(p, NULL, @1, $1, @1));
        }
-     | list ',' expr            { $$ = $1; args_add(&$$, mk_arg(p, NULL, @3, $3, @3)); }
+     | list ',' expr            {
+           $$ = $1;
+           if ($$.n < FLOW_MAX_LIST)
+               args_add(&$$, mk_arg(p, NULL, @3, $3, @3));
+           else if (!p->long_reported++)
+               diag_error(p->c, "F0400", @3, NULL, "list longer than %d "
+                          "items", FLOW_MAX_LIST);
+       }
      ;
 
 /* expr ::= INT | REAL | STRING | NAME | NAME '(' [args] ')' | '[' [list] ']'

@@ -11,7 +11,8 @@
 #include "compiler.h"
 
 #define MAX_IMPORT_DEPTH 32
-#define MAX_WORK 1000000       /* statements expanded, all loops together */
+#define MAX_WORK 250000        /* statements expanded, all loops together */
+#define MAX_VALUES 1000000     /* values made by evaluation, all together */
 #define MAX_SUGGEST 512
 
 typedef struct binding {
@@ -39,6 +40,8 @@ typedef struct sema {
     const stmt *calls[FLOW_MAX_NESTING];
     int depth;
     size_t work;
+    size_t cells;               /* sum of layer widths so far             */
+    size_t values;              /* evaluated values so far                */
     int halted;                 /* a limit was hit: stop expanding        */
     int have_input, have_context, have_output;
     int said_no_input, said_no_output;  /* reported: no "missing" error */
@@ -109,7 +112,16 @@ static const blockdef *find_block(const sema *S, const char *name)
 
 static value *new_value(sema *S, value_kind k, flow_loc loc)
 {
-    value *v = arena_alloc(&S->c->mem, sizeof *v);
+    value *v;
+    if (++S->values > MAX_VALUES) {
+        if (!S->halted)
+            diag_error(S->c, "F0400", loc, "reduce the repeat counts or "
+                       "move long lists into a const", "expansion makes "
+                       "more than %d values", MAX_VALUES);
+        S->halted = 1;
+        return NULL;
+    }
+    v = arena_alloc(&S->c->mem, sizeof *v);
     if (v) {
         v->kind = k;
         v->loc = loc;
@@ -205,16 +217,24 @@ static value *eval_call_or_list(sema *S, const expr *e, binding *sc)
         return NULL;
     v->s = e->s;
     v->n = e->n;
+    if ((S->values += e->n) > MAX_VALUES)
+        return new_value(S, V_INT, e->loc);  /* reports the limit */
     v->items = arena_array(&S->c->mem, e->n, sizeof *v->items);
-    v->names = arena_array(&S->c->mem, e->n, sizeof *v->names);
-    v->name_locs = arena_array(&S->c->mem, e->n, sizeof *v->name_locs);
-    if (!v->items || !v->names || !v->name_locs)
+    if (e->kind == E_CALL) {
+        v->names = arena_array(&S->c->mem, e->n, sizeof *v->names);
+        v->name_locs = arena_array(&S->c->mem, e->n, sizeof *v->name_locs);
+        if (!v->names || !v->name_locs)
+            return NULL;
+    }
+    if (!v->items)
         return NULL;
     for (const arg *a = e->args; a; a = a->next, i++) {
         if (!(v->items[i] = eval(S, a->value, sc)))
             return NULL;
-        v->names[i] = a->name;
-        v->name_locs[i] = a->name_loc;
+        if (e->kind == E_CALL) {
+            v->names[i] = a->name;
+            v->name_locs[i] = a->name_loc;
+        }
     }
     return v;
 }
@@ -365,6 +385,14 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
     if (g->n_nodes >= FLOW_MAX_LAYERS) {
         diag_error(S->c, "F0400", s->loc, "reduce the repeat counts",
                    "more than %d layers after expansion", FLOW_MAX_LAYERS);
+        S->halted = 1;
+        return NULL;
+    }
+    /* every layer keeps a dependency vector of its width */
+    if ((S->cells += S->dim) > FLOW_MAX_CELLS) {
+        diag_error(S->c, "F0400", s->loc, "use fewer layers or a smaller "
+                   "input", "model too large: layers x width exceeds %u",
+                   (unsigned)FLOW_MAX_CELLS);
         S->halted = 1;
         return NULL;
     }
@@ -624,6 +652,13 @@ static void expand_block(sema *S, const blockdef *bd, const stmt *s,
     }
     if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
         return;
+    for (size_t j = 1; j < s->n; j++)
+        if (!names[j] && names[j - 1]) {
+            diag_error(S->c, "F0206", vals[j]->loc, "write name = value",
+                       "positional argument after named ones in block "
+                       "'%s'", def->name);
+            return;
+        }
     /* positional arguments bind in order; named ones by parameter name */
     for (const arg *p = def->args; p; p = p->next, i++) {
         value *v = vals[i];
@@ -1078,7 +1113,7 @@ static void do_import(sema *S, int fi, const stmt *s)
     if ((err = parse_read_file(path, &text, &len)) != 0) {
         diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
                    "'%s': %s", path, err == EFBIG
-                   ? "file is larger than 16 MiB" : strerror(err));
+                   ? "file is larger than 1 MiB" : strerror(err));
         return;
     }
     nfi = parse_add_file(c, path, real, text, len);

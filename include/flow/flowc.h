@@ -26,9 +26,11 @@ extern "C" {
 #define FLOW_MAX_DIM          65536   /* input, context width            */
 #define FLOW_MAX_REPEAT        4096   /* one repeat count                */
 #define FLOW_MAX_LAYERS        4096   /* layers + exits after expansion  */
+#define FLOW_MAX_CELLS    (1u << 24)  /* sum over layers of their width  */
 #define FLOW_MAX_NESTING         64   /* brackets, repeat/block calls    */
 #define FLOW_MAX_IDENT          255   /* identifier length               */
-#define FLOW_MAX_FILE_BYTES (16u << 20) /* one source file               */
+#define FLOW_MAX_FILE_BYTES (1u << 20) /* one source file (1 MiB)         */
+#define FLOW_MAX_LIST     FLOW_MAX_DIM /* items of one list literal       */
 #define FLOW_MAX_ERRORS          50   /* then "too many errors"          */
 
 typedef struct flow_compilation flow_compilation;   /* opaque */
