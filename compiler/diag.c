@@ -228,6 +228,8 @@ static const char *line_text(const flow_compilation *c, int fi, int line,
     }
     nl = memchr(s, '\n', (size_t)(end - s));
     *len = (size_t)((nl ? nl : end) - s);
+    if (*len && s[*len - 1] == '\r')      /* CRLF line ends */
+        (*len)--;
     return s;
 }
 

@@ -835,6 +835,11 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     flow_graph_base base;
     if (!S->have_input)
         return;
+    if (S->have_output) {
+        diag_error(S->c, "F0112", s->loc, "exits come before 'output'",
+                   "exit after the 'output' declaration");
+        return;
+    }
     if (eval_int(S, s->e, sc, "exit size", &k) != 0)
         return;
     if (k < 1 || (uint64_t)k >= S->dim) {
