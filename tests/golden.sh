@@ -107,5 +107,23 @@ G=tests/specs/good/conditional.flow
 [ $rc -eq 0 ] && grep -qF 'context -> n0 [style=dashed];' "$t/out" && ok \
     || { bad "--emit=dot: exit $rc"; head -20 "$t/out"; }
 
+# plugins: an extra one by path, and a broken one on the search path
+FLOW_PLUGIN_PATH="${FLOW_PLUGIN_PATH%%:*}" "$FLOWC" --check \
+    --plugin="$FLOW_SPEC_PLUGINS/testlayers.so" "$G" >"$t/out" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ ! -s "$t/out" ] && ok \
+    || { bad "--plugin: exit $rc"; cat "$t/out"; }
+mkdir "$t/broken"
+cp "$FLOW_TEST_PLUGINS/badabi.so" "$t/broken/zz.so"
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/broken" "$FLOWC" --check "$G" \
+    >"$t/out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -qF "zz.so: ABI version mismatch" "$t/out" && ok \
+    || { bad "broken plugin: exit $rc"; cat "$t/out"; }
+
+# -o writes the report to a file and nothing to standard output
+"$FLOWC" --report -o "$t/report" tests/specs/good/maf64.flow >"$t/out" 2>&1
+rc=$?
+[ $rc -eq 0 ] && [ ! -s "$t/out" ] && ok || bad "-o: exit $rc"
+same "-o report" tests/specs/good/maf64.report "$t/report"
+
 echo "golden: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
