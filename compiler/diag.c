@@ -143,6 +143,7 @@ void diag_report(flow_compilation *c, flow_severity sev, const char *code,
     d = &c->diags[c->n_diags];
     memset(d, 0, sizeof *d);
     d->loc = loc;
+    d->pub.struct_size = sizeof d->pub;
     d->pub.severity = sev;
     d->pub.code = code;
     d->pub.file = loc.file >= 0 && (size_t)loc.file < c->n_files

@@ -415,6 +415,7 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
     }
     n = &g->nodes[g->n_nodes];
     memset(n, 0, sizeof *n);
+    n->struct_size = sizeof *n;
     n->kind = kind;
     n->file = S->c->files[s->loc.file].path;
     n->line = s->loc.line;
@@ -501,15 +502,23 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                           const flow_loc *attr_locs, flow_loc stmt_loc)
 {
     flow_diag d;
+    int32_t *vec;
     int rc;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     d.attr = -1;
     n->desc.struct_size = sizeof n->desc;
     n->desc.dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
-    if (!n->desc.dep_vec)
+    if (!(vec = n->desc.dep_vec))
         return -1;
     rc = n->type->describe(&n->config, &n->desc, &d);
+    if (rc == FLOW_OK && (n->desc.dep_vec != vec
+                          || n->desc.struct_size != sizeof n->desc)) {
+        n->desc.dep_vec = vec;
+        diag_error(S->c, "F0508", stmt_loc, NULL, "%s: plugin overwrote "
+                   "host-owned fields of flow_layer_desc", n->label);
+        return -1;
+    }
     if (rc != FLOW_OK) {
         flow_loc loc = stmt_loc;
         d.message[sizeof d.message - 1] = '\0';

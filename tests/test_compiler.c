@@ -78,6 +78,7 @@ START_TEST(test_expansion_and_dep_vecs)
     ck_assert_uint_eq(flow_graph_node_count(g), 4);
     for (size_t i = 0; i < 3; i++) {
         n = flow_graph_node_get(g, i);
+        ck_assert_uint_eq(n->struct_size, sizeof *n);
         ck_assert_int_eq(n->kind, FLOW_NODE_LAYER);
         ck_assert_str_eq(n->type->name, "tcoupling");
         ck_assert_uint_eq(n->in_dim, 5);
@@ -209,6 +210,7 @@ START_TEST(test_diagnostic_fields)
     ck_assert_uint_eq(flow_compile_errors(c), 1);
     ck_assert_uint_eq(flow_compile_warnings(c), 0);
     d = flow_compile_diag(c, 0);
+    ck_assert_uint_eq(d->struct_size, sizeof *d);
     ck_assert_int_eq(d->severity, FLOW_SEV_ERROR);
     ck_assert_str_eq(d->code, "F0103");
     ck_assert_str_eq(d->file, "mem.flow");

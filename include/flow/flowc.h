@@ -66,8 +66,10 @@ typedef enum flow_severity {
     FLOW_SEV_WARNING = 1
 } flow_severity;
 
-/* One diagnostic.  Strings are owned by the compilation. */
+/* One diagnostic.  Strings are owned by the compilation.  Fields are only
+ * ever appended (check struct_size before reading newer ones). */
 typedef struct flow_diagnostic {
+    uint32_t struct_size;
     flow_severity severity;
     const char *code;              /* "F0103"                               */
     const char *file;              /* as given / as imported                */
@@ -116,8 +118,10 @@ typedef enum flow_node_kind {
 } flow_node_kind;
 
 /* One node of the graph, in forward (data -> latent) order.  Read-only;
- * every pointer is owned by the compilation. */
+ * every pointer is owned by the compilation (type and plugin_file by the
+ * context).  Fields are only ever appended (check struct_size). */
 typedef struct flow_graph_node {
+    uint32_t struct_size;
     flow_node_kind kind;
     const char *file;              /* spec file of the statement            */
     int line, col;
