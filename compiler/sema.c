@@ -889,16 +889,32 @@ static void decl_output(sema *S, const stmt *s, binding *sc)
     g->output_dim = S->dim;
 }
 
-/* train { key = value; }: known keys and their value kinds. */
+/* train { key = value; }: known keys, their value kinds and ranges. */
 static const struct {
     const char *key;
     char kind;                  /* 'n' name, 'i' integer, 'r' real */
-    double min;
+    int positive;               /* > 0 (else >= 0) for numbers     */
+    const char *expects;
 } train_keys[] = {
-    {"optimizer", 'n', 0}, {"lr", 'r', 0}, {"batch", 'i', 1},
-    {"epochs", 'i', 1}, {"weight_decay", 'r', 0}, {"seed", 'i', 0},
-    {"clip", 'r', 0}, {"patience", 'i', 0},
+    {"optimizer", 'n', 0, "a name"},
+    {"lr", 'r', 1, "a positive number"},
+    {"batch", 'i', 1, "a positive integer"},
+    {"epochs", 'i', 1, "a positive integer"},
+    {"weight_decay", 'r', 0, "a number >= 0"},
+    {"seed", 'i', 0, "an integer >= 0"},
+    {"clip", 'r', 1, "a positive number"},
+    {"patience", 'i', 0, "an integer >= 0"},
 };
+
+/* Does v fit train key k? */
+static int train_value_ok(size_t k, const value *v)
+{
+    if (train_keys[k].kind == 'n')
+        return v->kind == V_IDENT || v->kind == V_STR;
+    if (!is_num(v) || (train_keys[k].kind == 'i' && v->kind != V_INT))
+        return 0;
+    return train_keys[k].positive ? num(v) > 0 : num(v) >= 0;
+}
 #define N_TRAIN (sizeof train_keys / sizeof train_keys[0])
 
 static void decl_train(sema *S, const stmt *s, binding *sc)
@@ -941,30 +957,21 @@ static void decl_train(sema *S, const stmt *s, binding *sc)
         t->key = kv->name;
         t->line = kv->loc.line;
         t->col = kv->loc.col;
-        if (train_keys[k].kind == 'n' && (v->kind == V_IDENT
-                                          || v->kind == V_STR)) {
+        if (!train_value_ok(k, v)) {
+            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
+                       "expects %s, got %s", kv->name,
+                       train_keys[k].expects, attr_value_desc(S->c, v));
+            continue;
+        }
+        if (train_keys[k].kind == 'n') {
             t->text = v->s;
-        } else if (train_keys[k].kind != 'n' && is_num(v)
-                   && (train_keys[k].kind == 'r' || v->kind == V_INT)
-                   && num(v) >= train_keys[k].min
-                   && (train_keys[k].kind != 'r' || num(v) > 0
-                       || !strcmp(kv->name, "weight_decay"))) {
+        } else {
             t->is_number = 1;
             t->number = num(v);
             t->text = v->kind == V_INT ? arena_printf(&S->c->mem, "%lld",
                                                       (long long)v->i)
                                        : arena_printf(&S->c->mem, "%.17g",
                                                       v->r);
-        } else {
-            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
-                       "expects %s, got %s", kv->name,
-                       train_keys[k].kind == 'n' ? "a name"
-                       : train_keys[k].kind == 'i'
-                           ? (train_keys[k].min > 0 ? "a positive integer"
-                                                    : "an integer >= 0")
-                           : "a positive number",
-                       attr_value_desc(S->c, v));
-            continue;
         }
         g->n_train++;
     }
