@@ -133,7 +133,7 @@ static void cert_text(const flow_layer_desc *d, char *buf, size_t cap)
 
 static void base_text(const flow_graph_base *b, char *buf, size_t cap)
 {
-    if (b->kind == FLOW_BASE_MIXTURE)
+    if (b->kind == FLOW_BASE_GMM)
         snprintf(buf, cap, "mixture(k = %g)%s", b->args[0],
                  b->uses_context ? " given context" : "");
     else

@@ -610,6 +610,7 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     n->config.hi = S->g->hi;
     n->config.line = s->loc.line;
     n->config.col = s->loc.col;
+    n->config.host = flow_host_services();
     if (!n->label)
         return;
     if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
@@ -712,7 +713,7 @@ static const struct {
     {"normal", FLOW_BASE_NORMAL, NULL},
     {"diag_normal", FLOW_BASE_DIAG_NORMAL, NULL},
     {"logistic", FLOW_BASE_LOGISTIC, NULL},
-    {"mixture", FLOW_BASE_MIXTURE, mixture_attrs},
+    {"mixture", FLOW_BASE_GMM, mixture_attrs},
 };
 
 #define N_BASES (sizeof bases / sizeof bases[0])
@@ -765,7 +766,7 @@ static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
     out->kind = bases[k].kind;
     out->name = bases[k].name;
     out->uses_context = ctx > 0;
-    if (out->kind == FLOW_BASE_MIXTURE) {
+    if (out->kind == FLOW_BASE_GMM) {
         out->n_args = 1;
         out->args[0] = (double)attrs[0].i;
         /* means and log-scales per component, and the mixture logits */

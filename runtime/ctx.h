@@ -30,4 +30,17 @@ void ctx_clear_error(flow_ctx *ctx);
 /* loader.c */
 void loader_free(flow_ctx *ctx);
 
+/* model.c */
+flow_ctx *model_ctx(const flow_model *m);
+
+typedef struct model_slice_info {
+    const char *name;           /* layer label, exit name or "base/output" */
+    int is_exit;
+    size_t p_off, n_params;     /* in the flat parameter vector */
+    size_t b_off, n_buffers;    /* in the flat buffer vector */
+} model_slice_info;
+
+size_t model_slice_count(const flow_model *m);
+int model_slice(const flow_model *m, size_t i, model_slice_info *s);
+
 #endif

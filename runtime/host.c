@@ -9,6 +9,10 @@
 
 #include "ctx.h"
 #include "rng.h"
+/* numerical core (numerics branch) */
+#include "matrix.h"
+#include "nn.h"
+#include "transform.h"
 
 #define HOST_ALIGN 64
 
@@ -75,6 +79,24 @@ static const flow_host host_table = {
     .rng_uniform = rng_uniform,
     .rng_normal = rng_normal,
     .rng_rademacher = rng_rademacher,
+    /* numerical core: BLAS, networks, transformers, dense LAPACK */
+    .gemm = blas_gemm_host,
+    .net_create = nn_create,
+    .net_destroy = nn_destroy,
+    .net_params = nn_params,
+    .net_init = nn_init,
+    .net_workspace = nn_workspace,
+    .net_forward = nn_forward,
+    .net_backward = nn_backward,
+    .net_jvp = nn_jvp,
+    .tf_params = tf_params,
+    .tf_forward = tf_forward,
+    .tf_inverse = tf_inverse,
+    .tf_backward = tf_backward,
+    .tf_inverse_backward = tf_inverse_backward,
+    .net_jvp_backward = nn_jvp_backward,
+    .slogdet = la_slogdet,
+    .matinv = la_matinv,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

@@ -24,6 +24,20 @@ int main(void)
 
     srunner_add_suite(sr, suite_permute());
     srunner_add_suite(sr, suite_rng());
+    srunner_add_suite(sr, suite_model());
+    srunner_add_suite(sr, suite_train());
+    srunner_add_suite(sr, suite_conform());
+    srunner_add_suite(sr, suite_layers());
+    /* numerics */
+    srunner_add_suite(sr, suite_matrix());
+    srunner_add_suite(sr, suite_nn());
+    srunner_add_suite(sr, suite_transform());
+    srunner_add_suite(sr, suite_base());
+
+    srunner_add_suite(sr, suite_data());
+    srunner_add_suite(sr, suite_datasets());
+    srunner_add_suite(sr, suite_json());
+    srunner_add_suite(sr, suite_checkpoint());
     srunner_add_suite(sr, suite_compiler());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

@@ -8,6 +8,21 @@
 Suite *suite_loader(void);
 Suite *suite_permute(void);
 Suite *suite_rng(void);
+Suite *suite_model(void);
+Suite *suite_train(void);
+Suite *suite_conform(void);
+Suite *suite_layers(void);
+/* numerics */
+Suite *suite_matrix(void);
+Suite *suite_nn(void);
+Suite *suite_transform(void);
+Suite *suite_base(void);
+
+/* files area: data, datasets, json, checkpoint */
+Suite *suite_data(void);
+Suite *suite_datasets(void);
+Suite *suite_json(void);
+Suite *suite_checkpoint(void);
 Suite *suite_compiler(void);   /* compiler branch */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four

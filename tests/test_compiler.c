@@ -144,7 +144,7 @@ START_TEST(test_params_and_costs)
     /* MADE 4 -> 8 -> 8: 5*8 + 9*8 = 112 */
     ck_assert_uint_eq(b->desc.n_params, 112);
     ck_assert_uint_eq(b->desc.cost_inverse.passes, 4);
-    ck_assert_int_eq(base->kind, FLOW_BASE_MIXTURE);
+    ck_assert_int_eq(base->kind, FLOW_BASE_GMM);
     ck_assert_uint_eq(base->n_args, 1);
     ck_assert_double_eq(base->args[0], 3.0);
     ck_assert_int_eq(base->uses_context, 1);
@@ -398,7 +398,7 @@ START_TEST(test_arena)
     ck_assert_ptr_nonnull(big);
     ck_assert_ptr_nonnull(after);
     ck_assert_int_eq(big[199999], 0);        /* zeroed */
-    ck_assert_uint_eq((uintptr_t)after % sizeof(max_align_t), 0);
+    ck_assert_uint_eq((uintptr_t)after % _Alignof(max_align_t), 0);
     ck_assert_ptr_null(arena_array(&a, SIZE_MAX / 2, 8));
     ck_assert_int_eq(a.failed, 1);
     ck_assert_str_eq(arena_printf(&a, "%s#%d", "x", 3), "x#3");

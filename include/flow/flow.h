@@ -74,6 +74,279 @@ FLOW_API const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
                                                        const char *name,
                                                        const char **file);
 
+/* --- models ----------------------------------------------------------
+ * A model is built by calls, in forward (data -> latent) order: the
+ * compiler makes them in process, and `flowc --emit=c` writes them out.
+ * The model keeps one flat parameter vector (layer slices in order, then
+ * base distributions' parameters), one flat buffer vector (non-trainable
+ * state), and a random stream. */
+typedef struct flow_model flow_model;
+
+/* Base distributions of the final output and of exits. */
+typedef enum flow_base_kind {
+    FLOW_BASE_NORMAL = 1,      /* standard normal, no parameters           */
+    FLOW_BASE_DIAG_NORMAL = 2, /* learnable mean and log-std per dimension */
+    FLOW_BASE_LOGISTIC = 3,    /* standard logistic per dimension           */
+    FLOW_BASE_GMM = 4          /* learnable diagonal Gaussian mixture;
+                                  args[0] = number of components            */
+} flow_base_kind;
+
+/* New empty model on `ctx` (which must outlive it) for inputs of `dim`
+ * dimensions and `context_dim` context dimensions (0: unconditional).
+ * NULL on failure (message in ctx).  Free with flow_model_free. */
+FLOW_API flow_model *flow_model_new(flow_ctx *ctx, size_t dim,
+                                    size_t context_dim);
+FLOW_API void flow_model_free(flow_model *m);
+
+/* Appends a layer of a loaded type.  `attrs` holds one resolved value per
+ * attribute of the type, in the type's table order (as the compiler
+ * produces them); it is deep-copied.  `given` = 1 feeds the model's context
+ * to the layer.  `label` (copied) names the layer in messages; line/col are
+ * its spec position (0 if none).  The layer's describe() runs here: a
+ * failure returns its message. */
+FLOW_API int flow_model_add_layer(flow_model *m, const char *type,
+                                  const char *label,
+                                  const flow_attr_value *attrs,
+                                  size_t n_attrs, int given, int line,
+                                  int col);
+/* Factors the first k dimensions of the current state out to their own
+ * base distribution; the rest flow on. */
+FLOW_API int flow_model_add_exit(flow_model *m, size_t k, const char *name,
+                                 flow_base_kind base, const double *args,
+                                 size_t n_args);
+/* Base distribution of the final output (default: standard normal). */
+FLOW_API int flow_model_set_base(flow_model *m, flow_base_kind base,
+                                 const double *args, size_t n_args);
+/* Creates the layer instances, allocates parameters and initialises them
+ * from `seed`.  No layer may be added afterwards. */
+FLOW_API int flow_model_finish(flow_model *m, uint64_t seed);
+
+FLOW_API size_t flow_model_dim(const flow_model *m);
+FLOW_API size_t flow_model_context_dim(const flow_model *m);
+FLOW_API size_t flow_model_num_layers(const flow_model *m);
+/* Parameters (flat; owned by the model, valid until it is freed). */
+FLOW_API size_t flow_model_num_params(const flow_model *m);
+FLOW_API flow_real *flow_model_params(flow_model *m);
+FLOW_API size_t flow_model_num_buffers(const flow_model *m);
+FLOW_API flow_real *flow_model_buffers(flow_model *m);
+
+/* Training mode (batch statistics, stochastic estimators) or evaluation
+ * mode (the default). */
+FLOW_API void flow_model_set_training(flow_model *m, int training);
+
+/* Density direction on n rows: z (n x dim, exits first in the order they
+ * were added, then the final output) and logdet[r] = sum of the layers'
+ * log|det J|. `c` is n x context_dim or NULL. */
+FLOW_API int flow_model_forward(flow_model *m, size_t n, const flow_real *x,
+                                const flow_real *c, flow_real *z,
+                                flow_real *logdet);
+/* Sampling direction: x = f^-1(z), logdet[r] = log|det df^-1/dz|. */
+FLOW_API int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
+                                const flow_real *c, flow_real *x,
+                                flow_real *logdet);
+/* logp[r] = log p(x_r | c_r) in nats. */
+FLOW_API int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
+                                 const flow_real *c, flow_real *logp);
+/* n samples drawn with the model's random stream; logp (may be NULL)
+ * receives each sample's log-density. */
+FLOW_API int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
+                               flow_real *x, flow_real *logp);
+/* Mean log-likelihood of the n rows and its gradient with respect to the
+ * parameters (grad: num_params entries, overwritten). */
+FLOW_API int flow_model_loglik_grad(flow_model *m, size_t n,
+                                    const flow_real *x, const flow_real *c,
+                                    double *mean_logp, flow_real *grad);
+/* Data-dependent initialisation of the layers that have one (actnorm),
+ * run on a batch before training; layers already initialised (e.g. from
+ * a checkpoint) are left alone. */
+FLOW_API int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
+                                  const flow_real *c);
+/* Reseeds the model's random stream. */
+FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
+
+/* The model's random stream as 6 words (for checkpoints): state, then the
+ * cached normal deviate. */
+FLOW_API void flow_model_get_rng(const flow_model *m, uint64_t out[6]);
+FLOW_API void flow_model_set_rng(flow_model *m, const uint64_t in[6]);
+
+/* --- training ---------------------------------------------------------
+ * Maximum likelihood with Adam (Kingma & Ba 2015, Algorithm 1; weight
+ * decay as an L2 term added to the gradient, as torch.optim.Adam does),
+ * shuffled mini-batches from a seeded stream, learning-rate schedules,
+ * clipping by global norm, validation with early stopping. */
+typedef enum flow_lr_schedule {
+    FLOW_LR_CONSTANT = 0,
+    FLOW_LR_COSINE = 1          /* lr * (1 + cos(pi t / T)) / 2 over the
+                                   total steps T (Loshchilov & Hutter 2017) */
+} flow_lr_schedule;
+
+typedef struct flow_train_config {
+    uint32_t struct_size;       /* sizeof(flow_train_config)               */
+    size_t batch;               /* rows per step (default 512)             */
+    double lr;                  /* learning rate (default 1e-3)            */
+    double beta1, beta2;        /* Adam (0.9, 0.999)                       */
+    double adam_eps;            /* Adam epsilon (1e-8)                     */
+    double weight_decay;        /* L2 coefficient (0)                      */
+    flow_lr_schedule schedule;  /* default constant                        */
+    size_t warmup_steps;        /* linear warm-up from 0 (default 0)       */
+    size_t total_steps;         /* horizon of the cosine schedule          */
+    double clip_norm;           /* clip the global gradient norm (0 = off) */
+    size_t patience;            /* validations without improvement before
+                                   should_stop says so (0 = never)         */
+    uint64_t seed;              /* shuffling stream (default 0)            */
+    size_t max_skipped;         /* non-finite steps in a row before the
+                                   trainer gives up (default 10)           */
+} flow_train_config;
+
+/* Fills the defaults above. */
+FLOW_API void flow_train_config_default(flow_train_config *cfg);
+
+typedef struct flow_trainer flow_trainer;
+
+/* A trainer for model m on n rows x (n x dim) with context c (n x
+ * context_dim or NULL); the data are borrowed and must outlive it. */
+FLOW_API flow_trainer *flow_trainer_new(flow_model *m,
+                                        const flow_train_config *cfg,
+                                        const flow_real *x,
+                                        const flow_real *c, size_t n);
+FLOW_API void flow_trainer_free(flow_trainer *t);
+/* One optimisation step on the next mini-batch (a new shuffle at each
+ * epoch).  *loss = the batch's negative mean log-likelihood.  A non-finite
+ * loss or gradient skips the step (counted); FLOW_ERR_NUMERIC after
+ * max_skipped such steps in a row. */
+FLOW_API int flow_trainer_step(flow_trainer *t, double *loss);
+/* Mean log-likelihood of n rows and its standard error, in evaluation
+ * mode. */
+FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
+                                 const flow_real *c, size_t batch,
+                                 double *mean, double *std_err);
+/* Records a validation score (higher is better): keeps a copy of the best
+ * parameters and counts validations without improvement. */
+FLOW_API int flow_trainer_validated(flow_trainer *t, double score);
+FLOW_API int flow_trainer_should_stop(const flow_trainer *t);
+/* Puts the best parameters (by validation) back into the model. */
+FLOW_API int flow_trainer_restore_best(flow_trainer *t);
+
+/* Everything needed to resume bit for bit. */
+typedef struct flow_train_state {
+    uint64_t step;              /* optimisation steps taken                */
+    uint64_t epoch;             /* completed epochs                        */
+    uint64_t pos;               /* rows of the current epoch consumed      */
+    uint64_t epoch_rng[6];      /* shuffle stream at the epoch's start     */
+    uint64_t skipped;           /* non-finite steps skipped in total       */
+    uint64_t bad_validations;   /* validations without improvement         */
+    double best_score;          /* -inf before any validation              */
+    int has_best;
+} flow_train_state;
+
+FLOW_API void flow_trainer_get_state(const flow_trainer *t,
+                                     flow_train_state *s);
+FLOW_API int flow_trainer_set_state(flow_trainer *t,
+                                    const flow_train_state *s);
+/* Adam moments and best parameters (num_params each; owned by t). */
+FLOW_API flow_real *flow_trainer_adam_m(flow_trainer *t);
+FLOW_API flow_real *flow_trainer_adam_v(flow_trainer *t);
+FLOW_API flow_real *flow_trainer_best_params(flow_trainer *t);
+/* Learning rate the next step will use. */
+FLOW_API double flow_trainer_lr(const flow_trainer *t);
+
+/* --- data sets (runtime/data.c; formats in docs/formats.md) ---------- */
+
+/* A data set: n rows of `dim` data columns (row-major flow_real) plus
+ * optionally `context_dim` context columns for conditional models. */
+typedef struct flow_data flow_data;
+
+typedef enum flow_data_format {
+    FLOW_DATA_AUTO = 0,   /* by name: "*.npy" is NPY, anything else CSV */
+    FLOW_DATA_CSV = 1,
+    FLOW_DATA_NPY = 2
+} flow_data_format;
+
+/* Reads a CSV or .npy file (`path` "-" reads stdin; NPY is recognised by
+ * its magic bytes).  `columns`: NULL for every column not in `context`,
+ * else a comma-separated list of header names or 0-based indices.
+ * `context`: NULL for none, else a list as for `columns`.  `dim`: 0 for
+ * any, else the required number of data columns.  On success *out is a
+ * new data set owned by the caller (flow_data_free); on failure *out is
+ * NULL and the message names file:line:column. */
+FLOW_API int flow_data_read(flow_ctx *ctx, const char *path,
+                            const char *columns, const char *context,
+                            size_t dim, flow_data **out);
+/* Writes data columns then context columns to `path` ("-": stdout), as
+ * CSV (optional header row) or NPY.  Writing a file is atomic: on failure
+ * nothing is left under `path`.  `data` is only read. */
+FLOW_API int flow_data_write(flow_ctx *ctx, const flow_data *data,
+                             const char *path, flow_data_format format,
+                             int header);
+/* New zero-filled data set owned by the caller, or NULL (message in ctx). */
+FLOW_API flow_data *flow_data_new(flow_ctx *ctx, size_t n, size_t dim,
+                                  size_t context_dim);
+FLOW_API void flow_data_free(flow_data *data);
+FLOW_API size_t flow_data_rows(const flow_data *data);
+FLOW_API size_t flow_data_dim(const flow_data *data);
+FLOW_API size_t flow_data_context_dim(const flow_data *data);
+/* Row-major n x dim values, owned by data (NULL when empty). */
+FLOW_API flow_real *flow_data_values(flow_data *data);
+/* Row-major n x context_dim values, owned by data; NULL when none. */
+FLOW_API flow_real *flow_data_context(flow_data *data);
+/* Name of column j (data columns first, then context columns), owned by
+ * data; NULL when the data set has no names or j is out of range. */
+FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
+
+/* Built-in data sets (runtime/datasets.c; definitions and densities in
+ * docs/formats.md).  Zero the struct, then set what you need. */
+typedef struct flow_dataset_params {
+    const char *name;       /* moons circles 8gaussians checkerboard pinwheel
+                               2spirals rings swissroll gmm */
+    size_t n;               /* rows, 1 .. 100000000 */
+    uint64_t seed;          /* the samples; same seed, same bits */
+    size_t dim;             /* gmm: dimension (0: 2) */
+    size_t components;      /* gmm: number of components (0: 8) */
+    uint64_t means_seed;    /* gmm: seed of the component means */
+    int labels;             /* 8gaussians: the component as a one-hot in
+                               context columns label0..label7 */
+    int with_logprob;       /* append the true log-density (nats) as the
+                               last context column "logprob"; only for
+                               8gaussians, checkerboard and gmm */
+} flow_dataset_params;
+
+/* NULL-terminated list of the built-in data set names (static). */
+FLOW_API const char *const *flow_dataset_names(void);
+/* Draws a built-in data set: columns x0.. then context columns (labels,
+ * logprob) as asked.  *out is new, owned by the caller. */
+FLOW_API int flow_data_generate(flow_ctx *ctx, const flow_dataset_params *p,
+                                flow_data **out);
+
+/* --- checkpoints (runtime/ckpt_model.c; layout in docs/formats.md) ----
+ * A checkpoint embeds the spec source, so loading one is: open it, compile
+ * flow_checkpoint_spec() (libflowc), build the model, then restore. */
+typedef struct flow_checkpoint flow_checkpoint;
+
+/* Writes model parameters (a tensor per layer, "params/<label>"), buffers,
+ * and, when t is not NULL, the optimizer and training state, plus the spec
+ * source and history (JSON text or NULL) to path, atomically.  A model
+ * with a non-finite parameter is refused (nothing is written). */
+FLOW_API int flow_checkpoint_save(flow_model *m, flow_trainer *t,
+                                  const char *spec_source,
+                                  const char *history_json, const char *path);
+/* Reads and validates a checkpoint (checksums, version, precision).
+ * *out is new, owned by the caller (flow_checkpoint_free). */
+FLOW_API int flow_checkpoint_open(flow_ctx *ctx, const char *path,
+                                  flow_checkpoint **out);
+FLOW_API void flow_checkpoint_free(flow_checkpoint *ck);
+/* The embedded spec source; metadata by key (NULL when absent).  Owned by
+ * ck. */
+FLOW_API const char *flow_checkpoint_spec(const flow_checkpoint *ck);
+FLOW_API const char *flow_checkpoint_meta(const flow_checkpoint *ck,
+                                          const char *key);
+/* Whether the checkpoint holds training state (optimizer moments). */
+FLOW_API int flow_checkpoint_has_training(const flow_checkpoint *ck);
+/* Copies parameters and buffers into m (built from the same spec), and the
+ * training state into t when t is not NULL.  Shape mismatches are errors
+ * naming the tensor. */
+FLOW_API int flow_checkpoint_restore(const flow_checkpoint *ck,
+                                     flow_model *m, flow_trainer *t);
+
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);
 

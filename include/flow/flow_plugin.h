@@ -56,6 +56,8 @@ typedef enum flow_status {
     FLOW_ERR_PLUGIN = 8    /* plugin could not be loaded or misbehaved */
 } flow_status;
 
+typedef struct flow_host flow_host;  /* host services, defined below */
+
 /* ---------------------------------------------------------------------
  * Attributes: what a layer accepts, declared statically by the plugin.
  * The compiler checks a spec's attributes against these tables (types,
@@ -234,6 +236,8 @@ typedef struct flow_layer_config {
     int has_bounds;               /* the input is known to lie in [lo, hi]  */
     double lo, hi;
     int line, col;                /* position of the layer statement        */
+    const flow_host *host;        /* host services, so describe() can size
+                                     networks (net_create / net_params)    */
 } flow_layer_config;
 
 /* Error report from describe()/create(): a message and the attribute it
@@ -249,7 +253,6 @@ typedef struct flow_diag {
 /* ---------------------------------------------------------------------
  * Execution.
  * ------------------------------------------------------------------- */
-typedef struct flow_host flow_host;
 typedef struct flow_rng flow_rng;   /* opaque, used through flow_host */
 
 /* Everything one call into a layer needs.  Built by the host per call and

@@ -96,13 +96,7 @@ FLOW_API void flow_compile_print_diags(const flow_compilation *c, FILE *f,
 
 /* --- the graph -------------------------------------------------------- */
 
-typedef enum flow_base_kind {
-    FLOW_BASE_NORMAL = 1,          /* standard normal                       */
-    FLOW_BASE_DIAG_NORMAL = 2,     /* learnable mean and log-scale          */
-    FLOW_BASE_LOGISTIC = 3,        /* standard logistic                     */
-    FLOW_BASE_MIXTURE = 4          /* Gaussian mixture, args[0] = k         */
-} flow_base_kind;
-
+/* Base distributions use flow_base_kind from flow.h. */
 typedef struct flow_graph_base {
     flow_base_kind kind;
     const char *name;              /* "normal", "mixture", ...              */

@@ -1,0 +1,226 @@
+/* actnorm.c - the `actnorm` layer: per-dimension scale and shift,
+ * z = x * exp(s) + t (Kingma & Dhariwal 2018, Glow, Table 1), with
+ * data-dependent initialisation that gives the first batch zero mean and
+ * unit variance.  Whether it ran is a buffer saved in checkpoints. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum { ATTR_EPS };
+
+static const flow_attr_spec actnorm_attrs[] = {
+    {.name = "eps", .type = FLOW_ATTR_REAL,
+     .doc = "added to the batch standard deviation at initialisation",
+     .def_real = 1e-6, .has_min = 1, .min = 0, .has_max = 1, .max = 1},
+    {0}};
+
+typedef struct actnorm {
+    size_t d;
+    double eps;
+    const flow_host *host;
+} actnorm;
+
+static int actnorm_describe(const flow_layer_config *cfg,
+                            flow_layer_desc *out, flow_diag *diag)
+{
+    (void)diag;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE
+               | FLOW_LAYER_DATA_INIT;
+    out->n_params = 2 * cfg->dim;       /* s then t */
+    out->n_buffers = 1;                 /* 1 once initialised from data */
+    out->jac = FLOW_JAC_DIAGONAL;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->cert_text = "positive scale exp(s)";
+    out->cost_forward = (flow_cost){0, 0, 2.0 * (double)cfg->dim};
+    out->cost_inverse = (flow_cost){0, 0, 2.0 * (double)cfg->dim};
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void *actnorm_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    actnorm *a = host->calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(diag->message, sizeof diag->message, "out of memory");
+        return NULL;
+    }
+    a->d = cfg->dim;
+    a->eps = cfg->attrs[ATTR_EPS].r;
+    a->host = host;
+    return a;
+}
+
+static void actnorm_destroy(void *self)
+{
+    actnorm *a = self;
+    if (a)
+        a->host->free(a);
+}
+
+static size_t actnorm_workspace(void *self, size_t n, int dir)
+{
+    (void)self, (void)n, (void)dir;
+    return 0;
+}
+
+static int actnorm_init(void *self, const flow_call *c, flow_real *params)
+{
+    actnorm *a = self;
+    memset(params, 0, 2 * a->d * sizeof *params);
+    c->buffers[0] = 0;
+    return FLOW_OK;
+}
+
+/* Sets s, t so that the batch leaves with mean 0 and variance 1 per
+ * dimension (Glow, sec. 3.1). */
+static int actnorm_data_init(void *self, const flow_call *c,
+                             flow_real *params, const flow_real *x)
+{
+    actnorm *a = self;
+    size_t d = a->d, n = c->n;
+    if (c->buffers[0] != 0)
+        return FLOW_OK;             /* initialised before (checkpoint) */
+    if (n < 2)
+        return c->host->error(c, "data-dependent initialisation needs at "
+                              "least 2 rows, got %zu", n);
+    for (size_t i = 0; i < d; i++) {
+        double mean = 0, var = 0, sd;
+        for (size_t r = 0; r < n; r++)
+            mean += x[r * d + i];
+        mean /= (double)n;
+        for (size_t r = 0; r < n; r++) {
+            double v = x[r * d + i] - mean;
+            var += v * v;
+        }
+        sd = sqrt(var / (double)n) + a->eps;
+        if (!(sd > 0) || !isfinite(sd))
+            return c->host->error(c, "dimension %zu is constant in the first "
+                                  "batch; cannot initialise its scale", i);
+        params[i] = (flow_real)(-log(sd));
+        params[d + i] = (flow_real)(-mean / sd);
+    }
+    c->buffers[0] = 1;
+    return FLOW_OK;
+}
+
+static int actnorm_forward(void *self, const flow_call *c, const flow_real *x,
+                           flow_real *z, flow_real *logdet)
+{
+    const actnorm *a = self;
+    const flow_real *s = c->params, *t = c->params + a->d;
+    double ld = 0;
+    for (size_t i = 0; i < a->d; i++)
+        ld += s[i];
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < a->d; i++)
+            z[r * a->d + i] = x[r * a->d + i] * (flow_real)exp(s[i]) + t[i];
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+static int actnorm_inverse(void *self, const flow_call *c, const flow_real *z,
+                           flow_real *x, flow_real *logdet)
+{
+    const actnorm *a = self;
+    const flow_real *s = c->params, *t = c->params + a->d;
+    double ld = 0;
+    for (size_t i = 0; i < a->d; i++)
+        ld -= s[i];
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < a->d; i++)
+            x[r * a->d + i] = (z[r * a->d + i] - t[i]) * (flow_real)exp(-s[i]);
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+/* z = x e^s + t:  dx = dz e^s;  ds = sum dz x e^s + dlogdet;  dt = sum dz */
+static int actnorm_forward_backward(void *self, const flow_call *c,
+                                    const flow_real *x, const flow_real *z,
+                                    const flow_real *dz,
+                                    const flow_real *dlogdet, flow_real *dx)
+{
+    const actnorm *a = self;
+    const flow_real *s = c->params;
+    (void)z;
+    for (size_t i = 0; i < a->d; i++) {
+        double e = exp(s[i]), gs = 0, gt = 0;
+        for (size_t r = 0; r < c->n; r++) {
+            double g = dz[r * a->d + i];
+            dx[r * a->d + i] = (flow_real)(g * e);
+            gs += g * x[r * a->d + i] * e + dlogdet[r];
+            gt += g;
+        }
+        if (c->grad) {
+            c->grad[i] += (flow_real)gs;
+            c->grad[a->d + i] += (flow_real)gt;
+        }
+    }
+    return FLOW_OK;
+}
+
+/* x = (z - t) e^-s, logdet = -sum s:
+ * dz = dx e^-s;  dt = -sum dx e^-s;  ds = -sum dx x - dlogdet */
+static int actnorm_inverse_backward(void *self, const flow_call *c,
+                                    const flow_real *z, const flow_real *x,
+                                    const flow_real *dx,
+                                    const flow_real *dlogdet, flow_real *dz)
+{
+    const actnorm *a = self;
+    const flow_real *s = c->params;
+    (void)z;
+    for (size_t i = 0; i < a->d; i++) {
+        double e = exp(-s[i]), gs = 0, gt = 0;
+        for (size_t r = 0; r < c->n; r++) {
+            double g = dx[r * a->d + i];
+            dz[r * a->d + i] = (flow_real)(g * e);
+            gs += -g * x[r * a->d + i] - dlogdet[r];
+            gt += -g * e;
+        }
+        if (c->grad) {
+            c->grad[i] += (flow_real)gs;
+            c->grad[a->d + i] += (flow_real)gt;
+        }
+    }
+    return FLOW_OK;
+}
+
+static const flow_layer_type actnorm_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "actnorm",
+    .summary = "per-dimension scale and shift, initialised from the first "
+               "batch",
+    .attrs = actnorm_attrs,
+    .describe = actnorm_describe,
+    .create = actnorm_create,
+    .destroy = actnorm_destroy,
+    .workspace = actnorm_workspace,
+    .init = actnorm_init,
+    .data_init = actnorm_data_init,
+    .forward = actnorm_forward,
+    .inverse = actnorm_inverse,
+    .forward_backward = actnorm_forward_backward,
+    .inverse_backward = actnorm_inverse_backward,
+};
+
+static const flow_layer_type *const layers[] = {&actnorm_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "actnorm",
+    .version = FLOW_VERSION_STRING,
+    .summary = "activation normalisation",
+    .n_layers = 1,
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

@@ -1,0 +1,415 @@
+/* autoregressive.h - shared by maf.c and iaf.c: an autoregressive layer
+ * b_i = tau(a_i; theta_i(a_<i)) with a MADE conditioner (Germain et al.
+ * 2015; MAF, Papamakarios et al. 2017, eqs. 2-3; IAF, Kingma et al. 2016,
+ * eqs. 9-10).  The map F: a -> b is one conditioner pass; its inverse G:
+ * b -> a takes D sequential passes.  MAF uses F for density (x -> z); IAF
+ * uses F for sampling (z -> x), so an IAF with a MAF's weights computes
+ * exactly that MAF's inverse. */
+#ifndef FLOW_PLUGINS_AUTOREGRESSIVE_H
+#define FLOW_PLUGINS_AUTOREGRESSIVE_H
+
+#include "common.h"
+
+enum { AR_TRANSFORMER, AR_ORDER, AR_HIDDEN, AR_ACTIVATION, AR_IDENTITY_INIT };
+enum { ORD_NATURAL, ORD_REVERSE, ORD_RANDOM, ORD_EXPLICIT };
+
+static const flow_attr_spec ar_seed_attrs[] = {
+    {.name = "seed", .type = FLOW_ATTR_INT, .doc = "seed of the order",
+     .def_int = 0, .has_min = 1, .min = 0},
+    {0}};
+static const flow_attr_spec ar_explicit_attrs[] = {
+    {.name = "order", .type = FLOW_ATTR_INT_LIST, .required = 1,
+     .doc = "order[i] = position of dimension i in the generation sequence;"
+            " a permutation of 0..D-1", .has_min = 1, .min = 0,
+     .min_len = 1},
+    {0}};
+
+static const flow_variant_alt ar_order_alts[] = {
+    {.name = "natural", .doc = "dimension i is generated i-th"},
+    {.name = "reverse", .doc = "dimension i is generated (D-1-i)-th"},
+    {.name = "random", .doc = "a seeded shuffle", .attrs = ar_seed_attrs},
+    {.name = "explicit", .doc = "a permutation of 0..D-1; a bare list means "
+     "this", .attrs = ar_explicit_attrs, .bare_list = 1},
+    {0}};
+
+static const flow_attr_spec ar_attrs[] = {
+    TRANSFORMER_ATTR("affine"),
+    {.name = "order", .type = FLOW_ATTR_VARIANT,
+     .doc = "natural | reverse | random(seed) | [explicit order]",
+     .def_str = "natural", .alternatives = ar_order_alts},
+    HIDDEN_ATTR("[128, 128]"),
+    ACTIVATION_ATTR(0),
+    {.name = "identity_init", .type = FLOW_ATTR_BOOL,
+     .doc = "start as the identity map (zero last MADE layer)",
+     .def_int = 1},
+    {0}};
+
+typedef struct ar_layer {
+    const flow_host *host;
+    int swap;                   /* 0: MAF (forward = F), 1: IAF */
+    size_t d, k, P, np;
+    int32_t *order;             /* order[i]: step at which i is generated */
+    size_t *by_step;            /* by_step[s]: the dimension of step s */
+    flow_tf tf;
+    flow_net *net;
+} ar_layer;
+
+/* order from the attribute; 0, or -1 with diag set */
+static int ar_make_order(const flow_layer_config *cfg, int32_t *order,
+                         flow_diag *diag)
+{
+    const flow_attr_value *v = &cfg->attrs[AR_ORDER];
+    size_t d = cfg->dim;
+    diag->attr = AR_ORDER;
+    switch (v->i) {
+    case ORD_NATURAL:
+    case ORD_REVERSE:
+        for (size_t i = 0; i < d; i++)
+            order[i] = (int32_t)(v->i == ORD_NATURAL ? i : d - 1 - i);
+        break;
+    case ORD_RANDOM:
+        common_shuffle(order, d, (uint64_t)v->sub[0].i);
+        break;
+    case ORD_EXPLICIT: {
+        const flow_attr_value *l = &v->sub[0];
+        if (l->n != d) {
+            snprintf(diag->message, sizeof diag->message, "order has %zu "
+                     "entries but the layer's input has %zu dimensions",
+                     l->n, d);
+            return -1;
+        }
+        for (size_t i = 0; i < d; i++)
+            order[i] = -1;
+        for (size_t i = 0; i < d; i++) {
+            int64_t s = l->ilist[i];
+            if (s < 0 || (uint64_t)s >= d) {
+                snprintf(diag->message, sizeof diag->message, "order entry "
+                         "%zu is %lld, outside 0..%zu", i, (long long)s,
+                         d - 1);
+                return -1;
+            }
+            for (size_t j = 0; j < i; j++)
+                if (order[j] == (int32_t)s) {
+                    snprintf(diag->message, sizeof diag->message, "%lld "
+                             "appears twice in the order (entries %zu and "
+                             "%zu)", (long long)s, j, i);
+                    snprintf(diag->help, sizeof diag->help, "an order is a "
+                             "permutation of 0..%zu", d - 1);
+                    return -1;
+                }
+            order[i] = (int32_t)s;
+        }
+        break;
+    }
+    }
+    diag->attr = -1;
+    return 0;
+}
+
+static flow_net *ar_make_net(const flow_layer_config *cfg,
+                             const int32_t *order, const flow_tf *tf,
+                             flow_diag *diag, size_t *P_out)
+{
+    const flow_host *h = cfg->host;
+    const flow_attr_value *hv = &cfg->attrs[AR_HIDDEN];
+    size_t hidden[64], P = h->tf_params(tf);
+    flow_net_spec s;
+    flow_net *net;
+    if (P == 0) {
+        diag->attr = AR_TRANSFORMER;
+        snprintf(diag->message, sizeof diag->message, "invalid transformer");
+        return NULL;
+    }
+    memset(&s, 0, sizeof s);
+    s.struct_size = sizeof s;
+    s.kind = FLOW_NET_MADE;
+    s.in = cfg->dim;
+    s.context = cfg->context_dim;
+    s.out = P;
+    s.n_hidden = hv->n;
+    for (size_t i = 0; i < hv->n; i++)
+        hidden[i] = (size_t)hv->ilist[i];
+    s.hidden = hidden;
+    s.act = activation_values[cfg->attrs[AR_ACTIVATION].i];
+    s.zero_last = (int)cfg->attrs[AR_IDENTITY_INIT].i;
+    s.order = order;
+    net = h->net_create(&s, diag->message, sizeof diag->message);
+    if (!net)
+        diag->attr = AR_HIDDEN;
+    *P_out = P;
+    return net;
+}
+
+static int ar_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                       flow_diag *diag, int swap)
+{
+    const flow_host *h = cfg->host;
+    flow_cost par, seq;
+    flow_net *net;
+    flow_tf tf;
+    size_t P;
+    if (!h || !FLOW_HOST_HAS(h, net_create) || !h->net_create) {
+        snprintf(diag->message, sizeof diag->message, "this host provides no "
+                 "networks (flowkit too old for this plugin)");
+        return FLOW_ERR_UNSUPPORTED;
+    }
+    if (ar_make_order(cfg, out->dep_vec, diag) != 0
+        || common_make_tf(&cfg->attrs[AR_TRANSFORMER], AR_TRANSFORMER, &tf,
+                          diag) != 0)
+        return FLOW_ERR_INVAL;
+    if (!(net = ar_make_net(cfg, out->dep_vec, &tf, diag, &P)))
+        return FLOW_ERR_INVAL;
+    out->n_params = h->net_params(net);
+    h->net_destroy(net);
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->jac = FLOW_JAC_TRIANGULAR;
+    out->dep = FLOW_DEP_ORDER;
+    out->cert = tf.kind == FLOW_TF_ADDITIVE ? FLOW_CERT_STRUCTURAL
+                                            : FLOW_CERT_MONOTONE;
+    out->cert_text = common_tf_cert(&tf);
+    par = (flow_cost){1, 0, (double)out->n_params};
+    seq = (flow_cost){(uint32_t)cfg->dim, 1,
+                      (double)out->n_params * (double)cfg->dim};
+    out->cost_forward = swap ? seq : par;
+    out->cost_inverse = swap ? par : seq;
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void ar_destroy(void *self)
+{
+    ar_layer *a = self;
+    if (!a)
+        return;
+    if (a->net)
+        a->host->net_destroy(a->net);
+    a->host->free(a->order);
+    a->host->free(a->by_step);
+    a->host->free(a);
+}
+
+static void *ar_create(const flow_host *host, const flow_layer_config *cfg,
+                       flow_diag *diag, int swap)
+{
+    ar_layer *a = host->calloc(1, sizeof *a);
+    if (!a)
+        goto nomem;
+    a->host = host;
+    a->swap = swap;
+    a->d = cfg->dim;
+    a->k = cfg->context_dim;
+    a->order = host->calloc(a->d, sizeof *a->order);
+    a->by_step = host->calloc(a->d, sizeof *a->by_step);
+    if (!a->order || !a->by_step)
+        goto nomem;
+    if (ar_make_order(cfg, a->order, diag) != 0
+        || common_make_tf(&cfg->attrs[AR_TRANSFORMER], AR_TRANSFORMER,
+                          &a->tf, diag) != 0
+        || !(a->net = ar_make_net(cfg, a->order, &a->tf, diag, &a->P))) {
+        ar_destroy(a);
+        return NULL;
+    }
+    a->np = host->net_params(a->net);
+    for (size_t i = 0; i < a->d; i++)
+        a->by_step[a->order[i]] = i;
+    return a;
+nomem:
+    snprintf(diag->message, sizeof diag->message, "out of memory");
+    ar_destroy(a);
+    return NULL;
+}
+
+static int ar_init(void *self, const flow_call *c, flow_real *params)
+{
+    const ar_layer *a = self;
+    a->host->net_init(a->net, params, c->rng);
+    return FLOW_OK;
+}
+
+/* Workspace: theta, dtheta (n x D x P); lad, g1, g2, g3 (n x D); per-column
+ * buffers cb, ca, cl, cda, cdb (n) and ct, cdt (n x P); then the net's. */
+typedef struct arws {
+    flow_real *theta, *dtheta, *lad, *g1, *g2, *g3;
+    flow_real *cb, *ca, *cl, *cda, *cdb, *ct, *cdt;
+    void *net;
+} arws;
+
+static size_t ar_workspace(void *self, size_t n, int dir)
+{
+    const ar_layer *a = self;
+    size_t nd = n * a->d, nt = nd * a->P;
+    (void)dir;
+    return 2 * common_bytes(nt) + 4 * common_bytes(nd) + 5 * common_bytes(n)
+         + 2 * common_bytes(n * a->P) + a->host->net_workspace(a->net, n);
+}
+
+static arws ar_carve(const ar_layer *a, const flow_call *c)
+{
+    size_t n = c->n, nd = n * a->d, nt = nd * a->P;
+    char *cur = c->ws;
+    arws w;
+    w.theta = common_take(&cur, nt);
+    w.dtheta = common_take(&cur, nt);
+    w.lad = common_take(&cur, nd);
+    w.g1 = common_take(&cur, nd);
+    w.g2 = common_take(&cur, nd);
+    w.g3 = common_take(&cur, nd);
+    w.cb = common_take(&cur, n);
+    w.ca = common_take(&cur, n);
+    w.cl = common_take(&cur, n);
+    w.cda = common_take(&cur, n);
+    w.cdb = common_take(&cur, n);
+    w.ct = common_take(&cur, n * a->P);
+    w.cdt = common_take(&cur, n * a->P);
+    w.net = cur;
+    return w;
+}
+
+static int ar_net(const ar_layer *a, const flow_call *c, const flow_real *in,
+                  arws *w)
+{
+    int rc = a->host->net_forward(a->net, c->params, c->n, in, c->ctx, 0.0,
+                                  w->theta, w->net);
+    return rc == FLOW_OK ? FLOW_OK
+                         : a->host->error(c, "MADE conditioner failed");
+}
+
+/* F: b = tau(a; theta(a)), one pass; logdet = sum of log tau'. */
+static int ar_F(const ar_layer *a, const flow_call *c, const flow_real *in,
+                flow_real *out, flow_real *logdet)
+{
+    arws w = ar_carve(a, c);
+    size_t n = c->n, d = a->d;
+    int rc;
+    if ((rc = ar_net(a, c, in, &w)) != FLOW_OK)
+        return rc;
+    if (a->host->tf_forward(&a->tf, n * d, in, w.theta, out, w.lad)
+        != FLOW_OK)
+        return a->host->error(c, "transformer produced a non-finite value");
+    for (size_t r = 0; r < n; r++) {
+        double s = 0;
+        for (size_t i = 0; i < d; i++)
+            s += w.lad[r * d + i];
+        logdet[r] = (flow_real)s;
+    }
+    return FLOW_OK;
+}
+
+/* Column i of an n x D matrix, and back. */
+static void col_get(size_t n, size_t d, size_t i, const flow_real *m,
+                    flow_real *v)
+{
+    for (size_t r = 0; r < n; r++)
+        v[r] = m[r * d + i];
+}
+
+static void col_set(size_t n, size_t d, size_t i, const flow_real *v,
+                    flow_real *m)
+{
+    for (size_t r = 0; r < n; r++)
+        m[r * d + i] = v[r];
+}
+
+/* theta of dimension i for every row into ct (n x P) */
+static void theta_get(const ar_layer *a, size_t n, size_t i,
+                      const flow_real *theta, flow_real *ct)
+{
+    for (size_t r = 0; r < n; r++)
+        memcpy(ct + r * a->P, theta + (r * a->d + i) * a->P,
+               a->P * sizeof *ct);
+}
+
+/* G: a from b, one dimension per step in generation order: D passes, no
+ * allocation.  At step s the conditioner sees every dimension generated
+ * before s (the rest are still 0, and theta of the step's dimension cannot
+ * depend on them).  A last pass at the solution leaves the tape that the
+ * backward needs. */
+static int ar_G(const ar_layer *a, const flow_call *c, const flow_real *in,
+                flow_real *out, flow_real *logdet)
+{
+    arws w = ar_carve(a, c);
+    size_t n = c->n, d = a->d;
+    int rc;
+    memset(out, 0, n * d * sizeof *out);
+    memset(logdet, 0, n * sizeof *logdet);
+    for (size_t s = 0; s < d; s++) {
+        size_t i = a->by_step[s];
+        if ((rc = ar_net(a, c, out, &w)) != FLOW_OK)
+            return rc;
+        theta_get(a, n, i, w.theta, w.ct);
+        col_get(n, d, i, in, w.cb);
+        if (a->host->tf_inverse(&a->tf, n, w.cb, w.ct, w.ca, w.cl)
+            != FLOW_OK)
+            return a->host->error(c, "inverse transformer produced a "
+                                  "non-finite value at dimension %zu", i);
+        col_set(n, d, i, w.ca, out);
+        for (size_t r = 0; r < n; r++)
+            logdet[r] += w.cl[r];
+    }
+    return ar_net(a, c, out, &w);
+}
+
+/* VJP of F after ar_F on the same workspace: da = dtau/da db + dlogdet
+ * dlad/da + (dtheta routed through the MADE). */
+static int ar_F_backward(const ar_layer *a, const flow_call *c,
+                         const flow_real *in, const flow_real *db,
+                         const flow_real *dlogdet, flow_real *da)
+{
+    arws w = ar_carve(a, c);
+    size_t n = c->n, d = a->d;
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < d; i++)
+            w.g1[r * d + i] = dlogdet[r];
+    if (a->host->tf_backward(&a->tf, n * d, in, w.theta, db, w.g1, w.g2,
+                             w.dtheta) != FLOW_OK)
+        return a->host->error(c, "transformer gradient is not finite");
+    if (a->host->net_backward(a->net, c->params, n, w.net,
+                              w.dtheta, da, c->dctx, c->grad) != FLOW_OK)
+        return a->host->error(c, "MADE gradient failed");
+    for (size_t i = 0; i < n * d; i++)
+        da[i] += w.g2[i];
+    return FLOW_OK;
+}
+
+/* VJP of G after ar_G (its tape is at the solution a): reverse generation
+ * order; the adjoint of dimension i is complete once every later step has
+ * been processed, since only later dimensions' theta depend on it. */
+static int ar_G_backward(const ar_layer *a, const flow_call *c,
+                         const flow_real *b, const flow_real *sol,
+                         const flow_real *da_out, const flow_real *dlogdet,
+                         flow_real *db)
+{
+    arws w = ar_carve(a, c);
+    size_t n = c->n, d = a->d, P = a->P;
+    flow_real *abar = w.g1, *dxn = w.g2;
+    memcpy(abar, da_out, n * d * sizeof *abar);
+    memset(w.dtheta, 0, n * d * P * sizeof *w.dtheta);
+    for (size_t s = d; s-- > 0;) {
+        size_t i = a->by_step[s];
+        theta_get(a, n, i, w.theta, w.ct);
+        col_get(n, d, i, b, w.cb);
+        col_get(n, d, i, sol, w.ca);
+        col_get(n, d, i, abar, w.cda);
+        if (a->host->tf_inverse_backward(&a->tf, n, w.cb, w.ca, w.ct, w.cda,
+                                         dlogdet, w.cdb, w.cdt) != FLOW_OK)
+            return a->host->error(c, "inverse transformer gradient is not "
+                                  "finite at dimension %zu", i);
+        col_set(n, d, i, w.cdb, db);
+        if (s == 0 && a->k == 0 && !c->grad)
+            break;              /* nothing conditions the first step */
+        for (size_t r = 0; r < n; r++)
+            memcpy(w.dtheta + (r * d + i) * P, w.cdt + r * P,
+                   P * sizeof *w.dtheta);
+        if (a->host->net_backward(a->net, c->params, n, w.net, w.dtheta, dxn,
+                                  c->dctx, c->grad) != FLOW_OK)
+            return a->host->error(c, "MADE gradient failed");
+        for (size_t r = 0; r < n; r++)
+            memset(w.dtheta + (r * d + i) * P, 0, P * sizeof *w.dtheta);
+        for (size_t q = 0; q < n * d; q++)
+            abar[q] += dxn[q];
+    }
+    return FLOW_OK;
+}
+
+#endif

@@ -1,0 +1,273 @@
+/* batchnorm.c - the `batchnorm` flow layer (Dinh et al. 2017, RealNVP,
+ * sec. 3.7; Papamakarios et al. 2017, MAF, sec. 3.4):
+ * z = (x - mu) / sqrt(var + eps) * exp(gamma) + beta, with batch statistics
+ * in training and running averages in evaluation. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum { ATTR_MOMENTUM, ATTR_EPS };
+
+static const flow_attr_spec batchnorm_attrs[] = {
+    {.name = "momentum", .type = FLOW_ATTR_REAL,
+     .doc = "weight of the batch in the running averages",
+     .def_real = 0.1, .has_min = 1, .min = 0, .has_max = 1, .max = 1},
+    {.name = "eps", .type = FLOW_ATTR_REAL,
+     .doc = "added to the variance", .def_real = 1e-5, .has_min = 1,
+     .min = 0, .has_max = 1, .max = 1},
+    {0}};
+
+typedef struct batchnorm {
+    size_t d;
+    double momentum, eps;
+    const flow_host *host;
+} batchnorm;
+
+/* Buffers: running mean (D), running variance (D).  Params: gamma (D),
+ * beta (D).  Workspace: the statistics used by the last call (mu, var as
+ * doubles), read by its backward. */
+static int batchnorm_describe(const flow_layer_config *cfg,
+                              flow_layer_desc *out, flow_diag *diag)
+{
+    (void)diag;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE
+               | FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_INVERSE_TRAINING_ERROR;
+    out->n_params = 2 * cfg->dim;
+    out->n_buffers = 2 * cfg->dim;
+    out->jac = FLOW_JAC_DIAGONAL;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->cert_text = "positive scale";
+    out->cost_forward = (flow_cost){0, 0, 4.0 * (double)cfg->dim};
+    out->cost_inverse = (flow_cost){0, 0, 4.0 * (double)cfg->dim};
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void *batchnorm_create(const flow_host *host,
+                              const flow_layer_config *cfg, flow_diag *diag)
+{
+    batchnorm *b = host->calloc(1, sizeof *b);
+    if (!b) {
+        snprintf(diag->message, sizeof diag->message, "out of memory");
+        return NULL;
+    }
+    b->d = cfg->dim;
+    b->momentum = cfg->attrs[ATTR_MOMENTUM].r;
+    b->eps = cfg->attrs[ATTR_EPS].r;
+    b->host = host;
+    return b;
+}
+
+static void batchnorm_destroy(void *self)
+{
+    batchnorm *b = self;
+    if (b)
+        b->host->free(b);
+}
+
+static size_t batchnorm_workspace(void *self, size_t n, int dir)
+{
+    const batchnorm *b = self;
+    (void)n, (void)dir;
+    return 2 * b->d * sizeof(double);
+}
+
+static int batchnorm_init(void *self, const flow_call *c, flow_real *params)
+{
+    const batchnorm *b = self;
+    memset(params, 0, 2 * b->d * sizeof *params);
+    for (size_t i = 0; i < b->d; i++) {
+        c->buffers[i] = 0;              /* running mean */
+        c->buffers[b->d + i] = 1;       /* running variance */
+    }
+    return FLOW_OK;
+}
+
+/* Statistics for this call into ws: batch (training) or running (eval). */
+static int stats(const batchnorm *b, const flow_call *c, const flow_real *x,
+                 double *mu, double *var)
+{
+    size_t d = b->d, n = c->n;
+    if (!c->training) {
+        for (size_t i = 0; i < d; i++) {
+            mu[i] = c->buffers[i];
+            var[i] = c->buffers[d + i];
+        }
+        return FLOW_OK;
+    }
+    if (n < 2)
+        return c->host->error(c, "batch statistics need at least 2 rows, got "
+                              "%zu", n);
+    for (size_t i = 0; i < d; i++) {
+        double m = 0, v = 0;
+        for (size_t r = 0; r < n; r++)
+            m += x[r * d + i];
+        m /= (double)n;
+        for (size_t r = 0; r < n; r++)
+            v += (x[r * d + i] - m) * (x[r * d + i] - m);
+        mu[i] = m;
+        var[i] = v / (double)n;         /* biased, as in the papers */
+        /* running averages (unbiased variance), training only */
+        c->buffers[i] = (flow_real)((1 - b->momentum) * c->buffers[i]
+                                    + b->momentum * m);
+        c->buffers[d + i] = (flow_real)((1 - b->momentum) * c->buffers[d + i]
+                                        + b->momentum * v / (double)(n - 1));
+    }
+    return FLOW_OK;
+}
+
+static int batchnorm_forward(void *self, const flow_call *c,
+                             const flow_real *x, flow_real *z,
+                             flow_real *logdet)
+{
+    const batchnorm *b = self;
+    const flow_real *g = c->params, *be = c->params + b->d;
+    double *mu = c->ws, *var = mu + b->d, ld = 0;
+    int rc;
+    if ((rc = stats(b, c, x, mu, var)) != FLOW_OK)
+        return rc;
+    for (size_t i = 0; i < b->d; i++)
+        ld += g[i] - 0.5 * log(var[i] + b->eps);
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < b->d; i++)
+            z[r * b->d + i] = (flow_real)((x[r * b->d + i] - mu[i])
+                              / sqrt(var[i] + b->eps) * exp(g[i]) + be[i]);
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+static int batchnorm_inverse(void *self, const flow_call *c,
+                             const flow_real *z, flow_real *x,
+                             flow_real *logdet)
+{
+    const batchnorm *b = self;
+    const flow_real *g = c->params, *be = c->params + b->d;
+    double *mu = c->ws, *var = mu + b->d, ld = 0;
+    if (c->training)
+        return c->host->error(c, "the inverse of batchnorm needs evaluation "
+                              "mode (batch statistics of the output are "
+                              "unknown)");
+    stats(b, c, z, mu, var);
+    for (size_t i = 0; i < b->d; i++)
+        ld -= g[i] - 0.5 * log(var[i] + b->eps);
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < b->d; i++)
+            x[r * b->d + i] = (flow_real)((z[r * b->d + i] - be[i])
+                              * exp(-g[i]) * sqrt(var[i] + b->eps) + mu[i]);
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+/* Backward of z = xhat e^g + beta, xhat = (x - mu)/sd, sd = sqrt(var+eps),
+ * logdet = sum(g - log sd).  In training mode mu and var depend on the
+ * batch (Ioffe & Szegedy 2015, sec. 3, the chain rule through the batch
+ * statistics), and the logdet's -log sd term adds -S xhat / (n sd) with
+ * S = sum_r dlogdet_r. */
+static int batchnorm_forward_backward(void *self, const flow_call *c,
+                                      const flow_real *x, const flow_real *z,
+                                      const flow_real *dz,
+                                      const flow_real *dlogdet, flow_real *dx)
+{
+    const batchnorm *b = self;
+    const flow_real *g = c->params;
+    const double *mu = c->ws, *var = mu + b->d;
+    size_t n = c->n, d = b->d;
+    double S = 0;
+    (void)z;
+    for (size_t r = 0; r < n; r++)
+        S += dlogdet[r];
+    for (size_t i = 0; i < d; i++) {
+        double sd = sqrt(var[i] + b->eps), e = exp(g[i]);
+        double mdx = 0, mdxx = 0, gg = 0, gb = 0;
+        for (size_t r = 0; r < n; r++) {
+            double xh = (x[r * d + i] - mu[i]) / sd, gz = dz[r * d + i];
+            mdx += gz * e;
+            mdxx += gz * e * xh;
+            gg += gz * xh * e;
+            gb += gz;
+        }
+        mdx /= (double)n;
+        mdxx /= (double)n;
+        for (size_t r = 0; r < n; r++) {
+            double xh = (x[r * d + i] - mu[i]) / sd, dxh = dz[r * d + i] * e;
+            double v = c->training
+                     ? (dxh - mdx - xh * mdxx) / sd - S * xh / ((double)n * sd)
+                     : dxh / sd;
+            dx[r * d + i] = (flow_real)v;
+        }
+        if (c->grad) {
+            c->grad[i] += (flow_real)(gg + S);
+            c->grad[d + i] += (flow_real)gb;
+        }
+    }
+    return FLOW_OK;
+}
+
+/* Inverse (evaluation mode only): x = (z - beta) e^-g sd + mu. */
+static int batchnorm_inverse_backward(void *self, const flow_call *c,
+                                      const flow_real *z, const flow_real *x,
+                                      const flow_real *dx,
+                                      const flow_real *dlogdet, flow_real *dz)
+{
+    const batchnorm *b = self;
+    const flow_real *g = c->params, *be = c->params + b->d;
+    const double *var = (const double *)c->ws + b->d;
+    size_t n = c->n, d = b->d;
+    (void)x;
+    if (c->training)
+        return c->host->error(c, "the inverse of batchnorm needs evaluation "
+                              "mode");
+    for (size_t i = 0; i < d; i++) {
+        double sd = sqrt(var[i] + b->eps), e = exp(-g[i]), gg = 0, gb = 0;
+        for (size_t r = 0; r < n; r++) {
+            double gx = dx[r * d + i];
+            dz[r * d + i] = (flow_real)(gx * e * sd);
+            gg += -gx * (z[r * d + i] - be[i]) * e * sd - dlogdet[r];
+            gb += -gx * e * sd;
+        }
+        if (c->grad) {
+            c->grad[i] += (flow_real)gg;
+            c->grad[d + i] += (flow_real)gb;
+        }
+    }
+    return FLOW_OK;
+}
+
+static const flow_layer_type batchnorm_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "batchnorm",
+    .summary = "batch normalisation as a flow (batch statistics in "
+               "training, running averages in evaluation)",
+    .attrs = batchnorm_attrs,
+    .describe = batchnorm_describe,
+    .create = batchnorm_create,
+    .destroy = batchnorm_destroy,
+    .workspace = batchnorm_workspace,
+    .init = batchnorm_init,
+    .forward = batchnorm_forward,
+    .inverse = batchnorm_inverse,
+    .forward_backward = batchnorm_forward_backward,
+    .inverse_backward = batchnorm_inverse_backward,
+};
+
+static const flow_layer_type *const layers[] = {&batchnorm_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "batchnorm",
+    .version = FLOW_VERSION_STRING,
+    .summary = "batch normalisation flow layer",
+    .n_layers = 1,
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

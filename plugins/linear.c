@@ -1,0 +1,379 @@
+/* linear.c - the `linear` layer: an invertible linear map in LU form,
+ * z = W x + b with W = P L U, P a fixed permutation, L unit lower, U upper
+ * with diagonal exp(s) (Kingma & Dhariwal 2018, Glow, sec. 3.2):
+ * log|det W| = sum s; the inverse by the assembled W^-1. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum { ATTR_PERM };
+enum { ALT_NONE, ALT_REVERSE, ALT_RANDOM };
+
+static const flow_attr_spec seed_attrs[] = {
+    {.name = "seed", .type = FLOW_ATTR_INT, .doc = "seed of the shuffle",
+     .def_int = 0, .has_min = 1, .min = 0},
+    {0}};
+
+static const flow_variant_alt perm_alts[] = {
+    {.name = "none", .doc = "P = I"},
+    {.name = "reverse", .doc = "P reverses the dimensions"},
+    {.name = "random", .doc = "P drawn from `seed` (same as permute's)",
+     .attrs = seed_attrs},
+    {0}};
+
+static const flow_attr_spec linear_attrs[] = {
+    {.name = "perm", .type = FLOW_ATTR_VARIANT,
+     .doc = "the fixed permutation P: none | reverse | random(seed)",
+     .def_str = "random", .alternatives = perm_alts},
+    {0}};
+
+/* Parameters: strictly lower L (row-major, i > j), strictly upper U
+ * (row-major, i < j), s (D), b (D): D^2 + D in all. */
+typedef struct linear {
+    size_t d, nl;               /* nl = D (D - 1) / 2 */
+    int32_t *p;                 /* W[i, :] = (L U)[p[i], :] */
+    double *L, *U, *W, *Wi, *tmp;   /* D x D each, assembled by prepare */
+    const flow_host *host;
+} linear;
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void make_perm(const flow_layer_config *cfg, int32_t *p)
+{
+    const flow_attr_value *a = &cfg->attrs[ATTR_PERM];
+    size_t d = cfg->dim;
+    for (size_t i = 0; i < d; i++)
+        p[i] = (int32_t)(a->i == ALT_REVERSE ? d - 1 - i : i);
+    if (a->i == ALT_RANDOM) {   /* Fisher-Yates, as permute's random(seed) */
+        uint64_t s = (uint64_t)a->sub[0].i;
+        for (size_t i = d; i > 1; i--) {
+            size_t j = (size_t)(splitmix64(&s) % i);
+            int32_t t = p[i - 1];
+            p[i - 1] = p[j];
+            p[j] = t;
+        }
+    }
+}
+
+static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                           flow_diag *diag)
+{
+    size_t d = cfg->dim;
+    if (d > 4096) {
+        diag->attr = -1;
+        snprintf(diag->message, sizeof diag->message, "linear layers are "
+                 "dense: %zu dimensions would need %zu parameters", d, d * d);
+        snprintf(diag->help, sizeof diag->help, "use coupling or maf layers "
+                 "for high-dimensional data");
+        return FLOW_ERR_INVAL;
+    }
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->n_params = d * d + d;
+    out->jac = FLOW_JAC_DENSE_LU;
+    out->dep = FLOW_DEP_DENSE;
+    out->cert = FLOW_CERT_LU;
+    out->cert_text = "LU with positive diagonal exp(s)";
+    out->cost_forward = (flow_cost){1, 0, 2.0 * (double)(d * d)};
+    out->cost_inverse = (flow_cost){1, 0, 2.0 * (double)(d * d)};
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void linear_destroy(void *self)
+{
+    linear *l = self;
+    if (!l)
+        return;
+    l->host->free(l->p);
+    l->host->free(l->L);
+    l->host->free(l->U);
+    l->host->free(l->W);
+    l->host->free(l->Wi);
+    l->host->free(l->tmp);
+    l->host->free(l);
+}
+
+static void *linear_create(const flow_host *host, const flow_layer_config *cfg,
+                           flow_diag *diag)
+{
+    size_t d = cfg->dim;
+    linear *l = host->calloc(1, sizeof *l);
+    if (!l)
+        goto nomem;
+    l->host = host;
+    l->d = d;
+    l->nl = d * (d - 1) / 2;
+    l->p = host->calloc(d, sizeof *l->p);
+    l->L = host->calloc(d * d, sizeof *l->L);
+    l->U = host->calloc(d * d, sizeof *l->U);
+    l->W = host->calloc(d * d, sizeof *l->W);
+    l->Wi = host->calloc(d * d, sizeof *l->Wi);
+    l->tmp = host->calloc(d * d, sizeof *l->tmp);
+    if (!l->p || !l->L || !l->U || !l->W || !l->Wi || !l->tmp)
+        goto nomem;
+    make_perm(cfg, l->p);
+    return l;
+nomem:
+    snprintf(diag->message, sizeof diag->message, "out of memory");
+    linear_destroy(l);
+    return NULL;
+}
+
+static size_t linear_workspace(void *self, size_t n, int dir)
+{
+    (void)self, (void)n, (void)dir;
+    return 0;
+}
+
+static int linear_init(void *self, const flow_call *c, flow_real *params)
+{
+    const linear *l = self;
+    (void)c;
+    /* L = I, U = I, b = 0: W = P, a permutation */
+    memset(params, 0, (l->d * l->d + l->d) * sizeof *params);
+    return FLOW_OK;
+}
+
+/* Assembles L, U, W = P L U and W^-1 = U^-1 L^-1 P^T in double. */
+static int linear_prepare(void *self, const flow_call *c)
+{
+    linear *l = self;
+    size_t d = l->d, q;
+    const flow_real *lo = c->params, *up = c->params + l->nl;
+    const flow_real *s = c->params + 2 * l->nl;
+    double *A = l->tmp;
+
+    memset(l->L, 0, d * d * sizeof *l->L);
+    memset(l->U, 0, d * d * sizeof *l->U);
+    q = 0;
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < i; j++)
+            l->L[i * d + j] = lo[q++];
+    q = 0;
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = i + 1; j < d; j++)
+            l->U[i * d + j] = up[q++];
+    for (size_t i = 0; i < d; i++) {
+        l->L[i * d + i] = 1;
+        l->U[i * d + i] = exp(s[i]);
+        if (!isfinite(l->U[i * d + i]) || l->U[i * d + i] == 0)
+            return c->host->error(c, "diagonal entry %zu of U is exp(%g): "
+                                  "not a usable scale", i, (double)s[i]);
+    }
+    /* A = L U; W[i, :] = A[p[i], :] */
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++) {
+            double v = 0;
+            for (size_t k = 0; k <= (i < j ? i : j); k++)
+                v += l->L[i * d + k] * l->U[k * d + j];
+            A[i * d + j] = v;
+        }
+    for (size_t i = 0; i < d; i++)
+        memcpy(l->W + i * d, A + (size_t)l->p[i] * d, d * sizeof *A);
+    /* W^-1 column by column: W x = e_c  <=>  L U x = P^T e_c, i.e. the
+     * right-hand side is e_{p^-1(c)} ... solved by substitution */
+    for (size_t col = 0; col < d; col++) {
+        double *y = A;                  /* reuse as a vector */
+        memset(y, 0, d * sizeof *y);
+        /* (P^T e_col)[p[i]] = e_col[i]: non-zero at p[col] */
+        y[l->p[col]] = 1;
+        for (size_t i = 0; i < d; i++)           /* L w = y */
+            for (size_t k = 0; k < i; k++)
+                y[i] -= l->L[i * d + k] * y[k];
+        for (size_t i = d; i-- > 0;) {            /* U x = w */
+            for (size_t k = i + 1; k < d; k++)
+                y[i] -= l->U[i * d + k] * y[k];
+            y[i] /= l->U[i * d + i];
+        }
+        for (size_t i = 0; i < d; i++)
+            l->Wi[i * d + col] = y[i];
+    }
+    return FLOW_OK;
+}
+
+static double sum_s(const linear *l, const flow_real *params)
+{
+    double v = 0;
+    for (size_t i = 0; i < l->d; i++)
+        v += params[2 * l->nl + i];
+    return v;
+}
+
+/* out_r = M (in_r - sub) + add, row by row */
+static void affine_rows(size_t n, size_t d, const double *M,
+                        const flow_real *in, const flow_real *sub,
+                        const flow_real *add, flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < d; i++) {
+            double v = add ? add[i] : 0;
+            for (size_t j = 0; j < d; j++)
+                v += M[i * d + j] * (in[r * d + j] - (sub ? sub[j] : 0));
+            out[r * d + i] = (flow_real)v;
+        }
+}
+
+static int linear_forward(void *self, const flow_call *c, const flow_real *x,
+                          flow_real *z, flow_real *logdet)
+{
+    const linear *l = self;
+    double ld = sum_s(l, c->params);
+    affine_rows(c->n, l->d, l->W, x, NULL, c->params + l->d * l->d, z);
+    for (size_t r = 0; r < c->n; r++)
+        logdet[r] = (flow_real)ld;
+    return FLOW_OK;
+}
+
+static int linear_inverse(void *self, const flow_call *c, const flow_real *z,
+                          flow_real *x, flow_real *logdet)
+{
+    const linear *l = self;
+    double ld = -sum_s(l, c->params);
+    affine_rows(c->n, l->d, l->Wi, z, c->params + l->d * l->d, NULL, x);
+    for (size_t r = 0; r < c->n; r++)
+        logdet[r] = (flow_real)ld;
+    return FLOW_OK;
+}
+
+/* During backward the gradient slice holds dL/dW (D x D, row-major) then
+ * dL/db; finish_grad maps dW to L, U and s.  The log-det's gradient enters
+ * as S W^-T (Jacobi's formula, d log|det W| = tr(W^-1 dW)). */
+static void vjp(const linear *l, const flow_call *c, const flow_real *in,
+                const flow_real *dout, flow_real *din, const double *M,
+                double sign, double S)
+{
+    size_t d = l->d;
+    flow_real *gW = c->grad, *gb = c->grad ? c->grad + d * d : NULL;
+    /* din_r = M^T dout_r */
+    for (size_t r = 0; r < c->n; r++)
+        for (size_t j = 0; j < d; j++) {
+            double v = 0;
+            for (size_t i = 0; i < d; i++)
+                v += M[i * d + j] * dout[r * d + i];
+            din[r * d + j] = (flow_real)v;
+        }
+    if (!gW)
+        return;
+    /* forward (sign +1): dW += sum_r dz_r x_r^T, db += sum_r dz_r.
+     * inverse (sign -1): with dz = W^-T dx, dW -= sum_r dz_r x_r^T and
+     * db -= sum_r dz_r, where x_r is the inverse's output. */
+    for (size_t r = 0; r < c->n; r++) {
+        const flow_real *g = sign > 0 ? dout + r * d : din + r * d;
+        for (size_t i = 0; i < d; i++) {
+            for (size_t j = 0; j < d; j++)
+                gW[i * d + j] += (flow_real)(sign * g[i] * in[r * d + j]);
+            gb[i] += (flow_real)(sign * g[i]);
+        }
+    }
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++)
+            gW[i * d + j] += (flow_real)(S * l->Wi[j * d + i]);
+}
+
+static int linear_forward_backward(void *self, const flow_call *c,
+                                   const flow_real *x, const flow_real *z,
+                                   const flow_real *dz,
+                                   const flow_real *dlogdet, flow_real *dx)
+{
+    const linear *l = self;
+    double S = 0;
+    (void)z;
+    for (size_t r = 0; r < c->n; r++)
+        S += dlogdet[r];
+    vjp(l, c, x, dz, dx, l->W, 1, S);
+    return FLOW_OK;
+}
+
+static int linear_inverse_backward(void *self, const flow_call *c,
+                                   const flow_real *z, const flow_real *x,
+                                   const flow_real *dx,
+                                   const flow_real *dlogdet, flow_real *dz)
+{
+    const linear *l = self;
+    double S = 0;
+    (void)z;
+    for (size_t r = 0; r < c->n; r++)
+        S -= dlogdet[r];
+    vjp(l, c, x, dx, dz, l->Wi, -1, S);
+    return FLOW_OK;
+}
+
+/* dW -> (dL, dU, ds): W = P A, A = L U, so dA = P^T dW, dL = dA U^T
+ * (strictly lower part), dU = L^T dA (upper part), ds_i = dU_ii U_ii. */
+static int linear_finish_grad(void *self, const flow_call *c, flow_real *grad)
+{
+    linear *l = self;
+    size_t d = l->d, q;
+    double *dA = l->tmp;
+    (void)c;
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = 0; j < d; j++)
+            dA[(size_t)l->p[i] * d + j] = grad[i * d + j];
+    q = 0;
+    for (size_t i = 0; i < d; i++)           /* dL, strictly lower */
+        for (size_t j = 0; j < i; j++) {
+            double v = 0;
+            for (size_t k = j; k < d; k++)
+                v += dA[i * d + k] * l->U[j * d + k];
+            grad[q++] = (flow_real)v;
+        }
+    /* dU needs the original dA only: compute into W's storage (it is
+     * reassembled by the next prepare) */
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = i; j < d; j++) {
+            double v = 0;
+            for (size_t k = i; k < d; k++)
+                v += l->L[k * d + i] * dA[k * d + j];
+            l->W[i * d + j] = v;
+        }
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = i + 1; j < d; j++)
+            grad[q++] = (flow_real)l->W[i * d + j];
+    for (size_t i = 0; i < d; i++)
+        grad[q++] = (flow_real)(l->W[i * d + i] * l->U[i * d + i]);
+    return FLOW_OK;
+}
+
+static const flow_layer_type linear_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "linear",
+    .summary = "invertible linear map in LU form (P L U x + b)",
+    .attrs = linear_attrs,
+    .describe = linear_describe,
+    .create = linear_create,
+    .destroy = linear_destroy,
+    .workspace = linear_workspace,
+    .init = linear_init,
+    .forward = linear_forward,
+    .inverse = linear_inverse,
+    .forward_backward = linear_forward_backward,
+    .inverse_backward = linear_inverse_backward,
+    .prepare = linear_prepare,
+    .finish_grad = linear_finish_grad,
+};
+
+static const flow_layer_type *const layers[] = {&linear_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "linear",
+    .version = FLOW_VERSION_STRING,
+    .summary = "LU-parametrised invertible linear layer",
+    .n_layers = 1,
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

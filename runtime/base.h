@@ -1,0 +1,47 @@
+/* base.h - internal: base distributions p_base(z) of a flow (standard
+ * normal, learnable diagonal normal, logistic, learnable Gaussian mixture):
+ * log-density per row, its gradients, and sampling. */
+#ifndef FLOW_RUNTIME_BASE_H
+#define FLOW_RUNTIME_BASE_H
+
+#include <stddef.h>
+
+#include "flow/flow_plugin.h"
+
+#define BASE_MAX_COMPONENTS 256
+
+typedef enum base_kind {
+    BASE_NORMAL = 1,       /* N(0, I), no parameters                      */
+    BASE_DIAG_NORMAL = 2,  /* N(mu, diag sigma^2): params mu[D], log sigma[D] */
+    BASE_LOGISTIC = 3,     /* standard logistic per dimension, no params   */
+    BASE_GMM = 4           /* sum_k pi_k N(mu_k, diag sigma_k^2): params
+                              logits[K], mu[K x D], log sigma[K x D]        */
+} base_kind;
+
+typedef struct base_dist {
+    base_kind kind;
+    size_t dim;            /* D */
+    size_t comps;          /* K (GMM), else 0 */
+} base_dist;
+
+/* Fills *b; FLOW_ERR_INVAL for an unknown kind, dim 0, or a GMM with 0 or
+ * more than BASE_MAX_COMPONENTS components. */
+int base_make(base_dist *b, base_kind kind, size_t dim, size_t comps);
+/* Learnable parameters (layout above, row-major). */
+size_t base_params(const base_dist *b);
+/* Init: diagonal normal = standard normal (zeros); GMM: equal weights,
+ * unit scales, means drawn N(0, 1) from rng (NULL: a fixed stream). */
+void base_init(const base_dist *b, flow_real *params, flow_rng *rng);
+/* logp[r] = log p(x_r) for n rows of D, in nats. */
+int base_log_prob(const base_dist *b, const flow_real *params, size_t n,
+                  const flow_real *x, flow_real *logp);
+/* Given dL/dlogp per row (NULL = all ones): dx = dL/dx written (may be
+ * NULL), dparams += dL/dparams (may be NULL). */
+int base_grad(const base_dist *b, const flow_real *params, size_t n,
+              const flow_real *x, const flow_real *dlogp, flow_real *dx,
+              flow_real *dparams);
+/* n samples into x (n x D) from rng; logp (may be NULL) their log-density. */
+int base_sample(const base_dist *b, const flow_real *params, size_t n,
+                flow_rng *rng, flow_real *x, flow_real *logp);
+
+#endif

@@ -1,0 +1,1129 @@
+/* data.c - data sets: a streaming CSV reader (header detection, column
+ * selection, located errors), a NumPy .npy reader and both writers. */
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+#include "data.h"
+#include "fileio.h"
+
+#define SRC_BUF 65536
+#define NPY_MAGIC "\x93NUMPY"
+
+/* ------------------------------------------------------------ data sets */
+
+flow_data *data_new(flow_ctx *ctx, size_t n, size_t d, size_t c)
+{
+    flow_data *data = calloc(1, sizeof *data);
+    if (!data)
+        goto nomem;
+    data->n = n;
+    data->d = d;
+    data->c = c;
+    if ((d && n > SIZE_MAX / d) || (c && n > SIZE_MAX / c)
+        || (d && n * d > SIZE_MAX / sizeof(flow_real))
+        || (c && n * c > SIZE_MAX / sizeof(flow_real))) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too large",
+                  n, d + c);
+        free(data);
+        return NULL;
+    }
+    if (n && d && !(data->x = calloc(n * d, sizeof(flow_real))))
+        goto nomem;
+    if (n && c && !(data->ctx = calloc(n * c, sizeof(flow_real))))
+        goto nomem;
+    return data;
+nomem:
+    data_free(data);
+    ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    return NULL;
+}
+
+static void free_names(char **names, size_t k)
+{
+    if (!names)
+        return;
+    for (size_t i = 0; i < k; i++)
+        free(names[i]);
+    free(names);
+}
+
+void data_free(flow_data *data)
+{
+    if (!data)
+        return;
+    free(data->x);
+    free(data->ctx);
+    free_names(data->names, data->d + data->c);
+    free(data);
+}
+
+int data_set_names(flow_ctx *ctx, flow_data *data, const char *const *names)
+{
+    size_t k = data->d + data->c;
+    char **nn = calloc(k ? k : 1, sizeof *nn);
+    if (!nn)
+        goto nomem;
+    for (size_t i = 0; i < k; i++) {
+        size_t len = strlen(names[i]) + 1;
+        if (!(nn[i] = malloc(len)))
+            goto nomem;
+        memcpy(nn[i], names[i], len);
+    }
+    free_names(data->names, k);
+    data->names = nn;
+    return FLOW_OK;
+nomem:
+    free_names(nn, k);
+    return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+}
+
+/* Grows x and ctx to hold at least `rows` rows (amortised doubling). */
+static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
+                       size_t *cap, size_t rows)
+{
+    size_t width = data->d + data->c, ncap = *cap;
+    flow_real *p;
+    if (rows <= *cap)
+        return FLOW_OK;
+    /* start with about 64 KiB of rows: wide data must not reserve 256
+     * rows of a million columns for a one-row file */
+    if (!ncap)
+        ncap = width < 65536 / sizeof(flow_real)
+               ? 65536 / sizeof(flow_real) / width : 1;
+    while (ncap < rows) {
+        if (ncap > SIZE_MAX / 2)
+            goto toobig;
+        ncap *= 2;
+    }
+    if ((data->d && ncap > SIZE_MAX / sizeof(flow_real) / data->d)
+        || (data->c && ncap > SIZE_MAX / sizeof(flow_real) / data->c))
+        goto toobig;
+    if (data->d) {
+        if (!(p = realloc(data->x, ncap * data->d * sizeof(flow_real))))
+            goto nomem;
+        data->x = p;
+    }
+    if (data->c) {
+        if (!(p = realloc(data->ctx, ncap * data->c * sizeof(flow_real))))
+            goto nomem;
+        data->ctx = p;
+    }
+    *cap = ncap;
+    return FLOW_OK;
+toobig:
+    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: too many rows", name);
+nomem:
+    return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+}
+
+/* ------------------------------------------------------------ input */
+
+typedef struct src {
+    FILE *f;
+    const char *name;
+    unsigned char *buf;
+    size_t pos, len;
+    int eof, ioerr;
+} src;
+
+static int src_fill(src *s)
+{
+    if (s->eof)
+        return 0;
+    s->pos = 0;
+    s->len = fread(s->buf, 1, SRC_BUF, s->f);
+    if (s->len == 0) {
+        s->eof = 1;
+        s->ioerr = ferror(s->f) != 0;
+    }
+    return s->len > 0;
+}
+
+static int src_get(src *s)
+{
+    if (s->pos == s->len && !src_fill(s))
+        return -1;
+    return s->buf[s->pos++];
+}
+
+static size_t src_read(src *s, void *dst, size_t n)
+{
+    unsigned char *d = dst;
+    size_t done = 0;
+    while (done < n) {
+        size_t k;
+        if (s->pos == s->len && !src_fill(s))
+            break;
+        k = s->len - s->pos;
+        if (k > n - done)
+            k = n - done;
+        memcpy(d + done, s->buf + s->pos, k);
+        s->pos += k;
+        done += k;
+    }
+    return done;
+}
+
+/* Column selection: map[j] = destination of input column j: -1 skipped,
+ * 0..d-1 data column, d..d+c-1 context column. */
+typedef struct selection {
+    long *map;
+    size_t ncols, d, c;
+} selection;
+
+/* Bounded, printable copy of a cell for messages. */
+static const char *show(const char *text, char *out, size_t cap)
+{
+    size_t n = strlen(text), k = 0;
+    for (size_t i = 0; i < n && k + 4 < cap; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        out[k++] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+        if (k >= 40 && i + 1 < n) {
+            memcpy(out + k, "...", 3);
+            k += 3;
+            break;
+        }
+    }
+    out[k] = '\0';
+    return out;
+}
+
+/* Index of column `tok` (a header name or a 0-based index). */
+static int find_column(flow_ctx *ctx, const char *name, const char *tok,
+                       char **names, size_t ncols, size_t *out)
+{
+    char *end;
+    unsigned long long v;
+    size_t hit = ncols;
+    if (names)
+        for (size_t j = 0; j < ncols; j++)
+            if (!strcmp(names[j], tok)) {
+                if (hit != ncols)
+                    return ctx_error(ctx, FLOW_ERR_INVAL,
+                                     "%s: column name '%s' is ambiguous "
+                                     "(columns %zu and %zu)",
+                                     name, tok, hit, j);
+                hit = j;
+            }
+    if (hit != ncols) {
+        *out = hit;
+        return FLOW_OK;
+    }
+    if (*tok >= '0' && *tok <= '9') {
+        errno = 0;
+        v = strtoull(tok, &end, 10);
+        if (!*end && errno == 0) {
+            if (v >= ncols)
+                return ctx_error(ctx, FLOW_ERR_INVAL,
+                                 "%s: column %s out of range (%zu columns, "
+                                 "indices start at 0)", name, tok, ncols);
+            *out = (size_t)v;
+            return FLOW_OK;
+        }
+    }
+    if (!names)
+        return ctx_error(ctx, FLOW_ERR_INVAL,
+                         "%s: no column named '%s' (the file has no "
+                         "header: select columns by 0-based index)",
+                         name, tok);
+    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: no column named '%s'", name,
+                     tok);
+}
+
+/* Marks the columns listed in `list` with destinations base, base+1, ... */
+static int select_list(flow_ctx *ctx, const char *name, const char *list,
+                       char **names, selection *sel, long base, size_t *count)
+{
+    const char *p = list;
+    char tok[256];
+    *count = 0;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p), j = 0;
+        int rc;
+        while (len && (*p == ' ' || *p == '\t'))
+            p++, len--;
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == 0 || len >= sizeof tok)
+            return ctx_error(ctx, FLOW_ERR_INVAL,
+                             "%s: bad column list '%s'", name, list);
+        memcpy(tok, p, len);
+        tok[len] = '\0';
+        if ((rc = find_column(ctx, name, tok, names, sel->ncols, &j)))
+            return rc;
+        if (sel->map[j] != -1)
+            return ctx_error(ctx, FLOW_ERR_INVAL,
+                             "%s: column '%s' selected twice", name, tok);
+        sel->map[j] = base + (long)*count;
+        (*count)++;
+        if (!comma)
+            break;
+        p = comma + 1;
+    }
+    return FLOW_OK;
+}
+
+static int build_selection(flow_ctx *ctx, const char *name,
+                           const data_opts *o, char **names, size_t ncols,
+                           size_t first_line, selection *sel)
+{
+    size_t nd = 0, nc = 0;
+    int rc;
+    if (!(sel->map = malloc(ncols * sizeof *sel->map)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    sel->ncols = ncols;
+    for (size_t j = 0; j < ncols; j++)
+        sel->map[j] = -1;
+    /* context first (temporarily numbered from 0), so that "all other
+     * columns" can be computed for the data */
+    if (o && o->context && (rc = select_list(ctx, name, o->context, names,
+                                             sel, -1000000000L, &nc)))
+        return rc;
+    if (o && o->columns) {
+        if ((rc = select_list(ctx, name, o->columns, names, sel, 0, &nd)))
+            return rc;
+    } else {
+        for (size_t j = 0; j < ncols; j++)
+            if (sel->map[j] == -1)
+                sel->map[j] = (long)nd++;
+    }
+    for (size_t j = 0; j < ncols; j++)
+        if (sel->map[j] < -1)
+            sel->map[j] += 1000000000L + (long)nd;
+    sel->d = nd;
+    sel->c = nc;
+    if (nd == 0)
+        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns selected",
+                         name);
+    if (o && o->expect_dim && nd != o->expect_dim) {
+        if (first_line)
+            return ctx_error(ctx, FLOW_ERR_FORMAT,
+                             "%s:%zu: %zu data columns, expected %zu", name,
+                             first_line, nd, o->expect_dim);
+        return ctx_error(ctx, FLOW_ERR_FORMAT,
+                         "%s: %zu data columns, expected %zu", name, nd,
+                         o->expect_dim);
+    }
+    return FLOW_OK;
+}
+
+/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range. */
+static int parse_real(const char *text, flow_real *out)
+{
+    char *end;
+    const char *p = text;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (!*p)
+        return 1;
+    errno = 0;
+#if FLOW_REAL_DOUBLE
+    *out = strtod(p, &end);
+#else
+    *out = strtof(p, &end);
+#endif
+    if (end == p)
+        return 1;
+    while (*end == ' ' || *end == '\t')
+        end++;
+    if (*end)
+        return 1;
+    if (isnan(*out))
+        return 2;
+    if (isinf(*out))
+        return errno == ERANGE ? 3 : 2;
+    return 0;
+}
+
+/* ------------------------------------------------------------ CSV */
+
+typedef struct csv {
+    flow_ctx *ctx;
+    src *s;
+    const data_opts *opts;
+    flow_data *data;
+    size_t cap;             /* row capacity of data */
+    selection sel;
+    char **header;          /* first record's cells */
+    size_t n_header, cap_header;
+    int first_done;         /* first record classified */
+    size_t first_line;      /* line of the first record */
+    size_t first_data_line;
+} csv;
+
+static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
+                          const char *text)
+{
+    char buf[64];
+    return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: %s '%s'",
+                     p->s->name, line, col, what, show(text, buf, sizeof buf));
+}
+
+/* A cell of a data row. */
+static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
+{
+    long dst;
+    flow_real v = 0;
+    int k;
+    if (col > p->sel.ncols)
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                         "%s:%zu:%zu: ragged row: more columns than the %zu "
+                         "of line %zu", p->s->name, line, col, p->sel.ncols,
+                         p->first_line);
+    dst = p->sel.map[col - 1];
+    if (dst < 0)
+        return FLOW_OK;     /* unselected columns are not validated */
+    k = parse_real(text, &v);
+    if (k == 1) {
+        const char *q = text;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (!*q)
+            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                             "%s:%zu:%zu: empty value", p->s->name, line, col);
+        return csv_cell_error(p, line, col, "non-numeric value", text);
+    }
+    if (k == 2)
+        return csv_cell_error(p, line, col, "NaN or Inf value", text);
+    if (k == 3) {
+        char buf[64];
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                         "%s:%zu:%zu: value '%s' out of range for %s",
+                         p->s->name, line, col, show(text, buf, sizeof buf),
+                         FLOW_REAL_NAME);
+    }
+    if ((size_t)dst < p->sel.d)
+        p->data->x[(p->data->n) * p->sel.d + (size_t)dst] = v;
+    else
+        p->data->ctx[(p->data->n) * p->sel.c + ((size_t)dst - p->sel.d)] = v;
+    return FLOW_OK;
+}
+
+static int csv_row_begin(csv *p)
+{
+    return ensure_rows(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
+}
+
+static int csv_row_end(csv *p, size_t line, size_t ncells)
+{
+    if (ncells < p->sel.ncols)
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                         "%s:%zu:%zu: ragged row: %zu columns where line %zu "
+                         "has %zu", p->s->name, line, ncells + 1, ncells,
+                         p->first_line, p->sel.ncols);
+    p->data->n++;
+    return FLOW_OK;
+}
+
+/* Decides whether the first record is a header (every cell non-numeric),
+ * builds the selection, and feeds the record as data when it is not. */
+static int csv_first_record(csv *p, size_t line)
+{
+    int is_header = 1, rc;
+    flow_real v;
+    for (size_t j = 0; j < p->n_header; j++)
+        if (parse_real(p->header[j], &v) != 1)
+            is_header = 0;
+    p->first_line = line;
+    p->first_done = 1;
+    if (is_header) {
+        for (size_t j = 0; j < p->n_header; j++) {   /* trim the names */
+            char *h = p->header[j], *e;
+            size_t off = strspn(h, " \t");
+            memmove(h, h + off, strlen(h + off) + 1);
+            e = h + strlen(h);
+            while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
+                *--e = '\0';
+            if (!*h)
+                return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: "
+                                 "empty column name in the header",
+                                 p->s->name, line, j + 1);
+        }
+        return build_selection(p->ctx, p->s->name, p->opts, p->header,
+                               p->n_header, line, &p->sel);
+    }
+    if ((rc = build_selection(p->ctx, p->s->name, p->opts, NULL, p->n_header,
+                              line, &p->sel)))
+        return rc;
+    p->data->d = p->sel.d;
+    p->data->c = p->sel.c;
+    if ((rc = csv_row_begin(p)))
+        return rc;
+    for (size_t j = 0; j < p->n_header; j++)
+        if ((rc = csv_data_cell(p, line, j + 1, p->header[j])))
+            return rc;
+    free_names(p->header, p->n_header);
+    p->header = NULL;
+    p->first_data_line = line;
+    return csv_row_end(p, line, p->n_header);
+}
+
+static int csv_keep_first_cell(csv *p, const char *text, size_t len)
+{
+    char *c;
+    if (p->n_header == p->cap_header) {
+        size_t ncap = p->cap_header ? p->cap_header * 2 : 16;
+        char **nh;
+        if (ncap > SIZE_MAX / sizeof *nh
+            || !(nh = realloc(p->header, ncap * sizeof *nh)))
+            return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+        p->header = nh;
+        p->cap_header = ncap;
+    }
+    if (!(c = malloc(len + 1)))
+        return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+    memcpy(c, text, len + 1);
+    p->header[p->n_header++] = c;
+    return FLOW_OK;
+}
+
+/* After the header row: the data set's dimensions and names. */
+static int csv_after_header(csv *p)
+{
+    size_t k = p->sel.d + p->sel.c;
+    char **names = calloc(k, sizeof *names);
+    if (!names)
+        return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+    p->data->d = p->sel.d;
+    p->data->c = p->sel.c;
+    for (size_t j = 0; j < p->sel.ncols; j++)
+        if (p->sel.map[j] >= 0) {
+            names[p->sel.map[j]] = p->header[j];
+            p->header[j] = NULL;
+        }
+    p->data->names = names;
+    free_names(p->header, p->n_header);
+    p->header = NULL;
+    return FLOW_OK;
+}
+
+/* The tokenizer: RFC 4180 fields (comma separated, optional double
+ * quotes with "" for a quote, quoted newlines allowed), LF or CRLF line
+ * ends, blank lines skipped.  Memory is bounded by DATA_CELL_MAX per cell
+ * and DATA_LINE_MAX per line, never by the input size. */
+static int csv_parse(csv *p)
+{
+    char cell[DATA_CELL_MAX + 1];
+    size_t cl = 0, line = 1, rec_line = 1, col = 1, line_bytes = 0;
+    size_t quote_line = 0;
+    int ch, rc, quoted = 0, after_quote = 0, was_quoted = 0;
+    int in_row = 0;     /* a data row has been started */
+
+    for (;;) {
+        ch = src_get(p->s);
+        if (ch != -1 && ch != '\n' && ++line_bytes > DATA_LINE_MAX)
+            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                             "%s:%zu: line longer than %zu bytes",
+                             p->s->name, line, DATA_LINE_MAX);
+        if (quoted) {
+            if (ch == -1)
+                return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                 "%s:%zu:%zu: unterminated quoted value",
+                                 p->s->name, quote_line, col);
+            if (ch == '"') {
+                int nx = src_get(p->s);
+                if (nx == '"') {
+                    line_bytes++;
+                    goto append;   /* "" is a literal quote */
+                }
+                if (nx != -1)
+                    p->s->pos--;   /* one byte back into the buffer */
+                quoted = 0;
+                after_quote = 1;
+                continue;
+            }
+            if (ch == '\n') {
+                line++;
+                line_bytes = 0;
+            }
+            goto append;
+        }
+        if (ch == ',' || ch == '\n' || ch == -1) {
+            int blank;
+            if (cl && cell[cl - 1] == '\r' && !after_quote)
+                cl--;
+            cell[cl] = '\0';
+            blank = ch != ',' && col == 1 && !was_quoted
+                    && strspn(cell, " \t\r") == cl;
+            if (blank && ch == -1)
+                break;
+            if (!blank) {
+                if (!p->first_done) {
+                    if ((rc = csv_keep_first_cell(p, cell, cl)))
+                        return rc;
+                    if (ch != ',') {
+                        if ((rc = csv_first_record(p, rec_line)))
+                            return rc;
+                        if (p->header && (rc = csv_after_header(p)))
+                            return rc;
+                    }
+                } else {
+                    if (!in_row) {
+                        if ((rc = csv_row_begin(p)))
+                            return rc;
+                        if (!p->first_data_line)
+                            p->first_data_line = rec_line;
+                        in_row = 1;
+                    }
+                    if ((rc = csv_data_cell(p, rec_line, col, cell)))
+                        return rc;
+                    if (ch != ',') {
+                        if ((rc = csv_row_end(p, rec_line, col)))
+                            return rc;
+                        in_row = 0;
+                    }
+                }
+            }
+            cl = 0;
+            after_quote = was_quoted = 0;
+            if (ch == ',') {
+                col++;
+                continue;
+            }
+            if (ch == -1)
+                break;
+            col = 1;
+            line++;
+            rec_line = line;
+            line_bytes = 0;
+            continue;
+        }
+        if (after_quote) {
+            if (ch == ' ' || ch == '\t' || ch == '\r')
+                continue;
+            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                             "%s:%zu:%zu: unexpected character after a "
+                             "closing quote", p->s->name, line, col);
+        }
+        if (ch == '"' && strspn(cell, " \t") >= cl) {
+            cl = 0;
+            quoted = was_quoted = 1;
+            quote_line = line;
+            continue;
+        }
+append:
+        if (cl == DATA_CELL_MAX) {
+            cell[cl] = '\0';
+            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                             "%s:%zu:%zu: value longer than %d bytes",
+                             p->s->name, rec_line, col, DATA_CELL_MAX);
+        }
+        cell[cl++] = (char)ch;
+        if (ch == '\0')
+            cell[cl - 1] = '\x01';  /* keep C strings intact; not numeric */
+    }
+    if (p->s->ioerr)
+        return ctx_error(p->ctx, FLOW_ERR_IO, "%s: read error: %s",
+                         p->s->name, strerror(errno));
+    if (!p->first_done)
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s: empty input",
+                         p->s->name);
+    if (p->data->n == 0)
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                         "%s: no data rows after the header", p->s->name);
+    return FLOW_OK;
+}
+
+static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
+                    flow_data **out)
+{
+    csv p;
+    int rc;
+    memset(&p, 0, sizeof p);
+    p.ctx = ctx;
+    p.s = s;
+    p.opts = opts;
+    /* a UTF-8 byte order mark (spreadsheet exports) is not data */
+    if (s->len >= 3 && !memcmp(s->buf, "\xEF\xBB\xBF", 3))
+        s->pos = 3;
+    if (!(p.data = calloc(1, sizeof *p.data)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    rc = csv_parse(&p);
+    free_names(p.header, p.n_header);
+    free(p.sel.map);
+    if (rc != FLOW_OK) {
+        data_free(p.data);
+        return rc;
+    }
+    *out = p.data;
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------ NPY */
+
+typedef struct npy_header {
+    int esize;              /* 4 or 8 */
+    int fortran;
+    int ndim;
+    unsigned long long shape[2];
+} npy_header;
+
+static int npy_bad(flow_ctx *ctx, const char *name, const char *what)
+{
+    return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: malformed NPY header: %s",
+                     name, what);
+}
+
+static void skip_ws(const char **p)
+{
+    while (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r')
+        (*p)++;
+}
+
+/* A Python string literal '...' (no escapes: numpy never writes any in
+ * the three keys it uses). */
+static int npy_string(const char **p, char *out, size_t cap)
+{
+    char q = **p;
+    size_t n = 0;
+    if (q != '\'' && q != '"')
+        return -1;
+    (*p)++;
+    while (**p && **p != q) {
+        if (n + 1 >= cap)
+            return -1;
+        out[n++] = *(*p)++;
+    }
+    if (**p != q)
+        return -1;
+    (*p)++;
+    out[n] = '\0';
+    return 0;
+}
+
+/* Parses the header dict {'descr': '<f4', 'fortran_order': False,
+ * 'shape': (n, d), } (NumPy format spec, numpy/lib/format.py). */
+static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
+                          npy_header *h)
+{
+    const char *p = text;
+    char key[32], val[32];
+    int seen_descr = 0, seen_fo = 0, seen_shape = 0;
+    skip_ws(&p);
+    if (*p++ != '{')
+        return npy_bad(ctx, name, "expected '{'");
+    for (;;) {
+        skip_ws(&p);
+        if (*p == '}')
+            break;
+        if (npy_string(&p, key, sizeof key))
+            return npy_bad(ctx, name, "expected a key string");
+        skip_ws(&p);
+        if (*p++ != ':')
+            return npy_bad(ctx, name, "expected ':'");
+        skip_ws(&p);
+        if (!strcmp(key, "descr")) {
+            if (npy_string(&p, val, sizeof val))
+                return npy_bad(ctx, name, "descr is not a string");
+            if (!strcmp(val, "<f4"))
+                h->esize = 4;
+            else if (!strcmp(val, "<f8"))
+                h->esize = 8;
+            else
+                return ctx_error(ctx, FLOW_ERR_FORMAT,
+                                 "%s: NPY dtype '%s' not supported (need "
+                                 "'<f4' or '<f8')", name, val);
+            seen_descr = 1;
+        } else if (!strcmp(key, "fortran_order")) {
+            if (!strncmp(p, "True", 4))
+                h->fortran = 1, p += 4;
+            else if (!strncmp(p, "False", 5))
+                h->fortran = 0, p += 5;
+            else
+                return npy_bad(ctx, name, "fortran_order is not a bool");
+            seen_fo = 1;
+        } else if (!strcmp(key, "shape")) {
+            if (*p++ != '(')
+                return npy_bad(ctx, name, "shape is not a tuple");
+            h->ndim = 0;
+            for (;;) {
+                char *end;
+                skip_ws(&p);
+                if (*p == ')')
+                    break;
+                if (*p < '0' || *p > '9')
+                    return npy_bad(ctx, name, "bad shape");
+                errno = 0;
+                if (h->ndim < 2)
+                    h->shape[h->ndim] = strtoull(p, &end, 10);
+                else
+                    (void)strtoull(p, &end, 10);
+                if (errno)
+                    return npy_bad(ctx, name, "shape out of range");
+                h->ndim++;
+                p = end;
+                skip_ws(&p);
+                if (*p == ',')
+                    p++;
+                else if (*p != ')')
+                    return npy_bad(ctx, name, "bad shape");
+            }
+            p++;
+            seen_shape = 1;
+        } else {
+            return npy_bad(ctx, name, "unknown key");
+        }
+        skip_ws(&p);
+        if (*p == ',')
+            p++;
+        else if (*p != '}')
+            return npy_bad(ctx, name, "expected ',' or '}'");
+    }
+    if (!seen_descr || !seen_fo || !seen_shape)
+        return npy_bad(ctx, name, "missing descr, fortran_order or shape");
+    if (h->fortran)
+        return ctx_error(ctx, FLOW_ERR_FORMAT,
+                         "%s: NPY Fortran order not supported (save a "
+                         "C-order array: np.ascontiguousarray)", name);
+    if (h->ndim != 1 && h->ndim != 2)
+        return ctx_error(ctx, FLOW_ERR_FORMAT,
+                         "%s: NPY array has %d dimensions, need 1 or 2",
+                         name, h->ndim);
+    if (h->ndim == 1)
+        h->shape[1] = 1;
+    return FLOW_OK;
+}
+
+static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
+                    flow_data **out)
+{
+    unsigned char pre[12];
+    char *text = NULL;
+    npy_header h;
+    flow_data *data = NULL;
+    selection sel = {0};
+    unsigned char *row = NULL;
+    size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
+    int rc = FLOW_OK;
+
+    memset(&h, 0, sizeof h);
+    if (src_read(s, pre, 8) != 8)
+        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                         "preamble", s->name);
+    if ((pre[6] != 1 && pre[6] != 2) || pre[7] != 0)
+        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u not "
+                         "supported (only 1.0 and 2.0)", s->name, pre[6],
+                         pre[7]);
+    lenbytes = pre[6] == 1 ? 2 : 4;
+    if (src_read(s, pre + 8, lenbytes) != lenbytes)
+        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                         "preamble", s->name);
+    hlen = (size_t)fio_get_le(pre + 8, lenbytes);
+    if (hlen > DATA_NPY_HEADER_MAX)
+        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu bytes "
+                         "is too long (limit %zu)", s->name, hlen,
+                         DATA_NPY_HEADER_MAX);
+    if (!(text = malloc(hlen + 1)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (src_read(s, text, hlen) != hlen) {
+        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                       "header", s->name);
+        goto fail;
+    }
+    text[hlen] = '\0';
+    if (strlen(text) != hlen) {
+        rc = npy_bad(ctx, s->name, "NUL byte");
+        goto fail;
+    }
+    if ((rc = npy_parse_dict(ctx, s->name, text, &h)))
+        goto fail;
+    nrows = (size_t)h.shape[0];
+    ncols = (size_t)h.shape[1];
+    if (h.shape[0] > SIZE_MAX || h.shape[1] > SIZE_MAX
+        || (ncols && ncols > SIZE_MAX / (size_t)h.esize / 2)) {
+        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too large",
+                       s->name);
+        goto fail;
+    }
+    if (nrows == 0 || ncols == 0) {
+        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: empty input (NPY shape "
+                       "(%llu, %llu))", s->name, h.shape[0], h.shape[1]);
+        goto fail;
+    }
+    if (ncols > DATA_LINE_MAX) {
+        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu columns "
+                       "(limit %zu)", s->name, ncols, DATA_LINE_MAX);
+        goto fail;
+    }
+    if ((rc = build_selection(ctx, s->name, opts, NULL, ncols, 0, &sel)))
+        goto fail;
+    rowbytes = ncols * (size_t)h.esize;
+    if (!(row = malloc(rowbytes)) || !(data = calloc(1, sizeof *data))) {
+        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    data->d = sel.d;
+    data->c = sel.c;
+    /* rows arrive one by one: a header claiming a huge shape costs
+     * nothing until the bytes are really there */
+    for (size_t i = 0; i < nrows; i++) {
+        size_t got = src_read(s, row, rowbytes);
+        if (got != rowbytes) {
+            unsigned long long have = (unsigned long long)i * rowbytes + got;
+            rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
+                           "has %llu bytes, expected %llu", s->name, have,
+                           h.shape[0] * (unsigned long long)rowbytes);
+            goto fail;
+        }
+        if ((rc = ensure_rows(ctx, s->name, data, &cap, i + 1)))
+            goto fail;
+        for (size_t j = 0; j < ncols; j++) {
+            long dst = sel.map[j];
+            double v;
+            flow_real r;
+            if (dst < 0)
+                continue;
+            if (h.esize == 4) {
+                uint32_t u = (uint32_t)fio_get_le(row + 4 * j, 4);
+                float f;
+                memcpy(&f, &u, 4);
+                v = f;
+            } else {
+                uint64_t u = fio_get_le(row + 8 * j, 8);
+                memcpy(&v, &u, 8);
+            }
+            r = (flow_real)v;
+            if (!isfinite(v) || !isfinite(r)) {
+                rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
+                               "value %g", s->name, i, j, isfinite(v)
+                               ? "out of range" : "NaN or Inf", v);
+                goto fail;
+            }
+            if ((size_t)dst < sel.d)
+                data->x[i * sel.d + (size_t)dst] = r;
+            else
+                data->ctx[i * sel.c + ((size_t)dst - sel.d)] = r;
+        }
+        data->n = i + 1;
+    }
+    if (src_get(s) != -1) {
+        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
+                       "after %llu x %zu values", s->name, h.shape[0], ncols);
+        goto fail;
+    }
+    *out = data;
+    data = NULL;
+fail:
+    free(text);
+    free(row);
+    free(sel.map);
+    data_free(data);
+    return rc;
+}
+
+/* ------------------------------------------------------------ reading */
+
+int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
+                     const data_opts *opts, flow_data **out)
+{
+    src s;
+    int rc;
+    memset(&s, 0, sizeof s);
+    *out = NULL;
+    s.f = f;
+    s.name = name;
+    if (!(s.buf = malloc(SRC_BUF)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    src_fill(&s);
+    if (s.ioerr)
+        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", name,
+                       strerror(errno));
+    else if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
+        rc = read_npy(ctx, &s, opts, out);
+    else {
+        size_t nl = strlen(name);
+        if (nl >= 4 && !strcmp(name + nl - 4, ".npy"))
+            rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an NPY file "
+                           "(bad magic)", name);
+        else
+            rc = read_csv(ctx, &s, opts, out);
+    }
+    if (rc == FLOW_OK && s.ioerr)
+        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error", name);
+    if (rc != FLOW_OK && *out) {
+        data_free(*out);
+        *out = NULL;
+    }
+    free(s.buf);
+    return rc;
+}
+
+int data_read(flow_ctx *ctx, const char *path, const data_opts *opts,
+              flow_data **out)
+{
+    FILE *f;
+    int rc;
+    *out = NULL;
+    if (!strcmp(path, "-"))
+        return data_read_stream(ctx, "<stdin>", stdin, opts, out);
+    if (!(f = fopen(path, "rb")))
+        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
+                         strerror(errno));
+    rc = data_read_stream(ctx, path, f, opts, out);
+    fclose(f);
+    return rc;
+}
+
+/* ------------------------------------------------------------ writing */
+
+static flow_real value_at(const flow_data *data, size_t i, size_t j)
+{
+    return j < data->d ? data->x[i * data->d + j]
+                       : data->ctx[i * data->c + (j - data->d)];
+}
+
+static int check_finite(flow_ctx *ctx, const char *path,
+                        const flow_data *data, size_t i, size_t j)
+{
+    if (isfinite(value_at(data, i, j)))
+        return FLOW_OK;
+    return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: cannot write NaN or Inf "
+                     "(row %zu, column %zu)", path, i, j);
+}
+
+static void csv_name(FILE *f, const char *s)
+{
+    if (!strpbrk(s, ",\"\r\n") && s[strspn(s, " \t")]) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"')
+            fputc('"', f);
+        fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+static int write_csv(flow_ctx *ctx, const flow_data *data, const char *path,
+                     FILE *f, int header)
+{
+    size_t k = data->d + data->c;
+    int rc;
+    if (header) {
+        for (size_t j = 0; j < k; j++) {
+            if (j)
+                fputc(',', f);
+            if (data->names)
+                csv_name(f, data->names[j]);
+            else
+                fprintf(f, "%c%zu", j < data->d ? 'x' : 'c',
+                        j < data->d ? j : j - data->d);
+        }
+        fputc('\n', f);
+    }
+    for (size_t i = 0; i < data->n; i++) {
+        for (size_t j = 0; j < k; j++) {
+            if ((rc = check_finite(ctx, path, data, i, j)))
+                return rc;
+            /* shortest widths that round-trip: 9 significant digits for
+             * binary32, 17 for binary64 (IEEE 754-2008, sec. 5.12.2) */
+            fprintf(f, FLOW_REAL_DOUBLE ? "%s%.17g" : "%s%.9g",
+                    j ? "," : "", (double)value_at(data, i, j));
+        }
+        fputc('\n', f);
+    }
+    return FLOW_OK;
+}
+
+static int write_npy(flow_ctx *ctx, const flow_data *data, const char *path,
+                     FILE *f)
+{
+    char dict[160];
+    unsigned char pre[12];
+    size_t k = data->d + data->c, dl, total, prelen = 10;
+    int rc;
+    dl = (size_t)snprintf(dict, sizeof dict, "{'descr': '<%s', "
+                          "'fortran_order': False, 'shape': (%zu, %zu), }",
+                          FLOW_REAL_DOUBLE ? "f8" : "f4", data->n, k);
+    /* pad with spaces so that data starts at a multiple of 64, and end
+     * the header with '\n' (NPY 1.0, numpy/lib/format.py) */
+    total = (prelen + dl + 1 + 63) / 64 * 64;
+    memcpy(pre, NPY_MAGIC, 6);
+    pre[6] = 1;
+    pre[7] = 0;
+    fio_put_le(pre + 8, total - prelen, 2);
+    fwrite(pre, 1, prelen, f);
+    fwrite(dict, 1, dl, f);
+    for (size_t i = prelen + dl; i + 1 < total; i++)
+        fputc(' ', f);
+    fputc('\n', f);
+    for (size_t i = 0; i < data->n; i++)
+        for (size_t j = 0; j < k; j++) {
+            flow_real v = value_at(data, i, j);
+            unsigned char b[sizeof(flow_real)];
+            if ((rc = check_finite(ctx, path, data, i, j)))
+                return rc;
+            fio_swap_le(b, &v, 1, sizeof v);
+            fwrite(b, 1, sizeof b, f);
+        }
+    return FLOW_OK;
+}
+
+int data_write(flow_ctx *ctx, const flow_data *data, const char *path,
+               flow_data_format format, int header)
+{
+    fio_out o;
+    int rc;
+    if (format == FLOW_DATA_AUTO) {
+        size_t n = strlen(path);
+        format = n >= 4 && !strcmp(path + n - 4, ".npy") ? FLOW_DATA_NPY
+                                                         : FLOW_DATA_CSV;
+    }
+    if (format != FLOW_DATA_CSV && format != FLOW_DATA_NPY)
+        return ctx_error(ctx, FLOW_ERR_INVAL, "unknown data format %d",
+                         (int)format);
+    if ((rc = fio_open_out(ctx, path, &o)))
+        return rc;
+    if (format == FLOW_DATA_CSV)
+        rc = write_csv(ctx, data, path, o.f, header);
+    else
+        rc = write_npy(ctx, data, path, o.f);
+    if (rc != FLOW_OK) {
+        fio_abort(&o);
+        return rc;
+    }
+    return fio_commit(ctx, &o);
+}
+
+/* ------------------------------------------------------------ public */
+
+int flow_data_read(flow_ctx *ctx, const char *path, const char *columns,
+                   const char *context, size_t dim, flow_data **out)
+{
+    data_opts o = {columns, context, dim};
+    return data_read(ctx, path, &o, out);
+}
+
+int flow_data_write(flow_ctx *ctx, const flow_data *data, const char *path,
+                    flow_data_format format, int header)
+{
+    return data_write(ctx, data, path, format, header);
+}
+
+flow_data *flow_data_new(flow_ctx *ctx, size_t n, size_t dim,
+                         size_t context_dim)
+{
+    return data_new(ctx, n, dim, context_dim);
+}
+
+void flow_data_free(flow_data *data) { data_free(data); }
+size_t flow_data_rows(const flow_data *data) { return data->n; }
+size_t flow_data_dim(const flow_data *data) { return data->d; }
+size_t flow_data_context_dim(const flow_data *data) { return data->c; }
+flow_real *flow_data_values(flow_data *data) { return data->x; }
+flow_real *flow_data_context(flow_data *data) { return data->ctx; }
+
+const char *flow_data_column_name(const flow_data *data, size_t j)
+{
+    if (!data->names || j >= data->d + data->c)
+        return NULL;
+    return data->names[j];
+}

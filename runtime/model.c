@@ -1,0 +1,947 @@
+/* model.c - models built by calls (layers, exits, base distributions) and
+ * executed in both directions with summed log-determinants and backward. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base.h"
+#include "ctx.h"
+#include "rng.h"
+
+typedef enum node_kind { NODE_LAYER, NODE_EXIT } node_kind;
+
+typedef struct node {
+    node_kind kind;
+    size_t in_dim;              /* width of the state entering the node */
+    size_t out_dim;
+    /* layer */
+    const flow_layer_type *type;
+    const char *file;           /* owned by ctx */
+    char *label;
+    flow_attr_value *attrs;     /* deep copy, in m->arena */
+    flow_layer_config cfg;
+    flow_layer_desc desc;
+    int32_t *dep_vec;
+    int given;
+    void *self;
+    size_t p_off, b_off;
+    void *ws;
+    size_t ws_bytes;
+    /* exit */
+    size_t k;
+    char *name;
+    base_dist base;
+    size_t bp_off;              /* its parameters in the flat vector */
+    size_t z_off;               /* first column of this exit in z */
+} node;
+
+/* Blocks of the model's attribute copies, freed together. */
+typedef struct arena_block {
+    struct arena_block *next;
+    max_align_t data[];
+} arena_block;
+
+struct flow_model {
+    flow_ctx *ctx;
+    size_t dim, cdim;
+    node *nodes;
+    size_t n_nodes, cap_nodes;
+    base_kind base_kind;        /* of the final output, sized at finish */
+    size_t base_comps;
+    base_dist base;
+    size_t base_off;            /* its parameters in the flat vector */
+    size_t z_final;             /* first column of the final output in z */
+    int finished;
+    int training;
+    flow_real *params, *buffers;
+    size_t n_params, n_buffers;
+    flow_rng rng;
+    arena_block *arena;
+    /* per-batch storage, grown on demand */
+    size_t cap_rows;
+    flow_real **act;            /* act[i]: input of node i; act[n]: output */
+    flow_real *ld, *ld_sum, *ones;
+    flow_real *g0, *g1;         /* gradient ping-pong, cap_rows x dim */
+    flow_real *lpb;             /* base log-densities, cap_rows */
+    flow_real *t0, *t1;         /* scratch, cap_rows x dim */
+    flow_real *zbuf;            /* cap_rows x dim */
+    char err[1024];
+};
+
+/* ------------------------------------------------------------ helpers */
+
+static void *arena_alloc(flow_model *m, size_t bytes)
+{
+    arena_block *b;
+    if (bytes > SIZE_MAX - sizeof *b)
+        return NULL;
+    b = calloc(1, sizeof *b + (bytes ? bytes : 1));
+    if (!b)
+        return NULL;
+    b->next = m->arena;
+    m->arena = b;
+    return b->data;
+}
+
+static char *arena_strdup(flow_model *m, const char *s)
+{
+    size_t n;
+    char *p;
+    if (!s)
+        return NULL;
+    n = strlen(s) + 1;
+    if ((p = arena_alloc(m, n)))
+        memcpy(p, s, n);
+    return p;
+}
+
+static size_t table_len(const flow_attr_spec *t)
+{
+    size_t n = 0;
+    while (t && t[n].name)
+        n++;
+    return n;
+}
+
+static size_t alt_count(const flow_variant_alt *a)
+{
+    size_t n = 0;
+    while (a && a[n].name)
+        n++;
+    return n;
+}
+
+/* Deep-copies n resolved values described by `spec` into the arena. */
+static flow_attr_value *copy_attrs(flow_model *m, const flow_attr_spec *spec,
+                                   const flow_attr_value *src, size_t n,
+                                   int depth)
+{
+    flow_attr_value *dst;
+    if (depth > 16)
+        return NULL;
+    if (!(dst = arena_alloc(m, (n ? n : 1) * sizeof *dst)))
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const flow_attr_value *v = &src[i];
+        dst[i] = *v;
+        if (v->type != spec[i].type)
+            return NULL;
+        if (v->s && !(dst[i].s = arena_strdup(m, v->s)))
+            return NULL;
+        if (v->type == FLOW_ATTR_INT_LIST && v->n) {
+            int64_t *l = arena_alloc(m, v->n * sizeof *l);
+            if (!l || !v->ilist || v->n > SIZE_MAX / sizeof *l)
+                return NULL;
+            memcpy(l, v->ilist, v->n * sizeof *l);
+            dst[i].ilist = l;
+        }
+        if (v->type == FLOW_ATTR_REAL_LIST && v->n) {
+            double *l = arena_alloc(m, v->n * sizeof *l);
+            if (!l || !v->rlist || v->n > SIZE_MAX / sizeof *l)
+                return NULL;
+            memcpy(l, v->rlist, v->n * sizeof *l);
+            dst[i].rlist = l;
+        }
+        if (v->type == FLOW_ATTR_VARIANT) {
+            const flow_variant_alt *alts = spec[i].alternatives;
+            const flow_attr_spec *sub;
+            size_t ns;
+            if (v->i < 0 || (size_t)v->i >= alt_count(alts))
+                return NULL;
+            sub = alts[v->i].attrs;
+            ns = table_len(sub);
+            dst[i].sub = NULL;
+            if (ns && !(dst[i].sub = copy_attrs(m, sub, v->sub, ns,
+                                                depth + 1)))
+                return NULL;
+        }
+    }
+    return dst;
+}
+
+static int model_error(flow_model *m, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int model_error(flow_model *m, int code, const char *fmt, ...)
+{
+    char buf[CTX_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return ctx_error(m->ctx, code, "%s", buf);
+}
+
+/* A layer's failure, with its label, position and plugin file. */
+static int layer_error(flow_model *m, const node *nd, int rc, const char *what)
+{
+    const char *msg = m->err[0] ? m->err : "failed without a message";
+    if (nd->cfg.line > 0)
+        return model_error(m, rc ? rc : FLOW_ERR, "%s (line %d:%d, %s): %s: %s",
+                           nd->label, nd->cfg.line, nd->cfg.col, nd->file,
+                           what, msg);
+    return model_error(m, rc ? rc : FLOW_ERR, "%s (%s): %s: %s", nd->label,
+                       nd->file, what, msg);
+}
+
+static int check_rows(flow_model *m, size_t n)
+{
+    if (!m->finished)
+        return model_error(m, FLOW_ERR_INVAL,
+                           "model is not finished (call flow_model_finish)");
+    if (n == 0)
+        return model_error(m, FLOW_ERR_INVAL, "empty batch (0 rows)");
+    if (n > SIZE_MAX / sizeof(flow_real) / (m->dim + m->cdim + 1))
+        return model_error(m, FLOW_ERR_INVAL, "batch of %zu rows is too large",
+                           n);
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------ building */
+
+flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
+{
+    flow_model *m;
+    if (!ctx)
+        return NULL;
+    if (dim == 0) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "a model needs at least 1 dimension");
+        return NULL;
+    }
+    if (!(m = calloc(1, sizeof *m))) {
+        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    m->ctx = ctx;
+    m->dim = dim;
+    m->cdim = context_dim;
+    m->base_kind = BASE_NORMAL;
+    rng_seed(&m->rng, 0);
+    return m;
+}
+
+static size_t current_dim(const flow_model *m)
+{
+    return m->n_nodes ? m->nodes[m->n_nodes - 1].out_dim : m->dim;
+}
+
+static node *push_node(flow_model *m)
+{
+    node *nd;
+    if (m->n_nodes == m->cap_nodes) {
+        size_t cap = m->cap_nodes ? 2 * m->cap_nodes : 16;
+        node *nn = realloc(m->nodes, cap * sizeof *nn);
+        if (!nn)
+            return NULL;
+        m->nodes = nn;
+        m->cap_nodes = cap;
+    }
+    nd = &m->nodes[m->n_nodes];
+    memset(nd, 0, sizeof *nd);
+    return nd;
+}
+
+int flow_model_add_layer(flow_model *m, const char *type, const char *label,
+                         const flow_attr_value *attrs, size_t n_attrs,
+                         int given, int line, int col)
+{
+    const flow_layer_type *t;
+    const char *file = NULL;
+    flow_diag diag;
+    node *nd;
+    size_t d = current_dim(m), want;
+    int rc;
+
+    if (m->finished)
+        return model_error(m, FLOW_ERR_INVAL,
+                           "cannot add a layer to a finished model");
+    if (!(t = flow_layer_type_find(m->ctx, type, &file)))
+        return model_error(m, FLOW_ERR_INVAL, "unknown layer type '%s' (no "
+                           "loaded plugin provides it)", type);
+    want = table_len(t->attrs);
+    if (n_attrs != want)
+        return model_error(m, FLOW_ERR_INVAL, "layer '%s' takes %zu resolved "
+                           "attributes, got %zu", type, want, n_attrs);
+    if (given && m->cdim == 0)
+        return model_error(m, FLOW_ERR_INVAL, "layer '%s' uses the context, "
+                           "but the model has none", type);
+    if (!(nd = push_node(m)))
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory");
+    nd->kind = NODE_LAYER;
+    nd->in_dim = nd->out_dim = d;
+    nd->type = t;
+    nd->file = file;
+    nd->given = given != 0;
+    if (label)
+        nd->label = arena_strdup(m, label);
+    else {
+        char buf[128];
+        snprintf(buf, sizeof buf, "%s#%zu", type, m->n_nodes);
+        nd->label = arena_strdup(m, buf);
+    }
+    nd->attrs = copy_attrs(m, t->attrs, attrs, n_attrs, 0);
+    nd->dep_vec = arena_alloc(m, d * sizeof *nd->dep_vec);
+    if (!nd->label || (n_attrs && !nd->attrs) || !nd->dep_vec)
+        return model_error(m, FLOW_ERR_INVAL, "layer '%s': attributes do not "
+                           "match the type's table (or out of memory)", type);
+    nd->cfg.struct_size = sizeof nd->cfg;
+    nd->cfg.name = nd->label;
+    nd->cfg.dim = d;
+    nd->cfg.context_dim = nd->given ? m->cdim : 0;
+    nd->cfg.attrs = nd->attrs;
+    nd->cfg.line = line;
+    nd->cfg.col = col;
+    nd->cfg.host = flow_host_services();
+    nd->desc.struct_size = sizeof nd->desc;
+    nd->desc.dep_vec = nd->dep_vec;
+    memset(&diag, 0, sizeof diag);
+    diag.struct_size = sizeof diag;
+    diag.attr = -1;
+    rc = t->describe(&nd->cfg, &nd->desc, &diag);
+    if (rc != FLOW_OK)
+        return model_error(m, rc, "%s (%s): %s", nd->label, file,
+                           diag.message[0] ? diag.message : "describe failed");
+    if (!(nd->desc.flags & FLOW_LAYER_FORWARD) || !t->forward)
+        return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): layer has no forward "
+                           "direction", nd->label, file);
+    m->n_nodes++;
+    return FLOW_OK;
+}
+
+/* Validates a base given by the public enum and its arguments. */
+static int check_base(flow_model *m, flow_base_kind base, const double *args,
+                      size_t n_args, base_kind *kind, size_t *comps)
+{
+    *comps = 0;
+    switch (base) {
+    case FLOW_BASE_NORMAL:
+        *kind = BASE_NORMAL;
+        return FLOW_OK;
+    case FLOW_BASE_LOGISTIC:
+        *kind = BASE_LOGISTIC;
+        return FLOW_OK;
+    case FLOW_BASE_DIAG_NORMAL:
+        *kind = BASE_DIAG_NORMAL;
+        return FLOW_OK;
+    case FLOW_BASE_GMM:
+        *kind = BASE_GMM;
+        if (n_args < 1 || !args || !(args[0] >= 1)
+            || args[0] > BASE_MAX_COMPONENTS || args[0] != floor(args[0]))
+            return model_error(m, FLOW_ERR_INVAL, "a Gaussian mixture base "
+                               "needs a number of components in 1..%d",
+                               BASE_MAX_COMPONENTS);
+        *comps = (size_t)args[0];
+        return FLOW_OK;
+    }
+    return model_error(m, FLOW_ERR_INVAL, "unknown base distribution %d",
+                       (int)base);
+}
+
+int flow_model_add_exit(flow_model *m, size_t k, const char *name,
+                        flow_base_kind base, const double *args,
+                        size_t n_args)
+{
+    size_t d = current_dim(m), comps;
+    base_kind kind;
+    node *nd;
+    int rc;
+    if (m->finished)
+        return model_error(m, FLOW_ERR_INVAL,
+                           "cannot add an exit to a finished model");
+    if (k == 0 || k >= d)
+        return model_error(m, FLOW_ERR_INVAL, "exit of %zu dimensions from a "
+                           "state of %zu: must leave at least one and take "
+                           "at least one", k, d);
+    if ((rc = check_base(m, base, args, n_args, &kind, &comps)) != FLOW_OK)
+        return rc;
+    if (!(nd = push_node(m)))
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory");
+    nd->kind = NODE_EXIT;
+    nd->in_dim = d;
+    nd->out_dim = d - k;
+    nd->k = k;
+    nd->name = arena_strdup(m, name ? name : "exit");
+    nd->label = nd->name;
+    if (base_make(&nd->base, kind, k, comps) != FLOW_OK)
+        return model_error(m, FLOW_ERR_INVAL, "invalid exit base");
+    if (!nd->name)
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory");
+    m->n_nodes++;
+    return FLOW_OK;
+}
+
+int flow_model_set_base(flow_model *m, flow_base_kind base,
+                        const double *args, size_t n_args)
+{
+    int rc;
+    if (m->finished)
+        return model_error(m, FLOW_ERR_INVAL,
+                           "cannot change the base of a finished model");
+    if ((rc = check_base(m, base, args, n_args, &m->base_kind,
+                         &m->base_comps)) != FLOW_OK)
+        return rc;
+    return FLOW_OK;
+}
+
+static void free_batch(flow_model *m)
+{
+    if (m->act)
+        for (size_t i = 0; i <= m->n_nodes; i++)
+            free(m->act[i]);
+    free(m->act);
+    free(m->ld);
+    free(m->ld_sum);
+    free(m->ones);
+    free(m->g0);
+    free(m->g1);
+    free(m->zbuf);
+    free(m->lpb);
+    free(m->t0);
+    free(m->t1);
+    m->t0 = m->t1 = NULL;
+    m->act = NULL;
+    m->ld = m->ld_sum = m->ones = m->g0 = m->g1 = m->zbuf = m->lpb = NULL;
+    m->cap_rows = 0;
+}
+
+void flow_model_free(flow_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->self)
+            nd->type->destroy(nd->self);
+        free(nd->ws);
+    }
+    free_batch(m);
+    free(m->nodes);
+    free(m->params);
+    free(m->buffers);
+    while (m->arena) {
+        arena_block *b = m->arena;
+        m->arena = b->next;
+        free(b);
+    }
+    free(m);
+}
+
+static void fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
+                      const flow_real *ctxv, flow_real *grad)
+{
+    memset(c, 0, sizeof *c);
+    c->struct_size = sizeof *c;
+    c->host = flow_host_services();
+    c->n = n;
+    c->dim = nd->in_dim;
+    c->context_dim = nd->given ? m->cdim : 0;
+    c->params = m->params + nd->p_off;
+    c->grad = grad ? grad + nd->p_off : NULL;
+    c->buffers = m->buffers + nd->b_off;
+    c->ctx = nd->given ? ctxv : NULL;
+    c->ws = nd->ws;
+    c->ws_bytes = nd->ws_bytes;
+    c->rng = &m->rng;
+    c->training = m->training;
+    c->thread = 0;
+    c->err = m->err;
+    c->err_cap = sizeof m->err;
+    m->err[0] = '\0';
+}
+
+int flow_model_finish(flow_model *m, uint64_t seed)
+{
+    size_t np = 0, nb = 0, zoff = 0;
+    if (m->finished)
+        return model_error(m, FLOW_ERR_INVAL, "model already finished");
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            nd->z_off = zoff;
+            zoff += nd->k;
+            continue;
+        }
+        if (nd->desc.n_params > SIZE_MAX / sizeof(flow_real) - np
+            || nd->desc.n_buffers > SIZE_MAX / sizeof(flow_real) - nb)
+            return model_error(m, FLOW_ERR_INVAL, "too many parameters");
+        nd->p_off = np;
+        nd->b_off = nb;
+        np += nd->desc.n_params;
+        nb += nd->desc.n_buffers;
+    }
+    m->z_final = zoff;
+    if (base_make(&m->base, m->base_kind, current_dim(m), m->base_comps)
+        != FLOW_OK)
+        return model_error(m, FLOW_ERR_INVAL, "invalid base distribution");
+    /* base distributions' parameters follow the layers' */
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            nd->bp_off = np;
+            np += base_params(&nd->base);
+        }
+    }
+    m->base_off = np;
+    np += base_params(&m->base);
+    m->n_params = np;
+    m->n_buffers = nb;
+    m->params = calloc(np ? np : 1, sizeof *m->params);
+    m->buffers = calloc(nb ? nb : 1, sizeof *m->buffers);
+    if (!m->params || !m->buffers)
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory for %zu "
+                           "parameters", np);
+    rng_seed(&m->rng, seed);
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_EXIT)
+            base_init(&m->nodes[i].base, m->params + m->nodes[i].bp_off,
+                      &m->rng);
+    base_init(&m->base, m->params + m->base_off, &m->rng);
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        flow_diag diag;
+        flow_call c;
+        int rc;
+        if (nd->kind != NODE_LAYER)
+            continue;
+        memset(&diag, 0, sizeof diag);
+        diag.struct_size = sizeof diag;
+        nd->self = nd->type->create(flow_host_services(), &nd->cfg, &diag);
+        if (!nd->self)
+            return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): create failed: "
+                               "%s", nd->label, nd->file,
+                               diag.message[0] ? diag.message : "no message");
+        fill_call(m, nd, &c, 0, NULL, NULL);
+        rc = nd->type->init(nd->self, &c, m->params + nd->p_off);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "init");
+    }
+    m->finished = 1;
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------ queries */
+
+size_t flow_model_dim(const flow_model *m) { return m->dim; }
+size_t flow_model_context_dim(const flow_model *m) { return m->cdim; }
+size_t flow_model_num_layers(const flow_model *m) { return m->n_nodes; }
+size_t flow_model_num_params(const flow_model *m) { return m->n_params; }
+flow_real *flow_model_params(flow_model *m) { return m->params; }
+size_t flow_model_num_buffers(const flow_model *m) { return m->n_buffers; }
+flow_real *flow_model_buffers(flow_model *m) { return m->buffers; }
+void flow_model_set_training(flow_model *m, int training)
+{
+    m->training = training != 0;
+}
+void flow_model_seed(flow_model *m, uint64_t seed) { rng_seed(&m->rng, seed); }
+
+/* ------------------------------------------------------------ execution */
+
+static int grow_batch(flow_model *m, size_t n)
+{
+    size_t dmax = m->dim;
+    if (n <= m->cap_rows)
+        return FLOW_OK;
+    free_batch(m);
+    if (!(m->act = calloc(m->n_nodes + 1, sizeof *m->act)))
+        goto nomem;
+    for (size_t i = 0; i <= m->n_nodes; i++) {
+        size_t w = i < m->n_nodes ? m->nodes[i].in_dim : current_dim(m);
+        if (!(m->act[i] = malloc(n * w * sizeof(flow_real))))
+            goto nomem;
+    }
+    m->ld = malloc(n * sizeof *m->ld);
+    m->ld_sum = malloc(n * sizeof *m->ld_sum);
+    m->ones = malloc(n * sizeof *m->ones);
+    m->g0 = malloc(n * dmax * sizeof *m->g0);
+    m->g1 = malloc(n * dmax * sizeof *m->g1);
+    m->zbuf = malloc(n * dmax * sizeof *m->zbuf);
+    m->lpb = malloc(n * sizeof *m->lpb);
+    m->t0 = malloc(n * dmax * sizeof *m->t0);
+    m->t1 = malloc(n * dmax * sizeof *m->t1);
+    if (!m->ld || !m->ld_sum || !m->ones || !m->g0 || !m->g1 || !m->zbuf
+        || !m->lpb || !m->t0 || !m->t1)
+        goto nomem;
+    m->cap_rows = n;
+    return FLOW_OK;
+nomem:
+    free_batch(m);
+    return model_error(m, FLOW_ERR_NOMEM, "out of memory for a batch of %zu "
+                       "rows", n);
+}
+
+static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
+{
+    size_t need = nd->type->workspace(nd->self, n, dir);
+    if (need <= nd->ws_bytes)
+        return FLOW_OK;
+    free(nd->ws);
+    nd->ws = NULL;
+    nd->ws_bytes = 0;
+    if (posix_memalign(&nd->ws, 64, need) != 0) {
+        nd->ws = NULL;
+        return model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for a "
+                           "workspace of %zu bytes", nd->label, need);
+    }
+    nd->ws_bytes = need;
+    return FLOW_OK;
+}
+
+static int prepare_all(flow_model *m, size_t n, int dir)
+{
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        flow_call c;
+        int rc;
+        if (nd->kind != NODE_LAYER)
+            continue;
+        if ((rc = ensure_ws(m, nd, n, dir)) != FLOW_OK)
+            return rc;
+        if (nd->type->prepare) {
+            fill_call(m, nd, &c, n, NULL, NULL);
+            if ((rc = nd->type->prepare(nd->self, &c)) != FLOW_OK)
+                return layer_error(m, nd, rc, "prepare");
+        }
+    }
+    return FLOW_OK;
+}
+
+/* Forward through every node; z (n x dim) gets exits then the final
+ * state; m->ld_sum the summed log-dets.  Activations stay in m->act. */
+static int run_forward(flow_model *m, size_t n, const flow_real *x,
+                       const flow_real *cv, flow_real *z, int data_init)
+{
+    int rc;
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = prepare_all(m, n, 0)) != FLOW_OK)
+        return rc;
+    memcpy(m->act[0], x, n * m->dim * sizeof *x);
+    memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        const flow_real *in = m->act[i];
+        flow_real *out = m->act[i + 1];
+        if (nd->kind == NODE_EXIT) {
+            for (size_t r = 0; r < n; r++) {
+                memcpy(z + r * m->dim + nd->z_off, in + r * nd->in_dim,
+                       nd->k * sizeof *z);
+                memcpy(out + r * nd->out_dim, in + r * nd->in_dim + nd->k,
+                       nd->out_dim * sizeof *z);
+            }
+            continue;
+        }
+        flow_call c;
+        fill_call(m, nd, &c, n, cv, NULL);
+        if (data_init && (nd->desc.flags & FLOW_LAYER_DATA_INIT)
+            && nd->type->data_init) {
+            rc = nd->type->data_init(nd->self, &c, m->params + nd->p_off, in);
+            if (rc != FLOW_OK)
+                return layer_error(m, nd, rc, "data-dependent init");
+        }
+        rc = nd->type->forward(nd->self, &c, in, out, m->ld);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "forward");
+        for (size_t r = 0; r < n; r++)
+            m->ld_sum[r] += m->ld[r];
+    }
+    {
+        size_t df = current_dim(m);
+        const flow_real *fin = m->act[m->n_nodes];
+        for (size_t r = 0; r < n; r++)
+            memcpy(z + r * m->dim + m->z_final, fin + r * df,
+                   df * sizeof *z);
+    }
+    return FLOW_OK;
+}
+
+int flow_model_forward(flow_model *m, size_t n, const flow_real *x,
+                       const flow_real *c, flow_real *z, flow_real *logdet)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = run_forward(m, n, x, c, z, 0)) != FLOW_OK)
+        return rc;
+    if (logdet)
+        memcpy(logdet, m->ld_sum, n * sizeof *logdet);
+    return FLOW_OK;
+}
+
+int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
+                         const flow_real *c)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    if ((rc = grow_batch(m, n)) != FLOW_OK)
+        return rc;
+    return run_forward(m, n, x, c, m->zbuf, 1);
+}
+
+/* Gathers columns [off, off + k) of z (n x dim) into a contiguous n x k. */
+static void gather_cols(size_t n, size_t dim, const flow_real *z, size_t off,
+                        size_t k, flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        memcpy(out + r * k, z + r * dim + off, k * sizeof *out);
+}
+
+/* Adds the base log-densities of z (exits and final) to logp. */
+static int add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
+                           flow_real *logp)
+{
+    flow_real *tmp = m->t0;
+    for (size_t i = 0; i <= m->n_nodes; i++) {
+        const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
+        const base_dist *b = nd ? &nd->base : &m->base;
+        size_t off = nd ? nd->z_off : m->z_final;
+        size_t po = nd ? nd->bp_off : m->base_off;
+        if (nd && nd->kind != NODE_EXIT)
+            continue;
+        gather_cols(n, m->dim, z, off, b->dim, tmp);
+        if (base_log_prob(b, m->params + po, n, tmp, m->lpb) != FLOW_OK)
+            return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                               "invalid parameters or input");
+        for (size_t r = 0; r < n; r++)
+            logp[r] += m->lpb[r];
+    }
+    return FLOW_OK;
+}
+
+int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
+                        const flow_real *c, flow_real *logp)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = run_forward(m, n, x, c, m->zbuf, 0)) != FLOW_OK)
+        return rc;
+    memcpy(logp, m->ld_sum, n * sizeof *logp);
+    return add_base_logpdf(m, n, m->zbuf, logp);
+}
+
+/* Inverse through every node from z; x gets the data, m->ld_sum the
+ * summed inverse log-dets. */
+static int run_inverse(flow_model *m, size_t n, const flow_real *z,
+                       const flow_real *cv, flow_real *x)
+{
+    size_t df = current_dim(m);
+    int rc;
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = prepare_all(m, n, 1)) != FLOW_OK)
+        return rc;
+    for (size_t r = 0; r < n; r++)
+        memcpy(m->act[m->n_nodes] + r * df, z + r * m->dim + m->z_final,
+               df * sizeof *z);
+    memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
+    for (size_t i = m->n_nodes; i-- > 0;) {
+        node *nd = &m->nodes[i];
+        const flow_real *out = m->act[i + 1];
+        flow_real *in = m->act[i];
+        flow_call c;
+        if (nd->kind == NODE_EXIT) {
+            for (size_t r = 0; r < n; r++) {
+                memcpy(in + r * nd->in_dim, z + r * m->dim + nd->z_off,
+                       nd->k * sizeof *z);
+                memcpy(in + r * nd->in_dim + nd->k, out + r * nd->out_dim,
+                       nd->out_dim * sizeof *z);
+            }
+            continue;
+        }
+        if (!(nd->desc.flags & FLOW_LAYER_INVERSE) || !nd->type->inverse)
+            return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer has "
+                               "no inverse direction", nd->label, nd->file);
+        fill_call(m, nd, &c, n, cv, NULL);
+        rc = nd->type->inverse(nd->self, &c, out, in, m->ld);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "inverse");
+        for (size_t r = 0; r < n; r++)
+            m->ld_sum[r] += m->ld[r];
+    }
+    memcpy(x, m->act[0], n * m->dim * sizeof *x);
+    return FLOW_OK;
+}
+
+int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
+                       const flow_real *c, flow_real *x, flow_real *logdet)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = run_inverse(m, n, z, c, x)) != FLOW_OK)
+        return rc;
+    if (logdet)
+        memcpy(logdet, m->ld_sum, n * sizeof *logdet);
+    return FLOW_OK;
+}
+
+int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
+                      flow_real *x, flow_real *logp)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK)
+        return rc;
+    for (size_t i = 0; i <= m->n_nodes; i++) {
+        const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
+        const base_dist *b = nd ? &nd->base : &m->base;
+        size_t off = nd ? nd->z_off : m->z_final;
+        size_t po = nd ? nd->bp_off : m->base_off;
+        if (nd && nd->kind != NODE_EXIT)
+            continue;
+        if (base_sample(b, m->params + po, n, &m->rng, m->t1, NULL)
+            != FLOW_OK)
+            return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                               "cannot sample");
+        for (size_t r = 0; r < n; r++)
+            memcpy(m->zbuf + r * m->dim + off, m->t1 + r * b->dim,
+                   b->dim * sizeof *m->zbuf);
+    }
+    if ((rc = run_inverse(m, n, m->zbuf, c, x)) != FLOW_OK)
+        return rc;
+    if (logp) {
+        /* log p(x) = log p_base(z) - log|det df^-1/dz| */
+        for (size_t r = 0; r < n; r++)
+            logp[r] = -m->ld_sum[r];
+        return add_base_logpdf(m, n, m->zbuf, logp);
+    }
+    return FLOW_OK;
+}
+
+int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
+                           const flow_real *c, double *mean_logp,
+                           flow_real *grad)
+{
+    flow_real w, *dz, *dprev;
+    double total = 0;
+    int rc;
+
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = run_forward(m, n, x, c, m->zbuf, 0)) != FLOW_OK)
+        return rc;
+    w = (flow_real)(1.0 / (double)n);
+    memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
+    if ((rc = add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
+        return rc;
+    for (size_t r = 0; r < n; r++) {
+        total += m->ld[r];
+        m->ones[r] = w;             /* dL/dlogdet and dL/dlogp_base */
+    }
+    memset(grad, 0, m->n_params * sizeof *grad);
+    /* d mean / d z_final, and the final base's parameter gradient */
+    dz = m->g0;
+    dprev = m->g1;
+    gather_cols(n, m->dim, m->zbuf, m->z_final, m->base.dim, m->t0);
+    if (base_grad(&m->base, m->params + m->base_off, n, m->t0, m->ones, dz,
+                  grad + m->base_off) != FLOW_OK)
+        return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                           "gradient failed");
+    for (size_t i = m->n_nodes; i-- > 0;) {
+        node *nd = &m->nodes[i];
+        flow_call call;
+        flow_real *t;
+        if (nd->kind == NODE_EXIT) {
+            /* d/d(input) = [base gradient of the exit's part, dz of rest] */
+            for (size_t r = n; r-- > 0;)
+                memmove(dprev + r * nd->in_dim + nd->k, dz + r * nd->out_dim,
+                        nd->out_dim * sizeof *dz);
+            gather_cols(n, m->dim, m->zbuf, nd->z_off, nd->k, m->t0);
+            if (base_grad(&nd->base, m->params + nd->bp_off, n, m->t0,
+                          m->ones, m->t1, grad + nd->bp_off) != FLOW_OK)
+                return model_error(m, FLOW_ERR_NUMERIC, "exit %s: base "
+                                   "gradient failed", nd->name);
+            for (size_t r = 0; r < n; r++)
+                memcpy(dprev + r * nd->in_dim, m->t1 + r * nd->k,
+                       nd->k * sizeof *dprev);
+        } else {
+            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                || !nd->type->forward_backward)
+                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
+                                   "cannot be trained (no backward)",
+                                   nd->label, nd->file);
+            fill_call(m, nd, &call, n, c, grad);
+            rc = nd->type->forward_backward(nd->self, &call, m->act[i],
+                                            m->act[i + 1], dz, m->ones,
+                                            dprev);
+            if (rc != FLOW_OK)
+                return layer_error(m, nd, rc, "backward");
+        }
+        t = dz;
+        dz = dprev;
+        dprev = t;
+    }
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        flow_call call;
+        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
+            continue;
+        fill_call(m, nd, &call, n, c, grad);
+        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "gradient");
+    }
+    if (mean_logp)
+        *mean_logp = total / (double)n;
+    return FLOW_OK;
+}
+
+void flow_model_get_rng(const flow_model *m, uint64_t out[6])
+{
+    memcpy(out, m->rng.s, 4 * sizeof *out);
+    out[4] = (uint64_t)m->rng.has_spare;
+    memcpy(&out[5], &m->rng.spare, sizeof out[5]);
+}
+
+void flow_model_set_rng(flow_model *m, const uint64_t in[6])
+{
+    memcpy(m->rng.s, in, 4 * sizeof *in);
+    m->rng.has_spare = in[4] != 0;
+    memcpy(&m->rng.spare, &in[5], sizeof in[5]);
+}
+
+flow_ctx *model_ctx(const flow_model *m) { return m->ctx; }
+
+/* ------------------------------------------------------------ slices */
+
+size_t model_slice_count(const flow_model *m)
+{
+    return m->n_nodes + 1;
+}
+
+/* Slice i: the layer or exit i (exits: their base), or, for i = n_nodes,
+ * the output's base.  Names are stable across runs of one spec. */
+int model_slice(const flow_model *m, size_t i, model_slice_info *s)
+{
+    memset(s, 0, sizeof *s);
+    if (i > m->n_nodes)
+        return FLOW_ERR_INVAL;
+    if (i == m->n_nodes) {
+        s->name = "base/output";
+        s->p_off = m->base_off;
+        s->n_params = base_params(&m->base);
+        return FLOW_OK;
+    }
+    if (m->nodes[i].kind == NODE_EXIT) {
+        s->name = m->nodes[i].name;
+        s->is_exit = 1;
+        s->p_off = m->nodes[i].bp_off;
+        s->n_params = base_params(&m->nodes[i].base);
+        return FLOW_OK;
+    }
+    s->name = m->nodes[i].label;
+    s->p_off = m->nodes[i].p_off;
+    s->n_params = m->nodes[i].desc.n_params;
+    s->b_off = m->nodes[i].b_off;
+    s->n_buffers = m->nodes[i].desc.n_buffers;
+    return FLOW_OK;
+}

@@ -1,0 +1,1047 @@
+/* nn.c - MLP and MADE networks of the host table (Germain et al. 2015):
+ * forward with a tape, VJP, JVP and the JVP's VJP, all in caller memory. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "matrix.h"
+#include "nn.h"
+#include "rng.h"
+
+#define WS_MAGIC 0x666c6f776e6e7631ull  /* "flownnv1" */
+#define WS_ALIGN 64
+
+typedef struct nn_layer {
+    size_t in;                  /* inputs (layer 0: D + K)                  */
+    size_t out;                 /* outputs (rows of W)                      */
+    size_t cols;                /* columns of W: in (+1 for concat time)    */
+    size_t w_off, b_off;        /* parameter offsets                        */
+    size_t ga_off, gc_off, gd_off; /* concatsquash vectors                  */
+    size_t m_off;               /* MADE: offset into net->mask / masked W  */
+    size_t g_off;               /* concatsquash: offset of its gate vector */
+    size_t sn_off;              /* spectral norm: offset (doubles) of sigma,
+                                   scale, u[out], v[cols] in the workspace */
+} nn_layer;
+
+struct flow_net {
+    flow_net_kind kind;
+    size_t d, k, out, y_width;  /* D, K, outputs per dim / MLP outputs, total */
+    flow_activation act;
+    double slope;               /* leaky_relu */
+    int zero_last;
+    flow_time_mode time;
+    uint64_t seed;
+    size_t n_layers;
+    nn_layer *layer;
+    size_t n_params;
+    uint8_t *mask;              /* MADE: all layers' masks, NULL for MLP   */
+    size_t mask_total;          /* elements of mask (sum rows * cols)      */
+    size_t max_wsize;           /* largest rows * cols                     */
+    size_t max_width;           /* largest in / out of any layer           */
+    size_t gate_total;          /* sum of rows (concatsquash gates)        */
+    double sn;                  /* spectral-norm bound c, 0 = none         */
+    size_t sn_total;            /* doubles of spectral-norm state per call */
+    size_t sn_scratch;          /* bytes of LAPACK scratch (spectral norm) */
+    int derived;                /* weights used != params (MADE or sn)     */
+};
+
+/* Workspace header; the tape follows at WS_ALIGN offsets. */
+typedef struct ws_head {
+    uint64_t magic;
+    size_t n;
+    double t;
+    int have_jvp;
+} ws_head;
+
+/* Offsets (bytes from ws) of the tape for n rows. */
+typedef struct ws_layout {
+    size_t wm, gw, sn, sn_scratch, gate, xin, cin;
+    size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
+                                    layer at + off_rows * n * sizeof    */
+    size_t s[4];                 /* backward scratch, n x max_width each  */
+    size_t total;
+} ws_layout;
+
+/* ---------------------------------------------------------- helpers */
+
+/* v rounded up to WS_ALIGN, saturating at SIZE_MAX (never wraps) */
+static size_t round_up(size_t v)
+{
+    if (v > SIZE_MAX - (WS_ALIGN - 1))
+        return SIZE_MAX;
+    return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
+}
+
+/* a * b with overflow to SIZE_MAX (saturating: sizes are checked later) */
+static size_t mul_sat(size_t a, size_t b)
+{
+    return (b && a > SIZE_MAX / b) ? SIZE_MAX : a * b;
+}
+
+static size_t add_sat(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+/* Sum of layer widths of hidden layers (rows of layers 0..L-2). */
+static size_t hidden_rows(const flow_net *net)
+{
+    size_t s = 0;
+    for (size_t l = 0; l + 1 < net->n_layers; l++)
+        s += net->layer[l].out;
+    return s;
+}
+
+static size_t all_rows(const flow_net *net)
+{
+    return hidden_rows(net) + net->layer[net->n_layers - 1].out;
+}
+
+/* Offset (in elements per row) of hidden layer l inside the per-layer
+ * hidden arrays z, h, tz, th. */
+static size_t hidden_off(const flow_net *net, size_t l)
+{
+    size_t s = 0;
+    for (size_t i = 0; i < l; i++)
+        s += net->layer[i].out;
+    return s;
+}
+
+static void layout(const flow_net *net, size_t n, ws_layout *lo)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(ws_head));
+    size_t hid = mul_sat(mul_sat(n, hidden_rows(net)), r);
+    size_t allr = mul_sat(mul_sat(n, all_rows(net)), r);
+    int der = net->derived;
+    int squash = net->time == FLOW_TIME_CONCATSQUASH;
+#define TAKE(field, bytes) \
+    do { lo->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(wm, der ? mul_sat(net->mask_total, r) : 0);
+    TAKE(gw, der ? mul_sat(net->max_wsize, r) : 0);
+    TAKE(sn, mul_sat(net->sn_total, sizeof(double)));
+    TAKE(sn_scratch, net->sn_scratch);
+    TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
+    TAKE(xin, mul_sat(mul_sat(n, net->d), r));
+    TAKE(cin, mul_sat(mul_sat(n, net->k), r));
+    TAKE(u, squash ? allr : 0);
+    TAKE(z, hid);
+    TAKE(h, hid);
+    TAKE(tu, squash ? allr : 0);
+    TAKE(tz, hid);
+    TAKE(th, hid);
+    for (int i = 0; i < 4; i++)
+        TAKE(s[i], mul_sat(mul_sat(n, net->max_width), r));
+#undef TAKE
+    lo->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+static flow_real *at(void *ws, size_t off)
+{
+    return (flow_real *)((char *)ws + off);
+}
+
+/* ------------------------------------------------------ activations */
+
+static double sigmoid(double z)
+{
+    if (z >= 0)
+        return 1.0 / (1.0 + exp(-z));
+    double e = exp(z);
+    return e / (1.0 + e);
+}
+
+/* f(z), f'(z), f''(z) of the hidden activation; any pointer may be NULL */
+static void act_eval(const flow_net *net, double z, double *f, double *f1,
+                     double *f2)
+{
+    double v = z, d1 = 1, d2 = 0, s, e;
+    switch (net->act) {
+    case FLOW_ACT_IDENTITY:
+        break;
+    case FLOW_ACT_RELU:              /* f'(+0) = 1, f'(-0) = 0: see pos_mask */
+        v = signbit(z) ? 0 : z;
+        d1 = signbit(z) ? 0 : 1;
+        break;
+    case FLOW_ACT_LEAKY_RELU:
+        v = signbit(z) ? net->slope * z : z;
+        d1 = signbit(z) ? net->slope : 1;
+        break;
+    case FLOW_ACT_TANH:
+        v = tanh(z);
+        d1 = 1 - v * v;
+        d2 = -2 * v * d1;
+        break;
+    case FLOW_ACT_ELU:                        /* alpha = 1 */
+        if (z <= 0) {
+            e = exp(z);
+            v = e - 1;
+            d1 = e;
+            d2 = e;
+        }
+        break;
+    case FLOW_ACT_SOFTPLUS:                   /* log(1 + e^z), stable */
+        v = z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
+        s = sigmoid(z);
+        d1 = s;
+        d2 = s * (1 - s);
+        break;
+    case FLOW_ACT_SIGMOID:
+        s = sigmoid(z);
+        v = s;
+        d1 = s * (1 - s);
+        d2 = d1 * (1 - 2 * s);
+        break;
+    }
+    if (f)
+        *f = v;
+    if (f1)
+        *f1 = d1;
+    if (f2)
+        *f2 = d2;
+}
+
+/* 1 for z >= +0, 0 for z <= -0, without a branch.  ReLU-family loops
+ * multiply by this mask: with random signs a branch mispredicts half the
+ * time, and GCC -O2 does not if-convert the float select; the branchy
+ * loops were ~10x slower and cost more than the GEMMs (docs/runtime.md). */
+static inline flow_real pos_mask(flow_real z)
+{
+#if FLOW_REAL_DOUBLE
+    return 0.5 + copysign(0.5, z);
+#else
+    return 0.5f + copysignf(0.5f, z);
+#endif
+}
+
+/* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
+static void act_apply(const flow_net *net, const flow_real *restrict z,
+                      flow_real *restrict h, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            h[i] = pos_mask(z[i]) * z[i];
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            h[i] = m * z[i] + (1 - m) * (a * z[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        memcpy(h, z, count * sizeof *h);
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f;
+            act_eval(net, z[i], &f, NULL, NULL);
+            h[i] = (flow_real)f;
+        }
+    }
+}
+
+/* g *= f'(z) over a block (backward and JVP) */
+static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
+                         flow_real *restrict g, size_t count)
+{
+    const flow_real a = (flow_real)net->slope;
+    switch (net->act) {
+    case FLOW_ACT_RELU:
+        for (size_t i = 0; i < count; i++)
+            g[i] *= pos_mask(z[i]);
+        return;
+    case FLOW_ACT_LEAKY_RELU:
+        for (size_t i = 0; i < count; i++) {
+            flow_real m = pos_mask(z[i]);
+            g[i] = m * g[i] + (1 - m) * (a * g[i]);
+        }
+        return;
+    case FLOW_ACT_IDENTITY:
+        return;
+    default:
+        for (size_t i = 0; i < count; i++) {
+            double f1;
+            act_eval(net, z[i], NULL, &f1, NULL);
+            g[i] = (flow_real)(g[i] * f1);
+        }
+    }
+}
+
+/* --------------------------------------------------------- creation */
+
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !cap)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+/* MADE degrees and masks (Germain et al. 2015, sec. 4): input j has
+ * degree m^0(j) = order[j] + 1, context and time degree 0 (visible to
+ * every unit); hidden unit k of layer l gets m^l(k) in [min m^{l-1}, D-1]
+ * (cyclic from a seed-drawn offset, so every degree appears when the layer
+ * is wide enough, instead of the paper's i.i.d. draw).  With context the
+ * range starts at 0: degree-0 units see only the context, so even the
+ * first dimension's outputs depend on it, as flow_net_spec promises.
+ * Hidden masks are
+ * M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq. 13) and the output mask is
+ * strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)] (eq. 14), with output unit
+ * i*out + k of dimension i having degree order[i] + 1. */
+static int made_masks(flow_net *net, const int32_t *order)
+{
+    size_t d = net->d, maxw = net->max_width;
+    int32_t *prev = NULL, *cur = NULL;
+    flow_rng rng;
+    int ok = 0;
+    prev = malloc(maxw * sizeof *prev);
+    cur = malloc(maxw * sizeof *cur);
+    net->mask = calloc(net->mask_total ? net->mask_total : 1, 1);
+    if (!prev || !cur || !net->mask)
+        goto fail;
+    rng_seed(&rng, net->seed);
+    for (size_t j = 0; j < d; j++)
+        prev[j] = order ? order[j] + 1 : (int32_t)j + 1;
+    for (size_t j = 0; j < net->k; j++)
+        prev[d + j] = 0;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        nn_layer *ly = &net->layer[l];
+        uint8_t *m = net->mask + ly->m_off;
+        int last = l + 1 == net->n_layers;
+        int32_t lo = INT32_MAX, span;
+        uint64_t shift = 0;
+        for (size_t j = 0; j < ly->in; j++)
+            if (prev[j] < lo)
+                lo = prev[j];
+        if (lo == INT32_MAX || lo > (int32_t)d - 1)
+            lo = (int32_t)d - 1;   /* nothing to see: degree D-1 (D=1: 0) */
+        span = (int32_t)d - lo;    /* degrees lo..D-1 */
+        if (!last && span > 0)
+            shift = rng_below(&rng, (uint64_t)span);
+        for (size_t r = 0; r < ly->out; r++) {
+            if (last)
+                cur[r] = order ? order[r / net->out] + 1
+                               : (int32_t)(r / net->out) + 1;
+            else if (span > 0)
+                cur[r] = lo + (int32_t)((r + shift) % (uint64_t)span);
+            else
+                cur[r] = lo;
+            for (size_t j = 0; j < ly->in; j++)
+                m[r * ly->cols + j] = last ? cur[r] > prev[j]
+                                           : cur[r] >= prev[j];
+            if (ly->cols > ly->in)   /* time column: always visible */
+                m[r * ly->cols + ly->in] = 1;
+        }
+        memcpy(prev, cur, ly->out * sizeof *cur);
+    }
+    ok = 1;
+fail:
+    free(prev);
+    free(cur);
+    return ok;
+}
+
+/* Validates a spec; 0 with a message in err when it is unusable. */
+static int check_spec(const flow_net_spec *spec, char *err, size_t err_cap)
+{
+    if (!spec || spec->struct_size < sizeof(flow_net_spec)) {
+        set_err(err, err_cap, "net: missing or truncated spec (struct_size "
+                "%zu)", spec ? (size_t)spec->struct_size : 0);
+        return 0;
+    }
+    if (spec->kind != FLOW_NET_MLP && spec->kind != FLOW_NET_MADE) {
+        set_err(err, err_cap, "net: unknown kind %zu", (size_t)spec->kind);
+        return 0;
+    }
+    if (spec->in == 0 || spec->out == 0) {
+        set_err(err, err_cap, "net: input and output widths must be > 0");
+        return 0;
+    }
+    if (spec->n_hidden && !spec->hidden) {
+        set_err(err, err_cap, "net: %zu hidden layers but no widths",
+                spec->n_hidden);
+        return 0;
+    }
+    for (size_t i = 0; i < spec->n_hidden; i++)
+        if (spec->hidden[i] == 0) {
+            set_err(err, err_cap, "net: hidden layer %zu has width 0", i);
+            return 0;
+        }
+    if ((unsigned)spec->act > FLOW_ACT_SIGMOID) {
+        set_err(err, err_cap, "net: unknown activation %zu", (size_t)spec->act);
+        return 0;
+    }
+    if ((unsigned)spec->time > FLOW_TIME_CONCATSQUASH) {
+        set_err(err, err_cap, "net: unknown time mode %zu", (size_t)spec->time);
+        return 0;
+    }
+    if (!(spec->spectral_norm >= 0) || !isfinite(spec->spectral_norm)) {
+        set_err(err, err_cap, "net: spectral_norm must be a finite number "
+                ">= 0 (0 = off), got %g", spec->spectral_norm);
+        return 0;
+    }
+    if (spec->kind == FLOW_NET_MADE && spec->order) {
+        for (size_t i = 0; i < spec->in; i++) {
+            int32_t o = spec->order[i];
+            int dup = 0;
+            for (size_t j = 0; j < i; j++)
+                dup |= spec->order[j] == o;
+            if (o < 0 || (size_t)o >= spec->in || dup) {
+                set_err(err, err_cap, "net: MADE order is not a permutation "
+                        "of 0..D-1 (entry %zu)", i);
+                return 0;
+            }
+        }
+    }
+    if (spec->in > SIZE_MAX / 4 || spec->context > SIZE_MAX / 4 ||
+        (spec->kind == FLOW_NET_MADE && spec->out > SIZE_MAX / spec->in)) {
+        set_err(err, err_cap, "net: sizes overflow");
+        return 0;
+    }
+    return 1;
+}
+
+flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
+{
+    flow_net *net = NULL;
+    size_t p = 0, prev;
+    if (err && err_cap)
+        err[0] = '\0';
+    if (!check_spec(spec, err, err_cap))
+        return NULL;
+    net = calloc(1, sizeof *net);
+    if (!net)
+        goto nomem;
+    net->kind = spec->kind;
+    net->d = spec->in;
+    net->k = spec->context;
+    net->out = spec->out;
+    net->y_width = spec->kind == FLOW_NET_MADE ? spec->out * spec->in
+                                               : spec->out;
+    net->act = spec->act;
+    net->slope = spec->act_param != 0 ? spec->act_param : 0.01;
+    net->zero_last = spec->zero_last;
+    net->time = spec->time;
+    net->seed = spec->seed;
+    net->n_layers = spec->n_hidden + 1;
+    net->layer = calloc(net->n_layers, sizeof *net->layer);
+    if (!net->layer)
+        goto nomem;
+    prev = net->d + net->k;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        nn_layer *ly = &net->layer[l];
+        size_t wsize;
+        ly->in = prev;
+        ly->out = l + 1 < net->n_layers ? spec->hidden[l] : net->y_width;
+        ly->cols = ly->in + (net->time == FLOW_TIME_CONCAT);
+        wsize = mul_sat(ly->out, ly->cols);
+        if (wsize == SIZE_MAX || p > SIZE_MAX / 2 - wsize - 4 * ly->out) {
+            set_err(err, err_cap, "net: parameter count overflows in layer "
+                    "%zu", l);
+            goto fail;
+        }
+        ly->w_off = p;
+        p += wsize;
+        ly->b_off = p;
+        p += ly->out;
+        if (net->time == FLOW_TIME_CONCATSQUASH) {
+            ly->ga_off = p;
+            ly->gc_off = p + ly->out;
+            ly->gd_off = p + 2 * ly->out;
+            p += 3 * ly->out;
+            ly->g_off = net->gate_total;
+            net->gate_total += ly->out;
+        }
+        ly->sn_off = net->sn_total;
+        if (spec->spectral_norm > 0)
+            net->sn_total += 2 + ly->out + ly->cols;
+        if (spec->spectral_norm > 0 &&
+            la_top_singular_scratch(ly->out, ly->cols) > net->sn_scratch)
+            net->sn_scratch = la_top_singular_scratch(ly->out, ly->cols);
+        ly->m_off = net->mask_total;
+        net->mask_total += wsize;
+        if (wsize > net->max_wsize)
+            net->max_wsize = wsize;
+        if (ly->in > net->max_width)
+            net->max_width = ly->in;
+        if (ly->out > net->max_width)
+            net->max_width = ly->out;
+        prev = ly->out;
+    }
+    net->n_params = p;
+    net->sn = spec->spectral_norm;
+    net->derived = net->kind == FLOW_NET_MADE || net->sn > 0;
+    if (net->kind == FLOW_NET_MADE && !made_masks(net, spec->order))
+        goto nomem;
+    return net;
+nomem:
+    set_err(err, err_cap, "net: out of memory");
+fail:
+    nn_destroy(net);
+    return NULL;
+}
+
+void nn_destroy(flow_net *net)
+{
+    if (!net)
+        return;
+    free(net->layer);
+    free(net->mask);
+    free(net);
+}
+
+size_t nn_params(const flow_net *net) { return net ? net->n_params : 0; }
+
+size_t nn_layers(const flow_net *net) { return net ? net->n_layers : 0; }
+
+int nn_layer_shape(const flow_net *net, size_t l, size_t *rows,
+                   size_t *cols, size_t *w_off, size_t *b_off)
+{
+    if (!net || l >= net->n_layers)
+        return FLOW_ERR_INVAL;
+    if (rows)
+        *rows = net->layer[l].out;
+    if (cols)
+        *cols = net->layer[l].cols;
+    if (w_off)
+        *w_off = net->layer[l].w_off;
+    if (b_off)
+        *b_off = net->layer[l].b_off;
+    return FLOW_OK;
+}
+
+const uint8_t *nn_layer_mask(const flow_net *net, size_t l)
+{
+    if (!net || !net->mask || l >= net->n_layers)
+        return NULL;
+    return net->mask + net->layer[l].m_off;
+}
+
+/* Uniform init: W_ij ~ U(-s, s) with s = sqrt(6 / fan_in) before ReLU-like
+ * units (He et al. 2015, eq. 10: Var W = 2 / fan_in) and s = sqrt(6 /
+ * (fan_in + fan_out)) before tanh / sigmoid and for the linear output
+ * (Glorot & Bengio 2010, eq. 16); fan_in counts the unmasked inputs of the
+ * row (MADE).  Biases 0; concatsquash gate a, c and time bias d ~ U(-1, 1)
+ * (PyTorch's default for a 1-input linear map, as in FFJORD's code). */
+void nn_init(const flow_net *net, flow_real *params, flow_rng *rng)
+{
+    flow_rng local;
+    int he;
+    if (!net || !params)
+        return;
+    he = net->act == FLOW_ACT_RELU || net->act == FLOW_ACT_LEAKY_RELU ||
+         net->act == FLOW_ACT_ELU || net->act == FLOW_ACT_SOFTPLUS;
+    if (!rng) {
+        rng_seed(&local, net->seed ^ 0x6e6e696e6974ull);
+        rng = &local;
+    }
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const uint8_t *m = net->mask ? net->mask + ly->m_off : NULL;
+        int last = l + 1 == net->n_layers;
+        int zero = last && net->zero_last;
+        flow_real *w = params + ly->w_off;
+        for (size_t r = 0; r < ly->out; r++) {
+            size_t fan = 0;
+            double s;
+            for (size_t j = 0; j < ly->cols; j++)
+                fan += m ? m[r * ly->cols + j] : 1;
+            if (fan == 0)
+                fan = 1;
+            s = (he && !last) ? sqrt(6.0 / (double)fan)
+                              : sqrt(6.0 / (double)(fan + ly->out));
+            for (size_t j = 0; j < ly->cols; j++) {
+                double v = (2 * rng_uniform(rng) - 1) * s;
+                if (zero || (m && !m[r * ly->cols + j]))
+                    v = 0;
+                w[r * ly->cols + j] = (flow_real)v;
+            }
+            params[ly->b_off + r] = 0;
+        }
+        if (net->time == FLOW_TIME_CONCATSQUASH)
+            for (size_t r = 0; r < ly->out; r++) {
+                params[ly->ga_off + r] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gc_off + r] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gd_off + r] =
+                    zero ? 0 : (flow_real)(2 * rng_uniform(rng) - 1);
+            }
+    }
+}
+
+size_t nn_workspace(const flow_net *net, size_t n)
+{
+    ws_layout lo;
+    if (!net)
+        return 0;
+    layout(net, n ? n : 1, &lo);
+    return lo.total;
+}
+
+/* ---------------------------------------------------------- forward */
+
+/* Weights as used: params, or (MADE, spectral norm) the derived copy in
+ * the workspace. */
+static const flow_real *weights(const flow_net *net, const flow_real *params,
+                                void *ws, const ws_layout *lo, size_t l)
+{
+    if (net->derived)
+        return at(ws, lo->wm) + net->layer[l].m_off;
+    return params + net->layer[l].w_off;
+}
+
+/* out (n x rows) = sum over input blocks of X_blk W[:, blk]^T, beta
+ * selects overwrite (0) or accumulate (1) for the first block.  Layer 0
+ * has the blocks x (D columns) and ctx (K); other layers one block. */
+static int lin_blocks(const flow_net *net, size_t l, size_t n,
+                      const flow_real *w, const flow_real *x0,
+                      const flow_real *c0, flow_real *out)
+{
+    const nn_layer *ly = &net->layer[l];
+    int st;
+    if (l > 0)
+        return blas_gemm(0, 1, n, ly->out, ly->in, 1, x0, ly->in, w,
+                         ly->cols, 0, out, ly->out);
+    st = blas_gemm(0, 1, n, ly->out, net->d, 1, x0, net->d, w, ly->cols, 0,
+                   out, ly->out);
+    if (st == FLOW_OK && net->k && c0)
+        st = blas_gemm(0, 1, n, ly->out, net->k, 1, c0, net->k, w + net->d,
+                       ly->cols, 1, out, ly->out);
+    return st;
+}
+
+/* Derived weights for this call: W_m = M o W (MADE), then with spectral
+ * normalisation W_eff = W_m * min(1, c / sigma(W_m)) (the time column
+ * included, a conservative bound on the Lipschitz constant in h).  sigma
+ * and its singular vectors come exact from LAPACK (la_top_singular)
+ * rather than from the one power-iteration step per update of Miyato et
+ * al. 2018, alg. 1 / Behrmann et al. 2019, sec. 3, which needs state kept
+ * between calls: here the result depends on the parameters only. */
+static int derive_weights(const flow_net *net, const flow_real *params,
+                          void *ws, const ws_layout *lo)
+{
+    flow_real *wm = at(ws, lo->wm);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = wm + ly->m_off;
+        size_t sz = ly->out * ly->cols;
+        if (net->mask) {
+            const uint8_t *m = net->mask + ly->m_off;
+            for (size_t i = 0; i < sz; i++)
+                dst[i] = m[i] ? w[i] : 0;
+        } else {
+            memcpy(dst, w, sz * sizeof *dst);
+        }
+        if (net->sn > 0) {
+            double *sn = (double *)(void *)((char *)ws + lo->sn) + ly->sn_off;
+            double sigma = 0, scale;
+            int st = la_top_singular(ly->out, ly->cols, dst, &sigma, sn + 2,
+                                     sn + 2 + ly->out,
+                                     (char *)ws + lo->sn_scratch);
+            if (st != FLOW_OK)
+                return st;
+            scale = sigma > net->sn ? net->sn / sigma : 1.0;
+            sn[0] = sigma;
+            sn[1] = scale;
+            if (scale != 1.0)
+                for (size_t i = 0; i < sz; i++)
+                    dst[i] = (flow_real)(dst[i] * scale);
+        }
+    }
+    return FLOW_OK;
+}
+
+int nn_forward(const flow_net *net, const flow_real *params, size_t n,
+               const flow_real *x, const flow_real *ctx, double t,
+               flow_real *y, void *ws)
+{
+    ws_head *hd = ws;
+    ws_layout lo;
+    int squash, st = FLOW_OK;
+    if (!net || !params || !x || !y || !ws || (net->k && !ctx) ||
+        (uintptr_t)ws % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    layout(net, n, &lo);
+    hd->magic = 0;
+    hd->n = n;
+    hd->t = t;
+    hd->have_jvp = 0;
+    memcpy(at(ws, lo.xin), x, n * net->d * sizeof(flow_real));
+    if (net->k)
+        memcpy(at(ws, lo.cin), ctx, n * net->k * sizeof(flow_real));
+    if (net->derived && (st = derive_weights(net, params, ws, &lo)) != FLOW_OK)
+        return st;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        size_t ho = hidden_off(net, l) * n;
+        const flow_real *w = weights(net, params, ws, &lo, l);
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        flow_real *z = last ? y : at(ws, lo.z) + ho;
+        flow_real *u = squash ? at(ws, lo.u) + ho : z;
+        flow_real *g = at(ws, lo.gate) + ly->g_off;
+        st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), u);
+        if (st != FLOW_OK)
+            return st;
+        {
+            /* bias (+ t W[:, last]) combined in the backward scratch (free
+             * during forward), then added row by row, contiguously */
+            flow_real *bias = at(ws, lo.s[0]);
+            for (size_t j = 0; j < ly->out; j++)
+                bias[j] = (flow_real)(params[ly->b_off + j] +
+                                      (net->time == FLOW_TIME_CONCAT
+                                           ? t * w[j * ly->cols + ly->in]
+                                           : 0.0));
+            for (size_t r = 0; r < n; r++) {
+                flow_real *ur = u + r * ly->out;
+                for (size_t j = 0; j < ly->out; j++)
+                    ur[j] += bias[j];
+            }
+        }
+        /* concatsquash (Grathwohl et al. 2019, FFJORD's
+         * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
+        if (squash) {
+            flow_real *dt = at(ws, lo.s[1]);
+            for (size_t j = 0; j < ly->out; j++) {
+                g[j] = (flow_real)sigmoid(params[ly->ga_off + j] * t +
+                                          params[ly->gc_off + j]);
+                dt[j] = (flow_real)(params[ly->gd_off + j] * t);
+            }
+            for (size_t r = 0; r < n; r++)
+                for (size_t j = 0; j < ly->out; j++)
+                    z[r * ly->out + j] = u[r * ly->out + j] * g[j] + dt[j];
+        }
+        if (!last)
+            act_apply(net, z, at(ws, lo.h) + ho, n * ly->out);
+    }
+    hd->magic = WS_MAGIC;
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------- JVP */
+
+static int check_tape(const flow_net *net, size_t n, void *ws)
+{
+    const ws_head *hd = ws;
+    if (!net || !ws || (uintptr_t)ws % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (hd->magic != WS_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;
+    return FLOW_OK;
+}
+
+/* ty = (dy/dx) tx: tangents of x only (context and t held fixed). */
+int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
+           const flow_real *tx, flow_real *ty)
+{
+    ws_head *hd = ws;
+    ws_layout lo;
+    int squash;
+    if (!params || !tx || !ty)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    if (check_tape(net, n, ws) != FLOW_OK)
+        return FLOW_ERR_INVAL;    /* no matching forward on this ws */
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    layout(net, n, &lo);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        size_t ho = hidden_off(net, l) * n;
+        const flow_real *w = weights(net, params, ws, &lo, l);
+        const flow_real *tin =
+            l == 0 ? tx : at(ws, lo.th) + hidden_off(net, l - 1) * n;
+        flow_real *tz = last ? ty : at(ws, lo.tz) + ho;
+        flow_real *tu = squash ? at(ws, lo.tu) + ho : tz;
+        const flow_real *g = at(ws, lo.gate) + ly->g_off;
+        int st;
+        /* layer 0: only the x block carries a tangent */
+        st = blas_gemm(0, 1, n, ly->out, l == 0 ? net->d : ly->in, 1, tin,
+                       l == 0 ? net->d : ly->in, w, ly->cols, 0, tu, ly->out);
+        if (st != FLOW_OK)
+            return st;
+        if (squash)
+            for (size_t r = 0; r < n; r++)
+                for (size_t j = 0; j < ly->out; j++)
+                    tz[r * ly->out + j] = tu[r * ly->out + j] * g[j];
+        if (!last) {
+            flow_real *th = at(ws, lo.th) + ho;
+            memcpy(th, tz, n * ly->out * sizeof *th);
+            act_grad_mul(net, at(ws, lo.z) + ho, th, n * ly->out);
+        }
+    }
+    hd->have_jvp = 1;
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------ VJPs */
+
+/* Adds the gradient g wrt the derived weights W_eff of layer l to dst (the
+ * raw W's gradient): with spectral normalisation active (sigma > c),
+ * W_eff = c W_m / sigma and d sigma / d W_m = u v^T, so
+ * dW_m = (c / sigma) g - (c / sigma^2) <g, W_m> u v^T; then the mask
+ * (MADE), so masked entries of dst are never touched. */
+static void map_grad(const flow_net *net, size_t l, void *ws,
+                     const ws_layout *lo, flow_real *g, flow_real *dst)
+{
+    const nn_layer *ly = &net->layer[l];
+    const uint8_t *m = net->mask ? net->mask + ly->m_off : NULL;
+    size_t sz = ly->out * ly->cols;
+    if (net->sn > 0) {
+        const double *sn = (const double *)(void *)((char *)ws + lo->sn) +
+                           ly->sn_off;
+        const double *u = sn + 2, *v = sn + 2 + ly->out;
+        const flow_real *weff = at(ws, lo->wm) + ly->m_off;
+        double scale = sn[1], inner = 0, k;
+        if (scale != 1.0) {
+            /* <g, W_m> = <g, W_eff> / scale */
+            for (size_t i = 0; i < sz; i++)
+                inner += (double)g[i] * weff[i];
+            inner /= scale;
+            k = net->sn / (sn[0] * sn[0]) * inner;
+            for (size_t r = 0; r < ly->out; r++)
+                for (size_t j = 0; j < ly->cols; j++) {
+                    size_t i = r * ly->cols + j;
+                    g[i] = (flow_real)(scale * g[i] - k * u[r] * v[j]);
+                }
+        }
+    }
+    for (size_t i = 0; i < sz; i++)
+        if (!m || m[i])
+            dst[i] += g[i];
+}
+
+/* Parameter gradient of one layer from G = dL/du (n x rows) and the
+ * layer's input blocks: dW += G^T [X | C], db += sum_r G (when with_bias),
+ * and the concat time column += t sum_r G.  Derived weights (MADE, spectral
+ * norm): through the gw scratch and map_grad. */
+static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
+                  const ws_layout *lo, const flow_real *gmat,
+                  const flow_real *x0, const flow_real *c0, int with_bias,
+                  double t, flow_real *dparams)
+{
+    const nn_layer *ly = &net->layer[l];
+    int made = net->derived, st;
+    flow_real *dw = made ? at(ws, lo->gw) : dparams + ly->w_off;
+    flow_real beta = made ? 0 : 1;
+    size_t win = l == 0 ? net->d : ly->in;
+    if (made)
+        memset(dw, 0, ly->out * ly->cols * sizeof(flow_real));
+    st = blas_gemm(1, 0, ly->out, win, n, 1, gmat, ly->out, x0, win, beta,
+                   dw, ly->cols);
+    if (st == FLOW_OK && l == 0 && net->k && c0)
+        st = blas_gemm(1, 0, ly->out, net->k, n, 1, gmat, ly->out, c0,
+                       net->k, beta, dw + net->d, ly->cols);
+    if (st != FLOW_OK)
+        return st;
+    if (with_bias)
+        for (size_t j = 0; j < ly->out; j++) {
+            double s = 0;
+            for (size_t r = 0; r < n; r++)
+                s += gmat[r * ly->out + j];
+            dparams[ly->b_off + j] += (flow_real)s;
+            if (net->time == FLOW_TIME_CONCAT)
+                dw[j * ly->cols + ly->in] += (flow_real)(t * s);
+        }
+    if (made)
+        map_grad(net, l, ws, lo, dw, dparams + ly->w_off);
+    return FLOW_OK;
+}
+
+/* Concatsquash gate gradients for z = u g + d t, g = sigmoid(a t + c),
+ * given G = dL/dz (n x rows), u, and optionally the tangent pair (GT =
+ * dL/dtz, tu) of tz = tu g; then G (and GT) are scaled by g in place to
+ * become dL/du (dL/dtu). */
+static void grad_gate(const flow_net *net, size_t l, size_t n, double t,
+                      const flow_real *params, const flow_real *gate,
+                      flow_real *gmat, const flow_real *u, flow_real *gt,
+                      const flow_real *tu, flow_real *dparams)
+{
+    const nn_layer *ly = &net->layer[l];
+    for (size_t j = 0; j < ly->out; j++) {
+        double sg = 0, su = 0, g = gate[j];
+        for (size_t r = 0; r < n; r++) {
+            size_t i = r * ly->out + j;
+            if (gmat) {
+                sg += gmat[i];
+                su += (double)gmat[i] * u[i];
+                gmat[i] = (flow_real)(gmat[i] * g);
+            }
+            if (gt) {
+                su += (double)gt[i] * tu[i];
+                gt[i] = (flow_real)(gt[i] * g);
+            }
+        }
+        if (dparams) {
+            double dpre = su * g * (1 - g);
+            dparams[ly->gd_off + j] += (flow_real)(t * sg);
+            dparams[ly->ga_off + j] += (flow_real)(t * dpre);
+            dparams[ly->gc_off + j] += (flow_real)dpre;
+        }
+    }
+    (void)params;
+}
+
+
+int nn_backward(const flow_net *net, const flow_real *params, size_t n,
+                void *ws, const flow_real *dy, flow_real *dx,
+                flow_real *dctx, flow_real *dparams)
+{
+    ws_layout lo;
+    flow_real *gcur, *gnext;
+    double t;
+    int squash, st;
+    if (!params || !dy)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    if ((st = check_tape(net, n, ws)) != FLOW_OK)
+        return st;
+    t = ((ws_head *)ws)->t;
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    layout(net, n, &lo);
+    gcur = at(ws, lo.s[0]);
+    gnext = at(ws, lo.s[1]);
+    memcpy(gcur, dy, n * net->y_width * sizeof(flow_real));
+    for (size_t l = net->n_layers; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        size_t ho = hidden_off(net, l) * n;
+        const flow_real *w = weights(net, params, ws, &lo, l);
+        const flow_real *in =
+            l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        if (squash)
+            grad_gate(net, l, n, t, params, at(ws, lo.gate) + ly->g_off,
+                      gcur, at(ws, lo.u) + ho, NULL, NULL, dparams);
+        if (dparams) {
+            st = grad_w(net, l, n, ws, &lo, gcur, in, at(ws, lo.cin), 1, t,
+                        dparams);
+            if (st != FLOW_OK)
+                return st;
+        }
+        if (l == 0) {
+            if (dx)
+                st = blas_gemm(0, 0, n, net->d, ly->out, 1, gcur, ly->out, w,
+                               ly->cols, 0, dx, net->d);
+            if (st == FLOW_OK && dctx && net->k)
+                st = blas_gemm(0, 0, n, net->k, ly->out, 1, gcur, ly->out,
+                               w + net->d, ly->cols, 1, dctx, net->k);
+            return st;
+        }
+        /* dL/dh_{l-1} = G W, then through the activation at z_{l-1} */
+        st = blas_gemm(0, 0, n, ly->in, ly->out, 1, gcur, ly->out, w,
+                       ly->cols, 0, gnext, ly->in);
+        if (st != FLOW_OK)
+            return st;
+        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n, gnext,
+                     n * ly->in);
+        {
+            flow_real *tmp = gcur;
+            gcur = gnext;
+            gnext = tmp;
+        }
+    }
+    return FLOW_OK;
+}
+
+/* VJP of (x, tx, params) -> ty.  Two adjoints run down the layers: GT =
+ * dL/dtz (the tangent path, tz_l = W_l th_{l-1}, th = f'(z) tz) and G =
+ * dL/dz (the primal path, reached through f'(z) in th: dG_{l-1} += GTH *
+ * tz * f''(z)); G is zero at the top, since ty does not involve y. */
+int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
+                    void *ws, const flow_real *tx, const flow_real *dty,
+                    flow_real *dx, flow_real *dtx, flow_real *dparams)
+{
+    ws_layout lo;
+    flow_real *g, *gt, *gh, *gth;
+    double t;
+    int squash, st, g_zero = 1;
+    if (!params || !dty || !tx)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    if ((st = check_tape(net, n, ws)) != FLOW_OK)
+        return st;
+    if (!((ws_head *)ws)->have_jvp)
+        return FLOW_ERR_INVAL;
+    t = ((ws_head *)ws)->t;
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    layout(net, n, &lo);
+    g = at(ws, lo.s[0]);
+    gt = at(ws, lo.s[1]);
+    gh = at(ws, lo.s[2]);
+    gth = at(ws, lo.s[3]);
+    memcpy(gt, dty, n * net->y_width * sizeof(flow_real));
+    for (size_t l = net->n_layers; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        size_t ho = hidden_off(net, l) * n;
+        const flow_real *w = weights(net, params, ws, &lo, l);
+        size_t hp = l ? hidden_off(net, l - 1) * n : 0;
+        const flow_real *in = l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hp;
+        const flow_real *tin = l == 0 ? tx : at(ws, lo.th) + hp;
+        size_t win = l == 0 ? net->d : ly->in;
+        if (squash)
+            grad_gate(net, l, n, t, params, at(ws, lo.gate) + ly->g_off,
+                      g_zero ? NULL : g, at(ws, lo.u) + ho, gt,
+                      at(ws, lo.tu) + ho, dparams);
+        if (dparams) {
+            if (!g_zero) {
+                st = grad_w(net, l, n, ws, &lo, g, in, at(ws, lo.cin), 1, t,
+                            dparams);
+                if (st != FLOW_OK)
+                    return st;
+            }
+            /* tangent path: no bias, no context, no time column */
+            st = grad_w(net, l, n, ws, &lo, gt, tin, NULL, 0, t, dparams);
+            if (st != FLOW_OK)
+                return st;
+        }
+        if (l == 0) {
+            if (dx) {
+                if (g_zero)
+                    memset(dx, 0, n * net->d * sizeof(flow_real));
+                else
+                    st = blas_gemm(0, 0, n, net->d, ly->out, 1, g, ly->out,
+                                   w, ly->cols, 0, dx, net->d);
+            }
+            if (st == FLOW_OK && dtx)
+                st = blas_gemm(0, 0, n, net->d, ly->out, 1, gt, ly->out, w,
+                               ly->cols, 0, dtx, net->d);
+            return st;
+        }
+        st = blas_gemm(0, 0, n, win, ly->out, 1, gt, ly->out, w, ly->cols, 0,
+                       gth, win);
+        if (st == FLOW_OK && !g_zero)
+            st = blas_gemm(0, 0, n, win, ly->out, 1, g, ly->out, w, ly->cols,
+                           0, gh, win);
+        if (st != FLOW_OK)
+            return st;
+        {
+            const flow_real *z = at(ws, lo.z) + hp;
+            const flow_real *tz = at(ws, lo.tz) + hp;
+            for (size_t i = 0; i < n * win; i++) {
+                double f1, f2;
+                act_eval(net, z[i], NULL, &f1, &f2);
+                g[i] = (flow_real)((g_zero ? 0.0 : (double)gh[i] * f1) +
+                                   (double)gth[i] * tz[i] * f2);
+                gt[i] = (flow_real)(gth[i] * f1);
+            }
+        }
+        g_zero = 0;
+    }
+    return FLOW_OK;
+}

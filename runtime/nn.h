@@ -1,0 +1,59 @@
+/* nn.h - internal: the host's networks, a plain MLP and a MADE (masked
+ * MLP), with forward, backward (VJP), JVP and the JVP's backward. */
+#ifndef FLOW_RUNTIME_NN_H
+#define FLOW_RUNTIME_NN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flow/flow_plugin.h"
+
+/* Parameter layout (docs/runtime.md): layers in order, each
+ *     W  (rows x cols, row-major; rows = layer outputs, cols = layer
+ *         inputs, plus one last column for t with FLOW_TIME_CONCAT),
+ *     b  (rows),
+ *     and with FLOW_TIME_CONCATSQUASH three more vectors of `rows`:
+ *     gate weight a, gate bias c, time bias d.
+ * Layer 0 inputs are x (D columns) then context (K columns).  A layer
+ * computes u = W h + b (+ t W[:, last] with concat), with concatsquash
+ * z = u * sigmoid(a t + c) + d t, else z = u; hidden layers apply the
+ * activation, the last layer does not. */
+
+/* The spec's entries, validated; NULL with a message in err on failure.
+ * spectral_norm = c > 0: every layer uses W * min(1, c / sigma(W)) with
+ * sigma from a converged, deterministic power iteration run in each
+ * forward call (no state between calls), gradients through sigma
+ * included. */
+flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap);
+void nn_destroy(flow_net *net);
+size_t nn_params(const flow_net *net);
+/* Random init (He / Glorot uniform, see nn.c), zero_last respected.
+ * rng may be NULL: then a stream seeded from spec->seed is used. */
+void nn_init(const flow_net *net, flow_real *params, flow_rng *rng);
+/* Workspace bytes for calls of up to n rows (forward tape, JVP tape and
+ * backward scratch).  0 when the size overflows. */
+size_t nn_workspace(const flow_net *net, size_t n);
+
+int nn_forward(const flow_net *net, const flow_real *params, size_t n,
+               const flow_real *x, const flow_real *ctx, double t,
+               flow_real *y, void *ws);
+int nn_backward(const flow_net *net, const flow_real *params, size_t n,
+                void *ws, const flow_real *dy, flow_real *dx,
+                flow_real *dctx, flow_real *dparams);
+int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
+           const flow_real *tx, flow_real *ty);
+int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
+                    void *ws, const flow_real *tx, const flow_real *dty,
+                    flow_real *dx, flow_real *dtx, flow_real *dparams);
+
+/* Introspection (tests, reports). */
+size_t nn_layers(const flow_net *net);
+/* Shape and parameter offsets of layer l: W is rows x cols at params +
+ * *w_off, b at params + *b_off.  FLOW_ERR_INVAL when l is out of range. */
+int nn_layer_shape(const flow_net *net, size_t l, size_t *rows,
+                   size_t *cols, size_t *w_off, size_t *b_off);
+/* MADE: the 0/1 mask of layer l (rows x cols, row-major, the time column
+ * included), NULL for an MLP. */
+const uint8_t *nn_layer_mask(const flow_net *net, size_t l);
+
+#endif

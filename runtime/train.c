@@ -1,0 +1,320 @@
+/* train.c - maximum-likelihood training: Adam, learning-rate schedules,
+ * clipping, seeded shuffling, validation bookkeeping, resumable state. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+#include "rng.h"
+
+struct flow_trainer {
+    flow_model *m;
+    flow_train_config cfg;
+    const flow_real *x, *c;
+    size_t n, dim, cdim;
+    size_t np;
+    flow_real *grad, *am, *av, *best;
+    flow_real *bx, *bc;         /* gathered batch */
+    uint32_t *perm;             /* row order of the current epoch */
+    flow_rng rng;               /* shuffle stream */
+    flow_train_state st;
+    uint64_t skipped_run;
+};
+
+void flow_train_config_default(flow_train_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->struct_size = sizeof *cfg;
+    cfg->batch = 512;
+    cfg->lr = 1e-3;
+    cfg->beta1 = 0.9;
+    cfg->beta2 = 0.999;
+    cfg->adam_eps = 1e-8;
+    cfg->schedule = FLOW_LR_CONSTANT;
+    cfg->max_skipped = 10;
+}
+
+static void rng_save(const flow_rng *r, uint64_t out[6])
+{
+    memcpy(out, r->s, 4 * sizeof *out);
+    out[4] = (uint64_t)r->has_spare;
+    memcpy(&out[5], &r->spare, sizeof out[5]);
+}
+
+static void rng_load(flow_rng *r, const uint64_t in[6])
+{
+    memcpy(r->s, in, 4 * sizeof *in);
+    r->has_spare = in[4] != 0;
+    memcpy(&r->spare, &in[5], sizeof in[5]);
+}
+
+/* Fisher-Yates from the shuffle stream; the stream's state before the
+ * shuffle is kept so a resumed run redraws the same order. */
+static void new_epoch(flow_trainer *t)
+{
+    rng_save(&t->rng, t->st.epoch_rng);
+    for (size_t i = 0; i < t->n; i++)
+        t->perm[i] = (uint32_t)i;
+    for (size_t i = t->n; i > 1; i--) {
+        size_t j = (size_t)rng_below(&t->rng, i);
+        uint32_t tmp = t->perm[i - 1];
+        t->perm[i - 1] = t->perm[j];
+        t->perm[j] = tmp;
+    }
+}
+
+void flow_trainer_free(flow_trainer *t)
+{
+    if (!t)
+        return;
+    free(t->grad);
+    free(t->am);
+    free(t->av);
+    free(t->best);
+    free(t->bx);
+    free(t->bc);
+    free(t->perm);
+    free(t);
+}
+
+flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
+                               const flow_real *x, const flow_real *c,
+                               size_t n)
+{
+    flow_ctx *ctx = model_ctx(m);
+    flow_trainer *t;
+    size_t np = flow_model_num_params(m), b;
+
+    if (!cfg || cfg->struct_size < sizeof *cfg) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "training configuration not "
+                  "initialised (use flow_train_config_default)");
+        return NULL;
+    }
+    if (n == 0 || n > UINT32_MAX) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
+                  "rows, got %zu", (unsigned)UINT32_MAX, n);
+        return NULL;
+    }
+    if (cfg->batch == 0 || !(cfg->lr > 0) || !(cfg->beta1 >= 0)
+        || !(cfg->beta1 < 1) || !(cfg->beta2 >= 0) || !(cfg->beta2 < 1)
+        || !(cfg->adam_eps > 0) || !(cfg->weight_decay >= 0)
+        || !(cfg->clip_norm >= 0)) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "invalid training configuration "
+                  "(batch >= 1, lr > 0, 0 <= betas < 1, eps > 0, weight "
+                  "decay >= 0, clip >= 0)");
+        return NULL;
+    }
+    if (flow_model_context_dim(m) && !c) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "the model is conditional: training "
+                  "data need %zu context columns", flow_model_context_dim(m));
+        return NULL;
+    }
+    if (!(t = calloc(1, sizeof *t)))
+        goto nomem;
+    t->m = m;
+    t->cfg = *cfg;
+    t->x = x;
+    t->c = c;
+    t->n = n;
+    t->dim = flow_model_dim(m);
+    t->cdim = flow_model_context_dim(m);
+    t->np = np;
+    b = cfg->batch < n ? cfg->batch : n;
+    t->grad = calloc(np ? np : 1, sizeof *t->grad);
+    t->am = calloc(np ? np : 1, sizeof *t->am);
+    t->av = calloc(np ? np : 1, sizeof *t->av);
+    t->best = calloc(np ? np : 1, sizeof *t->best);
+    t->perm = malloc(n * sizeof *t->perm);
+    if (b > SIZE_MAX / sizeof(flow_real) / (t->dim + t->cdim + 1))
+        goto nomem;
+    t->bx = malloc(b * t->dim * sizeof *t->bx);
+    t->bc = t->cdim ? malloc(b * t->cdim * sizeof *t->bc) : NULL;
+    if (!t->grad || !t->am || !t->av || !t->best || !t->perm || !t->bx
+        || (t->cdim && !t->bc))
+        goto nomem;
+    t->st.best_score = -INFINITY;
+    rng_seed(&t->rng, cfg->seed);
+    new_epoch(t);
+    return t;
+nomem:
+    flow_trainer_free(t);
+    ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+    return NULL;
+}
+
+double flow_trainer_lr(const flow_trainer *t)
+{
+    double lr = t->cfg.lr, s = (double)t->st.step;
+    if (t->cfg.warmup_steps && s < (double)t->cfg.warmup_steps)
+        return lr * (s + 1) / (double)t->cfg.warmup_steps;
+    if (t->cfg.schedule == FLOW_LR_COSINE && t->cfg.total_steps) {
+        double T = (double)t->cfg.total_steps, w = (double)t->cfg.warmup_steps;
+        double p = T > w ? (s - w) / (T - w) : 1.0;
+        if (p > 1)
+            p = 1;
+        return lr * 0.5 * (1.0 + cos(M_PI * p));
+    }
+    return lr;
+}
+
+/* Adam update, Kingma & Ba 2015, Algorithm 1, with bias correction. */
+static void adam_update(flow_trainer *t, double lr)
+{
+    flow_real *p = flow_model_params(t->m);
+    double b1 = t->cfg.beta1, b2 = t->cfg.beta2, eps = t->cfg.adam_eps;
+    double k = (double)t->st.step + 1;
+    double c1 = 1.0 - pow(b1, k), c2 = 1.0 - pow(b2, k);
+    for (size_t i = 0; i < t->np; i++) {
+        /* descend the negative log-likelihood: g = -d(mean log p)/dp */
+        double g = -(double)t->grad[i] + t->cfg.weight_decay * p[i];
+        double mi = b1 * t->am[i] + (1 - b1) * g;
+        double vi = b2 * t->av[i] + (1 - b2) * g * g;
+        t->am[i] = (flow_real)mi;
+        t->av[i] = (flow_real)vi;
+        p[i] = (flow_real)(p[i] - lr * (mi / c1) / (sqrt(vi / c2) + eps));
+    }
+}
+
+int flow_trainer_step(flow_trainer *t, double *loss)
+{
+    flow_ctx *ctx = model_ctx(t->m);
+    size_t b, start = (size_t)t->st.pos;
+    double mean = 0, norm2 = 0;
+    int rc, finite = 1;
+
+    if (start >= t->n) {
+        t->st.epoch++;
+        t->st.pos = start = 0;
+        new_epoch(t);
+    }
+    b = t->cfg.batch < t->n - start ? t->cfg.batch : t->n - start;
+    for (size_t r = 0; r < b; r++) {
+        size_t src = t->perm[start + r];
+        memcpy(t->bx + r * t->dim, t->x + src * t->dim,
+               t->dim * sizeof *t->bx);
+        if (t->cdim)
+            memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
+                   t->cdim * sizeof *t->bc);
+    }
+    flow_model_set_training(t->m, 1);
+    rc = flow_model_loglik_grad(t->m, b, t->bx, t->cdim ? t->bc : NULL, &mean,
+                                t->grad);
+    flow_model_set_training(t->m, 0);
+    if (rc != FLOW_OK)
+        return rc;
+    t->st.pos += b;
+    for (size_t i = 0; i < t->np; i++)
+        norm2 += (double)t->grad[i] * t->grad[i];
+    finite = isfinite(mean) && isfinite(norm2);
+    if (loss)
+        *loss = -mean;
+    if (!finite) {
+        t->st.skipped++;
+        if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
+            return ctx_error(ctx, FLOW_ERR_NUMERIC, "training diverged: %llu "
+                             "steps in a row had a non-finite loss or "
+                             "gradient (lower the learning rate or clip "
+                             "gradients)",
+                             (unsigned long long)t->skipped_run);
+        return FLOW_OK;
+    }
+    t->skipped_run = 0;
+    if (t->cfg.clip_norm > 0 && norm2 > t->cfg.clip_norm * t->cfg.clip_norm) {
+        double s = t->cfg.clip_norm / sqrt(norm2);
+        for (size_t i = 0; i < t->np; i++)
+            t->grad[i] = (flow_real)(t->grad[i] * s);
+    }
+    adam_update(t, flow_trainer_lr(t));
+    t->st.step++;
+    return FLOW_OK;
+}
+
+int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
+                        const flow_real *c, size_t batch, double *mean,
+                        double *std_err)
+{
+    size_t dim = flow_model_dim(m), cdim = flow_model_context_dim(m);
+    flow_real *lp;
+    double s = 0, s2 = 0, mu;
+    int rc = FLOW_OK;
+
+    if (n == 0)
+        return ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to evaluate");
+    if (batch == 0)
+        batch = 4096;
+    if (batch > n)
+        batch = n;
+    if (!(lp = malloc(batch * sizeof *lp)))
+        return ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
+    /* Welford-free two sums in double: n is at most a few million rows */
+    for (size_t r = 0; r < n; r += batch) {
+        size_t b = n - r < batch ? n - r : batch;
+        rc = flow_model_log_prob(m, b, x + r * dim, c ? c + r * cdim : NULL,
+                                 lp);
+        if (rc != FLOW_OK)
+            break;
+        for (size_t i = 0; i < b; i++) {
+            s += lp[i];
+            s2 += (double)lp[i] * lp[i];
+        }
+    }
+    free(lp);
+    if (rc != FLOW_OK)
+        return rc;
+    mu = s / (double)n;
+    if (mean)
+        *mean = mu;
+    if (std_err) {
+        double var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1) : 0;
+        *std_err = var > 0 ? sqrt(var / (double)n) : 0;
+    }
+    return FLOW_OK;
+}
+
+int flow_trainer_validated(flow_trainer *t, double score)
+{
+    if (!t->st.has_best || score > t->st.best_score) {
+        t->st.best_score = score;
+        t->st.has_best = 1;
+        t->st.bad_validations = 0;
+        memcpy(t->best, flow_model_params(t->m), t->np * sizeof *t->best);
+    } else
+        t->st.bad_validations++;
+    return FLOW_OK;
+}
+
+int flow_trainer_should_stop(const flow_trainer *t)
+{
+    return t->cfg.patience && t->st.bad_validations >= t->cfg.patience;
+}
+
+int flow_trainer_restore_best(flow_trainer *t)
+{
+    if (!t->st.has_best)
+        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "no validation "
+                         "score recorded: nothing to restore");
+    memcpy(flow_model_params(t->m), t->best, t->np * sizeof *t->best);
+    return FLOW_OK;
+}
+
+void flow_trainer_get_state(const flow_trainer *t, flow_train_state *s)
+{
+    *s = t->st;
+}
+
+int flow_trainer_set_state(flow_trainer *t, const flow_train_state *s)
+{
+    if (s->pos > t->n)
+        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "training state "
+                         "is at row %llu of an epoch of %zu rows (different "
+                         "data?)", (unsigned long long)s->pos, t->n);
+    t->st = *s;
+    t->skipped_run = 0;
+    rng_load(&t->rng, s->epoch_rng);
+    new_epoch(t);               /* redraws this epoch's order */
+    return FLOW_OK;
+}
+
+flow_real *flow_trainer_adam_m(flow_trainer *t) { return t->am; }
+flow_real *flow_trainer_adam_v(flow_trainer *t) { return t->av; }
+flow_real *flow_trainer_best_params(flow_trainer *t) { return t->best; }

@@ -1,0 +1,477 @@
+/* transform.c - elementwise transformers: affine (soft-clamped log scale),
+ * additive, and the rational-quadratic spline of Durkan et al. 2019. */
+#include <math.h>
+#include <string.h>
+
+#include "transform.h"
+
+/* ------------------------------------------------------------ config */
+
+int tf_resolve(const flow_tf *tf, tf_cfg *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    if (!tf || tf->struct_size < sizeof(flow_tf))
+        return FLOW_ERR_INVAL;
+    cfg->kind = tf->kind;
+    switch (tf->kind) {
+    case FLOW_TF_AFFINE:
+        cfg->n_theta = 2;
+        return FLOW_OK;
+    case FLOW_TF_ADDITIVE:
+        cfg->n_theta = 1;
+        return FLOW_OK;
+    case FLOW_TF_SPLINE:
+        break;
+    default:
+        return FLOW_ERR_INVAL;
+    }
+    cfg->bins = tf->bins ? tf->bins : TF_DEFAULT_BINS;
+    cfg->bound = tf->bound != 0 ? tf->bound : TF_DEFAULT_BOUND;
+    cfg->min_w = tf->min_width != 0 ? tf->min_width : TF_DEFAULT_MIN;
+    cfg->min_h = tf->min_height != 0 ? tf->min_height : TF_DEFAULT_MIN;
+    cfg->min_d = tf->min_deriv != 0 ? tf->min_deriv : TF_DEFAULT_MIN;
+    if (cfg->bins > TF_MAX_BINS || !(cfg->bound > 0) || !isfinite(cfg->bound)
+        || !(cfg->min_w > 0) || cfg->min_w * (double)cfg->bins >= 1 ||
+        !(cfg->min_h > 0) || cfg->min_h * (double)cfg->bins >= 1 ||
+        !(cfg->min_d > 0) || cfg->min_d >= 1)
+        return FLOW_ERR_INVAL;
+    cfg->d_shift = log(expm1(1.0 - cfg->min_d));
+    cfg->n_theta = 3 * cfg->bins - 1;
+    return FLOW_OK;
+}
+
+size_t tf_params(const flow_tf *tf)
+{
+    tf_cfg c;
+    return tf_resolve(tf, &c) == FLOW_OK ? c.n_theta : 0;
+}
+
+/* ------------------------------------------------------------ affine */
+
+/* y = x exp(l) + t with l = C tanh(s / C): a smooth clamp of the log
+ * scale to (-C, C), equal to s near 0 (so s = 0 is the identity), with
+ * bounded log-det and gradients and no overflow for any s. */
+static void affine_scale(double s, double *l, double *dl)
+{
+    double th = tanh(s / TF_AFFINE_CLAMP);
+    *l = TF_AFFINE_CLAMP * th;
+    *dl = 1 - th * th;
+}
+
+/* ------------------------------------------------------------ spline */
+
+typedef struct knots {
+    size_t k;                          /* bins */
+    double pw[TF_MAX_BINS], ph[TF_MAX_BINS];     /* softmax probabilities */
+    double xk[TF_MAX_BINS + 1], yk[TF_MAX_BINS + 1];
+    const double *td;                  /* derivative params (K - 1) */
+    double min_d, shift;
+} knots;
+
+static double softplus(double z)
+{
+    return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
+}
+
+static double sigmoid(double z)
+{
+    if (z >= 0)
+        return 1 / (1 + exp(-z));
+    double e = exp(z);
+    return e / (1 + e);
+}
+
+static void softmax(const double *v, size_t k, double *p)
+{
+    double mx = v[0], s = 0;
+    for (size_t i = 1; i < k; i++)
+        mx = v[i] > mx ? v[i] : mx;
+    for (size_t i = 0; i < k; i++)
+        s += p[i] = exp(v[i] - mx);
+    for (size_t i = 0; i < k; i++)
+        p[i] /= s;
+}
+
+/* Knots of one scalar's spline.  theta = (K width logits, K height
+ * logits, K-1 interior derivative params).  Bin widths are min_w + (1 -
+ * K min_w) softmax(.) of 2B (Durkan et al. 2019, sec. 3.1 and their code),
+ * heights likewise; interior derivatives min_d + softplus(theta + shift),
+ * the two boundary derivatives 1 to match the linear tails. */
+static void make_knots(const tf_cfg *c, const double *theta, knots *kn)
+{
+    size_t k = c->bins;
+    double b = c->bound, cw = 1 - (double)k * c->min_w;
+    double ch = 1 - (double)k * c->min_h;
+    kn->k = k;
+    softmax(theta, k, kn->pw);
+    softmax(theta + k, k, kn->ph);
+    kn->xk[0] = kn->yk[0] = -b;
+    for (size_t i = 0; i < k; i++) {
+        kn->xk[i + 1] = kn->xk[i] + 2 * b * (c->min_w + cw * kn->pw[i]);
+        kn->yk[i + 1] = kn->yk[i] + 2 * b * (c->min_h + ch * kn->ph[i]);
+    }
+    kn->xk[k] = kn->yk[k] = b;           /* exact despite rounding */
+    kn->td = theta + 2 * k;
+    kn->min_d = c->min_d;
+    kn->shift = c->d_shift;
+}
+
+/* Derivative at knot i and its derivative in the raw parameter, computed
+ * only for the two knots of the bin in use (a third of the work). */
+static double knot_deriv(const knots *kn, size_t i, double *dsig)
+{
+    double z;
+    if (i == 0 || i == kn->k) {
+        if (dsig)
+            *dsig = 0;
+        return 1;
+    }
+    z = kn->td[i - 1] + kn->shift;
+    if (dsig)
+        *dsig = sigmoid(z);
+    return kn->min_d + softplus(z);
+}
+
+/* Bin of v among the knots q[0..k]: largest i < k with q[i] <= v. */
+static size_t find_bin(const double *q, size_t k, double v)
+{
+    size_t lo = 0, hi = k;           /* q[lo] <= v < q[hi] (clamped) */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (q[mid] <= v)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Value, log-derivative and partials of the RQ map inside a bin of width
+ * W at xi.  Local inputs are, in order, X (left knot), W (bin width), Y, H,
+ * d0, d1; py[] and pl[] receive dy/d(local) and dlad/d(local), *dydx and
+ * *dldx the derivatives in x. */
+typedef struct rq_out {
+    double y, lad, dydx, dldx;
+    double py[6], pl[6];
+} rq_out;
+
+static void rq_local(double W, double Y, double H,
+                     double d0, double d1, double xi, rq_out *o)
+{
+    double s = H / W, om = xi * (1 - xi), e = d0 + d1 - 2 * s;
+    /* Durkan et al. 2019, eq. 4: y = Y + H (s xi^2 + d0 xi(1-xi)) / den */
+    double a = s * xi * xi + d0 * om;
+    double den = s + e * om;
+    /* eq. 5: dy/dx = s^2 (d1 xi^2 + 2 s xi(1-xi) + d0 (1-xi)^2) / den^2 */
+    double nn = d1 * xi * xi + 2 * s * om + d0 * (1 - xi) * (1 - xi);
+    double den2 = den * den;
+    double a_xi = 2 * s * xi + d0 * (1 - 2 * xi), den_xi = e * (1 - 2 * xi);
+    double nn_xi = 2 * d1 * xi + 2 * s * (1 - 2 * xi) - 2 * d0 * (1 - xi);
+    double den_s = 1 - 2 * om;
+    double y_xi = H * (a_xi * den - a * den_xi) / den2;
+    double y_s = H * (xi * xi * den - a * den_s) / den2;
+    double y_d0 = H * (om * den - a * om) / den2;
+    double y_d1 = -H * a * om / den2;
+    double l_xi = nn_xi / nn - 2 * den_xi / den;
+    double l_s = 2 / s + 2 * om / nn - 2 * den_s / den;
+    double l_d0 = (1 - xi) * (1 - xi) / nn - 2 * om / den;
+    double l_d1 = xi * xi / nn - 2 * om / den;
+    o->y = Y + H * a / den;
+    /* eq. 6 in log form: lad = 2 log s + log nn - 2 log den */
+    o->lad = 2 * log(s) + log(nn) - 2 * log(den);
+    o->dydx = s * s * nn / den2;
+    o->dldx = l_xi / W;
+    /* chain: xi = (x - X) / W, s = H / W */
+    o->py[0] = -y_xi / W;
+    o->py[1] = -y_xi * xi / W - y_s * s / W;
+    o->py[2] = 1;
+    o->py[3] = a / den + y_s / W;
+    o->py[4] = y_d0;
+    o->py[5] = y_d1;
+    o->pl[0] = -l_xi / W;
+    o->pl[1] = -l_xi * xi / W - l_s * s / W;
+    o->pl[2] = 0;
+    o->pl[3] = l_s / W;
+    o->pl[4] = l_d0;
+    o->pl[5] = l_d1;
+}
+
+static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
+
+/* Evaluates the spline in bin k at forward input x. */
+static void rq_at(const knots *kn, size_t k, double x, rq_out *o)
+{
+    double X = kn->xk[k], W = kn->xk[k + 1] - X;
+    double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
+    rq_local(W, Y, H, knot_deriv(kn, k, NULL), knot_deriv(kn, k + 1, NULL),
+             clamp01((x - X) / W), o);
+}
+
+/* Inverse inside [-B, B]: the quadratic of Durkan et al. 2019, app. A.3
+ * (a xi^2 + b xi + c = 0), root in the stable form 2c / (-b - sqrt(disc))
+ * with the discriminant clamped at 0 (rounding near the bound). */
+static double rq_inverse(const knots *kn, double y, size_t *bin)
+{
+    size_t k = find_bin(kn->yk, kn->k, y);
+    double X = kn->xk[k], W = kn->xk[k + 1] - X;
+    double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
+    double d0 = knot_deriv(kn, k, NULL), d1 = knot_deriv(kn, k + 1, NULL);
+    double s = H / W, dy = y - Y;
+    double e = d0 + d1 - 2 * s;
+    double a = H * (s - d0) + dy * e;
+    double b = H * d0 - dy * e;
+    double c = -s * dy;
+    double disc = b * b - 4 * a * c, den, xi;
+    if (disc < 0)
+        disc = 0;
+    den = -b - sqrt(disc);
+    xi = den != 0 ? 2 * c / den : 0;
+    *bin = k;
+    xi = X + clamp01(xi) * W;
+    return xi < kn->xk[k + 1] ? xi : kn->xk[k + 1];   /* stay in the bin */
+}
+
+/* Scatters local gradients g[6] on (X, W, Y, H, d0, d1) of bin k to the
+ * raw parameters: through the cumulative knot sums and the softmax
+ * Jacobian p_j (g_j - sum_i p_i g_i), and softplus' = sigmoid. */
+static void rq_scatter(const tf_cfg *c, const knots *kn, size_t k,
+                       const double *g, double *gtheta)
+{
+    size_t K = kn->k;
+    double gw[TF_MAX_BINS], gh[TF_MAX_BINS], sw = 0, sh = 0;
+    double cw = 2 * c->bound * (1 - (double)K * c->min_w);
+    double ch = 2 * c->bound * (1 - (double)K * c->min_h);
+    for (size_t j = 0; j < K; j++) {
+        /* X = -B + 2B sum_{j<k} w_j, W = 2B w_k (same for Y, H) */
+        gw[j] = j < k ? g[0] : j == k ? g[1] : 0;
+        gh[j] = j < k ? g[2] : j == k ? g[3] : 0;
+        gw[j] *= cw;
+        gh[j] *= ch;
+        sw += kn->pw[j] * gw[j];
+        sh += kn->ph[j] * gh[j];
+    }
+    for (size_t j = 0; j < K; j++) {
+        gtheta[j] = kn->pw[j] * (gw[j] - sw);
+        gtheta[K + j] = kn->ph[j] * (gh[j] - sh);
+    }
+    for (size_t j = 0; j + 1 < K; j++)
+        gtheta[2 * K + j] = 0;
+    if (k >= 1) {
+        double ds;
+        knot_deriv(kn, k, &ds);
+        gtheta[2 * K + k - 1] += g[4] * ds;
+    }
+    if (k + 1 <= K - 1) {
+        double ds;
+        knot_deriv(kn, k + 1, &ds);
+        gtheta[2 * K + k] += g[5] * ds;
+    }
+}
+
+/* ------------------------------------------------------ scalar core */
+
+static int inside(const tf_cfg *c, double v)
+{
+    return v >= -c->bound && v <= c->bound;
+}
+
+int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
+             double *out, double *lad)
+{
+    double l, dl;
+    knots kn;
+    rq_out o;
+    size_t k;
+    switch (c->kind) {
+    case FLOW_TF_AFFINE:
+        affine_scale(theta[0], &l, &dl);
+        *out = dir ? (in - theta[1]) * exp(-l) : in * exp(l) + theta[1];
+        *lad = dir ? -l : l;
+        return FLOW_OK;
+    case FLOW_TF_ADDITIVE:
+        *out = dir ? in - theta[0] : in + theta[0];
+        *lad = 0;
+        return FLOW_OK;
+    case FLOW_TF_SPLINE:
+        break;
+    default:
+        return FLOW_ERR_INVAL;
+    }
+    if (!inside(c, in)) {             /* linear tails: identity */
+        *out = in;
+        *lad = 0;
+        return FLOW_OK;
+    }
+    make_knots(c, theta, &kn);
+    if (dir == 0) {
+        k = find_bin(kn.xk, kn.k, in);
+        rq_at(&kn, k, in, &o);
+        *out = o.y;
+        *lad = o.lad;
+    } else {
+        double x = rq_inverse(&kn, in, &k);
+        rq_at(&kn, k, x, &o);
+        *out = x;
+        *lad = -o.lad;
+    }
+    return FLOW_OK;
+}
+
+/* VJP core; xhint (dir 1, spline) is the known inverse or NULL. */
+static int vjp_core(const tf_cfg *c, int dir, double in, const double *xhint,
+                    const double *theta, double gout, double glad,
+                    double *gin, double *gtheta)
+{
+    double l, dl, e, x, g[6];
+    knots kn;
+    rq_out o;
+    size_t k;
+    switch (c->kind) {
+    case FLOW_TF_AFFINE:
+        affine_scale(theta[0], &l, &dl);
+        if (dir == 0) {      /* y = x e^l + t, lad = l */
+            e = exp(l);
+            *gin = gout * e;
+            gtheta[0] = (gout * in * e + glad) * dl;
+            gtheta[1] = gout;
+        } else {             /* x = (y - t) e^-l, lad = -l */
+            e = exp(-l);
+            x = (in - theta[1]) * e;
+            *gin = gout * e;
+            gtheta[0] = (-gout * x - glad) * dl;
+            gtheta[1] = -gout * e;
+        }
+        return FLOW_OK;
+    case FLOW_TF_ADDITIVE:
+        *gin = gout;
+        gtheta[0] = dir ? -gout : gout;
+        return FLOW_OK;
+    case FLOW_TF_SPLINE:
+        break;
+    default:
+        return FLOW_ERR_INVAL;
+    }
+    if (!inside(c, in)) {
+        *gin = gout;
+        memset(gtheta, 0, c->n_theta * sizeof *gtheta);
+        return FLOW_OK;
+    }
+    make_knots(c, theta, &kn);
+    if (dir == 0) {
+        k = find_bin(kn.xk, kn.k, in);
+        rq_at(&kn, k, in, &o);
+        *gin = gout * o.dydx + glad * o.dldx;
+        for (int i = 0; i < 6; i++)
+            g[i] = gout * o.py[i] + glad * o.pl[i];
+    } else {
+        /* x = g^-1(y), lad_inv = -lad(x):  with G = dL/dx - glad dlad/dx,
+         * dL/dy = G / g'(x) and dL/dtheta = -G/g' dy/dtheta|_x - glad
+         * dlad/dtheta|_x (implicit function theorem) */
+        double G;
+        if (xhint && inside(c, *xhint))
+            x = *xhint, k = find_bin(kn.xk, kn.k, x);
+        else
+            x = rq_inverse(&kn, in, &k);
+        rq_at(&kn, k, x, &o);
+        G = gout - glad * o.dldx;
+        *gin = G / o.dydx;
+        for (int i = 0; i < 6; i++)
+            g[i] = -G / o.dydx * o.py[i] - glad * o.pl[i];
+    }
+    rq_scatter(c, &kn, k, g, gtheta);
+    return FLOW_OK;
+}
+
+int tf_vjp1(const tf_cfg *c, int dir, double in, const double *theta,
+            double gout, double glad, double *gin, double *gtheta)
+{
+    return vjp_core(c, dir, in, NULL, theta, gout, glad, gin, gtheta);
+}
+
+/* ------------------------------------------------------ batch calls */
+
+static void load_theta(const flow_real *src, size_t p, double *dst)
+{
+    for (size_t i = 0; i < p; i++)
+        dst[i] = (double)src[i];
+}
+
+static int eval_batch(const flow_tf *tf, int dir, size_t m,
+                      const flow_real *in, const flow_real *theta,
+                      flow_real *out, flow_real *lad)
+{
+    tf_cfg c;
+    double th[3 * TF_MAX_BINS], o, l;
+    int st = FLOW_OK;
+    if (tf_resolve(tf, &c) != FLOW_OK)
+        return FLOW_ERR_INVAL;
+    if (m && (!in || !theta || !out))
+        return FLOW_ERR_INVAL;
+    for (size_t i = 0; i < m; i++) {
+        load_theta(theta + i * c.n_theta, c.n_theta, th);
+        tf_eval1(&c, dir, (double)in[i], th, &o, &l);
+        out[i] = (flow_real)o;
+        if (lad)
+            lad[i] = (flow_real)l;
+        if (isfinite((double)in[i]) && !(isfinite(o) && isfinite(l)))
+            st = FLOW_ERR_NUMERIC;
+    }
+    return st;
+}
+
+int tf_forward(const flow_tf *tf, size_t m, const flow_real *x,
+               const flow_real *theta, flow_real *y, flow_real *lad)
+{
+    return eval_batch(tf, 0, m, x, theta, y, lad);
+}
+
+int tf_inverse(const flow_tf *tf, size_t m, const flow_real *y,
+               const flow_real *theta, flow_real *x, flow_real *lad)
+{
+    return eval_batch(tf, 1, m, y, theta, x, lad);
+}
+
+static int vjp_batch(const flow_tf *tf, int dir, size_t m,
+                     const flow_real *in, const flow_real *xhint,
+                     const flow_real *theta, const flow_real *gout,
+                     const flow_real *glad, flow_real *gin,
+                     flow_real *gtheta)
+{
+    tf_cfg c;
+    double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
+    int st = FLOW_OK;
+    if (tf_resolve(tf, &c) != FLOW_OK)
+        return FLOW_ERR_INVAL;
+    if (m && (!in || !theta || !gout))
+        return FLOW_ERR_INVAL;
+    for (size_t i = 0; i < m; i++) {
+        load_theta(theta + i * c.n_theta, c.n_theta, th);
+        if (xhint)
+            xh = (double)xhint[i];
+        vjp_core(&c, dir, (double)in[i], xhint ? &xh : NULL, th,
+                 (double)gout[i], glad ? (double)glad[i] : 0.0, &gi, gt);
+        if (gin)
+            gin[i] = (flow_real)gi;
+        if (!isfinite(gi) && isfinite((double)gout[i]))
+            st = FLOW_ERR_NUMERIC;
+        if (gtheta)
+            for (size_t j = 0; j < c.n_theta; j++)
+                gtheta[i * c.n_theta + j] = (flow_real)gt[j];
+    }
+    return st;
+}
+
+int tf_backward(const flow_tf *tf, size_t m, const flow_real *x,
+                const flow_real *theta, const flow_real *dy,
+                const flow_real *dlad, flow_real *dx, flow_real *dtheta)
+{
+    return vjp_batch(tf, 0, m, x, NULL, theta, dy, dlad, dx, dtheta);
+}
+
+int tf_inverse_backward(const flow_tf *tf, size_t m, const flow_real *y,
+                        const flow_real *x, const flow_real *theta,
+                        const flow_real *dx, const flow_real *dlad,
+                        flow_real *dy, flow_real *dtheta)
+{
+    return vjp_batch(tf, 1, m, y, x, theta, dx, dlad, dy, dtheta);
+}

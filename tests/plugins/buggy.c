@@ -1,0 +1,230 @@
+/* buggy.c - test-only plugin: layers with one deliberate bug each, to prove
+ * that the conformance checks catch it (and only the right check fails).
+ * The base map is elementwise affine, z_i = x_i e^{a_i} + b_i. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum bug { BUG_NONE, BUG_LOGDET, BUG_PATTERN, BUG_ROWS, BUG_GRAD, BUG_NONINV,
+           BUG_NONDET };
+
+typedef struct buggy {
+    enum bug bug;
+    size_t d;
+    const flow_host *host;
+    unsigned long calls;        /* BUG_NONDET only (a deliberate race) */
+} buggy;
+
+static int describe_common(const flow_layer_config *cfg, flow_layer_desc *out,
+                           enum bug bug)
+{
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->n_params = 2 * cfg->dim;
+    out->jac = FLOW_JAC_DIAGONAL;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    if (bug == BUG_PATTERN) {         /* declares natural order ... */
+        out->jac = FLOW_JAC_TRIANGULAR;
+        out->dep = FLOW_DEP_ORDER;
+        for (size_t i = 0; i < cfg->dim; i++)
+            out->dep_vec[i] = (int32_t)i;
+    }
+    out->cert = FLOW_CERT_MONOTONE;
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static size_t ws_none(void *self, size_t n, int dir)
+{
+    (void)self, (void)n, (void)dir;
+    return 0;
+}
+
+static int init_zero(void *self, const flow_call *c, flow_real *params)
+{
+    buggy *b = self;
+    (void)c;
+    memset(params, 0, 2 * b->d * sizeof *params);
+    return FLOW_OK;
+}
+
+static void destroy(void *self)
+{
+    buggy *b = self;
+    b->host->free(b);
+}
+
+/* extra term of the pattern bug: ... but z_0 also depends on x_1 */
+static double coupling_term(const buggy *b, const flow_real *xr)
+{
+    return b->bug == BUG_PATTERN && b->d > 1 ? 0.5 * xr[1] : 0.0;
+}
+
+static int forward(void *self, const flow_call *c, const flow_real *x,
+                   flow_real *z, flow_real *logdet)
+{
+    buggy *b = self;
+    const flow_real *a = c->params, *t = c->params + b->d;
+    double ld = 0;
+    for (size_t i = 0; i < b->d; i++)
+        ld += a[i];
+    for (size_t r = 0; r < c->n; r++) {
+        const flow_real *xr = x + r * b->d;
+        for (size_t i = 0; i < b->d; i++) {
+            double v = xr[i];
+            if (b->bug == BUG_NONINV)
+                v = fabs(v);                    /* loses the sign */
+            v = v * exp(a[i]) + t[i];
+            if (i == 0)
+                v += coupling_term(b, xr);
+            if (b->bug == BUG_ROWS && r > 0)
+                v += 0.1 * x[(r - 1) * b->d + i];  /* reads another row */
+            z[r * b->d + i] = (flow_real)v;
+        }
+        logdet[r] = (flow_real)(b->bug == BUG_LOGDET ? 2 * ld : ld);
+    }
+    if (b->bug == BUG_NONDET && (b->calls++ & 1))   /* one ulp, every
+                                                       other call */
+#if FLOW_REAL_DOUBLE
+        z[0] = nextafter(z[0], INFINITY);
+#else
+        z[0] = nextafterf(z[0], INFINITY);
+#endif
+    return FLOW_OK;
+}
+
+static int inverse(void *self, const flow_call *c, const flow_real *z,
+                   flow_real *x, flow_real *logdet)
+{
+    buggy *b = self;
+    const flow_real *a = c->params, *t = c->params + b->d;
+    double ld = 0;
+    for (size_t i = 0; i < b->d; i++)
+        ld -= a[i];
+    for (size_t r = 0; r < c->n; r++) {
+        flow_real *xr = x + r * b->d;
+        /* last to first, so the pattern bug's x_1 is known for x_0 */
+        for (size_t i = b->d; i-- > 0;) {
+            double v = z[r * b->d + i] - t[i];
+            if (b->bug == BUG_ROWS && r > 0)
+                v -= 0.1 * x[(r - 1) * b->d + i];
+            if (i == 0)
+                v -= coupling_term(b, xr);
+            v *= exp(-a[i]);
+            if (b->bug == BUG_NONINV)
+                v = fabs(v);
+            xr[i] = (flow_real)v;
+        }
+        logdet[r] = (flow_real)(b->bug == BUG_LOGDET ? 2 * ld : ld);
+    }
+    return FLOW_OK;
+}
+
+static int forward_backward(void *self, const flow_call *c,
+                            const flow_real *x, const flow_real *z,
+                            const flow_real *dz, const flow_real *dlogdet,
+                            flow_real *dx)
+{
+    buggy *b = self;
+    const flow_real *a = c->params;
+    double k = b->bug == BUG_LOGDET ? 2 : 1;
+    (void)z;
+    memset(dx, 0, c->n * b->d * sizeof *dx);
+    for (size_t r = 0; r < c->n; r++)
+        for (size_t i = 0; i < b->d; i++) {
+            double g = dz[r * b->d + i], xi = x[r * b->d + i], e = exp(a[i]);
+            double u = b->bug == BUG_NONINV ? fabs(xi) : xi;
+            double du = b->bug == BUG_NONINV ? (xi < 0 ? -1 : 1) : 1;
+            dx[r * b->d + i] += (flow_real)(g * e * du);
+            if (i == 0 && b->bug == BUG_PATTERN && b->d > 1)
+                dx[r * b->d + 1] += (flow_real)(0.5 * g);
+            if (b->bug == BUG_ROWS && r > 0)
+                dx[(r - 1) * b->d + i] += (flow_real)(0.1 * g);
+            if (c->grad) {
+                c->grad[i] += (flow_real)(g * u * e + k * dlogdet[r]);
+                c->grad[b->d + i] += (flow_real)(b->bug == BUG_GRAD && i == 0
+                                                 ? 1.5 * g : g);
+            }
+        }
+    return FLOW_OK;
+}
+
+/* Only for the plain affine map (the checks of the other bugs never need
+ * the inverse's VJP to be right, so they do not declare it). */
+static int inverse_backward(void *self, const flow_call *c,
+                            const flow_real *z, const flow_real *x,
+                            const flow_real *dx, const flow_real *dlogdet,
+                            flow_real *dz)
+{
+    buggy *b = self;
+    const flow_real *a = c->params;
+    double k = b->bug == BUG_LOGDET ? 2 : 1;
+    (void)z;
+    for (size_t r = 0; r < c->n; r++)
+        for (size_t i = 0; i < b->d; i++) {
+            double g = dx[r * b->d + i], e = exp(-a[i]);
+            dz[r * b->d + i] = (flow_real)(g * e);
+            if (c->grad) {
+                c->grad[i] += (flow_real)(-g * x[r * b->d + i]
+                                          - k * dlogdet[r]);
+                c->grad[b->d + i] += (flow_real)(-g * e);
+            }
+        }
+    return FLOW_OK;
+}
+
+#define BUGGY_TYPE(NAME, BUG, FLAGS_OFF) \
+    static int NAME##_describe(const flow_layer_config *cfg, \
+                               flow_layer_desc *out, flow_diag *diag) \
+    { \
+        (void)diag; \
+        describe_common(cfg, out, BUG); \
+        out->flags &= ~(uint32_t)(FLAGS_OFF); \
+        return FLOW_OK; \
+    } \
+    static void *NAME##_create(const flow_host *host, \
+                               const flow_layer_config *cfg, flow_diag *diag) \
+    { \
+        buggy *b = host->calloc(1, sizeof *b); \
+        (void)diag; \
+        if (b) { b->bug = BUG; b->d = cfg->dim; b->host = host; } \
+        return b; \
+    } \
+    static const flow_layer_type NAME##_type = { \
+        .struct_size = sizeof(flow_layer_type), .name = #NAME, \
+        .summary = "test-only layer with a deliberate bug", \
+        .describe = NAME##_describe, .create = NAME##_create, \
+        .destroy = destroy, .workspace = ws_none, .init = init_zero, \
+        .forward = forward, .inverse = inverse, \
+        .forward_backward = forward_backward, \
+        .inverse_backward = inverse_backward, \
+    };
+
+#define NOINVBW FLOW_LAYER_BACKWARD_INVERSE
+BUGGY_TYPE(bug_none, BUG_NONE, 0)
+BUGGY_TYPE(bug_logdet, BUG_LOGDET, 0)
+BUGGY_TYPE(bug_pattern, BUG_PATTERN, NOINVBW)
+BUGGY_TYPE(bug_rows, BUG_ROWS, NOINVBW)
+BUGGY_TYPE(bug_grad, BUG_GRAD, 0)
+BUGGY_TYPE(bug_noninv, BUG_NONINV, NOINVBW)
+BUGGY_TYPE(bug_nondet, BUG_NONDET, 0)
+
+static const flow_layer_type *const layers[] = {
+    &bug_none_type, &bug_logdet_type, &bug_pattern_type, &bug_rows_type,
+    &bug_grad_type, &bug_noninv_type, &bug_nondet_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "buggy",
+    .version = "test",
+    .summary = "layers with deliberate bugs for the conformance tests",
+    .n_layers = sizeof layers / sizeof layers[0],
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}

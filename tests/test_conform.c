@@ -1,0 +1,296 @@
+/* test_conform.c - the conformance checks: every bundled layer passes them
+ * with several settings, and each deliberately buggy layer fails exactly
+ * the check that should catch it. */
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flow.h"
+#include "../runtime/conform.h"
+#include "suites.h"
+
+static flow_ctx *ctx;
+
+static void setup(void)
+{
+    ctx = flow_ctx_new();
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_msg(flow_plugin_load(ctx, test_plugin("buggy")) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+}
+
+static void teardown(void) { flow_ctx_free(ctx); }
+
+static void print_report(const char *what, const conform_report *rep)
+{
+    for (size_t i = 0; i < rep->n; i++) {
+        const conform_row *r = &rep->rows[i];
+        if (!r->pass)
+            fprintf(stderr, "%s: FAIL %-34s err %.3g tol %.3g %s\n", what,
+                    r->name, r->err, r->tol, r->note);
+    }
+}
+
+static void run_checks(const char *type, const flow_attr_value *attrs,
+                       size_t dim, conform_report *rep)
+{
+    const char *file = NULL;
+    const flow_layer_type *t = flow_layer_type_find(ctx, type, &file);
+    conform_opts o;
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.perturb = 0.5;            /* elementwise layers: large logdets */
+    o.dim = dim;
+    o.seed = 7 + dim;
+    ck_assert_msg(conform_layer(ctx, t, file, attrs, &o, rep) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    ck_assert_uint_gt(rep->n, 8);
+}
+
+START_TEST(test_actnorm_conforms)
+{
+    flow_attr_value eps;
+    conform_report rep;
+    memset(&eps, 0, sizeof eps);
+    eps.type = FLOW_ATTR_REAL;
+    eps.r = 1e-6;
+    for (size_t d = 1; d <= 6; d += 5) {
+        run_checks("actnorm", &eps, d, &rep);
+        print_report("actnorm", &rep);
+        ck_assert_int_eq(rep.failures, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_permute_conforms)
+{
+    int64_t perm[5] = {3, 0, 4, 1, 2};
+    flow_attr_value order, sub;
+    conform_report rep;
+    for (int alt = 0; alt < 3; alt++) {
+        memset(&order, 0, sizeof order);
+        memset(&sub, 0, sizeof sub);
+        order.type = FLOW_ATTR_VARIANT;
+        order.i = alt;
+        order.sub = &sub;
+        sub.type = alt == 1 ? FLOW_ATTR_INT : FLOW_ATTR_INT_LIST;
+        sub.i = 5;
+        sub.ilist = perm;
+        sub.n = 5;
+        run_checks("permute", &order, 5, &rep);
+        print_report("permute", &rep);
+        ck_assert_int_eq(rep.failures, 0);
+    }
+}
+END_TEST
+
+START_TEST(test_logit_conforms)
+{
+    flow_attr_value alpha;
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "logit", &file);
+    conform_report rep;
+    conform_opts o;
+    memset(&alpha, 0, sizeof alpha);
+    alpha.type = FLOW_ATTR_REAL;
+    alpha.r = 0.05;
+    conform_default_opts(&o);
+    o.dim = 3;
+    o.has_bounds = 1;
+    o.lo = 0;
+    o.hi = 1;
+    ck_assert_int_eq(conform_layer(ctx, t, file, &alpha, &o, &rep), FLOW_OK);
+    print_report("logit", &rep);
+    ck_assert_int_eq(rep.failures, 0);
+}
+END_TEST
+
+START_TEST(test_batchnorm_conforms)
+{
+    flow_attr_value a[2];
+    conform_report rep;
+    memset(a, 0, sizeof a);
+    a[0].type = a[1].type = FLOW_ATTR_REAL;
+    a[0].r = 0.1;
+    a[1].r = 1e-5;
+    run_checks("batchnorm", a, 4, &rep);
+    print_report("batchnorm", &rep);
+    ck_assert_int_eq(rep.failures, 0);
+}
+END_TEST
+
+START_TEST(test_linear_conforms)
+{
+    flow_attr_value perm, seed;
+    conform_report rep;
+    for (int alt = 0; alt < 3; alt++)
+        for (size_t d = 1; d <= 5; d += 2) {
+            memset(&perm, 0, sizeof perm);
+            memset(&seed, 0, sizeof seed);
+            perm.type = FLOW_ATTR_VARIANT;
+            perm.i = alt;
+            perm.sub = &seed;
+            seed.type = FLOW_ATTR_INT;
+            seed.i = 3;
+            run_checks("linear", &perm, d, &rep);
+            print_report("linear", &rep);
+            ck_assert_int_eq(rep.failures, 0);
+        }
+}
+END_TEST
+
+/* Resolved attributes of a coupling / maf style layer. */
+typedef struct ar_attrs {
+    flow_attr_value v[5];
+    flow_attr_value spline[5];
+    flow_attr_value sub;
+    int64_t hidden[2];
+    int64_t list[8];
+} ar_attrs;
+
+/* transformer: 0 affine, 1 additive, 2 spline; second: variant index and
+ * argument of the mask (coupling) or order (maf). */
+static void make_ar_attrs(ar_attrs *a, int tf, int alt, int64_t arg,
+                          const int64_t *list, size_t n)
+{
+    memset(a, 0, sizeof *a);
+    a->v[0].type = FLOW_ATTR_VARIANT;
+    a->v[0].i = tf;
+    a->v[0].sub = tf == 2 ? a->spline : NULL;
+    for (int i = 0; i < 5; i++)
+        a->spline[i].type = i ? FLOW_ATTR_REAL : FLOW_ATTR_INT;
+    a->spline[0].i = 5;
+    a->spline[1].r = 2.5;
+    a->spline[2].r = a->spline[3].r = a->spline[4].r = 1e-3;
+    a->v[1].type = FLOW_ATTR_VARIANT;
+    a->v[1].i = alt;
+    a->v[1].sub = &a->sub;
+    a->sub.type = list ? FLOW_ATTR_INT_LIST : FLOW_ATTR_INT;
+    a->sub.i = arg;
+    if (list) {
+        memcpy(a->list, list, n * sizeof *list);
+        a->sub.ilist = a->list;
+        a->sub.n = n;
+    }
+    a->v[2].type = FLOW_ATTR_INT_LIST;
+    a->hidden[0] = 16;
+    a->hidden[1] = 12;
+    a->v[2].ilist = a->hidden;
+    a->v[2].n = 2;
+    a->v[3].type = FLOW_ATTR_ENUM;
+    a->v[3].i = 2;                      /* tanh: smooth for FD checks */
+    a->v[4].type = FLOW_ATTR_BOOL;
+    a->v[4].i = 1;
+}
+
+static void check_with_context(const char *type, const ar_attrs *a,
+                               size_t dim, size_t k, const char *what)
+{
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, type, &file);
+    conform_report rep;
+    conform_opts o;
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.dim = dim;
+    o.context_dim = k;
+    o.rows = 3;
+    o.seed = 11 + dim + k;
+    ck_assert_msg(conform_layer(ctx, t, file, a->v, &o, &rep) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    print_report(what, &rep);
+    ck_assert_msg(rep.failures == 0, "%s: %d checks failed", what,
+                  rep.failures);
+}
+
+START_TEST(test_coupling_conforms)
+{
+    static const int64_t mask[5] = {1, 0, 0, 1, 1};
+    ar_attrs a;
+    char what[64];
+    for (int tf = 0; tf < 3; tf++)
+        for (int alt = 0; alt < 4; alt++)
+            for (size_t k = 0; k <= 2; k += 2) {
+                make_ar_attrs(&a, tf, alt, alt == 2 ? 2 : 1,
+                              alt == 3 ? mask : NULL, 5);
+                snprintf(what, sizeof what, "coupling tf %d mask %d ctx %zu",
+                         tf, alt, k);
+                check_with_context("coupling", &a, 5, k, what);
+            }
+}
+END_TEST
+
+START_TEST(test_autoregressive_conforms)
+{
+    static const int64_t order[4] = {2, 0, 3, 1};
+    static const char *const kinds[] = {"maf", "iaf"};
+    ar_attrs a;
+    char what[64];
+    for (int kind = 0; kind < 2; kind++)
+        for (int tf = 0; tf < 3; tf++)
+            for (int alt = 0; alt < 4; alt++) {
+                size_t k = (size_t)(alt % 2) * 2;
+                make_ar_attrs(&a, tf, alt, 5, alt == 3 ? order : NULL, 4);
+                snprintf(what, sizeof what, "%s tf %d order %d ctx %zu",
+                         kinds[kind], tf, alt, k);
+                check_with_context(kinds[kind], &a, 4, k, what);
+            }
+}
+END_TEST
+
+/* The checks that must fail for a buggy layer; all others must pass. */
+static void expect_only(const char *type, const char *const *failing)
+{
+    conform_report rep;
+    run_checks(type, NULL, 3, &rep);
+    for (size_t i = 0; i < rep.n; i++) {
+        const conform_row *r = &rep.rows[i];
+        int should_fail = 0;
+        for (const char *const *f = failing; *f; f++)
+            if (!strcmp(r->name, *f))
+                should_fail = 1;
+        ck_assert_msg(r->pass == !should_fail, "%s: check '%s' %s (err %g, "
+                      "tol %g, %s)", type, r->name,
+                      r->pass ? "passed but should fail" : "failed",
+                      r->err, r->tol, r->note);
+    }
+}
+
+START_TEST(test_bugs_are_caught_by_the_right_check)
+{
+    static const char *const none[] = {NULL};
+    static const char *const logdet[] = {"logdet vs FD Jacobian (forward)",
+                                         "logdet vs FD Jacobian (inverse)",
+                                         NULL};
+    static const char *const pattern[] = {"declared zeros are zero", NULL};
+    static const char *const rows[] = {"rows independent", NULL};
+    static const char *const grad[] = {"d/d params vs FD (forward)", NULL};
+    static const char *const noninv[] = {"round trip x -> z -> x", NULL};
+    static const char *const nondet[] = {"deterministic", NULL};
+    expect_only("bug_none", none);
+    expect_only("bug_logdet", logdet);
+    expect_only("bug_pattern", pattern);
+    expect_only("bug_rows", rows);
+    expect_only("bug_grad", grad);
+    expect_only("bug_noninv", noninv);
+    expect_only("bug_nondet", nondet);
+}
+END_TEST
+
+Suite *suite_conform(void)
+{
+    Suite *s = suite_create("conform");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_actnorm_conforms);
+    tcase_add_test(tc, test_permute_conforms);
+    tcase_add_test(tc, test_logit_conforms);
+    tcase_add_test(tc, test_batchnorm_conforms);
+    tcase_add_test(tc, test_linear_conforms);
+    tcase_add_test(tc, test_coupling_conforms);
+    tcase_add_test(tc, test_autoregressive_conforms);
+    tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,275 @@
+/* test_train.c - training: convergence to the closed-form MLE, bit-identical
+ * resume, schedules, clipping, early stopping, divergence handling. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flow/flow.h"
+#include "suites.h"
+
+static flow_ctx *ctx;
+
+static void setup(void)
+{
+    ctx = flow_ctx_new();
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+}
+
+static void teardown(void) { flow_ctx_free(ctx); }
+
+/* actnorm + standard normal base on D dims: a diagonal Gaussian model. */
+static flow_model *gauss_model(size_t d)
+{
+    flow_attr_value eps;
+    flow_model *m = flow_model_new(ctx, d, 0);
+    memset(&eps, 0, sizeof eps);
+    eps.type = FLOW_ATTR_REAL;
+    ck_assert_int_eq(flow_model_add_layer(m, "actnorm", NULL, &eps, 1, 0, 0,
+                                          0), FLOW_OK);
+    ck_assert_int_eq(flow_model_finish(m, 3), FLOW_OK);
+    return m;
+}
+
+/* n rows of dimension 2 from N((1, -2), diag(0.5^2, 3^2)), fixed seed. */
+static flow_real *gauss_data(size_t n)
+{
+    flow_real *x = malloc(n * 2 * sizeof *x);
+    srand(17);
+    for (size_t r = 0; r < n; r++)
+        for (int i = 0; i < 2; i++) {
+            double u1 = (rand() + 1.0) / (RAND_MAX + 2.0);
+            double u2 = (rand() + 1.0) / (RAND_MAX + 2.0);
+            double g = sqrt(-2 * log(u1)) * cos(2 * M_PI * u2);
+            x[r * 2 + i] = (flow_real)(i ? -2 + 3 * g : 1 + 0.5 * g);
+        }
+    return x;
+}
+
+START_TEST(test_converges_to_gaussian_mle)
+{
+    enum { N = 2000 };
+    flow_real *x = gauss_data(N), *p;
+    flow_model *m = gauss_model(2);
+    flow_train_config cfg;
+    flow_trainer *t;
+    double mu[2] = {0, 0}, var[2] = {0, 0}, loss, mean, se, want = 0;
+    flow_train_config_default(&cfg);
+    cfg.batch = 256;
+    cfg.lr = 0.05;
+    t = flow_trainer_new(m, &cfg, x, NULL, N);
+    ck_assert_ptr_nonnull(t);
+    for (int s = 0; s < 3000; s++)
+        ck_assert_int_eq(flow_trainer_step(t, &loss), FLOW_OK);
+    for (size_t r = 0; r < N; r++)
+        for (int i = 0; i < 2; i++)
+            mu[i] += x[r * 2 + i] / N;
+    for (size_t r = 0; r < N; r++)
+        for (int i = 0; i < 2; i++)
+            var[i] += (x[r * 2 + i] - mu[i]) * (x[r * 2 + i] - mu[i]) / N;
+    p = flow_model_params(m);
+    /* MLE of z = x e^s + t with z ~ N(0, 1): e^-s = sd, t = -mu / sd */
+    for (int i = 0; i < 2; i++) {
+        double sd = sqrt(var[i]);
+        ck_assert_double_eq_tol(exp(-p[i]), sd, 0.02 * sd);
+        ck_assert_double_eq_tol(p[2 + i], -mu[i] / sd, 0.02);
+        want += -0.5 * log(2 * M_PI * var[i]) - 0.5;
+    }
+    ck_assert_int_eq(flow_model_evaluate(m, N, x, NULL, 500, &mean, &se),
+                     FLOW_OK);
+    ck_assert_double_eq_tol(mean, want, 2e-3);   /* the MLE's log-lik */
+    ck_assert(se > 0.01 && se < 0.1);
+    flow_trainer_free(t);
+    flow_model_free(m);
+    free(x);
+}
+END_TEST
+
+/* 30 steps straight == 13 steps, save, fresh objects, restore, 17 steps. */
+START_TEST(test_resume_is_bit_identical)
+{
+    enum { N = 300 };
+    flow_real *x = gauss_data(N);
+    flow_model *a = gauss_model(2), *b, *c;
+    flow_train_config cfg;
+    flow_trainer *ta, *tb, *tc;
+    flow_train_state st;
+    uint64_t rng[6];
+    size_t np = flow_model_num_params(a);
+    flow_train_config_default(&cfg);
+    cfg.batch = 64;                 /* 5 steps an epoch, the last partial */
+    cfg.lr = 0.01;
+    cfg.seed = 99;
+    cfg.schedule = FLOW_LR_COSINE;
+    cfg.total_steps = 30;
+    ta = flow_trainer_new(a, &cfg, x, NULL, N);
+    for (int s = 0; s < 30; s++)
+        ck_assert_int_eq(flow_trainer_step(ta, NULL), FLOW_OK);
+
+    b = gauss_model(2);
+    tb = flow_trainer_new(b, &cfg, x, NULL, N);
+    for (int s = 0; s < 13; s++)
+        ck_assert_int_eq(flow_trainer_step(tb, NULL), FLOW_OK);
+    flow_trainer_get_state(tb, &st);
+    flow_model_get_rng(b, rng);
+    c = gauss_model(2);
+    tc = flow_trainer_new(c, &cfg, x, NULL, N);
+    memcpy(flow_model_params(c), flow_model_params(b), np * sizeof(flow_real));
+    memcpy(flow_trainer_adam_m(tc), flow_trainer_adam_m(tb),
+           np * sizeof(flow_real));
+    memcpy(flow_trainer_adam_v(tc), flow_trainer_adam_v(tb),
+           np * sizeof(flow_real));
+    ck_assert_int_eq(flow_trainer_set_state(tc, &st), FLOW_OK);
+    flow_model_set_rng(c, rng);
+    for (int s = 0; s < 17; s++)
+        ck_assert_int_eq(flow_trainer_step(tc, NULL), FLOW_OK);
+    ck_assert_mem_eq(flow_model_params(a), flow_model_params(c),
+                     np * sizeof(flow_real));
+    ck_assert_mem_eq(flow_trainer_adam_v(ta), flow_trainer_adam_v(tc),
+                     np * sizeof(flow_real));
+    /* and different from a run with another seed */
+    flow_trainer_free(tb);
+    flow_model_free(b);
+    cfg.seed = 100;
+    b = gauss_model(2);
+    tb = flow_trainer_new(b, &cfg, x, NULL, N);
+    for (int s = 0; s < 30; s++)
+        ck_assert_int_eq(flow_trainer_step(tb, NULL), FLOW_OK);
+    ck_assert(memcmp(flow_model_params(a), flow_model_params(b),
+                     np * sizeof(flow_real)) != 0);
+    flow_trainer_free(ta);
+    flow_trainer_free(tb);
+    flow_trainer_free(tc);
+    flow_model_free(a);
+    flow_model_free(b);
+    flow_model_free(c);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_schedules)
+{
+    flow_real x[4] = {0, 1, 2, 3};
+    flow_model *m = gauss_model(1);
+    flow_train_config cfg;
+    flow_trainer *t;
+    flow_train_config_default(&cfg);
+    cfg.lr = 0.1;
+    cfg.schedule = FLOW_LR_COSINE;
+    cfg.warmup_steps = 4;
+    cfg.total_steps = 24;
+    cfg.batch = 2;
+    t = flow_trainer_new(m, &cfg, x, NULL, 4);
+    /* warm-up: 0.025, 0.05, 0.075, 0.1; then cosine over 20 steps */
+    for (int s = 0; s < 4; s++) {
+        ck_assert_double_eq_tol(flow_trainer_lr(t), 0.1 * (s + 1) / 4, 1e-12);
+        ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    }
+    ck_assert_double_eq_tol(flow_trainer_lr(t), 0.1, 1e-12);
+    for (int s = 0; s < 10; s++)
+        ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    ck_assert_double_eq_tol(flow_trainer_lr(t), 0.05, 1e-12);
+    for (int s = 0; s < 10; s++)
+        ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    ck_assert_double_eq_tol(flow_trainer_lr(t), 0.0, 1e-12);
+    flow_trainer_free(t);
+    flow_model_free(m);
+}
+END_TEST
+
+/* With clipping the first Adam moment is (1 - beta1) times the clipped
+ * gradient, whose norm is the clip value. */
+START_TEST(test_clipping)
+{
+    enum { N = 64 };
+    flow_real *x = gauss_data(N);
+    flow_model *m = gauss_model(2);
+    flow_train_config cfg;
+    flow_trainer *t;
+    double norm = 0;
+    flow_train_config_default(&cfg);
+    cfg.clip_norm = 1e-3;
+    cfg.batch = N;
+    t = flow_trainer_new(m, &cfg, x, NULL, N);
+    ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    for (size_t i = 0; i < flow_model_num_params(m); i++)
+        norm += (double)flow_trainer_adam_m(t)[i] * flow_trainer_adam_m(t)[i];
+    ck_assert_double_eq_tol(sqrt(norm), 0.1 * 1e-3, 1e-7);
+    flow_trainer_free(t);
+    flow_model_free(m);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_early_stopping_restores_best)
+{
+    flow_real x[4] = {0, 1, 2, 3}, keep;
+    flow_model *m = gauss_model(1);
+    flow_train_config cfg;
+    flow_trainer *t;
+    flow_train_config_default(&cfg);
+    cfg.patience = 2;
+    t = flow_trainer_new(m, &cfg, x, NULL, 4);
+    ck_assert_int_eq(flow_trainer_restore_best(t), FLOW_ERR_INVAL);
+    flow_model_params(m)[0] = 0.5f;
+    flow_trainer_validated(t, -1.0);
+    keep = flow_model_params(m)[0];
+    flow_model_params(m)[0] = 0.7f;
+    flow_trainer_validated(t, -1.5);
+    ck_assert(!flow_trainer_should_stop(t));
+    flow_model_params(m)[0] = 0.9f;
+    flow_trainer_validated(t, -1.2);
+    ck_assert(flow_trainer_should_stop(t));
+    ck_assert_int_eq(flow_trainer_restore_best(t), FLOW_OK);
+    ck_assert(flow_model_params(m)[0] == keep);
+    flow_trainer_free(t);
+    flow_model_free(m);
+}
+END_TEST
+
+START_TEST(test_divergence_is_reported)
+{
+    flow_real x[4] = {0, NAN, 2, 3};
+    flow_model *m = gauss_model(1);
+    flow_train_config cfg;
+    flow_trainer *t;
+    flow_train_state st;
+    int rc = FLOW_OK, steps = 0;
+    flow_train_config_default(&cfg);
+    cfg.batch = 4;
+    cfg.max_skipped = 3;
+    t = flow_trainer_new(m, &cfg, x, NULL, 4);
+    while (rc == FLOW_OK && steps < 10) {
+        rc = flow_trainer_step(t, NULL);
+        steps++;
+    }
+    ck_assert_int_eq(rc, FLOW_ERR_NUMERIC);
+    ck_assert_int_eq(steps, 3);
+    ck_assert_str_eq(flow_errmsg(ctx), "training diverged: 3 steps in a row "
+                     "had a non-finite loss or gradient (lower the learning "
+                     "rate or clip gradients)");
+    flow_trainer_get_state(t, &st);
+    ck_assert_uint_eq(st.skipped, 3);
+    ck_assert_uint_eq(st.step, 0);          /* no update was applied */
+    ck_assert(flow_model_params(m)[0] == 0);
+    flow_trainer_free(t);
+    flow_model_free(m);
+}
+END_TEST
+
+Suite *suite_train(void)
+{
+    Suite *s = suite_create("train");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_converges_to_gaussian_mle);
+    tcase_add_test(tc, test_resume_is_bit_identical);
+    tcase_add_test(tc, test_schedules);
+    tcase_add_test(tc, test_clipping);
+    tcase_add_test(tc, test_early_stopping_restores_best);
+    tcase_add_test(tc, test_divergence_is_reported);
+    suite_add_tcase(s, tc);
+    return s;
+}

@@ -1,0 +1,298 @@
+/* test_transform.c - elementwise transformers: round trips (inside, at and
+ * beyond the spline bound), log-det and VJPs against central differences
+ * in double, monotonicity, identity at zero parameters, robustness. */
+#include <math.h>
+#include <string.h>
+
+#include "../runtime/rng.h"
+#include "../runtime/transform.h"
+#include "flow/flow.h"
+#include "suites.h"
+
+#if FLOW_REAL_DOUBLE
+# define RT_TOL 1e-11      /* round trip, relative to 1 + |x|            */
+# define GRAD_TOL 1e-6     /* analytic VJP vs FD, relative to the max    */
+# define REAL_EPS 2.2e-16
+#else
+# define RT_TOL 1e-5
+# define GRAD_TOL 2e-5
+# define REAL_EPS 1.2e-7
+#endif
+
+enum { NKINDS = 3 };
+static const flow_tf kinds[NKINDS] = {
+    {sizeof(flow_tf), FLOW_TF_AFFINE, 0, 0, 0, 0, 0},
+    {sizeof(flow_tf), FLOW_TF_ADDITIVE, 0, 0, 0, 0, 0},
+    {sizeof(flow_tf), FLOW_TF_SPLINE, 8, 3.0, 0, 0, 0},
+};
+
+/* random raw parameters, scale `sc` */
+static void rand_theta(flow_rng *r, flow_real *th, size_t n, double sc)
+{
+    for (size_t i = 0; i < n; i++)
+        th[i] = (flow_real)(sc * rng_normal1(r));
+}
+
+/* loop index: kind (0..2) + 3 * scale (0: theta ~ N(0, 0.5^2), a
+ * moderately curved map; 1: N(0, 1.5^2), nearly flat pieces) */
+START_TEST(test_round_trip)
+{
+    enum { M = 400 };
+    const flow_tf *tf = &kinds[_i % 3];
+    double sc = _i < 3 ? 0.5 : 1.5;
+    const flow_host *h = flow_host_services();
+    size_t p = h->tf_params(tf);
+    static flow_real th[M * 3 * TF_MAX_BINS];
+    flow_real x[M], y[M], xb[M], lf[M], li[M];
+    double thd[3 * TF_MAX_BINS];
+    tf_cfg c;
+    double b = 3.0;
+    flow_rng r;
+    rng_seed(&r, 11 + (uint64_t)_i);
+    ck_assert_uint_gt(p, 0);
+    rand_theta(&r, th, M * p, sc);
+    for (int i = 0; i < M; i++)
+        x[i] = (flow_real)(1.6 * b * (2 * rng_uniform(&r) - 1));
+    /* exactly at and just around the bound, far outside, zero */
+    x[0] = (flow_real)b;
+    x[1] = (flow_real)-b;
+    x[2] = nextafterf((float)b, 10.0f);
+    x[3] = nextafterf((float)-b, -10.0f);
+    x[4] = nextafterf((float)b, 0.0f);
+    x[5] = 1e6f;
+    x[6] = -1e6f;
+    x[7] = 0;
+    ck_assert_int_eq(h->tf_forward(tf, M, x, th, y, lf), FLOW_OK);
+    ck_assert_int_eq(h->tf_inverse(tf, M, y, th, xb, li), FLOW_OK);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        /* 1e-5 (float32) plus the conditioning of the inverse: y is
+         * rounded to flow_real, an error of 2 ulp(y) / tau'(x) in x is
+         * unavoidable where the map is flat (tiny bins, min_deriv) */
+        double cond = (_i % 3 == 2 && sc > 0.6)
+                          ? 2 * REAL_EPS * (1 + fabs(y[i])) / exp((double)lf[i])
+                          : 0;
+        ck_assert_msg(fabs((double)xb[i] - x[i]) <= RT_TOL * (1 + fabs(x[i]))
+                      + cond,
+                      "kind %d: x %.9g -> y %.9g -> %.9g", tf->kind, x[i],
+                      y[i], xb[i]);
+        /* the inverse's log-det is the double core's (which test_logdet_fd
+         * checks is minus the forward's at the exact inverse), rounded:
+         * comparing with lf[i] would measure float conditioning instead */
+        for (size_t j = 0; j < p; j++)
+            thd[j] = th[i * p + j];
+        {
+            double xe, le;
+            tf_eval1(&c, 1, (double)y[i], thd, &xe, &le);
+            ck_assert_msg(fabs(li[i] - le) <= RT_TOL * (1 + fabs(le)),
+                          "i %d: lad of inverse %.9g vs %.9g", i,
+                          (double)li[i], le);
+            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + 1.2e-7 * fabs(xe),
+                          "i %d: inverse %.9g vs core %.9g", i,
+                          (double)xb[i], xe);
+        }
+        if (tf->kind == FLOW_TF_SPLINE && fabs(x[i]) > b) {
+            /* linear tails: the identity, log-det exactly 0 */
+            ck_assert(y[i] == x[i] && lf[i] == 0 && xb[i] == x[i]);
+        }
+    }
+    if (tf->kind == FLOW_TF_SPLINE) {
+        /* the bound maps to itself (continuity with the tails) */
+        ck_assert_double_eq_tol(y[0], b, RT_TOL * b);
+        ck_assert_double_eq_tol(y[1], -b, RT_TOL * b);
+    }
+}
+END_TEST
+
+/* log|tau'| against a central difference of the map, in double */
+START_TEST(test_logdet_fd)
+{
+    const flow_tf *tf = &kinds[_i];
+    tf_cfg c;
+    double th[3 * TF_MAX_BINS], hd = 1e-6;
+    flow_rng r;
+    rng_seed(&r, 21 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    for (int trial = 0; trial < 200; trial++) {
+        double x = 3.6 * (2 * rng_uniform(&r) - 1), y, l, yp, ym, lp;
+        for (size_t j = 0; j < c.n_theta; j++)
+            th[j] = 1.5 * rng_normal1(&r);
+        tf_eval1(&c, 0, x, th, &y, &l);
+        tf_eval1(&c, 0, x + hd, th, &yp, &lp);
+        tf_eval1(&c, 0, x - hd, th, &ym, &lp);
+        ck_assert_double_eq_tol(l, log((yp - ym) / (2 * hd)), 1e-6);
+        /* and the inverse's log-det is minus the forward's at x */
+        tf_eval1(&c, 1, y, th, &yp, &lp);
+        ck_assert_double_eq_tol(lp, -l, 1e-9);
+        ck_assert_double_eq_tol(yp, x, 1e-9 * (1 + fabs(x)));
+    }
+}
+END_TEST
+
+/* VJPs of both directions (wrt the input and theta, through the log-det)
+ * from the flow_real API against central differences of the double core */
+START_TEST(test_vjp_fd)
+{
+    const flow_tf *tf = &kinds[_i / 2];
+    int dir = _i % 2;
+    const flow_host *h = flow_host_services();
+    tf_cfg c;
+    flow_real th[3 * TF_MAX_BINS], in, out, lad, gin, gth[3 * TF_MAX_BINS];
+    flow_real gout, glad;
+    double thd[3 * TF_MAX_BINS], fd[1 + 3 * TF_MAX_BINS], hd = 1e-7;
+    flow_rng r;
+    rng_seed(&r, 31 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    for (int trial = 0; trial < 100; trial++) {
+        double mx = 0;
+        rand_theta(&r, th, c.n_theta, 1.0);
+        in = (flow_real)(3.3 * (2 * rng_uniform(&r) - 1));
+        gout = (flow_real)rng_normal1(&r);
+        glad = (flow_real)rng_normal1(&r);
+        if (dir == 0) {
+            ck_assert_int_eq(h->tf_backward(tf, 1, &in, th, &gout, &glad,
+                                            &gin, gth), FLOW_OK);
+        } else {
+            ck_assert_int_eq(h->tf_inverse(tf, 1, &in, th, &out, &lad),
+                             FLOW_OK);
+            /* once with x passed in, once recomputed: same result */
+            ck_assert_int_eq(h->tf_inverse_backward(tf, 1, &in, NULL, th,
+                                                    &gout, &glad, &gin, gth),
+                             FLOW_OK);
+            {
+                flow_real gin2, gth2[3 * TF_MAX_BINS];
+                ck_assert_int_eq(h->tf_inverse_backward(tf, 1, &in, &out, th,
+                                 &gout, &glad, &gin2, gth2), FLOW_OK);
+                ck_assert_double_eq_tol(gin2, gin, 1e-4 * (1 + fabs(gin)));
+            }
+        }
+        for (size_t j = 0; j < c.n_theta; j++)
+            thd[j] = th[j];
+        /* L = gout * out + glad * lad; FD wrt in, then each theta */
+        for (size_t j = 0; j <= c.n_theta; j++) {
+            double v[2];
+            for (int s = 0; s < 2; s++) {
+                double e = s ? -hd : hd, o, l, xin = in;
+                if (j == 0)
+                    xin += e;
+                else
+                    thd[j - 1] += e;
+                tf_eval1(&c, dir, xin, thd, &o, &l);
+                if (j > 0)
+                    thd[j - 1] = th[j - 1];
+                v[s] = (double)gout * o + (double)glad * l;
+            }
+            fd[j] = (v[0] - v[1]) / (2 * hd);
+            mx = fmax(mx, fabs(fd[j]));
+        }
+        ck_assert_msg(fabs(gin - fd[0]) <= GRAD_TOL * (mx + 1e-3),
+                      "kind %d dir %d d/din %g vs fd %g", tf->kind, dir,
+                      (double)gin, fd[0]);
+        for (size_t j = 0; j < c.n_theta; j++)
+            ck_assert_msg(fabs(gth[j] - fd[j + 1]) <= GRAD_TOL * (mx + 1e-3),
+                          "kind %d dir %d d/dtheta[%zu] %g vs fd %g",
+                          tf->kind, dir, j, (double)gth[j], fd[j + 1]);
+    }
+}
+END_TEST
+
+START_TEST(test_spline_monotone_and_identity)
+{
+    enum { G = 20001 };
+    const flow_tf *tf = &kinds[2];
+    tf_cfg c;
+    double th[3 * TF_MAX_BINS], prev = -INFINITY, y, l;
+    flow_rng r;
+    rng_seed(&r, 41);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    /* theta = 0: uniform bins, derivatives 1: the identity */
+    memset(th, 0, sizeof th);
+    for (int i = 0; i < 101; i++) {
+        double x = -4 + 8.0 * i / 100;
+        tf_eval1(&c, 0, x, th, &y, &l);
+        ck_assert_double_eq_tol(y, x, 1e-12);
+        ck_assert_double_eq_tol(l, 0, 1e-12);
+    }
+    /* extreme parameters: still strictly increasing with finite log-det */
+    for (size_t j = 0; j < c.n_theta; j++)
+        th[j] = 6 * rng_normal1(&r);
+    for (int i = 0; i < G; i++) {
+        double x = -4.5 + 9.0 * i / (G - 1);
+        tf_eval1(&c, 0, x, th, &y, &l);
+        ck_assert_msg(y > prev, "not increasing at x = %g", x);
+        ck_assert(isfinite(l));
+        prev = y;
+    }
+}
+END_TEST
+
+START_TEST(test_spline_robust)
+{
+    const flow_tf *tf = &kinds[2];
+    tf_cfg c;
+    double th[3 * TF_MAX_BINS], ys[] = {3.0, -3.0, nextafter(3.0, 0),
+        nextafter(-3.0, 0), 3 + 1e-12, -3 - 1e-12, 0, 1e300, -1e300};
+    flow_rng r;
+    rng_seed(&r, 51);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    for (int trial = 0; trial < 50; trial++) {
+        for (size_t j = 0; j < c.n_theta; j++)
+            th[j] = 40 * (2 * rng_uniform(&r) - 1);
+        for (size_t i = 0; i < sizeof ys / sizeof ys[0]; i++) {
+            double x, l, yb, lb, gin, gth[3 * TF_MAX_BINS];
+            tf_eval1(&c, 1, ys[i], th, &x, &l);
+            ck_assert(isfinite(x) && isfinite(l));
+            ck_assert(fabs(x) <= 3 || x == ys[i]);
+            tf_eval1(&c, 0, x, th, &yb, &lb);
+            ck_assert_double_eq_tol(yb, ys[i], 1e-9 * (1 + fabs(ys[i])));
+            tf_vjp1(&c, 1, ys[i], th, 1.0, 1.0, &gin, gth);
+            ck_assert(isfinite(gin));
+            for (size_t j = 0; j < c.n_theta; j++)
+                ck_assert(isfinite(gth[j]));
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_invalid_and_numeric)
+{
+    const flow_host *h = flow_host_services();
+    flow_tf bad = kinds[2];
+    flow_real x = 0.5f, y, l, th[32] = {0};
+    bad.bins = TF_MAX_BINS + 1;
+    ck_assert_uint_eq(h->tf_params(&bad), 0);
+    ck_assert_int_eq(h->tf_forward(&bad, 1, &x, th, &y, &l), FLOW_ERR_INVAL);
+    bad = kinds[2];
+    bad.min_width = 0.2;                 /* 8 bins x 0.2 >= 1 */
+    ck_assert_uint_eq(h->tf_params(&bad), 0);
+    bad = kinds[2];
+    bad.bound = -1;
+    ck_assert_uint_eq(h->tf_params(&bad), 0);
+    bad = kinds[2];
+    bad.kind = (flow_tf_kind)9;
+    ck_assert_uint_eq(h->tf_params(&bad), 0);
+    ck_assert_uint_eq(h->tf_params(&kinds[2]), 3 * 8 - 1);
+    ck_assert_uint_eq(h->tf_params(&kinds[0]), 2);
+    ck_assert_uint_eq(h->tf_params(&kinds[1]), 1);
+    /* a non-finite parameter is reported, not silently propagated */
+    th[0] = (flow_real)NAN;
+    ck_assert_int_eq(h->tf_forward(&kinds[2], 1, &x, th, &y, &l),
+                     FLOW_ERR_NUMERIC);
+    ck_assert_int_eq(h->tf_forward(&kinds[0], 1, &x, th, &y, &l),
+                     FLOW_ERR_NUMERIC);
+}
+END_TEST
+
+Suite *suite_transform(void)
+{
+    Suite *s = suite_create("transform");
+    TCase *tc = tcase_create("core");
+    tcase_add_loop_test(tc, test_round_trip, 0, 2 * NKINDS);
+    tcase_add_loop_test(tc, test_logdet_fd, 0, NKINDS);
+    tcase_add_loop_test(tc, test_vjp_fd, 0, 2 * NKINDS);
+    tcase_add_test(tc, test_spline_monotone_and_identity);
+    tcase_add_test(tc, test_spline_robust);
+    tcase_add_test(tc, test_invalid_and_numeric);
+    suite_add_tcase(s, tc);
+    return s;
+}
