@@ -534,6 +534,7 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
     return verify_layer(S->c, idx) ? -1 : 0;
 }
 
+/* TYPE [(args)] [given c];  one graph node, described and verified */
 static void expand_layer(sema *S, const stmt *s, binding *sc,
                          const char *given, flow_loc given_loc)
 {
@@ -620,6 +621,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
 
 /* --- blocks ----------------------------------------------------------- */
 
+/* NAME(args) [given c];  a block call: the body with the parameters bound
+ * on top of the globals (lexical scope) */
 static void expand_block(sema *S, const blockdef *bd, const stmt *s,
                          binding *sc, const char *given, flow_loc given_loc)
 {
@@ -718,6 +721,7 @@ static const struct {
 
 #define N_BASES (sizeof bases / sizeof bases[0])
 
+/* base ::= NAME [(args)] [given c], for `dim` dimensions */
 static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
                         flow_graph_base *out)
 {
@@ -779,6 +783,7 @@ static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
 
 /* --- statements ------------------------------------------------------- */
 
+/* input NAME : real[D] [in [lo, hi]]; */
 static void decl_input(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -813,6 +818,7 @@ static void decl_input(sema *S, const stmt *s, binding *sc)
     S->have_input = 1;
 }
 
+/* context NAME : real[K]; */
 static void decl_context(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -838,6 +844,7 @@ static void decl_context(sema *S, const stmt *s, binding *sc)
     S->have_context = 1;
 }
 
+/* exit K -> NAME ~ base;  the first K dimensions of the state leave */
 static void decl_exit(sema *S, const stmt *s, binding *sc)
 {
     int64_t k;
@@ -872,6 +879,7 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     S->pristine = 0;
 }
 
+/* output NAME ~ base; */
 static void decl_output(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -918,6 +926,7 @@ static int train_value_ok(size_t k, const value *v)
 }
 #define N_TRAIN (sizeof train_keys / sizeof train_keys[0])
 
+/* train { NAME = expr; ... } */
 static void decl_train(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -1089,6 +1098,7 @@ static void expand_body(sema *S, const stmt *body, binding *sc, int top,
 
 static void process_file(sema *S, int fi);
 
+/* import "PATH";  relative to the importing file; each file read once */
 static void do_import(sema *S, int fi, const stmt *s)
 {
     flow_compilation *c = S->c;
