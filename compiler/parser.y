@@ -366,7 +366,7 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
     yysymbol_kind_t la = yypcontext_token(ctx);
     yysymbol_kind_t all[YYNTOKENS], exp[YYNTOKENS];
     int n_all = yypcontext_expected_tokens(ctx, all, YYNTOKENS);
-    int n = 0, ops = 0, want_value = 0;
+    int n = 0, ops = 0, want_value = 0, top = 0;
     flow_loc loc = *yypcontext_location(ctx);
     lex_state *ls = p->ls;
     char msg[256];
@@ -432,7 +432,11 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
                                      sep, what);
         }
     }
-    diag_error(p->c, "F0001", loc, semicolon_expected(exp, n)
+    for (int i = 0; i < n_all; i++)
+        if (all[i] == YYSYMBOL_FLOW)
+            top = 1;
+    diag_error(p->c, "F0001", loc, top ? "the top level holds import, const, "
+               "block and flow" : semicolon_expected(exp, n)
                ? "statements end with ';'" : NULL, "%s", msg);
     if (diag_stopped(p->c))
         ls->stop = 1;
