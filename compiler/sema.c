@@ -913,6 +913,9 @@ static const struct {
     {"seed", 'i', 0, "an integer >= 0"},
     {"clip", 'r', 1, "a positive number"},
     {"patience", 'i', 0, "an integer >= 0"},
+    {"steps", 'i', 1, "a positive integer"},
+    {"schedule", 'n', 0, "a name (constant or cosine)"},
+    {"warmup", 'i', 0, "an integer >= 0"},
 };
 
 /* Does v fit train key k? */
