@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "flow/flowc.h"
 
@@ -27,6 +28,10 @@ static void usage(FILE *f)
           "                       cost of density evaluation and sampling\n"
           "  --emit=json          print the verified graph as JSON\n"
           "  --emit=dot           print the graph for Graphviz\n"
+          "  --emit=c             print a C file defining a function that\n"
+          "                       builds the model through the runtime API\n"
+          "  --function=NAME      name of that function (default\n"
+          "                       flow_build_<flow name>)\n"
           "  --layers             list the layer types the plugins provide\n"
           "  --layer=TYPE         print TYPE's attributes (types, defaults,\n"
           "                       ranges, alternatives) and exit\n"
@@ -70,7 +75,7 @@ static int usage_error(const char *fmt, ...)
 }
 
 enum action { ACT_CHECK, ACT_REPORT, ACT_JSON, ACT_DOT, ACT_LAYERS,
-              ACT_LAYER };
+              ACT_LAYER, ACT_C };
 
 static const char *type_name(flow_attr_type t)
 {
@@ -181,7 +186,8 @@ int main(int argc, char **argv)
     enum action act = ACT_CHECK;
     flow_diag_format fmt = FLOW_DIAG_TEXT;
     int terse = 0, werror = 0, status;
-    const char *file = NULL, *out_path = NULL, *layer = NULL;
+    const char *file = NULL, *out_path = NULL, *layer = NULL, *func = NULL;
+    char *tmp_path = NULL;
     const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
     size_t n_plugins = 0;
     flow_ctx *ctx = NULL;
@@ -213,13 +219,17 @@ int main(int argc, char **argv)
             act = ACT_JSON;
         } else if (!strcmp(a, "--emit=dot")) {
             act = ACT_DOT;
+        } else if (!strcmp(a, "--emit=c")) {
+            act = ACT_C;
+        } else if (!strncmp(a, "--function=", 11) && a[11]) {
+            func = a + 11;
         } else if (!strcmp(a, "--layers")) {
             act = ACT_LAYERS;
         } else if (!strncmp(a, "--layer=", 8) && a[8]) {
             act = ACT_LAYER;
             layer = a + 8;
         } else if (!strncmp(a, "--emit=", 7)) {
-            status = usage_error("unknown emitter '%s' (use json or dot)",
+            status = usage_error("unknown emitter '%s' (use json, dot or c)",
                                  a + 7);
             goto done;
         } else if (!strcmp(a, "--terse")) {
@@ -291,27 +301,58 @@ int main(int argc, char **argv)
         status = EXIT_SPEC;
         goto done;
     }
-    if (act != ACT_CHECK && out_path && !(out = fopen(out_path, "w"))) {
-        perror(out_path);
-        out = stdout;
-        status = EXIT_SPEC;
-        goto done;
+    /* -o writes a temporary file beside the target and renames it: an
+     * error never leaves a half-written file under the requested name */
+    if (act != ACT_CHECK && out_path) {
+        size_t len = strlen(out_path) + 32;
+        if (!(tmp_path = malloc(len))) {
+            fputs("flowc: out of memory\n", stderr);
+            status = EXIT_SPEC;
+            goto done;
+        }
+        snprintf(tmp_path, len, "%s.tmp%ld", out_path, (long)getpid());
+        if (!(out = fopen(tmp_path, "w"))) {
+            perror(out_path);
+            out = stdout;
+            status = EXIT_SPEC;
+            goto done;
+        }
     }
+    status = 0;
     if (act == ACT_REPORT)
         flow_graph_print_report(g, out);
     else if (act == ACT_JSON)
         flow_graph_print_json(g, out);
     else if (act == ACT_DOT)
         flow_graph_print_dot(g, out);
-    status = 0;
-    if (out != stdout && fclose(out) != 0) {
-        perror(out_path);
+    else if (act == ACT_C && flow_graph_print_c(g, out, func) != FLOW_OK) {
+        fprintf(stderr, "flowc: %s: --emit=c: a base distribution given the "
+                "context cannot be built by this runtime yet\n", file);
         status = EXIT_SPEC;
     }
-    out = stdout;
+    if (out != stdout) {
+        if (fflush(out) != 0 || ferror(out) || fsync(fileno(out)) != 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        if (fclose(out) != 0 && status == 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        out = stdout;
+        if (status == 0 && rename(tmp_path, out_path) != 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        if (status != 0)
+            unlink(tmp_path);
+    }
 done:
-    if (out != stdout)
+    if (out != stdout) {
         fclose(out);
+        unlink(tmp_path);
+    }
+    free(tmp_path);
     flow_compile_free(c);
     flow_ctx_free(ctx);
     free(plugins);

@@ -87,8 +87,9 @@ same "--diagnostics=json" "$t/want" "$t/json"
 "$FLOWC" --frobnicate x.flow >"$t/out" 2>&1; rc=$?
 [ $rc -eq 2 ] && grep -qF "unknown option '--frobnicate'" "$t/out" && ok \
     || bad "unknown option: exit $rc"
-"$FLOWC" --emit=c x.flow >"$t/out" 2>&1; rc=$?
-[ $rc -eq 2 ] && ok || bad "--emit=c: exit $rc, expected 2"
+"$FLOWC" --emit=rust x.flow >"$t/out" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -qF "unknown emitter 'rust' (use json, dot or c)" "$t/out" \
+    && ok || bad "--emit=rust: exit $rc, expected 2"
 "$FLOWC" a.flow b.flow >"$t/out" 2>&1; rc=$?
 [ $rc -eq 2 ] && ok || bad "two files: exit $rc, expected 2"
 "$FLOWC" --help >"$t/out" 2>&1; rc=$?

@@ -185,6 +185,14 @@ FLOW_API size_t flow_graph_params(const flow_graph *g);  /* incl. bases */
 FLOW_API int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g,
                                     uint64_t seed, flow_model **out);
 
+/* --emit=c: a C translation unit defining
+ *     int FUNC(flow_ctx *ctx, uint64_t seed, flow_model **out);
+ * that makes the calls flow_graph_build_model makes (FUNC NULL: named
+ * flow_build_<flow name>).  FLOW_ERR_UNSUPPORTED (nothing written) for a
+ * base distribution given the context, which the runtime cannot build. */
+FLOW_API int flow_graph_print_c(const flow_graph *g, FILE *f,
+                                const char *func);
+
 /* Writers: --report table, --emit=json, --emit=dot. */
 FLOW_API void flow_graph_print_report(const flow_graph *g, FILE *f);
 FLOW_API void flow_graph_print_json(const flow_graph *g, FILE *f);
