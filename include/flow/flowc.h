@@ -25,7 +25,7 @@ extern "C" {
  * located error, never a crash, hang or unbounded allocation. */
 #define FLOW_MAX_DIM          65536   /* input, context width            */
 #define FLOW_MAX_REPEAT        4096   /* one repeat count                */
-#define FLOW_MAX_LAYERS        4096   /* layers + exits after expansion  */
+#define FLOW_MAX_LAYERS      100000   /* layers + exits after expansion  */
 #define FLOW_MAX_CELLS    (1u << 24)  /* sum over layers of their width  */
 #define FLOW_MAX_NESTING         64   /* brackets, repeat/block calls    */
 #define FLOW_MAX_IDENT          255   /* identifier length               */
