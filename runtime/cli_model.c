@@ -192,7 +192,8 @@ static void loaded_free(loaded *l)
 }
 
 /* Opens a checkpoint, recompiles its spec and restores the parameters. */
-static int load_checkpoint(loaded *l, const char *cmd, const char *path)
+static int load_checkpoint(loaded *l, const char *cmd, const char *path,
+                           size_t threads)
 {
     const char *spec, *spec_path;
     memset(l, 0, sizeof *l);
@@ -206,7 +207,8 @@ static int load_checkpoint(loaded *l, const char *cmd, const char *path)
         goto quiet;
     if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
                                &l->model) != FLOW_OK
-        || flow_checkpoint_restore(l->ck, l->model, NULL) != FLOW_OK)
+        || flow_checkpoint_restore(l->ck, l->model, NULL) != FLOW_OK
+        || flow_model_set_threads(l->model, threads) != FLOW_OK)
         goto fail;
     l->spec_source = spec;
     return 0;
@@ -276,7 +278,8 @@ static void train_usage(FILE *f)
           "  --patience N         stop after N validations without\n"
           "                       improvement, keep the best (default off)\n"
           "  --seed S             initialisation and shuffling (default 0)\n"
-          "  --threads T          worker threads (default 1)\n"
+          "  --threads T          worker threads splitting each batch by rows\n"
+          "                       (default 1; same seed and threads, same bits)\n"
           "  --checkpoint-every N also write CKPT every N epochs\n"
           "  --resume CKPT        continue a run from its checkpoint\n"
           "  --json               print the summary as JSON on stdout\n"
@@ -569,9 +572,6 @@ int cmd_train(int argc, char **argv)
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
     memset(&l, 0, sizeof l);
-    if (o.threads != 1)
-        fprintf(stderr, "%s: note: --threads %zu: this build trains with one "
-                "thread\n", cmd, o.threads);
     if (!(l.ctx = open_ctx(cmd)))
         return 1;
     if (!(l.comp = compile(l.ctx, cmd, o.spec, NULL)))
@@ -607,7 +607,8 @@ int cmd_train(int argc, char **argv)
             tr = all;
             all = NULL;
         }
-        if (flow_graph_build_model(l.ctx, g, o.seed, &l.model) != FLOW_OK) {
+        if (flow_graph_build_model(l.ctx, g, o.seed, &l.model) != FLOW_OK
+            || flow_model_set_threads(l.model, o.threads) != FLOW_OK) {
             fail(l.ctx, cmd);
             goto out;
         }
@@ -736,7 +737,7 @@ out:
 typedef struct run_opts {
     const char *ckpt, *data, *out, *columns, *context, *ctxfile;
     flow_data_format format;
-    size_t batch, n;
+    size_t batch, n, threads;
     uint64_t seed;
     int json, with_logprob, header, has_n;
 } run_opts;
@@ -751,6 +752,7 @@ static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
     int k, rc = 0;
     memset(o, 0, sizeof *o);
     o->batch = 4096;
+    o->threads = 1;
     o->header = 1;
     o->out = "-";
     while (rc == 0 && (k = next_arg(&a, &pos)) >= 0) {
@@ -777,6 +779,8 @@ static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
             o->header = 0;
         else if (opt_is(&a, "--batch"))
             rc = parse_size(&a, &o->batch, 1);
+        else if (opt_is(&a, "--threads"))
+            rc = parse_size(&a, &o->threads, 1);
         else if (opt_is(&a, "--json"))
             o->json = 1;
         else if (sampling && opt_is(&a, "-n")) {
@@ -819,7 +823,7 @@ int cmd_eval(int argc, char **argv)
     int rc;
     if ((rc = parse_run(argc, argv, cmd, &o, eval_usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
     if (!(d = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
@@ -918,7 +922,7 @@ static int map_rows(int argc, char **argv, const char *cmd,
     int rc;
     if ((rc = parse_run(argc, argv, cmd, &o, usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
     if (!(d = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
@@ -1008,7 +1012,7 @@ int cmd_sample(int argc, char **argv)
     int rc = 1;
     if ((rc = parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     rc = 1;
     dim = flow_model_dim(l.model);
@@ -1085,7 +1089,7 @@ int cmd_info(int argc, char **argv)
     int rc;
     if ((rc = parse_run(argc, argv, cmd, &o, info_usage, 2)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt) != 0)
+    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     if (o.json) {
         printf("{\"checkpoint\": \"%s\", \"parameters\": %zu", o.ckpt,

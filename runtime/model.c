@@ -8,7 +8,12 @@
 
 #include "base.h"
 #include "ctx.h"
+#include "pool.h"
 #include "rng.h"
+
+/* Rows below which a batch is not split (per thread). */
+#define MIN_ROWS_PER_THREAD 32
+#define MAX_THREADS 64
 
 typedef enum node_kind { NODE_LAYER, NODE_EXIT } node_kind;
 
@@ -27,8 +32,9 @@ typedef struct node {
     int given;
     void *self;
     size_t p_off, b_off;
-    void *ws;
-    size_t ws_bytes;
+    void *ws[MAX_THREADS];      /* per thread: what forward leaves for the
+                                   matching backward */
+    size_t ws_bytes[MAX_THREADS];
     /* exit */
     size_t k;
     char *name;
@@ -66,6 +72,14 @@ struct flow_model {
     flow_real *g0, *g1;         /* gradient ping-pong, cap_rows x dim */
     flow_real *lpb;             /* base log-densities, cap_rows */
     flow_real *t0, *t1;         /* scratch, cap_rows x dim */
+    /* threads (flow_model_set_threads): rows of a batch are split into
+     * `threads` fixed chunks; thread t > 0 accumulates its parameter
+     * gradient in tgrad[t - 1], summed in order afterwards */
+    size_t threads;
+    pool *pool;
+    flow_rng trng[MAX_THREADS];
+    flow_real *tgrad;
+    char terr[MAX_THREADS][256];
     flow_real *zbuf;            /* cap_rows x dim */
     char err[1024];
 };
@@ -218,6 +232,7 @@ flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
     m->dim = dim;
     m->cdim = context_dim;
     m->base_kind = BASE_NORMAL;
+    m->threads = 1;
     rng_seed(&m->rng, 0);
     return m;
 }
@@ -414,9 +429,12 @@ void flow_model_free(flow_model *m)
         node *nd = &m->nodes[i];
         if (nd->self)
             nd->type->destroy(nd->self);
-        free(nd->ws);
+        for (size_t t = 0; t < MAX_THREADS; t++)
+            free(nd->ws[t]);
     }
     free_batch(m);
+    pool_free(m->pool);
+    free(m->tgrad);
     free(m->nodes);
     free(m->params);
     free(m->buffers);
@@ -428,8 +446,9 @@ void flow_model_free(flow_model *m)
     free(m);
 }
 
-static void fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
-                      const flow_real *ctxv, flow_real *grad)
+/* The call of thread t (0: the caller) on n rows of node nd. */
+static void fill_call_t(flow_model *m, node *nd, flow_call *c, size_t n,
+                        const flow_real *ctxv, flow_real *grad, size_t t)
 {
     memset(c, 0, sizeof *c);
     c->struct_size = sizeof *c;
@@ -441,14 +460,20 @@ static void fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
     c->grad = grad ? grad + nd->p_off : NULL;
     c->buffers = m->buffers + nd->b_off;
     c->ctx = nd->given ? ctxv : NULL;
-    c->ws = nd->ws;
-    c->ws_bytes = nd->ws_bytes;
-    c->rng = &m->rng;
+    c->ws = nd->ws[t];
+    c->ws_bytes = nd->ws_bytes[t];
+    c->rng = t ? &m->trng[t] : &m->rng;
     c->training = m->training;
-    c->thread = 0;
-    c->err = m->err;
-    c->err_cap = sizeof m->err;
-    m->err[0] = '\0';
+    c->thread = (int)t;
+    c->err = t ? m->terr[t] : m->err;
+    c->err_cap = t ? sizeof m->terr[t] : sizeof m->err;
+    c->err[0] = '\0';
+}
+
+static void fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
+                      const flow_real *ctxv, flow_real *grad)
+{
+    fill_call_t(m, nd, c, n, ctxv, grad, 0);
 }
 
 int flow_model_finish(flow_model *m, uint64_t seed)
@@ -571,20 +596,111 @@ nomem:
                        "rows", n);
 }
 
+/* Number of row chunks a batch of n rows is split into for node nd. */
+static size_t chunks(const flow_model *m, const node *nd, size_t n)
+{
+    size_t k = m->threads;
+    if (k < 2 || !m->pool || (nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))
+        return 1;
+    if (n / k < MIN_ROWS_PER_THREAD)
+        k = n / MIN_ROWS_PER_THREAD;
+    return k ? k : 1;
+}
+
 static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
 {
-    size_t need = nd->type->workspace(nd->self, n, dir);
-    if (need <= nd->ws_bytes)
-        return FLOW_OK;
-    free(nd->ws);
-    nd->ws = NULL;
-    nd->ws_bytes = 0;
-    if (posix_memalign(&nd->ws, 64, need) != 0) {
-        nd->ws = NULL;
-        return model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for a "
-                           "workspace of %zu bytes", nd->label, need);
+    size_t k = chunks(m, nd, n), rows = (n + k - 1) / k;
+    size_t need = nd->type->workspace(nd->self, rows, dir);
+    for (size_t t = 0; t < k; t++) {
+        if (need <= nd->ws_bytes[t])
+            continue;
+        free(nd->ws[t]);
+        nd->ws[t] = NULL;
+        nd->ws_bytes[t] = 0;
+        if (posix_memalign(&nd->ws[t], 64, need ? need : 64) != 0) {
+            nd->ws[t] = NULL;
+            return model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for a "
+                               "workspace of %zu bytes", nd->label, need);
+        }
+        nd->ws_bytes[t] = need;
     }
-    nd->ws_bytes = need;
+    return FLOW_OK;
+}
+
+/* One layer call on every chunk of a batch. */
+enum { JOB_FORWARD, JOB_INVERSE, JOB_FORWARD_BACKWARD, JOB_INVERSE_BACKWARD };
+
+typedef struct job {
+    flow_model *m;
+    node *nd;
+    int kind;
+    size_t n, k;
+    const flow_real *in, *cv;   /* in: x (forward kinds) or z (inverse) */
+    flow_real *out, *ld;
+    const flow_real *dout, *dld;
+    flow_real *din, *grad;
+    int rc[MAX_THREADS];
+} job;
+
+static void job_task(void *arg, size_t t)
+{
+    job *j = arg;
+    flow_model *m = j->m;
+    node *nd = j->nd;
+    size_t lo = j->n * t / j->k, hi = j->n * (t + 1) / j->k;
+    size_t d = nd->in_dim, kc = nd->given ? m->cdim : 0;
+    flow_real *grad = j->grad && t ? m->tgrad : j->grad;
+    const flow_real *cv = j->cv && kc ? j->cv + lo * kc : NULL;
+    flow_call c;
+    if (grad && t)
+        grad += (t - 1) * m->n_params;
+    fill_call_t(m, nd, &c, hi - lo, cv, grad, t);
+    switch (j->kind) {
+    case JOB_FORWARD:
+        j->rc[t] = nd->type->forward(nd->self, &c, j->in + lo * d,
+                                     j->out + lo * d, j->ld + lo);
+        break;
+    case JOB_INVERSE:
+        j->rc[t] = nd->type->inverse(nd->self, &c, j->in + lo * d,
+                                     j->out + lo * d, j->ld + lo);
+        break;
+    case JOB_FORWARD_BACKWARD:
+        j->rc[t] = nd->type->forward_backward(nd->self, &c, j->in + lo * d,
+                                              j->out + lo * d,
+                                              j->dout + lo * d, j->dld + lo,
+                                              j->din + lo * d);
+        break;
+    default:
+        j->rc[t] = nd->type->inverse_backward(nd->self, &c, j->in + lo * d,
+                                              j->out + lo * d,
+                                              j->dout + lo * d, j->dld + lo,
+                                              j->din + lo * d);
+        break;
+    }
+}
+
+/* Runs the job on its chunks; the first failing chunk's message. */
+static int run_job(job *j, const char *what)
+{
+    flow_model *m = j->m;
+    j->k = chunks(m, j->nd, j->n);
+    if (j->k > 1 && (j->nd->desc.flags & FLOW_LAYER_STOCHASTIC)) {
+        /* per-thread streams drawn from the model's stream: everything
+         * random still derives from it (and from checkpoints of it) */
+        uint64_t seed = rng_u64(&m->rng);
+        for (size_t t = 1; t < j->k; t++)
+            rng_stream(&m->trng[t], seed, (unsigned)t);
+    }
+    if (j->k > 1)
+        pool_run(m->pool, j->k, job_task, j);
+    else
+        job_task(j, 0);
+    for (size_t t = 0; t < j->k; t++)
+        if (j->rc[t] != FLOW_OK) {
+            if (t)
+                memcpy(m->err, m->terr[t], sizeof m->terr[t]);
+            return layer_error(m, j->nd, j->rc[t], what);
+        }
     return FLOW_OK;
 }
 
@@ -631,17 +747,20 @@ static int run_forward(flow_model *m, size_t n, const flow_real *x,
             }
             continue;
         }
-        flow_call c;
-        fill_call(m, nd, &c, n, cv, NULL);
         if (data_init && (nd->desc.flags & FLOW_LAYER_DATA_INIT)
             && nd->type->data_init) {
+            flow_call c;
+            fill_call(m, nd, &c, n, cv, NULL);
             rc = nd->type->data_init(nd->self, &c, m->params + nd->p_off, in);
             if (rc != FLOW_OK)
                 return layer_error(m, nd, rc, "data-dependent init");
         }
-        rc = nd->type->forward(nd->self, &c, in, out, m->ld);
-        if (rc != FLOW_OK)
-            return layer_error(m, nd, rc, "forward");
+        {
+            job j = {.m = m, .nd = nd, .kind = JOB_FORWARD, .n = n,
+                     .in = in, .cv = cv, .out = out, .ld = m->ld};
+            if ((rc = run_job(&j, "forward")) != FLOW_OK)
+                return rc;
+        }
         for (size_t r = 0; r < n; r++)
             m->ld_sum[r] += m->ld[r];
     }
@@ -742,7 +861,6 @@ static int run_inverse(flow_model *m, size_t n, const flow_real *z,
         node *nd = &m->nodes[i];
         const flow_real *out = m->act[i + 1];
         flow_real *in = m->act[i];
-        flow_call c;
         if (nd->kind == NODE_EXIT) {
             for (size_t r = 0; r < n; r++) {
                 memcpy(in + r * nd->in_dim, z + r * m->dim + nd->z_off,
@@ -755,10 +873,12 @@ static int run_inverse(flow_model *m, size_t n, const flow_real *z,
         if (!(nd->desc.flags & FLOW_LAYER_INVERSE) || !nd->type->inverse)
             return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer has "
                                "no inverse direction", nd->label, nd->file);
-        fill_call(m, nd, &c, n, cv, NULL);
-        rc = nd->type->inverse(nd->self, &c, out, in, m->ld);
-        if (rc != FLOW_OK)
-            return layer_error(m, nd, rc, "inverse");
+        {
+            job j = {.m = m, .nd = nd, .kind = JOB_INVERSE, .n = n,
+                     .in = out, .cv = cv, .out = in, .ld = m->ld};
+            if ((rc = run_job(&j, "inverse")) != FLOW_OK)
+                return rc;
+        }
         for (size_t r = 0; r < n; r++)
             m->ld_sum[r] += m->ld[r];
     }
@@ -838,6 +958,8 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         m->ones[r] = w;             /* dL/dlogdet and dL/dlogp_base */
     }
     memset(grad, 0, m->n_params * sizeof *grad);
+    if (m->tgrad)
+        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *grad);
     /* d mean / d z_final, and the final base's parameter gradient */
     dz = m->g0;
     dprev = m->g1;
@@ -848,7 +970,6 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                            "gradient failed");
     for (size_t i = m->n_nodes; i-- > 0;) {
         node *nd = &m->nodes[i];
-        flow_call call;
         flow_real *t;
         if (nd->kind == NODE_EXIT) {
             /* d/d(input) = [base gradient of the exit's part, dz of rest] */
@@ -869,16 +990,22 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                 return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
                                    "cannot be trained (no backward)",
                                    nd->label, nd->file);
-            fill_call(m, nd, &call, n, c, grad);
-            rc = nd->type->forward_backward(nd->self, &call, m->act[i],
-                                            m->act[i + 1], dz, m->ones,
-                                            dprev);
-            if (rc != FLOW_OK)
-                return layer_error(m, nd, rc, "backward");
+            job j = {.m = m, .nd = nd, .kind = JOB_FORWARD_BACKWARD,
+                     .n = n, .in = m->act[i], .cv = c, .out = m->act[i + 1],
+                     .dout = dz, .dld = m->ones, .din = dprev,
+                     .grad = grad};
+            if ((rc = run_job(&j, "backward")) != FLOW_OK)
+                return rc;
         }
         t = dz;
         dz = dprev;
         dprev = t;
+    }
+    /* threads' gradients, summed in a fixed order: same bits every run */
+    for (size_t t = 1; m->tgrad && t < m->threads; t++) {
+        const flow_real *g = m->tgrad + (t - 1) * m->n_params;
+        for (size_t q = 0; q < m->n_params; q++)
+            grad[q] += g[q];
     }
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
@@ -943,5 +1070,36 @@ int model_slice(const flow_model *m, size_t i, model_slice_info *s)
     s->n_params = m->nodes[i].desc.n_params;
     s->b_off = m->nodes[i].b_off;
     s->n_buffers = m->nodes[i].desc.n_buffers;
+    return FLOW_OK;
+}
+
+int flow_model_set_threads(flow_model *m, size_t threads)
+{
+    if (threads < 1 || threads > MAX_THREADS)
+        return model_error(m, FLOW_ERR_INVAL, "threads must be in 1..%d, "
+                           "got %zu", MAX_THREADS, threads);
+    if (!m->finished)
+        return model_error(m, FLOW_ERR_INVAL, "set threads after "
+                           "flow_model_finish");
+    pool_free(m->pool);
+    m->pool = NULL;
+    free(m->tgrad);
+    m->tgrad = NULL;
+    m->threads = 1;
+    if (threads == 1)
+        return FLOW_OK;
+    if (m->n_params > SIZE_MAX / sizeof(flow_real) / (threads - 1))
+        return model_error(m, FLOW_ERR_NOMEM, "too many parameters");
+    m->tgrad = calloc((threads - 1) * m->n_params + 1, sizeof *m->tgrad);
+    m->pool = pool_new(threads);
+    if (!m->tgrad || !m->pool) {
+        free(m->tgrad);
+        m->tgrad = NULL;
+        pool_free(m->pool);
+        m->pool = NULL;
+        return model_error(m, FLOW_ERR_NOMEM, "cannot start %zu threads",
+                           threads);
+    }
+    m->threads = threads;
     return FLOW_OK;
 }

@@ -72,6 +72,14 @@ check resume 0 $?
 if cmp -s "$t/l1.csv" "$t/l2.csv"; then pass=$((pass + 1)); else
     echo "FAIL: resumed run differs from the uninterrupted one"; fail=$((fail + 1)); fi
 
+# two threads: the same bits twice
+"$F" train "$SPEC" --data "$t/tr.csv" --steps 20 --batch 256 --threads 2 -o "$t/p1.ckpt" 2>/dev/null
+"$F" train "$SPEC" --data "$t/tr.csv" --steps 20 --batch 256 --threads 2 -o "$t/p2.ckpt" 2>/dev/null
+"$F" logprob "$t/p1.ckpt" --data "$t/te.csv" --threads 2 -o "$t/pl1.csv"
+"$F" logprob "$t/p2.ckpt" --data "$t/te.csv" --threads 2 -o "$t/pl2.csv"
+if cmp -s "$t/pl1.csv" "$t/pl2.csv"; then pass=$((pass + 1)); else
+    echo "FAIL: two threads: runs differ"; fail=$((fail + 1)); fi
+
 # a checkpoint of another spec is refused for --resume
 "$F" train "$top_srcdir/specs/nice.flow" --data "$t/tr.csv" --steps 2 --resume "$t/half.ckpt" \
     -o "$t/x.ckpt" 2>"$t/err"

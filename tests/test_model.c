@@ -408,6 +408,78 @@ START_TEST(test_batchnorm_training)
 }
 END_TEST
 
+/* Threads split a batch by rows: results match one thread up to rounding
+ * (different GEMM shapes), and the same thread count gives the same bits. */
+START_TEST(test_threads)
+{
+    enum { N = 300, D = 3 };
+    static const char *const types[] = {"linear", "actnorm", "batchnorm"};
+    flow_attr_value perm, seed, bn[2], eps;
+    flow_model *m1 = flow_model_new(ctx, D, 0), *m2 = flow_model_new(ctx, D, 0);
+    flow_model *ms[2] = {m1, m2};
+    static flow_real x[N * D], l1[N], l2[N], l3[N];
+    flow_real *g1, *g2, *g3;
+    size_t np;
+    double f1, f2, f3;
+    memset(&perm, 0, sizeof perm);
+    memset(&seed, 0, sizeof seed);
+    memset(bn, 0, sizeof bn);
+    memset(&eps, 0, sizeof eps);
+    perm.type = FLOW_ATTR_VARIANT;
+    perm.i = 2;
+    perm.sub = &seed;
+    seed.type = FLOW_ATTR_INT;
+    bn[0].type = bn[1].type = eps.type = FLOW_ATTR_REAL;
+    bn[0].r = 0.1;
+    bn[1].r = 1e-5;
+    for (int k = 0; k < 2; k++) {
+        for (int l = 0; l < 3; l++) {
+            const flow_attr_value *a = l == 0 ? &perm : l == 1 ? &eps : bn;
+            ck_assert_int_eq(flow_model_add_layer(ms[k], types[l], NULL, a,
+                                                  l == 2 ? 2 : 1, 0, 0, 0),
+                             FLOW_OK);
+        }
+        ck_assert_int_eq(flow_model_finish(ms[k], 1), FLOW_OK);
+        randomise(ms[k], 4);
+        flow_model_set_training(ms[k], 1);
+    }
+    ck_assert_int_eq(flow_model_set_threads(m2, 2), FLOW_OK);
+    ck_assert_int_eq(flow_model_set_threads(m2, 0), FLOW_ERR_INVAL);
+    ck_assert_int_eq(flow_model_set_threads(m2, 2), FLOW_OK);
+    np = flow_model_num_params(m1);
+    g1 = malloc(np * sizeof *g1);
+    g2 = malloc(np * sizeof *g2);
+    g3 = malloc(np * sizeof *g3);
+    for (int i = 0; i < N * D; i++)
+        x[i] = (flow_real)(2 * sin(0.7 * i) + 0.1 * (i % 7));
+    ck_assert_int_eq(flow_model_loglik_grad(m1, N, x, NULL, &f1, g1), FLOW_OK);
+    ck_assert_int_eq(flow_model_loglik_grad(m2, N, x, NULL, &f2, g2), FLOW_OK);
+    ck_assert_int_eq(flow_model_loglik_grad(m2, N, x, NULL, &f3, g3), FLOW_OK);
+    ck_assert_double_eq_tol(f1, f2, 1e3 * TEST_EPS * (1 + fabs(f1)));
+    for (size_t j = 0; j < np; j++)
+        ck_assert_msg(fabs(g1[j] - g2[j]) <= 1e3 * TEST_EPS * (1 + fabs(g1[j])),
+                      "param %zu: 1 thread %g, 2 threads %g", j,
+                      (double)g1[j], (double)g2[j]);
+    ck_assert_mem_eq(g2, g3, np * sizeof *g2);
+    flow_model_set_training(m1, 0);
+    flow_model_set_training(m2, 0);
+    /* m2 ran one more training pass: same running statistics for both */
+    memcpy(flow_model_buffers(m2), flow_model_buffers(m1),
+           flow_model_num_buffers(m1) * sizeof(flow_real));
+    ck_assert_int_eq(flow_model_log_prob(m1, N, x, NULL, l1), FLOW_OK);
+    ck_assert_int_eq(flow_model_log_prob(m2, N, x, NULL, l2), FLOW_OK);
+    ck_assert_int_eq(flow_model_log_prob(m2, N, x, NULL, l3), FLOW_OK);
+    for (int r = 0; r < N; r++)
+        ck_assert_double_eq_tol(l1[r], l2[r], 1e2 * TEST_EPS * (1 + fabs(l1[r])));
+    ck_assert_mem_eq(l2, l3, sizeof l2);
+    free(g1);
+    free(g2);
+    free(g3);
+    flow_model_free(m1);
+    flow_model_free(m2);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -423,6 +495,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_data_init_error_names_layer);
     tcase_add_test(tc, test_batchnorm_training);
     tcase_add_test(tc, test_learnable_bases);
+    tcase_add_test(tc, test_threads);
     suite_add_tcase(s, tc);
     return s;
 }

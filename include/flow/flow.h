@@ -166,6 +166,11 @@ FLOW_API int flow_model_loglik_grad(flow_model *m, size_t n,
  * a checkpoint) are left alone. */
 FLOW_API int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
                                   const flow_real *c);
+/* Splits every batch into `threads` fixed row chunks run in parallel
+ * (layers declaring FLOW_LAYER_WHOLE_BATCH excepted); OpenBLAS itself stays
+ * single-threaded (docs/runtime.md).  The same seed and thread count give
+ * the same bits.  After flow_model_finish; default 1. */
+FLOW_API int flow_model_set_threads(flow_model *m, size_t threads);
 /* Reseeds the model's random stream. */
 FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
 
