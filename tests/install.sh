@@ -18,14 +18,17 @@ fi
 for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
          "$includedir/flow/flowc.h" "$includedir/flow/flow_plugin.h" \
          "$includedir/flow/flow_version.h" "$libdir/pkgconfig/flowkit.pc" \
-         "$pkglibdir/permute.so" "$libdir/libflowkit.so"; do
+         "$pkglibdir/permute.so" "$libdir/libflowkit.so" \
+         "$libdir/libflowc.so" "$bindir/flowc"; do
     if [ -e "$d$f" ]; then ok; else bad "not installed: $f"; fi
 done
 
-# exports
-others=$(nm -D --defined-only "$d$libdir/libflowkit.so" | awk '{print $3}' \
-         | grep -v '^flow_' | grep -v '^_' || true)
-if [ -z "$others" ]; then ok; else bad "libflowkit exports non-flow_ symbols: $others"; fi
+# exports: only flow_* from the libraries, only the entry point from plugins
+for lib in libflowkit libflowc; do
+    others=$(nm -D --defined-only "$d$libdir/$lib.so" | awk '{print $3}' \
+             | grep -v '^flow_' | grep -v '^_' || true)
+    if [ -z "$others" ]; then ok; else bad "$lib exports non-flow_ symbols: $others"; fi
+done
 for p in "$d$pkglibdir"/*.so; do
     syms=$(nm -D --defined-only "$p" | awk '{print $3}' | grep -v '^_' \
            | tr '\n' ' ')
