@@ -1103,3 +1103,77 @@ int flow_model_set_threads(flow_model *m, size_t threads)
     m->threads = threads;
     return FLOW_OK;
 }
+
+int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
+                            const flow_real *c, const flow_real *dx,
+                            const flow_real *dlogdet, flow_real *grad,
+                            flow_real *dz)
+{
+    flow_real *g, *gnext, *t;
+    int rc;
+
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = run_inverse(m, n, z, c, m->zbuf)) != FLOW_OK)
+        return rc;
+    for (size_t r = 0; r < n; r++)
+        m->ones[r] = dlogdet ? dlogdet[r] : 0;
+    memset(grad, 0, m->n_params * sizeof *grad);
+    if (m->tgrad)
+        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *grad);
+    g = m->g0;
+    gnext = m->g1;
+    memcpy(g, dx, n * m->dim * sizeof *g);
+    /* the inverse ran nodes last to first; its backward runs first to
+     * last: node i maps act[i + 1] (latent side) to act[i] (data side) */
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            for (size_t r = 0; r < n; r++) {
+                if (dz)
+                    memcpy(dz + r * m->dim + nd->z_off, g + r * nd->in_dim,
+                           nd->k * sizeof *dz);
+                memcpy(gnext + r * nd->out_dim, g + r * nd->in_dim + nd->k,
+                       nd->out_dim * sizeof *g);
+            }
+        } else {
+            job j = {.m = m, .nd = nd, .kind = JOB_INVERSE_BACKWARD, .n = n,
+                     .in = m->act[i + 1], .cv = c, .out = m->act[i],
+                     .dout = g, .dld = m->ones, .din = gnext, .grad = grad};
+            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_INVERSE)
+                || !nd->type->inverse_backward)
+                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
+                                   "has no backward for its inverse",
+                                   nd->label, nd->file);
+            if ((rc = run_job(&j, "inverse backward")) != FLOW_OK)
+                return rc;
+        }
+        t = g;
+        g = gnext;
+        gnext = t;
+    }
+    if (dz) {
+        size_t df = current_dim(m);
+        for (size_t r = 0; r < n; r++)
+            memcpy(dz + r * m->dim + m->z_final, g + r * df,
+                   df * sizeof *dz);
+    }
+    for (size_t t2 = 1; m->tgrad && t2 < m->threads; t2++) {
+        const flow_real *tg = m->tgrad + (t2 - 1) * m->n_params;
+        for (size_t q = 0; q < m->n_params; q++)
+            grad[q] += tg[q];
+    }
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        flow_call call;
+        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
+            continue;
+        fill_call(m, nd, &call, n, c, grad);
+        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "gradient");
+    }
+    return FLOW_OK;
+}

@@ -72,6 +72,30 @@ train cond_maf.flow gl_tr.csv --columns $X2 --context $LAB
 # bound is the marginal's mean log-density + log 8
 band cond_maf "$(loglik "$K.cond_maf.flow" --data "$t/gl_te.csv" --columns $X2 --context $LAB)" -1.10 \
     "$(awk -v m="$(colmean "$t/gl_te.csv" logprob)" 'BEGIN { print m + log(8) + 0.05 }')"
+# the conditional model: samples given component k land at its centre
+# (4/sqrt(2) (cos(k pi/4), sin(k pi/4)) up to the generator's order, checked
+# against the training rows of that label), and p(x | c) integrates to 1
+for k in 0 3 6; do
+    awk -v k=$k 'BEGIN { for (i = 0; i < 8; i++) printf "%s%d", i ? "," : "", i == k; print "" }' \
+        >"$t/onehot$k.csv"
+    "$FLOWKIT" sample "$K.cond_maf.flow" -n 400 --seed 1 --context "$t/onehot$k.csv" \
+        --no-header -o "$t/cs$k.csv"
+    dist=$(awk -F, -v k=$k 'NR == FNR { if (FNR > 1 && $(3 + k) == 1) { mx += $1; my += $2; nk++ } next }
+        { sx += $1; sy += $2; n++ }
+        END { dx = sx / n - mx / nk; dy = sy / n - my / nk; printf "%.4f", sqrt(dx * dx + dy * dy) }' \
+        "$t/gl_tr.csv" "$t/cs$k.csv")
+    band "cond_maf samples given label $k: distance of their mean to the label's data mean" "$dist" 0 0.25
+    { echo "x0,x1"; awk 'BEGIN { h = 16 / 200; for (i = 0; i <= 200; i++) for (j = 0; j <= 200; j++)
+        printf "%.6f,%.6f\n", -8 + i * h, -8 + j * h }'; } >"$t/cgrid.csv"
+    awk -v k=$k 'BEGIN { FS = OFS = "," } NR == 1 { print $0, "label0,label1,label2,label3,label4,label5,label6,label7"; next }
+        { printf "%s", $0; for (i = 0; i < 8; i++) printf ",%d", i == k; print "" }' "$t/cgrid.csv" >"$t/cgridk.csv"
+    "$FLOWKIT" logprob "$K.cond_maf.flow" --data "$t/cgridk.csv" --columns $X2 --context $LAB -o "$t/clp.csv"
+    mass=$(awk 'NR > 1 { i = int((NR - 2) / 201); j = (NR - 2) % 201
+        w = (i == 0 || i == 200 ? 0.5 : 1) * (j == 0 || j == 200 ? 0.5 : 1)
+        s += w * exp($1) } END { printf "%.6f", s * (16 / 200) ^ 2 }' "$t/clp.csv")
+    band "cond_maf: p(x | label $k) mass on a grid" "$mass" 0.99 1.01
+done
+
 train multiscale.flow m4_tr.csv --columns $X4
 band multiscale "$(loglik "$K.multiscale.flow" --data "$t/m4_te.csv" --columns $X4)" -5.30 \
     "$(awk -v m="$(colmean "$t/m4_te.csv" logprob)" 'BEGIN { print m + 0.05 }')"

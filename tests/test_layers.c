@@ -175,6 +175,87 @@ START_TEST(test_coupling_errors)
 }
 END_TEST
 
+/* The sampling direction's backward through a whole model (MAF, IAF,
+ * permutation and an exit) against central differences, in double. */
+START_TEST(test_model_inverse_grad)
+{
+    enum { N = 5, D = 4 };
+    flow_model *m = flow_model_new(ctx, D, 0);
+    flow_attr_value order;
+    ar_cfg a;
+    flow_real z[N * D], x[N * D], w[N * D], u[N], ld[N], *g, *p, dz[N * D];
+    size_t np;
+    ar_config(&a, 1, 0, 8);
+    ck_assert_int_eq(flow_model_add_layer(m, "maf", NULL, a.v, 5, 0, 0, 0),
+                     FLOW_OK);
+    memset(&order, 0, sizeof order);
+    order.type = FLOW_ATTR_VARIANT;
+    ck_assert_int_eq(flow_model_add_layer(m, "permute", NULL, &order, 1, 0, 0,
+                                          0), FLOW_OK);
+    ck_assert_int_eq(flow_model_add_exit(m, 1, "e", FLOW_BASE_NORMAL, NULL, 0),
+                     FLOW_OK);
+    ar_config(&a, 0, 1, 8);
+    ck_assert_int_eq(flow_model_add_layer(m, "iaf", NULL, a.v, 5, 0, 0, 0),
+                     FLOW_OK);
+    ck_assert_int_eq(flow_model_finish(m, 2), FLOW_OK);
+    perturb(m, 0.4, 5);
+    np = flow_model_num_params(m);
+    p = flow_model_params(m);
+    g = malloc(np * sizeof *g);
+    for (int i = 0; i < N * D; i++) {
+        z[i] = (flow_real)(1.3 * sin(0.9 * i + 0.2));
+        w[i] = (flow_real)cos(0.4 * i);
+    }
+    for (int r = 0; r < N; r++)
+        u[r] = (flow_real)(0.5 - 0.2 * r);
+    ck_assert_int_eq(flow_model_inverse_grad(m, N, z, NULL, w, u, g, dz),
+                     FLOW_OK);
+    for (size_t j = 0; j < np; j += (np > 40 ? np / 40 : 1)) {
+        double h = FLOW_REAL_DOUBLE ? 1e-6 : 1e-2, f[2];
+        flow_real keep = p[j];
+        for (int s2 = 0; s2 < 2; s2++) {
+            p[j] = (flow_real)(keep + (s2 ? -h : h));
+            ck_assert_int_eq(flow_model_inverse(m, N, z, NULL, x, ld),
+                             FLOW_OK);
+            f[s2] = 0;
+            for (int i = 0; i < N * D; i++)
+                f[s2] += (double)w[i] * x[i];
+            for (int r = 0; r < N; r++)
+                f[s2] += (double)u[r] * ld[r];
+        }
+        p[j] = keep;
+        ck_assert_msg(fabs(g[j] - (f[0] - f[1]) / (2 * h))
+                      <= (FLOW_REAL_DOUBLE ? 1e-6 : 1e-2)
+                             * (1 + fabs((f[0] - f[1]) / (2 * h))),
+                      "param %zu: analytic %g, FD %g", j, (double)g[j],
+                      (f[0] - f[1]) / (2 * h));
+    }
+    /* and d/dz, through the exit too */
+    for (int i = 0; i < N * D; i++) {
+        double h = FLOW_REAL_DOUBLE ? 1e-6 : 1e-2, f[2];
+        flow_real keep = z[i];
+        for (int s2 = 0; s2 < 2; s2++) {
+            z[i] = (flow_real)(keep + (s2 ? -h : h));
+            ck_assert_int_eq(flow_model_inverse(m, N, z, NULL, x, ld),
+                             FLOW_OK);
+            f[s2] = 0;
+            for (int q = 0; q < N * D; q++)
+                f[s2] += (double)w[q] * x[q];
+            for (int r = 0; r < N; r++)
+                f[s2] += (double)u[r] * ld[r];
+        }
+        z[i] = keep;
+        ck_assert_msg(fabs(dz[i] - (f[0] - f[1]) / (2 * h))
+                      <= (FLOW_REAL_DOUBLE ? 1e-6 : 1e-2)
+                             * (1 + fabs((f[0] - f[1]) / (2 * h))),
+                      "z %d: analytic %g, FD %g", i, (double)dz[i],
+                      (f[0] - f[1]) / (2 * h));
+    }
+    free(g);
+    flow_model_free(m);
+}
+END_TEST
+
 Suite *suite_layers(void)
 {
     Suite *s = suite_create("layers");
@@ -184,6 +265,7 @@ Suite *suite_layers(void)
     tcase_add_test(tc, test_iaf_with_maf_weights_is_maf_inverse);
     tcase_add_test(tc, test_sequential_directions_64d);
     tcase_add_test(tc, test_coupling_errors);
+    tcase_add_test(tc, test_model_inverse_grad);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -161,6 +161,17 @@ FLOW_API int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
 FLOW_API int flow_model_loglik_grad(flow_model *m, size_t n,
                                     const flow_real *x, const flow_real *c,
                                     double *mean_logp, flow_real *grad);
+/* Backward of the sampling direction: runs x = f^-1(z) on n rows and,
+ * for L = sum(dx * x) + sum(dlogdet * logdet_inverse) (dlogdet may be
+ * NULL), writes dL/dparams into grad (num_params) and, when dz is not
+ * NULL, dL/dz (n x dim, exits' columns first).  Base parameters get no
+ * gradient here (z is given).  For reverse-KL fits and flows trained
+ * through their samples. */
+FLOW_API int flow_model_inverse_grad(flow_model *m, size_t n,
+                                     const flow_real *z, const flow_real *c,
+                                     const flow_real *dx,
+                                     const flow_real *dlogdet,
+                                     flow_real *grad, flow_real *dz);
 /* Data-dependent initialisation of the layers that have one (actnorm),
  * run on a batch before training; layers already initialised (e.g. from
  * a checkpoint) are left alone. */
