@@ -60,6 +60,186 @@ class Coupling(torch.nn.Module):
         return z, s.sum(dim=1)
 
 
+def mlp(n_in, hidden, n_out, zero_last=True):
+    layers, w = [], n_in
+    for h in hidden:
+        layers += [torch.nn.Linear(w, h), torch.nn.ReLU()]
+        w = h
+    last = torch.nn.Linear(w, n_out)
+    if zero_last:
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    layers.append(last)
+    return torch.nn.Sequential(*layers)
+
+
+def rq_spline(x, theta, bins, bound, min_w=1e-3, min_h=1e-3, min_d=1e-3):
+    """Monotone rational-quadratic spline on [-B, B], identity outside
+    (Durkan et al. 2019, eqs. 4-5); theta = K widths, K heights, K-1
+    derivatives, zero theta = identity (flowkit's parametrisation)."""
+    K = bins
+    w = torch.softmax(theta[..., :K], -1)
+    h = torch.softmax(theta[..., K:2 * K], -1)
+    w = min_w + (1 - min_w * K) * w
+    h = min_h + (1 - min_h * K) * h
+    shift = math.log(math.exp(1 - min_d) - 1)
+    d = min_d + torch.nn.functional.softplus(theta[..., 2 * K:] + shift)
+    one = torch.ones(d.shape[:-1] + (1,))
+    d = torch.cat([one, d, one], -1)
+    cw = torch.nn.functional.pad(torch.cumsum(w, -1), (1, 0)) * 2 * bound - bound
+    ch = torch.nn.functional.pad(torch.cumsum(h, -1), (1, 0)) * 2 * bound - bound
+    cw[..., -1] = bound
+    ch[..., -1] = bound
+    inside = (x > -bound) & (x < bound)
+    xc = x.clamp(-bound, bound)
+    idx = (torch.searchsorted(cw[..., 1:-1].contiguous(), xc.unsqueeze(-1))).squeeze(-1)
+    g = lambda t: t.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
+    x0, wk = g(cw[..., :-1]), g(cw[..., 1:]) - g(cw[..., :-1])
+    y0, hk = g(ch[..., :-1]), g(ch[..., 1:]) - g(ch[..., :-1])
+    d0, d1 = g(d[..., :-1]), g(d[..., 1:])
+    s = hk / wk
+    xi = (xc - x0) / wk
+    num = hk * (s * xi ** 2 + d0 * xi * (1 - xi))
+    den = s + (d1 + d0 - 2 * s) * xi * (1 - xi)
+    y = y0 + num / den
+    dnum = s ** 2 * (d1 * xi ** 2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2)
+    lad = torch.log(dnum) - 2 * torch.log(den)
+    return torch.where(inside, y, x), torch.where(inside, lad, torch.zeros_like(x))
+
+
+class GenCoupling(torch.nn.Module):
+    """Coupling with an affine, additive or spline transformer."""
+
+    def __init__(self, mask, hidden, kind="affine", bins=8, bound=3.0):
+        super().__init__()
+        self.t_idx = (mask == 1).nonzero().flatten()
+        self.c_idx = (mask == 0).nonzero().flatten()
+        self.kind, self.bins, self.bound = kind, bins, bound
+        self.P = {"affine": 2, "additive": 1, "spline": 3 * bins - 1}[kind]
+        self.net = mlp(len(self.c_idx), hidden, len(self.t_idx) * self.P)
+
+    def forward(self, x):
+        theta = self.net(x[:, self.c_idx]).view(x.shape[0], -1, self.P)
+        u = x[:, self.t_idx]
+        if self.kind == "affine":
+            s = 5.0 * torch.tanh(theta[..., 0] / 5.0)
+            v, lad = u * torch.exp(s) + theta[..., 1], s
+        elif self.kind == "additive":
+            v, lad = u + theta[..., 0], torch.zeros_like(u)
+        else:
+            v, lad = rq_spline(u, theta, self.bins, self.bound)
+        z = x.clone()
+        z[:, self.t_idx] = v
+        return z, lad.sum(dim=1)
+
+
+class MADE(torch.nn.Module):
+    """MADE (Germain et al. 2015), natural order, P outputs per dimension."""
+
+    def __init__(self, d, hidden, P, ctx=0):
+        super().__init__()
+        self.d, self.P = d, P
+        deg_in = torch.arange(1, d + 1)
+        degs, masks, w = [deg_in], [], d
+        for h in hidden:
+            dh = torch.arange(h) % max(1, d - 1) + 1
+            masks.append((dh[:, None] >= degs[-1][None, :]).float())
+            degs.append(dh)
+        out_deg = deg_in.repeat_interleave(P)
+        masks.append((out_deg[:, None] > degs[-1][None, :]).float())
+        sizes = [d] + list(hidden) + [d * P]
+        self.lins = torch.nn.ModuleList(
+            torch.nn.Linear(sizes[i] + (ctx if i == 0 else 0), sizes[i + 1])
+            for i in range(len(sizes) - 1))
+        for i, m in enumerate(masks):
+            if i == 0 and ctx:
+                m = torch.cat([m, torch.ones(m.shape[0], ctx)], 1)
+            self.register_buffer(f"m{i}", m)
+        torch.nn.init.zeros_(self.lins[-1].weight)
+        torch.nn.init.zeros_(self.lins[-1].bias)
+
+    def forward(self, x, c=None):
+        h = x if c is None else torch.cat([x, c], 1)
+        for i, lin in enumerate(self.lins):
+            h = torch.nn.functional.linear(h, lin.weight * getattr(self, f"m{i}"), lin.bias)
+            if i + 1 < len(self.lins):
+                h = torch.relu(h)
+        return h.view(x.shape[0], self.d, self.P)
+
+
+class MAF(torch.nn.Module):
+    def __init__(self, d, hidden, ctx=0):
+        super().__init__()
+        self.made = MADE(d, hidden, 2, ctx)
+
+    def forward(self, x, c=None):
+        theta = self.made(x, c)
+        s = 5.0 * torch.tanh(theta[..., 0] / 5.0)
+        return x * torch.exp(s) + theta[..., 1], s.sum(dim=1)
+
+
+class Reverse(torch.nn.Module):
+    def forward(self, x, c=None):
+        return x.flip(1), torch.zeros(x.shape[0])
+
+
+class Flow(torch.nn.Module):
+    """Layers in forward order, optional exits (first k dims leave)."""
+
+    def __init__(self, layers, exits=None, ctx=False):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+        self.exits = exits or {}
+        self.ctx = ctx
+
+    def log_prob(self, x, c=None):
+        ld = torch.zeros(x.shape[0])
+        base = torch.zeros(x.shape[0])
+        for i, layer in enumerate(self.layers):
+            if i in self.exits:
+                k = self.exits[i]
+                base = base - 0.5 * (x[:, :k] ** 2).sum(1) - 0.5 * k * math.log(2 * math.pi)
+                x = x[:, k:]
+            x, l = layer(x, c) if self.ctx else layer(x)
+            ld = ld + l
+        base = base - 0.5 * (x ** 2).sum(1) - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        return base + ld
+
+
+class NiceScale(torch.nn.Module):
+    """actnorm: z = x exp(s) + t (no data init in this reference)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.zeros(d))
+        self.t = torch.nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
+
+
+def build(name, d, ctx_dim):
+    par = lambda i: torch.tensor([1.0 if j % 2 == i % 2 else 0.0 for j in range(d)])
+    if name == "nsf":
+        return Flow([GenCoupling(par(i), [64, 64], "spline", 8, 4.0) for i in range(4)])
+    if name == "maf":
+        ls = []
+        for i in range(5):
+            ls += [MAF(d, [128, 128]), Reverse()]
+        return Flow(ls, ctx=True)
+    if name == "cond_maf":
+        ls = []
+        for i in range(4):
+            ls += [MAF(d, [64, 64], ctx_dim), Reverse()]
+        return Flow(ls, ctx=True)
+    if name == "multiscale":
+        ls = [GenCoupling(par(i), [64, 64]) for i in range(2)]
+        p2 = lambda i: torch.tensor([1.0 if j % 2 == i % 2 else 0.0 for j in range(d - 2)])
+        ls += [GenCoupling(p2(i), [64, 64]) for i in range(2)]
+        return Flow(ls, exits={2: 2})
+    raise SystemExit(f"unknown model {name}")
+
+
 class RealNVP(torch.nn.Module):
     def __init__(self, d, layers, hidden):
         super().__init__()
@@ -80,7 +260,9 @@ class RealNVP(torch.nn.Module):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["realnvp"])
+    ap.add_argument("model", choices=["realnvp", "nsf", "maf", "cond_maf", "multiscale"])
+    ap.add_argument("--columns", type=int, default=None, help="data columns")
+    ap.add_argument("--context", type=int, default=0, help="context columns after the data")
     ap.add_argument("--train", required=True)
     ap.add_argument("--test")
     ap.add_argument("--steps", type=int, default=2000)
@@ -94,9 +276,16 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     hdr, x = read_csv(a.train)
-    x = x[:, :2] if "logprob" in hdr else x
+    dcols = a.columns or (2 if a.model == "realnvp" else x.shape[1] - a.context)
+    cx = x[:, dcols:dcols + a.context] if a.context else None
+    x = x[:, :dcols]
     hidden = [int(h) for h in a.hidden.split(",")]
-    model = RealNVP(x.shape[1], a.layers, hidden)
+    if a.model == "realnvp":
+        model = RealNVP(x.shape[1], a.layers, hidden)
+        lp = lambda xx, cc: model.log_prob(xx)
+    else:
+        model = build(a.model, x.shape[1], a.context)
+        lp = lambda xx, cc: model.log_prob(xx, cc)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n = x.shape[0]
     perm = torch.randperm(n)
@@ -107,7 +296,7 @@ def main():
             perm, pos = torch.randperm(n), 0
         idx = perm[pos:pos + a.batch]
         pos += a.batch
-        loss = -model.log_prob(x[idx]).mean()
+        loss = -lp(x[idx], cx[idx] if cx is not None else None).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -118,11 +307,13 @@ def main():
            "steps_per_s": a.steps / secs, "final_loss": loss.item()}
     if a.test:
         hdr, t = read_csv(a.test)
+        tc = t[:, dcols:dcols + a.context] if a.context else None
         with torch.no_grad():
-            lp = model.log_prob(t[:, :2]).mean().item()
-        out["test_loglik"] = lp
+            vals = lp(t[:, :dcols], tc)
+        out["test_loglik"] = vals.mean().item()
+        out["test_stderr"] = (vals.std() / math.sqrt(len(vals))).item()
         if "logprob" in hdr:
-            out["kl"] = t[:, hdr.index("logprob")].mean().item() - lp
+            out["kl"] = t[:, hdr.index("logprob")].mean().item() - out["test_loglik"]
     print(json.dumps(out))
 
 
