@@ -376,8 +376,8 @@ static int exact_logdet(const residual *r, const flow_call *call, rws *w,
                 w->jac[s * dd + i * d + j] = w->ty[s * d + i];
     }
     for (size_t s = 0; s < n; s++) {
-        double la;
-        int sign;
+        double la = 0;
+        int sign = 0;
         memcpy(w->mat, w->jac + s * dd, dd * sizeof *w->mat);
         for (size_t i = 0; i < d; i++)
             w->mat[i * d + i] += 1;

@@ -442,6 +442,33 @@ START_TEST(test_fixed_point_nonconvergence)
 }
 END_TEST
 
+/* Rows of the fixed-point inverse converge independently: a row's result
+ * is bit-identical whether it is inverted alone or with others that need
+ * many more iterations. */
+START_TEST(test_inverse_rows_independent)
+{
+    enum { N = 6, D = 2 };
+    flow_real z[N * D], x[N * D], one[D], l[N], l1[1];
+    res_attrs a;
+    flow_model *m = flow_model_new(ctx, D, 0);
+    ck_assert_ptr_nonnull(m);
+    res_attrs_make(&a, 2, 0.97, 0, 0, 0, 1e-6, 1000);
+    ck_assert(flow_model_add_layer(m, "residual", "r", a.v, 7, 0, 0, 0)
+              == FLOW_OK);
+    ck_assert_int_eq(flow_model_finish(m, 8), FLOW_OK);
+    for (int i = 0; i < N * D; i++)  /* from tiny to large: slow rows */
+        z[i] = (flow_real)((i % 2 ? -1 : 1) * 0.05 * (i + 1) * (i + 1));
+    ck_assert_int_eq(flow_model_inverse(m, N, z, NULL, x, l), FLOW_OK);
+    for (int r = 0; r < N; r++) {
+        ck_assert_int_eq(flow_model_inverse(m, 1, z + r * D, NULL, one, l1),
+                         FLOW_OK);
+        ck_assert_mem_eq(one, x + r * D, sizeof one);
+        ck_assert_mem_eq(l1, l + r, sizeof l1);
+    }
+    flow_model_free(m);
+}
+END_TEST
+
 Suite *suite_residual(void)
 {
     Suite *s = suite_create("residual");
@@ -451,6 +478,7 @@ Suite *suite_residual(void)
     tcase_add_test(tc, test_certificate);
     tcase_add_test(tc, test_lipschitz_refused);
     tcase_add_test(tc, test_fixed_point_nonconvergence);
+    tcase_add_test(tc, test_inverse_rows_independent);
     tcase_add_test(tc, test_eval_mode_is_exact);
     tcase_add_test(tc, test_series_estimates_unbiased);
     tcase_add_test(tc, test_roulette_estimates_unbiased);
