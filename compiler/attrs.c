@@ -149,9 +149,10 @@ static int convert_list(flow_compilation *c, const value *v,
                        s->min_len == 1 ? "" : "s", v->n);
         return 1;
     }
-    if (v->n > FLOW_MAX_DIM) {
-        diag_error(c, "F0400", v->loc, NULL, "list of %zu items exceeds the "
-                   "limit of %d", v->n, FLOW_MAX_DIM);
+    if ((c->list_cells += v->n) > FLOW_MAX_CELLS) {
+        diag_error(c, "F0400", v->loc, "use fewer layers or shorter lists",
+                   "attribute lists hold more than %u items in all",
+                   (unsigned)FLOW_MAX_CELLS);
         return 1;
     }
     if (is_int)

@@ -159,6 +159,8 @@ struct flow_compilation {
     size_t n_errors, n_warnings;
     int too_many;                   /* stopped at FLOW_MAX_ERRORS         */
     int ok;                         /* graph verified                     */
+    size_t list_cells;              /* items of resolved attribute lists  */
+    size_t matrix_cells;            /* dependency matrix entries checked  */
     /* names in scope, for "did you mean" on undefined names in attrs */
     const char *(*suggest)(void *ctx, const char *name);
     void *suggest_ctx;

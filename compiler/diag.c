@@ -20,7 +20,7 @@ struct arena_chunk {
 void *arena_alloc(arena *a, size_t bytes)
 {
     arena_chunk *ch = a->head;
-    size_t align = sizeof(max_align_t);
+    size_t align = _Alignof(max_align_t);
     char *p;
 
     if (bytes > SIZE_MAX / 2) {
@@ -143,6 +143,7 @@ void diag_report(flow_compilation *c, flow_severity sev, const char *code,
     d = &c->diags[c->n_diags];
     memset(d, 0, sizeof *d);
     d->loc = loc;
+    d->pub.struct_size = sizeof d->pub;
     d->pub.severity = sev;
     d->pub.code = code;
     d->pub.file = loc.file >= 0 && (size_t)loc.file < c->n_files
@@ -228,6 +229,8 @@ static const char *line_text(const flow_compilation *c, int fi, int line,
     }
     nl = memchr(s, '\n', (size_t)(end - s));
     *len = (size_t)((nl ? nl : end) - s);
+    if (*len && s[*len - 1] == '\r')      /* CRLF line ends */
+        (*len)--;
     return s;
 }
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "flow/flowc.h"
 
@@ -27,6 +28,13 @@ static void usage(FILE *f)
           "                       cost of density evaluation and sampling\n"
           "  --emit=json          print the verified graph as JSON\n"
           "  --emit=dot           print the graph for Graphviz\n"
+          "  --emit=c             print a C file defining a function that\n"
+          "                       builds the model through the runtime API\n"
+          "  --function=NAME      name of that function (default\n"
+          "                       flow_build_<flow name>)\n"
+          "  --layers             list the layer types the plugins provide\n"
+          "  --layer=TYPE         print TYPE's attributes (types, defaults,\n"
+          "                       ranges, alternatives) and exit\n"
           "\n"
           "options:\n"
           "  --terse              diagnostics: first lines only\n"
@@ -66,14 +74,120 @@ static int usage_error(const char *fmt, ...)
     return EXIT_USAGE;
 }
 
-enum action { ACT_CHECK, ACT_REPORT, ACT_JSON, ACT_DOT };
+enum action { ACT_CHECK, ACT_REPORT, ACT_JSON, ACT_DOT, ACT_LAYERS,
+              ACT_LAYER, ACT_C };
+
+static const char *type_name(flow_attr_type t)
+{
+    switch (t) {
+    case FLOW_ATTR_INT: return "int";
+    case FLOW_ATTR_REAL: return "real";
+    case FLOW_ATTR_BOOL: return "bool";
+    case FLOW_ATTR_STRING: return "string";
+    case FLOW_ATTR_ENUM: return "enum";
+    case FLOW_ATTR_INT_LIST: return "int list";
+    case FLOW_ATTR_REAL_LIST: return "real list";
+    case FLOW_ATTR_VARIANT: return "variant";
+    }
+    return "?";
+}
+
+/* One attribute table, indented; alternatives of variants below theirs. */
+static void print_attrs(const flow_attr_spec *tab, int indent)
+{
+    for (size_t k = 0; tab && tab[k].name; k++) {
+        const flow_attr_spec *a = &tab[k];
+        char info[256];
+        int n = snprintf(info, sizeof info, "%s", type_name(a->type));
+        if (a->required)
+            n += snprintf(info + n, sizeof info - (size_t)n, ", required");
+        else if (a->type == FLOW_ATTR_INT)
+            n += snprintf(info + n, sizeof info - (size_t)n, ", default %lld",
+                          (long long)a->def_int);
+        else if (a->type == FLOW_ATTR_BOOL)
+            n += snprintf(info + n, sizeof info - (size_t)n, ", default %s",
+                          a->def_int ? "true" : "false");
+        else if (a->type == FLOW_ATTR_REAL)
+            n += snprintf(info + n, sizeof info - (size_t)n, ", default %g",
+                          a->def_real);
+        else if (a->def_str && a->type != FLOW_ATTR_ENUM)
+            n += snprintf(info + n, sizeof info - (size_t)n, ", default %s",
+                          a->def_str);
+        if (n > 0 && (size_t)n < sizeof info) {
+            if (a->has_min && a->has_max)
+                n += snprintf(info + n, sizeof info - (size_t)n,
+                              ", in [%g, %g]", a->min, a->max);
+            else if (a->has_min)
+                n += snprintf(info + n, sizeof info - (size_t)n, ", >= %g",
+                              a->min);
+            else if (a->has_max)
+                n += snprintf(info + n, sizeof info - (size_t)n, ", <= %g",
+                              a->max);
+        }
+        if (n > 0 && (size_t)n < sizeof info && a->max_len)
+            snprintf(info + n, sizeof info - (size_t)n, ", %zu..%zu items",
+                     a->min_len, a->max_len);
+        else if (n > 0 && (size_t)n < sizeof info && a->min_len)
+            snprintf(info + n, sizeof info - (size_t)n, ", >= %zu items",
+                     a->min_len);
+        printf("%*s%-14s %s\n%*s%14s %s\n", indent, "", a->name, info,
+               indent, "", "", a->doc ? a->doc : "");
+        if (a->type == FLOW_ATTR_ENUM && a->enum_values) {
+            printf("%*s%14s one of:", indent, "", "");
+            for (size_t i = 0; a->enum_values[i]; i++)
+                printf(" %s%s", a->enum_values[i],
+                       !a->required && (int64_t)i == a->def_int
+                           ? " (default)" : "");
+            putchar('\n');
+        }
+        for (size_t i = 0; a->type == FLOW_ATTR_VARIANT && a->alternatives
+                           && a->alternatives[i].name; i++) {
+            const flow_variant_alt *alt = &a->alternatives[i];
+            printf("%*s%14s | %s%s: %s\n", indent, "", "", alt->name,
+                   alt->bare_list ? " (also a bare list)" : "",
+                   alt->doc ? alt->doc : "");
+            print_attrs(alt->attrs, indent + 19);
+        }
+    }
+}
+
+static int list_layers(const flow_ctx *ctx, const char *only)
+{
+    int found = 0;
+    for (size_t i = 0; i < flow_plugin_count(ctx); i++) {
+        const flow_plugin_info *p = flow_plugin_get(ctx, i);
+        for (size_t j = 0; j < p->n_layers; j++) {
+            const flow_layer_type *t = p->layers[j];
+            if (only && strcmp(only, t->name))
+                continue;
+            found = 1;
+            if (!only) {
+                printf("%-16s %s\n", t->name, t->summary ? t->summary : "");
+                continue;
+            }
+            printf("%s: %s\nplugin: %s (%s)\nattributes:\n", t->name,
+                   t->summary ? t->summary : "", p->name,
+                   flow_plugin_file(ctx, i));
+            if (!t->attrs || !t->attrs[0].name)
+                printf("  (none)\n");
+            print_attrs(t->attrs, 2);
+        }
+    }
+    if (only && !found) {
+        fprintf(stderr, "flowc: no layer type '%s' in the loaded plugins "
+                "(see flowc --layers)\n", only);
+        return EXIT_SPEC;
+    }
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
     enum action act = ACT_CHECK;
     flow_diag_format fmt = FLOW_DIAG_TEXT;
     int terse = 0, werror = 0, status;
-    const char *file = NULL, *out_path = NULL;
+    const char *file = NULL, *out_path = NULL, *layer = NULL, *func = NULL;
+    char *tmp_path = NULL;
     const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
     size_t n_plugins = 0;
     flow_ctx *ctx = NULL;
@@ -105,8 +219,17 @@ int main(int argc, char **argv)
             act = ACT_JSON;
         } else if (!strcmp(a, "--emit=dot")) {
             act = ACT_DOT;
+        } else if (!strcmp(a, "--emit=c")) {
+            act = ACT_C;
+        } else if (!strncmp(a, "--function=", 11) && a[11]) {
+            func = a + 11;
+        } else if (!strcmp(a, "--layers")) {
+            act = ACT_LAYERS;
+        } else if (!strncmp(a, "--layer=", 8) && a[8]) {
+            act = ACT_LAYER;
+            layer = a + 8;
         } else if (!strncmp(a, "--emit=", 7)) {
-            status = usage_error("unknown emitter '%s' (use json or dot)",
+            status = usage_error("unknown emitter '%s' (use json, dot or c)",
                                  a + 7);
             goto done;
         } else if (!strcmp(a, "--terse")) {
@@ -140,7 +263,7 @@ int main(int argc, char **argv)
             file = a;
         }
     }
-    if (!file) {
+    if (!file && act != ACT_LAYERS && act != ACT_LAYER) {
         status = usage_error("%s", "no spec file given");
         goto done;
     }
@@ -163,6 +286,10 @@ int main(int argc, char **argv)
         status = EXIT_SPEC;
         goto done;
     }
+    if (act == ACT_LAYERS || act == ACT_LAYER) {
+        status = list_layers(ctx, layer);
+        goto done;
+    }
     if (!(c = flow_compile_file(ctx, file))) {
         fprintf(stderr, "flowc: out of memory compiling %s\n", file);
         status = EXIT_SPEC;
@@ -174,27 +301,58 @@ int main(int argc, char **argv)
         status = EXIT_SPEC;
         goto done;
     }
-    if (act != ACT_CHECK && out_path && !(out = fopen(out_path, "w"))) {
-        perror(out_path);
-        out = stdout;
-        status = EXIT_SPEC;
-        goto done;
+    /* -o writes a temporary file beside the target and renames it: an
+     * error never leaves a half-written file under the requested name */
+    if (act != ACT_CHECK && out_path) {
+        size_t len = strlen(out_path) + 32;
+        if (!(tmp_path = malloc(len))) {
+            fputs("flowc: out of memory\n", stderr);
+            status = EXIT_SPEC;
+            goto done;
+        }
+        snprintf(tmp_path, len, "%s.tmp%ld", out_path, (long)getpid());
+        if (!(out = fopen(tmp_path, "w"))) {
+            perror(out_path);
+            out = stdout;
+            status = EXIT_SPEC;
+            goto done;
+        }
     }
+    status = 0;
     if (act == ACT_REPORT)
         flow_graph_print_report(g, out);
     else if (act == ACT_JSON)
         flow_graph_print_json(g, out);
     else if (act == ACT_DOT)
         flow_graph_print_dot(g, out);
-    status = 0;
-    if (out != stdout && fclose(out) != 0) {
-        perror(out_path);
+    else if (act == ACT_C && flow_graph_print_c(g, out, func) != FLOW_OK) {
+        fprintf(stderr, "flowc: %s: --emit=c: a base distribution given the "
+                "context cannot be built by this runtime yet\n", file);
         status = EXIT_SPEC;
     }
-    out = stdout;
+    if (out != stdout) {
+        if (fflush(out) != 0 || ferror(out) || fsync(fileno(out)) != 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        if (fclose(out) != 0 && status == 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        out = stdout;
+        if (status == 0 && rename(tmp_path, out_path) != 0) {
+            perror(out_path);
+            status = EXIT_SPEC;
+        }
+        if (status != 0)
+            unlink(tmp_path);
+    }
 done:
-    if (out != stdout)
+    if (out != stdout) {
         fclose(out);
+        unlink(tmp_path);
+    }
+    free(tmp_path);
     flow_compile_free(c);
     flow_ctx_free(ctx);
     free(plugins);

@@ -125,9 +125,12 @@ static void cert_text(const flow_layer_desc *d, char *buf, size_t cap)
         n = snprintf(buf, cap, "Lip(g) <= %.3g", d->cert_value);
     else if (d->cert == FLOW_CERT_ODE)
         n = snprintf(buf, cap, "ODE tol %g", d->cert_value);
+    else if (d->cert_text)
+        n = snprintf(buf, cap, "%s", d->cert_text);   /* says the kind */
     else
         n = snprintf(buf, cap, "%s", cert_name(d->cert));
-    if (d->cert_text && n >= 0 && (size_t)n < cap)
+    if (d->cert_text && n >= 0 && (size_t)n < cap
+        && (d->cert == FLOW_CERT_LIPSCHITZ || d->cert == FLOW_CERT_ODE))
         snprintf(buf + n, cap - (size_t)n, " (%s)", d->cert_text);
 }
 

@@ -254,7 +254,7 @@ flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
         }
         diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
                    "cannot read spec: %s", err == EFBIG
-                   ? "file is larger than 16 MiB" : strerror(err));
+                   ? "file is larger than 1 MiB" : strerror(err));
         return compile(c);
     }
     c = flow_compile_string(ctx, path, text, len);

@@ -9,6 +9,7 @@ typedef struct parse_ctx {
     stmt *items;                  /* START_FILE result                    */
     expr *expr;                   /* START_EXPR result                    */
     int deep_reported;
+    int long_reported;
 } parse_ctx;
 }
 
@@ -60,6 +61,7 @@ static void stmts_add(stmt_list *l, stmt *s);
 %define api.prefix {flowyy}
 %define api.location.type {flow_loc}
 %define parse.error custom
+%define parse.lac full
 %locations
 %expect 0
 %lex-param {void *scanner}
@@ -276,7 +278,14 @@ args_opt : %empty               { $$.head = $$.tail = NULL; $$.n = 0; }
          ;
 
 args : arg                      { $$.head = $$.tail = NULL; $$.n = 0; args_add(&$$, $1); }
-     | args ',' arg             { $$ = $1; args_add(&$$, $3); }
+     | args ',' arg             {
+           $$ = $1;
+           if ($$.n < FLOW_MAX_LIST)
+               args_add(&$$, $3);
+           else if (!p->long_reported++)
+               diag_error(p->c, "F0400", @3, NULL, "more than %d "
+                          "arguments", FLOW_MAX_LIST);
+       }
      ;
 
 /* arg ::= expr | NAME '=' expr */
@@ -293,7 +302,14 @@ list : expr                     {
            $$.head = $$.tail = NULL; $$.n = 0;
            args_add(&$$, mk_arg(p, NULL, @1, $1, @1));
        }
-     | list ',' expr            { $$ = $1; args_add(&$$, mk_arg(p, NULL, @3, $3, @3)); }
+     | list ',' expr            {
+           $$ = $1;
+           if ($$.n < FLOW_MAX_LIST)
+               args_add(&$$, mk_arg(p, NULL, @3, $3, @3));
+           else if (!p->long_reported++)
+               diag_error(p->c, "F0400", @3, NULL, "list longer than %d "
+                          "items", FLOW_MAX_LIST);
+       }
      ;
 
 /* expr ::= INT | REAL | STRING | NAME | NAME '(' [args] ')' | '[' [list] ']'
@@ -348,8 +364,9 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
                                  parse_ctx *p)
 {
     yysymbol_kind_t la = yypcontext_token(ctx);
-    yysymbol_kind_t exp[5];
-    int n = yypcontext_expected_tokens(ctx, exp, 5);
+    yysymbol_kind_t all[YYNTOKENS], exp[YYNTOKENS];
+    int n_all = yypcontext_expected_tokens(ctx, all, YYNTOKENS);
+    int n = 0, ops = 0, want_value = 0, top = 0;
     flow_loc loc = *yypcontext_location(ctx);
     lex_state *ls = p->ls;
     char msg[256];
@@ -378,16 +395,48 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
         ls->depth = 0;
         return 0;
     }
+    /* Group what could come next: the start of a value, an operator
+     * (continuing an expression), or a few named tokens. */
+    for (int i = 0; i < n_all; i++)
+        if (all[i] == YYSYMBOL_INT)
+            want_value = 1;     /* then '-' is unary, not an operator */
+    for (int i = 0; i < n_all; i++) {
+        const char *name = yysymbol_name(all[i]);
+        if (!want_value && strlen(name) == 3 && name[0] == '\''
+            && strchr("+-*/%", name[1]))
+            ops = 1;
+        if (all[i] != YYSYMBOL_INT && all[i] != YYSYMBOL_REAL
+            && all[i] != YYSYMBOL_STRING
+            && !(strlen(name) == 3 && name[0] == '\''
+                 && strchr("+-*/%([", name[1])))
+            exp[n++] = all[i];
+    }
+    if (want_value) {
+        /* IDENT and the brackets are part of "a value" */
+        int k = 0;
+        for (int i = 0; i < n; i++)
+            if (exp[i] != YYSYMBOL_IDENT)
+                exp[k++] = exp[i];
+        n = k;
+    }
     used = (size_t)snprintf(msg, sizeof msg, "syntax error, unexpected %s",
                             yysymbol_name(la));
-    if (n > 0 && n <= 4) {
-        for (int i = 0; i < n && used < sizeof msg; i++)
+    if (n + want_value + ops > 0 && n <= 4) {
+        int parts = n + want_value + ops, k = 0;
+        const char *sep;
+        for (int i = 0; i < n + want_value + ops && used < sizeof msg; i++, k++) {
+            const char *what = i < n ? yysymbol_name(exp[i])
+                             : i == n && want_value ? "a value" : "an operator";
+            sep = k == 0 ? ", expecting " : k == parts - 1 ? " or " : ", ";
             used += (size_t)snprintf(msg + used, sizeof msg - used, "%s%s",
-                                     i == 0 ? ", expecting "
-                                     : i == n - 1 ? " or " : ", ",
-                                     yysymbol_name(exp[i]));
+                                     sep, what);
+        }
     }
-    diag_error(p->c, "F0001", loc, semicolon_expected(exp, n)
+    for (int i = 0; i < n_all; i++)
+        if (all[i] == YYSYMBOL_FLOW)
+            top = 1;
+    diag_error(p->c, "F0001", loc, top ? "the top level holds import, const, "
+               "block and flow" : semicolon_expected(exp, n)
                ? "statements end with ';'" : NULL, "%s", msg);
     if (diag_stopped(p->c))
         ls->stop = 1;

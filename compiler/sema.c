@@ -11,7 +11,8 @@
 #include "compiler.h"
 
 #define MAX_IMPORT_DEPTH 32
-#define MAX_WORK 1000000       /* statements expanded, all loops together */
+#define MAX_WORK 250000        /* statements expanded, all loops together */
+#define MAX_VALUES 1000000     /* values made by evaluation, all together */
 #define MAX_SUGGEST 512
 
 typedef struct binding {
@@ -39,6 +40,8 @@ typedef struct sema {
     const stmt *calls[FLOW_MAX_NESTING];
     int depth;
     size_t work;
+    size_t cells;               /* sum of layer widths so far             */
+    size_t values;              /* evaluated values so far                */
     int halted;                 /* a limit was hit: stop expanding        */
     int have_input, have_context, have_output;
     int said_no_input, said_no_output;  /* reported: no "missing" error */
@@ -109,7 +112,16 @@ static const blockdef *find_block(const sema *S, const char *name)
 
 static value *new_value(sema *S, value_kind k, flow_loc loc)
 {
-    value *v = arena_alloc(&S->c->mem, sizeof *v);
+    value *v;
+    if (++S->values > MAX_VALUES) {
+        if (!S->halted)
+            diag_error(S->c, "F0400", loc, "reduce the repeat counts or "
+                       "move long lists into a const", "expansion makes "
+                       "more than %d values", MAX_VALUES);
+        S->halted = 1;
+        return NULL;
+    }
+    v = arena_alloc(&S->c->mem, sizeof *v);
     if (v) {
         v->kind = k;
         v->loc = loc;
@@ -205,16 +217,24 @@ static value *eval_call_or_list(sema *S, const expr *e, binding *sc)
         return NULL;
     v->s = e->s;
     v->n = e->n;
+    if ((S->values += e->n) > MAX_VALUES)
+        return new_value(S, V_INT, e->loc);  /* reports the limit */
     v->items = arena_array(&S->c->mem, e->n, sizeof *v->items);
-    v->names = arena_array(&S->c->mem, e->n, sizeof *v->names);
-    v->name_locs = arena_array(&S->c->mem, e->n, sizeof *v->name_locs);
-    if (!v->items || !v->names || !v->name_locs)
+    if (e->kind == E_CALL) {
+        v->names = arena_array(&S->c->mem, e->n, sizeof *v->names);
+        v->name_locs = arena_array(&S->c->mem, e->n, sizeof *v->name_locs);
+        if (!v->names || !v->name_locs)
+            return NULL;
+    }
+    if (!v->items)
         return NULL;
     for (const arg *a = e->args; a; a = a->next, i++) {
         if (!(v->items[i] = eval(S, a->value, sc)))
             return NULL;
-        v->names[i] = a->name;
-        v->name_locs[i] = a->name_loc;
+        if (e->kind == E_CALL) {
+            v->names[i] = a->name;
+            v->name_locs[i] = a->name_loc;
+        }
     }
     return v;
 }
@@ -368,6 +388,14 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
         S->halted = 1;
         return NULL;
     }
+    /* every layer keeps a dependency vector of its width */
+    if ((S->cells += S->dim) > FLOW_MAX_CELLS) {
+        diag_error(S->c, "F0400", s->loc, "use fewer layers or a smaller "
+                   "input", "model too large: layers x width exceeds %u",
+                   (unsigned)FLOW_MAX_CELLS);
+        S->halted = 1;
+        return NULL;
+    }
     if (g->n_nodes == g->cap_nodes) {
         size_t cap = g->cap_nodes ? 2 * g->cap_nodes : 16;
         flow_graph_node *nn = arena_array(&S->c->mem, cap, sizeof *nn);
@@ -387,6 +415,7 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
     }
     n = &g->nodes[g->n_nodes];
     memset(n, 0, sizeof *n);
+    n->struct_size = sizeof *n;
     n->kind = kind;
     n->file = S->c->files[s->loc.file].path;
     n->line = s->loc.line;
@@ -473,15 +502,23 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                           const flow_loc *attr_locs, flow_loc stmt_loc)
 {
     flow_diag d;
+    int32_t *vec;
     int rc;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     d.attr = -1;
     n->desc.struct_size = sizeof n->desc;
     n->desc.dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
-    if (!n->desc.dep_vec)
+    if (!(vec = n->desc.dep_vec))
         return -1;
     rc = n->type->describe(&n->config, &n->desc, &d);
+    if (rc == FLOW_OK && (n->desc.dep_vec != vec
+                          || n->desc.struct_size != sizeof n->desc)) {
+        n->desc.dep_vec = vec;
+        diag_error(S->c, "F0508", stmt_loc, NULL, "%s: plugin overwrote "
+                   "host-owned fields of flow_layer_desc", n->label);
+        return -1;
+    }
     if (rc != FLOW_OK) {
         flow_loc loc = stmt_loc;
         d.message[sizeof d.message - 1] = '\0';
@@ -497,6 +534,7 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
     return verify_layer(S->c, idx) ? -1 : 0;
 }
 
+/* TYPE [(args)] [given c];  one graph node, described and verified */
 static void expand_layer(sema *S, const stmt *s, binding *sc,
                          const char *given, flow_loc given_loc)
 {
@@ -583,6 +621,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
 
 /* --- blocks ----------------------------------------------------------- */
 
+/* NAME(args) [given c];  a block call: the body with the parameters bound
+ * on top of the globals (lexical scope) */
 static void expand_block(sema *S, const blockdef *bd, const stmt *s,
                          binding *sc, const char *given, flow_loc given_loc)
 {
@@ -625,6 +665,13 @@ static void expand_block(sema *S, const blockdef *bd, const stmt *s,
     }
     if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
         return;
+    for (size_t j = 1; j < s->n; j++)
+        if (!names[j] && names[j - 1]) {
+            diag_error(S->c, "F0206", vals[j]->loc, "write name = value",
+                       "positional argument after named ones in block "
+                       "'%s'", def->name);
+            return;
+        }
     /* positional arguments bind in order; named ones by parameter name */
     for (const arg *p = def->args; p; p = p->next, i++) {
         value *v = vals[i];
@@ -674,6 +721,7 @@ static const struct {
 
 #define N_BASES (sizeof bases / sizeof bases[0])
 
+/* base ::= NAME [(args)] [given c], for `dim` dimensions */
 static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
                         flow_graph_base *out)
 {
@@ -735,6 +783,7 @@ static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
 
 /* --- statements ------------------------------------------------------- */
 
+/* input NAME : real[D] [in [lo, hi]]; */
 static void decl_input(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -769,6 +818,7 @@ static void decl_input(sema *S, const stmt *s, binding *sc)
     S->have_input = 1;
 }
 
+/* context NAME : real[K]; */
 static void decl_context(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -794,6 +844,7 @@ static void decl_context(sema *S, const stmt *s, binding *sc)
     S->have_context = 1;
 }
 
+/* exit K -> NAME ~ base;  the first K dimensions of the state leave */
 static void decl_exit(sema *S, const stmt *s, binding *sc)
 {
     int64_t k;
@@ -801,6 +852,11 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     flow_graph_base base;
     if (!S->have_input)
         return;
+    if (S->have_output) {
+        diag_error(S->c, "F0112", s->loc, "exits come before 'output'",
+                   "exit after the 'output' declaration");
+        return;
+    }
     if (eval_int(S, s->e, sc, "exit size", &k) != 0)
         return;
     if (k < 1 || (uint64_t)k >= S->dim) {
@@ -823,6 +879,7 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     S->pristine = 0;
 }
 
+/* output NAME ~ base; */
 static void decl_output(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -841,18 +898,38 @@ static void decl_output(sema *S, const stmt *s, binding *sc)
     g->output_dim = S->dim;
 }
 
-/* train { key = value; }: known keys and their value kinds. */
+/* train { key = value; }: known keys, their value kinds and ranges. */
 static const struct {
     const char *key;
     char kind;                  /* 'n' name, 'i' integer, 'r' real */
-    double min;
+    int positive;               /* > 0 (else >= 0) for numbers     */
+    const char *expects;
 } train_keys[] = {
-    {"optimizer", 'n', 0}, {"lr", 'r', 0}, {"batch", 'i', 1},
-    {"epochs", 'i', 1}, {"weight_decay", 'r', 0}, {"seed", 'i', 0},
-    {"clip", 'r', 0}, {"patience", 'i', 0},
+    {"optimizer", 'n', 0, "a name"},
+    {"lr", 'r', 1, "a positive number"},
+    {"batch", 'i', 1, "a positive integer"},
+    {"epochs", 'i', 1, "a positive integer"},
+    {"weight_decay", 'r', 0, "a number >= 0"},
+    {"seed", 'i', 0, "an integer >= 0"},
+    {"clip", 'r', 1, "a positive number"},
+    {"patience", 'i', 0, "an integer >= 0"},
+    {"steps", 'i', 1, "a positive integer"},
+    {"schedule", 'n', 0, "a name (constant or cosine)"},
+    {"warmup", 'i', 0, "an integer >= 0"},
 };
+
+/* Does v fit train key k? */
+static int train_value_ok(size_t k, const value *v)
+{
+    if (train_keys[k].kind == 'n')
+        return v->kind == V_IDENT || v->kind == V_STR;
+    if (!is_num(v) || (train_keys[k].kind == 'i' && v->kind != V_INT))
+        return 0;
+    return train_keys[k].positive ? num(v) > 0 : num(v) >= 0;
+}
 #define N_TRAIN (sizeof train_keys / sizeof train_keys[0])
 
+/* train { NAME = expr; ... } */
 static void decl_train(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -893,30 +970,21 @@ static void decl_train(sema *S, const stmt *s, binding *sc)
         t->key = kv->name;
         t->line = kv->loc.line;
         t->col = kv->loc.col;
-        if (train_keys[k].kind == 'n' && (v->kind == V_IDENT
-                                          || v->kind == V_STR)) {
+        if (!train_value_ok(k, v)) {
+            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
+                       "expects %s, got %s", kv->name,
+                       train_keys[k].expects, attr_value_desc(S->c, v));
+            continue;
+        }
+        if (train_keys[k].kind == 'n') {
             t->text = v->s;
-        } else if (train_keys[k].kind != 'n' && is_num(v)
-                   && (train_keys[k].kind == 'r' || v->kind == V_INT)
-                   && num(v) >= train_keys[k].min
-                   && (train_keys[k].kind != 'r' || num(v) > 0
-                       || !strcmp(kv->name, "weight_decay"))) {
+        } else {
             t->is_number = 1;
             t->number = num(v);
             t->text = v->kind == V_INT ? arena_printf(&S->c->mem, "%lld",
                                                       (long long)v->i)
                                        : arena_printf(&S->c->mem, "%.17g",
                                                       v->r);
-        } else {
-            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
-                       "expects %s, got %s", kv->name,
-                       train_keys[k].kind == 'n' ? "a name"
-                       : train_keys[k].kind == 'i'
-                           ? (train_keys[k].min > 0 ? "a positive integer"
-                                                    : "an integer >= 0")
-                           : "a positive number",
-                       attr_value_desc(S->c, v));
-            continue;
         }
         g->n_train++;
     }
@@ -1033,6 +1101,7 @@ static void expand_body(sema *S, const stmt *body, binding *sc, int top,
 
 static void process_file(sema *S, int fi);
 
+/* import "PATH";  relative to the importing file; each file read once */
 static void do_import(sema *S, int fi, const stmt *s)
 {
     flow_compilation *c = S->c;
@@ -1079,7 +1148,7 @@ static void do_import(sema *S, int fi, const stmt *s)
     if ((err = parse_read_file(path, &text, &len)) != 0) {
         diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
                    "'%s': %s", path, err == EFBIG
-                   ? "file is larger than 16 MiB" : strerror(err));
+                   ? "file is larger than 1 MiB" : strerror(err));
         return;
     }
     nfi = parse_add_file(c, path, real, text, len);

@@ -10,6 +10,7 @@
 #include "compiler.h"
 
 #define MATRIX_MAX_DIM 4096     /* D x D bytes checked for FLOW_DEP_MATRIX */
+#define MATRIX_BUDGET (1u << 26) /* D x D entries verified, all layers     */
 
 /* The span of a layer's type name (its statement's first token). */
 static flow_loc node_name_loc(const flow_graph *g, size_t idx)
@@ -122,6 +123,13 @@ static int check_matrix(flow_compilation *c, size_t idx, flow_loc loc)
         diag_error(c, "F0400", loc, NULL, "%s: a %zu x %zu dependency matrix "
                    "is too large to verify (limit %d)", n->label, d, d,
                    MATRIX_MAX_DIM);
+        return 1;
+    }
+    if ((c->matrix_cells += d * d) > MATRIX_BUDGET) {
+        diag_error(c, "F0400", loc, "use fewer explicit-matrix layers",
+                   "%s: dependency matrices hold more than %u entries in "
+                   "all, too many to verify", n->label,
+                   (unsigned)MATRIX_BUDGET);
         return 1;
     }
     if (!(mat = calloc(d * d, 1))) {

@@ -291,7 +291,7 @@ typedef struct train_opts {
     uint64_t seed;
     flow_train_config cfg;
     int set_batch, set_lr, set_schedule, set_warmup, set_wd, set_clip,
-        set_patience;
+        set_patience, set_seed;
 } train_opts;
 
 static int parse_train(int argc, char **argv, train_opts *o)
@@ -418,9 +418,12 @@ static int apply_train_section(const flow_graph *g, train_opts *o,
         } else if (!strcmp(e->key, "warmup") && e->is_number && v >= 0) {
             if (!o->set_warmup)
                 o->cfg.warmup_steps = (size_t)v;
-        } else if (!strcmp(e->key, "patience") && e->is_number && v >= 1) {
+        } else if (!strcmp(e->key, "patience") && e->is_number && v >= 0) {
             if (!o->set_patience)
                 o->cfg.patience = (size_t)v;
+        } else if (!strcmp(e->key, "seed") && e->is_number && v >= 0) {
+            if (!o->set_seed)
+                o->seed = (uint64_t)v;
         } else if (!strcmp(e->key, "schedule") && !e->is_number
                    && (!strcmp(e->text, "cosine")
                        || !strcmp(e->text, "constant"))) {
@@ -436,7 +439,7 @@ static int apply_train_section(const flow_graph *g, train_opts *o,
             fprintf(stderr, "flowkit train: %s:%d:%d: train setting '%s' has "
                     "an unusable value '%s' (known: optimizer = adam, lr, "
                     "batch, epochs, steps, schedule = constant|cosine, "
-                    "warmup, weight_decay, clip, patience)\n", spec, e->line,
+                    "warmup, weight_decay, clip, patience, seed)\n", spec, e->line,
                     e->col, e->key, e->text ? e->text : "?");
             return 1;
         }

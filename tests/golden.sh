@@ -87,8 +87,9 @@ same "--diagnostics=json" "$t/want" "$t/json"
 "$FLOWC" --frobnicate x.flow >"$t/out" 2>&1; rc=$?
 [ $rc -eq 2 ] && grep -qF "unknown option '--frobnicate'" "$t/out" && ok \
     || bad "unknown option: exit $rc"
-"$FLOWC" --emit=c x.flow >"$t/out" 2>&1; rc=$?
-[ $rc -eq 2 ] && ok || bad "--emit=c: exit $rc, expected 2"
+"$FLOWC" --emit=rust x.flow >"$t/out" 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -qF "unknown emitter 'rust' (use json, dot or c)" "$t/out" \
+    && ok || bad "--emit=rust: exit $rc, expected 2"
 "$FLOWC" a.flow b.flow >"$t/out" 2>&1; rc=$?
 [ $rc -eq 2 ] && ok || bad "two files: exit $rc, expected 2"
 "$FLOWC" --help >"$t/out" 2>&1; rc=$?
@@ -106,6 +107,45 @@ G=tests/specs/good/conditional.flow
 "$FLOWC" --emit=dot "$G" >"$t/out" 2>"$t/err"; rc=$?
 [ $rc -eq 0 ] && grep -qF 'context -> n0 [style=dashed];' "$t/out" && ok \
     || { bad "--emit=dot: exit $rc"; head -20 "$t/out"; }
+
+# --layers, --layer=TYPE: the attribute tables the checks use
+"$FLOWC" --layers >"$t/out" 2>&1; rc=$?
+[ $rc -eq 0 ] && grep -qF "tcoupling        test: coupling (identity stub)" \
+    "$t/out" && grep -qF "permute          fixed permutation" "$t/out" && ok \
+    || { bad "--layers: exit $rc"; cat "$t/out"; }
+"$FLOWC" --layer=tresidual 2>&1 | sed 1,2d >"$t/out"
+cat >"$t/want" <<'EOF'
+attributes:
+  coeff          real, default 0.9, in [0, 10]
+                 spectral norm bound of each weight
+  activation     enum
+                 nonlinearity
+                 one of: relu tanh (default) elu sigmoid
+  hidden         int list, default [64, 64], in [1, 65536], 1..8 items
+                 hidden layer widths of the conditioner
+EOF
+same "--layer=tresidual" "$t/want" "$t/out"
+"$FLOWC" --layer=nope >"$t/out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -qF "no layer type 'nope'" "$t/out" && ok \
+    || bad "--layer=nope: exit $rc"
+
+# plugins: an extra one by path, and a broken one on the search path
+FLOW_PLUGIN_PATH="${FLOW_PLUGIN_PATH%%:*}" "$FLOWC" --check \
+    --plugin="$FLOW_SPEC_PLUGINS/testlayers.so" "$G" >"$t/out" 2>&1; rc=$?
+[ $rc -eq 0 ] && [ ! -s "$t/out" ] && ok \
+    || { bad "--plugin: exit $rc"; cat "$t/out"; }
+mkdir "$t/broken"
+cp "$FLOW_TEST_PLUGINS/badabi.so" "$t/broken/zz.so"
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/broken" "$FLOWC" --check "$G" \
+    >"$t/out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -qF "zz.so: ABI version mismatch" "$t/out" && ok \
+    || { bad "broken plugin: exit $rc"; cat "$t/out"; }
+
+# -o writes the report to a file and nothing to standard output
+"$FLOWC" --report -o "$t/report" tests/specs/good/maf64.flow >"$t/out" 2>&1
+rc=$?
+[ $rc -eq 0 ] && [ ! -s "$t/out" ] && ok || bad "-o: exit $rc"
+same "-o report" tests/specs/good/maf64.report "$t/report"
 
 echo "golden: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

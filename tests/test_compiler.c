@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "flow/flowc.h"
 #include "../compiler/compiler.h"
@@ -77,6 +78,7 @@ START_TEST(test_expansion_and_dep_vecs)
     ck_assert_uint_eq(flow_graph_node_count(g), 4);
     for (size_t i = 0; i < 3; i++) {
         n = flow_graph_node_get(g, i);
+        ck_assert_uint_eq(n->struct_size, sizeof *n);
         ck_assert_int_eq(n->kind, FLOW_NODE_LAYER);
         ck_assert_str_eq(n->type->name, "tcoupling");
         ck_assert_uint_eq(n->in_dim, 5);
@@ -208,6 +210,7 @@ START_TEST(test_diagnostic_fields)
     ck_assert_uint_eq(flow_compile_errors(c), 1);
     ck_assert_uint_eq(flow_compile_warnings(c), 0);
     d = flow_compile_diag(c, 0);
+    ck_assert_uint_eq(d->struct_size, sizeof *d);
     ck_assert_int_eq(d->severity, FLOW_SEV_ERROR);
     ck_assert_str_eq(d->code, "F0103");
     ck_assert_str_eq(d->file, "mem.flow");
@@ -313,6 +316,65 @@ START_TEST(test_missing_file)
 }
 END_TEST
 
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[4096];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    ck_assert_ptr_nonnull(f = fopen(path, "w"));
+    fputs(text, f);
+    fclose(f);
+}
+
+/* a imports b and c, both import lib/d: d is read once (no duplicate
+ * definitions), paths are relative to the importing file. */
+START_TEST(test_imports_diamond)
+{
+    char dir[] = "/tmp/flowc-test-XXXXXX", sub[4096], main_path[4096];
+    flow_compilation *c;
+    const flow_graph *g;
+    const char *path;
+    size_t len;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(sub, sizeof sub, "%s/lib", dir);
+    ck_assert_int_eq(mkdir(sub, 0700), 0);
+    write_file(dir, "b.flow", "import \"lib/d.flow\";\nconst B = D + 1;\n");
+    write_file(dir, "c.flow", "import \"lib/d.flow\";\nconst C = D + 2;\n");
+    write_file(dir, "lib/d.flow", "const D = 3;\n");
+    write_file(dir, "a.flow",
+               "import \"b.flow\";\nimport \"c.flow\";\n"
+               "flow a { input x : real[B + C]; tmaf(hidden = [B, C, D]);\n"
+               "output z ~ normal; }\n");
+    snprintf(main_path, sizeof main_path, "%s/a.flow", dir);
+    c = flow_compile_file(ctx, main_path);
+    ck_assert_ptr_nonnull(c);
+    if (flow_compile_diag_count(c))
+        flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 0);
+    g = flow_compile_graph(c);
+    ck_assert_uint_eq(flow_graph_input_dim(g), 9);
+    ck_assert_int_eq(flow_graph_node_get(g, 0)->attrs[1].ilist[2], 3);
+    ck_assert_uint_eq(flow_graph_source_count(g), 4);
+    ck_assert_ptr_nonnull(flow_graph_source(g, 2, &path, &len));
+    snprintf(sub, sizeof sub, "%s/lib/d.flow", dir);
+    ck_assert_str_eq(path, sub);
+    ck_assert_uint_eq(len, strlen("const D = 3;\n"));
+    ck_assert_ptr_null(flow_graph_source(g, 4, &path, &len));
+    flow_compile_free(c);
+    remove(sub);
+    snprintf(sub, sizeof sub, "%s/lib", dir);
+    remove(sub);
+    for (const char *const *n = (const char *const[]){"a.flow", "b.flow",
+                                                      "c.flow", NULL};
+         *n; n++) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, *n);
+        remove(sub);
+    }
+    remove(dir);
+}
+END_TEST
+
 START_TEST(test_edit_distance_and_suggest)
 {
     static const char *const names[] = {"hidden", "mask", "transformer"};
@@ -336,7 +398,7 @@ START_TEST(test_arena)
     ck_assert_ptr_nonnull(big);
     ck_assert_ptr_nonnull(after);
     ck_assert_int_eq(big[199999], 0);        /* zeroed */
-    ck_assert_uint_eq((uintptr_t)after % sizeof(max_align_t), 0);
+    ck_assert_uint_eq((uintptr_t)after % _Alignof(max_align_t), 0);
     ck_assert_ptr_null(arena_array(&a, SIZE_MAX / 2, 8));
     ck_assert_int_eq(a.failed, 1);
     ck_assert_str_eq(arena_printf(&a, "%s#%d", "x", 3), "x#3");
@@ -431,6 +493,7 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_warnings_keep_graph);
     tcase_add_test(tc, test_untransformed_tracking);
     tcase_add_test(tc, test_missing_file);
+    tcase_add_test(tc, test_imports_diamond);
     tcase_add_test(tc, test_edit_distance_and_suggest);
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_parse_expr_default);

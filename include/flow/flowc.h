@@ -25,10 +25,12 @@ extern "C" {
  * located error, never a crash, hang or unbounded allocation. */
 #define FLOW_MAX_DIM          65536   /* input, context width            */
 #define FLOW_MAX_REPEAT        4096   /* one repeat count                */
-#define FLOW_MAX_LAYERS        4096   /* layers + exits after expansion  */
+#define FLOW_MAX_LAYERS      100000   /* layers + exits after expansion  */
+#define FLOW_MAX_CELLS    (1u << 24)  /* sum over layers of their width  */
 #define FLOW_MAX_NESTING         64   /* brackets, repeat/block calls    */
 #define FLOW_MAX_IDENT          255   /* identifier length               */
-#define FLOW_MAX_FILE_BYTES (16u << 20) /* one source file               */
+#define FLOW_MAX_FILE_BYTES (1u << 20) /* one source file (1 MiB)         */
+#define FLOW_MAX_LIST     FLOW_MAX_DIM /* items of one list literal       */
 #define FLOW_MAX_ERRORS          50   /* then "too many errors"          */
 
 typedef struct flow_compilation flow_compilation;   /* opaque */
@@ -64,8 +66,10 @@ typedef enum flow_severity {
     FLOW_SEV_WARNING = 1
 } flow_severity;
 
-/* One diagnostic.  Strings are owned by the compilation. */
+/* One diagnostic.  Strings are owned by the compilation.  Fields are only
+ * ever appended (check struct_size before reading newer ones). */
 typedef struct flow_diagnostic {
+    uint32_t struct_size;
     flow_severity severity;
     const char *code;              /* "F0103"                               */
     const char *file;              /* as given / as imported                */
@@ -108,8 +112,10 @@ typedef enum flow_node_kind {
 } flow_node_kind;
 
 /* One node of the graph, in forward (data -> latent) order.  Read-only;
- * every pointer is owned by the compilation. */
+ * every pointer is owned by the compilation (type and plugin_file by the
+ * context).  Fields are only ever appended (check struct_size). */
 typedef struct flow_graph_node {
+    uint32_t struct_size;
     flow_node_kind kind;
     const char *file;              /* spec file of the statement            */
     int line, col;
@@ -178,6 +184,14 @@ FLOW_API size_t flow_graph_params(const flow_graph *g);  /* incl. bases */
  * the graph was compiled with. */
 FLOW_API int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g,
                                     uint64_t seed, flow_model **out);
+
+/* --emit=c: a C translation unit defining
+ *     int FUNC(flow_ctx *ctx, uint64_t seed, flow_model **out);
+ * that makes the calls flow_graph_build_model makes (FUNC NULL: named
+ * flow_build_<flow name>).  FLOW_ERR_UNSUPPORTED (nothing written) for a
+ * base distribution given the context, which the runtime cannot build. */
+FLOW_API int flow_graph_print_c(const flow_graph *g, FILE *f,
+                                const char *func);
 
 /* Writers: --report table, --emit=json, --emit=dot. */
 FLOW_API void flow_graph_print_report(const flow_graph *g, FILE *f);

@@ -1,0 +1,189 @@
+/* emit_c.c - `flowc --emit=c`: the verified graph as a C translation unit
+ * whose one function makes the same runtime calls as the in-process
+ * emission (emit_model.c), for programs that embed flowkit. */
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "flow/flowc.h"
+
+static size_t table_len(const flow_attr_spec *t)
+{
+    size_t n = 0;
+    while (t && t[n].name)
+        n++;
+    return n;
+}
+
+/* A C string literal. */
+static void c_str(FILE *f, const char *s)
+{
+    if (!s) {
+        fputs("NULL", f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20 || ch >= 0x7f)
+            fprintf(f, "\\%03o", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+/* A double that reads back to the same bits. */
+static void c_real(FILE *f, double v)
+{
+    if (isnan(v))
+        fputs("(0.0 / 0.0)", f);
+    else if (isinf(v))
+        fputs(v > 0 ? "(1.0 / 0.0)" : "(-1.0 / 0.0)", f);
+    else
+        fprintf(f, "%.17g", v);
+}
+
+static const char *type_name(flow_attr_type t)
+{
+    static const char *const names[] = {
+        "0", "FLOW_ATTR_INT", "FLOW_ATTR_REAL", "FLOW_ATTR_BOOL",
+        "FLOW_ATTR_STRING", "FLOW_ATTR_ENUM", "FLOW_ATTR_INT_LIST",
+        "FLOW_ATTR_REAL_LIST", "FLOW_ATTR_VARIANT"};
+    return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "0";
+}
+
+/* Emits the arrays a value set needs (lists, variant arguments), named
+ * PREFIX_..., then the value array PREFIX itself. */
+static void emit_values(FILE *f, const char *prefix,
+                        const flow_attr_spec *spec,
+                        const flow_attr_value *v, size_t n)
+{
+    char name[256];
+    for (size_t i = 0; i < n; i++) {
+        if (v[i].type == FLOW_ATTR_INT_LIST && v[i].n) {
+            fprintf(f, "static const int64_t %s_%zu_list[] = {", prefix, i);
+            for (size_t k = 0; k < v[i].n; k++)
+                fprintf(f, "%s%" PRId64, k ? ", " : "", v[i].ilist[k]);
+            fputs("};\n", f);
+        } else if (v[i].type == FLOW_ATTR_REAL_LIST && v[i].n) {
+            fprintf(f, "static const double %s_%zu_list[] = {", prefix, i);
+            for (size_t k = 0; k < v[i].n; k++) {
+                fputs(k ? ", " : "", f);
+                c_real(f, v[i].rlist[k]);
+            }
+            fputs("};\n", f);
+        } else if (v[i].type == FLOW_ATTR_VARIANT && v[i].sub
+                   && table_len(spec[i].alternatives[v[i].i].attrs)) {
+            const flow_attr_spec *sub = spec[i].alternatives[v[i].i].attrs;
+            snprintf(name, sizeof name, "%s_%zu_sub", prefix, i);
+            emit_values(f, name, sub, v[i].sub, table_len(sub));
+        }
+    }
+    fprintf(f, "static const flow_attr_value %s[] = {\n", prefix);
+    for (size_t i = 0; i < n; i++) {
+        fprintf(f, "    {.type = %s, .given = %d, .i = %" PRId64 ", .r = ",
+                type_name(v[i].type), v[i].given, v[i].i);
+        c_real(f, v[i].r);
+        fputs(", .s = ", f);
+        c_str(f, v[i].s);
+        fprintf(f, ", .n = %zu", v[i].n);
+        if (v[i].type == FLOW_ATTR_INT_LIST && v[i].n)
+            fprintf(f, ", .ilist = %s_%zu_list", prefix, i);
+        if (v[i].type == FLOW_ATTR_REAL_LIST && v[i].n)
+            fprintf(f, ", .rlist = %s_%zu_list", prefix, i);
+        if (v[i].type == FLOW_ATTR_VARIANT && v[i].sub
+            && table_len(spec[i].alternatives[v[i].i].attrs))
+            fprintf(f, ", .sub = %s_%zu_sub", prefix, i);
+        fprintf(f, ", .line = %d, .col = %d},\n", v[i].line, v[i].col);
+    }
+    if (!n)
+        fputs("    {0}\n", f);
+    fputs("};\n", f);
+}
+
+static void emit_base(FILE *f, const char *name, const flow_graph_base *b)
+{
+    fprintf(f, "static const double %s[] = {", name);
+    for (size_t k = 0; k < b->n_args; k++) {
+        fputs(k ? ", " : "", f);
+        c_real(f, b->args[k]);
+    }
+    fputs(b->n_args ? "};\n" : "0};\n", f);
+}
+
+int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
+{
+    char fn[128], name[64];
+    size_t nn = flow_graph_node_count(g);
+    const flow_graph_base *base = flow_graph_base_get(g);
+
+    for (size_t i = 0; i < nn; i++) {
+        const flow_graph_node *n = flow_graph_node_get(g, i);
+        if (n->kind == FLOW_NODE_EXIT && n->exit_base.uses_context)
+            return FLOW_ERR_UNSUPPORTED;
+    }
+    if (base->uses_context)
+        return FLOW_ERR_UNSUPPORTED;
+    if (func)
+        snprintf(fn, sizeof fn, "%s", func);
+    else {
+        const char *s = flow_graph_name(g);
+        size_t k = snprintf(fn, sizeof fn, "flow_build_");
+        for (; s && *s && k + 1 < sizeof fn; s++)
+            fn[k++] = (char)(isalnum((unsigned char)*s) ? *s : '_');
+        fn[k] = '\0';
+    }
+    fprintf(f, "/* Generated by flowc %s from flow '%s'; do not edit.\n"
+            " * %s(ctx, seed, &model) builds the model with the same calls "
+            "flowkit\n * makes in process.  Load the plugins into ctx first "
+            "(flow_plugin_load_all);\n * link with -lflowkit. */\n",
+            flow_version(), flow_graph_name(g), fn);
+    fputs("#include <stdint.h>\n#include <stddef.h>\n\n"
+          "#include <flow/flow.h>\n\n", f);
+    fprintf(f, "int %s(flow_ctx *ctx, uint64_t seed, flow_model **out);\n\n",
+            fn);
+    for (size_t i = 0; i < nn; i++) {
+        const flow_graph_node *n = flow_graph_node_get(g, i);
+        snprintf(name, sizeof name, "node%zu", i);
+        if (n->kind == FLOW_NODE_LAYER)
+            emit_values(f, name, n->type->attrs, n->attrs, n->n_attrs);
+        else
+            emit_base(f, name, &n->exit_base);
+    }
+    emit_base(f, "base_args", base);
+    fprintf(f, "\nint %s(flow_ctx *ctx, uint64_t seed, flow_model **out)\n"
+            "{\n    flow_model *m = flow_model_new(ctx, %zu, %zu);\n"
+            "    int rc = FLOW_OK;\n\n    *out = NULL;\n"
+            "    if (!m)\n        return FLOW_ERR;\n", fn,
+            flow_graph_input_dim(g), flow_graph_context_dim(g));
+    for (size_t i = 0; i < nn; i++) {
+        const flow_graph_node *n = flow_graph_node_get(g, i);
+        fputs("    if (rc == FLOW_OK)\n        rc = ", f);
+        if (n->kind == FLOW_NODE_LAYER) {
+            fputs("flow_model_add_layer(m, ", f);
+            c_str(f, n->type->name);
+            fputs(", ", f);
+            c_str(f, n->label);
+            fprintf(f, ", node%zu, %zu, %d, %d, %d);\n", i, n->n_attrs,
+                    n->uses_context, n->line, n->col);
+        } else {
+            fprintf(f, "flow_model_add_exit(m, %zu, ", n->exit_k);
+            c_str(f, n->exit_name);
+            fprintf(f, ", (flow_base_kind)%d, node%zu, %zu);\n",
+                    (int)n->exit_base.kind, i, n->exit_base.n_args);
+        }
+    }
+    fprintf(f, "    if (rc == FLOW_OK)\n        rc = flow_model_set_base(m, "
+            "(flow_base_kind)%d, base_args, %zu);\n", (int)base->kind,
+            base->n_args);
+    fputs("    if (rc == FLOW_OK)\n        rc = flow_model_finish(m, seed);\n"
+          "    if (rc != FLOW_OK) {\n        flow_model_free(m);\n"
+          "        return rc;\n    }\n    *out = m;\n    return FLOW_OK;\n"
+          "}\n", f);
+    return ferror(f) ? FLOW_ERR_IO : FLOW_OK;
+}
