@@ -7,7 +7,8 @@ pass=0
 fail=0
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
-for spec in multiscale.flow cond_maf.flow nsf_8gaussians.flow maf_gmm.flow; do
+for spec in multiscale.flow cond_maf.flow nsf_8gaussians.flow maf_gmm.flow \
+        resflow_moons.flow; do
     if ! "$FLOWC" --emit=c --function=emitted_build -o "$t/model.c" \
             "$top_srcdir/specs/$spec" 2>"$t/err"; then
         cat "$t/err"; echo "FAIL: $spec: flowc --emit=c"; fail=$((fail + 1)); continue

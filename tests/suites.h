@@ -5,6 +5,8 @@
 
 #include <check.h>
 
+#include "flow/flow_plugin.h"
+
 Suite *suite_loader(void);
 Suite *suite_permute(void);
 Suite *suite_rng(void);
@@ -25,6 +27,22 @@ Suite *suite_datasets(void);
 Suite *suite_json(void);
 Suite *suite_checkpoint(void);
 Suite *suite_compiler(void);   /* compiler branch */
+/* residual branch */
+Suite *suite_residual(void);
+
+/* Resolved attributes of a `residual` layer (table order: hidden,
+ * activation, coeff, logdet, probe, inverse_tol, inverse_iters); built by
+ * res_attrs_make in test_residual.c. */
+typedef struct res_attrs {
+    flow_attr_value v[7];
+    flow_attr_value sub[2];
+    int64_t hidden[2];
+} res_attrs;
+/* mode 0 exact, 1 series(terms = a), 2 roulette(expected = a, min_terms =
+ * b); act: index into relu, leaky_relu, tanh, elu, softplus. */
+void res_attrs_make(res_attrs *r, int act, double coeff, int mode, double a,
+                    int b, double tol, int iters);
+/* -- end residual */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

@@ -239,6 +239,49 @@ START_TEST(test_autoregressive_conforms)
 }
 END_TEST
 
+/* residual branch: exact mode for the deterministic checks (evaluation
+ * mode is exact in every mode, so series/roulette layers take them too);
+ * the inverse iterates to a tolerance the FD checks cannot see. */
+static const struct { int act, mode; size_t d, k; double coeff; }
+res_cases[] = {
+    {3, 0, 2, 0, 0.9},      /* elu */
+    {2, 0, 3, 2, 0.9},      /* tanh, context */
+    {4, 0, 4, 0, 0.7},      /* softplus */
+    {1, 0, 3, 1, 0.9},      /* leaky_relu, context */
+    {3, 1, 3, 2, 0.9},      /* series(8): exact in evaluation */
+    {2, 2, 2, 1, 0.95},     /* roulette(4, 1) */
+};
+
+START_TEST(test_residual_conforms)
+{
+    const double tol = FLOW_REAL_DOUBLE ? 1e-14 : 1e-7;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "residual", NULL);
+    char what[64];
+    res_attrs a;
+    conform_report rep;
+    conform_opts o;
+    res_attrs_make(&a, res_cases[_i].act, res_cases[_i].coeff,
+                   res_cases[_i].mode, res_cases[_i].mode == 1 ? 8 : 4, 1,
+                   tol, 2000);
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.dim = res_cases[_i].d;
+    o.context_dim = res_cases[_i].k;
+    o.rows = 3;
+    o.seed = 21 + (uint64_t)_i;
+    snprintf(what, sizeof what, "residual act %d mode %d D %zu ctx %zu",
+             res_cases[_i].act, res_cases[_i].mode, res_cases[_i].d,
+             res_cases[_i].k);
+    ck_assert_msg(conform_layer(ctx, t, "residual", a.v, &o, &rep)
+                  == FLOW_OK, "%s", flow_errmsg(ctx));
+    print_report(what, &rep);
+    ck_assert_msg(rep.failures == 0, "%s: %d checks failed", what,
+                  rep.failures);
+    ck_assert_uint_gt(rep.n, 12);
+}
+END_TEST
+/* -- end residual */
+
 /* The checks that must fail for a buggy layer; all others must pass. */
 static void expect_only(const char *type, const char *const *failing)
 {
@@ -291,6 +334,14 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_coupling_conforms);
     tcase_add_test(tc, test_autoregressive_conforms);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
+    suite_add_tcase(s, tc);
+    /* residual branch: one test per setting, FD through fixed-point
+     * inverses is slow under the sanitizers */
+    tc = tcase_create("residual");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_residual_conforms, 0,
+                        (int)(sizeof res_cases / sizeof res_cases[0]));
     suite_add_tcase(s, tc);
     return s;
 }
