@@ -3,6 +3,7 @@
  * 1 error (spec, data, checkpoint, numerics), 2 usage. */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,6 +255,25 @@ static double now_s(void)
 
 /* ------------------------------------------------------------ train */
 
+/* SIGINT / SIGTERM during training: the handler only records the signal;
+ * the loop finishes its step, writes the checkpoint and exits 128 + sig. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig)
+{
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(int on)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on ? on_stop_signal : SIG_DFL;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 static void train_usage(FILE *f)
 {
     fputs("usage: flowkit train SPEC --data FILE -o CKPT [options]\n"
@@ -283,7 +303,10 @@ static void train_usage(FILE *f)
           "  --checkpoint-every N also write CKPT every N epochs\n"
           "  --resume CKPT        continue a run from its checkpoint\n"
           "  --json               print the summary as JSON on stdout\n"
-          "  -o, --output CKPT    checkpoint to write (required)\n", f);
+          "  -o, --output CKPT    checkpoint to write (required)\n"
+          "\n"
+          "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
+          "full training state and exits 130 or 143; --resume CKPT goes on.\n", f);
 }
 
 typedef struct train_opts {
@@ -512,24 +535,27 @@ static void hist_add(history *h, const char *fmt, ...)
 
 static void hist_add(history *h, const char *fmt, ...)
 {
-    va_list ap;
+    va_list ap, ap2;
     int n;
-    char buf[256];
     va_start(ap, fmt);
-    n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_copy(ap2, ap);
+    n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n < 0)
-        return;
-    if (h->len + (size_t)n + 2 > h->cap) {
+    if (n >= 0 && h->len + (size_t)n + 2 > h->cap) {
         size_t cap = (h->cap + (size_t)n + 2) * 2;
         char *p = realloc(h->s, cap);
         if (!p)
-            return;
-        h->s = p;
-        h->cap = cap;
+            n = -1;
+        else {
+            h->s = p;
+            h->cap = cap;
+        }
     }
-    memcpy(h->s + h->len, buf, (size_t)n + 1);
-    h->len += (size_t)n;
+    if (n >= 0) {
+        vsnprintf(h->s + h->len, (size_t)n + 1, fmt, ap2);
+        h->len += (size_t)n;
+    }
+    va_end(ap2);
 }
 
 static void progress(int tty, size_t epoch, size_t step, size_t total,
@@ -645,7 +671,9 @@ int cmd_train(int argc, char **argv)
         hist_add(&h, "[");
     t0 = now_s();
     flow_trainer_get_state(t, &st);
-    while (st.step < total) {
+    stop_signal = 0;
+    catch_stop_signals(1);
+    while (st.step < total && !stop_signal) {
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
             goto failmsg;
         if (isfinite(loss)) {
@@ -693,6 +721,21 @@ int cmd_train(int argc, char **argv)
     }
     if (tty)
         fputc('\n', stderr);
+    if (stop_signal) {
+        /* interrupted: save the exact training state (not the best
+         * parameters) so that --resume continues where this stopped */
+        int sig = stop_signal;
+        hist_add(&h, "]");
+        if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s,
+                                 o.out) != FLOW_OK)
+            goto failmsg;
+        flow_trainer_get_state(t, &st);
+        fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
+                "%s (continue with --resume %s)\n", cmd, sig,
+                (unsigned long long)st.step, o.out, o.out);
+        ret = 128 + sig;
+        goto out;
+    }
     if (va && flow_trainer_restore_best(t) == FLOW_OK) {
         flow_trainer_get_state(t, &st);
         vscore = st.best_score;
@@ -711,9 +754,14 @@ int cmd_train(int argc, char **argv)
             printf(", \"valid_loglik\": %.9g", vscore);
         printf(", \"seconds\": %.3f}\n", now_s() - t0);
     } else {
-        fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n", cmd,
-                (unsigned long long)st.step, loss,
-                st.skipped ? " (some steps skipped: non-finite)" : "", o.out);
+        if (isnan(loss))
+            fprintf(stderr, "%s: %llu steps (none left to run); wrote %s\n",
+                    cmd, (unsigned long long)st.step, o.out);
+        else
+            fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n",
+                    cmd, (unsigned long long)st.step, loss,
+                    st.skipped ? " (some steps skipped: non-finite)" : "",
+                    o.out);
         if (va)
             fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
                     cmd, vscore);
@@ -723,6 +771,7 @@ int cmd_train(int argc, char **argv)
 failmsg:
     fail(l.ctx, cmd);
 out:
+    catch_stop_signals(0);
     free(h.s);
     flow_trainer_free(t);
     flow_data_free(all);
