@@ -20,7 +20,7 @@ struct arena_chunk {
 void *arena_alloc(arena *a, size_t bytes)
 {
     arena_chunk *ch = a->head;
-    size_t align = sizeof(max_align_t);
+    size_t align = _Alignof(max_align_t);
     char *p;
 
     if (bytes > SIZE_MAX / 2) {
