@@ -497,7 +497,7 @@ int cmd_check(int argc, char **argv)
         rc = check_type(ctx, &o, t, &tot);
     if (rc == 0 && tot.layers == 0)
         print_header(&o);
-    if (rc == 0 && o.json)
+    if (o.json && (rc == 0 || tot.layers))
         printf("\n  ], \"checks\": %zu, \"failed\": %zu, \"skipped\": %zu}\n",
                tot.checks, tot.failed + tot.broken, tot.skipped);
     else if (rc == 0 || tot.layers)

@@ -279,9 +279,9 @@ static void set_perturbation(layer_run *L, double s)
 }
 
 /* Random parameters of moderate strength: the perturbation is halved (at
- * most CALIBRATE_TRIES times) until the log-det per dimension stays within
- * +-CALIBRATE_LOGDET on the random rows.  A wide conditioner perturbed by
- * o->perturb per weight can otherwise make splines so steep that no
+ * most CALIBRATE_TRIES times) until the log-det of every random row stays
+ * within +-CALIBRATE_LOGDET.  A wide conditioner perturbed by o->perturb
+ * per weight can otherwise make splines so steep or so flat that no
  * finite difference (or density grid) resolves them in float32. */
 #define CALIBRATE_LOGDET 2.0
 #define CALIBRATE_TRIES 10
@@ -294,7 +294,7 @@ static void calibrate(layer_run *L, const flow_real *x, flow_real *y,
             return;
         for (size_t i = 0; i < L->nrand; i++)
             worst = fmax(worst, isfinite(ld[i]) ? fabs(ld[i]) : INFINITY);
-        if (worst <= CALIBRATE_LOGDET * (double)L->d)
+        if (worst <= CALIBRATE_LOGDET)
             return;
         set_perturbation(L, L->perturb / 2);
     }
@@ -334,13 +334,13 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     diag.attr = -1;
     if ((rc = t->describe(&L->cfg, &L->desc, &diag)) != FLOW_OK)
         return flow_ctx_error(ctx, rc, "%s (%s): describe: %s", t->name, file,
-                         diag.message);
+                              diag.message);
     if (!(L->desc.flags & FLOW_LAYER_FORWARD) || !t->forward)
         return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): layer has no "
-                         "forward direction", t->name, file);
+                              "forward direction", t->name, file);
     if ((L->desc.flags & FLOW_LAYER_INVERSE) && !t->inverse)
-        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): declares an inverse "
-                         "but inverse() is NULL", t->name, file);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): declares an "
+                              "inverse but inverse() is NULL", t->name, file);
     L->params = calloc(L->desc.n_params + 1, sizeof *L->params);
     L->p0 = calloc(L->desc.n_params + 1, sizeof *L->p0);
     L->eps = calloc(L->desc.n_params + 1, sizeof *L->eps);
@@ -352,14 +352,15 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
         || !L->ctxv || !L->dctx)
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if (!(L->self = t->create(flow_host_services(), &L->cfg, &diag)))
-        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): create: %s", t->name,
-                         file, diag.message);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): create: %s",
+                              t->name, file, diag.message);
     rng_seed(&L->rng, o->seed);
     rng_seed(&L->crng0, o->seed ^ 0xc0ffee5eedull);
     fill_call(L, &c, 0, NULL, NULL);
     c.rng = &L->rng;
     if ((rc = t->init(L->self, &c, L->params)) != FLOW_OK)
-        return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file, L->err);
+        return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file,
+                              L->err);
     memcpy(L->p0, L->params, L->desc.n_params * sizeof *L->p0);
     for (size_t i = 0; i < L->desc.n_params; i++)
         L->eps[i] = (flow_real)rng_normal1(&L->rng);
@@ -575,10 +576,10 @@ static void check_same_seed(flow_ctx *ctx, const layer_run *L,
 typedef int (*fd_eval)(void *env, double delta, double *actual, double *out);
 
 #define FD_POINTS 7
-/* Checks take the best of three step sizes (h, h/4, h/16): a wrong formula
- * disagrees at every step, while a knot or strong curvature spoils only
- * some of them. */
-#define FD_LEVELS 3
+/* Checks take the best of four step sizes (h, h/4, h/16, h/64): a wrong
+ * formula disagrees at every step, while a knot or strong curvature
+ * spoils only some of them. */
+#define FD_LEVELS 4
 static const double fd_frac[FD_POINTS] = {0, 1, -1, 0.5, -0.5, 0.25, -0.25};
 
 static int fd_robust(fd_eval f, void *env, double h, size_t m, double *deriv,
@@ -699,7 +700,7 @@ static double logdet_fd(const double *J, const double *U, size_t d,
 /* Per-row results of the Jacobian checks. */
 typedef struct jac_result {
     double ld_err, lfd, unc, ldv;   /* log-det error, FD value, layer value */
-    double zeros, diagmin;          /* pattern: worst declared zero, min |J_ii| */
+    double zeros, diagmin;          /* worst declared zero, min |J_ii|   */
     int failed;                     /* the layer failed near the point      */
 } jac_result;
 
@@ -1187,7 +1188,7 @@ static void check_checkpoint(flow_ctx *ctx, const layer_run *L,
              tmp && *tmp ? tmp : "/tmp");
     if ((fd = mkstemp(path)) < 0) {
         rc = flow_ctx_error(ctx, FLOW_ERR_IO, "cannot create a temporary file "
-                       "%s", path);
+                            "%s", path);
         path[0] = '\0';
         goto done;
     }
@@ -1246,8 +1247,8 @@ static int log_prob_chunked(flow_model *m, size_t n, const flow_real *x,
  * of DENSITY_SAMPLES samples widened by half its size on every side (or
  * [-10, 10]^2 without an inverse).  Context: one fixed row.  A grid cannot
  * resolve arbitrarily sharp densities, so the perturbation is halved
- * until the samples' log-dets stay within +-CALIBRATE_LOGDET per
- * dimension, as for the layer checks. */
+ * until the samples' log-dets stay within +-2 CALIBRATE_LOGDET, as for the
+ * layer checks. */
 static void check_density(flow_ctx *ctx, const layer_run *L,
                           conform_report *rep, flow_model *m)
 {
@@ -1384,8 +1385,8 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     memset(rep, 0, sizeof *rep);
     memset(&L, 0, sizeof L);
     if (o->dim == 0 || o->dim > 4096)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "check dimension must be in "
-                         "1..4096, got %zu", o->dim);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "check dimension must be "
+                              "in 1..4096, got %zu", o->dim);
     rc = layer_build(ctx, &L, t, file, attrs, o, n_edge);
     if (rc != FLOW_OK)
         goto done;

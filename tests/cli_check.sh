@@ -169,6 +169,12 @@ for tf in affine additive 'spline(bins = 5, bound = 2.5)'; do
 done
 run_ok coupling-default coupling
 run_ok maf-default maf --dim 3
+# default conditioners (ReLU, 128 x 128) with splines: steep, kinked maps
+# that once gave float32 false alarms
+run_ok coupling-relu-spline coupling --dim 4 --context 2 --seed 1 \
+    --attr transformer=spline
+run_ok iaf-relu-spline iaf --dim 4 --context 2 --seed 3 --attr transformer=spline
+run_ok iaf-relu-spline-2d iaf --attr transformer=spline
 for order in reverse 'random(5)' '[2, 0, 1]'; do
     run_ok permute permute --dim 3 --attr "order = $order"
 done
