@@ -1247,7 +1247,7 @@ static int log_prob_chunked(flow_model *m, size_t n, const flow_real *x,
  * of DENSITY_SAMPLES samples widened by half its size on every side (or
  * [-10, 10]^2 without an inverse).  Context: one fixed row.  A grid cannot
  * resolve arbitrarily sharp densities, so the perturbation is halved
- * until the samples' log-dets stay within +-2 CALIBRATE_LOGDET, as for the
+ * until the samples' log-dets stay within +-CALIBRATE_LOGDET, as for the
  * layer checks. */
 static void check_density(flow_ctx *ctx, const layer_run *L,
                           conform_report *rep, flow_model *m)
@@ -1279,7 +1279,7 @@ static void check_density(flow_ctx *ctx, const layer_run *L,
             for (size_t i = 0; i < ns; i++)
                 worst = fmax(worst, isfinite(lp[i]) ? fabs(lp[i])
                                                     : INFINITY);
-            if (worst <= CALIBRATE_LOGDET * 2)
+            if (worst <= CALIBRATE_LOGDET)
                 break;
         }
         if ((rc = flow_model_sample(m, ns, cx, pts, NULL)) != FLOW_OK)

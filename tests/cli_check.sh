@@ -135,6 +135,21 @@ expect_fail bug_seed 3 "same seed, same bits"
 expect_fail bug_ckpt 3 "checkpoint round trip"
 expect_fail est_hutch 3 ""
 expect_fail bug_biased 3 "logdet estimate unbiased"
+# a spec: only the buggy layer's row fails, and the exit status says so
+cat >"$t/bug.flow" <<'EOF'
+flow bug {
+    input x : real[3];
+    permute(order = reverse);
+    bug_rows();
+    output z ~ normal;
+}
+EOF
+"$FLOWKIT" check "$t/bug.flow" --plugin "$buggy" >"$t/out" 2>&1
+check spec-bug 1 $?
+same spec-bug-rows "  rows independent" \
+    "$(grep '  FAIL  ' "$t/out" | sed 's/  \{2,\}[0-9].*//')"
+has spec-bug "$t/out" "bug_rows#1 at $t/bug.flow:4:5 ("
+has spec-bug "$t/out" "FAIL: 2 layers, "
 # the whole buggy plugin: non-zero, one section per type
 "$FLOWKIT" check "$buggy" --dim 3 >"$t/out" 2>&1; check buggy-plugin 1 $?
 has buggy-plugin "$t/out" "FAIL: 11 layers, "
