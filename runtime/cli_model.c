@@ -81,8 +81,8 @@ int cli_parse_size(cli_args *a, size_t *out, size_t min)
     x = strtoull(v, &end, 10);
     if (errno || end == v || *end || v[0] == '-' || x < min
         || x > (unsigned long long)SIZE_MAX / 2)
-        return cli_usage_error(a, "%s: '%s' is not an integer >= %zu", a->opt, v,
-                           min);
+        return cli_usage_error(a, "%s: '%s' is not an integer >= %zu",
+                               a->opt, v, min);
     *out = (size_t)x;
     return 0;
 }
@@ -105,8 +105,8 @@ int cli_parse_real(cli_args *a, double *out, double lo, double hi)
     errno = 0;
     x = strtod(v, &end);
     if (errno || end == v || *end || !(x >= lo && x <= hi))
-        return cli_usage_error(a, "%s: '%s' is not a number in [%g, %g]", a->opt,
-                           v, lo, hi);
+        return cli_usage_error(a, "%s: '%s' is not a number in [%g, %g]",
+                               a->opt, v, lo, hi);
     *out = x;
     return 0;
 }
@@ -199,7 +199,8 @@ static int load_checkpoint(loaded *l, const char *cmd, const char *path)
         goto fail;
     spec = flow_checkpoint_spec(l->ck);
     spec_path = flow_checkpoint_meta(l->ck, "spec_path");
-    if (!(l->comp = cli_compile(l->ctx, cmd, spec_path ? spec_path : path, spec)))
+    if (!(l->comp = cli_compile(l->ctx, cmd, spec_path ? spec_path : path,
+                                spec)))
         goto quiet;
     if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
                                &l->model) != FLOW_OK
@@ -380,7 +381,8 @@ static int parse_train(int argc, char **argv, train_opts *o)
     if (o->has_epochs && o->has_steps)
         return cli_usage_error(&a, "give --epochs or --steps, not both");
     if (o->valid && o->valid_fraction > 0)
-        return cli_usage_error(&a, "give --valid or --valid-fraction, not both");
+        return cli_usage_error(&a, "give --valid or --valid-fraction, not "
+                               "both");
     return 0;
 }
 

@@ -1378,6 +1378,8 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     flow_real *x = NULL, *y = NULL, *xb = NULL, *y2 = NULL, *ld = NULL,
               *ld2 = NULL;
     double *ld_fd = NULL;
+    flow_real *keep_buf = NULL;
+    int train_too;
     double bound = o->bound > 0 ? o->bound : find_bound(t->attrs, attrs);
     size_t nd, n_edge = edge_rows(o, bound, o->dim, NULL);
     int rc;
@@ -1415,19 +1417,36 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
         check_jacobian(&L, rep, y, 1, "inverse", NULL);
     if (has(&L, FLOW_LAYER_STOCHASTIC) || !L.desc.logdet_exact)
         check_estimator(&L, o, rep, x, ld_fd);
-    for (int train = 0; train <= has(&L, FLOW_LAYER_STOCHASTIC); train++) {
+    /* training mode differs for estimators (probes) and batch statistics;
+     * the buffers its calls update (running averages) are put back */
+    train_too = has(&L, FLOW_LAYER_STOCHASTIC)
+                || has(&L, FLOW_LAYER_WHOLE_BATCH);
+    if (train_too && !(keep_buf = malloc((L.desc.n_buffers + 1)
+                                         * sizeof *keep_buf))) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (train_too)
+        memcpy(keep_buf, L.buffers, L.desc.n_buffers * sizeof *keep_buf);
+    for (int train = 0; train <= train_too; train++) {
         const char *mode = train ? "training" : "";
         L.training = train;
         if (has(&L, FLOW_LAYER_BACKWARD_FORWARD) && L.t->forward_backward)
             check_vjp(&L, o, rep, x, 0, mode);
         else if (!train)
             skip_row(rep, "backward (forward)", "not provided");
-        if (has(&L, FLOW_LAYER_BACKWARD_INVERSE) && L.t->inverse_backward)
+        if (train && has(&L, FLOW_LAYER_INVERSE_TRAINING_ERROR))
+            skip_row(rep, "backward (inverse, training)", "the inverse "
+                     "runs in evaluation mode only");
+        else if (has(&L, FLOW_LAYER_BACKWARD_INVERSE)
+                 && L.t->inverse_backward)
             check_vjp(&L, o, rep, x, 1, mode);
         else if (!train)
             skip_row(rep, "backward (inverse)", "not provided");
     }
     L.training = 0;
+    if (train_too)
+        memcpy(L.buffers, keep_buf, L.desc.n_buffers * sizeof *keep_buf);
     if (o->model_checks)
         check_model(ctx, &L, o, rep, x);
     rc = FLOW_OK;
@@ -1440,5 +1459,6 @@ done:
     free(ld);
     free(ld2);
     free(ld_fd);
+    free(keep_buf);
     return rc;
 }

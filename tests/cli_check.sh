@@ -135,6 +135,7 @@ expect_fail bug_seed 3 "same seed, same bits"
 expect_fail bug_ckpt 3 "checkpoint round trip"
 expect_fail est_hutch 3 ""
 expect_fail bug_biased 3 "logdet estimate unbiased"
+expect_fail bug_batch 3 "d/d input vs FD (forward, training)"
 # a spec: only the buggy layer's row fails, and the exit status says so
 cat >"$t/bug.flow" <<'EOF'
 flow bug {
@@ -152,7 +153,7 @@ has spec-bug "$t/out" "bug_rows#1 at $t/bug.flow:4:5 ("
 has spec-bug "$t/out" "FAIL: 2 layers, "
 # the whole buggy plugin: non-zero, one section per type
 "$FLOWKIT" check "$buggy" --dim 3 >"$t/out" 2>&1; check buggy-plugin 1 $?
-has buggy-plugin "$t/out" "FAIL: 11 layers, "
+has buggy-plugin "$t/out" "FAIL: 12 layers, "
 
 # --- every bundled layer type, several settings -------------------------
 # run_ok NAME ARGS...: the check passes
@@ -204,6 +205,11 @@ run_ok batchnorm batchnorm --dim 3 --attr momentum=0.3
 run_ok batchnorm-2d batchnorm
 run_ok logit logit --dim 3 --bounds 0,1 --attr alpha=0.05
 run_ok logit-2d logit --bounds 0,1
+# example specs: their layers at their real settings (ReLU, 64 wide),
+# including exits (multiscale) and a context (cond_maf)
+for spec in nsf_8gaussians multiscale cond_maf; do
+    run_ok "$spec" "$top_srcdir/specs/$spec.flow"
+done
 
 echo "cli_check: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -271,6 +271,8 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     static const char *const seed[] = {"same seed, same bits", NULL};
     static const char *const ckpt[] = {"checkpoint round trip", NULL};
     static const char *const biased[] = {"logdet estimate unbiased", NULL};
+    static const char *const batch[] = {"d/d input vs FD (forward, training)",
+                                        NULL};
     expect_only("bug_none", none);
     expect_only("bug_logdet", logdet);
     expect_only("bug_pattern", pattern);
@@ -282,6 +284,7 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     expect_only("bug_ckpt", ckpt);
     expect_only("est_hutch", none);
     expect_only("bug_biased", biased);
+    expect_only("bug_batch", batch);
 }
 END_TEST
 

@@ -4,7 +4,9 @@
  * estimates its log-det in training mode, sum_i a_i v_i^2 with Gaussian
  * probes v (unbiased, as Hutchinson's estimator); bug_biased's trace
  * estimate keeps 0.1 of the identity, sum_i (a_i + 0.1) v_i^2, so it is
- * off by 0.1 D on average. */
+ * off by 0.1 D on average.  bug_batch centres each column on the batch
+ * mean in training mode, but its backward forgets that the mean depends
+ * on the inputs. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -12,7 +14,8 @@
 #include "flow/flow_plugin.h"
 
 enum bug { BUG_NONE, BUG_LOGDET, BUG_PATTERN, BUG_ROWS, BUG_GRAD, BUG_NONINV,
-           BUG_NONDET, BUG_SEED, BUG_CKPT, EST_HUTCH, BUG_BIASED };
+           BUG_NONDET, BUG_SEED, BUG_CKPT, EST_HUTCH, BUG_BIASED,
+           BUG_BATCH };
 
 typedef struct buggy {
     enum bug bug;
@@ -43,6 +46,9 @@ static int describe_common(const flow_layer_config *cfg, flow_layer_desc *out,
     }
     if (bug == EST_HUTCH || bug == BUG_BIASED)
         out->flags |= FLOW_LAYER_STOCHASTIC;
+    if (bug == BUG_BATCH)
+        out->flags |= FLOW_LAYER_WHOLE_BATCH
+                    | FLOW_LAYER_INVERSE_TRAINING_ERROR;
     out->cert = FLOW_CERT_MONOTONE;
     out->logdet_exact = 1;
     return FLOW_OK;
@@ -80,6 +86,18 @@ static double coupling_term(const buggy *b, const flow_real *xr)
     return b->bug == BUG_PATTERN && b->d > 1 ? 0.5 * xr[1] : 0.0;
 }
 
+/* BUG_BATCH in training mode: the batch mean of column i, else 0 */
+static double batch_mean(const buggy *b, const flow_call *c,
+                         const flow_real *x, size_t i)
+{
+    double m = 0;
+    if (b->bug != BUG_BATCH || !c->training)
+        return 0;
+    for (size_t r = 0; r < c->n; r++)
+        m += x[r * b->d + i];
+    return m / (double)c->n;
+}
+
 static int forward(void *self, const flow_call *c, const flow_real *x,
                    flow_real *z, flow_real *logdet)
 {
@@ -106,7 +124,7 @@ static int forward(void *self, const flow_call *c, const flow_real *x,
             double v = xr[i];
             if (b->bug == BUG_NONINV)
                 v = fabs(v);                    /* loses the sign */
-            v = v * exp(a[i]) + t[i] + b->shift;
+            v = (v - batch_mean(b, c, x, i)) * exp(a[i]) + t[i] + b->shift;
             if (i == 0)
                 v += coupling_term(b, xr);
             if (b->bug == BUG_ROWS && r > 0)
@@ -165,7 +183,8 @@ static int forward_backward(void *self, const flow_call *c,
     for (size_t r = 0; r < c->n; r++)
         for (size_t i = 0; i < b->d; i++) {
             double g = dz[r * b->d + i], xi = x[r * b->d + i], e = exp(a[i]);
-            double u = b->bug == BUG_NONINV ? fabs(xi) : xi;
+            double u = (b->bug == BUG_NONINV ? fabs(xi) : xi)
+                     - batch_mean(b, c, x, i);
             double du = b->bug == BUG_NONINV ? (xi < 0 ? -1 : 1) : 1;
             dx[r * b->d + i] += (flow_real)(g * e * du);
             if (i == 0 && b->bug == BUG_PATTERN && b->d > 1)
@@ -246,11 +265,12 @@ BUGGY_TYPE(bug_seed, BUG_SEED, 0)
 BUGGY_TYPE(bug_ckpt, BUG_CKPT, 0)
 BUGGY_TYPE(est_hutch, EST_HUTCH, 0)
 BUGGY_TYPE(bug_biased, BUG_BIASED, 0)
+BUGGY_TYPE(bug_batch, BUG_BATCH, 0)
 
 static const flow_layer_type *const layers[] = {
     &bug_none_type, &bug_logdet_type, &bug_pattern_type, &bug_rows_type,
     &bug_grad_type, &bug_noninv_type, &bug_nondet_type, &bug_seed_type,
-    &bug_ckpt_type, &est_hutch_type, &bug_biased_type};
+    &bug_ckpt_type, &est_hutch_type, &bug_biased_type, &bug_batch_type};
 
 static const flow_plugin_info info = {
     FLOW_PLUGIN_INFO_HEAD,
