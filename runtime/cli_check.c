@@ -401,7 +401,9 @@ static size_t find_plugin(const flow_ctx *ctx, const char *path)
 {
     char *want = realpath(path, NULL);
     size_t i, n = flow_plugin_count(ctx);
-    for (i = 0; want && i < n; i++) {
+    if (!want)
+        return n;
+    for (i = 0; i < n; i++) {
         char *have = realpath(flow_plugin_file(ctx, i), NULL);
         int same = have && !strcmp(have, want);
         free(have);
@@ -409,7 +411,7 @@ static size_t find_plugin(const flow_ctx *ctx, const char *path)
             break;
     }
     free(want);
-    return want ? i : n;
+    return i;
 }
 
 static int load_plugin(flow_ctx *ctx, const char *path)
