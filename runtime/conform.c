@@ -1331,14 +1331,18 @@ static void check_model(flow_ctx *ctx, layer_run *L, const conform_opts *o,
                         conform_report *rep, const flow_real *x)
 {
     flow_model *m = NULL;
-    size_t np;
+    size_t np, nt = L->nrand > 1 ? L->nrand : L->n;
     flow_real *p;
     double mean;
     conform_row *r;
     int rc = model_build(ctx, L, o->seed, &m);
 
-    if (rc == FLOW_OK)   /* data-dependent init on the random rows */
-        rc = flow_model_data_init(m, L->nrand, x, L->k ? L->ctxv : NULL);
+    /* data-dependent init (its parameters are replaced below; what stays
+     * is its buffers, e.g. an "initialised" flag) on the whole batch, and
+     * a training step on the random rows (all rows when there is only
+     * one: batch statistics need two) */
+    if (rc == FLOW_OK)
+        rc = flow_model_data_init(m, L->n, x, L->k ? L->ctxv : NULL);
     if (rc == FLOW_OK) {
         /* the layer's (calibrated) parameters: the model's only slice */
         np = flow_model_num_params(m);
@@ -1350,8 +1354,8 @@ static void check_model(flow_ctx *ctx, layer_run *L, const conform_opts *o,
             rc = FLOW_ERR_NOMEM;
         else {
             flow_model_set_training(m, 1);
-            rc = flow_model_loglik_grad(m, L->nrand, x,
-                                        L->k ? L->ctxv : NULL, &mean, p);
+            rc = flow_model_loglik_grad(m, nt, x, L->k ? L->ctxv : NULL,
+                                        &mean, p);
             flow_model_set_training(m, 0);
             free(p);
         }

@@ -89,6 +89,18 @@ if command -v python3 >/dev/null 2>&1; then
     else echo "FAIL: --json is not JSON:"; cat "$t/out"; fail=$((fail + 1)); fi
 fi
 
+# a failing run in JSON: the row, the totals, exit 1
+"$FLOWKIT" check bug_grad --plugin "$buggy" --dim 3 --json >"$t/out" 2>&1
+check json-fail 1 $?
+has json-fail "$t/out" '{"name": "d/d params vs FD (forward)", "error": '
+has json-fail "$t/out" '"result": "FAIL", "note": "6 of 6 parameters"}'
+has json-fail "$t/out" '"failed": 1, "skipped": 1}'
+# --rows: random rows per batch (edge rows come on top)
+"$FLOWKIT" check actnorm --rows 1 >"$t/out" 2>&1; check rows 0 $?
+has rows "$t/out" "PASS    3 rows: 1 random, 2 at the domain's edges"
+"$FLOWKIT" check logit --bounds 0,1 --rows 2 >"$t/out" 2>&1; check rows-bounds 0 $?
+has rows-bounds "$t/out" "PASS    5 rows: 2 random, 3 at the domain's edges"
+
 # a whole plugin file: every type with default attributes
 "$FLOWKIT" check "$FLOW_PLUGIN_PATH/permute.so" >"$t/out" 2>&1
 check plugin-file 0 $?
