@@ -19,6 +19,29 @@ typedef struct cli_args {
     const char *inline_val;     /* value after '=' or NULL */
 } cli_args;
 
+/* Prints "CMD: message (try 'CMD --help')"; returns EXIT_USAGE. */
+int cli_usage_error(const cli_args *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Next argument: 1 for an option (a->opt set), 0 for a positional (in
+ * *pos), -1 at the end. */
+int cli_next_arg(cli_args *a, const char **pos);
+int cli_opt_is(const cli_args *a, const char *name);
+/* The option's value; NULL after printing a usage error. */
+const char *cli_opt_value(cli_args *a);
+/* Option values; 0, or EXIT_USAGE after printing why. */
+int cli_parse_size(cli_args *a, size_t *out, size_t min);
+int cli_parse_u64(cli_args *a, uint64_t *out);
+int cli_parse_real(cli_args *a, double *out, double lo, double hi);
+/* Prints "CMD: <ctx's message>"; returns 1. */
+int cli_fail(flow_ctx *ctx, const char *cmd);
+/* A context with every plugin on the search path loaded; NULL after
+ * printing why. */
+flow_ctx *cli_open_ctx(const char *cmd);
+/* Compiles a spec file (text NULL) or text named path; diagnostics to
+ * stderr.  NULL on errors (after a summary line). */
+flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
+                              const char *path, const char *text);
+
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_logprob(int argc, char **argv);
@@ -26,5 +49,7 @@ int cmd_sample(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+/* cli_check.c */
+int cmd_check(int argc, char **argv);
 
 #endif

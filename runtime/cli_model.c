@@ -14,10 +14,7 @@
 
 /* ------------------------------------------------------------ options */
 
-static int usage_error(const cli_args *a, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static int usage_error(const cli_args *a, const char *fmt, ...)
+int cli_usage_error(const cli_args *a, const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, "%s: ", a->cmd);
@@ -30,7 +27,7 @@ static int usage_error(const cli_args *a, const char *fmt, ...)
 
 /* Next argument: 1 for an option (a->opt set), 0 for a positional (in
  * *pos), -1 at the end. */
-static int next_arg(cli_args *a, const char **pos)
+int cli_next_arg(cli_args *a, const char **pos)
 {
     const char *s;
     if (a->i >= a->argc)
@@ -57,26 +54,26 @@ static int next_arg(cli_args *a, const char **pos)
     return 0;
 }
 
-static int opt_is(const cli_args *a, const char *name)
+int cli_opt_is(const cli_args *a, const char *name)
 {
     return !strcmp(a->opt, name);
 }
 
 /* The option's value; NULL after printing a usage error. */
-static const char *opt_value(cli_args *a)
+const char *cli_opt_value(cli_args *a)
 {
     if (a->inline_val)
         return a->inline_val;
     if (a->i >= a->argc) {
-        usage_error(a, "option %s needs a value", a->opt);
+        cli_usage_error(a, "option %s needs a value", a->opt);
         return NULL;
     }
     return a->argv[a->i++];
 }
 
-static int parse_size(cli_args *a, size_t *out, size_t min)
+int cli_parse_size(cli_args *a, size_t *out, size_t min)
 {
-    const char *v = opt_value(a);
+    const char *v = cli_opt_value(a);
     char *end;
     unsigned long long x;
     if (!v)
@@ -85,23 +82,23 @@ static int parse_size(cli_args *a, size_t *out, size_t min)
     x = strtoull(v, &end, 10);
     if (errno || end == v || *end || v[0] == '-' || x < min
         || x > (unsigned long long)SIZE_MAX / 2)
-        return usage_error(a, "%s: '%s' is not an integer >= %zu", a->opt, v,
-                           min);
+        return cli_usage_error(a, "%s: '%s' is not an integer >= %zu",
+                               a->opt, v, min);
     *out = (size_t)x;
     return 0;
 }
 
-static int parse_u64v(cli_args *a, uint64_t *out)
+int cli_parse_u64(cli_args *a, uint64_t *out)
 {
     size_t v;
-    int rc = parse_size(a, &v, 0);
+    int rc = cli_parse_size(a, &v, 0);
     *out = v;
     return rc;
 }
 
-static int parse_real(cli_args *a, double *out, double lo, double hi)
+int cli_parse_real(cli_args *a, double *out, double lo, double hi)
 {
-    const char *v = opt_value(a);
+    const char *v = cli_opt_value(a);
     char *end;
     double x;
     if (!v)
@@ -109,15 +106,15 @@ static int parse_real(cli_args *a, double *out, double lo, double hi)
     errno = 0;
     x = strtod(v, &end);
     if (errno || end == v || *end || !(x >= lo && x <= hi))
-        return usage_error(a, "%s: '%s' is not a number in [%g, %g]", a->opt,
-                           v, lo, hi);
+        return cli_usage_error(a, "%s: '%s' is not a number in [%g, %g]",
+                               a->opt, v, lo, hi);
     *out = x;
     return 0;
 }
 
 static int parse_format(cli_args *a, flow_data_format *f)
 {
-    const char *v = opt_value(a);
+    const char *v = cli_opt_value(a);
     if (!v)
         return EXIT_USAGE;
     if (!strcmp(v, "csv"))
@@ -125,19 +122,19 @@ static int parse_format(cli_args *a, flow_data_format *f)
     else if (!strcmp(v, "npy"))
         *f = FLOW_DATA_NPY;
     else
-        return usage_error(a, "--format: '%s' is not csv or npy", v);
+        return cli_usage_error(a, "--format: '%s' is not csv or npy", v);
     return 0;
 }
 
 /* ------------------------------------------------------------ common */
 
-static int fail(flow_ctx *ctx, const char *cmd)
+int cli_fail(flow_ctx *ctx, const char *cmd)
 {
     fprintf(stderr, "%s: %s\n", cmd, ctx ? flow_errmsg(ctx) : "out of memory");
     return 1;
 }
 
-static flow_ctx *open_ctx(const char *cmd)
+flow_ctx *cli_open_ctx(const char *cmd)
 {
     flow_ctx *ctx = flow_ctx_new();
     if (!ctx) {
@@ -145,7 +142,7 @@ static flow_ctx *open_ctx(const char *cmd)
         return NULL;
     }
     if (flow_plugin_load_all(ctx) != FLOW_OK) {
-        fail(ctx, cmd);
+        cli_fail(ctx, cmd);
         flow_ctx_free(ctx);
         return NULL;
     }
@@ -153,14 +150,14 @@ static flow_ctx *open_ctx(const char *cmd)
 }
 
 /* Compiles a spec file or text; diagnostics to stderr.  NULL on errors. */
-static flow_compilation *compile(flow_ctx *ctx, const char *cmd,
+flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
                                  const char *path, const char *text)
 {
     flow_compilation *c = text
         ? flow_compile_string(ctx, path, text, strlen(text))
         : flow_compile_file(ctx, path);
     if (!c) {
-        fail(ctx, cmd);
+        cli_fail(ctx, cmd);
         return NULL;
     }
     flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
@@ -198,13 +195,14 @@ static int load_checkpoint(loaded *l, const char *cmd, const char *path,
 {
     const char *spec, *spec_path;
     memset(l, 0, sizeof *l);
-    if (!(l->ctx = open_ctx(cmd)))
+    if (!(l->ctx = cli_open_ctx(cmd)))
         return 1;
     if (flow_checkpoint_open(l->ctx, path, &l->ck) != FLOW_OK)
         goto fail;
     spec = flow_checkpoint_spec(l->ck);
     spec_path = flow_checkpoint_meta(l->ck, "spec_path");
-    if (!(l->comp = compile(l->ctx, cmd, spec_path ? spec_path : path, spec)))
+    if (!(l->comp = cli_compile(l->ctx, cmd, spec_path ? spec_path : path,
+                                spec)))
         goto quiet;
     if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
                                &l->model) != FLOW_OK
@@ -214,7 +212,7 @@ static int load_checkpoint(loaded *l, const char *cmd, const char *path,
     l->spec_source = spec;
     return 0;
 fail:
-    fail(l->ctx, cmd);
+    cli_fail(l->ctx, cmd);
 quiet:
     loaded_free(l);
     return 1;
@@ -227,7 +225,7 @@ static flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
 {
     flow_data *d = NULL;
     if (flow_data_read(ctx, path, columns, context, dim, &d) != FLOW_OK) {
-        fail(ctx, cmd);
+        cli_fail(ctx, cmd);
         return NULL;
     }
     if (flow_data_context_dim(d) != cdim) {
@@ -329,42 +327,42 @@ static int parse_train(int argc, char **argv, train_opts *o)
     flow_train_config_default(&o->cfg);
     o->epochs = 10;
     o->threads = 1;
-    while (rc == 0 && (k = next_arg(&a, &pos)) >= 0) {
+    while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
             if (o->spec)
-                return usage_error(&a, "unexpected argument '%s'", pos);
+                return cli_usage_error(&a, "unexpected argument '%s'", pos);
             o->spec = pos;
-        } else if (opt_is(&a, "--help") || opt_is(&a, "-h")) {
+        } else if (cli_opt_is(&a, "--help") || cli_opt_is(&a, "-h")) {
             train_usage(stdout);
             return -1;
-        } else if (opt_is(&a, "--data"))
-            rc = (o->data = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--valid"))
-            rc = (o->valid = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--columns"))
-            rc = (o->columns = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--context"))
-            rc = (o->context = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "-o") || opt_is(&a, "--output"))
-            rc = (o->out = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--resume"))
-            rc = (o->resume = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--valid-fraction"))
-            rc = parse_real(&a, &o->valid_fraction, 0, 0.9);
-        else if (opt_is(&a, "--epochs")) {
-            rc = parse_size(&a, &o->epochs, 1);
+        } else if (cli_opt_is(&a, "--data"))
+            rc = (o->data = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--valid"))
+            rc = (o->valid = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--columns"))
+            rc = (o->columns = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--context"))
+            rc = (o->context = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
+            rc = (o->out = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--resume"))
+            rc = (o->resume = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--valid-fraction"))
+            rc = cli_parse_real(&a, &o->valid_fraction, 0, 0.9);
+        else if (cli_opt_is(&a, "--epochs")) {
+            rc = cli_parse_size(&a, &o->epochs, 1);
             o->has_epochs = 1;
-        } else if (opt_is(&a, "--steps")) {
-            rc = parse_size(&a, &o->steps, 1);
+        } else if (cli_opt_is(&a, "--steps")) {
+            rc = cli_parse_size(&a, &o->steps, 1);
             o->has_steps = 1;
-        } else if (opt_is(&a, "--batch")) {
-            rc = parse_size(&a, &o->cfg.batch, 1);
+        } else if (cli_opt_is(&a, "--batch")) {
+            rc = cli_parse_size(&a, &o->cfg.batch, 1);
             o->set_batch = 1;
-        } else if (opt_is(&a, "--lr")) {
-            rc = parse_real(&a, &o->cfg.lr, 1e-12, 10);
+        } else if (cli_opt_is(&a, "--lr")) {
+            rc = cli_parse_real(&a, &o->cfg.lr, 1e-12, 10);
             o->set_lr = 1;
-        } else if (opt_is(&a, "--schedule")) {
-            const char *v = opt_value(&a);
+        } else if (cli_opt_is(&a, "--schedule")) {
+            const char *v = cli_opt_value(&a);
             o->set_schedule = 1;
             if (!v)
                 rc = EXIT_USAGE;
@@ -373,43 +371,44 @@ static int parse_train(int argc, char **argv, train_opts *o)
             else if (!strcmp(v, "cosine"))
                 o->cfg.schedule = FLOW_LR_COSINE;
             else
-                rc = usage_error(&a, "--schedule: '%s' is not constant or "
+                rc = cli_usage_error(&a, "--schedule: '%s' is not constant or "
                                  "cosine", v);
-        } else if (opt_is(&a, "--warmup")) {
-            rc = parse_size(&a, &o->cfg.warmup_steps, 0);
+        } else if (cli_opt_is(&a, "--warmup")) {
+            rc = cli_parse_size(&a, &o->cfg.warmup_steps, 0);
             o->set_warmup = 1;
-        } else if (opt_is(&a, "--weight-decay")) {
-            rc = parse_real(&a, &o->cfg.weight_decay, 0, 1e3);
+        } else if (cli_opt_is(&a, "--weight-decay")) {
+            rc = cli_parse_real(&a, &o->cfg.weight_decay, 0, 1e3);
             o->set_wd = 1;
-        } else if (opt_is(&a, "--clip")) {
-            rc = parse_real(&a, &o->cfg.clip_norm, 0, 1e12);
+        } else if (cli_opt_is(&a, "--clip")) {
+            rc = cli_parse_real(&a, &o->cfg.clip_norm, 0, 1e12);
             o->set_clip = 1;
-        } else if (opt_is(&a, "--patience")) {
-            rc = parse_size(&a, &o->cfg.patience, 1);
+        } else if (cli_opt_is(&a, "--patience")) {
+            rc = cli_parse_size(&a, &o->cfg.patience, 1);
             o->set_patience = 1;
-        } else if (opt_is(&a, "--seed"))
-            rc = parse_u64v(&a, &o->seed);
-        else if (opt_is(&a, "--threads"))
-            rc = parse_size(&a, &o->threads, 1);
-        else if (opt_is(&a, "--checkpoint-every"))
-            rc = parse_size(&a, &o->ckpt_every, 1);
-        else if (opt_is(&a, "--json"))
+        } else if (cli_opt_is(&a, "--seed"))
+            rc = cli_parse_u64(&a, &o->seed);
+        else if (cli_opt_is(&a, "--threads"))
+            rc = cli_parse_size(&a, &o->threads, 1);
+        else if (cli_opt_is(&a, "--checkpoint-every"))
+            rc = cli_parse_size(&a, &o->ckpt_every, 1);
+        else if (cli_opt_is(&a, "--json"))
             o->json = 1;
         else
-            return usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
     if (rc)
         return rc;
     if (!o->spec)
-        return usage_error(&a, "missing SPEC");
+        return cli_usage_error(&a, "missing SPEC");
     if (!o->data)
-        return usage_error(&a, "missing --data FILE");
+        return cli_usage_error(&a, "missing --data FILE");
     if (!o->out)
-        return usage_error(&a, "missing -o CKPT");
+        return cli_usage_error(&a, "missing -o CKPT");
     if (o->has_epochs && o->has_steps)
-        return usage_error(&a, "give --epochs or --steps, not both");
+        return cli_usage_error(&a, "give --epochs or --steps, not both");
     if (o->valid && o->valid_fraction > 0)
-        return usage_error(&a, "give --valid or --valid-fraction, not both");
+        return cli_usage_error(&a, "give --valid or --valid-fraction, not "
+                               "both");
     return 0;
 }
 
@@ -598,9 +597,9 @@ int cmd_train(int argc, char **argv)
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
     memset(&l, 0, sizeof l);
-    if (!(l.ctx = open_ctx(cmd)))
+    if (!(l.ctx = cli_open_ctx(cmd)))
         return 1;
-    if (!(l.comp = compile(l.ctx, cmd, o.spec, NULL)))
+    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL)))
         goto out;
     {
         const flow_graph *g = flow_compile_graph(l.comp);
@@ -626,7 +625,7 @@ int cmd_train(int argc, char **argv)
         } else if (o.valid_fraction > 0) {
             if (split_valid(l.ctx, all, o.valid_fraction, o.seed, &tr, &va)
                 != FLOW_OK) {
-                fail(l.ctx, cmd);
+                cli_fail(l.ctx, cmd);
                 goto out;
             }
         } else {
@@ -635,7 +634,7 @@ int cmd_train(int argc, char **argv)
         }
         if (flow_graph_build_model(l.ctx, g, o.seed, &l.model) != FLOW_OK
             || flow_model_set_threads(l.model, o.threads) != FLOW_OK) {
-            fail(l.ctx, cmd);
+            cli_fail(l.ctx, cmd);
             goto out;
         }
     }
@@ -646,7 +645,7 @@ int cmd_train(int argc, char **argv)
     o.cfg.total_steps = total;
     if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
                                flow_data_context(tr), n))) {
-        fail(l.ctx, cmd);
+        cli_fail(l.ctx, cmd);
         goto out;
     }
     if (o.resume) {
@@ -769,7 +768,7 @@ int cmd_train(int argc, char **argv)
     ret = 0;
     goto out;
 failmsg:
-    fail(l.ctx, cmd);
+    cli_fail(l.ctx, cmd);
 out:
     catch_stop_signals(0);
     free(h.s);
@@ -804,52 +803,52 @@ static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
     o->threads = 1;
     o->header = 1;
     o->out = "-";
-    while (rc == 0 && (k = next_arg(&a, &pos)) >= 0) {
+    while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
             if (o->ckpt)
-                return usage_error(&a, "unexpected argument '%s'", pos);
+                return cli_usage_error(&a, "unexpected argument '%s'", pos);
             o->ckpt = pos;
-        } else if (opt_is(&a, "--help") || opt_is(&a, "-h")) {
+        } else if (cli_opt_is(&a, "--help") || cli_opt_is(&a, "-h")) {
             usage(stdout);
             return -1;
-        } else if (needs_data && opt_is(&a, "--data"))
-            rc = (o->data = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (needs_data && opt_is(&a, "--columns"))
-            rc = (o->columns = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--context") && needs_data)
-            rc = (o->context = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--context") && sampling)
-            rc = (o->ctxfile = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "-o") || opt_is(&a, "--output"))
-            rc = (o->out = opt_value(&a)) ? 0 : EXIT_USAGE;
-        else if (opt_is(&a, "--format"))
+        } else if (needs_data && cli_opt_is(&a, "--data"))
+            rc = (o->data = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (needs_data && cli_opt_is(&a, "--columns"))
+            rc = (o->columns = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--context") && needs_data)
+            rc = (o->context = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--context") && sampling)
+            rc = (o->ctxfile = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
+            rc = (o->out = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+        else if (cli_opt_is(&a, "--format"))
             rc = parse_format(&a, &o->format);
-        else if (opt_is(&a, "--no-header"))
+        else if (cli_opt_is(&a, "--no-header"))
             o->header = 0;
-        else if (opt_is(&a, "--batch"))
-            rc = parse_size(&a, &o->batch, 1);
-        else if (opt_is(&a, "--threads"))
-            rc = parse_size(&a, &o->threads, 1);
-        else if (opt_is(&a, "--json"))
+        else if (cli_opt_is(&a, "--batch"))
+            rc = cli_parse_size(&a, &o->batch, 1);
+        else if (cli_opt_is(&a, "--threads"))
+            rc = cli_parse_size(&a, &o->threads, 1);
+        else if (cli_opt_is(&a, "--json"))
             o->json = 1;
-        else if (sampling && opt_is(&a, "-n")) {
-            rc = parse_size(&a, &o->n, 1);
+        else if (sampling && cli_opt_is(&a, "-n")) {
+            rc = cli_parse_size(&a, &o->n, 1);
             o->has_n = 1;
-        } else if (sampling && opt_is(&a, "--seed"))
-            rc = parse_u64v(&a, &o->seed);
-        else if (sampling && opt_is(&a, "--with-logprob"))
+        } else if (sampling && cli_opt_is(&a, "--seed"))
+            rc = cli_parse_u64(&a, &o->seed);
+        else if (sampling && cli_opt_is(&a, "--with-logprob"))
             o->with_logprob = 1;
         else
-            return usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
     if (rc)
         return rc;
     if (!o->ckpt)
-        return usage_error(&a, "missing CKPT");
+        return cli_usage_error(&a, "missing CKPT");
     if (needs_data && !o->data)
-        return usage_error(&a, "missing --data FILE");
+        return cli_usage_error(&a, "missing --data FILE");
     if (sampling && !o->has_n)
-        return usage_error(&a, "missing -n N");
+        return cli_usage_error(&a, "missing -n N");
     return 0;
 }
 
@@ -883,7 +882,7 @@ int cmd_eval(int argc, char **argv)
     rc = flow_model_evaluate(l.model, flow_data_rows(d), flow_data_values(d),
                              flow_data_context(d), o.batch, &mean, &se);
     if (rc != FLOW_OK) {
-        fail(l.ctx, cmd);
+        cli_fail(l.ctx, cmd);
         flow_data_free(d);
         loaded_free(&l);
         return 1;
@@ -949,7 +948,7 @@ done:
     flow_data_free(out);
     if (rc == FLOW_ERR_NOMEM && !*flow_errmsg(ctx))
         flow_ctx_error(ctx, rc, "out of memory");
-    return rc == FLOW_OK ? 0 : fail(ctx, cmd);
+    return rc == FLOW_OK ? 0 : cli_fail(ctx, cmd);
 }
 
 static void logprob_usage(FILE *f)
@@ -982,7 +981,7 @@ static int map_rows(int argc, char **argv, const char *cmd,
     n = flow_data_rows(d);
     w = what == 0 ? 1 : dim;
     if (!(res = malloc(n * w * sizeof *res))) {
-        rc = fail(l.ctx, cmd);
+        rc = cli_fail(l.ctx, cmd);
         goto out;
     }
     for (size_t r = 0; r < n; r += o.batch) {
@@ -997,7 +996,7 @@ static int map_rows(int argc, char **argv, const char *cmd,
                        : flow_model_inverse(l.model, b, x, c, res + r * dim,
                                             NULL);
         if (rc != FLOW_OK) {
-            rc = fail(l.ctx, cmd);
+            rc = cli_fail(l.ctx, cmd);
             goto out;
         }
     }
@@ -1077,7 +1076,7 @@ int cmd_sample(int argc, char **argv)
     }
     if (k) {
         if (flow_data_read(l.ctx, o.ctxfile, NULL, NULL, k, &cd) != FLOW_OK) {
-            fail(l.ctx, cmd);
+            cli_fail(l.ctx, cmd);
             goto out;
         }
         m = flow_data_rows(cd);
@@ -1091,7 +1090,7 @@ int cmd_sample(int argc, char **argv)
     lp = malloc(total * sizeof *lp);
     cv = k ? malloc(total * k * sizeof *cv) : NULL;
     if (!x || !lp || (k && !cv)) {
-        fail(l.ctx, cmd);
+        cli_fail(l.ctx, cmd);
         goto out;
     }
     for (size_t j = 0; j < total; j++)
@@ -1103,7 +1102,7 @@ int cmd_sample(int argc, char **argv)
         size_t b = total - r < o.batch ? total - r : o.batch;
         if (flow_model_sample(l.model, b, k ? cv + r * k : NULL, x + r * dim,
                               lp + r) != FLOW_OK) {
-            fail(l.ctx, cmd);
+            cli_fail(l.ctx, cmd);
             goto out;
         }
     }

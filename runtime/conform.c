@@ -6,10 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include <lapacke.h>
 
 #include "conform.h"
-#include "ctx.h"
 #include "rng.h"
 
 /* Tolerances (documented in docs/plugins.md): float64 builds are held to
@@ -20,14 +21,20 @@
 # define TOL_LOGDET 1e-9
 # define FD_STEP 1e-6
 # define TOL_FD 1e-6
-# define TOL_ZERO 1e-9
 #else
 # define TOL_ROUNDTRIP 1e-4
 # define TOL_LOGDET 1e-4
 # define FD_STEP 1e-2
 # define TOL_FD 2e-3
-# define TOL_ZERO 1e-5
 #endif
+/* The density check's error is the grid's (midpoint rule, DENSITY_GRID^2
+ * cells) and the mass outside it, not the precision's. */
+#define TOL_DENSITY 2e-3
+#define DENSITY_GRID 200
+#define DENSITY_SAMPLES 4000
+/* Estimated log-dets: the mean of the estimates may differ from the exact
+ * value by at most this many standard errors. */
+#define TOL_ZSCORE 5.0
 
 typedef struct layer_run {
     const flow_layer_type *t;
@@ -36,10 +43,21 @@ typedef struct layer_run {
     flow_layer_desc desc;
     int32_t *dep_vec;
     size_t n, d, k;
+    size_t nrand;               /* random rows; edge rows follow          */
+    size_t row0;                /* first row of the current call (context) */
+    int training;               /* flow_call.training of the calls        */
+    int has_bounds;
+    double lo, hi;
     flow_real *params, *buffers, *grad, *ctxv, *dctx;
+    flow_real *p0, *eps;        /* initial parameters, perturbation noise */
+    double perturb;             /* params = p0 + perturb * eps            */
     void *ws;
     size_t ws_bytes;
-    flow_rng rng;
+    flow_rng rng;               /* the checker's own draws                */
+    flow_rng crng, crng0;       /* the layer's stream: every call starts
+                                   from crng0, so a stochastic layer is a
+                                   deterministic function of its inputs
+                                   (common random numbers for the FDs)   */
     char err[512];
 } layer_run;
 
@@ -52,6 +70,19 @@ void conform_default_opts(conform_opts *o)
     o->perturb = 0.2;
     o->scale = 1.5;
     o->max_param_checks = 48;
+    o->large = 100;
+    o->model_checks = 1;
+    o->estimates = 256;
+}
+
+void conform_tolerances(conform_tols *t)
+{
+    t->roundtrip = TOL_ROUNDTRIP;
+    t->logdet = TOL_LOGDET;
+    t->fd = TOL_FD;
+    t->fd_step = FD_STEP;
+    t->density = TOL_DENSITY;
+    t->zscore = TOL_ZSCORE;
 }
 
 static conform_row *add_row(conform_report *rep, const char *name, double err,
@@ -106,11 +137,12 @@ static void fill_call(layer_run *L, flow_call *c, size_t n, flow_real *grad,
     c->params = L->params;
     c->grad = grad;
     c->buffers = L->buffers;
-    c->ctx = L->k ? L->ctxv : NULL;
+    c->ctx = L->k ? L->ctxv + L->row0 * L->k : NULL;
     c->dctx = dctx;
     c->ws = L->ws;
     c->ws_bytes = L->ws_bytes;
-    c->rng = &L->rng;
+    c->rng = &L->crng;
+    c->training = L->training;
     c->err = L->err;
     c->err_cap = sizeof L->err;
 }
@@ -138,6 +170,8 @@ static int run(layer_run *L, int dir, size_t n, const flow_real *in,
     int rc;
     if (ensure_ws(L, n, dir) != 0)
         return FLOW_ERR_NOMEM;
+    L->crng = L->crng0;
+    L->err[0] = '\0';
     if (L->t->prepare) {
         fill_call(L, &c, n, NULL, NULL);
         if ((rc = L->t->prepare(L->self, &c)) != FLOW_OK)
@@ -228,6 +262,8 @@ static void layer_free(layer_run *L)
         L->t->destroy(L->self);
     free(L->dep_vec);
     free(L->params);
+    free(L->p0);
+    free(L->eps);
     free(L->buffers);
     free(L->grad);
     free(L->ctxv);
@@ -235,9 +271,38 @@ static void layer_free(layer_run *L)
     free(L->ws);
 }
 
+static void set_perturbation(layer_run *L, double s)
+{
+    L->perturb = s;
+    for (size_t i = 0; i < L->desc.n_params; i++)
+        L->params[i] = (flow_real)(L->p0[i] + s * L->eps[i]);
+}
+
+/* Random parameters of moderate strength: the perturbation is halved (at
+ * most CALIBRATE_TRIES times) until the log-det of every random row stays
+ * within +-CALIBRATE_LOGDET.  A wide conditioner perturbed by o->perturb
+ * per weight can otherwise make splines so steep or so flat that no
+ * finite difference (or density grid) resolves them in float32. */
+#define CALIBRATE_LOGDET 2.0
+#define CALIBRATE_TRIES 10
+static void calibrate(layer_run *L, const flow_real *x, flow_real *y,
+                      flow_real *ld)
+{
+    for (int tries = 0; tries < CALIBRATE_TRIES; tries++) {
+        double worst = 0;
+        if (run(L, 0, L->nrand, x, y, ld) != FLOW_OK)
+            return;
+        for (size_t i = 0; i < L->nrand; i++)
+            worst = fmax(worst, isfinite(ld[i]) ? fabs(ld[i]) : INFINITY);
+        if (worst <= CALIBRATE_LOGDET)
+            return;
+        set_perturbation(L, L->perturb / 2);
+    }
+}
+
 static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
                        const char *file, const flow_attr_value *attrs,
-                       const conform_opts *o)
+                       const conform_opts *o, size_t n_edge)
 {
     flow_diag diag;
     flow_call c;
@@ -246,7 +311,11 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     L->t = t;
     L->d = o->dim;
     L->k = o->context_dim;
-    L->n = o->rows ? o->rows : 4;
+    L->nrand = o->rows ? o->rows : 4;
+    L->n = L->nrand + n_edge;
+    L->has_bounds = o->has_bounds;
+    L->lo = o->lo;
+    L->hi = o->hi;
     L->cfg.struct_size = sizeof L->cfg;
     L->cfg.name = t->name;
     L->cfg.dim = L->d;
@@ -258,38 +327,112 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     L->cfg.host = flow_host_services();
     L->desc.struct_size = sizeof L->desc;
     if (!(L->dep_vec = calloc(L->d, sizeof *L->dep_vec)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     L->desc.dep_vec = L->dep_vec;
     memset(&diag, 0, sizeof diag);
     diag.struct_size = sizeof diag;
     diag.attr = -1;
     if ((rc = t->describe(&L->cfg, &L->desc, &diag)) != FLOW_OK)
-        return ctx_error(ctx, rc, "%s (%s): describe: %s", t->name, file,
-                         diag.message);
+        return flow_ctx_error(ctx, rc, "%s (%s): describe: %s", t->name, file,
+                              diag.message);
+    if (!(L->desc.flags & FLOW_LAYER_FORWARD) || !t->forward)
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): layer has no "
+                              "forward direction", t->name, file);
+    if ((L->desc.flags & FLOW_LAYER_INVERSE) && !t->inverse)
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): declares an "
+                              "inverse but inverse() is NULL", t->name, file);
     L->params = calloc(L->desc.n_params + 1, sizeof *L->params);
+    L->p0 = calloc(L->desc.n_params + 1, sizeof *L->p0);
+    L->eps = calloc(L->desc.n_params + 1, sizeof *L->eps);
     L->grad = calloc(L->desc.n_params + 1, sizeof *L->grad);
     L->buffers = calloc(L->desc.n_buffers + 1, sizeof *L->buffers);
     L->ctxv = calloc(L->n * L->k + 1, sizeof *L->ctxv);
     L->dctx = calloc(L->n * L->k + 1, sizeof *L->dctx);
-    if (!L->params || !L->grad || !L->buffers || !L->ctxv || !L->dctx)
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (!L->params || !L->p0 || !L->eps || !L->grad || !L->buffers
+        || !L->ctxv || !L->dctx)
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if (!(L->self = t->create(flow_host_services(), &L->cfg, &diag)))
-        return ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): create: %s", t->name,
-                         file, diag.message);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "%s (%s): create: %s",
+                              t->name, file, diag.message);
     rng_seed(&L->rng, o->seed);
+    rng_seed(&L->crng0, o->seed ^ 0xc0ffee5eedull);
     fill_call(L, &c, 0, NULL, NULL);
+    c.rng = &L->rng;
     if ((rc = t->init(L->self, &c, L->params)) != FLOW_OK)
-        return ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file, L->err);
+        return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file,
+                              L->err);
+    memcpy(L->p0, L->params, L->desc.n_params * sizeof *L->p0);
     for (size_t i = 0; i < L->desc.n_params; i++)
-        L->params[i] += (flow_real)(o->perturb * rng_normal1(&L->rng));
+        L->eps[i] = (flow_real)rng_normal1(&L->rng);
+    set_perturbation(L, o->perturb);
     for (size_t i = 0; i < L->n * L->k; i++)
         L->ctxv[i] = (flow_real)rng_normal1(&L->rng);
     return FLOW_OK;
 }
 
-static void draw_inputs(layer_run *L, const conform_opts *o, flow_real *x)
+/* The spline bound B of a layer: a REAL attribute named "bound" at any
+ * depth of the resolved attributes (0 when there is none). */
+static double find_bound(const flow_attr_spec *spec, const flow_attr_value *v)
 {
-    for (size_t i = 0; i < L->n * L->d; i++) {
+    for (size_t i = 0; spec && v && spec[i].name; i++) {
+        if (spec[i].type == FLOW_ATTR_REAL && !strcmp(spec[i].name, "bound"))
+            return v[i].r;
+        if (spec[i].type == FLOW_ATTR_VARIANT && spec[i].alternatives
+            && v[i].i >= 0) {
+            const flow_variant_alt *alt = spec[i].alternatives;
+            int64_t n = 0;
+            while (alt[n].name)
+                n++;
+            if (v[i].i < n) {
+                double b = find_bound(alt[v[i].i].attrs, v[i].sub);
+                if (b > 0)
+                    return b;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Edge rows of the test batch (see conform_opts); writes them to x when
+ * it is not NULL and returns how many there are. */
+static size_t edge_rows(const conform_opts *o, double bound, size_t d,
+                        flow_real *x)
+{
+    size_t n = 0;
+    if (o->has_bounds) {
+        double w = o->hi - o->lo, in = 0.005 * w;
+        for (int flip = 0; flip < 2; flip++, n++)
+            for (size_t j = 0; x && j < d; j++)
+                x[n * d + j] = (flow_real)((j + (size_t)flip) % 2
+                                           ? o->hi - in : o->lo + in);
+        for (size_t j = 0; x && j < d; j++)
+            x[n * d + j] = (flow_real)(o->lo + 0.5 * w);
+        return n + 1;
+    }
+    for (size_t j = 0; x && j < d; j++)         /* zeros */
+        x[j] = 0;
+    n++;
+    if (o->large > 0) {
+        for (size_t j = 0; x && j < d; j++)
+            x[n * d + j] = (flow_real)((j % 2 ? -1 : 1) * o->large
+                                       * (1 + 0.25 * (double)(j % 3)));
+        n++;
+    }
+    if (bound > 0) {
+        /* at the bound, just inside, just outside, deep in the tail */
+        static const double at[4] = {-1, 1 - 1e-3, -(1 + 1e-3), 3};
+        for (int flip = 0; flip < 2; flip++, n++)
+            for (size_t j = 0; x && j < d; j++)
+                x[n * d + j] = (flow_real)((flip ? -1 : 1) * bound
+                                           * at[(j + (size_t)flip) % 4]);
+    }
+    return n;
+}
+
+static void draw_inputs(layer_run *L, const conform_opts *o, double bound,
+                        flow_real *x)
+{
+    for (size_t i = 0; i < L->nrand * L->d; i++) {
         double v = o->scale * rng_normal1(&L->rng);
         if (o->has_bounds) {
             double u = rng_uniform(&L->rng);
@@ -297,16 +440,26 @@ static void draw_inputs(layer_run *L, const conform_opts *o, flow_real *x)
         }
         x[i] = (flow_real)v;
     }
+    edge_rows(o, bound, L->d, x + L->nrand * L->d);
+}
+
+/* Largest finite-difference step for input value v of direction dir: the
+ * step must stay inside declared bounds. */
+static double max_step(const layer_run *L, int dir, double v)
+{
+    if (dir != 0 || !L->has_bounds)
+        return INFINITY;
+    return 0.45 * fmin(v - L->lo, L->hi - v);
 }
 
 /* Round trip, log-det sum, determinism, finiteness, batch independence. */
-static void check_maps(layer_run *L, const conform_opts *o,
-                       conform_report *rep, flow_real *x, flow_real *y,
-                       flow_real *xb, flow_real *ld, flow_real *ld2,
-                       flow_real *y2)
+static void check_maps(layer_run *L, conform_report *rep, flow_real *x,
+                       flow_real *y, flow_real *xb, flow_real *ld,
+                       flow_real *ld2, flow_real *y2)
 {
     size_t n = L->n, d = L->d, nd = n * d;
     double e = 0, el = 0;
+    size_t worst = 0;
     conform_row *r;
     int rc;
 
@@ -317,31 +470,48 @@ static void check_maps(layer_run *L, const conform_opts *o,
         note(r, "error: %s", L->err);
         return;
     }
+    note(r, "%zu rows: %zu random, %zu at the domain's edges", n, L->nrand,
+         n - L->nrand);
     if (!has(L, FLOW_LAYER_INVERSE)) {
         skip_row(rep, "round trip", "layer has no inverse");
     } else {
         rc = run(L, 1, n, y, xb, ld2);
+        r = add_row(rep, "inverse runs, finite", rc == FLOW_OK
+                    && all_finite(xb, nd) && all_finite(ld2, n) ? 0 : 1, 0);
         if (rc != FLOW_OK) {
-            r = add_row(rep, "round trip", INFINITY, TOL_ROUNDTRIP);
+            note(r, "error: %s", L->err);
+            r = add_row(rep, "round trip x -> z -> x", INFINITY,
+                        TOL_ROUNDTRIP);
             note(r, "inverse failed: %s", L->err);
         } else {
-            for (size_t i = 0; i < nd; i++)
-                e = fmax(e, rel_err(xb[i], x[i]));
-            for (size_t i = 0; i < n; i++)
-                el = fmax(el, fabs((double)ld[i] + ld2[i])
-                                  / fmax(1.0, fabs(ld[i])));
-            add_row(rep, "round trip x -> z -> x", e, TOL_ROUNDTRIP);
-            add_row(rep, "logdet forward + inverse = 0", el, TOL_LOGDET);
+            for (size_t i = 0; i < nd; i++) {
+                double ei = rel_err(xb[i], x[i]);
+                if (!(ei <= e)) {
+                    e = ei;
+                    worst = i;
+                }
+            }
+            r = add_row(rep, "round trip x -> z -> x", e, TOL_ROUNDTRIP);
+            note(r, "worst: row %zu, x = %.9g, back %.9g", worst / d,
+                 (double)x[worst], (double)xb[worst]);
+            if (!L->desc.logdet_exact) {
+                skip_row(rep, "logdet forward + inverse = 0", "estimated "
+                         "log-det (see 'logdet estimate unbiased')");
+            } else {
+                for (size_t i = 0; i < n; i++)
+                    el = fmax(el, fabs((double)ld[i] + ld2[i])
+                                      / fmax(1.0, fabs(ld[i])));
+                add_row(rep, "logdet forward + inverse = 0", el, TOL_LOGDET);
+            }
         }
     }
-    /* determinism: the same call twice gives the same bits */
-    if (!has(L, FLOW_LAYER_STOCHASTIC)) {
-        rc = run(L, 0, n, x, y2, ld2);
-        r = add_row(rep, "deterministic", rc == FLOW_OK
-                    && !memcmp(y, y2, nd * sizeof *y)
-                    && !memcmp(ld, ld2, n * sizeof *ld) ? 0 : 1, 0);
-        note(r, "same inputs, same bits");
-    }
+    /* determinism: the same call twice gives the same bits (a stochastic
+     * layer gets the same stream both times) */
+    rc = run(L, 0, n, x, y2, ld2);
+    r = add_row(rep, "deterministic", rc == FLOW_OK
+                && !memcmp(y, y2, nd * sizeof *y)
+                && !memcmp(ld, ld2, n * sizeof *ld) ? 0 : 1, 0);
+    note(r, "same inputs and stream, same bits");
     /* batch independence: change row 0, rows 1.. must not move at all */
     if (n > 1 && !has(L, FLOW_LAYER_WHOLE_BATCH)) {
         double moved = 0;
@@ -356,7 +526,43 @@ static void check_maps(layer_run *L, const conform_opts *o,
         r = add_row(rep, "rows independent", moved, 0);
         note(r, "row 0 changed; max change in other rows");
     }
-    (void)o;
+}
+
+/* A second instance built from the same seed computes the same bits. */
+static void check_same_seed(flow_ctx *ctx, const layer_run *L,
+                            const char *file, const conform_opts *o,
+                            size_t n_edge, conform_report *rep,
+                            const flow_real *x, const flow_real *y,
+                            const flow_real *ld)
+{
+    layer_run L2;
+    size_t nd = L->n * L->d;
+    flow_real *y2 = malloc(nd * sizeof *y2), *ld2 = malloc(L->n * sizeof *ld2);
+    conform_row *r;
+    int rc;
+
+    /* the same sequence of calls as the first instance had */
+    rc = layer_build(ctx, &L2, L->t, file, L->cfg.attrs, o, n_edge);
+    if (rc == FLOW_OK && y2 && ld2)
+        calibrate(&L2, x, y2, ld2);
+    if (rc != FLOW_OK || !y2 || !ld2) {
+        r = add_row(rep, "same seed, same bits", INFINITY, 0);
+        note(r, "second instance: %s", rc ? flow_errmsg(ctx)
+                                          : "out of memory");
+    } else {
+        int same_p = !memcmp(L->params, L2.params,
+                             L->desc.n_params * sizeof *L->params);
+        rc = run(&L2, 0, L->n, x, y2, ld2);
+        r = add_row(rep, "same seed, same bits", rc == FLOW_OK && same_p
+                    && !memcmp(y, y2, nd * sizeof *y)
+                    && !memcmp(ld, ld2, L->n * sizeof *ld) ? 0 : 1, 0);
+        note(r, "a second instance from the same seed: %s",
+             !same_p ? "parameters differ" : rc != FLOW_OK ? L2.err
+             : "parameters and outputs compared");
+    }
+    layer_free(&L2);
+    free(y2);
+    free(ld2);
 }
 
 /* Finite differences that survive kinks.  Maps such as splines are only
@@ -370,10 +576,10 @@ static void check_maps(layer_run *L, const conform_opts *o,
 typedef int (*fd_eval)(void *env, double delta, double *actual, double *out);
 
 #define FD_POINTS 7
-/* Checks take the best of three step sizes (h, h/4, h/16): a wrong formula
- * disagrees at every step, while a knot or strong curvature spoils only
- * some of them. */
-#define FD_LEVELS 3
+/* Checks take the best of four step sizes (h, h/4, h/16, h/64): a wrong
+ * formula disagrees at every step, while a knot or strong curvature
+ * spoils only some of them. */
+#define FD_LEVELS 4
 static const double fd_frac[FD_POINTS] = {0, 1, -1, 0.5, -0.5, 0.25, -0.25};
 
 static int fd_robust(fd_eval f, void *env, double h, size_t m, double *deriv,
@@ -444,8 +650,9 @@ static int jac_eval(void *e, double delta, double *actual, double *out)
     return 0;
 }
 
-/* Jacobian of row 0 (d x d, double) of direction `dir` at x with step
- * scale `h0`, and the entries' uncertainties in U. */
+/* Jacobian (d x d, double) of the row at x (row L->row0 of the batch, for
+ * its context) in direction `dir` with step scale `h0`, and the entries'
+ * uncertainties in U. */
 static int fd_jacobian(layer_run *L, int dir, const flow_real *x, double h0,
                        double *J, double *U, flow_real *xp, flow_real *yp,
                        flow_real *ld)
@@ -458,9 +665,9 @@ static int fd_jacobian(layer_run *L, int dir, const flow_real *x, double h0,
     if (!col || !buf)
         rc = -1;
     for (size_t j = 0; j < d && rc == 0; j++) {
+        double h = fmin(h0 * fmax(1.0, fabs(x[j])), max_step(L, dir, x[j]));
         je.j = j;
-        rc = fd_robust(jac_eval, &je, h0 * fmax(1.0, fabs(x[j])), d, col,
-                       col + d, buf);
+        rc = fd_robust(jac_eval, &je, h, d, col, col + d, buf);
         for (size_t i = 0; i < d && rc == 0; i++) {
             J[i * d + j] = col[i];
             U[i * d + j] = col[d + i];
@@ -490,75 +697,136 @@ static double logdet_fd(const double *J, const double *U, size_t d,
     return l;
 }
 
+/* Per-row results of the Jacobian checks. */
+typedef struct jac_result {
+    double ld_err, lfd, unc, ldv;   /* log-det error, FD value, layer value */
+    double zeros, diagmin;          /* worst declared zero, min |J_ii|   */
+    int failed;                     /* the layer failed near the point      */
+} jac_result;
+
+/* FD Jacobian of row `row` of the batch xs in direction dir: log-det
+ * against the layer's (best of FD_LEVELS step sizes), declared zeros and
+ * the diagonal (finest step). */
+static void jacobian_row(layer_run *L, int dir, const flow_real *xs,
+                         size_t row, const uint8_t *dep, double *J,
+                         double *A, double *U, lapack_int *ipiv,
+                         flow_real *buf, jac_result *res)
+{
+    size_t d = L->d;
+    const flow_real *x = xs + row * d;
+    double h0 = FD_STEP, jmax = 0;
+    flow_real ld[1];
+
+    memset(res, 0, sizeof *res);
+    res->ld_err = INFINITY;
+    res->lfd = NAN;
+    res->diagmin = INFINITY;
+    L->row0 = row;
+    if (run(L, dir, 1, x, buf, ld) != FLOW_OK) {
+        res->failed = 1;
+        goto done;
+    }
+    res->ldv = ld[0];
+    for (int lv = 0; lv < FD_LEVELS; lv++, h0 /= 4) {
+        double e, unc, lv_l;
+        if (fd_jacobian(L, dir, x, h0, J, U, buf, buf + d, ld) != 0) {
+            res->failed = 1;
+            goto done;
+        }
+        lv_l = logdet_fd(J, U, d, A, ipiv, &unc);
+        e = fmax(0.0, fabs(res->ldv - lv_l) - unc) / fmax(1.0, fabs(lv_l));
+        if (!(e >= res->ld_err)) {
+            res->ld_err = e;
+            res->lfd = lv_l;
+            res->unc = unc;
+        }
+    }
+    if (dep) {
+        for (size_t i = 0; i < d * d; i++)
+            jmax = fmax(jmax, fabs(J[i]));
+        for (size_t i = 0; i < d; i++) {
+            for (size_t j = 0; j < d; j++)
+                if (!dep[i * d + j])
+                    res->zeros = fmax(res->zeros, fabs(J[i * d + j])
+                                                      / fmax(1.0, jmax));
+            res->diagmin = fmin(res->diagmin, fabs(J[i * d + i]));
+        }
+    }
+done:
+    L->row0 = 0;
+}
+
+/* Log-det against the FD Jacobian on every row of the batch xs; in the
+ * forward direction also the declared pattern.  ld_fd (may be NULL)
+ * receives each row's FD log|det|. */
 static void check_jacobian(layer_run *L, conform_report *rep,
-                           const flow_real *x, int dir, const char *dname)
+                           const flow_real *xs, int dir, const char *dname,
+                           double *ld_fd)
 {
     size_t d = L->d;
     double *J = malloc(d * d * sizeof *J), *A = malloc(d * d * sizeof *A);
     double *U = malloc(d * d * sizeof *U);
-    double jmax = 0, worst = 0, diagmin = INFINITY, lfd = NAN, unc = 0;
-    double scale, best = INFINITY, h0 = FD_STEP, ldv, lv_l, unc_best = 0;
+    double best = 0, worst = 0, diagmin = INFINITY;
     uint8_t *dep = malloc(d * d);
     lapack_int *ipiv = malloc(d * sizeof *ipiv);
-    flow_real *buf = malloc(4 * d * sizeof *buf), ld[1];
+    flow_real *buf = malloc(4 * d * sizeof *buf);
+    jac_result res, at;
+    size_t worst_row = 0, failed_row = 0;
+    int failed = 0, pattern = dir == 0;
     char name[48];
     conform_row *r;
 
-    if (!J || !A || !U || !dep || !ipiv || !buf) {
-        add_row(rep, "jacobian", INFINITY, 0);
-        goto done;
-    }
-    if (run(L, dir, 1, x, buf, ld) != FLOW_OK) {
-        snprintf(name, sizeof name, "logdet vs FD Jacobian (%s)", dname);
-        r = add_row(rep, name, INFINITY, TOL_FD);
-        note(r, "layer failed at the test point: %s", L->err);
-        goto done;
-    }
-    ldv = ld[0];
-    /* the best of three step sizes, as for the VJPs; the finest level's
-     * Jacobian stays in J for the pattern check */
-    for (int lv = 0; lv < FD_LEVELS; lv++, h0 /= 4) {
-        double e;
-        if (fd_jacobian(L, dir, x, h0, J, U, buf, buf + d, ld) != 0) {
-            snprintf(name, sizeof name, "logdet vs FD Jacobian (%s)", dname);
-            r = add_row(rep, name, INFINITY, TOL_FD);
-            note(r, "layer failed near the test point: %s", L->err);
-            goto done;
-        }
-        lv_l = logdet_fd(J, U, d, A, ipiv, &unc);
-        e = fmax(0.0, fabs(ldv - lv_l) - unc) / fmax(1.0, fabs(lv_l));
-        if (e < best) {
-            best = e;
-            lfd = lv_l;
-            unc_best = unc;
-        }
-    }
     snprintf(name, sizeof name, "logdet vs FD Jacobian (%s)", dname);
-    r = add_row(rep, name, best, TOL_FD);
-    note(r, "layer %.9g, log|det| of FD Jacobian %.9g +- %.2g", ldv, lfd,
-         unc_best);
-
-    /* declared zeros must be zero; the diagonal must not be */
-    if (dir == 0) {
-        if (declared_pattern(L, dep) != 0) {
-            r = add_row(rep, "declared pattern vs Jacobian", INFINITY, 0);
-            note(r, "cannot expand the declared pattern");
-            goto done;
+    if (!J || !A || !U || !dep || !ipiv || !buf) {
+        add_row(rep, name, INFINITY, 0);
+        goto done;
+    }
+    if (pattern && declared_pattern(L, dep) != 0) {
+        r = add_row(rep, "declared pattern vs Jacobian", INFINITY, 0);
+        note(r, "cannot expand the declared pattern");
+        pattern = 0;
+    }
+    memset(&at, 0, sizeof at);
+    for (size_t row = 0; row < L->n; row++) {
+        jacobian_row(L, dir, xs, row, pattern ? dep : NULL, J, A, U, ipiv,
+                     buf, &res);
+        if (ld_fd)
+            ld_fd[row] = res.lfd;
+        if (res.failed) {
+            if (!failed++)
+                failed_row = row;
+            continue;
         }
-        for (size_t i = 0; i < d * d; i++)
-            jmax = fmax(jmax, fabs(J[i]));
-        scale = fmax(1.0, jmax);
-        for (size_t i = 0; i < d; i++)
-            for (size_t j = 0; j < d; j++) {
-                if (!dep[i * d + j])
-                    worst = fmax(worst, fabs(J[i * d + j]) / scale);
-            }
+        if (row == 0 || res.ld_err > best) {
+            best = res.ld_err;
+            worst_row = row;
+            at = res;
+        }
+        worst = fmax(worst, res.zeros);
+        /* edge rows may sit on a kink (|x| at 0): the diagonal is judged
+         * at the random rows */
+        if (row < L->nrand)
+            diagmin = fmin(diagmin, res.diagmin);
+    }
+    if (failed) {
+        r = add_row(rep, name, INFINITY, TOL_FD);
+        note(r, "layer failed at or near row %zu: %s", failed_row, L->err);
+        goto done;
+    }
+    if (!L->desc.logdet_exact) {
+        skip_row(rep, name, "estimated log-det (see 'logdet estimate "
+                 "unbiased')");
+    } else {
+        r = add_row(rep, name, best, TOL_FD);
+        note(r, "worst row %zu: layer %.9g, log|det| of FD Jacobian %.9g "
+             "+- %.2g", worst_row, at.ldv, at.lfd, at.unc);
+    }
+    if (pattern) {
         r = add_row(rep, "declared zeros are zero", worst, TOL_FD);
-        note(r, "max |J_ij| / max|J| where the layer declares no dependence");
+        note(r, "max |J_ij| / max|J| where the layer declares no "
+             "dependence");
         if (L->desc.dep != FLOW_DEP_PERMUTATION
             && L->desc.dep != FLOW_DEP_DENSE) {
-            for (size_t i = 0; i < d; i++)
-                diagmin = fmin(diagmin, fabs(J[i * d + i]));
             r = add_row(rep, "diagonal non-zero", diagmin > 0 ? 0 : 1, 0);
             note(r, "min |J_ii| = %.3g", diagmin);
         }
@@ -607,86 +875,179 @@ static int slot_eval(void *e, double delta, double *actual, double *out)
     return isfinite(*out) ? 0 : -1;
 }
 
+/* The three Richardson-extrapolated estimates of a scalar derivative
+ * (central, forward, backward) and their uncertainties. */
+static int fd_sides(fd_eval f, void *env, double h, double est[3],
+                    double unc[3])
+{
+    double a[FD_POINTS], v[FD_POINTS], c1, c2, f1, f2, b1, b2;
+    for (int p = 0; p < FD_POINTS; p++)
+        if (f(env, fd_frac[p] * h, &a[p], &v[p]) != 0)
+            return -1;
+    c1 = (v[1] - v[2]) / (a[1] - a[2]);
+    c2 = (v[3] - v[4]) / (a[3] - a[4]);
+    f1 = (v[3] - v[0]) / (a[3] - a[0]);
+    f2 = (v[5] - v[0]) / (a[5] - a[0]);
+    b1 = (v[0] - v[4]) / (a[0] - a[4]);
+    b2 = (v[0] - v[6]) / (a[0] - a[6]);
+    est[0] = (4 * c2 - c1) / 3;
+    unc[0] = fabs(est[0] - c2);
+    est[1] = 2 * f2 - f1;
+    unc[1] = fabs(est[1] - f2);
+    est[2] = 2 * b2 - b1;
+    unc[2] = fabs(est[2] - b2);
+    return 0;
+}
+
 /* Relative disagreement of an analytic derivative with its finite
  * difference, beyond the finite difference's own uncertainty, at the best
- * of FD_LEVELS step sizes. */
-static double fd_err(double analytic, const objective *o, flow_real *slot)
+ * of FD_LEVELS step sizes (steps at most hmax).  At a kink the analytic
+ * value may be either one-sided derivative (a subgradient), so it is
+ * compared with the central and both one-sided estimates, and the closest
+ * counts; a wrong formula disagrees with all of them. */
+static double fd_err(double analytic, const objective *o, flow_real *slot,
+                     double hmax)
 {
     slot_env se = {o, slot, *slot};
-    double best = INFINITY, h = FD_STEP * fmax(1.0, fabs(se.keep));
+    double best = INFINITY;
+    double h = fmin(FD_STEP * fmax(1.0, fabs(se.keep)), hmax);
     for (int lv = 0; lv < FD_LEVELS; lv++, h /= 4) {
-        double d, u, buf[FD_POINTS], e;
-        if (fd_robust(slot_eval, &se, h, 1, &d, &u, buf) != 0)
+        double est[3], unc[3];
+        if (fd_sides(slot_eval, &se, h, est, unc) != 0)
             return INFINITY;
-        e = fmax(0.0, fabs(analytic - d) - u) / fmax(1.0, fabs(d));
-        best = fmin(best, e);
+        for (int k = 0; k < 3; k++)
+            best = fmin(best, fmax(0.0, fabs(analytic - est[k]) - unc[k])
+                                  / fmax(1.0, fabs(est[k])));
     }
     return best;
 }
 
+/* Errors of one VJP against finite differences. */
+typedef struct vjp_errs {
+    double x, p, c;
+    size_t checks;
+} vjp_errs;
+
+/* Backward of direction dir at the inputs in ob->x with cotangents ob->w
+ * (outputs) and ob->u (log-dets), compared with finite differences of the
+ * objective; rc is the plugin's status. */
+static int vjp_compare(layer_run *L, const conform_opts *o, objective *ob,
+                       flow_real *gx, vjp_errs *e)
+{
+    size_t n = L->n, d = L->d, nd = n * d, k = L->k, np = L->desc.n_params;
+    flow_call c;
+    int dir = ob->dir, rc;
+
+    memset(e, 0, sizeof *e);
+    if ((rc = run(L, dir, n, ob->x, ob->y, ob->ld)) != FLOW_OK)
+        return rc;
+    memset(L->grad, 0, (np + 1) * sizeof *L->grad);
+    memset(L->dctx, 0, (n * k + 1) * sizeof *L->dctx);
+    fill_call(L, &c, n, L->grad, k ? L->dctx : NULL);
+    rc = dir ? L->t->inverse_backward(L->self, &c, ob->x, ob->y, ob->w,
+                                      ob->u, gx)
+             : L->t->forward_backward(L->self, &c, ob->x, ob->y, ob->w,
+                                      ob->u, gx);
+    if (rc == FLOW_OK && L->t->finish_grad)
+        rc = L->t->finish_grad(L->self, &c, L->grad);
+    if (rc != FLOW_OK)
+        return rc;
+    if (!all_finite(gx, nd) || !all_finite(L->grad, np)
+        || !all_finite(L->dctx, n * k))
+        return -1;
+    for (size_t i = 0; i < nd; i++)
+        e->x = fmax(e->x, fd_err(gx[i], ob, &ob->x[i],
+                                 max_step(L, dir, ob->x[i])));
+    if (np) {
+        size_t checks = np < o->max_param_checks ? np : o->max_param_checks;
+        rng_seed(&L->rng, o->seed + 17);    /* the same sample each time */
+        for (size_t q = 0; q < checks; q++) {
+            size_t j = checks == np ? q : (size_t)rng_below(&L->rng, np);
+            e->p = fmax(e->p, fd_err(L->grad[j], ob, &L->params[j],
+                                     INFINITY));
+        }
+        e->checks = checks;
+    }
+    for (size_t i = 0; i < n * k; i++)
+        e->c = fmax(e->c, fd_err(L->dctx[i], ob, &L->ctxv[i], INFINITY));
+    return FLOW_OK;
+}
+
 /* VJPs against finite differences for inputs, a sample of parameters and
- * the context. */
+ * the context, first for a random combination of outputs and log-dets,
+ * then for the log-dets alone. */
 static void check_vjp(layer_run *L, const conform_opts *o,
-                      conform_report *rep, const flow_real *x0, int dir)
+                      conform_report *rep, const flow_real *x0, int dir,
+                      const char *mode)
 {
     size_t n = L->n, d = L->d, nd = n * d, k = L->k, np = L->desc.n_params;
     flow_real *x = malloc(nd * sizeof *x), *y = malloc(nd * sizeof *y);
     flow_real *w = malloc(nd * sizeof *w), *u = malloc(n * sizeof *u);
     flow_real *gx = malloc(nd * sizeof *gx), *ld = malloc(n * sizeof *ld);
-    double ex = 0, ep = 0, ec = 0;
     const char *dname = dir ? "inverse" : "forward";
     objective ob = {L, dir, x, y, w, u, ld};
-    char name[48];
-    flow_call c;
+    char name[64], tag[32];
+    vjp_errs e;
     conform_row *r;
     int rc;
 
-    if (!x || !y || !w || !u || !gx || !ld)
+    snprintf(tag, sizeof tag, "%s%s%s", dname, *mode ? ", " : "", mode);
+    snprintf(name, sizeof name, "backward runs (%s)", tag);
+    if (!x || !y || !w || !u || !gx || !ld) {
+        add_row(rep, name, INFINITY, 0);
         goto done;
-    memcpy(x, x0, nd * sizeof *x);
-    if (dir == 1) {             /* test the inverse at the image of x0 */
-        if (run(L, 0, n, x0, x, ld) != FLOW_OK)
-            goto done;
     }
-    for (size_t i = 0; i < nd; i++)
-        w[i] = (flow_real)rng_normal1(&L->rng);
-    for (size_t i = 0; i < n; i++)
-        u[i] = (flow_real)rng_normal1(&L->rng);
-    if ((rc = run(L, dir, n, x, y, ld)) != FLOW_OK)
+    memcpy(x, x0, nd * sizeof *x);
+    if (dir == 1 && run(L, 0, n, x0, x, ld) != FLOW_OK) {
+        r = add_row(rep, name, INFINITY, 0);   /* the inverse at f(x0) */
+        note(r, "forward failed: %s", L->err);
         goto done;
-    memset(L->grad, 0, (np + 1) * sizeof *L->grad);
-    memset(L->dctx, 0, (n * k + 1) * sizeof *L->dctx);
-    fill_call(L, &c, n, L->grad, k ? L->dctx : NULL);
-    rc = dir ? L->t->inverse_backward(L->self, &c, x, y, w, u, gx)
-             : L->t->forward_backward(L->self, &c, x, y, w, u, gx);
-    if (rc == FLOW_OK && L->t->finish_grad)
-        rc = L->t->finish_grad(L->self, &c, L->grad);
-    snprintf(name, sizeof name, "backward runs (%s)", dname);
-    r = add_row(rep, name, rc == FLOW_OK && all_finite(gx, nd) ? 0 : 1, 0);
-    if (rc != FLOW_OK) {
+    }
+    /* cotangents scaled per row by the row's magnitude, so that rows of
+     * large values do not drown the others in rounding noise */
+    if (run(L, dir, n, x, y, ld) != FLOW_OK) {
+        r = add_row(rep, name, INFINITY, 0);
         note(r, "error: %s", L->err);
         goto done;
     }
-    for (size_t i = 0; i < nd; i++)
-        ex = fmax(ex, fd_err(gx[i], &ob, &x[i]));
-    snprintf(name, sizeof name, "d/d input vs FD (%s)", dname);
-    add_row(rep, name, ex, TOL_FD);
+    for (size_t i = 0; i < n; i++) {
+        double big = 1;
+        for (size_t j = 0; j < d; j++)
+            big = fmax(big, fabs(y[i * d + j]));
+        for (size_t j = 0; j < d; j++)
+            w[i * d + j] = (flow_real)(rng_normal1(&L->rng) / big);
+        u[i] = (flow_real)(rng_normal1(&L->rng) / fmax(1.0, fabs(ld[i])));
+    }
+    rc = vjp_compare(L, o, &ob, gx, &e);
+    r = add_row(rep, name, rc == FLOW_OK ? 0 : 1, 0);
+    if (rc != FLOW_OK) {
+        note(r, "%s", rc < 0 ? "non-finite gradient" : L->err);
+        goto done;
+    }
+    snprintf(name, sizeof name, "d/d input vs FD (%s)", tag);
+    add_row(rep, name, e.x, TOL_FD);
     if (np) {
-        size_t checks = np < o->max_param_checks ? np : o->max_param_checks;
-        for (size_t q = 0; q < checks; q++) {
-            size_t j = checks == np ? q : (size_t)rng_below(&L->rng, np);
-            ep = fmax(ep, fd_err(L->grad[j], &ob, &L->params[j]));
-        }
-        snprintf(name, sizeof name, "d/d params vs FD (%s)", dname);
-        r = add_row(rep, name, ep, TOL_FD);
-        note(r, "%zu of %zu parameters", checks, np);
+        snprintf(name, sizeof name, "d/d params vs FD (%s)", tag);
+        r = add_row(rep, name, e.p, TOL_FD);
+        note(r, "%zu of %zu parameters", e.checks, np);
     }
     if (k) {
-        for (size_t i = 0; i < n * k; i++)
-            ec = fmax(ec, fd_err(L->dctx[i], &ob, &L->ctxv[i]));
-        snprintf(name, sizeof name, "d/d context vs FD (%s)", dname);
-        add_row(rep, name, ec, TOL_FD);
+        snprintf(name, sizeof name, "d/d context vs FD (%s)", tag);
+        add_row(rep, name, e.c, TOL_FD);
     }
+    /* the log-det's own gradient (dL/dout = 0) */
+    memcpy(x, x0, nd * sizeof *x);
+    if (dir == 1)
+        run(L, 0, n, x0, x, ld);
+    memset(w, 0, nd * sizeof *w);
+    rc = vjp_compare(L, o, &ob, gx, &e);
+    snprintf(name, sizeof name, "d logdet vs FD (%s)", tag);
+    r = add_row(rep, name, rc == FLOW_OK ? fmax(e.x, fmax(e.p, e.c))
+                                         : INFINITY, TOL_FD);
+    if (rc != FLOW_OK)
+        note(r, "%s", rc < 0 ? "non-finite gradient" : L->err);
+    else
+        note(r, "inputs %.2g, params %.2g, context %.2g", e.x, e.p, e.c);
 done:
     free(x);
     free(y);
@@ -696,6 +1057,323 @@ done:
     free(ld);
 }
 
+/* Estimated log-dets (Hutchinson, Russian roulette): the mean of
+ * o->estimates independent estimates (training mode, a fresh stream
+ * each) must match the exact value (evaluation mode when it is exact
+ * there, else the FD Jacobian's log|det|) within TOL_ZSCORE standard
+ * errors, where the standard error includes the reference's own
+ * uncertainty. */
+static void check_estimator(layer_run *L, const conform_opts *o,
+                            conform_report *rep, const flow_real *x,
+                            const double *ld_fd)
+{
+    size_t n = L->n, nd = n * L->d, m = o->estimates ? o->estimates : 256;
+    flow_real *y = malloc(nd * sizeof *y), *ld = malloc(n * sizeof *ld);
+    double *ref = calloc(n, sizeof *ref), *s1 = calloc(n, sizeof *s1);
+    double *s2 = calloc(n, sizeof *s2), zmax = 0, at_mean = 0, at_ref = 0;
+    flow_rng keep = L->crng0;
+    size_t at = 0;
+    conform_row *r;
+    int rc = FLOW_OK;
+
+    if (!y || !ld || !ref || !s1 || !s2) {
+        add_row(rep, "logdet estimate unbiased", INFINITY, TOL_ZSCORE);
+        goto done;
+    }
+    if (L->desc.logdet_exact) {
+        L->training = 0;
+        rc = run(L, 0, n, x, y, ld);
+        for (size_t i = 0; i < n; i++)
+            ref[i] = ld[i];
+    } else {
+        for (size_t i = 0; i < n; i++)
+            ref[i] = ld_fd[i];
+    }
+    L->training = 1;
+    for (size_t s = 0; s < m && rc == FLOW_OK; s++) {
+        rng_seed(&L->crng0, o->seed * 1000003u + s + 1);
+        if ((rc = run(L, 0, n, x, y, ld)) != FLOW_OK)
+            break;
+        for (size_t i = 0; i < n; i++) {
+            s1[i] += ld[i];
+            s2[i] += (double)ld[i] * ld[i];
+        }
+    }
+    L->training = 0;
+    L->crng0 = keep;
+    if (rc != FLOW_OK) {
+        r = add_row(rep, "logdet estimate unbiased", INFINITY, TOL_ZSCORE);
+        note(r, "error: %s", L->err);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        double mean = s1[i] / (double)m;
+        double var = fmax(0.0, s2[i] / (double)m - mean * mean);
+        double se2 = var / (double)(m - 1) + pow(TOL_FD * fmax(1.0,
+                                                   fabs(ref[i])), 2);
+        double z = fabs(mean - ref[i]) / sqrt(se2);
+        if (!(z <= zmax)) {
+            zmax = z;
+            at = i;
+            at_mean = mean;
+            at_ref = ref[i];
+        }
+    }
+    r = add_row(rep, "logdet estimate unbiased", zmax, TOL_ZSCORE);
+    note(r, "standard errors; worst row %zu: mean of %zu estimates %.6g, "
+         "exact %.6g", at, m, at_mean, at_ref);
+done:
+    free(y);
+    free(ld);
+    free(ref);
+    free(s1);
+    free(s2);
+}
+
+/* ---------------------------------------------------------------------
+ * Model-level checks: the layer inside a one-layer model with a standard
+ * normal base, built through the public model API.
+ * ------------------------------------------------------------------- */
+
+static size_t attr_count(const flow_layer_type *t)
+{
+    size_t n = 0;
+    while (t->attrs && t->attrs[n].name)
+        n++;
+    return n;
+}
+
+static int model_build(flow_ctx *ctx, const layer_run *L, uint64_t seed,
+                       flow_model **out)
+{
+    const flow_layer_type *t = L->t;
+    flow_model *m = flow_model_new(ctx, L->d, L->k);
+    size_t na = attr_count(t);
+    int rc;
+    *out = NULL;
+    if (!m)
+        return FLOW_ERR_NOMEM;
+    rc = flow_model_add_layer(m, t->name, t->name, na ? L->cfg.attrs : NULL,
+                              na, L->k > 0, 0, 0);
+    if (rc == FLOW_OK)
+        rc = flow_model_set_base(m, FLOW_BASE_NORMAL, NULL, 0);
+    if (rc == FLOW_OK)
+        rc = flow_model_finish(m, seed);
+    if (rc != FLOW_OK) {
+        flow_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return FLOW_OK;
+}
+
+/* Saves the model to a temporary checkpoint, restores it into a model
+ * built from another seed, and compares the log-probs of the test rows
+ * bit for bit. */
+static void check_checkpoint(flow_ctx *ctx, const layer_run *L,
+                             const conform_opts *o, conform_report *rep,
+                             flow_model *m, const flow_real *x)
+{
+    const char *tmp = getenv("TMPDIR");
+    char path[4096];
+    size_t n = L->n;
+    flow_real *lp1 = malloc(n * sizeof *lp1), *lp2 = malloc(n * sizeof *lp2);
+    flow_model *m2 = NULL;
+    flow_checkpoint *ck = NULL;
+    double diff = 0;
+    conform_row *r;
+    int fd, rc = FLOW_ERR_NOMEM;
+
+    snprintf(path, sizeof path, "%s/flowkit-check-XXXXXX",
+             tmp && *tmp ? tmp : "/tmp");
+    if ((fd = mkstemp(path)) < 0) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "cannot create a temporary file "
+                            "%s", path);
+        path[0] = '\0';
+        goto done;
+    }
+    close(fd);
+    if (!lp1 || !lp2)
+        goto done;
+    if ((rc = flow_checkpoint_save(m, NULL, o->spec_text ? o->spec_text
+                                   : "// flowkit check\n", NULL, NULL, path))
+        != FLOW_OK
+        || (rc = flow_model_log_prob(m, n, x, L->k ? L->ctxv : NULL, lp1))
+        != FLOW_OK
+        || (rc = flow_checkpoint_open(ctx, path, &ck)) != FLOW_OK
+        || (rc = model_build(ctx, L, o->seed + 1, &m2)) != FLOW_OK
+        || (rc = flow_checkpoint_restore(ck, m2, NULL)) != FLOW_OK
+        || (rc = flow_model_log_prob(m2, n, x, L->k ? L->ctxv : NULL, lp2))
+        != FLOW_OK)
+        goto done;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&lp1[i], &lp2[i], sizeof lp1[i]))
+            diff = fmax(diff, isfinite(lp1[i] - lp2[i])
+                              ? fmax(fabs((double)lp1[i] - lp2[i]), 1e-300)
+                              : INFINITY);
+done:
+    r = add_row(rep, "checkpoint round trip", rc == FLOW_OK ? diff
+                                                            : INFINITY, 0);
+    if (rc != FLOW_OK)
+        note(r, "%s", flow_errmsg(ctx));
+    else
+        note(r, "log-probs of %zu rows bit for bit after restoring into a "
+             "model built from another seed", n);
+    if (path[0])
+        unlink(path);
+    flow_checkpoint_free(ck);
+    flow_model_free(m2);
+    free(lp1);
+    free(lp2);
+}
+
+/* log-probs of n rows in chunks (bounded workspaces) */
+static int log_prob_chunked(flow_model *m, size_t n, const flow_real *x,
+                            const flow_real *c, size_t k, flow_real *lp)
+{
+    const size_t chunk = 8192;
+    for (size_t r = 0; r < n; r += chunk) {
+        size_t m_rows = n - r < chunk ? n - r : chunk;
+        int rc = flow_model_log_prob(m, m_rows, x + 2 * r, c ? c + r * k
+                                                             : NULL, lp + r);
+        if (rc != FLOW_OK)
+            return rc;
+    }
+    return FLOW_OK;
+}
+
+/* For D = 2: the model's density integrates to 1 by the midpoint rule on
+ * a DENSITY_GRID^2 grid over [lo, hi]^2 (bounded inputs) or over the box
+ * of DENSITY_SAMPLES samples widened by half its size on every side (or
+ * [-10, 10]^2 without an inverse).  Context: one fixed row.  A grid cannot
+ * resolve arbitrarily sharp densities, so the perturbation is halved
+ * until the samples' log-dets stay within +-CALIBRATE_LOGDET, as for the
+ * layer checks. */
+static void check_density(flow_ctx *ctx, const layer_run *L,
+                          conform_report *rep, flow_model *m)
+{
+    size_t g = DENSITY_GRID, ns = DENSITY_SAMPLES, n = g * g;
+    size_t k = L->k, rows = n > ns ? n : ns, np = L->desc.n_params;
+    flow_real *pts = malloc(rows * 2 * sizeof *pts);
+    flow_real *lp = malloc(rows * sizeof *lp);
+    flow_real *cx = k ? malloc(rows * k * sizeof *cx) : NULL;
+    flow_real *p = flow_model_params(m);
+    double lo[2] = {-10, -10}, hi[2] = {10, 10}, mass = 0, cell;
+    double s = L->perturb;
+    conform_row *r;
+    int rc = FLOW_ERR_NOMEM;
+
+    if (!pts || !lp || (k && !cx))
+        goto done;
+    for (size_t i = 0; i < rows * k; i++)
+        cx[i] = L->ctxv[i % k];
+    if (L->desc.flags & FLOW_LAYER_INVERSE) {
+        for (int tries = 0; tries < CALIBRATE_TRIES; tries++, s /= 2) {
+            double worst = 0;
+            for (size_t i = 0; i < np && np <= flow_model_num_params(m); i++)
+                p[i] = (flow_real)(L->p0[i] + s * L->eps[i]);
+            if ((rc = flow_model_sample(m, ns, cx, pts, NULL)) != FLOW_OK
+                || (rc = flow_model_forward(m, ns, pts, cx, pts + 0, lp))
+                != FLOW_OK)
+                goto done;
+            for (size_t i = 0; i < ns; i++)
+                worst = fmax(worst, isfinite(lp[i]) ? fabs(lp[i])
+                                                    : INFINITY);
+            if (worst <= CALIBRATE_LOGDET)
+                break;
+        }
+        if ((rc = flow_model_sample(m, ns, cx, pts, NULL)) != FLOW_OK)
+            goto done;
+    }
+    if (L->has_bounds) {
+        lo[0] = lo[1] = L->lo;
+        hi[0] = hi[1] = L->hi;
+    } else if (L->desc.flags & FLOW_LAYER_INVERSE) {
+        lo[0] = lo[1] = INFINITY;
+        hi[0] = hi[1] = -INFINITY;
+        for (size_t i = 0; i < ns * 2; i++) {
+            lo[i % 2] = fmin(lo[i % 2], pts[i]);
+            hi[i % 2] = fmax(hi[i % 2], pts[i]);
+        }
+        for (int j = 0; j < 2; j++) {
+            double w = fmax(hi[j] - lo[j], 1e-3);
+            lo[j] -= 0.5 * w;
+            hi[j] += 0.5 * w;
+        }
+    }
+    for (size_t a = 0; a < g; a++)
+        for (size_t b = 0; b < g; b++) {
+            pts[2 * (a * g + b)] = (flow_real)(lo[0] + (hi[0] - lo[0])
+                                               * ((double)a + 0.5) / g);
+            pts[2 * (a * g + b) + 1] = (flow_real)(lo[1] + (hi[1] - lo[1])
+                                                   * ((double)b + 0.5) / g);
+        }
+    if ((rc = log_prob_chunked(m, n, pts, cx, k, lp)) != FLOW_OK)
+        goto done;
+    cell = (hi[0] - lo[0]) * (hi[1] - lo[1]) / (double)n;
+    for (size_t i = 0; i < n; i++)
+        mass += exp((double)lp[i]) * cell;
+done:
+    r = add_row(rep, "density integrates to 1", rc == FLOW_OK
+                ? fabs(mass - 1) : INFINITY, TOL_DENSITY);
+    if (rc != FLOW_OK)
+        note(r, "%s", flow_errmsg(ctx));
+    else
+        note(r, "mass %.6f on a %zux%zu grid over [%.3g, %.3g] x [%.3g, "
+             "%.3g]%s", mass, g, g, lo[0], hi[0], lo[1], hi[1],
+             s < L->perturb ? " (perturbation halved)" : "");
+    free(pts);
+    free(lp);
+    free(cx);
+}
+
+static void check_model(flow_ctx *ctx, layer_run *L, const conform_opts *o,
+                        conform_report *rep, const flow_real *x)
+{
+    flow_model *m = NULL;
+    size_t np, nt = L->nrand > 1 ? L->nrand : L->n;
+    flow_real *p;
+    double mean;
+    conform_row *r;
+    int rc = model_build(ctx, L, o->seed, &m);
+
+    /* data-dependent init (its parameters are replaced below; what stays
+     * is its buffers, e.g. an "initialised" flag) on the whole batch, and
+     * a training step on the random rows (all rows when there is only
+     * one: batch statistics need two) */
+    if (rc == FLOW_OK)
+        rc = flow_model_data_init(m, L->n, x, L->k ? L->ctxv : NULL);
+    if (rc == FLOW_OK) {
+        /* the layer's (calibrated) parameters: the model's only slice */
+        np = flow_model_num_params(m);
+        p = flow_model_params(m);
+        memcpy(p, L->params, (np < L->desc.n_params ? np : L->desc.n_params)
+                             * sizeof *p);
+        /* one training-mode pass moves running statistics (buffers) */
+        if ((p = malloc((np + 1) * sizeof *p)) == NULL)
+            rc = FLOW_ERR_NOMEM;
+        else {
+            flow_model_set_training(m, 1);
+            rc = flow_model_loglik_grad(m, nt, x, L->k ? L->ctxv : NULL,
+                                        &mean, p);
+            flow_model_set_training(m, 0);
+            free(p);
+        }
+    }
+    if (rc != FLOW_OK) {
+        r = add_row(rep, "one-layer model", INFINITY, 0);
+        note(r, "%s", flow_errmsg(ctx));
+        flow_model_free(m);
+        return;
+    }
+    check_checkpoint(ctx, L, o, rep, m, x);
+    if (L->d == 2)
+        check_density(ctx, L, rep, m);
+    else
+        skip_row(rep, "density integrates to 1", "only for D = 2");
+    flow_model_free(m);
+}
+
 int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
                   const flow_attr_value *attrs, const conform_opts *o,
                   conform_report *rep)
@@ -703,14 +1381,19 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     layer_run L;
     flow_real *x = NULL, *y = NULL, *xb = NULL, *y2 = NULL, *ld = NULL,
               *ld2 = NULL;
-    size_t nd;
+    double *ld_fd = NULL;
+    flow_real *keep_buf = NULL;
+    int train_too;
+    double bound = o->bound > 0 ? o->bound : find_bound(t->attrs, attrs);
+    size_t nd, n_edge = edge_rows(o, bound, o->dim, NULL);
     int rc;
 
     memset(rep, 0, sizeof *rep);
+    memset(&L, 0, sizeof L);
     if (o->dim == 0 || o->dim > 4096)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "check dimension must be in "
-                         "1..4096, got %zu", o->dim);
-    rc = layer_build(ctx, &L, t, file, attrs, o);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "check dimension must be "
+                              "in 1..4096, got %zu", o->dim);
+    rc = layer_build(ctx, &L, t, file, attrs, o, n_edge);
     if (rc != FLOW_OK)
         goto done;
     nd = L.n * L.d;
@@ -720,23 +1403,64 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     y2 = malloc(nd * sizeof *y2);
     ld = malloc(L.n * sizeof *ld);
     ld2 = malloc(L.n * sizeof *ld2);
-    if (!x || !y || !xb || !y2 || !ld || !ld2) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    ld_fd = malloc(L.n * sizeof *ld_fd);
+    if (!x || !y || !xb || !y2 || !ld || !ld2 || !ld_fd) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto done;
     }
-    draw_inputs(&L, o, x);
-    check_maps(&L, o, rep, x, y, xb, ld, ld2, y2);
-    check_jacobian(&L, rep, x, 0, "forward");
+    draw_inputs(&L, o, bound, x);
+    calibrate(&L, x, y, ld);
+    check_maps(&L, rep, x, y, xb, ld, ld2, y2);
+    if (rep->n && !rep->rows[0].pass) {     /* forward failed: stop here */
+        rc = FLOW_OK;
+        goto done;
+    }
+    check_same_seed(ctx, &L, file, o, n_edge, rep, x, y, ld);
+    check_jacobian(&L, rep, x, 0, "forward", ld_fd);
     if (has(&L, FLOW_LAYER_INVERSE))
-        check_jacobian(&L, rep, y, 1, "inverse");
-    if (has(&L, FLOW_LAYER_BACKWARD_FORWARD) && L.t->forward_backward)
-        check_vjp(&L, o, rep, x, 0);
-    else
-        skip_row(rep, "backward (forward)", "not provided");
-    if (has(&L, FLOW_LAYER_BACKWARD_INVERSE) && L.t->inverse_backward)
-        check_vjp(&L, o, rep, x, 1);
-    else
-        skip_row(rep, "backward (inverse)", "not provided");
+        check_jacobian(&L, rep, y, 1, "inverse", NULL);
+    if (has(&L, FLOW_LAYER_STOCHASTIC) || !L.desc.logdet_exact)
+        check_estimator(&L, o, rep, x, ld_fd);
+    /* training mode differs for batch statistics: their backward is
+     * checked there too (the buffers its calls update, running averages,
+     * are put back).  A stochastic layer's training-mode backward may be an
+     * unbiased estimator of the true gradient rather than the derivative
+     * of its own sample (the Neumann-series estimator of Residual Flows,
+     * Chen et al. 2019, eq. 8), so finite differences do not apply there:
+     * its log-det is checked for unbiasedness above instead. */
+    train_too = has(&L, FLOW_LAYER_WHOLE_BATCH);
+    if (has(&L, FLOW_LAYER_STOCHASTIC))
+        skip_row(rep, "backward (training)", "stochastic layer: training "
+                 "gradients are estimates; unbiasedness of the log-det is "
+                 "checked instead");
+    if (train_too && !(keep_buf = malloc((L.desc.n_buffers + 1)
+                                         * sizeof *keep_buf))) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    if (train_too)
+        memcpy(keep_buf, L.buffers, L.desc.n_buffers * sizeof *keep_buf);
+    for (int train = 0; train <= train_too; train++) {
+        const char *mode = train ? "training" : "";
+        L.training = train;
+        if (has(&L, FLOW_LAYER_BACKWARD_FORWARD) && L.t->forward_backward)
+            check_vjp(&L, o, rep, x, 0, mode);
+        else if (!train)
+            skip_row(rep, "backward (forward)", "not provided");
+        if (train && has(&L, FLOW_LAYER_INVERSE_TRAINING_ERROR))
+            skip_row(rep, "backward (inverse, training)", "the inverse "
+                     "runs in evaluation mode only");
+        else if (has(&L, FLOW_LAYER_BACKWARD_INVERSE)
+                 && L.t->inverse_backward)
+            check_vjp(&L, o, rep, x, 1, mode);
+        else if (!train)
+            skip_row(rep, "backward (inverse)", "not provided");
+    }
+    L.training = 0;
+    if (train_too)
+        memcpy(L.buffers, keep_buf, L.desc.n_buffers * sizeof *keep_buf);
+    if (o->model_checks)
+        check_model(ctx, &L, o, rep, x);
     rc = FLOW_OK;
 done:
     layer_free(&L);
@@ -746,5 +1470,7 @@ done:
     free(y2);
     free(ld);
     free(ld2);
+    free(ld_fd);
+    free(keep_buf);
     return rc;
 }

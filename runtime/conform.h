@@ -1,6 +1,8 @@
 /* conform.h - internal: numerical conformance checks of one layer type
  * (round trips, log-det vs finite-difference Jacobian, declared vs measured
- * sparsity, batch independence, VJPs vs finite differences, determinism). */
+ * sparsity, batch independence, VJPs vs finite differences, determinism,
+ * unbiased log-det estimates, checkpoint round trip, 2-D density mass):
+ * what `flowkit check` runs (docs/plugins.md, "Checking a layer"). */
 #ifndef FLOW_RUNTIME_CONFORM_H
 #define FLOW_RUNTIME_CONFORM_H
 
@@ -18,6 +20,21 @@ typedef struct conform_opts {
     size_t max_param_checks;    /* parameters checked by FD (default 48)    */
     int has_bounds;             /* the input lies in [lo, hi]                */
     double lo, hi;
+    /* (appended) domain edges: besides `rows` random rows, the test batch
+     * holds a row of zeros, a row of large magnitudes (+-large, default
+     * 100; 0 = none) and, when the layer has a spline bound B (given here
+     * or found as a REAL attribute named "bound" at any depth of the
+     * attributes), rows at -+B, just inside, just outside and at 3B; with
+     * bounds, rows near lo and hi instead. */
+    double large;
+    double bound;               /* spline bound B (0: look in attrs)        */
+    /* model-level checks on a one-layer model (checkpoint round trip; for
+     * D = 2 the density on a grid); default 1 */
+    int model_checks;
+    const char *spec_text;      /* embedded in the test checkpoint (NULL: a
+                                   placeholder)                             */
+    size_t estimates;           /* draws for the unbiasedness test of
+                                   estimated log-dets (default 256)         */
 } conform_opts;
 
 typedef struct conform_row {
@@ -29,7 +46,13 @@ typedef struct conform_row {
     char note[160];
 } conform_row;
 
-#define CONFORM_MAX_ROWS 24
+/* Tolerances of this build (docs/plugins.md, "Tolerances"). */
+typedef struct conform_tols {
+    double roundtrip, logdet, fd, fd_step, density, zscore;
+} conform_tols;
+void conform_tolerances(conform_tols *t);
+
+#define CONFORM_MAX_ROWS 48
 
 typedef struct conform_report {
     conform_row rows[CONFORM_MAX_ROWS];

@@ -24,6 +24,8 @@ static void usage(FILE *f)
           "  encode CKPT --data F          data -> latent\n"
           "  decode CKPT --data Z          latent -> data\n"
           "  info CKPT                     spec, parameters, history\n"
+          "  check TYPE|SPEC|PLUGIN.so     numerical conformance checks of\n"
+          "                                layers ('flowkit check --help')\n"
           "  plugins [--json]   list plugin files found and the layer types\n"
           "                     they provide\n"
           "  data NAME -n N     draw a built-in data set (moons, 8gaussians,\n"
@@ -321,7 +323,7 @@ int main(int argc, char **argv)
         } cmds[] = {{"train", cmd_train},     {"eval", cmd_eval},
                     {"logprob", cmd_logprob}, {"sample", cmd_sample},
                     {"encode", cmd_encode},   {"decode", cmd_decode},
-                    {"info", cmd_info}};
+                    {"info", cmd_info},       {"check", cmd_check}};
         for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
             if (!strcmp(cmd, cmds[i].name))
                 return cmds[i].fn(argc - 1, argv + 1);

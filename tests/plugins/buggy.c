@@ -1,6 +1,12 @@
 /* buggy.c - test-only plugin: layers with one deliberate bug each, to prove
  * that the conformance checks catch it (and only the right check fails).
- * The base map is elementwise affine, z_i = x_i e^{a_i} + b_i. */
+ * The base map is elementwise affine, z_i = x_i e^{a_i} + b_i.  est_hutch
+ * estimates its log-det in training mode, sum_i a_i v_i^2 with Gaussian
+ * probes v (unbiased, as Hutchinson's estimator); bug_biased's trace
+ * estimate keeps 0.1 of the identity, sum_i (a_i + 0.1) v_i^2, so it is
+ * off by 0.1 D on average.  bug_batch centres each column on the batch
+ * mean in training mode, but its backward forgets that the mean depends
+ * on the inputs. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -8,14 +14,21 @@
 #include "flow/flow_plugin.h"
 
 enum bug { BUG_NONE, BUG_LOGDET, BUG_PATTERN, BUG_ROWS, BUG_GRAD, BUG_NONINV,
-           BUG_NONDET };
+           BUG_NONDET, BUG_SEED, BUG_CKPT, EST_HUTCH, BUG_BIASED,
+           BUG_BATCH };
 
 typedef struct buggy {
     enum bug bug;
     size_t d;
     const flow_host *host;
     unsigned long calls;        /* BUG_NONDET only (a deliberate race) */
+    double shift;               /* BUG_CKPT: state outside params/buffers */
 } buggy;
+
+static int stochastic(const buggy *b)
+{
+    return b->bug == EST_HUTCH || b->bug == BUG_BIASED;
+}
 
 static int describe_common(const flow_layer_config *cfg, flow_layer_desc *out,
                            enum bug bug)
@@ -31,22 +44,33 @@ static int describe_common(const flow_layer_config *cfg, flow_layer_desc *out,
         for (size_t i = 0; i < cfg->dim; i++)
             out->dep_vec[i] = (int32_t)i;
     }
+    if (bug == EST_HUTCH || bug == BUG_BIASED)
+        out->flags |= FLOW_LAYER_STOCHASTIC;
+    if (bug == BUG_BATCH)
+        out->flags |= FLOW_LAYER_WHOLE_BATCH
+                    | FLOW_LAYER_INVERSE_TRAINING_ERROR;
     out->cert = FLOW_CERT_MONOTONE;
     out->logdet_exact = 1;
     return FLOW_OK;
 }
 
-static size_t ws_none(void *self, size_t n, int dir)
+/* the estimators keep their squared probes for the backward */
+static size_t ws_probes(void *self, size_t n, int dir)
 {
-    (void)self, (void)n, (void)dir;
-    return 0;
+    buggy *b = self;
+    (void)dir;
+    return stochastic(b) ? n * b->d * sizeof(flow_real) : 0;
 }
 
 static int init_zero(void *self, const flow_call *c, flow_real *params)
 {
+    static unsigned long instances;   /* BUG_SEED: not from c->rng */
     buggy *b = self;
-    (void)c;
     memset(params, 0, 2 * b->d * sizeof *params);
+    if (b->bug == BUG_SEED)
+        params[0] = (flow_real)(0.125 * (double)(++instances % 7));
+    if (b->bug == BUG_CKPT)           /* drawn, but kept in the instance */
+        b->shift = c->host->rng_uniform(c->rng);
     return FLOW_OK;
 }
 
@@ -62,21 +86,45 @@ static double coupling_term(const buggy *b, const flow_real *xr)
     return b->bug == BUG_PATTERN && b->d > 1 ? 0.5 * xr[1] : 0.0;
 }
 
+/* BUG_BATCH in training mode: the batch mean of column i, else 0 */
+static double batch_mean(const buggy *b, const flow_call *c,
+                         const flow_real *x, size_t i)
+{
+    double m = 0;
+    if (b->bug != BUG_BATCH || !c->training)
+        return 0;
+    for (size_t r = 0; r < c->n; r++)
+        m += x[r * b->d + i];
+    return m / (double)c->n;
+}
+
 static int forward(void *self, const flow_call *c, const flow_real *x,
                    flow_real *z, flow_real *logdet)
 {
     buggy *b = self;
     const flow_real *a = c->params, *t = c->params + b->d;
     double ld = 0;
+    flow_real *probe = c->ws;
     for (size_t i = 0; i < b->d; i++)
         ld += a[i];
     for (size_t r = 0; r < c->n; r++) {
         const flow_real *xr = x + r * b->d;
+        if (stochastic(b) && c->training) {
+            ld = 0;
+            for (size_t i = 0; i < b->d; i++) {
+                flow_real v;
+                c->host->rng_normal(c->rng, &v, 1);
+                probe[r * b->d + i] = v * v;
+                ld += a[i] * (double)v * v;
+                if (b->bug == BUG_BIASED)   /* keeps 0.1 of the identity */
+                    ld += 0.1 * (double)v * v;
+            }
+        }
         for (size_t i = 0; i < b->d; i++) {
             double v = xr[i];
             if (b->bug == BUG_NONINV)
                 v = fabs(v);                    /* loses the sign */
-            v = v * exp(a[i]) + t[i];
+            v = (v - batch_mean(b, c, x, i)) * exp(a[i]) + t[i] + b->shift;
             if (i == 0)
                 v += coupling_term(b, xr);
             if (b->bug == BUG_ROWS && r > 0)
@@ -107,7 +155,7 @@ static int inverse(void *self, const flow_call *c, const flow_real *z,
         flow_real *xr = x + r * b->d;
         /* last to first, so the pattern bug's x_1 is known for x_0 */
         for (size_t i = b->d; i-- > 0;) {
-            double v = z[r * b->d + i] - t[i];
+            double v = z[r * b->d + i] - t[i] - b->shift;
             if (b->bug == BUG_ROWS && r > 0)
                 v -= 0.1 * x[(r - 1) * b->d + i];
             if (i == 0)
@@ -135,7 +183,8 @@ static int forward_backward(void *self, const flow_call *c,
     for (size_t r = 0; r < c->n; r++)
         for (size_t i = 0; i < b->d; i++) {
             double g = dz[r * b->d + i], xi = x[r * b->d + i], e = exp(a[i]);
-            double u = b->bug == BUG_NONINV ? fabs(xi) : xi;
+            double u = (b->bug == BUG_NONINV ? fabs(xi) : xi)
+                     - batch_mean(b, c, x, i);
             double du = b->bug == BUG_NONINV ? (xi < 0 ? -1 : 1) : 1;
             dx[r * b->d + i] += (flow_real)(g * e * du);
             if (i == 0 && b->bug == BUG_PATTERN && b->d > 1)
@@ -143,7 +192,9 @@ static int forward_backward(void *self, const flow_call *c,
             if (b->bug == BUG_ROWS && r > 0)
                 dx[(r - 1) * b->d + i] += (flow_real)(0.1 * g);
             if (c->grad) {
-                c->grad[i] += (flow_real)(g * u * e + k * dlogdet[r]);
+                double dl = stochastic(b) && c->training
+                          ? ((const flow_real *)c->ws)[r * b->d + i] : 1;
+                c->grad[i] += (flow_real)(g * u * e + k * dl * dlogdet[r]);
                 c->grad[b->d + i] += (flow_real)(b->bug == BUG_GRAD && i == 0
                                                  ? 1.5 * g : g);
             }
@@ -196,7 +247,7 @@ static int inverse_backward(void *self, const flow_call *c,
         .struct_size = sizeof(flow_layer_type), .name = #NAME, \
         .summary = "test-only layer with a deliberate bug", \
         .describe = NAME##_describe, .create = NAME##_create, \
-        .destroy = destroy, .workspace = ws_none, .init = init_zero, \
+        .destroy = destroy, .workspace = ws_probes, .init = init_zero, \
         .forward = forward, .inverse = inverse, \
         .forward_backward = forward_backward, \
         .inverse_backward = inverse_backward, \
@@ -210,10 +261,16 @@ BUGGY_TYPE(bug_rows, BUG_ROWS, NOINVBW)
 BUGGY_TYPE(bug_grad, BUG_GRAD, 0)
 BUGGY_TYPE(bug_noninv, BUG_NONINV, NOINVBW)
 BUGGY_TYPE(bug_nondet, BUG_NONDET, 0)
+BUGGY_TYPE(bug_seed, BUG_SEED, 0)
+BUGGY_TYPE(bug_ckpt, BUG_CKPT, 0)
+BUGGY_TYPE(est_hutch, EST_HUTCH, 0)
+BUGGY_TYPE(bug_biased, BUG_BIASED, 0)
+BUGGY_TYPE(bug_batch, BUG_BATCH, 0)
 
 static const flow_layer_type *const layers[] = {
     &bug_none_type, &bug_logdet_type, &bug_pattern_type, &bug_rows_type,
-    &bug_grad_type, &bug_noninv_type, &bug_nondet_type};
+    &bug_grad_type, &bug_noninv_type, &bug_nondet_type, &bug_seed_type,
+    &bug_ckpt_type, &est_hutch_type, &bug_biased_type, &bug_batch_type};
 
 static const flow_plugin_info info = {
     FLOW_PLUGIN_INFO_HEAD,

@@ -1,0 +1,515 @@
+/* cli_check.c - `flowkit check`: the numerical conformance checks of
+ * runtime/conform.c over a layer type, every layer of a spec, or every
+ * layer type of a plugin file.  Exit codes: 0 all checks pass, 1 a check
+ * failed (or a layer could not be built), 2 usage. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "conform.h"
+
+#define CMD "flowkit check"
+#define MAX_ATTRS 32
+#define MAX_PLUGINS 16
+
+static void check_usage(FILE *f)
+{
+    fputs("usage: flowkit check LAYER-TYPE | SPEC.flow | PLUGIN.so [options]\n"
+          "\n"
+          "Numerical conformance checks of layers on random parameters and\n"
+          "inputs (including the domain's edges): round trips, log-det\n"
+          "against a finite-difference Jacobian, declared vs measured\n"
+          "dependency pattern, batch independence, determinism, backward\n"
+          "passes against finite differences, checkpoint round trip and,\n"
+          "for D = 2, the density integrating to 1.  One row per check;\n"
+          "tolerances in docs/plugins.md.\n"
+          "\n"
+          "  LAYER-TYPE       a type from a plugin on the search path\n"
+          "  SPEC.flow        every layer of the spec, at its position's\n"
+          "                   width and with its attributes\n"
+          "  PLUGIN.so        every layer type of that file, with default\n"
+          "                   attributes (nothing else is loaded)\n"
+          "\n"
+          "  --dim D          input width (default 2; not with a SPEC)\n"
+          "  --context K      context width: the layer is `given c` (default\n"
+          "                   0; not with a SPEC)\n"
+          "  --attr NAME=VAL  an attribute as spec source text, repeatable:\n"
+          "                   --attr 'transformer=spline(bins = 4)'\n"
+          "  --bounds LO,HI   the input lies in [LO, HI] (e.g. logit: 0,1)\n"
+          "  --plugin FILE    load an extra plugin file first (repeatable)\n"
+          "  --seed S         parameters, inputs and probes (default 1)\n"
+          "  --rows N         random rows per test batch (default 4)\n"
+          "  --json           the report as one JSON object on stdout\n"
+          "\n"
+          "exit status: 0 every check passed, 1 a check failed, 2 usage\n",
+          f);
+}
+
+typedef struct check_opts {
+    const char *target;
+    size_t dim, context, rows;
+    int has_dim, has_context, has_bounds, json;
+    double lo, hi;
+    uint64_t seed;
+    const char *attrs[MAX_ATTRS];
+    size_t n_attrs;
+    const char *plugins[MAX_PLUGINS];
+    size_t n_plugins;
+} check_opts;
+
+/* Totals over every layer checked. */
+typedef struct check_totals {
+    size_t layers, checks, failed, skipped, broken;
+} check_totals;
+
+static int parse_bounds(cli_args *a, check_opts *o)
+{
+    const char *v = cli_opt_value(a);
+    char *end;
+    if (!v)
+        return EXIT_USAGE;
+    o->lo = strtod(v, &end);
+    if (end == v || *end != ',')
+        goto bad;
+    v = end + 1;
+    o->hi = strtod(v, &end);
+    if (end == v || *end || !isfinite(o->lo) || !isfinite(o->hi)
+        || !(o->lo < o->hi))
+        goto bad;
+    o->has_bounds = 1;
+    return 0;
+bad:
+    return cli_usage_error(a, "--bounds: '%s' is not LO,HI with LO < HI",
+                           a->inline_val ? a->inline_val : a->argv[a->i - 1]);
+}
+
+/* NAME=VALUE with NAME an identifier. */
+static int parse_attr(cli_args *a, check_opts *o)
+{
+    const char *v = cli_opt_value(a), *s;
+    if (!v)
+        return EXIT_USAGE;
+    if (o->n_attrs == MAX_ATTRS)
+        return cli_usage_error(a, "too many --attr (at most %d)", MAX_ATTRS);
+    for (s = v; *s == '_' || (*s >= 'a' && *s <= 'z')
+                || (*s >= 'A' && *s <= 'Z') || (s > v && *s >= '0'
+                                                && *s <= '9'); s++)
+        ;
+    while (*s == ' ')
+        s++;
+    if (s == v || *s != '=' || !s[1])
+        return cli_usage_error(a, "--attr: '%s' is not NAME=VALUE", v);
+    o->attrs[o->n_attrs++] = v;
+    return 0;
+}
+
+static int parse_check(int argc, char **argv, check_opts *o)
+{
+    cli_args a = {argc, 1, argv, CMD, NULL, NULL};
+    const char *pos;
+    int k, rc = 0;
+    memset(o, 0, sizeof *o);
+    o->dim = 2;
+    o->rows = 4;
+    o->seed = 1;
+    while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
+        if (k == 0) {
+            if (o->target)
+                return cli_usage_error(&a, "unexpected argument '%s'", pos);
+            o->target = pos;
+        } else if (cli_opt_is(&a, "--help") || cli_opt_is(&a, "-h")) {
+            check_usage(stdout);
+            return -1;
+        } else if (cli_opt_is(&a, "--dim")) {
+            rc = cli_parse_size(&a, &o->dim, 1);
+            if (rc == 0 && o->dim > 4096)
+                rc = cli_usage_error(&a, "--dim: at most 4096");
+            o->has_dim = 1;
+        } else if (cli_opt_is(&a, "--context")) {
+            rc = cli_parse_size(&a, &o->context, 0);
+            if (rc == 0 && o->context > 4096)
+                rc = cli_usage_error(&a, "--context: at most 4096");
+            o->has_context = 1;
+        } else if (cli_opt_is(&a, "--rows")) {
+            rc = cli_parse_size(&a, &o->rows, 1);
+            if (rc == 0 && o->rows > 4096)
+                rc = cli_usage_error(&a, "--rows: at most 4096");
+        } else if (cli_opt_is(&a, "--seed"))
+            rc = cli_parse_u64(&a, &o->seed);
+        else if (cli_opt_is(&a, "--attr"))
+            rc = parse_attr(&a, o);
+        else if (cli_opt_is(&a, "--bounds"))
+            rc = parse_bounds(&a, o);
+        else if (cli_opt_is(&a, "--plugin")) {
+            const char *v = cli_opt_value(&a);
+            if (!v)
+                rc = EXIT_USAGE;
+            else if (o->n_plugins == MAX_PLUGINS)
+                rc = cli_usage_error(&a, "too many --plugin (at most %d)",
+                                     MAX_PLUGINS);
+            else
+                o->plugins[o->n_plugins++] = v;
+        } else if (cli_opt_is(&a, "--json"))
+            o->json = 1;
+        else
+            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+    }
+    if (rc)
+        return rc;
+    if (!o->target)
+        return cli_usage_error(&a, "missing LAYER-TYPE, SPEC or PLUGIN");
+    return 0;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+static int is_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* ------------------------------------------------------------ output */
+
+static void json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void json_num(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+}
+
+/* The report's first line (or the JSON object's opening). */
+static void print_header(const check_opts *o)
+{
+    if (o->json)
+        printf("{\"flowkit\": \"%s\", \"precision\": \"%s\", \"seed\": "
+               "%llu, \"layers\": [", flow_version(), flow_precision(),
+               (unsigned long long)o->seed);
+    else
+        printf("flowkit check %s: %s, seed %llu\n", o->target,
+               flow_precision(), (unsigned long long)o->seed);
+}
+
+/* One layer's report.  `label` names it ("coupling" or "coupling#3 at
+ * spec.flow:7:5"). */
+static void print_report(const check_opts *o, const char *type,
+                         const char *label, const char *file, size_t dim,
+                         size_t context, const conform_report *rep,
+                         const char *error, check_totals *tot)
+{
+    size_t skipped = 0;
+    int first = tot->layers == 0;
+    for (size_t i = 0; i < rep->n; i++)
+        skipped += rep->rows[i].skipped != 0;
+    if (first)
+        print_header(o);
+    tot->layers++;
+    tot->checks += rep->n;
+    tot->failed += (size_t)rep->failures;
+    tot->skipped += skipped;
+    if (error)
+        tot->broken++;
+    if (o->json) {
+        printf("%s\n    {\"type\": ", first ? "" : ",");
+        json_str(stdout, type);
+        printf(", \"label\": ");
+        json_str(stdout, label);
+        printf(", \"plugin\": ");
+        json_str(stdout, file);
+        printf(", \"dim\": %zu, \"context\": %zu, ", dim, context);
+        if (error) {
+            printf("\"error\": ");
+            json_str(stdout, error);
+            printf(", ");
+        }
+        printf("\"failed\": %d, \"checks\": [", rep->failures);
+        for (size_t i = 0; i < rep->n; i++) {
+            const conform_row *r = &rep->rows[i];
+            printf("%s\n      {\"name\": ", i ? "," : "");
+            json_str(stdout, r->name);
+            printf(", \"error\": ");
+            json_num(stdout, r->skipped ? NAN : r->err);
+            printf(", \"tolerance\": ");
+            json_num(stdout, r->skipped ? NAN : r->tol);
+            printf(", \"result\": \"%s\", \"note\": ",
+                   r->skipped ? "SKIP" : r->pass ? "PASS" : "FAIL");
+            json_str(stdout, r->note);
+            printf("}");
+        }
+        printf("]}");
+        return;
+    }
+    printf("\n%s (%s): D = %zu, K = %zu\n", label, file, dim, context);
+    if (error) {
+        printf("  cannot check: %s\n", error);
+        return;
+    }
+    printf("  %-38s %10s %10s  %s\n", "check", "max error", "tolerance",
+           "result");
+    for (size_t i = 0; i < rep->n; i++) {
+        const conform_row *r = &rep->rows[i];
+        if (r->skipped)
+            printf("  %-38s %10s %10s  SKIP    %s\n", r->name, "-", "-",
+                   r->note);
+        else
+            printf("  %-38s %10.3g %10.3g  %s    %s\n", r->name, r->err,
+                   r->tol, r->pass ? "PASS" : "FAIL", r->note);
+    }
+    printf("%s: %zu checks, %d failed, %zu skipped\n", label, rep->n,
+           rep->failures, skipped);
+}
+
+/* Runs the checks of one layer and prints them. */
+static void check_one(flow_ctx *ctx, const check_opts *o,
+                      const flow_layer_type *t, const char *file,
+                      const char *label, const flow_attr_value *attrs,
+                      size_t dim, size_t context, int has_bounds, double lo,
+                      double hi, const char *spec_text, check_totals *tot)
+{
+    conform_opts co;
+    conform_report rep;
+    int rc;
+    conform_default_opts(&co);
+    co.dim = dim;
+    co.context_dim = context;
+    co.rows = o->rows;
+    co.seed = o->seed;
+    co.has_bounds = has_bounds;
+    co.lo = lo;
+    co.hi = hi;
+    co.spec_text = spec_text;
+    rc = conform_layer(ctx, t, file, attrs, &co, &rep);
+    print_report(o, t->name, label, file, dim, context, &rep,
+                 rc == FLOW_OK ? NULL : flow_errmsg(ctx), tot);
+}
+
+/* ------------------------------------------------------------ targets */
+
+/* The spec text of a one-layer model: the compiler resolves and checks the
+ * attributes exactly as in a user's spec.  NULL when out of memory. */
+static char *tiny_spec(const check_opts *o, const char *type)
+{
+    size_t cap = 512 + strlen(type);
+    char *s, *p;
+    for (size_t i = 0; i < o->n_attrs; i++)
+        cap += strlen(o->attrs[i]) + 8;
+    if (!(s = malloc(cap)))
+        return NULL;
+    p = s;
+    p += sprintf(p, "// flowkit check %s\nflow check {\n    input x : "
+                 "real[%zu]", type, o->dim);
+    if (o->has_bounds)
+        p += sprintf(p, " in [%.17g, %.17g]", o->lo, o->hi);
+    p += sprintf(p, ";\n");
+    if (o->context)
+        p += sprintf(p, "    context c : real[%zu];\n", o->context);
+    p += sprintf(p, "    %s(", type);
+    for (size_t i = 0; i < o->n_attrs; i++)
+        p += sprintf(p, "%s%s", i ? ", " : "", o->attrs[i]);
+    p += sprintf(p, ")%s;\n    output z ~ normal;\n}\n",
+                 o->context ? " given c" : "");
+    return s;
+}
+
+/* Checks type t through the tiny spec; 0, or EXIT_USAGE when the
+ * compiler refused the options (diagnostics printed). */
+static int check_type(flow_ctx *ctx, const check_opts *o,
+                      const flow_layer_type *t, check_totals *tot)
+{
+    char *text = tiny_spec(o, t->name);
+    flow_compilation *c;
+    const flow_graph *g;
+    const flow_graph_node *n = NULL;
+    if (!text) {
+        fprintf(stderr, CMD ": out of memory\n");
+        return 1;
+    }
+    /* only errors: warnings about a one-layer model ("dimension never
+     * transformed") say nothing about the layer */
+    if (!(c = flow_compile_string(ctx, "<check>", text, strlen(text)))) {
+        free(text);
+        return cli_fail(ctx, CMD);
+    }
+    if (flow_compile_errors(c) || !(g = flow_compile_graph(c))) {
+        flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+        fprintf(stderr, CMD ": %s: the attributes or options are not valid "
+                "for this layer type\n", t->name);
+        flow_compile_free(c);
+        free(text);
+        return EXIT_USAGE;
+    }
+    for (size_t i = 0; i < flow_graph_node_count(g); i++)
+        if (flow_graph_node_get(g, i)->kind == FLOW_NODE_LAYER)
+            n = flow_graph_node_get(g, i);
+    if (n)
+        check_one(ctx, o, n->type, n->plugin_file, t->name, n->attrs,
+                  n->in_dim, n->config.context_dim, n->config.has_bounds,
+                  n->config.lo, n->config.hi, text, tot);
+    flow_compile_free(c);
+    free(text);
+    return 0;
+}
+
+static int check_spec(flow_ctx *ctx, const check_opts *o, check_totals *tot)
+{
+    flow_compilation *c = cli_compile(ctx, CMD, o->target, NULL);
+    const flow_graph *g;
+    const char *src;
+    if (!c)
+        return 1;
+    g = flow_compile_graph(c);
+    src = flow_graph_source(g, 0, NULL, NULL);
+    for (size_t i = 0; i < flow_graph_node_count(g); i++) {
+        const flow_graph_node *n = flow_graph_node_get(g, i);
+        char label[512];
+        if (n->kind != FLOW_NODE_LAYER)
+            continue;
+        snprintf(label, sizeof label, "%s at %s:%d:%d", n->label, n->file,
+                 n->line, n->col);
+        check_one(ctx, o, n->type, n->plugin_file, label, n->attrs,
+                  n->in_dim, n->config.context_dim, n->config.has_bounds,
+                  n->config.lo, n->config.hi, src, tot);
+    }
+    flow_compile_free(c);
+    return 0;
+}
+
+/* The index of the loaded plugin whose file is `path`. */
+static size_t find_plugin(const flow_ctx *ctx, const char *path)
+{
+    char *want = realpath(path, NULL);
+    size_t i, n = flow_plugin_count(ctx);
+    if (!want)
+        return n;
+    for (i = 0; i < n; i++) {
+        char *have = realpath(flow_plugin_file(ctx, i), NULL);
+        int same = have && !strcmp(have, want);
+        free(have);
+        if (same)
+            break;
+    }
+    free(want);
+    return i;
+}
+
+static int load_plugin(flow_ctx *ctx, const char *path)
+{
+    char buf[4096];
+    /* a bare file name is a file here, not a name on the search path */
+    if (!strchr(path, '/') && is_file(path)) {
+        snprintf(buf, sizeof buf, "./%s", path);
+        path = buf;
+    }
+    if (flow_plugin_load(ctx, path) != FLOW_OK)
+        return cli_fail(ctx, CMD);
+    return 0;
+}
+
+static int check_plugin(flow_ctx *ctx, const check_opts *o,
+                        check_totals *tot)
+{
+    const flow_plugin_info *p;
+    size_t i;
+    int rc = 0;
+    if (load_plugin(ctx, o->target))
+        return 1;
+    if ((i = find_plugin(ctx, o->target)) == flow_plugin_count(ctx)) {
+        fprintf(stderr, CMD ": %s: loaded, but not found again\n",
+                o->target);
+        return 1;
+    }
+    p = flow_plugin_get(ctx, i);
+    if (p->n_layers == 0) {
+        fprintf(stderr, CMD ": %s: the plugin provides no layer types\n",
+                o->target);
+        return 1;
+    }
+    for (size_t j = 0; j < p->n_layers; j++) {
+        int r = check_type(ctx, o, p->layers[j], tot);
+        if (r && !rc)
+            rc = 1;         /* default attributes the compiler refuses */
+    }
+    return rc;
+}
+
+int cmd_check(int argc, char **argv)
+{
+    check_opts o;
+    check_totals tot;
+    flow_ctx *ctx = NULL;
+    int rc = parse_check(argc, argv, &o), spec, plugin;
+    const flow_layer_type *t;
+
+    if (rc)
+        return rc < 0 ? 0 : rc;
+    memset(&tot, 0, sizeof tot);
+    plugin = ends_with(o.target, ".so");
+    spec = !plugin && (ends_with(o.target, ".flow") || strchr(o.target, '/')
+                       || is_file(o.target));
+    if (spec && (o.has_dim || o.has_context || o.n_attrs || o.has_bounds)) {
+        fprintf(stderr, CMD ": --dim, --context, --attr and --bounds come "
+                "from the spec when checking %s (try '" CMD " --help')\n",
+                o.target);
+        return EXIT_USAGE;
+    }
+    if (plugin) {
+        if (!(ctx = flow_ctx_new())) {
+            fprintf(stderr, CMD ": out of memory\n");
+            return 1;
+        }
+    } else if (!(ctx = cli_open_ctx(CMD)))
+        return 1;
+    for (size_t i = 0; i < o.n_plugins; i++)
+        if (load_plugin(ctx, o.plugins[i])) {
+            flow_ctx_free(ctx);
+            return 1;
+        }
+    if (plugin)
+        rc = check_plugin(ctx, &o, &tot);
+    else if (spec)
+        rc = check_spec(ctx, &o, &tot);
+    else if (!(t = flow_layer_type_find(ctx, o.target, NULL))) {
+        fprintf(stderr, CMD ": unknown layer type '%s' (no plugin on the "
+                "search path provides it; see 'flowkit plugins')\n",
+                o.target);
+        rc = EXIT_USAGE;
+    } else
+        rc = check_type(ctx, &o, t, &tot);
+    if (rc == 0 && tot.layers == 0)
+        print_header(&o);
+    if (o.json && (rc == 0 || tot.layers))
+        printf("\n  ], \"checks\": %zu, \"failed\": %zu, \"skipped\": %zu}\n",
+               tot.checks, tot.failed + tot.broken, tot.skipped);
+    else if (rc == 0 || tot.layers)
+        printf("\n%s: %zu layer%s, %zu checks, %zu failed, %zu skipped%s\n",
+               tot.failed + tot.broken ? "FAIL" : "PASS", tot.layers,
+               tot.layers == 1 ? "" : "s", tot.checks,
+               tot.failed + tot.broken, tot.skipped,
+               tot.broken ? " (a layer could not be built)" : "");
+    flow_ctx_free(ctx);
+    if (rc)
+        return rc;
+    return tot.failed || tot.broken ? 1 : 0;
+}

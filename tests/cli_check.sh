@@ -1,0 +1,227 @@
+#!/bin/sh
+# cli_check.sh - `flowkit check`: output format, exit codes, every bundled
+# layer type under several attribute settings, and the deliberately buggy
+# layers (tests/plugins/buggy.c) each failing exactly the right checks
+# through the command line.  Run by make check with FLOWKIT,
+# FLOW_PLUGIN_PATH, FLOW_TEST_PLUGINS and top_srcdir set.
+set -u
+fail=0
+pass=0
+check() {  # check NAME EXPECTED_RC ACTUAL_RC
+    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
+        echo "FAIL: $1: exit $3, expected $2"; cat "$t/out"
+        fail=$((fail + 1)); fi
+}
+has() {    # has NAME FILE TEXT
+    if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
+        echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi
+}
+same() {   # same NAME EXPECTED ACTUAL
+    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
+        printf 'FAIL: %s:\n--- expected\n%s\n--- got\n%s\n' "$1" "$2" "$3"
+        fail=$((fail + 1)); fi
+}
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+buggy="$FLOW_TEST_PLUGINS/buggy.so"
+
+# --- usage and exit codes ----------------------------------------------
+"$FLOWKIT" check >"$t/out" 2>&1; check no-target 2 $?
+same no-target-msg "flowkit check: missing LAYER-TYPE, SPEC or PLUGIN (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check --help >"$t/out" 2>&1; check help 0 $?
+has help "$t/out" "usage: flowkit check LAYER-TYPE | SPEC.flow | PLUGIN.so [options]"
+"$FLOWKIT" check permute --frob >"$t/out" 2>&1; check bad-option 2 $?
+same bad-option-msg "flowkit check: unknown option '--frob' (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check permute --dim 0 >"$t/out" 2>&1; check dim-0 2 $?
+same dim-0-msg "flowkit check: --dim: '0' is not an integer >= 1 (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check permute --attr order >"$t/out" 2>&1; check attr-syntax 2 $?
+same attr-syntax-msg "flowkit check: --attr: 'order' is not NAME=VALUE (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check logit --bounds 1,0 >"$t/out" 2>&1; check bounds-syntax 2 $?
+same bounds-syntax-msg "flowkit check: --bounds: '1,0' is not LO,HI with LO < HI (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check nosuch >"$t/out" 2>&1; check unknown-type 2 $?
+same unknown-type-msg "flowkit check: unknown layer type 'nosuch' (no plugin on the search path provides it; see 'flowkit plugins')" "$(cat "$t/out")"
+
+# attributes go through the compiler: its diagnostics, exit 2, no report
+"$FLOWKIT" check coupling --attr bins=3 >"$t/out" 2>"$t/err"; check bad-attr 2 $?
+has bad-attr "$t/err" "<check>:4:14: error[F0103]: unknown attribute 'bins' for layer 'coupling'"
+has bad-attr "$t/err" "help: layer 'coupling' accepts: transformer, mask, hidden, activation, identity_init"
+has bad-attr "$t/err" "flowkit check: coupling: the attributes or options are not valid for this layer type"
+same bad-attr-stdout "" "$(cat "$t/out")"
+"$FLOWKIT" check coupling --attr 'transformer=spline(bins = 0)' >"$t/out" 2>&1
+check attr-range 2 $?
+has attr-range "$t/out" "error[F0201]: value 0 of attribute 'bins' is out of range: must be in [1, 128]"
+"$FLOWKIT" check "$top_srcdir/specs/moons.flow" --dim 3 >"$t/out" 2>&1
+check spec-dim 2 $?
+has spec-dim "$t/out" "flowkit check: --dim, --context, --attr and --bounds come from the spec"
+"$FLOWKIT" check "$t/nothere.so" >"$t/out" 2>&1; check missing-plugin 1 $?
+has missing-plugin "$t/out" "flowkit check: cannot load plugin $t/nothere.so"
+
+# --- the report ------------------------------------------------------------
+"$FLOWKIT" check permute --dim 5 --attr 'order = random(3)' --seed 4 \
+    >"$t/out" 2>&1; check report 0 $?
+has report "$t/out" "flowkit check permute: "
+has report "$t/out" ", seed 4"
+has report "$t/out" "permute ($FLOW_PLUGIN_PATH/permute.so): D = 5, K = 0"
+has report "$t/out" "  check                                   max error  tolerance  result"
+row=$(grep "round trip x -> z -> x" "$t/out")
+case "$row" in
+"  round trip x -> z -> x                          0 "*"PASS    worst: row 0"*)
+    pass=$((pass + 1));;
+*)  echo "FAIL: report row format: '$row'"; fail=$((fail + 1));;
+esac
+has report "$t/out" "  density integrates to 1                         -          -  SKIP    only for D = 2"
+n=$(grep -cE '  (PASS|SKIP|FAIL)    ' "$t/out")
+has report "$t/out" "permute: $n checks, 0 failed, 1 skipped"
+has report "$t/out" "PASS: 1 layer, $n checks, 0 failed, 1 skipped"
+# same seed, same report (bits included)
+"$FLOWKIT" check permute --dim 5 --attr 'order = random(3)' --seed 4 \
+    >"$t/out2" 2>&1
+if cmp -s "$t/out" "$t/out2"; then pass=$((pass + 1)); else
+    echo "FAIL: the same seed gave a different report"; fail=$((fail + 1)); fi
+
+"$FLOWKIT" check actnorm --json >"$t/out" 2>&1; check json 0 $?
+has json "$t/out" '"precision": "'
+has json "$t/out" '"layers": ['
+has json "$t/out" '{"name": "checkpoint round trip", "error": 0, "tolerance": 0, "result": "PASS", "note": "log-probs of 6 rows bit for bit after restoring into a model built from another seed"}'
+has json "$t/out" '"checks": 21, "failed": 0, "skipped": 0}'
+if command -v python3 >/dev/null 2>&1; then
+    if python3 -m json.tool "$t/out" >/dev/null 2>&1; then pass=$((pass + 1))
+    else echo "FAIL: --json is not JSON:"; cat "$t/out"; fail=$((fail + 1)); fi
+fi
+
+# a failing run in JSON: the row, the totals, exit 1
+"$FLOWKIT" check bug_grad --plugin "$buggy" --dim 3 --json >"$t/out" 2>&1
+check json-fail 1 $?
+has json-fail "$t/out" '{"name": "d/d params vs FD (forward)", "error": '
+has json-fail "$t/out" '"result": "FAIL", "note": "6 of 6 parameters"}'
+has json-fail "$t/out" '"failed": 1, "skipped": 1}'
+# --rows: random rows per batch (edge rows come on top)
+"$FLOWKIT" check actnorm --rows 1 >"$t/out" 2>&1; check rows 0 $?
+has rows "$t/out" "PASS    3 rows: 1 random, 2 at the domain's edges"
+"$FLOWKIT" check logit --bounds 0,1 --rows 2 >"$t/out" 2>&1; check rows-bounds 0 $?
+has rows-bounds "$t/out" "PASS    5 rows: 2 random, 3 at the domain's edges"
+
+# a whole plugin file: every type with default attributes
+"$FLOWKIT" check "$FLOW_PLUGIN_PATH/permute.so" >"$t/out" 2>&1
+check plugin-file 0 $?
+has plugin-file "$t/out" "PASS: 1 layer, "
+# a spec: every layer at its position's width
+cat >"$t/mix.flow" <<'EOF'
+flow mix {
+    input x : real[3];
+    context c : real[2];
+    actnorm();
+    maf(hidden = [8, 8], activation = tanh, transformer = affine) given c;
+    permute(order = reverse);
+    coupling(mask = half, hidden = [8], activation = tanh,
+             transformer = spline(bins = 4, bound = 2));
+    output z ~ normal;
+}
+EOF
+"$FLOWKIT" check "$t/mix.flow" >"$t/out" 2>&1; check spec 0 $?
+has spec "$t/out" "actnorm#0 at $t/mix.flow:4:5 ("
+has spec "$t/out" "maf#1 at $t/mix.flow:5:5 ("
+has spec "$t/out" "/maf.so): D = 3, K = 2"
+has spec "$t/out" "coupling#3 at $t/mix.flow:7:5 ("
+has spec "$t/out" "PASS: 4 layers, "
+
+# --- the buggy layers: each fails exactly its checks --------------------
+# expect_fail TYPE DIM 'check|check...': the FAIL rows, in report order
+expect_fail() {
+    "$FLOWKIT" check "$1" --plugin "$buggy" --dim "$2" >"$t/out" 2>&1
+    rc=$?
+    got=$(sed -n 's/^  \(.*[^ ]\) \{1,\}[-0-9.e+inf]\{1,\} \{1,\}[-0-9.e+]\{1,\}  FAIL .*/\1/p' "$t/out" \
+          | sed 's/ *$//' | tr '\n' '|' | sed 's/|$//')
+    same "$1 failing checks" "$3" "$got"
+    if [ -n "$3" ]; then check "$1 exit" 1 $rc; else check "$1 exit" 0 $rc; fi
+}
+expect_fail bug_none 3 ""
+expect_fail bug_logdet 3 "logdet vs FD Jacobian (forward)|logdet vs FD Jacobian (inverse)"
+expect_fail bug_logdet 2 "logdet vs FD Jacobian (forward)|logdet vs FD Jacobian (inverse)|density integrates to 1"
+expect_fail bug_pattern 3 "declared zeros are zero"
+expect_fail bug_noninv 3 "round trip x -> z -> x"
+expect_fail bug_grad 3 "d/d params vs FD (forward)"
+expect_fail bug_rows 3 "rows independent"
+expect_fail bug_nondet 3 "deterministic"
+expect_fail bug_seed 3 "same seed, same bits"
+expect_fail bug_ckpt 3 "checkpoint round trip"
+expect_fail est_hutch 3 ""
+expect_fail bug_biased 3 "logdet estimate unbiased"
+expect_fail bug_batch 3 "d/d input vs FD (forward, training)"
+# a spec: only the buggy layer's row fails, and the exit status says so
+cat >"$t/bug.flow" <<'EOF'
+flow bug {
+    input x : real[3];
+    permute(order = reverse);
+    bug_rows();
+    output z ~ normal;
+}
+EOF
+"$FLOWKIT" check "$t/bug.flow" --plugin "$buggy" >"$t/out" 2>&1
+check spec-bug 1 $?
+same spec-bug-rows "  rows independent" \
+    "$(grep '  FAIL  ' "$t/out" | sed 's/  \{2,\}[0-9].*//')"
+has spec-bug "$t/out" "bug_rows#1 at $t/bug.flow:4:5 ("
+has spec-bug "$t/out" "FAIL: 2 layers, "
+# the whole buggy plugin: non-zero, one section per type
+"$FLOWKIT" check "$buggy" --dim 3 >"$t/out" 2>&1; check buggy-plugin 1 $?
+has buggy-plugin "$t/out" "FAIL: 12 layers, "
+
+# --- every bundled layer type, several settings -------------------------
+# run_ok NAME ARGS...: the check passes
+run_ok() {
+    name=$1; shift
+    "$FLOWKIT" check "$@" >"$t/out" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then pass=$((pass + 1)); else
+        echo "FAIL: flowkit check $* (exit $rc):"; grep -E 'FAIL|cannot' "$t/out"
+        fail=$((fail + 1)); fi
+}
+small="--attr hidden=[16,12] --attr activation=tanh"
+for tf in affine additive 'spline(bins = 5, bound = 2.5)'; do
+    for mask in 'parity(1)' half 'first(1)' '[1, 0, 1, 1]'; do
+        for k in 0 2; do
+            run_ok coupling coupling --dim 4 --context $k $small \
+                --attr "transformer = $tf" --attr "mask = $mask"
+        done
+    done
+    for order in natural reverse 'random(seed = 2)' '[2, 0, 3, 1]'; do
+        for kind in maf iaf; do
+            run_ok $kind $kind --dim 4 --context 2 $small \
+                --attr "transformer = $tf" --attr "order = $order"
+        done
+    done
+    run_ok coupling-2d coupling --dim 2 $small --attr "transformer = $tf"
+    run_ok maf-2d maf --dim 2 $small --attr "transformer = $tf"
+    run_ok iaf-2d-ctx iaf --dim 2 --context 1 $small --attr "transformer = $tf"
+done
+run_ok coupling-default coupling
+run_ok maf-default maf --dim 3
+# default conditioners (ReLU, 128 x 128) with splines: steep, kinked maps
+# that once gave float32 false alarms
+run_ok coupling-relu-spline coupling --dim 4 --context 2 --seed 1 \
+    --attr transformer=spline
+run_ok iaf-relu-spline iaf --dim 4 --context 2 --seed 3 --attr transformer=spline
+run_ok iaf-relu-spline-2d iaf --attr transformer=spline
+for order in reverse 'random(5)' '[2, 0, 1]'; do
+    run_ok permute permute --dim 3 --attr "order = $order"
+done
+run_ok permute-2d permute --attr 'order = reverse'
+for p in none reverse 'random(seed = 4)'; do
+    run_ok linear linear --dim 4 --attr "perm = $p"
+    run_ok linear-2d linear --attr "perm = $p"
+done
+run_ok actnorm actnorm --dim 5
+run_ok actnorm-2d actnorm
+run_ok batchnorm batchnorm --dim 3 --attr momentum=0.3
+run_ok batchnorm-2d batchnorm
+run_ok logit logit --dim 3 --bounds 0,1 --attr alpha=0.05
+run_ok logit-2d logit --bounds 0,1
+# example specs: their layers at their real settings (ReLU, 64 wide),
+# including exits (multiscale) and a context (cond_maf)
+for spec in nsf_8gaussians multiscale cond_maf; do
+    run_ok "$spec" "$top_srcdir/specs/$spec.flow"
+done
+
+echo "cli_check: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
