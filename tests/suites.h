@@ -25,6 +25,7 @@ Suite *suite_datasets(void);
 Suite *suite_json(void);
 Suite *suite_checkpoint(void);
 Suite *suite_compiler(void);   /* compiler branch */
+Suite *suite_ode(void);        /* ode layer and its solvers */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
