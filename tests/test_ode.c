@@ -838,6 +838,73 @@ START_TEST(test_hutchinson_unbiased_layer)
 }
 END_TEST
 
+/* Training with Hutchinson probes: the backward pass reuses the forward's
+ * probes (kept in the workspace).  With the stream reseeded before every
+ * forward, the estimated log-det is a fixed function, and backprop's
+ * gradients (inputs, parameters, context) match its central differences;
+ * the adjoint matches backprop. */
+START_TEST(test_hutchinson_gradients)
+{
+    enum { N = 3, D = 3, K = 1 };
+    flow_real x[N * D], z[N * D], ld[N], dz[N * D], dld[N], dx[2][N * D];
+    flow_real *gp[2];
+    double worst = 0, wadj = 0, scale = 0;
+    lay L[2];
+    draw(x, N * D, 1.2, 3);
+    draw(dz, N * D, 1.0, 4);
+    draw(dld, N, 1.0, 5);
+    for (int g = 0; g < 2; g++) {
+        ode_set s = set_default();
+        s.hutch = 1;
+        s.gaussian = 1;
+        s.steps = 24;
+        s.backprop = !g;
+        lay_open(&L[g], &s, N, D, K, 41);
+        rng_seed(&L[g].rng, 5);
+        ck_assert_int_eq(lay_run(&L[g], 0, 1, x, z, ld), FLOW_OK);
+        ck_assert_msg(lay_back(&L[g], 0, x, z, dz, dld, dx[g]) == FLOW_OK,
+                      "%s", L[g].err);
+        gp[g] = L[g].grad;
+    }
+    /* backprop (L[0]) against central differences with the same probes */
+    for (size_t v = 0; v < N * D + 40; v++) {
+        flow_real *slot = v < N * D ? &x[v] : &L[0].params[(v - N * D) * 7];
+        double an = v < N * D ? dx[0][v] : gp[0][(v - N * D) * 7], s2[2];
+        flow_real keep = *slot;
+        for (int sg = 0; sg < 2; sg++) {
+            *slot = (flow_real)(keep + (sg ? -FD_H : FD_H));
+            rng_seed(&L[0].rng, 5);
+            ck_assert_int_eq(lay_run(&L[0], 0, 1, x, z, ld), FLOW_OK);
+            s2[sg] = 0;
+            for (size_t i = 0; i < N * D; i++)
+                s2[sg] += (double)dz[i] * z[i];
+            for (size_t r = 0; r < N; r++)
+                s2[sg] += (double)dld[r] * ld[r];
+        }
+        *slot = keep;
+        worst = fmax(worst, fabs(an - (s2[0] - s2[1]) / (2 * FD_H))
+                                / fmax(1, fabs(an)));
+    }
+    ck_assert_msg(worst <= 5 * FD_TOL, "Hutchinson backprop vs FD: %g",
+                  worst);
+    for (size_t i = 0; i < N * D; i++) {
+        scale = fmax(scale, fabs(dx[0][i]));
+        wadj = fmax(wadj, fabs(dx[0][i] - dx[1][i]));
+    }
+    for (size_t i = 0; i < L[0].desc.n_params; i++) {
+        scale = fmax(scale, fabs(gp[0][i]));
+        wadj = fmax(wadj, fabs(gp[0][i] - gp[1][i]));
+    }
+    for (size_t i = 0; i < N * K; i++)
+        wadj = fmax(wadj, fabs(L[0].dctx[i] - L[1].dctx[i]));
+    ck_assert_msg(wadj <= (FLOW_REAL_DOUBLE ? 1e-5 : 2e-3) * scale,
+                  "Hutchinson adjoint vs backprop: %g (scale %g)", wadj,
+                  scale);
+    lay_close(&L[0]);
+    lay_close(&L[1]);
+}
+END_TEST
+
 /* Adjoint against backprop on one layer with context, both directions:
  * input, parameter and context gradients agree within solver tolerance
  * (dopri5, tight), and within RK4's O(h^4) for fixed steps. */
@@ -1088,6 +1155,7 @@ Suite *suite_ode(void)
     tcase_add_test(tl, test_dynamics_vjp_vs_fd);
     tcase_add_test(tl, test_hutchinson_unbiased_dynamics);
     tcase_add_test(tl, test_hutchinson_unbiased_layer);
+    tcase_add_test(tl, test_hutchinson_gradients);
     tcase_add_test(tl, test_adjoint_matches_backprop);
     tcase_add_test(tl, test_dopri5_layer_accuracy);
     tcase_add_test(tl, test_nfe_counted);
