@@ -6,6 +6,7 @@ Only a benchmark reference (python3-torch from Debian); never a dependency
 of flowkit or its tests.
 
   ref_torch.py realnvp --train train.csv --test test.csv --steps 2000
+  ref_torch.py ffjord --train train.csv --test test.csv --steps 300
 
 prints one JSON line: steps/s and KL(true || model) when the test file has a
 true log-density column "logprob".
@@ -258,9 +259,69 @@ class RealNVP(torch.nn.Module):
         return base + ld
 
 
+class ConcatMLP(torch.nn.Module):
+    """flowkit's MLP with `time = concat`: t appended to every layer's
+    input (tanh hidden layers, linear output)."""
+
+    def __init__(self, d, hidden):
+        super().__init__()
+        ws, w = [], d
+        for h in hidden + [d]:
+            ws.append(torch.nn.Linear(w + 1, h))
+            w = h
+        self.lins = torch.nn.ModuleList(ws)
+
+    def forward(self, z, t):
+        tt = torch.full((z.shape[0], 1), float(t))
+        h = z
+        for i, lin in enumerate(self.lins):
+            h = lin(torch.cat([h, tt], dim=1))
+            if i + 1 < len(self.lins):
+                h = torch.tanh(h)
+        return h
+
+
+class FFJORD(torch.nn.Module):
+    """One continuous flow dz/dt = f(z, t) on [t0, t1], RK4 with fixed
+    steps, exact trace (one autograd pass per dimension), backprop through
+    the solver: flowkit's `ode(time = concat, solver = rk4(steps),
+    trace = exact, gradient = backprop)`."""
+
+    def __init__(self, d, hidden, steps, t0=0.0, t1=1.0):
+        super().__init__()
+        self.f = ConcatMLP(d, hidden)
+        self.steps, self.t0, self.t1 = steps, t0, t1
+
+    def dyn(self, z, t):
+        with torch.enable_grad():
+            if not z.requires_grad:
+                z = z.requires_grad_(True)
+            dz = self.f(z, t)
+            tr = torch.zeros(z.shape[0])
+            for i in range(z.shape[1]):
+                tr = tr + torch.autograd.grad(dz[:, i].sum(), z,
+                                              create_graph=True)[0][:, i]
+        return dz, tr
+
+    def log_prob(self, x):
+        z = x.clone().requires_grad_(True)
+        l = torch.zeros(x.shape[0])
+        h = (self.t1 - self.t0) / self.steps
+        for k in range(self.steps):
+            t = self.t0 + k * h
+            k1, l1 = self.dyn(z, t)
+            k2, l2 = self.dyn(z + h / 2 * k1, t + h / 2)
+            k3, l3 = self.dyn(z + h / 2 * k2, t + h / 2)
+            k4, l4 = self.dyn(z + h * k3, t + h)
+            z = z + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            l = l + h / 6 * (l1 + 2 * l2 + 2 * l3 + l4)
+        base = -0.5 * (z ** 2).sum(dim=1) - 0.5 * z.shape[1] * math.log(2 * math.pi)
+        return base + l
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["realnvp", "nsf", "maf", "cond_maf", "multiscale"])
+    ap.add_argument("model", choices=["realnvp", "ffjord", "nsf", "maf", "cond_maf", "multiscale"])
     ap.add_argument("--columns", type=int, default=None, help="data columns")
     ap.add_argument("--context", type=int, default=0, help="context columns after the data")
     ap.add_argument("--train", required=True)
@@ -272,16 +333,22 @@ def main():
     ap.add_argument("--hidden", default="128,128")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ode-steps", type=int, default=10)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     hdr, x = read_csv(a.train)
-    dcols = a.columns or (2 if a.model == "realnvp" else x.shape[1] - a.context)
+    dcols = a.columns or (2 if a.model in ("realnvp", "ffjord") else x.shape[1] - a.context)
     cx = x[:, dcols:dcols + a.context] if a.context else None
     x = x[:, :dcols]
+    if a.model == "ffjord" and a.hidden == "128,128":
+        a.hidden = "64,64,64"
     hidden = [int(h) for h in a.hidden.split(",")]
     if a.model == "realnvp":
         model = RealNVP(x.shape[1], a.layers, hidden)
+        lp = lambda xx, cc: model.log_prob(xx)
+    elif a.model == "ffjord":
+        model = FFJORD(x.shape[1], hidden, a.ode_steps)
         lp = lambda xx, cc: model.log_prob(xx)
     else:
         model = build(a.model, x.shape[1], a.context)
@@ -308,8 +375,12 @@ def main():
     if a.test:
         hdr, t = read_csv(a.test)
         tc = t[:, dcols:dcols + a.context] if a.context else None
-        with torch.no_grad():
-            vals = lp(t[:, :dcols], tc)
+        if a.model == "ffjord":     # the trace needs autograd: chunks
+            vals = torch.cat([model.log_prob(t[i:i + 1000, :dcols]).detach()
+                              for i in range(0, t.shape[0], 1000)])
+        else:
+            with torch.no_grad():
+                vals = lp(t[:, :dcols], tc)
         out["test_loglik"] = vals.mean().item()
         out["test_stderr"] = (vals.std() / math.sqrt(len(vals))).item()
         if "logprob" in hdr:

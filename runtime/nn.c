@@ -245,12 +245,22 @@ static void act_apply(const flow_net *net, const flow_real *restrict z,
     }
 }
 
-/* g *= f'(z) over a block (backward and JVP) */
+/* g *= f'(z) over a block (backward and JVP); h = f(z) from the tape.
+ * tanh' = 1 - h^2 from the stored activation: recomputing tanh(z) in
+ * every JVP and backward pass took ~70% of FFJORD's training time
+ * (docs/ode.md). */
 static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
-                         flow_real *restrict g, size_t count)
+                         const flow_real *restrict h, flow_real *restrict g,
+                         size_t count)
 {
     const flow_real a = (flow_real)net->slope;
     switch (net->act) {
+    case FLOW_ACT_TANH:
+        for (size_t i = 0; i < count; i++) {
+            double v = h[i];
+            g[i] = (flow_real)(g[i] * (1 - v * v));
+        }
+        return;
     case FLOW_ACT_RELU:
         for (size_t i = 0; i < count; i++)
             g[i] *= pos_mask(z[i]);
@@ -785,7 +795,8 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
         if (!last) {
             flow_real *th = at(ws, lo.th) + ho;
             memcpy(th, tz, n * ly->out * sizeof *th);
-            act_grad_mul(net, at(ws, lo.z) + ho, th, n * ly->out);
+            act_grad_mul(net, at(ws, lo.z) + ho, at(ws, lo.h) + ho, th,
+                         n * ly->out);
         }
     }
     hd->have_jvp = 1;
@@ -950,7 +961,8 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                        ly->cols, 0, gnext, ly->in);
         if (st != FLOW_OK)
             return st;
-        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n, gnext,
+        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n,
+                     at(ws, lo.h) + hidden_off(net, l - 1) * n, gnext,
                      n * ly->in);
         {
             flow_real *tmp = gcur;
@@ -1035,10 +1047,17 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
             return st;
         {
             const flow_real *z = at(ws, lo.z) + hp;
+            const flow_real *h = at(ws, lo.h) + hp;
             const flow_real *tz = at(ws, lo.tz) + hp;
+            int tanh_act = net->act == FLOW_ACT_TANH;
             for (size_t i = 0; i < n * win; i++) {
-                double f1, f2;
-                act_eval(net, z[i], NULL, &f1, &f2);
+                double f1, f2, v = h[i];
+                if (tanh_act) {         /* from the stored h, as above */
+                    f1 = 1 - v * v;
+                    f2 = -2 * v * f1;
+                } else {
+                    act_eval(net, z[i], NULL, &f1, &f2);
+                }
                 g[i] = (flow_real)((g_zero ? 0.0 : (double)gh[i] * f1) +
                                    (double)gth[i] * tz[i] * f2);
                 gt[i] = (flow_real)(gth[i] * f1);

@@ -281,6 +281,106 @@ START_TEST(test_residual_conforms)
 }
 END_TEST
 /* -- end residual */
+/* Resolved attributes of an ode layer (table order of plugins/ode.c):
+ * hidden [12, 10], tanh/softplus/elu, time, solver, trace, gradient, t0,
+ * t1, identity_init.  Tolerances tight enough that solver error stays
+ * below the checks' tolerances in each precision. */
+typedef struct ode_attrs {
+    flow_attr_value v[9];
+    flow_attr_value solver[3];
+    flow_attr_value hut[2];
+    int64_t hidden[2];
+} ode_attrs;
+
+enum { ODE_RK4, ODE_DOPRI5 };
+
+static void make_ode_attrs(ode_attrs *a, int solver, int hutch, int backprop,
+                           int act, int concat, double t0, double t1)
+{
+    memset(a, 0, sizeof *a);
+    a->hidden[0] = 12;
+    a->hidden[1] = 10;
+    a->v[0].type = FLOW_ATTR_INT_LIST;
+    a->v[0].ilist = a->hidden;
+    a->v[0].n = 2;
+    a->v[1].type = FLOW_ATTR_ENUM;
+    a->v[1].i = act;                    /* 2 tanh, 3 elu, 4 softplus */
+    a->v[2].type = FLOW_ATTR_ENUM;
+    a->v[2].i = concat ? 0 : 1;
+    a->v[3].type = FLOW_ATTR_VARIANT;
+    a->v[3].i = solver;
+    a->v[3].sub = a->solver;
+    if (solver == ODE_RK4) {
+        a->solver[0].type = FLOW_ATTR_INT;
+        a->solver[0].i = FLOW_REAL_DOUBLE ? 60 : 12;
+    } else {
+        a->solver[0].type = a->solver[1].type = FLOW_ATTR_REAL;
+        a->solver[0].r = a->solver[1].r = FLOW_REAL_DOUBLE ? 1e-11 : 1e-6;
+        a->solver[2].type = FLOW_ATTR_INT;
+        a->solver[2].i = 5000;
+    }
+    a->v[4].type = FLOW_ATTR_VARIANT;
+    a->v[4].i = hutch;
+    a->v[4].sub = hutch ? a->hut : NULL;
+    a->hut[0].type = FLOW_ATTR_ENUM;
+    a->hut[1].type = FLOW_ATTR_BOOL;
+    a->v[5].type = FLOW_ATTR_ENUM;
+    a->v[5].i = backprop;
+    a->v[6].type = a->v[7].type = FLOW_ATTR_REAL;
+    a->v[6].r = t0;
+    a->v[7].r = t1;
+    a->v[8].type = FLOW_ATTR_BOOL;
+}
+
+/* ode: both solvers, both gradient methods, both time modes, the three
+ * smooth activations, a reversed interval, context; Hutchinson layers
+ * evaluate with the exact trace (the checker runs in evaluation mode).
+ * ELU runs with fixed steps only: its second derivative jumps at 0, so the
+ * trace's dynamics are merely Lipschitz, adaptive steps crowd at the kinks
+ * and the map's finite differences disagree with any gradient that holds
+ * the step sizes fixed (measured 2e-3 relative). */
+START_TEST(test_ode_conforms)
+{
+    static const struct {
+        int solver, hutch, backprop, act, concat;
+        double t0, t1;
+        size_t d, k;
+    } cases[] = {
+        {ODE_RK4, 0, 1, 3, 1, 0, 0.5, 3, 0},
+        {ODE_RK4, 0, 0, 4, 0, 0, 0.5, 2, 2},
+        {ODE_DOPRI5, 0, 0, 2, 0, 0, 0.5, 3, 0},
+        {ODE_DOPRI5, 0, 1, 2, 1, 0.25, -0.25, 2, 1},
+        {ODE_DOPRI5, 1, 0, 2, 0, 0, 0.5, 2, 2},
+    };
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "ode", &file);
+    ck_assert_ptr_nonnull(t);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ode_attrs a;
+        conform_report rep;
+        conform_opts o;
+        char what[96];
+        make_ode_attrs(&a, cases[i].solver, cases[i].hutch,
+                       cases[i].backprop, cases[i].act, cases[i].concat,
+                       cases[i].t0, cases[i].t1);
+        conform_default_opts(&o);
+        o.dim = cases[i].d;
+        o.context_dim = cases[i].k;
+        o.rows = 3;
+        o.seed = 21 + i;
+        o.max_param_checks = 24;
+        snprintf(what, sizeof what, "ode case %zu (solver %d, hutchinson %d, "
+                 "backprop %d, ctx %zu)", i, cases[i].solver,
+                 cases[i].hutch, cases[i].backprop, cases[i].k);
+        ck_assert_msg(conform_layer(ctx, t, file, a.v, &o, &rep) == FLOW_OK,
+                      "%s", flow_errmsg(ctx));
+        print_report(what, &rep);
+        ck_assert_msg(rep.failures == 0, "%s: %d checks failed", what,
+                      rep.failures);
+        ck_assert_uint_gt(rep.n, 10);
+    }
+}
+END_TEST
 
 /* The checks that must fail for a buggy layer; all others must pass. */
 static void expect_only(const char *type, const char *const *failing)
@@ -334,7 +434,7 @@ END_TEST
 Suite *suite_conform(void)
 {
     Suite *s = suite_create("conform");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("core"), *to;
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_actnorm_conforms);
@@ -354,5 +454,12 @@ Suite *suite_conform(void)
     tcase_add_loop_test(tc, test_residual_conforms, 0,
                         (int)(sizeof res_cases / sizeof res_cases[0]));
     suite_add_tcase(s, tc);
+    /* ode layers solve ODEs to 1e-11 in the float64 build (~15 s with
+     * the sanitizers) */
+    to = tcase_create("ode");
+    tcase_add_checked_fixture(to, setup, teardown);
+    tcase_add_test(to, test_ode_conforms);
+    tcase_set_timeout(to, 120);
+    suite_add_tcase(s, to);
     return s;
 }

@@ -1,0 +1,35 @@
+/* ode_dyn.h - the ode layer's dynamics as an ode_sys: dz/dt = f(z, t) from
+ * a host MLP and dl/dt = tr(df/dz), exact or by Hutchinson probes, with
+ * VJPs for both gradient methods.  Compiled into the ode plugin and into
+ * the test runner (which checks the trace against finite differences). */
+#ifndef FLOW_PLUGINS_ODE_DYN_H
+#define FLOW_PLUGINS_ODE_DYN_H
+
+#include "flow/flow_plugin.h"
+#include "ode_solver.h"
+
+/* One call's dynamics.  The net maps [z | context] (D + K inputs, the
+ * context as plain input columns) and t to dz/dt (D outputs). */
+typedef struct ode_dyn {
+    const flow_host *host;
+    const flow_net *net;
+    const flow_real *params;
+    size_t n, d, k, np;         /* rows, D, K, net parameters             */
+    const flow_real *ctx;       /* n x K, NULL when K = 0                 */
+    const flow_real *eps;       /* n x D Hutchinson probes; NULL: exact   */
+    const flow_call *c;         /* for error messages (host->error)       */
+    /* buffers, from ode_dyn_carve */
+    flow_real *xa, *tx, *ty, *dty, *dxa, *dxb, *fo;
+    void *net_ws;
+} ode_dyn;
+
+/* Workspace bytes of ode_dyn_carve for n rows (the net's tape included). */
+size_t ode_dyn_ws(const flow_host *h, const flow_net *net, size_t n, size_t d,
+                  size_t k);
+void ode_dyn_carve(ode_dyn *e, void *ws);
+
+/* The ode_sys on the state y = [z (n x D) | l (n)]: m = n (D + 1), the
+ * "parameters" are [net parameters | context (n x K)]. */
+void ode_dyn_sys(ode_dyn *e, ode_sys *s);
+
+#endif
