@@ -217,6 +217,19 @@ run_ok batchnorm batchnorm --dim 3 --attr momentum=0.3
 run_ok batchnorm-2d batchnorm
 run_ok logit logit --dim 3 --bounds 0,1 --attr alpha=0.05
 run_ok logit-2d logit --bounds 0,1
+# continuous and residual flows: their maps are exact only up to the
+# solver's or the fixed-point iteration's tolerance, so they are checked
+# with tolerances below the checker's (float64: 1e-9); their estimators are
+# checked for unbiasedness and evaluation mode is exact
+ODE="--attr hidden=[12,10] --attr solver=dopri5(rtol=1e-11,atol=1e-11)"
+run_ok ode ode --dim 2 $ODE
+run_ok ode-ctx-rk4 ode --dim 3 --context 2 --attr 'hidden = [12, 10]' \
+    --attr 'solver = rk4(steps = 200)'
+run_ok ode-hutchinson ode --dim 2 $ODE --attr trace=hutchinson
+RES="--attr inverse_tol=1e-13 --attr inverse_iters=2000"
+run_ok residual residual --dim 3 $RES
+run_ok residual-roulette-ctx residual --dim 2 --context 1 --attr activation=tanh \
+    --attr logdet=roulette $RES
 # example specs: their layers at their real settings (ReLU, 64 wide),
 # including exits (multiscale) and a context (cond_maf)
 for spec in nsf_8gaussians multiscale cond_maf; do
