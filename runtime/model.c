@@ -935,6 +935,30 @@ int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
     return FLOW_OK;
 }
 
+/* After a backward pass: the threads' gradients summed in a fixed order
+ * (same bits every run), then each layer's finish_grad. */
+static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
+                            flow_real *grad)
+{
+    int rc;
+    for (size_t t = 1; m->tgrad && t < m->threads; t++) {
+        const flow_real *g = m->tgrad + (t - 1) * m->n_params;
+        for (size_t q = 0; q < m->n_params; q++)
+            grad[q] += g[q];
+    }
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        flow_call call;
+        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
+            continue;
+        fill_call(m, nd, &call, n, c, grad);
+        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
+        if (rc != FLOW_OK)
+            return layer_error(m, nd, rc, "gradient");
+    }
+    return FLOW_OK;
+}
+
 int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                            const flow_real *c, double *mean_logp,
                            flow_real *grad)
@@ -1001,22 +1025,8 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         dz = dprev;
         dprev = t;
     }
-    /* threads' gradients, summed in a fixed order: same bits every run */
-    for (size_t t = 1; m->tgrad && t < m->threads; t++) {
-        const flow_real *g = m->tgrad + (t - 1) * m->n_params;
-        for (size_t q = 0; q < m->n_params; q++)
-            grad[q] += g[q];
-    }
-    for (size_t i = 0; i < m->n_nodes; i++) {
-        node *nd = &m->nodes[i];
-        flow_call call;
-        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
-            continue;
-        fill_call(m, nd, &call, n, c, grad);
-        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
-        if (rc != FLOW_OK)
-            return layer_error(m, nd, rc, "gradient");
-    }
+    if ((rc = finish_gradients(m, n, c, grad)) != FLOW_OK)
+        return rc;
     if (mean_logp)
         *mean_logp = total / (double)n;
     return FLOW_OK;
@@ -1160,20 +1170,5 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
             memcpy(dz + r * m->dim + m->z_final, g + r * df,
                    df * sizeof *dz);
     }
-    for (size_t t2 = 1; m->tgrad && t2 < m->threads; t2++) {
-        const flow_real *tg = m->tgrad + (t2 - 1) * m->n_params;
-        for (size_t q = 0; q < m->n_params; q++)
-            grad[q] += tg[q];
-    }
-    for (size_t i = 0; i < m->n_nodes; i++) {
-        node *nd = &m->nodes[i];
-        flow_call call;
-        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
-            continue;
-        fill_call(m, nd, &call, n, c, grad);
-        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
-        if (rc != FLOW_OK)
-            return layer_error(m, nd, rc, "gradient");
-    }
-    return FLOW_OK;
+    return finish_gradients(m, n, c, grad);
 }

@@ -11,6 +11,8 @@ secs=${2:?usage: run.sh spec|data|ckpt SECONDS [BUILD_DIR]}
 top=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(cd "${3:-$top/build/default}" && pwd)
 work=$top/tests/fuzz/out/$target
+FLOW_PLUGIN_PATH="$build/plugins/.libs:$build/tests/specplugins/.libs"
+export FLOW_PLUGIN_PATH
 mkdir -p "$work/corpus" "$work/crashes"
 case $target in
 spec) def=FUZZ_SPEC
@@ -35,7 +37,6 @@ clang -g -O1 -fsanitize=fuzzer,address,undefined -D$def \
     "$top"/runtime/[a-eg-z]*.c "$top"/runtime/fileio.c \
     "$top"/compiler/[a-eg-z]*.c "$build/compiler/parser.c" "$build/compiler/lexer.c" \
     $(pkg-config --libs openblas lapacke) -ldl -lm -lpthread
-FLOW_PLUGIN_PATH="$build/plugins/.libs:$build/tests/specplugins/.libs" \
-    "$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 \
+"$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 \
     -artifact_prefix="$work/crashes/" -print_final_stats=1 "$work/corpus" 2>&1 \
     | tail -n 25
