@@ -134,6 +134,9 @@ class GenCoupling(torch.nn.Module):
         return z, lad.sum(dim=1)
 
 
+MADE_INIT = "torch"      # --made-init: "torch" (full fan-in) or "masked"
+
+
 class MADE(torch.nn.Module):
     """MADE (Germain et al. 2015), natural order, P outputs per dimension."""
 
@@ -156,6 +159,15 @@ class MADE(torch.nn.Module):
             if i == 0 and ctx:
                 m = torch.cat([m, torch.ones(m.shape[0], ctx)], 1)
             self.register_buffer(f"m{i}", m)
+        if MADE_INIT == "masked":
+            # flowkit's convention: U(+-1/sqrt(fan_in)) with fan_in the
+            # row's unmasked inputs (torch's default counts all columns)
+            with torch.no_grad():
+                for i, lin in enumerate(self.lins):
+                    m = getattr(self, f"m{i}")
+                    b = 1.0 / m.sum(1).clamp(min=1).sqrt()
+                    lin.weight.copy_((torch.rand_like(lin.weight) * 2 - 1) * b[:, None])
+                    lin.bias.copy_((torch.rand_like(lin.bias) * 2 - 1) * b)
         torch.nn.init.zeros_(self.lins[-1].weight)
         torch.nn.init.zeros_(self.lins[-1].bias)
 
@@ -219,10 +231,80 @@ class NiceScale(torch.nn.Module):
         return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
 
 
+class ActNorm(torch.nn.Module):
+    """flowkit's actnorm: z = x exp(s) + t with data-dependent
+    initialisation on the first batch (Kingma & Dhariwal 2018, sec. 3.1):
+    each output dimension of the first batch has mean 0, sd 1."""
+
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.s = torch.nn.Parameter(torch.zeros(d))
+        self.t = torch.nn.Parameter(torch.zeros(d))
+        self.eps, self.done = eps, False
+
+    def forward(self, x, c=None):
+        if not self.done:
+            with torch.no_grad():
+                sd = x.std(0, unbiased=False) + self.eps
+                self.s.copy_(-torch.log(sd))
+                self.t.copy_(-x.mean(0) / sd)
+            self.done = True
+        return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
+
+
+class IAF(torch.nn.Module):
+    """flowkit's `iaf`: sampling x = z exp(s(z)) + t(z) with a MADE on z
+    (Kingma et al. 2016, eqs. 9-10); density inverts it in D sequential
+    passes, z_i = (x_i - t_i(z_<i)) exp(-s_i(z_<i)), log|det dz/dx| =
+    -sum s_i."""
+
+    def __init__(self, d, hidden, ctx=0):
+        super().__init__()
+        self.made = MADE(d, hidden, 2, ctx)
+
+    def forward(self, x, c=None):
+        z = torch.zeros_like(x)
+        for i in range(x.shape[1]):
+            theta = self.made(z, c)
+            s = 5.0 * torch.tanh(theta[..., 0] / 5.0)
+            zi = (x[:, i] - theta[:, i, 1]) * torch.exp(-s[:, i])
+            z = torch.cat([z[:, :i], zi[:, None], z[:, i + 1:]], 1)
+        return z, -s.sum(dim=1)
+
+
+def logistic_logp(z):
+    """Standard logistic base, log p(z) = -|z| - 2 log(1 + e^-|z|)."""
+    a = z.abs()
+    return (-a - 2 * torch.log1p(torch.exp(-a))).sum(1)
+
+
+class LogisticFlow(torch.nn.Module):
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(layers)
+
+    def log_prob(self, x, c=None):
+        ld = torch.zeros(x.shape[0])
+        for layer in self.layers:
+            x, l = layer(x)
+            ld = ld + l
+        return logistic_logp(x) + ld
+
+
 def build(name, d, ctx_dim):
     par = lambda i: torch.tensor([1.0 if j % 2 == i % 2 else 0.0 for j in range(d)])
     if name == "nsf":
         return Flow([GenCoupling(par(i), [64, 64], "spline", 8, 4.0) for i in range(4)])
+    if name == "moons":
+        return Flow([GenCoupling(par(i), [64, 64]) for i in range(8)])
+    if name == "nice":
+        ls = [GenCoupling(par(i), [64, 64], "additive") for i in range(6)]
+        return LogisticFlow(ls + [ActNorm(d)])
+    if name == "iaf":
+        ls = []
+        for i in range(4):
+            ls += [IAF(d, [64, 64]), Reverse()]
+        return Flow(ls, ctx=True)
     if name == "maf":
         ls = []
         for i in range(5):
@@ -321,7 +403,7 @@ class FFJORD(torch.nn.Module):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model", choices=["realnvp", "ffjord", "nsf", "maf", "cond_maf", "multiscale"])
+    ap.add_argument("model", choices=["realnvp", "ffjord", "nsf", "maf", "cond_maf", "multiscale", "moons", "nice", "iaf"])
     ap.add_argument("--columns", type=int, default=None, help="data columns")
     ap.add_argument("--context", type=int, default=0, help="context columns after the data")
     ap.add_argument("--train", required=True)
@@ -334,7 +416,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ode-steps", type=int, default=10)
+    ap.add_argument("--made-init", choices=["torch", "masked"], default="torch",
+                    help="MADE init fan-in: all columns (torch) or unmasked (flowkit)")
     a = ap.parse_args()
+    global MADE_INIT
+    MADE_INIT = a.made_init
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     hdr, x = read_csv(a.train)
