@@ -49,6 +49,31 @@ static size_t div_bytes(const flow_host *h, const flow_net *net, size_t n,
                                                      : *tape + sc;
 }
 
+size_t ode_dyn_rec_ws(const flow_host *h, const flow_net *net, size_t n,
+                      size_t slots)
+{
+    size_t tape;
+    div_bytes(h, net, n, &tape);
+    if (!tape || !slots)
+        return 0;
+    if (tape > SIZE_MAX / 8 / slots)
+        return SIZE_MAX / 4;
+    return tape * slots + reals(slots * sizeof(double) / sizeof(flow_real)
+                                + 1);
+}
+
+void ode_dyn_rec_carve(ode_dyn *e, void *ws, size_t slots)
+{
+    size_t tape;
+    div_bytes(e->host, e->net, e->n, &tape);
+    e->rec = 0;
+    e->rec_cap = tape ? slots : 0;
+    e->rec_stride = tape;
+    e->rec_tapes = tape && slots ? ws : NULL;
+    e->rec_t = e->rec_tapes ? (double *)(void *)(e->rec_tapes + tape * slots)
+                            : NULL;
+}
+
 size_t ode_dyn_ws(const flow_host *h, const flow_net *net, size_t n, size_t d,
                   size_t k)
 {
@@ -174,22 +199,29 @@ static int trace_pass(const ode_dyn *e, flow_real *tr, const flow_real *wl,
     return FLOW_OK;
 }
 
-/* Exact trace through net_div: y and its trace in one stacked pass */
-static int div_forward(const ode_dyn *e, double t, const flow_real *z,
-                       flow_real *f, flow_real *tr)
+/* The trace through net_div: y and its trace in one stacked pass, on the
+ * given tape */
+static int div_forward(const ode_dyn *e, void *tape, double t,
+                       const flow_real *z, flow_real *f, flow_real *tr)
 {
     int rc = e->host->net_div_forward(e->net, e->params, e->n,
                                       net_input(e, z), t, e->eps, f, tr,
-                                      e->div_tape, e->div_scratch);
+                                      tape, e->div_scratch);
     return rc == FLOW_OK ? FLOW_OK : net_fail(e, "divergence", rc);
 }
 
 static int dyn_f(void *env, double t, const flow_real *y, flow_real *dy)
 {
-    const ode_dyn *e = env;
+    ode_dyn *e = env;
     int rc;
-    if (e->div_tape)
-        return div_forward(e, t, y, dy, dy + e->n * e->d);
+    if (e->div_tape) {
+        void *tape = e->div_tape;
+        if (e->rec_tapes && e->rec < e->rec_cap) {
+            tape = e->rec_tapes + e->rec * e->rec_stride;
+            e->rec_t[e->rec++] = t;
+        }
+        return div_forward(e, tape, t, y, dy, dy + e->n * e->d);
+    }
     rc = e->host->net_forward(e->net, e->params, e->n, net_input(e, y), NULL,
                               t, dy, e->net_ws);
     if (rc != FLOW_OK)
@@ -204,16 +236,24 @@ static int dyn_vjp(void *env, double t, const flow_real *y,
                    const flow_real *wv, flow_real *fy, flow_real *gy,
                    flow_real *gp, double *gt)
 {
-    const ode_dyn *e = env;
+    ode_dyn *e = env;
     size_t n = e->n, d = e->d, k = e->k, wd = d + k;
     const flow_real *wl = wv + n * d;
     int rc, any = 0;
     (void)gt;                   /* t0, t1 are not trained */
     if (e->div_tape) {
-        rc = div_forward(e, t, y, fy ? fy : e->fo, fy ? fy + n * d : e->tro);
-        if (rc != FLOW_OK)
-            return rc;
-        rc = e->host->net_div_backward(e->net, e->params, n, e->div_tape,
+        void *tape = e->div_tape;
+        /* the forward's tape of this evaluation when recorded (same
+         * slot order reversed, same time); else recompute */
+        if (!fy && e->rec_tapes && e->rec > 0 && e->rec_t[e->rec - 1] == t) {
+            tape = e->rec_tapes + --e->rec * e->rec_stride;
+        } else {
+            rc = div_forward(e, tape, t, y, fy ? fy : e->fo,
+                             fy ? fy + n * d : e->tro);
+            if (rc != FLOW_OK)
+                return rc;
+        }
+        rc = e->host->net_div_backward(e->net, e->params, n, tape,
                                        e->div_scratch, e->eps, wv, wl, e->dxa,
                                        gp);
         if (rc != FLOW_OK)

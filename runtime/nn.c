@@ -1118,7 +1118,7 @@ typedef struct div_head {
 typedef struct div_layout {
     size_t gate, xin, u, z, a;  /* tape offsets (bytes from the tape) */
     size_t tape;                /* tape bytes                          */
-    size_t g0, g1, vec;         /* scratch offsets                     */
+    size_t g0, g1, acc, vec;    /* scratch offsets                     */
     size_t scratch;             /* scratch bytes                       */
 } div_layout;
 
@@ -1147,6 +1147,7 @@ static void div_layout_of(const flow_net *net, size_t n, size_t B,
     off = 0;
     TAKE(g0, mul_sat(mul_sat(rows, net->max_width), r));
     TAKE(g1, mul_sat(mul_sat(rows, net->max_width), r));
+    TAKE(acc, mul_sat(mul_sat(n, net->max_width), r));
     TAKE(vec, mul_sat(3 * net->max_width, r));
 #undef TAKE
     lo->scratch = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
@@ -1278,46 +1279,70 @@ static void div_d12(const flow_net *net, size_t w, const flow_real *restrict z,
     }
 }
 
-/* ta = f1 * tz over count values */
-static void div_mul(size_t count, const flow_real *restrict f1,
-                    const flow_real *restrict tz, flow_real *restrict ta)
+/* ta = phi'(z) tz over count values of one tangent block, phi' from the
+ * primal z and a (tanh: 1 - a^2, fused) or from f1 */
+static void div_tan_fwd(const flow_net *net, size_t count,
+                        const flow_real *restrict a,
+                        const flow_real *restrict f1,
+                        const flow_real *restrict tz, flow_real *restrict ta)
 {
     size_t i = 0;
+    if (net->act == FLOW_ACT_TANH) {
+        for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+            for (size_t j = i; j < i + DIV_CHUNK; j++)
+                ta[j] = (1 - a[j] * a[j]) * tz[j];
+        for (; i < count; i++)
+            ta[i] = (1 - a[i] * a[i]) * tz[i];
+        return;
+    }
     for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
-        for (size_t j = 0; j < DIV_CHUNK; j++)
-            ta[i + j] = f1[i + j] * tz[i + j];
+        for (size_t j = i; j < i + DIV_CHUNK; j++)
+            ta[j] = f1[j] * tz[j];
     for (; i < count; i++)
         ta[i] = f1[i] * tz[i];
 }
 
-/* acc += tz * gt; gt *= f1 (one tangent row of w values) */
-static void div_back_tan(size_t w, const flow_real *restrict f1,
+/* acc (+)= tz * gt; gt *= f1 over count values of one tangent block
+ * (first: acc written) */
+static void div_back_tan(size_t count, int first, const flow_real *restrict f1,
                          const flow_real *restrict tz,
                          flow_real *restrict gt, flow_real *restrict acc)
 {
     size_t i = 0;
-    for (; i + DIV_CHUNK <= w; i += DIV_CHUNK)
-        for (size_t j = 0; j < DIV_CHUNK; j++) {
-            acc[i + j] += tz[i + j] * gt[i + j];
-            gt[i + j] *= f1[i + j];
+    if (first) {
+        for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+            for (size_t j = i; j < i + DIV_CHUNK; j++) {
+                acc[j] = tz[j] * gt[j];
+                gt[j] *= f1[j];
+            }
+        for (; i < count; i++) {
+            acc[i] = tz[i] * gt[i];
+            gt[i] *= f1[i];
         }
-    for (; i < w; i++) {
+        return;
+    }
+    for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++) {
+            acc[j] += tz[j] * gt[j];
+            gt[j] *= f1[j];
+        }
+    for (; i < count; i++) {
         acc[i] += tz[i] * gt[i];
         gt[i] *= f1[i];
     }
 }
 
-/* g = f1 g + f2 acc (the primal row) */
-static void div_back_primal(size_t w, const flow_real *restrict f1,
+/* g = f1 g + f2 acc (the primal block) */
+static void div_back_primal(size_t count, const flow_real *restrict f1,
                             const flow_real *restrict f2,
                             const flow_real *restrict acc,
                             flow_real *restrict g)
 {
     size_t i = 0;
-    for (; i + DIV_CHUNK <= w; i += DIV_CHUNK)
-        for (size_t j = 0; j < DIV_CHUNK; j++)
-            g[i + j] = f1[i + j] * g[i + j] + f2[i + j] * acc[i + j];
-    for (; i < w; i++)
+    for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++)
+            g[j] = f1[j] * g[j] + f2[j] * acc[j];
+    for (; i < count; i++)
         g[i] = f1[i] * g[i] + f2[i] * acc[i];
 }
 
@@ -1425,11 +1450,13 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
             flow_real *a = at(tape, lo.a) + off;
             flow_real *f1 = at(scratch, lo.g0), *f2 = at(scratch, lo.g1);
             div_act(net, z, a, n * out);
-            /* ta = phi'(z) tz, phi' of all primal rows first */
-            div_d12(net, n * out, z, a, f1, f2);
+            /* ta = phi'(z) tz (phi' of the primal rows first, but for
+             * tanh) */
+            if (net->act != FLOW_ACT_TANH)
+                div_d12(net, n * out, z, a, f1, f2);
             for (size_t b = 0; b < B; b++)
-                div_mul(n * out, f1, z + n * (1 + b) * out,
-                        a + n * (1 + b) * out);
+                div_tan_fwd(net, n * out, a, f1, z + n * (1 + b) * out,
+                            a + n * (1 + b) * out);
         }
     }
     {
@@ -1570,17 +1597,15 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
             size_t po = hidden_off(net, l - 1) * R;
             const flow_real *z = cat(tape, lo.z) + po;
             const flow_real *a = cat(tape, lo.a) + po;
-            flow_real *f1 = at(scratch, lo.vec), *f2 = f1 + in,
-                      *acc = f2 + in;
-            for (size_t r = 0; r < n; r++) {
-                div_d12(net, in, z + r * in, a + r * in, f1, f2);
-                memset(acc, 0, in * sizeof *acc);
-                for (size_t b = 0; b < B; b++) {
-                    size_t q = (n * (1 + b) + r) * in;
-                    div_back_tan(in, f1, z + q, Gn + q, acc);
-                }
-                div_back_primal(in, f1, f2, acc, Gn + r * in);
-            }
+            size_t cnt = n * in;
+            /* phi', phi'' of the primal block into G (free: Gn is the
+             * new cotangent) */
+            flow_real *f1 = G, *f2 = G + cnt, *acc = at(scratch, lo.acc);
+            div_d12(net, cnt, z, a, f1, f2);
+            for (size_t b = 0; b < B; b++)
+                div_back_tan(cnt, b == 0, f1, z + cnt * (1 + b),
+                             Gn + cnt * (1 + b), acc);
+            div_back_primal(cnt, f1, f2, acc, Gn);
         }
         {
             flow_real *tmp = G;
