@@ -420,6 +420,16 @@ static void make_dyn(const ode_layer *L, const flow_call *c, ode_ws *w,
 
 /* --- directions ---------------------------------------------------------- */
 
+/* The batch's evaluations: the row chunks of a split batch (RK4 only:
+ * dopri5 sees whole batches) run the same steps in parallel and count
+ * once, as the chunk of thread 0, so the count does not depend on the
+ * thread count. */
+static void count_nfe(ode_layer *L, const flow_call *c, size_t nfe)
+{
+    if (c->thread == 0)
+        atomic_fetch_add(&L->nfe, (unsigned long long)nfe);
+}
+
 /* dir 0 integrates t0 -> t1 (density), dir 1 t1 -> t0 (sampling); the
  * log-det column integrates tr from the start to the end time, which is
  * log|det| of that direction's map. */
@@ -452,7 +462,7 @@ static int run(void *self, const flow_call *c, const flow_real *in,
         ode_tape_carve(&L->opts, sys.m, w.tape, &tape);
     rc = ode_solve(&sys, &L->opts, ta, tb, w.y, w.solver,
                    L->backprop ? &tape : NULL, &st, c->err, c->err_cap);
-    atomic_fetch_add(&L->nfe, (unsigned long long)st.nfe);
+    count_nfe(L, c, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(out, w.y, nd * sizeof *out);
@@ -512,7 +522,7 @@ static int back(void *self, const flow_call *c, const flow_real *out,
         rc = ode_adjoint(&sys, &L->opts, ta, tb, w.y, w.a, w.g, NULL, NULL,
                          w.solver, &st, c->err, c->err_cap);
     }
-    atomic_fetch_add(&L->nfe, (unsigned long long)st.nfe);
+    count_nfe(L, c, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(din, w.a, nd * sizeof *din);
