@@ -304,7 +304,10 @@ static void train_usage(FILE *f)
           "  -o, --output CKPT    checkpoint to write (required)\n"
           "\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
-          "full training state and exits 130 or 143; --resume CKPT goes on.\n", f);
+          "full training state and exits 130 or 143; --resume CKPT goes on.\n"
+          "Models with ode layers add 'nfe N' to each epoch's line: function\n"
+          "evaluations per step (forward and backward), also in the history.\n",
+          f);
 }
 
 typedef struct train_opts {
