@@ -299,8 +299,8 @@ static int ode_init(void *self, const flow_call *c, flow_real *params)
 }
 
 /* --- workspace ---------------------------------------------------------- *
- * header | probes e (n x D) | tape (backprop) -- kept from forward to
- * backward -- then scratch: state y (m = n (D + 1): z rows, then the
+ * header | probes e (n x D) | tape (backprop) | recorded net tapes (RK4
+ * backprop, below) -- kept from forward to backward -- then scratch: state y (m = n (D + 1): z rows, then the
  * log-det column), cotangent a (m), gradient g (P + n K), solver scratch,
  * the dynamics' buffers and the net's tape. */
 
@@ -308,14 +308,14 @@ static int ode_init(void *self, const flow_call *c, flow_real *params)
 
 typedef struct ws_head {
     uint64_t magic;
-    size_t n, steps;
+    size_t n, steps, rec;
     int dir, hutch;
 } ws_head;
 
 typedef struct ode_ws {
     ws_head *head;
     flow_real *eps;
-    void *tape;
+    void *tape, *rec;
     flow_real *y, *a, *g;
     void *solver, *dyn;
 } ode_ws;
@@ -334,15 +334,36 @@ static size_t solver_bytes(const ode_layer *L, size_t n)
     return b > g ? b : g;
 }
 
+/* Recorded net tapes: with RK4, backprop and the host's net_div, the
+ * forward solve keeps every evaluation's net tape (activations and
+ * tangents, about 3 (2 + D) H reals per row and evaluation for H hidden
+ * units in all, D = 2: 12 H) so that the backward does not recompute the
+ * forward passes (a quarter of a training step's work); slots = 4 steps.
+ * Up to REC_BUDGET bytes per call; larger calls (evaluation batches)
+ * recompute instead.  Recorded in training mode only. */
+#define REC_BUDGET ((size_t)256 << 20)
+
+static size_t rec_slots(const ode_layer *L, size_t n)
+{
+    size_t slots = 4 * L->opts.steps, b;
+    if (!L->backprop || L->opts.method != ODE_RK4
+        || !ode_dyn_has_div(L->host, L->net))
+        return 0;
+    b = ode_dyn_rec_ws(L->host, L->net, n, slots);
+    return b && b <= REC_BUDGET ? slots : 0;
+}
+
 static size_t ode_workspace(void *self, size_t n, int dir)
 {
     const ode_layer *L = self;
-    size_t m = n * (L->d + 1), b;
+    size_t m = n * (L->d + 1), b, slots = rec_slots(L, n);
     (void)dir;
     b = common_round(sizeof(ws_head));
     b = sat_add(b, common_bytes(n * L->d));
     if (L->backprop)
         b = sat_add(b, ode_ws_tape(&L->opts, m));
+    if (slots)
+        b = sat_add(b, ode_dyn_rec_ws(L->host, L->net, n, slots));
     b = sat_add(b, 2 * common_bytes(m));
     b = sat_add(b, common_bytes(L->np + n * L->k));
     b = sat_add(b, solver_bytes(L, n));
@@ -357,10 +378,14 @@ static ode_ws carve(const ode_layer *L, const flow_call *c)
     s.head = (ws_head *)(void *)cur;
     cur += common_round(sizeof(ws_head));
     s.eps = common_take(&cur, n * L->d);
-    s.tape = NULL;
+    s.tape = s.rec = NULL;
     if (L->backprop) {
         s.tape = cur;
         cur += ode_ws_tape(&L->opts, m);
+    }
+    if (rec_slots(L, n)) {
+        s.rec = cur;
+        cur += ode_dyn_rec_ws(L->host, L->net, n, rec_slots(L, n));
     }
     s.y = common_take(&cur, m);
     s.a = common_take(&cur, m);
@@ -371,9 +396,10 @@ static ode_ws carve(const ode_layer *L, const flow_call *c)
     return s;
 }
 
-/* The dynamics of one call; probes when `hutch`. */
+/* The dynamics of one call; probes when `hutch`; the recorded tapes
+ * when `rec` (rec = 0 after carving) */
 static void make_dyn(const ode_layer *L, const flow_call *c, ode_ws *w,
-                     int hutch, ode_dyn *e, ode_sys *sys)
+                     int hutch, int rec, ode_dyn *e, ode_sys *sys)
 {
     memset(e, 0, sizeof *e);
     e->host = L->host;
@@ -387,10 +413,22 @@ static void make_dyn(const ode_layer *L, const flow_call *c, ode_ws *w,
     e->eps = hutch ? w->eps : NULL;
     e->c = c;
     ode_dyn_carve(e, w->dyn);
+    if (rec && w->rec)
+        ode_dyn_rec_carve(e, w->rec, rec_slots(L, c->n));
     ode_dyn_sys(e, sys);
 }
 
 /* --- directions ---------------------------------------------------------- */
+
+/* The batch's evaluations: the row chunks of a split batch (RK4 only:
+ * dopri5 sees whole batches) run the same steps in parallel and count
+ * once, as the chunk of thread 0, so the count does not depend on the
+ * thread count. */
+static void count_nfe(ode_layer *L, const flow_call *c, size_t nfe)
+{
+    if (c->thread == 0)
+        atomic_fetch_add(&L->nfe, (unsigned long long)nfe);
+}
 
 /* dir 0 integrates t0 -> t1 (density), dir 1 t1 -> t0 (sampling); the
  * log-det column integrates tr from the start to the end time, which is
@@ -417,20 +455,20 @@ static int run(void *self, const flow_call *c, const flow_real *in,
         else
             L->host->rng_rademacher(c->rng, w.eps, nd);
     }
-    make_dyn(L, c, &w, hutch, &e, &sys);
+    make_dyn(L, c, &w, hutch, c->training, &e, &sys);
     memcpy(w.y, in, nd * sizeof *in);
     memset(w.y + nd, 0, n * sizeof *w.y);
     if (L->backprop)
         ode_tape_carve(&L->opts, sys.m, w.tape, &tape);
     rc = ode_solve(&sys, &L->opts, ta, tb, w.y, w.solver,
                    L->backprop ? &tape : NULL, &st, c->err, c->err_cap);
-    atomic_fetch_add(&L->nfe, (unsigned long long)st.nfe);
+    count_nfe(L, c, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(out, w.y, nd * sizeof *out);
     memcpy(logdet, w.y + nd, n * sizeof *logdet);
-    *w.head = (ws_head){WS_MAGIC, n, L->backprop ? tape.steps : 0, dir,
-                        hutch};
+    *w.head = (ws_head){WS_MAGIC, n, L->backprop ? tape.steps : 0, e.rec,
+                        dir, hutch};
     return FLOW_OK;
 }
 
@@ -467,7 +505,9 @@ static int back(void *self, const flow_call *c, const flow_real *out,
     if (w.head->magic != WS_MAGIC || w.head->n != n || w.head->dir != dir)
         return L->host->error(c, "backward without a matching %s on this "
                               "workspace", dir ? "inverse" : "forward");
-    make_dyn(L, c, &w, w.head->hutch, &e, &sys);
+    make_dyn(L, c, &w, w.head->hutch, w.head->rec > 0, &e, &sys);
+    if (e.rec_tapes)
+        e.rec = w.head->rec;
     memcpy(w.a, dout, nd * sizeof *w.a);
     memcpy(w.a + nd, dlogdet, n * sizeof *w.a);
     memset(w.g, 0, ng * sizeof *w.g);
@@ -482,7 +522,7 @@ static int back(void *self, const flow_call *c, const flow_real *out,
         rc = ode_adjoint(&sys, &L->opts, ta, tb, w.y, w.a, w.g, NULL, NULL,
                          w.solver, &st, c->err, c->err_cap);
     }
-    atomic_fetch_add(&L->nfe, (unsigned long long)st.nfe);
+    count_nfe(L, c, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(din, w.a, nd * sizeof *din);

@@ -26,17 +26,68 @@ static flow_real *take(char **cur, size_t count)
     return p;
 }
 
+int ode_dyn_has_div(const flow_host *h, const flow_net *net)
+{
+    size_t sc = 0;
+    return FLOW_HOST_HAS(h, net_div_backward) && h->net_div_workspace
+           && h->net_div_forward && h->net_div_backward
+           && h->net_div_workspace(net, 1, &sc) > 0;
+}
+
+/* the div tape and scratch (0 without net_div) */
+static size_t div_bytes(const flow_host *h, const flow_net *net, size_t n,
+                        size_t *tape)
+{
+    size_t sc = 0;
+    *tape = 0;
+    if (!ode_dyn_has_div(h, net))
+        return 0;
+    *tape = h->net_div_workspace(net, n, &sc);
+    if (!*tape || !sc)
+        return SIZE_MAX / 4;
+    return *tape > SIZE_MAX / 8 || sc > SIZE_MAX / 8 ? SIZE_MAX / 4
+                                                     : *tape + sc;
+}
+
+size_t ode_dyn_rec_ws(const flow_host *h, const flow_net *net, size_t n,
+                      size_t slots)
+{
+    size_t tape;
+    div_bytes(h, net, n, &tape);
+    if (!tape || !slots)
+        return 0;
+    if (tape > SIZE_MAX / 8 / slots)
+        return SIZE_MAX / 4;
+    return tape * slots + reals(slots * sizeof(double) / sizeof(flow_real)
+                                + 1);
+}
+
+void ode_dyn_rec_carve(ode_dyn *e, void *ws, size_t slots)
+{
+    size_t tape;
+    div_bytes(e->host, e->net, e->n, &tape);
+    e->rec = 0;
+    e->rec_cap = tape ? slots : 0;
+    e->rec_stride = tape;
+    e->rec_tapes = tape && slots ? ws : NULL;
+    e->rec_t = e->rec_tapes ? (double *)(void *)(e->rec_tapes + tape * slots)
+                            : NULL;
+}
+
 size_t ode_dyn_ws(const flow_host *h, const flow_net *net, size_t n, size_t d,
                   size_t k)
 {
-    size_t w = n * (d + k), b = 4 * reals(w) + 3 * reals(n * d);
-    size_t nb = h->net_workspace(net, n);
-    return nb > SIZE_MAX / 4 ? SIZE_MAX / 4 : b + nb;
+    size_t w = n * (d + k), b = 4 * reals(w) + 3 * reals(n * d) + reals(n);
+    size_t nb = h->net_workspace(net, n), tape, db = div_bytes(h, net, n,
+                                                                &tape);
+    return nb > SIZE_MAX / 8 || db > SIZE_MAX / 8 ? SIZE_MAX / 4
+                                                   : b + nb + db;
 }
 
 void ode_dyn_carve(ode_dyn *e, void *ws)
 {
-    size_t w = e->n * (e->d + e->k), nd = e->n * e->d;
+    size_t w = e->n * (e->d + e->k), nd = e->n * e->d, tape;
+    size_t db = div_bytes(e->host, e->net, e->n, &tape);
     char *cur = ws;
     e->xa = take(&cur, w);
     e->tx = take(&cur, w);
@@ -45,6 +96,13 @@ void ode_dyn_carve(ode_dyn *e, void *ws)
     e->ty = take(&cur, nd);
     e->dty = take(&cur, nd);
     e->fo = take(&cur, nd);
+    e->tro = take(&cur, e->n);
+    e->div_tape = e->div_scratch = NULL;
+    if (db) {
+        e->div_tape = cur;
+        e->div_scratch = cur + tape;
+        cur += db;
+    }
     e->net_ws = cur;
 }
 
@@ -141,11 +199,31 @@ static int trace_pass(const ode_dyn *e, flow_real *tr, const flow_real *wl,
     return FLOW_OK;
 }
 
+/* The trace through net_div: y and its trace in one stacked pass, on the
+ * given tape */
+static int div_forward(const ode_dyn *e, void *tape, double t,
+                       const flow_real *z, flow_real *f, flow_real *tr)
+{
+    int rc = e->host->net_div_forward(e->net, e->params, e->n,
+                                      net_input(e, z), t, e->eps, f, tr,
+                                      tape, e->div_scratch);
+    return rc == FLOW_OK ? FLOW_OK : net_fail(e, "divergence", rc);
+}
+
 static int dyn_f(void *env, double t, const flow_real *y, flow_real *dy)
 {
-    const ode_dyn *e = env;
-    int rc = e->host->net_forward(e->net, e->params, e->n, net_input(e, y),
-                                  NULL, t, dy, e->net_ws);
+    ode_dyn *e = env;
+    int rc;
+    if (e->div_tape) {
+        void *tape = e->div_tape;
+        if (e->rec_tapes && e->rec < e->rec_cap) {
+            tape = e->rec_tapes + e->rec * e->rec_stride;
+            e->rec_t[e->rec++] = t;
+        }
+        return div_forward(e, tape, t, y, dy, dy + e->n * e->d);
+    }
+    rc = e->host->net_forward(e->net, e->params, e->n, net_input(e, y), NULL,
+                              t, dy, e->net_ws);
     if (rc != FLOW_OK)
         return net_fail(e, "forward", rc);
     return trace_pass(e, dy + e->n * e->d, NULL, NULL, NULL);
@@ -158,11 +236,30 @@ static int dyn_vjp(void *env, double t, const flow_real *y,
                    const flow_real *wv, flow_real *fy, flow_real *gy,
                    flow_real *gp, double *gt)
 {
-    const ode_dyn *e = env;
+    ode_dyn *e = env;
     size_t n = e->n, d = e->d, k = e->k, wd = d + k;
     const flow_real *wl = wv + n * d;
     int rc, any = 0;
     (void)gt;                   /* t0, t1 are not trained */
+    if (e->div_tape) {
+        void *tape = e->div_tape;
+        /* the forward's tape of this evaluation when recorded (same
+         * slot order reversed, same time); else recompute */
+        if (!fy && e->rec_tapes && e->rec > 0 && e->rec_t[e->rec - 1] == t) {
+            tape = e->rec_tapes + --e->rec * e->rec_stride;
+        } else {
+            rc = div_forward(e, tape, t, y, fy ? fy : e->fo,
+                             fy ? fy + n * d : e->tro);
+            if (rc != FLOW_OK)
+                return rc;
+        }
+        rc = e->host->net_div_backward(e->net, e->params, n, tape,
+                                       e->div_scratch, e->eps, wv, wl, e->dxa,
+                                       gp);
+        if (rc != FLOW_OK)
+            return net_fail(e, "divergence backward", rc);
+        goto out;
+    }
     rc = e->host->net_forward(e->net, e->params, n, net_input(e, y), NULL, t,
                               fy ? fy : e->fo, e->net_ws);
     if (rc != FLOW_OK)
@@ -179,6 +276,7 @@ static int dyn_vjp(void *env, double t, const flow_real *y,
         if (rc != FLOW_OK)
             return rc;
     }
+out:
     for (size_t r = 0; r < n; r++) {
         memcpy(gy + r * d, e->dxa + r * wd, d * sizeof *gy);
         for (size_t j = 0; j < k; j++)

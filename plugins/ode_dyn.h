@@ -19,13 +19,31 @@ typedef struct ode_dyn {
     const flow_real *eps;       /* n x D Hutchinson probes; NULL: exact   */
     const flow_call *c;         /* for error messages (host->error)       */
     /* buffers, from ode_dyn_carve */
-    flow_real *xa, *tx, *ty, *dty, *dxa, *dxb, *fo;
+    flow_real *xa, *tx, *ty, *dty, *dxa, *dxb, *fo, *tro;
     void *net_ws;
+    /* exact trace through the host's net_div (all tangents stacked in one
+     * pass), when it has one and supports the net; NULL tapes otherwise */
+    void *div_tape, *div_scratch;
+    /* Recorded tapes (RK4 with backprop, net_div): evaluation k of the
+     * forward solve keeps its net_div tape in slot k (rec_t[k] its time);
+     * the backward's VJPs, which visit the evaluations in exactly the
+     * reverse order, take them back instead of recomputing the forward.
+     * rec counts the slots in use; NULL rec_tapes: no recording. */
+    char *rec_tapes;
+    double *rec_t;
+    size_t rec_stride, rec_cap, rec;
 } ode_dyn;
 
 /* Workspace bytes of ode_dyn_carve for n rows (the net's tape included). */
 size_t ode_dyn_ws(const flow_host *h, const flow_net *net, size_t n, size_t d,
                   size_t k);
+/* 1 when the host's net_div serves this net (exact trace in one pass) */
+int ode_dyn_has_div(const flow_host *h, const flow_net *net);
+/* Bytes of `slots` recorded tapes for n rows (0 without net_div), and
+ * their carving (sets rec_tapes, rec_t, rec_stride, rec_cap; rec = 0). */
+size_t ode_dyn_rec_ws(const flow_host *h, const flow_net *net, size_t n,
+                      size_t slots);
+void ode_dyn_rec_carve(ode_dyn *e, void *ws, size_t slots);
 void ode_dyn_carve(ode_dyn *e, void *ws);
 
 /* The ode_sys on the state y = [z (n x D) | l (n)]: m = n (D + 1), the

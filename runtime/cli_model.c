@@ -304,7 +304,10 @@ static void train_usage(FILE *f)
           "  -o, --output CKPT    checkpoint to write (required)\n"
           "\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
-          "full training state and exits 130 or 143; --resume CKPT goes on.\n", f);
+          "full training state and exits 130 or 143; --resume CKPT goes on.\n"
+          "Models with ode layers add 'nfe N' to each epoch's line: function\n"
+          "evaluations per step (forward and backward), also in the history.\n",
+          f);
 }
 
 typedef struct train_opts {
@@ -557,8 +560,10 @@ static void hist_add(history *h, const char *fmt, ...)
     va_end(ap2);
 }
 
+/* nfe < 0: the model has no ODE layer (nothing printed) */
 static void progress(int tty, size_t epoch, size_t step, size_t total,
-                     double loss, int has_valid, double valid, double t0)
+                     double loss, int has_valid, double valid, double nfe,
+                     double t0)
 {
     double el = now_s() - t0;
     double eta = step ? el / (double)step * (double)(total - step) : 0;
@@ -569,6 +574,8 @@ static void progress(int tty, size_t epoch, size_t step, size_t total,
                 loss);
         if (has_valid)
             fprintf(stderr, " valid %.4f", valid);
+        if (nfe >= 0)
+            fprintf(stderr, " nfe %.4g", nfe);
         fprintf(stderr, " ETA %.0fs ", eta);
         fflush(stderr);
     } else {
@@ -576,6 +583,8 @@ static void progress(int tty, size_t epoch, size_t step, size_t total,
                 loss);
         if (has_valid)
             fprintf(stderr, " valid_loglik %.5f", valid);
+        if (nfe >= 0)
+            fprintf(stderr, " nfe %.4g", nfe);
         fprintf(stderr, " time %.1fs\n", el);
     }
 }
@@ -590,8 +599,8 @@ int cmd_train(int argc, char **argv)
     flow_train_state st;
     history h = {NULL, 0, 0};
     size_t n, steps_per_epoch, total, dim;
-    double loss = NAN, vscore = NAN, t0, ep_loss = 0;
-    size_t ep_count = 0;
+    double loss = NAN, vscore = NAN, t0, ep_loss = 0, ep_nfe = 0;
+    size_t ep_count = 0, nfe_count = 0;
     int rc, tty = isatty(2), ret = 1;
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
@@ -675,6 +684,15 @@ int cmd_train(int argc, char **argv)
     while (st.step < total && !stop_signal) {
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
             goto failmsg;
+        {
+            /* ODE function evaluations of this step (forward and
+             * backward), read before a validation pass resets them */
+            double nfe = flow_model_nfe(l.model);
+            if (nfe >= 0) {
+                ep_nfe += nfe;
+                nfe_count++;
+            }
+        }
         if (isfinite(loss)) {
             ep_loss += loss;
             ep_count++;
@@ -682,6 +700,7 @@ int cmd_train(int argc, char **argv)
         flow_trainer_get_state(t, &st);
         if (st.pos >= n || st.step == total) {       /* end of an epoch */
             double mean_loss = ep_count ? ep_loss / (double)ep_count : NAN;
+            double mean_nfe = nfe_count ? ep_nfe / (double)nfe_count : -1;
             int has_v = va != NULL;
             if (has_v) {
                 double se;
@@ -693,16 +712,20 @@ int cmd_train(int argc, char **argv)
                 flow_trainer_validated(t, vscore);
             }
             progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
-                     mean_loss, has_v, vscore, t0);
+                     mean_loss, has_v, vscore, mean_nfe, t0);
             hist_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
                      "%.9g", h.len > 1 ? ", " : "",
                      (unsigned long long)st.epoch + 1,
                      (unsigned long long)st.step, mean_loss);
             if (has_v)
                 hist_add(&h, ", \"valid_loglik\": %.9g", vscore);
+            if (mean_nfe >= 0)
+                hist_add(&h, ", \"nfe\": %.9g", mean_nfe);
             hist_add(&h, "}");
             ep_loss = 0;
             ep_count = 0;
+            ep_nfe = 0;
+            nfe_count = 0;
             if (o.ckpt_every && (st.epoch + 1) % o.ckpt_every == 0) {
                 hist_add(&h, "]");
                 rc = flow_checkpoint_save(l.model, t, l.spec_source, o.spec,
@@ -1123,7 +1146,45 @@ static void info_usage(FILE *f)
 {
     fputs("usage: flowkit info CKPT [--json]\n\n"
           "The checkpoint's toolkit version, precision, spec, parameters and\n"
-          "training history.\n", f);
+          "training history.  Models with ode layers: `nfe`, the function\n"
+          "evaluations per training step (forward and backward, all ode\n"
+          "layers) in the last epoch of the history, and the evaluations of\n"
+          "one density (forward) pass over a probe batch of 256 rows drawn\n"
+          "from the model (seed 0).\n", f);
+}
+
+/* The "nfe" of the history's last epoch (the text is ours: written by
+ * cmd_train); -1 when there is none. */
+static double history_nfe(const char *hist)
+{
+    const char *p = hist, *q, *last = NULL;
+    while (p && (q = strstr(p, "\"nfe\": ")) != NULL) {
+        last = q + 7;
+        p = last;
+    }
+    return last ? strtod(last, NULL) : -1;
+}
+
+/* NFE of one forward (density) pass over 256 rows sampled from the model
+ * (seed 0): the ODE layers' evaluations at the current parameters; -1 on
+ * failure or without ode layers (no context: conditional models skip). */
+static double probe_nfe(flow_model *m)
+{
+    enum { PROBE = 256 };
+    size_t d = flow_model_dim(m);
+    flow_real *x = NULL, *lp = NULL;
+    double nfe = -1;
+    if (flow_model_nfe(m) < 0 || flow_model_context_dim(m) > 0)
+        return -1;
+    x = malloc(PROBE * d * sizeof *x);
+    lp = malloc(PROBE * sizeof *lp);
+    flow_model_seed(m, 0);
+    if (x && lp && flow_model_sample(m, PROBE, NULL, x, NULL) == FLOW_OK
+        && flow_model_log_prob(m, PROBE, x, NULL, lp) == FLOW_OK)
+        nfe = flow_model_nfe(m);
+    free(x);
+    free(lp);
+    return nfe;
 }
 
 int cmd_info(int argc, char **argv)
@@ -1147,6 +1208,14 @@ int cmd_info(int argc, char **argv)
             if (v)
                 printf(", \"%s\": \"%s\"", *k, v);
         }
+        {
+            double tn = history_nfe(flow_checkpoint_meta(l.ck, "history"));
+            double pn = probe_nfe(l.model);
+            if (tn >= 0)
+                printf(", \"train_nfe\": %.9g", tn);
+            if (pn >= 0)
+                printf(", \"forward_nfe\": %.9g", pn);
+        }
         printf(", \"history\": %s}\n", flow_checkpoint_meta(l.ck, "history")
                ? flow_checkpoint_meta(l.ck, "history") : "[]");
     } else {
@@ -1157,6 +1226,16 @@ int cmd_info(int argc, char **argv)
             const char *v = flow_checkpoint_meta(l.ck, *k);
             if (v)
                 printf("%-12s %s\n", *k, v);
+        }
+        {
+            double tn = history_nfe(flow_checkpoint_meta(l.ck, "history"));
+            double pn = probe_nfe(l.model);
+            if (tn >= 0)
+                printf("nfe          %.4g per training step (last epoch, "
+                       "forward and backward)\n", tn);
+            if (pn >= 0)
+                printf("nfe          %.4g per density pass (256 sampled "
+                       "rows)\n", pn);
         }
         printf("history      %s\n\nspec:\n%s", flow_checkpoint_meta(l.ck,
                "history") ? flow_checkpoint_meta(l.ck, "history") : "[]",

@@ -97,6 +97,9 @@ static const flow_host host_table = {
     .net_jvp_backward = nn_jvp_backward,
     .slogdet = la_slogdet,
     .matinv = la_matinv,
+    .net_div_workspace = nn_div_workspace,
+    .net_div_forward = nn_div_forward,
+    .net_div_backward = nn_div_backward,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

@@ -561,6 +561,36 @@ void flow_model_set_training(flow_model *m, int training)
 }
 void flow_model_seed(flow_model *m, uint64_t seed) { rng_seed(&m->rng, seed); }
 
+int flow_model_layer_stat(const flow_model *m, size_t i, const char **name,
+                          double *value)
+{
+    const node *nd;
+    if (!m || i >= m->n_nodes)
+        return 0;
+    nd = &m->nodes[i];
+    if (nd->kind != NODE_LAYER || !nd->type || !nd->self
+        || !nd->type->stat || !nd->type->stat_name)
+        return 0;
+    if (name)
+        *name = nd->type->stat_name;
+    if (value)
+        *value = nd->type->stat(nd->self);
+    return 1;
+}
+
+double flow_model_nfe(const flow_model *m)
+{
+    double sum = -1;
+    for (size_t i = 0; m && i < m->n_nodes; i++) {
+        const char *name;
+        double v;
+        if (flow_model_layer_stat(m, i, &name, &v)
+            && strcmp(name, "nfe") == 0)
+            sum = (sum < 0 ? 0 : sum) + v;
+    }
+    return sum;
+}
+
 /* ------------------------------------------------------------ execution */
 
 static int grow_batch(flow_model *m, size_t n)

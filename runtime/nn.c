@@ -1067,3 +1067,551 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
     }
     return FLOW_OK;
 }
+
+/* ------------------------------------------- divergence (stacked JVPs) */
+
+/* The divergence tr(dy/dx[:, :D]) of an MLP (D = outputs <= data inputs),
+ * exact or as Hutchinson's e^T (dy/dx[:, :D]) e, with the forward and the
+ * backward in one pass each, for continuous normalizing flows (FFJORD,
+ * Grathwohl et al. 2019, eqs. 3 and 7).
+ *
+ * Forward mode with the tangents stacked under the primal rows: B tangent
+ * blocks (B = D unit vectors e_b for the exact trace, B = 1 probe e for
+ * Hutchinson), each of n rows, so that a hidden layer's tangent product
+ * is ONE GEMM of B n rows instead of B GEMMs of n rows.  For layer l with
+ * input a (primal) and ta (a tangent block):
+ *
+ *     u = a W^T + b (+ t W[:, last]),        tu = ta W^T
+ *     z = u * g + d t  (concatsquash) or u,  tz = tu * g
+ *     a' = phi(z),                           ta' = phi'(z) * tz
+ *
+ * (layer 0 with unit tangents: tu^(b) = W[:, b] on every row, no
+ * product).  The trace is sum_b ty^(b)_b (exact) or sum_j e_j ty_j.  The
+ * primal rows get a GEMM of their own, so the map's bits do not depend on
+ * the number of tangent blocks (exact and Hutchinson give the same y).
+ *
+ * Backward: reverse mode through the stacked graph, with the cotangent of
+ * ty^(b) = dtr e_b (or dtr e).  Through an activation the primal row
+ * collects the second-order term of ta' = phi'(z) tz:
+ *
+ *     dz = phi'(z) da' + phi''(z) sum_b tz^(b) dta'^(b),
+ *     dtz^(b) = phi'(z) dta'^(b),
+ *
+ * and the weight gradient of a layer is one GEMM over all (1 + B) n rows,
+ * dW += G^T [a; ta^(1); ...; ta^(B)] (biases, time columns and the
+ * squash time bias d see the primal rows only).  The same arithmetic as B
+ * net_jvp + net_jvp_backward passes and a net_backward (docs/runtime.md),
+ * in 2 + 2 GEMMs per hidden layer instead of 2 + 4 B + 2.
+ *
+ * tanh: phi' = 1 - a^2 and phi'' = -2 a phi' from the stored a; in the
+ * float32 build tanh itself is a rational approximation (below). */
+
+#define DIV_MAGIC 0x666c6f7764697631ull  /* "flowdiv1" */
+#define DIV_CHUNK 8     /* fixed-length inner loops: vectorized at -O2 */
+
+typedef struct div_head {
+    uint64_t magic;
+    size_t n, blocks;
+    double t;
+} div_head;
+
+typedef struct div_layout {
+    size_t gate, xin, u, z, a;  /* tape offsets (bytes from the tape) */
+    size_t tape;                /* tape bytes                          */
+    size_t g0, g1, acc, vec;    /* scratch offsets                     */
+    size_t scratch;             /* scratch bytes                       */
+} div_layout;
+
+static int div_supported(const flow_net *net)
+{
+    return net && net->kind == FLOW_NET_MLP && !net->derived && net->k == 0
+           && net->y_width >= 1 && net->y_width <= net->d;
+}
+
+/* layout for B tangent blocks */
+static void div_layout_of(const flow_net *net, size_t n, size_t B,
+                          div_layout *lo)
+{
+    const size_t r = sizeof(flow_real);
+    size_t rows = mul_sat(n, 1 + B);
+    size_t off = round_up(sizeof(div_head));
+    int squash = net->time == FLOW_TIME_CONCATSQUASH;
+#define TAKE(field, bytes) \
+    do { lo->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
+    TAKE(xin, mul_sat(mul_sat(n, net->d), r));
+    TAKE(u, squash ? mul_sat(mul_sat(rows, all_rows(net)), r) : 0);
+    TAKE(z, mul_sat(mul_sat(rows, all_rows(net)), r));
+    TAKE(a, mul_sat(mul_sat(rows, hidden_rows(net)), r));
+    lo->tape = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+    off = 0;
+    TAKE(g0, mul_sat(mul_sat(rows, net->max_width), r));
+    TAKE(g1, mul_sat(mul_sat(rows, net->max_width), r));
+    TAKE(acc, mul_sat(mul_sat(n, net->max_width), r));
+    TAKE(vec, mul_sat(3 * net->max_width, r));
+#undef TAKE
+    lo->scratch = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+size_t nn_div_workspace(const flow_net *net, size_t n, size_t *scratch)
+{
+    div_layout lo;
+    if (scratch)
+        *scratch = 0;
+    if (!div_supported(net))
+        return 0;
+    /* the exact trace's D blocks are the most */
+    div_layout_of(net, n ? n : 1, net->y_width, &lo);
+    if (!lo.tape || !lo.scratch)
+        return 0;
+    if (scratch)
+        *scratch = lo.scratch;
+    return lo.tape;
+}
+
+#if !FLOW_REAL_DOUBLE
+/* tanh(x) = x P(x^2) / Q(x^2) on |x| <= 9 (tanh(9) rounds to 1 in float),
+ * a rational approximation fitted here for minimal relative error (linear
+ * least squares iterated on the denominator, 40000 points of [0, 9]):
+ * relative error 2.2e-8 in exact arithmetic, <= 7 ulp evaluated in float
+ * (measured against double tanh on 2e6 points of [-10, 10]).  Clamped to
+ * [-1, 1] so that 1 - tanh^2 >= 0.  libm's tanh took a third of FFJORD's
+ * training time (docs/ode.md); this runs on 4-float vectors (GCC/Clang
+ * vector extensions: the clamps are selects, not branches). */
+#define TANH_P6 -8.95434520e-14f
+#define TANH_P5 5.46007597e-11f
+#define TANH_P4 -2.06053836e-08f
+#define TANH_P3 1.12484962e-05f
+#define TANH_P2 3.11299677e-03f
+#define TANH_P1 1.30921173e-01f
+#define TANH_P0 9.99999997e-01f
+#define TANH_Q3 2.55928737e-04f
+#define TANH_Q2 2.45312218e-02f
+#define TANH_Q1 4.64254467e-01f
+
+static inline float tanh_fast(float x)
+{
+    float s, p, q, y;
+    x = x > 9.0f ? 9.0f : x;
+    x = x < -9.0f ? -9.0f : x;
+    s = x * x;
+    p = ((((((TANH_P6 * s + TANH_P5) * s + TANH_P4) * s + TANH_P3) * s +
+           TANH_P2) * s + TANH_P1) * s + TANH_P0);
+    q = ((TANH_Q3 * s + TANH_Q2) * s + TANH_Q1) * s + 1.0f;
+    y = x * p / q;
+    y = y > 1.0f ? 1.0f : y;
+    return y < -1.0f ? -1.0f : y;
+}
+
+typedef float div_v4 __attribute__((vector_size(16)));
+typedef int32_t div_i4 __attribute__((vector_size(16)));
+
+/* m ? a : b lane by lane (m from a vector comparison: -1 or 0) */
+static inline div_v4 div_sel(div_i4 m, div_v4 a, div_v4 b)
+{
+    return (div_v4)(((div_i4)a & m) | ((div_i4)b & ~m));
+}
+
+static void tanh_block(const float *z, float *a, size_t count)
+{
+    const div_v4 c = {9.0f, 9.0f, 9.0f, 9.0f}, one = {1, 1, 1, 1};
+    size_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+        div_v4 x, s, p, q, y;
+        memcpy(&x, z + i, sizeof x);
+        x = div_sel(x > c, c, x);
+        x = div_sel(x < -c, -c, x);
+        s = x * x;
+        p = ((((((TANH_P6 * s + TANH_P5) * s + TANH_P4) * s + TANH_P3) * s +
+               TANH_P2) * s + TANH_P1) * s + TANH_P0);
+        q = ((TANH_Q3 * s + TANH_Q2) * s + TANH_Q1) * s + 1.0f;
+        y = x * p / q;
+        y = div_sel(y > one, one, y);
+        y = div_sel(y < -one, -one, y);
+        memcpy(a + i, &y, sizeof y);
+    }
+    for (; i < count; i++)
+        a[i] = tanh_fast(z[i]);
+}
+#endif
+
+/* a = phi(z) (count values) */
+static void div_act(const flow_net *net, const flow_real *restrict z,
+                    flow_real *restrict a, size_t count)
+{
+    if (net->act == FLOW_ACT_TANH) {
+#if FLOW_REAL_DOUBLE
+        for (size_t i = 0; i < count; i++)
+            a[i] = tanh(z[i]);
+#else
+        tanh_block(z, a, count);
+#endif
+        return;
+    }
+    act_apply(net, z, a, count);
+}
+
+/* f1 = phi'(z), f2 = phi''(z) over w values; tanh from the stored a */
+static void div_d12(const flow_net *net, size_t w, const flow_real *restrict z,
+                    const flow_real *restrict a, flow_real *restrict f1,
+                    flow_real *restrict f2)
+{
+    if (net->act == FLOW_ACT_TANH) {
+        size_t i = 0;
+        for (; i + DIV_CHUNK <= w; i += DIV_CHUNK)
+            for (size_t j = i; j < i + DIV_CHUNK; j++) {
+                flow_real s = 1 - a[j] * a[j];
+                f1[j] = s;
+                f2[j] = -2 * a[j] * s;
+            }
+        for (; i < w; i++) {
+            flow_real s = 1 - a[i] * a[i];
+            f1[i] = s;
+            f2[i] = -2 * a[i] * s;
+        }
+        return;
+    }
+    for (size_t j = 0; j < w; j++) {
+        double d1, d2;
+        act_eval(net, z[j], NULL, &d1, &d2);
+        f1[j] = (flow_real)d1;
+        f2[j] = (flow_real)d2;
+    }
+}
+
+/* ta = phi'(z) tz over count values of one tangent block, phi' from the
+ * primal z and a (tanh: 1 - a^2, fused) or from f1 */
+static void div_tan_fwd(const flow_net *net, size_t count,
+                        const flow_real *restrict a,
+                        const flow_real *restrict f1,
+                        const flow_real *restrict tz, flow_real *restrict ta)
+{
+    size_t i = 0;
+    if (net->act == FLOW_ACT_TANH) {
+        for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+            for (size_t j = i; j < i + DIV_CHUNK; j++)
+                ta[j] = (1 - a[j] * a[j]) * tz[j];
+        for (; i < count; i++)
+            ta[i] = (1 - a[i] * a[i]) * tz[i];
+        return;
+    }
+    for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++)
+            ta[j] = f1[j] * tz[j];
+    for (; i < count; i++)
+        ta[i] = f1[i] * tz[i];
+}
+
+/* acc (+)= tz * gt; gt *= f1 over count values of one tangent block
+ * (first: acc written) */
+static void div_back_tan(size_t count, int first, const flow_real *restrict f1,
+                         const flow_real *restrict tz,
+                         flow_real *restrict gt, flow_real *restrict acc)
+{
+    size_t i = 0;
+    if (first) {
+        for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+            for (size_t j = i; j < i + DIV_CHUNK; j++) {
+                acc[j] = tz[j] * gt[j];
+                gt[j] *= f1[j];
+            }
+        for (; i < count; i++) {
+            acc[i] = tz[i] * gt[i];
+            gt[i] *= f1[i];
+        }
+        return;
+    }
+    for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++) {
+            acc[j] += tz[j] * gt[j];
+            gt[j] *= f1[j];
+        }
+    for (; i < count; i++) {
+        acc[i] += tz[i] * gt[i];
+        gt[i] *= f1[i];
+    }
+}
+
+/* g = f1 g + f2 acc (the primal block) */
+static void div_back_primal(size_t count, const flow_real *restrict f1,
+                            const flow_real *restrict f2,
+                            const flow_real *restrict acc,
+                            flow_real *restrict g)
+{
+    size_t i = 0;
+    for (; i + DIV_CHUNK <= count; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++)
+            g[j] = f1[j] * g[j] + f2[j] * acc[j];
+    for (; i < count; i++)
+        g[i] = f1[i] * g[i] + f2[i] * acc[i];
+}
+
+/* row += v (w values) */
+static void div_add(size_t w, const flow_real *restrict v,
+                    flow_real *restrict row)
+{
+    size_t i = 0;
+    for (; i + DIV_CHUNK <= w; i += DIV_CHUNK)
+        for (size_t j = i; j < i + DIV_CHUNK; j++)
+            row[j] += v[j];
+    for (; i < w; i++)
+        row[i] += v[i];
+}
+
+static const flow_real *cat(const void *p, size_t off)
+{
+    return (const flow_real *)(const void *)((const char *)p + off);
+}
+
+int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
+                   const flow_real *x, double t, const flow_real *eps,
+                   flow_real *y, flow_real *tr, void *tape, void *scratch)
+{
+    div_head *hd = tape;
+    div_layout lo;
+    size_t D, B, R;
+    int squash, st;
+    if (!div_supported(net))
+        return FLOW_ERR_UNSUPPORTED;
+    if (!params || !x || !y || !tr || !tape || !scratch ||
+        (uintptr_t)tape % sizeof(double) != 0 ||
+        (uintptr_t)scratch % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    D = net->y_width;
+    B = eps ? 1 : D;
+    R = n * (1 + B);
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    div_layout_of(net, n, B, &lo);
+    hd->magic = 0;
+    hd->n = n;
+    hd->blocks = B;
+    hd->t = t;
+    memcpy(at(tape, lo.xin), x, n * net->d * sizeof *x);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        size_t out = ly->out, in = ly->in, cols = ly->cols;
+        size_t off = hidden_off(net, l) * R;
+        int last = l + 1 == net->n_layers;
+        const flow_real *w = params + ly->w_off;
+        flow_real *z = at(tape, lo.z) + off;
+        flow_real *u = squash ? at(tape, lo.u) + off : z;
+        flow_real *tu = u + n * out;
+        flow_real *bias = at(scratch, lo.vec), *dt = bias + out;
+        flow_real *g = at(tape, lo.gate) + ly->g_off;
+        if (l == 0) {
+            st = blas_gemm(0, 1, n, out, in, 1, at(tape, lo.xin), in, w, cols,
+                           0, u, out);
+            if (st == FLOW_OK && eps)
+                st = blas_gemm(0, 1, n, out, D, 1, eps, D, w, cols, 0, tu,
+                               out);
+            if (st != FLOW_OK)
+                return st;
+            /* unit tangent e_b: tu = W[:, b] on every row */
+            for (size_t b = 0; !eps && b < B; b++) {
+                flow_real *t0 = tu + n * b * out;
+                for (size_t j = 0; j < out; j++)
+                    t0[j] = w[j * cols + b];
+                for (size_t r = 1; r < n; r++)
+                    memcpy(t0 + r * out, t0, out * sizeof *t0);
+            }
+        } else {
+            const flow_real *ain = at(tape, lo.a) + hidden_off(net, l - 1) * R;
+            st = blas_gemm(0, 1, n, out, in, 1, ain, in, w, cols, 0, u, out);
+            if (st == FLOW_OK)
+                st = blas_gemm(0, 1, n * B, out, in, 1, ain + n * in, in, w,
+                               cols, 0, tu, out);
+            if (st != FLOW_OK)
+                return st;
+        }
+        for (size_t j = 0; j < out; j++)
+            bias[j] = (flow_real)(params[ly->b_off + j] +
+                                  (net->time == FLOW_TIME_CONCAT
+                                       ? t * w[j * cols + in] : 0.0));
+        for (size_t r = 0; r < n; r++)
+            div_add(out, bias, u + r * out);
+        if (squash) {
+            /* concatsquash (Grathwohl et al. 2019, FFJORD's
+             * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
+            for (size_t j = 0; j < out; j++) {
+                g[j] = (flow_real)sigmoid(params[ly->ga_off + j] * t +
+                                          params[ly->gc_off + j]);
+                dt[j] = (flow_real)(params[ly->gd_off + j] * t);
+            }
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < out; j++)
+                    z[r * out + j] = u[r * out + j] * g[j] +
+                                     (r < n ? dt[j] : 0);
+        }
+        if (last)
+            break;
+        {
+            flow_real *a = at(tape, lo.a) + off;
+            flow_real *f1 = at(scratch, lo.g0), *f2 = at(scratch, lo.g1);
+            div_act(net, z, a, n * out);
+            /* ta = phi'(z) tz (phi' of the primal rows first, but for
+             * tanh) */
+            if (net->act != FLOW_ACT_TANH)
+                div_d12(net, n * out, z, a, f1, f2);
+            for (size_t b = 0; b < B; b++)
+                div_tan_fwd(net, n * out, a, f1, z + n * (1 + b) * out,
+                            a + n * (1 + b) * out);
+        }
+    }
+    {
+        const flow_real *zl = at(tape, lo.z) +
+                              hidden_off(net, net->n_layers - 1) * R;
+        memcpy(y, zl, n * D * sizeof *y);
+        for (size_t r = 0; r < n; r++) {
+            double s = 0;
+            if (eps)
+                for (size_t j = 0; j < D; j++)
+                    s += (double)eps[r * D + j] * zl[(n + r) * D + j];
+            else
+                for (size_t b = 0; b < D; b++)
+                    s += zl[(n * (1 + b) + r) * D + b];
+            tr[r] = (flow_real)s;
+        }
+    }
+    hd->magic = DIV_MAGIC;
+    return FLOW_OK;
+}
+
+int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
+                    const void *tape, void *scratch, const flow_real *eps,
+                    const flow_real *dy, const flow_real *dtr, flow_real *dx,
+                    flow_real *dparams)
+{
+    const div_head *hd = tape;
+    div_layout lo;
+    flow_real *G, *Gn;
+    size_t D, B, R;
+    double t;
+    int squash, st;
+    if (!div_supported(net))
+        return FLOW_ERR_UNSUPPORTED;
+    if (!params || !tape || !scratch || (uintptr_t)tape % sizeof(double) ||
+        (uintptr_t)scratch % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    D = net->y_width;
+    B = eps ? 1 : D;
+    if (hd->magic != DIV_MAGIC || hd->n != n || hd->blocks != B)
+        return FLOW_ERR_INVAL;    /* no matching forward on this tape */
+    t = hd->t;
+    R = n * (1 + B);
+    squash = net->time == FLOW_TIME_CONCATSQUASH;
+    div_layout_of(net, n, B, &lo);
+    G = at(scratch, lo.g0);
+    Gn = at(scratch, lo.g1);
+    /* top: dz = dy on the primal rows; d ty^(b) = dtr e_b (or dtr e) */
+    if (dy)
+        memcpy(G, dy, n * D * sizeof *G);
+    else
+        memset(G, 0, n * D * sizeof *G);
+    memset(G + n * D, 0, n * B * D * sizeof *G);
+    for (size_t r = 0; dtr && r < n; r++) {
+        if (eps)
+            for (size_t j = 0; j < D; j++)
+                G[(n + r) * D + j] = dtr[r] * eps[r * D + j];
+        else
+            for (size_t b = 0; b < D; b++)
+                G[(n * (1 + b) + r) * D + b] = dtr[r];
+    }
+    for (size_t l = net->n_layers; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        size_t out = ly->out, in = ly->in, cols = ly->cols;
+        size_t off = hidden_off(net, l) * R;
+        const flow_real *w = params + ly->w_off;
+        if (squash) {
+            const flow_real *u = cat(tape, lo.u) + off;
+            const flow_real *g = cat(tape, lo.gate) + ly->g_off;
+            flow_real *sg = at(scratch, lo.vec), *su = sg + out;
+            for (size_t j = 0; j < out; j++)
+                sg[j] = su[j] = 0;
+            for (size_t r = 0; r < R; r++)
+                for (size_t j = 0; j < out; j++) {
+                    size_t q = r * out + j;
+                    if (r < n)
+                        sg[j] += G[q];
+                    su[j] += G[q] * u[q];
+                    G[q] *= g[j];
+                }
+            if (dparams)
+                for (size_t j = 0; j < out; j++) {
+                    double gj = g[j], dpre = su[j] * gj * (1 - gj);
+                    dparams[ly->gd_off + j] += (flow_real)(t * sg[j]);
+                    dparams[ly->ga_off + j] += (flow_real)(t * dpre);
+                    dparams[ly->gc_off + j] += (flow_real)dpre;
+                }
+        }
+        if (dparams) {
+            flow_real *dw = dparams + ly->w_off;
+            if (l == 0) {
+                st = blas_gemm(1, 0, out, in, n, 1, G, out, cat(tape, lo.xin),
+                               in, 1, dw, cols);
+                if (st == FLOW_OK && eps)
+                    st = blas_gemm(1, 0, out, D, n, 1, G + n * out, out, eps,
+                                   D, 1, dw, cols);
+                if (st != FLOW_OK)
+                    return st;
+                for (size_t b = 0; !eps && b < B; b++)
+                    for (size_t r = 0; r < n; r++) {
+                        const flow_real *gr = G + (n * (1 + b) + r) * out;
+                        for (size_t j = 0; j < out; j++)
+                            dw[j * cols + b] += gr[j];
+                    }
+            } else {
+                const flow_real *ain = cat(tape, lo.a) +
+                                       hidden_off(net, l - 1) * R;
+                st = blas_gemm(1, 0, out, in, R, 1, G, out, ain, in, 1, dw,
+                               cols);
+                if (st != FLOW_OK)
+                    return st;
+            }
+            {
+                flow_real *sb = at(scratch, lo.vec);
+                memset(sb, 0, out * sizeof *sb);
+                for (size_t r = 0; r < n; r++)
+                    div_add(out, G + r * out, sb);
+                for (size_t j = 0; j < out; j++) {
+                    dparams[ly->b_off + j] += sb[j];
+                    if (net->time == FLOW_TIME_CONCAT)
+                        dw[j * cols + in] += (flow_real)(t * sb[j]);
+                }
+            }
+        }
+        if (l == 0) {
+            st = FLOW_OK;
+            if (dx)
+                st = blas_gemm(0, 0, n, in, out, 1, G, out, w, cols, 0, dx,
+                               in);
+            return st;
+        }
+        st = blas_gemm(0, 0, R, in, out, 1, G, out, w, cols, 0, Gn, in);
+        if (st != FLOW_OK)
+            return st;
+        {
+            size_t po = hidden_off(net, l - 1) * R;
+            const flow_real *z = cat(tape, lo.z) + po;
+            const flow_real *a = cat(tape, lo.a) + po;
+            size_t cnt = n * in;
+            /* phi', phi'' of the primal block into G (free: Gn is the
+             * new cotangent) */
+            flow_real *f1 = G, *f2 = G + cnt, *acc = at(scratch, lo.acc);
+            div_d12(net, cnt, z, a, f1, f2);
+            for (size_t b = 0; b < B; b++)
+                div_back_tan(cnt, b == 0, f1, z + cnt * (1 + b),
+                             Gn + cnt * (1 + b), acc);
+            div_back_primal(cnt, f1, f2, acc, Gn);
+        }
+        {
+            flow_real *tmp = G;
+            G = Gn;
+            Gn = tmp;
+        }
+    }
+    return FLOW_OK;
+}

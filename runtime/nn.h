@@ -46,6 +46,20 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
                     void *ws, const flow_real *tx, const flow_real *dty,
                     flow_real *dx, flow_real *dtx, flow_real *dparams);
 
+/* Divergence (exact; or Hutchinson's with probes eps) with the tangents stacked (nn.c, "divergence"): an MLP
+ * without context or derived weights whose D outputs <= its inputs.  The
+ * tape (returned size) is written by nn_div_forward and read by
+ * nn_div_backward; the scratch (*scratch bytes) is free between calls.
+ * 0 when the net is not supported. */
+size_t nn_div_workspace(const flow_net *net, size_t n, size_t *scratch);
+int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
+                   const flow_real *x, double t, const flow_real *eps,
+                   flow_real *y, flow_real *tr, void *tape, void *scratch);
+int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
+                    const void *tape, void *scratch, const flow_real *eps,
+                    const flow_real *dy, const flow_real *dtr, flow_real *dx,
+                    flow_real *dparams);
+
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);
 /* Shape and parameter offsets of layer l: W is rows x cols at params +

@@ -131,5 +131,36 @@ check bad-spec 1 $?
 has bad-spec "$t/err" "bad.flow:3:"
 absent bad-spec "$t/never.ckpt"
 
+# ode layers: the function evaluations per step in the train log, the
+# history and `flowkit info` (RK4 with 3 steps: 12 forward + 12 backward),
+# the same with 2 threads; none for a model without ode layers
+cat >"$t/ode.flow" <<'EOF2'
+flow o {
+    input x : real[2];
+    ode(hidden = [8, 8], time = concat, solver = rk4(steps = 3),
+        gradient = backprop);
+    output z ~ normal;
+}
+EOF2
+for th in 1 2; do
+    "$F" train "$t/ode.flow" --data "$t/tr.csv" --epochs 2 --batch 200 \
+        --threads $th -o "$t/o.ckpt" 2>"$t/err"
+    check ode-train-$th 0 $?
+    has ode-train-nfe-$th "$t/err" "epoch 2 step 6/6 loss "
+    has ode-train-nfe-$th "$t/err" " nfe 24 time "
+done
+"$F" info "$t/o.ckpt" >"$t/out"; check ode-info 0 $?
+has ode-info "$t/out" "nfe          24 per training step (last epoch, forward and backward)"
+has ode-info "$t/out" "nfe          12 per density pass (256 sampled rows)"
+has ode-info-history "$t/out" '"nfe": 24}]'
+"$F" info "$t/o.ckpt" --json >"$t/out"; check ode-info-json 0 $?
+has ode-info-json "$t/out" '"train_nfe": 24, "forward_nfe": 12'
+"$F" train "$SPEC" --data "$t/tr.csv" --steps 3 --batch 64 -o "$t/m.ckpt" \
+    2>"$t/err"
+check moons-no-nfe 0 $?
+if grep -q "nfe" "$t/err"; then
+    echo "FAIL: moons-no-nfe: the log mentions nfe"; fail=$((fail + 1))
+else pass=$((pass + 1)); fi
+
 echo "cli_train: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -703,6 +703,246 @@ START_TEST(test_errors)
                   h->tf_forward && h->tf_inverse && h->tf_backward &&
                   h->tf_inverse_backward && h->slogdet && h->matinv);
         ck_assert(FLOW_HOST_HAS(h, matinv));
+        ck_assert(FLOW_HOST_HAS(h, net_div_backward));
+        ck_assert(h->net_div_workspace && h->net_div_forward &&
+                  h->net_div_backward);
+    }
+}
+END_TEST
+
+/* --- net_div: the stacked divergence against per-tangent JVPs and FD --- */
+
+#if FLOW_REAL_DOUBLE
+# define DIV_TOL 1e-12     /* vs nn_forward + nn_jvp (libm tanh on both) */
+# define DIV_GTOL 1e-11
+# define DIV_FD_H 1e-6
+# define DIV_FD_TOL 1e-6
+#else
+# define DIV_TOL 1e-5      /* float tanh approximation vs libm's (7 ulp) */
+# define DIV_GTOL 1e-4
+# define DIV_FD_H 3e-3
+# define DIV_FD_TOL 1e-2   /* central differences of float evaluations */
+#endif
+
+static double maxabs_r(const flow_real *v, size_t m)
+{
+    double a = 0;
+    for (size_t i = 0; i < m; i++)
+        a = fmax(a, fabs((double)v[i]));
+    return a;
+}
+
+/* L = sum dy . y + sum dtr . tr through nn_div_forward */
+static double div_loss(const flow_net *net, const flow_real *p, size_t n,
+                       const flow_real *x, double t, const flow_real *eps,
+                       const flow_real *dy, const flow_real *dtr,
+                       void *tape, void *scr, flow_real *y, flow_real *tr)
+{
+    double s = 0;
+    size_t D;
+    ck_assert_int_eq(nn_layer_shape(net, nn_layers(net) - 1, &D, NULL, NULL,
+                                    NULL), FLOW_OK);
+    ck_assert_int_eq(nn_div_forward(net, p, n, x, t, eps, y, tr, tape, scr),
+                     FLOW_OK);
+    for (size_t i = 0; i < n * D; i++)
+        s += (double)dy[i] * y[i];
+    for (size_t r = 0; r < n; r++)
+        s += (double)dtr[r] * tr[r];
+    return s;
+}
+
+/* One net: y and tr against nn_forward + one nn_jvp per tangent (unit
+ * vectors, or the probes with `hutch`), the backward against nn_backward
+ * + nn_jvp_backward per tangent with dty = dtr e_b (the recipe of
+ * docs/runtime.md), and both against central differences. */
+static void check_div(const netcase *nc, int hutch, uint64_t seed)
+{
+    enum { NR = 5 };
+    refnet rn;
+    flow_net *net = make_net(nc, NULL, &rn);
+    size_t d = nc->d, D = nc->out, np = nn_params(net), sc = 0;
+    size_t tb = nn_div_workspace(net, NR, &sc);
+    double t = 0.3, ymax, gmax, xmax;
+    flow_real *p = malloc(np * sizeof *p), *dp = calloc(np, sizeof *dp);
+    flow_real *dpr = calloc(np, sizeof *dpr);
+    flow_real x[NR * 8], y[NR * 8], yr[NR * 8], tr[NR], trr[NR];
+    flow_real tx[NR * 8], ty[NR * 8], dty[NR * 8], eps[NR * 8];
+    flow_real dy[NR * 8], dtr[NR], dx[NR * 8], dxr[NR * 8], dxb[NR * 8];
+    void *tape, *scr, *ws;
+    flow_rng rng;
+    ck_assert(d <= 8 && D <= d);
+    ck_assert_uint_gt(tb, 0);
+    ck_assert_uint_gt(sc, 0);
+    tape = aligned_alloc(64, (tb + 63) / 64 * 64);
+    scr = aligned_alloc(64, (sc + 63) / 64 * 64);
+    ws = aligned_alloc(64, (nn_workspace(net, NR) + 63) / 64 * 64);
+    rng_seed(&rng, seed);
+    nn_init(net, p, &rng);
+    for (size_t i = 0; i < NR * d; i++)
+        x[i] = (flow_real)(2 * rng_uniform(&rng) - 1);
+    for (size_t i = 0; i < NR * D; i++) {
+        eps[i] = (flow_real)(2 * rng_uniform(&rng) - 1);
+        dy[i] = (flow_real)(2 * rng_uniform(&rng) - 1);
+    }
+    for (size_t r = 0; r < NR; r++)
+        dtr[r] = (flow_real)(2 * rng_uniform(&rng) - 1);
+    ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? eps : NULL, y,
+                                    tr, tape, scr), FLOW_OK);
+    /* reference: forward, then the tangents one at a time */
+    ck_assert_int_eq(nn_forward(net, p, NR, x, NULL, t, yr, ws), FLOW_OK);
+    ck_assert_int_eq(nn_backward(net, p, NR, ws, dy, dxr, NULL, dpr),
+                     FLOW_OK);
+    memset(trr, 0, sizeof trr);
+    for (size_t b = 0; b < (hutch ? 1 : D); b++) {
+        memset(tx, 0, sizeof tx);
+        memset(dty, 0, sizeof dty);
+        for (size_t r = 0; r < NR; r++)
+            for (size_t j = 0; j < D; j++) {
+                flow_real e = hutch ? eps[r * D + j] : (flow_real)(j == b);
+                tx[r * d + j] = e;
+                dty[r * D + j] = dtr[r] * e;
+            }
+        ck_assert_int_eq(nn_jvp(net, p, NR, ws, tx, ty), FLOW_OK);
+        for (size_t r = 0; r < NR; r++)
+            for (size_t j = 0; j < D; j++)
+                trr[r] += (hutch ? eps[r * D + j] : (flow_real)(j == b)) *
+                          ty[r * D + j];
+        ck_assert_int_eq(nn_jvp_backward(net, p, NR, ws, tx, dty, dxb, NULL,
+                                         dpr), FLOW_OK);
+        for (size_t i = 0; i < NR * d; i++)
+            dxr[i] += dxb[i];
+    }
+    ymax = 1 + maxabs_r(yr, NR * D) + maxabs_r(trr, NR);
+    for (size_t i = 0; i < NR * D; i++)
+        ck_assert_msg(fabs((double)y[i] - yr[i]) <= DIV_TOL * ymax,
+                      "y[%zu] %g vs %g", i, (double)y[i], (double)yr[i]);
+    for (size_t r = 0; r < NR; r++)
+        ck_assert_msg(fabs((double)tr[r] - trr[r]) <= DIV_TOL * ymax,
+                      "tr[%zu] %g vs %g", r, (double)tr[r], (double)trr[r]);
+    /* the map does not depend on the tangents: the other mode's y */
+    {
+        flow_real y2[NR * 8], tr2[NR];
+        ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? NULL : eps,
+                                        y2, tr2, tape, scr), FLOW_OK);
+        ck_assert_mem_eq(y, y2, NR * D * sizeof *y);
+        ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? eps : NULL,
+                                        y2, tr2, tape, scr), FLOW_OK);
+    }
+    ck_assert_int_eq(nn_div_backward(net, p, NR, tape, scr, hutch ? eps : NULL,
+                                     dy, dtr, dx, dp), FLOW_OK);
+    gmax = 1e-3 + maxabs_r(dpr, np);
+    xmax = 1e-3 + maxabs_r(dxr, NR * d);
+    for (size_t i = 0; i < np; i++)
+        ck_assert_msg(fabs((double)dp[i] - dpr[i]) <= DIV_GTOL * gmax,
+                      "dparams[%zu] %g vs %g", i, (double)dp[i],
+                      (double)dpr[i]);
+    for (size_t i = 0; i < NR * d; i++)
+        ck_assert_msg(fabs((double)dx[i] - dxr[i]) <= DIV_GTOL * xmax,
+                      "dx[%zu] %g vs %g", i, (double)dx[i], (double)dxr[i]);
+    /* central differences of L through nn_div_forward itself */
+    for (size_t i = 0; i < np; i += 1 + np / 40) {
+        flow_real keep = p[i];
+        double lp, lm, h = DIV_FD_H * fmax(1, fabs((double)keep));
+        p[i] = (flow_real)(keep + h);
+        lp = div_loss(net, p, NR, x, t, hutch ? eps : NULL, dy, dtr, tape,
+                      scr, y, tr);
+        p[i] = (flow_real)(keep - h);
+        lm = div_loss(net, p, NR, x, t, hutch ? eps : NULL, dy, dtr, tape,
+                      scr, y, tr);
+        p[i] = keep;
+        ck_assert_msg(fabs((lp - lm) / (2 * h) - dp[i]) <= DIV_FD_TOL * gmax,
+                      "param %zu: FD %g vs %g", i, (lp - lm) / (2 * h),
+                      (double)dp[i]);
+    }
+    for (size_t i = 0; i < NR * d; i++) {
+        flow_real keep = x[i];
+        double lp, lm, h = DIV_FD_H;
+        x[i] = (flow_real)(keep + h);
+        lp = div_loss(net, p, NR, x, t, hutch ? eps : NULL, dy, dtr, tape,
+                      scr, y, tr);
+        x[i] = (flow_real)(keep - h);
+        lm = div_loss(net, p, NR, x, t, hutch ? eps : NULL, dy, dtr, tape,
+                      scr, y, tr);
+        x[i] = keep;
+        ck_assert_msg(fabs((lp - lm) / (2 * h) - dx[i]) <= DIV_FD_TOL * xmax,
+                      "x %zu: FD %g vs %g", i, (lp - lm) / (2 * h),
+                      (double)dx[i]);
+    }
+    free(tape);
+    free(scr);
+    free(ws);
+    free(p);
+    free(dp);
+    free(dpr);
+    nn_destroy(net);
+}
+
+/* the ode layer's nets: D outputs of D (+ K context columns as inputs),
+ * each time mode, smooth activations; exact and Hutchinson */
+START_TEST(test_div)
+{
+    static const struct {
+        size_t d, out, nh, h0, h1;
+        flow_activation act;
+        flow_time_mode time;
+    } cs[] = {
+        {2, 2, 3, 7, 6, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
+        {3, 3, 2, 6, 5, FLOW_ACT_TANH, FLOW_TIME_CONCATSQUASH},
+        {4, 2, 2, 5, 6, FLOW_ACT_SOFTPLUS, FLOW_TIME_CONCAT},
+        {3, 2, 1, 6, 0, FLOW_ACT_ELU, FLOW_TIME_NONE},
+        {2, 2, 0, 0, 0, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
+        {2, 1, 2, 4, 4, FLOW_ACT_SIGMOID, FLOW_TIME_CONCATSQUASH},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        netcase nc = {FLOW_NET_MLP, cs[c].d, 0, cs[c].out, cs[c].nh,
+                      {cs[c].h0, cs[c].h1, cs[c].h1}, cs[c].act, cs[c].time,
+                      0, 0};
+        check_div(&nc, _i, 500 + c);
+    }
+}
+END_TEST
+
+START_TEST(test_div_errors)
+{
+    netcase made = {FLOW_NET_MADE, 3, 0, 1, 1, {6}, FLOW_ACT_TANH,
+                    FLOW_TIME_NONE, 0, 0};
+    netcase ctxn = {FLOW_NET_MLP, 2, 1, 2, 1, {4}, FLOW_ACT_TANH,
+                    FLOW_TIME_NONE, 0, 0};
+    netcase wide = {FLOW_NET_MLP, 2, 0, 3, 1, {4}, FLOW_ACT_TANH,
+                    FLOW_TIME_NONE, 0, 0};
+    netcase ok = {FLOW_NET_MLP, 2, 0, 2, 1, {4}, FLOW_ACT_TANH,
+                  FLOW_TIME_NONE, 0, 0};
+    const netcase *bad[] = {&made, &ctxn, &wide};
+    flow_real p[64] = {0}, x[4] = {0}, y[4], tr[2];
+    double tape[256], scr[256];
+    refnet rn;
+    for (size_t i = 0; i < 3; i++) {
+        flow_net *net = make_net(bad[i], NULL, &rn);
+        size_t sc = 1;
+        ck_assert_uint_eq(nn_div_workspace(net, 2, &sc), 0);
+        ck_assert_uint_eq(sc, 0);
+        ck_assert_int_eq(nn_div_forward(net, p, 2, x, 0, NULL, y, tr, tape,
+                                        scr), FLOW_ERR_UNSUPPORTED);
+        nn_destroy(net);
+    }
+    {
+        flow_net *net = make_net(&ok, NULL, &rn);
+        size_t sc;
+        ck_assert_uint_le(nn_div_workspace(net, 2, &sc), sizeof tape);
+        ck_assert_uint_le(sc, sizeof scr);
+        ck_assert_uint_le(nn_params(net), 64);
+        memset(tape, 0, sizeof tape);
+        /* backward without a forward on this tape */
+        ck_assert_int_eq(nn_div_backward(net, p, 2, tape, scr, NULL, NULL,
+                                         NULL, NULL, NULL), FLOW_ERR_INVAL);
+        ck_assert_int_eq(nn_div_forward(net, p, 2, x, 0, NULL, y, tr, tape,
+                                        scr), FLOW_OK);
+        /* with probes after an exact forward: blocks differ */
+        ck_assert_int_eq(nn_div_backward(net, p, 2, tape, scr, x, NULL,
+                                         NULL, NULL, NULL), FLOW_ERR_INVAL);
+        ck_assert_int_eq(nn_div_backward(net, p, 2, tape, scr, NULL, NULL,
+                                         NULL, NULL, NULL), FLOW_OK);
+        nn_destroy(net);
     }
 }
 END_TEST
@@ -722,6 +962,8 @@ Suite *suite_nn(void)
     tcase_add_test(tc, test_threads_share_net);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
+    tcase_add_loop_test(tc, test_div, 0, 2);
+    tcase_add_test(tc, test_div_errors);
     suite_add_tcase(s, tc);
     return s;
 }

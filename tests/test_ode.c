@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "flow/flow.h"
+#include "flow/flowc.h"
 #include "../plugins/ode_dyn.h"
 #include "../plugins/ode_solver.h"
 #include "../runtime/rng.h"
@@ -1035,6 +1036,86 @@ START_TEST(test_nfe_counted)
 }
 END_TEST
 
+/* The model-level count (flow_model_nfe, flow_model_layer_stat): per
+ * batch, the same with 1 and 2 threads (row chunks of a split batch count
+ * once), forward 4 steps for RK4, doubled by a training step's backward;
+ * dopri5's grows with a tighter tolerance. */
+static flow_model *nfe_model(const char *solver, flow_compilation **comp)
+{
+    char src[512];
+    flow_model *m = NULL;
+    snprintf(src, sizeof src, "flow f { input x : real[2]; ode(hidden = "
+             "[8, 8], time = concat, solver = %s, gradient = backprop); "
+             "output z ~ normal; }", solver);
+    *comp = flow_compile_string(ctx, "nfe.flow", src, strlen(src));
+    ck_assert_ptr_nonnull(*comp);
+    ck_assert_uint_eq(flow_compile_errors(*comp), 0);
+    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(*comp), 3,
+                                         &m) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    return m;
+}
+
+START_TEST(test_model_nfe)
+{
+    enum { N = 128 };
+    flow_real x[N * 2], lp[N];
+    double nfe[2];
+    const char *name;
+    double v;
+    draw(x, N * 2, 1.0, 21);
+    for (size_t th = 1; th <= 2; th++) {
+        flow_compilation *comp;
+        flow_model *m = nfe_model("rk4(steps = 10)", &comp);
+        flow_real *g = malloc(flow_model_num_params(m) * sizeof *g);
+        double mean;
+        ck_assert_int_eq(flow_model_set_threads(m, th), FLOW_OK);
+        ck_assert_double_eq(flow_model_nfe(m), 0);
+        ck_assert_int_eq(flow_model_log_prob(m, N, x, NULL, lp), FLOW_OK);
+        ck_assert_double_eq(flow_model_nfe(m), 40);
+        ck_assert_int_eq(flow_model_layer_stat(m, 0, &name, &v), 1);
+        ck_assert_str_eq(name, "nfe");
+        ck_assert_double_eq(v, 40);
+        ck_assert_int_eq(flow_model_layer_stat(m, 1, &name, &v), 0);
+        flow_model_set_training(m, 1);
+        ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &mean, g),
+                         FLOW_OK);
+        /* 40 evaluations forward, 40 stage VJPs backward */
+        ck_assert_double_eq(flow_model_nfe(m), 80);
+        free(g);
+        flow_model_free(m);
+        flow_compile_free(comp);
+    }
+    for (int i = 0; i < 2; i++) {
+        flow_compilation *comp;
+        flow_model *m = nfe_model(i ? "dopri5(rtol = 1e-7, atol = 1e-7)"
+                                    : "dopri5(rtol = 1e-3, atol = 1e-3)",
+                                  &comp);
+        ck_assert_int_eq(flow_model_log_prob(m, N, x, NULL, lp), FLOW_OK);
+        nfe[i] = flow_model_nfe(m);
+        ck_assert_double_eq(fmod(nfe[i] - 2, 6), 0);
+        flow_model_free(m);
+        flow_compile_free(comp);
+    }
+    ck_assert_msg(nfe[1] > nfe[0] + 6, "dopri5 nfe %g (rtol 1e-7) vs %g "
+                  "(1e-3)", nfe[1], nfe[0]);
+    {
+        /* no ode layer: no count */
+        flow_compilation *comp = flow_compile_string(ctx, "c.flow",
+            "flow c { input x : real[2]; coupling(mask = parity(0), "
+            "hidden = [4]); output z ~ normal; }", (size_t)90);
+        flow_model *m = NULL;
+        ck_assert_uint_eq(flow_compile_errors(comp), 0);
+        ck_assert_int_eq(flow_graph_build_model(ctx, flow_compile_graph(comp),
+                                                1, &m), FLOW_OK);
+        ck_assert_double_eq(flow_model_nfe(m), -1);
+        ck_assert_int_eq(flow_model_layer_stat(m, 0, &name, &v), 0);
+        flow_model_free(m);
+        flow_compile_free(comp);
+    }
+}
+END_TEST
+
 START_TEST(test_describe)
 {
     flow_layer_desc desc;
@@ -1159,6 +1240,7 @@ Suite *suite_ode(void)
     tcase_add_test(tl, test_adjoint_matches_backprop);
     tcase_add_test(tl, test_dopri5_layer_accuracy);
     tcase_add_test(tl, test_nfe_counted);
+    tcase_add_test(tl, test_model_nfe);
     tcase_add_test(tl, test_describe);
     tcase_add_test(tl, test_runtime_errors);
     tcase_set_timeout(tl, 120);

@@ -135,6 +135,18 @@ FLOW_API flow_real *flow_model_params(flow_model *m);
 FLOW_API size_t flow_model_num_buffers(const flow_model *m);
 FLOW_API flow_real *flow_model_buffers(flow_model *m);
 
+/* A layer's counter (flow_layer_type.stat), e.g. "nfe" of an `ode` layer:
+ * dynamics evaluations of the current batch (reset before each forward
+ * batch; its forward and backward passes both count).  Layer i is the
+ * i-th of flow_model_num_layers.  1 with *name and *value set when the
+ * layer has one, 0 otherwise (exits, layers without a counter). */
+FLOW_API int flow_model_layer_stat(const flow_model *m, size_t i,
+                                   const char **name, double *value);
+/* The "nfe" counters of all layers summed (function evaluations of ODE
+ * layers in the last batch: a training step counts its forward and its
+ * backward); -1 when no layer counts them. */
+FLOW_API double flow_model_nfe(const flow_model *m);
+
 /* Training mode (batch statistics, stochastic estimators) or evaluation
  * mode (the default). */
 FLOW_API void flow_model_set_training(flow_model *m, int training);

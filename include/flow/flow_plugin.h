@@ -572,6 +572,35 @@ struct flow_host {
      * log|det a| and its sign (0 when singular); inverse in place */
     int (*slogdet)(size_t d, flow_real *a, double *logabs, int *sign);
     int (*matinv)(size_t d, flow_real *a);
+
+    /* Appended (check FLOW_HOST_HAS(h, net_div_backward)).  Divergence of
+     * an MLP for continuous flows: y = net(x, t) and per row tr[r] = the
+     * trace of J = dy/dx[:, :out] (the square block of the first `out`
+     * inputs) when eps is NULL, or Hutchinson's e^T J e with the probes
+     * eps (n x out) otherwise, in one pass with the tangents (`out` unit
+     * vectors, or e) stacked under the primal rows: one GEMM per layer on
+     * `out` n (or n) tangent rows instead of one JVP per tangent
+     * (docs/plugins.md).  y does not depend on eps (the same bits).
+     * Supported: FLOW_NET_MLP without context inputs or spectral norm,
+     * out <= in; otherwise net_div_workspace returns 0 and the calls
+     * FLOW_ERR_UNSUPPORTED.  net_div_workspace: bytes of the tape for n
+     * rows (returned; written by the forward, read unchanged by the
+     * backward, so tapes may be kept) and of the scratch (*scratch_bytes;
+     * free between calls), both to be 64-byte aligned.  net_div_backward:
+     * after net_div_forward on the same tape with the same eps, given
+     * dL/dy (n x out) and dL/dtr (n), either may be NULL (= 0): dx (n x
+     * in) written when not NULL, dparams accumulated when not NULL. */
+    size_t (*net_div_workspace)(const flow_net *net, size_t n,
+                                size_t *scratch_bytes);
+    int (*net_div_forward)(const flow_net *net, const flow_real *params,
+                           size_t n, const flow_real *x, double t,
+                           const flow_real *eps, flow_real *y, flow_real *tr,
+                           void *tape, void *scratch);
+    int (*net_div_backward)(const flow_net *net, const flow_real *params,
+                            size_t n, const void *tape, void *scratch,
+                            const flow_real *eps, const flow_real *dy,
+                            const flow_real *dtr, flow_real *dx,
+                            flow_real *dparams);
 };
 
 #define FLOW_HOST_HAS(h, field) \
