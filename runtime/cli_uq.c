@@ -236,7 +236,7 @@ static void print_compare_text(const cmp_opts *o, const cmp_row *rows,
             w = (int)strlen(o->ckpts[i]);
     printf("%zu models on %zu rows of %s (log-likelihood in nats per row)\n"
            "\n", o->n_ckpts, n, o->data);
-    printf("rank  %-*s  %12s %10s  %12s %10s %8s  %s\n", w, "model",
+    printf("rank  %-*s  %12s %10s  %12s %11s %8s  %s\n", w, "model",
            "loglik", "s.e.", "diff", "s.e.(diff)", "z", "confidence");
     for (size_t i = 0; i < o->n_ckpts; i++) {
         const cmp_row *r = &rows[i];
@@ -245,8 +245,9 @@ static void print_compare_text(const cmp_opts *o, const cmp_row *rows,
         if (i == 0)
             printf("  %12s\n", "best");
         else
-            printf("  %12.6f %10.6f %8.2f  %.4f\n", r->diff, r->diff_se,
-                   r->z, 1 - r->p);
+            printf("  %12.6f %11.6f %8.2f  %s%.4f\n", r->diff, r->diff_se,
+                   r->z, r->p < 5e-5 ? ">" : "",
+                   r->p < 5e-5 ? 0.9999 : 1 - r->p);
     }
     putchar('\n');
     for (size_t i = 1; i < o->n_ckpts; i++) {
@@ -845,7 +846,8 @@ int cmd_hdr(int argc, char **argv)
     }
     /* the regions: one, or one per distinct context (bitwise equal
      * values; a linear search, bounded by --max-contexts) */
-    if (!(g = calloc(k ? o.max_contexts : 1, sizeof *g))) {
+    if (!(g = calloc(k ? (n < o.max_contexts ? n : o.max_contexts) : 1,
+                     sizeof *g))) {
         fprintf(stderr, "%s: out of memory\n", cmd);
         goto out;
     }
