@@ -42,6 +42,25 @@ flow_ctx *cli_open_ctx(const char *cmd);
 flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
                               const char *path, const char *text);
 
+/* A model with everything needed to run it and save it (cli_model.c). */
+typedef struct loaded {
+    flow_ctx *ctx;
+    flow_compilation *comp;
+    flow_model *model;
+    flow_checkpoint *ck;
+    const char *spec_source;    /* owned by comp or ck */
+} loaded;
+/* Opens a checkpoint, recompiles its spec and restores the parameters;
+ * 0, or 1 after printing why. */
+int load_checkpoint(loaded *l, const char *cmd, const char *path,
+                    size_t threads);
+void loaded_free(loaded *l);
+/* Reads a data file for a model: dim columns (+ cdim context columns
+ * selected by `context`), at least one row; NULL after printing why. */
+flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
+                     const char *columns, const char *context, size_t dim,
+                     size_t cdim);
+
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_logprob(int argc, char **argv);
@@ -51,5 +70,8 @@ int cmd_decode(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 /* cli_check.c */
 int cmd_check(int argc, char **argv);
+/* cli_uq.c */
+int cmd_compare(int argc, char **argv);
+int cmd_hdr(int argc, char **argv);
 
 #endif

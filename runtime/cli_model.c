@@ -171,16 +171,7 @@ flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
     return c;
 }
 
-/* A model with everything needed to run it and save it. */
-typedef struct loaded {
-    flow_ctx *ctx;
-    flow_compilation *comp;
-    flow_model *model;
-    flow_checkpoint *ck;
-    const char *spec_source;    /* owned by comp or ck */
-} loaded;
-
-static void loaded_free(loaded *l)
+void loaded_free(loaded *l)
 {
     flow_model_free(l->model);
     flow_compile_free(l->comp);
@@ -190,8 +181,8 @@ static void loaded_free(loaded *l)
 }
 
 /* Opens a checkpoint, recompiles its spec and restores the parameters. */
-static int load_checkpoint(loaded *l, const char *cmd, const char *path,
-                           size_t threads)
+int load_checkpoint(loaded *l, const char *cmd, const char *path,
+                    size_t threads)
 {
     const char *spec, *spec_path;
     memset(l, 0, sizeof *l);
@@ -219,9 +210,9 @@ quiet:
 }
 
 /* Reads a data file for model m: dim columns (+ context columns). */
-static flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
-                            const char *columns, const char *context,
-                            size_t dim, size_t cdim)
+flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
+                     const char *columns, const char *context, size_t dim,
+                     size_t cdim)
 {
     flow_data *d = NULL;
     if (flow_data_read(ctx, path, columns, context, dim, &d) != FLOW_OK) {

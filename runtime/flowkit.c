@@ -24,6 +24,10 @@ static void usage(FILE *f)
           "  encode CKPT --data F          data -> latent\n"
           "  decode CKPT --data Z          latent -> data\n"
           "  info CKPT                     spec, parameters, history\n"
+          "  compare CKPT CKPT... --data F ranked mean log-likelihoods, paired\n"
+          "                                differences and their confidence\n"
+          "  hdr CKPT [--data F]           highest-density region threshold;\n"
+          "                                per row: inside?, density quantile\n"
           "  check TYPE|SPEC|PLUGIN.so     numerical conformance checks of\n"
           "                                layers ('flowkit check --help')\n"
           "  plugins [--json]   list plugin files found and the layer types\n"
@@ -316,6 +320,10 @@ int main(int argc, char **argv)
         return cmd_plugins(argc - 1, argv + 1);
     if (!strcmp(cmd, "data"))
         return cmd_data(argc - 1, argv + 1);
+    if (!strcmp(cmd, "compare"))
+        return cmd_compare(argc - 1, argv + 1);
+    if (!strcmp(cmd, "hdr"))
+        return cmd_hdr(argc - 1, argv + 1);
     {
         static const struct {
             const char *name;

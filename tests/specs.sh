@@ -67,6 +67,10 @@ band maf_gmm "$(loglik "$K.maf_gmm.flow" --data "$t/m8_te.csv" --columns $X8)" -
     "$(awk -v m="$(colmean "$t/m8_te.csv" logprob)" 'BEGIN { print m + 0.05 }')"
 train iaf.flow moons_tr.csv
 band iaf "$(loglik "$K.iaf.flow" --data "$t/moons_te.csv")" -2.90 -2.0
+# uq branch: a MAF on the same data as moons.flow (docs/uq.md compares them)
+train maf_moons.flow moons_tr.csv
+band maf_moons "$(loglik "$K.maf_moons.flow" --data "$t/moons_te.csv")" -2.85 -2.0
+# -- end uq
 train cond_maf.flow gl_tr.csv --columns $X2 --context $LAB
 # p(x | c = k) = N_k(x) <= 8 p(x) for the equal-weight mixture: the upper
 # bound is the marginal's mean log-density + log 8
