@@ -219,10 +219,14 @@ class NiceScale(torch.nn.Module):
         return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
 
 
-def build(name, d, ctx_dim):
+def build(name, d, ctx_dim, nsf=None):
     par = lambda i: torch.tensor([1.0 if j % 2 == i % 2 else 0.0 for j in range(d)])
     if name == "nsf":
-        return Flow([GenCoupling(par(i), [64, 64], "spline", 8, 4.0) for i in range(4)])
+        # nsf: (layers, hidden, bins, bound); the default is
+        # specs/nsf_8gaussians.flow, issue 8's nsf8 is (6, [128, 128], 8, 3)
+        layers, hidden, bins, bound = nsf or (4, [64, 64], 8, 4.0)
+        return Flow([GenCoupling(par(i), hidden, "spline", bins, bound)
+                     for i in range(layers)])
     if name == "maf":
         ls = []
         for i in range(5):
@@ -334,6 +338,13 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ode-steps", type=int, default=10)
+    ap.add_argument("--nsf", default=None, metavar="L,H,BINS,BOUND",
+                    help="nsf: layers, hidden width (two layers), bins, bound "
+                         "(default 4,64,8,4; issue 8's nsf8: 6,128,8,3)")
+    ap.add_argument("--logprob-batch", type=int, default=0,
+                    help="after training, time log-densities (no autograd) "
+                         "of batches of this many training rows")
+    ap.add_argument("--logprob-reps", type=int, default=20)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -351,7 +362,11 @@ def main():
         model = FFJORD(x.shape[1], hidden, a.ode_steps)
         lp = lambda xx, cc: model.log_prob(xx)
     else:
-        model = build(a.model, x.shape[1], a.context)
+        nsf = None
+        if a.nsf:
+            L, H, K, B = a.nsf.split(",")
+            nsf = (int(L), [int(H), int(H)], int(K), float(B))
+        model = build(a.model, x.shape[1], a.context, nsf)
         lp = lambda xx, cc: model.log_prob(xx, cc)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n = x.shape[0]
@@ -371,7 +386,23 @@ def main():
             print(f"step {step} loss {loss.item():.5f}", file=sys.stderr)
     secs = time.time() - t0
     out = {"model": a.model, "steps": a.steps, "seconds": secs,
-           "steps_per_s": a.steps / secs, "final_loss": loss.item()}
+           "steps_per_s": a.steps / secs if a.steps else 0,
+           "final_loss": loss.item() if a.steps else None}
+    if a.logprob_batch:
+        # log-density throughput: batches of the training rows, cycling
+        b = a.logprob_batch
+        xb = x[:b] if x.shape[0] >= b else x.repeat(b // x.shape[0] + 1, 1)[:b]
+        cb = None
+        if cx is not None:
+            cb = cx[:b] if cx.shape[0] >= b else cx.repeat(b // cx.shape[0] + 1, 1)[:b]
+        with torch.no_grad():
+            lp(xb, cb)                      # warm-up
+            t1 = time.time()
+            for _ in range(a.logprob_reps):
+                lp(xb, cb)
+            el = time.time() - t1
+        out["logprob_batch"] = b
+        out["logprob_samples_per_s"] = b * a.logprob_reps / el
     if a.test:
         hdr, t = read_csv(a.test)
         tc = t[:, dcols:dcols + a.context] if a.context else None

@@ -14,7 +14,7 @@
 
 /* Rows below which a batch is not split (per thread). */
 #define MIN_ROWS_PER_THREAD 32
-#define MAX_THREADS 64
+#define MAX_THREADS MODEL_MAX_THREADS
 
 typedef enum node_kind { NODE_LAYER, NODE_EXIT } node_kind;
 
@@ -1038,23 +1038,54 @@ static void clear_tgrad(flow_model *m)
     m->tgrad_dirty = 0;
 }
 
+typedef struct pfor_job {
+    void (*fn)(void *arg, size_t t, size_t lo, size_t hi);
+    void *arg;
+    size_t n, k;
+} pfor_job;
+
+static void pfor_task(void *arg, size_t t)
+{
+    pfor_job *pj = arg;
+    size_t line = 64 / sizeof(flow_real), lines = pj->n / line;
+    size_t lo = lines * t / pj->k * line, hi = lines * (t + 1) / pj->k * line;
+    if (t + 1 == pj->k)
+        hi = pj->n;
+    pj->fn(pj->arg, t, lo, hi);
+}
+
+void model_parallel_for(flow_model *m, size_t n,
+                        void (*fn)(void *arg, size_t t, size_t lo, size_t hi),
+                        void *arg)
+{
+    /* chunks of at least 4096 elements: below, waking a thread costs
+     * more than it saves */
+    size_t k = m->pool ? m->threads : 1;
+    pfor_job pj = {fn, arg, n, k};
+    if (n / 4096 < k)
+        pj.k = k = n / 4096 ? n / 4096 : 1;
+    if (k > 1)
+        pool_run(m->pool, k, pfor_task, &pj);
+    else
+        fn(arg, 0, 0, n);
+}
+
 typedef struct reduce_job {
     flow_model *m;
     flow_real *grad;
 } reduce_job;
 
-/* grad += tgrad[0] + tgrad[1] + ... on this thread's share of the
- * parameters (whole cache lines), in thread order for every parameter:
- * the same bits as a serial sum; each accumulator zeroed once read. */
-FLOW_VECTORIZE static void reduce_task(void *arg, size_t t)
+/* grad += tgrad[0] + tgrad[1] + ... on [lo, hi), in thread order for
+ * every parameter: the same bits as a serial sum; each accumulator
+ * zeroed once read. */
+FLOW_VECTORIZE static void reduce_task(void *arg, size_t t, size_t lo,
+                                       size_t hi)
 {
     reduce_job *rj = arg;
     flow_model *m = rj->m;
-    size_t np = m->n_params, k = m->threads, line = 64 / sizeof(flow_real);
-    size_t lo = np / line * t / k * line, hi = np / line * (t + 1) / k * line;
-    if (t + 1 == k)
-        hi = np;
-    for (size_t u = 1; u < k; u++) {
+    size_t np = m->n_params;
+    (void)t;
+    for (size_t u = 1; u < m->threads; u++) {
         flow_real *restrict g = m->tgrad + (u - 1) * np;
         flow_real *restrict out = rj->grad;
         for (size_t q = lo; q < hi; q++)
@@ -1071,7 +1102,7 @@ static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
     int rc;
     if (m->tgrad && m->tgrad_dirty) {
         reduce_job rj = {m, grad};
-        pool_run(m->pool, m->threads, reduce_task, &rj);
+        model_parallel_for(m, m->n_params, reduce_task, &rj);
         m->tgrad_dirty = 0;
     }
     for (size_t i = 0; i < m->n_nodes; i++) {

@@ -284,30 +284,21 @@ FLOW_VECTORIZE static void act_grad_mul(const flow_net *net, const flow_real *re
     }
 }
 
-/* Forward epilogue of a layer, row by row while the GEMM's output is in
- * cache: z = u + b and, for hidden layers (h not NULL), h = f(z).  ReLU
- * runs in place (z == h): its tape keeps h only, since pos_mask(h) ==
- * pos_mask(z) (h = pos_mask(z) z is -0 for every z <= -0), which is all
- * that ReLU's derivatives use.  One pass instead of three was measured
- * ~10% of a RealNVP training step (bench/README.md, "cplperf"). */
-FLOW_VECTORIZE static void bias_act(const flow_net *net, size_t n,
-                                    size_t out, const flow_real *restrict b,
-                                    flow_real *z, flow_real *h)
+/* Forward activation of a hidden layer (h not NULL): h = f(z) over
+ * count values.  ReLU runs in place (z == h): its tape keeps h only,
+ * since pos_mask(h) == pos_mask(z) (h = pos_mask(z) z is -0 for every
+ * z <= -0), which is all that ReLU's derivatives use. */
+FLOW_VECTORIZE static void act_inplace(const flow_net *net, size_t count,
+                                       flow_real *z, flow_real *h)
 {
-    for (size_t r = 0; r < n; r++) {
-        flow_real *restrict zr = z + r * out;
-        if (h == z) {                               /* ReLU, in place */
-            for (size_t j = 0; j < out; j++) {
-                flow_real v = zr[j] + b[j];
-                zr[j] = pos_mask(v) * v;
-            }
-            continue;
-        }
-        for (size_t j = 0; j < out; j++)
-            zr[j] += b[j];
-        if (h)
-            act_apply(net, zr, h + r * out, out);
+    if (!h)
+        return;
+    if (h == z) {
+        for (size_t i = 0; i < count; i++)
+            z[i] = pos_mask(z[i]) * z[i];
+        return;
     }
+    act_apply(net, z, h, count);
 }
 
 /* db += the column sums of g (n x w), row by row (contiguous). */
@@ -683,15 +674,15 @@ static const flow_real *weights(const flow_net *net, const flow_real *params,
  * has the blocks x (D columns) and ctx (K); other layers one block. */
 static int lin_blocks(const flow_net *net, size_t l, size_t n,
                       const flow_real *w, const flow_real *x0,
-                      const flow_real *c0, flow_real *out)
+                      const flow_real *c0, flow_real beta, flow_real *out)
 {
     const nn_layer *ly = &net->layer[l];
     int st;
     if (l > 0)
         return blas_gemm(0, 1, n, ly->out, ly->in, 1, x0, ly->in, w,
-                         ly->cols, 0, out, ly->out);
-    st = blas_gemm(0, 1, n, ly->out, net->d, 1, x0, net->d, w, ly->cols, 0,
-                   out, ly->out);
+                         ly->cols, beta, out, ly->out);
+    st = blas_gemm(0, 1, n, ly->out, net->d, 1, x0, net->d, w, ly->cols,
+                   beta, out, ly->out);
     if (st == FLOW_OK && net->k && c0)
         st = blas_gemm(0, 1, n, ly->out, net->k, 1, c0, net->k, w + net->d,
                        ly->cols, 1, out, ly->out);
@@ -777,9 +768,6 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         flow_real *u = squash ? at(ws, lo.u) + ho : z;
         flow_real *g = at(ws, lo.gate) + ly->g_off;
         const flow_real *bias = params + ly->b_off;
-        st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), u);
-        if (st != FLOW_OK)
-            return st;
         if (net->time == FLOW_TIME_CONCAT) {
             /* bias + t W[:, last] combined in the backward scratch (free
              * during forward) */
@@ -790,9 +778,19 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
             bias = bt;
         }
         if (!squash) {
-            bias_act(net, n, ly->out, bias, z, h);
+            /* the bias in C, accumulated by the GEMM (beta = 1): OpenBLAS
+             * clears C first for beta = 0, a pass as costly as this one */
+            for (size_t r = 0; r < n; r++)
+                memcpy(z + r * ly->out, bias, ly->out * sizeof *z);
+            st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), 1, z);
+            if (st != FLOW_OK)
+                return st;
+            act_inplace(net, n * ly->out, z, h);
             continue;
         }
+        st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), 0, u);
+        if (st != FLOW_OK)
+            return st;
         for (size_t r = 0; r < n; r++) {
             flow_real *ur = u + r * ly->out;
             for (size_t j = 0; j < ly->out; j++)
