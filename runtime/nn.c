@@ -301,6 +301,17 @@ FLOW_VECTORIZE static void act_inplace(const flow_net *net, size_t count,
     act_apply(net, z, h, count);
 }
 
+/* Every row of z (n x w) = b: inline stores, not a memcpy call per row
+ * (2-wide output layers made those calls cost more than the copy). */
+FLOW_VECTORIZE static void fill_rows(size_t n, size_t w,
+                                     const flow_real *restrict b,
+                                     flow_real *restrict z)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < w; j++)
+            z[r * w + j] = b[j];
+}
+
 /* db += the column sums of g (n x w), row by row (contiguous). */
 FLOW_VECTORIZE static void colsum_add(size_t n, size_t w,
                                       const flow_real *restrict g,
@@ -780,8 +791,7 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         if (!squash) {
             /* the bias in C, accumulated by the GEMM (beta = 1): OpenBLAS
              * clears C first for beta = 0, a pass as costly as this one */
-            for (size_t r = 0; r < n; r++)
-                memcpy(z + r * ly->out, bias, ly->out * sizeof *z);
+            fill_rows(n, ly->out, bias, z);
             st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), 1, z);
             if (st != FLOW_OK)
                 return st;
