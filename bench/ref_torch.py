@@ -231,70 +231,14 @@ class NiceScale(torch.nn.Module):
         return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
 
 
-class ActNorm(torch.nn.Module):
-    """flowkit's actnorm: z = x exp(s) + t with data-dependent
-    initialisation on the first batch (Kingma & Dhariwal 2018, sec. 3.1):
-    each output dimension of the first batch has mean 0, sd 1."""
-
-    def __init__(self, d, eps=1e-6):
-        super().__init__()
-        self.s = torch.nn.Parameter(torch.zeros(d))
-        self.t = torch.nn.Parameter(torch.zeros(d))
-        self.eps, self.done = eps, False
-
-    def forward(self, x, c=None):
-        if not self.done:
-            with torch.no_grad():
-                sd = x.std(0, unbiased=False) + self.eps
-                self.s.copy_(-torch.log(sd))
-                self.t.copy_(-x.mean(0) / sd)
-            self.done = True
-        return x * torch.exp(self.s) + self.t, self.s.sum().expand(x.shape[0])
-
-
-class IAF(torch.nn.Module):
-    """flowkit's `iaf`: sampling x = z exp(s(z)) + t(z) with a MADE on z
-    (Kingma et al. 2016, eqs. 9-10); density inverts it in D sequential
-    passes, z_i = (x_i - t_i(z_<i)) exp(-s_i(z_<i)), log|det dz/dx| =
-    -sum s_i."""
-
-    def __init__(self, d, hidden, ctx=0):
-        super().__init__()
-        self.made = MADE(d, hidden, 2, ctx)
-
-    def forward(self, x, c=None):
-        z = torch.zeros_like(x)
-        for i in range(x.shape[1]):
-            theta = self.made(z, c)
-            s = 5.0 * torch.tanh(theta[..., 0] / 5.0)
-            zi = (x[:, i] - theta[:, i, 1]) * torch.exp(-s[:, i])
-            z = torch.cat([z[:, :i], zi[:, None], z[:, i + 1:]], 1)
-        return z, -s.sum(dim=1)
-
-
-def logistic_logp(z):
-    """Standard logistic base, log p(z) = -|z| - 2 log(1 + e^-|z|)."""
-    a = z.abs()
-    return (-a - 2 * torch.log1p(torch.exp(-a))).sum(1)
-
-
-class LogisticFlow(torch.nn.Module):
-    def __init__(self, layers):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(layers)
-
-    def log_prob(self, x, c=None):
-        ld = torch.zeros(x.shape[0])
-        for layer in self.layers:
-            x, l = layer(x)
-            ld = ld + l
-        return logistic_logp(x) + ld
-
-
-def build(name, d, ctx_dim):
+def build(name, d, ctx_dim, nsf=None):
     par = lambda i: torch.tensor([1.0 if j % 2 == i % 2 else 0.0 for j in range(d)])
     if name == "nsf":
-        return Flow([GenCoupling(par(i), [64, 64], "spline", 8, 4.0) for i in range(4)])
+        # nsf: (layers, hidden, bins, bound); the default is
+        # specs/nsf_8gaussians.flow, issue 8's nsf8 is (6, [128, 128], 8, 3)
+        layers, hidden, bins, bound = nsf or (4, [64, 64], 8, 4.0)
+        return Flow([GenCoupling(par(i), hidden, "spline", bins, bound)
+                     for i in range(layers)])
     if name == "moons":
         return Flow([GenCoupling(par(i), [64, 64]) for i in range(8)])
     if name == "nice":
@@ -418,6 +362,13 @@ def main():
     ap.add_argument("--ode-steps", type=int, default=10)
     ap.add_argument("--made-init", choices=["torch", "masked"], default="torch",
                     help="MADE init fan-in: all columns (torch) or unmasked (flowkit)")
+    ap.add_argument("--nsf", default=None, metavar="L,H,BINS,BOUND",
+                    help="nsf: layers, hidden width (two layers), bins, bound "
+                         "(default 4,64,8,4; issue 8's nsf8: 6,128,8,3)")
+    ap.add_argument("--logprob-batch", type=int, default=0,
+                    help="after training, time log-densities (no autograd) "
+                         "of batches of this many training rows")
+    ap.add_argument("--logprob-reps", type=int, default=20)
     a = ap.parse_args()
     global MADE_INIT
     MADE_INIT = a.made_init
@@ -437,7 +388,11 @@ def main():
         model = FFJORD(x.shape[1], hidden, a.ode_steps)
         lp = lambda xx, cc: model.log_prob(xx)
     else:
-        model = build(a.model, x.shape[1], a.context)
+        nsf = None
+        if a.nsf:
+            L, H, K, B = a.nsf.split(",")
+            nsf = (int(L), [int(H), int(H)], int(K), float(B))
+        model = build(a.model, x.shape[1], a.context, nsf)
         lp = lambda xx, cc: model.log_prob(xx, cc)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     n = x.shape[0]
@@ -457,7 +412,23 @@ def main():
             print(f"step {step} loss {loss.item():.5f}", file=sys.stderr)
     secs = time.time() - t0
     out = {"model": a.model, "steps": a.steps, "seconds": secs,
-           "steps_per_s": a.steps / secs, "final_loss": loss.item()}
+           "steps_per_s": a.steps / secs if a.steps else 0,
+           "final_loss": loss.item() if a.steps else None}
+    if a.logprob_batch:
+        # log-density throughput: batches of the training rows, cycling
+        b = a.logprob_batch
+        xb = x[:b] if x.shape[0] >= b else x.repeat(b // x.shape[0] + 1, 1)[:b]
+        cb = None
+        if cx is not None:
+            cb = cx[:b] if cx.shape[0] >= b else cx.repeat(b // cx.shape[0] + 1, 1)[:b]
+        with torch.no_grad():
+            lp(xb, cb)                      # warm-up
+            t1 = time.time()
+            for _ in range(a.logprob_reps):
+                lp(xb, cb)
+            el = time.time() - t1
+        out["logprob_batch"] = b
+        out["logprob_samples_per_s"] = b * a.logprob_reps / el
     if a.test:
         hdr, t = read_csv(a.test)
         tc = t[:, dcols:dcols + a.context] if a.context else None

@@ -32,6 +32,14 @@ void loader_free(flow_ctx *ctx);
 
 /* model.c */
 flow_ctx *model_ctx(const flow_model *m);
+/* flow_model_set_threads' limit */
+#define MODEL_MAX_THREADS 64
+/* Runs fn(arg, t, lo, hi) for the chunks t = 0..k-1 of [0, n), k the
+ * model's thread count (or fewer for small n), on its thread pool; the
+ * split depends only on n and k, in whole 64-byte lines of flow_reals. */
+void model_parallel_for(flow_model *m, size_t n,
+                        void (*fn)(void *arg, size_t t, size_t lo, size_t hi),
+                        void *arg);
 
 typedef struct model_slice_info {
     const char *name;           /* layer label, exit name or "base/output" */

@@ -10,10 +10,17 @@
 #include "ctx.h"
 #include "pool.h"
 #include "rng.h"
+#include "vec.h"
 
 /* Rows below which a batch is not split (per thread). */
 #define MIN_ROWS_PER_THREAD 32
-#define MAX_THREADS 64
+/* Passes that keep no tape (log-densities, sampling) take each thread's
+ * rows through a job's layers in blocks of this many, so that a block's
+ * activations stay in the core's cache from layer to layer instead of
+ * going to memory and back for every layer (4096-row batches: 2 MB per
+ * activation of width 128). */
+#define BLOCK_ROWS 256
+#define MAX_THREADS MODEL_MAX_THREADS
 
 typedef enum node_kind { NODE_LAYER, NODE_EXIT } node_kind;
 
@@ -42,6 +49,17 @@ typedef struct node {
     size_t bp_off;              /* its parameters in the flat vector */
     size_t z_off;               /* first column of this exit in z */
 } node;
+
+/* One node of a job; pointers are to full-batch arrays (row 0).  in and
+ * out are the first two arrays of the layer call (forward: x, z; inverse:
+ * z, x; the backward kinds: the pass's input and output). */
+typedef struct job_step {
+    node *nd;
+    const flow_real *in;
+    flow_real *out;
+    const flow_real *dout;
+    flow_real *din;
+} job_step;
 
 /* Blocks of the model's attribute copies, freed together. */
 typedef struct arena_block {
@@ -81,6 +99,8 @@ struct flow_model {
     flow_real *tgrad;
     char terr[MAX_THREADS][256];
     flow_real *zbuf;            /* cap_rows x dim */
+    job_step *steps;            /* n_nodes: the job being run */
+    int tgrad_dirty;            /* tgrad not all zero (see reduce_task) */
     char err[1024];
 };
 
@@ -415,6 +435,8 @@ static void free_batch(flow_model *m)
     free(m->lpb);
     free(m->t0);
     free(m->t1);
+    free(m->steps);
+    m->steps = NULL;
     m->t0 = m->t1 = NULL;
     m->act = NULL;
     m->ld = m->ld_sum = m->ones = m->g0 = m->g1 = m->zbuf = m->lpb = NULL;
@@ -615,8 +637,9 @@ static int grow_batch(flow_model *m, size_t n)
     m->lpb = malloc(n * sizeof *m->lpb);
     m->t0 = malloc(n * dmax * sizeof *m->t0);
     m->t1 = malloc(n * dmax * sizeof *m->t1);
+    m->steps = malloc((m->n_nodes + 1) * sizeof *m->steps);
     if (!m->ld || !m->ld_sum || !m->ones || !m->g0 || !m->g1 || !m->zbuf
-        || !m->lpb || !m->t0 || !m->t1)
+        || !m->lpb || !m->t0 || !m->t1 || !m->steps)
         goto nomem;
     m->cap_rows = n;
     return FLOW_OK;
@@ -657,64 +680,158 @@ static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
     return FLOW_OK;
 }
 
-/* One layer call on every chunk of a batch. */
+/* A job: consecutive nodes run on every chunk of a batch, each thread
+ * taking its rows through all of them before the next synchronisation
+ * (one pool_run per job, not per layer: waking the workers between
+ * layers was measured at 5-15% of a step, bench/README.md "cplperf"). */
 enum { JOB_FORWARD, JOB_INVERSE, JOB_FORWARD_BACKWARD, JOB_INVERSE_BACKWARD };
 
 typedef struct job {
     flow_model *m;
-    node *nd;
     int kind;
     size_t n, k;
-    const flow_real *in, *cv;   /* in: x (forward kinds) or z (inverse) */
-    flow_real *out, *ld;
-    const flow_real *dout, *dld;
-    flow_real *din, *grad;
+    const flow_real *cv;
+    flow_real *ld;              /* forward kinds: each layer's log-dets */
+    flow_real *ld_sum;          /* forward kinds: += ld, row by row */
+    flow_real *z;               /* forward: exits' columns written */
+    const flow_real *zin;       /* inverse: exits' columns read */
+    const flow_real *dld;
+    flow_real *grad;
+    const job_step *steps;
+    size_t n_steps;
+    int no_tape;                /* no backward follows: rows in blocks */
+    size_t block;               /* rows per block (run_job), 0: all */
     int rc[MAX_THREADS];
+    size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
 } job;
+
+/* An exit on rows [lo, hi): forward splits in into z's columns and out,
+ * inverse joins them back (in: the latent side, out: the data side). */
+static void exit_rows(const flow_model *m, const node *nd, const job *j,
+                      size_t lo, size_t hi, const flow_real *in,
+                      flow_real *out)
+{
+    size_t k = nd->k, di = nd->in_dim, dout = nd->out_dim;
+    const size_t sz = sizeof *out;
+    for (size_t r = lo; r < hi; r++) {
+        size_t zo = r * m->dim + nd->z_off;
+        if (j->kind != JOB_INVERSE) {
+            memcpy(j->z + zo, in + r * di, k * sz);
+            memcpy(out + r * dout, in + r * di + k, dout * sz);
+        } else {
+            memcpy(out + r * di, j->zin + zo, k * sz);
+            memcpy(out + r * di + k, in + r * dout, dout * sz);
+        }
+    }
+}
+
+static int call_layer(const job *j, const job_step *st, flow_call *c,
+                      size_t lo)
+{
+    node *nd = st->nd;
+    size_t d = nd->in_dim;
+    switch (j->kind) {
+    case JOB_FORWARD:
+        return nd->type->forward(nd->self, c, st->in + lo * d,
+                                 st->out + lo * d, j->ld + lo);
+    case JOB_INVERSE:
+        return nd->type->inverse(nd->self, c, st->in + lo * d,
+                                 st->out + lo * d, j->ld + lo);
+    case JOB_FORWARD_BACKWARD:
+        return nd->type->forward_backward(nd->self, c, st->in + lo * d,
+                                          st->out + lo * d,
+                                          st->dout + lo * d, j->dld + lo,
+                                          st->din + lo * d);
+    default:
+        return nd->type->inverse_backward(nd->self, c, st->in + lo * d,
+                                          st->out + lo * d,
+                                          st->dout + lo * d, j->dld + lo,
+                                          st->din + lo * d);
+    }
+}
+
+/* Thread t's rows [lo, hi) through every step of the job. */
+static void job_rows(job *j, size_t t, size_t lo, size_t hi)
+{
+    flow_model *m = j->m;
+    flow_real *grad = j->grad && t ? m->tgrad : j->grad;
+    if (grad && t)
+        grad += (t - 1) * m->n_params;
+    for (size_t s = 0; s < j->n_steps; s++) {
+        const job_step *st = &j->steps[s];
+        node *nd = st->nd;
+        size_t kc = nd->given ? m->cdim : 0;
+        flow_call c;
+        int rc;
+        if (nd->kind == NODE_EXIT) {
+            exit_rows(m, nd, j, lo, hi, st->in, st->out);
+            continue;
+        }
+        fill_call_t(m, nd, &c, hi - lo, j->cv && kc ? j->cv + lo * kc : NULL,
+                    grad, t);
+        if ((rc = call_layer(j, st, &c, lo)) != FLOW_OK) {
+            j->rc[t] = rc;
+            j->fail[t] = s;
+            return;
+        }
+        if (j->ld_sum)
+            for (size_t r = lo; r < hi; r++)
+                j->ld_sum[r] += j->ld[r];
+    }
+}
 
 static void job_task(void *arg, size_t t)
 {
     job *j = arg;
-    flow_model *m = j->m;
-    node *nd = j->nd;
     size_t lo = j->n * t / j->k, hi = j->n * (t + 1) / j->k;
-    size_t d = nd->in_dim, kc = nd->given ? m->cdim : 0;
-    flow_real *grad = j->grad && t ? m->tgrad : j->grad;
-    const flow_real *cv = j->cv && kc ? j->cv + lo * kc : NULL;
-    flow_call c;
-    if (grad && t)
-        grad += (t - 1) * m->n_params;
-    fill_call_t(m, nd, &c, hi - lo, cv, grad, t);
-    switch (j->kind) {
-    case JOB_FORWARD:
-        j->rc[t] = nd->type->forward(nd->self, &c, j->in + lo * d,
-                                     j->out + lo * d, j->ld + lo);
-        break;
-    case JOB_INVERSE:
-        j->rc[t] = nd->type->inverse(nd->self, &c, j->in + lo * d,
-                                     j->out + lo * d, j->ld + lo);
-        break;
-    case JOB_FORWARD_BACKWARD:
-        j->rc[t] = nd->type->forward_backward(nd->self, &c, j->in + lo * d,
-                                              j->out + lo * d,
-                                              j->dout + lo * d, j->dld + lo,
-                                              j->din + lo * d);
-        break;
-    default:
-        j->rc[t] = nd->type->inverse_backward(nd->self, &c, j->in + lo * d,
-                                              j->out + lo * d,
-                                              j->dout + lo * d, j->dld + lo,
-                                              j->din + lo * d);
-        break;
-    }
+    size_t bs = j->block ? j->block : hi - lo;
+    j->rc[t] = FLOW_OK;
+    for (size_t b = lo; b < hi && j->rc[t] == FLOW_OK; b += bs)
+        job_rows(j, t, b, hi - b < bs ? hi : b + bs);
 }
 
-/* Runs the job on its chunks; the first failing chunk's message. */
+/* Rows of a batch of n split into this many chunks (layers without
+ * WHOLE_BATCH; exits). */
+static size_t row_chunks(const flow_model *m, size_t n)
+{
+    size_t k = m->threads;
+    if (k < 2 || !m->pool)
+        return 1;
+    if (n / k < MIN_ROWS_PER_THREAD)
+        k = n / MIN_ROWS_PER_THREAD;
+    return k ? k : 1;
+}
+
+/* Whether node nd can share a job with its neighbours: always on one
+ * thread; with several, not a whole-batch layer, nor a stochastic one
+ * (its per-thread streams are seeded from the model's stream between
+ * layers, after the caller's thread used it for the layer before). */
+static int joinable(const flow_model *m, const node *nd, size_t n)
+{
+    if (row_chunks(m, n) == 1 || nd->kind == NODE_EXIT)
+        return 1;
+    return !(nd->desc.flags & (FLOW_LAYER_WHOLE_BATCH
+                               | FLOW_LAYER_STOCHASTIC));
+}
+
+/* Runs the job on its chunks; on failure, the message of the earliest
+ * failing step (its lowest chunk among equals): the same whatever the
+ * timing. */
 static int run_job(job *j, const char *what)
 {
     flow_model *m = j->m;
-    j->k = chunks(m, j->nd, j->n);
-    if (j->k > 1 && (j->nd->desc.flags & FLOW_LAYER_STOCHASTIC)) {
+    const node *first = j->steps[0].nd;
+    size_t bad = MAX_THREADS;
+    j->k = j->n_steps == 1 && first->kind == NODE_LAYER
+               ? chunks(m, first, j->n) : row_chunks(m, j->n);
+    j->block = j->no_tape ? BLOCK_ROWS : 0;
+    for (size_t i = 0; i < j->n_steps; i++)   /* whole rows only */
+        if (j->steps[i].nd->kind == NODE_LAYER
+            && (j->steps[i].nd->desc.flags
+                & (FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_STOCHASTIC)))
+            j->block = 0;
+    if (j->k > 1 && j->n_steps == 1
+        && (first->desc.flags & FLOW_LAYER_STOCHASTIC)) {
         /* per-thread streams drawn from the model's stream: everything
          * random still derives from it (and from checkpoints of it) */
         uint64_t seed = rng_u64(&m->rng);
@@ -726,12 +843,14 @@ static int run_job(job *j, const char *what)
     else
         job_task(j, 0);
     for (size_t t = 0; t < j->k; t++)
-        if (j->rc[t] != FLOW_OK) {
-            if (t)
-                memcpy(m->err, m->terr[t], sizeof m->terr[t]);
-            return layer_error(m, j->nd, j->rc[t], what);
-        }
-    return FLOW_OK;
+        if (j->rc[t] != FLOW_OK
+            && (bad == MAX_THREADS || j->fail[t] < j->fail[bad]))
+            bad = t;
+    if (bad == MAX_THREADS)
+        return FLOW_OK;
+    if (bad)
+        memcpy(m->err, m->terr[bad], sizeof m->terr[bad]);
+    return layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);
 }
 
 static int prepare_all(flow_model *m, size_t n, int dir)
@@ -756,7 +875,8 @@ static int prepare_all(flow_model *m, size_t n, int dir)
 /* Forward through every node; z (n x dim) gets exits then the final
  * state; m->ld_sum the summed log-dets.  Activations stay in m->act. */
 static int run_forward(flow_model *m, size_t n, const flow_real *x,
-                       const flow_real *cv, flow_real *z, int data_init)
+                       const flow_real *cv, flow_real *z, int data_init,
+                       int tape)
 {
     int rc;
     if ((rc = grow_batch(m, n)) != FLOW_OK
@@ -764,35 +884,35 @@ static int run_forward(flow_model *m, size_t n, const flow_real *x,
         return rc;
     memcpy(m->act[0], x, n * m->dim * sizeof *x);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
-    for (size_t i = 0; i < m->n_nodes; i++) {
+    for (size_t i = 0, e; i < m->n_nodes; i = e) {
         node *nd = &m->nodes[i];
-        const flow_real *in = m->act[i];
-        flow_real *out = m->act[i + 1];
-        if (nd->kind == NODE_EXIT) {
-            for (size_t r = 0; r < n; r++) {
-                memcpy(z + r * m->dim + nd->z_off, in + r * nd->in_dim,
-                       nd->k * sizeof *z);
-                memcpy(out + r * nd->out_dim, in + r * nd->in_dim + nd->k,
-                       nd->out_dim * sizeof *z);
-            }
-            continue;
-        }
-        if (data_init && (nd->desc.flags & FLOW_LAYER_DATA_INIT)
+        job j = {.m = m, .kind = JOB_FORWARD, .n = n, .cv = cv,
+                 .ld = m->ld, .ld_sum = m->ld_sum, .z = z, .steps = m->steps,
+                 .no_tape = !tape};
+        if (data_init && nd->kind == NODE_LAYER
+            && (nd->desc.flags & FLOW_LAYER_DATA_INIT)
             && nd->type->data_init) {
             flow_call c;
             fill_call(m, nd, &c, n, cv, NULL);
-            rc = nd->type->data_init(nd->self, &c, m->params + nd->p_off, in);
+            rc = nd->type->data_init(nd->self, &c, m->params + nd->p_off,
+                                     m->act[i]);
             if (rc != FLOW_OK)
                 return layer_error(m, nd, rc, "data-dependent init");
         }
-        {
-            job j = {.m = m, .nd = nd, .kind = JOB_FORWARD, .n = n,
-                     .in = in, .cv = cv, .out = out, .ld = m->ld};
-            if ((rc = run_job(&j, "forward")) != FLOW_OK)
-                return rc;
+        /* nodes i..e-1 in one job (a data-initialised layer starts one) */
+        for (e = i; e < m->n_nodes; e++) {
+            const node *ne = &m->nodes[e];
+            if (e > i && (!joinable(m, ne, n) || !joinable(m, ne - 1, n)
+                          || (data_init && ne->kind == NODE_LAYER
+                              && (ne->desc.flags & FLOW_LAYER_DATA_INIT))))
+                break;
+            m->steps[e - i] = (job_step){.nd = &m->nodes[e],
+                                         .in = m->act[e],
+                                         .out = m->act[e + 1]};
         }
-        for (size_t r = 0; r < n; r++)
-            m->ld_sum[r] += m->ld[r];
+        j.n_steps = e - i;
+        if ((rc = run_job(&j, "forward")) != FLOW_OK)
+            return rc;
     }
     {
         size_t df = current_dim(m);
@@ -811,7 +931,7 @@ int flow_model_forward(flow_model *m, size_t n, const flow_real *x,
     if ((rc = check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    if ((rc = run_forward(m, n, x, c, z, 0)) != FLOW_OK)
+    if ((rc = run_forward(m, n, x, c, z, 0, 0)) != FLOW_OK)
         return rc;
     if (logdet)
         memcpy(logdet, m->ld_sum, n * sizeof *logdet);
@@ -826,7 +946,7 @@ int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
         return rc;
     if ((rc = grow_batch(m, n)) != FLOW_OK)
         return rc;
-    return run_forward(m, n, x, c, m->zbuf, 1);
+    return run_forward(m, n, x, c, m->zbuf, 1, 0);
 }
 
 /* Gathers columns [off, off + k) of z (n x dim) into a contiguous n x k. */
@@ -867,7 +987,7 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
         return rc;
     ctx_clear_error(m->ctx);
     if ((rc = grow_batch(m, n)) != FLOW_OK
-        || (rc = run_forward(m, n, x, c, m->zbuf, 0)) != FLOW_OK)
+        || (rc = run_forward(m, n, x, c, m->zbuf, 0, 0)) != FLOW_OK)
         return rc;
     memcpy(logp, m->ld_sum, n * sizeof *logp);
     return add_base_logpdf(m, n, m->zbuf, logp);
@@ -876,7 +996,7 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
 /* Inverse through every node from z; x gets the data, m->ld_sum the
  * summed inverse log-dets. */
 static int run_inverse(flow_model *m, size_t n, const flow_real *z,
-                       const flow_real *cv, flow_real *x)
+                       const flow_real *cv, flow_real *x, int tape)
 {
     size_t df = current_dim(m);
     int rc;
@@ -887,30 +1007,27 @@ static int run_inverse(flow_model *m, size_t n, const flow_real *z,
         memcpy(m->act[m->n_nodes] + r * df, z + r * m->dim + m->z_final,
                df * sizeof *z);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
-    for (size_t i = m->n_nodes; i-- > 0;) {
-        node *nd = &m->nodes[i];
-        const flow_real *out = m->act[i + 1];
-        flow_real *in = m->act[i];
-        if (nd->kind == NODE_EXIT) {
-            for (size_t r = 0; r < n; r++) {
-                memcpy(in + r * nd->in_dim, z + r * m->dim + nd->z_off,
-                       nd->k * sizeof *z);
-                memcpy(in + r * nd->in_dim + nd->k, out + r * nd->out_dim,
-                       nd->out_dim * sizeof *z);
-            }
-            continue;
+    for (size_t e = m->n_nodes, i; e > 0; e = i) {
+        job j = {.m = m, .kind = JOB_INVERSE, .n = n, .cv = cv,
+                 .ld = m->ld, .ld_sum = m->ld_sum, .zin = z,
+                 .steps = m->steps, .no_tape = !tape};
+        /* nodes e-1 down to i in one job */
+        for (i = e; i > 0; i--) {
+            node *nd = &m->nodes[i - 1];
+            if (i < e && (!joinable(m, nd, n) || !joinable(m, nd + 1, n)))
+                break;
+            if (nd->kind == NODE_LAYER
+                && (!(nd->desc.flags & FLOW_LAYER_INVERSE)
+                    || !nd->type->inverse))
+                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
+                                   "has no inverse direction", nd->label,
+                                   nd->file);
+            m->steps[e - i] = (job_step){.nd = nd, .in = m->act[i],
+                                         .out = m->act[i - 1]};
         }
-        if (!(nd->desc.flags & FLOW_LAYER_INVERSE) || !nd->type->inverse)
-            return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer has "
-                               "no inverse direction", nd->label, nd->file);
-        {
-            job j = {.m = m, .nd = nd, .kind = JOB_INVERSE, .n = n,
-                     .in = out, .cv = cv, .out = in, .ld = m->ld};
-            if ((rc = run_job(&j, "inverse")) != FLOW_OK)
-                return rc;
-        }
-        for (size_t r = 0; r < n; r++)
-            m->ld_sum[r] += m->ld[r];
+        j.n_steps = e - i;
+        if ((rc = run_job(&j, "inverse")) != FLOW_OK)
+            return rc;
     }
     memcpy(x, m->act[0], n * m->dim * sizeof *x);
     return FLOW_OK;
@@ -923,7 +1040,7 @@ int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
     if ((rc = check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    if ((rc = run_inverse(m, n, z, c, x)) != FLOW_OK)
+    if ((rc = run_inverse(m, n, z, c, x, 0)) != FLOW_OK)
         return rc;
     if (logdet)
         memcpy(logdet, m->ld_sum, n * sizeof *logdet);
@@ -954,7 +1071,7 @@ int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
             memcpy(m->zbuf + r * m->dim + off, m->t1 + r * b->dim,
                    b->dim * sizeof *m->zbuf);
     }
-    if ((rc = run_inverse(m, n, m->zbuf, c, x)) != FLOW_OK)
+    if ((rc = run_inverse(m, n, m->zbuf, c, x, 0)) != FLOW_OK)
         return rc;
     if (logp) {
         /* log p(x) = log p_base(z) - log|det df^-1/dz| */
@@ -965,16 +1082,82 @@ int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
     return FLOW_OK;
 }
 
-/* After a backward pass: the threads' gradients summed in a fixed order
- * (same bits every run), then each layer's finish_grad. */
+/* The threads' gradient accumulators are zero before a backward pass:
+ * the reduction clears them as it reads them; only a failed pass leaves
+ * them dirty. */
+static void clear_tgrad(flow_model *m)
+{
+    if (m->tgrad && m->tgrad_dirty)
+        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *m->tgrad);
+    m->tgrad_dirty = 0;
+}
+
+typedef struct pfor_job {
+    void (*fn)(void *arg, size_t t, size_t lo, size_t hi);
+    void *arg;
+    size_t n, k;
+} pfor_job;
+
+static void pfor_task(void *arg, size_t t)
+{
+    pfor_job *pj = arg;
+    size_t line = 64 / sizeof(flow_real), lines = pj->n / line;
+    size_t lo = lines * t / pj->k * line, hi = lines * (t + 1) / pj->k * line;
+    if (t + 1 == pj->k)
+        hi = pj->n;
+    pj->fn(pj->arg, t, lo, hi);
+}
+
+void model_parallel_for(flow_model *m, size_t n,
+                        void (*fn)(void *arg, size_t t, size_t lo, size_t hi),
+                        void *arg)
+{
+    /* chunks of at least 4096 elements: below, waking a thread costs
+     * more than it saves */
+    size_t k = m->pool ? m->threads : 1;
+    pfor_job pj = {fn, arg, n, k};
+    if (n / 4096 < k)
+        pj.k = k = n / 4096 ? n / 4096 : 1;
+    if (k > 1)
+        pool_run(m->pool, k, pfor_task, &pj);
+    else
+        fn(arg, 0, 0, n);
+}
+
+typedef struct reduce_job {
+    flow_model *m;
+    flow_real *grad;
+} reduce_job;
+
+/* grad += tgrad[0] + tgrad[1] + ... on [lo, hi), in thread order for
+ * every parameter: the same bits as a serial sum; each accumulator
+ * zeroed once read. */
+FLOW_VECTORIZE static void reduce_task(void *arg, size_t t, size_t lo,
+                                       size_t hi)
+{
+    reduce_job *rj = arg;
+    flow_model *m = rj->m;
+    size_t np = m->n_params;
+    (void)t;
+    for (size_t u = 1; u < m->threads; u++) {
+        flow_real *restrict g = m->tgrad + (u - 1) * np;
+        flow_real *restrict out = rj->grad;
+        for (size_t q = lo; q < hi; q++)
+            out[q] += g[q];
+        memset(g + lo, 0, (hi - lo) * sizeof *g);
+    }
+}
+
+/* After a backward pass: the threads' gradients summed (reduce_task),
+ * then each layer's finish_grad. */
 static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
                             flow_real *grad)
 {
     int rc;
-    for (size_t t = 1; m->tgrad && t < m->threads; t++) {
-        const flow_real *g = m->tgrad + (t - 1) * m->n_params;
-        for (size_t q = 0; q < m->n_params; q++)
-            grad[q] += g[q];
+    if (m->tgrad && m->tgrad_dirty) {
+        reduce_job rj = {m, grad};
+        model_parallel_for(m, m->n_params, reduce_task, &rj);
+        m->tgrad_dirty = 0;
     }
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
@@ -1001,7 +1184,7 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         return rc;
     ctx_clear_error(m->ctx);
     if ((rc = grow_batch(m, n)) != FLOW_OK
-        || (rc = run_forward(m, n, x, c, m->zbuf, 0)) != FLOW_OK)
+        || (rc = run_forward(m, n, x, c, m->zbuf, 0, 1)) != FLOW_OK)
         return rc;
     w = (flow_real)(1.0 / (double)n);
     memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
@@ -1012,8 +1195,7 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
         m->ones[r] = w;             /* dL/dlogdet and dL/dlogp_base */
     }
     memset(grad, 0, m->n_params * sizeof *grad);
-    if (m->tgrad)
-        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *grad);
+    clear_tgrad(m);
     /* d mean / d z_final, and the final base's parameter gradient */
     dz = m->g0;
     dprev = m->g1;
@@ -1044,12 +1226,35 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                 return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
                                    "cannot be trained (no backward)",
                                    nd->label, nd->file);
-            job j = {.m = m, .nd = nd, .kind = JOB_FORWARD_BACKWARD,
-                     .n = n, .in = m->act[i], .cv = c, .out = m->act[i + 1],
-                     .dout = dz, .dld = m->ones, .din = dprev,
-                     .grad = grad};
+            job j = {.m = m, .kind = JOB_FORWARD_BACKWARD, .n = n,
+                     .cv = c, .dld = m->ones, .grad = grad,
+                     .steps = m->steps};
+            size_t lo = i;      /* the job: layers i down to lo */
+            for (;;) {
+                node *nl = &m->nodes[lo];
+                if (!(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                    || !nl->type->forward_backward)
+                    return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): "
+                                       "layer cannot be trained (no "
+                                       "backward)", nl->label, nl->file);
+                /* the gradient buffers alternate as they do here */
+                m->steps[i - lo] = (job_step){.nd = nl, .in = m->act[lo],
+                                              .out = m->act[lo + 1],
+                                              .dout = dz, .din = dprev};
+                t = dz;
+                dz = dprev;
+                dprev = t;
+                if (lo == 0 || nl[-1].kind != NODE_LAYER
+                    || !joinable(m, nl - 1, n) || !joinable(m, nl, n))
+                    break;
+                lo--;
+            }
+            j.n_steps = i - lo + 1;
+            m->tgrad_dirty = 1;
             if ((rc = run_job(&j, "backward")) != FLOW_OK)
                 return rc;
+            i = lo;             /* the loop's i-- moves on to lo - 1 */
+            continue;
         }
         t = dz;
         dz = dprev;
@@ -1156,13 +1361,12 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
         return rc;
     ctx_clear_error(m->ctx);
     if ((rc = grow_batch(m, n)) != FLOW_OK
-        || (rc = run_inverse(m, n, z, c, m->zbuf)) != FLOW_OK)
+        || (rc = run_inverse(m, n, z, c, m->zbuf, 1)) != FLOW_OK)
         return rc;
     for (size_t r = 0; r < n; r++)
         m->ones[r] = dlogdet ? dlogdet[r] : 0;
     memset(grad, 0, m->n_params * sizeof *grad);
-    if (m->tgrad)
-        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *grad);
+    clear_tgrad(m);
     g = m->g0;
     gnext = m->g1;
     memcpy(g, dx, n * m->dim * sizeof *g);
@@ -1179,9 +1383,12 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
                        nd->out_dim * sizeof *g);
             }
         } else {
-            job j = {.m = m, .nd = nd, .kind = JOB_INVERSE_BACKWARD, .n = n,
-                     .in = m->act[i + 1], .cv = c, .out = m->act[i],
-                     .dout = g, .dld = m->ones, .din = gnext, .grad = grad};
+            job_step st = {.nd = nd, .in = m->act[i + 1], .out = m->act[i],
+                           .dout = g, .din = gnext};
+            job j = {.m = m, .kind = JOB_INVERSE_BACKWARD, .n = n, .cv = c,
+                     .dld = m->ones, .grad = grad, .steps = &st,
+                     .n_steps = 1};
+            m->tgrad_dirty = 1;
             if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_INVERSE)
                 || !nd->type->inverse_backward)
                 return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "

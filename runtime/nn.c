@@ -10,6 +10,7 @@
 #include "matrix.h"
 #include "nn.h"
 #include "rng.h"
+#include "vec.h"
 
 #define WS_MAGIC 0x666c6f776e6e7631ull  /* "flownnv1" */
 #define WS_ALIGN 64
@@ -208,7 +209,7 @@ static void act_eval(const flow_net *net, double z, double *f, double *f1,
  * multiply by this mask: with random signs a branch mispredicts half the
  * time, and GCC -O2 does not if-convert the float select; the branchy
  * loops were ~10x slower and cost more than the GEMMs (docs/runtime.md). */
-static inline flow_real pos_mask(flow_real z)
+FLOW_VECTORIZE static inline flow_real pos_mask(flow_real z)
 {
 #if FLOW_REAL_DOUBLE
     return 0.5 + copysign(0.5, z);
@@ -218,7 +219,7 @@ static inline flow_real pos_mask(flow_real z)
 }
 
 /* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
-static void act_apply(const flow_net *net, const flow_real *restrict z,
+FLOW_VECTORIZE static void act_apply(const flow_net *net, const flow_real *restrict z,
                       flow_real *restrict h, size_t count)
 {
     const flow_real a = (flow_real)net->slope;
@@ -248,8 +249,9 @@ static void act_apply(const flow_net *net, const flow_real *restrict z,
 /* g *= f'(z) over a block (backward and JVP); h = f(z) from the tape.
  * tanh' = 1 - h^2 from the stored activation: recomputing tanh(z) in
  * every JVP and backward pass took ~70% of FFJORD's training time
- * (docs/ode.md). */
-static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
+ * (docs/ode.md).  ReLU reads h only: the tape has no z for it (see
+ * bias_act). */
+FLOW_VECTORIZE static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
                          const flow_real *restrict h, flow_real *restrict g,
                          size_t count)
 {
@@ -263,7 +265,7 @@ static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
         return;
     case FLOW_ACT_RELU:
         for (size_t i = 0; i < count; i++)
-            g[i] *= pos_mask(z[i]);
+            g[i] *= pos_mask(h[i]);
         return;
     case FLOW_ACT_LEAKY_RELU:
         for (size_t i = 0; i < count; i++) {
@@ -279,6 +281,72 @@ static void act_grad_mul(const flow_net *net, const flow_real *restrict z,
             act_eval(net, z[i], NULL, &f1, NULL);
             g[i] = (flow_real)(g[i] * f1);
         }
+    }
+}
+
+/* Forward activation of a hidden layer (h not NULL): h = f(z) over
+ * count values.  ReLU runs in place (z == h): its tape keeps h only,
+ * since pos_mask(h) == pos_mask(z) (h = pos_mask(z) z is -0 for every
+ * z <= -0), which is all that ReLU's derivatives use. */
+FLOW_VECTORIZE static void act_inplace(const flow_net *net, size_t count,
+                                       flow_real *z, flow_real *h)
+{
+    if (!h)
+        return;
+    if (h == z) {
+        for (size_t i = 0; i < count; i++)
+            z[i] = pos_mask(z[i]) * z[i];
+        return;
+    }
+    act_apply(net, z, h, count);
+}
+
+/* Every row of z (n x w) = b: inline stores, not a memcpy call per row
+ * (2-wide output layers made those calls cost more than the copy). */
+FLOW_VECTORIZE static void fill_rows(size_t n, size_t w,
+                                     const flow_real *restrict b,
+                                     flow_real *restrict z)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < w; j++)
+            z[r * w + j] = b[j];
+}
+
+/* db += the column sums of g (n x w), row by row (contiguous). */
+FLOW_VECTORIZE static void colsum_add(size_t n, size_t w,
+                                      const flow_real *restrict g,
+                                      flow_real *restrict db)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < w; j++)
+            db[j] += g[r * w + j];
+}
+
+/* Backward through a hidden activation, g (n x w) *= f'(z) in place, and
+ * (db not NULL) the result's column sums added to that layer's bias
+ * gradient in the same pass. */
+FLOW_VECTORIZE static void grad_act_bias(const flow_net *net, size_t n,
+                                         size_t w, const flow_real *z,
+                                         const flow_real *h, flow_real *g,
+                                         flow_real *restrict db)
+{
+    if (net->act == FLOW_ACT_RELU && db) {
+        for (size_t r = 0; r < n; r++) {
+            flow_real *restrict gr = g + r * w;
+            const flow_real *restrict hr = h + r * w;
+            for (size_t j = 0; j < w; j++) {
+                flow_real v = gr[j] * pos_mask(hr[j]);
+                gr[j] = v;
+                db[j] += v;
+            }
+        }
+        return;
+    }
+    for (size_t r = 0; r < n; r++) {
+        act_grad_mul(net, z + r * w, h + r * w, g + r * w, w);
+        if (db)
+            for (size_t j = 0; j < w; j++)
+                db[j] += g[r * w + j];
     }
 }
 
@@ -617,15 +685,15 @@ static const flow_real *weights(const flow_net *net, const flow_real *params,
  * has the blocks x (D columns) and ctx (K); other layers one block. */
 static int lin_blocks(const flow_net *net, size_t l, size_t n,
                       const flow_real *w, const flow_real *x0,
-                      const flow_real *c0, flow_real *out)
+                      const flow_real *c0, flow_real beta, flow_real *out)
 {
     const nn_layer *ly = &net->layer[l];
     int st;
     if (l > 0)
         return blas_gemm(0, 1, n, ly->out, ly->in, 1, x0, ly->in, w,
-                         ly->cols, 0, out, ly->out);
-    st = blas_gemm(0, 1, n, ly->out, net->d, 1, x0, net->d, w, ly->cols, 0,
-                   out, ly->out);
+                         ly->cols, beta, out, ly->out);
+    st = blas_gemm(0, 1, n, ly->out, net->d, 1, x0, net->d, w, ly->cols,
+                   beta, out, ly->out);
     if (st == FLOW_OK && net->k && c0)
         st = blas_gemm(0, 1, n, ly->out, net->k, 1, c0, net->k, w + net->d,
                        ly->cols, 1, out, ly->out);
@@ -704,30 +772,43 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         const flow_real *w = weights(net, params, ws, &lo, l);
         const flow_real *in =
             l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
-        flow_real *z = last ? y : at(ws, lo.z) + ho;
+        flow_real *h = last ? NULL : at(ws, lo.h) + ho;
+        /* ReLU without a gate: the GEMM writes h, activated in place */
+        flow_real *z = last ? y : !squash && net->act == FLOW_ACT_RELU
+                                      ? h : at(ws, lo.z) + ho;
         flow_real *u = squash ? at(ws, lo.u) + ho : z;
         flow_real *g = at(ws, lo.gate) + ly->g_off;
-        st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), u);
+        const flow_real *bias = params + ly->b_off;
+        if (net->time == FLOW_TIME_CONCAT) {
+            /* bias + t W[:, last] combined in the backward scratch (free
+             * during forward) */
+            flow_real *bt = at(ws, lo.s[0]);
+            for (size_t j = 0; j < ly->out; j++)
+                bt[j] = (flow_real)(params[ly->b_off + j] +
+                                    t * w[j * ly->cols + ly->in]);
+            bias = bt;
+        }
+        if (!squash) {
+            /* the bias in C, accumulated by the GEMM (beta = 1): OpenBLAS
+             * clears C first for beta = 0, a pass as costly as this one */
+            fill_rows(n, ly->out, bias, z);
+            st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), 1, z);
+            if (st != FLOW_OK)
+                return st;
+            act_inplace(net, n * ly->out, z, h);
+            continue;
+        }
+        st = lin_blocks(net, l, n, w, in, at(ws, lo.cin), 0, u);
         if (st != FLOW_OK)
             return st;
-        {
-            /* bias (+ t W[:, last]) combined in the backward scratch (free
-             * during forward), then added row by row, contiguously */
-            flow_real *bias = at(ws, lo.s[0]);
+        for (size_t r = 0; r < n; r++) {
+            flow_real *ur = u + r * ly->out;
             for (size_t j = 0; j < ly->out; j++)
-                bias[j] = (flow_real)(params[ly->b_off + j] +
-                                      (net->time == FLOW_TIME_CONCAT
-                                           ? t * w[j * ly->cols + ly->in]
-                                           : 0.0));
-            for (size_t r = 0; r < n; r++) {
-                flow_real *ur = u + r * ly->out;
-                for (size_t j = 0; j < ly->out; j++)
-                    ur[j] += bias[j];
-            }
+                ur[j] += bias[j];
         }
         /* concatsquash (Grathwohl et al. 2019, FFJORD's
          * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
-        if (squash) {
+        {
             flow_real *dt = at(ws, lo.s[1]);
             for (size_t j = 0; j < ly->out; j++) {
                 g[j] = (flow_real)sigmoid(params[ly->ga_off + j] * t +
@@ -739,7 +820,7 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
                     z[r * ly->out + j] = u[r * ly->out + j] * g[j] + dt[j];
         }
         if (!last)
-            act_apply(net, z, at(ws, lo.h) + ho, n * ly->out);
+            act_apply(net, z, h, n * ly->out);
     }
     hd->magic = WS_MAGIC;
     return FLOW_OK;
@@ -917,9 +998,10 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                 flow_real *dctx, flow_real *dparams)
 {
     ws_layout lo;
-    flow_real *gcur, *gnext;
+    flow_real *buf[2];
+    const flow_real *gcur;
     double t;
-    int squash, st;
+    int squash, st, fused, nb = 0;
     if (!params || !dy)
         return FLOW_ERR_INVAL;
     if (n == 0)
@@ -928,22 +1010,35 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
         return st;
     t = ((ws_head *)ws)->t;
     squash = net->time == FLOW_TIME_CONCATSQUASH;
+    /* without time terms the bias gradients are column sums taken in the
+     * passes that produce each G (colsum_add, grad_act_bias) */
+    fused = dparams && net->time == FLOW_TIME_NONE;
     layout(net, n, &lo);
-    gcur = at(ws, lo.s[0]);
-    gnext = at(ws, lo.s[1]);
-    memcpy(gcur, dy, n * net->y_width * sizeof(flow_real));
+    buf[0] = at(ws, lo.s[0]);
+    buf[1] = at(ws, lo.s[1]);
+    if (squash) {               /* grad_gate scales G in place */
+        memcpy(buf[0], dy, n * net->y_width * sizeof(flow_real));
+        gcur = buf[0];
+        nb = 1;
+    } else {
+        gcur = dy;
+    }
+    if (fused)
+        colsum_add(n, net->y_width, dy,
+                   dparams + net->layer[net->n_layers - 1].b_off);
     for (size_t l = net->n_layers; l-- > 0;) {
         const nn_layer *ly = &net->layer[l];
-        size_t ho = hidden_off(net, l) * n;
+        size_t ho = hidden_off(net, l) * n, hp;
         const flow_real *w = weights(net, params, ws, &lo, l);
         const flow_real *in =
             l == 0 ? at(ws, lo.xin) : at(ws, lo.h) + hidden_off(net, l - 1) * n;
+        flow_real *gnext = buf[nb];
         if (squash)
             grad_gate(net, l, n, t, params, at(ws, lo.gate) + ly->g_off,
-                      gcur, at(ws, lo.u) + ho, NULL, NULL, dparams);
+                      buf[1 - nb], at(ws, lo.u) + ho, NULL, NULL, dparams);
         if (dparams) {
-            st = grad_w(net, l, n, ws, &lo, gcur, in, at(ws, lo.cin), 1, t,
-                        dparams);
+            st = grad_w(net, l, n, ws, &lo, gcur, in, at(ws, lo.cin), !fused,
+                        t, dparams);
             if (st != FLOW_OK)
                 return st;
         }
@@ -961,14 +1056,11 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                        ly->cols, 0, gnext, ly->in);
         if (st != FLOW_OK)
             return st;
-        act_grad_mul(net, at(ws, lo.z) + hidden_off(net, l - 1) * n,
-                     at(ws, lo.h) + hidden_off(net, l - 1) * n, gnext,
-                     n * ly->in);
-        {
-            flow_real *tmp = gcur;
-            gcur = gnext;
-            gnext = tmp;
-        }
+        hp = hidden_off(net, l - 1) * n;
+        grad_act_bias(net, n, ly->in, at(ws, lo.z) + hp, at(ws, lo.h) + hp,
+                      gnext, fused ? dparams + net->layer[l - 1].b_off : NULL);
+        gcur = gnext;
+        nb = 1 - nb;
     }
     return FLOW_OK;
 }
@@ -1050,13 +1142,14 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
             const flow_real *h = at(ws, lo.h) + hp;
             const flow_real *tz = at(ws, lo.tz) + hp;
             int tanh_act = net->act == FLOW_ACT_TANH;
+            int relu = net->act == FLOW_ACT_RELU;
             for (size_t i = 0; i < n * win; i++) {
                 double f1, f2, v = h[i];
                 if (tanh_act) {         /* from the stored h, as above */
                     f1 = 1 - v * v;
                     f2 = -2 * v * f1;
-                } else {
-                    act_eval(net, z[i], NULL, &f1, &f2);
+                } else {                /* ReLU: the sign of h (bias_act) */
+                    act_eval(net, relu ? h[i] : z[i], NULL, &f1, &f2);
                 }
                 g[i] = (flow_real)((g_zero ? 0.0 : (double)gh[i] * f1) +
                                    (double)gth[i] * tz[i] * f2);

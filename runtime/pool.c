@@ -1,21 +1,40 @@
-/* pool.c - persistent worker threads for row-parallel layer calls: one
- * generation counter under a mutex, a condition variable each way.  The
- * work split is fixed by the caller, so results do not depend on timing. */
+/* pool.c - persistent worker threads for row-parallel layer calls: a
+ * generation counter each worker waits on, spinning briefly, then asleep
+ * on a condition variable.  The work split is fixed by the caller, so
+ * results do not depend on timing. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "pool.h"
+
+/* How long a thread spins for the next task (worker) or for the workers
+ * to finish (caller) before it blocks.  A training step issues a few
+ * pool_runs a millisecond apart with serial work between them; waking a
+ * thread blocked in the kernel took 30-100 us on the measuring machine
+ * (bench/README.md, "cplperf"), spinning a few hundred microseconds
+ * bridges those gaps without holding a core when the pool is idle. */
+#define SPIN_NS 300000L
 
 struct pool {
     pthread_mutex_t mu;
     pthread_cond_t go, done;
     pthread_t *th;
     size_t n_workers;
-    unsigned long gen;          /* bumped for each pool_run */
-    size_t n_tasks, pending;
+    /* written by the caller before gen is bumped (release), read by the
+     * workers after they see the new gen (acquire) */
+    size_t n_tasks;
     pool_fn fn;
     void *arg;
-    int quit;
+    atomic_ulong gen;           /* bumped for each pool_run */
+    atomic_size_t pending;      /* workers not done with the current run:
+                                   every worker counts, with a task or
+                                   not, so none can still be reading this
+                                   run's fields when the next one starts */
+    atomic_int quit;
+    size_t sleepers;            /* workers blocked on go (under mu) */
+    int waiting;                /* the caller is blocked on done (under mu) */
 };
 
 typedef struct worker_arg {
@@ -23,29 +42,74 @@ typedef struct worker_arg {
     size_t id;                  /* task index this worker runs: 1.. */
 } worker_arg;
 
+static long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Spins until *v != old or SPIN_NS pass; 1 when it changed. */
+static int spin_ulong(atomic_ulong *v, unsigned long old)
+{
+    long t0 = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(v, memory_order_acquire) != old)
+            return 1;
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS)
+            return 0;
+    }
+}
+
+static int spin_zero(atomic_size_t *v)
+{
+    long t0 = now_ns();
+    for (unsigned i = 1;; i++) {
+        if (atomic_load_explicit(v, memory_order_acquire) == 0)
+            return 1;
+        cpu_relax();
+        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS)
+            return 0;
+    }
+}
+
 static void *worker(void *v)
 {
     worker_arg *w = v;
     pool *p = w->p;
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->gen == seen)
-            pthread_cond_wait(&p->go, &p->mu);
-        if (p->quit)
-            break;
-        seen = p->gen;
-        if (w->id < p->n_tasks) {
-            pool_fn fn = p->fn;
-            void *arg = p->arg;
-            pthread_mutex_unlock(&p->mu);
-            fn(arg, w->id);
+        if (!spin_ulong(&p->gen, seen)) {
             pthread_mutex_lock(&p->mu);
-            if (--p->pending == 0)
+            while (!atomic_load(&p->quit) && atomic_load(&p->gen) == seen) {
+                p->sleepers++;
+                pthread_cond_wait(&p->go, &p->mu);
+                p->sleepers--;
+            }
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->quit))
+            break;
+        seen = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (w->id < p->n_tasks)
+            p->fn(p->arg, w->id);
+        if (atomic_fetch_sub_explicit(&p->pending, 1,
+                                      memory_order_acq_rel) == 1) {
+            /* the last one: wake the caller if it gave up spinning */
+            pthread_mutex_lock(&p->mu);
+            if (p->waiting)
                 pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
         }
     }
-    pthread_mutex_unlock(&p->mu);
     free(w);
     return NULL;
 }
@@ -61,6 +125,9 @@ pool *pool_new(size_t threads)
     }
     pthread_cond_init(&p->go, NULL);
     pthread_cond_init(&p->done, NULL);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->pending, 0);
+    atomic_init(&p->quit, 0);
     if (!(p->th = calloc(threads - 1, sizeof *p->th)))
         goto fail;
     for (size_t i = 0; i + 1 < threads; i++) {
@@ -86,7 +153,8 @@ void pool_free(pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->quit = 1;
+    atomic_store(&p->quit, 1);
+    atomic_fetch_add(&p->gen, 1);
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     for (size_t i = 0; i < p->n_workers; i++)
@@ -102,17 +170,24 @@ void pool_run(pool *p, size_t n, pool_fn fn, void *arg)
 {
     if (n == 0)
         return;
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n_tasks = n;
-    p->pending = n - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->go);
+    atomic_store_explicit(&p->pending, p->n_workers, memory_order_relaxed);
+    /* the bump under the mutex: a worker checks gen under it before it
+     * sleeps, so it either sees the new gen or is woken */
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (p->sleepers)
+        pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0);
+    if (spin_zero(&p->pending))
+        return;
     pthread_mutex_lock(&p->mu);
-    while (p->pending > 0)
+    p->waiting = 1;
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
         pthread_cond_wait(&p->done, &p->mu);
+    p->waiting = 0;
     pthread_mutex_unlock(&p->mu);
 }

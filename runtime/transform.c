@@ -68,19 +68,6 @@ typedef struct knots {
     double min_d, shift;
 } knots;
 
-static double softplus(double z)
-{
-    return z > 0 ? z + log1p(exp(-z)) : log1p(exp(z));
-}
-
-static double sigmoid(double z)
-{
-    if (z >= 0)
-        return 1 / (1 + exp(-z));
-    double e = exp(z);
-    return e / (1 + e);
-}
-
 static void softmax(const double *v, size_t k, double *p)
 {
     double mx = v[0], s = 0;
@@ -88,8 +75,9 @@ static void softmax(const double *v, size_t k, double *p)
         mx = v[i] > mx ? v[i] : mx;
     for (size_t i = 0; i < k; i++)
         s += p[i] = exp(v[i] - mx);
+    s = 1 / s;
     for (size_t i = 0; i < k; i++)
-        p[i] /= s;
+        p[i] *= s;
 }
 
 /* Knots of one scalar's spline.  theta = (K width logits, K height
@@ -117,19 +105,22 @@ static void make_knots(const tf_cfg *c, const double *theta, knots *kn)
 }
 
 /* Derivative at knot i and its derivative in the raw parameter, computed
- * only for the two knots of the bin in use (a third of the work). */
+ * only for the two knots of the bin in use (a third of the work):
+ * softplus(z) = max(z, 0) + log1p(e) and sigmoid(z) = 1 / (1 + e) or
+ * e / (1 + e) from the one e = exp(-|z|). */
 static double knot_deriv(const knots *kn, size_t i, double *dsig)
 {
-    double z;
+    double z, e;
     if (i == 0 || i == kn->k) {
         if (dsig)
             *dsig = 0;
         return 1;
     }
     z = kn->td[i - 1] + kn->shift;
+    e = exp(-fabs(z));
     if (dsig)
-        *dsig = sigmoid(z);
-    return kn->min_d + softplus(z);
+        *dsig = z >= 0 ? 1 / (1 + e) : e / (1 + e);
+    return kn->min_d + (z > 0 ? z : 0) + log1p(e);
 }
 
 /* Bin of v among the knots q[0..k]: largest i < k with q[i] <= v. */
@@ -153,11 +144,13 @@ static size_t find_bin(const double *q, size_t k, double v)
 typedef struct rq_out {
     double y, lad, dydx, dldx;
     double py[6], pl[6];
+    double ds[2];               /* d(d0)/d(raw), d(d1)/d(raw) (rq_at) */
 } rq_out;
 
 static void rq_local(double W, double Y, double H,
                      double d0, double d1, double xi, rq_out *o)
 {
+    /* (o->lad is not set: rq_value has it; VJPs need only partials) */
     double s = H / W, om = xi * (1 - xi), e = d0 + d1 - 2 * s;
     /* Durkan et al. 2019, eq. 4: y = Y + H (s xi^2 + d0 xi(1-xi)) / den */
     double a = s * xi * xi + d0 * om;
@@ -177,8 +170,7 @@ static void rq_local(double W, double Y, double H,
     double l_d0 = (1 - xi) * (1 - xi) / nn - 2 * om / den;
     double l_d1 = xi * xi / nn - 2 * om / den;
     o->y = Y + H * a / den;
-    /* eq. 6 in log form: lad = 2 log s + log nn - 2 log den */
-    o->lad = 2 * log(s) + log(nn) - 2 * log(den);
+    o->lad = 0;
     o->dydx = s * s * nn / den2;
     o->dldx = l_xi / W;
     /* chain: xi = (x - X) / W, s = H / W */
@@ -198,13 +190,31 @@ static void rq_local(double W, double Y, double H,
 
 static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
 
+/* Value and log-derivative only (the forward passes): eq. 4 and the log
+ * of eq. 5, lad = log(s^2 nn / den^2), one log instead of three. */
+static void rq_value(const knots *kn, size_t k, double x, double *y,
+                     double *lad)
+{
+    double X = kn->xk[k], W = kn->xk[k + 1] - X;
+    double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
+    double d0 = knot_deriv(kn, k, NULL), d1 = knot_deriv(kn, k + 1, NULL);
+    double xi = clamp01((x - X) / W), s = H / W, om = xi * (1 - xi);
+    double den = s + (d0 + d1 - 2 * s) * om;
+    double nn = d1 * xi * xi + 2 * s * om + d0 * (1 - xi) * (1 - xi);
+    *y = Y + H * (s * xi * xi + d0 * om) / den;
+    *lad = log(s * s * nn / (den * den));
+}
+
 /* Evaluates the spline in bin k at forward input x. */
 static void rq_at(const knots *kn, size_t k, double x, rq_out *o)
 {
     double X = kn->xk[k], W = kn->xk[k + 1] - X;
     double Y = kn->yk[k], H = kn->yk[k + 1] - Y;
-    rq_local(W, Y, H, knot_deriv(kn, k, NULL), knot_deriv(kn, k + 1, NULL),
-             clamp01((x - X) / W), o);
+    double ds0, ds1;
+    double d0 = knot_deriv(kn, k, &ds0), d1 = knot_deriv(kn, k + 1, &ds1);
+    rq_local(W, Y, H, d0, d1, clamp01((x - X) / W), o);
+    o->ds[0] = ds0;
+    o->ds[1] = ds1;
 }
 
 /* Inverse inside [-B, B]: the quadratic of Durkan et al. 2019, app. A.3
@@ -235,7 +245,7 @@ static double rq_inverse(const knots *kn, double y, size_t *bin)
  * raw parameters: through the cumulative knot sums and the softmax
  * Jacobian p_j (g_j - sum_i p_i g_i), and softplus' = sigmoid. */
 static void rq_scatter(const tf_cfg *c, const knots *kn, size_t k,
-                       const double *g, double *gtheta)
+                       const double *g, const double ds[2], double *gtheta)
 {
     size_t K = kn->k;
     double gw[TF_MAX_BINS], gh[TF_MAX_BINS], sw = 0, sh = 0;
@@ -256,16 +266,10 @@ static void rq_scatter(const tf_cfg *c, const knots *kn, size_t k,
     }
     for (size_t j = 0; j + 1 < K; j++)
         gtheta[2 * K + j] = 0;
-    if (k >= 1) {
-        double ds;
-        knot_deriv(kn, k, &ds);
-        gtheta[2 * K + k - 1] += g[4] * ds;
-    }
-    if (k + 1 <= K - 1) {
-        double ds;
-        knot_deriv(kn, k + 1, &ds);
-        gtheta[2 * K + k] += g[5] * ds;
-    }
+    if (k >= 1)
+        gtheta[2 * K + k - 1] += g[4] * ds[0];
+    if (k + 1 <= K - 1)
+        gtheta[2 * K + k] += g[5] * ds[1];
 }
 
 /* ------------------------------------------------------ scalar core */
@@ -280,7 +284,6 @@ int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
 {
     double l, dl;
     knots kn;
-    rq_out o;
     size_t k;
     switch (c->kind) {
     case FLOW_TF_AFFINE:
@@ -305,14 +308,12 @@ int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
     make_knots(c, theta, &kn);
     if (dir == 0) {
         k = find_bin(kn.xk, kn.k, in);
-        rq_at(&kn, k, in, &o);
-        *out = o.y;
-        *lad = o.lad;
+        rq_value(&kn, k, in, out, lad);
     } else {
-        double x = rq_inverse(&kn, in, &k);
-        rq_at(&kn, k, x, &o);
+        double x = rq_inverse(&kn, in, &k), y;
+        rq_value(&kn, k, x, &y, lad);
         *out = x;
-        *lad = -o.lad;
+        *lad = -*lad;
     }
     return FLOW_OK;
 }
@@ -378,7 +379,7 @@ static int vjp_core(const tf_cfg *c, int dir, double in, const double *xhint,
         for (int i = 0; i < 6; i++)
             g[i] = -G / o.dydx * o.py[i] - glad * o.pl[i];
     }
-    rq_scatter(c, &kn, k, g, gtheta);
+    rq_scatter(c, &kn, k, g, o.ds, gtheta);
     return FLOW_OK;
 }
 
