@@ -97,6 +97,8 @@ static const flow_host host_table = {
     .net_jvp_backward = nn_jvp_backward,
     .slogdet = la_slogdet,
     .matinv = la_matinv,
+    .net_made_step = nn_made_step,
+    .net_mask_params = nn_mask_params,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

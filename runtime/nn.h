@@ -46,6 +46,14 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
                     void *ws, const flow_real *tx, const flow_real *dty,
                     flow_real *dx, flow_real *dtx, flow_real *dparams);
 
+/* MADE sampling by degree and the premasked check (flow_plugin.h,
+ * net_made_step and net_mask_params). */
+int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
+                 const flow_real *ctx, size_t step, const flow_real *x_prev,
+                 flow_real *theta, void *ws);
+int nn_mask_params(const flow_net *net, const flow_real *params,
+                   flow_real *dst);
+
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);
 /* Shape and parameter offsets of layer l: W is rows x cols at params +
