@@ -198,6 +198,35 @@ static void mask_zero(flow_real *restrict v, const uint8_t *restrict m,
     }
 }
 
+/* 1 when some v[i] with m[i] = 0 is not +-0 (NaN included): an OR over
+ * the bits without the sign, eight lanes at a time (once per batch over
+ * every MADE weight: a compare-and-branch loop cost 4% of a training
+ * step). */
+static int masked_nonzero(const flow_real *restrict v,
+                          const uint8_t *restrict m, size_t count)
+{
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
+    bits_t acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        bits_t b[8];
+        memcpy(b, v + i, sizeof b);
+        for (int j = 0; j < 8; j++)
+            acc[j] |= (b[j] << 1) & ((bits_t)(m[i + j] != 0) - 1);
+    }
+    for (; i < count; i++) {
+        bits_t b;
+        memcpy(&b, v + i, sizeof b);
+        acc[0] |= (b << 1) & ((bits_t)(m[i] != 0) - 1);
+    }
+    return ((acc[0] | acc[1]) | (acc[2] | acc[3]) | (acc[4] | acc[5]) |
+            (acc[6] | acc[7])) != 0;
+}
+
 /* ------------------------------------------------------ activations */
 
 static double sigmoid(double z)
@@ -1042,8 +1071,8 @@ int nn_mask_params(const flow_net *net, const flow_real *params,
         const uint8_t *m = net->mask + ly->m_off;
         const flow_real *w = params + ly->w_off;
         size_t sz = ly->out * ly->cols;
-        for (size_t i = 0; i < sz; i++)
-            dirty |= (m[i] == 0) & (w[i] != 0 || w[i] != w[i]);
+        if (!dirty)
+            dirty = masked_nonzero(w, m, sz);
         if (dst)
             mask_zero(dst + ly->w_off, m, sz);
     }
