@@ -266,10 +266,10 @@ static int ar_prepare(void *self, const flow_call *c)
     return FLOW_OK;
 }
 
-/* Workspace: theta, dtheta (n x D x P); lad, g1, g2, g3 (n x D); per-column
+/* Workspace: theta, dtheta, dacc (n x D x P); lad, g1, g2, g3 (n x D); per-column
  * buffers cb, ca, cl, cda, cdb (n) and ct, cdt (n x P); then the net's. */
 typedef struct arws {
-    flow_real *theta, *dtheta, *lad, *g1, *g2, *g3;
+    flow_real *theta, *dtheta, *dacc, *lad, *g1, *g2, *g3;
     flow_real *cb, *ca, *cl, *cda, *cdb, *ct, *cdt;
     void *net;
 } arws;
@@ -279,7 +279,7 @@ static size_t ar_workspace(void *self, size_t n, int dir)
     const ar_layer *a = self;
     size_t nd = n * a->d, nt = nd * a->P;
     (void)dir;
-    return 2 * common_bytes(nt) + 4 * common_bytes(nd) + 5 * common_bytes(n)
+    return 3 * common_bytes(nt) + 4 * common_bytes(nd) + 5 * common_bytes(n)
          + 2 * common_bytes(n * a->P) + a->host->net_workspace(a->net, n);
 }
 
@@ -290,6 +290,7 @@ static arws ar_carve(const ar_layer *a, const flow_call *c)
     arws w;
     w.theta = common_take(&cur, nt);
     w.dtheta = common_take(&cur, nt);
+    w.dacc = common_take(&cur, nt);
     w.lad = common_take(&cur, nd);
     w.g1 = common_take(&cur, nd);
     w.g2 = common_take(&cur, nd);
@@ -450,7 +451,10 @@ static int ar_F_backward(const ar_layer *a, const flow_call *c,
 /* VJP of G after ar_G: the tape at the solution a first (one MADE pass),
  * then reverse generation order; the adjoint of dimension i is complete
  * once every later step has been processed, since only later dimensions'
- * theta depend on it. */
+ * theta depend on it.  The steps' backward passes need only the input
+ * adjoint (none at the first step); the parameter and context gradients,
+ * linear in dtheta, come from one backward pass over all steps' dtheta
+ * at the end (D passes with dparams cost twice as much). */
 static int ar_G_backward(const ar_layer *a, const flow_call *c,
                          const flow_real *b, const flow_real *sol,
                          const flow_real *da_out, const flow_real *dlogdet,
@@ -464,6 +468,7 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
         return rc;
     memcpy(abar, da_out, n * d * sizeof *abar);
     memset(w.dtheta, 0, n * d * P * sizeof *w.dtheta);
+    memset(w.dacc, 0, n * d * P * sizeof *w.dacc);
     for (size_t s = d; s-- > 0;) {
         size_t i = a->by_step[s];
         theta_get(a, n, i, w.theta, w.ct);
@@ -475,20 +480,26 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
             return a->host->error(c, "inverse transformer gradient is not "
                                   "finite at dimension %zu", i);
         col_set(n, d, i, w.cdb, db);
-        if (s == 0 && a->k == 0 && !c->grad)
-            break;              /* nothing conditions the first step */
+        for (size_t r = 0; r < n; r++)
+            memcpy(w.dacc + (r * d + i) * P, w.cdt + r * P,
+                   P * sizeof *w.dacc);
+        if (s == 0)
+            break;              /* no dimension comes before the first */
         for (size_t r = 0; r < n; r++)
             memcpy(w.dtheta + (r * d + i) * P, w.cdt + r * P,
                    P * sizeof *w.dtheta);
         if (a->host->net_backward(a->net, ar_params(a, c), n, w.net,
-                                  w.dtheta, dxn, c->dctx, c->grad)
-            != FLOW_OK)
+                                  w.dtheta, dxn, NULL, NULL) != FLOW_OK)
             return a->host->error(c, "MADE gradient failed");
         for (size_t r = 0; r < n; r++)
             memset(w.dtheta + (r * d + i) * P, 0, P * sizeof *w.dtheta);
         for (size_t q = 0; q < n * d; q++)
             abar[q] += dxn[q];
     }
+    if ((c->grad || (c->dctx && a->k))
+        && a->host->net_backward(a->net, ar_params(a, c), n, w.net, w.dacc,
+                                 NULL, c->dctx, c->grad) != FLOW_OK)
+        return a->host->error(c, "MADE gradient failed");
     return FLOW_OK;
 }
 
