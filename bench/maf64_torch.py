@@ -89,10 +89,12 @@ def main():
     for _ in range(3):                      # warm-up (and a non-zero net)
         out["final_loss"] = step()
     if a.only in (None, "train"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             out["final_loss"] = step()
         out["train_steps_per_s"] = a.steps / (time.perf_counter() - t0)
+        out["train_cpu_ms_per_step"] = (1e3 * (time.process_time() - c0)
+                                        / a.steps)
     if a.only in (None, "logprob"):
         xb = x[:a.logprob_batch]
         with torch.no_grad():
