@@ -2,9 +2,15 @@
  * b_i = tau(a_i; theta_i(a_<i)) with a MADE conditioner (Germain et al.
  * 2015; MAF, Papamakarios et al. 2017, eqs. 2-3; IAF, Kingma et al. 2016,
  * eqs. 9-10).  The map F: a -> b is one conditioner pass; its inverse G:
- * b -> a takes D sequential passes.  MAF uses F for density (x -> z); IAF
+ * b -> a takes D sequential steps.  MAF uses F for density (x -> z); IAF
  * uses F for sampling (z -> x), so an IAF with a MAF's weights computes
- * exactly that MAF's inverse. */
+ * exactly that MAF's inverse.
+ *
+ * Speed (docs/plugins.md, "Autoregressive layers"): the MADE is built
+ * premasked (weights used as stored, masked ones kept at 0; prepare()
+ * checks once per batch and masks a private copy if parameters came from
+ * elsewhere), and G runs the host's net_made_step, which computes each
+ * hidden unit once over the D steps instead of D dense passes. */
 #ifndef FLOW_PLUGINS_AUTOREGRESSIVE_H
 #define FLOW_PLUGINS_AUTOREGRESSIVE_H
 
@@ -52,7 +58,17 @@ typedef struct ar_layer {
     size_t *by_step;            /* by_step[s]: the dimension of step s */
     flow_tf tf;
     flow_net *net;
+    int premasked;              /* host has net_mask_params: net premasked */
+    int stepwise;               /* host has net_made_step                  */
+    flow_real *mcopy;           /* masked copy of params (np), on demand   */
+    const flow_real *wp;        /* this batch: mcopy, or NULL = c->params  */
 } ar_layer;
+
+/* The MADE parameters of this batch (set by ar_prepare). */
+static const flow_real *ar_params(const ar_layer *a, const flow_call *c)
+{
+    return a->wp ? a->wp : c->params;
+}
 
 /* order from the attribute; 0, or -1 with diag set */
 static int ar_make_order(const flow_layer_config *cfg, int32_t *order,
@@ -133,6 +149,7 @@ static flow_net *ar_make_net(const flow_layer_config *cfg,
     s.act = activation_values[cfg->attrs[AR_ACTIVATION].i];
     s.zero_last = (int)cfg->attrs[AR_IDENTITY_INIT].i;
     s.order = order;
+    s.premasked = FLOW_HOST_HAS(h, net_mask_params) && h->net_mask_params;
     net = h->net_create(&s, diag->message, sizeof diag->message);
     if (!net)
         diag->attr = AR_HIDDEN;
@@ -186,6 +203,7 @@ static void ar_destroy(void *self)
         a->host->net_destroy(a->net);
     a->host->free(a->order);
     a->host->free(a->by_step);
+    a->host->free(a->mcopy);
     a->host->free(a);
 }
 
@@ -211,6 +229,9 @@ static void *ar_create(const flow_host *host, const flow_layer_config *cfg,
         return NULL;
     }
     a->np = host->net_params(a->net);
+    a->premasked = FLOW_HOST_HAS(host, net_mask_params)
+                   && host->net_mask_params;
+    a->stepwise = FLOW_HOST_HAS(host, net_made_step) && host->net_made_step;
     for (size_t i = 0; i < a->d; i++)
         a->by_step[a->order[i]] = i;
     return a;
@@ -227,10 +248,28 @@ static int ar_init(void *self, const flow_call *c, flow_real *params)
     return FLOW_OK;
 }
 
-/* Workspace: theta, dtheta (n x D x P); lad, g1, g2, g3 (n x D); per-column
+/* Once per batch: a premasked MADE needs its masked weights at 0.  Init
+ * and training keep them so (net_backward zeroes their gradient); other
+ * parameters (written by hand, tests) are masked into a private copy. */
+static int ar_prepare(void *self, const flow_call *c)
+{
+    ar_layer *a = self;
+    const flow_host *h = a->host;
+    a->wp = NULL;
+    if (!a->premasked || !h->net_mask_params(a->net, c->params, NULL))
+        return FLOW_OK;
+    if (!a->mcopy && !(a->mcopy = h->alloc(a->np * sizeof *a->mcopy)))
+        return h->error(c, "out of memory for a masked copy of %zu "
+                        "parameters", a->np);
+    h->net_mask_params(a->net, c->params, a->mcopy);
+    a->wp = a->mcopy;
+    return FLOW_OK;
+}
+
+/* Workspace: theta, dtheta, dacc (n x D x P); lad, g1, g2, g3 (n x D); per-column
  * buffers cb, ca, cl, cda, cdb (n) and ct, cdt (n x P); then the net's. */
 typedef struct arws {
-    flow_real *theta, *dtheta, *lad, *g1, *g2, *g3;
+    flow_real *theta, *dtheta, *dacc, *lad, *g1, *g2, *g3;
     flow_real *cb, *ca, *cl, *cda, *cdb, *ct, *cdt;
     void *net;
 } arws;
@@ -240,7 +279,7 @@ static size_t ar_workspace(void *self, size_t n, int dir)
     const ar_layer *a = self;
     size_t nd = n * a->d, nt = nd * a->P;
     (void)dir;
-    return 2 * common_bytes(nt) + 4 * common_bytes(nd) + 5 * common_bytes(n)
+    return 3 * common_bytes(nt) + 4 * common_bytes(nd) + 5 * common_bytes(n)
          + 2 * common_bytes(n * a->P) + a->host->net_workspace(a->net, n);
 }
 
@@ -251,6 +290,7 @@ static arws ar_carve(const ar_layer *a, const flow_call *c)
     arws w;
     w.theta = common_take(&cur, nt);
     w.dtheta = common_take(&cur, nt);
+    w.dacc = common_take(&cur, nt);
     w.lad = common_take(&cur, nd);
     w.g1 = common_take(&cur, nd);
     w.g2 = common_take(&cur, nd);
@@ -269,8 +309,8 @@ static arws ar_carve(const ar_layer *a, const flow_call *c)
 static int ar_net(const ar_layer *a, const flow_call *c, const flow_real *in,
                   arws *w)
 {
-    int rc = a->host->net_forward(a->net, c->params, c->n, in, c->ctx, 0.0,
-                                  w->theta, w->net);
+    int rc = a->host->net_forward(a->net, ar_params(a, c), c->n, in, c->ctx,
+                                  0.0, w->theta, w->net);
     return rc == FLOW_OK ? FLOW_OK
                          : a->host->error(c, "MADE conditioner failed");
 }
@@ -320,19 +360,55 @@ static void theta_get(const ar_layer *a, size_t n, size_t i,
                a->P * sizeof *ct);
 }
 
-/* G: a from b, one dimension per step in generation order: D passes, no
- * allocation.  At step s the conditioner sees every dimension generated
- * before s (the rest are still 0, and theta of the step's dimension cannot
- * depend on them).  A last pass at the solution leaves the tape that the
- * backward needs. */
+/* One step of G by net_made_step (theta of dimension i into ct) and the
+ * inverse transformer; x_prev = the column of the step before. */
+static int ar_G_step(const ar_layer *a, const flow_call *c, arws *w,
+                     size_t s, const flow_real *in, flow_real *out,
+                     flow_real *logdet)
+{
+    size_t n = c->n, d = a->d, i = a->by_step[s];
+    int rc = a->host->net_made_step(a->net, c->params, n, c->ctx, s,
+                                    s ? w->ca : NULL, w->ct, w->net);
+    if (rc != FLOW_OK)
+        return rc;
+    col_get(n, d, i, in, w->cb);
+    if (a->host->tf_inverse(&a->tf, n, w->cb, w->ct, w->ca, w->cl)
+        != FLOW_OK)
+        return a->host->error(c, "inverse transformer produced a "
+                              "non-finite value at dimension %zu", i);
+    col_set(n, d, i, w->ca, out);
+    for (size_t r = 0; r < n; r++)
+        logdet[r] += w->cl[r];
+    return FLOW_OK;
+}
+
+/* G: a from b, one dimension per step in generation order, no
+ * allocation.  With net_made_step each step computes only the MADE units
+ * of its degree (c->params as they are: the step reads unmasked weights
+ * only); otherwise (older host) step s runs the whole MADE on the
+ * dimensions generated before s (the rest are still 0, and theta of the
+ * step's dimension cannot depend on them).  No tape is left: the
+ * backward recomputes it at the solution. */
 static int ar_G(const ar_layer *a, const flow_call *c, const flow_real *in,
                 flow_real *out, flow_real *logdet)
 {
     arws w = ar_carve(a, c);
     size_t n = c->n, d = a->d;
     int rc;
-    memset(out, 0, n * d * sizeof *out);
     memset(logdet, 0, n * sizeof *logdet);
+    if (a->stepwise) {
+        for (size_t s = 0; s < d; s++) {
+            rc = ar_G_step(a, c, &w, s, in, out, logdet);
+            if (rc == FLOW_ERR_UNSUPPORTED && s == 0)
+                break;              /* the full passes below */
+            if (rc != FLOW_OK)
+                return rc == FLOW_ERR ? rc : a->host->error(c, "MADE step "
+                                                            "%zu failed", s);
+            if (s + 1 == d)
+                return FLOW_OK;
+        }
+    }
+    memset(out, 0, n * d * sizeof *out);
     for (size_t s = 0; s < d; s++) {
         size_t i = a->by_step[s];
         if ((rc = ar_net(a, c, out, &w)) != FLOW_OK)
@@ -347,7 +423,7 @@ static int ar_G(const ar_layer *a, const flow_call *c, const flow_real *in,
         for (size_t r = 0; r < n; r++)
             logdet[r] += w.cl[r];
     }
-    return ar_net(a, c, out, &w);
+    return FLOW_OK;
 }
 
 /* VJP of F after ar_F on the same workspace: da = dtau/da db + dlogdet
@@ -364,7 +440,7 @@ static int ar_F_backward(const ar_layer *a, const flow_call *c,
     if (a->host->tf_backward(&a->tf, n * d, in, w.theta, db, w.g1, w.g2,
                              w.dtheta) != FLOW_OK)
         return a->host->error(c, "transformer gradient is not finite");
-    if (a->host->net_backward(a->net, c->params, n, w.net,
+    if (a->host->net_backward(a->net, ar_params(a, c), n, w.net,
                               w.dtheta, da, c->dctx, c->grad) != FLOW_OK)
         return a->host->error(c, "MADE gradient failed");
     for (size_t i = 0; i < n * d; i++)
@@ -372,9 +448,13 @@ static int ar_F_backward(const ar_layer *a, const flow_call *c,
     return FLOW_OK;
 }
 
-/* VJP of G after ar_G (its tape is at the solution a): reverse generation
- * order; the adjoint of dimension i is complete once every later step has
- * been processed, since only later dimensions' theta depend on it. */
+/* VJP of G after ar_G: the tape at the solution a first (one MADE pass),
+ * then reverse generation order; the adjoint of dimension i is complete
+ * once every later step has been processed, since only later dimensions'
+ * theta depend on it.  The steps' backward passes need only the input
+ * adjoint (none at the first step); the parameter and context gradients,
+ * linear in dtheta, come from one backward pass over all steps' dtheta
+ * at the end (D passes with dparams cost twice as much). */
 static int ar_G_backward(const ar_layer *a, const flow_call *c,
                          const flow_real *b, const flow_real *sol,
                          const flow_real *da_out, const flow_real *dlogdet,
@@ -383,8 +463,12 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
     arws w = ar_carve(a, c);
     size_t n = c->n, d = a->d, P = a->P;
     flow_real *abar = w.g1, *dxn = w.g2;
+    int rc;
+    if ((rc = ar_net(a, c, sol, &w)) != FLOW_OK)
+        return rc;
     memcpy(abar, da_out, n * d * sizeof *abar);
     memset(w.dtheta, 0, n * d * P * sizeof *w.dtheta);
+    memset(w.dacc, 0, n * d * P * sizeof *w.dacc);
     for (size_t s = d; s-- > 0;) {
         size_t i = a->by_step[s];
         theta_get(a, n, i, w.theta, w.ct);
@@ -396,19 +480,26 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
             return a->host->error(c, "inverse transformer gradient is not "
                                   "finite at dimension %zu", i);
         col_set(n, d, i, w.cdb, db);
-        if (s == 0 && a->k == 0 && !c->grad)
-            break;              /* nothing conditions the first step */
+        for (size_t r = 0; r < n; r++)
+            memcpy(w.dacc + (r * d + i) * P, w.cdt + r * P,
+                   P * sizeof *w.dacc);
+        if (s == 0)
+            break;              /* no dimension comes before the first */
         for (size_t r = 0; r < n; r++)
             memcpy(w.dtheta + (r * d + i) * P, w.cdt + r * P,
                    P * sizeof *w.dtheta);
-        if (a->host->net_backward(a->net, c->params, n, w.net, w.dtheta, dxn,
-                                  c->dctx, c->grad) != FLOW_OK)
+        if (a->host->net_backward(a->net, ar_params(a, c), n, w.net,
+                                  w.dtheta, dxn, NULL, NULL) != FLOW_OK)
             return a->host->error(c, "MADE gradient failed");
         for (size_t r = 0; r < n; r++)
             memset(w.dtheta + (r * d + i) * P, 0, P * sizeof *w.dtheta);
         for (size_t q = 0; q < n * d; q++)
             abar[q] += dxn[q];
     }
+    if ((c->grad || (c->dctx && a->k))
+        && a->host->net_backward(a->net, ar_params(a, c), n, w.net, w.dacc,
+                                 NULL, c->dctx, c->grad) != FLOW_OK)
+        return a->host->error(c, "MADE gradient failed");
     return FLOW_OK;
 }
 

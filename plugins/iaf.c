@@ -55,6 +55,7 @@ static const flow_layer_type iaf_type = {
     .destroy = ar_destroy,
     .workspace = ar_workspace,
     .init = ar_init,
+    .prepare = ar_prepare,
     .forward = iaf_forward,
     .inverse = iaf_inverse,
     .forward_backward = iaf_forward_backward,

@@ -54,6 +54,7 @@ static const flow_layer_type maf_type = {
     .destroy = ar_destroy,
     .workspace = ar_workspace,
     .init = ar_init,
+    .prepare = ar_prepare,
     .forward = maf_forward,
     .inverse = maf_inverse,
     .forward_backward = maf_forward_backward,

@@ -100,6 +100,8 @@ static const flow_host host_table = {
     .net_div_workspace = nn_div_workspace,
     .net_div_forward = nn_div_forward,
     .net_div_backward = nn_div_backward,
+    .net_made_step = nn_made_step,
+    .net_mask_params = nn_mask_params,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

@@ -13,6 +13,7 @@
 #include "vec.h"
 
 #define WS_MAGIC 0x666c6f776e6e7631ull  /* "flownnv1" */
+#define WS_STEP_MAGIC 0x666c6f776d737431ull  /* "flowmst1": nn_made_step */
 #define WS_ALIGN 64
 
 typedef struct nn_layer {
@@ -47,6 +48,15 @@ struct flow_net {
     size_t sn_total;            /* doubles of spectral-norm state per call */
     size_t sn_scratch;          /* bytes of LAPACK scratch (spectral norm) */
     int derived;                /* weights used != params (MADE or sn)     */
+    int premasked;              /* MADE: params used as they are, masked
+                                   weights known to be 0 (spec.premasked)  */
+    /* MADE sampling by degree (nn_made_step): by_deg[s] = the input of
+     * degree s + 1; per hidden layer l, sperm + hidden_off(l) lists its
+     * units sorted by degree (stable) and bstart + l * (D + 1) holds, for
+     * k = 0..D, the number of its units of degree < k. */
+    size_t *by_deg;
+    size_t *sperm;
+    size_t *bstart;
 };
 
 /* Workspace header; the tape follows at WS_ALIGN offsets. */
@@ -55,6 +65,7 @@ typedef struct ws_head {
     size_t n;
     double t;
     int have_jvp;
+    size_t step_next;           /* nn_made_step: the step expected next */
 } ws_head;
 
 /* Offsets (bytes from ws) of the tape for n rows. */
@@ -63,8 +74,17 @@ typedef struct ws_layout {
     size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
                                     layer at + off_rows * n * sizeof    */
     size_t s[4];                 /* backward scratch, n x max_width each  */
+    size_t bsum;                 /* bias-gradient sums, max_width doubles */
     size_t total;
 } ws_layout;
+
+/* Offsets of nn_made_step's state, which reuses the same workspace:
+ * weights with rows and columns sorted by degree (sw), the inputs in
+ * degree order after the context (xs, n x (K + D)), the hidden units in
+ * degree order (hs, per layer at hidden_off * n) and one block's biases. */
+typedef struct step_layout {
+    size_t sw, xs, hs, bb, total;
+} step_layout;
 
 /* ---------------------------------------------------------- helpers */
 
@@ -136,13 +156,76 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     TAKE(th, hid);
     for (int i = 0; i < 4; i++)
         TAKE(s[i], mul_sat(mul_sat(n, net->max_width), r));
+    TAKE(bsum, mul_sat(net->max_width, sizeof(double)));
 #undef TAKE
     lo->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+static void step_layout_of(const flow_net *net, size_t n, step_layout *sl)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(ws_head));
+#define TAKE(field, bytes) \
+    do { sl->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(sw, mul_sat(net->mask_total, r));
+    TAKE(xs, mul_sat(mul_sat(n, add_sat(net->d, net->k)), r));
+    TAKE(hs, mul_sat(mul_sat(n, hidden_rows(net)), r));
+    TAKE(bb, mul_sat(net->max_width, r));
+#undef TAKE
+    sl->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
 static flow_real *at(void *ws, size_t off)
 {
     return (flow_real *)((char *)ws + off);
+}
+
+/* v[i] = 0 where m[i] = 0, else v[i] unchanged (bit for bit, NaN
+ * included); branch-free on the bits, as masks alternate too often for
+ * a branch (MADE hidden degrees are cyclic). */
+static void mask_zero(flow_real *restrict v, const uint8_t *restrict m,
+                      size_t count)
+{
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
+    for (size_t i = 0; i < count; i++) {
+        bits_t b;
+        memcpy(&b, &v[i], sizeof b);
+        b &= (bits_t)0 - (bits_t)(m[i] != 0);
+        memcpy(&v[i], &b, sizeof b);
+    }
+}
+
+/* 1 when some v[i] with m[i] = 0 is not +-0 (NaN included): an OR over
+ * the bits without the sign, eight lanes at a time (once per batch over
+ * every MADE weight: a compare-and-branch loop cost 4% of a training
+ * step). */
+static int masked_nonzero(const flow_real *restrict v,
+                          const uint8_t *restrict m, size_t count)
+{
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
+    bits_t acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        bits_t b[8];
+        memcpy(b, v + i, sizeof b);
+        for (int j = 0; j < 8; j++)
+            acc[j] |= (b[j] << 1) & ((bits_t)(m[i + j] != 0) - 1);
+    }
+    for (; i < count; i++) {
+        bits_t b;
+        memcpy(&b, v + i, sizeof b);
+        acc[0] |= (b << 1) & ((bits_t)(m[i] != 0) - 1);
+    }
+    return ((acc[0] | acc[1]) | (acc[2] | acc[3]) | (acc[4] | acc[5]) |
+            (acc[6] | acc[7])) != 0;
 }
 
 /* ------------------------------------------------------ activations */
@@ -216,6 +299,21 @@ FLOW_VECTORIZE static inline flow_real pos_mask(flow_real z)
 #else
     return 0.5f + copysignf(0.5f, z);
 #endif
+}
+
+/* z += bias (each of n rows of width w), then h = ReLU(z): one pass. */
+static void relu_bias_rows(flow_real *restrict z, flow_real *restrict h,
+                           const flow_real *restrict bias, size_t n,
+                           size_t w)
+{
+    for (size_t r = 0; r < n; r++) {
+        flow_real *zr = z + r * w, *hr = h + r * w;
+        for (size_t j = 0; j < w; j++) {
+            flow_real v = zr[j] + bias[j];
+            zr[j] = v;
+            hr[j] = pos_mask(v) * v;
+        }
+    }
 }
 
 /* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
@@ -385,11 +483,18 @@ static int made_masks(flow_net *net, const int32_t *order)
     prev = malloc(maxw * sizeof *prev);
     cur = malloc(maxw * sizeof *cur);
     net->mask = calloc(net->mask_total ? net->mask_total : 1, 1);
-    if (!prev || !cur || !net->mask)
+    net->by_deg = calloc(d, sizeof *net->by_deg);
+    net->sperm = calloc(hidden_rows(net) + 1, sizeof *net->sperm);
+    net->bstart = calloc((net->n_layers - 1) * (d + 1) + 1,
+                         sizeof *net->bstart);
+    if (!prev || !cur || !net->mask || !net->by_deg || !net->sperm
+        || !net->bstart)
         goto fail;
     rng_seed(&rng, net->seed);
-    for (size_t j = 0; j < d; j++)
+    for (size_t j = 0; j < d; j++) {
         prev[j] = order ? order[j] + 1 : (int32_t)j + 1;
+        net->by_deg[prev[j] - 1] = j;
+    }
     for (size_t j = 0; j < net->k; j++)
         prev[d + j] = 0;
     for (size_t l = 0; l < net->n_layers; l++) {
@@ -420,6 +525,20 @@ static int made_masks(flow_net *net, const int32_t *order)
             if (ly->cols > ly->in)   /* time column: always visible */
                 m[r * ly->cols + ly->in] = 1;
         }
+        if (!last) {
+            /* counting sort of the units by degree (0..D-1) */
+            size_t *bs = net->bstart + l * (d + 1);
+            size_t *perm = net->sperm + hidden_off(net, l);
+            for (size_t r = 0; r < ly->out; r++)
+                bs[cur[r] + 1]++;
+            for (size_t q = 0; q < d; q++)
+                bs[q + 1] += bs[q];
+            for (size_t u = 0; u < ly->out; u++)  /* bs[k] as a cursor */
+                perm[bs[cur[u]]++] = u;
+            for (size_t q = d; q > 0; q--)        /* ... and back */
+                bs[q] = bs[q - 1];
+            bs[0] = 0;
+        }
         memcpy(prev, cur, ly->out * sizeof *cur);
     }
     ok = 1;
@@ -429,10 +548,21 @@ fail:
     return ok;
 }
 
+/* spec->premasked, 0 for a spec older than the field */
+static int spec_premasked(const flow_net_spec *spec)
+{
+    return spec->struct_size >= offsetof(flow_net_spec, premasked) +
+                                    sizeof spec->premasked
+               ? spec->premasked != 0
+               : 0;
+}
+
 /* Validates a spec; 0 with a message in err when it is unusable. */
 static int check_spec(const flow_net_spec *spec, char *err, size_t err_cap)
 {
-    if (!spec || spec->struct_size < sizeof(flow_net_spec)) {
+    /* specs from before `premasked` was appended are accepted (it reads
+     * as 0 there: see spec_premasked) */
+    if (!spec || spec->struct_size < offsetof(flow_net_spec, premasked)) {
         set_err(err, err_cap, "net: missing or truncated spec (struct_size "
                 "%zu)", spec ? (size_t)spec->struct_size : 0);
         return 0;
@@ -558,7 +688,10 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
     }
     net->n_params = p;
     net->sn = spec->spectral_norm;
-    net->derived = net->kind == FLOW_NET_MADE || net->sn > 0;
+    net->premasked = net->kind == FLOW_NET_MADE && net->sn == 0 &&
+                     spec_premasked(spec);
+    net->derived = (net->kind == FLOW_NET_MADE && !net->premasked) ||
+                   net->sn > 0;
     if (net->kind == FLOW_NET_MADE && !made_masks(net, spec->order))
         goto nomem;
     return net;
@@ -575,6 +708,9 @@ void nn_destroy(flow_net *net)
         return;
     free(net->layer);
     free(net->mask);
+    free(net->by_deg);
+    free(net->sperm);
+    free(net->bstart);
     free(net);
 }
 
@@ -662,10 +798,16 @@ void nn_init(const flow_net *net, flow_real *params, flow_rng *rng)
 size_t nn_workspace(const flow_net *net, size_t n)
 {
     ws_layout lo;
+    step_layout sl;
     if (!net)
         return 0;
     layout(net, n ? n : 1, &lo);
-    return lo.total;
+    if (net->kind != FLOW_NET_MADE)
+        return lo.total;
+    step_layout_of(net, n ? n : 1, &sl);
+    if (!lo.total || !sl.total)
+        return 0;
+    return lo.total > sl.total ? lo.total : sl.total;
 }
 
 /* ---------------------------------------------------------- forward */
@@ -804,7 +946,24 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         for (size_t r = 0; r < n; r++) {
             flow_real *ur = u + r * ly->out;
             for (size_t j = 0; j < ly->out; j++)
+<<<<<<< HEAD
                 ur[j] += bias[j];
+=======
+                bias[j] = (flow_real)(params[ly->b_off + j] +
+                                      (net->time == FLOW_TIME_CONCAT
+                                           ? t * w[j * ly->cols + ly->in]
+                                           : 0.0));
+            if (!squash && !last && net->act == FLOW_ACT_RELU) {
+                /* bias and ReLU in one pass over the rows */
+                relu_bias_rows(z, at(ws, lo.h) + ho, bias, n, ly->out);
+                continue;
+            }
+            for (size_t r = 0; r < n; r++) {
+                flow_real *ur = u + r * ly->out;
+                for (size_t j = 0; j < ly->out; j++)
+                    ur[j] += bias[j];
+            }
+>>>>>>> mafperf
         }
         /* concatsquash (Grathwohl et al. 2019, FFJORD's
          * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */
@@ -824,6 +983,193 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     }
     hd->magic = WS_MAGIC;
     return FLOW_OK;
+}
+
+/* ------------------------------------------------- MADE by degree */
+
+/* The weights of every layer with rows and columns in degree order (the
+ * orders of nn_made_step): hidden rows by sperm, output rows as they are;
+ * layer 0's columns are the context then the inputs by degree, deeper
+ * layers' columns the previous layer's units by degree.  One gather over
+ * the parameters per sampling call. */
+static void sort_weights(const flow_net *net, const flow_real *params,
+                         flow_real *sw)
+{
+    size_t d = net->d, k = net->k;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        const size_t *rp = last ? NULL : net->sperm + hidden_off(net, l);
+        const size_t *cp = l ? net->sperm + hidden_off(net, l - 1) : NULL;
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = sw + ly->m_off;
+        for (size_t p = 0; p < ly->out; p++) {
+            const flow_real *wr = w + (rp ? rp[p] : p) * ly->cols;
+            flow_real *dr = dst + p * ly->cols;
+            if (cp) {
+                for (size_t q = 0; q < ly->in; q++)
+                    dr[q] = wr[cp[q]];
+            } else {
+                for (size_t q = 0; q < k; q++)
+                    dr[q] = wr[d + q];
+                for (size_t q = 0; q < d; q++)
+                    dr[k + q] = wr[net->by_deg[q]];
+            }
+        }
+    }
+}
+
+/* z (n rows of stride ld, cnt columns) += bias, then the activation. */
+static void bias_act_block(const flow_net *net, flow_real *z, size_t ld,
+                           size_t n, size_t cnt, const flow_real *bias)
+{
+    for (size_t r = 0; r < n; r++) {
+        flow_real *zr = z + r * ld;
+        if (net->act == FLOW_ACT_RELU) {
+            for (size_t j = 0; j < cnt; j++) {
+                flow_real v = zr[j] + bias[j];
+                zr[j] = pos_mask(v) * v;
+            }
+        } else {
+            for (size_t j = 0; j < cnt; j++) {  /* as nn_forward does */
+                flow_real v = zr[j] + bias[j];
+                act_apply(net, &v, zr + j, 1);
+            }
+        }
+    }
+}
+
+/* Sampling a MADE degree by degree (MAF, Papamakarios et al. 2017, sec.
+ * 3.1: x_i = u_i exp(alpha_i) + mu_i, one dimension after the other).
+ * Hidden unit k of layer l with degree m^l(k) depends on exactly the
+ * inputs of degree <= m^l(k) (Germain et al. 2015, eqs. 13-14: the masks
+ * connect it to the units of degree <= m^l(k) below, the output of degree
+ * s to the units of degree < s).  So once the dimensions of degree <= s
+ * are known, every unit of degree <= s is final: step s computes the
+ * units of degree exactly s in each hidden layer, from the already final
+ * units of degree <= s below (a prefix in degree order), and the out
+ * outputs of the dimension of degree s + 1 from the units of degree <= s
+ * of the last hidden layer.  Each unit is computed once over the D steps,
+ * from only its unmasked inputs: about half the multiply-adds of ONE
+ * dense forward pass, against D passes for sampling by repeated
+ * net_forward.  Products in degree order are the same sums as the masked
+ * dense ones (the skipped terms are masked zeros) up to the order of the
+ * additions. */
+int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
+                 const flow_real *ctx, size_t step, const flow_real *x_prev,
+                 flow_real *theta, void *ws)
+{
+    ws_head *hd = ws;
+    step_layout sl;
+    size_t d, k, kd, L, pr;
+    flow_real *sw, *xs, *hs, *bb;
+    const flow_real *in;
+    size_t ldin;
+    int st;
+    if (!net || !params || !theta || !ws || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (net->kind != FLOW_NET_MADE || net->sn > 0 ||
+        net->time != FLOW_TIME_NONE)
+        return FLOW_ERR_UNSUPPORTED;
+    d = net->d;
+    k = net->k;
+    if (step >= d || (k && !ctx) || (step > 0 && !x_prev))
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    step_layout_of(net, n, &sl);
+    kd = k + d;
+    L = net->n_layers;
+    sw = at(ws, sl.sw);
+    xs = at(ws, sl.xs);
+    hs = at(ws, sl.hs);
+    bb = at(ws, sl.bb);
+    if (step == 0) {
+        hd->magic = 0;
+        hd->n = n;
+        hd->t = 0;
+        hd->have_jvp = 0;
+        sort_weights(net, params, sw);
+        for (size_t r = 0; k && r < n; r++)
+            memcpy(xs + r * kd, ctx + r * k, k * sizeof *xs);
+        hd->magic = WS_STEP_MAGIC;
+    } else {
+        if (hd->magic != WS_STEP_MAGIC || hd->n != n ||
+            hd->step_next != step)
+            return FLOW_ERR_INVAL;
+        for (size_t r = 0; r < n; r++)
+            xs[r * kd + k + step - 1] = x_prev[r];
+    }
+    in = xs;
+    ldin = kd;
+    pr = k + step;              /* inputs of degree <= step, in order */
+    for (size_t l = 0; l + 1 < L; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const size_t *bs = net->bstart + l * (d + 1);
+        const size_t *perm = net->sperm + hidden_off(net, l);
+        size_t b0 = bs[step], b1 = bs[step + 1];
+        flow_real *h = hs + hidden_off(net, l) * n;
+        if (b1 > b0) {
+            if (pr) {
+                st = blas_gemm(0, 1, n, b1 - b0, pr, 1, in, ldin,
+                               sw + ly->m_off + b0 * ly->cols, ly->cols, 0,
+                               h + b0, ly->out);
+                if (st != FLOW_OK)
+                    return st;
+            } else {
+                for (size_t r = 0; r < n; r++)
+                    memset(h + r * ly->out + b0, 0, (b1 - b0) * sizeof *h);
+            }
+            for (size_t j = b0; j < b1; j++)
+                bb[j - b0] = params[ly->b_off + perm[j]];
+            bias_act_block(net, h + b0, ly->out, n, b1 - b0, bb);
+        }
+        in = h;
+        ldin = ly->out;
+        pr = bs[step + 1];      /* this layer's units of degree <= step */
+    }
+    {
+        const nn_layer *ly = &net->layer[L - 1];
+        size_t out = net->out, i = net->by_deg[step];
+        const flow_real *b = params + ly->b_off + i * out;
+        if (pr) {
+            st = blas_gemm(0, 1, n, out, pr, 1, in, ldin,
+                           sw + ly->m_off + i * out * ly->cols, ly->cols, 0,
+                           theta, out);
+            if (st != FLOW_OK)
+                return st;
+        } else {
+            memset(theta, 0, n * out * sizeof *theta);
+        }
+        for (size_t r = 0; r < n; r++)
+            for (size_t q = 0; q < out; q++)
+                theta[r * out + q] += b[q];
+    }
+    hd->step_next = step + 1;
+    return FLOW_OK;
+}
+
+int nn_mask_params(const flow_net *net, const flow_real *params,
+                   flow_real *dst)
+{
+    int dirty = 0;
+    if (!net || !params)
+        return 0;
+    if (dst && dst != params)
+        memcpy(dst, params, net->n_params * sizeof *dst);
+    if (!net->mask)
+        return 0;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const uint8_t *m = net->mask + ly->m_off;
+        const flow_real *w = params + ly->w_off;
+        size_t sz = ly->out * ly->cols;
+        if (!dirty)
+            dirty = masked_nonzero(w, m, sz);
+        if (dst)
+            mask_zero(dst + ly->w_off, m, sz);
+    }
+    return dirty;
 }
 
 /* ------------------------------------------------------------- JVP */
@@ -944,17 +1290,29 @@ static int grad_w(const flow_net *net, size_t l, size_t n, void *ws,
                        net->k, beta, dw + net->d, ly->cols);
     if (st != FLOW_OK)
         return st;
-    if (with_bias)
-        for (size_t j = 0; j < ly->out; j++) {
-            double s = 0;
-            for (size_t r = 0; r < n; r++)
-                s += gmat[r * ly->out + j];
-            dparams[ly->b_off + j] += (flow_real)s;
-            if (net->time == FLOW_TIME_CONCAT)
-                dw[j * ly->cols + ly->in] += (flow_real)(t * s);
+    if (with_bias) {
+        /* column sums of G row by row (contiguous; the same order of
+         * additions per column as a column walk, which strided through G
+         * and cost more than the bias deserves) */
+        double *sum = (double *)(void *)((char *)ws + lo->bsum);
+        for (size_t j = 0; j < ly->out; j++)
+            sum[j] = 0;
+        for (size_t r = 0; r < n; r++) {
+            const flow_real *gr = gmat + r * ly->out;
+            for (size_t j = 0; j < ly->out; j++)
+                sum[j] += gr[j];
         }
+        for (size_t j = 0; j < ly->out; j++) {
+            dparams[ly->b_off + j] += (flow_real)sum[j];
+            if (net->time == FLOW_TIME_CONCAT)
+                dw[j * ly->cols + ly->in] += (flow_real)(t * sum[j]);
+        }
+    }
     if (made)
         map_grad(net, l, ws, lo, dw, dparams + ly->w_off);
+    else if (net->premasked)
+        mask_zero(dparams + ly->w_off, net->mask + ly->m_off,
+                  ly->out * ly->cols);
     return FLOW_OK;
 }
 

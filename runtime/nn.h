@@ -59,6 +59,13 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
                     const void *tape, void *scratch, const flow_real *eps,
                     const flow_real *dy, const flow_real *dtr, flow_real *dx,
                     flow_real *dparams);
+/* MADE sampling by degree and the premasked check (flow_plugin.h,
+ * net_made_step and net_mask_params). */
+int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
+                 const flow_real *ctx, size_t step, const flow_real *x_prev,
+                 flow_real *theta, void *ws);
+int nn_mask_params(const flow_net *net, const flow_real *params,
+                   flow_real *dst);
 
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);

@@ -41,6 +41,7 @@ int main(void)
     srunner_add_suite(sr, suite_checkpoint());
     srunner_add_suite(sr, suite_compiler());
     srunner_add_suite(sr, suite_residual());   /* residual branch */
+    srunner_add_suite(sr, suite_made_step());  /* mafperf branch */
     srunner_add_suite(sr, suite_ode());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);

@@ -29,6 +29,7 @@ Suite *suite_checkpoint(void);
 Suite *suite_compiler(void);   /* compiler branch */
 /* residual branch */
 Suite *suite_residual(void);
+Suite *suite_made_step(void);  /* mafperf branch */
 
 /* Resolved attributes of a `residual` layer (table order: hidden,
  * activation, coeff, logdet, probe, inverse_tol, inverse_iters); built by

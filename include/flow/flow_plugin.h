@@ -468,6 +468,15 @@ typedef struct flow_net_spec {
      * inputs j with order[j] < order[i], and on every context input. */
     const int32_t *order;
     uint64_t seed;                /* hidden degree assignment seed (MADE)    */
+    /* Appended (hosts check struct_size; older specs read as 0).  MADE
+     * only, without spectral_norm: 1 = the weights passed to net_forward,
+     * net_backward, ... are used as they are, with no mask applied, so the
+     * caller must pass parameters whose masked weights are 0 (net_init
+     * writes them so, and net_backward then zeroes the masked entries of
+     * dparams it accumulates into, so Adam keeps them at exactly 0);
+     * net_mask_params checks and repairs other parameters.  Saves a masked
+     * copy of every weight matrix per call. */
+    int premasked;
 } flow_net_spec;
 
 typedef struct flow_net flow_net;  /* opaque, owned by the layer */
@@ -601,6 +610,30 @@ struct flow_host {
                             const flow_real *eps, const flow_real *dy,
                             const flow_real *dtr, flow_real *dx,
                             flow_real *dparams);
+    /* --- appended (mafperf); test FLOW_HOST_HAS before use --------------
+     * MADE sampling by degree (docs/plugins.md, "Autoregressive layers"):
+     * step s = 0..D-1 writes theta (n x out) of the dimension generated
+     * s-th (order[i] = s) for n rows, computing only the hidden units of
+     * degree s, which become final once the dimensions of degree <= s are
+     * known, and only that dimension's out outputs; over the D steps every
+     * unit is computed once (about half a dense forward pass).  x_prev (n
+     * values) is the dimension generated at step s-1 (ignored at s = 0).
+     * State lives in ws (net_workspace(net, n) bytes) between the steps,
+     * which must come in order 0, 1, ... with the same n, params and ctx;
+     * afterwards ws holds no tape (run net_forward before net_backward).
+     * Reads only unmasked weights, so premasked does not matter.
+     * FLOW_ERR_UNSUPPORTED for an MLP, spectral_norm or time input. */
+    int (*net_made_step)(const flow_net *net, const flow_real *params,
+                         size_t n, const flow_real *ctx, size_t step,
+                         const flow_real *x_prev, flow_real *theta,
+                         void *ws);
+    /* MADE: 1 when a masked weight of params is not 0, else 0; with dst
+     * (net_params(net) values, may alias params) it also receives params
+     * with the masked weights set to 0.  For premasked nets: run it once
+     * per batch (a layer's prepare) on parameters that may come from
+     * elsewhere.  0 for an MLP (nothing is masked). */
+    int (*net_mask_params)(const flow_net *net, const flow_real *params,
+                           flow_real *dst);
 };
 
 #define FLOW_HOST_HAS(h, field) \

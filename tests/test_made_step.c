@@ -1,0 +1,458 @@
+/* test_made_step.c - the MADE speed paths (mafperf): sampling degree by
+ * degree (nn_made_step) against dense forward passes on random weights,
+ * masked weights included, and through 64 sequential affine inversions;
+ * premasked nets (gradients of masked weights exactly 0, the check and
+ * repair of parameters from elsewhere); Adam keeping the masked weights of
+ * a trained maf layer at exactly 0. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/nn.h"
+#include "../runtime/rng.h"
+#include "../runtime/transform.h"
+#include "flow/flow.h"
+#include "suites.h"
+
+/* relative agreement of two computations of the same sums in another
+ * order of additions */
+#if FLOW_REAL_DOUBLE
+# define STEP_TOL 1e-12
+#else
+# define STEP_TOL 1e-6
+#endif
+
+typedef struct mcase {
+    size_t d, k, out, nh, hidden[2];
+    flow_activation act;
+    int shuffle;               /* order: 0 natural, 1 a seeded permutation */
+} mcase;
+
+static flow_net *made(const mcase *mc, int32_t *order, int premasked)
+{
+    flow_net_spec sp;
+    char err[256];
+    flow_net *net;
+    memset(&sp, 0, sizeof sp);
+    sp.struct_size = sizeof sp;
+    sp.kind = FLOW_NET_MADE;
+    sp.in = mc->d;
+    sp.context = mc->k;
+    sp.out = mc->out;
+    sp.n_hidden = mc->nh;
+    sp.hidden = mc->hidden;
+    sp.act = mc->act;
+    sp.order = order;
+    sp.seed = 5;
+    sp.premasked = premasked;
+    net = nn_create(&sp, err, sizeof err);
+    ck_assert_msg(net != NULL, "nn_create: %s", err);
+    return net;
+}
+
+static void make_order(const mcase *mc, int32_t *order, flow_rng *r)
+{
+    for (size_t i = 0; i < mc->d; i++)
+        order[i] = (int32_t)i;
+    for (size_t i = mc->d; mc->shuffle && i > 1; i--) {
+        size_t j = (size_t)rng_below(r, i);
+        int32_t t = order[i - 1];
+        order[i - 1] = order[j];
+        order[j] = t;
+    }
+}
+
+static void *ws_alloc(const flow_net *net, size_t n)
+{
+    size_t b = nn_workspace(net, n);
+    void *ws;
+    ck_assert_uint_gt(b, 0);
+    ws = aligned_alloc(64, (b + 63) / 64 * 64);
+    ck_assert_ptr_nonnull(ws);
+    return ws;
+}
+
+static const mcase cases[] = {
+    {64, 0, 2, 2, {96, 80}, FLOW_ACT_RELU, 0},   /* maf64-like, narrow   */
+    {64, 3, 2, 2, {128, 128}, FLOW_ACT_TANH, 1}, /* context, shuffled    */
+    {5, 0, 3, 1, {3}, FLOW_ACT_RELU, 1},         /* fewer units than D-1 */
+    {1, 2, 2, 1, {6}, FLOW_ACT_ELU, 0},          /* D = 1: context only  */
+    {7, 0, 2, 0, {0}, FLOW_ACT_RELU, 1},         /* no hidden layer      */
+    {9, 1, 2, 2, {40, 7}, FLOW_ACT_LEAKY_RELU, 1},
+};
+
+/* Step s gives the outputs of the dimension of degree s + 1 that a dense
+ * forward pass on the same inputs gives (random weights: the masked ones
+ * are not 0 and must be ignored). */
+START_TEST(test_step_matches_forward)
+{
+    enum { N = 9 };
+    const mcase *mc = &cases[_i];
+    size_t d = mc->d, k = mc->k, out = mc->out, np;
+    int32_t *order = malloc(d * sizeof *order);
+    size_t *by_deg = malloc(d * sizeof *by_deg);
+    flow_rng r;
+    flow_net *net;
+    flow_real *p, *x, *c, *y, *th, *xp;
+    void *ws, *ws2;
+    double err = 0, ref = 0;
+    rng_seed(&r, 40 + (uint64_t)_i);
+    make_order(mc, order, &r);
+    for (size_t i = 0; i < d; i++)
+        by_deg[order[i]] = i;
+    net = made(mc, order, 0);
+    np = nn_params(net);
+    p = malloc(np * sizeof *p);
+    x = malloc(N * d * sizeof *x);
+    c = malloc((N * k + 1) * sizeof *c);
+    y = malloc(N * d * out * sizeof *y);
+    th = malloc(N * out * sizeof *th);
+    xp = malloc(N * sizeof *xp);
+    ck_assert(order && by_deg && p && x && c && y && th && xp);
+    rng_normal(&r, p, np);               /* every weight, masked or not */
+    rng_normal(&r, x, N * d);
+    rng_normal(&r, c, N * k);
+    ws = ws_alloc(net, N);
+    ws2 = ws_alloc(net, N);
+    ck_assert_int_eq(nn_forward(net, p, N, x, k ? c : NULL, 0, y, ws),
+                     FLOW_OK);
+    for (size_t s = 0; s < d; s++) {
+        size_t i = by_deg[s];
+        if (s)
+            for (size_t rr = 0; rr < N; rr++)
+                xp[rr] = x[rr * d + by_deg[s - 1]];
+        ck_assert_int_eq(nn_made_step(net, p, N, k ? c : NULL, s,
+                                      s ? xp : NULL, th, ws2), FLOW_OK);
+        for (size_t rr = 0; rr < N; rr++)
+            for (size_t q = 0; q < out; q++) {
+                double a = th[rr * out + q], b = y[rr * d * out + i * out + q];
+                err = fmax(err, fabs(a - b));
+                ref = fmax(ref, fabs(b));
+            }
+    }
+    ck_assert_msg(ref > 0.1, "case %d: degenerate reference", _i);
+    ck_assert_msg(err <= STEP_TOL * ref, "case %d: max |step - forward| = "
+                  "%g, max |forward| = %g", _i, err, ref);
+    free(ws);
+    free(ws2);
+    free(order);
+    free(by_deg);
+    free(p);
+    free(x);
+    free(c);
+    free(y);
+    free(th);
+    free(xp);
+    nn_destroy(net);
+}
+END_TEST
+
+/* MAF sampling on 64 dimensions both ways, each path feeding its own
+ * samples forward: D dense passes (the previous sampler) against the D
+ * steps, through the layer's affine transformer; the samples agree to
+ * STEP_TOL relative to their largest magnitude. */
+START_TEST(test_step_sampling_64d)
+{
+    enum { N = 12, D = 64, OUT = 2 };
+    mcase mc = {D, 0, OUT, 2, {256, 256}, FLOW_ACT_RELU, 1};
+    int32_t order[D];
+    size_t by_deg[D];
+    flow_tf tf = {sizeof tf, FLOW_TF_AFFINE, 0, 0, 0, 0, 0};
+    flow_rng r;
+    flow_net *net;
+    flow_real *p, z[N * D], xa[N * D], xb[N * D], y[N * D * OUT];
+    flow_real th[N * OUT], col[N], xn[N], lad[N];
+    void *ws, *ws2;
+    double err = 0, big = 0;
+    size_t np;
+    rng_seed(&r, 77);
+    make_order(&mc, order, &r);
+    for (size_t i = 0; i < D; i++)
+        by_deg[order[i]] = i;
+    net = made(&mc, order, 0);
+    np = nn_params(net);
+    p = malloc(np * sizeof *p);
+    ck_assert_ptr_nonnull(p);
+    nn_init(net, p, &r);
+    for (size_t i = 0; i < np; i++)       /* a non-trivial last layer */
+        p[i] = (flow_real)(p[i] + 0.05 * rng_normal1(&r));
+    rng_normal(&r, z, N * D);
+    ws = ws_alloc(net, N);
+    ws2 = ws_alloc(net, N);
+    memset(xa, 0, sizeof xa);
+    for (size_t s = 0; s < D; s++) {
+        size_t i = by_deg[s];
+        /* dense: the whole MADE on what is known so far */
+        ck_assert_int_eq(nn_forward(net, p, N, xa, NULL, 0, y, ws), FLOW_OK);
+        for (size_t rr = 0; rr < N; rr++) {
+            memcpy(th + rr * OUT, y + rr * D * OUT + i * OUT,
+                   OUT * sizeof *th);
+            col[rr] = z[rr * D + i];
+        }
+        ck_assert_int_eq(tf_inverse(&tf, N, col, th, xn, lad), FLOW_OK);
+        for (size_t rr = 0; rr < N; rr++)
+            xa[rr * D + i] = xn[rr];
+        /* by degree */
+        if (s)
+            for (size_t rr = 0; rr < N; rr++)
+                xn[rr] = xb[rr * D + by_deg[s - 1]];
+        ck_assert_int_eq(nn_made_step(net, p, N, NULL, s, s ? xn : NULL, th,
+                                      ws2), FLOW_OK);
+        ck_assert_int_eq(tf_inverse(&tf, N, col, th, xn, lad), FLOW_OK);
+        for (size_t rr = 0; rr < N; rr++)
+            xb[rr * D + i] = xn[rr];
+    }
+    for (size_t q = 0; q < N * D; q++) {
+        err = fmax(err, fabs((double)xa[q] - xb[q]));
+        big = fmax(big, fabs((double)xa[q]));
+    }
+    ck_assert_msg(err <= STEP_TOL * big, "samples differ by %g (largest "
+                  "%g)", err, big);
+    free(ws);
+    free(ws2);
+    free(p);
+    nn_destroy(net);
+}
+END_TEST
+
+START_TEST(test_step_errors)
+{
+    mcase mc = {4, 0, 2, 1, {8}, FLOW_ACT_RELU, 0};
+    flow_net *net = made(&mc, NULL, 0);
+    flow_real *p = calloc(nn_params(net), sizeof *p);
+    flow_real x[2 * 4] = {0}, th[2 * 2], y[2 * 8], xp[2] = {0};
+    void *ws = ws_alloc(net, 2);
+    ck_assert_ptr_nonnull(p);
+    /* out of order: step 1 before step 0, a skipped step, another n */
+    memset(ws, 0, nn_workspace(net, 2));
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 1, xp, th, ws),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 0, NULL, th, ws), FLOW_OK);
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 2, xp, th, ws),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_step(net, p, 1, NULL, 1, xp, th, ws),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 1, NULL, th, ws),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 4, xp, th, ws),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 1, xp, th, ws), FLOW_OK);
+    /* no tape after steps */
+    ck_assert_int_eq(nn_backward(net, p, 2, ws, y, x, NULL, NULL),
+                     FLOW_ERR_INVAL);
+    nn_destroy(net);
+    /* an MLP has no degrees */
+    {
+        flow_net_spec sp;
+        size_t h = 4;
+        char err[128];
+        memset(&sp, 0, sizeof sp);
+        sp.struct_size = sizeof sp;
+        sp.kind = FLOW_NET_MLP;
+        sp.in = 4;
+        sp.out = 2;
+        sp.n_hidden = 1;
+        sp.hidden = &h;
+        net = nn_create(&sp, err, sizeof err);
+        ck_assert_ptr_nonnull(net);
+        ck_assert_int_eq(nn_made_step(net, p, 2, NULL, 0, NULL, th, ws),
+                         FLOW_ERR_UNSUPPORTED);
+        ck_assert_int_eq(nn_mask_params(net, p, NULL), 0);
+        nn_destroy(net);
+        /* a spec from before `premasked` was appended is still read */
+        sp.struct_size = (uint32_t)offsetof(flow_net_spec, premasked);
+        sp.kind = FLOW_NET_MADE;
+        net = nn_create(&sp, err, sizeof err);
+        ck_assert_msg(net != NULL, "%s", err);
+        nn_destroy(net);
+    }
+    {
+        const flow_host *h = flow_host_services();
+        ck_assert(FLOW_HOST_HAS(h, net_mask_params));
+        ck_assert(h->net_made_step == nn_made_step &&
+                  h->net_mask_params == nn_mask_params);
+    }
+    free(ws);
+    free(p);
+}
+END_TEST
+
+/* Premasked: the masked weights of the gradient are exactly 0, the rest
+ * equals the masking net's gradient bit for bit; parameters with masked
+ * weights set are found and repaired, and the repaired copy computes what
+ * the masking net computes on the original. */
+START_TEST(test_premasked)
+{
+    enum { N = 16 };
+    mcase mc = {10, 2, 2, 2, {30, 30}, FLOW_ACT_RELU, 1};
+    int32_t order[10];
+    flow_rng r;
+    flow_net *pm, *mk;
+    size_t np;
+    flow_real *p, *q, *ga, *gb, x[N * 10], c[N * 2], ya[N * 20], yb[N * 20];
+    flow_real dy[N * 20], dxa[N * 10], dxb[N * 10];
+    void *wa, *wb;
+    rng_seed(&r, 9);
+    make_order(&mc, order, &r);
+    pm = made(&mc, order, 1);
+    mk = made(&mc, order, 0);
+    np = nn_params(pm);
+    ck_assert_uint_eq(np, nn_params(mk));
+    p = malloc(np * sizeof *p);
+    q = malloc(np * sizeof *q);
+    ga = calloc(np, sizeof *ga);
+    gb = calloc(np, sizeof *gb);
+    ck_assert(p && q && ga && gb);
+    nn_init(pm, p, &r);
+    ck_assert_int_eq(nn_mask_params(pm, p, NULL), 0);   /* init is clean */
+    rng_normal(&r, p, np);                              /* now it is not */
+    ck_assert_int_eq(nn_mask_params(pm, p, NULL), 1);
+    ck_assert_int_eq(nn_mask_params(pm, p, q), 1);
+    ck_assert_int_eq(nn_mask_params(pm, q, NULL), 0);
+    rng_normal(&r, x, N * 10);
+    rng_normal(&r, c, N * 2);
+    rng_normal(&r, dy, N * 20);
+    wa = ws_alloc(pm, N);
+    wb = ws_alloc(mk, N);
+    ck_assert_int_eq(nn_forward(pm, q, N, x, c, 0, ya, wa), FLOW_OK);
+    ck_assert_int_eq(nn_forward(mk, p, N, x, c, 0, yb, wb), FLOW_OK);
+    ck_assert_int_eq(memcmp(ya, yb, sizeof ya), 0);
+    ck_assert_int_eq(nn_backward(pm, q, N, wa, dy, dxa, NULL, ga), FLOW_OK);
+    ck_assert_int_eq(nn_backward(mk, p, N, wb, dy, dxb, NULL, gb), FLOW_OK);
+    ck_assert_int_eq(memcmp(dxa, dxb, sizeof dxa), 0);
+    for (size_t l = 0; l < nn_layers(pm); l++) {
+        size_t rows, cols, wo, bo;
+        const uint8_t *m = nn_layer_mask(pm, l);
+        ck_assert_int_eq(nn_layer_shape(pm, l, &rows, &cols, &wo, &bo),
+                         FLOW_OK);
+        for (size_t i = 0; i < rows * cols; i++) {
+            if (!m[i]) {
+                ck_assert_msg(ga[wo + i] == 0 && !signbit(ga[wo + i]),
+                              "masked gradient %zu.%zu = %g", l, i,
+                              (double)ga[wo + i]);
+                ck_assert(q[wo + i] == 0);
+            } else {
+                ck_assert_msg(ga[wo + i] == gb[wo + i], "gradient %zu.%zu: "
+                              "%.9g vs %.9g", l, i, (double)ga[wo + i],
+                              (double)gb[wo + i]);
+                ck_assert(q[wo + i] == p[wo + i]);
+            }
+        }
+        for (size_t j = 0; j < rows; j++)
+            ck_assert(ga[bo + j] == gb[bo + j]);
+    }
+    free(wa);
+    free(wb);
+    free(p);
+    free(q);
+    free(ga);
+    free(gb);
+    nn_destroy(pm);
+    nn_destroy(mk);
+}
+END_TEST
+
+/* A maf layer (premasked MADE) trained with Adam and weight decay keeps
+ * every masked weight at exactly 0: their gradients are exactly 0, so
+ * Adam's moments stay 0 and so do its updates. */
+START_TEST(test_adam_keeps_masks)
+{
+    enum { D = 6, H = 16, ROWS = 200 };
+    flow_ctx *ctx = flow_ctx_new();
+    flow_model *m;
+    flow_trainer *t;
+    flow_train_config cfg;
+    flow_attr_value v[5];
+    int64_t hidden[2] = {H, H};
+    size_t hid[2] = {H, H};
+    flow_net_spec sp;
+    flow_net *net;
+    flow_real x[ROWS * D], *p;
+    flow_rng r;
+    char err[128];
+    double loss = 0, first = 0;
+    size_t nz = 0;
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    memset(v, 0, sizeof v);
+    v[0].type = FLOW_ATTR_VARIANT;       /* affine */
+    v[1].type = FLOW_ATTR_VARIANT;       /* natural order */
+    v[2].type = FLOW_ATTR_INT_LIST;
+    v[2].ilist = hidden;
+    v[2].n = 2;
+    v[3].type = FLOW_ATTR_ENUM;
+    v[3].i = 0;                          /* relu */
+    v[4].type = FLOW_ATTR_BOOL;
+    v[4].i = 1;
+    m = flow_model_new(ctx, D, 0);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_msg(flow_model_add_layer(m, "maf", NULL, v, 5, 0, 0, 0)
+                  == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_finish(m, 3), FLOW_OK);
+    rng_seed(&r, 12);
+    for (size_t i = 0; i < ROWS * D; i++)
+        x[i] = (flow_real)(rng_normal1(&r) * (1 + (double)(i % D)) +
+                           (i % D ? 0.5 * x[i - 1] : 0));
+    flow_train_config_default(&cfg);
+    cfg.batch = 50;
+    cfg.lr = 1e-2;
+    cfg.weight_decay = 1e-3;
+    t = flow_trainer_new(m, &cfg, x, NULL, ROWS);
+    ck_assert_ptr_nonnull(t);
+    for (int s = 0; s < 40; s++) {
+        ck_assert_int_eq(flow_trainer_step(t, &loss), FLOW_OK);
+        if (s == 0)
+            first = loss;
+    }
+    ck_assert_msg(loss < first - 0.5, "training did not progress: %g -> %g",
+                  first, loss);
+    /* the plugin's MADE: natural order, seed 0, two outputs per dim */
+    memset(&sp, 0, sizeof sp);
+    sp.struct_size = sizeof sp;
+    sp.kind = FLOW_NET_MADE;
+    sp.in = D;
+    sp.out = 2;
+    sp.n_hidden = 2;
+    sp.hidden = hid;
+    sp.act = FLOW_ACT_RELU;
+    net = nn_create(&sp, err, sizeof err);
+    ck_assert_msg(net != NULL, "%s", err);
+    ck_assert_uint_eq(nn_params(net), flow_model_num_params(m));
+    p = flow_model_params(m);
+    ck_assert_int_eq(nn_mask_params(net, p, NULL), 0);
+    for (size_t l = 0; l < nn_layers(net); l++) {
+        size_t rows, cols, wo;
+        const uint8_t *mk = nn_layer_mask(net, l);
+        ck_assert_int_eq(nn_layer_shape(net, l, &rows, &cols, &wo, NULL),
+                         FLOW_OK);
+        for (size_t i = 0; i < rows * cols; i++) {
+            if (!mk[i])
+                ck_assert(p[wo + i] == 0 && flow_trainer_adam_m(t)[wo + i]
+                          == 0 && flow_trainer_adam_v(t)[wo + i] == 0);
+            else
+                nz += p[wo + i] != 0;
+        }
+    }
+    ck_assert_uint_gt(nz, 100);
+    nn_destroy(net);
+    flow_trainer_free(t);
+    flow_model_free(m);
+    flow_ctx_free(ctx);
+}
+END_TEST
+
+Suite *suite_made_step(void)
+{
+    Suite *s = suite_create("made_step");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 60);
+    tcase_add_loop_test(tc, test_step_matches_forward, 0,
+                        (int)(sizeof cases / sizeof cases[0]));
+    tcase_add_test(tc, test_step_sampling_64d);
+    tcase_add_test(tc, test_step_errors);
+    tcase_add_test(tc, test_premasked);
+    tcase_add_test(tc, test_adam_keeps_masks);
+    suite_add_tcase(s, tc);
+    return s;
+}
