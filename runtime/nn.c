@@ -301,21 +301,6 @@ FLOW_VECTORIZE static inline flow_real pos_mask(flow_real z)
 #endif
 }
 
-/* z += bias (each of n rows of width w), then h = ReLU(z): one pass. */
-static void relu_bias_rows(flow_real *restrict z, flow_real *restrict h,
-                           const flow_real *restrict bias, size_t n,
-                           size_t w)
-{
-    for (size_t r = 0; r < n; r++) {
-        flow_real *zr = z + r * w, *hr = h + r * w;
-        for (size_t j = 0; j < w; j++) {
-            flow_real v = zr[j] + bias[j];
-            zr[j] = v;
-            hr[j] = pos_mask(v) * v;
-        }
-    }
-}
-
 /* h = f(z) over a block, the switch hoisted out of the loop (hot path). */
 FLOW_VECTORIZE static void act_apply(const flow_net *net, const flow_real *restrict z,
                       flow_real *restrict h, size_t count)
@@ -946,24 +931,7 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
         for (size_t r = 0; r < n; r++) {
             flow_real *ur = u + r * ly->out;
             for (size_t j = 0; j < ly->out; j++)
-<<<<<<< HEAD
                 ur[j] += bias[j];
-=======
-                bias[j] = (flow_real)(params[ly->b_off + j] +
-                                      (net->time == FLOW_TIME_CONCAT
-                                           ? t * w[j * ly->cols + ly->in]
-                                           : 0.0));
-            if (!squash && !last && net->act == FLOW_ACT_RELU) {
-                /* bias and ReLU in one pass over the rows */
-                relu_bias_rows(z, at(ws, lo.h) + ho, bias, n, ly->out);
-                continue;
-            }
-            for (size_t r = 0; r < n; r++) {
-                flow_real *ur = u + r * ly->out;
-                for (size_t j = 0; j < ly->out; j++)
-                    ur[j] += bias[j];
-            }
->>>>>>> mafperf
         }
         /* concatsquash (Grathwohl et al. 2019, FFJORD's
          * ConcatSquashLinear): z = u * sigmoid(a t + c) + d t */

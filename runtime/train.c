@@ -3,9 +3,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__SSE2__)
-# include <emmintrin.h>
-#endif
 
 #include "ctx.h"
 #include "rng.h"
