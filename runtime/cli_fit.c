@@ -31,6 +31,9 @@ static void fit_usage(FILE *f)
           "  --warmup N           linear warm-up steps (default 0)\n"
           "  --weight-decay X     L2 coefficient (default 0)\n"
           "  --clip X             clip the gradient's global norm (default off)\n"
+          "  --anneal N           scale log p~ by min(1, 0.01 + step / N): a\n"
+          "                       broad q first, against mode collapse\n"
+          "                       (default 0: off)\n"
           "  --seed S             initialisation and sampling (default 0)\n"
           "  --threads T          worker threads splitting each batch by rows\n"
           "  --eval-samples N     samples for the report (default 10000)\n"
@@ -111,7 +114,9 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
         } else if (cli_opt_is(&a, "--clip")) {
             rc = cli_parse_real(&a, &o->cfg.clip_norm, 0, 1e12);
             o->set_clip = 1;
-        } else if (cli_opt_is(&a, "--seed")) {
+        } else if (cli_opt_is(&a, "--anneal"))
+            rc = cli_parse_size(&a, &o->cfg.anneal_steps, 0);
+        else if (cli_opt_is(&a, "--seed")) {
             rc = cli_parse_u64(&a, &o->seed);
             o->set_seed = 1;
         } else if (cli_opt_is(&a, "--threads"))

@@ -48,6 +48,9 @@ size_t model_slice_count(const flow_model *m);
 typedef int (*model_mid_fn)(void *arg, size_t n, const flow_real *x,
                             const flow_real *logdet, flow_real *dx,
                             flow_real *dlogdet);
+/* vi.c: flow_model_elbo_grad with log p~ scaled by beta (annealing) */
+int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
+                 double *elbo, flow_real *grad);
 int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
                            const flow_real *c, model_mid_fn mid, void *arg,
                            flow_real *grad, flow_real *dz);

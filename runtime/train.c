@@ -243,13 +243,20 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     return FLOW_OK;
 }
 
-/* A variational step: the ELBO of cfg.batch fresh samples (vi.c). */
+/* A variational step: the ELBO of cfg.batch fresh samples (vi.c), with
+ * log p~ scaled by beta_t = min(1, 0.01 + t / T) while annealing
+ * (Rezende & Mohamed 2015, sec. 6.2). */
 static int target_step(flow_trainer *t, double *loss)
 {
-    double elbo = NAN;
+    double elbo = NAN, beta = 1;
     int rc;
+    if (t->cfg.anneal_steps) {
+        beta = 0.01 + (double)t->st.step / (double)t->cfg.anneal_steps;
+        if (beta > 1)
+            beta = 1;
+    }
     flow_model_set_training(t->m, 1);
-    rc = flow_model_elbo_grad(t->m, t->target, t->cfg.batch, &elbo, t->grad);
+    rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo, t->grad);
     flow_model_set_training(t->m, 0);
     if (rc != FLOW_OK)
         return rc;

@@ -153,12 +153,14 @@ typedef struct elbo_mid {
     flow_target *t;
     const flow_real *lpb;       /* log p_base(z) */
     flow_real *lp;              /* scratch: log p~(x) */
+    double beta;                /* annealing: beta log p~ */
     double elbo;
 } elbo_mid;
 
 /* After x = f^-1(z): the ELBO of the batch, and its output gradients
- * dELBO/dx_r = grad log p~(x_r) / n and dELBO/dlogdet_r = 1 / n, since
- * log q(x_r) = log p_base(z_r) - logdet_r with z_r fixed. */
+ * dELBO/dx_r = beta grad log p~(x_r) / n and dELBO/dlogdet_r = 1 / n,
+ * since log q(x_r) = log p_base(z_r) - logdet_r with z_r fixed (the
+ * objective E[beta log p~(x) - log q(x)]; beta = 1 but when annealing). */
 static int elbo_outputs(void *arg, size_t n, const flow_real *x,
                         const flow_real *logdet, flow_real *dx,
                         flow_real *dlogdet)
@@ -167,14 +169,16 @@ static int elbo_outputs(void *arg, size_t n, const flow_real *x,
     size_t d = e->t->dim;
     double sum = 0;
     flow_real w = (flow_real)(1.0 / (double)n);
+    flow_real bw = (flow_real)(e->beta / (double)n);
     int rc = flow_target_log_density(e->t, n, x, e->lp, dx);
     if (rc != FLOW_OK)
         return rc;
     for (size_t r = 0; r < n; r++) {
-        sum += (double)e->lp[r] - (double)e->lpb[r] + (double)logdet[r];
+        sum += e->beta * (double)e->lp[r] - (double)e->lpb[r]
+             + (double)logdet[r];
         dlogdet[r] = w;
         for (size_t i = 0; i < d; i++)
-            dx[r * d + i] *= w;
+            dx[r * d + i] *= bw;
     }
     e->elbo = sum / (double)n;
     return FLOW_OK;
@@ -182,6 +186,12 @@ static int elbo_outputs(void *arg, size_t n, const flow_real *x,
 
 int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
                          double *elbo, flow_real *grad)
+{
+    return vi_elbo_grad(m, t, n, 1.0, elbo, grad);
+}
+
+int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
+                 double *elbo, flow_real *grad)
 {
     flow_ctx *ctx = model_ctx(m);
     size_t d = flow_model_dim(m);
@@ -205,6 +215,7 @@ int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
     e.t = t;
     e.lpb = lpb;
     e.lp = lp;
+    e.beta = beta;
     e.elbo = NAN;
     rc = model_inverse_grad_mid(m, n, z, NULL, elbo_outputs, &e, grad, NULL);
     if (elbo)

@@ -217,6 +217,10 @@ typedef struct flow_train_config {
     uint64_t seed;              /* shuffling stream (default 0)            */
     size_t max_skipped;         /* non-finite steps in a row before the
                                    trainer gives up (default 10)           */
+    size_t anneal_steps;        /* target fits: log p~ enters the objective
+                                   scaled by beta = min(1, 0.01 + t / this)
+                                   at step t (Rezende & Mohamed 2015, sec.
+                                   6.2); 0 = off (default)                 */
 } flow_train_config;
 
 /* Fills the defaults above. */
