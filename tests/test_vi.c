@@ -416,7 +416,15 @@ Suite *suite_vi(void)
     tcase_add_test(tc, test_fit_refusals);
     tcase_add_test(tc, test_duplicate_target_plugin);
     suite_add_tcase(s, tc);
-    tc = tcase_create("fits");
+    return s;
+}
+
+/* The fits take seconds natively: a suite of their own, run under the
+ * sanitizers but not valgrind (tests/valgrind.sh). */
+Suite *suite_vi_fit(void)
+{
+    Suite *s = suite_create("vi_fit");
+    TCase *tc = tcase_create("fits");
     tcase_set_timeout(tc, 120);
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_fit_gmm_log_z);
