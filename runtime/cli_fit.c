@@ -252,6 +252,16 @@ static void print_report(const fit_opts *o, const char *ttext,
            s->ess, s->n, s->ess_per_sample);
 }
 
+/* v as JSON into buf: a number, or null when not finite. */
+static const char *jval(char *buf, size_t cap, double v)
+{
+    if (isfinite(v))
+        snprintf(buf, cap, "%.9g", v);
+    else
+        snprintf(buf, cap, "null");
+    return buf;
+}
+
 /* Compiles SPEC (with --target), builds the model, the target and the
  * trainer; restores a --resume checkpoint. */
 typedef struct fit_run {
@@ -425,9 +435,14 @@ int cmd_fit(int argc, char **argv)
         goto failmsg;
     flow_model_set_rng(r.model, rng);
     lz_true = flow_target_log_normalizer(r.target);
-    snprintf(report, sizeof report, "{\"samples\": %zu, \"elbo\": %.9g, "
-             "\"log_z\": %.9g, \"log_z_se\": %.9g, \"ess_per_sample\": "
-             "%.9g}", s.n, s.elbo, s.log_z, s.log_z_se, s.ess_per_sample);
+    {
+        char a[32], b[32], c[32], d[32];
+        snprintf(report, sizeof report, "{\"samples\": %zu, \"elbo\": %s, "
+                 "\"log_z\": %s, \"log_z_se\": %s, \"ess_per_sample\": "
+                 "%s}", s.n, jval(a, sizeof a, s.elbo),
+                 jval(b, sizeof b, s.log_z), jval(c, sizeof c, s.log_z_se),
+                 jval(d, sizeof d, s.ess_per_sample));
+    }
     if (save(&r, &o, report) != FLOW_OK)
         goto failmsg;
     if (!o.json)
