@@ -1224,7 +1224,7 @@ int cmd_info(int argc, char **argv)
     const char *cmd = "flowkit info";
     static const char *const keys[] = {
         "format_version", "flowkit_version", "precision", "epoch", "step",
-        "best_score", "spec_hash", NULL};
+        "best_score", "spec_hash", "target", NULL};
     run_opts o;
     loaded l;
     int rc;

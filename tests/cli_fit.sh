@@ -68,6 +68,8 @@ absent weights-no-target "$t/w3.csv"
 has fit-target-flag "$t/g.json" '"target": "gmm(components = 2, std = 1.5)"'
 "$F" sample "$t/g.ckpt" -n 10 --weights -o "$t/w4.csv"
 check weights-flag-target 0 $?
+"$F" info "$t/g.ckpt" >"$t/out"; check info-target 0 $?
+has info-target "$t/out" "target       gmm(components = 2, std = 1.5)"
 
 # a user's target plugin found on FLOW_PLUGIN_PATH
 cat >"$t/g2.flow" <<'SPEC'
