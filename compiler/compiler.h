@@ -61,7 +61,7 @@ typedef struct arg_list { arg *head, *tail; size_t n; } arg_list;
 
 typedef enum stmt_kind {
     S_LAYER, S_REPEAT, S_CONST, S_EXIT, S_INPUT, S_CONTEXT, S_OUTPUT,
-    S_TRAIN, S_KV, S_IMPORT, S_BLOCK, S_FLOW
+    S_TRAIN, S_KV, S_IMPORT, S_BLOCK, S_FLOW, S_TARGET
 } stmt_kind;
 
 typedef struct base_ref {
@@ -147,6 +147,8 @@ struct flow_graph {
     flow_graph_base base;
     flow_train_entry *train;
     size_t n_train;
+    flow_graph_target target;       /* target.type NULL: none declared   */
+    flow_loc target_loc;
 };
 
 struct flow_compilation {
@@ -161,6 +163,8 @@ struct flow_compilation {
     int ok;                         /* graph verified                     */
     size_t list_cells;              /* items of resolved attribute lists  */
     size_t matrix_cells;            /* dependency matrix entries checked  */
+    const char *cmdline_target;     /* --target text: replaces the spec's */
+    struct stmt *cmdline_stmt;      /* ... parsed (NULL after errors)     */
     /* names in scope, for "did you mean" on undefined names in attrs */
     const char *(*suggest)(void *ctx, const char *name);
     void *suggest_ctx;
@@ -188,6 +192,9 @@ int parse_file(flow_compilation *c, int fi);
  * the message in err. */
 expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
                         size_t cap);
+/* Parses --target text into an S_TARGET statement in a file of its own
+ * ("<--target>"); NULL after reporting errors. */
+struct stmt *parse_target_text(flow_compilation *c, const char *text);
 /* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
  * or an errno code (EFBIG: too large).  *text is malloc'ed. */
 int parse_read_file(const char *path, char **text, size_t *len);

@@ -12,6 +12,19 @@ static int unsupported_context_base(flow_ctx *ctx, const char *name)
                           "runtime yet", name ? name : "base");
 }
 
+int flow_graph_build_target(flow_ctx *ctx, const flow_graph *g,
+                            flow_target **out)
+{
+    const flow_graph_target *t = flow_graph_target_get(g);
+    *out = NULL;
+    if (!t)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow '%s' declares no "
+                              "target (add `target NAME(...);` to the spec "
+                              "or give --target)", flow_graph_name(g));
+    return flow_target_new(ctx, t->type->name, t->attrs, t->n_attrs, t->dim,
+                           out);
+}
+
 int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g, uint64_t seed,
                            flow_model **out)
 {

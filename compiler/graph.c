@@ -53,6 +53,11 @@ const flow_train_entry *flow_graph_train_get(const flow_graph *g, size_t i)
     return i < g->n_train ? &g->train[i] : NULL;
 }
 
+const flow_graph_target *flow_graph_target_get(const flow_graph *g)
+{
+    return g->target.type ? &g->target : NULL;
+}
+
 size_t flow_graph_source_count(const flow_graph *g) { return g->c->n_files; }
 
 const char *flow_graph_source(const flow_graph *g, size_t i,

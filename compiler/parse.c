@@ -133,6 +133,43 @@ expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
     return e;
 }
 
+/* --target TEXT: a target statement without the keyword, parsed as one
+ * expression (NAME or NAME(args)) from a source file of its own. */
+stmt *parse_target_text(flow_compilation *c, const char *text)
+{
+    parse_ctx p;
+    stmt *s;
+    expr *e;
+    int fi = parse_add_file(c, "<--target>", NULL, text, strlen(text));
+    if (fi < 0) {
+        c->mem.failed = 1;
+        return NULL;
+    }
+    c->files[fi].parsed = 1;
+    if (check_text(c, fi)
+        || run_parser(c, fi, text, strlen(text), START_EXPR, &p) != 0
+        || !(e = p.expr))
+        return NULL;
+    if (e->kind != E_NAME && e->kind != E_CALL) {
+        diag_error(c, "F0704", e->loc, "write NAME or NAME(attr = value, "
+                   "...), e.g. funnel(scale = 3)", "--target: expected a "
+                   "target type and its attributes");
+        return NULL;
+    }
+    if (!(s = arena_alloc(&c->mem, sizeof *s)))
+        return NULL;
+    s->kind = S_TARGET;
+    s->loc = e->loc;
+    s->name = e->s;
+    s->name_loc = e->loc;
+    s->name_loc.end_line = e->loc.line;
+    s->name_loc.end_col = e->loc.col + (int)strlen(e->s) - 1;
+    s->args = e->args;
+    s->n = e->n;
+    s->has_parens = e->kind == E_CALL;
+    return s;
+}
+
 /* --- entry points ----------------------------------------------------- */
 
 static flow_compilation *new_compilation(flow_ctx *ctx)
@@ -209,8 +246,26 @@ int parse_read_file(const char *path, char **text, size_t *len)
     return 0;
 }
 
+static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
+                                        const char *text, size_t len,
+                                        const char *target);
+
 flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
                                       const char *text, size_t len)
+{
+    return compile_string(ctx, name, text, len, NULL);
+}
+
+flow_compilation *flow_compile_string_target(flow_ctx *ctx, const char *name,
+                                             const char *text, size_t len,
+                                             const char *target)
+{
+    return compile_string(ctx, name, text, len, target);
+}
+
+static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
+                                        const char *text, size_t len,
+                                        const char *target)
 {
     flow_compilation *c = new_compilation(ctx);
     char real[PATH_MAX];
@@ -232,10 +287,18 @@ flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
         return NULL;
     }
     parse_file(c, fi);
+    if (target && (c->cmdline_target = arena_strdup(&c->mem, target)))
+        c->cmdline_stmt = parse_target_text(c, target);
     return compile(c);
 }
 
 flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
+{
+    return flow_compile_file_target(ctx, path, NULL);
+}
+
+flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
+                                           const char *target)
 {
     flow_compilation *c;
     char *text;
@@ -257,7 +320,7 @@ flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
                    ? "file is larger than 1 MiB" : strerror(err));
         return compile(c);
     }
-    c = flow_compile_string(ctx, path, text, len);
+    c = compile_string(ctx, path, text, len, target);
     free(text);
     return c;
 }

@@ -90,7 +90,7 @@ static void stmts_add(stmt_list *l, stmt *s);
 %token FLOW "'flow'" INPUT "'input'" CONTEXT "'context'" OUTPUT "'output'"
 %token EXIT "'exit'" REPEAT "'repeat'" AS "'as'" BLOCK "'block'"
 %token CONST "'const'" IMPORT "'import'" TRAIN "'train'" GIVEN "'given'"
-%token IN "'in'" ARROW "'->'"
+%token IN "'in'" ARROW "'->'" TARGET "'target'"
 %token START_FILE START_EXPR
 
 %left '+' '-'
@@ -160,7 +160,8 @@ stmts : %empty                  { $$.head = $$.tail = NULL; }
  *        | 'exit' expr '->' NAME '~' base ';'
  *        | 'input' NAME ':' NAME '[' expr ']' ['in' '[' expr ',' expr ']'] ';'
  *        | 'context' NAME ':' NAME '[' expr ']' ';'
- *        | 'output' NAME '~' base ';' | 'train' '{' { NAME '=' expr ';' } '}' */
+ *        | 'output' NAME '~' base ';' | 'train' '{' { NAME '=' expr ';' } '}'
+ *        | 'target' NAME ['(' [args] ')'] ';' */
 stmt : IDENT '(' args_opt ')' given_opt ';' {
            $$ = mk_stmt(p, S_LAYER, @1);
            if ($$) {
@@ -215,6 +216,21 @@ stmt : IDENT '(' args_opt ')' given_opt ';' {
      | OUTPUT IDENT '~' base ';' {
            $$ = mk_stmt(p, S_OUTPUT, @1);
            if ($$) { $$->name = $2; $$->name_loc = @2; $$->base = $4; }
+       }
+     | TARGET IDENT '(' args_opt ')' ';' {
+           $$ = mk_stmt(p, S_TARGET, @1);
+           if ($$) {
+               $$->name = $2; $$->name_loc = @2; $$->has_parens = 1;
+               $$->args = $4.head; $$->n = $4.n;
+               $$->loc.end_line = @5.end_line; $$->loc.end_col = @5.end_col;
+           }
+       }
+     | TARGET IDENT ';'         {
+           $$ = mk_stmt(p, S_TARGET, @1);
+           if ($$) {
+               $$->name = $2; $$->name_loc = @2;
+               $$->loc.end_line = @2.end_line; $$->loc.end_col = @2.end_col;
+           }
        }
      | TRAIN '{' kvs '}'        {
            $$ = mk_stmt(p, S_TRAIN, @1);

@@ -43,7 +43,8 @@ typedef struct sema {
     size_t cells;               /* sum of layer widths so far             */
     size_t values;              /* evaluated values so far                */
     int halted;                 /* a limit was hit: stop expanding        */
-    int have_input, have_context, have_output;
+    int have_input, have_context, have_output, have_target;
+    int target_line;
     int said_no_input, said_no_output;  /* reported: no "missing" error */
     size_t dim;                 /* width of the state at this point       */
     int pristine;               /* only permutations so far: bounds hold  */
@@ -990,6 +991,139 @@ static void decl_train(sema *S, const stmt *s, binding *sc)
     }
 }
 
+/* Offset of (line, col) in file fi's text. */
+static size_t text_offset(const source_file *f, int line, int col)
+{
+    size_t off = 0;
+    for (int l = 1; l < line && off < f->len; off++)
+        if (f->text[off] == '\n')
+            l++;
+    off += (size_t)(col > 0 ? col - 1 : 0);
+    return off < f->len ? off : f->len;
+}
+
+/* The source text of a target statement from its name to its end. */
+static const char *target_text(sema *S, const stmt *s)
+{
+    const source_file *f = &S->c->files[s->name_loc.file];
+    size_t a = text_offset(f, s->name_loc.line, s->name_loc.col);
+    size_t b = text_offset(f, s->loc.end_line, s->loc.end_col) + 1;
+    if (b > f->len)
+        b = f->len;
+    return arena_strndup(&S->c->mem, f->text + a, b > a ? b - a : 0);
+}
+
+static const char *suggest_target(sema *S, const char *name)
+{
+    const char *cands[MAX_SUGGEST];
+    size_t n = 0;
+    for (size_t i = 0; i < flow_plugin_count(S->c->ctx); i++) {
+        const flow_plugin_info *p = flow_plugin_get(S->c->ctx, i);
+        for (size_t j = 0; j < p->n_targets && n < MAX_SUGGEST; j++)
+            cands[n++] = p->targets[j]->name;
+    }
+    return diag_suggest(name, cands, n);
+}
+
+/* target NAME [(args)];  the unnormalised density a variational fit
+ * (`flowkit fit`) approaches; checked against its plugin's table and
+ * describe() like a layer. */
+static void decl_target(sema *S, const stmt *s, binding *sc)
+{
+    flow_graph *g = S->g;
+    flow_graph_target *gt = &g->target;
+    const char *file = NULL;
+    const flow_target_type *t;
+    flow_target_config cfg;
+    flow_diag d;
+    value **vals;
+    const char **names;
+    flow_loc *nlocs, *alocs = NULL;
+    flow_attr_value *attrs = NULL;
+    char what[FLOW_MAX_IDENT + 16];
+    size_t want = 0;
+    scope_hint hint;
+
+    if (!S->have_input) {
+        if (!S->said_no_input)
+            diag_error(S->c, "F0110", s->loc, "declare it first: input x : "
+                       "real[D];", "target before the 'input' declaration");
+        S->said_no_input = 1;
+        return;
+    }
+    if (!(t = flow_target_type_find(S->c->ctx, s->name, &file))) {
+        const char *best = suggest_target(S, s->name);
+        char help[FLOW_MAX_IDENT + 32];
+        if (best)
+            snprintf(help, sizeof help, "did you mean '%s'?", best);
+        diag_error(S->c, "F0700", s->name_loc, best ? help
+                   : "`flowkit plugins` lists the targets found",
+                   "unknown target type '%s'", s->name);
+        return;
+    }
+    if (S->have_context) {
+        diag_error(S->c, "F0703", s->loc, "variational fits draw from an "
+                   "unconditional flow; remove the context or the target",
+                   "a target in a flow with a context");
+        return;
+    }
+    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+        return;
+    snprintf(what, sizeof what, "target '%s'", t->name);
+    hint.S = S;
+    hint.sc = sc;
+    S->c->suggest = suggest_in_scope;
+    S->c->suggest_ctx = &hint;
+    if (attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
+                     what, &attrs, &alocs) != 0) {
+        S->c->suggest = NULL;
+        return;
+    }
+    S->c->suggest = NULL;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.struct_size = sizeof cfg;
+    cfg.dim = g->input_dim;
+    cfg.attrs = attrs;
+    cfg.line = s->loc.line;
+    cfg.col = s->loc.col;
+    memset(&d, 0, sizeof d);
+    d.struct_size = sizeof d;
+    d.attr = -1;
+    if (t->describe(&cfg, &want, &d) != FLOW_OK) {
+        flow_loc loc = s->name_loc;
+        d.message[sizeof d.message - 1] = '\0';
+        d.help[sizeof d.help - 1] = '\0';
+        if (d.attr >= 0 && (size_t)d.attr < attr_count(t->attrs) && alocs
+            && alocs[d.attr].line > 0)
+            loc = alocs[d.attr];
+        diag_error(S->c, "F0701", loc, d.help[0] ? d.help : NULL,
+                   "target '%s': %s", t->name, d.message[0] ? d.message
+                   : "rejected by its plugin (no message)");
+        return;
+    }
+    if (want && want != g->input_dim) {
+        char help[64];
+        snprintf(help, sizeof help, "declare input %s : real[%zu];",
+                 g->input_name, want);
+        diag_error(S->c, "F0702", s->name_loc, help, "target '%s' is %zu-"
+                   "dimensional, the input has %zu dimension%s", t->name,
+                   want, g->input_dim, g->input_dim == 1 ? "" : "s");
+        return;
+    }
+    memset(gt, 0, sizeof *gt);
+    gt->struct_size = sizeof *gt;
+    gt->type = t;
+    gt->plugin_file = file;
+    gt->file = S->c->files[s->loc.file].path;
+    gt->line = s->loc.line;
+    gt->col = s->loc.col;
+    gt->dim = g->input_dim;
+    gt->n_attrs = attr_count(t->attrs);
+    gt->attrs = attrs;
+    gt->text = target_text(S, s);
+    g->target_loc = s->loc;
+}
+
 static int top_only(sema *S, const stmt *s, int top, const char *what)
 {
     if (top)
@@ -1080,6 +1214,19 @@ static void expand_stmt(sema *S, const stmt *s, binding **sc, int top,
     case S_TRAIN:
         if (top_only(S, s, top, "train"))
             decl_train(S, s, *sc);
+        break;
+    case S_TARGET:
+        if (!top_only(S, s, top, "target"))
+            break;
+        if (S->have_target) {
+            diag_error(S->c, "F0101", s->loc, NULL, "second 'target' "
+                       "declaration (first at line %d)", S->target_line);
+            break;
+        }
+        S->have_target = 1;
+        S->target_line = s->loc.line;
+        if (!S->c->cmdline_target)      /* --target replaces it */
+            decl_target(S, s, *sc);
         break;
     default:
         break;
@@ -1270,6 +1417,8 @@ void sema_run(flow_compilation *c)
         diag_error(c, "F0111", S.flow->body->close_loc, "end the flow with "
                    "output z ~ normal;", "flow '%s' has no output",
                    S.flow->name);
+    if (c->cmdline_stmt && S.have_input)
+        decl_target(&S, c->cmdline_stmt, S.globals);
     if (c->n_errors == 0)
         verify_graph(c);
 }

@@ -363,12 +363,43 @@ static void warn_same_order(flow_compilation *c)
     }
 }
 
+/* A variational fit pushes every sample through the sampling direction:
+ * a layer that samples in sequential passes (MAF: D of them) makes each
+ * step D times slower than its inverse-autoregressive twin. */
+static void warn_sequential_sampling(flow_compilation *c)
+{
+    flow_graph *g = &c->graph;
+    size_t first = 0, count = 0;
+    char help[FLOW_MAX_IDENT + 160];
+    const flow_graph_node *n;
+    for (size_t k = 0; k < g->n_nodes; k++)
+        if (g->nodes[k].kind == FLOW_NODE_LAYER
+            && g->nodes[k].desc.cost_inverse.sequential && count++ == 0)
+            first = k;
+    if (!g->target.type || !count)
+        return;
+    n = &g->nodes[first];
+    if (!strcmp(n->type->name, "maf"))
+        snprintf(help, sizeof help, "use iaf instead of maf: the same "
+                 "attributes, one pass to sample");
+    else
+        snprintf(help, sizeof help, "use a layer that samples in one pass "
+                 "(iaf, coupling) instead of %s", n->type->name);
+    diag_warning(c, "F0903", node_name_loc(g, first), help, "%s%s samples "
+                 "in %u sequential passes, and fitting target '%s' samples "
+                 "at every step", n->label, count > 1 ? arena_printf(&c->mem,
+                 " (and %zu more layer%s)", count - 1, count > 2 ? "s" : "")
+                 : "", (unsigned)n->desc.cost_inverse.passes,
+                 g->target.type->name);
+}
+
 void verify_graph(flow_compilation *c)
 {
     flow_graph *g = &c->graph;
     char help[FLOW_MAX_IDENT + 64];
     warn_untransformed(c);
     warn_same_order(c);
+    warn_sequential_sampling(c);
     if (g->context_name && !g->context_used) {
         snprintf(help, sizeof help, "condition a layer or the base with "
                  "'given %s', or remove it", g->context_name);

@@ -49,6 +49,15 @@ int flow_checkpoint_save(flow_model *m, flow_trainer *t,
                          const char *spec_source, const char *spec_path,
                          const char *history_json, const char *path)
 {
+    return flow_checkpoint_save_meta(m, t, spec_source, spec_path,
+                                     history_json, NULL, path);
+}
+
+int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
+                              const char *spec_source, const char *spec_path,
+                              const char *history_json,
+                              const char *const *meta, const char *path)
+{
     flow_ctx *ctx = model_ctx(m);
     const flow_real *p = flow_model_params(m), *b = flow_model_buffers(m);
     size_t np = flow_model_num_params(m), bad;
@@ -122,6 +131,8 @@ int flow_checkpoint_save(flow_model *m, flow_trainer *t,
         rc = ckpt_writer_info(w, &info);
     if (rc == FLOW_OK && spec_path)
         rc = ckpt_writer_meta(w, "spec_path", spec_path);
+    for (size_t i = 0; meta && meta[i] && rc == FLOW_OK; i += 2)
+        rc = ckpt_writer_meta(w, meta[i], meta[i + 1] ? meta[i + 1] : "");
     if (rc == FLOW_OK)
         rc = ckpt_writer_write(w, path);
     ckpt_writer_free(w);

@@ -3,6 +3,7 @@
 #ifndef FLOW_RUNTIME_CLI_H
 #define FLOW_RUNTIME_CLI_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -41,6 +42,15 @@ flow_ctx *cli_open_ctx(const char *cmd);
  * stderr.  NULL on errors (after a summary line). */
 flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
                               const char *path, const char *text);
+/* Same, with a target given apart from the spec (NULL: none), as
+ * flow_compile_file_target. */
+flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
+                                     const char *path, const char *text,
+                                     const char *target);
+/* SIGINT / SIGTERM while training: the handler only records the signal
+ * in cli_stop_signal; the loop finishes its step and saves. */
+extern volatile sig_atomic_t cli_stop_signal;
+void cli_catch_stop_signals(int on);
 
 /* A model with everything needed to run it and save it (cli_model.c). */
 typedef struct loaded {
@@ -68,6 +78,8 @@ int cmd_sample(int argc, char **argv);
 int cmd_encode(int argc, char **argv);
 int cmd_decode(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+/* cli_fit.c */
+int cmd_fit(int argc, char **argv);
 /* cli_check.c */
 int cmd_check(int argc, char **argv);
 /* cli_uq.c */

@@ -153,9 +153,16 @@ flow_ctx *cli_open_ctx(const char *cmd)
 flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
                                  const char *path, const char *text)
 {
+    return cli_compile_target(ctx, cmd, path, text, NULL);
+}
+
+flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
+                                     const char *path, const char *text,
+                                     const char *target)
+{
     flow_compilation *c = text
-        ? flow_compile_string(ctx, path, text, strlen(text))
-        : flow_compile_file(ctx, path);
+        ? flow_compile_string_target(ctx, path, text, strlen(text), target)
+        : flow_compile_file_target(ctx, path, target);
     if (!c) {
         cli_fail(ctx, cmd);
         return NULL;
@@ -180,9 +187,21 @@ void loaded_free(loaded *l)
     memset(l, 0, sizeof *l);
 }
 
-/* Opens a checkpoint, recompiles its spec and restores the parameters. */
+/* Opens a checkpoint, recompiles its spec (with `target` as --target when
+ * not NULL) and restores the parameters. */
+static int load_checkpoint_target(loaded *l, const char *cmd,
+                                  const char *path, size_t threads,
+                                  const char *target);
+
 int load_checkpoint(loaded *l, const char *cmd, const char *path,
                     size_t threads)
+{
+    return load_checkpoint_target(l, cmd, path, threads, NULL);
+}
+
+static int load_checkpoint_target(loaded *l, const char *cmd,
+                                  const char *path, size_t threads,
+                                  const char *target)
 {
     const char *spec, *spec_path;
     memset(l, 0, sizeof *l);
@@ -192,8 +211,10 @@ int load_checkpoint(loaded *l, const char *cmd, const char *path,
         goto fail;
     spec = flow_checkpoint_spec(l->ck);
     spec_path = flow_checkpoint_meta(l->ck, "spec_path");
-    if (!(l->comp = cli_compile(l->ctx, cmd, spec_path ? spec_path : path,
-                                spec)))
+    if (target && !*target)             /* --weights: the checkpoint's own */
+        target = flow_checkpoint_meta(l->ck, "target");
+    if (!(l->comp = cli_compile_target(l->ctx, cmd, spec_path ? spec_path
+                                       : path, spec, target)))
         goto quiet;
     if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
                                &l->model) != FLOW_OK
@@ -246,14 +267,14 @@ static double now_s(void)
 
 /* SIGINT / SIGTERM during training: the handler only records the signal;
  * the loop finishes its step, writes the checkpoint and exits 128 + sig. */
-static volatile sig_atomic_t stop_signal;
+volatile sig_atomic_t cli_stop_signal;
 
 static void on_stop_signal(int sig)
 {
-    stop_signal = sig;
+    cli_stop_signal = sig;
 }
 
-static void catch_stop_signals(int on)
+void cli_catch_stop_signals(int on)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -670,9 +691,9 @@ int cmd_train(int argc, char **argv)
         hist_add(&h, "[");
     t0 = now_s();
     flow_trainer_get_state(t, &st);
-    stop_signal = 0;
-    catch_stop_signals(1);
-    while (st.step < total && !stop_signal) {
+    cli_stop_signal = 0;
+    cli_catch_stop_signals(1);
+    while (st.step < total && !cli_stop_signal) {
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
             goto failmsg;
         {
@@ -734,10 +755,10 @@ int cmd_train(int argc, char **argv)
     }
     if (tty)
         fputc('\n', stderr);
-    if (stop_signal) {
+    if (cli_stop_signal) {
         /* interrupted: save the exact training state (not the best
          * parameters) so that --resume continues where this stopped */
-        int sig = stop_signal;
+        int sig = cli_stop_signal;
         hist_add(&h, "]");
         if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s,
                                  o.out) != FLOW_OK)
@@ -784,7 +805,7 @@ int cmd_train(int argc, char **argv)
 failmsg:
     cli_fail(l.ctx, cmd);
 out:
-    catch_stop_signals(0);
+    cli_catch_stop_signals(0);
     free(h.s);
     flow_trainer_free(t);
     flow_data_free(all);
@@ -802,6 +823,8 @@ typedef struct run_opts {
     size_t batch, n, threads;
     uint64_t seed;
     int json, with_logprob, header, has_n;
+    int weights;                /* sample: self-normalised IS weights */
+    const char *target;         /* sample --target */
 } run_opts;
 
 /* mode 0: --data commands; 1: sample; 2: info (checkpoint only) */
@@ -852,6 +875,10 @@ static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
             rc = cli_parse_u64(&a, &o->seed);
         else if (sampling && cli_opt_is(&a, "--with-logprob"))
             o->with_logprob = 1;
+        else if (sampling && cli_opt_is(&a, "--weights"))
+            o->weights = 1;
+        else if (sampling && cli_opt_is(&a, "--target"))
+            rc = (o->target = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -863,6 +890,8 @@ static int parse_run(int argc, char **argv, const char *cmd, run_opts *o,
         return cli_usage_error(&a, "missing --data FILE");
     if (sampling && !o->has_n)
         return cli_usage_error(&a, "missing -n N");
+    if (o->target && !o->weights)
+        return cli_usage_error(&a, "--target only goes with --weights");
     return 0;
 }
 
@@ -916,13 +945,30 @@ int cmd_eval(int argc, char **argv)
 }
 
 /* Writes n rows of width w named PREFIX0.. (+ cw context columns named as
- * in cnames or c0.., + one "logprob" column) to o->out. */
+ * in cnames or c0.., + one "logprob" column, + one "weight" column) to
+ * o->out. */
+static int write_rows_w(flow_ctx *ctx, const char *cmd, const run_opts *o,
+                        size_t n, size_t w, const char *prefix,
+                        const flow_real *rows, const flow_real *lp,
+                        size_t cw, const flow_real *cv,
+                        const flow_data *cnames, const flow_real *wt);
+
 static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
                       size_t n, size_t w, const char *prefix,
                       const flow_real *rows, const flow_real *lp, size_t cw,
                       const flow_real *cv, const flow_data *cnames)
 {
-    size_t k = cw + (lp != NULL), nn = w + k;
+    return write_rows_w(ctx, cmd, o, n, w, prefix, rows, lp, cw, cv, cnames,
+                        NULL);
+}
+
+static int write_rows_w(flow_ctx *ctx, const char *cmd, const run_opts *o,
+                        size_t n, size_t w, const char *prefix,
+                        const flow_real *rows, const flow_real *lp,
+                        size_t cw, const flow_real *cv,
+                        const flow_data *cnames, const flow_real *wt)
+{
+    size_t k = cw + (lp != NULL) + (wt != NULL), nn = w + k;
     flow_data *out = flow_data_new(ctx, n, w, k);
     char **names = calloc(nn ? nn : 1, sizeof *names);
     int rc = FLOW_ERR_NOMEM;
@@ -939,8 +985,10 @@ static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
             strcpy(names[j], cn);
         else if (j < w + cw)
             snprintf(names[j], 32, "c%zu", j - w);
-        else
+        else if (lp && j == w + cw)
             strcpy(names[j], "logprob");
+        else
+            strcpy(names[j], "weight");
     }
     if (w)
         memcpy(flow_data_values(out), rows, n * w * sizeof *rows);
@@ -950,6 +998,8 @@ static int write_rows(flow_ctx *ctx, const char *cmd, const run_opts *o,
                    cw * sizeof *cv);
         if (lp)
             flow_data_context(out)[r * k + cw] = lp[r];
+        if (wt)
+            flow_data_context(out)[r * k + k - 1] = wt[r];
     }
     if ((rc = flow_data_set_column_names(ctx, out,
                                          (const char *const *)names))
@@ -1057,10 +1107,15 @@ int cmd_decode(int argc, char **argv)
 static void sample_usage(FILE *f)
 {
     fputs("usage: flowkit sample CKPT -n N [--seed S] [--with-logprob]\n"
+          "                      [--weights [--target T]]\n"
           "                      [--context FILE] [-o OUT] [--format csv|npy]\n\n"
           "Draws N samples (for a conditional model, N for each row of the\n"
           "--context file, which is appended to each sample).  With\n"
-          "--with-logprob the last column is each sample's log-density.\n", f);
+          "--with-logprob a column is each sample's log-density.  With\n"
+          "--weights (a model fitted to a target by `flowkit fit`) a last\n"
+          "column `weight` holds self-normalised importance weights\n"
+          "p~(x)/q(x), summing to 1 over the N samples, against the target\n"
+          "stored in the checkpoint or the one --target names.\n", f);
 }
 
 int cmd_sample(int argc, char **argv)
@@ -1072,11 +1127,20 @@ int cmd_sample(int argc, char **argv)
     flow_real *x = NULL, *lp = NULL, *cv = NULL;
     size_t dim, k, m = 1, total;
     int rc = 1;
+    flow_target *tg = NULL;
+    flow_real *wt = NULL;
     if ((rc = parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
+    if (load_checkpoint_target(&l, cmd, o.ckpt, o.threads, o.weights
+                               ? (o.target ? o.target : "") : NULL) != 0)
         return 1;
     rc = 1;
+    if (o.weights
+        && flow_graph_build_target(l.ctx, flow_compile_graph(l.comp), &tg)
+           != FLOW_OK) {
+        fprintf(stderr, "%s: --weights: %s\n", cmd, flow_errmsg(l.ctx));
+        goto out;
+    }
     dim = flow_model_dim(l.model);
     k = flow_model_context_dim(l.model);
     if (k && !o.ctxfile) {
@@ -1102,6 +1166,10 @@ int cmd_sample(int argc, char **argv)
     total = o.n * m;
     x = malloc(total * dim * sizeof *x);
     lp = malloc(total * sizeof *lp);
+    if (tg && !(wt = malloc(total * sizeof *wt))) {
+        cli_fail(l.ctx, cmd);
+        goto out;
+    }
     cv = k ? malloc(total * k * sizeof *cv) : NULL;
     if (!x || !lp || (k && !cv)) {
         cli_fail(l.ctx, cmd);
@@ -1120,9 +1188,34 @@ int cmd_sample(int argc, char **argv)
             goto out;
         }
     }
-    rc = write_rows(l.ctx, cmd, &o, total, dim, "x", x,
-                    o.with_logprob ? lp : NULL, k, cv, cd);
+    if (tg) {
+        /* self-normalised importance weights exp(w_r - logsumexp(w)),
+         * w_r = log p~(x_r) - log q(x_r) */
+        double mx = -INFINITY, sum = 0;
+        for (size_t r = 0; r < total; r += o.batch) {
+            size_t b = total - r < o.batch ? total - r : o.batch;
+            if (flow_target_log_density(tg, b, x + r * dim, wt + r, NULL)
+                != FLOW_OK) {
+                cli_fail(l.ctx, cmd);
+                goto out;
+            }
+        }
+        for (size_t r = 0; r < total; r++) {
+            wt[r] -= lp[r];
+            if (wt[r] > mx)
+                mx = wt[r];
+        }
+        for (size_t r = 0; r < total; r++)
+            sum += exp((double)wt[r] - mx);
+        for (size_t r = 0; r < total; r++)
+            wt[r] = isfinite(mx) ? (flow_real)(exp((double)wt[r] - mx) / sum)
+                  : 0;
+    }
+    rc = write_rows_w(l.ctx, cmd, &o, total, dim, "x", x,
+                      o.with_logprob ? lp : NULL, k, cv, cd, wt);
 out:
+    free(wt);
+    flow_target_free(tg);
     free(x);
     free(lp);
     free(cv);
@@ -1183,7 +1276,7 @@ int cmd_info(int argc, char **argv)
     const char *cmd = "flowkit info";
     static const char *const keys[] = {
         "format_version", "flowkit_version", "precision", "epoch", "step",
-        "best_score", "spec_hash", NULL};
+        "best_score", "spec_hash", "target", NULL};
     run_opts o;
     loaded l;
     int rc;

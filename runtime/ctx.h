@@ -49,6 +49,19 @@ typedef struct model_slice_info {
 } model_slice_info;
 
 size_t model_slice_count(const flow_model *m);
+/* Backward of the sampling direction whose output gradients are decided
+ * after the inverse ran: mid(arg, n, x, logdet, dx, dlogdet) sees x =
+ * f^-1(z) and logdet = log|det df^-1/dz| and writes dL/dx (n x dim) and
+ * dL/dlogdet (n); then as flow_model_inverse_grad. */
+typedef int (*model_mid_fn)(void *arg, size_t n, const flow_real *x,
+                            const flow_real *logdet, flow_real *dx,
+                            flow_real *dlogdet);
+/* vi.c: flow_model_elbo_grad with log p~ scaled by beta (annealing) */
+int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
+                 double *elbo, flow_real *grad);
+int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
+                           const flow_real *c, model_mid_fn mid, void *arg,
+                           flow_real *grad, flow_real *dz);
 int model_slice(const flow_model *m, size_t i, model_slice_info *s);
 
 #endif

@@ -17,6 +17,8 @@ static void usage(FILE *f)
           "\n"
           "commands:\n"
           "  train SPEC --data F -o CKPT   fit a model by maximum likelihood\n"
+          "  fit SPEC --target T -o CKPT   fit a model to a target density\n"
+          "                                (reverse KL; 'flowkit fit --help')\n"
           "  eval CKPT --data F            mean log-likelihood, std. error,\n"
           "                                bits/dim\n"
           "  logprob CKPT --data F         log-density of each row\n"
@@ -30,8 +32,8 @@ static void usage(FILE *f)
           "                                per row: inside?, density quantile\n"
           "  check TYPE|SPEC|PLUGIN.so     numerical conformance checks of\n"
           "                                layers ('flowkit check --help')\n"
-          "  plugins [--json]   list plugin files found and the layer types\n"
-          "                     they provide\n"
+          "  plugins [--json]   list plugin files found and the layer and\n"
+          "                     target types they provide\n"
           "  data NAME -n N     draw a built-in data set (moons, 8gaussians,\n"
           "                     ...; 'flowkit data --help')\n"
           "  help               this text\n"
@@ -331,7 +333,8 @@ int main(int argc, char **argv)
         } cmds[] = {{"train", cmd_train},     {"eval", cmd_eval},
                     {"logprob", cmd_logprob}, {"sample", cmd_sample},
                     {"encode", cmd_encode},   {"decode", cmd_decode},
-                    {"info", cmd_info},       {"check", cmd_check}};
+                    {"info", cmd_info},       {"check", cmd_check},
+                    {"fit", cmd_fit}};
         for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
             if (!strcmp(cmd, cmds[i].name))
                 return cmds[i].fn(argc - 1, argv + 1);

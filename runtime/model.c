@@ -1047,15 +1047,11 @@ int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
     return FLOW_OK;
 }
 
-int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
-                      flow_real *x, flow_real *logp)
+/* Draws n latents from the bases (exits' columns first) into zout with
+ * the model's stream; lpb (may be NULL) = log p_base(z) per row. */
+static int draw_latents(flow_model *m, size_t n, flow_real *zout,
+                        flow_real *lpb)
 {
-    int rc;
-    if ((rc = check_rows(m, n)) != FLOW_OK)
-        return rc;
-    ctx_clear_error(m->ctx);
-    if ((rc = grow_batch(m, n)) != FLOW_OK)
-        return rc;
     for (size_t i = 0; i <= m->n_nodes; i++) {
         const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
         const base_dist *b = nd ? &nd->base : &m->base;
@@ -1068,9 +1064,38 @@ int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
             return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
                                "cannot sample");
         for (size_t r = 0; r < n; r++)
-            memcpy(m->zbuf + r * m->dim + off, m->t1 + r * b->dim,
-                   b->dim * sizeof *m->zbuf);
+            memcpy(zout + r * m->dim + off, m->t1 + r * b->dim,
+                   b->dim * sizeof *zout);
     }
+    if (lpb) {
+        memset(lpb, 0, n * sizeof *lpb);
+        return add_base_logpdf(m, n, zout, lpb);
+    }
+    return FLOW_OK;
+}
+
+int flow_model_sample_latent(flow_model *m, size_t n, flow_real *z,
+                             flow_real *logp_base)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK)
+        return rc;
+    return draw_latents(m, n, z, logp_base);
+}
+
+int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
+                      flow_real *x, flow_real *logp)
+{
+    int rc;
+    if ((rc = check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = grow_batch(m, n)) != FLOW_OK
+        || (rc = draw_latents(m, n, m->zbuf, NULL)) != FLOW_OK)
+        return rc;
     if ((rc = run_inverse(m, n, m->zbuf, c, x, 0)) != FLOW_OK)
         return rc;
     if (logp) {
@@ -1349,10 +1374,12 @@ int flow_model_set_threads(flow_model *m, size_t threads)
     return FLOW_OK;
 }
 
-int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
-                            const flow_real *c, const flow_real *dx,
-                            const flow_real *dlogdet, flow_real *grad,
-                            flow_real *dz)
+/* The sampling direction's backward with the loss decided in between:
+ * after x = f^-1(z) (logdet: log|det df^-1/dz|), mid() writes dL/dx and
+ * dL/dlogdet from them. */
+int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
+                           const flow_real *c, model_mid_fn mid, void *arg,
+                           flow_real *grad, flow_real *dz)
 {
     flow_real *g, *gnext, *t;
     int rc;
@@ -1363,13 +1390,12 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
     if ((rc = grow_batch(m, n)) != FLOW_OK
         || (rc = run_inverse(m, n, z, c, m->zbuf, 1)) != FLOW_OK)
         return rc;
-    for (size_t r = 0; r < n; r++)
-        m->ones[r] = dlogdet ? dlogdet[r] : 0;
-    memset(grad, 0, m->n_params * sizeof *grad);
-    clear_tgrad(m);
     g = m->g0;
     gnext = m->g1;
-    memcpy(g, dx, n * m->dim * sizeof *g);
+    if ((rc = mid(arg, n, m->zbuf, m->ld_sum, g, m->ones)) != FLOW_OK)
+        return rc;
+    memset(grad, 0, m->n_params * sizeof *grad);
+    clear_tgrad(m);
     /* the inverse ran nodes last to first; its backward runs first to
      * last: node i maps act[i + 1] (latent side) to act[i] (data side) */
     for (size_t i = 0; i < m->n_nodes; i++) {
@@ -1408,4 +1434,30 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
                    df * sizeof *dz);
     }
     return finish_gradients(m, n, c, grad);
+}
+
+typedef struct given_grads {
+    size_t dim;
+    const flow_real *dx, *dlogdet;
+} given_grads;
+
+static int copy_given(void *arg, size_t n, const flow_real *x,
+                      const flow_real *logdet, flow_real *dx,
+                      flow_real *dlogdet)
+{
+    const given_grads *gg = arg;
+    (void)x, (void)logdet;
+    memcpy(dx, gg->dx, n * gg->dim * sizeof *dx);
+    for (size_t r = 0; r < n; r++)
+        dlogdet[r] = gg->dlogdet ? gg->dlogdet[r] : 0;
+    return FLOW_OK;
+}
+
+int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
+                            const flow_real *c, const flow_real *dx,
+                            const flow_real *dlogdet, flow_real *grad,
+                            flow_real *dz)
+{
+    given_grads gg = {m->dim, dx, dlogdet};
+    return model_inverse_grad_mid(m, n, z, c, copy_given, &gg, grad, dz);
 }

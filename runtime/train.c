@@ -1,5 +1,6 @@
-/* train.c - maximum-likelihood training: Adam, learning-rate schedules,
- * clipping, seeded shuffling, validation bookkeeping, resumable state. */
+/* train.c - training: Adam, learning-rate schedules, clipping, seeded
+ * shuffling, validation bookkeeping, resumable state; the objective is the
+ * log-likelihood of data or the ELBO against a target (vi.c). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct flow_trainer {
     flow_rng rng;               /* shuffle stream */
     flow_train_state st;
     uint64_t skipped_run;
+    flow_target *target;        /* ELBO against it instead of data */
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -78,31 +80,59 @@ void flow_trainer_free(flow_trainer *t)
     free(t);
 }
 
+static int check_config(flow_ctx *ctx, const flow_train_config *cfg)
+{
+    if (!cfg || cfg->struct_size < sizeof *cfg)
+        return ctx_error(ctx, FLOW_ERR_INVAL, "training configuration not "
+                         "initialised (use flow_train_config_default)");
+    if (cfg->batch == 0 || !(cfg->lr > 0) || !(cfg->beta1 >= 0)
+        || !(cfg->beta1 < 1) || !(cfg->beta2 >= 0) || !(cfg->beta2 < 1)
+        || !(cfg->adam_eps > 0) || !(cfg->weight_decay >= 0)
+        || !(cfg->clip_norm >= 0))
+        return ctx_error(ctx, FLOW_ERR_INVAL, "invalid training "
+                         "configuration (batch >= 1, lr > 0, 0 <= betas < "
+                         "1, eps > 0, weight decay >= 0, clip >= 0)");
+    return FLOW_OK;
+}
+
+/* The optimiser state both objectives share. */
+static flow_trainer *trainer_alloc(flow_model *m, const flow_train_config *cfg)
+{
+    size_t np = flow_model_num_params(m);
+    flow_trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->m = m;
+    t->cfg = *cfg;
+    t->dim = flow_model_dim(m);
+    t->cdim = flow_model_context_dim(m);
+    t->np = np;
+    t->grad = calloc(np ? np : 1, sizeof *t->grad);
+    t->am = calloc(np ? np : 1, sizeof *t->am);
+    t->av = calloc(np ? np : 1, sizeof *t->av);
+    t->best = calloc(np ? np : 1, sizeof *t->best);
+    t->st.best_score = -INFINITY;
+    rng_seed(&t->rng, cfg->seed);
+    if (!t->grad || !t->am || !t->av || !t->best) {
+        flow_trainer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
 flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
                                const flow_real *x, const flow_real *c,
                                size_t n)
 {
     flow_ctx *ctx = model_ctx(m);
     flow_trainer *t;
-    size_t np = flow_model_num_params(m), b;
+    size_t b;
 
-    if (!cfg || cfg->struct_size < sizeof *cfg) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "training configuration not "
-                  "initialised (use flow_train_config_default)");
+    if (check_config(ctx, cfg) != FLOW_OK)
         return NULL;
-    }
     if (n == 0 || n > UINT32_MAX) {
         ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
                   "rows, got %zu", (unsigned)UINT32_MAX, n);
-        return NULL;
-    }
-    if (cfg->batch == 0 || !(cfg->lr > 0) || !(cfg->beta1 >= 0)
-        || !(cfg->beta1 < 1) || !(cfg->beta2 >= 0) || !(cfg->beta2 < 1)
-        || !(cfg->adam_eps > 0) || !(cfg->weight_decay >= 0)
-        || !(cfg->clip_norm >= 0)) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "invalid training configuration "
-                  "(batch >= 1, lr > 0, 0 <= betas < 1, eps > 0, weight "
-                  "decay >= 0, clip >= 0)");
         return NULL;
     }
     if (flow_model_context_dim(m) && !c) {
@@ -110,37 +140,45 @@ flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
                   "data need %zu context columns", flow_model_context_dim(m));
         return NULL;
     }
-    if (!(t = calloc(1, sizeof *t)))
+    if (!(t = trainer_alloc(m, cfg)))
         goto nomem;
-    t->m = m;
-    t->cfg = *cfg;
     t->x = x;
     t->c = c;
     t->n = n;
-    t->dim = flow_model_dim(m);
-    t->cdim = flow_model_context_dim(m);
-    t->np = np;
     b = cfg->batch < n ? cfg->batch : n;
-    t->grad = calloc(np ? np : 1, sizeof *t->grad);
-    t->am = calloc(np ? np : 1, sizeof *t->am);
-    t->av = calloc(np ? np : 1, sizeof *t->av);
-    t->best = calloc(np ? np : 1, sizeof *t->best);
     t->perm = malloc(n * sizeof *t->perm);
     if (b > SIZE_MAX / sizeof(flow_real) / (t->dim + t->cdim + 1))
         goto nomem;
     t->bx = malloc(b * t->dim * sizeof *t->bx);
     t->bc = t->cdim ? malloc(b * t->cdim * sizeof *t->bc) : NULL;
-    if (!t->grad || !t->am || !t->av || !t->best || !t->perm || !t->bx
-        || (t->cdim && !t->bc))
+    if (!t->perm || !t->bx || (t->cdim && !t->bc))
         goto nomem;
-    t->st.best_score = -INFINITY;
-    rng_seed(&t->rng, cfg->seed);
     new_epoch(t);
     return t;
 nomem:
     flow_trainer_free(t);
     ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
     return NULL;
+}
+
+flow_trainer *flow_trainer_new_target(flow_model *m,
+                                      const flow_train_config *cfg,
+                                      flow_target *target)
+{
+    flow_ctx *ctx = model_ctx(m);
+    flow_trainer *t;
+    if (check_config(ctx, cfg) != FLOW_OK)
+        return NULL;
+    if (!target) {
+        ctx_error(ctx, FLOW_ERR_INVAL, "no target to fit");
+        return NULL;
+    }
+    if (!(t = trainer_alloc(m, cfg))) {
+        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+        return NULL;
+    }
+    t->target = target;
+    return t;
 }
 
 double flow_trainer_lr(const flow_trainer *t)
@@ -256,13 +294,63 @@ static double grad_norm2(flow_trainer *t)
     return s;
 }
 
+/* The optimiser's half of a step, shared by both objectives: t->grad
+ * holds the gradient of `objective` (to maximise).  A non-finite
+ * objective or gradient skips the step; then clipping and Adam. */
+static int apply_step(flow_trainer *t, double objective, const char *what)
+{
+    double norm2 = grad_norm2(t);
+    if (!isfinite(objective) || !isfinite(norm2)) {
+        t->st.skipped++;
+        if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
+            return ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "training "
+                             "diverged: %llu steps in a row had a non-finite "
+                             "%s or gradient (lower the learning rate or "
+                             "clip gradients)",
+                             (unsigned long long)t->skipped_run, what);
+        return FLOW_OK;
+    }
+    t->skipped_run = 0;
+    if (t->cfg.clip_norm > 0 && norm2 > t->cfg.clip_norm * t->cfg.clip_norm) {
+        double s = t->cfg.clip_norm / sqrt(norm2);
+        for (size_t i = 0; i < t->np; i++)
+            t->grad[i] = (flow_real)(t->grad[i] * s);
+    }
+    adam_update(t, flow_trainer_lr(t));
+    t->st.step++;
+    return FLOW_OK;
+}
+
+/* A variational step: the ELBO of cfg.batch fresh samples (vi.c), with
+ * log p~ scaled by beta_t = min(1, 0.01 + t / T) while annealing
+ * (Rezende & Mohamed 2015, sec. 6.2). */
+static int target_step(flow_trainer *t, double *loss)
+{
+    double elbo = NAN, beta = 1;
+    int rc;
+    if (t->cfg.anneal_steps) {
+        beta = 0.01 + (double)t->st.step / (double)t->cfg.anneal_steps;
+        if (beta > 1)
+            beta = 1;
+    }
+    flow_model_set_training(t->m, 1);
+    rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo, t->grad);
+    flow_model_set_training(t->m, 0);
+    if (rc != FLOW_OK)
+        return rc;
+    if (loss)
+        *loss = -elbo;
+    return apply_step(t, elbo, "ELBO");
+}
+
 int flow_trainer_step(flow_trainer *t, double *loss)
 {
-    flow_ctx *ctx = model_ctx(t->m);
     size_t b, start = (size_t)t->st.pos;
-    double mean = 0, norm2 = 0;
-    int rc, finite = 1;
+    double mean = 0;
+    int rc;
 
+    if (t->target)
+        return target_step(t, loss);
     if (start >= t->n) {
         t->st.epoch++;
         t->st.pos = start = 0;
@@ -284,29 +372,9 @@ int flow_trainer_step(flow_trainer *t, double *loss)
     if (rc != FLOW_OK)
         return rc;
     t->st.pos += b;
-    norm2 = grad_norm2(t);
-    finite = isfinite(mean) && isfinite(norm2);
     if (loss)
         *loss = -mean;
-    if (!finite) {
-        t->st.skipped++;
-        if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
-            return ctx_error(ctx, FLOW_ERR_NUMERIC, "training diverged: %llu "
-                             "steps in a row had a non-finite loss or "
-                             "gradient (lower the learning rate or clip "
-                             "gradients)",
-                             (unsigned long long)t->skipped_run);
-        return FLOW_OK;
-    }
-    t->skipped_run = 0;
-    if (t->cfg.clip_norm > 0 && norm2 > t->cfg.clip_norm * t->cfg.clip_norm) {
-        double s = t->cfg.clip_norm / sqrt(norm2);
-        for (size_t i = 0; i < t->np; i++)
-            t->grad[i] = (flow_real)(t->grad[i] * s);
-    }
-    adam_update(t, flow_trainer_lr(t));
-    t->st.step++;
-    return FLOW_OK;
+    return apply_step(t, mean, "loss");
 }
 
 int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,

@@ -43,6 +43,8 @@ int main(void)
     srunner_add_suite(sr, suite_residual());   /* residual branch */
     srunner_add_suite(sr, suite_made_step());  /* mafperf branch */
     srunner_add_suite(sr, suite_ode());
+    srunner_add_suite(sr, suite_vi());         /* vi branch */
+    srunner_add_suite(sr, suite_vi_fit());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -2,7 +2,8 @@
 # valgrind.sh - the unit suites under valgrind memcheck (no fork, so every
 # allocation is seen), failing on any error or definite leak.  The slow
 # numerical suites (conform, datasets, data, base, rng) run under ASan/LSan
-# in the sanitizer build instead, and so does residual: one of its tests
+# in the sanitizer build instead (and vi_fit, whose fits take seconds
+# natively), and so does residual: one of its tests
 # asserts bit-identical rows across batch sizes, which holds natively but
 # not under valgrind, where OpenBLAS detects another CPU and picks other
 # kernels.  Skipped (exit 77) in sanitizer builds and
@@ -14,7 +15,7 @@ pass=0
 fail=0
 runner=$(dirname "$FLOWKIT")/tests/flowkit_tests
 for s in loader permute model train layers ckpt_model compiler matrix nn \
-         transform json checkpoint; do
+         transform json checkpoint vi; do
     if CK_FORK=no CK_RUN_SUITE=$s valgrind -q --error-exitcode=1 \
             --leak-check=full --errors-for-leak-kinds=definite \
             "$runner" >"$s.vg.log" 2>&1; then

@@ -229,6 +229,10 @@ typedef struct flow_train_config {
     uint64_t seed;              /* shuffling stream (default 0)            */
     size_t max_skipped;         /* non-finite steps in a row before the
                                    trainer gives up (default 10)           */
+    size_t anneal_steps;        /* target fits: log p~ enters the objective
+                                   scaled by beta = min(1, 0.01 + t / this)
+                                   at step t (Rezende & Mohamed 2015, sec.
+                                   6.2); 0 = off (default)                 */
 } flow_train_config;
 
 /* Fills the defaults above. */
@@ -385,6 +389,89 @@ FLOW_API int flow_checkpoint_has_training(const flow_checkpoint *ck);
  * naming the tensor. */
 FLOW_API int flow_checkpoint_restore(const flow_checkpoint *ck,
                                      flow_model *m, flow_trainer *t);
+
+/* --- variational fits (runtime/vi.c; docs/vi.md) ----------------------
+ * Reverse-KL training against an unnormalised target density p~ from a
+ * target plugin: the flow is used in its sampling direction, x = f^-1(z)
+ * with z drawn from the bases, and the ELBO E_q[log p~(x) - log q(x)] is
+ * maximised with the reparameterisation gradient. */
+typedef struct flow_target flow_target;
+
+/* A target of a loaded type for `dim` dimensions.  `attrs` holds one
+ * resolved value per attribute of the type's table, in table order (as
+ * the compiler produces them; NULL when the table is empty); the plugin's
+ * create() copies what it keeps.  *out is new, owned by the caller
+ * (flow_target_free).  Errors name the type and the plugin's reason. */
+FLOW_API int flow_target_new(flow_ctx *ctx, const char *type,
+                             const flow_attr_value *attrs, size_t n_attrs,
+                             size_t dim, flow_target **out);
+FLOW_API void flow_target_free(flow_target *t);
+FLOW_API size_t flow_target_dim(const flow_target *t);
+FLOW_API const char *flow_target_name(const flow_target *t);
+/* logp[r] = log p~(x_r) for n rows; grad (n x dim, may be NULL) = d log
+ * p~ / dx. */
+FLOW_API int flow_target_log_density(flow_target *t, size_t n,
+                                     const flow_real *x, flow_real *logp,
+                                     flow_real *grad);
+/* The target's known log normaliser log Z, or NaN when unknown. */
+FLOW_API double flow_target_log_normalizer(const flow_target *t);
+
+/* n latents z (n x dim, exits' columns first) drawn from the bases with
+ * the model's random stream; logp_base (may be NULL) = log p_base(z). */
+FLOW_API int flow_model_sample_latent(flow_model *m, size_t n, flow_real *z,
+                                      flow_real *logp_base);
+/* One reparameterised ELBO estimate on n fresh samples of the model's
+ * stream: *elbo = mean_r [log p~(x_r) - log q(x_r)], x_r = f^-1(z_r), and
+ * grad (num_params, overwritten) = its gradient with respect to the
+ * parameters with z held fixed: mean_r [grad log p~(x_r) . dx_r/dtheta +
+ * d log|det df^-1/dz|(z_r)/dtheta] (log p_base(z_r) does not depend on
+ * theta).  The model must be unconditional with parameter-free bases
+ * (normal, logistic); FLOW_ERR_UNSUPPORTED otherwise. */
+FLOW_API int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
+                                  double *elbo, flow_real *grad);
+
+/* Importance-sampling summary of log-weights w_r = log p~(x_r) - log
+ * q(x_r) over n samples x_r ~ q. */
+typedef struct flow_is_stats {
+    size_t n;
+    double elbo, elbo_se;       /* mean of w and its standard error        */
+    double log_z, log_z_se;     /* log mean exp(w) (an estimate of log Z,
+                                   biased low by O(1/n)) and its standard
+                                   error by the delta method:
+                                   sd(e^(w-max)) / (sqrt(n) mean(e^(w-max))) */
+    double ess;                 /* (sum e^w)^2 / sum e^(2w) (Kish)         */
+    double ess_per_sample;      /* ess / n, in (0, 1]                       */
+    size_t n_finite;            /* samples with a finite weight            */
+} flow_is_stats;
+
+/* The summary of n log-weights (non-finite ones count as weight 0). */
+FLOW_API int flow_importance_stats(size_t n, const double *logw,
+                                   flow_is_stats *out);
+/* Draws n samples of m (in batches of `batch`, 0 = 4096) with the model's
+ * stream, weighs them against t and summarises; x (n x dim) and logw (n)
+ * receive the samples and their log-weights when not NULL. */
+FLOW_API int flow_model_importance(flow_model *m, flow_target *t, size_t n,
+                                   size_t batch, flow_is_stats *out,
+                                   flow_real *x, double *logw);
+
+/* A trainer that maximises the ELBO against t (borrowed; must outlive
+ * it), cfg->batch samples per step, with the same Adam, schedules,
+ * clipping and non-finite step skipping as maximum likelihood.
+ * flow_trainer_step's *loss is then the negative ELBO of the step's
+ * samples. */
+FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
+                                               const flow_train_config *cfg,
+                                               flow_target *t);
+
+/* flow_checkpoint_save plus metadata: `meta` holds key, value pairs and
+ * ends with a NULL key (may be NULL).  Keys must not be reserved ones
+ * (spec, history, ...).  `flowkit fit` stores its target here. */
+FLOW_API int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
+                                       const char *spec_source,
+                                       const char *spec_path,
+                                       const char *history_json,
+                                       const char *const *meta,
+                                       const char *path);
 
 /* The host-services table handed to plugins by this runtime.  Static. */
 FLOW_API const flow_host *flow_host_services(void);

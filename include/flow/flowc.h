@@ -50,6 +50,21 @@ FLOW_API flow_compilation *flow_compile_string(flow_ctx *ctx,
                                                const char *name,
                                                const char *text, size_t len);
 
+/* As flow_compile_file / flow_compile_string, with a target given apart
+ * from the spec (`flowkit fit --target`): `target` is the text of a
+ * target statement without the keyword and ';', e.g. "funnel(scale =
+ * 3)", checked as if the flow declared it (diagnostics name the file
+ * "<--target>").  It replaces a target the spec declares.  NULL target:
+ * the same as the plain calls. */
+FLOW_API flow_compilation *flow_compile_file_target(flow_ctx *ctx,
+                                                    const char *path,
+                                                    const char *target);
+FLOW_API flow_compilation *flow_compile_string_target(flow_ctx *ctx,
+                                                      const char *name,
+                                                      const char *text,
+                                                      size_t len,
+                                                      const char *target);
+
 FLOW_API void flow_compile_free(flow_compilation *c);
 
 /* Number of errors and warnings reported. */
@@ -174,6 +189,29 @@ FLOW_API const flow_train_entry *flow_graph_train_get(const flow_graph *g,
 FLOW_API size_t flow_graph_source_count(const flow_graph *g);
 FLOW_API const char *flow_graph_source(const flow_graph *g, size_t i,
                                        const char **path, size_t *len);
+
+/* The target density the spec declares (`target NAME(args);`, or the
+ * text given to flow_compile_*_target), for variational fits; NULL when
+ * none.  Owned by the compilation; fields only ever appended. */
+typedef struct flow_graph_target {
+    uint32_t struct_size;
+    const flow_target_type *type;  /* owned by the plugin (ctx)             */
+    const char *plugin_file;       /* owned by ctx                          */
+    const char *file;              /* spec file, or "<--target>"           */
+    int line, col;
+    size_t dim;                    /* the flow's input dimension            */
+    size_t n_attrs;
+    const flow_attr_value *attrs;  /* table order, defaults filled in       */
+    const char *text;              /* source text, e.g. "funnel(scale = 3)" */
+} flow_graph_target;
+
+FLOW_API const flow_graph_target *flow_graph_target_get(const flow_graph *g);
+
+/* Creates the runtime target the graph declares (flow_target_new with its
+ * resolved attributes); FLOW_ERR_INVAL when it declares none.  *out is
+ * new, owned by the caller (flow_target_free). */
+FLOW_API int flow_graph_build_target(flow_ctx *ctx, const flow_graph *g,
+                                     flow_target **out);
 
 /* Totals over the graph. */
 FLOW_API size_t flow_graph_params(const flow_graph *g);  /* incl. bases */
