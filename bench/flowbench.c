@@ -45,9 +45,10 @@ static const char *usage_text =
     "  train    one Adam step (lr 1e-3) on a shuffled batch of B rows\n"
     "  logprob  flow_model_log_prob on B rows (default B 4096)\n"
     "  sample   flow_model_sample of B rows\n"
-    "Prints one JSON object: iterations, seconds, rate, peak resident\n"
-    "memory of the process (getrusage) and resident memory before the model\n"
-    "was built.  bench/run runs each measurement in its own process.\n";
+    "Prints one JSON object: iterations, seconds (wall and CPU), rate, peak\n"
+    "resident memory of the process (getrusage) and resident memory before\n"
+    "the model was built.  bench/run runs each measurement in its own\n"
+    "process.\n";
 
 static double now_s(void)
 {
@@ -63,6 +64,16 @@ static long peak_rss_kib(void)
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return -1;
     return ru.ru_maxrss;
+}
+
+/* CPU time (user + system, all threads) of this process so far, s. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return 0;
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec
+           + (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 /* Current resident set, KiB, from /proc/self/statm (-1 if unreadable). */
@@ -295,7 +306,7 @@ static int parse_model_opts(int argc, char **argv, model_opts *o)
  * status (message in ctx); *iters and *secs receive the timed part. */
 static int run_metric(const model_opts *o, flow_model *m, flow_data *data,
                       flow_real *rows, size_t *iters, double *secs,
-                      double *last_loss)
+                      double *cpu, double *last_loss)
 {
     size_t n = flow_data_rows(data), dim = flow_model_dim(m);
     flow_trainer *tr = NULL;
@@ -318,11 +329,13 @@ static int run_metric(const model_opts *o, flow_model *m, flow_data *data,
         if (!out)
             return FLOW_ERR_NOMEM;
     }
-    double t0 = 0;
+    double t0 = 0, c0 = 0;
     size_t done = 0;
     for (size_t it = 0;; it++) {
-        if (it == o->warmup)
+        if (it == o->warmup) {
             t0 = now_s();
+            c0 = cpu_s();
+        }
         if (it >= o->warmup) {
             done = it - o->warmup;
             if (done >= o->iters
@@ -339,6 +352,7 @@ static int run_metric(const model_opts *o, flow_model *m, flow_data *data,
             break;
     }
     *secs = now_s() - t0;
+    *cpu = cpu_s() - c0;
     *iters = done;
     if (rc == FLOW_OK && o->metric != M_TRAIN) {
         /* results must be finite (a benchmark of NaNs measures nothing) */
@@ -421,8 +435,8 @@ static int cmd_model(int argc, char **argv)
         goto done;
     }
     size_t iters;
-    double secs, last;
-    if ((rc = run_metric(&o, m, data, rows, &iters, &secs, &last))
+    double secs, cpu, last;
+    if ((rc = run_metric(&o, m, data, rows, &iters, &secs, &cpu, &last))
         != FLOW_OK) {
         fprintf(stderr, "flowbench: %s: %s: %s\n", o.spec, o.metric_name,
                 flow_errmsg(ctx));
@@ -434,11 +448,12 @@ static int cmd_model(int argc, char **argv)
     printf(", \"metric\": \"%s\", \"precision\": \"%s\", \"dim\": %zu, "
            "\"params\": %zu, \"batch\": %zu, \"threads\": %zu, "
            "\"warmup\": %zu, \"iters\": %zu, \"seconds\": %.6g, "
+           "\"cpu_seconds\": %.6g, "
            "\"iters_per_s\": %.6g, \"rows_per_s\": %.6g, "
            "\"last_value\": %.6g, \"peak_rss_kib\": %ld, "
            "\"base_rss_kib\": %ld}\n",
            o.metric_name, flow_precision(), dim, flow_model_num_params(m),
-           o.batch, o.threads, o.warmup, iters, secs, per_s,
+           o.batch, o.threads, o.warmup, iters, secs, cpu, per_s,
            per_s * (double)o.batch, isfinite(last) ? last : 0.0,
            peak_rss_kib(), base_kib);
     status = 0;

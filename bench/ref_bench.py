@@ -241,12 +241,14 @@ def main():
     for _ in range(a.warmup):
         last = step()
     t0 = time.perf_counter()
+    c0 = time.process_time()
     done = 0
     while done < a.iters or (a.min_time > 0
                              and time.perf_counter() - t0 < a.min_time):
         last = step()
         done += 1
     secs = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     if not math.isfinite(last):
         raise SystemExit(f"ref_bench.py: {a.config} {a.metric}: "
                          f"non-finite value {last}")
@@ -256,6 +258,7 @@ def main():
         "torch": torch.__version__, "dim": d, "params": params,
         "batch": batch, "threads": torch.get_num_threads(),
         "warmup": a.warmup, "iters": done, "seconds": secs,
+        "cpu_seconds": cpu,
         "iters_per_s": per_s, "rows_per_s": per_s * batch,
         "last_value": last,
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
