@@ -194,6 +194,17 @@ fails "NaN: --valid" "nan.csv:3:1: NaN or Inf value" \
     --steps 1 -o "$O/x.ckpt"
 fails "ragged: eval" "ragged.csv:3:2: ragged row" \
     "$F" eval "$A" --data "$t/ragged.csv"
+# a failing command leaves an existing output file as it was
+printf 'keep me\n' >"$t/keep.csv"
+cp "$A" "$t/keep.ckpt"
+"$F" logprob "$A" --data "$t/nan.csv" -o "$t/keep.csv" 2>/dev/null
+check "existing output: logprob fails" 1 $?
+"$F" train "$t/small.flow" --data "$t/ragged.csv" --steps 1 -o "$t/keep.ckpt" 2>/dev/null
+check "existing output: train fails" 1 $?
+same() { if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
+    echo "FAIL: $1: $3 changed"; fail=$((fail + 1)); fi; }
+printf 'keep me\n' | same "existing output kept: logprob" - "$t/keep.csv"
+same "existing output kept: train" "$A" "$t/keep.ckpt"
 
 # ------------------------------------------------------------- plugins
 # fault_error fails on rows reaching `at` (tests/plugins/faulty.c): one
