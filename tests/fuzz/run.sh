@@ -11,7 +11,8 @@
 #   FUZZ_OPT   optimisation and debug flags (default -g -O1; the smoke
 #              test of make check uses -O0 to build fast)
 # The instrumented objects are kept in FUZZ_OUT/obj and rebuilt only when
-# a source or header is newer.  Crashes land in FUZZ_OUT/TARGET/crashes/;
+# a source or header is newer.  The fuzzer's whole output: FUZZ_OUT/TARGET/
+# fuzz.log.  Crashes land in FUZZ_OUT/TARGET/crashes/;
 # turn each into a regression test.  Results: tests/fuzz/README.md.
 set -eu
 usage="usage: run.sh spec|csv|npy|ckpt|data SECONDS [BUILD_DIR]"
@@ -90,9 +91,13 @@ dict=""
 # shellcheck disable=SC2086
 "$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 $dict \
     -artifact_prefix="$work/crashes/" -print_final_stats=1 ${FUZZ_ARGS:-} \
-    "$work/corpus" 2>&1 | tail -n 25
-# the pipe hides the fuzzer's status: a crash (or leak, timeout, OOM)
-# leaves a file in crashes/; slow units (> 10 s) are reported, not failed
+    "$work/corpus" >"$work/fuzz.log" 2>&1 || true
+# the final status line (coverage, corpus) and the statistics
+grep -E '^#[0-9]+[[:space:]]+DONE' "$work/fuzz.log" | tail -n 1 || true
+grep -E '^(Done|stat::)' "$work/fuzz.log" || true
+# a crash (or leak, timeout, OOM) leaves a file in crashes/ (and the
+# fuzzer's log ends with its report); slow units (> 10 s) are reported,
+# not failed
 if ls "$work/crashes" | grep -q '^slow-unit-'; then
     echo "run.sh: $target: slow units (not failures) in $work/crashes:" >&2
     ls "$work/crashes" | grep '^slow-unit-' >&2
