@@ -69,27 +69,73 @@ static int run_parser(flow_compilation *c, int fi, const char *text,
     return (int)(c->n_errors - before);
 }
 
-/* A NUL byte means binary data: one located error instead of a flood. */
+/* Length of the valid UTF-8 sequence at s (RFC 3629 sec. 4: no overlong
+ * forms, no surrogates, nothing above U+10FFFF), or 0 when invalid. */
+static size_t utf8_len(const unsigned char *s, const unsigned char *end)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xBF;
+    size_t n;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xC2 && c <= 0xDF)
+        n = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0)
+            lo = 0xA0;                  /* overlong */
+        else if (c == 0xED)
+            hi = 0x9F;                  /* surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0)
+            lo = 0x90;                  /* overlong */
+        else if (c == 0xF4)
+            hi = 0x8F;                  /* above U+10FFFF */
+    } else
+        return 0;
+    if ((size_t)(end - s) < n || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xBF)
+            return 0;
+    return n;
+}
+
+/* A NUL byte means binary data, and so does a byte sequence that is not
+ * UTF-8: one located error instead of a flood. */
 static int check_text(flow_compilation *c, int fi)
 {
     const source_file *sf = &c->files[fi];
-    const char *nul = memchr(sf->text, '\0', sf->len);
+    const unsigned char *s = (const unsigned char *)sf->text;
+    const unsigned char *end = s + sf->len, *bad = NULL;
     flow_loc loc = {fi, 1, 1, 1, 1};
-    if (!nul)
-        return 0;
-    for (const char *s = sf->text; s < nul; s++) {
+    size_t k;
+    while (s < end) {
+        if (*s == '\0' || !(k = utf8_len(s, end))) {
+            bad = s;
+            break;
+        }
         if (*s == '\n') {
             loc.line++;
             loc.col = 1;
-        } else if (loc.col < INT_MAX) {
-            loc.col++;
+        } else if (loc.col < INT_MAX - 4) {
+            loc.col += (int)k;          /* columns count bytes, as the lexer's */
         }
+        s += k;
     }
+    if (!bad)
+        return 0;
     loc.end_line = loc.line;
     loc.end_col = loc.col;
-    diag_error(c, "F0012", loc, "a .flow spec is UTF-8 or ASCII text",
-               "file is not text (NUL byte at offset %zu)",
-               (size_t)(nul - sf->text));
+    if (*bad == '\0')
+        diag_error(c, "F0012", loc, "a .flow spec is UTF-8 or ASCII text",
+                   "file is not text (NUL byte at offset %zu)",
+                   (size_t)(bad - (const unsigned char *)sf->text));
+    else
+        diag_error(c, "F0012", loc, "a .flow spec is UTF-8 or ASCII text",
+                   "file is not text (invalid UTF-8: byte 0x%02x at offset "
+                   "%zu)", *bad,
+                   (size_t)(bad - (const unsigned char *)sf->text));
     return 1;
 }
 

@@ -456,7 +456,8 @@ static int read_exact(int fd, void *buf, size_t n)
 }
 
 /* Header checksum as described in docs/formats.md: 1 ok, 0 mismatch,
- * -1 not present.  stored and computed values for the message. */
+ * -1 not present, -2 not 8 lowercase hex digits, -3 out of memory.
+ * stored and computed values for the message. */
 static int header_crc_ok(const char *h, size_t n, uint32_t *stored,
                          uint32_t *computed)
 {
@@ -474,10 +475,10 @@ static int header_crc_ok(const char *h, size_t n, uint32_t *stored,
     memcpy(hex, hit, 8);
     hex[8] = '\0';
     if (strspn(hex, "0123456789abcdef") != 8)
-        return 0;
+        return -2;
     *stored = (uint32_t)strtoul(hex, NULL, 16);
     if (!(copy = malloc(n)))
-        return 0;
+        return -3;
     memcpy(copy, h, n);
     memset(copy + (hit - h), '0', 8);
     *computed = fio_crc32c(0, copy, n);
@@ -718,8 +719,17 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     }
     hdr[hlen] = '\0';
     hc = header_crc_ok(hdr, (size_t)hlen, &stored, &computed);
-    if (hc < 0) {
+    if (hc == -1) {
         rc = bad(ctx, path, "not a flowkit checkpoint (no header_checksum)");
+        goto fail;
+    }
+    if (hc == -2) {
+        rc = bad(ctx, path, "header checksum is not 8 lowercase hex digits: "
+                 "the file is corrupt");
+        goto fail;
+    }
+    if (hc == -3) {
+        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     if (hc == 0) {

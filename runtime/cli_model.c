@@ -788,14 +788,18 @@ int cmd_train(int argc, char **argv)
             printf(", \"valid_loglik\": %.9g", vscore);
         printf(", \"seconds\": %.3f}\n", now_s() - t0);
     } else {
+        char skipped[96] = "";
+        if (st.skipped)
+            snprintf(skipped, sizeof skipped, " (%llu step%s skipped: "
+                     "non-finite loss or gradient)",
+                     (unsigned long long)st.skipped,
+                     st.skipped == 1 ? "" : "s");
         if (isnan(loss))
             fprintf(stderr, "%s: %llu steps (none left to run); wrote %s\n",
                     cmd, (unsigned long long)st.step, o.out);
         else
             fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n",
-                    cmd, (unsigned long long)st.step, loss,
-                    st.skipped ? " (some steps skipped: non-finite)" : "",
-                    o.out);
+                    cmd, (unsigned long long)st.step, loss, skipped, o.out);
         if (va)
             fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
                     cmd, vscore);

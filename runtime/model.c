@@ -30,7 +30,8 @@ typedef struct node {
     size_t out_dim;
     /* layer */
     const flow_layer_type *type;
-    const char *file;           /* owned by ctx */
+    const char *file;           /* plugin file, owned by ctx */
+    char *spec;                 /* spec file of the statement or NULL */
     char *label;
     flow_attr_value *attrs;     /* deep copy, in m->arena */
     flow_layer_config cfg;
@@ -212,6 +213,10 @@ static int model_error(flow_model *m, int code, const char *fmt, ...)
 static int layer_error(flow_model *m, const node *nd, int rc, const char *what)
 {
     const char *msg = m->err[0] ? m->err : "failed without a message";
+    if (nd->cfg.line > 0 && nd->spec)
+        return model_error(m, rc ? rc : FLOW_ERR, "%s (%s:%d:%d, %s): %s: %s",
+                           nd->label, nd->spec, nd->cfg.line, nd->cfg.col,
+                           nd->file, what, msg);
     if (nd->cfg.line > 0)
         return model_error(m, rc ? rc : FLOW_ERR, "%s (line %d:%d, %s): %s: %s",
                            nd->label, nd->cfg.line, nd->cfg.col, nd->file,
@@ -282,6 +287,15 @@ int flow_model_add_layer(flow_model *m, const char *type, const char *label,
                          const flow_attr_value *attrs, size_t n_attrs,
                          int given, int line, int col)
 {
+    return flow_model_add_layer_at(m, type, label, attrs, n_attrs, given,
+                                   NULL, line, col);
+}
+
+int flow_model_add_layer_at(flow_model *m, const char *type,
+                            const char *label, const flow_attr_value *attrs,
+                            size_t n_attrs, int given, const char *spec_file,
+                            int line, int col)
+{
     const flow_layer_type *t;
     const char *file = NULL;
     flow_diag diag;
@@ -318,7 +332,10 @@ int flow_model_add_layer(flow_model *m, const char *type, const char *label,
     }
     nd->attrs = copy_attrs(m, t->attrs, attrs, n_attrs, 0);
     nd->dep_vec = arena_alloc(m, d * sizeof *nd->dep_vec);
-    if (!nd->label || (n_attrs && !nd->attrs) || !nd->dep_vec)
+    if (spec_file)
+        nd->spec = arena_strdup(m, spec_file);
+    if (!nd->label || (n_attrs && !nd->attrs) || !nd->dep_vec
+        || (spec_file && !nd->spec))
         return model_error(m, FLOW_ERR_INVAL, "layer '%s': attributes do not "
                            "match the type's table (or out of memory)", type);
     nd->cfg.struct_size = sizeof nd->cfg;

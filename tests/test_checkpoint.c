@@ -178,15 +178,30 @@ START_TEST(test_layout)
 }
 END_TEST
 
+static char *find(char *h, size_t n, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= n; i++)
+        if (!memcmp(h + i, needle, k))
+            return h + i;
+    return NULL;
+}
+
 START_TEST(test_every_flipped_byte)
 {
     const char *p = tu_path(dir, "m.ckpt"), *q = tu_path(dir, "x.ckpt");
-    size_t n;
+    size_t n, hex;
     unsigned char *f;
     uint64_t hlen;
     ck_assert_int_eq(write_model(p), FLOW_OK);
     f = tu_read(p, &n);
     hlen = fio_get_le(f, 8);
+    {
+        const char *key = "\"header_checksum\":\"crc32c:";
+        char *at = find((char *)f, n, key);
+        ck_assert_ptr_nonnull(at);
+        hex = (size_t)(at - (char *)f) + strlen(key);
+    }
     for (size_t i = 0; i < n; i++) {
         ckpt *ck = NULL;
         f[i] ^= 0x20;
@@ -197,6 +212,9 @@ START_TEST(test_every_flipped_byte)
         ck_assert_ptr_null(ck);
         if (i >= 8 + hlen)
             ck_assert_errmsg_has(": data checksum mismatch (stored crc32c:");
+        else if (i >= hex && i < hex + 8)   /* in the stored checksum */
+            ck_assert_errmsg_has(": header checksum is not 8 lowercase hex "
+                                 "digits: the file is corrupt");
         else if (i >= 8)
             ck_assert_msg(strstr(flow_errmsg(ctx), "header checksum mismatch")
                           || strstr(flow_errmsg(ctx), "no header_checksum"),
@@ -243,14 +261,6 @@ START_TEST(test_truncated)
 }
 END_TEST
 
-static char *find(char *h, size_t n, const char *needle)
-{
-    size_t k = strlen(needle);
-    for (size_t i = 0; i + k <= n; i++)
-        if (!memcmp(h + i, needle, k))
-            return h + i;
-    return NULL;
-}
 
 /* Writes a checkpoint from a header template: "@D@@@@@@" becomes the
  * data CRC, "@H@@@@@@" the header CRC (computed with it as zeros). */

@@ -114,6 +114,14 @@ FLOW_API int flow_model_add_layer(flow_model *m, const char *type,
                                   const flow_attr_value *attrs,
                                   size_t n_attrs, int given, int line,
                                   int col);
+/* The same, with the spec file of the layer's statement (copied; NULL if
+ * none), so that the layer's runtime errors read "label (file:line:col,
+ * plugin): ..." and name the file an imported block came from. */
+FLOW_API int flow_model_add_layer_at(flow_model *m, const char *type,
+                                     const char *label,
+                                     const flow_attr_value *attrs,
+                                     size_t n_attrs, int given,
+                                     const char *file, int line, int col);
 /* Factors the first k dimensions of the current state out to their own
  * base distribution; the rest flow on. */
 FLOW_API int flow_model_add_exit(flow_model *m, size_t k, const char *name,

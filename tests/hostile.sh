@@ -1,0 +1,308 @@
+#!/bin/sh
+# hostile.sh - hostile inputs and numerical faults end to end (issue 9;
+# docs/reliability.md maps each case to the issue): broken checkpoints,
+# specs, data files and plugins make every command exit 1 with a message
+# that names the file and the place, and never leave an output file (nor
+# a temporary one) behind.  Also: a layer that fails in the middle of a
+# batch is named with its spec position and plugin file; non-finite steps
+# are skipped and counted, and 10 in a row stop training without a
+# checkpoint; solver and fixed-point budgets are errors.
+# Run by make check with FLOWKIT, FLOW_PLUGIN_PATH, FLOW_SPEC_PLUGINS,
+# FLOW_FAULT_PLUGINS, top_srcdir and top_builddir set.
+set -u
+pass=0
+fail=0
+check() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
+    echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi; }
+has() { if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
+    echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi; }
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+F=$FLOWKIT
+EDIT=$top_builddir/tests/ckpt_edit
+O=$t/out                        # every output goes here; must stay empty
+mkdir "$O"
+
+# fails NAME TEXT CMD...: exit 1, TEXT on stderr, nothing left in $O
+fails() {
+    name=$1; text=$2; shift 2
+    "$@" >"$t/stdout" 2>"$t/err"
+    check "$name" 1 $?
+    has "$name" "$t/err" "$text"
+    if [ -z "$(ls -A "$O")" ]; then pass=$((pass + 1)); else
+        echo "FAIL: $name: left behind: $(ls -A "$O")"; fail=$((fail + 1))
+        rm -f "$O"/* "$O"/.[!.]*
+    fi
+}
+
+# flip FILE OFFSET: xor one byte with 0x20
+flip() {
+    v=$(od -An -tu1 -j"$2" -N1 "$1" | tr -d ' ')
+    # shellcheck disable=SC2059
+    printf "\\$(printf %o $((v ^ 32)))" | dd of="$1" bs=1 seek="$2" \
+        conv=notrunc 2>/dev/null
+}
+
+# npy FILE DESCR FORTRAN SHAPE BODY_BYTES: an NPY 1.0 file, zero body
+npy() {
+    dict="{'descr': '$2', 'fortran_order': $3, 'shape': $4, }"
+    hl=$(( (10 + ${#dict} + 1 + 63) / 64 * 64 - 10 ))
+    {
+        # shellcheck disable=SC2059
+        printf "\\223NUMPY\\001\\000\\$(printf %o $((hl % 256)))\\$(printf %o $((hl / 256)))"
+        printf '%s%*s\n' "$dict" $((hl - ${#dict} - 1)) ""
+        head -c "$5" /dev/zero
+    } >"$1"
+}
+
+"$F" data moons -n 300 --seed 1 -o "$t/tr.csv"
+"$F" data moons -n 100 --seed 2 -o "$t/te.csv"
+cat >"$t/small.flow" <<'EOF'
+flow small {
+    input x : real[2];
+    repeat 2 as i { coupling(mask = parity(i), hidden = [8]); }
+    output z ~ normal;
+}
+EOF
+"$F" train "$t/small.flow" --data "$t/tr.csv" --steps 3 --batch 64 \
+    -o "$t/a.ckpt" 2>/dev/null
+check base-checkpoint 0 $?
+"$F" encode "$t/a.ckpt" --data "$t/te.csv" -o "$t/z.csv"
+check base-encode 0 $?
+
+# --------------------------------------------------------- checkpoints
+A=$t/a.ckpt
+size=$(wc -c <"$A" | tr -d ' ')
+hlen=$(od -An -tu4 -N4 "$A" | tr -d ' ')
+for cut in 4 $((8 + hlen / 2)) $((size - 1)); do
+    head -c $cut "$A" >"$t/cut.ckpt"
+    case $cut in
+    4) want="cut.ckpt: truncated checkpoint (4 bytes)" ;;
+    $((size - 1))) want="beyond the data section" ;;
+    *) want="cut.ckpt: truncated checkpoint: header length $hlen but only" ;;
+    esac
+    fails "truncated at $cut: sample" "$want" \
+        "$F" sample "$t/cut.ckpt" -n 5 -o "$O/s.csv"
+done
+fails "truncated: logprob" "cut.ckpt: " \
+    "$F" logprob "$t/cut.ckpt" --data "$t/te.csv" -o "$O/lp.csv"
+fails "truncated: train --resume" "cut.ckpt: " \
+    "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 5 \
+    --resume "$t/cut.ckpt" -o "$O/r.ckpt"
+# one flipped byte: in the header, its padding, the data
+for pos in 8 $((8 + hlen / 2)) $((8 + hlen - 1)) $((8 + hlen)) \
+           $((8 + hlen + (size - 8 - hlen) / 2)) $((size - 1)); do
+    cp "$A" "$t/flip.ckpt"
+    flip "$t/flip.ckpt" $pos
+    if [ $pos -lt $((8 + hlen)) ]; then
+        want="flip.ckpt: header checksum"  # mismatch, or the stored one broken
+    else
+        want="flip.ckpt: data checksum mismatch"
+    fi
+    fails "byte $pos flipped: sample" "$want" \
+        "$F" sample "$t/flip.ckpt" -n 5 -o "$O/s.csv"
+done
+fails "flipped: encode" "flip.ckpt: data checksum mismatch" \
+    "$F" encode "$t/flip.ckpt" --data "$t/te.csv" -o "$O/z.csv"
+fails "flipped: eval" "flip.ckpt: data checksum mismatch" \
+    "$F" eval "$t/flip.ckpt" --data "$t/te.csv"
+# a flipped bit in the header's length field
+cp "$A" "$t/flip.ckpt"
+flip "$t/flip.ckpt" 0
+fails "length byte flipped: decode" "flip.ckpt: " \
+    "$F" decode "$t/flip.ckpt" --data "$t/z.csv" -o "$O/x.csv"
+# another spec's checkpoint for --resume
+sed 's/hidden = \[8\]/hidden = [9]/' "$t/small.flow" >"$t/other.flow"
+fails "other spec: train --resume" "checkpoint was made by a different spec" \
+    "$F" train "$t/other.flow" --data "$t/tr.csv" --steps 5 --resume "$A" \
+    -o "$O/r.ckpt"
+# other precision, newer format, huge tensors: consistent checksums
+if "$F" --version | grep -q float64; then mine=float64 other=float32
+else mine=float32 other=float64; fi
+"$EDIT" "$A" "$t/prec.ckpt" "\"precision\":\"$mine\"" "\"precision\":\"$other\""
+fails "other precision: sample" "prec.ckpt: checkpoint precision is $other but this flowkit computes in $mine" \
+    "$F" sample "$t/prec.ckpt" -n 5 -o "$O/s.csv"
+fails "other precision: train --resume" "prec.ckpt: checkpoint precision is $other" \
+    "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 5 \
+    --resume "$t/prec.ckpt" -o "$O/r.ckpt"
+"$EDIT" "$A" "$t/ver.ckpt" '"format_version":"1"' '"format_version":"2"'
+fails "newer format: logprob" "ver.ckpt: checkpoint format version 2 is newer than this flowkit supports (1): upgrade flowkit" \
+    "$F" logprob "$t/ver.ckpt" --data "$t/te.csv" -o "$O/lp.csv"
+shape=$(head -c $((8 + hlen)) "$A" | grep -ao '"params/coupling#0":{"dtype":"F[0-9]*","shape":\[[0-9]*\]' \
+        | sed 's/.*"shape"://')
+"$EDIT" "$A" "$t/huge.ckpt" "\"shape\":$shape" '"shape":[4294967296,4294967296]'
+fails "huge tensor shape: sample" "huge.ckpt: tensor 'params/coupling#0': shape too large" \
+    "$F" sample "$t/huge.ckpt" -n 5 -o "$O/s.csv"
+"$EDIT" "$A" "$t/huge2.ckpt" "\"shape\":$shape" '"shape":[1000000000000]'
+fails "huge tensor: sample" "huge2.ckpt: tensor 'params/coupling#0': data_offsets" \
+    "$F" sample "$t/huge2.ckpt" -n 5 -o "$O/s.csv"
+# a header length of 2^40
+printf '\000\000\000\000\000\001\000\000{}' >"$t/hlen.ckpt"
+fails "huge header: sample" "hlen.ckpt: header length 1099511627776 exceeds the limit" \
+    "$F" sample "$t/hlen.ckpt" -n 5 -o "$O/s.csv"
+# the edit itself keeps a checkpoint valid (so the refusals above are
+# about what the edits say)
+"$EDIT" "$A" "$t/same.ckpt" '"step":"3"' '"step":"3"'
+"$F" sample "$t/same.ckpt" -n 5 -o "$t/same.csv" 2>"$t/err"
+check "unedited rewrite loads" 0 $?
+
+# --------------------------------------------------------------- specs
+SP="$FLOW_PLUGIN_PATH:$FLOW_SPEC_PLUGINS"
+B=$top_srcdir/tests/specs/bad
+for c in "huge_dim:2:18: error[F0400]" "huge_repeat:3:10: error[F0400]" \
+         "deep_nesting:3:76: error[F0400]" "deep_blocks:64:15: error[F0400]" \
+         "import_missing:1:8: error[F0010]" "binary:3:3: error[F0012]" \
+         "invalid_utf8:5:33: error[F0012]"; do
+    name=${c%%:*}
+    FLOW_PLUGIN_PATH=$SP fails "spec $name: train" "$name.flow:${c#*:}" \
+        "$F" train "$B/$name.flow" --data "$t/tr.csv" --steps 1 -o "$O/x.ckpt"
+done
+FLOW_PLUGIN_PATH=$SP fails "spec import_cycle: train" \
+    "cycle_b.flow:2:8: error[F0011]: import cycle: " \
+    "$F" train "$B/import_cycle.flow" --data "$t/tr.csv" --steps 1 -o "$O/x.ckpt"
+
+# ---------------------------------------------------------------- data
+printf 'x0,x1\n1,2\nnan,1\n' >"$t/nan.csv"
+printf 'x0,x1\n1,inf\n' >"$t/inf.csv"
+printf 'x0,x1\n1,2\n3\n' >"$t/ragged.csv"
+: >"$t/empty.csv"
+yes '1,' | head -n 5242880 | tr -d '\n' >"$t/long.csv"    # 10 MB, one line
+echo 1 >>"$t/long.csv"
+npy "$t/int.npy" '<i4' False '(2, 2)' 16
+npy "$t/fortran.npy" '<f8' True '(2, 2)' 32
+npy "$t/short.npy" '<f8' False '(2, 2)' 20
+for c in "nan.csv:3:1: NaN or Inf value 'nan'" \
+         "inf.csv:2:2: NaN or Inf value 'inf'" \
+         "ragged.csv:3:2: ragged row: 1 columns where line 1 has 2" \
+         "empty.csv: empty input" \
+         "long.csv:1: line longer than 1048576 bytes" \
+         "int.npy: NPY dtype '<i4' not supported (need '<f4' or '<f8')" \
+         "fortran.npy: NPY Fortran order not supported" \
+         "short.npy: NPY truncated: data has 20 bytes, expected 32"; do
+    file=${c%%:*}
+    fails "$file: logprob" "$t/$c" \
+        "$F" logprob "$A" --data "$t/$file" -o "$O/lp.csv"
+    fails "$file: train" "$t/$c" \
+        "$F" train "$t/small.flow" --data "$t/$file" --steps 1 -o "$O/x.ckpt"
+done
+fails "long line: encode" "long.csv:1: line longer than" \
+    "$F" encode "$A" --data "$t/long.csv" -o "$O/z.csv"
+fails "NaN: decode" "nan.csv:3:1: NaN or Inf value" \
+    "$F" decode "$A" --data "$t/nan.csv" -o "$O/x.csv"
+fails "NaN: --valid" "nan.csv:3:1: NaN or Inf value" \
+    "$F" train "$t/small.flow" --data "$t/tr.csv" --valid "$t/nan.csv" \
+    --steps 1 -o "$O/x.ckpt"
+fails "ragged: eval" "ragged.csv:3:2: ragged row" \
+    "$F" eval "$A" --data "$t/ragged.csv"
+# a failing command leaves an existing output file as it was
+printf 'keep me\n' >"$t/keep.csv"
+cp "$A" "$t/keep.ckpt"
+"$F" logprob "$A" --data "$t/nan.csv" -o "$t/keep.csv" 2>/dev/null
+check "existing output: logprob fails" 1 $?
+"$F" train "$t/small.flow" --data "$t/ragged.csv" --steps 1 -o "$t/keep.ckpt" 2>/dev/null
+check "existing output: train fails" 1 $?
+same() { if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
+    echo "FAIL: $1: $3 changed"; fail=$((fail + 1)); fi; }
+printf 'keep me\n' | same "existing output kept: logprob" - "$t/keep.csv"
+same "existing output kept: train" "$A" "$t/keep.ckpt"
+
+# ------------------------------------------------------------- plugins
+# fault_error fails on rows reaching `at` (tests/plugins/faulty.c): one
+# row in the middle of 300 does; the message names the layer, its spec
+# position and the plugin file
+FP="$FLOW_PLUGIN_PATH:$FLOW_FAULT_PLUGINS"
+cat >"$t/faulty.flow" <<'EOF'
+flow faulty {
+    input x : real[2];
+    coupling(mask = half, hidden = [8]);
+    fault_error(at = 100);
+    coupling(mask = parity(1), hidden = [8]);
+    output z ~ normal;
+}
+EOF
+awk -F, 'NR == 151 { $1 = 500 } { print }' OFS=, "$t/tr.csv" >"$t/spike.csv"
+awk -F, 'NR == 31 { $1 = 500 } { print }' OFS=, "$t/z.csv" >"$t/zspike.csv"
+FLOW_PLUGIN_PATH=$FP "$F" train "$t/faulty.flow" --data "$t/tr.csv" --steps 3 \
+    --batch 64 -o "$t/f.ckpt" 2>/dev/null
+check "faulty: clean training" 0 $?
+where="fault_error#1 ($t/faulty.flow:4:5, $FLOW_FAULT_PLUGINS/faulty.so)"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: logprob" \
+    "$where: forward: row 149 of 300: value 500 reached the test fault threshold 100" \
+    "$F" logprob "$t/f.ckpt" --data "$t/spike.csv" -o "$O/lp.csv"
+# with two threads the second half of the batch is another call (on the
+# second thread): its message comes out whole
+awk -F, 'NR == 202 { $1 = 500 } { print }' OFS=, "$t/tr.csv" >"$t/spike2.csv"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: logprob --threads 2" \
+    "$where: forward: row 50 of 150: value 500 reached the test fault threshold 100" \
+    "$F" logprob "$t/f.ckpt" --data "$t/spike2.csv" --threads 2 -o "$O/lp.csv"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: eval" "$where: forward: row 149 of 300" \
+    "$F" eval "$t/f.ckpt" --data "$t/spike.csv"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: encode" "$where: forward: row 149" \
+    "$F" encode "$t/f.ckpt" --data "$t/spike.csv" -o "$O/z.csv"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: decode" "$where: inverse: row 29 of 100" \
+    "$F" decode "$t/f.ckpt" --data "$t/zspike.csv" -o "$O/x.csv"
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: train" "$where: forward: row " \
+    "$F" train "$t/faulty.flow" --data "$t/spike.csv" --steps 20 --batch 64 \
+    -o "$O/x.ckpt"
+# ... in an imported block: the file of the statement is named
+mkdir "$t/lib"
+printf 'block trap() { fault_error(at = 100); }\n' >"$t/lib/trap.flow"
+printf 'import "lib/trap.flow";\nflow imp {\n    input x : real[2];\n    trap();\n    output z ~ normal;\n}\n' \
+    >"$t/imp.flow"
+FLOW_PLUGIN_PATH=$FP fails "plugin error in an imported block" \
+    "($t/lib/trap.flow:1:16, $FLOW_FAULT_PLUGINS/faulty.so): forward: row 149" \
+    "$F" train "$t/imp.flow" --data "$t/spike.csv" --steps 2 --batch 300 \
+    -o "$O/x.ckpt"
+
+# ---------------------------------------------------- numerical faults
+# fault_nan: a NaN log-det (so a NaN loss) on rows reaching `at`.  One
+# row of 300 in batches of 64: one of the 5 batches of every epoch is
+# skipped, so 12 steps take 3 epochs and skip 3.
+sed 's/fault_error/fault_nan/' "$t/faulty.flow" >"$t/nan.flow"
+FLOW_PLUGIN_PATH=$FP "$F" train "$t/nan.flow" --data "$t/spike.csv" --steps 12 \
+    --batch 64 --json -o "$t/n.ckpt" >"$t/json" 2>"$t/err"
+check "NaN steps skipped" 0 $?
+has "NaN steps skipped" "$t/json" '"steps": 12, "epochs": 3,'
+has "NaN steps skipped" "$t/json" '"skipped_steps": 3,'
+FLOW_PLUGIN_PATH=$FP "$F" train "$t/nan.flow" --data "$t/spike.csv" --steps 12 \
+    --batch 64 -o "$t/n2.ckpt" 2>"$t/err"
+has "NaN steps reported" "$t/err" "3 steps skipped: non-finite loss or gradient"
+cmp -s "$t/n.ckpt" "$t/n2.ckpt"; check "NaN steps: deterministic" 0 $?
+FLOW_PLUGIN_PATH=$FP "$F" logprob "$t/n.ckpt" --data "$t/te.csv" -o "$t/nlp.csv"
+check "NaN steps: parameters finite" 0 $?
+# every row: 10 non-finite steps in a row stop training, no checkpoint
+sed 's/at = 100/at = -100/' "$t/nan.flow" >"$t/allnan.flow"
+FLOW_PLUGIN_PATH=$FP fails "10 non-finite steps in a row" \
+    "flowkit train: training diverged: 10 steps in a row had a non-finite loss or gradient" \
+    "$F" train "$t/allnan.flow" --data "$t/tr.csv" --steps 50 --batch 64 \
+    -o "$O/x.ckpt"
+
+# solver and fixed-point budgets are errors, not garbage
+cat >"$t/ode.flow" <<'EOF'
+flow o {
+    input x : real[2];
+    ode(hidden = [8], solver = dopri5(rtol = 1e-9, atol = 1e-9, max_steps = 2));
+    output z ~ normal;
+}
+EOF
+fails "dopri5 step budget: train" \
+    "ode#0 ($t/ode.flow:3:5, ${FLOW_PLUGIN_PATH%%:*}/ode.so): forward: dopri5: no solution within max_steps = 2 step attempts" \
+    "$F" train "$t/ode.flow" --data "$t/tr.csv" --steps 1 --batch 16 -o "$O/x.ckpt"
+cat >"$t/res.flow" <<'EOF'
+flow r {
+    input x : real[2];
+    residual(hidden = [16], coeff = 0.97, inverse_iters = 2);
+    output z ~ normal;
+}
+EOF
+"$F" train "$t/res.flow" --data "$t/tr.csv" --steps 2 --batch 64 \
+    -o "$t/r.ckpt" 2>/dev/null
+check "residual: training" 0 $?
+fails "fixed-point budget: sample" \
+    "residual#0 ($t/res.flow:3:5, ${FLOW_PLUGIN_PATH%%:*}/residual.so): inverse: fixed-point inverse x = z - g(x) did not converge in 2 iterations" \
+    "$F" sample "$t/r.ckpt" -n 50 -o "$O/s.csv"
+fails "fixed-point budget: decode" "did not converge in 2 iterations" \
+    "$F" decode "$t/r.ckpt" --data "$t/z.csv" -o "$O/x.csv"
+
+echo "hostile: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,184 @@
+/* faulty.c - test-only plugin: layers that misbehave on chosen rows, for
+ * the hostile-input tests (tests/hostile.sh).  Both are a shift,
+ * z = x + t (log-det 0), until a row's first coordinate (of the input of
+ * the call, in either direction) reaches the attribute `at`:
+ *   fault_error  the call fails there through host->error, naming the row
+ *                of the call: a plugin error in the middle of a batch
+ *   fault_nan    that row's log-det is NaN (so is its loss in training):
+ *                a non-finite step the trainer must skip and count */
+#include <math.h>
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+enum { ATTR_AT };
+
+static const flow_attr_spec fault_attrs[] = {
+    {.name = "at", .type = FLOW_ATTR_REAL,
+     .doc = "rows whose first coordinate is >= at misbehave",
+     .def_real = 1e300},
+    {0}};
+
+typedef struct fault {
+    size_t d;
+    double at;
+    int nan;                    /* 1: fault_nan, 0: fault_error */
+    const flow_host *host;
+} fault;
+
+static int fault_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                          flow_diag *diag)
+{
+    (void)diag;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->n_params = cfg->dim;
+    out->jac = FLOW_JAC_DIAGONAL;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->cert_text = "a shift";
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void *create(const flow_host *host, const flow_layer_config *cfg,
+                    int nan)
+{
+    fault *f = host->calloc(1, sizeof *f);
+    if (f) {
+        f->d = cfg->dim;
+        f->at = cfg->attrs[ATTR_AT].r;
+        f->nan = nan;
+        f->host = host;
+    }
+    return f;
+}
+
+static void *error_create(const flow_host *host, const flow_layer_config *cfg,
+                          flow_diag *diag)
+{
+    (void)diag;
+    return create(host, cfg, 0);
+}
+
+static void *nan_create(const flow_host *host, const flow_layer_config *cfg,
+                        flow_diag *diag)
+{
+    (void)diag;
+    return create(host, cfg, 1);
+}
+
+static void destroy(void *self)
+{
+    fault *f = self;
+    f->host->free(f);
+}
+
+static size_t workspace(void *self, size_t n, int dir)
+{
+    (void)self, (void)n, (void)dir;
+    return 0;
+}
+
+static int init(void *self, const flow_call *c, flow_real *params)
+{
+    fault *f = self;
+    (void)c;
+    memset(params, 0, f->d * sizeof *params);
+    return FLOW_OK;
+}
+
+/* out = in + sign * t on every row; a row reaching `at` fails or gets a
+ * NaN log-det */
+static int shift(fault *f, const flow_call *c, const flow_real *in,
+                 flow_real *out, flow_real *logdet, double sign)
+{
+    for (size_t r = 0; r < c->n; r++) {
+        const flow_real *row = in + r * f->d;
+        int hit = (double)row[0] >= f->at;
+        if (hit && !f->nan)
+            return c->host->error(c, "row %zu of %zu: value %g reached the "
+                                  "test fault threshold %g", r, c->n,
+                                  (double)row[0], f->at);
+        for (size_t i = 0; i < f->d; i++)
+            out[r * f->d + i] = (flow_real)(row[i] + sign * c->params[i]);
+        logdet[r] = hit ? (flow_real)NAN : 0;
+    }
+    return FLOW_OK;
+}
+
+static int forward(void *self, const flow_call *c, const flow_real *x,
+                   flow_real *z, flow_real *logdet)
+{
+    return shift(self, c, x, z, logdet, 1);
+}
+
+static int inverse(void *self, const flow_call *c, const flow_real *z,
+                   flow_real *x, flow_real *logdet)
+{
+    return shift(self, c, z, x, logdet, -1);
+}
+
+/* dL/din = dL/dout; dL/dt = +-sum over rows of dL/dout */
+static int backward(fault *f, const flow_call *c, const flow_real *dout,
+                    flow_real *din, double sign)
+{
+    memcpy(din, dout, c->n * f->d * sizeof *din);
+    if (c->grad)
+        for (size_t r = 0; r < c->n; r++)
+            for (size_t i = 0; i < f->d; i++)
+                c->grad[i] += (flow_real)(sign * dout[r * f->d + i]);
+    return FLOW_OK;
+}
+
+static int forward_backward(void *self, const flow_call *c,
+                            const flow_real *x, const flow_real *z,
+                            const flow_real *dz, const flow_real *dlogdet,
+                            flow_real *dx)
+{
+    (void)x, (void)z, (void)dlogdet;
+    return backward(self, c, dz, dx, 1);
+}
+
+static int inverse_backward(void *self, const flow_call *c,
+                            const flow_real *z, const flow_real *x,
+                            const flow_real *dx, const flow_real *dlogdet,
+                            flow_real *dz)
+{
+    (void)z, (void)x, (void)dlogdet;
+    return backward(self, c, dx, dz, -1);
+}
+
+#define FAULT_TYPE(NAME, SUMMARY) \
+    static const flow_layer_type NAME##_type = { \
+        .struct_size = sizeof(flow_layer_type), .name = #NAME, \
+        .summary = SUMMARY, .attrs = fault_attrs, \
+        .describe = fault_describe, .create = NAME##_create, \
+        .destroy = destroy, .workspace = workspace, .init = init, \
+        .forward = forward, .inverse = inverse, \
+        .forward_backward = forward_backward, \
+        .inverse_backward = inverse_backward, \
+    };
+
+#define fault_error_create error_create
+#define fault_nan_create nan_create
+FAULT_TYPE(fault_error, "test: a shift that fails on rows reaching `at`")
+FAULT_TYPE(fault_nan, "test: a shift with a NaN log-det on rows reaching "
+                      "`at`")
+
+static const flow_layer_type *const layers[] = {&fault_error_type,
+                                                &fault_nan_type};
+
+static const flow_plugin_info info = {
+    FLOW_PLUGIN_INFO_HEAD,
+    .name = "faulty",
+    .version = "test",
+    .summary = "layers that fail or return NaN on chosen rows",
+    .n_layers = sizeof layers / sizeof layers[0],
+    .layers = layers,
+};
+
+FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
+{
+    return &info;
+}
