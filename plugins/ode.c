@@ -310,6 +310,7 @@ typedef struct ws_head {
     uint64_t magic;
     size_t n, steps, rec;
     int dir, hutch;
+    int rec_area;           /* the call carved the recorded tapes' area */
 } ws_head;
 
 typedef struct ode_ws {
@@ -353,11 +354,10 @@ static size_t rec_slots(const ode_layer *L, size_t n)
     return b && b <= REC_BUDGET ? slots : 0;
 }
 
-static size_t ode_workspace(void *self, size_t n, int dir)
+/* Bytes of a call on n rows with `slots` recorded tapes (0: none). */
+static size_t ws_bytes(const ode_layer *L, size_t n, size_t slots)
 {
-    const ode_layer *L = self;
-    size_t m = n * (L->d + 1), b, slots = rec_slots(L, n);
-    (void)dir;
+    size_t m = n * (L->d + 1), b;
     b = common_round(sizeof(ws_head));
     b = sat_add(b, common_bytes(n * L->d));
     if (L->backprop)
@@ -370,7 +370,34 @@ static size_t ode_workspace(void *self, size_t n, int dir)
     return sat_add(b, ode_dyn_ws(L->host, L->net, n, L->d, L->k));
 }
 
-static ode_ws carve(const ode_layer *L, const flow_call *c)
+/* The workspace must hold any call of at most n rows: a call of fewer rows
+ * may record its tapes (they fit the budget) where n rows do not, so the
+ * size is the larger of n rows without tapes and the most rows that still
+ * record, with them (rec_slots is 0 from some row count on: binary
+ * search for the last count that records). */
+static size_t ode_workspace(void *self, size_t n, int dir)
+{
+    const ode_layer *L = self;
+    size_t b = ws_bytes(L, n, rec_slots(L, n)), lo = 1, hi = n;
+    (void)dir;
+    if (n == 0 || rec_slots(L, n) || !rec_slots(L, 1))
+        return b;
+    while (hi - lo > 1) {            /* rec_slots(lo) > 0, rec_slots(hi) = 0 */
+        size_t mid = lo + (hi - lo) / 2;
+        if (rec_slots(L, mid))
+            lo = mid;
+        else
+            hi = mid;
+    }
+    {
+        size_t r = ws_bytes(L, lo, rec_slots(L, lo));
+        return r > b ? r : b;
+    }
+}
+
+/* The call's regions; rec_area: with the recorded tapes' area (training
+ * forward calls, and the backward of such a call: the same layout). */
+static ode_ws carve(const ode_layer *L, const flow_call *c, int rec_area)
 {
     size_t n = c->n, m = n * (L->d + 1);
     char *cur = c->ws;
@@ -383,7 +410,7 @@ static ode_ws carve(const ode_layer *L, const flow_call *c)
         s.tape = cur;
         cur += ode_ws_tape(&L->opts, m);
     }
-    if (rec_slots(L, n)) {
+    if (rec_area && rec_slots(L, n)) {
         s.rec = cur;
         cur += ode_dyn_rec_ws(L->host, L->net, n, rec_slots(L, n));
     }
@@ -447,7 +474,7 @@ static int run(void *self, const flow_call *c, const flow_real *in,
     int rc, hutch = L->hutch && (c->training || L->in_eval);
     if (n == 0)
         return FLOW_OK;
-    w = carve(L, c);
+    w = carve(L, c, c->training);   /* tapes are recorded in training only */
     w.head->magic = 0;
     if (hutch) {
         if (L->noise == NOISE_GAUSSIAN)
@@ -468,7 +495,7 @@ static int run(void *self, const flow_call *c, const flow_real *in,
     memcpy(out, w.y, nd * sizeof *out);
     memcpy(logdet, w.y + nd, n * sizeof *logdet);
     *w.head = (ws_head){WS_MAGIC, n, L->backprop ? tape.steps : 0, e.rec,
-                        dir, hutch};
+                        dir, hutch, c->training};
     return FLOW_OK;
 }
 
@@ -501,7 +528,7 @@ static int back(void *self, const flow_call *c, const flow_real *out,
     int rc;
     if (n == 0)
         return FLOW_OK;
-    w = carve(L, c);
+    w = carve(L, c, ((const ws_head *)c->ws)->rec_area);
     if (w.head->magic != WS_MAGIC || w.head->n != n || w.head->dir != dir)
         return L->host->error(c, "backward without a matching %s on this "
                               "workspace", dir ? "inverse" : "forward");

@@ -102,6 +102,14 @@ for c in realnvp2d:g2:136208 maf64:g64:1808000 nsf8:g8:174120 \
     same "$name-params" "$params" "$(field "$t/out" params)"
 done
 
+# --- regression: the ode layer's evaluation calls on 2 threads (blocks of
+# 256 rows, no tape) overran a workspace sized for 2048 rows when the
+# recorded tapes fit only the smaller call (intermittent segfault; the
+# sanitizer build sees the overflow every time)
+"$fb" model "$specs/cnf2d.flow" --data "$t/g2.npy" --metric logprob \
+    --threads 2 --batch 4096 --warmup 0 --iters 2 >"$t/out" 2>"$t/err"
+check cnf2d-logprob-2-threads 0 $?
+
 # --- bad input
 "$fb" >"$t/out" 2>"$t/err"; check no-command 2 $?
 "$fb" frobnicate >"$t/out" 2>"$t/err"; check bad-command 2 $?
