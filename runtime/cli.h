@@ -52,6 +52,17 @@ flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 
+/* Growing text (the JSON training history; cli_model.c): on running out
+ * of memory the text stops growing and `failed` is set. */
+typedef struct cli_text {
+    char *s;
+    size_t len, cap;
+    int failed;
+} cli_text;
+
+void cli_text_add(cli_text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* A model with everything needed to run it and save it (cli_model.c). */
 typedef struct loaded {
     flow_ctx *ctx;

@@ -175,41 +175,6 @@ static double now_s(void)
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Growing text (the JSON history). */
-typedef struct text {
-    char *s;
-    size_t len, cap;
-    int failed;
-} text;
-
-static void text_add(text *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void text_add(text *t, const char *fmt, ...)
-{
-    va_list ap, ap2;
-    int n;
-    va_start(ap, fmt);
-    va_copy(ap2, ap);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n >= 0 && t->len + (size_t)n + 2 > t->cap) {
-        size_t cap = (t->cap + (size_t)n + 2) * 2;
-        char *p = realloc(t->s, cap);
-        if (!p)
-            n = -1;
-        else {
-            t->s = p;
-            t->cap = cap;
-        }
-    }
-    if (n >= 0) {
-        vsnprintf(t->s + t->len, (size_t)n + 1, fmt, ap2);
-        t->len += (size_t)n;
-    } else
-        t->failed = 1;
-    va_end(ap2);
-}
 
 /* A JSON number, or null when not finite. */
 static void jnum(FILE *f, const char *key, double v)
@@ -273,7 +238,7 @@ typedef struct fit_run {
     flow_checkpoint *ck;
     const char *spec_source;
     const char *ttext;
-    text hist;
+    cli_text hist;
 } fit_run;
 
 static void fit_free(fit_run *r)
@@ -339,12 +304,12 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
         if (flow_checkpoint_restore(r->ck, r->model, r->trainer) != FLOW_OK)
             return cli_fail(r->ctx, cmd);
         if ((h = flow_checkpoint_meta(r->ck, "history")) != NULL)
-            text_add(&r->hist, "%s", h);
+            cli_text_add(&r->hist, "%s", h);
         if (r->hist.len && r->hist.s[r->hist.len - 1] == ']')
             r->hist.s[--r->hist.len] = '\0';       /* reopen the array */
     }
     if (!r->hist.len)
-        text_add(&r->hist, "[");
+        cli_text_add(&r->hist, "[");
     return 0;
 }
 
@@ -353,7 +318,7 @@ static int save(fit_run *r, const fit_opts *o, const char *report)
     const char *meta[] = {"target", r->ttext, "objective", "reverse_kl",
                           report ? "fit_report" : NULL, report, NULL};
     int rc;
-    text_add(&r->hist, "]");
+    cli_text_add(&r->hist, "]");
     rc = flow_checkpoint_save_meta(r->model, r->trainer, r->spec_source,
                                    o->spec, r->hist.s, meta, o->out);
     r->hist.s[--r->hist.len] = '\0';
@@ -403,7 +368,7 @@ int cmd_fit(int argc, char **argv)
                 fprintf(stderr, "step %llu/%zu elbo %.5f time %.1fs\n",
                         (unsigned long long)st.step, o.steps, elbo,
                         now_s() - t0);
-            text_add(&r.hist, "%s{\"step\": %llu, \"elbo\": %.9g}",
+            cli_text_add(&r.hist, "%s{\"step\": %llu, \"elbo\": %.9g}",
                      r.hist.len > 1 ? ", " : "",
                      (unsigned long long)st.step, elbo);
             win = 0;

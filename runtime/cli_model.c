@@ -538,16 +538,7 @@ static int split_valid(flow_ctx *ctx, flow_data *all, double frac,
     return FLOW_OK;
 }
 
-/* Growing JSON text of the training history. */
-typedef struct history {
-    char *s;
-    size_t len, cap;
-} history;
-
-static void hist_add(history *h, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void hist_add(history *h, const char *fmt, ...)
+void cli_text_add(cli_text *t, const char *fmt, ...)
 {
     va_list ap, ap2;
     int n;
@@ -555,20 +546,21 @@ static void hist_add(history *h, const char *fmt, ...)
     va_copy(ap2, ap);
     n = vsnprintf(NULL, 0, fmt, ap);
     va_end(ap);
-    if (n >= 0 && h->len + (size_t)n + 2 > h->cap) {
-        size_t cap = (h->cap + (size_t)n + 2) * 2;
-        char *p = realloc(h->s, cap);
+    if (n >= 0 && t->len + (size_t)n + 2 > t->cap) {
+        size_t cap = (t->cap + (size_t)n + 2) * 2;
+        char *p = realloc(t->s, cap);
         if (!p)
             n = -1;
         else {
-            h->s = p;
-            h->cap = cap;
+            t->s = p;
+            t->cap = cap;
         }
     }
     if (n >= 0) {
-        vsnprintf(h->s + h->len, (size_t)n + 1, fmt, ap2);
-        h->len += (size_t)n;
-    }
+        vsnprintf(t->s + t->len, (size_t)n + 1, fmt, ap2);
+        t->len += (size_t)n;
+    } else
+        t->failed = 1;
     va_end(ap2);
 }
 
@@ -609,7 +601,7 @@ int cmd_train(int argc, char **argv)
     flow_data *all = NULL, *tr = NULL, *va = NULL;
     flow_trainer *t = NULL;
     flow_train_state st;
-    history h = {NULL, 0, 0};
+    cli_text h = {NULL, 0, 0, 0};
     size_t n, steps_per_epoch, total, dim;
     double loss = NAN, vscore = NAN, t0, ep_loss = 0, ep_nfe = 0;
     size_t ep_count = 0, nfe_count = 0;
@@ -680,7 +672,7 @@ int cmd_train(int argc, char **argv)
         if (flow_checkpoint_restore(l.ck, l.model, t) != FLOW_OK)
             goto failmsg;
         if (flow_checkpoint_meta(l.ck, "history"))
-            hist_add(&h, "%s", flow_checkpoint_meta(l.ck, "history"));
+            cli_text_add(&h, "%s", flow_checkpoint_meta(l.ck, "history"));
         if (h.len && h.s[h.len - 1] == ']')
             h.s[--h.len] = '\0';            /* reopen the array */
     } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
@@ -688,7 +680,7 @@ int cmd_train(int argc, char **argv)
                                     flow_data_context(tr)) != FLOW_OK)
         goto failmsg;
     if (!h.len)
-        hist_add(&h, "[");
+        cli_text_add(&h, "[");
     t0 = now_s();
     flow_trainer_get_state(t, &st);
     cli_stop_signal = 0;
@@ -725,21 +717,23 @@ int cmd_train(int argc, char **argv)
             }
             progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
                      mean_loss, has_v, vscore, mean_nfe, t0);
-            hist_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
+            cli_text_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
                      "%.9g", h.len > 1 ? ", " : "",
                      (unsigned long long)st.epoch + 1,
                      (unsigned long long)st.step, mean_loss);
             if (has_v)
-                hist_add(&h, ", \"valid_loglik\": %.9g", vscore);
+                cli_text_add(&h, ", \"valid_loglik\": %.9g", vscore);
             if (mean_nfe >= 0)
-                hist_add(&h, ", \"nfe\": %.9g", mean_nfe);
-            hist_add(&h, "}");
+                cli_text_add(&h, ", \"nfe\": %.9g", mean_nfe);
+            cli_text_add(&h, "}");
             ep_loss = 0;
             ep_count = 0;
             ep_nfe = 0;
             nfe_count = 0;
             if (o.ckpt_every && (st.epoch + 1) % o.ckpt_every == 0) {
-                hist_add(&h, "]");
+                cli_text_add(&h, "]");
+                if (h.failed)
+                    goto oom;
                 rc = flow_checkpoint_save(l.model, t, l.spec_source, o.spec,
                                           h.s, o.out);
                 h.s[--h.len] = '\0';
@@ -759,7 +753,9 @@ int cmd_train(int argc, char **argv)
         /* interrupted: save the exact training state (not the best
          * parameters) so that --resume continues where this stopped */
         int sig = cli_stop_signal;
-        hist_add(&h, "]");
+        cli_text_add(&h, "]");
+        if (h.failed)
+            goto oom;
         if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s,
                                  o.out) != FLOW_OK)
             goto failmsg;
@@ -774,7 +770,9 @@ int cmd_train(int argc, char **argv)
         flow_trainer_get_state(t, &st);
         vscore = st.best_score;
     }
-    hist_add(&h, "]");
+    cli_text_add(&h, "]");
+    if (h.failed)
+        goto oom;
     if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s, o.out)
         != FLOW_OK)
         goto failmsg;
@@ -805,6 +803,9 @@ int cmd_train(int argc, char **argv)
                     cmd, vscore);
     }
     ret = 0;
+    goto out;
+oom:
+    fprintf(stderr, "%s: out of memory for the training history\n", cmd);
     goto out;
 failmsg:
     cli_fail(l.ctx, cmd);
