@@ -177,21 +177,6 @@ static int is_file(const char *path)
 
 /* ------------------------------------------------------------ output */
 
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void json_num(FILE *f, double v)
 {
     if (isfinite(v))
@@ -233,29 +218,29 @@ static void print_report(const check_opts *o, const char *type,
         tot->broken++;
     if (o->json) {
         printf("%s\n    {\"type\": ", first ? "" : ",");
-        json_str(stdout, type);
+        cli_json_str(stdout, type);
         printf(", \"label\": ");
-        json_str(stdout, label);
+        cli_json_str(stdout, label);
         printf(", \"plugin\": ");
-        json_str(stdout, file);
+        cli_json_str(stdout, file);
         printf(", \"dim\": %zu, \"context\": %zu, ", dim, context);
         if (error) {
             printf("\"error\": ");
-            json_str(stdout, error);
+            cli_json_str(stdout, error);
             printf(", ");
         }
         printf("\"failed\": %d, \"checks\": [", rep->failures);
         for (size_t i = 0; i < rep->n; i++) {
             const conform_row *r = &rep->rows[i];
             printf("%s\n      {\"name\": ", i ? "," : "");
-            json_str(stdout, r->name);
+            cli_json_str(stdout, r->name);
             printf(", \"error\": ");
             json_num(stdout, r->skipped ? NAN : r->err);
             printf(", \"tolerance\": ");
             json_num(stdout, r->skipped ? NAN : r->tol);
             printf(", \"result\": \"%s\", \"note\": ",
                    r->skipped ? "SKIP" : r->pass ? "PASS" : "FAIL");
-            json_str(stdout, r->note);
+            cli_json_str(stdout, r->note);
             printf("}");
         }
         printf("]}");

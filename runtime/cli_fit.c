@@ -168,13 +168,6 @@ static void apply_train_section(const flow_graph *g, fit_opts *o)
     }
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 
 /* A JSON number, or null when not finite. */
 static void jnum(FILE *f, const char *key, double v)
@@ -345,7 +338,7 @@ int cmd_fit(int argc, char **argv)
         fit_free(&r);
         return rc;
     }
-    t0 = now_s();
+    t0 = cli_now_s();
     flow_trainer_get_state(r.trainer, &st);
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
@@ -367,7 +360,7 @@ int cmd_fit(int argc, char **argv)
             else
                 fprintf(stderr, "step %llu/%zu elbo %.5f time %.1fs\n",
                         (unsigned long long)st.step, o.steps, elbo,
-                        now_s() - t0);
+                        cli_now_s() - t0);
             cli_text_add(&r.hist, "%s{\"step\": %llu, \"elbo\": %.9g}",
                      r.hist.len > 1 ? ", " : "",
                      (unsigned long long)st.step, elbo);
@@ -414,7 +407,7 @@ int cmd_fit(int argc, char **argv)
         fprintf(stderr, "%s: %llu steps%s; wrote %s\n", cmd,
                 (unsigned long long)st.step, st.skipped
                 ? " (some skipped: non-finite)" : "", o.out);
-    print_report(&o, r.ttext, &st, &s, lz_true, now_s() - t0);
+    print_report(&o, r.ttext, &st, &s, lz_true, cli_now_s() - t0);
     ret = 0;
     goto out;
 failmsg:

@@ -256,11 +256,28 @@ flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
     return d;
 }
 
-static double now_s(void)
+/* Seconds on the monotonic clock. */
+double cli_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Prints s (NULL: "") as a JSON string literal. */
+void cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
 }
 
 /* ------------------------------------------------------------ train */
@@ -569,7 +586,7 @@ static void progress(int tty, size_t epoch, size_t step, size_t total,
                      double loss, int has_valid, double valid, double nfe,
                      double t0)
 {
-    double el = now_s() - t0;
+    double el = cli_now_s() - t0;
     double eta = step ? el / (double)step * (double)(total - step) : 0;
     if (tty) {
         int w = 24, fill = total ? (int)((double)w * step / total) : w;
@@ -681,7 +698,7 @@ int cmd_train(int argc, char **argv)
         goto failmsg;
     if (!h.len)
         cli_text_add(&h, "[");
-    t0 = now_s();
+    t0 = cli_now_s();
     flow_trainer_get_state(t, &st);
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
@@ -784,7 +801,7 @@ int cmd_train(int argc, char **argv)
                + (st.pos > 0), loss, (unsigned long long)st.skipped);
         if (va)
             printf(", \"valid_loglik\": %.9g", vscore);
-        printf(", \"seconds\": %.3f}\n", now_s() - t0);
+        printf(", \"seconds\": %.3f}\n", cli_now_s() - t0);
     } else {
         char skipped[96] = "";
         if (st.skipped)

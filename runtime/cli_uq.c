@@ -52,22 +52,6 @@ static void mean_sd(const double *x, size_t n, double *mean, double *sd)
     *sd = n > 1 && ss > 0 ? sqrt(ss / (double)(n - 1)) : 0;
 }
 
-/* Prints s as a JSON string literal. */
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 /* A JSON number, or null for inf/NaN (JSON has neither). */
 static void json_num(FILE *f, double v)
 {
@@ -278,14 +262,14 @@ static void print_compare_json(const cmp_opts *o, const cmp_row *rows,
                                size_t n)
 {
     printf("{\"data\": ");
-    json_str(stdout, o->data);
+    cli_json_str(stdout, o->data);
     printf(", \"rows\": %zu, \"best\": ", n);
-    json_str(stdout, o->ckpts[rows[0].model]);
+    cli_json_str(stdout, o->ckpts[rows[0].model]);
     printf(", \"models\": [");
     for (size_t i = 0; i < o->n_ckpts; i++) {
         const cmp_row *r = &rows[i];
         printf("%s{\"rank\": %zu, \"checkpoint\": ", i ? ", " : "", i + 1);
-        json_str(stdout, o->ckpts[r->model]);
+        cli_json_str(stdout, o->ckpts[r->model]);
         printf(", \"loglik\": %.9g, \"stderr\": %.9g, \"diff\": %.9g, "
                "\"diff_stderr\": %.9g, \"unpaired_stderr\": %.9g, \"z\": ",
                r->mean, r->se, r->diff, r->diff_se, r->unpaired_se);
@@ -737,7 +721,7 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
     }
     if (o->json) {
         fprintf(f, "{\"checkpoint\": ");
-        json_str(f, o->ckpt);
+        cli_json_str(f, o->ckpt);
         fprintf(f, ", \"mass\": %.9g, \"samples\": %zu, \"seed\": %llu, "
                 "\"level\": %.9g, \"regions\": [", o->mass, o->samples,
                 (unsigned long long)o->seed, o->level);

@@ -48,22 +48,6 @@ static void usage(FILE *f)
           f);
 }
 
-/* Prints s as a JSON string literal. */
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void plugins_text(const flow_ctx *ctx)
 {
     size_t n = flow_plugin_count(ctx);
@@ -89,25 +73,25 @@ static void plugins_json(const flow_ctx *ctx)
     for (size_t i = 0; i < n; i++) {
         const flow_plugin_info *p = flow_plugin_get(ctx, i);
         printf("%s{\"file\": ", i ? ", " : "");
-        json_str(stdout, flow_plugin_file(ctx, i));
+        cli_json_str(stdout, flow_plugin_file(ctx, i));
         printf(", \"name\": ");
-        json_str(stdout, p->name);
+        cli_json_str(stdout, p->name);
         printf(", \"version\": ");
-        json_str(stdout, p->version);
+        cli_json_str(stdout, p->version);
         printf(", \"layers\": [");
         for (size_t j = 0; j < p->n_layers; j++) {
             printf("%s{\"name\": ", j ? ", " : "");
-            json_str(stdout, p->layers[j]->name);
+            cli_json_str(stdout, p->layers[j]->name);
             printf(", \"summary\": ");
-            json_str(stdout, p->layers[j]->summary);
+            cli_json_str(stdout, p->layers[j]->summary);
             printf("}");
         }
         printf("], \"targets\": [");
         for (size_t j = 0; j < p->n_targets; j++) {
             printf("%s{\"name\": ", j ? ", " : "");
-            json_str(stdout, p->targets[j]->name);
+            cli_json_str(stdout, p->targets[j]->name);
             printf(", \"summary\": ");
-            json_str(stdout, p->targets[j]->summary);
+            cli_json_str(stdout, p->targets[j]->summary);
             printf("}");
         }
         printf("]}");
