@@ -51,19 +51,7 @@ def rq_spline_inverse(y, theta, bins, bound, min_w=1e-3, min_h=1e-3,
     a xi^2 + b xi + c = 0 of Durkan et al. 2019, eqs. 6-8, taken in the
     stable form xi = 2c / (-b - sqrt(b^2 - 4ac)); identity outside
     [-B, B]."""
-    K = bins
-    w = torch.softmax(theta[..., :K], -1)
-    h = torch.softmax(theta[..., K:2 * K], -1)
-    w = min_w + (1 - min_w * K) * w
-    h = min_h + (1 - min_h * K) * h
-    shift = math.log(math.exp(1 - min_d) - 1)
-    d = min_d + torch.nn.functional.softplus(theta[..., 2 * K:] + shift)
-    one = torch.ones(d.shape[:-1] + (1,))
-    d = torch.cat([one, d, one], -1)
-    cw = torch.nn.functional.pad(torch.cumsum(w, -1), (1, 0)) * 2 * bound - bound
-    ch = torch.nn.functional.pad(torch.cumsum(h, -1), (1, 0)) * 2 * bound - bound
-    cw[..., -1] = bound
-    ch[..., -1] = bound
+    cw, ch, d = R.rq_knots(theta, bins, bound, min_w, min_h, min_d)
     inside = (y > -bound) & (y < bound)
     yc = y.clamp(-bound, bound)
     idx = torch.searchsorted(ch[..., 1:-1].contiguous(),

@@ -74,10 +74,9 @@ def mlp(n_in, hidden, n_out, zero_last=True):
     return torch.nn.Sequential(*layers)
 
 
-def rq_spline(x, theta, bins, bound, min_w=1e-3, min_h=1e-3, min_d=1e-3):
-    """Monotone rational-quadratic spline on [-B, B], identity outside
-    (Durkan et al. 2019, eqs. 4-5); theta = K widths, K heights, K-1
-    derivatives, zero theta = identity (flowkit's parametrisation)."""
+def rq_knots(theta, bins, bound, min_w=1e-3, min_h=1e-3, min_d=1e-3):
+    """Knots of the spline from theta: x positions cw, y positions ch
+    (K + 1 each, from -B to B) and derivatives d (K + 1, 1 at both ends)."""
     K = bins
     w = torch.softmax(theta[..., :K], -1)
     h = torch.softmax(theta[..., K:2 * K], -1)
@@ -91,6 +90,14 @@ def rq_spline(x, theta, bins, bound, min_w=1e-3, min_h=1e-3, min_d=1e-3):
     ch = torch.nn.functional.pad(torch.cumsum(h, -1), (1, 0)) * 2 * bound - bound
     cw[..., -1] = bound
     ch[..., -1] = bound
+    return cw, ch, d
+
+
+def rq_spline(x, theta, bins, bound, min_w=1e-3, min_h=1e-3, min_d=1e-3):
+    """Monotone rational-quadratic spline on [-B, B], identity outside
+    (Durkan et al. 2019, eqs. 4-5); theta = K widths, K heights, K-1
+    derivatives, zero theta = identity (flowkit's parametrisation)."""
+    cw, ch, d = rq_knots(theta, bins, bound, min_w, min_h, min_d)
     inside = (x > -bound) & (x < bound)
     xc = x.clamp(-bound, bound)
     idx = (torch.searchsorted(cw[..., 1:-1].contiguous(), xc.unsqueeze(-1))).squeeze(-1)
