@@ -62,6 +62,11 @@ typedef struct ar_layer {
     int stepwise;               /* host has net_made_step                  */
     flow_real *mcopy;           /* masked copy of params (np), on demand   */
     const flow_real *wp;        /* this batch: mcopy, or NULL = c->params  */
+    /* MADE in degree order (host's net_made_sort ...): the sorted masked
+     * weights of this batch (and finish_grad's scratch) */
+    int blocked;
+    size_t n_sorted;
+    flow_real *sorted;
 } ar_layer;
 
 /* The MADE parameters of this batch (set by ar_prepare). */
@@ -204,6 +209,7 @@ static void ar_destroy(void *self)
     a->host->free(a->order);
     a->host->free(a->by_step);
     a->host->free(a->mcopy);
+    a->host->free(a->sorted);
     a->host->free(a);
 }
 
@@ -232,6 +238,13 @@ static void *ar_create(const flow_host *host, const flow_layer_config *cfg,
     a->premasked = FLOW_HOST_HAS(host, net_mask_params)
                    && host->net_mask_params;
     a->stepwise = FLOW_HOST_HAS(host, net_made_step) && host->net_made_step;
+    if (FLOW_HOST_HAS(host, net_made_grad) && host->net_made_grad
+        && (a->n_sorted = host->net_made_sorted_count(a->net)) > 0) {
+        a->sorted = host->alloc(a->n_sorted * sizeof *a->sorted);
+        if (!a->sorted)
+            goto nomem;
+        a->blocked = 1;
+    }
     for (size_t i = 0; i < a->d; i++)
         a->by_step[a->order[i]] = i;
     return a;
@@ -250,12 +263,17 @@ static int ar_init(void *self, const flow_call *c, flow_real *params)
 
 /* Once per batch: a premasked MADE needs its masked weights at 0.  Init
  * and training keep them so (net_backward zeroes their gradient); other
- * parameters (written by hand, tests) are masked into a private copy. */
+ * parameters (written by hand, tests) are masked into a private copy.
+ * In degree order (blocked) the sort applies the mask itself. */
 static int ar_prepare(void *self, const flow_call *c)
 {
     ar_layer *a = self;
     const flow_host *h = a->host;
     a->wp = NULL;
+    if (a->blocked)
+        return h->net_made_sort(a->net, c->params, a->sorted) == FLOW_OK
+                   ? FLOW_OK
+                   : h->error(c, "MADE: sorting the weights failed");
     if (!a->premasked || !h->net_mask_params(a->net, c->params, NULL))
         return FLOW_OK;
     if (!a->mcopy && !(a->mcopy = h->alloc(a->np * sizeof *a->mcopy)))
@@ -309,10 +327,39 @@ static arws ar_carve(const ar_layer *a, const flow_call *c)
 static int ar_net(const ar_layer *a, const flow_call *c, const flow_real *in,
                   arws *w)
 {
-    int rc = a->host->net_forward(a->net, ar_params(a, c), c->n, in, c->ctx,
-                                  0.0, w->theta, w->net);
+    int rc = a->blocked
+                 ? a->host->net_made_forward(a->net, a->sorted, c->n, in,
+                                             c->ctx, w->theta, w->net)
+                 : a->host->net_forward(a->net, ar_params(a, c), c->n, in,
+                                        c->ctx, 0.0, w->theta, w->net);
     return rc == FLOW_OK ? FLOW_OK
                          : a->host->error(c, "MADE conditioner failed");
+}
+
+/* The MADE's VJP after ar_net on the same workspace (gradients in the
+ * sorted layout when blocked: ar_finish_grad maps them). */
+static int ar_net_backward(const ar_layer *a, const flow_call *c, arws *w,
+                           const flow_real *dtheta, flow_real *dx,
+                           flow_real *dctx, flow_real *grad)
+{
+    int rc = a->blocked
+                 ? a->host->net_made_backward(a->net, a->sorted, c->n, w->net,
+                                              dtheta, dx, dctx, grad)
+                 : a->host->net_backward(a->net, ar_params(a, c), c->n,
+                                         w->net, dtheta, dx, dctx, grad);
+    return rc == FLOW_OK ? FLOW_OK : a->host->error(c, "MADE gradient failed");
+}
+
+/* Once per batch after the threads' gradients were summed: the blocked
+ * MADE's gradient from degree order to the parameters' layout. */
+static int ar_finish_grad(void *self, const flow_call *c, flow_real *grad)
+{
+    ar_layer *a = self;
+    if (!a->blocked)
+        return FLOW_OK;
+    return a->host->net_made_grad(a->net, grad, a->sorted) == FLOW_OK
+               ? FLOW_OK
+               : a->host->error(c, "MADE: mapping the gradient failed");
 }
 
 /* F: b = tau(a; theta(a)), one pass; logdet = sum of log tau'. */
@@ -440,9 +487,8 @@ static int ar_F_backward(const ar_layer *a, const flow_call *c,
     if (a->host->tf_backward(&a->tf, n * d, in, w.theta, db, w.g1, w.g2,
                              w.dtheta) != FLOW_OK)
         return a->host->error(c, "transformer gradient is not finite");
-    if (a->host->net_backward(a->net, ar_params(a, c), n, w.net,
-                              w.dtheta, da, c->dctx, c->grad) != FLOW_OK)
-        return a->host->error(c, "MADE gradient failed");
+    if (ar_net_backward(a, c, &w, w.dtheta, da, c->dctx, c->grad) != FLOW_OK)
+        return FLOW_ERR;
     for (size_t i = 0; i < n * d; i++)
         da[i] += w.g2[i];
     return FLOW_OK;
@@ -488,18 +534,17 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
         for (size_t r = 0; r < n; r++)
             memcpy(w.dtheta + (r * d + i) * P, w.cdt + r * P,
                    P * sizeof *w.dtheta);
-        if (a->host->net_backward(a->net, ar_params(a, c), n, w.net,
-                                  w.dtheta, dxn, NULL, NULL) != FLOW_OK)
-            return a->host->error(c, "MADE gradient failed");
+        if (ar_net_backward(a, c, &w, w.dtheta, dxn, NULL, NULL) != FLOW_OK)
+            return FLOW_ERR;
         for (size_t r = 0; r < n; r++)
             memset(w.dtheta + (r * d + i) * P, 0, P * sizeof *w.dtheta);
         for (size_t q = 0; q < n * d; q++)
             abar[q] += dxn[q];
     }
     if ((c->grad || (c->dctx && a->k))
-        && a->host->net_backward(a->net, ar_params(a, c), n, w.net, w.dacc,
-                                 NULL, c->dctx, c->grad) != FLOW_OK)
-        return a->host->error(c, "MADE gradient failed");
+        && ar_net_backward(a, c, &w, w.dacc, NULL, c->dctx, c->grad)
+               != FLOW_OK)
+        return FLOW_ERR;
     return FLOW_OK;
 }
 

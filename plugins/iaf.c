@@ -56,6 +56,7 @@ static const flow_layer_type iaf_type = {
     .workspace = ar_workspace,
     .init = ar_init,
     .prepare = ar_prepare,
+    .finish_grad = ar_finish_grad,
     .forward = iaf_forward,
     .inverse = iaf_inverse,
     .forward_backward = iaf_forward_backward,

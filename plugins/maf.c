@@ -55,6 +55,7 @@ static const flow_layer_type maf_type = {
     .workspace = ar_workspace,
     .init = ar_init,
     .prepare = ar_prepare,
+    .finish_grad = ar_finish_grad,
     .forward = maf_forward,
     .inverse = maf_inverse,
     .forward_backward = maf_forward_backward,

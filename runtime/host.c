@@ -102,6 +102,11 @@ static const flow_host host_table = {
     .net_div_backward = nn_div_backward,
     .net_made_step = nn_made_step,
     .net_mask_params = nn_mask_params,
+    .net_made_sorted_count = nn_made_sorted_count,
+    .net_made_sort = nn_made_sort,
+    .net_made_forward = nn_made_forward,
+    .net_made_backward = nn_made_backward,
+    .net_made_grad = nn_made_grad,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

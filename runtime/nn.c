@@ -14,6 +14,10 @@
 
 #define WS_MAGIC 0x666c6f776e6e7631ull  /* "flownnv1" */
 #define WS_STEP_MAGIC 0x666c6f776d737431ull  /* "flowmst1": nn_made_step */
+#define WS_SORT_MAGIC 0x666c6f77736f7231ull  /* "flowsor1": nn_made_forward */
+/* Rows per block of a MADE layer in degree order (nn_made_forward): each
+ * block's GEMM reads the input prefix of its highest degree. */
+#define MADE_BLOCK 64
 #define WS_ALIGN 64
 
 typedef struct nn_layer {
@@ -57,6 +61,17 @@ struct flow_net {
     size_t *by_deg;
     size_t *sperm;
     size_t *bstart;
+    /* MADE in degree order (nn_made_forward / nn_made_backward), set when
+     * the net is sortable (premasked, no time input, no spectral norm):
+     * per layer, at row offset hidden_off(l) (the output layer after the
+     * hidden rows), rmap = the parameter row of sorted row p and ext = the
+     * sorted input columns its block of rows reads; cmap (at the sum of
+     * the inputs of the layers below) = the parameter column of sorted
+     * column q. */
+    int sortable;
+    size_t *rmap, *ext, *vis, *cmap;
+    uint8_t *lead;              /* row p leads its cycle of rmap (the
+                                   smallest index in it): nn_made_grad */
 };
 
 /* Workspace header; the tape follows at WS_ALIGN offsets. */
@@ -85,6 +100,15 @@ typedef struct ws_layout {
 typedef struct step_layout {
     size_t sw, xs, hs, bb, total;
 } step_layout;
+
+/* Offsets of nn_made_forward's tape (inputs in degree order xs, n x (K +
+ * D); hidden pre-activations z, only for activations other than ReLU, and
+ * units h, in degree order per layer at hidden_off * n) and of the
+ * outputs in degree order ys (n x D*out), plus nn_made_backward's two
+ * adjoint buffers (n x max_width each). */
+typedef struct sort_layout {
+    size_t xs, z, h, ys, g[2], total;
+} sort_layout;
 
 /* ---------------------------------------------------------- helpers */
 
@@ -173,6 +197,23 @@ static void step_layout_of(const flow_net *net, size_t n, step_layout *sl)
     TAKE(bb, mul_sat(net->max_width, r));
 #undef TAKE
     sl->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+static void sort_layout_of(const flow_net *net, size_t n, sort_layout *so)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(ws_head));
+    size_t hid = mul_sat(mul_sat(n, hidden_rows(net)), r);
+#define TAKE(field, bytes) \
+    do { so->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(xs, mul_sat(mul_sat(n, add_sat(net->d, net->k)), r));
+    TAKE(z, net->act == FLOW_ACT_RELU ? 0 : hid);
+    TAKE(h, hid);
+    TAKE(ys, mul_sat(mul_sat(n, net->y_width), r));
+    TAKE(g[0], mul_sat(mul_sat(n, net->max_width), r));
+    TAKE(g[1], mul_sat(mul_sat(n, net->max_width), r));
+#undef TAKE
+    so->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
 static flow_real *at(void *ws, size_t off)
@@ -533,6 +574,71 @@ fail:
     return ok;
 }
 
+/* The maps of MADE in degree order (nn_made_forward): rows of each layer
+ * sorted by degree (hidden units by sperm, outputs by the degree of their
+ * dimension), columns likewise (layer 0: the context, degree 0, then the
+ * inputs by degree).  A row of degree m sees a prefix of the sorted
+ * columns: the inputs of degree <= m (hidden, eq. 13 of Germain et al.
+ * 2015) or < m (outputs, eq. 14).  Rows go in blocks of MADE_BLOCK; ext
+ * of every row of a block is the prefix of its last (highest) row, so a
+ * block is one GEMM over that prefix, and the columns past it are masked
+ * for every row of the block: a hidden layer of H units costs about
+ * (H / MADE_BLOCK + 1) / (2 H / MADE_BLOCK) of the dense product. */
+static int made_blocks(flow_net *net)
+{
+    size_t d = net->d, k = net->k, L = net->n_layers, coff = 0;
+    size_t ncols = 0;
+    for (size_t l = 0; l < L; l++)
+        ncols += net->layer[l].in;
+    net->rmap = calloc(all_rows(net) + 1, sizeof *net->rmap);
+    net->ext = calloc(all_rows(net) + 1, sizeof *net->ext);
+    net->vis = calloc(all_rows(net) + 1, sizeof *net->vis);
+    net->cmap = calloc(ncols + 1, sizeof *net->cmap);
+    net->lead = calloc(all_rows(net) + 1, 1);
+    if (!net->rmap || !net->ext || !net->vis || !net->cmap || !net->lead)
+        return 0;
+    for (size_t l = 0; l < L; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == L;
+        size_t roff = last ? hidden_rows(net) : hidden_off(net, l);
+        size_t *rm = net->rmap + roff, *ex = net->ext + roff;
+        size_t *vi = net->vis + roff, *cm = net->cmap + coff;
+        const size_t *bs = last ? NULL : net->bstart + l * (d + 1);
+        const size_t *bp = l ? net->bstart + (l - 1) * (d + 1) : NULL;
+        size_t g = 0;
+        for (size_t p = 0; p < ly->out; p++) {
+            size_t m;           /* the highest input degree row p sees */
+            if (last) {
+                size_t s = p / net->out;
+                rm[p] = net->by_deg[s] * net->out + p % net->out;
+                m = s;          /* degree s + 1 sees degrees <= s */
+            } else {
+                while (bs[g + 1] <= p)
+                    g++;
+                rm[p] = net->sperm[hidden_off(net, l) + p];
+                m = g;
+            }
+            vi[p] = ex[p] = l ? bp[m + 1] : k + m;
+        }
+        for (size_t p0 = 0; p0 < ly->out; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < ly->out ? p0 + MADE_BLOCK : ly->out;
+            for (size_t p = p0; p < p1; p++)
+                ex[p] = ex[p1 - 1];
+        }
+        for (size_t q = 0; q < ly->in; q++)
+            cm[q] = l ? net->sperm[hidden_off(net, l - 1) + q]
+                      : q < k ? d + q : net->by_deg[q - k];
+        for (size_t p = 0; p < ly->out; p++) {
+            size_t c = rm[p];
+            while (c > p)
+                c = rm[c];
+            net->lead[roff + p] = c == p;   /* no smaller row in its cycle */
+        }
+        coff += ly->in;
+    }
+    return 1;
+}
+
 /* spec->premasked, 0 for a spec older than the field */
 static int spec_premasked(const flow_net_spec *spec)
 {
@@ -679,6 +785,9 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
                    net->sn > 0;
     if (net->kind == FLOW_NET_MADE && !made_masks(net, spec->order))
         goto nomem;
+    net->sortable = net->premasked && net->time == FLOW_TIME_NONE;
+    if (net->sortable && !made_blocks(net))
+        goto nomem;
     return net;
 nomem:
     set_err(err, err_cap, "net: out of memory");
@@ -696,6 +805,11 @@ void nn_destroy(flow_net *net)
     free(net->by_deg);
     free(net->sperm);
     free(net->bstart);
+    free(net->rmap);
+    free(net->ext);
+    free(net->vis);
+    free(net->cmap);
+    free(net->lead);
     free(net);
 }
 
@@ -784,15 +898,19 @@ size_t nn_workspace(const flow_net *net, size_t n)
 {
     ws_layout lo;
     step_layout sl;
+    sort_layout so;
     if (!net)
         return 0;
     layout(net, n ? n : 1, &lo);
     if (net->kind != FLOW_NET_MADE)
         return lo.total;
     step_layout_of(net, n ? n : 1, &sl);
-    if (!lo.total || !sl.total)
+    sort_layout_of(net, n ? n : 1, &so);
+    if (!lo.total || !sl.total || !so.total)
         return 0;
-    return lo.total > sl.total ? lo.total : sl.total;
+    if (sl.total > lo.total)
+        lo.total = sl.total;
+    return so.total > lo.total ? so.total : lo.total;
 }
 
 /* ---------------------------------------------------------- forward */
@@ -1138,6 +1256,291 @@ int nn_mask_params(const flow_net *net, const flow_real *params,
             mask_zero(dst + ly->w_off, m, sz);
     }
     return dirty;
+}
+
+/* --------------------------------------- MADE in degree order, blocked */
+
+/* Row offset of layer l in rmap / ext, and column offset in cmap. */
+static size_t sort_roff(const flow_net *net, size_t l)
+{
+    return l + 1 == net->n_layers ? hidden_rows(net) : hidden_off(net, l);
+}
+
+static size_t sort_coff(const flow_net *net, size_t l)
+{
+    size_t s = 0;
+    for (size_t i = 0; i < l; i++)
+        s += net->layer[i].in;
+    return s;
+}
+
+size_t nn_made_sorted_count(const flow_net *net)
+{
+    if (!net || !net->sortable)
+        return 0;
+    /* weights, biases, then nn_made_grad's scratch (3 x max_width) */
+    return net->mask_total + all_rows(net) + 3 * net->max_width;
+}
+
+/* sw: per layer the masked weights with rows and columns in degree order
+ * (at m_off, rows x cols, each row written up to its block's prefix ext;
+ * the rest is never read), then every layer's biases in row order (at
+ * mask_total + the layer's row offset).  The mask is applied here, so the
+ * parameters' masked weights may hold anything. */
+int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
+{
+    if (!net || !params || !sw)
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        size_t roff = sort_roff(net, l);
+        const size_t *rm = net->rmap + roff, *ex = net->ext + roff;
+        const size_t *vi = net->vis + roff;
+        const size_t *cm = net->cmap + sort_coff(net, l);
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = sw + ly->m_off;
+        for (size_t p = 0; p < ly->out; p++) {
+            const flow_real *wr = w + rm[p] * ly->cols;
+            flow_real *dr = dst + p * ly->cols;
+            size_t q = 0;
+            /* the mask row in degree order: vis[p] ones, then zeros */
+            for (; q < vi[p]; q++)
+                dr[q] = wr[cm[q]];
+            for (; q < ex[p]; q++)
+                dr[q] = 0;
+            sw[net->mask_total + roff + p] = params[ly->b_off + rm[p]];
+        }
+    }
+    return FLOW_OK;
+}
+
+/* The gradient in nn_made_backward's layout (each layer's W at w_off in
+ * degree order up to ext, its biases at b_off in degree order) mapped in
+ * place to the parameters' layout, masked weights 0.  Sorted row p goes
+ * to row rmap[p], scattered by cmap: the rows move along the cycles of
+ * rmap, one row held aside (scratch at the end of sw), so nothing is
+ * copied twice and no gradient-sized buffer is needed. */
+int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
+{
+    if (!net || !grad || !sw)
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        size_t roff = sort_roff(net, l), C = ly->cols;
+        const size_t *rm = net->rmap + roff, *vi = net->vis + roff;
+        const size_t *cm = net->cmap + sort_coff(net, l);
+        const uint8_t *lead = net->lead + roff;
+        flow_real *a = sw + net->mask_total + all_rows(net);
+        flow_real *b = a + net->max_width, *bias = b + net->max_width;
+        flow_real *w = grad + ly->w_off;
+        for (size_t p0 = 0; p0 < ly->out; p0++) {
+            size_t cur = p0;
+            if (!lead[p0])
+                continue;
+            memcpy(a, w + p0 * C, vi[p0] * sizeof *a);
+            for (;;) {
+                size_t nxt = rm[cur];
+                flow_real *row = w + nxt * C, *t;
+                if (nxt != p0)   /* sorted row nxt, needed next */
+                    memcpy(b, row, vi[nxt] * sizeof *b);
+                memset(row, 0, C * sizeof *row);
+                for (size_t q = 0; q < vi[cur]; q++)
+                    row[cm[q]] = a[q];
+                if (nxt == p0)
+                    break;
+                t = a;
+                a = b;
+                b = t;
+                cur = nxt;
+            }
+        }
+        memcpy(bias, grad + ly->b_off, ly->out * sizeof *bias);
+        for (size_t p = 0; p < ly->out; p++)
+            grad[ly->b_off + rm[p]] = bias[p];
+    }
+    return FLOW_OK;
+}
+
+/* Same as nn_forward on the parameters sw was sorted from, in degree
+ * order: each block of MADE_BLOCK rows is one GEMM over its input prefix
+ * (made_blocks), the masked zeros past it skipped; the same sums as the
+ * dense product up to the order of the additions. */
+int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
+                    const flow_real *x, const flow_real *ctx, flow_real *y,
+                    void *ws)
+{
+    ws_head *hd = ws;
+    sort_layout so;
+    size_t d, k, kd, ldin, yw;
+    const flow_real *in;
+    flow_real *xs, *ys;
+    if (!net || !sw || !x || !y || !ws || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    d = net->d;
+    k = net->k;
+    if (k && !ctx)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    sort_layout_of(net, n, &so);
+    hd->magic = 0;
+    hd->n = n;
+    hd->t = 0;
+    hd->have_jvp = 0;
+    kd = k + d;
+    yw = net->y_width;
+    xs = at(ws, so.xs);
+    ys = at(ws, so.ys);
+    for (size_t r = 0; r < n; r++) {
+        flow_real *xr = xs + r * kd;
+        for (size_t j = 0; j < k; j++)
+            xr[j] = ctx[r * k + j];
+        for (size_t q = 0; q < d; q++)
+            xr[k + q] = x[r * d + net->by_deg[q]];
+    }
+    in = xs;
+    ldin = kd;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        size_t roff = sort_roff(net, l), R = ly->out;
+        const size_t *ex = net->ext + roff;
+        const flow_real *w = sw + ly->m_off;
+        flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
+        flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
+                                       ? h : at(ws, so.z) + hidden_off(net, l) * n;
+        fill_rows(n, R, sw + net->mask_total + roff, z);
+        for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+            int st;
+            if (ex[p0] == 0)
+                continue;       /* bias only (context-free degree 0) */
+            st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
+                           w + p0 * ly->cols, ly->cols, 1, z + p0, R);
+            if (st != FLOW_OK)
+                return st;
+        }
+        if (!last) {
+            act_inplace(net, n * R, z, h);
+            in = h;
+            ldin = R;
+        }
+    }
+    {
+        const size_t *rm = net->rmap + hidden_rows(net);
+        for (size_t r = 0; r < n; r++)
+            for (size_t p = 0; p < yw; p++)
+                y[r * yw + rm[p]] = ys[r * yw + p];
+    }
+    hd->magic = WS_SORT_MAGIC;
+    return FLOW_OK;
+}
+
+/* Same as nn_backward after nn_made_forward on ws, except that dparams
+ * receives (accumulates) the gradient in degree order, which
+ * nn_made_grad maps to the parameters' layout.  The input adjoint of a
+ * layer goes by column blocks: columns [ext of block b-1, ext of block b)
+ * are read by the rows of blocks b, b+1, ... only (ext grows with the
+ * degree), one GEMM each; columns past the last ext by no row (0). */
+int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
+                     void *ws, const flow_real *dy, flow_real *dx,
+                     flow_real *dctx, flow_real *dparams)
+{
+    const ws_head *hd = ws;
+    sort_layout so;
+    size_t d, k, kd, yw, L;
+    flow_real *buf[2], *gcur;
+    int nb = 1;
+    if (!net || !sw || !ws || !dy || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    if (n == 0)
+        return FLOW_OK;
+    if (hd->magic != WS_SORT_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;
+    sort_layout_of(net, n, &so);
+    d = net->d;
+    k = net->k;
+    kd = k + d;
+    yw = net->y_width;
+    L = net->n_layers;
+    buf[0] = at(ws, so.g[0]);
+    buf[1] = at(ws, so.g[1]);
+    gcur = buf[0];
+    {
+        const size_t *rm = net->rmap + hidden_rows(net);
+        for (size_t r = 0; r < n; r++)
+            for (size_t p = 0; p < yw; p++)
+                gcur[r * yw + p] = dy[r * yw + rm[p]];
+    }
+    if (dparams)
+        colsum_add(n, yw, gcur, dparams + net->layer[L - 1].b_off);
+    for (size_t l = L; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        size_t R = ly->out, C = l ? ly->in : kd, e0 = 0;
+        const size_t *ex = net->ext + sort_roff(net, l);
+        const flow_real *w = sw + ly->m_off;
+        const flow_real *in =
+            l ? at(ws, so.h) + hidden_off(net, l - 1) * n : at(ws, so.xs);
+        flow_real *gin = buf[nb];
+        int st;
+        if (dparams)
+            for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+                size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+                if (ex[p0] == 0)
+                    continue;
+                st = blas_gemm(1, 0, p1 - p0, ex[p0], n, 1, gcur + p0, R,
+                               in, C, 1, dparams + ly->w_off +
+                               p0 * ly->cols, ly->cols);
+                if (st != FLOW_OK)
+                    return st;
+            }
+        if (l == 0 && !dx && !(dctx && k))
+            return FLOW_OK;
+        for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+            size_t e1 = ex[p0];
+            if (e1 <= e0)
+                continue;
+            st = blas_gemm(0, 0, n, e1 - e0, R - p0, 1, gcur + p0, R,
+                           w + p0 * ly->cols + e0, ly->cols, 0, gin + e0, C);
+            if (st != FLOW_OK)
+                return st;
+            e0 = e1;
+        }
+        if (e0 < C)
+            for (size_t r = 0; r < n; r++)
+                memset(gin + r * C + e0, 0, (C - e0) * sizeof *gin);
+        if (l == 0) {
+            for (size_t r = 0; r < n; r++) {
+                const flow_real *gr = gin + r * kd;
+                if (dctx)
+                    for (size_t j = 0; j < k; j++)
+                        dctx[r * k + j] += gr[j];
+                if (dx)
+                    for (size_t q = 0; q < d; q++)
+                        dx[r * d + net->by_deg[q]] = gr[k + q];
+            }
+            return FLOW_OK;
+        }
+        {
+            size_t hp = hidden_off(net, l - 1) * n;
+            const flow_real *h = at(ws, so.h) + hp;
+            const flow_real *z = net->act == FLOW_ACT_RELU ? h
+                                                           : at(ws, so.z) + hp;
+            grad_act_bias(net, n, C, z, h, gin,
+                          dparams ? dparams + net->layer[l - 1].b_off : NULL);
+        }
+        gcur = gin;
+        nb = 1 - nb;
+    }
+    return FLOW_OK;
 }
 
 /* ------------------------------------------------------------- JVP */

@@ -66,6 +66,18 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
                  flow_real *theta, void *ws);
 int nn_mask_params(const flow_net *net, const flow_real *params,
                    flow_real *dst);
+/* MADE in degree order, blocked (flow_plugin.h, net_made_sort ...): for
+ * premasked nets without time input; 0 / FLOW_ERR_UNSUPPORTED otherwise. */
+size_t nn_made_sorted_count(const flow_net *net);
+int nn_made_sort(const flow_net *net, const flow_real *params,
+                 flow_real *sorted);
+int nn_made_forward(const flow_net *net, const flow_real *sorted, size_t n,
+                    const flow_real *x, const flow_real *ctx, flow_real *y,
+                    void *ws);
+int nn_made_backward(const flow_net *net, const flow_real *sorted, size_t n,
+                     void *ws, const flow_real *dy, flow_real *dx,
+                     flow_real *dctx, flow_real *dparams);
+int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sorted);
 
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);

@@ -3,7 +3,8 @@
  * masked weights included, and through 64 sequential affine inversions;
  * premasked nets (gradients of masked weights exactly 0, the check and
  * repair of parameters from elsewhere); Adam keeping the masked weights of
- * a trained maf layer at exactly 0. */
+ * a trained maf layer at exactly 0; MADE in degree order (blocked)
+ * against the dense passes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,13 @@
 # define STEP_TOL 1e-12
 #else
 # define STEP_TOL 1e-6
+#endif
+/* gradients: two more GEMM chains (sums of up to 512 float products
+ * each, in another order) on top of the forward's */
+#if FLOW_REAL_DOUBLE
+# define GRAD_TOL 1e-11
+#else
+# define GRAD_TOL 1e-5
 #endif
 
 typedef struct mcase {
@@ -442,6 +450,167 @@ START_TEST(test_adam_keeps_masks)
 }
 END_TEST
 
+/* MADE in degree order (nn_made_sort / _forward / _backward / _grad)
+ * against the dense premasked passes on the same parameters: outputs,
+ * input, context and parameter gradients (masked weights hold garbage in
+ * the parameters: the sort must ignore it, and their gradient is 0).
+ * Widths cover several row blocks with ragged ends (MADE_BLOCK = 64). */
+static const mcase sorted_cases[] = {
+    {64, 0, 2, 2, {512, 512}, FLOW_ACT_RELU, 0}, /* maf64's layers       */
+    {16, 2, 3, 2, {200, 150}, FLOW_ACT_TANH, 1}, /* context, ragged      */
+    {5, 0, 3, 1, {3}, FLOW_ACT_RELU, 1},         /* fewer units than D-1 */
+    {1, 2, 2, 1, {6}, FLOW_ACT_ELU, 0},          /* D = 1: context only  */
+    {7, 0, 2, 0, {0}, FLOW_ACT_RELU, 1},         /* no hidden layer      */
+    {9, 1, 2, 2, {40, 70}, FLOW_ACT_LEAKY_RELU, 1},
+};
+
+static double rel_err(const flow_real *a, const flow_real *b, size_t n,
+                      double *ref)
+{
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        e = fmax(e, fabs((double)a[i] - (double)b[i]));
+        m = fmax(m, fabs((double)b[i]));
+    }
+    *ref = m;
+    return m > 0 ? e / m : e;
+}
+
+START_TEST(test_sorted_matches_dense)
+{
+    enum { N = 70 };
+    const mcase *mc = &sorted_cases[_i];
+    size_t d = mc->d, k = mc->k, yw = mc->d * mc->out, np, ns;
+    int32_t *order = malloc(d * sizeof *order);
+    flow_rng r;
+    flow_net *net;
+    flow_real *p, *pm, *sw, *x, *c, *y1, *y2, *dy, *dx1, *dx2, *dc1, *dc2;
+    flow_real *g1, *g2;
+    void *ws1, *ws2;
+    double ref;
+    rng_seed(&r, 70 + (uint64_t)_i);
+    make_order(mc, order, &r);
+    net = made(mc, order, 1);
+    np = nn_params(net);
+    ns = nn_made_sorted_count(net);
+    ck_assert_uint_gt(ns, 0);
+    p = malloc(np * sizeof *p);
+    pm = malloc(np * sizeof *pm);
+    g1 = calloc(np, sizeof *g1);
+    g2 = calloc(np, sizeof *g2);
+    sw = malloc(ns * sizeof *sw);
+    x = malloc(N * d * sizeof *x);
+    c = malloc((N * k + 1) * sizeof *c);
+    dc1 = calloc(N * k + 1, sizeof *dc1);
+    dc2 = calloc(N * k + 1, sizeof *dc2);
+    y1 = malloc(N * yw * sizeof *y1);
+    y2 = malloc(N * yw * sizeof *y2);
+    dy = malloc(N * yw * sizeof *dy);
+    dx1 = malloc(N * d * sizeof *dx1);
+    dx2 = malloc(N * d * sizeof *dx2);
+    ck_assert(order && p && pm && g1 && g2 && sw && x && c && dc1 && dc2 &&
+              y1 && y2 && dy && dx1 && dx2);
+    rng_normal(&r, p, np);               /* masked weights too: garbage */
+    ck_assert_int_eq(nn_mask_params(net, p, pm), 1);
+    rng_normal(&r, x, N * d);
+    rng_normal(&r, c, N * k);
+    rng_normal(&r, dy, N * yw);
+    ws1 = ws_alloc(net, N);
+    ws2 = ws_alloc(net, N);
+    ck_assert_int_eq(nn_forward(net, pm, N, x, k ? c : NULL, 0, y1, ws1),
+                     FLOW_OK);
+    ck_assert_int_eq(nn_made_sort(net, p, sw), FLOW_OK);
+    ck_assert_int_eq(nn_made_forward(net, sw, N, x, k ? c : NULL, y2, ws2),
+                     FLOW_OK);
+    ck_assert_msg(rel_err(y2, y1, N * yw, &ref) <= STEP_TOL && ref > 0.1,
+                  "case %d: outputs differ by %g (rel.)", _i,
+                  rel_err(y2, y1, N * yw, &ref));
+    ck_assert_int_eq(nn_backward(net, pm, N, ws1, dy, dx1, k ? dc1 : NULL,
+                                 g1), FLOW_OK);
+    /* twice: dparams and dctx accumulate, dx is written */
+    for (int rep = 0; rep < 2; rep++)
+        ck_assert_int_eq(nn_made_backward(net, sw, N, ws2, dy, dx2,
+                                          k ? dc2 : NULL, g2), FLOW_OK);
+    ck_assert_int_eq(nn_made_grad(net, g2, sw), FLOW_OK);
+    for (size_t i = 0; i < np; i++)
+        g2[i] /= 2;
+    for (size_t i = 0; i < N * k; i++)
+        dc2[i] /= 2;
+    ck_assert_msg(rel_err(dx2, dx1, N * d, &ref) <= GRAD_TOL,
+                  "case %d: dx differs by %g", _i,
+                  rel_err(dx2, dx1, N * d, &ref));
+    ck_assert_msg(rel_err(dc2, dc1, N * k, &ref) <= GRAD_TOL,
+                  "case %d: dctx differs by %g", _i,
+                  rel_err(dc2, dc1, N * k, &ref));
+    ck_assert_msg(rel_err(g2, g1, np, &ref) <= GRAD_TOL && ref > 0.1,
+                  "case %d: dparams differ by %g (rel.)", _i,
+                  rel_err(g2, g1, np, &ref));
+    for (size_t l = 0; l < nn_layers(net); l++) {  /* masked: exactly 0 */
+        size_t rows, cols, wo;
+        const uint8_t *mk = nn_layer_mask(net, l);
+        nn_layer_shape(net, l, &rows, &cols, &wo, NULL);
+        for (size_t i = 0; i < rows * cols; i++)
+            if (!mk[i])
+                ck_assert(g2[wo + i] == 0);
+    }
+    /* a tape of another kind is refused both ways */
+    ck_assert_int_eq(nn_made_backward(net, sw, N, ws1, dy, dx2, NULL, NULL),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_backward(net, pm, N, ws2, dy, dx1, NULL, NULL),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(nn_made_backward(net, sw, N - 1, ws2, dy, dx2, NULL,
+                                      NULL), FLOW_ERR_INVAL);
+    free(ws1);
+    free(ws2);
+    free(order);
+    free(p);
+    free(pm);
+    free(g1);
+    free(g2);
+    free(sw);
+    free(x);
+    free(c);
+    free(dc1);
+    free(dc2);
+    free(y1);
+    free(y2);
+    free(dy);
+    free(dx1);
+    free(dx2);
+    nn_destroy(net);
+}
+END_TEST
+
+/* Nets the sorted path does not take: count 0, FLOW_ERR_UNSUPPORTED. */
+START_TEST(test_sorted_unsupported)
+{
+    size_t hid[1] = {8};
+    flow_net_spec sp;
+    char err[256];
+    flow_real buf[4];
+    memset(&sp, 0, sizeof sp);
+    sp.struct_size = sizeof sp;
+    sp.kind = FLOW_NET_MADE;
+    sp.in = 3;
+    sp.out = 2;
+    sp.n_hidden = 1;
+    sp.hidden = hid;
+    sp.act = FLOW_ACT_RELU;
+    for (int v = 0; v < 3; v++) {
+        flow_net *net;
+        sp.premasked = v != 0;                     /* 0: not premasked   */
+        sp.kind = v == 1 ? FLOW_NET_MLP : FLOW_NET_MADE;  /* 1: an MLP   */
+        sp.time = v == 2 ? FLOW_TIME_CONCAT : FLOW_TIME_NONE; /* 2: time */
+        net = nn_create(&sp, err, sizeof err);
+        ck_assert_msg(net != NULL, "%s", err);
+        ck_assert_uint_eq(nn_made_sorted_count(net), 0);
+        ck_assert_int_eq(nn_made_sort(net, buf, buf), FLOW_ERR_UNSUPPORTED);
+        ck_assert_int_eq(nn_made_grad(net, buf, buf), FLOW_ERR_UNSUPPORTED);
+        nn_destroy(net);
+    }
+}
+END_TEST
+
 Suite *suite_made_step(void)
 {
     Suite *s = suite_create("made_step");
@@ -450,6 +619,9 @@ Suite *suite_made_step(void)
     tcase_add_loop_test(tc, test_step_matches_forward, 0,
                         (int)(sizeof cases / sizeof cases[0]));
     tcase_add_test(tc, test_step_sampling_64d);
+    tcase_add_loop_test(tc, test_sorted_matches_dense, 0,
+                        (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
+    tcase_add_test(tc, test_sorted_unsupported);
     tcase_add_test(tc, test_step_errors);
     tcase_add_test(tc, test_premasked);
     tcase_add_test(tc, test_adam_keeps_masks);

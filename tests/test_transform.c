@@ -33,6 +33,16 @@ static void rand_theta(flow_rng *r, flow_real *th, size_t n, double sc)
         th[i] = (flow_real)(sc * rng_normal1(r));
 }
 
+/* How far (in float ulps of the result) the batch calls may be from the
+ * double core rounded: 1, except the affine transformer in float, which
+ * runs its own vectorised exp and tanh (transform.c, "affine, float fast
+ * path"; measured within 1.6 ulp of the core rounded, docs/runtime.md). */
+#if FLOW_REAL_DOUBLE
+# define BATCH_ULPS(tf) 1.0
+#else
+# define BATCH_ULPS(tf) ((tf)->kind == FLOW_TF_AFFINE ? 2.0 : 1.0)
+#endif
+
 /* loop index: kind (0..2) + 3 * scale (0: theta ~ N(0, 0.5^2), a
  * moderately curved map; 1: N(0, 1.5^2), nearly flat pieces) */
 START_TEST(test_round_trip)
@@ -87,7 +97,8 @@ START_TEST(test_round_trip)
             ck_assert_msg(fabs(li[i] - le) <= RT_TOL * (1 + fabs(le)),
                           "i %d: lad of inverse %.9g vs %.9g", i,
                           (double)li[i], le);
-            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + 1.2e-7 * fabs(xe),
+            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + BATCH_ULPS(tf) *
+                                                      1.2e-7 * fabs(xe),
                           "i %d: inverse %.9g vs core %.9g", i,
                           (double)xb[i], xe);
         }

@@ -634,6 +634,38 @@ struct flow_host {
      * elsewhere.  0 for an MLP (nothing is masked). */
     int (*net_mask_params)(const flow_net *net, const flow_real *params,
                            flow_real *dst);
+    /* --- appended (MADE in degree order); test FLOW_HOST_HAS before use
+     * A premasked MADE without time input evaluated with its units sorted
+     * by degree, where every masked weight lies past a prefix of its row:
+     * each block of rows is one GEMM over its prefix, the masked zeros
+     * skipped (about 55-60% of the dense multiply-adds for wide hidden
+     * layers; docs/plugins.md, "Autoregressive layers").
+     * net_made_sorted_count: flow_reals of the sorted weights, 0 when the
+     * net is not supported (MLP, not premasked, time input, spectral
+     * norm; then the other entries return FLOW_ERR_UNSUPPORTED).
+     * net_made_sort: sorted (that many values) from params, the mask
+     * applied (params' masked weights may hold anything); run it whenever
+     * params change (a layer's prepare).  net_made_forward: y as
+     * net_forward on those params (the same sums up to the order of the
+     * additions), leaving a tape in ws (net_workspace bytes) that only
+     * net_made_backward reads.  net_made_backward: as net_backward, except
+     * that dparams (when not NULL) accumulates the parameter gradient in
+     * the sorted layout, which net_made_grad maps in place to the
+     * parameters' layout (masked weights 0), using the end of sorted as
+     * scratch (the weights are left as they are): once per batch, after
+     * the threads' gradients were summed (a layer's finish_grad). */
+    size_t (*net_made_sorted_count)(const flow_net *net);
+    int (*net_made_sort)(const flow_net *net, const flow_real *params,
+                         flow_real *sorted);
+    int (*net_made_forward)(const flow_net *net, const flow_real *sorted,
+                            size_t n, const flow_real *x,
+                            const flow_real *ctx, flow_real *y, void *ws);
+    int (*net_made_backward)(const flow_net *net, const flow_real *sorted,
+                             size_t n, void *ws, const flow_real *dy,
+                             flow_real *dx, flow_real *dctx,
+                             flow_real *dparams);
+    int (*net_made_grad)(const flow_net *net, flow_real *grad,
+                         flow_real *sorted);
 };
 
 #define FLOW_HOST_HAS(h, field) \
