@@ -184,7 +184,8 @@ static int ar_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     out->n_params = h->net_params(net);
     h->net_destroy(net);
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
-               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE
+               | FLOW_LAYER_CONCURRENT_PREPARE;
     out->jac = FLOW_JAC_TRIANGULAR;
     out->dep = FLOW_DEP_ORDER;
     out->cert = tf.kind == FLOW_TF_ADDITIVE ? FLOW_CERT_STRUCTURAL

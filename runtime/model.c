@@ -870,23 +870,109 @@ static int run_job(job *j, const char *what)
     return layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);
 }
 
-static int prepare_all(flow_model *m, size_t n, int dir)
+/* Per-layer work once per batch (prepare or finish_grad) for the layers
+ * that allow it at the same time as other layers'
+ * (FLOW_LAYER_CONCURRENT_PREPARE), shared among the model's threads in
+ * node order (thread t takes the t-th, (t+k)-th, ... of them); the rest
+ * run one after the other on the calling thread.  On failure the error
+ * of the first failing node (in node order) is reported. */
+typedef struct batch_job {
+    flow_model *m;
+    size_t n, k;
+    int finish;                 /* 0: prepare, 1: finish_grad */
+    flow_real *grad;
+    const flow_real *cv;
+    int rc[MAX_THREADS];
+    size_t fail[MAX_THREADS];   /* node index of rc[t]'s failure */
+} batch_job;
+
+static int batch_one(batch_job *bj, node *nd, size_t t)
 {
+    flow_call c;
+    fill_call_t(bj->m, nd, &c, bj->n, bj->cv, bj->finish ? bj->grad : NULL,
+                t);
+    return bj->finish
+               ? nd->type->finish_grad(nd->self, &c, bj->grad + nd->p_off)
+               : nd->type->prepare(nd->self, &c);
+}
+
+static int batch_has(const batch_job *bj, const node *nd)
+{
+    return nd->kind == NODE_LAYER &&
+           (bj->finish ? nd->type->finish_grad != NULL
+                       : nd->type->prepare != NULL);
+}
+
+static void batch_task(void *arg, size_t t)
+{
+    batch_job *bj = arg;
+    flow_model *m = bj->m;
+    size_t seen = 0;
+    bj->rc[t] = FLOW_OK;
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
-        flow_call c;
-        int rc;
-        if (nd->kind != NODE_LAYER)
+        if (!batch_has(bj, nd)
+            || !(nd->desc.flags & FLOW_LAYER_CONCURRENT_PREPARE))
             continue;
-        if ((rc = ensure_ws(m, nd, n, dir)) != FLOW_OK)
-            return rc;
-        if (nd->type->prepare) {
-            fill_call(m, nd, &c, n, NULL, NULL);
-            if ((rc = nd->type->prepare(nd->self, &c)) != FLOW_OK)
-                return layer_error(m, nd, rc, "prepare");
+        if (seen++ % bj->k != t)
+            continue;
+        if ((bj->rc[t] = batch_one(bj, nd, t)) != FLOW_OK) {
+            bj->fail[t] = i;
+            return;
         }
     }
-    return FLOW_OK;
+}
+
+static int batch_all(flow_model *m, size_t n, int finish,
+                     const flow_real *cv, flow_real *grad)
+{
+    batch_job bj = {.m = m, .n = n, .finish = finish, .cv = cv,
+                    .grad = grad};
+    size_t conc = 0, bad = SIZE_MAX, bad_t = 0;
+    int rc = FLOW_OK;
+    for (size_t i = 0; i < m->n_nodes; i++)
+        conc += batch_has(&bj, &m->nodes[i])
+                && (m->nodes[i].desc.flags & FLOW_LAYER_CONCURRENT_PREPARE);
+    bj.k = m->pool && conc > 1 ? (conc < m->threads ? conc : m->threads) : 1;
+    if (conc) {
+        if (bj.k > 1)
+            pool_run(m->pool, bj.k, batch_task, &bj);
+        else
+            batch_task(&bj, 0);
+        for (size_t t = 0; t < bj.k; t++)
+            if (bj.rc[t] != FLOW_OK && bj.fail[t] < bad) {
+                bad = bj.fail[t];
+                bad_t = t;
+                rc = bj.rc[t];
+            }
+        if (bad != SIZE_MAX && bad_t)
+            memcpy(m->err, m->terr[bad_t], sizeof m->terr[bad_t]);
+    }
+    for (size_t i = 0; i < m->n_nodes && i < bad; i++) {
+        node *nd = &m->nodes[i];
+        int r;
+        if (!batch_has(&bj, nd)
+            || (nd->desc.flags & FLOW_LAYER_CONCURRENT_PREPARE))
+            continue;
+        if ((r = batch_one(&bj, nd, 0)) != FLOW_OK) {
+            bad = i;
+            rc = r;
+        }
+    }
+    if (bad == SIZE_MAX)
+        return FLOW_OK;
+    return layer_error(m, &m->nodes[bad], rc,
+                       finish ? "gradient" : "prepare");
+}
+
+static int prepare_all(flow_model *m, size_t n, int dir)
+{
+    int rc;
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_LAYER
+            && (rc = ensure_ws(m, &m->nodes[i], n, dir)) != FLOW_OK)
+            return rc;
+    return batch_all(m, n, 0, NULL, NULL);
 }
 
 /* Forward through every node; z (n x dim) gets exits then the final
@@ -1195,23 +1281,12 @@ FLOW_VECTORIZE static void reduce_task(void *arg, size_t t, size_t lo,
 static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
                             flow_real *grad)
 {
-    int rc;
     if (m->tgrad && m->tgrad_dirty) {
         reduce_job rj = {m, grad};
         model_parallel_for(m, m->n_params, reduce_task, &rj);
         m->tgrad_dirty = 0;
     }
-    for (size_t i = 0; i < m->n_nodes; i++) {
-        node *nd = &m->nodes[i];
-        flow_call call;
-        if (nd->kind != NODE_LAYER || !nd->type->finish_grad)
-            continue;
-        fill_call(m, nd, &call, n, c, grad);
-        rc = nd->type->finish_grad(nd->self, &call, grad + nd->p_off);
-        if (rc != FLOW_OK)
-            return layer_error(m, nd, rc, "gradient");
-    }
-    return FLOW_OK;
+    return batch_all(m, n, 1, c, grad);
 }
 
 int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,

@@ -255,6 +255,38 @@ FLOW_PLUGIN_PATH=$FP fails "plugin error in an imported block" \
     "$F" train "$t/imp.flow" --data "$t/spike.csv" --steps 2 --batch 300 \
     -o "$O/x.ckpt"
 
+# fault_prepare (FLOW_LAYER_CONCURRENT_PREPARE): the host runs several
+# layers' prepare / finish_grad at once on its threads; the error named is
+# the first failing layer in spec order, whichever thread ran it
+cat >"$t/prep.flow" <<'EOF'
+flow prep {
+    input x : real[2];
+    fault_prepare(at = 0);
+    fault_prepare(at = 0);
+    fault_prepare(at = -1);
+    fault_prepare(at = -1);
+    fault_prepare(at = -2);
+    output z ~ normal;
+}
+EOF
+for th in 1 2; do
+    FLOW_PLUGIN_PATH=$FP fails "concurrent prepare fails, --threads $th" \
+        "fault_prepare#2 ($t/prep.flow:5:5, $FLOW_FAULT_PLUGINS/faulty.so): prepare: test prepare failure" \
+        "$F" train "$t/prep.flow" --data "$t/tr.csv" --steps 2 --batch 64 \
+        --threads $th -o "$O/x.ckpt"
+done
+sed 's/at = -1/at = 0/' "$t/prep.flow" >"$t/fin.flow"
+for th in 1 2; do
+    FLOW_PLUGIN_PATH=$FP fails "concurrent finish_grad fails, --threads $th" \
+        "fault_prepare#4 ($t/fin.flow:7:5, $FLOW_FAULT_PLUGINS/faulty.so): gradient: test finish_grad failure" \
+        "$F" train "$t/fin.flow" --data "$t/tr.csv" --steps 2 --batch 64 \
+        --threads $th -o "$O/x.ckpt"
+done
+sed 's/at = -2/at = 0/' "$t/fin.flow" >"$t/ok.flow"
+FLOW_PLUGIN_PATH=$FP "$F" train "$t/ok.flow" --data "$t/tr.csv" --steps 2 \
+    --batch 64 --threads 2 -o "$t/ok.ckpt" 2>"$t/err"
+check "concurrent prepare, no failure" 0 $?
+
 # ---------------------------------------------------- numerical faults
 # fault_nan: a NaN log-det (so a NaN loss) on rows reaching `at`.  One
 # row of 300 in batches of 64: one of the 5 batches of every epoch is

@@ -203,6 +203,13 @@ typedef struct flow_cost {
                                                 estimate in training mode   */
 #define FLOW_LAYER_INVERSE_TRAINING_ERROR 0x0080u /* inverse only in eval
                                                 mode (batchnorm)            */
+#define FLOW_LAYER_CONCURRENT_PREPARE 0x0100u /* prepare() and finish_grad()
+                                                touch only the instance and
+                                                the call's slices: the host
+                                                may run them for several
+                                                layers at once, on its
+                                                threads (never one instance
+                                                twice at once)              */
 
 /* What describe() reports.  The host zero-fills it, sets struct_size and
  * dep_vec (D int32 entries), then calls describe(). */

@@ -5,7 +5,11 @@
  *   fault_error  the call fails there through host->error, naming the row
  *                of the call: a plugin error in the middle of a batch
  *   fault_nan    that row's log-det is NaN (so is its loss in training):
- *                a non-finite step the trainer must skip and count */
+ *                a non-finite step the trainer must skip and count
+ *   fault_prepare  a shift whose prepare() (at = -1) or finish_grad()
+ *                (at = -2) fails, with FLOW_LAYER_CONCURRENT_PREPARE: the
+ *                host may run several at once and must report the first
+ *                failing layer in spec order */
 #include <math.h>
 #include <string.h>
 
@@ -23,6 +27,8 @@ typedef struct fault {
     size_t d;
     double at;
     int nan;                    /* 1: fault_nan, 0: fault_error */
+    int prep;                   /* fault_prepare: -1 prepare fails, -2
+                                   finish_grad fails, else neither */
     const flow_host *host;
 } fault;
 
@@ -66,6 +72,41 @@ static void *nan_create(const flow_host *host, const flow_layer_config *cfg,
 {
     (void)diag;
     return create(host, cfg, 1);
+}
+
+static void *prepare_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    fault *f = create(host, cfg, 0);
+    (void)diag;
+    if (f) {
+        f->prep = (int)cfg->attrs[ATTR_AT].r;
+        f->at = 1e300;          /* rows never fail */
+    }
+    return f;
+}
+
+static int prepare_describe(const flow_layer_config *cfg,
+                            flow_layer_desc *out, flow_diag *diag)
+{
+    int rc = fault_describe(cfg, out, diag);
+    out->flags |= FLOW_LAYER_CONCURRENT_PREPARE;
+    return rc;
+}
+
+static int prepare(void *self, const flow_call *c)
+{
+    const fault *f = self;
+    return f->prep == -1 ? c->host->error(c, "test prepare failure")
+                         : FLOW_OK;
+}
+
+static int finish_grad(void *self, const flow_call *c, flow_real *grad)
+{
+    const fault *f = self;
+    (void)grad;
+    return f->prep == -2 ? c->host->error(c, "test finish_grad failure")
+                         : FLOW_OK;
 }
 
 static void destroy(void *self)
@@ -166,8 +207,19 @@ FAULT_TYPE(fault_error, "test: a shift that fails on rows reaching `at`")
 FAULT_TYPE(fault_nan, "test: a shift with a NaN log-det on rows reaching "
                       "`at`")
 
-static const flow_layer_type *const layers[] = {&fault_error_type,
-                                                &fault_nan_type};
+static const flow_layer_type fault_prepare_type = {
+    .struct_size = sizeof(flow_layer_type), .name = "fault_prepare",
+    .summary = "test: a shift whose prepare (at = -1) or finish_grad "
+               "(at = -2) fails",
+    .attrs = fault_attrs, .describe = prepare_describe,
+    .create = prepare_create, .destroy = destroy, .workspace = workspace,
+    .init = init, .prepare = prepare, .forward = forward,
+    .inverse = inverse, .forward_backward = forward_backward,
+    .inverse_backward = inverse_backward, .finish_grad = finish_grad,
+};
+
+static const flow_layer_type *const layers[] = {
+    &fault_error_type, &fault_nan_type, &fault_prepare_type};
 
 static const flow_plugin_info info = {
     FLOW_PLUGIN_INFO_HEAD,
