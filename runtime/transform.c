@@ -401,16 +401,24 @@ int tf_vjp1(const tf_cfg *c, int dir, double in, const double *theta,
  * to nearest) and ln 2 split in a part exact in 32 bits and the rest
  * (Cody & Waite 1980, ch. 6), |r| <= ln(2) / 2; e^r by its Taylor
  * polynomial of degree 7 (remainder < 0.35^8 / 8! = 5.5e-9 relative, a
- * tenth of float's ulp), then 2^k set in the exponent bits. */
+ * tenth of float's ulp) in Estrin's order, then 2^k set in the exponent
+ * bits (k read off the low bits of x / ln 2 + 1.5 * 2^52: SSE2 has no
+ * packed double-to-int64 conversion). */
 static inline double exp_fd(double x)
 {
     const double big = 6755399441055744.0;   /* 1.5 * 2^52 */
-    double k = (x * 1.4426950408889634 + big) - big;
+    double kb = x * 1.4426950408889634 + big, k = kb - big;
     double r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
-    double p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 +
-               r * (1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040)))))));
-    int64_t e = ((int64_t)k + 1023) * ((int64_t)1 << 52);
+    double r2 = r * r, r4 = r2 * r2;
+    /* Estrin's scheme: a shallower dependency chain than Horner's */
+    double p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
+               (((1.0 / 24) + r * (1.0 / 120)) +
+                ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
+    int64_t kbits, bbits, e;
     double two_k;
+    memcpy(&kbits, &kb, sizeof kbits);       /* k in the low bits */
+    memcpy(&bbits, &big, sizeof bbits);
+    e = (kbits - bbits + 1023) * ((int64_t)1 << 52);
     memcpy(&two_k, &e, sizeof two_k);
     return p * two_k;
 }
@@ -447,11 +455,13 @@ static inline tf_v4 v4_sel(tf_i4 m, tf_v4 a, tf_v4 b)
 static inline tf_v4 v4_exp(tf_v4 x)
 {
     const tf_v4 big = {6755399441055744.0, 6755399441055744.0};
-    tf_v4 k = (x * 1.4426950408889634 + big) - big;
+    tf_v4 kb = x * 1.4426950408889634 + big, k = kb - big;
     tf_v4 r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
-    tf_v4 p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 +
-              r * (1.0 / 120 + r * (1.0 / 720 + r * (1.0 / 5040)))))));
-    tf_i4 e = (__builtin_convertvector(k, tf_i4) + 1023) * ((int64_t)1 << 52);
+    tf_v4 r2 = r * r, r4 = r2 * r2;
+    tf_v4 p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
+              (((1.0 / 24) + r * (1.0 / 120)) +
+               ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
+    tf_i4 e = ((tf_i4)kb - (tf_i4)big + 1023) * ((int64_t)1 << 52);
     return p * (tf_v4)e;
 }
 
@@ -533,27 +543,43 @@ static int affine_vjp1_f(int dir, float in, const float *th, double g,
  * polynomial exp, about an ulp from the double core rounded, and several
  * times faster than its scalar libm path (which cost 10% of a MAF
  * training step). */
-static int affine_eval_f(int dir, size_t m, const float *in,
-                         const float *theta, float *out, float *lad)
+/* Two scalars at i; the lanes where the input is finite but the output
+ * or log-det is not come back as -1. */
+static inline tf_i4 affine_eval2(int dir, const float *in,
+                                 const float *theta, float *out, float *lad)
 {
     const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
     const double sg = dir ? -1.0 : 1.0;
+    tf_v4 s, t, x, l, e, o;
+    v4_pairs(theta, &s, &t);
+    x = v4_load(in);
+    l = c * v4_tanh(s * ic);
+    e = v4_exp(sg * l);
+    o = dir ? (x - t) * e : x * e + t;
+    v4_store(out, o);
+    if (lad)
+        v4_store(lad, sg * l);
+    o = v4_load(out);                   /* finite after rounding? */
+    return v4_fin(x) & ~(v4_fin(o) & v4_fin(l));
+}
+
+static int affine_eval_f(int dir, size_t m, const float *in,
+                         const float *theta, float *out, float *lad)
+{
     tf_i4 bad = {0, 0};
     int bad1 = 0;
     size_t i = 0;
-    for (; i + 2 <= m; i += 2) {
-        tf_v4 s, t, x, l, e, o;
-        v4_pairs(theta + 2 * i, &s, &t);
-        x = v4_load(in + i);
-        l = c * v4_tanh(s * ic);
-        e = v4_exp(sg * l);
-        o = dir ? (x - t) * e : x * e + t;
-        v4_store(out + i, o);
-        if (lad)
-            v4_store(lad + i, sg * l);
-        o = v4_load(out + i);            /* finite after rounding? */
-        bad |= v4_fin(x) & ~(v4_fin(o) & v4_fin(l));
+    /* four scalars per iteration: two independent chains (the
+     * polynomials are latency-bound) */
+    for (; i + 4 <= m; i += 4) {
+        bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
+                            lad ? lad + i : NULL);
+        bad |= affine_eval2(dir, in + i + 2, theta + 2 * i + 4, out + i + 2,
+                            lad ? lad + i + 2 : NULL);
     }
+    for (; i + 2 <= m; i += 2)
+        bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
+                            lad ? lad + i : NULL);
     for (; i < m; i++)
         bad1 |= affine_eval1_f(dir, in[i], theta + 2 * i, out + i,
                                lad ? lad + i : NULL);
