@@ -1416,15 +1416,21 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
                                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
         fill_rows(n, R, sw + net->mask_total + roff, z);
-        for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
-            size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+        /* by column blocks: columns [ext of block b-1, ext of block b)
+         * feed the rows of blocks b, b+1, ... (ext grows with the
+         * degree); each input column is packed for BLAS once, where row
+         * blocks over their prefixes would pack the prefix again for
+         * every block */
+        for (size_t p0 = 0, e0 = 0; p0 < R; p0 += MADE_BLOCK) {
+            size_t e1 = ex[p0];
             int st;
-            if (ex[p0] == 0)
-                continue;       /* bias only (context-free degree 0) */
-            st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
-                           w + p0 * ly->cols, ly->cols, 1, z + p0, R);
+            if (e1 <= e0)
+                continue;
+            st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
+                           w + p0 * ly->cols + e0, ly->cols, 1, z + p0, R);
             if (st != FLOW_OK)
                 return st;
+            e0 = e1;
         }
         if (!last) {
             act_inplace(net, n * R, z, h);
