@@ -394,183 +394,149 @@ int tf_vjp1(const tf_cfg *c, int dir, double in, const double *theta,
 /* ------------------------------------------- affine, float fast path */
 
 #if !FLOW_REAL_DOUBLE
-/* e^x for |x| <= 20, without libm and branch-free so that it runs on
- * vectors, in double to keep the float result within about an ulp of
- * the double core (the log scale's error is amplified by |l| <= C in
- * e^l): x = k ln 2 + r with k = round(x / ln 2) (adding 1.5 * 2^52 rounds
- * to nearest) and ln 2 split in a part exact in 32 bits and the rest
- * (Cody & Waite 1980, ch. 6), |r| <= ln(2) / 2; e^r by its Taylor
- * polynomial of degree 7 (remainder < 0.35^8 / 8! = 5.5e-9 relative, a
- * tenth of float's ulp) in Estrin's order, then 2^k set in the exponent
- * bits (k read off the low bits of x / ln 2 + 1.5 * 2^52: SSE2 has no
- * packed double-to-int64 conversion). */
-static inline double exp_fd(double x)
+/* Vectors of 2 doubles (SSE2's width: wider ones change the calling
+ * convention without AVX), with GCC / Clang vector extensions: GCC -O2
+ * does not vectorise the scalar loops (the exponent bits and the selects
+ * defeat it).  Every scalar goes through a vector lane (an odd last one
+ * padded), so a row's result does not depend on its place in the
+ * batch. */
+typedef double tf_v2 __attribute__((vector_size(16)));
+typedef int64_t tf_i2 __attribute__((vector_size(16)));
+
+/* m ? a : b lane by lane (m from a comparison: -1 or 0) */
+static inline tf_v2 v2_sel(tf_i2 m, tf_v2 a, tf_v2 b)
 {
-    const double big = 6755399441055744.0;   /* 1.5 * 2^52 */
-    double kb = x * 1.4426950408889634 + big, k = kb - big;
-    double r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
-    double r2 = r * r, r4 = r2 * r2;
-    /* Estrin's scheme: a shallower dependency chain than Horner's */
-    double p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
-               (((1.0 / 24) + r * (1.0 / 120)) +
-                ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
-    int64_t kbits, bbits, e;
-    double two_k;
-    memcpy(&kbits, &kb, sizeof kbits);       /* k in the low bits */
-    memcpy(&bbits, &big, sizeof bbits);
-    e = (kbits - bbits + 1023) * ((int64_t)1 << 52);
-    memcpy(&two_k, &e, sizeof two_k);
-    return p * two_k;
+    return (tf_v2)(((tf_i2)a & m) | ((tf_i2)b & ~m));
+}
+
+/* e^x for |x| <= 20 without libm, in double to keep the float result
+ * within about an ulp of the double core (the log scale's error is
+ * amplified by |l| <= C in e^l): x = k ln 2 + r with k = round(x / ln 2)
+ * (adding 1.5 * 2^52 rounds to nearest) and ln 2 split in a part exact in
+ * 32 bits and the rest (Cody & Waite 1980, ch. 6), |r| <= ln(2) / 2; e^r
+ * by its Taylor polynomial of degree 7 (remainder < 0.35^8 / 8! = 5.5e-9
+ * relative, a tenth of float's ulp) in Estrin's order (a shallower
+ * dependency chain than Horner's), then 2^k set in the exponent bits (k
+ * read off the low bits of x / ln 2 + 1.5 * 2^52: SSE2 has no packed
+ * double-to-int64 conversion). */
+static inline tf_v2 v2_exp(tf_v2 x)
+{
+    const tf_v2 big = {6755399441055744.0, 6755399441055744.0};
+    tf_v2 kb = x * 1.4426950408889634 + big, k = kb - big;
+    tf_v2 r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
+    tf_v2 r2 = r * r, r4 = r2 * r2;
+    tf_v2 p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
+              (((1.0 / 24) + r * (1.0 / 120)) +
+               ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
+    tf_i2 e = ((tf_i2)kb - (tf_i2)big + 1023) * ((int64_t)1 << 52);
+    return p * (tf_v2)e;
 }
 
 /* tanh(u) = (e^{2u} - 1) / (e^{2u} + 1) for u clamped to [-9, 9] (tanh(9)
  * is 1 in float); near 0 the subtraction leaves an absolute error of about
  * 3e-9, far below what the float log scale C tanh(s / C) resolves. */
-static inline double tanh_ed(double u)
+static inline tf_v2 v2_tanh(tf_v2 u)
 {
-    double e;
-    u = u > 9.0 ? 9.0 : u;
-    u = u < -9.0 ? -9.0 : u;
-    e = exp_fd(2.0 * u);
+    const tf_v2 c = {9.0, 9.0};
+    tf_v2 e;
+    u = v2_sel(u > c, c, u);
+    u = v2_sel(u < -c, -c, u);
+    e = v2_exp(2.0 * u);
     return (e - 1.0) / (e + 1.0);
 }
 
-/* 1 when v is finite (v - v is 0, NaN for inf and NaN) */
-static inline int fin(double v) { return v - v == 0.0; }
+/* lanes where v is finite (v - v is 0; NaN for inf and NaN): -1, else 0 */
+static inline tf_i2 v2_fin(tf_v2 v) { return (v - v) == 0.0; }
 
-/* The same on vectors of 2 doubles (SSE2's width: wider vectors change
- * the calling convention without AVX) (GCC / Clang vector extensions; GCC
- * -O2 does not vectorise the scalar loop: the exponent bits and the
- * selects defeat it).  Lane for lane the same operations as the scalar
- * versions, so a row's result does not depend on its place in the
- * batch. */
-typedef double tf_v4 __attribute__((vector_size(16)));
-typedef int64_t tf_i4 __attribute__((vector_size(16)));
-
-static inline tf_v4 v4_sel(tf_i4 m, tf_v4 a, tf_v4 b)
+static inline tf_v2 v2_load(const float *f)
 {
-    return (tf_v4)(((tf_i4)a & m) | ((tf_i4)b & ~m));
+    return (tf_v2){f[0], f[1]};
 }
 
-static inline tf_v4 v4_exp(tf_v4 x)
-{
-    const tf_v4 big = {6755399441055744.0, 6755399441055744.0};
-    tf_v4 kb = x * 1.4426950408889634 + big, k = kb - big;
-    tf_v4 r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
-    tf_v4 r2 = r * r, r4 = r2 * r2;
-    tf_v4 p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
-              (((1.0 / 24) + r * (1.0 / 120)) +
-               ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
-    tf_i4 e = ((tf_i4)kb - (tf_i4)big + 1023) * ((int64_t)1 << 52);
-    return p * (tf_v4)e;
-}
-
-static inline tf_v4 v4_tanh(tf_v4 u)
-{
-    const tf_v4 c = {9.0, 9.0};
-    tf_v4 e;
-    u = v4_sel(u > c, c, u);
-    u = v4_sel(u < -c, -c, u);
-    e = v4_exp(2.0 * u);
-    return (e - 1.0) / (e + 1.0);
-}
-
-/* lanes where v is finite: -1, else 0 */
-static inline tf_i4 v4_fin(tf_v4 v) { return (v - v) == 0.0; }
-
-static inline int v4_any(tf_i4 m) { return (m[0] | m[1]) != 0; }
-
-static inline tf_v4 v4_load(const float *f)
-{
-    return (tf_v4){f[0], f[1]};
-}
-
-static inline void v4_store(float *f, tf_v4 v)
+/* v rounded to float, stored, and read back (what was stored) */
+static inline tf_v2 v2_store(float *f, tf_v2 v)
 {
     f[0] = (float)v[0];
     f[1] = (float)v[1];
+    return v2_load(f);
 }
 
-/* theta (2 pairs s, t from th) split into s and t */
-static inline void v4_pairs(const float *th, tf_v4 *s, tf_v4 *t)
+/* Two scalars' (s, t) split into s and t */
+static inline void v2_pairs(const float *th, tf_v2 *s, tf_v2 *t)
 {
-    *s = (tf_v4){th[0], th[2]};
-    *t = (tf_v4){th[1], th[3]};
+    *s = (tf_v2){th[0], th[2]};
+    *t = (tf_v2){th[1], th[3]};
 }
 
-/* One scalar of affine_eval_f / affine_vjp_f (the loops' tails). */
-static int affine_eval1_f(int dir, float in, const float *th, float *out,
-                          float *lad)
-{
-    double l = TF_AFFINE_CLAMP * tanh_ed(th[0] * (1.0 / TF_AFFINE_CLAMP));
-    double o = dir ? (in - (double)th[1]) * exp_fd(-l)
-                   : in * exp_fd(l) + th[1];
-    *out = (float)o;
-    if (lad)
-        *lad = (float)(dir ? -l : l);
-    return fin(in) & ((fin(*out) & fin(l)) == 0);
-}
-
-static int affine_vjp1_f(int dir, float in, const float *th, double g,
-                         double gl, float *gin, float *gtheta)
-{
-    double t = tanh_ed(th[0] * (1.0 / TF_AFFINE_CLAMP));
-    double l = TF_AFFINE_CLAMP * t, dl = 1.0 - t * t, e;
-    float gi;
-    if (dir == 0) {          /* y = x e^l + t, lad = l */
-        e = exp_fd(l);
-        gi = (float)(g * e);
-        if (gtheta) {
-            gtheta[0] = (float)((g * in * e + gl) * dl);
-            gtheta[1] = (float)g;
-        }
-    } else {                 /* x = (y - t) e^-l, lad = -l */
-        e = exp_fd(-l);
-        gi = (float)(g * e);
-        if (gtheta) {
-            gtheta[0] = (float)((-g * ((in - (double)th[1]) * e) - gl) * dl);
-            gtheta[1] = (float)(-g * e);
-        }
-    }
-    if (gin)
-        *gin = gi;
-    return (fin(gi) == 0) & fin(g);
-}
-
-/* The affine transformer for float data over m scalars (affine_scale
- * above: l = C tanh(s / C); y = x e^l + t, lad = l; inverse x = (y - t)
- * e^-l, lad = -l): tf_eval1's formulas, 2 at a time in double with the
- * polynomial exp, about an ulp from the double core rounded, and several
- * times faster than its scalar libm path (which cost 10% of a MAF
- * training step). */
-/* Two scalars at i; the lanes where the input is finite but the output
- * or log-det is not come back as -1. */
-static inline tf_i4 affine_eval2(int dir, const float *in,
+/* The affine transformer for two scalars (affine_scale above: l = C
+ * tanh(s / C); y = x e^l + t, lad = l; inverse x = (y - t) e^-l, lad =
+ * -l): the lanes where the input is finite but the output or log-det is
+ * not come back -1. */
+static inline tf_i2 affine_eval2(int dir, const float *in,
                                  const float *theta, float *out, float *lad)
 {
     const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
     const double sg = dir ? -1.0 : 1.0;
-    tf_v4 s, t, x, l, e, o;
-    v4_pairs(theta, &s, &t);
-    x = v4_load(in);
-    l = c * v4_tanh(s * ic);
-    e = v4_exp(sg * l);
-    o = dir ? (x - t) * e : x * e + t;
-    v4_store(out, o);
+    tf_v2 s, t, x, l, e, o;
+    v2_pairs(theta, &s, &t);
+    x = v2_load(in);
+    l = c * v2_tanh(s * ic);
+    e = v2_exp(sg * l);
+    o = v2_store(out, dir ? (x - t) * e : x * e + t);
     if (lad)
-        v4_store(lad, sg * l);
-    o = v4_load(out);                   /* finite after rounding? */
-    return v4_fin(x) & ~(v4_fin(o) & v4_fin(l));
+        v2_store(lad, sg * l);
+    return v2_fin(x) & ~(v2_fin(o) & v2_fin(l));
 }
 
+/* Its VJP for two scalars (vjp_core's affine case): the lanes where dL/dy
+ * is finite but dL/dx is not come back -1. */
+static inline tf_i2 affine_vjp2(int dir, const float *in,
+                                const float *theta, const float *gout,
+                                const float *glad, float *gin,
+                                float *gtheta)
+{
+    const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
+    tf_v2 s, t, x, g, gl = {0, 0}, th, l, dl, e, gi, g0, g1;
+    float gbuf[2];
+    v2_pairs(theta, &s, &t);
+    x = v2_load(in);
+    g = v2_load(gout);
+    if (glad)
+        gl = v2_load(glad);
+    th = v2_tanh(s * ic);
+    l = c * th;
+    dl = 1.0 - th * th;
+    if (dir == 0) {          /* y = x e^l + t, lad = l */
+        e = v2_exp(l);
+        gi = g * e;
+        g0 = (g * x * e + gl) * dl;
+        g1 = g;
+    } else {                 /* x = (y - t) e^-l, lad = -l */
+        e = v2_exp(-l);
+        gi = g * e;
+        g0 = (-g * ((x - t) * e) - gl) * dl;
+        g1 = -g * e;
+    }
+    gi = v2_store(gin ? gin : gbuf, gi);
+    if (gtheta)
+        for (int j = 0; j < 2; j++) {
+            gtheta[2 * j] = (float)g0[j];
+            gtheta[2 * j + 1] = (float)g1[j];
+        }
+    return ~v2_fin(gi) & v2_fin(g);
+}
+
+/* The affine transformer for float data over m scalars, two at a time in
+ * double with the polynomial exp: about an ulp from the double core
+ * rounded (docs/runtime.md) and several times faster than its scalar
+ * libm path (which cost 10% of a MAF training step).  Four scalars per
+ * iteration: two independent chains, as the polynomials are
+ * latency-bound.  An odd last scalar goes through a padded pair. */
 static int affine_eval_f(int dir, size_t m, const float *in,
                          const float *theta, float *out, float *lad)
 {
-    tf_i4 bad = {0, 0};
-    int bad1 = 0;
+    tf_i2 bad = {0, 0};
     size_t i = 0;
-    /* four scalars per iteration: two independent chains (the
-     * polynomials are latency-bound) */
     for (; i + 4 <= m; i += 4) {
         bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
                             lad ? lad + i : NULL);
@@ -580,59 +546,42 @@ static int affine_eval_f(int dir, size_t m, const float *in,
     for (; i + 2 <= m; i += 2)
         bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
                             lad ? lad + i : NULL);
-    for (; i < m; i++)
-        bad1 |= affine_eval1_f(dir, in[i], theta + 2 * i, out + i,
-                               lad ? lad + i : NULL);
-    return v4_any(bad) || bad1 ? FLOW_ERR_NUMERIC : FLOW_OK;
+    if (i < m) {
+        float pin[2] = {in[i], 0}, pth[4] = {theta[2 * i], theta[2 * i + 1],
+                                             0, 0};
+        float pout[2], plad[2];
+        bad |= affine_eval2(dir, pin, pth, pout, plad);
+        out[i] = pout[0];
+        if (lad)
+            lad[i] = plad[0];
+    }
+    return (bad[0] | bad[1]) ? FLOW_ERR_NUMERIC : FLOW_OK;
 }
 
-/* Its VJP (vjp_core's affine case, the same way). */
 static int affine_vjp_f(int dir, size_t m, const float *in,
                         const float *theta, const float *gout,
                         const float *glad, float *gin, float *gtheta)
 {
-    const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
-    tf_i4 bad = {0, 0};
-    int bad1 = 0;
+    tf_i2 bad = {0, 0};
     size_t i = 0;
-    for (; i + 2 <= m; i += 2) {
-        tf_v4 s, t, x, g, gl = {0, 0}, th, l, dl, e, gi, g0, g1;
-        v4_pairs(theta + 2 * i, &s, &t);
-        x = v4_load(in + i);
-        g = v4_load(gout + i);
-        if (glad)
-            gl = v4_load(glad + i);
-        th = v4_tanh(s * ic);
-        l = c * th;
-        dl = 1.0 - th * th;
-        if (dir == 0) {
-            e = v4_exp(l);
-            gi = g * e;
-            g0 = (g * x * e + gl) * dl;
-            g1 = g;
-        } else {
-            e = v4_exp(-l);
-            gi = g * e;
-            g0 = (-g * ((x - t) * e) - gl) * dl;
-            g1 = -g * e;
-        }
+    for (; i + 2 <= m; i += 2)
+        bad |= affine_vjp2(dir, in + i, theta + 2 * i, gout + i,
+                           glad ? glad + i : NULL, gin ? gin + i : NULL,
+                           gtheta ? gtheta + 2 * i : NULL);
+    if (i < m) {
+        float pin[2] = {in[i], 0}, pth[4] = {theta[2 * i], theta[2 * i + 1],
+                                             0, 0};
+        float pg[2] = {gout[i], 0}, pgl[2] = {glad ? glad[i] : 0, 0};
+        float pgi[2], pgt[4];
+        bad |= affine_vjp2(dir, pin, pth, pg, pgl, pgi, pgt);
         if (gin)
-            v4_store(gin + i, gi);
+            gin[i] = pgi[0];
         if (gtheta) {
-            float *gt = gtheta + 2 * i;
-            for (int j = 0; j < 2; j++) {
-                gt[2 * j] = (float)g0[j];
-                gt[2 * j + 1] = (float)g1[j];
-            }
+            gtheta[2 * i] = pgt[0];
+            gtheta[2 * i + 1] = pgt[1];
         }
-        gi = (tf_v4){(float)gi[0], (float)gi[1]};
-        bad |= ~v4_fin(gi) & v4_fin(g);
     }
-    for (; i < m; i++)
-        bad1 |= affine_vjp1_f(dir, in[i], theta + 2 * i, gout[i],
-                              glad ? glad[i] : 0.0, gin ? gin + i : NULL,
-                              gtheta ? gtheta + 2 * i : NULL);
-    return v4_any(bad) || bad1 ? FLOW_ERR_NUMERIC : FLOW_OK;
+    return (bad[0] | bad[1]) ? FLOW_ERR_NUMERIC : FLOW_OK;
 }
 #endif
 
