@@ -1,6 +1,7 @@
 /* train.c - training: Adam, learning-rate schedules, clipping, seeded
  * shuffling, validation bookkeeping, resumable state; the objective is the
  * log-likelihood of data or the ELBO against a target (vi.c). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,9 +204,24 @@ double flow_trainer_lr(const flow_trainer *t)
  * double, bench/README.md "cplperf"); the step constants in double. */
 #if FLOW_REAL_DOUBLE
 #define REAL_SQRT sqrt
+#define REAL_FABS fabs
+#define REAL_MIN DBL_MIN
 #else
 #define REAL_SQRT sqrtf
+#define REAL_FABS fabsf
+#define REAL_MIN FLT_MIN
 #endif
+
+/* Subnormal moments are stored as zero.  A parameter whose gradient is
+ * exactly zero step after step (a ReLU unit dead on the data: half of
+ * realnvp2d's weights) has m decay by beta1 per step into the subnormal
+ * range after ~700 steps, and arithmetic on subnormals is microcoded:
+ * Adam's loop ran 4x slower and a realnvp2d step half as fast by step
+ * 1500 (bench/README.md, "Small-matrix GEMM path").  The flushed values
+ * are below REAL_MIN, so the update they would give, at most
+ * lr / c1 * REAL_MIN / eps, is far below half an ulp of any parameter
+ * that is not itself almost zero. */
+#define FLUSH_SUB(x) (REAL_FABS(x) < REAL_MIN ? 0 : (x))
 
 FLOW_VECTORIZE static void adam_loop(size_t np, flow_real *restrict p,
                                      const flow_real *restrict grad,
@@ -219,8 +235,8 @@ FLOW_VECTORIZE static void adam_loop(size_t np, flow_real *restrict p,
     for (size_t i = 0; i < np; i++) {
         /* descend the negative log-likelihood: g = -d(mean log p)/dp */
         flow_real g = wd * p[i] - grad[i];
-        flow_real mi = b1 * am[i] + a1 * g;
-        flow_real vi = b2 * av[i] + a2 * (g * g);
+        flow_real mi = FLUSH_SUB(b1 * am[i] + a1 * g);
+        flow_real vi = FLUSH_SUB(b2 * av[i] + a2 * (g * g));
         am[i] = mi;
         av[i] = vi;
         p[i] -= step * mi / (REAL_SQRT(vi * inv_c2) + eps);

@@ -1,5 +1,6 @@
 /* test_train.c - training: convergence to the closed-form MLE, bit-identical
  * resume, schedules, clipping, early stopping, divergence handling. */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,6 +203,56 @@ START_TEST(test_clipping)
 }
 END_TEST
 
+/* Subnormal Adam moments are stored as zero (train.c, FLUSH_SUB): with
+ * the gradient clipped to 5 x the smallest normal, every first moment
+ * (1 - beta1) g is below it, every second moment underflows; both must
+ * read exactly 0 and the parameters stay as they were (the update is
+ * 0 / eps).  Without the flush m would hold the subnormals. */
+START_TEST(test_subnormal_moments_flushed)
+{
+    enum { N = 64 };
+    flow_real *x = gauss_data(N);
+    flow_model *m = gauss_model(2);
+    size_t np = flow_model_num_params(m);
+    flow_real *p0 = malloc(np * sizeof *p0);
+    flow_train_config cfg;
+    flow_trainer *t;
+    size_t nonzero_grad = 0;
+#if FLOW_REAL_DOUBLE
+    const double tiny = DBL_MIN;
+#else
+    const double tiny = FLT_MIN;
+#endif
+    flow_train_config_default(&cfg);
+    cfg.clip_norm = 5 * tiny;
+    cfg.batch = N;
+    t = flow_trainer_new(m, &cfg, x, NULL, N);
+    ck_assert_ptr_nonnull(t);
+    memcpy(p0, flow_model_params(m), np * sizeof *p0);
+    ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    for (size_t i = 0; i < np; i++) {
+        ck_assert_msg(flow_trainer_adam_m(t)[i] == 0, "m[%zu] = %g", i,
+                      (double)flow_trainer_adam_m(t)[i]);
+        ck_assert_msg(flow_trainer_adam_v(t)[i] == 0, "v[%zu] = %g", i,
+                      (double)flow_trainer_adam_v(t)[i]);
+    }
+    ck_assert_mem_eq(flow_model_params(m), p0, np * sizeof *p0);
+    /* the step did see a gradient (the clip scaled it, not zeroed it):
+     * one more step without the clip moves the parameters */
+    flow_trainer_free(t);
+    cfg.clip_norm = 0;
+    t = flow_trainer_new(m, &cfg, x, NULL, N);
+    ck_assert_int_eq(flow_trainer_step(t, NULL), FLOW_OK);
+    for (size_t i = 0; i < np; i++)
+        nonzero_grad += flow_trainer_adam_m(t)[i] != 0;
+    ck_assert_uint_eq(nonzero_grad, np);
+    flow_trainer_free(t);
+    flow_model_free(m);
+    free(p0);
+    free(x);
+}
+END_TEST
+
 START_TEST(test_early_stopping_restores_best)
 {
     flow_real x[4] = {0, 1, 2, 3}, keep;
@@ -268,6 +319,7 @@ Suite *suite_train(void)
     tcase_add_test(tc, test_resume_is_bit_identical);
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_clipping);
+    tcase_add_test(tc, test_subnormal_moments_flushed);
     tcase_add_test(tc, test_early_stopping_restores_best);
     tcase_add_test(tc, test_divergence_is_reported);
     suite_add_tcase(s, tc);
