@@ -69,7 +69,8 @@ struct flow_net {
      * the inputs of the layers below) = the parameter column of sorted
      * column q. */
     int sortable;
-    size_t *rmap, *ext, *vis, *cmap;
+    size_t *rmap, *ext, *vis;
+    uint32_t *cmap;             /* 32 bits: the sort's gather reads it */
     uint8_t *lead;              /* row p leads its cycle of rmap (the
                                    smallest index in it): nn_made_grad */
 };
@@ -602,7 +603,8 @@ static int made_blocks(flow_net *net)
         int last = l + 1 == L;
         size_t roff = last ? hidden_rows(net) : hidden_off(net, l);
         size_t *rm = net->rmap + roff, *ex = net->ext + roff;
-        size_t *vi = net->vis + roff, *cm = net->cmap + coff;
+        size_t *vi = net->vis + roff;
+        uint32_t *cm = net->cmap + coff;
         const size_t *bs = last ? NULL : net->bstart + l * (d + 1);
         const size_t *bp = l ? net->bstart + (l - 1) * (d + 1) : NULL;
         size_t g = 0;
@@ -626,8 +628,8 @@ static int made_blocks(flow_net *net)
                 ex[p] = ex[p1 - 1];
         }
         for (size_t q = 0; q < ly->in; q++)
-            cm[q] = l ? net->sperm[hidden_off(net, l - 1) + q]
-                      : q < k ? d + q : net->by_deg[q - k];
+            cm[q] = (uint32_t)(l ? net->sperm[hidden_off(net, l - 1) + q]
+                      : q < k ? d + q : net->by_deg[q - k]);
         for (size_t p = 0; p < ly->out; p++) {
             size_t c = rm[p];
             while (c > p)
@@ -1298,7 +1300,7 @@ int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
         size_t roff = sort_roff(net, l);
         const size_t *rm = net->rmap + roff, *ex = net->ext + roff;
         const size_t *vi = net->vis + roff;
-        const size_t *cm = net->cmap + sort_coff(net, l);
+        const uint32_t *cm = net->cmap + sort_coff(net, l);
         const flow_real *w = params + ly->w_off;
         flow_real *dst = sw + ly->m_off;
         for (size_t p = 0; p < ly->out; p++) {
@@ -1332,7 +1334,7 @@ int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
         const nn_layer *ly = &net->layer[l];
         size_t roff = sort_roff(net, l), C = ly->cols;
         const size_t *rm = net->rmap + roff, *vi = net->vis + roff;
-        const size_t *cm = net->cmap + sort_coff(net, l);
+        const uint32_t *cm = net->cmap + sort_coff(net, l);
         const uint8_t *lead = net->lead + roff;
         flow_real *a = sw + net->mask_total + all_rows(net);
         flow_real *b = a + net->max_width, *bias = b + net->max_width;
