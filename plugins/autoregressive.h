@@ -415,7 +415,11 @@ static int ar_G_step(const ar_layer *a, const flow_call *c, arws *w,
                      flow_real *logdet)
 {
     size_t n = c->n, d = a->d, i = a->by_step[s];
-    int rc = a->host->net_made_step(a->net, c->params, n, c->ctx, s,
+    const flow_host *h = a->host;
+    int rc = a->blocked && FLOW_HOST_HAS(h, net_made_step_sorted)
+                 ? h->net_made_step_sorted(a->net, a->sorted, n, c->ctx, s,
+                                           s ? w->ca : NULL, w->ct, w->net)
+                 : h->net_made_step(a->net, c->params, n, c->ctx, s,
                                     s ? w->ca : NULL, w->ct, w->net);
     if (rc != FLOW_OK)
         return rc;

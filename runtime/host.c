@@ -107,6 +107,7 @@ static const flow_host host_table = {
     .net_made_forward = nn_made_forward,
     .net_made_backward = nn_made_backward,
     .net_made_grad = nn_made_grad,
+    .net_made_step_sorted = nn_made_step_sorted,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

@@ -1143,21 +1143,27 @@ static void bias_act_block(const flow_net *net, flow_real *z, size_t ld,
  * net_forward.  Products in degree order are the same sums as the masked
  * dense ones (the skipped terms are masked zeros) up to the order of the
  * additions. */
-int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
-                 const flow_real *ctx, size_t step, const flow_real *x_prev,
-                 flow_real *theta, void *ws)
+/* One step on weights sorted by degree: ssw is NULL for weights from
+ * params (sorted here into the workspace at step 0, sort_weights: output
+ * rows as they are, biases read from params), or nn_made_sort's layout
+ * (output rows by degree too, biases after the weights). */
+static int made_step_run(const flow_net *net, const flow_real *params,
+                         const flow_real *ssw, size_t n,
+                         const flow_real *ctx, size_t step,
+                         const flow_real *x_prev, flow_real *theta, void *ws)
 {
     ws_head *hd = ws;
     step_layout sl;
     size_t d, k, kd, L, pr;
-    flow_real *sw, *xs, *hs, *bb;
-    const flow_real *in;
+    flow_real *xs, *hs, *bb;
+    const flow_real *in, *sw;
     size_t ldin;
     int st;
-    if (!net || !params || !theta || !ws || (uintptr_t)ws % sizeof(double))
+    if (!net || !(ssw || params) || !theta || !ws
+        || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (net->kind != FLOW_NET_MADE || net->sn > 0 ||
-        net->time != FLOW_TIME_NONE)
+        net->time != FLOW_TIME_NONE || (ssw && !net->sortable))
         return FLOW_ERR_UNSUPPORTED;
     d = net->d;
     k = net->k;
@@ -1168,7 +1174,7 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
     step_layout_of(net, n, &sl);
     kd = k + d;
     L = net->n_layers;
-    sw = at(ws, sl.sw);
+    sw = ssw ? ssw : at(ws, sl.sw);
     xs = at(ws, sl.xs);
     hs = at(ws, sl.hs);
     bb = at(ws, sl.bb);
@@ -1177,7 +1183,8 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
         hd->n = n;
         hd->t = 0;
         hd->have_jvp = 0;
-        sort_weights(net, params, sw);
+        if (!ssw)
+            sort_weights(net, params, at(ws, sl.sw));
         for (size_t r = 0; k && r < n; r++)
             memcpy(xs + r * kd, ctx + r * k, k * sizeof *xs);
         hd->magic = WS_STEP_MAGIC;
@@ -1209,7 +1216,9 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
                     memset(h + r * ly->out + b0, 0, (b1 - b0) * sizeof *h);
             }
             for (size_t j = b0; j < b1; j++)
-                bb[j - b0] = params[ly->b_off + perm[j]];
+                bb[j - b0] = ssw ? ssw[net->mask_total + hidden_off(net, l)
+                                       + j]
+                                 : params[ly->b_off + perm[j]];
             bias_act_block(net, h + b0, ly->out, n, b1 - b0, bb);
         }
         in = h;
@@ -1218,11 +1227,15 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
     }
     {
         const nn_layer *ly = &net->layer[L - 1];
-        size_t out = net->out, i = net->by_deg[step];
-        const flow_real *b = params + ly->b_off + i * out;
+        size_t out = net->out;
+        /* the rows of the dimension of degree step + 1 */
+        size_t row = (ssw ? step : net->by_deg[step]) * out;
+        const flow_real *b = ssw ? ssw + net->mask_total + hidden_rows(net)
+                                       + row
+                                 : params + ly->b_off + row;
         if (pr) {
             st = blas_gemm(0, 1, n, out, pr, 1, in, ldin,
-                           sw + ly->m_off + i * out * ly->cols, ly->cols, 0,
+                           sw + ly->m_off + row * ly->cols, ly->cols, 0,
                            theta, out);
             if (st != FLOW_OK)
                 return st;
@@ -1235,6 +1248,27 @@ int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
     }
     hd->step_next = step + 1;
     return FLOW_OK;
+}
+
+int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
+                 const flow_real *ctx, size_t step, const flow_real *x_prev,
+                 flow_real *theta, void *ws)
+{
+    if (!params)
+        return FLOW_ERR_INVAL;
+    return made_step_run(net, params, NULL, n, ctx, step, x_prev, theta, ws);
+}
+
+/* The same on nn_made_sort's weights (no sort per sampling call; rows and
+ * columns read are within each row's prefix, so the same values and the
+ * same products as nn_made_step). */
+int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
+                        size_t n, const flow_real *ctx, size_t step,
+                        const flow_real *x_prev, flow_real *theta, void *ws)
+{
+    if (!sorted)
+        return FLOW_ERR_INVAL;
+    return made_step_run(net, NULL, sorted, n, ctx, step, x_prev, theta, ws);
 }
 
 int nn_mask_params(const flow_net *net, const flow_real *params,

@@ -78,6 +78,9 @@ int nn_made_backward(const flow_net *net, const flow_real *sorted, size_t n,
                      void *ws, const flow_real *dy, flow_real *dx,
                      flow_real *dctx, flow_real *dparams);
 int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sorted);
+int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
+                        size_t n, const flow_real *ctx, size_t step,
+                        const flow_real *x_prev, flow_real *theta, void *ws);
 
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);

@@ -581,6 +581,59 @@ START_TEST(test_sorted_matches_dense)
 }
 END_TEST
 
+/* Sampling steps on the sorted weights give the same bits as on the raw
+ * parameters (the same values and products: every row reads within its
+ * prefix), masked weights holding garbage. */
+START_TEST(test_step_sorted_same)
+{
+    enum { N = 11 };
+    const mcase *mc = &sorted_cases[_i];
+    size_t d = mc->d, k = mc->k, out = mc->out, np;
+    int32_t *order = malloc(d * sizeof *order);
+    flow_rng r;
+    flow_net *net;
+    flow_real *p, *sw, *c, *t1, *t2, *xp;
+    void *ws1, *ws2;
+    rng_seed(&r, 110 + (uint64_t)_i);
+    make_order(mc, order, &r);
+    net = made(mc, order, 1);
+    np = nn_params(net);
+    p = malloc(np * sizeof *p);
+    sw = malloc(nn_made_sorted_count(net) * sizeof *sw);
+    c = malloc((N * k + 1) * sizeof *c);
+    t1 = malloc(N * out * sizeof *t1);
+    t2 = malloc(N * out * sizeof *t2);
+    xp = malloc(N * sizeof *xp);
+    ck_assert(order && p && sw && c && t1 && t2 && xp);
+    rng_normal(&r, p, np);
+    rng_normal(&r, c, N * k);
+    ck_assert_int_eq(nn_made_sort(net, p, sw), FLOW_OK);
+    ws1 = ws_alloc(net, N);
+    ws2 = ws_alloc(net, N);
+    for (size_t s = 0; s < d; s++) {
+        ck_assert_int_eq(nn_made_step(net, p, N, k ? c : NULL, s,
+                                      s ? xp : NULL, t1, ws1), FLOW_OK);
+        ck_assert_int_eq(nn_made_step_sorted(net, sw, N, k ? c : NULL, s,
+                                             s ? xp : NULL, t2, ws2),
+                         FLOW_OK);
+        ck_assert_msg(memcmp(t1, t2, N * out * sizeof *t1) == 0,
+                      "case %d step %zu: sorted step differs", _i, s);
+        for (size_t rr = 0; rr < N; rr++)   /* the next input: anything */
+            xp[rr] = t1[rr * out] * 0.5f;
+    }
+    free(ws1);
+    free(ws2);
+    free(order);
+    free(p);
+    free(sw);
+    free(c);
+    free(t1);
+    free(t2);
+    free(xp);
+    nn_destroy(net);
+}
+END_TEST
+
 /* Nets the sorted path does not take: count 0, FLOW_ERR_UNSUPPORTED. */
 START_TEST(test_sorted_unsupported)
 {
@@ -588,6 +641,7 @@ START_TEST(test_sorted_unsupported)
     flow_net_spec sp;
     char err[256];
     flow_real buf[4];
+    double wsd[8];
     memset(&sp, 0, sizeof sp);
     sp.struct_size = sizeof sp;
     sp.kind = FLOW_NET_MADE;
@@ -606,6 +660,8 @@ START_TEST(test_sorted_unsupported)
         ck_assert_uint_eq(nn_made_sorted_count(net), 0);
         ck_assert_int_eq(nn_made_sort(net, buf, buf), FLOW_ERR_UNSUPPORTED);
         ck_assert_int_eq(nn_made_grad(net, buf, buf), FLOW_ERR_UNSUPPORTED);
+        ck_assert_int_eq(nn_made_step_sorted(net, buf, 1, NULL, 0, NULL, buf,
+                                             wsd), FLOW_ERR_UNSUPPORTED);
         nn_destroy(net);
     }
 }
@@ -622,6 +678,8 @@ Suite *suite_made_step(void)
     tcase_add_loop_test(tc, test_sorted_matches_dense, 0,
                         (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
     tcase_add_test(tc, test_sorted_unsupported);
+    tcase_add_loop_test(tc, test_step_sorted_same, 0,
+                        (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
     tcase_add_test(tc, test_step_errors);
     tcase_add_test(tc, test_premasked);
     tcase_add_test(tc, test_adam_keeps_masks);

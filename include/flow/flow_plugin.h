@@ -673,6 +673,13 @@ struct flow_host {
                              flow_real *dparams);
     int (*net_made_grad)(const flow_net *net, flow_real *grad,
                          flow_real *sorted);
+    /* net_made_step on the sorted weights of net_made_sort (the same
+     * results, without sorting the weights again in every sampling call);
+     * FLOW_ERR_UNSUPPORTED where net_made_sorted_count is 0. */
+    int (*net_made_step_sorted)(const flow_net *net, const flow_real *sorted,
+                                size_t n, const flow_real *ctx, size_t step,
+                                const flow_real *x_prev, flow_real *theta,
+                                void *ws);
 };
 
 #define FLOW_HOST_HAS(h, field) \
