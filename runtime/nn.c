@@ -10,6 +10,7 @@
 #include "matrix.h"
 #include "nn.h"
 #include "rng.h"
+#include "tgemm.h"
 #include "vec.h"
 
 #define WS_MAGIC 0x666c6f776e6e7631ull  /* "flownnv1" */
@@ -1538,7 +1539,9 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
  * the last hidden activation, with the output layer's dW' in the same
  * pass.  The same arithmetic as B net_jvp + net_jvp_backward passes and a
  * net_backward (docs/runtime.md), in 2 + 2 GEMMs per hidden layer instead
- * of 2 + 4 B + 2.
+ * of 2 + 4 B + 2.  In the float build the hidden layers' products go to
+ * tgemm (runtime/tgemm.c) when their widths allow (multiples of 8) and the
+ * CPU has AVX2 + FMA, else to blas_gemm.
  *
  * tanh: in the float32 build a rational approximation (below). */
 
@@ -1570,7 +1573,7 @@ typedef struct div_head {
 typedef struct div_layout {
     size_t xin, z, a;           /* tape offsets (bytes from the tape)    */
     size_t tape;                /* tape bytes                            */
-    size_t g0, g1, bias, gate, weff, wt0, row, acc, db, dws;
+    size_t g0, g1, bias, gate, weff, wt0, wt, row, acc, db, dws;
     size_t scratch;             /* scratch bytes                         */
 } div_layout;
 
@@ -1612,6 +1615,8 @@ static void div_layout_of(const flow_net *net, size_t n, size_t B,
     TAKE(gate, squash ? mul_sat(all_rows(net), r) : 0);
     TAKE(weff, squash ? mul_sat(div_weff_off(net, net->n_layers), r) : 0);
     TAKE(wt0, mul_sat(mul_sat(net->layer[0].in, net->layer[0].out), r));
+    /* hidden layers' W'^T for tgemm (layer l at div_weff_off(l)) */
+    TAKE(wt, mul_sat(div_weff_off(net, net->n_layers), r));
     TAKE(row, mul_sat(mw, r));
     TAKE(acc, mul_sat(mul_sat(DIV_SMALL_IN + DIV_FUSE_D, mw), r));
     TAKE(db, mul_sat(mw, r));
@@ -1726,8 +1731,9 @@ static const flow_real *cat(const void *p, size_t off)
 /* The call's effective weights and biases (see above), in the scratch:
  * b' of layer l at bias + hidden_off(l), its gate at gate + hidden_off(l)
  * (concatsquash), W' at weff + div_weff_off(l) (concatsquash; else the
- * parameters themselves), and layer 0's W' transposed, wt0[k * out + j] =
- * W'[j, k] (its columns contiguous). */
+ * parameters themselves), and the hidden layers' W' transposed, wt[k * out
+ * + j] = W'[j, k] (layer 0's at wt0: its columns contiguous; the others'
+ * at wt + div_weff_off(l), the B of tgemm's forward products). */
 static void div_prep(const flow_net *net, const flow_real *params, double t,
                      void *scratch, const div_layout *lo)
 {
@@ -1754,14 +1760,20 @@ static void div_prep(const flow_net *net, const flow_real *params, double t,
             bias[j] = (flow_real)b;
         }
     }
-    {
-        const nn_layer *l0 = &net->layer[0];
-        const flow_real *w = squash ? at(scratch, lo->weff)
-                                    : params + l0->w_off;
-        flow_real *wt = at(scratch, lo->wt0);
-        for (size_t j = 0; j < l0->out; j++)
-            for (size_t k = 0; k < l0->in; k++)
-                wt[k * l0->out + j] = w[j * l0->cols + k];
+    for (size_t l = 0; l == 0 || l + 1 < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const flow_real *w = squash ? at(scratch, lo->weff) +
+                                      div_weff_off(net, l)
+                                    : params + ly->w_off;
+        flow_real *wt = l == 0 ? at(scratch, lo->wt0)
+                               : at(scratch, lo->wt) + div_weff_off(net, l);
+#if FLOW_REAL_DOUBLE
+        if (l > 0)
+            break;          /* W'^T only feeds tgemm, a float kernel */
+#endif
+        for (size_t j = 0; j < ly->out; j++)
+            for (size_t k = 0; k < ly->in; k++)
+                wt[k * ly->out + j] = w[j * ly->cols + k];
     }
 }
 
@@ -1902,8 +1914,8 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
             }
             continue;
         }
-        fill_rows(n, out, bias, Z);
         if (l == 0) {
+            fill_rows(n, out, bias, Z);
             st = blas_gemm(0, 1, n, out, in, 1, x, in, w, ld, 1, Z, out);
             if (st == FLOW_OK && eps)
                 st = blas_gemm(0, 1, n, out, D, 1, eps, D, w, ld, 0,
@@ -1911,10 +1923,28 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
         } else {
             const flow_real *ain = cat(tape, lo.a) +
                                    hidden_off(net, l - 1) * R;
-            st = blas_gemm(0, 1, n, out, in, 1, ain, in, w, ld, 1, Z, out);
-            if (st == FLOW_OK)
-                st = blas_gemm(0, 1, n * B, out, in, 1, ain + n * in, in, w,
-                               ld, 0, Z + n * out, out);
+            int done = 0;
+            st = FLOW_OK;
+#if !FLOW_REAL_DOUBLE
+            {
+                /* primal rows z = a W'^T + b', then the tangent rows */
+                const flow_real *wt = cat(scratch, lo.wt) +
+                                      div_weff_off(net, l);
+                done = tgemm(n, out, in, ain, in, 1, wt, out, bias, 0, Z,
+                             out);
+                if (done)
+                    tgemm(n * B, out, in, ain + n * in, in, 1, wt, out, NULL,
+                          0, Z + n * out, out);
+            }
+#endif
+            if (!done) {
+                fill_rows(n, out, bias, Z);
+                st = blas_gemm(0, 1, n, out, in, 1, ain, in, w, ld, 1, Z,
+                               out);
+                if (st == FLOW_OK)
+                    st = blas_gemm(0, 1, n * B, out, in, 1, ain + n * in, in,
+                                   w, ld, 0, Z + n * out, out);
+            }
         }
         if (st != FLOW_OK)
             return st;
@@ -2078,6 +2108,20 @@ static flow_real *div_dw_target(const flow_net *net, flow_real *dparams,
     return dparams + ly->w_off;
 }
 
+/* tgemm in the float build (see tgemm.h; 0: use blas_gemm) */
+static int div_tgemm(size_t m, size_t n, size_t k, const flow_real *a,
+                     size_t ars, size_t acs, const flow_real *b, size_t ldb,
+                     int acc, flow_real *c, size_t ldc)
+{
+#if FLOW_REAL_DOUBLE
+    (void)m, (void)n, (void)k, (void)a, (void)ars, (void)acs, (void)b;
+    (void)ldb, (void)acc, (void)c, (void)ldc;
+    return 0;
+#else
+    return tgemm(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc);
+#endif
+}
+
 int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
                     const void *tape, void *scratch, const flow_real *eps,
                     const flow_real *dy, const flow_real *dtr, flow_real *dx,
@@ -2188,16 +2232,20 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
                                    hidden_off(net, l - 1) * R;
             if (dparams) {
                 dw = div_dw_target(net, dparams, scratch, &lo, l, &ldw);
-                st = blas_gemm(1, 0, out, in, R, 1, G, out, ain, in, 1, dw,
-                               ldw);
-                if (st != FLOW_OK)
-                    return st;
+                if (!div_tgemm(out, in, R, G, 1, out, ain, in, 1, dw, ldw)) {
+                    st = blas_gemm(1, 0, out, in, R, 1, G, out, ain, in, 1,
+                                   dw, ldw);
+                    if (st != FLOW_OK)
+                        return st;
+                }
                 div_finish(net, params, gates + hidden_off(net, l), l, t, dw,
                            ldw, db, dparams);
             }
-            st = blas_gemm(0, 0, R, in, out, 1, G, out, w, ld, 0, Gn, in);
-            if (st != FLOW_OK)
-                return st;
+            if (!div_tgemm(R, in, out, G, out, 1, w, ld, 0, Gn, in)) {
+                st = blas_gemm(0, 0, R, in, out, 1, G, out, w, ld, 0, Gn, in);
+                if (st != FLOW_OK)
+                    return st;
+            }
             memset(db, 0, in * sizeof *db);
             /* f2 in G: free once Gn holds the new cotangent */
             div_act_back_rows(net, tape, &lo, l - 1, n, B, 0, n,

@@ -915,6 +915,10 @@ START_TEST(test_div)
         {5, 3, 2, 6, 5, FLOW_ACT_SOFTPLUS, FLOW_TIME_CONCATSQUASH},
         {6, 5, 0, 0, 0, FLOW_ACT_TANH, FLOW_TIME_CONCATSQUASH},
         {7, 5, 1, 9, 0, FLOW_ACT_ELU, FLOW_TIME_CONCAT},
+        /* hidden widths of multiples of 8: tgemm's 16- and 8-column
+         * tiles (where the CPU has AVX2 + FMA) */
+        {2, 2, 2, 16, 24, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
+        {3, 3, 3, 8, 16, FLOW_ACT_SOFTPLUS, FLOW_TIME_CONCATSQUASH},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         netcase nc = {FLOW_NET_MLP, cs[c].d, 0, cs[c].out, cs[c].nh,
