@@ -1563,6 +1563,9 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
 #ifndef DIV_CLONES
 # define DIV_CLONES
 #endif
+/* row-level helpers, inlined into the cloned drivers (each clone
+ * vectorises them at its own width) */
+#define DIV_INLINE static inline __attribute__((always_inline))
 
 typedef struct div_head {
     uint64_t magic;
@@ -1788,9 +1791,8 @@ static const flow_real *div_w(const flow_net *net, const flow_real *params,
 }
 
 /* v . w over count values, in DIV_CHUNK partial sums */
-FLOW_VECTORIZE static double div_dot(const flow_real *restrict v,
-                                     const flow_real *restrict w,
-                                     size_t count)
+DIV_INLINE double div_dot(const flow_real *restrict v,
+                          const flow_real *restrict w, size_t count)
 {
     flow_real part[DIV_CHUNK] = {0};
     double s = 0;
@@ -1807,11 +1809,11 @@ FLOW_VECTORIZE static double div_dot(const flow_real *restrict v,
 
 /* row = b + sum_k x[k] wt[k] (in columns wt[k], w values each; b NULL:
  * 0): layer 0 without a GEMM */
-FLOW_VECTORIZE static void div_small_lin(size_t in, size_t w,
-                                         const flow_real *restrict x,
-                                         const flow_real *restrict wt,
-                                         const flow_real *restrict b,
-                                         flow_real *restrict row)
+DIV_INLINE void div_small_lin(size_t in, size_t w,
+                              const flow_real *restrict x,
+                              const flow_real *restrict wt,
+                              const flow_real *restrict b,
+                              flow_real *restrict row)
 {
     for (size_t j = 0; j < w; j++)
         row[j] = b ? b[j] : 0;
@@ -1828,12 +1830,10 @@ FLOW_VECTORIZE static void div_small_lin(size_t in, size_t w,
  * w (layer 0, exact trace: W'[:, b] on every row) or the block's rows.
  * tanh: A holds z and tz on entry (in place); else Z holds them.  f1: w
  * values of scratch. */
-DIV_CLONES FLOW_VECTORIZE static void div_act_rows(const flow_net *net, size_t n,
-                                        size_t B, size_t w, size_t r0,
-                                        size_t r1, const flow_real *Z,
-                                        flow_real *A,
-                                        const flow_real *unit,
-                                        flow_real *restrict f1)
+DIV_INLINE void div_act_rows(const flow_net *net, size_t n, size_t B,
+                             size_t w, size_t r0, size_t r1,
+                             const flow_real *Z, flow_real *A,
+                             const flow_real *unit, flow_real *restrict f1)
 {
     int tanh_act = net->act == FLOW_ACT_TANH;
     for (size_t r = r0; r < r1; r++) {
@@ -1860,6 +1860,50 @@ DIV_CLONES FLOW_VECTORIZE static void div_act_rows(const flow_net *net, size_t n
                 for (size_t j = 0; j < w; j++)
                     ta[j] = f1[j] * tz[j];
         }
+    }
+}
+
+/* The forward's elementwise drivers (cloned): layer 0 without a GEMM, row
+ * by row (the affine map, the Hutchinson tangent eps W'[:, :D]^T, then the
+ * activation while the row is hot); a hidden layer's activation; the
+ * trace from the output layer's tangent rows, ty^(b)_b = ta^(b) . W'[b,
+ * :] or e^T (ta W'^T). */
+DIV_CLONES FLOW_VECTORIZE static void
+div_fwd_small0(const flow_net *net, size_t n, size_t B, size_t D, size_t in,
+               size_t out, const flow_real *x, const flow_real *eps,
+               const flow_real *wt0, const flow_real *bias, flow_real *Z,
+               flow_real *A, flow_real *f1)
+{
+    for (size_t r = 0; r < n; r++) {
+        div_small_lin(in, out, x + r * in, wt0, bias, Z + r * out);
+        if (eps)
+            div_small_lin(D, out, eps + r * D, wt0, NULL, Z + (n + r) * out);
+        div_act_rows(net, n, B, out, r, r + 1, Z, A, eps ? NULL : wt0, f1);
+    }
+}
+
+DIV_CLONES FLOW_VECTORIZE static void
+div_fwd_act(const flow_net *net, size_t n, size_t B, size_t w,
+            const flow_real *Z, flow_real *A, const flow_real *unit,
+            flow_real *f1)
+{
+    div_act_rows(net, n, B, w, 0, n, Z, A, unit, f1);
+}
+
+DIV_CLONES FLOW_VECTORIZE static void
+div_fwd_trace(size_t n, size_t D, size_t in, size_t ld, const flow_real *ain,
+              const flow_real *w, const flow_real *eps, flow_real *tr)
+{
+    for (size_t r = 0; r < n; r++) {
+        double s = 0;
+        if (eps)
+            for (size_t i = 0; i < D; i++)
+                s += eps[r * D + i] *
+                     div_dot(ain + (n + r) * in, w + i * ld, in);
+        else
+            for (size_t b = 0; b < D; b++)
+                s += div_dot(ain + (n * (1 + b) + r) * in, w + b * ld, in);
+        tr[r] = (flow_real)s;
     }
 }
 
@@ -1902,16 +1946,8 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
         flow_real *Z = tanh_act ? A : at(tape, lo.z) + off;
         flow_real *f1 = at(scratch, lo.row);
         if (l == 0 && in <= DIV_SMALL_IN) {
-            /* row by row: the affine map, the Hutchinson tangent (eps
-             * W'[:, :D]^T), then the activation while the row is hot */
-            for (size_t r = 0; r < n; r++) {
-                div_small_lin(in, out, x + r * in, wt0, bias, Z + r * out);
-                if (eps)
-                    div_small_lin(D, out, eps + r * D, wt0, NULL,
-                                  Z + (n + r) * out);
-                div_act_rows(net, n, B, out, r, r + 1, Z, A,
-                             eps ? NULL : wt0, f1);
-            }
+            div_fwd_small0(net, n, B, D, in, out, x, eps, wt0, bias, Z, A,
+                           f1);
             continue;
         }
         if (l == 0) {
@@ -1948,8 +1984,7 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
         }
         if (st != FLOW_OK)
             return st;
-        div_act_rows(net, n, B, out, 0, n, Z, A,
-                     l == 0 && !eps ? wt0 : NULL, f1);
+        div_fwd_act(net, n, B, out, Z, A, l == 0 && !eps ? wt0 : NULL, f1);
     }
     {
         /* the output layer: y on the primal rows; the trace from the
@@ -1965,24 +2000,16 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
         st = blas_gemm(0, 1, n, D, in, 1, ain, in, w, ld, 1, y, D);
         if (st != FLOW_OK)
             return st;
-        for (size_t r = 0; r < n; r++) {
+        if (L > 1)
+            div_fwd_trace(n, D, in, ld, ain, w, eps, tr);
+        for (size_t r = 0; L == 1 && r < n; r++) {
+            /* ty = W'[:, :D] e: tr = e^T W' e (unit e: W'[b, b]) */
             double s = 0;
-            if (L == 1) {
-                /* ty = W'[:, :D] e: tr = e^T W' e (unit e: W'[b, b]) */
-                for (size_t i = 0; i < D; i++)
-                    for (size_t j = 0; j < D; j++)
-                        s += eps ? (double)eps[r * D + i] * w[i * ld + j] *
-                                   eps[r * D + j]
-                                 : (i == j ? (double)w[i * ld + j] : 0.0);
-            } else if (eps) {
-                for (size_t i = 0; i < D; i++)
-                    s += eps[r * D + i] *
-                         div_dot(ain + (n + r) * in, w + i * ld, in);
-            } else {
-                for (size_t b = 0; b < D; b++)
-                    s += div_dot(ain + (n * (1 + b) + r) * in, w + b * ld,
-                                 in);
-            }
+            for (size_t i = 0; i < D; i++)
+                for (size_t j = 0; j < D; j++)
+                    s += eps ? (double)eps[r * D + i] * w[i * ld + j] *
+                               eps[r * D + j]
+                             : (i == j ? (double)w[i * ld + j] : 0.0);
             tr[r] = (flow_real)s;
         }
     }
@@ -1994,16 +2021,14 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
  * r0..r1-1: G holds da (all R rows) on entry and dz on return (formulas
  * above); db += the primal rows' dz.  Exact-trace layer 0: tz^(b) =
  * unit + b w (only needed without tanh). */
-DIV_CLONES FLOW_VECTORIZE static void div_act_back_rows(const flow_net *net,
-                                             const void *tape,
-                                             const div_layout *lo, size_t l,
-                                             size_t n, size_t B, size_t r0,
-                                             size_t r1, const flow_real *unit,
-                                             flow_real *G,
-                                             flow_real *restrict f1,
-                                             flow_real *restrict f2,
-                                             flow_real *restrict acc,
-                                             flow_real *restrict db)
+DIV_INLINE void div_act_back_rows(const flow_net *net, const void *tape,
+                                  const div_layout *lo, size_t l, size_t n,
+                                  size_t B, size_t r0, size_t r1,
+                                  const flow_real *unit, flow_real *G,
+                                  flow_real *restrict f1,
+                                  flow_real *restrict f2,
+                                  flow_real *restrict acc,
+                                  flow_real *restrict db)
 {
     size_t w = net->layer[l].out, off = hidden_off(net, l) * n * (1 + B);
     int tanh_act = net->act == FLOW_ACT_TANH;
@@ -2047,9 +2072,8 @@ DIV_CLONES FLOW_VECTORIZE static void div_act_back_rows(const flow_net *net,
 
 /* dW' += sum_r v[r] row_r over n rows (ld of dw: 1 row) -- one output row
  * of a weight gradient */
-FLOW_VECTORIZE static void div_axpy(size_t w, flow_real s,
-                                    const flow_real *restrict v,
-                                    flow_real *restrict dst)
+DIV_INLINE void div_axpy(size_t w, flow_real s, const flow_real *restrict v,
+                         flow_real *restrict dst)
 {
     for (size_t j = 0; j < w; j++)
         dst[j] += s * v[j];
@@ -2108,6 +2132,79 @@ static flow_real *div_dw_target(const flow_net *net, flow_real *dparams,
     return dparams + ly->w_off;
 }
 
+/* The backward's elementwise drivers (cloned): a hidden activation; the
+ * output layer fused into the pass through the last hidden activation
+ * (exact trace, D <= DIV_FUSE_D): per row, da = dy W' (primal) and dtr
+ * W'[b, :] (block b), dW'[i, :] += dy_i a + dtr ta^(i) into dwa (D rows
+ * of w), then as div_act_back_rows; layer 0 without a GEMM, dW'[:, k] +=
+ * sum_r G_r x_rk + the tangents' inputs (e_b: a column sum of block b;
+ * or e) into dwt (in columns of out), and dx = G W'[:, :in]. */
+DIV_CLONES FLOW_VECTORIZE static void
+div_back_act(const flow_net *net, const void *tape, const div_layout *lo,
+             size_t l, size_t n, size_t B, const flow_real *unit,
+             flow_real *G, flow_real *f1, flow_real *f2, flow_real *acc,
+             flow_real *db)
+{
+    div_act_back_rows(net, tape, lo, l, n, B, 0, n, unit, G, f1, f2, acc, db);
+}
+
+DIV_CLONES FLOW_VECTORIZE static void
+div_back_top(const flow_net *net, const void *tape, const div_layout *lo,
+             size_t l, size_t n, size_t D, const flow_real *dy,
+             const flow_real *dtr, const flow_real *wl, size_t ld,
+             const flow_real *A, const flow_real *unit, flow_real *G,
+             flow_real *f1, flow_real *f2, flow_real *ts, flow_real *dwa,
+             flow_real *db)
+{
+    size_t w = net->layer[l].out;
+    for (size_t r = 0; r < n; r++) {
+        flow_real *restrict gp = G + r * w;
+        flow_real dtb = dtr ? dtr[r] : 0;
+        for (size_t j = 0; j < w; j++)
+            gp[j] = 0;
+        for (size_t i = 0; i < D; i++) {
+            flow_real dyi = dy ? dy[r * D + i] : 0;
+            const flow_real *restrict wi = wl + i * ld;
+            flow_real *restrict gt = G + (n * (1 + i) + r) * w;
+            div_axpy(w, dyi, wi, gp);
+            for (size_t j = 0; j < w; j++)
+                gt[j] = dtb * wi[j];
+            div_axpy(w, dyi, A + r * w, dwa + i * w);
+            div_axpy(w, dtb, A + (n * (1 + i) + r) * w, dwa + i * w);
+        }
+        div_act_back_rows(net, tape, lo, l, n, D, r, r + 1, unit, G, f1, f2,
+                          ts, db);
+    }
+}
+
+DIV_CLONES FLOW_VECTORIZE static void
+div_back_small0(size_t n, size_t B, size_t D, size_t in, size_t out,
+                const flow_real *xin, const flow_real *eps,
+                const flow_real *G, flow_real *dwt)
+{
+    for (size_t r = 0; r < n; r++) {
+        for (size_t k = 0; k < in; k++)
+            div_axpy(out, xin[r * in + k], G + r * out, dwt + k * out);
+        for (size_t b = 0; b < B; b++)
+            if (eps)
+                for (size_t k = 0; k < D; k++)
+                    div_axpy(out, eps[r * D + k], G + (n + r) * out,
+                             dwt + k * out);
+            else
+                div_axpy(out, 1, G + (n * (1 + b) + r) * out, dwt + b * out);
+    }
+}
+
+DIV_CLONES FLOW_VECTORIZE static void
+div_back_dx0(size_t n, size_t in, size_t out, const flow_real *G,
+             const flow_real *wt0, flow_real *dx)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t k = 0; k < in; k++)
+            dx[r * in + k] = (flow_real)div_dot(G + r * out, wt0 + k * out,
+                                                out);
+}
+
 /* tgemm in the float build (see tgemm.h; 0: use blas_gemm) */
 static int div_tgemm(size_t m, size_t n, size_t k, const flow_real *a,
                      size_t ars, size_t acs, const flow_real *b, size_t ldb,
@@ -2159,11 +2256,8 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
     wt0 = at(scratch, lo.wt0);
     l = L - 1;
     if (!eps && D <= DIV_FUSE_D && L >= 2) {
-        /* the output layer fused into the pass through the last hidden
-         * activation: per row, da = dy W' (primal) and dtr W'[b, :]
-         * (block b), dW'[i, :] += dy_i a + dtr ta^(i), then as
-         * div_act_back_rows.  acc holds the D rows of dW' (w each), then
-         * one row of the tangent sum. */
+        /* the output layer fused (div_back_top); acc holds the D rows of
+         * its dW' (w each), then one row of the tangent sum */
         const nn_layer *ly = &net->layer[l], *lh = &net->layer[l - 1];
         size_t w = lh->out, ld = ly->cols;
         const flow_real *wl = div_w(net, params, scratch, &lo, l);
@@ -2171,23 +2265,8 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
         flow_real *dwa = acc, *ts = acc + D * w, *f2 = Gn;
         memset(dwa, 0, D * w * sizeof *dwa);
         memset(db, 0, w * sizeof *db);
-        for (size_t r = 0; r < n; r++) {
-            flow_real *restrict gp = G + r * w;
-            for (size_t j = 0; j < w; j++)
-                gp[j] = 0;
-            for (size_t i = 0; i < D; i++) {
-                flow_real dyi = dy ? dy[r * D + i] : 0;
-                flow_real dtb = dtr ? dtr[r] : 0;
-                flow_real *gt = G + (n * (1 + i) + r) * w;
-                div_axpy(w, dyi, wl + i * ld, gp);
-                for (size_t j = 0; j < w; j++)
-                    gt[j] = dtb * wl[i * ld + j];
-                div_axpy(w, dyi, A + r * w, dwa + i * w);
-                div_axpy(w, dtb, A + (n * (1 + i) + r) * w, dwa + i * w);
-            }
-            div_act_back_rows(net, tape, &lo, l - 1, n, B, r, r + 1,
-                              l - 1 == 0 ? wt0 : NULL, G, f1, f2, ts, db);
-        }
+        div_back_top(net, tape, &lo, l - 1, n, D, dy, dtr, wl, ld, A,
+                     l - 1 == 0 ? wt0 : NULL, G, f1, f2, ts, dwa, db);
         if (dparams) {
             flow_real *dbl = Gn;    /* the output layer's db' */
             dw = div_dw_target(net, dparams, scratch, &lo, l, &ldw);
@@ -2248,9 +2327,8 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
             }
             memset(db, 0, in * sizeof *db);
             /* f2 in G: free once Gn holds the new cotangent */
-            div_act_back_rows(net, tape, &lo, l - 1, n, B, 0, n,
-                              l - 1 == 0 && !eps ? wt0 : NULL, Gn, f1, G,
-                              acc, db);
+            div_back_act(net, tape, &lo, l - 1, n, B,
+                         l - 1 == 0 && !eps ? wt0 : NULL, Gn, f1, G, acc, db);
             {
                 flow_real *tmp = G;
                 G = Gn;
@@ -2270,19 +2348,7 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
             if (in <= DIV_SMALL_IN) {
                 flow_real *dwt = acc;   /* in columns of out values */
                 memset(dwt, 0, in * out * sizeof *dwt);
-                for (size_t r = 0; r < n; r++) {
-                    for (size_t k = 0; k < in; k++)
-                        div_axpy(out, xin[r * in + k], G + r * out,
-                                 dwt + k * out);
-                    for (size_t b = 0; b < B; b++)
-                        if (eps)
-                            for (size_t k = 0; k < D; k++)
-                                div_axpy(out, eps[r * D + k],
-                                         G + (n + r) * out, dwt + k * out);
-                        else
-                            div_axpy(out, 1, G + (n * (1 + b) + r) * out,
-                                     dwt + b * out);
-                }
+                div_back_small0(n, B, D, in, out, xin, eps, G, dwt);
                 for (size_t j = 0; j < out; j++)
                     for (size_t k = 0; k < in; k++)
                         dw[j * ldw + k] += dwt[k * out + j];
@@ -2306,11 +2372,7 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
         }
         if (dx) {
             if (in <= DIV_SMALL_IN) {
-                for (size_t r = 0; r < n; r++)
-                    for (size_t k = 0; k < in; k++)
-                        dx[r * in + k] = (flow_real)div_dot(G + r * out,
-                                                            wt0 + k * out,
-                                                            out);
+                div_back_dx0(n, in, out, G, wt0, dx);
             } else {
                 st = blas_gemm(0, 0, n, in, out, 1, G, out, w, ld, 0, dx,
                                in);
