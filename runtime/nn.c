@@ -1736,9 +1736,10 @@ static const flow_real *cat(const void *p, size_t off)
  * (concatsquash), W' at weff + div_weff_off(l) (concatsquash; else the
  * parameters themselves), and the hidden layers' W' transposed, wt[k * out
  * + j] = W'[j, k] (layer 0's at wt0: its columns contiguous; the others'
- * at wt + div_weff_off(l), the B of tgemm's forward products). */
+ * at wt + div_weff_off(l), the B of tgemm's forward products: only for
+ * the forward, fwd = 1, of the float build). */
 static void div_prep(const flow_net *net, const flow_real *params, double t,
-                     void *scratch, const div_layout *lo)
+                     void *scratch, const div_layout *lo, int fwd)
 {
     int squash = net->time == FLOW_TIME_CONCATSQUASH;
     for (size_t l = 0; l < net->n_layers; l++) {
@@ -1770,10 +1771,8 @@ static void div_prep(const flow_net *net, const flow_real *params, double t,
                                     : params + ly->w_off;
         flow_real *wt = l == 0 ? at(scratch, lo->wt0)
                                : at(scratch, lo->wt) + div_weff_off(net, l);
-#if FLOW_REAL_DOUBLE
-        if (l > 0)
-            break;          /* W'^T only feeds tgemm, a float kernel */
-#endif
+        if (l > 0 && (FLOW_REAL_DOUBLE || !fwd))
+            break;          /* W'^T feeds tgemm, the float forward's */
         for (size_t j = 0; j < ly->out; j++)
             for (size_t k = 0; k < ly->in; k++)
                 wt[k * ly->out + j] = w[j * ly->cols + k];
@@ -1934,7 +1933,7 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
     hd->blocks = B;
     hd->t = t;
     memcpy(at(tape, lo.xin), x, n * net->d * sizeof *x);
-    div_prep(net, params, t, scratch, &lo);
+    div_prep(net, params, t, scratch, &lo, 1);
     for (size_t l = 0; l + 1 < L; l++) {
         const nn_layer *ly = &net->layer[l];
         size_t out = ly->out, in = ly->in, ld = ly->cols;
@@ -2246,7 +2245,7 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
     R = n * (1 + B);
     L = net->n_layers;
     div_layout_of(net, n, B, &lo);
-    div_prep(net, params, t, scratch, &lo);
+    div_prep(net, params, t, scratch, &lo, 0);
     G = at(scratch, lo.g0);
     Gn = at(scratch, lo.g1);
     f1 = at(scratch, lo.row);
