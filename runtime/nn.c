@@ -1620,9 +1620,9 @@ static void div_layout_of(const flow_net *net, size_t n, size_t B,
     TAKE(wt0, mul_sat(mul_sat(net->layer[0].in, net->layer[0].out), r));
     /* hidden layers' W'^T for tgemm (layer l at div_weff_off(l)) */
     TAKE(wt, mul_sat(div_weff_off(net, net->n_layers), r));
-    TAKE(row, mul_sat(mw, r));
+    TAKE(row, mul_sat(2 * mw, r));      /* f1, f2 */
     TAKE(acc, mul_sat(mul_sat(DIV_SMALL_IN + DIV_FUSE_D, mw), r));
-    TAKE(db, mul_sat(mw, r));
+    TAKE(db, mul_sat(2 * mw, r));       /* db' of two layers */
     TAKE(dws, squash ? mul_sat(net->max_wsize, r) : 0);
 #undef TAKE
     lo->scratch = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
@@ -2225,7 +2225,7 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
 {
     const div_head *hd = tape;
     div_layout lo;
-    flow_real *G, *Gn, *f1, *acc, *db, *dw;
+    flow_real *G, *Gn, *f1, *f2, *acc, *db, *dbn, *dw;
     const flow_real *gates, *wt0;
     size_t D, B, R, L, l, ldw = 0;
     double t;
@@ -2249,8 +2249,10 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
     G = at(scratch, lo.g0);
     Gn = at(scratch, lo.g1);
     f1 = at(scratch, lo.row);
+    f2 = f1 + net->max_width;
     acc = at(scratch, lo.acc);
     db = at(scratch, lo.db);
+    dbn = db + net->max_width;
     gates = at(scratch, lo.gate);
     wt0 = at(scratch, lo.wt0);
     l = L - 1;
@@ -2261,7 +2263,7 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
         size_t w = lh->out, ld = ly->cols;
         const flow_real *wl = div_w(net, params, scratch, &lo, l);
         const flow_real *A = cat(tape, lo.a) + hidden_off(net, l - 1) * R;
-        flow_real *dwa = acc, *ts = acc + D * w, *f2 = Gn;
+        flow_real *dwa = acc, *ts = acc + D * w;
         memset(dwa, 0, D * w * sizeof *dwa);
         memset(db, 0, w * sizeof *db);
         div_back_top(net, tape, &lo, l - 1, n, D, dy, dtr, wl, ld, A,
@@ -2306,8 +2308,22 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
         if (l == 0)
             break;
         {
+            /* Gn = G W', the pass through the activation below (which
+             * streams that layer's tape in: its first reading), then dW'
+             * += G^T [a; ta] on the tape now in cache; db' of this layer
+             * in db, of the one below in dbn */
             const flow_real *ain = cat(tape, lo.a) +
                                    hidden_off(net, l - 1) * R;
+            flow_real *tmp;
+            if (!div_tgemm(R, in, out, G, out, 1, w, ld, 0, Gn, in)) {
+                st = blas_gemm(0, 0, R, in, out, 1, G, out, w, ld, 0, Gn, in);
+                if (st != FLOW_OK)
+                    return st;
+            }
+            memset(dbn, 0, in * sizeof *dbn);
+            div_back_act(net, tape, &lo, l - 1, n, B,
+                         l - 1 == 0 && !eps ? wt0 : NULL, Gn, f1, f2, acc,
+                         dbn);
             if (dparams) {
                 dw = div_dw_target(net, dparams, scratch, &lo, l, &ldw);
                 if (!div_tgemm(out, in, R, G, 1, out, ain, in, 1, dw, ldw)) {
@@ -2319,20 +2335,12 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
                 div_finish(net, params, gates + hidden_off(net, l), l, t, dw,
                            ldw, db, dparams);
             }
-            if (!div_tgemm(R, in, out, G, out, 1, w, ld, 0, Gn, in)) {
-                st = blas_gemm(0, 0, R, in, out, 1, G, out, w, ld, 0, Gn, in);
-                if (st != FLOW_OK)
-                    return st;
-            }
-            memset(db, 0, in * sizeof *db);
-            /* f2 in G: free once Gn holds the new cotangent */
-            div_back_act(net, tape, &lo, l - 1, n, B,
-                         l - 1 == 0 && !eps ? wt0 : NULL, Gn, f1, G, acc, db);
-            {
-                flow_real *tmp = G;
-                G = Gn;
-                Gn = tmp;
-            }
+            tmp = G;
+            G = Gn;
+            Gn = tmp;
+            tmp = db;
+            db = dbn;
+            dbn = tmp;
         }
     }
     {
