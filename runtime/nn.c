@@ -1549,6 +1549,7 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
 #define DIV_CHUNK 8     /* fixed-length inner loops: vectorized at -O2 */
 #define DIV_SMALL_IN 4  /* layer 0 without a GEMM up to this many inputs */
 #define DIV_FUSE_D 4    /* exact trace: output layer fused up to this D */
+#define DIV_AHEAD 4     /* rows prefetched ahead in the backward's passes */
 
 /* The elementwise passes also in an AVX2 build chosen at run time (GCC's
  * function multiversioning): 8 floats per instruction instead of SSE2's
@@ -2036,6 +2037,10 @@ DIV_INLINE void div_act_back_rows(const flow_net *net, const void *tape,
     for (size_t r = r0; r < r1; r++) {
         const flow_real *restrict ap = A + r * w;
         flow_real *restrict gp = G + r * w;
+        /* the recorded tape comes from memory: ask for its rows ahead */
+        for (size_t b = 0; r + DIV_AHEAD < n && b <= B; b++)
+            for (size_t j = 0; j < w; j += 64 / sizeof *A)
+                __builtin_prefetch(A + (n * b + r + DIV_AHEAD) * w + j);
         if (tanh_act) {
             for (size_t j = 0; j < w; j++) {
                 f1[j] = 1 - ap[j] * ap[j];

@@ -78,9 +78,14 @@ static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
                              float *c, size_t ldc)
 {
     size_t i = 0;
-    for (; i + TG_MR <= m; i += TG_MR)
+    for (; i + TG_MR <= m; i += TG_MR) {
+        /* the next tile row's C, often not in cache yet (a fresh tape) */
+        for (size_t r = i + TG_MR; r < i + 2 * TG_MR && r < m; r++)
+            for (size_t j = 0; j < n; j += 16)
+                __builtin_prefetch(c + r * ldc + j, 1);
         tg_rows(TG_MR, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
                 c + i * ldc, ldc);
+    }
     switch (m - i) {
     case 1:
         tg_rows(1, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
