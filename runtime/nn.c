@@ -1875,6 +1875,10 @@ div_fwd_small0(const flow_net *net, size_t n, size_t B, size_t D, size_t in,
                flow_real *A, flow_real *f1)
 {
     for (size_t r = 0; r < n; r++) {
+        /* rows of a fresh tape: ask for them ahead, for writing */
+        for (size_t b = 0; r + DIV_AHEAD < n && b <= B; b++)
+            for (size_t j = 0; j < out; j += 64 / sizeof *A)
+                __builtin_prefetch(A + (n * b + r + DIV_AHEAD) * out + j, 1);
         div_small_lin(in, out, x + r * in, wt0, bias, Z + r * out);
         if (eps)
             div_small_lin(D, out, eps + r * D, wt0, NULL, Z + (n + r) * out);
