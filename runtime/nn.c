@@ -2046,25 +2046,43 @@ DIV_INLINE void div_act_back_rows(const flow_net *net, const void *tape,
             for (size_t j = 0; j < w; j += 64 / sizeof *A)
                 __builtin_prefetch(A + (n * b + r + DIV_AHEAD) * w + j);
         if (tanh_act) {
+            /* f1 with the first block's terms in the same pass; f2 = -2 a
+             * (times ta' = phi' tz) in the last */
+            flow_real *restrict gt = G + (n + r) * w;
+            const flow_real *restrict tv = A + (n + r) * w;
             for (size_t j = 0; j < w; j++) {
                 f1[j] = 1 - ap[j] * ap[j];
-                f2[j] = -2 * ap[j];      /* times ta' = phi' tz, below */
+                acc[j] = tv[j] * gt[j];
+                gt[j] *= f1[j];
             }
-        } else {
+            for (size_t b = 1; b < B; b++) {
+                size_t q = (n * (1 + b) + r) * w;
+                flow_real *restrict gb = G + q;
+                const flow_real *restrict tb = A + q;
+                for (size_t j = 0; j < w; j++) {
+                    acc[j] += tb[j] * gb[j];
+                    gb[j] *= f1[j];
+                }
+            }
             for (size_t j = 0; j < w; j++) {
-                double d1, d2;
-                act_eval(net, Z[r * w + j], NULL, &d1, &d2);
-                f1[j] = (flow_real)d1;
-                f2[j] = (flow_real)d2;
+                flow_real v = f1[j] * gp[j] + -2 * ap[j] * acc[j];
+                gp[j] = v;
+                db[j] += v;
             }
+            continue;
+        }
+        for (size_t j = 0; j < w; j++) {
+            double d1, d2;
+            act_eval(net, Z[r * w + j], NULL, &d1, &d2);
+            f1[j] = (flow_real)d1;
+            f2[j] = (flow_real)d2;
         }
         for (size_t j = 0; j < w; j++)
             acc[j] = 0;
         for (size_t b = 0; b < B; b++) {
             size_t q = (n * (1 + b) + r) * w;
             flow_real *restrict gt = G + q;
-            const flow_real *restrict tv = tanh_act ? A + q
-                                           : unit ? unit + b * w : Z + q;
+            const flow_real *restrict tv = unit ? unit + b * w : Z + q;
             for (size_t j = 0; j < w; j++) {
                 acc[j] += tv[j] * gt[j];
                 gt[j] *= f1[j];
