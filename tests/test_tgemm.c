@@ -29,7 +29,8 @@ static int tg_on(void)
 
 /* one call against the reference: C = A B (+ C0 or bias), with the
  * rounding bound of a sum of k products and one addition, (k + 2) u
- * (sum_q |A B| + |C0| or |bias|), u = 2^-24 (Higham 2002, eq. 3.5) */
+ * (sum_q |A B| + |C0| or |bias|), u = 2^-24 (the inner-product bound of
+ * Higham 2002, sec. 3.1, gamma_k sum |a b|, plus the one addition) */
 static void check_one(size_t m, size_t n, size_t k, int trans, int mode,
                       flow_rng *rng)
 {
