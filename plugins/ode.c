@@ -337,8 +337,9 @@ static size_t solver_bytes(const ode_layer *L, size_t n)
 
 /* Recorded net tapes: with RK4, backprop and the host's net_div, the
  * forward solve keeps every evaluation's net tape (activations and
- * tangents, about 3 (2 + D) H reals per row and evaluation for H hidden
- * units in all, D = 2: 12 H) so that the backward does not recompute the
+ * tangents: (1 + D) H reals per row and evaluation for H hidden units in
+ * all with tanh, D = 2: 3 H; twice that with the other activations, which
+ * keep the pre-activations too) so that the backward does not recompute the
  * forward passes (a quarter of a training step's work); slots = 4 steps.
  * Up to REC_BUDGET bytes per call; larger calls (evaluation batches)
  * recompute instead.  Recorded in training mode only. */

@@ -47,6 +47,7 @@ void res_attrs_make(res_attrs *r, int act, double coeff, int mode, double a,
 Suite *suite_ode(void);        /* ode layer and its solvers */
 Suite *suite_vi(void);         /* vi branch: targets, ELBO, log Z */
 Suite *suite_vi_fit(void);     /* vi branch: fits (slow; not valgrind) */
+Suite *suite_tgemm(void);      /* cnfspeed: runtime/tgemm.c */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

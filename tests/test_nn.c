@@ -830,6 +830,23 @@ static void check_div(const netcase *nc, int hutch, uint64_t seed)
     }
     ck_assert_int_eq(nn_div_backward(net, p, NR, tape, scr, hutch ? eps : NULL,
                                      dy, dtr, dx, dp), FLOW_OK);
+    /* a NULL cotangent is a zero one, bit for bit */
+    for (int which = 0; which < 2; which++) {
+        flow_real zy[NR * 8] = {0}, ztr[NR] = {0}, dxa[NR * 8], dxz[NR * 8];
+        flow_real *da = calloc(np, sizeof *da), *dz = calloc(np, sizeof *dz);
+        const flow_real *e = hutch ? eps : NULL;
+        ck_assert_int_eq(nn_div_backward(net, p, NR, tape, scr, e,
+                                         which ? dy : NULL,
+                                         which ? NULL : dtr, dxa, da),
+                         FLOW_OK);
+        ck_assert_int_eq(nn_div_backward(net, p, NR, tape, scr, e,
+                                         which ? dy : zy, which ? ztr : dtr,
+                                         dxz, dz), FLOW_OK);
+        ck_assert_mem_eq(da, dz, np * sizeof *da);
+        ck_assert_mem_eq(dxa, dxz, NR * d * sizeof *dxa);
+        free(da);
+        free(dz);
+    }
     gmax = 1e-3 + maxabs_r(dpr, np);
     xmax = 1e-3 + maxabs_r(dxr, NR * d);
     for (size_t i = 0; i < np; i++)
@@ -892,6 +909,16 @@ START_TEST(test_div)
         {3, 2, 1, 6, 0, FLOW_ACT_ELU, FLOW_TIME_NONE},
         {2, 2, 0, 0, 0, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
         {2, 1, 2, 4, 4, FLOW_ACT_SIGMOID, FLOW_TIME_CONCATSQUASH},
+        /* more than DIV_SMALL_IN inputs (layer 0 by GEMM) and more than
+         * DIV_FUSE_D outputs (the output layer's backward unfused) */
+        {6, 6, 2, 7, 5, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
+        {5, 3, 2, 6, 5, FLOW_ACT_SOFTPLUS, FLOW_TIME_CONCATSQUASH},
+        {6, 5, 0, 0, 0, FLOW_ACT_TANH, FLOW_TIME_CONCATSQUASH},
+        {7, 5, 1, 9, 0, FLOW_ACT_ELU, FLOW_TIME_CONCAT},
+        /* hidden widths of multiples of 8: tgemm's 16- and 8-column
+         * tiles (where the CPU has AVX2 + FMA) */
+        {2, 2, 2, 16, 24, FLOW_ACT_TANH, FLOW_TIME_CONCAT},
+        {3, 3, 3, 8, 16, FLOW_ACT_SOFTPLUS, FLOW_TIME_CONCATSQUASH},
     };
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         netcase nc = {FLOW_NET_MLP, cs[c].d, 0, cs[c].out, cs[c].nh,
