@@ -2001,10 +2001,9 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
  * 4.  The same bits either way: the passes are elementwise or sum in
  * fixed lanes, and -std=c11 leaves a * b + c uncontracted (no FMA). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
-    defined(__has_attribute)
-# if __has_attribute(target_clones)
-#  define DIV_CLONES __attribute__((target_clones("avx2", "default")))
-# endif
+    defined(FLOW_TARGET_CLONES)
+/* configure found that target_clones links (it needs ifunc support) */
+# define DIV_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
 #ifndef DIV_CLONES
 # define DIV_CLONES
