@@ -52,10 +52,12 @@ flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 
-/* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal
- * (cli_model.c). */
+/* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal;
+ * v as a JSON number with `digits` significant digits, or null for inf
+ * and NaN, which JSON lacks (cli_model.c). */
 double cli_now_s(void);
 void cli_json_str(FILE *f, const char *s);
+void cli_json_num(FILE *f, double v, int digits);
 
 /* Growing text (the JSON training history; cli_model.c): on running out
  * of memory the text stops growing and `failed` is set. */

@@ -177,14 +177,6 @@ static int is_file(const char *path)
 
 /* ------------------------------------------------------------ output */
 
-static void json_num(FILE *f, double v)
-{
-    if (isfinite(v))
-        fprintf(f, "%.6g", v);
-    else
-        fputs("null", f);
-}
-
 /* The report's first line (or the JSON object's opening). */
 static void print_header(const check_opts *o)
 {
@@ -235,9 +227,9 @@ static void print_report(const check_opts *o, const char *type,
             printf("%s\n      {\"name\": ", i ? "," : "");
             cli_json_str(stdout, r->name);
             printf(", \"error\": ");
-            json_num(stdout, r->skipped ? NAN : r->err);
+            cli_json_num(stdout, r->skipped ? NAN : r->err, 6);
             printf(", \"tolerance\": ");
-            json_num(stdout, r->skipped ? NAN : r->tol);
+            cli_json_num(stdout, r->skipped ? NAN : r->tol, 6);
             printf(", \"result\": \"%s\", \"note\": ",
                    r->skipped ? "SKIP" : r->pass ? "PASS" : "FAIL");
             cli_json_str(stdout, r->note);

@@ -280,6 +280,14 @@ void cli_json_str(FILE *f, const char *s)
     fputc('"', f);
 }
 
+void cli_json_num(FILE *f, double v, int digits)
+{
+    if (isfinite(v))
+        fprintf(f, "%.*g", digits, v);
+    else
+        fputs("null", f);
+}
+
 /* ------------------------------------------------------------ train */
 
 /* SIGINT / SIGTERM during training: the handler only records the signal;

@@ -52,15 +52,6 @@ static void mean_sd(const double *x, size_t n, double *mean, double *sd)
     *sd = n > 1 && ss > 0 ? sqrt(ss / (double)(n - 1)) : 0;
 }
 
-/* A JSON number, or null for inf/NaN (JSON has neither). */
-static void json_num(FILE *f, double v)
-{
-    if (isfinite(v))
-        fprintf(f, "%.9g", v);
-    else
-        fputs("null", f);
-}
-
 /* A value in the open interval (0, 1); 0, or EXIT_USAGE after saying
  * why. */
 static int parse_open_unit(cli_args *a, double *out)
@@ -276,7 +267,7 @@ static void print_compare_json(const cmp_opts *o, const cmp_row *rows,
         if (i == 0)
             printf("null, \"p_value\": null, \"confidence\": null}");
         else {
-            json_num(stdout, r->z);
+            cli_json_num(stdout, r->z, 9);
             printf(", \"p_value\": %.9g, \"confidence\": %.9g}", r->p,
                    1 - r->p);
         }
@@ -732,9 +723,9 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
             else
                 fputs("null", f);
             fprintf(f, ", \"threshold\": %.9g, \"lower\": ", g[i].threshold);
-            json_num(f, g[i].lo);
+            cli_json_num(f, g[i].lo, 9);
             fprintf(f, ", \"upper\": ");
-            json_num(f, g[i].hi);
+            cli_json_num(f, g[i].hi, 9);
             fprintf(f, ", \"coverage\": %.9g, \"region_mass\": %.9g, "
                     "\"region_mass_stderr\": %.9g", g[i].coverage,
                     g[i].mass_mean, g[i].mass_se);
