@@ -1452,6 +1452,9 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
         flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
                                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
+        /* column blocks under 32 wide on average (few inputs): row
+         * blocks over their prefixes instead (docs/runtime.md) */
+        int narrow = (l ? ly->in : k + d) * MADE_BLOCK < 32 * R;
         fill_rows(n, R, sw + net->mask_total + roff, z);
         /* by column blocks: columns [ext of block b-1, ext of block b)
          * feed the rows of blocks b, b+1, ... (ext grows with the
@@ -1461,6 +1464,14 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         for (size_t p0 = 0, e0 = 0; p0 < R; p0 += MADE_BLOCK) {
             size_t e1 = ex[p0];
             int st;
+            if (narrow) {   /* row blocks over their prefixes */
+                size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+                if (e1 && (st = blas_gemm(0, 1, n, p1 - p0, e1, 1, in, ldin,
+                                          w + p0 * ly->cols, ly->cols, 1,
+                                          z + p0, R)) != FLOW_OK)
+                    return st;
+                continue;
+            }
             if (e1 <= e0)
                 continue;
             st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
