@@ -86,6 +86,8 @@ static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
         tg_rows(TG_MR, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
                 c + i * ldc, ldc);
     }
+    /* the last m % 6 rows: a constant count in each call, so that each
+     * inlined tg_rows keeps its accumulators in registers */
     switch (m - i) {
     case 1:
         tg_rows(1, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
