@@ -121,6 +121,7 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
     char fn[128], name[64];
     size_t nn = flow_graph_node_count(g);
     const flow_graph_base *base = flow_graph_base_get(g);
+    const flow_graph_target *tg = flow_graph_target_get(g);
 
     for (size_t i = 0; i < nn; i++) {
         const flow_graph_node *n = flow_graph_node_get(g, i);
@@ -145,8 +146,11 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
             flow_version(), flow_graph_name(g), fn);
     fputs("#include <stdint.h>\n#include <stddef.h>\n\n"
           "#include <flow/flow.h>\n\n", f);
-    fprintf(f, "int %s(flow_ctx *ctx, uint64_t seed, flow_model **out);\n\n",
+    fprintf(f, "int %s(flow_ctx *ctx, uint64_t seed, flow_model **out);\n",
             fn);
+    if (tg)
+        fprintf(f, "int %s_target(flow_ctx *ctx, flow_target **out);\n", fn);
+    fputc('\n', f);
     for (size_t i = 0; i < nn; i++) {
         const flow_graph_node *n = flow_graph_node_get(g, i);
         snprintf(name, sizeof name, "node%zu", i);
@@ -156,6 +160,8 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
             emit_base(f, name, &n->exit_base);
     }
     emit_base(f, "base_args", base);
+    if (tg)
+        emit_values(f, "target", tg->type->attrs, tg->attrs, tg->n_attrs);
     fprintf(f, "\nint %s(flow_ctx *ctx, uint64_t seed, flow_model **out)\n"
             "{\n    flow_model *m = flow_model_new(ctx, %zu, %zu);\n"
             "    int rc = FLOW_OK;\n\n    *out = NULL;\n"
@@ -185,5 +191,14 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
           "    if (rc != FLOW_OK) {\n        flow_model_free(m);\n"
           "        return rc;\n    }\n    *out = m;\n    return FLOW_OK;\n"
           "}\n", f);
+    if (tg) {
+        /* the spec's target, as flow_graph_build_target makes it */
+        fprintf(f, "\n/* %s_target(ctx, &target) makes the spec's target "
+                "density (flowkit fit);\n * free it with flow_target_free. "
+                "*/\nint %s_target(flow_ctx *ctx, flow_target **out)"
+                "\n{\n    return flow_target_new(ctx, ", fn, fn);
+        c_str(f, tg->type->name);
+        fprintf(f, ", target, %zu, %zu, out);\n}\n", tg->n_attrs, tg->dim);
+    }
     return ferror(f) ? FLOW_ERR_IO : FLOW_OK;
 }

@@ -196,6 +196,10 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
     base_text(&g->base, base, sizeof base);
     fprintf(f, "%4s  %-18s %-18s %5zu %10zu  %s ~ %s\n", "", "output",
             "base", g->output_dim, g->base.n_params, g->output_name, base);
+    if (g->target.type)
+        fprintf(f, "target: %s (%s:%d:%d, %s)\n", g->target.text,
+                g->target.file, g->target.line, g->target.col,
+                g->target.plugin_file);
     fprintf(f, "total: %zu layer%s, %zu parameters\n", layers,
             layers == 1 ? "" : "s", flow_graph_params(g));
     fprintf(f, "cost: density %llu %spass%s; sampling %llu %spass%s\n",
@@ -378,7 +382,24 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     jstr(f, g->output_name);
     fprintf(f, ", \"dim\": %zu, \"base\": ", g->output_dim);
     json_base(f, &g->base);
-    fputs("},\n  \"train\": {", f);
+    fputs("},\n  \"target\": ", f);
+    if (g->target.type) {
+        fputs("{\"type\": ", f);
+        jstr(f, g->target.type->name);
+        fputs(", \"text\": ", f);
+        jstr(f, g->target.text);
+        fputs(", \"file\": ", f);
+        jstr(f, g->target.file);
+        fprintf(f, ", \"line\": %d, \"col\": %d, \"plugin\": ",
+                g->target.line, g->target.col);
+        jstr(f, g->target.plugin_file);
+        fprintf(f, ", \"dim\": %zu, \"attrs\": ", g->target.dim);
+        json_attrs(f, g->target.type->attrs, g->target.attrs);
+        fputc('}', f);
+    } else {
+        fputs("null", f);
+    }
+    fputs(",\n  \"train\": {", f);
     for (size_t i = 0; i < g->n_train; i++) {
         fprintf(f, "%s", i ? ", " : "");
         jstr(f, g->train[i].key);

@@ -7,13 +7,16 @@ pass=0
 fail=0
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
+# funnel_iaf.flow has a target statement: its emitted target is checked too
 for spec in multiscale.flow cond_maf.flow nsf_8gaussians.flow maf_gmm.flow \
-        resflow_moons.flow; do
+        resflow_moons.flow funnel_iaf.flow; do
+    tdef=
+    [ "$spec" = funnel_iaf.flow ] && tdef=-DHARNESS_TARGET
     if ! "$FLOWC" --emit=c --function=emitted_build -o "$t/model.c" \
             "$top_srcdir/specs/$spec" 2>"$t/err"; then
         cat "$t/err"; echo "FAIL: $spec: flowc --emit=c"; fail=$((fail + 1)); continue
     fi
-    if ! $CC $TEST_CFLAGS -I"$top_builddir/include" -I"$top_srcdir/include" \
+    if ! $CC $TEST_CFLAGS $tdef -I"$top_builddir/include" -I"$top_srcdir/include" \
             -o "$t/harness" "$top_srcdir/tests/emit/harness.c" "$t/model.c" \
             -L"$top_builddir/.libs" -lflowc -lflowkit \
             -Wl,-rpath,"$top_builddir/.libs" -lm 2>"$t/err"; then

@@ -102,8 +102,18 @@ same "--diagnostics=json" "$t/want" "$t/json"
 G=tests/specs/good/conditional.flow
 "$FLOWC" --emit=json "$G" >"$t/out" 2>"$t/err"; rc=$?
 [ $rc -eq 0 ] && grep -qF '"dep_vec": [0, 0, 1, 1]' "$t/out" \
-    && grep -qF '"context": {"name": "c", "dim": 2}' "$t/out" && ok \
+    && grep -qF '"context": {"name": "c", "dim": 2}' "$t/out" \
+    && grep -qF '"target": null,' "$t/out" && ok \
     || { bad "--emit=json: exit $rc"; head -20 "$t/out"; }
+# a spec's target statement in the JSON and the report
+T=specs/funnel_iaf.flow
+"$FLOWC" --emit=json "$T" >"$t/out" 2>"$t/err"; rc=$?
+[ $rc -eq 0 ] && grep -qF '"target": {"type": "funnel", "text": "funnel(scale = 3)", "file": "specs/funnel_iaf.flow", "line": 18, "col": 5, "plugin": ' "$t/out" \
+    && grep -qF '"dim": 4, "attrs": {"scale": 3}},' "$t/out" && ok \
+    || { bad "--emit=json with a target: exit $rc"; grep target "$t/out"; }
+"$FLOWC" --report "$T" >"$t/out" 2>"$t/err"; rc=$?
+[ $rc -eq 0 ] && grep -qF 'target: funnel(scale = 3) (specs/funnel_iaf.flow:18:5, ' "$t/out" \
+    && ok || { bad "--report with a target: exit $rc"; cat "$t/out"; }
 "$FLOWC" --emit=dot "$G" >"$t/out" 2>"$t/err"; rc=$?
 [ $rc -eq 0 ] && grep -qF 'context -> n0 [style=dashed];' "$t/out" && ok \
     || { bad "--emit=dot: exit $rc"; head -20 "$t/out"; }

@@ -2,7 +2,10 @@
  * spec (flow_graph_build_model) and once through the function flowc
  * --emit=c wrote, then checks they are the same model: same parameter
  * layout and initial values, and bit-identical log-probabilities on the
- * same (perturbed) parameters.  Used by tests/emit_c.sh. */
+ * same (perturbed) parameters; with HARNESS_TARGET (a spec with a target
+ * statement) also the target the emitted emitted_build_target makes
+ * against flow_graph_build_target: bit-identical log-densities and
+ * gradients.  Used by tests/emit_c.sh. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +14,46 @@
 #include <flow/flowc.h>
 
 int emitted_build(flow_ctx *ctx, uint64_t seed, flow_model **out);
+#ifdef HARNESS_TARGET
+int emitted_build_target(flow_ctx *ctx, flow_target **out);
+
+/* 0 when both targets give the same bits on n rows of x */
+static int same_target(flow_ctx *ctx, const flow_graph *g, size_t n,
+                       const flow_real *x)
+{
+    flow_target *ta = NULL, *tb = NULL;
+    size_t d;
+    flow_real *la, *lb, *ga, *gb;
+    int rc = 1;
+    if (flow_graph_build_target(ctx, g, &ta)
+        || emitted_build_target(ctx, &tb)) {
+        fprintf(stderr, "harness: target: %s\n", flow_errmsg(ctx));
+        flow_target_free(ta);
+        return 1;
+    }
+    d = flow_target_dim(ta);
+    la = malloc(n * sizeof *la);
+    lb = malloc(n * sizeof *lb);
+    ga = malloc(n * d * sizeof *ga);
+    gb = malloc(n * d * sizeof *gb);
+    if (d == flow_target_dim(tb) && la && lb && ga && gb
+        && !strcmp(flow_target_name(ta), flow_target_name(tb))
+        && !flow_target_log_density(ta, n, x, la, ga)
+        && !flow_target_log_density(tb, n, x, lb, gb)
+        && !memcmp(la, lb, n * sizeof *la)
+        && !memcmp(ga, gb, n * d * sizeof *ga))
+        rc = 0;
+    else
+        fprintf(stderr, "harness: the emitted target differs\n");
+    free(la);
+    free(lb);
+    free(ga);
+    free(gb);
+    flow_target_free(ta);
+    flow_target_free(tb);
+    return rc;
+}
+#endif
 
 int main(int argc, char **argv)
 {
@@ -65,6 +108,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "harness: log-probabilities differ\n");
         return 1;
     }
+#ifdef HARNESS_TARGET
+    if (same_target(ctx, flow_compile_graph(c), n, x))
+        return 1;
+    printf("harness: %s: the target's log-densities identical\n", argv[1]);
+#endif
     printf("harness: %s: %zu parameters, %zu log-probabilities identical\n",
            argv[1], np, n);
     free(x);
