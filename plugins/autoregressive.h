@@ -7,10 +7,14 @@
  * exactly that MAF's inverse.
  *
  * Speed (docs/plugins.md, "Autoregressive layers"): the MADE is built
- * premasked (weights used as stored, masked ones kept at 0; prepare()
- * checks once per batch and masks a private copy if parameters came from
- * elsewhere), and G runs the host's net_made_step, which computes each
- * hidden unit once over the D steps instead of D dense passes. */
+ * premasked, and on hosts with the degree-order entries prepare() sorts
+ * its weights by degree once per batch (the mask applied there), F runs
+ * as blocked GEMMs over each block's unmasked prefix (net_made_forward /
+ * _backward) and finish_grad() maps the gradient back to the parameters'
+ * layout; G runs net_made_step on the same sorted weights, computing each
+ * hidden unit once over the D steps instead of D dense passes.  Older
+ * hosts: the dense passes, prepare() checking the masks once per batch
+ * and masking a private copy if parameters came from elsewhere. */
 #ifndef FLOW_PLUGINS_AUTOREGRESSIVE_H
 #define FLOW_PLUGINS_AUTOREGRESSIVE_H
 
