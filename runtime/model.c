@@ -834,6 +834,21 @@ static int joinable(const flow_model *m, const node *nd, size_t n)
 /* Runs the job on its chunks; on failure, the message of the earliest
  * failing step (its lowest chunk among equals): the same whatever the
  * timing. */
+/* Of k threads' outcomes (rc[t], and fail[t]: where it failed, in run
+ * order), the thread whose failure comes first, its message moved to
+ * m->err; MAX_THREADS when none failed. */
+static size_t first_failure(flow_model *m, size_t k, const int *rc,
+                            const size_t *fail)
+{
+    size_t bad = MAX_THREADS;
+    for (size_t t = 0; t < k; t++)
+        if (rc[t] != FLOW_OK && (bad == MAX_THREADS || fail[t] < fail[bad]))
+            bad = t;
+    if (bad != MAX_THREADS && bad)
+        memcpy(m->err, m->terr[bad], sizeof m->terr[bad]);
+    return bad;
+}
+
 static int run_job(job *j, const char *what)
 {
     flow_model *m = j->m;
@@ -859,14 +874,8 @@ static int run_job(job *j, const char *what)
         pool_run(m->pool, j->k, job_task, j);
     else
         job_task(j, 0);
-    for (size_t t = 0; t < j->k; t++)
-        if (j->rc[t] != FLOW_OK
-            && (bad == MAX_THREADS || j->fail[t] < j->fail[bad]))
-            bad = t;
-    if (bad == MAX_THREADS)
+    if ((bad = first_failure(m, j->k, j->rc, j->fail)) == MAX_THREADS)
         return FLOW_OK;
-    if (bad)
-        memcpy(m->err, m->terr[bad], sizeof m->terr[bad]);
     return layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);
 }
 
@@ -903,6 +912,12 @@ static int batch_has(const batch_job *bj, const node *nd)
                        : nd->type->prepare != NULL);
 }
 
+/* 1: this node's work runs on the threads, 0: on the caller */
+static int batch_conc(const node *nd)
+{
+    return (nd->desc.flags & FLOW_LAYER_CONCURRENT_PREPARE) != 0;
+}
+
 static void batch_task(void *arg, size_t t)
 {
     batch_job *bj = arg;
@@ -911,8 +926,7 @@ static void batch_task(void *arg, size_t t)
     bj->rc[t] = FLOW_OK;
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
-        if (!batch_has(bj, nd)
-            || !(nd->desc.flags & FLOW_LAYER_CONCURRENT_PREPARE))
+        if (!batch_has(bj, nd) || !batch_conc(nd))
             continue;
         if (seen++ % bj->k != t)
             continue;
@@ -928,31 +942,26 @@ static int batch_all(flow_model *m, size_t n, int finish,
 {
     batch_job bj = {.m = m, .n = n, .finish = finish, .cv = cv,
                     .grad = grad};
-    size_t conc = 0, bad = SIZE_MAX, bad_t = 0;
+    size_t conc = 0, bad = SIZE_MAX, bad_t;
     int rc = FLOW_OK;
     for (size_t i = 0; i < m->n_nodes; i++)
-        conc += batch_has(&bj, &m->nodes[i])
-                && (m->nodes[i].desc.flags & FLOW_LAYER_CONCURRENT_PREPARE);
+        conc += batch_has(&bj, &m->nodes[i]) && batch_conc(&m->nodes[i]);
     bj.k = m->pool && conc > 1 ? (conc < m->threads ? conc : m->threads) : 1;
     if (conc) {
         if (bj.k > 1)
             pool_run(m->pool, bj.k, batch_task, &bj);
         else
             batch_task(&bj, 0);
-        for (size_t t = 0; t < bj.k; t++)
-            if (bj.rc[t] != FLOW_OK && bj.fail[t] < bad) {
-                bad = bj.fail[t];
-                bad_t = t;
-                rc = bj.rc[t];
-            }
-        if (bad != SIZE_MAX && bad_t)
-            memcpy(m->err, m->terr[bad_t], sizeof m->terr[bad_t]);
+        bad_t = first_failure(m, bj.k, bj.rc, bj.fail);
+        if (bad_t != MAX_THREADS) {
+            bad = bj.fail[bad_t];
+            rc = bj.rc[bad_t];
+        }
     }
     for (size_t i = 0; i < m->n_nodes && i < bad; i++) {
         node *nd = &m->nodes[i];
         int r;
-        if (!batch_has(&bj, nd)
-            || (nd->desc.flags & FLOW_LAYER_CONCURRENT_PREPARE))
+        if (!batch_has(&bj, nd) || batch_conc(nd))
             continue;
         if ((r = batch_one(&bj, nd, 0)) != FLOW_OK) {
             bad = i;

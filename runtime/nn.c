@@ -1452,34 +1452,36 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
         flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
                                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
-        /* column blocks under 32 wide on average (few inputs): row
-         * blocks over their prefixes instead (docs/runtime.md) */
-        int narrow = (l ? ly->in : k + d) * MADE_BLOCK < 32 * R;
+        int st = FLOW_OK;
         fill_rows(n, R, sw + net->mask_total + roff, z);
-        /* by column blocks: columns [ext of block b-1, ext of block b)
-         * feed the rows of blocks b, b+1, ... (ext grows with the
-         * degree); each input column is packed for BLAS once, where row
-         * blocks over their prefixes would pack the prefix again for
-         * every block */
-        for (size_t p0 = 0, e0 = 0; p0 < R; p0 += MADE_BLOCK) {
-            size_t e1 = ex[p0];
-            int st;
-            if (narrow) {   /* row blocks over their prefixes */
+        if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {
+            /* column blocks would average under 32 wide (few inputs): one
+             * GEMM per row block over its prefix (docs/runtime.md) */
+            for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
                 size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
-                if (e1 && (st = blas_gemm(0, 1, n, p1 - p0, e1, 1, in, ldin,
-                                          w + p0 * ly->cols, ly->cols, 1,
-                                          z + p0, R)) != FLOW_OK)
-                    return st;
-                continue;
+                if (ex[p0])
+                    st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
+                                   w + p0 * ly->cols, ly->cols, 1, z + p0,
+                                   R);
             }
-            if (e1 <= e0)
-                continue;
-            st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
-                           w + p0 * ly->cols + e0, ly->cols, 1, z + p0, R);
-            if (st != FLOW_OK)
-                return st;
-            e0 = e1;
+        } else {
+            /* by column blocks: columns [ext of block b-1, ext of block
+             * b) feed the rows of blocks b, b+1, ... (ext grows with the
+             * degree); each input column is packed for BLAS once, where
+             * row blocks would pack their prefix again for every block */
+            for (size_t p0 = 0, e0 = 0; p0 < R && st == FLOW_OK;
+                 p0 += MADE_BLOCK) {
+                size_t e1 = ex[p0];
+                if (e1 <= e0)
+                    continue;
+                st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
+                               w + p0 * ly->cols + e0, ly->cols, 1, z + p0,
+                               R);
+                e0 = e1;
+            }
         }
+        if (st != FLOW_OK)
+            return st;
         if (!last) {
             act_inplace(net, n * R, z, h);
             in = h;
