@@ -5,7 +5,7 @@
 #include <string.h>
 
 #include "flow/flow.h"
-#include "../runtime/conform.h"
+#include "../cli/conform.h"
 #include "suites.h"
 
 static flow_ctx *ctx;

@@ -71,8 +71,8 @@ if [ "$(cat "$out/obj/flags" 2>/dev/null)" != "$cflags" ]; then
     printf '%s\n' "$cflags" >"$out/obj/flags"
 fi
 objs=""
-for src in "$top"/runtime/[a-eg-z]*.c "$top"/runtime/fileio.c \
-           "$top"/compiler/[a-eg-z]*.c "$build/compiler/parser.c" \
+for src in "$top"/runtime/*.c \
+           "$top"/compiler/*.c "$build/compiler/parser.c" \
            "$build/compiler/lexer.c"; do
     o=$out/obj/$(basename "$(dirname "$src")")_$(basename "$src" .c).o
     if [ ! -f "$o" ] || [ "$src" -nt "$o" ] || [ "$newest" -nt "$o" ]; then

@@ -52,7 +52,7 @@ static void mean_sd(const double *x, size_t n, double *mean, double *sd)
     *sd = n > 1 && ss > 0 ? sqrt(ss / (double)(n - 1)) : 0;
 }
 
-/* A value in the open interval (0, 1); 0, or EXIT_USAGE after saying
+/* A value in the open interval (0, 1); 0, or CLI_EXIT_USAGE after saying
  * why. */
 static int parse_open_unit(cli_args *a, double *out)
 {
@@ -60,7 +60,7 @@ static int parse_open_unit(cli_args *a, double *out)
     char *end;
     double x;
     if (!v)
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     x = strtod(v, &end);
     if (end == v || *end || !(x > 0 && x < 1))
         return cli_usage_error(a, "%s: '%s' is not a number strictly "
@@ -71,7 +71,7 @@ static int parse_open_unit(cli_args *a, double *out)
 
 /* Log-densities of the n rows of d under l->model, in batches, into lp.
  * 0, or 1 after printing why. */
-static int rows_log_prob(loaded *l, const char *cmd, flow_data *d,
+static int rows_log_prob(cli_loaded *l, const char *cmd, flow_data *d,
                          size_t batch, double *lp)
 {
     size_t n = flow_data_rows(d), dim = flow_model_dim(l->model);
@@ -148,11 +148,11 @@ static int parse_compare(int argc, char **argv, cmp_opts *o)
             compare_usage(stdout);
             return -1;
         } else if (cli_opt_is(&a, "--data"))
-            rc = (o->data = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->data = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--columns"))
-            rc = (o->columns = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->columns = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--context"))
-            rc = (o->context = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->context = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--batch"))
             rc = cli_parse_size(&a, &o->batch, 1);
         else if (cli_opt_is(&a, "--threads"))
@@ -275,11 +275,11 @@ static void print_compare_json(const cmp_opts *o, const cmp_row *rows,
     printf("]}\n");
 }
 
-int cmd_compare(int argc, char **argv)
+int cli_cmd_compare(int argc, char **argv)
 {
     const char *cmd = "flowkit compare";
     cmp_opts o;
-    loaded *ls = NULL;
+    cli_loaded *ls = NULL;
     flow_data *d = NULL;
     double *lp = NULL, *tmp = NULL;
     cmp_row *rows = NULL;
@@ -298,12 +298,12 @@ int cmd_compare(int argc, char **argv)
     }
     /* one model at a time: load, check its shape, score every row */
     for (size_t j = 0; j < m; j++) {
-        if (load_checkpoint(&ls[j], cmd, o.ckpts[j], o.threads) != 0)
+        if (cli_load_checkpoint(&ls[j], cmd, o.ckpts[j], o.threads) != 0)
             goto out;
         if (j == 0) {
             dim = flow_model_dim(ls[0].model);
             cdim = flow_model_context_dim(ls[0].model);
-            if (!(d = read_data(ls[0].ctx, cmd, o.data, o.columns, o.context,
+            if (!(d = cli_read_data(ls[0].ctx, cmd, o.data, o.columns, o.context,
                                 dim, cdim)))
                 goto out;
             n = flow_data_rows(d);
@@ -339,7 +339,7 @@ int cmd_compare(int argc, char **argv)
             }
         /* keep the first model's context (it owns the data) */
         if (j > 0)
-            loaded_free(&ls[j]);
+            cli_loaded_free(&ls[j]);
     }
     for (size_t j = 0; j < m; j++) {
         double sd;
@@ -369,7 +369,7 @@ int cmd_compare(int argc, char **argv)
 out:
     flow_data_free(d);
     for (size_t j = 0; ls && j < m; j++)
-        loaded_free(&ls[j]);
+        cli_loaded_free(&ls[j]);
     free(ls);
     free(rows);
     free(lp);
@@ -458,17 +458,17 @@ static int parse_hdr(int argc, char **argv, hdr_opts *o)
         } else if (cli_opt_is(&a, "--seed"))
             rc = cli_parse_u64(&a, &o->seed);
         else if (cli_opt_is(&a, "--data"))
-            rc = (o->data = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->data = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--columns"))
-            rc = (o->columns = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->columns = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--context"))
-            rc = (o->context = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->context = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
-            rc = (o->out = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->out = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--format")) {
             const char *v = cli_opt_value(&a);
             if (!v)
-                rc = EXIT_USAGE;
+                rc = CLI_EXIT_USAGE;
             else if (!strcmp(v, "csv"))
                 o->format = FLOW_DATA_CSV;
             else if (!strcmp(v, "npy"))
@@ -631,7 +631,7 @@ static uint64_t context_seed(uint64_t seed, const flow_real *c, size_t k)
 
 /* Draws o->samples samples from the model (given context c, k values,
  * or none), into s sorted ascending.  0, or 1 after printing why. */
-static int draw_sorted(loaded *l, const char *cmd, const hdr_opts *o,
+static int draw_sorted(cli_loaded *l, const char *cmd, const hdr_opts *o,
                        const flow_real *c, size_t k, double *s)
 {
     size_t N = o->samples, dim = flow_model_dim(l->model);
@@ -773,13 +773,13 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
                 outside, 100.0 * (double)outside / (double)rows, undecided);
 }
 
-int cmd_hdr(int argc, char **argv)
+int cli_cmd_hdr(int argc, char **argv)
 {
     const char *cmd = "flowkit hdr";
     static const char *const names[] = {"logprob", "threshold", "inside",
                                         "quantile"};
     hdr_opts o;
-    loaded l;
+    cli_loaded l;
     flow_data *d = NULL, *res = NULL;
     double *lp = NULL, *s = NULL;
     hdr_region *g = NULL;
@@ -788,7 +788,7 @@ int cmd_hdr(int argc, char **argv)
 
     if ((rc = parse_hdr(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
-    if (load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
+    if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     rc = 1;
     dim = flow_model_dim(l.model);
@@ -798,11 +798,11 @@ int cmd_hdr(int argc, char **argv)
                 "with its %zu context column%s (--context L); the region is "
                 "estimated for each distinct context\n", cmd, o.ckpt, k,
                 k == 1 ? "" : "s");
-        rc = EXIT_USAGE;
+        rc = CLI_EXIT_USAGE;
         goto out;
     }
     if (o.data) {
-        if (!(d = read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
+        if (!(d = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
                             k)))
             goto out;
         n = flow_data_rows(d);
@@ -900,6 +900,6 @@ out:
     free(lp);
     flow_data_free(res);
     flow_data_free(d);
-    loaded_free(&l);
+    cli_loaded_free(&l);
     return rc;
 }

@@ -80,11 +80,11 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             fit_usage(stdout);
             return -1;
         } else if (cli_opt_is(&a, "--target"))
-            rc = (o->target = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->target = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
-            rc = (o->out = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->out = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--resume"))
-            rc = (o->resume = cli_opt_value(&a)) ? 0 : EXIT_USAGE;
+            rc = (o->resume = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "--steps")) {
             rc = cli_parse_size(&a, &o->steps, 1);
             o->set_steps = 1;
@@ -98,7 +98,7 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             const char *v = cli_opt_value(&a);
             o->set_schedule = 1;
             if (!v)
-                rc = EXIT_USAGE;
+                rc = CLI_EXIT_USAGE;
             else if (!strcmp(v, "constant") || !strcmp(v, "cosine"))
                 o->cfg.schedule = v[1] == 'o' && v[2] == 's'
                                 ? FLOW_LR_COSINE : FLOW_LR_CONSTANT;
@@ -260,7 +260,7 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
         fprintf(stderr, "%s: %s declares no target: add `target NAME(...);` "
                 "to the flow or give --target (`flowkit plugins` lists the "
                 "targets)\n", cmd, o->spec);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     r->ttext = flow_graph_target_get(g)->text;
     apply_train_section(g, o);
@@ -318,7 +318,7 @@ static int save(fit_run *r, const fit_opts *o, const char *report)
     return rc;
 }
 
-int cmd_fit(int argc, char **argv)
+int cli_cmd_fit(int argc, char **argv)
 {
     const char *cmd = "flowkit fit";
     fit_opts o;

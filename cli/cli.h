@@ -1,7 +1,7 @@
-/* cli.h - internal to the flowkit command: shared option parsing and the
- * subcommands that need a model (cli_model.c). */
-#ifndef FLOW_RUNTIME_CLI_H
-#define FLOW_RUNTIME_CLI_H
+/* cli.h - internal to the flowkit command: what its subcommand files share
+ * (options.c, common.c) and the subcommands' entry points. */
+#ifndef FLOW_CLI_CLI_H
+#define FLOW_CLI_CLI_H
 
 #include <signal.h>
 #include <stdint.h>
@@ -9,7 +9,7 @@
 
 #include "flow/flowc.h"
 
-#define EXIT_USAGE 2
+#define CLI_EXIT_USAGE 2
 
 /* Option cursor over argv: `--name value` and `--name=value`. */
 typedef struct cli_args {
@@ -20,7 +20,7 @@ typedef struct cli_args {
     const char *inline_val;     /* value after '=' or NULL */
 } cli_args;
 
-/* Prints "CMD: message (try 'CMD --help')"; returns EXIT_USAGE. */
+/* Prints "CMD: message (try 'CMD --help')"; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const cli_args *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Next argument: 1 for an option (a->opt set), 0 for a positional (in
@@ -29,7 +29,7 @@ int cli_next_arg(cli_args *a, const char **pos);
 int cli_opt_is(const cli_args *a, const char *name);
 /* The option's value; NULL after printing a usage error. */
 const char *cli_opt_value(cli_args *a);
-/* Option values; 0, or EXIT_USAGE after printing why. */
+/* Option values; 0, or CLI_EXIT_USAGE after printing why. */
 int cli_parse_size(cli_args *a, size_t *out, size_t min);
 int cli_parse_u64(cli_args *a, uint64_t *out);
 int cli_parse_real(cli_args *a, double *out, double lo, double hi);
@@ -54,12 +54,12 @@ void cli_catch_stop_signals(int on);
 
 /* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal;
  * v as a JSON number with `digits` significant digits, or null for inf
- * and NaN, which JSON lacks (cli_model.c). */
+ * and NaN, which JSON lacks (common.c). */
 double cli_now_s(void);
 void cli_json_str(FILE *f, const char *s);
 void cli_json_num(FILE *f, double v, int digits);
 
-/* Growing text (the JSON training history; cli_model.c): on running out
+/* Growing text (the JSON training history; common.c): on running out
  * of memory the text stops growing and `failed` is set. */
 typedef struct cli_text {
     char *s;
@@ -70,38 +70,67 @@ typedef struct cli_text {
 void cli_text_add(cli_text *t, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* A model with everything needed to run it and save it (cli_model.c). */
-typedef struct loaded {
+/* A model with everything needed to run it and save it (common.c). */
+typedef struct cli_loaded {
     flow_ctx *ctx;
     flow_compilation *comp;
     flow_model *model;
     flow_checkpoint *ck;
     const char *spec_source;    /* owned by comp or ck */
-} loaded;
+} cli_loaded;
 /* Opens a checkpoint, recompiles its spec and restores the parameters;
  * 0, or 1 after printing why. */
-int load_checkpoint(loaded *l, const char *cmd, const char *path,
-                    size_t threads);
-void loaded_free(loaded *l);
+int cli_load_checkpoint(cli_loaded *l, const char *cmd, const char *path,
+                        size_t threads);
+/* Same, recompiling with `target` as --target when not NULL ("" : the
+ * checkpoint's own target). */
+int cli_load_checkpoint_target(cli_loaded *l, const char *cmd,
+                               const char *path, size_t threads,
+                               const char *target);
+void cli_loaded_free(cli_loaded *l);
 /* Reads a data file for a model: dim columns (+ cdim context columns
  * selected by `context`), at least one row; NULL after printing why. */
-flow_data *read_data(flow_ctx *ctx, const char *cmd, const char *path,
+flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
                      const char *columns, const char *context, size_t dim,
                      size_t cdim);
 
-int cmd_train(int argc, char **argv);
-int cmd_eval(int argc, char **argv);
-int cmd_logprob(int argc, char **argv);
-int cmd_sample(int argc, char **argv);
-int cmd_encode(int argc, char **argv);
-int cmd_decode(int argc, char **argv);
-int cmd_info(int argc, char **argv);
-/* cli_fit.c */
-int cmd_fit(int argc, char **argv);
-/* cli_check.c */
-int cmd_check(int argc, char **argv);
-/* cli_uq.c */
-int cmd_compare(int argc, char **argv);
-int cmd_hdr(int argc, char **argv);
+/* The options of the subcommands that run a trained model (eval.c). */
+typedef struct cli_run_opts {
+    const char *ckpt, *data, *out, *columns, *context, *ctxfile;
+    flow_data_format format;
+    size_t batch, n, threads;
+    uint64_t seed;
+    int json, with_logprob, header, has_n;
+    int weights;                /* sample: self-normalised IS weights */
+    const char *target;         /* sample --target */
+} cli_run_opts;
+
+/* Parses them; mode 0: --data commands; 1: sample; 2: info (checkpoint
+ * only).  0, or an exit code after printing why. */
+int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
+                  void (*usage)(FILE *), int mode);
+/* Writes n rows of width w named PREFIX0.. (+ cw context columns named as
+ * in cnames or c0.., + one "logprob" column when lp, + one "weight" column
+ * when wt) to o->out (eval.c).  0, or 1 after printing why. */
+int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
+                   size_t n, size_t w, const char *prefix,
+                   const flow_real *rows, const flow_real *lp,
+                   size_t cw, const flow_real *cv,
+                   const flow_data *cnames, const flow_real *wt);
+
+/* The subcommands: train.c, eval.c (eval, logprob, encode, decode),
+ * sample.c, info.c, data.c, fit.c, check.c, uq.c (compare, hdr). */
+int cli_cmd_train(int argc, char **argv);
+int cli_cmd_eval(int argc, char **argv);
+int cli_cmd_logprob(int argc, char **argv);
+int cli_cmd_sample(int argc, char **argv);
+int cli_cmd_encode(int argc, char **argv);
+int cli_cmd_decode(int argc, char **argv);
+int cli_cmd_info(int argc, char **argv);
+int cli_cmd_fit(int argc, char **argv);
+int cli_cmd_check(int argc, char **argv);
+int cli_cmd_compare(int argc, char **argv);
+int cli_cmd_hdr(int argc, char **argv);
+int cli_cmd_data(int argc, char **argv);
 
 #endif

@@ -11,7 +11,7 @@
 #include <lapacke.h>
 
 #include "conform.h"
-#include "rng.h"
+#include "../runtime/rng.h"     /* the same streams as the runtime (runtime/librng.la) */
 
 /* Tolerances (documented in docs/plugins.md): float64 builds are held to
  * near machine precision, float32 builds to what central differences in

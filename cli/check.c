@@ -1,5 +1,5 @@
 /* cli_check.c - `flowkit check`: the numerical conformance checks of
- * runtime/conform.c over a layer type, every layer of a spec, or every
+ * cli/conform.c over a layer type, every layer of a spec, or every
  * layer type of a plugin file.  Exit codes: 0 all checks pass, 1 a check
  * failed (or a layer could not be built), 2 usage. */
 #include <math.h>
@@ -69,7 +69,7 @@ static int parse_bounds(cli_args *a, check_opts *o)
     const char *v = cli_opt_value(a);
     char *end;
     if (!v)
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     o->lo = strtod(v, &end);
     if (end == v || *end != ',')
         goto bad;
@@ -90,7 +90,7 @@ static int parse_attr(cli_args *a, check_opts *o)
 {
     const char *v = cli_opt_value(a), *s;
     if (!v)
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     if (o->n_attrs == MAX_ATTRS)
         return cli_usage_error(a, "too many --attr (at most %d)", MAX_ATTRS);
     for (s = v; *s == '_' || (*s >= 'a' && *s <= 'z')
@@ -145,7 +145,7 @@ static int parse_check(int argc, char **argv, check_opts *o)
         else if (cli_opt_is(&a, "--plugin")) {
             const char *v = cli_opt_value(&a);
             if (!v)
-                rc = EXIT_USAGE;
+                rc = CLI_EXIT_USAGE;
             else if (o->n_plugins == MAX_PLUGINS)
                 rc = cli_usage_error(&a, "too many --plugin (at most %d)",
                                      MAX_PLUGINS);
@@ -310,7 +310,7 @@ static char *tiny_spec(const check_opts *o, const char *type)
     return s;
 }
 
-/* Checks type t through the tiny spec; 0, or EXIT_USAGE when the
+/* Checks type t through the tiny spec; 0, or CLI_EXIT_USAGE when the
  * compiler refused the options (diagnostics printed). */
 static int check_type(flow_ctx *ctx, const check_opts *o,
                       const flow_layer_type *t, check_totals *tot)
@@ -335,7 +335,7 @@ static int check_type(flow_ctx *ctx, const check_opts *o,
                 "for this layer type\n", t->name);
         flow_compile_free(c);
         free(text);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     for (size_t i = 0; i < flow_graph_node_count(g); i++)
         if (flow_graph_node_get(g, i)->kind == FLOW_NODE_LAYER)
@@ -373,7 +373,7 @@ static int check_spec(flow_ctx *ctx, const check_opts *o, check_totals *tot)
     return 0;
 }
 
-/* The index of the loaded plugin whose file is `path`. */
+/* The index of the cli_loaded plugin whose file is `path`. */
 static size_t find_plugin(const flow_ctx *ctx, const char *path)
 {
     char *want = realpath(path, NULL);
@@ -431,7 +431,7 @@ static int check_plugin(flow_ctx *ctx, const check_opts *o,
     return rc;
 }
 
-int cmd_check(int argc, char **argv)
+int cli_cmd_check(int argc, char **argv)
 {
     check_opts o;
     check_totals tot;
@@ -449,7 +449,7 @@ int cmd_check(int argc, char **argv)
         fprintf(stderr, CMD ": --dim, --context, --attr and --bounds come "
                 "from the spec when checking %s (try '" CMD " --help')\n",
                 o.target);
-        return EXIT_USAGE;
+        return CLI_EXIT_USAGE;
     }
     if (plugin) {
         if (!(ctx = flow_ctx_new())) {
@@ -471,7 +471,7 @@ int cmd_check(int argc, char **argv)
         fprintf(stderr, CMD ": unknown layer type '%s' (no plugin on the "
                 "search path provides it; see 'flowkit plugins')\n",
                 o.target);
-        rc = EXIT_USAGE;
+        rc = CLI_EXIT_USAGE;
     } else
         rc = check_type(ctx, &o, t, &tot);
     if (rc == 0 && tot.layers == 0)

@@ -11,7 +11,7 @@
 #include "flow/flowc.h"
 
 #define EXIT_SPEC 1
-#define EXIT_USAGE 2
+#define CLI_EXIT_USAGE 2
 
 static void usage(FILE *f)
 {
@@ -71,7 +71,7 @@ static int usage_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputs("\n(see flowc --help)\n", stderr);
-    return EXIT_USAGE;
+    return CLI_EXIT_USAGE;
 }
 
 enum action { ACT_CHECK, ACT_REPORT, ACT_JSON, ACT_DOT, ACT_LAYERS,
@@ -174,7 +174,7 @@ static int list_layers(const flow_ctx *ctx, const char *only)
         }
     }
     if (only && !found) {
-        fprintf(stderr, "flowc: no layer type '%s' in the loaded plugins "
+        fprintf(stderr, "flowc: no layer type '%s' in the cli_loaded plugins "
                 "(see flowc --layers)\n", only);
         return EXIT_SPEC;
     }

@@ -1,0 +1,112 @@
+/* options.c - the subcommands' option cursor over argv and the parsers of
+ * option values (sizes, integers, reals), with the usage errors (exit 2). */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+/* ------------------------------------------------------------ options */
+
+int cli_usage_error(const cli_args *a, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", a->cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (try '%s --help')\n", a->cmd);
+    return CLI_EXIT_USAGE;
+}
+
+/* Next argument: 1 for an option (a->opt set), 0 for a positional (in
+ * *pos), -1 at the end. */
+int cli_next_arg(cli_args *a, const char **pos)
+{
+    const char *s;
+    if (a->i >= a->argc)
+        return -1;
+    s = a->argv[a->i++];
+    a->inline_val = NULL;
+    if (s[0] == '-' && s[1] == '-' && s[2]) {
+        static char name[64];
+        const char *eq = strchr(s, '=');
+        size_t len = eq ? (size_t)(eq - s) : strlen(s);
+        if (len >= sizeof name)
+            len = sizeof name - 1;
+        memcpy(name, s, len);
+        name[len] = '\0';
+        a->opt = name;
+        a->inline_val = eq ? eq + 1 : NULL;
+        return 1;
+    }
+    if (s[0] == '-' && s[1] && s[1] != '-' && !s[2]) {   /* -o, -n */
+        a->opt = s;
+        return 1;
+    }
+    *pos = s;
+    return 0;
+}
+
+int cli_opt_is(const cli_args *a, const char *name)
+{
+    return !strcmp(a->opt, name);
+}
+
+/* The option's value; NULL after printing a usage error. */
+const char *cli_opt_value(cli_args *a)
+{
+    if (a->inline_val)
+        return a->inline_val;
+    if (a->i >= a->argc) {
+        cli_usage_error(a, "option %s needs a value", a->opt);
+        return NULL;
+    }
+    return a->argv[a->i++];
+}
+
+int cli_parse_size(cli_args *a, size_t *out, size_t min)
+{
+    const char *v = cli_opt_value(a);
+    char *end;
+    unsigned long long x;
+    if (!v)
+        return CLI_EXIT_USAGE;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || x < min
+        || x > (unsigned long long)SIZE_MAX / 2)
+        return cli_usage_error(a, "%s: '%s' is not an integer >= %zu",
+                               a->opt, v, min);
+    *out = (size_t)x;
+    return 0;
+}
+
+int cli_parse_u64(cli_args *a, uint64_t *out)
+{
+    size_t v;
+    int rc = cli_parse_size(a, &v, 0);
+    *out = v;
+    return rc;
+}
+
+int cli_parse_real(cli_args *a, double *out, double lo, double hi)
+{
+    const char *v = cli_opt_value(a);
+    char *end;
+    double x;
+    if (!v)
+        return CLI_EXIT_USAGE;
+    errno = 0;
+    x = strtod(v, &end);
+    if (errno || end == v || *end || !(x >= lo && x <= hi))
+        return cli_usage_error(a, "%s: '%s' is not a number in [%g, %g]",
+                               a->opt, v, lo, hi);
+    *out = x;
+    return 0;
+}

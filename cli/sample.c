@@ -1,0 +1,133 @@
+/* sample.c - `flowkit sample`: draws from a trained model (per context row
+ * for a conditional one), optionally with log-densities or importance
+ * weights against a target.  Exit codes: 0 success, 1 error, 2 usage. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static void sample_usage(FILE *f)
+{
+    fputs("usage: flowkit sample CKPT -n N [--seed S] [--with-logprob]\n"
+          "                      [--weights [--target T]]\n"
+          "                      [--context FILE] [-o OUT] [--format csv|npy]\n\n"
+          "Draws N samples (for a conditional model, N for each row of the\n"
+          "--context file, which is appended to each sample).  With\n"
+          "--with-logprob a column is each sample's log-density.  With\n"
+          "--weights (a model fitted to a target by `flowkit fit`) a last\n"
+          "column `weight` holds self-normalised importance weights\n"
+          "p~(x)/q(x), summing to 1 over the N samples, against the target\n"
+          "stored in the checkpoint or the one --target names.\n", f);
+}
+
+int cli_cmd_sample(int argc, char **argv)
+{
+    const char *cmd = "flowkit sample";
+    cli_run_opts o;
+    cli_loaded l;
+    flow_data *cd = NULL;
+    flow_real *x = NULL, *lp = NULL, *cv = NULL;
+    size_t dim, k, m = 1, total;
+    int rc = 1;
+    flow_target *tg = NULL;
+    flow_real *wt = NULL;
+    if ((rc = cli_parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
+        return rc < 0 ? 0 : rc;
+    if (cli_load_checkpoint_target(&l, cmd, o.ckpt, o.threads, o.weights
+                               ? (o.target ? o.target : "") : NULL) != 0)
+        return 1;
+    rc = 1;
+    if (o.weights
+        && flow_graph_build_target(l.ctx, flow_compile_graph(l.comp), &tg)
+           != FLOW_OK) {
+        fprintf(stderr, "%s: --weights: %s\n", cmd, flow_errmsg(l.ctx));
+        goto out;
+    }
+    dim = flow_model_dim(l.model);
+    k = flow_model_context_dim(l.model);
+    if (k && !o.ctxfile) {
+        fprintf(stderr, "%s: the model is conditional: give --context FILE "
+                "with %zu columns\n", cmd, k);
+        goto out;
+    }
+    if (!k && o.ctxfile) {
+        fprintf(stderr, "%s: the model takes no context\n", cmd);
+        goto out;
+    }
+    if (k) {
+        if (flow_data_read(l.ctx, o.ctxfile, NULL, NULL, k, &cd) != FLOW_OK) {
+            cli_fail(l.ctx, cmd);
+            goto out;
+        }
+        m = flow_data_rows(cd);
+    }
+    if (o.n > SIZE_MAX / 8 / (dim + k + 1) / m) {
+        fprintf(stderr, "%s: -n %zu is too large\n", cmd, o.n);
+        goto out;
+    }
+    total = o.n * m;
+    x = malloc(total * dim * sizeof *x);
+    lp = malloc(total * sizeof *lp);
+    if (tg && !(wt = malloc(total * sizeof *wt))) {
+        cli_fail(l.ctx, cmd);
+        goto out;
+    }
+    cv = k ? malloc(total * k * sizeof *cv) : NULL;
+    if (!x || !lp || (k && !cv)) {
+        cli_fail(l.ctx, cmd);
+        goto out;
+    }
+    for (size_t j = 0; j < total; j++)
+        if (k)
+            memcpy(cv + j * k, flow_data_values(cd) + (j / o.n) * k,
+                   k * sizeof *cv);
+    flow_model_seed(l.model, o.seed);
+    for (size_t r = 0; r < total; r += o.batch) {
+        size_t b = total - r < o.batch ? total - r : o.batch;
+        if (flow_model_sample(l.model, b, k ? cv + r * k : NULL, x + r * dim,
+                              lp + r) != FLOW_OK) {
+            cli_fail(l.ctx, cmd);
+            goto out;
+        }
+    }
+    if (tg) {
+        /* self-normalised importance weights exp(w_r - logsumexp(w)),
+         * w_r = log p~(x_r) - log q(x_r) */
+        double mx = -INFINITY, sum = 0;
+        for (size_t r = 0; r < total; r += o.batch) {
+            size_t b = total - r < o.batch ? total - r : o.batch;
+            if (flow_target_log_density(tg, b, x + r * dim, wt + r, NULL)
+                != FLOW_OK) {
+                cli_fail(l.ctx, cmd);
+                goto out;
+            }
+        }
+        for (size_t r = 0; r < total; r++) {
+            wt[r] -= lp[r];
+            if (wt[r] > mx)
+                mx = wt[r];
+        }
+        for (size_t r = 0; r < total; r++)
+            sum += exp((double)wt[r] - mx);
+        for (size_t r = 0; r < total; r++)
+            wt[r] = isfinite(mx) ? (flow_real)(exp((double)wt[r] - mx) / sum)
+                  : 0;
+    }
+    rc = cli_write_rows(l.ctx, cmd, &o, total, dim, "x", x,
+                      o.with_logprob ? lp : NULL, k, cv, cd, wt);
+out:
+    free(wt);
+    flow_target_free(tg);
+    free(x);
+    free(lp);
+    free(cv);
+    flow_data_free(cd);
+    cli_loaded_free(&l);
+    return rc;
+}

@@ -1,0 +1,524 @@
+/* train.c - `flowkit train`: maximum-likelihood training of a spec on a
+ * data file, with validation, resume, progress and checkpoints.  Exit
+ * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+
+static void train_usage(FILE *f)
+{
+    fputs("usage: flowkit train SPEC --data FILE -o CKPT [options]\n"
+          "\n"
+          "Trains the model of SPEC by maximum likelihood (Adam) and writes a\n"
+          "checkpoint.  Defaults come from the spec's train { } section, then\n"
+          "these flags.\n"
+          "\n"
+          "  --data FILE          training data (CSV or .npy; - for stdin)\n"
+          "  --columns LIST       data columns by name or 0-based index\n"
+          "  --context LIST       context columns (conditional models)\n"
+          "  --valid FILE         validation data (same columns)\n"
+          "  --valid-fraction X   hold out this fraction of --data instead\n"
+          "  --epochs N           passes over the data (default 10)\n"
+          "  --steps N            optimisation steps instead of epochs\n"
+          "  --batch B            rows per step (default 512)\n"
+          "  --lr X               learning rate (default 1e-3)\n"
+          "  --schedule S         constant | cosine (default constant)\n"
+          "  --warmup N           linear warm-up steps (default 0)\n"
+          "  --weight-decay X     L2 coefficient (default 0)\n"
+          "  --clip X             clip the gradient's global norm (default off)\n"
+          "  --patience N         stop after N validations without\n"
+          "                       improvement, keep the best (default off)\n"
+          "  --seed S             initialisation and shuffling (default 0)\n"
+          "  --threads T          worker threads splitting each batch by rows\n"
+          "                       (default 1; same seed and threads, same bits)\n"
+          "  --checkpoint-every N also write CKPT every N epochs\n"
+          "  --resume CKPT        continue a run from its checkpoint\n"
+          "  --json               print the summary as JSON on stdout\n"
+          "  -o, --output CKPT    checkpoint to write (required)\n"
+          "\n"
+          "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
+          "full training state and exits 130 or 143; --resume CKPT goes on.\n"
+          "Models with ode layers add 'nfe N' to each epoch's line: function\n"
+          "evaluations per step (forward and backward), also in the history.\n",
+          f);
+}
+
+typedef struct train_opts {
+    const char *spec, *data, *valid, *out, *resume, *columns, *context;
+    double valid_fraction;
+    size_t epochs, steps, threads, ckpt_every;
+    int json, has_epochs, has_steps;
+    uint64_t seed;
+    flow_train_config cfg;
+    int set_batch, set_lr, set_schedule, set_warmup, set_wd, set_clip,
+        set_patience, set_seed;
+} train_opts;
+
+static int parse_train(int argc, char **argv, train_opts *o)
+{
+    cli_args a = {argc, 1, argv, "flowkit train", NULL, NULL};
+    const char *pos;
+    int k, rc = 0;
+    memset(o, 0, sizeof *o);
+    flow_train_config_default(&o->cfg);
+    o->epochs = 10;
+    o->threads = 1;
+    while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
+        if (k == 0) {
+            if (o->spec)
+                return cli_usage_error(&a, "unexpected argument '%s'", pos);
+            o->spec = pos;
+        } else if (cli_opt_is(&a, "--help") || cli_opt_is(&a, "-h")) {
+            train_usage(stdout);
+            return -1;
+        } else if (cli_opt_is(&a, "--data"))
+            rc = (o->data = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "--valid"))
+            rc = (o->valid = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "--columns"))
+            rc = (o->columns = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "--context"))
+            rc = (o->context = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
+            rc = (o->out = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "--resume"))
+            rc = (o->resume = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (cli_opt_is(&a, "--valid-fraction"))
+            rc = cli_parse_real(&a, &o->valid_fraction, 0, 0.9);
+        else if (cli_opt_is(&a, "--epochs")) {
+            rc = cli_parse_size(&a, &o->epochs, 1);
+            o->has_epochs = 1;
+        } else if (cli_opt_is(&a, "--steps")) {
+            rc = cli_parse_size(&a, &o->steps, 1);
+            o->has_steps = 1;
+        } else if (cli_opt_is(&a, "--batch")) {
+            rc = cli_parse_size(&a, &o->cfg.batch, 1);
+            o->set_batch = 1;
+        } else if (cli_opt_is(&a, "--lr")) {
+            rc = cli_parse_real(&a, &o->cfg.lr, 1e-12, 10);
+            o->set_lr = 1;
+        } else if (cli_opt_is(&a, "--schedule")) {
+            const char *v = cli_opt_value(&a);
+            o->set_schedule = 1;
+            if (!v)
+                rc = CLI_EXIT_USAGE;
+            else if (!strcmp(v, "constant"))
+                o->cfg.schedule = FLOW_LR_CONSTANT;
+            else if (!strcmp(v, "cosine"))
+                o->cfg.schedule = FLOW_LR_COSINE;
+            else
+                rc = cli_usage_error(&a, "--schedule: '%s' is not constant or "
+                                 "cosine", v);
+        } else if (cli_opt_is(&a, "--warmup")) {
+            rc = cli_parse_size(&a, &o->cfg.warmup_steps, 0);
+            o->set_warmup = 1;
+        } else if (cli_opt_is(&a, "--weight-decay")) {
+            rc = cli_parse_real(&a, &o->cfg.weight_decay, 0, 1e3);
+            o->set_wd = 1;
+        } else if (cli_opt_is(&a, "--clip")) {
+            rc = cli_parse_real(&a, &o->cfg.clip_norm, 0, 1e12);
+            o->set_clip = 1;
+        } else if (cli_opt_is(&a, "--patience")) {
+            rc = cli_parse_size(&a, &o->cfg.patience, 1);
+            o->set_patience = 1;
+        } else if (cli_opt_is(&a, "--seed"))
+            rc = cli_parse_u64(&a, &o->seed);
+        else if (cli_opt_is(&a, "--threads"))
+            rc = cli_parse_size(&a, &o->threads, 1);
+        else if (cli_opt_is(&a, "--checkpoint-every"))
+            rc = cli_parse_size(&a, &o->ckpt_every, 1);
+        else if (cli_opt_is(&a, "--json"))
+            o->json = 1;
+        else
+            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+    }
+    if (rc)
+        return rc;
+    if (!o->spec)
+        return cli_usage_error(&a, "missing SPEC");
+    if (!o->data)
+        return cli_usage_error(&a, "missing --data FILE");
+    if (!o->out)
+        return cli_usage_error(&a, "missing -o CKPT");
+    if (o->has_epochs && o->has_steps)
+        return cli_usage_error(&a, "give --epochs or --steps, not both");
+    if (o->valid && o->valid_fraction > 0)
+        return cli_usage_error(&a, "give --valid or --valid-fraction, not "
+                               "both");
+    return 0;
+}
+
+/* train { } entries of the spec, overridden by flags that were given. */
+static int apply_train_section(const flow_graph *g, train_opts *o,
+                               const char *spec)
+{
+    for (size_t i = 0; i < flow_graph_train_count(g); i++) {
+        const flow_train_entry *e = flow_graph_train_get(g, i);
+        double v = e->number;
+        int ok = 1;
+        if (!strcmp(e->key, "lr") && e->is_number && v > 0) {
+            if (!o->set_lr)
+                o->cfg.lr = v;
+        } else if (!strcmp(e->key, "batch") && e->is_number && v >= 1) {
+            if (!o->set_batch)
+                o->cfg.batch = (size_t)v;
+        } else if (!strcmp(e->key, "epochs") && e->is_number && v >= 1) {
+            if (!o->has_epochs && !o->has_steps)
+                o->epochs = (size_t)v;
+        } else if (!strcmp(e->key, "steps") && e->is_number && v >= 1) {
+            if (!o->has_epochs && !o->has_steps) {
+                o->steps = (size_t)v;
+                o->has_steps = 1;
+            }
+        } else if (!strcmp(e->key, "weight_decay") && e->is_number && v >= 0) {
+            if (!o->set_wd)
+                o->cfg.weight_decay = v;
+        } else if (!strcmp(e->key, "clip") && e->is_number && v >= 0) {
+            if (!o->set_clip)
+                o->cfg.clip_norm = v;
+        } else if (!strcmp(e->key, "warmup") && e->is_number && v >= 0) {
+            if (!o->set_warmup)
+                o->cfg.warmup_steps = (size_t)v;
+        } else if (!strcmp(e->key, "patience") && e->is_number && v >= 0) {
+            if (!o->set_patience)
+                o->cfg.patience = (size_t)v;
+        } else if (!strcmp(e->key, "seed") && e->is_number && v >= 0) {
+            if (!o->set_seed)
+                o->seed = (uint64_t)v;
+        } else if (!strcmp(e->key, "schedule") && !e->is_number
+                   && (!strcmp(e->text, "cosine")
+                       || !strcmp(e->text, "constant"))) {
+            if (!o->set_schedule)
+                o->cfg.schedule = !strcmp(e->text, "cosine")
+                                ? FLOW_LR_COSINE : FLOW_LR_CONSTANT;
+        } else if (!strcmp(e->key, "optimizer") && !e->is_number
+                   && !strcmp(e->text, "adam")) {
+            /* the only optimizer */
+        } else
+            ok = 0;
+        if (!ok) {
+            fprintf(stderr, "flowkit train: %s:%d:%d: train setting '%s' has "
+                    "an unusable value '%s' (known: optimizer = adam, lr, "
+                    "batch, epochs, steps, schedule = constant|cosine, "
+                    "warmup, weight_decay, clip, patience, seed)\n", spec, e->line,
+                    e->col, e->key, e->text ? e->text : "?");
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Splits off a seeded random fraction of the rows as validation data. */
+static int split_valid(flow_ctx *ctx, flow_data *all, double frac,
+                       uint64_t seed, flow_data **train, flow_data **valid)
+{
+    size_t n = flow_data_rows(all), nv = (size_t)((double)n * frac);
+    size_t d = flow_data_dim(all), k = flow_data_context_dim(all);
+    size_t *idx = malloc(n * sizeof *idx);
+    uint64_t s = seed ^ 0x5eed5eed5eedull;
+    *train = *valid = NULL;
+    if (!idx)
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (nv == 0 || nv == n) {
+        free(idx);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "--valid-fraction %g of "
+                              "%zu rows leaves an empty part", frac, n);
+    }
+    for (size_t i = 0; i < n; i++)
+        idx[i] = i;
+    for (size_t i = n; i > 1; i--) {      /* splitmix64 Fisher-Yates */
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        size_t j, t;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        j = (size_t)((z ^ (z >> 31)) % i);
+        t = idx[i - 1];
+        idx[i - 1] = idx[j];
+        idx[j] = t;
+    }
+    *valid = flow_data_new(ctx, nv, d, k);
+    *train = flow_data_new(ctx, n - nv, d, k);
+    if (!*valid || !*train) {
+        free(idx);
+        flow_data_free(*valid);
+        flow_data_free(*train);
+        *train = *valid = NULL;
+        return FLOW_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        flow_data *dst = i < nv ? *valid : *train;
+        size_t r = i < nv ? i : i - nv;
+        memcpy(flow_data_values(dst) + r * d,
+               flow_data_values(all) + idx[i] * d, d * sizeof(flow_real));
+        if (k)
+            memcpy(flow_data_context(dst) + r * k,
+                   flow_data_context(all) + idx[i] * k,
+                   k * sizeof(flow_real));
+    }
+    free(idx);
+    return FLOW_OK;
+}
+
+/* nfe < 0: the model has no ODE layer (nothing printed) */
+static void progress(int tty, size_t epoch, size_t step, size_t total,
+                     double loss, int has_valid, double valid, double nfe,
+                     double t0)
+{
+    double el = cli_now_s() - t0;
+    double eta = step ? el / (double)step * (double)(total - step) : 0;
+    if (tty) {
+        int w = 24, fill = total ? (int)((double)w * step / total) : w;
+        fprintf(stderr, "\repoch %zu [%.*s%*s] %zu/%zu loss %.4f", epoch,
+                fill, "========================", w - fill, "", step, total,
+                loss);
+        if (has_valid)
+            fprintf(stderr, " valid %.4f", valid);
+        if (nfe >= 0)
+            fprintf(stderr, " nfe %.4g", nfe);
+        fprintf(stderr, " ETA %.0fs ", eta);
+        fflush(stderr);
+    } else {
+        fprintf(stderr, "epoch %zu step %zu/%zu loss %.5f", epoch, step, total,
+                loss);
+        if (has_valid)
+            fprintf(stderr, " valid_loglik %.5f", valid);
+        if (nfe >= 0)
+            fprintf(stderr, " nfe %.4g", nfe);
+        fprintf(stderr, " time %.1fs\n", el);
+    }
+}
+
+int cli_cmd_train(int argc, char **argv)
+{
+    const char *cmd = "flowkit train";
+    train_opts o;
+    cli_loaded l;
+    flow_data *all = NULL, *tr = NULL, *va = NULL;
+    flow_trainer *t = NULL;
+    flow_train_state st;
+    cli_text h = {NULL, 0, 0, 0};
+    size_t n, steps_per_epoch, total, dim;
+    double loss = NAN, vscore = NAN, t0, ep_loss = 0, ep_nfe = 0;
+    size_t ep_count = 0, nfe_count = 0;
+    int rc, tty = isatty(2), ret = 1;
+
+    if ((rc = parse_train(argc, argv, &o)) != 0)
+        return rc < 0 ? 0 : rc;
+    memset(&l, 0, sizeof l);
+    if (!(l.ctx = cli_open_ctx(cmd)))
+        return 1;
+    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL)))
+        goto out;
+    {
+        const flow_graph *g = flow_compile_graph(l.comp);
+        const char *path;
+        size_t len;
+        if (apply_train_section(g, &o, o.spec) != 0)
+            goto out;
+        l.spec_source = flow_graph_source(g, 0, &path, &len);
+        if (flow_graph_source_count(g) > 1)
+            fprintf(stderr, "%s: note: %s imports other files; the checkpoint "
+                    "embeds only %s, so keep the imports where they are\n",
+                    cmd, o.spec, o.spec);
+        dim = flow_graph_input_dim(g);
+        if (!(all = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
+                              flow_graph_context_dim(g))))
+            goto out;
+        if (o.valid) {
+            if (!(va = cli_read_data(l.ctx, cmd, o.valid, o.columns, o.context,
+                                 dim, flow_graph_context_dim(g))))
+                goto out;
+            tr = all;
+            all = NULL;
+        } else if (o.valid_fraction > 0) {
+            if (split_valid(l.ctx, all, o.valid_fraction, o.seed, &tr, &va)
+                != FLOW_OK) {
+                cli_fail(l.ctx, cmd);
+                goto out;
+            }
+        } else {
+            tr = all;
+            all = NULL;
+        }
+        if (flow_graph_build_model(l.ctx, g, o.seed, &l.model) != FLOW_OK
+            || flow_model_set_threads(l.model, o.threads) != FLOW_OK) {
+            cli_fail(l.ctx, cmd);
+            goto out;
+        }
+    }
+    n = flow_data_rows(tr);
+    o.cfg.seed = o.seed;
+    steps_per_epoch = (n + o.cfg.batch - 1) / o.cfg.batch;
+    total = o.has_steps ? o.steps : o.epochs * steps_per_epoch;
+    o.cfg.total_steps = total;
+    if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
+                               flow_data_context(tr), n))) {
+        cli_fail(l.ctx, cmd);
+        goto out;
+    }
+    if (o.resume) {
+        if (flow_checkpoint_open(l.ctx, o.resume, &l.ck) != FLOW_OK)
+            goto failmsg;
+        if (strcmp(flow_checkpoint_spec(l.ck), l.spec_source) != 0) {
+            fprintf(stderr, "%s: %s: checkpoint was made by a different spec "
+                    "than %s\n", cmd, o.resume, o.spec);
+            goto out;
+        }
+        if (flow_checkpoint_restore(l.ck, l.model, t) != FLOW_OK)
+            goto failmsg;
+        if (flow_checkpoint_meta(l.ck, "history"))
+            cli_text_add(&h, "%s", flow_checkpoint_meta(l.ck, "history"));
+        if (h.len && h.s[h.len - 1] == ']')
+            h.s[--h.len] = '\0';            /* reopen the array */
+    } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
+                                    : o.cfg.batch, flow_data_values(tr),
+                                    flow_data_context(tr)) != FLOW_OK)
+        goto failmsg;
+    if (!h.len)
+        cli_text_add(&h, "[");
+    t0 = cli_now_s();
+    flow_trainer_get_state(t, &st);
+    cli_stop_signal = 0;
+    cli_catch_stop_signals(1);
+    while (st.step < total && !cli_stop_signal) {
+        if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
+            goto failmsg;
+        {
+            /* ODE function evaluations of this step (forward and
+             * backward), read before a validation pass resets them */
+            double nfe = flow_model_nfe(l.model);
+            if (nfe >= 0) {
+                ep_nfe += nfe;
+                nfe_count++;
+            }
+        }
+        if (isfinite(loss)) {
+            ep_loss += loss;
+            ep_count++;
+        }
+        flow_trainer_get_state(t, &st);
+        if (st.pos >= n || st.step == total) {       /* end of an epoch */
+            double mean_loss = ep_count ? ep_loss / (double)ep_count : NAN;
+            double mean_nfe = nfe_count ? ep_nfe / (double)nfe_count : -1;
+            int has_v = va != NULL;
+            if (has_v) {
+                double se;
+                if (flow_model_evaluate(l.model, flow_data_rows(va),
+                                        flow_data_values(va),
+                                        flow_data_context(va), 4096, &vscore,
+                                        &se) != FLOW_OK)
+                    goto failmsg;
+                flow_trainer_validated(t, vscore);
+            }
+            progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
+                     mean_loss, has_v, vscore, mean_nfe, t0);
+            cli_text_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
+                     "%.9g", h.len > 1 ? ", " : "",
+                     (unsigned long long)st.epoch + 1,
+                     (unsigned long long)st.step, mean_loss);
+            if (has_v)
+                cli_text_add(&h, ", \"valid_loglik\": %.9g", vscore);
+            if (mean_nfe >= 0)
+                cli_text_add(&h, ", \"nfe\": %.9g", mean_nfe);
+            cli_text_add(&h, "}");
+            ep_loss = 0;
+            ep_count = 0;
+            ep_nfe = 0;
+            nfe_count = 0;
+            if (o.ckpt_every && (st.epoch + 1) % o.ckpt_every == 0) {
+                cli_text_add(&h, "]");
+                if (h.failed)
+                    goto oom;
+                rc = flow_checkpoint_save(l.model, t, l.spec_source, o.spec,
+                                          h.s, o.out);
+                h.s[--h.len] = '\0';
+                if (rc != FLOW_OK)
+                    goto failmsg;
+            }
+            if (has_v && flow_trainer_should_stop(t)) {
+                fprintf(stderr, "%s: early stop: no improvement in %zu "
+                        "validations\n", cmd, o.cfg.patience);
+                break;
+            }
+        }
+    }
+    if (tty)
+        fputc('\n', stderr);
+    if (cli_stop_signal) {
+        /* interrupted: save the exact training state (not the best
+         * parameters) so that --resume continues where this stopped */
+        int sig = cli_stop_signal;
+        cli_text_add(&h, "]");
+        if (h.failed)
+            goto oom;
+        if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s,
+                                 o.out) != FLOW_OK)
+            goto failmsg;
+        flow_trainer_get_state(t, &st);
+        fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
+                "%s (continue with --resume %s)\n", cmd, sig,
+                (unsigned long long)st.step, o.out, o.out);
+        ret = 128 + sig;
+        goto out;
+    }
+    if (va && flow_trainer_restore_best(t) == FLOW_OK) {
+        flow_trainer_get_state(t, &st);
+        vscore = st.best_score;
+    }
+    cli_text_add(&h, "]");
+    if (h.failed)
+        goto oom;
+    if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s, o.out)
+        != FLOW_OK)
+        goto failmsg;
+    flow_trainer_get_state(t, &st);
+    if (o.json) {
+        printf("{\"checkpoint\": \"%s\", \"steps\": %llu, \"epochs\": %llu, "
+               "\"final_loss\": %.9g, \"skipped_steps\": %llu", o.out,
+               (unsigned long long)st.step, (unsigned long long)st.epoch
+               + (st.pos > 0), loss, (unsigned long long)st.skipped);
+        if (va)
+            printf(", \"valid_loglik\": %.9g", vscore);
+        printf(", \"seconds\": %.3f}\n", cli_now_s() - t0);
+    } else {
+        char skipped[96] = "";
+        if (st.skipped)
+            snprintf(skipped, sizeof skipped, " (%llu step%s skipped: "
+                     "non-finite loss or gradient)",
+                     (unsigned long long)st.skipped,
+                     st.skipped == 1 ? "" : "s");
+        if (isnan(loss))
+            fprintf(stderr, "%s: %llu steps (none left to run); wrote %s\n",
+                    cmd, (unsigned long long)st.step, o.out);
+        else
+            fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n",
+                    cmd, (unsigned long long)st.step, loss, skipped, o.out);
+        if (va)
+            fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
+                    cmd, vscore);
+    }
+    ret = 0;
+    goto out;
+oom:
+    fprintf(stderr, "%s: out of memory for the training history\n", cmd);
+    goto out;
+failmsg:
+    cli_fail(l.ctx, cmd);
+out:
+    cli_catch_stop_signals(0);
+    free(h.s);
+    flow_trainer_free(t);
+    flow_data_free(all);
+    flow_data_free(tr);
+    flow_data_free(va);
+    cli_loaded_free(&l);
+    return ret;
+}
