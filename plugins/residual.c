@@ -601,7 +601,8 @@ static double tol_floor(void)
 /* x = f^-1(z) by the fixed-point iteration x_{k+1} = z - g(x_k), a
  * contraction with rate Lip(g) < 1 (Behrmann et al. 2019, alg. 1; Banach).
  * Rows stop one by one as they converge (the remaining ones are packed to
- * the front), so a row's result never depends on the other rows. */
+ * the front), so a row's iteration count never depends on the other rows
+ * (docs/residual.md: its bits, only where the BLAS allows). */
 static int fixed_point(const residual *r, const flow_call *call,
                        const flow_real *z, flow_real *x, rws *w)
 {

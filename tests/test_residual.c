@@ -442,28 +442,61 @@ START_TEST(test_fixed_point_nonconvergence)
 }
 END_TEST
 
+/* Whether the model's forward pass gives every row the same bits alone as
+ * in the batch.  Not a property of flowkit but of the BLAS: OpenBLAS
+ * 0.3.21's Haswell and Zen sgemm kernels round a row differently for
+ * different row counts (measured on an AMD EPYC, OPENBLAS_CORETYPE=Haswell:
+ * 24 of 35 rows differ in the last bits for k >= 16), its SkylakeX and
+ * Sandybridge kernels do not. */
+static int forward_rows_exact(flow_model *m, const flow_real *z, int n, int d)
+{
+    flow_real y[64], one[8], l[8], l1[1];
+    ck_assert_int_le(n * d, 64);
+    ck_assert_int_eq(flow_model_forward(m, (size_t)n, z, NULL, y, l), FLOW_OK);
+    for (int r = 0; r < n; r++) {
+        ck_assert_int_eq(flow_model_forward(m, 1, z + r * d, NULL, one, l1),
+                         FLOW_OK);
+        if (memcmp(one, y + r * d, (size_t)d * sizeof *one)
+            || memcmp(l1, l + r, sizeof l1))
+            return 0;
+    }
+    return 1;
+}
+
 /* Rows of the fixed-point inverse converge independently: a row's result
  * is bit-identical whether it is inverted alone or with others that need
- * many more iterations. */
+ * many more iterations -- where the BLAS computes a row's product the
+ * same whatever the row count (forward_rows_exact).  Elsewhere the rows
+ * agree to the fixed point's accuracy: both runs stop within
+ * tol / (1 - Lip) = 1e-6 / 0.03 of the fixed point (relative). */
 START_TEST(test_inverse_rows_independent)
 {
     enum { N = 6, D = 2 };
     flow_real z[N * D], x[N * D], one[D], l[N], l1[1];
     res_attrs a;
+    int exact;
     flow_model *m = flow_model_new(ctx, D, 0);
     ck_assert_ptr_nonnull(m);
     res_attrs_make(&a, 2, 0.97, 0, 0, 0, 1e-6, 1000);
-    ck_assert(flow_model_add_layer(m, "residual", "r", a.v, 7, 0, 0, 0)
-              == FLOW_OK);
+    ck_assert_int_eq(flow_model_add_layer(m, "residual", "r", a.v, 7, 0, 0, 0),
+                     FLOW_OK);
     ck_assert_int_eq(flow_model_finish(m, 8), FLOW_OK);
     for (int i = 0; i < N * D; i++)  /* from tiny to large: slow rows */
         z[i] = (flow_real)((i % 2 ? -1 : 1) * 0.05 * (i + 1) * (i + 1));
+    exact = forward_rows_exact(m, z, N, D);
     ck_assert_int_eq(flow_model_inverse(m, N, z, NULL, x, l), FLOW_OK);
     for (int r = 0; r < N; r++) {
         ck_assert_int_eq(flow_model_inverse(m, 1, z + r * D, NULL, one, l1),
                          FLOW_OK);
-        ck_assert_mem_eq(one, x + r * D, sizeof one);
-        ck_assert_mem_eq(l1, l + r, sizeof l1);
+        if (exact) {
+            ck_assert_mem_eq(one, x + r * D, sizeof one);
+            ck_assert_mem_eq(l1, l + r, sizeof l1);
+            continue;
+        }
+        for (int j = 0; j < D; j++)
+            ck_assert_double_eq_tol(one[j], x[r * D + j],
+                                    1e-6 / 0.03 * fmax(1.0, fabs(x[r * D + j])));
+        ck_assert_double_eq_tol(l1[0], l[r], 1e-4);
     }
     flow_model_free(m);
 }
