@@ -822,10 +822,10 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
             int relu = net->act == FLOW_ACT_RELU;
             for (size_t i = 0; i < n * win; i++) {
                 double f1, f2, v = h[i];
-                if (tanh_act) {         /* from the stored h, as above */
+                if (tanh_act) {  /* from the stored h, as act_grad_mul */
                     f1 = 1 - v * v;
                     f2 = -2 * v * f1;
-                } else {                /* ReLU: the sign of h (act_inplace) */
+                } else {         /* ReLU: the sign of h (act_inplace) */
                     act_eval(net, relu ? h[i] : z[i], NULL, &f1, &f2);
                 }
                 g[i] = (flow_real)((g_zero ? 0.0 : (double)gh[i] * f1) +
