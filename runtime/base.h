@@ -1,6 +1,5 @@
-/* base.h - internal: base distributions p_base(z) of a flow (standard
- * normal, learnable diagonal normal, logistic, learnable Gaussian mixture):
- * log-density per row, its gradients, and sampling. */
+/* base.h - internal: the base distributions p_base(z) of a flow (normal,
+ * diagonal normal, logistic, mixture): log-density, gradients, sampling. */
 #ifndef FLOW_RUNTIME_BASE_H
 #define FLOW_RUNTIME_BASE_H
 

@@ -1,11 +1,9 @@
-/* matrix.c - row-major matrix views, the shape-checked GEMM over OpenBLAS
- * (single-threaded: the runtime threads over rows) and LAPACKE helpers. */
-#include <assert.h>
+/* matrix.c - the shape-checked GEMM over OpenBLAS (single-threaded: the
+ * runtime threads over rows) and the LAPACKE helpers. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include <cblas.h>
 #include <lapacke.h>
@@ -15,68 +13,6 @@
 
 /* Largest dimension the BLAS/LAPACK integer types can hold. */
 #define BLAS_DIM_MAX ((size_t)INT32_MAX)
-
-mat *mat_alloc(size_t rows, size_t cols)
-{
-    mat *m = NULL;
-    if (cols && rows > SIZE_MAX / sizeof(flow_real) / cols)
-        return NULL;
-    m = calloc(1, sizeof *m);
-    if (!m)
-        goto fail;
-    m->data = calloc(rows * cols > 0 ? rows * cols : 1, sizeof(flow_real));
-    if (!m->data)
-        goto fail;
-    m->rows = rows;
-    m->cols = cols;
-    m->stride = cols;
-    m->owner = 1;
-    return m;
-fail:
-    free(m);
-    return NULL;
-}
-
-void mat_free(mat *m)
-{
-    if (!m)
-        return;
-    if (m->owner)
-        free(m->data);
-    free(m);
-}
-
-mat mat_view(flow_real *data, size_t rows, size_t cols, size_t stride)
-{
-    mat m = {rows, cols, stride, data, 0};
-    assert(stride >= cols);
-    return m;
-}
-
-mat mat_submatrix(const mat *m, size_t i, size_t j, size_t rows,
-                  size_t cols)
-{
-    assert(i + rows <= m->rows && j + cols <= m->cols);
-    return mat_view(m->data + i * m->stride + j, rows, cols, m->stride);
-}
-
-flow_real mat_get(const mat *m, size_t i, size_t j)
-{
-    assert(i < m->rows && j < m->cols);
-    return m->data[i * m->stride + j];
-}
-
-void mat_set(mat *m, size_t i, size_t j, flow_real v)
-{
-    assert(i < m->rows && j < m->cols);
-    m->data[i * m->stride + j] = v;
-}
-
-void mat_set_zero(mat *m)
-{
-    for (size_t i = 0; i < m->rows; i++)
-        memset(m->data + i * m->stride, 0, m->cols * sizeof(flow_real));
-}
 
 /* ------------------------------------------------------------ threads */
 
@@ -137,17 +73,6 @@ void blas_gemm_host(int trans_a, int trans_b, size_t m, size_t n, size_t k,
                "gemm: invalid call (m=%zu n=%zu k=%zu lda=%zu ldb=%zu "
                "ldc=%zu); C left unchanged", m, n, k, lda, ldb, ldc);
     }
-}
-
-int mat_gemm(int trans_a, int trans_b, flow_real alpha, const mat *a,
-             const mat *b, flow_real beta, mat *c)
-{
-    size_t m = trans_a ? a->cols : a->rows, ka = trans_a ? a->rows : a->cols;
-    size_t kb = trans_b ? b->cols : b->rows, n = trans_b ? b->rows : b->cols;
-    if (ka != kb || c->rows != m || c->cols != n)
-        return FLOW_ERR_INVAL;
-    return blas_gemm(trans_a, trans_b, m, n, ka, alpha, a->data, a->stride,
-                     b->data, b->stride, beta, c->data, c->stride);
 }
 
 /* ------------------------------------------------------------- LAPACK */

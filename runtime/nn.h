@@ -1,5 +1,8 @@
 /* nn.h - internal: the host's networks, a plain MLP and a MADE (masked
  * MLP), with forward, backward (VJP), JVP and the JVP's backward. */
+/* The module's files: nn.c (creation and the MLP passes), nn_made.c (MADE
+ * in degree order: masks, sampling steps, the blocked density pass),
+ * nn_div.c (the divergence kernels); nn_impl.h is private to them. */
 #ifndef FLOW_RUNTIME_NN_H
 #define FLOW_RUNTIME_NN_H
 
@@ -21,14 +24,14 @@
 
 /* The spec's entries, validated; NULL with a message in err on failure.
  * spectral_norm = c > 0: every layer uses W * min(1, c / sigma(W)) with
- * sigma from a converged, deterministic power iteration run in each
- * forward call (no state between calls), gradients through sigma
- * included. */
+ * sigma computed exactly (LAPACK, la_top_singular) in each forward call
+ * (no state between calls), gradients through sigma included. */
 flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap);
 void nn_destroy(flow_net *net);
 size_t nn_params(const flow_net *net);
-/* Random init (He / Glorot uniform, see nn.c), zero_last respected.
- * rng may be NULL: then a stream seeded from spec->seed is used. */
+/* Random init (uniform, s = 1 / sqrt(fan_in): see nn.c), zero_last
+ * respected.  rng may be NULL: then a stream seeded from spec->seed is
+ * used. */
 void nn_init(const flow_net *net, flow_real *params, flow_rng *rng);
 /* Workspace bytes for calls of up to n rows (forward tape, JVP tape and
  * backward scratch).  0 when the size overflows. */
@@ -46,8 +49,9 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
                     void *ws, const flow_real *tx, const flow_real *dty,
                     flow_real *dx, flow_real *dtx, flow_real *dparams);
 
-/* Divergence (exact; or Hutchinson's with probes eps) with the tangents stacked (nn.c, "divergence"): an MLP
- * without context or derived weights whose D outputs <= its inputs.  The
+/* Divergence (exact; or Hutchinson's with probes eps) with the tangents
+ * stacked (nn_div.c): an MLP without context or derived weights whose D
+ * outputs <= its inputs.  The
  * tape (returned size) is written by nn_div_forward and read by
  * nn_div_backward; the scratch (*scratch bytes) is free between calls.
  * 0 when the net is not supported. */
@@ -59,15 +63,16 @@ int nn_div_backward(const flow_net *net, const flow_real *params, size_t n,
                     const void *tape, void *scratch, const flow_real *eps,
                     const flow_real *dy, const flow_real *dtr, flow_real *dx,
                     flow_real *dparams);
-/* MADE sampling by degree and the premasked check (flow_plugin.h,
- * net_made_step and net_mask_params). */
+/* MADE sampling by degree and the premasked check (nn_made.c;
+ * flow_plugin.h, net_made_step and net_mask_params). */
 int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
                  const flow_real *ctx, size_t step, const flow_real *x_prev,
                  flow_real *theta, void *ws);
 int nn_mask_params(const flow_net *net, const flow_real *params,
                    flow_real *dst);
-/* MADE in degree order, blocked (flow_plugin.h, net_made_sort ...): for
- * premasked nets without time input; 0 / FLOW_ERR_UNSUPPORTED otherwise. */
+/* MADE in degree order, blocked (nn_made.c; flow_plugin.h, net_made_sort
+ * ...): for premasked nets without time input; 0 / FLOW_ERR_UNSUPPORTED
+ * otherwise. */
 size_t nn_made_sorted_count(const flow_net *net);
 int nn_made_sort(const flow_net *net, const flow_real *params,
                  flow_real *sorted);

@@ -1,11 +1,13 @@
-/* tgemm.c - register-tiled float GEMM (tgemm.h): tiles of 6 rows x 16 (or
- * 8) columns of C held in 12 (6) AVX registers through the whole k loop,
- * B read in place (no packing: the narrow layers' B, e.g. a 64 x 64
- * weight matrix, stays in L1), A broadcast one element at a time.
- * Measured on the development machine (AMD EPYC, 1 thread, 768 x 64 x 64
- * and 64 x 64 x 768): 113 GFLOP/s against OpenBLAS 0.3.21's 66-96 on the
- * same calls. */
+/* tgemm.c - the register-tiled float GEMM of tgemm.h, AVX2 + FMA
+ * intrinsics behind a run-time CPU check. */
 #include "tgemm.h"
+
+/* Tiles of 6 rows x 16 (or 8) columns of C held in 12 (6) AVX registers
+ * through the whole k loop, B read in place (no packing: the narrow
+ * layers' B, e.g. a 64 x 64 weight matrix, stays in L1), A broadcast one
+ * element at a time.  Measured on the development machine (AMD EPYC, 1
+ * thread, 768 x 64 x 64 and 64 x 64 x 768): 113 GFLOP/s against OpenBLAS
+ * 0.3.21's 66-96 on the same calls. */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 

@@ -1,10 +1,12 @@
-/* tgemm.h - internal: a register-tiled float GEMM for narrow layers (the
- * divergence pass of nn.c: 64 x 64 weights against a few hundred rows),
- * where OpenBLAS's packing costs a third of the time.  AVX2 + FMA, chosen
- * at run time; elsewhere (other CPUs, other compilers, the float64 build)
- * tgemm declines and the caller uses blas_gemm. */
+/* tgemm.h - internal: a register-tiled float GEMM (AVX2 + FMA) for narrow
+ * layers, the runtime's one hand-written SIMD kernel. */
 #ifndef FLOW_RUNTIME_TGEMM_H
 #define FLOW_RUNTIME_TGEMM_H
+
+/* For the divergence kernels of nn_div.c (64 x 64 weights against a few
+ * hundred rows), where OpenBLAS's packing costs a third of the time.
+ * Chosen at run time; elsewhere (other CPUs, other compilers, the float64
+ * build) tgemm declines and the caller uses blas_gemm. */
 
 #include <stddef.h>
 

@@ -1,0 +1,788 @@
+/* nn_made.c - MADE in degree order (Germain et al. 2015): degrees and masks,
+ * sampling degree by degree, and the density pass in blocks of rows. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "matrix.h"
+#include "nn_impl.h"
+#include "rng.h"
+
+/* Rows per block of a MADE layer in degree order (nn_made_forward): each
+ * block's GEMM reads the input prefix of its highest degree. */
+#define MADE_BLOCK 64
+
+/* Offsets of nn_made_step's state, which reuses the same workspace:
+ * weights with rows and columns sorted by degree (sw), the inputs in
+ * degree order after the context (xs, n x (K + D)), the hidden units in
+ * degree order (hs, per layer at hidden_off * n) and one block's biases. */
+typedef struct step_layout {
+    size_t sw, xs, hs, bb, total;
+} step_layout;
+
+/* Offsets of nn_made_forward's tape (inputs in degree order xs, n x (K +
+ * D); hidden pre-activations z, only for activations other than ReLU, and
+ * units h, in degree order per layer at hidden_off * n) and of the
+ * outputs in degree order ys (n x D*out), plus nn_made_backward's two
+ * adjoint buffers (n x max_width each). */
+typedef struct sort_layout {
+    size_t xs, z, h, ys, g[2], total;
+} sort_layout;
+
+static void step_layout_of(const flow_net *net, size_t n, step_layout *sl)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(ws_head));
+#define TAKE(field, bytes) \
+    do { sl->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(sw, mul_sat(net->mask_total, r));
+    TAKE(xs, mul_sat(mul_sat(n, add_sat(net->d, net->k)), r));
+    TAKE(hs, mul_sat(mul_sat(n, hidden_rows(net)), r));
+    TAKE(bb, mul_sat(net->max_width, r));
+#undef TAKE
+    sl->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+static void sort_layout_of(const flow_net *net, size_t n, sort_layout *so)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(ws_head));
+    size_t hid = mul_sat(mul_sat(n, hidden_rows(net)), r);
+#define TAKE(field, bytes) \
+    do { so->field = off; off = add_sat(off, round_up(bytes)); } while (0)
+    TAKE(xs, mul_sat(mul_sat(n, add_sat(net->d, net->k)), r));
+    TAKE(z, net->act == FLOW_ACT_RELU ? 0 : hid);
+    TAKE(h, hid);
+    TAKE(ys, mul_sat(mul_sat(n, net->y_width), r));
+    TAKE(g[0], mul_sat(mul_sat(n, net->max_width), r));
+    TAKE(g[1], mul_sat(mul_sat(n, net->max_width), r));
+#undef TAKE
+    so->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
+}
+
+/* ------------------------------------------------ degrees and masks */
+
+/* MADE degrees and masks (Germain et al. 2015, sec. 4): input j has
+ * degree m^0(j) = order[j] + 1, context and time degree 0 (visible to
+ * every unit); hidden unit k of layer l gets m^l(k) in [min m^{l-1}, D-1]
+ * (cyclic from a seed-drawn offset, so every degree appears when the layer
+ * is wide enough, instead of the paper's i.i.d. draw).  With context the
+ * range starts at 0: degree-0 units see only the context, so even the
+ * first dimension's outputs depend on it, as flow_net_spec promises.
+ * Hidden masks are
+ * M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq. 13) and the output mask is
+ * strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)] (eq. 14), with output unit
+ * i*out + k of dimension i having degree order[i] + 1. */
+static int made_masks(flow_net *net, const int32_t *order)
+{
+    size_t d = net->d, maxw = net->max_width;
+    int32_t *prev = NULL, *cur = NULL;
+    flow_rng rng;
+    int ok = 0;
+    prev = malloc(maxw * sizeof *prev);
+    cur = malloc(maxw * sizeof *cur);
+    net->mask = calloc(net->mask_total ? net->mask_total : 1, 1);
+    net->by_deg = calloc(d, sizeof *net->by_deg);
+    net->sperm = calloc(hidden_rows(net) + 1, sizeof *net->sperm);
+    net->bstart = calloc((net->n_layers - 1) * (d + 1) + 1,
+                         sizeof *net->bstart);
+    if (!prev || !cur || !net->mask || !net->by_deg || !net->sperm
+        || !net->bstart)
+        goto fail;
+    rng_seed(&rng, net->seed);
+    for (size_t j = 0; j < d; j++) {
+        prev[j] = order ? order[j] + 1 : (int32_t)j + 1;
+        net->by_deg[prev[j] - 1] = j;
+    }
+    for (size_t j = 0; j < net->k; j++)
+        prev[d + j] = 0;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        nn_layer *ly = &net->layer[l];
+        uint8_t *m = net->mask + ly->m_off;
+        int last = l + 1 == net->n_layers;
+        int32_t lo = INT32_MAX, span;
+        uint64_t shift = 0;
+        for (size_t j = 0; j < ly->in; j++)
+            if (prev[j] < lo)
+                lo = prev[j];
+        if (lo == INT32_MAX || lo > (int32_t)d - 1)
+            lo = (int32_t)d - 1;   /* nothing to see: degree D-1 (D=1: 0) */
+        span = (int32_t)d - lo;    /* degrees lo..D-1 */
+        if (!last && span > 0)
+            shift = rng_below(&rng, (uint64_t)span);
+        for (size_t r = 0; r < ly->out; r++) {
+            if (last)
+                cur[r] = order ? order[r / net->out] + 1
+                               : (int32_t)(r / net->out) + 1;
+            else if (span > 0)
+                cur[r] = lo + (int32_t)((r + shift) % (uint64_t)span);
+            else
+                cur[r] = lo;
+            for (size_t j = 0; j < ly->in; j++)
+                m[r * ly->cols + j] = last ? cur[r] > prev[j]
+                                           : cur[r] >= prev[j];
+            if (ly->cols > ly->in)   /* time column: always visible */
+                m[r * ly->cols + ly->in] = 1;
+        }
+        if (!last) {
+            /* counting sort of the units by degree (0..D-1) */
+            size_t *bs = net->bstart + l * (d + 1);
+            size_t *perm = net->sperm + hidden_off(net, l);
+            for (size_t r = 0; r < ly->out; r++)
+                bs[cur[r] + 1]++;
+            for (size_t q = 0; q < d; q++)
+                bs[q + 1] += bs[q];
+            for (size_t u = 0; u < ly->out; u++)  /* bs[k] as a cursor */
+                perm[bs[cur[u]]++] = u;
+            for (size_t q = d; q > 0; q--)        /* ... and back */
+                bs[q] = bs[q - 1];
+            bs[0] = 0;
+        }
+        memcpy(prev, cur, ly->out * sizeof *cur);
+    }
+    ok = 1;
+fail:
+    free(prev);
+    free(cur);
+    return ok;
+}
+
+/* The maps of MADE in degree order (nn_made_forward): rows of each layer
+ * sorted by degree (hidden units by sperm, outputs by the degree of their
+ * dimension), columns likewise (layer 0: the context, degree 0, then the
+ * inputs by degree).  A row of degree m sees a prefix of the sorted
+ * columns: the inputs of degree <= m (hidden, eq. 13 of Germain et al.
+ * 2015) or < m (outputs, eq. 14).  Rows go in blocks of MADE_BLOCK; ext
+ * of every row of a block is the prefix of its last (highest) row, so a
+ * block is one GEMM over that prefix, and the columns past it are masked
+ * for every row of the block: a hidden layer of H units costs about
+ * (H / MADE_BLOCK + 1) / (2 H / MADE_BLOCK) of the dense product. */
+static int made_blocks(flow_net *net)
+{
+    size_t d = net->d, k = net->k, L = net->n_layers, coff = 0;
+    size_t ncols = 0;
+    for (size_t l = 0; l < L; l++)
+        ncols += net->layer[l].in;
+    net->rmap = calloc(all_rows(net) + 1, sizeof *net->rmap);
+    net->ext = calloc(all_rows(net) + 1, sizeof *net->ext);
+    net->vis = calloc(all_rows(net) + 1, sizeof *net->vis);
+    net->cmap = calloc(ncols + 1, sizeof *net->cmap);
+    net->lead = calloc(all_rows(net) + 1, 1);
+    if (!net->rmap || !net->ext || !net->vis || !net->cmap || !net->lead)
+        return 0;
+    for (size_t l = 0; l < L; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == L;
+        size_t roff = last ? hidden_rows(net) : hidden_off(net, l);
+        size_t *rm = net->rmap + roff, *ex = net->ext + roff;
+        size_t *vi = net->vis + roff;
+        uint32_t *cm = net->cmap + coff;
+        const size_t *bs = last ? NULL : net->bstart + l * (d + 1);
+        const size_t *bp = l ? net->bstart + (l - 1) * (d + 1) : NULL;
+        size_t g = 0;
+        for (size_t p = 0; p < ly->out; p++) {
+            size_t m;           /* the highest input degree row p sees */
+            if (last) {
+                size_t s = p / net->out;
+                rm[p] = net->by_deg[s] * net->out + p % net->out;
+                m = s;          /* degree s + 1 sees degrees <= s */
+            } else {
+                while (bs[g + 1] <= p)
+                    g++;
+                rm[p] = net->sperm[hidden_off(net, l) + p];
+                m = g;
+            }
+            vi[p] = ex[p] = l ? bp[m + 1] : k + m;
+        }
+        for (size_t p0 = 0; p0 < ly->out; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < ly->out ? p0 + MADE_BLOCK : ly->out;
+            for (size_t p = p0; p < p1; p++)
+                ex[p] = ex[p1 - 1];
+        }
+        for (size_t q = 0; q < ly->in; q++)
+            cm[q] = (uint32_t)(l ? net->sperm[hidden_off(net, l - 1) + q]
+                      : q < k ? d + q : net->by_deg[q - k]);
+        for (size_t p = 0; p < ly->out; p++) {
+            size_t c = rm[p];
+            while (c > p)
+                c = rm[c];
+            net->lead[roff + p] = c == p;   /* no smaller row in its cycle */
+        }
+        coff += ly->in;
+    }
+    return 1;
+}
+
+/* Masks, then the degree-order maps when the net is sortable (nn_impl.h). */
+int nn_made_init(flow_net *net, const int32_t *order)
+{
+    if (!made_masks(net, order))
+        return 0;
+    net->sortable = net->premasked && net->time == FLOW_TIME_NONE;
+    return !net->sortable || made_blocks(net);
+}
+
+size_t nn_made_workspace(const flow_net *net, size_t n)
+{
+    step_layout sl;
+    sort_layout so;
+    step_layout_of(net, n, &sl);
+    sort_layout_of(net, n, &so);
+    if (!sl.total || !so.total)
+        return 0;
+    return sl.total > so.total ? sl.total : so.total;
+}
+
+/* 1 when some v[i] with m[i] = 0 is not +-0 (NaN included): an OR over
+ * the bits without the sign, eight lanes at a time (once per batch over
+ * every MADE weight: a compare-and-branch loop cost 4% of a training
+ * step). */
+static int masked_nonzero(const flow_real *restrict v,
+                          const uint8_t *restrict m, size_t count)
+{
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
+    bits_t acc[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8) {
+        bits_t b[8];
+        memcpy(b, v + i, sizeof b);
+        for (int j = 0; j < 8; j++)
+            acc[j] |= (b[j] << 1) & ((bits_t)(m[i + j] != 0) - 1);
+    }
+    for (; i < count; i++) {
+        bits_t b;
+        memcpy(&b, v + i, sizeof b);
+        acc[0] |= (b << 1) & ((bits_t)(m[i] != 0) - 1);
+    }
+    return ((acc[0] | acc[1]) | (acc[2] | acc[3]) | (acc[4] | acc[5]) |
+            (acc[6] | acc[7])) != 0;
+}
+
+int nn_mask_params(const flow_net *net, const flow_real *params,
+                   flow_real *dst)
+{
+    int dirty = 0;
+    if (!net || !params)
+        return 0;
+    if (dst && dst != params)
+        memcpy(dst, params, net->n_params * sizeof *dst);
+    if (!net->mask)
+        return 0;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const uint8_t *m = net->mask + ly->m_off;
+        const flow_real *w = params + ly->w_off;
+        size_t sz = ly->out * ly->cols;
+        if (!dirty)
+            dirty = masked_nonzero(w, m, sz);
+        if (dst)
+            mask_zero(dst + ly->w_off, m, sz);
+    }
+    return dirty;
+}
+
+/* ----------------------------------------------- sampling by degree */
+
+/* The weights of every layer with rows and columns in degree order (the
+ * orders of nn_made_step): hidden rows by sperm, output rows as they are;
+ * layer 0's columns are the context then the inputs by degree, deeper
+ * layers' columns the previous layer's units by degree.  One gather over
+ * the parameters per sampling call. */
+static void sort_weights(const flow_net *net, const flow_real *params,
+                         flow_real *sw)
+{
+    size_t d = net->d, k = net->k;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        const size_t *rp = last ? NULL : net->sperm + hidden_off(net, l);
+        const size_t *cp = l ? net->sperm + hidden_off(net, l - 1) : NULL;
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = sw + ly->m_off;
+        for (size_t p = 0; p < ly->out; p++) {
+            const flow_real *wr = w + (rp ? rp[p] : p) * ly->cols;
+            flow_real *dr = dst + p * ly->cols;
+            if (cp) {
+                for (size_t q = 0; q < ly->in; q++)
+                    dr[q] = wr[cp[q]];
+            } else {
+                for (size_t q = 0; q < k; q++)
+                    dr[q] = wr[d + q];
+                for (size_t q = 0; q < d; q++)
+                    dr[k + q] = wr[net->by_deg[q]];
+            }
+        }
+    }
+}
+
+/* z (n rows of stride ld, cnt columns) += bias, then the activation. */
+static void bias_act_block(const flow_net *net, flow_real *z, size_t ld,
+                           size_t n, size_t cnt, const flow_real *bias)
+{
+    for (size_t r = 0; r < n; r++) {
+        flow_real *zr = z + r * ld;
+        if (net->act == FLOW_ACT_RELU) {
+            for (size_t j = 0; j < cnt; j++) {
+                flow_real v = zr[j] + bias[j];
+                zr[j] = pos_mask(v) * v;
+            }
+        } else {
+            for (size_t j = 0; j < cnt; j++) {  /* as nn_forward does */
+                flow_real v = zr[j] + bias[j];
+                act_apply(net, &v, zr + j, 1);
+            }
+        }
+    }
+}
+
+/* Sampling a MADE degree by degree (MAF, Papamakarios et al. 2017, sec.
+ * 3.1: x_i = u_i exp(alpha_i) + mu_i, one dimension after the other).
+ * Hidden unit k of layer l with degree m^l(k) depends on exactly the
+ * inputs of degree <= m^l(k) (Germain et al. 2015, eqs. 13-14: the masks
+ * connect it to the units of degree <= m^l(k) below, the output of degree
+ * s to the units of degree < s).  So once the dimensions of degree <= s
+ * are known, every unit of degree <= s is final: step s computes the
+ * units of degree exactly s in each hidden layer, from the already final
+ * units of degree <= s below (a prefix in degree order), and the out
+ * outputs of the dimension of degree s + 1 from the units of degree <= s
+ * of the last hidden layer.  Each unit is computed once over the D steps,
+ * from only its unmasked inputs: about half the multiply-adds of ONE
+ * dense forward pass, against D passes for sampling by repeated
+ * net_forward.  Products in degree order are the same sums as the masked
+ * dense ones (the skipped terms are masked zeros) up to the order of the
+ * additions. */
+/* One step on weights sorted by degree: ssw is NULL for weights from
+ * params (sorted here into the workspace at step 0, sort_weights: output
+ * rows as they are, biases read from params), or nn_made_sort's layout
+ * (output rows by degree too, biases after the weights). */
+static int made_step_run(const flow_net *net, const flow_real *params,
+                         const flow_real *ssw, size_t n,
+                         const flow_real *ctx, size_t step,
+                         const flow_real *x_prev, flow_real *theta, void *ws)
+{
+    ws_head *hd = ws;
+    step_layout sl;
+    size_t d, k, kd, L, pr;
+    flow_real *xs, *hs, *bb;
+    const flow_real *in, *sw;
+    size_t ldin;
+    int st;
+    if (!net || !(ssw || params) || !theta || !ws
+        || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (net->kind != FLOW_NET_MADE || net->sn > 0 ||
+        net->time != FLOW_TIME_NONE || (ssw && !net->sortable))
+        return FLOW_ERR_UNSUPPORTED;
+    d = net->d;
+    k = net->k;
+    if (step >= d || (k && !ctx) || (step > 0 && !x_prev))
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    step_layout_of(net, n, &sl);
+    kd = k + d;
+    L = net->n_layers;
+    sw = ssw ? ssw : at(ws, sl.sw);
+    xs = at(ws, sl.xs);
+    hs = at(ws, sl.hs);
+    bb = at(ws, sl.bb);
+    if (step == 0) {
+        hd->magic = 0;
+        hd->n = n;
+        hd->t = 0;
+        hd->have_jvp = 0;
+        if (!ssw)
+            sort_weights(net, params, at(ws, sl.sw));
+        for (size_t r = 0; k && r < n; r++)
+            memcpy(xs + r * kd, ctx + r * k, k * sizeof *xs);
+        hd->magic = WS_STEP_MAGIC;
+    } else {
+        if (hd->magic != WS_STEP_MAGIC || hd->n != n ||
+            hd->step_next != step)
+            return FLOW_ERR_INVAL;
+        for (size_t r = 0; r < n; r++)
+            xs[r * kd + k + step - 1] = x_prev[r];
+    }
+    in = xs;
+    ldin = kd;
+    pr = k + step;              /* inputs of degree <= step, in order */
+    for (size_t l = 0; l + 1 < L; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const size_t *bs = net->bstart + l * (d + 1);
+        const size_t *perm = net->sperm + hidden_off(net, l);
+        size_t b0 = bs[step], b1 = bs[step + 1];
+        flow_real *h = hs + hidden_off(net, l) * n;
+        if (b1 > b0) {
+            if (pr) {
+                st = blas_gemm(0, 1, n, b1 - b0, pr, 1, in, ldin,
+                               sw + ly->m_off + b0 * ly->cols, ly->cols, 0,
+                               h + b0, ly->out);
+                if (st != FLOW_OK)
+                    return st;
+            } else {
+                for (size_t r = 0; r < n; r++)
+                    memset(h + r * ly->out + b0, 0, (b1 - b0) * sizeof *h);
+            }
+            for (size_t j = b0; j < b1; j++)
+                bb[j - b0] = ssw ? ssw[net->mask_total + hidden_off(net, l)
+                                       + j]
+                                 : params[ly->b_off + perm[j]];
+            bias_act_block(net, h + b0, ly->out, n, b1 - b0, bb);
+        }
+        in = h;
+        ldin = ly->out;
+        pr = bs[step + 1];      /* this layer's units of degree <= step */
+    }
+    {
+        const nn_layer *ly = &net->layer[L - 1];
+        size_t out = net->out;
+        /* the rows of the dimension of degree step + 1 */
+        size_t row = (ssw ? step : net->by_deg[step]) * out;
+        const flow_real *b = ssw ? ssw + net->mask_total + hidden_rows(net)
+                                       + row
+                                 : params + ly->b_off + row;
+        if (pr) {
+            st = blas_gemm(0, 1, n, out, pr, 1, in, ldin,
+                           sw + ly->m_off + row * ly->cols, ly->cols, 0,
+                           theta, out);
+            if (st != FLOW_OK)
+                return st;
+        } else {
+            memset(theta, 0, n * out * sizeof *theta);
+        }
+        for (size_t r = 0; r < n; r++)
+            for (size_t q = 0; q < out; q++)
+                theta[r * out + q] += b[q];
+    }
+    hd->step_next = step + 1;
+    return FLOW_OK;
+}
+
+int nn_made_step(const flow_net *net, const flow_real *params, size_t n,
+                 const flow_real *ctx, size_t step, const flow_real *x_prev,
+                 flow_real *theta, void *ws)
+{
+    if (!params)
+        return FLOW_ERR_INVAL;
+    return made_step_run(net, params, NULL, n, ctx, step, x_prev, theta, ws);
+}
+
+/* The same on nn_made_sort's weights (no sort per sampling call; rows and
+ * columns read are within each row's prefix, so the same values and the
+ * same products as nn_made_step). */
+int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
+                        size_t n, const flow_real *ctx, size_t step,
+                        const flow_real *x_prev, flow_real *theta, void *ws)
+{
+    if (!sorted)
+        return FLOW_ERR_INVAL;
+    return made_step_run(net, NULL, sorted, n, ctx, step, x_prev, theta, ws);
+}
+
+/* ------------------------ the density pass in degree order, blocked */
+
+/* Row offset of layer l in rmap / ext, and column offset in cmap. */
+static size_t sort_roff(const flow_net *net, size_t l)
+{
+    return l + 1 == net->n_layers ? hidden_rows(net) : hidden_off(net, l);
+}
+
+static size_t sort_coff(const flow_net *net, size_t l)
+{
+    size_t s = 0;
+    for (size_t i = 0; i < l; i++)
+        s += net->layer[i].in;
+    return s;
+}
+
+size_t nn_made_sorted_count(const flow_net *net)
+{
+    if (!net || !net->sortable)
+        return 0;
+    /* weights, biases, then nn_made_grad's scratch (3 x max_width) */
+    return net->mask_total + all_rows(net) + 3 * net->max_width;
+}
+
+/* sw: per layer the masked weights with rows and columns in degree order
+ * (at m_off, rows x cols, each row written up to its block's prefix ext;
+ * the rest is never read), then every layer's biases in row order (at
+ * mask_total + the layer's row offset).  The mask is applied here, so the
+ * parameters' masked weights may hold anything. */
+int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
+{
+    if (!net || !params || !sw)
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        size_t roff = sort_roff(net, l);
+        const size_t *rm = net->rmap + roff, *ex = net->ext + roff;
+        const size_t *vi = net->vis + roff;
+        const uint32_t *cm = net->cmap + sort_coff(net, l);
+        const flow_real *w = params + ly->w_off;
+        flow_real *dst = sw + ly->m_off;
+        for (size_t p = 0; p < ly->out; p++) {
+            const flow_real *wr = w + rm[p] * ly->cols;
+            flow_real *dr = dst + p * ly->cols;
+            size_t q = 0;
+            /* the mask row in degree order: vis[p] ones, then zeros */
+            for (; q < vi[p]; q++)
+                dr[q] = wr[cm[q]];
+            for (; q < ex[p]; q++)
+                dr[q] = 0;
+            sw[net->mask_total + roff + p] = params[ly->b_off + rm[p]];
+        }
+    }
+    return FLOW_OK;
+}
+
+/* The gradient in nn_made_backward's layout (each layer's W at w_off in
+ * degree order up to ext, its biases at b_off in degree order) mapped in
+ * place to the parameters' layout, masked weights 0.  Sorted row p goes
+ * to row rmap[p], scattered by cmap: the rows move along the cycles of
+ * rmap, one row held aside (scratch at the end of sw), so nothing is
+ * copied twice and no gradient-sized buffer is needed. */
+int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
+{
+    if (!net || !grad || !sw)
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        size_t roff = sort_roff(net, l), C = ly->cols;
+        const size_t *rm = net->rmap + roff, *vi = net->vis + roff;
+        const uint32_t *cm = net->cmap + sort_coff(net, l);
+        const uint8_t *lead = net->lead + roff;
+        flow_real *a = sw + net->mask_total + all_rows(net);
+        flow_real *b = a + net->max_width, *bias = b + net->max_width;
+        flow_real *w = grad + ly->w_off;
+        for (size_t p0 = 0; p0 < ly->out; p0++) {
+            size_t cur = p0;
+            if (!lead[p0])
+                continue;
+            memcpy(a, w + p0 * C, vi[p0] * sizeof *a);
+            for (;;) {
+                size_t nxt = rm[cur];
+                flow_real *row = w + nxt * C, *t;
+                if (nxt != p0)   /* sorted row nxt, needed next */
+                    memcpy(b, row, vi[nxt] * sizeof *b);
+                memset(row, 0, C * sizeof *row);
+                for (size_t q = 0; q < vi[cur]; q++)
+                    row[cm[q]] = a[q];
+                if (nxt == p0)
+                    break;
+                t = a;
+                a = b;
+                b = t;
+                cur = nxt;
+            }
+        }
+        memcpy(bias, grad + ly->b_off, ly->out * sizeof *bias);
+        for (size_t p = 0; p < ly->out; p++)
+            grad[ly->b_off + rm[p]] = bias[p];
+    }
+    return FLOW_OK;
+}
+
+/* Same as nn_forward on the parameters sw was sorted from, in degree
+ * order: each block of MADE_BLOCK rows is one GEMM over its input prefix
+ * (made_blocks), the masked zeros past it skipped; the same sums as the
+ * dense product up to the order of the additions. */
+int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
+                    const flow_real *x, const flow_real *ctx, flow_real *y,
+                    void *ws)
+{
+    ws_head *hd = ws;
+    sort_layout so;
+    size_t d, k, kd, ldin, yw;
+    const flow_real *in;
+    flow_real *xs, *ys;
+    if (!net || !sw || !x || !y || !ws || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    d = net->d;
+    k = net->k;
+    if (k && !ctx)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    sort_layout_of(net, n, &so);
+    hd->magic = 0;
+    hd->n = n;
+    hd->t = 0;
+    hd->have_jvp = 0;
+    kd = k + d;
+    yw = net->y_width;
+    xs = at(ws, so.xs);
+    ys = at(ws, so.ys);
+    for (size_t r = 0; r < n; r++) {
+        flow_real *xr = xs + r * kd;
+        for (size_t j = 0; j < k; j++)
+            xr[j] = ctx[r * k + j];
+        for (size_t q = 0; q < d; q++)
+            xr[k + q] = x[r * d + net->by_deg[q]];
+    }
+    in = xs;
+    ldin = kd;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        size_t roff = sort_roff(net, l), R = ly->out;
+        const size_t *ex = net->ext + roff;
+        const flow_real *w = sw + ly->m_off;
+        flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
+        flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
+                                       ? h : at(ws, so.z) + hidden_off(net, l) * n;
+        int st = FLOW_OK;
+        fill_rows(n, R, sw + net->mask_total + roff, z);
+        if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {
+            /* column blocks would average under 32 wide (few inputs): one
+             * GEMM per row block over its prefix (docs/runtime.md) */
+            for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
+                size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+                if (ex[p0])
+                    st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
+                                   w + p0 * ly->cols, ly->cols, 1, z + p0,
+                                   R);
+            }
+        } else {
+            /* by column blocks: columns [ext of block b-1, ext of block
+             * b) feed the rows of blocks b, b+1, ... (ext grows with the
+             * degree); each input column is packed for BLAS once, where
+             * row blocks would pack their prefix again for every block */
+            for (size_t p0 = 0, e0 = 0; p0 < R && st == FLOW_OK;
+                 p0 += MADE_BLOCK) {
+                size_t e1 = ex[p0];
+                if (e1 <= e0)
+                    continue;
+                st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
+                               w + p0 * ly->cols + e0, ly->cols, 1, z + p0,
+                               R);
+                e0 = e1;
+            }
+        }
+        if (st != FLOW_OK)
+            return st;
+        if (!last) {
+            act_inplace(net, n * R, z, h);
+            in = h;
+            ldin = R;
+        }
+    }
+    {
+        const size_t *rm = net->rmap + hidden_rows(net);
+        for (size_t r = 0; r < n; r++)
+            for (size_t p = 0; p < yw; p++)
+                y[r * yw + rm[p]] = ys[r * yw + p];
+    }
+    hd->magic = WS_SORT_MAGIC;
+    return FLOW_OK;
+}
+
+/* Same as nn_backward after nn_made_forward on ws, except that dparams
+ * receives (accumulates) the gradient in degree order, which
+ * nn_made_grad maps to the parameters' layout.  The input adjoint of a
+ * layer goes by column blocks: columns [ext of block b-1, ext of block b)
+ * are read by the rows of blocks b, b+1, ... only (ext grows with the
+ * degree), one GEMM each; columns past the last ext by no row (0). */
+int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
+                     void *ws, const flow_real *dy, flow_real *dx,
+                     flow_real *dctx, flow_real *dparams)
+{
+    const ws_head *hd = ws;
+    sort_layout so;
+    size_t d, k, kd, yw, L;
+    flow_real *buf[2], *gcur;
+    int nb = 1;
+    if (!net || !sw || !ws || !dy || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (!net->sortable)
+        return FLOW_ERR_UNSUPPORTED;
+    if (n == 0)
+        return FLOW_OK;
+    if (hd->magic != WS_SORT_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;
+    sort_layout_of(net, n, &so);
+    d = net->d;
+    k = net->k;
+    kd = k + d;
+    yw = net->y_width;
+    L = net->n_layers;
+    buf[0] = at(ws, so.g[0]);
+    buf[1] = at(ws, so.g[1]);
+    gcur = buf[0];
+    {
+        const size_t *rm = net->rmap + hidden_rows(net);
+        for (size_t r = 0; r < n; r++)
+            for (size_t p = 0; p < yw; p++)
+                gcur[r * yw + p] = dy[r * yw + rm[p]];
+    }
+    if (dparams)
+        colsum_add(n, yw, gcur, dparams + net->layer[L - 1].b_off);
+    for (size_t l = L; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        size_t R = ly->out, C = l ? ly->in : kd, e0 = 0;
+        const size_t *ex = net->ext + sort_roff(net, l);
+        const flow_real *w = sw + ly->m_off;
+        const flow_real *in =
+            l ? at(ws, so.h) + hidden_off(net, l - 1) * n : at(ws, so.xs);
+        flow_real *gin = buf[nb];
+        int st;
+        if (dparams)
+            for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+                size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+                if (ex[p0] == 0)
+                    continue;
+                st = blas_gemm(1, 0, p1 - p0, ex[p0], n, 1, gcur + p0, R,
+                               in, C, 1, dparams + ly->w_off +
+                               p0 * ly->cols, ly->cols);
+                if (st != FLOW_OK)
+                    return st;
+            }
+        if (l == 0 && !dx && !(dctx && k))
+            return FLOW_OK;
+        for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+            size_t e1 = ex[p0];
+            if (e1 <= e0)
+                continue;
+            st = blas_gemm(0, 0, n, e1 - e0, R - p0, 1, gcur + p0, R,
+                           w + p0 * ly->cols + e0, ly->cols, 0, gin + e0, C);
+            if (st != FLOW_OK)
+                return st;
+            e0 = e1;
+        }
+        if (e0 < C)
+            for (size_t r = 0; r < n; r++)
+                memset(gin + r * C + e0, 0, (C - e0) * sizeof *gin);
+        if (l == 0) {
+            for (size_t r = 0; r < n; r++) {
+                const flow_real *gr = gin + r * kd;
+                if (dctx)
+                    for (size_t j = 0; j < k; j++)
+                        dctx[r * k + j] += gr[j];
+                if (dx)
+                    for (size_t q = 0; q < d; q++)
+                        dx[r * d + net->by_deg[q]] = gr[k + q];
+            }
+            return FLOW_OK;
+        }
+        {
+            size_t hp = hidden_off(net, l - 1) * n;
+            const flow_real *h = at(ws, so.h) + hp;
+            const flow_real *z = net->act == FLOW_ACT_RELU ? h
+                                                           : at(ws, so.z) + hp;
+            grad_act_bias(net, n, C, z, h, gin,
+                          dparams ? dparams + net->layer[l - 1].b_off : NULL);
+        }
+        gcur = gin;
+        nb = 1 - nb;
+    }
+    return FLOW_OK;
+}
