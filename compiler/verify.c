@@ -1,7 +1,5 @@
-/* verify.c - the compile-time proof: each layer's declared dependency
- * pattern is triangular under some ordering (or its class is estimated
- * with a valid certificate), partitions and orders are well formed, context
- * feeds only conditioners; then whole-graph warnings. */
+/* verify.c - the compile-time proof that each layer is invertible with a
+ * tractable log-determinant (triangular or certified), then graph warnings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +191,10 @@ static int check_coupling(flow_compilation *c, const flow_graph_node *n,
     return 0;
 }
 
+/* One layer, right after its describe(): the declared dependency pattern
+ * is triangular under some ordering (or the Jacobian class is estimated
+ * with a valid certificate), partitions and orders are well formed, and
+ * the context feeds only conditioners. */
 int verify_layer(flow_compilation *c, size_t idx)
 {
     const flow_graph *g = &c->graph;
