@@ -77,7 +77,7 @@ size_t flow_graph_params(const flow_graph *g)
     size_t total = g->base.n_params;
     for (size_t i = 0; i < g->n_nodes; i++)
         total += g->nodes[i].kind == FLOW_NODE_LAYER
-                     ? g->nodes[i].desc.n_params
+                     ? g->nodes[i].desc->n_params
                      : g->nodes[i].exit_base.n_params;
     return total;
 }
@@ -181,17 +181,17 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
             continue;
         }
         layers++;
-        cert_text(&n->desc, cert, sizeof cert);
+        cert_text(n->desc, cert, sizeof cert);
         fprintf(f, "%4zu  %-18s %-18s %5zu %10zu  %s%s\n", i, n->label,
-                jac_name(n->desc.jac), n->in_dim, n->desc.n_params, cert,
+                jac_name(n->desc->jac), n->in_dim, n->desc->n_params, cert,
                 n->uses_context ? "; given context" : "");
-        dens += n->desc.cost_forward.passes;
-        samp += n->desc.cost_inverse.passes;
-        if (n->desc.dep == FLOW_DEP_ORDER && n->desc.cost_inverse.sequential)
-            ar_samp += n->desc.cost_inverse.passes;
-        dens_seq |= n->desc.cost_forward.sequential;
-        samp_seq |= n->desc.cost_inverse.sequential;
-        estimated |= !n->desc.logdet_exact;
+        dens += n->desc->cost_forward.passes;
+        samp += n->desc->cost_inverse.passes;
+        if (n->desc->dep == FLOW_DEP_ORDER && n->desc->cost_inverse.sequential)
+            ar_samp += n->desc->cost_inverse.passes;
+        dens_seq |= n->desc->cost_forward.sequential;
+        samp_seq |= n->desc->cost_inverse.sequential;
+        estimated |= !n->desc->logdet_exact;
     }
     base_text(&g->base, base, sizeof base);
     fprintf(f, "%4s  %-18s %-18s %5zu %10zu  %s ~ %s\n", "", "output",
@@ -307,28 +307,28 @@ static void json_node(FILE *f, const flow_graph_node *n)
     fputs(", \"plugin\": ", f);
     diag_json_str(f, n->plugin_file);
     fprintf(f, ", \"uses_context\": %s, \"params\": %zu, \"jacobian\": ",
-            n->uses_context ? "true" : "false", n->desc.n_params);
-    diag_json_str(f, jac_name(n->desc.jac));
+            n->uses_context ? "true" : "false", n->desc->n_params);
+    diag_json_str(f, jac_name(n->desc->jac));
     fputs(", \"dependency\": ", f);
-    diag_json_str(f, dep_name(n->desc.dep));
+    diag_json_str(f, dep_name(n->desc->dep));
     fputs(", \"certificate\": ", f);
-    diag_json_str(f, cert_name(n->desc.cert));
+    diag_json_str(f, cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
-    jnum(f, n->desc.cert_value);
+    jnum(f, n->desc->cert_value);
     fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
                "\"sequential\": %s}, \"cost_inverse\": {\"passes\": %u, "
                "\"sequential\": %s}, \"attrs\": ",
-            n->desc.logdet_exact ? "true" : "false",
-            (unsigned)n->desc.cost_forward.passes,
-            n->desc.cost_forward.sequential ? "true" : "false",
-            (unsigned)n->desc.cost_inverse.passes,
-            n->desc.cost_inverse.sequential ? "true" : "false");
+            n->desc->logdet_exact ? "true" : "false",
+            (unsigned)n->desc->cost_forward.passes,
+            n->desc->cost_forward.sequential ? "true" : "false",
+            (unsigned)n->desc->cost_inverse.passes,
+            n->desc->cost_inverse.sequential ? "true" : "false");
     json_attrs(f, n->type->attrs, n->attrs);
-    if (n->desc.dep != FLOW_DEP_ELEMENTWISE && n->desc.dep != FLOW_DEP_DENSE
-        && n->desc.dep != FLOW_DEP_MATRIX) {
+    if (n->desc->dep != FLOW_DEP_ELEMENTWISE && n->desc->dep != FLOW_DEP_DENSE
+        && n->desc->dep != FLOW_DEP_MATRIX) {
         fputs(", \"dep_vec\": [", f);
         for (size_t i = 0; i < n->in_dim; i++)
-            fprintf(f, "%s%d", i ? ", " : "", (int)n->desc.dep_vec[i]);
+            fprintf(f, "%s%d", i ? ", " : "", (int)n->desc->dep_vec[i]);
         fputc(']', f);
     }
     fputc('}', f);
@@ -423,7 +423,7 @@ void flow_graph_print_dot(const flow_graph *g, FILE *f)
                     n->exit_k, i, i);
         } else {
             fprintf(f, "  n%zu [label=\"%s\\n%s\"];\n", i, n->label,
-                    jac_name(n->desc.jac));
+                    jac_name(n->desc->jac));
             if (n->uses_context)
                 fprintf(f, "  context -> n%zu [style=dashed];\n", i);
         }

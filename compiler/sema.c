@@ -497,19 +497,23 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                           const flow_loc *attr_locs, flow_loc stmt_loc)
 {
     flow_diag d;
+    flow_layer_desc *desc;
     int32_t *vec;
     int rc;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     d.attr = -1;
-    n->desc.struct_size = sizeof n->desc;
-    n->desc.dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
-    if (!(vec = n->desc.dep_vec))
+    if (!(desc = arena_alloc(&S->c->mem, sizeof *desc)))
         return -1;
-    rc = n->type->describe(&n->config, &n->desc, &d);
-    if (rc == FLOW_OK && (n->desc.dep_vec != vec
-                          || n->desc.struct_size != sizeof n->desc)) {
-        n->desc.dep_vec = vec;
+    n->desc = desc;
+    desc->struct_size = sizeof *desc;
+    desc->dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
+    if (!(vec = desc->dep_vec))
+        return -1;
+    rc = n->type->describe(&n->config, desc, &d);
+    if (rc == FLOW_OK && (desc->dep_vec != vec
+                          || desc->struct_size != sizeof *desc)) {
+        desc->dep_vec = vec;
         diag_error(S->c, "F0508", stmt_loc, NULL, "%s: plugin overwrote "
                    "host-owned fields of flow_layer_desc", n->label);
         return -1;
@@ -610,7 +614,7 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     if (!n->label)
         return;
     if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
-        && n->desc.dep != FLOW_DEP_PERMUTATION)
+        && n->desc->dep != FLOW_DEP_PERMUTATION)
         S->pristine = 0;
 }
 
@@ -1347,6 +1351,6 @@ void sema_expand(sema *S)
                    S->flow->name);
     if (c->cmdline_stmt && S->have_input)
         decl_target(S, c->cmdline_stmt, S->globals);
-    if (c->n_errors == 0)
+    if (c->n_errors == 0 && !c->mem.failed)   /* nodes may lack a desc */
         verify_graph(c);
 }

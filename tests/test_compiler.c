@@ -82,8 +82,8 @@ START_TEST(test_expansion_and_dep_vecs)
         ck_assert_int_eq(n->kind, FLOW_NODE_LAYER);
         ck_assert_str_eq(n->type->name, "tcoupling");
         ck_assert_uint_eq(n->in_dim, 5);
-        ck_assert_int_eq(n->desc.dep, FLOW_DEP_COUPLING);
-        assert_vec(n->desc.dep_vec, i % 2 ? odd : even, 5);
+        ck_assert_int_eq(n->desc->dep, FLOW_DEP_COUPLING);
+        assert_vec(n->desc->dep_vec, i % 2 ? odd : even, 5);
         /* hidden = [8 + i, H] with H = 10 */
         ck_assert_uint_eq(n->attrs[1].n, 2);
         ck_assert_int_eq(n->attrs[1].ilist[0], 8 + (int64_t)i);
@@ -98,8 +98,8 @@ START_TEST(test_expansion_and_dep_vecs)
     ck_assert_str_eq(flow_graph_node_get(g, 1)->label, "tcoupling#1");
     n = flow_graph_node_get(g, 3);
     ck_assert_str_eq(n->label, "permute#3");
-    ck_assert_int_eq(n->desc.dep, FLOW_DEP_PERMUTATION);
-    assert_vec(n->desc.dep_vec, perm, 5);
+    ck_assert_int_eq(n->desc->dep, FLOW_DEP_PERMUTATION);
+    assert_vec(n->desc->dep_vec, perm, 5);
     ck_assert_int_eq(n->line, 6);
     ck_assert_int_eq(n->col, 3);
     /* the bare list selected permute's `explicit` alternative */
@@ -137,13 +137,13 @@ START_TEST(test_params_and_costs)
     ck_assert_int_eq(a->uses_context, 1);
     ck_assert_uint_eq(a->config.context_dim, 2);
     ck_assert_int_eq(a->config.has_bounds, 1);   /* first layer */
-    ck_assert_uint_eq(a->desc.n_params, 148);
+    ck_assert_uint_eq(a->desc->n_params, 148);
     ck_assert_int_eq(b->uses_context, 0);
     ck_assert_uint_eq(b->config.context_dim, 0);
     ck_assert_int_eq(b->config.has_bounds, 0);   /* after a coupling */
     /* MADE 4 -> 8 -> 8: 5*8 + 9*8 = 112 */
-    ck_assert_uint_eq(b->desc.n_params, 112);
-    ck_assert_uint_eq(b->desc.cost_inverse.passes, 4);
+    ck_assert_uint_eq(b->desc->n_params, 112);
+    ck_assert_uint_eq(b->desc->cost_inverse.passes, 4);
     ck_assert_int_eq(base->kind, FLOW_BASE_GMM);
     ck_assert_uint_eq(base->n_args, 1);
     ck_assert_double_eq(base->args[0], 3.0);
