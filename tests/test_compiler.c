@@ -172,6 +172,8 @@ START_TEST(test_exits_and_train)
     const flow_train_entry *t;
 
     ck_assert_int_eq(e->kind, FLOW_NODE_EXIT);
+    ck_assert_ptr_null(e->desc);                  /* layers only */
+    ck_assert_int_eq(flow_graph_node_get(g, 3)->desc->dep, FLOW_DEP_COUPLING);
     ck_assert_uint_eq(e->exit_k, 2);
     ck_assert_uint_eq(e->in_dim, 6);
     ck_assert_str_eq(e->exit_name, "z1");
@@ -375,6 +377,48 @@ START_TEST(test_imports_diamond)
 }
 END_TEST
 
+/* Declarations are taken in source order, each import's where it stands:
+ * diagnostics follow that order across files, and a const cannot use a
+ * name imported below it. */
+START_TEST(test_imports_in_source_order)
+{
+    char dir[] = "/tmp/flowc-test-XXXXXX", path[4096];
+    static const char *const names[] = {"a.flow", "bad.flow", "d.flow"};
+    static const struct { const char *file, *code; int line; } want[] = {
+        {"a.flow", "F0121", 1},         /* 1 / 0, before the imports */
+        {"bad.flow", "F0001", 1},       /* the first import's syntax */
+        {"a.flow", "F0100", 3},         /* D is imported only below   */
+    };
+    flow_compilation *c;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    write_file(dir, "bad.flow", "const Q = ;\n");
+    write_file(dir, "d.flow", "const D = 3;\n");
+    write_file(dir, "a.flow",
+               "const A = 1 / 0;\nimport \"bad.flow\";\nconst E = D + 1;\n"
+               "import \"d.flow\";\n"
+               "flow a { input x : real[2]; output z ~ normal; }\n");
+    snprintf(path, sizeof path, "%s/a.flow", dir);
+    c = flow_compile_file(ctx, path);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 3);
+    for (size_t i = 0; i < 3; i++) {
+        const flow_diagnostic *d = flow_compile_diag(c, i);
+        snprintf(path, sizeof path, "%s/%s", dir, want[i].file);
+        ck_assert_msg(!strcmp(d->file, path) && !strcmp(d->code, want[i].code)
+                      && d->line == want[i].line, "diagnostic %zu: %s:%d %s, "
+                      "want %s:%d %s", i, d->file, d->line, d->code, path,
+                      want[i].line, want[i].code);
+    }
+    flow_compile_free(c);
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        remove(path);
+    }
+    remove(dir);
+}
+END_TEST
+
 START_TEST(test_edit_distance_and_suggest)
 {
     static const char *const names[] = {"hidden", "mask", "transformer"};
@@ -497,6 +541,7 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_untransformed_tracking);
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_imports_diamond);
+    tcase_add_test(tc, test_imports_in_source_order);
     tcase_add_test(tc, test_edit_distance_and_suggest);
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_parse_expr_default);
