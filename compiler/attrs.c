@@ -1,6 +1,5 @@
-/* attrs.c - generic attribute checking: a spec's values against a
- * plugin's flow_attr_spec table (types, ranges, list lengths, required,
- * enums, variants, defaults) into resolved flow_attr_value arrays. */
+/* attrs.c - a spec's values against a plugin's flow_attr_spec table (types,
+ * ranges, lists, enums, variants, defaults) into resolved attribute arrays. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>

@@ -1,5 +1,5 @@
-/* compiler.h - internal: the arena, source positions, AST, values and the
- * compilation record shared by the compiler's modules.  Not installed. */
+/* compiler.h - internal: source positions, AST, values, the compilation
+ * record and the calls between the compiler's files.  Not installed. */
 #ifndef FLOW_COMPILER_H
 #define FLOW_COMPILER_H
 
@@ -7,21 +7,7 @@
 #include <stdint.h>
 
 #include "flow/flowc.h"
-
-/* --- arena: one per compilation, freed at once ------------------------ */
-typedef struct arena_chunk arena_chunk;
-typedef struct arena {
-    arena_chunk *head;
-    int failed;                     /* an allocation failed               */
-} arena;
-
-void *arena_alloc(arena *a, size_t bytes);          /* zeroed, or NULL   */
-void *arena_array(arena *a, size_t n, size_t size); /* overflow-checked  */
-char *arena_strdup(arena *a, const char *s);
-char *arena_strndup(arena *a, const char *s, size_t n);
-char *arena_printf(arena *a, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-void arena_free(arena *a);
+#include "arena.h"
 
 /* --- positions -------------------------------------------------------- */
 typedef struct flow_loc {
@@ -124,7 +110,6 @@ typedef struct source_file {
     size_t len;
     stmt *items;                    /* parsed top level                   */
     int parsed;
-    int importing;                  /* on the import stack                */
 } source_file;
 
 struct flow_graph {
@@ -171,6 +156,14 @@ struct flow_compilation {
     flow_graph graph;
 };
 
+/* --- calls between the compiler's files ------------------------------
+ * They go one way.  compile.c, the driver, reads (source.c) and parses
+ * (parse.c) the spec, then runs import.c and sema.c; import.c reads and
+ * parses each import and hands every declaration to sema.c; sema.c calls
+ * attrs.c and verify.c; attrs.c parses defaults written as text
+ * (parse.c).  graph.c and the emitters read the finished graph.  Every
+ * file may report (diag.c) and allocate (arena.h). */
+
 /* diag.c */
 void diag_report(flow_compilation *c, flow_severity sev, const char *code,
                  flow_loc loc, const char *help, const char *fmt, ...)
@@ -184,8 +177,22 @@ int diag_stopped(const flow_compilation *c);
 const char *diag_suggest(const char *name, const char *const *cands,
                          size_t n);
 size_t diag_edit_distance(const char *a, const char *b);
+/* Writes s as a JSON string literal (bytes outside printable ASCII as
+ * \u00XX escapes). */
+void diag_json_str(FILE *f, const char *s);
 
-/* parse.c (driver around the generated parser) */
+/* source.c */
+/* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
+ * or an errno code (EFBIG: too large).  *text is malloc'ed. */
+int source_read(const char *path, char **text, size_t *len);
+/* The reason for a source_read error, as diagnostics give it. */
+const char *source_strerror(int err);
+/* Adds a source file (text copied into the arena); returns its index or
+ * -1 out of memory. */
+int source_add(flow_compilation *c, const char *path, const char *real,
+               const char *text, size_t len);
+
+/* parse.c: the generated scanner and parser, to the AST */
 /* Parses file index fi into c->files[fi].items; returns the error count. */
 int parse_file(flow_compilation *c, int fi);
 /* Parses `text` as one expression (plugin defaults); NULL on error, with
@@ -195,16 +202,6 @@ expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
 /* Parses --target text into an S_TARGET statement in a file of its own
  * ("<--target>"); NULL after reporting errors. */
 struct stmt *parse_target_text(flow_compilation *c, const char *text);
-/* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
- * or an errno code (EFBIG: too large).  *text is malloc'ed. */
-int parse_read_file(const char *path, char **text, size_t *len);
-/* Adds a source file (text copied into the arena); returns its index or
- * -1 out of memory. */
-int parse_add_file(flow_compilation *c, const char *path, const char *real,
-                   const char *text, size_t len);
-
-/* sema.c: imports, constants, expansion, attribute checks, describe() */
-void sema_run(flow_compilation *c);
 
 /* attrs.c: spec tables against values */
 /* Resolves `n` values (names[i] NULL = positional) against table `tab`
@@ -223,6 +220,22 @@ const char *attr_value_desc(flow_compilation *c, const value *v);
 void verify_graph(flow_compilation *c);
 /* verify one layer node right after describe(); returns errors reported */
 int verify_layer(flow_compilation *c, size_t node);
+
+/* sema.c: constants and arithmetic, block and repeat expansion, names,
+ * dimensions, bases, the train and target sections; each layer statement
+ * becomes a graph node, described by its plugin and verified */
+typedef struct sema sema;
+/* A new analysis of c, in c's arena; NULL when out of memory. */
+sema *sema_new(flow_compilation *c);
+/* One top-level declaration (const, block, flow) of file fi, in source
+ * order; imports are the resolver's. */
+void sema_declare(sema *S, int fi, const stmt *s);
+/* Expands the declared flow into c's graph and verifies it. */
+void sema_expand(sema *S);
+
+/* import.c: walks the main file's declarations into S in source order;
+ * an imported file is read, parsed and walked where its import stands */
+void import_walk(flow_compilation *c, sema *S);
 
 /* lexer support (lexer.l) */
 typedef struct lex_state {

@@ -1,107 +1,11 @@
-/* diag.c - the compilation's arena and its diagnostics: recording, "did
- * you mean" suggestions, and the text, terse and JSON renderings. */
+/* diag.c - diagnostics: recording with the error limit, "did you mean"
+ * suggestions, and the text, terse and JSON renderings. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "compiler.h"
-
-/* --- arena ------------------------------------------------------------ */
-
-#define CHUNK_MIN 65536
-
-struct arena_chunk {
-    arena_chunk *next;
-    size_t used, cap;
-    max_align_t data[];
-};
-
-void *arena_alloc(arena *a, size_t bytes)
-{
-    arena_chunk *ch = a->head;
-    size_t align = _Alignof(max_align_t);
-    char *p;
-
-    if (bytes > SIZE_MAX / 2) {
-        a->failed = 1;
-        return NULL;
-    }
-    bytes = (bytes + align - 1) / align * align;
-    if (!ch || ch->cap - ch->used < bytes) {
-        size_t cap = bytes > CHUNK_MIN ? bytes : CHUNK_MIN;
-        ch = malloc(sizeof *ch + cap);
-        if (!ch) {
-            a->failed = 1;
-            return NULL;
-        }
-        ch->cap = cap;
-        ch->used = 0;
-        if (a->head && bytes > CHUNK_MIN) {
-            /* big block: keep the current chunk open for small ones */
-            ch->next = a->head->next;
-            a->head->next = ch;
-        } else {
-            ch->next = a->head;
-            a->head = ch;
-        }
-    }
-    p = (char *)ch->data + ch->used;
-    ch->used += bytes;
-    memset(p, 0, bytes);
-    return p;
-}
-
-void *arena_array(arena *a, size_t n, size_t size)
-{
-    if (size && n > SIZE_MAX / 4 / size) {
-        a->failed = 1;
-        return NULL;
-    }
-    return arena_alloc(a, n && size ? n * size : 1);
-}
-
-char *arena_strndup(arena *a, const char *s, size_t n)
-{
-    char *p = arena_alloc(a, n + 1);
-    if (p) {
-        memcpy(p, s, n);
-        p[n] = '\0';
-    }
-    return p;
-}
-
-char *arena_strdup(arena *a, const char *s)
-{
-    return arena_strndup(a, s, strlen(s));
-}
-
-char *arena_printf(arena *a, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-    char *p;
-    va_start(ap, fmt);
-    n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || !(p = arena_alloc(a, (size_t)n + 1)))
-        return NULL;
-    va_start(ap, fmt);
-    vsnprintf(p, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return p;
-}
-
-void arena_free(arena *a)
-{
-    arena_chunk *ch = a->head;
-    while (ch) {
-        arena_chunk *next = ch->next;
-        free(ch);
-        ch = next;
-    }
-    a->head = NULL;
-}
 
 /* --- recording -------------------------------------------------------- */
 
@@ -283,7 +187,7 @@ static void print_text(const flow_compilation *c, const diag_rec *d, FILE *f,
         fprintf(f, "help: %s\n", p->help);
 }
 
-static void json_str(FILE *f, const char *s)
+void diag_json_str(FILE *f, const char *s)
 {
     fputc('"', f);
     for (; s && *s; s++) {
@@ -302,15 +206,15 @@ static void print_json(const diag_rec *d, FILE *f, int last)
 {
     const flow_diagnostic *p = &d->pub;
     fputs("  {\"file\": ", f);
-    json_str(f, p->file);
+    diag_json_str(f, p->file);
     fprintf(f, ", \"line\": %d, \"column\": %d, \"end_line\": %d, "
                "\"end_column\": %d, \"severity\": \"%s\", \"code\": \"%s\", "
                "\"message\": ", p->line, p->col, p->end_line, p->end_col,
             p->severity == FLOW_SEV_ERROR ? "error" : "warning", p->code);
-    json_str(f, p->message);
+    diag_json_str(f, p->message);
     fputs(", \"help\": ", f);
     if (p->help)
-        json_str(f, p->help);
+        diag_json_str(f, p->help);
     else
         fputs("null", f);
     fputs(last ? "}\n" : "},\n", f);

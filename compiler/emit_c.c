@@ -1,6 +1,5 @@
 /* emit_c.c - `flowc --emit=c`: the verified graph as a C translation unit
- * whose one function makes the same runtime calls as the in-process
- * emission (emit_model.c), for programs that embed flowkit. */
+ * whose one function makes the calls emit_model.c makes in-process. */
 #include <ctype.h>
 #include <inttypes.h>
 #include <math.h>

@@ -77,7 +77,7 @@ size_t flow_graph_params(const flow_graph *g)
     size_t total = g->base.n_params;
     for (size_t i = 0; i < g->n_nodes; i++)
         total += g->nodes[i].kind == FLOW_NODE_LAYER
-                     ? g->nodes[i].desc.n_params
+                     ? g->nodes[i].desc->n_params
                      : g->nodes[i].exit_base.n_params;
     return total;
 }
@@ -181,17 +181,17 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
             continue;
         }
         layers++;
-        cert_text(&n->desc, cert, sizeof cert);
+        cert_text(n->desc, cert, sizeof cert);
         fprintf(f, "%4zu  %-18s %-18s %5zu %10zu  %s%s\n", i, n->label,
-                jac_name(n->desc.jac), n->in_dim, n->desc.n_params, cert,
+                jac_name(n->desc->jac), n->in_dim, n->desc->n_params, cert,
                 n->uses_context ? "; given context" : "");
-        dens += n->desc.cost_forward.passes;
-        samp += n->desc.cost_inverse.passes;
-        if (n->desc.dep == FLOW_DEP_ORDER && n->desc.cost_inverse.sequential)
-            ar_samp += n->desc.cost_inverse.passes;
-        dens_seq |= n->desc.cost_forward.sequential;
-        samp_seq |= n->desc.cost_inverse.sequential;
-        estimated |= !n->desc.logdet_exact;
+        dens += n->desc->cost_forward.passes;
+        samp += n->desc->cost_inverse.passes;
+        if (n->desc->dep == FLOW_DEP_ORDER && n->desc->cost_inverse.sequential)
+            ar_samp += n->desc->cost_inverse.passes;
+        dens_seq |= n->desc->cost_forward.sequential;
+        samp_seq |= n->desc->cost_inverse.sequential;
+        estimated |= !n->desc->logdet_exact;
     }
     base_text(&g->base, base, sizeof base);
     fprintf(f, "%4s  %-18s %-18s %5zu %10zu  %s ~ %s\n", "", "output",
@@ -223,21 +223,6 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
 
 /* --- JSON ------------------------------------------------------------- */
 
-static void jstr(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20 || ch >= 0x7f)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void jnum(FILE *f, double x)
 {
     if (isfinite(x))
@@ -252,14 +237,14 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
     fputc('{', f);
     for (size_t k = 0; tab && tab[k].name; k++) {
         fprintf(f, "%s", k ? ", " : "");
-        jstr(f, tab[k].name);
+        diag_json_str(f, tab[k].name);
         fputs(": ", f);
         switch (v[k].type) {
         case FLOW_ATTR_INT: fprintf(f, "%lld", (long long)v[k].i); break;
         case FLOW_ATTR_REAL: jnum(f, v[k].r); break;
         case FLOW_ATTR_BOOL: fputs(v[k].i ? "true" : "false", f); break;
         case FLOW_ATTR_STRING:
-        case FLOW_ATTR_ENUM: jstr(f, v[k].s); break;
+        case FLOW_ATTR_ENUM: diag_json_str(f, v[k].s); break;
         case FLOW_ATTR_INT_LIST:
         case FLOW_ATTR_REAL_LIST:
             fputc('[', f);
@@ -274,7 +259,7 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
             break;
         case FLOW_ATTR_VARIANT:
             fputs("{\"alt\": ", f);
-            jstr(f, v[k].s);
+            diag_json_str(f, v[k].s);
             fputs(", \"args\": ", f);
             json_attrs(f, tab[k].alternatives[v[k].i].attrs, v[k].sub);
             fputc('}', f);
@@ -289,7 +274,7 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
 static void json_base(FILE *f, const flow_graph_base *b)
 {
     fputs("{\"kind\": ", f);
-    jstr(f, b->name);
+    diag_json_str(f, b->name);
     fputs(", \"args\": [", f);
     for (size_t i = 0; i < b->n_args; i++) {
         fprintf(f, "%s", i ? ", " : "");
@@ -302,48 +287,48 @@ static void json_base(FILE *f, const flow_graph_base *b)
 static void json_node(FILE *f, const flow_graph_node *n)
 {
     fputs("    {\"kind\": ", f);
-    jstr(f, n->kind == FLOW_NODE_LAYER ? "layer" : "exit");
+    diag_json_str(f, n->kind == FLOW_NODE_LAYER ? "layer" : "exit");
     fputs(", \"label\": ", f);
-    jstr(f, n->label);
+    diag_json_str(f, n->label);
     fputs(", \"file\": ", f);
-    jstr(f, n->file);
+    diag_json_str(f, n->file);
     fprintf(f, ", \"line\": %d, \"col\": %d, \"in_dim\": %zu", n->line,
             n->col, n->in_dim);
     if (n->kind == FLOW_NODE_EXIT) {
         fprintf(f, ", \"k\": %zu, \"name\": ", n->exit_k);
-        jstr(f, n->exit_name);
+        diag_json_str(f, n->exit_name);
         fputs(", \"base\": ", f);
         json_base(f, &n->exit_base);
         fputc('}', f);
         return;
     }
     fputs(", \"type\": ", f);
-    jstr(f, n->type->name);
+    diag_json_str(f, n->type->name);
     fputs(", \"plugin\": ", f);
-    jstr(f, n->plugin_file);
+    diag_json_str(f, n->plugin_file);
     fprintf(f, ", \"uses_context\": %s, \"params\": %zu, \"jacobian\": ",
-            n->uses_context ? "true" : "false", n->desc.n_params);
-    jstr(f, jac_name(n->desc.jac));
+            n->uses_context ? "true" : "false", n->desc->n_params);
+    diag_json_str(f, jac_name(n->desc->jac));
     fputs(", \"dependency\": ", f);
-    jstr(f, dep_name(n->desc.dep));
+    diag_json_str(f, dep_name(n->desc->dep));
     fputs(", \"certificate\": ", f);
-    jstr(f, cert_name(n->desc.cert));
+    diag_json_str(f, cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
-    jnum(f, n->desc.cert_value);
+    jnum(f, n->desc->cert_value);
     fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
                "\"sequential\": %s}, \"cost_inverse\": {\"passes\": %u, "
                "\"sequential\": %s}, \"attrs\": ",
-            n->desc.logdet_exact ? "true" : "false",
-            (unsigned)n->desc.cost_forward.passes,
-            n->desc.cost_forward.sequential ? "true" : "false",
-            (unsigned)n->desc.cost_inverse.passes,
-            n->desc.cost_inverse.sequential ? "true" : "false");
+            n->desc->logdet_exact ? "true" : "false",
+            (unsigned)n->desc->cost_forward.passes,
+            n->desc->cost_forward.sequential ? "true" : "false",
+            (unsigned)n->desc->cost_inverse.passes,
+            n->desc->cost_inverse.sequential ? "true" : "false");
     json_attrs(f, n->type->attrs, n->attrs);
-    if (n->desc.dep != FLOW_DEP_ELEMENTWISE && n->desc.dep != FLOW_DEP_DENSE
-        && n->desc.dep != FLOW_DEP_MATRIX) {
+    if (n->desc->dep != FLOW_DEP_ELEMENTWISE && n->desc->dep != FLOW_DEP_DENSE
+        && n->desc->dep != FLOW_DEP_MATRIX) {
         fputs(", \"dep_vec\": [", f);
         for (size_t i = 0; i < n->in_dim; i++)
-            fprintf(f, "%s%d", i ? ", " : "", (int)n->desc.dep_vec[i]);
+            fprintf(f, "%s%d", i ? ", " : "", (int)n->desc->dep_vec[i]);
         fputc(']', f);
     }
     fputc('}', f);
@@ -352,9 +337,9 @@ static void json_node(FILE *f, const flow_graph_node *n)
 void flow_graph_print_json(const flow_graph *g, FILE *f)
 {
     fputs("{\n  \"language\": 1,\n  \"name\": ", f);
-    jstr(f, g->name);
+    diag_json_str(f, g->name);
     fputs(",\n  \"input\": {\"name\": ", f);
-    jstr(f, g->input_name);
+    diag_json_str(f, g->input_name);
     fprintf(f, ", \"dim\": %zu, \"bounds\": ", g->input_dim);
     if (g->has_bounds) {
         fputc('[', f);
@@ -368,7 +353,7 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     fputs("},\n  \"context\": ", f);
     if (g->context_name) {
         fputs("{\"name\": ", f);
-        jstr(f, g->context_name);
+        diag_json_str(f, g->context_name);
         fprintf(f, ", \"dim\": %zu}", g->context_dim);
     } else {
         fputs("null", f);
@@ -379,20 +364,20 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
         fputs(i + 1 < g->n_nodes ? ",\n" : "\n", f);
     }
     fputs("  ],\n  \"output\": {\"name\": ", f);
-    jstr(f, g->output_name);
+    diag_json_str(f, g->output_name);
     fprintf(f, ", \"dim\": %zu, \"base\": ", g->output_dim);
     json_base(f, &g->base);
     fputs("},\n  \"target\": ", f);
     if (g->target.type) {
         fputs("{\"type\": ", f);
-        jstr(f, g->target.type->name);
+        diag_json_str(f, g->target.type->name);
         fputs(", \"text\": ", f);
-        jstr(f, g->target.text);
+        diag_json_str(f, g->target.text);
         fputs(", \"file\": ", f);
-        jstr(f, g->target.file);
+        diag_json_str(f, g->target.file);
         fprintf(f, ", \"line\": %d, \"col\": %d, \"plugin\": ",
                 g->target.line, g->target.col);
-        jstr(f, g->target.plugin_file);
+        diag_json_str(f, g->target.plugin_file);
         fprintf(f, ", \"dim\": %zu, \"attrs\": ", g->target.dim);
         json_attrs(f, g->target.type->attrs, g->target.attrs);
         fputc('}', f);
@@ -402,12 +387,12 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     fputs(",\n  \"train\": {", f);
     for (size_t i = 0; i < g->n_train; i++) {
         fprintf(f, "%s", i ? ", " : "");
-        jstr(f, g->train[i].key);
+        diag_json_str(f, g->train[i].key);
         fputs(": ", f);
         if (g->train[i].is_number)
             jnum(f, g->train[i].number);
         else
-            jstr(f, g->train[i].text);
+            diag_json_str(f, g->train[i].text);
     }
     fprintf(f, "},\n  \"params\": %zu\n}\n", flow_graph_params(g));
 }
@@ -438,7 +423,7 @@ void flow_graph_print_dot(const flow_graph *g, FILE *f)
                     n->exit_k, i, i);
         } else {
             fprintf(f, "  n%zu [label=\"%s\\n%s\"];\n", i, n->label,
-                    jac_name(n->desc.jac));
+                    jac_name(n->desc->jac));
             if (n->uses_context)
                 fprintf(f, "  context -> n%zu [style=dashed];\n", i);
         }

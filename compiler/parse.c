@@ -1,7 +1,5 @@
-/* parse.c - the compiler driver: reading source files, running the
- * generated scanner and parser over them, and the flow_compile_* entry
- * points that chain parsing, semantic analysis and verification. */
-#include <errno.h>
+/* parse.c - the glue around the generated scanner and parser: a source file,
+ * one expression (plugin defaults) or --target text into the AST. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,29 +8,6 @@
 #include "compiler.h"
 #include "parser.h"
 #include "lexer.h"
-
-int parse_add_file(flow_compilation *c, const char *path, const char *real,
-                   const char *text, size_t len)
-{
-    source_file *sf;
-    if (c->n_files == c->cap_files) {
-        size_t cap = c->cap_files ? 2 * c->cap_files : 4;
-        source_file *nf = realloc(c->files, cap * sizeof *nf);
-        if (!nf)
-            return -1;
-        c->files = nf;
-        c->cap_files = cap;
-    }
-    sf = &c->files[c->n_files];
-    memset(sf, 0, sizeof *sf);
-    sf->path = arena_strdup(&c->mem, path);
-    sf->real = real ? arena_strdup(&c->mem, real) : sf->path;
-    sf->text = arena_strndup(&c->mem, text ? text : "", text ? len : 0);
-    sf->len = text ? len : 0;
-    if (!sf->path || !sf->real || !sf->text)
-        return -1;
-    return (int)c->n_files++;
-}
 
 /* Runs the parser over `text` with the given start token. */
 static int run_parser(flow_compilation *c, int fi, const char *text,
@@ -166,7 +141,7 @@ expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
 
     memset(&tmp, 0, sizeof tmp);
     tmp.mem = c->mem;              /* allocate in c's arena ...           */
-    fi = parse_add_file(&tmp, "<default>", NULL, text, strlen(text));
+    fi = source_add(&tmp, "<default>", NULL, text, strlen(text));
     if (fi >= 0 && run_parser(&tmp, fi, text, strlen(text), START_EXPR, &p)
                        == 0)
         e = p.expr;
@@ -186,7 +161,7 @@ stmt *parse_target_text(flow_compilation *c, const char *text)
     parse_ctx p;
     stmt *s;
     expr *e;
-    int fi = parse_add_file(c, "<--target>", NULL, text, strlen(text));
+    int fi = source_add(c, "<--target>", NULL, text, strlen(text));
     if (fi < 0) {
         c->mem.failed = 1;
         return NULL;
@@ -214,174 +189,4 @@ stmt *parse_target_text(flow_compilation *c, const char *text)
     s->n = e->n;
     s->has_parens = e->kind == E_CALL;
     return s;
-}
-
-/* --- entry points ----------------------------------------------------- */
-
-static flow_compilation *new_compilation(flow_ctx *ctx)
-{
-    flow_compilation *c = calloc(1, sizeof *c);
-    if (!c)
-        return NULL;
-    c->ctx = ctx;
-    c->graph.c = c;
-    return c;
-}
-
-static flow_compilation *compile(flow_compilation *c)
-{
-    if (c->n_files > 0 && c->n_errors == 0)
-        sema_run(c);
-    if (c->mem.failed) {
-        flow_compile_free(c);
-        return NULL;
-    }
-    c->ok = c->n_errors == 0 && c->n_files > 0;
-    return c;
-}
-
-/* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
- * or an errno-like code (EFBIG for too large). */
-int parse_read_file(const char *path, char **text, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    int err = 0;
-
-    *text = NULL;
-    *len = 0;
-    if (!f)
-        return errno ? errno : EIO;
-    for (;;) {
-        size_t got;
-        if (n == cap) {
-            size_t nc = cap ? 2 * cap : 8192;
-            char *nb;
-            if (cap > FLOW_MAX_FILE_BYTES) {
-                err = EFBIG;
-                break;
-            }
-            if (!(nb = realloc(buf, nc + 1))) {
-                err = ENOMEM;
-                break;
-            }
-            buf = nb;
-            cap = nc;
-        }
-        got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) {
-            if (ferror(f))
-                err = errno ? errno : EIO;
-            break;
-        }
-    }
-    if (!err && n > FLOW_MAX_FILE_BYTES)
-        err = EFBIG;
-    fclose(f);
-    if (err) {
-        free(buf);
-        return err;
-    }
-    if (!buf && !(buf = malloc(1)))
-        return ENOMEM;
-    buf[n] = '\0';
-    *text = buf;
-    *len = n;
-    return 0;
-}
-
-static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
-                                        const char *text, size_t len,
-                                        const char *target);
-
-flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
-                                      const char *text, size_t len)
-{
-    return compile_string(ctx, name, text, len, NULL);
-}
-
-flow_compilation *flow_compile_string_target(flow_ctx *ctx, const char *name,
-                                             const char *text, size_t len,
-                                             const char *target)
-{
-    return compile_string(ctx, name, text, len, target);
-}
-
-static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
-                                        const char *text, size_t len,
-                                        const char *target)
-{
-    flow_compilation *c = new_compilation(ctx);
-    char real[PATH_MAX];
-    int fi;
-    if (!c)
-        return NULL;
-    if (len > FLOW_MAX_FILE_BYTES) {
-        fi = parse_add_file(c, name, NULL, "", 0);
-        if (fi >= 0)
-            diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
-                       "spec is larger than %u bytes",
-                       (unsigned)FLOW_MAX_FILE_BYTES);
-        return compile(c);
-    }
-    fi = parse_add_file(c, name, realpath(name, real) ? real : NULL, text,
-                        len);
-    if (fi < 0) {
-        flow_compile_free(c);
-        return NULL;
-    }
-    parse_file(c, fi);
-    if (target && (c->cmdline_target = arena_strdup(&c->mem, target)))
-        c->cmdline_stmt = parse_target_text(c, target);
-    return compile(c);
-}
-
-flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
-{
-    return flow_compile_file_target(ctx, path, NULL);
-}
-
-flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
-                                           const char *target)
-{
-    flow_compilation *c;
-    char *text;
-    size_t len;
-    int err = parse_read_file(path, &text, &len);
-    if (err == ENOMEM)
-        return NULL;
-    if (err) {
-        int fi;
-        if (!(c = new_compilation(ctx)))
-            return NULL;
-        fi = parse_add_file(c, path, NULL, "", 0);
-        if (fi < 0) {
-            flow_compile_free(c);
-            return NULL;
-        }
-        diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
-                   "cannot read spec: %s", err == EFBIG
-                   ? "file is larger than 1 MiB" : strerror(err));
-        return compile(c);
-    }
-    c = compile_string(ctx, path, text, len, target);
-    free(text);
-    return c;
-}
-
-void flow_compile_free(flow_compilation *c)
-{
-    if (!c)
-        return;
-    arena_free(&c->mem);
-    free(c->files);
-    free(c->diags);
-    free(c);
-}
-
-const flow_graph *flow_compile_graph(const flow_compilation *c)
-{
-    return c && c->ok ? &c->graph : NULL;
 }

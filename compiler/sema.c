@@ -1,16 +1,12 @@
-/* sema.c - semantic analysis: imports, constants and arithmetic, repeat
- * and block expansion, names, dimensions, base distributions and the
- * train section; each layer statement becomes a described graph node. */
-#include <errno.h>
-#include <limits.h>
+/* sema.c - semantic analysis: constants, repeat and block expansion, names,
+ * dimensions, bases, train and target; each layer becomes a described node. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "compiler.h"
 
-#define MAX_IMPORT_DEPTH 32
 #define MAX_WORK 250000        /* statements expanded, all loops together */
 #define MAX_VALUES 1000000     /* values made by evaluation, all together */
 #define MAX_SUGGEST 512
@@ -27,15 +23,13 @@ typedef struct blockdef {
     const stmt *s;
 } blockdef;
 
-typedef struct sema {
+struct sema {
     flow_compilation *c;
     flow_graph *g;
     binding *globals;
     blockdef *blocks;
     size_t n_blocks, cap_blocks;
     const stmt *flow;
-    int imports[MAX_IMPORT_DEPTH + 1];
-    int n_imports;
     /* expansion */
     const stmt *calls[FLOW_MAX_NESTING];
     int depth;
@@ -49,7 +43,7 @@ typedef struct sema {
     size_t dim;                 /* width of the state at this point       */
     int pristine;               /* only permutations so far: bounds hold  */
     flow_loc output_loc;
-} sema;
+};
 
 static void expand_body(sema *S, const stmt *s, binding *sc, int top,
                         const char *given, flow_loc given_loc);
@@ -503,19 +497,23 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                           const flow_loc *attr_locs, flow_loc stmt_loc)
 {
     flow_diag d;
+    flow_layer_desc *desc;
     int32_t *vec;
     int rc;
     memset(&d, 0, sizeof d);
     d.struct_size = sizeof d;
     d.attr = -1;
-    n->desc.struct_size = sizeof n->desc;
-    n->desc.dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
-    if (!(vec = n->desc.dep_vec))
+    if (!(desc = arena_alloc(&S->c->mem, sizeof *desc)))
         return -1;
-    rc = n->type->describe(&n->config, &n->desc, &d);
-    if (rc == FLOW_OK && (n->desc.dep_vec != vec
-                          || n->desc.struct_size != sizeof n->desc)) {
-        n->desc.dep_vec = vec;
+    n->desc = desc;
+    desc->struct_size = sizeof *desc;
+    desc->dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
+    if (!(vec = desc->dep_vec))
+        return -1;
+    rc = n->type->describe(&n->config, desc, &d);
+    if (rc == FLOW_OK && (desc->dep_vec != vec
+                          || desc->struct_size != sizeof *desc)) {
+        desc->dep_vec = vec;
         diag_error(S->c, "F0508", stmt_loc, NULL, "%s: plugin overwrote "
                    "host-owned fields of flow_layer_desc", n->label);
         return -1;
@@ -616,7 +614,7 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     if (!n->label)
         return;
     if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
-        && n->desc.dep != FLOW_DEP_PERMUTATION)
+        && n->desc->dep != FLOW_DEP_PERMUTATION)
         S->pristine = 0;
 }
 
@@ -1244,69 +1242,7 @@ static void expand_body(sema *S, const stmt *body, binding *sc, int top,
         expand_stmt(S, s, &sc, top, given, given_loc, start);
 }
 
-/* --- top level and imports ------------------------------------------- */
-
-static void process_file(sema *S, int fi);
-
-/* import "PATH";  relative to the importing file; each file read once */
-static void do_import(sema *S, int fi, const stmt *s)
-{
-    flow_compilation *c = S->c;
-    const char *from = c->files[fi].path;
-    const char *slash = strrchr(from, '/');
-    char path[PATH_MAX], real[PATH_MAX];
-    char *text;
-    size_t len;
-    int err, nfi;
-
-    if (s->name[0] == '/' || !slash)
-        snprintf(path, sizeof path, "%s", s->name);
-    else
-        snprintf(path, sizeof path, "%.*s/%s", (int)(slash - from), from,
-                 s->name);
-    if (!realpath(path, real)) {
-        diag_error(c, "F0010", s->name_loc, "imports are relative to the "
-                   "importing file", "cannot read import '%s': %s", path,
-                   strerror(errno));
-        return;
-    }
-    for (int k = 0; k < S->n_imports; k++)
-        if (!strcmp(c->files[S->imports[k]].real, real)) {
-            char chain[1024];
-            size_t used = 0;
-            for (int j = k; j < S->n_imports && used < sizeof chain; j++)
-                used += (size_t)snprintf(chain + used, sizeof chain - used,
-                                         "%.200s -> ",
-                                         c->files[S->imports[j]].path);
-            if (used < sizeof chain)
-                snprintf(chain + used, sizeof chain - used, "%.200s", path);
-            diag_error(c, "F0011", s->name_loc, "remove one of the imports",
-                       "import cycle: %s", chain);
-            return;
-        }
-    for (size_t k = 0; k < c->n_files; k++)
-        if (!strcmp(c->files[k].real, real))
-            return;             /* already read (a diamond), nothing new */
-    if (S->n_imports >= MAX_IMPORT_DEPTH) {
-        diag_error(c, "F0400", s->name_loc, NULL, "imports nested deeper "
-                   "than %d levels", MAX_IMPORT_DEPTH);
-        return;
-    }
-    if ((err = parse_read_file(path, &text, &len)) != 0) {
-        diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
-                   "'%s': %s", path, err == EFBIG
-                   ? "file is larger than 1 MiB" : strerror(err));
-        return;
-    }
-    nfi = parse_add_file(c, path, real, text, len);
-    free(text);
-    if (nfi < 0) {
-        c->mem.failed = 1;
-        return;
-    }
-    if (parse_file(c, nfi) == 0)
-        process_file(S, nfi);
-}
+/* --- top level ------------------------------------------------------- */
 
 static void add_block(sema *S, const stmt *s)
 {
@@ -1339,65 +1275,61 @@ static void add_block(sema *S, const stmt *s)
     S->n_blocks++;
 }
 
-static void process_file(sema *S, int fi)
+sema *sema_new(flow_compilation *c)
 {
-    S->imports[S->n_imports++] = fi;
-    for (const stmt *s = S->c->files[fi].items; s; s = s->next) {
-        binding *b;
-        if (diag_stopped(S->c))
-            break;
-        switch (s->kind) {
-        case S_IMPORT:
-            do_import(S, fi, s);
-            break;
-        case S_CONST:
-            for (b = S->globals; b; b = b->next)
-                if (!strcmp(b->name, s->name))
-                    break;
-            if (b) {
-                diag_error(S->c, "F0101", s->name_loc, NULL, "duplicate "
-                           "name '%s' (first defined at %s:%d)", s->name,
-                           S->c->files[b->loc.file].path, b->loc.line);
-                break;
-            }
-            S->globals = bind(S, S->globals, s->name, eval(S, s->e, NULL),
-                              s->name_loc);
-            break;
-        case S_BLOCK:
-            add_block(S, s);
-            break;
-        case S_FLOW:
-            if (fi != 0)
-                diag_error(S->c, "F0107", s->loc, "imported files hold "
-                           "consts and blocks", "flow '%s' in an imported "
-                           "file", s->name);
-            else if (S->flow)
-                diag_error(S->c, "F0107", s->loc, NULL, "second flow '%s' "
-                           "(one flow per spec; the first is '%s' at line "
-                           "%d)", s->name, S->flow->name,
-                           S->flow->loc.line);
-            else
-                S->flow = s;
-            break;
-        default:
-            break;
-        }
-    }
-    S->n_imports--;
+    sema *S = arena_alloc(&c->mem, sizeof *S);
+    if (!S)
+        return NULL;
+    S->c = c;
+    S->g = &c->graph;
+    S->pristine = 1;
+    return S;
 }
 
-void sema_run(flow_compilation *c)
+void sema_declare(sema *S, int fi, const stmt *s)
 {
-    sema S;
-    flow_graph *g = &c->graph;
+    binding *b;
+    switch (s->kind) {
+    case S_CONST:
+        for (b = S->globals; b; b = b->next)
+            if (!strcmp(b->name, s->name))
+                break;
+        if (b) {
+            diag_error(S->c, "F0101", s->name_loc, NULL, "duplicate "
+                       "name '%s' (first defined at %s:%d)", s->name,
+                       S->c->files[b->loc.file].path, b->loc.line);
+            break;
+        }
+        S->globals = bind(S, S->globals, s->name, eval(S, s->e, NULL),
+                          s->name_loc);
+        break;
+    case S_BLOCK:
+        add_block(S, s);
+        break;
+    case S_FLOW:
+        if (fi != 0)
+            diag_error(S->c, "F0107", s->loc, "imported files hold "
+                       "consts and blocks", "flow '%s' in an imported "
+                       "file", s->name);
+        else if (S->flow)
+            diag_error(S->c, "F0107", s->loc, NULL, "second flow '%s' "
+                       "(one flow per spec; the first is '%s' at line "
+                       "%d)", s->name, S->flow->name,
+                       S->flow->loc.line);
+        else
+            S->flow = s;
+        break;
+    default:
+        break;
+    }
+}
+
+void sema_expand(sema *S)
+{
+    flow_compilation *c = S->c;
     flow_loc none = {0, 0, 0, 0, 0};
 
-    memset(&S, 0, sizeof S);
-    S.c = c;
-    S.g = g;
-    S.pristine = 1;
-    process_file(&S, 0);
-    if (!S.flow) {
+    if (!S->flow) {
         if (c->n_errors == 0) {
             flow_loc at = {0, 1, 1, 1, 1};
             diag_error(c, "F0107", c->files[0].len ? at : none,
@@ -1406,19 +1338,19 @@ void sema_run(flow_compilation *c)
         }
         return;
     }
-    g->name = S.flow->name;
-    expand_body(&S, S.flow->body, NULL, 1, NULL, none);
-    if (S.halted || diag_stopped(c))
+    S->g->name = S->flow->name;
+    expand_body(S, S->flow->body, NULL, 1, NULL, none);
+    if (S->halted || diag_stopped(c))
         return;
-    if (!S.have_input && !S.said_no_input)
-        diag_error(c, "F0110", S.flow->name_loc, "declare it: input x : "
-                   "real[D];", "flow '%s' has no input", S.flow->name);
-    if (!S.have_output && !S.said_no_output)
-        diag_error(c, "F0111", S.flow->body->close_loc, "end the flow with "
+    if (!S->have_input && !S->said_no_input)
+        diag_error(c, "F0110", S->flow->name_loc, "declare it: input x : "
+                   "real[D];", "flow '%s' has no input", S->flow->name);
+    if (!S->have_output && !S->said_no_output)
+        diag_error(c, "F0111", S->flow->body->close_loc, "end the flow with "
                    "output z ~ normal;", "flow '%s' has no output",
-                   S.flow->name);
-    if (c->cmdline_stmt && S.have_input)
-        decl_target(&S, c->cmdline_stmt, S.globals);
-    if (c->n_errors == 0)
+                   S->flow->name);
+    if (c->cmdline_stmt && S->have_input)
+        decl_target(S, c->cmdline_stmt, S->globals);
+    if (c->n_errors == 0 && !c->mem.failed)   /* nodes may lack a desc */
         verify_graph(c);
 }

@@ -1,7 +1,5 @@
-/* verify.c - the compile-time proof: each layer's declared dependency
- * pattern is triangular under some ordering (or its class is estimated
- * with a valid certificate), partitions and orders are well formed, context
- * feeds only conditioners; then whole-graph warnings. */
+/* verify.c - the compile-time proof that each layer is invertible with a
+ * tractable log-determinant (triangular or certified), then graph warnings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -173,13 +171,13 @@ static int check_coupling(flow_compilation *c, const flow_graph_node *n,
 {
     size_t t = 0, d = n->in_dim;
     for (size_t i = 0; i < d; i++) {
-        if (n->desc.dep_vec[i] != 0 && n->desc.dep_vec[i] != 1) {
+        if (n->desc->dep_vec[i] != 0 && n->desc->dep_vec[i] != 1) {
             diag_error(c, "F0508", loc, NULL, "%s: coupling mask entry %zu "
                        "is %d (must be 0 or 1)", n->label, i,
-                       (int)n->desc.dep_vec[i]);
+                       (int)n->desc->dep_vec[i]);
             return 1;
         }
-        t += (size_t)n->desc.dep_vec[i];
+        t += (size_t)n->desc->dep_vec[i];
     }
     if (t == 0 || t == d) {
         diag_error(c, "F0502", loc, d == 1 ? "a coupling needs at least 2 "
@@ -193,11 +191,15 @@ static int check_coupling(flow_compilation *c, const flow_graph_node *n,
     return 0;
 }
 
+/* One layer, right after its describe(): the declared dependency pattern
+ * is triangular under some ordering (or the Jacobian class is estimated
+ * with a valid certificate), partitions and orders are well formed, and
+ * the context feeds only conditioners. */
 int verify_layer(flow_compilation *c, size_t idx)
 {
     const flow_graph *g = &c->graph;
     const flow_graph_node *n = &g->nodes[idx];
-    const flow_layer_desc *d = &n->desc;
+    const flow_layer_desc *d = n->desc;
     flow_loc loc = node_name_loc(g, idx);
     int estimated;
     char why[128];
@@ -307,15 +309,15 @@ static void warn_untransformed(flow_compilation *c)
             d -= n->exit_k;
             continue;
         }
-        switch (n->desc.dep) {
+        switch (n->desc->dep) {
         case FLOW_DEP_PERMUTATION:
             for (size_t i = 0; i < d; i++)
-                tmp[i] = cur[n->desc.dep_vec[i]];
+                tmp[i] = cur[n->desc->dep_vec[i]];
             memcpy(cur, tmp, d * sizeof *cur);
             break;
         case FLOW_DEP_COUPLING:
             for (size_t i = 0; i < d; i++)
-                if (n->desc.dep_vec[i])
+                if (n->desc->dep_vec[i])
                     hit[cur[i]] = 1;
             break;
         default:
@@ -351,9 +353,9 @@ static void warn_same_order(flow_compilation *c)
     for (size_t k = 1; k < g->n_nodes; k++) {
         const flow_graph_node *a = &g->nodes[k - 1], *b = &g->nodes[k];
         if (a->kind != FLOW_NODE_LAYER || b->kind != FLOW_NODE_LAYER
-            || a->desc.dep != FLOW_DEP_ORDER || b->desc.dep != FLOW_DEP_ORDER
+            || a->desc->dep != FLOW_DEP_ORDER || b->desc->dep != FLOW_DEP_ORDER
             || a->in_dim != b->in_dim
-            || memcmp(a->desc.dep_vec, b->desc.dep_vec,
+            || memcmp(a->desc->dep_vec, b->desc->dep_vec,
                       a->in_dim * sizeof(int32_t)))
             continue;
         diag_warning(c, "F0901", node_name_loc(g, k), "insert "
@@ -374,7 +376,7 @@ static void warn_sequential_sampling(flow_compilation *c)
     const flow_graph_node *n;
     for (size_t k = 0; k < g->n_nodes; k++)
         if (g->nodes[k].kind == FLOW_NODE_LAYER
-            && g->nodes[k].desc.cost_inverse.sequential && count++ == 0)
+            && g->nodes[k].desc->cost_inverse.sequential && count++ == 0)
             first = k;
     if (!g->target.type || !count)
         return;
@@ -389,7 +391,7 @@ static void warn_sequential_sampling(flow_compilation *c)
                  "in %u sequential passes, and fitting target '%s' samples "
                  "at every step", n->label, count > 1 ? arena_printf(&c->mem,
                  " (and %zu more layer%s)", count - 1, count > 2 ? "s" : "")
-                 : "", (unsigned)n->desc.cost_inverse.passes,
+                 : "", (unsigned)n->desc->cost_inverse.passes,
                  g->target.type->name);
 }
 

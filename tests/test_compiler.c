@@ -82,8 +82,8 @@ START_TEST(test_expansion_and_dep_vecs)
         ck_assert_int_eq(n->kind, FLOW_NODE_LAYER);
         ck_assert_str_eq(n->type->name, "tcoupling");
         ck_assert_uint_eq(n->in_dim, 5);
-        ck_assert_int_eq(n->desc.dep, FLOW_DEP_COUPLING);
-        assert_vec(n->desc.dep_vec, i % 2 ? odd : even, 5);
+        ck_assert_int_eq(n->desc->dep, FLOW_DEP_COUPLING);
+        assert_vec(n->desc->dep_vec, i % 2 ? odd : even, 5);
         /* hidden = [8 + i, H] with H = 10 */
         ck_assert_uint_eq(n->attrs[1].n, 2);
         ck_assert_int_eq(n->attrs[1].ilist[0], 8 + (int64_t)i);
@@ -98,8 +98,8 @@ START_TEST(test_expansion_and_dep_vecs)
     ck_assert_str_eq(flow_graph_node_get(g, 1)->label, "tcoupling#1");
     n = flow_graph_node_get(g, 3);
     ck_assert_str_eq(n->label, "permute#3");
-    ck_assert_int_eq(n->desc.dep, FLOW_DEP_PERMUTATION);
-    assert_vec(n->desc.dep_vec, perm, 5);
+    ck_assert_int_eq(n->desc->dep, FLOW_DEP_PERMUTATION);
+    assert_vec(n->desc->dep_vec, perm, 5);
     ck_assert_int_eq(n->line, 6);
     ck_assert_int_eq(n->col, 3);
     /* the bare list selected permute's `explicit` alternative */
@@ -137,13 +137,13 @@ START_TEST(test_params_and_costs)
     ck_assert_int_eq(a->uses_context, 1);
     ck_assert_uint_eq(a->config.context_dim, 2);
     ck_assert_int_eq(a->config.has_bounds, 1);   /* first layer */
-    ck_assert_uint_eq(a->desc.n_params, 148);
+    ck_assert_uint_eq(a->desc->n_params, 148);
     ck_assert_int_eq(b->uses_context, 0);
     ck_assert_uint_eq(b->config.context_dim, 0);
     ck_assert_int_eq(b->config.has_bounds, 0);   /* after a coupling */
     /* MADE 4 -> 8 -> 8: 5*8 + 9*8 = 112 */
-    ck_assert_uint_eq(b->desc.n_params, 112);
-    ck_assert_uint_eq(b->desc.cost_inverse.passes, 4);
+    ck_assert_uint_eq(b->desc->n_params, 112);
+    ck_assert_uint_eq(b->desc->cost_inverse.passes, 4);
     ck_assert_int_eq(base->kind, FLOW_BASE_GMM);
     ck_assert_uint_eq(base->n_args, 1);
     ck_assert_double_eq(base->args[0], 3.0);
@@ -172,6 +172,8 @@ START_TEST(test_exits_and_train)
     const flow_train_entry *t;
 
     ck_assert_int_eq(e->kind, FLOW_NODE_EXIT);
+    ck_assert_ptr_null(e->desc);                  /* layers only */
+    ck_assert_int_eq(flow_graph_node_get(g, 3)->desc->dep, FLOW_DEP_COUPLING);
     ck_assert_uint_eq(e->exit_k, 2);
     ck_assert_uint_eq(e->in_dim, 6);
     ck_assert_str_eq(e->exit_name, "z1");
@@ -375,6 +377,48 @@ START_TEST(test_imports_diamond)
 }
 END_TEST
 
+/* Declarations are taken in source order, each import's where it stands:
+ * diagnostics follow that order across files, and a const cannot use a
+ * name imported below it. */
+START_TEST(test_imports_in_source_order)
+{
+    char dir[] = "/tmp/flowc-test-XXXXXX", path[4096];
+    static const char *const names[] = {"a.flow", "bad.flow", "d.flow"};
+    static const struct { const char *file, *code; int line; } want[] = {
+        {"a.flow", "F0121", 1},         /* 1 / 0, before the imports */
+        {"bad.flow", "F0001", 1},       /* the first import's syntax */
+        {"a.flow", "F0100", 3},         /* D is imported only below   */
+    };
+    flow_compilation *c;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    write_file(dir, "bad.flow", "const Q = ;\n");
+    write_file(dir, "d.flow", "const D = 3;\n");
+    write_file(dir, "a.flow",
+               "const A = 1 / 0;\nimport \"bad.flow\";\nconst E = D + 1;\n"
+               "import \"d.flow\";\n"
+               "flow a { input x : real[2]; output z ~ normal; }\n");
+    snprintf(path, sizeof path, "%s/a.flow", dir);
+    c = flow_compile_file(ctx, path);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 3);
+    for (size_t i = 0; i < 3; i++) {
+        const flow_diagnostic *d = flow_compile_diag(c, i);
+        snprintf(path, sizeof path, "%s/%s", dir, want[i].file);
+        ck_assert_msg(!strcmp(d->file, path) && !strcmp(d->code, want[i].code)
+                      && d->line == want[i].line, "diagnostic %zu: %s:%d %s, "
+                      "want %s:%d %s", i, d->file, d->line, d->code, path,
+                      want[i].line, want[i].code);
+    }
+    flow_compile_free(c);
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        remove(path);
+    }
+    remove(dir);
+}
+END_TEST
+
 START_TEST(test_edit_distance_and_suggest)
 {
     static const char *const names[] = {"hidden", "mask", "transformer"};
@@ -497,6 +541,7 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_untransformed_tracking);
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_imports_diamond);
+    tcase_add_test(tc, test_imports_in_source_order);
     tcase_add_test(tc, test_edit_distance_and_suggest);
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_parse_expr_default);

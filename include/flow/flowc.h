@@ -142,8 +142,9 @@ typedef struct flow_graph_node {
     size_t n_attrs;
     const flow_attr_value *attrs;  /* = config.attrs, table order           */
     flow_layer_config config;      /* as given to describe()                */
-    flow_layer_desc desc;          /* as returned; desc.dep_vec has in_dim
-                                      entries                               */
+    /* as describe() filled it in (dep_vec has in_dim entries); a pointer,
+     * so that flow_layer_desc can grow under its own struct_size rule */
+    const flow_layer_desc *desc;   /* NULL for an exit                      */
     int uses_context;
     /* FLOW_NODE_EXIT: the first `exit_k` dimensions leave the flow */
     size_t exit_k;
