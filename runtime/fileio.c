@@ -80,14 +80,16 @@ static void host_tag(char out[TMP_HOST_MAX + 1])
     out[k] = '\0';
 }
 
-/* The descriptor that /dev/fd/N, /proc/self/fd/N, /dev/stdout or
- * /dev/stderr stands for, or -1.  Such a name is an open file of this
- * process (a pipe from process substitution, a terminal, a socket): it is
- * written through the descriptor, since open() cannot reopen a socket and
- * a rename would replace the link instead. */
+/* The descriptor that /dev/fd/N, /proc/self/fd/N, /dev/stdin,
+ * /dev/stdout or /dev/stderr stands for, or -1.  Such a name is an open
+ * file of this process (a pipe from process substitution, a terminal, a
+ * socket): it is written through the descriptor, since open() cannot
+ * reopen a socket and a rename would replace the link instead. */
 static int fd_name(const char *path)
 {
     const char *p = NULL;
+    if (!strcmp(path, "/dev/stdin"))
+        return 0;
     if (!strcmp(path, "/dev/stdout"))
         return 1;
     if (!strcmp(path, "/dev/stderr"))

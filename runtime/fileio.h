@@ -12,8 +12,9 @@
 /* An output being written (docs/cli.md, "Output files"):
  * - "-": standard output;
  * - a FIFO, a character or block device, or an open descriptor named
- *   /dev/fd/N, /proc/self/fd/N, /dev/stdout or /dev/stderr: written in
- *   place (such a name must never be replaced by a regular file);
+ *   /dev/fd/N, /proc/self/fd/N, /dev/stdin, /dev/stdout or /dev/stderr:
+ *   written in place (such a name must never be replaced by a regular
+ *   file);
  * - anything else (a regular file, or nothing yet): a temporary file
  *   beside the target, renamed over it on commit.  Symbolic links are
  *   followed, so the link stays a link and its target is replaced; an
