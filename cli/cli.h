@@ -47,6 +47,18 @@ flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
 flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
                                      const char *path, const char *text,
                                      const char *target);
+/* Before any work: the n inputs read standard input ("-") at most once,
+ * and the output `out` can be written and is none of the inputs
+ * (flow_output_check; NULL or "-" is standard output).  An input that
+ * the command reads whole before writing and may legitimately replace
+ * (train --resume CKPT -o CKPT) is not passed.  0, or an exit code after
+ * printing why: 2 for an empty name or "-" twice, 1 otherwise. */
+int cli_check_output(const char *cmd, const char *out,
+                     const char *const *inputs, size_t n);
+/* The same for the files a compiled spec read (the spec and its imports),
+ * once it is compiled. */
+int cli_check_output_sources(const char *cmd, const char *out,
+                             const flow_graph *g);
 /* SIGINT / SIGTERM while training: the handler only records the signal
  * in cli_stop_signal; the loop finishes its step and saves. */
 extern volatile sig_atomic_t cli_stop_signal;

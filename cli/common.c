@@ -1,6 +1,7 @@
 /* common.c - what the subcommands share: the context with the plugins,
  * compiling a spec, loading a checkpoint, reading data for a model,
- * JSON output, growing text, the clock and the stop signals. */
+ * checking an output before any work, JSON output, growing text, the
+ * clock and the stop signals. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -134,6 +135,55 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
         return NULL;
     }
     return d;
+}
+
+int cli_check_output(const char *cmd, const char *out,
+                     const char *const *inputs, size_t n)
+{
+    flow_ctx *ctx;
+    size_t stdin_uses = 0;
+    int rc;
+    for (size_t i = 0; i < n; i++)
+        stdin_uses += inputs[i] && !strcmp(inputs[i], "-");
+    if (stdin_uses > 1) {
+        fprintf(stderr, "%s: standard input can be read only once, but %zu "
+                "inputs are '-' (try '%s --help')\n", cmd, stdin_uses, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (!out || !strcmp(out, "-"))
+        return 0;
+    if (!*out) {
+        fprintf(stderr, "%s: -o: empty file name (try '%s --help')\n", cmd,
+                cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (!(ctx = flow_ctx_new())) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return 1;
+    }
+    rc = flow_output_check(ctx, out, inputs, n) == FLOW_OK ? 0
+                                                           : cli_fail(ctx, cmd);
+    flow_ctx_free(ctx);
+    return rc;
+}
+
+int cli_check_output_sources(const char *cmd, const char *out,
+                             const flow_graph *g)
+{
+    size_t n = flow_graph_source_count(g);
+    const char **paths = calloc(n ? n : 1, sizeof *paths);
+    int rc;
+    if (!paths) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        flow_graph_source(g, i, &paths[i], &len);
+    }
+    rc = cli_check_output(cmd, out, paths, n);
+    free(paths);
+    return rc;
 }
 
 /* Seconds on the monotonic clock. */

@@ -140,6 +140,8 @@ missing:
                 fmt);
         return CLI_EXIT_USAGE;
     }
+    if ((rc = cli_check_output("flowkit data", out, NULL, 0)) != 0)
+        return rc;
     if (!(ctx = flow_ctx_new())) {
         fputs("flowkit: out of memory\n", stderr);
         return 1;

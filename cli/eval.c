@@ -115,6 +115,9 @@ int cli_cmd_eval(int argc, char **argv)
     int rc;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, eval_usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, NULL, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
@@ -217,6 +220,9 @@ static int map_rows(int argc, char **argv, const char *cmd,
     int rc;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);

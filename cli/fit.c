@@ -253,7 +253,8 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     if (!(r->ctx = cli_open_ctx(cmd)))
         return 1;
     if (!(r->comp = cli_compile_target(r->ctx, cmd, o->spec, NULL,
-                                       o->target)))
+                                       o->target))
+        || cli_check_output_sources(cmd, o->out, flow_compile_graph(r->comp)))
         return 1;
     g = flow_compile_graph(r->comp);
     if (!flow_graph_target_get(g)) {
@@ -333,6 +334,11 @@ int cli_cmd_fit(int argc, char **argv)
 
     if ((rc = parse_fit(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    /* as for train: --resume CKPT -o CKPT continues in place */
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.spec,
+                               o.resume && !strcmp(o.resume, "-") ? "-"
+                               : NULL}, 2)) != 0)
+        return rc;
     memset(&r, 0, sizeof r);
     if ((rc = fit_setup(&r, &o, cmd)) != 0) {
         fit_free(&r);

@@ -39,6 +39,9 @@ int cli_cmd_sample(int argc, char **argv)
     flow_real *wt = NULL;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out,
+                               (const char *[]){o.ckpt, o.ctxfile}, 2)) != 0)
+        return rc;
     if (cli_load_checkpoint_target(&l, cmd, o.ckpt, o.threads, o.weights
                                ? (o.target ? o.target : "") : NULL) != 0)
         return 1;

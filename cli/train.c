@@ -312,10 +312,17 @@ int cli_cmd_train(int argc, char **argv)
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    /* --resume CKPT -o CKPT continues a run in place (the checkpoint is
+     * read whole first): --resume counts only for reading stdin once */
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.spec, o.data,
+                               o.valid, o.resume && !strcmp(o.resume, "-")
+                               ? "-" : NULL}, 4)) != 0)
+        return rc;
     memset(&l, 0, sizeof l);
     if (!(l.ctx = cli_open_ctx(cmd)))
         return 1;
-    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL)))
+    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL))
+        || cli_check_output_sources(cmd, o.out, flow_compile_graph(l.comp)))
         goto out;
     {
         const flow_graph *g = flow_compile_graph(l.comp);

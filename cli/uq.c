@@ -788,6 +788,9 @@ int cli_cmd_hdr(int argc, char **argv)
 
     if ((rc = parse_hdr(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     rc = 1;

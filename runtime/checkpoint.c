@@ -666,7 +666,89 @@ fail:
     return rc;
 }
 
-int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
+/* Reads up to n bytes, growing the buffer as they arrive, so that a
+ * stream claiming more than it holds costs no more memory than it holds.
+ * *buf (NUL-terminated, freed by the caller) holds *got bytes; 0, or -1
+ * on a read error or out of memory. */
+static int read_grow(int fd, size_t n, char **buf, size_t *got)
+{
+    size_t cap = 0;
+    char *b = NULL, *p;
+    *got = 0;
+    while (*got < n) {
+        ssize_t k;
+        if (*got == cap) {
+            cap = cap ? (cap < n / 2 ? cap * 2 : n) : (n < 65536 ? n : 65536);
+            if (!(p = realloc(b, cap + 1)))
+                goto fail;
+            b = p;
+        }
+        if ((k = read(fd, b + *got, cap - *got)) < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            goto fail;
+        if (k == 0)
+            break;
+        *got += (size_t)k;
+    }
+    if (!b && !(b = malloc(1)))
+        goto fail;
+    b[*got] = '\0';
+    *buf = b;
+    return 0;
+fail:
+    free(b);
+    return -1;
+}
+
+/* The end of the data section that the header's tensors declare (the
+ * largest data_offsets end): how much of a stream to read.  Malformed
+ * entries count for nothing; parse_tensors refuses them. */
+static uint64_t declared_data_len(const json_value *root)
+{
+    uint64_t end = 0, b, e;
+    for (size_t i = 0; i < root->len; i++) {
+        const json_value *off = json_get(&root->items[i], "data_offsets");
+        if (root->items[i].type == JSON_OBJECT && off
+            && off->type == JSON_ARRAY && off->len == 2
+            && !json_u64(&off->items[0], &b) && !json_u64(&off->items[1], &e)
+            && e > end)
+            end = e;
+    }
+    return end;
+}
+
+/* The data section: the rest of a file (its size known), or of a stream
+ * as much as the header declares, one byte more being an error. */
+static int read_data(flow_ctx *ctx, ckpt *ck, int fd, int stream,
+                     size_t fsize, uint64_t hlen)
+{
+    char *d;
+    if (stream) {
+        uint64_t want = declared_data_len(json_root(ck->doc));
+        if (want > (uint64_t)SIZE_MAX / 2)
+            want = SIZE_MAX / 2;
+        if (read_grow(fd, (size_t)want + 1, &d, &ck->data_len))
+            return ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s",
+                             ck->path, strerror(errno));
+        ck->data = (unsigned char *)d;
+        if (ck->data_len > want)
+            return bad(ctx, ck->path, "more data than its tensors declare "
+                       "(%" PRIu64 " bytes)", want);
+        return FLOW_OK;
+    }
+    ck->data_len = fsize - 8 - (size_t)hlen;
+    if (!(ck->data = malloc(ck->data_len ? ck->data_len : 1)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (read_exact(fd, ck->data, ck->data_len))
+        return bad(ctx, ck->path, "truncated checkpoint (read failed)");
+    return FLOW_OK;
+}
+
+/* A checkpoint from fd, a regular file or (stream) standard input, which
+ * is read only as far as the header's length and tensors say. */
+static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
+                     ckpt **out)
 {
     ckpt *ck = NULL;
     char *hdr = NULL;
@@ -674,24 +756,31 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     struct stat st;
     uint64_t hlen;
     uint32_t stored = 0, computed = 0;
-    size_t fsize;
-    int fd, rc = FLOW_OK, hc;
+    size_t fsize = 0, got;
+    int rc = FLOW_OK, hc;
     char want[32];
 
-    *out = NULL;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
-                         strerror(errno));
     if (!(ck = calloc(1, sizeof *ck)) || !(ck->path = dup_str(path))) {
         rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
-        goto fail;
+    if (!stream) {
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            rc = ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
+            goto fail;
+        }
+        fsize = (size_t)st.st_size;
     }
-    fsize = (size_t)st.st_size;
-    if (fsize < 8 || read_exact(fd, len8, 8)) {
+    if (stream) {
+        if (read_grow(fd, 8, &hdr, &got) == 0 && got == 8)
+            memcpy(len8, hdr, 8);
+        free(hdr);
+        hdr = NULL;
+        if (got < 8) {
+            rc = bad(ctx, path, "truncated checkpoint (%zu bytes)", got);
+            goto fail;
+        }
+    } else if (fsize < 8 || read_exact(fd, len8, 8)) {
         rc = bad(ctx, path, "truncated checkpoint (%zu bytes)", fsize);
         goto fail;
     }
@@ -701,23 +790,33 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
                  "of %u bytes", hlen, CKPT_HEADER_MAX);
         goto fail;
     }
-    if (hlen > fsize - 8) {
-        rc = bad(ctx, path, "truncated checkpoint: header length %" PRIu64
-                 " but only %zu bytes follow", hlen, fsize - 8);
-        goto fail;
+    if (stream) {
+        if (read_grow(fd, (size_t)hlen, &hdr, &got)) {
+            rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", path,
+                           strerror(errno));
+            goto fail;
+        }
+        if (got < hlen) {
+            rc = bad(ctx, path, "truncated checkpoint: header length %"
+                     PRIu64 " but only %zu bytes follow", hlen, got);
+            goto fail;
+        }
+    } else {
+        if (hlen > fsize - 8) {
+            rc = bad(ctx, path, "truncated checkpoint: header length %"
+                     PRIu64 " but only %zu bytes follow", hlen, fsize - 8);
+            goto fail;
+        }
+        if (!(hdr = malloc((size_t)hlen + 1))) {
+            rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        if (read_exact(fd, hdr, (size_t)hlen)) {
+            rc = bad(ctx, path, "truncated checkpoint (read failed)");
+            goto fail;
+        }
+        hdr[hlen] = '\0';
     }
-    if (!(hdr = malloc((size_t)hlen + 1))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    ck->data_len = fsize - 8 - (size_t)hlen;
-    if (read_exact(fd, hdr, (size_t)hlen)
-        || !(ck->data = malloc(ck->data_len ? ck->data_len : 1))
-        || read_exact(fd, ck->data, ck->data_len)) {
-        rc = bad(ctx, path, "truncated checkpoint (read failed)");
-        goto fail;
-    }
-    hdr[hlen] = '\0';
     hc = header_crc_ok(hdr, (size_t)hlen, &stored, &computed);
     if (hc == -1) {
         rc = bad(ctx, path, "not a flowkit checkpoint (no header_checksum)");
@@ -745,7 +844,9 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
         goto fail;
     }
     ck->meta = json_get(json_root(ck->doc), "__metadata__");
-    if ((rc = check_metadata(ctx, ck)) || (rc = parse_tensors(ctx, ck)))
+    if ((rc = check_metadata(ctx, ck))
+        || (rc = read_data(ctx, ck, fd, stream, fsize, hlen))
+        || (rc = parse_tensors(ctx, ck)))
         goto fail;
     snprintf(want, sizeof want, CRC_TAG "%08" PRIx32,
              fio_crc32c(0, ck->data, ck->data_len));
@@ -758,9 +859,22 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     *out = ck;
     ck = NULL;
 fail:
-    close(fd);
     free(hdr);
     ckpt_free(ck);
+    return rc;
+}
+
+int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
+{
+    int fd, rc;
+    *out = NULL;
+    if (!strcmp(path, "-"))
+        return read_from(ctx, "<stdin>", STDIN_FILENO, 1, out);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
+                         strerror(errno));
+    rc = read_from(ctx, path, fd, 0, out);
+    close(fd);
     return rc;
 }
 

@@ -86,7 +86,9 @@ typedef struct ckpt ckpt;
 /* Reads and validates a whole checkpoint: header length against the file
  * size and the limit, header checksum, JSON, format version, precision,
  * every tensor's dtype, shape and offsets (inside the data, contiguous,
- * non-overlapping, covering it), data checksum.  *out is new (ckpt_free). */
+ * non-overlapping, covering it), data checksum.  *out is new (ckpt_free).
+ * "-" reads standard input (named "<stdin>"), as far as the header's
+ * length and tensors say. */
 int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out);
 void ckpt_free(ckpt *ck);
 size_t ckpt_count(const ckpt *ck);

@@ -84,7 +84,7 @@ fk moons -n >"$t/out" 2>&1; check missing-value 2 $?
 # output errors: exit 1, nothing left behind
 mkdir "$t/d" "$t/d/sub"
 fk moons -n 5 -o "$t/d/sub" >"$t/out" 2>&1; check out-is-dir 1 $?
-has out-is-dir "$t/out" "$t/d/sub: cannot rename temporary file: Is a directory"
+has out-is-dir "$t/out" "$t/d/sub: is a directory"
 same out-is-dir-clean "sub" "$(ls -A "$t/d")"
 fk moons -n 5 -o "$t/none/x.csv" >"$t/out" 2>&1; check out-no-dir 1 $?
 if [ -w /dev/full ]; then

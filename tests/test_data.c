@@ -414,19 +414,19 @@ START_TEST(test_atomic_write)
                                 1), FLOW_ERR_NUMERIC);
     ck_assert_int_eq(tu_count_entries(dir), 0);
     a->x[9] = 1;
-    /* the target is a directory: rename fails, nothing is left over */
+    /* the target is a directory: refused, nothing is left over */
     ck_assert_int_eq(mkdir(tu_path(dir, "sub"), 0755), 0);
     ck_assert_int_eq(data_write(ctx, a, tu_path(dir, "sub"), FLOW_DATA_CSV,
                                 0), FLOW_ERR_IO);
-    snprintf(want, sizeof want, "%s: cannot rename temporary file: Is a "
-             "directory", tu_path(dir, "sub"));
+    snprintf(want, sizeof want, "%s: is a directory", tu_path(dir, "sub"));
     ck_assert_str_eq(flow_errmsg(ctx), want);
     ck_assert_int_eq(tu_count_entries(dir), 1);
     /* a missing directory */
     ck_assert_int_eq(data_write(ctx, a, tu_path(dir, "no/o.csv"),
                                 FLOW_DATA_CSV, 0), FLOW_ERR_IO);
-    snprintf(want, sizeof want, "%s: cannot create temporary file: No such "
-             "file or directory", tu_path(dir, "no/o.csv"));
+    snprintf(want, sizeof want, "%s: cannot create a file in directory "
+             "'%s': No such file or directory", tu_path(dir, "no/o.csv"),
+             tu_path(dir, "no"));
     ck_assert_str_eq(flow_errmsg(ctx), want);
     /* an existing file is replaced whole */
     tu_write(tu_path(dir, "o.csv"), "old contents that are longer\n", 29);

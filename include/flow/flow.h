@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "flow/flow_version.h"
 #include "flow/flow_plugin.h"
@@ -323,6 +324,27 @@ FLOW_API int flow_data_read(flow_ctx *ctx, const char *path,
 FLOW_API int flow_data_write(flow_ctx *ctx, const flow_data *data,
                              const char *path, flow_data_format format,
                              int header);
+/* Output files, as flow_data_write and flow_checkpoint_save write them
+ * (docs/cli.md, "Output files"): "-" is standard output; a FIFO, a device
+ * or /dev/fd/N is written in place; anything else goes to a temporary file
+ * beside the target (symbolic links followed) that replaces it on commit,
+ * keeping an existing file's mode.  flow_output_check tells before any
+ * work whether `path` can be written (its directory exists and takes a
+ * new file; it is no directory or socket) and is not the same file
+ * (device and inode) as one of the n_inputs `inputs` (NULL and "-"
+ * entries skipped); it writes nothing there.  flow_output_open gives a
+ * stream (flow_output_stream, owned by the output) that ends with exactly
+ * one flow_output_commit or flow_output_abort, both of which free it; on
+ * failure nothing is left under `path` that was not there before, except
+ * for what went into an output written in place. */
+typedef struct flow_output flow_output;
+FLOW_API int flow_output_check(flow_ctx *ctx, const char *path,
+                               const char *const *inputs, size_t n_inputs);
+FLOW_API int flow_output_open(flow_ctx *ctx, const char *path,
+                              flow_output **out);
+FLOW_API FILE *flow_output_stream(flow_output *o);
+FLOW_API int flow_output_commit(flow_ctx *ctx, flow_output *o);
+FLOW_API void flow_output_abort(flow_output *o);
 /* New zero-filled data set owned by the caller, or NULL (message in ctx). */
 FLOW_API flow_data *flow_data_new(flow_ctx *ctx, size_t n, size_t dim,
                                   size_t context_dim);
