@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ctx.h"
 #include "fileio.h"
 
 static char *dup_str(const char *s)
@@ -47,7 +46,7 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
 
     memset(o, 0, sizeof *o);
     if (!path || !*path)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "empty output file name");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "empty output file name");
     if (!(o->path = dup_str(path)))
         goto nomem;
     if (!strcmp(path, "-")) {
@@ -57,7 +56,7 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
     base = strrchr(path, '/');
     base = base ? base + 1 : path;
     if (!*base) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: not a file name", path);
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a file name", path);
         goto fail;
     }
     dlen = (size_t)(base - path);
@@ -74,19 +73,19 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
             break;
     }
     if (fd < 0) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create temporary file: %s",
-                  path, strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create temporary file: "
+                       "%s", path, strerror(errno));
         goto fail;
     }
     if (!(o->f = fdopen(fd, "wb"))) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
         close(fd);
         unlink(o->tmp);
         goto fail;
     }
     return FLOW_OK;
 nomem:
-    rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 fail:
     free(o->path);
     free(o->tmp);
@@ -131,8 +130,8 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
 
     if (!o->tmp) {          /* stdout */
         if (fflush(f) != 0 || ferror(f))
-            rc = ctx_error(ctx, FLOW_ERR_IO, "stdout: write error: %s",
-                           strerror(errno));
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "stdout: write error: %s",
+                                strerror(errno));
         fio_abort(o);
         return rc;
     }
@@ -140,25 +139,25 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
     if (ferror(f) || fflush(f) != 0 || fsync(fileno(f)) != 0) {
         int e = errno;
         fclose(f);
-        ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
-                  strerror(e));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
+                       strerror(e));
         goto fail;
     }
     if (fclose(f) != 0) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
-                  strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
+                       strerror(errno));
         goto fail;
     }
     if (rename(o->tmp, o->path) != 0) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: cannot rename temporary file: %s",
-                  o->path, strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot rename temporary file: "
+                       "%s", o->path, strerror(errno));
         goto fail;
     }
     free(o->tmp);
     o->tmp = NULL;
     if (fsync_dir(o->path) != 0)
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: cannot sync directory: %s",
-                       o->path, strerror(errno));
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot sync directory: %s",
+                            o->path, strerror(errno));
     fio_abort(o);
     return rc;
 fail:

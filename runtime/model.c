@@ -8,6 +8,7 @@
 
 #include "base.h"
 #include "ctx.h"
+#include "model.h"
 #include "pool.h"
 #include "rng.h"
 #include "vec.h"
@@ -206,7 +207,7 @@ static int model_error(flow_model *m, int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
-    return ctx_error(m->ctx, code, "%s", buf);
+    return flow_ctx_error(m->ctx, code, "%s", buf);
 }
 
 /* A layer's failure, with its label, position and plugin file. */
@@ -246,11 +247,12 @@ flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
     if (!ctx)
         return NULL;
     if (dim == 0) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "a model needs at least 1 dimension");
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "a model needs at least 1 "
+                       "dimension");
         return NULL;
     }
     if (!(m = calloc(1, sizeof *m))) {
-        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         return NULL;
     }
     m->ctx = ctx;
