@@ -1,6 +1,7 @@
 /* pool.h - internal: a fixed set of worker threads that run one function
  * over task indices 0..n-1, the caller taking task 0.  Used by the model
- * executor to split batches by rows (docs/runtime.md, "Threading"). */
+ * executor (executor.c) to split batches by rows (docs/runtime.md,
+ * "Threading in the executor"). */
 #ifndef FLOW_RUNTIME_POOL_H
 #define FLOW_RUNTIME_POOL_H
 

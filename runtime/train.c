@@ -204,7 +204,8 @@ double flow_trainer_lr(const flow_trainer *t)
  * m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
  * p -= lr (m / c1) / (sqrt(v / c2) + eps), c_i = 1 - b_i^k.  One pass in
  * the working precision, vectorised (it was a tenth of a RealNVP step in
- * double, bench/README.md "cplperf"); the step constants in double. */
+ * double, bench/README.md, "Coupling flows"); the step constants in
+ * double. */
 #if FLOW_REAL_DOUBLE
 #define REAL_SQRT sqrt
 #define REAL_FABS fabs
