@@ -110,11 +110,13 @@ static size_t chunks(const flow_model *m, const node *nd, size_t n)
 }
 
 /* Each thread's workspace for its rows of node nd in direction dir (0:
- * forward, 1: inverse), grown to what the layer asks for. */
+ * forward, 1: inverse), grown to what the layer asks for; a layer
+ * without a workspace callback needs none. */
 static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
 {
     size_t k = chunks(m, nd, n), rows = (n + k - 1) / k;
-    size_t need = nd->type->workspace(nd->self, rows, dir);
+    size_t need = nd->type->workspace
+                      ? nd->type->workspace(nd->self, rows, dir) : 0;
     for (size_t t = 0; t < k; t++) {
         if (need <= nd->ws_bytes[t])
             continue;

@@ -420,6 +420,8 @@ int flow_model_finish(flow_model *m, uint64_t seed)
             return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): create failed: "
                                "%s", nd->label, nd->file,
                                diag.message[0] ? diag.message : "no message");
+        if (!nd->type->init)    /* its parameters stay zero */
+            continue;
         exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
         rc = nd->type->init(nd->self, &c, m->params + nd->p_off);
         if (rc != FLOW_OK)
