@@ -1,6 +1,5 @@
-/* ctx.h - internal: the flow_ctx structure (error message, plugin search
- * directories, loaded plugins) shared by the runtime's modules.  Not
- * installed.  Errors are set with the public flow_ctx_error (flow.h). */
+/* ctx.h - internal: the flow_ctx structure (error message, plugins) shared
+ * by the runtime's modules; errors are set with flow_ctx_error (flow.h). */
 #ifndef FLOW_RUNTIME_CTX_H
 #define FLOW_RUNTIME_CTX_H
 

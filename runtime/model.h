@@ -1,6 +1,5 @@
-/* model.h - internal: what the runtime's other modules (training,
- * variational fits, checkpoints) use of a model beyond flow.h.  Not
- * installed; the model's own files share runtime/model_impl.h. */
+/* model.h - internal: what training, fits and checkpoints use of a model
+ * beyond flow.h (the model's own files share runtime/model_impl.h). */
 #ifndef FLOW_RUNTIME_MODEL_H
 #define FLOW_RUNTIME_MODEL_H
 

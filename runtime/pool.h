@@ -1,7 +1,6 @@
 /* pool.h - internal: a fixed set of worker threads that run one function
  * over task indices 0..n-1, the caller taking task 0.  Used by the model
- * executor (executor.c) to split batches by rows (docs/runtime.md,
- * "Threading in the executor"). */
+ * executor to split batches by rows (docs/runtime.md, "Threading"). */
 #ifndef FLOW_RUNTIME_POOL_H
 #define FLOW_RUNTIME_POOL_H
 
