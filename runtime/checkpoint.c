@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "ctx.h"
 #include "fileio.h"
 #include "json.h"
 
@@ -101,7 +100,7 @@ ckpt_writer *ckpt_writer_new(flow_ctx *ctx)
     if (w)
         w->ctx = ctx;
     else
-        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     return w;
 }
 
@@ -144,12 +143,12 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     size_t len = strlen(name);
     if (len == 0 || len > CKPT_NAME_MAX || !json_utf8_valid(name, len)
         || !strcmp(name, "__metadata__"))
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
-                         "name '%.64s'", name);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
+                              "name '%.64s'", name);
     if ((unsigned)dtype > CKPT_I64 || ndim > CKPT_MAX_DIMS)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
-                         "bad dtype or more than %d dimensions", name,
-                         CKPT_MAX_DIMS);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
+                              "bad dtype or more than %d dimensions", name,
+                              CKPT_MAX_DIMS);
     for (size_t i = 0; i < ndim; i++) {
         if (shape[i] && numel > UINT64_MAX / shape[i])
             goto toobig;
@@ -158,14 +157,14 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     if (numel > SIZE_MAX / ckpt_dtype_size(dtype))
         goto toobig;
     if (numel && !data)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
-                         "has no data", name);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                              "has no data", name);
     if (grow((void **)&w->t, &w->capt, w->nt, sizeof *w->t))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     t = &w->t[w->nt];
     memset(t, 0, sizeof *t);
     if (!(t->name = dup_str(name)))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     t->dtype = dtype;
     t->ndim = ndim;
     for (size_t i = 0; i < ndim; i++)
@@ -175,20 +174,20 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     w->nt++;
     return FLOW_OK;
 toobig:
-    return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' is too "
-                     "large", name);
+    return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' is too "
+                          "large", name);
 }
 
 int ckpt_writer_info(ckpt_writer *w, const ckpt_info *info)
 {
     char *spec = NULL, *hist = NULL;
     if (!info->spec_source)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec "
-                         "source is required");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec "
+                              "source is required");
     if (!(spec = dup_str(info->spec_source))
         || (info->history_json && !(hist = dup_str(info->history_json)))) {
         free(spec);
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     }
     free((char *)w->info.spec_source);
     free((char *)w->info.history_json);
@@ -204,14 +203,14 @@ int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value)
     kv *m;
     for (int i = 0; reserved[i]; i++)
         if (!strcmp(reserved[i], key))
-            return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
-                             "key '%s' is reserved", key);
+            return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
+                                  "key '%s' is reserved", key);
     if (grow((void **)&w->meta, &w->capm, w->nm, sizeof *w->meta))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     m = &w->meta[w->nm];
     if (!(m->key = dup_str(key)) || !(m->value = dup_str(value))) {
         free(m->key);
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     }
     w->nm++;
     return FLOW_OK;
@@ -255,14 +254,14 @@ static int check_unique(ckpt_writer *w)
     if (w->nt < 2)
         return FLOW_OK;
     if (!(o = malloc(w->nt * sizeof *o)))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < w->nt; i++)
         o[i] = &w->t[i];
     qsort(o, w->nt, sizeof *o, cmp_names);
     for (size_t i = 1; i < w->nt && rc == FLOW_OK; i++)
         if (!strcmp(o[i - 1]->name, o[i]->name))
-            rc = ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
-                           "added twice", o[i]->name);
+            rc = flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                                "added twice", o[i]->name);
     free(o);
     return rc;
 }
@@ -332,14 +331,14 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
     while (b->len % 8)
         json_buf_raw(b, " ", 1);
     if (b->oom)
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     if (b->bad_utf8)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec, "
-                         "history or a metadata value is not valid UTF-8");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec, "
+                              "history or a metadata value is not valid UTF-8");
     if (b->len > CKPT_HEADER_MAX)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of %zu "
-                         "bytes exceeds the limit of %u", b->len,
-                         CKPT_HEADER_MAX);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of %zu "
+                              "bytes exceeds the limit of %u", b->len,
+                              CKPT_HEADER_MAX);
     /* header checksum: CRC-32C of the header with its own 8 hex digits
      * as "00000000", then patched in */
     crc = fio_crc32c(0, b->s, b->len);
@@ -359,8 +358,8 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
 
     json_buf_init(&b);
     if (!w->has_info)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
-                         "training state given (ckpt_writer_info)");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
+                              "training state given (ckpt_writer_info)");
     if (w->info.history_json) {
         if ((rc = json_parse(w->ctx, "history", w->info.history_json,
                              strlen(w->info.history_json), JSON_DEFAULT_DEPTH,
@@ -378,8 +377,8 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
         goto fail;
     if (fwrite(len8, 1, 8, o.f) != 8 || fwrite(b.s, 1, b.len, o.f) != b.len
         || emit_data(w, o.f, NULL)) {
-        rc = ctx_error(w->ctx, FLOW_ERR_IO, "%s: write error: %s", path,
-                       strerror(errno));
+        rc = flow_ctx_error(w->ctx, FLOW_ERR_IO, "%s: write error: %s", path,
+                            strerror(errno));
         fio_abort(&o);
         goto fail;
     }
@@ -496,7 +495,7 @@ static int bad(flow_ctx *ctx, const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: %s", path, msg);
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: %s", path, msg);
 }
 
 static int check_metadata(flow_ctx *ctx, ckpt *ck)
@@ -625,7 +624,7 @@ static int parse_tensors(flow_ctx *ctx, ckpt *ck)
     int rc = FLOW_OK;
     if (!(ck->t = calloc(root->len ? root->len : 1, sizeof *ck->t))
         || !(sp = calloc(root->len ? root->len : 1, sizeof *sp)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < root->len; i++) {
         if (!strcmp(root->keys[i], "__metadata__"))
             continue;
@@ -729,8 +728,8 @@ static int read_data(flow_ctx *ctx, ckpt *ck, int fd, int stream,
         if (want > (uint64_t)SIZE_MAX / 2)
             want = SIZE_MAX / 2;
         if (read_grow(fd, (size_t)want + 1, &d, &ck->data_len))
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s",
-                             ck->path, strerror(errno));
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s",
+                                  ck->path, strerror(errno));
         ck->data = (unsigned char *)d;
         if (ck->data_len > want)
             return bad(ctx, ck->path, "more data than its tensors declare "
@@ -739,7 +738,7 @@ static int read_data(flow_ctx *ctx, ckpt *ck, int fd, int stream,
     }
     ck->data_len = fsize - 8 - (size_t)hlen;
     if (!(ck->data = malloc(ck->data_len ? ck->data_len : 1)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if (read_exact(fd, ck->data, ck->data_len))
         return bad(ctx, ck->path, "truncated checkpoint (read failed)");
     return FLOW_OK;
@@ -761,12 +760,12 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
     char want[32];
 
     if (!(ck = calloc(1, sizeof *ck)) || !(ck->path = dup_str(path))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     if (!stream) {
         if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            rc = ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
             goto fail;
         }
         fsize = (size_t)st.st_size;
@@ -792,8 +791,8 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
     }
     if (stream) {
         if (read_grow(fd, (size_t)hlen, &hdr, &got)) {
-            rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", path,
-                           strerror(errno));
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", path,
+                                strerror(errno));
             goto fail;
         }
         if (got < hlen) {
@@ -808,7 +807,7 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
             goto fail;
         }
         if (!(hdr = malloc((size_t)hlen + 1))) {
-            rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
             goto fail;
         }
         if (read_exact(fd, hdr, (size_t)hlen)) {
@@ -828,7 +827,7 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
         goto fail;
     }
     if (hc == -3) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     if (hc == 0) {
@@ -871,8 +870,8 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     if (!strcmp(path, "-"))
         return read_from(ctx, "<stdin>", STDIN_FILENO, 1, out);
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
-                         strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
+                              strerror(errno));
     rc = read_from(ctx, path, fd, 0, out);
     close(fd);
     return rc;
@@ -883,13 +882,13 @@ int ckpt_get(flow_ctx *ctx, const ckpt *ck, const char *name,
 {
     const ckpt_tensor *t = ckpt_find(ck, name);
     if (!t)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
-                         ck->path, name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
+                              ck->path, name);
     if (t->dtype != dtype || t->numel != count)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s with "
-                         "%zu elements, expected %s with %zu", ck->path, name,
-                         ckpt_dtype_name(t->dtype), t->numel,
-                         ckpt_dtype_name(dtype), count);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s with "
+                              "%zu elements, expected %s with %zu", ck->path, name,
+                              ckpt_dtype_name(t->dtype), t->numel,
+                              ckpt_dtype_name(dtype), count);
     fio_swap_le(dst, t->bytes, count, ckpt_dtype_size(dtype));
     return FLOW_OK;
 }
@@ -910,16 +909,16 @@ int ckpt_info_get(flow_ctx *ctx, const ckpt *ck, uint64_t *epoch,
     const char *b = ckpt_meta(ck, "best_score");
     if (meta_u64(ckpt_meta(ck, "epoch"), epoch)
         || meta_u64(ckpt_meta(ck, "step"), step))
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad epoch or step",
-                         ck->path);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad epoch or step",
+                              ck->path);
     *has_best = b != NULL;
     *best = 0;
     if (b) {
         char *end;
         *best = strtod(b, &end);
         if (end == b || *end)
-            return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad best_score",
-                             ck->path);
+            return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad best_score",
+                                  ck->path);
     }
     return FLOW_OK;
 }
@@ -937,8 +936,8 @@ int ckpt_check_spec(flow_ctx *ctx, const ckpt *ck, const char *spec_source)
         return FLOW_OK;
     for (a = stored ? stored : "", b = spec_source; *a && *a == *b; a++, b++)
         line += *a == '\n';
-    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: checkpoint was made by a "
-                     "different spec (spec_hash %s, this spec %s; first "
-                     "difference at line %d)", ck->path,
-                     theirs ? theirs : "(none)", mine, line);
+    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: checkpoint was made by a "
+                          "different spec (spec_hash %s, this spec %s; first "
+                          "difference at line %d)", ck->path,
+                          theirs ? theirs : "(none)", mine, line);
 }

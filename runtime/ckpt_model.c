@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "checkpoint.h"
-#include "ctx.h"
+#include "model.h"
 
 struct flow_checkpoint {
     flow_ctx *ctx;
@@ -69,23 +69,23 @@ int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
     int rc = FLOW_OK;
 
     if (!spec_source)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: a checkpoint needs the "
-                         "spec source", path);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a checkpoint needs "
+                              "the spec source", path);
     if ((bad = first_nonfinite(p, np)) != (size_t)-1) {
         for (size_t i = 0; i < model_slice_count(m); i++) {
             model_slice_info s;
             model_slice(m, i, &s);
             if (bad >= s.p_off && bad < s.p_off + s.n_params)
-                return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: "
-                                 "parameter %zu of %s is %g (training "
-                                 "diverged)", path, bad - s.p_off, s.name,
-                                 (double)p[bad]);
+                return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not "
+                                      "written: parameter %zu of %s is %g "
+                                      "(training diverged)", path,
+                                      bad - s.p_off, s.name, (double)p[bad]);
         }
-        return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: parameter "
-                         "%zu is not finite", path, bad);
+        return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: "
+                              "parameter %zu is not finite", path, bad);
     }
     if (!(w = ckpt_writer_new(ctx)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < model_slice_count(m) && rc == FLOW_OK; i++) {
         model_slice_info s;
         model_slice(m, i, &s);
@@ -146,7 +146,7 @@ int flow_checkpoint_open(flow_ctx *ctx, const char *path,
     int rc;
     *out = NULL;
     if (!(c = calloc(1, sizeof *c)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     c->ctx = ctx;
     if ((rc = ckpt_read(ctx, path, &c->ck)) != FLOW_OK) {
         free(c);
@@ -215,9 +215,9 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
         int has_best;
         double best;
         if (!flow_checkpoint_has_training(ck))
-            return ctx_error(ctx, FLOW_ERR_INVAL, "checkpoint has no "
-                             "training state (it was saved without an "
-                             "optimizer)");
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "checkpoint has no "
+                                  "training state (it was saved without an "
+                                  "optimizer)");
         if ((rc = ckpt_get(ctx, ck->ck, "adam/m", CKPT_REAL,
                            flow_trainer_adam_m(t), np)) != FLOW_OK
             || (rc = ckpt_get(ctx, ck->ck, "adam/v", CKPT_REAL,

@@ -13,7 +13,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "ctx.h"
 #include "fileio.h"
 
 /* A temporary file's name keeps at most this much of NAME and of the host
@@ -126,8 +125,8 @@ static int follow_links(flow_ctx *ctx, const char *path, char **out)
         ssize_t k;
         if (++hops > MAX_LINK_HOPS) {
             free(cur);
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path,
-                             strerror(ELOOP));
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path,
+                                  strerror(ELOOP));
         }
         for (;;) {
             if (!(link = malloc(cap)))
@@ -136,8 +135,8 @@ static int follow_links(flow_ctx *ctx, const char *path, char **out)
                 int e = errno;
                 free(link);
                 free(cur);
-                return ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path,
-                                 strerror(e));
+                return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path,
+                                      strerror(e));
             }
             if ((size_t)k < cap)
                 break;
@@ -161,7 +160,7 @@ static int follow_links(flow_ctx *ctx, const char *path, char **out)
 nomem:
     free(link);
     free(cur);
-    return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 }
 
 static int resolve(flow_ctx *ctx, const char *path, target *t)
@@ -170,7 +169,7 @@ static int resolve(flow_ctx *ctx, const char *path, target *t)
     memset(t, 0, sizeof *t);
     t->fd = -1;
     if (!path || !*path)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "empty output file name");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "empty output file name");
     if (!strcmp(path, "-")) {
         t->kind = FIO_STDOUT;
         return FLOW_OK;
@@ -178,11 +177,11 @@ static int resolve(flow_ctx *ctx, const char *path, target *t)
     if ((fd = fd_name(path)) >= 0) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0)
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: descriptor %d is not "
-                             "open", path, fd);
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: descriptor %d is not "
+                                  "open", path, fd);
         if ((fl & O_ACCMODE) == O_RDONLY)
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: descriptor %d is not "
-                             "open for writing", path, fd);
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: descriptor %d is not "
+                                  "open for writing", path, fd);
         t->kind = FIO_IN_PLACE;
         t->fd = fd;
         t->exists = fstat(fd, &t->st) == 0;
@@ -190,18 +189,18 @@ static int resolve(flow_ctx *ctx, const char *path, target *t)
     }
     if (stat(path, &t->st) == 0) {
         if (S_ISDIR(t->st.st_mode))
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: is a directory", path);
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: is a directory", path);
         if (S_ISSOCK(t->st.st_mode))
-            return ctx_error(ctx, FLOW_ERR_IO, "%s: is a socket (an output "
-                             "is a file, a FIFO, a device or /dev/fd/N)",
-                             path);
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: is a socket (an output "
+                                  "is a file, a FIFO, a device or /dev/fd/N)",
+                                  path);
         t->exists = 1;
         if (!S_ISREG(t->st.st_mode)) {
             t->kind = FIO_IN_PLACE;
             return FLOW_OK;
         }
     } else if (errno != ENOENT)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
     t->kind = FIO_RENAME;
     return follow_links(ctx, path, &t->file);
 }
@@ -265,11 +264,11 @@ static int make_tmp(flow_ctx *ctx, const char *path, const char *file,
     size_t dlen = (size_t)(base - file), n;
     *fd = -1;
     if (!*base)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: not a file name", path);
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a file name", path);
     host_tag(host);
     n = dlen + TMP_BASE_MAX + TMP_HOST_MAX + 64;
     if (!(*tmp = malloc(n)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     for (int tries = 0; tries < 100; tries++) {
         snprintf(*tmp, n, "%.*s.%.*s.tmp.%s.%ld.%u", (int)dlen, file,
                  TMP_BASE_MAX, base, host, (long)getpid(),
@@ -283,8 +282,8 @@ static int make_tmp(flow_ctx *ctx, const char *path, const char *file,
         char *dir = dir_of(file);
         free(*tmp);
         *tmp = NULL;
-        ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create a file in directory "
-                  "'%s': %s", path, dir ? dir : ".", strerror(e));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create a file in directory "
+                       "'%s': %s", path, dir ? dir : ".", strerror(e));
         free(dir);
         return FLOW_ERR_IO;
     }
@@ -304,8 +303,8 @@ static int keep_mode(flow_ctx *ctx, const char *path, int fd,
         /* not allowed: the new file is ours, as a new file would be */
     }
     if (fchmod(fd, old->st_mode & 07777) != 0)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot keep the file's "
-                         "mode: %s", path, strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot keep the file's "
+                              "mode: %s", path, strerror(errno));
     return FLOW_OK;
 }
 
@@ -319,7 +318,7 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
         return rc;
     if (!(o->path = dup_str(path))) {
         free(t.file);
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     }
     o->kind = t.kind;
     if (t.kind == FIO_STDOUT) {
@@ -333,8 +332,8 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
         fd = t.fd >= 0 ? fcntl(t.fd, F_DUPFD_CLOEXEC, 0)
                        : open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
         if (fd < 0) {
-            rc = ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open for writing: "
-                           "%s", path, strerror(errno));
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open for writing: "
+                                "%s", path, strerror(errno));
             goto fail;
         }
     } else {
@@ -346,7 +345,7 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
             goto fail;
     }
     if (!(o->f = fdopen(fd, "wb"))) {
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
         goto fail;
     }
     return FLOW_OK;
@@ -372,9 +371,9 @@ int fio_check_out(flow_ctx *ctx, const char *path,
             || s.st_ino != t.st.st_ino)
             continue;
         free(t.file);
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: the output is the same "
-                         "file as the input %s (refusing to overwrite an "
-                         "input)", path, inputs[i]);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: the output is the same "
+                              "file as the input %s (refusing to overwrite an "
+                              "input)", path, inputs[i]);
     }
     if (t.kind == FIO_RENAME) {
         remove_stale(t.file);
@@ -435,8 +434,8 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
 
     if (o->kind == FIO_STDOUT) {
         if (fflush(f) != 0 || ferror(f))
-            rc = ctx_error(ctx, FLOW_ERR_IO, "stdout: write error: %s",
-                           strerror(errno));
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "stdout: write error: %s",
+                                strerror(errno));
         fio_abort(o);
         return rc;
     }
@@ -444,13 +443,13 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
     if (ferror(f) || fflush(f) != 0 || sync_file(f) != 0) {
         int e = errno;
         fclose(f);
-        ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
-                  strerror(e));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
+                       strerror(e));
         goto fail;
     }
     if (fclose(f) != 0) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
-                  strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: write error: %s", o->path,
+                       strerror(errno));
         goto fail;
     }
     if (o->kind == FIO_IN_PLACE) {
@@ -458,15 +457,15 @@ int fio_commit(flow_ctx *ctx, fio_out *o)
         return FLOW_OK;
     }
     if (rename(o->tmp, o->target) != 0) {
-        ctx_error(ctx, FLOW_ERR_IO, "%s: cannot rename temporary file: %s",
-                  o->path, strerror(errno));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot rename temporary file: %s",
+                       o->path, strerror(errno));
         goto fail;
     }
     free(o->tmp);
     o->tmp = NULL;
     if (fsync_dir(o->target) != 0)
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: cannot sync directory: %s",
-                       o->path, strerror(errno));
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot sync directory: %s",
+                            o->path, strerror(errno));
     fio_abort(o);
     return rc;
 fail:
@@ -492,7 +491,7 @@ int flow_output_open(flow_ctx *ctx, const char *path, flow_output **out)
     int rc;
     *out = NULL;
     if (!w)
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if ((rc = fio_open_out(ctx, path, &w->o)) != FLOW_OK) {
         free(w);
         return rc;

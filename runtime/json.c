@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
 #include "json.h"
 
 /* ------------------------------------------------------------ arena */
@@ -166,13 +165,14 @@ static int perr(parser *p, size_t off, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_locate(p->t, off, &line, &col);
-    return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%d:%d: %s", p->name, line,
-                     col, msg);
+    return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%d:%d: %s", p->name,
+                          line, col, msg);
 }
 
 static int nomem(parser *p)
 {
-    return ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory", p->name);
+    return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory",
+                          p->name);
 }
 
 static void skip_ws(parser *p)
@@ -487,7 +487,7 @@ int json_parse(flow_ctx *ctx, const char *name, const char *text, size_t len,
     p.n = len;
     p.max_depth = max_depth;
     if (!(p.doc = calloc(1, sizeof *p.doc)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
     rc = parse_value(&p, 0, &p.doc->root);
     if (rc == FLOW_OK) {
         skip_ws(&p);

@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
+#include "model.h"
 #include "rng.h"
 #include "vec.h"
+#include "vi.h"
 
 struct flow_trainer {
     flow_model *m;
@@ -84,15 +85,16 @@ void flow_trainer_free(flow_trainer *t)
 static int check_config(flow_ctx *ctx, const flow_train_config *cfg)
 {
     if (!cfg || cfg->struct_size < sizeof *cfg)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "training configuration not "
-                         "initialised (use flow_train_config_default)");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "training configuration "
+                              "not initialised (use "
+                              "flow_train_config_default)");
     if (cfg->batch == 0 || !(cfg->lr > 0) || !(cfg->beta1 >= 0)
         || !(cfg->beta1 < 1) || !(cfg->beta2 >= 0) || !(cfg->beta2 < 1)
         || !(cfg->adam_eps > 0) || !(cfg->weight_decay >= 0)
         || !(cfg->clip_norm >= 0))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "invalid training "
-                         "configuration (batch >= 1, lr > 0, 0 <= betas < "
-                         "1, eps > 0, weight decay >= 0, clip >= 0)");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "invalid training "
+                              "configuration (batch >= 1, lr > 0, 0 <= betas "
+                              "< 1, eps > 0, weight decay >= 0, clip >= 0)");
     return FLOW_OK;
 }
 
@@ -132,13 +134,14 @@ flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
     if (check_config(ctx, cfg) != FLOW_OK)
         return NULL;
     if (n == 0 || n > UINT32_MAX) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
-                  "rows, got %zu", (unsigned)UINT32_MAX, n);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
+                       "rows, got %zu", (unsigned)UINT32_MAX, n);
         return NULL;
     }
     if (flow_model_context_dim(m) && !c) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "the model is conditional: training "
-                  "data need %zu context columns", flow_model_context_dim(m));
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "the model is conditional: "
+                       "training data need %zu context columns",
+                       flow_model_context_dim(m));
         return NULL;
     }
     if (!(t = trainer_alloc(m, cfg)))
@@ -158,7 +161,7 @@ flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
     return t;
 nomem:
     flow_trainer_free(t);
-    ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+    flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
     return NULL;
 }
 
@@ -171,11 +174,11 @@ flow_trainer *flow_trainer_new_target(flow_model *m,
     if (check_config(ctx, cfg) != FLOW_OK)
         return NULL;
     if (!target) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "no target to fit");
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "no target to fit");
         return NULL;
     }
     if (!(t = trainer_alloc(m, cfg))) {
-        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
         return NULL;
     }
     t->target = target;
@@ -201,7 +204,8 @@ double flow_trainer_lr(const flow_trainer *t)
  * m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
  * p -= lr (m / c1) / (sqrt(v / c2) + eps), c_i = 1 - b_i^k.  One pass in
  * the working precision, vectorised (it was a tenth of a RealNVP step in
- * double, bench/README.md "cplperf"); the step constants in double. */
+ * double, bench/README.md, "Coupling flows"); the step constants in
+ * double. */
 #if FLOW_REAL_DOUBLE
 #define REAL_SQRT sqrt
 #define REAL_FABS fabs
@@ -319,11 +323,11 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     if (!isfinite(objective) || !isfinite(norm2)) {
         t->st.skipped++;
         if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
-            return ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "training "
-                             "diverged: %llu steps in a row had a non-finite "
-                             "%s or gradient (lower the learning rate or "
-                             "clip gradients)",
-                             (unsigned long long)t->skipped_run, what);
+            return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC,
+                                  "training diverged: %llu steps in a row had "
+                                  "a non-finite %s or gradient (lower the "
+                                  "learning rate or clip gradients)",
+                                  (unsigned long long)t->skipped_run, what);
         return FLOW_OK;
     }
     t->skipped_run = 0;
@@ -403,13 +407,14 @@ int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
     int rc = FLOW_OK;
 
     if (n == 0)
-        return ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to evaluate");
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to "
+                              "evaluate");
     if (batch == 0)
         batch = 4096;
     if (batch > n)
         batch = n;
     if (!(lp = malloc(batch * sizeof *lp)))
-        return ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
     /* Welford-free two sums in double: n is at most a few million rows */
     for (size_t r = 0; r < n; r += batch) {
         size_t b = n - r < batch ? n - r : batch;
@@ -455,8 +460,8 @@ int flow_trainer_should_stop(const flow_trainer *t)
 int flow_trainer_restore_best(flow_trainer *t)
 {
     if (!t->st.has_best)
-        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "no validation "
-                         "score recorded: nothing to restore");
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "no validation "
+                              "score recorded: nothing to restore");
     memcpy(flow_model_params(t->m), t->best, t->np * sizeof *t->best);
     return FLOW_OK;
 }
@@ -469,9 +474,10 @@ void flow_trainer_get_state(const flow_trainer *t, flow_train_state *s)
 int flow_trainer_set_state(flow_trainer *t, const flow_train_state *s)
 {
     if (s->pos > t->n)
-        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "training state "
-                         "is at row %llu of an epoch of %zu rows (different "
-                         "data?)", (unsigned long long)s->pos, t->n);
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "training "
+                              "state is at row %llu of an epoch of %zu rows "
+                              "(different data?)", (unsigned long long)s->pos,
+                              t->n);
     t->st = *s;
     t->skipped_run = 0;
     rng_load(&t->rng, s->epoch_rng);

@@ -1,10 +1,12 @@
 /* test_model.c - models built by calls and run in both directions: round
  * trips, exits, log-densities against hand computation and normalisation,
  * gradients against finite differences, data-dependent init, errors. */
+#include <dlfcn.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/ctx.h"
 #include "flow/flow.h"
 #include "suites.h"
 
@@ -480,6 +482,110 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* Adds `info` to c's plugins as if a plugin file had provided it: layer
+ * types the loader would check differently (here: without the optional
+ * callbacks) reach the executor directly. */
+static void add_inline_plugin(flow_ctx *c, const flow_plugin_info *info)
+{
+    loaded_plugin *p;
+    if (c->n_plugins == c->cap_plugins) {
+        size_t cap = c->cap_plugins ? 2 * c->cap_plugins : 4;
+        p = realloc(c->plugins, cap * sizeof *p);
+        ck_assert_ptr_nonnull(p);
+        c->plugins = p;
+        c->cap_plugins = cap;
+    }
+    p = &c->plugins[c->n_plugins];
+    p->file = strdup("inline-test-plugin");
+    p->handle = dlopen(NULL, RTLD_NOW);     /* dlclose'd with the rest */
+    p->info = info;
+    ck_assert_ptr_nonnull(p->file);
+    ck_assert_ptr_nonnull(p->handle);
+    c->n_plugins++;
+}
+
+/* A layer type without `workspace` and `init` (both optional) runs like
+ * the same type with the stubs "0 bytes" and "nothing to do": linear's
+ * return 0 and zero the parameters the host already zeroed, so the two
+ * models give the same bits, on one thread and on two. */
+START_TEST(test_optional_callbacks_null)
+{
+    enum { N = 300, D = 3 };
+    static flow_layer_type bare;
+    static const flow_layer_type *const bare_layers[] = {&bare};
+    static const flow_plugin_info bare_info = {
+        FLOW_PLUGIN_INFO_HEAD, "bare", "0", "linear without the optional "
+        "callbacks", 1, bare_layers, 0, NULL};
+    static flow_real x[N * D], z1[N * D], z2[N * D], x2[N * D];
+    static flow_real ld1[N], ld2[N], lp1[N], lp2[N];
+    const flow_layer_type *lin = flow_layer_type_find(ctx, "linear", NULL);
+    flow_attr_value perm;
+    flow_model *ms[2];
+    flow_real *g[2];
+    double f[2];
+    size_t np;
+    ck_assert_ptr_nonnull(lin);
+    bare = *lin;
+    bare.name = "linear_bare";
+    bare.workspace = NULL;
+    bare.init = NULL;
+    add_inline_plugin(ctx, &bare_info);
+    memset(&perm, 0, sizeof perm);
+    perm.type = FLOW_ATTR_VARIANT;
+    perm.i = 1;                             /* reverse */
+    for (int threads = 1; threads <= 2; threads++) {
+        for (int k = 0; k < 2; k++) {
+            ms[k] = flow_model_new(ctx, D, 0);
+            ck_assert_ptr_nonnull(ms[k]);
+            ck_assert_msg(flow_model_add_layer(ms[k], k ? "linear_bare"
+                                               : "linear", NULL, &perm, 1, 0,
+                                               0, 0) == FLOW_OK, "%s",
+                          flow_errmsg(ctx));
+            ck_assert_msg(flow_model_finish(ms[k], 1) == FLOW_OK, "%s",
+                          flow_errmsg(ctx));
+            ck_assert_int_eq(flow_model_set_threads(ms[k], (size_t)threads),
+                             FLOW_OK);
+        }
+        np = flow_model_num_params(ms[0]);
+        ck_assert_uint_eq(flow_model_num_params(ms[1]), np);
+        for (size_t j = 0; j < np; j++)
+            ck_assert_msg(flow_model_params(ms[1])[j] == 0,
+                          "param %zu of the layer without init: %g", j,
+                          (double)flow_model_params(ms[1])[j]);
+        randomise(ms[0], 5);
+        randomise(ms[1], 5);
+        for (int i = 0; i < N * D; i++)
+            x[i] = (flow_real)(1.5 * sin(0.3 * i) + 0.05 * (i % 5));
+        ck_assert_int_eq(flow_model_forward(ms[0], N, x, NULL, z1, ld1),
+                         FLOW_OK);
+        ck_assert_msg(flow_model_forward(ms[1], N, x, NULL, z2, ld2)
+                      == FLOW_OK, "%s", flow_errmsg(ctx));
+        ck_assert_mem_eq(z1, z2, sizeof z1);
+        ck_assert_mem_eq(ld1, ld2, sizeof ld1);
+        ck_assert_int_eq(flow_model_inverse(ms[1], N, z2, NULL, x2, NULL),
+                         FLOW_OK);
+        for (int i = 0; i < N * D; i++)
+            ck_assert_double_eq_tol(x2[i], x[i], 1e2 * TEST_EPS
+                                    * (1 + fabs(x[i])));
+        ck_assert_int_eq(flow_model_log_prob(ms[0], N, x, NULL, lp1), FLOW_OK);
+        ck_assert_int_eq(flow_model_log_prob(ms[1], N, x, NULL, lp2), FLOW_OK);
+        ck_assert_mem_eq(lp1, lp2, sizeof lp1);
+        for (int k = 0; k < 2; k++) {
+            g[k] = malloc(np * sizeof *g[k]);
+            ck_assert_ptr_nonnull(g[k]);
+            ck_assert_int_eq(flow_model_loglik_grad(ms[k], N, x, NULL, &f[k],
+                                                    g[k]), FLOW_OK);
+        }
+        ck_assert_double_eq(f[0], f[1]);
+        ck_assert_mem_eq(g[0], g[1], np * sizeof *g[0]);
+        for (int k = 0; k < 2; k++) {
+            free(g[k]);
+            flow_model_free(ms[k]);
+        }
+    }
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -496,6 +602,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_batchnorm_training);
     tcase_add_test(tc, test_learnable_bases);
     tcase_add_test(tc, test_threads);
+    tcase_add_test(tc, test_optional_callbacks_null);
     suite_add_tcase(s, tc);
     return s;
 }
