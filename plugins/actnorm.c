@@ -209,18 +209,5 @@ static const flow_layer_type actnorm_type = {
     .inverse_backward = actnorm_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&actnorm_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "actnorm",
-    .version = FLOW_VERSION_STRING,
-    .summary = "activation normalisation",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("actnorm", FLOW_VERSION_STRING, "activation normalisation",
+                   &actnorm_type);

@@ -187,18 +187,5 @@ static const flow_layer_type logit_type = {
     .inverse_backward = logit_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&logit_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "logit",
-    .version = FLOW_VERSION_STRING,
-    .summary = "logit transform for bounded data",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("logit", FLOW_VERSION_STRING,
+                   "logit transform for bounded data", &logit_type);

@@ -204,18 +204,6 @@ static const flow_layer_type sas_type = {
     .inverse_backward = sas_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&sas_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "sinharcsinh",
-    .version = "1.0",
-    .summary = "example out-of-tree plugin: sinh-arcsinh layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("sinharcsinh", "1.0",
+                   "example out-of-tree plugin: sinh-arcsinh layers",
+                   &sas_type);

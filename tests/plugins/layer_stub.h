@@ -1,5 +1,6 @@
 /* layer_stub.h - test-only: an identity layer type, included by the test
- * plugins that exercise the loader (they differ only in their descriptor).
+ * plugins that exercise the loader (they differ only in their descriptor,
+ * which the broken ones write by hand).
  * Define STUB_LAYER_NAME before including. */
 #include <string.h>
 
@@ -61,5 +62,3 @@ static const flow_layer_type stub_type = {
     .forward = stub_map,
     .inverse = stub_map,
 };
-
-static const flow_layer_type *const stub_layers[] = {&stub_type};

@@ -423,20 +423,6 @@ TYPE(broken_type, "tbroken", "test: declared structures to reject",
 TYPE(baddefault_type, "tbaddefault", "test: unparsable default",
      baddefault_attrs, baddefault_describe, NULL);
 
-static const flow_layer_type *const layers[] = {
-    &coupling_type, &maf_type, &residual_type, &broken_type,
-    &baddefault_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "testlayers",
-    .version = "test",
-    .summary = "test-only layer types for the compiler",
-    .n_layers = sizeof layers / sizeof layers[0],
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("testlayers", "test",
+                   "test-only layer types for the compiler", &coupling_type,
+                   &maf_type, &residual_type, &broken_type, &baddefault_type);
