@@ -121,7 +121,7 @@ EOF
 "$FLOWKIT" check "$t/mix.flow" >"$t/out" 2>&1; check spec 0 $?
 has spec "$t/out" "actnorm#0 at $t/mix.flow:4:5 ("
 has spec "$t/out" "maf#1 at $t/mix.flow:5:5 ("
-has spec "$t/out" "/maf.so): D = 3, K = 2"
+has spec "$t/out" "/autoregressive.so): D = 3, K = 2"
 has spec "$t/out" "coupling#3 at $t/mix.flow:7:5 ("
 has spec "$t/out" "PASS: 4 layers, "
 
