@@ -31,7 +31,8 @@ static const flow_attr_spec linear_attrs[] = {
     {0}};
 
 /* Parameters: strictly lower L (row-major, i > j), strictly upper U
- * (row-major, i < j), s (D), b (D): D^2 + D in all. */
+ * (row-major, i < j), s (D), b (D): D^2 + D in all.  No init: the host's
+ * zeros give L = I, U = I, b = 0, so W = P, a permutation. */
 typedef struct linear {
     size_t d, nl;               /* nl = D (D - 1) / 2 */
     int32_t *p;                 /* W[i, :] = (L U)[p[i], :] */
@@ -114,21 +115,6 @@ nomem:
     snprintf(diag->message, sizeof diag->message, "out of memory");
     linear_destroy(l);
     return NULL;
-}
-
-static size_t linear_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int linear_init(void *self, const flow_call *c, flow_real *params)
-{
-    const linear *l = self;
-    (void)c;
-    /* L = I, U = I, b = 0: W = P, a permutation */
-    memset(params, 0, (l->d * l->d + l->d) * sizeof *params);
-    return FLOW_OK;
 }
 
 /* Assembles L, U, W = P L U and W^-1 = U^-1 L^-1 P^T in double. */
@@ -339,8 +325,6 @@ static const flow_layer_type linear_type = {
     .describe = linear_describe,
     .create = linear_create,
     .destroy = linear_destroy,
-    .workspace = linear_workspace,
-    .init = linear_init,
     .forward = linear_forward,
     .inverse = linear_inverse,
     .forward_backward = linear_forward_backward,

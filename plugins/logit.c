@@ -66,18 +66,6 @@ static void logit_destroy(void *self)
         l->host->free(l);
 }
 
-static size_t logit_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int logit_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 /* s = alpha + k x must lie strictly inside (0, 1) */
 static int squeeze(const logit *l, const flow_call *c, size_t r, size_t i,
                    double x, double *s)
@@ -179,8 +167,6 @@ static const flow_layer_type logit_type = {
     .describe = logit_describe,
     .create = logit_create,
     .destroy = logit_destroy,
-    .workspace = logit_workspace,
-    .init = logit_init,
     .forward = logit_forward,
     .inverse = logit_inverse,
     .forward_backward = logit_forward_backward,

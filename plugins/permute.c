@@ -145,18 +145,6 @@ nomem:
     return NULL;
 }
 
-static size_t permute_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int permute_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 /* out[r, i] = in[r, perm[i]] */
 static void gather(const permute *p, size_t n, const flow_real *in,
                    flow_real *out)
@@ -219,8 +207,6 @@ static const flow_layer_type permute_type = {
     .describe = permute_describe,
     .create = permute_create,
     .destroy = permute_destroy,
-    .workspace = permute_workspace,
-    .init = permute_init,
     .forward = permute_forward,
     .inverse = permute_inverse,
     .forward_backward = permute_forward_backward,

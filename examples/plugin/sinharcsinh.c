@@ -75,12 +75,6 @@ static void sas_destroy(void *self)
         s->host->free(s);
 }
 
-static size_t sas_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;           /* the backward recomputes from x, z and params */
-}
-
 static int sas_init(void *self, const flow_call *c, flow_real *params)
 {
     sas *s = self;
@@ -196,7 +190,7 @@ static const flow_layer_type sas_type = {
     .describe = sas_describe,
     .create = sas_create,
     .destroy = sas_destroy,
-    .workspace = sas_workspace,
+    /* no .workspace: the backward recomputes from x, z and params */
     .init = sas_init,
     .forward = sas_forward,
     .inverse = sas_inverse,
