@@ -4,7 +4,6 @@
  * unit variance.  Whether it ran is a buffer saved in checkpoints. */
 #include <math.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "flow/flow_plugin.h"
 
@@ -29,6 +28,8 @@ static int actnorm_describe(const flow_layer_config *cfg,
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE
                | FLOW_LAYER_DATA_INIT;
+    /* no init: the host's zeros are the identity and say "not yet
+     * initialised from data" */
     out->n_params = 2 * cfg->dim;       /* s then t */
     out->n_buffers = 1;                 /* 1 once initialised from data */
     out->jac = FLOW_JAC_DIAGONAL;
@@ -60,20 +61,6 @@ static void actnorm_destroy(void *self)
     actnorm *a = self;
     if (a)
         a->host->free(a);
-}
-
-static size_t actnorm_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int actnorm_init(void *self, const flow_call *c, flow_real *params)
-{
-    actnorm *a = self;
-    memset(params, 0, 2 * a->d * sizeof *params);
-    c->buffers[0] = 0;
-    return FLOW_OK;
 }
 
 /* Sets s, t so that the batch leaves with mean 0 and variance 1 per
@@ -200,8 +187,6 @@ static const flow_layer_type actnorm_type = {
     .describe = actnorm_describe,
     .create = actnorm_create,
     .destroy = actnorm_destroy,
-    .workspace = actnorm_workspace,
-    .init = actnorm_init,
     .data_init = actnorm_data_init,
     .forward = actnorm_forward,
     .inverse = actnorm_inverse,
@@ -209,18 +194,5 @@ static const flow_layer_type actnorm_type = {
     .inverse_backward = actnorm_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&actnorm_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "actnorm",
-    .version = FLOW_VERSION_STRING,
-    .summary = "activation normalisation",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("actnorm", FLOW_VERSION_STRING, "activation normalisation",
+                   &actnorm_type);

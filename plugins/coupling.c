@@ -415,18 +415,5 @@ static const flow_layer_type coupling_type = {
     .inverse_backward = coupling_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&coupling_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "coupling",
-    .version = FLOW_VERSION_STRING,
-    .summary = "coupling layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("coupling", FLOW_VERSION_STRING, "coupling layers",
+                   &coupling_type);

@@ -733,18 +733,5 @@ static const flow_layer_type residual_type = {
     .inverse_backward = residual_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&residual_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "residual",
-    .version = FLOW_VERSION_STRING,
-    .summary = "invertible residual layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("residual", FLOW_VERSION_STRING,
+                   "invertible residual layers", &residual_type);

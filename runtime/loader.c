@@ -173,11 +173,11 @@ static int check_layer(flow_ctx *ctx, const char *file,
         return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
                               "plugin %s: layer type %zu has an invalid name "
                               "(must match [A-Za-z_][A-Za-z0-9_]*)", file, j);
-    if (!t->describe || !t->create || !t->destroy || !t->workspace
-        || !t->init)
-        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: layer type "
-                              "'%s' lacks a required function (describe, "
-                              "create, destroy, workspace, init)", file,
+    /* workspace and init may be NULL (ABI 1.4): 0 bytes, nothing to do */
+    if (!t->describe || !t->create || !t->destroy)
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: layer type '%s' lacks a required "
+                              "function (describe, create, destroy)", file,
                               t->name);
     for (size_t k = 0; k < j; k++)
         if (!strcmp(info->layers[k]->name, t->name))

@@ -105,6 +105,41 @@ has rows-bounds "$t/out" "PASS    5 rows: 2 random, 3 at the domain's edges"
 "$FLOWKIT" check "$FLOW_PLUGIN_PATH/permute.so" >"$t/out" 2>&1
 check plugin-file 0 $?
 has plugin-file "$t/out" "PASS: 1 layer, "
+# a layer type whose workspace and init are NULL (ABI 1.4): checked like
+# any other, then trained in a model, where its shift, starting at the
+# host's zeros, learns to centre the data
+"$FLOWKIT" check "$FLOW_TEST_PLUGINS/minimal.so" >"$t/out" 2>&1
+check null-callbacks 0 $?
+has null-callbacks "$t/out" "minimal_shift ($FLOW_TEST_PLUGINS/minimal.so): D = 2, K = 0"
+has null-callbacks "$t/out" "PASS: 1 layer, 21 checks, 0 failed, 0 skipped"
+mkdir "$t/minimal"
+cp "$FLOW_TEST_PLUGINS/minimal.so" "$t/minimal/"
+cat >"$t/shift.flow" <<'EOF'
+flow shifted {
+    input x : real[2];
+    minimal_shift();
+    output z ~ normal;
+}
+EOF
+MP="$FLOW_PLUGIN_PATH:$t/minimal"
+"$FLOWKIT" data moons -n 500 --seed 1 -o "$t/moons.csv" >"$t/out" 2>&1
+FLOW_PLUGIN_PATH="$MP" "$FLOWKIT" train "$t/shift.flow" --data "$t/moons.csv" \
+    --steps 100 --batch 100 --lr 0.05 --seed 1 -o "$t/shift.ckpt" \
+    >"$t/out" 2>&1
+check null-callbacks-train 0 $?
+FLOW_PLUGIN_PATH="$MP" "$FLOWKIT" encode "$t/shift.ckpt" --data "$t/moons.csv" \
+    -o "$t/z.csv" >"$t/out" 2>&1
+check null-callbacks-encode 0 $?
+# column means: the data's second is about 0.39, the encoded ones near 0
+means() { awk -F, 'NR > 1 { a += $1; b += $2; n++ }
+                   END { printf "%.3f %.3f", a / n, b / n }' "$1"; }
+xm=$(means "$t/moons.csv"); zm=$(means "$t/z.csv")
+if echo "$xm $zm" | awk '{ exit !($2 > 0.3 && $3 * $3 < 0.0025 &&
+                                $4 * $4 < 0.0025) }'; then
+    pass=$((pass + 1)); else
+    echo "FAIL: null-callbacks-centred: data means $xm, encoded $zm"
+    fail=$((fail + 1)); fi
+
 # a spec: every layer at its position's width
 cat >"$t/mix.flow" <<'EOF'
 flow mix {
@@ -121,7 +156,7 @@ EOF
 "$FLOWKIT" check "$t/mix.flow" >"$t/out" 2>&1; check spec 0 $?
 has spec "$t/out" "actnorm#0 at $t/mix.flow:4:5 ("
 has spec "$t/out" "maf#1 at $t/mix.flow:5:5 ("
-has spec "$t/out" "/maf.so): D = 3, K = 2"
+has spec "$t/out" "/autoregressive.so): D = 3, K = 2"
 has spec "$t/out" "coupling#3 at $t/mix.flow:7:5 ("
 has spec "$t/out" "PASS: 4 layers, "
 
