@@ -59,6 +59,10 @@ void data_free(flow_data *data)
     free(data->x);
     free(data->ctx);
     free_names(data->names, data->d + data->c);
+    free(data->source);
+    free(data->lines);
+    free(data->cols);
+    free(data->note);
     free(data);
 }
 
@@ -118,6 +122,12 @@ static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
         if (!(p = realloc(data->ctx, ncap * data->c * sizeof(flow_real))))
             goto nomem;
         data->ctx = p;
+    }
+    if (data->lines) {
+        size_t *l = realloc(data->lines, ncap * sizeof *l);
+        if (!l)
+            goto nomem;
+        data->lines = l;
     }
     *cap = ncap;
     return FLOW_OK;
@@ -319,15 +329,20 @@ static int build_selection(flow_ctx *ctx, const char *name,
     return FLOW_OK;
 }
 
-/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range. */
+/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range,
+ * 4 a hexadecimal float (strtod reads 0x1p3 as 8, but no CSV writer
+ * means a number by it), 5 a non-zero number that underflowed to 0. */
 static int parse_real(const char *text, flow_real *out)
 {
     char *end;
-    const char *p = text;
+    const char *p = text, *q;
     while (*p == ' ' || *p == '\t')
         p++;
     if (!*p)
         return 1;
+    q = p + (*p == '+' || *p == '-');
+    if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X'))
+        return 4;
     errno = 0;
 #if FLOW_REAL_DOUBLE
     *out = strtod(p, &end);
@@ -344,6 +359,8 @@ static int parse_real(const char *text, flow_real *out)
         return 2;
     if (isinf(*out))
         return errno == ERANGE ? 3 : 2;
+    if (*out == 0 && errno == ERANGE)
+        return 5;
     return 0;
 }
 
@@ -361,6 +378,9 @@ typedef struct csv {
     int first_done;         /* first record classified */
     size_t first_line;      /* line of the first record */
     size_t first_data_line;
+    size_t underflows;      /* values read as 0 from non-zero text */
+    size_t uf_line, uf_col; /* the first of them */
+    char uf_text[48];
 } csv;
 
 static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
@@ -404,6 +424,18 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
                          p->s->name, line, col, show(text, buf, sizeof buf),
                          FLOW_REAL_NAME);
     }
+    if (k == 4) {
+        char buf[64];
+        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                         "%s:%zu:%zu: hexadecimal value '%s' (write numbers "
+                         "in decimal)", p->s->name, line, col,
+                         show(text, buf, sizeof buf));
+    }
+    if (k == 5 && !p->underflows++) {
+        p->uf_line = line;
+        p->uf_col = col;
+        show(text, p->uf_text, sizeof p->uf_text);
+    }
     if ((size_t)dst < p->sel.d)
         p->data->x[(p->data->n) * p->sel.d + (size_t)dst] = v;
     else
@@ -416,13 +448,37 @@ static int csv_row_begin(csv *p)
     return ensure_rows(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
 }
 
+/* Records that row n of the data set is on `line`: nothing while the
+ * rows sit on consecutive lines, a table from the first gap (a blank line,
+ * a quoted line break) on. */
+static int csv_row_line(csv *p, size_t line)
+{
+    flow_data *d = p->data;
+    if (!d->lines) {
+        if (d->n == 0)
+            d->line0 = line;
+        if (line == d->line0 + d->n)
+            return FLOW_OK;
+        if (!(d->lines = malloc(p->cap * sizeof *d->lines)))
+            return ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory",
+                             p->s->name);
+        for (size_t r = 0; r < d->n; r++)
+            d->lines[r] = d->line0 + r;
+    }
+    d->lines[d->n] = line;
+    return FLOW_OK;
+}
+
 static int csv_row_end(csv *p, size_t line, size_t ncells)
 {
+    int rc;
     if (ncells < p->sel.ncols)
         return ctx_error(p->ctx, FLOW_ERR_FORMAT,
                          "%s:%zu:%zu: ragged row: %zu columns where line %zu "
                          "has %zu", p->s->name, line, ncells + 1, ncells,
                          p->first_line, p->sel.ncols);
+    if ((rc = csv_row_line(p, line)))
+        return rc;
     p->data->n++;
     return FLOW_OK;
 }
@@ -636,6 +692,49 @@ append:
     return FLOW_OK;
 }
 
+static char *dup_text(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* Remembers the file and its columns for data_locate. */
+static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
+                      flow_data *data)
+{
+    size_t k = data->d + data->c;
+    if (!(data->source = dup_text(name))
+        || !(data->cols = malloc((k ? k : 1) * sizeof *data->cols)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    for (size_t j = 0; j < sel->ncols; j++)
+        if (sel->map[j] >= 0)
+            data->cols[sel->map[j]] = j;
+    return FLOW_OK;
+}
+
+/* Non-zero values too small for flow_real read as 0: said once per file,
+ * at the first of them. */
+static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                          size_t line, size_t col, const char *text,
+                          flow_data *data)
+{
+    char buf[512];
+    if (data->npy)
+        snprintf(buf, sizeof buf, "%s: [%zu, %zu]: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: %s)", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    else
+        snprintf(buf, sizeof buf, "%s:%zu:%zu: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: '%s')", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    if (!(data->note = dup_text(buf)))
+        return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    return FLOW_OK;
+}
+
 static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
                     flow_data **out)
 {
@@ -652,6 +751,11 @@ static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
         return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     rc = csv_parse(&p);
     free_names(p.header, p.n_header);
+    if (rc == FLOW_OK)
+        rc = set_source(ctx, s->name, &p.sel, p.data);
+    if (rc == FLOW_OK && p.underflows)
+        rc = underflow_note(ctx, s->name, p.underflows, p.uf_line, p.uf_col,
+                            p.uf_text, p.data);
     free(p.sel.map);
     if (rc != FLOW_OK) {
         data_free(p.data);
@@ -806,6 +910,8 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     selection sel = {0};
     unsigned char *row = NULL;
     size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
+    size_t underflows = 0, uf_row = 0, uf_col = 0;
+    char uf_text[32] = "";
     int rc = FLOW_OK;
 
     memset(&h, 0, sizeof h);
@@ -895,6 +1001,11 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                 memcpy(&v, &u, 8);
             }
             r = (flow_real)v;
+            if (r == 0 && v != 0 && !underflows++) {
+                uf_row = i;
+                uf_col = j;
+                snprintf(uf_text, sizeof uf_text, "%g", v);
+            }
             if (!isfinite(v) || !isfinite(r)) {
                 rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
                                "value %g", s->name, i, j, isfinite(v)
@@ -913,6 +1024,12 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                        "after %llu x %zu values", s->name, h.shape[0], ncols);
         goto fail;
     }
+    data->npy = 1;
+    if ((rc = set_source(ctx, s->name, &sel, data)))
+        goto fail;
+    if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
+                                           uf_col, uf_text, data)))
+        goto fail;
     *out = data;
     data = NULL;
 fail:
@@ -987,7 +1104,7 @@ static flow_real value_at(const flow_data *data, size_t i, size_t j)
 static int check_finite(flow_ctx *ctx, const char *path,
                         const flow_data *data, size_t i, size_t j)
 {
-    if (isfinite(value_at(data, i, j)))
+    if (data->nonfinite_ok || isfinite(value_at(data, i, j)))
         return FLOW_OK;
     return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: cannot write NaN or Inf "
                      "(row %zu, column %zu)", path, i, j);
@@ -1126,6 +1243,46 @@ size_t flow_data_dim(const flow_data *data) { return data->d; }
 size_t flow_data_context_dim(const flow_data *data) { return data->c; }
 flow_real *flow_data_values(flow_data *data) { return data->x; }
 flow_real *flow_data_context(flow_data *data) { return data->ctx; }
+
+void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
+                 size_t cap)
+{
+    size_t fc;
+    if (!cap)
+        return;
+    if (!data->source) {
+        snprintf(buf, cap, "row %zu", row + 1);
+        return;
+    }
+    fc = col < data->d + data->c && data->cols ? data->cols[col] : col;
+    if (data->npy) {
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s: [%zu, :]", data->source, row);
+        else
+            snprintf(buf, cap, "%s: [%zu, %zu]", data->source, row, fc);
+        return;
+    }
+    {
+        size_t line = data->lines ? data->lines[row] : data->line0 + row;
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s:%zu", data->source, line);
+        else
+            snprintf(buf, cap, "%s:%zu:%zu", data->source, line, fc + 1);
+    }
+}
+
+void flow_data_locate(const flow_data *data, size_t row, size_t col,
+                      char *buf, size_t cap)
+{
+    data_locate(data, row, col, buf, cap);
+}
+
+const char *flow_data_note(const flow_data *data) { return data->note; }
+
+void flow_data_allow_nonfinite(flow_data *data, int on)
+{
+    data->nonfinite_ok = on != 0;
+}
 
 const char *flow_data_column_name(const flow_data *data, size_t j)
 {
