@@ -233,6 +233,13 @@ typedef struct lex_state {
     struct { char ch; int line, col; const char *kw; } open[FLOW_MAX_NESTING + 1];
     int depth;
     const char *last_kw;            /* keyword that owns the next '{'     */
+    /* the first flow-level statement met inside a repeat or block body:
+     * when the file ends with a brace open, that body is the likely one
+     * left unclosed */
+    const char *inner_kw;           /* "output", ...; NULL: none          */
+    const char *inner_in;           /* "repeat" or "block"                */
+    int inner_in_line;
+    flow_loc inner_loc;
     int eof_line, eof_col;
     int stop;                       /* fatal: return end of input         */
     int line, col;                  /* position of the next character     */
