@@ -1,6 +1,7 @@
 /* cli_fit.c - `flowkit fit`: variational (reverse-KL) training of a flow
  * against a target density, and its importance-sampling report (ELBO,
- * log Z with standard error, effective sample size).  docs/vi.md. */
+ * log Z with standard error, effective sample size).  docs/vi.md.  Exit
+ * codes: 0 success, 1 error, 2 usage, 3 the fit diverged. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -46,7 +47,8 @@ static void fit_usage(FILE *f)
           "The spec's train { } section gives defaults for lr, batch, steps,\n"
           "schedule, warmup, weight_decay, clip and seed.  SIGINT or SIGTERM\n"
           "finishes the current step, writes CKPT with the training state\n"
-          "and exits 130 or 143; --resume CKPT goes on.\n", f);
+          "and exits 130 or 143; --resume CKPT goes on.  Exit status 3: 10\n"
+          "non-finite steps in a row stopped the fit (no checkpoint).\n", f);
 }
 
 typedef struct fit_opts {

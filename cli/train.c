@@ -1,6 +1,7 @@
 /* train.c - `flowkit train`: maximum-likelihood training of a spec on a
  * data file, with validation, resume, progress and checkpoints.  Exit
- * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage. */
+ * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage,
+ * 3 the run diverged (CLI_EXIT_DIVERGED). */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -46,6 +47,9 @@ static void train_usage(FILE *f)
           "\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
           "full training state and exits 130 or 143; --resume CKPT goes on.\n"
+          "Exit status 3: the run diverged (10 non-finite steps in a row: no\n"
+          "checkpoint; a final validation log-likelihood that is not finite:\n"
+          "the checkpoint is written).\n"
           "Models with ode layers add 'nfe N' to each epoch's line: function\n"
           "evaluations per step (forward and backward), also in the history.\n",
           f);

@@ -503,6 +503,15 @@ START_TEST(test_latent_names_and_unclosed)
                      "close 'repeat' at line 3) before 'train'");
     ck_assert_int_eq(flow_compile_diag(c, 0)->line, 5);
     flow_compile_free(c);
+    /* the block's '}' sits under `block`: it closed the block, and the
+     * brace missing is the flow's, at the end of the file */
+    c = compile("block b() {\n  output z ~ normal;\n}\nflow f {\n"
+                "  input x : real[4];\n  b();\n  output z ~ normal;\n");
+    ck_assert_uint_eq(flow_compile_diag_count(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message, "'}' expected (to "
+                     "close 'flow' at line 4)");
+    ck_assert_int_eq(flow_compile_diag(c, 0)->line, 8);
+    flow_compile_free(c);
 }
 END_TEST
 
