@@ -152,7 +152,7 @@ static int parse_check(int argc, char **argv, check_opts *o)
             else
                 o->plugins[o->n_plugins++] = v;
         } else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }

@@ -121,6 +121,8 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
         cli_fail(ctx, cmd);
         return NULL;
     }
+    if (flow_data_note(d))
+        fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(d));
     if (flow_data_context_dim(d) != cdim) {
         fprintf(stderr, "%s: %s: the model %s %zu context column%s, the data "
                 "have %zu (select them with --context)\n", cmd, path,

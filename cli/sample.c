@@ -68,6 +68,8 @@ int cli_cmd_sample(int argc, char **argv)
             cli_fail(l.ctx, cmd);
             goto out;
         }
+        if (flow_data_note(cd))
+            fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(cd));
         m = flow_data_rows(cd);
     }
     if (o.n > SIZE_MAX / 8 / (dim + k + 1) / m) {
@@ -77,13 +79,13 @@ int cli_cmd_sample(int argc, char **argv)
     total = o.n * m;
     x = malloc(total * dim * sizeof *x);
     lp = malloc(total * sizeof *lp);
-    if (tg && !(wt = malloc(total * sizeof *wt))) {
-        cli_fail(l.ctx, cmd);
-        goto out;
-    }
+    wt = tg ? malloc(total * sizeof *wt) : NULL;
     cv = k ? malloc(total * k * sizeof *cv) : NULL;
-    if (!x || !lp || (k && !cv)) {
-        cli_fail(l.ctx, cmd);
+    if (!x || !lp || (tg && !wt) || (k && !cv)) {
+        size_t per = dim + k + 1 + (tg != NULL);    /* values per sample */
+        fprintf(stderr, "%s: out of memory for %zu samples of %zu values "
+                "(%.3g GB): lower -n\n", cmd, total, per,
+                (double)total * (double)per * (double)sizeof *x / 1e9);
         goto out;
     }
     for (size_t j = 0; j < total; j++)

@@ -116,7 +116,17 @@ const char *diag_suggest(const char *name, const char *const *cands,
 
 /* --- rendering -------------------------------------------------------- */
 
-/* The text of line `line` of file fi: start and length (without '\n'). */
+/* The end of the line that starts at s: its LF, CR or CRLF, or end. */
+static const char *line_end(const char *s, const char *end)
+{
+    while (s < end && *s != '\n' && *s != '\r')
+        s++;
+    return s;
+}
+
+/* The text of line `line` of file fi: start and length (without the line
+ * end).  Lines end as the lexer counts them (LF, CRLF, a lone CR); a
+ * byte order mark, which takes no column, is not shown. */
 static const char *line_text(const flow_compilation *c, int fi, int line,
                              size_t *len)
 {
@@ -125,16 +135,15 @@ static const char *line_text(const flow_compilation *c, int fi, int line,
         return NULL;
     s = c->files[fi].text;
     end = s + c->files[fi].len;
+    if (end - s >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3))
+        s += 3;
     for (int l = 1; l < line; l++) {
-        nl = memchr(s, '\n', (size_t)(end - s));
-        if (!nl)
+        nl = line_end(s, end);
+        if (nl == end)
             return NULL;
-        s = nl + 1;
+        s = nl + (nl[0] == '\r' && nl + 1 < end && nl[1] == '\n' ? 2 : 1);
     }
-    nl = memchr(s, '\n', (size_t)(end - s));
-    *len = (size_t)((nl ? nl : end) - s);
-    if (*len && s[*len - 1] == '\r')      /* CRLF line ends */
-        (*len)--;
+    *len = (size_t)(line_end(s, end) - s);
     return s;
 }
 

@@ -69,7 +69,10 @@ static int actnorm_data_init(void *self, const flow_call *c,
                              flow_real *params, const flow_real *x)
 {
     actnorm *a = self;
-    size_t d = a->d, n = c->n;
+    size_t d = a->d, n = c->n, flat = 0, first = 0;
+    char list[96] = "";
+    size_t used = 0;
+    double flat_sd = 0;
     if (c->buffers[0] != 0)
         return FLOW_OK;             /* initialised before (checkpoint) */
     if (n < 2)
@@ -88,9 +91,31 @@ static int actnorm_data_init(void *self, const flow_call *c,
         if (!(sd > 0) || !isfinite(sd))
             return c->host->error(c, "dimension %zu is constant in the first "
                                   "batch; cannot initialise its scale", i);
+        /* eps dominates the spread: the scale becomes about 1/eps, and
+         * the first steps see huge values (a constant column) */
+        if (sd - a->eps <= a->eps) {
+            if (!flat++) {
+                first = i;
+                flat_sd = sd - a->eps;
+            }
+            if (used + 24 < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used,
+                                         "%s%zu", flat > 1 ? ", " : "", i);
+            else if (used + 5 < sizeof list && list[used - 1] != '.')
+                used += (size_t)snprintf(list + used, sizeof list - used,
+                                         ", ...");
+        }
         params[i] = (flow_real)(-log(sd));
         params[d + i] = (flow_real)(-mean / sd);
     }
+    if (flat)
+        c->host->log(FLOW_LOG_WARN, "actnorm: input dimension%s %s of %zu "
+                     "ha%s (almost) no variance in the %zu rows of the "
+                     "first batch (sd %g <= eps %g at dimension %zu): the "
+                     "scale becomes about 1/eps = %g and training may "
+                     "diverge; drop constant columns or raise eps",
+                     flat > 1 ? "s" : "", list, d, flat > 1 ? "ve" : "s", n,
+                     flat_sd, a->eps, first, 1 / (flat_sd + a->eps));
     c->buffers[0] = 1;
     return FLOW_OK;
 }

@@ -498,6 +498,26 @@ static int bad(flow_ctx *ctx, const char *path, const char *fmt, ...)
     return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: %s", path, msg);
 }
 
+/* The training history is JSON text (an array) that a resumed run
+ * extends: refused on load, not when the run's checkpoint is written. */
+static int check_history(flow_ctx *ctx, ckpt *ck)
+{
+    const char *h = ckpt_meta(ck, "history");
+    char name[CTX_ERRMSG_MAX / 2];
+    json_doc *doc;
+    int rc, is_array;
+    if (!h)
+        return FLOW_OK;
+    snprintf(name, sizeof name, "%s: metadata 'history'", ck->path);
+    if ((rc = json_parse(ctx, name, h, strlen(h), JSON_DEFAULT_DEPTH, &doc)))
+        return rc;
+    is_array = json_root(doc)->type == JSON_ARRAY;
+    json_free(doc);
+    if (!is_array)
+        return bad(ctx, ck->path, "metadata 'history' is not a JSON array");
+    return FLOW_OK;
+}
+
 static int check_metadata(flow_ctx *ctx, ckpt *ck)
 {
     const json_value *m = ck->meta;
@@ -535,7 +555,7 @@ static int check_metadata(flow_ctx *ctx, ckpt *ck)
         || !ckpt_meta(ck, "header_checksum"))
         return bad(ctx, ck->path, "metadata lacks one of spec, spec_hash, "
                    "epoch, step, data_checksum, header_checksum");
-    return FLOW_OK;
+    return check_history(ctx, ck);
 }
 
 static int parse_dtype(const json_value *v, ckpt_dtype *out)

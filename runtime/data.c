@@ -26,8 +26,8 @@ flow_data *data_new(flow_ctx *ctx, size_t n, size_t d, size_t c)
     if ((d && n > SIZE_MAX / d) || (c && n > SIZE_MAX / c)
         || (d && n * d > SIZE_MAX / sizeof(flow_real))
         || (c && n * c > SIZE_MAX / sizeof(flow_real))) {
-        flow_ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too "
-                       "large", n, d + c);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too large",
+                       n, d + c);
         free(data);
         return NULL;
     }
@@ -58,6 +58,10 @@ void data_free(flow_data *data)
     free(data->x);
     free(data->ctx);
     free_names(data->names, data->d + data->c);
+    free(data->source);
+    free(data->lines);
+    free(data->cols);
+    free(data->note);
     free(data);
 }
 
@@ -117,6 +121,12 @@ static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
         if (!(p = realloc(data->ctx, ncap * data->c * sizeof(flow_real))))
             goto nomem;
         data->ctx = p;
+    }
+    if (data->lines) {
+        size_t *l = realloc(data->lines, ncap * sizeof *l);
+        if (!l)
+            goto nomem;
+        data->lines = l;
     }
     *cap = ncap;
     return FLOW_OK;
@@ -224,9 +234,9 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
         v = strtoull(tok, &end, 10);
         if (!*end && errno == 0) {
             if (v >= ncols)
-                return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: column %s out "
-                                      "of range (%zu columns, indices start "
-                                      "at 0)", name, tok, ncols);
+                return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                                      "%s: column %s out of range (%zu columns, "
+                                      "indices start at 0)", name, tok, ncols);
             *out = (size_t)v;
             return FLOW_OK;
         }
@@ -236,8 +246,8 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
                               "%s: no column named '%s' (the file has no "
                               "header: select columns by 0-based index)",
                               name, tok);
-    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no column named '%s'",
-                          name, tok);
+    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no column named '%s'", name,
+                          tok);
 }
 
 /* Marks the columns listed in `list` with destinations base, base+1, ... */
@@ -304,13 +314,13 @@ static int build_selection(flow_ctx *ctx, const char *name,
     sel->d = nd;
     sel->c = nc;
     if (nd == 0)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns "
-                              "selected", name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns selected",
+                              name);
     if (o && o->expect_dim && nd != o->expect_dim) {
         if (first_line)
-            return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s:%zu: %zu data "
-                                  "columns, expected %zu", name, first_line,
-                                  nd, o->expect_dim);
+            return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu: %zu data columns, expected %zu", name,
+                                  first_line, nd, o->expect_dim);
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
                               "%s: %zu data columns, expected %zu", name, nd,
                               o->expect_dim);
@@ -318,15 +328,20 @@ static int build_selection(flow_ctx *ctx, const char *name,
     return FLOW_OK;
 }
 
-/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range. */
+/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range,
+ * 4 a hexadecimal float (strtod reads 0x1p3 as 8, but no CSV writer
+ * means a number by it), 5 a non-zero number that underflowed to 0. */
 static int parse_real(const char *text, flow_real *out)
 {
     char *end;
-    const char *p = text;
+    const char *p = text, *q;
     while (*p == ' ' || *p == '\t')
         p++;
     if (!*p)
         return 1;
+    q = p + (*p == '+' || *p == '-');
+    if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X'))
+        return 4;
     errno = 0;
 #if FLOW_REAL_DOUBLE
     *out = strtod(p, &end);
@@ -343,6 +358,8 @@ static int parse_real(const char *text, flow_real *out)
         return 2;
     if (isinf(*out))
         return errno == ERANGE ? 3 : 2;
+    if (*out == 0 && errno == ERANGE)
+        return 5;
     return 0;
 }
 
@@ -360,6 +377,9 @@ typedef struct csv {
     int first_done;         /* first record classified */
     size_t first_line;      /* line of the first record */
     size_t first_data_line;
+    size_t underflows;      /* values read as 0 from non-zero text */
+    size_t uf_line, uf_col; /* the first of them */
+    char uf_text[48];
 } csv;
 
 static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
@@ -367,8 +387,7 @@ static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
 {
     char buf[64];
     return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: %s '%s'",
-                          p->s->name, line, col, what,
-                          show(text, buf, sizeof buf));
+                          p->s->name, line, col, what, show(text, buf, sizeof buf));
 }
 
 /* A cell of a data row. */
@@ -378,9 +397,9 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
     flow_real v = 0;
     int k;
     if (col > p->sel.ncols)
-        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: ragged "
-                              "row: more columns than the %zu of line %zu",
-                              p->s->name, line, col, p->sel.ncols,
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: ragged row: more columns than the %zu "
+                              "of line %zu", p->s->name, line, col, p->sel.ncols,
                               p->first_line);
     dst = p->sel.map[col - 1];
     if (dst < 0)
@@ -391,18 +410,30 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
         while (*q == ' ' || *q == '\t')
             q++;
         if (!*q)
-            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: empty "
-                                  "value", p->s->name, line, col);
+            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu:%zu: empty value", p->s->name, line, col);
         return csv_cell_error(p, line, col, "non-numeric value", text);
     }
     if (k == 2)
         return csv_cell_error(p, line, col, "NaN or Inf value", text);
     if (k == 3) {
         char buf[64];
-        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: value "
-                              "'%s' out of range for %s", p->s->name, line,
-                              col, show(text, buf, sizeof buf),
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: value '%s' out of range for %s",
+                              p->s->name, line, col, show(text, buf, sizeof buf),
                               FLOW_REAL_NAME);
+    }
+    if (k == 4) {
+        char buf[64];
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: hexadecimal value '%s' (write numbers "
+                              "in decimal)", p->s->name, line, col,
+                              show(text, buf, sizeof buf));
+    }
+    if (k == 5 && !p->underflows++) {
+        p->uf_line = line;
+        p->uf_col = col;
+        show(text, p->uf_text, sizeof p->uf_text);
     }
     if ((size_t)dst < p->sel.d)
         p->data->x[(p->data->n) * p->sel.d + (size_t)dst] = v;
@@ -416,13 +447,37 @@ static int csv_row_begin(csv *p)
     return ensure_rows(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
 }
 
+/* Records that row n of the data set is on `line`: nothing while the
+ * rows sit on consecutive lines, a table from the first gap (a blank line,
+ * a quoted line break) on. */
+static int csv_row_line(csv *p, size_t line)
+{
+    flow_data *d = p->data;
+    if (!d->lines) {
+        if (d->n == 0)
+            d->line0 = line;
+        if (line == d->line0 + d->n)
+            return FLOW_OK;
+        if (!(d->lines = malloc(p->cap * sizeof *d->lines)))
+            return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory",
+                                  p->s->name);
+        for (size_t r = 0; r < d->n; r++)
+            d->lines[r] = d->line0 + r;
+    }
+    d->lines[d->n] = line;
+    return FLOW_OK;
+}
+
 static int csv_row_end(csv *p, size_t line, size_t ncells)
 {
+    int rc;
     if (ncells < p->sel.ncols)
-        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: ragged "
-                              "row: %zu columns where line %zu has %zu",
-                              p->s->name, line, ncells + 1, ncells,
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: ragged row: %zu columns where line %zu "
+                              "has %zu", p->s->name, line, ncells + 1, ncells,
                               p->first_line, p->sel.ncols);
+    if ((rc = csv_row_line(p, line)))
+        return rc;
     p->data->n++;
     return FLOW_OK;
 }
@@ -636,6 +691,49 @@ append:
     return FLOW_OK;
 }
 
+static char *dup_text(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* Remembers the file and its columns for data_locate. */
+static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
+                      flow_data *data)
+{
+    size_t k = data->d + data->c;
+    if (!(data->source = dup_text(name))
+        || !(data->cols = malloc((k ? k : 1) * sizeof *data->cols)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    for (size_t j = 0; j < sel->ncols; j++)
+        if (sel->map[j] >= 0)
+            data->cols[sel->map[j]] = j;
+    return FLOW_OK;
+}
+
+/* Non-zero values too small for flow_real read as 0: said once per file,
+ * at the first of them. */
+static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                          size_t line, size_t col, const char *text,
+                          flow_data *data)
+{
+    char buf[512];
+    if (data->npy)
+        snprintf(buf, sizeof buf, "%s: [%zu, %zu]: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: %s)", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    else
+        snprintf(buf, sizeof buf, "%s:%zu:%zu: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: '%s')", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    if (!(data->note = dup_text(buf)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    return FLOW_OK;
+}
+
 static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
                     flow_data **out)
 {
@@ -652,6 +750,11 @@ static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     rc = csv_parse(&p);
     free_names(p.header, p.n_header);
+    if (rc == FLOW_OK)
+        rc = set_source(ctx, s->name, &p.sel, p.data);
+    if (rc == FLOW_OK && p.underflows)
+        rc = underflow_note(ctx, s->name, p.underflows, p.uf_line, p.uf_col,
+                            p.uf_text, p.data);
     free(p.sel.map);
     if (rc != FLOW_OK) {
         data_free(p.data);
@@ -806,6 +909,8 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     selection sel = {0};
     unsigned char *row = NULL;
     size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
+    size_t underflows = 0, uf_row = 0, uf_col = 0;
+    char uf_text[32] = "";
     int rc = FLOW_OK;
 
     memset(&h, 0, sizeof h);
@@ -813,17 +918,17 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
                               "preamble", s->name);
     if ((pre[6] != 1 && pre[6] != 2) || pre[7] != 0)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u "
-                              "not supported (only 1.0 and 2.0)", s->name,
-                              pre[6], pre[7]);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u not "
+                              "supported (only 1.0 and 2.0)", s->name, pre[6],
+                              pre[7]);
     lenbytes = pre[6] == 1 ? 2 : 4;
     if (src_read(s, pre + 8, lenbytes) != lenbytes)
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
                               "preamble", s->name);
     hlen = (size_t)fio_get_le(pre + 8, lenbytes);
     if (hlen > DATA_NPY_HEADER_MAX)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu "
-                              "bytes is too long (limit %zu)", s->name, hlen,
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu bytes "
+                              "is too long (limit %zu)", s->name, hlen,
                               DATA_NPY_HEADER_MAX);
     if (!(text = malloc(hlen + 1)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
@@ -853,9 +958,8 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         goto fail;
     }
     if (ncols > DATA_LINE_MAX) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu "
-                            "columns (limit %zu)", s->name, ncols,
-                            DATA_LINE_MAX);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu columns "
+                            "(limit %zu)", s->name, ncols, DATA_LINE_MAX);
         goto fail;
     }
     if ((rc = build_selection(ctx, s->name, opts, NULL, ncols, 0, &sel)))
@@ -873,9 +977,8 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         size_t got = src_read(s, row, rowbytes);
         if (got != rowbytes) {
             unsigned long long have = (unsigned long long)i * rowbytes + got;
-            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: "
-                                "data has %llu bytes, expected %llu", s->name,
-                                have,
+            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
+                                "has %llu bytes, expected %llu", s->name, have,
                                 h.shape[0] * (unsigned long long)rowbytes);
             goto fail;
         }
@@ -897,6 +1000,11 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                 memcpy(&v, &u, 8);
             }
             r = (flow_real)v;
+            if (r == 0 && v != 0 && !underflows++) {
+                uf_row = i;
+                uf_col = j;
+                snprintf(uf_text, sizeof uf_text, "%g", v);
+            }
             if (!isfinite(v) || !isfinite(r)) {
                 rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
                                     "value %g", s->name, i, j, isfinite(v)
@@ -912,10 +1020,15 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     }
     if (src_get(s) != -1) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
-                            "after %llu x %zu values", s->name, h.shape[0],
-                            ncols);
+                            "after %llu x %zu values", s->name, h.shape[0], ncols);
         goto fail;
     }
+    data->npy = 1;
+    if ((rc = set_source(ctx, s->name, &sel, data)))
+        goto fail;
+    if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
+                                           uf_col, uf_text, data)))
+        goto fail;
     *out = data;
     data = NULL;
 fail:
@@ -990,7 +1103,7 @@ static flow_real value_at(const flow_data *data, size_t i, size_t j)
 static int check_finite(flow_ctx *ctx, const char *path,
                         const flow_data *data, size_t i, size_t j)
 {
-    if (isfinite(value_at(data, i, j)))
+    if (data->nonfinite_ok || isfinite(value_at(data, i, j)))
         return FLOW_OK;
     return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: cannot write NaN or Inf "
                           "(row %zu, column %zu)", path, i, j);
@@ -1129,6 +1242,46 @@ size_t flow_data_dim(const flow_data *data) { return data->d; }
 size_t flow_data_context_dim(const flow_data *data) { return data->c; }
 flow_real *flow_data_values(flow_data *data) { return data->x; }
 flow_real *flow_data_context(flow_data *data) { return data->ctx; }
+
+void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
+                 size_t cap)
+{
+    size_t fc;
+    if (!cap)
+        return;
+    if (!data->source) {
+        snprintf(buf, cap, "row %zu", row + 1);
+        return;
+    }
+    fc = col < data->d + data->c && data->cols ? data->cols[col] : col;
+    if (data->npy) {
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s: [%zu, :]", data->source, row);
+        else
+            snprintf(buf, cap, "%s: [%zu, %zu]", data->source, row, fc);
+        return;
+    }
+    {
+        size_t line = data->lines ? data->lines[row] : data->line0 + row;
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s:%zu", data->source, line);
+        else
+            snprintf(buf, cap, "%s:%zu:%zu", data->source, line, fc + 1);
+    }
+}
+
+void flow_data_locate(const flow_data *data, size_t row, size_t col,
+                      char *buf, size_t cap)
+{
+    data_locate(data, row, col, buf, cap);
+}
+
+const char *flow_data_note(const flow_data *data) { return data->note; }
+
+void flow_data_allow_nonfinite(flow_data *data, int on)
+{
+    data->nonfinite_ok = on != 0;
+}
 
 const char *flow_data_column_name(const flow_data *data, size_t j)
 {

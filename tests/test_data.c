@@ -556,6 +556,123 @@ START_TEST(test_crc32c)
 }
 END_TEST
 
+/* Hexadecimal floats are refused where they are (strtod would read 0x1p3
+ * as 8); non-zero values that underflow to 0 are counted in one note. */
+START_TEST(test_csv_hex_and_underflow)
+{
+    flow_data *d;
+    char want[512];
+    /* the smallest positive normal of the other precision underflows in
+     * float32; 1e-400 underflows in float64 */
+    const char *tiny = FLOW_REAL_DOUBLE ? "1e-400" : "1e-50";
+    char text[128];
+    expect_csv_error("x,y\n1,2\n3,0x1p3\n", NULL,
+                     ":3:2: hexadecimal value '0x1p3' (write numbers in "
+                     "decimal)");
+    expect_csv_error("1,-0X10\n", NULL,
+                     ":1:2: hexadecimal value '-0X10' (write numbers in "
+                     "decimal)");
+    snprintf(text, sizeof text, "x,y\n1,2\n%s,3\n4,-%s\n5,0e-999\n", tiny,
+             tiny);
+    ck_assert_int_eq(read_text("u.csv", text, NULL, &d), FLOW_OK);
+    ck_assert_uint_eq(d->n, 4);
+    ck_assert_double_eq(d->x[2], 0);
+    ck_assert_double_eq(d->x[5], 0);
+    /* "0e-999" is a zero, not an underflow: two values are counted */
+    snprintf(want, sizeof want, "%s:3:1: 2 non-zero values underflowed to 0 "
+             "in %s (the first: '%s')", tu_path(dir, "u.csv"),
+             FLOW_REAL_NAME, tiny);
+    ck_assert_str_eq(flow_data_note(d), want);
+    data_free(d);
+    ck_assert_int_eq(read_text("v.csv", "1,2\n0,0.0\n", NULL, &d), FLOW_OK);
+    ck_assert_ptr_null(flow_data_note(d));
+    data_free(d);
+}
+END_TEST
+
+/* data_locate: the file's line and column of a value, through blank
+ * lines, quoted line breaks and a column selection; NPY indices; a data
+ * set made in memory. */
+START_TEST(test_locate)
+{
+    data_opts o = {"b,a", "c", 0};
+    flow_data *d;
+    char buf[512], want[512];
+    double v8[4] = {1, 2, 3, 4};
+    unsigned char npy[512];
+    size_t n;
+    ck_assert_int_eq(read_text("l.csv", "a,note,b,c\n1,x,2,3\n\n"
+                               "4,\"two\nlines\",5,6\n7,y,8,9\n", &o, &d),
+                     FLOW_OK);
+    ck_assert_uint_eq(d->n, 3);
+    /* rows on lines 2, 4 (its note runs to line 5) and 6; data columns
+     * b (file column 3) and a (1), context c (4) */
+    data_locate(d, 0, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:2:3", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 1, 1, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:4:1", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    flow_data_locate(d, 2, 2, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:6:4", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 2, SIZE_MAX, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:6", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* consecutive lines keep no table */
+    ck_assert_int_eq(read_text("m.csv", "x\n1\n2\n3\n", NULL, &d), FLOW_OK);
+    ck_assert_ptr_null(d->lines);
+    data_locate(d, 2, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:4:1", tu_path(dir, "m.csv"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* NPY: 0-based [row, column] as numpy indexes it */
+    n = make_npy(npy, 1, "{'descr': '<f8', 'fortran_order': False, "
+                 "'shape': (2, 2), }", v8, sizeof v8);
+    tu_write(tu_path(dir, "l.npy"), npy, n);
+    ck_assert_int_eq(data_read(ctx, tu_path(dir, "l.npy"), NULL, &d),
+                     FLOW_OK);
+    data_locate(d, 1, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s: [1, 0]", tu_path(dir, "l.npy"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 1, SIZE_MAX, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s: [1, :]", tu_path(dir, "l.npy"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* made in memory: the row, 1-based */
+    d = data_new(ctx, 3, 1, 0);
+    ck_assert_ptr_nonnull(d);
+    data_locate(d, 2, 0, buf, sizeof buf);
+    ck_assert_str_eq(buf, "row 3");
+    data_free(d);
+}
+END_TEST
+
+/* NaN and Inf are written only when asked (flow_data_allow_nonfinite). */
+START_TEST(test_write_nonfinite)
+{
+    flow_data *d = data_new(ctx, 2, 1, 0);
+    const char *p = tu_path(dir, "nf.csv");
+    char want[256], *text;
+    size_t len;
+    ck_assert_ptr_nonnull(d);
+    d->x[0] = 1;
+    d->x[1] = -INFINITY;
+    ck_assert_int_eq(data_write(ctx, d, p, FLOW_DATA_CSV, 1),
+                     FLOW_ERR_NUMERIC);
+    snprintf(want, sizeof want, "%s: cannot write NaN or Inf (row 1, "
+             "column 0)", p);
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    flow_data_allow_nonfinite(d, 1);
+    ck_assert_int_eq(data_write(ctx, d, p, FLOW_DATA_CSV, 1), FLOW_OK);
+    text = (char *)tu_read(p, &len);
+    ck_assert_str_eq(text, "x0\n1\n-inf\n");
+    free(text);
+    data_free(d);
+}
+END_TEST
+
 Suite *suite_data(void)
 {
     Suite *s = suite_create("data");
@@ -574,6 +691,9 @@ Suite *suite_data(void)
     tcase_add_test(tc, test_stdin);
     tcase_add_test(tc, test_mutations);
     tcase_add_test(tc, test_crc32c);
+    tcase_add_test(tc, test_csv_hex_and_underflow);
+    tcase_add_test(tc, test_locate);
+    tcase_add_test(tc, test_write_nonfinite);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -363,6 +363,21 @@ FLOW_API int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
 /* Name of column j (data columns first, then context columns), owned by
  * data; NULL when the data set has no names or j is out of range. */
 FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
+/* Where value (row, col) of data read by flow_data_read came from, into
+ * buf (cap bytes, always terminated): "FILE:LINE:COLUMN" for CSV (1-based,
+ * as editors count), "FILE: [ROW, COL]" for NPY (0-based, as numpy
+ * counts); col = (size_t)-1 names the row only ("FILE:LINE", "FILE:
+ * [ROW, :]").  Columns count the data columns first, then the context
+ * columns.  A data set made in memory gives "row R" (1-based). */
+FLOW_API void flow_data_locate(const flow_data *data, size_t row, size_t col,
+                               char *buf, size_t cap);
+/* A warning about the values flow_data_read read (e.g. "FILE:LINE:COL: 3
+ * values underflowed to 0 in float32 ..."), owned by data; NULL when
+ * there is none. */
+FLOW_API const char *flow_data_note(const flow_data *data);
+/* Lets flow_data_write write NaN and Inf (CSV: nan, inf, -inf), which it
+ * otherwise refuses because flow_data_read refuses them. */
+FLOW_API void flow_data_allow_nonfinite(flow_data *data, int on);
 
 /* Built-in data sets (runtime/datasets.c; definitions and densities in
  * docs/formats.md).  Zero the struct, then set what you need. */
