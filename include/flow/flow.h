@@ -144,20 +144,40 @@ FLOW_API flow_model *flow_model_new(flow_ctx *ctx, size_t dim,
                                     size_t context_dim);
 FLOW_API void flow_model_free(flow_model *m);
 
-/* Appends a layer of a loaded type.  `attrs` holds one resolved value per
- * attribute of the type, in the type's table order (as the compiler
- * produces them); it is deep-copied.  `given` = 1 feeds the model's context
- * to the layer.  `label` (copied) names the layer in messages; line/col are
- * its spec position (0 if none).  The layer's describe() runs here: a
+/* A layer to append (flow_model_add).  Set struct_size to
+ * sizeof(flow_layer_args) and leave what you do not use zero:
+ *     flow_layer_args a = { .struct_size = sizeof a, .type = "actnorm",
+ *                           .attrs = v, .n_attrs = 1 };
+ * Fields are only ever appended.  A struct_size that ends before a field
+ * after `given` gives that field its default (NULL or 0); one that does
+ * not cover `given` is refused (FLOW_ERR_INVAL). */
+typedef struct flow_layer_args {
+    uint32_t struct_size;       /* sizeof(flow_layer_args)                 */
+    const char *type;           /* a loaded layer type                     */
+    const char *label;          /* names the layer in messages (copied);
+                                   NULL: the type and the layer's index    */
+    const flow_attr_value *attrs; /* one resolved value per attribute of
+                                   the type, in its table order (as the
+                                   compiler produces them); deep-copied    */
+    size_t n_attrs;
+    int given;                  /* 1: the model's context feeds the layer  */
+    /* Optional: the layer's statement in its spec, so that its runtime
+     * errors read "label (file:line:col, plugin): ..." and name the file
+     * an imported block came from. */
+    const char *file;           /* spec file (copied); NULL if none        */
+    int line, col;              /* spec position; 0 if none                */
+} flow_layer_args;
+
+/* Appends a layer of a loaded type.  The layer's describe() runs here: a
  * failure returns its message. */
+FLOW_API int flow_model_add(flow_model *m, const flow_layer_args *layer);
+/* flow_model_add with each field as an argument: no file (add_layer) or
+ * with it (add_layer_at). */
 FLOW_API int flow_model_add_layer(flow_model *m, const char *type,
                                   const char *label,
                                   const flow_attr_value *attrs,
                                   size_t n_attrs, int given, int line,
                                   int col);
-/* The same, with the spec file of the layer's statement (copied; NULL if
- * none), so that the layer's runtime errors read "label (file:line:col,
- * plugin): ..." and name the file an imported block came from. */
 FLOW_API int flow_model_add_layer_at(flow_model *m, const char *type,
                                      const char *label,
                                      const flow_attr_value *attrs,
