@@ -292,7 +292,7 @@ FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
  * decay as an L2 term added to the gradient, as torch.optim.Adam does),
  * shuffled mini-batches from a seeded stream, learning-rate schedules,
  * clipping by global norm, validation with early stopping; or the ELBO
- * against a target (flow_trainer_new_target).
+ * against a target (flow_train_config.target).
  *
  * Ownership: a trainer is owned by the caller (flow_trainer_free).  It
  * borrows its model and its data or target, which must outlive it, and
@@ -310,6 +310,10 @@ typedef enum flow_lr_schedule {
                                    total steps T (Loshchilov & Hutter 2017) */
 } flow_lr_schedule;
 
+/* Fill it with flow_train_config_default, then change what you need.
+ * Fields are only ever appended.  A struct_size that ends before a field
+ * after max_skipped gives that field its default; one that does not cover
+ * max_skipped is refused (FLOW_ERR_INVAL). */
 typedef struct flow_train_config {
     uint32_t struct_size;       /* sizeof(flow_train_config)               */
     size_t batch;               /* rows per step (default 512)             */
@@ -326,39 +330,44 @@ typedef struct flow_train_config {
     uint64_t seed;              /* shuffling stream (default 0)            */
     size_t max_skipped;         /* non-finite steps in a row before the
                                    trainer gives up (default 10)           */
+    /* Optional (see struct_size above). */
     size_t anneal_steps;        /* target fits: log p~ enters the objective
                                    scaled by beta = min(1, 0.01 + t / this)
                                    at step t (Rezende & Mohamed 2015, sec.
                                    6.2); 0 = off (default)                 */
+    flow_target *target;        /* NULL (default): maximum likelihood on
+                                   the data given to flow_trainer_new;
+                                   else the ELBO against this target
+                                   (borrowed; must outlive the trainer),
+                                   and no data                             */
 } flow_train_config;
 
 /* Fills the defaults above. */
 FLOW_API void flow_train_config_default(flow_train_config *cfg);
 
-
 /* --- trainer ------------------------------------------------------- */
 
-/* A trainer for model m on n rows x (n x dim) with context c (n x
- * context_dim or NULL); the data are borrowed and must outlive it. */
+/* A trainer for model m.  Without cfg->target: maximum likelihood on n
+ * rows x (n x dim) with context c (n x context_dim or NULL); the data are
+ * borrowed and must outlive it.  With cfg->target: the ELBO against it,
+ * cfg->batch samples per step, with the same Adam, schedules, clipping
+ * and non-finite step skipping; x and c must then be NULL and n 0, and
+ * flow_trainer_step's *loss is the negative ELBO of the step's samples.
+ * NULL on failure (message in m's context). */
 FLOW_API flow_trainer *flow_trainer_new(flow_model *m,
                                         const flow_train_config *cfg,
                                         const flow_real *x,
                                         const flow_real *c, size_t n);
+/* flow_trainer_new with cfg->target = t (not NULL) and no data. */
+FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
+                                               const flow_train_config *cfg,
+                                               flow_target *t);
 FLOW_API void flow_trainer_free(flow_trainer *t);
 /* One optimisation step on the next mini-batch (a new shuffle at each
  * epoch).  *loss = the batch's negative mean log-likelihood.  A non-finite
  * loss or gradient skips the step (counted); FLOW_ERR_NUMERIC after
  * max_skipped such steps in a row. */
 FLOW_API int flow_trainer_step(flow_trainer *t, double *loss);
-/* A trainer that maximises the ELBO against t (borrowed; must outlive
- * it), cfg->batch samples per step, with the same Adam, schedules,
- * clipping and non-finite step skipping as maximum likelihood.
- * flow_trainer_step's *loss is then the negative ELBO of the step's
- * samples. */
-FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
-                                               const flow_train_config *cfg,
-                                               flow_target *t);
-
 /* Records a validation score (higher is better): keeps a copy of the best
  * parameters and counts validations without improvement. */
 FLOW_API int flow_trainer_validated(flow_trainer *t, double score);
