@@ -1,8 +1,8 @@
 /* model.c - models built by calls: layers from plugins, exits and base
  * distributions; finishing (parameters, init), queries, slices, lifetime. */
 #include <math.h>
-#include <stddef.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
