@@ -2,6 +2,7 @@
  * distributions; finishing (parameters, init), queries, slices, lifetime. */
 #include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,19 +181,21 @@ static node *push_node(flow_model *m)
     return nd;
 }
 
-int flow_model_add_layer(flow_model *m, const char *type, const char *label,
-                         const flow_attr_value *attrs, size_t n_attrs,
-                         int given, int line, int col)
-{
-    return flow_model_add_layer_at(m, type, label, attrs, n_attrs, given,
-                                   NULL, line, col);
-}
+/* The fields every caller's flow_layer_args holds: those up to `given`;
+ * the ones after it are taken when the caller's struct_size covers them. */
+#define LAYER_ARGS_REQUIRED \
+    (offsetof(flow_layer_args, given) + sizeof(int))
+#define LAYER_ARGS_HAS(a, field) \
+    ((a)->struct_size >= offsetof(flow_layer_args, field) \
+                         + sizeof((a)->field))
 
-int flow_model_add_layer_at(flow_model *m, const char *type,
-                            const char *label, const flow_attr_value *attrs,
-                            size_t n_attrs, int given, const char *spec_file,
-                            int line, int col)
+/* Appends the layer that `a` describes (every field present). */
+static int add_layer(flow_model *m, const flow_layer_args *a)
 {
+    const char *type = a->type, *label = a->label, *spec_file = a->file;
+    const flow_attr_value *attrs = a->attrs;
+    size_t n_attrs = a->n_attrs;
+    int given = a->given, line = a->line, col = a->col;
     const flow_layer_type *t;
     const char *file = NULL;
     flow_diag diag;
@@ -257,6 +260,60 @@ int flow_model_add_layer_at(flow_model *m, const char *type,
                            "direction", nd->label, file);
     m->n_nodes++;
     return FLOW_OK;
+}
+
+int flow_model_add(flow_model *m, const flow_layer_args *args)
+{
+    flow_layer_args a;
+    if (!args)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_add: no layer "
+                           "arguments");
+    if (args->struct_size < LAYER_ARGS_REQUIRED)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_add: struct_size "
+                           "%u does not cover the required fields (%zu "
+                           "bytes): set it to sizeof(flow_layer_args)",
+                           (unsigned)args->struct_size,
+                           (size_t)LAYER_ARGS_REQUIRED);
+    memset(&a, 0, sizeof a);
+    memcpy(&a, args, LAYER_ARGS_REQUIRED);
+    if (LAYER_ARGS_HAS(args, file))
+        a.file = args->file;
+    if (LAYER_ARGS_HAS(args, line))
+        a.line = args->line;
+    if (LAYER_ARGS_HAS(args, col))
+        a.col = args->col;
+    a.struct_size = sizeof a;
+    if (!a.type)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_add: no layer "
+                           "type");
+    return add_layer(m, &a);
+}
+
+int flow_model_add_layer(flow_model *m, const char *type, const char *label,
+                         const flow_attr_value *attrs, size_t n_attrs,
+                         int given, int line, int col)
+{
+    return flow_model_add_layer_at(m, type, label, attrs, n_attrs, given,
+                                   NULL, line, col);
+}
+
+int flow_model_add_layer_at(flow_model *m, const char *type,
+                            const char *label, const flow_attr_value *attrs,
+                            size_t n_attrs, int given, const char *spec_file,
+                            int line, int col)
+{
+    flow_layer_args a;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.type = type;
+    a.label = label;
+    a.attrs = attrs;
+    a.n_attrs = n_attrs;
+    a.given = given;
+    a.file = spec_file;
+    a.line = line;
+    a.col = col;
+    return flow_model_add(m, &a);
 }
 
 /* Validates a base given by the public enum and its arguments. */

@@ -37,6 +37,19 @@ for p in "$d$pkglibdir"/*.so; do
     if [ "$syms" = "flow_plugin_entry " ]; then ok; else
         bad "$(basename "$p") exports: $syms"; fi
 done
+# every call the installed headers declare is exported: flow.h's by
+# libflowkit, flowc.h's by libflowc
+for pair in flow.h:libflowkit flowc.h:libflowc; do
+    h=${pair%%:*}
+    lib=${pair#*:}
+    sed -n 's/^FLOW_API [^(]*[ *]\(flow_[a-z0-9_]*\)(.*/\1/p' \
+        "$d$includedir/flow/$h" >"$t/want"
+    nm -D --defined-only "$d$libdir/$lib.so" | awk '{print $3}' >"$t/have"
+    missing=$(grep -vxF -f "$t/have" "$t/want" | tr '\n' ' ')
+    n=$(wc -l <"$t/want")
+    if [ "$n" -ge 20 ] && [ -z "$missing" ]; then ok; else
+        bad "$lib: $n calls declared in $h, not exported: $missing"; fi
+done
 
 # an out-of-tree plugin: installed headers only
 cflags=$(PKG_CONFIG_PATH="$d$libdir/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$d" \

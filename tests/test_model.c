@@ -3,6 +3,8 @@
  * gradients against finite differences, data-dependent init, errors. */
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -586,6 +588,135 @@ START_TEST(test_optional_callbacks_null)
 }
 END_TEST
 
+/* --- flow_model_add and its wrappers ----------------------------------- */
+
+static flow_attr_value real_attr(double r)
+{
+    flow_attr_value v;
+    memset(&v, 0, sizeof v);
+    v.type = FLOW_ATTR_REAL;
+    v.r = r;
+    return v;
+}
+
+/* A finished 2-D model of actnorm "norm1" and a reversal, its parameters
+ * randomised; the message of data-dependent init on one row (which
+ * actnorm refuses, naming the layer's place) copied into msg. */
+static flow_model *finish_probe(flow_model *m, char *msg, size_t cap)
+{
+    flow_real x[2] = {0.25, -1.5};
+    ck_assert_msg(flow_model_finish(m, 5) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_data_init(m, 1, x, NULL), FLOW_ERR);
+    snprintf(msg, cap, "%s", flow_errmsg(ctx));
+    randomise(m, 11);
+    return m;
+}
+
+START_TEST(test_add_struct_matches_wrappers)
+{
+    enum { N = 4 };
+    flow_attr_value eps = real_attr(1e-6), order;
+    flow_model *a = flow_model_new(ctx, 2, 0), *b = flow_model_new(ctx, 2, 0);
+    flow_real x[N * 2], la[N], lb[N];
+    char ma[512], mb[512];
+    flow_layer_args la1 = {.struct_size = sizeof la1, .type = "actnorm",
+                           .label = "norm1", .attrs = &eps, .n_attrs = 1,
+                           .file = "spec.flow", .line = 7, .col = 5};
+    flow_layer_args la2 = {.struct_size = sizeof la2, .type = "permute",
+                           .attrs = &order, .n_attrs = 1};
+    memset(&order, 0, sizeof order);
+    order.type = FLOW_ATTR_VARIANT;
+    order.s = "reverse";
+    ck_assert_msg(flow_model_add(a, &la1) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_msg(flow_model_add(a, &la2) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_add_layer_at(b, "actnorm", "norm1", &eps, 1,
+                                             0, "spec.flow", 7, 5), FLOW_OK);
+    ck_assert_int_eq(flow_model_add_layer(b, "permute", NULL, &order, 1, 0,
+                                          0, 0), FLOW_OK);
+    finish_probe(a, ma, sizeof ma);
+    finish_probe(b, mb, sizeof mb);
+    /* the file reaches the layer's messages through both calls */
+    ck_assert_msg(strstr(ma, "norm1 (spec.flow:7:5, ") != NULL, "%s", ma);
+    ck_assert_str_eq(ma, mb);
+    ck_assert_uint_eq(flow_model_num_layers(a), 2);
+    ck_assert_uint_eq(flow_model_num_layers(b), 2);
+    ck_assert_uint_eq(flow_model_num_params(a), 4);
+    ck_assert_uint_eq(flow_model_num_params(b), 4);
+    ck_assert_mem_eq(flow_model_params(a), flow_model_params(b),
+                     4 * sizeof(flow_real));
+    for (int i = 0; i < N * 2; i++)
+        x[i] = (flow_real)cos(0.7 * i);
+    ck_assert_int_eq(flow_model_log_prob(a, N, x, NULL, la), FLOW_OK);
+    ck_assert_int_eq(flow_model_log_prob(b, N, x, NULL, lb), FLOW_OK);
+    ck_assert_mem_eq(la, lb, sizeof la);
+    ck_assert_msg(isfinite(la[0]) && la[0] < 0, "log p = %g", (double)la[0]);
+    flow_model_free(a);
+    flow_model_free(b);
+}
+END_TEST
+
+/* A caller whose flow_layer_args ends early: the fields past its
+ * struct_size take their defaults, whatever the memory there holds. */
+START_TEST(test_add_older_struct_size)
+{
+    flow_attr_value eps = real_attr(1e-6);
+    char msg[512];
+    flow_layer_args args = {.struct_size = sizeof args, .type = "actnorm",
+                            .label = "norm1", .attrs = &eps, .n_attrs = 1,
+                            .file = "spec.flow", .line = 7, .col = 5};
+    flow_model *m = flow_model_new(ctx, 2, 0);
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, file);
+    ck_assert_msg(flow_model_add(m, &args) == FLOW_OK, "%s", flow_errmsg(ctx));
+    finish_probe(m, msg, sizeof msg);
+    /* no position: "label (plugin): ..." */
+    ck_assert_msg(strncmp(msg, "norm1 (", 7) == 0 && !strstr(msg, "spec.flow")
+                  && !strstr(msg, ":7:") && strstr(msg, "actnorm.so): "),
+                  "%s", msg);
+    flow_model_free(m);
+
+    /* file and line covered, col not: col 0 */
+    m = flow_model_new(ctx, 2, 0);
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, col);
+    ck_assert_msg(flow_model_add(m, &args) == FLOW_OK, "%s", flow_errmsg(ctx));
+    finish_probe(m, msg, sizeof msg);
+    ck_assert_msg(strstr(msg, "norm1 (spec.flow:7:0, ") != NULL, "%s", msg);
+    flow_model_free(m);
+}
+END_TEST
+
+START_TEST(test_add_refuses_short_struct)
+{
+    flow_attr_value eps = real_attr(1e-6);
+    flow_layer_args args = {.struct_size = sizeof args, .type = "actnorm",
+                            .attrs = &eps, .n_attrs = 1};
+    flow_model *m = flow_model_new(ctx, 2, 0);
+    char want[160];
+    /* `given` not covered */
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, given);
+    snprintf(want, sizeof want, "flow_model_add: struct_size %u does not "
+             "cover the required fields (%zu bytes): set it to "
+             "sizeof(flow_layer_args)", (unsigned)args.struct_size,
+             offsetof(flow_layer_args, given) + sizeof(int));
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    args.struct_size = 0;
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(flow_errmsg(ctx), "struct_size 0 does not"));
+    ck_assert_int_eq(flow_model_add(m, NULL), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), "flow_model_add: no layer arguments");
+    args.struct_size = sizeof args;
+    args.type = NULL;
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), "flow_model_add: no layer type");
+    ck_assert_uint_eq(flow_model_num_layers(m), 0);
+    /* the same struct, complete, is taken */
+    args.type = "actnorm";
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_OK);
+    ck_assert_uint_eq(flow_model_num_layers(m), 1);
+    flow_model_free(m);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
@@ -603,6 +734,12 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_learnable_bases);
     tcase_add_test(tc, test_threads);
     tcase_add_test(tc, test_optional_callbacks_null);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("add_call");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_add_struct_matches_wrappers);
+    tcase_add_test(tc, test_add_older_struct_size);
+    tcase_add_test(tc, test_add_refuses_short_struct);
     suite_add_tcase(s, tc);
     return s;
 }
