@@ -83,7 +83,7 @@ START_TEST(test_save_load_bit_identical)
     ck_assert_int_eq(flow_checkpoint_open(ctx, path, &ck), FLOW_OK);
     ck_assert_str_eq(flow_checkpoint_spec(ck), spec);
     ck_assert_str_eq(flow_checkpoint_meta(ck, "spec_path"), "ck.flow");
-    ck_assert(flow_checkpoint_has_training(ck));
+    ck_assert_int_ne(flow_checkpoint_has_training(ck), 0);
     b = build(flow_checkpoint_spec(ck), &c2);
     ck_assert_int_eq(flow_checkpoint_restore(ck, b, NULL), FLOW_OK);
     ck_assert_int_eq(flow_model_log_prob(b, N, x, NULL, lb), FLOW_OK);
@@ -128,7 +128,7 @@ START_TEST(test_restore_needs_training_state)
     ck_assert_int_eq(flow_checkpoint_save(m, NULL, spec, NULL, NULL, path),
                      FLOW_OK);
     ck_assert_int_eq(flow_checkpoint_open(ctx, path, &ck), FLOW_OK);
-    ck_assert(!flow_checkpoint_has_training(ck));
+    ck_assert_int_eq(flow_checkpoint_has_training(ck), 0);
     flow_train_config_default(&cfg);
     t = flow_trainer_new(m, &cfg, x, NULL, 2);
     ck_assert_int_eq(flow_checkpoint_restore(ck, m, t), FLOW_ERR_INVAL);

@@ -83,9 +83,10 @@ START_TEST(test_reverse_describe_and_maps)
         x[i] = (flow_real)(i * 0.5 - 3.0);
     ck_assert_int_eq(type->forward(self, &call, x, z, ld), FLOW_OK);
     for (int r = 0; r < N; r++) {
-        ck_assert(ld[r] == 0);
+        ck_assert_double_eq(ld[r], 0);
         for (int i = 0; i < D; i++)
-            ck_assert(z[r * D + i] == x[r * D + D - 1 - i]);
+            ck_assert_msg(z[r * D + i] == x[r * D + D - 1 - i], "row %d, "
+                          "column %d: %g", r, i, (double)z[r * D + i]);
     }
     ck_assert_int_eq(type->inverse(self, &call, z, back, ld), FLOW_OK);
     ck_assert_mem_eq(back, x, sizeof x);
@@ -110,7 +111,8 @@ START_TEST(test_random_is_seeded_permutation)
     ck_assert_int_eq(describe(&cfg, b, &desc, &diag), FLOW_OK);
     ck_assert_mem_eq(a, b, sizeof a);
     for (int i = 0; i < D; i++) {
-        ck_assert(a[i] >= 0 && a[i] < D);
+        ck_assert_int_ge(a[i], 0);
+        ck_assert_int_lt(a[i], D);
         seen[a[i]]++;
         moved += a[i] != i;
     }
@@ -119,7 +121,7 @@ START_TEST(test_random_is_seeded_permutation)
     ck_assert_int_gt(moved, D / 2);  /* a shuffle, not the identity */
     seed[0].i = 8;
     ck_assert_int_eq(describe(&cfg, c, &desc, &diag), FLOW_OK);
-    ck_assert(memcmp(a, c, sizeof a) != 0);
+    ck_assert_mem_ne(a, c, sizeof a);
 }
 END_TEST
 
