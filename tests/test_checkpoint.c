@@ -511,17 +511,26 @@ END_TEST
 Suite *suite_checkpoint(void)
 {
     Suite *s = suite_create("checkpoint");
-    TCase *tc = tcase_create("checkpoint");
+    TCase *tc = tcase_create("round_trip");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_layout);
+    tcase_add_test(tc, test_rng_resume);
+    suite_add_tcase(s, tc);
+    /* every byte of a file flipped, every length cut: the slow ones */
+    tc = tcase_create("damaged_files");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_every_flipped_byte);
     tcase_add_test(tc, test_truncated);
     tcase_add_test(tc, test_hostile_headers);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("refusals");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_spec_check);
     tcase_add_test(tc, test_writer_errors);
-    tcase_add_test(tc, test_rng_resume);
     suite_add_tcase(s, tc);
     return s;
 }

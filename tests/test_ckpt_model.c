@@ -144,9 +144,12 @@ END_TEST
 Suite *suite_ckpt_model(void)
 {
     Suite *s = suite_create("ckpt_model");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("round_trip");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_save_load_bit_identical);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("refusals");
+    tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_nonfinite_never_written);
     tcase_add_test(tc, test_restore_needs_training_state);
     suite_add_tcase(s, tc);

@@ -575,7 +575,7 @@ END_TEST
 Suite *suite_data(void)
 {
     Suite *s = suite_create("data");
-    TCase *tc = tcase_create("files");
+    TCase *tc = tcase_create("csv");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_csv_header_and_values);
@@ -584,12 +584,24 @@ Suite *suite_data(void)
     tcase_add_test(tc, test_csv_long_lines);
     tcase_add_test(tc, test_round_trip_bits);
     tcase_add_test(tc, test_csv_many_rows);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("npy");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_npy_read);
     tcase_add_test(tc, test_npy_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("files");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_stdin);
-    tcase_add_test(tc, test_mutations);
     tcase_add_test(tc, test_crc32c);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("mutations");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;
 }

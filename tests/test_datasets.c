@@ -375,15 +375,23 @@ END_TEST
 Suite *suite_datasets(void)
 {
     Suite *s = suite_create("datasets");
-    TCase *tc = tcase_create("builtin");
+    TCase *tc = tcase_create("samples");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_8gaussians);
     tcase_add_test(tc, test_8gaussians_labels);
     tcase_add_test(tc, test_checkerboard);
-    tcase_add_test(tc, test_densities_integrate_to_one);
     tcase_add_test(tc, test_gmm);
     tcase_add_test(tc, test_shapes);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("densities");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_densities_integrate_to_one);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("api");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_public_generate);

@@ -258,14 +258,22 @@ END_TEST
 Suite *suite_json(void)
 {
     Suite *s = suite_create("json");
-    TCase *tc = tcase_create("json");
+    TCase *tc = tcase_create("parser");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_values);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_depth_limit);
     tcase_add_test(tc, test_many_keys);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("writer");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_writer_round_trip);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("mutations");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;

@@ -713,17 +713,23 @@ END_TEST
 Suite *suite_made_step(void)
 {
     Suite *s = suite_create("made_step");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("step");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_step_matches_forward, 0,
                         (int)(sizeof cases / sizeof cases[0]));
     tcase_add_test(tc, test_step_sampling_64d);
+    tcase_add_test(tc, test_step_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sorted");
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_sorted_matches_dense, 0,
                         (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
     tcase_add_test(tc, test_sorted_unsupported);
     tcase_add_loop_test(tc, test_step_sorted_same, 0,
                         (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
-    tcase_add_test(tc, test_step_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("masks");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_premasked);
     tcase_add_test(tc, test_adam_keeps_masks);
     suite_add_tcase(s, tc);

@@ -156,7 +156,7 @@ END_TEST
 Suite *suite_matrix(void)
 {
     Suite *s = suite_create("matrix");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("linalg");
     tcase_add_test(tc, test_gemm_all_transposes);
     tcase_add_test(tc, test_gemm_shapes);
     tcase_add_test(tc, test_single_threaded);

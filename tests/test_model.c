@@ -483,7 +483,7 @@ END_TEST
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("build_and_passes");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_round_trip_with_exit);
     tcase_add_test(tc, test_log_prob_by_hand);

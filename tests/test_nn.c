@@ -1017,18 +1017,30 @@ END_TEST
 Suite *suite_nn(void)
 {
     Suite *s = suite_create("nn");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("mlp");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_mlp_activations, FLOW_ACT_IDENTITY,
                         FLOW_ACT_SIGMOID + 1);
     tcase_add_loop_test(tc, test_mlp_time, 0, 4);
-    tcase_add_test(tc, test_made_gradients);
     tcase_add_test(tc, test_spectral_norm);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("made");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_made_gradients);
     tcase_add_test(tc, test_made_autoregressive);
     tcase_add_test(tc, test_made_one_dim);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("threads");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_threads_share_net);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("init_and_errors");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("divergence");
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_div, 0, 2);
     tcase_add_test(tc, test_div_errors);
     suite_add_tcase(s, tc);

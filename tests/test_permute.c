@@ -209,12 +209,15 @@ END_TEST
 Suite *suite_permute(void)
 {
     Suite *s = suite_create("permute");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("permutations");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_reverse_describe_and_maps);
     tcase_add_test(tc, test_random_is_seeded_permutation);
-    tcase_add_test(tc, test_explicit_errors);
     tcase_add_test(tc, test_backward_is_adjoint);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("errors");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_explicit_errors);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -482,13 +482,27 @@ END_TEST
 Suite *suite_residual(void)
 {
     Suite *s = suite_create("residual");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("certificate");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_certificate);
     tcase_add_test(tc, test_lipschitz_refused);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("inverse");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_fixed_point_nonconvergence);
+    suite_add_tcase(s, tc);
+    /* bit-identical rows across batch sizes: holds for one BLAS kernel
+     * choice, so not under valgrind (OpenBLAS sees another CPU there) */
+    tc = tcase_create("batch_invariance");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_inverse_rows_independent);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("estimators");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_eval_mode_is_exact);
     tcase_add_test(tc, test_series_estimates_unbiased);
     tcase_add_test(tc, test_roulette_estimates_unbiased);

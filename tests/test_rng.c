@@ -74,9 +74,11 @@ END_TEST
 Suite *suite_rng(void)
 {
     Suite *s = suite_create("rng");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("streams");
     tcase_add_test(tc, test_reference_and_determinism);
     tcase_add_test(tc, test_streams_differ);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("moments");
     tcase_add_test(tc, test_moments);
     suite_add_tcase(s, tc);
     return s;

@@ -150,9 +150,11 @@ END_TEST
 Suite *suite_tgemm(void)
 {
     Suite *s = suite_create("tgemm");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_tgemm_shapes);
     tcase_add_test(tc, test_tgemm_rows_independent);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
     suite_add_tcase(s, tc);
     return s;

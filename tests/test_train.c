@@ -313,14 +313,22 @@ END_TEST
 Suite *suite_train(void)
 {
     Suite *s = suite_create("train");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("optimiser");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_converges_to_gaussian_mle);
-    tcase_add_test(tc, test_resume_is_bit_identical);
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_clipping);
     tcase_add_test(tc, test_subnormal_moments_flushed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("resume");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_resume_is_bit_identical);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("stopping");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_early_stopping_restores_best);
     tcase_add_test(tc, test_divergence_is_reported);
     suite_add_tcase(s, tc);

@@ -356,14 +356,23 @@ END_TEST
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("round_trip");
     tcase_add_loop_test(tc, test_round_trip, 0, 2 * NKINDS);
+    suite_add_tcase(s, tc);
+    /* a row's result does not depend on its place in the batch */
+    tc = tcase_create("batch");
+    tcase_add_loop_test(tc, test_batch_position, 0, NKINDS);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("gradients");
     tcase_add_loop_test(tc, test_logdet_fd, 0, NKINDS);
     tcase_add_loop_test(tc, test_vjp_fd, 0, 2 * NKINDS);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("spline");
     tcase_add_test(tc, test_spline_monotone_and_identity);
     tcase_add_test(tc, test_spline_robust);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);
-    tcase_add_loop_test(tc, test_batch_position, 0, NKINDS);
     suite_add_tcase(s, tc);
     return s;
 }

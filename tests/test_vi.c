@@ -414,11 +414,20 @@ Suite *suite_vi(void)
     tcase_add_loop_test(tc, test_target_gradients, 0,
                         (int)(sizeof targets / sizeof targets[0]));
     tcase_add_test(tc, test_known_normalisers);
+    tcase_add_test(tc, test_duplicate_target_plugin);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("log_z");
+    tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_importance_stats_by_hand);
     tcase_add_test(tc, test_log_z_untrained_proposal);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("elbo");
+    tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_elbo_gradient_fd);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("refusals");
+    tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_fit_refusals);
-    tcase_add_test(tc, test_duplicate_target_plugin);
     suite_add_tcase(s, tc);
     return s;
 }
