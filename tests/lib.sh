@@ -17,7 +17,9 @@ bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
 check() {
     if [ "$2" = "$3" ]; then ok; else
         bad "$1: exit $3, expected $2"
-        if [ -n "$check_log" ] && [ -f "$check_log" ]; then cat "$check_log"; fi
+        if [ -n "$check_log" ] && [ -f "$check_log" ]; then
+            cat "$check_log"
+        fi
     fi
 }
 

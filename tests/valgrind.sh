@@ -35,9 +35,10 @@ partial() {
     residual)
         cases="certificate inverse"
         why="estimators averages hundreds of stochastic log-det
-             estimates and their gradients: 110 s; batch_invariance asserts bit-identical rows
-             across batch sizes, which holds natively but not here, where
-             OpenBLAS detects another CPU and picks other kernels" ;;
+             estimates and their gradients: 110 s; batch_invariance
+             asserts bit-identical rows across batch sizes, which holds
+             natively but not here, where OpenBLAS detects another CPU and
+             picks other kernels" ;;
     vi_fit)
         cases=
         why="each fit takes about a second natively, minutes here" ;;
