@@ -11,10 +11,6 @@
 # output file.
 set -u
 . "$top_srcdir/tests/lib.sh"
-check() { if [ "$2" = "$3" ]; then ok; else bad "$1: exit $3, expected $2"; fi; }
-has() { if grep -qF -- "$3" "$2"; then ok; else
-    bad "$1: output lacks '$3':"; cat "$2"; fi; }
-absent() { if [ ! -e "$2" ]; then ok; else bad "$1: $2 exists"; fi; }
 # near NAME GOT WANT TOL: |GOT - WANT| <= TOL
 near() {
     if awk -v g="$2" -v w="$3" -v t="$4" 'BEGIN { d = g - w; if (d < 0) d = -d
