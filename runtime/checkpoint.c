@@ -503,7 +503,7 @@ static int bad(flow_ctx *ctx, const char *path, const char *fmt, ...)
 static int check_history(flow_ctx *ctx, ckpt *ck)
 {
     const char *h = ckpt_meta(ck, "history");
-    char name[CTX_ERRMSG_MAX / 2];
+    char name[1024];                /* half of the context's message */
     json_doc *doc;
     int rc, is_array;
     if (!h)

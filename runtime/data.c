@@ -662,11 +662,14 @@ static int csv_parse(csv *p)
                                   "%s:%zu:%zu: unexpected character after a "
                                   "closing quote", p->s->name, line, col);
         }
-        if (ch == '"' && strspn(cell, " \t") >= cl) {
-            cl = 0;
-            quoted = was_quoted = 1;
-            quote_line = line;
-            continue;
+        if (ch == '"') {
+            cell[cl] = '\0';        /* strspn reads up to a terminator */
+            if (strspn(cell, " \t") == cl) {
+                cl = 0;
+                quoted = was_quoted = 1;
+                quote_line = line;
+                continue;
+            }
         }
 append:
         if (cl == DATA_CELL_MAX) {

@@ -10,14 +10,7 @@
 # gets a region per context.  Bad inputs: clear errors, non-zero exit, no
 # output file.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
-check() { if [ "$2" = "$3" ]; then ok; else bad "$1: exit $3, expected $2"; fi; }
-has() { if grep -qF -- "$3" "$2"; then ok; else
-    bad "$1: output lacks '$3':"; cat "$2"; fi; }
-absent() { if [ ! -e "$2" ]; then ok; else bad "$1: $2 exists"; fi; }
+. "$top_srcdir/tests/lib.sh"
 # near NAME GOT WANT TOL: |GOT - WANT| <= TOL
 near() {
     if awk -v g="$2" -v w="$3" -v t="$4" 'BEGIN { d = g - w; if (d < 0) d = -d
@@ -297,5 +290,4 @@ has compare-help "$t/out" "usage: flowkit compare CKPT CKPT..."
 has help-lists "$t/out" "compare CKPT CKPT..."
 has help-lists "$t/out" "hdr CKPT"
 
-echo "cli_uq: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli_uq

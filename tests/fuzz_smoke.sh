@@ -18,8 +18,7 @@ printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(con
     >"$out/probe.c"
 clang -fsanitize=fuzzer -o "$out/probe" "$out/probe.c" >/dev/null 2>&1 || {
     echo "fuzz_smoke: skipped (clang cannot link -fsanitize=fuzzer)"; exit 77; }
-pass=0
-fail=0
+. "$top_srcdir/tests/lib.sh"
 for target in spec csv npy ckpt; do
     rm -rf "${out:?}/$target"        # fresh corpus and crashes: seeds only
     if FUZZ_OUT=$out FUZZ_OPT=-O0 FUZZ_ARGS="-seed=1" \
@@ -27,11 +26,9 @@ for target in spec csv npy ckpt; do
             "${FUZZ_SMOKE_SECONDS:-3}" "$top_builddir" >"$out/$target.log" 2>&1 \
             && grep -q "^Done [0-9]* runs" "$out/$target.log"; then
         echo "fuzz_smoke: $target: $(grep "^Done" "$out/$target.log")"
-        pass=$((pass + 1))
+        ok
     else
-        echo "FAIL: fuzz target $target:"; tail -n 40 "$out/$target.log"
-        fail=$((fail + 1))
+        bad "fuzz target $target:"; tail -n 40 "$out/$target.log"
     fi
 done
-echo "fuzz_smoke: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish fuzz_smoke

@@ -10,12 +10,7 @@
 # Run by make check with FLOWKIT, FLOW_PLUGIN_PATH, FLOW_SPEC_PLUGINS,
 # FLOW_FAULT_PLUGINS, top_srcdir and top_builddir set.
 set -u
-pass=0
-fail=0
-check() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi; }
-has() { if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi; }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 F=$FLOWKIT
@@ -31,8 +26,8 @@ fails_rc() {
     "$@" >"$t/stdout" 2>"$t/err"
     check "$name" "$want" $?
     has "$name" "$t/err" "$text"
-    if [ -z "$(ls -A "$O")" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $name: left behind: $(ls -A "$O")"; fail=$((fail + 1))
+    if [ -z "$(ls -A "$O")" ]; then ok; else
+        bad "$name: left behind: $(ls -A "$O")"
         rm -f "$O"/* "$O"/.[!.]*
     fi
 }
@@ -203,10 +198,9 @@ cp "$A" "$t/keep.ckpt"
 check "existing output: logprob fails" 1 $?
 "$F" train "$t/small.flow" --data "$t/ragged.csv" --steps 1 -o "$t/keep.ckpt" 2>/dev/null
 check "existing output: train fails" 1 $?
-same() { if cmp -s "$2" "$3"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: $3 changed"; fail=$((fail + 1)); fi; }
-printf 'keep me\n' | same "existing output kept: logprob" - "$t/keep.csv"
-same "existing output kept: train" "$A" "$t/keep.ckpt"
+printf 'keep me\n' >"$t/kept.csv"
+same_file "existing output kept: logprob" "$t/kept.csv" "$t/keep.csv"
+same_file "existing output kept: train" "$A" "$t/keep.ckpt"
 
 # ------------------------------------------------------------- plugins
 # fault_error fails on rows reaching `at` (tests/plugins/faulty.c): one
@@ -570,5 +564,4 @@ has "actnorm constant column: warning" "$t/err" "flowkit: warning: actnorm: inpu
 if grep -q "actnorm" "$t/err"; then echo "FAIL: actnorm warns on varied data"
     fail=$((fail + 1)); else pass=$((pass + 1)); fi
 
-echo "hostile: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish hostile

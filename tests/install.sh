@@ -6,16 +6,13 @@
 # plugin author's kit (examples/plugin: own Makefile, sinh-arcsinh layer,
 # a spec using it) builds, passes `flowkit check` and trains.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 d="$t/root"
 
 if ! ${MAKE:-make} -s -C "$top_builddir" install DESTDIR="$d" >"$t/log" 2>&1; then
-    cat "$t/log"; echo "install: 0 passed, 1 failed"; exit 1
+    cat "$t/log"; bad "make install"; finish install
 fi
 for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
          "$includedir/flow/flowc.h" "$includedir/flow/flow_plugin.h" \
@@ -103,5 +100,4 @@ case "$ll" in
 *) ok;;
 esac
 
-echo "install: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish install

@@ -11,16 +11,10 @@
 # Run by make check with FLOWKIT, FLOWC, FLOW_PLUGIN_PATH and
 # top_builddir set.
 set -u
-pass=0
-fail=0
-check() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi; }
-has() { if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi; }
-ok() { if "$@"; then pass=$((pass + 1)); return 0; fi; fail=$((fail + 1))
-    return 1; }
-same() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: got '$3', expected '$2'"; fail=$((fail + 1)); fi; }
+. "$top_srcdir/tests/lib.sh"
+# holds COMMAND...: one check, passed when COMMAND succeeds (the caller
+# prints why it failed)
+holds() { if "$@"; then ok; return 0; fi; fail=$((fail + 1)); return 1; }
 t=$(mktemp -d)
 bg=
 trap '[ -n "$bg" ] && kill $bg 2>/dev/null; rm -rf "$t"' EXIT
@@ -28,10 +22,10 @@ F=$FLOWKIT
 FC=$FLOWC
 umask 022
 
-# finish NAME PID SECONDS: PID must end within SECONDS; if it has not, it
+# ends_within NAME PID SECONDS: PID must end within SECONDS; if it has not, it
 # is killed and NAME fails (a reader left waiting on a FIFO that was
 # replaced, or a command that worked before checking its output)
-finish() {
+ends_within() {
     i=0
     while kill -0 "$2" 2>/dev/null && [ $i -lt $(($3 * 10)) ]; do
         sleep 0.1; i=$((i + 1))
@@ -72,33 +66,33 @@ check base-json 0 $?
 
 # --------------------------------------------- not replaced: FIFOs
 # the reader starts first; a FIFO replaced by a file would leave it
-# waiting, and `finish` reports that
+# waiting, and `ends_within` reports that
 mkfifo "$t/fifo"
 cat "$t/fifo" >"$t/from-fifo.csv" &
 bg=$!
 "$F" data moons -n 5 --seed 3 -o "$t/fifo" 2>"$t/err"
 check "FIFO: data" 0 $?
-finish "FIFO: data: the reader got the rows" $bg 10
-ok [ -p "$t/fifo" ] || echo "FAIL: FIFO: data: $t/fifo is no longer a FIFO"
+ends_within "FIFO: data: the reader got the rows" $bg 10
+holds [ -p "$t/fifo" ] || echo "FAIL: FIFO: data: $t/fifo is no longer a FIFO"
 "$F" data moons -n 5 --seed 3 -o "$t/m5.csv"
-ok cmp -s "$t/m5.csv" "$t/from-fifo.csv" \
+holds cmp -s "$t/m5.csv" "$t/from-fifo.csv" \
     || echo "FAIL: FIFO: data: the reader got other rows"
 cat "$t/fifo" >"$t/from-fifo.ckpt" &
 bg=$!
 "$F" train "$t/s.flow" --data "$t/tr.csv" --steps 3 --batch 64 \
     -o "$t/fifo" 2>"$t/err"
 check "FIFO: train" 0 $?
-finish "FIFO: train: the reader got the checkpoint" $bg 30
-ok [ -p "$t/fifo" ] || echo "FAIL: FIFO: train: $t/fifo is no longer a FIFO"
-ok cmp -s "$t/a.ckpt" "$t/from-fifo.ckpt" \
+ends_within "FIFO: train: the reader got the checkpoint" $bg 30
+holds [ -p "$t/fifo" ] || echo "FAIL: FIFO: train: $t/fifo is no longer a FIFO"
+holds cmp -s "$t/a.ckpt" "$t/from-fifo.ckpt" \
     || echo "FAIL: FIFO: train: the checkpoint read differs from a file's"
 cat "$t/fifo" >"$t/from-fifo.json" &
 bg=$!
 "$FC" --emit=json -o "$t/fifo" "$t/s.flow" 2>"$t/err"
 check "FIFO: flowc --emit=json" 0 $?
-finish "FIFO: flowc: the reader got the JSON" $bg 10
-ok [ -p "$t/fifo" ] || echo "FAIL: FIFO: flowc: $t/fifo is no longer a FIFO"
-ok cmp -s "$t/want.json" "$t/from-fifo.json" \
+ends_within "FIFO: flowc: the reader got the JSON" $bg 10
+holds [ -p "$t/fifo" ] || echo "FAIL: FIFO: flowc: $t/fifo is no longer a FIFO"
+holds cmp -s "$t/want.json" "$t/from-fifo.json" \
     || echo "FAIL: FIFO: flowc: the reader got other text"
 notmp "FIFO" "$t"
 
@@ -108,23 +102,23 @@ notmp "FIFO" "$t"
     >"$t/so"; echo $? >"$t/rc"; } | cat >"$t/piped.csv"
 check "/dev/fd/3 (pipe): logprob" 0 "$(cat "$t/rc")"
 "$F" logprob "$t/a.ckpt" --data "$t/te.csv" -o "$t/lp.csv"
-ok cmp -s "$t/lp.csv" "$t/piped.csv" \
+holds cmp -s "$t/lp.csv" "$t/piped.csv" \
     || echo "FAIL: /dev/fd/3 (pipe): logprob: other rows through the pipe"
 { "$F" train "$t/s.flow" --data "$t/tr.csv" --steps 3 --batch 64 \
     -o /dev/fd/3 3>&1 >"$t/so" 2>/dev/null; echo $? >"$t/rc"; } \
     | cat >"$t/piped.ckpt"
 check "/dev/fd/3 (pipe): train" 0 "$(cat "$t/rc")"
-ok cmp -s "$t/a.ckpt" "$t/piped.ckpt" \
+holds cmp -s "$t/a.ckpt" "$t/piped.ckpt" \
     || echo "FAIL: /dev/fd/3 (pipe): train: other checkpoint bytes"
 { "$FC" --emit=json -o /dev/fd/3 "$t/s.flow" 3>&1 >"$t/so"
     echo $? >"$t/rc"; } | cat >"$t/piped.json"
 check "/dev/fd/3 (pipe): flowc" 0 "$(cat "$t/rc")"
-ok cmp -s "$t/want.json" "$t/piped.json" \
+holds cmp -s "$t/want.json" "$t/piped.json" \
     || echo "FAIL: /dev/fd/3 (pipe): flowc: other text"
 # descriptor 3 on a file the shell opened: written through it
 "$F" data moons -n 5 --seed 3 -o /dev/fd/3 3>"$t/fd3.csv"
 check "/dev/fd/3 (file): data" 0 $?
-ok cmp -s "$t/m5.csv" "$t/fd3.csv" \
+holds cmp -s "$t/m5.csv" "$t/fd3.csv" \
     || echo "FAIL: /dev/fd/3 (file): data: other rows"
 "$F" data moons -n 5 -o /dev/fd/7 2>"$t/err"
 check "/dev/fd/7 not open" 1 $?
@@ -137,7 +131,7 @@ if command -v bash >/dev/null 2>&1 && command -v gzip >/dev/null 2>&1; then
         sleep 0.1; i=$((i + 1)); done
     sleep 0.2
     gzip -dc "$t/m5.csv.gz" >"$t/gz.csv"
-    ok cmp -s "$t/m5.csv" "$t/gz.csv" \
+    holds cmp -s "$t/m5.csv" "$t/gz.csv" \
         || echo "FAIL: process substitution: data: other rows"
 fi
 
@@ -148,23 +142,23 @@ ln -s "$t/link.csv" "$t/link2.csv"            # a chain of two
 for k in 1 2; do
     "$F" data moons -n 5 --seed 3 -o "$t/link2.csv"
     check "symlink ($k): data" 0 $?
-    ok [ -L "$t/link.csv" ] && ok [ -L "$t/link2.csv" ] \
+    holds [ -L "$t/link.csv" ] && holds [ -L "$t/link2.csv" ] \
         || echo "FAIL: symlink ($k): a link was replaced"
-    ok cmp -s "$t/m5.csv" "$t/real/out.csv" \
+    holds cmp -s "$t/m5.csv" "$t/real/out.csv" \
         || echo "FAIL: symlink ($k): the target does not hold the rows"
 done
 ln -s real/a.ckpt "$t/link.ckpt"
 "$F" train "$t/s.flow" --data "$t/tr.csv" --steps 3 --batch 64 \
     -o "$t/link.ckpt" 2>/dev/null
 check "symlink: train" 0 $?
-ok [ -L "$t/link.ckpt" ] || echo "FAIL: symlink: train: the link was replaced"
-ok cmp -s "$t/a.ckpt" "$t/real/a.ckpt" \
+holds [ -L "$t/link.ckpt" ] || echo "FAIL: symlink: train: the link was replaced"
+holds cmp -s "$t/a.ckpt" "$t/real/a.ckpt" \
     || echo "FAIL: symlink: train: the target is not the checkpoint"
 ln -s real/s.json "$t/link.json"
 "$FC" --emit=json -o "$t/link.json" "$t/s.flow"
 check "symlink: flowc" 0 $?
-ok [ -L "$t/link.json" ] || echo "FAIL: symlink: flowc: the link was replaced"
-ok cmp -s "$t/want.json" "$t/real/s.json" \
+holds [ -L "$t/link.json" ] || echo "FAIL: symlink: flowc: the link was replaced"
+holds cmp -s "$t/want.json" "$t/real/s.json" \
     || echo "FAIL: symlink: flowc: the target does not hold the JSON"
 notmp "symlink" "$t"
 notmp "symlink target" "$t/real"
@@ -195,7 +189,7 @@ refuse() {
     "$@" >"$t/so" 2>"$t/err"
     check "$name" 1 $?
     has "$name" "$t/err" "$text"
-    ok cmp -s "$t/before" "$file" \
+    holds cmp -s "$t/before" "$file" \
         || { echo "FAIL: $name: $file changed"; cp "$t/before" "$file"; }
 }
 cp "$t/te.csv" "$t/d.csv"
@@ -272,7 +266,7 @@ far() {
     "$F" train "$t/s.flow" --data "$t/tr.csv" --steps 1000000000 \
         --batch 64 "$@" >"$t/so" 2>"$t/err" &
     bg=$!
-    finish "$name: at once" $bg 20
+    ends_within "$name: at once" $bg 20
     has "$name" "$t/err" "$text"
     if grep -q '^epoch' "$t/err"; then
         echo "FAIL: $name: trained first"; fail=$((fail + 1))
@@ -331,23 +325,23 @@ same "stale temporaries: dead ones removed, the others kept" \
 "$F" train "$t/s.flow" --data "$t/te.csv" --valid "$t/missing.csv" \
     --steps 2 -o "$t/st/a.ckpt" 2>/dev/null
 check "stale temporaries: train (fails on --valid)" 1 $?
-ok [ ! -e "$t/st/.a.ckpt.tmp.$host.$dead.6" ] \
+holds [ ! -e "$t/st/.a.ckpt.tmp.$host.$dead.6" ] \
     || echo "FAIL: stale temporaries: train left .a.ckpt.tmp.$host.$dead.6"
 printf 'half a file' >"$t/st/.s.json.tmp.$host.$dead.7"
 "$FC" --emit=json -o "$t/st/s.json" "$t/s.flow"
 check "stale temporaries: flowc" 0 $?
-ok [ ! -e "$t/st/.s.json.tmp.$host.$dead.7" ] \
+holds [ ! -e "$t/st/.s.json.tmp.$host.$dead.7" ] \
     || echo "FAIL: stale temporaries: flowc left .s.json.tmp.$host.$dead.7"
 
 # ------------------------------------------ checkpoints from stdin
 "$F" eval "$t/a.ckpt" --data "$t/te.csv" >"$t/want"
 "$F" eval - --data "$t/te.csv" <"$t/a.ckpt" >"$t/got" 2>"$t/err"
 check "stdin: eval" 0 $?
-ok cmp -s "$t/want" "$t/got" || echo "FAIL: stdin: eval: other result"
+holds cmp -s "$t/want" "$t/got" || echo "FAIL: stdin: eval: other result"
 "$F" sample "$t/a.ckpt" -n 20 --seed 4 -o "$t/want"
 cat "$t/a.ckpt" | "$F" sample - -n 20 --seed 4 -o "$t/got"
 check "stdin (pipe): sample" 0 $?
-ok cmp -s "$t/want" "$t/got" || echo "FAIL: stdin: sample: other samples"
+holds cmp -s "$t/want" "$t/got" || echo "FAIL: stdin: sample: other samples"
 cat "$t/a.ckpt" | "$F" info - >"$t/got"
 check "stdin: info" 0 $?
 has "stdin: info" "$t/got" "parameters   68"
@@ -356,7 +350,7 @@ has "stdin: info" "$t/got" "parameters   68"
 cat "$t/a.ckpt" | "$F" train "$t/s.flow" --data "$t/tr.csv" --steps 6 \
     --batch 64 --resume - -o "$t/got.ckpt" 2>/dev/null
 check "stdin: train --resume -" 0 $?
-ok cmp -s "$t/want.ckpt" "$t/got.ckpt" \
+holds cmp -s "$t/want.ckpt" "$t/got.ckpt" \
     || echo "FAIL: stdin: train --resume -: another checkpoint"
 # bounded and checksummed as a file is
 size=$(wc -c <"$t/a.ckpt" | tr -d ' ')
@@ -396,5 +390,4 @@ has "stdin: a tensor of 10^12 elements" "$t/err" \
 check "stdin twice" 2 $?
 has "stdin twice" "$t/err" "standard input can be read only once"
 
-echo "outputs: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish outputs

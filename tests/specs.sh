@@ -6,10 +6,7 @@
 # KL(true || model); a trained 2-D density integrates to 1 on a grid.
 # Budgets and measured values: docs/specs.md.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 S="$top_srcdir/specs"
@@ -164,5 +161,4 @@ mass=$(awk 'NR > 1 { i = int((NR - 2) / 121); j = (NR - 2) % 121
     s += w * exp($1) } END { printf "%.6f", s * (12 / 120) ^ 2 }' "$t/fglp.csv")
 band "ffjord density mass on a grid" "$mass" 0.99 1.01
 
-echo "specs: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish specs

@@ -104,7 +104,7 @@ START_TEST(test_round_trip)
     ck_assert_int_eq(memcmp(n, counts, sizeof n), 0);
     ck_assert_int_eq(ckpt_get(ctx, ck, "buffers/pi", CKPT_F64, &pi, 1),
                      FLOW_OK);
-    ck_assert(pi == f64[0]);
+    ck_assert_double_eq(pi, f64[0]);
     ck_assert_uint_eq(ckpt_find(ck, "params/c0/w")->ndim, 2);
     ck_assert_uint_eq(ckpt_find(ck, "params/c0/w")->shape[1], 3);
     ck_assert_uint_eq(ckpt_find(ck, "buffers/empty")->numel, 0);
@@ -120,8 +120,10 @@ START_TEST(test_round_trip)
                      "[{\"epoch\": 1, \"train\": -2.5, \"valid\": -2.6}]");
     ck_assert_int_eq(ckpt_info_get(ctx, ck, &epoch, &step, &has_best, &best),
                      FLOW_OK);
-    ck_assert(epoch == 12 && step == 3400 && has_best);
-    ck_assert(best == -1.2345678901234567);
+    ck_assert_uint_eq(epoch, 12);
+    ck_assert_uint_eq(step, 3400);
+    ck_assert_int_ne(has_best, 0);
+    ck_assert_double_eq(best, -1.2345678901234567);
     /* wrong dtype or count */
     ck_assert_int_eq(ckpt_get(ctx, ck, "rng/state", CKPT_I64, n, 3),
                      FLOW_ERR_FORMAT);
@@ -149,7 +151,7 @@ START_TEST(test_layout)
     f = tu_read(p, &n);
     hlen = fio_get_le(f, 8);
     ck_assert_uint_eq(hlen % 8, 0);
-    ck_assert(8 + hlen < n);
+    ck_assert_uint_lt(8 + hlen, n);
     ck_assert_int_eq(memcmp(f + 8, "{\"__metadata__\":{", 17), 0);
     ck_assert_int_eq(json_parse(ctx, "h", (char *)f + 8, hlen, 16, &doc),
                      FLOW_OK);
@@ -163,7 +165,7 @@ START_TEST(test_layout)
     if (!FLOW_REAL_DOUBLE) {
         uint32_t u = (uint32_t)fio_get_le(f + 8 + hlen + b + 4, 4);
         memcpy(&x, &u, 4);
-        ck_assert(x == 2.0f);
+        ck_assert_float_eq(x, 2.0f);
     }
     /* the data checksum covers exactly the data section */
     {
@@ -415,9 +417,9 @@ START_TEST(test_spec_check)
     ck_assert_str_eq(flow_errmsg(ctx), want);
     ckpt_free(ck);
     /* FNV-1a reference values (Fowler/Noll/Vo test suite) */
-    ck_assert(ckpt_spec_hash("", 0) == 0xcbf29ce484222325ull);
-    ck_assert(ckpt_spec_hash("a", 1) == 0xaf63dc4c8601ec8cull);
-    ck_assert(ckpt_spec_hash("foobar", 6) == 0x85944171f73967e8ull);
+    ck_assert_uint_eq(ckpt_spec_hash("", 0), 0xcbf29ce484222325ull);
+    ck_assert_uint_eq(ckpt_spec_hash("a", 1), 0xaf63dc4c8601ec8cull);
+    ck_assert_uint_eq(ckpt_spec_hash("foobar", 6), 0x85944171f73967e8ull);
 }
 END_TEST
 
@@ -483,7 +485,7 @@ START_TEST(test_rng_resume)
     rng_seed(&a, 99);
     for (int i = 0; i < 7; i++)
         (void)rng_normal1(&a);
-    ck_assert(a.has_spare);
+    ck_assert_int_ne(a.has_spare, 0);
     ckpt_rng_pack(&a, st);
     ck_assert_int_eq(ckpt_writer_add(w, "rng/state", CKPT_U64, shape, 1, st),
                      FLOW_OK);
@@ -508,17 +510,26 @@ END_TEST
 Suite *suite_checkpoint(void)
 {
     Suite *s = suite_create("checkpoint");
-    TCase *tc = tcase_create("checkpoint");
+    TCase *tc = tcase_create("round_trip");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_layout);
+    tcase_add_test(tc, test_rng_resume);
+    suite_add_tcase(s, tc);
+    /* every byte of a file flipped, every length cut: the slow ones */
+    tc = tcase_create("damaged_files");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_every_flipped_byte);
     tcase_add_test(tc, test_truncated);
     tcase_add_test(tc, test_hostile_headers);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("refusals");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_spec_check);
     tcase_add_test(tc, test_writer_errors);
-    tcase_add_test(tc, test_rng_resume);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -611,7 +611,7 @@ END_TEST
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("front_end");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_expansion_and_dep_vecs);

@@ -434,7 +434,7 @@ END_TEST
 Suite *suite_conform(void)
 {
     Suite *s = suite_create("conform");
-    TCase *tc = tcase_create("core"), *to;
+    TCase *tc = tcase_create("simple_layers");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_actnorm_conforms);
@@ -442,12 +442,24 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_logit_conforms);
     tcase_add_test(tc, test_batchnorm_conforms);
     tcase_add_test(tc, test_linear_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("coupling");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_coupling_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("autoregressive");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_autoregressive_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("bug_detection");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
     suite_add_tcase(s, tc);
-    /* residual branch: one test per setting, FD through fixed-point
-     * inverses is slow under the sanitizers */
+    /* one test per setting: FD through fixed-point inverses is slow under
+     * the sanitizers */
     tc = tcase_create("residual");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
@@ -456,10 +468,10 @@ Suite *suite_conform(void)
     suite_add_tcase(s, tc);
     /* ode layers solve ODEs to 1e-11 in the float64 build (~15 s with
      * the sanitizers) */
-    to = tcase_create("ode");
-    tcase_add_checked_fixture(to, setup, teardown);
-    tcase_add_test(to, test_ode_conforms);
-    tcase_set_timeout(to, 120);
-    suite_add_tcase(s, to);
+    tc = tcase_create("ode");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_ode_conforms);
+    suite_add_tcase(s, tc);
     return s;
 }

@@ -61,15 +61,18 @@ START_TEST(test_csv_header_and_values)
     ck_assert_uint_eq(d->c, 0);
     ck_assert_str_eq(flow_data_column_name(d, 0), "x");
     ck_assert_str_eq(flow_data_column_name(d, 1), "y");
-    ck_assert(d->x[0] == 1 && d->x[1] == (flow_real)2.5);
-    ck_assert(d->x[2] == -300 && d->x[3] == 4);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2.5);
+    ck_assert_double_eq(d->x[2], -300);
+    ck_assert_double_eq(d->x[3], 4);
     data_free(d);
     /* no header, no final newline, quoted values, blank lines */
     ck_assert_int_eq(read_text("b.csv", "\n1,\"2\"\n\n3,4", NULL, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, 2);
     ck_assert_ptr_null(d->names);
-    ck_assert(d->x[1] == 2 && d->x[3] == 4);
+    ck_assert_double_eq(d->x[1], 2);
+    ck_assert_double_eq(d->x[3], 4);
     data_free(d);
     /* a quoted header name with a comma and a quote */
     ck_assert_int_eq(read_text("c.csv", "\"a,\"\"b\",c\n1,2\n", NULL, &d),
@@ -92,8 +95,12 @@ START_TEST(test_csv_selection)
                                &d), FLOW_OK);
     ck_assert_uint_eq(d->d, 2);
     ck_assert_uint_eq(d->c, 1);
-    ck_assert(d->x[0] == 4 && d->x[1] == 1 && d->x[2] == 8 && d->x[3] == 5);
-    ck_assert(d->ctx[0] == 3 && d->ctx[1] == 7);
+    ck_assert_double_eq(d->x[0], 4);
+    ck_assert_double_eq(d->x[1], 1);
+    ck_assert_double_eq(d->x[2], 8);
+    ck_assert_double_eq(d->x[3], 5);
+    ck_assert_double_eq(d->ctx[0], 3);
+    ck_assert_double_eq(d->ctx[1], 7);
     ck_assert_str_eq(flow_data_column_name(d, 0), "d");
     ck_assert_str_eq(flow_data_column_name(d, 2), "c");
     data_free(d);
@@ -106,14 +113,17 @@ START_TEST(test_csv_selection)
     o.context = "c";
     ck_assert_int_eq(read_text("a.csv", "a,b,c\n1,2,3\n", &o, &d), FLOW_OK);
     ck_assert_uint_eq(d->d, 2);
-    ck_assert(d->x[0] == 1 && d->x[1] == 2 && d->ctx[0] == 3);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2);
+    ck_assert_double_eq(d->ctx[0], 3);
     data_free(d);
     o.columns = "0";
     o.context = NULL;
     ck_assert_int_eq(read_text("a.csv", "1,label\n2,other\n", &o, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, 2);
-    ck_assert(d->x[0] == 1 && d->x[1] == 2);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2);
     data_free(d);
 }
 END_TEST
@@ -269,7 +279,8 @@ START_TEST(test_csv_many_rows)
     ck_assert_int_eq(data_read(ctx, tu_path(dir, "big.csv"), NULL, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, N);
-    ck_assert(d->x[2 * (N - 1)] == N - 1 && d->x[2 * (N - 1) + 1] == -(N - 1));
+    ck_assert_double_eq(d->x[2 * (N - 1)], N - 1);
+    ck_assert_double_eq(d->x[2 * (N - 1) + 1], -(N - 1));
     data_free(d);
 }
 END_TEST
@@ -319,7 +330,8 @@ START_TEST(test_npy_read)
     ck_assert_uint_eq(d->n, 3);
     ck_assert_uint_eq(d->d, 2);
     for (int i = 0; i < 6; i++)
-        ck_assert(d->x[i] == (flow_real)v8[i]);
+        ck_assert_msg(d->x[i] == (flow_real)v8[i], "x[%d] = %.17g, want %.17g",
+                      i, (double)d->x[i], (double)(flow_real)v8[i]);
     data_free(d);
     /* 1-D <f4 is one column */
     n = make_npy(buf, 1, "{\"shape\": (3,), \"fortran_order\": False, "
@@ -330,7 +342,8 @@ START_TEST(test_npy_read)
     ck_assert_uint_eq(d->n, 3);
     ck_assert_uint_eq(d->d, 1);
     for (int i = 0; i < 3; i++)
-        ck_assert(d->x[i] == (flow_real)v4[i]);
+        ck_assert_msg(d->x[i] == (flow_real)v4[i], "x[%d] = %.17g, want %.17g",
+                      i, (double)d->x[i], (double)(flow_real)v4[i]);
     data_free(d);
 }
 END_TEST
@@ -528,9 +541,12 @@ START_TEST(test_mutations)
         tu_write(p, buf, n);
         rc = data_read(ctx, p, NULL, &d);
         if (rc == FLOW_OK) {
-            ck_assert(d && d->n > 0 && d->d > 0);
+            ck_assert_ptr_nonnull(d);
+            ck_assert_uint_gt(d->n, 0);
+            ck_assert_uint_gt(d->d, 0);
             for (size_t i = 0; i < d->n * d->d; i++)
-                ck_assert(isfinite(d->x[i]));
+                ck_assert_msg(isfinite(d->x[i]), "x[%zu] = %g", i,
+                              (double)d->x[i]);
             ok++;
             data_free(d);
         } else {
@@ -676,7 +692,7 @@ END_TEST
 Suite *suite_data(void)
 {
     Suite *s = suite_create("data");
-    TCase *tc = tcase_create("files");
+    TCase *tc = tcase_create("csv");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_csv_header_and_values);
@@ -685,15 +701,27 @@ Suite *suite_data(void)
     tcase_add_test(tc, test_csv_long_lines);
     tcase_add_test(tc, test_round_trip_bits);
     tcase_add_test(tc, test_csv_many_rows);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("npy");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_npy_read);
     tcase_add_test(tc, test_npy_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("files");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_stdin);
-    tcase_add_test(tc, test_mutations);
     tcase_add_test(tc, test_crc32c);
     tcase_add_test(tc, test_csv_hex_and_underflow);
     tcase_add_test(tc, test_locate);
     tcase_add_test(tc, test_write_nonfinite);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("mutations");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -297,7 +297,7 @@ END_TEST
 Suite *suite_loader(void)
 {
     Suite *s = suite_create("loader");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("plugins");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_good_plugin_loads);
     tcase_add_test(tc, test_not_found_lists_dirs);

@@ -82,7 +82,8 @@ START_TEST(test_converges_to_gaussian_mle)
     ck_assert_int_eq(flow_model_evaluate(m, N, x, NULL, 500, &mean, &se),
                      FLOW_OK);
     ck_assert_double_eq_tol(mean, want, 2e-3);   /* the MLE's log-lik */
-    ck_assert(se > 0.01 && se < 0.1);
+    ck_assert_double_gt(se, 0.01);
+    ck_assert_double_lt(se, 0.1);
     flow_trainer_free(t);
     flow_model_free(m);
     free(x);
@@ -139,8 +140,8 @@ START_TEST(test_resume_is_bit_identical)
     tb = flow_trainer_new(b, &cfg, x, NULL, N);
     for (int s = 0; s < 30; s++)
         ck_assert_int_eq(flow_trainer_step(tb, NULL), FLOW_OK);
-    ck_assert(memcmp(flow_model_params(a), flow_model_params(b),
-                     np * sizeof(flow_real)) != 0);
+    ck_assert_mem_ne(flow_model_params(a), flow_model_params(b),
+                     np * sizeof(flow_real));
     flow_trainer_free(ta);
     flow_trainer_free(tb);
     flow_trainer_free(tc);
@@ -270,12 +271,12 @@ START_TEST(test_early_stopping_restores_best)
     keep = flow_model_params(m)[0];
     flow_model_params(m)[0] = 0.7f;
     flow_trainer_validated(t, -1.5);
-    ck_assert(!flow_trainer_should_stop(t));
+    ck_assert_int_eq(flow_trainer_should_stop(t), 0);
     flow_model_params(m)[0] = 0.9f;
     flow_trainer_validated(t, -1.2);
-    ck_assert(flow_trainer_should_stop(t));
+    ck_assert_int_ne(flow_trainer_should_stop(t), 0);
     ck_assert_int_eq(flow_trainer_restore_best(t), FLOW_OK);
-    ck_assert(flow_model_params(m)[0] == keep);
+    ck_assert_double_eq(flow_model_params(m)[0], keep);
     flow_trainer_free(t);
     flow_model_free(m);
 }
@@ -305,7 +306,7 @@ START_TEST(test_divergence_is_reported)
     flow_trainer_get_state(t, &st);
     ck_assert_uint_eq(st.skipped, 3);
     ck_assert_uint_eq(st.step, 0);          /* no update was applied */
-    ck_assert(flow_model_params(m)[0] == 0);
+    ck_assert_double_eq(flow_model_params(m)[0], 0);
     flow_trainer_free(t);
     flow_model_free(m);
 }
@@ -481,14 +482,22 @@ END_TEST
 Suite *suite_train(void)
 {
     Suite *s = suite_create("train");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("optimiser");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_converges_to_gaussian_mle);
-    tcase_add_test(tc, test_resume_is_bit_identical);
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_clipping);
     tcase_add_test(tc, test_subnormal_moments_flushed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("resume");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_resume_is_bit_identical);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("stopping");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_early_stopping_restores_best);
     tcase_add_test(tc, test_divergence_is_reported);
     suite_add_tcase(s, tc);
