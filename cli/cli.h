@@ -75,11 +75,9 @@ int cli_check_output_sources(const char *cmd, const char *out,
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 
-/* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal;
- * v as a JSON number with `digits` significant digits, or null for inf
- * and NaN, which JSON lacks (common.c). */
+/* Seconds on the monotonic clock; v as a JSON number with `digits` significant digits, or null for inf
+ * and NaN, which JSON lacks (common.c).  Strings: flow_json_string. */
 double cli_now_s(void);
-void cli_json_str(FILE *f, const char *s);
 void cli_json_num(FILE *f, double v, int digits);
 
 /* Growing text (the JSON training history; common.c): on running out

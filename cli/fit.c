@@ -191,9 +191,9 @@ static void print_report(const fit_opts *o, const char *ttext,
 {
     if (o->json) {
         printf("{\"checkpoint\": ");
-        cli_json_str(stdout, o->out);
+        flow_json_string(stdout, o->out);
         printf(", \"target\": ");
-        cli_json_str(stdout, ttext);
+        flow_json_string(stdout, ttext);
         printf(", \"steps\": %llu, \"skipped_steps\": %llu, "
                "\"samples\": %zu", (unsigned long long)st->step,
                (unsigned long long)st->skipped, s->n);

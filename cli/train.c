@@ -561,7 +561,7 @@ int cli_cmd_train(int argc, char **argv)
     flow_trainer_get_state(t, &st);
     if (o.json) {
         printf("{\"checkpoint\": ");
-        cli_json_str(stdout, o.out);
+        flow_json_string(stdout, o.out);
         printf(", \"steps\": %llu, \"epochs\": %llu, \"final_loss\": ",
                (unsigned long long)st.step, (unsigned long long)st.epoch
                + (st.pos > 0));

@@ -246,14 +246,14 @@ static void print_compare_json(const cmp_opts *o, const cmp_row *rows,
                                size_t n)
 {
     printf("{\"data\": ");
-    cli_json_str(stdout, o->data);
+    flow_json_string(stdout, o->data);
     printf(", \"rows\": %zu, \"best\": ", n);
-    cli_json_str(stdout, o->ckpts[rows[0].model]);
+    flow_json_string(stdout, o->ckpts[rows[0].model]);
     printf(", \"models\": [");
     for (size_t i = 0; i < o->n_ckpts; i++) {
         const cmp_row *r = &rows[i];
         printf("%s{\"rank\": %zu, \"checkpoint\": ", i ? ", " : "", i + 1);
-        cli_json_str(stdout, o->ckpts[r->model]);
+        flow_json_string(stdout, o->ckpts[r->model]);
         printf(", \"loglik\": %.9g, \"stderr\": %.9g, \"diff\": %.9g, "
                "\"diff_stderr\": %.9g, \"unpaired_stderr\": %.9g, \"z\": ",
                r->mean, r->se, r->diff, r->diff_se, r->unpaired_se);
@@ -714,7 +714,7 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
     }
     if (o->json) {
         fprintf(f, "{\"checkpoint\": ");
-        cli_json_str(f, o->ckpt);
+        flow_json_string(f, o->ckpt);
         fprintf(f, ", \"mass\": %.9g, \"samples\": %zu, \"seed\": %llu, "
                 "\"level\": %.9g, \"regions\": [", o->mass, o->samples,
                 (unsigned long long)o->seed, o->level);

@@ -177,9 +177,6 @@ int diag_stopped(const flow_compilation *c);
 const char *diag_suggest(const char *name, const char *const *cands,
                          size_t n);
 size_t diag_edit_distance(const char *a, const char *b);
-/* Writes s as a JSON string literal (bytes outside printable ASCII as
- * \u00XX escapes). */
-void diag_json_str(FILE *f, const char *s);
 
 /* source.c */
 /* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0

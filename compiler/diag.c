@@ -196,34 +196,19 @@ static void print_text(const flow_compilation *c, const diag_rec *d, FILE *f,
         fprintf(f, "help: %s\n", p->help);
 }
 
-void diag_json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20 || ch >= 0x7f)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void print_json(const diag_rec *d, FILE *f, int last)
 {
     const flow_diagnostic *p = &d->pub;
     fputs("  {\"file\": ", f);
-    diag_json_str(f, p->file);
+    flow_json_string(f, p->file);
     fprintf(f, ", \"line\": %d, \"column\": %d, \"end_line\": %d, "
                "\"end_column\": %d, \"severity\": \"%s\", \"code\": \"%s\", "
                "\"message\": ", p->line, p->col, p->end_line, p->end_col,
             p->severity == FLOW_SEV_ERROR ? "error" : "warning", p->code);
-    diag_json_str(f, p->message);
+    flow_json_string(f, p->message);
     fputs(", \"help\": ", f);
     if (p->help)
-        diag_json_str(f, p->help);
+        flow_json_string(f, p->help);
     else
         fputs("null", f);
     fputs(last ? "}\n" : "},\n", f);

@@ -676,3 +676,15 @@ void json_buf_value(json_buf *b, const json_value *v)
         break;
     }
 }
+
+void flow_json_string(FILE *f, const char *s)
+{
+    json_buf b;
+    json_buf_init(&b);
+    json_buf_string(&b, s ? s : "", s ? strlen(s) : 0);
+    if (!b.oom)
+        fwrite(b.s, 1, b.len, f);
+    else
+        fputs("\"\"", f);     /* out of memory: still valid JSON */
+    json_buf_free(&b);
+}

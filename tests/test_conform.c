@@ -239,7 +239,7 @@ START_TEST(test_autoregressive_conforms)
 }
 END_TEST
 
-/* residual branch: exact mode for the deterministic checks (evaluation
+/* The residual layer: exact mode for the deterministic checks (evaluation
  * mode is exact in every mode, so series/roulette layers take them too);
  * the inverse iterates to a tolerance the FD checks cannot see. */
 static const struct { int act, mode; size_t d, k; double coeff; }
@@ -280,7 +280,6 @@ START_TEST(test_residual_conforms)
     ck_assert_uint_gt(rep.n, 12);
 }
 END_TEST
-/* -- end residual */
 /* Resolved attributes of an ode layer (table order of plugins/ode.c):
  * hidden [12, 10], tanh/softplus/elu, time, solver, trace, gradient, t0,
  * t1, identity_init.  Tolerances tight enough that solver error stays

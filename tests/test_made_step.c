@@ -1,4 +1,4 @@
-/* test_made_step.c - the MADE speed paths (mafperf): sampling degree by
+/* test_made_step.c - the MADE speed paths: sampling degree by
  * degree (nn_made_step) against dense forward passes on random weights,
  * masked weights included, and through 64 sequential affine inversions;
  * premasked nets (gradients of masked weights exactly 0, the check and

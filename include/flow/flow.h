@@ -520,6 +520,12 @@ FLOW_API FILE *flow_output_stream(flow_output *o);
 FLOW_API int flow_output_commit(flow_ctx *ctx, flow_output *o);
 FLOW_API void flow_output_abort(flow_output *o);
 
+/* Writes s (NULL: "") to f as a JSON string literal (RFC 8259): quotes,
+ * backslashes and control characters escaped, bytes that are not UTF-8
+ * written as U+FFFD so the output stays valid JSON.  The one string
+ * escaper behind every JSON that flowkit, flowc and the library write. */
+FLOW_API void flow_json_string(FILE *f, const char *s);
+
 /* ====================================================================
  * Checkpoints (runtime/ckpt_model.c; layout in docs/formats.md).
  *
