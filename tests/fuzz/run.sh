@@ -112,12 +112,17 @@ clang $cflags -fsanitize=fuzzer -D$def -o "$work/fuzz_$target" \
 
 dict=""
 [ -f "$top/tests/fuzz/$target.dict" ] && dict="-dict=$top/tests/fuzz/$target.dict"
+# an input of the checkpoint targets takes milliseconds: one that runs for
+# 30 s hangs (a finding within the run, not after libFuzzer's 20 minutes)
+timeout=""
+case $target in ckpt|ckpt_fixed) timeout="-timeout=30" ;; esac
 # shellcheck disable=SC2086
-"$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 $dict \
+"$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 $dict $timeout \
     -artifact_prefix="$work/crashes/" -print_final_stats=1 ${FUZZ_ARGS:-} \
     "$work/corpus" >"$work/fuzz.log" 2>&1 || true
-# the final status line (coverage, corpus) and the statistics
-grep -E '^#[0-9]+[[:space:]]+DONE' "$work/fuzz.log" | tail -n 1 || true
+# the last status line (DONE: executions, coverage, corpus; after a
+# finding, the executions until then) and the statistics
+grep -E '^#[0-9]+[[:space:]]' "$work/fuzz.log" | tail -n 1 || true
 grep -E '^(Done|stat::)' "$work/fuzz.log" || true
 # a crash (or leak, timeout, OOM) leaves a file in crashes/ (and the
 # fuzzer's log ends with its report); slow units (> 10 s) are reported,
