@@ -110,8 +110,9 @@ static void repair(unsigned char *d, size_t size)
  * embedded spec with the stored target, builds the model and restores
  * parameters, buffers, RNG and, when stored, the training state into a
  * trainer over a few rows of zeros.  Only when the spec matches its
- * spec_hash: mutated spec text is the spec target's business, and loading
- * refuses a spec that does not match its hash. */
+ * spec_hash: mutated spec text is the spec target's business, and a spec
+ * that does not match its hash is not the one the parameters were
+ * trained for. */
 static void restore(ckpt *ck, const char *path)
 {
     static const flow_real zeros[64 * 8];
