@@ -46,6 +46,7 @@ int main(void)
     srunner_add_suite(sr, suite_vi());         /* vi branch */
     srunner_add_suite(sr, suite_vi_fit());
     srunner_add_suite(sr, suite_tgemm());      /* cnfspeed */
+    srunner_add_suite(sr, suite_alloc_fail());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -48,6 +48,7 @@ Suite *suite_ode(void);        /* ode layer and its solvers */
 Suite *suite_vi(void);         /* vi branch: targets, ELBO, log Z */
 Suite *suite_vi_fit(void);     /* vi branch: fits (slow; not valgrind) */
 Suite *suite_tgemm(void);      /* cnfspeed: runtime/tgemm.c */
+Suite *suite_alloc_fail(void); /* allocation failures, tests/alloc_fail.h */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */
