@@ -52,7 +52,7 @@ static flow_real data[ROWS * DIM], context[ROWS * CDIM];
 typedef struct outcome {
     const char *stage;          /* the call that failed; NULL: none       */
     int status;                 /* its status (FLOW_ERR_NOMEM for NULL)   */
-    char msg[256];              /* its message                            */
+    char msg[2048];             /* its message (a context holds as much)  */
     flow_real lp[ROWS];         /* the restored model's log-densities     */
     int same;                   /* restored == trained, bit for bit       */
 } outcome;
@@ -222,8 +222,9 @@ static long reference(flow_ctx *given, outcome *ref)
  * failing (persist: and every later one).  A run either fails at some
  * call with a status and a message that says out of memory, or succeeds
  * with the reference's numbers (an allocation whose failure is absorbed
- * must not change a result).  Returns the number of runs that did
- * neither, each printed; *absorbed counts the successes.
+ * must not change a result); either way it leaves no file behind but
+ * the checkpoint, which session removes.  Returns the number of runs that
+ * did otherwise, each printed; *absorbed counts the successes.
  * FLOW_ALLOC_FAIL_TRACE=1 prints each k before its run (to find the one
  * that crashed) and the outcome after. */
 static long walk(flow_ctx *given, long n, int persist, const outcome *ref,
@@ -244,6 +245,11 @@ static long walk(flow_ctx *given, long n, int persist, const outcome *ref,
             fprintf(stderr, "  %s after %ld allocations: %s\n",
                     rc ? o.stage : "succeeded", alloc_fail_count(), o.msg);
         alloc_fail_after(-1, 0);
+        if (tu_count_entries(dir) != 1) {
+            fprintf(stderr, "alloc_fail: allocation %ld: %d files left in "
+                    "%s (a temporary?)\n", k, tu_count_entries(dir), dir);
+            bad++;
+        }
         if (rc == FLOW_OK) {
             ++*absorbed;
             if (!o.same || memcmp(o.lp, ref->lp, sizeof o.lp) != 0) {

@@ -15,7 +15,7 @@ pass=0
 fail=0
 runner=$(dirname "$FLOWKIT")/tests/flowkit_tests
 for s in loader permute model train layers ckpt_model compiler matrix nn \
-         transform json checkpoint vi tgemm; do
+         transform json checkpoint vi tgemm alloc_fail; do
     if CK_FORK=no CK_RUN_SUITE=$s valgrind -q --error-exitcode=1 \
             --leak-check=full --errors-for-leak-kinds=definite \
             "$runner" >"$s.vg.log" 2>&1; then
