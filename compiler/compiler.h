@@ -3,6 +3,7 @@
 #ifndef FLOW_COMPILER_H
 #define FLOW_COMPILER_H
 
+#include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -259,6 +260,7 @@ typedef struct lex_state {
     int eof_line, eof_col;
     int stop;                       /* fatal: return end of input         */
     int line, col;                  /* position of the next character     */
+    jmp_buf fatal;                  /* flex's fatal errors (lexer.l)      */
 } lex_state;
 
 #endif

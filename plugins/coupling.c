@@ -197,7 +197,9 @@ static void *coupling_create(const flow_host *host,
     int32_t *mask = host->calloc(cfg->dim, sizeof *mask);
     if (!c || !mask) {
         snprintf(diag->message, sizeof diag->message, "out of memory");
-        goto fail;
+        host->free(mask);
+        host->free(c);              /* c->host is not set yet */
+        return NULL;
     }
     c->host = host;
     c->d = cfg->dim;

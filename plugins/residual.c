@@ -382,6 +382,8 @@ static int exact_logdet(const residual *r, const flow_call *call, rws *w,
         for (size_t i = 0; i < d; i++)
             w->mat[i * d + i] += 1;
         rc = r->host->slogdet(d, w->mat, &la, &sign);
+        if (rc == FLOW_ERR_NOMEM)
+            return r->host->error(call, "row %zu: out of memory", s);
         if (rc != FLOW_OK || sign <= 0 || !isfinite(la))
             return r->host->error(call, "det(I + dg/dx) is %s at row %zu "
                                   "(the Lipschitz bound %g < 1 should make it "
@@ -486,9 +488,13 @@ static int invert_all(const residual *r, const flow_call *call, rws *w)
     size_t d = r->d, dd = d * d;
     for (size_t s = 0; s < call->n; s++) {
         flow_real *m = w->jac + s * dd;
+        int rc;
         for (size_t i = 0; i < d; i++)
             m[i * d + i] += 1;
-        if (r->host->matinv(d, m) != FLOW_OK)
+        rc = r->host->matinv(d, m);
+        if (rc == FLOW_ERR_NOMEM)
+            return r->host->error(call, "row %zu: out of memory", s);
+        if (rc != FLOW_OK)
             return r->host->error(call, "I + dg/dx is singular at row "
                                   "%zu", s);
     }

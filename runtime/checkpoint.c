@@ -328,7 +328,7 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
         off += t->nbytes;
     }
     json_buf_raw(b, "}", 1);
-    while (b->len % 8)
+    while (b->len % 8 && !b->oom)   /* out of memory: it grows no more */
         json_buf_raw(b, " ", 1);
     if (b->oom)
         return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");

@@ -450,7 +450,7 @@ int flow_plugin_load_all(flow_ctx *ctx)
     }
     rc = FLOW_OK;
 done:
-    for (size_t i = 0; lists && i < ctx->n_dirs; i++) {
+    for (size_t i = 0; lists && counts && i < ctx->n_dirs; i++) {
         for (size_t j = 0; j < counts[i]; j++)
             free(lists[i][j]);
         free(lists[i]);

@@ -34,7 +34,8 @@
     X(ode)          /* ode layers and their solvers */ \
     X(vi)           /* targets, ELBO, log Z */ \
     X(vi_fit)       /* fits to targets (seconds each) */ \
-    X(tgemm)        /* runtime/tgemm.c */
+    X(tgemm)        /* runtime/tgemm.c */ \
+    X(alloc_fail)   /* every allocation of a session failing in turn */
 
 #define FLOW_TEST_DECLARE(name) Suite *suite_##name(void);
 FLOW_TEST_SUITES(FLOW_TEST_DECLARE)
