@@ -564,4 +564,15 @@ has "actnorm constant column: warning" "$t/err" "flowkit: warning: actnorm: inpu
 if grep -q "actnorm" "$t/err"; then echo "FAIL: actnorm warns on varied data"
     fail=$((fail + 1)); else pass=$((pass + 1)); fi
 
+# ------------------------------ hangs, overflows, undefined behaviour
+# a step budget that overflows: 3689348814741910324 epochs x 5 steps
+# wrapped to 4 steps and exited 0
+fails_rc 2 "--epochs overflow" "--epochs 3689348814741910324 x 5 steps per epoch" \
+    "$F" train "$t/small.flow" --data "$t/tr.csv" --batch 64 \
+    --epochs 3689348814741910324 -o "$O/e.ckpt"
+sed 's/output z ~ normal;/output z ~ normal;\n    train { epochs = 9223372036854775807; }/' \
+    "$t/small.flow" >"$t/ep.flow"
+fails_rc 2 "train epochs overflow" "train setting epochs = 9223372036854775808 x 5 steps per epoch" \
+    "$F" train "$t/ep.flow" --data "$t/tr.csv" --batch 64 -o "$O/e.ckpt"
+
 finish hostile
