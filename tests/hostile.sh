@@ -575,4 +575,21 @@ sed 's/output z ~ normal;/output z ~ normal;\n    train { epochs = 9223372036854
 fails_rc 2 "train epochs overflow" "train setting epochs = 9223372036854775808 x 5 steps per epoch" \
     "$F" train "$t/ep.flow" --data "$t/tr.csv" --batch 64 -o "$O/e.ckpt"
 
+# batchnorm(eps = 0) on a constant column: 0 / 0 in batchnorm; the
+# coupling after it failed on the NaN and was blamed (and the float
+# build's vectorised exp converted the NaN to an integer: UBSan)
+cat >"$t/bn0.flow" <<'EOF'
+flow bn0 {
+    input x : real[2];
+    batchnorm(eps = 0);
+    repeat 2 as i { coupling(mask = parity(i), hidden = [8]); }
+    output z ~ normal;
+}
+EOF
+fails "batchnorm eps 0: the layer that made the NaN" \
+    "batchnorm#0 ($t/bn0.flow:3:5, " \
+    "$F" train "$t/bn0.flow" --data "$t/const.csv" --steps 2 -o "$O/bn.ckpt"
+has "batchnorm eps 0: its row and the later failure" "$t/err" \
+    "forward: row 0 of 300: finite input, non-finite output (then coupling#1 ($t/bn0.flow:4:21"
+
 finish hostile
