@@ -592,4 +592,17 @@ fails "batchnorm eps 0: the layer that made the NaN" \
 has "batchnorm eps 0: its row and the later failure" "$t/err" \
     "forward: row 0 of 300: finite input, non-finite output (then coupling#1 ($t/bn0.flow:4:21"
 
+# a FIFO with no writer as a checkpoint, spec or import blocked open()
+# for ever: refused as not a regular file (data may be a FIFO: streamed)
+mkfifo "$t/fifo"
+fails "FIFO checkpoint: info" "fifo: not a regular file" \
+    timeout 10 "$F" info "$t/fifo"
+fails "FIFO checkpoint: eval" "fifo: not a regular file" \
+    timeout 10 "$F" eval "$t/fifo" --data "$t/te.csv"
+fails "FIFO spec: train" "cannot read spec: not a regular file (a FIFO, device or socket)" \
+    timeout 10 "$F" train "$t/fifo" --data "$t/tr.csv" -o "$O/f.ckpt"
+printf 'import "fifo";\n' | cat - "$t/small.flow" >"$t/impfifo.flow"
+fails "FIFO import: train" "impfifo.flow:1:8: error[F0010]: cannot read import '$t/fifo': not a regular file" \
+    timeout 10 "$F" train "$t/impfifo.flow" --data "$t/tr.csv" -o "$O/f.ckpt"
+
 finish hostile
