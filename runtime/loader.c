@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ctx.h"
@@ -62,8 +63,46 @@ static int add_dir(flow_ctx *ctx, const char *s, size_t len)
     return FLOW_OK;
 }
 
-/* Builds the search list once per context: FLOW_PLUGIN_PATH, then the
- * installed directory. */
+/* Is FLOW_PLUGIN_PATH's entry s[0..len) a directory to search?  A
+ * relative entry would search below the current directory, wherever the
+ * command runs (FLOW_PLUGIN_PATH=sub loaded ./sub/[*].so): ignored, as an
+ * entry that is not a directory; both with a warning (the host's log
+ * channel).  An empty entry is skipped silently. */
+static int usable_dir(const char *s, size_t len)
+{
+    const flow_host *h = flow_host_services();
+    char dir[PATH_MAX];
+    struct stat st;
+    if (len == 0)
+        return 0;
+    if (s[0] != '/') {
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%.*s' is a "
+               "relative path: ignored (give absolute directories; the "
+               "current directory is never searched)", (int)len, s);
+        return 0;
+    }
+    if (len >= sizeof dir) {
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%.*s...' is too "
+               "long: ignored", 64, s);
+        return 0;
+    }
+    memcpy(dir, s, len);
+    dir[len] = '\0';
+    if (stat(dir, &st) != 0) {
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%s': %s: ignored",
+               dir, strerror(errno));
+        return 0;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%s' is not a "
+               "directory: ignored", dir);
+        return 0;
+    }
+    return 1;
+}
+
+/* Builds the search list once per context: FLOW_PLUGIN_PATH (its usable
+ * entries), then the installed directory. */
 static int ensure_dirs(flow_ctx *ctx)
 {
     const char *env = getenv("FLOW_PLUGIN_PATH");
@@ -74,7 +113,7 @@ static int ensure_dirs(flow_ctx *ctx)
         for (;;) {
             const char *colon = strchr(p, ':');
             size_t len = colon ? (size_t)(colon - p) : strlen(p);
-            if (add_dir(ctx, p, len) != FLOW_OK)
+            if (usable_dir(p, len) && add_dir(ctx, p, len) != FLOW_OK)
                 goto nomem;
             if (!colon)
                 break;

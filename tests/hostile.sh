@@ -605,4 +605,21 @@ printf 'import "fifo";\n' | cat - "$t/small.flow" >"$t/impfifo.flow"
 fails "FIFO import: train" "impfifo.flow:1:8: error[F0010]: cannot read import '$t/fifo': not a regular file" \
     timeout 10 "$F" train "$t/impfifo.flow" --data "$t/tr.csv" -o "$O/f.ckpt"
 
+# a relative FLOW_PLUGIN_PATH entry searched below the current directory
+# (FLOW_PLUGIN_PATH=sub loaded ./sub/*.so): ignored with a warning, as are
+# a missing directory and a file
+mkdir "$t/cwd" "$t/cwd/sub"
+cp "${FLOW_PLUGIN_PATH%%:*}/coupling.so" "$t/cwd/sub/"
+(cd "$t/cwd" && FLOW_PLUGIN_PATH="sub:$t/none:$t/tr.csv" "$F" plugins \
+    >"$t/plist" 2>"$t/err")
+has "relative plugin path: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry 'sub' is a relative path: ignored (give absolute directories; the current directory is never searched)"
+has "missing plugin directory: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/none': No such file or directory: ignored"
+has "plugin path entry is a file: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/tr.csv' is not a directory: ignored"
+if grep -q "coupling" "$t/plist"; then
+    bad "relative plugin path: ./sub/coupling.so loaded: $(cat "$t/plist")"
+else ok; fi
+
 finish hostile
