@@ -478,6 +478,22 @@ static const char *suggest_in_scope(void *ctx, const char *name)
     return suggest_name(h->S, h->sc, name);
 }
 
+/* The help for a type not found: a plugin on the path that failed to
+ * load (on demand, flow_plugin_load_on_demand, which leaves the loader's
+ * message in the context: "plugin FILE: ...", "cannot load plugin FILE:
+ * ...", "duplicate ... type") may be the one that provides it. */
+static const char *plugin_trouble(sema *S, const char *otherwise)
+{
+    const char *e = flow_errmsg(S->c->ctx);
+    int from_loader = e && (!strncmp(e, "plugin ", 7)
+                            || !strncmp(e, "cannot load plugin ", 19)
+                            || !strncmp(e, "duplicate ", 10));
+    const char *h = from_loader ? arena_printf(&S->c->mem, "a plugin on the "
+                                           "search path failed to load: %s",
+                                           e) : NULL;
+    return h ? h : otherwise;
+}
+
 static const char *suggest_layer(sema *S, const char *name)
 {
     const char *cands[MAX_SUGGEST];
@@ -568,7 +584,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
         if (best)
             snprintf(help, sizeof help, "did you mean '%s'?", best);
         diag_error(S->c, "F0102", s->name_loc, best ? help
-                   : "`flowkit plugins` lists the layer types found",
+                   : plugin_trouble(S, "`flowkit plugins` lists the layer "
+                                    "types found"),
                    "unknown layer type '%s'", s->name);
         return;
     }
@@ -1112,7 +1129,8 @@ static void decl_target(sema *S, const stmt *s, binding *sc)
         if (best)
             snprintf(help, sizeof help, "did you mean '%s'?", best);
         diag_error(S->c, "F0700", s->name_loc, best ? help
-                   : "`flowkit plugins` lists the targets found",
+                   : plugin_trouble(S, "`flowkit plugins` lists the targets "
+                                    "found"),
                    "unknown target type '%s'", s->name);
         return;
     }

@@ -606,8 +606,8 @@ fails "FIFO import: train" "impfifo.flow:1:8: error[F0010]: cannot read import '
     timeout 10 "$F" train "$t/impfifo.flow" --data "$t/tr.csv" -o "$O/f.ckpt"
 
 # a relative FLOW_PLUGIN_PATH entry searched below the current directory
-# (FLOW_PLUGIN_PATH=sub loaded ./sub/*.so): ignored with a warning, as are
-# a missing directory and a file
+# (FLOW_PLUGIN_PATH=sub loaded ./sub/*.so): ignored with a warning; a
+# missing directory and a file get a warning
 mkdir "$t/cwd" "$t/cwd/sub"
 cp "${FLOW_PLUGIN_PATH%%:*}/coupling.so" "$t/cwd/sub/"
 (cd "$t/cwd" && FLOW_PLUGIN_PATH="sub:$t/none:$t/tr.csv" "$F" plugins \
@@ -615,11 +615,40 @@ cp "${FLOW_PLUGIN_PATH%%:*}/coupling.so" "$t/cwd/sub/"
 has "relative plugin path: warned" "$t/err" \
     "flowkit: warning: FLOW_PLUGIN_PATH entry 'sub' is a relative path: ignored (give absolute directories; the current directory is never searched)"
 has "missing plugin directory: warned" "$t/err" \
-    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/none': No such file or directory: ignored"
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/none': No such file or directory"
 has "plugin path entry is a file: warned" "$t/err" \
-    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/tr.csv' is not a directory: ignored"
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/tr.csv' is not a directory"
 if grep -q "coupling" "$t/plist"; then
     bad "relative plugin path: ./sub/coupling.so loaded: $(cat "$t/plist")"
 else ok; fi
+
+# a plugin on the path that aborts in its constructor killed every
+# command, naming no file: plugins load on demand (NAME.so first), so a
+# command whose spec does not need it runs; one that looks for an unknown
+# type loads everything and the fatal signal names the file
+mkdir "$t/crash"
+printf '#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\nvoid *flow_plugin_entry(void) { return 0; }\n' >"$t/crash/boom.c"
+${CC:-cc} -shared -fPIC -o "$t/crash/zz.so" "$t/crash/boom.c"
+CP="$FLOW_PLUGIN_PATH:$t/crash"
+FLOW_PLUGIN_PATH=$CP "$F" eval "$t/a.ckpt" --data "$t/te.csv" >"$t/stdout" 2>"$t/err"
+check "crashing plugin on the path: eval" 0 $?
+FLOW_PLUGIN_PATH=$CP "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 1 \
+    -o "$t/cr.ckpt" 2>"$t/err"
+check "crashing plugin on the path: train" 0 $?
+sed 's/coupling(/nosuch(/' "$t/small.flow" >"$t/nosuch.flow"
+FLOW_PLUGIN_PATH=$CP "$F" check "$t/nosuch.flow" >"$t/stdout" 2>"$t/err"
+check "crashing plugin, unknown type: dies of SIGABRT" 134 $?
+has "crashing plugin, unknown type: the file named" "$t/err" \
+    "flowkit: fatal signal while loading plugin $t/crash/zz.so (its constructor or flow_plugin_entry())"
+# a plugin that fails to load (another ABI) is named where a type is not
+# found, and harms no other command
+mkdir "$t/badabi"
+cp "$FLOW_TEST_PLUGINS/badabi.so" "$t/badabi/zz.so"
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/badabi" "$F" eval "$t/a.ckpt" \
+    --data "$t/te.csv" >"$t/stdout" 2>"$t/err"
+check "broken plugin on the path: eval" 0 $?
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/badabi" fails "broken plugin, unknown type: named" \
+    "help: a plugin on the search path failed to load: plugin $t/badabi/zz.so: ABI version mismatch" \
+    "$F" check "$t/nosuch.flow"
 
 finish hostile
