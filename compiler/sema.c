@@ -36,6 +36,7 @@ struct sema {
     size_t work;
     size_t cells;               /* sum of layer widths so far             */
     size_t values;              /* evaluated values so far                */
+    size_t params;              /* the layers' parameters so far          */
     int halted;                 /* a limit was hit: stop expanding        */
     int have_input, have_context, have_output, have_target;
     int target_line;
@@ -630,9 +631,21 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     n->config.host = flow_host_services();
     if (!n->label)
         return;
-    if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
-        && n->desc->dep != FLOW_DEP_PERMUTATION)
+    if (describe_layer(S, n, idx, alocs, s->name_loc) != 0)
+        return;
+    if (n->desc->dep != FLOW_DEP_PERMUTATION)
         S->pristine = 0;
+    /* a flow that could not be trained in memory (and would make `flowkit
+     * check` run for ever) is refused here, at the layer that tips it */
+    if (n->desc->n_params > FLOW_MAX_PARAMS - S->params) {
+        diag_error(S->c, "F0402", s->loc, "use narrower or fewer layers",
+                   "%s: %zu parameters, %zu before it: the flow would have "
+                   "more than %u learnable parameters", n->label,
+                   n->desc->n_params, S->params, (unsigned)FLOW_MAX_PARAMS);
+        S->halted = 1;
+        return;
+    }
+    S->params += n->desc->n_params;
 }
 
 /* --- blocks ----------------------------------------------------------- */

@@ -651,4 +651,25 @@ FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/badabi" fails "broken plugin, unknown typ
     "help: a plugin on the search path failed to load: plugin $t/badabi/zz.so: ABI version mismatch" \
     "$F" check "$t/nosuch.flow"
 
+# no limit on a flow's parameters: a 12.9e9-parameter spec compiled and
+# `check --attr hidden=[65536,65536]` ran for ever; F0402 at the layer
+# that tips it past 2^30, and check refuses what would not fit in memory
+fails_rc 2 "4.3e9 parameters: check" \
+    "error[F0402]: coupling#0: 4295294978 parameters, 0 before it: the flow would have more than 1073741824 learnable parameters" \
+    timeout 20 "$F" check coupling --dim 2 --attr 'hidden=[65536,65536]'
+fails "1.2e9 parameters: train" "too_many_params.flow:5:3: error[F0402]" \
+    timeout 20 "$F" train "$top_srcdir/tests/specs/bad/too_many_params.flow" \
+    --data "$t/tr.csv" -o "$O/p.ckpt"
+# under a 4 GB address-space limit, 67M parameters (about 2 GiB to check)
+# are refused before any check runs (not under ASan, which needs more)
+if (ulimit -v 4000000 && "$F" --version) >/dev/null 2>&1; then
+    (ulimit -v 4000000; timeout 20 "$F" check coupling --dim 2 \
+        --attr 'hidden=[8192,8192]' >"$t/stdout" 2>"$t/err")
+    check "check: does not fit in memory" 1 $?
+    has "check: does not fit in memory: said" "$t/err" \
+        "flowkit check: coupling: 67149826 parameters: checking it needs about 2.0 GiB, more than half of the 3.8 GiB of memory here"
+else
+    echo "check: does not fit in memory: skipped (no run under ulimit -v)"
+fi
+
 finish hostile
