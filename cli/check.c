@@ -5,7 +5,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "conform.h"
@@ -258,6 +260,29 @@ static void print_report(const check_opts *o, const char *type,
            rep->failures, skipped);
 }
 
+/* Does checking layer n fit in memory?  The checks hold about 8 copies
+ * of its parameters (the checker's values, start, steps and gradient; the
+ * model's parameters, gradient and scratch), which must fit in half the
+ * memory there is (physical, or the address-space limit when lower);
+ * else an error (exit 1) instead of swapping or running for hours. */
+static int fits_memory(const flow_graph_node *n, const char *label)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double need = 8.0 * (double)sizeof(flow_real) * (double)n->desc->n_params;
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && (have <= 0 || (double)rl.rlim_cur < have))
+        have = (double)rl.rlim_cur;
+    if (have <= 0 || need <= have / 2)
+        return 1;
+    fprintf(stderr, CMD ": %s: %zu parameters: checking it needs about "
+            "%.1f GiB, more than half of the %.1f GiB of memory here\n",
+            label, n->desc->n_params, need / 1073741824.0,
+            have / 1073741824.0);
+    return 0;
+}
+
 /* Runs the checks of one layer and prints them. */
 static void check_one(flow_ctx *ctx, const check_opts *o,
                       const flow_layer_type *t, const char *file,
@@ -340,6 +365,11 @@ static int check_type(flow_ctx *ctx, const check_opts *o,
     for (size_t i = 0; i < flow_graph_node_count(g); i++)
         if (flow_graph_node_get(g, i)->kind == FLOW_NODE_LAYER)
             n = flow_graph_node_get(g, i);
+    if (n && !fits_memory(n, t->name)) {
+        flow_compile_free(c);
+        free(text);
+        return 1;
+    }
     if (n)
         check_one(ctx, o, n->type, n->plugin_file, t->name, n->attrs,
                   n->in_dim, n->config.context_dim, n->config.has_bounds,
@@ -365,6 +395,10 @@ static int check_spec(flow_ctx *ctx, const check_opts *o, check_totals *tot)
             continue;
         snprintf(label, sizeof label, "%s at %s:%d:%d", n->label, n->file,
                  n->line, n->col);
+        if (!fits_memory(n, label)) {
+            flow_compile_free(c);
+            return 1;
+        }
         check_one(ctx, o, n->type, n->plugin_file, label, n->attrs,
                   n->in_dim, n->config.context_dim, n->config.has_bounds,
                   n->config.lo, n->config.hi, src, tot);

@@ -28,7 +28,9 @@ flow_ctx *cli_open_ctx(const char *cmd)
         fprintf(stderr, "%s: out of memory\n", cmd);
         return NULL;
     }
-    if (flow_plugin_load_all(ctx) != FLOW_OK) {
+    /* only the plugins the spec or checkpoint needs: one that is broken
+     * or crashes on loading must not stop commands that do not use it */
+    if (flow_plugin_load_on_demand(ctx) != FLOW_OK) {
         cli_fail(ctx, cmd);
         flow_ctx_free(ctx);
         return NULL;

@@ -407,7 +407,19 @@ int cli_cmd_train(int argc, char **argv)
     }
     n = flow_data_rows(tr);
     o.cfg.seed = o.seed;
-    steps_per_epoch = (n + o.cfg.batch - 1) / o.cfg.batch;
+    steps_per_epoch = n / o.cfg.batch + (n % o.cfg.batch != 0);
+    /* the step total must not wrap: a wrapped total would end the run
+     * early and still exit 0 (the option parsers cap counts at SIZE_MAX/2) */
+    if (!o.has_steps && steps_per_epoch
+        && o.epochs > (SIZE_MAX / 2) / steps_per_epoch) {
+        fprintf(stderr, "%s: %s %zu x %zu steps per epoch (%zu rows, "
+                "batch %zu) overflows the step count (at most %zu steps; "
+                "try '%s --help')\n", cmd, o.has_epochs ? "--epochs"
+                : "train setting epochs =", o.epochs, steps_per_epoch, n,
+                o.cfg.batch, SIZE_MAX / 2, cmd);
+        ret = CLI_EXIT_USAGE;
+        goto out;
+    }
     total = o.has_steps ? o.steps : o.epochs * steps_per_epoch;
     o.cfg.total_steps = total;
     if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),

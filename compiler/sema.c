@@ -36,6 +36,7 @@ struct sema {
     size_t work;
     size_t cells;               /* sum of layer widths so far             */
     size_t values;              /* evaluated values so far                */
+    size_t params;              /* the layers' parameters so far          */
     int halted;                 /* a limit was hit: stop expanding        */
     int have_input, have_context, have_output, have_target;
     int target_line;
@@ -478,6 +479,22 @@ static const char *suggest_in_scope(void *ctx, const char *name)
     return suggest_name(h->S, h->sc, name);
 }
 
+/* The help for a type not found: a plugin on the path that failed to
+ * load (on demand, flow_plugin_load_on_demand, which leaves the loader's
+ * message in the context: "plugin FILE: ...", "cannot load plugin FILE:
+ * ...", "duplicate ... type") may be the one that provides it. */
+static const char *plugin_trouble(sema *S, const char *otherwise)
+{
+    const char *e = flow_errmsg(S->c->ctx);
+    int from_loader = e && (!strncmp(e, "plugin ", 7)
+                            || !strncmp(e, "cannot load plugin ", 19)
+                            || !strncmp(e, "duplicate ", 10));
+    const char *h = from_loader ? arena_printf(&S->c->mem, "a plugin on the "
+                                           "search path failed to load: %s",
+                                           e) : NULL;
+    return h ? h : otherwise;
+}
+
 static const char *suggest_layer(sema *S, const char *name)
 {
     const char *cands[MAX_SUGGEST];
@@ -568,7 +585,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
         if (best)
             snprintf(help, sizeof help, "did you mean '%s'?", best);
         diag_error(S->c, "F0102", s->name_loc, best ? help
-                   : "`flowkit plugins` lists the layer types found",
+                   : plugin_trouble(S, "`flowkit plugins` lists the layer "
+                                    "types found"),
                    "unknown layer type '%s'", s->name);
         return;
     }
@@ -613,9 +631,21 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     n->config.host = flow_host_services();
     if (!n->label)
         return;
-    if (describe_layer(S, n, idx, alocs, s->name_loc) == 0
-        && n->desc->dep != FLOW_DEP_PERMUTATION)
+    if (describe_layer(S, n, idx, alocs, s->name_loc) != 0)
+        return;
+    if (n->desc->dep != FLOW_DEP_PERMUTATION)
         S->pristine = 0;
+    /* a flow that could not be trained in memory (and would make `flowkit
+     * check` run for ever) is refused here, at the layer that tips it */
+    if (n->desc->n_params > FLOW_MAX_PARAMS - S->params) {
+        diag_error(S->c, "F0402", s->loc, "use narrower or fewer layers",
+                   "%s: %zu parameters, %zu before it: the flow would have "
+                   "more than %u learnable parameters", n->label,
+                   n->desc->n_params, S->params, (unsigned)FLOW_MAX_PARAMS);
+        S->halted = 1;
+        return;
+    }
+    S->params += n->desc->n_params;
 }
 
 /* --- blocks ----------------------------------------------------------- */
@@ -1112,7 +1142,8 @@ static void decl_target(sema *S, const stmt *s, binding *sc)
         if (best)
             snprintf(help, sizeof help, "did you mean '%s'?", best);
         diag_error(S->c, "F0700", s->name_loc, best ? help
-                   : "`flowkit plugins` lists the targets found",
+                   : plugin_trouble(S, "`flowkit plugins` lists the targets "
+                                    "found"),
                    "unknown target type '%s'", s->name);
         return;
     }

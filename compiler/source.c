@@ -1,23 +1,56 @@
 /* source.c - a compilation's source files: reading a spec from disk within
  * FLOW_MAX_FILE_BYTES, and the file table that locations index into. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "compiler.h"
 
+/* source_read's error for a FIFO, device or socket (errno values are
+ * positive) */
+#define SOURCE_NOT_REGULAR (-1)
+
+/* A spec or import is a regular file: opened without blocking (a FIFO
+ * with no writer would block open() for ever) and refused unless fstat
+ * says regular, then read blocking. */
+static FILE *open_regular(const char *path, int *err)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC), fl;
+    FILE *f;
+    if (fd < 0) {
+        *err = errno ? errno : EIO;
+        return NULL;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        *err = S_ISDIR(st.st_mode) ? EISDIR : SOURCE_NOT_REGULAR;
+        close(fd);
+        return NULL;
+    }
+    if ((fl = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK)
+        || !(f = fdopen(fd, "rb"))) {
+        *err = errno ? errno : EIO;
+        close(fd);
+        return NULL;
+    }
+    return f;
+}
+
 int source_read(const char *path, char **text, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
     char *buf = NULL;
     size_t n = 0, cap = 0;
     int err = 0;
+    FILE *f = open_regular(path, &err);
 
     *text = NULL;
     *len = 0;
     if (!f)
-        return errno ? errno : EIO;
+        return err;
     for (;;) {
         size_t got;
         if (n == cap) {
@@ -59,6 +92,8 @@ int source_read(const char *path, char **text, size_t *len)
 
 const char *source_strerror(int err)
 {
+    if (err == SOURCE_NOT_REGULAR)
+        return "not a regular file (a FIFO, device or socket)";
     return err == EFBIG ? "file is larger than 1 MiB" : strerror(err);
 }
 

@@ -889,9 +889,13 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     *out = NULL;
     if (!strcmp(path, "-"))
         return read_from(ctx, "<stdin>", STDIN_FILENO, 1, out);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    /* without blocking: a FIFO with no writer would block open() for
+     * ever; read_from refuses what is not a regular file */
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0)
         return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
                               strerror(errno));
+    if ((rc = fcntl(fd, F_GETFL)) >= 0)
+        fcntl(fd, F_SETFL, rc & ~O_NONBLOCK);
     rc = read_from(ctx, path, fd, 0, out);
     close(fd);
     return rc;

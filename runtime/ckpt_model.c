@@ -11,6 +11,7 @@
 struct flow_checkpoint {
     flow_ctx *ctx;
     ckpt *ck;
+    char *path;                 /* for messages: the file, or <stdin> */
 };
 
 enum { ST_STEP, ST_EPOCH, ST_POS, ST_SKIPPED, ST_BAD, ST_HAS_BEST, ST_N };
@@ -29,6 +30,24 @@ static size_t first_nonfinite(const flow_real *p, size_t n)
         if (!isfinite(p[i]))
             return i;
     return (size_t)-1;
+}
+
+/* A restored tensor's values must be ones a saved checkpoint can hold:
+ * finite (parameters, Adam's first moment, the best parameters) and, for
+ * Adam's second moment (a mean of squares, under a square root in the
+ * update), >= 0.  A NaN or a negative v would make every later step
+ * non-finite, far from the file that caused it. */
+static int check_loaded(const flow_checkpoint *ck, const char *name,
+                        const flow_real *v, size_t n, int nonneg)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite((double)v[i]) || (nonneg && v[i] < 0))
+            return flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor "
+                                  "'%s': value %zu is %g (%s)", ck->path,
+                                  name, i, (double)v[i], nonneg
+                                  ? "Adam's second moment must be finite "
+                                    "and >= 0" : "must be finite");
+    return FLOW_OK;
 }
 
 static int add_real(ckpt_writer *w, const char *name, const flow_real *v,
@@ -148,7 +167,12 @@ int flow_checkpoint_open(flow_ctx *ctx, const char *path,
     if (!(c = calloc(1, sizeof *c)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     c->ctx = ctx;
+    if (!(c->path = strdup(strcmp(path, "-") ? path : "<stdin>"))) {
+        free(c);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    }
     if ((rc = ckpt_read(ctx, path, &c->ck)) != FLOW_OK) {
+        free(c->path);
         free(c);
         return rc;
     }
@@ -161,6 +185,7 @@ void flow_checkpoint_free(flow_checkpoint *ck)
     if (!ck)
         return;
     ckpt_free(ck->ck);
+    free(ck->path);
     free(ck);
 }
 
@@ -195,7 +220,9 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
         if (s.n_params) {
             tensor_name(name, sizeof name, "params", &s);
             if ((rc = ckpt_get(ctx, ck->ck, name, CKPT_REAL, p + s.p_off,
-                               s.n_params)) != FLOW_OK)
+                               s.n_params)) != FLOW_OK
+                || (rc = check_loaded(ck, name, p + s.p_off, s.n_params, 0))
+                   != FLOW_OK)
                 return rc;
         }
         if (s.n_buffers) {
@@ -220,8 +247,12 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
                                   "optimizer)");
         if ((rc = ckpt_get(ctx, ck->ck, "adam/m", CKPT_REAL,
                            flow_trainer_adam_m(t), np)) != FLOW_OK
+            || (rc = check_loaded(ck, "adam/m", flow_trainer_adam_m(t), np,
+                                  0)) != FLOW_OK
             || (rc = ckpt_get(ctx, ck->ck, "adam/v", CKPT_REAL,
                               flow_trainer_adam_v(t), np)) != FLOW_OK
+            || (rc = check_loaded(ck, "adam/v", flow_trainer_adam_v(t), np,
+                                  1)) != FLOW_OK
             || (rc = ckpt_get(ctx, ck->ck, "train/state", CKPT_U64, st,
                               ST_N)) != FLOW_OK
             || (rc = ckpt_info_get(ctx, ck->ck, &epoch, &step, &has_best,
@@ -239,8 +270,11 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
         ts.has_best = st[ST_HAS_BEST] != 0;
         ts.best_score = has_best ? best : -INFINITY;
         if (ts.has_best
-            && (rc = ckpt_get(ctx, ck->ck, "train/best", CKPT_REAL,
-                              flow_trainer_best_params(t), np)) != FLOW_OK)
+            && ((rc = ckpt_get(ctx, ck->ck, "train/best", CKPT_REAL,
+                               flow_trainer_best_params(t), np)) != FLOW_OK
+                || (rc = check_loaded(ck, "train/best",
+                                      flow_trainer_best_params(t), np, 0))
+                   != FLOW_OK))
             return rc;
         if ((rc = flow_trainer_set_state(t, &ts)) != FLOW_OK)
             return rc;

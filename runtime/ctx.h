@@ -20,6 +20,8 @@ struct flow_ctx {
     int dirs_ready;
     loaded_plugin *plugins;
     size_t n_plugins, cap_plugins;
+    int on_demand;                  /* flow_plugin_load_on_demand */
+    int all_tried;                  /* on demand: every file loaded once */
 };
 
 /* Empties ctx's message: a call that succeeds after a failed one leaves

@@ -1,5 +1,6 @@
 /* executor.c - a finished model run over a batch: forward and inverse
  * passes over the node list in jobs of row blocks on the thread pool. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -401,6 +402,42 @@ static int prepare_all(flow_model *m, size_t n, int dir)
 
 /* ------------------------------------------------------------ passes */
 
+/* Row r of an n-row block of width d is all finite? */
+static int row_finite(const flow_real *a, size_t d, size_t r)
+{
+    for (size_t c = 0; c < d; c++)
+        if (!isfinite((double)a[r * d + c]))
+            return 0;
+    return 1;
+}
+
+/* A forward pass failed (error rc, its message in the context) in the
+ * job that starts at node `upto`.  A layer that met a non-finite input
+ * mostly fails on it, while the layer that made it from finite values
+ * (batchnorm with eps = 0 on a constant column: 0 / 0) went on: blame the
+ * first node before `upto` with a row that is finite going in and not
+ * coming out, with the later failure after it.  The nodes before `upto`
+ * ran on all n rows; only the error path pays for the scan. */
+static int blame_nonfinite(flow_model *m, size_t n, size_t upto, int rc)
+{
+    for (size_t k = 0; k < upto; k++) {
+        const node *nd = &m->nodes[k];
+        if (nd->kind != NODE_LAYER)
+            continue;
+        for (size_t r = 0; r < n; r++)
+            if (row_finite(m->act[k], nd->in_dim, r)
+                && !row_finite(m->act[k + 1], nd->out_dim, r)) {
+                char later[sizeof m->err / 2];
+                snprintf(later, sizeof later, "%s", flow_errmsg(m->ctx));
+                snprintf(m->err, sizeof m->err, "row %zu of %zu: finite "
+                         "input, non-finite output (then %.*s)", r, n,
+                         (int)(sizeof later - 1), later);
+                return model_layer_error(m, nd, FLOW_ERR_NUMERIC, "forward");
+            }
+    }
+    return rc;
+}
+
 /* Forward through every node; z (n x dim) gets exits then the final
  * state; m->ld_sum the summed log-dets.  Activations stay in m->act. */
 int exec_forward(flow_model *m, size_t n, const flow_real *x,
@@ -441,8 +478,14 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
                                          .out = m->act[e + 1]};
         }
         j.n_steps = e - i;
-        if ((rc = exec_run_job(&j, "forward")) != FLOW_OK)
-            return rc;
+        if ((rc = exec_run_job(&j, "forward")) != FLOW_OK) {
+            /* one thread over whole columns: the job's steps before the
+             * failing one ran on every row too */
+            size_t upto = i;
+            if (j.k == 1 && j.block == 0 && j.rc[0] != FLOW_OK)
+                upto = i + j.fail[0];
+            return blame_nonfinite(m, n, upto, rc);
+        }
     }
     {
         size_t df = model_out_dim(m);

@@ -4,9 +4,11 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ctx.h"
@@ -62,8 +64,41 @@ static int add_dir(flow_ctx *ctx, const char *s, size_t len)
     return FLOW_OK;
 }
 
-/* Builds the search list once per context: FLOW_PLUGIN_PATH, then the
- * installed directory. */
+/* Is FLOW_PLUGIN_PATH's entry s[0..len) a directory to search?  A
+ * relative entry would search below the current directory, wherever the
+ * command runs (FLOW_PLUGIN_PATH=sub loaded ./sub/[*].so): ignored, with a
+ * warning (the host's log channel).  An entry that is missing or not a
+ * directory gets a warning and stays in the list (searching it finds
+ * nothing; messages list it as searched).  An empty entry is skipped
+ * silently. */
+static int usable_dir(const char *s, size_t len)
+{
+    const flow_host *h = flow_host_services();
+    char dir[PATH_MAX];
+    struct stat st;
+    if (len == 0)
+        return 0;
+    if (s[0] != '/') {
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%.*s' is a "
+               "relative path: ignored (give absolute directories; the "
+               "current directory is never searched)", (int)len, s);
+        return 0;
+    }
+    if (len >= sizeof dir)
+        return 1;
+    memcpy(dir, s, len);
+    dir[len] = '\0';
+    if (stat(dir, &st) != 0)
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%s': %s", dir,
+               strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        h->log(FLOW_LOG_WARN, "FLOW_PLUGIN_PATH entry '%s' is not a "
+               "directory", dir);
+    return 1;
+}
+
+/* Builds the search list once per context: FLOW_PLUGIN_PATH (its usable
+ * entries), then the installed directory. */
 static int ensure_dirs(flow_ctx *ctx)
 {
     const char *env = getenv("FLOW_PLUGIN_PATH");
@@ -74,7 +109,7 @@ static int ensure_dirs(flow_ctx *ctx)
         for (;;) {
             const char *colon = strchr(p, ':');
             size_t len = colon ? (size_t)(colon - p) : strlen(p);
-            if (add_dir(ctx, p, len) != FLOW_OK)
+            if (usable_dir(p, len) && add_dir(ctx, p, len) != FLOW_OK)
                 goto nomem;
             if (!colon)
                 break;
@@ -214,6 +249,57 @@ static int check_target(flow_ctx *ctx, const char *file,
     return FLOW_OK;
 }
 
+
+/* A plugin whose constructor or entry point crashes takes the process
+ * with it; while one runs, a fatal signal first names its file on stderr
+ * (async-signal-safe writes), then goes on to the handler that was there
+ * (the default: the process dies with the same signal). */
+static const int guarded[] = {SIGSEGV, SIGBUS, SIGABRT, SIGFPE, SIGILL};
+#define N_GUARDED (sizeof guarded / sizeof guarded[0])
+static struct sigaction guard_old[N_GUARDED];
+static const char *guard_file;
+
+static void guard_handler(int sig)
+{
+    static const char a[] = "flowkit: fatal signal while loading plugin ";
+    const char *f = guard_file;
+    size_t n = 0;
+    if (f) {
+        while (f[n])
+            n++;
+        if (write(STDERR_FILENO, a, sizeof a - 1) < 0
+            || write(STDERR_FILENO, f, n) < 0
+            || write(STDERR_FILENO, " (its constructor or "
+                     FLOW_PLUGIN_ENTRY_NAME "())\n",
+                     sizeof " (its constructor or " FLOW_PLUGIN_ENTRY_NAME
+                     "())\n" - 1) < 0)
+            f = NULL;           /* nothing more to do about it */
+    }
+    for (size_t i = 0; i < N_GUARDED; i++)
+        if (guarded[i] == sig)
+            sigaction(sig, &guard_old[i], NULL);
+    raise(sig);
+}
+
+/* on: guard the loading of `file`; off: put the old handlers back */
+static void crash_guard(const char *file, int on)
+{
+    if (on) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = guard_handler;
+        sigemptyset(&sa.sa_mask);
+        sa.sa_flags = SA_NODEFER;
+        guard_file = file;
+        for (size_t i = 0; i < N_GUARDED; i++)
+            sigaction(guarded[i], &sa, &guard_old[i]);
+    } else {
+        for (size_t i = 0; i < N_GUARDED; i++)
+            sigaction(guarded[i], &guard_old[i], NULL);
+        guard_file = NULL;
+    }
+}
+
 /* Compares the descriptor's ABI facts with ours. */
 static int check_info(flow_ctx *ctx, const char *file,
                       const flow_plugin_info *info)
@@ -280,15 +366,19 @@ static int load_file(flow_ctx *ctx, const char *path)
         ctx->cap_plugins = cap;
     }
     dlerror();
+    crash_guard(real, 1);
     handle = dlopen(real, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
-        const char *e = dlerror();
+        const char *e;
+        crash_guard(NULL, 0);
+        e = dlerror();
         return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "cannot load plugin %s: "
                               "%s", real, e ? e : "unknown dlopen error");
     }
     /* ISO C forbids object->function pointer casts; POSIX blesses this. */
     *(void **)(&entry) = dlsym(handle, FLOW_PLUGIN_ENTRY_NAME);
     if (!entry) {
+        crash_guard(NULL, 0);
         rc = flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: entry point "
                             "'%s' not found (not a flowkit plugin, or built "
                             "without exporting it)", real,
@@ -296,6 +386,7 @@ static int load_file(flow_ctx *ctx, const char *path)
         goto fail;
     }
     info = entry();
+    crash_guard(NULL, 0);
     if ((rc = check_info(ctx, real, info)) != FLOW_OK)
         goto fail;
     if (!(file = xstrdup(real))) {
@@ -417,8 +508,11 @@ static int seen_name(char **const *lists, const size_t *counts, size_t upto,
     return 0;
 }
 
-int flow_plugin_load_all(flow_ctx *ctx)
+/* Every *.so in the search directories; tolerant: past the files that
+ * fail to load, the first failure's message left in ctx. */
+static int load_all(flow_ctx *ctx, int tolerant)
 {
+    char first[CTX_ERRMSG_MAX] = "";
     char ***lists = NULL;
     size_t *counts = NULL;
     char path[PATH_MAX];
@@ -444,11 +538,17 @@ int flow_plugin_load_all(flow_ctx *ctx)
                                     "%s/%s", ctx->dirs[i], lists[i][j]);
                 goto done;
             }
-            if ((rc = load_file(ctx, path)) != FLOW_OK)
-                goto done;
+            if ((rc = load_file(ctx, path)) != FLOW_OK) {
+                if (!tolerant || rc == FLOW_ERR_NOMEM)
+                    goto done;
+                if (!first[0])
+                    snprintf(first, sizeof first, "%s", ctx->errmsg);
+            }
         }
     }
     rc = FLOW_OK;
+    if (first[0])
+        snprintf(ctx->errmsg, sizeof ctx->errmsg, "%s", first);
 done:
     for (size_t i = 0; lists && counts && i < ctx->n_dirs; i++) {
         for (size_t j = 0; j < counts[i]; j++)
@@ -458,6 +558,11 @@ done:
     free(lists);
     free(counts);
     return rc;
+}
+
+int flow_plugin_load_all(flow_ctx *ctx)
+{
+    return load_all(ctx, 0);
 }
 
 size_t flow_plugin_count(const flow_ctx *ctx) { return ctx->n_plugins; }
@@ -472,12 +577,48 @@ const char *flow_plugin_file(const flow_ctx *ctx, size_t i)
     return i < ctx->n_plugins ? ctx->plugins[i].file : NULL;
 }
 
+int flow_plugin_load_on_demand(flow_ctx *ctx)
+{
+    ctx_clear_error(ctx);
+    ctx->on_demand = 1;
+    return ensure_dirs(ctx);
+}
+
+/* On demand (flow_plugin_load_on_demand), a type not loaded yet: the
+ * first NAME.so along the search path, then, failing that, every file
+ * (a plugin may provide types under other names).  Plugins the spec does
+ * not use are never loaded, so one that crashes or fails on loading
+ * harms only the specs that need a type it might provide. */
+static void demand(const flow_ctx *cctx, const char *name)
+{
+    flow_ctx *ctx = (flow_ctx *)cctx;   /* the cache of loaded plugins */
+    char path[PATH_MAX];
+    if (!ctx->on_demand || ctx->all_tried || !valid_name(name)
+        || ensure_dirs(ctx) != FLOW_OK)
+        return;
+    ctx_clear_error(ctx);
+    for (size_t i = 0; i < ctx->n_dirs; i++)
+        if (join(path, sizeof path, ctx->dirs[i], name, ".so")
+            && access(path, F_OK) == 0) {
+            load_file(ctx, path);
+            return;
+        }
+}
+
 const flow_layer_type *flow_layer_type_find(const flow_ctx *ctx,
                                             const char *name,
                                             const char **file)
 {
     const flow_layer_type *t = NULL;
     const char *f = find_layer(ctx, name, &t);
+    if (!f && ctx->on_demand && !ctx->all_tried) {
+        demand(ctx, name);
+        if (!(f = find_layer(ctx, name, &t))) {
+            ((flow_ctx *)ctx)->all_tried = 1;
+            load_all((flow_ctx *)ctx, 1);
+            f = find_layer(ctx, name, &t);
+        }
+    }
     if (file)
         *file = f;
     return t;
@@ -489,6 +630,14 @@ const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
 {
     const flow_target_type *t = NULL;
     const char *f = find_target(ctx, name, &t);
+    if (!f && ctx->on_demand && !ctx->all_tried) {
+        demand(ctx, name);
+        if (!(f = find_target(ctx, name, &t))) {
+            ((flow_ctx *)ctx)->all_tried = 1;
+            load_all((flow_ctx *)ctx, 1);
+            f = find_target(ctx, name, &t);
+        }
+    }
     if (file)
         *file = f;
     return t;

@@ -418,18 +418,31 @@ static inline tf_v2 v2_sel(tf_i2 m, tf_v2 a, tf_v2 b)
  * relative, a tenth of float's ulp) in Estrin's order (a shallower
  * dependency chain than Horner's), then 2^k set in the exponent bits (k
  * read off the low bits of x / ln 2 + 1.5 * 2^52: SSE2 has no packed
- * double-to-int64 conversion). */
+ * double-to-int64 conversion).  Defined for every x: the polynomial runs
+ * on x clamped to [-708, 709] (so 2^k is a normal double's exponent, in
+ * unsigned arithmetic) with NaN replaced by 0, and the lanes outside come
+ * back as e^x rounded for float: 0 below, +inf above (-inf and +inf
+ * included), NaN for NaN. */
+typedef uint64_t tf_u2 __attribute__((vector_size(16)));
+
 static inline tf_v2 v2_exp(tf_v2 x)
 {
     const tf_v2 big = {6755399441055744.0, 6755399441055744.0};
-    tf_v2 kb = x * 1.4426950408889634 + big, k = kb - big;
-    tf_v2 r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
+    const tf_v2 lo = {-708.0, -708.0}, hi = {709.0, 709.0};
+    const tf_v2 zero = {0.0, 0.0}, inf = {INFINITY, INFINITY};
+    tf_i2 nan = x != x, under = x < lo, over = x > hi;
+    tf_v2 xc = v2_sel(over, hi, v2_sel(under | nan, v2_sel(nan, zero, lo),
+                                       x));
+    tf_v2 kb = xc * 1.4426950408889634 + big, k = kb - big;
+    tf_v2 r = (xc - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
     tf_v2 r2 = r * r, r4 = r2 * r2;
     tf_v2 p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
               (((1.0 / 24) + r * (1.0 / 120)) +
                ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
-    tf_i2 e = ((tf_i2)kb - (tf_i2)big + 1023) * ((int64_t)1 << 52);
-    return p * (tf_v2)e;
+    tf_u2 e = ((tf_u2)kb - (tf_u2)big + 1023) << 52;
+    tf_v2 y = p * (tf_v2)e;
+    y = v2_sel(over, inf, v2_sel(under, zero, y));
+    return v2_sel(nan, x, y);
 }
 
 /* tanh(u) = (e^{2u} - 1) / (e^{2u} + 1) for u clamped to [-9, 9] (tanh(9)
@@ -445,8 +458,16 @@ static inline tf_v2 v2_tanh(tf_v2 u)
     return (e - 1.0) / (e + 1.0);
 }
 
-/* lanes where v is finite (v - v is 0; NaN for inf and NaN): -1, else 0 */
-static inline tf_i2 v2_fin(tf_v2 v) { return (v - v) == 0.0; }
+/* lanes where v is finite once rounded to float (|v| below FLT_MAX plus
+ * half an ulp, 0x1.ffffffp127; false for NaN): -1, else 0.  On the
+ * double, not on what v2_store read back: GCC 12 -O2 forwards the
+ * unrounded double through the float store, so a product over FLT_MAX
+ * stored as inf read back finite and went unreported. */
+static inline tf_i2 v2_fin(tf_v2 v)
+{
+    const tf_v2 lim = {0x1.ffffffp127, 0x1.ffffffp127};
+    return (v < lim) & (v > -lim);
+}
 
 static inline tf_v2 v2_load(const float *f)
 {

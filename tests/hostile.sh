@@ -564,4 +564,112 @@ has "actnorm constant column: warning" "$t/err" "flowkit: warning: actnorm: inpu
 if grep -q "actnorm" "$t/err"; then echo "FAIL: actnorm warns on varied data"
     fail=$((fail + 1)); else pass=$((pass + 1)); fi
 
+# ------------------------------ hangs, overflows, undefined behaviour
+# a step budget that overflows: 3689348814741910324 epochs x 5 steps
+# wrapped to 4 steps and exited 0
+fails_rc 2 "--epochs overflow" "--epochs 3689348814741910324 x 5 steps per epoch" \
+    "$F" train "$t/small.flow" --data "$t/tr.csv" --batch 64 \
+    --epochs 3689348814741910324 -o "$O/e.ckpt"
+sed 's/output z ~ normal;/output z ~ normal;\n    train { epochs = 9223372036854775807; }/' \
+    "$t/small.flow" >"$t/ep.flow"
+fails_rc 2 "train epochs overflow" "train setting epochs = 9223372036854775808 x 5 steps per epoch" \
+    "$F" train "$t/ep.flow" --data "$t/tr.csv" --batch 64 -o "$O/e.ckpt"
+
+# batchnorm(eps = 0) on a constant column: 0 / 0 in batchnorm; the
+# coupling after it failed on the NaN and was blamed (and the float
+# build's vectorised exp converted the NaN to an integer: UBSan)
+cat >"$t/bn0.flow" <<'EOF'
+flow bn0 {
+    input x : real[2];
+    batchnorm(eps = 0);
+    repeat 2 as i { coupling(mask = parity(i), hidden = [8]); }
+    output z ~ normal;
+}
+EOF
+fails "batchnorm eps 0: the layer that made the NaN" \
+    "batchnorm#0 ($t/bn0.flow:3:5, " \
+    "$F" train "$t/bn0.flow" --data "$t/const.csv" --steps 2 -o "$O/bn.ckpt"
+has "batchnorm eps 0: its row and the later failure" "$t/err" \
+    "forward: row 0 of 300: finite input, non-finite output (then coupling#1 ($t/bn0.flow:4:21"
+
+# a FIFO with no writer as a checkpoint, spec or import blocked open()
+# for ever: refused as not a regular file (data may be a FIFO: streamed)
+mkfifo "$t/fifo"
+fails "FIFO checkpoint: info" "fifo: not a regular file" \
+    timeout 10 "$F" info "$t/fifo"
+fails "FIFO checkpoint: eval" "fifo: not a regular file" \
+    timeout 10 "$F" eval "$t/fifo" --data "$t/te.csv"
+fails "FIFO spec: train" "cannot read spec: not a regular file (a FIFO, device or socket)" \
+    timeout 10 "$F" train "$t/fifo" --data "$t/tr.csv" -o "$O/f.ckpt"
+printf 'import "fifo";\n' | cat - "$t/small.flow" >"$t/impfifo.flow"
+fails "FIFO import: train" "impfifo.flow:1:8: error[F0010]: cannot read import '$t/fifo': not a regular file" \
+    timeout 10 "$F" train "$t/impfifo.flow" --data "$t/tr.csv" -o "$O/f.ckpt"
+
+# a relative FLOW_PLUGIN_PATH entry searched below the current directory
+# (FLOW_PLUGIN_PATH=sub loaded ./sub/*.so): ignored with a warning; a
+# missing directory and a file get a warning
+mkdir "$t/cwd" "$t/cwd/sub"
+cp "${FLOW_PLUGIN_PATH%%:*}/coupling.so" "$t/cwd/sub/"
+(cd "$t/cwd" && FLOW_PLUGIN_PATH="sub:$t/none:$t/tr.csv" "$F" plugins \
+    >"$t/plist" 2>"$t/err")
+has "relative plugin path: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry 'sub' is a relative path: ignored (give absolute directories; the current directory is never searched)"
+has "missing plugin directory: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/none': No such file or directory"
+has "plugin path entry is a file: warned" "$t/err" \
+    "flowkit: warning: FLOW_PLUGIN_PATH entry '$t/tr.csv' is not a directory"
+if grep -q "coupling" "$t/plist"; then
+    bad "relative plugin path: ./sub/coupling.so loaded: $(cat "$t/plist")"
+else ok; fi
+
+# a plugin on the path that aborts in its constructor killed every
+# command, naming no file: plugins load on demand (NAME.so first), so a
+# command whose spec does not need it runs; one that looks for an unknown
+# type loads everything and the fatal signal names the file
+mkdir "$t/crash"
+printf '#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\nvoid *flow_plugin_entry(void) { return 0; }\n' >"$t/crash/boom.c"
+${CC:-cc} -shared -fPIC -o "$t/crash/zz.so" "$t/crash/boom.c"
+CP="$FLOW_PLUGIN_PATH:$t/crash"
+FLOW_PLUGIN_PATH=$CP "$F" eval "$t/a.ckpt" --data "$t/te.csv" >"$t/stdout" 2>"$t/err"
+check "crashing plugin on the path: eval" 0 $?
+FLOW_PLUGIN_PATH=$CP "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 1 \
+    -o "$t/cr.ckpt" 2>"$t/err"
+check "crashing plugin on the path: train" 0 $?
+sed 's/coupling(/nosuch(/' "$t/small.flow" >"$t/nosuch.flow"
+FLOW_PLUGIN_PATH=$CP "$F" check "$t/nosuch.flow" >"$t/stdout" 2>"$t/err"
+check "crashing plugin, unknown type: dies of SIGABRT" 134 $?
+has "crashing plugin, unknown type: the file named" "$t/err" \
+    "flowkit: fatal signal while loading plugin $t/crash/zz.so (its constructor or flow_plugin_entry())"
+# a plugin that fails to load (another ABI) is named where a type is not
+# found, and harms no other command
+mkdir "$t/badabi"
+cp "$FLOW_TEST_PLUGINS/badabi.so" "$t/badabi/zz.so"
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/badabi" "$F" eval "$t/a.ckpt" \
+    --data "$t/te.csv" >"$t/stdout" 2>"$t/err"
+check "broken plugin on the path: eval" 0 $?
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/badabi" fails "broken plugin, unknown type: named" \
+    "help: a plugin on the search path failed to load: plugin $t/badabi/zz.so: ABI version mismatch" \
+    "$F" check "$t/nosuch.flow"
+
+# no limit on a flow's parameters: a 12.9e9-parameter spec compiled and
+# `check --attr hidden=[65536,65536]` ran for ever; F0402 at the layer
+# that tips it past 2^30, and check refuses what would not fit in memory
+fails_rc 2 "4.3e9 parameters: check" \
+    "error[F0402]: coupling#0: 4295294978 parameters, 0 before it: the flow would have more than 1073741824 learnable parameters" \
+    timeout 20 "$F" check coupling --dim 2 --attr 'hidden=[65536,65536]'
+fails "1.2e9 parameters: train" "too_many_params.flow:5:3: error[F0402]" \
+    timeout 20 "$F" train "$top_srcdir/tests/specs/bad/too_many_params.flow" \
+    --data "$t/tr.csv" -o "$O/p.ckpt"
+# under a 4 GB address-space limit, 67M parameters (about 2 GiB to check)
+# are refused before any check runs (not under ASan, which needs more)
+if (ulimit -v 4000000 && "$F" --version) >/dev/null 2>&1; then
+    (ulimit -v 4000000; timeout 20 "$F" check coupling --dim 2 \
+        --attr 'hidden=[8192,8192]' >"$t/stdout" 2>"$t/err")
+    check "check: does not fit in memory" 1 $?
+    has "check: does not fit in memory: said" "$t/err" \
+        "flowkit check: coupling: 67149826 parameters: checking it needs about 2.0 GiB, more than half of the 3.8 GiB of memory here"
+else
+    echo "check: does not fit in memory: skipped (no run under ulimit -v)"
+fi
+
 finish hostile

@@ -141,6 +141,63 @@ START_TEST(test_restore_needs_training_state)
 }
 END_TEST
 
+/* Optimizer state a saved run cannot have (a NaN first moment, a negative
+ * or infinite second moment) is refused on restore, naming the file and
+ * the tensor; the same state restores once the values are valid. */
+START_TEST(test_restore_refuses_bad_adam)
+{
+    static const struct {
+        int v;                  /* 0: adam/m, 1: adam/v */
+        double value;
+        const char *said;
+    } bad[] = {
+        {0, NAN, "tensor 'adam/m': value 3 is nan (must be finite)"},
+        {1, -1.0, "tensor 'adam/v': value 3 is -1 (Adam's second moment "
+                  "must be finite and >= 0)"},
+        {1, INFINITY, "tensor 'adam/v': value 3 is inf (Adam's second "
+                      "moment must be finite and >= 0)"},
+    };
+    flow_compilation *c;
+    flow_model *m = build(spec, &c);
+    flow_train_config cfg;
+    flow_real x[6] = {0, 1, 2, 3, 4, 5};
+    flow_trainer *t;
+    flow_train_config_default(&cfg);
+    t = flow_trainer_new(m, &cfg, x, NULL, 2);
+    ck_assert_ptr_nonnull(t);
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        flow_checkpoint *ck;
+        flow_real *a = bad[k].v ? flow_trainer_adam_v(t)
+                                : flow_trainer_adam_m(t);
+        a[3] = (flow_real)bad[k].value;
+        ck_assert_int_eq(flow_checkpoint_save(m, t, spec, NULL, NULL, path),
+                         FLOW_OK);
+        a[3] = 0;
+        ck_assert_int_eq(flow_checkpoint_open(ctx, path, &ck), FLOW_OK);
+        ck_assert_int_eq(flow_checkpoint_restore(ck, m, t), FLOW_ERR_FORMAT);
+        ck_assert_msg(strstr(flow_errmsg(ctx), path) != NULL
+                      && strstr(flow_errmsg(ctx), bad[k].said) != NULL,
+                      "case %zu: %s", k, flow_errmsg(ctx));
+        flow_checkpoint_free(ck);
+        /* the refused restore had read the value in */
+        flow_trainer_adam_m(t)[3] = 0;
+        flow_trainer_adam_v(t)[3] = 0;
+    }
+    ck_assert_int_eq(flow_checkpoint_save(m, t, spec, NULL, NULL, path),
+                     FLOW_OK);
+    {
+        flow_checkpoint *ck;
+        ck_assert_int_eq(flow_checkpoint_open(ctx, path, &ck), FLOW_OK);
+        ck_assert_msg(flow_checkpoint_restore(ck, m, t) == FLOW_OK, "%s",
+                      flow_errmsg(ctx));
+        flow_checkpoint_free(ck);
+    }
+    flow_trainer_free(t);
+    flow_model_free(m);
+    flow_compile_free(c);
+}
+END_TEST
+
 Suite *suite_ckpt_model(void)
 {
     Suite *s = suite_create("ckpt_model");
@@ -152,6 +209,7 @@ Suite *suite_ckpt_model(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_nonfinite_never_written);
     tcase_add_test(tc, test_restore_needs_training_state);
+    tcase_add_test(tc, test_restore_refuses_bad_adam);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -212,6 +212,35 @@ START_TEST(test_bundled_plugins_found_by_name)
 }
 END_TEST
 
+/* On demand, a type comes from NAME.so alone: a broken plugin next to it
+ * is never loaded unless a type is missing, and then it is skipped (the
+ * type found in a later file) or named (the type not found). */
+START_TEST(test_on_demand)
+{
+    char d1[] = "/tmp/flowkit-demand-XXXXXX", cmd[8192], path[8192];
+    const char *bundled = getenv("FLOW_PLUGIN_PATH"), *file = NULL;
+    ck_assert_ptr_nonnull(bundled);
+    ck_assert_ptr_nonnull(mkdtemp(d1));
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s/a.so' && cp '%s' '%s/good.so'",
+             test_plugin("badabi"), d1, test_plugin("good"), d1);
+    ck_assert_int_eq(system(cmd), 0);
+    snprintf(path, sizeof path, "%s:%s", d1, bundled);
+    setenv("FLOW_PLUGIN_PATH", path, 1);
+    ck_assert_int_eq(flow_plugin_load_on_demand(ctx), FLOW_OK);
+    ck_assert_uint_eq(flow_plugin_count(ctx), 0);
+    ck_assert_ptr_nonnull(flow_layer_type_find(ctx, "permute", &file));
+    ck_assert_uint_eq(flow_plugin_count(ctx), 1);
+    ck_assert_ptr_nonnull(strstr(file, "permute.so"));
+    /* good.so provides good_identity: every file is tried, a.so fails */
+    ck_assert_ptr_nonnull(flow_layer_type_find(ctx, "good_identity", &file));
+    ck_assert_ptr_nonnull(strstr(file, "/good.so"));
+    ck_assert_ptr_null(flow_layer_type_find(ctx, "no_such_type", NULL));
+    ck_assert_errmsg_has("/a.so: ABI version mismatch: expected 1, got 2");
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d1);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_version)
 {
     ck_assert_str_eq(flow_version(), FLOW_VERSION_STRING);
@@ -312,6 +341,7 @@ Suite *suite_loader(void)
     tcase_add_test(tc, test_load_all_reports_bad_file);
     tcase_add_test(tc, test_bundled_plugins_found_by_name);
     tcase_add_test(tc, test_version);
+    tcase_add_test(tc, test_on_demand);
     suite_add_tcase(s, tc);
     tc = tcase_create("optional_callbacks");
     tcase_add_checked_fixture(tc, setup, teardown);

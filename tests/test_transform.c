@@ -353,6 +353,66 @@ START_TEST(test_batch_position)
 }
 END_TEST
 
+/* The affine transformer on non-finite and huge values (the float path's
+ * vectorised exp and tanh took a NaN to an integer conversion that
+ * overflowed): infinite and huge log-scales saturate at +-C, an infinite
+ * or NaN input goes through as itself, a NaN parameter or an overflowing
+ * result is FLOW_ERR_NUMERIC with NaN / inf in its place.  Seven scalars:
+ * the last goes through the float path's padded pair. */
+START_TEST(test_affine_nonfinite)
+{
+    enum { M = 7 };
+    const flow_host *h = flow_host_services();
+    const double huge = FLOW_REAL_DOUBLE ? 1e308 : 3e38, C = TF_AFFINE_CLAMP;
+    const double xs[M] = {1, 1, 1, 1, INFINITY, -INFINITY, NAN};
+    const double ss[M] = {INFINITY, -INFINITY, huge, -huge, 0, 1, 0};
+    const double tol = FLOW_REAL_DOUBLE ? 1e-14 : 4e-7;
+    flow_real x[M], th[2 * M], y[M], l[M], back[M], lb[M];
+    for (int i = 0; i < M; i++) {
+        x[i] = (flow_real)xs[i];
+        th[2 * i] = (flow_real)ss[i];
+        th[2 * i + 1] = 0;
+    }
+    ck_assert_int_eq(h->tf_forward(&kinds[0], M, x, th, y, l), FLOW_OK);
+    ck_assert_int_eq(h->tf_inverse(&kinds[0], M, y, th, back, lb), FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        double lw = C * tanh(ss[i] / C), yw = xs[i] * exp(lw);
+        ck_assert_double_eq_tol((double)l[i], lw, tol * C);
+        ck_assert_double_eq_tol((double)lb[i], -lw, tol * C);
+        if (isfinite(yw)) {
+            ck_assert_double_eq_tol((double)y[i], yw, tol * fabs(yw));
+            ck_assert_double_eq_tol((double)back[i], xs[i], 4 * tol);
+        } else if (isnan(yw)) {
+            ck_assert_msg(isnan((double)y[i]) && isnan((double)back[i]),
+                          "scalar %d: %g, %g, expected NaN", i, (double)y[i],
+                          (double)back[i]);
+        } else {
+            ck_assert_double_eq((double)y[i], yw);
+            ck_assert_double_eq((double)back[i], yw);
+        }
+    }
+    /* a NaN log-scale parameter (the last, padded scalar) and a finite
+     * input that overflows (the first) are reported, NaN / inf in place */
+    th[2 * (M - 1)] = (flow_real)NAN;
+    x[M - 1] = 1;
+    ck_assert_int_eq(h->tf_forward(&kinds[0], M, x, th, y, l),
+                     FLOW_ERR_NUMERIC);
+    ck_assert_msg(isnan((double)y[M - 1]) && isnan((double)l[M - 1]),
+                  "NaN parameter: y %g, lad %g", (double)y[M - 1],
+                  (double)l[M - 1]);
+    ck_assert_int_eq(h->tf_inverse(&kinds[0], M, x, th, y, l),
+                     FLOW_ERR_NUMERIC);
+    ck_assert_msg(isnan((double)y[M - 1]), "NaN parameter: x %g",
+                  (double)y[M - 1]);
+    th[2 * (M - 1)] = 0;
+    x[0] = (flow_real)huge;
+    ck_assert_int_eq(h->tf_forward(&kinds[0], M, x, th, y, l),
+                     FLOW_ERR_NUMERIC);
+    ck_assert_double_eq((double)y[0], INFINITY);
+    ck_assert_double_eq_tol((double)l[0], C, tol * C);
+}
+END_TEST
+
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
@@ -373,6 +433,7 @@ Suite *suite_transform(void)
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);
+    tcase_add_test(tc, test_affine_nonfinite);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -88,6 +88,16 @@ FLOW_API int flow_plugin_load(flow_ctx *ctx, const char *name);
  * first plugin that fails to load and reports it. */
 FLOW_API int flow_plugin_load_all(flow_ctx *ctx);
 
+/* Load plugins only as flow_layer_type_find / flow_target_type_find ask
+ * for their types: a type not loaded yet comes from the first NAME.so
+ * along the search path, or failing that from loading every file there
+ * (past files that fail; the first failure stays in flow_errmsg while the
+ * type is not found).  A plugin that no spec of the process uses is never
+ * loaded, so a broken or crashing one harms only the specs that need it.
+ * A fatal signal while a plugin loads names its file on stderr.  Returns
+ * FLOW_OK or FLOW_ERR_NOMEM. */
+FLOW_API int flow_plugin_load_on_demand(flow_ctx *ctx);
+
 /* Loaded plugins, in load order.  Returned pointers are owned by ctx. */
 FLOW_API size_t flow_plugin_count(const flow_ctx *ctx);
 FLOW_API const flow_plugin_info *flow_plugin_get(const flow_ctx *ctx,

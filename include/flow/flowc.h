@@ -30,6 +30,9 @@ extern "C" {
 #define FLOW_MAX_NESTING         64   /* brackets, repeat/block calls    */
 #define FLOW_MAX_IDENT          255   /* identifier length               */
 #define FLOW_MAX_FILE_BYTES (1u << 20) /* one source file (1 MiB)         */
+#define FLOW_MAX_PARAMS   (1u << 30)  /* learnable parameters, all layers:
+                                         4 GiB a copy in float32, and
+                                         training keeps about 5 copies   */
 #define FLOW_MAX_LIST     FLOW_MAX_DIM /* items of one list literal       */
 #define FLOW_MAX_ERRORS          50   /* then "too many errors"          */
 
