@@ -47,10 +47,14 @@ flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
 flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
                                      const char *path, const char *text,
                                      const char *target);
-/* SIGINT / SIGTERM while training: the handler only records the signal
- * in cli_stop_signal; the loop finishes its step and saves. */
+/* SIGINT / SIGTERM while training: the handler records the signal in
+ * cli_stop_signal; the loop finishes its step and saves, after calling
+ * cli_stop_saving.  A second signal, or a step still running
+ * FLOWKIT_STOP_GRACE seconds after the first, exits 128 + signal at once
+ * without a checkpoint (common.c). */
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
+void cli_stop_saving(void);
 
 /* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal;
  * v as a JSON number with `digits` significant digits, or null for inf
@@ -77,9 +81,14 @@ typedef struct cli_loaded {
     flow_model *model;
     flow_checkpoint *ck;
     const char *spec_source;    /* owned by comp or ck */
+    /* the training data's column names (data, then context), NULL when
+     * unnamed; owned by ck */
+    const char *const *columns;
+    size_t n_columns, n_context_columns;
 } cli_loaded;
-/* Opens a checkpoint, recompiles its spec and restores the parameters;
- * 0, or 1 after printing why. */
+/* Opens a checkpoint, compiles its embedded spec and imports (never the
+ * disk; diagnostics name "CKPT[PATH]") and restores the parameters; 0,
+ * or 1 after printing why. */
 int cli_load_checkpoint(cli_loaded *l, const char *cmd, const char *path,
                         size_t threads);
 /* Same, recompiling with `target` as --target when not NULL ("" : the
@@ -93,6 +102,31 @@ void cli_loaded_free(cli_loaded *l);
 flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
                      const char *columns, const char *context, size_t dim,
                      size_t cdim);
+/* The same for a loaded model: with by_name, no --columns / --context and
+ * a checkpoint that names its training columns, a file with a header
+ * gives the model's columns by name (a missing one is an error naming
+ * both lists); a file without a header is read by position. */
+flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
+                               const char *path, const char *columns,
+                               const char *context, int by_name);
+/* The columns `names` (dim data, then cdim context) of a file with a
+ * header, by name; a file without one by position. */
+flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
+                             const char *path, const char *const *names,
+                             size_t dim, size_t cdim);
+/* Writes a checkpoint of m (and t) with every source file of comp
+ * embedded and, when data has a header, its column names (common.c). */
+int cli_save_checkpoint(flow_ctx *ctx, flow_model *m, flow_trainer *t,
+                        const flow_compilation *comp, const flow_data *data,
+                        const char *history, const char *const *meta,
+                        const char *out);
+/* --resume: the checkpoint was made from comp's spec and imports and,
+ * when both name them, from the columns of data (may be NULL); 0, or 1
+ * after printing why. */
+int cli_check_resume(flow_ctx *ctx, const char *cmd,
+                     const flow_checkpoint *ck,
+                     const flow_compilation *comp, const char *spec,
+                     const flow_data *data, const char *data_path);
 
 /* The options of the subcommands that run a trained model (eval.c). */
 typedef struct cli_run_opts {
@@ -103,6 +137,8 @@ typedef struct cli_run_opts {
     int json, with_logprob, header, has_n;
     int weights;                /* sample: self-normalised IS weights */
     const char *target;         /* sample --target */
+    const char *const *xnames;  /* names of the x columns written (the
+                                   training columns'), NULL: x0.. */
 } cli_run_opts;
 
 /* Parses them; mode 0: --data commands; 1: sample; 2: info (checkpoint

@@ -89,8 +89,10 @@ fails "truncated: logprob" "cut.ckpt: " \
 fails "truncated: train --resume" "cut.ckpt: " \
     "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 5 \
     --resume "$t/cut.ckpt" -o "$O/r.ckpt"
-# one flipped byte: in the header, its padding, the data
-for pos in 8 $((8 + hlen / 2)) $((8 + hlen - 1)) $((8 + hlen)) \
+# one flipped byte: in the header (its start, the spec), its padding, the
+# data
+inspec=$(( $(grep -abo '"spec":"' "$A" | head -n 1 | cut -d: -f1) + 10 ))
+for pos in 8 $inspec $((8 + hlen - 1)) $((8 + hlen)) \
            $((8 + hlen + (size - 8 - hlen) / 2)) $((size - 1)); do
     cp "$A" "$t/flip.ckpt"
     flip "$t/flip.ckpt" $pos
@@ -125,8 +127,8 @@ fails "other precision: sample" "prec.ckpt: checkpoint precision is $other but t
 fails "other precision: train --resume" "prec.ckpt: checkpoint precision is $other" \
     "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 5 \
     --resume "$t/prec.ckpt" -o "$O/r.ckpt"
-"$EDIT" "$A" "$t/ver.ckpt" '"format_version":"1"' '"format_version":"2"'
-fails "newer format: logprob" "ver.ckpt: checkpoint format version 2 is newer than this flowkit supports (1): upgrade flowkit" \
+"$EDIT" "$A" "$t/ver.ckpt" '"format_version":"2"' '"format_version":"3"'
+fails "newer format: logprob" "ver.ckpt: checkpoint format version 3 is newer than this flowkit supports (2): upgrade flowkit" \
     "$F" logprob "$t/ver.ckpt" --data "$t/te.csv" -o "$O/lp.csv"
 shape=$(head -c $((8 + hlen)) "$A" | grep -ao '"params/coupling#0":{"dtype":"F[0-9]*","shape":\[[0-9]*\]' \
         | sed 's/.*"shape"://')
@@ -226,7 +228,8 @@ awk -F, 'NR == 31 { $1 = 500 } { print }' OFS=, "$t/z.csv" >"$t/zspike.csv"
 FLOW_PLUGIN_PATH=$FP "$F" train "$t/faulty.flow" --data "$t/tr.csv" --steps 3 \
     --batch 64 -o "$t/f.ckpt" 2>/dev/null
 check "faulty: clean training" 0 $?
-where="fault_error#1 ($t/faulty.flow:4:5, $FLOW_FAULT_PLUGINS/faulty.so)"
+# a model loaded from a checkpoint names its embedded spec "CKPT[SPEC]"
+where="fault_error#1 ($t/f.ckpt[$t/faulty.flow]:4:5, $FLOW_FAULT_PLUGINS/faulty.so)"
 FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: logprob" \
     "$where: forward: row 149 of " \
     "$F" logprob "$t/f.ckpt" --data "$t/spike.csv" -o "$O/lp.csv"
@@ -242,7 +245,8 @@ FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: encode" "$where: forward: ro
     "$F" encode "$t/f.ckpt" --data "$t/spike.csv" -o "$O/z.csv"
 FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: decode" "$where: inverse: row 29 of 100" \
     "$F" decode "$t/f.ckpt" --data "$t/zspike.csv" -o "$O/x.csv"
-FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: train" "$where: forward: row " \
+FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: train" \
+    "fault_error#1 ($t/faulty.flow:4:5, $FLOW_FAULT_PLUGINS/faulty.so): forward: row " \
     "$F" train "$t/faulty.flow" --data "$t/spike.csv" --steps 20 --batch 64 \
     -o "$O/x.ckpt"
 # ... in an imported block: the file of the statement is named
@@ -332,7 +336,7 @@ EOF
     -o "$t/r.ckpt" 2>/dev/null
 check "residual: training" 0 $?
 fails "fixed-point budget: sample" \
-    "residual#0 ($t/res.flow:3:5, ${FLOW_PLUGIN_PATH%%:*}/residual.so): inverse: fixed-point inverse x = z - g(x) did not converge in 2 iterations" \
+    "residual#0 ($t/r.ckpt[$t/res.flow]:3:5, ${FLOW_PLUGIN_PATH%%:*}/residual.so): inverse: fixed-point inverse x = z - g(x) did not converge in 2 iterations" \
     "$F" sample "$t/r.ckpt" -n 50 -o "$O/s.csv"
 fails "fixed-point budget: decode" "did not converge in 2 iterations" \
     "$F" decode "$t/r.ckpt" --data "$t/z.csv" -o "$O/x.csv"
