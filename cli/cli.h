@@ -104,13 +104,15 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
                      size_t cdim);
 /* The same for a loaded model: with by_name, no --columns / --context and
  * a checkpoint that names its training columns, a file with a header
- * gives the model's columns by name (a missing one is an error naming
- * both lists); a file without a header is read by position. */
+ * gives the model's columns by name, in the model's order (it must have
+ * exactly those columns; an error names both lists); a file without a
+ * header is read by position. */
 flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
                                const char *path, const char *columns,
                                const char *context, int by_name);
 /* The columns `names` (dim data, then cdim context) of a file with a
- * header, by name; a file without one by position. */
+ * header, by name (exactly those columns); a file without one by
+ * position. */
 flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
                              const char *path, const char *const *names,
                              size_t dim, size_t cdim);

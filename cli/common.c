@@ -270,8 +270,8 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
 }
 
 /* The columns of d (read whole, with a header) named `want`, in that
- * order: dim data columns then cdim context columns.  NULL after printing
- * why. */
+ * order: dim data columns then cdim context columns; d has exactly these
+ * columns.  NULL after printing why. */
 static flow_data *select_named(flow_ctx *ctx, const char *cmd,
                                const char *path, flow_data *d,
                                const char *const *want, size_t dim,
@@ -288,6 +288,16 @@ static flow_data *select_named(flow_ctx *ctx, const char *cmd,
     }
     for (size_t j = 0; j < nf; j++)
         have[j] = flow_data_column_name(d, j);
+    list_names(a, sizeof a, want, nw);
+    list_names(b, sizeof b, have, nf);
+    /* a header reorders the columns, it never drops one: a file of other
+     * data that happens to hold these names too is refused */
+    if (nf != nw) {
+        fprintf(stderr, "%s: %s: %zu columns (%s), the model was trained on "
+                "%zu (%s): select them with --columns%s\n", cmd, path, nf, b,
+                nw, a, cdim ? " and --context" : "");
+        goto done;
+    }
     for (size_t k = 0; k < nw; k++) {
         size_t hits = 0;
         for (size_t j = 0; j < nf; j++)
@@ -297,8 +307,6 @@ static flow_data *select_named(flow_ctx *ctx, const char *cmd,
             }
         if (hits == 1)
             continue;
-        list_names(a, sizeof a, want, nw);
-        list_names(b, sizeof b, have, nf);
         fprintf(stderr, "%s: %s: %s column '%s' (the model was trained on "
                 "columns %s; the file has %s): select the columns with "
                 "--columns%s\n", cmd, path, hits ? "more than one" : "no",

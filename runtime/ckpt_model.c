@@ -103,17 +103,19 @@ static int imports_json(flow_ctx *ctx, const flow_spec_file *f, size_t n,
     }
     json_buf_raw(&b, "]", 1);
     if (b.oom || b.bad_utf8) {
+        int oom = b.oom;
         json_buf_free(&b);
-        return b.oom ? ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
-                     : ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported "
-                                 "file or its path is not valid UTF-8",
-                                 path);
+        return oom ? ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
+                   : ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported file or "
+                               "its path is not valid UTF-8", path);
     }
     *out = b.s;
     return FLOW_OK;
 }
 
-/* names[0..n) as a JSON array of strings into *out (NULL when n is 0). */
+/* names[0..n) as a JSON array of strings into *out (NULL when n is 0,
+ * and when a name is not UTF-8: such a name could not be matched again,
+ * so the columns stay unnamed and are matched by position). */
 static int names_json(flow_ctx *ctx, const char *const *names, size_t n,
                       const char *path, char **out)
 {
@@ -134,9 +136,10 @@ static int names_json(flow_ctx *ctx, const char *const *names, size_t n,
         json_buf_string(&b, names[i], strlen(names[i]));
     }
     json_buf_raw(&b, "]", 1);
-    if (b.oom) {
+    if (b.oom || b.bad_utf8) {
+        int oom = b.oom;
         json_buf_free(&b);
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return oom ? ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory") : FLOW_OK;
     }
     *out = b.s;
     return FLOW_OK;

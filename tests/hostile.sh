@@ -436,6 +436,10 @@ sed '1s/.*/a,b/' "$t/te.csv" >"$t/ab.csv"
 fails "header a,b: eval" \
     "ab.csv: no column 'x0' (the model was trained on columns x0, x1; the file has a, b)" \
     "$F" eval "$A" --data "$t/ab.csv"
+awk -F, '{ print $0 "," (NR == 1 ? "x2" : 1) }' "$t/te.csv" >"$t/x3.csv"
+fails "extra column x2: eval" \
+    "x3.csv: 3 columns (x0, x1, x2), the model was trained on 2 (x0, x1): select them with --columns" \
+    "$F" eval "$A" --data "$t/x3.csv"
 fails "other columns: train --resume" \
     "ab.csv: the columns are a, b, the checkpoint was trained on x0, x1" \
     "$F" train "$t/small.flow" --data "$t/ab.csv" --steps 6 --batch 64 \
