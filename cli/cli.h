@@ -48,10 +48,10 @@ flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
                                      const char *path, const char *text,
                                      const char *target);
 /* SIGINT / SIGTERM while training: the handler records the signal in
- * cli_stop_signal; the loop finishes its step and saves, after calling
- * cli_stop_saving.  A second signal, or a step still running
- * FLOWKIT_STOP_GRACE seconds after the first, exits 128 + signal at once
- * without a checkpoint (common.c). */
+ * cli_stop_signal; the loop finishes its step and saves, calling
+ * cli_stop_saving once it has seen the signal.  A second signal, or
+ * FLOWKIT_STOP_GRACE seconds after the first without cli_stop_saving,
+ * exits 128 + signal at once without a checkpoint (common.c). */
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 void cli_stop_saving(void);

@@ -418,10 +418,11 @@ void cli_json_num(FILE *f, double v, int digits)
  * loop finishes its step, writes the checkpoint and exits 128 + sig.  A
  * step that does not finish must not make the process unkillable: a
  * second signal, or the end of the grace period (FLOWKIT_STOP_GRACE
- * seconds, default 30, 0 = none) after the first, exits at once with 128
- * + that signal and writes no checkpoint (an atomic write never leaves a
- * partial one).  Once the loop has seen the signal and is
- * saving, only a second signal interrupts the save. */
+ * seconds, default 30, 0 = none) after the first while the loop has not
+ * taken it into account, exits at once with 128 + that signal and writes
+ * no checkpoint (an atomic write never leaves a partial one).  Once the
+ * loop has seen the signal (cli_stop_saving), only a second signal
+ * interrupts the rest: the end of the epoch, the save. */
 volatile sig_atomic_t cli_stop_signal;
 static volatile sig_atomic_t saving;
 

@@ -407,6 +407,8 @@ int cli_cmd_train(int argc, char **argv)
     while (st.step < total && !cli_stop_signal) {
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
             goto failmsg;
+        if (cli_stop_signal)    /* the step returned: the grace ends */
+            cli_stop_saving();
         {
             /* ODE function evaluations of this step (forward and
              * backward), read before a validation pass resets them */
