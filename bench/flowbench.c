@@ -89,22 +89,6 @@ static long current_rss_kib(void)
     return res < 0 ? -1 : res * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
-/* JSON string (quotes, backslashes and control characters escaped). */
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static int usage_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 
@@ -444,7 +428,7 @@ static int cmd_model(int argc, char **argv)
     }
     double per_s = secs > 0 ? (double)iters / secs : 0;
     printf("{\"mode\": \"model\", \"spec\": ");
-    json_str(stdout, o.spec);
+    flow_json_string(stdout, o.spec);
     printf(", \"metric\": \"%s\", \"precision\": \"%s\", \"dim\": %zu, "
            "\"params\": %zu, \"batch\": %zu, \"threads\": %zu, "
            "\"warmup\": %zu, \"iters\": %zu, \"seconds\": %.6g, "

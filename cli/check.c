@@ -152,7 +152,7 @@ static int parse_check(int argc, char **argv, check_opts *o)
             else
                 o->plugins[o->n_plugins++] = v;
         } else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -210,29 +210,29 @@ static void print_report(const check_opts *o, const char *type,
         tot->broken++;
     if (o->json) {
         printf("%s\n    {\"type\": ", first ? "" : ",");
-        cli_json_str(stdout, type);
+        flow_json_string(stdout, type);
         printf(", \"label\": ");
-        cli_json_str(stdout, label);
+        flow_json_string(stdout, label);
         printf(", \"plugin\": ");
-        cli_json_str(stdout, file);
+        flow_json_string(stdout, file);
         printf(", \"dim\": %zu, \"context\": %zu, ", dim, context);
         if (error) {
             printf("\"error\": ");
-            cli_json_str(stdout, error);
+            flow_json_string(stdout, error);
             printf(", ");
         }
         printf("\"failed\": %d, \"checks\": [", rep->failures);
         for (size_t i = 0; i < rep->n; i++) {
             const conform_row *r = &rep->rows[i];
             printf("%s\n      {\"name\": ", i ? "," : "");
-            cli_json_str(stdout, r->name);
+            flow_json_string(stdout, r->name);
             printf(", \"error\": ");
             cli_json_num(stdout, r->skipped ? NAN : r->err, 6);
             printf(", \"tolerance\": ");
             cli_json_num(stdout, r->skipped ? NAN : r->tol, 6);
             printf(", \"result\": \"%s\", \"note\": ",
                    r->skipped ? "SKIP" : r->pass ? "PASS" : "FAIL");
-            cli_json_str(stdout, r->note);
+            flow_json_string(stdout, r->note);
             printf("}");
         }
         printf("]}");

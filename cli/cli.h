@@ -10,6 +10,11 @@
 #include "flow/flowc.h"
 
 #define CLI_EXIT_USAGE 2
+/* A training run that diverged: a non-finite final loss or validation
+ * score, or stopped by the non-finite guard (docs/cli.md). */
+#define CLI_EXIT_DIVERGED 3
+/* flow_model_set_threads' limit, checked as a usage error. */
+#define CLI_MAX_THREADS 64
 
 /* Option cursor over argv: `--name value` and `--name=value`. */
 typedef struct cli_args {
@@ -29,8 +34,14 @@ int cli_next_arg(cli_args *a, const char **pos);
 int cli_opt_is(const cli_args *a, const char *name);
 /* The option's value; NULL after printing a usage error. */
 const char *cli_opt_value(cli_args *a);
-/* Option values; 0, or CLI_EXIT_USAGE after printing why. */
+/* An option that takes no value (`--json`, not `--json=yes`); 0, or
+ * CLI_EXIT_USAGE after printing why. */
+int cli_flag(cli_args *a);
+/* Option values; 0, or CLI_EXIT_USAGE after printing why (the message
+ * says the range).  cli_parse_size: min .. SIZE_MAX / 2; cli_parse_u64:
+ * any 64-bit value (seeds). */
 int cli_parse_size(cli_args *a, size_t *out, size_t min);
+int cli_parse_range(cli_args *a, size_t *out, size_t min, size_t max);
 int cli_parse_u64(cli_args *a, uint64_t *out);
 int cli_parse_real(cli_args *a, double *out, double lo, double hi);
 /* Prints "CMD: <ctx's message>"; returns 1. */
@@ -47,6 +58,18 @@ flow_compilation *cli_compile(flow_ctx *ctx, const char *cmd,
 flow_compilation *cli_compile_target(flow_ctx *ctx, const char *cmd,
                                      const char *path, const char *text,
                                      const char *target);
+/* Before any work: the n inputs read standard input ("-") at most once,
+ * and the output `out` can be written and is none of the inputs
+ * (flow_output_check; NULL or "-" is standard output).  An input that
+ * the command reads whole before writing and may legitimately replace
+ * (train --resume CKPT -o CKPT) is not passed.  0, or an exit code after
+ * printing why: 2 for an empty name or "-" twice, 1 otherwise. */
+int cli_check_output(const char *cmd, const char *out,
+                     const char *const *inputs, size_t n);
+/* The same for the files a compiled spec read (the spec and its imports),
+ * once it is compiled. */
+int cli_check_output_sources(const char *cmd, const char *out,
+                             const flow_graph *g);
 /* SIGINT / SIGTERM while training: the handler records the signal in
  * cli_stop_signal; the loop finishes its step and saves, calling
  * cli_stop_saving once it has seen the signal.  A second signal, or
@@ -56,11 +79,9 @@ extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 void cli_stop_saving(void);
 
-/* Seconds on the monotonic clock; s (NULL: "") as a JSON string literal;
- * v as a JSON number with `digits` significant digits, or null for inf
- * and NaN, which JSON lacks (common.c). */
+/* Seconds on the monotonic clock; v as a JSON number with `digits` significant digits, or null for inf
+ * and NaN, which JSON lacks (common.c).  Strings: flow_json_string. */
 double cli_now_s(void);
-void cli_json_str(FILE *f, const char *s);
 void cli_json_num(FILE *f, double v, int digits);
 
 /* Growing text (the JSON training history; common.c): on running out
@@ -130,6 +151,28 @@ int cli_check_resume(flow_ctx *ctx, const char *cmd,
                      const flow_compilation *comp, const char *spec,
                      const flow_data *data, const char *data_path);
 
+/* Located data errors (eval.c).  cli_check_bounds: every value of d
+ * inside the bounds `input x : real[D] in [lo, hi]` of g, or 1 after
+ * printing "CMD: FILE:LINE:COL: value ... outside the bounds".
+ * cli_fail_located: after a pass of `what` (0 log-density, 1 forward, 2
+ * inverse) over d failed in the batch of `batch` rows at row `from`,
+ * finds the first failing row by running the rows again (the batch,
+ * then its rows one at a time) and prints "CMD: FILE:LINE: <the
+ * context's message>"; returns 1.  cli_nonfinite_row: prints "CMD:
+ * FILE:LINE: WHAT is V under the model<hint>"; returns 1. */
+int cli_check_bounds(const char *cmd, const flow_graph *g, flow_data *d);
+int cli_fail_located(flow_ctx *ctx, const char *cmd, flow_model *m,
+                     flow_data *d, int what, size_t from, size_t batch);
+int cli_nonfinite_row(const char *cmd, flow_data *d, size_t row,
+                      const char *what, double v, const char *hint);
+
+/* The first row of d whose log-density under l's model is not finite,
+ * said with its place as cli_nonfinite_row does: -1 after printing it, 0
+ * when every row is finite, a FLOW_ERR code (message in l->ctx) when a
+ * pass fails. */
+int cli_first_nonfinite(cli_loaded *l, const char *cmd, flow_data *d,
+                        size_t batch, const char *hint);
+
 /* The options of the subcommands that run a trained model (eval.c). */
 typedef struct cli_run_opts {
     const char *ckpt, *data, *out, *columns, *context, *ctxfile;
@@ -138,6 +181,8 @@ typedef struct cli_run_opts {
     uint64_t seed;
     int json, with_logprob, header, has_n;
     int weights;                /* sample: self-normalised IS weights */
+    int allow_nonfinite;        /* --data commands: accept and write
+                                   non-finite results */
     const char *target;         /* sample --target */
     const char *const *xnames;  /* names of the x columns written (the
                                    training columns'), NULL: x0.. */

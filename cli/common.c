@@ -1,6 +1,7 @@
 /* common.c - what the subcommands share: the context with the plugins,
  * compiling a spec, loading a checkpoint, reading data for a model,
- * JSON output, growing text, the clock and the stop signals. */
+ * checking an output before any work, JSON output, growing text, the
+ * clock and the stop signals. */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -253,6 +254,8 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
         cli_fail(ctx, cmd);
         return NULL;
     }
+    if (flow_data_note(d))
+        fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(d));
     if (flow_data_context_dim(d) != cdim) {
         fprintf(stderr, "%s: %s: the model %s %zu context column%s, the data "
                 "have %zu (select them with --context)\n", cmd, path,
@@ -277,7 +280,7 @@ static flow_data *select_named(flow_ctx *ctx, const char *cmd,
                                const char *const *want, size_t dim,
                                size_t cdim)
 {
-    size_t nf = flow_data_dim(d), n = flow_data_rows(d), nw = dim + cdim;
+    size_t nf = flow_data_dim(d), nw = dim + cdim;
     size_t *at = calloc(nw, sizeof *at);
     const char **have = calloc(nf, sizeof *have);
     flow_data *out = NULL;
@@ -313,21 +316,14 @@ static flow_data *select_named(flow_ctx *ctx, const char *cmd,
                 want[k], a, b, cdim ? " and --context" : "");
         goto done;
     }
-    if (!(out = flow_data_new(ctx, n, dim, cdim))
-        || flow_data_set_column_names(ctx, out, want) != FLOW_OK) {
+    /* in place, so that places in messages still name the file's lines
+     * and columns */
+    if (flow_data_reorder(ctx, d, at, cdim) != FLOW_OK) {
         cli_fail(ctx, cmd);
-        flow_data_free(out);
-        out = NULL;
         goto done;
     }
-    for (size_t r = 0; r < n; r++)
-        for (size_t k = 0; k < nw; k++) {
-            flow_real v = flow_data_values(d)[r * nf + at[k]];
-            if (k < dim)
-                flow_data_values(out)[r * dim + k] = v;
-            else
-                flow_data_context(out)[r * cdim + k - dim] = v;
-        }
+    out = d;
+    d = NULL;
 done:
     free(at);
     free(have);
@@ -346,6 +342,8 @@ flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
         cli_fail(ctx, cmd);
         return NULL;
     }
+    if (flow_data_note(d))
+        fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(d));
     if (flow_data_rows(d) == 0) {
         fprintf(stderr, "%s: %s: no rows\n", cmd, path);
         flow_data_free(d);
@@ -380,28 +378,61 @@ flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
     return cli_read_by_names(l->ctx, cmd, path, l->columns, dim, cdim);
 }
 
+int cli_check_output(const char *cmd, const char *out,
+                     const char *const *inputs, size_t n)
+{
+    flow_ctx *ctx;
+    size_t stdin_uses = 0;
+    int rc;
+    for (size_t i = 0; i < n; i++)
+        stdin_uses += inputs[i] && !strcmp(inputs[i], "-");
+    if (stdin_uses > 1) {
+        fprintf(stderr, "%s: standard input can be read only once, but %zu "
+                "inputs are '-' (try '%s --help')\n", cmd, stdin_uses, cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (!out || !strcmp(out, "-"))
+        return 0;
+    if (!*out) {
+        fprintf(stderr, "%s: -o: empty file name (try '%s --help')\n", cmd,
+                cmd);
+        return CLI_EXIT_USAGE;
+    }
+    if (!(ctx = flow_ctx_new())) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return 1;
+    }
+    rc = flow_output_check(ctx, out, inputs, n) == FLOW_OK ? 0
+                                                           : cli_fail(ctx, cmd);
+    flow_ctx_free(ctx);
+    return rc;
+}
+
+int cli_check_output_sources(const char *cmd, const char *out,
+                             const flow_graph *g)
+{
+    size_t n = flow_graph_source_count(g);
+    const char **paths = calloc(n ? n : 1, sizeof *paths);
+    int rc;
+    if (!paths) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return 1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        flow_graph_source(g, i, &paths[i], &len);
+    }
+    rc = cli_check_output(cmd, out, paths, n);
+    free(paths);
+    return rc;
+}
+
 /* Seconds on the monotonic clock. */
 double cli_now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Prints s (NULL: "") as a JSON string literal. */
-void cli_json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
 }
 
 void cli_json_num(FILE *f, double v, int digits)

@@ -149,7 +149,7 @@ static void fill_call(layer_run *L, flow_call *c, size_t n, flow_real *grad,
 
 static int ensure_ws(layer_run *L, size_t n, int dir)
 {
-    size_t need = L->t->workspace(L->self, n, dir);
+    size_t need = L->t->workspace ? L->t->workspace(L->self, n, dir) : 0;
     if (need <= L->ws_bytes)
         return 0;
     free(L->ws);
@@ -358,7 +358,7 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     rng_seed(&L->crng0, o->seed ^ 0xc0ffee5eedull);
     fill_call(L, &c, 0, NULL, NULL);
     c.rng = &L->rng;
-    if ((rc = t->init(L->self, &c, L->params)) != FLOW_OK)
+    if (t->init && (rc = t->init(L->self, &c, L->params)) != FLOW_OK)
         return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file,
                               L->err);
     memcpy(L->p0, L->params, L->desc.n_params * sizeof *L->p0);

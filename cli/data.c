@@ -105,10 +105,19 @@ int cli_cmd_data(int argc, char **argv)
                 p.n = (size_t)v, have_n = 1;
             else if (!strcmp(a, "--seed"))
                 p.seed = v;
-            else if (!strcmp(a, "--dim"))
-                p.dim = (size_t)v;
-            else if (!strcmp(a, "--components"))
-                p.components = (size_t)v;
+            else if (!strcmp(a, "--dim") || !strcmp(a, "--components")) {
+                /* 0 in the struct means "the default": given, it is a
+                 * mistake, not a request for the default */
+                if (v == 0) {
+                    fprintf(stderr, "flowkit data: %s: must be at least 1 "
+                            "(try 'flowkit data --help')\n", a);
+                    return CLI_EXIT_USAGE;
+                }
+                if (a[2] == 'd')
+                    p.dim = (size_t)v;
+                else
+                    p.components = (size_t)v;
+            }
             else
                 p.means_seed = v;
             i++;
@@ -140,6 +149,8 @@ missing:
                 fmt);
         return CLI_EXIT_USAGE;
     }
+    if ((rc = cli_check_output("flowkit data", out, NULL, 0)) != 0)
+        return rc;
     if (!(ctx = flow_ctx_new())) {
         fputs("flowkit: out of memory\n", stderr);
         return 1;

@@ -27,6 +27,121 @@ static int parse_format(cli_args *a, flow_data_format *f)
     return 0;
 }
 
+/* ------------------------------------------------------------ locations */
+
+#define ALLOW_HINT " (--allow-nonfinite accepts it)"
+
+int cli_check_bounds(const char *cmd, const flow_graph *g, flow_data *d)
+{
+    double lo, hi;
+    size_t n = flow_data_rows(d), dim = flow_data_dim(d);
+    const flow_real *x = flow_data_values(d);
+    if (!flow_graph_input_bounds(g, &lo, &hi))
+        return 0;
+    /* compared in the data's precision: "0.3" in the file is the
+     * flow_real nearest 0.3, which may lie just above the double */
+    lo = (flow_real)lo;
+    hi = (flow_real)hi;
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < dim; j++) {
+            double v = x[r * dim + j];
+            char where[512];
+            if (v >= lo && v <= hi)
+                continue;
+            flow_data_locate(d, r, j, where, sizeof where);
+            fprintf(stderr, "%s: %s: value %.9g is outside the bounds "
+                    "[%g, %g] that the spec declares for its input '%s'\n",
+                    cmd, where, v, lo, hi, flow_graph_input_name(g));
+            return 1;
+        }
+    return 0;
+}
+
+/* One pass of `what` (0 log-density, 1 forward, 2 inverse) over n rows. */
+static int run_rows(flow_model *m, int what, size_t n, const flow_real *x,
+                    const flow_real *c, flow_real *out)
+{
+    return what == 0 ? flow_model_log_prob(m, n, x, c, out)
+         : what == 1 ? flow_model_forward(m, n, x, c, out, NULL)
+                     : flow_model_inverse(m, n, x, c, out, NULL);
+}
+
+int cli_fail_located(flow_ctx *ctx, const char *cmd, flow_model *m,
+                     flow_data *d, int what, size_t from, size_t batch)
+{
+    char msg[2048], where[512];
+    size_t n = flow_data_rows(d), dim = flow_model_dim(m);
+    size_t k = flow_model_context_dim(m), w = what == 0 ? 1 : dim;
+    size_t found = SIZE_MAX;
+    flow_real *out;
+    snprintf(msg, sizeof msg, "%s", flow_errmsg(ctx));
+    if (batch > n)
+        batch = n;
+    /* the failing batch first, then its rows one by one */
+    out = malloc((batch ? batch : 1) * w * sizeof *out);
+    for (size_t r = from; out && r < n; r += batch) {
+        size_t b = n - r < batch ? n - r : batch;
+        const flow_real *x = flow_data_values(d) + r * dim;
+        const flow_real *c = flow_data_context(d);
+        c = c ? c + r * k : NULL;
+        if (run_rows(m, what, b, x, c, out) == FLOW_OK)
+            continue;
+        for (size_t i = 0; i < b && found == SIZE_MAX; i++)
+            if (run_rows(m, what, 1, x + i * dim, c ? c + i * k : NULL, out)
+                != FLOW_OK)
+                found = r + i;
+        break;
+    }
+    free(out);
+    if (found == SIZE_MAX) {
+        fprintf(stderr, "%s: %s\n", cmd, msg);
+        return 1;
+    }
+    flow_data_locate(d, found, SIZE_MAX, where, sizeof where);
+    fprintf(stderr, "%s: %s: %s\n", cmd, where, msg);
+    return 1;
+}
+
+int cli_nonfinite_row(const char *cmd, flow_data *d, size_t row,
+                      const char *what, double v, const char *hint)
+{
+    char where[512];
+    flow_data_locate(d, row, SIZE_MAX, where, sizeof where);
+    fprintf(stderr, "%s: %s: %s is %g under the model%s\n", cmd, where,
+            what, v, hint);
+    return 1;
+}
+
+int cli_first_nonfinite(cli_loaded *l, const char *cmd, flow_data *d,
+                        size_t batch, const char *hint)
+{
+    size_t n = flow_data_rows(d), dim = flow_model_dim(l->model);
+    size_t k = flow_model_context_dim(l->model);
+    flow_real *lp = malloc((n < batch ? n : batch) * sizeof *lp);
+    int rc;
+    if (!lp)
+        return flow_ctx_error(l->ctx, FLOW_ERR_NOMEM, "out of memory");
+    for (size_t r = 0; r < n; r += batch) {
+        size_t b = n - r < batch ? n - r : batch;
+        const flow_real *c = flow_data_context(d);
+        if ((rc = flow_model_log_prob(l->model, b,
+                                      flow_data_values(d) + r * dim,
+                                      c ? c + r * k : NULL, lp)) != FLOW_OK) {
+            free(lp);
+            return rc;
+        }
+        for (size_t i = 0; i < b; i++)
+            if (!isfinite(lp[i])) {
+                double v = lp[i];
+                free(lp);
+                cli_nonfinite_row(cmd, d, r + i, "the log-density", v, hint);
+                return -1;
+            }
+    }
+    free(lp);
+    return 0;
+}
+
 /* ------------------------------------------------------------ eval & co */
 
 int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
@@ -62,22 +177,24 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
         else if (cli_opt_is(&a, "--format"))
             rc = parse_format(&a, &o->format);
         else if (cli_opt_is(&a, "--no-header"))
-            o->header = 0;
+            o->header = (rc = cli_flag(&a)) != 0;
         else if (cli_opt_is(&a, "--batch"))
             rc = cli_parse_size(&a, &o->batch, 1);
         else if (cli_opt_is(&a, "--threads"))
-            rc = cli_parse_size(&a, &o->threads, 1);
+            rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
         else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else if (sampling && cli_opt_is(&a, "-n")) {
             rc = cli_parse_size(&a, &o->n, 1);
             o->has_n = 1;
         } else if (sampling && cli_opt_is(&a, "--seed"))
             rc = cli_parse_u64(&a, &o->seed);
         else if (sampling && cli_opt_is(&a, "--with-logprob"))
-            o->with_logprob = 1;
+            o->with_logprob = !(rc = cli_flag(&a));
         else if (sampling && cli_opt_is(&a, "--weights"))
-            o->weights = 1;
+            o->weights = !(rc = cli_flag(&a));
+        else if (needs_data && cli_opt_is(&a, "--allow-nonfinite"))
+            o->allow_nonfinite = !(rc = cli_flag(&a));
         else if (sampling && cli_opt_is(&a, "--target"))
             rc = (o->target = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else
@@ -99,9 +216,12 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
 static void eval_usage(FILE *f)
 {
     fputs("usage: flowkit eval CKPT --data FILE [--columns L] [--context L]\n"
-          "                    [--batch B] [--json]\n\n"
+          "                    [--batch B] [--allow-nonfinite] [--json]\n\n"
           "Mean log-likelihood (nats per sample) with its standard error, and\n"
-          "bits per dimension, of the rows of FILE under the model.\n", f);
+          "bits per dimension, of the rows of FILE under the model.  A row\n"
+          "whose log-density is not finite is an error naming its line;\n"
+          "--allow-nonfinite reports the non-finite mean instead (null in\n"
+          "JSON).\n", f);
 }
 
 int cli_cmd_eval(int argc, char **argv)
@@ -115,29 +235,43 @@ int cli_cmd_eval(int argc, char **argv)
     int rc;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, eval_usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, NULL, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
     if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
-                                  1))) {
+                                  1))
+        || cli_check_bounds(cmd, flow_compile_graph(l.comp), d)) {
+        flow_data_free(d);
         cli_loaded_free(&l);
         return 1;
     }
     rc = flow_model_evaluate(l.model, flow_data_rows(d), flow_data_values(d),
                              flow_data_context(d), o.batch, &mean, &se);
+    if (rc == FLOW_OK && !isfinite(mean) && !o.allow_nonfinite)
+        rc = cli_first_nonfinite(&l, cmd, d, o.batch, ALLOW_HINT);
     if (rc != FLOW_OK) {
-        cli_fail(l.ctx, cmd);
+        if (rc > 0)
+            cli_fail_located(l.ctx, cmd, l.model, d, 0, 0, o.batch);
         flow_data_free(d);
         cli_loaded_free(&l);
         return 1;
     }
+    if (!isfinite(mean))
+        se = NAN;              /* no spread around a non-finite mean */
     /* bits/dim of the negative log-likelihood: -mean / (D ln 2) */
     bpd = -mean / ((double)dim * log(2.0));
-    if (o.json)
-        printf("{\"rows\": %zu, \"loglik\": %.9g, \"stderr\": %.9g, "
-               "\"bits_per_dim\": %.9g, \"logdet\": \"exact\"}\n",
-               flow_data_rows(d), mean, se, bpd);
-    else
+    if (o.json) {
+        printf("{\"rows\": %zu, \"loglik\": ", flow_data_rows(d));
+        cli_json_num(stdout, mean, 9);
+        printf(", \"stderr\": ");
+        cli_json_num(stdout, se, 9);
+        printf(", \"bits_per_dim\": ");
+        cli_json_num(stdout, bpd, 9);
+        printf(", \"logdet\": \"exact\"}\n");
+    } else
         printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
                "%.6f bits/dim\n", mean, se, flow_data_rows(d), bpd);
     flow_data_free(d);
@@ -188,6 +322,7 @@ int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
         if (wt)
             flow_data_context(out)[r * k + k - 1] = wt[r];
     }
+    flow_data_allow_nonfinite(out, o->allow_nonfinite);
     if ((rc = flow_data_set_column_names(ctx, out,
                                          (const char *const *)names))
         == FLOW_OK)
@@ -205,8 +340,12 @@ done:
 static void logprob_usage(FILE *f)
 {
     fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] [--format csv|npy]\n"
-          "                       [--columns L] [--context L] [--no-header]\n\n"
-          "One log-density (nats) per input row, in input order.\n", f);
+          "                       [--columns L] [--context L] [--no-header]\n"
+          "                       [--allow-nonfinite]\n\n"
+          "One log-density (nats) per input row, in input order.  A row\n"
+          "whose log-density is not finite is an error naming its line,\n"
+          "found before anything is written; --allow-nonfinite writes it.\n",
+          f);
 }
 
 /* logprob, encode (dir 0) and decode (dir 1) share the data loop. */
@@ -221,12 +360,18 @@ static int map_rows(int argc, char **argv, const char *cmd,
     int rc;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
     /* decode reads latents: by position, never by the data's names */
     if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
-                                  what != 2))) {
+                                  what != 2))
+        || (what != 2
+            && cli_check_bounds(cmd, flow_compile_graph(l.comp), d))) {
+        flow_data_free(d);
         cli_loaded_free(&l);
         return 1;
     }
@@ -250,10 +395,23 @@ static int map_rows(int argc, char **argv, const char *cmd,
                        : flow_model_inverse(l.model, b, x, c, res + r * dim,
                                             NULL);
         if (rc != FLOW_OK) {
-            rc = cli_fail(l.ctx, cmd);
+            rc = cli_fail_located(l.ctx, cmd, l.model, d, what, r, o.batch);
             goto out;
         }
     }
+    /* checked before anything is written, so that a failure leaves no
+     * partial output, on standard output neither */
+    for (size_t i = 0; i < n * w && !o.allow_nonfinite; i++)
+        if (!isfinite(res[i])) {
+            char col[48];
+            if (what == 0)
+                snprintf(col, sizeof col, "the log-density");
+            else
+                snprintf(col, sizeof col, "%s%zu", what == 1 ? "z" : "x",
+                         i % w);
+            rc = cli_nonfinite_row(cmd, d, i / w, col, res[i], ALLOW_HINT);
+            goto out;
+        }
     rc = what == 0
        ? cli_write_rows(l.ctx, cmd, &o, n, 0, "", NULL, res, 0, NULL, NULL,
                         NULL)

@@ -1,6 +1,7 @@
 /* cli_fit.c - `flowkit fit`: variational (reverse-KL) training of a flow
  * against a target density, and its importance-sampling report (ELBO,
- * log Z with standard error, effective sample size).  docs/vi.md. */
+ * log Z with standard error, effective sample size).  docs/vi.md.  Exit
+ * codes: 0 success, 1 error, 2 usage, 3 the fit diverged. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -46,7 +47,8 @@ static void fit_usage(FILE *f)
           "The spec's train { } section gives defaults for lr, batch, steps,\n"
           "schedule, warmup, weight_decay, clip and seed.  SIGINT or SIGTERM\n"
           "finishes the current step, writes CKPT with the training state\n"
-          "and exits 130 or 143; --resume CKPT goes on.\n", f);
+          "and exits 130 or 143; --resume CKPT goes on.  Exit status 3: 10\n"
+          "non-finite steps in a row stopped the fit (no checkpoint).\n", f);
 }
 
 typedef struct fit_opts {
@@ -120,13 +122,13 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             rc = cli_parse_u64(&a, &o->seed);
             o->set_seed = 1;
         } else if (cli_opt_is(&a, "--threads"))
-            rc = cli_parse_size(&a, &o->threads, 1);
+            rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
         else if (cli_opt_is(&a, "--eval-samples"))
             rc = cli_parse_size(&a, &o->eval_n, 2);
         else if (cli_opt_is(&a, "--log-every"))
             rc = cli_parse_size(&a, &o->log_every, 1);
         else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -136,6 +138,10 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
         return cli_usage_error(&a, "missing SPEC");
     if (!o->out)
         return cli_usage_error(&a, "missing -o CKPT");
+    if (o->target && !o->target[strspn(o->target, " \t\n")])
+        return cli_usage_error(&a, "--target is empty (give NAME or "
+                               "NAME(attr = value, ...); `flowkit plugins` "
+                               "lists the targets)");
     return 0;
 }
 
@@ -184,10 +190,11 @@ static void print_report(const fit_opts *o, const char *ttext,
                          double seconds)
 {
     if (o->json) {
-        printf("{\"checkpoint\": \"%s\", \"target\": \"", o->out);
-        for (const char *p = ttext; *p; p++)
-            printf(*p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
-        printf("\", \"steps\": %llu, \"skipped_steps\": %llu, "
+        printf("{\"checkpoint\": ");
+        flow_json_string(stdout, o->out);
+        printf(", \"target\": ");
+        flow_json_string(stdout, ttext);
+        printf(", \"steps\": %llu, \"skipped_steps\": %llu, "
                "\"samples\": %zu", (unsigned long long)st->step,
                (unsigned long long)st->skipped, s->n);
         jnum(stdout, "elbo", s->elbo);
@@ -253,7 +260,8 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     if (!(r->ctx = cli_open_ctx(cmd)))
         return 1;
     if (!(r->comp = cli_compile_target(r->ctx, cmd, o->spec, NULL,
-                                       o->target)))
+                                       o->target))
+        || cli_check_output_sources(cmd, o->out, flow_compile_graph(r->comp)))
         return 1;
     g = flow_compile_graph(r->comp);
     if (!flow_graph_target_get(g)) {
@@ -322,6 +330,11 @@ int cli_cmd_fit(int argc, char **argv)
 
     if ((rc = parse_fit(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    /* as for train: --resume CKPT -o CKPT continues in place */
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.spec,
+                               o.resume && !strcmp(o.resume, "-") ? "-"
+                               : NULL}, 2)) != 0)
+        return rc;
     memset(&r, 0, sizeof r);
     if ((rc = fit_setup(&r, &o, cmd)) != 0) {
         fit_free(&r);
@@ -333,13 +346,26 @@ int cli_cmd_fit(int argc, char **argv)
     cli_catch_stop_signals(1);
     while (st.step < o.steps && !cli_stop_signal) {
         double loss;
-        if (flow_trainer_step(r.trainer, &loss) != FLOW_OK)
+        uint64_t skipped = st.skipped, before = st.step;
+        if (flow_trainer_step(r.trainer, &loss) != FLOW_OK) {
+            flow_trainer_get_state(r.trainer, &st);
+            if (tty)
+                fputc('\n', stderr);
+            if (st.skipped > skipped) {     /* the non-finite guard */
+                fprintf(stderr, "%s: %s; no checkpoint written\n", cmd,
+                        flow_errmsg(r.ctx));
+                ret = CLI_EXIT_DIVERGED;
+                goto out;
+            }
             goto failmsg;
+        }
         if (isfinite(loss)) {
             win += -loss;
             win_n++;
         }
         flow_trainer_get_state(r.trainer, &st);
+        if (st.step == before)
+            continue;       /* a skipped step: nothing new to log */
         if (st.step % o.log_every == 0 || st.step == o.steps) {
             double elbo = win_n ? win / (double)win_n : NAN;
             if (tty)
@@ -350,9 +376,13 @@ int cli_cmd_fit(int argc, char **argv)
                 fprintf(stderr, "step %llu/%zu elbo %.5f time %.1fs\n",
                         (unsigned long long)st.step, o.steps, elbo,
                         cli_now_s() - t0);
-            cli_text_add(&r.hist, "%s{\"step\": %llu, \"elbo\": %.9g}",
-                     r.hist.len > 1 ? ", " : "",
-                     (unsigned long long)st.step, elbo);
+            {
+                char e[32];
+                cli_text_add(&r.hist, "%s{\"step\": %llu, \"elbo\": %s}",
+                             r.hist.len > 1 ? ", " : "",
+                             (unsigned long long)st.step,
+                             jval(e, sizeof e, elbo));
+            }
             win = 0;
             win_n = 0;
         }

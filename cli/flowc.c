@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "flow/flowc.h"
 
@@ -185,9 +184,9 @@ int main(int argc, char **argv)
 {
     enum action act = ACT_CHECK;
     flow_diag_format fmt = FLOW_DIAG_TEXT;
-    int terse = 0, werror = 0, status;
+    int terse = 0, werror = 0, status, writes;
     const char *file = NULL, *out_path = NULL, *layer = NULL, *func = NULL;
-    char *tmp_path = NULL;
+    flow_output *o = NULL;
     const char **plugins = calloc((size_t)argc + 1, sizeof *plugins);
     size_t n_plugins = 0;
     flow_ctx *ctx = NULL;
@@ -269,9 +268,25 @@ int main(int argc, char **argv)
     }
     if (terse && fmt == FLOW_DIAG_TEXT)
         fmt = FLOW_DIAG_TERSE;
+    writes = act == ACT_REPORT || act == ACT_JSON || act == ACT_DOT
+             || act == ACT_C;
+    if (writes && out_path && !*out_path) {
+        status = usage_error("%s", "-o: empty file name");
+        goto done;
+    }
 
     if (!(ctx = flow_ctx_new())) {
         fputs("flowc: out of memory\n", stderr);
+        status = EXIT_SPEC;
+        goto done;
+    }
+    /* before any work: the output can be written, and is neither the
+     * spec nor a plugin (its imports are checked once they are known) */
+    plugins[n_plugins] = file;
+    if (writes && out_path
+        && flow_output_check(ctx, out_path, plugins, n_plugins + 1)
+           != FLOW_OK) {
+        fprintf(stderr, "flowc: %s\n", flow_errmsg(ctx));
         status = EXIT_SPEC;
         goto done;
     }
@@ -301,22 +316,26 @@ int main(int argc, char **argv)
         status = EXIT_SPEC;
         goto done;
     }
-    /* -o writes a temporary file beside the target and renames it: an
+    /* -o goes through the runtime's output files (flow_output_open): an
      * error never leaves a half-written file under the requested name */
-    if (act != ACT_CHECK && out_path) {
-        size_t len = strlen(out_path) + 32;
-        if (!(tmp_path = malloc(len))) {
-            fputs("flowc: out of memory\n", stderr);
+    if (writes && out_path) {
+        size_t n = flow_graph_source_count(g), len;
+        const char **src = calloc(n ? n : 1, sizeof *src);
+        int bad = !src;
+        for (size_t i = 0; src && i < n; i++)
+            flow_graph_source(g, i, &src[i], &len);
+        if (bad)
+            flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        else
+            bad = flow_output_check(ctx, out_path, src, n) != FLOW_OK
+                  || flow_output_open(ctx, out_path, &o) != FLOW_OK;
+        free(src);
+        if (bad) {
+            fprintf(stderr, "flowc: %s\n", flow_errmsg(ctx));
             status = EXIT_SPEC;
             goto done;
         }
-        snprintf(tmp_path, len, "%s.tmp%ld", out_path, (long)getpid());
-        if (!(out = fopen(tmp_path, "w"))) {
-            perror(out_path);
-            out = stdout;
-            status = EXIT_SPEC;
-            goto done;
-        }
+        out = flow_output_stream(o);
     }
     status = 0;
     if (act == ACT_REPORT)
@@ -330,29 +349,18 @@ int main(int argc, char **argv)
                 "context cannot be built by this runtime yet\n", file);
         status = EXIT_SPEC;
     }
-    if (out != stdout) {
-        if (fflush(out) != 0 || ferror(out) || fsync(fileno(out)) != 0) {
-            perror(out_path);
-            status = EXIT_SPEC;
-        }
-        if (fclose(out) != 0 && status == 0) {
-            perror(out_path);
-            status = EXIT_SPEC;
-        }
-        out = stdout;
-        if (status == 0 && rename(tmp_path, out_path) != 0) {
-            perror(out_path);
-            status = EXIT_SPEC;
-        }
+    if (o) {
+        flow_output *w = o;
+        o = NULL;
         if (status != 0)
-            unlink(tmp_path);
+            flow_output_abort(w);
+        else if (flow_output_commit(ctx, w) != FLOW_OK) {
+            fprintf(stderr, "flowc: %s\n", flow_errmsg(ctx));
+            status = EXIT_SPEC;
+        }
     }
 done:
-    if (out != stdout) {
-        fclose(out);
-        unlink(tmp_path);
-    }
-    free(tmp_path);
+    flow_output_abort(o);
     flow_compile_free(c);
     flow_ctx_free(ctx);
     free(plugins);

@@ -74,25 +74,25 @@ static void plugins_json(const flow_ctx *ctx)
     for (size_t i = 0; i < n; i++) {
         const flow_plugin_info *p = flow_plugin_get(ctx, i);
         printf("%s{\"file\": ", i ? ", " : "");
-        cli_json_str(stdout, flow_plugin_file(ctx, i));
+        flow_json_string(stdout, flow_plugin_file(ctx, i));
         printf(", \"name\": ");
-        cli_json_str(stdout, p->name);
+        flow_json_string(stdout, p->name);
         printf(", \"version\": ");
-        cli_json_str(stdout, p->version);
+        flow_json_string(stdout, p->version);
         printf(", \"layers\": [");
         for (size_t j = 0; j < p->n_layers; j++) {
             printf("%s{\"name\": ", j ? ", " : "");
-            cli_json_str(stdout, p->layers[j]->name);
+            flow_json_string(stdout, p->layers[j]->name);
             printf(", \"summary\": ");
-            cli_json_str(stdout, p->layers[j]->summary);
+            flow_json_string(stdout, p->layers[j]->summary);
             printf("}");
         }
         printf("], \"targets\": [");
         for (size_t j = 0; j < p->n_targets; j++) {
             printf("%s{\"name\": ", j ? ", " : "");
-            cli_json_str(stdout, p->targets[j]->name);
+            flow_json_string(stdout, p->targets[j]->name);
             printf(", \"summary\": ");
-            cli_json_str(stdout, p->targets[j]->summary);
+            flow_json_string(stdout, p->targets[j]->summary);
             printf("}");
         }
         printf("]}");

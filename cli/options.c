@@ -70,7 +70,17 @@ const char *cli_opt_value(cli_args *a)
     return a->argv[a->i++];
 }
 
-int cli_parse_size(cli_args *a, size_t *out, size_t min)
+int cli_flag(cli_args *a)
+{
+    if (a->inline_val)
+        return cli_usage_error(a, "option %s takes no value (got '%s=%s')",
+                               a->opt, a->opt, a->inline_val);
+    return 0;
+}
+
+/* A decimal integer in [min, max]: digits only (no sign, no space). */
+static int parse_uint(cli_args *a, unsigned long long min,
+                      unsigned long long max, unsigned long long *out)
 {
     const char *v = cli_opt_value(a);
     char *end;
@@ -79,19 +89,38 @@ int cli_parse_size(cli_args *a, size_t *out, size_t min)
         return CLI_EXIT_USAGE;
     errno = 0;
     x = strtoull(v, &end, 10);
-    if (errno || end == v || *end || v[0] == '-' || x < min
-        || x > (unsigned long long)SIZE_MAX / 2)
-        return cli_usage_error(a, "%s: '%s' is not an integer >= %zu",
-                               a->opt, v, min);
-    *out = (size_t)x;
+    if (errno || end == v || *end || v[0] < '0' || v[0] > '9' || x < min
+        || x > max) {
+        if (max == (unsigned long long)SIZE_MAX / 2)
+            return cli_usage_error(a, "%s: '%s' is not an integer >= %llu",
+                                   a->opt, v, min);
+        return cli_usage_error(a, "%s: '%s' is not an integer in [%llu, "
+                               "%llu]", a->opt, v, min, max);
+    }
+    *out = x;
     return 0;
+}
+
+int cli_parse_size(cli_args *a, size_t *out, size_t min)
+{
+    return cli_parse_range(a, out, min, SIZE_MAX / 2);
+}
+
+int cli_parse_range(cli_args *a, size_t *out, size_t min, size_t max)
+{
+    unsigned long long x;
+    int rc = parse_uint(a, min, max, &x);
+    if (!rc)
+        *out = (size_t)x;
+    return rc;
 }
 
 int cli_parse_u64(cli_args *a, uint64_t *out)
 {
-    size_t v;
-    int rc = cli_parse_size(a, &v, 0);
-    *out = v;
+    unsigned long long x;
+    int rc = parse_uint(a, 0, UINT64_MAX, &x);
+    if (!rc)
+        *out = (uint64_t)x;
     return rc;
 }
 

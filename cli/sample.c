@@ -39,6 +39,9 @@ int cli_cmd_sample(int argc, char **argv)
     flow_real *wt = NULL;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, sample_usage, 1)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out,
+                               (const char *[]){o.ckpt, o.ctxfile}, 2)) != 0)
+        return rc;
     if (cli_load_checkpoint_target(&l, cmd, o.ckpt, o.threads, o.weights
                                ? (o.target ? o.target : "") : NULL) != 0)
         return 1;
@@ -65,6 +68,8 @@ int cli_cmd_sample(int argc, char **argv)
             cli_fail(l.ctx, cmd);
             goto out;
         }
+        if (flow_data_note(cd))
+            fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(cd));
         m = flow_data_rows(cd);
     }
     if (o.n > SIZE_MAX / 8 / (dim + k + 1) / m) {
@@ -74,13 +79,13 @@ int cli_cmd_sample(int argc, char **argv)
     total = o.n * m;
     x = malloc(total * dim * sizeof *x);
     lp = malloc(total * sizeof *lp);
-    if (tg && !(wt = malloc(total * sizeof *wt))) {
-        cli_fail(l.ctx, cmd);
-        goto out;
-    }
+    wt = tg ? malloc(total * sizeof *wt) : NULL;
     cv = k ? malloc(total * k * sizeof *cv) : NULL;
-    if (!x || !lp || (k && !cv)) {
-        cli_fail(l.ctx, cmd);
+    if (!x || !lp || (tg && !wt) || (k && !cv)) {
+        size_t per = dim + k + 1 + (tg != NULL);    /* values per sample */
+        fprintf(stderr, "%s: out of memory for %zu samples of %zu values "
+                "(%.3g GB): lower -n\n", cmd, total, per,
+                (double)total * (double)per * (double)sizeof *x / 1e9);
         goto out;
     }
     for (size_t j = 0; j < total; j++)

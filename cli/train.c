@@ -1,6 +1,7 @@
 /* train.c - `flowkit train`: maximum-likelihood training of a spec on a
  * data file, with validation, resume, progress and checkpoints.  Exit
- * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage. */
+ * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage,
+ * 3 the run diverged (CLI_EXIT_DIVERGED). */
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -46,6 +47,9 @@ static void train_usage(FILE *f)
           "\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
           "full training state and exits 130 or 143; --resume CKPT goes on.\n"
+          "Exit status 3: the run diverged (10 non-finite steps in a row: no\n"
+          "checkpoint; a final validation log-likelihood that is not finite:\n"
+          "the checkpoint is written).\n"
           "Models with ode layers add 'nfe N' to each epoch's line: function\n"
           "evaluations per step (forward and backward), also in the history.\n",
           f);
@@ -132,11 +136,11 @@ static int parse_train(int argc, char **argv, train_opts *o)
         } else if (cli_opt_is(&a, "--seed"))
             rc = cli_parse_u64(&a, &o->seed);
         else if (cli_opt_is(&a, "--threads"))
-            rc = cli_parse_size(&a, &o->threads, 1);
+            rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
         else if (cli_opt_is(&a, "--checkpoint-every"))
             rc = cli_parse_size(&a, &o->ckpt_every, 1);
         else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -289,6 +293,43 @@ static flow_data *read_valid(flow_ctx *ctx, const char *cmd,
     return v;
 }
 
+/* ", KEY: V" into the history: a JSON number, or null when V is not
+ * finite (JSON has no NaN or Inf, and the checkpoint refuses a history
+ * that is not JSON). */
+static void hist_num(cli_text *h, const char *key, double v)
+{
+    if (isfinite(v))
+        cli_text_add(h, ", \"%s\": %.9g", key, v);
+    else
+        cli_text_add(h, ", \"%s\": null", key);
+}
+
+/* After the checkpoint is written: a final validation score that is not
+ * finite makes the run a failure (CLI_EXIT_DIVERGED, with the first
+ * validation row to blame); a training loss that rose by more than one
+ * nat per dimension above its lowest epoch is a warning.  Returns the
+ * exit status. */
+static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
+                    flow_data *va, double vscore, double low_loss,
+                    size_t low_epoch, double last_loss, size_t last_epoch,
+                    size_t dim)
+{
+    if (va && !isfinite(vscore)) {
+        cli_first_nonfinite(l, cmd, va, 4096, "");
+        fprintf(stderr, "%s: the validation log-likelihood is %g, not "
+                "finite: %s was written, but the run failed (lower the "
+                "learning rate, or check the validation data)\n", cmd,
+                vscore, o->out);
+        return CLI_EXIT_DIVERGED;
+    }
+    if (last_epoch > low_epoch && last_loss > low_loss + (double)dim)
+        fprintf(stderr, "%s: warning: the training loss rose from %.5g "
+                "(epoch %zu, its lowest) to %.5g (epoch %zu): the run is "
+                "diverging; lower --lr (it is %g) or set --clip\n", cmd,
+                low_loss, low_epoch, last_loss, last_epoch, o->cfg.lr);
+    return 0;
+}
+
 /* nfe < 0: the model has no ODE layer (nothing printed) */
 static void progress(int tty, size_t epoch, size_t step, size_t total,
                      double loss, int has_valid, double valid, double nfe,
@@ -329,15 +370,23 @@ int cli_cmd_train(int argc, char **argv)
     cli_text h = {NULL, 0, 0, 0};
     size_t n, steps_per_epoch, total, dim;
     double loss = NAN, vscore = NAN, t0, ep_loss = 0, ep_nfe = 0;
-    size_t ep_count = 0, nfe_count = 0;
+    double low_loss = INFINITY, last_loss = NAN;
+    size_t ep_count = 0, nfe_count = 0, low_epoch = 0, last_epoch = 0;
     int rc, tty = isatty(2), ret = 1;
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    /* --resume CKPT -o CKPT continues a run in place (the checkpoint is
+     * read whole first): --resume counts only for reading stdin once */
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.spec, o.data,
+                               o.valid, o.resume && !strcmp(o.resume, "-")
+                               ? "-" : NULL}, 4)) != 0)
+        return rc;
     memset(&l, 0, sizeof l);
     if (!(l.ctx = cli_open_ctx(cmd)))
         return 1;
-    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL)))
+    if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL))
+        || cli_check_output_sources(cmd, o.out, flow_compile_graph(l.comp)))
         goto out;
     {
         const flow_graph *g = flow_compile_graph(l.comp);
@@ -348,11 +397,13 @@ int cli_cmd_train(int argc, char **argv)
         l.spec_source = flow_graph_source(g, 0, &path, &len);
         dim = flow_graph_input_dim(g);
         if (!(all = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
-                              flow_graph_context_dim(g))))
+                              flow_graph_context_dim(g)))
+            || cli_check_bounds(cmd, g, all))
             goto out;
         if (o.valid) {
             if (!(va = read_valid(l.ctx, cmd, &o, all, dim,
-                                  flow_graph_context_dim(g))))
+                                  flow_graph_context_dim(g)))
+                || cli_check_bounds(cmd, g, va))
                 goto out;
             tr = all;
             all = NULL;
@@ -405,8 +456,23 @@ int cli_cmd_train(int argc, char **argv)
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
     while (st.step < total && !cli_stop_signal) {
-        if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK)
-            goto failmsg;
+        uint64_t skipped = st.skipped;
+        if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK) {
+            flow_trainer_get_state(t, &st);
+            if (tty)
+                fputc('\n', stderr);
+            if (st.skipped > skipped) {     /* the non-finite guard */
+                fprintf(stderr, "%s: %s; no checkpoint written\n", cmd,
+                        flow_errmsg(l.ctx));
+                ret = CLI_EXIT_DIVERGED;
+                goto out;
+            }
+            /* a layer failed on some row of the batch: name the first
+             * row of the data that fails, in evaluation mode */
+            flow_model_set_training(l.model, 0);
+            cli_fail_located(l.ctx, cmd, l.model, all ? all : tr, 0, 0, 4096);
+            goto out;
+        }
         if (cli_stop_signal)    /* the step returned: the grace ends */
             cli_stop_saving();
         {
@@ -432,20 +498,33 @@ int cli_cmd_train(int argc, char **argv)
                 if (flow_model_evaluate(l.model, flow_data_rows(va),
                                         flow_data_values(va),
                                         flow_data_context(va), 4096, &vscore,
-                                        &se) != FLOW_OK)
-                    goto failmsg;
+                                        &se) != FLOW_OK) {
+                    if (tty)
+                        fputc('\n', stderr);
+                    cli_fail_located(l.ctx, cmd, l.model, va, 0, 0, 4096);
+                    goto out;
+                }
                 flow_trainer_validated(t, vscore);
+            }
+            if (isfinite(mean_loss)) {
+                if (mean_loss < low_loss) {
+                    low_loss = mean_loss;
+                    low_epoch = (size_t)st.epoch + 1;
+                }
+                last_loss = mean_loss;
+                last_epoch = (size_t)st.epoch + 1;
             }
             progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
                      mean_loss, has_v, vscore, mean_nfe, t0);
-            cli_text_add(&h, "%s{\"epoch\": %llu, \"step\": %llu, \"loss\": "
-                     "%.9g", h.len > 1 ? ", " : "",
-                     (unsigned long long)st.epoch + 1,
-                     (unsigned long long)st.step, mean_loss);
+            cli_text_add(&h, "%s{\"epoch\": %llu, \"step\": %llu",
+                         h.len > 1 ? ", " : "",
+                         (unsigned long long)st.epoch + 1,
+                         (unsigned long long)st.step);
+            hist_num(&h, "loss", mean_loss);
             if (has_v)
-                cli_text_add(&h, ", \"valid_loglik\": %.9g", vscore);
+                hist_num(&h, "valid_loglik", vscore);
             if (mean_nfe >= 0)
-                cli_text_add(&h, ", \"nfe\": %.9g", mean_nfe);
+                hist_num(&h, "nfe", mean_nfe);
             cli_text_add(&h, "}");
             ep_loss = 0;
             ep_count = 0;
@@ -500,12 +579,17 @@ int cli_cmd_train(int argc, char **argv)
         goto failmsg;
     flow_trainer_get_state(t, &st);
     if (o.json) {
-        printf("{\"checkpoint\": \"%s\", \"steps\": %llu, \"epochs\": %llu, "
-               "\"final_loss\": %.9g, \"skipped_steps\": %llu", o.out,
+        printf("{\"checkpoint\": ");
+        flow_json_string(stdout, o.out);
+        printf(", \"steps\": %llu, \"epochs\": %llu, \"final_loss\": ",
                (unsigned long long)st.step, (unsigned long long)st.epoch
-               + (st.pos > 0), loss, (unsigned long long)st.skipped);
-        if (va)
-            printf(", \"valid_loglik\": %.9g", vscore);
+               + (st.pos > 0));
+        cli_json_num(stdout, loss, 9);
+        printf(", \"skipped_steps\": %llu", (unsigned long long)st.skipped);
+        if (va) {
+            printf(", \"valid_loglik\": ");
+            cli_json_num(stdout, vscore, 9);
+        }
         printf(", \"seconds\": %.3f}\n", cli_now_s() - t0);
     } else {
         char skipped[96] = "";
@@ -524,7 +608,8 @@ int cli_cmd_train(int argc, char **argv)
             fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
                     cmd, vscore);
     }
-    ret = 0;
+    ret = diverged(&l, cmd, &o, va, vscore, low_loss, low_epoch, last_loss,
+                   last_epoch, dim);
     goto out;
 oom:
     fprintf(stderr, "%s: out of memory for the training history\n", cmd);

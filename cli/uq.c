@@ -8,18 +8,11 @@
  *
  * The estimators and their errors are derived in docs/uq.md.  Exit codes:
  * 0 success, 1 error (checkpoint, data, numerics), 2 usage. */
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
-
-#if FLOW_REAL_DOUBLE
-#define FLOW_REAL_MAX DBL_MAX
-#else
-#define FLOW_REAL_MAX FLT_MAX
-#endif
 
 /* ------------------------------------------------------------ helpers */
 
@@ -87,7 +80,7 @@ static int rows_log_prob(cli_loaded *l, const char *cmd, flow_data *d,
         if (flow_model_log_prob(l->model, b, flow_data_values(d) + r * dim,
                                 c ? c + r * k : NULL, buf) != FLOW_OK) {
             free(buf);
-            return cli_fail(l->ctx, cmd);
+            return cli_fail_located(l->ctx, cmd, l->model, d, 0, r, batch);
         }
         for (size_t i = 0; i < b; i++)
             lp[r + i] = buf[i];
@@ -156,9 +149,9 @@ static int parse_compare(int argc, char **argv, cmp_opts *o)
         else if (cli_opt_is(&a, "--batch"))
             rc = cli_parse_size(&a, &o->batch, 1);
         else if (cli_opt_is(&a, "--threads"))
-            rc = cli_parse_size(&a, &o->threads, 1);
+            rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
         else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -253,14 +246,14 @@ static void print_compare_json(const cmp_opts *o, const cmp_row *rows,
                                size_t n)
 {
     printf("{\"data\": ");
-    cli_json_str(stdout, o->data);
+    flow_json_string(stdout, o->data);
     printf(", \"rows\": %zu, \"best\": ", n);
-    cli_json_str(stdout, o->ckpts[rows[0].model]);
+    flow_json_string(stdout, o->ckpts[rows[0].model]);
     printf(", \"models\": [");
     for (size_t i = 0; i < o->n_ckpts; i++) {
         const cmp_row *r = &rows[i];
         printf("%s{\"rank\": %zu, \"checkpoint\": ", i ? ", " : "", i + 1);
-        cli_json_str(stdout, o->ckpts[r->model]);
+        flow_json_string(stdout, o->ckpts[r->model]);
         printf(", \"loglik\": %.9g, \"stderr\": %.9g, \"diff\": %.9g, "
                "\"diff_stderr\": %.9g, \"unpaired_stderr\": %.9g, \"z\": ",
                r->mean, r->se, r->diff, r->diff_se, r->unpaired_se);
@@ -328,13 +321,16 @@ int cli_cmd_compare(int argc, char **argv)
                     o.ckpts[0], dim, cdim);
             goto out;
         }
-        if (rows_log_prob(&ls[j], cmd, d, o.batch, lp + j * n) != 0)
+        if (cli_check_bounds(cmd, flow_compile_graph(ls[j].comp), d)
+            || rows_log_prob(&ls[j], cmd, d, o.batch, lp + j * n) != 0)
             goto out;
         for (size_t r = 0; r < n; r++)
             if (!isfinite(lp[j * n + r])) {
-                fprintf(stderr, "%s: %s: data row %zu of %s has log-density "
-                        "%g; compare needs a finite value on every row\n",
-                        cmd, o.ckpts[j], r + 1, o.data, lp[j * n + r]);
+                char hint[600];
+                snprintf(hint, sizeof hint, " %s; compare needs a finite "
+                         "value on every row", o.ckpts[j]);
+                cli_nonfinite_row(cmd, d, r, "the log-density", lp[j * n + r],
+                                  hint);
                 goto out;
             }
         /* keep the first model's context (it owns the data) */
@@ -385,7 +381,8 @@ static void hdr_usage(FILE *f)
     fputs("usage: flowkit hdr CKPT [--mass M] [--samples N] [--seed S]\n"
           "                   [--level L] [--data FILE [--columns L]\n"
           "                   [--context L] [-o OUT] [--format csv|npy]\n"
-          "                   [--no-header]] [--max-contexts K] [--json]\n"
+          "                   [--no-header] [--allow-nonfinite]]\n"
+          "                   [--max-contexts K] [--json]\n"
           "\n"
           "Estimates the highest-density region (HDR) holding mass M of the\n"
           "model, {x : log p(x) >= t}, from N samples of the model itself:\n"
@@ -409,6 +406,8 @@ static void hdr_usage(FILE *f)
           "                    summary then goes to stderr); atomic\n"
           "  --format F        csv or npy (default: by OUT's name)\n"
           "  --no-header       CSV without the header row\n"
+          "  --allow-nonfinite write a row whose log-density is -inf (as\n"
+          "                    -inf, outside, quantile 0) instead of failing\n"
           "  --max-contexts K  refuse data with more distinct contexts than\n"
           "                    this (each costs N samples; default 100)\n"
           "  --batch B         rows per pass (default 4096)\n"
@@ -423,6 +422,7 @@ typedef struct hdr_opts {
     uint64_t seed;
     flow_data_format format;
     int json, header;
+    int allow_nonfinite;        /* write rows of log p = -inf as -inf */
 } hdr_opts;
 
 static int parse_hdr(int argc, char **argv, hdr_opts *o)
@@ -477,15 +477,17 @@ static int parse_hdr(int argc, char **argv, hdr_opts *o)
                 rc = cli_usage_error(&a, "--format: '%s' is not csv or npy",
                                      v);
         } else if (cli_opt_is(&a, "--no-header"))
-            o->header = 0;
+            o->header = (rc = cli_flag(&a)) != 0;
+        else if (cli_opt_is(&a, "--allow-nonfinite"))
+            o->allow_nonfinite = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--max-contexts"))
             rc = cli_parse_size(&a, &o->max_contexts, 1);
         else if (cli_opt_is(&a, "--batch"))
             rc = cli_parse_size(&a, &o->batch, 1);
         else if (cli_opt_is(&a, "--threads"))
-            rc = cli_parse_size(&a, &o->threads, 1);
+            rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
         else if (cli_opt_is(&a, "--json"))
-            o->json = 1;
+            o->json = !(rc = cli_flag(&a));
         else
             return cli_usage_error(&a, "unknown option '%s'", a.opt);
     }
@@ -712,7 +714,7 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
     }
     if (o->json) {
         fprintf(f, "{\"checkpoint\": ");
-        cli_json_str(f, o->ckpt);
+        flow_json_string(f, o->ckpt);
         fprintf(f, ", \"mass\": %.9g, \"samples\": %zu, \"seed\": %llu, "
                 "\"level\": %.9g, \"regions\": [", o->mass, o->samples,
                 (unsigned long long)o->seed, o->level);
@@ -722,7 +724,9 @@ static void print_hdr_summary(FILE *f, const hdr_opts *o,
                 json_context(f, g[i].context, k);
             else
                 fputs("null", f);
-            fprintf(f, ", \"threshold\": %.9g, \"lower\": ", g[i].threshold);
+            fprintf(f, ", \"threshold\": ");
+            cli_json_num(f, g[i].threshold, 9);
+            fprintf(f, ", \"lower\": ");
             cli_json_num(f, g[i].lo, 9);
             fprintf(f, ", \"upper\": ");
             cli_json_num(f, g[i].hi, 9);
@@ -788,6 +792,9 @@ int cli_cmd_hdr(int argc, char **argv)
 
     if ((rc = parse_hdr(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
+    if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.ckpt, o.data},
+                               2)) != 0)
+        return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     rc = 1;
@@ -802,7 +809,8 @@ int cli_cmd_hdr(int argc, char **argv)
     }
     if (o.data) {
         if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
-                                      1)))
+                                      1))
+            || cli_check_bounds(cmd, flow_compile_graph(l.comp), d))
             goto out;
         n = flow_data_rows(d);
         if (!(lp = malloc(n * sizeof *lp)) || !(grp = calloc(n, sizeof *grp))) {
@@ -812,9 +820,11 @@ int cli_cmd_hdr(int argc, char **argv)
         if (rows_log_prob(&l, cmd, d, o.batch, lp) != 0)
             goto out;
         for (size_t r = 0; r < n; r++)
-            if (isnan(lp[r])) {
-                fprintf(stderr, "%s: %s: data row %zu has a NaN log-density "
-                        "under the model\n", cmd, o.data, r + 1);
+            if (isnan(lp[r]) || (!isfinite(lp[r]) && !o.allow_nonfinite)) {
+                /* NaN has no place in the ranking, even when allowed */
+                cli_nonfinite_row(cmd, d, r, "the log-density", lp[r],
+                                  isnan(lp[r]) ? "" : " (--allow-nonfinite "
+                                  "accepts it)");
                 goto out;
             }
     }
@@ -858,6 +868,8 @@ int cli_cmd_hdr(int argc, char **argv)
         cli_fail(l.ctx, cmd);
         goto out;
     }
+    if (res)
+        flow_data_allow_nonfinite(res, o.allow_nonfinite);
     for (size_t j = 0; j < ng; j++) {
         if (draw_sorted(&l, cmd, &o, g[j].context, k, s) != 0)
             goto out;
@@ -867,11 +879,10 @@ int cli_cmd_hdr(int argc, char **argv)
             if (grp[r] != j)
                 continue;
             out = flow_data_values(res) + r * 4;
-            /* data files hold finite numbers: log p = -inf (outside the
-             * support, or |x| overflowing) is written as the lowest
-             * finite value (docs/uq.md) */
-            out[0] = lp[r] >= -(double)FLOW_REAL_MAX ? (flow_real)lp[r]
-                                                     : -FLOW_REAL_MAX;
+            /* log p = -inf (outside the support, or |x| overflowing)
+             * reaches here only with --allow-nonfinite, and is written as
+             * -inf: inside 0, quantile 0 (docs/uq.md) */
+            out[0] = (flow_real)lp[r];
             out[1] = (flow_real)g[j].threshold;
             out[2] = lp[r] >= g[j].threshold;
             /* density quantile: the fraction of samples no denser */

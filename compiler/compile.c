@@ -18,11 +18,20 @@ static flow_compilation *new_compilation(flow_ctx *ctx)
     return c;
 }
 
+/* NULL with the context's message: out of memory is the one failure that
+ * has no compilation to carry a diagnostic. */
+static flow_compilation *out_of_memory(flow_ctx *ctx, const char *name)
+{
+    flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory while compiling",
+                   name);
+    return NULL;
+}
+
 /* The passes after parsing, which run only on a spec without syntax
  * errors: the import resolver hands every file's declarations to sema in
  * source order, then sema expands the flow into the graph and verifies
  * it.  NULL (c freed) when out of memory. */
-static flow_compilation *finish(flow_compilation *c)
+static flow_compilation *finish(flow_compilation *c, const char *name)
 {
     sema *S;
     if (c->n_files > 0 && c->n_errors == 0 && (S = sema_new(c)) != NULL) {
@@ -30,8 +39,9 @@ static flow_compilation *finish(flow_compilation *c)
         sema_expand(S);
     }
     if (c->mem.failed) {
+        flow_ctx *ctx = c->ctx;
         flow_compile_free(c);
-        return NULL;
+        return out_of_memory(ctx, name);
     }
     c->ok = c->n_errors == 0 && c->n_files > 0;
     return c;
@@ -39,7 +49,8 @@ static flow_compilation *finish(flow_compilation *c)
 
 /* Parses the main file (already added as file 0) and the --target text,
  * then runs the later passes. */
-static flow_compilation *compile_main(flow_compilation *c, const char *target)
+static flow_compilation *compile_main(flow_compilation *c, const char *target,
+                                      const char *name)
 {
     parse_file(c, 0);
     if (target && (c->cmdline_target = arena_strdup(&c->mem, target))) {
@@ -48,7 +59,7 @@ static flow_compilation *compile_main(flow_compilation *c, const char *target)
         if (c->n_files > fi)
             c->files[fi].cmdline = 1;
     }
-    return finish(c);
+    return finish(c, name);
 }
 
 /* A main file over the size limit: one error about the file as a whole. */
@@ -59,7 +70,7 @@ static flow_compilation *too_large(flow_compilation *c, const char *name)
         diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
                    "spec is larger than %u bytes",
                    (unsigned)FLOW_MAX_FILE_BYTES);
-    return finish(c);
+    return finish(c, name);
 }
 
 static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
@@ -69,15 +80,15 @@ static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
     flow_compilation *c = new_compilation(ctx);
     char real[PATH_MAX];
     if (!c)
-        return NULL;
+        return out_of_memory(ctx, name);
     if (len > FLOW_MAX_FILE_BYTES)
         return too_large(c, name);
     if (source_add(c, name, realpath(name, real) ? real : NULL, text,
                    len) < 0) {
         flow_compile_free(c);
-        return NULL;
+        return out_of_memory(ctx, name);
     }
-    return compile_main(c, target);
+    return compile_main(c, target, name);
 }
 
 /* Copies the caller's file table into the arena: the compilation may
@@ -120,28 +131,31 @@ flow_compilation *flow_compile_sources(flow_ctx *ctx,
     flow_compilation *c = new_compilation(ctx);
     const flow_spec_file *m;
     int fi;
+    const char *name = n && files[0].path
+                       ? (files[0].name ? files[0].name : files[0].path)
+                       : "<memory>";
     if (!c)
-        return NULL;
+        return out_of_memory(ctx, name);
     if (n == 0 || !files[0].path || !files[0].text) {
         source_add(c, "<memory>", NULL, "", 0);
         diag_error(c, "F0010", ((flow_loc){0, 0, 0, 0, 0}), NULL,
                    "no spec given (the first source file needs a path and "
                    "a text)");
-        return finish(c);
+        return finish(c, name);
     }
     m = &files[0];
     if (m->len > FLOW_MAX_FILE_BYTES)
-        return too_large(c, m->name ? m->name : m->path);
+        return too_large(c, name);
     if (!(c->provided = copy_sources(c, files, n))
         || (fi = source_add(c, m->name ? m->name : m->path,
                             m->resolved ? m->resolved : m->path, m->text,
                             m->len)) < 0
         || !(c->files[fi].from = arena_strdup(&c->mem, m->path))) {
         flow_compile_free(c);
-        return NULL;
+        return out_of_memory(ctx, name);
     }
     c->n_provided = n;
-    return compile_main(c, target);
+    return compile_main(c, target, name);
 }
 
 flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
@@ -170,19 +184,19 @@ flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
     size_t len;
     int err = source_read(path, &text, &len);
     if (err == ENOMEM)
-        return NULL;
+        return out_of_memory(ctx, path);
     if (err) {
         int fi;
         if (!(c = new_compilation(ctx)))
-            return NULL;
+            return out_of_memory(ctx, path);
         fi = source_add(c, path, NULL, "", 0);
         if (fi < 0) {
             flow_compile_free(c);
-            return NULL;
+            return out_of_memory(ctx, path);
         }
         diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
                    "cannot read spec: %s", source_strerror(err));
-        return finish(c);
+        return finish(c, path);
     }
     c = compile_string(ctx, path, text, len, target);
     free(text);

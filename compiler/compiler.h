@@ -3,6 +3,7 @@
 #ifndef FLOW_COMPILER_H
 #define FLOW_COMPILER_H
 
+#include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -185,9 +186,6 @@ int diag_stopped(const flow_compilation *c);
 const char *diag_suggest(const char *name, const char *const *cands,
                          size_t n);
 size_t diag_edit_distance(const char *a, const char *b);
-/* Writes s as a JSON string literal (bytes outside printable ASCII as
- * \u00XX escapes). */
-void diag_json_str(FILE *f, const char *s);
 
 /* source.c */
 /* Reads a whole file, refusing more than FLOW_MAX_FILE_BYTES; returns 0
@@ -254,12 +252,26 @@ typedef struct lex_state {
     int file;
     int start_token;                /* injected first token (0 = none)    */
     /* open brackets, for "'}' expected (to close 'flow' at line 3)" */
-    struct { char ch; int line, col; const char *kw; } open[FLOW_MAX_NESTING + 1];
+    struct {
+        char ch;
+        int line, col;
+        const char *kw;             /* "repeat", ...: the '{' it opened   */
+        int kw_col;                 /* that keyword's column              */
+    } open[FLOW_MAX_NESTING + 1];
     int depth;
     const char *last_kw;            /* keyword that owns the next '{'     */
+    int last_kw_col;
+    /* the first flow-level statement met inside a repeat or block body:
+     * when the file ends with a brace open, that body is the likely one
+     * left unclosed */
+    const char *inner_kw;           /* "output", ...; NULL: none          */
+    const char *inner_in;           /* "repeat" or "block"                */
+    int inner_in_line, inner_in_col;   /* its '{'                         */
+    flow_loc inner_loc;
     int eof_line, eof_col;
     int stop;                       /* fatal: return end of input         */
     int line, col;                  /* position of the next character     */
+    jmp_buf fatal;                  /* flex's fatal errors (lexer.l)      */
 } lex_state;
 
 #endif

@@ -116,7 +116,17 @@ const char *diag_suggest(const char *name, const char *const *cands,
 
 /* --- rendering -------------------------------------------------------- */
 
-/* The text of line `line` of file fi: start and length (without '\n'). */
+/* The end of the line that starts at s: its LF, CR or CRLF, or end. */
+static const char *line_end(const char *s, const char *end)
+{
+    while (s < end && *s != '\n' && *s != '\r')
+        s++;
+    return s;
+}
+
+/* The text of line `line` of file fi: start and length (without the line
+ * end).  Lines end as the lexer counts them (LF, CRLF, a lone CR); a
+ * byte order mark, which takes no column, is not shown. */
 static const char *line_text(const flow_compilation *c, int fi, int line,
                              size_t *len)
 {
@@ -125,16 +135,15 @@ static const char *line_text(const flow_compilation *c, int fi, int line,
         return NULL;
     s = c->files[fi].text;
     end = s + c->files[fi].len;
+    if (end - s >= 3 && !memcmp(s, "\xEF\xBB\xBF", 3))
+        s += 3;
     for (int l = 1; l < line; l++) {
-        nl = memchr(s, '\n', (size_t)(end - s));
-        if (!nl)
+        nl = line_end(s, end);
+        if (nl == end)
             return NULL;
-        s = nl + 1;
+        s = nl + (nl[0] == '\r' && nl + 1 < end && nl[1] == '\n' ? 2 : 1);
     }
-    nl = memchr(s, '\n', (size_t)(end - s));
-    *len = (size_t)((nl ? nl : end) - s);
-    if (*len && s[*len - 1] == '\r')      /* CRLF line ends */
-        (*len)--;
+    *len = (size_t)(line_end(s, end) - s);
     return s;
 }
 
@@ -187,34 +196,19 @@ static void print_text(const flow_compilation *c, const diag_rec *d, FILE *f,
         fprintf(f, "help: %s\n", p->help);
 }
 
-void diag_json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20 || ch >= 0x7f)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 static void print_json(const diag_rec *d, FILE *f, int last)
 {
     const flow_diagnostic *p = &d->pub;
     fputs("  {\"file\": ", f);
-    diag_json_str(f, p->file);
+    flow_json_string(f, p->file);
     fprintf(f, ", \"line\": %d, \"column\": %d, \"end_line\": %d, "
                "\"end_column\": %d, \"severity\": \"%s\", \"code\": \"%s\", "
                "\"message\": ", p->line, p->col, p->end_line, p->end_col,
             p->severity == FLOW_SEV_ERROR ? "error" : "warning", p->code);
-    diag_json_str(f, p->message);
+    flow_json_string(f, p->message);
     fputs(", \"help\": ", f);
     if (p->help)
-        diag_json_str(f, p->help);
+        flow_json_string(f, p->help);
     else
         fputs("null", f);
     fputs(last ? "}\n" : "},\n", f);

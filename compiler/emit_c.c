@@ -170,12 +170,16 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
         const flow_graph_node *n = flow_graph_node_get(g, i);
         fputs("    if (rc == FLOW_OK)\n        rc = ", f);
         if (n->kind == FLOW_NODE_LAYER) {
-            fputs("flow_model_add_layer(m, ", f);
+            fputs("flow_model_add(m, &(flow_layer_args){\n"
+                  "            .struct_size = sizeof(flow_layer_args), "
+                  ".type = ", f);
             c_str(f, n->type->name);
-            fputs(", ", f);
+            fputs(",\n            .label = ", f);
             c_str(f, n->label);
-            fprintf(f, ", node%zu, %zu, %d, %d, %d);\n", i, n->n_attrs,
-                    n->uses_context, n->line, n->col);
+            fprintf(f, ", .attrs = node%zu, .n_attrs = %zu, .given = %d,\n"
+                    "            .file = ", i, n->n_attrs, n->uses_context);
+            c_str(f, n->file);
+            fprintf(f, ", .line = %d, .col = %d});\n", n->line, n->col);
         } else {
             fprintf(f, "flow_model_add_exit(m, %zu, ", n->exit_k);
             c_str(f, n->exit_name);

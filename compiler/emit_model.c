@@ -35,15 +35,17 @@ int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g, uint64_t seed,
     *out = NULL;
     if (!(m = flow_model_new(ctx, flow_graph_input_dim(g),
                              flow_graph_context_dim(g))))
-        return FLOW_ERR;
+        return FLOW_ERR_NOMEM;      /* a verified graph has dim >= 1 */
     for (size_t i = 0; i < flow_graph_node_count(g) && rc == FLOW_OK; i++) {
         const flow_graph_node *n = flow_graph_node_get(g, i);
-        if (n->kind == FLOW_NODE_LAYER)
-            rc = flow_model_add_layer_at(m, n->type->name, n->label,
-                                         n->attrs, n->n_attrs,
-                                         n->uses_context, n->file, n->line,
-                                         n->col);
-        else if (n->exit_base.uses_context)
+        if (n->kind == FLOW_NODE_LAYER) {
+            flow_layer_args a = {
+                .struct_size = sizeof a, .type = n->type->name,
+                .label = n->label, .attrs = n->attrs, .n_attrs = n->n_attrs,
+                .given = n->uses_context, .file = n->file, .line = n->line,
+                .col = n->col};
+            rc = flow_model_add(m, &a);
+        } else if (n->exit_base.uses_context)
             rc = unsupported_context_base(ctx, n->exit_name);
         else
             rc = flow_model_add_exit(m, n->exit_k, n->exit_name,

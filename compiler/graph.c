@@ -237,14 +237,14 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
     fputc('{', f);
     for (size_t k = 0; tab && tab[k].name; k++) {
         fprintf(f, "%s", k ? ", " : "");
-        diag_json_str(f, tab[k].name);
+        flow_json_string(f, tab[k].name);
         fputs(": ", f);
         switch (v[k].type) {
         case FLOW_ATTR_INT: fprintf(f, "%lld", (long long)v[k].i); break;
         case FLOW_ATTR_REAL: jnum(f, v[k].r); break;
         case FLOW_ATTR_BOOL: fputs(v[k].i ? "true" : "false", f); break;
         case FLOW_ATTR_STRING:
-        case FLOW_ATTR_ENUM: diag_json_str(f, v[k].s); break;
+        case FLOW_ATTR_ENUM: flow_json_string(f, v[k].s); break;
         case FLOW_ATTR_INT_LIST:
         case FLOW_ATTR_REAL_LIST:
             fputc('[', f);
@@ -259,7 +259,7 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
             break;
         case FLOW_ATTR_VARIANT:
             fputs("{\"alt\": ", f);
-            diag_json_str(f, v[k].s);
+            flow_json_string(f, v[k].s);
             fputs(", \"args\": ", f);
             json_attrs(f, tab[k].alternatives[v[k].i].attrs, v[k].sub);
             fputc('}', f);
@@ -274,7 +274,7 @@ static void json_attrs(FILE *f, const flow_attr_spec *tab,
 static void json_base(FILE *f, const flow_graph_base *b)
 {
     fputs("{\"kind\": ", f);
-    diag_json_str(f, b->name);
+    flow_json_string(f, b->name);
     fputs(", \"args\": [", f);
     for (size_t i = 0; i < b->n_args; i++) {
         fprintf(f, "%s", i ? ", " : "");
@@ -287,32 +287,32 @@ static void json_base(FILE *f, const flow_graph_base *b)
 static void json_node(FILE *f, const flow_graph_node *n)
 {
     fputs("    {\"kind\": ", f);
-    diag_json_str(f, n->kind == FLOW_NODE_LAYER ? "layer" : "exit");
+    flow_json_string(f, n->kind == FLOW_NODE_LAYER ? "layer" : "exit");
     fputs(", \"label\": ", f);
-    diag_json_str(f, n->label);
+    flow_json_string(f, n->label);
     fputs(", \"file\": ", f);
-    diag_json_str(f, n->file);
+    flow_json_string(f, n->file);
     fprintf(f, ", \"line\": %d, \"col\": %d, \"in_dim\": %zu", n->line,
             n->col, n->in_dim);
     if (n->kind == FLOW_NODE_EXIT) {
         fprintf(f, ", \"k\": %zu, \"name\": ", n->exit_k);
-        diag_json_str(f, n->exit_name);
+        flow_json_string(f, n->exit_name);
         fputs(", \"base\": ", f);
         json_base(f, &n->exit_base);
         fputc('}', f);
         return;
     }
     fputs(", \"type\": ", f);
-    diag_json_str(f, n->type->name);
+    flow_json_string(f, n->type->name);
     fputs(", \"plugin\": ", f);
-    diag_json_str(f, n->plugin_file);
+    flow_json_string(f, n->plugin_file);
     fprintf(f, ", \"uses_context\": %s, \"params\": %zu, \"jacobian\": ",
             n->uses_context ? "true" : "false", n->desc->n_params);
-    diag_json_str(f, jac_name(n->desc->jac));
+    flow_json_string(f, jac_name(n->desc->jac));
     fputs(", \"dependency\": ", f);
-    diag_json_str(f, dep_name(n->desc->dep));
+    flow_json_string(f, dep_name(n->desc->dep));
     fputs(", \"certificate\": ", f);
-    diag_json_str(f, cert_name(n->desc->cert));
+    flow_json_string(f, cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
     jnum(f, n->desc->cert_value);
     fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
@@ -337,9 +337,9 @@ static void json_node(FILE *f, const flow_graph_node *n)
 void flow_graph_print_json(const flow_graph *g, FILE *f)
 {
     fputs("{\n  \"language\": 1,\n  \"name\": ", f);
-    diag_json_str(f, g->name);
+    flow_json_string(f, g->name);
     fputs(",\n  \"input\": {\"name\": ", f);
-    diag_json_str(f, g->input_name);
+    flow_json_string(f, g->input_name);
     fprintf(f, ", \"dim\": %zu, \"bounds\": ", g->input_dim);
     if (g->has_bounds) {
         fputc('[', f);
@@ -353,7 +353,7 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     fputs("},\n  \"context\": ", f);
     if (g->context_name) {
         fputs("{\"name\": ", f);
-        diag_json_str(f, g->context_name);
+        flow_json_string(f, g->context_name);
         fprintf(f, ", \"dim\": %zu}", g->context_dim);
     } else {
         fputs("null", f);
@@ -364,20 +364,20 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
         fputs(i + 1 < g->n_nodes ? ",\n" : "\n", f);
     }
     fputs("  ],\n  \"output\": {\"name\": ", f);
-    diag_json_str(f, g->output_name);
+    flow_json_string(f, g->output_name);
     fprintf(f, ", \"dim\": %zu, \"base\": ", g->output_dim);
     json_base(f, &g->base);
     fputs("},\n  \"target\": ", f);
     if (g->target.type) {
         fputs("{\"type\": ", f);
-        diag_json_str(f, g->target.type->name);
+        flow_json_string(f, g->target.type->name);
         fputs(", \"text\": ", f);
-        diag_json_str(f, g->target.text);
+        flow_json_string(f, g->target.text);
         fputs(", \"file\": ", f);
-        diag_json_str(f, g->target.file);
+        flow_json_string(f, g->target.file);
         fprintf(f, ", \"line\": %d, \"col\": %d, \"plugin\": ",
                 g->target.line, g->target.col);
-        diag_json_str(f, g->target.plugin_file);
+        flow_json_string(f, g->target.plugin_file);
         fprintf(f, ", \"dim\": %zu, \"attrs\": ", g->target.dim);
         json_attrs(f, g->target.type->attrs, g->target.attrs);
         fputc('}', f);
@@ -387,12 +387,12 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     fputs(",\n  \"train\": {", f);
     for (size_t i = 0; i < g->n_train; i++) {
         fprintf(f, "%s", i ? ", " : "");
-        diag_json_str(f, g->train[i].key);
+        flow_json_string(f, g->train[i].key);
         fputs(": ", f);
         if (g->train[i].is_number)
             jnum(f, g->train[i].number);
         else
-            diag_json_str(f, g->train[i].text);
+            flow_json_string(f, g->train[i].text);
     }
     fprintf(f, "},\n  \"params\": %zu\n}\n", flow_graph_params(g));
 }

@@ -27,6 +27,11 @@ static int run_parser(flow_compilation *c, int fi, const char *text,
     memset(p, 0, sizeof *p);
     p->c = c;
     p->ls = &ls;
+    if (setjmp(ls.fatal)) {
+        /* the scanner's memory is in the arena: nothing to free */
+        c->mem.failed = 1;
+        return 1;
+    }
     if (flowyylex_init_extra(&ls, &scanner) != 0) {
         c->mem.failed = 1;
         return 1;
@@ -142,6 +147,8 @@ expr *parse_expr_string(flow_compilation *c, const char *text, char *err,
     memset(&tmp, 0, sizeof tmp);
     tmp.mem = c->mem;              /* allocate in c's arena ...           */
     fi = source_add(&tmp, "<default>", NULL, text, strlen(text));
+    if (fi < 0)
+        tmp.mem.failed = 1;        /* out of memory: fails c too */
     if (fi >= 0 && run_parser(&tmp, fi, text, strlen(text), START_EXPR, &p)
                        == 0)
         e = p.expr;

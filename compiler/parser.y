@@ -392,6 +392,39 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
 
     if (ls->stop)
         return 0;
+    if ((la == YYSYMBOL_YYEOF || la == YYSYMBOL_FLOW || la == YYSYMBOL_BLOCK
+         || la == YYSYMBOL_IMPORT) && ls->depth > 0 && ls->inner_kw) {
+        /* a '}' closed a repeat or block that held a flow-level
+         * statement, and so its parent was left open (to the end of the
+         * file, or to the next top-level item): the body is the one that
+         * lacks its '}' (before that statement) */
+        char help[160];
+        snprintf(help, sizeof help, "'%s' cannot be inside a %s: close the "
+                 "%s before it (the '{' at line %d)", ls->inner_kw,
+                 ls->inner_in, ls->inner_in, ls->inner_in_line);
+        diag_error(p->c, "F0002", ls->inner_loc, help,
+                   "'}' expected (to close '%s' at line %d) before '%s'",
+                   ls->inner_in, ls->inner_in_line, ls->inner_kw);
+        ls->depth = 0;
+        ls->stop = 1;       /* what follows would only repeat it */
+        return 0;
+    }
+    if ((la == YYSYMBOL_FLOW || la == YYSYMBOL_BLOCK
+         || la == YYSYMBOL_IMPORT) && ls->depth > 0
+        && ls->open[ls->depth - 1].ch == '{') {
+        /* a top-level item inside a body: that body is unclosed */
+        const char *what = ls->open[ls->depth - 1].kw;
+        int line = ls->open[ls->depth - 1].line;
+        char help[96];
+        snprintf(help, sizeof help, "the '{' at line %d is never closed",
+                 line);
+        diag_error(p->c, "F0002", loc, help,
+                   "'}' expected (to close '%s' at line %d) before %s",
+                   what ? what : "{", line, yysymbol_name(la));
+        ls->depth = 0;
+        ls->stop = 1;
+        return 0;
+    }
     if (la == YYSYMBOL_YYEOF && ls->depth > 0) {
         const char *what = ls->open[ls->depth - 1].kw;
         char ch = ls->open[ls->depth - 1].ch;

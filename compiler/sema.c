@@ -754,9 +754,20 @@ static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
         return -1;
     if (ctx > 0 && (bases[k].kind == FLOW_BASE_NORMAL
                     || bases[k].kind == FLOW_BASE_LOGISTIC)) {
-        diag_error(S->c, "F0301", b->given_loc, "use diag_normal or "
-                   "mixture(k) for a conditional base", "base '%s' has no "
+        diag_error(S->c, "F0301", b->given_loc, "condition the layers "
+                   "instead: TYPE(...) given c", "base '%s' has no "
                    "parameters to condition on a context", b->name);
+        return -1;
+    }
+    if (ctx > 0) {
+        /* the runtime has no network from the context to a base's
+         * parameters: refused here, where the statement can be named,
+         * not when a model is built */
+        diag_error(S->c, "F0305", b->given_loc, "condition the layers "
+                   "instead (TYPE(...) given c) and leave the base "
+                   "unconditional", "a base conditioned on a context "
+                   "('%s given %s') is not supported by this runtime",
+                   b->name, b->given);
         return -1;
     }
     if (eval_args(S, b->args, b->n, sc, &vals, &names, &nlocs) != 0)
@@ -843,6 +854,50 @@ static void decl_context(sema *S, const stmt *s, binding *sc)
     S->have_context = 1;
 }
 
+/* The latents (exits, then the output) are named apart from each other
+ * and from the input and the context: tools address them by name (the
+ * JSON graph, a model's column names).  1 after reporting F0101 at
+ * s->name_loc, for a statement `what` ("exit" or "output"). */
+static int latent_name_taken(sema *S, const stmt *s, const char *what)
+{
+    flow_graph *g = S->g;
+    const char *name = s->name;
+    if (S->have_input && !strcmp(name, g->input_name)) {
+        diag_error(S->c, "F0101", s->name_loc, "name the latent apart from "
+                   "the data", "%s name '%s' is already the input's (line "
+                   "%d)", what, name, g->input_loc.line);
+        return 1;
+    }
+    if (S->have_context && !strcmp(name, g->context_name)) {
+        diag_error(S->c, "F0101", s->name_loc, "name the latent apart from "
+                   "the context", "%s name '%s' is already the context's "
+                   "(line %d)", what, name, g->context_loc.line);
+        return 1;
+    }
+    for (size_t i = 0; i < g->n_nodes; i++) {
+        const flow_graph_node *n = &g->nodes[i];
+        const flow_loc *at = &g->node_locs[i];
+        if (n->kind != FLOW_NODE_EXIT || !n->exit_name
+            || strcmp(n->exit_name, name))
+            continue;
+        if (at->file == s->loc.file && at->line == s->loc.line
+            && at->col == s->loc.col) {
+            /* the same statement again: a repeat body or a block
+             * called twice */
+            diag_error(S->c, "F0101", s->name_loc, "give each exit its own "
+                       "name: write the exits out, one statement per name",
+                       "exit name '%s' is given again by the same statement "
+                       "(in a repeat, or a block called more than once)",
+                       name);
+            return 1;
+        }
+        diag_error(S->c, "F0101", s->name_loc, NULL, "%s name '%s' is "
+                   "already an exit's (line %d)", what, name, at->line);
+        return 1;
+    }
+    return 0;
+}
+
 /* exit K -> NAME ~ base;  the first K dimensions of the state leave */
 static void decl_exit(sema *S, const stmt *s, binding *sc)
 {
@@ -856,6 +911,8 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
                    "exit after the 'output' declaration");
         return;
     }
+    if (latent_name_taken(S, s, "exit"))
+        return;
     if (eval_int(S, s->e, sc, "exit size", &k) != 0)
         return;
     if (k < 1 || (uint64_t)k >= S->dim) {
@@ -889,7 +946,7 @@ static void decl_output(sema *S, const stmt *s, binding *sc)
     }
     S->have_output = 1;
     S->output_loc = s->loc;
-    if (!S->have_input)
+    if (!S->have_input || latent_name_taken(S, s, "output"))
         return;
     if (resolve_base(S, &s->base, sc, S->dim, &g->base) != 0)
         return;

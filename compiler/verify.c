@@ -20,12 +20,15 @@ static flow_loc node_name_loc(const flow_graph *g, size_t idx)
     return loc;
 }
 
-/* v is a permutation of 0..d-1?  Otherwise a reason in why. */
-static int is_permutation(const int32_t *v, size_t d, char *why, size_t cap)
+/* v is a permutation of 0..d-1?  Otherwise a reason in why (out of
+ * memory also fails the compilation). */
+static int is_permutation(flow_compilation *c, const int32_t *v, size_t d,
+                          char *why, size_t cap)
 {
     unsigned char *seen = calloc(d ? d : 1, 1);
     int ok = 1;
     if (!seen) {
+        c->mem.failed = 1;
         snprintf(why, cap, "out of memory");
         return 0;
     }
@@ -47,13 +50,15 @@ static int is_permutation(const int32_t *v, size_t d, char *why, size_t cap)
 
 /* Kahn's algorithm on edges j -> i for mat[i*d + j] (i != j).  Returns 1
  * when acyclic; otherwise writes a cycle "a -> b -> a" into why. */
-static int acyclic(const uint8_t *mat, size_t d, char *why, size_t cap)
+static int acyclic(flow_compilation *c, const uint8_t *mat, size_t d,
+                   char *why, size_t cap)
 {
     size_t *indeg = calloc(d, sizeof *indeg);
     size_t *queue = calloc(d, sizeof *queue);
     size_t head = 0, tail = 0, done = 0;
     int ok = 0;
     if (!indeg || !queue) {
+        c->mem.failed = 1;
         snprintf(why, cap, "out of memory");
         goto out;
     }
@@ -149,7 +154,7 @@ static int check_matrix(flow_compilation *c, size_t idx, flow_loc loc)
             errs++;
             break;
         }
-    if (!errs && !acyclic(mat, d, why, sizeof why)) {
+    if (!errs && !acyclic(c, mat, d, why, sizeof why)) {
         diag_error(c, "F0500", loc, "no ordering of the dimensions makes "
                    "this Jacobian triangular", "%s: dependency pattern has "
                    "a cycle (%s)", n->label, why);
@@ -240,7 +245,7 @@ int verify_layer(flow_compilation *c, size_t idx)
     case FLOW_DEP_ELEMENTWISE:
         return 0;
     case FLOW_DEP_PERMUTATION:
-        if (!is_permutation(d->dep_vec, n->in_dim, why, sizeof why)) {
+        if (!is_permutation(c, d->dep_vec, n->in_dim, why, sizeof why)) {
             diag_error(c, "F0504", loc, NULL, "%s: not a permutation of "
                        "0..%zu: %s", n->label, n->in_dim - 1, why);
             return 1;
@@ -249,7 +254,7 @@ int verify_layer(flow_compilation *c, size_t idx)
     case FLOW_DEP_COUPLING:
         return check_coupling(c, n, loc);
     case FLOW_DEP_ORDER:
-        if (!is_permutation(d->dep_vec, n->in_dim, why, sizeof why)) {
+        if (!is_permutation(c, d->dep_vec, n->in_dim, why, sizeof why)) {
             flow_loc at = loc;
             /* point at the order attribute when the spec wrote it */
             for (size_t k = 0; k < n->n_attrs; k++)

@@ -4,7 +4,6 @@
  * unit variance.  Whether it ran is a buffer saved in checkpoints. */
 #include <math.h>
 #include <stdio.h>
-#include <string.h>
 
 #include "flow/flow_plugin.h"
 
@@ -29,6 +28,8 @@ static int actnorm_describe(const flow_layer_config *cfg,
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE
                | FLOW_LAYER_DATA_INIT;
+    /* no init: the host's zeros are the identity and say "not yet
+     * initialised from data" */
     out->n_params = 2 * cfg->dim;       /* s then t */
     out->n_buffers = 1;                 /* 1 once initialised from data */
     out->jac = FLOW_JAC_DIAGONAL;
@@ -62,27 +63,16 @@ static void actnorm_destroy(void *self)
         a->host->free(a);
 }
 
-static size_t actnorm_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int actnorm_init(void *self, const flow_call *c, flow_real *params)
-{
-    actnorm *a = self;
-    memset(params, 0, 2 * a->d * sizeof *params);
-    c->buffers[0] = 0;
-    return FLOW_OK;
-}
-
 /* Sets s, t so that the batch leaves with mean 0 and variance 1 per
  * dimension (Glow, sec. 3.1). */
 static int actnorm_data_init(void *self, const flow_call *c,
                              flow_real *params, const flow_real *x)
 {
     actnorm *a = self;
-    size_t d = a->d, n = c->n;
+    size_t d = a->d, n = c->n, flat = 0, first = 0;
+    char list[96] = "";
+    size_t used = 0;
+    double flat_sd = 0;
     if (c->buffers[0] != 0)
         return FLOW_OK;             /* initialised before (checkpoint) */
     if (n < 2)
@@ -101,9 +91,31 @@ static int actnorm_data_init(void *self, const flow_call *c,
         if (!(sd > 0) || !isfinite(sd))
             return c->host->error(c, "dimension %zu is constant in the first "
                                   "batch; cannot initialise its scale", i);
+        /* eps dominates the spread: the scale becomes about 1/eps, and
+         * the first steps see huge values (a constant column) */
+        if (sd - a->eps <= a->eps) {
+            if (!flat++) {
+                first = i;
+                flat_sd = sd - a->eps;
+            }
+            if (used + 24 < sizeof list)
+                used += (size_t)snprintf(list + used, sizeof list - used,
+                                         "%s%zu", flat > 1 ? ", " : "", i);
+            else if (used + 5 < sizeof list && list[used - 1] != '.')
+                used += (size_t)snprintf(list + used, sizeof list - used,
+                                         ", ...");
+        }
         params[i] = (flow_real)(-log(sd));
         params[d + i] = (flow_real)(-mean / sd);
     }
+    if (flat)
+        c->host->log(FLOW_LOG_WARN, "actnorm: input dimension%s %s of %zu "
+                     "ha%s (almost) no variance in the %zu rows of the "
+                     "first batch (sd %g <= eps %g at dimension %zu): the "
+                     "scale becomes about 1/eps = %g and training may "
+                     "diverge; drop constant columns or raise eps",
+                     flat > 1 ? "s" : "", list, d, flat > 1 ? "ve" : "s", n,
+                     flat_sd, a->eps, first, 1 / (flat_sd + a->eps));
     c->buffers[0] = 1;
     return FLOW_OK;
 }
@@ -200,8 +212,6 @@ static const flow_layer_type actnorm_type = {
     .describe = actnorm_describe,
     .create = actnorm_create,
     .destroy = actnorm_destroy,
-    .workspace = actnorm_workspace,
-    .init = actnorm_init,
     .data_init = actnorm_data_init,
     .forward = actnorm_forward,
     .inverse = actnorm_inverse,
@@ -209,18 +219,5 @@ static const flow_layer_type actnorm_type = {
     .inverse_backward = actnorm_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&actnorm_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "actnorm",
-    .version = FLOW_VERSION_STRING,
-    .summary = "activation normalisation",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("actnorm", FLOW_VERSION_STRING, "activation normalisation",
+                   &actnorm_type);

@@ -256,18 +256,5 @@ static const flow_layer_type batchnorm_type = {
     .inverse_backward = batchnorm_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&batchnorm_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "batchnorm",
-    .version = FLOW_VERSION_STRING,
-    .summary = "batch normalisation flow layer",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("batchnorm", FLOW_VERSION_STRING,
+                   "batch normalisation flow layer", &batchnorm_type);

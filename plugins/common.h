@@ -129,8 +129,11 @@ static const flow_activation activation_values[] = {
      .def_str = default_text, .has_min = 1, .min = 1, .has_max = 1, \
      .max = 65536, .max_len = 64}
 
-/* --- seeded permutations (the same stream as permute's random(seed)) -- */
+/* --- seeded permutations: permute's and linear's random(seed), the
+ * autoregressive layers' order = random(seed) ------------------------- */
 
+/* splitmix64 (Steele, Lea & Flood 2014): a portable, seedable stream, so
+ * that a seed gives the same permutation on every machine. */
 static inline uint64_t common_splitmix64(uint64_t *s)
 {
     uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
@@ -139,6 +142,7 @@ static inline uint64_t common_splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* p = a permutation of 0..d-1 by Fisher-Yates from the stream of seed. */
 static inline void common_shuffle(int32_t *p, size_t d, uint64_t seed)
 {
     uint64_t s = seed;

@@ -197,7 +197,9 @@ static void *coupling_create(const flow_host *host,
     int32_t *mask = host->calloc(cfg->dim, sizeof *mask);
     if (!c || !mask) {
         snprintf(diag->message, sizeof diag->message, "out of memory");
-        goto fail;
+        host->free(mask);
+        host->free(c);              /* c->host is not set yet */
+        return NULL;
     }
     c->host = host;
     c->d = cfg->dim;
@@ -415,18 +417,5 @@ static const flow_layer_type coupling_type = {
     .inverse_backward = coupling_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&coupling_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "coupling",
-    .version = FLOW_VERSION_STRING,
-    .summary = "coupling layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("coupling", FLOW_VERSION_STRING, "coupling layers",
+                   &coupling_type);

@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "flow/flow_plugin.h"
+#include "common.h"
 
 enum { ATTR_PERM };
 enum { ALT_NONE, ALT_REVERSE, ALT_RANDOM };
@@ -31,7 +31,8 @@ static const flow_attr_spec linear_attrs[] = {
     {0}};
 
 /* Parameters: strictly lower L (row-major, i > j), strictly upper U
- * (row-major, i < j), s (D), b (D): D^2 + D in all. */
+ * (row-major, i < j), s (D), b (D): D^2 + D in all.  No init: the host's
+ * zeros give L = I, U = I, b = 0, so W = P, a permutation. */
 typedef struct linear {
     size_t d, nl;               /* nl = D (D - 1) / 2 */
     int32_t *p;                 /* W[i, :] = (L U)[p[i], :] */
@@ -39,29 +40,16 @@ typedef struct linear {
     const flow_host *host;
 } linear;
 
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void make_perm(const flow_layer_config *cfg, int32_t *p)
 {
     const flow_attr_value *a = &cfg->attrs[ATTR_PERM];
     size_t d = cfg->dim;
+    if (a->i == ALT_RANDOM) {   /* the same shuffle as permute's random */
+        common_shuffle(p, d, (uint64_t)a->sub[0].i);
+        return;
+    }
     for (size_t i = 0; i < d; i++)
         p[i] = (int32_t)(a->i == ALT_REVERSE ? d - 1 - i : i);
-    if (a->i == ALT_RANDOM) {   /* Fisher-Yates, as permute's random(seed) */
-        uint64_t s = (uint64_t)a->sub[0].i;
-        for (size_t i = d; i > 1; i--) {
-            size_t j = (size_t)(splitmix64(&s) % i);
-            int32_t t = p[i - 1];
-            p[i - 1] = p[j];
-            p[j] = t;
-        }
-    }
 }
 
 static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -127,21 +115,6 @@ nomem:
     snprintf(diag->message, sizeof diag->message, "out of memory");
     linear_destroy(l);
     return NULL;
-}
-
-static size_t linear_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int linear_init(void *self, const flow_call *c, flow_real *params)
-{
-    const linear *l = self;
-    (void)c;
-    /* L = I, U = I, b = 0: W = P, a permutation */
-    memset(params, 0, (l->d * l->d + l->d) * sizeof *params);
-    return FLOW_OK;
 }
 
 /* Assembles L, U, W = P L U and W^-1 = U^-1 L^-1 P^T in double. */
@@ -352,8 +325,6 @@ static const flow_layer_type linear_type = {
     .describe = linear_describe,
     .create = linear_create,
     .destroy = linear_destroy,
-    .workspace = linear_workspace,
-    .init = linear_init,
     .forward = linear_forward,
     .inverse = linear_inverse,
     .forward_backward = linear_forward_backward,
@@ -362,18 +333,5 @@ static const flow_layer_type linear_type = {
     .finish_grad = linear_finish_grad,
 };
 
-static const flow_layer_type *const layers[] = {&linear_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "linear",
-    .version = FLOW_VERSION_STRING,
-    .summary = "LU-parametrised invertible linear layer",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("linear", FLOW_VERSION_STRING,
+                   "LU-parametrised invertible linear layer", &linear_type);

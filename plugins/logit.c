@@ -66,18 +66,6 @@ static void logit_destroy(void *self)
         l->host->free(l);
 }
 
-static size_t logit_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int logit_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 /* s = alpha + k x must lie strictly inside (0, 1) */
 static int squeeze(const logit *l, const flow_call *c, size_t r, size_t i,
                    double x, double *s)
@@ -179,26 +167,11 @@ static const flow_layer_type logit_type = {
     .describe = logit_describe,
     .create = logit_create,
     .destroy = logit_destroy,
-    .workspace = logit_workspace,
-    .init = logit_init,
     .forward = logit_forward,
     .inverse = logit_inverse,
     .forward_backward = logit_forward_backward,
     .inverse_backward = logit_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&logit_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "logit",
-    .version = FLOW_VERSION_STRING,
-    .summary = "logit transform for bounded data",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("logit", FLOW_VERSION_STRING,
+                   "logit transform for bounded data", &logit_type);

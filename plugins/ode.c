@@ -619,18 +619,5 @@ static const flow_layer_type ode_type = {
     .stat = ode_stat,
 };
 
-static const flow_layer_type *const layers[] = {&ode_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "ode",
-    .version = FLOW_VERSION_STRING,
-    .summary = "continuous normalizing flows (neural ODEs)",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("ode", FLOW_VERSION_STRING,
+                   "continuous normalizing flows (neural ODEs)", &ode_type);

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "flow/flow_plugin.h"
+#include "common.h"
 
 enum { ATTR_ORDER };
 enum { ALT_REVERSE, ALT_RANDOM, ALT_EXPLICIT };
@@ -41,16 +41,6 @@ typedef struct permute {
     int32_t *perm;    /* z[i] = x[perm[i]] */
 } permute;
 
-/* splitmix64 (Steele et al. 2014): a portable, seedable stream so that
- * random(seed) gives the same permutation everywhere. */
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Fills perm from the config; returns 0 or reports into diag. */
 static int make_perm(const flow_layer_config *cfg, int32_t *perm,
                      flow_diag *diag)
@@ -63,18 +53,9 @@ static int make_perm(const flow_layer_config *cfg, int32_t *perm,
         for (size_t i = 0; i < d; i++)
             perm[i] = (int32_t)(d - 1 - i);
         return 0;
-    case ALT_RANDOM: {
-        uint64_t s = (uint64_t)order->sub[0].i;
-        for (size_t i = 0; i < d; i++)
-            perm[i] = (int32_t)i;
-        for (size_t i = d; i > 1; i--) {
-            size_t j = (size_t)(splitmix64(&s) % i);
-            int32_t t = perm[i - 1];
-            perm[i - 1] = perm[j];
-            perm[j] = t;
-        }
+    case ALT_RANDOM:
+        common_shuffle(perm, d, (uint64_t)order->sub[0].i);
         return 0;
-    }
     case ALT_EXPLICIT: {
         const flow_attr_value *lst = &order->sub[0];
         if (lst->n != d) {
@@ -164,18 +145,6 @@ nomem:
     return NULL;
 }
 
-static size_t permute_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int permute_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 /* out[r, i] = in[r, perm[i]] */
 static void gather(const permute *p, size_t n, const flow_real *in,
                    flow_real *out)
@@ -238,26 +207,11 @@ static const flow_layer_type permute_type = {
     .describe = permute_describe,
     .create = permute_create,
     .destroy = permute_destroy,
-    .workspace = permute_workspace,
-    .init = permute_init,
     .forward = permute_forward,
     .inverse = permute_inverse,
     .forward_backward = permute_forward_backward,
     .inverse_backward = permute_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&permute_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "permute",
-    .version = FLOW_VERSION_STRING,
-    .summary = "dimension permutations",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("permute", FLOW_VERSION_STRING, "dimension permutations",
+                   &permute_type);

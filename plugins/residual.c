@@ -382,6 +382,8 @@ static int exact_logdet(const residual *r, const flow_call *call, rws *w,
         for (size_t i = 0; i < d; i++)
             w->mat[i * d + i] += 1;
         rc = r->host->slogdet(d, w->mat, &la, &sign);
+        if (rc == FLOW_ERR_NOMEM)
+            return r->host->error(call, "row %zu: out of memory", s);
         if (rc != FLOW_OK || sign <= 0 || !isfinite(la))
             return r->host->error(call, "det(I + dg/dx) is %s at row %zu "
                                   "(the Lipschitz bound %g < 1 should make it "
@@ -486,9 +488,13 @@ static int invert_all(const residual *r, const flow_call *call, rws *w)
     size_t d = r->d, dd = d * d;
     for (size_t s = 0; s < call->n; s++) {
         flow_real *m = w->jac + s * dd;
+        int rc;
         for (size_t i = 0; i < d; i++)
             m[i * d + i] += 1;
-        if (r->host->matinv(d, m) != FLOW_OK)
+        rc = r->host->matinv(d, m);
+        if (rc == FLOW_ERR_NOMEM)
+            return r->host->error(call, "row %zu: out of memory", s);
+        if (rc != FLOW_OK)
             return r->host->error(call, "I + dg/dx is singular at row "
                                   "%zu", s);
     }
@@ -733,18 +739,5 @@ static const flow_layer_type residual_type = {
     .inverse_backward = residual_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&residual_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "residual",
-    .version = FLOW_VERSION_STRING,
-    .summary = "invertible residual layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("residual", FLOW_VERSION_STRING,
+                   "invertible residual layers", &residual_type);

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "flow/flow_plugin.h"
+#include "common.h"
 
 #define LOG_2PI 1.8378770664093454836
 
@@ -331,11 +331,7 @@ static int gmm_describe(const flow_target_config *cfg, size_t *dim_out,
 /* splitmix64 (Steele, Lea & Flood 2014) as a uniform in [0, 1). */
 static double splitmix_uniform(uint64_t *s)
 {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * 0x1.0p-53;
+    return (double)(common_splitmix64(s) >> 11) * 0x1.0p-53;
 }
 
 static void *gmm_create(const flow_host *host, const flow_target_config *cfg,
@@ -478,22 +474,7 @@ TARGET(u4, "energy U4 of Rezende & Mohamed 2015 (step wave), 2-D",
 TARGET(gmm, "isotropic Gaussian mixture in D dimensions, known log Z",
        gmm_attrs, gmm_describe, gmm_create);
 
-static const flow_target_type *const targets[] = {
-    &banana_type, &funnel_type, &u1_type, &u2_type, &u3_type, &u4_type,
-    &gmm_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "targets",
-    .version = "1.0",
-    .summary = "target densities for variational fits (flowkit fit)",
-    .n_layers = 0,
-    .layers = NULL,
-    .n_targets = sizeof targets / sizeof targets[0],
-    .targets = targets,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_TARGETS("targets", "1.0",
+                    "target densities for variational fits (flowkit fit)",
+                    &banana_type, &funnel_type, &u1_type, &u2_type, &u3_type,
+                    &u4_type, &gmm_type);

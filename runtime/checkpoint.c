@@ -12,7 +12,6 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "ctx.h"
 #include "fileio.h"
 #include "json.h"
 
@@ -133,7 +132,7 @@ ckpt_writer *ckpt_writer_new(flow_ctx *ctx)
     if (w)
         w->ctx = ctx;
     else
-        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     return w;
 }
 
@@ -180,12 +179,12 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     size_t len = strlen(name);
     if (len == 0 || len > CKPT_NAME_MAX || !json_utf8_valid(name, len)
         || !strcmp(name, "__metadata__"))
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
-                         "name '%.64s'", name);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
+                              "name '%.64s'", name);
     if ((unsigned)dtype > CKPT_I64 || ndim > CKPT_MAX_DIMS)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
-                         "bad dtype or more than %d dimensions", name,
-                         CKPT_MAX_DIMS);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
+                              "bad dtype or more than %d dimensions", name,
+                              CKPT_MAX_DIMS);
     for (size_t i = 0; i < ndim; i++) {
         if (shape[i] && numel > UINT64_MAX / shape[i])
             goto toobig;
@@ -194,14 +193,14 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     if (numel > SIZE_MAX / ckpt_dtype_size(dtype))
         goto toobig;
     if (numel && !data)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
-                         "has no data", name);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                              "has no data", name);
     if (grow((void **)&w->t, &w->capt, w->nt, sizeof *w->t))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     t = &w->t[w->nt];
     memset(t, 0, sizeof *t);
     if (!(t->name = dup_str(name)))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     t->dtype = dtype;
     t->ndim = ndim;
     for (size_t i = 0; i < ndim; i++)
@@ -211,8 +210,8 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     w->nt++;
     return FLOW_OK;
 toobig:
-    return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' is too "
-                     "large", name);
+    return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' is too "
+                          "large", name);
 }
 
 /* A copy of s (NULL stays NULL) into *out; -1 when out of memory. */
@@ -229,13 +228,13 @@ int ckpt_writer_info(ckpt_writer *w, const ckpt_info *info)
                          info->spec_path, info->imports_json,
                          info->columns_json, info->context_columns_json};
     if (!info->spec_source)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec "
-                         "source is required");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec "
+                              "source is required");
     for (int i = 0; i < 6; i++)
         if (dup_opt(in[i], &s[i])) {
             while (i--)
                 free(s[i]);
-            return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+            return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
         }
     free((char *)w->info.spec_source);
     free((char *)w->info.history_json);
@@ -259,14 +258,14 @@ int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value)
     kv *m;
     for (int i = 0; reserved[i]; i++)
         if (!strcmp(reserved[i], key))
-            return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
-                             "key '%s' is reserved", key);
+            return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
+                                  "key '%s' is reserved", key);
     if (grow((void **)&w->meta, &w->capm, w->nm, sizeof *w->meta))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     m = &w->meta[w->nm];
     if (!(m->key = dup_str(key)) || !(m->value = dup_str(value))) {
         free(m->key);
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     }
     w->nm++;
     return FLOW_OK;
@@ -310,14 +309,14 @@ static int check_unique(ckpt_writer *w)
     if (w->nt < 2)
         return FLOW_OK;
     if (!(o = malloc(w->nt * sizeof *o)))
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < w->nt; i++)
         o[i] = &w->t[i];
     qsort(o, w->nt, sizeof *o, cmp_names);
     for (size_t i = 1; i < w->nt && rc == FLOW_OK; i++)
         if (!strcmp(o[i - 1]->name, o[i]->name))
-            rc = ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
-                           "added twice", o[i]->name);
+            rc = flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                                "added twice", o[i]->name);
     free(o);
     return rc;
 }
@@ -396,17 +395,17 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
         off += t->nbytes;
     }
     json_buf_raw(b, "}", 1);
-    while (b->len % 8)
+    while (b->len % 8 && !b->oom)   /* out of memory: it grows no more */
         json_buf_raw(b, " ", 1);
     if (b->oom)
-        return ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     if (b->bad_utf8)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec, "
-                         "history or a metadata value is not valid UTF-8");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec, "
+                              "history or a metadata value is not valid UTF-8");
     if (b->len > CKPT_HEADER_MAX)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of %zu "
-                         "bytes exceeds the limit of %u", b->len,
-                         CKPT_HEADER_MAX);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of %zu "
+                              "bytes exceeds the limit of %u", b->len,
+                              CKPT_HEADER_MAX);
     /* header checksum: CRC-32C of the header with its own 8 hex digits
      * as "00000000", then patched in */
     crc = fio_crc32c(0, b->s, b->len);
@@ -426,8 +425,8 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
 
     json_buf_init(&b);
     if (!w->has_info)
-        return ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
-                         "training state given (ckpt_writer_info)");
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
+                              "training state given (ckpt_writer_info)");
     {
         /* the JSON texts of the metadata are checked before anything is
          * written: a reader parses them */
@@ -455,8 +454,8 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
         goto fail;
     if (fwrite(len8, 1, 8, o.f) != 8 || fwrite(b.s, 1, b.len, o.f) != b.len
         || emit_data(w, o.f, NULL)) {
-        rc = ctx_error(w->ctx, FLOW_ERR_IO, "%s: write error: %s", path,
-                       strerror(errno));
+        rc = flow_ctx_error(w->ctx, FLOW_ERR_IO, "%s: write error: %s", path,
+                            strerror(errno));
         fio_abort(&o);
         goto fail;
     }
@@ -574,7 +573,27 @@ static int bad(flow_ctx *ctx, const char *path, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: %s", path, msg);
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: %s", path, msg);
+}
+
+/* The training history is JSON text (an array) that a resumed run
+ * extends: refused on load, not when the run's checkpoint is written. */
+static int check_history(flow_ctx *ctx, ckpt *ck)
+{
+    const char *h = ckpt_meta(ck, "history");
+    char name[1024];                /* half of the context's message */
+    json_doc *doc;
+    int rc, is_array;
+    if (!h)
+        return FLOW_OK;
+    snprintf(name, sizeof name, "%s: metadata 'history'", ck->path);
+    if ((rc = json_parse(ctx, name, h, strlen(h), JSON_DEFAULT_DEPTH, &doc)))
+        return rc;
+    is_array = json_root(doc)->type == JSON_ARRAY;
+    json_free(doc);
+    if (!is_array)
+        return bad(ctx, ck->path, "metadata 'history' is not a JSON array");
+    return FLOW_OK;
 }
 
 static int check_metadata(flow_ctx *ctx, ckpt *ck)
@@ -619,7 +638,7 @@ static int check_metadata(flow_ctx *ctx, ckpt *ck)
         || !ckpt_meta(ck, "header_checksum"))
         return bad(ctx, ck->path, "metadata lacks one of spec, spec_hash, "
                    "epoch, step, data_checksum, header_checksum");
-    return FLOW_OK;
+    return check_history(ctx, ck);
 }
 
 static int parse_dtype(const json_value *v, ckpt_dtype *out)
@@ -708,7 +727,7 @@ static int parse_tensors(flow_ctx *ctx, ckpt *ck)
     int rc = FLOW_OK;
     if (!(ck->t = calloc(root->len ? root->len : 1, sizeof *ck->t))
         || !(sp = calloc(root->len ? root->len : 1, sizeof *sp)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < root->len; i++) {
         if (!strcmp(root->keys[i], "__metadata__"))
             continue;
@@ -768,7 +787,89 @@ static int check_spec_hash(flow_ctx *ctx, const ckpt *ck)
     return FLOW_OK;
 }
 
-int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
+/* Reads up to n bytes, growing the buffer as they arrive, so that a
+ * stream claiming more than it holds costs no more memory than it holds.
+ * *buf (NUL-terminated, freed by the caller) holds *got bytes; 0, or -1
+ * on a read error or out of memory. */
+static int read_grow(int fd, size_t n, char **buf, size_t *got)
+{
+    size_t cap = 0;
+    char *b = NULL, *p;
+    *got = 0;
+    while (*got < n) {
+        ssize_t k;
+        if (*got == cap) {
+            cap = cap ? (cap < n / 2 ? cap * 2 : n) : (n < 65536 ? n : 65536);
+            if (!(p = realloc(b, cap + 1)))
+                goto fail;
+            b = p;
+        }
+        if ((k = read(fd, b + *got, cap - *got)) < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            goto fail;
+        if (k == 0)
+            break;
+        *got += (size_t)k;
+    }
+    if (!b && !(b = malloc(1)))
+        goto fail;
+    b[*got] = '\0';
+    *buf = b;
+    return 0;
+fail:
+    free(b);
+    return -1;
+}
+
+/* The end of the data section that the header's tensors declare (the
+ * largest data_offsets end): how much of a stream to read.  Malformed
+ * entries count for nothing; parse_tensors refuses them. */
+static uint64_t declared_data_len(const json_value *root)
+{
+    uint64_t end = 0, b, e;
+    for (size_t i = 0; i < root->len; i++) {
+        const json_value *off = json_get(&root->items[i], "data_offsets");
+        if (root->items[i].type == JSON_OBJECT && off
+            && off->type == JSON_ARRAY && off->len == 2
+            && !json_u64(&off->items[0], &b) && !json_u64(&off->items[1], &e)
+            && e > end)
+            end = e;
+    }
+    return end;
+}
+
+/* The data section: the rest of a file (its size known), or of a stream
+ * as much as the header declares, one byte more being an error. */
+static int read_data(flow_ctx *ctx, ckpt *ck, int fd, int stream,
+                     size_t fsize, uint64_t hlen)
+{
+    char *d;
+    if (stream) {
+        uint64_t want = declared_data_len(json_root(ck->doc));
+        if (want > (uint64_t)SIZE_MAX / 2)
+            want = SIZE_MAX / 2;
+        if (read_grow(fd, (size_t)want + 1, &d, &ck->data_len))
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s",
+                                  ck->path, strerror(errno));
+        ck->data = (unsigned char *)d;
+        if (ck->data_len > want)
+            return bad(ctx, ck->path, "more data than its tensors declare "
+                       "(%" PRIu64 " bytes)", want);
+        return FLOW_OK;
+    }
+    ck->data_len = fsize - 8 - (size_t)hlen;
+    if (!(ck->data = malloc(ck->data_len ? ck->data_len : 1)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (read_exact(fd, ck->data, ck->data_len))
+        return bad(ctx, ck->path, "truncated checkpoint (read failed)");
+    return FLOW_OK;
+}
+
+/* A checkpoint from fd, a regular file or (stream) standard input, which
+ * is read only as far as the header's length and tensors say. */
+static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
+                     ckpt **out)
 {
     ckpt *ck = NULL;
     char *hdr = NULL;
@@ -776,24 +877,31 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     struct stat st;
     uint64_t hlen;
     uint32_t stored = 0, computed = 0;
-    size_t fsize;
-    int fd, rc = FLOW_OK, hc;
+    size_t fsize = 0, got;
+    int rc = FLOW_OK, hc;
     char want[32];
 
-    *out = NULL;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
-                         strerror(errno));
     if (!(ck = calloc(1, sizeof *ck)) || !(ck->path = dup_str(path))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
-        goto fail;
+    if (!stream) {
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
+            goto fail;
+        }
+        fsize = (size_t)st.st_size;
     }
-    fsize = (size_t)st.st_size;
-    if (fsize < 8 || read_exact(fd, len8, 8)) {
+    if (stream) {
+        if (read_grow(fd, 8, &hdr, &got) == 0 && got == 8)
+            memcpy(len8, hdr, 8);
+        free(hdr);
+        hdr = NULL;
+        if (got < 8) {
+            rc = bad(ctx, path, "truncated checkpoint (%zu bytes)", got);
+            goto fail;
+        }
+    } else if (fsize < 8 || read_exact(fd, len8, 8)) {
         rc = bad(ctx, path, "truncated checkpoint (%zu bytes)", fsize);
         goto fail;
     }
@@ -803,23 +911,33 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
                  "of %u bytes", hlen, CKPT_HEADER_MAX);
         goto fail;
     }
-    if (hlen > fsize - 8) {
-        rc = bad(ctx, path, "truncated checkpoint: header length %" PRIu64
-                 " but only %zu bytes follow", hlen, fsize - 8);
-        goto fail;
+    if (stream) {
+        if (read_grow(fd, (size_t)hlen, &hdr, &got)) {
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", path,
+                                strerror(errno));
+            goto fail;
+        }
+        if (got < hlen) {
+            rc = bad(ctx, path, "truncated checkpoint: header length %"
+                     PRIu64 " but only %zu bytes follow", hlen, got);
+            goto fail;
+        }
+    } else {
+        if (hlen > fsize - 8) {
+            rc = bad(ctx, path, "truncated checkpoint: header length %"
+                     PRIu64 " but only %zu bytes follow", hlen, fsize - 8);
+            goto fail;
+        }
+        if (!(hdr = malloc((size_t)hlen + 1))) {
+            rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            goto fail;
+        }
+        if (read_exact(fd, hdr, (size_t)hlen)) {
+            rc = bad(ctx, path, "truncated checkpoint (read failed)");
+            goto fail;
+        }
+        hdr[hlen] = '\0';
     }
-    if (!(hdr = malloc((size_t)hlen + 1))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    ck->data_len = fsize - 8 - (size_t)hlen;
-    if (read_exact(fd, hdr, (size_t)hlen)
-        || !(ck->data = malloc(ck->data_len ? ck->data_len : 1))
-        || read_exact(fd, ck->data, ck->data_len)) {
-        rc = bad(ctx, path, "truncated checkpoint (read failed)");
-        goto fail;
-    }
-    hdr[hlen] = '\0';
     hc = header_crc_ok(hdr, (size_t)hlen, &stored, &computed);
     if (hc == -1) {
         rc = bad(ctx, path, "not a flowkit checkpoint (no header_checksum)");
@@ -831,7 +949,7 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
         goto fail;
     }
     if (hc == -3) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     if (hc == 0) {
@@ -847,7 +965,9 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
         goto fail;
     }
     ck->meta = json_get(json_root(ck->doc), "__metadata__");
-    if ((rc = check_metadata(ctx, ck)) || (rc = parse_tensors(ctx, ck)))
+    if ((rc = check_metadata(ctx, ck))
+        || (rc = read_data(ctx, ck, fd, stream, fsize, hlen))
+        || (rc = parse_tensors(ctx, ck)))
         goto fail;
     snprintf(want, sizeof want, CRC_TAG "%08" PRIx32,
              fio_crc32c(0, ck->data, ck->data_len));
@@ -862,9 +982,22 @@ int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
     *out = ck;
     ck = NULL;
 fail:
-    close(fd);
     free(hdr);
     ckpt_free(ck);
+    return rc;
+}
+
+int ckpt_read(flow_ctx *ctx, const char *path, ckpt **out)
+{
+    int fd, rc;
+    *out = NULL;
+    if (!strcmp(path, "-"))
+        return read_from(ctx, "<stdin>", STDIN_FILENO, 1, out);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
+                              strerror(errno));
+    rc = read_from(ctx, path, fd, 0, out);
+    close(fd);
     return rc;
 }
 
@@ -873,13 +1006,13 @@ int ckpt_get(flow_ctx *ctx, const ckpt *ck, const char *name,
 {
     const ckpt_tensor *t = ckpt_find(ck, name);
     if (!t)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
-                         ck->path, name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
+                              ck->path, name);
     if (t->dtype != dtype || t->numel != count)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s with "
-                         "%zu elements, expected %s with %zu", ck->path, name,
-                         ckpt_dtype_name(t->dtype), t->numel,
-                         ckpt_dtype_name(dtype), count);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s with "
+                              "%zu elements, expected %s with %zu", ck->path, name,
+                              ckpt_dtype_name(t->dtype), t->numel,
+                              ckpt_dtype_name(dtype), count);
     fio_swap_le(dst, t->bytes, count, ckpt_dtype_size(dtype));
     return FLOW_OK;
 }
@@ -891,18 +1024,18 @@ int ckpt_check_vec(flow_ctx *ctx, const ckpt *ck, const char *name,
     char shape[128];
     size_t used = 0;
     if (!t)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
-                         ck->path, name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
+                              ck->path, name);
     if (t->dtype == dtype && t->ndim == 1 && t->shape[0] == count)
         return FLOW_OK;
     shape[0] = '\0';
     for (size_t k = 0; k < t->ndim && used < sizeof shape; k++)
         used += (size_t)snprintf(shape + used, sizeof shape - used,
                                  "%s%" PRIu64, k ? ", " : "", t->shape[k]);
-    return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s of shape "
-                     "[%s], expected %s of shape [%zu]", ck->path, name,
-                     ckpt_dtype_name(t->dtype), shape,
-                     ckpt_dtype_name(dtype), count);
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s of shape "
+                          "[%s], expected %s of shape [%zu]", ck->path, name,
+                          ckpt_dtype_name(t->dtype), shape,
+                          ckpt_dtype_name(dtype), count);
 }
 
 int ckpt_get_vec(flow_ctx *ctx, const ckpt *ck, const char *name,
@@ -934,16 +1067,16 @@ int ckpt_info_get(flow_ctx *ctx, const ckpt *ck, uint64_t *epoch,
     const char *b = ckpt_meta(ck, "best_score");
     if (meta_u64(ckpt_meta(ck, "epoch"), epoch)
         || meta_u64(ckpt_meta(ck, "step"), step))
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad epoch or step",
-                         ck->path);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad epoch or step",
+                              ck->path);
     *has_best = b != NULL;
     *best = 0;
     if (b) {
         char *end;
         *best = strtod(b, &end);
         if (end == b || *end)
-            return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad best_score",
-                             ck->path);
+            return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: bad best_score",
+                                  ck->path);
     }
     return FLOW_OK;
 }
@@ -960,8 +1093,8 @@ int ckpt_check_spec(flow_ctx *ctx, const ckpt *ck, const char *spec_source)
         return FLOW_OK;
     for (a = stored ? stored : "", b = spec_source; *a && *a == *b; a++, b++)
         line += *a == '\n';
-    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: checkpoint was made by a "
-                     "different spec (spec_hash %s, this spec %s; first "
-                     "difference at line %d)", ck->path,
-                     theirs ? theirs : "(none)", mine, line);
+    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: checkpoint was made by a "
+                          "different spec (spec_hash %s, this spec %s; first "
+                          "difference at line %d)", ck->path,
+                          theirs ? theirs : "(none)", mine, line);
 }

@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "checkpoint.h"
-#include "ctx.h"
 #include "json.h"
+#include "model.h"
 
 struct flow_checkpoint {
     flow_ctx *ctx;
@@ -73,17 +73,17 @@ static int imports_json(flow_ctx *ctx, const flow_spec_file *f, size_t n,
     if (n < 2)
         return FLOW_OK;
     if (!f[0].path)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: a spec with imports needs "
-                         "its path (the imports are resolved against it)",
-                         path);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a spec with imports needs "
+                              "its path (the imports are resolved against it)",
+                              path);
     json_buf_init(&b);
     json_buf_raw(&b, "[", 1);
     for (size_t i = 1; i < n; i++) {
         const char *res = f[i].resolved ? f[i].resolved : f[i].path;
         if (!f[i].path || !f[i].import || !f[i].text) {
             json_buf_free(&b);
-            return ctx_error(ctx, FLOW_ERR_INVAL, "%s: imported file %zu "
-                             "lacks its path, import or text", path, i);
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: imported file %zu "
+                                  "lacks its path, import or text", path, i);
         }
         json_buf_raw(&b, i > 1 ? ",{\"path\":" : "{\"path\":", i > 1 ? 9 : 8);
         json_buf_string(&b, f[i].path, strlen(f[i].path));
@@ -105,9 +105,9 @@ static int imports_json(flow_ctx *ctx, const flow_spec_file *f, size_t n,
     if (b.oom || b.bad_utf8) {
         int oom = b.oom;
         json_buf_free(&b);
-        return oom ? ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
-                   : ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported file or "
-                               "its path is not valid UTF-8", path);
+        return oom ? flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
+                   : flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported file or "
+                                    "its path is not valid UTF-8", path);
     }
     *out = b.s;
     return FLOW_OK;
@@ -128,8 +128,8 @@ static int names_json(flow_ctx *ctx, const char *const *names, size_t n,
     for (size_t i = 0; i < n; i++) {
         if (!names[i] || !*names[i]) {
             json_buf_free(&b);
-            return ctx_error(ctx, FLOW_ERR_INVAL, "%s: column %zu has no "
-                             "name", path, i);
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: column %zu has no "
+                                  "name", path, i);
         }
         if (i)
             json_buf_raw(&b, ",", 1);
@@ -139,7 +139,7 @@ static int names_json(flow_ctx *ctx, const char *const *names, size_t n,
     if (b.oom || b.bad_utf8) {
         int oom = b.oom;
         json_buf_free(&b);
-        return oom ? ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory") : FLOW_OK;
+        return oom ? flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory") : FLOW_OK;
     }
     *out = b.s;
     return FLOW_OK;
@@ -157,13 +157,13 @@ static int check_finite_params(flow_model *m, const char *path)
         model_slice_info s;
         model_slice(m, i, &s);
         if (bad >= s.p_off && bad < s.p_off + s.n_params)
-            return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: "
-                             "parameter %zu of %s is %g (training "
-                             "diverged)", path, bad - s.p_off, s.name,
-                             (double)p[bad]);
+            return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: "
+                                  "parameter %zu of %s is %g (training "
+                                  "diverged)", path, bad - s.p_off, s.name,
+                                  (double)p[bad]);
     }
-    return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: parameter %zu "
-                     "is not finite", path, bad);
+    return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: parameter %zu "
+                          "is not finite", path, bad);
 }
 
 /* Parameters, buffers, the model's stream and the trainer's state. */
@@ -230,8 +230,8 @@ int flow_checkpoint_write(flow_model *m, flow_trainer *t,
 
     if (!in || in->struct_size < sizeof *in || !in->files || !in->n_files
         || !in->files[0].text)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: a checkpoint needs the "
-                         "spec source", path);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a checkpoint needs the "
+                              "spec source", path);
     if ((rc = check_finite_params(m, path)) != FLOW_OK)
         return rc;
     if ((rc = imports_json(ctx, in->files, in->n_files, path, &imports))
@@ -299,8 +299,8 @@ int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
 
 static int bad_meta(flow_checkpoint *c, const char *key, const char *what)
 {
-    return ctx_error(c->ctx, FLOW_ERR_FORMAT, "%s: metadata '%s' %s",
-                     ckpt_path(c->ck), key, what);
+    return flow_ctx_error(c->ctx, FLOW_ERR_FORMAT, "%s: metadata '%s' %s",
+                          ckpt_path(c->ck), key, what);
 }
 
 /* A JSON string without NUL characters (strings of this API are C
@@ -349,7 +349,7 @@ static int load_columns(flow_checkpoint *c)
     if (!na)
         return FLOW_OK;
     if (!(c->cols = calloc(na + nb, sizeof *c->cols)))
-        return ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
     a = json_root(c->columns);
     b = nb ? json_root(c->context_columns) : NULL;
     for (size_t i = 0; i < na + nb; i++)
@@ -419,7 +419,7 @@ static int load_sources(flow_checkpoint *c)
     if (!(c->files = calloc(n, sizeof *c->files))
         || !(c->names = calloc(n, sizeof *c->names))
         || (n_alias && !(c->aliases = calloc(n_alias, sizeof *c->aliases))))
-        return ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
     c->n_files = n;
     c->files[0].path = spec_path ? spec_path : "spec";
     c->files[0].text = ckpt_meta(c->ck, "spec");
@@ -440,7 +440,7 @@ static int load_sources(flow_checkpoint *c)
     for (size_t i = 0; i < n; i++)
         if (!(c->names[i] = embedded_name(ckpt_path(c->ck),
                                           c->files[i].path)))
-            return ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
+            return flow_ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory");
         else
             c->files[i].name = c->names[i];
     return FLOW_OK;
@@ -453,7 +453,7 @@ int flow_checkpoint_open(flow_ctx *ctx, const char *path,
     int rc;
     *out = NULL;
     if (!(c = calloc(1, sizeof *c)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     c->ctx = ctx;
     if ((rc = ckpt_read(ctx, path, &c->ck)) != FLOW_OK
         || (rc = load_sources(c)) != FLOW_OK
@@ -529,20 +529,20 @@ int flow_checkpoint_check_sources(const flow_checkpoint *ck,
     /* a checkpoint of format 1 does not say what its spec imported */
     size_t cmp = ckpt_version(ck->ck) < 2 && ck->n_files == 1 ? 1 : n;
     if (cmp != ck->n_files)
-        return ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was made "
-                         "by a different spec (it embeds %zu imported "
-                         "file%s, this spec imports %zu)", p,
-                         ck->n_files - 1, ck->n_files == 2 ? "" : "s",
-                         n - 1);
+        return flow_ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was made "
+                              "by a different spec (it embeds %zu imported "
+                              "file%s, this spec imports %zu)", p,
+                              ck->n_files - 1, ck->n_files == 2 ? "" : "s",
+                              n - 1);
     for (size_t i = 0; i < cmp; i++) {
         const flow_spec_file *a = &ck->files[i], *b = &files[i];
         if (a->len != b->len || memcmp(a->text, b->text, a->len))
-            return ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was "
-                             "made by a different spec (first difference "
-                             "at line %d of %s)", p,
-                             first_diff_line(a->text, a->len, b->text,
-                                             b->len),
-                             b->name ? b->name : b->path);
+            return flow_ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was "
+                                  "made by a different spec (first difference "
+                                  "at line %d of %s)", p,
+                                  first_diff_line(a->text, a->len, b->text,
+                                                  b->len),
+                                  b->name ? b->name : b->path);
     }
     return FLOW_OK;
 }
@@ -563,7 +563,7 @@ static int check_known_tensors(const flow_checkpoint *ck, flow_model *m)
     char name[CKPT_NAME_MAX];
     int rc = FLOW_OK;
     if (!known)
-        return ctx_error(ck->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ck->ctx, FLOW_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < ns && rc == FLOW_OK; i++) {
         model_slice_info s;
         model_slice(m, i, &s);
@@ -572,7 +572,7 @@ static int check_known_tensors(const flow_checkpoint *ck, flow_model *m)
                 continue;
             tensor_name(name, sizeof name, k ? "buffers" : "params", &s);
             if (!(known[n++] = malloc(strlen(name) + 1))) {
-                rc = ctx_error(ck->ctx, FLOW_ERR_NOMEM, "out of memory");
+                rc = flow_ctx_error(ck->ctx, FLOW_ERR_NOMEM, "out of memory");
                 break;
             }
             strcpy(known[n - 1], name);
@@ -586,9 +586,9 @@ static int check_known_tensors(const flow_checkpoint *ck, flow_model *m)
         for (int k = 0; fixed_tensors[k]; k++)
             fixed |= !strcmp(fixed_tensors[k], t);
         if (!fixed && !bsearch(&t, known, n, sizeof *known, cmp_str))
-            rc = ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%.200s' "
-                           "is not part of this model", ckpt_path(ck->ck),
-                           t);
+            rc = flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%.200s' "
+                                "is not part of this model", ckpt_path(ck->ck),
+                                t);
     }
     for (size_t i = 0; i < n; i++)
         free(known[i]);
@@ -607,16 +607,16 @@ static int check_rng(const flow_checkpoint *ck, const char *name,
         && ckpt_meta(ck->ck, "objective") && !(w[0] | w[1] | w[2] | w[3]))
         why = w[4] || w[5] ? "has_spare or the cached deviate set in a "
                              "stream that was never seeded" : NULL;
-    return why ? ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is not "
-                           "a random generator state: %s",
-                           ckpt_path(ck->ck), name, why)
+    return why ? flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is not "
+                                "a random generator state: %s",
+                                ckpt_path(ck->ck), name, why)
                : FLOW_OK;
 }
 
 static int bad_state(const flow_checkpoint *ck, const char *what)
 {
-    return ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: training state: %s",
-                     ckpt_path(ck->ck), what);
+    return flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: training state: %s",
+                          ckpt_path(ck->ck), what);
 }
 
 /* The trainer's tensors, whether or not a trainer is restored: all or
@@ -657,8 +657,10 @@ static int check_training(const flow_checkpoint *ck, size_t np,
         return bad_state(ck, "step or epoch differ from the metadata");
     if (st[ST_SKIPPED] > st[ST_STEP])
         return bad_state(ck, "more skipped steps than steps");
+    /* a best score of -inf is reachable: a run whose every validation
+     * was -inf still records its first one (train exits 3 then) */
     if ((int)st[ST_HAS_BEST] != has_best
-        || (has_best && !isfinite(best))
+        || (has_best && isnan(best))
         || (has_best != (ckpt_find(c, "train/best") != NULL)))
         return bad_state(ck, "the best validation score, its flag and the "
                          "best parameters disagree");
@@ -679,10 +681,10 @@ static int check_columns(const flow_checkpoint *ck, flow_model *m)
 {
     size_t d = flow_model_dim(m), k = flow_model_context_dim(m);
     if (ck->n_cols && (ck->n_cols != d || ck->n_ccols != k))
-        return ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: the checkpoint names "
-                         "%zu data and %zu context columns, the model has "
-                         "%zu and %zu", ckpt_path(ck->ck), ck->n_cols,
-                         ck->n_ccols, d, k);
+        return flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: the checkpoint names "
+                              "%zu data and %zu context columns, the model has "
+                              "%zu and %zu", ckpt_path(ck->ck), ck->n_cols,
+                              ck->n_ccols, d, k);
     return FLOW_OK;
 }
 
@@ -726,8 +728,8 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
     if (!t)
         return FLOW_OK;
     if (!flow_checkpoint_has_training(ck))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "checkpoint has no training "
-                         "state (it was saved without an optimizer)");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "checkpoint has no training "
+                              "state (it was saved without an optimizer)");
     if ((rc = ckpt_get_vec(ctx, ck->ck, "adam/m", CKPT_REAL,
                            flow_trainer_adam_m(t), np)) != FLOW_OK
         || (rc = ckpt_get_vec(ctx, ck->ck, "adam/v", CKPT_REAL,

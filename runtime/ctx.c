@@ -29,15 +29,6 @@ const char *flow_errmsg(const flow_ctx *ctx)
     return ctx ? ctx->errmsg : "no context (out of memory?)";
 }
 
-int ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(ctx->errmsg, sizeof ctx->errmsg, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 int flow_ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
 {
     va_list ap;

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
 #include "data.h"
 #include "fileio.h"
 
@@ -27,8 +26,8 @@ flow_data *data_new(flow_ctx *ctx, size_t n, size_t d, size_t c)
     if ((d && n > SIZE_MAX / d) || (c && n > SIZE_MAX / c)
         || (d && n * d > SIZE_MAX / sizeof(flow_real))
         || (c && n * c > SIZE_MAX / sizeof(flow_real))) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too large",
-                  n, d + c);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too large",
+                       n, d + c);
         free(data);
         return NULL;
     }
@@ -39,7 +38,7 @@ flow_data *data_new(flow_ctx *ctx, size_t n, size_t d, size_t c)
     return data;
 nomem:
     data_free(data);
-    ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     return NULL;
 }
 
@@ -59,6 +58,10 @@ void data_free(flow_data *data)
     free(data->x);
     free(data->ctx);
     free_names(data->names, data->d + data->c);
+    free(data->source);
+    free(data->lines);
+    free(data->cols);
+    free(data->note);
     free(data);
 }
 
@@ -79,7 +82,7 @@ int data_set_names(flow_ctx *ctx, flow_data *data, const char *const *names)
     return FLOW_OK;
 nomem:
     free_names(nn, k);
-    return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 }
 
 int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
@@ -119,12 +122,18 @@ static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
             goto nomem;
         data->ctx = p;
     }
+    if (data->lines) {
+        size_t *l = realloc(data->lines, ncap * sizeof *l);
+        if (!l)
+            goto nomem;
+        data->lines = l;
+    }
     *cap = ncap;
     return FLOW_OK;
 toobig:
-    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: too many rows", name);
+    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: too many rows", name);
 nomem:
-    return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
 }
 
 /* ------------------------------------------------------------ input */
@@ -210,10 +219,10 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
         for (size_t j = 0; j < ncols; j++)
             if (!strcmp(names[j], tok)) {
                 if (hit != ncols)
-                    return ctx_error(ctx, FLOW_ERR_INVAL,
-                                     "%s: column name '%s' is ambiguous "
-                                     "(columns %zu and %zu)",
-                                     name, tok, hit, j);
+                    return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                                          "%s: column name '%s' is ambiguous "
+                                          "(columns %zu and %zu)",
+                                          name, tok, hit, j);
                 hit = j;
             }
     if (hit != ncols) {
@@ -225,20 +234,20 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
         v = strtoull(tok, &end, 10);
         if (!*end && errno == 0) {
             if (v >= ncols)
-                return ctx_error(ctx, FLOW_ERR_INVAL,
-                                 "%s: column %s out of range (%zu columns, "
-                                 "indices start at 0)", name, tok, ncols);
+                return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                                      "%s: column %s out of range (%zu columns, "
+                                      "indices start at 0)", name, tok, ncols);
             *out = (size_t)v;
             return FLOW_OK;
         }
     }
     if (!names)
-        return ctx_error(ctx, FLOW_ERR_INVAL,
-                         "%s: no column named '%s' (the file has no "
-                         "header: select columns by 0-based index)",
-                         name, tok);
-    return ctx_error(ctx, FLOW_ERR_INVAL, "%s: no column named '%s'", name,
-                     tok);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                              "%s: no column named '%s' (the file has no "
+                              "header: select columns by 0-based index)",
+                              name, tok);
+    return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no column named '%s'", name,
+                          tok);
 }
 
 /* Marks the columns listed in `list` with destinations base, base+1, ... */
@@ -257,15 +266,15 @@ static int select_list(flow_ctx *ctx, const char *name, const char *list,
         while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
             len--;
         if (len == 0 || len >= sizeof tok)
-            return ctx_error(ctx, FLOW_ERR_INVAL,
-                             "%s: bad column list '%s'", name, list);
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                                  "%s: bad column list '%s'", name, list);
         memcpy(tok, p, len);
         tok[len] = '\0';
         if ((rc = find_column(ctx, name, tok, names, sel->ncols, &j)))
             return rc;
         if (sel->map[j] != -1)
-            return ctx_error(ctx, FLOW_ERR_INVAL,
-                             "%s: column '%s' selected twice", name, tok);
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                                  "%s: column '%s' selected twice", name, tok);
         sel->map[j] = base + (long)*count;
         (*count)++;
         if (!comma)
@@ -282,7 +291,7 @@ static int build_selection(flow_ctx *ctx, const char *name,
     size_t nd = 0, nc = 0;
     int rc;
     if (!(sel->map = malloc(ncols * sizeof *sel->map)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     sel->ncols = ncols;
     for (size_t j = 0; j < ncols; j++)
         sel->map[j] = -1;
@@ -305,29 +314,34 @@ static int build_selection(flow_ctx *ctx, const char *name,
     sel->d = nd;
     sel->c = nc;
     if (nd == 0)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns selected",
-                         name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns selected",
+                              name);
     if (o && o->expect_dim && nd != o->expect_dim) {
         if (first_line)
-            return ctx_error(ctx, FLOW_ERR_FORMAT,
-                             "%s:%zu: %zu data columns, expected %zu", name,
-                             first_line, nd, o->expect_dim);
-        return ctx_error(ctx, FLOW_ERR_FORMAT,
-                         "%s: %zu data columns, expected %zu", name, nd,
-                         o->expect_dim);
+            return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu: %zu data columns, expected %zu", name,
+                                  first_line, nd, o->expect_dim);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                              "%s: %zu data columns, expected %zu", name, nd,
+                              o->expect_dim);
     }
     return FLOW_OK;
 }
 
-/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range. */
+/* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range,
+ * 4 a hexadecimal float (strtod reads 0x1p3 as 8, but no CSV writer
+ * means a number by it), 5 a non-zero number that underflowed to 0. */
 static int parse_real(const char *text, flow_real *out)
 {
     char *end;
-    const char *p = text;
+    const char *p = text, *q;
     while (*p == ' ' || *p == '\t')
         p++;
     if (!*p)
         return 1;
+    q = p + (*p == '+' || *p == '-');
+    if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X'))
+        return 4;
     errno = 0;
 #if FLOW_REAL_DOUBLE
     *out = strtod(p, &end);
@@ -344,6 +358,8 @@ static int parse_real(const char *text, flow_real *out)
         return 2;
     if (isinf(*out))
         return errno == ERANGE ? 3 : 2;
+    if (*out == 0 && errno == ERANGE)
+        return 5;
     return 0;
 }
 
@@ -361,14 +377,17 @@ typedef struct csv {
     int first_done;         /* first record classified */
     size_t first_line;      /* line of the first record */
     size_t first_data_line;
+    size_t underflows;      /* values read as 0 from non-zero text */
+    size_t uf_line, uf_col; /* the first of them */
+    char uf_text[48];
 } csv;
 
 static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
                           const char *text)
 {
     char buf[64];
-    return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: %s '%s'",
-                     p->s->name, line, col, what, show(text, buf, sizeof buf));
+    return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: %s '%s'",
+                          p->s->name, line, col, what, show(text, buf, sizeof buf));
 }
 
 /* A cell of a data row. */
@@ -378,10 +397,10 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
     flow_real v = 0;
     int k;
     if (col > p->sel.ncols)
-        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                         "%s:%zu:%zu: ragged row: more columns than the %zu "
-                         "of line %zu", p->s->name, line, col, p->sel.ncols,
-                         p->first_line);
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: ragged row: more columns than the %zu "
+                              "of line %zu", p->s->name, line, col, p->sel.ncols,
+                              p->first_line);
     dst = p->sel.map[col - 1];
     if (dst < 0)
         return FLOW_OK;     /* unselected columns are not validated */
@@ -391,18 +410,30 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
         while (*q == ' ' || *q == '\t')
             q++;
         if (!*q)
-            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                             "%s:%zu:%zu: empty value", p->s->name, line, col);
+            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu:%zu: empty value", p->s->name, line, col);
         return csv_cell_error(p, line, col, "non-numeric value", text);
     }
     if (k == 2)
         return csv_cell_error(p, line, col, "NaN or Inf value", text);
     if (k == 3) {
         char buf[64];
-        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                         "%s:%zu:%zu: value '%s' out of range for %s",
-                         p->s->name, line, col, show(text, buf, sizeof buf),
-                         FLOW_REAL_NAME);
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: value '%s' out of range for %s",
+                              p->s->name, line, col, show(text, buf, sizeof buf),
+                              FLOW_REAL_NAME);
+    }
+    if (k == 4) {
+        char buf[64];
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: hexadecimal value '%s' (write numbers "
+                              "in decimal)", p->s->name, line, col,
+                              show(text, buf, sizeof buf));
+    }
+    if (k == 5 && !p->underflows++) {
+        p->uf_line = line;
+        p->uf_col = col;
+        show(text, p->uf_text, sizeof p->uf_text);
     }
     if ((size_t)dst < p->sel.d)
         p->data->x[(p->data->n) * p->sel.d + (size_t)dst] = v;
@@ -416,13 +447,37 @@ static int csv_row_begin(csv *p)
     return ensure_rows(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
 }
 
+/* Records that row n of the data set is on `line`: nothing while the
+ * rows sit on consecutive lines, a table from the first gap (a blank line,
+ * a quoted line break) on. */
+static int csv_row_line(csv *p, size_t line)
+{
+    flow_data *d = p->data;
+    if (!d->lines) {
+        if (d->n == 0)
+            d->line0 = line;
+        if (line == d->line0 + d->n)
+            return FLOW_OK;
+        if (!(d->lines = malloc(p->cap * sizeof *d->lines)))
+            return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory",
+                                  p->s->name);
+        for (size_t r = 0; r < d->n; r++)
+            d->lines[r] = d->line0 + r;
+    }
+    d->lines[d->n] = line;
+    return FLOW_OK;
+}
+
 static int csv_row_end(csv *p, size_t line, size_t ncells)
 {
+    int rc;
     if (ncells < p->sel.ncols)
-        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                         "%s:%zu:%zu: ragged row: %zu columns where line %zu "
-                         "has %zu", p->s->name, line, ncells + 1, ncells,
-                         p->first_line, p->sel.ncols);
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s:%zu:%zu: ragged row: %zu columns where line %zu "
+                              "has %zu", p->s->name, line, ncells + 1, ncells,
+                              p->first_line, p->sel.ncols);
+    if ((rc = csv_row_line(p, line)))
+        return rc;
     p->data->n++;
     return FLOW_OK;
 }
@@ -447,9 +502,9 @@ static int csv_first_record(csv *p, size_t line)
             while (e > h && (e[-1] == ' ' || e[-1] == '\t'))
                 *--e = '\0';
             if (!*h)
-                return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: "
-                                 "empty column name in the header",
-                                 p->s->name, line, j + 1);
+                return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: "
+                                      "empty column name in the header",
+                                      p->s->name, line, j + 1);
         }
         return build_selection(p->ctx, p->s->name, p->opts, p->header,
                                p->n_header, line, &p->sel);
@@ -478,12 +533,12 @@ static int csv_keep_first_cell(csv *p, const char *text, size_t len)
         char **nh;
         if (ncap > SIZE_MAX / sizeof *nh
             || !(nh = realloc(p->header, ncap * sizeof *nh)))
-            return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+            return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
         p->header = nh;
         p->cap_header = ncap;
     }
     if (!(c = malloc(len + 1)))
-        return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
     memcpy(c, text, len + 1);
     p->header[p->n_header++] = c;
     return FLOW_OK;
@@ -495,7 +550,7 @@ static int csv_after_header(csv *p)
     size_t k = p->sel.d + p->sel.c;
     char **names = calloc(k, sizeof *names);
     if (!names)
-        return ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "out of memory");
     p->data->d = p->sel.d;
     p->data->c = p->sel.c;
     for (size_t j = 0; j < p->sel.ncols; j++)
@@ -524,14 +579,14 @@ static int csv_parse(csv *p)
     for (;;) {
         ch = src_get(p->s);
         if (ch != -1 && ch != '\n' && ++line_bytes > DATA_LINE_MAX)
-            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                             "%s:%zu: line longer than %zu bytes",
-                             p->s->name, line, DATA_LINE_MAX);
+            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu: line longer than %zu bytes",
+                                  p->s->name, line, DATA_LINE_MAX);
         if (quoted) {
             if (ch == -1)
-                return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                                 "%s:%zu:%zu: unterminated quoted value",
-                                 p->s->name, quote_line, col);
+                return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                      "%s:%zu:%zu: unterminated quoted value",
+                                      p->s->name, quote_line, col);
             if (ch == '"') {
                 int nx = src_get(p->s);
                 if (nx == '"') {
@@ -603,36 +658,82 @@ static int csv_parse(csv *p)
         if (after_quote) {
             if (ch == ' ' || ch == '\t' || ch == '\r')
                 continue;
-            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                             "%s:%zu:%zu: unexpected character after a "
-                             "closing quote", p->s->name, line, col);
+            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu:%zu: unexpected character after a "
+                                  "closing quote", p->s->name, line, col);
         }
-        if (ch == '"' && strspn(cell, " \t") >= cl) {
-            cl = 0;
-            quoted = was_quoted = 1;
-            quote_line = line;
-            continue;
+        if (ch == '"') {
+            cell[cl] = '\0';        /* strspn reads up to a terminator */
+            if (strspn(cell, " \t") == cl) {
+                cl = 0;
+                quoted = was_quoted = 1;
+                quote_line = line;
+                continue;
+            }
         }
 append:
         if (cl == DATA_CELL_MAX) {
             cell[cl] = '\0';
-            return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                             "%s:%zu:%zu: value longer than %d bytes",
-                             p->s->name, rec_line, col, DATA_CELL_MAX);
+            return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                                  "%s:%zu:%zu: value longer than %d bytes",
+                                  p->s->name, rec_line, col, DATA_CELL_MAX);
         }
         cell[cl++] = (char)ch;
         if (ch == '\0')
             cell[cl - 1] = '\x01';  /* keep C strings intact; not numeric */
     }
     if (p->s->ioerr)
-        return ctx_error(p->ctx, FLOW_ERR_IO, "%s: read error: %s",
-                         p->s->name, strerror(errno));
+        return flow_ctx_error(p->ctx, FLOW_ERR_IO, "%s: read error: %s",
+                              p->s->name, strerror(errno));
     if (!p->first_done)
-        return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s: empty input",
-                         p->s->name);
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s: empty input",
+                              p->s->name);
     if (p->data->n == 0)
-        return ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                         "%s: no data rows after the header", p->s->name);
+        return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
+                              "%s: no data rows after the header", p->s->name);
+    return FLOW_OK;
+}
+
+static char *dup_text(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* Remembers the file and its columns for data_locate. */
+static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
+                      flow_data *data)
+{
+    size_t k = data->d + data->c;
+    if (!(data->source = dup_text(name))
+        || !(data->cols = malloc((k ? k : 1) * sizeof *data->cols)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    for (size_t j = 0; j < sel->ncols; j++)
+        if (sel->map[j] >= 0)
+            data->cols[sel->map[j]] = j;
+    return FLOW_OK;
+}
+
+/* Non-zero values too small for flow_real read as 0: said once per file,
+ * at the first of them. */
+static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                          size_t line, size_t col, const char *text,
+                          flow_data *data)
+{
+    char buf[512];
+    if (data->npy)
+        snprintf(buf, sizeof buf, "%s: [%zu, %zu]: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: %s)", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    else
+        snprintf(buf, sizeof buf, "%s:%zu:%zu: %zu non-zero value%s "
+                 "underflowed to 0 in %s (the first: '%s')", name, line, col,
+                 count, count == 1 ? "" : "s", FLOW_REAL_NAME, text);
+    if (!(data->note = dup_text(buf)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
     return FLOW_OK;
 }
 
@@ -649,9 +750,14 @@ static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
     if (s->len >= 3 && !memcmp(s->buf, "\xEF\xBB\xBF", 3))
         s->pos = 3;
     if (!(p.data = calloc(1, sizeof *p.data)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     rc = csv_parse(&p);
     free_names(p.header, p.n_header);
+    if (rc == FLOW_OK)
+        rc = set_source(ctx, s->name, &p.sel, p.data);
+    if (rc == FLOW_OK && p.underflows)
+        rc = underflow_note(ctx, s->name, p.underflows, p.uf_line, p.uf_col,
+                            p.uf_text, p.data);
     free(p.sel.map);
     if (rc != FLOW_OK) {
         data_free(p.data);
@@ -672,8 +778,8 @@ typedef struct npy_header {
 
 static int npy_bad(flow_ctx *ctx, const char *name, const char *what)
 {
-    return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: malformed NPY header: %s",
-                     name, what);
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: malformed NPY header: %s",
+                          name, what);
 }
 
 static void skip_ws(const char **p)
@@ -732,9 +838,9 @@ static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
             else if (!strcmp(val, "<f8"))
                 h->esize = 8;
             else
-                return ctx_error(ctx, FLOW_ERR_FORMAT,
-                                 "%s: NPY dtype '%s' not supported (need "
-                                 "'<f4' or '<f8')", name, val);
+                return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                                      "%s: NPY dtype '%s' not supported (need "
+                                      "'<f4' or '<f8')", name, val);
             seen_descr = 1;
         } else if (!strcmp(key, "fortran_order")) {
             if (!strncmp(p, "True", 4))
@@ -784,13 +890,13 @@ static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
     if (!seen_descr || !seen_fo || !seen_shape)
         return npy_bad(ctx, name, "missing descr, fortran_order or shape");
     if (h->fortran)
-        return ctx_error(ctx, FLOW_ERR_FORMAT,
-                         "%s: NPY Fortran order not supported (save a "
-                         "C-order array: np.ascontiguousarray)", name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                              "%s: NPY Fortran order not supported (save a "
+                              "C-order array: np.ascontiguousarray)", name);
     if (h->ndim != 1 && h->ndim != 2)
-        return ctx_error(ctx, FLOW_ERR_FORMAT,
-                         "%s: NPY array has %d dimensions, need 1 or 2",
-                         name, h->ndim);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
+                              "%s: NPY array has %d dimensions, need 1 or 2",
+                              name, h->ndim);
     if (h->ndim == 1)
         h->shape[1] = 1;
     return FLOW_OK;
@@ -806,30 +912,32 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     selection sel = {0};
     unsigned char *row = NULL;
     size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
+    size_t underflows = 0, uf_row = 0, uf_col = 0;
+    char uf_text[32] = "";
     int rc = FLOW_OK;
 
     memset(&h, 0, sizeof h);
     if (src_read(s, pre, 8) != 8)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                         "preamble", s->name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                              "preamble", s->name);
     if ((pre[6] != 1 && pre[6] != 2) || pre[7] != 0)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u not "
-                         "supported (only 1.0 and 2.0)", s->name, pre[6],
-                         pre[7]);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u not "
+                              "supported (only 1.0 and 2.0)", s->name, pre[6],
+                              pre[7]);
     lenbytes = pre[6] == 1 ? 2 : 4;
     if (src_read(s, pre + 8, lenbytes) != lenbytes)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                         "preamble", s->name);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                              "preamble", s->name);
     hlen = (size_t)fio_get_le(pre + 8, lenbytes);
     if (hlen > DATA_NPY_HEADER_MAX)
-        return ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu bytes "
-                         "is too long (limit %zu)", s->name, hlen,
-                         DATA_NPY_HEADER_MAX);
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu bytes "
+                              "is too long (limit %zu)", s->name, hlen,
+                              DATA_NPY_HEADER_MAX);
     if (!(text = malloc(hlen + 1)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if (src_read(s, text, hlen) != hlen) {
-        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                       "header", s->name);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
+                            "header", s->name);
         goto fail;
     }
     text[hlen] = '\0';
@@ -843,25 +951,25 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     ncols = (size_t)h.shape[1];
     if (h.shape[0] > SIZE_MAX || h.shape[1] > SIZE_MAX
         || (ncols && ncols > SIZE_MAX / (size_t)h.esize / 2)) {
-        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too large",
-                       s->name);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too large",
+                            s->name);
         goto fail;
     }
     if (nrows == 0 || ncols == 0) {
-        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: empty input (NPY shape "
-                       "(%llu, %llu))", s->name, h.shape[0], h.shape[1]);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: empty input (NPY shape "
+                            "(%llu, %llu))", s->name, h.shape[0], h.shape[1]);
         goto fail;
     }
     if (ncols > DATA_LINE_MAX) {
-        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu columns "
-                       "(limit %zu)", s->name, ncols, DATA_LINE_MAX);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu columns "
+                            "(limit %zu)", s->name, ncols, DATA_LINE_MAX);
         goto fail;
     }
     if ((rc = build_selection(ctx, s->name, opts, NULL, ncols, 0, &sel)))
         goto fail;
     rowbytes = ncols * (size_t)h.esize;
     if (!(row = malloc(rowbytes)) || !(data = calloc(1, sizeof *data))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     data->d = sel.d;
@@ -872,9 +980,9 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         size_t got = src_read(s, row, rowbytes);
         if (got != rowbytes) {
             unsigned long long have = (unsigned long long)i * rowbytes + got;
-            rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
-                           "has %llu bytes, expected %llu", s->name, have,
-                           h.shape[0] * (unsigned long long)rowbytes);
+            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
+                                "has %llu bytes, expected %llu", s->name, have,
+                                h.shape[0] * (unsigned long long)rowbytes);
             goto fail;
         }
         if ((rc = ensure_rows(ctx, s->name, data, &cap, i + 1)))
@@ -895,10 +1003,15 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                 memcpy(&v, &u, 8);
             }
             r = (flow_real)v;
+            if (r == 0 && v != 0 && !underflows++) {
+                uf_row = i;
+                uf_col = j;
+                snprintf(uf_text, sizeof uf_text, "%g", v);
+            }
             if (!isfinite(v) || !isfinite(r)) {
-                rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
-                               "value %g", s->name, i, j, isfinite(v)
-                               ? "out of range" : "NaN or Inf", v);
+                rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
+                                    "value %g", s->name, i, j, isfinite(v)
+                                    ? "out of range" : "NaN or Inf", v);
                 goto fail;
             }
             if ((size_t)dst < sel.d)
@@ -909,10 +1022,16 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         data->n = i + 1;
     }
     if (src_get(s) != -1) {
-        rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
-                       "after %llu x %zu values", s->name, h.shape[0], ncols);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
+                            "after %llu x %zu values", s->name, h.shape[0], ncols);
         goto fail;
     }
+    data->npy = 1;
+    if ((rc = set_source(ctx, s->name, &sel, data)))
+        goto fail;
+    if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
+                                           uf_col, uf_text, data)))
+        goto fail;
     *out = data;
     data = NULL;
 fail:
@@ -935,23 +1054,23 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
     s.f = f;
     s.name = name;
     if (!(s.buf = malloc(SRC_BUF)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     src_fill(&s);
     if (s.ioerr)
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", name,
-                       strerror(errno));
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", name,
+                            strerror(errno));
     else if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
         rc = read_npy(ctx, &s, opts, out);
     else {
         size_t nl = strlen(name);
         if (nl >= 4 && !strcmp(name + nl - 4, ".npy"))
-            rc = ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an NPY file "
-                           "(bad magic)", name);
+            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an NPY file "
+                                "(bad magic)", name);
         else
             rc = read_csv(ctx, &s, opts, out);
     }
     if (rc == FLOW_OK && s.ioerr)
-        rc = ctx_error(ctx, FLOW_ERR_IO, "%s: read error", name);
+        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error", name);
     if (rc != FLOW_OK && *out) {
         data_free(*out);
         *out = NULL;
@@ -969,8 +1088,8 @@ int data_read(flow_ctx *ctx, const char *path, const data_opts *opts,
     if (!strcmp(path, "-"))
         return data_read_stream(ctx, "<stdin>", stdin, opts, out);
     if (!(f = fopen(path, "rb")))
-        return ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
-                         strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
+                              strerror(errno));
     rc = data_read_stream(ctx, path, f, opts, out);
     fclose(f);
     return rc;
@@ -987,10 +1106,10 @@ static flow_real value_at(const flow_data *data, size_t i, size_t j)
 static int check_finite(flow_ctx *ctx, const char *path,
                         const flow_data *data, size_t i, size_t j)
 {
-    if (isfinite(value_at(data, i, j)))
+    if (data->nonfinite_ok || isfinite(value_at(data, i, j)))
         return FLOW_OK;
-    return ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: cannot write NaN or Inf "
-                     "(row %zu, column %zu)", path, i, j);
+    return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: cannot write NaN or Inf "
+                          "(row %zu, column %zu)", path, i, j);
 }
 
 static void csv_name(FILE *f, const char *s)
@@ -1084,8 +1203,8 @@ int data_write(flow_ctx *ctx, const flow_data *data, const char *path,
                                                          : FLOW_DATA_CSV;
     }
     if (format != FLOW_DATA_CSV && format != FLOW_DATA_NPY)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "unknown data format %d",
-                         (int)format);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown data format %d",
+                              (int)format);
     if ((rc = fio_open_out(ctx, path, &o)))
         return rc;
     if (format == FLOW_DATA_CSV)
@@ -1126,6 +1245,96 @@ size_t flow_data_dim(const flow_data *data) { return data->d; }
 size_t flow_data_context_dim(const flow_data *data) { return data->c; }
 flow_real *flow_data_values(flow_data *data) { return data->x; }
 flow_real *flow_data_context(flow_data *data) { return data->ctx; }
+
+void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
+                 size_t cap)
+{
+    size_t fc;
+    if (!cap)
+        return;
+    if (!data->source) {
+        snprintf(buf, cap, "row %zu", row + 1);
+        return;
+    }
+    fc = col < data->d + data->c && data->cols ? data->cols[col] : col;
+    if (data->npy) {
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s: [%zu, :]", data->source, row);
+        else
+            snprintf(buf, cap, "%s: [%zu, %zu]", data->source, row, fc);
+        return;
+    }
+    {
+        size_t line = data->lines ? data->lines[row] : data->line0 + row;
+        if (col == SIZE_MAX)
+            snprintf(buf, cap, "%s:%zu", data->source, line);
+        else
+            snprintf(buf, cap, "%s:%zu:%zu", data->source, line, fc + 1);
+    }
+}
+
+void flow_data_locate(const flow_data *data, size_t row, size_t col,
+                      char *buf, size_t cap)
+{
+    data_locate(data, row, col, buf, cap);
+}
+
+const char *flow_data_note(const flow_data *data) { return data->note; }
+
+void flow_data_allow_nonfinite(flow_data *data, int on)
+{
+    data->nonfinite_ok = on != 0;
+}
+
+int flow_data_reorder(flow_ctx *ctx, flow_data *data, const size_t *order,
+                      size_t cdim)
+{
+    size_t k = data->d + data->c, n = data->n, dim = k - cdim;
+    flow_real *x = NULL, *c = NULL;
+    size_t *cols = NULL;
+    char **names = NULL;
+    if (data->c || cdim > k)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_reorder: %zu "
+                              "context columns of %zu", cdim, k);
+    for (size_t j = 0; j < k; j++)
+        if (order[j] >= k)
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_reorder: "
+                                  "column %zu of %zu", order[j], k);
+    if ((n && dim && !(x = malloc(n * dim * sizeof *x)))
+        || (n && cdim && !(c = malloc(n * cdim * sizeof *c)))
+        || !(cols = malloc((k ? k : 1) * sizeof *cols))
+        || (data->names && !(names = malloc((k ? k : 1) * sizeof *names)))) {
+        free(x);
+        free(c);
+        free(cols);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    }
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < k; j++) {
+            flow_real v = data->x[r * k + order[j]];
+            if (j < dim)
+                x[r * dim + j] = v;
+            else
+                c[r * cdim + j - dim] = v;
+        }
+    for (size_t j = 0; j < k; j++) {
+        cols[j] = data->cols ? data->cols[order[j]] : order[j];
+        if (names)
+            names[j] = data->names[order[j]];
+    }
+    free(data->x);
+    free(data->cols);
+    if (names) {
+        free(data->names);
+        data->names = names;
+    }
+    data->x = x;
+    data->ctx = c;
+    data->cols = cols;
+    data->d = dim;
+    data->c = cdim;
+    return FLOW_OK;
+}
 
 const char *flow_data_column_name(const flow_data *data, size_t j)
 {

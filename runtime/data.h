@@ -22,6 +22,17 @@ struct flow_data {
     flow_real *x;       /* n x d, row-major, owned; NULL when n * d == 0 */
     flow_real *ctx;     /* n x c, row-major, owned; NULL when c == 0 */
     char **names;       /* d + c column names, owned; NULL when unnamed */
+    /* where the values came from, for located messages (data_locate) */
+    char *source;       /* file name, owned; NULL when made in memory */
+    int npy;            /* read from NPY: places are [row, column] */
+    size_t line0;       /* CSV: the line of row 0, when lines is NULL */
+    size_t *lines;      /* CSV: the line of each row, owned; NULL while
+                           the rows sit on consecutive lines */
+    size_t *cols;       /* the file's 0-based column of each of the d + c
+                           columns, owned; NULL: column j is column j */
+    char *note;         /* a warning about the values read, owned; NULL
+                           when none */
+    int nonfinite_ok;   /* data_write may write NaN and Inf */
 };
 
 typedef struct data_opts {
@@ -46,6 +57,15 @@ int data_read(flow_ctx *ctx, const char *path, const data_opts *opts,
 /* The same from an open stream; `name` is used in messages. */
 int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
                      const data_opts *opts, flow_data **out);
+
+/* The place of value (row, col) in the file it was read from, into buf:
+ * "FILE:LINE:COLUMN" for CSV (1-based, as editors count), "FILE: [ROW,
+ * COL]" for NPY (0-based indices, as numpy counts); col SIZE_MAX gives
+ * the row only ("FILE:LINE", "FILE: [ROW, :]").  col counts the data
+ * columns first, then the context columns.  A data set made in memory
+ * gives "row R" (1-based). */
+void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
+                 size_t cap);
 
 /* Writes data (its d data columns, then its c context columns) to path
  * ("-": stdout).  FLOW_DATA_AUTO picks NPY for a name ending in ".npy" and

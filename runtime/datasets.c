@@ -4,7 +4,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
 #include "data.h"
 #include "datasets.h"
 #include "rng.h"
@@ -83,7 +82,7 @@ static double *gmm_means(flow_ctx *ctx, const datasets_params *p)
     double *mu;
     flow_rng r;
     if (k > SIZE_MAX / d / sizeof *mu || !(mu = malloc(k * d * sizeof *mu))) {
-        ctx_error(ctx, FLOW_ERR_NOMEM, "gmm: out of memory");
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "gmm: out of memory");
         return NULL;
     }
     rng_seed(&r, p->means_seed);
@@ -206,14 +205,14 @@ int datasets_logprob(flow_ctx *ctx, const datasets_params *p,
     double *mu = NULL, *row = NULL, m8[16];
     int rc = FLOW_OK;
     if (!known(p->name))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s'",
-                         p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s'",
+                              p->name);
     if (!datasets_has_density(p->name))
-        return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data set '%s' has no "
-                         "known density (only 8gaussians, checkerboard and "
-                         "gmm have one)", p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data set '%s' has "
+                              "no known density (only 8gaussians, "
+                              "checkerboard and gmm have one)", p->name);
     if (!(row = malloc(d * sizeof *row)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     if (!strcmp(p->name, "gmm") && !(mu = gmm_means(ctx, p))) {
         rc = FLOW_ERR_NOMEM;
         goto fail;
@@ -240,29 +239,29 @@ static int validate(flow_ctx *ctx, const datasets_params *p, int want_logp)
 {
     int is_gmm;
     if (!p->name)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "no data set name given");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "no data set name given");
     if (!known(p->name))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s' "
-                         "(known: moons, circles, 8gaussians, checkerboard, "
-                         "pinwheel, 2spirals, rings, swissroll, gmm)",
-                         p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s' "
+                              "(known: moons, circles, 8gaussians, "
+                              "checkerboard, pinwheel, 2spirals, rings, "
+                              "swissroll, gmm)", p->name);
     is_gmm = !strcmp(p->name, "gmm");
     if (p->n == 0 || p->n > 100000000)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "%s: the number of samples "
-                         "must be in 1..100000000", p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: the number of samples "
+                              "must be in 1..100000000", p->name);
     if (want_logp && !datasets_has_density(p->name))
-        return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data set '%s' has no "
-                         "known density (only 8gaussians, checkerboard and "
-                         "gmm have one)", p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data set '%s' has "
+                              "no known density (only 8gaussians, "
+                              "checkerboard and gmm have one)", p->name);
     if (p->labels && strcmp(p->name, "8gaussians"))
-        return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "labels are only "
-                         "defined for 8gaussians, not '%s'", p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "labels are only "
+                              "defined for 8gaussians, not '%s'", p->name);
     if (!is_gmm && (p->dim || p->components))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "dimension and components "
-                         "apply to gmm only, not '%s'", p->name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "dimension and components "
+                              "apply to gmm only, not '%s'", p->name);
     if (is_gmm && (datasets_dim(p) > 4096 || gmm_k(p) > 4096))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "gmm: dimension and "
-                         "components are limited to 4096");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "gmm: dimension and "
+                              "components are limited to 4096");
     return FLOW_OK;
 }
 
@@ -311,12 +310,12 @@ int datasets_generate(flow_ctx *ctx, const datasets_params *p,
     }
     /* names x0.., label0.. */
     if (!(nm = calloc(d + c, sizeof *nm))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     for (size_t j = 0; j < d + c; j++) {
         if (!(nm[j] = malloc(32))) {
-            rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
             goto fail;
         }
         if (j < d)
@@ -329,7 +328,7 @@ int datasets_generate(flow_ctx *ctx, const datasets_params *p,
     if (logp) {
         if (!(lpd = malloc(p->n * sizeof *lpd))
             || !(lp = malloc(p->n * sizeof *lp))) {
-            rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
             goto fail;
         }
         if ((rc = datasets_logprob(ctx, p, data->x, p->n, lpd)))
@@ -381,7 +380,7 @@ int flow_data_generate(flow_ctx *ctx, const flow_dataset_params *p,
         b->ctx[i * b->c + a->c] = lp[i];
     }
     if (!(nm = malloc((b->d + b->c) * sizeof *nm))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     for (size_t j = 0; j < a->d + a->c; j++)

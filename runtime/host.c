@@ -9,7 +9,6 @@
 
 #include "ctx.h"
 #include "rng.h"
-/* numerical core (numerics branch) */
 #include "matrix.h"
 #include "nn.h"
 #include "transform.h"
@@ -97,11 +96,14 @@ static const flow_host host_table = {
     .net_jvp_backward = nn_jvp_backward,
     .slogdet = la_slogdet,
     .matinv = la_matinv,
+    /* 1.1 */
     .net_div_workspace = nn_div_workspace,
     .net_div_forward = nn_div_forward,
     .net_div_backward = nn_div_backward,
+    /* 1.2 */
     .net_made_step = nn_made_step,
     .net_mask_params = nn_mask_params,
+    /* 1.3 */
     .net_made_sorted_count = nn_made_sorted_count,
     .net_made_sort = nn_made_sort,
     .net_made_forward = nn_made_forward,

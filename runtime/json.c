@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
 #include "json.h"
 
 /* ------------------------------------------------------------ arena */
@@ -166,13 +165,14 @@ static int perr(parser *p, size_t off, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     json_locate(p->t, off, &line, &col);
-    return ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%d:%d: %s", p->name, line,
-                     col, msg);
+    return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%d:%d: %s", p->name,
+                          line, col, msg);
 }
 
 static int nomem(parser *p)
 {
-    return ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory", p->name);
+    return flow_ctx_error(p->ctx, FLOW_ERR_NOMEM, "%s: out of memory",
+                          p->name);
 }
 
 static void skip_ws(parser *p)
@@ -487,7 +487,7 @@ int json_parse(flow_ctx *ctx, const char *name, const char *text, size_t len,
     p.n = len;
     p.max_depth = max_depth;
     if (!(p.doc = calloc(1, sizeof *p.doc)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
     rc = parse_value(&p, 0, &p.doc->root);
     if (rc == FLOW_OK) {
         skip_ws(&p);
@@ -675,4 +675,16 @@ void json_buf_value(json_buf *b, const json_value *v)
         json_buf_raw(b, v->type == JSON_ARRAY ? "]" : "}", 1);
         break;
     }
+}
+
+void flow_json_string(FILE *f, const char *s)
+{
+    json_buf b;
+    json_buf_init(&b);
+    json_buf_string(&b, s ? s : "", s ? strlen(s) : 0);
+    if (!b.oom)
+        fwrite(b.s, 1, b.len, f);
+    else
+        fputs("\"\"", f);     /* out of memory: still valid JSON */
+    json_buf_free(&b);
 }

@@ -87,7 +87,7 @@ static int ensure_dirs(flow_ctx *ctx)
     return FLOW_OK;
 nomem:
     free_dirs(ctx);
-    return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 }
 
 size_t flow_plugin_dirs(flow_ctx *ctx, const char *const **dirs)
@@ -162,33 +162,33 @@ static int check_layer(flow_ctx *ctx, const char *file,
     const flow_layer_type *t = info->layers[j];
     const char *other;
     if (!t)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: layer table entry %zu is NULL", file, j);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: layer table "
+                              "entry %zu is NULL", file, j);
     if (t->struct_size < LAYER_V1_SIZE)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: layer type %zu descriptor too small "
-                         "(%u bytes, need at least %zu)", file, j,
-                         (unsigned)t->struct_size, (size_t)LAYER_V1_SIZE);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: layer type %zu descriptor too small "
+                              "(%u bytes, need at least %zu)", file, j,
+                              (unsigned)t->struct_size, (size_t)LAYER_V1_SIZE);
     if (!valid_name(t->name))
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: layer type %zu has an invalid name "
-                         "(must match [A-Za-z_][A-Za-z0-9_]*)", file, j);
-    if (!t->describe || !t->create || !t->destroy || !t->workspace
-        || !t->init)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: layer type '%s' lacks a required "
-                         "function (describe, create, destroy, workspace, "
-                         "init)", file, t->name);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: layer type %zu has an invalid name "
+                              "(must match [A-Za-z_][A-Za-z0-9_]*)", file, j);
+    /* workspace and init may be NULL (ABI 1.4): 0 bytes, nothing to do */
+    if (!t->describe || !t->create || !t->destroy)
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: layer type '%s' lacks a required "
+                              "function (describe, create, destroy)", file,
+                              t->name);
     for (size_t k = 0; k < j; k++)
         if (!strcmp(info->layers[k]->name, t->name))
-            return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                             "plugin %s: layer type '%s' is listed twice",
-                             file, t->name);
+            return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                                  "plugin %s: layer type '%s' is listed twice",
+                                  file, t->name);
     other = find_layer(ctx, t->name, NULL);
     if (other)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "duplicate layer type '%s': provided by both %s and "
-                         "%s", t->name, other, file);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "duplicate layer type "
+                              "'%s': provided by both %s and %s", t->name,
+                              other, file);
     return FLOW_OK;
 }
 
@@ -199,19 +199,18 @@ static int check_target(flow_ctx *ctx, const char *file,
     const char *other;
     if (!t || t->struct_size < TARGET_V1_SIZE || !valid_name(t->name)
         || !t->describe || !t->create || !t->destroy || !t->log_density)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: target type %zu is malformed (NULL, too "
-                         "small, bad name or missing function)", file, j);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: target type "
+                              "%zu is malformed (NULL, too small, bad name or "
+                              "missing function)", file, j);
     for (size_t k = 0; k < j; k++)
         if (!strcmp(info->targets[k]->name, t->name))
-            return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                             "plugin %s: target type '%s' is listed twice",
-                             file, t->name);
+            return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: target "
+                                  "type '%s' is listed twice", file, t->name);
     other = find_target(ctx, t->name, NULL);
     if (other)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "duplicate target type '%s': provided by both %s "
-                         "and %s", t->name, other, file);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "duplicate target type "
+                              "'%s': provided by both %s and %s", t->name,
+                              other, file);
     return FLOW_OK;
 }
 
@@ -221,33 +220,33 @@ static int check_info(flow_ctx *ctx, const char *file,
 {
     int rc;
     if (!info)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: %s() returned NULL", file,
-                         FLOW_PLUGIN_ENTRY_NAME);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: %s() returned NULL", file,
+                              FLOW_PLUGIN_ENTRY_NAME);
     if (info->abi_version != FLOW_PLUGIN_ABI_VERSION)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: ABI version mismatch: expected %u, got "
-                         "%u (rebuild the plugin against this flowkit)",
-                         file, FLOW_PLUGIN_ABI_VERSION, info->abi_version);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: ABI version "
+                              "mismatch: expected %u, got %u (rebuild the "
+                              "plugin against this flowkit)", file,
+                              FLOW_PLUGIN_ABI_VERSION, info->abi_version);
     if (info->struct_size < INFO_V1_SIZE)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: descriptor too small (%u bytes, need at "
-                         "least %zu)", file, (unsigned)info->struct_size,
-                         (size_t)INFO_V1_SIZE);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: descriptor "
+                              "too small (%u bytes, need at least %zu)", file,
+                              (unsigned)info->struct_size,
+                              (size_t)INFO_V1_SIZE);
     if (info->real_size != sizeof(flow_real))
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: built for float%u, but this flowkit "
-                         "computes in %s (rebuild the plugin with this "
-                         "flowkit's headers)", file,
-                         (unsigned)info->real_size * 8, FLOW_REAL_NAME);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: built for float%u, but this flowkit "
+                              "computes in %s (rebuild the plugin with this "
+                              "flowkit's headers)", file,
+                              (unsigned)info->real_size * 8, FLOW_REAL_NAME);
     if (!info->name || !*info->name)
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: descriptor has no name", file);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: descriptor has no name", file);
     if ((info->n_layers && !info->layers)
         || (info->n_targets && !info->targets))
-        return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                         "plugin %s: descriptor counts layers or targets "
-                         "but has no table", file);
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                              "plugin %s: descriptor counts layers or targets "
+                              "but has no table", file);
     for (size_t j = 0; j < info->n_layers; j++)
         if ((rc = check_layer(ctx, file, info, j)) != FLOW_OK)
             return rc;
@@ -267,8 +266,8 @@ static int load_file(flow_ctx *ctx, const char *path)
     int rc;
 
     if (!realpath(path, real))
-        return ctx_error(ctx, FLOW_ERR_PLUGIN, "cannot load plugin %s: %s",
-                         path, strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "cannot load plugin %s: "
+                              "%s", path, strerror(errno));
     for (size_t i = 0; i < ctx->n_plugins; i++)
         if (!strcmp(ctx->plugins[i].file, real))
             return FLOW_OK;
@@ -276,7 +275,7 @@ static int load_file(flow_ctx *ctx, const char *path)
         size_t cap = ctx->cap_plugins ? 2 * ctx->cap_plugins : 8;
         loaded_plugin *np = realloc(ctx->plugins, cap * sizeof *np);
         if (!np)
-            return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+            return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         ctx->plugins = np;
         ctx->cap_plugins = cap;
     }
@@ -284,23 +283,23 @@ static int load_file(flow_ctx *ctx, const char *path)
     handle = dlopen(real, RTLD_NOW | RTLD_LOCAL);
     if (!handle) {
         const char *e = dlerror();
-        return ctx_error(ctx, FLOW_ERR_PLUGIN, "cannot load plugin %s: %s",
-                         real, e ? e : "unknown dlopen error");
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "cannot load plugin %s: "
+                              "%s", real, e ? e : "unknown dlopen error");
     }
     /* ISO C forbids object->function pointer casts; POSIX blesses this. */
     *(void **)(&entry) = dlsym(handle, FLOW_PLUGIN_ENTRY_NAME);
     if (!entry) {
-        rc = ctx_error(ctx, FLOW_ERR_PLUGIN,
-                       "plugin %s: entry point '%s' not found (not a flowkit "
-                       "plugin, or built without exporting it)", real,
-                       FLOW_PLUGIN_ENTRY_NAME);
+        rc = flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "plugin %s: entry point "
+                            "'%s' not found (not a flowkit plugin, or built "
+                            "without exporting it)", real,
+                            FLOW_PLUGIN_ENTRY_NAME);
         goto fail;
     }
     info = entry();
     if ((rc = check_info(ctx, real, info)) != FLOW_OK)
         goto fail;
     if (!(file = xstrdup(real))) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto fail;
     }
     ctx->plugins[ctx->n_plugins].file = file;
@@ -330,13 +329,13 @@ int flow_plugin_load(flow_ctx *ctx, const char *name)
 
     ctx_clear_error(ctx);
     if (!name || !*name)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "empty plugin name");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "empty plugin name");
     if (strchr(name, '/'))
         return load_file(ctx, name);
     if (!valid_name(name))
-        return ctx_error(ctx, FLOW_ERR_INVAL,
-                         "invalid plugin name '%s' (give a path containing "
-                         "'/' to load a file)", name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "invalid plugin name '%s' "
+                              "(give a path containing '/' to load a file)",
+                              name);
     if ((rc = ensure_dirs(ctx)) != FLOW_OK)
         return rc;
     for (size_t i = 0; i < ctx->n_dirs; i++) {
@@ -349,10 +348,10 @@ int flow_plugin_load(flow_ctx *ctx, const char *name)
         if (n > 0 && (size_t)n < sizeof searched - used)
             used += (size_t)n;
     }
-    return ctx_error(ctx, FLOW_ERR_PLUGIN,
-                     "plugin '%s' not found: no %s.so in %s (set "
-                     "FLOW_PLUGIN_PATH to add directories)", name, name,
-                     searched);
+    return flow_ctx_error(ctx, FLOW_ERR_PLUGIN,
+                          "plugin '%s' not found: no %s.so in %s (set "
+                          "FLOW_PLUGIN_PATH to add directories)", name, name,
+                          searched);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -405,7 +404,7 @@ nomem:
     for (size_t i = 0; i < cnt; i++)
         free(names[i]);
     free(names);
-    return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
 }
 
 static int seen_name(char **const *lists, const size_t *counts, size_t upto,
@@ -431,7 +430,7 @@ int flow_plugin_load_all(flow_ctx *ctx)
     lists = calloc(ctx->n_dirs, sizeof *lists);
     counts = calloc(ctx->n_dirs, sizeof *counts);
     if (!lists || !counts) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < ctx->n_dirs; i++) {
@@ -441,8 +440,8 @@ int flow_plugin_load_all(flow_ctx *ctx)
             if (seen_name(lists, counts, i, lists[i][j]))
                 continue;            /* hidden by an earlier directory */
             if (!join(path, sizeof path, ctx->dirs[i], lists[i][j], "")) {
-                rc = ctx_error(ctx, FLOW_ERR_PLUGIN, "path too long: %s/%s",
-                               ctx->dirs[i], lists[i][j]);
+                rc = flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "path too long: "
+                                    "%s/%s", ctx->dirs[i], lists[i][j]);
                 goto done;
             }
             if ((rc = load_file(ctx, path)) != FLOW_OK)
@@ -451,7 +450,7 @@ int flow_plugin_load_all(flow_ctx *ctx)
     }
     rc = FLOW_OK;
 done:
-    for (size_t i = 0; lists && i < ctx->n_dirs; i++) {
+    for (size_t i = 0; lists && counts && i < ctx->n_dirs; i++) {
         for (size_t j = 0; j < counts[i]; j++)
             free(lists[i][j]);
         free(lists[i]);

@@ -13,7 +13,7 @@
  * to finish (caller) before it blocks.  A training step issues a few
  * pool_runs a millisecond apart with serial work between them; waking a
  * thread blocked in the kernel took 30-100 us on the measuring machine
- * (bench/README.md, "cplperf"), spinning a few hundred microseconds
+ * (bench/README.md, "Coupling flows"), spinning a few hundred microseconds
  * bridges those gaps without holding a core when the pool is idle. */
 #define SPIN_NS 300000L
 

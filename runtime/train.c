@@ -3,12 +3,14 @@
  * log-likelihood of data or the ELBO against a target (vi.c). */
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
+#include "model.h"
 #include "rng.h"
 #include "vec.h"
+#include "vi.h"
 
 struct flow_trainer {
     flow_model *m;
@@ -81,18 +83,45 @@ void flow_trainer_free(flow_trainer *t)
     free(t);
 }
 
-static int check_config(flow_ctx *ctx, const flow_train_config *cfg)
+/* The fields every caller's flow_train_config holds: those up to
+ * max_skipped; the ones after it are taken when the caller's struct_size
+ * covers them. */
+#define CONFIG_REQUIRED \
+    (offsetof(flow_train_config, max_skipped) + sizeof(size_t))
+#define CONFIG_HAS(c, field) \
+    ((c)->struct_size >= offsetof(flow_train_config, field) \
+                         + sizeof((c)->field))
+
+/* The caller's configuration as this library's struct in *out (the
+ * defaults for the fields it does not have), checked. */
+static int load_config(flow_ctx *ctx, const flow_train_config *cfg,
+                       flow_train_config *out)
 {
-    if (!cfg || cfg->struct_size < sizeof *cfg)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "training configuration not "
-                         "initialised (use flow_train_config_default)");
-    if (cfg->batch == 0 || !(cfg->lr > 0) || !(cfg->beta1 >= 0)
-        || !(cfg->beta1 < 1) || !(cfg->beta2 >= 0) || !(cfg->beta2 < 1)
-        || !(cfg->adam_eps > 0) || !(cfg->weight_decay >= 0)
-        || !(cfg->clip_norm >= 0))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "invalid training "
-                         "configuration (batch >= 1, lr > 0, 0 <= betas < "
-                         "1, eps > 0, weight decay >= 0, clip >= 0)");
+    if (!cfg)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "training configuration "
+                              "not initialised (use "
+                              "flow_train_config_default)");
+    if (cfg->struct_size < CONFIG_REQUIRED)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "training configuration: "
+                              "struct_size %u does not cover the required "
+                              "fields (%zu bytes; initialise it with "
+                              "flow_train_config_default)",
+                              (unsigned)cfg->struct_size,
+                              (size_t)CONFIG_REQUIRED);
+    flow_train_config_default(out);
+    memcpy(out, cfg, CONFIG_REQUIRED);
+    out->struct_size = sizeof *out;
+    if (CONFIG_HAS(cfg, anneal_steps))
+        out->anneal_steps = cfg->anneal_steps;
+    if (CONFIG_HAS(cfg, target))
+        out->target = cfg->target;
+    if (out->batch == 0 || !(out->lr > 0) || !(out->beta1 >= 0)
+        || !(out->beta1 < 1) || !(out->beta2 >= 0) || !(out->beta2 < 1)
+        || !(out->adam_eps > 0) || !(out->weight_decay >= 0)
+        || !(out->clip_norm >= 0))
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "invalid training "
+                              "configuration (batch >= 1, lr > 0, 0 <= betas "
+                              "< 1, eps > 0, weight decay >= 0, clip >= 0)");
     return FLOW_OK;
 }
 
@@ -121,32 +150,57 @@ static flow_trainer *trainer_alloc(flow_model *m, const flow_train_config *cfg)
     return t;
 }
 
+/* A trainer fitting cfg->target: samples of the model, no data. */
+static flow_trainer *trainer_new_target(flow_model *m,
+                                        const flow_train_config *cfg)
+{
+    flow_trainer *t = trainer_alloc(m, cfg);
+    if (!t) {
+        flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory for "
+                       "training");
+        return NULL;
+    }
+    t->target = cfg->target;
+    return t;
+}
+
 flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
                                const flow_real *x, const flow_real *c,
                                size_t n)
 {
     flow_ctx *ctx = model_ctx(m);
+    flow_train_config k;
     flow_trainer *t;
     size_t b;
 
-    if (check_config(ctx, cfg) != FLOW_OK)
+    if (load_config(ctx, cfg, &k) != FLOW_OK)
         return NULL;
+    if (k.target) {
+        if (x || c || n) {
+            flow_ctx_error(ctx, FLOW_ERR_INVAL, "a trainer fits either data "
+                           "or a target: with cfg->target, x and c must be "
+                           "NULL and n 0 (got %zu rows)", n);
+            return NULL;
+        }
+        return trainer_new_target(m, &k);
+    }
     if (n == 0 || n > UINT32_MAX) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
-                  "rows, got %zu", (unsigned)UINT32_MAX, n);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "training needs between 1 and %u "
+                       "rows, got %zu", (unsigned)UINT32_MAX, n);
         return NULL;
     }
     if (flow_model_context_dim(m) && !c) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "the model is conditional: training "
-                  "data need %zu context columns", flow_model_context_dim(m));
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "the model is conditional: "
+                       "training data need %zu context columns",
+                       flow_model_context_dim(m));
         return NULL;
     }
-    if (!(t = trainer_alloc(m, cfg)))
+    if (!(t = trainer_alloc(m, &k)))
         goto nomem;
     t->x = x;
     t->c = c;
     t->n = n;
-    b = cfg->batch < n ? cfg->batch : n;
+    b = k.batch < n ? k.batch : n;
     t->perm = malloc(n * sizeof *t->perm);
     if (b > SIZE_MAX / sizeof(flow_real) / (t->dim + t->cdim + 1))
         goto nomem;
@@ -158,7 +212,7 @@ flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
     return t;
 nomem:
     flow_trainer_free(t);
-    ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+    flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
     return NULL;
 }
 
@@ -167,19 +221,15 @@ flow_trainer *flow_trainer_new_target(flow_model *m,
                                       flow_target *target)
 {
     flow_ctx *ctx = model_ctx(m);
-    flow_trainer *t;
-    if (check_config(ctx, cfg) != FLOW_OK)
+    flow_train_config k;
+    if (load_config(ctx, cfg, &k) != FLOW_OK)
         return NULL;
     if (!target) {
-        ctx_error(ctx, FLOW_ERR_INVAL, "no target to fit");
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "no target to fit");
         return NULL;
     }
-    if (!(t = trainer_alloc(m, cfg))) {
-        ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
-        return NULL;
-    }
-    t->target = target;
-    return t;
+    k.target = target;
+    return flow_trainer_new(m, &k, NULL, NULL, 0);
 }
 
 double flow_trainer_lr(const flow_trainer *t)
@@ -201,7 +251,8 @@ double flow_trainer_lr(const flow_trainer *t)
  * m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
  * p -= lr (m / c1) / (sqrt(v / c2) + eps), c_i = 1 - b_i^k.  One pass in
  * the working precision, vectorised (it was a tenth of a RealNVP step in
- * double, bench/README.md "cplperf"); the step constants in double. */
+ * double, bench/README.md, "Coupling flows"); the step constants in
+ * double. */
 #if FLOW_REAL_DOUBLE
 #define REAL_SQRT sqrt
 #define REAL_FABS fabs
@@ -319,11 +370,11 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     if (!isfinite(objective) || !isfinite(norm2)) {
         t->st.skipped++;
         if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
-            return ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "training "
-                             "diverged: %llu steps in a row had a non-finite "
-                             "%s or gradient (lower the learning rate or "
-                             "clip gradients)",
-                             (unsigned long long)t->skipped_run, what);
+            return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC,
+                                  "training diverged: %llu steps in a row had "
+                                  "a non-finite %s or gradient (lower the "
+                                  "learning rate or clip gradients)",
+                                  (unsigned long long)t->skipped_run, what);
         return FLOW_OK;
     }
     t->skipped_run = 0;
@@ -403,13 +454,14 @@ int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
     int rc = FLOW_OK;
 
     if (n == 0)
-        return ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to evaluate");
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to "
+                              "evaluate");
     if (batch == 0)
         batch = 4096;
     if (batch > n)
         batch = n;
     if (!(lp = malloc(batch * sizeof *lp)))
-        return ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
     /* Welford-free two sums in double: n is at most a few million rows */
     for (size_t r = 0; r < n; r += batch) {
         size_t b = n - r < batch ? n - r : batch;
@@ -455,8 +507,8 @@ int flow_trainer_should_stop(const flow_trainer *t)
 int flow_trainer_restore_best(flow_trainer *t)
 {
     if (!t->st.has_best)
-        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "no validation "
-                         "score recorded: nothing to restore");
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "no validation "
+                              "score recorded: nothing to restore");
     memcpy(flow_model_params(t->m), t->best, t->np * sizeof *t->best);
     return FLOW_OK;
 }
@@ -469,9 +521,10 @@ void flow_trainer_get_state(const flow_trainer *t, flow_train_state *s)
 int flow_trainer_set_state(flow_trainer *t, const flow_train_state *s)
 {
     if (s->pos > t->n)
-        return ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "training state "
-                         "is at row %llu of an epoch of %zu rows (different "
-                         "data?)", (unsigned long long)s->pos, t->n);
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_INVAL, "training "
+                              "state is at row %llu of an epoch of %zu rows "
+                              "(different data?)", (unsigned long long)s->pos,
+                              t->n);
     t->st = *s;
     t->skipped_run = 0;
     rng_load(&t->rng, s->epoch_rng);

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "ctx.h"
+#include "model.h"
+#include "vi.h"
 
 struct flow_target {
     flow_ctx *ctx;
@@ -40,15 +42,16 @@ int flow_target_new(flow_ctx *ctx, const char *type,
     *out = NULL;
     ctx_clear_error(ctx);
     if (!tt)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "unknown target type '%s' "
-                         "(`flowkit plugins` lists the targets found)", type);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown target type '%s' "
+                              "(`flowkit plugins` lists the targets found)",
+                              type);
     if (n_attrs != table_len(tt->attrs) || (n_attrs && !attrs))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s': %zu attribute "
-                         "values for a table of %zu", type, n_attrs,
-                         table_len(tt->attrs));
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s': %zu "
+                              "attribute values for a table of %zu", type,
+                              n_attrs, table_len(tt->attrs));
     if (dim == 0)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s': dimension 0",
-                         type);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s': dimension 0",
+                              type);
     memset(&cfg, 0, sizeof cfg);
     cfg.struct_size = sizeof cfg;
     cfg.dim = dim;
@@ -58,16 +61,16 @@ int flow_target_new(flow_ctx *ctx, const char *type,
     diag.attr = -1;
     if (tt->describe(&cfg, &want, &diag) != FLOW_OK) {
         diag.message[sizeof diag.message - 1] = '\0';
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' (%s): %s", type,
-                         file, diag.message[0] ? diag.message
-                         : "rejected by its plugin (no message)");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' (%s): %s",
+                              type, file, diag.message[0] ? diag.message
+                              : "rejected by its plugin (no message)");
     }
     if (want && want != dim)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' is %zu-"
-                         "dimensional, the flow has %zu dimensions", type,
-                         want, dim);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' is %zu-"
+                              "dimensional, the flow has %zu dimensions", type,
+                              want, dim);
     if (!(t = calloc(1, sizeof *t)))
-        return ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     t->ctx = ctx;
     t->type = tt;
     t->file = file;
@@ -75,9 +78,9 @@ int flow_target_new(flow_ctx *ctx, const char *type,
     if (!(t->self = tt->create(flow_host_services(), &cfg, &diag))) {
         diag.message[sizeof diag.message - 1] = '\0';
         free(t);
-        return ctx_error(ctx, FLOW_ERR_PLUGIN, "target '%s' (%s): create "
-                         "failed: %s", type, file, diag.message[0]
-                         ? diag.message : "no message");
+        return flow_ctx_error(ctx, FLOW_ERR_PLUGIN, "target '%s' (%s): create "
+                              "failed: %s", type, file, diag.message[0]
+                              ? diag.message : "no message");
     }
     *out = t;
     return FLOW_OK;
@@ -116,8 +119,8 @@ int flow_target_log_density(flow_target *t, size_t n, const flow_real *x,
         return FLOW_OK;
     rc = t->type->log_density(t->self, &c, x, logp, grad);
     if (rc != FLOW_OK)
-        return ctx_error(t->ctx, rc, "target '%s': %s", t->type->name,
-                         t->err[0] ? t->err : "log_density failed");
+        return flow_ctx_error(t->ctx, rc, "target '%s': %s", t->type->name,
+                              t->err[0] ? t->err : "log_density failed");
     return FLOW_OK;
 }
 
@@ -129,22 +132,24 @@ static int check_fit_model(flow_model *m, const flow_target *t)
 {
     flow_ctx *ctx = model_ctx(m);
     if (flow_model_context_dim(m))
-        return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "variational fits need "
-                         "an unconditional flow (this one takes a %zu-"
-                         "dimensional context)", flow_model_context_dim(m));
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "variational fits "
+                              "need an unconditional flow (this one takes a "
+                              "%zu-dimensional context)",
+                              flow_model_context_dim(m));
     if (flow_model_dim(m) != t->dim)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' has %zu "
-                         "dimensions, the flow %zu", t->type->name, t->dim,
-                         flow_model_dim(m));
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' has %zu "
+                              "dimensions, the flow %zu", t->type->name,
+                              t->dim, flow_model_dim(m));
     for (size_t i = 0; i < model_slice_count(m); i++) {
         model_slice_info s;
         model_slice(m, i, &s);
         if ((s.is_exit || i + 1 == model_slice_count(m)) && s.n_params)
-            return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "variational fits "
-                             "need parameter-free base distributions "
-                             "(normal, logistic): %s%s has %zu learnable "
-                             "parameters", s.is_exit ? "exit " : "", s.name,
-                             s.n_params);
+            return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "variational "
+                                  "fits need parameter-free base "
+                                  "distributions (normal, logistic): %s%s has "
+                                  "%zu learnable parameters",
+                                  s.is_exit ? "exit " : "", s.name,
+                                  s.n_params);
     }
     return FLOW_OK;
 }
@@ -202,12 +207,12 @@ int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
     if ((rc = check_fit_model(m, t)) != FLOW_OK)
         return rc;
     if (n == 0 || n > SIZE_MAX / sizeof *z / (d + 2))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "ELBO: %zu samples", n);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "ELBO: %zu samples", n);
     z = malloc(n * d * sizeof *z);
     lpb = malloc(n * sizeof *lpb);
     lp = malloc(n * sizeof *lp);
     if (!z || !lpb || !lp) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto out;
     }
     if ((rc = flow_model_sample_latent(m, n, z, lpb)) != FLOW_OK)
@@ -287,28 +292,28 @@ int flow_model_importance(flow_model *m, flow_target *t, size_t n,
     int rc = FLOW_OK;
 
     if (flow_model_context_dim(m))
-        return ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "importance weights "
-                         "need an unconditional flow");
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "importance weights "
+                              "need an unconditional flow");
     if (d != t->dim)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' has %zu "
-                         "dimensions, the flow %zu", t->type->name, t->dim,
-                         d);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "target '%s' has %zu "
+                              "dimensions, the flow %zu", t->type->name,
+                              t->dim, d);
     if (n == 0)
-        return ctx_error(ctx, FLOW_ERR_INVAL, "importance sampling needs at "
-                         "least one sample");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "importance sampling needs "
+                              "at least one sample");
     if (batch == 0)
         batch = 4096;
     if (batch > n)
         batch = n;
     if (n > SIZE_MAX / sizeof(double) / (d + 2))
-        return ctx_error(ctx, FLOW_ERR_INVAL, "too many samples: %zu", n);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "too many samples: %zu", n);
     xb = malloc(batch * d * sizeof *xb);
     lq = malloc(batch * sizeof *lq);
     lp = malloc(batch * sizeof *lp);
     if (!w)
         w = malloc(n * sizeof *w);
     if (!xb || !lq || !lp || !w) {
-        rc = ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
         goto out;
     }
     for (size_t r = 0; r < n; r += batch) {

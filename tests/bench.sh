@@ -5,25 +5,7 @@
 # counts), and bad input gets a clear error.  No timing is asserted (speed
 # is measured by bench/run, never by tests).
 set -u
-fail=0
-pass=0
-check() {  # check NAME EXPECTED_RC ACTUAL_RC
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: exit $3, expected $2"; cat "$t/err"
-        fail=$((fail + 1)); fi
-}
-has() {    # has NAME FILE TEXT
-    if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-        echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi
-}
-same() {   # same NAME EXPECTED ACTUAL
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: got '$3', expected '$2'"; fail=$((fail + 1)); fi
-}
-truth() {  # truth NAME AWK-CONDITION (on the fields of field())
-    if awk "BEGIN { exit !($2) }"; then pass=$((pass + 1)); else
-        echo "FAIL: $1: not ($2)"; cat "$t/out"; fail=$((fail + 1)); fi
-}
+. "$top_srcdir/tests/lib.sh"
 # field FILE KEY: the value of "KEY": in a one-line JSON object
 field() { sed -n "s/.*\"$2\": *\"\{0,1\}\([^,\"}]*\)\"\{0,1\}[,}].*/\1/p" "$1"; }
 # one JSON object on one line, braces balanced, no NaN/inf
@@ -31,12 +13,13 @@ wellformed() {
     same "$1-lines" 1 "$(wc -l <"$t/out" | tr -d ' ')"
     has "$1-object" "$t/out" "{\"mode\": "
     if grep -qiE 'nan|inf' "$t/out"; then
-        echo "FAIL: $1: non-finite value:"; cat "$t/out"; fail=$((fail + 1))
-    else pass=$((pass + 1)); fi
+        bad "$1: non-finite value:"; cat "$t/out"
+    else ok; fi
     same "$1-close" "}" "$(tail -c 2 "$t/out" | head -c 1)"
 }
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
+check_log=$t/err
 fb="$top_builddir/bench/flowbench"
 specs="$top_srcdir/bench/specs"
 
@@ -145,5 +128,4 @@ check bad-spec 1 $?
 has bad-spec-msg "$t/err" "bad.flow:3"
 same bad-spec-stdout 0 "$(wc -c <"$t/out" | tr -d ' ')"
 
-echo "bench.sh: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish bench

@@ -2,16 +2,7 @@
 # cli.sh - the flowkit command's exit codes and output (run by make check
 # with FLOWKIT, FLOW_PLUGIN_PATH and FLOW_TEST_PLUGINS set).
 set -u
-fail=0
-pass=0
-check() {  # check NAME EXPECTED_RC ACTUAL_RC
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi
-}
-has() {    # has NAME FILE TEXT
-    if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-        echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi
-}
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 
@@ -41,5 +32,4 @@ FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/bad" "$FLOWKIT" plugins >"$t/out" 2>&1
 check plugins-bad 1 $?
 has plugins-bad "$t/out" "$t/bad/zz.so: ABI version mismatch: expected 1, got 2"
 
-echo "cli: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli

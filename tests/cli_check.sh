@@ -5,24 +5,10 @@
 # through the command line.  Run by make check with FLOWKIT,
 # FLOW_PLUGIN_PATH, FLOW_TEST_PLUGINS and top_srcdir set.
 set -u
-fail=0
-pass=0
-check() {  # check NAME EXPECTED_RC ACTUAL_RC
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: exit $3, expected $2"; cat "$t/out"
-        fail=$((fail + 1)); fi
-}
-has() {    # has NAME FILE TEXT
-    if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-        echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi
-}
-same() {   # same NAME EXPECTED ACTUAL
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        printf 'FAIL: %s:\n--- expected\n%s\n--- got\n%s\n' "$1" "$2" "$3"
-        fail=$((fail + 1)); fi
-}
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
+check_log=$t/out
 buggy="$FLOW_TEST_PLUGINS/buggy.so"
 
 # --- usage and exit codes ----------------------------------------------
@@ -66,8 +52,8 @@ has report "$t/out" "  check                                   max error  tolera
 row=$(grep "round trip x -> z -> x" "$t/out")
 case "$row" in
 "  round trip x -> z -> x                          0 "*"PASS    worst: row 0"*)
-    pass=$((pass + 1));;
-*)  echo "FAIL: report row format: '$row'"; fail=$((fail + 1));;
+    ok;;
+*)  bad "report row format: '$row'";;
 esac
 has report "$t/out" "  density integrates to 1                         -          -  SKIP    only for D = 2"
 n=$(grep -cE '  (PASS|SKIP|FAIL)    ' "$t/out")
@@ -76,8 +62,8 @@ has report "$t/out" "PASS: 1 layer, $n checks, 0 failed, 1 skipped"
 # same seed, same report (bits included)
 "$FLOWKIT" check permute --dim 5 --attr 'order = random(3)' --seed 4 \
     >"$t/out2" 2>&1
-if cmp -s "$t/out" "$t/out2"; then pass=$((pass + 1)); else
-    echo "FAIL: the same seed gave a different report"; fail=$((fail + 1)); fi
+if cmp -s "$t/out" "$t/out2"; then ok; else
+    bad "the same seed gave a different report"; fi
 
 "$FLOWKIT" check actnorm --json >"$t/out" 2>&1; check json 0 $?
 has json "$t/out" '"precision": "'
@@ -85,8 +71,8 @@ has json "$t/out" '"layers": ['
 has json "$t/out" '{"name": "checkpoint round trip", "error": 0, "tolerance": 0, "result": "PASS", "note": "log-probs of 6 rows bit for bit after restoring into a model built from another seed"}'
 has json "$t/out" '"checks": 21, "failed": 0, "skipped": 0}'
 if command -v python3 >/dev/null 2>&1; then
-    if python3 -m json.tool "$t/out" >/dev/null 2>&1; then pass=$((pass + 1))
-    else echo "FAIL: --json is not JSON:"; cat "$t/out"; fail=$((fail + 1)); fi
+    if python3 -m json.tool "$t/out" >/dev/null 2>&1; then ok
+    else bad "--json is not JSON:"; cat "$t/out"; fi
 fi
 
 # a failing run in JSON: the row, the totals, exit 1
@@ -105,6 +91,41 @@ has rows-bounds "$t/out" "PASS    5 rows: 2 random, 3 at the domain's edges"
 "$FLOWKIT" check "$FLOW_PLUGIN_PATH/permute.so" >"$t/out" 2>&1
 check plugin-file 0 $?
 has plugin-file "$t/out" "PASS: 1 layer, "
+# a layer type whose workspace and init are NULL (ABI 1.4): checked like
+# any other, then trained in a model, where its shift, starting at the
+# host's zeros, learns to centre the data
+"$FLOWKIT" check "$FLOW_TEST_PLUGINS/minimal.so" >"$t/out" 2>&1
+check null-callbacks 0 $?
+has null-callbacks "$t/out" "minimal_shift ($FLOW_TEST_PLUGINS/minimal.so): D = 2, K = 0"
+has null-callbacks "$t/out" "PASS: 1 layer, 21 checks, 0 failed, 0 skipped"
+mkdir "$t/minimal"
+cp "$FLOW_TEST_PLUGINS/minimal.so" "$t/minimal/"
+cat >"$t/shift.flow" <<'EOF'
+flow shifted {
+    input x : real[2];
+    minimal_shift();
+    output z ~ normal;
+}
+EOF
+MP="$FLOW_PLUGIN_PATH:$t/minimal"
+"$FLOWKIT" data moons -n 500 --seed 1 -o "$t/moons.csv" >"$t/out" 2>&1
+FLOW_PLUGIN_PATH="$MP" "$FLOWKIT" train "$t/shift.flow" --data "$t/moons.csv" \
+    --steps 100 --batch 100 --lr 0.05 --seed 1 -o "$t/shift.ckpt" \
+    >"$t/out" 2>&1
+check null-callbacks-train 0 $?
+FLOW_PLUGIN_PATH="$MP" "$FLOWKIT" encode "$t/shift.ckpt" --data "$t/moons.csv" \
+    -o "$t/z.csv" >"$t/out" 2>&1
+check null-callbacks-encode 0 $?
+# column means: the data's second is about 0.39, the encoded ones near 0
+means() { awk -F, 'NR > 1 { a += $1; b += $2; n++ }
+                   END { printf "%.3f %.3f", a / n, b / n }' "$1"; }
+xm=$(means "$t/moons.csv"); zm=$(means "$t/z.csv")
+if echo "$xm $zm" | awk '{ exit !($2 > 0.3 && $3 * $3 < 0.0025 &&
+                                $4 * $4 < 0.0025) }'; then
+    pass=$((pass + 1)); else
+    echo "FAIL: null-callbacks-centred: data means $xm, encoded $zm"
+    fail=$((fail + 1)); fi
+
 # a spec: every layer at its position's width
 cat >"$t/mix.flow" <<'EOF'
 flow mix {
@@ -121,7 +142,7 @@ EOF
 "$FLOWKIT" check "$t/mix.flow" >"$t/out" 2>&1; check spec 0 $?
 has spec "$t/out" "actnorm#0 at $t/mix.flow:4:5 ("
 has spec "$t/out" "maf#1 at $t/mix.flow:5:5 ("
-has spec "$t/out" "/maf.so): D = 3, K = 2"
+has spec "$t/out" "/autoregressive.so): D = 3, K = 2"
 has spec "$t/out" "coupling#3 at $t/mix.flow:7:5 ("
 has spec "$t/out" "PASS: 4 layers, "
 
@@ -173,9 +194,8 @@ run_ok() {
     name=$1; shift
     "$FLOWKIT" check "$@" >"$t/out" 2>&1
     rc=$?
-    if [ $rc -eq 0 ]; then pass=$((pass + 1)); else
-        echo "FAIL: flowkit check $* (exit $rc):"; grep -E 'FAIL|cannot' "$t/out"
-        fail=$((fail + 1)); fi
+    if [ $rc -eq 0 ]; then ok; else
+        bad "flowkit check $* (exit $rc):"; grep -E 'FAIL|cannot' "$t/out"; fi
 }
 small="--attr hidden=[16,12] --attr activation=tanh"
 for tf in affine additive 'spline(bins = 5, bound = 2.5)'; do
@@ -236,5 +256,4 @@ for spec in nsf_8gaussians multiscale cond_maf; do
     run_ok "$spec" "$top_srcdir/specs/$spec.flow"
 done
 
-echo "cli_check: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli_check

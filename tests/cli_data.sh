@@ -2,20 +2,7 @@
 # cli_data.sh - `flowkit data`: built-in data sets, formats, exit codes and
 # messages (run by make check with FLOWKIT set).
 set -u
-fail=0
-pass=0
-check() {  # check NAME EXPECTED_RC ACTUAL_RC
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi
-}
-has() {    # has NAME FILE TEXT
-    if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-        echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi
-}
-same() {   # same NAME EXPECTED ACTUAL
-    if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-        echo "FAIL: $1: got '$3', expected '$2'"; fail=$((fail + 1)); fi
-}
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 fk() { "$FLOWKIT" data "$@"; }
@@ -84,7 +71,7 @@ fk moons -n >"$t/out" 2>&1; check missing-value 2 $?
 # output errors: exit 1, nothing left behind
 mkdir "$t/d" "$t/d/sub"
 fk moons -n 5 -o "$t/d/sub" >"$t/out" 2>&1; check out-is-dir 1 $?
-has out-is-dir "$t/out" "$t/d/sub: cannot rename temporary file: Is a directory"
+has out-is-dir "$t/out" "$t/d/sub: is a directory"
 same out-is-dir-clean "sub" "$(ls -A "$t/d")"
 fk moons -n 5 -o "$t/none/x.csv" >"$t/out" 2>&1; check out-no-dir 1 $?
 if [ -w /dev/full ]; then
@@ -92,5 +79,4 @@ if [ -w /dev/full ]; then
     has stdout-full "$t/out" "stdout: write error"
 fi
 
-echo "cli_data: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli_data

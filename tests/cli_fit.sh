@@ -6,16 +6,7 @@
 # bad or missing targets give clear errors, the right exit code and no
 # output file.
 set -u
-pass=0
-fail=0
-check() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi; }
-has() { if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi; }
-absent() { if [ ! -e "$2" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: $2 exists"; fail=$((fail + 1)); fi; }
-truth() { if awk "BEGIN { exit !($2) }"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: $2"; fail=$((fail + 1)); fi; }
+. "$top_srcdir/tests/lib.sh"
 # jget FILE KEY: a number from a one-line JSON report
 jget() { sed 's/.*"'"$2"'": \([-0-9.e+]*\).*/\1/' "$1"; }
 t=$(mktemp -d)
@@ -99,8 +90,8 @@ truth user-ess "$ess > 0.95"
 check fit-resume 0 $?
 "$F" sample "$t/r40.ckpt" -n 20 --seed 1 -o "$t/s40.csv"
 "$F" sample "$t/rr.ckpt" -n 20 --seed 1 -o "$t/srr.csv"
-if cmp -s "$t/s40.csv" "$t/srr.csv"; then pass=$((pass + 1)); else
-    echo "FAIL: resumed fit differs from an uninterrupted one"; fail=$((fail + 1)); fi
+if cmp -s "$t/s40.csv" "$t/srr.csv"; then ok; else
+    bad "resumed fit differs from an uninterrupted one"; fi
 
 # errors: unknown target (with a suggestion), none at all, bad --target text,
 # wrong dimension; never an output file
@@ -136,5 +127,4 @@ check fit-maf 0 $?
 has fit-maf-warning "$t/err" "warning[F0903]: maf#0 (and 3 more layers) samples in 2 sequential passes"
 has fit-maf-warning "$t/err" "help: use iaf instead of maf"
 
-echo "cli_fit: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli_fit

@@ -4,16 +4,7 @@
 # uninterrupted one; bad checkpoints, data and flags give clear errors, the
 # right exit code, and no output file.
 set -u
-pass=0
-fail=0
-check() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: exit $3, expected $2"; fail=$((fail + 1)); fi; }
-has() { if grep -qF -- "$3" "$2"; then pass=$((pass + 1)); else
-    echo "FAIL: $1: output lacks '$3':"; cat "$2"; fail=$((fail + 1)); fi; }
-same() { if [ "$2" = "$3" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: got '$2', expected '$3'"; fail=$((fail + 1)); fi; }
-absent() { if [ ! -e "$2" ]; then pass=$((pass + 1)); else
-    echo "FAIL: $1: $2 exists"; fail=$((fail + 1)); fi; }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 F=$FLOWKIT
@@ -35,26 +26,26 @@ has eval "$t/out" "nats per sample (n = 300); "
 has eval "$t/out" " bits/dim"
 
 "$F" logprob "$t/a.ckpt" --data "$t/te.csv" -o "$t/lp.csv"; check logprob 0 $?
-same logprob-rows "$(wc -l <"$t/lp.csv" | tr -d ' ')" 301
+same logprob-rows 301 "$(wc -l <"$t/lp.csv" | tr -d ' ')"
 
 "$F" sample "$t/a.ckpt" -n 50 --seed 3 --with-logprob -o "$t/s.csv"; check sample 0 $?
-same sample-header "$(head -n 1 "$t/s.csv")" "x0,x1,logprob"
-same sample-rows "$(wc -l <"$t/s.csv" | tr -d ' ')" 51
+same sample-header "x0,x1,logprob" "$(head -n 1 "$t/s.csv")"
+same sample-rows 51 "$(wc -l <"$t/s.csv" | tr -d ' ')"
 "$F" sample "$t/a.ckpt" -n 50 --seed 3 --with-logprob -o "$t/s2.csv"
-if cmp -s "$t/s.csv" "$t/s2.csv"; then pass=$((pass + 1)); else
-    echo "FAIL: sample: same seed, different samples"; fail=$((fail + 1)); fi
+if cmp -s "$t/s.csv" "$t/s2.csv"; then ok; else
+    bad "sample: same seed, different samples"; fi
 # the samples' reported log-density is the model's log-density there
 cut -d, -f1,2 "$t/s.csv" >"$t/sx.csv"
 "$F" logprob "$t/a.ckpt" --data "$t/sx.csv" -o "$t/slp.csv"
-same sample-logprob "$(paste -d, "$t/s.csv" "$t/slp.csv" | awk -F, 'NR > 1 {
-    d = $3 - $4; if (d < 0) d = -d; if (d > m) m = d } END { print (m < 1e-3) ? "ok" : m }')" ok
+same sample-logprob ok "$(paste -d, "$t/s.csv" "$t/slp.csv" | awk -F, 'NR > 1 {
+    d = $3 - $4; if (d < 0) d = -d; if (d > m) m = d } END { print (m < 1e-3) ? "ok" : m }')"
 
 # encode then decode returns the data
 "$F" encode "$t/a.ckpt" --data "$t/te.csv" -o "$t/z.csv"; check encode 0 $?
 "$F" decode "$t/a.ckpt" --data "$t/z.csv" -o "$t/x.csv"; check decode 0 $?
-same round-trip "$(paste -d, "$t/te.csv" "$t/x.csv" | awk -F, 'NR > 1 {
+same round-trip ok "$(paste -d, "$t/te.csv" "$t/x.csv" | awk -F, 'NR > 1 {
     for (i = 1; i <= 2; i++) { d = $i - $(i + 2); if (d < 0) d = -d; if (d > m) m = d } }
-    END { print (m < 1e-4) ? "ok" : m }')" ok
+    END { print (m < 1e-4) ? "ok" : m }')"
 
 "$F" info "$t/a.ckpt" >"$t/out"; check info 0 $?
 has info "$t/out" "flow moons {"
@@ -69,16 +60,16 @@ has info "$t/out" "precision"
 check resume 0 $?
 "$F" logprob "$t/full.ckpt" --data "$t/te.csv" -o "$t/l1.csv"
 "$F" logprob "$t/resumed.ckpt" --data "$t/te.csv" -o "$t/l2.csv"
-if cmp -s "$t/l1.csv" "$t/l2.csv"; then pass=$((pass + 1)); else
-    echo "FAIL: resumed run differs from the uninterrupted one"; fail=$((fail + 1)); fi
+if cmp -s "$t/l1.csv" "$t/l2.csv"; then ok; else
+    bad "resumed run differs from the uninterrupted one"; fi
 
 # two threads: the same bits twice
 "$F" train "$SPEC" --data "$t/tr.csv" --steps 20 --batch 256 --threads 2 -o "$t/p1.ckpt" 2>/dev/null
 "$F" train "$SPEC" --data "$t/tr.csv" --steps 20 --batch 256 --threads 2 -o "$t/p2.ckpt" 2>/dev/null
 "$F" logprob "$t/p1.ckpt" --data "$t/te.csv" --threads 2 -o "$t/pl1.csv"
 "$F" logprob "$t/p2.ckpt" --data "$t/te.csv" --threads 2 -o "$t/pl2.csv"
-if cmp -s "$t/pl1.csv" "$t/pl2.csv"; then pass=$((pass + 1)); else
-    echo "FAIL: two threads: runs differ"; fail=$((fail + 1)); fi
+if cmp -s "$t/pl1.csv" "$t/pl2.csv"; then ok; else
+    bad "two threads: runs differ"; fi
 
 # a checkpoint of another spec is refused for --resume
 "$F" train "$top_srcdir/specs/nice.flow" --data "$t/tr.csv" --steps 2 --resume "$t/half.ckpt" \
@@ -159,8 +150,7 @@ has ode-info-json "$t/out" '"train_nfe": 24, "forward_nfe": 12'
     2>"$t/err"
 check moons-no-nfe 0 $?
 if grep -q "nfe" "$t/err"; then
-    echo "FAIL: moons-no-nfe: the log mentions nfe"; fail=$((fail + 1))
-else pass=$((pass + 1)); fi
+    bad "moons-no-nfe: the log mentions nfe"
+else ok; fi
 
-echo "cli_train: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish cli_train

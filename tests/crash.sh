@@ -4,10 +4,7 @@
 # never leaves a checkpoint that fails to load, and a run resumed after
 # every kill ends bit-identical to an uninterrupted one with the same seed.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 F=$FLOWKIT
@@ -88,5 +85,4 @@ set --
     || bad "final resume"
 same_as_ref "the run killed and resumed differs from the uninterrupted one"
 
-echo "crash: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish crash

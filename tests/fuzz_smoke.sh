@@ -1,8 +1,9 @@
 #!/bin/sh
 # fuzz_smoke.sh - a few seconds (FUZZ_SMOKE_SECONDS, default 3) of each
-# libFuzzer target of tests/fuzz/run.sh (spec, csv, npy, ckpt) from its
-# seeds, built at -O0 into the build tree: the targets build, run, and find
-# nothing quickly.  The long runs are recorded in tests/fuzz/README.md.
+# libFuzzer target of tests/fuzz/run.sh (spec, csv, npy, ckpt, ckpt_fixed)
+# from its seeds, built at -O0 into the build tree: the targets build, run,
+# and find nothing quickly.  The long runs are recorded in
+# tests/fuzz/README.md.
 # Skipped (exit 77) in sanitizer builds (the targets carry their own ASan
 # and UBSan; one build is enough) and where clang or its libFuzzer runtime
 # is missing (./quickstart installs clang).
@@ -18,20 +19,17 @@ printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(con
     >"$out/probe.c"
 clang -fsanitize=fuzzer -o "$out/probe" "$out/probe.c" >/dev/null 2>&1 || {
     echo "fuzz_smoke: skipped (clang cannot link -fsanitize=fuzzer)"; exit 77; }
-pass=0
-fail=0
-for target in spec csv npy ckpt; do
+. "$top_srcdir/tests/lib.sh"
+for target in spec csv npy ckpt ckpt_fixed; do
     rm -rf "${out:?}/$target"        # fresh corpus and crashes: seeds only
     if FUZZ_OUT=$out FUZZ_OPT=-O0 FUZZ_ARGS="-seed=1" \
             sh "$top_srcdir/tests/fuzz/run.sh" $target \
             "${FUZZ_SMOKE_SECONDS:-3}" "$top_builddir" >"$out/$target.log" 2>&1 \
             && grep -q "^Done [0-9]* runs" "$out/$target.log"; then
         echo "fuzz_smoke: $target: $(grep "^Done" "$out/$target.log")"
-        pass=$((pass + 1))
+        ok
     else
-        echo "FAIL: fuzz target $target:"; tail -n 40 "$out/$target.log"
-        fail=$((fail + 1))
+        bad "fuzz target $target:"; tail -n 40 "$out/$target.log"
     fi
 done
-echo "fuzz_smoke: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish fuzz_smoke

@@ -15,23 +15,10 @@ update=0
 cd "$top_srcdir" || exit 99
 FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$FLOW_SPEC_PLUGINS"
 export FLOW_PLUGIN_PATH
-pass=0
-fail=0
+. "$top_srcdir/tests/lib.sh"
+same_file_update=$update
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
-
-ok() { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
-
-# same NAME EXPECTED ACTUAL: exact comparison (or --update)
-same() {
-    if [ $update -eq 1 ] && ! cmp -s "$2" "$3"; then
-        cp "$3" "$2"; echo "updated $2"
-    fi
-    if cmp -s "$2" "$3"; then ok; else
-        bad "$1: output differs from $2:"; diff -u "$2" "$3" | head -40
-    fi
-}
 
 # golden DIR EXPECTED_RC
 golden() {
@@ -42,7 +29,7 @@ golden() {
         if [ $rc -ne "$2" ]; then
             bad "$f: exit $rc, expected $2"; cat "$t/err"; continue
         fi
-        same "$f" "${f%.flow}.err" "$t/err"
+        same_file "$f" "${f%.flow}.err" "$t/err"
     done
 }
 golden bad 1
@@ -56,7 +43,7 @@ for f in tests/specs/good/*.flow; do
     else ok; fi
     if [ -f "${f%.flow}.report" ]; then
         "$FLOWC" --report "$f" >"$t/out" 2>&1
-        same "$f --report" "${f%.flow}.report" "$t/out"
+        same_file "$f --report" "${f%.flow}.report" "$t/out"
     fi
 done
 
@@ -76,7 +63,7 @@ cat >"$t/want" <<'EOF'
   {"file": "tests/specs/bad/unknown_attr.flow", "line": 4, "column": 26, "end_line": 4, "end_column": 31, "severity": "error", "code": "F0103", "message": "unknown attribute 'colour' for layer 'tcoupling'", "help": "layer 'tcoupling' accepts: mask, hidden, transformer"}
 ]
 EOF
-same "--diagnostics=json" "$t/want" "$t/json"
+same_file "--diagnostics=json" "$t/want" "$t/json"
 
 "$FLOWC" --check --werror tests/specs/warn/unused_context.flow \
     >"$t/out" 2>&1; rc=$?
@@ -134,7 +121,7 @@ attributes:
   hidden         int list, default [64, 64], in [1, 65536], 1..8 items
                  hidden layer widths of the conditioner
 EOF
-same "--layer=tresidual" "$t/want" "$t/out"
+same_file "--layer=tresidual" "$t/want" "$t/out"
 "$FLOWC" --layer=nope >"$t/out" 2>&1; rc=$?
 [ $rc -eq 1 ] && grep -qF "no layer type 'nope'" "$t/out" && ok \
     || bad "--layer=nope: exit $rc"
@@ -155,7 +142,6 @@ FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$t/broken" "$FLOWC" --check "$G" \
 "$FLOWC" --report -o "$t/report" tests/specs/good/maf64.flow >"$t/out" 2>&1
 rc=$?
 [ $rc -eq 0 ] && [ ! -s "$t/out" ] && ok || bad "-o: exit $rc"
-same "-o report" tests/specs/good/maf64.report "$t/report"
+same_file "-o report" tests/specs/good/maf64.report "$t/report"
 
-echo "golden: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish golden

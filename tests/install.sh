@@ -6,16 +6,13 @@
 # plugin author's kit (examples/plugin: own Makefile, sinh-arcsinh layer,
 # a spec using it) builds, passes `flowkit check` and trains.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 d="$t/root"
 
 if ! ${MAKE:-make} -s -C "$top_builddir" install DESTDIR="$d" >"$t/log" 2>&1; then
-    cat "$t/log"; echo "install: 0 passed, 1 failed"; exit 1
+    cat "$t/log"; bad "make install"; finish install
 fi
 for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
          "$includedir/flow/flowc.h" "$includedir/flow/flow_plugin.h" \
@@ -36,6 +33,19 @@ for p in "$d$pkglibdir"/*.so; do
            | tr '\n' ' ')
     if [ "$syms" = "flow_plugin_entry " ]; then ok; else
         bad "$(basename "$p") exports: $syms"; fi
+done
+# every call the installed headers declare is exported: flow.h's by
+# libflowkit, flowc.h's by libflowc
+for pair in flow.h:libflowkit flowc.h:libflowc; do
+    h=${pair%%:*}
+    lib=${pair#*:}
+    sed -n 's/^FLOW_API [^(]*[ *]\(flow_[a-z0-9_]*\)(.*/\1/p' \
+        "$d$includedir/flow/$h" >"$t/want"
+    nm -D --defined-only "$d$libdir/$lib.so" | awk '{print $3}' >"$t/have"
+    missing=$(grep -vxF -f "$t/have" "$t/want" | tr '\n' ' ')
+    n=$(wc -l <"$t/want")
+    if [ "$n" -ge 20 ] && [ -z "$missing" ]; then ok; else
+        bad "$lib: $n calls declared in $h, not exported: $missing"; fi
 done
 
 # an out-of-tree plugin: installed headers only
@@ -90,5 +100,4 @@ case "$ll" in
 *) ok;;
 esac
 
-echo "install: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish install

@@ -1,8 +1,21 @@
-/* main.c - the one Check runner: adds every area's suite and runs them. */
+/* main.c - the one Check runner: runs every area's suite (tests/suites.h);
+ * `flowkit_tests --list` prints their names instead, one a line. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "suites.h"
+
+static const struct {
+    const char *name;
+    Suite *(*make)(void);
+} suites[] = {
+#define FLOW_TEST_ENTRY(name) {#name, suite_##name},
+    FLOW_TEST_SUITES(FLOW_TEST_ENTRY)
+#undef FLOW_TEST_ENTRY
+};
+
+enum { N_SUITES = sizeof suites / sizeof suites[0] };
 
 const char *test_plugin(const char *name)
 {
@@ -17,35 +30,25 @@ const char *test_plugin(const char *name)
     return buf;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    SRunner *sr = srunner_create(suite_loader());
+    SRunner *sr;
     int failed;
 
-    srunner_add_suite(sr, suite_permute());
-    srunner_add_suite(sr, suite_rng());
-    srunner_add_suite(sr, suite_model());
-    srunner_add_suite(sr, suite_train());
-    srunner_add_suite(sr, suite_conform());
-    srunner_add_suite(sr, suite_layers());
-    srunner_add_suite(sr, suite_ckpt_model());
-    /* numerics */
-    srunner_add_suite(sr, suite_matrix());
-    srunner_add_suite(sr, suite_nn());
-    srunner_add_suite(sr, suite_transform());
-    srunner_add_suite(sr, suite_base());
-
-    srunner_add_suite(sr, suite_data());
-    srunner_add_suite(sr, suite_datasets());
-    srunner_add_suite(sr, suite_json());
-    srunner_add_suite(sr, suite_checkpoint());
-    srunner_add_suite(sr, suite_compiler());
-    srunner_add_suite(sr, suite_residual());   /* residual branch */
-    srunner_add_suite(sr, suite_made_step());  /* mafperf branch */
-    srunner_add_suite(sr, suite_ode());
-    srunner_add_suite(sr, suite_vi());         /* vi branch */
-    srunner_add_suite(sr, suite_vi_fit());
-    srunner_add_suite(sr, suite_tgemm());      /* cnfspeed */
+    if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+        for (int i = 0; i < N_SUITES; i++)
+            puts(suites[i].name);
+        return EXIT_SUCCESS;
+    }
+    if (argc > 1) {
+        fprintf(stderr, "usage: %s [--list]\n"
+                "  CK_RUN_SUITE=NAME and CK_RUN_CASE=NAME run one suite "
+                "or test case\n", argv[0]);
+        return 2;
+    }
+    sr = srunner_create(suites[0].make());
+    for (int i = 1; i < N_SUITES; i++)
+        srunner_add_suite(sr, suites[i].make());
     srunner_run_all(sr, CK_NORMAL);
     failed = srunner_ntests_failed(sr);
     srunner_free(sr);

@@ -6,10 +6,7 @@
 # KL(true || model); a trained 2-D density integrates to 1 on a grid.
 # Budgets and measured values: docs/specs.md.
 set -u
-pass=0
-fail=0
-ok()  { pass=$((pass + 1)); }
-bad() { echo "FAIL: $*"; fail=$((fail + 1)); }
+. "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 S="$top_srcdir/specs"
@@ -67,10 +64,9 @@ band maf_gmm "$(loglik "$K.maf_gmm.flow" --data "$t/m8_te.csv" --columns $X8)" -
     "$(awk -v m="$(colmean "$t/m8_te.csv" logprob)" 'BEGIN { print m + 0.05 }')"
 train iaf.flow moons_tr.csv
 band iaf "$(loglik "$K.iaf.flow" --data "$t/moons_te.csv")" -2.90 -2.0
-# uq branch: a MAF on the same data as moons.flow (docs/uq.md compares them)
+# A MAF on the same data as moons.flow (docs/uq.md compares them)
 train maf_moons.flow moons_tr.csv
 band maf_moons "$(loglik "$K.maf_moons.flow" --data "$t/moons_te.csv")" -2.85 -2.0
-# -- end uq
 train cond_maf.flow gl_tr.csv --columns $X2 --context $LAB
 # p(x | c = k) = N_k(x) <= 8 p(x) for the equal-weight mixture: the upper
 # bound is the marginal's mean log-density + log 8
@@ -104,7 +100,7 @@ train multiscale.flow m4_tr.csv --columns $X4
 band multiscale "$(loglik "$K.multiscale.flow" --data "$t/m4_te.csv" --columns $X4)" -5.30 \
     "$(awk -v m="$(colmean "$t/m4_te.csv" logprob)" 'BEGIN { print m + 0.05 }')"
 
-# residual branch: the residual flow (exact log-det) on moons; its density
+# The residual flow (exact log-det) on moons; its density
 # integrates to 1 on the grid below and sampling (fixed-point inverses)
 # runs.  Measured after 300 steps, seeds 0/1/2: -2.70/-2.69/-2.76;
 # untrained (1 step) -5.3.
@@ -113,7 +109,6 @@ band resflow_moons "$(loglik "$K.resflow_moons.flow" --data "$t/moons_te.csv")" 
 if "$FLOWKIT" sample "$K.resflow_moons.flow" -n 500 --seed 3 -o "$t/rf_s.csv" 2>"$t/s.log" \
         && [ "$(wc -l <"$t/rf_s.csv")" -eq 501 ]; then ok
 else cat "$t/s.log"; bad "sample resflow_moons"; fi
-# -- end residual
 
 # RealNVP 8 x (128, 128) on 8gaussians, the small version of the issue's
 # 2000-step run: KL(true || model) on fresh samples
@@ -136,7 +131,7 @@ case "$("$FLOWKIT" --version)" in *float64*) tol=0.001 ;; esac
 band "nsf density mass on a grid" "$mass" "$(awk -v t=$tol 'BEGIN { print 1 - t }')" \
     "$(awk -v t=$tol 'BEGIN { print 1 + t }')"
 
-# residual branch: the residual flow's density (exact log-det) integrates
+# The residual flow's density (exact log-det) integrates
 # to 1 on the same grid
 "$FLOWKIT" logprob "$K.resflow_moons.flow" --data "$t/grid.csv" -o "$t/rlp.csv"
 mass=$(awk 'NR > 1 { i = int((NR - 2) / 401); j = (NR - 2) % 401
@@ -144,7 +139,6 @@ mass=$(awk 'NR > 1 { i = int((NR - 2) / 401); j = (NR - 2) % 401
     s += w * exp($1) } END { printf "%.6f", s * (16 / 400) ^ 2 }' "$t/rlp.csv")
 band "resflow density mass on a grid" "$mass" "$(awk -v t=$tol 'BEGIN { print 1 - t }')" \
     "$(awk -v t=$tol 'BEGIN { print 1 + t }')"
-# -- end residual
 # FFJORD (one ode layer: RK4, 10 steps, exact trace, backprop): a short
 # run (measured: untrained -6.09, 60 steps -3.73, true density -2.81),
 # then its density integrates to 1 on a grid.  The log-density is the
@@ -164,5 +158,4 @@ mass=$(awk 'NR > 1 { i = int((NR - 2) / 121); j = (NR - 2) % 121
     s += w * exp($1) } END { printf "%.6f", s * (12 / 120) ^ 2 }' "$t/fglp.csv")
 band "ffjord density mass on a grid" "$mass" 0.99 1.01
 
-echo "specs: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+finish specs

@@ -7,29 +7,39 @@
 
 #include "flow/flow_plugin.h"
 
-Suite *suite_loader(void);
-Suite *suite_permute(void);
-Suite *suite_rng(void);
-Suite *suite_model(void);
-Suite *suite_train(void);
-Suite *suite_conform(void);
-Suite *suite_layers(void);
-Suite *suite_ckpt_model(void);
-/* numerics */
-Suite *suite_matrix(void);
-Suite *suite_nn(void);
-Suite *suite_transform(void);
-Suite *suite_base(void);
+/* Every suite, in the order the runner runs them.  X(name) stands for
+ * `Suite *suite_name(void)` (defined in a tests/test_*.c file), whose
+ * suite_create name is "name": the name CK_RUN_SUITE selects and
+ * `flowkit_tests --list` prints (valgrind.sh runs each one it lists). */
+#define FLOW_TEST_SUITES(X) \
+    X(loader)       /* plugin loading and the ABI checks */ \
+    X(permute) \
+    X(rng) \
+    X(model)        /* building a model, its passes and gradients */ \
+    X(train) \
+    X(conform)      /* conformance checks of every bundled layer type */ \
+    X(layers)       /* coupling and autoregressive layers in models */ \
+    X(ckpt_model)   /* checkpoints of whole models */ \
+    X(matrix)       /* BLAS/LAPACK wrappers */ \
+    X(nn)           /* MLP and MADE conditioners, divergence kernels */ \
+    X(transform)    /* element-wise transformers (affine, spline, ...) */ \
+    X(base)         /* base distributions */ \
+    X(data)         /* CSV and .npy files */ \
+    X(datasets)     /* built-in data sets */ \
+    X(json) \
+    X(checkpoint)   /* the checkpoint file format */ \
+    X(compiler) \
+    X(residual)     /* residual layers and their log-det estimators */ \
+    X(made_step)    /* MADE sampling step by step, sorted density pass */ \
+    X(ode)          /* ode layers and their solvers */ \
+    X(vi)           /* targets, ELBO, log Z */ \
+    X(vi_fit)       /* fits to targets (seconds each) */ \
+    X(tgemm)        /* runtime/tgemm.c */ \
+    X(alloc_fail)   /* every allocation of a session failing in turn */
 
-/* files area: data, datasets, json, checkpoint */
-Suite *suite_data(void);
-Suite *suite_datasets(void);
-Suite *suite_json(void);
-Suite *suite_checkpoint(void);
-Suite *suite_compiler(void);   /* compiler branch */
-/* residual branch */
-Suite *suite_residual(void);
-Suite *suite_made_step(void);  /* mafperf branch */
+#define FLOW_TEST_DECLARE(name) Suite *suite_##name(void);
+FLOW_TEST_SUITES(FLOW_TEST_DECLARE)
+#undef FLOW_TEST_DECLARE
 
 /* Resolved attributes of a `residual` layer (table order: hidden,
  * activation, coeff, logdet, probe, inverse_tol, inverse_iters); built by
@@ -43,11 +53,6 @@ typedef struct res_attrs {
  * b); act: index into relu, leaky_relu, tanh, elu, softplus. */
 void res_attrs_make(res_attrs *r, int act, double coeff, int mode, double a,
                     int b, double tol, int iters);
-/* -- end residual */
-Suite *suite_ode(void);        /* ode layer and its solvers */
-Suite *suite_vi(void);         /* vi branch: targets, ELBO, log Z */
-Suite *suite_vi_fit(void);     /* vi branch: fits (slow; not valgrind) */
-Suite *suite_tgemm(void);      /* cnfspeed: runtime/tgemm.c */
 
 /* Path of a test plugin (FLOW_TEST_PLUGINS/NAME.so) in one of four
  * rotating static buffers. */

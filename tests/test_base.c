@@ -256,12 +256,18 @@ END_TEST
 Suite *suite_base(void)
 {
     Suite *s = suite_create("base");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("densities");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_closed_forms);
     tcase_add_loop_test(tc, test_normalised_1d, 0, 4);
     tcase_add_test(tc, test_gmm_normalised_2d);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("gradients");
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_gradients_fd, 0, 4);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sampling");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_sampling_moments);
     suite_add_tcase(s, tc);
     return s;

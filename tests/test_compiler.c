@@ -121,7 +121,7 @@ START_TEST(test_params_and_costs)
         "  context c : real[2];\n"
         "  tcoupling(mask = half, hidden = [16]) given c;\n"
         "  tmaf(order = reverse, hidden = [8]);\n"
-        "  output z ~ mixture(3) given c;\n"
+        "  output z ~ mixture(3);\n"
         "}\n");
     const flow_graph *g = flow_compile_graph(c);
     const flow_graph_node *a = flow_graph_node_get(g, 0);
@@ -147,7 +147,7 @@ START_TEST(test_params_and_costs)
     ck_assert_int_eq(base->kind, FLOW_BASE_GMM);
     ck_assert_uint_eq(base->n_args, 1);
     ck_assert_double_eq(base->args[0], 3.0);
-    ck_assert_int_eq(base->uses_context, 1);
+    ck_assert_int_eq(base->uses_context, 0);
     ck_assert_uint_eq(base->n_params, 3 * (2 * 4 + 1));
     ck_assert_uint_eq(flow_graph_params(g), 148 + 112 + 27);
     flow_compile_free(c);
@@ -477,6 +477,88 @@ END_TEST
 
 /* Random token soup and random bytes: never a crash, a hang or a leak, and
  * every failure is located. */
+/* The one error of src (warnings aside): its code, line and column. */
+static void expect_one(const char *src, const char *code, int line, int col)
+{
+    flow_compilation *c = compile(src);
+    const flow_diagnostic *d;
+    size_t i = 0;
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    while ((d = flow_compile_diag(c, i))->severity != FLOW_SEV_ERROR)
+        i++;
+    ck_assert_msg(!strcmp(d->code, code) && d->line == line && d->col == col,
+                  "got %s at %d:%d (%s), want %s at %d:%d", d->code, d->line,
+                  d->col, d->message, code, line, col);
+    flow_compile_free(c);
+}
+
+/* Positions: a byte order mark takes no column; LF, CRLF and a lone CR
+ * each end a line, also after a comment. */
+START_TEST(test_line_ends_and_bom)
+{
+    static const char *const lines[] = {
+        "// a comment", "flow f {", "  input x : real[2];",
+        "  tcoupling(mask = half, hiden = [8]);", "  output z ~ normal;",
+        "}"};
+    static const char *const ends[] = {"\n", "\r\n", "\r"};
+    char src[512];
+    for (int e = 0; e < 3; e++) {
+        src[0] = '\0';
+        for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+            strcat(src, lines[i]);
+            strcat(src, ends[e]);
+        }
+        expect_one(src, "F0103", 4, 26);
+    }
+    expect_one("\xEF\xBB\xBF" "flow f { input x : real[2]; tcoupling(mask "
+               "= half, hiden = 1); output z ~ normal; }", "F0103", 1, 52);
+    expect_one("flow f { input x : real[2]; \xEF\xBB\xBF }", "F0003", 1, 29);
+}
+END_TEST
+
+/* Latent names apart from each other, the input and the context; an exit
+ * in a repeat; a conditional base; an unclosed repeat named with the
+ * statement that cannot be inside it. */
+START_TEST(test_latent_names_and_unclosed)
+{
+    flow_compilation *c;
+    expect_one("flow f {\n  input x : real[4];\n  exit 1 -> x ~ normal;\n"
+               "  output z ~ normal;\n}\n", "F0101", 3, 13);
+    expect_one("flow f {\n  input x : real[4];\n  context c : real[1];\n"
+               "  tcoupling(mask = half) given c;\n  output c ~ normal;\n}\n",
+               "F0101", 5, 10);
+    expect_one("flow f {\n  input x : real[4];\n  exit 1 -> a ~ normal;\n"
+               "  output a ~ normal;\n}\n", "F0101", 4, 10);
+    c = compile("flow f {\n  input x : real[8];\n  repeat 3 {\n"
+                "    exit 1 -> y ~ normal;\n  }\n  output z ~ normal;\n}\n");
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message, "exit name 'y' is "
+                     "given again by the same statement (in a repeat, or a "
+                     "block called more than once)");
+    flow_compile_free(c);
+    expect_one("flow f {\n  input x : real[4];\n  context c : real[1];\n"
+               "  tcoupling(mask = half) given c;\n"
+               "  output z ~ diag_normal given c;\n}\n", "F0305", 5, 32);
+    c = compile("flow f {\n  input x : real[4];\n  repeat 2 {\n"
+                "    tcoupling(mask = half);\n  train { lr = 0.1; }\n"
+                "  output z ~ normal;\n}\n");
+    ck_assert_uint_eq(flow_compile_diag_count(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message, "'}' expected (to "
+                     "close 'repeat' at line 3) before 'train'");
+    ck_assert_int_eq(flow_compile_diag(c, 0)->line, 5);
+    flow_compile_free(c);
+    /* the block's '}' sits under `block`: it closed the block, and the
+     * brace missing is the flow's, at the end of the file */
+    c = compile("block b() {\n  output z ~ normal;\n}\nflow f {\n"
+                "  input x : real[4];\n  b();\n  output z ~ normal;\n");
+    ck_assert_uint_eq(flow_compile_diag_count(c), 1);
+    ck_assert_str_eq(flow_compile_diag(c, 0)->message, "'}' expected (to "
+                     "close 'flow' at line 4)");
+    ck_assert_int_eq(flow_compile_diag(c, 0)->line, 8);
+    flow_compile_free(c);
+}
+END_TEST
+
 START_TEST(test_garbage_never_crashes)
 {
     static const char *const toks[] = {
@@ -676,7 +758,7 @@ END_TEST
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("front_end");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_expansion_and_dep_vecs);
@@ -695,6 +777,8 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_parse_expr_default);
     tcase_add_test(tc, test_garbage_never_crashes);
+    tcase_add_test(tc, test_line_ends_and_bom);
+    tcase_add_test(tc, test_latent_names_and_unclosed);
     suite_add_tcase(s, tc);
     return s;
 }

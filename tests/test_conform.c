@@ -239,7 +239,7 @@ START_TEST(test_autoregressive_conforms)
 }
 END_TEST
 
-/* residual branch: exact mode for the deterministic checks (evaluation
+/* The residual layer: exact mode for the deterministic checks (evaluation
  * mode is exact in every mode, so series/roulette layers take them too);
  * the inverse iterates to a tolerance the FD checks cannot see. */
 static const struct { int act, mode; size_t d, k; double coeff; }
@@ -280,7 +280,6 @@ START_TEST(test_residual_conforms)
     ck_assert_uint_gt(rep.n, 12);
 }
 END_TEST
-/* -- end residual */
 /* Resolved attributes of an ode layer (table order of plugins/ode.c):
  * hidden [12, 10], tanh/softplus/elu, time, solver, trace, gradient, t0,
  * t1, identity_init.  Tolerances tight enough that solver error stays
@@ -434,7 +433,7 @@ END_TEST
 Suite *suite_conform(void)
 {
     Suite *s = suite_create("conform");
-    TCase *tc = tcase_create("core"), *to;
+    TCase *tc = tcase_create("simple_layers");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_actnorm_conforms);
@@ -442,12 +441,24 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_logit_conforms);
     tcase_add_test(tc, test_batchnorm_conforms);
     tcase_add_test(tc, test_linear_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("coupling");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_coupling_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("autoregressive");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_autoregressive_conforms);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("bug_detection");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
     suite_add_tcase(s, tc);
-    /* residual branch: one test per setting, FD through fixed-point
-     * inverses is slow under the sanitizers */
+    /* one test per setting: FD through fixed-point inverses is slow under
+     * the sanitizers */
     tc = tcase_create("residual");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
@@ -456,10 +467,10 @@ Suite *suite_conform(void)
     suite_add_tcase(s, tc);
     /* ode layers solve ODEs to 1e-11 in the float64 build (~15 s with
      * the sanitizers) */
-    to = tcase_create("ode");
-    tcase_add_checked_fixture(to, setup, teardown);
-    tcase_add_test(to, test_ode_conforms);
-    tcase_set_timeout(to, 120);
-    suite_add_tcase(s, to);
+    tc = tcase_create("ode");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_ode_conforms);
+    suite_add_tcase(s, tc);
     return s;
 }

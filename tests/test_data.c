@@ -61,15 +61,18 @@ START_TEST(test_csv_header_and_values)
     ck_assert_uint_eq(d->c, 0);
     ck_assert_str_eq(flow_data_column_name(d, 0), "x");
     ck_assert_str_eq(flow_data_column_name(d, 1), "y");
-    ck_assert(d->x[0] == 1 && d->x[1] == (flow_real)2.5);
-    ck_assert(d->x[2] == -300 && d->x[3] == 4);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2.5);
+    ck_assert_double_eq(d->x[2], -300);
+    ck_assert_double_eq(d->x[3], 4);
     data_free(d);
     /* no header, no final newline, quoted values, blank lines */
     ck_assert_int_eq(read_text("b.csv", "\n1,\"2\"\n\n3,4", NULL, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, 2);
     ck_assert_ptr_null(d->names);
-    ck_assert(d->x[1] == 2 && d->x[3] == 4);
+    ck_assert_double_eq(d->x[1], 2);
+    ck_assert_double_eq(d->x[3], 4);
     data_free(d);
     /* a quoted header name with a comma and a quote */
     ck_assert_int_eq(read_text("c.csv", "\"a,\"\"b\",c\n1,2\n", NULL, &d),
@@ -92,8 +95,12 @@ START_TEST(test_csv_selection)
                                &d), FLOW_OK);
     ck_assert_uint_eq(d->d, 2);
     ck_assert_uint_eq(d->c, 1);
-    ck_assert(d->x[0] == 4 && d->x[1] == 1 && d->x[2] == 8 && d->x[3] == 5);
-    ck_assert(d->ctx[0] == 3 && d->ctx[1] == 7);
+    ck_assert_double_eq(d->x[0], 4);
+    ck_assert_double_eq(d->x[1], 1);
+    ck_assert_double_eq(d->x[2], 8);
+    ck_assert_double_eq(d->x[3], 5);
+    ck_assert_double_eq(d->ctx[0], 3);
+    ck_assert_double_eq(d->ctx[1], 7);
     ck_assert_str_eq(flow_data_column_name(d, 0), "d");
     ck_assert_str_eq(flow_data_column_name(d, 2), "c");
     data_free(d);
@@ -106,14 +113,17 @@ START_TEST(test_csv_selection)
     o.context = "c";
     ck_assert_int_eq(read_text("a.csv", "a,b,c\n1,2,3\n", &o, &d), FLOW_OK);
     ck_assert_uint_eq(d->d, 2);
-    ck_assert(d->x[0] == 1 && d->x[1] == 2 && d->ctx[0] == 3);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2);
+    ck_assert_double_eq(d->ctx[0], 3);
     data_free(d);
     o.columns = "0";
     o.context = NULL;
     ck_assert_int_eq(read_text("a.csv", "1,label\n2,other\n", &o, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, 2);
-    ck_assert(d->x[0] == 1 && d->x[1] == 2);
+    ck_assert_double_eq(d->x[0], 1);
+    ck_assert_double_eq(d->x[1], 2);
     data_free(d);
 }
 END_TEST
@@ -269,7 +279,8 @@ START_TEST(test_csv_many_rows)
     ck_assert_int_eq(data_read(ctx, tu_path(dir, "big.csv"), NULL, &d),
                      FLOW_OK);
     ck_assert_uint_eq(d->n, N);
-    ck_assert(d->x[2 * (N - 1)] == N - 1 && d->x[2 * (N - 1) + 1] == -(N - 1));
+    ck_assert_double_eq(d->x[2 * (N - 1)], N - 1);
+    ck_assert_double_eq(d->x[2 * (N - 1) + 1], -(N - 1));
     data_free(d);
 }
 END_TEST
@@ -319,7 +330,8 @@ START_TEST(test_npy_read)
     ck_assert_uint_eq(d->n, 3);
     ck_assert_uint_eq(d->d, 2);
     for (int i = 0; i < 6; i++)
-        ck_assert(d->x[i] == (flow_real)v8[i]);
+        ck_assert_msg(d->x[i] == (flow_real)v8[i], "x[%d] = %.17g, want %.17g",
+                      i, (double)d->x[i], (double)(flow_real)v8[i]);
     data_free(d);
     /* 1-D <f4 is one column */
     n = make_npy(buf, 1, "{\"shape\": (3,), \"fortran_order\": False, "
@@ -330,7 +342,8 @@ START_TEST(test_npy_read)
     ck_assert_uint_eq(d->n, 3);
     ck_assert_uint_eq(d->d, 1);
     for (int i = 0; i < 3; i++)
-        ck_assert(d->x[i] == (flow_real)v4[i]);
+        ck_assert_msg(d->x[i] == (flow_real)v4[i], "x[%d] = %.17g, want %.17g",
+                      i, (double)d->x[i], (double)(flow_real)v4[i]);
     data_free(d);
 }
 END_TEST
@@ -414,19 +427,19 @@ START_TEST(test_atomic_write)
                                 1), FLOW_ERR_NUMERIC);
     ck_assert_int_eq(tu_count_entries(dir), 0);
     a->x[9] = 1;
-    /* the target is a directory: rename fails, nothing is left over */
+    /* the target is a directory: refused, nothing is left over */
     ck_assert_int_eq(mkdir(tu_path(dir, "sub"), 0755), 0);
     ck_assert_int_eq(data_write(ctx, a, tu_path(dir, "sub"), FLOW_DATA_CSV,
                                 0), FLOW_ERR_IO);
-    snprintf(want, sizeof want, "%s: cannot rename temporary file: Is a "
-             "directory", tu_path(dir, "sub"));
+    snprintf(want, sizeof want, "%s: is a directory", tu_path(dir, "sub"));
     ck_assert_str_eq(flow_errmsg(ctx), want);
     ck_assert_int_eq(tu_count_entries(dir), 1);
     /* a missing directory */
     ck_assert_int_eq(data_write(ctx, a, tu_path(dir, "no/o.csv"),
                                 FLOW_DATA_CSV, 0), FLOW_ERR_IO);
-    snprintf(want, sizeof want, "%s: cannot create temporary file: No such "
-             "file or directory", tu_path(dir, "no/o.csv"));
+    snprintf(want, sizeof want, "%s: cannot create a file in directory "
+             "'%s': No such file or directory", tu_path(dir, "no/o.csv"),
+             tu_path(dir, "no"));
     ck_assert_str_eq(flow_errmsg(ctx), want);
     /* an existing file is replaced whole */
     tu_write(tu_path(dir, "o.csv"), "old contents that are longer\n", 29);
@@ -528,9 +541,12 @@ START_TEST(test_mutations)
         tu_write(p, buf, n);
         rc = data_read(ctx, p, NULL, &d);
         if (rc == FLOW_OK) {
-            ck_assert(d && d->n > 0 && d->d > 0);
+            ck_assert_ptr_nonnull(d);
+            ck_assert_uint_gt(d->n, 0);
+            ck_assert_uint_gt(d->d, 0);
             for (size_t i = 0; i < d->n * d->d; i++)
-                ck_assert(isfinite(d->x[i]));
+                ck_assert_msg(isfinite(d->x[i]), "x[%zu] = %g", i,
+                              (double)d->x[i]);
             ok++;
             data_free(d);
         } else {
@@ -556,10 +572,127 @@ START_TEST(test_crc32c)
 }
 END_TEST
 
+/* Hexadecimal floats are refused where they are (strtod would read 0x1p3
+ * as 8); non-zero values that underflow to 0 are counted in one note. */
+START_TEST(test_csv_hex_and_underflow)
+{
+    flow_data *d;
+    char want[512];
+    /* the smallest positive normal of the other precision underflows in
+     * float32; 1e-400 underflows in float64 */
+    const char *tiny = FLOW_REAL_DOUBLE ? "1e-400" : "1e-50";
+    char text[128];
+    expect_csv_error("x,y\n1,2\n3,0x1p3\n", NULL,
+                     ":3:2: hexadecimal value '0x1p3' (write numbers in "
+                     "decimal)");
+    expect_csv_error("1,-0X10\n", NULL,
+                     ":1:2: hexadecimal value '-0X10' (write numbers in "
+                     "decimal)");
+    snprintf(text, sizeof text, "x,y\n1,2\n%s,3\n4,-%s\n5,0e-999\n", tiny,
+             tiny);
+    ck_assert_int_eq(read_text("u.csv", text, NULL, &d), FLOW_OK);
+    ck_assert_uint_eq(d->n, 4);
+    ck_assert_double_eq(d->x[2], 0);
+    ck_assert_double_eq(d->x[5], 0);
+    /* "0e-999" is a zero, not an underflow: two values are counted */
+    snprintf(want, sizeof want, "%s:3:1: 2 non-zero values underflowed to 0 "
+             "in %s (the first: '%s')", tu_path(dir, "u.csv"),
+             FLOW_REAL_NAME, tiny);
+    ck_assert_str_eq(flow_data_note(d), want);
+    data_free(d);
+    ck_assert_int_eq(read_text("v.csv", "1,2\n0,0.0\n", NULL, &d), FLOW_OK);
+    ck_assert_ptr_null(flow_data_note(d));
+    data_free(d);
+}
+END_TEST
+
+/* data_locate: the file's line and column of a value, through blank
+ * lines, quoted line breaks and a column selection; NPY indices; a data
+ * set made in memory. */
+START_TEST(test_locate)
+{
+    data_opts o = {"b,a", "c", 0};
+    flow_data *d;
+    char buf[512], want[512];
+    double v8[4] = {1, 2, 3, 4};
+    unsigned char npy[512];
+    size_t n;
+    ck_assert_int_eq(read_text("l.csv", "a,note,b,c\n1,x,2,3\n\n"
+                               "4,\"two\nlines\",5,6\n7,y,8,9\n", &o, &d),
+                     FLOW_OK);
+    ck_assert_uint_eq(d->n, 3);
+    /* rows on lines 2, 4 (its note runs to line 5) and 6; data columns
+     * b (file column 3) and a (1), context c (4) */
+    data_locate(d, 0, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:2:3", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 1, 1, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:4:1", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    flow_data_locate(d, 2, 2, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:6:4", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 2, SIZE_MAX, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:6", tu_path(dir, "l.csv"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* consecutive lines keep no table */
+    ck_assert_int_eq(read_text("m.csv", "x\n1\n2\n3\n", NULL, &d), FLOW_OK);
+    ck_assert_ptr_null(d->lines);
+    data_locate(d, 2, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s:4:1", tu_path(dir, "m.csv"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* NPY: 0-based [row, column] as numpy indexes it */
+    n = make_npy(npy, 1, "{'descr': '<f8', 'fortran_order': False, "
+                 "'shape': (2, 2), }", v8, sizeof v8);
+    tu_write(tu_path(dir, "l.npy"), npy, n);
+    ck_assert_int_eq(data_read(ctx, tu_path(dir, "l.npy"), NULL, &d),
+                     FLOW_OK);
+    data_locate(d, 1, 0, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s: [1, 0]", tu_path(dir, "l.npy"));
+    ck_assert_str_eq(buf, want);
+    data_locate(d, 1, SIZE_MAX, buf, sizeof buf);
+    snprintf(want, sizeof want, "%s: [1, :]", tu_path(dir, "l.npy"));
+    ck_assert_str_eq(buf, want);
+    data_free(d);
+    /* made in memory: the row, 1-based */
+    d = data_new(ctx, 3, 1, 0);
+    ck_assert_ptr_nonnull(d);
+    data_locate(d, 2, 0, buf, sizeof buf);
+    ck_assert_str_eq(buf, "row 3");
+    data_free(d);
+}
+END_TEST
+
+/* NaN and Inf are written only when asked (flow_data_allow_nonfinite). */
+START_TEST(test_write_nonfinite)
+{
+    flow_data *d = data_new(ctx, 2, 1, 0);
+    const char *p = tu_path(dir, "nf.csv");
+    char want[256], *text;
+    size_t len;
+    ck_assert_ptr_nonnull(d);
+    d->x[0] = 1;
+    d->x[1] = -INFINITY;
+    ck_assert_int_eq(data_write(ctx, d, p, FLOW_DATA_CSV, 1),
+                     FLOW_ERR_NUMERIC);
+    snprintf(want, sizeof want, "%s: cannot write NaN or Inf (row 1, "
+             "column 0)", p);
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    flow_data_allow_nonfinite(d, 1);
+    ck_assert_int_eq(data_write(ctx, d, p, FLOW_DATA_CSV, 1), FLOW_OK);
+    text = (char *)tu_read(p, &len);
+    ck_assert_str_eq(text, "x0\n1\n-inf\n");
+    free(text);
+    data_free(d);
+}
+END_TEST
+
 Suite *suite_data(void)
 {
     Suite *s = suite_create("data");
-    TCase *tc = tcase_create("files");
+    TCase *tc = tcase_create("csv");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_csv_header_and_values);
@@ -568,12 +701,27 @@ Suite *suite_data(void)
     tcase_add_test(tc, test_csv_long_lines);
     tcase_add_test(tc, test_round_trip_bits);
     tcase_add_test(tc, test_csv_many_rows);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("npy");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_npy_read);
     tcase_add_test(tc, test_npy_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("files");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_atomic_write);
     tcase_add_test(tc, test_stdin);
-    tcase_add_test(tc, test_mutations);
     tcase_add_test(tc, test_crc32c);
+    tcase_add_test(tc, test_csv_hex_and_underflow);
+    tcase_add_test(tc, test_locate);
+    tcase_add_test(tc, test_write_nonfinite);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("mutations");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;
 }

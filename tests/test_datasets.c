@@ -33,7 +33,7 @@ static flow_data *gen(const char *name, size_t n, uint64_t seed,
     ck_assert_uint_eq(d->n, n);
     ck_assert_uint_eq(d->d, 2);
     for (size_t i = 0; i < 2 * n; i++)
-        ck_assert(isfinite(d->x[i]));
+        ck_assert_msg(isfinite(d->x[i]), "x[%zu] = %g", i, (double)d->x[i]);
     return d;
 }
 
@@ -81,7 +81,7 @@ START_TEST(test_8gaussians)
                                 -log(8.0) - entropy + 2 * overlap,
                                 5.0 / sqrt(N));
         /* and the correction is resolved at this N */
-        ck_assert(2 * overlap > 2.5 / sqrt(N));
+        ck_assert_double_gt(2 * overlap, 2.5 / sqrt(N));
     }
     free(lp);
     data_free(d);
@@ -111,7 +111,8 @@ START_TEST(test_8gaussians_labels)
             if (d->ctx[i * 8 + j] == 1)
                 k = j;
         }
-        ck_assert(sum == 1 && k >= 0);
+        ck_assert_msg(sum == 1 && k >= 0, "row %zu: one-hot sum %g, hot %d",
+                      i, sum, k);
         ck_assert_double_eq_tol(x, 4 / 1.414 * cos(PI / 4 * ang[k]), 2.0);
         ck_assert_double_eq_tol(y, 4 / 1.414 * sin(PI / 4 * ang[k]), 2.0);
     }
@@ -128,7 +129,8 @@ START_TEST(test_checkerboard)
     for (size_t i = 0; i < N; i++) {
         double x = d->x[2 * i], y = d->x[2 * i + 1];
         int a = (int)floor(x / 2), b = (int)floor(y / 2);
-        ck_assert(x >= -4 && x < 4 && y >= -4 && y < 4);
+        ck_assert_msg(x >= -4 && x < 4 && y >= -4 && y < 4,
+                      "row %zu: (%g, %g) outside [-4, 4)^2", i, x, y);
         /* black squares: a + b even */
         ck_assert_msg(((a + b) % 2 + 2) % 2 == 0, "(%g, %g) on white", x, y);
         cells[a + 2][b + 2]++;
@@ -150,7 +152,8 @@ static double integrate(const datasets_params *p, double L, size_t m)
     double h = 2 * L / (double)m, sum = 0;
     flow_real *x = malloc(2 * m * sizeof *x);
     double *lp = malloc(m * sizeof *lp);
-    ck_assert(x && lp);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(lp);
     for (size_t i = 0; i < m; i++) {
         for (size_t j = 0; j < m; j++) {
             x[2 * j] = (flow_real)(-L + h * ((double)i + 0.5));
@@ -205,7 +208,8 @@ START_TEST(test_gmm)
     }
     for (int j = 0; j < 5; j++) {
         mean[j] /= N;
-        ck_assert(mean[j] > -4 && mean[j] < 4);
+        ck_assert_msg(mean[j] > -4 && mean[j] < 4, "mean[%d] = %g", j,
+                      mean[j]);
     }
     /* E[log p] = -H = -(D/2) log(2 pi e s^2); sd of log p sqrt(D/2) */
     ck_assert_double_eq_tol(mlp / N, -2.5 * log(2 * PI * exp(1.0) * 0.25),
@@ -223,7 +227,8 @@ START_TEST(test_gmm)
         ck_assert_int_eq(datasets_logprob(ctx, &p, x, 1, &b), FLOW_OK);
         p.means_seed = 5;
         ck_assert_int_eq(datasets_logprob(ctx, &p, x, 1, &c), FLOW_OK);
-        ck_assert(a == b && a != c);
+        ck_assert_double_eq(a, b);
+        ck_assert_double_ne(a, c);
     }
 }
 END_TEST
@@ -362,7 +367,7 @@ START_TEST(test_public_generate)
     ck_assert_uint_eq(flow_data_dim(d), 2);
     ck_assert_uint_eq(flow_data_context_dim(d), 9);
     ck_assert_str_eq(flow_data_column_name(d, 10), "logprob");
-    ck_assert(flow_data_context(d)[8] < 0);
+    ck_assert_double_lt(flow_data_context(d)[8], 0);
     flow_data_free(d);
 }
 END_TEST
@@ -370,15 +375,23 @@ END_TEST
 Suite *suite_datasets(void)
 {
     Suite *s = suite_create("datasets");
-    TCase *tc = tcase_create("builtin");
+    TCase *tc = tcase_create("samples");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_8gaussians);
     tcase_add_test(tc, test_8gaussians_labels);
     tcase_add_test(tc, test_checkerboard);
-    tcase_add_test(tc, test_densities_integrate_to_one);
     tcase_add_test(tc, test_gmm);
     tcase_add_test(tc, test_shapes);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("densities");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_densities_integrate_to_one);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("api");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_public_generate);

@@ -46,7 +46,8 @@ START_TEST(test_values)
     a = json_get(r, "a");
     ck_assert_ptr_nonnull(a);
     ck_assert_uint_eq(a->len, 6);
-    ck_assert(a->items[0].num == 1 && a->items[1].num == -2500);
+    ck_assert_double_eq(a->items[0].num, 1);
+    ck_assert_double_eq(a->items[1].num, -2500);
     ck_assert_int_eq(a->items[3].type, JSON_TRUE);
     ck_assert_int_eq(a->items[4].type, JSON_FALSE);
     ck_assert_int_eq(a->items[5].type, JSON_NULL);
@@ -64,10 +65,10 @@ START_TEST(test_values)
     d = parse_ok("[18446744073709551615, 18446744073709551616, 9007199254"
                  "740993]");
     ck_assert_int_eq(json_u64(&json_root(d)->items[0], &u), 0);
-    ck_assert(u == UINT64_MAX);
+    ck_assert_uint_eq(u, UINT64_MAX);
     ck_assert_int_eq(json_u64(&json_root(d)->items[1], &u), -1);
     ck_assert_int_eq(json_u64(&json_root(d)->items[2], &u), 0);
-    ck_assert(u == 9007199254740993ull);
+    ck_assert_uint_eq(u, 9007199254740993ull);
     json_free(d);
     /* \u0000 inside a string keeps its length */
     d = parse_ok("\"a\\u0000b\"");
@@ -149,10 +150,10 @@ START_TEST(test_many_keys)
     for (int i = 0; i < 100000; i++)
         json_buf_printf(&b, "%s\"k%d\":%d", i ? "," : "", i, i);
     json_buf_raw(&b, "}", 1);
-    ck_assert(!b.oom);
+    ck_assert_int_eq(b.oom, 0);
     ck_assert_int_eq(json_parse(ctx, "t", b.s, b.len, 64, &d), FLOW_OK);
     ck_assert_uint_eq(json_root(d)->len, 100000);
-    ck_assert(json_get(json_root(d), "k99999")->num == 99999);
+    ck_assert_double_eq(json_get(json_root(d), "k99999")->num, 99999);
     json_free(d);
     b.len--;
     json_buf_raw(&b, ",\"k5\":1}", 8);
@@ -171,7 +172,8 @@ START_TEST(test_writer_round_trip)
     json_buf b;
     json_buf_init(&b);
     json_buf_value(&b, json_root(d));
-    ck_assert(!b.oom && !b.bad_utf8);
+    ck_assert_int_eq(b.oom, 0);
+    ck_assert_int_eq(b.bad_utf8, 0);
     ck_assert_str_eq(b.s, src);
     /* and what it writes parses again to the same text */
     ck_assert_int_eq(json_parse(ctx, "t", b.s, b.len, 64, &d2), FLOW_OK);
@@ -184,11 +186,12 @@ START_TEST(test_writer_round_trip)
     /* invalid UTF-8 is flagged and replaced so the output stays JSON */
     json_buf_init(&b);
     json_buf_string(&b, "a\xff" "b", 3);
-    ck_assert(b.bad_utf8);
+    ck_assert_int_ne(b.bad_utf8, 0);
     ck_assert_str_eq(b.s, "\"a\xef\xbf\xbd" "b\"");
     json_buf_free(&b);
-    ck_assert(json_utf8_valid("\xf0\x9f\x98\x80", 4));
-    ck_assert(!json_utf8_valid("\xf4\x90\x80\x80", 4));  /* > U+10FFFF */
+    ck_assert_int_ne(json_utf8_valid("\xf0\x9f\x98\x80", 4), 0);
+    /* above U+10FFFF */
+    ck_assert_int_eq(json_utf8_valid("\xf4\x90\x80\x80", 4), 0);
 }
 END_TEST
 
@@ -231,7 +234,8 @@ START_TEST(test_mutations)
             json_buf_init(&b1);
             json_buf_init(&b2);
             json_buf_value(&b1, json_root(d));
-            ck_assert(!b1.oom && !b1.bad_utf8);
+            ck_assert_int_eq(b1.oom, 0);
+            ck_assert_int_eq(b1.bad_utf8, 0);
             ck_assert_int_eq(json_parse(ctx, "t", b1.s, b1.len, 8, &d2),
                              FLOW_OK);
             json_buf_value(&b2, json_root(d2));
@@ -254,14 +258,22 @@ END_TEST
 Suite *suite_json(void)
 {
     Suite *s = suite_create("json");
-    TCase *tc = tcase_create("json");
+    TCase *tc = tcase_create("parser");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_values);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_depth_limit);
     tcase_add_test(tc, test_many_keys);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("writer");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_writer_round_trip);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("mutations");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_mutations);
     suite_add_tcase(s, tc);
     return s;

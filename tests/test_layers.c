@@ -259,12 +259,20 @@ END_TEST
 Suite *suite_layers(void)
 {
     Suite *s = suite_create("layers");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("autoregressive");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_iaf_with_maf_weights_is_maf_inverse);
     tcase_add_test(tc, test_sequential_directions_64d);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("coupling");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_coupling_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("inverse_gradients");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_model_inverse_grad);
     suite_add_tcase(s, tc);
     return s;

@@ -1,5 +1,7 @@
-/* test_loader.c - the plugin loader: search path, ABI checks and the exact
- * message of every loader error. */
+/* test_loader.c - the plugin loader: search path, ABI checks, the exact
+ * message of every loader error, and a layer type without the optional
+ * callbacks loaded and run in a model. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,10 +224,80 @@ START_TEST(test_version)
 }
 END_TEST
 
+/* A layer type with NULL workspace and init (ABI 1.4) loads, starts from
+ * the host's zero parameters and runs both directions and the gradient in
+ * a model, on one thread and on two (each with an empty workspace). */
+START_TEST(test_null_workspace_and_init)
+{
+    enum { N = 64, D = 3 };
+    static const flow_real b[D] = {0.5f, -1.25f, 2.0f};
+    flow_real x[N * D], z[N * D], back[N * D], ld[N], lp[N];
+    flow_real grad[D];
+    double mean_logp, want_mean = 0, want_grad[D] = {0};
+    const flow_layer_type *t;
+    flow_model *m;
+    ck_assert_int_eq(flow_plugin_load(ctx, test_plugin("minimal")), FLOW_OK);
+    t = flow_layer_type_find(ctx, "minimal_shift", NULL);
+    ck_assert_ptr_nonnull(t);
+    ck_assert_ptr_null(t->workspace);
+    ck_assert_ptr_null(t->init);
+    for (int i = 0; i < N * D; i++)
+        x[i] = (flow_real)(1.7 * sin(0.37 * i + 0.2));
+    for (size_t threads = 1; threads <= 2; threads++) {
+        m = flow_model_new(ctx, D, 0);
+        ck_assert_ptr_nonnull(m);
+        ck_assert_msg(flow_model_add_layer(m, "minimal_shift", NULL, NULL, 0,
+                                           0, 0, 0) == FLOW_OK,
+                      "%s", flow_errmsg(ctx));
+        ck_assert_msg(flow_model_finish(m, 7) == FLOW_OK, "%s",
+                      flow_errmsg(ctx));
+        ck_assert_int_eq(flow_model_set_threads(m, threads), FLOW_OK);
+        ck_assert_uint_eq(flow_model_num_params(m), D);
+        /* no init: the host's zeros, so the layer is the identity */
+        for (int i = 0; i < D; i++)
+            ck_assert_double_eq(flow_model_params(m)[i], 0.0);
+        ck_assert_int_eq(flow_model_forward(m, N, x, NULL, z, ld), FLOW_OK);
+        for (int i = 0; i < N * D; i++)
+            ck_assert_double_eq(z[i], x[i]);
+        memcpy(flow_model_params(m), b, sizeof b);
+        ck_assert_int_eq(flow_model_forward(m, N, x, NULL, z, ld), FLOW_OK);
+        ck_assert_int_eq(flow_model_inverse(m, N, z, NULL, back, NULL),
+                         FLOW_OK);
+        ck_assert_int_eq(flow_model_log_prob(m, N, x, NULL, lp), FLOW_OK);
+        for (int r = 0; r < N; r++) {
+            double want = -0.5 * D * log(2 * M_PI);
+            for (int i = 0; i < D; i++) {
+                double zi = (double)x[r * D + i] + b[i];
+                ck_assert_double_eq_tol(z[r * D + i], zi, 4 * TEST_EPS);
+                ck_assert_double_eq_tol(back[r * D + i], x[r * D + i],
+                                        8 * TEST_EPS);
+                want -= 0.5 * zi * zi;
+            }
+            ck_assert_double_eq(ld[r], 0.0);
+            ck_assert_double_eq_tol(lp[r], want, 100 * TEST_EPS);
+        }
+        /* mean log p = mean(-|x + b|^2 / 2) + const: d/db = -mean(x + b) */
+        ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &mean_logp,
+                                                grad), FLOW_OK);
+        for (int i = 0; i < D; i++) {
+            want_grad[i] = 0;
+            for (int r = 0; r < N; r++)
+                want_grad[i] -= ((double)x[r * D + i] + b[i]) / N;
+            ck_assert_double_eq_tol(grad[i], want_grad[i], 100 * TEST_EPS);
+        }
+        want_mean = 0;
+        for (int r = 0; r < N; r++)
+            want_mean += (double)lp[r] / N;
+        ck_assert_double_eq_tol(mean_logp, want_mean, 100 * TEST_EPS);
+        flow_model_free(m);
+    }
+}
+END_TEST
+
 Suite *suite_loader(void)
 {
     Suite *s = suite_create("loader");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("plugins");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_good_plugin_loads);
     tcase_add_test(tc, test_not_found_lists_dirs);
@@ -240,6 +312,10 @@ Suite *suite_loader(void)
     tcase_add_test(tc, test_load_all_reports_bad_file);
     tcase_add_test(tc, test_bundled_plugins_found_by_name);
     tcase_add_test(tc, test_version);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("optional_callbacks");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_null_workspace_and_init);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,4 +1,4 @@
-/* test_made_step.c - the MADE speed paths (mafperf): sampling degree by
+/* test_made_step.c - the MADE speed paths: sampling degree by
  * degree (nn_made_step) against dense forward passes on random weights,
  * masked weights included, and through 64 sequential affine inversions;
  * premasked nets (gradients of masked weights exactly 0, the check and
@@ -116,7 +116,14 @@ START_TEST(test_step_matches_forward)
     y = malloc(N * d * out * sizeof *y);
     th = malloc(N * out * sizeof *th);
     xp = malloc(N * sizeof *xp);
-    ck_assert(order && by_deg && p && x && c && y && th && xp);
+    ck_assert_ptr_nonnull(order);
+    ck_assert_ptr_nonnull(by_deg);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_nonnull(th);
+    ck_assert_ptr_nonnull(xp);
     rng_normal(&r, p, np);               /* every weight, masked or not */
     rng_normal(&r, x, N * d);
     rng_normal(&r, c, N * k);
@@ -276,9 +283,13 @@ START_TEST(test_step_errors)
     }
     {
         const flow_host *h = flow_host_services();
-        ck_assert(FLOW_HOST_HAS(h, net_mask_params));
-        ck_assert(h->net_made_step == nn_made_step &&
-                  h->net_mask_params == nn_mask_params);
+        ck_assert_msg(FLOW_HOST_HAS(h, net_mask_params), "host table of "
+                      "%zu bytes lacks net_mask_params",
+                      (size_t)h->struct_size);
+        ck_assert_msg(h->net_made_step == nn_made_step,
+                      "host net_made_step is not nn_made_step");
+        ck_assert_msg(h->net_mask_params == nn_mask_params,
+                      "host net_mask_params is not nn_mask_params");
     }
     free(ws);
     free(p);
@@ -310,7 +321,10 @@ START_TEST(test_premasked)
     q = malloc(np * sizeof *q);
     ga = calloc(np, sizeof *ga);
     gb = calloc(np, sizeof *gb);
-    ck_assert(p && q && ga && gb);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(q);
+    ck_assert_ptr_nonnull(ga);
+    ck_assert_ptr_nonnull(gb);
     nn_init(pm, p, &r);
     ck_assert_int_eq(nn_mask_params(pm, p, NULL), 0);   /* init is clean */
     rng_normal(&r, p, np);                              /* now it is not */
@@ -338,16 +352,21 @@ START_TEST(test_premasked)
                 ck_assert_msg(ga[wo + i] == 0 && !signbit(ga[wo + i]),
                               "masked gradient %zu.%zu = %g", l, i,
                               (double)ga[wo + i]);
-                ck_assert(q[wo + i] == 0);
+                ck_assert_msg(q[wo + i] == 0, "masked weight %zu.%zu = %g", l,
+                              i, (double)q[wo + i]);
             } else {
                 ck_assert_msg(ga[wo + i] == gb[wo + i], "gradient %zu.%zu: "
                               "%.9g vs %.9g", l, i, (double)ga[wo + i],
                               (double)gb[wo + i]);
-                ck_assert(q[wo + i] == p[wo + i]);
+                ck_assert_msg(q[wo + i] == p[wo + i], "weight %zu.%zu: %.9g "
+                              "vs %.9g", l, i, (double)q[wo + i],
+                              (double)p[wo + i]);
             }
         }
         for (size_t j = 0; j < rows; j++)
-            ck_assert(ga[bo + j] == gb[bo + j]);
+            ck_assert_msg(ga[bo + j] == gb[bo + j], "bias gradient %zu.%zu: "
+                          "%.9g vs %.9g", l, j, (double)ga[bo + j],
+                          (double)gb[bo + j]);
     }
     free(wa);
     free(wb);
@@ -436,8 +455,12 @@ START_TEST(test_adam_keeps_masks)
                          FLOW_OK);
         for (size_t i = 0; i < rows * cols; i++) {
             if (!mk[i])
-                ck_assert(p[wo + i] == 0 && flow_trainer_adam_m(t)[wo + i]
-                          == 0 && flow_trainer_adam_v(t)[wo + i] == 0);
+                ck_assert_msg(p[wo + i] == 0 && flow_trainer_adam_m(t)[wo + i]
+                              == 0 && flow_trainer_adam_v(t)[wo + i] == 0,
+                              "masked %zu.%zu: weight %g, Adam m %g, v %g", l,
+                              i, (double)p[wo + i],
+                              (double)flow_trainer_adam_m(t)[wo + i],
+                              (double)flow_trainer_adam_v(t)[wo + i]);
             else
                 nz += p[wo + i] != 0;
         }
@@ -508,8 +531,21 @@ START_TEST(test_sorted_matches_dense)
     dy = malloc(N * yw * sizeof *dy);
     dx1 = malloc(N * d * sizeof *dx1);
     dx2 = malloc(N * d * sizeof *dx2);
-    ck_assert(order && p && pm && g1 && g2 && sw && x && c && dc1 && dc2 &&
-              y1 && y2 && dy && dx1 && dx2);
+    ck_assert_ptr_nonnull(order);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(pm);
+    ck_assert_ptr_nonnull(g1);
+    ck_assert_ptr_nonnull(g2);
+    ck_assert_ptr_nonnull(sw);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(dc1);
+    ck_assert_ptr_nonnull(dc2);
+    ck_assert_ptr_nonnull(y1);
+    ck_assert_ptr_nonnull(y2);
+    ck_assert_ptr_nonnull(dy);
+    ck_assert_ptr_nonnull(dx1);
+    ck_assert_ptr_nonnull(dx2);
     rng_normal(&r, p, np);               /* masked weights too: garbage */
     ck_assert_int_eq(nn_mask_params(net, p, pm), 1);
     rng_normal(&r, x, N * d);
@@ -551,7 +587,8 @@ START_TEST(test_sorted_matches_dense)
         nn_layer_shape(net, l, &rows, &cols, &wo, NULL);
         for (size_t i = 0; i < rows * cols; i++)
             if (!mk[i])
-                ck_assert(g2[wo + i] == 0);
+                ck_assert_msg(g2[wo + i] == 0, "case %d: masked gradient "
+                              "%zu.%zu = %g", _i, l, i, (double)g2[wo + i]);
     }
     /* a tape of another kind is refused both ways */
     ck_assert_int_eq(nn_made_backward(net, sw, N, ws1, dy, dx2, NULL, NULL),
@@ -604,7 +641,13 @@ START_TEST(test_step_sorted_same)
     t1 = malloc(N * out * sizeof *t1);
     t2 = malloc(N * out * sizeof *t2);
     xp = malloc(N * sizeof *xp);
-    ck_assert(order && p && sw && c && t1 && t2 && xp);
+    ck_assert_ptr_nonnull(order);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(sw);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(t1);
+    ck_assert_ptr_nonnull(t2);
+    ck_assert_ptr_nonnull(xp);
     rng_normal(&r, p, np);
     rng_normal(&r, c, N * k);
     ck_assert_int_eq(nn_made_sort(net, p, sw), FLOW_OK);
@@ -670,17 +713,23 @@ END_TEST
 Suite *suite_made_step(void)
 {
     Suite *s = suite_create("made_step");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("step");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_step_matches_forward, 0,
                         (int)(sizeof cases / sizeof cases[0]));
     tcase_add_test(tc, test_step_sampling_64d);
+    tcase_add_test(tc, test_step_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sorted");
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_sorted_matches_dense, 0,
                         (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
     tcase_add_test(tc, test_sorted_unsupported);
     tcase_add_loop_test(tc, test_step_sorted_same, 0,
                         (int)(sizeof sorted_cases / sizeof sorted_cases[0]));
-    tcase_add_test(tc, test_step_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("masks");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_premasked);
     tcase_add_test(tc, test_adam_keeps_masks);
     suite_add_tcase(s, tc);

@@ -1,10 +1,14 @@
 /* test_model.c - models built by calls and run in both directions: round
  * trips, exits, log-densities against hand computation and normalisation,
  * gradients against finite differences, data-dependent init, errors. */
+#include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/ctx.h"
 #include "flow/flow.h"
 #include "suites.h"
 
@@ -268,7 +272,7 @@ START_TEST(test_data_init_normalises_once)
         for (int i = 0; i < D; i++)
             x[r * D + i] = (flow_real)(5.0 * i - 2 + (i + 1) * sin(r * 0.37 + i));
     ck_assert_int_eq(flow_model_data_init(m, N, x, NULL), FLOW_OK);
-    ck_assert(flow_model_buffers(m)[0] == 1);
+    ck_assert_double_eq(flow_model_buffers(m)[0], 1);
     ck_assert_int_eq(flow_model_forward(m, N, x, NULL, z, NULL), FLOW_OK);
     for (int i = 0; i < D; i++) {
         double mean = 0, var = 0;
@@ -283,7 +287,7 @@ START_TEST(test_data_init_normalises_once)
     /* a second data init (e.g. after loading a checkpoint) changes nothing */
     flow_model_params(m)[0] = 0.25f;
     ck_assert_int_eq(flow_model_data_init(m, N, x, NULL), FLOW_OK);
-    ck_assert(flow_model_params(m)[0] == 0.25f);
+    ck_assert_double_eq(flow_model_params(m)[0], 0.25f);
     flow_model_free(m);
 }
 END_TEST
@@ -480,10 +484,243 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* Adds `info` to c's plugins as if a plugin file had provided it: layer
+ * types the loader would check differently (here: without the optional
+ * callbacks) reach the executor directly. */
+static void add_inline_plugin(flow_ctx *c, const flow_plugin_info *info)
+{
+    loaded_plugin *p;
+    if (c->n_plugins == c->cap_plugins) {
+        size_t cap = c->cap_plugins ? 2 * c->cap_plugins : 4;
+        p = realloc(c->plugins, cap * sizeof *p);
+        ck_assert_ptr_nonnull(p);
+        c->plugins = p;
+        c->cap_plugins = cap;
+    }
+    p = &c->plugins[c->n_plugins];
+    p->file = strdup("inline-test-plugin");
+    p->handle = dlopen(NULL, RTLD_NOW);     /* dlclose'd with the rest */
+    p->info = info;
+    ck_assert_ptr_nonnull(p->file);
+    ck_assert_ptr_nonnull(p->handle);
+    c->n_plugins++;
+}
+
+/* A layer type without `workspace` and `init` (both optional) runs like
+ * the same type with the stubs "0 bytes" and "nothing to do": linear's
+ * return 0 and zero the parameters the host already zeroed, so the two
+ * models give the same bits, on one thread and on two. */
+START_TEST(test_optional_callbacks_null)
+{
+    enum { N = 300, D = 3 };
+    static flow_layer_type bare;
+    static const flow_layer_type *const bare_layers[] = {&bare};
+    static const flow_plugin_info bare_info = {
+        FLOW_PLUGIN_INFO_HEAD, "bare", "0", "linear without the optional "
+        "callbacks", 1, bare_layers, 0, NULL};
+    static flow_real x[N * D], z1[N * D], z2[N * D], x2[N * D];
+    static flow_real ld1[N], ld2[N], lp1[N], lp2[N];
+    const flow_layer_type *lin = flow_layer_type_find(ctx, "linear", NULL);
+    flow_attr_value perm;
+    flow_model *ms[2];
+    flow_real *g[2];
+    double f[2];
+    size_t np;
+    ck_assert_ptr_nonnull(lin);
+    bare = *lin;
+    bare.name = "linear_bare";
+    bare.workspace = NULL;
+    bare.init = NULL;
+    add_inline_plugin(ctx, &bare_info);
+    memset(&perm, 0, sizeof perm);
+    perm.type = FLOW_ATTR_VARIANT;
+    perm.i = 1;                             /* reverse */
+    for (int threads = 1; threads <= 2; threads++) {
+        for (int k = 0; k < 2; k++) {
+            ms[k] = flow_model_new(ctx, D, 0);
+            ck_assert_ptr_nonnull(ms[k]);
+            ck_assert_msg(flow_model_add_layer(ms[k], k ? "linear_bare"
+                                               : "linear", NULL, &perm, 1, 0,
+                                               0, 0) == FLOW_OK, "%s",
+                          flow_errmsg(ctx));
+            ck_assert_msg(flow_model_finish(ms[k], 1) == FLOW_OK, "%s",
+                          flow_errmsg(ctx));
+            ck_assert_int_eq(flow_model_set_threads(ms[k], (size_t)threads),
+                             FLOW_OK);
+        }
+        np = flow_model_num_params(ms[0]);
+        ck_assert_uint_eq(flow_model_num_params(ms[1]), np);
+        for (size_t j = 0; j < np; j++)
+            ck_assert_msg(flow_model_params(ms[1])[j] == 0,
+                          "param %zu of the layer without init: %g", j,
+                          (double)flow_model_params(ms[1])[j]);
+        randomise(ms[0], 5);
+        randomise(ms[1], 5);
+        for (int i = 0; i < N * D; i++)
+            x[i] = (flow_real)(1.5 * sin(0.3 * i) + 0.05 * (i % 5));
+        ck_assert_int_eq(flow_model_forward(ms[0], N, x, NULL, z1, ld1),
+                         FLOW_OK);
+        ck_assert_msg(flow_model_forward(ms[1], N, x, NULL, z2, ld2)
+                      == FLOW_OK, "%s", flow_errmsg(ctx));
+        ck_assert_mem_eq(z1, z2, sizeof z1);
+        ck_assert_mem_eq(ld1, ld2, sizeof ld1);
+        ck_assert_int_eq(flow_model_inverse(ms[1], N, z2, NULL, x2, NULL),
+                         FLOW_OK);
+        for (int i = 0; i < N * D; i++)
+            ck_assert_double_eq_tol(x2[i], x[i], 1e2 * TEST_EPS
+                                    * (1 + fabs(x[i])));
+        ck_assert_int_eq(flow_model_log_prob(ms[0], N, x, NULL, lp1), FLOW_OK);
+        ck_assert_int_eq(flow_model_log_prob(ms[1], N, x, NULL, lp2), FLOW_OK);
+        ck_assert_mem_eq(lp1, lp2, sizeof lp1);
+        for (int k = 0; k < 2; k++) {
+            g[k] = malloc(np * sizeof *g[k]);
+            ck_assert_ptr_nonnull(g[k]);
+            ck_assert_int_eq(flow_model_loglik_grad(ms[k], N, x, NULL, &f[k],
+                                                    g[k]), FLOW_OK);
+        }
+        ck_assert_double_eq(f[0], f[1]);
+        ck_assert_mem_eq(g[0], g[1], np * sizeof *g[0]);
+        for (int k = 0; k < 2; k++) {
+            free(g[k]);
+            flow_model_free(ms[k]);
+        }
+    }
+}
+END_TEST
+
+/* --- flow_model_add and its wrappers ----------------------------------- */
+
+static flow_attr_value real_attr(double r)
+{
+    flow_attr_value v;
+    memset(&v, 0, sizeof v);
+    v.type = FLOW_ATTR_REAL;
+    v.r = r;
+    return v;
+}
+
+/* A finished 2-D model of actnorm "norm1" and a reversal, its parameters
+ * randomised; the message of data-dependent init on one row (which
+ * actnorm refuses, naming the layer's place) copied into msg. */
+static flow_model *finish_probe(flow_model *m, char *msg, size_t cap)
+{
+    flow_real x[2] = {0.25, -1.5};
+    ck_assert_msg(flow_model_finish(m, 5) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_data_init(m, 1, x, NULL), FLOW_ERR);
+    snprintf(msg, cap, "%s", flow_errmsg(ctx));
+    randomise(m, 11);
+    return m;
+}
+
+START_TEST(test_add_struct_matches_wrappers)
+{
+    enum { N = 4 };
+    flow_attr_value eps = real_attr(1e-6), order;
+    flow_model *a = flow_model_new(ctx, 2, 0), *b = flow_model_new(ctx, 2, 0);
+    flow_real x[N * 2], la[N], lb[N];
+    char ma[512], mb[512];
+    flow_layer_args la1 = {.struct_size = sizeof la1, .type = "actnorm",
+                           .label = "norm1", .attrs = &eps, .n_attrs = 1,
+                           .file = "spec.flow", .line = 7, .col = 5};
+    flow_layer_args la2 = {.struct_size = sizeof la2, .type = "permute",
+                           .attrs = &order, .n_attrs = 1};
+    memset(&order, 0, sizeof order);
+    order.type = FLOW_ATTR_VARIANT;
+    order.s = "reverse";
+    ck_assert_msg(flow_model_add(a, &la1) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_msg(flow_model_add(a, &la2) == FLOW_OK, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_add_layer_at(b, "actnorm", "norm1", &eps, 1,
+                                             0, "spec.flow", 7, 5), FLOW_OK);
+    ck_assert_int_eq(flow_model_add_layer(b, "permute", NULL, &order, 1, 0,
+                                          0, 0), FLOW_OK);
+    finish_probe(a, ma, sizeof ma);
+    finish_probe(b, mb, sizeof mb);
+    /* the file reaches the layer's messages through both calls */
+    ck_assert_msg(strstr(ma, "norm1 (spec.flow:7:5, ") != NULL, "%s", ma);
+    ck_assert_str_eq(ma, mb);
+    ck_assert_uint_eq(flow_model_num_layers(a), 2);
+    ck_assert_uint_eq(flow_model_num_layers(b), 2);
+    ck_assert_uint_eq(flow_model_num_params(a), 4);
+    ck_assert_uint_eq(flow_model_num_params(b), 4);
+    ck_assert_mem_eq(flow_model_params(a), flow_model_params(b),
+                     4 * sizeof(flow_real));
+    for (int i = 0; i < N * 2; i++)
+        x[i] = (flow_real)cos(0.7 * i);
+    ck_assert_int_eq(flow_model_log_prob(a, N, x, NULL, la), FLOW_OK);
+    ck_assert_int_eq(flow_model_log_prob(b, N, x, NULL, lb), FLOW_OK);
+    ck_assert_mem_eq(la, lb, sizeof la);
+    ck_assert_msg(isfinite(la[0]) && la[0] < 0, "log p = %g", (double)la[0]);
+    flow_model_free(a);
+    flow_model_free(b);
+}
+END_TEST
+
+/* A caller whose flow_layer_args ends early: the fields past its
+ * struct_size take their defaults, whatever the memory there holds. */
+START_TEST(test_add_older_struct_size)
+{
+    flow_attr_value eps = real_attr(1e-6);
+    char msg[512];
+    flow_layer_args args = {.struct_size = sizeof args, .type = "actnorm",
+                            .label = "norm1", .attrs = &eps, .n_attrs = 1,
+                            .file = "spec.flow", .line = 7, .col = 5};
+    flow_model *m = flow_model_new(ctx, 2, 0);
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, file);
+    ck_assert_msg(flow_model_add(m, &args) == FLOW_OK, "%s", flow_errmsg(ctx));
+    finish_probe(m, msg, sizeof msg);
+    /* no position: "label (plugin): ..." */
+    ck_assert_msg(strncmp(msg, "norm1 (", 7) == 0 && !strstr(msg, "spec.flow")
+                  && !strstr(msg, ":7:") && strstr(msg, "actnorm.so): "),
+                  "%s", msg);
+    flow_model_free(m);
+
+    /* file and line covered, col not: col 0 */
+    m = flow_model_new(ctx, 2, 0);
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, col);
+    ck_assert_msg(flow_model_add(m, &args) == FLOW_OK, "%s", flow_errmsg(ctx));
+    finish_probe(m, msg, sizeof msg);
+    ck_assert_msg(strstr(msg, "norm1 (spec.flow:7:0, ") != NULL, "%s", msg);
+    flow_model_free(m);
+}
+END_TEST
+
+START_TEST(test_add_refuses_short_struct)
+{
+    flow_attr_value eps = real_attr(1e-6);
+    flow_layer_args args = {.struct_size = sizeof args, .type = "actnorm",
+                            .attrs = &eps, .n_attrs = 1};
+    flow_model *m = flow_model_new(ctx, 2, 0);
+    char want[160];
+    /* `given` not covered */
+    args.struct_size = (uint32_t)offsetof(flow_layer_args, given);
+    snprintf(want, sizeof want, "flow_model_add: struct_size %u does not "
+             "cover the required fields (%zu bytes): set it to "
+             "sizeof(flow_layer_args)", (unsigned)args.struct_size,
+             offsetof(flow_layer_args, given) + sizeof(int));
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    args.struct_size = 0;
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_ptr_nonnull(strstr(flow_errmsg(ctx), "struct_size 0 does not"));
+    ck_assert_int_eq(flow_model_add(m, NULL), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), "flow_model_add: no layer arguments");
+    args.struct_size = sizeof args;
+    args.type = NULL;
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_ERR_INVAL);
+    ck_assert_str_eq(flow_errmsg(ctx), "flow_model_add: no layer type");
+    ck_assert_uint_eq(flow_model_num_layers(m), 0);
+    /* the same struct, complete, is taken */
+    args.type = "actnorm";
+    ck_assert_int_eq(flow_model_add(m, &args), FLOW_OK);
+    ck_assert_uint_eq(flow_model_num_layers(m), 1);
+    flow_model_free(m);
+}
+END_TEST
+
 Suite *suite_model(void)
 {
     Suite *s = suite_create("model");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("build_and_passes");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_round_trip_with_exit);
     tcase_add_test(tc, test_log_prob_by_hand);
@@ -496,6 +733,13 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_batchnorm_training);
     tcase_add_test(tc, test_learnable_bases);
     tcase_add_test(tc, test_threads);
+    tcase_add_test(tc, test_optional_callbacks_null);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("add_call");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_add_struct_matches_wrappers);
+    tcase_add_test(tc, test_add_older_struct_size);
+    tcase_add_test(tc, test_add_refuses_short_struct);
     suite_add_tcase(s, tc);
     return s;
 }

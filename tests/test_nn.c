@@ -91,7 +91,9 @@ static flow_net *make_net(const netcase *nc, const int32_t *order,
         ck_assert_uint_eq(wo, rn->w[l]);
         ck_assert_uint_eq(bo, rn->b[l]);
         rn->mask[l] = nn_layer_mask(net, l);
-        ck_assert((nc->kind == FLOW_NET_MADE) == (rn->mask[l] != NULL));
+        ck_assert_msg((nc->kind == FLOW_NET_MADE) == (rn->mask[l] != NULL),
+                      "layer %zu: kind %d, mask %p", l, (int)nc->kind,
+                      (const void *)rn->mask[l]);
         prev = rn->rows[l];
     }
     rn->np = p;
@@ -285,7 +287,10 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
     double fdx[N * 8], fdc[N * 4], fdt[N * 8], yr[64], tyr[64], scale;
     void *ws = NULL;
     flow_rng r;
-    ck_assert(p && dp && pd && fdp);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(dp);
+    ck_assert_ptr_nonnull(pd);
+    ck_assert_ptr_nonnull(fdp);
     rng_seed(&r, seed);
     m = ywidth(&rn);
     nn_init(net, p, &r);
@@ -303,7 +308,7 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
     to_d(dy, wy, N * m);
     memset(zero, 0, sizeof zero);
     ws = malloc(nn_workspace(net, N));
-    ck_assert(ws != NULL);
+    ck_assert_ptr_nonnull(ws);
 
     ck_assert_int_eq(nn_forward(net, p, N, x, k ? c : NULL, t, y, ws),
                      FLOW_OK);
@@ -327,7 +332,7 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
     fd_vec(&rn, pd, xd, cd, txd, t, wy, zero, pd, P, fdp);
     scale = fmax(fmax(maxabs(fdx, N * d), maxabs(fdc, N * k)),
                  maxabs(fdp, P));
-    ck_assert(scale > 1e-3);            /* a gradient worth checking */
+    ck_assert_double_gt(scale, 1e-3);   /* a gradient worth checking */
     cmp("dx", dx, 0, fdx, N * d, scale);
     cmp("dctx", dc, 1, fdc, N * k, scale);
     cmp("dparams", dp, 1, fdp, P, scale);
@@ -335,7 +340,8 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
         for (size_t l = 0; l < rn.nl; l++)
             for (size_t i = 0; i < rn.rows[l] * rn.cols[l]; i++)
                 if (!rn.mask[l][i])
-                    ck_assert(dp[rn.w[l] + i] == 1);
+                    ck_assert_msg(dp[rn.w[l] + i] == 1, "masked %zu.%zu: %g",
+                                  l, i, (double)dp[rn.w[l] + i]);
 
     if (with_jvp) {
         double wty[N * 64];
@@ -370,7 +376,7 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
         fd_vec(&rn, pd, xd, cd, txd, t, zero, wty, pd, P, fdp);
         scale = fmax(fmax(maxabs(fdx, N * d), maxabs(fdt, N * d)),
                      maxabs(fdp, P));
-        ck_assert(scale > 1e-3);
+        ck_assert_double_gt(scale, 1e-3);
         cmp("jvp dx", dx, 0, fdx, N * d, scale);
         cmp("jvp dtx", dtx, 0, fdt, N * d, scale);
         cmp("jvp dparams", dp, 1, fdp, P, scale);
@@ -378,7 +384,8 @@ static void check_net(const netcase *nc, const int32_t *order, double t,
             for (size_t l = 0; l < rn.nl; l++)
                 for (size_t i = 0; i < rn.rows[l] * rn.cols[l]; i++)
                     if (!rn.mask[l][i])
-                        ck_assert(dp[rn.w[l] + i] == 1);
+                        ck_assert_msg(dp[rn.w[l] + i] == 1, "masked %zu.%zu: "
+                                      "%g", l, i, (double)dp[rn.w[l] + i]);
     }
     free(ws);
     free(p);
@@ -455,7 +462,8 @@ START_TEST(test_made_autoregressive)
     flow_real *p = malloc(P * sizeof *p), x[D], c[K], y0[W], y1[W];
     void *ws = malloc(nn_workspace(net, 1));
     flow_rng r;
-    ck_assert(p && ws);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(ws);
     rng_seed(&r, 500);
     nn_init(net, p, &r);
     for (size_t i = 0; i < P; i++)
@@ -482,7 +490,8 @@ START_TEST(test_made_autoregressive)
     c[0] = (flow_real)(c[0] + 1);
     ck_assert_int_eq(nn_forward(net, p, 1, x, c, 0, y1, ws), FLOW_OK);
     for (size_t i = 0; i < W; i++)
-        ck_assert(y1[i] != y0[i]);
+        ck_assert_msg(y1[i] != y0[i], "output %zu ignores the context: %g",
+                      i, (double)y0[i]);
     free(ws);
     free(p);
     nn_destroy(net);
@@ -501,16 +510,19 @@ START_TEST(test_made_one_dim)
     flow_real y0[2], y1[2];
     void *ws = malloc(nn_workspace(net, 1));
     flow_rng r;
-    ck_assert(p && ws);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(ws);
     rng_seed(&r, 800);
     nn_init(net, p, &r);
     ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y0, ws), FLOW_OK);
     x = -2;
     ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
-    ck_assert(y0[0] == y1[0] && y0[1] == y1[1]);
+    ck_assert_double_eq(y0[0], y1[0]);
+    ck_assert_double_eq(y0[1], y1[1]);
     c[1] = 1;
     ck_assert_int_eq(nn_forward(net, p, 1, &x, c, 0, y1, ws), FLOW_OK);
-    ck_assert(y0[0] != y1[0] && y0[1] != y1[1]);
+    ck_assert_double_ne(y0[0], y1[0]);
+    ck_assert_double_ne(y0[1], y1[1]);
     free(ws);
     free(p);
     nn_destroy(net);
@@ -568,7 +580,10 @@ START_TEST(test_threads_share_net)
     pthread_t th[T];
     job jobs[T + 1];
     flow_rng r;
-    ck_assert(p && y && dx && dp);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_nonnull(dx);
+    ck_assert_ptr_nonnull(dp);
     rng_seed(&r, 900);
     nn_init(net, p, &r);
     rng_normal(&r, x, R * D);
@@ -582,8 +597,8 @@ START_TEST(test_threads_share_net)
     for (int t = 0; t < T; t++) {
         ck_assert_int_eq(pthread_join(th[t], NULL), 0);
         ck_assert_int_eq(jobs[t].status, FLOW_OK);
-        ck_assert(memcmp(jobs[t].y, jobs[T].y, R * D * sizeof *y) == 0);
-        ck_assert(memcmp(jobs[t].dx, jobs[T].dx, R * D * sizeof *dx) == 0);
+        ck_assert_mem_eq(jobs[t].y, jobs[T].y, R * D * sizeof *y);
+        ck_assert_mem_eq(jobs[t].dx, jobs[T].dx, R * D * sizeof *dx);
         for (size_t i = 0; i < P; i++)
             ck_assert_msg(jobs[t].dp[i] == jobs[T].dp[i], "thread %d dp[%zu]"
                           " %.17g vs %.17g", t, i, (double)jobs[t].dp[i],
@@ -616,15 +631,19 @@ START_TEST(test_zero_last_and_init)
         void *ws = malloc(nn_workspace(net, N));
         flow_rng r;
         double bound = sqrt(6.0 / (double)rn.cols[0]);
-        ck_assert(p && p2 && ws);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_ptr_nonnull(p2);
+        ck_assert_ptr_nonnull(ws);
         rng_seed(&r, 600);
         nn_init(net, p, &r);
         rng_seed(&r, 600);
         nn_init(net, p2, &r);
-        ck_assert(memcmp(p, p2, P * sizeof *p) == 0);   /* deterministic */
+        ck_assert_mem_eq(p, p2, P * sizeof *p);   /* deterministic */
         for (size_t i = 0; i < l0; i++) {
             nz += p[rn.w[0] + i] != 0;
-            ck_assert(fabs(p[rn.w[0] + i]) <= bound);   /* He/Glorot range */
+            /* He/Glorot range */
+            ck_assert_msg(fabs(p[rn.w[0] + i]) <= bound, "weight %zu = %g, "
+                          "bound %g", i, (double)p[rn.w[0] + i], bound);
         }
         ck_assert_uint_gt(nz, l0 / 3);
         rng_normal(&r, x, N * 4);
@@ -632,7 +651,8 @@ START_TEST(test_zero_last_and_init)
         ck_assert_int_eq(nn_forward(net, p, N, x, cases[q].k ? c : NULL, 0.5,
                                     y, ws), FLOW_OK);
         for (size_t i = 0; i < N * ywidth(&rn); i++)
-            ck_assert(y[i] == 0);
+            ck_assert_msg(y[i] == 0, "case %d: output %zu = %g", q, i,
+                          (double)y[i]);
         free(ws);
         free(p);
         free(p2);
@@ -658,20 +678,20 @@ START_TEST(test_errors)
     sp.hidden = hid;
     sp.act = FLOW_ACT_RELU;
     sp.spectral_norm = -1;
-    ck_assert(nn_create(&sp, err, sizeof err) == NULL);
+    ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
     ck_assert_ptr_nonnull(strstr(err, "spectral_norm"));
     sp.spectral_norm = 0;
     sp.n_hidden = 2;                 /* width 0 */
-    ck_assert(nn_create(&sp, err, sizeof err) == NULL);
+    ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
     ck_assert_ptr_nonnull(strstr(err, "width 0"));
     sp.n_hidden = 1;
     sp.kind = FLOW_NET_MADE;
     sp.order = bad_order;
-    ck_assert(nn_create(&sp, err, sizeof err) == NULL);
+    ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
     ck_assert_ptr_nonnull(strstr(err, "permutation"));
     sp.order = NULL;
     sp.in = 0;
-    ck_assert(nn_create(&sp, err, sizeof err) == NULL);
+    ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
     sp.in = 3;
     net = nn_create(&sp, err, sizeof err);
     ck_assert_ptr_nonnull(net);
@@ -681,7 +701,8 @@ START_TEST(test_errors)
     {
         void *ws = calloc(1, nn_workspace(net, 2));
         flow_real *pp = calloc(nn_params(net), sizeof *pp);
-        ck_assert(ws && pp);
+        ck_assert_ptr_nonnull(ws);
+        ck_assert_ptr_nonnull(pp);
         ck_assert_int_eq(nn_backward(net, pp, 2, ws, y, x, NULL, NULL),
                          FLOW_ERR_INVAL);
         ck_assert_int_eq(nn_forward(net, pp, 2, x, NULL, 0, y, ws), FLOW_OK);
@@ -696,16 +717,34 @@ START_TEST(test_errors)
     /* the host table hands out the numerical core, every entry set */
     {
         const flow_host *h = flow_host_services();
-        ck_assert(h->net_create == nn_create);
-        ck_assert(h->gemm && h->net_destroy && h->net_params && h->net_init &&
-                  h->net_workspace && h->net_forward && h->net_backward &&
-                  h->net_jvp && h->net_jvp_backward && h->tf_params &&
-                  h->tf_forward && h->tf_inverse && h->tf_backward &&
-                  h->tf_inverse_backward && h->slogdet && h->matinv);
-        ck_assert(FLOW_HOST_HAS(h, matinv));
-        ck_assert(FLOW_HOST_HAS(h, net_div_backward));
-        ck_assert(h->net_div_workspace && h->net_div_forward &&
-                  h->net_div_backward);
+#define HOST_SET(f) ck_assert_msg(h->f != NULL, "host entry " #f " is NULL")
+#define HOST_HAS(f) ck_assert_msg(FLOW_HOST_HAS(h, f), "host table of %zu " \
+                                  "bytes lacks " #f, (size_t)h->struct_size)
+        ck_assert_msg(h->net_create == nn_create,
+                      "host net_create is not nn_create");
+        HOST_SET(gemm);
+        HOST_SET(net_destroy);
+        HOST_SET(net_params);
+        HOST_SET(net_init);
+        HOST_SET(net_workspace);
+        HOST_SET(net_forward);
+        HOST_SET(net_backward);
+        HOST_SET(net_jvp);
+        HOST_SET(net_jvp_backward);
+        HOST_SET(tf_params);
+        HOST_SET(tf_forward);
+        HOST_SET(tf_inverse);
+        HOST_SET(tf_backward);
+        HOST_SET(tf_inverse_backward);
+        HOST_SET(slogdet);
+        HOST_SET(matinv);
+        HOST_HAS(matinv);
+        HOST_HAS(net_div_backward);
+        HOST_SET(net_div_workspace);
+        HOST_SET(net_div_forward);
+        HOST_SET(net_div_backward);
+#undef HOST_SET
+#undef HOST_HAS
     }
 }
 END_TEST
@@ -770,7 +809,8 @@ static void check_div(const netcase *nc, int hutch, uint64_t seed)
     flow_real dy[NR * 8], dtr[NR], dx[NR * 8], dxr[NR * 8], dxb[NR * 8];
     void *tape, *scr, *ws;
     flow_rng rng;
-    ck_assert(d <= 8 && D <= d);
+    ck_assert_uint_le(d, 8);
+    ck_assert_uint_le(D, d);
     ck_assert_uint_gt(tb, 0);
     ck_assert_uint_gt(sc, 0);
     tape = aligned_alloc(64, (tb + 63) / 64 * 64);
@@ -977,18 +1017,30 @@ END_TEST
 Suite *suite_nn(void)
 {
     Suite *s = suite_create("nn");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("mlp");
     tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_mlp_activations, FLOW_ACT_IDENTITY,
                         FLOW_ACT_SIGMOID + 1);
     tcase_add_loop_test(tc, test_mlp_time, 0, 4);
-    tcase_add_test(tc, test_made_gradients);
     tcase_add_test(tc, test_spectral_norm);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("made");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_made_gradients);
     tcase_add_test(tc, test_made_autoregressive);
     tcase_add_test(tc, test_made_one_dim);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("threads");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_threads_share_net);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("init_and_errors");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_zero_last_and_init);
     tcase_add_test(tc, test_errors);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("divergence");
+    tcase_set_timeout(tc, 60);
     tcase_add_loop_test(tc, test_div, 0, 2);
     tcase_add_test(tc, test_div_errors);
     suite_add_tcase(s, tc);

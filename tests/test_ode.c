@@ -803,7 +803,7 @@ START_TEST(test_hutchinson_unbiased_layer)
         s.hutch = 1;
         s.gaussian = noise;
         lay_open(&L, &s, N, D, 0, 77 + noise);
-        ck_assert(L.desc.flags & FLOW_LAYER_STOCHASTIC);
+        ck_assert_uint_ne(L.desc.flags & FLOW_LAYER_STOCHASTIC, 0);
         ck_assert_int_eq(L.desc.logdet_exact, 1);
         draw(x, N * D, 1.0, 5);
         ck_assert_int_eq(lay_run(&L, 0, 0, x, zx, ex), FLOW_OK);
@@ -1145,8 +1145,8 @@ START_TEST(test_describe)
     ck_assert_double_eq(desc.cert_value, 3e-6);
     ck_assert_str_eq(desc.cert_text, "dopri5 adaptive steps, Hutchinson "
                      "trace in training");
-    ck_assert(desc.flags & FLOW_LAYER_WHOLE_BATCH);
-    ck_assert(desc.flags & FLOW_LAYER_STOCHASTIC);
+    ck_assert_uint_ne(desc.flags & FLOW_LAYER_WHOLE_BATCH, 0);
+    ck_assert_uint_ne(desc.flags & FLOW_LAYER_STOCHASTIC, 0);
 
     s = set_default();
     s.act = 0;
@@ -1159,7 +1159,8 @@ START_TEST(test_describe)
     ck_assert_str_eq(dg.help, "use tanh, softplus or elu");
     s.act = 1;
     ck_assert_int_eq(describe(&s, &desc, &dg), FLOW_ERR_INVAL);
-    ck_assert(strstr(dg.message, "activation 'leaky_relu' is not smooth"));
+    ck_assert_msg(strstr(dg.message, "activation 'leaky_relu' is not smooth"),
+                  "%s", dg.message);
 
     s = set_default();
     s.t0 = s.t1 = 0.5;
@@ -1216,7 +1217,8 @@ START_TEST(test_runtime_errors)
     ck_assert_int_eq(lay_run(&L, 0, 0, x, z, ld), FLOW_ERR_NUMERIC);
     ck_assert_msg(strstr(L.err, "dopri5: no solution within max_steps = 3 "
                          "step attempts (") == L.err, "%s", L.err);
-    ck_assert(strstr(L.err, "raise max_steps or loosen rtol/atol"));
+    ck_assert_msg(strstr(L.err, "raise max_steps or loosen rtol/atol"), "%s",
+                  L.err);
     lay_close(&L);
 }
 END_TEST
@@ -1225,25 +1227,33 @@ Suite *suite_ode(void)
 {
     Suite *s = suite_create("ode");
     TCase *tc = tcase_create("solver");
-    TCase *tl = tcase_create("layer");
     tcase_add_test(tc, test_rk4_linear);
     tcase_add_test(tc, test_dopri5_linear);
     tcase_add_test(tc, test_gradients_linear);
     tcase_add_test(tc, test_time_gradients);
     suite_add_tcase(s, tc);
-    tcase_add_checked_fixture(tl, setup, teardown);
-    tcase_add_test(tl, test_exact_trace_vs_fd);
-    tcase_add_test(tl, test_dynamics_vjp_vs_fd);
-    tcase_add_test(tl, test_hutchinson_unbiased_dynamics);
-    tcase_add_test(tl, test_hutchinson_unbiased_layer);
-    tcase_add_test(tl, test_hutchinson_gradients);
-    tcase_add_test(tl, test_adjoint_matches_backprop);
-    tcase_add_test(tl, test_dopri5_layer_accuracy);
-    tcase_add_test(tl, test_nfe_counted);
-    tcase_add_test(tl, test_model_nfe);
-    tcase_add_test(tl, test_describe);
-    tcase_add_test(tl, test_runtime_errors);
-    tcase_set_timeout(tl, 120);
-    suite_add_tcase(s, tl);
+    tc = tcase_create("layer_gradients");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_exact_trace_vs_fd);
+    tcase_add_test(tc, test_dynamics_vjp_vs_fd);
+    tcase_add_test(tc, test_adjoint_matches_backprop);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("hutchinson");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_hutchinson_unbiased_dynamics);
+    tcase_add_test(tc, test_hutchinson_unbiased_layer);
+    tcase_add_test(tc, test_hutchinson_gradients);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("layer");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_dopri5_layer_accuracy);
+    tcase_add_test(tc, test_nfe_counted);
+    tcase_add_test(tc, test_model_nfe);
+    tcase_add_test(tc, test_describe);
+    tcase_add_test(tc, test_runtime_errors);
+    suite_add_tcase(s, tc);
     return s;
 }

@@ -83,9 +83,10 @@ START_TEST(test_reverse_describe_and_maps)
         x[i] = (flow_real)(i * 0.5 - 3.0);
     ck_assert_int_eq(type->forward(self, &call, x, z, ld), FLOW_OK);
     for (int r = 0; r < N; r++) {
-        ck_assert(ld[r] == 0);
+        ck_assert_double_eq(ld[r], 0);
         for (int i = 0; i < D; i++)
-            ck_assert(z[r * D + i] == x[r * D + D - 1 - i]);
+            ck_assert_msg(z[r * D + i] == x[r * D + D - 1 - i], "row %d, "
+                          "column %d: %g", r, i, (double)z[r * D + i]);
     }
     ck_assert_int_eq(type->inverse(self, &call, z, back, ld), FLOW_OK);
     ck_assert_mem_eq(back, x, sizeof x);
@@ -110,7 +111,8 @@ START_TEST(test_random_is_seeded_permutation)
     ck_assert_int_eq(describe(&cfg, b, &desc, &diag), FLOW_OK);
     ck_assert_mem_eq(a, b, sizeof a);
     for (int i = 0; i < D; i++) {
-        ck_assert(a[i] >= 0 && a[i] < D);
+        ck_assert_int_ge(a[i], 0);
+        ck_assert_int_lt(a[i], D);
         seen[a[i]]++;
         moved += a[i] != i;
     }
@@ -119,7 +121,7 @@ START_TEST(test_random_is_seeded_permutation)
     ck_assert_int_gt(moved, D / 2);  /* a shuffle, not the identity */
     seed[0].i = 8;
     ck_assert_int_eq(describe(&cfg, c, &desc, &diag), FLOW_OK);
-    ck_assert(memcmp(a, c, sizeof a) != 0);
+    ck_assert_mem_ne(a, c, sizeof a);
 }
 END_TEST
 
@@ -207,12 +209,15 @@ END_TEST
 Suite *suite_permute(void)
 {
     Suite *s = suite_create("permute");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("permutations");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_reverse_describe_and_maps);
     tcase_add_test(tc, test_random_is_seeded_permutation);
-    tcase_add_test(tc, test_explicit_errors);
     tcase_add_test(tc, test_backward_is_adjoint);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("errors");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_explicit_errors);
     suite_add_tcase(s, tc);
     return s;
 }

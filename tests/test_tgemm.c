@@ -42,7 +42,7 @@ static void check_one(size_t m, size_t n, size_t k, int trans, int mode,
     float *c = malloc((m ? m : 1) * ldc * sizeof *c);
     float *c0 = malloc((m ? m : 1) * ldc * sizeof *c0);
     float bias[64];
-    ck_assert(n <= 64);
+    ck_assert_uint_le(n, 64);
     for (size_t i = 0; i < arows * lda; i++)
         a[i] = urand(rng);
     for (size_t i = 0; i < (k ? k : 1) * ldb; i++)
@@ -150,9 +150,11 @@ END_TEST
 Suite *suite_tgemm(void)
 {
     Suite *s = suite_create("tgemm");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_tgemm_shapes);
     tcase_add_test(tc, test_tgemm_rows_independent);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
     suite_add_tcase(s, tc);
     return s;

@@ -2,6 +2,8 @@
  * resume, schedules, clipping, early stopping, divergence handling. */
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,7 +82,8 @@ START_TEST(test_converges_to_gaussian_mle)
     ck_assert_int_eq(flow_model_evaluate(m, N, x, NULL, 500, &mean, &se),
                      FLOW_OK);
     ck_assert_double_eq_tol(mean, want, 2e-3);   /* the MLE's log-lik */
-    ck_assert(se > 0.01 && se < 0.1);
+    ck_assert_double_gt(se, 0.01);
+    ck_assert_double_lt(se, 0.1);
     flow_trainer_free(t);
     flow_model_free(m);
     free(x);
@@ -137,8 +140,8 @@ START_TEST(test_resume_is_bit_identical)
     tb = flow_trainer_new(b, &cfg, x, NULL, N);
     for (int s = 0; s < 30; s++)
         ck_assert_int_eq(flow_trainer_step(tb, NULL), FLOW_OK);
-    ck_assert(memcmp(flow_model_params(a), flow_model_params(b),
-                     np * sizeof(flow_real)) != 0);
+    ck_assert_mem_ne(flow_model_params(a), flow_model_params(b),
+                     np * sizeof(flow_real));
     flow_trainer_free(ta);
     flow_trainer_free(tb);
     flow_trainer_free(tc);
@@ -268,12 +271,12 @@ START_TEST(test_early_stopping_restores_best)
     keep = flow_model_params(m)[0];
     flow_model_params(m)[0] = 0.7f;
     flow_trainer_validated(t, -1.5);
-    ck_assert(!flow_trainer_should_stop(t));
+    ck_assert_int_eq(flow_trainer_should_stop(t), 0);
     flow_model_params(m)[0] = 0.9f;
     flow_trainer_validated(t, -1.2);
-    ck_assert(flow_trainer_should_stop(t));
+    ck_assert_int_ne(flow_trainer_should_stop(t), 0);
     ck_assert_int_eq(flow_trainer_restore_best(t), FLOW_OK);
-    ck_assert(flow_model_params(m)[0] == keep);
+    ck_assert_double_eq(flow_model_params(m)[0], keep);
     flow_trainer_free(t);
     flow_model_free(m);
 }
@@ -303,25 +306,206 @@ START_TEST(test_divergence_is_reported)
     flow_trainer_get_state(t, &st);
     ck_assert_uint_eq(st.skipped, 3);
     ck_assert_uint_eq(st.step, 0);          /* no update was applied */
-    ck_assert(flow_model_params(m)[0] == 0);
+    ck_assert_double_eq(flow_model_params(m)[0], 0);
     flow_trainer_free(t);
     flow_model_free(m);
+}
+END_TEST
+
+/* --- the configuration's struct_size and target ---------------------- */
+
+/* t, asserted made (the message of its failure otherwise). */
+static flow_trainer *made(flow_trainer *t)
+{
+    ck_assert_msg(t != NULL, "%s", flow_errmsg(ctx));
+    return t;
+}
+
+/* k steps of t, the model's stream seeded first; the losses into loss. */
+static void run_steps(flow_model *m, flow_trainer *t, int k, double *loss)
+{
+    flow_model_seed(m, 2);
+    for (int s = 0; s < k; s++)
+        ck_assert_msg(flow_trainer_step(t, &loss[s]) == FLOW_OK, "%s",
+                      flow_errmsg(ctx));
+}
+
+/* Rezende & Mohamed's ring energy U1, 2-D (plugins/targets.c). */
+static flow_target *u1_target(void)
+{
+    flow_target *t = NULL;
+    ck_assert_msg(flow_target_new(ctx, "u1", NULL, 0, 2, &t) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    return t;
+}
+
+START_TEST(test_target_in_config_matches_wrapper)
+{
+    enum { K = 20 };
+    flow_target *u = u1_target();
+    flow_model *a = gauss_model(2), *b = gauss_model(2);
+    flow_real x[4] = {0, 1, 2, 3}, p0[4];
+    flow_train_config cfg;
+    flow_trainer *ta, *tb;
+    double la[K], lb[K];
+    ck_assert_uint_eq(flow_model_num_params(a), 4);
+    memcpy(p0, flow_model_params(a), sizeof p0);
+    flow_train_config_default(&cfg);
+    cfg.batch = 64;
+    cfg.lr = 0.05;
+    ck_assert_ptr_null(cfg.target);
+    ta = made(flow_trainer_new_target(a, &cfg, u));
+    cfg.target = u;
+    tb = made(flow_trainer_new(b, &cfg, NULL, NULL, 0));
+    run_steps(a, ta, K, la);
+    run_steps(b, tb, K, lb);
+    ck_assert_mem_eq(la, lb, sizeof la);
+    ck_assert_mem_eq(flow_model_params(a), flow_model_params(b),
+                     sizeof p0);
+    for (int s = 0; s < K; s++)
+        ck_assert_msg(isfinite(la[s]), "loss %g at step %d", la[s], s);
+    ck_assert_msg(memcmp(p0, flow_model_params(a), sizeof p0) != 0,
+                  "the fit left the parameters alone");
+    /* a trainer fits data or a target, not both */
+    ck_assert_ptr_null(flow_trainer_new(b, &cfg, x, NULL, 2));
+    ck_assert_str_eq(flow_errmsg(ctx), "a trainer fits either data or a "
+                     "target: with cfg->target, x and c must be NULL and n 0 "
+                     "(got 2 rows)");
+    cfg.target = NULL;
+    ck_assert_ptr_null(flow_trainer_new_target(b, &cfg, NULL));
+    ck_assert_str_eq(flow_errmsg(ctx), "no target to fit");
+    flow_trainer_free(ta);
+    flow_trainer_free(tb);
+    flow_model_free(a);
+    flow_model_free(b);
+    flow_target_free(u);
+}
+END_TEST
+
+/* A caller whose flow_train_config ends early: the fields past its
+ * struct_size take their defaults, whatever the memory there holds. */
+START_TEST(test_config_older_struct_size)
+{
+    enum { N = 300, K = 12 };
+    flow_real *x = gauss_data(N);
+    flow_target *u = u1_target();
+    flow_model *a = gauss_model(2), *b = gauss_model(2);
+    flow_train_config cfg, old;
+    flow_trainer *ta, *tb;
+    double la[K], lb[K];
+    flow_train_config_default(&cfg);
+    cfg.batch = 64;
+    cfg.lr = 0.01;
+    cfg.seed = 7;
+
+    /* data: a struct ending before `target` fits the data it was given */
+    old = cfg;
+    old.struct_size = (uint32_t)offsetof(flow_train_config, target);
+    old.target = u;
+    ta = made(flow_trainer_new(a, &cfg, x, NULL, N));
+    tb = made(flow_trainer_new(b, &old, x, NULL, N));
+    run_steps(a, ta, K, la);
+    run_steps(b, tb, K, lb);
+    ck_assert_mem_eq(la, lb, sizeof la);
+    ck_assert_mem_eq(flow_model_params(a), flow_model_params(b),
+                     4 * sizeof(flow_real));
+    flow_trainer_free(ta);
+    flow_trainer_free(tb);
+    flow_model_free(a);
+    flow_model_free(b);
+
+    /* a target fit: a struct ending before anneal_steps does not anneal */
+    a = gauss_model(2);
+    b = gauss_model(2);
+    old = cfg;
+    old.struct_size = (uint32_t)offsetof(flow_train_config, anneal_steps);
+    old.anneal_steps = 50;
+    ta = made(flow_trainer_new_target(a, &cfg, u));
+    tb = made(flow_trainer_new_target(b, &old, u));
+    run_steps(a, ta, K, la);
+    run_steps(b, tb, K, lb);
+    ck_assert_mem_eq(la, lb, sizeof la);
+    flow_trainer_free(tb);
+    flow_model_free(b);
+    /* ... and one that covers it does */
+    b = gauss_model(2);
+    old.struct_size = (uint32_t)offsetof(flow_train_config, target);
+    tb = made(flow_trainer_new_target(b, &old, u));
+    run_steps(b, tb, K, lb);
+    ck_assert_msg(la[0] != lb[0], "annealed loss %.17g, plain %.17g", lb[0],
+                  la[0]);
+    flow_trainer_free(ta);
+    flow_trainer_free(tb);
+    flow_model_free(a);
+    flow_model_free(b);
+    flow_target_free(u);
+    free(x);
+}
+END_TEST
+
+START_TEST(test_config_refuses_short_struct)
+{
+    flow_real x[4] = {0, 1, 2, 3};
+    flow_target *u = u1_target();
+    flow_model *m = gauss_model(2);
+    flow_train_config cfg;
+    flow_trainer *t;
+    char want[200];
+    size_t required = offsetof(flow_train_config, max_skipped)
+                      + sizeof(size_t);
+    flow_train_config_default(&cfg);
+    /* max_skipped not covered */
+    cfg.struct_size = (uint32_t)offsetof(flow_train_config, max_skipped);
+    snprintf(want, sizeof want, "training configuration: struct_size %u "
+             "does not cover the required fields (%zu bytes; initialise it "
+             "with flow_train_config_default)", (unsigned)cfg.struct_size,
+             required);
+    ck_assert_ptr_null(flow_trainer_new(m, &cfg, x, NULL, 2));
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    ck_assert_ptr_null(flow_trainer_new_target(m, &cfg, u));
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    cfg.struct_size = 0;
+    ck_assert_ptr_null(flow_trainer_new(m, &cfg, x, NULL, 2));
+    ck_assert_ptr_nonnull(strstr(flow_errmsg(ctx), "struct_size 0 does not"));
+    ck_assert_ptr_null(flow_trainer_new(m, NULL, x, NULL, 2));
+    ck_assert_str_eq(flow_errmsg(ctx), "training configuration not "
+                     "initialised (use flow_train_config_default)");
+    /* exactly the required fields: taken */
+    cfg.struct_size = (uint32_t)required;
+    ck_assert_ptr_nonnull(t = flow_trainer_new(m, &cfg, x, NULL, 2));
+    flow_trainer_free(t);
+    flow_model_free(m);
+    flow_target_free(u);
 }
 END_TEST
 
 Suite *suite_train(void)
 {
     Suite *s = suite_create("train");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("optimiser");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_converges_to_gaussian_mle);
-    tcase_add_test(tc, test_resume_is_bit_identical);
     tcase_add_test(tc, test_schedules);
     tcase_add_test(tc, test_clipping);
     tcase_add_test(tc, test_subnormal_moments_flushed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("resume");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_resume_is_bit_identical);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("stopping");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_early_stopping_restores_best);
     tcase_add_test(tc, test_divergence_is_reported);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("config");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_target_in_config_matches_wrapper);
+    tcase_add_test(tc, test_config_older_struct_size);
+    tcase_add_test(tc, test_config_refuses_short_struct);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -104,7 +104,10 @@ START_TEST(test_round_trip)
         }
         if (tf->kind == FLOW_TF_SPLINE && fabs(x[i]) > b) {
             /* linear tails: the identity, log-det exactly 0 */
-            ck_assert(y[i] == x[i] && lf[i] == 0 && xb[i] == x[i]);
+            ck_assert_msg(y[i] == x[i] && lf[i] == 0 && xb[i] == x[i],
+                          "tail i %d: x %.9g, y %.9g, lad %g, inverse %.9g", i,
+                          (double)x[i], (double)y[i], (double)lf[i],
+                          (double)xb[i]);
         }
     }
     if (tf->kind == FLOW_TF_SPLINE) {
@@ -231,7 +234,7 @@ START_TEST(test_spline_monotone_and_identity)
         double x = -4.5 + 9.0 * i / (G - 1);
         tf_eval1(&c, 0, x, th, &y, &l);
         ck_assert_msg(y > prev, "not increasing at x = %g", x);
-        ck_assert(isfinite(l));
+        ck_assert_msg(isfinite(l), "lad %g at x = %g", l, x);
         prev = y;
     }
 }
@@ -252,14 +255,16 @@ START_TEST(test_spline_robust)
         for (size_t i = 0; i < sizeof ys / sizeof ys[0]; i++) {
             double x, l, yb, lb, gin, gth[3 * TF_MAX_BINS];
             tf_eval1(&c, 1, ys[i], th, &x, &l);
-            ck_assert(isfinite(x) && isfinite(l));
-            ck_assert(fabs(x) <= 3 || x == ys[i]);
+            ck_assert_msg(isfinite(x) && isfinite(l), "y %g: x %g, lad %g",
+                          ys[i], x, l);
+            ck_assert_msg(fabs(x) <= 3 || x == ys[i], "y %g: x %g", ys[i], x);
             tf_eval1(&c, 0, x, th, &yb, &lb);
             ck_assert_double_eq_tol(yb, ys[i], 1e-9 * (1 + fabs(ys[i])));
             tf_vjp1(&c, 1, ys[i], th, 1.0, 1.0, &gin, gth);
-            ck_assert(isfinite(gin));
+            ck_assert_msg(isfinite(gin), "y %g: dx %g", ys[i], gin);
             for (size_t j = 0; j < c.n_theta; j++)
-                ck_assert(isfinite(gth[j]));
+                ck_assert_msg(isfinite(gth[j]), "y %g: dtheta[%zu] %g", ys[i],
+                              j, gth[j]);
         }
     }
 }
@@ -336,7 +341,10 @@ START_TEST(test_batch_position)
                           "kind %d dir %d: scalar %d differs alone", tf->kind,
                           dir, i);
             for (size_t j = 0; j < p; j++)
-                ck_assert(dth1[j] == dth[i * p + j]);
+                ck_assert_msg(dth1[j] == dth[i * p + j], "kind %d dir %d: "
+                              "scalar %d dtheta[%zu] %.9g vs %.9g", tf->kind,
+                              dir, i, j, (double)dth1[j],
+                              (double)dth[i * p + j]);
         }
     }
     th[(M - 1) * p] = (flow_real)NAN;
@@ -348,14 +356,23 @@ END_TEST
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
-    TCase *tc = tcase_create("core");
+    TCase *tc = tcase_create("round_trip");
     tcase_add_loop_test(tc, test_round_trip, 0, 2 * NKINDS);
+    suite_add_tcase(s, tc);
+    /* a row's result does not depend on its place in the batch */
+    tc = tcase_create("batch");
+    tcase_add_loop_test(tc, test_batch_position, 0, NKINDS);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("gradients");
     tcase_add_loop_test(tc, test_logdet_fd, 0, NKINDS);
     tcase_add_loop_test(tc, test_vjp_fd, 0, 2 * NKINDS);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("spline");
     tcase_add_test(tc, test_spline_monotone_and_identity);
     tcase_add_test(tc, test_spline_robust);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);
-    tcase_add_loop_test(tc, test_batch_position, 0, NKINDS);
     suite_add_tcase(s, tc);
     return s;
 }

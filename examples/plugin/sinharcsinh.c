@@ -75,12 +75,6 @@ static void sas_destroy(void *self)
         s->host->free(s);
 }
 
-static size_t sas_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;           /* the backward recomputes from x, z and params */
-}
-
 static int sas_init(void *self, const flow_call *c, flow_real *params)
 {
     sas *s = self;
@@ -196,7 +190,7 @@ static const flow_layer_type sas_type = {
     .describe = sas_describe,
     .create = sas_create,
     .destroy = sas_destroy,
-    .workspace = sas_workspace,
+    /* no .workspace: the backward recomputes from x, z and params */
     .init = sas_init,
     .forward = sas_forward,
     .inverse = sas_inverse,
@@ -204,18 +198,6 @@ static const flow_layer_type sas_type = {
     .inverse_backward = sas_inverse_backward,
 };
 
-static const flow_layer_type *const layers[] = {&sas_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "sinharcsinh",
-    .version = "1.0",
-    .summary = "example out-of-tree plugin: sinh-arcsinh layers",
-    .n_layers = 1,
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("sinharcsinh", "1.0",
+                   "example out-of-tree plugin: sinh-arcsinh layers",
+                   &sas_type);

@@ -1,10 +1,11 @@
-/* flow.h - the flowkit runtime API: context, errors, plugin registry.
- * Model building and execution calls are added by the runtime (docs/). */
+/* flow.h - the flowkit runtime API, one group per object: context, model,
+ * training, data sets, checkpoints, targets, variational fits (docs/api.md). */
 #ifndef FLOW_H
 #define FLOW_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "flow/flow_version.h"
 #include "flow/flow_plugin.h"
@@ -19,10 +20,31 @@ extern "C" {
 # define FLOW_API
 #endif
 
-/* A context owns the plugin registry and the last error message.  One
- * context is used by one thread at a time; separate contexts are
- * independent. */
-typedef struct flow_ctx flow_ctx;
+/* The objects, in the order of the groups below (opaque handles): */
+typedef struct flow_ctx flow_ctx;               /* plugins, errors         */
+typedef struct flow_model flow_model;           /* a flow                  */
+typedef struct flow_trainer flow_trainer;       /* optimiser of a model    */
+typedef struct flow_data flow_data;             /* rows of a data set      */
+typedef struct flow_output flow_output;         /* an output file          */
+typedef struct flow_checkpoint flow_checkpoint; /* a saved model           */
+typedef struct flow_target flow_target;         /* a density to fit        */
+
+/* ====================================================================
+ * Context: version, context, errors, plugin registry.
+ *
+ * A context owns the loaded plugins (their code and descriptors), the
+ * plugin search directories and the message of the last failed call.
+ * Every object made on a context (model, trainer, target, checkpoint)
+ * runs plugin code loaded into it and leaves its messages there, so the
+ * context must outlive them.
+ * Threads: a context and everything made on it are used by one thread at
+ * a time (passing them to another thread between calls is fine).
+ * Separate contexts share nothing mutable (library-wide tables are set
+ * up once, under pthread_once): threads may each work with their own.
+ * The version calls and flow_host_services may be called from any thread.
+ * ==================================================================== */
+
+/* --- version ------------------------------------------------------- */
 
 /* Version of the library actually linked (compare FLOW_VERSION_STRING).
  * Static string, not to be freed. */
@@ -31,12 +53,15 @@ FLOW_API int flow_version_number(void);
 /* "float32" or "float64": the precision the library computes in. */
 FLOW_API const char *flow_precision(void);
 
+/* --- context and errors -------------------------------------------- */
+
 /* New context, or NULL when out of memory.  Free with flow_ctx_free. */
 FLOW_API flow_ctx *flow_ctx_new(void);
 FLOW_API void flow_ctx_free(flow_ctx *ctx);
 
-/* Message of the last failed call on ctx ("" if none).  Owned by ctx,
- * valid until the next call on ctx. */
+/* Calls return a status (flow_status in flow_plugin.h: FLOW_OK or a
+ * FLOW_ERR_* code); this is the message of the last failed call on ctx
+ * ("" if none).  Owned by ctx, valid until the next call on ctx. */
 FLOW_API const char *flow_errmsg(const flow_ctx *ctx);
 
 /* Sets ctx's message (printf-style) and returns `code`: for libraries and
@@ -44,7 +69,7 @@ FLOW_API const char *flow_errmsg(const flow_ctx *ctx);
 FLOW_API int flow_ctx_error(flow_ctx *ctx, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* --- plugins --------------------------------------------------------- */
+/* --- plugin registry ----------------------------------------------- */
 
 /* Directories searched for plugins, in order: the entries of
  * FLOW_PLUGIN_PATH (colon-separated, empty entries ignored: the current
@@ -79,13 +104,29 @@ FLOW_API const flow_target_type *flow_target_type_find(const flow_ctx *ctx,
                                                        const char *name,
                                                        const char **file);
 
-/* --- models ----------------------------------------------------------
+/* The host-services table handed to plugins by this runtime.  Static. */
+FLOW_API const flow_host *flow_host_services(void);
+
+/* ====================================================================
+ * Model: building, queries, execution.
+ *
  * A model is built by calls, in forward (data -> latent) order: the
  * compiler makes them in process, and `flowc --emit=c` writes them out.
  * The model keeps one flat parameter vector (layer slices in order, then
  * base distributions' parameters), one flat buffer vector (non-trainable
- * state), and a random stream. */
-typedef struct flow_model flow_model;
+ * state), and a random stream.
+ *
+ * Ownership: made on a context, which must outlive it; owned by the
+ * caller (flow_model_free), it owns its parameters, buffers, layer
+ * instances and worker threads.  Pointers it hands out are valid until
+ * it is freed.
+ * Threads: a model is used by one thread at a time, with its context.
+ * Its own worker threads are internal (flow_model_set_threads):
+ * a call splits its rows among them in fixed chunks and returns when all
+ * are done, so the bits do not depend on timing.
+ * ==================================================================== */
+
+/* --- building ------------------------------------------------------ */
 
 /* Base distributions of the final output and of exits. */
 typedef enum flow_base_kind {
@@ -103,20 +144,40 @@ FLOW_API flow_model *flow_model_new(flow_ctx *ctx, size_t dim,
                                     size_t context_dim);
 FLOW_API void flow_model_free(flow_model *m);
 
-/* Appends a layer of a loaded type.  `attrs` holds one resolved value per
- * attribute of the type, in the type's table order (as the compiler
- * produces them); it is deep-copied.  `given` = 1 feeds the model's context
- * to the layer.  `label` (copied) names the layer in messages; line/col are
- * its spec position (0 if none).  The layer's describe() runs here: a
+/* A layer to append (flow_model_add).  Set struct_size to
+ * sizeof(flow_layer_args) and leave what you do not use zero:
+ *     flow_layer_args a = { .struct_size = sizeof a, .type = "actnorm",
+ *                           .attrs = v, .n_attrs = 1 };
+ * Fields are only ever appended.  A struct_size that ends before a field
+ * after `given` gives that field its default (NULL or 0); one that does
+ * not cover `given` is refused (FLOW_ERR_INVAL). */
+typedef struct flow_layer_args {
+    uint32_t struct_size;       /* sizeof(flow_layer_args)                 */
+    const char *type;           /* a loaded layer type                     */
+    const char *label;          /* names the layer in messages (copied);
+                                   NULL: the type and the layer's index    */
+    const flow_attr_value *attrs; /* one resolved value per attribute of
+                                   the type, in its table order (as the
+                                   compiler produces them); deep-copied    */
+    size_t n_attrs;
+    int given;                  /* 1: the model's context feeds the layer  */
+    /* Optional: the layer's statement in its spec, so that its runtime
+     * errors read "label (file:line:col, plugin): ..." and name the file
+     * an imported block came from. */
+    const char *file;           /* spec file (copied); NULL if none        */
+    int line, col;              /* spec position; 0 if none                */
+} flow_layer_args;
+
+/* Appends a layer of a loaded type.  The layer's describe() runs here: a
  * failure returns its message. */
+FLOW_API int flow_model_add(flow_model *m, const flow_layer_args *layer);
+/* flow_model_add with each field as an argument: no file (add_layer) or
+ * with it (add_layer_at). */
 FLOW_API int flow_model_add_layer(flow_model *m, const char *type,
                                   const char *label,
                                   const flow_attr_value *attrs,
                                   size_t n_attrs, int given, int line,
                                   int col);
-/* The same, with the spec file of the layer's statement (copied; NULL if
- * none), so that the layer's runtime errors read "label (file:line:col,
- * plugin): ..." and name the file an imported block came from. */
 FLOW_API int flow_model_add_layer_at(flow_model *m, const char *type,
                                      const char *label,
                                      const flow_attr_value *attrs,
@@ -133,6 +194,8 @@ FLOW_API int flow_model_set_base(flow_model *m, flow_base_kind base,
 /* Creates the layer instances, allocates parameters and initialises them
  * from `seed`.  No layer may be added afterwards. */
 FLOW_API int flow_model_finish(flow_model *m, uint64_t seed);
+
+/* --- queries ------------------------------------------------------- */
 
 FLOW_API size_t flow_model_dim(const flow_model *m);
 FLOW_API size_t flow_model_context_dim(const flow_model *m);
@@ -154,6 +217,8 @@ FLOW_API int flow_model_layer_stat(const flow_model *m, size_t i,
  * layers in the last batch: a training step counts its forward and its
  * backward); -1 when no layer counts them. */
 FLOW_API double flow_model_nfe(const flow_model *m);
+
+/* --- execution ----------------------------------------------------- */
 
 /* Training mode (batch statistics, stochastic estimators) or evaluation
  * mode (the default). */
@@ -210,17 +275,45 @@ FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
 FLOW_API void flow_model_get_rng(const flow_model *m, uint64_t out[6]);
 FLOW_API void flow_model_set_rng(flow_model *m, const uint64_t in[6]);
 
-/* --- training ---------------------------------------------------------
+/* n latents z (n x dim, exits' columns first) drawn from the bases with
+ * the model's random stream; logp_base (may be NULL) = log p_base(z). */
+FLOW_API int flow_model_sample_latent(flow_model *m, size_t n, flow_real *z,
+                                      flow_real *logp_base);
+/* Mean log-likelihood of n rows and its standard error, in evaluation
+ * mode. */
+FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
+                                 const flow_real *c, size_t batch,
+                                 double *mean, double *std_err);
+
+/* ====================================================================
+ * Training: configuration, trainer, resumable state.
+ *
  * Maximum likelihood with Adam (Kingma & Ba 2015, Algorithm 1; weight
  * decay as an L2 term added to the gradient, as torch.optim.Adam does),
  * shuffled mini-batches from a seeded stream, learning-rate schedules,
- * clipping by global norm, validation with early stopping. */
+ * clipping by global norm, validation with early stopping; or the ELBO
+ * against a target (flow_train_config.target).
+ *
+ * Ownership: a trainer is owned by the caller (flow_trainer_free).  It
+ * borrows its model and its data or target, which must outlive it, and
+ * owns the optimiser state (Adam moments, best parameters, shuffle
+ * stream).
+ * Threads: each step runs and updates its model, so a trainer is used
+ * by one thread at a time, with its model and their context.
+ * ==================================================================== */
+
+/* --- configuration ------------------------------------------------- */
+
 typedef enum flow_lr_schedule {
     FLOW_LR_CONSTANT = 0,
     FLOW_LR_COSINE = 1          /* lr * (1 + cos(pi t / T)) / 2 over the
                                    total steps T (Loshchilov & Hutter 2017) */
 } flow_lr_schedule;
 
+/* Fill it with flow_train_config_default, then change what you need.
+ * Fields are only ever appended.  A struct_size that ends before a field
+ * after max_skipped gives that field its default; one that does not cover
+ * max_skipped is refused (FLOW_ERR_INVAL). */
 typedef struct flow_train_config {
     uint32_t struct_size;       /* sizeof(flow_train_config)               */
     size_t batch;               /* rows per step (default 512)             */
@@ -237,40 +330,52 @@ typedef struct flow_train_config {
     uint64_t seed;              /* shuffling stream (default 0)            */
     size_t max_skipped;         /* non-finite steps in a row before the
                                    trainer gives up (default 10)           */
+    /* Optional (see struct_size above). */
     size_t anneal_steps;        /* target fits: log p~ enters the objective
                                    scaled by beta = min(1, 0.01 + t / this)
                                    at step t (Rezende & Mohamed 2015, sec.
                                    6.2); 0 = off (default)                 */
+    flow_target *target;        /* NULL (default): maximum likelihood on
+                                   the data given to flow_trainer_new;
+                                   else the ELBO against this target
+                                   (borrowed; must outlive the trainer),
+                                   and no data                             */
 } flow_train_config;
 
 /* Fills the defaults above. */
 FLOW_API void flow_train_config_default(flow_train_config *cfg);
 
-typedef struct flow_trainer flow_trainer;
+/* --- trainer ------------------------------------------------------- */
 
-/* A trainer for model m on n rows x (n x dim) with context c (n x
- * context_dim or NULL); the data are borrowed and must outlive it. */
+/* A trainer for model m.  Without cfg->target: maximum likelihood on n
+ * rows x (n x dim) with context c (n x context_dim or NULL); the data are
+ * borrowed and must outlive it.  With cfg->target: the ELBO against it,
+ * cfg->batch samples per step, with the same Adam, schedules, clipping
+ * and non-finite step skipping; x and c must then be NULL and n 0, and
+ * flow_trainer_step's *loss is the negative ELBO of the step's samples.
+ * NULL on failure (message in m's context). */
 FLOW_API flow_trainer *flow_trainer_new(flow_model *m,
                                         const flow_train_config *cfg,
                                         const flow_real *x,
                                         const flow_real *c, size_t n);
+/* flow_trainer_new with cfg->target = t (not NULL) and no data. */
+FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
+                                               const flow_train_config *cfg,
+                                               flow_target *t);
 FLOW_API void flow_trainer_free(flow_trainer *t);
 /* One optimisation step on the next mini-batch (a new shuffle at each
  * epoch).  *loss = the batch's negative mean log-likelihood.  A non-finite
  * loss or gradient skips the step (counted); FLOW_ERR_NUMERIC after
  * max_skipped such steps in a row. */
 FLOW_API int flow_trainer_step(flow_trainer *t, double *loss);
-/* Mean log-likelihood of n rows and its standard error, in evaluation
- * mode. */
-FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
-                                 const flow_real *c, size_t batch,
-                                 double *mean, double *std_err);
 /* Records a validation score (higher is better): keeps a copy of the best
  * parameters and counts validations without improvement. */
 FLOW_API int flow_trainer_validated(flow_trainer *t, double score);
 FLOW_API int flow_trainer_should_stop(const flow_trainer *t);
 /* Puts the best parameters (by validation) back into the model. */
 FLOW_API int flow_trainer_restore_best(flow_trainer *t);
+
+/* --- resumable state ----------------------------------------------- */
 
 /* Everything needed to resume bit for bit. */
 typedef struct flow_train_state {
@@ -295,11 +400,20 @@ FLOW_API flow_real *flow_trainer_best_params(flow_trainer *t);
 /* Learning rate the next step will use. */
 FLOW_API double flow_trainer_lr(const flow_trainer *t);
 
-/* --- data sets (runtime/data.c; formats in docs/formats.md) ---------- */
+/* ====================================================================
+ * Data sets (runtime/data.c; formats in docs/formats.md), output files.
+ *
+ * A data set: n rows of `dim` data columns (row-major flow_real) plus
+ * optionally `context_dim` context columns for conditional models.
+ *
+ * Ownership: a data set is owned by the caller (flow_data_free) and
+ * holds no context: the calls that can fail take one for their message.
+ * Trainers and calls on rows borrow its values.
+ * Threads: a data set is plain memory, read by several threads at once
+ * or written by one; a call taking a context follows that context's rule.
+ * ==================================================================== */
 
-/* A data set: n rows of `dim` data columns (row-major flow_real) plus
- * optionally `context_dim` context columns for conditional models. */
-typedef struct flow_data flow_data;
+/* --- data sets ----------------------------------------------------- */
 
 typedef enum flow_data_format {
     FLOW_DATA_AUTO = 0,   /* by name: "*.npy" is NPY, anything else CSV */
@@ -341,6 +455,29 @@ FLOW_API int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
 /* Name of column j (data columns first, then context columns), owned by
  * data; NULL when the data set has no names or j is out of range. */
 FLOW_API const char *flow_data_column_name(const flow_data *data, size_t j);
+/* Where value (row, col) of data read by flow_data_read came from, into
+ * buf (cap bytes, always terminated): "FILE:LINE:COLUMN" for CSV (1-based,
+ * as editors count), "FILE: [ROW, COL]" for NPY (0-based, as numpy
+ * counts); col = (size_t)-1 names the row only ("FILE:LINE", "FILE:
+ * [ROW, :]").  Columns count the data columns first, then the context
+ * columns.  A data set made in memory gives "row R" (1-based). */
+FLOW_API void flow_data_locate(const flow_data *data, size_t row, size_t col,
+                               char *buf, size_t cap);
+/* A warning about the values flow_data_read read (e.g. "FILE:LINE:COL: 3
+ * values underflowed to 0 in float32 ..."), owned by data; NULL when
+ * there is none. */
+FLOW_API const char *flow_data_note(const flow_data *data);
+/* Rearranges the columns of data (which has no context columns) in
+ * place: column j becomes old column order[j], and the last cdim of them
+ * become the context columns.  Names, places (flow_data_locate) and the
+ * note follow the values.  Used to match a file's columns by name. */
+FLOW_API int flow_data_reorder(flow_ctx *ctx, flow_data *data,
+                               const size_t *order, size_t cdim);
+/* Lets flow_data_write write NaN and Inf (CSV: nan, inf, -inf), which it
+ * otherwise refuses because flow_data_read refuses them. */
+FLOW_API void flow_data_allow_nonfinite(flow_data *data, int on);
+
+/* --- built-in data sets -------------------------------------------- */
 
 /* Built-in data sets (runtime/datasets.c; definitions and densities in
  * docs/formats.md).  Zero the struct, then set what you need. */
@@ -366,10 +503,49 @@ FLOW_API const char *const *flow_dataset_names(void);
 FLOW_API int flow_data_generate(flow_ctx *ctx, const flow_dataset_params *p,
                                 flow_data **out);
 
-/* --- checkpoints (runtime/ckpt_model.c; layout in docs/formats.md) ----
- * A checkpoint embeds the spec source, so loading one is: open it, compile
- * flow_checkpoint_spec() (libflowc), build the model, then restore. */
-typedef struct flow_checkpoint flow_checkpoint;
+/* --- output files -------------------------------------------------- */
+
+/* Output files, as flow_data_write and flow_checkpoint_save write them
+ * (docs/cli.md, "Output files"): "-" is standard output; a FIFO, a device
+ * or /dev/fd/N is written in place; anything else goes to a temporary file
+ * beside the target (symbolic links followed) that replaces it on commit,
+ * keeping an existing file's mode.  flow_output_check tells before any
+ * work whether `path` can be written (its directory exists and takes a
+ * new file; it is no directory or socket) and is not the same file
+ * (device and inode) as one of the n_inputs `inputs` (NULL and "-"
+ * entries skipped); it writes nothing there.  flow_output_open gives a
+ * stream (flow_output_stream, owned by the output) that ends with exactly
+ * one flow_output_commit or flow_output_abort, both of which free it; on
+ * failure nothing is left under `path` that was not there before, except
+ * for what went into an output written in place. */
+FLOW_API int flow_output_check(flow_ctx *ctx, const char *path,
+                               const char *const *inputs, size_t n_inputs);
+FLOW_API int flow_output_open(flow_ctx *ctx, const char *path,
+                              flow_output **out);
+FLOW_API FILE *flow_output_stream(flow_output *o);
+FLOW_API int flow_output_commit(flow_ctx *ctx, flow_output *o);
+FLOW_API void flow_output_abort(flow_output *o);
+
+/* Writes s (NULL: "") to f as a JSON string literal (RFC 8259): quotes,
+ * backslashes and control characters escaped, bytes that are not UTF-8
+ * written as U+FFFD so the output stays valid JSON.  The one string
+ * escaper behind every JSON that flowkit, flowc and the library write. */
+FLOW_API void flow_json_string(FILE *f, const char *s);
+
+/* ====================================================================
+ * Checkpoints (runtime/ckpt_model.c; layout in docs/formats.md).
+ *
+ * A checkpoint embeds every source file of its spec, the imported ones
+ * included, so loading one is: open it, compile flow_checkpoint_sources()
+ * with flow_compile_sources (libflowc; nothing is read from disk again),
+ * build the model, then restore.
+ *
+ * Ownership: an opened checkpoint holds the file's contents and is owned
+ * by the caller (flow_checkpoint_free); its context must outlive it.
+ * Saving borrows the model and trainer for the call.
+ * Threads: one thread at a time, with its context (and, when saving or
+ * restoring, with the model's).
+ * ==================================================================== */
 
 /* Writes model parameters (a tensor per layer, "params/<label>"), buffers,
  * and, when t is not NULL, the optimizer and training state, plus the spec
@@ -380,6 +556,15 @@ FLOW_API int flow_checkpoint_save(flow_model *m, flow_trainer *t,
                                   const char *spec_source,
                                   const char *spec_path,
                                   const char *history_json, const char *path);
+/* flow_checkpoint_save plus metadata: `meta` holds key, value pairs and
+ * ends with a NULL key (may be NULL).  Keys must not be reserved ones
+ * (spec, history, ...).  `flowkit fit` stores its target here. */
+FLOW_API int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
+                                       const char *spec_source,
+                                       const char *spec_path,
+                                       const char *history_json,
+                                       const char *const *meta,
+                                       const char *path);
 /* Reads and validates a checkpoint (checksums, version, precision).
  * *out is new, owned by the caller (flow_checkpoint_free). */
 FLOW_API int flow_checkpoint_open(flow_ctx *ctx, const char *path,
@@ -397,94 +582,6 @@ FLOW_API int flow_checkpoint_has_training(const flow_checkpoint *ck);
  * naming the tensor. */
 FLOW_API int flow_checkpoint_restore(const flow_checkpoint *ck,
                                      flow_model *m, flow_trainer *t);
-
-/* --- variational fits (runtime/vi.c; docs/vi.md) ----------------------
- * Reverse-KL training against an unnormalised target density p~ from a
- * target plugin: the flow is used in its sampling direction, x = f^-1(z)
- * with z drawn from the bases, and the ELBO E_q[log p~(x) - log q(x)] is
- * maximised with the reparameterisation gradient. */
-typedef struct flow_target flow_target;
-
-/* A target of a loaded type for `dim` dimensions.  `attrs` holds one
- * resolved value per attribute of the type's table, in table order (as
- * the compiler produces them; NULL when the table is empty); the plugin's
- * create() copies what it keeps.  *out is new, owned by the caller
- * (flow_target_free).  Errors name the type and the plugin's reason. */
-FLOW_API int flow_target_new(flow_ctx *ctx, const char *type,
-                             const flow_attr_value *attrs, size_t n_attrs,
-                             size_t dim, flow_target **out);
-FLOW_API void flow_target_free(flow_target *t);
-FLOW_API size_t flow_target_dim(const flow_target *t);
-FLOW_API const char *flow_target_name(const flow_target *t);
-/* logp[r] = log p~(x_r) for n rows; grad (n x dim, may be NULL) = d log
- * p~ / dx. */
-FLOW_API int flow_target_log_density(flow_target *t, size_t n,
-                                     const flow_real *x, flow_real *logp,
-                                     flow_real *grad);
-/* The target's known log normaliser log Z, or NaN when unknown. */
-FLOW_API double flow_target_log_normalizer(const flow_target *t);
-
-/* n latents z (n x dim, exits' columns first) drawn from the bases with
- * the model's random stream; logp_base (may be NULL) = log p_base(z). */
-FLOW_API int flow_model_sample_latent(flow_model *m, size_t n, flow_real *z,
-                                      flow_real *logp_base);
-/* One reparameterised ELBO estimate on n fresh samples of the model's
- * stream: *elbo = mean_r [log p~(x_r) - log q(x_r)], x_r = f^-1(z_r), and
- * grad (num_params, overwritten) = its gradient with respect to the
- * parameters with z held fixed: mean_r [grad log p~(x_r) . dx_r/dtheta +
- * d log|det df^-1/dz|(z_r)/dtheta] (log p_base(z_r) does not depend on
- * theta).  The model must be unconditional with parameter-free bases
- * (normal, logistic); FLOW_ERR_UNSUPPORTED otherwise. */
-FLOW_API int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
-                                  double *elbo, flow_real *grad);
-
-/* Importance-sampling summary of log-weights w_r = log p~(x_r) - log
- * q(x_r) over n samples x_r ~ q. */
-typedef struct flow_is_stats {
-    size_t n;
-    double elbo, elbo_se;       /* mean of w and its standard error        */
-    double log_z, log_z_se;     /* log mean exp(w) (an estimate of log Z,
-                                   biased low by O(1/n)) and its standard
-                                   error by the delta method:
-                                   sd(e^(w-max)) / (sqrt(n) mean(e^(w-max))) */
-    double ess;                 /* (sum e^w)^2 / sum e^(2w) (Kish)         */
-    double ess_per_sample;      /* ess / n, in (0, 1]                       */
-    size_t n_finite;            /* samples with a finite weight            */
-} flow_is_stats;
-
-/* The summary of n log-weights (non-finite ones count as weight 0). */
-FLOW_API int flow_importance_stats(size_t n, const double *logw,
-                                   flow_is_stats *out);
-/* Draws n samples of m (in batches of `batch`, 0 = 4096) with the model's
- * stream, weighs them against t and summarises; x (n x dim) and logw (n)
- * receive the samples and their log-weights when not NULL. */
-FLOW_API int flow_model_importance(flow_model *m, flow_target *t, size_t n,
-                                   size_t batch, flow_is_stats *out,
-                                   flow_real *x, double *logw);
-
-/* A trainer that maximises the ELBO against t (borrowed; must outlive
- * it), cfg->batch samples per step, with the same Adam, schedules,
- * clipping and non-finite step skipping as maximum likelihood.
- * flow_trainer_step's *loss is then the negative ELBO of the step's
- * samples. */
-FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
-                                               const flow_train_config *cfg,
-                                               flow_target *t);
-
-/* flow_checkpoint_save plus metadata: `meta` holds key, value pairs and
- * ends with a NULL key (may be NULL).  Keys must not be reserved ones
- * (spec, history, ...).  `flowkit fit` stores its target here. */
-FLOW_API int flow_checkpoint_save_meta(flow_model *m, flow_trainer *t,
-                                       const char *spec_source,
-                                       const char *spec_path,
-                                       const char *history_json,
-                                       const char *const *meta,
-                                       const char *path);
-
-/* --- self-contained checkpoints (docs/formats.md) ---------------------
- * A checkpoint embeds every source file of its spec, the imported ones
- * included, and loading compiles only those copies (flow_compile_sources
- * in flowc.h): nothing is read from disk again. */
 
 /* One source file of a spec, as a checkpoint embeds it and as the
  * compiler reads it from memory.  Strings are borrowed. */
@@ -546,8 +643,83 @@ FLOW_API int flow_checkpoint_check_sources(const flow_checkpoint *ck,
                                            const flow_spec_file *files,
                                            size_t n);
 
-/* The host-services table handed to plugins by this runtime.  Static. */
-FLOW_API const flow_host *flow_host_services(void);
+/* ====================================================================
+ * Targets: unnormalised densities p~ from target plugins, for variational
+ * fits (runtime/vi.c; docs/vi.md).
+ *
+ * Ownership: made on a context, which must outlive it (the plugin's code
+ * lives there); owned by the caller (flow_target_free).  Trainers and
+ * fits borrow it.
+ * Threads: one thread at a time, with its context; fits call it on the
+ * calling thread, never on a model's worker threads.
+ * ==================================================================== */
+
+/* A target of a loaded type for `dim` dimensions.  `attrs` holds one
+ * resolved value per attribute of the type's table, in table order (as
+ * the compiler produces them; NULL when the table is empty); the plugin's
+ * create() copies what it keeps.  *out is new, owned by the caller
+ * (flow_target_free).  Errors name the type and the plugin's reason. */
+FLOW_API int flow_target_new(flow_ctx *ctx, const char *type,
+                             const flow_attr_value *attrs, size_t n_attrs,
+                             size_t dim, flow_target **out);
+FLOW_API void flow_target_free(flow_target *t);
+FLOW_API size_t flow_target_dim(const flow_target *t);
+FLOW_API const char *flow_target_name(const flow_target *t);
+/* logp[r] = log p~(x_r) for n rows; grad (n x dim, may be NULL) = d log
+ * p~ / dx. */
+FLOW_API int flow_target_log_density(flow_target *t, size_t n,
+                                     const flow_real *x, flow_real *logp,
+                                     flow_real *grad);
+/* The target's known log normaliser log Z, or NaN when unknown. */
+FLOW_API double flow_target_log_normalizer(const flow_target *t);
+
+/* ====================================================================
+ * Variational fits: the ELBO and importance sampling (runtime/vi.c;
+ * docs/vi.md).
+ *
+ * Reverse-KL training against an unnormalised target density p~: the flow
+ * is used in its sampling direction, x = f^-1(z) with z drawn from the
+ * bases, and the ELBO E_q[log p~(x) - log q(x)] is maximised with the
+ * reparameterisation gradient.
+ *
+ * Ownership: these calls borrow the model and the target for the call.
+ * Threads: as the model (one thread at a time); flow_importance_stats
+ * touches only its arguments and may run on any thread.
+ * ==================================================================== */
+
+/* One reparameterised ELBO estimate on n fresh samples of the model's
+ * stream: *elbo = mean_r [log p~(x_r) - log q(x_r)], x_r = f^-1(z_r), and
+ * grad (num_params, overwritten) = its gradient with respect to the
+ * parameters with z held fixed: mean_r [grad log p~(x_r) . dx_r/dtheta +
+ * d log|det df^-1/dz|(z_r)/dtheta] (log p_base(z_r) does not depend on
+ * theta).  The model must be unconditional with parameter-free bases
+ * (normal, logistic); FLOW_ERR_UNSUPPORTED otherwise. */
+FLOW_API int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
+                                  double *elbo, flow_real *grad);
+
+/* Importance-sampling summary of log-weights w_r = log p~(x_r) - log
+ * q(x_r) over n samples x_r ~ q. */
+typedef struct flow_is_stats {
+    size_t n;
+    double elbo, elbo_se;       /* mean of w and its standard error        */
+    double log_z, log_z_se;     /* log mean exp(w) (an estimate of log Z,
+                                   biased low by O(1/n)) and its standard
+                                   error by the delta method:
+                                   sd(e^(w-max)) / (sqrt(n) mean(e^(w-max))) */
+    double ess;                 /* (sum e^w)^2 / sum e^(2w) (Kish)         */
+    double ess_per_sample;      /* ess / n, in (0, 1]                       */
+    size_t n_finite;            /* samples with a finite weight            */
+} flow_is_stats;
+
+/* The summary of n log-weights (non-finite ones count as weight 0). */
+FLOW_API int flow_importance_stats(size_t n, const double *logw,
+                                   flow_is_stats *out);
+/* Draws n samples of m (in batches of `batch`, 0 = 4096) with the model's
+ * stream, weighs them against t and summarises; x (n x dim) and logw (n)
+ * receive the samples and their log-weights when not NULL. */
+FLOW_API int flow_model_importance(flow_model *m, flow_target *t, size_t n,
+                                   size_t batch, flow_is_stats *out,
+                                   flow_real *x, double *logw);
 
 #ifdef __cplusplus
 }

@@ -5,10 +5,12 @@
  *
  *     const flow_plugin_info *flow_plugin_entry(void);
  *
- * returning a pointer to a static descriptor.  Every struct whose first
- * fields are (abi_version, struct_size) or (struct_size) is append-only:
- * later minor releases only add fields at the end, so a reader checks
- * struct_size before touching a field that may be newer than the writer.
+ * returning a pointer to a static descriptor (FLOW_PLUGIN_LAYERS below
+ * writes both).  Every struct whose first fields are (abi_version,
+ * struct_size) or (struct_size) is append-only: later minor versions only
+ * add fields at the end, so a reader checks struct_size before touching a
+ * field that may be newer than the writer.  What a minor version added or
+ * relaxed is labelled with it, e.g. "1.1"; unlabelled is 1.0.
  *
  * Ownership: every string and table a plugin hands out is static (lives as
  * long as the .so is loaded).  Everything the host hands to a plugin is
@@ -33,6 +35,17 @@ extern "C" {
 /* ABI version of this header.  The host refuses a plugin whose
  * abi_version differs ("expected 1, got 2"). */
 #define FLOW_PLUGIN_ABI_VERSION 1u
+/* Minor version: appended fields and host entries, and relaxed rules,
+ * that a plugin built against this header may rely on.  The descriptor
+ * does not carry it (the major version and the struct sizes do the
+ * checking); a plugin that must load into older hosts avoids what is
+ * labelled newer than they are, and tests FLOW_HOST_HAS for host entries:
+ *   1.1  host net_div_*
+ *   1.2  flow_net_spec.premasked; host net_made_step, net_mask_params
+ *   1.3  host net_made_sorted_count .. net_made_step_sorted;
+ *        FLOW_LAYER_CONCURRENT_PREPARE
+ *   1.4  flow_layer_type.workspace and .init may be NULL */
+#define FLOW_PLUGIN_ABI_MINOR 4u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -203,7 +216,7 @@ typedef struct flow_cost {
                                                 estimate in training mode   */
 #define FLOW_LAYER_INVERSE_TRAINING_ERROR 0x0080u /* inverse only in eval
                                                 mode (batchnorm)            */
-#define FLOW_LAYER_CONCURRENT_PREPARE 0x0100u /* prepare() and finish_grad()
+#define FLOW_LAYER_CONCURRENT_PREPARE 0x0100u /* 1.3: prepare(), finish_grad()
                                                 touch only the instance and
                                                 the call's slices: the host
                                                 may run them for several
@@ -317,11 +330,14 @@ typedef struct flow_layer_type {
 
     /* Bytes of workspace for one call of `n` rows in direction `dir`
      * (0 = forward, 1 = inverse), including what the matching backward
-     * needs.  Called once per batch size; must not depend on data. */
+     * needs.  Called once per batch size; must not depend on data.
+     * 1.4: may be NULL, meaning 0 bytes (c->ws may then be NULL). */
     size_t (*workspace)(void *self, size_t n, int dir);
 
-    /* Parameter initialisation into c->params (writable here, cast away).
-     * Random draws from c->rng.  c->n = 0. */
+    /* Parameter initialisation into `params` (c->params, writable here)
+     * and c->buffers, which the host has zero-filled.  Random draws from
+     * c->rng.  c->n = 0.  1.4: may be NULL, meaning nothing to do: the
+     * parameters and buffers stay 0. */
     int (*init)(void *self, const flow_call *c, flow_real *params);
     /* Data-dependent initialisation on the first batch x (n x D), with
      * FLOW_LAYER_DATA_INIT: may rewrite params and buffers. */
@@ -424,6 +440,43 @@ typedef const flow_plugin_info *(*flow_plugin_entry_fn)(void);
 /* The entry point every plugin defines (and the only symbol it exports). */
 FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void);
 
+/* The descriptor and the entry point, written once at the end of a plugin
+ * (at file scope, followed by a semicolon), after its static types:
+ *
+ *     FLOW_PLUGIN_LAYERS("mine", "1.0", "my layers", &a_type, &b_type);
+ *     FLOW_PLUGIN_TARGETS("dens", "1.0", "my targets", &c_type);
+ *
+ * FLOW_PLUGIN_DEFINE is the general form, for a plugin with both layers
+ * and targets: static arrays of type pointers and their lengths (NULL, 0
+ * for none).  The descriptor is static, as the ABI requires; the trailing
+ * declaration only consumes the semicolon (as PostgreSQL's
+ * PG_MODULE_MAGIC does). */
+#define FLOW_PLUGIN_DEFINE(NAME, VERSION, SUMMARY, LAYERS, N_LAYERS, \
+                           TARGETS, N_TARGETS) \
+    static const flow_plugin_info flow_plugin_info_ = { \
+        FLOW_PLUGIN_INFO_HEAD, (NAME), (VERSION), (SUMMARY), (N_LAYERS), \
+        (LAYERS), (N_TARGETS), (TARGETS)}; \
+    FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void) \
+    { \
+        return &flow_plugin_info_; \
+    } \
+    extern int flow_plugin_defined_once_
+
+#define FLOW_PLUGIN_LAYERS(NAME, VERSION, SUMMARY, ...) \
+    static const flow_layer_type *const flow_plugin_layers_[] = { \
+        __VA_ARGS__}; \
+    FLOW_PLUGIN_DEFINE(NAME, VERSION, SUMMARY, flow_plugin_layers_, \
+                       sizeof flow_plugin_layers_ \
+                           / sizeof flow_plugin_layers_[0], NULL, 0)
+
+#define FLOW_PLUGIN_TARGETS(NAME, VERSION, SUMMARY, ...) \
+    static const flow_target_type *const flow_plugin_targets_[] = { \
+        __VA_ARGS__}; \
+    FLOW_PLUGIN_DEFINE(NAME, VERSION, SUMMARY, NULL, 0, \
+                       flow_plugin_targets_, \
+                       sizeof flow_plugin_targets_ \
+                           / sizeof flow_plugin_targets_[0])
+
 /* ---------------------------------------------------------------------
  * Host services.  A plugin reaches the runtime only through this table.
  * Entries are never NULL in a host of the same ABI version unless the
@@ -475,7 +528,7 @@ typedef struct flow_net_spec {
      * inputs j with order[j] < order[i], and on every context input. */
     const int32_t *order;
     uint64_t seed;                /* hidden degree assignment seed (MADE)    */
-    /* Appended (hosts check struct_size; older specs read as 0).  MADE
+    /* 1.2 (hosts check struct_size; older specs read as 0).  MADE
      * only, without spectral_norm: 1 = the weights passed to net_forward,
      * net_backward, ... are used as they are, with no mask applied, so the
      * caller must pass parameters whose masked weights are 0 (net_init
@@ -589,7 +642,7 @@ struct flow_host {
     int (*slogdet)(size_t d, flow_real *a, double *logabs, int *sign);
     int (*matinv)(size_t d, flow_real *a);
 
-    /* Appended (check FLOW_HOST_HAS(h, net_div_backward)).  Divergence of
+    /* 1.1 (test FLOW_HOST_HAS(h, net_div_backward)).  Divergence of
      * an MLP for continuous flows: y = net(x, t) and per row tr[r] = the
      * trace of J = dy/dx[:, :out] (the square block of the first `out`
      * inputs) when eps is NULL, or Hutchinson's e^T J e with the probes
@@ -617,7 +670,7 @@ struct flow_host {
                             const flow_real *eps, const flow_real *dy,
                             const flow_real *dtr, flow_real *dx,
                             flow_real *dparams);
-    /* --- appended (mafperf); test FLOW_HOST_HAS before use --------------
+    /* 1.2 (test FLOW_HOST_HAS before use).
      * MADE sampling by degree (docs/plugins.md, "Autoregressive layers"):
      * step s = 0..D-1 writes theta (n x out) of the dimension generated
      * s-th (order[i] = s) for n rows, computing only the hidden units of
@@ -641,7 +694,7 @@ struct flow_host {
      * elsewhere.  0 for an MLP (nothing is masked). */
     int (*net_mask_params)(const flow_net *net, const flow_real *params,
                            flow_real *dst);
-    /* --- appended (MADE in degree order); test FLOW_HOST_HAS before use
+    /* 1.3 (test FLOW_HOST_HAS before use).
      * A premasked MADE without time input evaluated with its units sorted
      * by degree, where every masked weight lies past a prefix of its row:
      * each block of rows is one GEMM over its prefix, the masked zeros

@@ -1,10 +1,10 @@
 #!/bin/sh
 # tests/fuzz/run.sh - builds a libFuzzer target (clang, ASan + UBSan) from
 # the sources and runs it for SECONDS on its seed corpus.
-#   tests/fuzz/run.sh spec|csv|npy|ckpt|data SECONDS [BUILD_DIR]
+#   tests/fuzz/run.sh spec|csv|npy|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]
 # `data` runs csv then npy, SECONDS each.  BUILD_DIR (default
 # build/default) provides the generated scanner/parser, flow_version.h,
-# the flowkit program (for a seed checkpoint) and the plugins.
+# the flowkit program (for the seed data and checkpoints) and the plugins.
 # Environment:
 #   FUZZ_OUT   where objects, corpora and crashes go (default tests/fuzz/out)
 #   FUZZ_ARGS  extra libFuzzer options (e.g. -seed=1 -jobs=1)
@@ -15,7 +15,7 @@
 # fuzz.log.  Crashes land in FUZZ_OUT/TARGET/crashes/;
 # turn each into a regression test.  Results: tests/fuzz/README.md.
 set -eu
-usage="usage: run.sh spec|csv|npy|ckpt|data SECONDS [BUILD_DIR]"
+usage="usage: run.sh spec|csv|npy|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]"
 target=${1:?$usage}
 secs=${2:?$usage}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,7 +27,7 @@ if [ "$target" = data ]; then
 fi
 case $target in
 spec) def=FUZZ_SPEC ;; csv) def=FUZZ_CSV ;; npy) def=FUZZ_NPY ;;
-ckpt) def=FUZZ_CKPT ;;
+ckpt) def=FUZZ_CKPT ;; ckpt_fixed) def=FUZZ_CKPT_FIXED ;;
 *) echo "run.sh: unknown target '$target' ($usage)" >&2; exit 2 ;;
 esac
 command -v clang >/dev/null 2>&1 || { echo "run.sh: clang not found" >&2; exit 3; }
@@ -48,11 +48,35 @@ csv) cp "$top"/tests/fuzz/seeds/csv/* "$work/corpus/"
      "$build/flowkit" data moons -n 20 -o "$work/corpus/moons.csv" ;;
 npy) cp "$top"/tests/fuzz/seeds/npy/* "$work/corpus/"
      "$build/flowkit" data moons -n 20 --format npy -o "$work/corpus/moons.npy" ;;
-ckpt) if [ ! -f "$work/corpus/moons.ckpt" ]; then
-          "$build/flowkit" data moons -n 64 -o "$work/m.csv"
-          "$build/flowkit" train "$top/specs/moons.flow" --data "$work/m.csv" \
-              --steps 2 --batch 32 -o "$work/corpus/moons.ckpt" 2>/dev/null
-      fi ;;
+ckpt|ckpt_fixed)
+    # checkpoints of this build's precision and format, trained for 2
+    # steps: moons (too large for -max_len, the fuzzer sees its first
+    # 8192 bytes) and the small specs of seeds/ckpt/, whole: couplings,
+    # actnorm, batchnorm buffers, linear, a best-so-far copy; a
+    # conditional MAF and spline; an exit; a variational fit and its target
+    if [ ! -f "$work/corpus/tiny.ckpt" ]; then
+        seeds=$top/tests/fuzz/seeds/ckpt
+        if ! { "$build/flowkit" data moons -n 64 -o "$work/m.csv" &&
+               "$build/flowkit" data gmm --dim 4 -n 32 -o "$work/g.csv" &&
+               "$build/flowkit" data 8gaussians --labels -n 32 -o "$work/l.csv" &&
+               "$build/flowkit" train "$top/specs/moons.flow" --data "$work/m.csv" \
+                   --steps 2 --batch 32 -o "$work/corpus/moons.ckpt" &&
+               "$build/flowkit" train "$seeds/tiny.flow" --data "$work/m.csv" \
+                   --steps 2 --batch 8 --valid-fraction 0.25 \
+                   -o "$work/corpus/tiny.ckpt" &&
+               "$build/flowkit" train "$seeds/cond.flow" --data "$work/l.csv" \
+                   --columns x0,x1 --context label0,label1 --steps 2 --batch 8 \
+                   -o "$work/corpus/cond.ckpt" &&
+               "$build/flowkit" train "$seeds/exits.flow" --data "$work/g.csv" \
+                   --steps 2 --batch 8 -o "$work/corpus/exits.ckpt" &&
+               "$build/flowkit" fit "$seeds/fit.flow" --steps 2 --batch 8 \
+                   --eval-samples 16 -o "$work/corpus/fit.ckpt"; } \
+               >"$work/seeds.log" 2>&1; then
+            cat "$work/seeds.log" >&2
+            echo "run.sh: cannot make the seed checkpoints" >&2
+            exit 1
+        fi
+    fi ;;
 esac
 
 # ---- instrumented objects, shared by the targets, rebuilt when stale
@@ -88,12 +112,17 @@ clang $cflags -fsanitize=fuzzer -D$def -o "$work/fuzz_$target" \
 
 dict=""
 [ -f "$top/tests/fuzz/$target.dict" ] && dict="-dict=$top/tests/fuzz/$target.dict"
+# an input of the checkpoint targets takes milliseconds: one that runs for
+# 30 s hangs (a finding within the run, not after libFuzzer's 20 minutes)
+timeout=""
+case $target in ckpt|ckpt_fixed) timeout="-timeout=30" ;; esac
 # shellcheck disable=SC2086
-"$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 $dict \
+"$work/fuzz_$target" -max_total_time="$secs" -max_len=8192 $dict $timeout \
     -artifact_prefix="$work/crashes/" -print_final_stats=1 ${FUZZ_ARGS:-} \
     "$work/corpus" >"$work/fuzz.log" 2>&1 || true
-# the final status line (coverage, corpus) and the statistics
-grep -E '^#[0-9]+[[:space:]]+DONE' "$work/fuzz.log" | tail -n 1 || true
+# the last status line (DONE: executions, coverage, corpus; after a
+# finding, the executions until then) and the statistics
+grep -E '^#[0-9]+[[:space:]]' "$work/fuzz.log" | tail -n 1 || true
 grep -E '^(Done|stat::)' "$work/fuzz.log" || true
 # a crash (or leak, timeout, OOM) leaves a file in crashes/ (and the
 # fuzzer's log ends with its report); slow units (> 10 s) are reported,

@@ -267,21 +267,9 @@ BUGGY_TYPE(est_hutch, EST_HUTCH, 0)
 BUGGY_TYPE(bug_biased, BUG_BIASED, 0)
 BUGGY_TYPE(bug_batch, BUG_BATCH, 0)
 
-static const flow_layer_type *const layers[] = {
-    &bug_none_type, &bug_logdet_type, &bug_pattern_type, &bug_rows_type,
-    &bug_grad_type, &bug_noninv_type, &bug_nondet_type, &bug_seed_type,
-    &bug_ckpt_type, &est_hutch_type, &bug_biased_type, &bug_batch_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "buggy",
-    .version = "test",
-    .summary = "layers with deliberate bugs for the conformance tests",
-    .n_layers = sizeof layers / sizeof layers[0],
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("buggy", "test",
+                   "layers with deliberate bugs for the conformance tests",
+                   &bug_none_type, &bug_logdet_type, &bug_pattern_type,
+                   &bug_rows_type, &bug_grad_type, &bug_noninv_type,
+                   &bug_nondet_type, &bug_seed_type, &bug_ckpt_type,
+                   &est_hutch_type, &bug_biased_type, &bug_batch_type);

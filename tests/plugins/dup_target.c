@@ -41,18 +41,5 @@ static const flow_target_type dup_type = {
     .log_density = log_density,
 };
 
-static const flow_target_type *const targets[] = {&dup_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "dup_target",
-    .version = "test",
-    .summary = "test plugin with a duplicate target",
-    .n_targets = 1,
-    .targets = targets,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_TARGETS("dup_target", "test",
+                    "test plugin with a duplicate target", &dup_type);

@@ -235,20 +235,7 @@ static const flow_layer_type fault_prepare_type = {
     .inverse_backward = inverse_backward, .finish_grad = finish_grad,
 };
 
-static const flow_layer_type *const layers[] = {
-    &fault_error_type, &fault_nan_type, &fault_hang_type,
-    &fault_prepare_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "faulty",
-    .version = "test",
-    .summary = "layers that fail or return NaN on chosen rows",
-    .n_layers = sizeof layers / sizeof layers[0],
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("faulty", "test",
+                   "layers that fail or return NaN on chosen rows",
+                   &fault_error_type, &fault_nan_type, &fault_hang_type,
+                   &fault_prepare_type);

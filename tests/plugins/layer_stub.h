@@ -1,5 +1,6 @@
 /* layer_stub.h - test-only: an identity layer type, included by the test
- * plugins that exercise the loader (they differ only in their descriptor).
+ * plugins that exercise the loader (they differ only in their descriptor,
+ * which the broken ones write by hand).
  * Define STUB_LAYER_NAME before including. */
 #include <string.h>
 
@@ -28,18 +29,6 @@ static void *stub_create(const flow_host *host, const flow_layer_config *cfg,
 
 static void stub_destroy(void *self) { (void)self; }
 
-static size_t stub_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int stub_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 static int stub_map(void *self, const flow_call *c, const flow_real *in,
                     flow_real *out, flow_real *logdet)
 {
@@ -56,10 +45,6 @@ static const flow_layer_type stub_type = {
     .describe = stub_describe,
     .create = stub_create,
     .destroy = stub_destroy,
-    .workspace = stub_workspace,
-    .init = stub_init,
     .forward = stub_map,
     .inverse = stub_map,
 };
-
-static const flow_layer_type *const stub_layers[] = {&stub_type};

@@ -2,6 +2,8 @@
 #define STUB_LAYER_NAME "small_identity"
 #include "layer_stub.h"
 
+static const flow_layer_type *const stub_layers[] = {&stub_type};
+
 static const flow_plugin_info info = {
     FLOW_PLUGIN_ABI_VERSION, 16u, (uint32_t)sizeof(flow_real), 0u,
     .name = "small",

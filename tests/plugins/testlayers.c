@@ -21,18 +21,6 @@ static void *stub_create(const flow_host *host, const flow_layer_config *cfg,
 
 static void stub_destroy(void *self) { (void)self; }
 
-static size_t stub_workspace(void *self, size_t n, int dir)
-{
-    (void)self, (void)n, (void)dir;
-    return 0;
-}
-
-static int stub_init(void *self, const flow_call *c, flow_real *params)
-{
-    (void)self, (void)c, (void)params;
-    return FLOW_OK;
-}
-
 static int stub_map(void *self, const flow_call *c, const flow_real *in,
                     flow_real *out, flow_real *logdet)
 {
@@ -408,7 +396,6 @@ static int baddefault_describe(const flow_layer_config *cfg,
         .struct_size = sizeof(flow_layer_type), .name = nm, .summary = sum,  \
         .attrs = tab, .describe = desc, .dep_matrix = mat,                   \
         .create = stub_create, .destroy = stub_destroy,                      \
-        .workspace = stub_workspace, .init = stub_init,                      \
         .forward = stub_map, .inverse = stub_map}
 
 TYPE(coupling_type, "tcoupling", "test: coupling (identity stub)",
@@ -423,20 +410,6 @@ TYPE(broken_type, "tbroken", "test: declared structures to reject",
 TYPE(baddefault_type, "tbaddefault", "test: unparsable default",
      baddefault_attrs, baddefault_describe, NULL);
 
-static const flow_layer_type *const layers[] = {
-    &coupling_type, &maf_type, &residual_type, &broken_type,
-    &baddefault_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "testlayers",
-    .version = "test",
-    .summary = "test-only layer types for the compiler",
-    .n_layers = sizeof layers / sizeof layers[0],
-    .layers = layers,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_LAYERS("testlayers", "test",
+                   "test-only layer types for the compiler", &coupling_type,
+                   &maf_type, &residual_type, &broken_type, &baddefault_type);

@@ -87,18 +87,5 @@ static const flow_target_type shifted_type = {
     .log_normalizer = log_normalizer,
 };
 
-static const flow_target_type *const targets[] = {&shifted_type};
-
-static const flow_plugin_info info = {
-    FLOW_PLUGIN_INFO_HEAD,
-    .name = "usertarget",
-    .version = "test",
-    .summary = "a user's target plugin (tests)",
-    .n_targets = 1,
-    .targets = targets,
-};
-
-FLOW_PLUGIN_EXPORT const flow_plugin_info *flow_plugin_entry(void)
-{
-    return &info;
-}
+FLOW_PLUGIN_TARGETS("usertarget", "test", "a user's target plugin (tests)",
+                    &shifted_type);

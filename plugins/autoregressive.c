@@ -1,10 +1,11 @@
-/* autoregressive.h - shared by maf.c and iaf.c: an autoregressive layer
+/* autoregressive.c - the `maf` and `iaf` layers: an autoregressive map
  * b_i = tau(a_i; theta_i(a_<i)) with a MADE conditioner (Germain et al.
  * 2015; MAF, Papamakarios et al. 2017, eqs. 2-3; IAF, Kingma et al. 2016,
  * eqs. 9-10).  The map F: a -> b is one conditioner pass; its inverse G:
- * b -> a takes D sequential steps.  MAF uses F for density (x -> z); IAF
- * uses F for sampling (z -> x), so an IAF with a MAF's weights computes
- * exactly that MAF's inverse.
+ * b -> a takes D sequential steps.  `maf` uses F for density (x -> z),
+ * `iaf` for sampling (z -> x), so an IAF with a MAF's weights computes
+ * exactly that MAF's inverse.  One plugin, two layer types: everything but
+ * the direction is shared.
  *
  * Speed (docs/plugins.md, "Autoregressive layers"): the MADE is built
  * premasked, and on hosts with the degree-order entries prepare() sorts
@@ -15,9 +16,6 @@
  * hidden unit once over the D steps instead of D dense passes.  Older
  * hosts: the dense passes, prepare() checking the masks once per batch
  * and masking a private copy if parameters came from elsewhere. */
-#ifndef FLOW_PLUGINS_AUTOREGRESSIVE_H
-#define FLOW_PLUGINS_AUTOREGRESSIVE_H
-
 #include "common.h"
 
 enum { AR_TRANSFORMER, AR_ORDER, AR_HIDDEN, AR_ACTIVATION, AR_IDENTITY_INIT };
@@ -56,7 +54,6 @@ static const flow_attr_spec ar_attrs[] = {
 
 typedef struct ar_layer {
     const flow_host *host;
-    int swap;                   /* 0: MAF (forward = F), 1: IAF */
     size_t d, k, P, np;
     int32_t *order;             /* order[i]: step at which i is generated */
     size_t *by_step;            /* by_step[s]: the dimension of step s */
@@ -219,13 +216,12 @@ static void ar_destroy(void *self)
 }
 
 static void *ar_create(const flow_host *host, const flow_layer_config *cfg,
-                       flow_diag *diag, int swap)
+                       flow_diag *diag)
 {
     ar_layer *a = host->calloc(1, sizeof *a);
     if (!a)
         goto nomem;
     a->host = host;
-    a->swap = swap;
     a->d = cfg->dim;
     a->k = cfg->context_dim;
     a->order = host->calloc(a->d, sizeof *a->order);
@@ -557,4 +553,116 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
     return FLOW_OK;
 }
 
-#endif
+/* --- the two layer types: F and G in opposite directions ---------------- */
+
+static int maf_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                        flow_diag *diag)
+{
+    return ar_describe(cfg, out, diag, 0);
+}
+
+static int maf_forward(void *self, const flow_call *c, const flow_real *x,
+                       flow_real *z, flow_real *logdet)
+{
+    return ar_F(self, c, x, z, logdet);
+}
+
+static int maf_inverse(void *self, const flow_call *c, const flow_real *z,
+                       flow_real *x, flow_real *logdet)
+{
+    return ar_G(self, c, z, x, logdet);
+}
+
+static int maf_forward_backward(void *self, const flow_call *c,
+                                const flow_real *x, const flow_real *z,
+                                const flow_real *dz, const flow_real *dlogdet,
+                                flow_real *dx)
+{
+    (void)z;
+    return ar_F_backward(self, c, x, dz, dlogdet, dx);
+}
+
+static int maf_inverse_backward(void *self, const flow_call *c,
+                                const flow_real *z, const flow_real *x,
+                                const flow_real *dx, const flow_real *dlogdet,
+                                flow_real *dz)
+{
+    return ar_G_backward(self, c, z, x, dx, dlogdet, dz);
+}
+
+static int iaf_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                        flow_diag *diag)
+{
+    return ar_describe(cfg, out, diag, 1);
+}
+
+static int iaf_forward(void *self, const flow_call *c, const flow_real *x,
+                       flow_real *z, flow_real *logdet)
+{
+    return ar_G(self, c, x, z, logdet);
+}
+
+static int iaf_inverse(void *self, const flow_call *c, const flow_real *z,
+                       flow_real *x, flow_real *logdet)
+{
+    return ar_F(self, c, z, x, logdet);
+}
+
+static int iaf_forward_backward(void *self, const flow_call *c,
+                                const flow_real *x, const flow_real *z,
+                                const flow_real *dz, const flow_real *dlogdet,
+                                flow_real *dx)
+{
+    return ar_G_backward(self, c, x, z, dz, dlogdet, dx);
+}
+
+static int iaf_inverse_backward(void *self, const flow_call *c,
+                                const flow_real *z, const flow_real *x,
+                                const flow_real *dx, const flow_real *dlogdet,
+                                flow_real *dz)
+{
+    (void)x;
+    return ar_F_backward(self, c, z, dx, dlogdet, dz);
+}
+
+static const flow_layer_type maf_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "maf",
+    .summary = "masked autoregressive flow: density in one pass, sampling "
+               "in D sequential passes",
+    .attrs = ar_attrs,
+    .describe = maf_describe,
+    .create = ar_create,
+    .destroy = ar_destroy,
+    .workspace = ar_workspace,
+    .init = ar_init,
+    .prepare = ar_prepare,
+    .finish_grad = ar_finish_grad,
+    .forward = maf_forward,
+    .inverse = maf_inverse,
+    .forward_backward = maf_forward_backward,
+    .inverse_backward = maf_inverse_backward,
+};
+
+static const flow_layer_type iaf_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "iaf",
+    .summary = "inverse autoregressive flow: sampling in one pass, density "
+               "in D sequential passes",
+    .attrs = ar_attrs,
+    .describe = iaf_describe,
+    .create = ar_create,
+    .destroy = ar_destroy,
+    .workspace = ar_workspace,
+    .init = ar_init,
+    .prepare = ar_prepare,
+    .finish_grad = ar_finish_grad,
+    .forward = iaf_forward,
+    .inverse = iaf_inverse,
+    .forward_backward = iaf_forward_backward,
+    .inverse_backward = iaf_inverse_backward,
+};
+
+FLOW_PLUGIN_LAYERS("autoregressive", FLOW_VERSION_STRING,
+                   "autoregressive flows with a MADE conditioner (maf, iaf)",
+                   &maf_type, &iaf_type);

@@ -1,0 +1,251 @@
+/* gradient.c - backward passes: the log-likelihood gradient (training on
+ * data) and the sampling direction's (fits), summed over the threads. */
+#include <string.h>
+
+#include "ctx.h"
+#include "model_impl.h"
+#include "vec.h"
+
+/* The threads' gradient accumulators are zero before a backward pass:
+ * the reduction clears them as it reads them; only a failed pass leaves
+ * them dirty. */
+static void clear_tgrad(flow_model *m)
+{
+    if (m->tgrad && m->tgrad_dirty)
+        memset(m->tgrad, 0, (m->threads - 1) * m->n_params * sizeof *m->tgrad);
+    m->tgrad_dirty = 0;
+}
+
+typedef struct reduce_job {
+    flow_model *m;
+    flow_real *grad;
+} reduce_job;
+
+/* grad += tgrad[0] + tgrad[1] + ... on [lo, hi), in thread order for
+ * every parameter: the same bits as a serial sum; each accumulator
+ * zeroed once read. */
+FLOW_VECTORIZE static void reduce_task(void *arg, size_t t, size_t lo,
+                                       size_t hi)
+{
+    reduce_job *rj = arg;
+    flow_model *m = rj->m;
+    size_t np = m->n_params;
+    (void)t;
+    for (size_t u = 1; u < m->threads; u++) {
+        flow_real *restrict g = m->tgrad + (u - 1) * np;
+        flow_real *restrict out = rj->grad;
+        for (size_t q = lo; q < hi; q++)
+            out[q] += g[q];
+        memset(g + lo, 0, (hi - lo) * sizeof *g);
+    }
+}
+
+static void zero_task(void *arg, size_t t, size_t lo, size_t hi)
+{
+    (void)t;
+    memset((flow_real *)arg + lo, 0, (hi - lo) * sizeof(flow_real));
+}
+
+/* grad = 0 on the model's threads (a serial memset of a 1.8M-parameter
+ * MAF's gradient was a visible part of a 2-thread training step). */
+static void zero_grad(flow_model *m, flow_real *grad)
+{
+    model_parallel_for(m, m->n_params, zero_task, grad);
+}
+
+/* After a backward pass: the threads' gradients summed (reduce_task),
+ * then each layer's finish_grad. */
+static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
+                            flow_real *grad)
+{
+    if (m->tgrad && m->tgrad_dirty) {
+        reduce_job rj = {m, grad};
+        model_parallel_for(m, m->n_params, reduce_task, &rj);
+        m->tgrad_dirty = 0;
+    }
+    return exec_batch_all(m, n, 1, c, grad);
+}
+
+int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
+                           const flow_real *c, double *mean_logp,
+                           flow_real *grad)
+{
+    flow_real w, *dz, *dprev;
+    double total = 0;
+    int rc;
+
+    if ((rc = model_check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = exec_grow_batch(m, n)) != FLOW_OK
+        || (rc = exec_forward(m, n, x, c, m->zbuf, 0, 1)) != FLOW_OK)
+        return rc;
+    w = (flow_real)(1.0 / (double)n);
+    memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
+    if ((rc = exec_add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
+        return rc;
+    for (size_t r = 0; r < n; r++) {
+        total += m->ld[r];
+        m->ones[r] = w;             /* dL/dlogdet and dL/dlogp_base */
+    }
+    zero_grad(m, grad);
+    clear_tgrad(m);
+    /* d mean / d z_final, and the final base's parameter gradient */
+    dz = m->g0;
+    dprev = m->g1;
+    exec_gather_cols(n, m->dim, m->zbuf, m->z_final, m->base.dim, m->t0);
+    if (base_grad(&m->base, m->params + m->base_off, n, m->t0, m->ones, dz,
+                  grad + m->base_off) != FLOW_OK)
+        return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                           "gradient failed");
+    for (size_t i = m->n_nodes; i-- > 0;) {
+        node *nd = &m->nodes[i];
+        flow_real *t;
+        if (nd->kind == NODE_EXIT) {
+            /* d/d(input) = [base gradient of the exit's part, dz of rest] */
+            for (size_t r = n; r-- > 0;)
+                memmove(dprev + r * nd->in_dim + nd->k, dz + r * nd->out_dim,
+                        nd->out_dim * sizeof *dz);
+            exec_gather_cols(n, m->dim, m->zbuf, nd->z_off, nd->k, m->t0);
+            if (base_grad(&nd->base, m->params + nd->bp_off, n, m->t0,
+                          m->ones, m->t1, grad + nd->bp_off) != FLOW_OK)
+                return model_error(m, FLOW_ERR_NUMERIC, "exit %s: base "
+                                   "gradient failed", nd->name);
+            for (size_t r = 0; r < n; r++)
+                memcpy(dprev + r * nd->in_dim, m->t1 + r * nd->k,
+                       nd->k * sizeof *dprev);
+        } else {
+            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                || !nd->type->forward_backward)
+                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
+                                   "cannot be trained (no backward)",
+                                   nd->label, nd->file);
+            job j = {.m = m, .kind = JOB_FORWARD_BACKWARD, .n = n,
+                     .cv = c, .dld = m->ones, .grad = grad,
+                     .steps = m->steps};
+            size_t lo = i;      /* the job: layers i down to lo */
+            for (;;) {
+                node *nl = &m->nodes[lo];
+                if (!(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                    || !nl->type->forward_backward)
+                    return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): "
+                                       "layer cannot be trained (no "
+                                       "backward)", nl->label, nl->file);
+                /* the gradient buffers alternate as they do here */
+                m->steps[i - lo] = (job_step){.nd = nl, .in = m->act[lo],
+                                              .out = m->act[lo + 1],
+                                              .dout = dz, .din = dprev};
+                t = dz;
+                dz = dprev;
+                dprev = t;
+                if (lo == 0 || nl[-1].kind != NODE_LAYER
+                    || !exec_joinable(m, nl - 1, n)
+                    || !exec_joinable(m, nl, n))
+                    break;
+                lo--;
+            }
+            j.n_steps = i - lo + 1;
+            m->tgrad_dirty = 1;
+            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK)
+                return rc;
+            i = lo;             /* the loop's i-- moves on to lo - 1 */
+            continue;
+        }
+        t = dz;
+        dz = dprev;
+        dprev = t;
+    }
+    if ((rc = finish_gradients(m, n, c, grad)) != FLOW_OK)
+        return rc;
+    if (mean_logp)
+        *mean_logp = total / (double)n;
+    return FLOW_OK;
+}
+
+/* The sampling direction's backward with the loss decided in between:
+ * after x = f^-1(z) (logdet: log|det df^-1/dz|), mid() writes dL/dx and
+ * dL/dlogdet from them. */
+int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
+                           const flow_real *c, model_mid_fn mid, void *arg,
+                           flow_real *grad, flow_real *dz)
+{
+    flow_real *g, *gnext, *t;
+    int rc;
+
+    if ((rc = model_check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = exec_grow_batch(m, n)) != FLOW_OK
+        || (rc = exec_inverse(m, n, z, c, m->zbuf, 1)) != FLOW_OK)
+        return rc;
+    g = m->g0;
+    gnext = m->g1;
+    if ((rc = mid(arg, n, m->zbuf, m->ld_sum, g, m->ones)) != FLOW_OK)
+        return rc;
+    zero_grad(m, grad);
+    clear_tgrad(m);
+    /* the inverse ran nodes last to first; its backward runs first to
+     * last: node i maps act[i + 1] (latent side) to act[i] (data side) */
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            for (size_t r = 0; r < n; r++) {
+                if (dz)
+                    memcpy(dz + r * m->dim + nd->z_off, g + r * nd->in_dim,
+                           nd->k * sizeof *dz);
+                memcpy(gnext + r * nd->out_dim, g + r * nd->in_dim + nd->k,
+                       nd->out_dim * sizeof *g);
+            }
+        } else {
+            job_step st = {.nd = nd, .in = m->act[i + 1], .out = m->act[i],
+                           .dout = g, .din = gnext};
+            job j = {.m = m, .kind = JOB_INVERSE_BACKWARD, .n = n, .cv = c,
+                     .dld = m->ones, .grad = grad, .steps = &st,
+                     .n_steps = 1};
+            m->tgrad_dirty = 1;
+            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_INVERSE)
+                || !nd->type->inverse_backward)
+                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
+                                   "has no backward for its inverse",
+                                   nd->label, nd->file);
+            if ((rc = exec_run_job(&j, "inverse backward")) != FLOW_OK)
+                return rc;
+        }
+        t = g;
+        g = gnext;
+        gnext = t;
+    }
+    if (dz) {
+        size_t df = model_out_dim(m);
+        for (size_t r = 0; r < n; r++)
+            memcpy(dz + r * m->dim + m->z_final, g + r * df,
+                   df * sizeof *dz);
+    }
+    return finish_gradients(m, n, c, grad);
+}
+
+typedef struct given_grads {
+    size_t dim;
+    const flow_real *dx, *dlogdet;
+} given_grads;
+
+static int copy_given(void *arg, size_t n, const flow_real *x,
+                      const flow_real *logdet, flow_real *dx,
+                      flow_real *dlogdet)
+{
+    const given_grads *gg = arg;
+    (void)x, (void)logdet;
+    memcpy(dx, gg->dx, n * gg->dim * sizeof *dx);
+    for (size_t r = 0; r < n; r++)
+        dlogdet[r] = gg->dlogdet ? gg->dlogdet[r] : 0;
+    return FLOW_OK;
+}
+
+int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
+                            const flow_real *c, const flow_real *dx,
+                            const flow_real *dlogdet, flow_real *grad,
+                            flow_real *dz)
+{
+    given_grads gg = {m->dim, dx, dlogdet};
+    return model_inverse_grad_mid(m, n, z, c, copy_given, &gg, grad, dz);
+}

@@ -1,0 +1,118 @@
+/* minimal.c - test-only plugin: the smallest trainable layer, with every
+ * optional callback NULL (workspace and init among them, ABI 1.4).
+ * z = x + b per dimension, b the D parameters, which start at the host's
+ * zeros: the layer starts as the identity.  log|det J| = 0. */
+#include <string.h>
+
+#include "flow/flow_plugin.h"
+
+typedef struct shift {
+    const flow_host *host;
+    size_t d;
+} shift;
+
+static int shift_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                          flow_diag *diag)
+{
+    (void)diag;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
+    out->n_params = cfg->dim;
+    out->jac = FLOW_JAC_VOLUME_PRESERVING;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->cert_text = "shift";
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+static void *shift_create(const flow_host *host, const flow_layer_config *cfg,
+                          flow_diag *diag)
+{
+    shift *s = host->calloc(1, sizeof *s);
+    if (!s) {
+        strcpy(diag->message, "out of memory");
+        return NULL;
+    }
+    s->host = host;
+    s->d = cfg->dim;
+    return s;
+}
+
+static void shift_destroy(void *self)
+{
+    shift *s = self;
+    if (s)
+        s->host->free(s);
+}
+
+/* out = in + sign * b, row by row; logdet 0 */
+static int shift_map(const shift *s, const flow_call *c, const flow_real *in,
+                     flow_real *out, flow_real *logdet, flow_real sign)
+{
+    for (size_t r = 0; r < c->n; r++)
+        for (size_t i = 0; i < s->d; i++)
+            out[r * s->d + i] = in[r * s->d + i] + sign * c->params[i];
+    memset(logdet, 0, c->n * sizeof *logdet);
+    return FLOW_OK;
+}
+
+static int shift_forward(void *self, const flow_call *c, const flow_real *x,
+                         flow_real *z, flow_real *logdet)
+{
+    return shift_map(self, c, x, z, logdet, 1);
+}
+
+static int shift_inverse(void *self, const flow_call *c, const flow_real *z,
+                         flow_real *x, flow_real *logdet)
+{
+    return shift_map(self, c, z, x, logdet, -1);
+}
+
+/* dL/din = dL/dout; dL/db += sign * sum over rows of dL/dout (z = x + b
+ * forward, x = z - b inverse) */
+static int shift_vjp(const shift *s, const flow_call *c,
+                     const flow_real *dout, flow_real *din, flow_real sign)
+{
+    memcpy(din, dout, c->n * s->d * sizeof *din);
+    if (c->grad)
+        for (size_t r = 0; r < c->n; r++)
+            for (size_t i = 0; i < s->d; i++)
+                c->grad[i] += sign * dout[r * s->d + i];
+    return FLOW_OK;
+}
+
+static int shift_forward_backward(void *self, const flow_call *c,
+                                  const flow_real *x, const flow_real *z,
+                                  const flow_real *dz,
+                                  const flow_real *dlogdet, flow_real *dx)
+{
+    (void)x, (void)z, (void)dlogdet;
+    return shift_vjp(self, c, dz, dx, 1);
+}
+
+static int shift_inverse_backward(void *self, const flow_call *c,
+                                  const flow_real *z, const flow_real *x,
+                                  const flow_real *dx,
+                                  const flow_real *dlogdet, flow_real *dz)
+{
+    (void)z, (void)x, (void)dlogdet;
+    return shift_vjp(self, c, dx, dz, -1);
+}
+
+static const flow_layer_type shift_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "minimal_shift",
+    .summary = "test: z = x + b with no workspace and no init",
+    .describe = shift_describe,
+    .create = shift_create,
+    .destroy = shift_destroy,
+    .forward = shift_forward,
+    .inverse = shift_inverse,
+    .forward_backward = shift_forward_backward,
+    .inverse_backward = shift_inverse_backward,
+};
+
+FLOW_PLUGIN_LAYERS("minimal", "test",
+                   "a layer with every optional callback NULL (tests)",
+                   &shift_type);
