@@ -70,10 +70,14 @@ int cli_check_output(const char *cmd, const char *out,
  * once it is compiled. */
 int cli_check_output_sources(const char *cmd, const char *out,
                              const flow_graph *g);
-/* SIGINT / SIGTERM while training: the handler only records the signal
- * in cli_stop_signal; the loop finishes its step and saves. */
+/* SIGINT / SIGTERM while training: the handler records the signal in
+ * cli_stop_signal; the loop finishes its step and saves, calling
+ * cli_stop_saving once it has seen the signal.  A second signal, or
+ * FLOWKIT_STOP_GRACE seconds after the first without cli_stop_saving,
+ * exits 128 + signal at once without a checkpoint (common.c). */
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
+void cli_stop_saving(void);
 
 /* Seconds on the monotonic clock; v as a JSON number with `digits` significant digits, or null for inf
  * and NaN, which JSON lacks (common.c).  Strings: flow_json_string. */
@@ -98,9 +102,14 @@ typedef struct cli_loaded {
     flow_model *model;
     flow_checkpoint *ck;
     const char *spec_source;    /* owned by comp or ck */
+    /* the training data's column names (data, then context), NULL when
+     * unnamed; owned by ck */
+    const char *const *columns;
+    size_t n_columns, n_context_columns;
 } cli_loaded;
-/* Opens a checkpoint, recompiles its spec and restores the parameters;
- * 0, or 1 after printing why. */
+/* Opens a checkpoint, compiles its embedded spec and imports (never the
+ * disk; diagnostics name "CKPT[PATH]") and restores the parameters; 0,
+ * or 1 after printing why. */
 int cli_load_checkpoint(cli_loaded *l, const char *cmd, const char *path,
                         size_t threads);
 /* Same, recompiling with `target` as --target when not NULL ("" : the
@@ -114,6 +123,33 @@ void cli_loaded_free(cli_loaded *l);
 flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
                      const char *columns, const char *context, size_t dim,
                      size_t cdim);
+/* The same for a loaded model: with by_name, no --columns / --context and
+ * a checkpoint that names its training columns, a file with a header
+ * gives the model's columns by name, in the model's order (it must have
+ * exactly those columns; an error names both lists); a file without a
+ * header is read by position. */
+flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
+                               const char *path, const char *columns,
+                               const char *context, int by_name);
+/* The columns `names` (dim data, then cdim context) of a file with a
+ * header, by name (exactly those columns); a file without one by
+ * position. */
+flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
+                             const char *path, const char *const *names,
+                             size_t dim, size_t cdim);
+/* Writes a checkpoint of m (and t) with every source file of comp
+ * embedded and, when data has a header, its column names (common.c). */
+int cli_save_checkpoint(flow_ctx *ctx, flow_model *m, flow_trainer *t,
+                        const flow_compilation *comp, const flow_data *data,
+                        const char *history, const char *const *meta,
+                        const char *out);
+/* --resume: the checkpoint was made from comp's spec and imports and,
+ * when both name them, from the columns of data (may be NULL); 0, or 1
+ * after printing why. */
+int cli_check_resume(flow_ctx *ctx, const char *cmd,
+                     const flow_checkpoint *ck,
+                     const flow_compilation *comp, const char *spec,
+                     const flow_data *data, const char *data_path);
 
 /* Located data errors (eval.c).  cli_check_bounds: every value of d
  * inside the bounds `input x : real[D] in [lo, hi]` of g, or 1 after
@@ -148,6 +184,8 @@ typedef struct cli_run_opts {
     int allow_nonfinite;        /* --data commands: accept and write
                                    non-finite results */
     const char *target;         /* sample --target */
+    const char *const *xnames;  /* names of the x columns written (the
+                                   training columns'), NULL: x0.. */
 } cli_run_opts;
 
 /* Parses them; mode 0: --data commands; 1: sample; 2: info (checkpoint

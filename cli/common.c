@@ -82,35 +82,168 @@ int cli_load_checkpoint(cli_loaded *l, const char *cmd, const char *path,
     return cli_load_checkpoint_target(l, cmd, path, threads, NULL);
 }
 
+/* Compiles a checkpoint's embedded sources (never the disk); diagnostics
+ * name the checkpoint ("CKPT[PATH]:LINE:COL").  NULL after printing why. */
+static flow_compilation *compile_embedded(flow_ctx *ctx, const char *cmd,
+                                          const flow_checkpoint *ck,
+                                          const char *path,
+                                          const char *target)
+{
+    size_t n, errors;
+    const flow_spec_file *files = flow_checkpoint_sources(ck, &n);
+    flow_compilation *c = flow_compile_sources(ctx, files, n, target);
+    const char *ver = flow_checkpoint_meta(ck, "format_version");
+    if (!c) {
+        cli_fail(ctx, cmd);
+        return NULL;
+    }
+    flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+    if (!(errors = flow_compile_errors(c)) && flow_compile_graph(c))
+        return c;
+    fprintf(stderr, "%s: %s: %zu error%s in the embedded spec\n", cmd,
+            files[0].name, errors, errors == 1 ? "" : "s");
+    if (ver && !strcmp(ver, "1") && n == 1)
+        fprintf(stderr, "%s: note: %s has checkpoint format 1, which does not "
+                "embed imported files, and imports are never read from "
+                "disk: write it again with `flowkit train SPEC --data FILE "
+                "--resume %s -o NEW`\n", cmd, path, path);
+    flow_compile_free(c);
+    return NULL;
+}
+
 int cli_load_checkpoint_target(cli_loaded *l, const char *cmd,
                                const char *path, size_t threads,
                                const char *target)
 {
-    const char *spec, *spec_path;
     memset(l, 0, sizeof *l);
     if (!(l->ctx = cli_open_ctx(cmd)))
         return 1;
     if (flow_checkpoint_open(l->ctx, path, &l->ck) != FLOW_OK)
         goto fail;
-    spec = flow_checkpoint_spec(l->ck);
-    spec_path = flow_checkpoint_meta(l->ck, "spec_path");
     if (target && !*target)             /* --weights: the checkpoint's own */
         target = flow_checkpoint_meta(l->ck, "target");
-    if (!(l->comp = cli_compile_target(l->ctx, cmd, spec_path ? spec_path
-                                       : path, spec, target)))
+    if (!(l->comp = compile_embedded(l->ctx, cmd, l->ck, path, target)))
         goto quiet;
     if (flow_graph_build_model(l->ctx, flow_compile_graph(l->comp), 0,
                                &l->model) != FLOW_OK
         || flow_checkpoint_restore(l->ck, l->model, NULL) != FLOW_OK
         || flow_model_set_threads(l->model, threads) != FLOW_OK)
         goto fail;
-    l->spec_source = spec;
+    l->spec_source = flow_checkpoint_spec(l->ck);
+    l->columns = flow_checkpoint_columns(l->ck, &l->n_columns,
+                                         &l->n_context_columns);
     return 0;
 fail:
     cli_fail(l->ctx, cmd);
 quiet:
     cli_loaded_free(l);
     return 1;
+}
+
+/* The spec files of a compilation, as a checkpoint embeds them; NULL
+ * (after a message in ctx) when out of memory.  Free the array. */
+static flow_spec_file *spec_files(flow_ctx *ctx, const flow_compilation *comp,
+                                  size_t *n)
+{
+    const flow_graph *g = flow_compile_graph(comp);
+    flow_spec_file *f;
+    *n = flow_graph_spec_file_count(g);
+    if (!(f = calloc(*n ? *n : 1, sizeof *f))) {
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < *n; i++)
+        flow_graph_spec_file(g, i, &f[i]);
+    return f;
+}
+
+int cli_save_checkpoint(flow_ctx *ctx, flow_model *m, flow_trainer *t,
+                        const flow_compilation *comp, const flow_data *data,
+                        const char *history, const char *const *meta,
+                        const char *out)
+{
+    flow_checkpoint_info in;
+    size_t nc = flow_model_dim(m) + flow_model_context_dim(m), n;
+    const char **cols = NULL;
+    int rc;
+    memset(&in, 0, sizeof in);
+    in.struct_size = sizeof in;
+    if (!(in.files = spec_files(ctx, comp, &n)))
+        return FLOW_ERR_NOMEM;
+    in.n_files = n;
+    in.history_json = history;
+    in.meta = meta;
+    /* the training columns' names, when the data had a header, so that
+     * later commands can match the columns of their input by name */
+    if (data && flow_data_column_name(data, 0)
+        && flow_data_dim(data) + flow_data_context_dim(data) == nc) {
+        if (!(cols = calloc(nc, sizeof *cols))) {
+            free((void *)in.files);
+            return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        }
+        for (size_t j = 0; j < nc; j++)
+            cols[j] = flow_data_column_name(data, j);
+        in.columns = cols;
+    }
+    rc = flow_checkpoint_write(m, t, &in, out);
+    free(cols);
+    free((void *)in.files);
+    return rc;
+}
+
+/* "a, b, c" of n names, cut to fit cap. */
+static void list_names(char *buf, size_t cap, const char *const *names,
+                       size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t j = 0; j < n && used < cap; j++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%.60s",
+                                 j ? ", " : "", names[j]);
+}
+
+int cli_check_resume(flow_ctx *ctx, const char *cmd,
+                     const flow_checkpoint *ck,
+                     const flow_compilation *comp, const char *spec,
+                     const flow_data *data, const char *data_path)
+{
+    size_t n, ne, nd, nc;
+    flow_spec_file *f = spec_files(ctx, comp, &n);
+    const char *const *cols = flow_checkpoint_columns(ck, &nd, &nc);
+    int rc;
+    if (!f)
+        return cli_fail(ctx, cmd);
+    rc = flow_checkpoint_check_sources(ck, f, n);
+    flow_checkpoint_sources(ck, &ne);
+    free(f);
+    if (rc != FLOW_OK)
+        return cli_fail(ctx, cmd);
+    if (n > 1 && ne == 1)
+        fprintf(stderr, "%s: note: the checkpoint has format 1 and does not "
+                "record what %s imported: the imports are taken as they are "
+                "now\n", cmd, spec);
+    /* the run goes on with the columns it started with */
+    if (cols && data && flow_data_column_name(data, 0)) {
+        for (size_t j = 0; j < nd + nc; j++) {
+            const char *have = flow_data_column_name(data, j);
+            char a[512], b[512];
+            if (have && !strcmp(have, cols[j]))
+                continue;
+            list_names(a, sizeof a, cols, nd + nc);
+            b[0] = '\0';
+            for (size_t k = 0, used = 0; k < nd + nc && used < sizeof b; k++)
+                used += (size_t)snprintf(b + used, sizeof b - used,
+                                         "%s%.60s", k ? ", " : "",
+                                         flow_data_column_name(data, k)
+                                         ? flow_data_column_name(data, k)
+                                         : "?");
+            fprintf(stderr, "%s: %s: the columns are %s, the checkpoint "
+                    "was trained on %s (select the same columns with "
+                    "--columns)\n", cmd, data_path, b, a);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 /* Reads a data file for model m: dim columns (+ context columns). */
@@ -139,6 +272,112 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
         return NULL;
     }
     return d;
+}
+
+/* The columns of d (read whole, with a header) named `want`, in that
+ * order: dim data columns then cdim context columns; d has exactly these
+ * columns.  NULL after printing why. */
+static flow_data *select_named(flow_ctx *ctx, const char *cmd,
+                               const char *path, flow_data *d,
+                               const char *const *want, size_t dim,
+                               size_t cdim)
+{
+    size_t nf = flow_data_dim(d), nw = dim + cdim;
+    size_t *at = calloc(nw, sizeof *at);
+    const char **have = calloc(nf, sizeof *have);
+    flow_data *out = NULL;
+    char a[512], b[512];
+    if (!at || !have) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        goto done;
+    }
+    for (size_t j = 0; j < nf; j++)
+        have[j] = flow_data_column_name(d, j);
+    list_names(a, sizeof a, want, nw);
+    list_names(b, sizeof b, have, nf);
+    /* a header reorders the columns, it never drops one: a file of other
+     * data that happens to hold these names too is refused */
+    if (nf != nw) {
+        fprintf(stderr, "%s: %s: %zu columns (%s), the model was trained on "
+                "%zu (%s): select them with --columns%s\n", cmd, path, nf, b,
+                nw, a, cdim ? " and --context" : "");
+        goto done;
+    }
+    for (size_t k = 0; k < nw; k++) {
+        size_t hits = 0;
+        for (size_t j = 0; j < nf; j++)
+            if (!strcmp(have[j], want[k])) {
+                at[k] = j;
+                hits++;
+            }
+        if (hits == 1)
+            continue;
+        fprintf(stderr, "%s: %s: %s column '%s' (the model was trained on "
+                "columns %s; the file has %s): select the columns with "
+                "--columns%s\n", cmd, path, hits ? "more than one" : "no",
+                want[k], a, b, cdim ? " and --context" : "");
+        goto done;
+    }
+    /* in place, so that places in messages still name the file's lines
+     * and columns */
+    if (flow_data_reorder(ctx, d, at, cdim) != FLOW_OK) {
+        cli_fail(ctx, cmd);
+        goto done;
+    }
+    out = d;
+    d = NULL;
+done:
+    free(at);
+    free(have);
+    flow_data_free(d);
+    return out;
+}
+
+flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
+                             const char *path, const char *const *names,
+                             size_t dim, size_t cdim)
+{
+    flow_data *d = NULL;
+    /* every column, then the wanted ones by name when the file has a
+     * header; without one, by position */
+    if (flow_data_read(ctx, path, NULL, NULL, 0, &d) != FLOW_OK) {
+        cli_fail(ctx, cmd);
+        return NULL;
+    }
+    if (flow_data_note(d))
+        fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(d));
+    if (flow_data_rows(d) == 0) {
+        fprintf(stderr, "%s: %s: no rows\n", cmd, path);
+        flow_data_free(d);
+        return NULL;
+    }
+    if (flow_data_column_name(d, 0))
+        return select_named(ctx, cmd, path, d, names, dim, cdim);
+    if (cdim) {
+        fprintf(stderr, "%s: %s: the model needs %zu context column%s, the "
+                "data have 0 (select them with --context)\n", cmd, path,
+                cdim, cdim == 1 ? "" : "s");
+        flow_data_free(d);
+        return NULL;
+    }
+    if (flow_data_dim(d) != dim) {
+        fprintf(stderr, "%s: %s: %zu data columns, expected %zu\n", cmd,
+                path, flow_data_dim(d), dim);
+        flow_data_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
+                               const char *path, const char *columns,
+                               const char *context, int by_name)
+{
+    size_t dim = flow_model_dim(l->model);
+    size_t cdim = flow_model_context_dim(l->model);
+    if (!by_name || columns || context || !l->columns)
+        return cli_read_data(l->ctx, cmd, path, columns, context, dim, cdim);
+    return cli_read_by_names(l->ctx, cmd, path, l->columns, dim, cdim);
 }
 
 int cli_check_output(const char *cmd, const char *out,
@@ -208,23 +447,94 @@ void cli_json_num(FILE *f, double v, int digits)
 
 /* ------------------------------------------------------------ signals */
 
-/* SIGINT / SIGTERM during training: the handler only records the signal;
- * the loop finishes its step, writes the checkpoint and exits 128 + sig. */
+/* SIGINT / SIGTERM during training: the handler records the signal; the
+ * loop finishes its step, writes the checkpoint and exits 128 + sig.  A
+ * step that does not finish must not make the process unkillable: a
+ * second signal, or the end of the grace period (FLOWKIT_STOP_GRACE
+ * seconds, default 30, 0 = none) after the first while the loop has not
+ * taken it into account, exits at once with 128 + that signal and writes
+ * no checkpoint (an atomic write never leaves a partial one).  Once the
+ * loop has seen the signal (cli_stop_saving), only a second signal
+ * interrupts the rest: the end of the epoch, the save. */
 volatile sig_atomic_t cli_stop_signal;
+static volatile sig_atomic_t saving;
 
+#define STOP_GRACE_DEFAULT 30
+
+/* Async-signal-safe: a fixed message and _exit. */
+static void exit_now(int sig, const char *why)
+{
+    static const char head[] = "flowkit: ";
+    static const char tail[] = ": exiting at once, no checkpoint written\n";
+    ssize_t ignored;
+    ignored = write(2, head, sizeof head - 1);
+    ignored = write(2, why, strlen(why));
+    ignored = write(2, tail, sizeof tail - 1);
+    (void)ignored;
+    _exit(128 + sig);
+}
+
+static unsigned grace_s;         /* set before the handlers are */
+
+/* The first signal also arms the grace alarm (alarm() is
+ * async-signal-safe), so that a step that never returns to the loop is
+ * still bounded. */
 static void on_stop_signal(int sig)
 {
+    if (cli_stop_signal)
+        exit_now(sig, "second interrupt");
     cli_stop_signal = sig;
+    if (grace_s)
+        alarm(grace_s);
+}
+
+static void on_grace_alarm(int sig)
+{
+    (void)sig;
+    if (!saving && cli_stop_signal)
+        exit_now(cli_stop_signal, "the step did not finish within "
+                 "FLOWKIT_STOP_GRACE seconds of the interrupt");
+}
+
+static unsigned stop_grace(void)
+{
+    const char *v = getenv("FLOWKIT_STOP_GRACE");
+    char *end;
+    unsigned long s;
+    if (!v || !*v)
+        return STOP_GRACE_DEFAULT;
+    errno = 0;
+    s = strtoul(v, &end, 10);
+    if (*end || errno || s > 86400 || *v == '-') {
+        fprintf(stderr, "flowkit: FLOWKIT_STOP_GRACE='%.40s' is not a number "
+                "of seconds from 0 to 86400: using %d\n", v,
+                STOP_GRACE_DEFAULT);
+        return STOP_GRACE_DEFAULT;
+    }
+    return (unsigned)s;
 }
 
 void cli_catch_stop_signals(int on)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on ? on_stop_signal : SIG_DFL;
     sigemptyset(&sa.sa_mask);
+    saving = 0;
+    if (on)
+        grace_s = stop_grace();
+    else
+        alarm(0);
+    sa.sa_handler = on ? on_grace_alarm : SIG_DFL;
+    sigaction(SIGALRM, &sa, NULL);
+    sa.sa_handler = on ? on_stop_signal : SIG_DFL;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
+
+void cli_stop_saving(void)
+{
+    saving = 1;
+    alarm(0);
 }
 
 /* ------------------------------------------------------------ text */

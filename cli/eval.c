@@ -241,8 +241,8 @@ int cli_cmd_eval(int argc, char **argv)
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
-    if (!(d = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
-                        flow_model_context_dim(l.model)))
+    if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
+                                  1))
         || cli_check_bounds(cmd, flow_compile_graph(l.comp), d)) {
         flow_data_free(d);
         cli_loaded_free(&l);
@@ -294,9 +294,13 @@ int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
     for (size_t j = 0; j < nn; j++) {
         const char *cn = j >= w && j < w + cw && cnames
                        ? flow_data_column_name(cnames, j - w) : NULL;
+        if (j < w && o->xnames)
+            cn = o->xnames[j];
         if (!(names[j] = malloc(32 + (cn ? strlen(cn) : 0))))
             goto done;
-        if (j < w)
+        if (j < w && o->xnames)
+            strcpy(names[j], cn);
+        else if (j < w)
             snprintf(names[j], 32, "%s%zu", prefix, j);
         else if (cn)
             strcpy(names[j], cn);
@@ -362,14 +366,17 @@ static int map_rows(int argc, char **argv, const char *cmd,
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     dim = flow_model_dim(l.model);
-    if (!(d = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
-                        flow_model_context_dim(l.model)))
+    /* decode reads latents: by position, never by the data's names */
+    if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
+                                  what != 2))
         || (what != 2
             && cli_check_bounds(cmd, flow_compile_graph(l.comp), d))) {
         flow_data_free(d);
         cli_loaded_free(&l);
         return 1;
     }
+    if (what == 2)
+        o.xnames = l.columns;
     n = flow_data_rows(d);
     w = what == 0 ? 1 : dim;
     if (!(res = malloc(n * w * sizeof *res))) {

@@ -273,15 +273,6 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     r->ttext = flow_graph_target_get(g)->text;
     apply_train_section(g, o);
     r->spec_source = flow_graph_source(g, 0, &path, &len);
-    for (size_t i = 1; i < flow_graph_source_count(g); i++) {
-        flow_graph_source(g, i, &path, &len);
-        if (strcmp(path, "<--target>")) {
-            fprintf(stderr, "%s: note: %s imports other files; the "
-                    "checkpoint embeds only %s, so keep the imports where "
-                    "they are\n", cmd, o->spec, o->spec);
-            break;
-        }
-    }
     o->cfg.seed = o->seed;
     o->cfg.total_steps = o->steps;
     if (flow_graph_build_model(r->ctx, g, o->seed, &r->model) != FLOW_OK
@@ -297,11 +288,9 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
         const char *h;
         if (flow_checkpoint_open(r->ctx, o->resume, &r->ck) != FLOW_OK)
             return cli_fail(r->ctx, cmd);
-        if (strcmp(flow_checkpoint_spec(r->ck), r->spec_source) != 0) {
-            fprintf(stderr, "%s: %s: checkpoint was made by a different spec "
-                    "than %s\n", cmd, o->resume, o->spec);
+        if (cli_check_resume(r->ctx, cmd, r->ck, r->comp, o->spec, NULL,
+                             NULL) != 0)
             return 1;
-        }
         if (flow_checkpoint_restore(r->ck, r->model, r->trainer) != FLOW_OK)
             return cli_fail(r->ctx, cmd);
         if ((h = flow_checkpoint_meta(r->ck, "history")) != NULL)
@@ -320,8 +309,8 @@ static int save(fit_run *r, const fit_opts *o, const char *report)
                           report ? "fit_report" : NULL, report, NULL};
     int rc;
     cli_text_add(&r->hist, "]");
-    rc = flow_checkpoint_save_meta(r->model, r->trainer, r->spec_source,
-                                   o->spec, r->hist.s, meta, o->out);
+    rc = cli_save_checkpoint(r->ctx, r->model, r->trainer, r->comp, NULL,
+                             r->hist.s, meta, o->out);
     r->hist.s[--r->hist.len] = '\0';
     return rc;
 }
@@ -406,6 +395,7 @@ int cli_cmd_fit(int argc, char **argv)
     }
     if (cli_stop_signal) {
         int sig = cli_stop_signal;
+        cli_stop_saving();
         if (save(&r, &o, NULL) != FLOW_OK)
             goto failmsg;
         fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "

@@ -124,6 +124,7 @@ int cli_cmd_sample(int argc, char **argv)
             wt[r] = isfinite(mx) ? (flow_real)(exp((double)wt[r] - mx) / sum)
                   : 0;
     }
+    o.xnames = l.columns;
     rc = cli_write_rows(l.ctx, cmd, &o, total, dim, "x", x,
                       o.with_logprob ? lp : NULL, k, cv, cd, wt);
 out:

@@ -271,6 +271,28 @@ static int split_valid(flow_ctx *ctx, flow_data *all, double frac,
     return FLOW_OK;
 }
 
+/* --valid: the columns of --data, by name when both files have a
+ * header and no columns were selected explicitly. */
+static flow_data *read_valid(flow_ctx *ctx, const char *cmd,
+                             const train_opts *o, const flow_data *data,
+                             size_t dim, size_t cdim)
+{
+    const char **names;
+    flow_data *v;
+    if (o->columns || o->context || !flow_data_column_name(data, 0))
+        return cli_read_data(ctx, cmd, o->valid, o->columns, o->context, dim,
+                             cdim);
+    if (!(names = calloc(dim + cdim, sizeof *names))) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return NULL;
+    }
+    for (size_t j = 0; j < dim + cdim; j++)
+        names[j] = flow_data_column_name(data, j);
+    v = cli_read_by_names(ctx, cmd, o->valid, names, dim, cdim);
+    free(names);
+    return v;
+}
+
 /* ", KEY: V" into the history: a JSON number, or null when V is not
  * finite (JSON has no NaN or Inf, and the checkpoint refuses a history
  * that is not JSON). */
@@ -373,18 +395,14 @@ int cli_cmd_train(int argc, char **argv)
         if (apply_train_section(g, &o, o.spec) != 0)
             goto out;
         l.spec_source = flow_graph_source(g, 0, &path, &len);
-        if (flow_graph_source_count(g) > 1)
-            fprintf(stderr, "%s: note: %s imports other files; the checkpoint "
-                    "embeds only %s, so keep the imports where they are\n",
-                    cmd, o.spec, o.spec);
         dim = flow_graph_input_dim(g);
         if (!(all = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
                               flow_graph_context_dim(g)))
             || cli_check_bounds(cmd, g, all))
             goto out;
         if (o.valid) {
-            if (!(va = cli_read_data(l.ctx, cmd, o.valid, o.columns, o.context,
-                                 dim, flow_graph_context_dim(g)))
+            if (!(va = read_valid(l.ctx, cmd, &o, all, dim,
+                                  flow_graph_context_dim(g)))
                 || cli_check_bounds(cmd, g, va))
                 goto out;
             tr = all;
@@ -430,11 +448,9 @@ int cli_cmd_train(int argc, char **argv)
     if (o.resume) {
         if (flow_checkpoint_open(l.ctx, o.resume, &l.ck) != FLOW_OK)
             goto failmsg;
-        if (strcmp(flow_checkpoint_spec(l.ck), l.spec_source) != 0) {
-            fprintf(stderr, "%s: %s: checkpoint was made by a different spec "
-                    "than %s\n", cmd, o.resume, o.spec);
+        if (cli_check_resume(l.ctx, cmd, l.ck, l.comp, o.spec,
+                             all ? all : tr, o.data) != 0)
             goto out;
-        }
         if (flow_checkpoint_restore(l.ck, l.model, t) != FLOW_OK)
             goto failmsg;
         if (flow_checkpoint_meta(l.ck, "history"))
@@ -469,6 +485,8 @@ int cli_cmd_train(int argc, char **argv)
             cli_fail_located(l.ctx, cmd, l.model, all ? all : tr, 0, 0, 4096);
             goto out;
         }
+        if (cli_stop_signal)    /* the step returned: the grace ends */
+            cli_stop_saving();
         {
             /* ODE function evaluations of this step (forward and
              * backward), read before a validation pass resets them */
@@ -528,8 +546,8 @@ int cli_cmd_train(int argc, char **argv)
                 cli_text_add(&h, "]");
                 if (h.failed)
                     goto oom;
-                rc = flow_checkpoint_save(l.model, t, l.spec_source, o.spec,
-                                          h.s, o.out);
+                rc = cli_save_checkpoint(l.ctx, l.model, t, l.comp,
+                                         all ? all : tr, h.s, NULL, o.out);
                 h.s[--h.len] = '\0';
                 if (rc != FLOW_OK)
                     goto failmsg;
@@ -550,8 +568,9 @@ int cli_cmd_train(int argc, char **argv)
         cli_text_add(&h, "]");
         if (h.failed)
             goto oom;
-        if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s,
-                                 o.out) != FLOW_OK)
+        cli_stop_saving();
+        if (cli_save_checkpoint(l.ctx, l.model, t, l.comp, all ? all : tr,
+                                h.s, NULL, o.out) != FLOW_OK)
             goto failmsg;
         flow_trainer_get_state(t, &st);
         fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
@@ -567,8 +586,8 @@ int cli_cmd_train(int argc, char **argv)
     cli_text_add(&h, "]");
     if (h.failed)
         goto oom;
-    if (flow_checkpoint_save(l.model, t, l.spec_source, o.spec, h.s, o.out)
-        != FLOW_OK)
+    if (cli_save_checkpoint(l.ctx, l.model, t, l.comp, all ? all : tr, h.s,
+                            NULL, o.out) != FLOW_OK)
         goto failmsg;
     flow_trainer_get_state(t, &st);
     if (o.json) {

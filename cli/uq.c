@@ -296,8 +296,8 @@ int cli_cmd_compare(int argc, char **argv)
         if (j == 0) {
             dim = flow_model_dim(ls[0].model);
             cdim = flow_model_context_dim(ls[0].model);
-            if (!(d = cli_read_data(ls[0].ctx, cmd, o.data, o.columns, o.context,
-                                dim, cdim)))
+            if (!(d = cli_read_model_data(&ls[0], cmd, o.data, o.columns,
+                                          o.context, 1)))
                 goto out;
             n = flow_data_rows(d);
             if (n < 2) {
@@ -787,7 +787,7 @@ int cli_cmd_hdr(int argc, char **argv)
     flow_data *d = NULL, *res = NULL;
     double *lp = NULL, *s = NULL;
     hdr_region *g = NULL;
-    size_t *grp = NULL, n = 0, ng = 0, k, dim;
+    size_t *grp = NULL, n = 0, ng = 0, k;
     int rc;
 
     if ((rc = parse_hdr(argc, argv, &o)) != 0)
@@ -798,7 +798,6 @@ int cli_cmd_hdr(int argc, char **argv)
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
     rc = 1;
-    dim = flow_model_dim(l.model);
     k = flow_model_context_dim(l.model);
     if (k && !o.data) {
         fprintf(stderr, "%s: %s: the model is conditional: give --data FILE "
@@ -809,8 +808,8 @@ int cli_cmd_hdr(int argc, char **argv)
         goto out;
     }
     if (o.data) {
-        if (!(d = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
-                            k))
+        if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
+                                      1))
             || cli_check_bounds(cmd, flow_compile_graph(l.comp), d))
             goto out;
         n = flow_data_rows(d);

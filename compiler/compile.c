@@ -1,5 +1,6 @@
-/* compile.c - the compiler driver: the flow_compile_* entry points and the
- * order of the passes (parse, imports and declarations, expansion, verify). */
+/* compile.c - the compiler driver: the flow_compile_* entry points (a file,
+ * a text, or an in-memory set of source files) and the order of the passes
+ * (parse, imports and declarations, expansion, verify). */
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
@@ -46,32 +47,115 @@ static flow_compilation *finish(flow_compilation *c, const char *name)
     return c;
 }
 
+/* Parses the main file (already added as file 0) and the --target text,
+ * then runs the later passes. */
+static flow_compilation *compile_main(flow_compilation *c, const char *target,
+                                      const char *name)
+{
+    parse_file(c, 0);
+    if (target && (c->cmdline_target = arena_strdup(&c->mem, target))) {
+        size_t fi = c->n_files;
+        c->cmdline_stmt = parse_target_text(c, target);
+        if (c->n_files > fi)
+            c->files[fi].cmdline = 1;
+    }
+    return finish(c, name);
+}
+
+/* A main file over the size limit: one error about the file as a whole. */
+static flow_compilation *too_large(flow_compilation *c, const char *name)
+{
+    int fi = source_add(c, name, NULL, "", 0);
+    if (fi >= 0)
+        diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
+                   "spec is larger than %u bytes",
+                   (unsigned)FLOW_MAX_FILE_BYTES);
+    return finish(c, name);
+}
+
 static flow_compilation *compile_string(flow_ctx *ctx, const char *name,
                                         const char *text, size_t len,
                                         const char *target)
 {
     flow_compilation *c = new_compilation(ctx);
     char real[PATH_MAX];
-    int fi;
     if (!c)
         return out_of_memory(ctx, name);
-    if (len > FLOW_MAX_FILE_BYTES) {
-        fi = source_add(c, name, NULL, "", 0);
-        if (fi >= 0)
-            diag_error(c, "F0010", ((flow_loc){fi, 0, 0, 0, 0}), NULL,
-                       "spec is larger than %u bytes",
-                       (unsigned)FLOW_MAX_FILE_BYTES);
-        return finish(c, name);
-    }
-    fi = source_add(c, name, realpath(name, real) ? real : NULL, text, len);
-    if (fi < 0) {
+    if (len > FLOW_MAX_FILE_BYTES)
+        return too_large(c, name);
+    if (source_add(c, name, realpath(name, real) ? real : NULL, text,
+                   len) < 0) {
         flow_compile_free(c);
         return out_of_memory(ctx, name);
     }
-    parse_file(c, fi);
-    if (target && (c->cmdline_target = arena_strdup(&c->mem, target)))
-        c->cmdline_stmt = parse_target_text(c, target);
-    return finish(c, name);
+    return compile_main(c, target, name);
+}
+
+/* Copies the caller's file table into the arena: the compilation may
+ * outlive it. */
+static flow_spec_file *copy_sources(flow_compilation *c,
+                                    const flow_spec_file *files, size_t n)
+{
+    arena *a = &c->mem;
+    flow_spec_file *out = arena_array(a, n, sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        const flow_spec_file *f = &files[i];
+        flow_spec_file *o = &out[i];
+        const char **al = NULL;
+        if (f->n_aliases && !(al = arena_array(a, f->n_aliases, sizeof *al)))
+            return NULL;
+        for (size_t k = 0; k < f->n_aliases; k++)
+            if (!(al[k] = arena_strdup(a, f->aliases[k])))
+                return NULL;
+        o->path = arena_strdup(a, f->path);
+        o->import = f->import ? arena_strdup(a, f->import) : NULL;
+        o->resolved = f->resolved ? arena_strdup(a, f->resolved) : NULL;
+        o->name = f->name ? arena_strdup(a, f->name) : NULL;
+        o->text = arena_strndup(a, f->text, f->len);
+        o->len = f->len;
+        o->aliases = al;
+        o->n_aliases = f->n_aliases;
+        if (!o->path || !o->text || (f->import && !o->import)
+            || (f->resolved && !o->resolved) || (f->name && !o->name))
+            return NULL;
+    }
+    return out;
+}
+
+flow_compilation *flow_compile_sources(flow_ctx *ctx,
+                                       const flow_spec_file *files, size_t n,
+                                       const char *target)
+{
+    flow_compilation *c = new_compilation(ctx);
+    const flow_spec_file *m;
+    int fi;
+    const char *name = n && files[0].path
+                       ? (files[0].name ? files[0].name : files[0].path)
+                       : "<memory>";
+    if (!c)
+        return out_of_memory(ctx, name);
+    if (n == 0 || !files[0].path || !files[0].text) {
+        source_add(c, "<memory>", NULL, "", 0);
+        diag_error(c, "F0010", ((flow_loc){0, 0, 0, 0, 0}), NULL,
+                   "no spec given (the first source file needs a path and "
+                   "a text)");
+        return finish(c, name);
+    }
+    m = &files[0];
+    if (m->len > FLOW_MAX_FILE_BYTES)
+        return too_large(c, name);
+    if (!(c->provided = copy_sources(c, files, n))
+        || (fi = source_add(c, m->name ? m->name : m->path,
+                            m->resolved ? m->resolved : m->path, m->text,
+                            m->len)) < 0
+        || !(c->files[fi].from = arena_strdup(&c->mem, m->path))) {
+        flow_compile_free(c);
+        return out_of_memory(ctx, name);
+    }
+    c->n_provided = n;
+    return compile_main(c, target, name);
 }
 
 flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,

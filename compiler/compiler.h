@@ -111,6 +111,11 @@ typedef struct source_file {
     size_t len;
     stmt *items;                    /* parsed top level                   */
     int parsed;
+    const char *from;               /* imports resolve against this path  */
+    const char *import;             /* as written (NULL: the main spec)   */
+    const char **aliases;           /* other import paths naming it       */
+    size_t n_aliases, cap_aliases;
+    int cmdline;                    /* the --target text, not a spec file */
 } source_file;
 
 struct flow_graph {
@@ -149,6 +154,9 @@ struct flow_compilation {
     int ok;                         /* graph verified                     */
     size_t list_cells;              /* items of resolved attribute lists  */
     size_t matrix_cells;            /* dependency matrix entries checked  */
+    const flow_spec_file *provided; /* in-memory sources (arena copies):
+                                       imports are served from them only  */
+    size_t n_provided;
     const char *cmdline_target;     /* --target text: replaces the spec's */
     struct stmt *cmdline_stmt;      /* ... parsed (NULL after errors)     */
     /* names in scope, for "did you mean" on undefined names in attrs */
@@ -186,9 +194,12 @@ int source_read(const char *path, char **text, size_t *len);
 /* The reason for a source_read error, as diagnostics give it. */
 const char *source_strerror(int err);
 /* Adds a source file (text copied into the arena); returns its index or
- * -1 out of memory. */
+ * -1 out of memory.  Its imports resolve against `path`. */
 int source_add(flow_compilation *c, const char *path, const char *real,
                const char *text, size_t len);
+/* Records that import path `path` also named file fi; 0, or -1 out of
+ * memory. */
+int source_add_alias(flow_compilation *c, int fi, const char *path);
 
 /* parse.c: the generated scanner and parser, to the AST */
 /* Parses file index fi into c->files[fi].items; returns the error count. */

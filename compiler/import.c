@@ -1,5 +1,6 @@
 /* import.c - the import resolver: walks a spec's top-level declarations into
- * sema, reading and parsing each imported file where its import stands. */
+ * sema, reading (from disk, or from a compilation's in-memory sources) and
+ * parsing each imported file where its import stands. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -19,23 +20,66 @@ typedef struct importer {
 
 static void walk(importer *im, int fi);
 
-/* import "PATH";  relative to the importing file; each file read once */
+/* The file an import names among the in-memory sources: its path or one
+ * of its aliases equals the import's path.  -1 when none. */
+static int find_provided(const flow_compilation *c, const char *path)
+{
+    for (size_t j = 1; j < c->n_provided; j++) {
+        const flow_spec_file *f = &c->provided[j];
+        if (!strcmp(f->path, path))
+            return (int)j;
+        for (size_t k = 0; k < f->n_aliases; k++)
+            if (!strcmp(f->aliases[k], path))
+                return (int)j;
+    }
+    return -1;
+}
+
+static int ends_with_flow(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 5 && !strcmp(name + n - 5, ".flow") && name[n - 6] != '/';
+}
+
+/* import "PATH";  relative to the importing file; each file read once.
+ * Only *.flow files are imported, so that a spec cannot make a diagnostic
+ * quote lines of another kind of file.  With in-memory sources nothing is
+ * read from disk. */
 static void import_one(importer *im, int fi, const stmt *s)
 {
     flow_compilation *c = im->c;
-    const char *from = c->files[fi].path;
+    const char *from = c->files[fi].from;
     const char *slash = strrchr(from, '/');
+    const flow_spec_file *pf = NULL;
     char path[PATH_MAX], real[PATH_MAX];
-    char *text;
+    char *text = NULL;
     size_t len;
     int err, nfi;
 
+    if (!ends_with_flow(s->name)) {
+        diag_error(c, "F0010", s->name_loc, "name the imported spec "
+                   "NAME.flow", "cannot import '%s': an imported file must "
+                   "be a .flow spec", s->name);
+        return;
+    }
     if (s->name[0] == '/' || !slash)
         snprintf(path, sizeof path, "%s", s->name);
     else
         snprintf(path, sizeof path, "%.*s/%s", (int)(slash - from), from,
                  s->name);
-    if (!realpath(path, real)) {
+    if (c->provided) {
+        int j = find_provided(c, path);
+        if (j < 0) {
+            diag_error(c, "F0010", s->name_loc, "a spec compiled from "
+                       "memory (a checkpoint's embedded copy) reads nothing "
+                       "from disk", "cannot import '%s': %s is not among the "
+                       "embedded source files", s->name, path);
+            return;
+        }
+        pf = &c->provided[j];
+        snprintf(real, sizeof real, "%s", pf->resolved ? pf->resolved
+                                                        : pf->path);
+    } else if (!realpath(path, real)) {
         diag_error(c, "F0010", s->name_loc, "imports are relative to the "
                    "importing file", "cannot read import '%s': %s", path,
                    strerror(errno));
@@ -56,21 +100,39 @@ static void import_one(importer *im, int fi, const stmt *s)
             return;
         }
     for (size_t k = 0; k < c->n_files; k++)
-        if (!strcmp(c->files[k].real, real))
-            return;             /* already read (a diamond), nothing new */
+        if (!c->files[k].cmdline && !strcmp(c->files[k].real, real)) {
+            /* already read (a diamond): nothing new, but a checkpoint
+             * must resolve this spelling of the path too */
+            if (source_add_alias(c, (int)k, path))
+                c->mem.failed = 1;
+            return;
+        }
     if (im->depth >= MAX_IMPORT_DEPTH) {
         diag_error(c, "F0400", s->name_loc, NULL, "imports nested deeper "
                    "than %d levels", MAX_IMPORT_DEPTH);
         return;
     }
-    if ((err = source_read(path, &text, &len)) != 0) {
-        diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
-                   "'%s': %s", path, source_strerror(err));
-        return;
+    if (pf) {
+        if (pf->len > FLOW_MAX_FILE_BYTES) {
+            diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
+                       "'%s': %s", path, source_strerror(EFBIG));
+            return;
+        }
+        nfi = source_add(c, pf->name ? pf->name : path, real, pf->text,
+                         pf->len);
+    } else {
+        if ((err = source_read(path, &text, &len)) != 0) {
+            diag_error(c, "F0010", s->name_loc, NULL, "cannot read import "
+                       "'%s': %s", path, source_strerror(err));
+            return;
+        }
+        nfi = source_add(c, path, real, text, len);
+        free(text);
     }
-    nfi = source_add(c, path, real, text, len);
-    free(text);
-    if (nfi < 0) {
+    if (nfi < 0
+        || !(c->files[nfi].from = arena_strdup(&c->mem, pf ? pf->path
+                                                          : path))
+        || !(c->files[nfi].import = arena_strdup(&c->mem, s->name))) {
         c->mem.failed = 1;
         return;
     }

@@ -115,7 +115,68 @@ int source_add(flow_compilation *c, const char *path, const char *real,
     sf->real = real ? arena_strdup(&c->mem, real) : sf->path;
     sf->text = arena_strndup(&c->mem, text ? text : "", text ? len : 0);
     sf->len = text ? len : 0;
+    sf->from = sf->path;
     if (!sf->path || !sf->real || !sf->text)
         return -1;
     return (int)c->n_files++;
+}
+
+int source_add_alias(flow_compilation *c, int fi, const char *path)
+{
+    source_file *sf = &c->files[fi];
+    if (!strcmp(sf->from, path))
+        return 0;
+    for (size_t k = 0; k < sf->n_aliases; k++)
+        if (!strcmp(sf->aliases[k], path))
+            return 0;
+    if (sf->n_aliases == sf->cap_aliases) {
+        size_t cap = sf->cap_aliases ? 2 * sf->cap_aliases : 4;
+        const char **na = arena_array(&c->mem, cap, sizeof *na);
+        if (!na)
+            return -1;
+        if (sf->n_aliases)
+            memcpy(na, sf->aliases, sf->n_aliases * sizeof *na);
+        sf->aliases = na;
+        sf->cap_aliases = cap;
+    }
+    if (!(sf->aliases[sf->n_aliases] = arena_strdup(&c->mem, path)))
+        return -1;
+    sf->n_aliases++;
+    return 0;
+}
+
+/* --- the spec files as a checkpoint embeds them ---------------------- */
+
+/* Index into c->files of spec file i (the --target text skipped). */
+static const source_file *spec_file_at(const flow_compilation *c, size_t i)
+{
+    for (size_t k = 0; k < c->n_files; k++)
+        if (!c->files[k].cmdline && i-- == 0)
+            return &c->files[k];
+    return NULL;
+}
+
+size_t flow_graph_spec_file_count(const flow_graph *g)
+{
+    size_t n = 0;
+    for (size_t k = 0; k < g->c->n_files; k++)
+        n += !g->c->files[k].cmdline;
+    return n;
+}
+
+int flow_graph_spec_file(const flow_graph *g, size_t i, flow_spec_file *out)
+{
+    const source_file *sf = spec_file_at(g->c, i);
+    memset(out, 0, sizeof *out);
+    if (!sf)
+        return FLOW_ERR_INVAL;
+    out->path = sf->from;
+    out->import = sf->import;
+    out->resolved = sf->real;
+    out->name = sf->path;
+    out->text = sf->text;
+    out->len = sf->len;
+    out->aliases = sf->aliases;
+    out->n_aliases = sf->n_aliases;
+    return FLOW_OK;
 }

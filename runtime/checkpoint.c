@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,8 @@
 
 static const char *const reserved[] = {
     "format", "format_version", "flowkit_version", "precision", "spec",
-    "spec_hash", "epoch", "step", "best_score", "history", "data_checksum",
+    "spec_path", "spec_hash", "imports", "epoch", "step", "best_score",
+    "history", "columns", "context_columns", "data_checksum",
     "header_checksum", NULL
 };
 
@@ -31,14 +33,31 @@ const char *ckpt_dtype_name(ckpt_dtype t)
 
 size_t ckpt_dtype_size(ckpt_dtype t) { return t == CKPT_F32 ? 4 : 8; }
 
-uint64_t ckpt_spec_hash(const char *src, size_t n)
+static uint64_t fnv1a(uint64_t h, const char *src, size_t n)
 {
-    uint64_t h = 0xcbf29ce484222325ull;
     for (size_t i = 0; i < n; i++) {
         h ^= (unsigned char)src[i];
         h *= 0x100000001b3ull;
     }
     return h;
+}
+
+uint64_t ckpt_spec_hash(const char *src, size_t n)
+{
+    return fnv1a(0xcbf29ce484222325ull, src, n);
+}
+
+uint64_t ckpt_spec_hash_all(const char *spec, size_t n, const char *spec_path,
+                            const char *imports, size_t n_imports)
+{
+    uint64_t h = ckpt_spec_hash(spec, n);
+    if (!imports)
+        return h;
+    h = fnv1a(h, "", 1);
+    if (spec_path)
+        h = fnv1a(h, spec_path, strlen(spec_path));
+    h = fnv1a(h, "", 1);
+    return fnv1a(h, imports, n_imports);
 }
 
 static char *dup_str(const char *s)
@@ -58,9 +77,22 @@ void ckpt_rng_pack(const flow_rng *r, uint64_t out[CKPT_RNG_WORDS])
     memcpy(&out[5], &r->spare, sizeof out[5]);
 }
 
+const char *ckpt_rng_check(const uint64_t in[CKPT_RNG_WORDS])
+{
+    double spare;
+    if (!(in[0] | in[1] | in[2] | in[3]))
+        return "the xoshiro256** state is all zero";
+    if (in[4] > 1)
+        return "has_spare is neither 0 nor 1";
+    memcpy(&spare, &in[5], sizeof spare);
+    if (!isfinite(spare) || fabs(spare) > 16)
+        return "the cached normal deviate is out of range";
+    return NULL;
+}
+
 int ckpt_rng_unpack(flow_rng *r, const uint64_t in[CKPT_RNG_WORDS])
 {
-    if (in[4] > 1)
+    if (ckpt_rng_check(in))
         return FLOW_ERR_FORMAT;
     for (int i = 0; i < 4; i++)
         r->s[i] = in[i];
@@ -118,6 +150,10 @@ void ckpt_writer_free(ckpt_writer *w)
     free(w->meta);
     free((char *)w->info.spec_source);
     free((char *)w->info.history_json);
+    free((char *)w->info.spec_path);
+    free((char *)w->info.imports_json);
+    free((char *)w->info.columns_json);
+    free((char *)w->info.context_columns_json);
     free(w);
 }
 
@@ -178,22 +214,41 @@ toobig:
                           "large", name);
 }
 
+/* A copy of s (NULL stays NULL) into *out; -1 when out of memory. */
+static int dup_opt(const char *s, char **out)
+{
+    *out = NULL;
+    return s && !(*out = dup_str(s)) ? -1 : 0;
+}
+
 int ckpt_writer_info(ckpt_writer *w, const ckpt_info *info)
 {
-    char *spec = NULL, *hist = NULL;
+    char *s[6];
+    const char *in[6] = {info->spec_source, info->history_json,
+                         info->spec_path, info->imports_json,
+                         info->columns_json, info->context_columns_json};
     if (!info->spec_source)
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec "
                               "source is required");
-    if (!(spec = dup_str(info->spec_source))
-        || (info->history_json && !(hist = dup_str(info->history_json)))) {
-        free(spec);
-        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
-    }
+    for (int i = 0; i < 6; i++)
+        if (dup_opt(in[i], &s[i])) {
+            while (i--)
+                free(s[i]);
+            return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+        }
     free((char *)w->info.spec_source);
     free((char *)w->info.history_json);
+    free((char *)w->info.spec_path);
+    free((char *)w->info.imports_json);
+    free((char *)w->info.columns_json);
+    free((char *)w->info.context_columns_json);
     w->info = *info;
-    w->info.spec_source = spec;
-    w->info.history_json = hist;
+    w->info.spec_source = s[0];
+    w->info.history_json = s[1];
+    w->info.spec_path = s[2];
+    w->info.imports_json = s[3];
+    w->info.columns_json = s[4];
+    w->info.context_columns_json = s[5];
     w->has_info = 1;
     return FLOW_OK;
 }
@@ -294,9 +349,16 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
               strlen(FLOW_VERSION_STRING));
     meta_pair(b, "precision", FLOW_REAL_NAME, strlen(FLOW_REAL_NAME));
     meta_pair(b, "spec", in->spec_source, strlen(in->spec_source));
+    if (in->spec_path)
+        meta_pair(b, "spec_path", in->spec_path, strlen(in->spec_path));
     snprintf(num, sizeof num, "fnv1a64:%016" PRIx64,
-             ckpt_spec_hash(in->spec_source, strlen(in->spec_source)));
+             ckpt_spec_hash_all(in->spec_source, strlen(in->spec_source),
+                                in->spec_path, in->imports_json,
+                                in->imports_json ? strlen(in->imports_json)
+                                                 : 0));
     meta_pair(b, "spec_hash", num, strlen(num));
+    if (in->imports_json)
+        meta_pair(b, "imports", in->imports_json, strlen(in->imports_json));
     snprintf(num, sizeof num, "%" PRIu64, in->epoch);
     meta_pair(b, "epoch", num, strlen(num));
     snprintf(num, sizeof num, "%" PRIu64, in->step);
@@ -307,6 +369,11 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
     }
     if (in->history_json)
         meta_pair(b, "history", in->history_json, strlen(in->history_json));
+    if (in->columns_json)
+        meta_pair(b, "columns", in->columns_json, strlen(in->columns_json));
+    if (in->context_columns_json)
+        meta_pair(b, "context_columns", in->context_columns_json,
+                  strlen(in->context_columns_json));
     for (size_t i = 0; i < w->nm; i++)
         meta_pair(b, w->meta[i].key, w->meta[i].value,
                   strlen(w->meta[i].value));
@@ -360,12 +427,22 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
     if (!w->has_info)
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
                               "training state given (ckpt_writer_info)");
-    if (w->info.history_json) {
-        if ((rc = json_parse(w->ctx, "history", w->info.history_json,
-                             strlen(w->info.history_json), JSON_DEFAULT_DEPTH,
-                             &hist)))
-            return rc;
-        json_free(hist);
+    {
+        /* the JSON texts of the metadata are checked before anything is
+         * written: a reader parses them */
+        const char *name[4] = {"history", "imports", "columns",
+                               "context_columns"};
+        const char *text[4] = {w->info.history_json, w->info.imports_json,
+                               w->info.columns_json,
+                               w->info.context_columns_json};
+        for (int i = 0; i < 4; i++) {
+            if (!text[i])
+                continue;
+            if ((rc = json_parse(w->ctx, name[i], text[i], strlen(text[i]),
+                                 JSON_DEFAULT_DEPTH, &hist)))
+                return rc;
+            json_free(hist);
+        }
     }
     if ((rc = check_unique(w)))
         return rc;
@@ -398,6 +475,7 @@ struct ckpt {
     size_t data_len;
     ckpt_tensor *t;             /* sorted by name */
     size_t nt;
+    int version;                /* format_version */
 };
 
 void ckpt_free(ckpt *ck)
@@ -525,10 +603,14 @@ static int check_metadata(flow_ctx *ctx, ckpt *ck)
     uint64_t v;
     if (!m || m->type != JSON_OBJECT)
         return bad(ctx, ck->path, "no __metadata__ object");
-    for (size_t i = 0; i < m->len; i++)
+    for (size_t i = 0; i < m->len; i++) {
         if (m->items[i].type != JSON_STRING)
             return bad(ctx, ck->path, "metadata '%.64s' is not a string",
                        m->keys[i]);
+        if (strlen(m->items[i].str) != m->items[i].len)
+            return bad(ctx, ck->path, "metadata '%.64s' holds a NUL "
+                       "character", m->keys[i]);
+    }
     fmt = ckpt_meta(ck, "format");
     if (!fmt || strcmp(fmt, CKPT_FORMAT))
         return bad(ctx, ck->path, "not a flowkit checkpoint (format is "
@@ -544,6 +626,7 @@ static int check_metadata(flow_ctx *ctx, ckpt *ck)
                    CKPT_FORMAT_VERSION);
     if (v < 1)
         return bad(ctx, ck->path, "bad format_version");
+    ck->version = (int)v;
     prec = ckpt_meta(ck, "precision");
     if (!prec || strcmp(prec, FLOW_REAL_NAME))
         return bad(ctx, ck->path, "checkpoint precision is %s but this "
@@ -683,6 +766,25 @@ static int parse_tensors(flow_ctx *ctx, ckpt *ck)
 fail:
     free(sp);
     return rc;
+}
+
+/* The spec and its imports are what spec_hash says: a header edited
+ * with its checksums recomputed must not run another model. */
+static int check_spec_hash(flow_ctx *ctx, const ckpt *ck)
+{
+    const json_value *spec = json_get(ck->meta, "spec");
+    const json_value *imp = json_get(ck->meta, "imports");
+    const char *stored = ckpt_meta(ck, "spec_hash");
+    char mine[64];
+    snprintf(mine, sizeof mine, "fnv1a64:%016" PRIx64,
+             ckpt_spec_hash_all(spec->str, spec->len,
+                                ckpt_meta(ck, "spec_path"),
+                                imp ? imp->str : NULL, imp ? imp->len : 0));
+    if (strcmp(stored, mine))
+        return bad(ctx, ck->path, "the embedded spec does not match its "
+                   "spec_hash (stored %.40s, computed %s): the checkpoint "
+                   "was edited or is corrupt", stored, mine);
+    return FLOW_OK;
 }
 
 /* Reads up to n bytes, growing the buffer as they arrive, so that a
@@ -875,6 +977,8 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
                  want);
         goto fail;
     }
+    if ((rc = check_spec_hash(ctx, ck)))
+        goto fail;
     *out = ck;
     ck = NULL;
 fail:
@@ -917,6 +1021,40 @@ int ckpt_get(flow_ctx *ctx, const ckpt *ck, const char *name,
     return FLOW_OK;
 }
 
+int ckpt_check_vec(flow_ctx *ctx, const ckpt *ck, const char *name,
+                   ckpt_dtype dtype, size_t count)
+{
+    const ckpt_tensor *t = ckpt_find(ck, name);
+    char shape[128];
+    size_t used = 0;
+    if (!t)
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
+                              ck->path, name);
+    if (t->dtype == dtype && t->ndim == 1 && t->shape[0] == count)
+        return FLOW_OK;
+    shape[0] = '\0';
+    for (size_t k = 0; k < t->ndim && used < sizeof shape; k++)
+        used += (size_t)snprintf(shape + used, sizeof shape - used,
+                                 "%s%" PRIu64, k ? ", " : "", t->shape[k]);
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s of shape "
+                          "[%s], expected %s of shape [%zu]", ck->path, name,
+                          ckpt_dtype_name(t->dtype), shape,
+                          ckpt_dtype_name(dtype), count);
+}
+
+int ckpt_get_vec(flow_ctx *ctx, const ckpt *ck, const char *name,
+                 ckpt_dtype dtype, void *dst, size_t count)
+{
+    int rc = ckpt_check_vec(ctx, ck, name, dtype, count);
+    if (rc == FLOW_OK)
+        fio_swap_le(dst, ckpt_find(ck, name)->bytes, count,
+                    ckpt_dtype_size(dtype));
+    return rc;
+}
+
+const char *ckpt_path(const ckpt *ck) { return ck->path; }
+int ckpt_version(const ckpt *ck) { return ck->version; }
+
 static int meta_u64(const char *s, uint64_t *out)
 {
     char *end;
@@ -955,8 +1093,7 @@ int ckpt_check_spec(flow_ctx *ctx, const ckpt *ck, const char *spec_source)
     int line = 1;
     snprintf(mine, sizeof mine, "fnv1a64:%016" PRIx64,
              ckpt_spec_hash(spec_source, strlen(spec_source)));
-    if (theirs && !strcmp(theirs, mine) && stored
-        && !strcmp(stored, spec_source))
+    if (stored && !strcmp(stored, spec_source))
         return FLOW_OK;
     for (a = stored ? stored : "", b = spec_source; *a && *a == *b; a++, b++)
         line += *a == '\n';

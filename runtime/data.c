@@ -1286,6 +1286,56 @@ void flow_data_allow_nonfinite(flow_data *data, int on)
     data->nonfinite_ok = on != 0;
 }
 
+int flow_data_reorder(flow_ctx *ctx, flow_data *data, const size_t *order,
+                      size_t cdim)
+{
+    size_t k = data->d + data->c, n = data->n, dim = k - cdim;
+    flow_real *x = NULL, *c = NULL;
+    size_t *cols = NULL;
+    char **names = NULL;
+    if (data->c || cdim > k)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_reorder: %zu "
+                              "context columns of %zu", cdim, k);
+    for (size_t j = 0; j < k; j++)
+        if (order[j] >= k)
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_reorder: "
+                                  "column %zu of %zu", order[j], k);
+    if ((n && dim && !(x = malloc(n * dim * sizeof *x)))
+        || (n && cdim && !(c = malloc(n * cdim * sizeof *c)))
+        || !(cols = malloc((k ? k : 1) * sizeof *cols))
+        || (data->names && !(names = malloc((k ? k : 1) * sizeof *names)))) {
+        free(x);
+        free(c);
+        free(cols);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    }
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < k; j++) {
+            flow_real v = data->x[r * k + order[j]];
+            if (j < dim)
+                x[r * dim + j] = v;
+            else
+                c[r * cdim + j - dim] = v;
+        }
+    for (size_t j = 0; j < k; j++) {
+        cols[j] = data->cols ? data->cols[order[j]] : order[j];
+        if (names)
+            names[j] = data->names[order[j]];
+    }
+    free(data->x);
+    free(data->cols);
+    if (names) {
+        free(data->names);
+        data->names = names;
+    }
+    data->x = x;
+    data->ctx = c;
+    data->cols = cols;
+    data->d = dim;
+    data->c = cdim;
+    return FLOW_OK;
+}
+
 const char *flow_data_column_name(const flow_data *data, size_t j)
 {
     if (!data->names || j >= data->d + data->c)

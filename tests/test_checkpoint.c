@@ -1,7 +1,9 @@
 /* test_checkpoint.c - checkpoints: bit-exact round trips, the on-disk
  * layout, one flipped byte anywhere, truncation, hostile headers, spec
- * comparison, and that a failed write leaves nothing behind. */
+ * comparison, the spec hash and vector shapes and random states checked
+ * on load, and that a failed write leaves nothing behind. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,8 +50,11 @@ static double f64[1] = {3.141592653589793};
 static int write_model(const char *path)
 {
     ckpt_writer *w = ckpt_writer_new(ctx);
-    ckpt_info info = {spec, 12, 3400, 1, -1.2345678901234567,
-                      "[{\"epoch\": 1, \"train\": -2.5, \"valid\": -2.6}]"};
+    ckpt_info info = {
+        .spec_source = spec, .epoch = 12, .step = 3400, .has_best = 1,
+        .best_score = -1.2345678901234567,
+        .history_json = "[{\"epoch\": 1, \"train\": -2.5, \"valid\": "
+                        "-2.6}]"};
     uint64_t s23[2] = {2, 3}, s2[1] = {2}, s4[1] = {6}, s3[1] = {3};
     uint64_t s0[1] = {0};
     int rc;
@@ -111,7 +116,7 @@ START_TEST(test_round_trip)
     ck_assert_ptr_null(ckpt_find(ck, "params/c1/w"));
     /* metadata */
     ck_assert_str_eq(ckpt_meta(ck, "format"), "flowkit.checkpoint");
-    ck_assert_str_eq(ckpt_meta(ck, "format_version"), "1");
+    ck_assert_str_eq(ckpt_meta(ck, "format_version"), "2");
     ck_assert_str_eq(ckpt_meta(ck, "flowkit_version"), FLOW_VERSION_STRING);
     ck_assert_str_eq(ckpt_meta(ck, "precision"), FLOW_REAL_NAME);
     ck_assert_str_eq(ckpt_meta(ck, "spec"), spec);
@@ -293,7 +298,8 @@ static void craft(const char *path, const char *tmpl, const void *data,
 #define META(version, precision) \
     "{\"__metadata__\":{\"format\":\"flowkit.checkpoint\"," \
     "\"format_version\":\"" version "\",\"precision\":\"" precision "\"," \
-    "\"spec\":\"s\",\"spec_hash\":\"h\",\"epoch\":\"0\",\"step\":\"0\"," \
+    "\"spec\":\"s\",\"spec_hash\":\"fnv1a64:af63ee4c86020b22\"," \
+    "\"epoch\":\"0\",\"step\":\"0\"," \
     "\"data_checksum\":\"crc32c:@D@@@@@@\"," \
     "\"header_checksum\":\"crc32c:@H@@@@@@\"}"
 
@@ -322,9 +328,9 @@ START_TEST(test_hostile_headers)
           "[0,16]}}", data, 16);
     ck_assert_int_eq(ckpt_read(ctx, tu_path(dir, "ok.ckpt"), &ck), FLOW_OK);
     ckpt_free(ck);
-    expect_craft(META("2", FLOW_REAL_NAME) "}", 0,
-                 "checkpoint format version 2 is newer than this flowkit "
-                 "supports (1): upgrade flowkit");
+    expect_craft(META("3", FLOW_REAL_NAME) "}", 0,
+                 "checkpoint format version 3 is newer than this flowkit "
+                 "supports (2): upgrade flowkit");
     snprintf(tmpl, sizeof tmpl, META("1", "%s") "}", other);
     snprintf(msg, sizeof msg, "checkpoint precision is %s but this flowkit "
              "computes in %s", other, FLOW_REAL_NAME);
@@ -426,7 +432,7 @@ END_TEST
 START_TEST(test_writer_errors)
 {
     ckpt_writer *w = ckpt_writer_new(ctx);
-    ckpt_info info = {spec, 0, 0, 0, 0, "[1, 2"};
+    ckpt_info info = {.spec_source = spec, .history_json = "[1, 2"};
     uint64_t s1[1] = {1};
     const char *p = tu_path(dir, "w.ckpt");
     ck_assert_int_eq(ckpt_writer_write(w, p), FLOW_ERR_INVAL);
@@ -480,7 +486,7 @@ START_TEST(test_rng_resume)
     uint64_t shape[1] = {CKPT_RNG_WORDS};
     const char *p = tu_path(dir, "r.ckpt");
     ckpt_writer *w = ckpt_writer_new(ctx);
-    ckpt_info info = {spec, 1, 1, 0, 0, NULL};
+    ckpt_info info = {.spec_source = spec, .epoch = 1, .step = 1};
     ckpt *ck;
     rng_seed(&a, 99);
     for (int i = 0; i < 7; i++)
@@ -507,6 +513,141 @@ START_TEST(test_rng_resume)
 }
 END_TEST
 
+/* spec_hash covers the spec, its path and the imports, and every read
+ * checks it: a header edited with its checksums made right again is
+ * refused, as is an imports list added without its hash. */
+START_TEST(test_spec_hash_checked)
+{
+    static const char imports[] = "[{\"path\":\"lib/c.flow\",\"import\":"
+        "\"lib/c.flow\",\"resolved\":\"/x/lib/c.flow\",\"aliases\":[],"
+        "\"source\":\"const H = 8;\\n\"}]";
+    const char *p = tu_path(dir, "i.ckpt");
+    ckpt_info info = {.spec_source = spec, .spec_path = "m.flow",
+                      .imports_json = imports};
+    uint64_t one[1] = {1}, h_all, h_s, h_t;
+    char tmpl[1024], msg[512], want[64];
+    ckpt_writer *w = ckpt_writer_new(ctx);
+    ckpt *ck;
+    ck_assert_int_eq(ckpt_writer_add(w, "a", CKPT_U64, one, 1, one), FLOW_OK);
+    ck_assert_int_eq(ckpt_writer_info(w, &info), FLOW_OK);
+    ck_assert_int_eq(ckpt_writer_write(w, p), FLOW_OK);
+    ckpt_writer_free(w);
+    ck_assert_int_eq(ckpt_read(ctx, p, &ck), FLOW_OK);
+    h_all = ckpt_spec_hash_all(spec, strlen(spec), "m.flow", imports,
+                               strlen(imports));
+    ck_assert_uint_ne(h_all, ckpt_spec_hash(spec, strlen(spec)));
+    snprintf(want, sizeof want, "fnv1a64:%016" PRIx64, h_all);
+    ck_assert_str_eq(ckpt_meta(ck, "spec_hash"), want);
+    ck_assert_str_eq(ckpt_meta(ck, "imports"), imports);
+    ck_assert_str_eq(ckpt_meta(ck, "spec_path"), "m.flow");
+    ckpt_free(ck);
+    /* the spec "s" under the hash of "t" */
+    h_s = ckpt_spec_hash("s", 1);
+    h_t = ckpt_spec_hash("t", 1);
+    snprintf(tmpl, sizeof tmpl, "{\"__metadata__\":{\"format\":"
+             "\"flowkit.checkpoint\",\"format_version\":\"2\",\"precision\":"
+             "\"%s\",\"spec\":\"s\",\"spec_hash\":\"fnv1a64:%016" PRIx64
+             "\",\"epoch\":\"0\",\"step\":\"0\",\"data_checksum\":"
+             "\"crc32c:@D@@@@@@\",\"header_checksum\":\"crc32c:@H@@@@@@\"}}",
+             FLOW_REAL_NAME, h_t);
+    snprintf(msg, sizeof msg, "the embedded spec does not match its "
+             "spec_hash (stored fnv1a64:%016" PRIx64 ", computed fnv1a64:"
+             "%016" PRIx64 "): the checkpoint was edited or is corrupt", h_t,
+             h_s);
+    expect_craft(tmpl, 0, msg);
+    /* imports added, the hash still that of the spec alone */
+    snprintf(tmpl, sizeof tmpl, "{\"__metadata__\":{\"format\":"
+             "\"flowkit.checkpoint\",\"format_version\":\"2\",\"precision\":"
+             "\"%s\",\"spec\":\"s\",\"spec_path\":\"m.flow\",\"imports\":"
+             "\"[]\",\"spec_hash\":\"fnv1a64:%016" PRIx64 "\",\"epoch\":"
+             "\"0\",\"step\":\"0\",\"data_checksum\":\"crc32c:@D@@@@@@\","
+             "\"header_checksum\":\"crc32c:@H@@@@@@\"}}", FLOW_REAL_NAME,
+             h_s);
+    snprintf(msg, sizeof msg, "the embedded spec does not match its "
+             "spec_hash (stored fnv1a64:%016" PRIx64 ", computed fnv1a64:"
+             "%016" PRIx64 "): the checkpoint was edited or is corrupt", h_s,
+             ckpt_spec_hash_all("s", 1, "m.flow", "[]", 2));
+    expect_craft(tmpl, 0, msg);
+    /* a NUL character in a metadata value (the spec is a C string) */
+    snprintf(tmpl, sizeof tmpl, "{\"__metadata__\":{\"format\":"
+             "\"flowkit.checkpoint\",\"format_version\":\"2\",\"precision\":"
+             "\"%s\",\"spec\":\"s\\u0000x\",\"spec_hash\":\"fnv1a64:%016"
+             PRIx64 "\",\"epoch\":\"0\",\"step\":\"0\",\"data_checksum\":"
+             "\"crc32c:@D@@@@@@\",\"header_checksum\":\"crc32c:@H@@@@@@\"}}",
+             FLOW_REAL_NAME, h_s);
+    expect_craft(tmpl, 0, "metadata 'spec' holds a NUL character");
+}
+END_TEST
+
+/* Model tensors are vectors: the shape is checked, not only the number of
+ * elements. */
+START_TEST(test_vector_shape_checked)
+{
+    const char *p = tu_path(dir, "m.ckpt");
+    flow_real w[6];
+    double pi;
+    char want[256];
+    ckpt *ck;
+    ck_assert_int_eq(write_model(p), FLOW_OK);
+    ck_assert_int_eq(ckpt_read(ctx, p, &ck), FLOW_OK);
+    ck_assert_int_eq(ckpt_get(ctx, ck, "params/c0/w", CKPT_REAL, w, 6),
+                     FLOW_OK);
+    ck_assert_int_eq(ckpt_get_vec(ctx, ck, "params/c0/w", CKPT_REAL, w, 6),
+                     FLOW_ERR_FORMAT);
+    snprintf(want, sizeof want, "%s: tensor 'params/c0/w' is %s of shape "
+             "[2, 3], expected %s of shape [6]", p,
+             ckpt_dtype_name(CKPT_REAL), ckpt_dtype_name(CKPT_REAL));
+    ck_assert_str_eq(flow_errmsg(ctx), want);
+    ck_assert_int_eq(ckpt_get_vec(ctx, ck, "buffers/pi", CKPT_F64, &pi, 1),
+                     FLOW_ERR_FORMAT);
+    ck_assert_errmsg_has("tensor 'buffers/pi' is F64 of shape [], expected "
+                         "F64 of shape [1]");
+    ck_assert_int_eq(ckpt_get_vec(ctx, ck, "params/c0/b", CKPT_REAL, w, 2),
+                     FLOW_OK);
+    ck_assert_msg(w[0] == b0[0] && w[1] == b0[1],
+                  "params/c0/b read back as [%g, %g], written [%g, %g]",
+                  (double)w[0], (double)w[1], (double)b0[0], (double)b0[1]);
+    ckpt_free(ck);
+}
+END_TEST
+
+/* A stored random stream must be a state a stream can reach: all-zero
+ * xoshiro256** words are a fixed point (the stream returns 0 for ever and
+ * the normal sampler never finishes). */
+START_TEST(test_rng_states_checked)
+{
+    flow_rng r;
+    uint64_t good[CKPT_RNG_WORDS], bad[CKPT_RNG_WORDS] = {0};
+    double v, most = 0;
+    rng_seed(&r, 5);
+    (void)rng_normal1(&r);
+    ckpt_rng_pack(&r, good);
+    ck_assert_ptr_null(ckpt_rng_check(good));
+    ck_assert_str_eq(ckpt_rng_check(bad), "the xoshiro256** state is all "
+                     "zero");
+    ck_assert_int_eq(ckpt_rng_unpack(&r, bad), FLOW_ERR_FORMAT);
+    memcpy(bad, good, sizeof bad);
+    bad[4] = 2;
+    ck_assert_str_eq(ckpt_rng_check(bad), "has_spare is neither 0 nor 1");
+    bad[4] = 1;
+    for (int k = 0; k < 3; k++) {
+        v = k == 0 ? NAN : k == 1 ? INFINITY : -16.5;
+        memcpy(&bad[5], &v, sizeof v);
+        ck_assert_str_eq(ckpt_rng_check(bad), "the cached normal deviate "
+                         "is out of range");
+    }
+    v = -12.0;
+    memcpy(&bad[5], &v, sizeof v);
+    ck_assert_ptr_null(ckpt_rng_check(bad));
+    /* the bound holds for real draws: |N| <= sqrt(2 * 105 ln 2) = 12.07 */
+    for (int i = 0; i < 200000; i++) {
+        v = fabs(rng_normal1(&r));
+        most = v > most ? v : most;
+    }
+    ck_assert_msg(most > 3.5 && most < 12.07, "largest |draw| %g", most);
+}
+END_TEST
+
 Suite *suite_checkpoint(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -530,6 +671,9 @@ Suite *suite_checkpoint(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_spec_check);
     tcase_add_test(tc, test_writer_errors);
+    tcase_add_test(tc, test_spec_hash_checked);
+    tcase_add_test(tc, test_vector_shape_checked);
+    tcase_add_test(tc, test_rng_states_checked);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -608,6 +608,153 @@ START_TEST(test_garbage_never_crashes)
 }
 END_TEST
 
+/* A spec tree on disk: DIR/a.flow imports lib/d.flow and sub/b.flow;
+ * sub/b.flow imports ../lib/d.flow, the same file by another path. */
+static void write_tree(const char *dir)
+{
+    char sub[4096];
+    snprintf(sub, sizeof sub, "%s/lib", dir);
+    ck_assert_int_eq(mkdir(sub, 0700), 0);
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    ck_assert_int_eq(mkdir(sub, 0700), 0);
+    write_file(dir, "lib/d.flow", "const D = 3;\n");
+    write_file(dir, "sub/b.flow", "import \"../lib/d.flow\";\n"
+               "const B = D + 1;\n");
+    write_file(dir, "a.flow", "import \"lib/d.flow\";\n"
+               "import \"sub/b.flow\";\n"
+               "flow a { input x : real[B]; tmaf(hidden = [D, B]);\n"
+               "output z ~ normal; }\n");
+}
+
+static void remove_tree(const char *dir)
+{
+    static const char *const names[] = {"lib/d.flow", "sub/b.flow",
+                                        "a.flow", "lib", "sub", NULL};
+    char path[4096];
+    for (int i = 0; names[i]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        remove(path);
+    }
+    remove(dir);
+}
+
+/* The spec files of a compilation (the table a checkpoint embeds) compile
+ * again from memory alone, after the files on disk are gone, to the same
+ * graph; the second path of the diamond is recorded as an alias. */
+START_TEST(test_compile_from_memory)
+{
+    char dir[] = "/tmp/flowc-test-XXXXXX", path[4096], alias[4096];
+    flow_compilation *c, *m;
+    flow_spec_file f[3];
+    const flow_graph *g;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    write_tree(dir);
+    snprintf(path, sizeof path, "%s/a.flow", dir);
+    c = flow_compile_file(ctx, path);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 0);
+    g = flow_compile_graph(c);
+    ck_assert_uint_eq(flow_graph_spec_file_count(g), 3);
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(flow_graph_spec_file(g, i, &f[i]), FLOW_OK);
+    ck_assert_int_eq(flow_graph_spec_file(g, 3, &f[0]), FLOW_ERR_INVAL);
+    ck_assert_int_eq(flow_graph_spec_file(g, 0, &f[0]), FLOW_OK);
+    ck_assert_str_eq(f[0].path, path);
+    ck_assert_ptr_null(f[0].import);
+    ck_assert_str_eq(f[1].import, "lib/d.flow");
+    ck_assert_str_eq(f[2].import, "sub/b.flow");
+    snprintf(alias, sizeof alias, "%s/sub/../lib/d.flow", dir);
+    ck_assert_uint_eq(f[1].n_aliases, 1);
+    ck_assert_str_eq(f[1].aliases[0], alias);
+    ck_assert_uint_eq(f[2].n_aliases, 0);
+    remove_tree(dir);
+    /* served from memory only: the directory is gone */
+    f[0].name = "m.ckpt[a.flow]";
+    f[1].name = "m.ckpt[lib/d.flow]";
+    m = flow_compile_sources(ctx, f, 3, NULL);
+    ck_assert_ptr_nonnull(m);
+    if (flow_compile_diag_count(m))
+        flow_compile_print_diags(m, stderr, FLOW_DIAG_TEXT);
+    ck_assert_uint_eq(flow_compile_diag_count(m), 0);
+    g = flow_compile_graph(m);
+    ck_assert_uint_eq(flow_graph_input_dim(g), 4);
+    ck_assert_int_eq(flow_graph_node_get(g, 0)->attrs[1].ilist[0], 3);
+    ck_assert_int_eq(flow_graph_node_get(g, 0)->attrs[1].ilist[1], 4);
+    ck_assert_str_eq(flow_graph_node_get(g, 0)->file, "m.ckpt[a.flow]");
+    ck_assert_uint_eq(flow_graph_spec_file_count(g), 3);
+    flow_compile_free(m);
+    /* without the alias, sub/b.flow's import names no embedded file */
+    f[1].n_aliases = 0;
+    f[2].name = "m.ckpt[sub/b.flow]";
+    m = flow_compile_sources(ctx, f, 3, NULL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_ptr_null(flow_compile_graph(m));
+    {
+        const flow_diagnostic *d = flow_compile_diag(m, 0);
+        char want[8192];
+        snprintf(want, sizeof want, "cannot import '../lib/d.flow': %s is "
+                 "not among the embedded source files", alias);
+        ck_assert_str_eq(d->code, "F0010");
+        ck_assert_str_eq(d->file, "m.ckpt[sub/b.flow]");
+        ck_assert_int_eq(d->line, 1);
+        ck_assert_int_eq(d->col, 8);
+        ck_assert_str_eq(d->message, want);
+    }
+    flow_compile_free(m);
+    flow_compile_free(c);
+    /* an empty table is an error, not a crash */
+    m = flow_compile_sources(ctx, f, 0, NULL);
+    ck_assert_ptr_nonnull(m);
+    ck_assert_uint_eq(flow_compile_errors(m), 1);
+    flow_compile_free(m);
+}
+END_TEST
+
+/* Only .flow files are imported: an import of another file is refused at
+ * the import statement before the file is read, so its lines never show
+ * up in a diagnostic. */
+START_TEST(test_import_only_flow_files)
+{
+    char dir[] = "/tmp/flowc-test-XXXXXX", path[4096], buf[4096];
+    flow_compilation *c;
+    const flow_diagnostic *d;
+    FILE *out;
+    size_t n;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    write_file(dir, "secret.txt", "root:x:0:0:root:/root:/bin/sh\n");
+    write_file(dir, "a.flow", "import \"secret.txt\";\n"
+               "flow a { input x : real[2]; output z ~ normal; }\n");
+    snprintf(path, sizeof path, "%s/a.flow", dir);
+    c = flow_compile_file(ctx, path);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 1);
+    d = flow_compile_diag(c, 0);
+    ck_assert_str_eq(d->code, "F0010");
+    ck_assert_str_eq(d->file, path);
+    ck_assert_int_eq(d->line, 1);
+    ck_assert_int_eq(d->col, 8);
+    ck_assert_str_eq(d->message, "cannot import 'secret.txt': an imported "
+                     "file must be a .flow spec");
+    ck_assert_uint_eq(c->n_files, 1);         /* never read */
+    ck_assert_ptr_nonnull(out = tmpfile());
+    flow_compile_print_diags(c, out, FLOW_DIAG_TEXT);
+    rewind(out);
+    n = fread(buf, 1, sizeof buf - 1, out);
+    buf[n] = '\0';
+    fclose(out);
+    ck_assert_msg(strstr(buf, "root:") == NULL, "diagnostic shows the "
+                  "file: %s", buf);
+    flow_compile_free(c);
+    snprintf(path, sizeof path, "%s/secret.txt", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/a.flow", dir);
+    remove(path);
+    remove(dir);
+}
+END_TEST
+
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
@@ -624,6 +771,8 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_missing_file);
     tcase_add_test(tc, test_imports_diamond);
     tcase_add_test(tc, test_imports_in_source_order);
+    tcase_add_test(tc, test_compile_from_memory);
+    tcase_add_test(tc, test_import_only_flow_files);
     tcase_add_test(tc, test_edit_distance_and_suggest);
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_parse_expr_default);

@@ -477,6 +477,12 @@ FLOW_API void flow_data_locate(const flow_data *data, size_t row, size_t col,
  * values underflowed to 0 in float32 ..."), owned by data; NULL when
  * there is none. */
 FLOW_API const char *flow_data_note(const flow_data *data);
+/* Rearranges the columns of data (which has no context columns) in
+ * place: column j becomes old column order[j], and the last cdim of them
+ * become the context columns.  Names, places (flow_data_locate) and the
+ * note follow the values.  Used to match a file's columns by name. */
+FLOW_API int flow_data_reorder(flow_ctx *ctx, flow_data *data,
+                               const size_t *order, size_t cdim);
 /* Lets flow_data_write write NaN and Inf (CSV: nan, inf, -inf), which it
  * otherwise refuses because flow_data_read refuses them. */
 FLOW_API void flow_data_allow_nonfinite(flow_data *data, int on);
@@ -539,8 +545,10 @@ FLOW_API void flow_json_string(FILE *f, const char *s);
 /* ====================================================================
  * Checkpoints (runtime/ckpt_model.c; layout in docs/formats.md).
  *
- * A checkpoint embeds the spec source, so loading one is: open it, compile
- * flow_checkpoint_spec() (libflowc), build the model, then restore.
+ * A checkpoint embeds every source file of its spec, the imported ones
+ * included, so loading one is: open it, compile flow_checkpoint_sources()
+ * with flow_compile_sources (libflowc; nothing is read from disk again),
+ * build the model, then restore.
  *
  * Ownership: an opened checkpoint holds the file's contents and is owned
  * by the caller (flow_checkpoint_free); its context must outlive it.
@@ -584,6 +592,66 @@ FLOW_API int flow_checkpoint_has_training(const flow_checkpoint *ck);
  * naming the tensor. */
 FLOW_API int flow_checkpoint_restore(const flow_checkpoint *ck,
                                      flow_model *m, flow_trainer *t);
+
+/* One source file of a spec, as a checkpoint embeds it and as the
+ * compiler reads it from memory.  Strings are borrowed. */
+typedef struct flow_spec_file {
+    const char *path;          /* the path it was read from; the imports it
+                                  makes are resolved against this path    */
+    const char *import;        /* the import as written in the statement
+                                  that first read it; NULL: the main spec */
+    const char *resolved;      /* its real path when it was read (identity
+                                  for cycles and diamonds); NULL: path     */
+    const char *name;          /* shown in diagnostics and messages;
+                                  NULL: path                               */
+    const char *text;          /* the source, NUL-terminated               */
+    size_t len;                /* bytes of text                            */
+    const char *const *aliases;/* other import paths that led to the same
+                                  file (a diamond reached through "../" or
+                                  a link)                                   */
+    size_t n_aliases;
+} flow_spec_file;
+
+/* What flow_checkpoint_write records besides the model and trainer.
+ * Fields are only ever appended (set struct_size). */
+typedef struct flow_checkpoint_info {
+    uint32_t struct_size;          /* sizeof(flow_checkpoint_info)         */
+    const flow_spec_file *files;   /* files[0]: the main spec (required),
+                                      then its imports in the order read  */
+    size_t n_files;
+    const char *history_json;      /* JSON text or NULL                    */
+    const char *const *meta;       /* key, value pairs ending with a NULL
+                                      key (may be NULL); not reserved keys */
+    const char *const *columns;    /* the training data's column names:
+                                      dim data columns, then context_dim
+                                      context columns; NULL: unnamed       */
+} flow_checkpoint_info;
+
+/* flow_checkpoint_save_meta with every source file embedded (and hashed
+ * into spec_hash) and the training column names. */
+FLOW_API int flow_checkpoint_write(flow_model *m, flow_trainer *t,
+                                   const flow_checkpoint_info *info,
+                                   const char *path);
+/* The embedded source files: *n of them, the main spec first, then the
+ * imports in the order the compiler read them; each named
+ * "CKPT[PATH]" (CKPT as given to flow_checkpoint_open, PATH the file's
+ * path when it was embedded) for diagnostics.  Owned by ck.  A checkpoint
+ * of format 1 embeds no imports. */
+FLOW_API const flow_spec_file *flow_checkpoint_sources(
+    const flow_checkpoint *ck, size_t *n);
+/* The training data's column names (*n_data data columns, then
+ * *n_context context columns); NULL (counts 0) when the data were
+ * unnamed (no header, NPY).  Owned by ck. */
+FLOW_API const char *const *flow_checkpoint_columns(
+    const flow_checkpoint *ck, size_t *n_data, size_t *n_context);
+/* FLOW_OK when `files` (main spec first, then the imports in the order
+ * read) have the texts of the embedded ones; otherwise an error naming
+ * the first difference ("checkpoint was made by a different spec").  A
+ * checkpoint of format 1 records the main spec only, and only that is
+ * compared. */
+FLOW_API int flow_checkpoint_check_sources(const flow_checkpoint *ck,
+                                           const flow_spec_file *files,
+                                           size_t n);
 
 /* ====================================================================
  * Targets: unnormalised densities p~ from target plugins, for variational

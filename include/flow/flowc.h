@@ -240,6 +240,27 @@ FLOW_API void flow_graph_print_report(const flow_graph *g, FILE *f);
 FLOW_API void flow_graph_print_json(const flow_graph *g, FILE *f);
 FLOW_API void flow_graph_print_dot(const flow_graph *g, FILE *f);
 
+/* --- compiling from memory (checkpoints) ------------------------------
+ * Compiles the spec files[0] from an in-memory set of source files and
+ * never reads the file system: `import "W";` in a file whose path is P
+ * names the path dirname(P)/W (W itself when absolute, as on disk), which
+ * must be the path or one of the aliases of one of files[1..n-1]; any
+ * other import is an error (F0010) at the import.  Diagnostics and graph
+ * nodes name each file by its `name`.  target as in
+ * flow_compile_string_target (NULL: none).  NULL only when out of memory;
+ * files are copied. */
+FLOW_API flow_compilation *flow_compile_sources(flow_ctx *ctx,
+                                                const flow_spec_file *files,
+                                                size_t n, const char *target);
+
+/* The spec's source files as a checkpoint embeds them (the text of
+ * --target is not one): file 0 is the main spec, then the imports in the
+ * order they were read.  *out's strings are owned by the compilation;
+ * FLOW_ERR_INVAL when i is out of range. */
+FLOW_API size_t flow_graph_spec_file_count(const flow_graph *g);
+FLOW_API int flow_graph_spec_file(const flow_graph *g, size_t i,
+                                  flow_spec_file *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -107,27 +107,28 @@ static void repair(unsigned char *d, size_t size)
 
 /* What loading a checkpoint does after reading it (cli/common.c,
  * cli_load_checkpoint; train/fit --resume for the trainer): compiles the
- * embedded spec with the stored target, builds the model and restores
- * parameters, buffers, RNG and, when stored, the training state into a
- * trainer over a few rows of zeros.  Only when the spec matches its
- * spec_hash: mutated spec text is the spec target's business, and a spec
- * that does not match its hash is not the one the parameters were
- * trained for. */
-static void restore(ckpt *ck, const char *path)
+ * embedded spec and imports (and nothing from disk) with the stored
+ * target, builds the model and restores parameters, buffers, RNG and,
+ * when stored, the training state into a trainer over a few rows of
+ * zeros.  Opening verifies the sources against spec_hash: mutated spec
+ * text is the spec target's business, and a spec that does not match its
+ * hash is not the one the parameters were trained for. */
+static void restore(const char *path)
 {
     static const flow_real zeros[64 * 8];
-    const char *spec = ckpt_meta(ck, "spec");
+    const flow_spec_file *files;
     flow_checkpoint *fc = NULL;
     flow_compilation *comp = NULL;
     flow_model *m = NULL;
     flow_trainer *t = NULL;
     flow_train_config cfg;
     const flow_graph *g;
-    if (!spec || ckpt_check_spec(ctx, ck, spec) != FLOW_OK
-        || flow_checkpoint_open(ctx, path, &fc) != FLOW_OK)
+    size_t nf;
+    if (flow_checkpoint_open(ctx, path, &fc) != FLOW_OK)
         goto out;
-    comp = flow_compile_string_target(ctx, "fuzz.ckpt", spec, strlen(spec),
-                                      flow_checkpoint_meta(fc, "target"));
+    files = flow_checkpoint_sources(fc, &nf);
+    comp = flow_compile_sources(ctx, files, nf,
+                                flow_checkpoint_meta(fc, "target"));
     if (!comp || flow_compile_errors(comp) || !(g = flow_compile_graph(comp))
         || flow_graph_build_model(ctx, g, 0, &m) != FLOW_OK)
         goto out;
@@ -224,7 +225,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                      ok ? "accepted" : flow_errmsg(ctx));
             if (ok) {
 # if defined(FUZZ_CKPT_FIXED)
-                restore(ck, path);
+                restore(path);
 # endif
                 ckpt_free(ck);
             }

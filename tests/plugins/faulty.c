@@ -6,12 +6,16 @@
  *                of the call: a plugin error in the middle of a batch
  *   fault_nan    that row's log-det is NaN (so is its loss in training):
  *                a non-finite step the trainer must skip and count
+ *   fault_hang   the call never returns there (it sleeps for ever): a
+ *                step that does not finish, which SIGINT / SIGTERM must
+ *                still interrupt
  *   fault_prepare  a shift whose prepare() (at = -1) or finish_grad()
  *                (at = -2) fails, with FLOW_LAYER_CONCURRENT_PREPARE: the
  *                host may run several at once and must report the first
  *                failing layer in spec order */
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "flow/flow_plugin.h"
 
@@ -26,7 +30,8 @@ static const flow_attr_spec fault_attrs[] = {
 typedef struct fault {
     size_t d;
     double at;
-    int nan;                    /* 1: fault_nan, 0: fault_error */
+    int nan;                    /* 1: fault_nan, 0: fault_error,
+                                   2: fault_hang */
     int prep;                   /* fault_prepare: -1 prepare fails, -2
                                    finish_grad fails, else neither */
     const flow_host *host;
@@ -72,6 +77,13 @@ static void *nan_create(const flow_host *host, const flow_layer_config *cfg,
 {
     (void)diag;
     return create(host, cfg, 1);
+}
+
+static void *hang_create(const flow_host *host, const flow_layer_config *cfg,
+                         flow_diag *diag)
+{
+    (void)diag;
+    return create(host, cfg, 2);
 }
 
 static void *prepare_create(const flow_host *host,
@@ -137,6 +149,8 @@ static int shift(fault *f, const flow_call *c, const flow_real *in,
     for (size_t r = 0; r < c->n; r++) {
         const flow_real *row = in + r * f->d;
         int hit = (double)row[0] >= f->at;
+        while (hit && f->nan == 2)
+            sleep(1);
         if (hit && !f->nan)
             return c->host->error(c, "row %zu of %zu: value %g reached the "
                                   "test fault threshold %g", r, c->n,
@@ -203,9 +217,12 @@ static int inverse_backward(void *self, const flow_call *c,
 
 #define fault_error_create error_create
 #define fault_nan_create nan_create
+#define fault_hang_create hang_create
 FAULT_TYPE(fault_error, "test: a shift that fails on rows reaching `at`")
 FAULT_TYPE(fault_nan, "test: a shift with a NaN log-det on rows reaching "
                       "`at`")
+FAULT_TYPE(fault_hang, "test: a shift that never returns on rows reaching "
+                       "`at`")
 
 static const flow_layer_type fault_prepare_type = {
     .struct_size = sizeof(flow_layer_type), .name = "fault_prepare",
@@ -220,4 +237,5 @@ static const flow_layer_type fault_prepare_type = {
 
 FLOW_PLUGIN_LAYERS("faulty", "test",
                    "layers that fail or return NaN on chosen rows",
-                   &fault_error_type, &fault_nan_type, &fault_prepare_type);
+                   &fault_error_type, &fault_nan_type, &fault_hang_type,
+                   &fault_prepare_type);
