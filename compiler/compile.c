@@ -2,6 +2,7 @@
  * a text, or an in-memory set of source files) and the order of the passes
  * (parse, imports and declarations, expansion, verify). */
 #include <errno.h>
+#include <stddef.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,9 +125,9 @@ static flow_spec_file *copy_sources(flow_compilation *c,
     return out;
 }
 
-flow_compilation *flow_compile_sources(flow_ctx *ctx,
-                                       const flow_spec_file *files, size_t n,
-                                       const char *target)
+static flow_compilation *compile_sources(flow_ctx *ctx,
+                                         const flow_spec_file *files,
+                                         size_t n, const char *target)
 {
     flow_compilation *c = new_compilation(ctx);
     const flow_spec_file *m;
@@ -158,26 +159,8 @@ flow_compilation *flow_compile_sources(flow_ctx *ctx,
     return compile_main(c, target, name);
 }
 
-flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
-                                      const char *text, size_t len)
-{
-    return compile_string(ctx, name, text, len, NULL);
-}
-
-flow_compilation *flow_compile_string_target(flow_ctx *ctx, const char *name,
-                                             const char *text, size_t len,
-                                             const char *target)
-{
-    return compile_string(ctx, name, text, len, target);
-}
-
-flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
-{
-    return flow_compile_file_target(ctx, path, NULL);
-}
-
-flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
-                                           const char *target)
+static flow_compilation *compile_file(flow_ctx *ctx, const char *path,
+                                      const char *target)
 {
     flow_compilation *c;
     char *text;
@@ -201,6 +184,67 @@ flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
     c = compile_string(ctx, path, text, len, target);
     free(text);
     return c;
+}
+
+/* The one entry point: in-memory files, else text, else the file at
+ * path.  Every field of the struct as of this release is required; fields
+ * appended later are optional (struct_size says which a caller has). */
+flow_compilation *flow_compile(flow_ctx *ctx, const flow_compile_args *a)
+{
+    size_t need = offsetof(flow_compile_args, target) + sizeof a->target;
+    if (!a || a->struct_size < need) {
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_compile: struct_size %zu "
+                       "is smaller than the %zu bytes of the required "
+                       "fields", a ? a->struct_size : (size_t)0, need);
+        return NULL;
+    }
+    if (a->files)
+        return compile_sources(ctx, a->files, a->n_files, a->target);
+    if (a->text)
+        return compile_string(ctx, a->path ? a->path : "<string>", a->text,
+                              a->len, a->target);
+    if (!a->path) {
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_compile: no spec given "
+                       "(path, text or files)");
+        return NULL;
+    }
+    return compile_file(ctx, a->path, a->target);
+}
+
+/* The calls before flow_compile, kept as wrappers. */
+flow_compilation *flow_compile_file(flow_ctx *ctx, const char *path)
+{
+    return flow_compile_file_target(ctx, path, NULL);
+}
+
+flow_compilation *flow_compile_file_target(flow_ctx *ctx, const char *path,
+                                           const char *target)
+{
+    flow_compile_args a = {.struct_size = sizeof a, .path = path,
+                           .target = target};
+    return flow_compile(ctx, &a);
+}
+
+flow_compilation *flow_compile_string(flow_ctx *ctx, const char *name,
+                                      const char *text, size_t len)
+{
+    return flow_compile_string_target(ctx, name, text, len, NULL);
+}
+
+flow_compilation *flow_compile_string_target(flow_ctx *ctx, const char *name,
+                                             const char *text, size_t len,
+                                             const char *target)
+{
+    flow_compile_args a = {.struct_size = sizeof a, .path = name,
+                           .text = text, .len = len, .target = target};
+    return flow_compile(ctx, &a);
+}
+
+flow_compilation *flow_compile_sources(flow_ctx *ctx,
+                                       const flow_spec_file *files, size_t n,
+                                       const char *target)
+{
+    return compile_sources(ctx, files, n, target);   /* also for n = 0 */
 }
 
 void flow_compile_free(flow_compilation *c)

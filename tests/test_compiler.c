@@ -2,6 +2,7 @@
  * expansion, attribute resolution, graph contents, diagnostics, limits and
  * robustness against garbage. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -755,6 +756,72 @@ START_TEST(test_import_only_flow_files)
 }
 END_TEST
 
+/* flow_compile takes what to compile in one struct: text, a file and
+ * in-memory files give the graphs the wrapper calls give; a struct_size
+ * short of the required fields and a struct naming no spec are refused
+ * with a message (NULL, not a compilation). */
+START_TEST(test_compile_args)
+{
+    static const char text[] = "flow m {\n  input x : real[4];\n"
+        "  tmaf(hidden = [8, 8]);\n  output z ~ normal;\n}\n";
+    flow_compile_args a;
+    flow_compilation *c1, *c2;
+    flow_spec_file f;
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.path = "m.flow";
+    a.text = text;
+    a.len = strlen(text);
+    c1 = flow_compile(ctx, &a);
+    c2 = flow_compile_string(ctx, "m.flow", text, strlen(text));
+    ck_assert_ptr_nonnull(c1);
+    ck_assert_ptr_nonnull(c2);
+    ck_assert_uint_eq(flow_compile_errors(c1), 0);
+    ck_assert_ptr_nonnull(flow_compile_graph(c1));
+    ck_assert_uint_eq(flow_graph_params(flow_compile_graph(c1)),
+                      flow_graph_params(flow_compile_graph(c2)));
+    ck_assert_uint_eq(flow_graph_node_count(flow_compile_graph(c1)),
+                      flow_graph_node_count(flow_compile_graph(c2)));
+    flow_compile_free(c2);
+    /* the same spec as an in-memory file */
+    memset(&f, 0, sizeof f);
+    f.path = "m.flow";
+    f.text = text;
+    f.len = strlen(text);
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.files = &f;
+    a.n_files = 1;
+    c2 = flow_compile(ctx, &a);
+    ck_assert_ptr_nonnull(c2);
+    ck_assert_uint_eq(flow_compile_errors(c2), 0);
+    ck_assert_uint_eq(flow_graph_params(flow_compile_graph(c2)),
+                      flow_graph_params(flow_compile_graph(c1)));
+    flow_compile_free(c2);
+    flow_compile_free(c1);
+    /* a file that is not there: a compilation holding F0010 */
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    a.path = "/nonexistent/m.flow";
+    c1 = flow_compile(ctx, &a);
+    ck_assert_ptr_nonnull(c1);
+    ck_assert_uint_eq(flow_compile_errors(c1), 1);
+    ck_assert_str_eq(flow_compile_diag(c1, 0)->code, "F0010");
+    flow_compile_free(c1);
+    /* refused: an older, shorter struct; no spec at all */
+    a.struct_size = offsetof(flow_compile_args, target);
+    ck_assert_ptr_null(flow_compile(ctx, &a));
+    ck_assert_msg(strstr(flow_errmsg(ctx), "struct_size") != NULL, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_ptr_null(flow_compile(ctx, NULL));
+    memset(&a, 0, sizeof a);
+    a.struct_size = sizeof a;
+    ck_assert_ptr_null(flow_compile(ctx, &a));
+    ck_assert_msg(strstr(flow_errmsg(ctx), "no spec given") != NULL, "%s",
+                  flow_errmsg(ctx));
+}
+END_TEST
+
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
@@ -779,6 +846,10 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_garbage_never_crashes);
     tcase_add_test(tc, test_line_ends_and_bom);
     tcase_add_test(tc, test_latent_names_and_unclosed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("api");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_compile_args);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -41,6 +41,29 @@ typedef struct flow_graph flow_graph;               /* opaque */
 
 /* --- compiling -------------------------------------------------------- */
 
+/* What to compile, for flow_compile: an in-memory set of source files
+ * (`files`, see flow_compile_sources), else spec text (`text`, named
+ * `path`), else the spec file at `path`; with a target given apart from
+ * the spec (`target`, as flow_compile_file_target), or NULL.  struct_size
+ * first; fields are only ever appended, and a caller's struct_size says
+ * which it has (the fields of this release are all required). */
+typedef struct flow_compile_args {
+    size_t struct_size;            /* sizeof(flow_compile_args)            */
+    const char *path;              /* the spec file, or the name of text   */
+    const char *text;              /* spec text (copied), or NULL          */
+    size_t len;                    /* bytes of text                        */
+    const flow_spec_file *files;   /* in-memory sources, or NULL           */
+    size_t n_files;
+    const char *target;            /* target statement text, or NULL       */
+} flow_compile_args;
+
+/* Compiles what `args` names.  NULL when out of memory or when args are
+ * invalid (message in flow_errmsg(ctx)); otherwise a compilation to
+ * inspect and free with flow_compile_free, whether or not the spec had
+ * errors.  The calls below are wrappers of this one. */
+FLOW_API flow_compilation *flow_compile(flow_ctx *ctx,
+                                        const flow_compile_args *args);
+
 /* Compiles the spec in `path` (imports are resolved relative to it).
  * Returns NULL only when out of memory (message in flow_errmsg(ctx));
  * otherwise a compilation to inspect and free with flow_compile_free,
