@@ -95,7 +95,8 @@ static int check_text(flow_compilation *c, int fi)
             bad = s;
             break;
         }
-        if (*s == '\n') {
+        /* line ends as the lexer counts them: LF, CRLF and a lone CR */
+        if (*s == '\n' || (*s == '\r' && (s + 1 == end || s[1] != '\n'))) {
             loc.line++;
             loc.col = 1;
         } else if (loc.col < INT_MAX - 4) {
