@@ -94,6 +94,7 @@ static const char *jac_name(flow_jac_class j)
     case FLOW_JAC_DENSE_LU: return "dense-LU";
     case FLOW_JAC_RESIDUAL: return "residual";
     case FLOW_JAC_ODE: return "ODE";
+    case FLOW_JAC_DENSE_EXACT: return "dense-exact";
     }
     return "?";
 }

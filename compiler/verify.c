@@ -166,7 +166,8 @@ static int check_matrix(flow_compilation *c, size_t idx, flow_loc loc)
 
 static int valid_enums(const flow_layer_desc *d)
 {
-    return d->jac >= FLOW_JAC_VOLUME_PRESERVING && d->jac <= FLOW_JAC_ODE
+    return d->jac >= FLOW_JAC_VOLUME_PRESERVING
+        && d->jac <= FLOW_JAC_DENSE_EXACT
         && d->dep >= FLOW_DEP_ELEMENTWISE && d->dep <= FLOW_DEP_MATRIX
         && d->cert >= FLOW_CERT_STRUCTURAL && d->cert <= FLOW_CERT_ODE;
 }

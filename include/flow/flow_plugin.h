@@ -44,8 +44,10 @@ extern "C" {
  *   1.2  flow_net_spec.premasked; host net_made_step, net_mask_params
  *   1.3  host net_made_sorted_count .. net_made_step_sorted;
  *        FLOW_LAYER_CONCURRENT_PREPARE
- *   1.4  flow_layer_type.workspace and .init may be NULL */
-#define FLOW_PLUGIN_ABI_MINOR 4u
+ *   1.4  flow_layer_type.workspace and .init may be NULL
+ *   1.5  FLOW_JAC_DENSE_EXACT; FLOW_LAYER_CONTEXT; flow_layer_desc input
+ *        domain and parameter tensors (flow_param_tensor) */
+#define FLOW_PLUGIN_ABI_MINOR 5u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -162,8 +164,14 @@ typedef enum flow_jac_class {
     FLOW_JAC_DENSE_LU = 5,          /* dense, log-det from an LU factor     */
     FLOW_JAC_RESIDUAL = 6,          /* x + g(x), Lip(g) < 1; log-det exact
                                        (small D) or estimated by series     */
-    FLOW_JAC_ODE = 7                /* continuous flow; log-det by trace
+    FLOW_JAC_ODE = 7,               /* continuous flow; log-det by trace
                                        integration (exact or Hutchinson)    */
+    FLOW_JAC_DENSE_EXACT = 8        /* 1.5: dense, log-det computed exactly
+                                       by the layer in closed form (an
+                                       orthogonal or Householder factor
+                                       times a diagonal, ...); `flowkit
+                                       check` verifies it against the FD
+                                       Jacobian like any other             */
 } flow_jac_class;
 
 /* How the dependency pattern (which outputs depend on which inputs) is
@@ -223,6 +231,32 @@ typedef struct flow_cost {
                                                 layers at once, on its
                                                 threads (never one instance
                                                 twice at once)              */
+#define FLOW_LAYER_CONTEXT           0x0200u /* 1.5: consumes the context
+                                                (`given`) whatever its
+                                                dependency pattern, e.g. a
+                                                conditional elementwise map;
+                                                without it only layers with
+                                                a conditioner (coupling,
+                                                autoregressive, residual,
+                                                ODE) may be given one       */
+
+/* Input domain of a layer (flow_layer_desc.domain, 1.5): where every input
+ * value must lie for the map to be defined (logit: the unit interval). */
+#define FLOW_DOMAIN_NONE   0u     /* the whole real line                    */
+#define FLOW_DOMAIN_CLOSED 1u     /* [domain_lo, domain_hi]                 */
+#define FLOW_DOMAIN_OPEN   2u     /* (domain_lo, domain_hi)                 */
+
+/* One named tensor of a layer's flat parameter vector (1.5).  Tensors are
+ * listed in storage order and their counts sum to n_params. */
+#define FLOW_TENSOR_MASKED 0x1u   /* some entries are structurally unused
+                                     (autoregressive masks): the checker
+                                     requires only that some entry of the
+                                     tensor is used                         */
+typedef struct flow_param_tensor {
+    const char *name;             /* static, e.g. "scale", "net.W1"         */
+    size_t count;                 /* entries                                 */
+    uint32_t flags;               /* FLOW_TENSOR_*                           */
+} flow_param_tensor;
 
 /* What describe() reports.  The host zero-fills it, sets struct_size and
  * dep_vec (D int32 entries), then calls describe(). */
@@ -243,6 +277,19 @@ typedef struct flow_layer_desc {
     flow_cost cost_forward;       /* density direction                      */
     flow_cost cost_inverse;       /* sampling direction                     */
     int logdet_exact;             /* 1: exact in eval mode; 0: estimated    */
+    /* 1.5 (read only when struct_size covers them) */
+    uint32_t domain;              /* FLOW_DOMAIN_*: where inputs must lie;
+                                     the compiler checks declared bounds
+                                     against it, the data reader checks the
+                                     data, `flowkit check` draws inside it */
+    double domain_lo, domain_hi;
+    flow_param_tensor *tensors;   /* host-owned, tensors_cap entries (may be
+                                     NULL): describe() may name the tensors
+                                     of its parameters here, writing at most
+                                     tensors_cap and setting n_tensors to
+                                     the full count; 0 = one unnamed tensor */
+    size_t tensors_cap;
+    size_t n_tensors;
 } flow_layer_desc;
 
 /* The configuration of one layer instance, given to describe() and
