@@ -190,7 +190,7 @@ static void shape(const guard_arg *a, char *s, size_t cap)
 
 /* A write into a guard region, in elements of the buffer (bytes for the
  * workspace): "forward wrote z[24], 1 element past the end of z (8 x 3)",
- * "... ws bytes -8..-1, 1 to 8 bytes before the start of ws (64 bytes)".
+ * "... ws bytes[-8..-1], 1 to 8 bytes before the start of ws (64 bytes)".
  * first and last are byte offsets from the payload's start. */
 static void oob_note(const guard_call *f, const guard_arg *a, long long first,
                      long long last, char *out, size_t cap)
@@ -207,18 +207,18 @@ static void oob_note(const guard_call *f, const guard_arg *a, long long first,
     shape(a, sh, sizeof sh);
     if (e0 == e1)
         say(at, sizeof at, "%s%s[%lld]", a->name, a->cols ? "" : " byte",
-                 e0);
+            e0);
     else
         say(at, sizeof at, "%s%s[%lld..%lld]", a->name,
-                 a->cols ? "" : " bytes", e0, e1);
+            a->cols ? "" : " bytes", e0, e1);
     if (d0 == d1)
         say(out, cap, "%s wrote %s, %lld %s%s %s of %s %s", f->call, at,
-                 d0, what, plural((size_t)d0), e0 >= end
-                 ? "past the end" : "before the start", a->name, sh);
+            d0, what, plural((size_t)d0), e0 >= end
+            ? "past the end" : "before the start", a->name, sh);
     else
         say(out, cap, "%s wrote %s, %lld to %lld %ss %s of %s %s",
-                 f->call, at, d0, d1, what, e0 >= end ? "past the end"
-                 : "before the start", a->name, sh);
+            f->call, at, d0, d1, what, e0 >= end ? "past the end"
+            : "before the start", a->name, sh);
 }
 
 /* The first changed real of an input, by bits (a NaN input stays
@@ -249,12 +249,12 @@ static void inw_note(const guard_call *f, const guard_arg *a, size_t i,
         say(where, sizeof where, "[%zu]", i);
     else
         say(where, sizeof where, "row %zu, column %zu", i / a->cols,
-                 i % a->cols);
+            i % a->cols);
     if (count > 1)
         say(more, sizeof more, ", %zu of %zu elements changed", count,
-                 a->rows * a->cols);
+            a->rows * a->cols);
     say(out, cap, "%s wrote to its input %s at %s: %.9g -> %.9g%s",
-             f->call, a->name, where, (double)was, (double)now, more);
+        f->call, a->name, where, (double)was, (double)now, more);
 }
 
 int guard_end(guard_call *f)
