@@ -11,6 +11,7 @@
 #include <lapacke.h>
 
 #include "conform.h"
+#include "conform_guard.h"
 #include "../runtime/rng.h"     /* the same streams as the runtime (runtime/librng.la) */
 
 /* Tolerances (documented in docs/plugins.md): float64 builds are held to
@@ -36,6 +37,11 @@
  * value by at most this many standard errors. */
 #define TOL_ZSCORE 5.0
 
+/* Staging slots: each buffer of a call gets a guarded copy of its own,
+ * sized to the call, so that a write one element past it hits a guard. */
+enum stage { ST_X, ST_Y, ST_LD, ST_DY, ST_DX, ST_PARAMS, ST_GRAD, ST_BUF,
+             ST_CTX, ST_DCTX, ST_N };
+
 typedef struct layer_run {
     const flow_layer_type *t;
     void *self;
@@ -52,7 +58,11 @@ typedef struct layer_run {
     flow_real *p0, *eps;        /* initial parameters, perturbation noise */
     double perturb;             /* params = p0 + perturb * eps            */
     void *ws;
-    size_t ws_bytes;
+    size_t ws_bytes;            /* what workspace() asked for this call   */
+    guard_buf ws_g;             /* the workspace, guarded in place        */
+    guard_buf stage[ST_N];      /* guarded copies of what calls are handed */
+    size_t guard;               /* bytes per guard region                 */
+    guard_log glog;             /* what the layer's calls did wrong       */
     flow_rng rng;               /* the checker's own draws                */
     flow_rng crng, crng0;       /* the layer's stream: every call starts
                                    from crng0, so a stochastic layer is a
@@ -147,19 +157,71 @@ static void fill_call(layer_run *L, flow_call *c, size_t n, flow_real *grad,
     c->err_cap = sizeof L->err;
 }
 
+/* Every call into the layer goes through the functions below: the layer
+ * sees guarded copies of its inputs and outputs (conform_guard.h), and
+ * after the call the guards and inputs are checked (the rows "writes stay
+ * in bounds" and "inputs unchanged") and the outputs copied back, so a
+ * stray write neither corrupts the checker nor spoils later checks. */
+
+/* Points c at guarded copies of the parameters (written by init and
+ * data_init, an input to every other call), the buffers, the context and
+ * the gradients, and at the guarded workspace; returns the parameters'
+ * copy when they are written. */
+static flow_real *stage_call(layer_run *L, guard_call *f, const char *call,
+                             flow_call *c, int params_out)
+{
+    size_t np = L->desc.n_params;
+    flow_real *p = NULL;
+    guard_begin(f, &L->glog, call, L->guard);
+    if (params_out)
+        c->params = p = guard_out(f, &L->stage[ST_PARAMS], "params",
+                                  L->params, np, 1);
+    else
+        c->params = guard_in(f, &L->stage[ST_PARAMS], "params", L->params,
+                             np, 1);
+    c->buffers = guard_out(f, &L->stage[ST_BUF], "buffers", L->buffers,
+                           L->desc.n_buffers, 1);
+    if (c->ctx)
+        c->ctx = guard_in(f, &L->stage[ST_CTX], "ctx", c->ctx, c->n, L->k);
+    if (c->grad)
+        c->grad = guard_out(f, &L->stage[ST_GRAD], "grad", c->grad, np, 1);
+    if (c->dctx)
+        c->dctx = guard_out(f, &L->stage[ST_DCTX], "dctx", c->dctx, c->n,
+                            L->k);
+    c->ws = guard_keep(f, &L->ws_g, "ws", L->ws_bytes);
+    return p;
+}
+
+/* the status of a call the checker could not stage */
+static int no_stage(layer_run *L)
+{
+    snprintf(L->err, sizeof L->err, "the checker is out of memory");
+    return FLOW_ERR_NOMEM;
+}
+
+/* The workspace of one call: exactly what workspace() asks for, so that
+ * its guard starts where the layer's share ends. */
 static int ensure_ws(layer_run *L, size_t n, int dir)
 {
-    size_t need = L->t->workspace ? L->t->workspace(L->self, n, dir) : 0;
-    if (need <= L->ws_bytes)
-        return 0;
-    free(L->ws);
-    L->ws_bytes = 0;
-    if (posix_memalign(&L->ws, 64, need) != 0) {
-        L->ws = NULL;
+    L->ws_bytes = L->t->workspace ? L->t->workspace(L->self, n, dir) : 0;
+    if (guard_reserve(&L->ws_g, L->ws_bytes, L->guard) != 0)
         return -1;
-    }
-    L->ws_bytes = need;
+    L->ws = L->ws_g.p;
     return 0;
+}
+
+static int call_prepare(layer_run *L, size_t n)
+{
+    flow_call c;
+    guard_call f;
+    int rc;
+    if (!L->t->prepare)
+        return FLOW_OK;
+    fill_call(L, &c, n, NULL, NULL);
+    stage_call(L, &f, "prepare", &c, 0);
+    rc = f.nomem ? no_stage(L) : L->t->prepare(L->self, &c);
+    guard_end(&f);
+    return rc;
 }
 
 /* dir 0: forward x -> y; dir 1: inverse.  Returns the plugin's status. */
@@ -167,19 +229,59 @@ static int run(layer_run *L, int dir, size_t n, const flow_real *in,
                flow_real *out, flow_real *ld)
 {
     flow_call c;
+    guard_call f;
+    const flow_real *gin;
+    flow_real *gout, *gld;
     int rc;
     if (ensure_ws(L, n, dir) != 0)
         return FLOW_ERR_NOMEM;
     L->crng = L->crng0;
     L->err[0] = '\0';
-    if (L->t->prepare) {
-        fill_call(L, &c, n, NULL, NULL);
-        if ((rc = L->t->prepare(L->self, &c)) != FLOW_OK)
-            return rc;
-    }
+    if ((rc = call_prepare(L, n)) != FLOW_OK)
+        return rc;
     fill_call(L, &c, n, NULL, NULL);
-    return dir ? L->t->inverse(L->self, &c, in, out, ld)
-               : L->t->forward(L->self, &c, in, out, ld);
+    stage_call(L, &f, dir ? "inverse" : "forward", &c, 0);
+    gin = guard_in(&f, &L->stage[ST_X], dir ? "z" : "x", in, n, L->d);
+    gout = guard_out(&f, &L->stage[ST_Y], dir ? "x" : "z", out, n, L->d);
+    gld = guard_out(&f, &L->stage[ST_LD], "logdet", ld, n, 1);
+    rc = f.nomem ? no_stage(L)
+       : dir ? L->t->inverse(L->self, &c, gin, gout, gld)
+             : L->t->forward(L->self, &c, gin, gout, gld);
+    guard_end(&f);
+    return rc;
+}
+
+/* The backward of direction dir after the matching run(): inputs x,
+ * outputs y, their cotangents w and u; writes the input gradient gx and
+ * accumulates into L->grad and dctx (NULL: none); then finish_grad. */
+static int run_backward(layer_run *L, int dir, size_t n, const flow_real *x,
+                        const flow_real *y, const flow_real *w,
+                        const flow_real *u, flow_real *gx, flow_real *dctx)
+{
+    size_t d = L->d;
+    flow_call c;
+    guard_call f;
+    const flow_real *gx_in, *gy, *gw, *gu;
+    flow_real *gdx;
+    int rc;
+    fill_call(L, &c, n, L->grad, dctx);
+    stage_call(L, &f, dir ? "inverse_backward" : "forward_backward", &c, 0);
+    gx_in = guard_in(&f, &L->stage[ST_X], dir ? "z" : "x", x, n, d);
+    gy = guard_in(&f, &L->stage[ST_Y], dir ? "x" : "z", y, n, d);
+    gw = guard_in(&f, &L->stage[ST_DY], dir ? "dx" : "dz", w, n, d);
+    gu = guard_in(&f, &L->stage[ST_LD], "dlogdet", u, n, 1);
+    gdx = guard_out(&f, &L->stage[ST_DX], dir ? "dz" : "dx", gx, n, d);
+    rc = f.nomem ? no_stage(L)
+       : dir ? L->t->inverse_backward(L->self, &c, gx_in, gy, gw, gu, gdx)
+             : L->t->forward_backward(L->self, &c, gx_in, gy, gw, gu, gdx);
+    guard_end(&f);
+    if (rc != FLOW_OK || !L->t->finish_grad)
+        return rc;
+    fill_call(L, &c, n, L->grad, dctx);
+    stage_call(L, &f, "finish_grad", &c, 0);
+    rc = f.nomem ? no_stage(L) : L->t->finish_grad(L->self, &c, c.grad);
+    guard_end(&f);
+    return rc;
 }
 
 static int has(const layer_run *L, uint32_t flag)
@@ -256,6 +358,35 @@ static int all_finite(const flow_real *v, size_t n)
     return 1;
 }
 
+/* "forward runs, finite" or its inverse twin (out named out_name): the
+ * status, then where the first non-finite output or log-det is.  Returns
+ * 1 when the call ran and everything is finite. */
+static int finite_row(const layer_run *L, conform_report *rep,
+                      const char *name, int rc, const char *out_name,
+                      const flow_real *out, const flow_real *ld)
+{
+    size_t n = L->n, d = L->d, i = 0, j = 0;
+    conform_row *r;
+    while (i < n * d && isfinite(out[i]))
+        i++;
+    while (j < n && isfinite(ld[j]))
+        j++;
+    r = add_row(rep, name, rc == FLOW_OK && i == n * d && j == n ? 0 : 1, 0);
+    if (rc != FLOW_OK)
+        note(r, "error: %s", L->err);
+    else if (i < n * d && i / d <= j)   /* a NaN without its sign */
+        note(r, "row %zu%s, column %zu: %s = %g", i / d, i / d < L->nrand
+             ? "" : " (an edge row)", i % d, out_name,
+             isnan(out[i]) ? NAN : (double)out[i]);
+    else if (j < n)
+        note(r, "row %zu%s: logdet = %g", j, j < L->nrand ? ""
+             : " (an edge row)", isnan(ld[j]) ? NAN : (double)ld[j]);
+    else
+        note(r, "%zu rows: %zu random, %zu at the domain's edges", n,
+             L->nrand, n - L->nrand);
+    return r && r->pass;
+}
+
 static void layer_free(layer_run *L)
 {
     if (L->self)
@@ -268,7 +399,9 @@ static void layer_free(layer_run *L)
     free(L->grad);
     free(L->ctxv);
     free(L->dctx);
-    free(L->ws);
+    guard_free(&L->ws_g);
+    for (int i = 0; i < ST_N; i++)
+        guard_free(&L->stage[i]);
 }
 
 static void set_perturbation(layer_run *L, double s)
@@ -316,6 +449,7 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     L->has_bounds = o->has_bounds;
     L->lo = o->lo;
     L->hi = o->hi;
+    L->guard = guard_size((L->d > L->k ? L->d : L->k) * sizeof(flow_real));
     L->cfg.struct_size = sizeof L->cfg;
     L->cfg.name = t->name;
     L->cfg.dim = L->d;
@@ -356,11 +490,18 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
                               t->name, file, diag.message);
     rng_seed(&L->rng, o->seed);
     rng_seed(&L->crng0, o->seed ^ 0xc0ffee5eedull);
-    fill_call(L, &c, 0, NULL, NULL);
-    c.rng = &L->rng;
-    if (t->init && (rc = t->init(L->self, &c, L->params)) != FLOW_OK)
-        return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name, file,
-                              L->err);
+    if (t->init) {
+        guard_call f;
+        flow_real *p;
+        fill_call(L, &c, 0, NULL, NULL);
+        c.rng = &L->rng;
+        p = stage_call(L, &f, "init", &c, 1);
+        rc = f.nomem ? no_stage(L) : t->init(L->self, &c, p);
+        guard_end(&f);
+        if (rc != FLOW_OK)
+            return flow_ctx_error(ctx, rc, "%s (%s): init: %s", t->name,
+                                  file, L->err);
+    }
     memcpy(L->p0, L->params, L->desc.n_params * sizeof *L->p0);
     for (size_t i = 0; i < L->desc.n_params; i++)
         L->eps[i] = (flow_real)rng_normal1(&L->rng);
@@ -459,27 +600,26 @@ static void check_maps(layer_run *L, conform_report *rep, flow_real *x,
 {
     size_t n = L->n, d = L->d, nd = n * d;
     double e = 0, el = 0;
-    size_t worst = 0;
+    size_t worst = 0, wl = 0;
     conform_row *r;
-    int rc;
+    int rc, fwd_finite;
 
     rc = run(L, 0, n, x, y, ld);
-    r = add_row(rep, "forward runs, finite", rc == FLOW_OK
-                && all_finite(y, nd) && all_finite(ld, n) ? 0 : 1, 0);
-    if (rc != FLOW_OK) {
-        note(r, "error: %s", L->err);
+    fwd_finite = finite_row(L, rep, "forward runs, finite", rc, "z", y, ld);
+    if (rc != FLOW_OK)
         return;
-    }
-    note(r, "%zu rows: %zu random, %zu at the domain's edges", n, L->nrand,
-         n - L->nrand);
     if (!has(L, FLOW_LAYER_INVERSE)) {
         skip_row(rep, "round trip", "layer has no inverse");
+    } else if (!fwd_finite) {
+        /* the inverse of a NaN says nothing about the inverse */
+        skip_row(rep, "inverse runs, finite", "not run: the forward "
+                 "produced non-finite values");
+        skip_row(rep, "round trip x -> z -> x", "not run: the forward "
+                 "produced non-finite values");
     } else {
         rc = run(L, 1, n, y, xb, ld2);
-        r = add_row(rep, "inverse runs, finite", rc == FLOW_OK
-                    && all_finite(xb, nd) && all_finite(ld2, n) ? 0 : 1, 0);
+        finite_row(L, rep, "inverse runs, finite", rc, "x", xb, ld2);
         if (rc != FLOW_OK) {
-            note(r, "error: %s", L->err);
             r = add_row(rep, "round trip x -> z -> x", INFINITY,
                         TOL_ROUNDTRIP);
             note(r, "inverse failed: %s", L->err);
@@ -498,10 +638,18 @@ static void check_maps(layer_run *L, conform_report *rep, flow_real *x,
                 skip_row(rep, "logdet forward + inverse = 0", "estimated "
                          "log-det (see 'logdet estimate unbiased')");
             } else {
-                for (size_t i = 0; i < n; i++)
-                    el = fmax(el, fabs((double)ld[i] + ld2[i])
-                                      / fmax(1.0, fabs(ld[i])));
-                add_row(rep, "logdet forward + inverse = 0", el, TOL_LOGDET);
+                for (size_t i = 0; i < n; i++) {
+                    double ei = fabs((double)ld[i] + ld2[i])
+                              / fmax(1.0, fabs(ld[i]));
+                    if (ei > el) {
+                        el = ei;
+                        wl = i;
+                    }
+                }
+                r = add_row(rep, "logdet forward + inverse = 0", el,
+                            TOL_LOGDET);
+                note(r, "worst row %zu: forward %.9g, inverse %.9g", wl,
+                     (double)ld[wl], (double)ld2[wl]);
             }
         }
     }
@@ -701,6 +849,8 @@ static double logdet_fd(const double *J, const double *U, size_t d,
 typedef struct jac_result {
     double ld_err, lfd, unc, ldv;   /* log-det error, FD value, layer value */
     double zeros, diagmin;          /* worst declared zero, min |J_ii|   */
+    size_t zi, zj;                  /* where the worst declared zero is     */
+    double zval, jmax;              /* its J_ij, and max |J|                */
     int failed;                     /* the layer failed near the point      */
 } jac_result;
 
@@ -744,11 +894,16 @@ static void jacobian_row(layer_run *L, int dir, const flow_real *xs,
     if (dep) {
         for (size_t i = 0; i < d * d; i++)
             jmax = fmax(jmax, fabs(J[i]));
+        res->jmax = jmax;
         for (size_t i = 0; i < d; i++) {
             for (size_t j = 0; j < d; j++)
-                if (!dep[i * d + j])
-                    res->zeros = fmax(res->zeros, fabs(J[i * d + j])
-                                                      / fmax(1.0, jmax));
+                if (!dep[i * d + j]
+                    && fabs(J[i * d + j]) / fmax(1.0, jmax) > res->zeros) {
+                    res->zeros = fabs(J[i * d + j]) / fmax(1.0, jmax);
+                    res->zi = i;
+                    res->zj = j;
+                    res->zval = J[i * d + j];
+                }
             res->diagmin = fmin(res->diagmin, fabs(J[i * d + i]));
         }
     }
@@ -770,8 +925,8 @@ static void check_jacobian(layer_run *L, conform_report *rep,
     uint8_t *dep = malloc(d * d);
     lapack_int *ipiv = malloc(d * sizeof *ipiv);
     flow_real *buf = malloc(4 * d * sizeof *buf);
-    jac_result res, at;
-    size_t worst_row = 0, failed_row = 0;
+    jac_result res, at, zat;
+    size_t worst_row = 0, failed_row = 0, zrow = 0;
     int failed = 0, pattern = dir == 0;
     char name[48];
     conform_row *r;
@@ -787,6 +942,7 @@ static void check_jacobian(layer_run *L, conform_report *rep,
         pattern = 0;
     }
     memset(&at, 0, sizeof at);
+    memset(&zat, 0, sizeof zat);
     for (size_t row = 0; row < L->n; row++) {
         jacobian_row(L, dir, xs, row, pattern ? dep : NULL, J, A, U, ipiv,
                      buf, &res);
@@ -802,7 +958,11 @@ static void check_jacobian(layer_run *L, conform_report *rep,
             worst_row = row;
             at = res;
         }
-        worst = fmax(worst, res.zeros);
+        if (res.zeros > worst) {
+            worst = res.zeros;
+            zrow = row;
+            zat = res;
+        }
         /* edge rows may sit on a kink (|x| at 0): the diagonal is judged
          * at the random rows */
         if (row < L->nrand)
@@ -823,8 +983,13 @@ static void check_jacobian(layer_run *L, conform_report *rep,
     }
     if (pattern) {
         r = add_row(rep, "declared zeros are zero", worst, TOL_FD);
-        note(r, "max |J_ij| / max|J| where the layer declares no "
-             "dependence");
+        if (worst > 0)
+            note(r, "worst row %zu: dz_%zu/dx_%zu = %.6g (max |J| %.3g) "
+                 "where the layer declares no dependence", zrow, zat.zi,
+                 zat.zj, zat.zval, zat.jmax);
+        else
+            note(r, "max |J_ij| / max|J| where the layer declares no "
+                 "dependence");
         if (L->desc.dep != FLOW_DEP_PERMUTATION
             && L->desc.dep != FLOW_DEP_DENSE) {
             r = add_row(rep, "diagonal non-zero", diagmin > 0 ? 0 : 1, 0);
@@ -905,27 +1070,43 @@ static int fd_sides(fd_eval f, void *env, double h, double est[3],
  * value may be either one-sided derivative (a subgradient), so it is
  * compared with the central and both one-sided estimates, and the closest
  * counts; a wrong formula disagrees with all of them. */
-static double fd_err(double analytic, const objective *o, flow_real *slot,
-                     double hmax)
+static double fd_err_est(double analytic, const objective *o,
+                         flow_real *slot, double hmax, double *fd)
 {
     slot_env se = {o, slot, *slot};
     double best = INFINITY;
     double h = fmin(FD_STEP * fmax(1.0, fabs(se.keep)), hmax);
+    *fd = NAN;
     for (int lv = 0; lv < FD_LEVELS; lv++, h /= 4) {
         double est[3], unc[3];
         if (fd_sides(slot_eval, &se, h, est, unc) != 0)
             return INFINITY;
-        for (int k = 0; k < 3; k++)
-            best = fmin(best, fmax(0.0, fabs(analytic - est[k]) - unc[k])
-                                  / fmax(1.0, fabs(est[k])));
+        for (int k = 0; k < 3; k++) {
+            double e = fmax(0.0, fabs(analytic - est[k]) - unc[k])
+                     / fmax(1.0, fabs(est[k]));
+            if (e < best) {
+                best = e;
+                *fd = est[k];
+            }
+        }
     }
     return best;
+}
+
+/* the same, without the estimate closest to the analytic value */
+static double fd_err(double analytic, const objective *o, flow_real *slot,
+                     double hmax)
+{
+    double fd;
+    return fd_err_est(analytic, o, slot, hmax, &fd);
 }
 
 /* Errors of one VJP against finite differences. */
 typedef struct vjp_errs {
     double x, p, c;
     size_t checks;
+    size_t x_at;                /* the worst input entry, its two values */
+    double x_an, x_fd;
 } vjp_errs;
 
 /* Backward of direction dir at the inputs in ob->x with cotangents ob->w
@@ -935,7 +1116,6 @@ static int vjp_compare(layer_run *L, const conform_opts *o, objective *ob,
                        flow_real *gx, vjp_errs *e)
 {
     size_t n = L->n, d = L->d, nd = n * d, k = L->k, np = L->desc.n_params;
-    flow_call c;
     int dir = ob->dir, rc;
 
     memset(e, 0, sizeof *e);
@@ -943,21 +1123,23 @@ static int vjp_compare(layer_run *L, const conform_opts *o, objective *ob,
         return rc;
     memset(L->grad, 0, (np + 1) * sizeof *L->grad);
     memset(L->dctx, 0, (n * k + 1) * sizeof *L->dctx);
-    fill_call(L, &c, n, L->grad, k ? L->dctx : NULL);
-    rc = dir ? L->t->inverse_backward(L->self, &c, ob->x, ob->y, ob->w,
-                                      ob->u, gx)
-             : L->t->forward_backward(L->self, &c, ob->x, ob->y, ob->w,
-                                      ob->u, gx);
-    if (rc == FLOW_OK && L->t->finish_grad)
-        rc = L->t->finish_grad(L->self, &c, L->grad);
+    rc = run_backward(L, dir, n, ob->x, ob->y, ob->w, ob->u, gx,
+                      k ? L->dctx : NULL);
     if (rc != FLOW_OK)
         return rc;
     if (!all_finite(gx, nd) || !all_finite(L->grad, np)
         || !all_finite(L->dctx, n * k))
         return -1;
-    for (size_t i = 0; i < nd; i++)
-        e->x = fmax(e->x, fd_err(gx[i], ob, &ob->x[i],
-                                 max_step(L, dir, ob->x[i])));
+    for (size_t i = 0; i < nd; i++) {
+        double fd, ei = fd_err_est(gx[i], ob, &ob->x[i],
+                                   max_step(L, dir, ob->x[i]), &fd);
+        if (i == 0 || ei > e->x) {
+            e->x = ei;
+            e->x_at = i;
+            e->x_an = gx[i];
+            e->x_fd = fd;
+        }
+    }
     if (np) {
         size_t checks = np < o->max_param_checks ? np : o->max_param_checks;
         rng_seed(&L->rng, o->seed + 17);    /* the same sample each time */
@@ -1025,7 +1207,9 @@ static void check_vjp(layer_run *L, const conform_opts *o,
         goto done;
     }
     snprintf(name, sizeof name, "d/d input vs FD (%s)", tag);
-    add_row(rep, name, e.x, TOL_FD);
+    r = add_row(rep, name, e.x, TOL_FD);
+    note(r, "worst row %zu, column %zu: layer %.9g, FD %.9g", e.x_at / d,
+         e.x_at % d, e.x_an, e.x_fd);
     if (np) {
         snprintf(name, sizeof name, "d/d params vs FD (%s)", tag);
         r = add_row(rep, name, e.p, TOL_FD);
@@ -1128,6 +1312,57 @@ done:
     free(ref);
     free(s1);
     free(s2);
+}
+
+/* data_init through the guards, on the test batch.  Its effect on the
+ * parameters and buffers is undone: the model checks start from the
+ * checker's parameters and run their own data_init. */
+static void guard_data_init(layer_run *L, const flow_real *x)
+{
+    size_t np = L->desc.n_params, nb = L->desc.n_buffers;
+    flow_real *keep, *p;
+    const flow_real *gx;
+    flow_call c;
+    guard_call f;
+
+    if (!has(L, FLOW_LAYER_DATA_INIT) || !L->t->data_init
+        || !(keep = malloc((np + nb + 1) * sizeof *keep)))
+        return;
+    memcpy(keep, L->params, np * sizeof *keep);
+    memcpy(keep + np, L->buffers, nb * sizeof *keep);
+    if (ensure_ws(L, L->n, 0) == 0 && call_prepare(L, L->n) == FLOW_OK) {
+        L->crng = L->crng0;
+        fill_call(L, &c, L->n, NULL, NULL);
+        p = stage_call(L, &f, "data_init", &c, 1);
+        gx = guard_in(&f, &L->stage[ST_X], "x", x, L->n, L->d);
+        /* its status is the model checks' business ("one-layer model") */
+        if (!f.nomem)
+            (void)L->t->data_init(L->self, &c, p, gx);
+        guard_end(&f);
+    }
+    memcpy(L->params, keep, np * sizeof *keep);
+    memcpy(L->buffers, keep + np, nb * sizeof *keep);
+    free(keep);
+}
+
+/* The guards' rows: every call so far (conform_guard.h).  Returns 1 when
+ * a call wrote out of bounds or to an input. */
+static int guard_rows(const layer_run *L, conform_report *rep)
+{
+    const guard_log *g = &L->glog;
+    conform_row *r = add_row(rep, "writes stay in bounds", (double)g->oob, 0);
+    if (g->oob)
+        note(r, "%s (%zu of %zu calls)", g->oob_note, g->oob, g->calls);
+    else
+        note(r, "%zu calls; guards of %zu bytes around every buffer", g->calls,
+             L->guard);
+    r = add_row(rep, "inputs unchanged", (double)g->inw, 0);
+    if (g->inw)
+        note(r, "%s (%zu of %zu calls)", g->inw_note, g->inw, g->calls);
+    else
+        note(r, "inputs, parameters and context of %zu calls bit for bit",
+             g->calls);
+    return g->oob || g->inw;
 }
 
 /* ---------------------------------------------------------------------
@@ -1412,6 +1647,7 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     calibrate(&L, x, y, ld);
     check_maps(&L, rep, x, y, xb, ld, ld2, y2);
     if (rep->n && !rep->rows[0].pass) {     /* forward failed: stop here */
+        guard_rows(&L, rep);
         rc = FLOW_OK;
         goto done;
     }
@@ -1459,8 +1695,18 @@ int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
     L.training = 0;
     if (train_too)
         memcpy(L.buffers, keep_buf, L.desc.n_buffers * sizeof *keep_buf);
-    if (o->model_checks)
+    guard_data_init(&L, x);
+    /* through the runtime, a stray write corrupts its memory (or its
+     * caller's data) instead of a guard */
+    if (guard_rows(&L, rep) && o->model_checks) {
+        const char *why = "not run: the layer writes out of bounds or to "
+                          "its inputs (see above)";
+        skip_row(rep, "checkpoint round trip", why);
+        skip_row(rep, "density integrates to 1", L.d == 2 ? why
+                 : "only for D = 2");
+    } else if (o->model_checks) {
         check_model(ctx, &L, o, rep, x);
+    }
     rc = FLOW_OK;
 done:
     layer_free(&L);

@@ -1,8 +1,9 @@
 /* conform.h - internal: numerical conformance checks of one layer type
  * (round trips, log-det vs finite-difference Jacobian, declared vs measured
  * sparsity, batch independence, VJPs vs finite differences, determinism,
- * unbiased log-det estimates, checkpoint round trip, 2-D density mass):
- * what `flowkit check` runs (docs/plugins.md, "Checking a layer"). */
+ * unbiased log-det estimates, writes outside the buffers a call is handed
+ * or to its inputs, checkpoint round trip, 2-D density mass): what
+ * `flowkit check` runs (docs/plugins.md, "Checking a layer"). */
 #ifndef FLOW_RUNTIME_CONFORM_H
 #define FLOW_RUNTIME_CONFORM_H
 

@@ -69,7 +69,7 @@ if cmp -s "$t/out" "$t/out2"; then ok; else
 has json "$t/out" '"precision": "'
 has json "$t/out" '"layers": ['
 has json "$t/out" '{"name": "checkpoint round trip", "error": 0, "tolerance": 0, "result": "PASS", "note": "log-probs of 6 rows bit for bit after restoring into a model built from another seed"}'
-has json "$t/out" '"checks": 21, "failed": 0, "skipped": 0}'
+has json "$t/out" '"checks": 23, "failed": 0, "skipped": 0}'
 if command -v python3 >/dev/null 2>&1; then
     if python3 -m json.tool "$t/out" >/dev/null 2>&1; then ok
     else bad "--json is not JSON:"; cat "$t/out"; fi
@@ -97,7 +97,7 @@ has plugin-file "$t/out" "PASS: 1 layer, "
 "$FLOWKIT" check "$FLOW_TEST_PLUGINS/minimal.so" >"$t/out" 2>&1
 check null-callbacks 0 $?
 has null-callbacks "$t/out" "minimal_shift ($FLOW_TEST_PLUGINS/minimal.so): D = 2, K = 0"
-has null-callbacks "$t/out" "PASS: 1 layer, 21 checks, 0 failed, 0 skipped"
+has null-callbacks "$t/out" "PASS: 1 layer, 23 checks, 0 failed, 0 skipped"
 mkdir "$t/minimal"
 cp "$FLOW_TEST_PLUGINS/minimal.so" "$t/minimal/"
 cat >"$t/shift.flow" <<'EOF'
@@ -160,6 +160,7 @@ expect_fail bug_none 3 ""
 expect_fail bug_logdet 3 "logdet vs FD Jacobian (forward)|logdet vs FD Jacobian (inverse)"
 expect_fail bug_logdet 2 "logdet vs FD Jacobian (forward)|logdet vs FD Jacobian (inverse)|density integrates to 1"
 expect_fail bug_pattern 3 "declared zeros are zero"
+has bug_pattern-note "$t/out" ": dz_0/dx_1 = 0.5"
 expect_fail bug_noninv 3 "round trip x -> z -> x"
 expect_fail bug_grad 3 "d/d params vs FD (forward)"
 expect_fail bug_rows 3 "rows independent"
@@ -169,6 +170,19 @@ expect_fail bug_ckpt 3 "checkpoint round trip"
 expect_fail est_hutch 3 ""
 expect_fail bug_biased 3 "logdet estimate unbiased"
 expect_fail bug_batch 3 "d/d input vs FD (forward, training)"
+has bug_batch-note "$t/out" "FAIL    worst row "
+# the notes say where: the row of a NaN (and the inverse not blamed),
+# the buffer and call of a stray write
+expect_fail bug_nan 3 "forward runs, finite"
+has bug_nan-note "$t/out" "FAIL    row 5 (an edge row), column 0: z = nan"
+has bug_nan-inverse "$t/out" "SKIP    not run: the forward produced non-finite values"
+expect_fail bug_oob 3 "writes stay in bounds"
+has bug_oob-note "$t/out" "FAIL    forward wrote z[12], 1 element past the end of z (4 x 3) ("
+has bug_oob-model "$t/out" "checkpoint round trip                           -          -  SKIP    not run: the layer writes out of bounds or to its inputs"
+expect_fail bug_oob 2 "writes stay in bounds"
+expect_fail bug_inwrite 3 "inputs unchanged"
+has bug_inwrite-note "$t/out" "FAIL    forward wrote to its input x at row 0, column 0: "
+has bug_inwrite-count "$t/out" ", 12 of 12 elements changed ("
 # a spec: only the buggy layer's row fails, and the exit status says so
 cat >"$t/bug.flow" <<'EOF'
 flow bug {
@@ -186,7 +200,7 @@ has spec-bug "$t/out" "bug_rows#1 at $t/bug.flow:4:5 ("
 has spec-bug "$t/out" "FAIL: 2 layers, "
 # the whole buggy plugin: non-zero, one section per type
 "$FLOWKIT" check "$buggy" --dim 3 >"$t/out" 2>&1; check buggy-plugin 1 $?
-has buggy-plugin "$t/out" "FAIL: 12 layers, "
+has buggy-plugin "$t/out" "FAIL: 15 layers, "
 
 # --- every bundled layer type, several settings -------------------------
 # run_ok NAME ARGS...: the check passes

@@ -1,11 +1,14 @@
 /* test_conform.c - the conformance checks: every bundled layer passes them
- * with several settings, and each deliberately buggy layer fails exactly
- * the check that should catch it. */
+ * with several settings, each deliberately buggy layer fails exactly the
+ * check that should catch it, and the failure notes say where. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "flow/flow.h"
 #include "../cli/conform.h"
+#include "../cli/conform_guard.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
@@ -45,7 +48,7 @@ static void run_checks(const char *type, const flow_attr_value *attrs,
     o.seed = 7 + dim;
     ck_assert_msg(conform_layer(ctx, t, file, attrs, &o, rep) == FLOW_OK,
                   "%s", flow_errmsg(ctx));
-    ck_assert_uint_gt(rep->n, 8);
+    ck_assert_uint_ge(rep->n, 7);       /* a failed forward stops at 7 */
 }
 
 START_TEST(test_actnorm_conforms)
@@ -415,6 +418,9 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     static const char *const biased[] = {"logdet estimate unbiased", NULL};
     static const char *const batch[] = {"d/d input vs FD (forward, training)",
                                         NULL};
+    static const char *const nan[] = {"forward runs, finite", NULL};
+    static const char *const oob[] = {"writes stay in bounds", NULL};
+    static const char *const inwrite[] = {"inputs unchanged", NULL};
     expect_only("bug_none", none);
     expect_only("bug_logdet", logdet);
     expect_only("bug_pattern", pattern);
@@ -427,6 +433,175 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     expect_only("est_hutch", none);
     expect_only("bug_biased", biased);
     expect_only("bug_batch", batch);
+    expect_only("bug_nan", nan);
+    expect_only("bug_oob", oob);
+    expect_only("bug_inwrite", inwrite);
+}
+END_TEST
+
+/* The row named `name` of rep. */
+static const conform_row *row_named(const conform_report *rep,
+                                    const char *name)
+{
+    for (size_t i = 0; i < rep->n; i++)
+        if (!strcmp(rep->rows[i].name, name))
+            return &rep->rows[i];
+    ck_abort_msg("no row '%s' among %zu", name, rep->n);
+    return NULL;
+}
+
+/* The number after `key` in the row's note (NAN when there is none). */
+static double note_num(const conform_row *r, const char *key)
+{
+    const char *p = strstr(r->note, key);
+    return p ? strtod(p + strlen(key), NULL) : NAN;
+}
+
+static void assert_note_has(const conform_row *r, const char *text)
+{
+    ck_assert_msg(strstr(r->note, text) != NULL, "'%s': note '%s' lacks "
+                  "'%s'", r->name, r->note, text);
+}
+
+/* The checker's batch: 4 random rows (calibration runs on those alone),
+ * then zeros, large magnitudes; D = 3. */
+START_TEST(test_guard_notes_name_buffer_and_call)
+{
+    conform_report rep;
+    const conform_row *r;
+    double was, now;
+
+    run_checks("bug_oob", NULL, 3, &rep);
+    r = row_named(&rep, "writes stay in bounds");
+    assert_note_has(r, "forward wrote z[12], 1 element past the end of z "
+                    "(4 x 3) (");
+    ck_assert_double_gt(r->err, 100);           /* every forward call */
+    ck_assert_int_eq(row_named(&rep, "checkpoint round trip")->skipped, 1);
+
+    run_checks("bug_inwrite", NULL, 3, &rep);
+    r = row_named(&rep, "inputs unchanged");
+    assert_note_has(r, "forward wrote to its input x at row 0, column 0: ");
+    assert_note_has(r, ", 12 of 12 elements changed (");
+    was = note_num(r, "column 0: ");
+    now = note_num(r, " -> ");
+    ck_assert_double_eq_tol(now, 0.5 * was, 1e-6 * fabs(was));
+    ck_assert_double_gt(fabs(was), 0.01);
+    r = row_named(&rep, "writes stay in bounds");
+    ck_assert_msg(r->pass && r->err == 0, "%s", r->note);
+}
+END_TEST
+
+START_TEST(test_failure_notes_localise)
+{
+    conform_report rep;
+    const conform_row *r;
+    double layer, fd;
+
+    /* the large-magnitude row overflows; the inverse is not blamed */
+    run_checks("bug_nan", NULL, 3, &rep);
+    ck_assert_str_eq(row_named(&rep, "forward runs, finite")->note,
+                     "row 5 (an edge row), column 0: z = nan");
+    r = row_named(&rep, "inverse runs, finite");
+    ck_assert_int_eq(r->skipped, 1);
+    ck_assert_str_eq(r->note, "not run: the forward produced non-finite "
+                     "values");
+    ck_assert_int_eq(row_named(&rep, "round trip x -> z -> x")->skipped, 1);
+
+    /* z_0 = ... + 0.5 x_1 under a declared elementwise pattern */
+    run_checks("bug_pattern", NULL, 3, &rep);
+    r = row_named(&rep, "declared zeros are zero");
+    assert_note_has(r, ": dz_0/dx_1 = ");
+    ck_assert_double_eq_tol(note_num(r, "dz_0/dx_1 = "), 0.5, 2e-3);
+
+    /* twice the log-det: the worst row's two values differ by 2x */
+    run_checks("bug_logdet", NULL, 3, &rep);
+    r = row_named(&rep, "logdet vs FD Jacobian (forward)");
+    layer = note_num(r, ": layer ");
+    fd = note_num(r, "FD Jacobian ");
+    ck_assert_double_gt(fabs(fd), 0.01);
+    ck_assert_double_eq_tol(layer / fd, 2, 0.01);
+    r = row_named(&rep, "logdet forward + inverse = 0");
+    ck_assert_double_eq_tol(note_num(r, "forward "),
+                            -note_num(r, "inverse "), 1e-6);
+
+    /* the batch-mean gradient: worst entry's values disagree */
+    run_checks("bug_batch", NULL, 3, &rep);
+    r = row_named(&rep, "d/d input vs FD (forward, training)");
+    assert_note_has(r, "worst row ");
+    layer = note_num(r, ": layer ");
+    fd = note_num(r, ", FD ");
+    ck_assert_msg(fabs(layer - fd) > 1e-2 * fmax(1.0, fabs(fd)), "%s",
+                  r->note);
+    r = row_named(&rep, "d/d input vs FD (forward)");
+    ck_assert_double_eq_tol(note_num(r, ": layer "), note_num(r, ", FD "),
+                            1e-2);
+}
+END_TEST
+
+/* The guards alone: a write before a buffer, past the workspace, into an
+ * input; each reported once and repaired. */
+START_TEST(test_guard_regions)
+{
+    guard_buf in, out, ws;
+    guard_log log;
+    guard_call f;
+    flow_real src[6] = {1, 2, 3, 4, 5, 6}, dst[6] = {0};
+    const flow_real *gi;
+    flow_real *go;
+    unsigned char *gw;
+
+    memset(&in, 0, sizeof in);
+    memset(&out, 0, sizeof out);
+    memset(&ws, 0, sizeof ws);
+    memset(&log, 0, sizeof log);
+    ck_assert_uint_eq(guard_size(4), 256);
+    ck_assert_uint_eq(guard_size(1000), 2048);
+    guard_begin(&f, &log, "forward", 256);
+    gi = guard_in(&f, &in, "x", src, 2, 3);
+    go = guard_out(&f, &out, "z", dst, 2, 3);
+    gw = guard_keep(&f, &ws, "ws", 20);
+    ck_assert_ptr_nonnull(gw);
+    ck_assert_uint_eq((uintptr_t)gw % 64, 0);
+    ck_assert_msg(isnan(gi[6]) && isnan(go[-1]), "canaries are NaN");
+    go[-2] = 7;
+    go[0] = 8;
+    gw[20 + 3] = 1;
+    ((flow_real *)gi)[4] = -5;
+    ck_assert_int_eq(guard_end(&f), 1);
+    ck_assert_str_eq(log.oob_note, "forward wrote z[-2], 2 elements before "
+                     "the start of z (2 x 3)");
+    ck_assert_str_eq(log.inw_note, "forward wrote to its input x at row 1, "
+                     "column 1: 5 -> -5");
+    ck_assert_double_eq(dst[0], 8);             /* outputs come back */
+    ck_assert_uint_eq(log.oob, 1);
+    ck_assert_uint_eq(log.inw, 1);
+
+    /* the guards were repaired: a clean call is clean; the workspace's
+     * tail follows its size */
+    guard_begin(&f, &log, "inverse", 256);
+    gw = guard_keep(&f, &ws, "ws", 16);
+    gw[16 + 2] = 1;
+    gw[16 + 5] = 1;
+    ck_assert_int_eq(guard_end(&f), 1);
+    ck_assert_uint_eq(log.oob, 2);
+    ck_assert_str_eq(log.oob_note, "forward wrote z[-2], 2 elements before "
+                     "the start of z (2 x 3)");     /* the first is kept */
+    memset(&log, 0, sizeof log);
+    guard_begin(&f, &log, "inverse", 256);
+    gw = guard_keep(&f, &ws, "ws", 16);
+    gw[16 + 2] = 1;
+    gw[16 + 5] = 1;
+    guard_end(&f);
+    ck_assert_str_eq(log.oob_note, "inverse wrote ws bytes[18..21], 3 to 6 "
+                     "bytes past the end of ws (16 bytes)");
+    guard_begin(&f, &log, "forward", 256);
+    guard_in(&f, &in, "x", src, 2, 3);
+    guard_out(&f, &out, "z", dst, 2, 3);
+    guard_keep(&f, &ws, "ws", 16);
+    ck_assert_int_eq(guard_end(&f), 0);
+    guard_free(&in);
+    guard_free(&out);
+    guard_free(&ws);
 }
 END_TEST
 
@@ -456,6 +631,9 @@ Suite *suite_conform(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_bugs_are_caught_by_the_right_check);
+    tcase_add_test(tc, test_guard_notes_name_buffer_and_call);
+    tcase_add_test(tc, test_failure_notes_localise);
+    tcase_add_test(tc, test_guard_regions);
     suite_add_tcase(s, tc);
     /* one test per setting: FD through fixed-point inverses is slow under
      * the sanitizers */

@@ -6,7 +6,11 @@
  * estimate keeps 0.1 of the identity, sum_i (a_i + 0.1) v_i^2, so it is
  * off by 0.1 D on average.  bug_batch centres each column on the batch
  * mean in training mode, but its backward forgets that the mean depends
- * on the inputs. */
+ * on the inputs.  bug_nan multiplies by e^{10 x} / e^{10 x}, which is 1
+ * until both overflow (|x| > 70) and NaN after.  bug_oob's forward writes one element past its output
+ * and bug_inwrite's halves its input after using it: through the runtime
+ * both corrupt memory that is not theirs, so only the checker (whose
+ * buffers are guarded copies) may run them. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,7 +19,7 @@
 
 enum bug { BUG_NONE, BUG_LOGDET, BUG_PATTERN, BUG_ROWS, BUG_GRAD, BUG_NONINV,
            BUG_NONDET, BUG_SEED, BUG_CKPT, EST_HUTCH, BUG_BIASED,
-           BUG_BATCH };
+           BUG_BATCH, BUG_NAN, BUG_OOB, BUG_INWRITE };
 
 typedef struct buggy {
     enum bug bug;
@@ -129,6 +133,8 @@ static int forward(void *self, const flow_call *c, const flow_real *x,
                 v += coupling_term(b, xr);
             if (b->bug == BUG_ROWS && r > 0)
                 v += 0.1 * x[(r - 1) * b->d + i];  /* reads another row */
+            if (b->bug == BUG_NAN)
+                v *= exp(10 * xr[i]) / exp(10 * xr[i]);
             z[r * b->d + i] = (flow_real)v;
         }
         logdet[r] = (flow_real)(b->bug == BUG_LOGDET ? 2 * ld : ld);
@@ -140,6 +146,11 @@ static int forward(void *self, const flow_call *c, const flow_real *x,
 #else
         z[0] = nextafterf(z[0], INFINITY);
 #endif
+    if (b->bug == BUG_OOB)
+        z[c->n * b->d] = z[0];                  /* one past the end */
+    if (b->bug == BUG_INWRITE)                  /* x is the caller's */
+        for (size_t i = 0; i < c->n * b->d; i++)
+            ((flow_real *)x)[i] *= 0.5f;
     return FLOW_OK;
 }
 
@@ -266,10 +277,14 @@ BUGGY_TYPE(bug_ckpt, BUG_CKPT, 0)
 BUGGY_TYPE(est_hutch, EST_HUTCH, 0)
 BUGGY_TYPE(bug_biased, BUG_BIASED, 0)
 BUGGY_TYPE(bug_batch, BUG_BATCH, 0)
+BUGGY_TYPE(bug_nan, BUG_NAN, 0)
+BUGGY_TYPE(bug_oob, BUG_OOB, 0)
+BUGGY_TYPE(bug_inwrite, BUG_INWRITE, 0)
 
 FLOW_PLUGIN_LAYERS("buggy", "test",
                    "layers with deliberate bugs for the conformance tests",
                    &bug_none_type, &bug_logdet_type, &bug_pattern_type,
                    &bug_rows_type, &bug_grad_type, &bug_noninv_type,
                    &bug_nondet_type, &bug_seed_type, &bug_ckpt_type,
-                   &est_hutch_type, &bug_biased_type, &bug_batch_type);
+                   &est_hutch_type, &bug_biased_type, &bug_batch_type,
+                   &bug_nan_type, &bug_oob_type, &bug_inwrite_type);
