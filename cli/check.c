@@ -49,9 +49,10 @@ static void check_usage(FILE *f)
           "\n"
           "exit status: 0 every check passed; 1 a check failed, a layer\n"
           "could not be built, or the compiler refused a plugin's own\n"
-          "declaration (F0500-F0509, F0208: a fault of the plugin); 2 usage,\n"
-          "including attributes or options the compiler refuses.  A layer\n"
-          "type gives the same status named or found in PLUGIN.so.\n",
+          "declaration (F05xx but F0510, and F0208: a fault of the\n"
+          "plugin); 2 usage, including attributes or options the compiler\n"
+          "refuses.  A layer type gives the same status named or found in\n"
+          "PLUGIN.so.\n",
           f);
 }
 
@@ -342,16 +343,16 @@ static char *tiny_spec(const check_opts *o, const char *type)
 }
 
 /* The first error of c that blames the plugin's own declaration: the
- * structure describe() reports (F0500-F0509: not F0510, the declared
- * bounds against the layer's domain) or its attribute table (F0208);
- * NULL when every error is about the attributes or options given. */
+ * structure describe() reports (F05xx, but not F0510: the declared bounds
+ * against the layer's domain) or its attribute table (F0208); NULL when
+ * every error is about the attributes or options given. */
 static const flow_diagnostic *declaration_fault(const flow_compilation *c)
 {
     for (size_t i = 0; i < flow_compile_diag_count(c); i++) {
         const flow_diagnostic *d = flow_compile_diag(c, i);
         if (d->severity == FLOW_SEV_ERROR && d->code
-            && ((!strncmp(d->code, "F050", 4) && d->code[4] >= '0'
-                 && d->code[4] <= '9') || !strcmp(d->code, "F0208")))
+            && ((!strncmp(d->code, "F05", 3) && strcmp(d->code, "F0510"))
+                || !strcmp(d->code, "F0208")))
             return d;
     }
     return NULL;

@@ -265,8 +265,9 @@ static int check_dense(flow_compilation *c, const flow_graph_node *n,
 
 /* One layer, right after its describe(): the declared dependency pattern
  * is triangular under some ordering (or the Jacobian class is estimated
- * with a valid certificate), partitions and orders are well formed, and
- * the context feeds only conditioners. */
+ * with a valid certificate, or computed by the layer), partitions, orders
+ * and the domain are well formed, and the context feeds only conditioners
+ * and layers that declare they consume it. */
 int verify_layer(flow_compilation *c, size_t idx)
 {
     const flow_graph *g = &c->graph;
