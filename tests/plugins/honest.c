@@ -49,9 +49,9 @@ static void honest_destroy(void *self)
                         | FLOW_LAYER_BACKWARD_INVERSE)
 
 /* ------------------------------------------------------------------
- * householder_scale: z = H (e^s . x), H = I - 2 v v^T / (v^T v), the
- * Householder reflection of the Householder flow (Tomczak & Welling 2016,
- * eq. 9), times a positive diagonal.  H is orthogonal and its own
+ * householder_scale: z = H (e^s . x), H = I - 2 v v^T / (v^T v), a
+ * Householder reflection (Householder 1958; as a flow layer: Tomczak &
+ * Welling 2016, "Householder flow"), times a positive diagonal.  H is orthogonal and its own
  * inverse, so log|det dz/dx| = sum_i s_i exactly, though every output
  * depends on every input.  Parameters: v (D), then s (D). */
 
@@ -270,8 +270,9 @@ static const flow_layer_type householder_scale_type = {
 
 /* ------------------------------------------------------------------
  * cond_affine: z = x . exp(a(c)) + b(c) with a(c) = A c + a0 and
- * b(c) = B c + b0, the conditional elementwise affine map of conditional
- * MAF (Papamakarios et al. 2017, sec. 3.4) without the autoregression:
+ * b(c) = B c + b0: the affine transformer of conditional MAF
+ * (Papamakarios et al. 2017) with a linear map of the context alone as
+ * its conditioner, elementwise, so the Jacobian is diagonal and
  * log|det dz/dx| = sum_i a_i(c).  Parameters: A (D x K, row-major), a0
  * (D), B (D x K), b0 (D).  Without a context (K = 0) it is a plain
  * elementwise affine layer. */
