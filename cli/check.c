@@ -1,7 +1,8 @@
 /* cli_check.c - `flowkit check`: the numerical conformance checks of
  * cli/conform.c over a layer type, every layer of a spec, or every
  * layer type of a plugin file.  Exit codes: 0 all checks pass, 1 a check
- * failed (or a layer could not be built), 2 usage. */
+ * failed (or a layer could not be built, or its plugin's declaration was
+ * refused), 2 usage (options or attributes the compiler refuses). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,13 +40,19 @@ static void check_usage(FILE *f)
           "                   0; not with a SPEC)\n"
           "  --attr NAME=VAL  an attribute as spec source text, repeatable:\n"
           "                   --attr 'transformer=spline(bins = 4)'\n"
-          "  --bounds LO,HI   the input lies in [LO, HI] (e.g. logit: 0,1)\n"
+          "  --bounds LO,HI   the input lies in [LO, HI] (default: the\n"
+          "                   layer's declared domain, e.g. logit's [0, 1])\n"
           "  --plugin FILE    load an extra plugin file first (repeatable)\n"
           "  --seed S         parameters, inputs and probes (default 1)\n"
           "  --rows N         random rows per test batch (default 4)\n"
           "  --json           the report as one JSON object on stdout\n"
           "\n"
-          "exit status: 0 every check passed, 1 a check failed, 2 usage\n",
+          "exit status: 0 every check passed; 1 a check failed, a layer\n"
+          "could not be built, or the compiler refused a plugin's own\n"
+          "declaration (F05xx but F0510, and F0208: a fault of the\n"
+          "plugin); 2 usage, including attributes or options the compiler\n"
+          "refuses.  A layer type gives the same status named or found in\n"
+          "PLUGIN.so.\n",
           f);
 }
 
@@ -335,8 +342,26 @@ static char *tiny_spec(const check_opts *o, const char *type)
     return s;
 }
 
-/* Checks type t through the tiny spec; 0, or CLI_EXIT_USAGE when the
- * compiler refused the options (diagnostics printed). */
+/* The first error of c that blames the plugin's own declaration: the
+ * structure describe() reports (F05xx, but not F0510: the declared bounds
+ * against the layer's domain) or its attribute table (F0208); NULL when
+ * every error is about the attributes or options given. */
+static const flow_diagnostic *declaration_fault(const flow_compilation *c)
+{
+    for (size_t i = 0; i < flow_compile_diag_count(c); i++) {
+        const flow_diagnostic *d = flow_compile_diag(c, i);
+        if (d->severity == FLOW_SEV_ERROR && d->code
+            && ((!strncmp(d->code, "F05", 3) && strcmp(d->code, "F0510"))
+                || !strcmp(d->code, "F0208")))
+            return d;
+    }
+    return NULL;
+}
+
+/* Checks type t through the tiny spec; 0, 1 when the compiler refused the
+ * plugin's declaration, CLI_EXIT_USAGE when it refused the options
+ * (diagnostics printed).  The code is the same whether the type was named
+ * or found in a plugin file. */
 static int check_type(flow_ctx *ctx, const check_opts *o,
                       const flow_layer_type *t, check_totals *tot)
 {
@@ -344,6 +369,7 @@ static int check_type(flow_ctx *ctx, const check_opts *o,
     flow_compilation *c;
     const flow_graph *g;
     const flow_graph_node *n = NULL;
+    const flow_diagnostic *fault;
     if (!text) {
         fprintf(stderr, CMD ": out of memory\n");
         return 1;
@@ -355,12 +381,21 @@ static int check_type(flow_ctx *ctx, const check_opts *o,
         return cli_fail(ctx, CMD);
     }
     if (flow_compile_errors(c) || !(g = flow_compile_graph(c))) {
+        const char *file = NULL;
+        int rc = CLI_EXIT_USAGE;
         flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
-        fprintf(stderr, CMD ": %s: the attributes or options are not valid "
-                "for this layer type\n", t->name);
+        if ((fault = declaration_fault(c))) {
+            flow_layer_type_find(ctx, t->name, &file);
+            fprintf(stderr, CMD ": %s: layer '%s' declares what the compiler "
+                    "refuses (%s above): a fault of the plugin, not of the "
+                    "options\n", file ? file : "?", t->name, fault->code);
+            rc = 1;
+        } else
+            fprintf(stderr, CMD ": %s: the attributes or options are not "
+                    "valid for this layer type\n", t->name);
         flow_compile_free(c);
         free(text);
-        return CLI_EXIT_USAGE;
+        return rc;
     }
     for (size_t i = 0; i < flow_graph_node_count(g); i++)
         if (flow_graph_node_get(g, i)->kind == FLOW_NODE_LAYER)
@@ -457,10 +492,12 @@ static int check_plugin(flow_ctx *ctx, const check_opts *o,
                 o->target);
         return 1;
     }
+    /* every layer is checked; usage (options the compiler refuses) wins
+     * over a refused declaration */
     for (size_t j = 0; j < p->n_layers; j++) {
         int r = check_type(ctx, o, p->layers[j], tot);
-        if (r && !rc)
-            rc = 1;         /* default attributes the compiler refuses */
+        if (r > rc)
+            rc = r;
     }
     return rc;
 }

@@ -152,8 +152,10 @@ int cli_check_resume(flow_ctx *ctx, const char *cmd,
                      const flow_data *data, const char *data_path);
 
 /* Located data errors (eval.c).  cli_check_bounds: every value of d
- * inside the bounds `input x : real[D] in [lo, hi]` of g, or 1 after
- * printing "CMD: FILE:LINE:COL: value ... outside the bounds".
+ * inside the declared domain of each layer that the data enters as read
+ * (only permutations before it; logit: [0, 1]) and inside the bounds
+ * `input x : real[D] in [lo, hi]` of g, or 1 after printing "CMD:
+ * FILE:LINE:COL: value ... outside the domain ... / the bounds".
  * cli_fail_located: after a pass of `what` (0 log-density, 1 forward, 2
  * inverse) over d failed in the batch of `batch` rows at row `from`,
  * finds the first failing row by running the rows again (the batch,

@@ -1609,10 +1609,54 @@ static void check_model(flow_ctx *ctx, layer_run *L, const conform_opts *o,
     flow_model_free(m);
 }
 
+/* Without bounds, a layer that declares an input domain (logit: the unit
+ * interval) is checked inside it, edge rows included: `od` is o with the
+ * domain as its bounds (an open domain's edge rows lie inside it too). */
+static const conform_opts *domain_bounds(const flow_layer_type *t,
+                                         const flow_attr_value *attrs,
+                                         const conform_opts *o,
+                                         conform_opts *od)
+{
+    flow_layer_config cfg;
+    flow_layer_desc desc;
+    flow_diag diag;
+    int32_t *vec;
+    int rc;
+    if (o->has_bounds || o->dim == 0 || o->dim > 4096
+        || !(vec = calloc(o->dim, sizeof *vec)))
+        return o;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.struct_size = sizeof cfg;
+    cfg.name = t->name;
+    cfg.dim = o->dim;
+    cfg.context_dim = o->context_dim;
+    cfg.attrs = attrs;
+    cfg.host = flow_host_services();
+    memset(&desc, 0, sizeof desc);
+    desc.struct_size = sizeof desc;
+    desc.dep_vec = vec;
+    memset(&diag, 0, sizeof diag);
+    diag.struct_size = sizeof diag;
+    diag.attr = -1;
+    rc = t->describe(&cfg, &desc, &diag);
+    free(vec);
+    if (rc != FLOW_OK || desc.domain == FLOW_DOMAIN_NONE
+        || !isfinite(desc.domain_lo) || !isfinite(desc.domain_hi)
+        || !(desc.domain_lo < desc.domain_hi))
+        return o;
+    *od = *o;
+    od->has_bounds = 1;
+    od->lo = desc.domain_lo;
+    od->hi = desc.domain_hi;
+    return od;
+}
+
 int conform_layer(flow_ctx *ctx, const flow_layer_type *t, const char *file,
-                  const flow_attr_value *attrs, const conform_opts *o,
+                  const flow_attr_value *attrs, const conform_opts *o_given,
                   conform_report *rep)
 {
+    conform_opts od;
+    const conform_opts *o = domain_bounds(t, attrs, o_given, &od);
     layer_run L;
     flow_real *x = NULL, *y = NULL, *xb = NULL, *y2 = NULL, *ld = NULL,
               *ld2 = NULL;

@@ -31,13 +31,59 @@ static int parse_format(cli_args *a, flow_data_format *f)
 
 #define ALLOW_HINT " (--allow-nonfinite accepts it)"
 
+/* Every value of d inside the declared domain of node nd, a layer that
+ * sees the data as read; else 1 after printing the first outside. */
+static int check_domain(const char *cmd, const flow_graph_node *nd,
+                        flow_data *d)
+{
+    const flow_layer_desc *ds = nd->desc;
+    size_t n = flow_data_rows(d), dim = flow_data_dim(d);
+    const flow_real *x = flow_data_values(d);
+    int open = ds->domain == FLOW_DOMAIN_OPEN;
+    /* in the data's precision, as the bounds below */
+    double lo = (flow_real)ds->domain_lo, hi = (flow_real)ds->domain_hi;
+    for (size_t r = 0; r < n; r++)
+        for (size_t j = 0; j < dim; j++) {
+            double v = x[r * dim + j];
+            char where[512];
+            if (open ? v > lo && v < hi : v >= lo && v <= hi)
+                continue;
+            flow_data_locate(d, r, j, where, sizeof where);
+            fprintf(stderr, "%s: %s: value %.9g is outside the domain "
+                    "%c%g, %g%c of layer %s (%s:%d:%d, %s), which the data "
+                    "enters\n", cmd, where, v, open ? '(' : '[',
+                    ds->domain_lo, ds->domain_hi, open ? ')' : ']',
+                    nd->label, nd->file, nd->line, nd->col,
+                    nd->plugin_file);
+            return 1;
+        }
+    return 0;
+}
+
+/* The layers that the data enters as read (only permutations before
+ * them) and that declare an input domain: 1 when a value is outside. */
+static int check_domains(const char *cmd, const flow_graph *g, flow_data *d)
+{
+    for (size_t k = 0; k < flow_graph_node_count(g); k++) {
+        const flow_graph_node *nd = flow_graph_node_get(g, k);
+        if (nd->kind != FLOW_NODE_LAYER)
+            break;
+        if (nd->desc->domain != FLOW_DOMAIN_NONE
+            && check_domain(cmd, nd, d))
+            return 1;
+        if (nd->desc->dep != FLOW_DEP_PERMUTATION)
+            break;
+    }
+    return 0;
+}
+
 int cli_check_bounds(const char *cmd, const flow_graph *g, flow_data *d)
 {
     double lo, hi;
     size_t n = flow_data_rows(d), dim = flow_data_dim(d);
     const flow_real *x = flow_data_values(d);
     if (!flow_graph_input_bounds(g, &lo, &hi))
-        return 0;
+        return check_domains(cmd, g, d);
     /* compared in the data's precision: "0.3" in the file is the
      * flow_real nearest 0.3, which may lie just above the double */
     lo = (flow_real)lo;
@@ -54,7 +100,7 @@ int cli_check_bounds(const char *cmd, const flow_graph *g, flow_data *d)
                     cmd, where, v, lo, hi, flow_graph_input_name(g));
             return 1;
         }
-    return 0;
+    return check_domains(cmd, g, d);
 }
 
 /* One pass of `what` (0 log-density, 1 forward, 2 inverse) over n rows. */

@@ -227,8 +227,15 @@ const char *attr_value_desc(flow_compilation *c, const value *v);
 
 /* verify.c */
 void verify_graph(flow_compilation *c);
+/* names of the ABI enums, as messages and graph.c's report spell them */
+const char *verify_jac_name(flow_jac_class j);
+const char *verify_cert_name(flow_cert_kind k);
 /* verify one layer node right after describe(); returns errors reported */
 int verify_layer(flow_compilation *c, size_t node);
+/* its declared input domain against the input's bounds; `moved_by`: the
+ * label of the last layer or exit before it that moved the values (NULL:
+ * only permutations before it); returns errors reported */
+int verify_domain(flow_compilation *c, size_t node, const char *moved_by);
 
 /* sema.c: constants and arithmetic, block and repeat expansion, names,
  * dimensions, bases, the train and target sections; each layer statement

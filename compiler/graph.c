@@ -84,21 +84,6 @@ size_t flow_graph_params(const flow_graph *g)
 
 /* --- names of the ABI enums ------------------------------------------ */
 
-static const char *jac_name(flow_jac_class j)
-{
-    switch (j) {
-    case FLOW_JAC_VOLUME_PRESERVING: return "volume-preserving";
-    case FLOW_JAC_DIAGONAL: return "diagonal";
-    case FLOW_JAC_TRIANGULAR: return "triangular";
-    case FLOW_JAC_COUPLING: return "coupling";
-    case FLOW_JAC_DENSE_LU: return "dense-LU";
-    case FLOW_JAC_RESIDUAL: return "residual";
-    case FLOW_JAC_ODE: return "ODE";
-    case FLOW_JAC_DENSE_EXACT: return "dense-exact";
-    }
-    return "?";
-}
-
 static const char *dep_name(flow_dep_kind d)
 {
     switch (d) {
@@ -108,18 +93,6 @@ static const char *dep_name(flow_dep_kind d)
     case FLOW_DEP_ORDER: return "order";
     case FLOW_DEP_DENSE: return "dense";
     case FLOW_DEP_MATRIX: return "matrix";
-    }
-    return "?";
-}
-
-static const char *cert_name(flow_cert_kind k)
-{
-    switch (k) {
-    case FLOW_CERT_STRUCTURAL: return "structural";
-    case FLOW_CERT_MONOTONE: return "monotone";
-    case FLOW_CERT_LIPSCHITZ: return "lipschitz";
-    case FLOW_CERT_LU: return "LU";
-    case FLOW_CERT_ODE: return "ODE";
     }
     return "?";
 }
@@ -134,10 +107,23 @@ static void cert_text(const flow_layer_desc *d, char *buf, size_t cap)
     else if (d->cert_text)
         n = snprintf(buf, cap, "%s", d->cert_text);   /* says the kind */
     else
-        n = snprintf(buf, cap, "%s", cert_name(d->cert));
+        n = snprintf(buf, cap, "%s", verify_cert_name(d->cert));
     if (d->cert_text && n >= 0 && (size_t)n < cap
         && (d->cert == FLOW_CERT_LIPSCHITZ || d->cert == FLOW_CERT_ODE))
         snprintf(buf + n, cap - (size_t)n, " (%s)", d->cert_text);
+}
+
+/* What a dense layer's log-det costs, after its certificate: a dense
+ * Jacobian's determinant is O(D^3) in general, so the report says how
+ * this layer avoids it. */
+static void logdet_cost(const flow_layer_desc *d, char *buf, size_t cap)
+{
+    if (d->jac == FLOW_JAC_DENSE_EXACT)
+        snprintf(buf, cap, "; log-det exact, closed form by the layer");
+    else if (d->jac == FLOW_JAC_DENSE_LU)
+        snprintf(buf, cap, "; log-det from the LU factors, O(D)");
+    else
+        buf[0] = '\0';
 }
 
 static void base_text(const flow_graph_base *b, char *buf, size_t cap)
@@ -159,7 +145,8 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
     uint64_t dens = 0, samp = 0, ar_samp = 0;
     int dens_seq = 0, samp_seq = 0, estimated = 0;
     size_t layers = 0;
-    char cert[160], base[96];
+    int w = 18;                 /* the layer column: the longest label */
+    char cert[160], base[96], cost[64];
 
     fprintf(f, "flow %s: input %s real[%zu]", g->name, g->input_name,
             g->input_dim);
@@ -169,23 +156,27 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
         fprintf(f, ", context %s real[%zu]", g->context_name,
                 g->context_dim);
     fputc('\n', f);
-    fprintf(f, "%4s  %-18s %-18s %5s %10s  %s\n", "#", "layer", "jacobian",
-            "dim", "params", "certificate");
+    for (size_t i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].label && (int)strlen(g->nodes[i].label) > w)
+            w = (int)strlen(g->nodes[i].label);
+    fprintf(f, "%4s  %-*s %-18s %5s %10s  %s\n", "#", w, "layer",
+            "jacobian", "dim", "params", "certificate");
     for (size_t i = 0; i < g->n_nodes; i++) {
         const flow_graph_node *n = &g->nodes[i];
         if (n->kind == FLOW_NODE_EXIT) {
             base_text(&n->exit_base, base, sizeof base);
-            fprintf(f, "%4zu  %-18s %-18s %5zu %10zu  %zu dim%s -> %s ~ %s\n",
-                    i, n->label, "exit", n->in_dim, n->exit_base.n_params,
+            fprintf(f, "%4zu  %-*s %-18s %5zu %10zu  %zu dim%s -> %s ~ %s\n",
+                    i, w, n->label, "exit", n->in_dim, n->exit_base.n_params,
                     n->exit_k, n->exit_k == 1 ? "" : "s", n->exit_name,
                     base);
             continue;
         }
         layers++;
         cert_text(n->desc, cert, sizeof cert);
-        fprintf(f, "%4zu  %-18s %-18s %5zu %10zu  %s%s\n", i, n->label,
-                jac_name(n->desc->jac), n->in_dim, n->desc->n_params, cert,
-                n->uses_context ? "; given context" : "");
+        logdet_cost(n->desc, cost, sizeof cost);
+        fprintf(f, "%4zu  %-*s %-18s %5zu %10zu  %s%s%s\n", i, w, n->label,
+                verify_jac_name(n->desc->jac), n->in_dim, n->desc->n_params,
+                cert, cost, n->uses_context ? "; given context" : "");
         dens += n->desc->cost_forward.passes;
         samp += n->desc->cost_inverse.passes;
         if (n->desc->dep == FLOW_DEP_ORDER && n->desc->cost_inverse.sequential)
@@ -195,7 +186,7 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
         estimated |= !n->desc->logdet_exact;
     }
     base_text(&g->base, base, sizeof base);
-    fprintf(f, "%4s  %-18s %-18s %5zu %10zu  %s ~ %s\n", "", "output",
+    fprintf(f, "%4s  %-*s %-18s %5zu %10zu  %s ~ %s\n", "", w, "output",
             "base", g->output_dim, g->base.n_params, g->output_name, base);
     if (g->target.type)
         fprintf(f, "target: %s (%s:%d:%d, %s)\n", g->target.text,
@@ -309,11 +300,11 @@ static void json_node(FILE *f, const flow_graph_node *n)
     flow_json_string(f, n->plugin_file);
     fprintf(f, ", \"uses_context\": %s, \"params\": %zu, \"jacobian\": ",
             n->uses_context ? "true" : "false", n->desc->n_params);
-    flow_json_string(f, jac_name(n->desc->jac));
+    flow_json_string(f, verify_jac_name(n->desc->jac));
     fputs(", \"dependency\": ", f);
     flow_json_string(f, dep_name(n->desc->dep));
     fputs(", \"certificate\": ", f);
-    flow_json_string(f, cert_name(n->desc->cert));
+    flow_json_string(f, verify_cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
     jnum(f, n->desc->cert_value);
     fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
@@ -424,7 +415,7 @@ void flow_graph_print_dot(const flow_graph *g, FILE *f)
                     n->exit_k, i, i);
         } else {
             fprintf(f, "  n%zu [label=\"%s\\n%s\"];\n", i, n->label,
-                    jac_name(n->desc->jac));
+                    verify_jac_name(n->desc->jac));
             if (n->uses_context)
                 fprintf(f, "  context -> n%zu [style=dashed];\n", i);
         }

@@ -43,6 +43,8 @@ struct sema {
     int said_no_input, said_no_output;  /* reported: no "missing" error */
     size_t dim;                 /* width of the state at this point       */
     int pristine;               /* only permutations so far: bounds hold  */
+    const char *moved_by;       /* the last layer or exit that moved the
+                                   values (when not pristine)             */
     flow_loc output_loc;
 };
 
@@ -547,7 +549,10 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                    : "rejected by its plugin (no message)");
         return -1;
     }
-    return verify_layer(S->c, idx) ? -1 : 0;
+    if (verify_layer(S->c, idx))
+        return -1;
+    return verify_domain(S->c, idx, S->pristine ? NULL : S->moved_by) ? -1
+                                                                     : 0;
 }
 
 /* TYPE [(args)] [given c];  one graph node, described and verified */
@@ -633,8 +638,10 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
         return;
     if (describe_layer(S, n, idx, alocs, s->name_loc) != 0)
         return;
-    if (n->desc->dep != FLOW_DEP_PERMUTATION)
+    if (n->desc->dep != FLOW_DEP_PERMUTATION) {
         S->pristine = 0;
+        S->moved_by = n->label;
+    }
     /* a flow that could not be trained in memory (and would make `flowkit
      * check` run for ever) is refused here, at the layer that tips it */
     if (n->desc->n_params > FLOW_MAX_PARAMS - S->params) {
@@ -963,6 +970,7 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
     S->dim -= (size_t)k;
     S->pristine = 0;
+    S->moved_by = n->label;
 }
 
 /* output NAME ~ base; */

@@ -10,6 +10,34 @@
 #define MATRIX_MAX_DIM 4096     /* D x D bytes checked for FLOW_DEP_MATRIX */
 #define MATRIX_BUDGET (1u << 26) /* D x D entries verified, all layers     */
 
+/* Names of the ABI enums in messages and reports. */
+const char *verify_jac_name(flow_jac_class j)
+{
+    switch (j) {
+    case FLOW_JAC_VOLUME_PRESERVING: return "volume-preserving";
+    case FLOW_JAC_DIAGONAL: return "diagonal";
+    case FLOW_JAC_TRIANGULAR: return "triangular";
+    case FLOW_JAC_COUPLING: return "coupling";
+    case FLOW_JAC_DENSE_LU: return "dense-LU";
+    case FLOW_JAC_RESIDUAL: return "residual";
+    case FLOW_JAC_ODE: return "ODE";
+    case FLOW_JAC_DENSE_EXACT: return "dense-exact";
+    }
+    return "?";
+}
+
+const char *verify_cert_name(flow_cert_kind k)
+{
+    switch (k) {
+    case FLOW_CERT_STRUCTURAL: return "structural";
+    case FLOW_CERT_MONOTONE: return "monotone";
+    case FLOW_CERT_LIPSCHITZ: return "lipschitz";
+    case FLOW_CERT_LU: return "LU";
+    case FLOW_CERT_ODE: return "ODE";
+    }
+    return "?";
+}
+
 /* The span of a layer's type name (its statement's first token). */
 static flow_loc node_name_loc(const flow_graph *g, size_t idx)
 {
@@ -197,10 +225,49 @@ static int check_coupling(flow_compilation *c, const flow_graph_node *n,
     return 0;
 }
 
+static int valid_domain(const flow_layer_desc *d)
+{
+    if (d->domain == FLOW_DOMAIN_NONE)
+        return 1;
+    return (d->domain == FLOW_DOMAIN_CLOSED || d->domain == FLOW_DOMAIN_OPEN)
+        && !isnan(d->domain_lo) && !isnan(d->domain_hi)
+        && d->domain_lo < d->domain_hi;
+}
+
+/* A dense pattern has a tractable log-det only when the layer computes it
+ * (dense-exact: structural or LU certificate), factors it (dense-LU with
+ * an LU certificate) or estimates it (residual, ODE: certified above);
+ * any other class would sum diagonal terms of a Jacobian that has more. */
+static int check_dense(flow_compilation *c, const flow_graph_node *n,
+                       flow_loc loc, int estimated)
+{
+    const flow_layer_desc *d = n->desc;
+    if (estimated || (d->jac == FLOW_JAC_DENSE_LU && d->cert == FLOW_CERT_LU)
+        || (d->jac == FLOW_JAC_DENSE_EXACT
+            && (d->cert == FLOW_CERT_STRUCTURAL || d->cert == FLOW_CERT_LU)))
+        return 0;
+    if (d->jac == FLOW_JAC_DENSE_LU || d->jac == FLOW_JAC_DENSE_EXACT) {
+        diag_error(c, "F0506", loc, "the plugin's declaration is at fault: "
+                   "a dense-LU class takes an LU certificate, a dense-exact "
+                   "class a structural or LU one", "%s: a %s Jacobian class "
+                   "with a %s certificate", n->label, verify_jac_name(d->jac),
+                   verify_cert_name(d->cert));
+        return 1;
+    }
+    diag_error(c, "F0506", loc, "the plugin's declaration is at fault: a "
+               "layer that computes its log-determinant exactly declares "
+               "FLOW_JAC_DENSE_EXACT", "%s: dense dependencies with a %s "
+               "Jacobian class; dense dependencies need the dense-exact, "
+               "dense-LU, residual or ODE class", n->label,
+               verify_jac_name(d->jac));
+    return 1;
+}
+
 /* One layer, right after its describe(): the declared dependency pattern
  * is triangular under some ordering (or the Jacobian class is estimated
- * with a valid certificate), partitions and orders are well formed, and
- * the context feeds only conditioners. */
+ * with a valid certificate, or computed by the layer), partitions, orders
+ * and the domain are well formed, and the context feeds only conditioners
+ * and layers that declare they consume it. */
 int verify_layer(flow_compilation *c, size_t idx)
 {
     const flow_graph *g = &c->graph;
@@ -216,13 +283,21 @@ int verify_layer(flow_compilation *c, size_t idx)
                    n->label, (int)d->jac, (int)d->dep, (int)d->cert);
         return 1;
     }
-    if (n->uses_context
+    if (!valid_domain(d)) {
+        diag_error(c, "F0508", loc, NULL, "%s: plugin reported an invalid "
+                   "input domain (kind %u, [%g, %g])", n->label,
+                   (unsigned)d->domain, d->domain_lo, d->domain_hi);
+        return 1;
+    }
+    if (n->uses_context && !(d->flags & FLOW_LAYER_CONTEXT)
         && (d->n_params == 0 || d->dep == FLOW_DEP_ELEMENTWISE
             || d->dep == FLOW_DEP_PERMUTATION)) {
         diag_error(c, "F0507", loc, "remove 'given' here; a context feeds "
-                   "coupling, autoregressive and residual conditioners and "
-                   "the base", "%s: context given to a layer without a "
-                   "conditioner", n->label);
+                   "coupling, autoregressive and residual conditioners, "
+                   "layers whose plugin declares FLOW_LAYER_CONTEXT, and "
+                   "the base", "%s: context given to a layer that does not "
+                   "consume one (no conditioner, and its plugin does not "
+                   "declare FLOW_LAYER_CONTEXT)", n->label);
         return 1;
     }
     if (d->cert == FLOW_CERT_LIPSCHITZ && !(d->cert_value < 1.0)) {
@@ -273,20 +348,68 @@ int verify_layer(flow_compilation *c, size_t idx)
         }
         return 0;
     case FLOW_DEP_DENSE:
-        if (estimated || (d->jac == FLOW_JAC_DENSE_LU
-                          && d->cert == FLOW_CERT_LU))
-            return 0;
-        diag_error(c, "F0506", loc, "a dense pattern needs an estimated "
-                   "class (residual, ODE) or an LU certificate", "%s: dense "
-                   "dependencies with a %s Jacobian class: the log-"
-                   "determinant is not tractable", n->label,
-                   d->jac == FLOW_JAC_TRIANGULAR ? "triangular"
-                   : "structured");
-        return 1;
+        return check_dense(c, n, loc, estimated);
     case FLOW_DEP_MATRIX:
         return estimated ? 0 : check_matrix(c, idx, loc);
     }
     return 0;
+}
+
+/* "[0, 1]" or "(0, 1)" */
+static const char *domain_text(flow_compilation *c, const flow_layer_desc *d)
+{
+    int open = d->domain == FLOW_DOMAIN_OPEN;
+    return arena_printf(&c->mem, "%c%g, %g%c", open ? '(' : '[',
+                        d->domain_lo, d->domain_hi, open ? ')' : ']');
+}
+
+/* A layer that declares an input domain: the input's declared bounds lie
+ * inside it when the layer sees the data as read (only permutations
+ * before it); a warning when nothing says the values it sees are there:
+ * no bounds, or a layer before it that moves them (`moved_by`). */
+int verify_domain(flow_compilation *c, size_t idx, const char *moved_by)
+{
+    const flow_graph *g = &c->graph;
+    const flow_graph_node *n = &g->nodes[idx];
+    const flow_layer_desc *d = n->desc;
+    flow_loc loc = node_name_loc(g, idx);
+    const char *dom, *help;
+    int inside;
+
+    if (d->domain == FLOW_DOMAIN_NONE)
+        return 0;
+    if (!(dom = domain_text(c, d)))
+        return 1;                       /* out of memory: c->mem.failed */
+    if (moved_by) {
+        help = arena_printf(&c->mem, "put %s first, where the data "
+                            "enters, or make sure %s maps into %s",
+                            n->type->name, moved_by, dom);
+        diag_warning(c, "F0904", loc, help, "%s is defined only on %s, but "
+                     "its input passes through %s first: nothing says the "
+                     "values stay inside", n->label, dom, moved_by);
+        return 0;
+    }
+    if (!g->has_bounds) {
+        help = arena_printf(&c->mem, "declare the range of the data: input "
+                            "%s : real[%zu] in [lo, hi] with [lo, hi] inside "
+                            "%s", g->input_name, g->input_dim, dom);
+        diag_warning(c, "F0904", loc, help, "%s is defined only on %s, but "
+                     "the input '%s' declares no bounds", n->label, dom,
+                     g->input_name);
+        return 0;
+    }
+    inside = d->domain == FLOW_DOMAIN_OPEN
+        ? g->lo > d->domain_lo && g->hi < d->domain_hi
+        : g->lo >= d->domain_lo && g->hi <= d->domain_hi;
+    if (inside)
+        return 0;
+    help = arena_printf(&c->mem, "rescale the data into %s and declare "
+                        "bounds inside it", dom);
+    diag_error(c, "F0510", loc, help, "%s: the input '%s' is declared in "
+               "[%g, %g] (line %d), not inside the layer's domain %s",
+               n->label, g->input_name, g->lo, g->hi, g->input_loc.line,
+               dom);
+    return 1;
 }
 
 /* --- whole-graph warnings -------------------------------------------- */

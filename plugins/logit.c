@@ -20,18 +20,14 @@ typedef struct logit {
     const flow_host *host;
 } logit;
 
+/* The domain is declared, not tested here: the compiler checks declared
+ * bounds against it, the data reader the data, and `flowkit check` draws
+ * inside it.  With alpha > 0, x = 0 and x = 1 squeeze into (0, 1): the
+ * closed interval; with alpha = 0 the ends map to -+inf. */
 static int logit_describe(const flow_layer_config *cfg, flow_layer_desc *out,
                           flow_diag *diag)
 {
-    if (cfg->has_bounds && (cfg->lo < 0 || cfg->hi > 1)) {
-        diag->attr = -1;
-        snprintf(diag->message, sizeof diag->message, "logit needs inputs in "
-                 "(0, 1), but they are declared in [%g, %g]", cfg->lo,
-                 cfg->hi);
-        snprintf(diag->help, sizeof diag->help, "rescale the data to (0, 1) "
-                 "or declare `in [0, 1]`");
-        return FLOW_ERR_INVAL;
-    }
+    (void)diag;
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
     out->jac = FLOW_JAC_DIAGONAL;
@@ -41,6 +37,10 @@ static int logit_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     out->cost_forward = (flow_cost){0, 0, 4.0 * (double)cfg->dim};
     out->cost_inverse = (flow_cost){0, 0, 4.0 * (double)cfg->dim};
     out->logdet_exact = 1;
+    out->domain = cfg->attrs[ATTR_ALPHA].r > 0 ? FLOW_DOMAIN_CLOSED
+                                                : FLOW_DOMAIN_OPEN;
+    out->domain_lo = 0;
+    out->domain_hi = 1;
     return FLOW_OK;
 }
 

@@ -822,6 +822,232 @@ START_TEST(test_compile_args)
 }
 END_TEST
 
+/* --- declarations (plugin ABI 1.5): tests/plugins/honest.c ------------ */
+
+static void setup_honest(void)
+{
+    const char *dir = getenv("FLOW_TEST_PLUGINS");
+    char path[4096];
+    setup();
+    ck_assert_msg(flow_plugin_load(ctx, "logit") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_msg(dir != NULL, "FLOW_TEST_PLUGINS is not set (run through "
+                               "make check)");
+    snprintf(path, sizeof path, "%s/honest.so", dir);
+    ck_assert_msg(flow_plugin_load(ctx, path) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+}
+
+/* The graph's layer i (exits count). */
+static const flow_graph_node *node(flow_compilation *c, size_t i)
+{
+    const flow_graph *g = flow_compile_graph(c);
+    ck_assert_ptr_nonnull(g);
+    ck_assert_uint_lt(i, flow_graph_node_count(g));
+    return flow_graph_node_get(g, i);
+}
+
+/* src compiles with exactly one diagnostic, `code`, whose message holds
+ * `text`, at line `line`. */
+static void expect_diag(const char *src, const char *code, int line,
+                        const char *text)
+{
+    flow_compilation *c = compile(src);
+    const flow_diagnostic *d;
+    if (flow_compile_diag_count(c) != 1)
+        flow_compile_print_diags(c, stderr, FLOW_DIAG_TEXT);
+    ck_assert_uint_eq(flow_compile_diag_count(c), 1);
+    d = flow_compile_diag(c, 0);
+    ck_assert_str_eq(d->code, code);
+    ck_assert_int_eq(d->line, line);
+    ck_assert_msg(strstr(d->message, text) != NULL, "%s: '%s' lacks '%s'",
+                  code, d->message, text);
+    flow_compile_free(c);
+}
+
+/* The --report text of src (which must compile cleanly), malloc'ed. */
+static char *report_of(const char *src)
+{
+    flow_compilation *c = compile_ok(src);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    ck_assert_ptr_nonnull(f);
+    flow_graph_print_report(flow_compile_graph(c), f);
+    fclose(f);
+    flow_compile_free(c);
+    return buf;
+}
+
+START_TEST(test_dense_exact_declared)
+{
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[3];\n"
+        "  householder_scale;\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const flow_layer_desc *d = node(c, 0)->desc;
+    char *rep;
+    ck_assert_int_eq(d->jac, FLOW_JAC_DENSE_EXACT);
+    ck_assert_int_eq(d->dep, FLOW_DEP_DENSE);
+    ck_assert_int_eq(d->cert, FLOW_CERT_STRUCTURAL);
+    ck_assert_uint_eq(d->n_params, 6);
+    flow_compile_free(c);
+    rep = report_of("flow f {\n  input x : real[3];\n  householder_scale;\n"
+                    "  output z ~ normal;\n}\n");
+    ck_assert_msg(strstr(rep, "householder_scale#0 dense-exact") != NULL
+                  && strstr(rep, "log-det exact, closed form by the layer"),
+                  "%s", rep);
+    free(rep);
+}
+END_TEST
+
+START_TEST(test_dishonest_dense_refused)
+{
+    expect_diag("flow f {\n  input x : real[3];\n"
+                "  householder_scale(declare = triangular);\n"
+                "  output z ~ normal;\n}\n", "F0506", 3,
+                "dense dependencies with a triangular Jacobian class; dense "
+                "dependencies need the dense-exact, dense-LU, residual or "
+                "ODE class");
+    expect_diag("flow f {\n  input x : real[3];\n"
+                "  householder_scale(declare = dense_exact_monotone);\n"
+                "  output z ~ normal;\n}\n", "F0506", 3,
+                "a dense-exact Jacobian class with a monotone certificate");
+}
+END_TEST
+
+START_TEST(test_context_declared)
+{
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[2];\n"
+        "  context c : real[3];\n"
+        "  cond_affine given c;\n"
+        "  mono;\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const flow_graph_node *n = node(c, 0);
+    ck_assert_int_eq(n->uses_context, 1);
+    ck_assert_uint_eq(n->config.context_dim, 3);
+    ck_assert_uint_eq(n->desc->n_params, 2 * 2 * (3 + 1));
+    ck_assert_int_eq(n->desc->dep, FLOW_DEP_ELEMENTWISE);
+    ck_assert_uint_eq(n->desc->flags & FLOW_LAYER_CONTEXT,
+                      FLOW_LAYER_CONTEXT);
+    ck_assert_int_eq(node(c, 1)->uses_context, 0);
+    flow_compile_free(c);
+    expect_diag("flow f {\n  input x : real[2];\n  context c : real[3];\n"
+                "  cond_affine(declare_context = false) given c;\n"
+                "  output z ~ normal;\n}\n", "F0507", 4,
+                "does not declare FLOW_LAYER_CONTEXT");
+}
+END_TEST
+
+/* The executor hands the context to an elementwise layer that declares
+ * it: z = x exp(A c + a0) + B c + b0 with parameters set by hand. */
+START_TEST(test_context_reaches_elementwise_layer)
+{
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[2];\n"
+        "  context c : real[1];\n"
+        "  cond_affine given c;\n"
+        "  mono;\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    flow_model *m = NULL;
+    flow_real *p;
+    /* A (2x1), a0 (2), B (2x1), b0 (2) */
+    static const double par[8] = {0.5, -0.25, 0.1, 0.2, 2, -1, 0.3, 0.4};
+    const flow_real x[4] = {1, -2, 0.5, 3}, cv[2] = {1, -2};
+    flow_real z[4], ld[2];
+    ck_assert_int_eq(flow_graph_build_model(ctx, flow_compile_graph(c), 1,
+                                            &m), FLOW_OK);
+    ck_assert_uint_eq(flow_model_num_params(m), 8 + 2);
+    p = flow_model_params(m);
+    for (size_t i = 0; i < 8; i++)
+        p[i] = (flow_real)par[i];
+    p[8] = p[9] = (flow_real)log(expm1(1.0));     /* mono: a = 0 */
+    ck_assert_int_eq(flow_model_forward(m, 2, x, cv, z, ld), FLOW_OK);
+    for (size_t r = 0; r < 2; r++) {
+        double want_ld = 0;
+        for (size_t i = 0; i < 2; i++) {
+            double a = par[i] * cv[r] + par[2 + i];
+            double b = par[4 + i] * cv[r] + par[6 + i];
+            ck_assert_double_eq_tol(z[r * 2 + i], x[r * 2 + i] * exp(a) + b,
+                                    1e-4 * (1 + fabs(b)));
+            want_ld += a;
+        }
+        ck_assert_double_eq_tol(ld[r], want_ld, 1e-5);
+    }
+    flow_model_free(m);
+    flow_compile_free(c);
+}
+END_TEST
+
+START_TEST(test_domain_against_bounds)
+{
+    flow_compilation *c;
+    /* inside the domain, through a permutation: no diagnostic */
+    c = compile_ok("flow f {\n  input x : real[2] in [0.1, 0.9];\n"
+                   "  permute(order = reverse);\n  logit;\n"
+                   "  output z ~ normal;\n}\n");
+    ck_assert_int_eq(node(c, 1)->desc->domain, FLOW_DOMAIN_CLOSED);
+    ck_assert_double_eq(node(c, 1)->desc->domain_lo, 0);
+    ck_assert_double_eq(node(c, 1)->desc->domain_hi, 1);
+    flow_compile_free(c);
+    expect_diag("flow f {\n  input x : real[2] in [-1, 1];\n  logit;\n"
+                "  output z ~ normal;\n}\n", "F0510", 3,
+                "the input 'x' is declared in [-1, 1] (line 2), not inside "
+                "the layer's domain [0, 1]");
+    /* alpha = 0: open, so the closed unit interval is not inside */
+    expect_diag("flow f {\n  input x : real[2] in [0, 1];\n"
+                "  logit(alpha = 0);\n  output z ~ normal;\n}\n", "F0510", 3,
+                "not inside the layer's domain (0, 1)");
+    c = compile_ok("flow f {\n  input x : real[2] in [0.01, 0.99];\n"
+                   "  logit(alpha = 0);\n  output z ~ normal;\n}\n");
+    ck_assert_int_eq(node(c, 0)->desc->domain, FLOW_DOMAIN_OPEN);
+    flow_compile_free(c);
+    expect_diag("flow f {\n  input x : real[2];\n  logit;\n"
+                "  output z ~ normal;\n}\n", "F0904", 3,
+                "logit#0 is defined only on [0, 1], but the input 'x' "
+                "declares no bounds");
+    expect_diag("flow f {\n  input x : real[2] in [0, 1];\n  mono;\n"
+                "  logit;\n  output z ~ normal;\n}\n", "F0904", 4,
+                "its input passes through mono#0 first");
+}
+END_TEST
+
+/* Every row's jacobian column starts where the header's does, however
+ * long the labels. */
+START_TEST(test_report_sizes_layer_column)
+{
+    char *rep = report_of(
+        "flow f {\n"
+        "  input x : real[2];\n"
+        "  repeat 11 as i { householder_scale; }\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const char *line = strchr(rep, '\n') + 1, *head = strstr(line, "jacobian");
+    long col = head - line;
+    size_t rows = 0;
+    ck_assert_ptr_nonnull(head);
+    ck_assert_int_eq(col, 6 + (long)strlen("householder_scale#10") + 1);
+    while ((line = strchr(line, '\n')) && line[1] && strncmp(line + 1,
+                                                             "total", 5)) {
+        const char *j = strstr(++line, "dense-exact");
+        if (!j)
+            j = strstr(line, "base");
+        ck_assert_msg(j && j - line == col, "column %ld, want %ld: %.60s",
+                      j ? (long)(j - line) : -1L, col, line);
+        rows++;
+    }
+    ck_assert_uint_eq(rows, 12);
+    free(rep);
+}
+END_TEST
+
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
@@ -846,6 +1072,15 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_garbage_never_crashes);
     tcase_add_test(tc, test_line_ends_and_bom);
     tcase_add_test(tc, test_latent_names_and_unclosed);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("declarations");
+    tcase_add_checked_fixture(tc, setup_honest, teardown);
+    tcase_add_test(tc, test_dense_exact_declared);
+    tcase_add_test(tc, test_dishonest_dense_refused);
+    tcase_add_test(tc, test_context_declared);
+    tcase_add_test(tc, test_context_reaches_elementwise_layer);
+    tcase_add_test(tc, test_domain_against_bounds);
+    tcase_add_test(tc, test_report_sizes_layer_column);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_add_checked_fixture(tc, setup, teardown);
