@@ -107,7 +107,8 @@ static void *cond_create(const flow_host *host, const flow_layer_config *cfg,
 }
 
 /* Workspace of one call: what the backward reads (the net's input h, its
- * output theta and tape, the transformer's input u) and scratch. */
+ * output theta and tape, the transformer's input u and output v) and
+ * scratch. */
 typedef struct cws {
     flow_real *h, *theta, *u, *v, *lad, *dv, *du, *dlad, *dtheta, *dh;
     void *tape;

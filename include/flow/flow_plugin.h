@@ -911,7 +911,13 @@ static inline int flow_net_count(const flow_host *h, const flow_net_spec *spec,
 static inline void *flow_instance_new(const flow_host *host, size_t size,
                                       const void *image, flow_diag *diag)
 {
-    unsigned char *p = (unsigned char *)host->calloc(1, size);
+    unsigned char *p;
+    if (size < sizeof(const flow_host *)) {
+        flow_diag_set(diag, -1, "instance of %zu bytes: too small for its "
+                      "first member, the host pointer", size);
+        return NULL;
+    }
+    p = (unsigned char *)host->calloc(1, size);
     if (!p) {
         flow_diag_set(diag, -1, "out of memory (%zu bytes for the layer's "
                       "instance)", size);
