@@ -12,8 +12,6 @@
  * e = 0, h = 0 is the identity.  d < 1 gives lighter tails to z than to
  * x (heavier-tailed data), d > 1 the opposite; e shifts the skew. */
 #include <math.h>
-#include <stdio.h>
-#include <string.h>
 
 #include <flow/flow_plugin.h>
 
@@ -29,10 +27,11 @@ static const flow_attr_spec sas_attrs[] = {
      .has_min = 1, .min = 1e-3, .has_max = 1, .max = 1e3},
     {0}};
 
+/* What init() needs of the config; the host pointer comes first, as
+ * flow_instance_new and flow_instance_free require. */
 typedef struct sas {
-    size_t d;
-    double skew0, tail0;
     const flow_host *host;
+    double skew0, tail0;
 } sas;
 
 /* Parameters: e (D values) then h = log d (D values). */
@@ -40,48 +39,26 @@ static int sas_describe(const flow_layer_config *cfg, flow_layer_desc *out,
                         flow_diag *diag)
 {
     (void)diag;
-    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
-               | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
-    out->n_params = 2 * cfg->dim;
-    out->jac = FLOW_JAC_DIAGONAL;
-    out->dep = FLOW_DEP_ELEMENTWISE;
-    out->cert = FLOW_CERT_MONOTONE;
-    out->cert_text = "sinh-arcsinh, strictly increasing (tail weight > 0)";
-    out->cost_forward = (flow_cost){0, 0, 12.0 * (double)cfg->dim};
-    out->cost_inverse = (flow_cost){0, 0, 12.0 * (double)cfg->dim};
-    out->logdet_exact = 1;
-    return FLOW_OK;
+    return flow_desc_fill(out, 2 * cfg->dim, FLOW_JAC_DIAGONAL,
+                          FLOW_DEP_ELEMENTWISE, FLOW_CERT_MONOTONE,
+                          "sinh-arcsinh, strictly increasing "
+                          "(tail weight > 0)",
+                          (flow_cost){0, 0, 12.0 * (double)cfg->dim});
 }
 
 static void *sas_create(const flow_host *host, const flow_layer_config *cfg,
                         flow_diag *diag)
 {
-    sas *s = host->calloc(1, sizeof *s);
-    if (!s) {
-        snprintf(diag->message, sizeof diag->message, "out of memory");
-        return NULL;
-    }
-    s->d = cfg->dim;
-    s->skew0 = cfg->attrs[ATTR_SKEW].r;   /* copy what we keep of cfg */
-    s->tail0 = cfg->attrs[ATTR_TAIL].r;
-    s->host = host;
-    return s;
-}
-
-static void sas_destroy(void *self)
-{
-    sas *s = self;
-    if (s)
-        s->host->free(s);
+    sas s = {host, cfg->attrs[ATTR_SKEW].r, cfg->attrs[ATTR_TAIL].r};
+    return flow_instance_new(host, sizeof s, &s, diag);
 }
 
 static int sas_init(void *self, const flow_call *c, flow_real *params)
 {
-    sas *s = self;
-    (void)c;
-    for (size_t i = 0; i < s->d; i++) {
+    const sas *s = self;
+    for (size_t i = 0; i < c->dim; i++) {
         params[i] = (flow_real)s->skew0;
-        params[s->d + i] = (flow_real)log(s->tail0);
+        params[c->dim + i] = (flow_real)log(s->tail0);
     }
     return FLOW_OK;
 }
@@ -96,14 +73,15 @@ static double log_cosh(double u)
 static int sas_forward(void *self, const flow_call *c, const flow_real *x,
                        flow_real *z, flow_real *logdet)
 {
-    sas *s = self;
-    const flow_real *e = c->params, *h = c->params + s->d;
+    size_t dim = c->dim;
+    const flow_real *e = c->params, *h = c->params + dim;
+    (void)self;
     for (size_t r = 0; r < c->n; r++) {
         double ld = 0;
-        for (size_t i = 0; i < s->d; i++) {
-            double xi = x[r * s->d + i];
+        for (size_t i = 0; i < dim; i++) {
+            double xi = x[r * dim + i];
             double u = exp(h[i]) * asinh(xi) - e[i];
-            z[r * s->d + i] = (flow_real)sinh(u);
+            z[r * dim + i] = (flow_real)sinh(u);
             ld += h[i] + log_cosh(u) - 0.5 * log1p(xi * xi);
         }
         if (!isfinite(ld))
@@ -116,14 +94,15 @@ static int sas_forward(void *self, const flow_call *c, const flow_real *x,
 static int sas_inverse(void *self, const flow_call *c, const flow_real *z,
                        flow_real *x, flow_real *logdet)
 {
-    sas *s = self;
-    const flow_real *e = c->params, *h = c->params + s->d;
+    size_t dim = c->dim;
+    const flow_real *e = c->params, *h = c->params + dim;
+    (void)self;
     for (size_t r = 0; r < c->n; r++) {
         double ld = 0;
-        for (size_t i = 0; i < s->d; i++) {
-            double zi = z[r * s->d + i];
+        for (size_t i = 0; i < dim; i++) {
+            double zi = z[r * dim + i];
             double w = (asinh(zi) + e[i]) * exp(-h[i]);
-            x[r * s->d + i] = (flow_real)sinh(w);
+            x[r * dim + i] = (flow_real)sinh(w);
             /* -(h + log cosh(asinh z) - log cosh(w)) */
             ld += -h[i] - 0.5 * log1p(zi * zi) + log_cosh(w);
         }
@@ -138,12 +117,13 @@ static int sas_forward_backward(void *self, const flow_call *c,
                                 const flow_real *dz, const flow_real *dlogdet,
                                 flow_real *dx)
 {
-    sas *s = self;
-    const flow_real *e = c->params, *h = c->params + s->d;
+    size_t dim = c->dim;
+    const flow_real *e = c->params, *h = c->params + dim;
+    (void)self;
     (void)z;
     for (size_t r = 0; r < c->n; r++)
-        for (size_t i = 0; i < s->d; i++) {
-            size_t k = r * s->d + i;
+        for (size_t i = 0; i < dim; i++) {
+            size_t k = r * dim + i;
             double xi = x[k], d = exp(h[i]), a = asinh(xi);
             double u = d * a - e[i], g = dz[k], q = dlogdet[r];
             double du = g * cosh(u) + q * tanh(u);   /* dL/du */
@@ -151,7 +131,7 @@ static int sas_forward_backward(void *self, const flow_call *c,
                                 - q * xi / (1 + xi * xi));
             if (c->grad) {
                 c->grad[i] += (flow_real)(-du);
-                c->grad[s->d + i] += (flow_real)(du * d * a + q);
+                c->grad[dim + i] += (flow_real)(du * d * a + q);
             }
         }
     return FLOW_OK;
@@ -163,12 +143,13 @@ static int sas_inverse_backward(void *self, const flow_call *c,
                                 const flow_real *dx, const flow_real *dlogdet,
                                 flow_real *dz)
 {
-    sas *s = self;
-    const flow_real *e = c->params, *h = c->params + s->d;
+    size_t dim = c->dim;
+    const flow_real *e = c->params, *h = c->params + dim;
+    (void)self;
     (void)x;
     for (size_t r = 0; r < c->n; r++)
-        for (size_t i = 0; i < s->d; i++) {
-            size_t k = r * s->d + i;
+        for (size_t i = 0; i < dim; i++) {
+            size_t k = r * dim + i;
             double zi = z[k], d = exp(h[i]), w = (asinh(zi) + e[i]) / d;
             double g = dx[k], q = dlogdet[r];
             double dw = g * cosh(w) + q * tanh(w);   /* dL/dw */
@@ -176,20 +157,18 @@ static int sas_inverse_backward(void *self, const flow_call *c,
                                 - q * zi / (1 + zi * zi));
             if (c->grad) {
                 c->grad[i] += (flow_real)(dw / d);
-                c->grad[s->d + i] += (flow_real)(-dw * w - q);
+                c->grad[dim + i] += (flow_real)(-dw * w - q);
             }
         }
     return FLOW_OK;
 }
 
 static const flow_layer_type sas_type = {
-    .struct_size = sizeof(flow_layer_type),
-    .name = "sinh_arcsinh",
-    .summary = "elementwise sinh-arcsinh flow (Jones & Pewsey 2009)",
-    .attrs = sas_attrs,
+    FLOW_LAYER_TYPE_HEAD("sinh_arcsinh", "elementwise sinh-arcsinh flow "
+                         "(Jones & Pewsey 2009)", sas_attrs),
     .describe = sas_describe,
     .create = sas_create,
-    .destroy = sas_destroy,
+    .destroy = flow_instance_free,   /* the instance owns nothing else */
     /* no .workspace: the backward recomputes from x, z and params */
     .init = sas_init,
     .forward = sas_forward,

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdarg.h>
+#include <stdio.h>               /* vsnprintf, for the helpers at the end */
 
 #include "flow/flow_version.h"   /* FLOW_VERSION_*, flow_real */
 
@@ -556,7 +557,11 @@ typedef struct flow_net_spec {
     uint32_t struct_size;
     flow_net_kind kind;
     size_t in;                    /* input width (MADE: D)                   */
-    size_t context;               /* extra context inputs (0 = none)         */
+    size_t context;               /* extra context inputs (0 = none): each
+                                     row's input is then [x, ctx], ctx given
+                                     to net_forward apart (a layer passes
+                                     c->ctx, K = cfg->context_dim) and its
+                                     gradient accumulated into dctx       */
     size_t out;                   /* MLP: output width; MADE: outputs per
                                      dimension (total = out * in, laid out
                                      dimension-major: y[r, i*out + k])       */
@@ -656,7 +661,16 @@ struct flow_host {
                    void *ws, const flow_real *tx, flow_real *ty);
 
     /* elementwise transformers on m scalars; theta holds tf_params(tf)
-     * raw (unconstrained) values per scalar, contiguous */
+     * raw (unconstrained) values per scalar, contiguous.  Each map y =
+     * tau(x; theta) is strictly increasing, and `lad` (may be NULL) gets
+     * the log-derivative of the direction computed, so a layer sums it
+     * into its log-det as it is in either direction:
+     *   tf_forward:  y = tau(x),    lad[i] = log|dy/dx| = log tau'(x_i)
+     *   tf_inverse:  x = tau^-1(y), lad[i] = log|dx/dy| = -log tau'(x_i),
+     *                the negative of tf_forward's lad at the x it returns
+     *                (the affine transformer: x = (y - t) e^-l, lad = -l).
+     * Both return FLOW_ERR_NUMERIC when a finite input gives a non-finite
+     * output or lad, FLOW_ERR_INVAL for an invalid tf. */
     size_t (*tf_params)(const flow_tf *tf);
     int (*tf_forward)(const flow_tf *tf, size_t m, const flow_real *x,
                       const flow_real *theta, flow_real *y, flow_real *lad);
@@ -784,6 +798,214 @@ struct flow_host {
 
 #define FLOW_HOST_HAS(h, field) \
     ((h)->struct_size >= offsetof(flow_host, field) + sizeof((h)->field))
+
+/* ---------------------------------------------------------------------
+ * Helpers for plugin authors: static inline, so a plugin still links
+ * against nothing (a header-only convenience, not part of the ABI; the
+ * host never calls them).  docs/plugins.md, "Writing a plugin", shows
+ * them at work; examples/plugin and examples/conditional use them.
+ * ------------------------------------------------------------------- */
+
+#if defined(__GNUC__)
+# define FLOW_PLUGIN_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+# define FLOW_PLUGIN_PRINTF(f, a)
+#endif
+
+/* The first fields of a flow_layer_type, as designated initialisers (the
+ * rest follow by name):
+ *
+ *     static const flow_layer_type mine_type = {
+ *         FLOW_LAYER_TYPE_HEAD("mine", "one line for `flowkit plugins`",
+ *                              mine_attrs),
+ *         .describe = mine_describe, ...};
+ */
+#define FLOW_LAYER_TYPE_HEAD(NAME, SUMMARY, ATTRS) \
+    .struct_size = (uint32_t)sizeof(flow_layer_type), .name = (NAME), \
+    .summary = (SUMMARY), .attrs = (ATTRS)
+
+/* The four direction flags of a layer that provides forward, inverse and
+ * the VJPs of both. */
+#define FLOW_LAYER_ALL_DIRECTIONS \
+    (FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE | FLOW_LAYER_BACKWARD_FORWARD \
+     | FLOW_LAYER_BACKWARD_INVERSE)
+
+/* Formats diag->message, sets diag->attr (an attribute index, -1 for the
+ * layer as a whole) and returns FLOW_ERR_INVAL, for describe() and
+ * create():  `return flow_diag_set(diag, ATTR_MASK, "mask has %zu
+ * entries, want %zu", n, d);`. */
+static inline int flow_diag_set(flow_diag *diag, int attr, const char *fmt,
+                                ...) FLOW_PLUGIN_PRINTF(3, 4);
+static inline int flow_diag_set(flow_diag *diag, int attr, const char *fmt,
+                                ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(diag->message, sizeof diag->message, fmt, ap);
+    va_end(ap);
+    diag->attr = attr;
+    return FLOW_ERR_INVAL;
+}
+
+/* describe()'s usual declaration: forward, inverse and both VJPs
+ * provided (FLOW_LAYER_ALL_DIRECTIONS), an exact log-det, the structure
+ * (jac, dep, cert and its static text) and the same cost in both
+ * directions.  Fields the host set (struct_size, dep_vec, tensors) are
+ * left alone; set dep_vec, extra flags, the 1.5 fields (after checking
+ * out->struct_size) or an asymmetric cost after the call.  Returns
+ * FLOW_OK, so describe() may end with `return flow_desc_fill(...)`. */
+static inline int flow_desc_fill(flow_layer_desc *out, size_t n_params,
+                                 flow_jac_class jac, flow_dep_kind dep,
+                                 flow_cert_kind cert, const char *cert_text,
+                                 flow_cost cost)
+{
+    out->flags = FLOW_LAYER_ALL_DIRECTIONS;
+    out->n_params = n_params;
+    out->jac = jac;
+    out->dep = dep;
+    out->cert = cert;
+    out->cert_text = cert_text;
+    out->cost_forward = cost;
+    out->cost_inverse = cost;
+    out->logdet_exact = 1;
+    return FLOW_OK;
+}
+
+/* describe()'s check and count for a layer with a host network: the
+ * host must have networks (FLOW_HOST_HAS); the network is built from
+ * spec, *n_params set to its parameter count, and destroyed again
+ * (describe() must leave nothing behind).  FLOW_OK, or an error status
+ * with diag->message set (attr -1; set diag->attr after the call to blame
+ * one attribute, e.g. the hidden widths). */
+static inline int flow_net_count(const flow_host *h, const flow_net_spec *spec,
+                                 size_t *n_params, flow_diag *diag)
+{
+    flow_net *net;
+    if (!h || !FLOW_HOST_HAS(h, net_create) || !h->net_create) {
+        flow_diag_set(diag, -1, "this host provides no networks (flowkit "
+                      "too old for this plugin)");
+        return FLOW_ERR_UNSUPPORTED;
+    }
+    net = h->net_create(spec, diag->message, sizeof diag->message);
+    if (!net) {
+        diag->attr = -1;
+        return FLOW_ERR_INVAL;
+    }
+    *n_params = h->net_params(net);
+    h->net_destroy(net);
+    return FLOW_OK;
+}
+
+/* An instance of `size` bytes from host->calloc whose FIRST MEMBER is
+ * `const flow_host *host`: a copy of *image when image is not NULL (build
+ * the instance on the stack, then copy it), zeros otherwise, with the
+ * host member set either way.  NULL with "out of memory" in diag when the
+ * allocation fails, so create() can return what this returns:
+ *
+ *     typedef struct mine { const flow_host *host; double a; } mine;
+ *     mine m = {host, cfg->attrs[ATTR_A].r};
+ *     return flow_instance_new(host, sizeof m, &m, diag);
+ *
+ * Members that own memory are allocated after it and freed by a
+ * destroy() that ends with flow_instance_free. */
+static inline void *flow_instance_new(const flow_host *host, size_t size,
+                                      const void *image, flow_diag *diag)
+{
+    unsigned char *p;
+    if (size < sizeof(const flow_host *)) {
+        flow_diag_set(diag, -1, "instance of %zu bytes: too small for its "
+                      "first member, the host pointer", size);
+        return NULL;
+    }
+    p = (unsigned char *)host->calloc(1, size);
+    if (!p) {
+        flow_diag_set(diag, -1, "out of memory (%zu bytes for the layer's "
+                      "instance)", size);
+        return NULL;
+    }
+    if (image)
+        for (size_t i = 0; i < size; i++)
+            p[i] = ((const unsigned char *)image)[i];
+    *(const flow_host **)(void *)p = host;
+    return p;
+}
+
+/* Frees an instance from flow_instance_new (NULL is ignored): usable
+ * directly as flow_layer_type.destroy when the instance owns nothing
+ * else. */
+static inline void flow_instance_free(void *self)
+{
+    if (self)
+        (*(const flow_host *const *)self)->free(self);
+}
+
+/* Workspace carving.  One function of the layer lays out its workspace
+ * and serves both workspace() (sizing) and forward/inverse/backward
+ * (splitting), so the two can never disagree:
+ *
+ *     static size_t carve(const mine *s, size_t n, void *ws, mine_ws *w)
+ *     {
+ *         flow_carve c = flow_carve_start(ws);
+ *         w->theta = flow_carve_reals(&c, n * s->d * 2);
+ *         w->tape = flow_carve_take(&c, s->host->net_workspace(s->net, n));
+ *         return flow_carve_bytes(&c);
+ *     }
+ *     workspace():  mine_ws w;  return carve(self, n, NULL, &w);
+ *     forward():    mine_ws w;  carve(self, c->n, c->ws, &w);
+ *
+ * With ws NULL nothing is written and every piece is NULL: the carve only
+ * counts.  Each piece starts 64-byte aligned (the host's workspace is),
+ * and the same sizes give the same offsets in every call.  The total ends
+ * where the last piece ends (not rounded up), so valgrind and ASan see a
+ * write past it.  A size whose bytes overflow size_t makes
+ * flow_carve_bytes SIZE_MAX, which the host fails to allocate (an error,
+ * never a short workspace). */
+typedef struct flow_carve {
+    unsigned char *base;          /* the workspace; NULL: count only        */
+    size_t next;                  /* offset of the next piece, a multiple
+                                     of 64; SIZE_MAX after an overflow     */
+    size_t end;                   /* end of the last piece                  */
+} flow_carve;
+
+static inline flow_carve flow_carve_start(void *ws)
+{
+    flow_carve c;
+    c.base = (unsigned char *)ws;
+    c.next = 0;
+    c.end = 0;
+    return c;
+}
+
+/* The next piece of `bytes` bytes. */
+static inline void *flow_carve_take(flow_carve *c, size_t bytes)
+{
+    void *p;
+    if (c->next == SIZE_MAX || bytes > SIZE_MAX - 63
+        || ((bytes + 63) & ~(size_t)63) > SIZE_MAX - c->next) {
+        c->next = c->end = SIZE_MAX;
+        return NULL;
+    }
+    p = c->base ? c->base + c->next : NULL;
+    c->end = c->next + bytes;
+    c->next += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+/* The next piece of `count` flow_reals. */
+static inline flow_real *flow_carve_reals(flow_carve *c, size_t count)
+{
+    if (count > SIZE_MAX / sizeof(flow_real)) {
+        c->next = c->end = SIZE_MAX;
+        return NULL;
+    }
+    return (flow_real *)flow_carve_take(c, count * sizeof(flow_real));
+}
+
+/* Bytes of every piece taken so far: what workspace() returns. */
+static inline size_t flow_carve_bytes(const flow_carve *c)
+{
+    return c->end;
+}
 
 #ifdef __cplusplus
 }
