@@ -39,6 +39,17 @@
 #define PROBE_FD_ROWS 4
 #define PROBE_FD_MAX_DIM 64
 
+/* Layers often start as the identity (a conditioner whose last layer is
+ * zero), where a log-det of the wrong sign is still right (0): the checks
+ * run a second time with the layer's parameters moved by PERTURB times
+ * standard normal draws (a fixed seed), as `flowkit check` does, halved
+ * until no row's log-det moves by more than PERTURB_LOGDET (a steep
+ * spline defeats finite differences in float32). */
+#define PERTURB 0.2
+#define PERTURB_SEED 1
+#define PERTURB_LOGDET 2.0
+#define PERTURB_TRIES 10
+
 /* Kink-aware central differences as in cli/conform.c (fd_robust): f at
  * 0, +-h, +-h/2, +-h/4; central, forward and backward estimates with one
  * Richardson step each; the one whose two step sizes agree best wins.
@@ -61,6 +72,8 @@ typedef struct probe {
                                    layer is a function of its input */
     char err[512];              /* the layer's message */
     char msg[768];              /* the failure, without the layer's name */
+    const char *at;             /* "" or where the parameters were moved */
+    char at_buf[96];
 } probe;
 
 /* ------------------------------------------------------------ calls */
@@ -134,19 +147,21 @@ static int check_round_trip(probe *P, size_t n, const flow_real *x,
     double e = 0;
     *err = NAN;
     if (run(P, 0, n, x, P->k ? P->cbuf : NULL, z, ld) != FLOW_OK) {
-        fail(P, "forward failed on the probe's rows: %s", layer_msg(P));
+        fail(P, "forward failed on the probe's rows%s: %s", P->at,
+             layer_msg(P));
         return -1;
     }
     for (size_t r = 0; r < n; r++)
         if (!row_finite(z + r * d, d) || !isfinite((double)ld[r])) {
-            fail(P, "forward, row %zu of the first batch: finite input, "
-                 "non-finite output", r);
+            fail(P, "forward, row %zu of the first batch%s: finite input, "
+                 "non-finite output", r, P->at);
             return -1;
         }
     if (!(nd->desc.flags & FLOW_LAYER_INVERSE) || !nd->type->inverse)
         return 0;
     if (run(P, 1, n, z, P->k ? P->cbuf : NULL, xb, ld2) != FLOW_OK) {
-        fail(P, "inverse failed on the forward's output: %s", layer_msg(P));
+        fail(P, "inverse failed on the forward's output%s: %s", P->at,
+             layer_msg(P));
         return -1;
     }
     for (size_t i = 0; i < n * d; i++) {
@@ -159,8 +174,8 @@ static int check_round_trip(probe *P, size_t n, const flow_real *x,
     *err = e;
     if (!(e <= TOL_ROUNDTRIP)) {
         fail(P, "round trip x -> z -> x, row %zu of the first batch, "
-             "column %zu: x = %.9g, back %.9g (error %.3g > tolerance "
-             "%.3g)", worst / d, worst % d, (double)x[worst],
+             "column %zu%s: x = %.9g, back %.9g (error %.3g > tolerance "
+             "%.3g)", worst / d, worst % d, P->at, (double)x[worst],
              (double)xb[worst], e, TOL_ROUNDTRIP);
         return -1;
     }
@@ -169,9 +184,9 @@ static int check_round_trip(probe *P, size_t n, const flow_real *x,
             double s = fabs((double)ld[r] + ld2[r]) / fmax(1.0, fabs(ld[r]));
             if (!(s <= TOL_LOGDET)) {
                 fail(P, "log-det forward + inverse = 0, row %zu of the "
-                     "first batch: forward %.9g, inverse %.9g (error %.3g "
-                     "> tolerance %.3g)", r, (double)ld[r], (double)ld2[r],
-                     s, TOL_LOGDET);
+                     "first batch%s: forward %.9g, inverse %.9g (error "
+                     "%.3g > tolerance %.3g)", r, P->at, (double)ld[r],
+                     (double)ld2[r], s, TOL_LOGDET);
                 return -1;
             }
         }
@@ -317,8 +332,8 @@ static int check_fd_row(probe *P, size_t r, const flow_real *x,
         double unc, l, e;
         int f = fd_jacobian(P, x, cv, h0, W);
         if (f == -2) {
-            fail(P, "forward failed near row %zu of the first batch "
-                 "(finite-difference step): %s", r, layer_msg(P));
+            fail(P, "forward failed near row %zu of the first batch%s "
+                 "(finite-difference step): %s", r, P->at, layer_msg(P));
             return -1;
         }
         if (f != 0)
@@ -337,9 +352,10 @@ static int check_fd_row(probe *P, size_t r, const flow_real *x,
     ++*rows_done;
     *err = fmax(*err, best);
     if (!(best <= TOL_FD)) {
-        fail(P, "log-det vs FD Jacobian, row %zu of the first batch: layer "
-             "%.9g, log|det| of the FD Jacobian %.9g +- %.2g (error %.3g > "
-             "tolerance %.3g)", r, ld, at, at_unc, best, TOL_FD);
+        fail(P, "log-det vs FD Jacobian, row %zu of the first batch%s: "
+             "layer %.9g, log|det| of the FD Jacobian %.9g +- %.2g (error "
+             "%.3g > tolerance %.3g)", r, P->at, ld, at, at_unc, best,
+             TOL_FD);
         return -1;
     }
     return 0;
@@ -383,30 +399,134 @@ static void notef(flow_verify_note_fn note, void *arg, const char *fmt, ...)
     note(arg, line);
 }
 
+/* The layer's prepare() (derived weights) for its current parameters. */
+static int prepare(probe *P, size_t n, const flow_real *cv)
+{
+    node *nd = P->nd;
+    flow_call c;
+    if (!nd->type->prepare)
+        return FLOW_OK;
+    exec_fill_call(P->m, nd, &c, n, cv, NULL, 0);
+    c.training = 0;
+    c.err = P->err;
+    c.err_cap = sizeof P->err;
+    P->err[0] = '\0';
+    return nd->type->prepare(nd->self, &c);
+}
+
+/* Buffers of one layer's probe. */
+typedef struct bufs {
+    flow_real *z, *ld, *xb, *ld2;       /* n x D, n, n x D, n */
+    fd_work W;
+} bufs;
+
+/* Every check on the n rows x at the layer's current parameters; *rt the
+ * round-trip error, *fd the worst FD error, *fd_rows += the rows that got
+ * a Jacobian.  0 when all pass, -1 (P->msg set) when one fails. */
+static int checks(probe *P, int fd, size_t n, const flow_real *x,
+                  const flow_real *cv, bufs *B, double *rt, double *fde,
+                  size_t *fd_rows)
+{
+    size_t d = P->d, fd_n = n < PROBE_FD_ROWS ? n : PROBE_FD_ROWS;
+    double e = NAN;
+    if (P->k)
+        memcpy(P->cbuf, cv, n * P->k * sizeof *cv);
+    if (check_round_trip(P, n, x, B->z, B->ld, B->xb, B->ld2, &e) != 0)
+        return -1;
+    if (!isnan(e))
+        *rt = isnan(*rt) ? e : fmax(*rt, e);
+    for (size_t r = 0; fd && r < fd_n; r++)
+        if (check_fd_row(P, r, x + r * d, P->k ? cv + r * P->k : NULL,
+                         (double)B->ld[r], &B->W, fde, fd_rows) != 0)
+            return -1;
+    return 0;
+}
+
+/* The checks again at perturbed parameters p0 + s eps (module comment
+ * at PERTURB), the layer's own put back afterwards.  *s_used: the scale
+ * used, 0 when no scale kept the log-dets near ld0 (then nothing is
+ * checked).  -1 when a check fails; -2 (message in m) when memory or
+ * prepare() fails on the layer's own parameters. */
+static int perturbed(probe *P, int fd, size_t n, const flow_real *x,
+                     const flow_real *cv, bufs *B, const flow_real *ld0,
+                     double *rt, double *fde, size_t *fd_rows,
+                     double *s_used)
+{
+    node *nd = P->nd;
+    size_t np = nd->desc.n_params;
+    flow_real *p = P->m->params + nd->p_off;
+    flow_real *p0 = malloc(np * sizeof *p0), *eps = malloc(np * sizeof *eps);
+    flow_rng g;
+    double s = PERTURB;
+    int rc = 0, found = 0;
+
+    *s_used = 0;
+    if (!p0 || !eps) {
+        free(p0);
+        free(eps);
+        return -2;
+    }
+    memcpy(p0, p, np * sizeof *p);
+    rng_seed(&g, PERTURB_SEED);
+    for (size_t i = 0; i < np; i++)
+        eps[i] = (flow_real)rng_normal1(&g);
+    if (P->k)
+        memcpy(P->cbuf, cv, n * P->k * sizeof *cv);
+    for (int t = 0; t < PERTURB_TRIES && !found; t++, s /= 2) {
+        double worst = 0;
+        for (size_t i = 0; i < np; i++)
+            p[i] = (flow_real)(p0[i] + s * eps[i]);
+        if (prepare(P, n, cv) != FLOW_OK
+            || run(P, 0, n, x, P->k ? P->cbuf : NULL, B->z, B->ld)
+                   != FLOW_OK)
+            continue;
+        for (size_t r = 0; r < n; r++)
+            worst = fmax(worst, isfinite((double)B->ld[r])
+                                    ? fabs((double)B->ld[r] - ld0[r])
+                                    : INFINITY);
+        found = worst <= PERTURB_LOGDET;
+    }
+    if (found) {
+        s *= 2;                 /* the loop halved it once more */
+        *s_used = s;
+        snprintf(P->at_buf, sizeof P->at_buf, ", parameters moved by %.3g "
+                 "x N(0, 1) (seed %d)", s, PERTURB_SEED);
+        P->at = P->at_buf;
+        rc = checks(P, fd, n, x, cv, B, rt, fde, fd_rows);
+        P->at = "";
+    }
+    memcpy(p, p0, np * sizeof *p);
+    if (prepare(P, n, cv) != FLOW_OK && rc == 0)
+        rc = -2;
+    free(p0);
+    free(eps);
+    return rc;
+}
+
 /* Probes node nd on its n input rows x (context cv or NULL). */
 static int probe_node(flow_model *m, node *nd, size_t n, const flow_real *x,
                       const flow_real *cv, flow_verify_note_fn note,
                       void *arg)
 {
     probe P;
-    fd_work W;
-    size_t d = nd->in_dim, fd_rows = 0, fd_n = n;
-    size_t nd_el = n * d;
+    bufs B;
+    size_t d = nd->in_dim, fd_rows = 0, nd_el = n * d;
     int fd = nd->desc.logdet_exact
              && !(nd->desc.flags & FLOW_LAYER_STOCHASTIC)
              && d <= PROBE_FD_MAX_DIM;
-    flow_real *z = NULL, *ld = NULL, *xb = NULL, *ld2 = NULL;
-    double rt_err = NAN, fd_err = 0;
-    char where[1024], why[96] = "";
+    flow_real *ld0 = NULL;
+    double rt_err = NAN, fd_err = 0, s_used = 0;
+    char where[1024], why[96] = "", moved[96] = "";
     int rc = FLOW_OK, bad = 0;
 
     memset(&P, 0, sizeof P);
-    memset(&W, 0, sizeof W);
+    memset(&B, 0, sizeof B);
     P.m = m;
     P.nd = nd;
     P.d = d;
     P.k = nd->given ? m->cdim : 0;
     P.rng0 = m->rng;
+    P.at = "";
     P.cap = fd ? (FD_POINTS - 1) * d + 1 : n;
     if (P.cap < n)
         P.cap = n;
@@ -431,37 +551,52 @@ static int probe_node(flow_model *m, node *nd, size_t n, const flow_real *x,
     }
     if (posix_memalign(&P.ws, 64, P.ws_bytes ? P.ws_bytes : 64) != 0)
         P.ws = NULL;
-    z = malloc(nd_el * sizeof *z);
-    xb = malloc(nd_el * sizeof *xb);
-    ld = malloc(n * sizeof *ld);
-    ld2 = malloc(n * sizeof *ld2);
+    B.z = malloc(nd_el * sizeof *B.z);
+    B.xb = malloc(nd_el * sizeof *B.xb);
+    B.ld = malloc(n * sizeof *B.ld);
+    B.ld2 = malloc(n * sizeof *B.ld2);
+    ld0 = malloc(n * sizeof *ld0);
     if (P.k)
         P.cbuf = malloc(P.cap * P.k * sizeof *P.cbuf);
     if (fd) {
         size_t rows = (FD_POINTS - 1) * d + 1;
-        W.xs = malloc(rows * d * sizeof *W.xs);
-        W.ys = malloc(rows * d * sizeof *W.ys);
-        W.ld = malloc(rows * sizeof *W.ld);
-        W.steps = malloc(FD_POINTS * d * sizeof *W.steps);
-        W.J = malloc(d * d * sizeof *W.J);
-        W.U = malloc(d * d * sizeof *W.U);
-        W.A = malloc(d * d * sizeof *W.A);
+        B.W.xs = malloc(rows * d * sizeof *B.W.xs);
+        B.W.ys = malloc(rows * d * sizeof *B.W.ys);
+        B.W.ld = malloc(rows * sizeof *B.W.ld);
+        B.W.steps = malloc(FD_POINTS * d * sizeof *B.W.steps);
+        B.W.J = malloc(d * d * sizeof *B.W.J);
+        B.W.U = malloc(d * d * sizeof *B.W.U);
+        B.W.A = malloc(d * d * sizeof *B.W.A);
     }
-    if (!P.ws || !z || !xb || !ld || !ld2 || (P.k && !P.cbuf)
-        || (fd && (!W.xs || !W.ys || !W.ld || !W.steps || !W.J || !W.U
-                   || !W.A))) {
+    if (!P.ws || !B.z || !B.xb || !B.ld || !B.ld2 || !ld0
+        || (P.k && !P.cbuf)
+        || (fd && (!B.W.xs || !B.W.ys || !B.W.ld || !B.W.steps || !B.W.J
+                   || !B.W.U || !B.W.A))) {
         rc = model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for the "
                          "plugin probe", nd->label);
         goto done;
     }
-    if (P.k)
-        memcpy(P.cbuf, cv, n * P.k * sizeof *cv);
-    bad = check_round_trip(&P, n, x, z, ld, xb, ld2, &rt_err) != 0;
-    if (fd_n > PROBE_FD_ROWS)
-        fd_n = PROBE_FD_ROWS;
-    for (size_t r = 0; fd && !bad && r < fd_n; r++)
-        bad = check_fd_row(&P, r, x + r * d, P.k ? cv + r * P.k : NULL,
-                           (double)ld[r], &W, &fd_err, &fd_rows) != 0;
+    bad = checks(&P, fd, n, x, cv, &B, &rt_err, &fd_err, &fd_rows);
+    if (!bad && nd->desc.n_params) {
+        size_t again = 0;       /* the same rows: counted once */
+        int pr;
+        memcpy(ld0, B.ld, n * sizeof *ld0);
+        pr = perturbed(&P, fd, n, x, cv, &B, ld0, &rt_err, &fd_err,
+                       &again, &s_used);
+        if (pr == -2) {
+            rc = model_error(m, FLOW_ERR_NOMEM, "%s: out of memory or "
+                             "prepare failed after the plugin probe: %s",
+                             nd->label, layer_msg(&P));
+            goto done;
+        }
+        bad = pr != 0;
+        if (s_used > 0)
+            snprintf(moved, sizeof moved, " (parameters as they are and "
+                     "moved by %.3g x N(0, 1))", s_used);
+        else
+            snprintf(moved, sizeof moved, " (parameters as they are; no "
+                     "perturbation kept the log-det near)");
+    }
     layer_where(nd, where, sizeof where);
     if (bad) {
         rc = model_error(m, FLOW_ERR_NUMERIC, "%s: plugin check failed: "
@@ -482,19 +617,20 @@ static int probe_node(flow_model *m, node *nd, size_t n, const flow_real *x,
                  fd_rows, fd_rows == 1 ? "" : "s");
     if (isnan(rt_err))
         notef(note, arg, "%s: no inverse (round trip skipped); log-det vs "
-              "FD Jacobian %s", where, why);
+              "FD Jacobian %s%s", where, why, moved);
     else
         notef(note, arg, "%s: round trip error %.2g on %zu row%s; log-det "
-              "vs FD Jacobian %s", where, rt_err, n, n == 1 ? "" : "s",
-              why);
+              "vs FD Jacobian %s%s", where, rt_err, n, n == 1 ? "" : "s",
+              why, moved);
 done:
     free(P.ws);
     free(P.cbuf);
-    free(z);
-    free(xb);
-    free(ld);
-    free(ld2);
-    fd_work_free(&W);
+    free(B.z);
+    free(B.xb);
+    free(B.ld);
+    free(B.ld2);
+    free(ld0);
+    fd_work_free(&B.W);
     return rc;
 }
 
