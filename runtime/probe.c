@@ -32,6 +32,14 @@
 # define TOL_FD 2e-3
 #endif
 
+/* The round trip (and forward + inverse log-dets) are held to this many
+ * times the checker's tolerance: the probe runs on real data and, when a
+ * run resumes, on trained parameters, where a float32 inverse that runs
+ * sequentially (an autoregressive layer: D passes) accumulates more
+ * rounding than on the checker's draws (1.04e-4 measured on maf_gmm.flow
+ * at perturbed parameters); a wrong inverse misses by orders more. */
+#define ROUNDTRIP_SLACK 10.0
+
 /* The cost cap: rows of the first batch probed (round trip), rows whose
  * FD Jacobian is taken, and the widest layer that gets one (a Jacobian
  * costs 6 D + 1 rows of the layer per step size, and its LU D^3 / 3). */
@@ -136,7 +144,7 @@ static int row_finite(const flow_real *v, size_t d)
 
 /* z = f(x), x' = f^-1(z) on the n rows: |x' - x| / max(1, |x|) within
  * TOL_ROUNDTRIP and, for an exact log-det, |ld_f + ld_inv| / max(1,
- * |ld_f|) within TOL_LOGDET.  z and ld receive the forward's values;
+ * |ld_f|) within TOL_LOGDET, both times ROUNDTRIP_SLACK.  z and ld receive the forward's values;
  * *err the worst round-trip error (NAN when there is no inverse). */
 static int check_round_trip(probe *P, size_t n, const flow_real *x,
                             flow_real *z, flow_real *ld, flow_real *xb,
@@ -172,21 +180,21 @@ static int check_round_trip(probe *P, size_t n, const flow_real *x,
         }
     }
     *err = e;
-    if (!(e <= TOL_ROUNDTRIP)) {
+    if (!(e <= ROUNDTRIP_SLACK * TOL_ROUNDTRIP)) {
         fail(P, "round trip x -> z -> x, row %zu of the first batch, "
              "column %zu%s: x = %.9g, back %.9g (error %.3g > tolerance "
              "%.3g)", worst / d, worst % d, P->at, (double)x[worst],
-             (double)xb[worst], e, TOL_ROUNDTRIP);
+             (double)xb[worst], e, ROUNDTRIP_SLACK * TOL_ROUNDTRIP);
         return -1;
     }
     if (nd->desc.logdet_exact && !(nd->desc.flags & FLOW_LAYER_STOCHASTIC))
         for (size_t r = 0; r < n; r++) {
             double s = fabs((double)ld[r] + ld2[r]) / fmax(1.0, fabs(ld[r]));
-            if (!(s <= TOL_LOGDET)) {
+            if (!(s <= ROUNDTRIP_SLACK * TOL_LOGDET)) {
                 fail(P, "log-det forward + inverse = 0, row %zu of the "
                      "first batch%s: forward %.9g, inverse %.9g (error "
                      "%.3g > tolerance %.3g)", r, P->at, (double)ld[r],
-                     (double)ld2[r], s, TOL_LOGDET);
+                     (double)ld2[r], s, ROUNDTRIP_SLACK * TOL_LOGDET);
                 return -1;
             }
         }

@@ -3,12 +3,16 @@
  * the likelihood look better (the bugs `flowkit train` must stop).
  *
  * z = x * exp(s) + t per dimension; s starts at 0.5 (so log|det J| =
- * sum_i s_i = D / 2 from the first step on) and t at 0.
+ * sum_i s_i = D / 2 from the first step on) and t at 0, unless said.
  *   ld_ok:    log-det = sum_i s_i              (correct)
  *   ld_flip:  log-det = -sum_i s_i             (sign flipped)
  *   ld_plus:  log-det = sum_i s_i + 0.1        (a constant too much)
- * Each buggy version is consistent with itself: its inverse returns the
- * negated (wrong) log-det and its backward is the gradient of what its
+ *   ld_flip0: ld_flip starting at s = 0, the identity, where the wrong
+ *             sign is still right: only perturbed parameters show it
+ *   ld_noshift: correct log-det, but the inverse forgets t, which starts
+ *             at 0: the round trip fails only at perturbed parameters
+ * Each log-det bug is consistent with itself: the inverse returns the
+ * negated (wrong) log-det and the backward is the gradient of what the
  * forward computes, so only a log-det against the Jacobian catches it. */
 #include <math.h>
 #include <string.h>
@@ -19,6 +23,8 @@ typedef struct affine {
     const flow_host *host;
     size_t d;
     double sign, offset;        /* log-det = sign * sum(s) + offset */
+    double s0;                  /* initial s */
+    int noshift;                /* the inverse ignores t */
 } affine;
 
 static int ld_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -37,7 +43,8 @@ static int ld_describe(const flow_layer_config *cfg, flow_layer_desc *out,
 }
 
 static void *ld_create_as(const flow_host *host, const flow_layer_config *cfg,
-                          flow_diag *diag, double sign, double offset)
+                          flow_diag *diag, double sign, double offset,
+                          double s0, int noshift)
 {
     affine *a = host->calloc(1, sizeof *a);
     if (!a) {
@@ -48,25 +55,39 @@ static void *ld_create_as(const flow_host *host, const flow_layer_config *cfg,
     a->d = cfg->dim;
     a->sign = sign;
     a->offset = offset;
+    a->s0 = s0;
+    a->noshift = noshift;
     return a;
 }
 
 static void *ok_create(const flow_host *host, const flow_layer_config *cfg,
                        flow_diag *diag)
 {
-    return ld_create_as(host, cfg, diag, 1, 0);
+    return ld_create_as(host, cfg, diag, 1, 0, 0.5, 0);
 }
 
 static void *flip_create(const flow_host *host, const flow_layer_config *cfg,
                          flow_diag *diag)
 {
-    return ld_create_as(host, cfg, diag, -1, 0);
+    return ld_create_as(host, cfg, diag, -1, 0, 0.5, 0);
 }
 
 static void *plus_create(const flow_host *host, const flow_layer_config *cfg,
                          flow_diag *diag)
 {
-    return ld_create_as(host, cfg, diag, 1, 0.1);
+    return ld_create_as(host, cfg, diag, 1, 0.1, 0.5, 0);
+}
+
+static void *flip0_create(const flow_host *host, const flow_layer_config *cfg,
+                          flow_diag *diag)
+{
+    return ld_create_as(host, cfg, diag, -1, 0, 0, 0);
+}
+
+static void *noshift_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    return ld_create_as(host, cfg, diag, 1, 0, 0.5, 1);
 }
 
 static void ld_destroy(void *self)
@@ -82,7 +103,7 @@ static int ld_init(void *self, const flow_call *c, flow_real *params)
     affine *a = self;
     (void)c;
     for (size_t i = 0; i < a->d; i++)
-        params[i] = (flow_real)0.5;
+        params[i] = (flow_real)a->s0;
     return FLOW_OK;
 }
 
@@ -117,7 +138,7 @@ static int ld_inverse(void *self, const flow_call *c, const flow_real *z,
     flow_real l = (flow_real)-ld_value(a, s);
     for (size_t r = 0; r < c->n; r++) {
         for (size_t i = 0; i < a->d; i++)
-            x[r * a->d + i] = (z[r * a->d + i] - t[i])
+            x[r * a->d + i] = (z[r * a->d + i] - (a->noshift ? 0 : t[i]))
                               * (flow_real)exp(-(double)s[i]);
         logdet[r] = l;
     }
@@ -192,7 +213,12 @@ LD_TYPE(flip_type, "ld_flip", "test: z = x e^s + t, log-det sign flipped",
         flip_create);
 LD_TYPE(plus_type, "ld_plus", "test: z = x e^s + t, log-det + 0.1",
         plus_create);
+LD_TYPE(flip0_type, "ld_flip0", "test: ld_flip starting as the identity",
+        flip0_create);
+LD_TYPE(noshift_type, "ld_noshift", "test: z = x e^s + t, inverse without t",
+        noshift_create);
 
 FLOW_PLUGIN_LAYERS("ldbugs", "test",
                    "log-det bugs that flatter the likelihood (tests)",
-                   &ok_type, &flip_type, &plus_type);
+                   &ok_type, &flip_type, &plus_type, &flip0_type,
+                   &noshift_type);
