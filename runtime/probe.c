@@ -31,6 +31,16 @@
 # define FD_STEP 1e-2
 # define TOL_FD 2e-3
 #endif
+/* Layers whose map is exact only up to a solver's or an iteration's
+ * tolerance (the ODE and residual Jacobian classes) are held to the
+ * float32 values in every build: their round trip is as good as the
+ * tolerance the spec chose (about 1e-7 by default, docs/plugins.md
+ * "Layers that are exact only up to a tolerance"), and an adaptive
+ * solver's output is not smooth at the float64 FD step. */
+#define LOOSE_ROUNDTRIP 1e-4
+#define LOOSE_LOGDET 1e-4
+#define LOOSE_FD_STEP 1e-2
+#define LOOSE_FD 2e-3
 
 /* The round trip (and forward + inverse log-dets) are held to this many
  * times the checker's tolerance: the probe runs on real data and, when a
@@ -82,6 +92,7 @@ typedef struct probe {
     char msg[768];              /* the failure, without the layer's name */
     const char *at;             /* "" or where the parameters were moved */
     char at_buf[96];
+    double tol_rt, tol_ld, tol_fd, fd_step;
 } probe;
 
 /* ------------------------------------------------------------ calls */
@@ -143,9 +154,10 @@ static int row_finite(const flow_real *v, size_t d)
 /* ------------------------------------------------------------ round trip */
 
 /* z = f(x), x' = f^-1(z) on the n rows: |x' - x| / max(1, |x|) within
- * TOL_ROUNDTRIP and, for an exact log-det, |ld_f + ld_inv| / max(1,
- * |ld_f|) within TOL_LOGDET, both times ROUNDTRIP_SLACK.  z and ld receive the forward's values;
- * *err the worst round-trip error (NAN when there is no inverse). */
+ * the round-trip tolerance and, for an exact log-det, |ld_f + ld_inv| /
+ * max(1, |ld_f|) within the log-det tolerance, both times
+ * ROUNDTRIP_SLACK.  z and ld receive the forward's values; *err the
+ * worst round-trip error (NAN when there is no inverse). */
 static int check_round_trip(probe *P, size_t n, const flow_real *x,
                             flow_real *z, flow_real *ld, flow_real *xb,
                             flow_real *ld2, double *err)
@@ -180,21 +192,21 @@ static int check_round_trip(probe *P, size_t n, const flow_real *x,
         }
     }
     *err = e;
-    if (!(e <= ROUNDTRIP_SLACK * TOL_ROUNDTRIP)) {
+    if (!(e <= ROUNDTRIP_SLACK * P->tol_rt)) {
         fail(P, "round trip x -> z -> x, row %zu of the first batch, "
              "column %zu%s: x = %.9g, back %.9g (error %.3g > tolerance "
              "%.3g)", worst / d, worst % d, P->at, (double)x[worst],
-             (double)xb[worst], e, ROUNDTRIP_SLACK * TOL_ROUNDTRIP);
+             (double)xb[worst], e, ROUNDTRIP_SLACK * P->tol_rt);
         return -1;
     }
     if (nd->desc.logdet_exact && !(nd->desc.flags & FLOW_LAYER_STOCHASTIC))
         for (size_t r = 0; r < n; r++) {
             double s = fabs((double)ld[r] + ld2[r]) / fmax(1.0, fabs(ld[r]));
-            if (!(s <= ROUNDTRIP_SLACK * TOL_LOGDET)) {
+            if (!(s <= ROUNDTRIP_SLACK * P->tol_ld)) {
                 fail(P, "log-det forward + inverse = 0, row %zu of the "
                      "first batch%s: forward %.9g, inverse %.9g (error "
                      "%.3g > tolerance %.3g)", r, P->at, (double)ld[r],
-                     (double)ld2[r], s, ROUNDTRIP_SLACK * TOL_LOGDET);
+                     (double)ld2[r], s, ROUNDTRIP_SLACK * P->tol_ld);
                 return -1;
             }
         }
@@ -328,15 +340,15 @@ static double fd_logdet(fd_work *W, size_t d, double *unc)
 
 /* Row r's log-det ld against the FD Jacobian's log|det|: the error
  * max(0, |ld - fd| - unc) / max(1, |fd|) of the best step size within
- * TOL_FD.  *err the error, *rows_done += 1 when the row was probed (a
+ * the FD tolerance.  *err the error, *rows_done += 1 when the row was probed (a
  * row on its domain's edge is not). */
 static int check_fd_row(probe *P, size_t r, const flow_real *x,
                         const flow_real *cv, double ld, fd_work *W,
                         double *err, size_t *rows_done)
 {
-    double h0 = FD_STEP, best = INFINITY, at = NAN, at_unc = 0;
+    double h0 = P->fd_step, best = INFINITY, at = NAN, at_unc = 0;
     int probed = 0;
-    for (int lv = 0; lv < FD_LEVELS && !(best <= TOL_FD); lv++, h0 /= 4) {
+    for (int lv = 0; lv < FD_LEVELS && !(best <= P->tol_fd); lv++, h0 /= 4) {
         double unc, l, e;
         int f = fd_jacobian(P, x, cv, h0, W);
         if (f == -2) {
@@ -359,11 +371,11 @@ static int check_fd_row(probe *P, size_t r, const flow_real *x,
         return 0;
     ++*rows_done;
     *err = fmax(*err, best);
-    if (!(best <= TOL_FD)) {
+    if (!(best <= P->tol_fd)) {
         fail(P, "log-det vs FD Jacobian, row %zu of the first batch%s: "
              "layer %.9g, log|det| of the FD Jacobian %.9g +- %.2g (error "
              "%.3g > tolerance %.3g)", r, P->at, ld, at, at_unc, best,
-             TOL_FD);
+             P->tol_fd);
         return -1;
     }
     return 0;
@@ -535,6 +547,17 @@ static int probe_node(flow_model *m, node *nd, size_t n, const flow_real *x,
     P.k = nd->given ? m->cdim : 0;
     P.rng0 = m->rng;
     P.at = "";
+    if (nd->desc.jac == FLOW_JAC_ODE || nd->desc.jac == FLOW_JAC_RESIDUAL) {
+        P.tol_rt = LOOSE_ROUNDTRIP;
+        P.tol_ld = LOOSE_LOGDET;
+        P.tol_fd = LOOSE_FD;
+        P.fd_step = LOOSE_FD_STEP;
+    } else {
+        P.tol_rt = TOL_ROUNDTRIP;
+        P.tol_ld = TOL_LOGDET;
+        P.tol_fd = TOL_FD;
+        P.fd_step = FD_STEP;
+    }
     P.cap = fd ? (FD_POINTS - 1) * d + 1 : n;
     if (P.cap < n)
         P.cap = n;
