@@ -16,9 +16,6 @@
 #ifndef FLOW_PLUGIN_DIR
 # error "FLOW_PLUGIN_DIR must be defined by the build"
 #endif
-#ifndef FLOW_BUILD_PLUGIN_DIR
-# error "FLOW_BUILD_PLUGIN_DIR must be defined by the build"
-#endif
 
 /* v1 sizes: a descriptor smaller than these cannot be read safely. */
 #define INFO_V1_SIZE (offsetof(flow_plugin_info, targets) + sizeof(void *))
@@ -365,8 +362,13 @@ static int in_dir(const char *real, const char *dir)
  * FLOW_PLUGIN_PATH is a third-party file. */
 static int bundled_file(const char *real)
 {
-    return in_dir(real, FLOW_PLUGIN_DIR)
-           || in_dir(real, FLOW_BUILD_PLUGIN_DIR);
+#ifdef FLOW_BUILD_PLUGIN_DIR
+    if (in_dir(real, FLOW_BUILD_PLUGIN_DIR))
+        return 1;
+#endif
+    /* without it (a build of the sources outside Makefile.am, such as
+     * the fuzz targets'): the installed directory only */
+    return in_dir(real, FLOW_PLUGIN_DIR);
 }
 
 int loader_plugin_bundled(const flow_ctx *ctx, const char *file)
