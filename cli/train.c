@@ -1,6 +1,7 @@
 /* train.c - `flowkit train`: maximum-likelihood training of a spec on a
  * data file, with validation, resume, progress and checkpoints.  Exit
- * codes: 0 success, 1 error (spec, data, checkpoint, numerics), 2 usage,
+ * codes: 0 success, 1 error (spec, data, checkpoint, numerics, a plugin
+ * layer that fails the probe before the first step), 2 usage,
  * 3 the run diverged (CLI_EXIT_DIVERGED). */
 #include <errno.h>
 #include <math.h>
@@ -57,7 +58,7 @@ static void train_usage(FILE *f)
           "the checkpoint is written).\n"
           "The probe runs on the first 8 rows of the data, before the first\n"
           "step: each layer's round trip and its log-det against a finite-\n"
-          "difference Jacobian, with the tolerances of `flowkit check`.  A\n"
+          "difference Jacobian, with tolerances like `flowkit check`'s.  A\n"
           "failure exits 1 before anything is written (docs/plugins.md).\n"
           "Models with ode layers add 'nfe N' to each epoch's line: function\n"
           "evaluations per step (forward and backward), also in the history.\n",
