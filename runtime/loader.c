@@ -342,6 +342,46 @@ static int check_info(flow_ctx *ctx, const char *file,
     return FLOW_OK;
 }
 
+/* Is the resolved file `real` directly inside directory dir (resolved
+ * too, so that a symbolic link to the plugin directory counts)? */
+static int in_dir(const char *real, const char *dir)
+{
+    char rdir[PATH_MAX];
+    const char *slash = strrchr(real, '/');
+    size_t len;
+    if (!slash || !realpath(dir, rdir))
+        return 0;
+    len = strlen(rdir);
+    return (size_t)(slash - real) == len && !memcmp(real, rdir, len);
+}
+
+/* Where a plugin came from decides whether `flowkit train` probes its
+ * layers by default (docs/plugins.md, "Training verifies third-party
+ * layers"): flowkit's own plugins are checked by its tests, others are
+ * not known to be.  By directory, never by name: a user's coupling.so on
+ * FLOW_PLUGIN_PATH is a third-party file. */
+static int bundled_file(const char *real)
+{
+#ifdef FLOW_BUILD_PLUGIN_DIR
+    if (in_dir(real, FLOW_BUILD_PLUGIN_DIR))
+        return 1;
+#endif
+    /* without it (a build of the sources outside Makefile.am, such as
+     * the fuzz targets'): the installed directory only */
+    return in_dir(real, FLOW_PLUGIN_DIR);
+}
+
+int loader_plugin_bundled(const flow_ctx *ctx, const char *file)
+{
+    if (!file)
+        return 0;
+    for (size_t i = 0; i < ctx->n_plugins; i++)
+        if (ctx->plugins[i].file == file
+            || !strcmp(ctx->plugins[i].file, file))
+            return ctx->plugins[i].bundled;
+    return 0;
+}
+
 static int load_file(flow_ctx *ctx, const char *path)
 {
     char real[PATH_MAX];
@@ -396,6 +436,7 @@ static int load_file(flow_ctx *ctx, const char *path)
     ctx->plugins[ctx->n_plugins].file = file;
     ctx->plugins[ctx->n_plugins].handle = handle;
     ctx->plugins[ctx->n_plugins].info = info;
+    ctx->plugins[ctx->n_plugins].bundled = bundled_file(real);
     ctx->n_plugins++;
     return FLOW_OK;
 fail:

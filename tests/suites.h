@@ -35,6 +35,7 @@
     X(vi)           /* targets, ELBO, log Z */ \
     X(vi_fit)       /* fits to targets (seconds each) */ \
     X(tgemm)        /* runtime/tgemm.c */ \
+    X(probe)        /* training's probe of third-party layers */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */
 
 #define FLOW_TEST_DECLARE(name) Suite *suite_##name(void);

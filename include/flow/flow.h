@@ -295,6 +295,40 @@ FLOW_API int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
                                  const flow_real *c, size_t batch,
                                  double *mean, double *std_err);
 
+/* --- verifying layers ---------------------------------------------- */
+
+/* Which layers flow_model_verify_layers probes. */
+typedef enum flow_verify_scope {
+    FLOW_VERIFY_THIRD_PARTY = 0, /* layers of plugins loaded from anywhere
+                                    but flowkit's own plugin directory
+                                    (FLOW_PLUGIN_PATH entries, files given
+                                    by path)                               */
+    FLOW_VERIFY_ALL = 1          /* every layer                            */
+} flow_verify_scope;
+
+/* One line about one layer (what was probed, what was skipped and why),
+ * for a verbose log; `line` has no newline and is valid during the call. */
+typedef void (*flow_verify_note_fn)(void *arg, const char *line);
+
+/* Probes the layers in `scope` on the first min(n, 8) rows of x (c: their
+ * context or NULL), each layer on its own input as the model computes it
+ * there, in evaluation mode: the round trip x -> z -> x and the
+ * forward + inverse log-dets (layers with an inverse), and each row's
+ * log-det against log|det| of a finite-difference Jacobian, computed in
+ * double (at most 4 rows; skipped for estimated log-dets and for layers
+ * wider than 64 dimensions), with the tolerances of `flowkit check`
+ * (docs/plugins.md).  The model is left as it was: parameters, buffers,
+ * random stream and mode.  *n_probed (may be NULL) = layers probed.
+ * Returns FLOW_OK when every probed layer passes (at once when none is in
+ * scope); FLOW_ERR_NUMERIC when one fails, the message naming the layer,
+ * its plugin file, the row and both values; another code when the model
+ * itself fails on the rows. */
+FLOW_API int flow_model_verify_layers(flow_model *m, size_t n,
+                                      const flow_real *x, const flow_real *c,
+                                      flow_verify_scope scope,
+                                      flow_verify_note_fn note, void *arg,
+                                      size_t *n_probed);
+
 /* ====================================================================
  * Training: configuration, trainer, resumable state.
  *
