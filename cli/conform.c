@@ -1585,13 +1585,13 @@ done:
  * the checked parameters and batch there are UNUSED_POINTS - 1 more: the
  * layer's own init from other seeds plus noise of the calibrated strength
  * (so zero-initialised outputs are not zero), on the batch's edge rows and
- * fresh random rows of varying spread, UNUSED_ROWS in all, with a fresh
- * context.  Gradients come first (one backward pass per point, only
- * while some entry is left); perturbations, for what is left, at the
- * first UNUSED_PERTURB_POINTS points.  Only entries inert at every point
- * count.  An entry of a tensor flagged FLOW_TENSOR_MASKED may be inert
- * (an autoregressive mask): such a tensor fails only when no entry is
- * used.
+ * fresh random rows of varying spread, UNUSED_ROWS in all (the batch's
+ * count when larger), with a fresh context.  Gradients come first (one
+ * backward pass per point, only while some entry is left); perturbations,
+ * for what is left, at the first UNUSED_PERTURB_POINTS points.  Only
+ * entries inert at every point count.  An entry of a tensor flagged
+ * FLOW_TENSOR_MASKED may be inert (an autoregressive mask): such a tensor
+ * fails only when no entry is used.
  * ------------------------------------------------------------------- */
 #define UNUSED_POINTS 32
 #define UNUSED_PERTURB_POINTS 8
@@ -1724,7 +1724,7 @@ static void check_unused(layer_run *L, const conform_opts *o,
     if (!np)
         return;
     memset(&s, 0, sizeof s);
-    s.rows = UNUSED_ROWS;
+    s.rows = n;
     s.n0 = L->n;
     s.ctx0 = L->ctxv;
     s.ctx = malloc((n * L->k + 1) * sizeof *s.ctx);

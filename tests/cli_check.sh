@@ -87,7 +87,7 @@ has json-fail "$t/out" '"failed": 1, "skipped": 1}'
 has params-all "$t/out" "PASS    10 of 10 parameters one by one, 8 directions"
 has params-all "$t/out" "PASS    2 tensors (scale, ...) of 10 entries in all; n_params 10"
 "$FLOWKIT" check linear --dim 4 --params 3 >"$t/out" 2>&1; check params-n 0 $?
-has params-n "$t/out" "PASS    7 of 20 parameters one by one, 7 directions"
+has params-n "$t/out" "PASS    8 of 20 parameters one by one, 7 directions"
 "$FLOWKIT" check actnorm --params many >"$t/out" 2>&1; check params-bad 2 $?
 same params-bad-msg "flowkit check: --params: 'many' is not a count or 'all' (try 'flowkit check --help')" "$(cat "$t/out")"
 # --rows: random rows per batch (edge rows come on top)
