@@ -1202,7 +1202,9 @@ static int param_grad(layer_run *L, const objective *ob, flow_real *gx,
     return FLOW_OK;
 }
 
-/* params[lo, hi) = base + delta * v, the objective, params put back. */
+/* params[lo, hi) = base + delta * v, the objective, params put back.
+ * The step reported is the one taken, projected on v: rounding to
+ * flow_real moves each entry slightly off base + delta v. */
 typedef struct dir_env {
     const objective *o;
     const double *v;
