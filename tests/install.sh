@@ -79,12 +79,12 @@ if [ "$syms" = "flow_plugin_entry " ]; then ok; else
     bad "sinharcsinh.so exports: $syms"; fi
 (cd "$t/kit" && "$fk" check ./sinharcsinh.so) >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 21 checks, 0 failed, 0 skipped$" "$t/check"
+if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 24 checks, 0 failed, 0 skipped$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check on the example plugin file (exit $rc)"; fi
 export FLOW_PLUGIN_PATH="$t/kit:$d$pkglibdir"
 "$fk" check sinh_arcsinh --dim 3 --attr skew=0.5 --attr tail=0.7 >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 21 checks, 0 failed, 1 skipped$" "$t/check" \
+if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 24 checks, 0 failed, 1 skipped$" "$t/check" \
         && grep -q "^sinh_arcsinh ($t/kit/sinharcsinh.so): D = 3, K = 0$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check sinh_arcsinh through FLOW_PLUGIN_PATH (exit $rc)"; fi
 "$fk" plugins >"$t/plugins" 2>&1
