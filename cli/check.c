@@ -45,6 +45,10 @@ static void check_usage(FILE *f)
           "  --plugin FILE    load an extra plugin file first (repeatable)\n"
           "  --seed S         parameters, inputs and probes (default 1)\n"
           "  --rows N         random rows per test batch (default 4)\n"
+          "  --params N|all   parameters checked one by one against finite\n"
+          "                   differences (default 48, covering every tensor\n"
+          "                   and output column); random directions over all\n"
+          "                   of them are checked in any case\n"
           "  --json           the report as one JSON object on stdout\n"
           "\n"
           "exit status: 0 every check passed; 1 a check failed, a layer\n"
@@ -58,8 +62,8 @@ static void check_usage(FILE *f)
 
 typedef struct check_opts {
     const char *target;
-    size_t dim, context, rows;
-    int has_dim, has_context, has_bounds, json;
+    size_t dim, context, rows, params;
+    int has_dim, has_context, has_bounds, json, params_all;
     double lo, hi;
     uint64_t seed;
     const char *attrs[MAX_ATTRS];
@@ -94,6 +98,24 @@ bad:
                            a->inline_val ? a->inline_val : a->argv[a->i - 1]);
 }
 
+/* --params N: a count (0 = only the entries that cover every tensor and
+ * output column). */
+static int parse_params(cli_args *a, const char *v, check_opts *o)
+{
+    char *end;
+    unsigned long long n;
+    if (*v < '0' || *v > '9')
+        goto bad;
+    n = strtoull(v, &end, 10);
+    if (*end || n > (1ull << 40))
+        goto bad;
+    o->params = (size_t)n;
+    o->params_all = 0;
+    return 0;
+bad:
+    return cli_usage_error(a, "--params: '%s' is not a count or 'all'", v);
+}
+
 /* NAME=VALUE with NAME an identifier. */
 static int parse_attr(cli_args *a, check_opts *o)
 {
@@ -123,6 +145,7 @@ static int parse_check(int argc, char **argv, check_opts *o)
     o->dim = 2;
     o->rows = 4;
     o->seed = 1;
+    o->params = 48;
     while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
             if (o->target)
@@ -145,6 +168,14 @@ static int parse_check(int argc, char **argv, check_opts *o)
             rc = cli_parse_size(&a, &o->rows, 1);
             if (rc == 0 && o->rows > 4096)
                 rc = cli_usage_error(&a, "--rows: at most 4096");
+        } else if (cli_opt_is(&a, "--params")) {
+            const char *v = cli_opt_value(&a);
+            if (!v)
+                rc = CLI_EXIT_USAGE;
+            else if (!strcmp(v, "all"))
+                o->params_all = 1;
+            else
+                rc = parse_params(&a, v, o);
         } else if (cli_opt_is(&a, "--seed"))
             rc = cli_parse_u64(&a, &o->seed);
         else if (cli_opt_is(&a, "--attr"))
@@ -305,6 +336,8 @@ static void check_one(flow_ctx *ctx, const check_opts *o,
     co.context_dim = context;
     co.rows = o->rows;
     co.seed = o->seed;
+    co.max_param_checks = o->params;
+    co.params_all = o->params_all;
     co.has_bounds = has_bounds;
     co.lo = lo;
     co.hi = hi;

@@ -18,7 +18,10 @@ typedef struct conform_opts {
                                    identity-initialised layers are really
                                    tested (default 0.2)                     */
     double scale;               /* std of test inputs (default 1.5)         */
-    size_t max_param_checks;    /* parameters checked by FD (default 48)    */
+    size_t max_param_checks;    /* parameters checked one by one by FD
+                                   (default 48): a deterministic subset
+                                   covering every parameter tensor and
+                                   every output column                     */
     int has_bounds;             /* the input lies in [lo, hi]                */
     double lo, hi;
     /* (appended) domain edges: besides `rows` random rows, the test batch
@@ -36,6 +39,12 @@ typedef struct conform_opts {
                                    placeholder)                             */
     size_t estimates;           /* draws for the unbiasedness test of
                                    estimated log-dets (default 256)         */
+    /* (appended) parameter gradients: 1 = every parameter one by one
+     * (max_param_checks ignored); `directions` random dense directions in
+     * parameter space are checked in addition (default 2), plus one per
+     * output column group and one for the log-det */
+    int params_all;
+    size_t directions;
 } conform_opts;
 
 typedef struct conform_row {

@@ -512,11 +512,13 @@ static const char *suggest_layer(sema *S, const char *name)
 }
 
 /* Calls the plugin's describe() on a fully resolved config. */
+#define SEMA_TENSORS 64
 static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                           const flow_loc *attr_locs, flow_loc stmt_loc)
 {
     flow_diag d;
     flow_layer_desc *desc;
+    flow_param_tensor *tensors;
     int32_t *vec;
     int rc;
     memset(&d, 0, sizeof d);
@@ -529,10 +531,18 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
     desc->dep_vec = arena_array(&S->c->mem, n->in_dim, sizeof(int32_t));
     if (!(vec = desc->dep_vec))
         return -1;
+    /* room for the plugin to name its parameter tensors (1.5) */
+    desc->tensors_cap = SEMA_TENSORS;
+    if (!(tensors = desc->tensors = arena_array(&S->c->mem, SEMA_TENSORS,
+                                                sizeof *desc->tensors)))
+        return -1;
     rc = n->type->describe(&n->config, desc, &d);
-    if (rc == FLOW_OK && (desc->dep_vec != vec
+    if (rc == FLOW_OK && (desc->dep_vec != vec || desc->tensors != tensors
+                          || desc->tensors_cap != SEMA_TENSORS
                           || desc->struct_size != sizeof *desc)) {
         desc->dep_vec = vec;
+        desc->tensors = tensors;
+        desc->tensors_cap = SEMA_TENSORS;
         diag_error(S->c, "F0508", stmt_loc, NULL, "%s: plugin overwrote "
                    "host-owned fields of flow_layer_desc", n->label);
         return -1;

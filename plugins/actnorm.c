@@ -5,7 +5,7 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "flow/flow_plugin.h"
+#include "common.h"
 
 enum { ATTR_EPS };
 
@@ -39,6 +39,8 @@ static int actnorm_describe(const flow_layer_config *cfg,
     out->cost_forward = (flow_cost){0, 0, 2.0 * (double)cfg->dim};
     out->cost_inverse = (flow_cost){0, 0, 2.0 * (double)cfg->dim};
     out->logdet_exact = 1;
+    common_tensor(out, 0, "scale", cfg->dim, 0);    /* log-scale s */
+    common_tensor(out, 1, "shift", cfg->dim, 0);
     return FLOW_OK;
 }
 

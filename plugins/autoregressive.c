@@ -183,6 +183,8 @@ static int ar_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     if (!(net = ar_make_net(cfg, out->dep_vec, &tf, diag, &P)))
         return FLOW_ERR_INVAL;
     out->n_params = h->net_params(net);
+    /* MADE: the masked weights are structurally unused */
+    common_tensor(out, 0, "net", out->n_params, FLOW_TENSOR_MASKED);
     h->net_destroy(net);
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "flow/flow_plugin.h"
+#include "common.h"
 
 enum { ATTR_MOMENTUM, ATTR_EPS };
 
@@ -37,6 +37,8 @@ static int batchnorm_describe(const flow_layer_config *cfg,
                | FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_INVERSE_TRAINING_ERROR;
     out->n_params = 2 * cfg->dim;
     out->n_buffers = 2 * cfg->dim;
+    common_tensor(out, 0, "gamma", cfg->dim, 0);
+    common_tensor(out, 1, "beta", cfg->dim, 0);
     out->jac = FLOW_JAC_DIAGONAL;
     out->dep = FLOW_DEP_ELEMENTWISE;
     out->cert = FLOW_CERT_STRUCTURAL;

@@ -158,6 +158,24 @@ static inline void common_shuffle(int32_t *p, size_t d, uint64_t seed)
 
 /* --- workspace carving -------------------------------------------------- */
 
+/* Names parameter tensor i (1.5; storage order, counts summing to
+ * n_params) when the host's descriptor has the fields and room for it;
+ * n_tensors counts every tensor named, written or not. */
+static inline void common_tensor(flow_layer_desc *out, size_t i,
+                                 const char *name, size_t count,
+                                 uint32_t flags)
+{
+    if (out->struct_size < sizeof *out)
+        return;
+    if (out->tensors && i < out->tensors_cap) {
+        out->tensors[i].name = name;
+        out->tensors[i].count = count;
+        out->tensors[i].flags = flags;
+    }
+    if (out->n_tensors < i + 1)
+        out->n_tensors = i + 1;
+}
+
 #define COMMON_ALIGN 64
 
 static inline size_t common_round(size_t b)

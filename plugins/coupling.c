@@ -164,6 +164,7 @@ static int coupling_describe(const flow_layer_config *cfg,
     if (!(net = make_net(cfg, out->dep_vec, &tf, diag, &P)))
         return FLOW_ERR_INVAL;
     out->n_params = h->net_params(net);
+    common_tensor(out, 0, "net", out->n_params, 0);
     h->net_destroy(net);
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;

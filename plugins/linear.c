@@ -67,6 +67,10 @@ static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
     out->n_params = d * d + d;
+    common_tensor(out, 0, "L", d * (d - 1) / 2, 0);
+    common_tensor(out, 1, "U", d * (d - 1) / 2, 0);
+    common_tensor(out, 2, "log_diag", d, 0);
+    common_tensor(out, 3, "bias", d, 0);
     out->jac = FLOW_JAC_DENSE_LU;
     out->dep = FLOW_DEP_DENSE;
     out->cert = FLOW_CERT_LU;

@@ -231,6 +231,7 @@ static int ode_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     if (!(net = make_net(cfg, diag)))
         return FLOW_ERR_INVAL;
     out->n_params = h->net_params(net);
+    common_tensor(out, 0, "net", out->n_params, 0);
     h->net_destroy(net);
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;

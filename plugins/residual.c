@@ -176,6 +176,7 @@ static int residual_describe(const flow_layer_config *cfg,
         return FLOW_ERR_INVAL;
     }
     out->n_params = h->net_params(net);
+    common_tensor(out, 0, "net", out->n_params, 0);
     h->net_destroy(net);
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;

@@ -12,6 +12,9 @@
 
 /* ------------------------------------------------------------ helpers */
 
+/* Parameter tensors a layer may name in its descriptor (1.5). */
+#define MODEL_TENSORS 64
+
 static void *arena_alloc(flow_model *m, size_t bytes)
 {
     arena_block *b;
@@ -248,6 +251,12 @@ static int add_layer(flow_model *m, const flow_layer_args *a)
     nd->cfg.host = flow_host_services();
     nd->desc.struct_size = sizeof nd->desc;
     nd->desc.dep_vec = nd->dep_vec;
+    /* room for the plugin to name its parameter tensors (1.5) */
+    nd->desc.tensors_cap = MODEL_TENSORS;
+    if (!(nd->desc.tensors = arena_alloc(m, MODEL_TENSORS
+                                         * sizeof *nd->desc.tensors)))
+        return model_error(m, FLOW_ERR_NOMEM, "layer '%s': out of memory",
+                           type);
     memset(&diag, 0, sizeof diag);
     diag.struct_size = sizeof diag;
     diag.attr = -1;

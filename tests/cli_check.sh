@@ -69,7 +69,7 @@ if cmp -s "$t/out" "$t/out2"; then ok; else
 has json "$t/out" '"precision": "'
 has json "$t/out" '"layers": ['
 has json "$t/out" '{"name": "checkpoint round trip", "error": 0, "tolerance": 0, "result": "PASS", "note": "log-probs of 6 rows bit for bit after restoring into a model built from another seed"}'
-has json "$t/out" '"checks": 23, "failed": 0, "skipped": 0}'
+has json "$t/out" '"checks": 26, "failed": 0, "skipped": 0}'
 if command -v python3 >/dev/null 2>&1; then
     if python3 -m json.tool "$t/out" >/dev/null 2>&1; then ok
     else bad "--json is not JSON:"; cat "$t/out"; fi
@@ -79,8 +79,17 @@ fi
 "$FLOWKIT" check bug_grad --plugin "$buggy" --dim 3 --json >"$t/out" 2>&1
 check json-fail 1 $?
 has json-fail "$t/out" '{"name": "d/d params vs FD (forward)", "error": '
-has json-fail "$t/out" '"result": "FAIL", "note": "6 of 6 parameters"}'
+has json-fail "$t/out" '"result": "FAIL", "note": "params[3]: analytic '
+has json-fail "$t/out" '; 6 of 6 parameters one by one, 6 directions"}'
 has json-fail "$t/out" '"failed": 1, "skipped": 1}'
+# --params: every parameter one by one, or N of them
+"$FLOWKIT" check actnorm --dim 5 --params all >"$t/out" 2>&1; check params-all 0 $?
+has params-all "$t/out" "PASS    10 of 10 parameters one by one, 8 directions"
+has params-all "$t/out" "PASS    2 tensors (scale, ...) of 10 entries in all; n_params 10"
+"$FLOWKIT" check linear --dim 4 --params 3 >"$t/out" 2>&1; check params-n 0 $?
+has params-n "$t/out" "PASS    8 of 20 parameters one by one, 7 directions"
+"$FLOWKIT" check actnorm --params many >"$t/out" 2>&1; check params-bad 2 $?
+same params-bad-msg "flowkit check: --params: 'many' is not a count or 'all' (try 'flowkit check --help')" "$(cat "$t/out")"
 # --rows: random rows per batch (edge rows come on top)
 "$FLOWKIT" check actnorm --rows 1 >"$t/out" 2>&1; check rows 0 $?
 has rows "$t/out" "PASS    3 rows: 1 random, 2 at the domain's edges"
@@ -97,7 +106,7 @@ has plugin-file "$t/out" "PASS: 1 layer, "
 "$FLOWKIT" check "$FLOW_TEST_PLUGINS/minimal.so" >"$t/out" 2>&1
 check null-callbacks 0 $?
 has null-callbacks "$t/out" "minimal_shift ($FLOW_TEST_PLUGINS/minimal.so): D = 2, K = 0"
-has null-callbacks "$t/out" "PASS: 1 layer, 23 checks, 0 failed, 0 skipped"
+has null-callbacks "$t/out" "PASS: 1 layer, 26 checks, 0 failed, 0 skipped"
 mkdir "$t/minimal"
 cp "$FLOW_TEST_PLUGINS/minimal.so" "$t/minimal/"
 cat >"$t/shift.flow" <<'EOF'
@@ -183,6 +192,28 @@ expect_fail bug_oob 2 "writes stay in bounds"
 expect_fail bug_inwrite 3 "inputs unchanged"
 has bug_inwrite-note "$t/out" "FAIL    forward wrote to its input x at row 0, column 0: "
 has bug_inwrite-count "$t/out" ", 12 of 12 elements changed ("
+expect_fail bug_describe 3 "describe() is stable"
+has bug_describe-note "$t/out" "FAIL    call 2: n_params: 6, then 7"
+expect_fail bug_unused 3 "every parameter is used"
+has bug_unused-note "$t/out" "FAIL    no effect at any point tried: params[6] (1 of 7)"
+has bug_unused-count "$t/out" "PASS    7 of 7 parameters one by one, 6 directions"
+# one wrong gradient among 270: every seed, found by the directional
+# checks (bisection names the entry) even with no sample at all
+for seed in 1 2 3 4 5 6 7 8; do
+    "$FLOWKIT" check bug_onegrad --plugin "$buggy" --dim 3 --seed $seed \
+        >"$t/out" 2>&1
+    check "bug_onegrad-seed$seed" 1 $?
+    same "bug_onegrad-seed$seed-fail" "  d/d params vs FD (forward)" \
+        "$(grep '  FAIL  ' "$t/out" | sed 's/  \{2,\}[0-9].*//')"
+    has "bug_onegrad-seed$seed-note" "$t/out" "FAIL    coef[205] (param 211): analytic "
+done
+"$FLOWKIT" check bug_onegrad --plugin "$buggy" --dim 3 --params 0 >"$t/out" 2>&1
+check bug_onegrad-params0 1 $?
+has bug_onegrad-params0 "$t/out" "(by bisection); 5 of 270 parameters one by one, 6 directions"
+"$FLOWKIT" check bug_onegrad --plugin "$buggy" --dim 3 --params all >"$t/out" 2>&1
+check bug_onegrad-all 1 $?
+has bug_onegrad-all "$t/out" "; 270 of 270 parameters one by one, 6 directions"
+has bug_onegrad-tensors "$t/out" "PASS    3 tensors (scale, ...) of 270 entries in all; n_params 270"
 # a spec: only the buggy layer's row fails, and the exit status says so
 cat >"$t/bug.flow" <<'EOF'
 flow bug {
@@ -200,7 +231,7 @@ has spec-bug "$t/out" "bug_rows#1 at $t/bug.flow:4:5 ("
 has spec-bug "$t/out" "FAIL: 2 layers, "
 # the whole buggy plugin: non-zero, one section per type
 "$FLOWKIT" check "$buggy" --dim 3 >"$t/out" 2>&1; check buggy-plugin 1 $?
-has buggy-plugin "$t/out" "FAIL: 15 layers, "
+has buggy-plugin "$t/out" "FAIL: 18 layers, "
 
 # --- every bundled layer type, several settings -------------------------
 # run_ok NAME ARGS...: the check passes

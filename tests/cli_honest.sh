@@ -38,7 +38,7 @@ has check-plugin-file "$t/out" "PASS: 3 layers, "
 # logit checks inside its declared domain, edge rows included
 "$FLOWKIT" check logit --dim 4 >"$t/out" 2>"$t/err"; check logit-no-flags 0 $?
 has logit-no-flags "$t/out" "7 rows: 4 random, 3 at the domain's edges"
-has logit-no-flags "$t/out" "PASS: 1 layer, 21 checks, 0 failed"
+has logit-no-flags "$t/out" "PASS: 1 layer, 22 checks, 0 failed"
 "$FLOWKIT" check logit --attr alpha=0 >"$t/out" 2>"$t/err"
 check logit-open 0 $?
 has logit-open "$t/out" "density integrates to 1"

@@ -83,12 +83,12 @@ if [ "$syms" = "flow_plugin_entry " ]; then ok; else
     bad "sinharcsinh.so exports: $syms"; fi
 (cd "$t/kit" && "$fk" check ./sinharcsinh.so) >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 23 checks, 0 failed, 0 skipped$" "$t/check"
+if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 26 checks, 0 failed, 0 skipped$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check on the example plugin file (exit $rc)"; fi
 export FLOW_PLUGIN_PATH="$t/kit:$d$pkglibdir"
 "$fk" check sinh_arcsinh --dim 3 --attr skew=0.5 --attr tail=0.7 >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 23 checks, 0 failed, 1 skipped$" "$t/check" \
+if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 26 checks, 0 failed, 1 skipped$" "$t/check" \
         && grep -q "^sinh_arcsinh ($t/kit/sinharcsinh.so): D = 3, K = 0$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check sinh_arcsinh through FLOW_PLUGIN_PATH (exit $rc)"; fi
 "$fk" plugins >"$t/plugins" 2>&1
@@ -150,13 +150,13 @@ if [ "$syms" = "flow_plugin_entry " ]; then ok; else
     bad "cond_affine.so exports: $syms"; fi
 (cd "$t/cond" && "$fk" check ./cond_affine.so --context 3) >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 25 checks, 0 failed, 0 skipped$" "$t/check" \
+if [ $rc -eq 0 ] && grep -q "^PASS: 1 layer, 28 checks, 0 failed, 0 skipped$" "$t/check" \
         && grep -q "^cond_affine ($t/cond/cond_affine.so): D = 2, K = 3$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check on the conditional plugin (exit $rc)"; fi
 export FLOW_PLUGIN_PATH="$t/cond:$d$pkglibdir"
 (cd "$t/cond" && "$fk" check cond.flow) >"$t/check" 2>&1
 rc=$?
-if [ $rc -eq 0 ] && grep -q "^PASS: 4 layers, 100 checks, 0 failed, 0 skipped$" "$t/check"
+if [ $rc -eq 0 ] && grep -q "^PASS: 4 layers, 112 checks, 0 failed, 0 skipped$" "$t/check"
 then ok; else cat "$t/check"; bad "flowkit check cond.flow (exit $rc)"; fi
 labels=label0,label1,label2,label3,label4,label5,label6,label7
 "$fk" data 8gaussians --labels -n 2000 --seed 1 -o "$t/cond/train.csv" >/dev/null 2>&1

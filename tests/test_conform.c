@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "flow/flow.h"
+#include "flow/flowc.h"
 #include "../cli/conform.h"
 #include "../cli/conform_guard.h"
 #include "suites.h"
@@ -421,6 +422,8 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     static const char *const nan[] = {"forward runs, finite", NULL};
     static const char *const oob[] = {"writes stay in bounds", NULL};
     static const char *const inwrite[] = {"inputs unchanged", NULL};
+    static const char *const describe[] = {"describe() is stable", NULL};
+    static const char *const unused[] = {"every parameter is used", NULL};
     expect_only("bug_none", none);
     expect_only("bug_logdet", logdet);
     expect_only("bug_pattern", pattern);
@@ -436,6 +439,9 @@ START_TEST(test_bugs_are_caught_by_the_right_check)
     expect_only("bug_nan", nan);
     expect_only("bug_oob", oob);
     expect_only("bug_inwrite", inwrite);
+    expect_only("bug_describe", describe);
+    expect_only("bug_unused", unused);
+    expect_only("bug_onegrad", grad);
 }
 END_TEST
 
@@ -605,6 +611,134 @@ START_TEST(test_guard_regions)
 }
 END_TEST
 
+/* The failing rows' notes name the culprit: the describe() field that
+ * changed, the unused entry, and the one wrong gradient among 270 (as
+ * tensor, index and parameter number, with both values) for every seed,
+ * with the default sample and with none at all (the directional checks
+ * alone, bisected down to the entry). */
+START_TEST(test_bug_notes_name_the_culprit)
+{
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "bug_onegrad",
+                                                    &file);
+    const conform_row *r;
+    conform_report rep;
+    conform_opts o;
+
+    run_checks("bug_describe", NULL, 3, &rep);
+    r = row_named(&rep, "describe() is stable");
+    ck_assert_int_eq(r->pass, 0);
+    ck_assert_str_eq(r->note, "call 2: n_params: 6, then 7");
+    run_checks("bug_unused", NULL, 3, &rep);
+    r = row_named(&rep, "every parameter is used");
+    ck_assert_int_eq(r->pass, 0);
+    ck_assert_double_eq(r->err, 1);
+    ck_assert_str_eq(r->note, "no effect at any point tried: params[6] "
+                     "(1 of 7)");
+    r = row_named(&rep, "d/d params vs FD (forward)");
+    ck_assert_msg(r->pass && strstr(r->note, "7 of 7 parameters one by one"),
+                  "%s", r->note);
+    ck_assert_ptr_nonnull(t);
+    for (int sample = 0; sample < 2; sample++)
+        for (uint64_t seed = 1; seed <= 20; seed++) {
+            conform_default_opts(&o);
+            o.dim = 3;
+            o.seed = seed;
+            o.max_param_checks = sample ? 48 : 0;
+            ck_assert_int_eq(conform_layer(ctx, t, file, NULL, &o, &rep),
+                             FLOW_OK);
+            r = row_named(&rep, "d/d params vs FD (forward)");
+            ck_assert_msg(!r->pass && rep.failures == 1, "seed %llu: %d "
+                          "failures, d/d params err %g",
+                          (unsigned long long)seed, rep.failures, r->err);
+            ck_assert_msg(r->err > 0.05, "seed %llu: err %g",
+                          (unsigned long long)seed, r->err);
+            ck_assert_msg(!strncmp(r->note, "coef[205] (param 211): analytic ",
+                                   32), "seed %llu: %s",
+                          (unsigned long long)seed, r->note);
+            ck_assert_msg(sample || strstr(r->note, "(by bisection); 5 of "
+                                           "270 parameters one by one, 6 "
+                                           "directions"), "seed %llu: %s",
+                          (unsigned long long)seed, r->note);
+        }
+    r = row_named(&rep, "tensors sum to n_params");
+    ck_assert_str_eq(r->note, "3 tensors (scale, ...) of 270 entries in all; "
+                     "n_params 270");
+}
+END_TEST
+
+/* The compiler and the model API offer describe() a tensor table too: the
+ * bundled layers name their tensors there (MADE's masked). */
+START_TEST(test_hosts_offer_tensor_tables)
+{
+    static const char spec[] =
+        "flow f {\n    input x : real[3];\n    actnorm();\n"
+        "    maf(hidden = [8]);\n    output z ~ normal;\n}\n";
+    flow_compilation *c = flow_compile_string(ctx, "t.flow", spec,
+                                              strlen(spec));
+    const flow_graph *g;
+    size_t layers = 0;
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(flow_compile_errors(c), 0);
+    g = flow_compile_graph(c);
+    for (size_t i = 0; i < flow_graph_node_count(g); i++) {
+        const flow_graph_node *n = flow_graph_node_get(g, i);
+        const flow_layer_desc *d = n->desc;
+        if (n->kind != FLOW_NODE_LAYER)
+            continue;
+        ck_assert_uint_ge(d->tensors_cap, 2);
+        if (layers++ == 0) {
+            ck_assert_uint_eq(d->n_tensors, 2);
+            ck_assert_str_eq(d->tensors[0].name, "scale");
+            ck_assert_uint_eq(d->tensors[0].count, 3);
+            ck_assert_str_eq(d->tensors[1].name, "shift");
+        } else {
+            ck_assert_uint_eq(d->n_tensors, 1);
+            ck_assert_str_eq(d->tensors[0].name, "net");
+            ck_assert_uint_eq(d->tensors[0].count, d->n_params);
+            ck_assert_uint_eq(d->tensors[0].flags, FLOW_TENSOR_MASKED);
+        }
+    }
+    ck_assert_uint_eq(layers, 2);
+    flow_compile_free(c);
+}
+END_TEST
+
+/* --params all: every entry one by one, on top of the directions. */
+START_TEST(test_params_all)
+{
+    const char *file;
+    const flow_layer_type *t = flow_layer_type_find(ctx, "linear", &file);
+    flow_attr_value perm, seed;
+    const conform_row *r;
+    conform_report rep;
+    conform_opts o;
+    memset(&perm, 0, sizeof perm);
+    memset(&seed, 0, sizeof seed);
+    perm.type = FLOW_ATTR_VARIANT;
+    perm.i = 2;
+    perm.sub = &seed;
+    seed.type = FLOW_ATTR_INT;
+    seed.i = 3;
+    ck_assert_ptr_nonnull(t);
+    conform_default_opts(&o);
+    o.dim = 9;
+    o.params_all = 1;
+    ck_assert_int_eq(conform_layer(ctx, t, file, &perm, &o, &rep), FLOW_OK);
+    print_report("linear, every parameter", &rep);
+    ck_assert_int_eq(rep.failures, 0);
+    r = row_named(&rep, "d/d params vs FD (forward)");
+    ck_assert_str_eq(r->note, "90 of 90 parameters one by one, 12 "
+                     "directions");
+    r = row_named(&rep, "tensors sum to n_params");
+    ck_assert_str_eq(r->note, "4 tensors (L, ...) of 90 entries in all; "
+                     "n_params 90");
+    r = row_named(&rep, "every parameter is used");
+    ck_assert_str_eq(r->note, "each of 90 entries changes outputs or "
+                     "log-dets");
+}
+END_TEST
+
 Suite *suite_conform(void)
 {
     Suite *s = suite_create("conform");
@@ -634,6 +768,9 @@ Suite *suite_conform(void)
     tcase_add_test(tc, test_guard_notes_name_buffer_and_call);
     tcase_add_test(tc, test_failure_notes_localise);
     tcase_add_test(tc, test_guard_regions);
+    tcase_add_test(tc, test_bug_notes_name_the_culprit);
+    tcase_add_test(tc, test_params_all);
+    tcase_add_test(tc, test_hosts_offer_tensor_tables);
     suite_add_tcase(s, tc);
     /* one test per setting: FD through fixed-point inverses is slow under
      * the sanitizers */

@@ -7,10 +7,15 @@
  * off by 0.1 D on average.  bug_batch centres each column on the batch
  * mean in training mode, but its backward forgets that the mean depends
  * on the inputs.  bug_nan multiplies by e^{10 x} / e^{10 x}, which is 1
- * until both overflow (|x| > 70) and NaN after.  bug_oob's forward writes one element past its output
- * and bug_inwrite's halves its input after using it: through the runtime
- * both corrupt memory that is not theirs, so only the checker (whose
- * buffers are guarded copies) may run them. */
+ * until both overflow (|x| > 70) and NaN after.  bug_oob's forward writes
+ * one element past its output and bug_inwrite's halves its input after
+ * using it: through the runtime both corrupt memory that is not theirs,
+ * so only the checker (whose buffers are guarded copies) may run them.
+ * bug_describe declares one more parameter while an instance exists
+ * (describe() reads global state); bug_unused declares one more than it
+ * reads.  bug_onegrad adds a shift sum_k c_ik phi_ik with COEFS
+ * coefficients per dimension and gets the gradient of exactly one
+ * of them wrong. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,7 +24,10 @@
 
 enum bug { BUG_NONE, BUG_LOGDET, BUG_PATTERN, BUG_ROWS, BUG_GRAD, BUG_NONINV,
            BUG_NONDET, BUG_SEED, BUG_CKPT, EST_HUTCH, BUG_BIASED,
-           BUG_BATCH, BUG_NAN, BUG_OOB, BUG_INWRITE };
+           BUG_BATCH, BUG_NAN, BUG_OOB, BUG_INWRITE, BUG_DESCRIBE,
+           BUG_UNUSED };
+
+static unsigned long live_describe;     /* BUG_DESCRIBE: its instances */
 
 typedef struct buggy {
     enum bug bug;
@@ -40,6 +48,8 @@ static int describe_common(const flow_layer_config *cfg, flow_layer_desc *out,
     out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
                | FLOW_LAYER_BACKWARD_FORWARD | FLOW_LAYER_BACKWARD_INVERSE;
     out->n_params = 2 * cfg->dim;
+    if (bug == BUG_UNUSED || (bug == BUG_DESCRIBE && live_describe))
+        out->n_params++;
     out->jac = FLOW_JAC_DIAGONAL;
     out->dep = FLOW_DEP_ELEMENTWISE;
     if (bug == BUG_PATTERN) {         /* declares natural order ... */
@@ -81,6 +91,8 @@ static int init_zero(void *self, const flow_call *c, flow_real *params)
 static void destroy(void *self)
 {
     buggy *b = self;
+    if (b->bug == BUG_DESCRIBE)
+        live_describe--;
     b->host->free(b);
 }
 
@@ -252,6 +264,7 @@ static int inverse_backward(void *self, const flow_call *c,
         buggy *b = host->calloc(1, sizeof *b); \
         (void)diag; \
         if (b) { b->bug = BUG; b->d = cfg->dim; b->host = host; } \
+        if (b && BUG == BUG_DESCRIBE) live_describe++; \
         return b; \
     } \
     static const flow_layer_type NAME##_type = { \
@@ -280,6 +293,140 @@ BUGGY_TYPE(bug_batch, BUG_BATCH, 0)
 BUGGY_TYPE(bug_nan, BUG_NAN, 0)
 BUGGY_TYPE(bug_oob, BUG_OOB, 0)
 BUGGY_TYPE(bug_inwrite, BUG_INWRITE, 0)
+BUGGY_TYPE(bug_describe, BUG_DESCRIBE, 0)
+BUGGY_TYPE(bug_unused, BUG_UNUSED, 0)
+
+/* bug_onegrad: z_i = x_i e^{a_i} + b_i + sum_k c_ik phi_ik with fixed
+ * phi_ik = cos(0.7 k + 1.3 i) (never 0), log-det sum_i a_i.  Parameters:
+ * scale a (D), shift b (D), coef c (D x COEFS, row-major): 270 at D = 3.
+ * The gradient of coef entry BAD_COEF(D) (coefficient 29 of the last
+ * dimension: coef[205], param 211 at D = 3) gets an extra 0.5 dz, as if
+ * its phi (-0.615 there) were -0.115: neither the largest gradient of its
+ * tensor or column nor an entry of the checker's evenly spaced sample, so
+ * only the directional checks can find it. */
+#define COEFS 88
+#define BAD_COEF(d) (((d) - 1) * COEFS + 29)
+
+static double phi(size_t i, size_t k)
+{
+    return cos(0.7 * (double)k + 1.3 * (double)i);
+}
+
+static int onegrad_describe(const flow_layer_config *cfg,
+                            flow_layer_desc *out, flow_diag *diag)
+{
+    static const char *const names[3] = {"scale", "shift", "coef"};
+    size_t d = cfg->dim;
+    (void)diag;
+    out->flags = FLOW_LAYER_FORWARD | FLOW_LAYER_INVERSE
+               | FLOW_LAYER_BACKWARD_FORWARD;
+    out->n_params = (2 + COEFS) * d;
+    out->jac = FLOW_JAC_DIAGONAL;
+    out->dep = FLOW_DEP_ELEMENTWISE;
+    out->cert = FLOW_CERT_STRUCTURAL;
+    out->logdet_exact = 1;
+    if (out->struct_size >= sizeof *out && out->tensors
+        && out->tensors_cap >= 3) {
+        for (int t = 0; t < 3; t++) {
+            out->tensors[t].name = names[t];
+            out->tensors[t].count = t < 2 ? d : COEFS * d;
+        }
+    }
+    out->n_tensors = 3;
+    return FLOW_OK;
+}
+
+static void *onegrad_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    buggy *b = host->calloc(1, sizeof *b);
+    (void)diag;
+    if (b) {
+        b->bug = BUG_NONE;
+        b->d = cfg->dim;
+        b->host = host;
+    }
+    return b;
+}
+
+/* sum_k c_ik phi_ik of dimension i */
+static double coef_shift(const flow_real *c, size_t i)
+{
+    double s = 0;
+    for (size_t k = 0; k < COEFS; k++)
+        s += c[i * COEFS + k] * phi(i, k);
+    return s;
+}
+
+static int onegrad_forward(void *self, const flow_call *c, const flow_real *x,
+                           flow_real *z, flow_real *logdet)
+{
+    buggy *b = self;
+    size_t d = b->d;
+    const flow_real *a = c->params, *t = a + d, *cf = a + 2 * d;
+    double ld = 0;
+    for (size_t i = 0; i < d; i++)
+        ld += a[i];
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < d; i++)
+            z[r * d + i] = (flow_real)(x[r * d + i] * exp(a[i]) + t[i]
+                                       + coef_shift(cf, i));
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+static int onegrad_inverse(void *self, const flow_call *c, const flow_real *z,
+                           flow_real *x, flow_real *logdet)
+{
+    buggy *b = self;
+    size_t d = b->d;
+    const flow_real *a = c->params, *t = a + d, *cf = a + 2 * d;
+    double ld = 0;
+    for (size_t i = 0; i < d; i++)
+        ld -= a[i];
+    for (size_t r = 0; r < c->n; r++) {
+        for (size_t i = 0; i < d; i++)
+            x[r * d + i] = (flow_real)((z[r * d + i] - t[i]
+                                        - coef_shift(cf, i)) * exp(-a[i]));
+        logdet[r] = (flow_real)ld;
+    }
+    return FLOW_OK;
+}
+
+static int onegrad_backward(void *self, const flow_call *c,
+                            const flow_real *x, const flow_real *z,
+                            const flow_real *dz, const flow_real *dlogdet,
+                            flow_real *dx)
+{
+    buggy *b = self;
+    size_t d = b->d;
+    const flow_real *a = c->params;
+    (void)z;
+    for (size_t r = 0; r < c->n; r++)
+        for (size_t i = 0; i < d; i++) {
+            double g = dz[r * d + i], e = exp(a[i]);
+            dx[r * d + i] = (flow_real)(g * e);
+            if (!c->grad)
+                continue;
+            c->grad[i] += (flow_real)(g * x[r * d + i] * e + dlogdet[r]);
+            c->grad[d + i] += (flow_real)g;
+            for (size_t k = 0; k < COEFS; k++) {
+                size_t j = i * COEFS + k;
+                c->grad[2 * d + j] += (flow_real)(g * (phi(i, k)
+                                      + (j == BAD_COEF(d) ? 0.5 : 0)));
+            }
+        }
+    return FLOW_OK;
+}
+
+static const flow_layer_type bug_onegrad_type = {
+    .struct_size = sizeof(flow_layer_type), .name = "bug_onegrad",
+    .summary = "test-only layer: one wrong parameter gradient among hundreds",
+    .describe = onegrad_describe, .create = onegrad_create,
+    .destroy = destroy, .forward = onegrad_forward,
+    .inverse = onegrad_inverse, .forward_backward = onegrad_backward,
+};
 
 FLOW_PLUGIN_LAYERS("buggy", "test",
                    "layers with deliberate bugs for the conformance tests",
@@ -287,4 +434,5 @@ FLOW_PLUGIN_LAYERS("buggy", "test",
                    &bug_rows_type, &bug_grad_type, &bug_noninv_type,
                    &bug_nondet_type, &bug_seed_type, &bug_ckpt_type,
                    &est_hutch_type, &bug_biased_type, &bug_batch_type,
-                   &bug_nan_type, &bug_oob_type, &bug_inwrite_type);
+                   &bug_nan_type, &bug_oob_type, &bug_inwrite_type,
+                   &bug_describe_type, &bug_unused_type, &bug_onegrad_type);
