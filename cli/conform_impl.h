@@ -8,22 +8,9 @@
 
 #include "conform.h"
 #include "conform_guard.h"
-#include "../runtime/rng.h"     /* the same streams as the runtime (runtime/librng.la) */
+#include "../runtime/rng.h"        /* the runtime's streams (librng.la) */
+#include "../runtime/tolerances.h" /* shared with the training probe */
 
-/* Tolerances (documented in docs/plugins.md): float64 builds are held to
- * near machine precision, float32 builds to what central differences in
- * single precision can resolve. */
-#if FLOW_REAL_DOUBLE
-# define TOL_ROUNDTRIP 1e-9
-# define TOL_LOGDET 1e-9
-# define FD_STEP 1e-6
-# define TOL_FD 1e-6
-#else
-# define TOL_ROUNDTRIP 1e-4
-# define TOL_LOGDET 1e-4
-# define FD_STEP 1e-2
-# define TOL_FD 2e-3
-#endif
 /* The density check's error is the grid's (midpoint rule, DENSITY_GRID^2
  * cells) and the mass outside it, not the precision's. */
 #define TOL_DENSITY 2e-3

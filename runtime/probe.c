@@ -16,21 +16,9 @@
 
 #include "ctx.h"
 #include "model_impl.h"
+#include "tolerances.h"
 
-/* The tolerances of `flowkit check` (cli/conform.c, docs/plugins.md
- * "Tolerances"): float64 builds near machine precision, float32 builds
- * what central differences in single precision resolve. */
-#if FLOW_REAL_DOUBLE
-# define TOL_ROUNDTRIP 1e-9
-# define TOL_LOGDET 1e-9
-# define FD_STEP 1e-6
-# define TOL_FD 1e-6
-#else
-# define TOL_ROUNDTRIP 1e-4
-# define TOL_LOGDET 1e-4
-# define FD_STEP 1e-2
-# define TOL_FD 2e-3
-#endif
+/* The tolerances of `flowkit check` (tolerances.h). */
 /* Layers whose map is exact only up to a solver's or an iteration's
  * tolerance (the ODE and residual Jacobian classes) are held to the
  * float32 values in every build: their round trip is as good as the
