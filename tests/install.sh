@@ -25,6 +25,12 @@ for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
          "$libdir/libflowc.so" "$bindir/flowc"; do
     if [ -e "$d$f" ]; then ok; else bad "not installed: $f"; fi
 done
+# the editor files, under $(datadir) (PREFIX/share unless configured)
+for f in vim/vimfiles/syntax/flow.vim vim/vimfiles/ftdetect/flow.vim \
+         emacs/site-lisp/flow-mode.el flowkit/editors/flow.tmLanguage.json; do
+    if [ -n "$(find "$d" -path "*/share/$f")" ]; then ok; else
+        bad "not installed: \$(datadir)/$f"; fi
+done
 
 # exports: only flow_* from the libraries, only the entry point from plugins
 for lib in libflowkit libflowc; do
