@@ -155,6 +155,9 @@ text, as the specs under specs/ are written."
   (setq-local comment-start-skip "\\(?:#+\\|//+\\|/\\*+\\)[ \t]*")
   (setq-local indent-line-function #'flow-indent-line)
   (setq-local indent-tabs-mode nil)
+  ;; a closing bracket typed at the start of a line moves to its opener's
+  (setq-local electric-indent-chars
+              (append "})]" electric-indent-chars))
   (setq-local font-lock-defaults (list (flow--font-lock-keywords))))
 
 ;;;###autoload

@@ -39,7 +39,7 @@ syn match flowAttribute "\<\h\w*\ze\s*=[^=]"
 
 " Integers and reals: 8, 1.5, .5, 2., 1e-3, 3.0E+2 ('-' is an operator).
 syn match flowNumber "\<\d\+\>"
-syn match flowFloat "\<\d\+\.\d*\%([eE][+-]\=\d\+\)\=\>\="
+syn match flowFloat "\<\d\+\.\d*\%([eE][+-]\=\d\+\)\="
 syn match flowFloat "\%(\w\)\@<!\.\d\+\%([eE][+-]\=\d\+\)\=\>"
 syn match flowFloat "\<\d\+[eE][+-]\=\d\+\>"
 
