@@ -59,6 +59,22 @@ python3 "$top_srcdir/tests/tmgrammar.py" "$TM" names 2>"$t/err" \
 same_file "textmate grammar: keywords and bundled types" "$t/want" \
     "$t/tm_words"
 
+# the VS Code manifest: the grammar's scope and file, the project's version
+version=$(sed -n 's/^AC_INIT(\[flowkit\], \[\([^]]*\)\].*/\1/p' \
+          "$top_srcdir/configure.ac")
+python3 -c '
+import json, os, sys
+d = os.path.dirname(sys.argv[1])
+m = json.load(open(os.path.join(d, "package.json")))
+g = m["contributes"]["grammars"][0]
+lang = m["contributes"]["languages"][0]
+json.load(open(os.path.join(d, lang["configuration"])))
+print(m["version"], g["scopeName"], g["path"], lang["extensions"][0])
+' "$TM" >"$t/out" 2>"$t/err"
+check "vscode manifest loads" 0 $?
+same "vscode manifest" "$version source.flow ./flow.tmLanguage.json .flow" \
+    "$(cat "$t/out")"
+
 # Every lexical form once: block and line comments, a constant, a block,
 # strings with good and bad escapes, reals of every form, a target.
 cat >"$t/all.flow" <<'SPEC'

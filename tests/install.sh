@@ -27,7 +27,8 @@ for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
 done
 # the editor files, under $(datadir) (PREFIX/share unless configured)
 for f in vim/vimfiles/syntax/flow.vim vim/vimfiles/ftdetect/flow.vim \
-         emacs/site-lisp/flow-mode.el flowkit/editors/flow.tmLanguage.json; do
+         emacs/site-lisp/flow-mode.el flowkit/editors/flow.tmLanguage.json \
+         flowkit/editors/package.json; do
     if [ -n "$(find "$d" -path "*/share/$f")" ]; then ok; else
         bad "not installed: \$(datadir)/$f"; fi
 done
