@@ -402,7 +402,8 @@ static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
 #define SCALE_RATIO 100.0
 
 /* One warning when the columns' scales differ by more than SCALE_RATIO
- * and the spec does not start with actnorm or batchnorm. */
+ * and the spec does not start with actnorm or batchnorm; columns are
+ * named by the header, else as the spec's input (x[1]). */
 static void scale_warning(const char *cmd, const flow_graph *g,
                           flow_data *d)
 {
@@ -445,11 +446,11 @@ static void scale_warning(const char *cmd, const flow_graph *g,
     if (flow_data_column_name(d, lo))
         snprintf(nlo, sizeof nlo, "'%s'", flow_data_column_name(d, lo));
     else
-        snprintf(nlo, sizeof nlo, "column %zu", lo);
+        snprintf(nlo, sizeof nlo, "%s[%zu]", flow_graph_input_name(g), lo);
     if (flow_data_column_name(d, hi))
         snprintf(nhi, sizeof nhi, "'%s'", flow_data_column_name(d, hi));
     else
-        snprintf(nhi, sizeof nhi, "column %zu", hi);
+        snprintf(nhi, sizeof nhi, "%s[%zu]", flow_graph_input_name(g), hi);
     fprintf(stderr, "%s: warning: the data columns' standard deviations "
             "differ by %.0fx (%s: %.4g, %s: %.4g) and the model does not "
             "start with a normalising layer: put `actnorm;` first in the "

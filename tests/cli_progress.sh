@@ -136,6 +136,12 @@ if sed -n "s/.* ('b': \([0-9.e-]*\), 'c': \([0-9.e+]*\)).*/\1 \2/p" "$t/err" |
     awk '{ exit !($1 > 0.008 && $1 < 0.012 && $2 > 2500 && $2 < 3600) }'
 then ok; else bad "scale: standard deviations not about 0.01 and 3000"; fi
 has scale-hint "$t/err" "put \`actnorm;\` first in the flow"
+# without a header: named as the spec's input
+tail -n +2 "$t/scale.csv" >"$t/scale_nh.csv"
+"$F" train "$t/s3.flow" --data "$t/scale_nh.csv" --steps 2 --batch 100 \
+    --quiet -o "$t/s.ckpt" 2>"$t/err"
+has scale-input-names "$t/err" "(x[1]: "
+has scale-input-names "$t/err" ", x[2]: "
 "$F" train "$t/s3a.flow" --data "$t/scale.csv" --steps 2 --batch 100 \
     --quiet -o "$t/s.ckpt" 2>"$t/err"
 check scale-actnorm 0 $?
