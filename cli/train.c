@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "progress.h"
 
 
 static void train_usage(FILE *f)
@@ -48,6 +49,10 @@ static void train_usage(FILE *f)
           "                       own plugin directory, e.g. FLOW_PLUGIN_PATH)\n"
           "  --no-verify-plugins  probe no layer\n"
           "  --verbose            print what the probe checked, layer by layer\n"
+          "  --log-every N        not on a terminal: also a progress line\n"
+          "                       every N steps (default: one per epoch)\n"
+          "  --quiet              no progress lines and no summary (warnings\n"
+          "                       and errors still go to stderr)\n"
           "  --json               print the summary as JSON on stdout\n"
           "  -o, --output CKPT    checkpoint to write (required)\n"
           "\n"
@@ -68,8 +73,8 @@ static void train_usage(FILE *f)
 typedef struct train_opts {
     const char *spec, *data, *valid, *out, *resume, *columns, *context;
     double valid_fraction;
-    size_t epochs, steps, threads, ckpt_every;
-    int json, has_epochs, has_steps;
+    size_t epochs, steps, threads, ckpt_every, log_every;
+    int json, has_epochs, has_steps, quiet;
     int verify;                 /* -1: no layer, else a flow_verify_scope */
     int set_verify, verbose;
     uint64_t seed;
@@ -156,6 +161,10 @@ static int parse_train(int argc, char **argv, train_opts *o)
             o->json = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--verbose"))
             o->verbose = !(rc = cli_flag(&a));
+        else if (cli_opt_is(&a, "--quiet"))
+            o->quiet = !(rc = cli_flag(&a));
+        else if (cli_opt_is(&a, "--log-every"))
+            rc = cli_parse_size(&a, &o->log_every, 1);
         else if (cli_opt_is(&a, "--verify-plugins")
                  || cli_opt_is(&a, "--no-verify-plugins")) {
             int v = cli_opt_is(&a, "--verify-plugins") ? FLOW_VERIFY_ALL
@@ -328,15 +337,44 @@ static void hist_num(cli_text *h, const char *key, double v)
         cli_text_add(h, ", \"%s\": null", key);
 }
 
+/* The advice that follows every divergence warning: what to change. */
+static void diverge_hint(const train_opts *o)
+{
+    if (o->cfg.clip_norm > 0)
+        fprintf(stderr, "lower --lr (it is %g) or --clip (it is %g)\n",
+                o->cfg.lr, o->cfg.clip_norm);
+    else
+        fprintf(stderr, "lower --lr (it is %g) or set --clip\n", o->cfg.lr);
+}
+
+/* A training loss more than one nat per dimension above its lowest epoch
+ * mean: the density of the training rows fell by a factor e^dim or more,
+ * which a run that learns does not do. */
+static int loss_rose(double low_loss, size_t low_epoch, double last_loss,
+                     size_t last_epoch, size_t dim)
+{
+    return last_epoch > low_epoch && last_loss > low_loss + (double)dim;
+}
+
+static void rise_warning(const char *cmd, const train_opts *o,
+                         double low_loss, size_t low_epoch, double last_loss,
+                         size_t last_epoch)
+{
+    fprintf(stderr, "%s: warning: the training loss rose from %.5g (epoch "
+            "%zu, its lowest) to %.5g (epoch %zu): the run is diverging; ",
+            cmd, low_loss, low_epoch, last_loss, last_epoch);
+    diverge_hint(o);
+}
+
 /* After the checkpoint is written: a final validation score that is not
  * finite makes the run a failure (CLI_EXIT_DIVERGED, with the first
- * validation row to blame); a training loss that rose by more than one
- * nat per dimension above its lowest epoch is a warning.  Returns the
- * exit status. */
+ * validation row to blame); a training loss that ends far above its
+ * lowest epoch, or steps skipped as non-finite, are a warning line each.
+ * Returns the exit status. */
 static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
                     flow_data *va, double vscore, double low_loss,
                     size_t low_epoch, double last_loss, size_t last_epoch,
-                    size_t dim)
+                    size_t dim, uint64_t skipped)
 {
     if (va && !isfinite(vscore)) {
         cli_first_nonfinite(l, cmd, va, 4096, "");
@@ -346,40 +384,93 @@ static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
                 vscore, o->out);
         return CLI_EXIT_DIVERGED;
     }
-    if (last_epoch > low_epoch && last_loss > low_loss + (double)dim)
-        fprintf(stderr, "%s: warning: the training loss rose from %.5g "
-                "(epoch %zu, its lowest) to %.5g (epoch %zu): the run is "
-                "diverging; lower --lr (it is %g) or set --clip\n", cmd,
-                low_loss, low_epoch, last_loss, last_epoch, o->cfg.lr);
+    if (loss_rose(low_loss, low_epoch, last_loss, last_epoch, dim))
+        rise_warning(cmd, o, low_loss, low_epoch, last_loss, last_epoch);
+    if (skipped) {
+        fprintf(stderr, "%s: warning: %llu step%s skipped (non-finite loss "
+                "or gradient): the run may be diverging; ", cmd,
+                (unsigned long long)skipped, skipped == 1 ? " was" : "s were");
+        diverge_hint(o);
+    }
     return 0;
 }
 
-/* nfe < 0: the model has no ODE layer (nothing printed) */
-static void progress(int tty, size_t epoch, size_t step, size_t total,
-                     double loss, int has_valid, double valid, double nfe,
-                     double t0)
+/* Standard deviations of the data columns that differ by more than
+ * this factor train badly without a normalising first layer: a flow's
+ * base is a unit normal, and the first layers must stretch each column
+ * by its own scale before anything else is learnt. */
+#define SCALE_RATIO 100.0
+
+/* One warning when the columns' scales differ by more than SCALE_RATIO
+ * and the spec does not start with actnorm or batchnorm; columns are
+ * named by the header, else as the spec's input (x[1]). */
+static void scale_warning(const char *cmd, const flow_graph *g,
+                          flow_data *d)
 {
-    double el = cli_now_s() - t0;
-    double eta = step ? el / (double)step * (double)(total - step) : 0;
-    if (tty) {
-        int w = 24, fill = total ? (int)((double)w * step / total) : w;
-        fprintf(stderr, "\repoch %zu [%.*s%*s] %zu/%zu loss %.4f", epoch,
-                fill, "========================", w - fill, "", step, total,
-                loss);
-        if (has_valid)
-            fprintf(stderr, " valid %.4f", valid);
-        if (nfe >= 0)
-            fprintf(stderr, " nfe %.4g", nfe);
-        fprintf(stderr, " ETA %.0fs ", eta);
-        fflush(stderr);
-    } else {
-        fprintf(stderr, "epoch %zu step %zu/%zu loss %.5f", epoch, step, total,
-                loss);
-        if (has_valid)
-            fprintf(stderr, " valid_loglik %.5f", valid);
-        if (nfe >= 0)
-            fprintf(stderr, " nfe %.4g", nfe);
-        fprintf(stderr, " time %.1fs\n", el);
+    const flow_graph_node *first = flow_graph_node_count(g)
+                                 ? flow_graph_node_get(g, 0) : NULL;
+    size_t n = flow_data_rows(d), dim = flow_data_dim(d), lo = 0, hi = 0;
+    const flow_real *x = flow_data_values(d);
+    double slo = INFINITY, shi = 0;
+    char nlo[64], nhi[64];
+    if (first && first->kind == FLOW_NODE_LAYER && first->type
+        && (!strcmp(first->type->name, "actnorm")
+            || !strcmp(first->type->name, "batchnorm")))
+        return;
+    if (n < 2)
+        return;
+    for (size_t j = 0; j < dim; j++) {
+        double mean = 0, ss = 0, sd;     /* two passes: no cancellation */
+        for (size_t i = 0; i < n; i++)
+            mean += (double)x[i * dim + j];
+        mean /= (double)n;
+        for (size_t i = 0; i < n; i++) {
+            double e = (double)x[i * dim + j] - mean;
+            ss += e * e;
+        }
+        sd = sqrt(ss / (double)(n - 1));
+        /* a constant column is another problem (actnorm's own warning) */
+        if (!(sd > 0) || !isfinite(sd))
+            continue;
+        if (sd < slo) {
+            slo = sd;
+            lo = j;
+        }
+        if (sd > shi) {
+            shi = sd;
+            hi = j;
+        }
+    }
+    if (!(shi > SCALE_RATIO * slo))
+        return;
+    if (flow_data_column_name(d, lo))
+        snprintf(nlo, sizeof nlo, "'%s'", flow_data_column_name(d, lo));
+    else
+        snprintf(nlo, sizeof nlo, "%s[%zu]", flow_graph_input_name(g), lo);
+    if (flow_data_column_name(d, hi))
+        snprintf(nhi, sizeof nhi, "'%s'", flow_data_column_name(d, hi));
+    else
+        snprintf(nhi, sizeof nhi, "%s[%zu]", flow_graph_input_name(g), hi);
+    fprintf(stderr, "%s: warning: the data columns' standard deviations "
+            "differ by %.0fx (%s: %.4g, %s: %.4g) and the model does not "
+            "start with a normalising layer: put `actnorm;` first in the "
+            "flow (or standardise the data)\n", cmd, shi / slo, nlo, slo,
+            nhi, shi);
+}
+
+/* The best validation score of a resumed run's history, and its epoch
+ * (0 when the history has none). */
+static void history_best(const char *hist, double *best, size_t *epoch)
+{
+    cli_hist_rec r;
+    const char *p = hist;
+    while (p && cli_hist_next(&p, &r) == 1) {
+        double v = cli_hist_get(&r, "valid_loglik"), e = cli_hist_get(&r,
+                                                                "epoch");
+        if (isfinite(v) && v > *best && e >= 1) {
+            *best = v;
+            *epoch = (size_t)e;
+        }
     }
 }
 
@@ -430,9 +521,11 @@ int cli_cmd_train(int argc, char **argv)
     cli_text h = {NULL, 0, 0, 0};
     size_t n, steps_per_epoch, total, dim;
     double loss = NAN, vscore = NAN, t0, ep_loss = 0, ep_nfe = 0;
-    double low_loss = INFINITY, last_loss = NAN;
+    double low_loss = INFINITY, last_loss = NAN, best_v = -INFINITY;
     size_t ep_count = 0, nfe_count = 0, low_epoch = 0, last_epoch = 0;
-    int rc, tty = isatty(2), ret = 1;
+    size_t best_v_epoch = 0;
+    int rc, ret = 1, warned_rise = 0, warned_skip = 0;
+    cli_progress pr;
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
@@ -460,6 +553,7 @@ int cli_cmd_train(int argc, char **argv)
                               flow_graph_context_dim(g)))
             || cli_check_bounds(cmd, g, all))
             goto out;
+        scale_warning(cmd, g, all);
         if (o.valid) {
             if (!(va = read_valid(l.ctx, cmd, &o, all, dim,
                                   flow_graph_context_dim(g)))
@@ -513,8 +607,11 @@ int cli_cmd_train(int argc, char **argv)
             goto out;
         if (flow_checkpoint_restore(l.ck, l.model, t) != FLOW_OK)
             goto failmsg;
-        if (flow_checkpoint_meta(l.ck, "history"))
+        if (flow_checkpoint_meta(l.ck, "history")) {
             cli_text_add(&h, "%s", flow_checkpoint_meta(l.ck, "history"));
+            history_best(flow_checkpoint_meta(l.ck, "history"), &best_v,
+                         &best_v_epoch);
+        }
         if (h.len && h.s[h.len - 1] == ']')
             h.s[--h.len] = '\0';            /* reopen the array */
     } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
@@ -527,14 +624,14 @@ int cli_cmd_train(int argc, char **argv)
         cli_text_add(&h, "[");
     t0 = cli_now_s();
     flow_trainer_get_state(t, &st);
+    cli_progress_init(&pr, o.quiet, o.log_every, st.step);
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
     while (st.step < total && !cli_stop_signal) {
-        uint64_t skipped = st.skipped;
+        uint64_t skipped = st.skipped, before = st.step;
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK) {
             flow_trainer_get_state(t, &st);
-            if (tty)
-                fputc('\n', stderr);
+            cli_progress_clear(&pr);
             if (st.skipped > skipped) {     /* the non-finite guard */
                 fprintf(stderr, "%s: %s; no checkpoint written\n", cmd,
                         flow_errmsg(l.ctx));
@@ -563,6 +660,23 @@ int cli_cmd_train(int argc, char **argv)
             ep_count++;
         }
         flow_trainer_get_state(t, &st);
+        if (st.skipped > skipped && !warned_skip) {
+            cli_progress_clear(&pr);
+            fprintf(stderr, "%s: warning: a step of epoch %llu had a "
+                    "non-finite loss or gradient and was skipped (the "
+                    "summary counts them): ", cmd,
+                    (unsigned long long)st.epoch + 1);
+            diverge_hint(&o);
+            warned_skip = 1;
+        }
+        if (st.step > before) {
+            cli_progress_at at = {
+                (size_t)st.epoch + 1, o.has_steps ? 0 : o.epochs,
+                (size_t)((st.pos + o.cfg.batch - 1) / o.cfg.batch),
+                steps_per_epoch, st.step, total,
+                ep_count ? ep_loss / (double)ep_count : NAN};
+            cli_progress_step(&pr, &at);
+        }
         if (st.pos >= n || st.step == total) {       /* end of an epoch */
             double mean_loss = ep_count ? ep_loss / (double)ep_count : NAN;
             double mean_nfe = nfe_count ? ep_nfe / (double)nfe_count : -1;
@@ -573,12 +687,15 @@ int cli_cmd_train(int argc, char **argv)
                                         flow_data_values(va),
                                         flow_data_context(va), 4096, &vscore,
                                         &se) != FLOW_OK) {
-                    if (tty)
-                        fputc('\n', stderr);
+                    cli_progress_clear(&pr);
                     cli_fail_located(l.ctx, cmd, l.model, va, 0, 0, 4096);
                     goto out;
                 }
                 flow_trainer_validated(t, vscore);
+                if (isfinite(vscore) && vscore > best_v) {
+                    best_v = vscore;
+                    best_v_epoch = (size_t)st.epoch + 1;
+                }
             }
             if (isfinite(mean_loss)) {
                 if (mean_loss < low_loss) {
@@ -588,12 +705,22 @@ int cli_cmd_train(int argc, char **argv)
                 last_loss = mean_loss;
                 last_epoch = (size_t)st.epoch + 1;
             }
-            progress(tty, (size_t)st.epoch + 1, (size_t)st.step, total,
-                     mean_loss, has_v, vscore, mean_nfe, t0);
+            cli_progress_epoch(&pr, (size_t)st.epoch + 1, st.step, total,
+                               mean_loss, has_v, vscore, mean_nfe);
+            if (!warned_rise && loss_rose(low_loss, low_epoch, last_loss,
+                                          last_epoch, dim)) {
+                rise_warning(cmd, &o, low_loss, low_epoch, last_loss,
+                             last_epoch);
+                warned_rise = 1;
+            }
             cli_text_add(&h, "%s{\"epoch\": %llu, \"step\": %llu",
                          h.len > 1 ? ", " : "",
                          (unsigned long long)st.epoch + 1,
                          (unsigned long long)st.step);
+            /* a --steps budget that ends inside an epoch: `flowkit info`
+             * counts only whole epochs as done */
+            if (st.pos < n)
+                cli_text_add(&h, ", \"partial\": true");
             hist_num(&h, "loss", mean_loss);
             if (has_v)
                 hist_num(&h, "valid_loglik", vscore);
@@ -621,8 +748,7 @@ int cli_cmd_train(int argc, char **argv)
             }
         }
     }
-    if (tty)
-        fputc('\n', stderr);
+    cli_progress_clear(&pr);
     if (cli_stop_signal) {
         /* interrupted: save the exact training state (not the best
          * parameters) so that --resume continues where this stopped */
@@ -655,35 +781,46 @@ int cli_cmd_train(int argc, char **argv)
     if (o.json) {
         printf("{\"checkpoint\": ");
         flow_json_string(stdout, o.out);
-        printf(", \"steps\": %llu, \"epochs\": %llu, \"final_loss\": ",
+        printf(", \"steps\": %llu, \"epochs\": %llu, \"last_epoch_loss\": ",
                (unsigned long long)st.step, (unsigned long long)st.epoch
                + (st.pos > 0));
-        cli_json_num(stdout, loss, 9);
-        printf(", \"skipped_steps\": %llu", (unsigned long long)st.skipped);
+        cli_json_num(stdout, last_loss, 9);
+        printf(", \"last_epoch\": %zu, \"skipped_steps\": %llu", last_epoch,
+               (unsigned long long)st.skipped);
         if (va) {
             printf(", \"valid_loglik\": ");
             cli_json_num(stdout, vscore, 9);
+            printf(", \"best_valid_epoch\": %zu", best_v_epoch);
         }
         printf(", \"seconds\": %.3f}\n", cli_now_s() - t0);
-    } else {
+    } else if (!o.quiet) {
         char skipped[96] = "";
         if (st.skipped)
             snprintf(skipped, sizeof skipped, " (%llu step%s skipped: "
                      "non-finite loss or gradient)",
                      (unsigned long long)st.skipped,
                      st.skipped == 1 ? "" : "s");
-        if (isnan(loss))
+        if (st.step == pr.step0)
             fprintf(stderr, "%s: %llu steps (none left to run); wrote %s\n",
                     cmd, (unsigned long long)st.step, o.out);
+        else if (isnan(last_loss))
+            fprintf(stderr, "%s: %llu steps, no epoch with a finite mean "
+                    "loss%s; wrote %s\n", cmd, (unsigned long long)st.step,
+                    skipped, o.out);
         else
-            fprintf(stderr, "%s: %llu steps, final loss %.5f%s; wrote %s\n",
-                    cmd, (unsigned long long)st.step, loss, skipped, o.out);
-        if (va)
+            fprintf(stderr, "%s: %llu steps, last epoch mean loss %.5f "
+                    "(epoch %zu)%s; wrote %s\n", cmd,
+                    (unsigned long long)st.step, last_loss, last_epoch,
+                    skipped, o.out);
+        if (va && best_v_epoch)
+            fprintf(stderr, "%s: best validation log-likelihood %.5f nats "
+                    "(epoch %zu)\n", cmd, vscore, best_v_epoch);
+        else if (va)
             fprintf(stderr, "%s: best validation log-likelihood %.5f nats\n",
                     cmd, vscore);
     }
     ret = diverged(&l, cmd, &o, va, vscore, low_loss, low_epoch, last_loss,
-                   last_epoch, dim);
+                   last_epoch, dim, st.skipped);
     goto out;
 oom:
     fprintf(stderr, "%s: out of memory for the training history\n", cmd);

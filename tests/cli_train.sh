@@ -49,7 +49,7 @@ same round-trip ok "$(paste -d, "$t/te.csv" "$t/x.csv" | awk -F, 'NR > 1 {
 
 "$F" info "$t/a.ckpt" >"$t/out"; check info 0 $?
 has info "$t/out" "flow moons {"
-has info "$t/out" '"valid_loglik"'
+has info "$t/out" "  epoch   step          loss  valid_loglik"
 has info "$t/out" "precision"
 
 # resume: 30 steps straight == 12 steps, then --resume to 30, bit for bit
@@ -143,8 +143,11 @@ done
 "$F" info "$t/o.ckpt" >"$t/out"; check ode-info 0 $?
 has ode-info "$t/out" "nfe          24 per training step (last epoch, forward and backward)"
 has ode-info "$t/out" "nfe          12 per density pass (256 sampled rows)"
-has ode-info-history "$t/out" '"nfe": 24}]'
+has ode-info-history "$t/out" "  epoch   step          loss           nfe"
+same ode-info-history-nfe "24 24" "$(awk '/^  epoch   step/ { on = 1; next }
+    on && NF == 4 { printf "%s ", $4 } on && NF != 4 { on = 0 }' "$t/out" | sed 's/ $//')"
 "$F" info "$t/o.ckpt" --json >"$t/out"; check ode-info-json 0 $?
+has ode-info-json-history "$t/out" '"nfe": 24}]'
 has ode-info-json "$t/out" '"train_nfe": 24, "forward_nfe": 12'
 "$F" train "$SPEC" --data "$t/tr.csv" --steps 3 --batch 64 -o "$t/m.ckpt" \
     2>"$t/err"
