@@ -25,6 +25,11 @@ for f in "$bindir/flowkit" "$includedir/flow/flow.h" \
          "$libdir/libflowc.so" "$bindir/flowc"; do
     if [ -e "$d$f" ]; then ok; else bad "not installed: $f"; fi
 done
+# the manual pages, each in its section's directory of $(mandir)
+for p in man1/flowkit.1 man1/flowc.1 man5/flow.5 man7/flowkit-plugin.7; do
+    if [ -n "$(find "$d" -path "*/man/$p" -type f)" ]; then ok; else
+        bad "not installed: \$(mandir)/$p"; fi
+done
 
 # exports: only flow_* from the libraries, only the entry point from plugins
 for lib in libflowkit libflowc; do
