@@ -32,6 +32,11 @@ for f in vim/vimfiles/syntax/flow.vim vim/vimfiles/ftdetect/flow.vim \
     if [ -n "$(find "$d" -path "*/share/$f")" ]; then ok; else
         bad "not installed: \$(datadir)/$f"; fi
 done
+# the manual pages, each in its section's directory of $(mandir)
+for p in man1/flowkit.1 man1/flowc.1 man5/flow.5 man7/flowkit-plugin.7; do
+    if [ -n "$(find "$d" -path "*/man/$p" -type f)" ]; then ok; else
+        bad "not installed: \$(mandir)/$p"; fi
+done
 
 # exports: only flow_* from the libraries, only the entry point from plugins
 for lib in libflowkit libflowc; do
