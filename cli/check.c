@@ -194,7 +194,7 @@ static int parse_check(int argc, char **argv, check_opts *o)
         } else if (cli_opt_is(&a, "--json"))
             o->json = !(rc = cli_flag(&a));
         else
-            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_unknown_option(&a);
     }
     if (rc)
         return rc;

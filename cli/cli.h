@@ -32,6 +32,11 @@ int cli_usage_error(const cli_args *a, const char *fmt, ...)
  * *pos), -1 at the end. */
 int cli_next_arg(cli_args *a, const char **pos);
 int cli_opt_is(const cli_args *a, const char *name);
+/* "CMD: unknown option '--epoch'; did you mean '--epochs'? (try ...)":
+ * the suggestion is the nearest (cli_suggest) of the names cli_opt_is
+ * compared this argument with, so call it after the parser's last
+ * cli_opt_is.  Returns CLI_EXIT_USAGE. */
+int cli_unknown_option(const cli_args *a);
 /* The option's value; NULL after printing a usage error. */
 const char *cli_opt_value(cli_args *a);
 /* An option that takes no value (`--json`, not `--json=yes`); 0, or

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "help.h"
 
 static void data_usage(FILE *f)
 {
@@ -122,7 +123,15 @@ int cli_cmd_data(int argc, char **argv)
                 p.means_seed = v;
             i++;
         } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "flowkit data: unknown option '%s'\n", a);
+            static const char *const opts[] = {
+                "--help", "--list", "--with-logprob", "--labels",
+                "--no-header", "--output", "--format", "--seed", "--dim",
+                "--components", "--means-seed"};
+            char hint[320];
+            fprintf(stderr, "flowkit data: unknown option '%s'%s (try "
+                    "'flowkit data --help')\n", a,
+                    cli_did_you_mean(hint, sizeof hint, a, opts,
+                                     sizeof opts / sizeof opts[0]));
             return CLI_EXIT_USAGE;
         } else if (!p.name) {
             p.name = a;

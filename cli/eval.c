@@ -214,9 +214,9 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             rc = (o->data = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (needs_data && cli_opt_is(&a, "--columns"))
             rc = (o->columns = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
-        else if (cli_opt_is(&a, "--context") && needs_data)
+        else if (needs_data && cli_opt_is(&a, "--context"))
             rc = (o->context = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
-        else if (cli_opt_is(&a, "--context") && sampling)
+        else if (sampling && cli_opt_is(&a, "--context"))
             rc = (o->ctxfile = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (cli_opt_is(&a, "-o") || cli_opt_is(&a, "--output"))
             rc = (o->out = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
@@ -244,7 +244,7 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
         else if (sampling && cli_opt_is(&a, "--target"))
             rc = (o->target = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else
-            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_unknown_option(&a);
     }
     if (rc)
         return rc;

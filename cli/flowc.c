@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "flow/flowc.h"
+#include "help.h"
 
 #define EXIT_SPEC 1
 #define CLI_EXIT_USAGE 2
@@ -73,111 +74,56 @@ static int usage_error(const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+/* An unknown option, with the nearest real one: matched by the name
+ * before any '=', shown with its value ('--layer' -> '--layer=TYPE'). */
+static int unknown_option(const char *a)
+{
+    static const char *const names[] = {
+        "--check", "--report", "--emit", "--function", "--layers",
+        "--layer", "--terse", "--diagnostics", "--werror", "--plugin",
+        "--version", "--help"};
+    static const char *const shown[] = {
+        "--check", "--report", "--emit=json|dot|c", "--function=NAME",
+        "--layers", "--layer=TYPE", "--terse", "--diagnostics=text|json",
+        "--werror", "--plugin=FILE", "--version", "--help"};
+    char key[FLOW_MAX_IDENT + 1];
+    size_t len = strcspn(a, "=");
+    long k;
+    if (len > FLOW_MAX_IDENT)
+        len = FLOW_MAX_IDENT;
+    memcpy(key, a, len);
+    key[len] = '\0';
+    k = cli_suggest(key, names, sizeof names / sizeof names[0]);
+    if (k >= 0)
+        return usage_error("unknown option '%s'; did you mean '%s'?", a,
+                           shown[k]);
+    return usage_error("unknown option '%s'", a);
+}
+
 enum action { ACT_CHECK, ACT_REPORT, ACT_JSON, ACT_DOT, ACT_LAYERS,
               ACT_LAYER, ACT_C };
 
-static const char *type_name(flow_attr_type t)
+/* The layer types the plugins provide, one line each. */
+static void list_layers(const flow_ctx *ctx)
 {
-    switch (t) {
-    case FLOW_ATTR_INT: return "int";
-    case FLOW_ATTR_REAL: return "real";
-    case FLOW_ATTR_BOOL: return "bool";
-    case FLOW_ATTR_STRING: return "string";
-    case FLOW_ATTR_ENUM: return "enum";
-    case FLOW_ATTR_INT_LIST: return "int list";
-    case FLOW_ATTR_REAL_LIST: return "real list";
-    case FLOW_ATTR_VARIANT: return "variant";
-    }
-    return "?";
-}
-
-/* One attribute table, indented; alternatives of variants below theirs. */
-static void print_attrs(const flow_attr_spec *tab, int indent)
-{
-    for (size_t k = 0; tab && tab[k].name; k++) {
-        const flow_attr_spec *a = &tab[k];
-        char info[256];
-        int n = snprintf(info, sizeof info, "%s", type_name(a->type));
-        if (a->required)
-            n += snprintf(info + n, sizeof info - (size_t)n, ", required");
-        else if (a->type == FLOW_ATTR_INT)
-            n += snprintf(info + n, sizeof info - (size_t)n, ", default %lld",
-                          (long long)a->def_int);
-        else if (a->type == FLOW_ATTR_BOOL)
-            n += snprintf(info + n, sizeof info - (size_t)n, ", default %s",
-                          a->def_int ? "true" : "false");
-        else if (a->type == FLOW_ATTR_REAL)
-            n += snprintf(info + n, sizeof info - (size_t)n, ", default %g",
-                          a->def_real);
-        else if (a->def_str && a->type != FLOW_ATTR_ENUM)
-            n += snprintf(info + n, sizeof info - (size_t)n, ", default %s",
-                          a->def_str);
-        if (n > 0 && (size_t)n < sizeof info) {
-            if (a->has_min && a->has_max)
-                n += snprintf(info + n, sizeof info - (size_t)n,
-                              ", in [%g, %g]", a->min, a->max);
-            else if (a->has_min)
-                n += snprintf(info + n, sizeof info - (size_t)n, ", >= %g",
-                              a->min);
-            else if (a->has_max)
-                n += snprintf(info + n, sizeof info - (size_t)n, ", <= %g",
-                              a->max);
-        }
-        if (n > 0 && (size_t)n < sizeof info && a->max_len)
-            snprintf(info + n, sizeof info - (size_t)n, ", %zu..%zu items",
-                     a->min_len, a->max_len);
-        else if (n > 0 && (size_t)n < sizeof info && a->min_len)
-            snprintf(info + n, sizeof info - (size_t)n, ", >= %zu items",
-                     a->min_len);
-        printf("%*s%-14s %s\n%*s%14s %s\n", indent, "", a->name, info,
-               indent, "", "", a->doc ? a->doc : "");
-        if (a->type == FLOW_ATTR_ENUM && a->enum_values) {
-            printf("%*s%14s one of:", indent, "", "");
-            for (size_t i = 0; a->enum_values[i]; i++)
-                printf(" %s%s", a->enum_values[i],
-                       !a->required && (int64_t)i == a->def_int
-                           ? " (default)" : "");
-            putchar('\n');
-        }
-        for (size_t i = 0; a->type == FLOW_ATTR_VARIANT && a->alternatives
-                           && a->alternatives[i].name; i++) {
-            const flow_variant_alt *alt = &a->alternatives[i];
-            printf("%*s%14s | %s%s: %s\n", indent, "", "", alt->name,
-                   alt->bare_list ? " (also a bare list)" : "",
-                   alt->doc ? alt->doc : "");
-            print_attrs(alt->attrs, indent + 19);
-        }
-    }
-}
-
-static int list_layers(const flow_ctx *ctx, const char *only)
-{
-    int found = 0;
     for (size_t i = 0; i < flow_plugin_count(ctx); i++) {
         const flow_plugin_info *p = flow_plugin_get(ctx, i);
-        for (size_t j = 0; j < p->n_layers; j++) {
-            const flow_layer_type *t = p->layers[j];
-            if (only && strcmp(only, t->name))
-                continue;
-            found = 1;
-            if (!only) {
-                printf("%-16s %s\n", t->name, t->summary ? t->summary : "");
-                continue;
-            }
-            printf("%s: %s\nplugin: %s (%s)\nattributes:\n", t->name,
-                   t->summary ? t->summary : "", p->name,
-                   flow_plugin_file(ctx, i));
-            if (!t->attrs || !t->attrs[0].name)
-                printf("  (none)\n");
-            print_attrs(t->attrs, 2);
-        }
+        for (size_t j = 0; j < p->n_layers; j++)
+            printf("%-16s %s\n", p->layers[j]->name,
+                   p->layers[j]->summary ? p->layers[j]->summary : "");
     }
-    if (only && !found) {
-        fprintf(stderr, "flowc: no layer type '%s' in the cli_loaded plugins "
-                "(see flowc --layers)\n", only);
-        return EXIT_SPEC;
-    }
-    return 0;
+}
+
+/* TYPE's attribute reference, or an error with a suggestion. */
+static int layer_reference(const flow_ctx *ctx, const char *type)
+{
+    char hint[320];
+    if (cli_layer_reference(ctx, type, stdout) == 0)
+        return 0;
+    fprintf(stderr, "flowc: no layer type '%s' in the loaded plugins%s "
+            "(see flowc --layers)\n", type,
+            cli_layer_did_you_mean(ctx, type, hint, sizeof hint));
+    return EXIT_SPEC;
 }
 
 int main(int argc, char **argv)
@@ -252,7 +198,7 @@ int main(int argc, char **argv)
             }
             out_path = argv[i];
         } else if (a[0] == '-' && a[1]) {
-            status = usage_error("unknown option '%s'", a);
+            status = unknown_option(a);
             goto done;
         } else if (file) {
             status = usage_error("one spec at a time (got a second: '%s')",
@@ -301,8 +247,13 @@ int main(int argc, char **argv)
         status = EXIT_SPEC;
         goto done;
     }
-    if (act == ACT_LAYERS || act == ACT_LAYER) {
-        status = list_layers(ctx, layer);
+    if (act == ACT_LAYERS) {
+        list_layers(ctx);
+        status = 0;
+        goto done;
+    }
+    if (act == ACT_LAYER) {
+        status = layer_reference(ctx, layer);
         goto done;
     }
     if (!(c = flow_compile_file(ctx, file))) {

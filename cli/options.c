@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "help.h"
 
 /* ------------------------------------------------------------ options */
 
@@ -24,11 +25,18 @@ int cli_usage_error(const cli_args *a, const char *fmt, ...)
     return CLI_EXIT_USAGE;
 }
 
+/* The option names the parser compared the current argument with
+ * (cli_opt_is): the options valid at this point, which an unknown option
+ * is matched against.  One parse at a time, as cli_next_arg's name. */
+static const char *known[64];
+static size_t n_known;
+
 /* Next argument: 1 for an option (a->opt set), 0 for a positional (in
  * *pos), -1 at the end. */
 int cli_next_arg(cli_args *a, const char **pos)
 {
     const char *s;
+    n_known = 0;
     if (a->i >= a->argc)
         return -1;
     s = a->argv[a->i++];
@@ -55,7 +63,20 @@ int cli_next_arg(cli_args *a, const char **pos)
 
 int cli_opt_is(const cli_args *a, const char *name)
 {
+    size_t i = 0;
+    while (i < n_known && strcmp(known[i], name))
+        i++;
+    if (i == n_known && n_known < sizeof known / sizeof known[0])
+        known[n_known++] = name;
     return !strcmp(a->opt, name);
+}
+
+int cli_unknown_option(const cli_args *a)
+{
+    char hint[320];
+    return cli_usage_error(a, "unknown option '%s'%s", a->opt,
+                           cli_did_you_mean(hint, sizeof hint, a->opt, known,
+                                            n_known));
 }
 
 /* The option's value; NULL after printing a usage error. */

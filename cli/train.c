@@ -175,7 +175,7 @@ static int parse_train(int argc, char **argv, train_opts *o)
             o->verify = v;
             o->set_verify = 1;
         } else
-            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_unknown_option(&a);
     }
     if (rc)
         return rc;

@@ -153,7 +153,7 @@ static int parse_compare(int argc, char **argv, cmp_opts *o)
         else if (cli_opt_is(&a, "--json"))
             o->json = !(rc = cli_flag(&a));
         else
-            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_unknown_option(&a);
     }
     if (rc)
         return rc;
@@ -489,7 +489,7 @@ static int parse_hdr(int argc, char **argv, hdr_opts *o)
         else if (cli_opt_is(&a, "--json"))
             o->json = !(rc = cli_flag(&a));
         else
-            return cli_usage_error(&a, "unknown option '%s'", a.opt);
+            return cli_unknown_option(&a);
     }
     if (rc)
         return rc;

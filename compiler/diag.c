@@ -114,6 +114,12 @@ const char *diag_suggest(const char *name, const char *const *cands,
     return best_d <= limit && best_d > 0 ? best : NULL;
 }
 
+const char *flow_suggest(const char *name, const char *const *cands,
+                         size_t n)
+{
+    return name ? diag_suggest(name, cands, n) : NULL;
+}
+
 /* --- rendering -------------------------------------------------------- */
 
 /* The end of the line that starts at s: its LF, CR or CRLF, or end. */

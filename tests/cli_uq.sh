@@ -287,7 +287,7 @@ has hdr-help "$t/out" "usage: flowkit hdr CKPT"
 "$F" compare --help >"$t/out"; check compare-help 0 $?
 has compare-help "$t/out" "usage: flowkit compare CKPT CKPT..."
 "$F" --help >"$t/out"
-has help-lists "$t/out" "compare CKPT CKPT..."
-has help-lists "$t/out" "hdr CKPT"
+has help-lists "$t/out" "  compare   rank models by mean log-likelihood"
+has help-lists "$t/out" "  hdr       highest-density region threshold"
 
 finish cli_uq

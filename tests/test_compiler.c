@@ -430,6 +430,11 @@ START_TEST(test_edit_distance_and_suggest)
     ck_assert_str_eq(diag_suggest("transfromer", names, 3), "transformer");
     ck_assert_ptr_null(diag_suggest("colour", names, 3));
     ck_assert_ptr_null(diag_suggest("mask", names, 3));  /* exact: none */
+    /* the public form is the same rule: the CLI's suggestions use it */
+    ck_assert_str_eq(flow_suggest("hiden", names, 3), "hidden");
+    ck_assert_ptr_null(flow_suggest("colour", names, 3));
+    ck_assert_ptr_null(flow_suggest(NULL, names, 3));
+    ck_assert_ptr_null(flow_suggest("mask", names, 0));
 }
 END_TEST
 

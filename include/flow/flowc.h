@@ -135,6 +135,13 @@ typedef enum flow_diag_format {
 FLOW_API void flow_compile_print_diags(const flow_compilation *c, FILE *f,
                                        flow_diag_format fmt);
 
+/* The "did you mean" rule of the diagnostics, for other tools' names
+ * (commands, options): the candidate nearest to `name` by edit distance
+ * when at most strlen(name) / 3 + 1 edits away and not equal to it, else
+ * NULL.  NULL entries of cands are skipped. */
+FLOW_API const char *flow_suggest(const char *name, const char *const *cands,
+                                  size_t n);
+
 /* --- the graph -------------------------------------------------------- */
 
 /* Base distributions use flow_base_kind from flow.h. */
