@@ -212,6 +212,20 @@ for pair in bash:flowkit bash:flowc zsh:_flowkit zsh:_flowc; do
             "$top_srcdir/completions/${pair%%:*}/${pair#*:}"; then ok
     else bad "${pair%%:*} completion ${pair#*:} not installed ($got)"; fi
 done
+# ... and bash-completion's on-demand loader finds them there (when the
+# bash-completion package is installed)
+bc=/usr/share/bash-completion/bash_completion
+got=$(find "$t/root" -type f -path '*/bash-completion/completions/flowkit')
+if [ -f "$bc" ] && [ -n "$got" ]; then
+    for c in flowkit flowc; do
+        out=$(XDG_DATA_DIRS=${got%/bash-completion/completions/flowkit} \
+              bash -c '. "$1"; __load_completion "$2" && complete -p "$2"' \
+              bash "$bc" "$c" 2>&1)
+        same "bash-completion-loads-$c" "complete -F _$c $c" "$out"
+    done
+else
+    echo "bash-completion not installed: its loader's check skipped"
+fi
 
 # zsh: the scripts parse, compinit binds them to the commands, and an
 # interactive zsh on a pseudo-terminal completes through them (zcomp
