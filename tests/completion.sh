@@ -99,7 +99,8 @@ same flowc-plugin "x.so" "$(comp 'flowc --plugin=x')"
 cd "$top_builddir" || exit 1
 
 # help_opts: the options a --help text on stdin documents: those of the
-# usage lines (up to the first blank line) and those that open an
+# usage lines (up to the first blank line; not in parentheses, "(or
+# flowkit --version)" names another command) and those that open an
 # option-table line ("  -o, --output CKPT", "  --dim D, --components K";
 # not the deeper continuation lines)
 help_opts() {
@@ -107,7 +108,7 @@ help_opts() {
         /^usage:/ { usage = 1 }
         usage && /^$/ { usage = 0 }
         usage {
-            s = $0
+            s = $0; gsub(/\([^)]*\)/, "", s)
             while (match(s, /(^|[ [|])--?[a-zA-Z][a-zA-Z0-9-]*/)) {
                 o = substr(s, RSTART, RLENGTH); sub(/^[ [|]/, "", o)
                 print o; s = substr(s, RSTART + RLENGTH)
