@@ -7,6 +7,9 @@
 # parse, compinit binds them, and they complete when zsh is installed.
 set -u
 . "$top_srcdir/tests/lib.sh"
+# the expected lists below are in C collation order
+LC_ALL=C
+export LC_ALL
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 bashdir="$top_srcdir/completions/bash"
@@ -24,20 +27,21 @@ same complete-flowc "complete -F _flowc flowc" "$(complete -p flowc)"
 # command and is replaced by the build tree's program, which the
 # completion functions run for plugin and data set names.
 comp() {
-    local s=$1 fn
+    local s=$1 fn name
     [[ ${nosplit:-0} == 1 ]] || s=${s//=/ = }
     COMP_LINE=$1
     COMP_POINT=${#1}
     read -ra COMP_WORDS <<<"$s"
     [[ $1 == *' ' ]] && COMP_WORDS+=('')
     COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
-    fn=$(complete -p "${COMP_WORDS[0]}" | awk '{ print $3 }')
-    case ${COMP_WORDS[0]} in
+    name=${COMP_WORDS[0]}
+    fn=$(complete -p "$name" | awk '{ print $3 }')
+    case $name in
     flowkit) COMP_WORDS[0]=$FLOWKIT ;;
     flowc) COMP_WORDS[0]=$FLOWC ;;
     esac
     COMPREPLY=()
-    "$fn" flowkit "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
+    "$fn" "$name" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD - 1]}"
     printf '%s\n' "${COMPREPLY[@]}" | sort | tr '\n' ' ' | sed 's/ $//'
 }
 
