@@ -688,21 +688,8 @@ static void check_same_seed(flow_ctx *ctx, const layer_run *L,
     free(ld2);
 }
 
-/* Finite differences that survive kinks.  Maps such as splines are only
- * piecewise smooth (the log-derivative jumps at knots), so a central
- * difference straddling a knot is wrong by O(h * jump).  We evaluate
- * f at 0, +-h, +-h/2, +-h/4 and form three estimates, each with one
- * Richardson step: central (error O(h^4)), forward and backward one-sided
- * (O(h^2)).  The estimate whose two step sizes agree best is used: on a
- * smooth stretch that is the central one; next to a kink, the side that
- * does not cross it.  Steps are the ones actually taken after rounding. */
-#define FD_POINTS 7
-/* Checks take the best of four step sizes (h, h/4, h/16, h/64): a wrong
- * formula disagrees at every step, while a knot or strong curvature
- * spoils only some of them. */
-#define FD_LEVELS 4
-static const double fd_frac[FD_POINTS] = {0, 1, -1, 0.5, -0.5, 0.25, -0.25};
-
+/* f at the FD_POINTS steps of h, with m outputs: each output's kink-aware
+ * derivative and its error bound (runtime/fd.h). */
 static int fd_robust(fd_eval f, void *env, double h, size_t m, double *deriv,
                      double *unc, double *buf /* FD_POINTS * m */)
 {
@@ -711,32 +698,10 @@ static int fd_robust(fd_eval f, void *env, double h, size_t m, double *deriv,
         if (f(env, fd_frac[p] * h, &a[p], buf + (size_t)p * m) != 0)
             return -1;
     for (size_t i = 0; i < m; i++) {
-        const double *v[FD_POINTS];
-        double c1, c2, f1, f2, b1, b2, best, dis, t, raw;
+        double v[FD_POINTS];
         for (int p = 0; p < FD_POINTS; p++)
-            v[p] = buf + (size_t)p * m + i;
-        c1 = (*v[1] - *v[2]) / (a[1] - a[2]);
-        c2 = (*v[3] - *v[4]) / (a[3] - a[4]);
-        f1 = (*v[3] - *v[0]) / (a[3] - a[0]);
-        f2 = (*v[5] - *v[0]) / (a[5] - a[0]);
-        b1 = (*v[0] - *v[4]) / (a[0] - a[4]);
-        b2 = (*v[0] - *v[6]) / (a[0] - a[6]);
-        best = (4 * c2 - c1) / 3;
-        dis = fabs(c2 - c1);
-        raw = c2;
-        if ((t = fabs(f2 - f1)) < dis) {
-            dis = t;
-            best = 2 * f2 - f1;
-            raw = f2;
-        }
-        if (fabs(b2 - b1) < dis) {
-            best = 2 * b2 - b1;
-            raw = b2;
-        }
-        deriv[i] = best;
-        /* the extrapolation's own correction bounds its error from above
-         * (it is the error of the finer raw estimate) */
-        unc[i] = fabs(best - raw);
+            v[p] = buf[(size_t)p * m + i];
+        deriv[i] = fd_extrapolate(v, a, &unc[i]);
     }
     return 0;
 }
@@ -1014,22 +979,11 @@ static int slot_eval(void *e, double delta, double *actual, double *out)
 static int fd_sides(fd_eval f, void *env, double h, double est[3],
                     double unc[3])
 {
-    double a[FD_POINTS], v[FD_POINTS], c1, c2, f1, f2, b1, b2;
+    double a[FD_POINTS], v[FD_POINTS], dis[3];
     for (int p = 0; p < FD_POINTS; p++)
         if (f(env, fd_frac[p] * h, &a[p], &v[p]) != 0)
             return -1;
-    c1 = (v[1] - v[2]) / (a[1] - a[2]);
-    c2 = (v[3] - v[4]) / (a[3] - a[4]);
-    f1 = (v[3] - v[0]) / (a[3] - a[0]);
-    f2 = (v[5] - v[0]) / (a[5] - a[0]);
-    b1 = (v[0] - v[4]) / (a[0] - a[4]);
-    b2 = (v[0] - v[6]) / (a[0] - a[6]);
-    est[0] = (4 * c2 - c1) / 3;
-    unc[0] = fabs(est[0] - c2);
-    est[1] = 2 * f2 - f1;
-    unc[1] = fabs(est[1] - f2);
-    est[2] = 2 * b2 - b1;
-    unc[2] = fabs(est[2] - b2);
+    fd_estimates(v, a, est, unc, dis);
     return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "conform_guard.h"
 #include "../runtime/rng.h"        /* the runtime's streams (librng.la) */
 #include "../runtime/tolerances.h" /* shared with the training probe */
+#include "../runtime/fd.h"         /* the same finite differences */
 
 /* The density check's error is the grid's (midpoint rule, DENSITY_GRID^2
  * cells) and the mass outside it, not the precision's. */

@@ -17,6 +17,7 @@
 #include "ctx.h"
 #include "model_impl.h"
 #include "tolerances.h"
+#include "fd.h"            /* FD_POINTS, fd_frac, fd_extrapolate */
 
 /* The tolerances of `flowkit check` (tolerances.h). */
 /* Layers whose map is exact only up to a solver's or an iteration's
@@ -55,14 +56,6 @@
 #define PERTURB_SEED 1
 #define PERTURB_LOGDET 2.0
 #define PERTURB_TRIES 10
-
-/* Kink-aware central differences as in cli/conform.c (fd_robust): f at
- * 0, +-h, +-h/2, +-h/4; central, forward and backward estimates with one
- * Richardson step each; the one whose two step sizes agree best wins.
- * Step sizes h, h/4, h/16, h/64 until one agrees with the layer. */
-#define FD_POINTS 7
-#define FD_LEVELS 4
-static const double fd_frac[FD_POINTS] = {0, 1, -1, 0.5, -0.5, 0.25, -0.25};
 
 typedef struct probe {
     flow_model *m;
@@ -278,32 +271,12 @@ static int fd_jacobian(probe *P, const flow_real *x, const flow_real *cv,
     for (size_t j = 0; j < d; j++)
         for (size_t i = 0; i < d; i++) {
             double v[FD_POINTS], a[FD_POINTS];
-            double c1, c2, f1, f2, b1, b2, best, dis, t, raw;
             for (int p = 0; p < FD_POINTS; p++) {
                 size_t r = p ? 1 + (size_t)(p - 1) * d + j : 0;
                 v[p] = W->ys[r * d + i];
                 a[p] = W->steps[(size_t)p * d + j];
             }
-            c1 = (v[1] - v[2]) / (a[1] - a[2]);
-            c2 = (v[3] - v[4]) / (a[3] - a[4]);
-            f1 = (v[3] - v[0]) / (a[3] - a[0]);
-            f2 = (v[5] - v[0]) / (a[5] - a[0]);
-            b1 = (v[0] - v[4]) / (a[0] - a[4]);
-            b2 = (v[0] - v[6]) / (a[0] - a[6]);
-            best = (4 * c2 - c1) / 3;
-            dis = fabs(c2 - c1);
-            raw = c2;
-            if ((t = fabs(f2 - f1)) < dis) {
-                dis = t;
-                best = 2 * f2 - f1;
-                raw = f2;
-            }
-            if (fabs(b2 - b1) < dis) {
-                best = 2 * b2 - b1;
-                raw = b2;
-            }
-            W->J[i * d + j] = best;
-            W->U[i * d + j] = fabs(best - raw);
+            W->J[i * d + j] = fd_extrapolate(v, a, &W->U[i * d + j]);
         }
     return 0;
 }
