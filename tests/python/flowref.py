@@ -1,0 +1,436 @@
+# flowref.py - a pure-numpy reference of the bundled layers' density
+# direction, evaluating log p(x) (and log p(x | c)) from a `flowkit export`.
+"""Reference log-densities of an exported flowkit model, in numpy only.
+
+The input is the .safetensors file written by `flowkit export` and
+nothing else (read by safetensors_reader, its "architecture" metadata
+describing the layers).  Everything is computed in float64 from the
+stored parameters, so that the comparison with `flowkit logprob` measures
+flowkit's own rounding.
+
+Conventions (docs/export.md, EXPORT_CONTRACT): layers are listed in
+density order, data x -> latent z; each layer returns z and the
+per-row log|det dz/dx|; log p(x) = log p_base(z) + sum of the layers'
+log-determinants (change of variables, Dinh et al. 2017, eq. 3).
+
+Usage:
+    model = load("model.safetensors")
+    logp = model.log_prob(x)             # x: (n, D)
+    logp = model.log_prob(x, context=c)  # conditional models, c: (n, K)
+"""
+
+import json
+import math
+
+import numpy as np
+
+import safetensors_reader
+
+LOG_2PI = math.log(2 * math.pi)
+
+# Affine transformer: the log scale is C tanh(s / C) (runtime/transform.c,
+# TF_AFFINE_CLAMP; plugins/common.h "scale = exp(5 tanh(s / 5))").
+AFFINE_CLAMP = 5.0
+
+
+class ExportError(ValueError):
+    """An export this reference cannot evaluate (names what is missing)."""
+
+
+# ----------------------------------------------------------- networks
+
+def softplus(z):
+    """log(1 + e^z) without overflow."""
+    return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def sigmoid(z):
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def activation(name, z, param=None):
+    """The hidden activations of runtime/nn_impl.h (act_eval)."""
+    if name == "relu":
+        return np.where(np.signbit(z), 0.0, z)
+    if name == "leaky_relu":
+        slope = 0.01 if not param else float(param)
+        return np.where(np.signbit(z), slope * z, z)
+    if name == "tanh":
+        return np.tanh(z)
+    if name == "elu":                     # alpha = 1
+        return np.where(z <= 0, np.expm1(np.minimum(z, 0)), z)
+    if name == "softplus":
+        return softplus(z)
+    if name == "sigmoid":
+        return sigmoid(z)
+    if name in ("identity", "none", "linear"):
+        return z
+    raise ExportError("unknown activation %r" % name)
+
+
+class Net:
+    """An MLP or a MADE conditioner: h_{k+1} = act(W_k h_k + b_k), with no
+    activation after the last map (torch.nn.Linear's convention: W is
+    [out, in]).  A MADE (Germain et al. 2015, eqs. 13-14) is the same
+    computation with masked weights: the export stores them with the
+    masked entries already zero, and the mask, which is applied again here
+    so that the autoregressive property holds by construction."""
+
+    def __init__(self, tensors, prefix, spec):
+        self.spec = spec or {}
+        self.act = self.spec.get("activation", "relu")
+        self.act_param = self.spec.get("act_param")
+        self.W, self.b = [], []
+        k = 0
+        while prefix + "%d.weight" % k in tensors:
+            w = tensors[prefix + "%d.weight" % k].astype(np.float64)
+            mname = prefix + "%d.mask" % k
+            if mname in tensors:
+                m = tensors[mname]
+                if m.shape != w.shape:
+                    raise ExportError("%s has shape %s, its weight %s"
+                                      % (mname, m.shape, w.shape))
+                w = np.where(m != 0, w, 0.0)
+            bname = prefix + "%d.bias" % k
+            if bname not in tensors:
+                raise ExportError("missing tensor %s" % bname)
+            self.W.append(w)
+            self.b.append(tensors[bname].astype(np.float64))
+            k += 1
+        if not self.W:
+            raise ExportError("no tensor %s0.weight" % prefix)
+        for k in range(1, len(self.W)):
+            if self.W[k].shape[1] != self.W[k - 1].shape[0]:
+                raise ExportError("%s%d.weight: %d inputs after %d outputs"
+                                  % (prefix, k, self.W[k].shape[1],
+                                     self.W[k - 1].shape[0]))
+        self.n_in = self.W[0].shape[1]
+        self.n_out = self.W[-1].shape[0]
+
+    def __call__(self, h, context=None):
+        """h (n, d_in); context (n, K) goes after the data inputs."""
+        if context is not None and context.shape[1]:
+            h = np.concatenate([h, context], axis=1)
+        if h.shape[1] != self.n_in:
+            raise ExportError("network takes %d inputs, given %d"
+                              % (self.n_in, h.shape[1]))
+        last = len(self.W) - 1
+        for k, (w, b) in enumerate(zip(self.W, self.b)):
+            h = h @ w.T + b
+            if k < last:
+                h = activation(self.act, h, self.act_param)
+        return h
+
+
+# ------------------------------------------------------- transformers
+
+class Affine:
+    """y = x exp(l) + t, l = C tanh(s / C) with C = 5: RealNVP's affine
+    coupling (Dinh et al. 2017, eqs. 6-7, log-det eq. 8 = sum of l) and
+    MAF's transformer (Papamakarios et al. 2017, eqs. 3-5, written in the
+    direction x -> z), with the log scale softly clamped to (-C, C)
+    (runtime/transform.c, affine_scale).  Parameters per scalar: (s, t)."""
+
+    n_params = 2
+
+    def __init__(self, spec):
+        self.clamp = float(spec.get("clamp", AFFINE_CLAMP))
+
+    def forward(self, x, theta):
+        s, t = theta[..., 0], theta[..., 1]
+        log_scale = self.clamp * np.tanh(s / self.clamp)
+        return x * np.exp(log_scale) + t, log_scale
+
+
+class Additive:
+    """y = x + t (NICE, Dinh et al. 2015, eq. 4): volume preserving."""
+
+    n_params = 1
+
+    def __init__(self, spec):
+        pass
+
+    def forward(self, x, theta):
+        return x + theta[..., 0], np.zeros_like(x)
+
+
+class Spline:
+    """Monotone rational-quadratic spline on [-B, B], identity outside
+    (linear tails): Durkan et al. 2019, sec. 3.1 and appendix A.
+
+    Parameters per scalar, in order: K width logits, K height logits, K-1
+    interior derivative parameters.  As runtime/transform.c (make_knots):
+      widths  w_k = 2B (min_w + (1 - K min_w) softmax(width logits)_k),
+      heights h_k = 2B (min_h + (1 - K min_h) softmax(height logits)_k),
+      knots   x_0 = -B, x_{k+1} = x_k + w_k, and x_K = B exactly (same y),
+      interior derivatives d_k = min_d + softplus(u_k + log(expm1(1 -
+      min_d))) (so u = 0 gives d = 1), the two boundary derivatives 1 so
+      that the spline meets the identity tails with slope 1.
+    In bin k with s = h_k / w_k and xi = (x - x_k) / w_k (eq. 4):
+      y = y_k + h_k (s xi^2 + d_k xi (1 - xi)) / (s + (d_{k+1} + d_k - 2s)
+          xi (1 - xi)),
+    and its derivative (eq. 5):
+      dy/dx = s^2 (d_{k+1} xi^2 + 2 s xi (1 - xi) + d_k (1 - xi)^2) /
+              (s + (d_{k+1} + d_k - 2s) xi (1 - xi))^2.
+    The bin of x is the largest k < K with x_k <= x; inputs in [-B, B]
+    (both ends included) go through the spline."""
+
+    def __init__(self, spec):
+        self.bins = int(spec.get("bins", 8))
+        self.bound = float(spec.get("bound", 3.0))
+        self.min_w = float(spec.get("min_bin_width", spec.get("min_width",
+                                                                1e-3)))
+        self.min_h = float(spec.get("min_bin_height",
+                                    spec.get("min_height", 1e-3)))
+        self.min_d = float(spec.get("min_derivative",
+                                    spec.get("min_deriv", 1e-3)))
+        self.n_params = 3 * self.bins - 1
+
+    @staticmethod
+    def _softmax(v):
+        e = np.exp(v - v.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def knots(self, theta):
+        K, B = self.bins, self.bound
+        pw = self._softmax(theta[..., :K])
+        ph = self._softmax(theta[..., K:2 * K])
+        w = 2 * B * (self.min_w + (1 - K * self.min_w) * pw)
+        h = 2 * B * (self.min_h + (1 - K * self.min_h) * ph)
+        lead = np.full(theta.shape[:-1] + (1,), -B)
+        xk = np.concatenate([lead, -B + np.cumsum(w, axis=-1)], axis=-1)
+        yk = np.concatenate([lead, -B + np.cumsum(h, axis=-1)], axis=-1)
+        xk[..., K] = B
+        yk[..., K] = B
+        shift = math.log(math.expm1(1 - self.min_d))
+        inner = self.min_d + softplus(theta[..., 2 * K:] + shift)
+        one = np.ones(theta.shape[:-1] + (1,))
+        d = np.concatenate([one, inner, one], axis=-1)
+        return xk, yk, d
+
+    def forward(self, x, theta):
+        K, B = self.bins, self.bound
+        inside = (x >= -B) & (x <= B)
+        xk, yk, d = self.knots(theta)
+        # largest k < K with xk[k] <= x
+        k = np.sum(xk[..., 1:K] <= x[..., None], axis=-1)
+        k = np.clip(k, 0, K - 1)[..., None]
+        X = np.take_along_axis(xk, k, -1)[..., 0]
+        W = np.take_along_axis(xk, k + 1, -1)[..., 0] - X
+        Y = np.take_along_axis(yk, k, -1)[..., 0]
+        H = np.take_along_axis(yk, k + 1, -1)[..., 0] - Y
+        d0 = np.take_along_axis(d, k, -1)[..., 0]
+        d1 = np.take_along_axis(d, k + 1, -1)[..., 0]
+        xi = np.clip((x - X) / W, 0.0, 1.0)
+        s = H / W
+        om = xi * (1 - xi)
+        den = s + (d0 + d1 - 2 * s) * om
+        y = Y + H * (s * xi * xi + d0 * om) / den
+        num = d1 * xi * xi + 2 * s * om + d0 * (1 - xi) ** 2
+        lad = np.log(s * s * num / (den * den))
+        return np.where(inside, y, x), np.where(inside, lad, 0.0)
+
+
+TRANSFORMERS = {"affine": Affine, "additive": Additive, "spline": Spline}
+
+
+def make_transformer(spec):
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    kind = spec.get("kind")
+    if kind not in TRANSFORMERS:
+        raise ExportError("unknown transformer %r" % kind)
+    return TRANSFORMERS[kind](spec)
+
+
+# ------------------------------------------------------------- layers
+
+def _get(tensors, name):
+    if name not in tensors:
+        raise ExportError("missing tensor %s" % name)
+    return tensors[name]
+
+
+class Coupling:
+    """A coupling layer (RealNVP, Dinh et al. 2017, eqs. 6-8; NSF, Durkan
+    et al. 2019, sec. 3.1): the conditioning dimensions (mask 1) pass
+    through and feed the network (with the context after them); the
+    others go through the transformer, whose parameters for the j-th
+    transformed dimension (in increasing index) are output columns j*P ..
+    j*P + P - 1."""
+
+    def __init__(self, tensors, prefix, desc):
+        mask = _get(tensors, prefix + "mask").astype(bool)
+        self.cond = np.flatnonzero(mask)
+        self.tr = np.flatnonzero(~mask)
+        self.tf = make_transformer(desc.get("transformer", "affine"))
+        self.net = Net(tensors, prefix + "net.", desc.get("net"))
+        P = self.tf.n_params
+        if self.net.n_out != len(self.tr) * P:
+            raise ExportError("%snet: %d outputs for %d transformed "
+                              "dimensions x %d parameters" % (
+                                  prefix, self.net.n_out, len(self.tr), P))
+
+    def forward(self, x, context):
+        n = x.shape[0]
+        theta = self.net(x[:, self.cond], context)
+        theta = theta.reshape(n, len(self.tr), self.tf.n_params)
+        z = x.copy()
+        y, lad = self.tf.forward(x[:, self.tr], theta)
+        z[:, self.tr] = y
+        return z, lad.sum(axis=1)
+
+
+class MAF:
+    """A masked autoregressive layer in its density direction (MAF,
+    Papamakarios et al. 2017, eqs. 3-5): z_i = tau(x_i; theta_i(x_<i))
+    with every theta from one MADE pass over x (Germain et al. 2015);
+    output columns i*P .. i*P + P - 1 are dimension i's parameters (i the
+    dimension's index, whatever the order), log-det = sum of log tau'."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.tf = make_transformer(desc.get("transformer", "affine"))
+        self.net = Net(tensors, prefix + "net.", desc.get("net"))
+        self.order = tensors.get(prefix + "order")
+        D = self.net.n_out // self.tf.n_params
+        if self.net.n_out != D * self.tf.n_params:
+            raise ExportError("%snet: %d outputs, not a multiple of %d"
+                              % (prefix, self.net.n_out, self.tf.n_params))
+        self.dim = D
+
+    def forward(self, x, context):
+        n = x.shape[0]
+        theta = self.net(x, context).reshape(n, self.dim, self.tf.n_params)
+        z, lad = self.tf.forward(x, theta)
+        return z, lad.sum(axis=1)
+
+
+class Permute:
+    """z[j] = x[perm[j]]: volume preserving."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.perm = _get(tensors, prefix + "perm").astype(np.int64)
+
+    def forward(self, x, context):
+        return x[:, self.perm], np.zeros(x.shape[0])
+
+
+class ActNorm:
+    """z = x exp(s) + t per dimension (Glow, Kingma & Dhariwal 2018, Table
+    1, with a log scale s): log-det = sum s."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.s = _first(tensors, prefix, ("log_scale", "scale")
+                        ).astype(np.float64)
+        self.t = _first(tensors, prefix, ("shift", "bias")).astype(np.float64)
+
+    def forward(self, x, context):
+        z = x * np.exp(self.s) + self.t
+        return z, np.full(x.shape[0], self.s.sum())
+
+
+def _first(tensors, prefix, names):
+    for nm in names:
+        if prefix + nm in tensors:
+            return tensors[prefix + nm]
+    raise ExportError("missing tensor %s{%s}" % (prefix, ",".join(names)))
+
+
+LAYERS = {"coupling": Coupling, "maf": MAF, "permute": Permute,
+          "actnorm": ActNorm}
+
+
+# --------------------------------------------------------------- bases
+
+def base_log_prob(base, z, tensors):
+    """log p_base(z) per row (runtime/base.c, row_logp)."""
+    kind = base.get("kind", "normal") if isinstance(base, dict) else base
+    D = z.shape[1]
+    if kind == "normal":
+        return -0.5 * np.sum(z * z, axis=1) - 0.5 * D * LOG_2PI
+    if kind == "logistic":
+        # log p = -x - 2 log(1 + e^-x), symmetric, written with |x|
+        a = np.abs(z)
+        return np.sum(-a - 2 * np.log1p(np.exp(-a)), axis=1)
+    raise ExportError("base %r is not implemented in this reference" % kind)
+
+
+# --------------------------------------------------------------- model
+
+class Model:
+    def __init__(self, tensors, meta):
+        if meta.get("format") != "flowkit.export":
+            raise ExportError("not a flowkit export (format %r)"
+                              % meta.get("format"))
+        if meta.get("format_version") != "1":
+            raise ExportError("export format_version %r, this reference "
+                              "reads 1" % meta.get("format_version"))
+        if "architecture" not in meta:
+            raise ExportError("no 'architecture' metadata")
+        self.arch = json.loads(meta["architecture"])
+        self.meta = meta
+        self.tensors = tensors
+        self.dim = int(self.arch["dim"])
+        self.context_dim = int(self.arch.get("context_dim", 0))
+        if self.arch.get("exits"):
+            raise ExportError("multiscale exits are not implemented in this "
+                              "reference")
+        self.layers = []
+        for desc in sorted(self.arch["layers"], key=lambda l: l["index"]):
+            kind = desc["type"]
+            if kind not in LAYERS:
+                raise ExportError("layer %d: type %r is not implemented in "
+                                  "this reference" % (desc["index"], kind))
+            if desc.get("portable") is False:
+                raise ExportError("layer %d (%s) is marked not portable"
+                                  % (desc["index"], desc.get("name")))
+            prefix = "layers.%d." % desc["index"]
+            self.layers.append(LAYERS[kind](tensors, prefix, desc))
+        self.base = self.arch.get("base", {"kind": "normal"})
+
+    def log_prob(self, x, context=None):
+        """log p(x) (log p(x | c) given context), nats, one per row."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ExportError("data of shape %s, the model takes %d columns"
+                              % (x.shape, self.dim))
+        if self.context_dim:
+            if context is None:
+                raise ExportError("the model needs %d context columns"
+                                  % self.context_dim)
+            context = np.asarray(context, dtype=np.float64)
+            if context.shape != (x.shape[0], self.context_dim):
+                raise ExportError("context of shape %s, expected (%d, %d)"
+                                  % (context.shape, x.shape[0],
+                                     self.context_dim))
+        else:
+            context = None
+        logdet = np.zeros(x.shape[0])
+        z = x
+        for layer in self.layers:
+            z, ld = layer.forward(z, context)
+            logdet += ld
+        return base_log_prob(self.base, z, self.tensors) + logdet
+
+
+def load(path):
+    tensors, meta = safetensors_reader.load(path)
+    return Model(tensors, meta)
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) < 3:
+        sys.stderr.write("usage: flowref.py MODEL.safetensors DATA.csv "
+                         "[CONTEXT-COLUMNS]\n")
+        sys.exit(2)
+    m = load(sys.argv[1])
+    data = np.genfromtxt(sys.argv[2], delimiter=",", names=True)
+    cols = data.dtype.names
+    ctx_names = sys.argv[3].split(",") if len(sys.argv) > 3 else []
+    xs = [c for c in cols if c not in ctx_names][:m.dim]
+    x = np.stack([data[c] for c in xs], axis=1)
+    c = np.stack([data[c] for c in ctx_names], axis=1) if ctx_names else None
+    for v in m.log_prob(x, c):
+        print("%.17g" % v)
