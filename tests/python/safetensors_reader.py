@@ -209,7 +209,7 @@ def dumps(tensors, metadata=None):
     rev = {v[1]: k for k, v in DTYPES.items() if v[1]}
     header, blobs, pos = {}, [], 0
     for k, a in tensors.items():
-        a = np.ascontiguousarray(a)
+        a = np.array(a, order="C")
         code = a.dtype.newbyteorder("<").str if a.dtype.kind != "b" else "?"
         if code == "|u1":
             code = "<u1"

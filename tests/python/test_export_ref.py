@@ -1,0 +1,199 @@
+# test_export_ref.py - `flowkit export` is complete: the numpy reference
+# (flowref.py), given only the export, reproduces `flowkit logprob`.
+"""For RealNVP (specs/moons.flow), NSF (specs/nsf_8gaussians.flow), MAF
+(specs/maf_moons.flow) and a conditional MAF (specs/cond_maf.flow): train
+briefly with the CLI, export, and compare log p(x) of a few hundred rows
+(some of them far out, in the spline's linear tails) computed by flowkit
+and by flowref.py from the export.
+
+Run by tests/export_ref.sh with FLOWKIT (the build's flowkit),
+FLOW_PLUGIN_PATH and top_srcdir set.
+
+Tolerance: |flowkit - reference| <= tol * max(1, |reference|), with tol =
+1e-5 for a float32 build and 1e-9 for float64 (the export's "dtype").
+The reference computes in float64 from the stored parameters, so the
+difference is flowkit's own rounding.  log p(x) is a sum of terms about
+as large as itself (the base's -|z|^2 / 2, the log-determinants), each
+computed with a relative error of some units in the last place; so the
+error grows with |log p| and the bound is absolute up to |log p| = 1 and
+relative beyond (rows in the tails reach log p of -30 and below).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import flowref  # noqa: E402
+import safetensors_reader  # noqa: E402
+
+LABELS = ["label%d" % i for i in range(8)]
+TOL = {"F32": 1e-5, "F64": 1e-9}
+
+
+def flowkit(*args):
+    cmd = [os.environ["FLOWKIT"]] + [str(a) for a in args]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    if r.returncode != 0:
+        raise AssertionError("%s: exit %d\n%s%s" % (" ".join(cmd),
+                                                      r.returncode,
+                                                      r.stdout, r.stderr))
+    return r
+
+
+def spec(name):
+    return os.path.join(os.environ.get("top_srcdir", "."), "specs", name)
+
+
+def far_rows(k):
+    """k rows on a ring of radius 6 and 9: past the splines' bound of 4
+    in the first layer (the linear tails) and large |log p|."""
+    a = np.linspace(0, 2 * np.pi, k, endpoint=False)
+    r = np.where(np.arange(k) % 2 == 0, 6.0, 9.0)
+    return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
+
+
+class ExportMatchesLogprob(unittest.TestCase):
+    results = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = cls.tmp.name
+
+    @classmethod
+    def tearDownClass(cls):
+        for name, (prec, n, err, worst) in sorted(cls.results.items()):
+            sys.stderr.write("export_ref: %-9s %s %d rows: max |diff| "
+                             "%.3g, max |diff| / max(1, |logp|) %.3g\n"
+                             % (name, prec, n, err, worst))
+        cls.tmp.cleanup()
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def check_model(self, name, spec_file, dataset, context=False):
+        train = self.path(name + "_train.csv")
+        evalf = self.path(name + "_eval.csv")
+        ckpt = self.path(name + ".ckpt")
+        export = self.path(name + ".safetensors")
+        extra = ["--labels"] if context else []
+        flowkit("data", dataset, "-n", 2048, "--seed", 1, "-o", train, *extra)
+        flowkit("data", dataset, "-n", 300, "--seed", 2, "-o", evalf, *extra)
+        ctx = ["--context", ",".join(LABELS)] if context else []
+        # 64 steps at a high rate: far enough from the identity start
+        # (zero last layers) that every parameter matters
+        flowkit("train", spec(spec_file), "--data", train, "--epochs", 1,
+                "--batch", 32, "--lr", 5e-3, "--seed", 1, "--quiet",
+                "-o", ckpt, *ctx)
+        flowkit("export", ckpt, "-o", export)
+
+        tensors, meta = safetensors_reader.load(export)
+        prec = meta["dtype"]
+        real = np.float32 if prec == "F32" else np.float64
+        arch = json.loads(meta["architecture"])
+        self.assertEqual(arch["context_dim"], 8 if context else 0)
+
+        # the evaluation rows: the data set's, then 20 far out
+        rows = np.genfromtxt(evalf, delimiter=",", names=True)
+        x = np.stack([rows["x0"], rows["x1"]], axis=1)
+        c = np.stack([rows[n] for n in LABELS], axis=1) if context else None
+        far = far_rows(20)
+        x = np.concatenate([x, far])
+        if context:
+            c = np.concatenate([c, np.eye(8)[np.arange(20) % 8]])
+        # what flowkit reads: the decimal text rounded to its precision
+        x = x.astype(real).astype(np.float64)
+        cols = ["x0", "x1"] + (LABELS if context else [])
+        table = np.concatenate([x, c], axis=1) if context else x
+        full = self.path(name + "_rows.csv")
+        np.savetxt(full, table, fmt="%.17g", delimiter=",",
+                   header=",".join(cols), comments="")
+        out = self.path(name + "_lp.npy")
+        flowkit("logprob", ckpt, "--data", full, "--format", "npy", "-o",
+                out, *ctx)
+        got = np.load(out).astype(np.float64).reshape(-1)
+
+        model = flowref.load(export)
+        ref = model.log_prob(x, c)
+        self.assertEqual(got.shape, ref.shape)
+        self.assertTrue(np.all(np.isfinite(ref)), "non-finite reference")
+
+        # the model is far from the identity: the layers' log-dets move
+        # log p by more than any tolerance here
+        base = flowref.base_log_prob(arch.get("base", "normal"), x, tensors)
+        moved = float(np.mean(np.abs(ref - base)))
+        self.assertGreater(moved, 0.05, "%s: the trained model is almost "
+                           "the identity (mean |sum logdet| %.3g)"
+                           % (name, moved))
+
+        diff = np.abs(got - ref)
+        scaled = diff / np.maximum(1.0, np.abs(ref))
+        worst = int(np.argmax(scaled))
+        self.results[name] = (prec, len(ref), float(diff.max()),
+                              float(scaled.max()))
+        self.assertLessEqual(
+            scaled[worst], TOL[prec],
+            "%s (%s): row %d: flowkit %.17g, reference %.17g, |diff| %.3g "
+            "(tolerance %g x max(1, |logp|))" % (
+                name, prec, worst, got[worst], ref[worst], diff[worst],
+                TOL[prec]))
+
+    def test_realnvp_moons(self):
+        self.check_model("realnvp", "moons.flow", "moons")
+
+    def test_nsf_8gaussians(self):
+        self.check_model("nsf", "nsf_8gaussians.flow", "8gaussians")
+
+    def test_maf_moons(self):
+        self.check_model("maf", "maf_moons.flow", "moons")
+
+    def test_conditional_maf(self):
+        self.check_model("cond_maf", "cond_maf.flow", "8gaussians",
+                         context=True)
+
+
+class ReferenceIsSensitive(unittest.TestCase):
+    """The reference's transformers against closed forms, so that an
+    agreement with flowkit cannot come from a shared mistake in the
+    obvious places."""
+
+    def test_spline_at_zero_parameters_is_identity(self):
+        sp = flowref.Spline({"bins": 8, "bound": 4.0})
+        x = np.linspace(-5, 5, 41)
+        y, lad = sp.forward(x, np.zeros((41, sp.n_params)))
+        np.testing.assert_allclose(y, x, atol=1e-12)
+        np.testing.assert_allclose(lad, 0, atol=1e-12)
+
+    def test_spline_log_derivative_matches_finite_difference(self):
+        rng = np.random.default_rng(5)
+        sp = flowref.Spline({"bins": 5, "bound": 3.0})
+        theta = rng.normal(size=(1, sp.n_params)) * 2
+        x = np.linspace(-2.9, 2.9, 57)
+        th = np.repeat(theta, len(x), axis=0)
+        h = 1e-6
+        yp, _ = sp.forward(x + h, th)
+        ym, _ = sp.forward(x - h, th)
+        _, lad = sp.forward(x, th)
+        np.testing.assert_allclose(lad, np.log((yp - ym) / (2 * h)),
+                                   atol=1e-6)
+        y, _ = sp.forward(np.array([-3.0, 3.0]), th[:2])
+        np.testing.assert_allclose(y, [-3.0, 3.0], atol=1e-12)
+
+    def test_affine_scale_is_clamped(self):
+        af = flowref.Affine({})
+        y, lad = af.forward(np.array([1.0, 1.0]),
+                            np.array([[100.0, 0.0], [0.1, 2.0]]))
+        self.assertAlmostEqual(lad[0], 5 * np.tanh(20), places=12)
+        self.assertAlmostEqual(y[1], np.exp(5 * np.tanh(0.02)) + 2,
+                               places=12)
+
+
+if __name__ == "__main__":
+    unittest.main()
