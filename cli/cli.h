@@ -209,7 +209,8 @@ int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
                    const flow_data *cnames, const flow_real *wt);
 
 /* The subcommands: train.c, eval.c (eval, logprob, encode, decode),
- * sample.c, info.c, data.c, fit.c, check.c, uq.c (compare, hdr). */
+ * sample.c, info.c, data.c, fit.c, check.c, uq.c (compare, hdr),
+ * export.c. */
 int cli_cmd_train(int argc, char **argv);
 int cli_cmd_eval(int argc, char **argv);
 int cli_cmd_logprob(int argc, char **argv);
@@ -222,5 +223,6 @@ int cli_cmd_check(int argc, char **argv);
 int cli_cmd_compare(int argc, char **argv);
 int cli_cmd_hdr(int argc, char **argv);
 int cli_cmd_data(int argc, char **argv);
+int cli_cmd_export(int argc, char **argv);
 
 #endif

@@ -30,6 +30,8 @@ static const struct command {
     {"encode", cli_cmd_encode, "data -> latent"},
     {"decode", cli_cmd_decode, "latent -> data"},
     {"info", cli_cmd_info, "a checkpoint's spec, parameters and history"},
+    {"export", cli_cmd_export,
+     "portable weights (safetensors); --slim: no training state"},
     {"compare", cli_cmd_compare,
      "rank models by mean log-likelihood, with paired differences"},
     {"hdr", cli_cmd_hdr, "highest-density region threshold and membership"},

@@ -205,6 +205,17 @@ static int actnorm_inverse_backward(void *self, const flow_call *c,
     return FLOW_OK;
 }
 
+/* Portable export: z = x exp(log_scale) + shift (Glow, table 1). */
+static int actnorm_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const actnorm *a = self;
+    size_t shape[1] = {a->d};
+    int rc = ex->tensor(ex, "log_scale", FLOW_DTYPE_REAL, 1, shape,
+                        c->params);
+    return rc ? rc : ex->tensor(ex, "shift", FLOW_DTYPE_REAL, 1, shape,
+                                c->params + a->d);
+}
+
 static const flow_layer_type actnorm_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "actnorm",
@@ -219,6 +230,7 @@ static const flow_layer_type actnorm_type = {
     .inverse = actnorm_inverse,
     .forward_backward = actnorm_forward_backward,
     .inverse_backward = actnorm_inverse_backward,
+    .export_tensors = actnorm_export,
 };
 
 FLOW_PLUGIN_LAYERS("actnorm", FLOW_VERSION_STRING, "activation normalisation",

@@ -555,6 +555,23 @@ static int ar_G_backward(const ar_layer *a, const flow_call *c,
     return FLOW_OK;
 }
 
+/* Portable export (docs/export.md): the order, the MADE (weights with
+ * the masks applied, and the masks) and the transformer; maf and iaf
+ * differ only in which direction is the density's. */
+static int ar_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const ar_layer *a = self;
+    int rc = common_export_i64(a->host, c, ex, "order", a->order, a->d);
+    if (rc != FLOW_OK)
+        return rc;
+    return common_export_net_tf(a->host, c, a->net, &a->tf, "inputs: x[0], "
+                                "..., x[D-1], then the context columns; "
+                                "output column i*P + p is transformer "
+                                "parameter p of dimension i (dimension-"
+                                "major), P = net.outputs_per_dim = "
+                                "transformer.params_per_scalar", ex);
+}
+
 /* --- the two layer types: F and G in opposite directions ---------------- */
 
 static int maf_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -644,6 +661,7 @@ static const flow_layer_type maf_type = {
     .inverse = maf_inverse,
     .forward_backward = maf_forward_backward,
     .inverse_backward = maf_inverse_backward,
+    .export_tensors = ar_export,
 };
 
 static const flow_layer_type iaf_type = {
@@ -663,6 +681,7 @@ static const flow_layer_type iaf_type = {
     .inverse = iaf_inverse,
     .forward_backward = iaf_forward_backward,
     .inverse_backward = iaf_inverse_backward,
+    .export_tensors = ar_export,
 };
 
 FLOW_PLUGIN_LAYERS("autoregressive", FLOW_VERSION_STRING,

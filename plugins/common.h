@@ -156,6 +156,45 @@ static inline void common_shuffle(int32_t *p, size_t d, uint64_t seed)
     }
 }
 
+/* --- portable export (1.6) --------------------------------------------- */
+
+/* A conditioner and its transformer, for export_tensors(): the net's
+ * weights as "net.{k}.*" with the attribute "net" (layout: the text
+ * saying which output is which transformer parameter), and the attribute
+ * "transformer".  FLOW_ERR_UNSUPPORTED on a host without the entries. */
+static inline int common_export_net_tf(const flow_host *h,
+                                       const flow_call *c,
+                                       const flow_net *net,
+                                       const flow_tf *tf, const char *layout,
+                                       flow_export *ex)
+{
+    int rc;
+    if (!FLOW_HOST_HAS(h, tf_export) || !h->net_export || !h->tf_export)
+        return h->error(c, "this host cannot export networks (flowkit "
+                        "older than plugin ABI 1.6)");
+    if ((rc = h->net_export(net, c->params, "net", layout, ex)) != FLOW_OK)
+        return rc;
+    return h->tf_export(tf, "transformer", ex);
+}
+
+/* A vector of D int32 values as an I64 tensor `name` [D]. */
+static inline int common_export_i64(const flow_host *h, const flow_call *c,
+                                    flow_export *ex, const char *name,
+                                    const int32_t *v, size_t d)
+{
+    int64_t *buf = (int64_t *)h->alloc(d * sizeof *buf + 1);
+    size_t shape[1];
+    int rc;
+    if (!buf)
+        return h->error(c, "out of memory");
+    for (size_t i = 0; i < d; i++)
+        buf[i] = v[i];
+    shape[0] = d;
+    rc = ex->tensor(ex, name, FLOW_DTYPE_I64, 1, shape, buf);
+    h->free(buf);
+    return rc;
+}
+
 /* --- workspace carving -------------------------------------------------- */
 
 /* Names parameter tensor i (1.5; storage order, counts summing to

@@ -401,6 +401,35 @@ static int coupling_inverse_backward(void *self, const flow_call *call,
     return backward(self, call, dx, dlogdet, dz, 1);
 }
 
+/* Portable export (docs/export.md): the mask (1 = conditioning input,
+ * RealNVP's b, Dinh et al. 2017, eq. 9), the conditioner and the
+ * transformer. */
+static int coupling_export(void *self, const flow_call *call,
+                           flow_export *ex)
+{
+    const coupling *c = self;
+    const flow_host *h = c->host;
+    uint8_t *mask = h->alloc(c->d);
+    size_t shape[1] = {c->d};
+    int rc;
+    if (!mask)
+        return h->error(call, "out of memory");
+    memset(mask, 1, c->d);
+    for (size_t j = 0; j < c->dt; j++)
+        mask[c->ti[j]] = 0;
+    rc = ex->tensor(ex, "mask", FLOW_DTYPE_U8, 1, shape, mask);
+    h->free(mask);
+    if (rc != FLOW_OK)
+        return rc;
+    return common_export_net_tf(h, call, c->net, &c->tf, "inputs: the "
+                                "conditioning dimensions (mask = 1) in "
+                                "increasing order, then the context columns; "
+                                "output column j*P + p is transformer "
+                                "parameter p of the j-th transformed "
+                                "dimension (mask = 0) in increasing order, P "
+                                "= transformer.params_per_scalar", ex);
+}
+
 static const flow_layer_type coupling_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "coupling",
@@ -416,6 +445,7 @@ static const flow_layer_type coupling_type = {
     .inverse = coupling_inverse,
     .forward_backward = coupling_forward_backward,
     .inverse_backward = coupling_inverse_backward,
+    .export_tensors = coupling_export,
 };
 
 FLOW_PLUGIN_LAYERS("coupling", FLOW_VERSION_STRING, "coupling layers",

@@ -199,6 +199,13 @@ static int permute_inverse_backward(void *self, const flow_call *c,
     return FLOW_OK;
 }
 
+/* Portable export: perm (z[j] = x[perm[j]]). */
+static int permute_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const permute *p = self;
+    return common_export_i64(p->host, c, ex, "perm", p->perm, p->d);
+}
+
 static const flow_layer_type permute_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "permute",
@@ -211,6 +218,7 @@ static const flow_layer_type permute_type = {
     .inverse = permute_inverse,
     .forward_backward = permute_forward_backward,
     .inverse_backward = permute_inverse_backward,
+    .export_tensors = permute_export,
 };
 
 FLOW_PLUGIN_LAYERS("permute", FLOW_VERSION_STRING, "dimension permutations",

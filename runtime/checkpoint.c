@@ -27,11 +27,14 @@ static const char *const reserved[] = {
 
 const char *ckpt_dtype_name(ckpt_dtype t)
 {
-    static const char *const n[] = {"F32", "F64", "U64", "I64"};
-    return (unsigned)t < 4 ? n[t] : "?";
+    static const char *const n[] = {"F32", "F64", "U64", "I64", "U8"};
+    return (unsigned)t < 5 ? n[t] : "?";
 }
 
-size_t ckpt_dtype_size(ckpt_dtype t) { return t == CKPT_F32 ? 4 : 8; }
+size_t ckpt_dtype_size(ckpt_dtype t)
+{
+    return t == CKPT_F32 ? 4 : t == CKPT_U8 ? 1 : 8;
+}
 
 static uint64_t fnv1a(uint64_t h, const char *src, size_t n)
 {
@@ -124,6 +127,7 @@ struct ckpt_writer {
     size_t nm, capm;
     ckpt_info info;         /* strings owned */
     int has_info;
+    int plain;              /* ckpt_writer_plain */
 };
 
 ckpt_writer *ckpt_writer_new(flow_ctx *ctx)
@@ -181,7 +185,7 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
         || !strcmp(name, "__metadata__"))
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
                               "name '%.64s'", name);
-    if ((unsigned)dtype > CKPT_I64 || ndim > CKPT_MAX_DIMS)
+    if ((unsigned)dtype > CKPT_U8 || ndim > CKPT_MAX_DIMS)
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
                               "bad dtype or more than %d dimensions", name,
                               CKPT_MAX_DIMS);
@@ -253,10 +257,12 @@ int ckpt_writer_info(ckpt_writer *w, const ckpt_info *info)
     return FLOW_OK;
 }
 
+void ckpt_writer_plain(ckpt_writer *w) { w->plain = 1; }
+
 int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value)
 {
     kv *m;
-    for (int i = 0; reserved[i]; i++)
+    for (int i = 0; reserved[i] && !w->plain; i++)
         if (!strcmp(reserved[i], key))
             return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
                                   "key '%s' is reserved", key);
@@ -330,12 +336,80 @@ static void meta_pair(json_buf *b, const char *key, const char *value,
     json_buf_string(b, value, n);
 }
 
+/* The tensor entries of the header, in the order added. */
+static void header_tensors(const ckpt_writer *w, json_buf *b)
+{
+    uint64_t off = 0;
+    for (size_t i = 0; i < w->nt; i++) {
+        const wtensor *t = &w->t[i];
+        json_buf_raw(b, ",", 1);
+        json_buf_string(b, t->name, strlen(t->name));
+        json_buf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[",
+                        ckpt_dtype_name(t->dtype));
+        for (size_t k = 0; k < t->ndim; k++)
+            json_buf_printf(b, "%s%" PRIu64, k ? "," : "", t->shape[k]);
+        json_buf_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}",
+                        off, off + (uint64_t)t->nbytes);
+        off += t->nbytes;
+    }
+}
+
+/* Tensors of 8-byte elements first, then 4, then 1, each group in the
+ * order added (stable), as the safetensors writer orders them: with the
+ * header padded to 8 bytes every tensor is aligned to its element size,
+ * so readers can map the data without copying. */
+static int align_order(ckpt_writer *w)
+{
+    static const size_t sizes[3] = {8, 4, 1};
+    wtensor *o;
+    size_t k = 0;
+    if (w->nt < 2)
+        return FLOW_OK;
+    if (!(o = malloc(w->nt * sizeof *o)))
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+    for (int g = 0; g < 3; g++)
+        for (size_t i = 0; i < w->nt; i++)
+            if (ckpt_dtype_size(w->t[i].dtype) == sizes[g])
+                o[k++] = w->t[i];
+    memcpy(w->t, o, w->nt * sizeof *o);
+    free(o);
+    return FLOW_OK;
+}
+
+/* A plain header: the metadata pairs only, then the tensors, padded with
+ * spaces to a multiple of 8 bytes. */
+static int build_plain_header(ckpt_writer *w, json_buf *b)
+{
+    json_buf_raw(b, "{\"__metadata__\":{", 17);
+    for (size_t i = 0; i < w->nm; i++) {
+        if (i)
+            json_buf_raw(b, ",", 1);
+        json_buf_string(b, w->meta[i].key, strlen(w->meta[i].key));
+        json_buf_raw(b, ":", 1);
+        json_buf_string(b, w->meta[i].value, strlen(w->meta[i].value));
+    }
+    json_buf_raw(b, "}", 1);
+    header_tensors(w, b);
+    json_buf_raw(b, "}", 1);
+    while (b->len % 8 && !b->oom)
+        json_buf_raw(b, " ", 1);
+    if (b->oom)
+        return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
+    if (b->bad_utf8)
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "safetensors: a "
+                              "metadata value is not valid UTF-8");
+    if (b->len > CKPT_HEADER_MAX)
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "safetensors: header "
+                              "of %zu bytes exceeds the limit of %u", b->len,
+                              CKPT_HEADER_MAX);
+    return FLOW_OK;
+}
+
 /* The JSON header, padded with spaces to a multiple of 8 bytes. */
 static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
 {
     const ckpt_info *in = &w->info;
     char num[64];
-    uint64_t off = 0;
     size_t pos;
     uint32_t crc;
 
@@ -382,18 +456,7 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
     json_buf_raw(b, ",", 1);
     pos = b->len + strlen(HDR_CK_KEY);
     json_buf_raw(b, HDR_CK_KEY "00000000\"}", strlen(HDR_CK_KEY) + 10);
-    for (size_t i = 0; i < w->nt; i++) {
-        const wtensor *t = &w->t[i];
-        json_buf_raw(b, ",", 1);
-        json_buf_string(b, t->name, strlen(t->name));
-        json_buf_printf(b, ":{\"dtype\":\"%s\",\"shape\":[",
-                        ckpt_dtype_name(t->dtype));
-        for (size_t k = 0; k < t->ndim; k++)
-            json_buf_printf(b, "%s%" PRIu64, k ? "," : "", t->shape[k]);
-        json_buf_printf(b, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}",
-                        off, off + (uint64_t)t->nbytes);
-        off += t->nbytes;
-    }
+    header_tensors(w, b);
     json_buf_raw(b, "}", 1);
     while (b->len % 8 && !b->oom)   /* out of memory: it grows no more */
         json_buf_raw(b, " ", 1);
@@ -424,6 +487,12 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
     int rc;
 
     json_buf_init(&b);
+    if (w->plain) {
+        if ((rc = check_unique(w)) || (rc = align_order(w))
+            || (rc = build_plain_header(w, &b)))
+            goto fail;
+        goto out;
+    }
     if (!w->has_info)
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: no spec and "
                               "training state given (ckpt_writer_info)");
@@ -449,6 +518,7 @@ int ckpt_writer_write(ckpt_writer *w, const char *path)
     emit_data(w, NULL, &crc);
     if ((rc = build_header(w, crc, &b)))
         goto fail;
+out:
     fio_put_le(len8, b.len, 8);
     if ((rc = fio_open_out(w->ctx, path, &o)))
         goto fail;

@@ -16,8 +16,10 @@
 #define CKPT_MAX_DIMS 8
 #define CKPT_NAME_MAX 1024
 
+/* U8 is written by exports only (ckpt_writer_plain); the checkpoint
+ * reader accepts the first four. */
 typedef enum ckpt_dtype {
-    CKPT_F32, CKPT_F64, CKPT_U64, CKPT_I64
+    CKPT_F32, CKPT_F64, CKPT_U64, CKPT_I64, CKPT_U8
 } ckpt_dtype;
 
 /* F32 or F64: the dtype of flow_real in this build. */
@@ -66,6 +68,10 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
 int ckpt_writer_info(ckpt_writer *w, const ckpt_info *info);
 /* An extra metadata string (copied); the standard keys are reserved. */
 int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value);
+/* Makes w write a plain safetensors file (portable exports,
+ * docs/export.md): the metadata are exactly the ckpt_writer_meta pairs,
+ * with no reserved keys, checksums or ckpt_writer_info. */
+void ckpt_writer_plain(ckpt_writer *w);
 /* Validates and writes everything to path atomically (temp file, fsync,
  * rename, fsync of the directory).  On failure nothing is left. */
 int ckpt_writer_write(ckpt_writer *w, const char *path);

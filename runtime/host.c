@@ -109,6 +109,9 @@ static const flow_host host_table = {
     .net_made_backward = nn_made_backward,
     .net_made_grad = nn_made_grad,
     .net_made_step_sorted = nn_made_step_sorted,
+    /* 1.6 */
+    .net_export = nn_export,
+    .tf_export = tf_export,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

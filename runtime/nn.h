@@ -87,6 +87,12 @@ int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
                         size_t n, const flow_real *ctx, size_t step,
                         const flow_real *x_prev, flow_real *theta, void *ws);
 
+/* Portable export (nn_export.c; flow_plugin.h, net_export): the affine
+ * maps as PREFIX.{k}.weight/bias (+ mask, time terms), weights as used,
+ * and the attribute PREFIX describing the net. */
+int nn_export(const flow_net *net, const flow_real *params,
+              const char *prefix, const char *output_layout, flow_export *ex);
+
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);
 /* Shape and parameter offsets of layer l: W is rows x cols at params +

@@ -60,4 +60,8 @@ int tf_inverse_backward(const flow_tf *tf, size_t m, const flow_real *y,
                         const flow_real *dx, const flow_real *dlad,
                         flow_real *dy, flow_real *dtheta);
 
+/* Portable export (nn_export.c; flow_plugin.h, tf_export): the
+ * attribute `key` describing the transformer. */
+int tf_export(const flow_tf *tf, const char *key, flow_export *ex);
+
 #endif

@@ -329,6 +329,22 @@ FLOW_API int flow_model_verify_layers(flow_model *m, size_t n,
                                       flow_verify_note_fn note, void *arg,
                                       size_t *n_probed);
 
+/* --- portable export ----------------------------------------------- */
+
+/* Writes the model's weights to `path` as a plain safetensors file that
+ * any safetensors reader loads (docs/export.md): one named tensor per
+ * weight ("layers.3.net.0.weight"), every derived constant a port needs
+ * (MADE masks, permutations, spline bounds, ...) and the metadata
+ * "architecture" (JSON) and "spec" (spec_source, may be NULL), written
+ * atomically (nothing is left under path on failure).  A layer whose type
+ * has no export hook (flow_layer_type.export_tensors) gets its flat
+ * parameters only, is marked "portable": false, and warn (may be NULL)
+ * receives a line naming it.  Duplicate tensor names are refused, the
+ * message naming the layer. */
+FLOW_API int flow_model_export(flow_model *m, const char *spec_source,
+                               const char *path, flow_verify_note_fn warn,
+                               void *arg);
+
 /* ====================================================================
  * Training: configuration, trainer, resumable state.
  *

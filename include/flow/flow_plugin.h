@@ -47,8 +47,10 @@ extern "C" {
  *        FLOW_LAYER_CONCURRENT_PREPARE
  *   1.4  flow_layer_type.workspace and .init may be NULL
  *   1.5  FLOW_JAC_DENSE_EXACT; FLOW_LAYER_CONTEXT; flow_layer_desc input
- *        domain and parameter tensors (flow_param_tensor) */
-#define FLOW_PLUGIN_ABI_MINOR 5u
+ *        domain and parameter tensors (flow_param_tensor)
+ *   1.6  flow_layer_type.export_tensors and the flow_export sink; host
+ *        net_export, tf_export (portable weights, docs/export.md) */
+#define FLOW_PLUGIN_ABI_MINOR 6u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -356,6 +358,34 @@ typedef struct flow_call {
     size_t err_cap;
 } flow_call;
 
+/* Portable export (1.6): the sink a layer's export_tensors() writes its
+ * weights and derived constants into, as named tensors and architecture
+ * attributes (docs/export.md).  Built by the host for one layer; every
+ * call copies what it is given, so data may live on the stack. */
+typedef enum flow_dtype {
+    FLOW_DTYPE_F32 = 1, FLOW_DTYPE_F64 = 2, FLOW_DTYPE_I64 = 3,
+    FLOW_DTYPE_U8 = 4
+} flow_dtype;
+/* The dtype of flow_real in this build. */
+#define FLOW_DTYPE_REAL (FLOW_REAL_DOUBLE ? FLOW_DTYPE_F64 : FLOW_DTYPE_F32)
+
+typedef struct flow_export flow_export;
+struct flow_export {
+    uint32_t struct_size;
+    void *host_data;              /* the host's, never touched by a layer   */
+    /* A tensor `name` relative to the layer ("net.0.weight", "perm"; the
+     * host prefixes "layers.{i}."), row-major with ndim dimensions of
+     * shape[], little-endian on write: data holds prod(shape) values of
+     * dtype (int64_t for I64, uint8_t for U8) in host order.  A name the
+     * layer already wrote is an error. */
+    int (*tensor)(flow_export *ex, const char *name, flow_dtype dtype,
+                  size_t ndim, const size_t *shape, const void *data);
+    /* A key of the layer's entry in the architecture JSON ("transformer",
+     * "net", ...) whose value is the JSON text json_value (an object,
+     * number, string literal with its quotes, ...), checked by the host. */
+    int (*attr)(flow_export *ex, const char *key, const char *json_value);
+};
+
 /* A layer type: static table exported by a plugin. */
 typedef struct flow_layer_type {
     uint32_t struct_size;
@@ -429,6 +459,15 @@ typedef struct flow_layer_type {
      * the last call); NULL when the layer has none. */
     const char *stat_name;
     double (*stat)(void *self);
+
+    /* 1.6, optional (read only when struct_size covers it; NULL: the
+     * layer is not portable and `flowkit export` writes its flat
+     * parameters only, with a warning).  Writes into ex every tensor and
+     * attribute a port needs to compute the layer's density direction
+     * exactly (docs/export.md): c->params and c->buffers are the layer's
+     * slices, c->n = 0, no workspace.  A layer with a host network calls
+     * host->net_export for it and host->tf_export for its transformer. */
+    int (*export_tensors)(void *self, const flow_call *c, flow_export *ex);
 } flow_layer_type;
 
 /* ---------------------------------------------------------------------
@@ -794,6 +833,22 @@ struct flow_host {
                                 size_t n, const flow_real *ctx, size_t step,
                                 const flow_real *x_prev, flow_real *theta,
                                 void *ws);
+    /* 1.6 (test FLOW_HOST_HAS before use): portable export
+     * (docs/export.md).  net_export writes the network's affine maps as
+     * tensors PREFIX.{k}.weight [out, in] and PREFIX.{k}.bias [out], the
+     * weights as used (a MADE's masked entries 0, spectrally normalised
+     * ones rescaled), plus PREFIX.{k}.mask (U8, MADE) and the time terms
+     * of ODE nets, and the attribute PREFIX: a JSON object with kind,
+     * activation, widths, context and output_layout (a text saying which
+     * output column is which transformer parameter of which dimension;
+     * may be NULL).  tf_export writes the attribute `key` describing the
+     * transformer (kind, parameters per scalar, spline bins, bound and
+     * floors, and how raw values become scales, widths, heights and
+     * derivatives). */
+    int (*net_export)(const flow_net *net, const flow_real *params,
+                      const char *prefix, const char *output_layout,
+                      flow_export *ex);
+    int (*tf_export)(const flow_tf *tf, const char *key, flow_export *ex);
 };
 
 #define FLOW_HOST_HAS(h, field) \
