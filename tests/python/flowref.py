@@ -81,6 +81,9 @@ class Net:
         self.spec = spec or {}
         self.act = self.spec.get("activation", "relu")
         self.act_param = self.spec.get("act_param")
+        if self.spec.get("time", "none") != "none":
+            raise ExportError("%s: time-dependent networks (ode layers) are "
+                              "not implemented in this reference" % prefix)
         self.W, self.b = [], []
         k = 0
         while prefix + "%d.weight" % k in tensors:
@@ -186,6 +189,8 @@ class Spline:
         self.min_d = float(spec.get("min_derivative",
                                     spec.get("min_deriv", 1e-3)))
         self.n_params = 3 * self.bins - 1
+        self.shift = float(spec.get("derivative_shift",
+                                    math.log(math.expm1(1 - self.min_d))))
 
     @staticmethod
     def _softmax(v):
@@ -203,8 +208,7 @@ class Spline:
         yk = np.concatenate([lead, -B + np.cumsum(h, axis=-1)], axis=-1)
         xk[..., K] = B
         yk[..., K] = B
-        shift = math.log(math.expm1(1 - self.min_d))
-        inner = self.min_d + softplus(theta[..., 2 * K:] + shift)
+        inner = self.min_d + softplus(theta[..., 2 * K:] + self.shift)
         one = np.ones(theta.shape[:-1] + (1,))
         d = np.concatenate([one, inner, one], axis=-1)
         return xk, yk, d
@@ -343,8 +347,15 @@ LAYERS = {"coupling": Coupling, "maf": MAF, "permute": Permute,
 
 # --------------------------------------------------------------- bases
 
-def base_log_prob(base, z, tensors):
-    """log p_base(z) per row (runtime/base.c, row_logp)."""
+def _base_tensor(base, tensors, k, default):
+    names = base.get("tensors") or []
+    return _get(tensors, names[k] if k < len(names) else default
+                ).astype(np.float64)
+
+
+def base_log_prob(base, z, tensors, prefix="base."):
+    """log p_base(z) per row (runtime/base.c, row_logp); the parameters of
+    diag_normal and gmm come from the tensors the base names."""
     kind = base.get("kind", "normal") if isinstance(base, dict) else base
     D = z.shape[1]
     if kind == "normal":
@@ -353,6 +364,23 @@ def base_log_prob(base, z, tensors):
         # log p = -x - 2 log(1 + e^-x), symmetric, written with |x|
         a = np.abs(z)
         return np.sum(-a - 2 * np.log1p(np.exp(-a)), axis=1)
+    if kind == "diag_normal":
+        mu = _base_tensor(base, tensors, 0, prefix + "mean")
+        ls = _base_tensor(base, tensors, 1, prefix + "log_std")
+        u = (z - mu) * np.exp(-ls)
+        return np.sum(-0.5 * u * u - ls, axis=1) - 0.5 * D * LOG_2PI
+    if kind == "gmm":
+        # log sum_k pi_k N(z; mu_k, diag sigma_k^2), pi = softmax(logits)
+        lg = _base_tensor(base, tensors, 0, prefix + "logits")
+        mu = _base_tensor(base, tensors, 1, prefix + "means")
+        ls = _base_tensor(base, tensors, 2, prefix + "log_stds")
+        lw = lg - lg.max()
+        lw = lw - np.log(np.sum(np.exp(lw)))
+        u = (z[:, None, :] - mu[None]) * np.exp(-ls)[None]
+        lk = lw[None] + np.sum(-0.5 * u * u - ls[None], axis=2) \
+            - 0.5 * D * LOG_2PI
+        mx = lk.max(axis=1, keepdims=True)
+        return mx[:, 0] + np.log(np.sum(np.exp(lk - mx), axis=1))
     raise ExportError("base %r is not implemented in this reference" % kind)
 
 
@@ -373,11 +401,20 @@ class Model:
         self.tensors = tensors
         self.dim = int(self.arch["dim"])
         self.context_dim = int(self.arch.get("context_dim", 0))
-        if self.arch.get("exits"):
-            raise ExportError("multiscale exits are not implemented in this "
-                              "reference")
-        self.layers = []
-        for desc in sorted(self.arch["layers"], key=lambda l: l["index"]):
+        # layers and exits share one index space (graph nodes): an exit
+        # after node i-1 factors out the first `dims` dimensions of the
+        # state, which its own base models (docs/language.md, `exit`)
+        self.nodes = []
+        for ex in self.arch.get("exits") or []:
+            self.nodes.append((int(ex["index"]), "exit", ex))
+        for desc in self.arch["layers"]:
+            self.nodes.append((int(desc["index"]), "layer", desc))
+        self.nodes.sort(key=lambda n: n[0])
+        self.steps = []
+        for index, what, desc in self.nodes:
+            if what == "exit":
+                self.steps.append(("exit", desc))
+                continue
             kind = desc["type"]
             if kind not in LAYERS:
                 raise ExportError("layer %d: type %r is not implemented in "
@@ -386,7 +423,7 @@ class Model:
                 raise ExportError("layer %d (%s) is marked not portable"
                                   % (desc["index"], desc.get("name")))
             prefix = "layers.%d." % desc["index"]
-            self.layers.append(LAYERS[kind](tensors, prefix, desc))
+            self.steps.append(("layer", LAYERS[kind](tensors, prefix, desc)))
         self.base = self.arch.get("base", {"kind": "normal"})
 
     def log_prob(self, x, context=None):
@@ -406,12 +443,18 @@ class Model:
                                      self.context_dim))
         else:
             context = None
-        logdet = np.zeros(x.shape[0])
+        logp = np.zeros(x.shape[0])
         z = x
-        for layer in self.layers:
-            z, ld = layer.forward(z, context)
-            logdet += ld
-        return base_log_prob(self.base, z, self.tensors) + logdet
+        for what, step in self.steps:
+            if what == "exit":
+                k = int(step["dims"])
+                logp += base_log_prob(step["base"], z[:, :k], self.tensors,
+                                      "exits.%d." % step["index"])
+                z = z[:, k:]
+                continue
+            z, ld = step.forward(z, context)
+            logp += ld
+        return logp + base_log_prob(self.base, z, self.tensors)
 
 
 def load(path):

@@ -3,7 +3,7 @@
 """For RealNVP (specs/moons.flow), NSF (specs/nsf_8gaussians.flow), MAF
 (specs/maf_moons.flow) and a conditional MAF (specs/cond_maf.flow): train
 briefly with the CLI, export, and compare log p(x) of a few hundred rows
-(some of them far out, in the spline's linear tails) computed by flowkit
+(for NSF also some far out, in the splines' linear tails) computed by flowkit
 and by flowref.py from the export.
 
 Run by tests/export_ref.sh with FLOWKIT (the build's flowkit),
@@ -16,7 +16,8 @@ difference is flowkit's own rounding.  log p(x) is a sum of terms about
 as large as itself (the base's -|z|^2 / 2, the log-determinants), each
 computed with a relative error of some units in the last place; so the
 error grows with |log p| and the bound is absolute up to |log p| = 1 and
-relative beyond (rows in the tails reach log p of -30 and below).
+relative beyond (a briefly trained model gives some rows log p of -30
+and below).
 """
 
 import json
@@ -52,10 +53,10 @@ def spec(name):
 
 
 def far_rows(k):
-    """k rows on a ring of radius 6 and 9: past the splines' bound of 4
-    in the first layer (the linear tails) and large |log p|."""
+    """k rows on rings of radius 4.5 and 6: past the splines' bound of 4
+    in the first layer (the linear tails)."""
     a = np.linspace(0, 2 * np.pi, k, endpoint=False)
-    r = np.where(np.arange(k) % 2 == 0, 6.0, 9.0)
+    r = np.where(np.arange(k) % 2 == 0, 4.5, 6.0)
     return np.stack([r * np.cos(a), r * np.sin(a)], axis=1)
 
 
@@ -69,21 +70,24 @@ class ExportMatchesLogprob(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for name, (prec, n, err, worst) in sorted(cls.results.items()):
+        for name, (prec, n, err, worst, span) in sorted(
+                cls.results.items()):
             sys.stderr.write("export_ref: %-9s %s %d rows: max |diff| "
-                             "%.3g, max |diff| / max(1, |logp|) %.3g\n"
-                             % (name, prec, n, err, worst))
+                             "%.3g, max |diff| / max(1, |logp|) %.3g, "
+                             "log p in [%.4g, %.4g]\n"
+                             % ((name, prec, n, err, worst) + span))
         cls.tmp.cleanup()
 
     def path(self, name):
         return os.path.join(self.dir, name)
 
-    def check_model(self, name, spec_file, dataset, context=False):
+    def check_model(self, name, spec_file, dataset, context=False,
+                    far=0, data_args=()):
         train = self.path(name + "_train.csv")
         evalf = self.path(name + "_eval.csv")
         ckpt = self.path(name + ".ckpt")
         export = self.path(name + ".safetensors")
-        extra = ["--labels"] if context else []
+        extra = (["--labels"] if context else []) + list(data_args)
         flowkit("data", dataset, "-n", 2048, "--seed", 1, "-o", train, *extra)
         flowkit("data", dataset, "-n", 300, "--seed", 2, "-o", evalf, *extra)
         ctx = ["--context", ",".join(LABELS)] if context else []
@@ -100,17 +104,18 @@ class ExportMatchesLogprob(unittest.TestCase):
         arch = json.loads(meta["architecture"])
         self.assertEqual(arch["context_dim"], 8 if context else 0)
 
-        # the evaluation rows: the data set's, then 20 far out
+        # the evaluation rows: the data set's, then `far` far out
         rows = np.genfromtxt(evalf, delimiter=",", names=True)
-        x = np.stack([rows["x0"], rows["x1"]], axis=1)
+        xcols = ["x%d" % j for j in range(arch["dim"])]
+        x = np.stack([rows[n] for n in xcols], axis=1)
         c = np.stack([rows[n] for n in LABELS], axis=1) if context else None
-        far = far_rows(20)
-        x = np.concatenate([x, far])
-        if context:
-            c = np.concatenate([c, np.eye(8)[np.arange(20) % 8]])
+        if far:
+            x = np.concatenate([x, far_rows(far)])
+            if context:
+                c = np.concatenate([c, np.eye(8)[np.arange(far) % 8]])
         # what flowkit reads: the decimal text rounded to its precision
         x = x.astype(real).astype(np.float64)
-        cols = ["x0", "x1"] + (LABELS if context else [])
+        cols = xcols + (LABELS if context else [])
         table = np.concatenate([x, c], axis=1) if context else x
         full = self.path(name + "_rows.csv")
         np.savetxt(full, table, fmt="%.17g", delimiter=",",
@@ -137,7 +142,8 @@ class ExportMatchesLogprob(unittest.TestCase):
         scaled = diff / np.maximum(1.0, np.abs(ref))
         worst = int(np.argmax(scaled))
         self.results[name] = (prec, len(ref), float(diff.max()),
-                              float(scaled.max()))
+                              float(scaled.max()),
+                              (float(ref.min()), float(ref.max())))
         self.assertLessEqual(
             scaled[worst], TOL[prec],
             "%s (%s): row %d: flowkit %.17g, reference %.17g, |diff| %.3g "
@@ -149,7 +155,8 @@ class ExportMatchesLogprob(unittest.TestCase):
         self.check_model("realnvp", "moons.flow", "moons")
 
     def test_nsf_8gaussians(self):
-        self.check_model("nsf", "nsf_8gaussians.flow", "8gaussians")
+        self.check_model("nsf", "nsf_8gaussians.flow", "8gaussians",
+                         far=20)
 
     def test_maf_moons(self):
         self.check_model("maf", "maf_moons.flow", "moons")
@@ -157,6 +164,20 @@ class ExportMatchesLogprob(unittest.TestCase):
     def test_conditional_maf(self):
         self.check_model("cond_maf", "cond_maf.flow", "8gaussians",
                          context=True)
+
+    # beyond the four: additive couplings, actnorm and a logistic base
+    # (NICE), a multi-scale exit, and an 8-dimensional MAF
+
+    def test_nice_actnorm_logistic(self):
+        self.check_model("nice", "nice.flow", "8gaussians")
+
+    def test_multiscale_exit(self):
+        self.check_model("multiscale", "multiscale.flow", "gmm",
+                         data_args=("--dim", 4, "--components", 4))
+
+    def test_maf_8d(self):
+        self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
+                         data_args=("--dim", 8, "--components", 8))
 
 
 class ReferenceIsSensitive(unittest.TestCase):
