@@ -241,6 +241,22 @@ static int batchnorm_inverse_backward(void *self, const flow_call *c,
     return FLOW_OK;
 }
 
+/* Portable export: in evaluation mode (the density of a trained model)
+ * z = (x - running_mean) / sqrt(running_var + eps) exp(log_gamma) +
+ * beta (docs/export.md). */
+static int batchnorm_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const batchnorm *b = self;
+    static const char *const name[4] = {"log_gamma", "beta", "running_mean",
+                                        "running_var"};
+    size_t shape[1] = {b->d};
+    int rc = FLOW_OK;
+    for (int i = 0; i < 4 && rc == FLOW_OK; i++)
+        rc = ex->tensor(ex, name[i], FLOW_DTYPE_REAL, 1, shape,
+                        (i < 2 ? c->params : c->buffers) + (i % 2) * b->d);
+    return rc;
+}
+
 static const flow_layer_type batchnorm_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "batchnorm",
@@ -256,6 +272,7 @@ static const flow_layer_type batchnorm_type = {
     .inverse = batchnorm_inverse,
     .forward_backward = batchnorm_forward_backward,
     .inverse_backward = batchnorm_inverse_backward,
+    .export_tensors = batchnorm_export,
 };
 
 FLOW_PLUGIN_LAYERS("batchnorm", FLOW_VERSION_STRING,

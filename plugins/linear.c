@@ -321,6 +321,40 @@ static int linear_finish_grad(void *self, const flow_call *c, flow_real *grad)
     return FLOW_OK;
 }
 
+/* Portable export (docs/export.md): z = W x + bias with W[i, :] = (L
+ * U)[perm[i], :]; the factors as full matrices (lower: unit diagonal;
+ * upper: diagonal exp(log_diag)), and W itself as assembled (in double,
+ * then rounded). */
+static int linear_export(void *self, const flow_call *c, flow_export *ex)
+{
+    linear *l = self;
+    size_t d = l->d, sq[2] = {d, d}, vec[1] = {d};
+    flow_real *buf = NULL;
+    const double *src[3];
+    static const char *const name[3] = {"lower", "upper", "weight"};
+    int rc;
+    if ((rc = linear_prepare(self, c)) != FLOW_OK)
+        return rc;
+    if (!(buf = l->host->alloc(d * d * sizeof *buf)))
+        return l->host->error(c, "out of memory");
+    src[0] = l->L;
+    src[1] = l->U;
+    src[2] = l->W;
+    for (int k = 0; k < 3 && rc == FLOW_OK; k++) {
+        for (size_t i = 0; i < d * d; i++)
+            buf[i] = (flow_real)src[k][i];
+        rc = ex->tensor(ex, name[k], FLOW_DTYPE_REAL, 2, sq, buf);
+    }
+    l->host->free(buf);
+    if (rc == FLOW_OK)
+        rc = ex->tensor(ex, "log_diag", FLOW_DTYPE_REAL, 1, vec,
+                        c->params + 2 * l->nl);
+    if (rc == FLOW_OK)
+        rc = ex->tensor(ex, "bias", FLOW_DTYPE_REAL, 1, vec,
+                        c->params + d * d);
+    return rc ? rc : common_export_i64(l->host, c, ex, "perm", l->p, d);
+}
+
 static const flow_layer_type linear_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "linear",
@@ -335,6 +369,7 @@ static const flow_layer_type linear_type = {
     .inverse_backward = linear_inverse_backward,
     .prepare = linear_prepare,
     .finish_grad = linear_finish_grad,
+    .export_tensors = linear_export,
 };
 
 FLOW_PLUGIN_LAYERS("linear", FLOW_VERSION_STRING,

@@ -159,6 +159,13 @@ static int logit_inverse_backward(void *self, const flow_call *c,
     return FLOW_OK;
 }
 
+/* Portable export: no tensors, alpha is an attribute. */
+static int logit_export(void *self, const flow_call *c, flow_export *ex)
+{
+    (void)self, (void)c, (void)ex;
+    return FLOW_OK;
+}
+
 static const flow_layer_type logit_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "logit",
@@ -171,6 +178,7 @@ static const flow_layer_type logit_type = {
     .inverse = logit_inverse,
     .forward_backward = logit_forward_backward,
     .inverse_backward = logit_inverse_backward,
+    .export_tensors = logit_export,
 };
 
 FLOW_PLUGIN_LAYERS("logit", FLOW_VERSION_STRING,

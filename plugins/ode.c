@@ -600,6 +600,22 @@ static double ode_stat(void *self)
     return (double)atomic_load(&L->nfe);
 }
 
+/* Export: the dynamics net, but not portable: the density is an ODE
+ * solution that a port reproduces only up to its solver's error. */
+static int ode_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const ode_layer *L = self;
+    const flow_host *h = L->host;
+    int rc;
+    if (!FLOW_HOST_HAS(h, net_export) || !h->net_export)
+        return h->error(c, "this host cannot export networks (flowkit "
+                        "older than plugin ABI 1.6)");
+    rc = h->net_export(L->net, c->params, "net", "inputs: z[0], ..., "
+                       "z[D-1], then the context columns, and time t as "
+                       "net.time says; output column i is dz_i/dt", ex);
+    return rc ? rc : ex->attr(ex, "portable", "false");
+}
+
 static const flow_layer_type ode_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "ode",
@@ -618,6 +634,7 @@ static const flow_layer_type ode_type = {
     .prepare = ode_prepare,
     .stat_name = "nfe",
     .stat = ode_stat,
+    .export_tensors = ode_export,
 };
 
 FLOW_PLUGIN_LAYERS("ode", FLOW_VERSION_STRING,

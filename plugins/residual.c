@@ -722,6 +722,21 @@ static int residual_inverse_backward(void *self, const flow_call *call,
     return FLOW_OK;
 }
 
+/* Portable export: g's weights as used (spectrally normalised); in
+ * evaluation mode the density direction is z = x + g([x, c]) with the
+ * exact log|det(I + dg/dx)| whatever `logdet` says (docs/export.md). */
+static int residual_export(void *self, const flow_call *c, flow_export *ex)
+{
+    const residual *r = self;
+    const flow_host *h = r->host;
+    if (!FLOW_HOST_HAS(h, net_export) || !h->net_export)
+        return h->error(c, "this host cannot export networks (flowkit "
+                        "older than plugin ABI 1.6)");
+    return h->net_export(r->net, c->params, "net", "inputs: x[0], ..., "
+                         "x[D-1], then the context columns (net.in counts "
+                         "both); output column i is g_i", ex);
+}
+
 static const flow_layer_type residual_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "residual",
@@ -738,6 +753,7 @@ static const flow_layer_type residual_type = {
     .inverse = residual_inverse,
     .forward_backward = residual_forward_backward,
     .inverse_backward = residual_inverse_backward,
+    .export_tensors = residual_export,
 };
 
 FLOW_PLUGIN_LAYERS("residual", FLOW_VERSION_STRING,

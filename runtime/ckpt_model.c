@@ -754,8 +754,11 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
     if (!t)
         return FLOW_OK;
     if (!flow_checkpoint_has_training(ck))
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "checkpoint has no training "
-                              "state (it was saved without an optimizer)");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: checkpoint has no "
+                              "training state (it was saved without an "
+                              "optimizer, e.g. by flowkit export --slim): "
+                              "it can be evaluated and sampled, not "
+                              "resumed", ckpt_path(ck->ck));
     if ((rc = ckpt_get_vec(ctx, ck->ck, "adam/m", CKPT_REAL,
                            flow_trainer_adam_m(t), np)) != FLOW_OK
         || (rc = check_loaded(ck, "adam/m", flow_trainer_adam_m(t), np, 0))

@@ -19,7 +19,7 @@
  * export_tensors() may not set them. */
 static const char *const host_keys[] = {
     "index", "type", "name", "dim", "context", "n_params", "n_buffers",
-    "attrs", "portable", NULL};
+    "attrs", NULL};
 
 /* The sink of one export: flow_export first, so a layer's calls land
  * here; names and copies of every tensor of the file. */
@@ -31,6 +31,7 @@ typedef struct sink {
     char prefix[64];            /* "layers.3." */
     const node *nd;             /* layer being exported, NULL outside */
     json_buf *layer;            /* its architecture entry (keys appended) */
+    int not_portable;           /* the layer set "portable": false */
     char **names;               /* full names written so far */
     void **data;                /* owned copies, ckpt_writer borrows them */
     size_t n, cap;
@@ -146,6 +147,13 @@ static int sink_attr(flow_export *ex, const char *key, const char *json)
     if (!s->layer || !key || !*key || !json)
         return sink_fail(s, FLOW_ERR_INVAL, "%s: attribute without a key, "
                          "value or layer", who);
+    if (!strcmp(key, "portable")) {
+        if (strcmp(json, "false"))
+            return sink_fail(s, FLOW_ERR_INVAL, "%s: attribute 'portable' "
+                             "may only be set to false", who);
+        s->not_portable = 1;
+        return FLOW_OK;
+    }
     for (int i = 0; host_keys[i]; i++)
         if (!strcmp(host_keys[i], key))
             return sink_fail(s, FLOW_ERR_INVAL, "%s: attribute '%s' is the "
@@ -263,7 +271,7 @@ static int base_export(sink *s, const base_dist *bd, const flow_real *p,
     }
     case BASE_GMM: {
         size_t sk[1] = {k}, skd[2] = {k, d};
-        json_buf_printf(b, "{\"kind\": \"gmm\", \"dim\": %zu, \"components\": "
+        json_buf_printf(b, "{\"kind\": \"mixture\", \"dim\": %zu, \"components\": "
                         "%zu, \"tensors\": [\"%slogits\", \"%smeans\", "
                         "\"%slog_stds\"]}", d, k, prefix, prefix, prefix);
         snprintf(full, sizeof full, "%slogits", prefix);
@@ -324,6 +332,7 @@ static int export_layer(sink *s, flow_model *m, size_t i, json_buf *arch,
     json_buf_init(&lb);
     s->nd = nd;
     s->layer = &lb;
+    s->not_portable = 0;
     s->err[0] = '\0';
     snprintf(s->prefix, sizeof s->prefix, "layers.%zu.", i);
     json_buf_printf(&lb, "{\"index\": %zu, \"type\": ", i);
@@ -335,7 +344,6 @@ static int export_layer(sink *s, flow_model *m, size_t i, json_buf *arch,
                     nd->cfg.context_dim, nd->desc.n_params,
                     nd->desc.n_buffers);
     attrs_json(&lb, t->attrs, nd->attrs);
-    json_buf_printf(&lb, ", \"portable\": %s", portable ? "true" : "false");
     if (portable) {
         flow_call c;
         exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
@@ -343,15 +351,20 @@ static int export_layer(sink *s, flow_model *m, size_t i, json_buf *arch,
         if (rc != FLOW_OK && !s->err[0])
             sink_fail(s, rc, "%s", c.err[0] ? c.err : "export failed");
     } else {
-        char line[512];
         rc = export_flat(s, m, nd);
-        snprintf(line, sizeof line, "layer %zu, %s (%s): type '%s' has no "
-                 "export hook; only its flat parameters are written, and a "
-                 "port cannot be guaranteed", i, nd->label, nd->file,
-                 t->name);
-        if (warn)
+    }
+    if (!portable || s->not_portable) {
+        char line[512];
+        snprintf(line, sizeof line, "layer %zu, %s (%s): %s; a port cannot "
+                 "be guaranteed to reproduce its density", i, nd->label,
+                 nd->file, portable ? "its type says its export is not "
+                 "exact" : "its type has no export hook, so only its flat "
+                 "parameters are written");
+        if (warn && rc == FLOW_OK)
             warn(arg, line);
     }
+    json_buf_printf(&lb, ", \"portable\": %s",
+                    portable && !s->not_portable ? "true" : "false");
     json_buf_raw(&lb, "}", 1);
     if (rc == FLOW_OK && lb.oom)
         rc = sink_fail(s, FLOW_ERR_NOMEM, "out of memory");

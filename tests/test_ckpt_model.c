@@ -134,8 +134,14 @@ START_TEST(test_restore_needs_training_state)
     flow_train_config_default(&cfg);
     t = flow_trainer_new(m, &cfg, x, NULL, 2);
     ck_assert_int_eq(flow_checkpoint_restore(ck, m, t), FLOW_ERR_INVAL);
-    ck_assert_str_eq(flow_errmsg(ctx), "checkpoint has no training state (it "
-                     "was saved without an optimizer)");
+    {
+        char want[512];
+        snprintf(want, sizeof want, "%s: checkpoint has no training state "
+                 "(it was saved without an optimizer, e.g. by flowkit export "
+                 "--slim): it can be evaluated and sampled, not resumed",
+                 path);
+        ck_assert_str_eq(flow_errmsg(ctx), want);
+    }
     flow_trainer_free(t);
     flow_checkpoint_free(ck);
     flow_model_free(m);
