@@ -2,6 +2,10 @@
 # direction, evaluating log p(x) (and log p(x | c)) from a `flowkit export`.
 """Reference log-densities of an exported flowkit model, in numpy only.
 
+Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
+permute, actnorm, batchnorm, linear, logit, residual; multi-scale exits;
+bases normal, logistic, diag_normal, gmm.
+
 The input is the .safetensors file written by `flowkit export` and
 nothing else (read by safetensors_reader, its "architecture" metadata
 describing the layers).  Everything is computed in float64 from the
@@ -69,6 +73,27 @@ def activation(name, z, param=None):
     raise ExportError("unknown activation %r" % name)
 
 
+def activation_deriv(name, z, param=None):
+    """f'(z) of activation(); relu's f'(+0) = 1, f'(-0) = 0 as act_eval."""
+    if name == "relu":
+        return np.where(np.signbit(z), 0.0, 1.0)
+    if name == "leaky_relu":
+        slope = 0.01 if not param else float(param)
+        return np.where(np.signbit(z), slope, 1.0)
+    if name == "tanh":
+        return 1 - np.tanh(z) ** 2
+    if name == "elu":
+        return np.where(z <= 0, np.exp(np.minimum(z, 0)), 1.0)
+    if name == "softplus":
+        return sigmoid(z)
+    if name == "sigmoid":
+        sg = sigmoid(z)
+        return sg * (1 - sg)
+    if name in ("identity", "none", "linear"):
+        return np.ones_like(z)
+    raise ExportError("unknown activation %r" % name)
+
+
 class Net:
     """An MLP or a MADE conditioner: h_{k+1} = act(W_k h_k + b_k), with no
     activation after the last map (torch.nn.Linear's convention: W is
@@ -125,6 +150,25 @@ class Net:
                 h = activation(self.act, h, self.act_param)
         return h
 
+    def jacobian(self, h, context=None, d=None):
+        """dy/dh (n, out, d) by the chain rule over the first d inputs
+        (the data inputs; the context is held fixed)."""
+        d = h.shape[1] if d is None else d
+        if context is not None and context.shape[1]:
+            h = np.concatenate([h, context], axis=1)
+        J = np.broadcast_to(self.W[0][:, :d], (h.shape[0],) +
+                            self.W[0][:, :d].shape)
+        last = len(self.W) - 1
+        for k, (w, b) in enumerate(zip(self.W, self.b)):
+            u = h @ w.T + b
+            if k > 0:
+                J = np.einsum("oi,nid->nod", w, J)
+            if k < last:
+                J = activation_deriv(self.act, u, self.act_param)[:, :, None] \
+                    * J
+                h = activation(self.act, u, self.act_param)
+        return J
+
 
 # ------------------------------------------------------- transformers
 
@@ -145,6 +189,12 @@ class Affine:
         log_scale = self.clamp * np.tanh(s / self.clamp)
         return x * np.exp(log_scale) + t, log_scale
 
+    def inverse(self, y, theta):
+        """x = (y - t) exp(-l), log dx/dy = -l."""
+        s, t = theta[..., 0], theta[..., 1]
+        log_scale = self.clamp * np.tanh(s / self.clamp)
+        return (y - t) * np.exp(-log_scale), -log_scale
+
 
 class Additive:
     """y = x + t (NICE, Dinh et al. 2015, eq. 4): volume preserving."""
@@ -156,6 +206,9 @@ class Additive:
 
     def forward(self, x, theta):
         return x + theta[..., 0], np.zeros_like(x)
+
+    def inverse(self, y, theta):
+        return y - theta[..., 0], np.zeros_like(y)
 
 
 class Spline:
@@ -235,6 +288,36 @@ class Spline:
         lad = np.log(s * s * num / (den * den))
         return np.where(inside, y, x), np.where(inside, lad, 0.0)
 
+    def inverse(self, y, theta):
+        """x with forward(x) = y, and log dx/dy: in the bin of the y-side
+        knots that holds y, xi is the root in [0, 1] of a xi^2 + b xi + c
+        = 0 (Durkan et al. 2019, appendix A.3), taken in the stable form
+        2c / (-b - sqrt(b^2 - 4ac))."""
+        K, B = self.bins, self.bound
+        inside = (y >= -B) & (y <= B)
+        xk, yk, d = self.knots(theta)
+        k = np.sum(yk[..., 1:K] <= y[..., None], axis=-1)
+        k = np.clip(k, 0, K - 1)[..., None]
+        X = np.take_along_axis(xk, k, -1)[..., 0]
+        W = np.take_along_axis(xk, k + 1, -1)[..., 0] - X
+        Y = np.take_along_axis(yk, k, -1)[..., 0]
+        H = np.take_along_axis(yk, k + 1, -1)[..., 0] - Y
+        d0 = np.take_along_axis(d, k, -1)[..., 0]
+        d1 = np.take_along_axis(d, k + 1, -1)[..., 0]
+        s = H / W
+        dy = y - Y
+        e = d0 + d1 - 2 * s
+        a = H * (s - d0) + dy * e
+        b = H * d0 - dy * e
+        c = -s * dy
+        disc = np.maximum(b * b - 4 * a * c, 0.0)
+        den = -b - np.sqrt(disc)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xi = np.where(den != 0, 2 * c / den, 0.0)
+        x = X + np.clip(xi, 0.0, 1.0) * W
+        _, lad = self.forward(np.where(inside, x, 0.0), theta)
+        return np.where(inside, x, y), np.where(inside, -lad, 0.0)
+
 
 TRANSFORMERS = {"affine": Affine, "additive": Additive, "spline": Spline}
 
@@ -310,6 +393,30 @@ class MAF:
         return z, lad.sum(axis=1)
 
 
+class IAF(MAF):
+    """An inverse autoregressive layer in its density direction: the
+    inverse of the map z -> x, x_i = tau(z_i; theta_i(z_<i)) (IAF, Kingma
+    et al. 2016, eqs. 9-10), so D sequential passes in generation order:
+    step s finds dimension i = the one with order[i] = s from the z
+    entries already known (the others cannot influence output i)."""
+
+    def __init__(self, tensors, prefix, desc):
+        MAF.__init__(self, tensors, prefix, desc)
+        if self.order is None:
+            raise ExportError("missing tensor %sorder" % prefix)
+
+    def forward(self, x, context):
+        n, D, P = x.shape[0], self.dim, self.tf.n_params
+        z = np.zeros_like(x)
+        logdet = np.zeros(n)
+        for step in range(D):
+            i = int(np.flatnonzero(self.order == step)[0])
+            theta = self.net(z, context).reshape(n, D, P)[:, i, :]
+            z[:, i], lad = self.tf.inverse(x[:, i], theta)
+            logdet += lad
+        return z, logdet
+
+
 class Permute:
     """z[j] = x[perm[j]]: volume preserving."""
 
@@ -334,6 +441,84 @@ class ActNorm:
         return z, np.full(x.shape[0], self.s.sum())
 
 
+class BatchNorm:
+    """Batch normalisation with its running statistics, as in evaluation
+    (RealNVP, Dinh et al. 2017, sec. 3.7; MAF sec. 3.4): z = (x - mean) /
+    sqrt(var + eps) exp(log_gamma) + beta, log-det = sum (log_gamma -
+    log(var + eps) / 2)."""
+
+    def __init__(self, tensors, prefix, desc):
+        get = lambda n: _get(tensors, prefix + n).astype(np.float64)
+        self.lg, self.beta = get("log_gamma"), get("beta")
+        self.mean, self.var = get("running_mean"), get("running_var")
+        self.eps = float(desc["attrs"]["eps"])
+
+    def forward(self, x, context):
+        sd = np.sqrt(self.var + self.eps)
+        z = (x - self.mean) / sd * np.exp(self.lg) + self.beta
+        ld = np.sum(self.lg - 0.5 * np.log(self.var + self.eps))
+        return z, np.full(x.shape[0], ld)
+
+
+class Linear:
+    """z = W x + b with W = P L U (Glow, Kingma & Dhariwal 2018, Table 1,
+    the LU-decomposed 1x1 convolution): W[i, :] = (L U)[perm[i], :], L
+    unit lower triangular, U upper with diagonal exp(log_diag), so log|det
+    W| = sum log_diag.  W is computed here from the factors, and checked
+    against the exported `weight`."""
+
+    def __init__(self, tensors, prefix, desc):
+        get = lambda n: _get(tensors, prefix + n)
+        L = get("lower").astype(np.float64)
+        U = get("upper").astype(np.float64)
+        self.log_diag = get("log_diag").astype(np.float64)
+        perm = get("perm").astype(np.int64)
+        self.W = (L @ U)[perm, :]
+        self.b = get("bias").astype(np.float64)
+        w = get("weight").astype(np.float64)
+        tol = 1e-5 if get("weight").dtype == np.float32 else 1e-12
+        if not np.allclose(self.W, w, rtol=tol, atol=tol):
+            raise ExportError("%sweight differs from its factors by %.3g"
+                              % (prefix, np.abs(self.W - w).max()))
+        if not np.allclose(np.diag(U), np.exp(self.log_diag), rtol=tol):
+            raise ExportError("%supper's diagonal is not exp(log_diag)"
+                              % prefix)
+
+    def forward(self, x, context):
+        return x @ self.W.T + self.b, np.full(x.shape[0],
+                                              self.log_diag.sum())
+
+
+class Logit:
+    """z = logit(s), s = alpha + (1 - 2 alpha) x (RealNVP sec. 4.1, MAF
+    sec. 4.3): log-det = sum (log(1 - 2 alpha) - log s - log(1 - s))."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.alpha = float(desc["attrs"]["alpha"])
+
+    def forward(self, x, context):
+        k = 1 - 2 * self.alpha
+        s = self.alpha + k * x
+        z = np.log(s) - np.log1p(-s)
+        return z, np.sum(math.log(k) - np.log(s) - np.log1p(-s), axis=1)
+
+
+class Residual:
+    """z = x + g([x, c]) (i-ResNet, Behrmann et al. 2019; Residual Flows,
+    Chen et al. 2019) with the exact log-det log|det(I + dg/dx)|, the
+    Jacobian by the chain rule through the (spectrally normalised, as
+    exported) MLP."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.net = Net(tensors, prefix + "net.", desc.get("net"))
+
+    def forward(self, x, context):
+        D = x.shape[1]
+        J = self.net.jacobian(x, context, D)
+        _, ld = np.linalg.slogdet(np.eye(D)[None] + J)
+        return x + self.net(x, context), ld
+
+
 def _first(tensors, prefix, names):
     for nm in names:
         if prefix + nm in tensors:
@@ -341,8 +526,9 @@ def _first(tensors, prefix, names):
     raise ExportError("missing tensor %s{%s}" % (prefix, ",".join(names)))
 
 
-LAYERS = {"coupling": Coupling, "maf": MAF, "permute": Permute,
-          "actnorm": ActNorm}
+LAYERS = {"coupling": Coupling, "maf": MAF, "iaf": IAF, "permute": Permute,
+          "actnorm": ActNorm, "batchnorm": BatchNorm, "linear": Linear,
+          "logit": Logit, "residual": Residual}
 
 
 # --------------------------------------------------------------- bases
@@ -369,7 +555,7 @@ def base_log_prob(base, z, tensors, prefix="base."):
         ls = _base_tensor(base, tensors, 1, prefix + "log_std")
         u = (z - mu) * np.exp(-ls)
         return np.sum(-0.5 * u * u - ls, axis=1) - 0.5 * D * LOG_2PI
-    if kind == "gmm":
+    if kind in ("mixture", "gmm"):
         # log sum_k pi_k N(z; mu_k, diag sigma_k^2), pi = softmax(logits)
         lg = _base_tensor(base, tensors, 0, prefix + "logits")
         mu = _base_tensor(base, tensors, 1, prefix + "means")
@@ -423,7 +609,10 @@ class Model:
                 raise ExportError("layer %d (%s) is marked not portable"
                                   % (desc["index"], desc.get("name")))
             prefix = "layers.%d." % desc["index"]
-            self.steps.append(("layer", LAYERS[kind](tensors, prefix, desc)))
+            layer = LAYERS[kind](tensors, prefix, desc)
+            # the context feeds only the layers given it
+            layer.given = int(desc.get("context", self.context_dim)) > 0
+            self.steps.append(("layer", layer))
         self.base = self.arch.get("base", {"kind": "normal"})
 
     def log_prob(self, x, context=None):
@@ -452,7 +641,7 @@ class Model:
                                       "exits.%d." % step["index"])
                 z = z[:, k:]
                 continue
-            z, ld = step.forward(z, context)
+            z, ld = step.forward(z, context if step.given else None)
             logp += ld
         return logp + base_log_prob(self.base, z, self.tensors)
 

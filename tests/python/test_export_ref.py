@@ -4,7 +4,10 @@
 (specs/maf_moons.flow) and a conditional MAF (specs/cond_maf.flow): train
 briefly with the CLI, export, and compare log p(x) of a few hundred rows
 (for NSF also some far out, in the splines' linear tails) computed by flowkit
-and by flowref.py from the export.
+and by flowref.py from the export.  The same for the other bundled layer
+types: NICE (additive couplings, actnorm, a logistic base), a multi-scale
+exit, an 8-D MAF, IAF, residual flows (exact log-det), and a spec written
+here with logit, linear (LU), batchnorm and a diag_normal or mixture base.
 
 Run by tests/export_ref.sh with FLOWKIT (the build's flowkit),
 FLOW_PLUGIN_PATH and top_srcdir set.
@@ -49,7 +52,35 @@ def flowkit(*args):
 
 
 def spec(name):
+    if os.path.isabs(name):
+        return name
     return os.path.join(os.environ.get("top_srcdir", "."), "specs", name)
+
+
+# The layers no bundled spec combines: a logit on data in (0, 1), the LU
+# linear map, batch normalisation (its running statistics), a spline
+# coupling, actnorm, and a base with parameters.
+EXTRA_SPEC = """flow extra {
+    input x : real[3];
+    logit();
+    linear();
+    batchnorm();
+    coupling(mask = [1, 0, 1], hidden = [32], activation = tanh,
+             transformer = spline(bins = 5, bound = 3));
+    actnorm();
+    output z ~ %s;
+}
+"""
+
+
+def unit_cube_data(path, n, seed):
+    """n rows in (0, 1)^3 with some dependence between the columns."""
+    rng = np.random.default_rng(seed)
+    u = rng.beta(2, 5, size=(n, 1))
+    x = np.clip(np.concatenate([u, 1 - u * 0.8, u * u], axis=1)
+                + rng.normal(scale=0.05, size=(n, 3)), 0.01, 0.99)
+    np.savetxt(path, x, fmt="%.9g", delimiter=",", header="x0,x1,x2",
+               comments="")
 
 
 def far_rows(k):
@@ -88,8 +119,14 @@ class ExportMatchesLogprob(unittest.TestCase):
         ckpt = self.path(name + ".ckpt")
         export = self.path(name + ".safetensors")
         extra = (["--labels"] if context else []) + list(data_args)
-        flowkit("data", dataset, "-n", 2048, "--seed", 1, "-o", train, *extra)
-        flowkit("data", dataset, "-n", 300, "--seed", 2, "-o", evalf, *extra)
+        if callable(dataset):
+            dataset(train, 2048, 1)
+            dataset(evalf, 300, 2)
+        else:
+            flowkit("data", dataset, "-n", 2048, "--seed", 1, "-o", train,
+                    *extra)
+            flowkit("data", dataset, "-n", 300, "--seed", 2, "-o", evalf,
+                    *extra)
         ctx = ["--context", ",".join(LABELS)] if context else []
         # 64 steps at a high rate: far enough from the identity start
         # (zero last layers) that every parameter matters
@@ -175,6 +212,26 @@ class ExportMatchesLogprob(unittest.TestCase):
         self.check_model("multiscale", "multiscale.flow", "gmm",
                          data_args=("--dim", 4, "--components", 4))
 
+    def test_iaf(self):
+        self.check_model("iaf", "iaf.flow", "moons")
+
+    def test_residual_exact_logdet(self):
+        self.check_model("resflow", "resflow_moons.flow", "moons")
+
+    def extra_spec(self, base):
+        path = self.path("extra_%s.flow" % base.split("(")[0])
+        with open(path, "w") as f:
+            f.write(EXTRA_SPEC % base)
+        return path
+
+    def test_logit_linear_batchnorm_diag_normal(self):
+        self.check_model("lu_bn_diag", self.extra_spec("diag_normal"),
+                         unit_cube_data)
+
+    def test_logit_linear_batchnorm_mixture(self):
+        self.check_model("lu_bn_gmm", self.extra_spec("mixture(3)"),
+                         unit_cube_data)
+
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
                          data_args=("--dim", 8, "--components", 8))
@@ -206,6 +263,16 @@ class ReferenceIsSensitive(unittest.TestCase):
                                    atol=1e-6)
         y, _ = sp.forward(np.array([-3.0, 3.0]), th[:2])
         np.testing.assert_allclose(y, [-3.0, 3.0], atol=1e-12)
+
+    def test_spline_inverse_inverts_forward(self):
+        rng = np.random.default_rng(7)
+        sp = flowref.Spline({"bins": 6, "bound": 2.5})
+        x = np.linspace(-3.5, 3.5, 71)
+        th = rng.normal(size=(len(x), sp.n_params)) * 1.5
+        y, lad = sp.forward(x, th)
+        back, ilad = sp.inverse(y, th)
+        np.testing.assert_allclose(back, x, atol=1e-10)
+        np.testing.assert_allclose(ilad, -lad, atol=1e-9)
 
     def test_affine_scale_is_clamped(self):
         af = flowref.Affine({})
