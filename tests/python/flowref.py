@@ -4,7 +4,7 @@
 
 Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
 permute, actnorm, batchnorm, linear, logit, residual; multi-scale exits;
-bases normal, logistic, diag_normal, gmm.
+bases normal, logistic, diag_normal, mixture.
 
 The input is the .safetensors file written by `flowkit export` and
 nothing else (read by safetensors_reader, its "architecture" metadata
