@@ -17,7 +17,11 @@
 # error "FLOW_PLUGIN_DIR must be defined by the build"
 #endif
 
-/* v1 sizes: a descriptor smaller than these cannot be read safely. */
+/* v1 sizes: a descriptor smaller than these cannot be read safely.  Fields
+ * appended later are read only where struct_size covers them, by their
+ * readers: flow_layer_desc's 1.5 fields (model.c, the plugins' describe),
+ * flow_layer_type.export_tensors of 1.6 (export.c, has_hook), the host
+ * entries by FLOW_HOST_HAS in the plugins. */
 #define INFO_V1_SIZE (offsetof(flow_plugin_info, targets) + sizeof(void *))
 #define LAYER_V1_SIZE (offsetof(flow_layer_type, stat) + sizeof(void (*)(void)))
 #define TARGET_V1_SIZE \

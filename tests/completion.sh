@@ -47,7 +47,7 @@ comp() {
 
 # subcommands, options, fixed values
 same cmd-tr "train" "$(comp 'flowkit tr')"
-same cmd-e "encode eval" "$(comp 'flowkit e')"
+same cmd-e "encode eval export" "$(comp 'flowkit e')"
 same global-opts "--help --version" "$(comp 'flowkit --')"
 same help-cmd "check compare" "$(comp 'flowkit help c')"
 same train-ep "--epochs" "$(comp 'flowkit train --ep')"

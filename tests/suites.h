@@ -28,6 +28,7 @@
     X(datasets)     /* built-in data sets */ \
     X(json) \
     X(checkpoint)   /* the checkpoint file format */ \
+    X(export)       /* portable exports (runtime/export.c) */ \
     X(compiler) \
     X(residual)     /* residual layers and their log-det estimators */ \
     X(made_step)    /* MADE sampling step by step, sorted density pass */ \

@@ -12,7 +12,10 @@
  *   fault_prepare  a shift whose prepare() (at = -1) or finish_grad()
  *                (at = -2) fails, with FLOW_LAYER_CONCURRENT_PREPARE: the
  *                host may run several at once and must report the first
- *                failing layer in spec order */
+ *                failing layer in spec order
+ *   fault_export a shift whose export hook writes its tensor `shift`
+ *                twice (at < 0: an attribute that is not JSON): the
+ *                export must refuse the file, naming the layer */
 #include <math.h>
 #include <string.h>
 #include <unistd.h>
@@ -235,7 +238,29 @@ static const flow_layer_type fault_prepare_type = {
     .inverse_backward = inverse_backward, .finish_grad = finish_grad,
 };
 
+static int export_twice(void *self, const flow_call *c, flow_export *ex)
+{
+    const fault *f = self;
+    size_t shape[1] = {f->d};
+    int rc;
+    if (f->at < 0)
+        return ex->attr(ex, "broken", "{not json");
+    rc = ex->tensor(ex, "shift", FLOW_DTYPE_REAL, 1, shape, c->params);
+    return rc ? rc : ex->tensor(ex, "shift", FLOW_DTYPE_REAL, 1, shape,
+                                c->params);
+}
+
+static const flow_layer_type fault_export_type = {
+    .struct_size = sizeof(flow_layer_type), .name = "fault_export",
+    .summary = "test: a shift whose export writes a tensor twice",
+    .attrs = fault_attrs, .describe = fault_describe,
+    .create = error_create, .destroy = destroy, .workspace = workspace,
+    .init = init, .forward = forward, .inverse = inverse,
+    .forward_backward = forward_backward,
+    .inverse_backward = inverse_backward, .export_tensors = export_twice,
+};
+
 FLOW_PLUGIN_LAYERS("faulty", "test",
                    "layers that fail or return NaN on chosen rows",
                    &fault_error_type, &fault_nan_type, &fault_hang_type,
-                   &fault_prepare_type);
+                   &fault_prepare_type, &fault_export_type);
