@@ -1,6 +1,7 @@
 /* export.c - `flowkit export`: a checkpoint's weights as a portable
  * safetensors file (docs/export.md), or with --slim as a checkpoint
  * without training state.  Exit codes: 0 success, 1 error, 2 usage. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,18 @@ static void warn_line(void *arg, const char *line)
     fprintf(stderr, "%s: warning: %s\n", (const char *)arg, line);
 }
 
+/* 1 when metadata `key` is a decimal count (stored in *v). */
+static int meta_count(const flow_checkpoint *ck, const char *key, uint64_t *v)
+{
+    const char *s = flow_checkpoint_meta(ck, key);
+    char *end;
+    if (!s || *s < '0' || *s > '9')
+        return 0;
+    errno = 0;
+    *v = strtoull(s, &end, 10);
+    return !*end && !errno;
+}
+
 /* The checkpoint again with its sources, history, columns and metadata,
  * without the trainer's state. */
 static int write_slim(cli_loaded *l, const char *out)
@@ -91,6 +104,9 @@ static int write_slim(cli_loaded *l, const char *out)
     meta[nm] = NULL;
     in.meta = meta;
     in.columns = flow_checkpoint_columns(l->ck, &nd, &nc);
+    /* the counts say how much training the parameters had */
+    in.has_counts = meta_count(l->ck, "epoch", &in.epoch)
+                    && meta_count(l->ck, "step", &in.step);
     return flow_checkpoint_write(l->model, NULL, &in, out);
 }
 

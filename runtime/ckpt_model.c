@@ -2,6 +2,7 @@
  * module: a tensor per layer, optimizer and RNG state, every spec source. */
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -236,6 +237,12 @@ static int add_tensors(ckpt_writer *w, flow_model *m, flow_trainer *t,
     return rc;
 }
 
+/* flow_checkpoint_info as first published, and with the counts. */
+#define INFO_V1_SIZE \
+    (offsetof(flow_checkpoint_info, columns) + sizeof(const char *const *))
+#define INFO_COUNTS_SIZE \
+    (offsetof(flow_checkpoint_info, step) + sizeof(uint64_t))
+
 int flow_checkpoint_write(flow_model *m, flow_trainer *t,
                           const flow_checkpoint_info *in, const char *path)
 {
@@ -247,7 +254,7 @@ int flow_checkpoint_write(flow_model *m, flow_trainer *t,
     ckpt_writer *w = NULL;
     int rc;
 
-    if (!in || in->struct_size < sizeof *in || !in->files || !in->n_files
+    if (!in || in->struct_size < INFO_V1_SIZE || !in->files || !in->n_files
         || !in->files[0].text)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a checkpoint needs the "
                               "spec source", path);
@@ -266,6 +273,10 @@ int flow_checkpoint_write(flow_model *m, flow_trainer *t,
     memset(&info, 0, sizeof info);
     if ((rc = add_tensors(w, m, t, rng, st, erng, &info)) != FLOW_OK)
         goto out;
+    if (!t && in->struct_size >= INFO_COUNTS_SIZE && in->has_counts) {
+        info.epoch = in->epoch;
+        info.step = in->step;
+    }
     info.spec_source = in->files[0].text;
     info.spec_path = in->files[0].path;
     info.history_json = in->history_json;

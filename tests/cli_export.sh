@@ -125,6 +125,9 @@ truth "slim-size ($slim of $full bytes)" \
 check slim-eval 0 $?
 same slim-eval-same "$(cat "$t/e1")" "$(cat "$t/e2")"
 same slim-params "$(params "$t/moons.ckpt")" "$(params "$t/slim.ckpt")"
+# the slim copy says how much training its parameters had
+same slim-counts "$("$F" info "$t/moons.ckpt" | grep -E '^(epochs|step) ')" \
+    "$("$F" info "$t/slim.ckpt" | grep -E '^(epochs|step) ')"
 "$F" export "$t/slim.ckpt" -o "$t/slim.st" >"$t/err" 2>&1
 check slim-exports 0 $?
 cmp -s "$t/moons.st" "$t/slim.st"; check slim-same-export 0 $?

@@ -675,6 +675,11 @@ typedef struct flow_checkpoint_info {
     const char *const *columns;    /* the training data's column names:
                                       dim data columns, then context_dim
                                       context columns; NULL: unnamed       */
+    /* Appended (read when struct_size covers them): without a trainer,
+     * has_counts = 1 records these epoch and step counts (a slim copy
+     * of a trained model keeps them); a trainer's own counts win. */
+    int has_counts;
+    uint64_t epoch, step;
 } flow_checkpoint_info;
 
 /* flow_checkpoint_save_meta with every source file embedded (and hashed
