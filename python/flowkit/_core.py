@@ -42,7 +42,8 @@ def _checked_compilation(ctx, comp, what):
     the compiler's text."""
     if not comp:
         raise L.error_for(L.ERR_NOMEM, L.errmsg(ctx))
-    text = L.captured(L.flowc.flow_compile_print_diags, comp, DIAG_TEXT) \
+    text = L.captured(
+        lambda f: L.flowc.flow_compile_print_diags(comp, f, DIAG_TEXT)) \
         if L.flowc.flow_compile_diag_count(comp) else ""
     if L.flowc.flow_compile_errors(comp) or not L.flowc.flow_compile_graph(comp):
         diags = _diagnostics(comp)
@@ -185,8 +186,9 @@ class Model:
     Attributes: ``dim``, ``context_dim``, ``n_params``, ``n_layers``,
     ``name``, ``spec`` (the main spec file's text), ``columns`` (the
     training data's column names, or None), ``history`` (per-epoch
-    records of its training, a list of dicts), ``interrupted`` (True when
-    training stopped at a KeyboardInterrupt).
+    records of its training, a list of dicts), ``step`` (optimisation
+    steps taken, for a model from train or fit; else None),
+    ``interrupted`` (True when training stopped at a KeyboardInterrupt).
     """
 
     def __init__(self):
@@ -203,6 +205,7 @@ class Model:
         self.columns = None
         self.history = []
         self.interrupted = False
+        self.step = None
         self._meta = {}
         self._ck_meta = {}
         m = h["model"]

@@ -307,8 +307,8 @@ libc.free.argtypes = [c_ptr]
 
 
 def captured(write, *args):
-    """What write(*args, FILE *) prints, as a str (through an
-    open_memstream buffer, freed here)."""
+    """What write(*args, f) prints to the C stream f, as a str (through
+    an open_memstream buffer, freed here)."""
     buf = ctypes.c_char_p()
     size = c_size()
     f = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))

@@ -319,6 +319,8 @@ def _loop(model, x, c, vx, vc, n, total, cfg, callback, output,
                 stopped = True
     except KeyboardInterrupt as e:
         interrupted = e
+    L.kit.flow_trainer_get_state(tr, ctypes.byref(st))
+    model.step, model.epoch = int(st.step), int(st.epoch)
     if interrupted:
         # the state of the last whole step, not the best parameters, so
         # that resume= goes on where this stopped
@@ -472,6 +474,8 @@ def fit(spec, target=None, steps=None, batch=None, lr=None, schedule=None,
                     break
     except KeyboardInterrupt as e:
         interrupted = e
+    L.kit.flow_trainer_get_state(tr, ctypes.byref(st))
+    model.step = int(st.step)
     if interrupted is not None:
         model.interrupted = True
         if output:
