@@ -410,10 +410,9 @@ class Model:
              "precision": L.PRECISION, "name": self.name}
         d.update(self._ck_meta)
         d.update(self._meta)
-        done = sum(1 for r in self.history
-                   if "epoch" in r and not r.get("partial"))
-        if self.history or "epochs_done" not in d:
-            d["epochs_done"] = done
+        if "epochs_done" not in d:
+            d["epochs_done"] = sum(1 for r in self.history
+                                   if "epoch" in r and not r.get("partial"))
         d["history"] = list(self.history)
         d["spec"] = self.spec
         if self.columns:

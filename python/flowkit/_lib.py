@@ -70,13 +70,14 @@ _BY_STATUS = {ERR_NUMERIC: NumericError, ERR_PLUGIN: PluginError,
 
 
 def error_for(status, message, default=Error):
-    """The exception for a failed call's status and message."""
-    cls = _BY_STATUS.get(status, default)
-    if cls is CheckpointError and default not in (Error, CheckpointError):
-        cls = default
+    """The exception for a failed call's status and message: numeric and
+    plugin failures by their kind, others as `default` (the kind of the
+    call, e.g. CheckpointError for reading one)."""
     if status == ERR_NOMEM:
         return MemoryError(message or "flowkit: out of memory")
-    return cls(message, status)
+    if status in (ERR_NUMERIC, ERR_PLUGIN) or default is Error:
+        return _BY_STATUS.get(status, default)(message, status)
+    return default(message, status)
 
 
 # --- finding the libraries -------------------------------------------
