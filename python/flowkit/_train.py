@@ -3,16 +3,16 @@
 # and flowkit.fit (reverse KL against a named target plugin or a Python
 # function of a numpy batch, through flow_target_new_callback).
 import ctypes
+import json
 import math
 import os
 import sys
-import traceback
 
 import numpy as np
 
 from . import _lib as L
 from ._core import Spec, Model, compile as _compile, VERIFY_THIRD_PARTY, \
-    VERIFY_ALL, load as _load
+    VERIFY_ALL
 from ._lib import Error, ShapeError, DivergedError, CheckpointError
 
 _SCHEDULES = {"constant": 0, "cosine": 1}
@@ -248,7 +248,6 @@ def _restore(model, spec, resume):
                 CheckpointError)
         h = L.kit.flow_checkpoint_meta(ck, b"history")
         if h:
-            import json
             model.history = json.loads(h.decode())
     finally:
         L.kit.flow_checkpoint_free(ck)

@@ -6,8 +6,6 @@ import tempfile
 
 import numpy as np
 
-import flowkit
-
 TOP_BUILDDIR = os.environ.get("top_builddir", "")
 FLOWKIT = os.environ.get("FLOWKIT") or os.path.join(TOP_BUILDDIR, "flowkit")
 
