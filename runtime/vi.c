@@ -102,6 +102,76 @@ double flow_target_log_normalizer(const flow_target *t)
     return t->type->log_normalizer ? t->type->log_normalizer(t->self) : NAN;
 }
 
+/* --- targets written by the caller ------------------------------------ */
+
+/* A callback target's state: the caller's function and its argument. */
+typedef struct callback_target {
+    flow_target_fn fn;
+    void *arg;
+    double log_z;
+} callback_target;
+
+static void callback_destroy(void *self)
+{
+    free(self);
+}
+
+static int callback_log_density(void *self, const flow_call *c,
+                                const flow_real *x, flow_real *logp,
+                                flow_real *grad)
+{
+    const callback_target *cb = self;
+    int rc = cb->fn(cb->arg, c->n, c->dim, x, logp, grad, c->err, c->err_cap);
+    /* any non-zero status of the caller's is a failure of the plugin kind:
+     * the host's codes are not the caller's to know */
+    return rc == 0 ? FLOW_OK : FLOW_ERR_PLUGIN;
+}
+
+static double callback_log_normalizer(void *self)
+{
+    return ((const callback_target *)self)->log_z;
+}
+
+/* Never found by name (no plugin provides it): flow_target_name and the
+ * messages of a callback target read "callback". */
+static const flow_target_type callback_type = {
+    .struct_size = sizeof(flow_target_type),
+    .name = "callback",
+    .summary = "a log-density computed by the caller's function",
+    .destroy = callback_destroy,
+    .log_density = callback_log_density,
+    .log_normalizer = callback_log_normalizer,
+};
+
+int flow_target_new_callback(flow_ctx *ctx, size_t dim, flow_target_fn fn,
+                             void *arg, double log_z, flow_target **out)
+{
+    callback_target *cb;
+    flow_target *t;
+    *out = NULL;
+    ctx_clear_error(ctx);
+    if (!fn)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "callback target: no "
+                              "function");
+    if (dim == 0)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "callback target: "
+                              "dimension 0");
+    if (!(t = calloc(1, sizeof *t)) || !(cb = calloc(1, sizeof *cb))) {
+        free(t);
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    }
+    cb->fn = fn;
+    cb->arg = arg;
+    cb->log_z = log_z;
+    t->ctx = ctx;
+    t->type = &callback_type;
+    t->file = NULL;
+    t->self = cb;
+    t->dim = dim;
+    *out = t;
+    return FLOW_OK;
+}
+
 int flow_target_log_density(flow_target *t, size_t n, const flow_real *x,
                             flow_real *logp, flow_real *grad)
 {

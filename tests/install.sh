@@ -8,7 +8,10 @@
 # targets (make valgrind, make asan) pass it and catch a write past an
 # output, and the conditional kit (examples/conditional: a coupling whose
 # network reads the context) builds, passes `flowkit check` alone and in
-# its spec, and trains into a model that uses the context.
+# its spec, and trains into a model that uses the context.  The Python
+# package, when configure found a Python 3, is installed under pythondir
+# with the installed directories in its _paths.py, and (with numpy)
+# imports from there and scores a spec.
 set -u
 . "$top_srcdir/tests/lib.sh"
 t=$(mktemp -d)
@@ -180,5 +183,32 @@ ll=$("$fk" eval "$t/cond/cond.ckpt" --data "$t/cond/test.csv" --context $labels 
 ll=$(printf '%s\n' "$ll" | sed -n 's/^log-likelihood \([-0-9.e+]*\) .*/\1/p')
 if [ -n "$ll" ] && awk -v l="$ll" 'BEGIN { exit !(l > -1.5 && l < -0.5) }'; then ok; else
     bad "conditional example: held-out log-likelihood '$ll', expected in (-1.5, -0.5)"; fi
+
+# the Python package: the installed copy names the installed libdir and
+# plugin directory; run from DESTDIR with both redirected there
+if [ -n "${pythondir:-}" ] && [ -d "$d$pythondir/flowkit" ]; then
+    p="$d$pythondir/flowkit/_paths.py"
+    if [ -f "$d$pythondir/flowkit/__init__.py" ] \
+            && grep -qx "LIBDIR = \"$libdir\"" "$p" \
+            && grep -qx "PLUGINDIR = \"$pkglibdir\"" "$p" \
+            && grep -qx 'KIND = "install"' "$p"; then ok; else
+        cat "$p"; bad "the installed flowkit package's _paths.py"; fi
+    if [ -n "${PYTHON_NUMPY:-}" ]; then
+        out=$(cd "$t" && PYTHONPATH="$d$pythondir" FLOWKIT_LIBDIR="$d$libdir" \
+              FLOW_PLUGIN_PATH="$d$pkglibdir" "$PYTHON_NUMPY" -c '
+import sys, flowkit, numpy as np
+assert flowkit.__file__.startswith(sys.argv[1]), flowkit.__file__
+s = flowkit.compile(sys.argv[2])
+print(s.name, s.dim, s.n_params, flowkit.precision,
+      np.isfinite(s.build(seed=1).log_prob(np.zeros((3, 2)))).all())
+' "$d$pythondir" "$top_srcdir/specs/moons.flow" 2>&1)
+        case "$out" in
+        "moons 2 35344 float"*" True") ok;;
+        *) bad "python3 -c 'import flowkit' from the installed package: $out";;
+        esac
+    fi
+elif [ -n "${pythondir:-}" ]; then
+    bad "the flowkit Python package is not installed under $pythondir"
+fi
 
 finish install

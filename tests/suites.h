@@ -35,6 +35,7 @@
     X(ode)          /* ode layers and their solvers */ \
     X(vi)           /* targets, ELBO, log Z */ \
     X(vi_fit)       /* fits to targets (seconds each) */ \
+    X(target_callback) /* targets computed by the caller's function */ \
     X(tgemm)        /* runtime/tgemm.c */ \
     X(probe)        /* training's probe of third-party layers */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */

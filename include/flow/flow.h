@@ -738,6 +738,27 @@ FLOW_API int flow_target_log_density(flow_target *t, size_t n,
 /* The target's known log normaliser log Z, or NaN when unknown. */
 FLOW_API double flow_target_log_normalizer(const flow_target *t);
 
+/* A log-density computed by the caller (a posterior written in another
+ * language, e.g. numpy through ctypes): fills logp[r] = log p~(x_r) for
+ * the n rows of x (n x dim, row-major) and, when grad is not NULL,
+ * grad (n x dim) = d log p~ / dx.  Returns 0, or non-zero after writing
+ * a message (NUL-terminated, at most err_cap bytes) into err; the call
+ * then fails with FLOW_ERR_PLUGIN and that message in flow_errmsg.  Called
+ * on the thread that called the flowkit function, never on a model's
+ * worker threads. */
+typedef int (*flow_target_fn)(void *arg, size_t n, size_t dim,
+                              const flow_real *x, flow_real *logp,
+                              flow_real *grad, char *err, size_t err_cap);
+
+/* A target of `dim` dimensions whose log-density is fn(arg, ...);
+ * `log_z` is its known log normaliser (NaN when unknown), reported by
+ * flow_target_log_normalizer.  Its name (flow_target_name) is
+ * "callback".  fn and arg are borrowed and must outlive the target.
+ * *out is new, owned by the caller (flow_target_free). */
+FLOW_API int flow_target_new_callback(flow_ctx *ctx, size_t dim,
+                                      flow_target_fn fn, void *arg,
+                                      double log_z, flow_target **out);
+
 /* ====================================================================
  * Variational fits: the ELBO and importance sampling (runtime/vi.c;
  * docs/vi.md).
