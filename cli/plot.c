@@ -262,8 +262,9 @@ int cli_cmd_plot(int argc, char **argv)
             kind = i;
     if (kind < 0) {
         char hint[320];
-        fprintf(stderr, "flowkit plot: unknown kind '%s'%s: density, pairs, "
-                "history or images (try 'flowkit plot --help')\n", argv[1],
+        fprintf(stderr, "flowkit plot: unknown kind '%s'%s (kinds: density, "
+                "pairs, history, images; try 'flowkit plot --help')\n",
+                argv[1],
                 cli_did_you_mean(hint, sizeof hint, argv[1], kind_names,
                                  N_KINDS));
         return CLI_EXIT_USAGE;
