@@ -852,6 +852,7 @@ int plot_images(const plot_opts *o)
     top = title_band(&c) + 0.3 * c.font;
     cell = fmin((c.width - 2 * c.font) / (double)cols,
                 (c.height - top - c.font) / (double)rows);
+    top += (c.height - top - c.font - cell * (double)rows) / 2;
     for (size_t i = 0; i < shown; i++) {
         size_t r = i / cols, q = i % cols;
         double sc = fmin((cell - 2) / (double)shape[2],
