@@ -329,6 +329,7 @@ int cli_cmd_plot(int argc, char **argv)
         rc = kind == K_DENSITY ? plot_density(&o)
            : kind == K_PAIRS ? plot_pairs(&o)
            : kind == K_HISTORY ? plot_history(&o) : plot_images(&o);
+        plot_shutdown();
 #endif
     }
 out:

@@ -31,6 +31,8 @@ int plot_density(const plot_opts *o);
 int plot_pairs(const plot_opts *o);
 int plot_history(const plot_opts *o);
 int plot_images(const plot_opts *o);
+/* After the last picture: releases the drawing library's caches. */
+void plot_shutdown(void);
 
 /* Parses a comma-separated list of n reals ("1,2.5,-3"); 0, or -1 when
  * the text is not exactly n numbers. */

@@ -12,6 +12,9 @@
 #if CAIRO_HAS_PDF_SURFACE
 #include <cairo-pdf.h>
 #endif
+#ifdef FLOW_HAVE_FONTCONFIG
+#include <fontconfig/fontconfig.h>
+#endif
 
 #include "cli.h"
 #include "plot_draw.h"
@@ -153,6 +156,14 @@ void pd_abort(pd_canvas *c)
     c->cr = NULL;
     c->surface = NULL;
     c->out = NULL;
+}
+
+void pd_shutdown(void)
+{
+    cairo_debug_reset_static_data();
+#ifdef FLOW_HAVE_FONTCONFIG
+    FcFini();
+#endif
 }
 
 /* ------------------------------------------------------------ panels */

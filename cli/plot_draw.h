@@ -31,6 +31,10 @@ int pd_close(pd_canvas *c, const plot_opts *o);
 /* Discards the picture and the output (no-op on a zeroed canvas). */
 void pd_abort(pd_canvas *c);
 
+/* Releases cairo's static caches (fonts, surfaces) at the end of the
+ * command, so that leak checkers see only real leaks. */
+void pd_shutdown(void);
+
 /* A panel: its pixel rectangle and the data ranges it maps. */
 typedef struct pd_axes {
     double x, y, w, h;

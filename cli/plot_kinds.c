@@ -83,6 +83,11 @@ static double title_band(const pd_canvas *c)
     return 2.2 * c->font;
 }
 
+void plot_shutdown(void)
+{
+    pd_shutdown();
+}
+
 /* ------------------------------------------------------------ density */
 
 typedef struct dens {
