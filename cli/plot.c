@@ -230,10 +230,8 @@ static size_t positionals(int argc, char **argv, int kind, char *cmd,
 {
     cli_args a = {argc, 2, argv, cmd, NULL, NULL};
     const char *pos;
-    plot_opts scratch;
     size_t n = 0;
     int k;
-    memset(&scratch, 0, sizeof scratch);
     while ((k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
             files[n++] = pos;

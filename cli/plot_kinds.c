@@ -454,20 +454,17 @@ static int pairs_read(const plot_opts *o, flow_ctx *ctx, flow_data **sets,
 static void histogram(flow_data *d, size_t j, double lo, double hi,
                       size_t bins, double *h)
 {
-    size_t n = flow_data_rows(d), dim = flow_data_dim(d), in = 0;
+    size_t n = flow_data_rows(d), dim = flow_data_dim(d);
     const flow_real *v = flow_data_values(d);
     double w = (hi - lo) / (double)bins;
     memset(h, 0, bins * sizeof *h);
     for (size_t i = 0; i < n; i++) {
         double b = (v[i * dim + j] - lo) / w;
-        if (b >= 0 && b < (double)bins) {
+        if (b >= 0 && b < (double)bins)
             h[(size_t)b] += 1;
-            in++;
-        }
     }
     for (size_t b = 0; b < bins; b++)
         h[b] = n ? h[b] / ((double)n * w) : 0;
-    (void)in;
 }
 
 static void pairs_diag(pd_canvas *c, pd_axes *a, flow_data **sets,
@@ -519,10 +516,8 @@ int plot_pairs(const plot_opts *o)
         goto out;
     rc = 1;
     for (size_t j = 0; j < k; j++) {
-        const flow_real **p = (const flow_real **)xs;
         size_t n[64], st[64], m = o->n_files < 64 ? o->n_files : 64;
         const flow_real *pp[64];
-        (void)p;
         for (size_t s = 0; s < m; s++) {
             pp[s] = flow_data_values(sets[s]);
             n[s] = flow_data_rows(sets[s]);

@@ -72,10 +72,10 @@ same no-temp-files 0 "$(ls -A "$t" | grep -c '\.tmp\.')"
 # The modes of 8gaussians are at radius 4/1.414 on the angles k*pi/4
 # (runtime/datasets.c), with a noise std of 0.35.  The bright local
 # maxima of the density over a grid of 0.1-wide cells (at least a tenth
-# of the highest: log p within 2.3 of it) must each lie within 0.75 (2.1
-# noise std; neighbouring modes are 2.17 apart) of a
-# mode, and cover all 8 modes (a mode may have a second bump of its own:
-# a spline flow's is not a perfect Gaussian).
+# of the highest: log p within 2.3 of it) must each lie within 0.75 of a
+# mode (2.1 noise std; neighbouring modes are 2.17 apart), and cover all 8
+# modes (a mode may have a second bump of its own: a spline flow's is not
+# a perfect Gaussian).
 "$F" plot density "$t/m.ckpt" -o "$t/d3.png" --grid 80 \
     --range -4,4,-4,4 --dump-grid "$t/grid.csv" 2>"$t/err"
 check dump-grid 0 $?
