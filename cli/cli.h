@@ -224,5 +224,7 @@ int cli_cmd_compare(int argc, char **argv);
 int cli_cmd_hdr(int argc, char **argv);
 int cli_cmd_data(int argc, char **argv);
 int cli_cmd_export(int argc, char **argv);
+/* plot.c: `flowkit plot KIND` (cairo; a message when built without). */
+int cli_cmd_plot(int argc, char **argv);
 
 #endif

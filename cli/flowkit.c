@@ -35,6 +35,8 @@ static const struct command {
     {"compare", cli_cmd_compare,
      "rank models by mean log-likelihood, with paired differences"},
     {"hdr", cli_cmd_hdr, "highest-density region threshold and membership"},
+    {"plot", cli_cmd_plot,
+     "pictures: density heat map, pair plot, training curves, images"},
     {"check", cli_cmd_check, "numerical conformance checks of layers"},
     {"plugins", cmd_plugins,
      "plugins found and their types; a layer type's attributes"},

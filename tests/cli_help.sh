@@ -61,6 +61,13 @@ usage_msg hdr-level "flowkit hdr: unknown option '--levle'; did you mean '--leve
     "$FLOWKIT" hdr --levle 0.9
 usage_msg data-labels "flowkit data: unknown option '--labls'; did you mean '--labels'? (try 'flowkit data --help')" \
     "$FLOWKIT" data --labls
+usage_msg plot-samples "flowkit plot density: unknown option '--sampels'; did you mean '--samples'? (try 'flowkit plot density --help')" \
+    "$FLOWKIT" plot density --sampels 3
+# an option of another kind: suggested among the kind's own options
+usage_msg plot-kind-option "flowkit plot pairs: unknown option '--grid' (try 'flowkit plot pairs --help')" \
+    "$FLOWKIT" plot pairs --grid 3
+usage_msg plot-kind "flowkit plot: unknown kind 'densty'; did you mean 'density'? (kinds: density, pairs, history, images; try 'flowkit plot --help')" \
+    "$FLOWKIT" plot densty
 usage_msg plugins-json "flowkit plugins: unknown option '--jsno'; did you mean '--json'? (try 'flowkit plugins --help')" \
     "$FLOWKIT" plugins --jsno
 usage_msg version-opt "flowkit version: unknown option '--bogus' (try 'flowkit version --help')" \
