@@ -379,16 +379,9 @@ static int derive_weights(const flow_net *net, const flow_real *params,
     flow_real *wm = at(ws, lo->wm);
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
-        const flow_real *w = params + ly->w_off;
         flow_real *dst = wm + ly->m_off;
         size_t sz = ly->out * ly->cols;
-        if (net->mask) {
-            const uint8_t *m = net->mask + ly->m_off;
-            for (size_t i = 0; i < sz; i++)
-                dst[i] = m[i] ? w[i] : 0;
-        } else {
-            memcpy(dst, w, sz * sizeof *dst);
-        }
+        nn_masked_weights(net, params, l, dst);
         if (net->sn > 0) {
             double *sn = (double *)(void *)((char *)ws + lo->sn) + ly->sn_off;
             double sigma = 0, scale;

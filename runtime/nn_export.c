@@ -37,15 +37,8 @@ static int used_weights(const flow_net *net, const flow_real *params,
                         size_t l, flow_real *dst)
 {
     const nn_layer *ly = &net->layer[l];
-    const flow_real *w = params + ly->w_off;
     size_t sz = ly->out * ly->cols;
-    if (net->mask) {
-        const uint8_t *m = net->mask + ly->m_off;
-        for (size_t i = 0; i < sz; i++)
-            dst[i] = m[i] ? w[i] : 0;
-    } else {
-        memcpy(dst, w, sz * sizeof *dst);
-    }
+    nn_masked_weights(net, params, l, dst);
     if (net->sn > 0) {
         double sigma = 0, scale, *uv;
         void *scratch;

@@ -376,6 +376,25 @@ FLOW_VECTORIZE NN_STATIC void grad_act_bias(const flow_net *net,
     }
 }
 
+/* Layer l's weights as given to the kernels before any spectral
+ * normalisation: the parameters with the MADE mask applied (masked
+ * entries 0), rows x cols into dst. */
+static inline void nn_masked_weights(const flow_net *net,
+                                     const flow_real *params, size_t l,
+                                     flow_real *dst)
+{
+    const nn_layer *ly = &net->layer[l];
+    const flow_real *w = params + ly->w_off;
+    size_t sz = ly->out * ly->cols;
+    if (net->mask) {
+        const uint8_t *m = net->mask + ly->m_off;
+        for (size_t i = 0; i < sz; i++)
+            dst[i] = m[i] ? w[i] : 0;
+    } else {
+        memcpy(dst, w, sz * sizeof *dst);
+    }
+}
+
 /* MADE (nn_made.c), called by nn_create and nn_workspace: the degrees,
  * masks and maps of the degree-order kernels (0 when out of memory), and
  * the workspace bytes of those kernels for n rows (0 on overflow). */
