@@ -194,7 +194,8 @@ if [ -n "${pythondir:-}" ] && [ -d "$d$pythondir/flowkit" ]; then
             && grep -qx 'KIND = "install"' "$p"; then ok; else
         cat "$p"; bad "the installed flowkit package's _paths.py"; fi
     if [ -n "${PYTHON_NUMPY:-}" ]; then
-        out=$(cd "$t" && PYTHONPATH="$d$pythondir" FLOWKIT_LIBDIR="$d$libdir" \
+        out=$(cd "$t" && python_sanitizer_env \
+              && PYTHONPATH="$d$pythondir" FLOWKIT_LIBDIR="$d$libdir" \
               FLOW_PLUGIN_PATH="$d$pkglibdir" "$PYTHON_NUMPY" -c '
 import sys, flowkit, numpy as np
 assert flowkit.__file__.startswith(sys.argv[1]), flowkit.__file__

@@ -73,3 +73,19 @@ finish() {
     [ "$fail" -eq 0 ] && exit 0
     exit 1
 }
+
+# python_sanitizer_env: in a sanitizer build (TEST_CFLAGS), exports what
+# a Python interpreter needs to load the ASan-built libraries: libasan
+# preloaded (an interpreter not built with it does not load it first)
+# and leak detection off (it would list the interpreter's own
+# allocations); FLOWKIT_TEST_ASAN=1 tells the tests.  Returns 1 when the
+# build is sanitized and there is no libasan.so to preload.
+python_sanitizer_env() {
+    case " ${TEST_CFLAGS:-} " in *fsanitize=address*) ;; *) return 0 ;; esac
+    _asan=$(${CC:-cc} -print-file-name=libasan.so)
+    [ -f "$_asan" ] || return 1
+    LD_PRELOAD="$_asan${LD_PRELOAD:+:$LD_PRELOAD}"
+    ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+    FLOWKIT_TEST_ASAN=1
+    export LD_PRELOAD ASAN_OPTIONS FLOWKIT_TEST_ASAN
+}

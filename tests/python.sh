@@ -7,22 +7,15 @@ if [ -z "${PYTHON_NUMPY:-}" ]; then
     echo "python.sh: no Python 3 with numpy (configure: apt-get install python3-numpy); skipped"
     exit 77
 fi
-# In a sanitizer build the libraries need ASan loaded first, which an
-# interpreter not built with it does not do: LD_PRELOAD it.  Its leak
-# report would list the interpreter's own allocations, so leaks are left
-# to the RSS test, which ASan's quarantine of freed memory (and its
-# shadow) would fail: that one test is skipped there (FLOWKIT_TEST_ASAN).
-case " ${TEST_CFLAGS:-} " in *fsanitize=address*)
-    asan=$(${CC:-cc} -print-file-name=libasan.so)
-    if [ ! -f "$asan" ]; then
-        echo "python.sh: sanitizer build and no libasan.so to preload; skipped"
-        exit 77
-    fi
-    LD_PRELOAD="$asan${LD_PRELOAD:+:$LD_PRELOAD}"
-    ASAN_OPTIONS="detect_leaks=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-    FLOWKIT_TEST_ASAN=1
-    export LD_PRELOAD ASAN_OPTIONS FLOWKIT_TEST_ASAN ;;
-esac
+. "$top_srcdir/tests/lib.sh"
+# In a sanitizer build the interpreter needs ASan preloaded (lib.sh).  Leaks
+# are then left to the RSS test, which ASan's quarantine of freed memory
+# (and its shadow) would fail: that one test is skipped there
+# (FLOWKIT_TEST_ASAN).
+if ! python_sanitizer_env; then
+    echo "python.sh: sanitizer build and no libasan.so to preload; skipped"
+    exit 77
+fi
 PYTHONPATH="$top_builddir/python${PYTHONPATH:+:$PYTHONPATH}"
 PYTHONDONTWRITEBYTECODE=1
 export PYTHONPATH PYTHONDONTWRITEBYTECODE
