@@ -2,15 +2,16 @@
  * selection, located errors), a NumPy .npy reader and both writers. */
 #include <errno.h>
 #include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "data.h"
 #include "fileio.h"
 
-#define SRC_BUF 65536
 #define NPY_MAGIC "\x93NUMPY"
 
 /* ------------------------------------------------------------ data sets */
@@ -91,9 +92,9 @@ int flow_data_set_column_names(flow_ctx *ctx, flow_data *data,
     return data_set_names(ctx, data, names);
 }
 
-/* Grows x and ctx to hold at least `rows` rows (amortised doubling). */
-static int ensure_rows(flow_ctx *ctx, const char *name, flow_data *data,
-                       size_t *cap, size_t rows)
+/* Grows x and ctx to hold at least `rows` rows (data.h). */
+int data_grow(flow_ctx *ctx, const char *name, flow_data *data,
+              size_t *cap, size_t rows)
 {
     size_t width = data->d + data->c, ncap = *cap;
     flow_real *p;
@@ -137,52 +138,6 @@ nomem:
 }
 
 /* ------------------------------------------------------------ input */
-
-typedef struct src {
-    FILE *f;
-    const char *name;
-    unsigned char *buf;
-    size_t pos, len;
-    int eof, ioerr;
-} src;
-
-static int src_fill(src *s)
-{
-    if (s->eof)
-        return 0;
-    s->pos = 0;
-    s->len = fread(s->buf, 1, SRC_BUF, s->f);
-    if (s->len == 0) {
-        s->eof = 1;
-        s->ioerr = ferror(s->f) != 0;
-    }
-    return s->len > 0;
-}
-
-static int src_get(src *s)
-{
-    if (s->pos == s->len && !src_fill(s))
-        return -1;
-    return s->buf[s->pos++];
-}
-
-static size_t src_read(src *s, void *dst, size_t n)
-{
-    unsigned char *d = dst;
-    size_t done = 0;
-    while (done < n) {
-        size_t k;
-        if (s->pos == s->len && !src_fill(s))
-            break;
-        k = s->len - s->pos;
-        if (k > n - done)
-            k = n - done;
-        memcpy(d + done, s->buf + s->pos, k);
-        s->pos += k;
-        done += k;
-    }
-    return done;
-}
 
 /* Column selection: map[j] = destination of input column j: -1 skipped,
  * 0..d-1 data column, d..d+c-1 context column. */
@@ -328,6 +283,60 @@ static int build_selection(flow_ctx *ctx, const char *name,
     return FLOW_OK;
 }
 
+/* Every column, in order, and no context. */
+static int sel_identity(const selection *sel)
+{
+    if (sel->c || sel->d != sel->ncols)
+        return 0;
+    for (size_t j = 0; j < sel->ncols; j++)
+        if (sel->map[j] != (long)j)
+            return 0;
+    return 1;
+}
+
+int data_apply_opts(flow_ctx *ctx, const char *name, const data_opts *opts,
+                    flow_data *data)
+{
+    selection sel = {0};
+    flow_real *x = NULL, *c = NULL;
+    size_t n = data->n, k = data->d;
+    int rc;
+    if ((rc = build_selection(ctx, name, opts, NULL, k, 0, &sel)))
+        goto done;
+    if (sel_identity(&sel))
+        goto done;
+    if ((sel.d && !(x = malloc(n * sel.d * sizeof *x)))
+        || (sel.c && !(c = malloc(n * sel.c * sizeof *c)))
+        || !(data->cols = malloc(sel.d + sel.c ? (sel.d + sel.c)
+                                 * sizeof *data->cols : 1))) {
+        free(x);
+        free(c);
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+        goto done;
+    }
+    for (size_t j = 0; j < k; j++) {
+        long dst = sel.map[j];
+        if (dst < 0)
+            continue;
+        data->cols[dst] = j;
+        for (size_t i = 0; i < n; i++) {
+            if ((size_t)dst < sel.d)
+                x[i * sel.d + (size_t)dst] = data->x[i * k + j];
+            else
+                c[i * sel.c + (size_t)dst - sel.d] = data->x[i * k + j];
+        }
+    }
+    free(data->x);
+    data->x = x;
+    data->ctx = c;
+    data->d = sel.d;
+    data->c = sel.c;
+    data->rank = 0;
+done:
+    free(sel.map);
+    return rc;
+}
+
 /* Parses a number; 0 ok, 1 not a number, 2 NaN/Inf, 3 out of range,
  * 4 a hexadecimal float (strtod reads 0x1p3 as 8, but no CSV writer
  * means a number by it), 5 a non-zero number that underflowed to 0. */
@@ -367,7 +376,7 @@ static int parse_real(const char *text, flow_real *out)
 
 typedef struct csv {
     flow_ctx *ctx;
-    src *s;
+    data_src *s;
     const data_opts *opts;
     flow_data *data;
     size_t cap;             /* row capacity of data */
@@ -444,7 +453,7 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
 
 static int csv_row_begin(csv *p)
 {
-    return ensure_rows(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
+    return data_grow(p->ctx, p->s->name, p->data, &p->cap, p->data->n + 1);
 }
 
 /* Records that row n of the data set is on `line`: nothing while the
@@ -577,7 +586,7 @@ static int csv_parse(csv *p)
     int in_row = 0;     /* a data row has been started */
 
     for (;;) {
-        ch = src_get(p->s);
+        ch = data_src_get(p->s);
         if (ch != -1 && ch != '\n' && ++line_bytes > DATA_LINE_MAX)
             return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
                                   "%s:%zu: line longer than %zu bytes",
@@ -588,7 +597,7 @@ static int csv_parse(csv *p)
                                       "%s:%zu:%zu: unterminated quoted value",
                                       p->s->name, quote_line, col);
             if (ch == '"') {
-                int nx = src_get(p->s);
+                int nx = data_src_get(p->s);
                 if (nx == '"') {
                     line_bytes++;
                     goto append;   /* "" is a literal quote */
@@ -703,6 +712,14 @@ static char *dup_text(const char *s)
     return d;
 }
 
+int data_set_source(flow_ctx *ctx, flow_data *data, const char *name)
+{
+    free(data->source);
+    if (!(data->source = dup_text(name)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "%s: out of memory", name);
+    return FLOW_OK;
+}
+
 /* Remembers the file and its columns for data_locate. */
 static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
                       flow_data *data)
@@ -737,7 +754,7 @@ static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
     return FLOW_OK;
 }
 
-static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
+static int read_csv(flow_ctx *ctx, data_src *s, const data_opts *opts,
                     flow_data **out)
 {
     csv p;
@@ -770,11 +787,38 @@ static int read_csv(flow_ctx *ctx, src *s, const data_opts *opts,
 /* ------------------------------------------------------------ NPY */
 
 typedef struct npy_header {
-    int esize;              /* 4 or 8 */
+    char kind;              /* 'f' float, 'i' signed, 'u' unsigned */
+    int esize;              /* bytes per value: 1, 2, 4 or 8 */
+    int big;                /* big-endian ('>') */
     int fortran;
     int ndim;
-    unsigned long long shape[2];
+    unsigned long long shape[4];
 } npy_header;
+
+/* Reads a dtype string: a byte order ('<' little, '>' big, '|' not
+ * applicable: one byte), a kind and a size (numpy/lib/format.py,
+ * dtype.str).  '=' (native order) never reaches a file written by numpy
+ * and would say nothing about the writer's machine: refused. */
+static int npy_dtype(const char *val, npy_header *h)
+{
+    char order = val[0], kind = val[0] ? val[1] : 0;
+    int size = kind ? atoi(val + 2) : 0;
+    if (!kind || !val[2] || strspn(val + 2, "0123456789") != strlen(val + 2))
+        return -1;
+    if (kind == 'f' && (size == 4 || size == 8))
+        ;
+    else if ((kind == 'i' || kind == 'u')
+             && (size == 1 || size == 2 || size == 4 || size == 8))
+        ;
+    else
+        return -1;
+    if (order == '|' ? size != 1 : order != '<' && order != '>')
+        return -1;
+    h->kind = kind;
+    h->esize = size;
+    h->big = order == '>';
+    return 0;
+}
 
 static int npy_bad(flow_ctx *ctx, const char *name, const char *what)
 {
@@ -833,14 +877,12 @@ static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
         if (!strcmp(key, "descr")) {
             if (npy_string(&p, val, sizeof val))
                 return npy_bad(ctx, name, "descr is not a string");
-            if (!strcmp(val, "<f4"))
-                h->esize = 4;
-            else if (!strcmp(val, "<f8"))
-                h->esize = 8;
-            else
+            if (npy_dtype(val, h))
                 return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
                                       "%s: NPY dtype '%s' not supported (need "
-                                      "'<f4' or '<f8')", name, val);
+                                      "float f4 or f8, or integer i1 u1 i2 u2 "
+                                      "i4 u4 i8 u8, with byte order '<', '>' "
+                                      "or '|')", name, val);
             seen_descr = 1;
         } else if (!strcmp(key, "fortran_order")) {
             if (!strncmp(p, "True", 4))
@@ -862,7 +904,7 @@ static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
                 if (*p < '0' || *p > '9')
                     return npy_bad(ctx, name, "bad shape");
                 errno = 0;
-                if (h->ndim < 2)
+                if (h->ndim < 4)
                     h->shape[h->ndim] = strtoull(p, &end, 10);
                 else
                     (void)strtoull(p, &end, 10);
@@ -893,16 +935,57 @@ static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
                               "%s: NPY Fortran order not supported (save a "
                               "C-order array: np.ascontiguousarray)", name);
-    if (h->ndim != 1 && h->ndim != 2)
+    if (h->ndim < 1 || h->ndim > 4)
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
-                              "%s: NPY array has %d dimensions, need 1 or 2",
+                              "%s: NPY array has %d dimensions, need 1 to 4 "
+                              "((N), (N, D), (N, H, W) or (N, C, H, W))",
                               name, h->ndim);
-    if (h->ndim == 1)
-        h->shape[1] = 1;
     return FLOW_OK;
 }
 
-static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
+/* One NPY value (esize bytes at p) as a double; for an integer dtype
+ * *isint is set and *ival holds the integer (LLONG_MAX for a u8 beyond
+ * it), since a double does not hold every 64-bit integer. */
+static double npy_value(const npy_header *h, const unsigned char *p,
+                        long long *ival, int *isint)
+{
+    unsigned char b[8];
+    uint64_t u;
+    for (int k = 0; k < h->esize; k++)
+        b[k] = p[h->big ? h->esize - 1 - k : k];
+    u = fio_get_le(b, (size_t)h->esize);
+    *isint = h->kind != 'f';
+    if (h->kind == 'f') {
+        if (h->esize == 4) {
+            uint32_t w = (uint32_t)u;
+            float f;
+            memcpy(&f, &w, 4);
+            return f;
+        } else {
+            double v;
+            memcpy(&v, &u, 8);
+            return v;
+        }
+    }
+    if (h->kind == 'i' && h->esize < 8 && (u >> (8 * h->esize - 1)) & 1)
+        u |= ~(uint64_t)0 << (8 * h->esize);    /* sign extension */
+    if (h->kind == 'u' && h->esize == 8 && u > (uint64_t)LLONG_MAX) {
+        *ival = LLONG_MAX;      /* beyond every exact range anyway */
+        return (double)u;
+    }
+    *ival = (long long)u;
+    return (double)*ival;
+}
+
+/* An integer is exact in flow_real when it converts back to itself
+ * (float32: every integer up to 2^24; float64: up to 2^53). */
+static int int_exact(long long v)
+{
+    flow_real r = (flow_real)v;
+    return fabs((double)r) < 9.2e18 && (long long)r == v;
+}
+
+static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
                     flow_data **out)
 {
     unsigned char pre[12];
@@ -917,7 +1000,7 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     int rc = FLOW_OK;
 
     memset(&h, 0, sizeof h);
-    if (src_read(s, pre, 8) != 8)
+    if (data_src_read(s, pre, 8) != 8)
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
                               "preamble", s->name);
     if ((pre[6] != 1 && pre[6] != 2) || pre[7] != 0)
@@ -925,7 +1008,7 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                               "supported (only 1.0 and 2.0)", s->name, pre[6],
                               pre[7]);
     lenbytes = pre[6] == 1 ? 2 : 4;
-    if (src_read(s, pre + 8, lenbytes) != lenbytes)
+    if (data_src_read(s, pre + 8, lenbytes) != lenbytes)
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
                               "preamble", s->name);
     hlen = (size_t)fio_get_le(pre + 8, lenbytes);
@@ -935,7 +1018,7 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                               DATA_NPY_HEADER_MAX);
     if (!(text = malloc(hlen + 1)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-    if (src_read(s, text, hlen) != hlen) {
+    if (data_src_read(s, text, hlen) != hlen) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
                             "header", s->name);
         goto fail;
@@ -948,21 +1031,32 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     if ((rc = npy_parse_dict(ctx, s->name, text, &h)))
         goto fail;
     nrows = (size_t)h.shape[0];
-    ncols = (size_t)h.shape[1];
-    if (h.shape[0] > SIZE_MAX || h.shape[1] > SIZE_MAX
-        || (ncols && ncols > SIZE_MAX / (size_t)h.esize / 2)) {
+    ncols = 1;
+    for (int k = 1; k < h.ndim; k++) {
+        if (h.shape[k] > SIZE_MAX || (h.shape[k] && ncols > SIZE_MAX
+                                      / (size_t)h.shape[k])) {
+            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too "
+                                "large (the product of its dimensions after "
+                                "the first overflows)", s->name);
+            goto fail;
+        }
+        ncols *= (size_t)h.shape[k];
+    }
+    if (h.shape[0] > SIZE_MAX || ncols > SIZE_MAX / 8 / 2) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too large",
                             s->name);
         goto fail;
     }
     if (nrows == 0 || ncols == 0) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: empty input (NPY shape "
-                            "(%llu, %llu))", s->name, h.shape[0], h.shape[1]);
+                            "with %llu rows of %zu values)", s->name,
+                            h.shape[0], ncols);
         goto fail;
     }
     if (ncols > DATA_LINE_MAX) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu columns "
-                            "(limit %zu)", s->name, ncols, DATA_LINE_MAX);
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu values "
+                            "per row (limit %zu)", s->name, ncols,
+                            DATA_LINE_MAX);
         goto fail;
     }
     if ((rc = build_selection(ctx, s->name, opts, NULL, ncols, 0, &sel)))
@@ -977,7 +1071,7 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
     /* rows arrive one by one: a header claiming a huge shape costs
      * nothing until the bytes are really there */
     for (size_t i = 0; i < nrows; i++) {
-        size_t got = src_read(s, row, rowbytes);
+        size_t got = data_src_read(s, row, rowbytes);
         if (got != rowbytes) {
             unsigned long long have = (unsigned long long)i * rowbytes + got;
             rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
@@ -985,24 +1079,24 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
                                 h.shape[0] * (unsigned long long)rowbytes);
             goto fail;
         }
-        if ((rc = ensure_rows(ctx, s->name, data, &cap, i + 1)))
+        if ((rc = data_grow(ctx, s->name, data, &cap, i + 1)))
             goto fail;
         for (size_t j = 0; j < ncols; j++) {
             long dst = sel.map[j];
+            long long iv = 0;
+            int isint;
             double v;
             flow_real r;
             if (dst < 0)
                 continue;
-            if (h.esize == 4) {
-                uint32_t u = (uint32_t)fio_get_le(row + 4 * j, 4);
-                float f;
-                memcpy(&f, &u, 4);
-                v = f;
-            } else {
-                uint64_t u = fio_get_le(row + 8 * j, 8);
-                memcpy(&v, &u, 8);
+            v = npy_value(&h, row + (size_t)h.esize * j, &iv, &isint);
+            if (isint && !int_exact(iv)) {
+                rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: "
+                                    "integer %.17g is not exact in %s",
+                                    s->name, i, j, v, FLOW_REAL_NAME);
+                goto fail;
             }
-            r = (flow_real)v;
+            r = isint ? (flow_real)iv : (flow_real)v;
             if (r == 0 && v != 0 && !underflows++) {
                 uf_row = i;
                 uf_col = j;
@@ -1021,12 +1115,20 @@ static int read_npy(flow_ctx *ctx, src *s, const data_opts *opts,
         }
         data->n = i + 1;
     }
-    if (src_get(s) != -1) {
+    if (data_src_get(s) != -1) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
                             "after %llu x %zu values", s->name, h.shape[0], ncols);
         goto fail;
     }
     data->npy = 1;
+    /* (N, H, W) and (N, C, H, W): rows are images [1, H, W], [C, H, W],
+     * unless columns were picked out of them */
+    if (h.ndim >= 3 && sel_identity(&sel)) {
+        data->rank = 3;
+        data->shape[0] = h.ndim == 4 ? (size_t)h.shape[1] : 1;
+        data->shape[1] = (size_t)h.shape[h.ndim - 2];
+        data->shape[2] = (size_t)h.shape[h.ndim - 1];
+    }
     if ((rc = set_source(ctx, s->name, &sel, data)))
         goto fail;
     if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
@@ -1044,38 +1146,69 @@ fail:
 
 /* ------------------------------------------------------------ reading */
 
+static int ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), k = strlen(tail);
+    return n >= k && !strcmp(s + n - k, tail);
+}
+
+/* The IDX magic: two zero bytes, a type code, 1..4 dimensions (LeCun et
+ * al., "THE MNIST DATABASE", file formats). */
+static int idx_magic(const unsigned char *b, size_t len)
+{
+    return len >= 4 && b[0] == 0 && b[1] == 0 && b[3] >= 1 && b[3] <= 4
+           && (b[2] == 0x08 || b[2] == 0x09 || b[2] == 0x0B
+               || b[2] == 0x0C || b[2] == 0x0D || b[2] == 0x0E);
+}
+
+/* The name without a ".gz" ending, to tell what a file claims to be. */
+static int claims(const char *name, const char *tail)
+{
+    char base[512];
+    size_t n = strlen(name);
+    if (ends_with(name, ".gz") && n - 3 < sizeof base) {
+        memcpy(base, name, n - 3);
+        base[n - 3] = '\0';
+        return ends_with(base, tail);
+    }
+    return ends_with(name, tail);
+}
+
 int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
                      const data_opts *opts, flow_data **out)
 {
-    src s;
-    int rc;
-    memset(&s, 0, sizeof s);
+    data_src s;
+    int rc, erc;
     *out = NULL;
-    s.f = f;
-    s.name = name;
-    if (!(s.buf = malloc(SRC_BUF)))
-        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-    src_fill(&s);
-    if (s.ioerr)
-        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error: %s", name,
-                            strerror(errno));
-    else if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
-        rc = read_npy(ctx, &s, opts, out);
-    else {
-        size_t nl = strlen(name);
-        if (nl >= 4 && !strcmp(name + nl - 4, ".npy"))
-            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an NPY file "
-                                "(bad magic)", name);
-        else
-            rc = read_csv(ctx, &s, opts, out);
+    if ((rc = data_src_open(ctx, &s, f, name)) != FLOW_OK) {
+        data_src_close(&s);
+        return rc;
     }
-    if (rc == FLOW_OK && s.ioerr)
-        rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: read error", name);
+    if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
+        rc = read_npy(ctx, &s, opts, out);
+    else if (idx_magic(s.buf, s.len))
+        rc = data_read_idx(ctx, &s, opts, out);
+    else if (s.len >= 8 && !memcmp(s.buf, "\x89PNG\r\n\x1a\n", 8))
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: a single PNG file: "
+                            "give the directory of PNG files instead", name);
+    else if (claims(name, ".npy"))
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an NPY file "
+                            "(bad magic)", name);
+    else if (claims(name, ".idx") || claims(name, "-ubyte"))
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an IDX file (bad "
+                            "magic: need 00 00, a type code 08 09 0B 0C 0D "
+                            "0E and 1 to 4 dimensions)", name);
+    else
+        rc = read_csv(ctx, &s, opts, out);
+    /* a reader that met the end early says "truncated"; the stream
+     * knows better when a read or the gzip stream failed */
+    if ((erc = data_src_error(ctx, &s)) != FLOW_OK)
+        rc = erc;
     if (rc != FLOW_OK && *out) {
         data_free(*out);
         *out = NULL;
     }
-    free(s.buf);
+    data_src_close(&s);
     return rc;
 }
 
@@ -1083,10 +1216,13 @@ int data_read(flow_ctx *ctx, const char *path, const data_opts *opts,
               flow_data **out)
 {
     FILE *f;
+    struct stat st;
     int rc;
     *out = NULL;
     if (!strcmp(path, "-"))
         return data_read_stream(ctx, "<stdin>", stdin, opts, out);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return data_read_png_dir(ctx, path, opts, out);
     if (!(f = fopen(path, "rb")))
         return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open: %s", path,
                               strerror(errno));
@@ -1161,13 +1297,20 @@ static int write_csv(flow_ctx *ctx, const flow_data *data, const char *path,
 static int write_npy(flow_ctx *ctx, const flow_data *data, const char *path,
                      FILE *f)
 {
-    char dict[160];
+    char dict[224], shape[96];
     unsigned char pre[12];
     size_t k = data->d + data->c, dl, total, prelen = 10;
     int rc;
+    if (data->rank && !data->c) {
+        int at = snprintf(shape, sizeof shape, "%zu", data->n);
+        for (int r = 0; r < data->rank; r++)
+            at += snprintf(shape + at, sizeof shape - (size_t)at, ", %zu",
+                           data->shape[r]);
+    } else
+        snprintf(shape, sizeof shape, "%zu, %zu", data->n, k);
     dl = (size_t)snprintf(dict, sizeof dict, "{'descr': '<%s', "
-                          "'fortran_order': False, 'shape': (%zu, %zu), }",
-                          FLOW_REAL_DOUBLE ? "f8" : "f4", data->n, k);
+                          "'fortran_order': False, 'shape': (%s), }",
+                          FLOW_REAL_DOUBLE ? "f8" : "f4", shape);
     /* pad with spaces so that data starts at a multiple of 64, and end
      * the header with '\n' (NPY 1.0, numpy/lib/format.py) */
     total = (prelen + dl + 1 + 63) / 64 * 64;
@@ -1197,20 +1340,23 @@ int data_write(flow_ctx *ctx, const flow_data *data, const char *path,
 {
     fio_out o;
     int rc;
-    if (format == FLOW_DATA_AUTO) {
-        size_t n = strlen(path);
-        format = n >= 4 && !strcmp(path + n - 4, ".npy") ? FLOW_DATA_NPY
-                                                         : FLOW_DATA_CSV;
-    }
-    if (format != FLOW_DATA_CSV && format != FLOW_DATA_NPY)
+    if (format == FLOW_DATA_AUTO)
+        format = ends_with(path, ".npy") ? FLOW_DATA_NPY
+               : ends_with(path, ".idx") ? FLOW_DATA_IDX
+               : ends_with(path, ".png") ? FLOW_DATA_PNG : FLOW_DATA_CSV;
+    if (format < FLOW_DATA_CSV || format > FLOW_DATA_PNG)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown data format %d",
                               (int)format);
     if ((rc = fio_open_out(ctx, path, &o)))
         return rc;
     if (format == FLOW_DATA_CSV)
         rc = write_csv(ctx, data, path, o.f, header);
-    else
+    else if (format == FLOW_DATA_NPY)
         rc = write_npy(ctx, data, path, o.f);
+    else if (format == FLOW_DATA_IDX)
+        rc = data_write_idx(ctx, data, path, o.f);
+    else
+        rc = data_write_png(ctx, data, path, o.f);
     if (rc != FLOW_OK) {
         fio_abort(&o);
         return rc;
@@ -1281,6 +1427,52 @@ void flow_data_locate(const flow_data *data, size_t row, size_t col,
 
 const char *flow_data_note(const flow_data *data) { return data->note; }
 
+int flow_data_shape(const flow_data *data, size_t shape[4])
+{
+    shape[0] = shape[1] = shape[2] = shape[3] = 0;
+    if (!data->rank) {
+        shape[0] = data->d;
+        return 1;
+    }
+    for (int r = 0; r < data->rank; r++)
+        shape[r] = data->shape[r];
+    return data->rank;
+}
+
+int flow_data_set_shape(flow_ctx *ctx, flow_data *data, const size_t *shape,
+                        int rank)
+{
+    size_t prod = 1;
+    if (rank < 1 || rank > 4)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "a sample shape has 1 to 4 "
+                              "dimensions, not %d", rank);
+    for (int r = 0; r < rank; r++) {
+        if (!shape[r] || prod > SIZE_MAX / shape[r])
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "sample shape: "
+                                  "dimension %d is %zu", r + 1, shape[r]);
+        prod *= shape[r];
+    }
+    if (prod != data->d)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "sample shape of %zu values "
+                              "for rows of %zu", prod, data->d);
+    data->rank = rank == 1 ? 0 : rank;
+    for (int r = 0; r < 4; r++)
+        data->shape[r] = r < rank ? shape[r] : 0;
+    return FLOW_OK;
+}
+
+int flow_data_set_pixel_range(flow_ctx *ctx, flow_data *data, double lo,
+                              double hi)
+{
+    if (!isfinite(lo) || !isfinite(hi) || !(lo < hi))
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "pixel range %g,%g: need "
+                              "finite lo < hi", lo, hi);
+    data->has_range = 1;
+    data->lo = lo;
+    data->hi = hi;
+    return FLOW_OK;
+}
+
 void flow_data_allow_nonfinite(flow_data *data, int on)
 {
     data->nonfinite_ok = on != 0;
@@ -1333,6 +1525,11 @@ int flow_data_reorder(flow_ctx *ctx, flow_data *data, const size_t *order,
     data->cols = cols;
     data->d = dim;
     data->c = cdim;
+    for (size_t j = 0; j < k; j++)
+        if (order[j] != j)
+            data->rank = 0;     /* a sample shape holds columns in order */
+    if (cdim)
+        data->rank = 0;
     return FLOW_OK;
 }
 

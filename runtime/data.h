@@ -1,5 +1,6 @@
 /* data.h - internal: data sets (n x d matrices of flow_real plus optional
- * context columns) and their CSV and NumPy .npy readers and writers. */
+ * context columns), their readers (CSV, NPY, IDX, PNG directories) and
+ * writers (CSV, NPY, IDX, PNG grids). */
 #ifndef FLOW_RUNTIME_DATA_H
 #define FLOW_RUNTIME_DATA_H
 
@@ -33,6 +34,14 @@ struct flow_data {
     char *note;         /* a warning about the values read, owned; NULL
                            when none */
     int nonfinite_ok;   /* data_write may write NaN and Inf */
+    /* the shape of one sample (row): rank 0 while flat, else 2..4 dims
+     * whose product is d, C order (image rows are [C, H, W], NCHW) */
+    int rank;
+    size_t shape[4];
+    /* IDX (u8) and PNG writers: values lo..hi map onto 0..255; without
+     * a range, values are the pixel integers themselves */
+    int has_range;
+    double lo, hi;
 };
 
 typedef struct data_opts {
@@ -41,6 +50,68 @@ typedef struct data_opts {
     const char *context;  /* context columns, same syntax; NULL: none */
     size_t expect_dim;    /* required number of data columns, 0: any */
 } data_opts;
+
+/* A buffered input stream (runtime/data_src.c): bytes of a FILE, or of
+ * the gzip stream in it (RFC 1952, inflated with zlib when configure
+ * found it), so that every reader takes gzip'd input alike. */
+typedef struct data_src {
+    FILE *f;
+    const char *name;
+    unsigned char *buf;
+    size_t pos, len;
+    int eof, ioerr;
+    int gz;                 /* inflating a gzip stream */
+    int gzerr;              /* corrupt or truncated gzip stream */
+    void *z;                /* z_stream, owned */
+    unsigned char *zbuf;    /* compressed bytes, owned */
+    unsigned long long zin; /* compressed bytes consumed (messages) */
+} data_src;
+
+#define DATA_SRC_BUF 65536
+
+/* Opens s on f (buffers allocated; the first block read; gzip recognised
+ * by its magic 1f 8b).  FLOW_OK, or an error in ctx naming `name`. */
+int data_src_open(flow_ctx *ctx, data_src *s, FILE *f, const char *name);
+/* Frees what data_src_open allocated (f stays open). */
+void data_src_close(data_src *s);
+/* Refills s->buf; 0 at the end (or on an error: s->ioerr, s->gzerr). */
+int data_src_fill(data_src *s);
+/* The next byte, or -1 at the end. */
+int data_src_get(data_src *s);
+/* Up to n bytes into dst; fewer only at the end. */
+size_t data_src_read(data_src *s, void *dst, size_t n);
+/* An error in ctx for a read that ended early because of s's stream
+ * (read or gzip error), or FLOW_OK when the data really ended. */
+int data_src_error(flow_ctx *ctx, const data_src *s);
+
+/* Applies opts to a data set read whole (d columns, no context, from an
+ * image file): column selection, context columns, the expected
+ * dimension.  A selection other than all columns in order makes the
+ * rows flat (rank 0). */
+int data_apply_opts(flow_ctx *ctx, const char *name, const data_opts *opts,
+                    flow_data *data);
+/* Grows data->x and data->ctx to hold at least `rows` rows, *cap being
+ * the rows they hold now (amortised doubling). */
+int data_grow(flow_ctx *ctx, const char *name, flow_data *data, size_t *cap,
+              size_t rows);
+/* A copy of name as data->source (messages, data_locate). */
+int data_set_source(flow_ctx *ctx, flow_data *data, const char *name);
+
+/* IDX (runtime/images.c): s positioned at the magic. */
+int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
+                  flow_data **out);
+/* A directory of PNG files, sorted by name (runtime/images.c). */
+int data_read_png_dir(flow_ctx *ctx, const char *dir, const data_opts *opts,
+                      flow_data **out);
+/* Writers of runtime/images.c, on an open stream. */
+int data_write_idx(flow_ctx *ctx, const flow_data *data, const char *path,
+                   FILE *f);
+int data_write_png(flow_ctx *ctx, const flow_data *data, const char *path,
+                   FILE *f);
+/* A value as an 8-bit pixel: mapped by the data set's range when it has
+ * one, rounded to the nearest integer and clamped to 0..255. */
+unsigned data_pixel_u8(const flow_data *data, flow_real v);
+
 
 /* New zero-filled data set, or NULL (message in ctx) on overflow or when
  * out of memory.  Free with data_free. */

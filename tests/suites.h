@@ -25,6 +25,7 @@
     X(transform)    /* element-wise transformers (affine, spline, ...) */ \
     X(base)         /* base distributions */ \
     X(data)         /* CSV and .npy files */ \
+    X(images)       /* IDX, NPY images, PNG directories; image writers */ \
     X(datasets)     /* built-in data sets */ \
     X(json) \
     X(checkpoint)   /* the checkpoint file format */ \

@@ -356,21 +356,29 @@ START_TEST(test_npy_errors)
                      "'shape': (3, 2), }";
     expect_npy_error(3, ok, v8, sizeof v8,
                      ": NPY version 3.0 not supported (only 1.0 and 2.0)");
-    expect_npy_error(1, "{'descr': '<i4', 'fortran_order': False, "
+    expect_npy_error(1, "{'descr': '<c8', 'fortran_order': False, "
                      "'shape': (3, 2), }", v8, sizeof v8,
-                     ": NPY dtype '<i4' not supported (need '<f4' or "
-                     "'<f8')");
-    expect_npy_error(1, "{'descr': '>f8', 'fortran_order': False, "
+                     ": NPY dtype '<c8' not supported (need float f4 or f8, "
+                     "or integer i1 u1 i2 u2 i4 u4 i8 u8, with byte order "
+                     "'<', '>' or '|')");
+    expect_npy_error(1, "{'descr': '=f8', 'fortran_order': False, "
                      "'shape': (3, 2), }", v8, sizeof v8,
-                     ": NPY dtype '>f8' not supported (need '<f4' or "
-                     "'<f8')");
+                     ": NPY dtype '=f8' not supported (need float f4 or f8, "
+                     "or integer i1 u1 i2 u2 i4 u4 i8 u8, with byte order "
+                     "'<', '>' or '|')");
+    expect_npy_error(1, "{'descr': '|i4', 'fortran_order': False, "
+                     "'shape': (3, 2), }", v8, sizeof v8,
+                     ": NPY dtype '|i4' not supported (need float f4 or f8, "
+                     "or integer i1 u1 i2 u2 i4 u4 i8 u8, with byte order "
+                     "'<', '>' or '|')");
     expect_npy_error(1, "{'descr': '<f8', 'fortran_order': True, "
                      "'shape': (3, 2), }", v8, sizeof v8,
                      ": NPY Fortran order not supported (save a C-order "
                      "array: np.ascontiguousarray)");
     expect_npy_error(1, "{'descr': '<f8', 'fortran_order': False, "
-                     "'shape': (1, 3, 2), }", v8, sizeof v8,
-                     ": NPY array has 3 dimensions, need 1 or 2");
+                     "'shape': (1, 1, 1, 3, 2), }", v8, sizeof v8,
+                     ": NPY array has 5 dimensions, need 1 to 4 ((N), (N, D), "
+                     "(N, H, W) or (N, C, H, W))");
     expect_npy_error(1, ok, v8, sizeof v8 - 3,
                      ": NPY truncated: data has 45 bytes, expected 48");
     expect_npy_error(1, "{'descr': '<f8', 'fortran_order': False, "
@@ -382,7 +390,7 @@ START_TEST(test_npy_errors)
                      ": NPY has trailing bytes after 2 x 2 values");
     expect_npy_error(1, "{'descr': '<f8', 'fortran_order': False, "
                      "'shape': (0, 2), }", v8, 0,
-                     ": empty input (NPY shape (0, 2))");
+                     ": empty input (NPY shape with 0 rows of 2 values)");
     expect_npy_error(1, "{'descr': '<f8', 'fortran_order': False, "
                      "'shape': (1, 2), }", bad, sizeof bad,
                      ": [0, 1]: NaN or Inf value nan");

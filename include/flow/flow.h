@@ -476,13 +476,17 @@ FLOW_API double flow_trainer_lr(const flow_trainer *t);
 /* --- data sets ----------------------------------------------------- */
 
 typedef enum flow_data_format {
-    FLOW_DATA_AUTO = 0,   /* by name: "*.npy" is NPY, anything else CSV */
+    FLOW_DATA_AUTO = 0,   /* by name: "*.npy" NPY, "*.idx" IDX, "*.png"
+                             PNG, anything else CSV */
     FLOW_DATA_CSV = 1,
-    FLOW_DATA_NPY = 2
+    FLOW_DATA_NPY = 2,
+    FLOW_DATA_IDX = 3,    /* unsigned bytes (docs/formats.md) */
+    FLOW_DATA_PNG = 4     /* a grid of 8-bit images */
 } flow_data_format;
 
-/* Reads a CSV or .npy file (`path` "-" reads stdin; NPY is recognised by
- * its magic bytes).  `columns`: NULL for every column not in `context`,
+/* Reads a CSV, .npy or IDX file, or a directory of PNG files (`path` "-"
+ * reads stdin; NPY, IDX and gzip are recognised by their magic bytes;
+ * docs/formats.md).  `columns`: NULL for every column not in `context`,
  * else a comma-separated list of header names or 0-based indices.
  * `context`: NULL for none, else a list as for `columns`.  `dim`: 0 for
  * any, else the required number of data columns.  On success *out is a
@@ -536,6 +540,21 @@ FLOW_API int flow_data_reorder(flow_ctx *ctx, flow_data *data,
 /* Lets flow_data_write write NaN and Inf (CSV: nan, inf, -inf), which it
  * otherwise refuses because flow_data_read refuses them. */
 FLOW_API void flow_data_allow_nonfinite(flow_data *data, int on);
+/* The shape of one sample (a row of `dim` values in C order: an image
+ * [C, H, W] is the row c*H*W + h*W + w) into shape[0..rank-1], the rest
+ * zeroed; returns the rank: 1 for flat rows (shape[0] = dim), 3 for
+ * images read from NPY (N, H, W) or (N, C, H, W), IDX or PNG (C = 1 for
+ * (N, H, W)). */
+FLOW_API int flow_data_shape(const flow_data *data, size_t shape[4]);
+/* Sets the sample shape (rank 1 to 4, product = dim) that the NPY, IDX
+ * and PNG writers use; rank 1 makes the rows flat again. */
+FLOW_API int flow_data_set_shape(flow_ctx *ctx, flow_data *data,
+                                 const size_t *shape, int rank);
+/* IDX and PNG writers: values lo..hi map linearly onto pixel values
+ * 0..255 (then rounded and clamped); without it a value is the pixel
+ * integer itself.  lo < hi, both finite. */
+FLOW_API int flow_data_set_pixel_range(flow_ctx *ctx, flow_data *data,
+                                       double lo, double hi);
 
 /* --- built-in data sets -------------------------------------------- */
 
