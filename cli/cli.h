@@ -193,6 +193,10 @@ typedef struct cli_run_opts {
     const char *target;         /* sample --target */
     const char *const *xnames;  /* names of the x columns written (the
                                    training columns'), NULL: x0.. */
+    size_t shape[4];            /* sample --shape: each row's shape */
+    int shape_rank;             /* 0: flat rows */
+    int has_range;              /* sample --range lo,hi: pixel scale */
+    double range_lo, range_hi;
 } cli_run_opts;
 
 /* Parses them; mode 0: --data commands; 1: sample; 2: info (checkpoint

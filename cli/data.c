@@ -16,6 +16,7 @@ static void data_usage(FILE *f)
           "[--labels]\n"
           "                    [-o FILE|-] [--format csv|npy] [--no-header]\n"
           "                    [--dim D] [--components K] [--means-seed M]\n"
+          "                    [--size S]\n"
           "       flowkit data --list\n"
           "\n"
           "Draws N samples of a built-in data set (docs/formats.md) and\n"
@@ -35,7 +36,10 @@ static void data_usage(FILE *f)
           "  --no-header      CSV without the header row\n"
           "  --dim D, --components K, --means-seed M\n"
           "                   gmm: dimension (2), components (8) and the\n"
-          "                   seed of the component means (1)\n", f);
+          "                   seed of the component means (1)\n"
+          "  --size S         shapes: images of S x S pixels (8), 4..256;\n"
+          "                   FILE *.idx, *.npy or *.png keeps their shape\n",
+          f);
 }
 
 /* Parses a decimal unsigned integer; 0 on success. */
@@ -57,7 +61,7 @@ int cli_cmd_data(int argc, char **argv)
 {
     flow_dataset_params p;
     const char *out = "-", *fmt = NULL;
-    int header = 1, have_n = 0, rc;
+    int header = 1, have_n = 0, have_dim = 0, have_size = 0, rc;
     uint64_t v;
     flow_ctx *ctx;
     flow_data *data = NULL;
@@ -94,7 +98,7 @@ int cli_cmd_data(int argc, char **argv)
             i++;
         } else if (!strcmp(a, "-n") || !strcmp(a, "--seed")
                    || !strcmp(a, "--dim") || !strcmp(a, "--components")
-                   || !strcmp(a, "--means-seed")) {
+                   || !strcmp(a, "--means-seed") || !strcmp(a, "--size")) {
             if (!val)
                 goto missing;
             if (parse_u64(val, &v) || v > SIZE_MAX) {
@@ -106,7 +110,8 @@ int cli_cmd_data(int argc, char **argv)
                 p.n = (size_t)v, have_n = 1;
             else if (!strcmp(a, "--seed"))
                 p.seed = v;
-            else if (!strcmp(a, "--dim") || !strcmp(a, "--components")) {
+            else if (!strcmp(a, "--dim") || !strcmp(a, "--components")
+                     || !strcmp(a, "--size")) {
                 /* 0 in the struct means "the default": given, it is a
                  * mistake, not a request for the default */
                 if (v == 0) {
@@ -114,8 +119,10 @@ int cli_cmd_data(int argc, char **argv)
                             "(try 'flowkit data --help')\n", a);
                     return CLI_EXIT_USAGE;
                 }
-                if (a[2] == 'd')
+                if (a[2] == 'd' || a[2] == 's') {
                     p.dim = (size_t)v;
+                    *(a[2] == 'd' ? &have_dim : &have_size) = 1;
+                }
                 else
                     p.components = (size_t)v;
             }
@@ -126,7 +133,7 @@ int cli_cmd_data(int argc, char **argv)
             static const char *const opts[] = {
                 "--help", "--list", "--with-logprob", "--labels",
                 "--no-header", "--output", "--format", "--seed", "--dim",
-                "--components", "--means-seed"};
+                "--components", "--means-seed", "--size"};
             char hint[320];
             fprintf(stderr, "flowkit data: unknown option '%s'%s (try "
                     "'flowkit data --help')\n", a,
@@ -147,6 +154,13 @@ missing:
     if (!p.name || !have_n) {
         fprintf(stderr, "flowkit data: %s (try 'flowkit data --help')\n",
                 p.name ? "-n N is required" : "a data set NAME is required");
+        return CLI_EXIT_USAGE;
+    }
+    /* the side of shapes' images is --size, not a dimension */
+    if (!strcmp(p.name, "shapes") ? have_dim : have_size) {
+        fprintf(stderr, "flowkit data: %s (try 'flowkit data --help')\n",
+                strcmp(p.name, "shapes") ? "--size applies to shapes only"
+                : "shapes: give the image side with --size, not --dim");
         return CLI_EXIT_USAGE;
     }
     if (fmt && !strcmp(fmt, "csv"))

@@ -27,6 +27,50 @@ static int parse_format(cli_args *a, flow_data_format *f)
     return 0;
 }
 
+/* --shape C,H,W: 1 to 4 positive sizes. */
+static int parse_shape(cli_args *a, size_t *shape, int *rank)
+{
+    const char *v = cli_opt_value(a), *p;
+    if (!v)
+        return CLI_EXIT_USAGE;
+    *rank = 0;
+    for (p = v;; p++) {
+        char *end;
+        unsigned long long k;
+        if (*p < '1' || *p > '9' || *rank == 4)
+            break;
+        errno = 0;
+        k = strtoull(p, &end, 10);
+        if (errno || k > 1u << 24)
+            break;
+        shape[(*rank)++] = (size_t)k;
+        p = end;
+        if (!*p)
+            return 0;
+        if (*p != ',')
+            break;
+    }
+    return cli_usage_error(a, "--shape: '%s' is not 1 to 4 positive sizes "
+                           "(C,H,W)", v);
+}
+
+/* --range lo,hi: two finite numbers, lo < hi. */
+static int parse_pixel_range(cli_args *a, double *lo, double *hi)
+{
+    const char *v = cli_opt_value(a);
+    char *end, *end2;
+    if (!v)
+        return CLI_EXIT_USAGE;
+    *lo = strtod(v, &end);
+    if (end != v && *end == ',') {
+        *hi = strtod(end + 1, &end2);
+        if (end2 != end + 1 && !*end2 && isfinite(*lo) && isfinite(*hi)
+            && *lo < *hi)
+            return 0;
+    }
+    return cli_usage_error(a, "--range: '%s' is not lo,hi with lo < hi", v);
+}
+
 /* ------------------------------------------------------------ locations */
 
 #define ALLOW_HINT " (--allow-nonfinite accepts it)"
@@ -243,6 +287,12 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             o->allow_nonfinite = !(rc = cli_flag(&a));
         else if (sampling && cli_opt_is(&a, "--target"))
             rc = (o->target = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
+        else if (sampling && cli_opt_is(&a, "--shape"))
+            rc = parse_shape(&a, o->shape, &o->shape_rank);
+        else if (sampling && cli_opt_is(&a, "--range")) {
+            rc = parse_pixel_range(&a, &o->range_lo, &o->range_hi);
+            o->has_range = 1;
+        }
         else
             return cli_unknown_option(&a);
     }
@@ -369,9 +419,12 @@ int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
             flow_data_context(out)[r * k + k - 1] = wt[r];
     }
     flow_data_allow_nonfinite(out, o->allow_nonfinite);
-    if ((rc = flow_data_set_column_names(ctx, out,
-                                         (const char *const *)names))
-        == FLOW_OK)
+    rc = flow_data_set_column_names(ctx, out, (const char *const *)names);
+    if (rc == FLOW_OK && o->shape_rank)
+        rc = flow_data_set_shape(ctx, out, o->shape, o->shape_rank);
+    if (rc == FLOW_OK && o->has_range)
+        rc = flow_data_set_pixel_range(ctx, out, o->range_lo, o->range_hi);
+    if (rc == FLOW_OK)
         rc = flow_data_write(ctx, out, o->out, o->format, o->header);
 done:
     for (size_t j = 0; names && j < nn; j++)

@@ -16,14 +16,19 @@ static void sample_usage(FILE *f)
 {
     fputs("usage: flowkit sample CKPT -n N [--seed S] [--with-logprob]\n"
           "                      [--weights [--target T]]\n"
-          "                      [--context FILE] [-o OUT] [--format csv|npy]\n\n"
+          "                      [--context FILE] [-o OUT] [--format csv|npy]\n"
+          "                      [--shape C,H,W] [--range LO,HI]\n\n"
           "Draws N samples (for a conditional model, N for each row of the\n"
           "--context file, which is appended to each sample).  With\n"
           "--with-logprob a column is each sample's log-density.  With\n"
           "--weights (a model fitted to a target by `flowkit fit`) a last\n"
           "column `weight` holds self-normalised importance weights\n"
           "p~(x)/q(x), summing to 1 over the N samples, against the target\n"
-          "stored in the checkpoint or the one --target names.\n", f);
+          "stored in the checkpoint or the one --target names.\n"
+          "Images: with --shape C,H,W each sample is an image [C, H, W];\n"
+          "OUT *.npy is then (N, C, H, W), *.idx unsigned bytes (values\n"
+          "rounded, clamped to 0..255), *.png a grid of the images (C 1\n"
+          "or 3); --range LO,HI maps LO..HI onto pixels 0..255.\n", f);
 }
 
 int cli_cmd_sample(int argc, char **argv)
@@ -54,6 +59,17 @@ int cli_cmd_sample(int argc, char **argv)
     }
     dim = flow_model_dim(l.model);
     k = flow_model_context_dim(l.model);
+    if (o.shape_rank) {
+        size_t prod = 1;
+        for (int r = 0; r < o.shape_rank && prod; r++)
+            prod = o.shape[r] > dim / prod ? 0 : prod * o.shape[r];
+        if (prod != dim) {
+            fprintf(stderr, "%s: --shape does not hold the %zu values of a "
+                    "sample of the model\n", cmd, dim);
+            rc = CLI_EXIT_USAGE;
+            goto out;
+        }
+    }
     if (k && !o.ctxfile) {
         fprintf(stderr, "%s: the model is conditional: give --context FILE "
                 "with %zu columns\n", cmd, k);

@@ -1,5 +1,6 @@
 /* datasets.c - built-in toy data sets: the eight 2-D densities of FFJORD's
- * toy experiments (Grathwohl et al. 2019, sec. 5.1) and a D-dim GMM. */
+ * toy experiments (Grathwohl et al. 2019, sec. 5.1), a D-dim GMM and
+ * small binary images of squares and discs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,7 +19,7 @@
 
 static const char *const names[] = {
     "moons", "circles", "8gaussians", "checkerboard", "pinwheel",
-    "2spirals", "rings", "swissroll", "gmm", NULL
+    "2spirals", "rings", "swissroll", "gmm", "shapes", NULL
 };
 
 const char *const *datasets_names(void) { return names; }
@@ -45,7 +46,30 @@ size_t datasets_dim(const datasets_params *p)
         return 0;
     if (!strcmp(p->name, "gmm"))
         return p->dim ? p->dim : 2;
+    if (!strcmp(p->name, "shapes"))
+        return (p->dim ? p->dim : 8) * (p->dim ? p->dim : 8);
     return 2;
+}
+
+/* shapes: one filled square or disc (a fair coin) per image of S x S
+ * pixels, 255 inside, 0 outside; the square's side and the disc's
+ * diameter uniform in S/4 .. S/2 (at least 2), placed uniformly where
+ * they fit.  A pixel is inside the disc when its centre is. */
+static void draw_shape(flow_rng *r, size_t side, flow_real *img)
+{
+    size_t lo = side / 4 < 2 ? 2 : side / 4, hi = side / 2 < lo ? lo
+                                                                : side / 2;
+    size_t k = lo + (size_t)rng_below(r, hi - lo + 1);
+    size_t y0 = (size_t)rng_below(r, side - k + 1);
+    size_t x0 = (size_t)rng_below(r, side - k + 1);
+    int disc = (int)rng_below(r, 2);
+    double c = k / 2.0, rad2 = c * c;
+    for (size_t y = 0; y < k; y++)
+        for (size_t x = 0; x < k; x++) {
+            double dy = (double)y + 0.5 - c, dx = (double)x + 0.5 - c;
+            if (!disc || dx * dx + dy * dy <= rad2)
+                img[(y0 + y) * side + x0 + x] = 255;
+        }
 }
 
 static size_t gmm_k(const datasets_params *p)
@@ -244,7 +268,7 @@ static int validate(flow_ctx *ctx, const datasets_params *p, int want_logp)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "unknown data set '%s' "
                               "(known: moons, circles, 8gaussians, "
                               "checkerboard, pinwheel, 2spirals, rings, "
-                              "swissroll, gmm)", p->name);
+                              "swissroll, gmm, shapes)", p->name);
     is_gmm = !strcmp(p->name, "gmm");
     if (p->n == 0 || p->n > 100000000)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: the number of samples "
@@ -256,6 +280,14 @@ static int validate(flow_ctx *ctx, const datasets_params *p, int want_logp)
     if (p->labels && strcmp(p->name, "8gaussians"))
         return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "labels are only "
                               "defined for 8gaussians, not '%s'", p->name);
+    if (!strcmp(p->name, "shapes")) {
+        /* dim is the side of the images */
+        if (p->components || (p->dim && (p->dim < 4 || p->dim > 256)))
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "shapes: the image "
+                                  "size is 4..256, and there are no "
+                                  "components");
+        return FLOW_OK;
+    }
     if (!is_gmm && (p->dim || p->components))
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "dimension and components "
                               "apply to gmm only, not '%s'", p->name);
@@ -297,6 +329,13 @@ int datasets_generate(flow_ctx *ctx, const datasets_params *p,
                 data->x[i * d + t] = (flow_real)(mu[j * d + t] + GMM_SIGMA
                                                  * rng_normal1(&r));
         }
+    } else if (!strcmp(p->name, "shapes")) {
+        size_t side = p->dim ? p->dim : 8;
+        for (size_t i = 0; i < p->n; i++)
+            draw_shape(&r, side, data->x + i * d);
+        data->rank = 3;
+        data->shape[0] = 1;
+        data->shape[1] = data->shape[2] = side;
     } else {
         for (size_t i = 0; i < p->n; i++) {
             double x, y;

@@ -17,7 +17,8 @@ const char *const *datasets_names(void);
 /* 1 when the data set's true density is known (8gaussians, checkerboard,
  * gmm). */
 int datasets_has_density(const char *name);
-/* Point dimension of the data set (dim for gmm, else 2); 0 if unknown. */
+/* Point dimension of the data set (dim for gmm, dim^2 for shapes, else
+ * 2); 0 if unknown. */
 size_t datasets_dim(const datasets_params *p);
 
 /* Draws p->n samples.  *out is new (caller frees), with columns x0.. (and

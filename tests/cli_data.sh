@@ -10,7 +10,7 @@ fk() { "$FLOWKIT" data "$@"; }
 fk --help >"$t/out" 2>&1; check help 0 $?
 has help "$t/out" "usage: flowkit data NAME -n N"
 fk --list >"$t/out" 2>&1; check list 0 $?
-same list-count 9 "$(wc -l <"$t/out" | tr -d ' ')"
+same list-count 10 "$(wc -l <"$t/out" | tr -d ' ')"
 has list "$t/out" "checkerboard"
 
 fk moons -n 5 >"$t/out" 2>"$t/err"; check moons 0 $?

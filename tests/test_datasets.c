@@ -342,7 +342,7 @@ START_TEST(test_errors)
     ck_assert_int_eq(datasets_generate(ctx, &p, &d, NULL), FLOW_ERR_INVAL);
     ck_assert_str_eq(flow_errmsg(ctx), "unknown data set 'moon' (known: "
                      "moons, circles, 8gaussians, checkerboard, pinwheel, "
-                     "2spirals, rings, swissroll, gmm)");
+                     "2spirals, rings, swissroll, gmm, shapes)");
     p.name = NULL;
     ck_assert_int_eq(datasets_generate(ctx, &p, &d, NULL), FLOW_ERR_INVAL);
     ck_assert_str_eq(flow_errmsg(ctx), "no data set name given");

@@ -562,10 +562,11 @@ FLOW_API int flow_data_set_pixel_range(flow_ctx *ctx, flow_data *data,
  * docs/formats.md).  Zero the struct, then set what you need. */
 typedef struct flow_dataset_params {
     const char *name;       /* moons circles 8gaussians checkerboard pinwheel
-                               2spirals rings swissroll gmm */
+                               2spirals rings swissroll gmm shapes */
     size_t n;               /* rows, 1 .. 100000000 */
     uint64_t seed;          /* the samples; same seed, same bits */
-    size_t dim;             /* gmm: dimension (0: 2) */
+    size_t dim;             /* gmm: dimension (0: 2); shapes: the side S
+                               of its [1, S, S] images, 4..256 (0: 8) */
     size_t components;      /* gmm: number of components (0: 8) */
     uint64_t means_seed;    /* gmm: seed of the component means */
     int labels;             /* 8gaussians: the component as a one-hot in
