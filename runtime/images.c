@@ -317,10 +317,10 @@ static int png_decode(flow_ctx *ctx, const char *path, FILE *f, png_img *im)
     png_get_IHDR(png, info, &w, &h, &depth, &ctype, NULL, NULL, NULL);
     im->depth = ctype == PNG_COLOR_TYPE_PALETTE ? 8 : depth;
     if (ctype == PNG_COLOR_TYPE_PALETTE)
-        png_set_palette_to_rgb(png);
+        png_set_palette_to_rgb(png);    /* a tRNS chunk becomes alpha */
     if (depth < 8)
         png_set_packing(png);
-    if (ctype & PNG_COLOR_MASK_ALPHA)
+    if (ctype & PNG_COLOR_MASK_ALPHA || ctype == PNG_COLOR_TYPE_PALETTE)
         png_set_strip_alpha(png);
     png_set_interlace_handling(png);
     png_read_update_info(png, info);

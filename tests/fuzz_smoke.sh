@@ -1,8 +1,8 @@
 #!/bin/sh
 # fuzz_smoke.sh - a few seconds (FUZZ_SMOKE_SECONDS, default 3) of each
-# libFuzzer target of tests/fuzz/run.sh (spec, csv, npy, ckpt, ckpt_fixed)
-# from its seeds, built at -O0 into the build tree: the targets build, run,
-# and find nothing quickly.  The long runs are recorded in
+# libFuzzer target of tests/fuzz/run.sh (spec, csv, npy, idx, ckpt,
+# ckpt_fixed) from its seeds, built at -O0 into the build tree: the
+# targets build, run, and find nothing quickly.  The long runs are recorded in
 # tests/fuzz/README.md.
 # Skipped (exit 77) in sanitizer builds (the targets carry their own ASan
 # and UBSan; one build is enough) and where clang or its libFuzzer runtime
@@ -20,7 +20,7 @@ printf '#include <stddef.h>\n#include <stdint.h>\nint LLVMFuzzerTestOneInput(con
 clang -fsanitize=fuzzer -o "$out/probe" "$out/probe.c" >/dev/null 2>&1 || {
     echo "fuzz_smoke: skipped (clang cannot link -fsanitize=fuzzer)"; exit 77; }
 . "$top_srcdir/tests/lib.sh"
-for target in spec csv npy ckpt ckpt_fixed; do
+for target in spec csv npy idx ckpt ckpt_fixed; do
     rm -rf "${out:?}/$target"        # fresh corpus and crashes: seeds only
     if FUZZ_OUT=$out FUZZ_OPT=-O0 FUZZ_ARGS="-seed=1" \
             sh "$top_srcdir/tests/fuzz/run.sh" $target \

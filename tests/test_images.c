@@ -520,7 +520,8 @@ END_TEST
 
 #ifdef FLOW_HAVE_PNG
 /* Writes a PNG of w x h with the given colour type and depth from rows
- * of packed bytes as PNG stores them (palette: 3 entries). */
+ * of packed bytes as PNG stores them (palette: 3 entries, the first
+ * half transparent). */
 static void write_png(const char *path, int w, int h, int ctype, int depth,
                       const unsigned char *bytes, size_t rowbytes)
 {
@@ -536,7 +537,9 @@ static void write_png(const char *path, int w, int h, int ctype, int depth,
                  PNG_FILTER_TYPE_DEFAULT);
     if (ctype == PNG_COLOR_TYPE_PALETTE) {
         png_color pal[3] = {{10, 20, 30}, {40, 50, 60}, {70, 80, 90}};
+        png_byte alpha[1] = {128};
         png_set_PLTE(png, info, pal, 3);
+        png_set_tRNS(png, info, alpha, 1, NULL);    /* dropped on reading */
     }
     png_write_info(png, info);
     for (int y = 0; y < h; y++)

@@ -1,8 +1,8 @@
 /* fuzz_targets.c - libFuzzer entry points for the parsers of untrusted
- * input: the spec compiler (parse + verify), the CSV and NPY readers, and
- * the checkpoint reader.  Built by tests/fuzz/run.sh with one of
- * -DFUZZ_SPEC, -DFUZZ_CSV, -DFUZZ_NPY, -DFUZZ_CKPT, -DFUZZ_CKPT_FIXED; see
- * tests/fuzz/README.md.
+ * input: the spec compiler (parse + verify), the CSV, NPY and IDX readers
+ * (gzip'd or not), and the checkpoint reader.  Built by tests/fuzz/run.sh
+ * with one of -DFUZZ_SPEC, -DFUZZ_CSV, -DFUZZ_NPY, -DFUZZ_IDX, -DFUZZ_CKPT,
+ * -DFUZZ_CKPT_FIXED; see tests/fuzz/README.md.
  *
  * Every input is a plain file of its kind, so a crash file reproduces with
  * the flowkit program itself (for ckpt_fixed: the input with its checksums
@@ -192,8 +192,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 3: o.expect_dim = 2; break;
         default: break;
         }
-        if (data_read_stream(ctx, is_npy ? "fuzz.npy" : "fuzz.csv", f, &o,
-                             &d) == FLOW_OK)
+        if (data_read_stream(ctx, is_npy ? "fuzz.npy" : !is_idx ? "fuzz.csv"
+                             : data[0] ? "fuzz.gz" : "fuzz.idx", f, &o, &d)
+            == FLOW_OK)
             flow_data_free(d);
         fclose(f);
     }

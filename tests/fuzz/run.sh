@@ -1,8 +1,8 @@
 #!/bin/sh
 # tests/fuzz/run.sh - builds a libFuzzer target (clang, ASan + UBSan) from
 # the sources and runs it for SECONDS on its seed corpus.
-#   tests/fuzz/run.sh spec|csv|npy|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]
-# `data` runs csv then npy, SECONDS each.  BUILD_DIR (default
+#   tests/fuzz/run.sh spec|csv|npy|idx|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]
+# `data` runs csv, npy and idx, SECONDS each.  BUILD_DIR (default
 # build/default) provides the generated scanner/parser, flow_version.h,
 # the flowkit program (for the seed data and checkpoints) and the plugins.
 # Environment:
@@ -15,7 +15,7 @@
 # fuzz.log.  Crashes land in FUZZ_OUT/TARGET/crashes/;
 # turn each into a regression test.  Results: tests/fuzz/README.md.
 set -eu
-usage="usage: run.sh spec|csv|npy|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]"
+usage="usage: run.sh spec|csv|npy|idx|ckpt|ckpt_fixed|data SECONDS [BUILD_DIR]"
 target=${1:?$usage}
 secs=${2:?$usage}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,10 +23,12 @@ build=$(cd "${3:-$top/build/default}" && pwd)
 out=${FUZZ_OUT:-$top/tests/fuzz/out}
 if [ "$target" = data ]; then
     "$0" csv "$secs" "$build"
-    exec "$0" npy "$secs" "$build"
+    "$0" npy "$secs" "$build"
+    exec "$0" idx "$secs" "$build"
 fi
 case $target in
 spec) def=FUZZ_SPEC ;; csv) def=FUZZ_CSV ;; npy) def=FUZZ_NPY ;;
+idx) def=FUZZ_IDX ;;
 ckpt) def=FUZZ_CKPT ;; ckpt_fixed) def=FUZZ_CKPT_FIXED ;;
 *) echo "run.sh: unknown target '$target' ($usage)" >&2; exit 2 ;;
 esac
@@ -48,6 +50,8 @@ csv) cp "$top"/tests/fuzz/seeds/csv/* "$work/corpus/"
      "$build/flowkit" data moons -n 20 -o "$work/corpus/moons.csv" ;;
 npy) cp "$top"/tests/fuzz/seeds/npy/* "$work/corpus/"
      "$build/flowkit" data moons -n 20 --format npy -o "$work/corpus/moons.npy" ;;
+idx) cp "$top"/tests/fuzz/seeds/idx/* "$work/corpus/"
+     "$build/flowkit" data shapes -n 4 --size 4 -o "$work/corpus/shapes.idx" ;;
 ckpt|ckpt_fixed)
     # checkpoints of this build's precision and format, trained for 2
     # steps: moons (too large for -max_len, the fuzzer sees its first
@@ -82,10 +86,17 @@ esac
 # ---- instrumented objects, shared by the targets, rebuilt when stale
 make -s -C "$build" compiler/parser.c compiler/lexer.c
 opt=${FUZZ_OPT:--g -O1}
+# zlib when there is one: the readers inflate gzip'd input (PNG
+# directories are no stream, and no target reads them)
+zflags="" zlibs=""
+if pkg-config --exists zlib 2>/dev/null; then
+    zflags="-DFLOW_HAVE_ZLIB=1 $(pkg-config --cflags zlib)"
+    zlibs=$(pkg-config --libs zlib)
+fi
 cflags="$opt -fsanitize=fuzzer-no-link,address,undefined
     -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE -DFLOW_PLUGIN_DIR=\"/nonexistent\"
     -I$build/include -I$top/include -I$build/compiler -I$top/compiler
-    -I$top/runtime $(pkg-config --cflags openblas lapacke)"
+    -I$top/runtime $(pkg-config --cflags openblas lapacke) $zflags"
 newest=$(ls -t "$top"/include/flow/*.h "$top"/runtime/*.h "$top"/compiler/*.h \
          "$build"/include/flow/flow_version.h "$build"/compiler/parser.h \
          "$build"/compiler/lexer.h | head -n 1)
@@ -108,7 +119,7 @@ done
 # shellcheck disable=SC2086
 clang $cflags -fsanitize=fuzzer -D$def -o "$work/fuzz_$target" \
     "$top/tests/fuzz/fuzz_targets.c" $objs \
-    $(pkg-config --libs openblas lapacke) -ldl -lm -lpthread
+    $(pkg-config --libs openblas lapacke) $zlibs -ldl -lm -lpthread
 
 dict=""
 [ -f "$top/tests/fuzz/$target.dict" ] && dict="-dict=$top/tests/fuzz/$target.dict"
