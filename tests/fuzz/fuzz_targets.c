@@ -169,18 +169,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             flow_compile_free(c);
         }
     }
-#elif defined(FUZZ_CSV) || defined(FUZZ_NPY)
+#elif defined(FUZZ_CSV) || defined(FUZZ_NPY) || defined(FUZZ_IDX)
     {
         static const char magic[6] = "\x93NUMPY";
         int is_npy = size >= 6 && !memcmp(data, magic, 6);
+        /* IDX (two zero bytes) and gzip (1f 8b, whatever it holds) */
+        int is_idx = size >= 2 && ((data[0] == 0 && data[1] == 0)
+                                   || (data[0] == 0x1f && data[1] == 0x8b));
         FILE *f;
         flow_data *d = NULL;
         data_opts o;
 # if defined(FUZZ_CSV)
-        if (is_npy)   /* the NPY target's business */
+        if (is_npy || is_idx)   /* the NPY and IDX targets' business */
+            return 0;
+# elif defined(FUZZ_NPY)
+        if (!is_npy)  /* the CSV and IDX targets' business */
             return 0;
 # else
-        if (!is_npy)  /* the CSV target's business */
+        if (!is_idx)  /* the CSV and NPY targets' business */
             return 0;
 # endif
         if (!size || !(f = fmemopen((void *)data, size, "r")))
@@ -242,7 +248,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(copy);
     }
 #else
-# error "define FUZZ_SPEC, FUZZ_CSV, FUZZ_NPY, FUZZ_CKPT or FUZZ_CKPT_FIXED"
+# error "define FUZZ_SPEC, FUZZ_CSV, FUZZ_NPY, FUZZ_IDX, FUZZ_CKPT or FUZZ_CKPT_FIXED"
 #endif
     return 0;
 }
