@@ -1,5 +1,5 @@
-/* images.c - image data: the IDX reader and writer (MNIST's format), a
- * reader of directories of PNG files and a PNG grid writer (libpng). */
+/* images.c - image data: sample shapes, the IDX reader and writer
+ * (MNIST's format), directories of PNG files and PNG grids (libpng). */
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -13,6 +13,54 @@
 #endif
 
 #include "data.h"
+
+/* ------------------------------------------------------------ shapes */
+
+int flow_data_shape(const flow_data *data, size_t shape[4])
+{
+    shape[0] = shape[1] = shape[2] = shape[3] = 0;
+    if (!data->rank) {
+        shape[0] = data->d;
+        return 1;
+    }
+    for (int r = 0; r < data->rank; r++)
+        shape[r] = data->shape[r];
+    return data->rank;
+}
+
+int flow_data_set_shape(flow_ctx *ctx, flow_data *data, const size_t *shape,
+                        int rank)
+{
+    size_t prod = 1;
+    if (rank < 1 || rank > 4)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "a sample shape has 1 to 4 "
+                              "dimensions, not %d", rank);
+    for (int r = 0; r < rank; r++) {
+        if (!shape[r] || prod > SIZE_MAX / shape[r])
+            return flow_ctx_error(ctx, FLOW_ERR_INVAL, "sample shape: "
+                                  "dimension %d is %zu", r + 1, shape[r]);
+        prod *= shape[r];
+    }
+    if (prod != data->d)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "sample shape of %zu values "
+                              "for rows of %zu", prod, data->d);
+    data->rank = rank == 1 ? 0 : rank;
+    for (int r = 0; r < 4; r++)
+        data->shape[r] = r < rank ? shape[r] : 0;
+    return FLOW_OK;
+}
+
+int flow_data_set_pixel_range(flow_ctx *ctx, flow_data *data, double lo,
+                              double hi)
+{
+    if (!isfinite(lo) || !isfinite(hi) || !(lo < hi))
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "pixel range %g,%g: need "
+                              "finite lo < hi", lo, hi);
+    data->has_range = 1;
+    data->lo = lo;
+    data->hi = hi;
+    return FLOW_OK;
+}
 
 /* ------------------------------------------------------------ pixels */
 
