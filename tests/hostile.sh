@@ -167,7 +167,8 @@ printf 'x0,x1\n1,2\n3\n' >"$t/ragged.csv"
 : >"$t/empty.csv"
 yes '1,' | head -n 5242880 | tr -d '\n' >"$t/long.csv"    # 10 MB, one line
 echo 1 >>"$t/long.csv"
-npy "$t/int.npy" '<i4' False '(2, 2)' 16
+npy "$t/cplx.npy" '<c8' False '(2, 2)' 32
+printf '\000\000\010\002\000\000\000\002\000\000\000\002\001' >"$t/cut.idx"
 npy "$t/fortran.npy" '<f8' True '(2, 2)' 32
 npy "$t/short.npy" '<f8' False '(2, 2)' 20
 for c in "nan.csv:3:1: NaN or Inf value 'nan'" \
@@ -175,7 +176,8 @@ for c in "nan.csv:3:1: NaN or Inf value 'nan'" \
          "ragged.csv:3:2: ragged row: 1 columns where line 1 has 2" \
          "empty.csv: empty input" \
          "long.csv:1: line longer than 1048576 bytes" \
-         "int.npy: NPY dtype '<i4' not supported (need '<f4' or '<f8')" \
+         "cplx.npy: NPY dtype '<c8' not supported (need float f4 or f8" \
+         "cut.idx: IDX truncated: sample 0 of 2 ends after 1 of its 2 bytes" \
          "fortran.npy: NPY Fortran order not supported" \
          "short.npy: NPY truncated: data has 20 bytes, expected 32"; do
     file=${c%%:*}
