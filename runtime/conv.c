@@ -20,6 +20,9 @@
 typedef struct conv_layer {
     size_t cin, cout, k;        /* channels in and out, kernel size        */
     size_t w_off, b_off;        /* W (cout x cin x k x k), b (cout)        */
+    int flip;                   /* backward's dx with the flipped kernel:
+                                   k > 1 and cout < cin (conv_apply_backward) */
+    size_t f_off;               /* its flipped kernel in conv_ws.wf        */
 } conv_layer;
 
 struct conv_net {
@@ -32,6 +35,7 @@ struct conv_net {
     conv_layer *layer;
     size_t n_params;
     size_t col_max;             /* values of the largest im2col matrix     */
+    size_t flip_total;          /* values of the flipped kernels           */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -48,6 +52,7 @@ typedef struct conv_ws {
     flow_real *col, *dcol;      /* col_max each                            */
     flow_real *g[3];            /* hid x hw each                           */
     flow_real *daug;            /* (c + ctx) x hw                          */
+    flow_real *wf;              /* flipped kernels, written per backward   */
     size_t total;
 } conv_ws;
 
@@ -118,10 +123,12 @@ size_t conv_col_count(size_t cin, size_t h, size_t w, size_t k)
 }
 
 /* The columns x of an output row whose input column x + dx lies inside
- * 0..w-1: [*x0, *x1). */
+ * 0..w-1: [*x0, *x1), empty (x0 = x1) when |dx| >= w. */
 static void valid_cols(size_t w, long dx, size_t *x0, size_t *x1)
 {
     long a = dx < 0 ? -dx : 0, b = (long)w - (dx > 0 ? dx : 0);
+    if (a > (long)w)
+        a = (long)w;
     if (b < a)
         b = a;
     *x0 = (size_t)a;
@@ -137,25 +144,31 @@ void conv_im2col(size_t c, size_t h, size_t w, size_t k,
         for (size_t ky = 0; ky < k; ky++)
             for (size_t kx = 0; kx < k; kx++) {
                 flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
+                const flow_real *pl = img + ci * hw;
                 long dy = (long)ky - p, dx = (long)kx - p;
-                size_t x0, x1;
+                size_t y0 = dy < 0 ? (size_t)-dy : 0;
+                size_t y1 = dy > 0 ? h - (size_t)dy : h;
+                size_t x0, x1, j0, j1;
                 valid_cols(w, dx, &x0, &x1);
-                for (size_t y = 0; y < h; y++) {
-                    long sy = (long)y + dy;
-                    flow_real *dst = row + y * w;
-                    if (sy < 0 || sy >= (long)h) {
-                        memset(dst, 0, w * sizeof *dst);
-                        continue;
-                    }
-                    const flow_real *src = img + (ci * h + (size_t)sy) * w;
-                    for (size_t x = 0; x < x0; x++)
-                        dst[x] = 0;
-                    if (x1 > x0)
-                        memcpy(dst + x0, src + (long)x0 + dx,
-                               (x1 - x0) * sizeof *dst);
-                    for (size_t x = x1; x < w; x++)
-                        dst[x] = 0;
+                if ((long)h <= (dy < 0 ? -dy : dy) || x0 == x1) {
+                    memset(row, 0, hw * sizeof *row);
+                    continue;
                 }
+                /* rows y0..y1-1 read plane rows y + dy: as one run, dst[j]
+                 * = plane[j + dy w + dx], the entries that wrapped to a
+                 * neighbouring row (x outside x0..x1-1) zeroed after */
+                j0 = y0 * w + x0;
+                j1 = (y1 - 1) * w + x1;
+                memset(row, 0, y0 * w * sizeof *row);
+                memcpy(row + j0, pl + (long)j0 + dy * (long)w + dx,
+                       (j1 - j0) * sizeof *row);
+                for (size_t y = y0; y < y1; y++) {
+                    for (size_t x = 0; x < x0; x++)
+                        row[y * w + x] = 0;
+                    for (size_t x = x1; x < w; x++)
+                        row[y * w + x] = 0;
+                }
+                memset(row + y1 * w, 0, (h - y1) * w * sizeof *row);
             }
 }
 
@@ -194,9 +207,11 @@ int conv_apply(size_t cin, size_t cout, size_t h, size_t w, size_t k,
 {
     const size_t hw = h * w, ck = cin * k * k;
     const flow_real *in = x;
-    for (size_t o = 0; o < cout; o++)
+    for (size_t o = 0; o < cout; o++) {
+        flow_real v = b ? b[o] : 0, *yo = y + o * hw;
         for (size_t p = 0; p < hw; p++)
-            y[o * hw + p] = b ? b[o] : 0;
+            yo[p] = v;
+    }
     if (k != 1) {
         conv_im2col(cin, h, w, k, x, col);
         in = col;
@@ -204,12 +219,29 @@ int conv_apply(size_t cin, size_t cout, size_t h, size_t w, size_t k,
     return blas_gemm(0, 0, cout, hw, ck, 1, wt, ck, in, hw, 1, y, hw);
 }
 
-/* dW += G col^T, db += the row sums of G, dcol = W^T G and dx =
- * col2im(dcol) (for k = 1, col is x and dx = W^T G directly). */
+void conv_flip(size_t cin, size_t cout, size_t k, const flow_real *wt,
+               flow_real *wf)
+{
+    const size_t kk = k * k;
+    for (size_t o = 0; o < cout; o++)
+        for (size_t c = 0; c < cin; c++) {
+            const flow_real *src = wt + (o * cin + c) * kk;
+            flow_real *dst = wf + (c * cout + o) * kk;
+            for (size_t q = 0; q < kk; q++)
+                dst[q] = src[kk - 1 - q];
+        }
+}
+
+/* dW += G col^T, db += the row sums of G; dx either as dcol = W^T G and
+ * col2im(dcol) (the GEMM's inner dimension is cout), or with the flipped
+ * kernel as the same-padded convolution of G (the inner dimension cout k
+ * k, the im2col of G smaller than dcol when cout < cin); for k = 1, col
+ * is x and dx = W^T G directly. */
 int conv_apply_backward(size_t cin, size_t cout, size_t h, size_t w,
-                        size_t k, const flow_real *wt, const flow_real *x,
-                        const flow_real *g, flow_real *dx, flow_real *dwt,
-                        flow_real *db, flow_real *col, flow_real *dcol)
+                        size_t k, const flow_real *wt, const flow_real *wf,
+                        const flow_real *x, const flow_real *g, flow_real *dx,
+                        flow_real *dwt, flow_real *db, flow_real *col,
+                        flow_real *dcol)
 {
     const size_t hw = h * w, ck = cin * k * k;
     int st = FLOW_OK;
@@ -234,6 +266,8 @@ int conv_apply_backward(size_t cin, size_t cout, size_t h, size_t w,
         return FLOW_OK;
     if (k == 1)
         return blas_gemm(1, 0, cin, hw, cout, 1, wt, cin, g, hw, 0, dx, hw);
+    if (wf)
+        return conv_apply(cout, cin, h, w, k, wf, NULL, g, dx, col);
     st = blas_gemm(1, 0, ck, hw, cout, 1, wt, ck, g, hw, 0, dcol, hw);
     if (st == FLOW_OK)
         conv_col2im(cin, h, w, k, dcol, dx);
@@ -340,6 +374,10 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
         p += ly->cout * ly->cin * ly->k * ly->k;
         ly->b_off = p;
         p += ly->cout;
+        ly->flip = ly->k > 1 && ly->cout < ly->cin;
+        ly->f_off = net->flip_total;
+        if (ly->flip)
+            net->flip_total += ly->cout * ly->cin * ly->k * ly->k;
         col = conv_col_count(ly->cin, net->h, net->w, ly->k);
         if (col > net->col_max)
             net->col_max = col;
@@ -442,6 +480,7 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(g[1], hid_img);
     TAKE(g[2], hid_img);
     TAKE(daug, mul_sat(ca, net->hw));
+    TAKE(wf, net->flip_total);
 #undef TAKE
     cw->total = off >= SIZE_MAX - CONV_ALIGN ? 0 : off;
 }
@@ -552,7 +591,9 @@ static int layer_back(const conv_net *net, const flow_real *params,
 {
     const conv_layer *ly = &net->layer[l];
     return conv_apply_backward(ly->cin, ly->cout, net->h, net->w, ly->k,
-                               params + ly->w_off, in, g, din,
+                               params + ly->w_off,
+                               ly->flip ? cw->wf + ly->f_off : NULL, in, g,
+                               din,
                                dparams ? dparams + ly->w_off : NULL,
                                dparams ? dparams + ly->b_off : NULL, cw->col,
                                cw->dcol);
@@ -580,6 +621,12 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
         return FLOW_OK;
     carve(net, n, ws, &cw);
     hsz = net->hid * net->hw;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        if (ly->flip)
+            conv_flip(ly->cin, ly->cout, ly->k, params + ly->w_off,
+                      cw.wf + ly->f_off);
+    }
     for (size_t i = 0; i < n; i++) {
         flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
         st = layer_back(net, params, net->blocks + 1,

@@ -38,13 +38,21 @@ void conv_col2im(size_t c, size_t h, size_t w, size_t k,
 int conv_apply(size_t cin, size_t cout, size_t h, size_t w, size_t k,
                const flow_real *wt, const flow_real *b, const flow_real *x,
                flow_real *y, flow_real *col);
-/* Its VJP given g = dL/dy (cout x h w): dwt and db accumulated (either
- * may be NULL), dx written (may be NULL); col and dcol scratch of
- * conv_col_count values each. */
+/* The kernel of the convolution's adjoint: wf (cin x cout x k x k) =
+ * W transposed in its channels and rotated by 180 degrees, so that for
+ * odd k with same padding dL/dx = conv_apply(cout -> cin, wf, dL/dy). */
+void conv_flip(size_t cin, size_t cout, size_t k, const flow_real *wt,
+               flow_real *wf);
+/* The VJP of conv_apply given g = dL/dy (cout x h w): dwt and db
+ * accumulated (either may be NULL), dx written (may be NULL), with wf
+ * (conv_flip of wt, or NULL) as the convolution of g, else by col2im;
+ * col and dcol scratch of conv_col_count(cin, ...) values each (col:
+ * of conv_col_count(cout, ...) with wf when cout > cin). */
 int conv_apply_backward(size_t cin, size_t cout, size_t h, size_t w,
-                        size_t k, const flow_real *wt, const flow_real *x,
-                        const flow_real *g, flow_real *dx, flow_real *dwt,
-                        flow_real *db, flow_real *col, flow_real *dcol);
+                        size_t k, const flow_real *wt, const flow_real *wf,
+                        const flow_real *x, const flow_real *g, flow_real *dx,
+                        flow_real *dwt, flow_real *db, flow_real *col,
+                        flow_real *dcol);
 /* Values of the im2col matrix: cin k k h w (0 for k = 1), SIZE_MAX on
  * overflow. */
 size_t conv_col_count(size_t cin, size_t h, size_t w, size_t k);

@@ -205,6 +205,114 @@ START_TEST(test_kernel_vs_direct)
 }
 END_TEST
 
+/* The direct adjoint of direct_conv: dx = W^T g through the same index
+ * map, dW += g (x) x, db += sum g. */
+static void direct_conv_back(size_t cin, size_t cout, size_t h, size_t w,
+                             size_t k, const double *wt, const double *x,
+                             const double *g, double *dx, double *dw,
+                             double *db)
+{
+    long p = (long)(k / 2);
+    memset(dx, 0, cin * h * w * sizeof *dx);
+    for (size_t o = 0; o < cout; o++)
+        for (size_t y = 0; y < h; y++)
+            for (size_t xx = 0; xx < w; xx++) {
+                double go = g[(o * h + y) * w + xx];
+                db[o] += go;
+                for (size_t c = 0; c < cin; c++)
+                    for (size_t ky = 0; ky < k; ky++)
+                        for (size_t kx = 0; kx < k; kx++) {
+                            long sy = (long)y + (long)ky - p;
+                            long sx = (long)xx + (long)kx - p;
+                            size_t wi, ii;
+                            if (sy < 0 || sx < 0 || sy >= (long)h ||
+                                sx >= (long)w)
+                                continue;
+                            wi = ((o * cin + c) * k + ky) * k + kx;
+                            ii = (c * h + (size_t)sy) * w + (size_t)sx;
+                            dx[ii] += wt[wi] * go;
+                            dw[wi] += x[ii] * go;
+                        }
+            }
+}
+
+static void near(const char *what, size_t t, const flow_real *v,
+                 const double *ref, size_t m)
+{
+    for (size_t i = 0; i < m; i++)
+        ck_assert_msg(fabs(v[i] - ref[i]) <= FWD_TOL * 10 * (1 + fabs(ref[i])),
+                      "case %zu: %s[%zu] = %.17g, direct %.17g", t, what, i,
+                      (double)v[i], ref[i]);
+}
+
+/* conv_apply_backward, by col2im and by the flipped kernel, against the
+ * direct adjoint. */
+START_TEST(test_kernel_backward_vs_direct)
+{
+    static const size_t cases[][5] = {
+        {1, 1, 1, 1, 3}, {3, 2, 5, 7, 3}, {2, 6, 4, 3, 3}, {4, 3, 3, 3, 1},
+        {6, 2, 4, 5, 5}, {1, 3, 2, 9, 3},
+    };
+    flow_rng r;
+    rng_seed(&r, 13);
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        size_t cin = cases[t][0], cout = cases[t][1], h = cases[t][2],
+               w = cases[t][3], k = cases[t][4], hw = h * w;
+        size_t nw = cout * cin * k * k;
+        /* the flipped path takes the im2col of g: cout channels */
+        size_t ncol = conv_col_count(cin > cout ? cin : cout, h, w, k);
+        flow_real *wt = malloc(nw * sizeof *wt), *wf = malloc(nw * sizeof *wf);
+        flow_real *x = malloc(cin * hw * sizeof *x);
+        flow_real *g = malloc(cout * hw * sizeof *g);
+        flow_real *dx = malloc(cin * hw * sizeof *dx);
+        flow_real *dw = calloc(nw, sizeof *dw), *db = calloc(cout, sizeof *db);
+        flow_real *col = malloc((ncol + 1) * sizeof *col);
+        flow_real *dcol = malloc((ncol + 1) * sizeof *dcol);
+        double *rw = malloc(nw * sizeof *rw), *rx = malloc(cin * hw * 8);
+        double *rg = malloc(cout * hw * sizeof *rg);
+        double *rdx = malloc(cin * hw * 8), *rdw = calloc(nw, sizeof *rdw);
+        double *rdb = calloc(cout, sizeof *rdb);
+        fill_normal(&r, wt, nw, 1);
+        fill_normal(&r, x, cin * hw, 1);
+        fill_normal(&r, g, cout * hw, 1);
+        for (size_t i = 0; i < nw; i++)
+            rw[i] = wt[i];
+        for (size_t i = 0; i < cin * hw; i++)
+            rx[i] = x[i];
+        for (size_t i = 0; i < cout * hw; i++)
+            rg[i] = g[i];
+        direct_conv_back(cin, cout, h, w, k, rw, rx, rg, rdx, rdw, rdb);
+        ck_assert_int_eq(conv_apply_backward(cin, cout, h, w, k, wt, NULL, x,
+                                             g, dx, dw, db, col, dcol),
+                         FLOW_OK);
+        near("dx (col2im)", t, dx, rdx, cin * hw);
+        near("dW", t, dw, rdw, nw);
+        near("db", t, db, rdb, cout);
+        conv_flip(cin, cout, k, wt, wf);
+        memset(dx, 0, cin * hw * sizeof *dx);
+        ck_assert_int_eq(conv_apply_backward(cin, cout, h, w, k, wt, wf, x, g,
+                                             dx, NULL, NULL, col, dcol),
+                         FLOW_OK);
+        near("dx (flipped kernel)", t, dx, rdx, cin * hw);
+        free(wt);
+        free(wf);
+        free(x);
+        free(g);
+        free(dx);
+        free(dw);
+        free(db);
+        free(col);
+        free(dcol);
+        free(rw);
+        free(rx);
+        free(rg);
+        free(rdx);
+        free(rdw);
+        free(rdb);
+    }
+}
+END_TEST
+
 /* col2im is the adjoint of im2col: <im2col(a), B> = <a, col2im(B)>. */
 START_TEST(test_col2im_adjoint)
 {
@@ -687,6 +795,7 @@ Suite *suite_conv(void)
     Suite *s = suite_create("conv");
     TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_kernel_vs_direct);
+    tcase_add_test(tc, test_kernel_backward_vs_direct);
     tcase_add_test(tc, test_col2im_adjoint);
     suite_add_tcase(s, tc);
     tc = tcase_create("net");
