@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 
 #include "flow/flow.h"
 #include "flow/flow_plugin.h"
@@ -31,6 +32,16 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* user + system CPU seconds of the process (all threads): robust to other
+ * jobs time-sharing the cores, unlike wall-clock time */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec
+         + (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 /* ------------------------------------------------------ direct reference */
@@ -164,7 +175,7 @@ int main(int argc, char **argv)
     job jobs[16];
     pthread_t tid[16];
     dlayer ly[3];
-    double t0 = now_s(), t_fast, t_naive, flop, maxdiff = 0, maxref = 0;
+    double t0 = now_s(), c0 = cpu_s(), c_fast, c_naive, t_fast, t_naive, flop, maxdiff = 0, maxref = 0;
     for (int i = 1; i < argc; i++) {
         size_t *dst = NULL;
         if (!strcmp(argv[i], "--batch"))
@@ -240,8 +251,10 @@ int main(int argc, char **argv)
     }
     /* warm-up, then reps */
     for (size_t r = 0; r <= reps; r++) {
-        if (r == 1)
+        if (r == 1) {
             t0 = now_s();
+            c0 = cpu_s();
+        }
         for (size_t t = 1; t < threads; t++)
             pthread_create(&tid[t], NULL, run_job, &jobs[t]);
         run_job(&jobs[0]);
@@ -255,6 +268,7 @@ int main(int argc, char **argv)
             }
     }
     t_fast = (now_s() - t0) / (double)reps;
+    c_fast = (cpu_s() - c0) / (double)reps;
     /* the direct convolution on the same parameters (layout: conv.h) */
     off = 0;
     for (int l = 0; l < 3; l++) {
@@ -270,9 +284,11 @@ int main(int argc, char **argv)
     }
     lo_w = off;
     t0 = now_s();
+    c0 = cpu_s();
     for (size_t r = 0; r < nreps; r++)
         direct_step(ly, n, x, dy, yn, dxn, h0, h1, g0, g1);
     t_naive = (now_s() - t0) / (double)nreps;
+    c_naive = (cpu_s() - c0) / (double)nreps;
     for (size_t i = 0; i < n * dout; i++) {
         maxdiff = fmax(maxdiff, fabs(y[i] - yn[i]));
         maxref = fmax(maxref, fabs(yn[i]));
@@ -290,12 +306,14 @@ int main(int argc, char **argv)
     flop *= 3.0 * (double)n;
     printf("{\"batch\": %zu, \"hidden\": %zu, \"threads\": %zu, \"params\": "
            "%zu, \"gflop_per_step\": %.4f, \"conv_ms\": %.3f, "
-           "\"conv_gflops\": %.2f, \"direct_ms\": %.1f, \"direct_gflops\": "
-           "%.3f, \"speedup\": %.1f, \"max_abs_diff\": %.3g, \"max_abs\": "
-           "%.3g, \"real_bytes\": %zu}\n", n, hid, threads, lo_w, flop * 1e-9,
-           t_fast * 1e3, flop * 1e-9 / t_fast, t_naive * 1e3,
-           flop * 1e-9 / t_naive, t_naive / t_fast, maxdiff, maxref,
-           sizeof(flow_real));
+           "\"conv_cpu_ms\": %.3f, \"conv_gflops\": %.2f, \"direct_ms\": "
+           "%.1f, \"direct_cpu_ms\": %.1f, \"direct_gflops\": %.3f, "
+           "\"speedup\": %.1f, \"cpu_speedup\": %.1f, \"max_abs_diff\": "
+           "%.3g, \"max_abs\": %.3g, \"real_bytes\": %zu}\n", n, hid,
+           threads, lo_w, flop * 1e-9, t_fast * 1e3, c_fast * 1e3,
+           flop * 1e-9 / t_fast, t_naive * 1e3, c_naive * 1e3,
+           flop * 1e-9 / t_naive, t_naive / t_fast, c_naive / c_fast,
+           maxdiff, maxref, sizeof(flow_real));
     for (size_t t = 0; t < threads; t++)
         free(ws[t]);
     free(p);
