@@ -324,8 +324,9 @@ static int check_spec(const flow_net_spec *spec, char *err, size_t cap)
         set_err(err, cap, "net: conv sizes overflow");
         return 0;
     }
-    if (spec->in != spec->channels * spec->height * spec->width ||
-        spec->out != spec->out_channels * spec->height * spec->width) {
+    if (spec->in != mul_sat(spec->channels, spec->height * spec->width) ||
+        spec->out != mul_sat(spec->out_channels,
+                             spec->height * spec->width)) {
         set_err(err, cap, "net: conv widths in = %zu, out = %zu do not match "
                 "%zu x %zu x %zu -> %zu x %zu x %zu", spec->in, spec->out,
                 spec->channels, spec->height, spec->width, spec->out_channels,
@@ -371,9 +372,15 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
         ly->cout = last ? net->cout : net->hid;
         ly->k = first || last ? net->k : 1;
         ly->w_off = p;
-        p += ly->cout * ly->cin * ly->k * ly->k;
+        p = add_sat(p, mul_sat(mul_sat(ly->cout, ly->cin), ly->k * ly->k));
         ly->b_off = p;
-        p += ly->cout;
+        p = add_sat(p, ly->cout);
+        if (p > SIZE_MAX / 4) {
+            set_err(err, err_cap, "net: conv parameter count overflows in "
+                    "layer %zu", l);
+            conv_net_destroy(net);
+            return NULL;
+        }
         ly->flip = ly->k > 1 && ly->cout < ly->cin;
         ly->f_off = net->flip_total;
         if (ly->flip)

@@ -780,6 +780,10 @@ START_TEST(test_spec_errors)
     ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
     ck_assert_msg(strstr(err, "overflow") != NULL, "%s", err);
     sp = spec_of(&ok, 0);
+    sp.conv_hidden = (size_t)1 << 40;
+    ck_assert_ptr_null(nn_create(&sp, err, sizeof err));
+    ck_assert_msg(strstr(err, "overflow") != NULL, "%s", err);
+    sp = spec_of(&ok, 0);
     sp.kernel = 0;               /* 0 = 3 */
     {
         flow_net *net = nn_create(&sp, err, sizeof err);
