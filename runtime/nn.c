@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv.h"
 #include "matrix.h"
 #include "nn_impl.h"
 #include "rng.h"
@@ -137,12 +138,40 @@ static int check_spec(const flow_net_spec *spec, char *err, size_t err_cap)
     return 1;
 }
 
+/* A FLOW_NET_CONV net: the shell every nn_* entry recognises by kind,
+ * around conv.c's net. */
+static flow_net *conv_wrap(const flow_net_spec *spec, char *err,
+                           size_t err_cap)
+{
+    flow_net *net = calloc(1, sizeof *net);
+    if (!net) {
+        set_err(err, err_cap, "net: out of memory");
+        return NULL;
+    }
+    net->kind = FLOW_NET_CONV;
+    net->d = spec->in;
+    net->k = spec->context;
+    net->out = net->y_width = spec->out;
+    net->act = spec->act;
+    net->zero_last = spec->zero_last;
+    net->seed = spec->seed;
+    if (!(net->conv = conv_net_create(spec, err, err_cap))) {
+        free(net);
+        return NULL;
+    }
+    net->n_params = conv_net_params(net->conv);
+    return net;
+}
+
 flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
 {
     flow_net *net = NULL;
     size_t p = 0, prev;
     if (err && err_cap)
         err[0] = '\0';
+    if (spec && spec->struct_size >= offsetof(flow_net_spec, premasked) &&
+        spec->kind == FLOW_NET_CONV)
+        return conv_wrap(spec, err, err_cap);
     if (!check_spec(spec, err, err_cap))
         return NULL;
     net = calloc(1, sizeof *net);
@@ -224,6 +253,7 @@ void nn_destroy(flow_net *net)
 {
     if (!net)
         return;
+    conv_net_destroy(net->conv);
     free(net->layer);
     free(net->mask);
     free(net->by_deg);
@@ -257,6 +287,11 @@ int nn_layer_shape(const flow_net *net, size_t l, size_t *rows,
     return FLOW_OK;
 }
 
+const struct conv_net *nn_conv(const flow_net *net)
+{
+    return net ? net->conv : NULL;
+}
+
 const uint8_t *nn_layer_mask(const flow_net *net, size_t l)
 {
     if (!net || !net->mask || l >= net->n_layers)
@@ -274,6 +309,10 @@ void nn_init(const flow_net *net, flow_real *params, flow_rng *rng)
     flow_rng local;
     if (!net || !params)
         return;
+    if (net->conv) {
+        conv_net_init(net->conv, params, rng);
+        return;
+    }
     if (!rng) {
         rng_seed(&local, net->seed ^ 0x6e6e696e6974ull);
         rng = &local;
@@ -325,6 +364,8 @@ size_t nn_workspace(const flow_net *net, size_t n)
     size_t made;
     if (!net)
         return 0;
+    if (net->conv)
+        return conv_net_workspace(net->conv, n);
     layout(net, n ? n : 1, &lo);
     if (net->kind != FLOW_NET_MADE)
         return lo.total;
@@ -408,6 +449,8 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     ws_head *hd = ws;
     ws_layout lo;
     int squash, st = FLOW_OK;
+    if (net && net->conv)
+        return conv_net_forward(net->conv, params, n, x, ctx, y, ws);
     if (!net || !params || !x || !y || !ws || (net->k && !ctx) ||
         (uintptr_t)ws % sizeof(double) != 0)
         return FLOW_ERR_INVAL;
@@ -504,6 +547,8 @@ int nn_jvp(const flow_net *net, const flow_real *params, size_t n, void *ws,
     ws_head *hd = ws;
     ws_layout lo;
     int squash;
+    if (net && net->conv)
+        return FLOW_ERR_UNSUPPORTED;
     if (!params || !tx || !ty)
         return FLOW_ERR_INVAL;
     if (n == 0)
@@ -672,6 +717,9 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
     const flow_real *gcur;
     double t;
     int squash, st, fused, nb = 0;
+    if (net && net->conv)
+        return conv_net_backward(net->conv, params, n, ws, dy, dx, dctx,
+                                 dparams);
     if (!params || !dy)
         return FLOW_ERR_INVAL;
     if (n == 0)
@@ -747,6 +795,8 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
     flow_real *g, *gt, *gh, *gth;
     double t;
     int squash, st, g_zero = 1;
+    if (net && net->conv)
+        return FLOW_ERR_UNSUPPORTED;
     if (!params || !dty || !tx)
         return FLOW_ERR_INVAL;
     if (n == 0)

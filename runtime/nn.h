@@ -2,7 +2,9 @@
  * MLP), with forward, backward (VJP), JVP and the JVP's backward. */
 /* The module's files: nn.c (creation and the MLP passes), nn_made.c (MADE
  * in degree order: masks, sampling steps, the blocked density pass),
- * nn_div.c (the divergence kernels); nn_impl.h is private to them. */
+ * nn_div.c (the divergence kernels); nn_impl.h is private to them.  A
+ * FLOW_NET_CONV net is conv.c's, which the entries below hand it to
+ * (nn_jvp and nn_jvp_backward: FLOW_ERR_UNSUPPORTED). */
 #ifndef FLOW_RUNTIME_NN_H
 #define FLOW_RUNTIME_NN_H
 
@@ -102,5 +104,8 @@ int nn_layer_shape(const flow_net *net, size_t l, size_t *rows,
 /* MADE: the 0/1 mask of layer l (rows x cols, row-major, the time column
  * included), NULL for an MLP. */
 const uint8_t *nn_layer_mask(const flow_net *net, size_t l);
+/* FLOW_NET_CONV: conv.c's net inside (conv.h's introspection), NULL for
+ * the other kinds. */
+const struct conv_net *nn_conv(const flow_net *net);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conv.h"
 #include "json.h"
 #include "matrix.h"
 #include "nn_impl.h"
@@ -132,6 +133,8 @@ int nn_export(const flow_net *net, const flow_real *params,
     int rc = FLOW_OK;
     if (!net || !params || !prefix || !ex)
         return FLOW_ERR_INVAL;
+    if (net->conv)
+        return conv_net_export(net->conv, params, prefix, output_layout, ex);
     for (size_t l = 0; l < net->n_layers && rc == FLOW_OK; l++)
         rc = export_layer(net, params, l, prefix, ex);
     if (rc != FLOW_OK)

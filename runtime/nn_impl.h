@@ -77,6 +77,9 @@ struct flow_net {
     uint32_t *cmap;             /* 32 bits: the sort's gather reads it */
     uint8_t *lead;              /* row p leads its cycle of rmap (the
                                    smallest index in it): nn_made_grad */
+    /* FLOW_NET_CONV: the convolutional net (conv.c) every nn_* entry
+     * hands on to; no MLP layers then (n_layers 0). */
+    struct conv_net *conv;
 };
 
 /* Workspace header; the tape follows at WS_ALIGN offsets. */

@@ -22,6 +22,7 @@
     X(ckpt_model)   /* checkpoints of whole models */ \
     X(matrix)       /* BLAS/LAPACK wrappers */ \
     X(nn)           /* MLP and MADE conditioners, divergence kernels */ \
+    X(conv)         /* convolutional conditioner, im2col kernels */ \
     X(transform)    /* element-wise transformers (affine, spline, ...) */ \
     X(base)         /* base distributions */ \
     X(data)         /* CSV and .npy files */ \

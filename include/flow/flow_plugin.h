@@ -49,8 +49,10 @@ extern "C" {
  *   1.5  FLOW_JAC_DENSE_EXACT; FLOW_LAYER_CONTEXT; flow_layer_desc input
  *        domain and parameter tensors (flow_param_tensor)
  *   1.6  flow_layer_type.export_tensors and the flow_export sink; host
- *        net_export, tf_export (portable weights, docs/export.md) */
-#define FLOW_PLUGIN_ABI_MINOR 6u
+ *        net_export, tf_export (portable weights, docs/export.md)
+ *   1.7  FLOW_NET_CONV and flow_net_spec.channels .. residual (the
+ *        convolutional conditioner) */
+#define FLOW_PLUGIN_ABI_MINOR 7u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -581,8 +583,12 @@ typedef enum flow_activation {
     FLOW_ACT_SIGMOID = 6
 } flow_activation;
 
-/* Networks built by the host: a plain MLP or a MADE (masked MLP). */
-typedef enum flow_net_kind { FLOW_NET_MLP = 1, FLOW_NET_MADE = 2 } flow_net_kind;
+/* Networks built by the host: a plain MLP or a MADE (masked MLP); 1.7:
+ * a convolutional net on images (FLOW_NET_CONV, fields at the end of
+ * flow_net_spec; docs/plugins.md, "Convolutional networks"). */
+typedef enum flow_net_kind {
+    FLOW_NET_MLP = 1, FLOW_NET_MADE = 2, FLOW_NET_CONV = 3
+} flow_net_kind;
 
 /* Time conditioning for ODE dynamics nets. */
 typedef enum flow_time_mode {
@@ -628,6 +634,26 @@ typedef struct flow_net_spec {
      * net_mask_params checks and repairs other parameters.  Saves a masked
      * copy of every weight matrix per call. */
     int premasked;
+    /* 1.7: FLOW_NET_CONV only (ignored by the other kinds; a conv spec
+     * must have struct_size covering them).  Each row of x is an image
+     * channels x height x width in C order (c H W + h W + w), each row of
+     * y one of out_channels x height x width, so in = channels H W and
+     * out = out_channels H W.  The net is kernel x kernel conv (channels
+     * + context -> conv_hidden), ReLU, `blocks` times [1x1 conv
+     * (conv_hidden -> conv_hidden), ReLU, with residual: added to its
+     * input], kernel x kernel conv (conv_hidden -> out_channels); stride
+     * 1, zero "same" padding (kernel / 2); blocks = 1 is Glow's
+     * conditioner (Kingma and Dhariwal 2018, sec. 3.3).  Context inputs
+     * (`context` above) enter as constant image channels after the
+     * input's.  act must be FLOW_ACT_RELU; time, spectral_norm and
+     * premasked must be 0.  net_jvp, net_jvp_backward and the
+     * net_div / net_made entries return FLOW_ERR_UNSUPPORTED. */
+    size_t channels, height, width;
+    size_t conv_hidden;           /* hidden channels                         */
+    size_t kernel;                /* odd; 0 = 3                              */
+    size_t blocks;                /* 1x1 stages in the middle                */
+    size_t out_channels;
+    int residual;                 /* 1: each 1x1 stage is h + ReLU(conv h)   */
 } flow_net_spec;
 
 typedef struct flow_net flow_net;  /* opaque, owned by the layer */

@@ -1,0 +1,729 @@
+/* conv.c - the host's convolutional conditioner (FLOW_NET_CONV): im2col +
+ * GEMM convolutions, the net's forward pass with a tape, its VJP, export. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "conv.h"
+#include "json.h"
+#include "matrix.h"
+#include "rng.h"
+#include "vec.h"
+
+/* "flowcnv1": the tape was written by conv_net_forward */
+#define CONV_MAGIC 0x666c6f77636e7631ull
+#define CONV_ALIGN 64
+
+typedef struct conv_layer {
+    size_t cin, cout, k;        /* channels in and out, kernel size        */
+    size_t w_off, b_off;        /* W (cout x cin x k x k), b (cout)        */
+    int flip;                   /* backward's dx with the flipped kernel:
+                                   k > 1 and cout < cin (conv_apply_backward) */
+    size_t f_off;               /* its flipped kernel in conv_ws.wf        */
+} conv_layer;
+
+struct conv_net {
+    size_t c, h, w, hw;         /* input image; hw = h w                   */
+    size_t ctx;                 /* context inputs (constant channels)      */
+    size_t hid, k, blocks, cout;
+    int residual, zero_last;
+    uint64_t seed;
+    size_t n_layers;            /* blocks + 2                              */
+    conv_layer *layer;
+    size_t n_params;
+    size_t col_max;             /* values of the largest im2col matrix     */
+    size_t flip_total;          /* values of the flipped kernels           */
+};
+
+/* Workspace: the header, the tape (per image: x, ctx, each hidden
+ * layer's activations, and with residual stages each stage's ReLU
+ * output), then per-image scratch that the backward pass reuses. */
+typedef struct conv_head {
+    uint64_t magic;
+    size_t n;
+} conv_head;
+
+typedef struct conv_ws {
+    flow_real *x, *cx, *h, *r;  /* tape                                    */
+    flow_real *aug;             /* (c + ctx) x hw: image and context planes */
+    flow_real *col, *dcol;      /* col_max each                            */
+    flow_real *g[3];            /* hid x hw each                           */
+    flow_real *daug;            /* (c + ctx) x hw                          */
+    flow_real *wf;              /* flipped kernels, written per backward   */
+    size_t total;
+} conv_ws;
+
+/* ------------------------------------------------------------ helpers */
+
+static size_t mul_sat(size_t a, size_t b)
+{
+    return (b && a > SIZE_MAX / b) ? SIZE_MAX : a * b;
+}
+
+static size_t add_sat(size_t a, size_t b)
+{
+    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
+}
+
+static size_t round_up(size_t v)
+{
+    return v > SIZE_MAX - (CONV_ALIGN - 1)
+               ? SIZE_MAX
+               : (v + CONV_ALIGN - 1) / CONV_ALIGN * CONV_ALIGN;
+}
+
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !cap)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+/* 1 for v >= +0, 0 for v <= -0: ReLU's derivative read from its output,
+ * as nn_impl.h's pos_mask (ReLU writes -0 for negative inputs). */
+FLOW_VECTORIZE static inline flow_real pos_mask(flow_real v)
+{
+#if FLOW_REAL_DOUBLE
+    return 0.5 + copysign(0.5, v);
+#else
+    return 0.5f + copysignf(0.5f, v);
+#endif
+}
+
+FLOW_VECTORIZE static void relu_inplace(flow_real *restrict v, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        v[i] = pos_mask(v[i]) * v[i];
+}
+
+/* g *= ReLU'(at the output h) */
+FLOW_VECTORIZE static void relu_grad(const flow_real *restrict h,
+                                     flow_real *restrict g, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        g[i] *= pos_mask(h[i]);
+}
+
+/* ------------------------------------------------------------ kernels */
+
+size_t conv_col_count(size_t cin, size_t h, size_t w, size_t k)
+{
+    if (k == 1)
+        return 0;
+    return mul_sat(mul_sat(mul_sat(cin, k), k), mul_sat(h, w));
+}
+
+/* The columns x of an output row whose input column x + dx lies inside
+ * 0..w-1: [*x0, *x1), empty (x0 = x1) when |dx| >= w. */
+static void valid_cols(size_t w, long dx, size_t *x0, size_t *x1)
+{
+    long a = dx < 0 ? -dx : 0, b = (long)w - (dx > 0 ? dx : 0);
+    if (a > (long)w)
+        a = (long)w;
+    if (b < a)
+        b = a;
+    *x0 = (size_t)a;
+    *x1 = (size_t)b;
+}
+
+void conv_im2col(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *img, flow_real *col)
+{
+    const long p = (long)(k / 2);
+    const size_t hw = h * w;
+    for (size_t ci = 0; ci < c; ci++)
+        for (size_t ky = 0; ky < k; ky++)
+            for (size_t kx = 0; kx < k; kx++) {
+                flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
+                const flow_real *pl = img + ci * hw;
+                long dy = (long)ky - p, dx = (long)kx - p;
+                size_t y0 = dy < 0 ? (size_t)-dy : 0;
+                size_t y1 = dy > 0 ? h - (size_t)dy : h;
+                size_t x0, x1, j0, j1;
+                valid_cols(w, dx, &x0, &x1);
+                if ((long)h <= (dy < 0 ? -dy : dy) || x0 == x1) {
+                    memset(row, 0, hw * sizeof *row);
+                    continue;
+                }
+                /* rows y0..y1-1 read plane rows y + dy: as one run, dst[j]
+                 * = plane[j + dy w + dx], the entries that wrapped to a
+                 * neighbouring row (x outside x0..x1-1) zeroed after */
+                j0 = y0 * w + x0;
+                j1 = (y1 - 1) * w + x1;
+                memset(row, 0, y0 * w * sizeof *row);
+                memcpy(row + j0, pl + (long)j0 + dy * (long)w + dx,
+                       (j1 - j0) * sizeof *row);
+                for (size_t y = y0; y < y1; y++) {
+                    for (size_t x = 0; x < x0; x++)
+                        row[y * w + x] = 0;
+                    for (size_t x = x1; x < w; x++)
+                        row[y * w + x] = 0;
+                }
+                memset(row + y1 * w, 0, (h - y1) * w * sizeof *row);
+            }
+}
+
+void conv_col2im(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *col, flow_real *img)
+{
+    const long p = (long)(k / 2);
+    const size_t hw = h * w;
+    memset(img, 0, c * hw * sizeof *img);
+    for (size_t ci = 0; ci < c; ci++)
+        for (size_t ky = 0; ky < k; ky++)
+            for (size_t kx = 0; kx < k; kx++) {
+                const flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
+                long dy = (long)ky - p, dx = (long)kx - p;
+                size_t x0, x1;
+                valid_cols(w, dx, &x0, &x1);
+                for (size_t y = 0; y < h; y++) {
+                    long sy = (long)y + dy;
+                    if (sy < 0 || sy >= (long)h)
+                        continue;
+                    flow_real *dst = img + (ci * h + (size_t)sy) * w + dx;
+                    const flow_real *src = row + y * w;
+                    for (size_t x = x0; x < x1; x++)
+                        dst[x] += src[x];
+                }
+            }
+}
+
+/* Convolution as one GEMM (the im2col formulation, Chellapilla et al.
+ * 2006, sec. 2.1): Y (cout x hw) = W (cout x cin k k) col (cin k k x hw),
+ * the bias written into Y first and accumulated by the GEMM (beta = 1,
+ * as nn.c does: OpenBLAS clears C itself for beta = 0). */
+int conv_apply(size_t cin, size_t cout, size_t h, size_t w, size_t k,
+               const flow_real *wt, const flow_real *b, const flow_real *x,
+               flow_real *y, flow_real *col)
+{
+    const size_t hw = h * w, ck = cin * k * k;
+    const flow_real *in = x;
+    for (size_t o = 0; o < cout; o++) {
+        flow_real v = b ? b[o] : 0, *yo = y + o * hw;
+        for (size_t p = 0; p < hw; p++)
+            yo[p] = v;
+    }
+    if (k != 1) {
+        conv_im2col(cin, h, w, k, x, col);
+        in = col;
+    }
+    return blas_gemm(0, 0, cout, hw, ck, 1, wt, ck, in, hw, 1, y, hw);
+}
+
+void conv_flip(size_t cin, size_t cout, size_t k, const flow_real *wt,
+               flow_real *wf)
+{
+    const size_t kk = k * k;
+    for (size_t o = 0; o < cout; o++)
+        for (size_t c = 0; c < cin; c++) {
+            const flow_real *src = wt + (o * cin + c) * kk;
+            flow_real *dst = wf + (c * cout + o) * kk;
+            for (size_t q = 0; q < kk; q++)
+                dst[q] = src[kk - 1 - q];
+        }
+}
+
+/* dW += G col^T, db += the row sums of G; dx either as dcol = W^T G and
+ * col2im(dcol) (the GEMM's inner dimension is cout), or with the flipped
+ * kernel as the same-padded convolution of G (the inner dimension cout k
+ * k, the im2col of G smaller than dcol when cout < cin); for k = 1, col
+ * is x and dx = W^T G directly. */
+int conv_apply_backward(size_t cin, size_t cout, size_t h, size_t w,
+                        size_t k, const flow_real *wt, const flow_real *wf,
+                        const flow_real *x, const flow_real *g, flow_real *dx,
+                        flow_real *dwt, flow_real *db, flow_real *col,
+                        flow_real *dcol)
+{
+    const size_t hw = h * w, ck = cin * k * k;
+    int st = FLOW_OK;
+    if (db)
+        for (size_t o = 0; o < cout; o++) {
+            double s = 0;
+            for (size_t p = 0; p < hw; p++)
+                s += g[o * hw + p];
+            db[o] += (flow_real)s;
+        }
+    if (dwt) {
+        const flow_real *in = x;
+        if (k != 1) {
+            conv_im2col(cin, h, w, k, x, col);
+            in = col;
+        }
+        st = blas_gemm(0, 1, cout, ck, hw, 1, g, hw, in, hw, 1, dwt, ck);
+        if (st != FLOW_OK)
+            return st;
+    }
+    if (!dx)
+        return FLOW_OK;
+    if (k == 1)
+        return blas_gemm(1, 0, cin, hw, cout, 1, wt, cin, g, hw, 0, dx, hw);
+    if (wf)
+        return conv_apply(cout, cin, h, w, k, wf, NULL, g, dx, col);
+    st = blas_gemm(1, 0, ck, hw, cout, 1, wt, ck, g, hw, 0, dcol, hw);
+    if (st == FLOW_OK)
+        conv_col2im(cin, h, w, k, dcol, dx);
+    return st;
+}
+
+/* ------------------------------------------------------------ creation */
+
+/* The spec reaches the 1.7 fields? */
+static int spec_has_conv(const flow_net_spec *spec)
+{
+    return spec->struct_size >= offsetof(flow_net_spec, residual) +
+                                    sizeof spec->residual;
+}
+
+static int check_spec(const flow_net_spec *spec, char *err, size_t cap)
+{
+    size_t k;
+    if (!spec || !spec_has_conv(spec)) {
+        set_err(err, cap, "net: conv spec of %zu bytes lacks the 1.7 fields "
+                "(channels .. residual)", spec ? (size_t)spec->struct_size : 0);
+        return 0;
+    }
+    k = spec->kernel ? spec->kernel : 3;
+    if (!spec->channels || !spec->height || !spec->width ||
+        !spec->conv_hidden || !spec->out_channels) {
+        set_err(err, cap, "net: conv needs channels, height, width, "
+                "conv_hidden and out_channels > 0 (got %zu, %zu, %zu, %zu, "
+                "%zu)", spec->channels, spec->height, spec->width,
+                spec->conv_hidden, spec->out_channels);
+        return 0;
+    }
+    if (k % 2 == 0 || k > 15) {
+        set_err(err, cap, "net: conv kernel must be odd and at most 15 "
+                "(same padding), got %zu", k);
+        return 0;
+    }
+    if (spec->blocks > 64) {
+        set_err(err, cap, "net: conv blocks must be at most 64, got %zu",
+                spec->blocks);
+        return 0;
+    }
+    if (spec->act != FLOW_ACT_RELU || spec->time != FLOW_TIME_NONE ||
+        spec->spectral_norm != 0 || spec->premasked) {
+        set_err(err, cap, "net: conv supports activation relu only, without "
+                "time input, spectral_norm or premasked");
+        return 0;
+    }
+    if (spec->channels > SIZE_MAX / 1024 || spec->conv_hidden > SIZE_MAX / 1024
+        || spec->out_channels > SIZE_MAX / 1024 || spec->context > SIZE_MAX / 1024
+        || mul_sat(spec->height, spec->width) > SIZE_MAX / 1024 ||
+        mul_sat(mul_sat(spec->channels + spec->context + spec->conv_hidden, 225),
+                mul_sat(spec->height, spec->width)) > SIZE_MAX / 1024) {
+        set_err(err, cap, "net: conv sizes overflow");
+        return 0;
+    }
+    if (spec->in != mul_sat(spec->channels, spec->height * spec->width) ||
+        spec->out != mul_sat(spec->out_channels,
+                             spec->height * spec->width)) {
+        set_err(err, cap, "net: conv widths in = %zu, out = %zu do not match "
+                "%zu x %zu x %zu -> %zu x %zu x %zu", spec->in, spec->out,
+                spec->channels, spec->height, spec->width, spec->out_channels,
+                spec->height, spec->width);
+        return 0;
+    }
+    return 1;
+}
+
+conv_net *conv_net_create(const flow_net_spec *spec, char *err,
+                          size_t err_cap)
+{
+    conv_net *net;
+    size_t p = 0;
+    if (err && err_cap)
+        err[0] = '\0';
+    if (!check_spec(spec, err, err_cap))
+        return NULL;
+    net = calloc(1, sizeof *net);
+    if (!net)
+        goto nomem;
+    net->c = spec->channels;
+    net->h = spec->height;
+    net->w = spec->width;
+    net->hw = net->h * net->w;
+    net->ctx = spec->context;
+    net->hid = spec->conv_hidden;
+    net->k = spec->kernel ? spec->kernel : 3;
+    net->blocks = spec->blocks;
+    net->cout = spec->out_channels;
+    net->residual = spec->residual != 0;
+    net->zero_last = spec->zero_last;
+    net->seed = spec->seed;
+    net->n_layers = net->blocks + 2;
+    net->layer = calloc(net->n_layers, sizeof *net->layer);
+    if (!net->layer)
+        goto nomem;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        conv_layer *ly = &net->layer[l];
+        int first = l == 0, last = l + 1 == net->n_layers;
+        size_t col;
+        ly->cin = first ? net->c + net->ctx : net->hid;
+        ly->cout = last ? net->cout : net->hid;
+        ly->k = first || last ? net->k : 1;
+        ly->w_off = p;
+        p = add_sat(p, mul_sat(mul_sat(ly->cout, ly->cin), ly->k * ly->k));
+        ly->b_off = p;
+        p = add_sat(p, ly->cout);
+        if (p > SIZE_MAX / 4) {
+            set_err(err, err_cap, "net: conv parameter count overflows in "
+                    "layer %zu", l);
+            conv_net_destroy(net);
+            return NULL;
+        }
+        ly->flip = ly->k > 1 && ly->cout < ly->cin;
+        ly->f_off = net->flip_total;
+        if (ly->flip)
+            net->flip_total += ly->cout * ly->cin * ly->k * ly->k;
+        col = conv_col_count(ly->cin, net->h, net->w, ly->k);
+        if (col > net->col_max)
+            net->col_max = col;
+    }
+    net->n_params = p;
+    return net;
+nomem:
+    set_err(err, err_cap, "net: out of memory");
+    conv_net_destroy(net);
+    return NULL;
+}
+
+void conv_net_destroy(conv_net *net)
+{
+    if (!net)
+        return;
+    free(net->layer);
+    free(net);
+}
+
+size_t conv_net_params(const conv_net *net)
+{
+    return net ? net->n_params : 0;
+}
+
+size_t conv_net_layers(const conv_net *net)
+{
+    return net ? net->n_layers : 0;
+}
+
+int conv_net_layer(const conv_net *net, size_t l, size_t *cin, size_t *cout,
+                   size_t *k, size_t *w_off, size_t *b_off)
+{
+    if (!net || l >= net->n_layers)
+        return FLOW_ERR_INVAL;
+    if (cin)
+        *cin = net->layer[l].cin;
+    if (cout)
+        *cout = net->layer[l].cout;
+    if (k)
+        *k = net->layer[l].k;
+    if (w_off)
+        *w_off = net->layer[l].w_off;
+    if (b_off)
+        *b_off = net->layer[l].b_off;
+    return FLOW_OK;
+}
+
+void conv_net_init(const conv_net *net, flow_real *params, flow_rng *rng)
+{
+    flow_rng local;
+    if (!net || !params)
+        return;
+    if (!rng) {
+        rng_seed(&local, net->seed ^ 0x636f6e76696e6974ull);
+        rng = &local;
+    }
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        int zero = l + 1 == net->n_layers && net->zero_last;
+        size_t fan = ly->cin * ly->k * ly->k;
+        size_t nw = ly->cout * fan;
+        /* torch.nn.Conv2d's default (as torch.nn.Linear's, nn.c):
+         * U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = cin k k */
+        double s = 1.0 / sqrt((double)fan);
+        for (size_t i = 0; i < nw; i++) {
+            double v = (2 * rng_uniform(rng) - 1) * s;
+            params[ly->w_off + i] = zero ? 0 : (flow_real)v;
+        }
+        for (size_t o = 0; o < ly->cout; o++) {
+            double v = (2 * rng_uniform(rng) - 1) * s;
+            params[ly->b_off + o] = zero ? 0 : (flow_real)v;
+        }
+    }
+}
+
+/* ------------------------------------------------------------ workspace */
+
+/* The workspace of n images laid out from ws (NULL: sizes only). */
+static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
+{
+    const size_t r = sizeof(flow_real);
+    size_t off = round_up(sizeof(conv_head));
+    size_t ca = net->c + net->ctx;
+    size_t hid_img = mul_sat(net->hid, net->hw);
+    char *base = ws;
+#define TAKE(field, count) \
+    do { \
+        cw->field = base ? (flow_real *)(void *)(base + off) : NULL; \
+        off = add_sat(off, round_up(mul_sat((count), r))); \
+    } while (0)
+    TAKE(x, mul_sat(n, net->c * net->hw));
+    TAKE(cx, mul_sat(n, net->ctx));
+    TAKE(h, mul_sat(mul_sat(n, hid_img), net->blocks + 1));
+    TAKE(r, net->residual ? mul_sat(mul_sat(n, hid_img), net->blocks) : 0);
+    TAKE(aug, mul_sat(ca, net->hw));
+    TAKE(col, net->col_max);
+    TAKE(dcol, net->col_max);
+    TAKE(g[0], hid_img);
+    TAKE(g[1], hid_img);
+    TAKE(g[2], hid_img);
+    TAKE(daug, mul_sat(ca, net->hw));
+    TAKE(wf, net->flip_total);
+#undef TAKE
+    cw->total = off >= SIZE_MAX - CONV_ALIGN ? 0 : off;
+}
+
+size_t conv_net_workspace(const conv_net *net, size_t n)
+{
+    conv_ws cw;
+    if (!net)
+        return 0;
+    carve(net, n ? n : 1, NULL, &cw);
+    return cw.total;
+}
+
+/* ------------------------------------------------------------ passes */
+
+/* Layer 0's input of image i: the image itself, or with context the
+ * image then one constant plane per context value in aug. */
+static const flow_real *input_of(const conv_net *net, const conv_ws *cw,
+                                 size_t i)
+{
+    const flow_real *xi = cw->x + i * net->c * net->hw;
+    if (!net->ctx)
+        return xi;
+    memcpy(cw->aug, xi, net->c * net->hw * sizeof *xi);
+    for (size_t j = 0; j < net->ctx; j++) {
+        flow_real v = cw->cx[i * net->ctx + j];
+        flow_real *pl = cw->aug + (net->c + j) * net->hw;
+        for (size_t p = 0; p < net->hw; p++)
+            pl[p] = v;
+    }
+    return cw->aug;
+}
+
+/* Hidden activation l (0 .. blocks) of image i, and residual stage l's
+ * ReLU output (1 .. blocks). */
+static flow_real *hid_of(const conv_net *net, const conv_ws *cw, size_t n,
+                         size_t l, size_t i)
+{
+    return cw->h + (l * n + i) * net->hid * net->hw;
+}
+
+static flow_real *res_of(const conv_net *net, const conv_ws *cw, size_t n,
+                         size_t l, size_t i)
+{
+    return cw->r + ((l - 1) * n + i) * net->hid * net->hw;
+}
+
+static int layer_apply(const conv_net *net, const flow_real *params,
+                       size_t l, const flow_real *in, flow_real *out,
+                       flow_real *col)
+{
+    const conv_layer *ly = &net->layer[l];
+    return conv_apply(ly->cin, ly->cout, net->h, net->w, ly->k,
+                      params + ly->w_off, params + ly->b_off, in, out, col);
+}
+
+int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
+                     const flow_real *x, const flow_real *ctx, flow_real *y,
+                     void *ws)
+{
+    conv_head *hd = ws;
+    conv_ws cw;
+    const size_t hsz = net ? net->hid * net->hw : 0;
+    int st;
+    if (!net || !params || !x || !y || !ws || (net->ctx && !ctx) ||
+        (uintptr_t)ws % sizeof(double) != 0)
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    carve(net, n, ws, &cw);
+    hd->magic = 0;
+    hd->n = n;
+    memcpy(cw.x, x, n * net->c * net->hw * sizeof *x);
+    if (net->ctx)
+        memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
+    for (size_t i = 0; i < n; i++) {
+        flow_real *h0 = hid_of(net, &cw, n, 0, i);
+        st = layer_apply(net, params, 0, input_of(net, &cw, i), h0, cw.col);
+        if (st != FLOW_OK)
+            return st;
+        relu_inplace(h0, hsz);
+        for (size_t b = 1; b <= net->blocks; b++) {
+            const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
+            flow_real *hb = hid_of(net, &cw, n, b, i);
+            flow_real *rb = net->residual ? res_of(net, &cw, n, b, i) : hb;
+            if ((st = layer_apply(net, params, b, prev, rb, NULL)) != FLOW_OK)
+                return st;
+            relu_inplace(rb, hsz);
+            if (net->residual)
+                for (size_t p = 0; p < hsz; p++)
+                    hb[p] = prev[p] + rb[p];
+        }
+        st = layer_apply(net, params, net->blocks + 1,
+                         hid_of(net, &cw, n, net->blocks, i),
+                         y + i * net->cout * net->hw, cw.col);
+        if (st != FLOW_OK)
+            return st;
+    }
+    hd->magic = CONV_MAGIC;
+    return FLOW_OK;
+}
+
+/* VJP of layer l given g: its parameter gradients into dparams (when not
+ * NULL), din written when not NULL. */
+static int layer_back(const conv_net *net, const flow_real *params,
+                      size_t l, const flow_real *in, const flow_real *g,
+                      flow_real *din, flow_real *dparams, const conv_ws *cw)
+{
+    const conv_layer *ly = &net->layer[l];
+    return conv_apply_backward(ly->cin, ly->cout, net->h, net->w, ly->k,
+                               params + ly->w_off,
+                               ly->flip ? cw->wf + ly->f_off : NULL, in, g,
+                               din,
+                               dparams ? dparams + ly->w_off : NULL,
+                               dparams ? dparams + ly->b_off : NULL, cw->col,
+                               cw->dcol);
+}
+
+/* Image by image, from the output down: the per-image order keeps every
+ * GEMM's operands in cache (the tape of one image, hid x hw), and the
+ * parameter gradient sums the images in row order, whatever the batch. */
+int conv_net_backward(const conv_net *net, const flow_real *params,
+                      size_t n, void *ws, const flow_real *dy,
+                      flow_real *dx, flow_real *dctx, flow_real *dparams)
+{
+    const conv_head *hd = ws;
+    conv_ws cw;
+    size_t hsz;
+    int st, want_in;
+    if (!net || !params || !dy || !ws || (uintptr_t)ws % sizeof(double))
+        return FLOW_ERR_INVAL;
+    if (n == 0)
+        return FLOW_OK;
+    if (hd->magic != CONV_MAGIC || hd->n != n)
+        return FLOW_ERR_INVAL;    /* no matching forward on this ws */
+    want_in = dx || (dctx && net->ctx);
+    if (!want_in && !dparams)
+        return FLOW_OK;
+    carve(net, n, ws, &cw);
+    hsz = net->hid * net->hw;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        if (ly->flip)
+            conv_flip(ly->cin, ly->cout, ly->k, params + ly->w_off,
+                      cw.wf + ly->f_off);
+    }
+    for (size_t i = 0; i < n; i++) {
+        flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
+        st = layer_back(net, params, net->blocks + 1,
+                        hid_of(net, &cw, n, net->blocks, i),
+                        dy + i * net->cout * net->hw, ga, dparams, &cw);
+        if (st != FLOW_OK)
+            return st;
+        for (size_t b = net->blocks; b >= 1; b--) {
+            const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
+            if (net->residual) {
+                /* h_b = h_{b-1} + ReLU(conv h_{b-1}): the skip adds ga */
+                memcpy(gb, ga, hsz * sizeof *gb);
+                relu_grad(res_of(net, &cw, n, b, i), gb, hsz);
+                st = layer_back(net, params, b, prev, gb, gc, dparams, &cw);
+                for (size_t p = 0; p < hsz; p++)
+                    ga[p] += gc[p];
+            } else {
+                relu_grad(hid_of(net, &cw, n, b, i), ga, hsz);
+                st = layer_back(net, params, b, prev, ga, gc, dparams, &cw);
+                tmp = ga;
+                ga = gc;
+                gc = tmp;
+            }
+            if (st != FLOW_OK)
+                return st;
+        }
+        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
+        st = layer_back(net, params, 0, input_of(net, &cw, i), ga,
+                        want_in ? cw.daug : NULL, dparams, &cw);
+        if (st != FLOW_OK)
+            return st;
+        if (dx)
+            memcpy(dx + i * net->c * net->hw, cw.daug,
+                   net->c * net->hw * sizeof *dx);
+        if (dctx)
+            for (size_t j = 0; j < net->ctx; j++) {
+                const flow_real *pl = cw.daug + (net->c + j) * net->hw;
+                double s = 0;
+                for (size_t p = 0; p < net->hw; p++)
+                    s += pl[p];
+                dctx[i * net->ctx + j] += (flow_real)s;
+            }
+    }
+    return FLOW_OK;
+}
+
+/* ------------------------------------------------------------ export */
+
+int conv_net_export(const conv_net *net, const flow_real *params,
+                    const char *prefix, const char *output_layout,
+                    flow_export *ex)
+{
+    json_buf b;
+    char name[256];
+    int rc = FLOW_OK;
+    if (!net || !params || !prefix || !ex)
+        return FLOW_ERR_INVAL;
+    for (size_t l = 0; l < net->n_layers && rc == FLOW_OK; l++) {
+        const conv_layer *ly = &net->layer[l];
+        size_t shape[4] = {ly->cout, ly->cin, ly->k, ly->k};
+        snprintf(name, sizeof name, "%s.%zu.weight", prefix, l);
+        rc = ex->tensor(ex, name, FLOW_DTYPE_REAL, 4, shape,
+                        params + ly->w_off);
+        if (rc != FLOW_OK)
+            break;
+        snprintf(name, sizeof name, "%s.%zu.bias", prefix, l);
+        rc = ex->tensor(ex, name, FLOW_DTYPE_REAL, 1, shape,
+                        params + ly->b_off);
+    }
+    if (rc != FLOW_OK)
+        return rc;
+    json_buf_init(&b);
+    json_buf_printf(&b, "{\"kind\": \"conv\", \"activation\": \"relu\", "
+                    "\"layout\": \"NCHW\", \"channels\": %zu, \"height\": "
+                    "%zu, \"width\": %zu, \"context\": %zu, "
+                    "\"context_mode\": \"constant channels after the "
+                    "input's\", \"hidden_channels\": %zu, \"kernel\": %zu, "
+                    "\"padding\": %zu, \"padding_mode\": \"zeros\", "
+                    "\"stride\": 1, \"blocks\": %zu, \"block_kernel\": 1, "
+                    "\"residual\": %s, \"out_channels\": %zu, \"layers\": "
+                    "%zu, \"in\": %zu, \"out\": %zu", net->c, net->h, net->w,
+                    net->ctx, net->hid, net->k, net->k / 2, net->blocks,
+                    net->residual ? "true" : "false", net->cout,
+                    net->n_layers, net->c * net->hw, net->cout * net->hw);
+    if (output_layout) {
+        json_buf_raw(&b, ", \"output_layout\": ", 19);
+        json_buf_string(&b, output_layout, strlen(output_layout));
+    }
+    json_buf_raw(&b, "}", 1);
+    rc = b.oom ? FLOW_ERR_NOMEM : ex->attr(ex, prefix, b.s);
+    json_buf_free(&b);
+    return rc;
+}
