@@ -491,7 +491,9 @@ def load(path, threads=1):
 def dataset(name, n, seed=0, labels=False, dim=0, components=0,
             means_seed=0):
     """A built-in data set (``flowkit data``): moons, circles,
-    8gaussians, checkerboard, pinwheel, 2spirals, rings, swissroll, gmm.
+    8gaussians, checkerboard, pinwheel, 2spirals, rings, swissroll, gmm,
+    shapes (binary squares and discs as [1, S, S] images with pixel values
+    0 or 255, S = ``dim``, 0: 8, flattened to rows of S*S).
     Returns x (n, D); with ``labels=True`` (8gaussians) returns (x,
     onehot) with the component as a one-hot context (n, 8)."""
     ctx = L.new_ctx()
