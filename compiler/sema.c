@@ -604,13 +604,18 @@ static int take_out_shape(sema *S, flow_graph_node *n, flow_loc loc)
         }
         vol *= d->out_shape[i];
     }
-    if (r > FLOW_MAX_RANK || vol != S->dim) {
+    if (r > FLOW_MAX_RANK) {
+        diag_error(S->c, "F0511", loc, "report a bug in its plugin", "%s: "
+                   "declared output shape of rank %zu (at most %d)",
+                   n->label, r, FLOW_MAX_RANK);
+        return -1;
+    }
+    if (vol != S->dim) {
         diag_error(S->c, "F0511", loc, "a layer maps D values to D values: "
                    "report a bug in its plugin", "%s: declared output shape "
-                   "%s (rank %zu) does not hold the %zu values of its input "
-                   "%s", n->label, r > FLOW_MAX_RANK ? "?"
-                   : shape_text(r, d->out_shape, a, sizeof a), r, S->dim,
-                   shape_text(S->rank, S->shape, b, sizeof b));
+                   "%s holds %zu values, its input %s holds %zu", n->label,
+                   shape_text(r, d->out_shape, a, sizeof a), vol,
+                   shape_text(S->rank, S->shape, b, sizeof b), S->dim);
         return -1;
     }
     S->rank = r;
@@ -1058,14 +1063,20 @@ static void exit_channels(sema *S, const stmt *s, binding *sc, int64_t k)
     size_t c = S->shape[0], hw = S->shape[1] * S->shape[2];
     flow_graph_node *n;
     flow_graph_base base;
+    if (c == 1) {
+        diag_error(S->c, "F0302", s->e->loc, "squeeze first, to trade "
+                   "height and width for channels", "exit %lld does not "
+                   "fit: the state [1, %zu, %zu] has 1 channel here, and an "
+                   "exit takes whole channels and leaves some", (long long)k,
+                   S->shape[1], S->shape[2]);
+        return;
+    }
     if (k < 1 || (uint64_t)k >= c) {
-        diag_error(S->c, "F0302", s->e->loc, c > 1 ? "on an image, K "
-                   "counts channels: K*H*W values leave" : "squeeze first, "
-                   "to trade height and width for channels",
-                   "exit %lld does not fit: the state [%zu, %zu, %zu] has "
-                   "%zu channel%s here, and an exit needs 1 <= K < %zu",
-                   (long long)k, c, S->shape[1], S->shape[2], c,
-                   c == 1 ? "" : "s", c);
+        diag_error(S->c, "F0302", s->e->loc, "on an image, K counts "
+                   "channels: K*H*W values leave", "exit %lld does not fit: "
+                   "the state [%zu, %zu, %zu] has %zu channels here, and an "
+                   "exit needs 1 <= K < %zu", (long long)k, c, S->shape[1],
+                   S->shape[2], c, c);
         return;
     }
     if (resolve_base(S, &s->base, sc, (size_t)k * hw, &base) != 0)
