@@ -101,6 +101,30 @@ if [ $have_py = 1 ]; then
     same cond-context 8 "$(python3 "$t/read.py" "$t/cond.st" | cut -d' ' -f7)"
 fi
 
+# an image flow: squeeze exports its flat permutation (perm[1] = 2: the
+# second value of channel 0 comes from column 2), actnorm says it is per
+# channel, and every layer gives its shapes
+"$F" data gmm --dim 32 --components 4 -n 1000 --seed 1 -o "$t/g32.csv"
+train image "$S/image_tiny.flow" "$t/g32.csv"
+exported image
+if [ $have_py = 1 ]; then
+    cat >"$t/shapes.py" <<'EOF'
+import json, struct, sys
+raw = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+head = json.loads(raw[8:8 + n].decode('utf-8'))
+arch = json.loads(head['__metadata__']['architecture'])
+sq, an = arch['layers'][1], arch['layers'][2]
+b = head['layers.1.perm']['data_offsets'][0] + 8 + n
+perm1 = struct.unpack('<q', raw[b + 8:b + 16])[0]
+print('%s %s %s perm %s %d; %s %s %s' % (sq['type'], sq['shape'],
+      sq['out_shape'], head['layers.1.perm']['shape'], perm1, an['type'],
+      an['per'], head['layers.2.log_scale']['shape']))
+EOF
+    same image-shapes "squeeze [2, 4, 4] [8, 2, 2] perm [32] 2; actnorm channel [8]" \
+        "$(python3 "$t/shapes.py" "$t/image.st" 2>&1)"
+fi
+
 # a layer the export cannot make exact: warned about and marked
 "$F" train "$S/ffjord_8gaussians.flow" --data "$t/moons.csv" --steps 1 \
     --batch 64 --quiet -o "$t/ode.ckpt" >"$t/err" 2>&1; check train-ode 0 $?
