@@ -283,6 +283,10 @@ run_ok actnorm-2d actnorm
 run_ok actnorm-channel actnorm --shape 3,2,2
 run_ok squeeze squeeze --shape 2,4,4
 run_ok squeeze-f3 squeeze --shape 1,3,6 --attr factor=3
+run_ok conv1x1 conv1x1 --shape 3,2,2
+run_ok conv1x1-reverse conv1x1 --shape 4,1,3 --attr perm=reverse
+"$FLOWKIT" check conv1x1 --dim 4 >"$t/out" 2>&1; check conv1x1-flat 2 $?
+has conv1x1-flat "$t/out" "conv1x1 needs an image input [C, H, W]"
 "$FLOWKIT" check actnorm --shape 3,2,2 >"$t/out" 2>&1; check shape-params 0 $?
 has shape-params "$t/out" "PASS    2 tensors (scale, ...) of 6 entries in all; n_params 6"
 has shape-params "$t/out" "actnorm ($FLOW_PLUGIN_PATH/actnorm.so): D = 12, K = 0"

@@ -102,9 +102,10 @@ train multiscale.flow m4_tr.csv --columns $X4
 band multiscale "$(loglik "$K.multiscale.flow" --data "$t/m4_te.csv" --columns $X4)" -5.30 \
     "$(awk -v m="$(colmean "$t/m4_te.csv" logprob)" 'BEGIN { print m + 0.05 }')"
 
-# The image layers (squeeze, per-channel actnorm, an exit of channels) on a
-# 32-D mixture read as 2x4x4 images.  Measured after 300 steps, seeds
-# 0/1/2: -27.54/-27.48/-27.70; untrained (1 step) -70.5.
+# The image layers (squeeze, Glow steps of per-channel actnorm, 1x1
+# convolution and coupling, an exit of channels) on a 32-D mixture read as
+# 2x4x4 images.  Measured after 300 steps, seeds 0/1/2:
+# -27.39/-27.41/-27.37; untrained (1 step) -70.4.
 X32=$(awk 'BEGIN { for (i = 0; i < 32; i++) printf "%sx%d", i ? "," : "", i }')
 train image_tiny.flow m32_tr.csv
 band image_tiny "$(loglik "$K.image_tiny.flow" --data "$t/m32_te.csv" --columns $X32)" -29.5 \

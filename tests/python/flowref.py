@@ -4,7 +4,7 @@
 
 Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
 permute, squeeze, actnorm (per dimension or per channel), batchnorm,
-linear, logit, residual; multi-scale exits;
+linear, conv1x1, logit, residual; multi-scale exits;
 bases normal, logistic, diag_normal, mixture.
 
 The input is the .safetensors file written by `flowkit export` and
@@ -494,6 +494,19 @@ class Linear:
                                               self.log_diag.sum())
 
 
+class Conv1x1(Linear):
+    """Glow's invertible 1x1 convolution: Linear's C x C map W (and bias)
+    at every pixel of an image [C, H, W] stored flat in C order (value
+    (c, p) at column c*H*W + p): log-det = H*W sum log_diag."""
+
+    def forward(self, x, context):
+        n, c = x.shape[0], self.W.shape[0]
+        g = x.shape[1] // c
+        h = x.reshape(n, c, g)
+        z = np.einsum("ij,njp->nip", self.W, h) + self.b[None, :, None]
+        return z.reshape(n, c * g), np.full(n, g * self.log_diag.sum())
+
+
 class Logit:
     """z = logit(s), s = alpha + (1 - 2 alpha) x (RealNVP sec. 4.1, MAF
     sec. 4.3): log-det = sum (log(1 - 2 alpha) - log s - log(1 - s))."""
@@ -532,7 +545,7 @@ def _first(tensors, prefix, names):
 
 
 LAYERS = {"coupling": Coupling, "maf": MAF, "iaf": IAF, "permute": Permute,
-          "squeeze": Permute,
+          "squeeze": Permute, "conv1x1": Conv1x1,
           "actnorm": ActNorm, "batchnorm": BatchNorm, "linear": Linear,
           "logit": Logit, "residual": Residual}
 
