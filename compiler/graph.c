@@ -194,7 +194,7 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
     int dens_seq = 0, samp_seq = 0, estimated = 0;
     size_t layers = 0;
     int w = 18;                 /* the layer column: the longest label */
-    char cert[160], base[96], cost[64], shp[160] = "";
+    char cert[160], base[96], cost[64], shp[160] = "", madd[32] = "";
     /* image flows get a shape column; flat ones read as they always did */
     int shaped = g->input_rank > 1;
     int sw = 0;
@@ -221,8 +221,9 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
             sw = (int)strlen(shp);
     }
     if (shaped)
-        fprintf(f, "%4s  %-*s %-18s %5s %-*s %10s  %s\n", "#", w, "layer",
-                "jacobian", "dim", sw, "shape", "params", "certificate");
+        fprintf(f, "%4s  %-*s %-18s %5s %-*s %10s %9s  %s\n", "#", w,
+                "layer", "jacobian", "dim", sw, "shape", "params",
+                "madd/row", "certificate");
     else
         fprintf(f, "%4s  %-*s %-18s %5s %10s  %s\n", "#", w, "layer",
                 "jacobian", "dim", "params", "certificate");
@@ -235,18 +236,22 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
         }
         if (n->kind == FLOW_NODE_EXIT) {
             base_text(&n->exit_base, base, sizeof base);
-            fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu  %zu dim%s -> %s ~ "
+            fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu%s  %zu dim%s -> %s ~ "
                     "%s\n", i, w, n->label, "exit", n->in_dim, shp,
-                    n->exit_base.n_params, n->exit_k,
-                    n->exit_k == 1 ? "" : "s", n->exit_name, base);
+                    n->exit_base.n_params, shaped ? "         -" : "",
+                    n->exit_k, n->exit_k == 1 ? "" : "s", n->exit_name,
+                    base);
             continue;
         }
         layers++;
         cert_text(n->desc, cert, sizeof cert);
         logdet_cost(n->desc, cost, sizeof cost);
-        fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu  %s%s%s\n", i, w, n->label,
-                verify_jac_name(n->desc->jac), n->in_dim, shp,
-                n->desc->n_params, cert, cost,
+        if (shaped)     /* the density direction's multiply-adds per row */
+            snprintf(madd, sizeof madd, " %9.0f",
+                     n->desc->cost_forward.flops_per_row);
+        fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu%s  %s%s%s\n", i, w,
+                n->label, verify_jac_name(n->desc->jac), n->in_dim, shp,
+                n->desc->n_params, madd, cert, cost,
                 n->uses_context ? "; given context" : "");
         dens += n->desc->cost_forward.passes;
         samp += n->desc->cost_inverse.passes;
@@ -267,9 +272,9 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
             shape_short(g->input_rank, g->input_shape, cell, sizeof cell);
         snprintf(shp, sizeof shp, " %-*s", sw, cell);
     }
-    fprintf(f, "%4s  %-*s %-18s %5zu%s %10zu  %s ~ %s\n", "", w, "output",
-            "base", g->output_dim, shp, g->base.n_params, g->output_name,
-            base);
+    fprintf(f, "%4s  %-*s %-18s %5zu%s %10zu%s  %s ~ %s\n", "", w,
+            "output", "base", g->output_dim, shp, g->base.n_params,
+            shaped ? "         -" : "", g->output_name, base);
     if (g->target.type)
         fprintf(f, "target: %s (%s:%d:%d, %s)\n", g->target.text,
                 g->target.file, g->target.line, g->target.col,
@@ -358,6 +363,16 @@ static void json_base(FILE *f, const flow_graph_base *b)
             b->uses_context ? "true" : "false", b->n_params);
 }
 
+/* {"passes": P, "sequential": B, "flops_per_row": M}: M the declared
+ * multiply-adds per row (0 = unknown). */
+static void json_cost(FILE *f, const flow_cost *c)
+{
+    fprintf(f, "{\"passes\": %u, \"sequential\": %s, \"flops_per_row\": ",
+            (unsigned)c->passes, c->sequential ? "true" : "false");
+    jnum(f, c->flops_per_row);
+    fputc('}', f);
+}
+
 static void json_node(FILE *f, const flow_graph_node *n)
 {
     fputs("    {\"kind\": ", f);
@@ -393,14 +408,12 @@ static void json_node(FILE *f, const flow_graph_node *n)
     flow_json_string(f, verify_cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
     jnum(f, n->desc->cert_value);
-    fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
-               "\"sequential\": %s}, \"cost_inverse\": {\"passes\": %u, "
-               "\"sequential\": %s}, \"attrs\": ",
-            n->desc->logdet_exact ? "true" : "false",
-            (unsigned)n->desc->cost_forward.passes,
-            n->desc->cost_forward.sequential ? "true" : "false",
-            (unsigned)n->desc->cost_inverse.passes,
-            n->desc->cost_inverse.sequential ? "true" : "false");
+    fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": ",
+            n->desc->logdet_exact ? "true" : "false");
+    json_cost(f, &n->desc->cost_forward);
+    fputs(", \"cost_inverse\": ", f);
+    json_cost(f, &n->desc->cost_inverse);
+    fputs(", \"attrs\": ", f);
     json_attrs(f, n->type->attrs, n->attrs);
     if (n->desc->dep != FLOW_DEP_ELEMENTWISE && n->desc->dep != FLOW_DEP_DENSE
         && n->desc->dep != FLOW_DEP_MATRIX) {
