@@ -438,10 +438,6 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
         return rc;
     if (!(nd = push_node(m)))
         return model_error(m, FLOW_ERR_NOMEM, "out of memory");
-    if (m->rank == 3)
-        m->shape[0] -= k / (m->shape[1] * m->shape[2]);
-    else
-        m->shape[0] = d - k;
     nd->kind = NODE_EXIT;
     nd->in_dim = d;
     nd->out_dim = d - k;
@@ -452,6 +448,11 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
         return model_error(m, FLOW_ERR_INVAL, "invalid exit base");
     if (!nd->name)
         return model_error(m, FLOW_ERR_NOMEM, "out of memory");
+    /* an image loses whole channels, a vector k values */
+    if (m->rank == 3)
+        m->shape[0] -= k / (m->shape[1] * m->shape[2]);
+    else
+        m->shape[0] = d - k;
     m->n_nodes++;
     return FLOW_OK;
 }
