@@ -36,6 +36,8 @@ static void check_usage(FILE *f)
           "                   attributes (nothing else is loaded)\n"
           "\n"
           "  --dim D          input width (default 2; not with a SPEC)\n"
+          "  --shape C,H,W    an image input real[C, H, W] instead, of width\n"
+          "                   C*H*W (not with --dim or a SPEC)\n"
           "  --context K      context width: the layer is `given c` (default\n"
           "                   0; not with a SPEC)\n"
           "  --attr NAME=VAL  an attribute as spec source text, repeatable:\n"
@@ -63,7 +65,8 @@ static void check_usage(FILE *f)
 typedef struct check_opts {
     const char *target;
     size_t dim, context, rows, params;
-    int has_dim, has_context, has_bounds, json, params_all;
+    size_t shape[3];            /* --shape C,H,W; has_shape */
+    int has_dim, has_context, has_bounds, json, params_all, has_shape;
     double lo, hi;
     uint64_t seed;
     const char *attrs[MAX_ATTRS];
@@ -76,6 +79,37 @@ typedef struct check_opts {
 typedef struct check_totals {
     size_t layers, checks, failed, skipped, broken;
 } check_totals;
+
+/* --shape C,H,W: three dimensions of at most 4096 values together. */
+static int parse_shape(cli_args *a, check_opts *o)
+{
+    const char *v = cli_opt_value(a), *p;
+    size_t vol = 1;
+    if (!v)
+        return CLI_EXIT_USAGE;
+    p = v;
+    for (int i = 0; i < 3; i++) {
+        char *end;
+        unsigned long long x;
+        if (*p < '0' || *p > '9')
+            goto bad;
+        x = strtoull(p, &end, 10);
+        if (x < 1 || x > 4096 || *end != (i < 2 ? ',' : '\0'))
+            goto bad;
+        o->shape[i] = (size_t)x;
+        vol *= (size_t)x;
+        if (vol > 4096)
+            return cli_usage_error(a, "--shape: '%s' holds more than 4096 "
+                                   "values", v);
+        p = end + 1;
+    }
+    o->dim = vol;
+    o->has_shape = 1;
+    return 0;
+bad:
+    return cli_usage_error(a, "--shape: '%s' is not C,H,W (three positive "
+                           "integers)", v);
+}
 
 static int parse_bounds(cli_args *a, check_opts *o)
 {
@@ -159,6 +193,8 @@ static int parse_check(int argc, char **argv, check_opts *o)
             if (rc == 0 && o->dim > 4096)
                 rc = cli_usage_error(&a, "--dim: at most 4096");
             o->has_dim = 1;
+        } else if (cli_opt_is(&a, "--shape")) {
+            rc = parse_shape(&a, o);
         } else if (cli_opt_is(&a, "--context")) {
             rc = cli_parse_size(&a, &o->context, 0);
             if (rc == 0 && o->context > 4096)
@@ -200,6 +236,9 @@ static int parse_check(int argc, char **argv, check_opts *o)
         return rc;
     if (!o->target)
         return cli_usage_error(&a, "missing LAYER-TYPE, SPEC or PLUGIN");
+    if (o->has_shape && o->has_dim)
+        return cli_usage_error(&a, "--dim and --shape both give the input's "
+                               "width: use one");
     return 0;
 }
 
@@ -326,7 +365,8 @@ static void check_one(flow_ctx *ctx, const check_opts *o,
                       const flow_layer_type *t, const char *file,
                       const char *label, const flow_attr_value *attrs,
                       size_t dim, size_t context, int has_bounds, double lo,
-                      double hi, const char *spec_text, check_totals *tot)
+                      double hi, const char *spec_text,
+                      const flow_graph_node *n, check_totals *tot)
 {
     conform_opts co;
     conform_report rep;
@@ -342,6 +382,9 @@ static void check_one(flow_ctx *ctx, const check_opts *o,
     co.lo = lo;
     co.hi = hi;
     co.spec_text = spec_text;
+    /* the shape the compiler gave the layer's input */
+    co.rank = n->in_rank;
+    memcpy(co.shape, n->in_shape, sizeof co.shape);
     rc = conform_layer(ctx, t, file, attrs, &co, &rep);
     print_report(o, t->name, label, file, dim, context, &rep,
                  rc == FLOW_OK ? NULL : flow_errmsg(ctx), tot);
@@ -360,8 +403,13 @@ static char *tiny_spec(const check_opts *o, const char *type)
     if (!(s = malloc(cap)))
         return NULL;
     p = s;
-    p += sprintf(p, "// flowkit check %s\nflow check {\n    input x : "
-                 "real[%zu]", type, o->dim);
+    if (o->has_shape)
+        p += sprintf(p, "// flowkit check %s\nflow check {\n    input x : "
+                     "real[%zu, %zu, %zu]", type, o->shape[0], o->shape[1],
+                     o->shape[2]);
+    else
+        p += sprintf(p, "// flowkit check %s\nflow check {\n    input x : "
+                     "real[%zu]", type, o->dim);
     if (o->has_bounds)
         p += sprintf(p, " in [%.17g, %.17g]", o->lo, o->hi);
     p += sprintf(p, ";\n");
@@ -441,7 +489,7 @@ static int check_type(flow_ctx *ctx, const check_opts *o,
     if (n)
         check_one(ctx, o, n->type, n->plugin_file, t->name, n->attrs,
                   n->in_dim, n->config.context_dim, n->config.has_bounds,
-                  n->config.lo, n->config.hi, text, tot);
+                  n->config.lo, n->config.hi, text, n, tot);
     flow_compile_free(c);
     free(text);
     return 0;
@@ -469,7 +517,7 @@ static int check_spec(flow_ctx *ctx, const check_opts *o, check_totals *tot)
         }
         check_one(ctx, o, n->type, n->plugin_file, label, n->attrs,
                   n->in_dim, n->config.context_dim, n->config.has_bounds,
-                  n->config.lo, n->config.hi, src, tot);
+                  n->config.lo, n->config.hi, src, n, tot);
     }
     flow_compile_free(c);
     return 0;
@@ -549,9 +597,10 @@ int cli_cmd_check(int argc, char **argv)
     plugin = ends_with(o.target, ".so");
     spec = !plugin && (ends_with(o.target, ".flow") || strchr(o.target, '/')
                        || is_file(o.target));
-    if (spec && (o.has_dim || o.has_context || o.n_attrs || o.has_bounds)) {
-        fprintf(stderr, CMD ": --dim, --context, --attr and --bounds come "
-                "from the spec when checking %s (try '" CMD " --help')\n",
+    if (spec && (o.has_dim || o.has_context || o.n_attrs || o.has_bounds
+                 || o.has_shape)) {
+        fprintf(stderr, CMD ": --dim, --shape, --context, --attr and --bounds "
+                "come from the spec when checking %s (try '" CMD " --help')\n",
                 o.target);
         return CLI_EXIT_USAGE;
     }

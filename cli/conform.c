@@ -25,6 +25,18 @@ void conform_default_opts(conform_opts *o)
     o->directions = 2;
 }
 
+void conform_set_shape(flow_layer_config *cfg, const conform_opts *o)
+{
+    memset(cfg->shape, 0, sizeof cfg->shape);
+    if (o->rank > 1 && o->rank <= 4) {
+        cfg->rank = o->rank;
+        memcpy(cfg->shape, o->shape, o->rank * sizeof *o->shape);
+    } else {
+        cfg->rank = 1;
+        cfg->shape[0] = cfg->dim;
+    }
+}
+
 void conform_tolerances(conform_tols *t)
 {
     t->roundtrip = TOL_ROUNDTRIP;
@@ -430,6 +442,7 @@ static int layer_build(flow_ctx *ctx, layer_run *L, const flow_layer_type *t,
     L->cfg.lo = o->lo;
     L->cfg.hi = o->hi;
     L->cfg.host = flow_host_services();
+    conform_set_shape(&L->cfg, o);
     L->desc.struct_size = sizeof L->desc;
     if (!(L->dep_vec = calloc(L->d, sizeof *L->dep_vec)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
@@ -1315,6 +1328,7 @@ static const conform_opts *domain_bounds(const flow_layer_type *t,
     cfg.context_dim = o->context_dim;
     cfg.attrs = attrs;
     cfg.host = flow_host_services();
+    conform_set_shape(&cfg, o);
     memset(&desc, 0, sizeof desc);
     desc.struct_size = sizeof desc;
     desc.dep_vec = vec;

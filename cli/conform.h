@@ -45,6 +45,11 @@ typedef struct conform_opts {
      * output column group and one for the log-det */
     int params_all;
     size_t directions;
+    /* (appended) the input's shape (docs/language.md, "Shapes"): rank 0 or
+     * 1 is [dim], rank 3 [C, H, W] with C*H*W = dim, given to describe()
+     * and create() and to the one-layer model */
+    size_t rank;
+    size_t shape[4];
 } conform_opts;
 
 typedef struct conform_row {
@@ -71,6 +76,8 @@ typedef struct conform_report {
 } conform_report;
 
 void conform_default_opts(conform_opts *o);
+/* cfg->rank and cfg->shape from o (cfg->dim set before). */
+void conform_set_shape(flow_layer_config *cfg, const conform_opts *o);
 
 /* Runs every check on a layer of type t (found in `file`) with resolved
  * attributes `attrs` (one per entry of t->attrs).  Returns FLOW_OK when the

@@ -32,7 +32,11 @@ static int model_build(flow_ctx *ctx, const layer_run *L, uint64_t seed,
     *out = NULL;
     if (!m)
         return FLOW_ERR_NOMEM;
-    rc = flow_model_add_layer(m, t->name, t->name, na ? L->cfg.attrs : NULL,
+    rc = L->cfg.rank > 1 ? flow_model_set_input_shape(m, L->cfg.rank,
+                                                      L->cfg.shape)
+                         : FLOW_OK;
+    if (rc == FLOW_OK)
+        rc = flow_model_add_layer(m, t->name, t->name, na ? L->cfg.attrs : NULL,
                               na, L->k > 0, 0, 0);
     if (rc == FLOW_OK)
         rc = flow_model_set_base(m, FLOW_BASE_NORMAL, NULL, 0);

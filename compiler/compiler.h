@@ -123,6 +123,7 @@ struct flow_graph {
     const char *name;
     const char *input_name;
     size_t input_dim;
+    size_t input_rank, input_shape[4];
     int has_bounds;
     double lo, hi;
     const char *context_name;

@@ -166,6 +166,18 @@ int flow_graph_print_c(const flow_graph *g, FILE *f, const char *func)
             "    int rc = FLOW_OK;\n\n    *out = NULL;\n"
             "    if (!m)\n        return FLOW_ERR;\n", fn,
             flow_graph_input_dim(g), flow_graph_context_dim(g));
+    {
+        /* an image's shape, which its layers are described with; a flat
+         * input needs no call */
+        size_t shape[4], r = flow_graph_input_shape(g, shape);
+        if (r > 1) {
+            fputs("    rc = flow_model_set_input_shape(m, ", f);
+            fprintf(f, "%zu, (const size_t[]){", r);
+            for (size_t i = 0; i < r; i++)
+                fprintf(f, "%s%zu", i ? ", " : "", shape[i]);
+            fputs("});\n", f);
+        }
+    }
     for (size_t i = 0; i < nn; i++) {
         const flow_graph_node *n = flow_graph_node_get(g, i);
         fputs("    if (rc == FLOW_OK)\n        rc = ", f);

@@ -36,6 +36,11 @@ int flow_graph_build_model(flow_ctx *ctx, const flow_graph *g, uint64_t seed,
     if (!(m = flow_model_new(ctx, flow_graph_input_dim(g),
                              flow_graph_context_dim(g))))
         return FLOW_ERR_NOMEM;      /* a verified graph has dim >= 1 */
+    {
+        size_t shape[4], r = flow_graph_input_shape(g, shape);
+        if (r > 1)
+            rc = flow_model_set_input_shape(m, r, shape);
+    }
     for (size_t i = 0; i < flow_graph_node_count(g) && rc == FLOW_OK; i++) {
         const flow_graph_node *n = flow_graph_node_get(g, i);
         if (n->kind == FLOW_NODE_LAYER) {

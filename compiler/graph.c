@@ -10,6 +10,15 @@ const char *flow_graph_name(const flow_graph *g) { return g->name; }
 const char *flow_graph_input_name(const flow_graph *g) { return g->input_name; }
 size_t flow_graph_input_dim(const flow_graph *g) { return g->input_dim; }
 
+size_t flow_graph_input_shape(const flow_graph *g, size_t shape[4])
+{
+    size_t r = g->input_rank ? g->input_rank : 1;
+    for (size_t i = 0; i < 4; i++)
+        shape[i] = i >= r ? 1 : g->input_rank ? g->input_shape[i]
+                                              : g->input_dim;
+    return r;
+}
+
 int flow_graph_input_bounds(const flow_graph *g, double *lo, double *hi)
 {
     if (!g->has_bounds)
@@ -138,6 +147,45 @@ static void base_text(const flow_graph_base *b, char *buf, size_t cap)
 
 static const char *plural(uint64_t n) { return n == 1 ? "" : "es"; }
 
+/* "2x4x4" (the report's compact form of a shape). */
+static void shape_short(size_t rank, const size_t *shape, char *buf,
+                        size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < rank && i < FLOW_MAX_RANK && used < cap; i++) {
+        int w = snprintf(buf + used, cap - used, "%s%zu", i ? "x" : "",
+                         shape[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+}
+
+/* The shape column of an image flow's report: "2x4x4", or "2x4x4 ->
+ * 8x2x2" where the node changes it. */
+static void shape_cell(const flow_graph_node *n, char *buf, size_t cap)
+{
+    char a[64], b[64];
+    int same = n->in_rank == n->out_rank
+               && !memcmp(n->in_shape, n->out_shape,
+                          n->in_rank * sizeof *n->in_shape);
+    shape_short(n->in_rank, n->in_shape, a, sizeof a);
+    shape_short(n->out_rank, n->out_shape, b, sizeof b);
+    if (same)
+        snprintf(buf, cap, "%s", a);
+    else
+        snprintf(buf, cap, "%s -> %s", a, b);
+}
+
+static void json_shape(FILE *f, size_t rank, const size_t *shape)
+{
+    fputc('[', f);
+    for (size_t i = 0; i < rank && i < FLOW_MAX_RANK; i++)
+        fprintf(f, "%s%zu", i ? ", " : "", shape[i]);
+    fputc(']', f);
+}
+
 /* --- report ----------------------------------------------------------- */
 
 void flow_graph_print_report(const flow_graph *g, FILE *f)
@@ -146,10 +194,18 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
     int dens_seq = 0, samp_seq = 0, estimated = 0;
     size_t layers = 0;
     int w = 18;                 /* the layer column: the longest label */
-    char cert[160], base[96], cost[64];
+    char cert[160], base[96], cost[64], shp[160] = "", madd[32] = "";
+    /* image flows get a shape column; flat ones read as they always did */
+    int shaped = g->input_rank > 1;
+    int sw = 0;
 
-    fprintf(f, "flow %s: input %s real[%zu]", g->name, g->input_name,
-            g->input_dim);
+    if (shaped)
+        fprintf(f, "flow %s: input %s real[%zu, %zu, %zu]", g->name,
+                g->input_name, g->input_shape[0], g->input_shape[1],
+                g->input_shape[2]);
+    else
+        fprintf(f, "flow %s: input %s real[%zu]", g->name, g->input_name,
+                g->input_dim);
     if (g->has_bounds)
         fprintf(f, " in [%g, %g]", g->lo, g->hi);
     if (g->context_name)
@@ -159,14 +215,30 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
     for (size_t i = 0; i < g->n_nodes; i++)
         if (g->nodes[i].label && (int)strlen(g->nodes[i].label) > w)
             w = (int)strlen(g->nodes[i].label);
-    fprintf(f, "%4s  %-*s %-18s %5s %10s  %s\n", "#", w, "layer",
-            "jacobian", "dim", "params", "certificate");
+    for (size_t i = 0; shaped && i < g->n_nodes; i++) {
+        shape_cell(&g->nodes[i], shp, 132);
+        if ((int)strlen(shp) > sw)
+            sw = (int)strlen(shp);
+    }
+    if (shaped)
+        fprintf(f, "%4s  %-*s %-18s %5s %-*s %10s %9s  %s\n", "#", w,
+                "layer", "jacobian", "dim", sw, "shape", "params",
+                "madd/row", "certificate");
+    else
+        fprintf(f, "%4s  %-*s %-18s %5s %10s  %s\n", "#", w, "layer",
+                "jacobian", "dim", "params", "certificate");
     for (size_t i = 0; i < g->n_nodes; i++) {
         const flow_graph_node *n = &g->nodes[i];
+        if (shaped) {
+            char cell[132];
+            shape_cell(n, cell, sizeof cell);
+            snprintf(shp, sizeof shp, " %-*s", sw, cell);
+        }
         if (n->kind == FLOW_NODE_EXIT) {
             base_text(&n->exit_base, base, sizeof base);
-            fprintf(f, "%4zu  %-*s %-18s %5zu %10zu  %zu dim%s -> %s ~ %s\n",
-                    i, w, n->label, "exit", n->in_dim, n->exit_base.n_params,
+            fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu%s  %zu dim%s -> %s ~ "
+                    "%s\n", i, w, n->label, "exit", n->in_dim, shp,
+                    n->exit_base.n_params, shaped ? "         -" : "",
                     n->exit_k, n->exit_k == 1 ? "" : "s", n->exit_name,
                     base);
             continue;
@@ -174,9 +246,13 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
         layers++;
         cert_text(n->desc, cert, sizeof cert);
         logdet_cost(n->desc, cost, sizeof cost);
-        fprintf(f, "%4zu  %-*s %-18s %5zu %10zu  %s%s%s\n", i, w, n->label,
-                verify_jac_name(n->desc->jac), n->in_dim, n->desc->n_params,
-                cert, cost, n->uses_context ? "; given context" : "");
+        if (shaped)     /* the density direction's multiply-adds per row */
+            snprintf(madd, sizeof madd, " %9.0f",
+                     n->desc->cost_forward.flops_per_row);
+        fprintf(f, "%4zu  %-*s %-18s %5zu%s %10zu%s  %s%s%s\n", i, w,
+                n->label, verify_jac_name(n->desc->jac), n->in_dim, shp,
+                n->desc->n_params, madd, cert, cost,
+                n->uses_context ? "; given context" : "");
         dens += n->desc->cost_forward.passes;
         samp += n->desc->cost_inverse.passes;
         if (n->desc->dep == FLOW_DEP_ORDER && n->desc->cost_inverse.sequential)
@@ -186,8 +262,19 @@ void flow_graph_print_report(const flow_graph *g, FILE *f)
         estimated |= !n->desc->logdet_exact;
     }
     base_text(&g->base, base, sizeof base);
-    fprintf(f, "%4s  %-*s %-18s %5zu %10zu  %s ~ %s\n", "", w, "output",
-            "base", g->output_dim, g->base.n_params, g->output_name, base);
+    if (shaped) {
+        char cell[64] = "";
+        if (g->n_nodes)
+            shape_short(g->nodes[g->n_nodes - 1].out_rank,
+                        g->nodes[g->n_nodes - 1].out_shape, cell,
+                        sizeof cell);
+        else
+            shape_short(g->input_rank, g->input_shape, cell, sizeof cell);
+        snprintf(shp, sizeof shp, " %-*s", sw, cell);
+    }
+    fprintf(f, "%4s  %-*s %-18s %5zu%s %10zu%s  %s ~ %s\n", "", w,
+            "output", "base", g->output_dim, shp, g->base.n_params,
+            shaped ? "         -" : "", g->output_name, base);
     if (g->target.type)
         fprintf(f, "target: %s (%s:%d:%d, %s)\n", g->target.text,
                 g->target.file, g->target.line, g->target.col,
@@ -276,6 +363,16 @@ static void json_base(FILE *f, const flow_graph_base *b)
             b->uses_context ? "true" : "false", b->n_params);
 }
 
+/* {"passes": P, "sequential": B, "flops_per_row": M}: M the declared
+ * multiply-adds per row (0 = unknown). */
+static void json_cost(FILE *f, const flow_cost *c)
+{
+    fprintf(f, "{\"passes\": %u, \"sequential\": %s, \"flops_per_row\": ",
+            (unsigned)c->passes, c->sequential ? "true" : "false");
+    jnum(f, c->flops_per_row);
+    fputc('}', f);
+}
+
 static void json_node(FILE *f, const flow_graph_node *n)
 {
     fputs("    {\"kind\": ", f);
@@ -286,6 +383,10 @@ static void json_node(FILE *f, const flow_graph_node *n)
     flow_json_string(f, n->file);
     fprintf(f, ", \"line\": %d, \"col\": %d, \"in_dim\": %zu", n->line,
             n->col, n->in_dim);
+    fputs(", \"in_shape\": ", f);
+    json_shape(f, n->in_rank, n->in_shape);
+    fputs(", \"out_shape\": ", f);
+    json_shape(f, n->out_rank, n->out_shape);
     if (n->kind == FLOW_NODE_EXIT) {
         fprintf(f, ", \"k\": %zu, \"name\": ", n->exit_k);
         flow_json_string(f, n->exit_name);
@@ -307,14 +408,12 @@ static void json_node(FILE *f, const flow_graph_node *n)
     flow_json_string(f, verify_cert_name(n->desc->cert));
     fputs(", \"cert_value\": ", f);
     jnum(f, n->desc->cert_value);
-    fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": {\"passes\": %u, "
-               "\"sequential\": %s}, \"cost_inverse\": {\"passes\": %u, "
-               "\"sequential\": %s}, \"attrs\": ",
-            n->desc->logdet_exact ? "true" : "false",
-            (unsigned)n->desc->cost_forward.passes,
-            n->desc->cost_forward.sequential ? "true" : "false",
-            (unsigned)n->desc->cost_inverse.passes,
-            n->desc->cost_inverse.sequential ? "true" : "false");
+    fprintf(f, ", \"logdet_exact\": %s, \"cost_forward\": ",
+            n->desc->logdet_exact ? "true" : "false");
+    json_cost(f, &n->desc->cost_forward);
+    fputs(", \"cost_inverse\": ", f);
+    json_cost(f, &n->desc->cost_inverse);
+    fputs(", \"attrs\": ", f);
     json_attrs(f, n->type->attrs, n->attrs);
     if (n->desc->dep != FLOW_DEP_ELEMENTWISE && n->desc->dep != FLOW_DEP_DENSE
         && n->desc->dep != FLOW_DEP_MATRIX) {
@@ -332,7 +431,12 @@ void flow_graph_print_json(const flow_graph *g, FILE *f)
     flow_json_string(f, g->name);
     fputs(",\n  \"input\": {\"name\": ", f);
     flow_json_string(f, g->input_name);
-    fprintf(f, ", \"dim\": %zu, \"bounds\": ", g->input_dim);
+    fprintf(f, ", \"dim\": %zu, \"shape\": ", g->input_dim);
+    {
+        size_t shape[4], r = flow_graph_input_shape(g, shape);
+        json_shape(f, r, shape);
+    }
+    fputs(", \"bounds\": ", f);
     if (g->has_bounds) {
         fputc('[', f);
         jnum(f, g->lo);

@@ -51,6 +51,8 @@ static void flowyyerror(flow_loc *loc, void *scanner, parse_ctx *p,
 static expr *mk_expr(parse_ctx *p, expr_kind k, flow_loc loc);
 static expr *mk_bin(parse_ctx *p, int op, expr *a, expr *b, flow_loc loc);
 static stmt *mk_stmt(parse_ctx *p, stmt_kind k, flow_loc loc);
+static expr *mk_shape(parse_ctx *p, const arg_list *dims, flow_loc open,
+                      flow_loc close);
 static arg *mk_arg(parse_ctx *p, const char *name, flow_loc name_loc,
                    expr *val, flow_loc loc);
 static void args_add(arg_list *l, arg *a);
@@ -158,7 +160,8 @@ stmts : %empty                  { $$.head = $$.tail = NULL; }
 /* stmt ::= NAME ['(' [args] ')'] ['given' NAME] ';'
  *        | 'repeat' expr ['as' NAME] body | const
  *        | 'exit' expr '->' NAME '~' base ';'
- *        | 'input' NAME ':' NAME '[' expr ']' ['in' '[' expr ',' expr ']'] ';'
+ *        | 'input' NAME ':' NAME '[' expr {',' expr} ']'
+ *          ['in' '[' expr ',' expr ']'] ';'
  *        | 'context' NAME ':' NAME '[' expr ']' ';'
  *        | 'output' NAME '~' base ';' | 'train' '{' { NAME '=' expr ';' } '}'
  *        | 'target' NAME ['(' [args] ')'] ';' */
@@ -192,18 +195,19 @@ stmt : IDENT '(' args_opt ')' given_opt ';' {
                $$->loc.end_line = @6.end_line; $$->loc.end_col = @6.end_col;
            }
        }
-     | INPUT IDENT ':' IDENT '[' expr ']' ';' {
+     | INPUT IDENT ':' IDENT '[' list ']' ';' {
            $$ = mk_stmt(p, S_INPUT, @1);
            if ($$) {
                $$->name = $2; $$->name_loc = @2; $$->type_name = $4;
-               $$->type_loc = @4; $$->e = $6;
+               $$->type_loc = @4; $$->e = mk_shape(p, &$6, @5, @7);
            }
        }
-     | INPUT IDENT ':' IDENT '[' expr ']' IN '[' expr ',' expr ']' ';' {
+     | INPUT IDENT ':' IDENT '[' list ']' IN '[' expr ',' expr ']' ';' {
            $$ = mk_stmt(p, S_INPUT, @1);
            if ($$) {
                $$->name = $2; $$->name_loc = @2; $$->type_name = $4;
-               $$->type_loc = @4; $$->e = $6; $$->lo = $10; $$->hi = $12;
+               $$->type_loc = @4; $$->e = mk_shape(p, &$6, @5, @7);
+               $$->lo = $10; $$->hi = $12;
            }
        }
      | CONTEXT IDENT ':' IDENT '[' expr ']' ';' {
@@ -499,6 +503,23 @@ static expr *mk_expr(parse_ctx *p, expr_kind k, flow_loc loc)
         e->kind = k;
         e->loc = loc;
         e->depth = 1;
+    }
+    return e;
+}
+
+/* The dimensions of `real[...]`: the one expression of `real[D]`, or a
+ * list spanning the brackets for `real[C, H, W]` (sema checks the rank). */
+static expr *mk_shape(parse_ctx *p, const arg_list *dims, flow_loc open,
+                      flow_loc close)
+{
+    expr *e;
+    if (dims->n == 1)
+        return dims->head->value;
+    open.end_line = close.end_line;
+    open.end_col = close.end_col;
+    if ((e = mk_expr(p, E_LIST, open))) {
+        e->args = dims->head;
+        e->n = dims->n;
     }
     return e;
 }

@@ -42,6 +42,7 @@ struct sema {
     int target_line;
     int said_no_input, said_no_output;  /* reported: no "missing" error */
     size_t dim;                 /* width of the state at this point       */
+    size_t rank, shape[4];      /* its shape; the product is dim          */
     int pristine;               /* only permutations so far: bounds hold  */
     const char *moved_by;       /* the last layer or exit that moved the
                                    values (when not pristine)             */
@@ -419,6 +420,9 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
     n->line = s->loc.line;
     n->col = s->loc.col;
     n->in_dim = S->dim;
+    n->in_rank = n->out_rank = S->rank;
+    memcpy(n->in_shape, S->shape, sizeof n->in_shape);
+    memcpy(n->out_shape, S->shape, sizeof n->out_shape);
     g->node_locs[g->n_nodes] = s->loc;
     g->attr_locs[g->n_nodes] = NULL;
     g->n_nodes++;
@@ -565,6 +569,63 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                                                                      : 0;
 }
 
+/* "[2, 4, 4]" into buf, for messages and reports. */
+static const char *shape_text(size_t rank, const size_t *shape, char *buf,
+                              size_t cap)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < rank && used < cap; i++) {
+        int w = snprintf(buf + used, cap - used, "%s%zu", i ? ", " : "[",
+                         shape[i]);
+        if (w < 0)
+            break;
+        used += (size_t)w;
+    }
+    if (used < cap)
+        snprintf(buf + used, cap - used, "]");
+    return buf;
+}
+
+/* The output shape describe() declared (1.7; out_rank 0 keeps the input's)
+ * becomes the state's: a layer maps D values to D values, so the product
+ * must stay the width (F0511 at the layer otherwise). */
+static int take_out_shape(sema *S, flow_graph_node *n, flow_loc loc)
+{
+    const flow_layer_desc *d = n->desc;
+    size_t r = d->out_rank, vol = 1;
+    char a[96], b[96];
+    if (r == 0)
+        return 0;
+    for (size_t i = 0; i < r && i < FLOW_MAX_RANK; i++) {
+        if (d->out_shape[i] == 0 || vol > SIZE_MAX / d->out_shape[i]) {
+            vol = 0;
+            break;
+        }
+        vol *= d->out_shape[i];
+    }
+    if (r > FLOW_MAX_RANK) {
+        diag_error(S->c, "F0511", loc, "report a bug in its plugin", "%s: "
+                   "declared output shape of rank %zu (at most %d)",
+                   n->label, r, FLOW_MAX_RANK);
+        return -1;
+    }
+    if (vol != S->dim) {
+        diag_error(S->c, "F0511", loc, "a layer maps D values to D values: "
+                   "report a bug in its plugin", "%s: declared output shape "
+                   "%s holds %zu values, its input %s holds %zu", n->label,
+                   shape_text(r, d->out_shape, a, sizeof a), vol,
+                   shape_text(S->rank, S->shape, b, sizeof b), S->dim);
+        return -1;
+    }
+    S->rank = r;
+    memset(S->shape, 0, sizeof S->shape);
+    memcpy(S->shape, d->out_shape, r * sizeof *S->shape);
+    n->out_rank = r;
+    memcpy(n->out_shape, S->shape, sizeof n->out_shape);
+    return 0;
+}
+
 /* TYPE [(args)] [given c];  one graph node, described and verified */
 static void expand_layer(sema *S, const stmt *s, binding *sc,
                          const char *given, flow_loc given_loc)
@@ -644,9 +705,13 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     n->config.line = s->loc.line;
     n->config.col = s->loc.col;
     n->config.host = flow_host_services();
+    n->config.rank = S->rank;
+    memcpy(n->config.shape, S->shape, sizeof n->config.shape);
     if (!n->label)
         return;
     if (describe_layer(S, n, idx, alocs, s->name_loc) != 0)
+        return;
+    if (take_out_shape(S, n, s->name_loc) != 0)
         return;
     if (n->desc->dep != FLOW_DEP_PERMUTATION) {
         S->pristine = 0;
@@ -840,7 +905,49 @@ static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
 
 /* --- statements ------------------------------------------------------- */
 
-/* input NAME : real[D] [in [lo, hi]]; */
+/* The dimensions of `real[D]` or `real[C, H, W]` into the graph's input
+ * shape; an image is stored flat in C order, so its width is C*H*W. */
+static int input_shape(sema *S, const expr *e, binding *sc)
+{
+    flow_graph *g = S->g;
+    static const char *const names[3] = {"channels", "height", "width"};
+    size_t vol = 1;
+    if (e->kind != E_LIST) {
+        if (eval_dim(S, e, sc, "input dimension", &g->input_dim) != 0)
+            return -1;
+        g->input_rank = 1;
+        g->input_shape[0] = g->input_dim;
+        g->input_shape[1] = g->input_shape[2] = g->input_shape[3] = 0;
+        return 0;
+    }
+    if (e->n != 3) {
+        diag_error(S->c, "F0306", e->loc, "write real[D] for a vector or "
+                   "real[C, H, W] for an image (channels, height, width)",
+                   "input shape of rank %zu: only ranks 1 and 3 are "
+                   "supported", e->n);
+        return -1;
+    }
+    memset(g->input_shape, 0, sizeof g->input_shape);
+    size_t i = 0;
+    for (const arg *a = e->args; a && i < 3; a = a->next, i++) {
+        char what[32];
+        snprintf(what, sizeof what, "input %s", names[i]);
+        if (eval_dim(S, a->value, sc, what, &g->input_shape[i]) != 0)
+            return -1;
+        vol *= g->input_shape[i];
+        if (vol > FLOW_MAX_DIM) {
+            diag_error(S->c, "F0400", e->loc, NULL, "input shape of %zu "
+                       "values or more exceeds the limit of %d", vol,
+                       FLOW_MAX_DIM);
+            return -1;
+        }
+    }
+    g->input_rank = 3;
+    g->input_dim = vol;
+    return 0;
+}
+
+/* input NAME : real[D] | real[C, H, W] [in [lo, hi]]; */
 static void decl_input(sema *S, const stmt *s, binding *sc)
 {
     flow_graph *g = S->g;
@@ -856,7 +963,7 @@ static void decl_input(sema *S, const stmt *s, binding *sc)
                    "unknown element type '%s'", s->type_name);
         return;
     }
-    if (eval_dim(S, s->e, sc, "input dimension", &g->input_dim) != 0)
+    if (input_shape(S, s->e, sc) != 0)
         return;
     if (s->lo) {
         if (eval_real(S, s->lo, sc, "bound", &g->lo) != 0
@@ -872,6 +979,8 @@ static void decl_input(sema *S, const stmt *s, binding *sc)
     g->input_name = s->name;
     g->input_loc = s->loc;
     S->dim = g->input_dim;
+    S->rank = g->input_rank;
+    memcpy(S->shape, g->input_shape, sizeof S->shape);
     S->have_input = 1;
 }
 
@@ -945,6 +1054,46 @@ static int latent_name_taken(sema *S, const stmt *s, const char *what)
     return 0;
 }
 
+/* exit K -> NAME ~ base on an image [C, H, W]: K counts channels, the
+ * first K*H*W values of the flat state (the channels stored first in C
+ * order) leave, and [C-K, H, W] flows on, as RealNVP's multi-scale
+ * architecture factors out half the channels (Dinh et al. 2017, sec. 3.6) */
+static void exit_channels(sema *S, const stmt *s, binding *sc, int64_t k)
+{
+    size_t c = S->shape[0], hw = S->shape[1] * S->shape[2];
+    flow_graph_node *n;
+    flow_graph_base base;
+    if (c == 1) {
+        diag_error(S->c, "F0302", s->e->loc, "squeeze first, to trade "
+                   "height and width for channels", "exit %lld does not "
+                   "fit: the state [1, %zu, %zu] has 1 channel here, and an "
+                   "exit takes whole channels and leaves some", (long long)k,
+                   S->shape[1], S->shape[2]);
+        return;
+    }
+    if (k < 1 || (uint64_t)k >= c) {
+        diag_error(S->c, "F0302", s->e->loc, "on an image, K counts "
+                   "channels: K*H*W values leave", "exit %lld does not fit: "
+                   "the state [%zu, %zu, %zu] has %zu channels here, and an "
+                   "exit needs 1 <= K < %zu", (long long)k, c, S->shape[1],
+                   S->shape[2], c, c);
+        return;
+    }
+    if (resolve_base(S, &s->base, sc, (size_t)k * hw, &base) != 0)
+        return;
+    if (!(n = new_node(S, FLOW_NODE_EXIT, s)))
+        return;
+    n->exit_k = (size_t)k * hw;
+    n->exit_name = s->name;
+    n->exit_base = base;
+    n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
+    S->dim -= n->exit_k;
+    S->shape[0] = c - (size_t)k;
+    n->out_shape[0] = S->shape[0];
+    S->pristine = 0;
+    S->moved_by = n->label;
+}
+
 /* exit K -> NAME ~ base;  the first K dimensions of the state leave */
 static void decl_exit(sema *S, const stmt *s, binding *sc)
 {
@@ -962,6 +1111,10 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
         return;
     if (eval_int(S, s->e, sc, "exit size", &k) != 0)
         return;
+    if (S->rank == 3) {
+        exit_channels(S, s, sc, k);
+        return;
+    }
     if (k < 1 || (uint64_t)k >= S->dim) {
         diag_error(S->c, "F0302", s->e->loc, S->dim > 1 ? NULL
                    : "nothing can exit from a 1-dimensional state",
@@ -979,6 +1132,8 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     n->exit_base = base;
     n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
     S->dim -= (size_t)k;
+    S->shape[0] = S->dim;
+    n->out_shape[0] = S->dim;
     S->pristine = 0;
     S->moved_by = n->label;
 }

@@ -1,7 +1,9 @@
-/* linear.c - the `linear` layer: an invertible linear map in LU form,
- * z = W x + b with W = P L U, P a fixed permutation, L unit lower, U upper
- * with diagonal exp(s) (Kingma & Dhariwal 2018, Glow, sec. 3.2):
- * log|det W| = sum s; the inverse by the assembled W^-1. */
+/* linear.c - the `linear` and `conv1x1` layers: an invertible linear map
+ * in LU form, z = W x + b with W = P L U, P a fixed permutation, L unit
+ * lower, U upper with diagonal exp(s) (Kingma & Dhariwal 2018, Glow, sec.
+ * 3.2): log|det W| = sum s; the inverse by the assembled W^-1.  `conv1x1`
+ * applies a C x C map to the channels of every pixel of an image [C, H, W]
+ * (Glow's invertible 1x1 convolution): log-det = H*W sum s. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -31,19 +33,22 @@ static const flow_attr_spec linear_attrs[] = {
     {0}};
 
 /* Parameters: strictly lower L (row-major, i > j), strictly upper U
- * (row-major, i < j), s (D), b (D): D^2 + D in all.  No init: the host's
- * zeros give L = I, U = I, b = 0, so W = P, a permutation. */
+ * (row-major, i < j), s (D), b (D): D^2 + D in all, D the matrix's side
+ * (the channels C for conv1x1).  No init: the host's zeros give L = I,
+ * U = I, b = 0, so W = P, a permutation. */
 typedef struct linear {
     size_t d, nl;               /* nl = D (D - 1) / 2 */
+    size_t g;                   /* values W acts on apart: 1 for linear,
+                                   the H*W pixels of a channel for conv1x1
+                                   (value (c, p) at column c*g + p) */
     int32_t *p;                 /* W[i, :] = (L U)[p[i], :] */
     double *L, *U, *W, *Wi, *tmp;   /* D x D each, assembled by prepare */
     const flow_host *host;
 } linear;
 
-static void make_perm(const flow_layer_config *cfg, int32_t *p)
+static void make_perm(const flow_layer_config *cfg, size_t d, int32_t *p)
 {
     const flow_attr_value *a = &cfg->attrs[ATTR_PERM];
-    size_t d = cfg->dim;
     if (a->i == ALT_RANDOM) {   /* the same shuffle as permute's random */
         common_shuffle(p, d, (uint64_t)a->sub[0].i);
         return;
@@ -52,10 +57,34 @@ static void make_perm(const flow_layer_config *cfg, int32_t *p)
         p[i] = (int32_t)(a->i == ALT_REVERSE ? d - 1 - i : i);
 }
 
-static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
-                           flow_diag *diag)
+/* The matrix's side and the values per matrix entry: D and 1 for linear,
+ * C and H*W for conv1x1 (which needs an image); -1 with diag set. */
+static int sides(const flow_layer_config *cfg, int conv, size_t *d,
+                 size_t *g, flow_diag *diag)
 {
-    size_t d = cfg->dim;
+    size_t shape[4];
+    *d = cfg->dim;
+    *g = 1;
+    if (!conv)
+        return 0;
+    if (flow_config_shape(cfg, shape) != 3) {
+        flow_diag_set(diag, -1, "conv1x1 needs an image input [C, H, W], "
+                      "got a shape of rank 1");
+        snprintf(diag->help, sizeof diag->help, "declare the input as "
+                 "real[C, H, W], or use linear on vectors");
+        return -1;
+    }
+    *d = shape[0];
+    *g = shape[1] * shape[2];
+    return 0;
+}
+
+static int describe_lu(const flow_layer_config *cfg, flow_layer_desc *out,
+                       flow_diag *diag, int conv)
+{
+    size_t d, g;
+    if (sides(cfg, conv, &d, &g, diag) != 0)
+        return FLOW_ERR_INVAL;
     if (d > 4096) {
         diag->attr = -1;
         snprintf(diag->message, sizeof diag->message, "linear layers are "
@@ -74,11 +103,24 @@ static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
     out->jac = FLOW_JAC_DENSE_LU;
     out->dep = FLOW_DEP_DENSE;
     out->cert = FLOW_CERT_LU;
-    out->cert_text = "LU with positive diagonal exp(s)";
-    out->cost_forward = (flow_cost){1, 0, 2.0 * (double)(d * d)};
-    out->cost_inverse = (flow_cost){1, 0, 2.0 * (double)(d * d)};
+    out->cert_text = conv ? "LU with positive diagonal exp(s), per pixel"
+                          : "LU with positive diagonal exp(s)";
+    out->cost_forward = (flow_cost){1, 0, 2.0 * (double)(d * d * g)};
+    out->cost_inverse = (flow_cost){1, 0, 2.0 * (double)(d * d * g)};
     out->logdet_exact = 1;
     return FLOW_OK;
+}
+
+static int linear_describe(const flow_layer_config *cfg, flow_layer_desc *out,
+                           flow_diag *diag)
+{
+    return describe_lu(cfg, out, diag, 0);
+}
+
+static int conv1x1_describe(const flow_layer_config *cfg,
+                            flow_layer_desc *out, flow_diag *diag)
+{
+    return describe_lu(cfg, out, diag, 1);
 }
 
 static void linear_destroy(void *self)
@@ -95,15 +137,18 @@ static void linear_destroy(void *self)
     l->host->free(l);
 }
 
-static void *linear_create(const flow_host *host, const flow_layer_config *cfg,
-                           flow_diag *diag)
+static void *create_lu(const flow_host *host, const flow_layer_config *cfg,
+                       flow_diag *diag, int conv)
 {
-    size_t d = cfg->dim;
-    linear *l = host->calloc(1, sizeof *l);
-    if (!l)
+    size_t d, g;
+    linear *l;
+    if (sides(cfg, conv, &d, &g, diag) != 0)
+        return NULL;
+    if (!(l = host->calloc(1, sizeof *l)))
         goto nomem;
     l->host = host;
     l->d = d;
+    l->g = g;
     l->nl = d * (d - 1) / 2;
     l->p = host->calloc(d, sizeof *l->p);
     l->L = host->calloc(d * d, sizeof *l->L);
@@ -113,12 +158,24 @@ static void *linear_create(const flow_host *host, const flow_layer_config *cfg,
     l->tmp = host->calloc(d * d, sizeof *l->tmp);
     if (!l->p || !l->L || !l->U || !l->W || !l->Wi || !l->tmp)
         goto nomem;
-    make_perm(cfg, l->p);
+    make_perm(cfg, d, l->p);
     return l;
 nomem:
     snprintf(diag->message, sizeof diag->message, "out of memory");
     linear_destroy(l);
     return NULL;
+}
+
+static void *linear_create(const flow_host *host, const flow_layer_config *cfg,
+                           flow_diag *diag)
+{
+    return create_lu(host, cfg, diag, 0);
+}
+
+static void *conv1x1_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    return create_lu(host, cfg, diag, 1);
 }
 
 /* Assembles L, U, W = P L U and W^-1 = U^-1 L^-1 P^T in double. */
@@ -178,26 +235,31 @@ static int linear_prepare(void *self, const flow_call *c)
     return FLOW_OK;
 }
 
+/* log|det| of the whole map: g sum s (W acts on g pixels apart). */
 static double sum_s(const linear *l, const flow_real *params)
 {
     double v = 0;
     for (size_t i = 0; i < l->d; i++)
         v += params[2 * l->nl + i];
-    return v;
+    return v * (double)l->g;
 }
 
-/* out_r = M (in_r - sub) + add, row by row */
-static void affine_rows(size_t n, size_t d, const double *M,
+/* out_r[:, p] = M (in_r[:, p] - sub) + add for every row r and pixel p,
+ * a row being d x g (channel-major) */
+static void affine_rows(size_t n, size_t d, size_t g, const double *M,
                         const flow_real *in, const flow_real *sub,
                         const flow_real *add, flow_real *out)
 {
+    size_t w = d * g;
     for (size_t r = 0; r < n; r++)
-        for (size_t i = 0; i < d; i++) {
-            double v = add ? add[i] : 0;
-            for (size_t j = 0; j < d; j++)
-                v += M[i * d + j] * (in[r * d + j] - (sub ? sub[j] : 0));
-            out[r * d + i] = (flow_real)v;
-        }
+        for (size_t p = 0; p < g; p++)
+            for (size_t i = 0; i < d; i++) {
+                double v = add ? add[i] : 0;
+                for (size_t j = 0; j < d; j++)
+                    v += M[i * d + j]
+                         * (in[r * w + j * g + p] - (sub ? sub[j] : 0));
+                out[r * w + i * g + p] = (flow_real)v;
+            }
 }
 
 static int linear_forward(void *self, const flow_call *c, const flow_real *x,
@@ -205,7 +267,8 @@ static int linear_forward(void *self, const flow_call *c, const flow_real *x,
 {
     const linear *l = self;
     double ld = sum_s(l, c->params);
-    affine_rows(c->n, l->d, l->W, x, NULL, c->params + l->d * l->d, z);
+    affine_rows(c->n, l->d, l->g, l->W, x, NULL, c->params + l->d * l->d,
+                z);
     for (size_t r = 0; r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
@@ -216,7 +279,8 @@ static int linear_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const linear *l = self;
     double ld = -sum_s(l, c->params);
-    affine_rows(c->n, l->d, l->Wi, z, c->params + l->d * l->d, NULL, x);
+    affine_rows(c->n, l->d, l->g, l->Wi, z, c->params + l->d * l->d, NULL,
+                x);
     for (size_t r = 0; r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
@@ -224,37 +288,48 @@ static int linear_inverse(void *self, const flow_call *c, const flow_real *z,
 
 /* During backward the gradient slice holds dL/dW (D x D, row-major) then
  * dL/db; finish_grad maps dW to L, U and s.  The log-det's gradient enters
- * as S W^-T (Jacobi's formula, d log|det W| = tr(W^-1 dW)). */
+ * as g S W^-T (Jacobi's formula, d log|det W| = tr(W^-1 dW), for each of
+ * the g pixels).  The sums over a row's pixels are accumulated in double
+ * (the host's gradient may be float). */
 static void vjp(const linear *l, const flow_call *c, const flow_real *in,
                 const flow_real *dout, flow_real *din, const double *M,
                 double sign, double S)
 {
-    size_t d = l->d;
+    size_t d = l->d, g = l->g, w = d * g;
     flow_real *gW = c->grad, *gb = c->grad ? c->grad + d * d : NULL;
-    /* din_r = M^T dout_r */
+    /* din_r[:, p] = M^T dout_r[:, p] */
     for (size_t r = 0; r < c->n; r++)
-        for (size_t j = 0; j < d; j++) {
-            double v = 0;
-            for (size_t i = 0; i < d; i++)
-                v += M[i * d + j] * dout[r * d + i];
-            din[r * d + j] = (flow_real)v;
-        }
+        for (size_t p = 0; p < g; p++)
+            for (size_t j = 0; j < d; j++) {
+                double v = 0;
+                for (size_t i = 0; i < d; i++)
+                    v += M[i * d + j] * dout[r * w + i * g + p];
+                din[r * w + j * g + p] = (flow_real)v;
+            }
     if (!gW)
         return;
-    /* forward (sign +1): dW += sum_r dz_r x_r^T, db += sum_r dz_r.
-     * inverse (sign -1): with dz = W^-T dx, dW -= sum_r dz_r x_r^T and
-     * db -= sum_r dz_r, where x_r is the inverse's output. */
+    /* forward (sign +1): dW += sum dz x^T, db += sum dz over rows and
+     * pixels.  inverse (sign -1): with dz = W^-T dx, dW -= sum dz x^T and
+     * db -= sum dz, where x is the inverse's output. */
     for (size_t r = 0; r < c->n; r++) {
-        const flow_real *g = sign > 0 ? dout + r * d : din + r * d;
+        const flow_real *gr = sign > 0 ? dout + r * w : din + r * w;
+        const flow_real *xr = in + r * w;
         for (size_t i = 0; i < d; i++) {
-            for (size_t j = 0; j < d; j++)
-                gW[i * d + j] += (flow_real)(sign * g[i] * in[r * d + j]);
-            gb[i] += (flow_real)(sign * g[i]);
+            double sb = 0;
+            for (size_t j = 0; j < d; j++) {
+                double v = 0;
+                for (size_t p = 0; p < g; p++)
+                    v += gr[i * g + p] * xr[j * g + p];
+                gW[i * d + j] += (flow_real)(sign * v);
+            }
+            for (size_t p = 0; p < g; p++)
+                sb += gr[i * g + p];
+            gb[i] += (flow_real)(sign * sb);
         }
     }
     for (size_t i = 0; i < d; i++)
         for (size_t j = 0; j < d; j++)
-            gW[i * d + j] += (flow_real)(S * l->Wi[j * d + i]);
+            gW[i * d + j] += (flow_real)(S * (double)g * l->Wi[j * d + i]);
 }
 
 static int linear_forward_backward(void *self, const flow_call *c,
@@ -372,5 +447,24 @@ static const flow_layer_type linear_type = {
     .export_tensors = linear_export,
 };
 
+static const flow_layer_type conv1x1_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "conv1x1",
+    .summary = "invertible 1x1 convolution on images: the same LU-form "
+               "C x C map at every pixel (Glow)",
+    .attrs = linear_attrs,
+    .describe = conv1x1_describe,
+    .create = conv1x1_create,
+    .destroy = linear_destroy,
+    .forward = linear_forward,
+    .inverse = linear_inverse,
+    .forward_backward = linear_forward_backward,
+    .inverse_backward = linear_inverse_backward,
+    .prepare = linear_prepare,
+    .finish_grad = linear_finish_grad,
+    .export_tensors = linear_export,
+};
+
 FLOW_PLUGIN_LAYERS("linear", FLOW_VERSION_STRING,
-                   "LU-parametrised invertible linear layer", &linear_type);
+                   "LU-parametrised invertible linear layers", &linear_type,
+                   &conv1x1_type);

@@ -19,7 +19,7 @@
  * export_tensors() may not set them. */
 static const char *const host_keys[] = {
     "index", "type", "name", "dim", "context", "n_params", "n_buffers",
-    "attrs", NULL};
+    "attrs", "shape", "out_shape", NULL};
 
 /* The sink of one export: flow_export first, so a layer's calls land
  * here; names and copies of every tensor of the file. */
@@ -230,6 +230,23 @@ static void attr_json(json_buf *b, const flow_attr_spec *sp,
     }
 }
 
+/* "shape" (the state entering the layer: [D], or [C, H, W] of an image
+ * stored flat in C order) and "out_shape" (what leaves it; a squeeze
+ * changes it), docs/export.md section 2. */
+static void shapes_json(json_buf *b, const node *nd)
+{
+    size_t r = nd->cfg.rank ? nd->cfg.rank : 1, or = nd->desc.out_rank;
+    const size_t *in = nd->cfg.rank ? nd->cfg.shape : &nd->in_dim;
+    const size_t *out = or ? nd->desc.out_shape : in;
+    json_buf_printf(b, ", \"shape\": [");
+    for (size_t i = 0; i < r; i++)
+        json_buf_printf(b, "%s%zu", i ? ", " : "", in[i]);
+    json_buf_printf(b, "], \"out_shape\": [");
+    for (size_t i = 0; i < (or ? or : r); i++)
+        json_buf_printf(b, "%s%zu", i ? ", " : "", out[i]);
+    json_buf_raw(b, "]", 1);
+}
+
 /* {"name": value, ...} of a resolved attribute table. */
 static void attrs_json(json_buf *b, const flow_attr_spec *spec,
                        const flow_attr_value *v)
@@ -344,6 +361,7 @@ static int export_layer(sink *s, flow_model *m, size_t i, json_buf *arch,
                     nd->cfg.context_dim, nd->desc.n_params,
                     nd->desc.n_buffers);
     attrs_json(&lb, t->attrs, nd->attrs);
+    shapes_json(&lb, nd);
     if (portable) {
         flow_call c;
         exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);

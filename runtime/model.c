@@ -162,10 +162,40 @@ flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
     m->ctx = ctx;
     m->dim = dim;
     m->cdim = context_dim;
+    m->rank = 1;
+    m->shape[0] = dim;
     m->base_kind = BASE_NORMAL;
     m->threads = 1;
     rng_seed(&m->rng, 0);
     return m;
+}
+
+int flow_model_set_input_shape(flow_model *m, size_t rank,
+                               const size_t *shape)
+{
+    size_t vol = 1;
+    if (m->n_nodes || m->finished)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_set_input_shape: "
+                           "the input's shape is set before any layer");
+    if ((rank != 1 && rank != 3) || !shape)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_set_input_shape: "
+                           "rank %zu; only [D] (1) and [C, H, W] (3) are "
+                           "supported", rank);
+    for (size_t i = 0; i < rank; i++) {
+        if (shape[i] == 0 || vol > m->dim / shape[i])
+            return model_error(m, FLOW_ERR_INVAL, "flow_model_set_input_"
+                               "shape: the shape does not hold the model's "
+                               "%zu dimensions", m->dim);
+        vol *= shape[i];
+    }
+    if (vol != m->dim)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_set_input_shape: "
+                           "a shape of %zu values for a model of %zu "
+                           "dimensions", vol, m->dim);
+    memset(m->shape, 0, sizeof m->shape);
+    memcpy(m->shape, shape, rank * sizeof *shape);
+    m->rank = rank;
+    return FLOW_OK;
 }
 
 static node *push_node(flow_model *m)
@@ -191,6 +221,31 @@ static node *push_node(flow_model *m)
 #define LAYER_ARGS_HAS(a, field) \
     ((a)->struct_size >= offsetof(flow_layer_args, field) \
                          + sizeof((a)->field))
+
+/* The output shape a layer's describe() declared (out_rank 0: its input's)
+ * becomes the state's; it must hold the same values. */
+static int take_out_shape(flow_model *m, const node *nd, const char *file)
+{
+    size_t r = nd->desc.out_rank, vol = 1;
+    if (r == 0)
+        return FLOW_OK;
+    for (size_t i = 0; i < r && i < FLOW_MAX_RANK; i++) {
+        if (nd->desc.out_shape[i] == 0
+            || vol > SIZE_MAX / nd->desc.out_shape[i]) {
+            vol = 0;
+            break;
+        }
+        vol *= nd->desc.out_shape[i];
+    }
+    if (r > FLOW_MAX_RANK || vol != nd->in_dim)
+        return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): declared output "
+                           "shape of rank %zu does not hold its %zu input "
+                           "values", nd->label, file, r, nd->in_dim);
+    memset(m->shape, 0, sizeof m->shape);
+    memcpy(m->shape, nd->desc.out_shape, r * sizeof *m->shape);
+    m->rank = r;
+    return FLOW_OK;
+}
 
 /* Appends the layer that `a` describes (every field present). */
 static int add_layer(flow_model *m, const flow_layer_args *a)
@@ -249,6 +304,8 @@ static int add_layer(flow_model *m, const flow_layer_args *a)
     nd->cfg.line = line;
     nd->cfg.col = col;
     nd->cfg.host = flow_host_services();
+    nd->cfg.rank = m->rank;
+    memcpy(nd->cfg.shape, m->shape, sizeof nd->cfg.shape);
     nd->desc.struct_size = sizeof nd->desc;
     nd->desc.dep_vec = nd->dep_vec;
     /* room for the plugin to name its parameter tensors (1.5) */
@@ -267,6 +324,8 @@ static int add_layer(flow_model *m, const flow_layer_args *a)
     if (!(nd->desc.flags & FLOW_LAYER_FORWARD) || !t->forward)
         return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): layer has no forward "
                            "direction", nd->label, file);
+    if ((rc = take_out_shape(m, nd, file)) != FLOW_OK)
+        return rc;
     m->n_nodes++;
     return FLOW_OK;
 }
@@ -369,6 +428,12 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
         return model_error(m, FLOW_ERR_INVAL, "exit of %zu dimensions from a "
                            "state of %zu: must leave at least one and take "
                            "at least one", k, d);
+    if (m->rank == 3 && (k % (m->shape[1] * m->shape[2]) != 0))
+        return model_error(m, FLOW_ERR_INVAL, "exit of %zu dimensions from "
+                           "an image [%zu, %zu, %zu]: an exit takes whole "
+                           "channels (a multiple of %zu)", k, m->shape[0],
+                           m->shape[1], m->shape[2],
+                           m->shape[1] * m->shape[2]);
     if ((rc = check_base(m, base, args, n_args, &kind, &comps)) != FLOW_OK)
         return rc;
     if (!(nd = push_node(m)))
@@ -383,6 +448,11 @@ int flow_model_add_exit(flow_model *m, size_t k, const char *name,
         return model_error(m, FLOW_ERR_INVAL, "invalid exit base");
     if (!nd->name)
         return model_error(m, FLOW_ERR_NOMEM, "out of memory");
+    /* an image loses whole channels, a vector k values */
+    if (m->rank == 3)
+        m->shape[0] -= k / (m->shape[1] * m->shape[2]);
+    else
+        m->shape[0] = d - k;
     m->n_nodes++;
     return FLOW_OK;
 }

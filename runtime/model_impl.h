@@ -63,6 +63,7 @@ typedef struct arena_block {
 struct flow_model {
     flow_ctx *ctx;
     size_t dim, cdim;
+    size_t rank, shape[4];      /* of the state after the last node */
     node *nodes;
     size_t n_nodes, cap_nodes;
     base_kind base_kind;        /* of the final output, sized at finish */

@@ -38,7 +38,7 @@ check attr-range 2 $?
 has attr-range "$t/out" "error[F0201]: value 0 of attribute 'bins' is out of range: must be in [1, 128]"
 "$FLOWKIT" check "$top_srcdir/specs/moons.flow" --dim 3 >"$t/out" 2>&1
 check spec-dim 2 $?
-has spec-dim "$t/out" "flowkit check: --dim, --context, --attr and --bounds come from the spec"
+has spec-dim "$t/out" "flowkit check: --dim, --shape, --context, --attr and --bounds come from the spec"
 "$FLOWKIT" check "$t/nothere.so" >"$t/out" 2>&1; check missing-plugin 1 $?
 has missing-plugin "$t/out" "flowkit check: cannot load plugin $t/nothere.so"
 
@@ -278,6 +278,26 @@ for p in none reverse 'random(seed = 4)'; do
 done
 run_ok actnorm actnorm --dim 5
 run_ok actnorm-2d actnorm
+# image layers: the input's shape from --shape C,H,W (docs/language.md,
+# "Shapes"); actnorm on an image has one scale and shift per channel
+run_ok actnorm-channel actnorm --shape 3,2,2
+run_ok squeeze squeeze --shape 2,4,4
+run_ok squeeze-f3 squeeze --shape 1,3,6 --attr factor=3
+run_ok conv1x1 conv1x1 --shape 3,2,2
+run_ok conv1x1-reverse conv1x1 --shape 4,1,3 --attr perm=reverse
+"$FLOWKIT" check conv1x1 --dim 4 >"$t/out" 2>&1; check conv1x1-flat 2 $?
+has conv1x1-flat "$t/out" "conv1x1 needs an image input [C, H, W]"
+"$FLOWKIT" check actnorm --shape 3,2,2 >"$t/out" 2>&1; check shape-params 0 $?
+has shape-params "$t/out" "PASS    2 tensors (scale, ...) of 6 entries in all; n_params 6"
+has shape-params "$t/out" "actnorm ($FLOW_PLUGIN_PATH/actnorm.so): D = 12, K = 0"
+"$FLOWKIT" check squeeze --shape 2,3,4 >"$t/out" 2>&1; check shape-odd 2 $?
+has shape-odd "$t/out" "factor 2 does not divide the input's height 3 and width 4"
+"$FLOWKIT" check squeeze >"$t/out" 2>&1; check shape-flat 2 $?
+has shape-flat "$t/out" "squeeze needs an image input [C, H, W], got a shape of rank 1"
+"$FLOWKIT" check squeeze --shape 2,4 >"$t/out" 2>&1; check shape-syntax 2 $?
+same shape-syntax-msg "flowkit check: --shape: '2,4' is not C,H,W (three positive integers) (try 'flowkit check --help')" "$(cat "$t/out")"
+"$FLOWKIT" check squeeze --shape 2,4,4 --dim 32 >"$t/out" 2>&1; check shape-dim 2 $?
+has shape-dim "$t/out" "--dim and --shape both give the input's width"
 run_ok batchnorm batchnorm --dim 3 --attr momentum=0.3
 run_ok batchnorm-2d batchnorm
 run_ok logit logit --dim 3 --bounds 0,1 --attr alpha=0.05
@@ -297,7 +317,7 @@ run_ok residual-roulette-ctx residual --dim 2 --context 1 --attr activation=tanh
     --attr logdet=roulette $RES
 # example specs: their layers at their real settings (ReLU, 64 wide),
 # including exits (multiscale) and a context (cond_maf)
-for spec in nsf_8gaussians multiscale cond_maf; do
+for spec in nsf_8gaussians multiscale cond_maf image_tiny; do
     run_ok "$spec" "$top_srcdir/specs/$spec.flow"
 done
 

@@ -74,17 +74,21 @@ if command -v python3 >/dev/null 2>&1; then have_py=1; else
     have_py=0; echo "SKIP: python3 missing: the files are not read back"
 fi
 
-# exported NAME [CONTEXT_DIM]: export $t/NAME.ckpt and read it back: the
-# format, every parameter once as a weight tensor, all layers portable
+# exported NAME [EXTRA]: export $t/NAME.ckpt and read it back: the
+# format, every parameter once as a weight tensor (plus EXTRA real values
+# of derived tensors: the assembled weights of LU layers), all layers
+# portable
 exported() {
-    "$F" export "$t/$1.ckpt" -o "$t/$1.st" >"$t/err" 2>&1
-    check "export-$1" 0 $?
-    same "export-$1-quiet" "" "$(cat "$t/err")"
+    n=$1 extra=${2:-0}
+    "$F" export "$t/$n.ckpt" -o "$t/$n.st" >"$t/err" 2>&1
+    check "export-$n" 0 $?
+    same "export-$n-quiet" "" "$(cat "$t/err")"
     [ $have_py = 1 ] || return 0
-    np=$(params "$t/$1.ckpt")
-    out=$(python3 "$t/read.py" "$t/$1.st" 2>&1 | tail -n 1)
+    np=$(params "$t/$n.ckpt")
+    out=$(python3 "$t/read.py" "$t/$n.st" 2>&1 | tail -n 1)
     set -- $out
-    same "read-$1" "flowkit.export 1 $np $np portable" "$1 $2 $3 $4 $5"
+    same "read-$n" "flowkit.export 1 $np $((np + extra)) portable" \
+        "$1 $2 $3 $4 $5"
 }
 
 train moons "$S/moons.flow" "$t/moons.csv" --valid-fraction 0.1
@@ -99,6 +103,33 @@ train cond "$S/cond_maf.flow" "$t/8gl.csv" --context $ctx
 exported cond
 if [ $have_py = 1 ]; then
     same cond-context 8 "$(python3 "$t/read.py" "$t/cond.st" | cut -d' ' -f7)"
+fi
+
+# an image flow: squeeze exports its flat permutation (perm[1] = 2: the
+# second value of channel 0 comes from column 2), actnorm says it is per
+# channel, and every layer gives its shapes
+"$F" data gmm --dim 32 --components 4 -n 1000 --seed 1 -o "$t/g32.csv"
+train image "$S/image_tiny.flow" "$t/g32.csv"
+# each conv1x1 of C channels writes weight, lower and upper as full C x C
+# matrices, log_diag and bias: 3 C^2 + 2 C values for its C^2 + C
+# parameters, 2 C^2 + C more (C = 8, 8, 4, 4)
+exported image $((2 * (2 * 64 + 8) + 2 * (2 * 16 + 4)))
+if [ $have_py = 1 ]; then
+    cat >"$t/shapes.py" <<'EOF'
+import json, struct, sys
+raw = open(sys.argv[1], 'rb').read()
+n = struct.unpack('<Q', raw[:8])[0]
+head = json.loads(raw[8:8 + n].decode('utf-8'))
+arch = json.loads(head['__metadata__']['architecture'])
+sq, an = arch['layers'][1], arch['layers'][2]
+b = head['layers.1.perm']['data_offsets'][0] + 8 + n
+perm1 = struct.unpack('<q', raw[b + 8:b + 16])[0]
+print('%s %s %s perm %s %d; %s %s %s' % (sq['type'], sq['shape'],
+      sq['out_shape'], head['layers.1.perm']['shape'], perm1, an['type'],
+      an['per'], head['layers.2.log_scale']['shape']))
+EOF
+    same image-shapes "squeeze [2, 4, 4] [8, 2, 2] perm [32] 2; actnorm channel [8]" \
+        "$(python3 "$t/shapes.py" "$t/image.st" 2>&1)"
 fi
 
 # a layer the export cannot make exact: warned about and marked

@@ -1053,6 +1053,171 @@ START_TEST(test_report_sizes_layer_column)
 }
 END_TEST
 
+/* --- shapes ------------------------------------------------------------ */
+
+static void setup_shapes(void)
+{
+    setup();
+    ck_assert_msg(flow_plugin_load(ctx, "squeeze") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_msg(flow_plugin_load(ctx, "actnorm") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+}
+
+static void assert_shape(size_t rank, const size_t *shape, size_t want_rank,
+                         size_t c, size_t h, size_t w, const char *what)
+{
+    ck_assert_msg(rank == want_rank, "%s: rank %zu, want %zu", what, rank,
+                  want_rank);
+    ck_assert_msg(shape[0] == c && (rank < 3 || (shape[1] == h
+                                                 && shape[2] == w)),
+                  "%s: [%zu, %zu, %zu], want [%zu, %zu, %zu]", what,
+                  shape[0], rank > 1 ? shape[1] : 0, rank > 2 ? shape[2] : 0,
+                  c, h, w);
+}
+
+/* The input's shape reaches every layer's config; squeeze declares
+ * [C*4, H/2, W/2] and the next layers receive it; an exit takes whole
+ * channels; actnorm counts one scale and shift per channel. */
+START_TEST(test_shapes_propagate)
+{
+    flow_compilation *c = compile_ok(
+        "flow f {\n"
+        "  input x : real[2, 4, 4];\n"
+        "  actnorm;\n"
+        "  squeeze(factor = 2);\n"
+        "  actnorm;\n"
+        "  tcoupling(mask = parity(0));\n"
+        "  exit 3 -> z1 ~ normal;\n"
+        "  permute(order = reverse);\n"
+        "  output z ~ normal;\n"
+        "}\n");
+    const flow_graph *g = flow_compile_graph(c);
+    const flow_graph_node *n;
+    size_t shape[4];
+    /* z[o] = x[perm[o]]: channel c*4 + i*2 + j at (h, w) is input
+     * (c, 2h + i, 2w + j), flat C order */
+    static const int32_t perm16[16] = {0, 2, 8, 10, 1, 3, 9, 11,
+                                       4, 6, 12, 14, 5, 7, 13, 15};
+
+    assert_shape(flow_graph_input_shape(g, shape), shape, 3, 2, 4, 4,
+                 "input");
+    ck_assert_uint_eq(flow_graph_input_dim(g), 32);
+    n = node(c, 0);
+    assert_shape(n->config.rank, n->config.shape, 3, 2, 4, 4, "actnorm#0");
+    ck_assert_uint_eq(n->desc->n_params, 4);
+    n = node(c, 1);
+    assert_shape(n->in_rank, n->in_shape, 3, 2, 4, 4, "squeeze in");
+    assert_shape(n->out_rank, n->out_shape, 3, 8, 2, 2, "squeeze out");
+    ck_assert_int_eq(n->desc->dep, FLOW_DEP_PERMUTATION);
+    assert_vec(n->desc->dep_vec, perm16, 16);
+    ck_assert_int_eq(n->desc->dep_vec[16], 16);   /* channel 1 begins */
+    n = node(c, 2);
+    assert_shape(n->config.rank, n->config.shape, 3, 8, 2, 2, "actnorm#2");
+    ck_assert_uint_eq(n->desc->n_params, 16);
+    n = node(c, 4);
+    ck_assert_int_eq(n->kind, FLOW_NODE_EXIT);
+    ck_assert_uint_eq(n->exit_k, 12);            /* 3 channels of 2x2 */
+    assert_shape(n->out_rank, n->out_shape, 3, 5, 2, 2, "exit out");
+    n = node(c, 5);
+    ck_assert_uint_eq(n->in_dim, 20);
+    assert_shape(n->config.rank, n->config.shape, 3, 5, 2, 2, "permute");
+    ck_assert_uint_eq(flow_graph_output_dim(g), 20);
+    flow_compile_free(c);
+
+    /* a vector is rank 1 everywhere, and a flat exit counts values */
+    c = compile_ok("flow f {\n  input x : real[6];\n  actnorm;\n"
+                   "  exit 2 -> z1 ~ normal;\n  permute;\n"
+                   "  output z ~ normal;\n}\n");
+    g = flow_compile_graph(c);
+    assert_shape(flow_graph_input_shape(g, shape), shape, 1, 6, 1, 1,
+                 "vector input");
+    n = node(c, 0);
+    assert_shape(n->config.rank, n->config.shape, 1, 6, 1, 1, "actnorm");
+    ck_assert_uint_eq(n->desc->n_params, 12);
+    ck_assert_uint_eq(node(c, 1)->exit_k, 2);
+    assert_shape(node(c, 2)->config.rank, node(c, 2)->config.shape, 1, 4, 1,
+                 1, "after the exit");
+    flow_compile_free(c);
+}
+END_TEST
+
+/* Located errors: the input's rank, an exit that does not fit the
+ * channels, squeeze's factor (at the attribute) and input (at the layer),
+ * a plugin's output shape that changes the volume. */
+START_TEST(test_shape_errors)
+{
+    flow_compilation *c;
+    const flow_diagnostic *d;
+    expect_diag("flow f {\n  input x : real[4, 4];\n  output z ~ normal;\n"
+                "}\n", "F0306", 2, "rank 2");
+    expect_diag("flow f {\n  input x : real[2, 4, 4];\n"
+                "  exit 2 -> z1 ~ normal;\n  output z ~ normal;\n}\n",
+                "F0302", 3, "has 2 channels");
+    expect_diag("flow f {\n  input x : real[1, 4, 4];\n"
+                "  exit 1 -> z1 ~ normal;\n  output z ~ normal;\n}\n",
+                "F0302", 3, "has 1 channel here");
+    expect_diag("flow f {\n  input x : real[8];\n  squeeze;\n"
+                "  output z ~ normal;\n}\n", "F0207", 3,
+                "needs an image input");
+    expect_diag("flow f {\n  input x : real[2, 2, 2];\n"
+                "  tbroken(mode = bad_shape);\n  output z ~ normal;\n}\n",
+                "F0511", 3, "holds 16 values");
+    expect_diag("flow f {\n  input x : real[3, 300, 300];\n"
+                "  output z ~ normal;\n}\n", "F0400", 2, "exceeds the limit");
+    c = compile("flow f {\n  input x : real[1, 6, 4];\n"
+                "  squeeze(factor = 3);\n  output z ~ normal;\n}\n");
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    d = flow_compile_diag(c, 0);
+    ck_assert_str_eq(d->code, "F0207");
+    ck_assert_int_eq(d->line, 3);
+    ck_assert_int_eq(d->col, 11);               /* factor = 3 */
+    ck_assert_int_eq(d->end_col, 20);
+    flow_compile_free(c);
+}
+END_TEST
+
+/* The report gets a shape column for images; the model built from the
+ * graph has the same widths and computes a finite density. */
+START_TEST(test_shapes_report_and_model)
+{
+    const char *src =
+        "flow f {\n  input x : real[2, 4, 4];\n  squeeze;\n"
+        "  actnorm;\n  exit 4 -> z1 ~ normal;\n  output z ~ normal;\n}\n";
+    char *r = report_of(src);
+    flow_compilation *c;
+    flow_model *m = NULL;
+    flow_real x[64], lp[2];
+    ck_assert_msg(strstr(r, "input x real[2, 4, 4]") != NULL, "%s", r);
+    ck_assert_msg(strstr(r, "2x4x4 -> 8x2x2") != NULL, "%s", r);
+    ck_assert_msg(strstr(r, "8x2x2 -> 4x2x2") != NULL, "%s", r);
+    free(r);
+    r = report_of("flow f {\n  input x : real[3];\n  actnorm;\n"
+                  "  output z ~ normal;\n}\n");
+    ck_assert_msg(strstr(r, "shape") == NULL, "flat flows keep their "
+                  "report: %s", r);
+    free(r);
+    c = compile_ok(src);
+    ck_assert_int_eq(flow_graph_build_model(ctx, flow_compile_graph(c), 3,
+                                            &m), FLOW_OK);
+    ck_assert_uint_eq(flow_model_dim(m), 32);
+    for (size_t i = 0; i < 64; i++)
+        x[i] = (flow_real)((double)i / 64.0 - 0.5);
+    ck_assert_int_eq(flow_model_log_prob(m, 2, x, NULL, lp), FLOW_OK);
+    /* actnorm starts as the identity and squeeze is a permutation: the
+     * density is the standard normal's of the values, in any order */
+    for (size_t r2 = 0; r2 < 2; r2++) {
+        double want = 0;
+        for (size_t i = 0; i < 32; i++)
+            want += -0.5 * x[r2 * 32 + i] * x[r2 * 32 + i]
+                    - 0.5 * log(2 * M_PI);
+        ck_assert_double_eq_tol(lp[r2], want, 1e-4);
+    }
+    flow_model_free(m);
+    flow_compile_free(c);
+}
+END_TEST
+
 Suite *suite_compiler(void)
 {
     Suite *s = suite_create("compiler");
@@ -1086,6 +1251,12 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_context_reaches_elementwise_layer);
     tcase_add_test(tc, test_domain_against_bounds);
     tcase_add_test(tc, test_report_sizes_layer_column);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("shapes");
+    tcase_add_checked_fixture(tc, setup_shapes, teardown);
+    tcase_add_test(tc, test_shapes_propagate);
+    tcase_add_test(tc, test_shape_errors);
+    tcase_add_test(tc, test_shapes_report_and_model);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
     tcase_add_checked_fixture(tc, setup, teardown);

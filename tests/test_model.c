@@ -292,6 +292,57 @@ START_TEST(test_data_init_normalises_once)
 }
 END_TEST
 
+/* An image input [C, H, W]: actnorm normalises each channel over the
+ * rows and the channel's H*W values (Glow, sec. 3.1) with C scales; an
+ * exit takes whole channels; the shape is set before any layer. */
+START_TEST(test_input_shape_per_channel)
+{
+    enum { N = 500, C = 3, HW = 4, D = C * HW };
+    static flow_real x[N * D], z[N * D];
+    const size_t shape[3] = {C, 2, 2}, odd[3] = {2, 2, 2};
+    flow_model *m = flow_model_new(ctx, D, 0);
+    ck_assert_int_eq(flow_model_set_input_shape(m, 2, shape), FLOW_ERR_INVAL);
+    ck_assert_int_eq(flow_model_set_input_shape(m, 3, odd), FLOW_ERR_INVAL);
+    ck_assert_msg(strstr(flow_errmsg(ctx), "a shape of 8 values for a model "
+                         "of 12 dimensions") != NULL, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_set_input_shape(m, 3, shape), FLOW_OK);
+    add_actnorm(m);
+    ck_assert_int_eq(flow_model_set_input_shape(m, 3, shape), FLOW_ERR_INVAL);
+    ck_assert_int_eq(flow_model_add_exit(m, 6, "z1", FLOW_BASE_NORMAL, NULL,
+                                         0), FLOW_ERR_INVAL);
+    ck_assert_msg(strstr(flow_errmsg(ctx), "whole channels (a multiple of "
+                         "4)") != NULL, "%s", flow_errmsg(ctx));
+    ck_assert_int_eq(flow_model_add_exit(m, 4, "z1", FLOW_BASE_NORMAL, NULL,
+                                         0), FLOW_OK);
+    add_actnorm(m);                     /* [2, 2, 2] now: 2 channels */
+    ck_assert_int_eq(flow_model_finish(m, 1), FLOW_OK);
+    ck_assert_uint_eq(flow_model_num_params(m), 2 * C + 2 * 2);
+    for (int r = 0; r < N; r++)
+        for (int i = 0; i < D; i++)
+            x[r * D + i] = (flow_real)(3.0 * (i / HW) - 2
+                                       + (i + 1) * sin(r * 0.37 + i));
+    ck_assert_int_eq(flow_model_data_init(m, N, x, NULL), FLOW_OK);
+    ck_assert_int_eq(flow_model_forward(m, N, x, NULL, z, NULL), FLOW_OK);
+    /* z holds the exit's 4 columns, then the 8 of the final state: both
+     * come from channels normalised as wholes */
+    for (int k = 0; k < C; k++) {
+        double mean = 0, var = 0;
+        for (int r = 0; r < N; r++)
+            for (int j = 0; j < HW; j++)
+                mean += z[r * D + k * HW + j];
+        mean /= N * HW;
+        for (int r = 0; r < N; r++)
+            for (int j = 0; j < HW; j++) {
+                double v = z[r * D + k * HW + j] - mean;
+                var += v * v;
+            }
+        ck_assert_double_eq_tol(mean, 0.0, 1e-4);
+        ck_assert_double_eq_tol(var / (N * HW), 1.0, 1e-4);
+    }
+    flow_model_free(m);
+}
+END_TEST
+
 START_TEST(test_build_errors)
 {
     flow_attr_value eps;
@@ -729,6 +780,7 @@ Suite *suite_model(void)
     tcase_add_test(tc, test_gradient_matches_finite_differences);
     tcase_add_test(tc, test_data_init_normalises_once);
     tcase_add_test(tc, test_build_errors);
+    tcase_add_test(tc, test_input_shape_per_channel);
     tcase_add_test(tc, test_data_init_error_names_layer);
     tcase_add_test(tc, test_batchnorm_training);
     tcase_add_test(tc, test_learnable_bases);

@@ -154,6 +154,17 @@ FLOW_API flow_model *flow_model_new(flow_ctx *ctx, size_t dim,
                                     size_t context_dim);
 FLOW_API void flow_model_free(flow_model *m);
 
+/* Declares the shape of the model's input, before any layer or exit is
+ * added: rank 1 is [D] (the default), rank 3 [C, H, W] (an image, stored
+ * flat in C order: value (c, h, w) at c*H*W + h*W + w), with rank entries
+ * of shape whose product must be the model's dimension.  Every layer is
+ * then described with the shape of the state it receives (the layers'
+ * flow_layer_config.rank and .shape, plugin ABI 1.7), a layer may change
+ * the shape (squeeze), and an exit from an image takes whole channels (k
+ * a multiple of H*W).  FLOW_ERR_INVAL otherwise. */
+FLOW_API int flow_model_set_input_shape(flow_model *m, size_t rank,
+                                        const size_t *shape);
+
 /* A layer to append (flow_model_add).  Set struct_size to
  * sizeof(flow_layer_args) and leave what you do not use zero:
  *     flow_layer_args a = { .struct_size = sizeof a, .type = "actnorm",

@@ -50,8 +50,10 @@ extern "C" {
  *        domain and parameter tensors (flow_param_tensor)
  *   1.6  flow_layer_type.export_tensors and the flow_export sink; host
  *        net_export, tf_export (portable weights, docs/export.md)
- *   1.7  FLOW_NET_CONV and flow_net_spec.channels .. residual (the
- *        convolutional conditioner) */
+ *   1.7  tensor shapes: flow_layer_config.rank and .shape (the input's
+ *        shape), flow_layer_desc.out_rank and .out_shape (docs/plugins.md,
+ *        "Shapes"); FLOW_NET_CONV and flow_net_spec.channels .. residual
+ *        (the convolutional conditioner) */
 #define FLOW_PLUGIN_ABI_MINOR 7u
 
 /* Name of the one symbol a plugin exports. */
@@ -295,7 +297,16 @@ typedef struct flow_layer_desc {
                                      the full count; 0 = one unnamed tensor */
     size_t tensors_cap;
     size_t n_tensors;
+    /* 1.7 (read only when struct_size covers them): the output's shape
+     * when it differs from the input's (squeeze); out_rank 0 (the host's
+     * zero fill) = the same shape as the input.  The volume is preserved:
+     * the compiler checks that the product of out_shape is dim. */
+    size_t out_rank;              /* 0, or 1..FLOW_MAX_RANK                  */
+    size_t out_shape[4];
 } flow_layer_desc;
+
+/* Most dimensions a shape has (1.7): [D], or [C, H, W] of an image. */
+#define FLOW_MAX_RANK 4
 
 /* The configuration of one layer instance, given to describe() and
  * create().  Borrowed; create() copies what it keeps. */
@@ -310,7 +321,33 @@ typedef struct flow_layer_config {
     int line, col;                /* position of the layer statement        */
     const flow_host *host;        /* host services, so describe() can size
                                      networks (net_create / net_params)    */
+    /* 1.7 (read only when struct_size covers them): the input's shape,
+     * stored flat in C order (an image [C, H, W] at c*H*W + h*W + w, as
+     * NCHW), so the product of shape[0..rank) is dim and a layer that
+     * ignores shapes sees the flat vector it always saw.  rank 1 is [D];
+     * a host older than 1.7 leaves them out (treat that as [D]). */
+    size_t rank;
+    size_t shape[4];
 } flow_layer_config;
+
+/* The rank and shape of cfg's input, [dim] when the host is older than
+ * 1.7 or gave no shape; returns the rank. */
+static inline size_t flow_config_shape(const flow_layer_config *cfg,
+                                       size_t shape[4])
+{
+    size_t r = 0;
+    if (cfg->struct_size >= offsetof(flow_layer_config, shape)
+                            + sizeof cfg->shape)
+        r = cfg->rank;
+    if (r < 1 || r > 4) {
+        shape[0] = cfg->dim;
+        shape[1] = shape[2] = shape[3] = 1;
+        return 1;
+    }
+    for (size_t i = 0; i < 4; i++)
+        shape[i] = i < r ? cfg->shape[i] : 1;
+    return r;
+}
 
 /* Error report from describe()/create(): a message and the attribute it
  * concerns (index into the type's table, -1 for the layer as a whole), so

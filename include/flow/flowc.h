@@ -183,11 +183,21 @@ typedef struct flow_graph_node {
     size_t exit_k;
     const char *exit_name;
     flow_graph_base exit_base;
+    /* The shapes of the state entering and leaving the node (both kinds;
+     * docs/language.md, "Shapes"): rank 1 is [D], rank 3 [C, H, W],
+     * stored flat in C order; the products are in_dim and the width after
+     * the node. */
+    size_t in_rank, in_shape[4];
+    size_t out_rank, out_shape[4];
 } flow_graph_node;
 
 FLOW_API const char *flow_graph_name(const flow_graph *g);
 FLOW_API const char *flow_graph_input_name(const flow_graph *g);
 FLOW_API size_t flow_graph_input_dim(const flow_graph *g);
+/* The input's declared shape: its rank (1 for `real[D]`, 3 for
+ * `real[C, H, W]`), with shape[0..rank) set; the product is the input
+ * dimension. */
+FLOW_API size_t flow_graph_input_shape(const flow_graph *g, size_t shape[4]);
 /* 1 with *lo, *hi set when the input declares `in [lo, hi]`, else 0. */
 FLOW_API int flow_graph_input_bounds(const flow_graph *g, double *lo,
                                      double *hi);

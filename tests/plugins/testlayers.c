@@ -290,10 +290,12 @@ static int residual_describe(const flow_layer_config *cfg,
  * triangular patterns (upper is triangular under the reverse ordering);
  * the rest are broken. */
 enum { B_LOWER, B_UPPER, B_CYCLE, B_ZERO_DIAG, B_DENSE, B_BAD_ORDER,
-       B_BAD_PERM, B_BAD_MASK, B_BAD_CLASS, B_RESIDUAL_NO_CERT, B_FAIL };
+       B_BAD_PERM, B_BAD_MASK, B_BAD_CLASS, B_RESIDUAL_NO_CERT, B_FAIL,
+       B_BAD_SHAPE };
 static const char *const mode_names[] = {
     "lower", "upper", "cycle", "zero_diag", "dense", "bad_order",
-    "bad_perm", "bad_mask", "bad_class", "residual_no_cert", "fail", NULL};
+    "bad_perm", "bad_mask", "bad_class", "residual_no_cert", "fail",
+    "bad_shape", NULL};
 
 static const flow_attr_spec broken_attrs[] = {
     {.name = "mode", .type = FLOW_ATTR_ENUM, .doc = "declared structure",
@@ -341,6 +343,11 @@ static int broken_describe(const flow_layer_config *cfg,
     case B_RESIDUAL_NO_CERT:
         out->jac = FLOW_JAC_RESIDUAL;
         out->dep = FLOW_DEP_DENSE;
+        break;
+    case B_BAD_SHAPE:             /* an output of 2D values from D */
+        out->out_rank = 2;
+        out->out_shape[0] = d;
+        out->out_shape[1] = 2;
         break;
     case B_FAIL:
         diag->attr = 1;

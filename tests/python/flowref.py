@@ -3,7 +3,8 @@
 """Reference log-densities of an exported flowkit model, in numpy only.
 
 Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
-permute, actnorm, batchnorm, linear, logit, residual; multi-scale exits;
+permute, squeeze, actnorm (per dimension or per channel), batchnorm,
+linear, conv1x1, logit, residual; multi-scale exits;
 bases normal, logistic, diag_normal, mixture.
 
 The input is the .safetensors file written by `flowkit export` and
@@ -429,16 +430,20 @@ class Permute:
 
 class ActNorm:
     """z = x exp(s) + t per dimension (Glow, Kingma & Dhariwal 2018, Table
-    1, with a log scale s): log-det = sum s."""
+    1, with a log scale s): log-det = sum s.  With "per": "channel" (an
+    image [C, H, W] stored flat in C order) one s and t per channel, each
+    shared by the channel's H*W values: log-det = H*W sum s."""
 
     def __init__(self, tensors, prefix, desc):
         self.s = _first(tensors, prefix, ("log_scale", "scale")
                         ).astype(np.float64)
         self.t = _first(tensors, prefix, ("shift", "bias")).astype(np.float64)
+        self.per_channel = desc.get("per") == "channel"
 
     def forward(self, x, context):
-        z = x * np.exp(self.s) + self.t
-        return z, np.full(x.shape[0], self.s.sum())
+        g = x.shape[1] // self.s.size if self.per_channel else 1
+        s, t = np.repeat(self.s, g), np.repeat(self.t, g)
+        return x * np.exp(s) + t, np.full(x.shape[0], g * self.s.sum())
 
 
 class BatchNorm:
@@ -489,6 +494,19 @@ class Linear:
                                               self.log_diag.sum())
 
 
+class Conv1x1(Linear):
+    """Glow's invertible 1x1 convolution: Linear's C x C map W (and bias)
+    at every pixel of an image [C, H, W] stored flat in C order (value
+    (c, p) at column c*H*W + p): log-det = H*W sum log_diag."""
+
+    def forward(self, x, context):
+        n, c = x.shape[0], self.W.shape[0]
+        g = x.shape[1] // c
+        h = x.reshape(n, c, g)
+        z = np.einsum("ij,njp->nip", self.W, h) + self.b[None, :, None]
+        return z.reshape(n, c * g), np.full(n, g * self.log_diag.sum())
+
+
 class Logit:
     """z = logit(s), s = alpha + (1 - 2 alpha) x (RealNVP sec. 4.1, MAF
     sec. 4.3): log-det = sum (log(1 - 2 alpha) - log s - log(1 - s))."""
@@ -527,6 +545,7 @@ def _first(tensors, prefix, names):
 
 
 LAYERS = {"coupling": Coupling, "maf": MAF, "iaf": IAF, "permute": Permute,
+          "squeeze": Permute, "conv1x1": Conv1x1,
           "actnorm": ActNorm, "batchnorm": BatchNorm, "linear": Linear,
           "logit": Logit, "residual": Residual}
 

@@ -232,6 +232,10 @@ class ExportMatchesLogprob(unittest.TestCase):
         self.check_model("lu_bn_gmm", self.extra_spec("mixture(3)"),
                          unit_cube_data)
 
+    def test_image_squeeze_actnorm_per_channel(self):
+        self.check_model("image", "image_tiny.flow", "gmm",
+                         data_args=("--dim", 32, "--components", 4))
+
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
                          data_args=("--dim", 8, "--components", 8))
