@@ -136,6 +136,12 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
 flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
                                const char *path, const char *columns,
                                const char *context, int by_name);
+/* 0 when the samples of d (read from path) fit a model input of that
+ * rank and shape: flat rows fit any input of their width, and images
+ * only an image input of the same [C, H, W] or a flat one; else 1 with
+ * an error naming the file and both shapes. */
+int cli_check_shape(const char *cmd, const char *path, const flow_data *d,
+                    size_t rank, const size_t *shape);
 /* The columns `names` (dim data, then cdim context) of a file with a
  * header, by name (exactly those columns); a file without one by
  * position. */

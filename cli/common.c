@@ -369,15 +369,44 @@ flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
     return d;
 }
 
+/* "CxHxW" of a rank-3 shape into buf. */
+static const char *shape_text(char *buf, size_t cap, const size_t *shape)
+{
+    snprintf(buf, cap, "%zux%zux%zu", shape[0], shape[1], shape[2]);
+    return buf;
+}
+
+int cli_check_shape(const char *cmd, const char *path, const flow_data *d,
+                    size_t rank, const size_t *shape)
+{
+    size_t ds[4];
+    char a[80], b[80];
+    if (flow_data_shape(d, ds) != 3 || rank != 3
+        || (ds[0] == shape[0] && ds[1] == shape[1] && ds[2] == shape[2]))
+        return 0;
+    fprintf(stderr, "%s: %s: images of shape %s, the model's input is %s "
+            "(the same number of values, another layout)\n", cmd, path,
+            shape_text(a, sizeof a, ds), shape_text(b, sizeof b, shape));
+    return 1;
+}
+
 flow_data *cli_read_model_data(const cli_loaded *l, const char *cmd,
                                const char *path, const char *columns,
                                const char *context, int by_name)
 {
     size_t dim = flow_model_dim(l->model);
     size_t cdim = flow_model_context_dim(l->model);
+    size_t shape[4], rank = flow_model_input_shape(l->model, shape);
+    flow_data *d;
     if (!by_name || columns || context || !l->columns)
-        return cli_read_data(l->ctx, cmd, path, columns, context, dim, cdim);
-    return cli_read_by_names(l->ctx, cmd, path, l->columns, dim, cdim);
+        d = cli_read_data(l->ctx, cmd, path, columns, context, dim, cdim);
+    else
+        d = cli_read_by_names(l->ctx, cmd, path, l->columns, dim, cdim);
+    if (d && cli_check_shape(cmd, path, d, rank, shape)) {
+        flow_data_free(d);
+        return NULL;
+    }
+    return d;
 }
 
 int cli_check_output(const char *cmd, const char *out,

@@ -544,19 +544,22 @@ int cli_cmd_train(int argc, char **argv)
     {
         const flow_graph *g = flow_compile_graph(l.comp);
         const char *path;
-        size_t len;
+        size_t len, rank, shape[4];
         if (apply_train_section(g, &o, o.spec) != 0)
             goto out;
         l.spec_source = flow_graph_source(g, 0, &path, &len);
         dim = flow_graph_input_dim(g);
+        rank = flow_graph_input_shape(g, shape);
         if (!(all = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
                               flow_graph_context_dim(g)))
+            || cli_check_shape(cmd, o.data, all, rank, shape)
             || cli_check_bounds(cmd, g, all))
             goto out;
         scale_warning(cmd, g, all);
         if (o.valid) {
             if (!(va = read_valid(l.ctx, cmd, &o, all, dim,
                                   flow_graph_context_dim(g)))
+                || cli_check_shape(cmd, o.valid, va, rank, shape)
                 || cli_check_bounds(cmd, g, va))
                 goto out;
             tr = all;

@@ -162,8 +162,8 @@ flow_model *flow_model_new(flow_ctx *ctx, size_t dim, size_t context_dim)
     m->ctx = ctx;
     m->dim = dim;
     m->cdim = context_dim;
-    m->rank = 1;
-    m->shape[0] = dim;
+    m->rank = m->in_rank = 1;
+    m->shape[0] = m->in_shape[0] = dim;
     m->base_kind = BASE_NORMAL;
     m->threads = 1;
     rng_seed(&m->rng, 0);
@@ -195,7 +195,15 @@ int flow_model_set_input_shape(flow_model *m, size_t rank,
     memset(m->shape, 0, sizeof m->shape);
     memcpy(m->shape, shape, rank * sizeof *shape);
     m->rank = rank;
+    memcpy(m->in_shape, m->shape, sizeof m->in_shape);
+    m->in_rank = rank;
     return FLOW_OK;
+}
+
+size_t flow_model_input_shape(const flow_model *m, size_t shape[4])
+{
+    memcpy(shape, m->in_shape, sizeof m->in_shape);
+    return m->in_rank;
 }
 
 static node *push_node(flow_model *m)

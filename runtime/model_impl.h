@@ -64,6 +64,7 @@ struct flow_model {
     flow_ctx *ctx;
     size_t dim, cdim;
     size_t rank, shape[4];      /* of the state after the last node */
+    size_t in_rank, in_shape[4]; /* of the input (flow_model_input_shape) */
     node *nodes;
     size_t n_nodes, cap_nodes;
     base_kind base_kind;        /* of the final output, sized at finish */

@@ -154,4 +154,33 @@ if [ $png = 1 ]; then
     has png-dir-junk "$t/out" "pngs/notes.txt: not a PNG file"
 fi
 
+# --- images against the model's input shape -------------------------------
+# an image input [2, 4, 4] takes flat rows of 32 and images of that shape;
+# images of another shape with the same 32 values are refused, naming both
+# (a flat model reads images of any shape as rows: png-dir above)
+"$F" data gmm --dim 32 -n 256 --seed 3 -o "$t/g32.csv"
+"$F" train "$top_srcdir/specs/image_tiny.flow" --data "$t/g32.csv" --epochs 1 --quiet \
+    -o "$t/img.ckpt" >"$t/out" 2>&1
+check shape-flat-rows 0 $?
+"$F" sample "$t/img.ckpt" -n 64 --seed 1 --shape 2,4,4 -o "$t/good.npy"
+"$F" sample "$t/img.ckpt" -n 64 --seed 1 --shape 1,8,4 -o "$t/other.npy"
+"$F" train "$top_srcdir/specs/image_tiny.flow" --data "$t/good.npy" --epochs 1 --quiet \
+    -o "$t/img2.ckpt" >"$t/out" 2>&1
+check shape-same 0 $?
+"$F" train "$top_srcdir/specs/image_tiny.flow" --data "$t/other.npy" --epochs 1 --quiet \
+    -o "$t/img3.ckpt" >"$t/out" 2>&1
+check shape-other 1 $?
+has shape-other "$t/out" \
+    "other.npy: images of shape 1x8x4, the model's input is 2x4x4"
+absent shape-other-nothing "$t/img3.ckpt"
+"$F" train "$top_srcdir/specs/image_tiny.flow" --data "$t/g32.csv" --valid "$t/other.npy" \
+    --epochs 1 --quiet -o "$t/img3.ckpt" >"$t/out" 2>&1
+check shape-other-valid 1 $?
+has shape-other-valid "$t/out" "other.npy: images of shape 1x8x4"
+"$F" logprob "$t/img.ckpt" --data "$t/other.npy" >"$t/out" 2>&1
+check shape-other-logprob 1 $?
+has shape-other-logprob "$t/out" "the model's input is 2x4x4"
+"$F" logprob "$t/img.ckpt" --data "$t/good.npy" -o "$t/lp2.csv" 2>"$t/err"
+check shape-same-logprob 0 $?
+
 finish cli_images

@@ -300,7 +300,10 @@ START_TEST(test_input_shape_per_channel)
     enum { N = 500, C = 3, HW = 4, D = C * HW };
     static flow_real x[N * D], z[N * D];
     const size_t shape[3] = {C, 2, 2}, odd[3] = {2, 2, 2};
+    size_t got[4];
     flow_model *m = flow_model_new(ctx, D, 0);
+    ck_assert_uint_eq(flow_model_input_shape(m, got), 1);
+    ck_assert_uint_eq(got[0], D);
     ck_assert_int_eq(flow_model_set_input_shape(m, 2, shape), FLOW_ERR_INVAL);
     ck_assert_int_eq(flow_model_set_input_shape(m, 3, odd), FLOW_ERR_INVAL);
     ck_assert_msg(strstr(flow_errmsg(ctx), "a shape of 8 values for a model "
@@ -308,6 +311,12 @@ START_TEST(test_input_shape_per_channel)
     ck_assert_int_eq(flow_model_set_input_shape(m, 3, shape), FLOW_OK);
     add_actnorm(m);
     ck_assert_int_eq(flow_model_set_input_shape(m, 3, shape), FLOW_ERR_INVAL);
+    /* the input's shape, not the state's after the layers */
+    ck_assert_uint_eq(flow_model_input_shape(m, got), 3);
+    ck_assert_uint_eq(got[0], C);
+    ck_assert_uint_eq(got[1], 2);
+    ck_assert_uint_eq(got[2], 2);
+    ck_assert_uint_eq(got[3], 0);
     ck_assert_int_eq(flow_model_add_exit(m, 6, "z1", FLOW_BASE_NORMAL, NULL,
                                          0), FLOW_ERR_INVAL);
     ck_assert_msg(strstr(flow_errmsg(ctx), "whole channels (a multiple of "

@@ -164,6 +164,9 @@ FLOW_API void flow_model_free(flow_model *m);
  * a multiple of H*W).  FLOW_ERR_INVAL otherwise. */
 FLOW_API int flow_model_set_input_shape(flow_model *m, size_t rank,
                                         const size_t *shape);
+/* The input's shape into shape[0..rank-1] (the rest 0); returns the rank:
+ * 1 ([D]) unless flow_model_set_input_shape said otherwise. */
+FLOW_API size_t flow_model_input_shape(const flow_model *m, size_t shape[4]);
 
 /* A layer to append (flow_model_add).  Set struct_size to
  * sizeof(flow_layer_args) and leave what you do not use zero:
