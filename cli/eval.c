@@ -309,6 +309,22 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
     return 0;
 }
 
+/* The number of levels of a `dequantize` layer that the data enters first
+ * (docs/language.md, "Dequantization"), 0 when the model has none. */
+static double dequant_levels(const flow_graph *g)
+{
+    const flow_graph_node *nd;
+    if (!flow_graph_node_count(g))
+        return 0;
+    nd = flow_graph_node_get(g, 0);
+    if (nd->kind != FLOW_NODE_LAYER || strcmp(nd->type->name, "dequantize"))
+        return 0;
+    for (size_t i = 0; i < nd->n_attrs && nd->type->attrs[i].name; i++)
+        if (!strcmp(nd->type->attrs[i].name, "levels"))
+            return (double)nd->attrs[i].i;
+    return 0;
+}
+
 static void eval_usage(FILE *f)
 {
     fputs("usage: flowkit eval CKPT --data FILE [--columns L] [--context L]\n"
@@ -317,7 +333,9 @@ static void eval_usage(FILE *f)
           "bits per dimension, of the rows of FILE under the model.  A row\n"
           "whose log-density is not finite is an error naming its line;\n"
           "--allow-nonfinite reports the non-finite mean instead (null in\n"
-          "JSON).\n", f);
+          "JSON).  When the model starts with `dequantize`, the bits/dim are\n"
+          "those of the discrete data (a bound through the dequantization),\n"
+          "and those of the density on the [0, 1] scale follow.\n", f);
 }
 
 int cli_cmd_eval(int argc, char **argv)
@@ -326,7 +344,7 @@ int cli_cmd_eval(int argc, char **argv)
     cli_run_opts o;
     cli_loaded l;
     flow_data *d;
-    double mean, se, bpd;
+    double mean, se, bpd, levels;
     size_t dim;
     int rc;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, eval_usage, 0)) != 0)
@@ -357,8 +375,15 @@ int cli_cmd_eval(int argc, char **argv)
     }
     if (!isfinite(mean))
         se = NAN;              /* no spread around a non-finite mean */
-    /* bits/dim of the negative log-likelihood: -mean / (D ln 2) */
+    /* bits/dim of the negative log-likelihood: -mean / (D ln 2).  With a
+     * leading dequantize(levels = L), mean already holds its log-det
+     * -D log L: it is log p_cont(y) - D log L, p_cont the density of
+     * y = (x + 1/2) / L in [0, 1]^D, and bpd is the discrete figure
+     * (-log p_cont(y) + D log L) / (D ln 2) of Theis et al. 2016, sec.
+     * 3.1, and Ho et al. 2019, sec. 3.1; the [0, 1]-scale one is
+     * -log p_cont(y) / (D ln 2) = bpd - log2 L. */
     bpd = -mean / ((double)dim * log(2.0));
+    levels = dequant_levels(flow_compile_graph(l.comp));
     if (o.json) {
         printf("{\"rows\": %zu, \"loglik\": ", flow_data_rows(d));
         cli_json_num(stdout, mean, 9);
@@ -366,8 +391,20 @@ int cli_cmd_eval(int argc, char **argv)
         cli_json_num(stdout, se, 9);
         printf(", \"bits_per_dim\": ");
         cli_json_num(stdout, bpd, 9);
+        if (levels > 0) {
+            printf(", \"scale\": \"discrete\", \"levels\": %.0f, "
+                   "\"loglik_unit\": ", levels);
+            cli_json_num(stdout, mean + (double)dim * log(levels), 9);
+            printf(", \"bits_per_dim_unit\": ");
+            cli_json_num(stdout, bpd - log2(levels), 9);
+        }
         printf(", \"logdet\": \"exact\"}\n");
-    } else
+    } else if (levels > 0)
+        printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
+               "%.6f bits/dim (discrete, %.0f levels); %.6f bits/dim on "
+               "the [0, 1] scale\n", mean, se, flow_data_rows(d), bpd,
+               levels, bpd - log2(levels));
+    else
         printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
                "%.6f bits/dim\n", mean, se, flow_data_rows(d), bpd);
     flow_data_free(d);

@@ -46,6 +46,10 @@ struct sema {
     int pristine;               /* only permutations so far: bounds hold  */
     const char *moved_by;       /* the last layer or exit that moved the
                                    values (when not pristine)             */
+    int ranged;                 /* not pristine, but the last layer
+                                   declared its outputs in [rlo, rhi]
+                                   (flow_layer_desc.range, 1.8)           */
+    double rlo, rhi;
     flow_loc output_loc;
 };
 
@@ -565,6 +569,11 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
     }
     if (verify_layer(S->c, idx))
         return -1;
+    if (S->ranged && desc->domain != FLOW_DOMAIN_NONE
+        && (desc->domain == FLOW_DOMAIN_OPEN
+            ? S->rlo > desc->domain_lo && S->rhi < desc->domain_hi
+            : S->rlo >= desc->domain_lo && S->rhi <= desc->domain_hi))
+        return 0;
     return verify_domain(S->c, idx, S->pristine ? NULL : S->moved_by) ? -1
                                                                      : 0;
 }
@@ -699,9 +708,9 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     n->config.dim = S->dim;
     n->config.context_dim = ctx_ok > 0 ? S->g->context_dim : 0;
     n->config.attrs = attrs;
-    n->config.has_bounds = S->pristine && S->g->has_bounds;
-    n->config.lo = S->g->lo;
-    n->config.hi = S->g->hi;
+    n->config.has_bounds = (S->pristine && S->g->has_bounds) || S->ranged;
+    n->config.lo = S->ranged ? S->rlo : S->g->lo;
+    n->config.hi = S->ranged ? S->rhi : S->g->hi;
     n->config.line = s->loc.line;
     n->config.col = s->loc.col;
     n->config.host = flow_host_services();
@@ -714,6 +723,16 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     if (take_out_shape(S, n, s->name_loc) != 0)
         return;
     if (n->desc->dep != FLOW_DEP_PERMUTATION) {
+        /* a declared range holds only for inputs known inside the domain */
+        const flow_layer_desc *d = n->desc;
+        int in_domain = d->domain != FLOW_DOMAIN_NONE && n->config.has_bounds
+            && (d->domain == FLOW_DOMAIN_OPEN
+                ? n->config.lo > d->domain_lo && n->config.hi < d->domain_hi
+                : n->config.lo >= d->domain_lo
+                  && n->config.hi <= d->domain_hi);
+        S->ranged = in_domain && d->range != FLOW_DOMAIN_NONE;
+        S->rlo = d->range_lo;
+        S->rhi = d->range_hi;
         S->pristine = 0;
         S->moved_by = n->label;
     }
@@ -1091,6 +1110,7 @@ static void exit_channels(sema *S, const stmt *s, binding *sc, int64_t k)
     S->shape[0] = c - (size_t)k;
     n->out_shape[0] = S->shape[0];
     S->pristine = 0;
+    S->ranged = 0;
     S->moved_by = n->label;
 }
 
@@ -1135,6 +1155,7 @@ static void decl_exit(sema *S, const stmt *s, binding *sc)
     S->shape[0] = S->dim;
     n->out_shape[0] = S->dim;
     S->pristine = 0;
+    S->ranged = 0;
     S->moved_by = n->label;
 }
 

@@ -53,8 +53,10 @@ extern "C" {
  *   1.7  tensor shapes: flow_layer_config.rank and .shape (the input's
  *        shape), flow_layer_desc.out_rank and .out_shape (docs/plugins.md,
  *        "Shapes"); FLOW_NET_CONV and flow_net_spec.channels .. residual
- *        (the convolutional conditioner) */
-#define FLOW_PLUGIN_ABI_MINOR 7u
+ *        (the convolutional conditioner)
+ *   1.8  flow_layer_desc.range, .range_lo, .range_hi: where the outputs
+ *        lie when the inputs lie in the domain (dequantize: [0, 1]) */
+#define FLOW_PLUGIN_ABI_MINOR 8u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -303,6 +305,12 @@ typedef struct flow_layer_desc {
      * the compiler checks that the product of out_shape is dim. */
     size_t out_rank;              /* 0, or 1..FLOW_MAX_RANK                  */
     size_t out_shape[4];
+    /* 1.8: where every output lies when every input lies in the domain
+     * (FLOW_DOMAIN_*, NONE = nothing said), so that the compiler knows
+     * the next layer's inputs are inside its own domain (dequantize maps
+     * [0, levels - 1] into [0, 1], where logit is defined). */
+    uint32_t range;
+    double range_lo, range_hi;
 } flow_layer_desc;
 
 /* Most dimensions a shape has (1.7): [D], or [C, H, W] of an image. */
