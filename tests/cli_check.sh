@@ -302,6 +302,10 @@ run_ok batchnorm batchnorm --dim 3 --attr momentum=0.3
 run_ok batchnorm-2d batchnorm
 run_ok logit logit --dim 3 --bounds 0,1 --attr alpha=0.05
 run_ok logit-2d logit --bounds 0,1
+run_ok dequantize dequantize --dim 3
+run_ok dequantize-image dequantize --shape 1,2,2 --attr levels=16
+"$FLOWKIT" check dequantize >"$t/out" 2>&1; check dequantize-2d 0 $?
+has dequantize-2d "$t/out" "density integrates to 1                         -          -  SKIP    outputs in a bounded range"
 # continuous and residual flows: their maps are exact only up to the
 # solver's or the fixed-point iteration's tolerance, so they are checked
 # with tolerances below the checker's (float64: 1e-9); their estimators are
@@ -317,7 +321,7 @@ run_ok residual-roulette-ctx residual --dim 2 --context 1 --attr activation=tanh
     --attr logdet=roulette $RES
 # example specs: their layers at their real settings (ReLU, 64 wide),
 # including exits (multiscale) and a context (cond_maf)
-for spec in nsf_8gaussians multiscale cond_maf image_tiny; do
+for spec in nsf_8gaussians multiscale cond_maf image_tiny dequant_tiny; do
     run_ok "$spec" "$top_srcdir/specs/$spec.flow"
 done
 
