@@ -36,7 +36,7 @@
 ;; them against `flowkit plugins --json').
 (defconst flow-layers
   '("actnorm" "maf" "iaf" "batchnorm" "coupling" "linear" "logit" "ode"
-    "permute" "residual" "squeeze" "conv1x1"))
+    "permute" "residual" "squeeze" "conv1x1" "dequantize"))
 (defconst flow-targets
   '("banana" "funnel" "u1" "u2" "u3" "u4" "gmm"))
 

@@ -24,7 +24,7 @@ syn match flowConstName "\h\w*" contained
 " them against `flowkit plugins --json`).
 " layers:
 syn keyword flowLayer actnorm maf iaf batchnorm coupling linear logit ode
-syn keyword flowLayer permute residual squeeze conv1x1
+syn keyword flowLayer permute residual squeeze conv1x1 dequantize
 " targets:
 syn keyword flowTarget banana funnel u1 u2 u3 u4 gmm
 
