@@ -4,7 +4,7 @@
 
 Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
 permute, squeeze, actnorm (per dimension or per channel), batchnorm,
-linear, conv1x1, logit, residual; multi-scale exits;
+linear, conv1x1, logit, dequantize, residual; multi-scale exits;
 bases normal, logistic, diag_normal, mixture.
 
 The input is the .safetensors file written by `flowkit export` and
@@ -521,6 +521,19 @@ class Logit:
         return z, np.sum(math.log(k) - np.log(s) - np.log1p(-s), axis=1)
 
 
+class Dequantize:
+    """z = (x + 1/2) / L, the evaluation-mode uniform dequantization
+    (Theis et al. 2016, sec. 3.1): log-det = -D log L."""
+
+    def __init__(self, tensors, prefix, desc):
+        self.levels = float(desc["attrs"]["levels"])
+
+    def forward(self, x, context):
+        D = x.shape[1]
+        return ((x + 0.5) / self.levels,
+                np.full(x.shape[0], -D * math.log(self.levels)))
+
+
 class Residual:
     """z = x + g([x, c]) (i-ResNet, Behrmann et al. 2019; Residual Flows,
     Chen et al. 2019) with the exact log-det log|det(I + dg/dx)|, the
@@ -547,7 +560,7 @@ def _first(tensors, prefix, names):
 LAYERS = {"coupling": Coupling, "maf": MAF, "iaf": IAF, "permute": Permute,
           "squeeze": Permute, "conv1x1": Conv1x1,
           "actnorm": ActNorm, "batchnorm": BatchNorm, "linear": Linear,
-          "logit": Logit, "residual": Residual}
+          "logit": Logit, "dequantize": Dequantize, "residual": Residual}
 
 
 # --------------------------------------------------------------- bases

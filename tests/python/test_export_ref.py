@@ -236,6 +236,10 @@ class ExportMatchesLogprob(unittest.TestCase):
         self.check_model("image", "image_tiny.flow", "gmm",
                          data_args=("--dim", 32, "--components", 4))
 
+    def test_dequantize_logit(self):
+        self.check_model("dequant", "dequant_tiny.flow", "shapes",
+                         data_args=("--size", 4))
+
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
                          data_args=("--dim", 8, "--components", 8))
