@@ -1024,6 +1024,44 @@ START_TEST(test_domain_against_bounds)
 }
 END_TEST
 
+/* A declared output range (ABI 1.8) bounds the next layer's inputs when
+ * the layer's own inputs are inside its domain: logit after dequantize. */
+START_TEST(test_domain_through_range)
+{
+    flow_compilation *c;
+    ck_assert_msg(flow_plugin_load(ctx, "dequantize") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    c = compile_ok("flow f {\n  input x : real[1, 2, 2] in [0, 255];\n"
+                   "  dequantize(levels = 256);\n  logit(alpha = 0.05);\n"
+                   "  output z ~ normal;\n}\n");
+    ck_assert_int_eq(node(c, 0)->desc->range, FLOW_DOMAIN_CLOSED);
+    ck_assert_double_eq(node(c, 0)->desc->domain_hi, 255);
+    ck_assert_int_eq(node(c, 1)->config.has_bounds, 1);
+    ck_assert_double_eq(node(c, 1)->config.lo, 0);
+    ck_assert_double_eq(node(c, 1)->config.hi, 1);
+    flow_compile_free(c);
+    expect_diag("flow f {\n  input x : real[4] in [0, 256];\n"
+                "  dequantize(levels = 256);\n  output z ~ normal;\n}\n",
+                "F0510", 3, "not inside the layer's domain [0, 255]");
+    /* no bounds on the data: the range promises nothing, and both
+     * layers are warned about */
+    c = compile("flow f {\n  input x : real[4];\n  dequantize;\n"
+                "  logit;\n  output z ~ normal;\n}\n");
+    ck_assert_uint_eq(flow_compile_diag_count(c), 2);
+    ck_assert_str_eq(flow_compile_diag(c, 1)->code, "F0904");
+    ck_assert_int_eq(flow_compile_diag(c, 1)->line, 4);
+    ck_assert_msg(strstr(flow_compile_diag(c, 1)->message, "passes through "
+                         "dequantize#0") != NULL, "%s",
+                  flow_compile_diag(c, 1)->message);
+    flow_compile_free(c);
+    /* nor after a layer that moves the values again */
+    expect_diag("flow f {\n  input x : real[2] in [0, 15];\n"
+                "  dequantize(levels = 16);\n  mono;\n  logit;\n"
+                "  output z ~ normal;\n}\n", "F0904", 5,
+                "its input passes through mono#1 first");
+}
+END_TEST
+
 /* Every row's jacobian column starts where the header's does, however
  * long the labels. */
 START_TEST(test_report_sizes_layer_column)
@@ -1250,6 +1288,7 @@ Suite *suite_compiler(void)
     tcase_add_test(tc, test_context_declared);
     tcase_add_test(tc, test_context_reaches_elementwise_layer);
     tcase_add_test(tc, test_domain_against_bounds);
+    tcase_add_test(tc, test_domain_through_range);
     tcase_add_test(tc, test_report_sizes_layer_column);
     suite_add_tcase(s, tc);
     tc = tcase_create("shapes");
