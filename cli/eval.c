@@ -334,7 +334,7 @@ static void eval_usage(FILE *f)
           "whose log-density is not finite is an error naming its line;\n"
           "--allow-nonfinite reports the non-finite mean instead (null in\n"
           "JSON).  When the model starts with `dequantize`, the bits/dim are\n"
-          "those of the discrete data (a bound through the dequantization),\n"
+          "those of the discrete data (through the dequantization bound),\n"
           "and those of the density on the [0, 1] scale follow.\n", f);
 }
 

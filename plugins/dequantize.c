@@ -7,11 +7,12 @@
  * never rescaled by the readers).  In training, u ~ U[0, 1)^D is drawn
  * from the call's stream, so that maximising log p(y) maximises a lower
  * bound on the discrete log-likelihood: log P(x) >= E_u log p_pix(x + u)
- * (Theis et al. 2016, eq. 7).  In evaluation mode u = 1/2, the midpoint
- * of each bin: the log-probabilities flowkit reports (eval, logprob) are
- * then deterministic, a one-point estimate of that expectation, as in
- * the evaluation code of RealNVP and Glow, which add the half-bin offset
- * before scaling.  The map is a scaling, so
+ * (Theis et al. 2016, sec. 3.1, by Jensen's inequality).  In evaluation
+ * mode u = 1/2, the midpoint of each bin, so that the log-probabilities
+ * flowkit reports (eval, logprob) are deterministic: a one-point estimate
+ * of that expectation rather than the fresh-noise Monte Carlo estimate
+ * RealNVP and Glow evaluate with (no longer a bound itself, but without
+ * the noise).  The map is a scaling, so
  *
  *     log |det dy/dx| = -D log(levels)     (every row, either mode)
  *
