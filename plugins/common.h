@@ -200,6 +200,26 @@ static inline int common_export_i64(const flow_host *h, const flow_call *c,
 /* Names parameter tensor i (1.5; storage order, counts summing to
  * n_params) when the host's descriptor has the fields and room for it;
  * n_tensors counts every tensor named, written or not. */
+/* A fixed permutation of each of n rows of d values (permute, squeeze):
+ * gather writes out[r, i] = in[r, perm[i]] (the forward map, and the
+ * inverse map's VJP), scatter out[r, perm[i]] = in[r, i] (the inverse
+ * map, and the forward map's VJP). */
+static inline void common_gather(const int32_t *perm, size_t d, size_t n,
+                                 const flow_real *in, flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < d; i++)
+            out[r * d + i] = in[r * d + (size_t)perm[i]];
+}
+
+static inline void common_scatter(const int32_t *perm, size_t d, size_t n,
+                                  const flow_real *in, flow_real *out)
+{
+    for (size_t r = 0; r < n; r++)
+        for (size_t i = 0; i < d; i++)
+            out[r * d + (size_t)perm[i]] = in[r * d + i];
+}
+
 static inline void common_tensor(flow_layer_desc *out, size_t i,
                                  const char *name, size_t count,
                                  uint32_t flags)

@@ -145,28 +145,11 @@ nomem:
     return NULL;
 }
 
-/* out[r, i] = in[r, perm[i]] */
-static void gather(const permute *p, size_t n, const flow_real *in,
-                   flow_real *out)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t i = 0; i < p->d; i++)
-            out[r * p->d + i] = in[r * p->d + (size_t)p->perm[i]];
-}
-
-/* out[r, perm[i]] = in[r, i] */
-static void scatter(const permute *p, size_t n, const flow_real *in,
-                    flow_real *out)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t i = 0; i < p->d; i++)
-            out[r * p->d + (size_t)p->perm[i]] = in[r * p->d + i];
-}
-
 static int permute_forward(void *self, const flow_call *c, const flow_real *x,
                            flow_real *z, flow_real *logdet)
 {
-    gather(self, c->n, x, z);
+    const permute *p = self;
+    common_gather(p->perm, p->d, c->n, x, z);
     memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
@@ -174,7 +157,8 @@ static int permute_forward(void *self, const flow_call *c, const flow_real *x,
 static int permute_inverse(void *self, const flow_call *c, const flow_real *z,
                            flow_real *x, flow_real *logdet)
 {
-    scatter(self, c->n, z, x);
+    const permute *p = self;
+    common_scatter(p->perm, p->d, c->n, z, x);
     memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
@@ -184,8 +168,9 @@ static int permute_forward_backward(void *self, const flow_call *c,
                                     const flow_real *dz,
                                     const flow_real *dlogdet, flow_real *dx)
 {
+    const permute *p = self;
     (void)x, (void)z, (void)dlogdet;
-    scatter(self, c->n, dz, dx);
+    common_scatter(p->perm, p->d, c->n, dz, dx);
     return FLOW_OK;
 }
 
@@ -194,8 +179,9 @@ static int permute_inverse_backward(void *self, const flow_call *c,
                                     const flow_real *dx,
                                     const flow_real *dlogdet, flow_real *dz)
 {
+    const permute *p = self;
     (void)x, (void)z, (void)dlogdet;
-    gather(self, c->n, dx, dz);
+    common_gather(p->perm, p->d, c->n, dx, dz);
     return FLOW_OK;
 }
 

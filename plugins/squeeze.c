@@ -114,30 +114,13 @@ static void *squeeze_create(const flow_host *host,
     return s;
 }
 
-/* out[r, o] = in[r, perm[o]] */
-static void gather(const squeeze *s, size_t n, const flow_real *in,
-                   flow_real *out)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t o = 0; o < s->d; o++)
-            out[r * s->d + o] = in[r * s->d + (size_t)s->perm[o]];
-}
-
-/* out[r, perm[o]] = in[r, o] */
-static void scatter(const squeeze *s, size_t n, const flow_real *in,
-                    flow_real *out)
-{
-    for (size_t r = 0; r < n; r++)
-        for (size_t o = 0; o < s->d; o++)
-            out[r * s->d + (size_t)s->perm[o]] = in[r * s->d + o];
-}
-
 /* A permutation: log|det| = 0 both ways, and each direction's VJP is the
  * other direction applied to the gradient. */
 static int squeeze_forward(void *self, const flow_call *c, const flow_real *x,
                            flow_real *z, flow_real *logdet)
 {
-    gather(self, c->n, x, z);
+    const squeeze *s = self;
+    common_gather(s->perm, s->d, c->n, x, z);
     memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
@@ -145,7 +128,8 @@ static int squeeze_forward(void *self, const flow_call *c, const flow_real *x,
 static int squeeze_inverse(void *self, const flow_call *c, const flow_real *z,
                            flow_real *x, flow_real *logdet)
 {
-    scatter(self, c->n, z, x);
+    const squeeze *s = self;
+    common_scatter(s->perm, s->d, c->n, z, x);
     memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
@@ -155,8 +139,9 @@ static int squeeze_forward_backward(void *self, const flow_call *c,
                                     const flow_real *dz,
                                     const flow_real *dlogdet, flow_real *dx)
 {
+    const squeeze *s = self;
     (void)x, (void)z, (void)dlogdet;
-    scatter(self, c->n, dz, dx);
+    common_scatter(s->perm, s->d, c->n, dz, dx);
     return FLOW_OK;
 }
 
@@ -165,8 +150,9 @@ static int squeeze_inverse_backward(void *self, const flow_call *c,
                                     const flow_real *dx,
                                     const flow_real *dlogdet, flow_real *dz)
 {
+    const squeeze *s = self;
     (void)x, (void)z, (void)dlogdet;
-    gather(self, c->n, dx, dz);
+    common_gather(s->perm, s->d, c->n, dx, dz);
     return FLOW_OK;
 }
 
