@@ -10,12 +10,12 @@
 #include "conv.h"
 #include "json.h"
 #include "matrix.h"
+#include "nn_impl.h"
 #include "rng.h"
 #include "vec.h"
 
 /* "flowcnv1": the tape was written by conv_net_forward */
 #define CONV_MAGIC 0x666c6f77636e7631ull
-#define CONV_ALIGN 64
 
 typedef struct conv_layer {
     size_t cin, cout, k;        /* channels in and out, kernel size        */
@@ -57,47 +57,6 @@ typedef struct conv_ws {
 } conv_ws;
 
 /* ------------------------------------------------------------ helpers */
-
-static size_t mul_sat(size_t a, size_t b)
-{
-    return (b && a > SIZE_MAX / b) ? SIZE_MAX : a * b;
-}
-
-static size_t add_sat(size_t a, size_t b)
-{
-    return a > SIZE_MAX - b ? SIZE_MAX : a + b;
-}
-
-static size_t round_up(size_t v)
-{
-    return v > SIZE_MAX - (CONV_ALIGN - 1)
-               ? SIZE_MAX
-               : (v + CONV_ALIGN - 1) / CONV_ALIGN * CONV_ALIGN;
-}
-
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !cap)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-}
-
-/* 1 for v >= +0, 0 for v <= -0: ReLU's derivative read from its output,
- * as nn_impl.h's pos_mask (ReLU writes -0 for negative inputs). */
-FLOW_VECTORIZE static inline flow_real pos_mask(flow_real v)
-{
-#if FLOW_REAL_DOUBLE
-    return 0.5 + copysign(0.5, v);
-#else
-    return 0.5f + copysignf(0.5f, v);
-#endif
-}
 
 FLOW_VECTORIZE static void relu_inplace(flow_real *restrict v, size_t count)
 {
@@ -489,7 +448,7 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(daug, mul_sat(ca, net->hw));
     TAKE(wf, net->flip_total);
 #undef TAKE
-    cw->total = off >= SIZE_MAX - CONV_ALIGN ? 0 : off;
+    cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
 size_t conv_net_workspace(const conv_net *net, size_t n)

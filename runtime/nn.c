@@ -54,19 +54,6 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
 
 /* --------------------------------------------------------- creation */
 
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || !cap)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-}
-
 /* spec->premasked, 0 for a spec older than the field */
 static int spec_premasked(const flow_net_spec *spec)
 {

@@ -9,8 +9,10 @@
  * hot loops (a call into another file would never be inlined). */
 
 #include <math.h>
+#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "nn.h"
@@ -99,6 +101,20 @@ static inline size_t round_up(size_t v)
     if (v > SIZE_MAX - (WS_ALIGN - 1))
         return SIZE_MAX;
     return (v + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN;
+}
+
+/* A message into err (cap bytes), when the caller gave a buffer. */
+static inline void set_err(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static inline void set_err(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    if (!err || !cap)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, cap, fmt, ap);
+    va_end(ap);
 }
 
 /* a * b with overflow to SIZE_MAX (saturating: sizes are checked later) */
