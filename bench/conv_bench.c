@@ -25,24 +25,9 @@
 #include "flow/flow.h"
 #include "flow/flow_plugin.h"
 
+#include "clock.h"
+
 enum { C = 4, H = 14, W = 14, COUT = 8, K = 3 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* user + system CPU seconds of the process (all threads): robust to other
- * jobs time-sharing the cores, unlike wall-clock time */
-static double cpu_s(void)
-{
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec
-         + (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
-}
 
 /* ------------------------------------------------------ direct reference */
 

@@ -25,6 +25,8 @@
 #include "flow/flow.h"
 #include "flow/flowc.h"
 
+#include "clock.h"
+
 #define EXIT_USAGE 2
 
 static const char *usage_text =
@@ -50,13 +52,6 @@ static const char *usage_text =
     "the model was built.  bench/run runs each measurement in its own\n"
     "process.\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Peak resident set of this process so far, KiB (Linux: ru_maxrss). */
 static long peak_rss_kib(void)
 {
@@ -64,16 +59,6 @@ static long peak_rss_kib(void)
     if (getrusage(RUSAGE_SELF, &ru) != 0)
         return -1;
     return ru.ru_maxrss;
-}
-
-/* CPU time (user + system, all threads) of this process so far, s. */
-static double cpu_s(void)
-{
-    struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0)
-        return 0;
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec
-           + (double)ru.ru_stime.tv_sec + 1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 /* Current resident set, KiB, from /proc/self/statm (-1 if unreadable). */
