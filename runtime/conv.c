@@ -677,12 +677,5 @@ int conv_net_export(const conv_net *net, const flow_real *params,
                     net->ctx, net->hid, net->k, net->k / 2, net->blocks,
                     net->residual ? "true" : "false", net->cout,
                     net->n_layers, net->c * net->hw, net->cout * net->hw);
-    if (output_layout) {
-        json_buf_raw(&b, ", \"output_layout\": ", 19);
-        json_buf_string(&b, output_layout, strlen(output_layout));
-    }
-    json_buf_raw(&b, "}", 1);
-    rc = b.oom ? FLOW_ERR_NOMEM : ex->attr(ex, prefix, b.s);
-    json_buf_free(&b);
-    return rc;
+    return nn_export_describe(&b, prefix, output_layout, ex);
 }

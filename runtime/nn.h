@@ -94,6 +94,12 @@ int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
  * and the attribute PREFIX describing the net. */
 int nn_export(const flow_net *net, const flow_real *params,
               const char *prefix, const char *output_layout, flow_export *ex);
+/* Ends a network's description: appends "output_layout" (when given) and
+ * the closing brace to the open JSON object in b, hands it to ex as the
+ * attribute `prefix`, and frees b (MLP, MADE and convolutional nets). */
+struct json_buf;
+int nn_export_describe(struct json_buf *b, const char *prefix,
+                       const char *output_layout, flow_export *ex);
 
 /* Introspection (tests, reports). */
 size_t nn_layers(const flow_net *net);

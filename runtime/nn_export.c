@@ -126,6 +126,20 @@ out:
     return rc;
 }
 
+int nn_export_describe(json_buf *b, const char *prefix,
+                       const char *output_layout, flow_export *ex)
+{
+    int rc;
+    if (output_layout) {
+        json_buf_raw(b, ", \"output_layout\": ", 19);
+        json_buf_string(b, output_layout, strlen(output_layout));
+    }
+    json_buf_raw(b, "}", 1);
+    rc = b->oom ? FLOW_ERR_NOMEM : ex->attr(ex, prefix, b->s);
+    json_buf_free(b);
+    return rc;
+}
+
 int nn_export(const flow_net *net, const flow_real *params,
               const char *prefix, const char *output_layout, flow_export *ex)
 {
@@ -153,14 +167,7 @@ int nn_export(const flow_net *net, const flow_real *params,
         json_buf_printf(&b, ", \"outputs_per_dim\": %zu", net->out);
     json_buf_printf(&b, ", \"time\": \"%s\", \"spectral_norm\": %.17g",
                     time_name(net->time), net->sn);
-    if (output_layout) {
-        json_buf_raw(&b, ", \"output_layout\": ", 19);
-        json_buf_string(&b, output_layout, strlen(output_layout));
-    }
-    json_buf_raw(&b, "}", 1);
-    rc = b.oom ? FLOW_ERR_NOMEM : ex->attr(ex, prefix, b.s);
-    json_buf_free(&b);
-    return rc;
+    return nn_export_describe(&b, prefix, output_layout, ex);
 }
 
 int tf_export(const flow_tf *tf, const char *key, flow_export *ex)
