@@ -84,8 +84,9 @@ extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 void cli_stop_saving(void);
 
-/* Seconds on the monotonic clock; v as a JSON number with `digits` significant digits, or null for inf
- * and NaN, which JSON lacks (common.c).  Strings: flow_json_string. */
+/* Seconds on the monotonic clock; v as a JSON number with `digits`
+ * significant digits, or null for inf and NaN, which JSON lacks
+ * (common.c).  Strings: flow_json_string. */
 double cli_now_s(void);
 void cli_json_num(FILE *f, double v, int digits);
 

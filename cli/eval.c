@@ -475,7 +475,8 @@ done:
 
 static void logprob_usage(FILE *f)
 {
-    fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] [--format csv|npy]\n"
+    fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n"
           "                       [--columns L] [--context L] [--no-header]\n"
           "                       [--allow-nonfinite]\n\n"
           "One log-density (nats) per input row, in input order.  A row\n"
@@ -567,7 +568,8 @@ int cli_cmd_logprob(int argc, char **argv)
 
 static void encode_usage(FILE *f)
 {
-    fputs("usage: flowkit encode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
+    fputs("usage: flowkit encode CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n\n"
           "Maps data x to latents z (the density direction).  With exits, z\n"
           "holds the exits' dimensions first, then the final output.\n", f);
 }
@@ -579,8 +581,10 @@ int cli_cmd_encode(int argc, char **argv)
 
 static void decode_usage(FILE *f)
 {
-    fputs("usage: flowkit decode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
-          "Maps latents z back to data x (the sampling direction); the inverse\n"
+    fputs("usage: flowkit decode CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n\n"
+          "Maps latents z back to data x (the sampling direction); "
+          "the inverse\n"
           "of encode.\n", f);
 }
 

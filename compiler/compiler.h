@@ -83,7 +83,9 @@ typedef struct stmt {
 typedef struct stmt_list { stmt *head, *tail; } stmt_list;
 
 /* --- values (evaluated expressions) ---------------------------------- */
-typedef enum value_kind { V_INT, V_REAL, V_STR, V_IDENT, V_LIST, V_CALL } value_kind;
+typedef enum value_kind {
+    V_INT, V_REAL, V_STR, V_IDENT, V_LIST, V_CALL
+} value_kind;
 
 typedef struct value {
     value_kind kind;
