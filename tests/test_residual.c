@@ -227,9 +227,6 @@ static double check_unbiased(const res_attrs *a, int probe, size_t calls,
     se = sqrt(fmax(0.0, ls2 / (double)calls - mean * mean)
               / (double)(calls - 1));
     zl = (mean - exact) / se;
-    if (getenv("RES_DEBUG"))
-        fprintf(stderr, "%s: mean %.6f se %.2g exact %.6f z %.2f\n", what,
-                mean, se, exact, zl);
     ck_assert_msg(se > 0 && fabs(zl) < zmax, "%s: log-det mean %.6f +- %.2g "
                   "vs exact %.6f (z = %.2f)", what, mean, se, exact, zl);
     for (size_t i = 0; i < m; i++) {
