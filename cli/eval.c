@@ -292,10 +292,11 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             rc = parse_shape(&a, o->shape, &o->shape_rank);
         else if (sampling && cli_opt_is(&a, "--temperature")) {
             rc = cli_parse_real(&a, &o->temperature, -HUGE_VAL, HUGE_VAL);
-            if (!rc && !(o->temperature > 0))
-                rc = cli_usage_error(&a, "--temperature must be greater "
-                                     "than 0 (it scales the base's standard "
-                                     "deviation), got %g", o->temperature);
+            if (!rc && !(o->temperature > 0 && isfinite(o->temperature)))
+                rc = cli_usage_error(&a, "--temperature must be a finite "
+                                     "number greater than 0 (it scales the "
+                                     "base's standard deviation), got %g",
+                                     o->temperature);
         } else if (sampling && cli_opt_is(&a, "--range")) {
             rc = parse_pixel_range(&a, &o->range_lo, &o->range_hi);
             o->has_range = 1;
