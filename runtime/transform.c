@@ -69,9 +69,10 @@ static void affine_scale(double s, double *l, double *dl)
  * overflows at a = -88); nflows' affine coupling floors it likewise
  * (sigmoid(s + 2) + 1e-3), and e^-5 is the exp scale's own bound, so both
  * kinds contract at most as much (1e-3 still failed `flowkit check maf`'s
- * round trip at its +-150 edge rows).  sigma(a) and 1 - sigma(a) = sigma(-a) come from the one e =
- * exp(-|a|) without overflow or cancellation; l = log scale (its argument
- * is at least m), dl/ds = (1 - m) sigma(a) (1 - sigma(a)) / scale. */
+ * round trip at its +-150 edge rows).  sigma(a) and 1 - sigma(a) =
+ * sigma(-a) come from the one e = exp(-|a|) without overflow or
+ * cancellation; l = log scale (its argument is at least m), dl/ds = (1 -
+ * m) sigma(a) (1 - sigma(a)) / scale. */
 static void sigmoid_scale(double s, double *l, double *dl, double *sc)
 {
     const double m = TF_SIGMOID_MIN;
@@ -684,6 +685,8 @@ static int eval_batch(const flow_tf *tf, int dir, size_t m,
     if (m && (!in || !theta || !out))
         return FLOW_ERR_INVAL;
 #if !FLOW_REAL_DOUBLE
+    /* the sigmoid scale takes the scalar core: docs/runtime.md, "Affine,
+     * sigmoid scale" */
     if (c.kind == FLOW_TF_AFFINE)
         return affine_eval_f(dir, m, in, theta, out, lad);
 #endif
