@@ -203,6 +203,7 @@ typedef struct cli_run_opts {
     size_t shape[4];            /* sample --shape: each row's shape */
     int shape_rank;             /* 0: flat rows */
     int has_range;              /* sample --range lo,hi: pixel scale */
+    double temperature;         /* sample --temperature T (> 0, default 1) */
     double range_lo, range_hi;
 } cli_run_opts;
 
