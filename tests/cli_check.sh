@@ -30,7 +30,7 @@ same unknown-type-msg "flowkit check: unknown layer type 'nosuch' (no plugin on 
 # attributes go through the compiler: its diagnostics, exit 2, no report
 "$FLOWKIT" check coupling --attr bins=3 >"$t/out" 2>"$t/err"; check bad-attr 2 $?
 has bad-attr "$t/err" "<check>:4:14: error[F0103]: unknown attribute 'bins' for layer 'coupling'"
-has bad-attr "$t/err" "help: layer 'coupling' accepts: transformer, mask, hidden, activation, identity_init"
+has bad-attr "$t/err" "help: layer 'coupling' accepts: transformer, mask, hidden, activation, identity_init, net"
 has bad-attr "$t/err" "flowkit check: coupling: the attributes or options are not valid for this layer type"
 same bad-attr-stdout "" "$(cat "$t/out")"
 "$FLOWKIT" check coupling --attr 'transformer=spline(bins = 0)' >"$t/out" 2>&1
