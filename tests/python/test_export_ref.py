@@ -72,6 +72,21 @@ EXTRA_SPEC = """flow extra {
 }
 """
 
+# RealNVP's checkerboard couplings with the conv conditioner on its
+# masked image, residual middle stages and a spline (P = 11 per scalar)
+CHECKER_SPEC = """flow checker {
+    input x : real[1, 4, 4] in [0, 255];
+    dequantize(levels = 256);
+    logit(alpha = 0.05);
+    repeat 2 as i {
+        actnorm;
+        coupling(mask = checkerboard(i), transformer = spline(bins = 4),
+                 net = conv(hidden = 8, blocks = 2, residual = true));
+    }
+    output z ~ normal;
+}
+"""
+
 
 def unit_cube_data(path, n, seed):
     """n rows in (0, 1)^3 with some dependence between the columns."""
@@ -239,6 +254,16 @@ class ExportMatchesLogprob(unittest.TestCase):
     def test_dequantize_logit(self):
         self.check_model("dequant", "dequant_tiny.flow", "shapes",
                          data_args=("--size", 4))
+
+    def test_glow_conv_coupling(self):
+        self.check_model("glow", "glow_tiny.flow", "shapes",
+                         data_args=("--size", 8))
+
+    def test_checkerboard_conv_spline(self):
+        path = self.path("checker.flow")
+        with open(path, "w") as f:
+            f.write(CHECKER_SPEC)
+        self.check_model("checker", path, "shapes", data_args=("--size", 4))
 
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
