@@ -321,7 +321,7 @@ run_ok residual-roulette-ctx residual --dim 2 --context 1 --attr activation=tanh
     --attr logdet=roulette $RES
 # example specs: their layers at their real settings (ReLU, 64 wide),
 # including exits (multiscale) and a context (cond_maf)
-for spec in nsf_8gaussians multiscale cond_maf image_tiny dequant_tiny; do
+for spec in nsf_8gaussians multiscale cond_maf image_tiny dequant_tiny glow_tiny; do
     run_ok "$spec" "$top_srcdir/specs/$spec.flow"
 done
 
