@@ -1,7 +1,9 @@
 /* coupling.c - the `coupling` layer: the dimensions of a mask pass through
  * and condition an elementwise transformer of the others (NICE, Dinh et al.
  * 2015, eq. 4; RealNVP, Dinh et al. 2017, eqs. 6-7; neural spline flows,
- * Durkan et al. 2019).  Both directions are one conditioner pass. */
+ * Durkan et al. 2019), with an MLP or, on images, a convolutional
+ * conditioner (Glow, Kingma & Dhariwal 2018).  Both directions are one
+ * conditioner pass. */
 #include <stdio.h>
 #include <string.h>
 
@@ -73,8 +75,8 @@ static const flow_variant_alt net_alts[] = {
      "dimensions (widths `hidden`, activation `activation`)"},
     {.name = "conv", .doc = "Glow's convolutional net (kernel x kernel "
      "conv, ReLU, `blocks` x [1x1 conv, ReLU], kernel x kernel conv); "
-     "needs mask = channel or checkerboard; ReLU only, `hidden` (the MLP "
-     "widths) is not used", .attrs = conv_attrs},
+     "needs mask = channel or checkerboard; ReLU only; the layer's "
+     "`hidden` list (the MLP widths) is not used", .attrs = conv_attrs},
     {0}};
 
 static const flow_attr_spec coupling_attrs[] = {
@@ -244,6 +246,7 @@ static int conv_spec(const flow_layer_config *cfg, size_t dt, size_t P,
 {
     const flow_attr_value *m = &cfg->attrs[ATTR_MASK];
     const flow_attr_value *sub = cfg->attrs[ATTR_NET].sub;
+    int64_t act = cfg->attrs[ATTR_ACTIVATION].i;
     size_t shp[4], hw;
     if (image_shape(cfg, "net = conv", ATTR_NET, shp, diag) != 0)
         return -1;
@@ -255,9 +258,9 @@ static int conv_spec(const flow_layer_config *cfg, size_t dt, size_t P,
                  "mask = checkerboard(i), or use net = mlp");
         return -1;
     }
-    if (activation_values[cfg->attrs[ATTR_ACTIVATION].i] != FLOW_ACT_RELU) {
+    if (activation_values[act] != FLOW_ACT_RELU) {
         flow_diag_set(diag, ATTR_ACTIVATION, "net = conv uses ReLU only, "
-                      "not %s", activation_names[cfg->attrs[ATTR_ACTIVATION].i]);
+                      "not %s", activation_names[act]);
         snprintf(diag->help, sizeof diag->help, "drop the activation "
                  "attribute, or use net = mlp");
         return -1;
@@ -729,7 +732,8 @@ static const flow_layer_type coupling_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "coupling",
     .summary = "coupling layer: affine (RealNVP), additive (NICE) or "
-               "rational-quadratic spline transformer",
+               "rational-quadratic spline transformer, MLP or convolutional "
+               "conditioner",
     .attrs = coupling_attrs,
     .describe = coupling_describe,
     .create = coupling_create,
