@@ -275,6 +275,29 @@ class ReferenceIsSensitive(unittest.TestCase):
     agreement with flowkit cannot come from a shared mistake in the
     obvious places."""
 
+    def test_conv2d_is_same_padded_cross_correlation(self):
+        # out[n, o, y, x] = b[o] + sum w[o, c, i, j] x[n, c, y+i-p, x+j-p]
+        # over the taps inside the image, written out term by term
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(2, 3, 4, 5))
+        w = rng.normal(size=(2, 3, 3, 3))
+        b = rng.normal(size=2)
+        got = flowref.ConvNet.conv2d(x, w, b)
+        want = np.zeros((2, 2, 4, 5))
+        for n in range(2):
+            for o in range(2):
+                for y in range(4):
+                    for xx in range(5):
+                        v = b[o]
+                        for c in range(3):
+                            for i in range(3):
+                                for j in range(3):
+                                    yy, xj = y + i - 1, xx + j - 1
+                                    if 0 <= yy < 4 and 0 <= xj < 5:
+                                        v += w[o, c, i, j] * x[n, c, yy, xj]
+                        want[n, o, y, xx] = v
+        self.assertLess(float(np.abs(got - want).max()), 1e-12)
+
     def test_spline_at_zero_parameters_is_identity(self):
         sp = flowref.Spline({"bins": 8, "bound": 4.0})
         x = np.linspace(-5, 5, 41)
