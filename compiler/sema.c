@@ -509,6 +509,8 @@ static int describe_layer(sema *S, flow_graph_node *n, size_t idx,
                    "host-owned fields of flow_layer_desc", n->label);
         return -1;
     }
+    if (rc != FLOW_OK && S->shape_lost)
+        return -1;              /* the F0102 before it is the error */
     if (rc != FLOW_OK) {
         flow_loc loc = stmt_loc;
         d.message[sizeof d.message - 1] = '\0';
@@ -627,6 +629,7 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
                    : sema_plugin_trouble(S, "`flowkit plugins` lists the "
                                          "layer types found"),
                    "unknown layer type '%s'", s->name);
+        S->shape_lost = 1;
         return;
     }
     if (s->given) {

@@ -307,6 +307,8 @@ void sema_decl_exit(sema *S, const stmt *s, binding *sc)
         return;
     if (sema_eval_int(S, s->e, sc, "exit size", &k) != 0)
         return;
+    if (S->shape_lost)
+        return;
     if (S->rank == 3) {
         exit_channels(S, s, sc, k);
         return;

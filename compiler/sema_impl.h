@@ -41,6 +41,9 @@ struct sema {
     int said_no_input, said_no_output;  /* reported: no "missing" error */
     size_t dim;                 /* width of the state at this point       */
     size_t rank, shape[4];      /* its shape; the product is dim          */
+    int shape_lost;             /* a layer of unknown type came before:
+                                   the shape here is a guess, so shape
+                                   errors would only echo that one     */
     int pristine;               /* only permutations so far: bounds hold  */
     const char *moved_by;       /* the last layer or exit that moved the
                                    values (when not pristine)             */

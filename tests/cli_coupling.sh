@@ -76,6 +76,21 @@ has one-channel "$t/out" "mask channel needs at least 2 channels; this input is 
 "$F" check coupling --shape 2,1,1 --attr 'mask = checkerboard' >"$t/out" 2>&1
 check one-pixel 2 $?
 has one-pixel "$t/out" "mask checkerboard needs at least 2 pixels; this input is [2, 1, 1]"
+# a misspelt squeeze is the one error: the coupling after it would see
+# the unsqueezed [1, 8, 8] and the exit 1 channel, which only echo it
+cat >"$t/typo.flow" <<'EOF'
+flow typo {
+    input x : real[1, 8, 8];
+    squeez(factor = 2);
+    coupling(mask = channel, net = conv(hidden = 8));
+    exit 2 -> z1 ~ normal;
+    output z ~ normal;
+}
+EOF
+"$FLOWC" "$t/typo.flow" >"$t/out" 2>&1
+check typo-exit 1 $?
+has typo "$t/out" "typo.flow:3:5: error[F0102]: unknown layer type 'squeez'"
+same typo-one-error 1 "$(grep -c 'error\[' "$t/out")"
 "$F" check coupling --shape 2,4,4 --attr 'mask = channel' \
     --attr 'net = conv' --attr activation=tanh >"$t/out" 2>&1
 check conv-tanh 2 $?
