@@ -37,8 +37,10 @@ the plugins it cites), so that log-densities and bits/dim compare:
               through; the net conv3x3(C_c -> 64) ReLU conv1x1(64 -> 64) ReLU
               conv3x3(64 -> 2 C_t), same padding, PyTorch's Conv2d init and
               the last layer zero; output channel 2c + p is parameter p of
-              transformed channel c; affine with Glow's sigmoid scale:
-              y = x sigmoid(s + 2) + t, log-det sum log sigmoid(s + 2)
+              transformed channel c; affine with Glow's sigmoid scale
+              and flowkit's floor m = 1e-3 (runtime/transform.c): scale
+              = m + (1 - m) sigmoid(s + 2), y = x scale + t, log-det sum
+              log scale
   exit        the first K channels to N(0, I); the rest flows on
   base        N(0, I); loss = mean negative log-likelihood over the batch;
               Adam lr 1e-3, betas (0.9, 0.999), eps 1e-8, no clipping,
@@ -60,6 +62,7 @@ import torch.nn.functional as F
 LEVELS = 256
 ALPHA = 0.05
 HIDDEN = 64
+SIGMOID_SHIFT, SIGMOID_MIN = 2.0, 1e-3     # runtime/transform.h
 LOG2PI = math.log(2 * math.pi)
 
 
@@ -186,8 +189,15 @@ class Conv1x1(torch.nn.Module):
 
 
 class Coupling(torch.nn.Module):
-    def __init__(self, c):
+    """scale "sigmoid": Glow's sigmoid(s + 2) with flowkit's floor,
+    m + (1 - m) sigmoid(s + shift); "exp": flowkit's plain affine,
+    exp(5 tanh(s / 5)) (for the parity check of a checkpoint exported
+    with that transformer)."""
+
+    def __init__(self, c, scale="sigmoid"):
         super().__init__()
+        self.scale = scale
+        self.shift, self.min = SIGMOID_SHIFT, SIGMOID_MIN
         self.cc = c // 2
         ct = c - self.cc
         self.net = torch.nn.Sequential(
@@ -201,18 +211,22 @@ class Coupling(torch.nn.Module):
         th = self.net(xc)
         n, _, h, w = th.shape
         th = th.view(n, -1, 2, h, w)          # channel 2c + p
-        return th[:, :, 0] + 2.0, th[:, :, 1]
+        s, t = th[:, :, 0], th[:, :, 1]
+        if self.scale == "sigmoid":
+            return torch.log(self.min + (1 - self.min)
+                             * torch.sigmoid(s + self.shift)), t
+        return 5.0 * torch.tanh(s / 5.0), t
 
     def forward(self, x, ld):
         xc, xt = x[:, :self.cc], x[:, self.cc:]
-        s, t = self.params(xc)
-        return (torch.cat([xc, xt * torch.sigmoid(s) + t], 1),
-                ld + F.logsigmoid(s).flatten(1).sum(1))
+        ls, t = self.params(xc)
+        return (torch.cat([xc, xt * ls.exp() + t], 1),
+                ld + ls.flatten(1).sum(1))
 
     def inverse(self, z):
         zc, zt = z[:, :self.cc], z[:, self.cc:]
-        s, t = self.params(zc)
-        return torch.cat([zc, (zt - t) / torch.sigmoid(s)], 1)
+        ls, t = self.params(zc)
+        return torch.cat([zc, (zt - t) * (-ls).exp()], 1)
 
 
 class Exit(torch.nn.Module):
@@ -327,6 +341,7 @@ def load_export(model, path):
     tensors, meta = S.load(path)
     arch = json.loads(meta["architecture"])
     kinds = {n["index"]: n["type"] for n in arch["layers"]}
+    layer = {n["index"]: n for n in arch["layers"]}
     kinds.update({e["index"]: "exit" for e in arch["exits"]})
     want = {Dequantize: "dequantize", Logit: "logit", Squeeze: "squeeze",
             ActNorm: "actnorm", Conv1x1: "conv1x1", Coupling: "coupling",
@@ -358,6 +373,15 @@ def load_export(model, path):
                     raise SystemExit(f"{path}: node {i}: P L U differs from "
                                      f"the exported weight by {err:g}")
             elif isinstance(nd, Coupling):
+                tf = layer[i]["transformer"]
+                if tf["kind"] == "affine_sigmoid":
+                    nd.scale = "sigmoid"
+                    nd.shift, nd.min = tf["shift"], tf["min_scale"]
+                elif tf["kind"] == "affine" and tf["clamp"] == 5:
+                    nd.scale = "exp"
+                else:
+                    raise SystemExit(f"{path}: node {i}: transformer "
+                                     f"{tf} is not the reference's")
                 for k, m in ((0, 0), (1, 2), (2, 4)):
                     nd.net[m].weight.copy_(T(f"{p}net.{k}.weight"))
                     nd.net[m].bias.copy_(T(f"{p}net.{k}.bias"))
