@@ -38,7 +38,7 @@ the plugins it cites), so that log-densities and bits/dim compare:
               conv3x3(64 -> 2 C_t), same padding, PyTorch's Conv2d init and
               the last layer zero; output channel 2c + p is parameter p of
               transformed channel c; affine with Glow's sigmoid scale
-              and flowkit's floor m = 1e-3 (runtime/transform.c): scale
+              and flowkit's floor m = e^-5 (runtime/transform.h): scale
               = m + (1 - m) sigmoid(s + 2), y = x scale + t, log-det sum
               log scale
   exit        the first K channels to N(0, I); the rest flows on
@@ -62,7 +62,7 @@ import torch.nn.functional as F
 LEVELS = 256
 ALPHA = 0.05
 HIDDEN = 64
-SIGMOID_SHIFT, SIGMOID_MIN = 2.0, 1e-3     # runtime/transform.h
+SIGMOID_SHIFT, SIGMOID_MIN = 2.0, math.exp(-5)   # runtime/transform.h
 LOG2PI = math.log(2 * math.pi)
 
 
@@ -317,6 +317,8 @@ def cmd_bpd(a):
         lossv.backward()
         opt.step()
         loss = lossv.item()
+        if a.log:
+            print(f"step {_ + 1} loss {loss:.4f}", file=sys.stderr)
     train_s = time.perf_counter() - t0
     lp = evaluate(model, test)
     d = test[0].numel()
@@ -422,6 +424,8 @@ def main():
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--test-rows", type=int)
+    b.add_argument("--log", action="store_true",
+                   help="each step's loss on stderr")
     p = sub.add_parser("parity", help="log-densities against flowkit's")
     p.add_argument("export")
     p.add_argument("--data", required=True)
