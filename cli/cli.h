@@ -84,8 +84,9 @@ extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 void cli_stop_saving(void);
 
-/* Seconds on the monotonic clock; v as a JSON number with `digits` significant digits, or null for inf
- * and NaN, which JSON lacks (common.c).  Strings: flow_json_string. */
+/* Seconds on the monotonic clock; v as a JSON number with `digits`
+ * significant digits, or null for inf and NaN, which JSON lacks
+ * (common.c).  Strings: flow_json_string. */
 double cli_now_s(void);
 void cli_json_num(FILE *f, double v, int digits);
 
@@ -202,6 +203,7 @@ typedef struct cli_run_opts {
     size_t shape[4];            /* sample --shape: each row's shape */
     int shape_rank;             /* 0: flat rows */
     int has_range;              /* sample --range lo,hi: pixel scale */
+    double temperature;         /* sample --temperature T (> 0, default 1) */
     double range_lo, range_hi;
 } cli_run_opts;
 

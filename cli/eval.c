@@ -246,6 +246,7 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
     o->threads = 1;
     o->header = 1;
     o->out = "-";
+    o->temperature = 1;
     while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
             if (o->ckpt)
@@ -289,7 +290,14 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             rc = (o->target = cli_opt_value(&a)) ? 0 : CLI_EXIT_USAGE;
         else if (sampling && cli_opt_is(&a, "--shape"))
             rc = parse_shape(&a, o->shape, &o->shape_rank);
-        else if (sampling && cli_opt_is(&a, "--range")) {
+        else if (sampling && cli_opt_is(&a, "--temperature")) {
+            rc = cli_parse_real(&a, &o->temperature, -HUGE_VAL, HUGE_VAL);
+            if (!rc && !(o->temperature > 0 && isfinite(o->temperature)))
+                rc = cli_usage_error(&a, "--temperature must be a finite "
+                                     "number greater than 0 (it scales the "
+                                     "base's standard deviation), got %g",
+                                     o->temperature);
+        } else if (sampling && cli_opt_is(&a, "--range")) {
             rc = parse_pixel_range(&a, &o->range_lo, &o->range_hi);
             o->has_range = 1;
         }
@@ -304,6 +312,10 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
         return cli_usage_error(&a, "missing --data FILE");
     if (sampling && !o->has_n)
         return cli_usage_error(&a, "missing -n N");
+    if (o->weights && o->temperature != 1)
+        return cli_usage_error(&a, "--weights needs the model's own samples "
+                               "(--temperature 1): a tempered sampler is not "
+                               "the density the weights divide by");
     if (o->target && !o->weights)
         return cli_usage_error(&a, "--target only goes with --weights");
     return 0;
@@ -475,7 +487,8 @@ done:
 
 static void logprob_usage(FILE *f)
 {
-    fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] [--format csv|npy]\n"
+    fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n"
           "                       [--columns L] [--context L] [--no-header]\n"
           "                       [--allow-nonfinite]\n\n"
           "One log-density (nats) per input row, in input order.  A row\n"
@@ -567,7 +580,8 @@ int cli_cmd_logprob(int argc, char **argv)
 
 static void encode_usage(FILE *f)
 {
-    fputs("usage: flowkit encode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
+    fputs("usage: flowkit encode CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n\n"
           "Maps data x to latents z (the density direction).  With exits, z\n"
           "holds the exits' dimensions first, then the final output.\n", f);
 }
@@ -579,8 +593,10 @@ int cli_cmd_encode(int argc, char **argv)
 
 static void decode_usage(FILE *f)
 {
-    fputs("usage: flowkit decode CKPT --data FILE [-o OUT] [--format csv|npy]\n\n"
-          "Maps latents z back to data x (the sampling direction); the inverse\n"
+    fputs("usage: flowkit decode CKPT --data FILE [-o OUT] "
+          "[--format csv|npy]\n\n"
+          "Maps latents z back to data x (the sampling direction); "
+          "the inverse\n"
           "of encode.\n", f);
 }
 

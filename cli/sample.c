@@ -17,7 +17,8 @@ static void sample_usage(FILE *f)
     fputs("usage: flowkit sample CKPT -n N [--seed S] [--with-logprob]\n"
           "                      [--weights [--target T]]\n"
           "                      [--context FILE] [-o OUT] [--format csv|npy]\n"
-          "                      [--shape C,H,W] [--range LO,HI]\n\n"
+          "                      [--shape C,H,W] [--range LO,HI]\n"
+          "                      [--temperature T]\n\n"
           "Draws N samples (for a conditional model, N for each row of the\n"
           "--context file, which is appended to each sample).  With\n"
           "--with-logprob a column is each sample's log-density.  With\n"
@@ -28,7 +29,11 @@ static void sample_usage(FILE *f)
           "Images: with --shape C,H,W each sample is an image [C, H, W];\n"
           "OUT *.npy is then (N, C, H, W), *.idx unsigned bytes (values\n"
           "rounded, clamped to 0..255), *.png a grid of the images (C 1\n"
-          "or 3); --range LO,HI maps LO..HI onto pixels 0..255.\n", f);
+          "or 3); --range LO,HI maps LO..HI onto pixels 0..255.\n"
+          "--temperature T (> 0, default 1) scales the standard deviation\n"
+          "of every base (the output's and each exit's) by T about its\n"
+          "center, as Glow samples: T < 1 gives typical, smoother samples.\n"
+          "The log-densities are still the model's own (T = 1).\n", f);
 }
 
 int cli_cmd_sample(int argc, char **argv)
@@ -111,8 +116,9 @@ int cli_cmd_sample(int argc, char **argv)
     flow_model_seed(l.model, o.seed);
     for (size_t r = 0; r < total; r += o.batch) {
         size_t b = total - r < o.batch ? total - r : o.batch;
-        if (flow_model_sample(l.model, b, k ? cv + r * k : NULL, x + r * dim,
-                              lp + r) != FLOW_OK) {
+        if (flow_model_sample_tempered(l.model, b, o.temperature,
+                                       k ? cv + r * k : NULL, x + r * dim,
+                                       lp + r) != FLOW_OK) {
             cli_fail(l.ctx, cmd);
             goto out;
         }

@@ -36,19 +36,24 @@ static void train_usage(FILE *f)
           "  --schedule S         constant | cosine (default constant)\n"
           "  --warmup N           linear warm-up steps (default 0)\n"
           "  --weight-decay X     L2 coefficient (default 0)\n"
-          "  --clip X             clip the gradient's global norm (default off)\n"
+          "  --clip X             clip the gradient's global norm "
+          "(default off)\n"
           "  --patience N         stop after N validations without\n"
           "                       improvement, keep the best (default off)\n"
           "  --seed S             initialisation and shuffling (default 0)\n"
           "  --threads T          worker threads splitting each batch by rows\n"
-          "                       (default 1; same seed and threads, same bits)\n"
+          "                       (default 1; same seed and threads, "
+          "same bits)\n"
           "  --checkpoint-every N also write CKPT every N epochs\n"
           "  --resume CKPT        continue a run from its checkpoint\n"
           "  --verify-plugins     probe every layer before training (default:\n"
-          "                       only layers of plugins from outside flowkit's\n"
-          "                       own plugin directory, e.g. FLOW_PLUGIN_PATH)\n"
+          "                       only layers of plugins from outside "
+          "flowkit's\n"
+          "                       own plugin directory, e.g. "
+          "FLOW_PLUGIN_PATH)\n"
           "  --no-verify-plugins  probe no layer\n"
-          "  --verbose            print what the probe checked, layer by layer\n"
+          "  --verbose            print what the probe checked, "
+          "layer by layer\n"
           "  --log-every N        not on a terminal: also a progress line\n"
           "                       every N steps (default: one per epoch)\n"
           "  --quiet              no progress lines and no summary (warnings\n"
@@ -245,8 +250,8 @@ static int apply_train_section(const flow_graph *g, train_opts *o,
             fprintf(stderr, "flowkit train: %s:%d:%d: train setting '%s' has "
                     "an unusable value '%s' (known: optimizer = adam, lr, "
                     "batch, epochs, steps, schedule = constant|cosine, "
-                    "warmup, weight_decay, clip, patience, seed)\n", spec, e->line,
-                    e->col, e->key, e->text ? e->text : "?");
+                    "warmup, weight_decay, clip, patience, seed)\n", spec,
+                    e->line, e->col, e->key, e->text ? e->text : "?");
             return 1;
         }
     }

@@ -83,7 +83,9 @@ typedef struct stmt {
 typedef struct stmt_list { stmt *head, *tail; } stmt_list;
 
 /* --- values (evaluated expressions) ---------------------------------- */
-typedef enum value_kind { V_INT, V_REAL, V_STR, V_IDENT, V_LIST, V_CALL } value_kind;
+typedef enum value_kind {
+    V_INT, V_REAL, V_STR, V_IDENT, V_LIST, V_CALL
+} value_kind;
 
 typedef struct value {
     value_kind kind;
@@ -238,9 +240,10 @@ int verify_layer(flow_compilation *c, size_t node);
  * only permutations before it); returns errors reported */
 int verify_domain(flow_compilation *c, size_t node, const char *moved_by);
 
-/* sema.c: constants and arithmetic, block and repeat expansion, names,
- * dimensions, bases, the train and target sections; each layer statement
- * becomes a graph node, described by its plugin and verified */
+/* sema.c: constants and arithmetic, block and repeat expansion, names;
+ * each layer statement becomes a graph node, described by its plugin and
+ * verified.  sema_decl.c: the input (its shape), context, exits, output,
+ * bases, the train and target sections.  Shared internals: sema_impl.h. */
 typedef struct sema sema;
 /* A new analysis of c, in c's arena; NULL when out of memory. */
 sema *sema_new(flow_compilation *c);

@@ -100,7 +100,7 @@ static int check_text(flow_compilation *c, int fi)
             loc.line++;
             loc.col = 1;
         } else if (loc.col < INT_MAX - 4) {
-            loc.col += (int)k;          /* columns count bytes, as the lexer's */
+            loc.col += (int)k;  /* columns count bytes, as the lexer's */
         }
         s += k;
     }

@@ -290,14 +290,20 @@ params : IDENT                  {
              $$.head = $$.tail = NULL; $$.n = 0;
              args_add(&$$, mk_arg(p, $1, @1, NULL, @1));
          }
-       | params ',' IDENT       { $$ = $1; args_add(&$$, mk_arg(p, $3, @3, NULL, @3)); }
+       | params ',' IDENT       {
+             $$ = $1;
+             args_add(&$$, mk_arg(p, $3, @3, NULL, @3));
+         }
        ;
 
 args_opt : %empty               { $$.head = $$.tail = NULL; $$.n = 0; }
          | args                 { $$ = $1; }
          ;
 
-args : arg                      { $$.head = $$.tail = NULL; $$.n = 0; args_add(&$$, $1); }
+args : arg                      {
+           $$.head = $$.tail = NULL; $$.n = 0;
+           args_add(&$$, $1);
+       }
      | args ',' arg             {
            $$ = $1;
            if ($$.n < FLOW_MAX_LIST)
@@ -334,10 +340,22 @@ list : expr                     {
 
 /* expr ::= INT | REAL | STRING | NAME | NAME '(' [args] ')' | '[' [list] ']'
  *        | '(' expr ')' | expr op expr | '-' expr */
-expr : INT                      { $$ = mk_expr(p, E_INT, @1); if ($$) $$->i = $1; }
-     | REAL                     { $$ = mk_expr(p, E_REAL, @1); if ($$) $$->r = $1; }
-     | STRING                   { $$ = mk_expr(p, E_STR, @1); if ($$) $$->s = $1; }
-     | IDENT                    { $$ = mk_expr(p, E_NAME, @1); if ($$) $$->s = $1; }
+expr : INT                      {
+           $$ = mk_expr(p, E_INT, @1);
+           if ($$) $$->i = $1;
+       }
+     | REAL                     {
+           $$ = mk_expr(p, E_REAL, @1);
+           if ($$) $$->r = $1;
+       }
+     | STRING                   {
+           $$ = mk_expr(p, E_STR, @1);
+           if ($$) $$->s = $1;
+       }
+     | IDENT                    {
+           $$ = mk_expr(p, E_NAME, @1);
+           if ($$) $$->s = $1;
+       }
      | IDENT '(' args_opt ')'   {
            $$ = mk_expr(p, E_CALL, @$);
            if ($$) { $$->s = $1; $$->args = $3.head; $$->n = $3.n; }
@@ -477,7 +495,7 @@ static int yyreport_syntax_error(const yypcontext_t *ctx, void *scanner,
     if (n + want_value + ops > 0 && n <= 4) {
         int parts = n + want_value + ops, k = 0;
         const char *sep;
-        for (int i = 0; i < n + want_value + ops && used < sizeof msg; i++, k++) {
+        for (int i = 0; i < parts && used < sizeof msg; i++, k++) {
             const char *what = i < n ? yysymbol_name(exp[i])
                              : i == n && want_value ? "a value" : "an operator";
             sep = k == 0 ? ", expecting " : k == parts - 1 ? " or " : ", ";

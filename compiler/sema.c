@@ -1,57 +1,15 @@
-/* sema.c - semantic analysis: constants, repeat and block expansion, names,
- * dimensions, bases, train and target; each layer becomes a described node. */
+/* sema.c - semantic analysis: constants and arithmetic, names, repeat and
+ * block expansion; each layer becomes a described node (sema_decl.c). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "compiler.h"
+#include "sema_impl.h"
 
 #define MAX_WORK 250000        /* statements expanded, all loops together */
 #define MAX_VALUES 1000000     /* values made by evaluation, all together */
-#define MAX_SUGGEST 512
-
-typedef struct binding {
-    const char *name;
-    value *val;
-    flow_loc loc;
-    struct binding *next;
-} binding;
-
-typedef struct blockdef {
-    const char *name;
-    const stmt *s;
-} blockdef;
-
-struct sema {
-    flow_compilation *c;
-    flow_graph *g;
-    binding *globals;
-    blockdef *blocks;
-    size_t n_blocks, cap_blocks;
-    const stmt *flow;
-    /* expansion */
-    const stmt *calls[FLOW_MAX_NESTING];
-    int depth;
-    size_t work;
-    size_t cells;               /* sum of layer widths so far             */
-    size_t values;              /* evaluated values so far                */
-    size_t params;              /* the layers' parameters so far          */
-    int halted;                 /* a limit was hit: stop expanding        */
-    int have_input, have_context, have_output, have_target;
-    int target_line;
-    int said_no_input, said_no_output;  /* reported: no "missing" error */
-    size_t dim;                 /* width of the state at this point       */
-    size_t rank, shape[4];      /* its shape; the product is dim          */
-    int pristine;               /* only permutations so far: bounds hold  */
-    const char *moved_by;       /* the last layer or exit that moved the
-                                   values (when not pristine)             */
-    int ranged;                 /* not pristine, but the last layer
-                                   declared its outputs in [rlo, rhi]
-                                   (flow_layer_desc.range, 1.8)           */
-    double rlo, rhi;
-    flow_loc output_loc;
-};
 
 static void expand_body(sema *S, const stmt *s, binding *sc, int top,
                         const char *given, flow_loc given_loc);
@@ -132,23 +90,21 @@ static value *new_value(sema *S, value_kind k, flow_loc loc)
     return v;
 }
 
-static int is_num(const value *v)
+int sema_is_num(const value *v)
 {
     return v->kind == V_INT || v->kind == V_REAL;
 }
 
-static double num(const value *v)
+double sema_num(const value *v)
 {
     return v->kind == V_INT ? (double)v->i : v->r;
 }
-
-static value *eval(sema *S, const expr *e, binding *sc);
 
 /* Operand check for arithmetic: numbers pass; an unbound identifier is an
  * undefined name; anything else is a type error. */
 static int numeric_operand(sema *S, binding *sc, const value *v, int op)
 {
-    if (is_num(v))
+    if (sema_is_num(v))
         return 1;
     if (v->kind == V_IDENT)
         undefined(S, sc, v->s, v->loc);
@@ -196,14 +152,15 @@ static value *arith(sema *S, const expr *e, value *a, value *b)
                    attr_value_desc(S->c, a), attr_value_desc(S->c, b));
         return NULL;
     }
-    if (op == '/' && num(b) == 0) {
+    if (op == '/' && sema_num(b) == 0) {
         diag_error(S->c, "F0121", e->loc, NULL, "division by zero");
         return NULL;
     }
     if (!(r = new_value(S, V_REAL, e->loc)))
         return NULL;
-    r->r = op == '+' ? num(a) + num(b) : op == '-' ? num(a) - num(b)
-         : op == '*' ? num(a) * num(b) : num(a) / num(b);
+    r->r = op == '+' ? sema_num(a) + sema_num(b)
+         : op == '-' ? sema_num(a) - sema_num(b)
+         : op == '*' ? sema_num(a) * sema_num(b) : sema_num(a) / sema_num(b);
     if (!isfinite(r->r)) {
         diag_error(S->c, "F0122", e->loc, NULL,
                    "real arithmetic overflow in '%c'", op);
@@ -232,7 +189,7 @@ static value *eval_call_or_list(sema *S, const expr *e, binding *sc)
     if (!v->items)
         return NULL;
     for (const arg *a = e->args; a; a = a->next, i++) {
-        if (!(v->items[i] = eval(S, a->value, sc)))
+        if (!(v->items[i] = sema_eval(S, a->value, sc)))
             return NULL;
         if (e->kind == E_CALL) {
             v->names[i] = a->name;
@@ -245,7 +202,7 @@ static value *eval_call_or_list(sema *S, const expr *e, binding *sc)
 /* Evaluates e in scope sc; NULL after reporting an error.  Unbound names
  * stay identifiers (enum values, variant names, true/false) and become an
  * "undefined name" only where a number is needed. */
-static value *eval(sema *S, const expr *e, binding *sc)
+value *sema_eval(sema *S, const expr *e, binding *sc)
 {
     value *v, *a, *b;
     binding *bd;
@@ -277,7 +234,7 @@ static value *eval(sema *S, const expr *e, binding *sc)
     case E_CALL:
         return eval_call_or_list(S, e, sc);
     case E_NEG:
-        if (!(a = eval(S, e->a, sc)) || !numeric_operand(S, sc, a, 'n'))
+        if (!(a = sema_eval(S, e->a, sc)) || !numeric_operand(S, sc, a, 'n'))
             return NULL;
         if (!(v = new_value(S, a->kind, e->loc)))
             return NULL;
@@ -293,8 +250,8 @@ static value *eval(sema *S, const expr *e, binding *sc)
         }
         return v;
     case E_BIN:
-        a = eval(S, e->a, sc);
-        b = eval(S, e->b, sc);
+        a = sema_eval(S, e->a, sc);
+        b = sema_eval(S, e->b, sc);
         if (!a || !b)
             return NULL;
         if (!numeric_operand(S, sc, a, e->op)
@@ -306,10 +263,10 @@ static value *eval(sema *S, const expr *e, binding *sc)
 }
 
 /* An integer from e into *out; reports and returns -1 otherwise. */
-static int eval_int(sema *S, const expr *e, binding *sc, const char *what,
-                    int64_t *out)
+int sema_eval_int(sema *S, const expr *e, binding *sc, const char *what,
+                  int64_t *out)
 {
-    value *v = eval(S, e, sc);
+    value *v = sema_eval(S, e, sc);
     if (!v)
         return -1;
     if (v->kind == V_INT) {
@@ -324,14 +281,14 @@ static int eval_int(sema *S, const expr *e, binding *sc, const char *what,
     return -1;
 }
 
-static int eval_real(sema *S, const expr *e, binding *sc, const char *what,
-                     double *out)
+int sema_eval_real(sema *S, const expr *e, binding *sc, const char *what,
+                   double *out)
 {
-    value *v = eval(S, e, sc);
+    value *v = sema_eval(S, e, sc);
     if (!v)
         return -1;
-    if (is_num(v)) {
-        *out = num(v);
+    if (sema_is_num(v)) {
+        *out = sema_num(v);
         return 0;
     }
     if (v->kind == V_IDENT)
@@ -343,11 +300,11 @@ static int eval_real(sema *S, const expr *e, binding *sc, const char *what,
 }
 
 /* A dimension: 1..FLOW_MAX_DIM. */
-static int eval_dim(sema *S, const expr *e, binding *sc, const char *what,
-                    size_t *out)
+int sema_eval_dim(sema *S, const expr *e, binding *sc, const char *what,
+                  size_t *out)
 {
     int64_t d;
-    if (eval_int(S, e, sc, what, &d) != 0)
+    if (sema_eval_int(S, e, sc, what, &d) != 0)
         return -1;
     if (d < 1) {
         diag_error(S->c, "F0303", e->loc, NULL, "%s must be at least 1, "
@@ -380,8 +337,7 @@ static int tick(sema *S, flow_loc loc)
 
 /* --- graph nodes ------------------------------------------------------ */
 
-static flow_graph_node *new_node(sema *S, flow_node_kind kind,
-                                 const stmt *s)
+flow_graph_node *sema_new_node(sema *S, flow_node_kind kind, const stmt *s)
 {
     flow_graph *g = S->g;
     flow_graph_node *n;
@@ -434,8 +390,8 @@ static flow_graph_node *new_node(sema *S, flow_node_kind kind,
 }
 
 /* Arguments of a call as values, names and name positions. */
-static int eval_args(sema *S, const arg *args, size_t n, binding *sc,
-                     value ***vals, const char ***names, flow_loc **nlocs)
+int sema_eval_args(sema *S, const arg *args, size_t n, binding *sc,
+                   value ***vals, const char ***names, flow_loc **nlocs)
 {
     size_t i = 0;
     int bad = 0;
@@ -447,14 +403,14 @@ static int eval_args(sema *S, const arg *args, size_t n, binding *sc,
     for (const arg *a = args; a; a = a->next, i++) {
         (*names)[i] = a->name;
         (*nlocs)[i] = a->name_loc;
-        if (!((*vals)[i] = eval(S, a->value, sc)))
+        if (!((*vals)[i] = sema_eval(S, a->value, sc)))
             bad = 1;
     }
     return bad ? -1 : 0;
 }
 
 /* `given NAME`: must be the declared context. */
-static int check_given(sema *S, const char *given, flow_loc loc)
+int sema_check_given(sema *S, const char *given, flow_loc loc)
 {
     flow_graph *g = S->g;
     char help[FLOW_MAX_IDENT + 64];
@@ -481,9 +437,7 @@ static int check_given(sema *S, const char *given, flow_loc loc)
     return -1;
 }
 
-typedef struct scope_hint { sema *S; binding *sc; } scope_hint;
-
-static const char *suggest_in_scope(void *ctx, const char *name)
+const char *sema_suggest_in_scope(void *ctx, const char *name)
 {
     scope_hint *h = ctx;
     return suggest_name(h->S, h->sc, name);
@@ -493,7 +447,7 @@ static const char *suggest_in_scope(void *ctx, const char *name)
  * load (on demand, flow_plugin_load_on_demand, which leaves the loader's
  * message in the context: "plugin FILE: ...", "cannot load plugin FILE:
  * ...", "duplicate ... type") may be the one that provides it. */
-static const char *plugin_trouble(sema *S, const char *otherwise)
+const char *sema_plugin_trouble(sema *S, const char *otherwise)
 {
     const char *e = flow_errmsg(S->c->ctx);
     int from_loader = e && (!strncmp(e, "plugin ", 7)
@@ -670,8 +624,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
         if (best)
             snprintf(help, sizeof help, "did you mean '%s'?", best);
         diag_error(S->c, "F0102", s->name_loc, best ? help
-                   : plugin_trouble(S, "`flowkit plugins` lists the layer "
-                                    "types found"),
+                   : sema_plugin_trouble(S, "`flowkit plugins` lists the "
+                                         "layer types found"),
                    "unknown layer type '%s'", s->name);
         return;
     }
@@ -679,21 +633,21 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
         given = s->given;
         given_loc = s->given_loc;
     }
-    if ((ctx_ok = check_given(S, given, given_loc)) < 0)
+    if ((ctx_ok = sema_check_given(S, given, given_loc)) < 0)
         return;
-    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+    if (sema_eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
         return;
     snprintf(what, sizeof what, "layer '%s'", t->name);
     hint.S = S;
     hint.sc = sc;
-    S->c->suggest = suggest_in_scope;
+    S->c->suggest = sema_suggest_in_scope;
     S->c->suggest_ctx = &hint;
     rc = attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
                       what, &attrs, &alocs);
     S->c->suggest = NULL;
     if (rc != 0)
         return;
-    if (!(n = new_node(S, FLOW_NODE_LAYER, s)))
+    if (!(n = sema_new_node(S, FLOW_NODE_LAYER, s)))
         return;
     idx = S->g->n_nodes - 1;
     S->g->attr_locs[idx] = alocs;
@@ -793,7 +747,7 @@ static void expand_block(sema *S, const blockdef *bd, const stmt *s,
                    def->n == 1 ? "" : "s", s->n);
         return;
     }
-    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+    if (sema_eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
         return;
     for (size_t j = 1; j < s->n; j++)
         if (!names[j] && names[j - 1]) {
@@ -831,578 +785,6 @@ static void expand_block(sema *S, const blockdef *bd, const stmt *s,
     S->depth--;
 }
 
-/* --- bases ------------------------------------------------------------ */
-
-static const flow_attr_spec mixture_attrs[] = {
-    {.name = "k", .type = FLOW_ATTR_INT, .doc = "number of components",
-     .required = 1, .has_min = 1, .min = 1, .has_max = 1, .max = 1024},
-    {0}};
-
-static const struct {
-    const char *name;
-    flow_base_kind kind;
-    const flow_attr_spec *attrs;
-} bases[] = {
-    {"normal", FLOW_BASE_NORMAL, NULL},
-    {"diag_normal", FLOW_BASE_DIAG_NORMAL, NULL},
-    {"logistic", FLOW_BASE_LOGISTIC, NULL},
-    {"mixture", FLOW_BASE_GMM, mixture_attrs},
-};
-
-#define N_BASES (sizeof bases / sizeof bases[0])
-
-/* base ::= NAME [(args)] [given c], for `dim` dimensions */
-static int resolve_base(sema *S, const base_ref *b, binding *sc, size_t dim,
-                        flow_graph_base *out)
-{
-    size_t k;
-    value **vals;
-    const char **names;
-    flow_loc *nlocs, *alocs;
-    flow_attr_value *attrs;
-    char what[FLOW_MAX_IDENT + 16];
-    int ctx;
-
-    for (k = 0; k < N_BASES && strcmp(bases[k].name, b->name); k++)
-        ;
-    if (k == N_BASES) {
-        const char *cands[N_BASES];
-        const char *best;
-        char help[160];
-        for (size_t i = 0; i < N_BASES; i++)
-            cands[i] = bases[i].name;
-        best = diag_suggest(b->name, cands, N_BASES);
-        if (best)
-            snprintf(help, sizeof help, "did you mean '%s'?", best);
-        else
-            snprintf(help, sizeof help, "bases: normal, diag_normal, "
-                     "logistic, mixture(k)");
-        diag_error(S->c, "F0300", b->loc, help,
-                   "unknown base distribution '%s'", b->name);
-        return -1;
-    }
-    if ((ctx = check_given(S, b->given, b->given_loc)) < 0)
-        return -1;
-    if (ctx > 0 && (bases[k].kind == FLOW_BASE_NORMAL
-                    || bases[k].kind == FLOW_BASE_LOGISTIC)) {
-        diag_error(S->c, "F0301", b->given_loc, "condition the layers "
-                   "instead: TYPE(...) given c", "base '%s' has no "
-                   "parameters to condition on a context", b->name);
-        return -1;
-    }
-    if (ctx > 0) {
-        /* the runtime has no network from the context to a base's
-         * parameters: refused here, where the statement can be named,
-         * not when a model is built */
-        diag_error(S->c, "F0305", b->given_loc, "condition the layers "
-                   "instead (TYPE(...) given c) and leave the base "
-                   "unconditional", "a base conditioned on a context "
-                   "('%s given %s') is not supported by this runtime",
-                   b->name, b->given);
-        return -1;
-    }
-    if (eval_args(S, b->args, b->n, sc, &vals, &names, &nlocs) != 0)
-        return -1;
-    snprintf(what, sizeof what, "base '%s'", b->name);
-    if (attr_resolve(S->c, bases[k].attrs, vals, names, nlocs, b->n, b->loc,
-                     what, &attrs, &alocs) != 0)
-        return -1;
-    memset(out, 0, sizeof *out);
-    out->kind = bases[k].kind;
-    out->name = bases[k].name;
-    out->uses_context = ctx > 0;
-    if (out->kind == FLOW_BASE_GMM) {
-        out->n_args = 1;
-        out->args[0] = (double)attrs[0].i;
-        /* means and log-scales per component, and the mixture logits */
-        out->n_params = (size_t)attrs[0].i * (2 * dim + 1);
-    } else if (out->kind == FLOW_BASE_DIAG_NORMAL) {
-        out->n_params = 2 * dim;
-    }
-    return 0;
-}
-
-/* --- statements ------------------------------------------------------- */
-
-/* The dimensions of `real[D]` or `real[C, H, W]` into the graph's input
- * shape; an image is stored flat in C order, so its width is C*H*W. */
-static int input_shape(sema *S, const expr *e, binding *sc)
-{
-    flow_graph *g = S->g;
-    static const char *const names[3] = {"channels", "height", "width"};
-    size_t vol = 1;
-    if (e->kind != E_LIST) {
-        if (eval_dim(S, e, sc, "input dimension", &g->input_dim) != 0)
-            return -1;
-        g->input_rank = 1;
-        g->input_shape[0] = g->input_dim;
-        g->input_shape[1] = g->input_shape[2] = g->input_shape[3] = 0;
-        return 0;
-    }
-    if (e->n != 3) {
-        diag_error(S->c, "F0306", e->loc, "write real[D] for a vector or "
-                   "real[C, H, W] for an image (channels, height, width)",
-                   "input shape of rank %zu: only ranks 1 and 3 are "
-                   "supported", e->n);
-        return -1;
-    }
-    memset(g->input_shape, 0, sizeof g->input_shape);
-    size_t i = 0;
-    for (const arg *a = e->args; a && i < 3; a = a->next, i++) {
-        char what[32];
-        snprintf(what, sizeof what, "input %s", names[i]);
-        if (eval_dim(S, a->value, sc, what, &g->input_shape[i]) != 0)
-            return -1;
-        vol *= g->input_shape[i];
-        if (vol > FLOW_MAX_DIM) {
-            diag_error(S->c, "F0400", e->loc, NULL, "input shape of %zu "
-                       "values or more exceeds the limit of %d", vol,
-                       FLOW_MAX_DIM);
-            return -1;
-        }
-    }
-    g->input_rank = 3;
-    g->input_dim = vol;
-    return 0;
-}
-
-/* input NAME : real[D] | real[C, H, W] [in [lo, hi]]; */
-static void decl_input(sema *S, const stmt *s, binding *sc)
-{
-    flow_graph *g = S->g;
-    /* a failed declaration has been reported: no "missing input" later */
-    S->said_no_input = 1;
-    if (S->have_input) {
-        diag_error(S->c, "F0101", s->loc, NULL, "second 'input' declaration "
-                   "(first at line %d)", g->input_loc.line);
-        return;
-    }
-    if (strcmp(s->type_name, "real")) {
-        diag_error(S->c, "F0115", s->type_loc, "write real[D]",
-                   "unknown element type '%s'", s->type_name);
-        return;
-    }
-    if (input_shape(S, s->e, sc) != 0)
-        return;
-    if (s->lo) {
-        if (eval_real(S, s->lo, sc, "bound", &g->lo) != 0
-            || eval_real(S, s->hi, sc, "bound", &g->hi) != 0)
-            return;
-        if (!(g->lo < g->hi)) {
-            diag_error(S->c, "F0304", s->lo->loc, NULL, "empty bounds: "
-                       "[%g, %g] needs lo < hi", g->lo, g->hi);
-            return;
-        }
-        g->has_bounds = 1;
-    }
-    g->input_name = s->name;
-    g->input_loc = s->loc;
-    S->dim = g->input_dim;
-    S->rank = g->input_rank;
-    memcpy(S->shape, g->input_shape, sizeof S->shape);
-    S->have_input = 1;
-}
-
-/* context NAME : real[K]; */
-static void decl_context(sema *S, const stmt *s, binding *sc)
-{
-    flow_graph *g = S->g;
-    if (S->have_context) {
-        diag_error(S->c, "F0101", s->loc, NULL, "second 'context' "
-                   "declaration (first at line %d)", g->context_loc.line);
-        return;
-    }
-    if (S->have_input && !strcmp(s->name, g->input_name)) {
-        diag_error(S->c, "F0101", s->name_loc, NULL, "'%s' is already the "
-                   "input's name", s->name);
-        return;
-    }
-    if (strcmp(s->type_name, "real")) {
-        diag_error(S->c, "F0115", s->type_loc, "write real[K]",
-                   "unknown element type '%s'", s->type_name);
-        return;
-    }
-    if (eval_dim(S, s->e, sc, "context dimension", &g->context_dim) != 0)
-        return;
-    g->context_name = s->name;
-    g->context_loc = s->loc;
-    S->have_context = 1;
-}
-
-/* The latents (exits, then the output) are named apart from each other
- * and from the input and the context: tools address them by name (the
- * JSON graph, a model's column names).  1 after reporting F0101 at
- * s->name_loc, for a statement `what` ("exit" or "output"). */
-static int latent_name_taken(sema *S, const stmt *s, const char *what)
-{
-    flow_graph *g = S->g;
-    const char *name = s->name;
-    if (S->have_input && !strcmp(name, g->input_name)) {
-        diag_error(S->c, "F0101", s->name_loc, "name the latent apart from "
-                   "the data", "%s name '%s' is already the input's (line "
-                   "%d)", what, name, g->input_loc.line);
-        return 1;
-    }
-    if (S->have_context && !strcmp(name, g->context_name)) {
-        diag_error(S->c, "F0101", s->name_loc, "name the latent apart from "
-                   "the context", "%s name '%s' is already the context's "
-                   "(line %d)", what, name, g->context_loc.line);
-        return 1;
-    }
-    for (size_t i = 0; i < g->n_nodes; i++) {
-        const flow_graph_node *n = &g->nodes[i];
-        const flow_loc *at = &g->node_locs[i];
-        if (n->kind != FLOW_NODE_EXIT || !n->exit_name
-            || strcmp(n->exit_name, name))
-            continue;
-        if (at->file == s->loc.file && at->line == s->loc.line
-            && at->col == s->loc.col) {
-            /* the same statement again: a repeat body or a block
-             * called twice */
-            diag_error(S->c, "F0101", s->name_loc, "give each exit its own "
-                       "name: write the exits out, one statement per name",
-                       "exit name '%s' is given again by the same statement "
-                       "(in a repeat, or a block called more than once)",
-                       name);
-            return 1;
-        }
-        diag_error(S->c, "F0101", s->name_loc, NULL, "%s name '%s' is "
-                   "already an exit's (line %d)", what, name, at->line);
-        return 1;
-    }
-    return 0;
-}
-
-/* exit K -> NAME ~ base on an image [C, H, W]: K counts channels, the
- * first K*H*W values of the flat state (the channels stored first in C
- * order) leave, and [C-K, H, W] flows on, as RealNVP's multi-scale
- * architecture factors out half the channels (Dinh et al. 2017, sec. 3.6) */
-static void exit_channels(sema *S, const stmt *s, binding *sc, int64_t k)
-{
-    size_t c = S->shape[0], hw = S->shape[1] * S->shape[2];
-    flow_graph_node *n;
-    flow_graph_base base;
-    if (c == 1) {
-        diag_error(S->c, "F0302", s->e->loc, "squeeze first, to trade "
-                   "height and width for channels", "exit %lld does not "
-                   "fit: the state [1, %zu, %zu] has 1 channel here, and an "
-                   "exit takes whole channels and leaves some", (long long)k,
-                   S->shape[1], S->shape[2]);
-        return;
-    }
-    if (k < 1 || (uint64_t)k >= c) {
-        diag_error(S->c, "F0302", s->e->loc, "on an image, K counts "
-                   "channels: K*H*W values leave", "exit %lld does not fit: "
-                   "the state [%zu, %zu, %zu] has %zu channels here, and an "
-                   "exit needs 1 <= K < %zu", (long long)k, c, S->shape[1],
-                   S->shape[2], c, c);
-        return;
-    }
-    if (resolve_base(S, &s->base, sc, (size_t)k * hw, &base) != 0)
-        return;
-    if (!(n = new_node(S, FLOW_NODE_EXIT, s)))
-        return;
-    n->exit_k = (size_t)k * hw;
-    n->exit_name = s->name;
-    n->exit_base = base;
-    n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
-    S->dim -= n->exit_k;
-    S->shape[0] = c - (size_t)k;
-    n->out_shape[0] = S->shape[0];
-    S->pristine = 0;
-    S->ranged = 0;
-    S->moved_by = n->label;
-}
-
-/* exit K -> NAME ~ base;  the first K dimensions of the state leave */
-static void decl_exit(sema *S, const stmt *s, binding *sc)
-{
-    int64_t k;
-    flow_graph_node *n;
-    flow_graph_base base;
-    if (!S->have_input)
-        return;
-    if (S->have_output) {
-        diag_error(S->c, "F0112", s->loc, "exits come before 'output'",
-                   "exit after the 'output' declaration");
-        return;
-    }
-    if (latent_name_taken(S, s, "exit"))
-        return;
-    if (eval_int(S, s->e, sc, "exit size", &k) != 0)
-        return;
-    if (S->rank == 3) {
-        exit_channels(S, s, sc, k);
-        return;
-    }
-    if (k < 1 || (uint64_t)k >= S->dim) {
-        diag_error(S->c, "F0302", s->e->loc, S->dim > 1 ? NULL
-                   : "nothing can exit from a 1-dimensional state",
-                   "exit %lld does not fit: the state has %zu dimension%s "
-                   "here, and an exit needs 1 <= K < %zu", (long long)k,
-                   S->dim, S->dim == 1 ? "" : "s", S->dim);
-        return;
-    }
-    if (resolve_base(S, &s->base, sc, (size_t)k, &base) != 0)
-        return;
-    if (!(n = new_node(S, FLOW_NODE_EXIT, s)))
-        return;
-    n->exit_k = (size_t)k;
-    n->exit_name = s->name;
-    n->exit_base = base;
-    n->label = arena_printf(&S->c->mem, "exit#%zu", S->g->n_nodes - 1);
-    S->dim -= (size_t)k;
-    S->shape[0] = S->dim;
-    n->out_shape[0] = S->dim;
-    S->pristine = 0;
-    S->ranged = 0;
-    S->moved_by = n->label;
-}
-
-/* output NAME ~ base; */
-static void decl_output(sema *S, const stmt *s, binding *sc)
-{
-    flow_graph *g = S->g;
-    if (S->have_output) {
-        diag_error(S->c, "F0101", s->loc, NULL, "second 'output' declaration "
-                   "(first at line %d)", S->output_loc.line);
-        return;
-    }
-    S->have_output = 1;
-    S->output_loc = s->loc;
-    if (!S->have_input || latent_name_taken(S, s, "output"))
-        return;
-    if (resolve_base(S, &s->base, sc, S->dim, &g->base) != 0)
-        return;
-    g->output_name = s->name;
-    g->output_dim = S->dim;
-}
-
-/* train { key = value; }: known keys, their value kinds and ranges. */
-static const struct {
-    const char *key;
-    char kind;                  /* 'n' name, 'i' integer, 'r' real */
-    int positive;               /* > 0 (else >= 0) for numbers     */
-    const char *expects;
-} train_keys[] = {
-    {"optimizer", 'n', 0, "a name"},
-    {"lr", 'r', 1, "a positive number"},
-    {"batch", 'i', 1, "a positive integer"},
-    {"epochs", 'i', 1, "a positive integer"},
-    {"weight_decay", 'r', 0, "a number >= 0"},
-    {"seed", 'i', 0, "an integer >= 0"},
-    {"clip", 'r', 1, "a positive number"},
-    {"patience", 'i', 0, "an integer >= 0"},
-    {"steps", 'i', 1, "a positive integer"},
-    {"schedule", 'n', 0, "a name (constant or cosine)"},
-    {"warmup", 'i', 0, "an integer >= 0"},
-};
-
-/* Does v fit train key k? */
-static int train_value_ok(size_t k, const value *v)
-{
-    if (train_keys[k].kind == 'n')
-        return v->kind == V_IDENT || v->kind == V_STR;
-    if (!is_num(v) || (train_keys[k].kind == 'i' && v->kind != V_INT))
-        return 0;
-    return train_keys[k].positive ? num(v) > 0 : num(v) >= 0;
-}
-#define N_TRAIN (sizeof train_keys / sizeof train_keys[0])
-
-/* train { NAME = expr; ... } */
-static void decl_train(sema *S, const stmt *s, binding *sc)
-{
-    flow_graph *g = S->g;
-    size_t n = 0, k;
-    for (const stmt *kv = s->body; kv; kv = kv->next)
-        n++;
-    if (g->train) {
-        diag_error(S->c, "F0101", s->loc, NULL, "second 'train' section");
-        return;
-    }
-    g->train = arena_array(&S->c->mem, n, sizeof *g->train);
-    if (!g->train)
-        return;
-    for (const stmt *kv = s->body; kv; kv = kv->next) {
-        flow_train_entry *t;
-        value *v;
-        const char *cands[N_TRAIN];
-        for (k = 0; k < N_TRAIN && strcmp(train_keys[k].key, kv->name); k++)
-            cands[k] = train_keys[k].key;
-        if (k == N_TRAIN) {
-            const char *best = diag_suggest(kv->name, cands, N_TRAIN);
-            char help[64];
-            if (best)
-                snprintf(help, sizeof help, "did you mean '%s'?", best);
-            diag_error(S->c, "F0600", kv->name_loc, best ? help
-                       : "known: optimizer, lr, batch, epochs, "
-                         "weight_decay, seed, clip, patience",
-                       "unknown train setting '%s'", kv->name);
-            continue;
-        }
-        for (size_t j = 0; j < g->n_train; j++)
-            if (!strcmp(g->train[j].key, kv->name))
-                diag_error(S->c, "F0101", kv->name_loc, NULL, "train "
-                           "setting '%s' given twice", kv->name);
-        if (!(v = eval(S, kv->e, sc)))
-            continue;
-        t = &g->train[g->n_train];
-        t->key = kv->name;
-        t->line = kv->loc.line;
-        t->col = kv->loc.col;
-        if (!train_value_ok(k, v)) {
-            diag_error(S->c, "F0601", v->loc, NULL, "train setting '%s' "
-                       "expects %s, got %s", kv->name,
-                       train_keys[k].expects, attr_value_desc(S->c, v));
-            continue;
-        }
-        if (train_keys[k].kind == 'n') {
-            t->text = v->s;
-        } else {
-            t->is_number = 1;
-            t->number = num(v);
-            t->text = v->kind == V_INT ? arena_printf(&S->c->mem, "%lld",
-                                                      (long long)v->i)
-                                       : arena_printf(&S->c->mem, "%.17g",
-                                                      v->r);
-        }
-        g->n_train++;
-    }
-}
-
-/* Offset of (line, col) in file fi's text. */
-static size_t text_offset(const source_file *f, int line, int col)
-{
-    size_t off = 0;
-    for (int l = 1; l < line && off < f->len; off++)
-        if (f->text[off] == '\n')
-            l++;
-    off += (size_t)(col > 0 ? col - 1 : 0);
-    return off < f->len ? off : f->len;
-}
-
-/* The source text of a target statement from its name to its end. */
-static const char *target_text(sema *S, const stmt *s)
-{
-    const source_file *f = &S->c->files[s->name_loc.file];
-    size_t a = text_offset(f, s->name_loc.line, s->name_loc.col);
-    size_t b = text_offset(f, s->loc.end_line, s->loc.end_col) + 1;
-    if (b > f->len)
-        b = f->len;
-    return arena_strndup(&S->c->mem, f->text + a, b > a ? b - a : 0);
-}
-
-static const char *suggest_target(sema *S, const char *name)
-{
-    const char *cands[MAX_SUGGEST];
-    size_t n = 0;
-    for (size_t i = 0; i < flow_plugin_count(S->c->ctx); i++) {
-        const flow_plugin_info *p = flow_plugin_get(S->c->ctx, i);
-        for (size_t j = 0; j < p->n_targets && n < MAX_SUGGEST; j++)
-            cands[n++] = p->targets[j]->name;
-    }
-    return diag_suggest(name, cands, n);
-}
-
-/* target NAME [(args)];  the unnormalised density a variational fit
- * (`flowkit fit`) approaches; checked against its plugin's table and
- * describe() like a layer. */
-static void decl_target(sema *S, const stmt *s, binding *sc)
-{
-    flow_graph *g = S->g;
-    flow_graph_target *gt = &g->target;
-    const char *file = NULL;
-    const flow_target_type *t;
-    flow_target_config cfg;
-    flow_diag d;
-    value **vals;
-    const char **names;
-    flow_loc *nlocs, *alocs = NULL;
-    flow_attr_value *attrs = NULL;
-    char what[FLOW_MAX_IDENT + 16];
-    size_t want = 0;
-    scope_hint hint;
-
-    if (!S->have_input) {
-        if (!S->said_no_input)
-            diag_error(S->c, "F0110", s->loc, "declare it first: input x : "
-                       "real[D];", "target before the 'input' declaration");
-        S->said_no_input = 1;
-        return;
-    }
-    if (!(t = flow_target_type_find(S->c->ctx, s->name, &file))) {
-        const char *best = suggest_target(S, s->name);
-        char help[FLOW_MAX_IDENT + 32];
-        if (best)
-            snprintf(help, sizeof help, "did you mean '%s'?", best);
-        diag_error(S->c, "F0700", s->name_loc, best ? help
-                   : plugin_trouble(S, "`flowkit plugins` lists the targets "
-                                    "found"),
-                   "unknown target type '%s'", s->name);
-        return;
-    }
-    if (S->have_context) {
-        diag_error(S->c, "F0703", s->loc, "variational fits draw from an "
-                   "unconditional flow; remove the context or the target",
-                   "a target in a flow with a context");
-        return;
-    }
-    if (eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
-        return;
-    snprintf(what, sizeof what, "target '%s'", t->name);
-    hint.S = S;
-    hint.sc = sc;
-    S->c->suggest = suggest_in_scope;
-    S->c->suggest_ctx = &hint;
-    if (attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
-                     what, &attrs, &alocs) != 0) {
-        S->c->suggest = NULL;
-        return;
-    }
-    S->c->suggest = NULL;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.struct_size = sizeof cfg;
-    cfg.dim = g->input_dim;
-    cfg.attrs = attrs;
-    cfg.line = s->loc.line;
-    cfg.col = s->loc.col;
-    memset(&d, 0, sizeof d);
-    d.struct_size = sizeof d;
-    d.attr = -1;
-    if (t->describe(&cfg, &want, &d) != FLOW_OK) {
-        flow_loc loc = s->name_loc;
-        d.message[sizeof d.message - 1] = '\0';
-        d.help[sizeof d.help - 1] = '\0';
-        if (d.attr >= 0 && (size_t)d.attr < attr_count(t->attrs) && alocs
-            && alocs[d.attr].line > 0)
-            loc = alocs[d.attr];
-        diag_error(S->c, "F0701", loc, d.help[0] ? d.help : NULL,
-                   "target '%s': %s", t->name, d.message[0] ? d.message
-                   : "rejected by its plugin (no message)");
-        return;
-    }
-    if (want && want != g->input_dim) {
-        char help[64];
-        snprintf(help, sizeof help, "declare input %s : real[%zu];",
-                 g->input_name, want);
-        diag_error(S->c, "F0702", s->name_loc, help, "target '%s' is %zu-"
-                   "dimensional, the input has %zu dimension%s", t->name,
-                   want, g->input_dim, g->input_dim == 1 ? "" : "s");
-        return;
-    }
-    memset(gt, 0, sizeof *gt);
-    gt->struct_size = sizeof *gt;
-    gt->type = t;
-    gt->plugin_file = file;
-    gt->file = S->c->files[s->loc.file].path;
-    gt->line = s->loc.line;
-    gt->col = s->loc.col;
-    gt->dim = g->input_dim;
-    gt->n_attrs = attr_count(t->attrs);
-    gt->attrs = attrs;
-    gt->text = target_text(S, s);
-    g->target_loc = s->loc;
-}
 
 static int top_only(sema *S, const stmt *s, int top, const char *what)
 {
@@ -1435,7 +817,7 @@ static void expand_stmt(sema *S, const stmt *s, binding **sc, int top,
             expand_layer(S, s, *sc, given, given_loc);
         break;
     case S_REPEAT:
-        if (eval_int(S, s->e, *sc, "repeat count", &count) != 0)
+        if (sema_eval_int(S, s->e, *sc, "repeat count", &count) != 0)
             break;
         if (count < 0 || count > FLOW_MAX_REPEAT) {
             diag_error(S->c, count < 0 ? "F0123" : "F0400", s->e->loc, NULL,
@@ -1474,26 +856,26 @@ static void expand_stmt(sema *S, const stmt *s, binding **sc, int top,
                            b->loc.line);
                 return;
             }
-        *sc = bind(S, *sc, s->name, eval(S, s->e, *sc), s->name_loc);
+        *sc = bind(S, *sc, s->name, sema_eval(S, s->e, *sc), s->name_loc);
         break;
     case S_EXIT:
-        decl_exit(S, s, *sc);
+        sema_decl_exit(S, s, *sc);
         break;
     case S_INPUT:
         if (top_only(S, s, top, "input"))
-            decl_input(S, s, *sc);
+            sema_decl_input(S, s, *sc);
         break;
     case S_CONTEXT:
         if (top_only(S, s, top, "context"))
-            decl_context(S, s, *sc);
+            sema_decl_context(S, s, *sc);
         break;
     case S_OUTPUT:
         if (top_only(S, s, top, "output"))
-            decl_output(S, s, *sc);
+            sema_decl_output(S, s, *sc);
         break;
     case S_TRAIN:
         if (top_only(S, s, top, "train"))
-            decl_train(S, s, *sc);
+            sema_decl_train(S, s, *sc);
         break;
     case S_TARGET:
         if (!top_only(S, s, top, "target"))
@@ -1506,7 +888,7 @@ static void expand_stmt(sema *S, const stmt *s, binding **sc, int top,
         S->have_target = 1;
         S->target_line = s->loc.line;
         if (!S->c->cmdline_target)      /* --target replaces it */
-            decl_target(S, s, *sc);
+            sema_decl_target(S, s, *sc);
         break;
     default:
         break;
@@ -1582,7 +964,7 @@ void sema_declare(sema *S, int fi, const stmt *s)
                        S->c->files[b->loc.file].path, b->loc.line);
             break;
         }
-        S->globals = bind(S, S->globals, s->name, eval(S, s->e, NULL),
+        S->globals = bind(S, S->globals, s->name, sema_eval(S, s->e, NULL),
                           s->name_loc);
         break;
     case S_BLOCK:
@@ -1632,7 +1014,7 @@ void sema_expand(sema *S)
                    "output z ~ normal;", "flow '%s' has no output",
                    S->flow->name);
     if (c->cmdline_stmt && S->have_input)
-        decl_target(S, c->cmdline_stmt, S->globals);
+        sema_decl_target(S, c->cmdline_stmt, S->globals);
     if (c->n_errors == 0 && !c->mem.failed)   /* nodes may lack a desc */
         verify_graph(c);
 }

@@ -10,9 +10,20 @@
 
 #include "flow/flow_plugin.h"
 
-/* --- transformer = affine | additive | spline(...) -------------------- */
+/* --- transformer = affine(scale) | additive | spline(...) ------------- */
 
 enum { TF_ALT_AFFINE, TF_ALT_ADDITIVE, TF_ALT_SPLINE };
+enum { AFF_SCALE };
+enum { AFF_SCALE_EXP, AFF_SCALE_SIGMOID };
+
+static const char *const affine_scale_names[] = {"exp", "sigmoid", NULL};
+
+static const flow_attr_spec affine_attrs[] = {
+    {.name = "scale", .type = FLOW_ATTR_ENUM,
+     .doc = "exp: exp(5 tanh(s / 5)) (RealNVP, softly clamped); sigmoid: "
+            "sigma(s + 2) (Glow), floored at e^-5",
+     .def_int = AFF_SCALE_EXP, .enum_values = affine_scale_names},
+    {0}};
 enum { SPL_BINS, SPL_BOUND, SPL_MIN_WIDTH, SPL_MIN_HEIGHT, SPL_MIN_DERIV };
 
 static const flow_attr_spec spline_attrs[] = {
@@ -34,7 +45,9 @@ static const flow_attr_spec spline_attrs[] = {
 
 static const flow_variant_alt transformer_alts[] = {
     {.name = "affine", .doc = "z = x * scale(s) + t (RealNVP); scale = "
-                              "exp(5 tanh(s / 5))"},
+                              "exp(5 tanh(s / 5)), or Glow's sigma(s + 2) "
+                              "(floored at e^-5) with scale = sigmoid",
+     .attrs = affine_attrs},
     {.name = "additive", .doc = "z = x + t (NICE), volume preserving"},
     {.name = "spline", .doc = "monotone rational-quadratic spline with "
                               "linear tails (Durkan et al. 2019)",
@@ -43,8 +56,8 @@ static const flow_variant_alt transformer_alts[] = {
 
 #define TRANSFORMER_ATTR(default_text) \
     {.name = "transformer", .type = FLOW_ATTR_VARIANT, \
-     .doc = "affine | additive | spline(bins, bound, min_width, " \
-            "min_height, min_deriv)", \
+     .doc = "affine(scale) | additive | spline(bins, bound, " \
+            "min_width, min_height, min_deriv)", \
      .def_str = default_text, .alternatives = transformer_alts}
 
 /* Fills tf from the resolved variant; 0, or -1 with diag set. */
@@ -55,7 +68,10 @@ static inline int common_make_tf(const flow_attr_value *v, int attr,
     tf->struct_size = sizeof *tf;
     switch (v->i) {
     case TF_ALT_AFFINE:
-        tf->kind = FLOW_TF_AFFINE;
+        /* sub may be NULL from a caller of the C API that built the
+         * values by hand: every sub-attribute defaulted */
+        tf->kind = v->sub && v->sub[AFF_SCALE].i == AFF_SCALE_SIGMOID
+                   ? FLOW_TF_AFFINE_SIGMOID : FLOW_TF_AFFINE;
         return 0;
     case TF_ALT_ADDITIVE:
         tf->kind = FLOW_TF_ADDITIVE;
@@ -103,6 +119,9 @@ static inline const char *common_tf_cert(const flow_tf *tf)
     switch (tf->kind) {
     case FLOW_TF_AFFINE:
         return "monotone affine, scale exp(5 tanh(s/5)) > 0";
+    case FLOW_TF_AFFINE_SIGMOID:
+        return "monotone affine, scale e^-5 + (1 - e^-5) sigmoid(s + 2) "
+               "> 0";
     case FLOW_TF_ADDITIVE:
         return "additive shift, volume preserving";
     default:

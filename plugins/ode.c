@@ -204,7 +204,8 @@ static const char *cert_text(int dopri5, int hutch)
 static uint32_t nfe_estimate(const ode_opts *o)
 {
     if (o->method == ODE_RK4)
-        return o->steps > UINT32_MAX / 4 ? UINT32_MAX : (uint32_t)(4 * o->steps);
+        return o->steps > UINT32_MAX / 4 ? UINT32_MAX
+                                         : (uint32_t)(4 * o->steps);
     return 6 * 20 + 2;
 }
 
@@ -301,9 +302,10 @@ static int ode_init(void *self, const flow_call *c, flow_real *params)
 
 /* --- workspace ---------------------------------------------------------- *
  * header | probes e (n x D) | tape (backprop) | recorded net tapes (RK4
- * backprop, below) -- kept from forward to backward -- then scratch: state y (m = n (D + 1): z rows, then the
- * log-det column), cotangent a (m), gradient g (P + n K), solver scratch,
- * the dynamics' buffers and the net's tape. */
+ * backprop, below) -- kept from forward to backward -- then scratch:
+ * state y (m = n (D + 1): z rows, then the log-det column), cotangent a
+ * (m), gradient g (P + n K), solver scratch, the dynamics' buffers and the
+ * net's tape. */
 
 #define WS_MAGIC 0x6f64652d666c6f77ull  /* "ode-flow" */
 

@@ -458,7 +458,8 @@ static int series_logdet(const residual *r, const flow_call *call, rws *w,
     for (size_t s = 0; s < n; s++)
         if (!isfinite(logdet[s]))
             return r->host->error(call, "log-det estimate is not finite "
-                                  "at row %zu (%lld series terms)", s, (long long)N);
+                                  "at row %zu (%lld series terms)", s,
+                                  (long long)N);
     w->hdr->estimated = 1;
     w->hdr->nterms = N;
     return FLOW_OK;
@@ -640,7 +641,8 @@ static int fixed_point(const residual *r, const flow_call *call,
             if (!isfinite(step))
                 return r->host->error(call, "fixed-point inverse "
                                       "diverged (non-finite value) at row "
-                                      "%zu after %lld iterations", s, (long long)it + 1);
+                                      "%zu after %lld iterations", s,
+                                      (long long)it + 1);
             if (step > tol * size) {
                 if (step / size > worst) {
                     worst = step / size;
@@ -655,8 +657,8 @@ static int fixed_point(const residual *r, const flow_call *call,
         r->host->error(call, "fixed-point inverse x = z - g(x) did not "
                        "converge in %lld iterations: %zu of %zu rows still "
                        "moving (row %zu: relative step %.3g > inverse_tol "
-                       "%g); Lip(g) <= %g", (long long)r->iters, na, n, worst_row,
-                       worst, tol, r->lip);
+                       "%g); Lip(g) <= %g", (long long)r->iters, na, n,
+                       worst_row, worst, tol, r->lip);
         return FLOW_ERR_NUMERIC;
     }
     return FLOW_OK;

@@ -222,11 +222,12 @@ int base_grad(const base_dist *b, const flow_real *params, size_t n,
 }
 
 int base_sample(const base_dist *b, const flow_real *params, size_t n,
-                flow_rng *rng, flow_real *x, flow_real *logp)
+                double temp, flow_rng *rng, flow_real *x, flow_real *logp)
 {
     double lw[BASE_MAX_COMPONENTS];
     size_t d;
-    if (check(b, params, n, x) != FLOW_OK || !rng)
+    if (check(b, params, n, x) != FLOW_OK || !rng
+        || !(temp > 0 && isfinite(temp)))
         return FLOW_ERR_INVAL;
     d = b->dim;
     if (b->kind == BASE_GMM)
@@ -250,6 +251,8 @@ int base_sample(const base_dist *b, const flow_real *params, size_t n,
             } else {
                 v = rng_normal1(rng);
             }
+            if (temp != 1)
+                v *= temp;
             if (b->kind == BASE_DIAG_NORMAL)
                 v = params[j] + exp((double)params[d + j]) * v;
             else if (b->kind == BASE_GMM) {

@@ -39,8 +39,14 @@ int base_log_prob(const base_dist *b, const flow_real *params, size_t n,
 int base_grad(const base_dist *b, const flow_real *params, size_t n,
               const flow_real *x, const flow_real *dlogp, flow_real *dx,
               flow_real *dparams);
-/* n samples into x (n x D) from rng; logp (may be NULL) their log-density. */
+/* n samples into x (n x D) from rng; logp (may be NULL) their log-density
+ * under the base itself.  temp (> 0; 1 = the base) scales each draw's
+ * spread about its center: the standard noise (normal, or logistic) is
+ * multiplied by temp before the location and scale (diagonal normal: mu +
+ * sigma temp eps; mixture: the chosen component's, weights unchanged), so
+ * every standard deviation is multiplied by temp (Glow's temperature,
+ * Kingma & Dhariwal 2018, sec. 5).  temp = 1 gives the same bits. */
 int base_sample(const base_dist *b, const flow_real *params, size_t n,
-                flow_rng *rng, flow_real *x, flow_real *logp);
+                double temp, flow_rng *rng, flow_real *x, flow_real *logp);
 
 #endif

@@ -186,9 +186,9 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: bad tensor "
                               "name '%.64s'", name);
     if ((unsigned)dtype > CKPT_U8 || ndim > CKPT_MAX_DIMS)
-        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s': "
-                              "bad dtype or more than %d dimensions", name,
-                              CKPT_MAX_DIMS);
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor "
+                              "'%s': bad dtype or more than %d dimensions",
+                              name, CKPT_MAX_DIMS);
     for (size_t i = 0; i < ndim; i++) {
         if (shape[i] && numel > UINT64_MAX / shape[i])
             goto toobig;
@@ -214,8 +214,8 @@ int ckpt_writer_add(ckpt_writer *w, const char *name, ckpt_dtype dtype,
     w->nt++;
     return FLOW_OK;
 toobig:
-    return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' is too "
-                          "large", name);
+    return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
+                          "is too large", name);
 }
 
 /* A copy of s (NULL stays NULL) into *out; -1 when out of memory. */
@@ -264,8 +264,8 @@ int ckpt_writer_meta(ckpt_writer *w, const char *key, const char *value)
     kv *m;
     for (int i = 0; reserved[i] && !w->plain; i++)
         if (!strcmp(reserved[i], key))
-            return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: metadata "
-                                  "key '%s' is reserved", key);
+            return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: "
+                                  "metadata key '%s' is reserved", key);
     if (grow((void **)&w->meta, &w->capm, w->nm, sizeof *w->meta))
         return flow_ctx_error(w->ctx, FLOW_ERR_NOMEM, "out of memory");
     m = &w->meta[w->nm];
@@ -321,8 +321,8 @@ static int check_unique(ckpt_writer *w)
     qsort(o, w->nt, sizeof *o, cmp_names);
     for (size_t i = 1; i < w->nt && rc == FLOW_OK; i++)
         if (!strcmp(o[i - 1]->name, o[i]->name))
-            rc = flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor '%s' "
-                                "added twice", o[i]->name);
+            rc = flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: tensor "
+                                "'%s' added twice", o[i]->name);
     free(o);
     return rc;
 }
@@ -466,8 +466,8 @@ static int build_header(ckpt_writer *w, uint32_t data_crc, json_buf *b)
         return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: the spec, "
                               "history or a metadata value is not valid UTF-8");
     if (b->len > CKPT_HEADER_MAX)
-        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of %zu "
-                              "bytes exceeds the limit of %u", b->len,
+        return flow_ctx_error(w->ctx, FLOW_ERR_INVAL, "checkpoint: header of "
+                              "%zu bytes exceeds the limit of %u", b->len,
                               CKPT_HEADER_MAX);
     /* header checksum: CRC-32C of the header with its own 8 hex digits
      * as "00000000", then patched in */
@@ -957,7 +957,8 @@ static int read_from(flow_ctx *ctx, const char *path, int fd, int stream,
     }
     if (!stream) {
         if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file", path);
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: not a regular file",
+                                path);
             goto fail;
         }
         fsize = (size_t)st.st_size;
@@ -1083,9 +1084,10 @@ int ckpt_get(flow_ctx *ctx, const ckpt *ck, const char *name,
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: no tensor '%s'",
                               ck->path, name);
     if (t->dtype != dtype || t->numel != count)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s with "
-                              "%zu elements, expected %s with %zu", ck->path, name,
-                              ckpt_dtype_name(t->dtype), t->numel,
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s "
+                              "with %zu elements, expected %s with %zu",
+                              ck->path, name, ckpt_dtype_name(t->dtype),
+                              t->numel,
                               ckpt_dtype_name(dtype), count);
     fio_swap_le(dst, t->bytes, count, ckpt_dtype_size(dtype));
     return FLOW_OK;
@@ -1106,8 +1108,9 @@ int ckpt_check_vec(flow_ctx *ctx, const ckpt *ck, const char *name,
     for (size_t k = 0; k < t->ndim && used < sizeof shape; k++)
         used += (size_t)snprintf(shape + used, sizeof shape - used,
                                  "%s%" PRIu64, k ? ", " : "", t->shape[k]);
-    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s of shape "
-                          "[%s], expected %s of shape [%zu]", ck->path, name,
+    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is %s of "
+                          "shape [%s], expected %s of shape [%zu]", ck->path,
+                          name,
                           ckpt_dtype_name(t->dtype), shape,
                           ckpt_dtype_name(dtype), count);
 }

@@ -93,9 +93,9 @@ static int imports_json(flow_ctx *ctx, const flow_spec_file *f, size_t n,
     if (n < 2)
         return FLOW_OK;
     if (!f[0].path)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a spec with imports needs "
-                              "its path (the imports are resolved against it)",
-                              path);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: a spec with imports "
+                              "needs its path (the imports are resolved "
+                              "against it)", path);
     json_buf_init(&b);
     json_buf_raw(&b, "[", 1);
     for (size_t i = 1; i < n; i++) {
@@ -126,8 +126,9 @@ static int imports_json(flow_ctx *ctx, const flow_spec_file *f, size_t n,
         int oom = b.oom;
         json_buf_free(&b);
         return oom ? flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
-                   : flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported file or "
-                                    "its path is not valid UTF-8", path);
+                   : flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: an imported "
+                                    "file or its path is not valid UTF-8",
+                                    path);
     }
     *out = b.s;
     return FLOW_OK;
@@ -159,7 +160,8 @@ static int names_json(flow_ctx *ctx, const char *const *names, size_t n,
     if (b.oom || b.bad_utf8) {
         int oom = b.oom;
         json_buf_free(&b);
-        return oom ? flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory") : FLOW_OK;
+        return oom ? flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory")
+                   : FLOW_OK;
     }
     *out = b.s;
     return FLOW_OK;
@@ -182,8 +184,8 @@ static int check_finite_params(flow_model *m, const char *path)
                                   "diverged)", path, bad - s.p_off, s.name,
                                   (double)p[bad]);
     }
-    return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: parameter %zu "
-                          "is not finite", path, bad);
+    return flow_ctx_error(ctx, FLOW_ERR_NUMERIC, "%s: not written: "
+                          "parameter %zu is not finite", path, bad);
 }
 
 /* Parameters, buffers, the model's stream and the trainer's state. */
@@ -564,9 +566,9 @@ int flow_checkpoint_check_sources(const flow_checkpoint *ck,
     /* a checkpoint of format 1 does not say what its spec imported */
     size_t cmp = ckpt_version(ck->ck) < 2 && ck->n_files == 1 ? 1 : n;
     if (cmp != ck->n_files)
-        return flow_ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was made "
-                              "by a different spec (it embeds %zu imported "
-                              "file%s, this spec imports %zu)", p,
+        return flow_ctx_error(ck->ctx, FLOW_ERR_INVAL, "%s: checkpoint was "
+                              "made by a different spec (it embeds %zu "
+                              "imported file%s, this spec imports %zu)", p,
                               ck->n_files - 1, ck->n_files == 2 ? "" : "s",
                               n - 1);
     for (size_t i = 0; i < cmp; i++) {
@@ -642,8 +644,8 @@ static int check_rng(const flow_checkpoint *ck, const char *name,
         && ckpt_meta(ck->ck, "objective") && !(w[0] | w[1] | w[2] | w[3]))
         why = w[4] || w[5] ? "has_spare or the cached deviate set in a "
                              "stream that was never seeded" : NULL;
-    return why ? flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' is not "
-                                "a random generator state: %s",
+    return why ? flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: tensor '%s' "
+                                "is not a random generator state: %s",
                                 ckpt_path(ck->ck), name, why)
                : FLOW_OK;
 }
@@ -716,9 +718,10 @@ static int check_columns(const flow_checkpoint *ck, flow_model *m)
 {
     size_t d = flow_model_dim(m), k = flow_model_context_dim(m);
     if (ck->n_cols && (ck->n_cols != d || ck->n_ccols != k))
-        return flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: the checkpoint names "
-                              "%zu data and %zu context columns, the model has "
-                              "%zu and %zu", ckpt_path(ck->ck), ck->n_cols,
+        return flow_ctx_error(ck->ctx, FLOW_ERR_FORMAT, "%s: the checkpoint "
+                              "names %zu data and %zu context columns, the "
+                              "model has %zu and %zu", ckpt_path(ck->ck),
+                              ck->n_cols,
                               ck->n_ccols, d, k);
     return FLOW_OK;
 }

@@ -275,11 +275,14 @@ static int check_spec(const flow_net_spec *spec, char *err, size_t cap)
                 "time input, spectral_norm or premasked");
         return 0;
     }
-    if (spec->channels > SIZE_MAX / 1024 || spec->conv_hidden > SIZE_MAX / 1024
-        || spec->out_channels > SIZE_MAX / 1024 || spec->context > SIZE_MAX / 1024
-        || mul_sat(spec->height, spec->width) > SIZE_MAX / 1024 ||
-        mul_sat(mul_sat(spec->channels + spec->context + spec->conv_hidden, 225),
-                mul_sat(spec->height, spec->width)) > SIZE_MAX / 1024) {
+    if (spec->channels > SIZE_MAX / 1024
+        || spec->conv_hidden > SIZE_MAX / 1024
+        || spec->out_channels > SIZE_MAX / 1024
+        || spec->context > SIZE_MAX / 1024
+        || mul_sat(spec->height, spec->width) > SIZE_MAX / 1024
+        || mul_sat(mul_sat(spec->channels + spec->context
+                           + spec->conv_hidden, 225),
+                   mul_sat(spec->height, spec->width)) > SIZE_MAX / 1024) {
         set_err(err, cap, "net: conv sizes overflow");
         return 0;
     }

@@ -29,8 +29,8 @@ flow_data *data_new(flow_ctx *ctx, size_t n, size_t d, size_t c)
     if ((d && n > SIZE_MAX / d) || (c && n > SIZE_MAX / c)
         || (d && n * d > SIZE_MAX / sizeof(flow_real))
         || (c && n * c > SIZE_MAX / sizeof(flow_real))) {
-        flow_ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too large",
-                       n, d + c);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "data set of %zu x %zu is too "
+                       "large", n, d + c);
         free(data);
         return NULL;
     }
@@ -192,8 +192,9 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
         if (!*end && errno == 0) {
             if (v >= ncols)
                 return flow_ctx_error(ctx, FLOW_ERR_INVAL,
-                                      "%s: column %s out of range (%zu columns, "
-                                      "indices start at 0)", name, tok, ncols);
+                                      "%s: column %s out of range (%zu "
+                                      "columns, indices start at 0)", name,
+                                      tok, ncols);
             *out = (size_t)v;
             return FLOW_OK;
         }
@@ -271,13 +272,13 @@ static int build_selection(flow_ctx *ctx, const char *name,
     sel->d = nd;
     sel->c = nc;
     if (nd == 0)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: no data columns selected",
-                              name);
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL,
+                              "%s: no data columns selected", name);
     if (o && o->expect_dim && nd != o->expect_dim) {
         if (first_line)
             return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
-                                  "%s:%zu: %zu data columns, expected %zu", name,
-                                  first_line, nd, o->expect_dim);
+                                  "%s:%zu: %zu data columns, expected %zu",
+                                  name, first_line, nd, o->expect_dim);
         return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
                               "%s: %zu data columns, expected %zu", name, nd,
                               o->expect_dim);
@@ -398,7 +399,8 @@ static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
 {
     char buf[64];
     return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s:%zu:%zu: %s '%s'",
-                          p->s->name, line, col, what, show(text, buf, sizeof buf));
+                          p->s->name, line, col, what,
+                          show(text, buf, sizeof buf));
 }
 
 /* A cell of a data row. */
@@ -409,9 +411,9 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
     int k;
     if (col > p->sel.ncols)
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                              "%s:%zu:%zu: ragged row: more columns than the %zu "
-                              "of line %zu", p->s->name, line, col, p->sel.ncols,
-                              p->first_line);
+                              "%s:%zu:%zu: ragged row: more columns than "
+                              "the %zu of line %zu", p->s->name, line, col,
+                              p->sel.ncols, p->first_line);
     dst = p->sel.map[col - 1];
     if (dst < 0)
         return FLOW_OK;     /* unselected columns are not validated */
@@ -422,7 +424,8 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
             q++;
         if (!*q)
             return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                                  "%s:%zu:%zu: empty value", p->s->name, line, col);
+                                  "%s:%zu:%zu: empty value", p->s->name,
+                                  line, col);
         return csv_cell_error(p, line, col, "non-numeric value", text);
     }
     if (k == 2)
@@ -431,14 +434,14 @@ static int csv_data_cell(csv *p, size_t line, size_t col, const char *text)
         char buf[64];
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
                               "%s:%zu:%zu: value '%s' out of range for %s",
-                              p->s->name, line, col, show(text, buf, sizeof buf),
-                              FLOW_REAL_NAME);
+                              p->s->name, line, col,
+                              show(text, buf, sizeof buf), FLOW_REAL_NAME);
     }
     if (k == 4) {
         char buf[64];
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                              "%s:%zu:%zu: hexadecimal value '%s' (write numbers "
-                              "in decimal)", p->s->name, line, col,
+                              "%s:%zu:%zu: hexadecimal value '%s' (write "
+                              "numbers in decimal)", p->s->name, line, col,
                               show(text, buf, sizeof buf));
     }
     if (k == 5 && !p->underflows++) {
@@ -484,8 +487,9 @@ static int csv_row_end(csv *p, size_t line, size_t ncells)
     int rc;
     if (ncells < p->sel.ncols)
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
-                              "%s:%zu:%zu: ragged row: %zu columns where line %zu "
-                              "has %zu", p->s->name, line, ncells + 1, ncells,
+                              "%s:%zu:%zu: ragged row: %zu columns where "
+                              "line %zu has %zu", p->s->name, line,
+                              ncells + 1, ncells,
                               p->first_line, p->sel.ncols);
     if ((rc = csv_row_line(p, line)))
         return rc;
@@ -1015,8 +1019,8 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
                               "preamble", s->name);
     hlen = (size_t)fio_get_le(pre + 8, lenbytes);
     if (hlen > DATA_NPY_HEADER_MAX)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu bytes "
-                              "is too long (limit %zu)", s->name, hlen,
+        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu "
+                              "bytes is too long (limit %zu)", s->name, hlen,
                               DATA_NPY_HEADER_MAX);
     if (!(text = malloc(hlen + 1)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
@@ -1056,8 +1060,8 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
         goto fail;
     }
     if (ncols > DATA_LINE_MAX) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu values "
-                            "per row (limit %zu)", s->name, ncols,
+        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu "
+                            "values per row (limit %zu)", s->name, ncols,
                             DATA_LINE_MAX);
         goto fail;
     }
@@ -1119,7 +1123,8 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
     }
     if (data_src_get(s) != -1) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
-                            "after %llu x %zu values", s->name, h.shape[0], ncols);
+                            "after %llu x %zu values", s->name, h.shape[0],
+                            ncols);
         goto fail;
     }
     data->npy = 1;

@@ -614,9 +614,10 @@ int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
 }
 
 /* Draws n latents from the bases (exits' columns first) into zout with
- * the model's stream; lpb (may be NULL) = log p_base(z) per row. */
-static int draw_latents(flow_model *m, size_t n, flow_real *zout,
-                        flow_real *lpb)
+ * the model's stream, each base's spread scaled by temp (base_sample);
+ * lpb (may be NULL) = log p_base(z) per row, of the untempered bases. */
+static int draw_latents(flow_model *m, size_t n, double temp,
+                        flow_real *zout, flow_real *lpb)
 {
     for (size_t i = 0; i <= m->n_nodes; i++) {
         const node *nd = i < m->n_nodes ? &m->nodes[i] : NULL;
@@ -625,7 +626,7 @@ static int draw_latents(flow_model *m, size_t n, flow_real *zout,
         size_t po = nd ? nd->bp_off : m->base_off;
         if (nd && nd->kind != NODE_EXIT)
             continue;
-        if (base_sample(b, m->params + po, n, &m->rng, m->t1, NULL)
+        if (base_sample(b, m->params + po, n, temp, &m->rng, m->t1, NULL)
             != FLOW_OK)
             return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
                                "cannot sample");
@@ -649,18 +650,29 @@ int flow_model_sample_latent(flow_model *m, size_t n, flow_real *z,
     ctx_clear_error(m->ctx);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK)
         return rc;
-    return draw_latents(m, n, z, logp_base);
+    return draw_latents(m, n, 1.0, z, logp_base);
 }
 
 int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
                       flow_real *x, flow_real *logp)
 {
+    return flow_model_sample_tempered(m, n, 1.0, c, x, logp);
+}
+
+int flow_model_sample_tempered(flow_model *m, size_t n, double temperature,
+                               const flow_real *c, flow_real *x,
+                               flow_real *logp)
+{
     int rc;
     if ((rc = model_check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
+    if (!(temperature > 0 && isfinite(temperature)))
+        return model_error(m, FLOW_ERR_INVAL, "sample: the temperature "
+                           "must be a finite number > 0, got %g",
+                           temperature);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = draw_latents(m, n, m->zbuf, NULL)) != FLOW_OK)
+        || (rc = draw_latents(m, n, temperature, m->zbuf, NULL)) != FLOW_OK)
         return rc;
     if ((rc = exec_inverse(m, n, m->zbuf, c, x, 0)) != FLOW_OK)
         return rc;

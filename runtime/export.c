@@ -288,8 +288,9 @@ static int base_export(sink *s, const base_dist *bd, const flow_real *p,
     }
     case BASE_GMM: {
         size_t sk[1] = {k}, skd[2] = {k, d};
-        json_buf_printf(b, "{\"kind\": \"mixture\", \"dim\": %zu, \"components\": "
-                        "%zu, \"tensors\": [\"%slogits\", \"%smeans\", "
+        json_buf_printf(b, "{\"kind\": \"mixture\", \"dim\": %zu, "
+                        "\"components\": %zu, "
+                        "\"tensors\": [\"%slogits\", \"%smeans\", "
                         "\"%slog_stds\"]}", d, k, prefix, prefix, prefix);
         snprintf(full, sizeof full, "%slogits", prefix);
         rc = add_full(s, full, FLOW_DTYPE_REAL, 1, sk, p);

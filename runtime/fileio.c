@@ -191,16 +191,17 @@ static int resolve(flow_ctx *ctx, const char *path, target *t)
         if (S_ISDIR(t->st.st_mode))
             return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: is a directory", path);
         if (S_ISSOCK(t->st.st_mode))
-            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: is a socket (an output "
-                                  "is a file, a FIFO, a device or /dev/fd/N)",
-                                  path);
+            return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: is a socket (an "
+                                  "output is a file, a FIFO, a device or "
+                                  "/dev/fd/N)", path);
         t->exists = 1;
         if (!S_ISREG(t->st.st_mode)) {
             t->kind = FIO_IN_PLACE;
             return FLOW_OK;
         }
     } else if (errno != ENOENT)
-        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path, strerror(errno));
+        return flow_ctx_error(ctx, FLOW_ERR_IO, "%s: %s", path,
+                              strerror(errno));
     t->kind = FIO_RENAME;
     return follow_links(ctx, path, &t->file);
 }
@@ -282,8 +283,9 @@ static int make_tmp(flow_ctx *ctx, const char *path, const char *file,
         char *dir = dir_of(file);
         free(*tmp);
         *tmp = NULL;
-        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create a file in directory "
-                       "'%s': %s", path, dir ? dir : ".", strerror(e));
+        flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot create a file in "
+                       "directory '%s': %s", path, dir ? dir : ".",
+                       strerror(e));
         free(dir);
         return FLOW_ERR_IO;
     }
@@ -332,8 +334,8 @@ int fio_open_out(flow_ctx *ctx, const char *path, fio_out *o)
         fd = t.fd >= 0 ? fcntl(t.fd, F_DUPFD_CLOEXEC, 0)
                        : open(path, O_WRONLY | O_NOCTTY | O_CLOEXEC);
         if (fd < 0) {
-            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open for writing: "
-                                "%s", path, strerror(errno));
+            rc = flow_ctx_error(ctx, FLOW_ERR_IO, "%s: cannot open for "
+                                "writing: %s", path, strerror(errno));
             goto fail;
         }
     } else {

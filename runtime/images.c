@@ -158,7 +158,8 @@ int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
                               3 + 4 * ndims);
     for (int k = 0; k < ndims; k++) {
         const unsigned char *b = head + 4 + 4 * k;
-        dims[k] = (unsigned long long)b[0] << 24 | (unsigned long long)b[1] << 16
+        dims[k] = (unsigned long long)b[0] << 24
+                  | (unsigned long long)b[1] << 16
                   | (unsigned long long)b[2] << 8 | b[3];
         if (k && dims[k] && ncols > DATA_LINE_MAX / dims[k])
             return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: IDX dimensions "
@@ -492,9 +493,9 @@ int data_read_png_dir(flow_ctx *ctx, const char *dir, const data_opts *opts,
         }
         snprintf(path, len, "%s/%s", dir, names[i]);
         if (stat(path, &st) || !S_ISREG(st.st_mode)) {
-            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not a regular file (a "
-                                "directory of PNG files holds only PNG files)",
-                                path);
+            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not a regular "
+                                "file (a directory of PNG files holds only "
+                                "PNG files)", path);
             goto fail;
         }
         if (!(f = fopen(path, "rb"))) {

@@ -56,6 +56,41 @@ static size_t alt_count(const flow_variant_alt *a)
     return n;
 }
 
+/* The defaults of a variant alternative's n sub-attributes, for a value
+ * built by hand with sub = NULL (an alternative that gained attributes
+ * keeps its bare meaning for such callers); NULL for a type whose default
+ * is text only the compiler parses (lists, strings, variants). */
+static flow_attr_value *default_attrs(flow_model *m,
+                                      const flow_attr_spec *spec, size_t n)
+{
+    flow_attr_value *dst = arena_alloc(m, n * sizeof *dst);
+    if (!dst)
+        return NULL;
+    memset(dst, 0, n * sizeof *dst);
+    for (size_t i = 0; i < n; i++) {
+        dst[i].type = spec[i].type;
+        switch (spec[i].type) {
+        case FLOW_ATTR_INT:
+        case FLOW_ATTR_BOOL:
+            dst[i].i = spec[i].def_int;
+            break;
+        case FLOW_ATTR_REAL:
+            dst[i].r = spec[i].def_real;
+            break;
+        case FLOW_ATTR_ENUM:
+            dst[i].i = spec[i].def_int;
+            if (!spec[i].enum_values || spec[i].def_int < 0
+                || !(dst[i].s = arena_strdup(m, spec[i].enum_values[spec[i]
+                                                                .def_int])))
+                return NULL;
+            break;
+        default:
+            return NULL;
+        }
+    }
+    return dst;
+}
+
 /* Deep-copies n resolved values described by `spec` into the arena. */
 static flow_attr_value *copy_attrs(flow_model *m, const flow_attr_spec *spec,
                                    const flow_attr_value *src, size_t n,
@@ -96,8 +131,9 @@ static flow_attr_value *copy_attrs(flow_model *m, const flow_attr_spec *spec,
             sub = alts[v->i].attrs;
             ns = table_len(sub);
             dst[i].sub = NULL;
-            if (ns && !(dst[i].sub = copy_attrs(m, sub, v->sub, ns,
-                                                depth + 1)))
+            if (ns && !(dst[i].sub = v->sub
+                        ? copy_attrs(m, sub, v->sub, ns, depth + 1)
+                        : default_attrs(m, sub, ns)))
                 return NULL;
         }
     }

@@ -182,6 +182,14 @@ int tf_export(const flow_tf *tf, const char *key, flow_export *ex)
                  "\"params_per_scalar\": 2, \"layout\": \"s, t\", "
                  "\"clamp\": %.17g}", TF_AFFINE_CLAMP);
         break;
+    case FLOW_TF_AFFINE_SIGMOID:
+        /* its own kind, so that a reader knowing only the exp scale
+         * refuses it instead of reading it as one */
+        snprintf(buf, sizeof buf, "{\"kind\": \"affine_sigmoid\", "
+                 "\"params_per_scalar\": 2, \"layout\": \"s, t\", "
+                 "\"shift\": %.17g, \"min_scale\": %.17g}",
+                 TF_SIGMOID_SHIFT, TF_SIGMOID_MIN);
+        break;
     case FLOW_TF_ADDITIVE:
         snprintf(buf, sizeof buf, "{\"kind\": \"additive\", "
                  "\"params_per_scalar\": 1, \"layout\": \"t\"}");

@@ -638,8 +638,9 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         const size_t *ex = net->ext + roff;
         const flow_real *w = sw + ly->m_off;
         flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
-        flow_real *z = last ? ys : net->act == FLOW_ACT_RELU
-                                       ? h : at(ws, so.z) + hidden_off(net, l) * n;
+        flow_real *z = last ? ys
+                       : net->act == FLOW_ACT_RELU
+                       ? h : at(ws, so.z) + hidden_off(net, l) * n;
         int st = FLOW_OK;
         fill_rows(n, R, sw + net->mask_total + roff, z);
         if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {

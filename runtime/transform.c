@@ -1,5 +1,6 @@
-/* transform.c - elementwise transformers: affine (soft-clamped log scale),
- * additive, and the rational-quadratic spline of Durkan et al. 2019. */
+/* transform.c - elementwise transformers: affine (soft-clamped exp or
+ * Glow's sigmoid scale), additive, and the rational-quadratic spline of
+ * Durkan et al. 2019. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -17,6 +18,7 @@ int tf_resolve(const flow_tf *tf, tf_cfg *cfg)
     cfg->kind = tf->kind;
     switch (tf->kind) {
     case FLOW_TF_AFFINE:
+    case FLOW_TF_AFFINE_SIGMOID:
         cfg->n_theta = 2;
         return FLOW_OK;
     case FLOW_TF_ADDITIVE:
@@ -58,6 +60,43 @@ static void affine_scale(double s, double *l, double *dl)
     double th = tanh(s / TF_AFFINE_CLAMP);
     *l = TF_AFFINE_CLAMP * th;
     *dl = 1 - th * th;
+}
+
+/* Glow's scale sigma(s + 2) (Kingma & Dhariwal 2018, the official code's
+ * `scale = sigmoid(h + 2.)`) with a floor m: scale = m + (1 - m) sigma(a),
+ * a = s + 2, in (m, 1), m = e^-5.  Without it a conditioner output far
+ * below 0 contracts by e^a, which float cannot invert (the inverse
+ * overflows at a = -88); nflows' affine coupling floors it likewise
+ * (sigmoid(s + 2) + 1e-3), and e^-5 is the exp scale's own bound, so both
+ * kinds contract at most as much (1e-3 still failed `flowkit check maf`'s
+ * round trip at its +-150 edge rows).  sigma(a) and 1 - sigma(a) =
+ * sigma(-a) come from the one e = exp(-|a|) without overflow or
+ * cancellation; l = log scale (its argument is at least m), dl/ds = (1 -
+ * m) sigma(a) (1 - sigma(a)) / scale. */
+static void sigmoid_scale(double s, double *l, double *dl, double *sc)
+{
+    const double m = TF_SIGMOID_MIN;
+    double a = s + TF_SIGMOID_SHIFT, e = exp(-fabs(a));
+    double sig = a >= 0 ? 1 / (1 + e) : e / (1 + e);
+    double om = a >= 0 ? e / (1 + e) : 1 / (1 + e);
+    *sc = m + (1 - m) * sig;
+    *l = log(*sc);
+    *dl = (1 - m) * sig * om / *sc;
+}
+
+/* Both affine kinds as y = x * scale + t with scale = e^l: l, dl/ds and
+ * the scale of direction dir (scale for dir 0, 1 / scale for dir 1). */
+static void affine_any(flow_tf_kind kind, int dir, double s, double *l,
+                       double *dl, double *scale)
+{
+    double sc;
+    if (kind == FLOW_TF_AFFINE_SIGMOID) {
+        sigmoid_scale(s, l, dl, &sc);
+        *scale = dir ? 1 / sc : sc;
+    } else {
+        affine_scale(s, l, dl);
+        *scale = exp(dir ? -*l : *l);
+    }
 }
 
 /* ------------------------------------------------------------ spline */
@@ -284,13 +323,14 @@ static int inside(const tf_cfg *c, double v)
 int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
              double *out, double *lad)
 {
-    double l, dl;
+    double l, dl, e;
     knots kn;
     size_t k;
     switch (c->kind) {
     case FLOW_TF_AFFINE:
-        affine_scale(theta[0], &l, &dl);
-        *out = dir ? (in - theta[1]) * exp(-l) : in * exp(l) + theta[1];
+    case FLOW_TF_AFFINE_SIGMOID:
+        affine_any(c->kind, dir, theta[0], &l, &dl, &e);
+        *out = dir ? (in - theta[1]) * e : in * e + theta[1];
         *lad = dir ? -l : l;
         return FLOW_OK;
     case FLOW_TF_ADDITIVE:
@@ -331,14 +371,14 @@ static int vjp_core(const tf_cfg *c, int dir, double in, const double *xhint,
     size_t k;
     switch (c->kind) {
     case FLOW_TF_AFFINE:
-        affine_scale(theta[0], &l, &dl);
+    case FLOW_TF_AFFINE_SIGMOID:
+        /* e = the scale e^l of the direction; dl = dl/ds */
+        affine_any(c->kind, dir, theta[0], &l, &dl, &e);
         if (dir == 0) {      /* y = x e^l + t, lad = l */
-            e = exp(l);
             *gin = gout * e;
             gtheta[0] = (gout * in * e + glad) * dl;
             gtheta[1] = gout;
         } else {             /* x = (y - t) e^-l, lad = -l */
-            e = exp(-l);
             x = (in - theta[1]) * e;
             *gin = gout * e;
             gtheta[0] = (-gout * x - glad) * dl;
@@ -645,6 +685,8 @@ static int eval_batch(const flow_tf *tf, int dir, size_t m,
     if (m && (!in || !theta || !out))
         return FLOW_ERR_INVAL;
 #if !FLOW_REAL_DOUBLE
+    /* the sigmoid scale takes the scalar core: docs/runtime.md, "Affine,
+     * sigmoid scale" */
     if (c.kind == FLOW_TF_AFFINE)
         return affine_eval_f(dir, m, in, theta, out, lad);
 #endif

@@ -12,6 +12,10 @@
 #define TF_MAX_BINS 128
 /* Affine log-scale soft clamp: log scale = C tanh(s / C) (docs/runtime.md). */
 #define TF_AFFINE_CLAMP 5.0
+/* Sigmoid-scale affine: scale = min + (1 - min) sigma(s + shift), Glow's
+ * shift 2 and a floor on the contraction (transform.c, sigmoid_scale) */
+#define TF_SIGMOID_SHIFT 2.0
+#define TF_SIGMOID_MIN 6.737946999085467e-3   /* e^-5 */
 /* Spline defaults for fields left 0 in flow_tf. */
 #define TF_DEFAULT_BINS 8
 #define TF_DEFAULT_BOUND 3.0

@@ -40,6 +40,39 @@ cut -d, -f1,2 "$t/s.csv" >"$t/sx.csv"
 same sample-logprob ok "$(paste -d, "$t/s.csv" "$t/slp.csv" | awk -F, 'NR > 1 {
     d = $3 - $4; if (d < 0) d = -d; if (d > m) m = d } END { print (m < 1e-3) ? "ok" : m }')"
 
+# --temperature T: T = 1 is the plain sampler bit for bit; T = 0.5 draws
+# the latents from N(0, 0.25 I): encoded back (a round trip within 1e-4),
+# their standard deviation is 0.5 within 5 standard errors, 0.5 /
+# sqrt(2 n) each = 0.028 for n = 4000; the logprob column stays the model's
+"$F" sample "$t/a.ckpt" -n 50 --seed 3 --with-logprob --temperature 1 \
+    -o "$t/s3.csv"; check sample-t1 0 $?
+if cmp -s "$t/s.csv" "$t/s3.csv"; then ok; else
+    bad "sample --temperature 1: not the bits of the plain sampler"; fi
+"$F" sample "$t/a.ckpt" -n 4000 --seed 5 --with-logprob --temperature 0.5 \
+    -o "$t/st.csv"; check sample-t05 0 $?
+cut -d, -f1,2 "$t/st.csv" >"$t/stx.csv"
+"$F" encode "$t/a.ckpt" --data "$t/stx.csv" -o "$t/stz.csv"
+same sample-t05-std ok "$(awk -F, 'NR > 1 { for (i = 1; i <= 2; i++) {
+    s[i] += $i; q[i] += $i * $i } n++ } END { r = "ok"
+    for (i = 1; i <= 2; i++) { m = s[i] / n; sd = sqrt(q[i] / n - m * m)
+        if (sd < 0.5 - 0.028 || sd > 0.5 + 0.028) r = "std " sd }
+    print r }' "$t/stz.csv")"
+"$F" logprob "$t/a.ckpt" --data "$t/stx.csv" -o "$t/stlp.csv"
+same sample-t05-logprob ok "$(paste -d, "$t/st.csv" "$t/stlp.csv" | awk -F, 'NR > 1 {
+    d = $3 - $4; if (d < 0) d = -d; if (d > m) m = d } END { print (m < 1e-3) ? "ok" : m }')"
+for bad_t in 0 -1 abc nan inf; do
+    "$F" sample "$t/a.ckpt" -n 5 --temperature "$bad_t" -o "$t/tbad.csv" \
+        2>"$t/err"
+    check "sample-temperature-$bad_t" 2 $?
+    has "sample-temperature-$bad_t" "$t/err" "--temperature"
+    absent "sample-temperature-$bad_t" "$t/tbad.csv"
+done
+"$F" sample "$t/a.ckpt" -n 5 --temperature 0 2>"$t/err"
+has sample-temperature-0 "$t/err" "--temperature must be a finite number greater than 0"
+"$F" sample "$t/a.ckpt" -n 5 --weights --temperature 0.5 2>"$t/err"
+check sample-temperature-weights 2 $?
+has sample-temperature-weights "$t/err" "--weights needs the model's own samples"
+
 # encode then decode returns the data
 "$F" encode "$t/a.ckpt" --data "$t/te.csv" -o "$t/z.csv"; check encode 0 $?
 "$F" decode "$t/a.ckpt" --data "$t/z.csv" -o "$t/x.csv"; check decode 0 $?

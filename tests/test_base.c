@@ -207,7 +207,7 @@ START_TEST(test_sampling_moments)
     flow_rng r;
     rng_seed(&r, 8);
     ck_assert_int_eq(base_make(&b, BASE_DIAG_NORMAL, D, 0), FLOW_OK);
-    ck_assert_int_eq(base_sample(&b, pd, N, &r, x, lp), FLOW_OK);
+    ck_assert_int_eq(base_sample(&b, pd, N, 1.0, &r, x, lp), FLOW_OK);
     for (int i = 0; i < N; i++)
         for (int j = 0; j < D; j++)
             m[j] += x[i * D + j] / (double)N;
@@ -226,7 +226,7 @@ START_TEST(test_sampling_moments)
         ck_assert_double_eq_tol(lp[i], lq[i], LP_TOL * 10);
 
     ck_assert_int_eq(base_make(&b, BASE_GMM, D, 2), FLOW_OK);
-    ck_assert_int_eq(base_sample(&b, pg, N, &r, x, NULL), FLOW_OK);
+    ck_assert_int_eq(base_sample(&b, pg, N, 1.0, &r, x, NULL), FLOW_OK);
     for (int j = 0; j < D; j++) {
         m[j] = v[j] = 0;
         for (int i = 0; i < N; i++)
@@ -239,7 +239,7 @@ START_TEST(test_sampling_moments)
     }
 
     ck_assert_int_eq(base_make(&b, BASE_LOGISTIC, 1, 0), FLOW_OK);
-    ck_assert_int_eq(base_sample(&b, NULL, N, &r, x, NULL), FLOW_OK);
+    ck_assert_int_eq(base_sample(&b, NULL, N, 1.0, &r, x, NULL), FLOW_OK);
     m[0] = v[0] = 0;
     for (int i = 0; i < N; i++)
         m[0] += x[i] / (double)N;

@@ -319,7 +319,8 @@ START_TEST(test_col2im_adjoint)
     const size_t c = 3, h = 5, w = 4, k = 3, hw = h * w;
     size_t ncol = conv_col_count(c, h, w, k);
     flow_real *a = malloc(c * hw * sizeof *a), *ca = malloc(ncol * sizeof *ca);
-    flow_real *bm = malloc(ncol * sizeof *bm), *cb = malloc(c * hw * sizeof *cb);
+    flow_real *bm = malloc(ncol * sizeof *bm);
+    flow_real *cb = malloc(c * hw * sizeof *cb);
     double l = 0, rgt = 0;
     flow_rng r;
     rng_seed(&r, 3);
@@ -527,8 +528,8 @@ START_TEST(test_zero_last)
     rng_seed(&r, 1);
     nn_init(net, p, &r);
     fill_normal(&r, x, n * din, 3);
-    ck_assert_int_eq(conv_net_layer(nn_conv(net), 2, NULL, NULL, NULL, &wo, &bo),
-                     FLOW_OK);
+    ck_assert_int_eq(conv_net_layer(nn_conv(net), 2, NULL, NULL, NULL, &wo,
+                                    &bo), FLOW_OK);
     for (size_t i = wo; i < np; i++)
         ck_assert_msg(p[i] == 0, "last layer parameter %zu = %g", i,
                       (double)p[i]);

@@ -270,7 +270,8 @@ START_TEST(test_data_init_normalises_once)
     ck_assert_int_eq(flow_model_finish(m, 1), FLOW_OK);
     for (int r = 0; r < N; r++)
         for (int i = 0; i < D; i++)
-            x[r * D + i] = (flow_real)(5.0 * i - 2 + (i + 1) * sin(r * 0.37 + i));
+            x[r * D + i] = (flow_real)(5.0 * i - 2
+                                       + (i + 1) * sin(r * 0.37 + i));
     ck_assert_int_eq(flow_model_data_init(m, N, x, NULL), FLOW_OK);
     ck_assert_double_eq(flow_model_buffers(m)[0], 1);
     ck_assert_int_eq(flow_model_forward(m, N, x, NULL, z, NULL), FLOW_OK);
@@ -534,7 +535,8 @@ START_TEST(test_threads)
     ck_assert_int_eq(flow_model_log_prob(m2, N, x, NULL, l2), FLOW_OK);
     ck_assert_int_eq(flow_model_log_prob(m2, N, x, NULL, l3), FLOW_OK);
     for (int r = 0; r < N; r++)
-        ck_assert_double_eq_tol(l1[r], l2[r], 1e2 * TEST_EPS * (1 + fabs(l1[r])));
+        ck_assert_double_eq_tol(l1[r], l2[r],
+                                1e2 * TEST_EPS * (1 + fabs(l1[r])));
     ck_assert_mem_eq(l2, l3, sizeof l2);
     free(g1);
     free(g2);

@@ -458,7 +458,8 @@ START_TEST(test_exact_trace_vs_fd)
                 dyn_eval(&F, 0.37, yp, fm);
                 tr += ((double)fp[r * d + j] - fm[r * d + j]) / (2 * FD_H);
             }
-            ck_assert_msg(fabs(dy[N * d + r] - tr) <= FD_TOL * fmax(1, fabs(tr)),
+            ck_assert_msg(fabs(dy[N * d + r] - tr)
+                          <= FD_TOL * fmax(1, fabs(tr)),
                           "case %zu row %zu: trace %.10g, FD %.10g", q, r,
                           (double)dy[N * d + r], tr);
         }

@@ -227,7 +227,6 @@ static double check_unbiased(const res_attrs *a, int probe, size_t calls,
     se = sqrt(fmax(0.0, ls2 / (double)calls - mean * mean)
               / (double)(calls - 1));
     zl = (mean - exact) / se;
-    if (getenv("RES_DEBUG")) fprintf(stderr, "%s: mean %.6f se %.2g exact %.6f z %.2f\n", what, mean, se, exact, zl);
     ck_assert_msg(se > 0 && fabs(zl) < zmax, "%s: log-det mean %.6f +- %.2g "
                   "vs exact %.6f (z = %.2f)", what, mean, se, exact, zl);
     for (size_t i = 0; i < m; i++) {
@@ -504,8 +503,8 @@ START_TEST(test_inverse_rows_independent)
             continue;
         }
         for (int j = 0; j < D; j++)
-            ck_assert_double_eq_tol(one[j], x[r * D + j],
-                                    1e-6 / 0.03 * fmax(1.0, fabs(x[r * D + j])));
+            ck_assert_double_eq_tol(one[j], x[r * D + j], 1e-6 / 0.03
+                                    * fmax(1.0, fabs(x[r * D + j])));
         ck_assert_double_eq_tol(l1[0], l[r], 1e-4);
     }
     flow_model_free(m);

@@ -1,6 +1,7 @@
-/* test_transform.c - elementwise transformers: round trips (inside, at and
- * beyond the spline bound), log-det and VJPs against central differences
- * in double, monotonicity, identity at zero parameters, robustness. */
+/* test_transform.c - elementwise transformers (affine with exp or sigmoid
+ * scale, additive, spline): round trips (inside, at and beyond the spline
+ * bound), log-det and VJPs against central differences in double,
+ * monotonicity, identity at zero parameters, robustness. */
 #include <math.h>
 #include <string.h>
 
@@ -19,11 +20,12 @@
 # define REAL_EPS 1.2e-7
 #endif
 
-enum { NKINDS = 3 };
+enum { NKINDS = 4 };
 static const flow_tf kinds[NKINDS] = {
     {sizeof(flow_tf), FLOW_TF_AFFINE, 0, 0, 0, 0, 0},
     {sizeof(flow_tf), FLOW_TF_ADDITIVE, 0, 0, 0, 0, 0},
     {sizeof(flow_tf), FLOW_TF_SPLINE, 8, 3.0, 0, 0, 0},
+    {sizeof(flow_tf), FLOW_TF_AFFINE_SIGMOID, 0, 0, 0, 0, 0},
 };
 
 /* random raw parameters, scale `sc` */
@@ -43,13 +45,13 @@ static void rand_theta(flow_rng *r, flow_real *th, size_t n, double sc)
 # define BATCH_ULPS(tf) ((tf)->kind == FLOW_TF_AFFINE ? 2.0 : 1.0)
 #endif
 
-/* loop index: kind (0..2) + 3 * scale (0: theta ~ N(0, 0.5^2), a
- * moderately curved map; 1: N(0, 1.5^2), nearly flat pieces) */
+/* loop index: kind (0..NKINDS-1) + NKINDS * scale (0: theta ~ N(0,
+ * 0.5^2), a moderately curved map; 1: N(0, 1.5^2), nearly flat pieces) */
 START_TEST(test_round_trip)
 {
     enum { M = 400 };
-    const flow_tf *tf = &kinds[_i % 3];
-    double sc = _i < 3 ? 0.5 : 1.5;
+    const flow_tf *tf = &kinds[_i % NKINDS];
+    double sc = _i < NKINDS ? 0.5 : 1.5;
     const flow_host *h = flow_host_services();
     size_t p = h->tf_params(tf);
     static flow_real th[M * 3 * TF_MAX_BINS];
@@ -78,8 +80,10 @@ START_TEST(test_round_trip)
     for (int i = 0; i < M; i++) {
         /* 1e-5 (float32) plus the conditioning of the inverse: y is
          * rounded to flow_real, an error of 2 ulp(y) / tau'(x) in x is
-         * unavoidable where the map is flat (tiny bins, min_deriv) */
-        double cond = (_i % 3 == 2 && sc > 0.6)
+         * unavoidable where the map is flat (tiny bins, min_deriv; a
+         * sigmoid scale far below 1) */
+        double cond = ((tf->kind == FLOW_TF_SPLINE && sc > 0.6)
+                       || tf->kind == FLOW_TF_AFFINE_SIGMOID)
                           ? 2 * REAL_EPS * (1 + fabs(y[i])) / exp((double)lf[i])
                           : 0;
         ck_assert_msg(fabs((double)xb[i] - x[i]) <= RT_TOL * (1 + fabs(x[i]))
@@ -290,6 +294,7 @@ START_TEST(test_invalid_and_numeric)
     ck_assert_uint_eq(h->tf_params(&kinds[2]), 3 * 8 - 1);
     ck_assert_uint_eq(h->tf_params(&kinds[0]), 2);
     ck_assert_uint_eq(h->tf_params(&kinds[1]), 1);
+    ck_assert_uint_eq(h->tf_params(&kinds[3]), 2);
     /* a non-finite parameter is reported, not silently propagated */
     th[0] = (flow_real)NAN;
     ck_assert_int_eq(h->tf_forward(&kinds[2], 1, &x, th, &y, &l),
@@ -413,6 +418,67 @@ START_TEST(test_affine_nonfinite)
 }
 END_TEST
 
+/* Glow's sigmoid scale, floored: l = log(m + (1 - m) sigma(s + 2))
+ * against its closed form on both sides of a = 0, and at s = +-40 and
+ * +-1e4 (saturation: the scale tends to 1 and to the floor m, so the
+ * inverse stays finite) finite log-dets, round trips and VJPs, in double
+ * through the core and in flow_real through the batch calls. */
+START_TEST(test_sigmoid_scale)
+{
+    enum { M = 8 };
+    const flow_tf *tf = &kinds[3];
+    const flow_host *h = flow_host_services();
+    const double ss[M] = {-40, -3, -2, 0, 1.5, 40, -1e4, 1e4};
+    const double m = TF_SIGMOID_MIN;
+    tf_cfg c;
+    flow_real x[M], th[2 * M], y[M], l[M], back[M], lb[M], g[M], gl[M];
+    flow_real dx[M], dth[2 * M];
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    ck_assert_uint_eq(c.n_theta, 2);
+    for (int i = 0; i < M; i++) {
+        double a = ss[i] + TF_SIGMOID_SHIFT, t = 0.25 * i - 1, xi = 1.5;
+        double sc = m + (1 - m) / (1 + exp(-a)), lw = log(sc);
+        double th2[2] = {ss[i], t}, yv, lv, xv, lbv, gin, gth[2];
+        tf_eval1(&c, 0, xi, th2, &yv, &lv);
+        ck_assert_double_eq_tol(lv, lw, 1e-15 * (1 + fabs(lw)));
+        ck_assert_double_eq_tol(yv, xi * sc + t, 1e-15 * (1 + fabs(yv)));
+        /* scale in (m, 1): m or 1 once rounded for |s| large */
+        ck_assert_msg(lv >= log(m) && (lv < 0 || (ss[i] > 30 && lv == 0)),
+                      "s %g: log scale %g outside (log %g, 0)", ss[i], lv, m);
+        tf_eval1(&c, 1, yv, th2, &xv, &lbv);
+        ck_assert_double_eq_tol(lbv, -lv, 1e-15 * (1 + fabs(lv)));
+        /* (y - t) loses y's rounding of x scale: relative eps / scale */
+        ck_assert_double_eq_tol(xv, xi, 4 * 2.2e-16 * (2 + fabs(t)) / sc);
+        for (int dir = 0; dir < 2; dir++) {
+            tf_vjp1(&c, dir, dir ? yv : xi, th2, 1.0, 1.0, &gin, gth);
+            ck_assert_msg(isfinite(gin) && isfinite(gth[0]) &&
+                          isfinite(gth[1]), "s %g dir %d: VJP %g, %g, %g",
+                          ss[i], dir, gin, gth[0], gth[1]);
+        }
+        x[i] = (flow_real)xi;
+        th[2 * i] = (flow_real)ss[i];
+        th[2 * i + 1] = (flow_real)t;
+        g[i] = 1;
+        gl[i] = 1;
+    }
+    ck_assert_int_eq(h->tf_forward(tf, M, x, th, y, l), FLOW_OK);
+    ck_assert_int_eq(h->tf_backward(tf, M, x, th, g, gl, dx, dth), FLOW_OK);
+    ck_assert_int_eq(h->tf_inverse(tf, M, y, th, back, lb), FLOW_OK);
+    ck_assert_int_eq(h->tf_inverse_backward(tf, M, y, back, th, g, gl, dx,
+                                            dth), FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        ck_assert_msg(isfinite((double)l[i]) && isfinite((double)y[i]) &&
+                      isfinite((double)dx[i]), "s %g: y %g, lad %g, dx %g",
+                      ss[i], (double)y[i], (double)l[i], (double)dx[i]);
+        /* float: y's rounding (|y| < 2.5) amplified by 1 / scale */
+        ck_assert_double_eq_tol((double)back[i], 1.5, 2 * REAL_EPS * 2.5 /
+                                exp((double)l[i]) + RT_TOL);
+    }
+    ck_assert_double_eq_tol((double)l[6], log(m), 1e-6);
+    ck_assert_double_eq_tol((double)l[7], 0, 1e-30);
+}
+END_TEST
+
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
@@ -430,6 +496,9 @@ Suite *suite_transform(void)
     tc = tcase_create("spline");
     tcase_add_test(tc, test_spline_monotone_and_identity);
     tcase_add_test(tc, test_spline_robust);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("sigmoid");
+    tcase_add_test(tc, test_sigmoid_scale);
     suite_add_tcase(s, tc);
     tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);

@@ -265,6 +265,17 @@ FLOW_API int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
  * receives each sample's log-density. */
 FLOW_API int flow_model_sample(flow_model *m, size_t n, const flow_real *c,
                                flow_real *x, flow_real *logp);
+/* flow_model_sample at a temperature T (finite, > 0; else FLOW_ERR_INVAL):
+ * every base (the output's and each exit's) draws with its spread scaled
+ * by T about its center (a normal N(0, T^2 I), as Glow samples, Kingma &
+ * Dhariwal 2018, sec. 5; a diagonal normal mu + sigma T eps; the logistic
+ * T times its draw; a mixture each component's, weights unchanged).  logp
+ * is the model's own log-density of each sample (that of T = 1), not the
+ * tempered sampler's.  T = 1 gives the bits of flow_model_sample. */
+FLOW_API int flow_model_sample_tempered(flow_model *m, size_t n,
+                                        double temperature,
+                                        const flow_real *c, flow_real *x,
+                                        flow_real *logp);
 /* Mean log-likelihood of the n rows and its gradient with respect to the
  * parameters (grad: num_params entries, overwritten). */
 FLOW_API int flow_model_loglik_grad(flow_model *m, size_t n,

@@ -55,8 +55,10 @@ extern "C" {
  *        "Shapes"); FLOW_NET_CONV and flow_net_spec.channels .. residual
  *        (the convolutional conditioner)
  *   1.8  flow_layer_desc.range, .range_lo, .range_hi: where the outputs
- *        lie when the inputs lie in the domain (dequantize: [0, 1]) */
-#define FLOW_PLUGIN_ABI_MINOR 8u
+ *        lie when the inputs lie in the domain (dequantize: [0, 1])
+ *   1.9  FLOW_TF_AFFINE_SIGMOID (Glow's sigmoid scale; an older host's
+ *        transformer entries refuse it with FLOW_ERR_INVAL) */
+#define FLOW_PLUGIN_ABI_MINOR 9u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -705,11 +707,14 @@ typedef struct flow_net flow_net;  /* opaque, owned by the layer */
 
 /* Elementwise transformers (monotone scalar maps y = tau(x; theta)). */
 typedef enum flow_tf_kind {
-    FLOW_TF_AFFINE = 1,   /* y = x * scale(s) + t, theta = (s, t)            */
+    FLOW_TF_AFFINE = 1,   /* y = x * exp(5 tanh(s / 5)) + t, theta = (s, t) */
     FLOW_TF_ADDITIVE = 2, /* y = x + t, theta = (t)                          */
-    FLOW_TF_SPLINE = 3    /* rational-quadratic spline with linear tails
+    FLOW_TF_SPLINE = 3,   /* rational-quadratic spline with linear tails
                              outside [-B, B] (Durkan et al. 2019), theta =
                              (K widths, K heights, K-1 derivatives)        */
+    FLOW_TF_AFFINE_SIGMOID = 4 /* 1.9: y = x * scale + t, theta = (s, t),
+                             scale = m + (1 - m) sigma(s + 2) in (m, 1),
+                             m = e^-5: Glow's scale, floored              */
 } flow_tf_kind;
 
 typedef struct flow_tf {

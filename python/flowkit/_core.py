@@ -329,13 +329,19 @@ class Model:
         return self._batched(f, z.shape[0], self.dim, z, c, batch)
 
     def sample(self, n, context=None, seed=None, log_prob=False,
-               batch=4096):
+               batch=4096, temperature=1.0):
         """n samples (n, dim).  ``seed``: reseed the model's stream first
         (the same seed gives the bits of ``flowkit sample -n N --seed S``);
         None goes on with the stream.  ``context``: one row (context_dim,)
         for every sample, or (n, context_dim).  With ``log_prob=True``
-        returns (x, logp)."""
+        returns (x, logp), logp the model's own log-density (that of
+        temperature 1).  ``temperature`` T > 0 scales every base's standard
+        deviation by T (``flowkit sample --temperature``, Glow's)."""
         n = int(n)
+        temperature = float(temperature)
+        if not temperature > 0 or temperature == float("inf"):
+            raise ValueError("sample: temperature must be a finite number "
+                             "> 0, got %r" % temperature)
         if n < 1:
             raise ShapeError("sample: n must be at least 1, got %d" % n)
         c = self._context(context, n)
@@ -346,8 +352,9 @@ class Model:
         for r in range(0, n, batch):
             b = min(batch, n - r)
             cs = None if c is None else c[r:r + b]
-            self._check(L.kit.flow_model_sample(
-                self._m, b, L.ptr(cs), L.ptr(x[r:r + b]), L.ptr(lp[r:r + b])))
+            self._check(L.kit.flow_model_sample_tempered(
+                self._m, b, temperature, L.ptr(cs), L.ptr(x[r:r + b]),
+                L.ptr(lp[r:r + b])))
         return (x, lp) if log_prob else x
 
     def evaluate(self, x, context=None, batch=4096):

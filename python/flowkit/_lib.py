@@ -226,6 +226,8 @@ for name, res, args in [
         ("flow_model_log_prob", c_int, (c_ptr, c_size, p_real, p_real,
                                         p_real)),
         ("flow_model_sample", c_int, (c_ptr, c_size, p_real, p_real, p_real)),
+        ("flow_model_sample_tempered", c_int,
+         (c_ptr, c_size, c_dbl, p_real, p_real, p_real)),
         ("flow_model_data_init", c_int, (c_ptr, c_size, p_real, p_real)),
         ("flow_model_set_threads", c_int, (c_ptr, c_size)),
         ("flow_model_seed", None, (c_ptr, c_u64)),

@@ -51,9 +51,10 @@ static void honest_destroy(void *self)
 /* ------------------------------------------------------------------
  * householder_scale: z = H (e^s . x), H = I - 2 v v^T / (v^T v), a
  * Householder reflection (Householder 1958; as a flow layer: Tomczak &
- * Welling 2016, "Householder flow"), times a positive diagonal.  H is orthogonal and its own
- * inverse, so log|det dz/dx| = sum_i s_i exactly, though every output
- * depends on every input.  Parameters: v (D), then s (D). */
+ * Welling 2016, "Householder flow"), times a positive diagonal.  H is
+ * orthogonal and its own inverse, so log|det dz/dx| = sum_i s_i exactly,
+ * though every output depends on every input.
+ * Parameters: v (D), then s (D). */
 
 static const char *const hh_declare[] = {"dense_exact", "triangular",
                                          "dense_exact_monotone", NULL};

@@ -2,7 +2,8 @@
 # direction, evaluating log p(x) (and log p(x | c)) from a `flowkit export`.
 """Reference log-densities of an exported flowkit model, in numpy only.
 
-Layer types: coupling (affine, additive, spline), maf and iaf (MADE),
+Layer types: coupling (affine with exp or sigmoid scale, additive,
+spline), maf and iaf (MADE),
 permute, squeeze, actnorm (per dimension or per channel), batchnorm,
 linear, conv1x1, logit, dequantize, residual; multi-scale exits;
 bases normal, logistic, diag_normal, mixture.
@@ -197,6 +198,37 @@ class Affine:
         return (y - t) * np.exp(-log_scale), -log_scale
 
 
+class AffineSigmoid:
+    """y = x scale + t, scale = m + (1 - m) sigma(s + shift) with shift = 2
+    and m = min_scale = e^-5: Glow's affine coupling (Kingma & Dhariwal
+    2018, the official code's scale = sigmoid(h + 2.)) with a floor on
+    the contraction, and the shift t added after scaling as RealNVP does
+    (an equivalent reparametrisation of t).  log tau' = log scale; sigma
+    from e = exp(-|a|) (no overflow).  Parameters per scalar: (s, t)."""
+
+    n_params = 2
+
+    def __init__(self, spec):
+        self.shift = float(spec.get("shift", 2.0))
+        self.min_scale = float(spec["min_scale"])
+
+    def _scale(self, s):
+        a = s + self.shift
+        e = np.exp(-np.abs(a))
+        sig = np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        sc = self.min_scale + (1.0 - self.min_scale) * sig
+        return sc, np.log(sc)
+
+    def forward(self, x, theta):
+        sig, log_sig = self._scale(theta[..., 0])
+        return x * sig + theta[..., 1], log_sig
+
+    def inverse(self, y, theta):
+        """x = (y - t) / sigma(a), log dx/dy = -log sigma(a)."""
+        sig, log_sig = self._scale(theta[..., 0])
+        return (y - theta[..., 1]) / sig, -log_sig
+
+
 class Additive:
     """y = x + t (NICE, Dinh et al. 2015, eq. 4): volume preserving."""
 
@@ -320,7 +352,8 @@ class Spline:
         return np.where(inside, x, y), np.where(inside, -lad, 0.0)
 
 
-TRANSFORMERS = {"affine": Affine, "additive": Additive, "spline": Spline}
+TRANSFORMERS = {"affine": Affine, "affine_sigmoid": AffineSigmoid,
+                "additive": Additive, "spline": Spline}
 
 
 def make_transformer(spec):

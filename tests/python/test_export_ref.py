@@ -73,6 +73,20 @@ EXTRA_SPEC = """flow extra {
 """
 
 
+# Glow's sigmoid scale in a coupling and a MAF (autoregressive) layer.
+SIGMOID_SPEC = """flow sigmoid_affine {
+    input x : real[2];
+    repeat 2 as i {
+        coupling(mask = parity(i), hidden = [32],
+                 transformer = affine(scale = sigmoid));
+        maf(hidden = [32], transformer = affine(scale = sigmoid));
+        permute(order = reverse);
+    }
+    output z ~ normal;
+}
+"""
+
+
 def unit_cube_data(path, n, seed):
     """n rows in (0, 1)^3 with some dependence between the columns."""
     rng = np.random.default_rng(seed)
@@ -240,6 +254,12 @@ class ExportMatchesLogprob(unittest.TestCase):
         self.check_model("dequant", "dequant_tiny.flow", "shapes",
                          data_args=("--size", 4))
 
+    def test_affine_sigmoid_scale(self):
+        path = self.path("sigmoid_affine.flow")
+        with open(path, "w") as f:
+            f.write(SIGMOID_SPEC)
+        self.check_model("sigmoid", path, "moons")
+
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
                          data_args=("--dim", 8, "--components", 8))
@@ -290,6 +310,20 @@ class ReferenceIsSensitive(unittest.TestCase):
         self.assertAlmostEqual(y[1], np.exp(5 * np.tanh(0.02)) + 2,
                                places=12)
 
+    def test_affine_sigmoid_closed_form(self):
+        """scale = m + (1 - m) / (1 + e^-(s + 2)) by hand, on both sides
+        of s = -2 and in the tails (the floor m and 1)."""
+        af = flowref.AffineSigmoid({"shift": 2.0, "min_scale": 1e-3})
+        s = np.array([-40.0, -3.0, -2.0, 0.0, 1.5, 40.0])
+        th = np.stack([s, np.full_like(s, 0.5)], axis=1)
+        y, lad = af.forward(np.full_like(s, 2.0), th)
+        sc = 1e-3 + (1 - 1e-3) / (1.0 + np.exp(-(s + 2.0)))
+        np.testing.assert_allclose(lad, np.log(sc), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(y, 2.0 * sc + 0.5, rtol=1e-12)
+        self.assertAlmostEqual(lad[0], np.log(1e-3), places=12)
+        back, ilad = af.inverse(y, th)
+        np.testing.assert_allclose(back, 2.0, rtol=1e-11)
+        np.testing.assert_allclose(ilad, -lad, rtol=1e-12, atol=1e-15)
 
 if __name__ == "__main__":
     unittest.main()

@@ -172,6 +172,45 @@ class CliParity(unittest.TestCase):
         self.assertLess(res["models"][1]["diff"], 0)   # 8 steps is worse
 
 
+class Temperature(unittest.TestCase):
+    """sample(temperature=T): an untrained coupling (zero last layer: the
+    identity) over a normal base, so the samples are the latents."""
+
+    SPEC = """flow temp {
+    input x : real[3];
+    coupling(mask = [1, 0, 1], hidden = [8]);
+    output z ~ normal;
+}
+"""
+
+    def setUp(self):
+        self.m = flowkit.compile(self.SPEC, name="temp.flow").build(seed=1)
+
+    def test_half_temperature_halves_the_latent_std(self):
+        n = 20000
+        x, lp = self.m.sample(n, seed=4, temperature=0.5, log_prob=True)
+        z = self.m.encode(x)
+        # the standard error of a sample std is sigma / sqrt(2 n) = 0.0025:
+        # 5 of them
+        sd = z.std(axis=0)
+        for j in range(3):
+            self.assertAlmostEqual(sd[j], 0.5, delta=5 * 0.5 / np.sqrt(2 * n),
+                                   msg="column %d: std %g" % (j, sd[j]))
+        # the log-density reported is the model's own (T = 1)
+        np.testing.assert_allclose(lp, self.m.log_prob(x), rtol=1e-5,
+                                   atol=1e-5)
+
+    def test_temperature_one_is_the_plain_sampler(self):
+        a = self.m.sample(100, seed=7)
+        b = self.m.sample(100, seed=7, temperature=1.0)
+        self.assertTrue(np.array_equal(a, b))
+
+    def test_bad_temperatures_are_refused(self):
+        for t in (0.0, -1.0, float("nan"), float("inf")):
+            with self.assertRaises(ValueError):
+                self.m.sample(10, seed=1, temperature=t)
+
+
 class Training(unittest.TestCase):
 
     @classmethod
