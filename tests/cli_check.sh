@@ -30,7 +30,7 @@ same unknown-type-msg "flowkit check: unknown layer type 'nosuch' (no plugin on 
 # attributes go through the compiler: its diagnostics, exit 2, no report
 "$FLOWKIT" check coupling --attr bins=3 >"$t/out" 2>"$t/err"; check bad-attr 2 $?
 has bad-attr "$t/err" "<check>:4:14: error[F0103]: unknown attribute 'bins' for layer 'coupling'"
-has bad-attr "$t/err" "help: layer 'coupling' accepts: transformer, mask, hidden, activation, identity_init"
+has bad-attr "$t/err" "help: layer 'coupling' accepts: transformer, mask, hidden, activation, identity_init, net"
 has bad-attr "$t/err" "flowkit check: coupling: the attributes or options are not valid for this layer type"
 same bad-attr-stdout "" "$(cat "$t/out")"
 "$FLOWKIT" check coupling --attr 'transformer=spline(bins = 0)' >"$t/out" 2>&1
@@ -330,7 +330,7 @@ run_ok residual-roulette-ctx residual --dim 2 --context 1 --attr activation=tanh
     --attr logdet=roulette $RES
 # example specs: their layers at their real settings (ReLU, 64 wide),
 # including exits (multiscale) and a context (cond_maf)
-for spec in nsf_8gaussians multiscale cond_maf image_tiny dequant_tiny; do
+for spec in nsf_8gaussians multiscale cond_maf image_tiny dequant_tiny glow_tiny; do
     run_ok "$spec" "$top_srcdir/specs/$spec.flow"
 done
 

@@ -7,7 +7,7 @@ set -u
 t=$(mktemp -d)
 trap 'rm -rf "$t"' EXIT
 # funnel_iaf.flow has a target statement: its emitted target is checked too
-for spec in multiscale.flow cond_maf.flow nsf_8gaussians.flow maf_gmm.flow image_tiny.flow \
+for spec in multiscale.flow cond_maf.flow nsf_8gaussians.flow maf_gmm.flow image_tiny.flow glow_tiny.flow \
         resflow_moons.flow funnel_iaf.flow; do
     tdef=
     [ "$spec" = funnel_iaf.flow ] && tdef=-DHARNESS_TARGET

@@ -1215,6 +1215,51 @@ START_TEST(test_shape_errors)
 }
 END_TEST
 
+/* The coupling's image masks and conv conditioner: located at the
+ * attribute that cannot hold (mask on a flat input, a conv net on a flat
+ * mask), with the message naming the shape and a help line. */
+static void expect_located(const char *src, int line, int col,
+                           int end_col, const char *text)
+{
+    flow_compilation *c = compile(src);
+    const flow_diagnostic *d;
+    ck_assert_uint_eq(flow_compile_errors(c), 1);
+    d = flow_compile_diag(c, 0);
+    ck_assert_str_eq(d->code, "F0207");
+    ck_assert_int_eq(d->line, line);
+    ck_assert_int_eq(d->col, col);
+    ck_assert_int_eq(d->end_col, end_col);
+    ck_assert_msg(strstr(d->message, text) != NULL, "'%s' lacks '%s'",
+                  d->message, text);
+    ck_assert_ptr_nonnull(d->help);
+    flow_compile_free(c);
+}
+
+START_TEST(test_coupling_image_errors)
+{
+    ck_assert_msg(flow_plugin_load(ctx, "coupling") == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+    /* 3:12..25 is `mask = channel` */
+    expect_located("flow f {\n  input x : real[6];\n"
+                   "  coupling(mask = channel);\n  output z ~ normal;\n}\n",
+                   3, 12, 25, "mask channel needs an image input [C, H, W]; "
+                   "this input is [6]");
+    /* 3:30..39 is `net = conv` */
+    expect_located("flow f {\n  input x : real[2, 4, 4];\n"
+                   "  coupling(mask = parity(0), net = conv);\n"
+                   "  output z ~ normal;\n}\n", 3, 30, 39,
+                   "net = conv needs mask = channel or checkerboard");
+    expect_located("flow f {\n  input x : real[1, 4, 4];\n"
+                   "  coupling(mask = channel(1));\n  output z ~ normal;\n"
+                   "}\n", 3, 12, 28, "mask channel needs at least 2 "
+                   "channels; this input is [1, 4, 4]");
+    expect_located("flow f {\n  input x : real[2, 4, 4];\n"
+                   "  coupling(mask = checkerboard, net = conv(kernel = 1));"
+                   "\n  output z ~ normal;\n}\n", 3, 33, 54,
+                   "cannot see the conditioning pixels");
+}
+END_TEST
+
 /* The report gets a shape column for images; the model built from the
  * graph has the same widths and computes a finite density. */
 START_TEST(test_shapes_report_and_model)
@@ -1295,6 +1340,7 @@ Suite *suite_compiler(void)
     tcase_add_checked_fixture(tc, setup_shapes, teardown);
     tcase_add_test(tc, test_shapes_propagate);
     tcase_add_test(tc, test_shape_errors);
+    tcase_add_test(tc, test_coupling_image_errors);
     tcase_add_test(tc, test_shapes_report_and_model);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");

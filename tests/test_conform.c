@@ -144,9 +144,10 @@ START_TEST(test_linear_conforms)
 }
 END_TEST
 
-/* Resolved attributes of a coupling / maf style layer. */
+/* Resolved attributes of a coupling / maf style layer (coupling's sixth,
+ * net, is mlp). */
 typedef struct ar_attrs {
-    flow_attr_value v[5];
+    flow_attr_value v[6];
     flow_attr_value spline[5];
     flow_attr_value sub;
     int64_t hidden[2];
@@ -186,6 +187,7 @@ static void make_ar_attrs(ar_attrs *a, int tf, int alt, int64_t arg,
     a->v[3].i = 2;                      /* tanh: smooth for FD checks */
     a->v[4].type = FLOW_ATTR_BOOL;
     a->v[4].i = 1;
+    a->v[5].type = FLOW_ATTR_VARIANT;
 }
 
 static void check_with_context(const char *type, const ar_attrs *a,

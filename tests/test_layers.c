@@ -5,7 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/conv.h"
 #include "flow/flow.h"
+#include "flow/flowc.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
@@ -141,7 +143,7 @@ END_TEST
 
 START_TEST(test_coupling_errors)
 {
-    flow_attr_value v[5], sub;
+    flow_attr_value v[6], sub;
     int64_t hidden[1] = {8}, mask[3] = {1, 1, 1};
     flow_model *m = flow_model_new(ctx, 3, 0);
     memset(v, 0, sizeof v);
@@ -158,7 +160,8 @@ START_TEST(test_coupling_errors)
     v[2].n = 1;
     v[3].type = FLOW_ATTR_ENUM;
     v[4].type = FLOW_ATTR_BOOL;
-    ck_assert_int_eq(flow_model_add_layer(m, "coupling", "c1", v, 5, 0, 0, 0),
+    v[5].type = FLOW_ATTR_VARIANT;  /* net = mlp */
+    ck_assert_int_eq(flow_model_add_layer(m, "coupling", "c1", v, 6, 0, 0, 0),
                      FLOW_ERR_INVAL);
     ck_assert_msg(strstr(flow_errmsg(ctx), "c1 (") && strstr(flow_errmsg(ctx),
                   "coupling.so): the mask transforms every dimension: a "
@@ -166,12 +169,120 @@ START_TEST(test_coupling_errors)
                   "conditioning part (input has 3 dimensions)"),
                   "%s", flow_errmsg(ctx));
     sub.n = 2;
-    ck_assert_int_eq(flow_model_add_layer(m, "coupling", "c1", v, 5, 0, 0, 0),
+    ck_assert_int_eq(flow_model_add_layer(m, "coupling", "c1", v, 6, 0, 0, 0),
                      FLOW_ERR_INVAL);
     ck_assert_msg(strstr(flow_errmsg(ctx), "mask has 2 entries but the "
                          "layer's input has 3 dimensions"), "%s",
                   flow_errmsg(ctx));
     flow_model_free(m);
+}
+END_TEST
+
+/* A conv coupling on one 3x4x4 image against the same computation done
+ * here: the host's conv net (runtime/conv.c) on the net's input (the
+ * conditioning channels, or the image with the transformed pixels zeroed),
+ * then RealNVP's affine map y = x exp(5 tanh(s / 5)) + t (Dinh et al.
+ * 2017, eq. 6) with (s, t) of transformed scalar (c, hw) at output
+ * channels 2c and 2c + 1 (the layout of plugins/coupling.c); then the
+ * inverse gives x back.  checker: 1 = checkerboard(1), 0 = channel(1)
+ * (C = 3: channel 0 transformed, 1 and 2 condition). */
+static void conv_coupling_case(int checker)
+{
+    enum { C = 3, H = 4, W = 4, HW = H * W, D = C * HW };
+    char src[512];
+    flow_compilation *comp;
+    flow_model *m = NULL;
+    flow_net_spec sp;
+    conv_net *net;
+    flow_real x[D], z[D], xb[D], ld[1], ldi[1], xin[D], *y, *ws;
+    int tr[D];
+    size_t ct = checker ? C : 1, ccond = checker ? C : 2;
+    double want_ld = 0, err = 0, err_inv = 0;
+    char msg[256];
+    snprintf(src, sizeof src, "flow f {\n  input x : real[%d, %d, %d];\n"
+             "  coupling(mask = %s, net = conv(hidden = 5, blocks = 1));\n"
+             "  output z ~ normal;\n}\n", C, H, W,
+             checker ? "checkerboard(1)" : "channel(1)");
+    comp = flow_compile_string(ctx, "conv.flow", src, strlen(src));
+    ck_assert_ptr_nonnull(comp);
+    if (flow_compile_errors(comp))
+        flow_compile_print_diags(comp, stderr, FLOW_DIAG_TEXT);
+    ck_assert_uint_eq(flow_compile_errors(comp), 0);
+    ck_assert_int_eq(flow_graph_build_model(ctx, flow_compile_graph(comp), 7,
+                                            &m), FLOW_OK);
+    perturb(m, 0.8, 11);        /* the last conv starts at 0: move it */
+    for (size_t i = 0; i < D; i++) {
+        size_t c = i / HW, hw = i % HW;
+        x[i] = (flow_real)sin(0.7 * (double)i + 0.3);
+        tr[i] = checker ? (int)((hw / W + hw % W) % 2 == 1) : c == 0;
+        xin[i] = 0;
+    }
+    ck_assert_int_eq(flow_model_forward(m, 1, x, NULL, z, ld), FLOW_OK);
+
+    memset(&sp, 0, sizeof sp);
+    sp.struct_size = sizeof sp;
+    sp.kind = FLOW_NET_CONV;
+    sp.act = FLOW_ACT_RELU;
+    sp.channels = ccond;
+    sp.height = H;
+    sp.width = W;
+    sp.conv_hidden = 5;
+    sp.kernel = 3;
+    sp.blocks = 1;
+    sp.out_channels = ct * 2;
+    sp.in = ccond * HW;
+    sp.out = ct * 2 * HW;
+    net = conv_net_create(&sp, msg, sizeof msg);
+    ck_assert_msg(net != NULL, "%s", msg);
+    ck_assert_uint_eq(conv_net_params(net), flow_model_num_params(m));
+    for (size_t i = 0; i < D; i++) {
+        if (checker)
+            xin[i] = tr[i] ? 0 : x[i];
+        else if (i >= HW)
+            xin[i - HW] = x[i];
+    }
+    y = malloc(sp.out * sizeof *y);
+    ws = aligned_alloc(64, (conv_net_workspace(net, 1) + 63) / 64 * 64);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_nonnull(ws);
+    ck_assert_int_eq(conv_net_forward(net, flow_model_params(m), 1, xin,
+                                      NULL, y, ws), FLOW_OK);
+    for (size_t i = 0; i < D; i++) {
+        size_t c = i / HW, hw = i % HW;   /* transformed: c relative */
+        double want = x[i];
+        if (tr[i]) {
+            double s = y[(c * 2) * HW + hw], t = y[(c * 2 + 1) * HW + hw];
+            double l = 5 * tanh(s / 5);
+            want = x[i] * exp(l) + t;
+            want_ld += l;
+        }
+        if (fabs(z[i] - want) > err)
+            err = fabs(z[i] - want);
+    }
+    /* float32: the net's sums of 45 products of O(1) values */
+    ck_assert_msg(err < 1e-5, "%s: max |z - reference| = %g",
+                  checker ? "checkerboard" : "channel", err);
+    ck_assert_double_eq_tol(ld[0], want_ld, 1e-4);
+    ck_assert_msg(fabs(want_ld) > 0.1, "the perturbed net must scale: "
+                  "log-det %g", want_ld);
+    ck_assert_int_eq(flow_model_inverse(m, 1, z, NULL, xb, ldi), FLOW_OK);
+    for (size_t i = 0; i < D; i++)
+        if (fabs(xb[i] - x[i]) > err_inv)
+            err_inv = fabs(xb[i] - x[i]);
+    ck_assert_msg(err_inv < 1e-5, "round trip: max |x - f^-1(f(x))| = %g",
+                  err_inv);
+    ck_assert_double_eq_tol(ldi[0], -ld[0], 1e-4);
+    free(ws);
+    free(y);
+    conv_net_destroy(net);
+    flow_model_free(m);
+    flow_compile_free(comp);
+}
+
+START_TEST(test_conv_coupling_reference)
+{
+    conv_coupling_case(0);
+    conv_coupling_case(1);
 }
 END_TEST
 
@@ -269,6 +380,7 @@ Suite *suite_layers(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_coupling_errors);
+    tcase_add_test(tc, test_conv_coupling_reference);
     suite_add_tcase(s, tc);
     tc = tcase_create("inverse_gradients");
     tcase_add_checked_fixture(tc, setup, teardown);

@@ -3,7 +3,7 @@
 """Reference log-densities of an exported flowkit model, in numpy only.
 
 Layer types: coupling (affine with exp or sigmoid scale, additive,
-spline), maf and iaf (MADE),
+spline; MLP or convolutional conditioner), maf and iaf (MADE),
 permute, squeeze, actnorm (per dimension or per channel), batchnorm,
 linear, conv1x1, logit, dequantize, residual; multi-scale exits;
 bases normal, logistic, diag_normal, mixture.
@@ -170,6 +170,74 @@ class Net:
                     * J
                 h = activation(self.act, u, self.act_param)
         return J
+
+
+class ConvNet:
+    """The host's convolutional conditioner (runtime/conv.c; docs/export.md
+    3.1, "kind": "conv"): maps k = 0 .. layers-1 of torch.nn.Conv2d's
+    convention (weight [out, in, k, k], stride 1, zero padding k // 2),
+    ReLU after every map but the last, the middle maps h + relu(conv(h))
+    with "residual"; each row is an image [channels, height, width] in C
+    order, the K context values appended as K constant planes."""
+
+    def __init__(self, tensors, prefix, spec):
+        self.spec = spec
+        if spec.get("activation", "relu") != "relu":
+            raise ExportError("%s: conv nets use relu" % prefix)
+        self.c, self.h, self.w = (int(spec["channels"]), int(spec["height"]),
+                                  int(spec["width"]))
+        self.residual = bool(spec.get("residual", False))
+        self.W, self.b = [], []
+        k = 0
+        while prefix + "%d.weight" % k in tensors:
+            self.W.append(tensors[prefix + "%d.weight" % k].astype(
+                np.float64))
+            self.b.append(_get(tensors, prefix + "%d.bias" % k).astype(
+                np.float64))
+            k += 1
+        if len(self.W) < 2:
+            raise ExportError("%s: a conv net has at least 2 maps" % prefix)
+        self.n_out = self.W[-1].shape[0] * self.h * self.w
+
+    @staticmethod
+    def conv2d(x, w, b):
+        """Same-padded cross-correlation, out[n, o, y, x] = b[o] + sum_{c,
+        i, j} w[o, c, i, j] xpad[n, c, y + i, x + j] (x: (n, c, H, W))."""
+        k = w.shape[2]
+        p = k // 2
+        H, W = x.shape[2], x.shape[3]
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        out = np.zeros((x.shape[0], w.shape[0], H, W)) + b[None, :, None,
+                                                           None]
+        for i in range(k):
+            for j in range(k):
+                out += np.einsum("oc,nchw->nohw", w[:, :, i, j],
+                                 xp[:, :, i:i + H, j:j + W])
+        return out
+
+    def __call__(self, h, context=None):
+        """h (n, channels * height * width) -> (n, out_channels * H * W)."""
+        n = h.shape[0]
+        x = h.reshape(n, self.c, self.h, self.w)
+        if context is not None and context.shape[1]:
+            planes = np.broadcast_to(context[:, :, None, None],
+                                     context.shape + (self.h, self.w))
+            x = np.concatenate([x, planes], axis=1)
+        if x.shape[1] != self.W[0].shape[1]:
+            raise ExportError("conv net takes %d channels, given %d"
+                              % (self.W[0].shape[1], x.shape[1]))
+        last = len(self.W) - 1
+        x = np.maximum(self.conv2d(x, self.W[0], self.b[0]), 0.0)
+        for k in range(1, last):
+            r = np.maximum(self.conv2d(x, self.W[k], self.b[k]), 0.0)
+            x = x + r if self.residual else r
+        return self.conv2d(x, self.W[last], self.b[last]).reshape(n, -1)
+
+
+def make_net(tensors, prefix, spec):
+    if (spec or {}).get("kind") == "conv":
+        return ConvNet(tensors, prefix, spec)
+    return Net(tensors, prefix, spec)
 
 
 # ------------------------------------------------------- transformers
@@ -379,24 +447,44 @@ class Coupling:
     through and feed the network (with the context after them); the
     others go through the transformer, whose parameters for the j-th
     transformed dimension (in increasing index) are output columns j*P ..
-    j*P + P - 1."""
+    j*P + P - 1.  With a conv net (image masks, docs/export.md 5.1) the
+    net reads the conditioning channels ("net_input": "conditioning") or
+    the whole image with the transformed positions zeroed
+    ("masked_image"), and output channel c*P + p holds parameter p of
+    (transformed, resp. image) channel c at every pixel."""
 
     def __init__(self, tensors, prefix, desc):
         mask = _get(tensors, prefix + "mask").astype(bool)
+        self.mask = mask
         self.cond = np.flatnonzero(mask)
         self.tr = np.flatnonzero(~mask)
         self.tf = make_transformer(desc.get("transformer", "affine"))
-        self.net = Net(tensors, prefix + "net.", desc.get("net"))
+        self.net = make_net(tensors, prefix + "net.", desc.get("net"))
+        self.conv = isinstance(self.net, ConvNet)
+        self.masked = desc.get("net_input") == "masked_image"
         P = self.tf.n_params
-        if self.net.n_out != len(self.tr) * P:
+        want = len(self.tr) * P
+        if self.conv and self.masked:
+            want = mask.size * P
+        if self.net.n_out != want:
             raise ExportError("%snet: %d outputs for %d transformed "
                               "dimensions x %d parameters" % (
                                   prefix, self.net.n_out, len(self.tr), P))
 
+    def params(self, x, context):
+        n, P = x.shape[0], self.tf.n_params
+        if not self.conv:
+            theta = self.net(x[:, self.cond], context)
+            return theta.reshape(n, len(self.tr), P)
+        hw = self.net.h * self.net.w
+        inp = np.where(self.mask, x, 0.0) if self.masked else x[:, self.cond]
+        y = self.net(inp, context)
+        # (n, channels, P, pixels) -> one row of P per (channel, pixel)
+        y = y.reshape(n, -1, P, hw).transpose(0, 1, 3, 2).reshape(n, -1, P)
+        return y[:, self.tr, :] if self.masked else y
+
     def forward(self, x, context):
-        n = x.shape[0]
-        theta = self.net(x[:, self.cond], context)
-        theta = theta.reshape(n, len(self.tr), self.tf.n_params)
+        theta = self.params(x, context)
         z = x.copy()
         y, lad = self.tf.forward(x[:, self.tr], theta)
         z[:, self.tr] = y

@@ -72,6 +72,21 @@ EXTRA_SPEC = """flow extra {
 }
 """
 
+# RealNVP's checkerboard couplings with the conv conditioner on its
+# masked image, residual middle stages and a spline (P = 11 per scalar)
+CHECKER_SPEC = """flow checker {
+    input x : real[1, 4, 4] in [0, 255];
+    dequantize(levels = 256);
+    logit(alpha = 0.05);
+    repeat 2 as i {
+        actnorm;
+        coupling(mask = checkerboard(i), transformer = spline(bins = 4),
+                 net = conv(hidden = 8, blocks = 2, residual = true));
+    }
+    output z ~ normal;
+}
+"""
+
 
 # Glow's sigmoid scale in a coupling and a MAF (autoregressive) layer.
 SIGMOID_SPEC = """flow sigmoid_affine {
@@ -260,6 +275,16 @@ class ExportMatchesLogprob(unittest.TestCase):
             f.write(SIGMOID_SPEC)
         self.check_model("sigmoid", path, "moons")
 
+    def test_glow_conv_coupling(self):
+        self.check_model("glow", "glow_tiny.flow", "shapes",
+                         data_args=("--size", 8))
+
+    def test_checkerboard_conv_spline(self):
+        path = self.path("checker.flow")
+        with open(path, "w") as f:
+            f.write(CHECKER_SPEC)
+        self.check_model("checker", path, "shapes", data_args=("--size", 4))
+
     def test_maf_8d(self):
         self.check_model("maf_gmm", "maf_gmm.flow", "gmm",
                          data_args=("--dim", 8, "--components", 8))
@@ -269,6 +294,29 @@ class ReferenceIsSensitive(unittest.TestCase):
     """The reference's transformers against closed forms, so that an
     agreement with flowkit cannot come from a shared mistake in the
     obvious places."""
+
+    def test_conv2d_is_same_padded_cross_correlation(self):
+        # out[n, o, y, x] = b[o] + sum w[o, c, i, j] x[n, c, y+i-p, x+j-p]
+        # over the taps inside the image, written out term by term
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(2, 3, 4, 5))
+        w = rng.normal(size=(2, 3, 3, 3))
+        b = rng.normal(size=2)
+        got = flowref.ConvNet.conv2d(x, w, b)
+        want = np.zeros((2, 2, 4, 5))
+        for n in range(2):
+            for o in range(2):
+                for y in range(4):
+                    for xx in range(5):
+                        v = b[o]
+                        for c in range(3):
+                            for i in range(3):
+                                for j in range(3):
+                                    yy, xj = y + i - 1, xx + j - 1
+                                    if 0 <= yy < 4 and 0 <= xj < 5:
+                                        v += w[o, c, i, j] * x[n, c, yy, xj]
+                        want[n, o, y, xx] = v
+        self.assertLess(float(np.abs(got - want).max()), 1e-12)
 
     def test_spline_at_zero_parameters_is_identity(self):
         sp = flowref.Spline({"bins": 8, "bound": 4.0})
