@@ -41,10 +41,11 @@ static const char *usage_text =
     "\n"
     "model: compiles SPEC (plugins from FLOW_PLUGIN_PATH), builds the model\n"
     "(seed S, default 0) with T executor threads (default 2) and reads FILE\n"
-    "(CSV or NPY, every column is data).  Then W untimed and at least N\n"
-    "timed iterations (defaults 3 and 20), continuing until S seconds have\n"
-    "passed when --min-time is given, of one metric:\n"
+    "(CSV, NPY or IDX images, every column is data).  Then W untimed and\n"
+    "at least N timed iterations (defaults 3 and 20), continuing until S\n"
+    "seconds have passed when --min-time is given, of one metric:\n"
     "  train    one Adam step (lr 1e-3) on a shuffled batch of B rows\n"
+    "           (after the data-dependent init on the first B rows)\n"
     "  logprob  flow_model_log_prob on B rows (default B 4096)\n"
     "  sample   flow_model_sample of B rows\n"
     "Prints one JSON object: iterations, seconds (wall and CPU), rate, peak\n"
@@ -287,6 +288,12 @@ static int run_metric(const model_opts *o, flow_model *m, flow_data *data,
         flow_train_config_default(&cfg);
         cfg.batch = o->batch;
         cfg.seed = o->seed;
+        /* data-dependent initialisation (actnorm) on the first B rows,
+         * in evaluation mode, as `flowkit train` does before its first
+         * step; a no-op forward pass for models without such layers */
+        rc = flow_model_data_init(m, o->batch, flow_data_values(data), NULL);
+        if (rc != FLOW_OK)
+            return rc;
         flow_model_set_training(m, 1);
         tr = flow_trainer_new(m, &cfg, flow_data_values(data), NULL, n);
         if (!tr)

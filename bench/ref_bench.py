@@ -5,13 +5,15 @@ configurations of bench/specs/ timed the way bench/flowbench times flowkit.
 Run it with /usr/bin/python3 (Debian's python3-torch, PyTorch 1.13); it is a
 benchmark reference only, never a dependency of flowkit or its tests.
 
-  ref_bench.py CONFIG --data FILE.npy --metric train|logprob|sample
+  ref_bench.py CONFIG --data FILE --metric train|logprob|sample
                [--batch B] [--threads T] [--warmup W] [--iters N]
                [--min-time S] [--seed S]
 
 CONFIG is realnvp2d, maf64, nsf8 or cnf2d (the architectures of
 bench/specs/CONFIG.flow; the models are those of bench/ref_torch.py, plus
-the inverses sampling needs).  Prints one JSON object like flowbench's.
+the inverses sampling needs; FILE an NPY file of rows), or glow_fashion
+(specs/glow_fashion.flow, the model of bench/glow_torch.py; FILE a
+Fashion-MNIST IDX file).  Prints one JSON object like flowbench's.
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import glow_torch as G  # noqa: E402
 import ref_torch as R  # noqa: E402
 
 
@@ -146,6 +149,8 @@ class Bench:
                                  for i in range(6)])
         elif name == "cnf2d":
             self.model = CNF(d, [64, 64, 64], 10)
+        elif name == "glow_fashion":
+            self.model = G.Glow()
         else:
             raise SystemExit(f"ref_bench.py: unknown configuration {name}")
 
@@ -156,6 +161,8 @@ class Bench:
 
     @torch.no_grad()
     def sample(self, n):
+        if self.name == "glow_fashion":
+            return self.model.sample(n).flatten(1)
         z = torch.randn(n, self.d)
         if self.name == "realnvp2d":
             for layer in reversed(self.model.layers):
@@ -174,8 +181,10 @@ class Bench:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("config", choices=["realnvp2d", "maf64", "nsf8", "cnf2d"])
-    ap.add_argument("--data", required=True, help="NPY file (rows x dim)")
+    ap.add_argument("config", choices=["realnvp2d", "maf64", "nsf8", "cnf2d",
+                                       "glow_fashion"])
+    ap.add_argument("--data", required=True,
+                    help="NPY file (rows x dim); IDX images for glow_fashion")
     ap.add_argument("--metric", required=True,
                     choices=["train", "logprob", "sample"])
     ap.add_argument("--batch", type=int)
@@ -188,8 +197,12 @@ def main():
     batch = a.batch or (512 if a.metric == "train" else 4096)
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    x = torch.from_numpy(np.load(a.data).astype(np.float32))
-    n, d = x.shape
+    if a.config == "glow_fashion":
+        x = G.read_idx(a.data)
+        n, d = x.shape[0], x[0].numel()
+    else:
+        x = torch.from_numpy(np.load(a.data).astype(np.float32))
+        n, d = x.shape
     if a.metric == "logprob":
         rows = x[torch.arange(batch) % n].contiguous()
     base_kib = current_rss_kib()
@@ -198,6 +211,10 @@ def main():
     last = float("nan")
 
     if a.metric == "train":
+        if a.config == "glow_fashion":  # actnorm: flowkit train's data init
+            with torch.no_grad():
+                b.model.eval()
+                b.model.log_prob(x[:batch], init=True)
         b.model.train()
         opt = torch.optim.Adam(b.model.parameters(), lr=1e-3)
         state = {"perm": torch.randperm(n), "pos": 0}
