@@ -422,6 +422,13 @@ static void scale_warning(const char *cmd, const flow_graph *g,
         && (!strcmp(first->type->name, "actnorm")
             || !strcmp(first->type->name, "batchnorm")))
         return;
+    /* a first layer with a declared input domain (dequantize's pixel
+     * levels, logit's unit interval) fixes the scale the data must have:
+     * unequal spreads there are the data (dark image borders), not a
+     * missing normalisation */
+    if (first && first->kind == FLOW_NODE_LAYER && first->desc
+        && first->desc->domain != FLOW_DOMAIN_NONE)
+        return;
     if (n < 2)
         return;
     for (size_t j = 0; j < dim; j++) {
