@@ -430,7 +430,8 @@ static int blame_nonfinite(flow_model *m, size_t n, size_t upto, int rc)
                 char later[sizeof m->err / 2];
                 snprintf(later, sizeof later, "%s", flow_errmsg(m->ctx));
                 snprintf(m->err, sizeof m->err, "row %zu of %zu: finite "
-                         "input, non-finite output (then %.*s)", r, n,
+                         "input, non-finite output (then %.*s)",
+                         m->row_base + r, m->row_total ? m->row_total : n,
                          (int)(sizeof later - 1), later);
                 return model_layer_error(m, nd, FLOW_ERR_NUMERIC, "forward");
             }
@@ -544,18 +545,66 @@ int exec_add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
     return FLOW_OK;
 }
 
+/* Bytes a density pass holds per row: every layer's workspace per row
+ * (the tape its backward would read: for a convolutional coupling of
+ * glow_fashion the conditioner's hidden planes) and the activations
+ * between the nodes. */
+static size_t pass_bytes_per_row(const flow_model *m)
+{
+    size_t b = model_out_dim(m) * sizeof(flow_real);
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        const node *nd = &m->nodes[i];
+        b += nd->in_dim * sizeof(flow_real);
+        if (nd->kind == NODE_LAYER && nd->type->workspace) {
+            /* the growth per row: a workspace also has fixed scratch
+             * (a conv net's im2col matrices, 4.7 MB at 64 x 32 x 32) */
+            size_t w1 = nd->type->workspace(nd->self, 1, 0);
+            size_t w2 = nd->type->workspace(nd->self, 2, 0);
+            b += w2 > w1 ? w2 - w1 : w1;
+        }
+    }
+    return b;
+}
+
+/* A log-density holds LOGPROB_BLOCK_BYTES of per-row state at most (but
+ * at least LOGPROB_MIN_ROWS rows a pass, so that the threads keep whole
+ * chunks): the caller's n rows go through in blocks, each row's value
+ * the same bits in any block (docs/runtime.md, "Threading in the
+ * executor"). */
+#define LOGPROB_BLOCK_BYTES ((size_t)32 << 20)
+#define LOGPROB_MIN_ROWS 64
+
 int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
                         const flow_real *c, flow_real *logp)
 {
+    size_t per_row, block;
     int rc;
     if ((rc = model_check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = exec_forward(m, n, x, c, m->zbuf, 0, 0)) != FLOW_OK)
+    per_row = pass_bytes_per_row(m);
+    block = LOGPROB_BLOCK_BYTES / (per_row ? per_row : 1);
+    if (block < LOGPROB_MIN_ROWS)
+        block = LOGPROB_MIN_ROWS;
+    if (block < m->cap_rows)        /* already allocated: use it all */
+        block = m->cap_rows;
+    if (block > n)
+        block = n;
+    if ((rc = exec_grow_batch(m, block)) != FLOW_OK)
         return rc;
-    memcpy(logp, m->ld_sum, n * sizeof *logp);
-    return exec_add_base_logpdf(m, n, m->zbuf, logp);
+    m->row_total = n;
+    for (size_t r = 0; r < n && rc == FLOW_OK; r += block) {
+        size_t b = n - r < block ? n - r : block;
+        m->row_base = r;
+        rc = exec_forward(m, b, x + r * m->dim, c ? c + r * m->cdim : NULL,
+                          m->zbuf, 0, 0);
+        if (rc == FLOW_OK) {
+            memcpy(logp + r, m->ld_sum, b * sizeof *logp);
+            rc = exec_add_base_logpdf(m, b, m->zbuf, logp + r);
+        }
+    }
+    m->row_base = m->row_total = 0;
+    return rc;
 }
 
 /* Inverse through every node from z; x gets the data, m->ld_sum the

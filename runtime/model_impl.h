@@ -63,6 +63,9 @@ typedef struct arena_block {
 struct flow_model {
     flow_ctx *ctx;
     size_t dim, cdim;
+    size_t row_base, row_total; /* a pass over rows [row_base, +n) of
+                                   row_total (log-densities in blocks;
+                                   0, 0 otherwise): error messages */
     size_t rank, shape[4];      /* of the state after the last node */
     size_t in_rank, in_shape[4]; /* of the input (flow_model_input_shape) */
     node *nodes;
