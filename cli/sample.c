@@ -26,7 +26,9 @@ static void sample_usage(FILE *f)
           "column `weight` holds self-normalised importance weights\n"
           "p~(x)/q(x), summing to 1 over the N samples, against the target\n"
           "stored in the checkpoint or the one --target names.\n"
-          "Images: with --shape C,H,W each sample is an image [C, H, W];\n"
+          "Images: a model of images (input real[C, H, W]) samples images\n"
+          "of that shape, its pixels on the input's bounds (in [LO, HI]);\n"
+          "with --shape C,H,W each sample is an image [C, H, W];\n"
           "OUT *.npy is then (N, C, H, W), *.idx unsigned bytes (values\n"
           "rounded, clamped to 0..255), *.png a grid of the images (C 1\n"
           "or 3); --range LO,HI maps LO..HI onto pixels 0..255.\n"
@@ -34,6 +36,25 @@ static void sample_usage(FILE *f)
           "of every base (the output's and each exit's) by T about its\n"
           "center, as Glow samples: T < 1 gives typical, smoother samples.\n"
           "The log-densities are still the model's own (T = 1).\n", f);
+}
+
+/* An image model's samples are images of its input's shape, their pixel
+ * range the input's declared bounds (`input x : real[1, 28, 28] in [0,
+ * 255]`), unless --shape and --range say otherwise. */
+static void default_image_shape(const cli_loaded *l, cli_run_opts *o)
+{
+    const flow_graph *g = flow_compile_graph(l->comp);
+    size_t shp[4];
+    double lo, hi;
+    if (o->shape_rank || flow_graph_input_shape(g, shp) != 3)
+        return;
+    o->shape_rank = 3;
+    memcpy(o->shape, shp, sizeof o->shape);
+    if (!o->has_range && flow_graph_input_bounds(g, &lo, &hi) && lo < hi) {
+        o->range_lo = lo;
+        o->range_hi = hi;
+        o->has_range = 1;
+    }
 }
 
 int cli_cmd_sample(int argc, char **argv)
@@ -64,6 +85,7 @@ int cli_cmd_sample(int argc, char **argv)
     }
     dim = flow_model_dim(l.model);
     k = flow_model_context_dim(l.model);
+    default_image_shape(&l, &o);
     if (o.shape_rank) {
         size_t prod = 1;
         for (int r = 0; r < o.shape_rank && prod; r++)

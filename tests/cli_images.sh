@@ -96,6 +96,32 @@ else
     same png-grey-8bit 0800 "$(bytes "$t/g.png" 24 2)"
 fi
 
+# --- an image model: samples take its shape and bounds without flags ---
+cat >"$t/pix.flow" <<'FLOW'
+flow pix {
+    input x : real[1, 4, 4] in [0, 255];
+    dequantize(levels = 256);
+    logit(alpha = 0.05);
+    actnorm;
+    output z ~ normal;
+    train { optimizer = adam; lr = 1e-3; batch = 64; epochs = 1; }
+}
+FLOW
+"$F" train "$t/pix.flow" --data "$t/train.idx" -o "$t/p.ckpt" >"$t/out" 2>&1
+check pix-train 0 $?
+"$F" sample "$t/p.ckpt" -n 10 -o "$t/p.npy" 2>"$t/err"
+check pix-npy 0 $?
+has pix-npy-shape "$t/p.npy" "'shape': (10, 1, 4, 4), }"
+"$F" sample "$t/p.ckpt" -n 10 -o "$t/p.idx" 2>"$t/err"
+check pix-idx 0 $?
+same pix-idx-header 000008030000000a0000000400000004 "$(bytes "$t/p.idx" 0 16)"
+# the bounds [0, 255] are the pixel range: the same bytes as --range 0,255
+"$F" sample "$t/p.ckpt" -n 10 --range 0,255 -o "$t/q.idx" 2>"$t/err"
+same_file pix-range "$t/p.idx" "$t/q.idx"
+"$F" sample "$t/p.ckpt" -n 10 --range 0,1 -o "$t/r.idx" 2>"$t/err"
+if cmp -s "$t/p.idx" "$t/r.idx"; then bad "pix-range-flag: --range ignored"
+else ok; fi
+
 # --- errors: shapes that do not fit, image formats with extra columns ---
 "$F" sample "$t/m.ckpt" -n 2 --shape 1,4,5 -o "$t/x.npy" >"$t/out" 2>&1
 check shape-mismatch 2 $?
