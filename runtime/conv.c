@@ -12,6 +12,7 @@
 #include "matrix.h"
 #include "nn_impl.h"
 #include "rng.h"
+#include "tgemm.h"
 #include "vec.h"
 
 /* "flowcnv1": the tape was written by conv_net_forward */
@@ -23,10 +24,15 @@ typedef struct conv_layer {
     int flip;                   /* backward's dx with the flipped kernel:
                                    k > 1 and cout < cin (conv_apply_backward) */
     size_t f_off;               /* its flipped kernel in conv_ws.wf        */
+    size_t coutp;               /* cout rounded up to 8                    */
+    size_t t_off;               /* its dW^T (cin k k x coutp) then db^T
+                                   (coutp) in conv_ws.dwt                  */
 } conv_layer;
 
 struct conv_net {
     size_t c, h, w, hw;         /* input image; hw = h w                   */
+    size_t hwp;                 /* hw rounded up to 8: a plane's stride in
+                                   the tape and scratch (tgemm's width)    */
     size_t ctx;                 /* context inputs (constant channels)      */
     size_t hid, k, blocks, cout;
     int residual, zero_last;
@@ -36,6 +42,8 @@ struct conv_net {
     size_t n_params;
     size_t col_max;             /* values of the largest im2col matrix     */
     size_t flip_total;          /* values of the flipped kernels           */
+    size_t dwt_total;           /* values of the transposed dW             */
+    size_t coutp_max;           /* the largest coutp                       */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -50,19 +58,19 @@ typedef struct conv_ws {
     flow_real *x, *cx, *h, *r;  /* tape                                    */
     flow_real *aug;             /* (c + ctx) x hw: image and context planes */
     flow_real *col, *dcol;      /* col_max each                            */
-    flow_real *g[3];            /* hid x hw each                           */
+    flow_real *g[3];            /* hid x hwp each                          */
+    flow_real *yt;              /* out_channels x hwp: the last layer's
+                                   output, then its gradient               */
+    flow_real *gt;              /* hwp x coutp_max: a gradient transposed  */
     flow_real *daug;            /* (c + ctx) x hw                          */
     flow_real *wf;              /* flipped kernels, written per backward   */
+    flow_real *dwt;             /* dW^T and db^T of every layer, per
+                                   backward                                */
+    flow_real *ones;            /* hwp: 1 on the image's hw, then 0        */
     size_t total;
 } conv_ws;
 
 /* ------------------------------------------------------------ helpers */
-
-FLOW_VECTORIZE static void relu_inplace(flow_real *restrict v, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        v[i] = pos_mask(v[i]) * v[i];
-}
 
 /* g *= ReLU'(at the output h) */
 FLOW_VECTORIZE static void relu_grad(const flow_real *restrict h,
@@ -94,23 +102,26 @@ static void valid_cols(size_t w, long dx, size_t *x0, size_t *x1)
     *x1 = (size_t)b;
 }
 
-void conv_im2col(size_t c, size_t h, size_t w, size_t k,
-                 const flow_real *img, flow_real *col)
+/* conv_im2col with strides: the input's planes ips values apart, col's
+ * rows ld (>= h w) apart, columns h w .. ld-1 zeroed (the net's padded
+ * planes, conv_net_create). */
+static void im2col_ld(size_t c, size_t h, size_t w, size_t k,
+                      const flow_real *img, size_t ips, flow_real *col,
+                      size_t ld)
 {
     const long p = (long)(k / 2);
-    const size_t hw = h * w;
     for (size_t ci = 0; ci < c; ci++)
         for (size_t ky = 0; ky < k; ky++)
             for (size_t kx = 0; kx < k; kx++) {
-                flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
-                const flow_real *pl = img + ci * hw;
+                flow_real *row = col + ((ci * k + ky) * k + kx) * ld;
+                const flow_real *pl = img + ci * ips;
                 long dy = (long)ky - p, dx = (long)kx - p;
                 size_t y0 = dy < 0 ? (size_t)-dy : 0;
                 size_t y1 = dy > 0 ? h - (size_t)dy : h;
                 size_t x0, x1, j0, j1;
                 valid_cols(w, dx, &x0, &x1);
                 if ((long)h <= (dy < 0 ? -dy : dy) || x0 == x1) {
-                    memset(row, 0, hw * sizeof *row);
+                    memset(row, 0, ld * sizeof *row);
                     continue;
                 }
                 /* rows y0..y1-1 read plane rows y + dy: as one run, dst[j]
@@ -118,29 +129,38 @@ void conv_im2col(size_t c, size_t h, size_t w, size_t k,
                  * neighbouring row (x outside x0..x1-1) zeroed after */
                 j0 = y0 * w + x0;
                 j1 = (y1 - 1) * w + x1;
-                memset(row, 0, y0 * w * sizeof *row);
+                memset(row, 0, j0 * sizeof *row);
                 memcpy(row + j0, pl + (long)j0 + dy * (long)w + dx,
                        (j1 - j0) * sizeof *row);
-                for (size_t y = y0; y < y1; y++) {
-                    for (size_t x = 0; x < x0; x++)
-                        row[y * w + x] = 0;
-                    for (size_t x = x1; x < w; x++)
-                        row[y * w + x] = 0;
-                }
-                memset(row + y1 * w, 0, (h - y1) * w * sizeof *row);
+                if (x0 > 0 || x1 < w)
+                    for (size_t y = y0; y < y1; y++) {
+                        for (size_t x = 0; x < x0; x++)
+                            row[y * w + x] = 0;
+                        for (size_t x = x1; x < w; x++)
+                            row[y * w + x] = 0;
+                    }
+                memset(row + j1, 0, (ld - j1) * sizeof *row);
             }
 }
 
-void conv_col2im(size_t c, size_t h, size_t w, size_t k,
-                 const flow_real *col, flow_real *img)
+void conv_im2col(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *img, flow_real *col)
+{
+    im2col_ld(c, h, w, k, img, h * w, col, h * w);
+}
+
+/* conv_col2im with strides: col's rows ld apart, img's planes ops (>= h
+ * w) apart, their columns h w .. ops-1 zeroed. */
+static void col2im_ld(size_t c, size_t h, size_t w, size_t k,
+                      const flow_real *col, size_t ld, flow_real *img,
+                      size_t ops)
 {
     const long p = (long)(k / 2);
-    const size_t hw = h * w;
-    memset(img, 0, c * hw * sizeof *img);
+    memset(img, 0, c * ops * sizeof *img);
     for (size_t ci = 0; ci < c; ci++)
         for (size_t ky = 0; ky < k; ky++)
             for (size_t kx = 0; kx < k; kx++) {
-                const flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
+                const flow_real *row = col + ((ci * k + ky) * k + kx) * ld;
                 long dy = (long)ky - p, dx = (long)kx - p;
                 size_t x0, x1;
                 valid_cols(w, dx, &x0, &x1);
@@ -148,12 +168,18 @@ void conv_col2im(size_t c, size_t h, size_t w, size_t k,
                     long sy = (long)y + dy;
                     if (sy < 0 || sy >= (long)h)
                         continue;
-                    flow_real *dst = img + (ci * h + (size_t)sy) * w + dx;
+                    flow_real *dst = img + ci * ops + (size_t)sy * w + dx;
                     const flow_real *src = row + y * w;
                     for (size_t x = x0; x < x1; x++)
                         dst[x] += src[x];
                 }
             }
+}
+
+void conv_col2im(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *col, flow_real *img)
+{
+    col2im_ld(c, h, w, k, col, h * w, img, h * w);
 }
 
 /* Convolution as one GEMM (the im2col formulation, Chellapilla et al.
@@ -314,6 +340,7 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
     net->h = spec->height;
     net->w = spec->width;
     net->hw = net->h * net->w;
+    net->hwp = (net->hw + 7) / 8 * 8;
     net->ctx = spec->context;
     net->hid = spec->conv_hidden;
     net->k = spec->kernel ? spec->kernel : 3;
@@ -347,7 +374,15 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
         ly->f_off = net->flip_total;
         if (ly->flip)
             net->flip_total += ly->cout * ly->cin * ly->k * ly->k;
-        col = conv_col_count(ly->cin, net->h, net->w, ly->k);
+        ly->coutp = (ly->cout + 7) / 8 * 8;
+        ly->t_off = net->dwt_total;
+        net->dwt_total += (ly->cin * ly->k * ly->k + 1) * ly->coutp;
+        if (ly->coutp > net->coutp_max)
+            net->coutp_max = ly->coutp;
+        /* the im2col of the layer's input, padded planes; layer 0's input
+         * (unpadded) goes through col even for k = 1 */
+        col = ly->k > 1 || first ? mul_sat(ly->cin * ly->k * ly->k, net->hwp)
+                                 : 0;
         if (col > net->col_max)
             net->col_max = col;
     }
@@ -431,7 +466,7 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     const size_t r = sizeof(flow_real);
     size_t off = round_up(sizeof(conv_head));
     size_t ca = net->c + net->ctx;
-    size_t hid_img = mul_sat(net->hid, net->hw);
+    size_t hid_img = mul_sat(net->hid, net->hwp);
     char *base = ws;
 #define TAKE(field, count) \
     do { \
@@ -448,8 +483,12 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(g[0], hid_img);
     TAKE(g[1], hid_img);
     TAKE(g[2], hid_img);
+    TAKE(yt, mul_sat(net->cout, net->hwp));
+    TAKE(gt, mul_sat(net->hwp, net->coutp_max));
     TAKE(daug, mul_sat(ca, net->hw));
     TAKE(wf, net->flip_total);
+    TAKE(dwt, net->dwt_total);
+    TAKE(ones, net->hwp);
 #undef TAKE
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
@@ -484,26 +523,67 @@ static const flow_real *input_of(const conv_net *net, const conv_ws *cw,
 }
 
 /* Hidden activation l (0 .. blocks) of image i, and residual stage l's
- * ReLU output (1 .. blocks). */
+ * ReLU output (1 .. blocks): hid planes of hwp values. */
 static flow_real *hid_of(const conv_net *net, const conv_ws *cw, size_t n,
                          size_t l, size_t i)
 {
-    return cw->h + (l * n + i) * net->hid * net->hw;
+    return cw->h + (l * n + i) * net->hid * net->hwp;
 }
 
 static flow_real *res_of(const conv_net *net, const conv_ws *cw, size_t n,
                          size_t l, size_t i)
 {
-    return cw->r + ((l - 1) * n + i) * net->hid * net->hw;
+    return cw->r + ((l - 1) * n + i) * net->hid * net->hwp;
 }
 
+/* C (m x n, row stride ldc) = A B, plus C when acc, with A(i, q) = a[i ars
+ * + q acs] (one of ars, acs is 1) and B row-major: tgemm where it runs,
+ * each C entry one chain of fused multiply-adds over q from 0, then C
+ * added (tgemm.h), so an entry's bits depend only on its row of A and
+ * column of B; else (float64, no AVX2) OpenBLAS on the same operands. */
+static int mm(size_t m, size_t n, size_t k, const flow_real *a, size_t ars,
+              size_t acs, const flow_real *b, size_t ldb, int acc,
+              flow_real *c, size_t ldc)
+{
+#if !FLOW_REAL_DOUBLE
+    if (tgemm(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc))
+        return FLOW_OK;
+#endif
+    if (acs == 1)
+        return blas_gemm(0, 0, m, n, k, 1, a, ars > k ? ars : k, b, ldb,
+                         acc ? 1 : 0, c, ldc);
+    return blas_gemm(1, 0, m, n, k, 1, a, acs > m ? acs : m, b, ldb,
+                     acc ? 1 : 0, c, ldc);
+}
+
+/* out (planes of hwp) = ReLU(out + b), one pass */
+FLOW_VECTORIZE static void bias_relu(size_t cout, size_t hwp,
+                                     const flow_real *restrict b,
+                                     flow_real *restrict out)
+{
+    for (size_t o = 0; o < cout; o++)
+        for (size_t p = 0; p < hwp; p++) {
+            flow_real v = out[o * hwp + p] + b[o];
+            out[o * hwp + p] = pos_mask(v) * v;
+        }
+}
+
+/* Layer l on one image without its bias: out (cout planes of hwp) = W in,
+ * in of cin planes ips apart (hw for layer 0's input, hwp for hidden
+ * ones).  The caller adds b after the product (bias_relu), the bits of
+ * the product accumulating onto b (the entry's chain, then b added). */
 static int layer_apply(const conv_net *net, const flow_real *params,
-                       size_t l, const flow_real *in, flow_real *out,
-                       flow_real *col)
+                       size_t l, const flow_real *in, size_t ips,
+                       flow_real *out, flow_real *col)
 {
     const conv_layer *ly = &net->layer[l];
-    return conv_apply(ly->cin, ly->cout, net->h, net->w, ly->k,
-                      params + ly->w_off, params + ly->b_off, in, out, col);
+    const size_t hwp = net->hwp, ck = ly->cin * ly->k * ly->k;
+    if (ly->k != 1 || ips != hwp) {
+        im2col_ld(ly->cin, net->h, net->w, ly->k, in, ips, col, hwp);
+        in = col;
+    }
+    return mm(ly->cout, hwp, ck, params + ly->w_off, ck, 1, in, hwp, 0, out,
+              hwp);
 }
 
 int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
@@ -512,7 +592,7 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
 {
     conv_head *hd = ws;
     conv_ws cw;
-    const size_t hsz = net ? net->hid * net->hw : 0;
+    const size_t hsz = net ? net->hid * net->hwp : 0;
     int st;
     if (!net || !params || !x || !y || !ws || (net->ctx && !ctx) ||
         (uintptr_t)ws % sizeof(double) != 0)
@@ -527,58 +607,154 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
     for (size_t i = 0; i < n; i++) {
         flow_real *h0 = hid_of(net, &cw, n, 0, i);
-        st = layer_apply(net, params, 0, input_of(net, &cw, i), h0, cw.col);
+        flow_real *yi = y + i * net->cout * net->hw;
+        st = layer_apply(net, params, 0, input_of(net, &cw, i), net->hw, h0,
+                         cw.col);
         if (st != FLOW_OK)
             return st;
-        relu_inplace(h0, hsz);
+        bias_relu(net->hid, net->hwp, params + net->layer[0].b_off, h0);
         for (size_t b = 1; b <= net->blocks; b++) {
             const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
             flow_real *hb = hid_of(net, &cw, n, b, i);
             flow_real *rb = net->residual ? res_of(net, &cw, n, b, i) : hb;
-            if ((st = layer_apply(net, params, b, prev, rb, NULL)) != FLOW_OK)
+            st = layer_apply(net, params, b, prev, net->hwp, rb, cw.col);
+            if (st != FLOW_OK)
                 return st;
-            relu_inplace(rb, hsz);
+            bias_relu(net->hid, net->hwp, params + net->layer[b].b_off, rb);
             if (net->residual)
                 for (size_t p = 0; p < hsz; p++)
                     hb[p] = prev[p] + rb[p];
         }
         st = layer_apply(net, params, net->blocks + 1,
-                         hid_of(net, &cw, n, net->blocks, i),
-                         y + i * net->cout * net->hw, cw.col);
+                         hid_of(net, &cw, n, net->blocks, i), net->hwp,
+                         cw.yt, cw.col);
         if (st != FLOW_OK)
             return st;
+        for (size_t o = 0; o < net->cout; o++) {
+            const flow_real bo = params[net->layer[net->blocks + 1].b_off + o];
+            const flow_real *src = cw.yt + o * net->hwp;
+            for (size_t p = 0; p < net->hw; p++)
+                yi[o * net->hw + p] = src[p] + bo;
+        }
     }
     hd->magic = CONV_MAGIC;
     return FLOW_OK;
 }
 
-/* VJP of layer l given g: its parameter gradients into dparams (when not
- * NULL), din written when not NULL. */
+/* The VJP of layer l on one image given g (cout planes of hwp, padding
+ * columns 0): db and dW^T (cw->dwt) accumulated when dparams is not NULL,
+ * din (cin planes ops apart) written when not NULL.  dW^T (cin k k x
+ * coutp) += col G^T, the transposed product so that tgemm's width is
+ * coutp, not cin k k (18 or 36 for a thin first layer); G^T's padding
+ * rows and columns are 0, so they add exact zeros.  din as in
+ * conv_apply_backward: W^T G for k = 1, the convolution of G with the
+ * flipped kernel when the layer narrows, else col2im(W^T G). */
 static int layer_back(const conv_net *net, const flow_real *params,
-                      size_t l, const flow_real *in, const flow_real *g,
-                      flow_real *din, flow_real *dparams, const conv_ws *cw)
+                      size_t l, const flow_real *in, size_t ips,
+                      const flow_real *g, flow_real *din, size_t ops,
+                      int grads, const conv_ws *cw)
 {
     const conv_layer *ly = &net->layer[l];
-    return conv_apply_backward(ly->cin, ly->cout, net->h, net->w, ly->k,
-                               params + ly->w_off,
-                               ly->flip ? cw->wf + ly->f_off : NULL, in, g,
-                               din,
-                               dparams ? dparams + ly->w_off : NULL,
-                               dparams ? dparams + ly->b_off : NULL, cw->col,
-                               cw->dcol);
+    const size_t hw = net->hw, hwp = net->hwp, k = ly->k;
+    const size_t ck = ly->cin * k * k, cp = ly->coutp;
+    const flow_real *wt = params + ly->w_off;
+    flow_real *dst;
+    int st;
+    if (grads) {
+        const flow_real *colp = in;
+        if (k != 1 || ips != hwp) {
+            im2col_ld(ly->cin, net->h, net->w, k, in, ips, cw->col, hwp);
+            colp = cw->col;
+        }
+        memset(cw->gt + hw * cp, 0, (hwp - hw) * cp * sizeof *cw->gt);
+        for (size_t p = 0; p < hw; p++) {
+            flow_real *row = cw->gt + p * cp;
+            for (size_t o = 0; o < ly->cout; o++)
+                row[o] = g[o * hwp + p];
+            for (size_t o = ly->cout; o < cp; o++)
+                row[o] = 0;
+        }
+        st = mm(ck, cp, hwp, colp, hwp, 1, cw->gt, cp, 1,
+                cw->dwt + ly->t_off, cp);
+        if (st == FLOW_OK)      /* db^T += 1^T G^T, the row sums of G */
+            st = mm(1, cp, hwp, cw->ones, hwp, 1, cw->gt, cp, 1,
+                    cw->dwt + ly->t_off + ck * cp, cp);
+        if (st != FLOW_OK)
+            return st;
+    }
+    if (!din)
+        return FLOW_OK;
+    dst = ops == hwp ? din : cw->dcol;
+    if (k == 1) {
+        st = mm(ly->cin, hwp, ly->cout, wt, 1, ly->cin, g, hwp, 0, dst, hwp);
+    } else if (ly->flip) {
+        const size_t fk = ly->cout * k * k;
+        im2col_ld(ly->cout, net->h, net->w, k, g, hwp, cw->col, hwp);
+        st = mm(ly->cin, hwp, fk, cw->wf + ly->f_off, fk, 1, cw->col, hwp, 0,
+                dst, hwp);
+    } else {
+        st = mm(ck, hwp, ly->cout, wt, 1, ck, g, hwp, 0, cw->dcol, hwp);
+        if (st == FLOW_OK)
+            col2im_ld(ly->cin, net->h, net->w, k, cw->dcol, hwp, din, ops);
+        return st;
+    }
+    if (st == FLOW_OK && dst != din)
+        for (size_t c = 0; c < ly->cin; c++)
+            memcpy(din + c * ops, dst + c * hwp, hw * sizeof *din);
+    if (st == FLOW_OK && ops > hw)
+        for (size_t c = 0; c < ly->cin; c++)
+            memset(din + c * ops + hw, 0, (ops - hw) * sizeof *din);
+    return st;
+}
+
+/* dW and db of every layer to their transposed scratch (cin k k + 1 rows
+ * of coutp, the padding columns 0) before the images, back after: exact
+ * copies, so the images' products are added to dparams one after the
+ * other in row order, the same bits whichever calls the rows are split
+ * into. */
+static void dwt_load(const conv_net *net, const flow_real *dparams,
+                     flow_real *dwt)
+{
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
+        flow_real *t = dwt + ly->t_off;
+        for (size_t j = 0; j < ck; j++)
+            for (size_t o = 0; o < cp; o++)
+                t[j * cp + o] = o < ly->cout
+                                    ? dparams[ly->w_off + o * ck + j] : 0;
+        for (size_t o = 0; o < cp; o++)
+            t[ck * cp + o] = o < ly->cout ? dparams[ly->b_off + o] : 0;
+    }
+}
+
+static void dwt_store(const conv_net *net, const flow_real *dwt,
+                      flow_real *dparams)
+{
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
+        const flow_real *t = dwt + ly->t_off;
+        for (size_t o = 0; o < ly->cout; o++)
+            for (size_t j = 0; j < ck; j++)
+                dparams[ly->w_off + o * ck + j] = t[j * cp + o];
+        for (size_t o = 0; o < ly->cout; o++)
+            dparams[ly->b_off + o] = t[ck * cp + o];
+    }
 }
 
 /* Image by image, from the output down: the per-image order keeps every
- * GEMM's operands in cache (the tape of one image, hid x hw), and the
- * parameter gradient sums the images in row order, whatever the batch. */
+ * product's operands in cache (the tape of one image, hid x hwp), and
+ * the parameter gradient sums the images in row order, whatever the
+ * batch. */
 int conv_net_backward(const conv_net *net, const flow_real *params,
                       size_t n, void *ws, const flow_real *dy,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)
 {
     const conv_head *hd = ws;
     conv_ws cw;
-    size_t hsz;
-    int st, want_in;
+    size_t hsz, hw, hwp, last;
+    int st = FLOW_OK, want_in, grads = dparams != NULL;
     if (!net || !params || !dy || !ws || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (n == 0)
@@ -589,57 +765,71 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
     if (!want_in && !dparams)
         return FLOW_OK;
     carve(net, n, ws, &cw);
-    hsz = net->hid * net->hw;
+    hw = net->hw;
+    hwp = net->hwp;
+    hsz = net->hid * hwp;
+    last = net->blocks + 1;
     for (size_t l = 0; l < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
         if (ly->flip)
             conv_flip(ly->cin, ly->cout, ly->k, params + ly->w_off,
                       cw.wf + ly->f_off);
     }
-    for (size_t i = 0; i < n; i++) {
+    if (grads) {
+        dwt_load(net, dparams, cw.dwt);
+        for (size_t p = 0; p < hwp; p++)
+            cw.ones[p] = p < hw ? 1 : 0;
+    }
+    for (size_t i = 0; i < n && st == FLOW_OK; i++) {
         flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
-        st = layer_back(net, params, net->blocks + 1,
-                        hid_of(net, &cw, n, net->blocks, i),
-                        dy + i * net->cout * net->hw, ga, dparams, &cw);
-        if (st != FLOW_OK)
-            return st;
-        for (size_t b = net->blocks; b >= 1; b--) {
+        const flow_real *dyi = dy + i * net->cout * hw;
+        /* dL/dy of image i in padded planes, the padding 0 */
+        for (size_t o = 0; o < net->cout; o++) {
+            memcpy(cw.yt + o * hwp, dyi + o * hw, hw * sizeof *dyi);
+            memset(cw.yt + o * hwp + hw, 0, (hwp - hw) * sizeof *dyi);
+        }
+        st = layer_back(net, params, last, hid_of(net, &cw, n, net->blocks, i),
+                        hwp, cw.yt, ga, hwp, grads, &cw);
+        for (size_t b = net->blocks; b >= 1 && st == FLOW_OK; b--) {
             const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
             if (net->residual) {
                 /* h_b = h_{b-1} + ReLU(conv h_{b-1}): the skip adds ga */
                 memcpy(gb, ga, hsz * sizeof *gb);
                 relu_grad(res_of(net, &cw, n, b, i), gb, hsz);
-                st = layer_back(net, params, b, prev, gb, gc, dparams, &cw);
+                st = layer_back(net, params, b, prev, hwp, gb, gc, hwp, grads,
+                                &cw);
                 for (size_t p = 0; p < hsz; p++)
                     ga[p] += gc[p];
             } else {
                 relu_grad(hid_of(net, &cw, n, b, i), ga, hsz);
-                st = layer_back(net, params, b, prev, ga, gc, dparams, &cw);
+                st = layer_back(net, params, b, prev, hwp, ga, gc, hwp, grads,
+                                &cw);
                 tmp = ga;
                 ga = gc;
                 gc = tmp;
             }
-            if (st != FLOW_OK)
-                return st;
         }
-        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
-        st = layer_back(net, params, 0, input_of(net, &cw, i), ga,
-                        want_in ? cw.daug : NULL, dparams, &cw);
         if (st != FLOW_OK)
-            return st;
+            break;
+        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
+        st = layer_back(net, params, 0, input_of(net, &cw, i), hw, ga,
+                        want_in ? cw.daug : NULL, hw, grads, &cw);
+        if (st != FLOW_OK)
+            break;
         if (dx)
-            memcpy(dx + i * net->c * net->hw, cw.daug,
-                   net->c * net->hw * sizeof *dx);
+            memcpy(dx + i * net->c * hw, cw.daug, net->c * hw * sizeof *dx);
         if (dctx)
             for (size_t j = 0; j < net->ctx; j++) {
-                const flow_real *pl = cw.daug + (net->c + j) * net->hw;
+                const flow_real *pl = cw.daug + (net->c + j) * hw;
                 double s = 0;
-                for (size_t p = 0; p < net->hw; p++)
+                for (size_t p = 0; p < hw; p++)
                     s += pl[p];
                 dctx[i * net->ctx + j] += (flow_real)s;
             }
     }
-    return FLOW_OK;
+    if (grads)
+        dwt_store(net, cw.dwt, dparams);
+    return st;
 }
 
 /* ------------------------------------------------------------ export */
