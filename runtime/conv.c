@@ -44,6 +44,10 @@ struct conv_net {
     size_t flip_total;          /* values of the flipped kernels           */
     size_t dwt_total;           /* values of the transposed dW             */
     size_t coutp_max;           /* the largest coutp                       */
+    int shift;                  /* the last layer by shifted products
+                                   (layer_shift), not im2col               */
+    size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
+                                   in conv_ws.pad, product width           */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -67,6 +71,10 @@ typedef struct conv_ws {
     flow_real *dwt;             /* dW^T and db^T of every layer, per
                                    backward                                */
     flow_real *ones;            /* hwp: 1 on the image's hw, then 0        */
+    flow_real *pad;             /* hid planes of sp: zero-bordered input of
+                                   the shifted layer                       */
+    flow_real *gtp;             /* ns x coutp: its gradient transposed     */
+    flow_real *onesp;           /* ns: 1 on its image columns, 0 elsewhere */
     size_t total;
 } conv_ws;
 
@@ -387,6 +395,19 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
             net->col_max = col;
     }
     net->n_params = p;
+    /* the shifted last layer where tgemm runs (its A strides are general,
+     * which OpenBLAS's fallback cannot take): rows of w + 2 pk, planes of
+     * (h + 2 pk) of them plus margins (layer_shift) */
+    if (net->k > 1) {
+        const size_t pk = net->k / 2;
+#if !FLOW_REAL_DOUBLE
+        float ta[8] = {0}, tb[8] = {0}, tc[8];
+        net->shift = tgemm(1, 8, 1, ta, 1, 1, tb, 8, NULL, 0, tc, 8);
+#endif
+        net->wp = net->w + 2 * pk;
+        net->ns = (net->h * net->wp + 7) / 8 * 8;
+        net->sp = ((net->h + 2 * pk) * net->wp + 2 * pk + 8 + 7) / 8 * 8;
+    }
     return net;
 nomem:
     set_err(err, err_cap, "net: out of memory");
@@ -483,12 +504,16 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(g[0], hid_img);
     TAKE(g[1], hid_img);
     TAKE(g[2], hid_img);
-    TAKE(yt, mul_sat(net->cout, net->hwp));
+    TAKE(yt, mul_sat(net->cout, net->hwp > net->ns ? net->hwp : net->ns));
     TAKE(gt, mul_sat(net->hwp, net->coutp_max));
     TAKE(daug, mul_sat(ca, net->hw));
     TAKE(wf, net->flip_total);
     TAKE(dwt, net->dwt_total);
     TAKE(ones, net->hwp);
+    TAKE(pad, net->shift ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gtp, net->shift ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
+                         : 0);
+    TAKE(onesp, net->ns);
 #undef TAKE
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
@@ -552,6 +577,8 @@ static int mm(size_t m, size_t n, size_t k, const flow_real *a, size_t ars,
     if (acs == 1)
         return blas_gemm(0, 0, m, n, k, 1, a, ars > k ? ars : k, b, ldb,
                          acc ? 1 : 0, c, ldc);
+    if (ars != 1)
+        return FLOW_ERR_INVAL;  /* general strides: tgemm only (net->shift) */
     return blas_gemm(1, 0, m, n, k, 1, a, acs > m ? acs : m, b, ldb,
                      acc ? 1 : 0, c, ldc);
 }
@@ -586,6 +613,79 @@ static int layer_apply(const conv_net *net, const flow_real *params,
               hwp);
 }
 
+/* The shifted last layer (net->shift): a same-padded convolution without
+ * im2col, as k k products on shifted views of one zero-bordered copy of
+ * its input.  Plane c of pad holds the input padded by pk = k/2 zeros on
+ * every side, rows of wp = w + 2 pk, after a margin of pk zeros (and
+ * zeros after it up to the stride sp); output column u = y wp + x + pk
+ * (x < w; the other columns are border positions, computed and dropped)
+ * then reads tap (ky, kx) at pad + c sp + u + ky wp + kx, so the tap's
+ * operand is the (cin x ns) matrix at offset ky wp + kx with row stride
+ * sp.  Each output entry: for every tap in order, that tap's chain over
+ * the channels, then the sum so far added (tgemm's acc): one image's
+ * values in a fixed order, as in im2col's single chain.  Where im2col
+ * writes and reads k k copies of the input (576 x 196 values for the
+ * issue's 64-channel 14 x 14 layer, twice a training step), this copies
+ * it once and computes 15% more columns. */
+static void pad_fill(const conv_net *net, const flow_real *in,
+                     flow_real *pad)
+{
+    const size_t pk = net->k / 2, wp = net->wp;
+    for (size_t c = 0; c < net->hid; c++)
+        for (size_t y = 0; y < net->h; y++) {
+            flow_real *dst = pad + c * net->sp + pk + (y + pk) * wp + pk;
+            const flow_real *src = in + c * net->hwp + y * net->w;
+            for (size_t x = 0; x < net->w; x++)
+                dst[x] = src[x];
+        }
+}
+
+/* out (cout rows of ns) = the layer's W on its input in (hid planes of
+ * hwp), without the bias */
+static int shift_apply(const conv_net *net, const flow_real *params,
+                       const flow_real *in, flow_real *out, flow_real *pad)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, ck = ly->cin * kk;
+    pad_fill(net, in, pad);
+    for (size_t t = 0; t < kk; t++) {
+        int st = mm(ly->cout, net->ns, ly->cin, params + ly->w_off + t, ck,
+                    kk, pad + (t / k) * net->wp + t % k, net->sp, t > 0, out,
+                    net->ns);
+        if (st != FLOW_OK)
+            return st;
+    }
+    return FLOW_OK;
+}
+
+/* dW^T and db^T of the shifted layer += one image's, given its input in
+ * and g (cout planes of hwp): tap t's rows c k k + t of dW^T (stride k k
+ * coutp) += pad_t G^T, with G^T laid out on the output columns u (gtp, 0
+ * on the border columns, so they add exact zeros) */
+static int shift_back_w(const conv_net *net, const flow_real *in,
+                        const flow_real *g, const conv_ws *cw)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, ck = ly->cin * kk, cp = ly->coutp;
+    const size_t pk = k / 2, wp = net->wp;
+    flow_real *dwt = cw->dwt + ly->t_off;
+    int st = FLOW_OK;
+    pad_fill(net, in, cw->pad);
+    for (size_t y = 0; y < net->h; y++)
+        for (size_t x = 0; x < net->w; x++) {
+            flow_real *row = cw->gtp + (y * wp + x + pk) * cp;
+            for (size_t o = 0; o < ly->cout; o++)
+                row[o] = g[o * net->hwp + y * net->w + x];
+        }
+    for (size_t t = 0; t < kk && st == FLOW_OK; t++)
+        st = mm(ly->cin, cp, net->ns, cw->pad + (t / k) * wp + t % k,
+                net->sp, 1, cw->gtp, cp, 1, dwt + t * cp, kk * cp);
+    if (st == FLOW_OK)
+        st = mm(1, cp, net->ns, cw->onesp, net->ns, 1, cw->gtp, cp, 1,
+                dwt + ck * cp, cp);
+    return st;
+}
+
 int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
                      const flow_real *x, const flow_real *ctx, flow_real *y,
                      void *ws)
@@ -605,7 +705,12 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
     memcpy(cw.x, x, n * net->c * net->hw * sizeof *x);
     if (net->ctx)
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
+    if (net->shift)
+        memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
     for (size_t i = 0; i < n; i++) {
+        const size_t last = net->blocks + 1;
+        const flow_real *hl = hid_of(net, &cw, n, net->blocks, i);
+        size_t ys = net->hwp, y0 = 0, yr = net->w;   /* yt's geometry */
         flow_real *h0 = hid_of(net, &cw, n, 0, i);
         flow_real *yi = y + i * net->cout * net->hw;
         st = layer_apply(net, params, 0, input_of(net, &cw, i), net->hw, h0,
@@ -625,16 +730,24 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
                 for (size_t p = 0; p < hsz; p++)
                     hb[p] = prev[p] + rb[p];
         }
-        st = layer_apply(net, params, net->blocks + 1,
-                         hid_of(net, &cw, n, net->blocks, i), net->hwp,
-                         cw.yt, cw.col);
+        if (net->shift) {
+            st = shift_apply(net, params, hl, cw.yt, cw.pad);
+            ys = net->ns;
+            y0 = net->k / 2;
+            yr = net->wp;
+        } else {
+            st = layer_apply(net, params, last, hl, net->hwp, cw.yt, cw.col);
+        }
         if (st != FLOW_OK)
             return st;
         for (size_t o = 0; o < net->cout; o++) {
-            const flow_real bo = params[net->layer[net->blocks + 1].b_off + o];
-            const flow_real *src = cw.yt + o * net->hwp;
-            for (size_t p = 0; p < net->hw; p++)
-                yi[o * net->hw + p] = src[p] + bo;
+            const flow_real bo = params[net->layer[last].b_off + o];
+            for (size_t yy = 0; yy < net->h; yy++) {
+                const flow_real *src = cw.yt + o * ys + yy * yr + y0;
+                flow_real *dst = yi + o * net->hw + yy * net->w;
+                for (size_t q = 0; q < net->w; q++)
+                    dst[q] = src[q] + bo;
+            }
         }
     }
     hd->magic = CONV_MAGIC;
@@ -660,7 +773,10 @@ static int layer_back(const conv_net *net, const flow_real *params,
     const flow_real *wt = params + ly->w_off;
     flow_real *dst;
     int st;
-    if (grads) {
+    if (grads && net->shift && l + 1 == net->n_layers) {
+        if ((st = shift_back_w(net, in, g, cw)) != FLOW_OK)
+            return st;
+    } else if (grads) {
         const flow_real *colp = in;
         if (k != 1 || ips != hwp) {
             im2col_ld(ly->cin, net->h, net->w, k, in, ips, cw->col, hwp);
@@ -779,6 +895,14 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
         dwt_load(net, dparams, cw.dwt);
         for (size_t p = 0; p < hwp; p++)
             cw.ones[p] = p < hw ? 1 : 0;
+    }
+    if (grads && net->shift) {
+        const size_t pk = net->k / 2;
+        memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
+        memset(cw.gtp, 0, net->ns * net->layer[last].coutp * sizeof *cw.gtp);
+        for (size_t u = 0; u < net->ns; u++)
+            cw.onesp[u] = u < net->h * net->wp && u % net->wp >= pk &&
+                                  u % net->wp < pk + net->w ? 1 : 0;
     }
     for (size_t i = 0; i < n && st == FLOW_OK; i++) {
         flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
