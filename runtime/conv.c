@@ -48,6 +48,10 @@ struct conv_net {
                                    (layer_shift), not im2col               */
     size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
                                    in conv_ws.pad, product width           */
+    int shiftw;                 /* and its dW from pixel-major copies
+                                   (shift_back_w): hid a multiple of 8     */
+    size_t s_off;               /* then its dW (k k x cout x hid) and db
+                                   (cout x 8) in conv_ws.dwt               */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -75,6 +79,9 @@ typedef struct conv_ws {
                                    the shifted layer                       */
     flow_real *gtp;             /* ns x coutp: its gradient transposed     */
     flow_real *onesp;           /* ns: 1 on its image columns, 0 elsewhere */
+    flow_real *padt;            /* sp rows of hid: pad pixel-major         */
+    flow_real *gp;              /* cout x ns: the gradient on the columns  */
+    flow_real *ones8;           /* ns x 8: onesp in every column           */
     size_t total;
 } conv_ws;
 
@@ -407,6 +414,10 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
         net->wp = net->w + 2 * pk;
         net->ns = (net->h * net->wp + 7) / 8 * 8;
         net->sp = ((net->h + 2 * pk) * net->wp + 2 * pk + 8 + 7) / 8 * 8;
+        net->shiftw = net->shift && net->hid % 8 == 0;
+        net->s_off = net->dwt_total;
+        if (net->shiftw)
+            net->dwt_total += (net->k * net->k * net->hid + 8) * net->cout;
     }
     return net;
 nomem:
@@ -514,6 +525,9 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(gtp, net->shift ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
                          : 0);
     TAKE(onesp, net->ns);
+    TAKE(padt, net->shiftw ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gp, net->shiftw ? mul_sat(net->cout, net->ns) : 0);
+    TAKE(ones8, net->shiftw ? mul_sat(net->ns, 8) : 0);
 #undef TAKE
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
@@ -658,6 +672,41 @@ static int shift_apply(const conv_net *net, const flow_real *params,
     return FLOW_OK;
 }
 
+/* dW and db of the shifted layer += one image's (hid a multiple of 8),
+ * given its input in and g (cout planes of hwp), with the input copied
+ * pixel-major (padt: row r holds pad's column r of every plane), so that
+ * tap t's operand pad_t^T is the (ns x hid) matrix at row ky wp + kx and
+ * dW_t (cout x hid) += G pad_t^T is a product of width hid, not of width
+ * cout (8: a quarter of the AVX-512 kernel's rate); G on the output
+ * columns (gp, 0 on the border columns) and db (cout x 8, equal
+ * columns) += G ones8. */
+static int shift_back_wt(const conv_net *net, const flow_real *in,
+                         const flow_real *g, const conv_ws *cw)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, hid = ly->cin, cout = ly->cout;
+    const size_t pk = k / 2, wp = net->wp, ns = net->ns;
+    flow_real *dw = cw->dwt + net->s_off, *dbs = dw + kk * cout * hid;
+    int st = FLOW_OK;
+    for (size_t y = 0; y < net->h; y++)
+        for (size_t x = 0; x < net->w; x++) {
+            flow_real *row = cw->padt + (pk + (y + pk) * wp + x + pk) * hid;
+            for (size_t c = 0; c < hid; c++)
+                row[c] = in[c * net->hwp + y * net->w + x];
+        }
+    for (size_t o = 0; o < cout; o++)
+        for (size_t y = 0; y < net->h; y++)
+            memcpy(cw->gp + o * ns + y * wp + pk,
+                   g + o * net->hwp + y * net->w, net->w * sizeof *g);
+    for (size_t t = 0; t < kk && st == FLOW_OK; t++)
+        st = mm(cout, hid, ns, cw->gp, ns, 1,
+                cw->padt + ((t / k) * wp + t % k) * hid, hid, 1,
+                dw + t * cout * hid, hid);
+    if (st == FLOW_OK)
+        st = mm(cout, 8, ns, cw->gp, ns, 1, cw->ones8, 8, 1, dbs, 8);
+    return st;
+}
+
 /* dW^T and db^T of the shifted layer += one image's, given its input in
  * and g (cout planes of hwp): tap t's rows c k k + t of dW^T (stride k k
  * coutp) += pad_t G^T, with G^T laid out on the output columns u (gtp, 0
@@ -670,6 +719,8 @@ static int shift_back_w(const conv_net *net, const flow_real *in,
     const size_t pk = k / 2, wp = net->wp;
     flow_real *dwt = cw->dwt + ly->t_off;
     int st = FLOW_OK;
+    if (net->shiftw)
+        return shift_back_wt(net, in, g, cw);
     pad_fill(net, in, cw->pad);
     for (size_t y = 0; y < net->h; y++)
         for (size_t x = 0; x < net->w; x++) {
@@ -831,6 +882,19 @@ static int layer_back(const conv_net *net, const flow_real *params,
 static void dwt_load(const conv_net *net, const flow_real *dparams,
                      flow_real *dwt)
 {
+    if (net->shiftw) {
+        const conv_layer *ly = &net->layer[net->n_layers - 1];
+        const size_t kk = ly->k * ly->k, hid = ly->cin;
+        flow_real *t = dwt + net->s_off, *tb = t + kk * ly->cout * hid;
+        for (size_t q = 0; q < kk; q++)
+            for (size_t o = 0; o < ly->cout; o++)
+                for (size_t c = 0; c < hid; c++)
+                    t[(q * ly->cout + o) * hid + c] =
+                        dparams[ly->w_off + (o * hid + c) * kk + q];
+        for (size_t o = 0; o < ly->cout; o++)
+            for (size_t j = 0; j < 8; j++)
+                tb[o * 8 + j] = dparams[ly->b_off + o];
+    }
     for (size_t l = 0; l < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
         const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
@@ -847,7 +911,7 @@ static void dwt_load(const conv_net *net, const flow_real *dparams,
 static void dwt_store(const conv_net *net, const flow_real *dwt,
                       flow_real *dparams)
 {
-    for (size_t l = 0; l < net->n_layers; l++) {
+    for (size_t l = 0; l + (net->shiftw ? 1 : 0) < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
         const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
         const flow_real *t = dwt + ly->t_off;
@@ -856,6 +920,18 @@ static void dwt_store(const conv_net *net, const flow_real *dwt,
                 dparams[ly->w_off + o * ck + j] = t[j * cp + o];
         for (size_t o = 0; o < ly->cout; o++)
             dparams[ly->b_off + o] = t[ck * cp + o];
+    }
+    if (net->shiftw) {
+        const conv_layer *ly = &net->layer[net->n_layers - 1];
+        const size_t kk = ly->k * ly->k, hid = ly->cin;
+        const flow_real *t = dwt + net->s_off, *tb = t + kk * ly->cout * hid;
+        for (size_t q = 0; q < kk; q++)
+            for (size_t o = 0; o < ly->cout; o++)
+                for (size_t c = 0; c < hid; c++)
+                    dparams[ly->w_off + (o * hid + c) * kk + q] =
+                        t[(q * ly->cout + o) * hid + c];
+        for (size_t o = 0; o < ly->cout; o++)
+            dparams[ly->b_off + o] = tb[o * 8];
     }
 }
 
@@ -903,6 +979,12 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
         for (size_t u = 0; u < net->ns; u++)
             cw.onesp[u] = u < net->h * net->wp && u % net->wp >= pk &&
                                   u % net->wp < pk + net->w ? 1 : 0;
+        if (net->shiftw) {
+            memset(cw.padt, 0, net->hid * net->sp * sizeof *cw.padt);
+            memset(cw.gp, 0, net->cout * net->ns * sizeof *cw.gp);
+            for (size_t u = 0; u < net->ns * 8; u++)
+                cw.ones8[u] = cw.onesp[u / 8];
+        }
     }
     for (size_t i = 0; i < n && st == FLOW_OK; i++) {
         flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
