@@ -95,6 +95,30 @@ FLOW_VECTORIZE static void relu_grad(const flow_real *restrict h,
         g[i] *= pos_mask(h[i]);
 }
 
+/* dst[j ldd + i] = src[i lds + j] for i < rows, j < cols, in 8 x 8
+ * blocks (both sides' cache lines reused within a block) */
+FLOW_VECTORIZE static void transpose(size_t rows, size_t cols,
+                                     const flow_real *restrict src,
+                                     size_t lds, flow_real *restrict dst,
+                                     size_t ldd)
+{
+    size_t i0 = 0;
+    for (; i0 + 8 <= rows; i0 += 8) {
+        size_t j0 = 0;
+        for (; j0 + 8 <= cols; j0 += 8)
+            for (size_t j = 0; j < 8; j++)
+                for (size_t i = 0; i < 8; i++)
+                    dst[(j0 + j) * ldd + i0 + i] =
+                        src[(i0 + i) * lds + j0 + j];
+        for (; j0 < cols; j0++)
+            for (size_t i = 0; i < 8; i++)
+                dst[j0 * ldd + i0 + i] = src[(i0 + i) * lds + j0];
+    }
+    for (; i0 < rows; i0++)
+        for (size_t j = 0; j < cols; j++)
+            dst[j * ldd + i0] = src[i0 * lds + j];
+}
+
 /* ------------------------------------------------------------ kernels */
 
 size_t conv_col_count(size_t cin, size_t h, size_t w, size_t k)
@@ -689,11 +713,8 @@ static int shift_back_wt(const conv_net *net, const flow_real *in,
     flow_real *dw = cw->dwt + net->s_off, *dbs = dw + kk * cout * hid;
     int st = FLOW_OK;
     for (size_t y = 0; y < net->h; y++)
-        for (size_t x = 0; x < net->w; x++) {
-            flow_real *row = cw->padt + (pk + (y + pk) * wp + x + pk) * hid;
-            for (size_t c = 0; c < hid; c++)
-                row[c] = in[c * net->hwp + y * net->w + x];
-        }
+        transpose(hid, net->w, in + y * net->w, net->hwp,
+                  cw->padt + (pk + (y + pk) * wp + pk) * hid, hid);
     for (size_t o = 0; o < cout; o++)
         for (size_t y = 0; y < net->h; y++)
             memcpy(cw->gp + o * ns + y * wp + pk,
@@ -834,13 +855,11 @@ static int layer_back(const conv_net *net, const flow_real *params,
             colp = cw->col;
         }
         memset(cw->gt + hw * cp, 0, (hwp - hw) * cp * sizeof *cw->gt);
-        for (size_t p = 0; p < hw; p++) {
-            flow_real *row = cw->gt + p * cp;
-            for (size_t o = 0; o < ly->cout; o++)
-                row[o] = g[o * hwp + p];
-            for (size_t o = ly->cout; o < cp; o++)
-                row[o] = 0;
-        }
+        transpose(ly->cout, hw, g, hwp, cw->gt, cp);
+        if (cp > ly->cout)
+            for (size_t p = 0; p < hw; p++)
+                for (size_t o = ly->cout; o < cp; o++)
+                    cw->gt[p * cp + o] = 0;
         st = mm(ck, cp, hwp, colp, hwp, 1, cw->gt, cp, 1,
                 cw->dwt + ly->t_off, cp);
         if (st == FLOW_OK)      /* db^T += 1^T G^T, the row sums of G */
