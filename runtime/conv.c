@@ -42,14 +42,14 @@ struct conv_net {
     size_t n_params;
     size_t col_max;             /* values of the largest im2col matrix     */
     size_t flip_total;          /* values of the flipped kernels           */
-    size_t dwt_total;           /* values of the transposed dW             */
+    size_t dwt_total;           /* values of the transposed dW and db      */
     size_t coutp_max;           /* the largest coutp                       */
     int shift;                  /* the last layer by shifted products
-                                   (layer_shift), not im2col               */
+                                   (shift_apply), not im2col               */
     size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
                                    in conv_ws.pad, product width           */
     int shiftw;                 /* and its dW from pixel-major copies
-                                   (shift_back_w): hid a multiple of 8     */
+                                   (shift_back_wt): hid a multiple of 8     */
     size_t s_off;               /* then its dW (k k x cout x hid) and db
                                    (cout x 8) in conv_ws.dwt               */
 };
@@ -993,8 +993,11 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
     }
     if (grads && net->shift) {
         const size_t pk = net->k / 2;
-        memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
-        memset(cw.gtp, 0, net->ns * net->layer[last].coutp * sizeof *cw.gtp);
+        if (!net->shiftw) {
+            memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
+            memset(cw.gtp, 0,
+                   net->ns * net->layer[last].coutp * sizeof *cw.gtp);
+        }
         for (size_t u = 0; u < net->ns; u++)
             cw.onesp[u] = u < net->h * net->wp && u % net->wp >= pk &&
                                   u % net->wp < pk + net->w ? 1 : 0;
