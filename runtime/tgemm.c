@@ -1,5 +1,5 @@
-/* tgemm.c - the register-tiled float GEMM of tgemm.h, AVX2 + FMA
- * intrinsics behind a run-time CPU check. */
+/* tgemm.c - the register-tiled float GEMM of tgemm.h, AVX2 + FMA and
+ * AVX-512 intrinsics behind a run-time CPU check. */
 #include "tgemm.h"
 
 /* Tiles of 6 rows x 16 (or 8) columns of C held in 12 (6) AVX registers
