@@ -4,6 +4,7 @@
  *
  *   build/default/bench/conv_bench [--batch 64] [--reps 20]
  *       [--naive-reps 2] [--threads T] [--hidden 64]
+ *   build/default/bench/conv_bench --glow [--batch 64] [--reps 20]
  *
  * The net is the issue's coupling conditioner on a 4 x 14 x 14 image:
  * conv3x3 (4 -> hidden), ReLU, conv1x1, ReLU, conv3x3 (hidden -> 8), run
@@ -12,7 +13,16 @@
  * row chunks on T pthreads, each with its own workspace and gradient
  * vector, as the model's executor does.  The direct convolution is six
  * plain loops per layer in flow_real, forward and backward (dx, dW, db),
- * on one thread.  Prints one JSON line. */
+ * on one thread.  Prints one JSON line.
+ *
+ * --glow times instead the two conditioners of specs/glow_fashion.flow's
+ * affine couplings, one thread: 2 x 14 x 14 -> 4 x 14 x 14 (scale 1,
+ * half of 4 channels in, scale and shift of the other half out) and 4 x 7
+ * x 7 -> 8 x 7 x 7 (scale 2), both conv3x3 -> ReLU -> conv1x1 (64) ->
+ * ReLU -> conv3x3, the last layer random; forward alone (log-prob,
+ * sampling) and the training pass (forward, then backward with dx and
+ * the parameter gradient), one JSON line per scale with CPU and wall ms
+ * per pass. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -137,6 +147,90 @@ static void *run_job(void *arg)
     return NULL;
 }
 
+/* --glow: one conditioner of glow_fashion, forward and training pass */
+static int time_glow(const flow_host *hs, size_t c, size_t hh, size_t ww,
+                     size_t cout, size_t n, size_t reps)
+{
+    flow_net_spec sp;
+    flow_net *net;
+    char err[256];
+    size_t din = c * hh * ww, dout = cout * hh * ww, np;
+    flow_real *p, *x, *dy, *y, *dx, *g;
+    void *ws;
+    double t0, c0, fw_ms, fc_ms, tw_ms, tc_ms;
+    memset(&sp, 0, sizeof sp);
+    sp.struct_size = sizeof sp;
+    sp.kind = FLOW_NET_CONV;
+    sp.in = din;
+    sp.out = dout;
+    sp.act = FLOW_ACT_RELU;
+    sp.channels = c;
+    sp.height = hh;
+    sp.width = ww;
+    sp.conv_hidden = 64;
+    sp.kernel = 3;
+    sp.blocks = 1;
+    sp.out_channels = cout;
+    sp.seed = 1;
+    if (!(net = hs->net_create(&sp, err, sizeof err))) {
+        fprintf(stderr, "conv_bench: net_create: %s\n", err);
+        return 1;
+    }
+    np = hs->net_params(net);
+    p = malloc(np * sizeof *p);
+    g = calloc(np, sizeof *g);
+    x = malloc(n * din * sizeof *x);
+    dx = malloc(n * din * sizeof *dx);
+    dy = malloc(n * dout * sizeof *dy);
+    y = malloc(n * dout * sizeof *y);
+    ws = aligned_alloc(64, (hs->net_workspace(net, n) + 63) / 64 * 64);
+    if (!p || !g || !x || !dx || !dy || !y || !ws) {
+        fputs("conv_bench: out of memory\n", stderr);
+        return 1;
+    }
+    hs->net_init(net, p, NULL);
+    srand(5);
+    for (size_t i = 0; i < n * din; i++)
+        x[i] = (flow_real)(2.0 * rand() / RAND_MAX - 1);
+    for (size_t i = 0; i < n * dout; i++)
+        dy[i] = (flow_real)(2.0 * rand() / RAND_MAX - 1);
+    /* warm-up, then the forward alone, then the training pass */
+    if (hs->net_forward(net, p, n, x, NULL, 0, y, ws) != FLOW_OK ||
+        hs->net_backward(net, p, n, ws, dy, dx, NULL, g) != FLOW_OK) {
+        fputs("conv_bench: net call failed\n", stderr);
+        return 1;
+    }
+    t0 = now_s();
+    c0 = cpu_s();
+    for (size_t r = 0; r < reps; r++)
+        if (hs->net_forward(net, p, n, x, NULL, 0, y, ws) != FLOW_OK)
+            return 1;
+    fw_ms = (now_s() - t0) * 1e3 / (double)reps;
+    fc_ms = (cpu_s() - c0) * 1e3 / (double)reps;
+    t0 = now_s();
+    c0 = cpu_s();
+    for (size_t r = 0; r < reps; r++)
+        if (hs->net_forward(net, p, n, x, NULL, 0, y, ws) != FLOW_OK ||
+            hs->net_backward(net, p, n, ws, dy, dx, NULL, g) != FLOW_OK)
+            return 1;
+    tw_ms = (now_s() - t0) * 1e3 / (double)reps;
+    tc_ms = (cpu_s() - c0) * 1e3 / (double)reps;
+    printf("{\"conditioner\": \"%zux%zux%zu->%zu\", \"batch\": %zu, "
+           "\"params\": %zu, \"workspace_bytes\": %zu, \"forward_ms\": %.3f, "
+           "\"forward_cpu_ms\": %.3f, \"train_ms\": %.3f, "
+           "\"train_cpu_ms\": %.3f}\n", c, hh, ww, cout, n, np,
+           hs->net_workspace(net, n), fw_ms, fc_ms, tw_ms, tc_ms);
+    free(p);
+    free(g);
+    free(x);
+    free(dx);
+    free(dy);
+    free(y);
+    free(ws);
+    hs->net_destroy(net);
+    return 0;
+}
+
 static int arg_size(const char *s, size_t *out)
 {
     char *end;
@@ -161,8 +255,13 @@ int main(int argc, char **argv)
     pthread_t tid[16];
     dlayer ly[3];
     double t0 = now_s(), c0 = cpu_s(), c_fast, c_naive, t_fast, t_naive, flop, maxdiff = 0, maxref = 0;
+    int glow = 0;
     for (int i = 1; i < argc; i++) {
         size_t *dst = NULL;
+        if (!strcmp(argv[i], "--glow")) {
+            glow = 1;
+            continue;
+        }
         if (!strcmp(argv[i], "--batch"))
             dst = &n;
         else if (!strcmp(argv[i], "--reps"))
@@ -176,10 +275,14 @@ int main(int argc, char **argv)
         if (!dst || i + 1 >= argc || arg_size(argv[++i], dst) ||
             threads > 16 || threads > n) {
             fputs("usage: conv_bench [--batch N] [--reps R] [--naive-reps R]"
-                  " [--threads T (<= 16, <= N)] [--hidden H]\n", stderr);
+                  " [--threads T (<= 16, <= N)] [--hidden H] [--glow]\n",
+                  stderr);
             return 2;
         }
     }
+    if (glow)
+        return time_glow(hs, 2, 14, 14, 4, n, reps) ||
+               time_glow(hs, 4, 7, 7, 8, n, reps);
     memset(&sp, 0, sizeof sp);
     sp.struct_size = sizeof sp;
     sp.kind = FLOW_NET_CONV;

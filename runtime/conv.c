@@ -12,7 +12,13 @@
 #include "matrix.h"
 #include "nn_impl.h"
 #include "rng.h"
+#include "tgemm.h"
 #include "vec.h"
+
+#if defined(__SSE2__) && !FLOW_REAL_DOUBLE
+# include <xmmintrin.h>
+# define CONV_SSE_TRANSPOSE 1
+#endif
 
 /* "flowcnv1": the tape was written by conv_net_forward */
 #define CONV_MAGIC 0x666c6f77636e7631ull
@@ -23,10 +29,15 @@ typedef struct conv_layer {
     int flip;                   /* backward's dx with the flipped kernel:
                                    k > 1 and cout < cin (conv_apply_backward) */
     size_t f_off;               /* its flipped kernel in conv_ws.wf        */
+    size_t coutp;               /* cout rounded up to 8                    */
+    size_t t_off;               /* its dW^T (cin k k x coutp) then db^T
+                                   (coutp) in conv_ws.dwt                  */
 } conv_layer;
 
 struct conv_net {
     size_t c, h, w, hw;         /* input image; hw = h w                   */
+    size_t hwp;                 /* hw rounded up to 8: a plane's stride in
+                                   the tape and scratch (tgemm's width)    */
     size_t ctx;                 /* context inputs (constant channels)      */
     size_t hid, k, blocks, cout;
     int residual, zero_last;
@@ -36,6 +47,16 @@ struct conv_net {
     size_t n_params;
     size_t col_max;             /* values of the largest im2col matrix     */
     size_t flip_total;          /* values of the flipped kernels           */
+    size_t dwt_total;           /* values of the transposed dW and db      */
+    size_t coutp_max;           /* the largest coutp                       */
+    int shift;                  /* the last layer by shifted products
+                                   (shift_apply), not im2col               */
+    size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
+                                   in conv_ws.pad, product width           */
+    int shiftw;                 /* and its dW from pixel-major copies
+                                   (shift_back_wt): hid a multiple of 8    */
+    size_t s_off;               /* then its dW (k k x cout x hid) and db
+                                   (cout x 8) in conv_ws.dwt               */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -50,19 +71,26 @@ typedef struct conv_ws {
     flow_real *x, *cx, *h, *r;  /* tape                                    */
     flow_real *aug;             /* (c + ctx) x hw: image and context planes */
     flow_real *col, *dcol;      /* col_max each                            */
-    flow_real *g[3];            /* hid x hw each                           */
+    flow_real *g[3];            /* hid x hwp each                          */
+    flow_real *yt;              /* out_channels x hwp: the last layer's
+                                   output, then its gradient               */
+    flow_real *gt;              /* hwp x coutp_max: a gradient transposed  */
     flow_real *daug;            /* (c + ctx) x hw                          */
     flow_real *wf;              /* flipped kernels, written per backward   */
+    flow_real *dwt;             /* dW^T and db^T of every layer, per
+                                   backward                                */
+    flow_real *ones;            /* hwp: 1 on the image's hw, then 0        */
+    flow_real *pad;             /* hid planes of sp: zero-bordered input of
+                                   the shifted layer                       */
+    flow_real *gtp;             /* ns x coutp: its gradient transposed     */
+    flow_real *onesp;           /* ns: 1 on its image columns, 0 elsewhere */
+    flow_real *padt;            /* sp rows of hid: pad pixel-major         */
+    flow_real *gp;              /* cout x ns: the gradient on the columns  */
+    flow_real *ones8;           /* ns x 8: onesp in every column           */
     size_t total;
 } conv_ws;
 
 /* ------------------------------------------------------------ helpers */
-
-FLOW_VECTORIZE static void relu_inplace(flow_real *restrict v, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        v[i] = pos_mask(v[i]) * v[i];
-}
 
 /* g *= ReLU'(at the output h) */
 FLOW_VECTORIZE static void relu_grad(const flow_real *restrict h,
@@ -71,6 +99,62 @@ FLOW_VECTORIZE static void relu_grad(const flow_real *restrict h,
     for (size_t i = 0; i < count; i++)
         g[i] *= pos_mask(h[i]);
 }
+
+/* dst[j ldd + i] = src[i lds + j] for i < rows, j < cols: the gradients
+ * and the pixel-major copy of the backward pass (11% of a training pass
+ * as a scalar loop).  Float on x86-64: 4 x 4 blocks through SSE
+ * registers (_MM_TRANSPOSE4_PS, the baseline instruction set: no
+ * run-time check); else 8 x 8 blocks of scalar moves.  Moves only, the
+ * same values either way. */
+#ifdef CONV_SSE_TRANSPOSE
+static void transpose(size_t rows, size_t cols, const flow_real *src,
+                      size_t lds, flow_real *dst, size_t ldd)
+{
+    size_t i0 = 0;
+    for (; i0 + 4 <= rows; i0 += 4) {
+        const float *s0 = src + i0 * lds;
+        size_t j0 = 0;
+        for (; j0 + 4 <= cols; j0 += 4) {
+            __m128 r0 = _mm_loadu_ps(s0 + j0);
+            __m128 r1 = _mm_loadu_ps(s0 + lds + j0);
+            __m128 r2 = _mm_loadu_ps(s0 + 2 * lds + j0);
+            __m128 r3 = _mm_loadu_ps(s0 + 3 * lds + j0);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_storeu_ps(dst + j0 * ldd + i0, r0);
+            _mm_storeu_ps(dst + (j0 + 1) * ldd + i0, r1);
+            _mm_storeu_ps(dst + (j0 + 2) * ldd + i0, r2);
+            _mm_storeu_ps(dst + (j0 + 3) * ldd + i0, r3);
+        }
+        for (; j0 < cols; j0++)
+            for (size_t i = 0; i < 4; i++)
+                dst[j0 * ldd + i0 + i] = s0[i * lds + j0];
+    }
+    for (; i0 < rows; i0++)
+        for (size_t j = 0; j < cols; j++)
+            dst[j * ldd + i0] = src[i0 * lds + j];
+}
+#else
+static void transpose(size_t rows, size_t cols,
+                      const flow_real *restrict src, size_t lds,
+                      flow_real *restrict dst, size_t ldd)
+{
+    size_t i0 = 0;
+    for (; i0 + 8 <= rows; i0 += 8) {
+        size_t j0 = 0;
+        for (; j0 + 8 <= cols; j0 += 8)
+            for (size_t j = 0; j < 8; j++)
+                for (size_t i = 0; i < 8; i++)
+                    dst[(j0 + j) * ldd + i0 + i] =
+                        src[(i0 + i) * lds + j0 + j];
+        for (; j0 < cols; j0++)
+            for (size_t i = 0; i < 8; i++)
+                dst[j0 * ldd + i0 + i] = src[(i0 + i) * lds + j0];
+    }
+    for (; i0 < rows; i0++)
+        for (size_t j = 0; j < cols; j++)
+            dst[j * ldd + i0] = src[i0 * lds + j];
+}
+#endif
 
 /* ------------------------------------------------------------ kernels */
 
@@ -94,23 +178,26 @@ static void valid_cols(size_t w, long dx, size_t *x0, size_t *x1)
     *x1 = (size_t)b;
 }
 
-void conv_im2col(size_t c, size_t h, size_t w, size_t k,
-                 const flow_real *img, flow_real *col)
+/* conv_im2col with strides: the input's planes ips values apart, col's
+ * rows ld (>= h w) apart, columns h w .. ld-1 zeroed (the net's padded
+ * planes, conv_net_create). */
+static void im2col_ld(size_t c, size_t h, size_t w, size_t k,
+                      const flow_real *img, size_t ips, flow_real *col,
+                      size_t ld)
 {
     const long p = (long)(k / 2);
-    const size_t hw = h * w;
     for (size_t ci = 0; ci < c; ci++)
         for (size_t ky = 0; ky < k; ky++)
             for (size_t kx = 0; kx < k; kx++) {
-                flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
-                const flow_real *pl = img + ci * hw;
+                flow_real *row = col + ((ci * k + ky) * k + kx) * ld;
+                const flow_real *pl = img + ci * ips;
                 long dy = (long)ky - p, dx = (long)kx - p;
                 size_t y0 = dy < 0 ? (size_t)-dy : 0;
                 size_t y1 = dy > 0 ? h - (size_t)dy : h;
                 size_t x0, x1, j0, j1;
                 valid_cols(w, dx, &x0, &x1);
                 if ((long)h <= (dy < 0 ? -dy : dy) || x0 == x1) {
-                    memset(row, 0, hw * sizeof *row);
+                    memset(row, 0, ld * sizeof *row);
                     continue;
                 }
                 /* rows y0..y1-1 read plane rows y + dy: as one run, dst[j]
@@ -118,29 +205,38 @@ void conv_im2col(size_t c, size_t h, size_t w, size_t k,
                  * neighbouring row (x outside x0..x1-1) zeroed after */
                 j0 = y0 * w + x0;
                 j1 = (y1 - 1) * w + x1;
-                memset(row, 0, y0 * w * sizeof *row);
+                memset(row, 0, j0 * sizeof *row);
                 memcpy(row + j0, pl + (long)j0 + dy * (long)w + dx,
                        (j1 - j0) * sizeof *row);
-                for (size_t y = y0; y < y1; y++) {
-                    for (size_t x = 0; x < x0; x++)
-                        row[y * w + x] = 0;
-                    for (size_t x = x1; x < w; x++)
-                        row[y * w + x] = 0;
-                }
-                memset(row + y1 * w, 0, (h - y1) * w * sizeof *row);
+                if (x0 > 0 || x1 < w)
+                    for (size_t y = y0; y < y1; y++) {
+                        for (size_t x = 0; x < x0; x++)
+                            row[y * w + x] = 0;
+                        for (size_t x = x1; x < w; x++)
+                            row[y * w + x] = 0;
+                    }
+                memset(row + j1, 0, (ld - j1) * sizeof *row);
             }
 }
 
-void conv_col2im(size_t c, size_t h, size_t w, size_t k,
-                 const flow_real *col, flow_real *img)
+void conv_im2col(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *img, flow_real *col)
+{
+    im2col_ld(c, h, w, k, img, h * w, col, h * w);
+}
+
+/* conv_col2im with strides: col's rows ld apart, img's planes ops (>= h
+ * w) apart, their columns h w .. ops-1 zeroed. */
+static void col2im_ld(size_t c, size_t h, size_t w, size_t k,
+                      const flow_real *col, size_t ld, flow_real *img,
+                      size_t ops)
 {
     const long p = (long)(k / 2);
-    const size_t hw = h * w;
-    memset(img, 0, c * hw * sizeof *img);
+    memset(img, 0, c * ops * sizeof *img);
     for (size_t ci = 0; ci < c; ci++)
         for (size_t ky = 0; ky < k; ky++)
             for (size_t kx = 0; kx < k; kx++) {
-                const flow_real *row = col + ((ci * k + ky) * k + kx) * hw;
+                const flow_real *row = col + ((ci * k + ky) * k + kx) * ld;
                 long dy = (long)ky - p, dx = (long)kx - p;
                 size_t x0, x1;
                 valid_cols(w, dx, &x0, &x1);
@@ -148,12 +244,18 @@ void conv_col2im(size_t c, size_t h, size_t w, size_t k,
                     long sy = (long)y + dy;
                     if (sy < 0 || sy >= (long)h)
                         continue;
-                    flow_real *dst = img + (ci * h + (size_t)sy) * w + dx;
+                    flow_real *dst = img + ci * ops + (size_t)sy * w + dx;
                     const flow_real *src = row + y * w;
                     for (size_t x = x0; x < x1; x++)
                         dst[x] += src[x];
                 }
             }
+}
+
+void conv_col2im(size_t c, size_t h, size_t w, size_t k,
+                 const flow_real *col, flow_real *img)
+{
+    col2im_ld(c, h, w, k, col, h * w, img, h * w);
 }
 
 /* Convolution as one GEMM (the im2col formulation, Chellapilla et al.
@@ -314,6 +416,7 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
     net->h = spec->height;
     net->w = spec->width;
     net->hw = net->h * net->w;
+    net->hwp = (net->hw + 7) / 8 * 8;
     net->ctx = spec->context;
     net->hid = spec->conv_hidden;
     net->k = spec->kernel ? spec->kernel : 3;
@@ -347,11 +450,36 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
         ly->f_off = net->flip_total;
         if (ly->flip)
             net->flip_total += ly->cout * ly->cin * ly->k * ly->k;
-        col = conv_col_count(ly->cin, net->h, net->w, ly->k);
+        ly->coutp = (ly->cout + 7) / 8 * 8;
+        ly->t_off = net->dwt_total;
+        net->dwt_total += (ly->cin * ly->k * ly->k + 1) * ly->coutp;
+        if (ly->coutp > net->coutp_max)
+            net->coutp_max = ly->coutp;
+        /* the im2col of the layer's input, padded planes; layer 0's input
+         * (unpadded) goes through col even for k = 1 */
+        col = ly->k > 1 || first ? mul_sat(ly->cin * ly->k * ly->k, net->hwp)
+                                 : 0;
         if (col > net->col_max)
             net->col_max = col;
     }
     net->n_params = p;
+    /* the shifted last layer where tgemm runs (its A strides are general,
+     * which OpenBLAS's fallback cannot take): rows of w + 2 pk, planes of
+     * (h + 2 pk) of them plus margins (layer_shift) */
+    if (net->k > 1) {
+        const size_t pk = net->k / 2;
+#if !FLOW_REAL_DOUBLE
+        float ta[8] = {0}, tb[8] = {0}, tc[8];
+        net->shift = tgemm(1, 8, 1, ta, 1, 1, tb, 8, NULL, 0, tc, 8);
+#endif
+        net->wp = net->w + 2 * pk;
+        net->ns = (net->h * net->wp + 7) / 8 * 8;
+        net->sp = ((net->h + 2 * pk) * net->wp + 2 * pk + 8 + 7) / 8 * 8;
+        net->shiftw = net->shift && net->hid % 8 == 0;
+        net->s_off = net->dwt_total;
+        if (net->shiftw)
+            net->dwt_total += (net->k * net->k * net->hid + 8) * net->cout;
+    }
     return net;
 nomem:
     set_err(err, err_cap, "net: out of memory");
@@ -431,7 +559,7 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     const size_t r = sizeof(flow_real);
     size_t off = round_up(sizeof(conv_head));
     size_t ca = net->c + net->ctx;
-    size_t hid_img = mul_sat(net->hid, net->hw);
+    size_t hid_img = mul_sat(net->hid, net->hwp);
     char *base = ws;
 #define TAKE(field, count) \
     do { \
@@ -448,8 +576,19 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(g[0], hid_img);
     TAKE(g[1], hid_img);
     TAKE(g[2], hid_img);
+    TAKE(yt, mul_sat(net->cout, net->hwp > net->ns ? net->hwp : net->ns));
+    TAKE(gt, mul_sat(net->hwp, net->coutp_max));
     TAKE(daug, mul_sat(ca, net->hw));
     TAKE(wf, net->flip_total);
+    TAKE(dwt, net->dwt_total);
+    TAKE(ones, net->hwp);
+    TAKE(pad, net->shift ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gtp, net->shift ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
+                         : 0);
+    TAKE(onesp, net->ns);
+    TAKE(padt, net->shiftw ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gp, net->shiftw ? mul_sat(net->cout, net->ns) : 0);
+    TAKE(ones8, net->shiftw ? mul_sat(net->ns, 8) : 0);
 #undef TAKE
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
@@ -484,26 +623,176 @@ static const flow_real *input_of(const conv_net *net, const conv_ws *cw,
 }
 
 /* Hidden activation l (0 .. blocks) of image i, and residual stage l's
- * ReLU output (1 .. blocks). */
+ * ReLU output (1 .. blocks): hid planes of hwp values. */
 static flow_real *hid_of(const conv_net *net, const conv_ws *cw, size_t n,
                          size_t l, size_t i)
 {
-    return cw->h + (l * n + i) * net->hid * net->hw;
+    return cw->h + (l * n + i) * net->hid * net->hwp;
 }
 
 static flow_real *res_of(const conv_net *net, const conv_ws *cw, size_t n,
                          size_t l, size_t i)
 {
-    return cw->r + ((l - 1) * n + i) * net->hid * net->hw;
+    return cw->r + ((l - 1) * n + i) * net->hid * net->hwp;
 }
 
+/* C (m x n, row stride ldc) = A B, plus C when acc, with A(i, q) = a[i ars
+ * + q acs] (one of ars, acs is 1) and B row-major: tgemm where it runs,
+ * each C entry one chain of fused multiply-adds over q from 0, then C
+ * added (tgemm.h), so an entry's bits depend only on its row of A and
+ * column of B; else (float64, no AVX2) OpenBLAS on the same operands. */
+static int mm(size_t m, size_t n, size_t k, const flow_real *a, size_t ars,
+              size_t acs, const flow_real *b, size_t ldb, int acc,
+              flow_real *c, size_t ldc)
+{
+#if !FLOW_REAL_DOUBLE
+    if (tgemm(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc))
+        return FLOW_OK;
+#endif
+    if (acs == 1)
+        return blas_gemm(0, 0, m, n, k, 1, a, ars > k ? ars : k, b, ldb,
+                         acc ? 1 : 0, c, ldc);
+    if (ars != 1)
+        return FLOW_ERR_INVAL;  /* general strides: tgemm only (net->shift) */
+    return blas_gemm(1, 0, m, n, k, 1, a, acs > m ? acs : m, b, ldb,
+                     acc ? 1 : 0, c, ldc);
+}
+
+/* out (planes of hwp) = ReLU(out + b), one pass */
+FLOW_VECTORIZE static void bias_relu(size_t cout, size_t hwp,
+                                     const flow_real *restrict b,
+                                     flow_real *restrict out)
+{
+    for (size_t o = 0; o < cout; o++)
+        for (size_t p = 0; p < hwp; p++) {
+            flow_real v = out[o * hwp + p] + b[o];
+            out[o * hwp + p] = pos_mask(v) * v;
+        }
+}
+
+/* Layer l on one image without its bias: out (cout planes of hwp) = W in,
+ * in of cin planes ips apart (hw for layer 0's input, hwp for hidden
+ * ones).  The caller adds b after the product (bias_relu), the bits of
+ * the product accumulating onto b (the entry's chain, then b added). */
 static int layer_apply(const conv_net *net, const flow_real *params,
-                       size_t l, const flow_real *in, flow_real *out,
-                       flow_real *col)
+                       size_t l, const flow_real *in, size_t ips,
+                       flow_real *out, flow_real *col)
 {
     const conv_layer *ly = &net->layer[l];
-    return conv_apply(ly->cin, ly->cout, net->h, net->w, ly->k,
-                      params + ly->w_off, params + ly->b_off, in, out, col);
+    const size_t hwp = net->hwp, ck = ly->cin * ly->k * ly->k;
+    if (ly->k != 1 || ips != hwp) {
+        im2col_ld(ly->cin, net->h, net->w, ly->k, in, ips, col, hwp);
+        in = col;
+    }
+    return mm(ly->cout, hwp, ck, params + ly->w_off, ck, 1, in, hwp, 0, out,
+              hwp);
+}
+
+/* The shifted last layer (net->shift): a same-padded convolution without
+ * im2col, as k k products on shifted views of one zero-bordered copy of
+ * its input.  Plane c of pad holds the input padded by pk = k/2 zeros on
+ * every side, rows of wp = w + 2 pk, after a margin of pk zeros (and
+ * zeros after it up to the stride sp); output column u = y wp + x + pk
+ * (x < w; the other columns are border positions, computed and dropped)
+ * then reads tap (ky, kx) at pad + c sp + u + ky wp + kx, so the tap's
+ * operand is the (cin x ns) matrix at offset ky wp + kx with row stride
+ * sp.  Each output entry: for every tap in order, that tap's chain over
+ * the channels, then the sum so far added (tgemm's acc): one image's
+ * values in a fixed order, as in im2col's single chain.  Where im2col
+ * writes and reads k k copies of the input (576 x 196 values for the
+ * issue's 64-channel 14 x 14 layer, twice a training step), this copies
+ * it once and computes 15% more columns. */
+static void pad_fill(const conv_net *net, const flow_real *in,
+                     flow_real *pad)
+{
+    const size_t pk = net->k / 2, wp = net->wp;
+    for (size_t c = 0; c < net->hid; c++)
+        for (size_t y = 0; y < net->h; y++) {
+            flow_real *dst = pad + c * net->sp + pk + (y + pk) * wp + pk;
+            const flow_real *src = in + c * net->hwp + y * net->w;
+            for (size_t x = 0; x < net->w; x++)
+                dst[x] = src[x];
+        }
+}
+
+/* out (cout rows of ns) = the layer's W on its input in (hid planes of
+ * hwp), without the bias */
+static int shift_apply(const conv_net *net, const flow_real *params,
+                       const flow_real *in, flow_real *out, flow_real *pad)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, ck = ly->cin * kk;
+    pad_fill(net, in, pad);
+    for (size_t t = 0; t < kk; t++) {
+        int st = mm(ly->cout, net->ns, ly->cin, params + ly->w_off + t, ck,
+                    kk, pad + (t / k) * net->wp + t % k, net->sp, t > 0, out,
+                    net->ns);
+        if (st != FLOW_OK)
+            return st;
+    }
+    return FLOW_OK;
+}
+
+/* dW and db of the shifted layer += one image's (hid a multiple of 8),
+ * given its input in and g (cout planes of hwp), with the input copied
+ * pixel-major (padt: row r holds pad's column r of every plane), so that
+ * tap t's operand pad_t^T is the (ns x hid) matrix at row ky wp + kx and
+ * dW_t (cout x hid) += G pad_t^T is a product of width hid, not of width
+ * cout (8: a quarter of the AVX-512 kernel's rate); G on the output
+ * columns (gp, 0 on the border columns) and db (cout x 8, equal
+ * columns) += G ones8. */
+static int shift_back_wt(const conv_net *net, const flow_real *in,
+                         const flow_real *g, const conv_ws *cw)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, hid = ly->cin, cout = ly->cout;
+    const size_t pk = k / 2, wp = net->wp, ns = net->ns;
+    flow_real *dw = cw->dwt + net->s_off, *dbs = dw + kk * cout * hid;
+    int st = FLOW_OK;
+    for (size_t y = 0; y < net->h; y++)
+        transpose(hid, net->w, in + y * net->w, net->hwp,
+                  cw->padt + (pk + (y + pk) * wp + pk) * hid, hid);
+    for (size_t o = 0; o < cout; o++)
+        for (size_t y = 0; y < net->h; y++)
+            memcpy(cw->gp + o * ns + y * wp + pk,
+                   g + o * net->hwp + y * net->w, net->w * sizeof *g);
+    for (size_t t = 0; t < kk && st == FLOW_OK; t++)
+        st = mm(cout, hid, ns, cw->gp, ns, 1,
+                cw->padt + ((t / k) * wp + t % k) * hid, hid, 1,
+                dw + t * cout * hid, hid);
+    if (st == FLOW_OK)
+        st = mm(cout, 8, ns, cw->gp, ns, 1, cw->ones8, 8, 1, dbs, 8);
+    return st;
+}
+
+/* dW^T and db^T of the shifted layer += one image's, given its input in
+ * and g (cout planes of hwp): tap t's rows c k k + t of dW^T (stride k k
+ * coutp) += pad_t G^T, with G^T laid out on the output columns u (gtp, 0
+ * on the border columns, so they add exact zeros) */
+static int shift_back_w(const conv_net *net, const flow_real *in,
+                        const flow_real *g, const conv_ws *cw)
+{
+    const conv_layer *ly = &net->layer[net->n_layers - 1];
+    const size_t k = ly->k, kk = k * k, ck = ly->cin * kk, cp = ly->coutp;
+    const size_t pk = k / 2, wp = net->wp;
+    flow_real *dwt = cw->dwt + ly->t_off;
+    int st = FLOW_OK;
+    if (net->shiftw)
+        return shift_back_wt(net, in, g, cw);
+    pad_fill(net, in, cw->pad);
+    for (size_t y = 0; y < net->h; y++)
+        for (size_t x = 0; x < net->w; x++) {
+            flow_real *row = cw->gtp + (y * wp + x + pk) * cp;
+            for (size_t o = 0; o < ly->cout; o++)
+                row[o] = g[o * net->hwp + y * net->w + x];
+        }
+    for (size_t t = 0; t < kk && st == FLOW_OK; t++)
+        st = mm(ly->cin, cp, net->ns, cw->pad + (t / k) * wp + t % k,
+                net->sp, 1, cw->gtp, cp, 1, dwt + t * cp, kk * cp);
+    if (st == FLOW_OK)
+        st = mm(1, cp, net->ns, cw->onesp, net->ns, 1, cw->gtp, cp, 1,
+                dwt + ck * cp, cp);
+    return st;
 }
 
 int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
@@ -512,7 +801,7 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
 {
     conv_head *hd = ws;
     conv_ws cw;
-    const size_t hsz = net ? net->hid * net->hw : 0;
+    const size_t hsz = net ? net->hid * net->hwp : 0;
     int st;
     if (!net || !params || !x || !y || !ws || (net->ctx && !ctx) ||
         (uintptr_t)ws % sizeof(double) != 0)
@@ -525,60 +814,195 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
     memcpy(cw.x, x, n * net->c * net->hw * sizeof *x);
     if (net->ctx)
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
+    if (net->shift)
+        memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
     for (size_t i = 0; i < n; i++) {
+        const size_t last = net->blocks + 1;
+        const flow_real *hl = hid_of(net, &cw, n, net->blocks, i);
+        size_t ys = net->hwp, y0 = 0, yr = net->w;   /* yt's geometry */
         flow_real *h0 = hid_of(net, &cw, n, 0, i);
-        st = layer_apply(net, params, 0, input_of(net, &cw, i), h0, cw.col);
+        flow_real *yi = y + i * net->cout * net->hw;
+        st = layer_apply(net, params, 0, input_of(net, &cw, i), net->hw, h0,
+                         cw.col);
         if (st != FLOW_OK)
             return st;
-        relu_inplace(h0, hsz);
+        bias_relu(net->hid, net->hwp, params + net->layer[0].b_off, h0);
         for (size_t b = 1; b <= net->blocks; b++) {
             const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
             flow_real *hb = hid_of(net, &cw, n, b, i);
             flow_real *rb = net->residual ? res_of(net, &cw, n, b, i) : hb;
-            if ((st = layer_apply(net, params, b, prev, rb, NULL)) != FLOW_OK)
+            st = layer_apply(net, params, b, prev, net->hwp, rb, cw.col);
+            if (st != FLOW_OK)
                 return st;
-            relu_inplace(rb, hsz);
+            bias_relu(net->hid, net->hwp, params + net->layer[b].b_off, rb);
             if (net->residual)
                 for (size_t p = 0; p < hsz; p++)
                     hb[p] = prev[p] + rb[p];
         }
-        st = layer_apply(net, params, net->blocks + 1,
-                         hid_of(net, &cw, n, net->blocks, i),
-                         y + i * net->cout * net->hw, cw.col);
+        if (net->shift) {
+            st = shift_apply(net, params, hl, cw.yt, cw.pad);
+            ys = net->ns;
+            y0 = net->k / 2;
+            yr = net->wp;
+        } else {
+            st = layer_apply(net, params, last, hl, net->hwp, cw.yt, cw.col);
+        }
         if (st != FLOW_OK)
             return st;
+        for (size_t o = 0; o < net->cout; o++) {
+            const flow_real bo = params[net->layer[last].b_off + o];
+            for (size_t yy = 0; yy < net->h; yy++) {
+                const flow_real *src = cw.yt + o * ys + yy * yr + y0;
+                flow_real *dst = yi + o * net->hw + yy * net->w;
+                for (size_t q = 0; q < net->w; q++)
+                    dst[q] = src[q] + bo;
+            }
+        }
     }
     hd->magic = CONV_MAGIC;
     return FLOW_OK;
 }
 
-/* VJP of layer l given g: its parameter gradients into dparams (when not
- * NULL), din written when not NULL. */
+/* The VJP of layer l on one image given g (cout planes of hwp, padding
+ * columns 0): db and dW^T (cw->dwt) accumulated when dparams is not NULL,
+ * din (cin planes ops apart) written when not NULL.  dW^T (cin k k x
+ * coutp) += col G^T, the transposed product so that tgemm's width is
+ * coutp, not cin k k (18 or 36 for a thin first layer); G^T's padding
+ * rows and columns are 0, so they add exact zeros.  din as in
+ * conv_apply_backward: W^T G for k = 1, the convolution of G with the
+ * flipped kernel when the layer narrows, else col2im(W^T G). */
 static int layer_back(const conv_net *net, const flow_real *params,
-                      size_t l, const flow_real *in, const flow_real *g,
-                      flow_real *din, flow_real *dparams, const conv_ws *cw)
+                      size_t l, const flow_real *in, size_t ips,
+                      const flow_real *g, flow_real *din, size_t ops,
+                      int grads, const conv_ws *cw)
 {
     const conv_layer *ly = &net->layer[l];
-    return conv_apply_backward(ly->cin, ly->cout, net->h, net->w, ly->k,
-                               params + ly->w_off,
-                               ly->flip ? cw->wf + ly->f_off : NULL, in, g,
-                               din,
-                               dparams ? dparams + ly->w_off : NULL,
-                               dparams ? dparams + ly->b_off : NULL, cw->col,
-                               cw->dcol);
+    const size_t hw = net->hw, hwp = net->hwp, k = ly->k;
+    const size_t ck = ly->cin * k * k, cp = ly->coutp;
+    const flow_real *wt = params + ly->w_off;
+    flow_real *dst;
+    int st;
+    if (grads && net->shift && l + 1 == net->n_layers) {
+        if ((st = shift_back_w(net, in, g, cw)) != FLOW_OK)
+            return st;
+    } else if (grads) {
+        const flow_real *colp = in;
+        if (k != 1 || ips != hwp) {
+            im2col_ld(ly->cin, net->h, net->w, k, in, ips, cw->col, hwp);
+            colp = cw->col;
+        }
+        memset(cw->gt + hw * cp, 0, (hwp - hw) * cp * sizeof *cw->gt);
+        transpose(ly->cout, hw, g, hwp, cw->gt, cp);
+        if (cp > ly->cout)
+            for (size_t p = 0; p < hw; p++)
+                for (size_t o = ly->cout; o < cp; o++)
+                    cw->gt[p * cp + o] = 0;
+        st = mm(ck, cp, hwp, colp, hwp, 1, cw->gt, cp, 1,
+                cw->dwt + ly->t_off, cp);
+        if (st == FLOW_OK)      /* db^T += 1^T G^T, the row sums of G */
+            st = mm(1, cp, hwp, cw->ones, hwp, 1, cw->gt, cp, 1,
+                    cw->dwt + ly->t_off + ck * cp, cp);
+        if (st != FLOW_OK)
+            return st;
+    }
+    if (!din)
+        return FLOW_OK;
+    dst = ops == hwp ? din : cw->dcol;
+    if (k == 1) {
+        st = mm(ly->cin, hwp, ly->cout, wt, 1, ly->cin, g, hwp, 0, dst, hwp);
+    } else if (ly->flip) {
+        const size_t fk = ly->cout * k * k;
+        im2col_ld(ly->cout, net->h, net->w, k, g, hwp, cw->col, hwp);
+        st = mm(ly->cin, hwp, fk, cw->wf + ly->f_off, fk, 1, cw->col, hwp, 0,
+                dst, hwp);
+    } else {
+        st = mm(ck, hwp, ly->cout, wt, 1, ck, g, hwp, 0, cw->dcol, hwp);
+        if (st == FLOW_OK)
+            col2im_ld(ly->cin, net->h, net->w, k, cw->dcol, hwp, din, ops);
+        return st;
+    }
+    if (st == FLOW_OK && dst != din)
+        for (size_t c = 0; c < ly->cin; c++)
+            memcpy(din + c * ops, dst + c * hwp, hw * sizeof *din);
+    if (st == FLOW_OK && ops > hw)
+        for (size_t c = 0; c < ly->cin; c++)
+            memset(din + c * ops + hw, 0, (ops - hw) * sizeof *din);
+    return st;
+}
+
+/* dW and db of every layer to their transposed scratch (cin k k + 1 rows
+ * of coutp, the padding columns 0) before the images, back after: exact
+ * copies, so the images' products are added to dparams one after the
+ * other in row order, the same bits whichever calls the rows are split
+ * into. */
+static void dwt_load(const conv_net *net, const flow_real *dparams,
+                     flow_real *dwt)
+{
+    if (net->shiftw) {
+        const conv_layer *ly = &net->layer[net->n_layers - 1];
+        const size_t kk = ly->k * ly->k, hid = ly->cin;
+        flow_real *t = dwt + net->s_off, *tb = t + kk * ly->cout * hid;
+        for (size_t q = 0; q < kk; q++)
+            for (size_t o = 0; o < ly->cout; o++)
+                for (size_t c = 0; c < hid; c++)
+                    t[(q * ly->cout + o) * hid + c] =
+                        dparams[ly->w_off + (o * hid + c) * kk + q];
+        for (size_t o = 0; o < ly->cout; o++)
+            for (size_t j = 0; j < 8; j++)
+                tb[o * 8 + j] = dparams[ly->b_off + o];
+    }
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
+        flow_real *t = dwt + ly->t_off;
+        for (size_t j = 0; j < ck; j++)
+            for (size_t o = 0; o < cp; o++)
+                t[j * cp + o] = o < ly->cout
+                                    ? dparams[ly->w_off + o * ck + j] : 0;
+        for (size_t o = 0; o < cp; o++)
+            t[ck * cp + o] = o < ly->cout ? dparams[ly->b_off + o] : 0;
+    }
+}
+
+static void dwt_store(const conv_net *net, const flow_real *dwt,
+                      flow_real *dparams)
+{
+    for (size_t l = 0; l + (net->shiftw ? 1 : 0) < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        const size_t ck = ly->cin * ly->k * ly->k, cp = ly->coutp;
+        const flow_real *t = dwt + ly->t_off;
+        for (size_t o = 0; o < ly->cout; o++)
+            for (size_t j = 0; j < ck; j++)
+                dparams[ly->w_off + o * ck + j] = t[j * cp + o];
+        for (size_t o = 0; o < ly->cout; o++)
+            dparams[ly->b_off + o] = t[ck * cp + o];
+    }
+    if (net->shiftw) {
+        const conv_layer *ly = &net->layer[net->n_layers - 1];
+        const size_t kk = ly->k * ly->k, hid = ly->cin;
+        const flow_real *t = dwt + net->s_off, *tb = t + kk * ly->cout * hid;
+        for (size_t q = 0; q < kk; q++)
+            for (size_t o = 0; o < ly->cout; o++)
+                for (size_t c = 0; c < hid; c++)
+                    dparams[ly->w_off + (o * hid + c) * kk + q] =
+                        t[(q * ly->cout + o) * hid + c];
+        for (size_t o = 0; o < ly->cout; o++)
+            dparams[ly->b_off + o] = tb[o * 8];
+    }
 }
 
 /* Image by image, from the output down: the per-image order keeps every
- * GEMM's operands in cache (the tape of one image, hid x hw), and the
- * parameter gradient sums the images in row order, whatever the batch. */
+ * product's operands in cache (the tape of one image, hid x hwp), and
+ * the parameter gradient sums the images in row order, whatever the
+ * batch. */
 int conv_net_backward(const conv_net *net, const flow_real *params,
                       size_t n, void *ws, const flow_real *dy,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)
 {
     const conv_head *hd = ws;
     conv_ws cw;
-    size_t hsz;
-    int st, want_in;
+    size_t hsz, hw, hwp, last;
+    int st = FLOW_OK, want_in, grads = dparams != NULL;
     if (!net || !params || !dy || !ws || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (n == 0)
@@ -589,57 +1013,88 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
     if (!want_in && !dparams)
         return FLOW_OK;
     carve(net, n, ws, &cw);
-    hsz = net->hid * net->hw;
+    hw = net->hw;
+    hwp = net->hwp;
+    hsz = net->hid * hwp;
+    last = net->blocks + 1;
     for (size_t l = 0; l < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
         if (ly->flip)
             conv_flip(ly->cin, ly->cout, ly->k, params + ly->w_off,
                       cw.wf + ly->f_off);
     }
-    for (size_t i = 0; i < n; i++) {
+    if (grads) {
+        dwt_load(net, dparams, cw.dwt);
+        for (size_t p = 0; p < hwp; p++)
+            cw.ones[p] = p < hw ? 1 : 0;
+    }
+    if (grads && net->shift) {
+        const size_t pk = net->k / 2;
+        if (!net->shiftw) {
+            memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
+            memset(cw.gtp, 0,
+                   net->ns * net->layer[last].coutp * sizeof *cw.gtp);
+        }
+        for (size_t u = 0; u < net->ns; u++)
+            cw.onesp[u] = u < net->h * net->wp && u % net->wp >= pk &&
+                                  u % net->wp < pk + net->w ? 1 : 0;
+        if (net->shiftw) {
+            memset(cw.padt, 0, net->hid * net->sp * sizeof *cw.padt);
+            memset(cw.gp, 0, net->cout * net->ns * sizeof *cw.gp);
+            for (size_t u = 0; u < net->ns * 8; u++)
+                cw.ones8[u] = cw.onesp[u / 8];
+        }
+    }
+    for (size_t i = 0; i < n && st == FLOW_OK; i++) {
         flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
-        st = layer_back(net, params, net->blocks + 1,
-                        hid_of(net, &cw, n, net->blocks, i),
-                        dy + i * net->cout * net->hw, ga, dparams, &cw);
-        if (st != FLOW_OK)
-            return st;
-        for (size_t b = net->blocks; b >= 1; b--) {
+        const flow_real *dyi = dy + i * net->cout * hw;
+        /* dL/dy of image i in padded planes, the padding 0 */
+        for (size_t o = 0; o < net->cout; o++) {
+            memcpy(cw.yt + o * hwp, dyi + o * hw, hw * sizeof *dyi);
+            memset(cw.yt + o * hwp + hw, 0, (hwp - hw) * sizeof *dyi);
+        }
+        st = layer_back(net, params, last, hid_of(net, &cw, n, net->blocks, i),
+                        hwp, cw.yt, ga, hwp, grads, &cw);
+        for (size_t b = net->blocks; b >= 1 && st == FLOW_OK; b--) {
             const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
             if (net->residual) {
                 /* h_b = h_{b-1} + ReLU(conv h_{b-1}): the skip adds ga */
                 memcpy(gb, ga, hsz * sizeof *gb);
                 relu_grad(res_of(net, &cw, n, b, i), gb, hsz);
-                st = layer_back(net, params, b, prev, gb, gc, dparams, &cw);
+                st = layer_back(net, params, b, prev, hwp, gb, gc, hwp, grads,
+                                &cw);
                 for (size_t p = 0; p < hsz; p++)
                     ga[p] += gc[p];
             } else {
                 relu_grad(hid_of(net, &cw, n, b, i), ga, hsz);
-                st = layer_back(net, params, b, prev, ga, gc, dparams, &cw);
+                st = layer_back(net, params, b, prev, hwp, ga, gc, hwp, grads,
+                                &cw);
                 tmp = ga;
                 ga = gc;
                 gc = tmp;
             }
-            if (st != FLOW_OK)
-                return st;
         }
-        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
-        st = layer_back(net, params, 0, input_of(net, &cw, i), ga,
-                        want_in ? cw.daug : NULL, dparams, &cw);
         if (st != FLOW_OK)
-            return st;
+            break;
+        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
+        st = layer_back(net, params, 0, input_of(net, &cw, i), hw, ga,
+                        want_in ? cw.daug : NULL, hw, grads, &cw);
+        if (st != FLOW_OK)
+            break;
         if (dx)
-            memcpy(dx + i * net->c * net->hw, cw.daug,
-                   net->c * net->hw * sizeof *dx);
+            memcpy(dx + i * net->c * hw, cw.daug, net->c * hw * sizeof *dx);
         if (dctx)
             for (size_t j = 0; j < net->ctx; j++) {
-                const flow_real *pl = cw.daug + (net->c + j) * net->hw;
+                const flow_real *pl = cw.daug + (net->c + j) * hw;
                 double s = 0;
-                for (size_t p = 0; p < net->hw; p++)
+                for (size_t p = 0; p < hw; p++)
                     s += pl[p];
                 dctx[i * net->ctx + j] += (flow_real)s;
             }
     }
-    return FLOW_OK;
+    if (grads)
+        dwt_store(net, cw.dwt, dparams);
+    return st;
 }
 
 /* ------------------------------------------------------------ export */

@@ -4,12 +4,14 @@
 #define FLOW_RUNTIME_CONV_H
 
 /* Images are C x H x W in C order (c H W + h W + w), one per row of a
- * batch.  The net works image by image: every GEMM of image i reads only
- * image i, so a row's outputs and input gradient are the same bits
- * whichever rows share its call (any split of a batch over threads), and
- * the parameter gradient is accumulated image after image in row order.
- * OpenBLAS stays single-threaded (matrix.h): the model's threads split
- * the batch by rows (docs/runtime.md, "Convolutions"). */
+ * batch.  The net works image by image: every product of image i reads
+ * only image i (tgemm, OpenBLAS where tgemm declines), so a row's outputs
+ * and input gradient are the same bits whichever rows share its call
+ * (any split of a batch over threads), and the parameter gradient is
+ * accumulated image after image in row order.  Inside the net an image's
+ * planes are H W rounded up to 8 values apart (tgemm's width).  OpenBLAS
+ * stays single-threaded (matrix.h): the model's threads split the batch
+ * by rows (docs/runtime.md, "Convolutions"). */
 
 #include <stddef.h>
 
@@ -31,7 +33,9 @@ void conv_im2col(size_t c, size_t h, size_t w, size_t k,
 void conv_col2im(size_t c, size_t h, size_t w, size_t k,
                  const flow_real *col, flow_real *img);
 
-/* One convolution on one image: y (cout x h w) = W * x + b with W
+/* One convolution on one image through OpenBLAS (the kernel tests'
+ * subject; the net runs the same formulas on padded planes through
+ * tgemm): y (cout x h w) = W * x + b with W
  * (cout x cin x k x k, PyTorch's Conv2d layout) and b (cout); col is
  * scratch of conv_col_count(cin, h, w, k) values (unused for k = 1: a
  * 1x1 convolution is the plain GEMM W x). */

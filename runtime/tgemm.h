@@ -1,10 +1,13 @@
-/* tgemm.h - internal: a register-tiled float GEMM (AVX2 + FMA) for narrow
- * layers, the runtime's one hand-written SIMD kernel. */
+/* tgemm.h - internal: a register-tiled float GEMM (AVX2 + FMA, AVX-512)
+ * for narrow layers, the runtime's hand-written SIMD GEMM. */
 #ifndef FLOW_RUNTIME_TGEMM_H
 #define FLOW_RUNTIME_TGEMM_H
 
 /* For the divergence kernels of nn_div.c (64 x 64 weights against a few
- * hundred rows), where OpenBLAS's packing costs a third of the time.
+ * hundred rows), where OpenBLAS's packing costs a third of the time, and
+ * the convolutions of conv.c (one image per call, so that its bits are
+ * its own).  The AVX-512 path computes every entry as the AVX2 one does:
+ * the same bits on either CPU.
  * Chosen at run time; elsewhere (other CPUs, other compilers, the float64
  * build) tgemm declines and the caller uses blas_gemm. */
 

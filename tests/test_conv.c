@@ -348,6 +348,9 @@ static const ccase net_cases[] = {
     {2, 4, 5, 2, 3, 3, 2, 3, 1},  /* context planes, residual stages */
     {3, 3, 3, 0, 5, 1, 0, 2, 0},  /* 1x1 kernels, no middle stage */
     {2, 3, 4, 1, 3, 5, 1, 1, 0},  /* 5x5 kernel, wider than the image */
+    {2, 5, 6, 1, 8, 3, 1, 3, 0},  /* hid a multiple of 8: the last layer's
+                                     dW from the pixel-major copy */
+    {1, 3, 4, 0, 8, 5, 1, 2, 1},  /* the same, 5x5, wider than the image */
 };
 
 START_TEST(test_net_forward_and_count)
@@ -659,6 +662,98 @@ START_TEST(test_thread_split)
 }
 END_TEST
 
+/* One image's output and input gradient are the same bits in whatever
+ * batch it is evaluated (docs/runtime.md, "Threading and determinism"):
+ * glow_fashion's two conditioners (4 x 14 x 14 and 8 x 7 x 7 couplings,
+ * 64 hidden channels), the image alone, then first and last in batches
+ * of 3, 64 and 65 random others. */
+START_TEST(test_batch_invariance)
+{
+    static const ccase cases[] = {
+        {2, 14, 14, 0, 64, 3, 1, 4, 0},
+        {4, 7, 7, 0, 64, 3, 1, 8, 0},
+    };
+    static const size_t sizes[] = {3, 64, 65};
+    const ccase *cc = &cases[_i];
+    const size_t din = cc->c * cc->h * cc->w, dout = cc->cout * cc->h * cc->w;
+    const size_t nmax = 65;
+    flow_net *net = make(cc, 0);
+    size_t np = nn_params(net);
+    flow_real *p = malloc(np * sizeof *p), *g = calloc(np, sizeof *g);
+    flow_real *x = malloc(nmax * din * sizeof *x);
+    flow_real *dy = malloc(nmax * dout * sizeof *dy);
+    flow_real *y = malloc(nmax * dout * sizeof *y);
+    flow_real *dx = malloc(nmax * din * sizeof *dx);
+    flow_real *x1 = malloc(din * sizeof *x1), *dy1 = malloc(dout * sizeof *dy1);
+    flow_real *y1 = malloc(dout * sizeof *y1), *dx1 = malloc(din * sizeof *dx1);
+    void *ws = ws_new(net, nmax), *ws1 = ws_new(net, 1);
+    double ymax = 0, dxmax = 0;
+    flow_rng r;
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(g);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(dy);
+    ck_assert_ptr_nonnull(y);
+    ck_assert_ptr_nonnull(dx);
+    ck_assert_ptr_nonnull(x1);
+    ck_assert_ptr_nonnull(dy1);
+    ck_assert_ptr_nonnull(y1);
+    ck_assert_ptr_nonnull(dx1);
+    rng_seed(&r, 31 + (uint64_t)_i);
+    nn_init(net, p, &r);        /* the last layer random: every product */
+    fill_normal(&r, x1, din, 1);
+    fill_normal(&r, dy1, dout, 1);
+    ck_assert_int_eq(nn_forward(net, p, 1, x1, NULL, 0, y1, ws1), FLOW_OK);
+    ck_assert_int_eq(nn_backward(net, p, 1, ws1, dy1, dx1, NULL, g), FLOW_OK);
+    for (size_t q = 0; q < dout; q++)
+        ymax = fmax(ymax, fabs(y1[q]));
+    for (size_t q = 0; q < din; q++)
+        dxmax = fmax(dxmax, fabs(dx1[q]));
+    ck_assert_double_gt(ymax, 1e-2);
+    ck_assert_double_gt(dxmax, 1e-4);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const size_t n = sizes[si];
+        const size_t at[2] = {0, n - 1};
+        for (size_t a = 0; a < 2; a++) {
+            const size_t pos = at[a];
+            fill_normal(&r, x, n * din, 1);
+            fill_normal(&r, dy, n * dout, 1);
+            memcpy(x + pos * din, x1, din * sizeof *x);
+            memcpy(dy + pos * dout, dy1, dout * sizeof *dy);
+            ck_assert_int_eq(nn_forward(net, p, n, x, NULL, 0, y, ws),
+                             FLOW_OK);
+            ck_assert_int_eq(nn_backward(net, p, n, ws, dy, dx, NULL, g),
+                             FLOW_OK);
+            for (size_t q = 0; q < dout; q++)
+                ck_assert_msg(memcmp(&y[pos * dout + q], &y1[q],
+                                     sizeof *y) == 0,
+                              "batch %zu, row %zu: y[%zu] = %.9g, alone "
+                              "%.9g", n, pos, q, (double)y[pos * dout + q],
+                              (double)y1[q]);
+            for (size_t q = 0; q < din; q++)
+                ck_assert_msg(memcmp(&dx[pos * din + q], &dx1[q],
+                                     sizeof *dx) == 0,
+                              "batch %zu, row %zu: dx[%zu] = %.9g, alone "
+                              "%.9g", n, pos, q, (double)dx[pos * din + q],
+                              (double)dx1[q]);
+        }
+    }
+    free(p);
+    free(g);
+    free(x);
+    free(dy);
+    free(y);
+    free(dx);
+    free(x1);
+    free(dy1);
+    free(y1);
+    free(dx1);
+    free(ws);
+    free(ws1);
+    nn_destroy(net);
+}
+END_TEST
+
 /* ------------------------------------------------------------ host table */
 
 typedef struct sink {
@@ -810,6 +905,7 @@ Suite *suite_conv(void)
                         (int)(sizeof net_cases / sizeof net_cases[0]));
     tcase_add_test(tc, test_zero_last);
     tcase_add_test(tc, test_thread_split);
+    tcase_add_loop_test(tc, test_batch_invariance, 0, 2);
     tcase_add_test(tc, test_host_entries);
     tcase_add_test(tc, test_spec_errors);
     tcase_set_timeout(tc, 60);
