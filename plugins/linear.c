@@ -11,6 +11,9 @@
 
 #include "common.h"
 
+/* pixels per block of double accumulators in the per-pixel products */
+#define PIX_BLOCK 64
+
 enum { ATTR_PERM };
 enum { ALT_NONE, ALT_REVERSE, ALT_RANDOM };
 
@@ -251,15 +254,26 @@ static void affine_rows(size_t n, size_t d, size_t g, const double *M,
                         const flow_real *add, flow_real *out)
 {
     size_t w = d * g;
+    double acc[PIX_BLOCK];
+    /* out[i][p] = add[i] + sum_j M[i][j] (in[j][p] - sub[j]), j in order
+     * for every pixel: pixels innermost (contiguous, so the loop
+     * vectorises), in blocks of PIX_BLOCK accumulators */
     for (size_t r = 0; r < n; r++)
-        for (size_t p = 0; p < g; p++)
+        for (size_t p0 = 0; p0 < g; p0 += PIX_BLOCK) {
+            size_t pn = g - p0 < PIX_BLOCK ? g - p0 : PIX_BLOCK;
             for (size_t i = 0; i < d; i++) {
-                double v = add ? add[i] : 0;
-                for (size_t j = 0; j < d; j++)
-                    v += M[i * d + j]
-                         * (in[r * w + j * g + p] - (sub ? sub[j] : 0));
-                out[r * w + i * g + p] = (flow_real)v;
+                const flow_real *x = in + r * w + p0;
+                for (size_t p = 0; p < pn; p++)
+                    acc[p] = add ? add[i] : 0;
+                for (size_t j = 0; j < d; j++) {
+                    double mij = M[i * d + j], sj = sub ? sub[j] : 0;
+                    for (size_t p = 0; p < pn; p++)
+                        acc[p] += mij * ((double)x[j * g + p] - sj);
+                }
+                for (size_t p = 0; p < pn; p++)
+                    out[r * w + i * g + p0 + p] = (flow_real)acc[p];
             }
+        }
 }
 
 static int linear_forward(void *self, const flow_call *c, const flow_real *x,
@@ -297,15 +311,25 @@ static void vjp(const linear *l, const flow_call *c, const flow_real *in,
 {
     size_t d = l->d, g = l->g, w = d * g;
     flow_real *gW = c->grad, *gb = c->grad ? c->grad + d * d : NULL;
-    /* din_r[:, p] = M^T dout_r[:, p] */
+    double acc[PIX_BLOCK];
+    /* din_r[:, p] = M^T dout_r[:, p], i in order for every pixel (pixels
+     * innermost, as in affine_rows) */
     for (size_t r = 0; r < c->n; r++)
-        for (size_t p = 0; p < g; p++)
+        for (size_t p0 = 0; p0 < g; p0 += PIX_BLOCK) {
+            size_t pn = g - p0 < PIX_BLOCK ? g - p0 : PIX_BLOCK;
+            const flow_real *dz = dout + r * w + p0;
             for (size_t j = 0; j < d; j++) {
-                double v = 0;
-                for (size_t i = 0; i < d; i++)
-                    v += M[i * d + j] * dout[r * w + i * g + p];
-                din[r * w + j * g + p] = (flow_real)v;
+                for (size_t p = 0; p < pn; p++)
+                    acc[p] = 0;
+                for (size_t i = 0; i < d; i++) {
+                    double mij = M[i * d + j];
+                    for (size_t p = 0; p < pn; p++)
+                        acc[p] += mij * (double)dz[i * g + p];
+                }
+                for (size_t p = 0; p < pn; p++)
+                    din[r * w + j * g + p0 + p] = (flow_real)acc[p];
             }
+        }
     if (!gW)
         return;
     /* forward (sign +1): dW += sum dz x^T, db += sum dz over rows and

@@ -517,6 +517,35 @@ static inline tf_v2 v2_tanh(tf_v2 u)
     return (e - 1.0) / (e + 1.0);
 }
 
+/* log x for positive normal x (the sigmoid scale, in (e^-5, 1]): x = 2^k
+ * f with f in [sqrt(1/2), sqrt(2)) read off the bits (k through the
+ * 2^52 trick, as in v2_exp_core: SSE2 has no packed int64 conversion),
+ * log f = 2 atanh(u), u = (f - 1) / (f + 1), |u| <= 0.1716, by the series
+ * 2 (u + u^3/3 + ... + u^11/11) (Abramowitz & Stegun 4.1.27; the first
+ * term left out, 2 u^13 / 13, is below 2e-11), plus k ln 2 with ln 2
+ * split as in v2_exp_core.  NaN lanes come back NaN. */
+static inline tf_v2 v2_log(tf_v2 x)
+{
+    const tf_u2 mant = {0x000fffffffffffffull, 0x000fffffffffffffull};
+    const tf_u2 one = {0x3ff0000000000000ull, 0x3ff0000000000000ull};
+    const tf_u2 magic = {0x4330000000000000ull, 0x4330000000000000ull};
+    const tf_v2 sqrt2 = {1.4142135623730951, 1.4142135623730951};
+    tf_u2 b = (tf_u2)x;
+    tf_v2 f = (tf_v2)((b & mant) | one);
+    tf_v2 k = (tf_v2)((b >> 52) | magic) - (4503599627370496.0 + 1023.0);
+    tf_i2 big = f > sqrt2;
+    tf_v2 u, u2, p, r;
+    f = v2_sel(big, f * 0.5, f);
+    k = v2_sel(big, k + 1.0, k);
+    u = (f - 1.0) / (f + 1.0);
+    u2 = u * u;
+    p = 1.0 + u2 * ((1.0 / 3) + u2 * ((1.0 / 5) + u2 * ((1.0 / 7)
+             + u2 * ((1.0 / 9) + u2 * (1.0 / 11)))));
+    r = k * 0.693147180369123816 + (k * 1.90821492927058770e-10
+                                    + 2.0 * u * p);
+    return v2_sel(x != x, x, r);
+}
+
 /* lanes where v is finite once rounded to float (|v| below FLT_MAX plus
  * half an ulp, 0x1.ffffffp127; false for NaN): -1, else 0.  On the
  * double, not on what v2_store read back: GCC 12 -O2 forwards the
@@ -548,51 +577,73 @@ static inline void v2_pairs(const float *th, tf_v2 *s, tf_v2 *t)
     *t = (tf_v2){th[1], th[3]};
 }
 
-/* The affine transformer for two scalars (affine_scale above: l = C
- * tanh(s / C); y = x e^l + t, lad = l; inverse x = (y - t) e^-l, lad =
- * -l): the lanes where the input is finite but the output or log-det is
- * not come back -1. */
-static inline tf_i2 affine_eval2(int dir, const float *in,
+/* Both affine kinds for two lanes (affine_any above): l = log scale, dl
+ * = dl/ds and e = the scale of direction dir (e^l, or e^-l for dir 1).
+ * exp kind: l = C tanh(s / C); sigmoid kind: scale = m + (1 - m)
+ * sigma(s + 2), sigma and 1 - sigma from the one e^-|a| (sigmoid_scale). */
+static inline void affine_lanes(int sig, int dir, tf_v2 s, tf_v2 *l,
+                                tf_v2 *dl, tf_v2 *e)
+{
+    if (sig) {
+        const double m = TF_SIGMOID_MIN;
+        const tf_v2 zero = {0.0, 0.0};
+        tf_v2 a = s + TF_SIGMOID_SHIFT;
+        tf_v2 ea = v2_exp(v2_sel(a < zero, a, -a));
+        tf_v2 r = 1.0 / (1.0 + ea), sg, om, sc;
+        tf_i2 pos = a >= zero;
+        sg = v2_sel(pos, r, ea * r);
+        om = v2_sel(pos, ea * r, r);
+        sc = m + (1.0 - m) * sg;
+        *l = v2_log(sc);
+        *dl = (1.0 - m) * sg * om / sc;
+        *e = dir ? 1.0 / sc : sc;
+    } else {
+        const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
+        tf_v2 th = v2_tanh(s * ic);
+        *l = c * th;
+        *dl = 1.0 - th * th;
+        *e = v2_exp(dir ? -*l : *l);
+    }
+}
+
+/* The affine transformer for two scalars (y = x e^l + t, lad = l;
+ * inverse x = (y - t) e^-l, lad = -l): the lanes where the input is
+ * finite but the output or log-det is not come back -1. */
+static inline tf_i2 affine_eval2(int sig, int dir, const float *in,
                                  const float *theta, float *out, float *lad)
 {
-    const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
-    const double sg = dir ? -1.0 : 1.0;
-    tf_v2 s, t, x, l, e, o;
+    tf_v2 s, t, x, l, dl, e, o;
     v2_pairs(theta, &s, &t);
     x = v2_load(in);
-    l = c * v2_tanh(s * ic);
-    e = v2_exp(sg * l);
+    affine_lanes(sig, dir, s, &l, &dl, &e);
     o = v2_store(out, dir ? (x - t) * e : x * e + t);
+    if (dir)
+        l = -l;
     if (lad)
-        v2_store(lad, sg * l);
+        v2_store(lad, l);
     return v2_fin(x) & ~(v2_fin(o) & v2_fin(l));
 }
 
 /* Its VJP for two scalars (vjp_core's affine case): the lanes where dL/dy
  * is finite but dL/dx is not come back -1. */
-static inline tf_i2 affine_vjp2(int dir, const float *in,
+static inline tf_i2 affine_vjp2(int sig, int dir, const float *in,
                                 const float *theta, const float *gout,
                                 const float *glad, float *gin,
                                 float *gtheta)
 {
-    const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
-    tf_v2 s, t, x, g, gl = {0, 0}, th, l, dl, e, gi, g0, g1;
+    tf_v2 s, t, x, g, gl = {0, 0}, l, dl, e, gi, g0, g1;
     float gbuf[2];
     v2_pairs(theta, &s, &t);
     x = v2_load(in);
     g = v2_load(gout);
     if (glad)
         gl = v2_load(glad);
-    th = v2_tanh(s * ic);
-    l = c * th;
-    dl = 1.0 - th * th;
+    affine_lanes(sig, dir, s, &l, &dl, &e);
     if (dir == 0) {          /* y = x e^l + t, lad = l */
-        e = v2_exp(l);
         gi = g * e;
         g0 = (g * x * e + gl) * dl;
         g1 = g;
     } else {                 /* x = (y - t) e^-l, lad = -l */
-        e = v2_exp(-l);
         gi = g * e;
         g0 = (-g * ((x - t) * e) - gl) * dl;
         g1 = -g * e;
@@ -612,25 +663,25 @@ static inline tf_i2 affine_vjp2(int dir, const float *in,
  * libm path (which cost 10% of a MAF training step).  Four scalars per
  * iteration: two independent chains, as the polynomials are
  * latency-bound.  An odd last scalar goes through a padded pair. */
-static int affine_eval_f(int dir, size_t m, const float *in,
+static int affine_eval_f(int sig, int dir, size_t m, const float *in,
                          const float *theta, float *out, float *lad)
 {
     tf_i2 bad = {0, 0};
     size_t i = 0;
     for (; i + 4 <= m; i += 4) {
-        bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
+        bad |= affine_eval2(sig, dir, in + i, theta + 2 * i, out + i,
                             lad ? lad + i : NULL);
-        bad |= affine_eval2(dir, in + i + 2, theta + 2 * i + 4, out + i + 2,
-                            lad ? lad + i + 2 : NULL);
+        bad |= affine_eval2(sig, dir, in + i + 2, theta + 2 * i + 4,
+                            out + i + 2, lad ? lad + i + 2 : NULL);
     }
     for (; i + 2 <= m; i += 2)
-        bad |= affine_eval2(dir, in + i, theta + 2 * i, out + i,
+        bad |= affine_eval2(sig, dir, in + i, theta + 2 * i, out + i,
                             lad ? lad + i : NULL);
     if (i < m) {
         float pin[2] = {in[i], 0}, pth[4] = {theta[2 * i], theta[2 * i + 1],
                                              0, 0};
         float pout[2], plad[2];
-        bad |= affine_eval2(dir, pin, pth, pout, plad);
+        bad |= affine_eval2(sig, dir, pin, pth, pout, plad);
         out[i] = pout[0];
         if (lad)
             lad[i] = plad[0];
@@ -638,14 +689,14 @@ static int affine_eval_f(int dir, size_t m, const float *in,
     return (bad[0] | bad[1]) ? FLOW_ERR_NUMERIC : FLOW_OK;
 }
 
-static int affine_vjp_f(int dir, size_t m, const float *in,
+static int affine_vjp_f(int sig, int dir, size_t m, const float *in,
                         const float *theta, const float *gout,
                         const float *glad, float *gin, float *gtheta)
 {
     tf_i2 bad = {0, 0};
     size_t i = 0;
     for (; i + 2 <= m; i += 2)
-        bad |= affine_vjp2(dir, in + i, theta + 2 * i, gout + i,
+        bad |= affine_vjp2(sig, dir, in + i, theta + 2 * i, gout + i,
                            glad ? glad + i : NULL, gin ? gin + i : NULL,
                            gtheta ? gtheta + 2 * i : NULL);
     if (i < m) {
@@ -653,7 +704,7 @@ static int affine_vjp_f(int dir, size_t m, const float *in,
                                              0, 0};
         float pg[2] = {gout[i], 0}, pgl[2] = {glad ? glad[i] : 0, 0};
         float pgi[2], pgt[4];
-        bad |= affine_vjp2(dir, pin, pth, pg, pgl, pgi, pgt);
+        bad |= affine_vjp2(sig, dir, pin, pth, pg, pgl, pgi, pgt);
         if (gin)
             gin[i] = pgi[0];
         if (gtheta) {
@@ -685,10 +736,11 @@ static int eval_batch(const flow_tf *tf, int dir, size_t m,
     if (m && (!in || !theta || !out))
         return FLOW_ERR_INVAL;
 #if !FLOW_REAL_DOUBLE
-    /* the sigmoid scale takes the scalar core: docs/runtime.md, "Affine,
-     * sigmoid scale" */
+    /* specialised per kind: the kind is a constant inside each call */
     if (c.kind == FLOW_TF_AFFINE)
-        return affine_eval_f(dir, m, in, theta, out, lad);
+        return affine_eval_f(0, dir, m, in, theta, out, lad);
+    if (c.kind == FLOW_TF_AFFINE_SIGMOID)
+        return affine_eval_f(1, dir, m, in, theta, out, lad);
 #endif
     for (size_t i = 0; i < m; i++) {
         load_theta(theta + i * c.n_theta, c.n_theta, th);
@@ -729,7 +781,9 @@ static int vjp_batch(const flow_tf *tf, int dir, size_t m,
         return FLOW_ERR_INVAL;
 #if !FLOW_REAL_DOUBLE
     if (c.kind == FLOW_TF_AFFINE)
-        return affine_vjp_f(dir, m, in, theta, gout, glad, gin, gtheta);
+        return affine_vjp_f(0, dir, m, in, theta, gout, glad, gin, gtheta);
+    if (c.kind == FLOW_TF_AFFINE_SIGMOID)
+        return affine_vjp_f(1, dir, m, in, theta, gout, glad, gin, gtheta);
 #endif
     for (size_t i = 0; i < m; i++) {
         load_theta(theta + i * c.n_theta, c.n_theta, th);

@@ -36,9 +36,11 @@ static void rand_theta(flow_rng *r, flow_real *th, size_t n, double sc)
 }
 
 /* How far (in float ulps of the result) the batch calls may be from the
- * double core rounded: 1, except the affine transformer in float, which
- * runs its own vectorised exp and tanh (transform.c, "affine, float fast
- * path"; measured within 1.6 ulp of the core rounded, docs/runtime.md). */
+ * double core rounded: 1, except the exp-scale affine transformer in
+ * float, which runs its own vectorised exp and tanh (transform.c, "affine,
+ * float fast path"; measured within 1.6 ulp of the core rounded,
+ * docs/runtime.md).  The sigmoid scale's vector path (exp and log) holds
+ * 1 ulp here. */
 #if FLOW_REAL_DOUBLE
 # define BATCH_ULPS(tf) 1.0
 #else
