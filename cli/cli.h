@@ -204,11 +204,13 @@ typedef struct cli_run_opts {
     int shape_rank;             /* 0: flat rows */
     int has_range;              /* sample --range lo,hi: pixel scale */
     double temperature;         /* sample --temperature T (> 0, default 1) */
+    size_t noise;               /* eval --noise K: dequantization draws
+                                   per row (0: the midpoint)           */
     double range_lo, range_hi;
 } cli_run_opts;
 
 /* Parses them; mode 0: --data commands; 1: sample; 2: info (checkpoint
- * only).  0, or an exit code after printing why. */
+ * only); 3: eval (mode 0 with --noise and --seed).  0, or an exit code after printing why. */
 int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
                   void (*usage)(FILE *), int mode);
 /* Writes n rows of width w named PREFIX0.. (+ cw context columns named as
