@@ -842,9 +842,10 @@ int cli_cmd_train(int argc, char **argv)
         if (save_ckpt(comm, &l, t, all ? all : tr, h.s, o.out) != FLOW_OK)
             goto failmsg;
         flow_trainer_get_state(t, &st);
-        fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
-                "%s (continue with --resume %s)\n", cmd, sig,
-                (unsigned long long)st.step, o.out, o.out);
+        if (flow_comm_rank(comm) == 0)
+            fprintf(stderr, "%s: interrupted by signal %d after step %llu; "
+                    "wrote %s (continue with --resume %s)\n", cmd, sig,
+                    (unsigned long long)st.step, o.out, o.out);
         ret = 128 + sig;
         goto out;
     }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "rsum.h"
+#include "vec.h"
 
 int rsum_init(rsum *r, size_t n_main, size_t n_extra)
 {
@@ -44,16 +45,28 @@ static double absmax(double m, double v)
     return a <= m ? m : isfinite(a) ? a : INFINITY;
 }
 
+/* max |v[i]| over [0, n), +inf when one is not finite: v * 0 is 0 for
+ * a finite v and NaN otherwise, so one sum of them finds the non-finite
+ * without a branch, and both loops vectorise. */
+FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
+                                       size_t n, double m)
+{
+    double z = 0;
+    for (size_t i = 0; i < n; i++) {
+        double a = fabs((double)v[i]);
+        m = a > m ? a : m;
+        z += (double)v[i] * 0.0;
+    }
+    return z == 0 ? m : INFINITY;
+}
+
 void rsum_see(rsum *r, const flow_real *v, const double *extra)
 {
     size_t ng = (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK;
     for (size_t g = 0; g < ng; g++) {
         size_t lo = g * RSUM_CHUNK;
         size_t hi = lo + RSUM_CHUNK < r->n_main ? lo + RSUM_CHUNK : r->n_main;
-        double m = r->max[g];
-        for (size_t i = lo; i < hi; i++)
-            m = absmax(m, v[i]);
-        r->max[g] = m;
+        r->max[g] = chunk_max(v + lo, hi - lo, r->max[g]);
     }
     for (size_t e = 0; e < r->n_extra; e++)
         r->max[ng + e] = absmax(r->max[ng + e], extra[e]);
@@ -98,12 +111,20 @@ int rsum_agree(rsum *r, flow_comm *comm, size_t n_blocks, int failed,
     return FLOW_OK;
 }
 
-/* IEEE arithmetic without reassociation (no -ffast-math, and C11's
- * -ffp-contract=off): (x + s) - s is computed as written, never folded
- * to x. */
+/* (x + sigma) - sigma: x on sigma's grid.  IEEE arithmetic without
+ * reassociation (no -ffast-math; C11's -ffp-contract=off) computes it as
+ * written, never folded to x. */
 static double round_to(double x, double sigma)
 {
     return (x + sigma) - sigma;
+}
+
+FLOW_VECTORIZE static void chunk_add(double *restrict sum,
+                                     const flow_real *restrict v, size_t n,
+                                     double sigma)
+{
+    for (size_t i = 0; i < n; i++)
+        sum[i] += ((double)v[i] + sigma) - sigma;
 }
 
 void rsum_add(rsum *r, const flow_real *v, const double *extra)
@@ -114,11 +135,8 @@ void rsum_add(rsum *r, const flow_real *v, const double *extra)
     for (size_t g = 0; g < ng; g++) {
         size_t lo = g * RSUM_CHUNK;
         size_t hi = lo + RSUM_CHUNK < r->n_main ? lo + RSUM_CHUNK : r->n_main;
-        double s = r->sigma[g];
-        if (s == 0)
-            continue;
-        for (size_t i = lo; i < hi; i++)
-            r->sum[i] += round_to(v[i], s);
+        if (r->sigma[g] != 0)
+            chunk_add(r->sum + lo, v + lo, hi - lo, r->sigma[g]);
     }
     for (size_t e = 0; e < r->n_extra; e++)
         if (r->sigma[ng + e] != 0)

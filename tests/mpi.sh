@@ -84,4 +84,23 @@ if [ -e "$t/k/kill.ckpt" ]; then
     check "killed rank: whole checkpoint" 0 $?
 else ok; fi
 
+# SIGTERM to rank 1 alone: both ranks stop after the same step, rank 0
+# writes the checkpoint with the whole state, exit 143
+mkdir "$t/s"
+( timeout 60 mpirun --oversubscribe -np 2 sh -c \
+    'echo $$ >"$0/pid.$OMPI_COMM_WORLD_RANK"; exec "$@"' "$t/s" \
+    "$F" train "$SPEC" --data "$t/big.csv" --batch 64 --epochs 100000 \
+    --checkpoint-every 1 --quiet -o "$t/s/sig.ckpt" >"$t/sout" 2>&1
+  echo $? >"$t/src" ) &
+i=0      # the first epoch's checkpoint: both ranks are in the loop
+while [ ! -s "$t/s/sig.ckpt" ] && [ $i -lt 400 ]; do
+    sleep 0.1; i=$((i + 1)); done
+kill -TERM "$(cat "$t/s/pid.1")"
+wait
+same "SIGTERM on rank 1: exit" 143 "$(cat "$t/src")"
+same "SIGTERM on rank 1: one message" 1 \
+    "$(grep -c 'interrupted by signal 15 after step' "$t/sout")"
+"$F" info "$t/s/sig.ckpt" >/dev/null 2>"$t/err"
+check "SIGTERM on rank 1: checkpoint" 0 $?
+
 finish mpi.sh
