@@ -1,6 +1,5 @@
-/* comm.h - internal: the communicator behind flow_comm (flow.h), one
- * process alone (comm.c) or MPI's processes (comm_mpi.c, the only file with
- * an MPI header). */
+/* comm.h - internal: flow_comm (flow.h), one process (comm.c) or MPI's
+ * processes (comm_mpi.c, the only file that includes an MPI header). */
 #ifndef FLOW_RUNTIME_COMM_H
 #define FLOW_RUNTIME_COMM_H
 
