@@ -44,6 +44,12 @@ static void train_usage(FILE *f)
           "  --threads T          worker threads splitting each batch by rows\n"
           "                       (default 1; same seed and threads, "
           "same bits)\n"
+          "  --reproducible       gradients summed in blocks of 32 rows, "
+          "the same\n"
+          "                       bits as under mpirun with any number of "
+          "ranks\n"
+          "                       (always on under mpirun; "
+          "docs/distributed.md)\n"
           "  --checkpoint-every N also write CKPT every N epochs\n"
           "  --resume CKPT        continue a run from its checkpoint\n"
           "  --verify-plugins     probe every layer before training (default:\n"
@@ -61,6 +67,8 @@ static void train_usage(FILE *f)
           "  --json               print the summary as JSON on stdout\n"
           "  -o, --output CKPT    checkpoint to write (required)\n"
           "\n"
+          "Under mpirun (a build with MPI) each rank computes its share of\n"
+          "each batch; rank 0 prints and writes CKPT (docs/distributed.md).\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
           "full training state and exits 130 or 143; --resume CKPT goes on.\n"
           "Exit status 3: the run diverged (10 non-finite steps in a row: no\n"
@@ -79,7 +87,7 @@ typedef struct train_opts {
     const char *spec, *data, *valid, *out, *resume, *columns, *context;
     double valid_fraction;
     size_t epochs, steps, threads, ckpt_every, log_every;
-    int json, has_epochs, has_steps, quiet;
+    int json, has_epochs, has_steps, quiet, reproducible;
     int verify;                 /* -1: no layer, else a flow_verify_scope */
     int set_verify, verbose;
     uint64_t seed;
@@ -160,6 +168,8 @@ static int parse_train(int argc, char **argv, train_opts *o)
             rc = cli_parse_u64(&a, &o->seed);
         else if (cli_opt_is(&a, "--threads"))
             rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
+        else if (cli_opt_is(&a, "--reproducible"))
+            o->reproducible = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--checkpoint-every"))
             rc = cli_parse_size(&a, &o->ckpt_every, 1);
         else if (cli_opt_is(&a, "--json"))
@@ -522,6 +532,46 @@ static int verify_layers(cli_loaded *l, const char *cmd, const train_opts *o,
     return 0;
 }
 
+/* Rank 0 writes the checkpoint; every rank holds the same state. */
+static int save_ckpt(flow_comm *comm, cli_loaded *l, flow_trainer *t,
+                     const flow_data *d, const char *history,
+                     const char *out)
+{
+    if (flow_comm_rank(comm) != 0)
+        return FLOW_OK;
+    return cli_save_checkpoint(l->ctx, l->model, t, l->comp, d, history, NULL,
+                               out);
+}
+
+/* Rank 0's initial parameters and buffers (the data-dependent
+ * initialisation of actnorm) on every rank: each computed them from the
+ * same rows, and the broadcast makes the start equal even so. */
+static int share_init(flow_comm *comm, flow_model *m)
+{
+    int rc = flow_comm_broadcast(comm, flow_model_params(m),
+                                 flow_model_num_params(m) * sizeof(flow_real),
+                                 0);
+    if (rc == FLOW_OK)
+        rc = flow_comm_broadcast(comm, flow_model_buffers(m),
+                                 flow_model_num_buffers(m)
+                                 * sizeof(flow_real), 0);
+    return rc;
+}
+
+/* A signal seen by any rank stops all of them after the same step: the
+ * largest signal number is every rank's. */
+static int agree_stop(flow_comm *comm, int *stop)
+{
+    double v = (double)cli_stop_signal;
+    int rc = flow_comm_allreduce(comm, &v, 1, FLOW_COMM_MAX);
+    if (rc == FLOW_OK && v > 0) {
+        *stop = (int)v;
+        if (!cli_stop_signal)
+            cli_stop_signal = (int)v;
+    }
+    return rc;
+}
+
 int cli_cmd_train(int argc, char **argv)
 {
     const char *cmd = "flowkit train";
@@ -536,8 +586,9 @@ int cli_cmd_train(int argc, char **argv)
     double low_loss = INFINITY, last_loss = NAN, best_v = -INFINITY;
     size_t ep_count = 0, nfe_count = 0, low_epoch = 0, last_epoch = 0;
     size_t best_v_epoch = 0;
-    int rc, ret = 1, warned_rise = 0, warned_skip = 0;
+    int rc, ret = 1, warned_rise = 0, warned_skip = 0, use_comm, stop = 0;
     cli_progress pr;
+    flow_comm *comm = NULL;
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
@@ -550,6 +601,17 @@ int cli_cmd_train(int argc, char **argv)
     memset(&l, 0, sizeof l);
     if (!(l.ctx = cli_open_ctx(cmd)))
         return 1;
+    if (!(comm = flow_comm_new(l.ctx))) {
+        cli_fail(l.ctx, cmd);
+        cli_loaded_free(&l);
+        return 1;
+    }
+    use_comm = o.reproducible || !strcmp(flow_comm_kind(comm), "mpi");
+    if (flow_comm_rank(comm) != 0) {
+        o.quiet = 1;            /* rank 0 speaks for the run */
+        o.json = 0;
+        o.verbose = 0;
+    }
     if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL))
         || cli_check_output_sources(cmd, o.out, flow_compile_graph(l.comp)))
         goto out;
@@ -610,7 +672,8 @@ int cli_cmd_train(int argc, char **argv)
     total = o.has_steps ? o.steps : o.epochs * steps_per_epoch;
     o.cfg.total_steps = total;
     if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
-                               flow_data_context(tr), n))) {
+                               flow_data_context(tr), n))
+        || (use_comm && flow_trainer_set_comm(t, comm) != FLOW_OK)) {
         cli_fail(l.ctx, cmd);
         goto out;
     }
@@ -631,7 +694,8 @@ int cli_cmd_train(int argc, char **argv)
             h.s[--h.len] = '\0';            /* reopen the array */
     } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
                                     : o.cfg.batch, flow_data_values(tr),
-                                    flow_data_context(tr)) != FLOW_OK)
+                                    flow_data_context(tr)) != FLOW_OK
+               || (use_comm && share_init(comm, l.model) != FLOW_OK))
         goto failmsg;
     if (verify_layers(&l, cmd, &o, tr) != 0)
         goto out;
@@ -642,7 +706,8 @@ int cli_cmd_train(int argc, char **argv)
     cli_progress_init(&pr, o.quiet, o.log_every, st.step);
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
-    while (st.step < total && !cli_stop_signal) {
+    while (st.step < total && !(flow_comm_size(comm) > 1 ? stop
+                                                         : cli_stop_signal)) {
         uint64_t skipped = st.skipped, before = st.step;
         if ((rc = flow_trainer_step(t, &loss)) != FLOW_OK) {
             flow_trainer_get_state(t, &st);
@@ -659,6 +724,8 @@ int cli_cmd_train(int argc, char **argv)
             cli_fail_located(l.ctx, cmd, l.model, all ? all : tr, 0, 0, 4096);
             goto out;
         }
+        if (flow_comm_size(comm) > 1 && agree_stop(comm, &stop) != FLOW_OK)
+            goto failmsg;
         if (cli_stop_signal)    /* the step returned: the grace ends */
             cli_stop_saving();
         {
@@ -698,10 +765,11 @@ int cli_cmd_train(int argc, char **argv)
             int has_v = va != NULL;
             if (has_v) {
                 double se;
-                if (flow_model_evaluate(l.model, flow_data_rows(va),
-                                        flow_data_values(va),
-                                        flow_data_context(va), 4096, &vscore,
-                                        &se) != FLOW_OK) {
+                if (flow_model_evaluate_comm(l.model, use_comm ? comm : NULL,
+                                             flow_data_rows(va),
+                                             flow_data_values(va),
+                                             flow_data_context(va), 4096,
+                                             &vscore, &se) != FLOW_OK) {
                     cli_progress_clear(&pr);
                     cli_fail_located(l.ctx, cmd, l.model, va, 0, 0, 4096);
                     goto out;
@@ -750,8 +818,7 @@ int cli_cmd_train(int argc, char **argv)
                 cli_text_add(&h, "]");
                 if (h.failed)
                     goto oom;
-                rc = cli_save_checkpoint(l.ctx, l.model, t, l.comp,
-                                         all ? all : tr, h.s, NULL, o.out);
+                rc = save_ckpt(comm, &l, t, all ? all : tr, h.s, o.out);
                 h.s[--h.len] = '\0';
                 if (rc != FLOW_OK)
                     goto failmsg;
@@ -772,13 +839,13 @@ int cli_cmd_train(int argc, char **argv)
         if (h.failed)
             goto oom;
         cli_stop_saving();
-        if (cli_save_checkpoint(l.ctx, l.model, t, l.comp, all ? all : tr,
-                                h.s, NULL, o.out) != FLOW_OK)
+        if (save_ckpt(comm, &l, t, all ? all : tr, h.s, o.out) != FLOW_OK)
             goto failmsg;
         flow_trainer_get_state(t, &st);
-        fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
-                "%s (continue with --resume %s)\n", cmd, sig,
-                (unsigned long long)st.step, o.out, o.out);
+        if (flow_comm_rank(comm) == 0)
+            fprintf(stderr, "%s: interrupted by signal %d after step %llu; "
+                    "wrote %s (continue with --resume %s)\n", cmd, sig,
+                    (unsigned long long)st.step, o.out, o.out);
         ret = 128 + sig;
         goto out;
     }
@@ -789,8 +856,7 @@ int cli_cmd_train(int argc, char **argv)
     cli_text_add(&h, "]");
     if (h.failed)
         goto oom;
-    if (cli_save_checkpoint(l.ctx, l.model, t, l.comp, all ? all : tr, h.s,
-                            NULL, o.out) != FLOW_OK)
+    if (save_ckpt(comm, &l, t, all ? all : tr, h.s, o.out) != FLOW_OK)
         goto failmsg;
     flow_trainer_get_state(t, &st);
     if (o.json) {
@@ -844,6 +910,11 @@ failmsg:
     cli_fail(l.ctx, cmd);
 out:
     cli_catch_stop_signals(0);
+    /* a rank that fails ends them all: the others would wait in the next
+     * collective (mpirun reports the abort and exits non-zero) */
+    if (ret != 0 && ret < 128 && flow_comm_size(comm) > 1)
+        flow_comm_abort(comm, ret, NULL);
+    flow_comm_free(comm);
     free(h.s);
     flow_trainer_free(t);
     flow_data_free(all);

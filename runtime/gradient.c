@@ -70,6 +70,17 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                            const flow_real *c, double *mean_logp,
                            flow_real *grad)
 {
+    double total = 0;
+    int rc = model_loglik_grad_w(m, n, x, c, 1.0 / (double)n, &total, grad);
+    if (rc == FLOW_OK && mean_logp)
+        *mean_logp = total / (double)n;
+    return rc;
+}
+
+int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
+                        const flow_real *c, double weight, double *sum_logp,
+                        flow_real *grad)
+{
     flow_real w, *dz, *dprev;
     double total = 0;
     int rc;
@@ -80,7 +91,7 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
         || (rc = exec_forward(m, n, x, c, m->zbuf, 0, 1)) != FLOW_OK)
         return rc;
-    w = (flow_real)(1.0 / (double)n);
+    w = (flow_real)weight;
     memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
     if ((rc = exec_add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
         return rc;
@@ -157,8 +168,8 @@ int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
     }
     if ((rc = finish_gradients(m, n, c, grad)) != FLOW_OK)
         return rc;
-    if (mean_logp)
-        *mean_logp = total / (double)n;
+    if (sum_logp)
+        *sum_logp = total;
     return FLOW_OK;
 }
 

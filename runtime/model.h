@@ -40,4 +40,12 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
                            const flow_real *c, model_mid_fn mid, void *arg,
                            flow_real *grad, flow_real *dz);
 
+/* flow_model_loglik_grad with each row's log-density weighted by
+ * `weight` (flow_model_loglik_grad: 1/n) and *sum_logp the rows' plain
+ * sum: a block of a larger batch gives its share of the batch mean's
+ * gradient (train.c, the reproducible sum). */
+int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
+                        const flow_real *c, double weight, double *sum_logp,
+                        flow_real *grad);
+
 #endif

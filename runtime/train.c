@@ -9,6 +9,7 @@
 
 #include "model.h"
 #include "rng.h"
+#include "rsum.h"
 #include "vec.h"
 #include "vi.h"
 
@@ -25,6 +26,11 @@ struct flow_trainer {
     flow_train_state st;
     uint64_t skipped_run;
     flow_target *target;        /* ELBO against it instead of data */
+    flow_comm *comm;            /* set: the reproducible block sum */
+    rsum rs;                    /* its sums: gradient, then log-density */
+    flow_real *bgrad;           /* this process's blocks' gradients */
+    double *blogp;              /* and their log-density sums */
+    size_t max_local;           /* blocks of a batch one process takes */
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -80,6 +86,9 @@ void flow_trainer_free(flow_trainer *t)
     free(t->bx);
     free(t->bc);
     free(t->perm);
+    free(t->bgrad);
+    free(t->blogp);
+    rsum_free(&t->rs);
     free(t);
 }
 
@@ -410,6 +419,109 @@ static int target_step(flow_trainer *t, double *loss)
     return apply_step(t, elbo, "ELBO");
 }
 
+int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
+{
+    flow_ctx *ctx = model_ctx(t->m);
+    size_t b, nb, size;
+    if (!comm)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
+                              "flow_trainer_set_comm: no communicator");
+    if (t->target)
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "train.c: "
+                              "data-parallel training fits data, not a "
+                              "target");
+    if (t->st.step)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
+                              "flow_trainer_set_comm after %llu steps: call "
+                              "it before the first",
+                              (unsigned long long)t->st.step);
+    b = t->cfg.batch < t->n ? t->cfg.batch : t->n;
+    nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
+    size = (size_t)flow_comm_size(comm);
+    t->max_local = (nb + size - 1) / size;
+    free(t->bgrad);
+    free(t->blogp);
+    rsum_free(&t->rs);
+    t->bgrad = NULL;
+    t->blogp = NULL;
+    if (t->np && t->max_local > SIZE_MAX / sizeof *t->bgrad / t->np)
+        goto nomem;
+    t->bgrad = malloc((t->max_local * t->np + 1) * sizeof *t->bgrad);
+    t->blogp = malloc((t->max_local + 1) * sizeof *t->blogp);
+    if (!t->bgrad || !t->blogp || rsum_init(&t->rs, t->np, 1) != FLOW_OK)
+        goto nomem;
+    t->comm = comm;
+    return FLOW_OK;
+nomem:
+    free(t->bgrad);
+    free(t->blogp);
+    t->bgrad = NULL;
+    t->blogp = NULL;
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "train.c: out of memory for "
+                          "%zu blocks of %zu parameters", t->max_local,
+                          t->np);
+}
+
+/* The step's gradient with a communicator: the batch of b rows (from
+ * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
+ * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
+ * block's gradient of its share of the batch mean (weight 1/b per row)
+ * on its own, and the blocks summed by pre-rounding (rsum.c): the sum,
+ * the log-density and so the step are the same bits for any N. */
+static int comm_gradient(flow_trainer *t, size_t start, size_t b,
+                         double *mean)
+{
+    size_t nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
+    size_t rank = (size_t)flow_comm_rank(t->comm);
+    size_t size = (size_t)flow_comm_size(t->comm);
+    size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
+    int rc = FLOW_OK, any_failed = 0;
+
+    flow_model_set_training(t->m, 1);
+    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
+        size_t r0 = k * FLOW_TRAIN_BLOCK;
+        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
+        for (size_t r = 0; r < nr; r++) {
+            size_t src = t->perm[start + r0 + r];
+            memcpy(t->bx + r * t->dim, t->x + src * t->dim,
+                   t->dim * sizeof *t->bx);
+            if (t->cdim)
+                memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
+                       t->cdim * sizeof *t->bc);
+        }
+        rc = model_loglik_grad_w(t->m, nr, t->bx, t->cdim ? t->bc : NULL,
+                                 1.0 / (double)b, &t->blogp[k - lo],
+                                 t->bgrad + (k - lo) * t->np);
+    }
+    flow_model_set_training(t->m, 0);
+    rsum_begin(&t->rs);
+    if (rc == FLOW_OK)
+        for (size_t k = lo; k < hi; k++)
+            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    {
+        /* every process takes part in the collectives, a failed one too,
+         * so that the others learn of the failure instead of waiting */
+        int crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK,
+                             &any_failed);
+        if (rc != FLOW_OK)
+            return rc;
+        if (crc != FLOW_OK)
+            return crc;
+    }
+    if (any_failed)
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "train.c: "
+                              "another process's blocks of the batch failed "
+                              "(its message is on its stderr)");
+    for (size_t k = lo; k < hi; k++)
+        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
+        return rc;
+    for (size_t i = 0; i < t->np; i++)
+        t->grad[i] = (flow_real)t->rs.sum[i];
+    *mean = t->rs.sum[t->np] / (double)b;
+    return FLOW_OK;
+}
+
 int flow_trainer_step(flow_trainer *t, double *loss)
 {
     size_t b, start = (size_t)t->st.pos;
@@ -424,6 +536,14 @@ int flow_trainer_step(flow_trainer *t, double *loss)
         new_epoch(t);
     }
     b = t->cfg.batch < t->n - start ? t->cfg.batch : t->n - start;
+    if (t->comm) {
+        if ((rc = comm_gradient(t, start, b, &mean)) != FLOW_OK)
+            return rc;
+        t->st.pos += b;
+        if (loss)
+            *loss = -mean;
+        return apply_step(t, mean, "loss");
+    }
     for (size_t r = 0; r < b; r++) {
         size_t src = t->perm[start + r];
         memcpy(t->bx + r * t->dim, t->x + src * t->dim,
@@ -485,6 +605,82 @@ int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
         *std_err = var > 0 ? sqrt(var / (double)n) : 0;
     }
     return FLOW_OK;
+}
+
+int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
+                             const flow_real *x, const flow_real *c,
+                             size_t batch, double *mean, double *std_err)
+{
+    size_t dim = flow_model_dim(m), cdim = flow_model_context_dim(m);
+    size_t nb, rank, size, lo, hi;
+    flow_real *lp = NULL;
+    double *part = NULL, mu;
+    rsum rs;
+    int rc = FLOW_OK, crc, any_failed = 0;
+
+    if (!comm)
+        return flow_model_evaluate(m, n, x, c, batch, mean, std_err);
+    if (n == 0)
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to "
+                              "evaluate");
+    if (batch == 0)
+        batch = 4096;
+    if (batch > n)
+        batch = n;
+    nb = (n + batch - 1) / batch;
+    rank = (size_t)flow_comm_rank(comm);
+    size = (size_t)flow_comm_size(comm);
+    lo = rank * nb / size;
+    hi = (rank + 1) * nb / size;
+    if (rsum_init(&rs, 0, 2) != FLOW_OK)
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
+    lp = malloc(batch * sizeof *lp);
+    part = malloc(2 * (hi - lo + 1) * sizeof *part);
+    if (!lp || !part)
+        rc = flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
+    rsum_begin(&rs);
+    /* per block: the sum and the sum of squares of its rows' log p */
+    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
+        size_t r0 = k * batch, b = n - r0 < batch ? n - r0 : batch;
+        double s = 0, s2 = 0;
+        rc = flow_model_log_prob(m, b, x + r0 * dim,
+                                 c ? c + r0 * cdim : NULL, lp);
+        for (size_t i = 0; i < b && rc == FLOW_OK; i++) {
+            s += lp[i];
+            s2 += (double)lp[i] * lp[i];
+        }
+        part[2 * (k - lo)] = s;
+        part[2 * (k - lo) + 1] = s2;
+        if (rc == FLOW_OK)
+            rsum_see(&rs, NULL, &part[2 * (k - lo)]);
+    }
+    crc = rsum_agree(&rs, comm, nb, rc != FLOW_OK, &any_failed);
+    if (rc == FLOW_OK && crc != FLOW_OK)
+        rc = crc;
+    if (rc == FLOW_OK && any_failed)
+        rc = flow_ctx_error(model_ctx(m), FLOW_ERR_NUMERIC, "train.c: "
+                            "another process's rows failed to evaluate (its "
+                            "message is on its stderr)");
+    if (rc == FLOW_OK) {
+        for (size_t k = lo; k < hi; k++)
+            rsum_add(&rs, NULL, &part[2 * (k - lo)]);
+        rc = rsum_finish(&rs, comm);
+    }
+    if (rc == FLOW_OK) {
+        double s = rs.sum[0], s2 = rs.sum[1];
+        mu = s / (double)n;
+        if (mean)
+            *mean = mu;
+        if (std_err) {
+            double var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1)
+                               : 0;
+            *std_err = var > 0 ? sqrt(var / (double)n) : 0;
+        }
+    }
+    free(lp);
+    free(part);
+    rsum_free(&rs);
+    return rc;
 }
 
 int flow_trainer_validated(flow_trainer *t, double score)

@@ -40,6 +40,7 @@
     X(target_callback) /* targets computed by the caller's function */ \
     X(tgemm)        /* runtime/tgemm.c */ \
     X(probe)        /* training's probe of third-party layers */ \
+    X(comm)         /* communicator, reproducible block sums */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */
 
 #define FLOW_TEST_DECLARE(name) Suite *suite_##name(void);

@@ -485,6 +485,67 @@ FLOW_API flow_real *flow_trainer_best_params(flow_trainer *t);
 /* Learning rate the next step will use. */
 FLOW_API double flow_trainer_lr(const flow_trainer *t);
 
+/* --- data-parallel training (docs/distributed.md) ------------------ */
+
+/* A communicator: the processes of one training run.  Under an MPI
+ * launcher (mpirun, srun) in a build configured with MPI it spans the
+ * launched processes (MPI_COMM_WORLD); otherwise it is this process
+ * alone (rank 0 of 1).  Collectives return FLOW_OK or an error with the
+ * message in the ctx given to flow_comm_new; a collective that fails
+ * leaves the run unusable (flow_comm_abort). */
+typedef struct flow_comm flow_comm;
+
+typedef enum flow_comm_op {
+    FLOW_COMM_SUM = 0,
+    FLOW_COMM_MAX = 1
+} flow_comm_op;
+
+/* New communicator reporting errors to ctx (which must outlive it), or
+ * NULL (message in ctx).  Initialises MPI when launched by an MPI
+ * launcher and MPI is not initialised yet; FLOWKIT_MPI=0 in the
+ * environment forces a single process.  One per process at a time. */
+FLOW_API flow_comm *flow_comm_new(flow_ctx *ctx);
+/* Finalises MPI when flow_comm_new initialised it. */
+FLOW_API void flow_comm_free(flow_comm *comm);
+FLOW_API int flow_comm_rank(const flow_comm *comm);
+FLOW_API int flow_comm_size(const flow_comm *comm);
+/* "mpi" or "single" */
+FLOW_API const char *flow_comm_kind(const flow_comm *comm);
+/* buf[0..n) = the element-wise op over all processes' buf, on every
+ * process (every process calls it with the same n and op). */
+FLOW_API int flow_comm_allreduce(flow_comm *comm, double *buf, size_t n,
+                                 flow_comm_op op);
+/* buf[0..bytes) = root's bytes, on every process. */
+FLOW_API int flow_comm_broadcast(flow_comm *comm, void *buf, size_t bytes,
+                                 int root);
+FLOW_API int flow_comm_barrier(flow_comm *comm);
+/* Prints "msg" on stderr and ends every process of comm with exit
+ * status `code` (MPI_Abort); in a single process, exit(code).  For
+ * programs, not libraries: it never returns. */
+FLOW_API void flow_comm_abort(flow_comm *comm, int code, const char *msg);
+
+/* Trains with the gradient summed over comm's processes, the same bits
+ * for any number of them: each global batch is cut into blocks of
+ * FLOW_TRAIN_BLOCK rows, each process takes a contiguous share of whole
+ * blocks and the block gradients are summed with pre-rounding to a
+ * common grid (exact, so in any order).  Every process must create its
+ * trainer with the same model parameters, configuration and whole data
+ * set, and call flow_trainer_step the same number of times.  comm is
+ * borrowed (it must outlive t); with a single-process comm it gives the
+ * same bits as any number of processes.  Maximum likelihood on data only
+ * (FLOW_ERR_UNSUPPORTED for a target).  Call before the first step. */
+#define FLOW_TRAIN_BLOCK 32
+FLOW_API int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm);
+/* flow_model_evaluate over comm's processes: the rows in blocks of
+ * `batch` (0: 4096), each process a contiguous share of whole blocks, the
+ * blocks' sums added as flow_trainer_set_comm's are: the same bits for
+ * any number of processes (not the same as flow_model_evaluate's, whose
+ * sum runs row by row).  Every process passes the same rows. */
+FLOW_API int flow_model_evaluate_comm(flow_model *m, flow_comm *comm,
+                                      size_t n, const flow_real *x,
+                                      const flow_real *c, size_t batch,
+                                      double *mean, double *std_err);
+
 /* ====================================================================
  * Data sets (runtime/data.c; formats in docs/formats.md), output files.
  *

@@ -1,0 +1,116 @@
+/* comm.c - the communicator of data-parallel training: rank, size and
+ * collectives, for one process here and over MPI in comm_mpi.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm.h"
+#include "ctx.h"
+
+flow_comm *flow_comm_new(flow_ctx *ctx)
+{
+    flow_comm *c = calloc(1, sizeof *c);
+    const char *env = getenv("FLOWKIT_MPI");
+    if (!c) {
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "comm.c: out of memory for a "
+                       "communicator");
+        return NULL;
+    }
+    c->ctx = ctx;
+    c->rank = 0;
+    c->size = 1;
+#ifdef FLOW_HAVE_MPI
+    if (!(env && strcmp(env, "0") == 0) && comm_mpi_launched()) {
+        if (comm_mpi_init(c) != FLOW_OK) {
+            free(c);
+            return NULL;
+        }
+        c->mpi = 1;
+    }
+#else
+    {
+        /* launched as one of several ranks by a launcher this build
+         * cannot talk to: each rank would train alone on all the data */
+        const char *n = getenv("OMPI_COMM_WORLD_SIZE");
+        if (!n)
+            n = getenv("PMI_SIZE");
+        if (n && strcmp(n, "1") != 0 && !(env && strcmp(env, "0") == 0)) {
+            flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "comm.c: started as "
+                           "one of %s MPI ranks, but this flowkit was built "
+                           "without MPI (configure --with-mpi; or "
+                           "FLOWKIT_MPI=0 for independent runs)", n);
+            free(c);
+            return NULL;
+        }
+    }
+#endif
+    return c;
+}
+
+void flow_comm_free(flow_comm *c)
+{
+    if (!c)
+        return;
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        comm_mpi_finalize(c);
+#endif
+    free(c);
+}
+
+int flow_comm_rank(const flow_comm *c) { return c->rank; }
+int flow_comm_size(const flow_comm *c) { return c->size; }
+const char *flow_comm_kind(const flow_comm *c)
+{
+    return c->mpi ? "mpi" : "single";
+}
+
+/* One process: every collective is the identity. */
+int flow_comm_allreduce(flow_comm *c, double *buf, size_t n, flow_comm_op op)
+{
+    if (op != FLOW_COMM_SUM && op != FLOW_COMM_MAX)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: allreduce: "
+                              "unknown operation %d", (int)op);
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_allreduce(c, buf, n, op);
+#endif
+    (void)buf, (void)n;
+    return FLOW_OK;
+}
+
+int flow_comm_broadcast(flow_comm *c, void *buf, size_t bytes, int root)
+{
+    if (root < 0 || root >= c->size)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: broadcast "
+                              "from rank %d of %d", root, c->size);
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_broadcast(c, buf, bytes, root);
+#endif
+    (void)buf, (void)bytes;
+    return FLOW_OK;
+}
+
+int flow_comm_barrier(flow_comm *c)
+{
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_barrier(c);
+#endif
+    (void)c;
+    return FLOW_OK;
+}
+
+void flow_comm_abort(flow_comm *c, int code, const char *msg)
+{
+    if (msg && *msg)
+        fprintf(stderr, "%s\n", msg);
+    fflush(NULL);
+#ifdef FLOW_HAVE_MPI
+    if (c && c->mpi)
+        comm_mpi_abort(c, code);
+#endif
+    (void)c;
+    exit(code);
+}

@@ -1,0 +1,29 @@
+/* comm.h - internal: flow_comm (flow.h), one process (comm.c) or MPI's
+ * processes (comm_mpi.c, the only file that includes an MPI header). */
+#ifndef FLOW_RUNTIME_COMM_H
+#define FLOW_RUNTIME_COMM_H
+
+#include <stddef.h>
+
+#include "flow/flow.h"
+
+struct flow_comm {
+    flow_ctx *ctx;              /* errors go here (borrowed) */
+    int rank, size;
+    int mpi;                    /* 1: the collectives go to comm_mpi.c */
+    int finalize;               /* comm_mpi_init initialised MPI */
+};
+
+/* comm_mpi.c, in builds configured with MPI.  comm_mpi_launched: 1 when
+ * the environment says an MPI launcher started this process.
+ * comm_mpi_init: initialises MPI if needed and fills c's rank, size,
+ * finalize; errors are FLOW_ERR_* with the message in c->ctx. */
+int comm_mpi_launched(void);
+int comm_mpi_init(flow_comm *c);
+void comm_mpi_finalize(flow_comm *c);
+int comm_mpi_allreduce(flow_comm *c, double *buf, size_t n, flow_comm_op op);
+int comm_mpi_broadcast(flow_comm *c, void *buf, size_t bytes, int root);
+int comm_mpi_barrier(flow_comm *c);
+void comm_mpi_abort(flow_comm *c, int code);
+
+#endif

@@ -1,0 +1,254 @@
+/* test_comm.c - the single-process communicator, the reproducible block sum
+ * (runtime/rsum.c) and a trainer on a communicator. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "flow/flow.h"
+#include "../runtime/rsum.h"
+#include "suites.h"
+
+static flow_ctx *ctx;
+
+static void setup(void)
+{
+    ctx = flow_ctx_new();
+    ck_assert_ptr_nonnull(ctx);
+    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
+                  flow_errmsg(ctx));
+}
+
+static void teardown(void) { flow_ctx_free(ctx); }
+
+START_TEST(test_single_process_comm)
+{
+    flow_comm *c;
+    double v[3] = {1.5, -2, 7};
+    char bytes[4] = "abc";
+    setenv("FLOWKIT_MPI", "0", 1);      /* even under mpirun */
+    c = flow_comm_new(ctx);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(flow_comm_rank(c), 0);
+    ck_assert_int_eq(flow_comm_size(c), 1);
+    ck_assert_str_eq(flow_comm_kind(c), "single");
+    ck_assert_int_eq(flow_comm_allreduce(c, v, 3, FLOW_COMM_SUM), FLOW_OK);
+    ck_assert_double_eq(v[1], -2);
+    ck_assert_int_eq(flow_comm_allreduce(c, v, 3, FLOW_COMM_MAX), FLOW_OK);
+    ck_assert_double_eq(v[2], 7);
+    ck_assert_int_eq(flow_comm_allreduce(c, v, 3, (flow_comm_op)9),
+                     FLOW_ERR_INVAL);
+    ck_assert_int_eq(flow_comm_broadcast(c, bytes, 4, 0), FLOW_OK);
+    ck_assert_str_eq(bytes, "abc");
+    ck_assert_int_eq(flow_comm_broadcast(c, bytes, 4, 1), FLOW_ERR_INVAL);
+    ck_assert_msg(strstr(flow_errmsg(ctx), "rank 1 of 1") != NULL, "%s",
+                  flow_errmsg(ctx));
+    ck_assert_int_eq(flow_comm_barrier(c), FLOW_OK);
+    flow_comm_free(c);
+    unsetenv("FLOWKIT_MPI");
+}
+END_TEST
+
+enum { NB = 37, NV = 200 };
+
+/* Block b's value i: signs mixed, magnitudes spread over 2^-30..2^10
+ * within each chunk of 64, an inf-free spread a plain sum rounds. */
+static void blocks(flow_real *v)
+{
+    unsigned s = 12345;
+    for (size_t b = 0; b < NB; b++)
+        for (size_t i = 0; i < NV; i++) {
+            s = s * 1103515245u + 12345u;
+            double u = (double)(s >> 8) / 16777216.0;
+            double e = -30 + 40 * u;
+            v[b * NV + i] = (flow_real)((s & 1 ? -1 : 1) * ldexp(1 + u, (int)e));
+        }
+}
+
+/* The block sum of "ranks" taking blocks [r NB / n, (r + 1) NB / n), each
+ * adding its blocks in the order `rev` gives, the ranks' sums added last
+ * to first: what an allreduce might do. */
+static void rank_sum(const flow_real *v, int n, int rev, double *out)
+{
+    rsum all, part;
+    int any = 1;
+    flow_comm *c;
+    setenv("FLOWKIT_MPI", "0", 1);
+    c = flow_comm_new(ctx);
+    unsetenv("FLOWKIT_MPI");
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(rsum_init(&all, NV, 1), FLOW_OK);
+    ck_assert_int_eq(rsum_init(&part, NV, 1), FLOW_OK);
+    rsum_begin(&all);
+    for (size_t b = 0; b < NB; b++) {
+        double ex = (double)b - 20.25;
+        rsum_see(&all, v + b * NV, &ex);
+    }
+    ck_assert_int_eq(rsum_agree(&all, c, NB, 0, &any), FLOW_OK);
+    ck_assert_int_eq(any, 0);
+    ck_assert_int_eq(all.finite, 1);
+    memset(out, 0, (NV + 1) * sizeof *out);
+    for (int r = n; r-- > 0;) {
+        size_t lo = (size_t)r * NB / (size_t)n;
+        size_t hi = (size_t)(r + 1) * NB / (size_t)n;
+        memcpy(part.sigma, all.sigma, (all.n_groups + 1) * sizeof *all.sigma);
+        part.finite = 1;
+        memset(part.sum, 0, (NV + 1) * sizeof *part.sum);
+        for (size_t k = lo; k < hi; k++) {
+            size_t b = rev ? hi - 1 - (k - lo) : k;
+            double ex = (double)b - 20.25;
+            rsum_add(&part, v + b * NV, &ex);
+        }
+        for (size_t i = 0; i <= NV; i++)
+            out[i] += part.sum[i];
+    }
+    rsum_free(&all);
+    rsum_free(&part);
+    flow_comm_free(c);
+}
+
+/* 1, 2, 3 and 5 "ranks", blocks forwards and backwards: the same bits;
+ * and each value within the bound of rsum.c's grid of the exact sum
+ * (long double: 64-bit significand, the 37 terms' exact sum to ~2^-60
+ * of the largest). */
+START_TEST(test_block_sum_any_split_same_bits)
+{
+    flow_real *v = malloc(NB * NV * sizeof *v);
+    double ref[NV + 1], got[NV + 1];
+    ck_assert_ptr_nonnull(v);
+    blocks(v);
+    rank_sum(v, 1, 0, ref);
+    for (int n = 1; n <= 5; n++)
+        for (int rev = 0; rev < 2; rev++) {
+            if (n == 4)
+                continue;
+            rank_sum(v, n, rev, got);
+            ck_assert_msg(memcmp(ref, got, sizeof ref) == 0, "%d ranks, "
+                          "%s: other bits than 1 rank", n,
+                          rev ? "backwards" : "forwards");
+        }
+    for (size_t i = 0; i < NV; i++) {
+        long double exact = 0;
+        double m = 0;
+        size_t lo = i / RSUM_CHUNK * RSUM_CHUNK;
+        for (size_t b = 0; b < NB; b++) {
+            exact += (long double)v[b * NV + i];
+            for (size_t j = lo; j < lo + RSUM_CHUNK && j < NV; j++)
+                m = fmax(m, fabs((double)v[b * NV + j]));
+        }
+        /* L = ceil(log2 37) + 1 = 7: each term off by <= 2^(7-53) 2^e,
+         * 2^e <= 2 m */
+        ck_assert_msg(fabsl((long double)ref[i] - exact)
+                      <= NB * ldexp(2 * m, 7 - 53), "value %zu: %.17g vs "
+                      "exact %.17Lg (chunk max %g)", i, ref[i], exact, m);
+    }
+    /* the extra value (-20.25 + b summed): exactly representable */
+    ck_assert_double_eq(ref[NV], 37.0 * 36 / 2 - 37 * 20.25);
+    free(v);
+}
+END_TEST
+
+/* A non-finite value anywhere: the whole sum is NaN on every rank. */
+START_TEST(test_block_sum_non_finite)
+{
+    flow_real v[3 * 4] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
+    double ex = 0;
+    rsum r;
+    int any = 1;
+    flow_comm *c;
+    setenv("FLOWKIT_MPI", "0", 1);
+    c = flow_comm_new(ctx);
+    unsetenv("FLOWKIT_MPI");
+    ck_assert_ptr_nonnull(c);
+    v[6] = (flow_real)NAN;
+    ck_assert_int_eq(rsum_init(&r, 4, 1), FLOW_OK);
+    rsum_begin(&r);
+    for (int b = 0; b < 3; b++)
+        rsum_see(&r, v + 4 * b, &ex);
+    ck_assert_int_eq(rsum_agree(&r, c, 3, 0, &any), FLOW_OK);
+    ck_assert_int_eq(r.finite, 0);
+    for (int b = 0; b < 3; b++)
+        rsum_add(&r, v + 4 * b, &ex);
+    ck_assert_int_eq(rsum_finish(&r, c), FLOW_OK);
+    ck_assert_msg(isnan(r.sum[0]) && isnan(r.sum[4]), "%g %g", r.sum[0],
+                  r.sum[4]);
+    rsum_free(&r);
+    flow_comm_free(c);
+}
+END_TEST
+
+/* actnorm + standard normal base on 2 dims. */
+static flow_model *gauss_model(void)
+{
+    flow_attr_value eps;
+    flow_model *m = flow_model_new(ctx, 2, 0);
+    memset(&eps, 0, sizeof eps);
+    eps.type = FLOW_ATTR_REAL;
+    ck_assert_int_eq(flow_model_add_layer(m, "actnorm", NULL, &eps, 1, 0, 0,
+                                          0), FLOW_OK);
+    ck_assert_int_eq(flow_model_finish(m, 3), FLOW_OK);
+    return m;
+}
+
+/* A trainer on a single-process communicator: the batch mean's gradient
+ * as the plain trainer's within float rounding, so the losses of 60 steps
+ * agree to 1e-4; refused after the first step and for a target. */
+START_TEST(test_trainer_on_comm)
+{
+    enum { N = 500 };
+    flow_real *x = malloc(N * 2 * sizeof *x);
+    flow_model *m1 = gauss_model(), *m2 = gauss_model();
+    flow_train_config cfg;
+    flow_trainer *t1, *t2;
+    flow_comm *c;
+    double l1 = 0, l2 = 0, mean, se;
+    ck_assert_ptr_nonnull(x);
+    for (size_t i = 0; i < N * 2; i++)
+        x[i] = (flow_real)(sin(0.7 * (double)i) * (i % 2 ? 3 : 0.5) + 1);
+    setenv("FLOWKIT_MPI", "0", 1);
+    c = flow_comm_new(ctx);
+    unsetenv("FLOWKIT_MPI");
+    ck_assert_ptr_nonnull(c);
+    flow_train_config_default(&cfg);
+    cfg.batch = 70;             /* blocks of 32, 32, 6 */
+    cfg.lr = 0.02;
+    ck_assert_int_eq(flow_model_data_init(m1, 70, x, NULL), FLOW_OK);
+    ck_assert_int_eq(flow_model_data_init(m2, 70, x, NULL), FLOW_OK);
+    t1 = flow_trainer_new(m1, &cfg, x, NULL, N);
+    t2 = flow_trainer_new(m2, &cfg, x, NULL, N);
+    ck_assert_ptr_nonnull(t1);
+    ck_assert_ptr_nonnull(t2);
+    ck_assert_int_eq(flow_trainer_set_comm(t2, c), FLOW_OK);
+    for (int s = 0; s < 60; s++) {
+        ck_assert_int_eq(flow_trainer_step(t1, &l1), FLOW_OK);
+        ck_assert_int_eq(flow_trainer_step(t2, &l2), FLOW_OK);
+    }
+    ck_assert_double_eq_tol(l1, l2, 1e-4);
+    ck_assert_int_eq(flow_trainer_set_comm(t2, c), FLOW_ERR_INVAL);
+    /* the blocked evaluation: the plain one's mean within rounding */
+    ck_assert_int_eq(flow_model_evaluate(m2, N, x, NULL, 64, &l1, NULL),
+                     FLOW_OK);
+    ck_assert_int_eq(flow_model_evaluate_comm(m2, c, N, x, NULL, 64, &mean,
+                                              &se), FLOW_OK);
+    ck_assert_double_eq_tol(mean, l1, 1e-9);
+    ck_assert_msg(se > 0 && se < 1, "standard error %g", se);
+    flow_trainer_free(t1);
+    flow_trainer_free(t2);
+    flow_model_free(m1);
+    flow_model_free(m2);
+    flow_comm_free(c);
+    free(x);
+}
+END_TEST
+
+Suite *suite_comm(void)
+{
+    Suite *s = suite_create("comm");
+    TCase *tc = tcase_create("comm");
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, test_single_process_comm);
+    tcase_add_test(tc, test_block_sum_any_split_same_bits);
+    tcase_add_test(tc, test_block_sum_non_finite);
+    tcase_add_test(tc, test_trainer_on_comm);
+    suite_add_tcase(s, tc);
+    return s;
+}
