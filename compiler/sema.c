@@ -437,10 +437,32 @@ int sema_check_given(sema *S, const char *given, flow_loc loc)
     return -1;
 }
 
-const char *sema_suggest_in_scope(void *ctx, const char *name)
+/* the scope a name suggestion searches (suggest_in_scope) */
+typedef struct scope_hint { sema *S; binding *sc; } scope_hint;
+
+static const char *suggest_in_scope(void *ctx, const char *name)
 {
     scope_hint *h = ctx;
     return suggest_name(h->S, h->sc, name);
+}
+
+int sema_resolve_args(sema *S, const stmt *s, binding *sc,
+                      const flow_attr_spec *spec, const char *what,
+                      flow_attr_value **attrs, flow_loc **alocs)
+{
+    value **vals;
+    const char **names;
+    flow_loc *nlocs;
+    scope_hint hint = {S, sc};
+    int rc;
+    if (sema_eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
+        return -1;
+    S->c->suggest = suggest_in_scope;
+    S->c->suggest_ctx = &hint;
+    rc = attr_resolve(S->c, spec, vals, names, nlocs, s->n, s->name_loc,
+                      what, attrs, alocs);
+    S->c->suggest = NULL;
+    return rc != 0 ? -1 : 0;
 }
 
 /* The help for a type not found: a plugin on the path that failed to
@@ -599,14 +621,11 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     const flow_layer_type *t = flow_layer_type_find(S->c->ctx, s->name,
                                                     &file);
     flow_graph_node *n;
-    value **vals;
-    const char **names;
-    flow_loc *nlocs, *alocs = NULL;
+    flow_loc *alocs = NULL;
     flow_attr_value *attrs = NULL;
     char what[FLOW_MAX_IDENT + 16];
-    int ctx_ok, rc;
+    int ctx_ok;
     size_t idx;
-    scope_hint hint;
 
     if (!S->have_input) {
         if (!S->said_no_input)
@@ -638,17 +657,8 @@ static void expand_layer(sema *S, const stmt *s, binding *sc,
     }
     if ((ctx_ok = sema_check_given(S, given, given_loc)) < 0)
         return;
-    if (sema_eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
-        return;
     snprintf(what, sizeof what, "layer '%s'", t->name);
-    hint.S = S;
-    hint.sc = sc;
-    S->c->suggest = sema_suggest_in_scope;
-    S->c->suggest_ctx = &hint;
-    rc = attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
-                      what, &attrs, &alocs);
-    S->c->suggest = NULL;
-    if (rc != 0)
+    if (sema_resolve_args(S, s, sc, t->attrs, what, &attrs, &alocs) != 0)
         return;
     if (!(n = sema_new_node(S, FLOW_NODE_LAYER, s)))
         return;

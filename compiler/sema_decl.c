@@ -493,13 +493,10 @@ void sema_decl_target(sema *S, const stmt *s, binding *sc)
     const flow_target_type *t;
     flow_target_config cfg;
     flow_diag d;
-    value **vals;
-    const char **names;
-    flow_loc *nlocs, *alocs = NULL;
+    flow_loc *alocs = NULL;
     flow_attr_value *attrs = NULL;
     char what[FLOW_MAX_IDENT + 16];
     size_t want = 0;
-    scope_hint hint;
 
     if (!S->have_input) {
         if (!S->said_no_input)
@@ -525,19 +522,9 @@ void sema_decl_target(sema *S, const stmt *s, binding *sc)
                    "a target in a flow with a context");
         return;
     }
-    if (sema_eval_args(S, s->args, s->n, sc, &vals, &names, &nlocs) != 0)
-        return;
     snprintf(what, sizeof what, "target '%s'", t->name);
-    hint.S = S;
-    hint.sc = sc;
-    S->c->suggest = sema_suggest_in_scope;
-    S->c->suggest_ctx = &hint;
-    if (attr_resolve(S->c, t->attrs, vals, names, nlocs, s->n, s->name_loc,
-                     what, &attrs, &alocs) != 0) {
-        S->c->suggest = NULL;
+    if (sema_resolve_args(S, s, sc, t->attrs, what, &attrs, &alocs) != 0)
         return;
-    }
-    S->c->suggest = NULL;
     memset(&cfg, 0, sizeof cfg);
     cfg.struct_size = sizeof cfg;
     cfg.dim = g->input_dim;

@@ -54,8 +54,6 @@ struct sema {
     flow_loc output_loc;
 };
 
-/* the scope a name suggestion searches (sema_suggest_in_scope) */
-typedef struct scope_hint { sema *S; binding *sc; } scope_hint;
 
 /* sema.c: values */
 int sema_is_num(const value *v);
@@ -79,7 +77,13 @@ int sema_eval_args(sema *S, const arg *args, size_t n, binding *sc,
 flow_graph_node *sema_new_node(sema *S, flow_node_kind kind, const stmt *s);
 /* `given NAME`: 1 for the declared context, 0 without it, -1 reported. */
 int sema_check_given(sema *S, const char *given, flow_loc loc);
-const char *sema_suggest_in_scope(void *ctx, const char *name);
+/* Evaluates statement s's arguments in scope sc and resolves them against
+ * spec (what names the owner in messages), an unknown name suggesting
+ * the names in scope; 0 with *attrs and *alocs set, or -1 after
+ * reporting. */
+int sema_resolve_args(sema *S, const stmt *s, binding *sc,
+                      const flow_attr_spec *spec, const char *what,
+                      flow_attr_value **attrs, flow_loc **alocs);
 const char *sema_plugin_trouble(sema *S, const char *otherwise);
 
 /* sema_decl.c: the statements that declare the flow's parts */
