@@ -248,14 +248,16 @@ static double sum_s(const linear *l, const flow_real *params)
 }
 
 /* out_r[:, p] = M (in_r[:, p] - sub) + add for every row r and pixel p,
- * a row being d x g (channel-major) */
+ * a row being d x g (channel-major), M read as M[i * rs + j * cs] (rs =
+ * d, cs = 1: M itself; rs = 1, cs = d: its transpose) */
 static void affine_rows(size_t n, size_t d, size_t g, const double *M,
-                        const flow_real *in, const flow_real *sub,
-                        const flow_real *add, flow_real *out)
+                        size_t rs, size_t cs, const flow_real *in,
+                        const flow_real *sub, const flow_real *add,
+                        flow_real *out)
 {
     size_t w = d * g;
     double acc[PIX_BLOCK];
-    /* out[i][p] = add[i] + sum_j M[i][j] (in[j][p] - sub[j]), j in order
+    /* out[i][p] = add[i] + sum_j M(i, j) (in[j][p] - sub[j]), j in order
      * for every pixel: pixels innermost (contiguous, so the loop
      * vectorises), in blocks of PIX_BLOCK accumulators */
     for (size_t r = 0; r < n; r++)
@@ -266,7 +268,7 @@ static void affine_rows(size_t n, size_t d, size_t g, const double *M,
                 for (size_t p = 0; p < pn; p++)
                     acc[p] = add ? add[i] : 0;
                 for (size_t j = 0; j < d; j++) {
-                    double mij = M[i * d + j], sj = sub ? sub[j] : 0;
+                    double mij = M[i * rs + j * cs], sj = sub ? sub[j] : 0;
                     for (size_t p = 0; p < pn; p++)
                         acc[p] += mij * ((double)x[j * g + p] - sj);
                 }
@@ -281,8 +283,8 @@ static int linear_forward(void *self, const flow_call *c, const flow_real *x,
 {
     const linear *l = self;
     double ld = sum_s(l, c->params);
-    affine_rows(c->n, l->d, l->g, l->W, x, NULL, c->params + l->d * l->d,
-                z);
+    affine_rows(c->n, l->d, l->g, l->W, l->d, 1, x, NULL,
+                c->params + l->d * l->d, z);
     for (size_t r = 0; r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
@@ -293,8 +295,8 @@ static int linear_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const linear *l = self;
     double ld = -sum_s(l, c->params);
-    affine_rows(c->n, l->d, l->g, l->Wi, z, c->params + l->d * l->d, NULL,
-                x);
+    affine_rows(c->n, l->d, l->g, l->Wi, l->d, 1, z,
+                c->params + l->d * l->d, NULL, x);
     for (size_t r = 0; r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
@@ -311,25 +313,8 @@ static void vjp(const linear *l, const flow_call *c, const flow_real *in,
 {
     size_t d = l->d, g = l->g, w = d * g;
     flow_real *gW = c->grad, *gb = c->grad ? c->grad + d * d : NULL;
-    double acc[PIX_BLOCK];
-    /* din_r[:, p] = M^T dout_r[:, p], i in order for every pixel (pixels
-     * innermost, as in affine_rows) */
-    for (size_t r = 0; r < c->n; r++)
-        for (size_t p0 = 0; p0 < g; p0 += PIX_BLOCK) {
-            size_t pn = g - p0 < PIX_BLOCK ? g - p0 : PIX_BLOCK;
-            const flow_real *dz = dout + r * w + p0;
-            for (size_t j = 0; j < d; j++) {
-                for (size_t p = 0; p < pn; p++)
-                    acc[p] = 0;
-                for (size_t i = 0; i < d; i++) {
-                    double mij = M[i * d + j];
-                    for (size_t p = 0; p < pn; p++)
-                        acc[p] += mij * (double)dz[i * g + p];
-                }
-                for (size_t p = 0; p < pn; p++)
-                    din[r * w + j * g + p0 + p] = (flow_real)acc[p];
-            }
-        }
+    /* din_r[:, p] = M^T dout_r[:, p] */
+    affine_rows(c->n, d, g, M, 1, d, dout, NULL, NULL, din);
     if (!gW)
         return;
     /* forward (sign +1): dW += sum dz x^T, db += sum dz over rows and
