@@ -564,13 +564,27 @@ int flow_trainer_step(flow_trainer *t, double *loss)
     return apply_step(t, mean, "loss");
 }
 
+/* Mean and standard error of n values from their sum s and sum of
+ * squares s2 (either output may be NULL). */
+static void sum_moments(size_t n, double s, double s2, double *mean,
+                        double *std_err)
+{
+    double mu = s / (double)n;
+    if (mean)
+        *mean = mu;
+    if (std_err) {
+        double var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1) : 0;
+        *std_err = var > 0 ? sqrt(var / (double)n) : 0;
+    }
+}
+
 int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
                         const flow_real *c, size_t batch, double *mean,
                         double *std_err)
 {
     size_t dim = flow_model_dim(m), cdim = flow_model_context_dim(m);
     flow_real *lp;
-    double s = 0, s2 = 0, mu;
+    double s = 0, s2 = 0;
     int rc = FLOW_OK;
 
     if (n == 0)
@@ -597,13 +611,7 @@ int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
     free(lp);
     if (rc != FLOW_OK)
         return rc;
-    mu = s / (double)n;
-    if (mean)
-        *mean = mu;
-    if (std_err) {
-        double var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1) : 0;
-        *std_err = var > 0 ? sqrt(var / (double)n) : 0;
-    }
+    sum_moments(n, s, s2, mean, std_err);
     return FLOW_OK;
 }
 
@@ -614,7 +622,7 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
     size_t dim = flow_model_dim(m), cdim = flow_model_context_dim(m);
     size_t nb, rank, size, lo, hi;
     flow_real *lp = NULL;
-    double *part = NULL, mu;
+    double *part = NULL;
     rsum rs;
     int rc = FLOW_OK, crc, any_failed = 0;
 
@@ -666,17 +674,8 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
             rsum_add(&rs, NULL, &part[2 * (k - lo)]);
         rc = rsum_finish(&rs, comm);
     }
-    if (rc == FLOW_OK) {
-        double s = rs.sum[0], s2 = rs.sum[1];
-        mu = s / (double)n;
-        if (mean)
-            *mean = mu;
-        if (std_err) {
-            double var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1)
-                               : 0;
-            *std_err = var > 0 ? sqrt(var / (double)n) : 0;
-        }
-    }
+    if (rc == FLOW_OK)
+        sum_moments(n, rs.sum[0], rs.sum[1], mean, std_err);
     free(lp);
     free(part);
     rsum_free(&rs);
