@@ -375,12 +375,14 @@ static int eval_noisy(cli_loaded *l, flow_data *d, const cli_run_opts *o,
             for (size_t i = 0; rc == FLOW_OK && i < b; i++)
                 acc[r + i] += (double)lp[i] / (double)o->noise;
         }
-    for (size_t i = 0; rc == FLOW_OK && i < n; i++)
+    if (rc != FLOW_OK)
+        goto out;
+    for (size_t i = 0; i < n; i++)
         s += acc[i];
     *mean = n ? s / (double)n : NAN;
-    for (size_t i = 0; rc == FLOW_OK && i < n; i++)
+    for (size_t i = 0; i < n; i++)
         ss += (acc[i] - *mean) * (acc[i] - *mean);
-    *se = n > 1 ? sqrt(ss / (double)(n - 1) / (double)n) : NAN;
+    *se = n > 1 ? sqrt(ss / (double)(n - 1) / (double)n) : 0;
 out:
     free(xb);
     free(lp);

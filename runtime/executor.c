@@ -590,6 +590,8 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
         block = m->cap_rows;
     if (block > n)
         block = n;
+    /* before the first pass: m->zbuf, handed to exec_forward as z, must
+     * not move when that pass grows the batch */
     if ((rc = exec_grow_batch(m, block)) != FLOW_OK)
         return rc;
     m->row_total = n;
