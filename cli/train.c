@@ -873,6 +873,16 @@ int cli_cmd_train(int argc, char **argv)
             cli_json_num(stdout, vscore, 9);
             printf(", \"best_valid_epoch\": %zu", best_v_epoch);
         }
+        if (use_comm) {
+            /* rank 0's time in the collectives, waiting for the others
+             * included (bench/mpi_bench, docs/distributed.md) */
+            unsigned long long calls;
+            double secs, bytes;
+            flow_comm_stats(comm, &calls, &secs, &bytes);
+            printf(", \"ranks\": %d, \"collective_calls\": %llu, "
+                   "\"collective_seconds\": %.4f, \"collective_bytes\": "
+                   "%.0f", flow_comm_size(comm), calls, secs, bytes);
+        }
         printf(", \"seconds\": %.3f}\n", cli_now_s() - t0);
     } else if (!o.quiet) {
         char skipped[96] = "";

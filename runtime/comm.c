@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm.h"
 #include "ctx.h"
@@ -65,41 +66,73 @@ const char *flow_comm_kind(const flow_comm *c)
     return c->mpi ? "mpi" : "single";
 }
 
+static double wall_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Counts a collective that started at t0 and moved `bytes` from this
+ * process; returns rc. */
+static int tally(flow_comm *c, double t0, double bytes, int rc)
+{
+    c->calls++;
+    c->seconds += wall_s() - t0;
+    c->bytes += bytes;
+    return rc;
+}
+
+void flow_comm_stats(const flow_comm *c, unsigned long long *calls,
+                     double *seconds, double *bytes)
+{
+    if (calls)
+        *calls = c->calls;
+    if (seconds)
+        *seconds = c->seconds;
+    if (bytes)
+        *bytes = c->bytes;
+}
+
 /* One process: every collective is the identity. */
 int flow_comm_allreduce(flow_comm *c, double *buf, size_t n, flow_comm_op op)
 {
+    double t0 = wall_s();
     if (op != FLOW_COMM_SUM && op != FLOW_COMM_MAX)
         return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: allreduce: "
                               "unknown operation %d", (int)op);
 #ifdef FLOW_HAVE_MPI
     if (c->mpi)
-        return comm_mpi_allreduce(c, buf, n, op);
+        return tally(c, t0, (double)n * sizeof *buf,
+                     comm_mpi_allreduce(c, buf, n, op));
 #endif
-    (void)buf, (void)n;
-    return FLOW_OK;
+    (void)buf;
+    return tally(c, t0, (double)n * sizeof *buf, FLOW_OK);
 }
 
 int flow_comm_broadcast(flow_comm *c, void *buf, size_t bytes, int root)
 {
+    double t0 = wall_s();
     if (root < 0 || root >= c->size)
         return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: broadcast "
                               "from rank %d of %d", root, c->size);
 #ifdef FLOW_HAVE_MPI
     if (c->mpi)
-        return comm_mpi_broadcast(c, buf, bytes, root);
+        return tally(c, t0, (double)bytes,
+                     comm_mpi_broadcast(c, buf, bytes, root));
 #endif
-    (void)buf, (void)bytes;
-    return FLOW_OK;
+    (void)buf;
+    return tally(c, t0, (double)bytes, FLOW_OK);
 }
 
 int flow_comm_barrier(flow_comm *c)
 {
+    double t0 = wall_s();
 #ifdef FLOW_HAVE_MPI
     if (c->mpi)
-        return comm_mpi_barrier(c);
+        return tally(c, t0, 0, comm_mpi_barrier(c));
 #endif
-    (void)c;
-    return FLOW_OK;
+    return tally(c, t0, 0, FLOW_OK);
 }
 
 void flow_comm_abort(flow_comm *c, int code, const char *msg)

@@ -12,6 +12,10 @@ struct flow_comm {
     int rank, size;
     int mpi;                    /* 1: the collectives go to comm_mpi.c */
     int finalize;               /* comm_mpi_init initialised MPI */
+    /* flow_comm_stats: the collectives so far, their wall time (waiting
+     * for the other processes included) and the bytes each contributed */
+    unsigned long long calls;
+    double seconds, bytes;
 };
 
 /* comm_mpi.c, in builds configured with MPI.  comm_mpi_launched: 1 when

@@ -43,6 +43,17 @@ START_TEST(test_single_process_comm)
     ck_assert_msg(strstr(flow_errmsg(ctx), "rank 1 of 1") != NULL, "%s",
                   flow_errmsg(ctx));
     ck_assert_int_eq(flow_comm_barrier(c), FLOW_OK);
+    {
+        /* the two allreduces, the broadcast and the barrier count; the
+         * refused calls do not */
+        unsigned long long calls;
+        double secs, nbytes;
+        flow_comm_stats(c, &calls, &secs, &nbytes);
+        ck_assert_uint_eq(calls, 4);
+        ck_assert_double_eq(nbytes, 2 * 3 * sizeof(double) + 4);
+        ck_assert_double_ge(secs, 0);
+        ck_assert_double_lt(secs, 1);
+    }
     flow_comm_free(c);
     unsetenv("FLOWKIT_MPI");
 }

@@ -519,6 +519,12 @@ FLOW_API int flow_comm_allreduce(flow_comm *comm, double *buf, size_t n,
 FLOW_API int flow_comm_broadcast(flow_comm *comm, void *buf, size_t bytes,
                                  int root);
 FLOW_API int flow_comm_barrier(flow_comm *comm);
+/* The collectives comm has run so far: their number, their wall-clock
+ * seconds on this process (waiting for slower processes included) and
+ * the bytes this process contributed to them.  Any pointer may be NULL. */
+FLOW_API void flow_comm_stats(const flow_comm *comm,
+                              unsigned long long *calls, double *seconds,
+                              double *bytes);
 /* Prints "msg" on stderr and ends every process of comm with exit
  * status `code` (MPI_Abort); in a single process, exit(code).  For
  * programs, not libraries: it never returns. */
