@@ -1,6 +1,7 @@
 /* rsum.c - reproducible summation by pre-rounding to a common grid: every
  * process sums its blocks, an allreduce sums the processes, same bits. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,19 +46,37 @@ static double absmax(double m, double v)
     return a <= m ? m : isfinite(a) ? a : INFINITY;
 }
 
-/* max |v[i]| over [0, n), +inf when one is not finite: v * 0 is 0 for
- * a finite v and NaN otherwise, so one sum of them finds the non-finite
- * without a branch, and both loops vectorise. */
+/* max |v[i]| over [0, n), +inf when one is not finite.  On the bit
+ * patterns with the sign cleared, unsigned order is the order of the
+ * magnitudes, and infinities and NaNs (all-ones exponent) lie above every
+ * finite value: one integer max (associative, so it vectorises, which a
+ * floating-point max or sum reduction does not without reassociation)
+ * finds both the largest magnitude and any non-finite value. */
+#if FLOW_REAL_DOUBLE
+typedef uint64_t real_bits;
+#define ABS_MASK UINT64_C(0x7fffffffffffffff)
+#define INF_BITS UINT64_C(0x7ff0000000000000)
+#else
+typedef uint32_t real_bits;
+#define ABS_MASK UINT32_C(0x7fffffff)
+#define INF_BITS UINT32_C(0x7f800000)
+#endif
+
 FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
                                        size_t n, double m)
 {
-    double z = 0;
+    real_bits top = 0;
+    flow_real a;
     for (size_t i = 0; i < n; i++) {
-        double a = fabs((double)v[i]);
-        m = a > m ? a : m;
-        z += (double)v[i] * 0.0;
+        real_bits b;
+        memcpy(&b, v + i, sizeof b);
+        b &= ABS_MASK;
+        top = b > top ? b : top;
     }
-    return z == 0 ? m : INFINITY;
+    if (top >= INF_BITS)
+        return INFINITY;
+    memcpy(&a, &top, sizeof a);
+    return (double)a > m ? (double)a : m;
 }
 
 void rsum_see(rsum *r, const flow_real *v, const double *extra)

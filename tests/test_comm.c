@@ -187,6 +187,44 @@ START_TEST(test_block_sum_non_finite)
 }
 END_TEST
 
+/* A group's maximum magnitude: the largest |v| of any sign (subnormals
+ * included), +inf for an infinity of either sign or a NaN with its sign
+ * bit set, per group of RSUM_CHUNK values. */
+START_TEST(test_block_sum_group_max)
+{
+    enum { N = 3 * RSUM_CHUNK };
+    flow_real *v = calloc(N, sizeof *v);
+    double ex = 0;
+    rsum r;
+    ck_assert_ptr_nonnull(v);
+    ck_assert_int_eq(rsum_init(&r, N, 1), FLOW_OK);
+    for (size_t i = 0; i < RSUM_CHUNK; i++)
+        v[i] = (flow_real)(0.5 * (double)i - 7);    /* largest: -7 */
+    v[RSUM_CHUNK + 5] = (flow_real)1e-40;           /* subnormal in f32 */
+    v[RSUM_CHUNK + 9] = (flow_real)-3e-41;
+    v[2 * RSUM_CHUNK + 1] = (flow_real)2.5;
+    v[2 * RSUM_CHUNK + 2] = -(flow_real)INFINITY;
+    rsum_begin(&r);
+    rsum_see(&r, v, &ex);
+    ck_assert_double_eq(r.max[0], 24.5);    /* 0.5 * 63 - 7 */
+    ck_assert_double_eq(r.max[1], (double)(flow_real)1e-40);
+    ck_assert_double_eq(r.max[2], INFINITY);
+    for (size_t i = 0; i < RSUM_CHUNK; i++)
+        v[i] = (flow_real)(-0.25 * (double)i);      /* largest: -15.75 */
+    v[2 * RSUM_CHUNK + 2] = -(flow_real)NAN;
+    rsum_begin(&r);
+    rsum_see(&r, v, &ex);
+    ck_assert_double_eq(r.max[0], 15.75);
+    ck_assert_double_eq(r.max[2], INFINITY);
+    memset(v, 0, N * sizeof *v);
+    rsum_see(&r, v, &ex);                 /* the maxima carry over */
+    ck_assert_double_eq(r.max[0], 15.75);
+    ck_assert_double_eq(r.max[2], INFINITY);
+    rsum_free(&r);
+    free(v);
+}
+END_TEST
+
 /* actnorm + standard normal base on 2 dims. */
 static flow_model *gauss_model(void)
 {
@@ -259,6 +297,7 @@ Suite *suite_comm(void)
     tcase_add_test(tc, test_single_process_comm);
     tcase_add_test(tc, test_block_sum_any_split_same_bits);
     tcase_add_test(tc, test_block_sum_non_finite);
+    tcase_add_test(tc, test_block_sum_group_max);
     tcase_add_test(tc, test_trainer_on_comm);
     suite_add_tcase(s, tc);
     return s;
