@@ -8,6 +8,16 @@
 #include "rsum.h"
 #include "vec.h"
 
+/* The two passes over every block's gradient also in an AVX2 build
+ * chosen at run time (as runtime/nn_div.c does): the same bits, since
+ * both are elementwise or an integer max. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    defined(FLOW_TARGET_CLONES)
+# define RSUM_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+# define RSUM_CLONES
+#endif
+
 int rsum_init(rsum *r, size_t n_main, size_t n_extra)
 {
     memset(r, 0, sizeof *r);
@@ -51,18 +61,19 @@ static double absmax(double m, double v)
  * magnitudes, and infinities and NaNs (all-ones exponent) lie above every
  * finite value: one integer max (associative, so it vectorises, which a
  * floating-point max or sum reduction does not without reassociation)
- * finds both the largest magnitude and any non-finite value. */
+ * finds both the largest magnitude and any non-finite value.  With the
+ * sign bit clear, signed order is the same (SSE2 compares signed). */
 #if FLOW_REAL_DOUBLE
-typedef uint64_t real_bits;
-#define ABS_MASK UINT64_C(0x7fffffffffffffff)
-#define INF_BITS UINT64_C(0x7ff0000000000000)
+typedef int64_t real_bits;
+#define ABS_MASK INT64_C(0x7fffffffffffffff)
+#define INF_BITS INT64_C(0x7ff0000000000000)
 #else
-typedef uint32_t real_bits;
-#define ABS_MASK UINT32_C(0x7fffffff)
-#define INF_BITS UINT32_C(0x7f800000)
+typedef int32_t real_bits;
+#define ABS_MASK INT32_C(0x7fffffff)
+#define INF_BITS INT32_C(0x7f800000)
 #endif
 
-FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
+RSUM_CLONES FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
                                        size_t n, double m)
 {
     real_bits top = 0;
@@ -138,7 +149,7 @@ static double round_to(double x, double sigma)
     return (x + sigma) - sigma;
 }
 
-FLOW_VECTORIZE static void chunk_add(double *restrict sum,
+RSUM_CLONES FLOW_VECTORIZE static void chunk_add(double *restrict sum,
                                      const flow_real *restrict v, size_t n,
                                      double sigma)
 {
