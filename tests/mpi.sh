@@ -133,11 +133,12 @@ same "stopped rank: rank 0 names its wait" 1 "$(grep -c \
     '^flowkit: rank 0 of 2: allreduce ([a-z]*) of [0-9]* values\{0,1\} waited 3 s for the other ranks; ending the job (FLOWKIT_MPI_TIMEOUT=3; 0 waits for ever)$' \
     "$t/hout")"
 # a timeout that is not a number of seconds: every rank refuses to start
+# (mpirun may end one before it prints, once the other exits 1)
 FLOWKIT_MPI_TIMEOUT=soon run 2 "$F" train "$SPEC" --data "$t/tr.csv" \
     --steps 1 -o "$t/never.ckpt" >"$t/out" 2>"$t/err"
 check "FLOWKIT_MPI_TIMEOUT=soon: exit" 1 $?
-same "FLOWKIT_MPI_TIMEOUT=soon: a message per rank" 2 "$(grep -c \
-    "FLOWKIT_MPI_TIMEOUT='soon' is not a number of seconds from 0" "$t/err")"
+has "FLOWKIT_MPI_TIMEOUT=soon: message" "$t/err" \
+    "flowkit train: FLOWKIT_MPI_TIMEOUT='soon' is not a number of seconds from 0 (no limit) to 604800"
 absent "FLOWKIT_MPI_TIMEOUT=soon: no checkpoint" "$t/never.ckpt"
 
 finish mpi.sh
