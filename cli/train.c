@@ -69,6 +69,8 @@ static void train_usage(FILE *f)
           "\n"
           "Under mpirun (a build with MPI) each rank computes its share of\n"
           "each batch; rank 0 prints and writes CKPT (docs/distributed.md).\n"
+          "A rank that waits FLOWKIT_MPI_TIMEOUT seconds (default 600, 0 for\n"
+          "ever) for the others in one exchange ends the job (exit 1).\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
           "full training state and exits 130 or 143; --resume CKPT goes on.\n"
           "Exit status 3: the run diverged (10 non-finite steps in a row: no\n"

@@ -13,7 +13,7 @@ flow_comm *flow_comm_new(flow_ctx *ctx)
     flow_comm *c = calloc(1, sizeof *c);
     const char *env = getenv("FLOWKIT_MPI");
     if (!c) {
-        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "comm.c: out of memory for a "
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for a "
                        "communicator");
         return NULL;
     }
@@ -36,8 +36,8 @@ flow_comm *flow_comm_new(flow_ctx *ctx)
         if (!n)
             n = getenv("PMI_SIZE");
         if (n && strcmp(n, "1") != 0 && !(env && strcmp(env, "0") == 0)) {
-            flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "comm.c: started as "
-                           "one of %s MPI ranks, but this flowkit was built "
+            flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "started as one "
+                           "of %s MPI ranks, but this flowkit was built "
                            "without MPI (configure --with-mpi; or "
                            "FLOWKIT_MPI=0 for independent runs)", n);
             free(c);
@@ -99,7 +99,7 @@ int flow_comm_allreduce(flow_comm *c, double *buf, size_t n, flow_comm_op op)
 {
     double t0 = wall_s();
     if (op != FLOW_COMM_SUM && op != FLOW_COMM_MAX)
-        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: allreduce: "
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "flow_comm_allreduce: "
                               "unknown operation %d", (int)op);
 #ifdef FLOW_HAVE_MPI
     if (c->mpi)
@@ -114,8 +114,9 @@ int flow_comm_broadcast(flow_comm *c, void *buf, size_t bytes, int root)
 {
     double t0 = wall_s();
     if (root < 0 || root >= c->size)
-        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: broadcast "
-                              "from rank %d of %d", root, c->size);
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "flow_comm_broadcast "
+                              "from rank %d of %d: no such rank", root,
+                              c->size);
 #ifdef FLOW_HAVE_MPI
     if (c->mpi)
         return tally(c, t0, (double)bytes,

@@ -7,6 +7,8 @@
 
 #include "flow/flow.h"
 
+struct comm_watch;
+
 struct flow_comm {
     flow_ctx *ctx;              /* errors go here (borrowed) */
     int rank, size;
@@ -16,12 +18,16 @@ struct flow_comm {
      * for the other processes included) and the bytes each contributed */
     unsigned long long calls;
     double seconds, bytes;
+    struct comm_watch *watch;   /* comm_mpi.c's collective timeout, or NULL */
 };
 
 /* comm_mpi.c, in builds configured with MPI.  comm_mpi_launched: 1 when
  * the environment says an MPI launcher started this process.
- * comm_mpi_init: initialises MPI if needed and fills c's rank, size,
- * finalize; errors are FLOW_ERR_* with the message in c->ctx. */
+ * comm_mpi_init: initialises MPI if needed, fills c's rank, size,
+ * finalize and starts the collectives' watchdog (FLOWKIT_MPI_TIMEOUT);
+ * errors are FLOW_ERR_* with the message in c->ctx.  A collective that
+ * waits longer than the timeout ends the job from the watchdog (a
+ * message on stderr, then MPI_Abort): it never returns an error. */
 int comm_mpi_launched(void);
 int comm_mpi_init(flow_comm *c);
 void comm_mpi_finalize(flow_comm *c);

@@ -124,14 +124,16 @@ static double grid(double m, size_t n_blocks)
 }
 
 int rsum_agree(rsum *r, flow_comm *comm, size_t n_blocks, int failed,
-               int *any_failed)
+               int *first_failed)
 {
-    int rc;
-    r->max[r->n_groups] = failed ? 1 : 0;
+    int rc, size = flow_comm_size(comm);
+    /* size - rank: the maximum names the lowest rank that failed */
+    r->max[r->n_groups] = failed ? (double)(size - flow_comm_rank(comm)) : 0;
     if ((rc = flow_comm_allreduce(comm, r->max, r->n_groups + 1,
                                   FLOW_COMM_MAX)) != FLOW_OK)
         return rc;
-    *any_failed = r->max[r->n_groups] != 0;
+    *first_failed = r->max[r->n_groups] > 0
+                    ? size - (int)r->max[r->n_groups] : -1;
     r->finite = 1;
     for (size_t g = 0; g < r->n_groups; g++) {
         if (!isfinite(r->max[g]))

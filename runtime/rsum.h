@@ -19,7 +19,7 @@
  * result is in sum. */
 typedef struct rsum {
     size_t n_main, n_extra, n_groups;
-    double *max;                /* per group, then the failure flag */
+    double *max;                /* per group, then the failed ranks */
     double *sum;                /* n_main + n_extra */
     double *sigma;              /* per group: 1.5 * 2^E, or 0: all zero */
     int finite;                 /* after rsum_agree: every value finite */
@@ -33,10 +33,10 @@ void rsum_begin(rsum *r);
 void rsum_see(rsum *r, const flow_real *v, const double *extra);
 /* The maxima of all processes' blocks; n_blocks: the blocks of all
  * processes together; failed: this process could not compute its
- * blocks.  *any_failed: some process failed (then nothing more is to be
- * called).  FLOW_OK or the communicator's error. */
+ * blocks.  *first_failed: the lowest rank that failed (then nothing more
+ * is to be called), or -1.  FLOW_OK or the communicator's error. */
 int rsum_agree(rsum *r, flow_comm *comm, size_t n_blocks, int failed,
-               int *any_failed);
+               int *first_failed);
 void rsum_add(rsum *r, const flow_real *v, const double *extra);
 int rsum_finish(rsum *r, flow_comm *comm);
 

@@ -424,16 +424,15 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     flow_ctx *ctx = model_ctx(t->m);
     size_t b, nb, size;
     if (!comm)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
-                              "flow_trainer_set_comm: no communicator");
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_"
+                              "set_comm: no communicator");
     if (t->target)
-        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "train.c: "
-                              "data-parallel training fits data, not a "
-                              "target");
+        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data-"
+                              "parallel training fits data, not a target");
     if (t->st.step)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
-                              "flow_trainer_set_comm after %llu steps: call "
-                              "it before the first",
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_"
+                              "set_comm after %llu steps: call it before "
+                              "the first",
                               (unsigned long long)t->st.step);
     b = t->cfg.batch < t->n ? t->cfg.batch : t->n;
     nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
@@ -457,8 +456,8 @@ nomem:
     free(t->blogp);
     t->bgrad = NULL;
     t->blogp = NULL;
-    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "train.c: out of memory for "
-                          "%zu blocks of %zu parameters", t->max_local,
+    return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for %zu "
+                          "blocks of %zu parameters", t->max_local,
                           t->np);
 }
 
@@ -475,7 +474,7 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
-    int rc = FLOW_OK, any_failed = 0;
+    int rc = FLOW_OK, failed_rank = -1;
 
     flow_model_set_training(t->m, 1);
     for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
@@ -502,16 +501,17 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
         /* every process takes part in the collectives, a failed one too,
          * so that the others learn of the failure instead of waiting */
         int crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK,
-                             &any_failed);
+                             &failed_rank);
         if (rc != FLOW_OK)
             return rc;
         if (crc != FLOW_OK)
             return crc;
     }
-    if (any_failed)
-        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "train.c: "
-                              "another process's blocks of the batch failed "
-                              "(its message is on its stderr)");
+    if (failed_rank >= 0)
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "rank %d's "
+                              "blocks of the batch failed in step %llu (its "
+                              "message is on its own stderr)", failed_rank,
+                              (unsigned long long)t->st.step + 1);
     for (size_t k = lo; k < hi; k++)
         rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
     if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
@@ -624,7 +624,7 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
     flow_real *lp = NULL;
     double *part = NULL;
     rsum rs;
-    int rc = FLOW_OK, crc, any_failed = 0;
+    int rc = FLOW_OK, crc, failed_rank = -1;
 
     if (!comm)
         return flow_model_evaluate(m, n, x, c, batch, mean, std_err);
@@ -662,13 +662,13 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
         if (rc == FLOW_OK)
             rsum_see(&rs, NULL, &part[2 * (k - lo)]);
     }
-    crc = rsum_agree(&rs, comm, nb, rc != FLOW_OK, &any_failed);
+    crc = rsum_agree(&rs, comm, nb, rc != FLOW_OK, &failed_rank);
     if (rc == FLOW_OK && crc != FLOW_OK)
         rc = crc;
-    if (rc == FLOW_OK && any_failed)
-        rc = flow_ctx_error(model_ctx(m), FLOW_ERR_NUMERIC, "train.c: "
-                            "another process's rows failed to evaluate (its "
-                            "message is on its stderr)");
+    if (rc == FLOW_OK && failed_rank >= 0)
+        rc = flow_ctx_error(model_ctx(m), FLOW_ERR_NUMERIC, "rank %d's rows "
+                            "failed to evaluate (its message is on its own "
+                            "stderr)", failed_rank);
     if (rc == FLOW_OK) {
         for (size_t k = lo; k < hi; k++)
             rsum_add(&rs, NULL, &part[2 * (k - lo)]);

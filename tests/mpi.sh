@@ -1,7 +1,8 @@
 #!/bin/sh
 # mpi.sh - data-parallel training under mpirun: 1, 2 and 3 ranks end with
 # bit-identical checkpoints, equal to one process's --reproducible run and
-# to a resume with another rank count; a killed rank ends the job.
+# to a resume with another rank count; a killed rank ends the job, and so
+# does a stopped one, by the collectives' timeout.
 set -u
 . "$top_srcdir/tests/lib.sh"
 if [ "${MPI_BUILT:-no}" != yes ]; then
@@ -44,9 +45,9 @@ done
 "$F" train "$SPEC" $A -o "$t/plain.ckpt"
 if cmp -s "$t/plain.ckpt" "$t/r.ckpt"; then
     bad "plain: the row-by-row sum gave the block sum's bits"; else ok; fi
-# rank 0 alone prints
-run 2 "$F" train "$SPEC" --data "$t/tr.csv" --batch 70 --steps 2 --json \
-    -o "$t/j.ckpt" >"$t/out" 2>"$t/err"
+# rank 0 alone prints (and no watchdog: FLOWKIT_MPI_TIMEOUT=0)
+FLOWKIT_MPI_TIMEOUT=0 run 2 "$F" train "$SPEC" --data "$t/tr.csv" \
+    --batch 70 --steps 2 --json -o "$t/j.ckpt" >"$t/out" 2>"$t/err"
 check json 0 $?
 same "json: one summary" 1 "$(grep -c '"checkpoint"' "$t/out")"
 
@@ -102,5 +103,42 @@ same "SIGTERM on rank 1: one message" 1 \
     "$(grep -c 'interrupted by signal 15 after step' "$t/sout")"
 "$F" info "$t/s/sig.ckpt" >/dev/null 2>"$t/err"
 check "SIGTERM on rank 1: checkpoint" 0 $?
+
+# a rank that hangs without dying (SIGSTOP: mpirun sees nothing wrong):
+# the other waits FLOWKIT_MPI_TIMEOUT seconds in its next collective,
+# names it and ends the job; `timeout 60` only keeps a failure from
+# hanging the test
+mkdir "$t/h"
+( FLOWKIT_MPI_TIMEOUT=3 timeout 60 mpirun --oversubscribe -np 2 sh -c \
+    'echo $$ >"$0/pid.$OMPI_COMM_WORLD_RANK"; exec "$@"' "$t/h" \
+    "$F" train "$SPEC" --data "$t/big.csv" --batch 64 --epochs 100000 \
+    --checkpoint-every 1 --quiet -o "$t/h/hang.ckpt" >"$t/hout" 2>&1
+  echo $? >"$t/hrc" ) &
+i=0      # the first epoch's checkpoint: both ranks are in the loop
+while [ ! -s "$t/h/hang.ckpt" ] && [ $i -lt 400 ]; do
+    sleep 0.1; i=$((i + 1)); done
+kill -STOP "$(cat "$t/h/pid.1")"
+s0=$(date +%s)
+wait
+s1=$(date +%s)
+# a stopped process that outlived the job would never exit
+kill -CONT "$(cat "$t/h/pid.1")" 2>/dev/null
+kill -9 "$(cat "$t/h/pid.1")" 2>/dev/null
+hrc=$(cat "$t/hrc")
+truth "stopped rank: the job fails ($hrc), not by the test's timeout" \
+    "$hrc != 0 && $hrc != 124" "$t/hout"
+truth "stopped rank: the job ends $((s1 - s0)) s after the stop, <= 20" \
+    "$((s1 - s0)) <= 20" "$t/hout"
+same "stopped rank: rank 0 names its wait" 1 "$(grep -c \
+    '^flowkit: rank 0 of 2: allreduce ([a-z]*) of [0-9]* values\{0,1\} waited 3 s for the other ranks; ending the job (FLOWKIT_MPI_TIMEOUT=3; 0 waits for ever)$' \
+    "$t/hout")"
+# a timeout that is not a number of seconds: every rank refuses to start
+# (mpirun may end one before it prints, once the other exits 1)
+FLOWKIT_MPI_TIMEOUT=soon run 2 "$F" train "$SPEC" --data "$t/tr.csv" \
+    --steps 1 -o "$t/never.ckpt" >"$t/out" 2>"$t/err"
+check "FLOWKIT_MPI_TIMEOUT=soon: exit" 1 $?
+has "FLOWKIT_MPI_TIMEOUT=soon: message" "$t/err" \
+    "flowkit train: FLOWKIT_MPI_TIMEOUT='soon' is not a number of seconds from 0 (no limit) to 604800"
+absent "FLOWKIT_MPI_TIMEOUT=soon: no checkpoint" "$t/never.ckpt"
 
 finish mpi.sh

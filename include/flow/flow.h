@@ -503,9 +503,15 @@ typedef enum flow_comm_op {
 /* New communicator reporting errors to ctx (which must outlive it), or
  * NULL (message in ctx).  Initialises MPI when launched by an MPI
  * launcher and MPI is not initialised yet; FLOWKIT_MPI=0 in the
- * environment forces a single process.  One per process at a time. */
+ * environment forces a single process.  One per process at a time.
+ * Under MPI every collective has a timeout, FLOWKIT_MPI_TIMEOUT seconds
+ * (default 600, 0: none; another value than a number from 0 to 604800
+ * is an error here): a process that has waited that long in one prints
+ * a message on stderr and ends all of them (MPI_Abort, status 1), from a
+ * watchdog thread, since the collective cannot be cancelled. */
 FLOW_API flow_comm *flow_comm_new(flow_ctx *ctx);
-/* Finalises MPI when flow_comm_new initialised it. */
+/* Finalises MPI when flow_comm_new initialised it, after a barrier under
+ * the timeout (so every process must call it). */
 FLOW_API void flow_comm_free(flow_comm *comm);
 FLOW_API int flow_comm_rank(const flow_comm *comm);
 FLOW_API int flow_comm_size(const flow_comm *comm);
