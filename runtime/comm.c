@@ -114,3 +114,18 @@ void flow_comm_abort(flow_comm *c, int code, const char *msg)
     (void)c;
     exit(code);
 }
+
+int flow_comm_gather(flow_comm *c, const void *mine, void *all,
+                     const size_t *counts, size_t size)
+{
+    if (size == 0)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: gather of "
+                              "elements of 0 bytes");
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_gather(c, mine, all, counts, size);
+#endif
+    if (all != mine && counts[0])
+        memmove(all, mine, counts[0] * size);
+    return FLOW_OK;
+}
