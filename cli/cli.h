@@ -187,6 +187,42 @@ int cli_nonfinite_row(const char *cmd, flow_data *d, size_t row,
 int cli_first_nonfinite(cli_loaded *l, const char *cmd, flow_data *d,
                         size_t batch, const char *hint);
 
+/* The commands that run a model over a data file under mpirun (eval.c;
+ * docs/distributed.md, "Evaluation").  The rows are cut into the nb =
+ * ceil(n / batch) blocks of `batch` rows that one process runs, and rank
+ * r of N takes blocks [r nb / N, (r + 1) nb / N): rows [r0, r1), none
+ * when N > nb.  A row's result is then the same bits on any rank, and
+ * rank 0 gathers them in input order.
+ *
+ * cli_comm_open: the communicator, after loading the checkpoint (l->ctx
+ * reports its errors) and before reading `data`; 0, or an exit code
+ * after printing why (*comm may then be set: pass it to cli_comm_end).
+ * cli_comm_end: with rc != 0 under mpirun ends every rank (a rank that
+ * stops early would leave the others waiting), else frees comm (NULL
+ * allowed); returns rc.  cli_share_run: `what` (0 log-density, 1
+ * forward, 2 inverse) on this rank's rows into out (row r0 first, w = 1
+ * or dim values a row), each block with its own stream of random draws;
+ * 0, or 1 after printing the failing row.  cli_share_gather: every rank
+ * says whether it failed (one allreduce); then rank 0 receives the rows
+ * of every rank, w values of `size` bytes each, from mine (r1 - r0 rows;
+ * on rank 0 it may be all) into all (n rows, rank 0 only); 0, or 1
+ * after printing why (rank 0 names a failed rank). */
+typedef struct cli_share {
+    flow_comm *comm;            /* borrowed */
+    size_t n, batch, nb;        /* rows, rows a block, blocks */
+    size_t r0, r1;              /* this rank's rows */
+} cli_share;
+
+int cli_comm_open(cli_loaded *l, const char *cmd, const char *data,
+                  flow_comm **comm);
+int cli_comm_end(flow_comm *comm, int rc);
+void cli_share_init(cli_share *s, flow_comm *comm, size_t n, size_t batch);
+int cli_share_run(const cli_share *s, cli_loaded *l, const char *cmd,
+                  flow_data *d, int what, flow_real *out);
+int cli_share_gather(const cli_share *s, flow_ctx *ctx, const char *cmd,
+                     int failed, const void *mine, void *all, size_t w,
+                     size_t size);
+
 /* The options of the subcommands that run a trained model (eval.c). */
 typedef struct cli_run_opts {
     const char *ckpt, *data, *out, *columns, *context, *ctxfile;

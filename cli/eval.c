@@ -233,6 +233,119 @@ int cli_first_nonfinite(cli_loaded *l, const char *cmd, flow_data *d,
     return 0;
 }
 
+/* ------------------------------------------------------------ ranks */
+
+int cli_comm_open(cli_loaded *l, const char *cmd, const char *data,
+                  flow_comm **comm)
+{
+    if (!(*comm = flow_comm_new(l->ctx)))
+        return cli_fail(l->ctx, cmd);
+    /* mpirun forwards standard input to rank 0 alone: the others would
+     * read no rows */
+    if (data && !strcmp(data, "-") && flow_comm_size(*comm) > 1) {
+        if (flow_comm_rank(*comm) == 0)
+            fprintf(stderr, "%s: --data -: under mpirun only rank 0 reads "
+                    "standard input; give a file that every rank can "
+                    "read\n", cmd);
+        return CLI_EXIT_USAGE;
+    }
+    return 0;
+}
+
+int cli_comm_end(flow_comm *comm, int rc)
+{
+    /* a rank that fails ends them all: the others could be waiting in a
+     * collective (mpirun reports the abort and exits non-zero) */
+    if (comm && rc != 0 && flow_comm_size(comm) > 1)
+        flow_comm_abort(comm, rc, NULL);
+    flow_comm_free(comm);
+    return rc;
+}
+
+/* Rows [*r0, *r1) of rank `rank` of `size`. */
+static void share_rows(const cli_share *s, size_t rank, size_t size,
+                       size_t *r0, size_t *r1)
+{
+    size_t lo = rank * s->nb / size, hi = (rank + 1) * s->nb / size;
+    *r0 = lo * s->batch;
+    *r1 = hi * s->batch < s->n ? hi * s->batch : s->n;
+}
+
+void cli_share_init(cli_share *s, flow_comm *comm, size_t n, size_t batch)
+{
+    s->comm = comm;
+    s->n = n;
+    s->batch = batch < n ? batch : n ? n : 1;
+    s->nb = (n + s->batch - 1) / s->batch;
+    share_rows(s, (size_t)flow_comm_rank(comm), (size_t)flow_comm_size(comm),
+               &s->r0, &s->r1);
+}
+
+/* The stream of a model's random draws (stochastic layers that estimate
+ * in evaluation, such as an `ode` with hutchinson(in_eval = true)) for
+ * block k: seeded from the model's stream as loaded and k, so that a
+ * block's draws do not depend on which rank runs it nor on the blocks
+ * before it.  *h: 0 before the first block. */
+static void block_stream(flow_model *m, uint64_t *h, size_t k)
+{
+    if (!*h) {
+        uint64_t w[6];
+        flow_rng r;
+        flow_model_get_rng(m, w);
+        memcpy(r.s, w, sizeof r.s);
+        *h = rng_u64(&r) | 1;
+    }
+    flow_model_seed(m, *h ^ (uint64_t)k);
+}
+
+int cli_share_run(const cli_share *s, cli_loaded *l, const char *cmd,
+                  flow_data *d, int what, flow_real *out)
+{
+    size_t dim = flow_model_dim(l->model), w = what == 0 ? 1 : dim;
+    size_t k = flow_model_context_dim(l->model);
+    uint64_t h = 0;
+    for (size_t r = s->r0; r < s->r1; r += s->batch) {
+        size_t b = s->r1 - r < s->batch ? s->r1 - r : s->batch;
+        const flow_real *c = flow_data_context(d);
+        block_stream(l->model, &h, r / s->batch);
+        if (run_rows(l->model, what, b, flow_data_values(d) + r * dim,
+                     c ? c + r * k : NULL, out + (r - s->r0) * w) != FLOW_OK)
+            return cli_fail_located(l->ctx, cmd, l->model, d, what, r,
+                                    s->batch);
+    }
+    return 0;
+}
+
+int cli_share_gather(const cli_share *s, flow_ctx *ctx, const char *cmd,
+                     int failed, const void *mine, void *all, size_t w,
+                     size_t size)
+{
+    size_t nr = (size_t)flow_comm_size(s->comm);
+    int rank = flow_comm_rank(s->comm), rc;
+    double bad = failed ? rank + 1 : 0;        /* the last failed rank */
+    size_t *counts;
+    if (flow_comm_allreduce(s->comm, &bad, 1, FLOW_COMM_MAX) != FLOW_OK)
+        return cli_fail(ctx, cmd);
+    if (bad != 0) {
+        if (rank == 0 && !failed)
+            fprintf(stderr, "%s: rank %.0f of %zu failed on its rows (its "
+                    "message above names the row)\n", cmd, bad - 1, nr);
+        return 1;
+    }
+    if (!(counts = malloc(nr * sizeof *counts))) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        return 1;
+    }
+    for (size_t r = 0; r < nr; r++) {
+        size_t r0, r1;
+        share_rows(s, r, nr, &r0, &r1);
+        counts[r] = (r1 - r0) * w;
+    }
+    rc = flow_comm_gather(s->comm, mine, all, counts, size);
+    free(counts);
+    return rc == FLOW_OK ? 0 : cli_fail(ctx, cmd);
+}
+
 /* ------------------------------------------------------------ eval & co */
 
 int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
@@ -345,49 +458,89 @@ static double dequant_levels(const flow_graph *g)
  * P(x) (Theis et al. 2016, sec. 3.1) as RealNVP and Glow evaluate it,
  * with K draws u ~ U[0, 1)^D per row, where the evaluation-mode layer
  * sits at the midpoint u = 1/2: it maps its input x' to (x' + 1/2) / L,
- * so x' = x + u - 1/2 gives it (x + u) / L.  Per row the mean of the K
- * log-densities; mean and standard error over the rows. */
-static int eval_noisy(cli_loaded *l, flow_data *d, const cli_run_opts *o,
-                      double *mean, double *se)
+ * so x' = x + u - 1/2 gives it (x + u) / L.  Into acc, for this rank's
+ * rows, the mean of each row's K log-densities.  Row i's K x D uniforms
+ * come from a stream of its own, seeded from --seed and i, so they do
+ * not depend on the rank that runs the row nor on --batch.  0, or 1
+ * after printing why. */
+static int eval_noisy(cli_loaded *l, const cli_share *s, flow_data *d,
+                      const cli_run_opts *o, const char *cmd, double *acc)
 {
-    size_t n = flow_data_rows(d), dim = flow_model_dim(l->model);
+    size_t dim = flow_model_dim(l->model);
     size_t k = flow_model_context_dim(l->model);
-    size_t bmax = n < o->batch ? n : o->batch;
-    flow_real *xb = malloc(bmax * dim * sizeof *xb);
-    flow_real *lp = malloc(bmax * sizeof *lp);
-    double *acc = calloc(n ? n : 1, sizeof *acc), s = 0, ss = 0;
-    flow_rng rng;
-    int rc = FLOW_OK;
-    if (!xb || !lp || !acc) {
-        rc = flow_ctx_error(l->ctx, FLOW_ERR_NOMEM, "out of memory");
+    flow_real *xb = malloc(s->batch * dim * sizeof *xb);
+    flow_real *lp = malloc(s->batch * sizeof *lp);
+    flow_rng *rows = malloc(s->batch * sizeof *rows), seeds;
+    uint64_t h = 0, hs;
+    int rc = 0;
+    if (!xb || !lp || !rows) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        rc = 1;
         goto out;
     }
-    rng_seed(&rng, o->seed);
-    for (size_t draw = 0; draw < o->noise && rc == FLOW_OK; draw++)
-        for (size_t r = 0; r < n && rc == FLOW_OK; r += o->batch) {
-            size_t b = n - r < o->batch ? n - r : o->batch;
-            const flow_real *x = flow_data_values(d) + r * dim;
-            const flow_real *c = flow_data_context(d);
-            for (size_t i = 0; i < b * dim; i++)
-                xb[i] = (flow_real)((double)x[i] + rng_uniform(&rng) - 0.5);
-            rc = flow_model_log_prob(l->model, b, xb, c ? c + r * k : NULL,
-                                     lp);
-            for (size_t i = 0; rc == FLOW_OK && i < b; i++)
-                acc[r + i] += (double)lp[i] / (double)o->noise;
+    rng_seed(&seeds, o->seed);
+    hs = rng_u64(&seeds);
+    for (size_t r = s->r0; r < s->r1 && rc == 0; r += s->batch) {
+        size_t b = s->r1 - r < s->batch ? s->r1 - r : s->batch;
+        const flow_real *x = flow_data_values(d) + r * dim;
+        const flow_real *c = flow_data_context(d);
+        block_stream(l->model, &h, r / s->batch);
+        for (size_t i = 0; i < b; i++) {
+            rng_seed(&rows[i], hs ^ (uint64_t)(r + i));
+            acc[r - s->r0 + i] = 0;
         }
-    if (rc != FLOW_OK)
-        goto out;
-    for (size_t i = 0; i < n; i++)
-        s += acc[i];
-    *mean = n ? s / (double)n : NAN;
-    for (size_t i = 0; i < n; i++)
-        ss += (acc[i] - *mean) * (acc[i] - *mean);
-    *se = n > 1 ? sqrt(ss / (double)(n - 1) / (double)n) : 0;
+        for (size_t draw = 0; draw < o->noise && rc == 0; draw++) {
+            for (size_t i = 0; i < b; i++)
+                for (size_t j = 0; j < dim; j++)
+                    xb[i * dim + j] = (flow_real)((double)x[i * dim + j]
+                                                  + rng_uniform(&rows[i])
+                                                  - 0.5);
+            if (flow_model_log_prob(l->model, b, xb, c ? c + r * k : NULL,
+                                    lp) != FLOW_OK) {
+                rc = cli_fail_located(l->ctx, cmd, l->model, d, 0, r,
+                                      s->batch);
+                break;
+            }
+            for (size_t i = 0; i < b; i++)
+                acc[r - s->r0 + i] += (double)lp[i] / (double)o->noise;
+        }
+    }
 out:
     free(xb);
     free(lp);
-    free(acc);
+    free(rows);
     return rc;
+}
+
+/* Mean and standard error of n log-densities with flow_model_evaluate's
+ * arithmetic (runtime/train.c): one sum and one sum of squares in double
+ * in row order, var = (s2 - n mu^2) / (n - 1), s.e. sqrt(var / n); the
+ * figure one process has always printed. */
+static void lp_moments(size_t n, const flow_real *lp, double *mean,
+                       double *se)
+{
+    double s = 0, s2 = 0, mu, var;
+    for (size_t i = 0; i < n; i++) {
+        s += lp[i];
+        s2 += (double)lp[i] * lp[i];
+    }
+    mu = s / (double)n;
+    var = n > 1 ? (s2 - (double)n * mu * mu) / (double)(n - 1) : 0;
+    *mean = mu;
+    *se = var > 0 ? sqrt(var / (double)n) : 0;
+}
+
+/* The same of the per-row means of eval --noise, in two passes. */
+static void acc_moments(size_t n, const double *acc, double *mean,
+                        double *se)
+{
+    double s = 0, ss = 0;
+    for (size_t i = 0; i < n; i++)
+        s += acc[i];
+    *mean = s / (double)n;
+    for (size_t i = 0; i < n; i++)
+        ss += (acc[i] - *mean) * (acc[i] - *mean);
+    *se = n > 1 ? sqrt(ss / (double)(n - 1) / (double)n) : 0;
 }
 
 static void eval_usage(FILE *f)
@@ -405,7 +558,10 @@ static void eval_usage(FILE *f)
           "at each pixel bin's midpoint (u = 1/2, deterministic); with\n"
           "--noise K, the dequantization bound E_u log p(x + u) that RealNVP\n"
           "and Glow report, averaged over K draws u ~ U[0, 1)^D per row\n"
-          "(seeded by --seed S, default 0).\n", f);
+          "(seeded by --seed S, default 0, and the row's number).\n\n"
+          "Under mpirun (mpirun -np N flowkit eval ...) each rank evaluates\n"
+          "whole blocks of --batch rows and rank 0 prints the same bytes as\n"
+          "one process (docs/distributed.md).\n", f);
 }
 
 int cli_cmd_eval(int argc, char **argv)
@@ -413,10 +569,13 @@ int cli_cmd_eval(int argc, char **argv)
     const char *cmd = "flowkit eval";
     cli_run_opts o;
     cli_loaded l;
-    flow_data *d;
+    cli_share s;
+    flow_comm *comm = NULL;
+    flow_data *d = NULL;
+    void *mine = NULL, *all = NULL;
     double mean, se, bpd, levels;
-    size_t dim;
-    int rc;
+    size_t dim, n, esz;
+    int rc, rank, failed;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, eval_usage, 3)) != 0)
         return rc < 0 ? 0 : rc;
     if ((rc = cli_check_output(cmd, NULL, (const char *[]){o.ckpt, o.data},
@@ -424,33 +583,56 @@ int cli_cmd_eval(int argc, char **argv)
         return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
+    if ((rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
+        goto out;
+    rc = 1;
+    rank = flow_comm_rank(comm);
     dim = flow_model_dim(l.model);
+    levels = dequant_levels(flow_compile_graph(l.comp));
     if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
                                   1))
-        || cli_check_bounds(cmd, flow_compile_graph(l.comp), d)) {
-        flow_data_free(d);
-        cli_loaded_free(&l);
-        return 1;
-    }
-    if (o.noise && dequant_levels(flow_compile_graph(l.comp)) <= 0) {
+        || cli_check_bounds(cmd, flow_compile_graph(l.comp), d))
+        goto out;
+    if (o.noise && levels <= 0) {
         fprintf(stderr, "%s: --noise draws the dequantization noise of a "
                 "model whose first layer is `dequantize`; this model's is "
                 "not\n", cmd);
-        flow_data_free(d);
-        cli_loaded_free(&l);
-        return CLI_EXIT_USAGE;
+        rc = CLI_EXIT_USAGE;
+        goto out;
     }
-    rc = o.noise ? eval_noisy(&l, d, &o, &mean, &se)
-       : flow_model_evaluate(l.model, flow_data_rows(d), flow_data_values(d),
-                             flow_data_context(d), o.batch, &mean, &se);
-    if (rc == FLOW_OK && !isfinite(mean) && !o.allow_nonfinite)
-        rc = cli_first_nonfinite(&l, cmd, d, o.batch, ALLOW_HINT);
-    if (rc != FLOW_OK) {
-        if (rc > 0)
-            cli_fail_located(l.ctx, cmd, l.model, d, 0, 0, o.batch);
-        flow_data_free(d);
-        cli_loaded_free(&l);
-        return 1;
+    /* each rank its blocks' log-densities (or, with --noise, their
+     * per-row means), gathered on rank 0 in row order */
+    n = flow_data_rows(d);
+    cli_share_init(&s, comm, n, o.batch);
+    esz = o.noise ? sizeof(double) : sizeof(flow_real);
+    if (rank == 0)
+        mine = all = malloc(n * esz);
+    else
+        mine = malloc((s.r1 > s.r0 ? s.r1 - s.r0 : 1) * esz);
+    if (!mine) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        failed = 1;
+    } else
+        failed = o.noise ? eval_noisy(&l, &s, d, &o, cmd, mine)
+                         : cli_share_run(&s, &l, cmd, d, 0, mine);
+    if (cli_share_gather(&s, l.ctx, cmd, failed, mine, all, 1, esz) != 0)
+        goto out;
+    if (rank != 0) {            /* rank 0 speaks for the run */
+        rc = 0;
+        goto out;
+    }
+    if (o.noise)
+        acc_moments(n, all, &mean, &se);
+    else
+        lp_moments(n, all, &mean, &se);
+    for (size_t i = 0; i < n && !isfinite(mean) && !o.allow_nonfinite; i++) {
+        double v = o.noise ? ((double *)all)[i] : ((flow_real *)all)[i];
+        if (!isfinite(v)) {
+            cli_nonfinite_row(cmd, d, i, o.noise ? "the mean log-density "
+                              "of the --noise draws" : "the log-density", v,
+                              ALLOW_HINT);
+            goto out;
+        }
     }
     if (!isfinite(mean))
         se = NAN;              /* no spread around a non-finite mean */
@@ -462,9 +644,8 @@ int cli_cmd_eval(int argc, char **argv)
      * 3.1, and Ho et al. 2019, sec. 3.1; the [0, 1]-scale one is
      * -log p_cont(y) / (D ln 2) = bpd - log2 L. */
     bpd = -mean / ((double)dim * log(2.0));
-    levels = dequant_levels(flow_compile_graph(l.comp));
     if (o.json) {
-        printf("{\"rows\": %zu, \"loglik\": ", flow_data_rows(d));
+        printf("{\"rows\": %zu, \"loglik\": ", n);
         cli_json_num(stdout, mean, 9);
         printf(", \"stderr\": ");
         cli_json_num(stdout, se, 9);
@@ -483,15 +664,19 @@ int cli_cmd_eval(int argc, char **argv)
     } else if (levels > 0)
         printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
                "%.6f bits/dim (discrete, %.0f levels, %s); %.6f bits/dim "
-               "on the [0, 1] scale\n", mean, se, flow_data_rows(d), bpd,
+               "on the [0, 1] scale\n", mean, se, n, bpd,
                levels, o.noise ? "dequantization bound" : "bin midpoints",
                bpd - log2(levels));
     else
         printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
-               "%.6f bits/dim\n", mean, se, flow_data_rows(d), bpd);
+               "%.6f bits/dim\n", mean, se, n, bpd);
+    rc = 0;
+out:
+    free(mine);
     flow_data_free(d);
+    rc = cli_comm_end(comm, rc);
     cli_loaded_free(&l);
-    return 0;
+    return rc;
 }
 
 int cli_write_rows(flow_ctx *ctx, const char *cmd, const cli_run_opts *o,
@@ -563,8 +748,10 @@ static void logprob_usage(FILE *f)
           "                       [--allow-nonfinite]\n\n"
           "One log-density (nats) per input row, in input order.  A row\n"
           "whose log-density is not finite is an error naming its line,\n"
-          "found before anything is written; --allow-nonfinite writes it.\n",
-          f);
+          "found before anything is written; --allow-nonfinite writes it.\n"
+          "Under mpirun each rank computes whole blocks of --batch rows and\n"
+          "rank 0 alone writes them, in input order: the same bytes as one\n"
+          "process (docs/distributed.md).\n", f);
 }
 
 /* logprob, encode (dir 0) and decode (dir 1) share the data loop. */
@@ -573,10 +760,12 @@ static int map_rows(int argc, char **argv, const char *cmd,
 {
     cli_run_opts o;
     cli_loaded l;
-    flow_data *d;
-    flow_real *res = NULL;
+    cli_share s;
+    flow_comm *comm = NULL;
+    flow_data *d = NULL;
+    flow_real *res = NULL, *mine = NULL;
     size_t n, dim, w;
-    int rc;
+    int rc, rank, failed;
     if ((rc = cli_parse_run(argc, argv, cmd, &o, usage, 0)) != 0)
         return rc < 0 ? 0 : rc;
     if ((rc = cli_check_output(cmd, o.out, (const char *[]){o.ckpt, o.data},
@@ -584,39 +773,38 @@ static int map_rows(int argc, char **argv, const char *cmd,
         return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
+    if ((rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
+        goto out;
+    rc = 1;
+    rank = flow_comm_rank(comm);
     dim = flow_model_dim(l.model);
     /* decode reads latents: by position, never by the data's names */
     if (!(d = cli_read_model_data(&l, cmd, o.data, o.columns, o.context,
                                   what != 2))
         || (what != 2
-            && cli_check_bounds(cmd, flow_compile_graph(l.comp), d))) {
-        flow_data_free(d);
-        cli_loaded_free(&l);
-        return 1;
-    }
+            && cli_check_bounds(cmd, flow_compile_graph(l.comp), d)))
+        goto out;
     if (what == 2)
         o.xnames = l.columns;
     n = flow_data_rows(d);
     w = what == 0 ? 1 : dim;
-    if (!(res = malloc(n * w * sizeof *res))) {
-        rc = cli_fail(l.ctx, cmd);
+    cli_share_init(&s, comm, n, o.batch);
+    /* rank 0 computes its rows in place, at the front of the result */
+    if (rank == 0)
+        mine = res = malloc(n * w * sizeof *res);
+    else
+        mine = malloc((s.r1 > s.r0 ? s.r1 - s.r0 : 1) * w * sizeof *mine);
+    if (!mine) {
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        failed = 1;
+    } else
+        failed = cli_share_run(&s, &l, cmd, d, what, mine);
+    if (cli_share_gather(&s, l.ctx, cmd, failed, mine, res, w, sizeof *res)
+        != 0)
         goto out;
-    }
-    for (size_t r = 0; r < n; r += o.batch) {
-        size_t b = n - r < o.batch ? n - r : o.batch, k;
-        const flow_real *x = flow_data_values(d) + r * dim;
-        const flow_real *c = flow_data_context(d);
-        k = flow_model_context_dim(l.model);
-        c = c ? c + r * k : NULL;
-        rc = what == 0 ? flow_model_log_prob(l.model, b, x, c, res + r)
-           : what == 1 ? flow_model_forward(l.model, b, x, c, res + r * dim,
-                                            NULL)
-                       : flow_model_inverse(l.model, b, x, c, res + r * dim,
-                                            NULL);
-        if (rc != FLOW_OK) {
-            rc = cli_fail_located(l.ctx, cmd, l.model, d, what, r, o.batch);
-            goto out;
-        }
+    if (rank != 0) {            /* rank 0 writes for the run */
+        rc = 0;
+        goto out;
     }
     /* checked before anything is written, so that a failure leaves no
      * partial output, on standard output neither */
@@ -637,8 +825,9 @@ static int map_rows(int argc, char **argv, const char *cmd,
        : cli_write_rows(l.ctx, cmd, &o, n, dim, what == 1 ? "z" : "x", res,
                         NULL, 0, NULL, NULL, NULL);
 out:
-    free(res);
+    free(mine);
     flow_data_free(d);
+    rc = cli_comm_end(comm, rc);
     cli_loaded_free(&l);
     return rc;
 }
@@ -653,7 +842,9 @@ static void encode_usage(FILE *f)
     fputs("usage: flowkit encode CKPT --data FILE [-o OUT] "
           "[--format csv|npy]\n\n"
           "Maps data x to latents z (the density direction).  With exits, z\n"
-          "holds the exits' dimensions first, then the final output.\n", f);
+          "holds the exits' dimensions first, then the final output.  Under\n"
+          "mpirun the ranks split the rows and rank 0 writes them, in input\n"
+          "order.\n", f);
 }
 
 int cli_cmd_encode(int argc, char **argv)
@@ -667,7 +858,8 @@ static void decode_usage(FILE *f)
           "[--format csv|npy]\n\n"
           "Maps latents z back to data x (the sampling direction); "
           "the inverse\n"
-          "of encode.\n", f);
+          "of encode.  Under mpirun the ranks split the rows and rank 0\n"
+          "writes them, in input order.\n", f);
 }
 
 int cli_cmd_decode(int argc, char **argv)

@@ -104,7 +104,9 @@ static void compare_usage(FILE *f)
           "one-sided confidence Phi(z) that the best is better (normal\n"
           "approximation; docs/uq.md).  Every model must have the data's\n"
           "dimension and context width; a row whose log-density is not finite\n"
-          "under some model is an error.\n"
+          "under some model is an error.  Under mpirun (mpirun -np N flowkit\n"
+          "compare ...) each rank scores whole blocks of --batch rows and rank\n"
+          "0 prints the same bytes as one process (docs/distributed.md).\n"
           "\n"
           "  --data FILE      test rows (CSV or .npy; - for stdin)\n"
           "  --columns L      data columns by name or 0-based index\n"
@@ -273,11 +275,14 @@ int cli_cmd_compare(int argc, char **argv)
     const char *cmd = "flowkit compare";
     cmp_opts o;
     cli_loaded *ls = NULL;
+    cli_share s;
+    flow_comm *comm = NULL;
     flow_data *d = NULL;
+    flow_real *all = NULL, *mine = NULL;
     double *lp = NULL, *tmp = NULL;
     cmp_row *rows = NULL;
     size_t m, n = 0, dim = 0, cdim = 0;
-    int rc;
+    int rc, rank = 0;
 
     if ((rc = parse_compare(argc, argv, &o)) != 0) {
         free(o.ckpts);
@@ -289,11 +294,17 @@ int cli_cmd_compare(int argc, char **argv)
         fprintf(stderr, "%s: out of memory\n", cmd);
         goto out;
     }
-    /* one model at a time: load, check its shape, score every row */
+    /* one model at a time: load, check its shape, score every row (under
+     * mpirun each rank its blocks, gathered on rank 0 in row order) */
     for (size_t j = 0; j < m; j++) {
+        int failed;
         if (cli_load_checkpoint(&ls[j], cmd, o.ckpts[j], o.threads) != 0)
             goto out;
         if (j == 0) {
+            if ((rc = cli_comm_open(&ls[0], cmd, o.data, &comm)) != 0)
+                goto out;
+            rc = 1;
+            rank = flow_comm_rank(comm);
             dim = flow_model_dim(ls[0].model);
             cdim = flow_model_context_dim(ls[0].model);
             if (!(d = cli_read_model_data(&ls[0], cmd, o.data, o.columns,
@@ -305,8 +316,12 @@ int cli_cmd_compare(int argc, char **argv)
                         "least two\n", cmd, o.data);
                 goto out;
             }
-            if (!(lp = malloc(m * n * sizeof *lp))
-                || !(tmp = malloc(n * sizeof *tmp))) {
+            cli_share_init(&s, comm, n, o.batch);
+            if (rank == 0
+                ? !(lp = malloc(m * n * sizeof *lp))
+                  || !(tmp = malloc(n * sizeof *tmp))
+                  || !(mine = all = malloc(n * sizeof *all))
+                : !(mine = malloc((s.r1 - s.r0 + 1) * sizeof *mine))) {
                 fprintf(stderr, "%s: out of memory\n", cmd);
                 goto out;
             }
@@ -321,10 +336,14 @@ int cli_cmd_compare(int argc, char **argv)
                     o.ckpts[0], dim, cdim);
             goto out;
         }
-        if (cli_check_bounds(cmd, flow_compile_graph(ls[j].comp), d)
-            || rows_log_prob(&ls[j], cmd, d, o.batch, lp + j * n) != 0)
+        if (cli_check_bounds(cmd, flow_compile_graph(ls[j].comp), d))
             goto out;
-        for (size_t r = 0; r < n; r++)
+        failed = cli_share_run(&s, &ls[j], cmd, d, 0, mine);
+        if (cli_share_gather(&s, ls[0].ctx, cmd, failed, mine, all, 1,
+                             sizeof *all) != 0)
+            goto out;
+        for (size_t r = 0; rank == 0 && r < n; r++) {
+            lp[j * n + r] = all[r];
             if (!isfinite(lp[j * n + r])) {
                 char hint[600];
                 snprintf(hint, sizeof hint, " %s; compare needs a finite "
@@ -333,10 +352,14 @@ int cli_cmd_compare(int argc, char **argv)
                                   hint);
                 goto out;
             }
+        }
         /* keep the first model's context (it owns the data) */
         if (j > 0)
             cli_loaded_free(&ls[j]);
     }
+    rc = 0;
+    if (rank != 0)              /* rank 0 speaks for the run */
+        goto out;
     for (size_t j = 0; j < m; j++) {
         double sd;
         rows[j].model = j;
@@ -361,11 +384,15 @@ int cli_cmd_compare(int argc, char **argv)
         print_compare_json(&o, rows, n);
     else
         print_compare_text(&o, rows, n);
-    rc = 0;
 out:
     flow_data_free(d);
-    for (size_t j = 0; ls && j < m; j++)
+    free(mine);
+    for (size_t j = 1; ls && j < m; j++)
         cli_loaded_free(&ls[j]);
+    /* the communicator reports to the first model's context */
+    rc = cli_comm_end(comm, rc);
+    if (ls)
+        cli_loaded_free(&ls[0]);
     free(ls);
     free(rows);
     free(lp);

@@ -148,3 +148,20 @@ void flow_comm_abort(flow_comm *c, int code, const char *msg)
     (void)c;
     exit(code);
 }
+
+int flow_comm_gather(flow_comm *c, const void *mine, void *all,
+                     const size_t *counts, size_t size)
+{
+    double t0 = wall_s();
+    if (size == 0)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "flow_comm_gather: "
+                              "elements of 0 bytes");
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return tally(c, t0, (double)counts[c->rank] * (double)size,
+                     comm_mpi_gather(c, mine, all, counts, size));
+#endif
+    if (all != mine && counts[0])
+        memmove(all, mine, counts[0] * size);
+    return tally(c, t0, (double)counts[0] * (double)size, FLOW_OK);
+}

@@ -35,5 +35,7 @@ int comm_mpi_allreduce(flow_comm *c, double *buf, size_t n, flow_comm_op op);
 int comm_mpi_broadcast(flow_comm *c, void *buf, size_t bytes, int root);
 int comm_mpi_barrier(flow_comm *c);
 void comm_mpi_abort(flow_comm *c, int code);
+int comm_mpi_gather(flow_comm *c, const void *mine, void *all,
+                    const size_t *counts, size_t size);
 
 #endif

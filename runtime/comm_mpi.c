@@ -71,7 +71,8 @@ static int mpi_fail(flow_comm *c, int err, const char *what)
 #define TIMEOUT_MAX 604800.0    /* a week; 0 turns the watchdog off */
 
 typedef enum watch_op {
-    WATCH_SUM, WATCH_MAX, WATCH_BROADCAST, WATCH_BARRIER, WATCH_CLOSING
+    WATCH_SUM, WATCH_MAX, WATCH_BROADCAST, WATCH_BARRIER, WATCH_CLOSING,
+    WATCH_GATHER
 } watch_op;
 
 struct comm_watch {
@@ -117,6 +118,10 @@ static void describe(char *buf, size_t cap, watch_op op, size_t count,
         break;
     case WATCH_CLOSING:
         snprintf(buf, cap, "the closing barrier (before MPI_Finalize)");
+        break;
+    case WATCH_GATHER:
+        snprintf(buf, cap, "gather to rank %d of %zu element%s", root,
+                 count, count == 1 ? "" : "s");
         break;
     }
 }
@@ -357,4 +362,56 @@ void comm_mpi_abort(flow_comm *c, int code)
 {
     (void)c;
     MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+/* MPI_Gatherv in elements of `size` bytes (a contiguous type), so that
+ * its int counts and displacements reach 2^31 elements rather than 2^31
+ * bytes.  Every process checks every count, so all of them refuse a
+ * gather too large together instead of leaving the others waiting. */
+int comm_mpi_gather(flow_comm *c, const void *mine, void *all,
+                    const size_t *counts, size_t size)
+{
+    int *cnt = NULL, *disp = NULL, err, rc = FLOW_OK;
+    size_t off = 0;
+    MPI_Datatype t;
+    for (int r = 0; r < c->size; r++) {
+        if (size > INT_MAX || counts[r] > (size_t)INT_MAX - off)
+            return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "flow_comm_gather: "
+                                  "more than %d elements of %zu bytes",
+                                  INT_MAX, size);
+        off += counts[r];
+    }
+    if (c->rank == 0) {
+        cnt = malloc((size_t)c->size * sizeof *cnt);
+        disp = malloc((size_t)c->size * sizeof *disp);
+        if (!cnt || !disp) {
+            free(cnt);
+            free(disp);
+            return flow_ctx_error(c->ctx, FLOW_ERR_NOMEM, "flow_comm_gather: "
+                                  "out of memory for %d counts", c->size);
+        }
+        off = 0;
+        for (int r = 0; r < c->size; r++) {
+            cnt[r] = (int)counts[r];
+            disp[r] = (int)off;
+            off += counts[r];
+        }
+    }
+    if ((err = MPI_Type_contiguous((int)size, MPI_BYTE, &t)) != MPI_SUCCESS
+        || (err = MPI_Type_commit(&t)) != MPI_SUCCESS)
+        rc = mpi_fail(c, err, "MPI_Type_contiguous");
+    else {
+        /* rank 0's own elements may already sit at the front of all */
+        watch_enter(c, WATCH_GATHER, off, 0);
+        err = MPI_Gatherv(c->rank == 0 && mine == all ? MPI_IN_PLACE : mine,
+                          (int)counts[c->rank], t, all, cnt, disp, t, 0,
+                          MPI_COMM_WORLD);
+        watch_leave(c);
+        if (err != MPI_SUCCESS)
+            rc = mpi_fail(c, err, "MPI_Gatherv");
+        MPI_Type_free(&t);
+    }
+    free(cnt);
+    free(disp);
+    return rc;
 }

@@ -2,7 +2,9 @@
 # mpi.sh - data-parallel training under mpirun: 1, 2 and 3 ranks end with
 # bit-identical checkpoints, equal to one process's --reproducible run and
 # to a resume with another rank count; a killed rank ends the job, and so
-# does a stopped one, by the collectives' timeout.
+# does a stopped one, by the collectives' timeout.  eval, logprob, encode
+# and compare on 1, 2 and 3 ranks print and write the bytes of one
+# process; a failing row ends every rank.
 set -u
 . "$top_srcdir/tests/lib.sh"
 if [ "${MPI_BUILT:-no}" != yes ]; then
@@ -62,6 +64,115 @@ check resume 0 $?
 "$F" export "$t/full.ckpt" -o "$t/full.st" && \
     "$F" export "$t/resumed.ckpt" -o "$t/resumed.st"
 same_file "resume 2 -> 3 ranks" "$t/full.st" "$t/resumed.st"
+
+# eval, logprob, encode, compare: 250 rows in --batch 40 blocks, 7 blocks
+# split 3 + 4 on 2 ranks and 2 + 2 + 3 on 3; rank 0 gathers the rows in
+# input order and prints or writes the bytes of one process
+"$F" data moons -n 250 --seed 2 -o "$t/te.csv"
+E="--data $t/te.csv --batch 40"
+# dequantize, then an ode that estimates its trace in evaluation too: the
+# --noise draws (per row) and the Hutchinson probes (per block) must not
+# follow the split
+cat >"$t/dqode.flow" <<'EOF'
+flow dqode {
+    input x : real[2] in [0, 1];
+    dequantize(levels = 2);
+    ode(hidden = [8], solver = rk4(steps = 2), gradient = backprop,
+        trace = hutchinson(in_eval = true));
+    output z ~ normal;
+}
+EOF
+awk 'BEGIN { srand(3); print "a,b"
+    for (i = 0; i < 250; i++) printf "%d,%d\n", rand() < 0.5, rand() < 0.3 }' \
+    >"$t/bin.csv"
+"$F" train "$t/dqode.flow" --data "$t/bin.csv" --steps 2 --batch 64 --quiet \
+    -o "$t/dq.ckpt"
+check "dqode: train" 0 $?
+N="$t/dq.ckpt --data $t/bin.csv --batch 40 --noise 3 --seed 5 --json"
+"$F" eval "$t/r.ckpt" $E >"$t/ev.txt" \
+    && "$F" eval "$t/r.ckpt" $E --json >"$t/ev.json" \
+    && "$F" eval $N >"$t/noise.json" \
+    && "$F" logprob "$t/r.ckpt" $E -o "$t/lp.csv" \
+    && "$F" logprob "$t/dq.ckpt" --data "$t/bin.csv" --batch 40 \
+        --format npy >"$t/lp.npy" \
+    && "$F" compare "$t/r.ckpt" "$t/full.ckpt" $E >"$t/cmp.txt" \
+    && "$F" compare "$t/full.ckpt" "$t/r.ckpt" "$t/full.ckpt" $E --json \
+        >"$t/cmp.json"
+check "one process: eval, logprob, compare" 0 $?
+for n in 1 2 3; do
+    run $n "$F" eval "$t/r.ckpt" $E >"$t/ev$n.txt"; check "eval np $n" 0 $?
+    same_file "eval np $n" "$t/ev.txt" "$t/ev$n.txt"
+    run $n "$F" eval "$t/r.ckpt" $E --json >"$t/ev$n.json"
+    same_file "eval --json np $n" "$t/ev.json" "$t/ev$n.json"
+    run $n "$F" eval $N >"$t/noise$n.json"
+    same_file "eval --noise, stochastic trace: np $n" "$t/noise.json" \
+        "$t/noise$n.json"
+    run $n "$F" logprob "$t/r.ckpt" $E -o "$t/lp$n.csv"
+    check "logprob np $n" 0 $?
+    same_file "logprob np $n" "$t/lp.csv" "$t/lp$n.csv"
+    run $n "$F" logprob "$t/dq.ckpt" --data "$t/bin.csv" --batch 40 \
+        --format npy >"$t/lp$n.npy"
+    same_file "logprob npy on stdout, stochastic trace: np $n" "$t/lp.npy" \
+        "$t/lp$n.npy"
+    run $n "$F" compare "$t/r.ckpt" "$t/full.ckpt" $E >"$t/cmp$n.txt"
+    check "compare np $n" 0 $?
+    same_file "compare np $n" "$t/cmp.txt" "$t/cmp$n.txt"
+    run $n "$F" compare "$t/full.ckpt" "$t/r.ckpt" "$t/full.ckpt" $E --json \
+        >"$t/cmp$n.json"
+    same_file "compare --json np $n" "$t/cmp.json" "$t/cmp$n.json"
+done
+same "logprob np 3: a header and 250 rows" 251 "$(wc -l <"$t/lp3.csv")"
+# more ranks than blocks: 2 blocks of 200 rows on 3 ranks, rank 0 has none
+"$F" logprob "$t/r.ckpt" --data "$t/te.csv" --batch 200 -o "$t/lpb.csv"
+run 3 "$F" logprob "$t/r.ckpt" --data "$t/te.csv" --batch 200 \
+    -o "$t/lpb3.csv"
+same_file "logprob: a rank without rows" "$t/lpb.csv" "$t/lpb3.csv"
+"$F" encode "$t/r.ckpt" $E -o "$t/z.csv"
+run 3 "$F" encode "$t/r.ckpt" $E -o "$t/z3.csv"
+same_file "encode np 3" "$t/z.csv" "$t/z3.csv"
+
+# a failing row in rank 2's blocks (line 232: row 230, block 5 of 7): that
+# rank names it, every rank stops, mpirun exits non-zero, nothing written
+FP="$FLOW_PLUGIN_PATH:$FLOW_FAULT_PLUGINS"
+cat >"$t/faulty.flow" <<'EOF'
+flow faulty {
+    input x : real[2];
+    coupling(mask = half, hidden = [8]);
+    fault_error(at = 100);
+    fault_nan(at = 50);
+    output z ~ normal;
+}
+EOF
+FLOW_PLUGIN_PATH=$FP "$F" train "$t/faulty.flow" --data "$t/tr.csv" \
+    --steps 3 --batch 64 --quiet -o "$t/f.ckpt"
+check "faulty: train" 0 $?
+awk -F, 'NR == 232 { $1 = 500 } { print }' OFS=, "$t/te.csv" >"$t/spike.csv"
+awk -F, 'NR == 232 { $1 = 70 } { print }' OFS=, "$t/te.csv" >"$t/nan.csv"
+# fails_all NAME TEXT COMMAND...: 3 ranks, exit neither 0 nor the timeout's
+fails_all() {
+    name=$1 text=$2
+    shift 2
+    FLOW_PLUGIN_PATH=$FP timeout 60 mpirun --oversubscribe -np 3 "$@" \
+        >"$t/fout" 2>"$t/ferr"
+    frc=$?
+    truth "$name: exit $frc" "$frc != 0 && $frc != 124" "$t/ferr"
+    has "$name: message" "$t/ferr" "$text"
+}
+fails_all "logprob, failing row on rank 2" "spike.csv:232: fault_error#1" \
+    "$F" logprob "$t/f.ckpt" --data "$t/spike.csv" --batch 40 -o "$t/no.csv"
+absent "logprob, failing row: no output" "$t/no.csv"
+has "logprob, failing row: rank 0 names the rank" "$t/ferr" \
+    "rank 2 of 3 failed on its rows"
+fails_all "eval, failing row on rank 2" "spike.csv:232: fault_error#1" \
+    "$F" eval "$t/f.ckpt" --data "$t/spike.csv" --batch 40
+fails_all "compare, failing row on rank 2" "spike.csv:232: fault_error#1" \
+    "$F" compare "$t/r.ckpt" "$t/f.ckpt" --data "$t/spike.csv" --batch 40
+# a NaN log-density, found by rank 0 among the gathered rows
+fails_all "logprob, NaN row" "nan.csv:232: the log-density is nan" \
+    "$F" logprob "$t/f.ckpt" --data "$t/nan.csv" --batch 40 -o "$t/no.csv"
+absent "logprob, NaN row: no output" "$t/no.csv"
+fails_all "eval --data - under mpirun" "only rank 0 reads standard input" \
+    "$F" eval "$t/r.ckpt" --data -
 
 # a rank killed mid-run (kill -9): mpirun exits non-zero, no hang, and the
 # checkpoint is a whole one or none

@@ -59,6 +59,33 @@ START_TEST(test_single_process_comm)
 }
 END_TEST
 
+/* One process's gather is a copy of its own elements, or nothing when
+ * they are already in place. */
+START_TEST(test_single_process_gather)
+{
+    flow_comm *c;
+    flow_real mine[3] = {1.25f, -2, 3}, all[4] = {9, 9, 9, 9};
+    size_t counts[1] = {3};
+    setenv("FLOWKIT_MPI", "0", 1);
+    c = flow_comm_new(ctx);
+    unsetenv("FLOWKIT_MPI");
+    ck_assert_ptr_nonnull(c);
+    ck_assert_int_eq(flow_comm_gather(c, mine, all, counts, sizeof *mine),
+                     FLOW_OK);
+    ck_assert_double_eq(all[0], 1.25);
+    ck_assert_double_eq(all[2], 3);
+    ck_assert_double_eq(all[3], 9);
+    ck_assert_int_eq(flow_comm_gather(c, all, all, counts, sizeof *all),
+                     FLOW_OK);
+    ck_assert_double_eq(all[1], -2);
+    ck_assert_int_eq(flow_comm_gather(c, mine, all, counts, 0),
+                     FLOW_ERR_INVAL);
+    ck_assert_msg(strstr(flow_errmsg(ctx), "0 bytes") != NULL, "%s",
+                  flow_errmsg(ctx));
+    flow_comm_free(c);
+}
+END_TEST
+
 enum { NB = 37, NV = 200 };
 
 /* Block b's value i: signs mixed, magnitudes spread over 2^-30..2^10
@@ -299,6 +326,7 @@ Suite *suite_comm(void)
     TCase *tc = tcase_create("comm");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_single_process_comm);
+    tcase_add_test(tc, test_single_process_gather);
     tcase_add_test(tc, test_block_sum_any_split_same_bits);
     tcase_add_test(tc, test_block_sum_non_finite);
     tcase_add_test(tc, test_block_sum_group_max);

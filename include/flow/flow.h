@@ -557,6 +557,14 @@ FLOW_API int flow_model_evaluate_comm(flow_model *m, flow_comm *comm,
                                       size_t n, const flow_real *x,
                                       const flow_real *c, size_t batch,
                                       double *mean, double *std_err);
+/* Rank 0 receives every process's elements in rank order: all = rank
+ * 0's mine, then rank 1's, and so on.  counts[r]: the number of elements
+ * (of `size` bytes) of rank r, the same array on every process; all is
+ * written on rank 0 only (other processes may pass NULL), and rank 0's
+ * mine may be all itself (its elements already in place).  In one
+ * process, a copy. */
+FLOW_API int flow_comm_gather(flow_comm *comm, const void *mine, void *all,
+                              const size_t *counts, size_t size);
 
 /* ====================================================================
  * Data sets (runtime/data.c; formats in docs/formats.md), output files.
