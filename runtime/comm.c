@@ -114,3 +114,33 @@ void flow_comm_abort(flow_comm *c, int code, const char *msg)
     (void)c;
     exit(code);
 }
+
+int comm_alltoallv(flow_comm *c, const void *send, const size_t *send_counts,
+                   void *recv, const size_t *recv_counts, size_t unit)
+{
+    if (unit == 0)
+        return FLOW_OK;
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_alltoallv(c, send, send_counts, recv, recv_counts,
+                                  unit);
+#endif
+    if (send_counts[0] != recv_counts[0])
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm.c: alltoallv: "
+                              "%zu units sent, %zu expected", send_counts[0],
+                              recv_counts[0]);
+    if (send_counts[0] && unit)
+        memcpy(recv, send, send_counts[0] * unit);
+    return FLOW_OK;
+}
+
+int comm_allgather(flow_comm *c, const void *mine, void *all, size_t bytes)
+{
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return comm_mpi_allgather(c, mine, all, bytes);
+#endif
+    if (bytes)
+        memcpy(all, mine, bytes);
+    return FLOW_OK;
+}

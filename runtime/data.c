@@ -392,6 +392,13 @@ typedef struct csv {
     size_t underflows;      /* values read as 0 from non-zero text */
     size_t uf_line, uf_col; /* the first of them */
     char uf_text[48];
+    /* reading a part (read_csv_part) */
+    int head_only;          /* stop after the first record */
+    int body;               /* the first record was read before */
+    int at_end;             /* head_only: the input ended with it */
+    int open_quote;         /* the input ended inside a quoted value */
+    size_t line_start;      /* the line of the first byte (0: 1) */
+    size_t line_end;        /* the line after the last byte */
 } csv;
 
 static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
@@ -586,8 +593,8 @@ static int csv_after_header(csv *p)
 static int csv_parse(csv *p)
 {
     char cell[DATA_CELL_MAX + 1];
-    size_t cl = 0, line = 1, rec_line = 1, col = 1, line_bytes = 0;
-    size_t quote_line = 0;
+    size_t line = p->line_start ? p->line_start : 1, rec_line = line;
+    size_t cl = 0, col = 1, line_bytes = 0, quote_line = 0;
     int ch, rc, quoted = 0, after_quote = 0, was_quoted = 0;
     int in_row = 0;     /* a data row has been started */
 
@@ -598,10 +605,12 @@ static int csv_parse(csv *p)
                                   "%s:%zu: line longer than %zu bytes",
                                   p->s->name, line, DATA_LINE_MAX);
         if (quoted) {
-            if (ch == -1)
+            if (ch == -1) {
+                p->open_quote = 1;
                 return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
                                       "%s:%zu:%zu: unterminated quoted value",
                                       p->s->name, quote_line, col);
+            }
             if (ch == '"') {
                 int nx = data_src_get(p->s);
                 if (nx == '"') {
@@ -638,6 +647,11 @@ static int csv_parse(csv *p)
                             return rc;
                         if (p->header && (rc = csv_after_header(p)))
                             return rc;
+                        if (p->head_only) {
+                            p->at_end = ch == -1;
+                            p->line_end = line + (ch == '\n');
+                            return FLOW_OK;
+                        }
                     }
                 } else {
                     if (!in_row) {
@@ -700,6 +714,9 @@ append:
     if (p->s->ioerr)
         return flow_ctx_error(p->ctx, FLOW_ERR_IO, "%s: read error: %s",
                               p->s->name, strerror(errno));
+    p->line_end = line;
+    if (p->body)
+        return FLOW_OK;
     if (!p->first_done)
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s: empty input",
                               p->s->name);
@@ -742,9 +759,9 @@ static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
 
 /* Non-zero values too small for flow_real read as 0: said once per file,
  * at the first of them. */
-static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
-                          size_t line, size_t col, const char *text,
-                          flow_data *data)
+int data_underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                        size_t line, size_t col, const char *text,
+                        flow_data *data)
 {
     char buf[512];
     if (data->npy)
@@ -779,8 +796,8 @@ static int read_csv(flow_ctx *ctx, data_src *s, const data_opts *opts,
     if (rc == FLOW_OK)
         rc = set_source(ctx, s->name, &p.sel, p.data);
     if (rc == FLOW_OK && p.underflows)
-        rc = underflow_note(ctx, s->name, p.underflows, p.uf_line, p.uf_col,
-                            p.uf_text, p.data);
+        rc = data_underflow_note(ctx, s->name, p.underflows, p.uf_line,
+                                 p.uf_col, p.uf_text, p.data);
     free(p.sel.map);
     if (rc != FLOW_OK) {
         data_free(p.data);
@@ -788,6 +805,114 @@ static int read_csv(flow_ctx *ctx, data_src *s, const data_opts *opts,
     }
     *out = p.data;
     return FLOW_OK;
+}
+
+/* The k-th of n cuts of the bytes [start, size): start + len k / n
+ * without overflow. */
+static unsigned long long byte_cut(unsigned long long start,
+                                   unsigned long long size, int k, int n)
+{
+    unsigned long long len = size - start;
+    return start + len / (unsigned)n * (unsigned)k
+           + len % (unsigned)n * (unsigned)k / (unsigned)n;
+}
+
+/* The first line start at or after byte `at` of a CSV body that begins
+ * at `start`: `at` itself when a line starts there, else the byte after
+ * the next line feed (size when there is none).  -1: f cannot seek. */
+static int line_start(data_src *s, unsigned long long start,
+                      unsigned long long size, unsigned long long at,
+                      unsigned long long *out)
+{
+    int ch;
+    if (at <= start || at >= size) {
+        *out = at <= start ? start : size;
+        return 0;
+    }
+    if (data_src_seek(s, at - 1, size - (at - 1)))
+        return -1;
+    while ((ch = data_src_get(s)) != -1 && ch != '\n')
+        ;
+    *out = data_src_tell(s);
+    return 0;
+}
+
+/* A part of a CSV file (data_part): the first record (a header or the
+ * first row) decides the columns as read_csv does; then the lines that
+ * start in this part's share of the bytes after it, parsed as the rows
+ * that follow a first record. */
+static int read_csv_part(flow_ctx *ctx, data_src *s, const data_opts *opts,
+                         data_part *part, flow_data **out)
+{
+    csv p;
+    struct stat st;
+    unsigned long long start, size, from, to;
+    int rc;
+    memset(&p, 0, sizeof p);
+    p.ctx = ctx;
+    p.s = s;
+    p.opts = opts;
+    p.head_only = 1;
+    part->csv = 1;
+    if (s->len >= 3 && !memcmp(s->buf, "\xEF\xBB\xBF", 3))
+        s->pos = 3;
+    start = s->pos;
+    if (fstat(fileno(s->f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        part->whole = 1;
+        return FLOW_OK;
+    }
+    size = (unsigned long long)st.st_size;
+    if (!(p.data = calloc(1, sizeof *p.data)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    if ((rc = csv_parse(&p)) != FLOW_OK)
+        goto done;
+    if (p.data->names) {
+        /* the rows begin after the header's line feed */
+        start = p.at_end ? size : data_src_tell(s);
+        part->line_head = p.line_end;
+    } else {
+        /* no header: the first record is a row like the others */
+        part->line_head = 1;
+        p.data->n = 0;
+    }
+    p.underflows = 0;
+    if (line_start(s, start, size, byte_cut(start, size, part->rank,
+                                            part->size), &from)
+        || line_start(s, start, size, byte_cut(start, size, part->rank + 1,
+                                               part->size), &to)
+        || data_src_seek(s, from, to - from)) {
+        part->whole = 1;
+        goto done;
+    }
+    if ((rc = data_src_error(ctx, s)) != FLOW_OK)
+        goto done;
+    p.head_only = 0;
+    p.body = 1;
+    p.line_start = part->line_base ? part->line_base : 1;
+    if ((rc = csv_parse(&p)) != FLOW_OK) {
+        /* a line feed in quotes at the part's end: the parts cannot be
+         * told apart at line feeds, and the next part began inside the
+         * quotes */
+        if (p.open_quote && to < size) {
+            part->whole = 1;
+            rc = FLOW_OK;
+        }
+        goto done;
+    }
+    part->lines = p.line_end - p.line_start;
+    part->underflows = p.underflows;
+    part->uf_place = p.uf_line;
+    part->uf_col = p.uf_col;
+    memcpy(part->uf_text, p.uf_text, sizeof part->uf_text);
+    rc = set_source(ctx, s->name, &p.sel, p.data);
+done:
+    free_names(p.header, p.n_header);
+    free(p.sel.map);
+    if (rc == FLOW_OK && !part->whole)
+        *out = p.data;
+    else
+        data_free(p.data);
+    return rc;
 }
 
 /* ------------------------------------------------------------ NPY */
@@ -991,8 +1116,19 @@ static int int_exact(long long v)
     return fabs((double)r) < 9.2e18 && (long long)r == v;
 }
 
+/* The rows [k n / size, (k + 1) n / size) of part k of n rows, as the
+ * first row and the end. */
+static void part_rows(size_t n, const data_part *part, size_t *lo,
+                      size_t *hi)
+{
+    size_t q = n / (size_t)part->size, r = n % (size_t)part->size;
+    size_t k = (size_t)part->rank;
+    *lo = q * k + r * k / (size_t)part->size;
+    *hi = q * (k + 1) + r * (k + 1) / (size_t)part->size;
+}
+
 static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
-                    flow_data **out)
+                    data_part *part, flow_data **out)
 {
     unsigned char pre[12];
     char *text = NULL;
@@ -1000,7 +1136,7 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
     flow_data *data = NULL;
     selection sel = {0};
     unsigned char *row = NULL;
-    size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
+    size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0, lo, hi;
     size_t underflows = 0, uf_row = 0, uf_col = 0;
     char uf_text[32] = "";
     int rc = FLOW_OK;
@@ -1074,9 +1210,25 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
     }
     data->d = sel.d;
     data->c = sel.c;
+    lo = 0;
+    hi = nrows;
+    if (part) {
+        /* the part's rows by offset; the last part also reads on to the
+         * end, to find trailing bytes */
+        unsigned long long at = data_src_tell(s);
+        part_rows(nrows, part, &lo, &hi);
+        part->total = nrows;
+        if (nrows > (ULLONG_MAX - at) / rowbytes
+            || data_src_seek(s, at + (unsigned long long)lo * rowbytes,
+                             hi < nrows ? (unsigned long long)(hi - lo)
+                                          * rowbytes : ~0ull)) {
+            part->whole = 1;
+            goto fail;
+        }
+    }
     /* rows arrive one by one: a header claiming a huge shape costs
      * nothing until the bytes are really there */
-    for (size_t i = 0; i < nrows; i++) {
+    for (size_t i = lo; i < hi; i++) {
         size_t got = data_src_read(s, row, rowbytes);
         if (got != rowbytes) {
             unsigned long long have = (unsigned long long)i * rowbytes + got;
@@ -1085,7 +1237,7 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
                                 h.shape[0] * (unsigned long long)rowbytes);
             goto fail;
         }
-        if ((rc = data_grow(ctx, s->name, data, &cap, i + 1)))
+        if ((rc = data_grow(ctx, s->name, data, &cap, i - lo + 1)))
             goto fail;
         for (size_t j = 0; j < ncols; j++) {
             long dst = sel.map[j];
@@ -1115,13 +1267,13 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
                 goto fail;
             }
             if ((size_t)dst < sel.d)
-                data->x[i * sel.d + (size_t)dst] = r;
+                data->x[(i - lo) * sel.d + (size_t)dst] = r;
             else
-                data->ctx[i * sel.c + ((size_t)dst - sel.d)] = r;
+                data->ctx[(i - lo) * sel.c + ((size_t)dst - sel.d)] = r;
         }
-        data->n = i + 1;
+        data->n = i - lo + 1;
     }
-    if (data_src_get(s) != -1) {
+    if (hi == nrows && data_src_get(s) != -1) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
                             "after %llu x %zu values", s->name, h.shape[0],
                             ncols);
@@ -1138,8 +1290,14 @@ static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
     }
     if ((rc = set_source(ctx, s->name, &sel, data)))
         goto fail;
-    if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
-                                           uf_col, uf_text, data)))
+    if (part) {
+        part->underflows = underflows;
+        part->uf_place = uf_row;
+        part->uf_col = uf_col;
+        snprintf(part->uf_text, sizeof part->uf_text, "%s", uf_text);
+    } else if (underflows
+               && (rc = data_underflow_note(ctx, s->name, underflows, uf_row,
+                                            uf_col, uf_text, data)))
         goto fail;
     *out = data;
     data = NULL;
@@ -1181,8 +1339,10 @@ static int claims(const char *name, const char *tail)
     return ends_with(name, tail);
 }
 
-int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
-                     const data_opts *opts, flow_data **out)
+/* data_read_stream, or a part of the file (part not NULL). */
+static int read_stream(flow_ctx *ctx, const char *name, FILE *f,
+                       const data_opts *opts, data_part *part,
+                       flow_data **out)
 {
     data_src s;
     int rc, erc;
@@ -1191,10 +1351,13 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         data_src_close(&s);
         return rc;
     }
-    if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
-        rc = read_npy(ctx, &s, opts, out);
+    if (part && s.gz) {
+        part->whole = 1;
+        rc = FLOW_OK;
+    } else if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
+        rc = read_npy(ctx, &s, opts, part, out);
     else if (idx_magic(s.buf, s.len))
-        rc = data_read_idx(ctx, &s, opts, out);
+        rc = data_read_idx(ctx, &s, opts, part, out);
     else if (s.len >= 8 && !memcmp(s.buf, "\x89PNG\r\n\x1a\n", 8))
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: a single PNG file: "
                             "give the directory of PNG files instead", name);
@@ -1205,6 +1368,8 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an IDX file (bad "
                             "magic: need 00 00, a type code 08 09 0B 0C 0D "
                             "0E and 1 to 4 dimensions)", name);
+    else if (part)
+        rc = read_csv_part(ctx, &s, opts, part, out);
     else
         rc = read_csv(ctx, &s, opts, out);
     /* a reader that met the end early says "truncated"; the stream
@@ -1216,6 +1381,35 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         *out = NULL;
     }
     data_src_close(&s);
+    return rc;
+}
+
+int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
+                     const data_opts *opts, flow_data **out)
+{
+    return read_stream(ctx, name, f, opts, NULL, out);
+}
+
+int data_read_part(flow_ctx *ctx, const char *path, const data_opts *opts,
+                   data_part *part, flow_data **out)
+{
+    FILE *f;
+    struct stat st;
+    int rc;
+    *out = NULL;
+    part->whole = 0;
+    /* what cannot seek, and what is missing (the whole read names it) */
+    if (!strcmp(path, "-") || stat(path, &st) != 0 || !S_ISREG(st.st_mode)
+        || !(f = fopen(path, "rb"))) {
+        part->whole = 1;
+        return FLOW_OK;
+    }
+    rc = read_stream(ctx, path, f, opts, part, out);
+    fclose(f);
+    if (part->whole && *out) {
+        data_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
@@ -1402,15 +1596,18 @@ flow_real *flow_data_context(flow_data *data) { return data->ctx; }
 void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
                  size_t cap)
 {
-    size_t fc;
+    size_t fc, row_in_file = row;
     if (!cap)
         return;
+    if (data->part)
+        row_in_file = data->first + row;   /* CSV lines count already */
     if (!data->source) {
-        snprintf(buf, cap, "row %zu", row + 1);
+        snprintf(buf, cap, "row %zu", row_in_file + 1);
         return;
     }
     fc = col < data->d + data->c && data->cols ? data->cols[col] : col;
     if (data->npy) {
+        row = row_in_file;
         if (col == SIZE_MAX)
             snprintf(buf, cap, "%s: [%zu, :]", data->source, row);
         else
