@@ -99,6 +99,28 @@ int data_src_seek(data_src *s, unsigned long long off,
 /* Not gzip: the file offset of the next byte. */
 unsigned long long data_src_tell(const data_src *s);
 
+/* The NPY magic (NumPy format, numpy/lib/format.py). */
+#define DATA_NPY_MAGIC "\x93NUMPY"
+
+/* Column selection: map[j] = destination of input column j: -1 skipped,
+ * 0..d-1 data column, d..d+c-1 context column. */
+typedef struct data_sel {
+    long *map;
+    size_t ncols, d, c;
+} data_sel;
+
+/* The selection opts make of ncols input columns (names: the header's,
+ * or NULL; first_line: the header's line for messages, or 0).  sel->map
+ * is allocated even on failure (the caller frees it). */
+int data_build_selection(flow_ctx *ctx, const char *name,
+                         const data_opts *opts, char **names, size_t ncols,
+                         size_t first_line, data_sel *sel);
+/* Every column, in order, and no context. */
+int data_sel_identity(const data_sel *sel);
+/* Remembers the file and its selected columns for data_locate. */
+int data_set_places(flow_ctx *ctx, const char *name, const data_sel *sel,
+                    flow_data *data);
+
 /* Applies opts to a data set read whole (d columns, no context, from an
  * image file): column selection, context columns, the expected
  * dimension.  A selection other than all columns in order makes the
@@ -147,6 +169,13 @@ int data_underflow_note(flow_ctx *ctx, const char *name, size_t count,
                         size_t place, size_t col, const char *text,
                         flow_data *data);
 
+/* The rows [rank n / size, (rank + 1) n / size) of part's share of n. */
+void data_part_rows(size_t n, const data_part *part, size_t *lo,
+                    size_t *hi);
+/* NPY (runtime/npy.c): s positioned at the magic; part NULL for the whole
+ * file. */
+int data_read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
+                  data_part *part, flow_data **out);
 /* IDX (runtime/images.c): s positioned at the magic; part NULL for the
  * whole file. */
 int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,

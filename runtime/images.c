@@ -185,10 +185,7 @@ int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
         /* the part's samples by offset; the last part reads on to the
          * end, to find trailing bytes */
         unsigned long long at = data_src_tell(s);
-        size_t q = nrows / (size_t)part->size, r = nrows % (size_t)part->size;
-        size_t k = (size_t)part->rank;
-        lo = q * k + r * k / (size_t)part->size;
-        hi = q * (k + 1) + r * (k + 1) / (size_t)part->size;
+        data_part_rows(nrows, part, &lo, &hi);
         part->total = nrows;
         if (data_src_seek(s, at + (unsigned long long)lo * rowbytes,
                           hi < nrows ? (unsigned long long)(hi - lo)
