@@ -116,7 +116,7 @@ int comm_mpi_alltoallv(flow_comm *c, const void *send,
     int n = c->size, err, *v;
     size_t st = 0, rt = 0;
     MPI_Datatype type;
-    static char none;
+    static char none_sent, none_received;
     if (unit > INT_MAX)
         return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "comm_mpi.c: "
                               "alltoallv: units of %zu bytes (at most %d)",
@@ -146,10 +146,11 @@ int comm_mpi_alltoallv(flow_comm *c, const void *send,
         free(v);
         return mpi_fail(c, err, "MPI_Type_contiguous");
     }
-    /* a buffer of no units may be NULL, which MPI need not accept */
-    err = MPI_Alltoallv(send ? send : &none, v, v + n, type,
-                        recv ? recv : &none, v + 2 * n, v + 3 * n, type,
-                        MPI_COMM_WORLD);
+    /* a buffer of no units may be NULL, which MPI need not accept (nor
+     * one buffer for both sides) */
+    err = MPI_Alltoallv(send ? send : &none_sent, v, v + n, type,
+                        recv ? recv : &none_received, v + 2 * n, v + 3 * n,
+                        type, MPI_COMM_WORLD);
     MPI_Type_free(&type);
     free(v);
     return err == MPI_SUCCESS ? FLOW_OK : mpi_fail(c, err, "MPI_Alltoallv");

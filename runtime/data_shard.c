@@ -425,13 +425,18 @@ static void set_lines(flow_data *d, size_t *lines)
 int flow_data_realign(flow_ctx *ctx, flow_comm *comm, flow_data *data,
                       size_t align)
 {
-    size_t size = (size_t)comm->size, rank = (size_t)comm->rank, lo, hi;
+    size_t size, rank, lo, hi;
     size_t *src = NULL, *dst = NULL, *from = NULL, *to = NULL;
     flow_real *x = NULL, *c = NULL;
     shard_buf sb;
     int rc, same = 1;
-    if (!data->part || size == 1)
+    if (!data->part)
         return FLOW_OK;
+    if (!comm)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_realign: a "
+                              "share without its communicator");
+    size = (size_t)comm->size;
+    rank = (size_t)comm->rank;
     if (align == 0)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_realign: units "
                               "of 0 rows");
@@ -579,6 +584,11 @@ int flow_data_split(flow_ctx *ctx, flow_comm *comm, flow_data *data,
         rc = split_whole(ctx, data, idx, n_valid, train, valid);
         goto done;
     }
+    if (!comm) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_split: a share "
+                            "without its communicator");
+        goto done;
+    }
     size = (size_t)comm->size;
     src = malloc((size + 1) * sizeof *src);
     dst = malloc((size + 1) * sizeof *dst);
@@ -609,12 +619,15 @@ done:
 int flow_data_head(flow_ctx *ctx, flow_comm *comm, flow_data *data,
                    size_t k, flow_data **out)
 {
-    size_t size = data->part ? (size_t)comm->size : 1;
+    size_t size = data->part && comm ? (size_t)comm->size : 1;
     size_t total = flow_data_total_rows(data), *src = NULL, *dst = NULL;
     uint32_t *index = NULL;
     shard_buf sb;
     int rc = FLOW_OK;
     *out = NULL;
+    if (data->part && !comm)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_head: a share "
+                              "without its communicator");
     if (k > total || k > UINT32_MAX / size)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_data_head: %zu rows "
                               "of %zu", k, total);

@@ -102,6 +102,8 @@ int shard_pack(shard_buf *b, size_t rank, size_t size, const size_t *src,
             if (g < lo || g >= hi)
                 continue;
             for (size_t k = 0; k < ncols; k++) {
+                if (!cols[k].width)
+                    continue;       /* (no context columns: src NULL) */
                 memcpy(b->send + at, (const unsigned char *)cols[k].src
                                      + (g - lo) * cols[k].width,
                        cols[k].width);
@@ -135,6 +137,8 @@ void shard_unpack(size_t rank, size_t size, const size_t *src,
         size_t q = shard_owner(src, size, index ? index[i] : i);
         const unsigned char *rec = from + cursor[q]++ * w;
         for (size_t k = 0; k < ncols; k++) {
+            if (!cols[k].width)
+                continue;
             memcpy((unsigned char *)cols[k].dst
                    + (i - dst[rank]) * cols[k].width, rec, cols[k].width);
             rec += cols[k].width;

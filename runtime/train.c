@@ -824,16 +824,17 @@ int flow_model_evaluate_shard(flow_model *m, flow_comm *comm, size_t n,
     if (batch > total)
         batch = total;
     /* whole blocks only: a block's sum runs row by row on one process */
-    if (first % batch || first + n > total
-        || ((first + n) % batch && first + n != total))
+    if (first + n > total
+        || (n && (first % batch
+                  || ((first + n) % batch && first + n != total))))
         return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "train.c: "
                               "flow_model_evaluate_shard: rows [%zu, %zu) of "
                               "%zu are not whole blocks of %zu (see "
                               "flow_data_realign)", first, first + n, total,
                               batch);
     return evaluate_blocks(m, comm, total, batch, first / batch,
-                           (first + n + batch - 1) / batch, first, x, c, mean,
-                           std_err);
+                           n ? (first + n + batch - 1) / batch : first / batch,
+                           first, x, c, mean, std_err);
 }
 
 int flow_trainer_validated(flow_trainer *t, double score)
