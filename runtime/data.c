@@ -139,7 +139,6 @@ nomem:
 
 /* ------------------------------------------------------------ input */
 
-
 /* Bounded, printable copy of a cell for messages. */
 static const char *show(const char *text, char *out, size_t cap)
 {
@@ -1195,8 +1194,10 @@ void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
     size_t fc, row_in_file = row;
     if (!cap)
         return;
+    /* a share's rows count from the whole set's first (its CSV lines
+     * are the file's already) */
     if (data->part)
-        row_in_file = data->first + row;   /* CSV lines count already */
+        row_in_file = data->first + row;
     if (!data->source) {
         snprintf(buf, cap, "row %zu", row_in_file + 1);
         return;
