@@ -149,6 +149,16 @@ int cli_check_shape(const char *cmd, const char *path, const flow_data *d,
 flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
                              const char *path, const char *const *names,
                              size_t dim, size_t cdim);
+/* cli_read_data and cli_read_by_names with each process of comm
+ * reading only its share of the rows (flow_data_read_shard); comm NULL:
+ * the whole file. */
+flow_data *cli_read_shard(flow_ctx *ctx, const char *cmd, flow_comm *comm,
+                          const char *path, const char *columns,
+                          const char *context, size_t dim, size_t cdim);
+flow_data *cli_read_shard_by_names(flow_ctx *ctx, const char *cmd,
+                                   flow_comm *comm, const char *path,
+                                   const char *const *names, size_t dim,
+                                   size_t cdim);
 /* Writes a checkpoint of m (and t) with every source file of comp
  * embedded and, when data has a header, its column names (common.c). */
 int cli_save_checkpoint(flow_ctx *ctx, flow_model *m, flow_trainer *t,

@@ -246,13 +246,31 @@ int cli_check_resume(flow_ctx *ctx, const char *cmd,
     return 0;
 }
 
+/* The whole file, or with comm this process's share of it. */
+static int read_file(flow_ctx *ctx, flow_comm *comm, const char *path,
+                     const char *columns, const char *context, size_t dim,
+                     flow_data **d)
+{
+    if (comm)
+        return flow_data_read_shard(ctx, comm, path, columns, context, dim,
+                                    d);
+    return flow_data_read(ctx, path, columns, context, dim, d);
+}
+
 /* Reads a data file for model m: dim columns (+ context columns). */
 flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
                      const char *columns, const char *context, size_t dim,
                      size_t cdim)
 {
+    return cli_read_shard(ctx, cmd, NULL, path, columns, context, dim, cdim);
+}
+
+flow_data *cli_read_shard(flow_ctx *ctx, const char *cmd, flow_comm *comm,
+                          const char *path, const char *columns,
+                          const char *context, size_t dim, size_t cdim)
+{
     flow_data *d = NULL;
-    if (flow_data_read(ctx, path, columns, context, dim, &d) != FLOW_OK) {
+    if (read_file(ctx, comm, path, columns, context, dim, &d) != FLOW_OK) {
         cli_fail(ctx, cmd);
         return NULL;
     }
@@ -266,7 +284,7 @@ flow_data *cli_read_data(flow_ctx *ctx, const char *cmd, const char *path,
         flow_data_free(d);
         return NULL;
     }
-    if (flow_data_rows(d) == 0) {
+    if (flow_data_total_rows(d) == 0) {
         fprintf(stderr, "%s: %s: no rows\n", cmd, path);
         flow_data_free(d);
         return NULL;
@@ -337,16 +355,24 @@ flow_data *cli_read_by_names(flow_ctx *ctx, const char *cmd,
                              const char *path, const char *const *names,
                              size_t dim, size_t cdim)
 {
+    return cli_read_shard_by_names(ctx, cmd, NULL, path, names, dim, cdim);
+}
+
+flow_data *cli_read_shard_by_names(flow_ctx *ctx, const char *cmd,
+                                   flow_comm *comm, const char *path,
+                                   const char *const *names, size_t dim,
+                                   size_t cdim)
+{
     flow_data *d = NULL;
     /* every column, then the wanted ones by name when the file has a
      * header; without one, by position */
-    if (flow_data_read(ctx, path, NULL, NULL, 0, &d) != FLOW_OK) {
+    if (read_file(ctx, comm, path, NULL, NULL, 0, &d) != FLOW_OK) {
         cli_fail(ctx, cmd);
         return NULL;
     }
     if (flow_data_note(d))
         fprintf(stderr, "%s: warning: %s\n", cmd, flow_data_note(d));
-    if (flow_data_rows(d) == 0) {
+    if (flow_data_total_rows(d) == 0) {
         fprintf(stderr, "%s: %s: no rows\n", cmd, path);
         flow_data_free(d);
         return NULL;

@@ -15,6 +15,10 @@
 #include "cli.h"
 #include "progress.h"
 
+/* Rows of the validation blocks flow_model_evaluate_comm sums: a
+ * process's share of the validation data is whole blocks. */
+#define VALID_BLOCK 4096
+
 
 static void train_usage(FILE *f)
 {
@@ -67,10 +71,12 @@ static void train_usage(FILE *f)
           "  --json               print the summary as JSON on stdout\n"
           "  -o, --output CKPT    checkpoint to write (required)\n"
           "\n"
-          "Under mpirun (a build with MPI) each rank computes its share of\n"
-          "each batch; rank 0 prints and writes CKPT (docs/distributed.md).\n"
-          "A rank that waits FLOWKIT_MPI_TIMEOUT seconds (default 600, 0 for\n"
-          "ever) for the others in one exchange ends the job (exit 1).\n"
+          "Under mpirun (a build with MPI) each rank reads its share of the\n"
+          "data and computes its share of each batch; rank 0 prints and\n"
+          "writes CKPT; with --verbose each rank says which rows it holds\n"
+          "(docs/distributed.md).  A rank that waits FLOWKIT_MPI_TIMEOUT\n"
+          "seconds (default 600, 0 for ever) for the others in one exchange\n"
+          "ends the job (exit 1).\n"
           "SIGINT or SIGTERM finishes the current step, writes CKPT with the\n"
           "full training state and exits 130 or 143; --resume CKPT goes on.\n"
           "Exit status 3: the run diverged (10 non-finite steps in a row: no\n"
@@ -270,75 +276,39 @@ static int apply_train_section(const flow_graph *g, train_opts *o,
     return 0;
 }
 
-/* Splits off a seeded random fraction of the rows as validation data. */
-static int split_valid(flow_ctx *ctx, flow_data *all, double frac,
-                       uint64_t seed, flow_data **train, flow_data **valid)
+/* Splits off a seeded random fraction of the rows as validation data
+ * (with comm: of the processes' shares). */
+static int split_valid(flow_ctx *ctx, flow_comm *comm, flow_data *all,
+                       double frac, uint64_t seed, flow_data **train,
+                       flow_data **valid)
 {
-    size_t n = flow_data_rows(all), nv = (size_t)((double)n * frac);
-    size_t d = flow_data_dim(all), k = flow_data_context_dim(all);
-    size_t *idx = malloc(n * sizeof *idx);
-    uint64_t s = seed ^ 0x5eed5eed5eedull;
+    size_t n = flow_data_total_rows(all), nv = (size_t)((double)n * frac);
     *train = *valid = NULL;
-    if (!idx)
-        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-    if (nv == 0 || nv == n) {
-        free(idx);
+    if (nv == 0 || nv == n)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "--valid-fraction %g of "
                               "%zu rows leaves an empty part", frac, n);
-    }
-    for (size_t i = 0; i < n; i++)
-        idx[i] = i;
-    for (size_t i = n; i > 1; i--) {      /* splitmix64 Fisher-Yates */
-        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-        size_t j, t;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        j = (size_t)((z ^ (z >> 31)) % i);
-        t = idx[i - 1];
-        idx[i - 1] = idx[j];
-        idx[j] = t;
-    }
-    *valid = flow_data_new(ctx, nv, d, k);
-    *train = flow_data_new(ctx, n - nv, d, k);
-    if (!*valid || !*train) {
-        free(idx);
-        flow_data_free(*valid);
-        flow_data_free(*train);
-        *train = *valid = NULL;
-        return FLOW_ERR_NOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        flow_data *dst = i < nv ? *valid : *train;
-        size_t r = i < nv ? i : i - nv;
-        memcpy(flow_data_values(dst) + r * d,
-               flow_data_values(all) + idx[i] * d, d * sizeof(flow_real));
-        if (k)
-            memcpy(flow_data_context(dst) + r * k,
-                   flow_data_context(all) + idx[i] * k,
-                   k * sizeof(flow_real));
-    }
-    free(idx);
-    return FLOW_OK;
+    return flow_data_split(ctx, comm, all, nv, seed ^ 0x5eed5eed5eedull,
+                           VALID_BLOCK, train, valid);
 }
 
 /* --valid: the columns of --data, by name when both files have a
  * header and no columns were selected explicitly. */
 static flow_data *read_valid(flow_ctx *ctx, const char *cmd,
-                             const train_opts *o, const flow_data *data,
-                             size_t dim, size_t cdim)
+                             flow_comm *comm, const train_opts *o,
+                             const flow_data *data, size_t dim, size_t cdim)
 {
     const char **names;
     flow_data *v;
     if (o->columns || o->context || !flow_data_column_name(data, 0))
-        return cli_read_data(ctx, cmd, o->valid, o->columns, o->context, dim,
-                             cdim);
+        return cli_read_shard(ctx, cmd, comm, o->valid, o->columns,
+                              o->context, dim, cdim);
     if (!(names = calloc(dim + cdim, sizeof *names))) {
         fprintf(stderr, "%s: out of memory\n", cmd);
         return NULL;
     }
     for (size_t j = 0; j < dim + cdim; j++)
         names[j] = flow_data_column_name(data, j);
-    v = cli_read_by_names(ctx, cmd, o->valid, names, dim, cdim);
+    v = cli_read_shard_by_names(ctx, cmd, comm, o->valid, names, dim, cdim);
     free(names);
     return v;
 }
@@ -394,7 +364,7 @@ static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
                     size_t dim, uint64_t skipped)
 {
     if (va && !isfinite(vscore)) {
-        cli_first_nonfinite(l, cmd, va, 4096, "");
+        cli_first_nonfinite(l, cmd, va, VALID_BLOCK, "");
         fprintf(stderr, "%s: the validation log-likelihood is %g, not "
                 "finite: %s was written, but the run failed (lower the "
                 "learning rate, or check the validation data)\n", cmd,
@@ -418,17 +388,56 @@ static int diverged(cli_loaded *l, const char *cmd, const train_opts *o,
  * by its own scale before anything else is learnt. */
 #define SCALE_RATIO 100.0
 
+/* Column j's standard deviation over all processes' shares: the sums of
+ * the values, then of the squared deviations from the mean, added over
+ * the processes (two passes: no cancellation). */
+static void share_sds(const char *cmd, flow_comm *comm, flow_data *d,
+                      size_t n, double *sd)
+{
+    size_t m = flow_data_rows(d), dim = flow_data_dim(d);
+    const flow_real *x = flow_data_values(d);
+    double *mean = calloc(dim, sizeof *mean);
+    if (!mean) {
+        /* the other processes wait in the reduction */
+        fprintf(stderr, "%s: out of memory\n", cmd);
+        flow_comm_abort(comm, 1, NULL);
+    }
+    for (size_t j = 0; j < dim; j++)
+        for (size_t i = 0; i < m; i++)
+            mean[j] += (double)x[i * dim + j];
+    if (flow_comm_allreduce(comm, mean, dim, FLOW_COMM_SUM) != FLOW_OK)
+        flow_comm_abort(comm, 1, "flowkit train: the column statistics' "
+                        "reduction failed");
+    for (size_t j = 0; j < dim; j++) {
+        mean[j] /= (double)n;
+        sd[j] = 0;
+        for (size_t i = 0; i < m; i++) {
+            double e = (double)x[i * dim + j] - mean[j];
+            sd[j] += e * e;
+        }
+    }
+    if (flow_comm_allreduce(comm, sd, dim, FLOW_COMM_SUM) != FLOW_OK)
+        flow_comm_abort(comm, 1, "flowkit train: the column statistics' "
+                        "reduction failed");
+    for (size_t j = 0; j < dim; j++)
+        sd[j] = sqrt(sd[j] / (double)(n - 1));
+    free(mean);
+}
+
 /* One warning when the columns' scales differ by more than SCALE_RATIO
  * and the spec does not start with actnorm or batchnorm; columns are
- * named by the header, else as the spec's input (x[1]). */
+ * named by the header, else as the spec's input (x[1]).  With comm
+ * (shares of the data) the statistics are the processes' together and
+ * rank 0 warns. */
 static void scale_warning(const char *cmd, const flow_graph *g,
-                          flow_data *d)
+                          flow_data *d, flow_comm *comm)
 {
     const flow_graph_node *first = flow_graph_node_count(g)
                                  ? flow_graph_node_get(g, 0) : NULL;
-    size_t n = flow_data_rows(d), dim = flow_data_dim(d), lo = 0, hi = 0;
+    size_t n = flow_data_total_rows(d), dim = flow_data_dim(d), lo = 0;
+    size_t hi = 0;
     const flow_real *x = flow_data_values(d);
-    double slo = INFINITY, shi = 0;
+    double slo = INFINITY, shi = 0, *sds = NULL;
     char nlo[64], nhi[64];
     if (first && first->kind == FLOW_NODE_LAYER && first->type
         && (!strcmp(first->type->name, "actnorm")
@@ -443,16 +452,27 @@ static void scale_warning(const char *cmd, const flow_graph *g,
         return;
     if (n < 2)
         return;
+    if (comm) {
+        if (!(sds = malloc(dim * sizeof *sds))) {
+            fprintf(stderr, "%s: out of memory\n", cmd);
+            flow_comm_abort(comm, 1, NULL);
+        }
+        share_sds(cmd, comm, d, n, sds);
+    }
     for (size_t j = 0; j < dim; j++) {
         double mean = 0, ss = 0, sd;     /* two passes: no cancellation */
-        for (size_t i = 0; i < n; i++)
-            mean += (double)x[i * dim + j];
-        mean /= (double)n;
-        for (size_t i = 0; i < n; i++) {
-            double e = (double)x[i * dim + j] - mean;
-            ss += e * e;
+        if (sds)
+            sd = sds[j];
+        else {
+            for (size_t i = 0; i < n; i++)
+                mean += (double)x[i * dim + j];
+            mean /= (double)n;
+            for (size_t i = 0; i < n; i++) {
+                double e = (double)x[i * dim + j] - mean;
+                ss += e * e;
+            }
+            sd = sqrt(ss / (double)(n - 1));
         }
-        sd = sqrt(ss / (double)(n - 1));
         /* a constant column is another problem (actnorm's own warning) */
         if (!(sd > 0) || !isfinite(sd))
             continue;
@@ -465,7 +485,8 @@ static void scale_warning(const char *cmd, const flow_graph *g,
             hi = j;
         }
     }
-    if (!(shi > SCALE_RATIO * slo))
+    free(sds);
+    if (!(shi > SCALE_RATIO * slo) || (comm && flow_comm_rank(comm) != 0))
         return;
     if (flow_data_column_name(d, lo))
         snprintf(nlo, sizeof nlo, "'%s'", flow_data_column_name(d, lo));
@@ -574,6 +595,34 @@ static int agree_stop(flow_comm *comm, int *stop)
     return rc;
 }
 
+/* The split's training share takes the column names of the data read
+ * (the checkpoint records them). */
+static int take_names(flow_ctx *ctx, flow_data *tr, const flow_data *all)
+{
+    size_t k = flow_data_dim(all) + flow_data_context_dim(all);
+    const char **names;
+    int rc;
+    if (!flow_data_column_name(all, 0))
+        return FLOW_OK;
+    if (!(names = malloc(k * sizeof *names)))
+        return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+    for (size_t j = 0; j < k; j++)
+        names[j] = flow_data_column_name(all, j);
+    rc = flow_data_set_column_names(ctx, tr, names);
+    free(names);
+    return rc;
+}
+
+/* --verbose: each process says which rows of a data set it holds. */
+static void report_share(const char *cmd, flow_comm *comm, flow_data *d,
+                         const char *what, const char *name)
+{
+    fprintf(stderr, "%s: rank %d of %d holds rows [%zu, %zu) of %zu of "
+            "%s%s\n", cmd, flow_comm_rank(comm), flow_comm_size(comm),
+            flow_data_first_row(d), flow_data_first_row(d)
+            + flow_data_rows(d), flow_data_total_rows(d), what, name);
+}
+
 int cli_cmd_train(int argc, char **argv)
 {
     const char *cmd = "flowkit train";
@@ -589,8 +638,10 @@ int cli_cmd_train(int argc, char **argv)
     size_t ep_count = 0, nfe_count = 0, low_epoch = 0, last_epoch = 0;
     size_t best_v_epoch = 0;
     int rc, ret = 1, warned_rise = 0, warned_skip = 0, use_comm, stop = 0;
+    int report;
     cli_progress pr;
-    flow_comm *comm = NULL;
+    flow_comm *comm = NULL, *shards;
+    flow_data *head = NULL;
 
     if ((rc = parse_train(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
@@ -609,6 +660,9 @@ int cli_cmd_train(int argc, char **argv)
         return 1;
     }
     use_comm = o.reproducible || !strcmp(flow_comm_kind(comm), "mpi");
+    /* several processes each hold a share of the data */
+    shards = flow_comm_size(comm) > 1 ? comm : NULL;
+    report = o.verbose;
     if (flow_comm_rank(comm) != 0) {
         o.quiet = 1;            /* rank 0 speaks for the run */
         o.json = 0;
@@ -626,25 +680,45 @@ int cli_cmd_train(int argc, char **argv)
         l.spec_source = flow_graph_source(g, 0, &path, &len);
         dim = flow_graph_input_dim(g);
         rank = flow_graph_input_shape(g, shape);
-        if (!(all = cli_read_data(l.ctx, cmd, o.data, o.columns, o.context, dim,
-                              flow_graph_context_dim(g)))
+        if (!(all = cli_read_shard(l.ctx, cmd, shards, o.data, o.columns,
+                                   o.context, dim,
+                                   flow_graph_context_dim(g)))
             || cli_check_shape(cmd, o.data, all, rank, shape)
             || cli_check_bounds(cmd, g, all))
             goto out;
-        scale_warning(cmd, g, all);
+        if (report && shards)
+            report_share(cmd, comm, all, "", o.data);
+        scale_warning(cmd, g, all, shards);
         if (o.valid) {
-            if (!(va = read_valid(l.ctx, cmd, &o, all, dim,
+            if (!(va = read_valid(l.ctx, cmd, shards, &o, all, dim,
                                   flow_graph_context_dim(g)))
                 || cli_check_shape(cmd, o.valid, va, rank, shape)
                 || cli_check_bounds(cmd, g, va))
                 goto out;
+            if (shards && flow_data_realign(l.ctx, comm, va, VALID_BLOCK)
+                          != FLOW_OK)
+                goto failmsg;
+            if (report && shards)
+                report_share(cmd, comm, va, "", o.valid);
             tr = all;
             all = NULL;
         } else if (o.valid_fraction > 0) {
-            if (split_valid(l.ctx, all, o.valid_fraction, o.seed, &tr, &va)
-                != FLOW_OK) {
+            if (split_valid(l.ctx, shards, all, o.valid_fraction, o.seed,
+                            &tr, &va) != FLOW_OK) {
                 cli_fail(l.ctx, cmd);
                 goto out;
+            }
+            /* a share keeps the split alone, with the columns' names */
+            if (shards && (rc = take_names(l.ctx, tr, all)) != FLOW_OK)
+                goto failmsg;
+            if (shards) {
+                flow_data_free(all);
+                all = NULL;
+            }
+            if (report && shards) {
+                report_share(cmd, comm, tr, "the training part of ", o.data);
+                report_share(cmd, comm, va, "the validation part of ",
+                             o.data);
             }
         } else {
             tr = all;
@@ -656,7 +730,7 @@ int cli_cmd_train(int argc, char **argv)
             goto out;
         }
     }
-    n = flow_data_rows(tr);
+    n = flow_data_total_rows(tr);
     o.cfg.seed = o.seed;
     steps_per_epoch = n / o.cfg.batch + (n % o.cfg.batch != 0);
     /* the step total must not wrap: a wrapped total would end the run
@@ -673,12 +747,29 @@ int cli_cmd_train(int argc, char **argv)
     }
     total = o.has_steps ? o.steps : o.epochs * steps_per_epoch;
     o.cfg.total_steps = total;
-    if (!(t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
-                               flow_data_context(tr), n))
-        || (use_comm && flow_trainer_set_comm(t, comm) != FLOW_OK)) {
+    if (shards)
+        t = flow_trainer_new_shard(l.model, &o.cfg, comm,
+                                   flow_data_values(tr),
+                                   flow_data_context(tr),
+                                   flow_data_rows(tr),
+                                   flow_data_first_row(tr), n);
+    else if ((t = flow_trainer_new(l.model, &o.cfg, flow_data_values(tr),
+                                   flow_data_context(tr), n))
+             && use_comm && flow_trainer_set_comm(t, comm) != FLOW_OK) {
+        flow_trainer_free(t);
+        t = NULL;
+    }
+    if (!t) {
         cli_fail(l.ctx, cmd);
         goto out;
     }
+    /* a share's first rows, for actnorm's initialisation and the probe:
+     * those of the whole data, on every process */
+    if (shards && flow_data_head(l.ctx, comm, tr, n < o.cfg.batch ? n
+                                 : o.cfg.batch > 8 ? o.cfg.batch
+                                 : n < 8 ? n : 8, &head) != FLOW_OK)
+        goto failmsg;
+
     if (o.resume) {
         if (flow_checkpoint_open(l.ctx, o.resume, &l.ck) != FLOW_OK)
             goto failmsg;
@@ -695,11 +786,13 @@ int cli_cmd_train(int argc, char **argv)
         if (h.len && h.s[h.len - 1] == ']')
             h.s[--h.len] = '\0';            /* reopen the array */
     } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
-                                    : o.cfg.batch, flow_data_values(tr),
-                                    flow_data_context(tr)) != FLOW_OK
+                                    : o.cfg.batch,
+                                    flow_data_values(head ? head : tr),
+                                    flow_data_context(head ? head : tr))
+               != FLOW_OK
                || (use_comm && share_init(comm, l.model) != FLOW_OK))
         goto failmsg;
-    if (verify_layers(&l, cmd, &o, tr) != 0)
+    if (verify_layers(&l, cmd, &o, head ? head : tr) != 0)
         goto out;
     if (!h.len)
         cli_text_add(&h, "[");
@@ -723,7 +816,8 @@ int cli_cmd_train(int argc, char **argv)
             /* a layer failed on some row of the batch: name the first
              * row of the data that fails, in evaluation mode */
             flow_model_set_training(l.model, 0);
-            cli_fail_located(l.ctx, cmd, l.model, all ? all : tr, 0, 0, 4096);
+            cli_fail_located(l.ctx, cmd, l.model, all ? all : tr, 0, 0,
+                             VALID_BLOCK);
             goto out;
         }
         if (flow_comm_size(comm) > 1 && agree_stop(comm, &stop) != FLOW_OK)
@@ -767,13 +861,20 @@ int cli_cmd_train(int argc, char **argv)
             int has_v = va != NULL;
             if (has_v) {
                 double se;
-                if (flow_model_evaluate_comm(l.model, use_comm ? comm : NULL,
-                                             flow_data_rows(va),
-                                             flow_data_values(va),
-                                             flow_data_context(va), 4096,
-                                             &vscore, &se) != FLOW_OK) {
+                if ((shards ? flow_model_evaluate_shard(
+                                  l.model, comm, flow_data_rows(va),
+                                  flow_data_values(va), flow_data_context(va),
+                                  flow_data_first_row(va),
+                                  flow_data_total_rows(va), VALID_BLOCK,
+                                  &vscore, &se)
+                            : flow_model_evaluate_comm(
+                                  l.model, use_comm ? comm : NULL,
+                                  flow_data_rows(va), flow_data_values(va),
+                                  flow_data_context(va), VALID_BLOCK, &vscore,
+                                  &se)) != FLOW_OK) {
                     cli_progress_clear(&pr);
-                    cli_fail_located(l.ctx, cmd, l.model, va, 0, 0, 4096);
+                    cli_fail_located(l.ctx, cmd, l.model, va, 0, 0,
+                                     VALID_BLOCK);
                     goto out;
                 }
                 flow_trainer_validated(t, vscore);
@@ -932,6 +1033,7 @@ out:
     flow_data_free(all);
     flow_data_free(tr);
     flow_data_free(va);
+    flow_data_free(head);
     cli_loaded_free(&l);
     return ret;
 }

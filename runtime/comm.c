@@ -165,3 +165,39 @@ int flow_comm_gather(flow_comm *c, const void *mine, void *all,
         memmove(all, mine, counts[0] * size);
     return tally(c, t0, (double)counts[0] * (double)size, FLOW_OK);
 }
+
+int comm_alltoallv(flow_comm *c, const void *send, const size_t *send_counts,
+                   void *recv, const size_t *recv_counts, size_t unit)
+{
+    double t0 = wall_s(), sent = 0;
+    if (unit == 0)
+        return FLOW_OK;
+    for (int r = 0; r < c->size; r++)
+        sent += (double)send_counts[r] * (double)unit;
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return tally(c, t0, sent, comm_mpi_alltoallv(c, send, send_counts,
+                                                     recv, recv_counts,
+                                                     unit));
+#endif
+    if (send_counts[0] != recv_counts[0])
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "alltoallv: %zu "
+                              "units sent, %zu expected", send_counts[0],
+                              recv_counts[0]);
+    if (send_counts[0] && unit)
+        memcpy(recv, send, send_counts[0] * unit);
+    return tally(c, t0, sent, FLOW_OK);
+}
+
+int comm_allgather(flow_comm *c, const void *mine, void *all, size_t bytes)
+{
+    double t0 = wall_s();
+#ifdef FLOW_HAVE_MPI
+    if (c->mpi)
+        return tally(c, t0, (double)bytes,
+                     comm_mpi_allgather(c, mine, all, bytes));
+#endif
+    if (bytes)
+        memcpy(all, mine, bytes);
+    return tally(c, t0, (double)bytes, FLOW_OK);
+}

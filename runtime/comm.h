@@ -38,4 +38,19 @@ void comm_mpi_abort(flow_comm *c, int code);
 int comm_mpi_gather(flow_comm *c, const void *mine, void *all,
                     const size_t *counts, size_t size);
 
+/* Every process sends send_counts[q] units of `unit` bytes to process q
+ * (from send: the units for process 0, then for 1, ...) and receives
+ * recv_counts[q] units from process q (into recv, in the same order);
+ * process p's send_counts[q] must equal q's recv_counts[p].  One
+ * process: send's units are copied to recv. */
+int comm_alltoallv(flow_comm *c, const void *send, const size_t *send_counts,
+                   void *recv, const size_t *recv_counts, size_t unit);
+/* all[q bytes .. (q + 1) bytes) = process q's `mine`, on every process. */
+int comm_allgather(flow_comm *c, const void *mine, void *all, size_t bytes);
+int comm_mpi_alltoallv(flow_comm *c, const void *send,
+                       const size_t *send_counts, void *recv,
+                       const size_t *recv_counts, size_t unit);
+int comm_mpi_allgather(flow_comm *c, const void *mine, void *all,
+                       size_t bytes);
+
 #endif

@@ -72,7 +72,7 @@ static int mpi_fail(flow_comm *c, int err, const char *what)
 
 typedef enum watch_op {
     WATCH_SUM, WATCH_MAX, WATCH_BROADCAST, WATCH_BARRIER, WATCH_CLOSING,
-    WATCH_GATHER
+    WATCH_GATHER, WATCH_ALLTOALL, WATCH_ALLGATHER
 } watch_op;
 
 struct comm_watch {
@@ -122,6 +122,12 @@ static void describe(char *buf, size_t cap, watch_op op, size_t count,
     case WATCH_GATHER:
         snprintf(buf, cap, "gather to rank %d of %zu element%s", root,
                  count, count == 1 ? "" : "s");
+        break;
+    case WATCH_ALLTOALL:
+        snprintf(buf, cap, "all-to-all exchange (%zu units sent)", count);
+        break;
+    case WATCH_ALLGATHER:
+        snprintf(buf, cap, "allgather of %zu bytes", count);
         break;
     }
 }
@@ -414,4 +420,70 @@ int comm_mpi_gather(flow_comm *c, const void *mine, void *all,
     free(cnt);
     free(disp);
     return rc;
+}
+
+/* Counts and displacements are int in MPI: units of `unit` bytes (one
+ * contiguous datatype, unit > 0), at most INT_MAX of them in all. */
+int comm_mpi_alltoallv(flow_comm *c, const void *send,
+                       const size_t *send_counts, void *recv,
+                       const size_t *recv_counts, size_t unit)
+{
+    int n = c->size, err, *v;
+    size_t st = 0, rt = 0;
+    MPI_Datatype type;
+    static char none_sent, none_received;
+    if (unit > INT_MAX)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "alltoallv: "
+                              "units of %zu bytes (at most %d)",
+                              unit, INT_MAX);
+    if (!(v = malloc(4 * (size_t)n * sizeof *v)))
+        return flow_ctx_error(c->ctx, FLOW_ERR_NOMEM, "out of memory "
+                              "for an alltoallv of %d processes", n);
+    for (int q = 0; q < n; q++) {
+        if (send_counts[q] > (size_t)INT_MAX - st
+            || recv_counts[q] > (size_t)INT_MAX - rt) {
+            free(v);
+            return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "alltoallv: "
+                                  "more than %d units of %zu "
+                                  "bytes on rank %d", INT_MAX, unit,
+                                  c->rank);
+        }
+        v[q] = (int)send_counts[q];
+        v[n + q] = (int)st;
+        v[2 * n + q] = (int)recv_counts[q];
+        v[3 * n + q] = (int)rt;
+        st += send_counts[q];
+        rt += recv_counts[q];
+    }
+    if ((err = MPI_Type_contiguous((int)unit, MPI_BYTE, &type))
+            != MPI_SUCCESS
+        || (err = MPI_Type_commit(&type)) != MPI_SUCCESS) {
+        free(v);
+        return mpi_fail(c, err, "MPI_Type_contiguous");
+    }
+    /* a buffer of no units may be NULL, which MPI need not accept (nor
+     * one buffer for both sides) */
+    watch_enter(c, WATCH_ALLTOALL, st, 0);
+    err = MPI_Alltoallv(send ? send : &none_sent, v, v + n, type,
+                        recv ? recv : &none_received, v + 2 * n, v + 3 * n,
+                        type, MPI_COMM_WORLD);
+    watch_leave(c);
+    MPI_Type_free(&type);
+    free(v);
+    return err == MPI_SUCCESS ? FLOW_OK : mpi_fail(c, err, "MPI_Alltoallv");
+}
+
+int comm_mpi_allgather(flow_comm *c, const void *mine, void *all,
+                       size_t bytes)
+{
+    int err;
+    if (bytes > INT_MAX)
+        return flow_ctx_error(c->ctx, FLOW_ERR_INVAL, "allgather "
+                              "of %zu bytes (at most %d)", bytes,
+                              INT_MAX);
+    watch_enter(c, WATCH_ALLGATHER, bytes, 0);
+    err = MPI_Allgather(mine, (int)bytes, MPI_BYTE, all, (int)bytes,
+                        MPI_BYTE, MPI_COMM_WORLD);
+    watch_leave(c);
+    return err == MPI_SUCCESS ? FLOW_OK : mpi_fail(c, err, "MPI_Allgather");
 }

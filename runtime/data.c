@@ -1,7 +1,7 @@
 /* data.c - data sets: a streaming CSV reader (header detection, column
- * selection, located errors), a NumPy .npy reader (float and integer
- * dtypes, image shapes), the CSV and NPY writers, and the choice of a
- * format (images.c reads and writes the image formats). */
+ * selection, located errors; whole, or a part of the lines), the CSV and
+ * NPY writers, and the choice of a format (npy.c reads NPY, images.c
+ * reads and writes the image formats). */
 #include <errno.h>
 #include <float.h>
 #include <limits.h>
@@ -13,8 +13,6 @@
 
 #include "data.h"
 #include "fileio.h"
-
-#define NPY_MAGIC "\x93NUMPY"
 
 /* ------------------------------------------------------------ data sets */
 
@@ -141,13 +139,6 @@ nomem:
 
 /* ------------------------------------------------------------ input */
 
-/* Column selection: map[j] = destination of input column j: -1 skipped,
- * 0..d-1 data column, d..d+c-1 context column. */
-typedef struct selection {
-    long *map;
-    size_t ncols, d, c;
-} selection;
-
 /* Bounded, printable copy of a cell for messages. */
 static const char *show(const char *text, char *out, size_t cap)
 {
@@ -210,7 +201,7 @@ static int find_column(flow_ctx *ctx, const char *name, const char *tok,
 
 /* Marks the columns listed in `list` with destinations base, base+1, ... */
 static int select_list(flow_ctx *ctx, const char *name, const char *list,
-                       char **names, selection *sel, long base, size_t *count)
+                       char **names, data_sel *sel, long base, size_t *count)
 {
     const char *p = list;
     char tok[256];
@@ -242,9 +233,9 @@ static int select_list(flow_ctx *ctx, const char *name, const char *list,
     return FLOW_OK;
 }
 
-static int build_selection(flow_ctx *ctx, const char *name,
-                           const data_opts *o, char **names, size_t ncols,
-                           size_t first_line, selection *sel)
+int data_build_selection(flow_ctx *ctx, const char *name,
+                         const data_opts *o, char **names, size_t ncols,
+                         size_t first_line, data_sel *sel)
 {
     size_t nd = 0, nc = 0;
     int rc;
@@ -286,8 +277,7 @@ static int build_selection(flow_ctx *ctx, const char *name,
     return FLOW_OK;
 }
 
-/* Every column, in order, and no context. */
-static int sel_identity(const selection *sel)
+int data_sel_identity(const data_sel *sel)
 {
     if (sel->c || sel->d != sel->ncols)
         return 0;
@@ -300,13 +290,13 @@ static int sel_identity(const selection *sel)
 int data_apply_opts(flow_ctx *ctx, const char *name, const data_opts *opts,
                     flow_data *data)
 {
-    selection sel = {0};
+    data_sel sel = {0};
     flow_real *x = NULL, *c = NULL;
     size_t n = data->n, k = data->d;
     int rc;
-    if ((rc = build_selection(ctx, name, opts, NULL, k, 0, &sel)))
+    if ((rc = data_build_selection(ctx, name, opts, NULL, k, 0, &sel)))
         goto done;
-    if (sel_identity(&sel))
+    if (data_sel_identity(&sel))
         goto done;
     if ((sel.d && !(x = malloc(n * sel.d * sizeof *x)))
         || (sel.c && !(c = malloc(n * sel.c * sizeof *c)))
@@ -383,7 +373,7 @@ typedef struct csv {
     const data_opts *opts;
     flow_data *data;
     size_t cap;             /* row capacity of data */
-    selection sel;
+    data_sel sel;
     char **header;          /* first record's cells */
     size_t n_header, cap_header;
     int first_done;         /* first record classified */
@@ -392,6 +382,13 @@ typedef struct csv {
     size_t underflows;      /* values read as 0 from non-zero text */
     size_t uf_line, uf_col; /* the first of them */
     char uf_text[48];
+    /* reading a part (read_csv_part) */
+    int head_only;          /* stop after the first record */
+    int body;               /* the first record was read before */
+    int at_end;             /* head_only: the input ended with it */
+    int open_quote;         /* the input ended inside a quoted value */
+    size_t line_start;      /* the line of the first byte (0: 1) */
+    size_t line_end;        /* the line after the last byte */
 } csv;
 
 static int csv_cell_error(csv *p, size_t line, size_t col, const char *what,
@@ -521,11 +518,11 @@ static int csv_first_record(csv *p, size_t line)
                                       "empty column name in the header",
                                       p->s->name, line, j + 1);
         }
-        return build_selection(p->ctx, p->s->name, p->opts, p->header,
-                               p->n_header, line, &p->sel);
+        return data_build_selection(p->ctx, p->s->name, p->opts,
+                                    p->header, p->n_header, line, &p->sel);
     }
-    if ((rc = build_selection(p->ctx, p->s->name, p->opts, NULL, p->n_header,
-                              line, &p->sel)))
+    if ((rc = data_build_selection(p->ctx, p->s->name, p->opts, NULL,
+                                   p->n_header, line, &p->sel)))
         return rc;
     p->data->d = p->sel.d;
     p->data->c = p->sel.c;
@@ -586,8 +583,8 @@ static int csv_after_header(csv *p)
 static int csv_parse(csv *p)
 {
     char cell[DATA_CELL_MAX + 1];
-    size_t cl = 0, line = 1, rec_line = 1, col = 1, line_bytes = 0;
-    size_t quote_line = 0;
+    size_t line = p->line_start ? p->line_start : 1, rec_line = line;
+    size_t cl = 0, col = 1, line_bytes = 0, quote_line = 0;
     int ch, rc, quoted = 0, after_quote = 0, was_quoted = 0;
     int in_row = 0;     /* a data row has been started */
 
@@ -598,10 +595,12 @@ static int csv_parse(csv *p)
                                   "%s:%zu: line longer than %zu bytes",
                                   p->s->name, line, DATA_LINE_MAX);
         if (quoted) {
-            if (ch == -1)
+            if (ch == -1) {
+                p->open_quote = 1;
                 return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT,
                                       "%s:%zu:%zu: unterminated quoted value",
                                       p->s->name, quote_line, col);
+            }
             if (ch == '"') {
                 int nx = data_src_get(p->s);
                 if (nx == '"') {
@@ -638,6 +637,11 @@ static int csv_parse(csv *p)
                             return rc;
                         if (p->header && (rc = csv_after_header(p)))
                             return rc;
+                        if (p->head_only) {
+                            p->at_end = ch == -1;
+                            p->line_end = line + (ch == '\n');
+                            return FLOW_OK;
+                        }
                     }
                 } else {
                     if (!in_row) {
@@ -700,6 +704,9 @@ append:
     if (p->s->ioerr)
         return flow_ctx_error(p->ctx, FLOW_ERR_IO, "%s: read error: %s",
                               p->s->name, strerror(errno));
+    p->line_end = line;
+    if (p->body)
+        return FLOW_OK;
     if (!p->first_done)
         return flow_ctx_error(p->ctx, FLOW_ERR_FORMAT, "%s: empty input",
                               p->s->name);
@@ -726,9 +733,8 @@ int data_set_source(flow_ctx *ctx, flow_data *data, const char *name)
     return FLOW_OK;
 }
 
-/* Remembers the file and its columns for data_locate. */
-static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
-                      flow_data *data)
+int data_set_places(flow_ctx *ctx, const char *name, const data_sel *sel,
+                    flow_data *data)
 {
     size_t k = data->d + data->c;
     if (!(data->source = dup_text(name))
@@ -742,9 +748,9 @@ static int set_source(flow_ctx *ctx, const char *name, const selection *sel,
 
 /* Non-zero values too small for flow_real read as 0: said once per file,
  * at the first of them. */
-static int underflow_note(flow_ctx *ctx, const char *name, size_t count,
-                          size_t line, size_t col, const char *text,
-                          flow_data *data)
+int data_underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                        size_t line, size_t col, const char *text,
+                        flow_data *data)
 {
     char buf[512];
     if (data->npy)
@@ -777,10 +783,10 @@ static int read_csv(flow_ctx *ctx, data_src *s, const data_opts *opts,
     rc = csv_parse(&p);
     free_names(p.header, p.n_header);
     if (rc == FLOW_OK)
-        rc = set_source(ctx, s->name, &p.sel, p.data);
+        rc = data_set_places(ctx, s->name, &p.sel, p.data);
     if (rc == FLOW_OK && p.underflows)
-        rc = underflow_note(ctx, s->name, p.underflows, p.uf_line, p.uf_col,
-                            p.uf_text, p.data);
+        rc = data_underflow_note(ctx, s->name, p.underflows, p.uf_line,
+                                 p.uf_col, p.uf_text, p.data);
     free(p.sel.map);
     if (rc != FLOW_OK) {
         data_free(p.data);
@@ -790,364 +796,111 @@ static int read_csv(flow_ctx *ctx, data_src *s, const data_opts *opts,
     return FLOW_OK;
 }
 
-/* ------------------------------------------------------------ NPY */
-
-typedef struct npy_header {
-    char kind;              /* 'f' float, 'i' signed, 'u' unsigned */
-    int esize;              /* bytes per value: 1, 2, 4 or 8 */
-    int big;                /* big-endian ('>') */
-    int fortran;
-    int ndim;
-    unsigned long long shape[4];
-} npy_header;
-
-/* Reads a dtype string: a byte order ('<' little, '>' big, '|' not
- * applicable: one byte), a kind and a size (numpy/lib/format.py,
- * dtype.str).  '=' (native order) never reaches a file written by numpy
- * and would say nothing about the writer's machine: refused. */
-static int npy_dtype(const char *val, npy_header *h)
+/* The k-th of n cuts of the bytes [start, size): start + len k / n
+ * without overflow. */
+static unsigned long long byte_cut(unsigned long long start,
+                                   unsigned long long size, int k, int n)
 {
-    char order = val[0], kind = val[0] ? val[1] : 0;
-    int size = kind ? atoi(val + 2) : 0;
-    if (!kind || !val[2] || strspn(val + 2, "0123456789") != strlen(val + 2))
+    unsigned long long len = size - start;
+    return start + len / (unsigned)n * (unsigned)k
+           + len % (unsigned)n * (unsigned)k / (unsigned)n;
+}
+
+/* The first line start at or after byte `at` of a CSV body that begins
+ * at `start`: `at` itself when a line starts there, else the byte after
+ * the next line feed (size when there is none).  -1: f cannot seek. */
+static int line_start(data_src *s, unsigned long long start,
+                      unsigned long long size, unsigned long long at,
+                      unsigned long long *out)
+{
+    int ch;
+    if (at <= start || at >= size) {
+        *out = at <= start ? start : size;
+        return 0;
+    }
+    if (data_src_seek(s, at - 1, size - (at - 1)))
         return -1;
-    if (kind == 'f' && (size == 4 || size == 8))
+    while ((ch = data_src_get(s)) != -1 && ch != '\n')
         ;
-    else if ((kind == 'i' || kind == 'u')
-             && (size == 1 || size == 2 || size == 4 || size == 8))
-        ;
-    else
-        return -1;
-    if (order == '|' ? size != 1 : order != '<' && order != '>')
-        return -1;
-    h->kind = kind;
-    h->esize = size;
-    h->big = order == '>';
+    *out = data_src_tell(s);
     return 0;
 }
 
-static int npy_bad(flow_ctx *ctx, const char *name, const char *what)
+/* A part of a CSV file (data_part): the first record (a header or the
+ * first row) decides the columns as read_csv does; then the lines that
+ * start in this part's share of the bytes after it, parsed as the rows
+ * that follow a first record. */
+static int read_csv_part(flow_ctx *ctx, data_src *s, const data_opts *opts,
+                         data_part *part, flow_data **out)
 {
-    return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: malformed NPY header: %s",
-                          name, what);
-}
-
-static void skip_ws(const char **p)
-{
-    while (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r')
-        (*p)++;
-}
-
-/* A Python string literal '...' (no escapes: numpy never writes any in
- * the three keys it uses). */
-static int npy_string(const char **p, char *out, size_t cap)
-{
-    char q = **p;
-    size_t n = 0;
-    if (q != '\'' && q != '"')
-        return -1;
-    (*p)++;
-    while (**p && **p != q) {
-        if (n + 1 >= cap)
-            return -1;
-        out[n++] = *(*p)++;
+    csv p;
+    struct stat st;
+    unsigned long long start, size, from, to;
+    int rc;
+    memset(&p, 0, sizeof p);
+    p.ctx = ctx;
+    p.s = s;
+    p.opts = opts;
+    p.head_only = 1;
+    part->csv = 1;
+    if (s->len >= 3 && !memcmp(s->buf, "\xEF\xBB\xBF", 3))
+        s->pos = 3;
+    start = s->pos;
+    if (fstat(fileno(s->f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        part->whole = 1;
+        return FLOW_OK;
     }
-    if (**p != q)
-        return -1;
-    (*p)++;
-    out[n] = '\0';
-    return 0;
-}
-
-/* Parses the header dict {'descr': '<f4', 'fortran_order': False,
- * 'shape': (n, d), } (NumPy format spec, numpy/lib/format.py). */
-static int npy_parse_dict(flow_ctx *ctx, const char *name, const char *text,
-                          npy_header *h)
-{
-    const char *p = text;
-    char key[32], val[32];
-    int seen_descr = 0, seen_fo = 0, seen_shape = 0;
-    skip_ws(&p);
-    if (*p++ != '{')
-        return npy_bad(ctx, name, "expected '{'");
-    for (;;) {
-        skip_ws(&p);
-        if (*p == '}')
-            break;
-        if (npy_string(&p, key, sizeof key))
-            return npy_bad(ctx, name, "expected a key string");
-        skip_ws(&p);
-        if (*p++ != ':')
-            return npy_bad(ctx, name, "expected ':'");
-        skip_ws(&p);
-        if (!strcmp(key, "descr")) {
-            if (npy_string(&p, val, sizeof val))
-                return npy_bad(ctx, name, "descr is not a string");
-            if (npy_dtype(val, h))
-                return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
-                                      "%s: NPY dtype '%s' not supported (need "
-                                      "float f4 or f8, or integer i1 u1 i2 u2 "
-                                      "i4 u4 i8 u8, with byte order '<', '>' "
-                                      "or '|')", name, val);
-            seen_descr = 1;
-        } else if (!strcmp(key, "fortran_order")) {
-            if (!strncmp(p, "True", 4))
-                h->fortran = 1, p += 4;
-            else if (!strncmp(p, "False", 5))
-                h->fortran = 0, p += 5;
-            else
-                return npy_bad(ctx, name, "fortran_order is not a bool");
-            seen_fo = 1;
-        } else if (!strcmp(key, "shape")) {
-            if (*p++ != '(')
-                return npy_bad(ctx, name, "shape is not a tuple");
-            h->ndim = 0;
-            for (;;) {
-                char *end;
-                skip_ws(&p);
-                if (*p == ')')
-                    break;
-                if (*p < '0' || *p > '9')
-                    return npy_bad(ctx, name, "bad shape");
-                errno = 0;
-                if (h->ndim < 4)
-                    h->shape[h->ndim] = strtoull(p, &end, 10);
-                else
-                    (void)strtoull(p, &end, 10);
-                if (errno)
-                    return npy_bad(ctx, name, "shape out of range");
-                h->ndim++;
-                p = end;
-                skip_ws(&p);
-                if (*p == ',')
-                    p++;
-                else if (*p != ')')
-                    return npy_bad(ctx, name, "bad shape");
-            }
-            p++;
-            seen_shape = 1;
-        } else {
-            return npy_bad(ctx, name, "unknown key");
-        }
-        skip_ws(&p);
-        if (*p == ',')
-            p++;
-        else if (*p != '}')
-            return npy_bad(ctx, name, "expected ',' or '}'");
-    }
-    if (!seen_descr || !seen_fo || !seen_shape)
-        return npy_bad(ctx, name, "missing descr, fortran_order or shape");
-    if (h->fortran)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
-                              "%s: NPY Fortran order not supported (save a "
-                              "C-order array: np.ascontiguousarray)", name);
-    if (h->ndim < 1 || h->ndim > 4)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT,
-                              "%s: NPY array has %d dimensions, need 1 to 4 "
-                              "((N), (N, D), (N, H, W) or (N, C, H, W))",
-                              name, h->ndim);
-    return FLOW_OK;
-}
-
-/* One NPY value (esize bytes at p) as a double; for an integer dtype
- * *isint is set and *ival holds the integer (LLONG_MAX for a u8 beyond
- * it), since a double does not hold every 64-bit integer. */
-static double npy_value(const npy_header *h, const unsigned char *p,
-                        long long *ival, int *isint)
-{
-    unsigned char b[8];
-    uint64_t u;
-    for (int k = 0; k < h->esize; k++)
-        b[k] = p[h->big ? h->esize - 1 - k : k];
-    u = fio_get_le(b, (size_t)h->esize);
-    *isint = h->kind != 'f';
-    if (h->kind == 'f') {
-        if (h->esize == 4) {
-            uint32_t w = (uint32_t)u;
-            float f;
-            memcpy(&f, &w, 4);
-            return f;
-        } else {
-            double v;
-            memcpy(&v, &u, 8);
-            return v;
-        }
-    }
-    if (h->kind == 'i' && h->esize < 8 && (u >> (8 * h->esize - 1)) & 1)
-        u |= ~(uint64_t)0 << (8 * h->esize);    /* sign extension */
-    if (h->kind == 'u' && h->esize == 8 && u > (uint64_t)LLONG_MAX) {
-        *ival = LLONG_MAX;      /* beyond every exact range anyway */
-        return (double)u;
-    }
-    *ival = (long long)u;
-    return (double)*ival;
-}
-
-/* An integer is exact in flow_real when it converts back to itself
- * (float32: every integer up to 2^24; float64: up to 2^53). */
-static int int_exact(long long v)
-{
-    flow_real r = (flow_real)v;
-    return fabs((double)r) < 9.2e18 && (long long)r == v;
-}
-
-static int read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
-                    flow_data **out)
-{
-    unsigned char pre[12];
-    char *text = NULL;
-    npy_header h;
-    flow_data *data = NULL;
-    selection sel = {0};
-    unsigned char *row = NULL;
-    size_t hlen, lenbytes, ncols, nrows, rowbytes, cap = 0;
-    size_t underflows = 0, uf_row = 0, uf_col = 0;
-    char uf_text[32] = "";
-    int rc = FLOW_OK;
-
-    memset(&h, 0, sizeof h);
-    if (data_src_read(s, pre, 8) != 8)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                              "preamble", s->name);
-    if ((pre[6] != 1 && pre[6] != 2) || pre[7] != 0)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY version %u.%u not "
-                              "supported (only 1.0 and 2.0)", s->name, pre[6],
-                              pre[7]);
-    lenbytes = pre[6] == 1 ? 2 : 4;
-    if (data_src_read(s, pre + 8, lenbytes) != lenbytes)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                              "preamble", s->name);
-    hlen = (size_t)fio_get_le(pre + 8, lenbytes);
-    if (hlen > DATA_NPY_HEADER_MAX)
-        return flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY header of %zu "
-                              "bytes is too long (limit %zu)", s->name, hlen,
-                              DATA_NPY_HEADER_MAX);
-    if (!(text = malloc(hlen + 1)))
+    size = (unsigned long long)st.st_size;
+    if (!(p.data = calloc(1, sizeof *p.data)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-    if (data_src_read(s, text, hlen) != hlen) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated in the "
-                            "header", s->name);
-        goto fail;
+    if ((rc = csv_parse(&p)) != FLOW_OK)
+        goto done;
+    if (p.data->names) {
+        /* the rows begin after the header's line feed */
+        start = p.at_end ? size : data_src_tell(s);
+        part->line_head = p.line_end;
+    } else {
+        /* no header: the first record is a row like the others */
+        part->line_head = 1;
+        p.data->n = 0;
     }
-    text[hlen] = '\0';
-    if (strlen(text) != hlen) {
-        rc = npy_bad(ctx, s->name, "NUL byte");
-        goto fail;
+    p.underflows = 0;
+    if (line_start(s, start, size, byte_cut(start, size, part->rank,
+                                            part->size), &from)
+        || line_start(s, start, size, byte_cut(start, size, part->rank + 1,
+                                               part->size), &to)
+        || data_src_seek(s, from, to - from)) {
+        part->whole = 1;
+        goto done;
     }
-    if ((rc = npy_parse_dict(ctx, s->name, text, &h)))
-        goto fail;
-    nrows = (size_t)h.shape[0];
-    ncols = 1;
-    for (int k = 1; k < h.ndim; k++) {
-        if (h.shape[k] > SIZE_MAX || (h.shape[k] && ncols > SIZE_MAX
-                                      / (size_t)h.shape[k])) {
-            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too "
-                                "large (the product of its dimensions after "
-                                "the first overflows)", s->name);
-            goto fail;
+    if ((rc = data_src_error(ctx, s)) != FLOW_OK)
+        goto done;
+    p.head_only = 0;
+    p.body = 1;
+    p.line_start = part->line_base ? part->line_base : 1;
+    if ((rc = csv_parse(&p)) != FLOW_OK) {
+        /* a line feed in quotes at the part's end: the parts cannot be
+         * told apart at line feeds, and the next part began inside the
+         * quotes */
+        if (p.open_quote && to < size) {
+            part->whole = 1;
+            rc = FLOW_OK;
         }
-        ncols *= (size_t)h.shape[k];
+        goto done;
     }
-    if (h.shape[0] > SIZE_MAX || ncols > SIZE_MAX / 8 / 2) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY shape too large",
-                            s->name);
-        goto fail;
-    }
-    if (nrows == 0 || ncols == 0) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: empty input (NPY shape "
-                            "with %llu rows of %zu values)", s->name,
-                            h.shape[0], ncols);
-        goto fail;
-    }
-    if (ncols > DATA_LINE_MAX) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY array has %zu "
-                            "values per row (limit %zu)", s->name, ncols,
-                            DATA_LINE_MAX);
-        goto fail;
-    }
-    if ((rc = build_selection(ctx, s->name, opts, NULL, ncols, 0, &sel)))
-        goto fail;
-    rowbytes = ncols * (size_t)h.esize;
-    if (!(row = malloc(rowbytes)) || !(data = calloc(1, sizeof *data))) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    data->d = sel.d;
-    data->c = sel.c;
-    /* rows arrive one by one: a header claiming a huge shape costs
-     * nothing until the bytes are really there */
-    for (size_t i = 0; i < nrows; i++) {
-        size_t got = data_src_read(s, row, rowbytes);
-        if (got != rowbytes) {
-            unsigned long long have = (unsigned long long)i * rowbytes + got;
-            rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY truncated: data "
-                                "has %llu bytes, expected %llu", s->name, have,
-                                h.shape[0] * (unsigned long long)rowbytes);
-            goto fail;
-        }
-        if ((rc = data_grow(ctx, s->name, data, &cap, i + 1)))
-            goto fail;
-        for (size_t j = 0; j < ncols; j++) {
-            long dst = sel.map[j];
-            long long iv = 0;
-            int isint;
-            double v;
-            flow_real r;
-            if (dst < 0)
-                continue;
-            v = npy_value(&h, row + (size_t)h.esize * j, &iv, &isint);
-            if (isint && !int_exact(iv)) {
-                rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: "
-                                    "integer %.17g is not exact in %s",
-                                    s->name, i, j, v, FLOW_REAL_NAME);
-                goto fail;
-            }
-            r = isint ? (flow_real)iv : (flow_real)v;
-            if (r == 0 && v != 0 && !underflows++) {
-                uf_row = i;
-                uf_col = j;
-                snprintf(uf_text, sizeof uf_text, "%g", v);
-            }
-            if (!isfinite(v) || !isfinite(r)) {
-                rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: [%zu, %zu]: %s "
-                                    "value %g", s->name, i, j, isfinite(v)
-                                    ? "out of range" : "NaN or Inf", v);
-                goto fail;
-            }
-            if ((size_t)dst < sel.d)
-                data->x[i * sel.d + (size_t)dst] = r;
-            else
-                data->ctx[i * sel.c + ((size_t)dst - sel.d)] = r;
-        }
-        data->n = i + 1;
-    }
-    if (data_src_get(s) != -1) {
-        rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: NPY has trailing bytes "
-                            "after %llu x %zu values", s->name, h.shape[0],
-                            ncols);
-        goto fail;
-    }
-    data->npy = 1;
-    /* (N, H, W) and (N, C, H, W): rows are images [1, H, W], [C, H, W],
-     * unless columns were picked out of them */
-    if (h.ndim >= 3 && sel_identity(&sel)) {
-        data->rank = 3;
-        data->shape[0] = h.ndim == 4 ? (size_t)h.shape[1] : 1;
-        data->shape[1] = (size_t)h.shape[h.ndim - 2];
-        data->shape[2] = (size_t)h.shape[h.ndim - 1];
-    }
-    if ((rc = set_source(ctx, s->name, &sel, data)))
-        goto fail;
-    if (underflows && (rc = underflow_note(ctx, s->name, underflows, uf_row,
-                                           uf_col, uf_text, data)))
-        goto fail;
-    *out = data;
-    data = NULL;
-fail:
-    free(text);
-    free(row);
-    free(sel.map);
-    data_free(data);
+    part->lines = p.line_end - p.line_start;
+    part->underflows = p.underflows;
+    part->uf_place = p.uf_line;
+    part->uf_col = p.uf_col;
+    memcpy(part->uf_text, p.uf_text, sizeof part->uf_text);
+    rc = data_set_places(ctx, s->name, &p.sel, p.data);
+done:
+    free_names(p.header, p.n_header);
+    free(p.sel.map);
+    if (rc == FLOW_OK && !part->whole)
+        *out = p.data;
+    else
+        data_free(p.data);
     return rc;
 }
 
@@ -1181,8 +934,10 @@ static int claims(const char *name, const char *tail)
     return ends_with(name, tail);
 }
 
-int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
-                     const data_opts *opts, flow_data **out)
+/* data_read_stream, or a part of the file (part not NULL). */
+static int read_stream(flow_ctx *ctx, const char *name, FILE *f,
+                       const data_opts *opts, data_part *part,
+                       flow_data **out)
 {
     data_src s;
     int rc, erc;
@@ -1191,10 +946,13 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         data_src_close(&s);
         return rc;
     }
-    if (s.len >= 6 && !memcmp(s.buf, NPY_MAGIC, 6))
-        rc = read_npy(ctx, &s, opts, out);
+    if (part && s.gz) {
+        part->whole = 1;
+        rc = FLOW_OK;
+    } else if (s.len >= 6 && !memcmp(s.buf, DATA_NPY_MAGIC, 6))
+        rc = data_read_npy(ctx, &s, opts, part, out);
     else if (idx_magic(s.buf, s.len))
-        rc = data_read_idx(ctx, &s, opts, out);
+        rc = data_read_idx(ctx, &s, opts, part, out);
     else if (s.len >= 8 && !memcmp(s.buf, "\x89PNG\r\n\x1a\n", 8))
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: a single PNG file: "
                             "give the directory of PNG files instead", name);
@@ -1205,6 +963,8 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: not an IDX file (bad "
                             "magic: need 00 00, a type code 08 09 0B 0C 0D "
                             "0E and 1 to 4 dimensions)", name);
+    else if (part)
+        rc = read_csv_part(ctx, &s, opts, part, out);
     else
         rc = read_csv(ctx, &s, opts, out);
     /* a reader that met the end early says "truncated"; the stream
@@ -1216,6 +976,35 @@ int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
         *out = NULL;
     }
     data_src_close(&s);
+    return rc;
+}
+
+int data_read_stream(flow_ctx *ctx, const char *name, FILE *f,
+                     const data_opts *opts, flow_data **out)
+{
+    return read_stream(ctx, name, f, opts, NULL, out);
+}
+
+int data_read_part(flow_ctx *ctx, const char *path, const data_opts *opts,
+                   data_part *part, flow_data **out)
+{
+    FILE *f;
+    struct stat st;
+    int rc;
+    *out = NULL;
+    part->whole = 0;
+    /* what cannot seek, and what is missing (the whole read names it) */
+    if (!strcmp(path, "-") || stat(path, &st) != 0 || !S_ISREG(st.st_mode)
+        || !(f = fopen(path, "rb"))) {
+        part->whole = 1;
+        return FLOW_OK;
+    }
+    rc = read_stream(ctx, path, f, opts, part, out);
+    fclose(f);
+    if (part->whole && *out) {
+        data_free(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
@@ -1321,7 +1110,7 @@ static int write_npy(flow_ctx *ctx, const flow_data *data, const char *path,
     /* pad with spaces so that data starts at a multiple of 64, and end
      * the header with '\n' (NPY 1.0, numpy/lib/format.py) */
     total = (prelen + dl + 1 + 63) / 64 * 64;
-    memcpy(pre, NPY_MAGIC, 6);
+    memcpy(pre, DATA_NPY_MAGIC, 6);
     pre[6] = 1;
     pre[7] = 0;
     fio_put_le(pre + 8, total - prelen, 2);
@@ -1402,15 +1191,20 @@ flow_real *flow_data_context(flow_data *data) { return data->ctx; }
 void data_locate(const flow_data *data, size_t row, size_t col, char *buf,
                  size_t cap)
 {
-    size_t fc;
+    size_t fc, row_in_file = row;
     if (!cap)
         return;
+    /* a share's rows count from the whole set's first (its CSV lines
+     * are the file's already) */
+    if (data->part)
+        row_in_file = data->first + row;
     if (!data->source) {
-        snprintf(buf, cap, "row %zu", row + 1);
+        snprintf(buf, cap, "row %zu", row_in_file + 1);
         return;
     }
     fc = col < data->d + data->c && data->cols ? data->cols[col] : col;
     if (data->npy) {
+        row = row_in_file;
         if (col == SIZE_MAX)
             snprintf(buf, cap, "%s: [%zu, :]", data->source, row);
         else

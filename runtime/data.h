@@ -42,6 +42,11 @@ struct flow_data {
      * a range, values are the pixel integers themselves */
     int has_range;
     double lo, hi;
+    /* one process's share of a data set split over a communicator
+     * (shard.c): its rows are [first, first + n) of `total`; places in
+     * messages count from first */
+    int part;
+    size_t first, total;
 };
 
 typedef struct data_opts {
@@ -65,6 +70,9 @@ typedef struct data_src {
     void *z;                /* z_stream, owned */
     unsigned char *zbuf;    /* compressed bytes, owned */
     unsigned long long zin; /* compressed bytes consumed (messages) */
+    unsigned long long base;/* not gzip: the file offset of buf[0] */
+    unsigned long long left;/* bytes the stream may still read from f
+                               (data_src_seek's limit) */
 } data_src;
 
 #define DATA_SRC_BUF 65536
@@ -83,6 +91,35 @@ size_t data_src_read(data_src *s, void *dst, size_t n);
 /* An error in ctx for a read that ended early because of s's stream
  * (read or gzip error), or FLOW_OK when the data really ended. */
 int data_src_error(flow_ctx *ctx, const data_src *s);
+/* Not gzip: the stream goes on at file offset `off` and ends after
+ * `limit` bytes (or the file's end).  0, or -1 when s inflates gzip or f
+ * cannot seek (a pipe). */
+int data_src_seek(data_src *s, unsigned long long off,
+                  unsigned long long limit);
+/* Not gzip: the file offset of the next byte. */
+unsigned long long data_src_tell(const data_src *s);
+
+/* The NPY magic (NumPy format, numpy/lib/format.py). */
+#define DATA_NPY_MAGIC "\x93NUMPY"
+
+/* Column selection: map[j] = destination of input column j: -1 skipped,
+ * 0..d-1 data column, d..d+c-1 context column. */
+typedef struct data_sel {
+    long *map;
+    size_t ncols, d, c;
+} data_sel;
+
+/* The selection opts make of ncols input columns (names: the header's,
+ * or NULL; first_line: the header's line for messages, or 0).  sel->map
+ * is allocated even on failure (the caller frees it). */
+int data_build_selection(flow_ctx *ctx, const char *name,
+                         const data_opts *opts, char **names, size_t ncols,
+                         size_t first_line, data_sel *sel);
+/* Every column, in order, and no context. */
+int data_sel_identity(const data_sel *sel);
+/* Remembers the file and its selected columns for data_locate. */
+int data_set_places(flow_ctx *ctx, const char *name, const data_sel *sel,
+                    flow_data *data);
 
 /* Applies opts to a data set read whole (d columns, no context, from an
  * image file): column selection, context columns, the expected
@@ -97,9 +134,52 @@ int data_grow(flow_ctx *ctx, const char *name, flow_data *data, size_t *cap,
 /* A copy of name as data->source (messages, data_locate). */
 int data_set_source(flow_ctx *ctx, flow_data *data, const char *name);
 
-/* IDX (runtime/images.c): s positioned at the magic. */
+/* A part of a file for one of `size` processes (shard.c).  NPY and IDX:
+ * the rows [rank n / size, (rank + 1) n / size), n from the header.
+ * CSV: the lines that start in the rank-th of `size` equal byte ranges
+ * of the text after the header, each line belonging to the range that
+ * holds its first byte.  Out: whole = 1 when the file cannot be read in
+ * parts (stdin, a pipe, gzip, a PNG directory) or, for CSV, when the
+ * part ends inside a quoted value (a line break in quotes): then it is
+ * read whole by one process; the rest is valid when whole = 0. */
+typedef struct data_part {
+    int rank, size;
+    int whole;
+    int csv;                /* CSV: line numbers are the part's own */
+    size_t total;           /* NPY, IDX: the file's rows */
+    size_t line_head;       /* CSV: the file's line where the rows
+                               begin (after the header) */
+    size_t lines;           /* CSV: line breaks in the part */
+    size_t line_base;       /* CSV in: the file's line of the part's
+                               first byte (0: unknown, counted from 1) */
+    size_t underflows;      /* values read as 0 from non-zero text */
+    size_t uf_place, uf_col;/* the first of them: line (CSV, counted as
+                               the part's lines are) or row, column */
+    char uf_text[48];
+} data_part;
+
+/* Reads part->rank's part of `path` (never "-") into *out (NULL when
+ * part->whole is set).  FLOW_OK or an error in ctx; a CSV part whose
+ * line numbers are its own (line_base 0) names its lines from 1. */
+int data_read_part(flow_ctx *ctx, const char *path, const data_opts *opts,
+                   data_part *part, flow_data **out);
+/* The note data_read leaves about values that underflowed to 0: count
+ * of them, the first at place (CSV line, else row) and column. */
+int data_underflow_note(flow_ctx *ctx, const char *name, size_t count,
+                        size_t place, size_t col, const char *text,
+                        flow_data *data);
+
+/* The rows [rank n / size, (rank + 1) n / size) of part's share of n. */
+void data_part_rows(size_t n, const data_part *part, size_t *lo,
+                    size_t *hi);
+/* NPY (runtime/npy.c): s positioned at the magic; part NULL for the whole
+ * file. */
+int data_read_npy(flow_ctx *ctx, data_src *s, const data_opts *opts,
+                  data_part *part, flow_data **out);
+/* IDX (runtime/images.c): s positioned at the magic; part NULL for the
+ * whole file. */
 int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
-                  flow_data **out);
+                  data_part *part, flow_data **out);
 /* A directory of PNG files, sorted by name (runtime/images.c). */
 int data_read_png_dir(flow_ctx *ctx, const char *dir, const data_opts *opts,
                       flow_data **out);

@@ -1,6 +1,7 @@
 /* data_src.c - the buffered byte stream under the data readers: a FILE
  * read in blocks, or the gzip stream in it inflated with zlib. */
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,9 +13,13 @@
 
 static size_t raw_read(data_src *s, unsigned char *dst, size_t cap)
 {
-    size_t n = fread(dst, 1, cap, s->f);
-    if (n == 0 && ferror(s->f))
+    size_t n;
+    if (cap > s->left)
+        cap = (size_t)s->left;
+    n = cap ? fread(dst, 1, cap, s->f) : 0;
+    if (n == 0 && cap && ferror(s->f))
         s->ioerr = 1;
+    s->left -= n;
     return n;
 }
 
@@ -77,7 +82,11 @@ int data_src_fill(data_src *s)
         s->len = gz_read(s);
     else
 #endif
+    {
+        s->base += s->len;
+        s->len = 0;
         s->len = raw_read(s, s->buf, DATA_SRC_BUF);
+    }
     if (s->len == 0)
         s->eof = 1;
     return s->len > 0;
@@ -128,6 +137,7 @@ int data_src_open(flow_ctx *ctx, data_src *s, FILE *f, const char *name)
     memset(s, 0, sizeof *s);
     s->f = f;
     s->name = name;
+    s->left = ~0ull;
     if (!(s->buf = malloc(DATA_SRC_BUF)))
         return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
     s->len = raw_read(s, s->buf, DATA_SRC_BUF);
@@ -168,6 +178,24 @@ int data_src_open(flow_ctx *ctx, data_src *s, FILE *f, const char *name)
                           "this flowkit was built without zlib (install "
                           "zlib1g-dev and configure again)", name);
 #endif
+}
+
+int data_src_seek(data_src *s, unsigned long long off,
+                  unsigned long long limit)
+{
+    if (s->gz || off > (unsigned long long)INT64_MAX
+        || fseeko(s->f, (off_t)off, SEEK_SET) != 0)
+        return -1;
+    s->base = off;
+    s->pos = s->len = 0;
+    s->eof = 0;
+    s->left = limit;
+    return 0;
+}
+
+unsigned long long data_src_tell(const data_src *s)
+{
+    return s->base + s->pos;
 }
 
 void data_src_close(data_src *s)

@@ -138,12 +138,12 @@ static double idx_value(int type, const unsigned char *p)
 }
 
 int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
-                  flow_data **out)
+                  data_part *part, flow_data **out)
 {
     unsigned char head[4 + 4 * 4], *row = NULL;
     unsigned long long dims[4];
     flow_data *data = NULL;
-    size_t nrows, ncols = 1, rowbytes, cap = 0;
+    size_t nrows, ncols = 1, rowbytes, cap = 0, lo, hi;
     int type, ndims, esize, rc = FLOW_OK;
 
     if (data_src_read(s, head, 4) != 4)
@@ -179,9 +179,24 @@ int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
         goto fail;
     }
     data->d = ncols;
+    lo = 0;
+    hi = nrows;
+    if (part) {
+        /* the part's samples by offset; the last part reads on to the
+         * end, to find trailing bytes */
+        unsigned long long at = data_src_tell(s);
+        data_part_rows(nrows, part, &lo, &hi);
+        part->total = nrows;
+        if (data_src_seek(s, at + (unsigned long long)lo * rowbytes,
+                          hi < nrows ? (unsigned long long)(hi - lo)
+                                       * rowbytes : ~0ull)) {
+            part->whole = 1;
+            goto fail;
+        }
+    }
     /* rows arrive one by one: dimensions claiming far more than the file
      * holds cost nothing until the bytes are really there */
-    for (size_t i = 0; i < nrows; i++) {
+    for (size_t i = lo; i < hi; i++) {
         size_t got = data_src_read(s, row, rowbytes);
         if (got != rowbytes) {
             rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: IDX truncated: "
@@ -191,7 +206,7 @@ int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
                                 (unsigned long long)nrows * rowbytes);
             goto fail;
         }
-        if ((rc = data_grow(ctx, s->name, data, &cap, i + 1)))
+        if ((rc = data_grow(ctx, s->name, data, &cap, i - lo + 1)))
             goto fail;
         for (size_t j = 0; j < ncols; j++) {
             double v = idx_value(type, row + (size_t)esize * j);
@@ -209,11 +224,11 @@ int data_read_idx(flow_ctx *ctx, data_src *s, const data_opts *opts,
                                     i, j, v, FLOW_REAL_NAME);
                 goto fail;
             }
-            data->x[i * ncols + j] = r;
+            data->x[(i - lo) * ncols + j] = r;
         }
-        data->n = i + 1;
+        data->n = i - lo + 1;
     }
-    if (data_src_get(s) != -1) {
+    if (hi == nrows && data_src_get(s) != -1) {
         rc = flow_ctx_error(ctx, FLOW_ERR_FORMAT, "%s: IDX has bytes after its "
                             "%zu samples of %zu values (the dimensions "
                             "disagree with the file's size)", s->name, nrows,

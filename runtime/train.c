@@ -7,9 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "model.h"
 #include "rng.h"
 #include "rsum.h"
+#include "shard.h"
 #include "vec.h"
 #include "vi.h"
 
@@ -31,6 +33,11 @@ struct flow_trainer {
     flow_real *bgrad;           /* this process's blocks' gradients */
     double *blogp;              /* and their log-density sums */
     size_t max_local;           /* blocks of a batch one process takes */
+    /* a share of the rows (flow_trainer_new_shard): x and c hold the
+     * rows [offs[rank], offs[rank + 1]) of n */
+    size_t *offs;               /* per process, then n */
+    size_t *place;              /* the batch's blocks: per process, then b */
+    shard_buf sb;               /* the exchange's buffers */
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -89,6 +96,9 @@ void flow_trainer_free(flow_trainer *t)
     free(t->bgrad);
     free(t->blogp);
     rsum_free(&t->rs);
+    free(t->offs);
+    free(t->place);
+    shard_buf_free(&t->sb);
     free(t);
 }
 
@@ -173,14 +183,42 @@ static flow_trainer *trainer_new_target(flow_model *m,
     return t;
 }
 
+/* A trainer on n rows (checked), its first epoch's order drawn. */
+static flow_trainer *trainer_new_rows(flow_model *m,
+                                      const flow_train_config *k,
+                                      const flow_real *x, const flow_real *c,
+                                      size_t n)
+{
+    flow_trainer *t;
+    size_t b;
+    if (!(t = trainer_alloc(m, k)))
+        goto nomem;
+    t->x = x;
+    t->c = c;
+    t->n = n;
+    b = k->batch < n ? k->batch : n;
+    t->perm = malloc(n * sizeof *t->perm);
+    if (b > SIZE_MAX / sizeof(flow_real) / (t->dim + t->cdim + 1))
+        goto nomem;
+    t->bx = malloc(b * t->dim * sizeof *t->bx);
+    t->bc = t->cdim ? malloc(b * t->cdim * sizeof *t->bc) : NULL;
+    if (!t->perm || !t->bx || (t->cdim && !t->bc))
+        goto nomem;
+    new_epoch(t);
+    return t;
+nomem:
+    flow_trainer_free(t);
+    flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory for "
+                   "training");
+    return NULL;
+}
+
 flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
                                const flow_real *x, const flow_real *c,
                                size_t n)
 {
     flow_ctx *ctx = model_ctx(m);
     flow_train_config k;
-    flow_trainer *t;
-    size_t b;
 
     if (load_config(ctx, cfg, &k) != FLOW_OK)
         return NULL;
@@ -204,25 +242,7 @@ flow_trainer *flow_trainer_new(flow_model *m, const flow_train_config *cfg,
                        flow_model_context_dim(m));
         return NULL;
     }
-    if (!(t = trainer_alloc(m, &k)))
-        goto nomem;
-    t->x = x;
-    t->c = c;
-    t->n = n;
-    b = k.batch < n ? k.batch : n;
-    t->perm = malloc(n * sizeof *t->perm);
-    if (b > SIZE_MAX / sizeof(flow_real) / (t->dim + t->cdim + 1))
-        goto nomem;
-    t->bx = malloc(b * t->dim * sizeof *t->bx);
-    t->bc = t->cdim ? malloc(b * t->cdim * sizeof *t->bc) : NULL;
-    if (!t->perm || !t->bx || (t->cdim && !t->bc))
-        goto nomem;
-    new_epoch(t);
-    return t;
-nomem:
-    flow_trainer_free(t);
-    flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
-    return NULL;
+    return trainer_new_rows(m, &k, x, c, n);
 }
 
 flow_trainer *flow_trainer_new_target(flow_model *m,
@@ -461,6 +481,96 @@ nomem:
                           t->np);
 }
 
+flow_trainer *flow_trainer_new_shard(flow_model *m,
+                                     const flow_train_config *cfg,
+                                     flow_comm *comm, const flow_real *x,
+                                     const flow_real *c, size_t n,
+                                     size_t first, size_t total)
+{
+    flow_ctx *ctx = model_ctx(m);
+    flow_train_config k;
+    flow_trainer *t = NULL;
+    uint64_t mine[3] = {first, n, total}, *all = NULL;
+    size_t size, at = 0;
+
+    if (!comm) {
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
+                       "flow_trainer_new_shard: no communicator");
+        return NULL;
+    }
+    if (load_config(ctx, cfg, &k) != FLOW_OK)
+        return NULL;
+    if (k.target) {
+        flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "train.c: data-parallel "
+                       "training fits data, not a target");
+        return NULL;
+    }
+    if (total == 0 || total > UINT32_MAX || (n && !x)
+        || (n && flow_model_context_dim(m) && !c)) {
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: a share of %zu rows "
+                       "of %zu (between 1 and %u rows in all; %zu context "
+                       "columns)", n, total, (unsigned)UINT32_MAX,
+                       flow_model_context_dim(m));
+        return NULL;
+    }
+    size = (size_t)flow_comm_size(comm);
+    if (!(all = malloc(3 * size * sizeof *all))) {
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+        return NULL;
+    }
+    if (comm_allgather(comm, mine, all, sizeof mine) != FLOW_OK)
+        goto fail;
+    for (size_t q = 0; q < size; q++) {
+        if (all[3 * q] != at || all[3 * q + 2] != total) {
+            flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: the shares of %zu "
+                           "rows do not follow each other (rank %zu starts "
+                           "at row %llu of %llu, not %zu)", total, q,
+                           (unsigned long long)all[3 * q],
+                           (unsigned long long)all[3 * q + 2], at);
+            goto fail;
+        }
+        at += (size_t)all[3 * q + 1];
+    }
+    if (at != total) {
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: the shares hold %zu "
+                       "rows of %zu", at, total);
+        goto fail;
+    }
+    if (!(t = trainer_new_rows(m, &k, x, c, total))
+        || flow_trainer_set_comm(t, comm) != FLOW_OK)
+        goto fail;
+    t->offs = malloc((size + 1) * sizeof *t->offs);
+    t->place = malloc((size + 1) * sizeof *t->place);
+    if (!t->offs || !t->place) {
+        flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for training");
+        goto fail;
+    }
+    for (size_t q = 0; q < size; q++)
+        t->offs[q] = (size_t)all[3 * q];
+    t->offs[size] = total;
+    free(all);
+    return t;
+fail:
+    free(all);
+    flow_trainer_free(t);
+    return NULL;
+}
+
+/* A share's step: the rows of this process's blocks, from the processes
+ * that hold them, into bx and bc (one all-to-all). */
+static int fetch_blocks(flow_trainer *t, size_t start, size_t b, size_t nb)
+{
+    size_t size = (size_t)flow_comm_size(t->comm);
+    shard_cols cols[2] = {{t->x, t->bx, t->dim * sizeof *t->bx},
+                          {t->c, t->bc, t->cdim * sizeof *t->bc}};
+    for (size_t q = 0; q <= size; q++) {
+        size_t k = q * nb / size * FLOW_TRAIN_BLOCK;
+        t->place[q] = k < b ? k : b;
+    }
+    return shard_move(t->comm, &t->sb, t->offs, t->perm + start, t->place,
+                      cols, 2);
+}
+
 /* The step's gradient with a communicator: the batch of b rows (from
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
@@ -476,11 +586,16 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
     int rc = FLOW_OK, failed_rank = -1;
 
+    if (t->offs && (rc = fetch_blocks(t, start, b, nb)) != FLOW_OK)
+        return rc;
     flow_model_set_training(t->m, 1);
     for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
         size_t r0 = k * FLOW_TRAIN_BLOCK;
         size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
-        for (size_t r = 0; r < nr; r++) {
+        /* a share's blocks sit in bx one after the other, a whole
+         * set's block is copied to its start */
+        size_t at = t->offs ? r0 - lo * FLOW_TRAIN_BLOCK : 0;
+        for (size_t r = 0; !t->offs && r < nr; r++) {
             size_t src = t->perm[start + r0 + r];
             memcpy(t->bx + r * t->dim, t->x + src * t->dim,
                    t->dim * sizeof *t->bx);
@@ -488,7 +603,8 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
                 memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
                        t->cdim * sizeof *t->bc);
         }
-        rc = model_loglik_grad_w(t->m, nr, t->bx, t->cdim ? t->bc : NULL,
+        rc = model_loglik_grad_w(t->m, nr, t->bx + at * t->dim,
+                                 t->cdim ? t->bc + at * t->cdim : NULL,
                                  1.0 / (double)b, &t->blogp[k - lo],
                                  t->bgrad + (k - lo) * t->np);
     }
@@ -615,31 +731,20 @@ int flow_model_evaluate(flow_model *m, size_t n, const flow_real *x,
     return FLOW_OK;
 }
 
-int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
-                             const flow_real *x, const flow_real *c,
-                             size_t batch, double *mean, double *std_err)
+/* The blocks [lo, hi) of `batch` rows of n, this process's, summed with
+ * the other processes' (x and c hold the rows from row `first` on). */
+static int evaluate_blocks(flow_model *m, flow_comm *comm, size_t n,
+                           size_t batch, size_t lo, size_t hi, size_t first,
+                           const flow_real *x, const flow_real *c,
+                           double *mean, double *std_err)
 {
     size_t dim = flow_model_dim(m), cdim = flow_model_context_dim(m);
-    size_t nb, rank, size, lo, hi;
+    size_t nb = (n + batch - 1) / batch;
     flow_real *lp = NULL;
     double *part = NULL;
     rsum rs;
     int rc = FLOW_OK, crc, failed_rank = -1;
 
-    if (!comm)
-        return flow_model_evaluate(m, n, x, c, batch, mean, std_err);
-    if (n == 0)
-        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to "
-                              "evaluate");
-    if (batch == 0)
-        batch = 4096;
-    if (batch > n)
-        batch = n;
-    nb = (n + batch - 1) / batch;
-    rank = (size_t)flow_comm_rank(comm);
-    size = (size_t)flow_comm_size(comm);
-    lo = rank * nb / size;
-    hi = (rank + 1) * nb / size;
     if (rsum_init(&rs, 0, 2) != FLOW_OK)
         return flow_ctx_error(model_ctx(m), FLOW_ERR_NOMEM, "out of memory");
     lp = malloc(batch * sizeof *lp);
@@ -651,8 +756,8 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
     for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
         size_t r0 = k * batch, b = n - r0 < batch ? n - r0 : batch;
         double s = 0, s2 = 0;
-        rc = flow_model_log_prob(m, b, x + r0 * dim,
-                                 c ? c + r0 * cdim : NULL, lp);
+        rc = flow_model_log_prob(m, b, x + (r0 - first) * dim,
+                                 c ? c + (r0 - first) * cdim : NULL, lp);
         for (size_t i = 0; i < b && rc == FLOW_OK; i++) {
             s += lp[i];
             s2 += (double)lp[i] * lp[i];
@@ -680,6 +785,56 @@ int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
     free(part);
     rsum_free(&rs);
     return rc;
+}
+
+int flow_model_evaluate_comm(flow_model *m, flow_comm *comm, size_t n,
+                             const flow_real *x, const flow_real *c,
+                             size_t batch, double *mean, double *std_err)
+{
+    size_t nb, rank, size;
+
+    if (!comm)
+        return flow_model_evaluate(m, n, x, c, batch, mean, std_err);
+    if (n == 0)
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "no rows to "
+                              "evaluate");
+    if (batch == 0)
+        batch = 4096;
+    if (batch > n)
+        batch = n;
+    nb = (n + batch - 1) / batch;
+    rank = (size_t)flow_comm_rank(comm);
+    size = (size_t)flow_comm_size(comm);
+    return evaluate_blocks(m, comm, n, batch, rank * nb / size,
+                           (rank + 1) * nb / size, 0, x, c, mean, std_err);
+}
+
+int flow_model_evaluate_shard(flow_model *m, flow_comm *comm, size_t n,
+                              const flow_real *x, const flow_real *c,
+                              size_t first, size_t total, size_t batch,
+                              double *mean, double *std_err)
+{
+    if (!comm || total == 0)
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "train.c: "
+                              "flow_model_evaluate_shard: %s",
+                              comm ? "no rows to evaluate"
+                                   : "no communicator");
+    if (batch == 0)
+        batch = 4096;
+    if (batch > total)
+        batch = total;
+    /* whole blocks only: a block's sum runs row by row on one process */
+    if (first + n > total
+        || (n && (first % batch
+                  || ((first + n) % batch && first + n != total))))
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "train.c: "
+                              "flow_model_evaluate_shard: rows [%zu, %zu) of "
+                              "%zu are not whole blocks of %zu (see "
+                              "flow_data_realign)", first, first + n, total,
+                              batch);
+    return evaluate_blocks(m, comm, total, batch, first / batch,
+                           n ? (first + n + batch - 1) / batch : first / batch,
+                           first, x, c, mean, std_err);
 }
 
 int flow_trainer_validated(flow_trainer *t, double score)

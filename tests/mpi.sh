@@ -1,10 +1,11 @@
 #!/bin/sh
 # mpi.sh - data-parallel training under mpirun: 1, 2 and 3 ranks end with
 # bit-identical checkpoints, equal to one process's --reproducible run and
-# to a resume with another rank count; a killed rank ends the job, and so
-# does a stopped one, by the collectives' timeout.  eval, logprob, encode
-# and compare on 1, 2 and 3 ranks print and write the bytes of one
-# process; a failing row ends every rank.
+# to a resume with another rank count, each rank holding only its share
+# of the data; a killed rank ends the job, and so does a stopped one, by
+# the collectives' timeout.  eval, logprob, encode and compare on 1, 2 and
+# 3 ranks print and write the bytes of one process; a failing row ends
+# every rank.
 set -u
 . "$top_srcdir/tests/lib.sh"
 if [ "${MPI_BUILT:-no}" != yes ]; then
@@ -173,6 +174,67 @@ fails_all "logprob, NaN row" "nan.csv:232: the log-density is nan" \
 absent "logprob, NaN row: no output" "$t/no.csv"
 fails_all "eval --data - under mpirun" "only rank 0 reads standard input" \
     "$F" eval "$t/r.ckpt" --data -
+
+# each rank reads only its share of the file: NPY rows [r n/3, (r+1) n/3)
+# by offset, CSV the lines that start in its third of the bytes; 301 rows
+# (not a multiple of 3), the same bits as one process either way
+"$F" data moons -n 301 --seed 2 -o "$t/s.npy"
+"$F" data moons -n 301 --seed 2 -o "$t/s.csv"
+C="--batch 70 --epochs 2 --seed 3 --valid-fraction 0.2 --quiet"
+for f in s.npy s.csv; do
+    "$F" train "$SPEC" --data "$t/$f" $C --reproducible -o "$t/r.ckpt"
+    run 3 "$F" train "$SPEC" --data "$t/$f" $C --verbose -o "$t/m.ckpt" \
+        2>"$t/err"
+    check "$f: np 3" 0 $?
+    same_file "$f: np 3 reading shares = one process" "$t/r.ckpt" "$t/m.ckpt"
+    grep " of 301 of $t/$f" "$t/err" | sed 's/.*rank \([0-9]\) of 3 holds rows \[\([0-9]*\), \([0-9]*\)).*/\1 \2 \3/' \
+        | sort >"$t/shares"
+    case $f in
+    *.npy) same "$f: rows per rank" "0 0 100
+1 100 200
+2 200 301" "$(cat "$t/shares")" ;;
+    *) truth "$f: shares follow each other, about a third each" \
+           "$(awk 'BEGIN { ok = 1; at = 0 }
+                   { ok = ok && $2 == at && $3 - $2 > 80 && $3 - $2 < 120
+                     at = $3 }
+                   END { print ok && NR == 3 && at == 301 }' "$t/shares")" \
+           "$t/err" ;;
+    esac
+done
+# the training and validation parts of the split are shares too
+has "split shares" "$t/err" "rank 2 of 3 holds rows [160, 241) of 241 of the training part of"
+
+# a conditional spec (context columns) with a --valid file; the
+# validation shares are whole blocks of 4096 rows
+"$F" data 8gaussians --labels -n 400 --seed 4 -o "$t/g.csv"
+"$F" data 8gaussians --labels -n 100 --seed 5 -o "$t/gv.csv"
+C="--data $t/g.csv --valid $t/gv.csv --context label0,label1,label2,label3,label4,label5,label6,label7 --batch 64 --steps 8 --seed 3 --quiet"
+"$F" train "$top_srcdir/specs/cond_maf.flow" $C --reproducible -o "$t/r.ckpt"
+run 3 "$F" train "$top_srcdir/specs/cond_maf.flow" $C -o "$t/m.ckpt"
+check "context: np 3" 0 $?
+same_file "context: np 3 = one process" "$t/r.ckpt" "$t/m.ckpt"
+
+# what cannot be read in parts, rank 0 reads and deals out: stdin, gzip
+C="--batch 70 --steps 5 --seed 3 --quiet"
+"$F" train "$SPEC" --data "$t/s.csv" $C --reproducible -o "$t/r.ckpt"
+run 2 "$F" train "$SPEC" --data - $C -o "$t/m.ckpt" <"$t/s.csv"
+same_file "stdin: np 2 = one process" "$t/r.ckpt" "$t/m.ckpt"
+if gzip -c "$t/s.csv" >"$t/s.csv.gz" 2>/dev/null \
+   && "$F" train "$SPEC" --data "$t/s.csv.gz" $C -o "$t/z.ckpt" 2>/dev/null
+then
+    run 3 "$F" train "$SPEC" --data "$t/s.csv.gz" $C --verbose \
+        -o "$t/m.ckpt" 2>"$t/err"
+    same_file "gzip: np 3 = one process" "$t/r.ckpt" "$t/m.ckpt"
+    has "gzip: dealt out as NPY rows" "$t/err" \
+        "rank 1 of 3 holds rows [100, 200) of 301 of $t/s.csv.gz"
+fi
+
+# an error in the third rank's part names the file's line, as one
+# process does
+awk 'NR == 250 { print "1.0,abc"; next } { print }' "$t/s.csv" >"$t/bad.csv"
+run 3 "$F" train "$SPEC" --data "$t/bad.csv" $C -o "$t/x.ckpt" >"$t/out" 2>&1
+truth "bad cell: np 3 fails" "$? != 0"
+has "bad cell: the file's line" "$t/out" "$t/bad.csv:250:2: non-numeric value 'abc'"
 
 # a rank killed mid-run (kill -9): mpirun exits non-zero, no hang, and the
 # checkpoint is a whole one or none

@@ -41,6 +41,7 @@
     X(tgemm)        /* runtime/tgemm.c */ \
     X(probe)        /* training's probe of third-party layers */ \
     X(comm)         /* communicator, reproducible block sums */ \
+    X(shard)        /* data split over processes, rows moved */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */
 
 #define FLOW_TEST_DECLARE(name) Suite *suite_##name(void);

@@ -565,6 +565,31 @@ FLOW_API int flow_model_evaluate_comm(flow_model *m, flow_comm *comm,
  * process, a copy. */
 FLOW_API int flow_comm_gather(flow_comm *comm, const void *mine, void *all,
                               const size_t *counts, size_t size);
+/* A trainer on this process's share of the rows (flow_data_read_shard,
+ * flow_data_split): x (n x dim) and c (n x context_dim, or NULL) are
+ * the rows [first, first + n) of `total` rows that comm's processes hold
+ * in contiguous shares in rank order.  Each step every process draws the
+ * same permutation of the total rows and receives the rows of its blocks
+ * from the processes that hold them (one all-to-all exchange); the
+ * parameters are the bits of flow_trainer_new on all rows followed by
+ * flow_trainer_set_comm.  Collective: every process calls it, with the
+ * same model, configuration and total.  comm is borrowed, as are x and
+ * c; NULL on failure (message in m's context). */
+FLOW_API flow_trainer *flow_trainer_new_shard(flow_model *m,
+                                              const flow_train_config *cfg,
+                                              flow_comm *comm,
+                                              const flow_real *x,
+                                              const flow_real *c, size_t n,
+                                              size_t first, size_t total);
+/* flow_model_evaluate_comm on shares: x holds the rows [first, first +
+ * n) of total, where first is a multiple of `batch` (0: 4096) and first
+ * + n is one too or total (flow_data_realign with align = batch); the
+ * same bits as flow_model_evaluate_comm on all rows.  Collective. */
+FLOW_API int flow_model_evaluate_shard(flow_model *m, flow_comm *comm,
+                                       size_t n, const flow_real *x,
+                                       const flow_real *c, size_t first,
+                                       size_t total, size_t batch,
+                                       double *mean, double *std_err);
 
 /* ====================================================================
  * Data sets (runtime/data.c; formats in docs/formats.md), output files.
@@ -661,6 +686,52 @@ FLOW_API int flow_data_set_shape(flow_ctx *ctx, flow_data *data,
  * integer itself.  lo < hi, both finite. */
 FLOW_API int flow_data_set_pixel_range(flow_ctx *ctx, flow_data *data,
                                        double lo, double hi);
+
+/* --- data sets split over processes (docs/distributed.md) ---------- */
+
+/* flow_data_read with each process of comm holding only its share of the
+ * rows: process r of N holds rows [r n / N, (r + 1) n / N) of NPY and IDX
+ * files (read by offset), and of a CSV file the rows on the lines that
+ * start in the r-th of N equal byte ranges after the header (read from
+ * there); what cannot be read in parts (stdin, gzip, PNG directories, a
+ * CSV file with a line break inside quotes) is read by rank 0 and dealt
+ * out as NPY's rows are.  Places (flow_data_locate) are the file's; the
+ * note, if any, is on one process.  An error is the message
+ * flow_data_read would give, on every process.  Collective.  With one
+ * process it is flow_data_read. */
+FLOW_API int flow_data_read_shard(flow_ctx *ctx, flow_comm *comm,
+                                  const char *path, const char *columns,
+                                  const char *context, size_t dim,
+                                  flow_data **out);
+/* A share's first row in the whole set and the whole set's rows (0 and
+ * flow_data_rows for a data set held whole). */
+FLOW_API size_t flow_data_first_row(const flow_data *data);
+FLOW_API size_t flow_data_total_rows(const flow_data *data);
+/* Moves the rows of shares (order kept) so that process r holds the
+ * units [r u / N, (r + 1) u / N) of the u = ceil(total / align) units of
+ * `align` rows (the last one short): the shares flow_model_evaluate_shard
+ * needs with align = its batch.  Collective; nothing to do for a data set
+ * held whole. */
+FLOW_API int flow_data_realign(flow_ctx *ctx, flow_comm *comm,
+                               flow_data *data, size_t align);
+/* Splits data into n_valid validation rows and the rest for training,
+ * in the order of a permutation drawn from seed (splitmix64
+ * Fisher-Yates): validation row i is row p(i) of data, training row i
+ * is row p(n_valid + i).  A data set held whole gives whole sets (comm
+ * may be NULL); shares give shares, of training rows [r m / N, (r + 1) m
+ * / N) and of validation rows in units of valid_align (flow_data_realign),
+ * the same rows for any N (collective).  The parts have no column names
+ * and name their rows by number.  *train and *valid are new, owned by the
+ * caller. */
+FLOW_API int flow_data_split(flow_ctx *ctx, flow_comm *comm, flow_data *data,
+                             size_t n_valid, uint64_t seed,
+                             size_t valid_align, flow_data **train,
+                             flow_data **valid);
+/* The first k rows of the whole set, with its column names, as a data
+ * set held whole by every process (collective for shares; comm may be
+ * NULL for a data set held whole).  *out is new, owned by the caller. */
+FLOW_API int flow_data_head(flow_ctx *ctx, flow_comm *comm, flow_data *data,
+                            size_t k, flow_data **out);
 
 /* --- built-in data sets -------------------------------------------- */
 
