@@ -397,6 +397,9 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     return FLOW_OK;
 }
 
+static int target_comm_gradient(flow_trainer *t, double beta,
+                                double *elbo);
+
 /* A variational step: the ELBO of cfg.batch fresh samples (vi.c), with
  * log p~ scaled by beta_t = min(1, 0.01 + t / T) while annealing
  * (Rezende & Mohamed 2015, sec. 6.2). */
@@ -410,7 +413,11 @@ static int target_step(flow_trainer *t, double *loss)
             beta = 1;
     }
     flow_model_set_training(t->m, 1);
-    rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo, t->grad);
+    if (t->comm)
+        rc = target_comm_gradient(t, beta, &elbo);
+    else
+        rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo,
+                          t->grad);
     flow_model_set_training(t->m, 0);
     if (rc != FLOW_OK)
         return rc;
@@ -426,16 +433,13 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     if (!comm)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
                               "flow_trainer_set_comm: no communicator");
-    if (t->target)
-        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "train.c: "
-                              "data-parallel training fits data, not a "
-                              "target");
     if (t->st.step)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
                               "flow_trainer_set_comm after %llu steps: call "
                               "it before the first",
                               (unsigned long long)t->st.step);
-    b = t->cfg.batch < t->n ? t->cfg.batch : t->n;
+    /* a fit's batch is cfg.batch fresh samples, not rows of the data */
+    b = t->target || t->cfg.batch < t->n ? t->cfg.batch : t->n;
     nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
     size = (size_t)flow_comm_size(comm);
     t->max_local = (nb + size - 1) / size;
@@ -519,6 +523,77 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     for (size_t i = 0; i < t->np; i++)
         t->grad[i] = (flow_real)t->rs.sum[i];
     *mean = t->rs.sum[t->np] / (double)b;
+    return FLOW_OK;
+}
+
+/* The blocks [lo, hi) of nb that this process computed (their gradients
+ * in bgrad, their extra value in blogp; rc: how that went) summed with
+ * every process's by pre-rounding (rsum.c) into t->grad and *extra.
+ * Every process takes part in the collectives, a failed one too, so
+ * that the others learn of the failure instead of waiting. */
+static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
+                      int rc, double *extra)
+{
+    int crc, any_failed = 0;
+    rsum_begin(&t->rs);
+    if (rc == FLOW_OK)
+        for (size_t k = lo; k < hi; k++)
+            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK, &any_failed);
+    if (rc != FLOW_OK)
+        return rc;
+    if (crc != FLOW_OK)
+        return crc;
+    if (any_failed)
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "train.c: "
+                              "another process's blocks of the batch failed "
+                              "(its message is on its stderr)");
+    for (size_t k = lo; k < hi; k++)
+        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
+        return rc;
+    for (size_t i = 0; i < t->np; i++)
+        t->grad[i] = (flow_real)t->rs.sum[i];
+    *extra = t->rs.sum[t->np];
+    return FLOW_OK;
+}
+
+/* The variational step's gradient with a communicator: the batch of
+ * b = cfg.batch samples in nb blocks of FLOW_TRAIN_BLOCK (the last one
+ * short), this process's blocks [rank nb / N, (rank + 1) nb / N).  Each
+ * step takes one key from the model's stream (every process the same
+ * draw, and the stream moves by that one draw whatever the blocks do),
+ * and block k draws its samples from the stream of (key, k)
+ * (vi_elbo_block), so that the samples do not depend on N.  Each
+ * block's gradient of its share of the batch mean on its own, and the
+ * blocks' gradients and ELBO sums added by pre-rounding: the ELBO and
+ * the step are the same bits for any N. */
+static int target_comm_gradient(flow_trainer *t, double beta, double *elbo)
+{
+    size_t b = t->cfg.batch;
+    size_t nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
+    size_t rank = (size_t)flow_comm_rank(t->comm);
+    size_t size = (size_t)flow_comm_size(t->comm);
+    size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
+    uint64_t after[6], key;
+    double sum = NAN;
+    flow_rng r;
+    int rc = FLOW_OK;
+
+    flow_model_get_rng(t->m, after);
+    rng_load(&r, after);
+    key = rng_u64(&r);
+    rng_save(&r, after);
+    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
+        size_t r0 = k * FLOW_TRAIN_BLOCK;
+        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
+        rc = vi_elbo_block(t->m, t->target, key, k, nr, b, beta,
+                           &t->blogp[k - lo], t->bgrad + (k - lo) * t->np);
+    }
+    flow_model_set_rng(t->m, after);
+    if ((rc = sum_blocks(t, lo, hi, nb, rc, &sum)) != FLOW_OK)
+        return rc;
+    *elbo = sum / (double)b;
     return FLOW_OK;
 }
 
