@@ -1,6 +1,7 @@
 /* rsum.c - reproducible summation by pre-rounding to a common grid: every
  * process sums its blocks, an allreduce sums the processes, same bits. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -45,19 +46,39 @@ static double absmax(double m, double v)
     return a <= m ? m : isfinite(a) ? a : INFINITY;
 }
 
-/* max |v[i]| over [0, n), +inf when one is not finite: v * 0 is 0 for
- * a finite v and NaN otherwise, so one sum of them finds the non-finite
- * without a branch, and both loops vectorise. */
+/* a flow_real's bits as a signed integer, whose sign bit is cleared
+ * before comparing (SSE2 compares signed integers only) */
+#if FLOW_REAL_DOUBLE
+typedef int64_t real_bits;
+#define ABS_BITS INT64_C(0x7fffffffffffffff)
+#define INF_BITS INT64_C(0x7ff0000000000000)
+#else
+typedef int32_t real_bits;
+#define ABS_BITS INT32_C(0x7fffffff)
+#define INF_BITS INT32_C(0x7f800000)
+#endif
+
+/* max(m, max |v[i]| over [0, n)), +inf when a v[i] is not finite.  On
+ * the bits: without the sign, the integer order of IEEE values is the
+ * order of their magnitudes, and inf and NaN lie above every finite
+ * value, so one integer maximum finds both; it vectorises, where a
+ * maximum of doubles under IEEE rules (and a sum that flags NaN) runs
+ * one element per add latency. */
 FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
                                        size_t n, double m)
 {
-    double z = 0;
+    real_bits top = 0;
+    flow_real a;
     for (size_t i = 0; i < n; i++) {
-        double a = fabs((double)v[i]);
-        m = a > m ? a : m;
-        z += (double)v[i] * 0.0;
+        real_bits b;
+        memcpy(&b, &v[i], sizeof b);
+        b &= ABS_BITS;
+        top = b > top ? b : top;
     }
-    return z == 0 ? m : INFINITY;
+    if (top >= INF_BITS)
+        return INFINITY;
+    memcpy(&a, &top, sizeof a);
+    return (double)a > m ? (double)a : m;
 }
 
 void rsum_see(rsum *r, const flow_real *v, const double *extra)
