@@ -433,8 +433,10 @@ int cli_cmd_fit(int argc, char **argv)
         fprintf(stderr, "%s: out of memory\n", cmd);
         goto out;
     }
-    if (cli_stop_signal) {
-        int sig = cli_stop_signal;
+    /* with several ranks, the agreed signal: one that reached a rank
+     * after the last step's agreement is not the others' */
+    if (many ? stop : cli_stop_signal) {
+        int sig = many ? stop : cli_stop_signal;
         cli_stop_saving();
         if (save(&r, &o, NULL) != FLOW_OK)
             goto failmsg;
