@@ -3,7 +3,8 @@
 # bit-identical checkpoints, equal to one process's --reproducible run and
 # to a resume with another rank count; a killed rank ends the job.  The
 # same for variational fits (flowkit fit), which also converge; a rank
-# whose target fails, or a signal on one rank, ends every rank.
+# whose target fails, a divergence, or a signal on one rank ends every
+# rank.
 set -u
 . "$top_srcdir/tests/lib.sh"
 if [ "${MPI_BUILT:-no}" != yes ]; then
@@ -169,6 +170,15 @@ has "fit, a failing rank: its message" "$t/err" "further than 4 from 1"
 has "fit, a failing rank: the other's" "$t/err" \
     "another process's blocks of the batch failed"
 absent "fit, a failing rank: no checkpoint" "$t/ff.ckpt"
+
+# a target whose log-density overflows to -inf everywhere: every rank
+# skips the same steps and stops after 10 with exit 3, no checkpoint
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$FLOW_TARGET_PLUGINS" run 2 "$F" fit \
+    "$t/g2.flow" --target 'shifted_normal(mu = 1e18, sigma = 0.001)' \
+    --steps 30 -o "$t/fd.ckpt" >"$t/out" 2>"$t/err"
+check "fit diverged: exit" 3 $?
+has "fit diverged: the message" "$t/err" "10 steps in a row had a non-finite ELBO"
+absent "fit diverged: no checkpoint" "$t/fd.ckpt"
 
 # SIGTERM to rank 1 alone: both ranks stop after the same step, rank 0
 # writes the checkpoint and says so once, exit 143; it resumes
