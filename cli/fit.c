@@ -37,6 +37,10 @@ static void fit_usage(FILE *f)
           "                       (default 0: off)\n"
           "  --seed S             initialisation and sampling (default 0)\n"
           "  --threads T          worker threads splitting each batch by rows\n"
+          "  --reproducible       samples drawn and gradients summed in blocks\n"
+          "                       of 32: the same bits as under mpirun with\n"
+          "                       any number of ranks (always on under\n"
+          "                       mpirun; docs/distributed.md)\n"
           "  --eval-samples N     samples for the report (default 10000)\n"
           "  --log-every N        progress every N steps (default 100)\n"
           "  --resume CKPT        continue a fit from its checkpoint\n"
@@ -45,7 +49,9 @@ static void fit_usage(FILE *f)
           "                       the target, for `flowkit sample --weights`\n"
           "\n"
           "The spec's train { } section gives defaults for lr, batch, steps,\n"
-          "schedule, warmup, weight_decay, clip and seed.  SIGINT or SIGTERM\n"
+          "schedule, warmup, weight_decay, clip and seed.  Under mpirun (a\n"
+          "build with MPI) each rank draws its blocks of each batch; rank 0\n"
+          "prints, computes the report and writes CKPT.  SIGINT or SIGTERM\n"
           "finishes the current step, writes CKPT with the training state\n"
           "and exits 130 or 143; --resume CKPT goes on.  Exit status 3: 10\n"
           "non-finite steps in a row stopped the fit (no checkpoint).\n", f);
@@ -55,7 +61,7 @@ typedef struct fit_opts {
     const char *spec, *target, *out, *resume;
     size_t steps, threads, eval_n, log_every;
     uint64_t seed;
-    int json;
+    int json, reproducible;
     flow_train_config cfg;
     int set_steps, set_batch, set_lr, set_schedule, set_warmup, set_wd,
         set_clip, set_seed;
@@ -123,6 +129,8 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             o->set_seed = 1;
         } else if (cli_opt_is(&a, "--threads"))
             rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
+        else if (cli_opt_is(&a, "--reproducible"))
+            o->reproducible = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--eval-samples"))
             rc = cli_parse_size(&a, &o->eval_n, 2);
         else if (cli_opt_is(&a, "--log-every"))
@@ -231,6 +239,8 @@ static const char *jval(char *buf, size_t cap, double v)
  * trainer; restores a --resume checkpoint. */
 typedef struct fit_run {
     flow_ctx *ctx;
+    flow_comm *comm;            /* this process alone, or MPI's ranks */
+    int rank0;                  /* this process speaks and writes */
     flow_compilation *comp;
     flow_model *model;
     flow_target *target;
@@ -248,6 +258,7 @@ static void fit_free(fit_run *r)
     flow_model_free(r->model);
     flow_compile_free(r->comp);
     flow_checkpoint_free(r->ck);
+    flow_comm_free(r->comm);
     flow_ctx_free(r->ctx);
     free(r->hist.s);
 }
@@ -259,6 +270,11 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     size_t len;
     if (!(r->ctx = cli_open_ctx(cmd)))
         return 1;
+    if (!(r->comm = flow_comm_new(r->ctx)))
+        return cli_fail(r->ctx, cmd);
+    r->rank0 = flow_comm_rank(r->comm) == 0;
+    if (!r->rank0)
+        o->json = 0;
     if (!(r->comp = cli_compile_target(r->ctx, cmd, o->spec, NULL,
                                        o->target))
         || cli_check_output_sources(cmd, o->out, flow_compile_graph(r->comp)))
@@ -279,7 +295,9 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
         || flow_model_set_threads(r->model, o->threads) != FLOW_OK
         || flow_graph_build_target(r->ctx, g, &r->target) != FLOW_OK
         || !(r->trainer = flow_trainer_new_target(r->model, &o->cfg,
-                                                  r->target)))
+                                                  r->target))
+        || ((o->reproducible || !strcmp(flow_comm_kind(r->comm), "mpi"))
+            && flow_trainer_set_comm(r->trainer, r->comm) != FLOW_OK))
         return cli_fail(r->ctx, cmd);
     /* the model's stream draws the samples: seed it apart from the
      * initialisation */
@@ -303,15 +321,32 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     return 0;
 }
 
+/* Rank 0 writes the checkpoint; every rank holds the same state. */
 static int save(fit_run *r, const fit_opts *o, const char *report)
 {
     const char *meta[] = {"target", r->ttext, "objective", "reverse_kl",
                           report ? "fit_report" : NULL, report, NULL};
     int rc;
+    if (!r->rank0)
+        return FLOW_OK;
     cli_text_add(&r->hist, "]");
     rc = cli_save_checkpoint(r->ctx, r->model, r->trainer, r->comp, NULL,
                              r->hist.s, meta, o->out);
     r->hist.s[--r->hist.len] = '\0';
+    return rc;
+}
+
+/* A signal seen by any rank stops all of them after the same step: the
+ * largest signal number is every rank's (as `flowkit train` agrees). */
+static int agree_stop(flow_comm *comm, int *stop)
+{
+    double v = (double)cli_stop_signal;
+    int rc = flow_comm_allreduce(comm, &v, 1, FLOW_COMM_MAX);
+    if (rc == FLOW_OK && v > 0) {
+        *stop = (int)v;
+        if (!cli_stop_signal)
+            cli_stop_signal = (int)v;
+    }
     return rc;
 }
 
@@ -326,7 +361,7 @@ int cli_cmd_fit(int argc, char **argv)
     size_t win_n = 0;
     uint64_t rng[6];
     char report[512];
-    int rc, tty = isatty(2), ret = 1;
+    int rc, tty = isatty(2), ret = 1, stop = 0, many;
 
     if ((rc = parse_fit(argc, argv, &o)) != 0)
         return rc < 0 ? 0 : rc;
@@ -337,14 +372,16 @@ int cli_cmd_fit(int argc, char **argv)
         return rc;
     memset(&r, 0, sizeof r);
     if ((rc = fit_setup(&r, &o, cmd)) != 0) {
-        fit_free(&r);
-        return rc;
+        ret = rc;
+        goto out;
     }
+    many = flow_comm_size(r.comm) > 1;
+    tty = tty && r.rank0;
     t0 = cli_now_s();
     flow_trainer_get_state(r.trainer, &st);
     cli_stop_signal = 0;
     cli_catch_stop_signals(1);
-    while (st.step < o.steps && !cli_stop_signal) {
+    while (st.step < o.steps && !(many ? stop : cli_stop_signal)) {
         double loss;
         uint64_t skipped = st.skipped, before = st.step;
         if (flow_trainer_step(r.trainer, &loss) != FLOW_OK) {
@@ -352,13 +389,16 @@ int cli_cmd_fit(int argc, char **argv)
             if (tty)
                 fputc('\n', stderr);
             if (st.skipped > skipped) {     /* the non-finite guard */
-                fprintf(stderr, "%s: %s; no checkpoint written\n", cmd,
-                        flow_errmsg(r.ctx));
+                if (r.rank0)    /* every rank stopped at the same step */
+                    fprintf(stderr, "%s: %s; no checkpoint written\n", cmd,
+                            flow_errmsg(r.ctx));
                 ret = CLI_EXIT_DIVERGED;
                 goto out;
             }
             goto failmsg;
         }
+        if (many && agree_stop(r.comm, &stop) != FLOW_OK)
+            goto failmsg;
         if (isfinite(loss)) {
             win += -loss;
             win_n++;
@@ -372,7 +412,7 @@ int cli_cmd_fit(int argc, char **argv)
                 fprintf(stderr, "\rstep %llu/%zu elbo %.4f lr %.3g ",
                         (unsigned long long)st.step, o.steps, elbo,
                         flow_trainer_lr(r.trainer));
-            else
+            else if (r.rank0)
                 fprintf(stderr, "step %llu/%zu elbo %.5f time %.1fs\n",
                         (unsigned long long)st.step, o.steps, elbo,
                         cli_now_s() - t0);
@@ -393,15 +433,22 @@ int cli_cmd_fit(int argc, char **argv)
         fprintf(stderr, "%s: out of memory\n", cmd);
         goto out;
     }
-    if (cli_stop_signal) {
-        int sig = cli_stop_signal;
+    /* with several ranks, the agreed signal: one that reached a rank
+     * after the last step's agreement is not the others' */
+    if (many ? stop : cli_stop_signal) {
+        int sig = many ? stop : cli_stop_signal;
         cli_stop_saving();
         if (save(&r, &o, NULL) != FLOW_OK)
             goto failmsg;
-        fprintf(stderr, "%s: interrupted by signal %d after step %llu; wrote "
-                "%s (continue with --resume %s)\n", cmd, sig,
-                (unsigned long long)st.step, o.out, o.out);
+        if (r.rank0)
+            fprintf(stderr, "%s: interrupted by signal %d after step %llu; "
+                    "wrote %s (continue with --resume %s)\n", cmd, sig,
+                    (unsigned long long)st.step, o.out, o.out);
         ret = 128 + sig;
+        goto out;
+    }
+    if (!r.rank0) {             /* the report is rank 0's alone */
+        ret = 0;
         goto out;
     }
     /* the report draws from its own seeded stream, and the training
@@ -434,6 +481,10 @@ failmsg:
     cli_fail(r.ctx, cmd);
 out:
     cli_catch_stop_signals(0);
+    /* a rank that fails ends them all: the others would wait in the next
+     * collective (mpirun reports the abort and exits non-zero) */
+    if (ret != 0 && ret < 128 && r.comm && flow_comm_size(r.comm) > 1)
+        flow_comm_abort(r.comm, ret, NULL);
     fit_free(&r);
     return ret;
 }

@@ -43,7 +43,7 @@ static int share_offsets(flow_ctx *ctx, flow_comm *comm, const flow_data *d,
     }
     for (size_t q = 0; q < size && rc == FLOW_OK; q++) {
         if (all[3 * q] != at || all[3 * q + 2] != d->total)
-            rc = flow_ctx_error(ctx, FLOW_ERR_INVAL, "data_shard.c: the "
+            rc = flow_ctx_error(ctx, FLOW_ERR_INVAL, "the "
                                 "shares of %zu rows do not follow each other "
                                 "(rank %zu starts at row %llu, not %zu)",
                                 d->total, q,
@@ -54,7 +54,7 @@ static int share_offsets(flow_ctx *ctx, flow_comm *comm, const flow_data *d,
     offs[size] = at;
     free(all);
     if (rc == FLOW_OK && at != d->total)
-        rc = flow_ctx_error(ctx, FLOW_ERR_INVAL, "data_shard.c: the shares "
+        rc = flow_ctx_error(ctx, FLOW_ERR_INVAL, "the shares "
                             "hold %zu rows of %zu", at, d->total);
     return rc;
 }
@@ -290,7 +290,7 @@ static int parts_read(flow_ctx *ctx, flow_comm *comm, const char *path,
             uf_rank = q;
     }
     if (!part->csv && total != part->total)
-        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "data_shard.c: %s: the "
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "%s: the "
                               "parts hold %zu rows of %zu", path, total,
                               part->total);
     if (total == 0)

@@ -188,7 +188,7 @@ int shard_move(flow_comm *comm, shard_buf *b, const size_t *src,
         b->size = size;
     }
     if (!index && dst[size] != src[size])
-        return flow_ctx_error(comm->ctx, FLOW_ERR_INVAL, "shard.c: a move "
+        return flow_ctx_error(comm->ctx, FLOW_ERR_INVAL, "a move "
                               "in order of %zu rows into %zu", src[size],
                               dst[size]);
     if (!index)
@@ -207,6 +207,6 @@ int shard_move(flow_comm *comm, shard_buf *b, const size_t *src,
                  b->counts + 2 * size, cols, ncols);
     return FLOW_OK;
 nomem:
-    return flow_ctx_error(comm->ctx, FLOW_ERR_NOMEM, "shard.c: out of "
+    return flow_ctx_error(comm->ctx, FLOW_ERR_NOMEM, "out of "
                           "memory for moving rows of %zu bytes", w);
 }

@@ -417,6 +417,9 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     return FLOW_OK;
 }
 
+static int target_comm_gradient(flow_trainer *t, double beta,
+                                double *elbo);
+
 /* A variational step: the ELBO of cfg.batch fresh samples (vi.c), with
  * log p~ scaled by beta_t = min(1, 0.01 + t / T) while annealing
  * (Rezende & Mohamed 2015, sec. 6.2). */
@@ -430,7 +433,11 @@ static int target_step(flow_trainer *t, double *loss)
             beta = 1;
     }
     flow_model_set_training(t->m, 1);
-    rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo, t->grad);
+    if (t->comm)
+        rc = target_comm_gradient(t, beta, &elbo);
+    else
+        rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo,
+                          t->grad);
     flow_model_set_training(t->m, 0);
     if (rc != FLOW_OK)
         return rc;
@@ -446,15 +453,13 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     if (!comm)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_"
                               "set_comm: no communicator");
-    if (t->target)
-        return flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "data-"
-                              "parallel training fits data, not a target");
     if (t->st.step)
         return flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_"
                               "set_comm after %llu steps: call it before "
                               "the first",
                               (unsigned long long)t->st.step);
-    b = t->cfg.batch < t->n ? t->cfg.batch : t->n;
+    /* a fit's batch is cfg.batch fresh samples, not rows of the data */
+    b = t->target || t->cfg.batch < t->n ? t->cfg.batch : t->n;
     nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
     size = (size_t)flow_comm_size(comm);
     t->max_local = (nb + size - 1) / size;
@@ -494,20 +499,21 @@ flow_trainer *flow_trainer_new_shard(flow_model *m,
     size_t size, at = 0;
 
     if (!comm) {
-        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: "
-                       "flow_trainer_new_shard: no communicator");
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_"
+                       "new_shard: no communicator");
         return NULL;
     }
     if (load_config(ctx, cfg, &k) != FLOW_OK)
         return NULL;
     if (k.target) {
-        flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "train.c: data-parallel "
-                       "training fits data, not a target");
+        flow_ctx_error(ctx, FLOW_ERR_UNSUPPORTED, "flow_trainer_new_"
+                       "shard: shares of data, not a target");
         return NULL;
     }
     if (total == 0 || total > UINT32_MAX || (n && !x)
         || (n && flow_model_context_dim(m) && !c)) {
-        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: a share of %zu rows "
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_new_shard: a "
+                       "share of %zu rows "
                        "of %zu (between 1 and %u rows in all; %zu context "
                        "columns)", n, total, (unsigned)UINT32_MAX,
                        flow_model_context_dim(m));
@@ -522,8 +528,8 @@ flow_trainer *flow_trainer_new_shard(flow_model *m,
         goto fail;
     for (size_t q = 0; q < size; q++) {
         if (all[3 * q] != at || all[3 * q + 2] != total) {
-            flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: the shares of %zu "
-                           "rows do not follow each other (rank %zu starts "
+            flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_new_shard: "
+                           "the shares of %zu rows do not follow each other (rank %zu starts "
                            "at row %llu of %llu, not %zu)", total, q,
                            (unsigned long long)all[3 * q],
                            (unsigned long long)all[3 * q + 2], at);
@@ -532,8 +538,8 @@ flow_trainer *flow_trainer_new_shard(flow_model *m,
         at += (size_t)all[3 * q + 1];
     }
     if (at != total) {
-        flow_ctx_error(ctx, FLOW_ERR_INVAL, "train.c: the shares hold %zu "
-                       "rows of %zu", at, total);
+        flow_ctx_error(ctx, FLOW_ERR_INVAL, "flow_trainer_new_shard: the "
+                       "shares hold %zu rows of %zu", at, total);
         goto fail;
     }
     if (!(t = trainer_new_rows(m, &k, x, c, total))
@@ -571,6 +577,39 @@ static int fetch_blocks(flow_trainer *t, size_t start, size_t b, size_t nb)
                       cols, 2);
 }
 
+/* The blocks [lo, hi) of nb that this process computed (their gradients
+ * in bgrad, their extra value in blogp; rc: how that went) summed with
+ * every process's by pre-rounding (rsum.c) into t->grad and *extra.
+ * Every process takes part in the collectives, a failed one too, so
+ * that the others learn of the failure instead of waiting. */
+static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
+                      int rc, double *extra)
+{
+    int crc, failed_rank = -1;
+    rsum_begin(&t->rs);
+    if (rc == FLOW_OK)
+        for (size_t k = lo; k < hi; k++)
+            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK, &failed_rank);
+    if (rc != FLOW_OK)
+        return rc;
+    if (crc != FLOW_OK)
+        return crc;
+    if (failed_rank >= 0)
+        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "rank %d's "
+                              "blocks of the batch failed in step %llu (its "
+                              "message is on its own stderr)", failed_rank,
+                              (unsigned long long)t->st.step + 1);
+    for (size_t k = lo; k < hi; k++)
+        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
+        return rc;
+    for (size_t i = 0; i < t->np; i++)
+        t->grad[i] = (flow_real)t->rs.sum[i];
+    *extra = t->rs.sum[t->np];
+    return FLOW_OK;
+}
+
 /* The step's gradient with a communicator: the batch of b rows (from
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
@@ -584,7 +623,7 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
-    int rc = FLOW_OK, failed_rank = -1;
+    int rc = FLOW_OK;
 
     if (t->offs && (rc = fetch_blocks(t, start, b, nb)) != FLOW_OK)
         return rc;
@@ -609,32 +648,48 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
                                  t->bgrad + (k - lo) * t->np);
     }
     flow_model_set_training(t->m, 0);
-    rsum_begin(&t->rs);
-    if (rc == FLOW_OK)
-        for (size_t k = lo; k < hi; k++)
-            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
-    {
-        /* every process takes part in the collectives, a failed one too,
-         * so that the others learn of the failure instead of waiting */
-        int crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK,
-                             &failed_rank);
-        if (rc != FLOW_OK)
-            return rc;
-        if (crc != FLOW_OK)
-            return crc;
-    }
-    if (failed_rank >= 0)
-        return flow_ctx_error(model_ctx(t->m), FLOW_ERR_NUMERIC, "rank %d's "
-                              "blocks of the batch failed in step %llu (its "
-                              "message is on its own stderr)", failed_rank,
-                              (unsigned long long)t->st.step + 1);
-    for (size_t k = lo; k < hi; k++)
-        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
-    if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
+    if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
         return rc;
-    for (size_t i = 0; i < t->np; i++)
-        t->grad[i] = (flow_real)t->rs.sum[i];
-    *mean = t->rs.sum[t->np] / (double)b;
+    *mean /= (double)b;
+    return FLOW_OK;
+}
+
+/* The variational step's gradient with a communicator: the batch of
+ * b = cfg.batch samples in nb blocks of FLOW_TRAIN_BLOCK (the last one
+ * short), this process's blocks [rank nb / N, (rank + 1) nb / N).  Each
+ * step takes one key from the model's stream (every process the same
+ * draw, and the stream moves by that one draw whatever the blocks do),
+ * and block k draws its samples from the stream of (key, k)
+ * (vi_elbo_block), so that the samples do not depend on N.  Each
+ * block's gradient of its share of the batch mean on its own, and the
+ * blocks' gradients and ELBO sums added by pre-rounding: the ELBO and
+ * the step are the same bits for any N. */
+static int target_comm_gradient(flow_trainer *t, double beta, double *elbo)
+{
+    size_t b = t->cfg.batch;
+    size_t nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
+    size_t rank = (size_t)flow_comm_rank(t->comm);
+    size_t size = (size_t)flow_comm_size(t->comm);
+    size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
+    uint64_t after[6], key;
+    double sum = NAN;
+    flow_rng r;
+    int rc = FLOW_OK;
+
+    flow_model_get_rng(t->m, after);
+    rng_load(&r, after);
+    key = rng_u64(&r);
+    rng_save(&r, after);
+    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
+        size_t r0 = k * FLOW_TRAIN_BLOCK;
+        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
+        rc = vi_elbo_block(t->m, t->target, key, k, nr, b, beta,
+                           &t->blogp[k - lo], t->bgrad + (k - lo) * t->np);
+    }
+    flow_model_set_rng(t->m, after);
+    if ((rc = sum_blocks(t, lo, hi, nb, rc, &sum)) != FLOW_OK)
+        return rc;
+    *elbo = sum / (double)b;
     return FLOW_OK;
 }
 
@@ -815,8 +870,8 @@ int flow_model_evaluate_shard(flow_model *m, flow_comm *comm, size_t n,
                               double *mean, double *std_err)
 {
     if (!comm || total == 0)
-        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "train.c: "
-                              "flow_model_evaluate_shard: %s",
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "flow_model_"
+                              "evaluate_shard: %s",
                               comm ? "no rows to evaluate"
                                    : "no communicator");
     if (batch == 0)
@@ -827,8 +882,8 @@ int flow_model_evaluate_shard(flow_model *m, flow_comm *comm, size_t n,
     if (first + n > total
         || (n && (first % batch
                   || ((first + n) % batch && first + n != total))))
-        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "train.c: "
-                              "flow_model_evaluate_shard: rows [%zu, %zu) of "
+        return flow_ctx_error(model_ctx(m), FLOW_ERR_INVAL, "flow_model_"
+                              "evaluate_shard: rows [%zu, %zu) of "
                               "%zu are not whole blocks of %zu (see "
                               "flow_data_realign)", first, first + n, total,
                               batch);

@@ -9,6 +9,7 @@
 
 #include "ctx.h"
 #include "model.h"
+#include "rng.h"
 #include "vi.h"
 
 struct flow_target {
@@ -229,13 +230,16 @@ typedef struct elbo_mid {
     const flow_real *lpb;       /* log p_base(z) */
     flow_real *lp;              /* scratch: log p~(x) */
     double beta;                /* annealing: beta log p~ */
-    double elbo;
+    double total;               /* samples of the whole batch */
+    double sum;                 /* these samples' ELBO terms, summed */
 } elbo_mid;
 
-/* After x = f^-1(z): the ELBO of the batch, and its output gradients
- * dELBO/dx_r = beta grad log p~(x_r) / n and dELBO/dlogdet_r = 1 / n,
- * since log q(x_r) = log p_base(z_r) - logdet_r with z_r fixed (the
- * objective E[beta log p~(x) - log q(x)]; beta = 1 but when annealing). */
+/* After x = f^-1(z): the sum of the samples' ELBO terms, and the output
+ * gradients of the batch mean, dELBO/dx_r = beta grad log p~(x_r) / n and
+ * dELBO/dlogdet_r = 1 / n (n: the whole batch's samples, of which these
+ * are all or one block), since log q(x_r) = log p_base(z_r) - logdet_r
+ * with z_r fixed (the objective E[beta log p~(x) - log q(x)]; beta = 1
+ * but when annealing). */
 static int elbo_outputs(void *arg, size_t n, const flow_real *x,
                         const flow_real *logdet, flow_real *dx,
                         flow_real *dlogdet)
@@ -243,8 +247,8 @@ static int elbo_outputs(void *arg, size_t n, const flow_real *x,
     elbo_mid *e = arg;
     size_t d = e->t->dim;
     double sum = 0;
-    flow_real w = (flow_real)(1.0 / (double)n);
-    flow_real bw = (flow_real)(e->beta / (double)n);
+    flow_real w = (flow_real)(1.0 / e->total);
+    flow_real bw = (flow_real)(e->beta / e->total);
     int rc = flow_target_log_density(e->t, n, x, e->lp, dx);
     if (rc != FLOW_OK)
         return rc;
@@ -255,7 +259,7 @@ static int elbo_outputs(void *arg, size_t n, const flow_real *x,
         for (size_t i = 0; i < d; i++)
             dx[r * d + i] *= bw;
     }
-    e->elbo = sum / (double)n;
+    e->sum = sum;
     return FLOW_OK;
 }
 
@@ -265,8 +269,11 @@ int flow_model_elbo_grad(flow_model *m, flow_target *t, size_t n,
     return vi_elbo_grad(m, t, n, 1.0, elbo, grad);
 }
 
-int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
-                 double *elbo, flow_real *grad)
+/* n samples of a batch of `total` drawn with the model's stream as it
+ * is: *sum of their ELBO terms, grad the gradient of their share of the
+ * batch mean. */
+static int elbo_part(flow_model *m, flow_target *t, size_t n, double total,
+                     double beta, double *sum, flow_real *grad)
 {
     flow_ctx *ctx = model_ctx(m);
     size_t d = flow_model_dim(m);
@@ -274,6 +281,7 @@ int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
     elbo_mid e;
     int rc;
 
+    *sum = NAN;
     if ((rc = check_fit_model(m, t)) != FLOW_OK)
         return rc;
     if (n == 0 || n > SIZE_MAX / sizeof *z / (d + 2))
@@ -291,15 +299,48 @@ int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
     e.lpb = lpb;
     e.lp = lp;
     e.beta = beta;
-    e.elbo = NAN;
+    e.total = total;
+    e.sum = NAN;
     rc = model_inverse_grad_mid(m, n, z, NULL, elbo_outputs, &e, grad, NULL);
-    if (elbo)
-        *elbo = e.elbo;
+    *sum = e.sum;
 out:
     free(z);
     free(lpb);
     free(lp);
     return rc;
+}
+
+int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
+                 double *elbo, flow_real *grad)
+{
+    double sum;
+    int rc = elbo_part(m, t, n, (double)n, beta, &sum, grad);
+    if (elbo)
+        *elbo = sum / (double)n;
+    return rc;
+}
+
+void vi_block_stream(uint64_t out[6], uint64_t key, size_t k)
+{
+    flow_rng r;
+    /* xoshiro's state from words 4k + 1 .. 4k + 4 of the splitmix64
+     * sequence that starts at key (rng_seed takes words 1 .. 4): the
+     * blocks' states are disjoint stretches of one sequence, fixed by
+     * (key, k) alone */
+    rng_seed(&r, key + (uint64_t)k * 4 * 0x9E3779B97F4A7C15ull);
+    memcpy(out, r.s, 4 * sizeof *out);
+    out[4] = 0;                 /* no cached normal deviate */
+    out[5] = 0;
+}
+
+int vi_elbo_block(flow_model *m, flow_target *t, uint64_t key, size_t k,
+                  size_t n, size_t total, double beta, double *sum,
+                  flow_real *grad)
+{
+    uint64_t s[6];
+    vi_block_stream(s, key, k);
+    flow_model_set_rng(m, s);
+    return elbo_part(m, t, n, (double)total, beta, sum, grad);
 }
 
 /* --- importance sampling ------------------------------------------------ */

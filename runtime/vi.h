@@ -3,11 +3,30 @@
 #ifndef FLOW_RUNTIME_VI_H
 #define FLOW_RUNTIME_VI_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "flow/flow.h"
 
 /* flow_model_elbo_grad with log p~ scaled by beta (annealing, beta_t =
  * min(1, 0.01 + t/N): Rezende & Mohamed 2015, sec. 6.2; docs/vi.md) */
 int vi_elbo_grad(flow_model *m, flow_target *t, size_t n, double beta,
                  double *elbo, flow_real *grad);
+
+/* The random stream of block k of a step whose key is `key`, as the 6
+ * words of flow_model_set_rng: a function of (key, k) alone, so that a
+ * block draws the same samples whichever process draws it and whatever
+ * blocks that process drew before (docs/distributed.md, "fit under
+ * MPI"). */
+void vi_block_stream(uint64_t out[6], uint64_t key, size_t k);
+
+/* Block k of a variational step's batch of `total` samples: the model's
+ * stream set to vi_block_stream(key, k) (and left where the block's
+ * draws leave it), n samples drawn from it; *sum = the sum of their
+ * terms beta log p~(x) - log q(x), grad = the gradient of their share of
+ * the batch mean (each sample weighted 1 / total). */
+int vi_elbo_block(flow_model *m, flow_target *t, uint64_t key, size_t k,
+                  size_t n, size_t total, double beta, double *sum,
+                  flow_real *grad);
 
 #endif

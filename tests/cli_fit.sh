@@ -2,9 +2,9 @@
 # cli_fit.sh - `flowkit fit` end to end: the example spec specs/funnel_iaf.flow
 # fits Neal's funnel on a small budget (log Z within 4 standard errors of
 # the truth, ESS per sample above 0.8); a target from a user's plugin;
-# sample --weights; --target replacing the spec's; resume bit for bit;
-# bad or missing targets give clear errors, the right exit code and no
-# output file.
+# sample --weights; --target replacing the spec's; resume bit for bit,
+# with --reproducible too; bad or missing targets give clear errors, the
+# right exit code and no output file.
 set -u
 . "$top_srcdir/tests/lib.sh"
 # jget FILE KEY: a number from a one-line JSON report
@@ -92,6 +92,21 @@ check fit-resume 0 $?
 "$F" sample "$t/rr.ckpt" -n 20 --seed 1 -o "$t/srr.csv"
 if cmp -s "$t/s40.csv" "$t/srr.csv"; then ok; else
     bad "resumed fit differs from an uninterrupted one"; fi
+# --reproducible (the block draws of mpirun: tests/mpi.sh) resumes bit for
+# bit too, and draws other samples than the plain fit
+R="--target u1 --eval-samples 100 --reproducible"
+"$F" fit "$t/g2.flow" $R --steps 40 -o "$t/b40.ckpt" 2>/dev/null >/dev/null
+check fit-reproducible 0 $?
+"$F" fit "$t/g2.flow" $R --steps 20 -o "$t/b20.ckpt" 2>/dev/null >/dev/null
+"$F" fit "$t/g2.flow" $R --steps 40 --resume "$t/b20.ckpt" -o "$t/br.ckpt" \
+    2>/dev/null >/dev/null
+check fit-reproducible-resume 0 $?
+"$F" export "$t/b40.ckpt" -o "$t/b40.st" && \
+    "$F" export "$t/br.ckpt" -o "$t/br.st"
+same_file fit-reproducible-resumed "$t/b40.st" "$t/br.st"
+"$F" export "$t/r40.ckpt" -o "$t/r40.st"
+if cmp -s "$t/r40.st" "$t/b40.st"; then
+    bad "fit --reproducible: the plain fit's parameters"; else ok; fi
 
 # errors: unknown target (with a suggestion), none at all, bad --target text,
 # wrong dimension; never an output file

@@ -5,7 +5,9 @@
 # of the data; a killed rank ends the job, and so does a stopped one, by
 # the collectives' timeout.  eval, logprob, encode and compare on 1, 2 and
 # 3 ranks print and write the bytes of one process; a failing row ends
-# every rank.
+# every rank.  The same for variational fits (flowkit fit), which also
+# converge; a rank whose target fails, a divergence, or a signal on one
+# rank ends every rank.
 set -u
 . "$top_srcdir/tests/lib.sh"
 if [ "${MPI_BUILT:-no}" != yes ]; then
@@ -313,5 +315,102 @@ check "FLOWKIT_MPI_TIMEOUT=soon: exit" 1 $?
 has "FLOWKIT_MPI_TIMEOUT=soon: message" "$t/err" \
     "flowkit train: FLOWKIT_MPI_TIMEOUT='soon' is not a number of seconds from 0 (no limit) to 604800"
 absent "FLOWKIT_MPI_TIMEOUT=soon: no checkpoint" "$t/never.ckpt"
+
+# flowkit fit: each rank draws its blocks of every batch of samples.  Batch
+# 200: 6 blocks of 32 and one of 8 (uneven at 2 and 3 ranks); the funnel
+# in 4-D (specs/funnel_iaf.flow), whose log Z is known
+FS=$top_srcdir/specs/funnel_iaf.flow
+FA="--steps 300 --batch 200 --seed 5 --eval-samples 4000 --json"
+"$F" fit "$FS" $FA --reproducible -o "$t/fr.ckpt" >"$t/fr.json" 2>"$t/err"
+check "fit --reproducible" 0 $?
+for n in 1 2 3; do
+    run $n "$F" fit "$FS" $FA -o "$t/fm$n.ckpt" >"$t/fm$n.json" 2>"$t/err$n"
+    check "fit np $n" 0 $?
+    same_file "fit np $n = one process --reproducible" "$t/fr.ckpt" \
+        "$t/fm$n.ckpt"
+done
+same "fit: rank 0 alone reports" 1 "$(grep -c '"checkpoint"' "$t/fm3.json")"
+same "fit: rank 0 alone prints progress" 3 "$(grep -c '^step ' "$t/err3")"
+"$F" fit "$FS" $FA -o "$t/fplain.ckpt" >/dev/null 2>&1
+if cmp -s "$t/fplain.ckpt" "$t/fr.ckpt"; then
+    bad "fit: the plain run drew the block draws' samples"; else ok; fi
+# converged: log Z within 4 standard errors of the truth, KL(q || p) =
+# log Z - ELBO below 0.05 nats (1.35 after one step), ESS above 0.9 of
+# the samples (0.05 after one step)
+jget() { sed 's/.*"'"$2"'": \([-0-9.e+]*\).*/\1/' "$1"; }
+lz=$(jget "$t/fm3.json" log_z); se=$(jget "$t/fm3.json" log_z_se)
+tz=$(jget "$t/fm3.json" log_z_true); el=$(jget "$t/fm3.json" elbo)
+ess=$(jget "$t/fm3.json" ess_per_sample)
+echo "fit funnel, 300 steps on 3 ranks: ELBO $el, log Z $lz +- $se (true $tz), ESS/n $ess"
+truth "fit: log Z" "($lz - $tz) < 4 * $se && ($tz - $lz) < 4 * $se" "$t/fm3.json"
+truth "fit: KL" "$tz - $el < 0.05 && $tz - $el > -4 * $se" "$t/fm3.json"
+truth "fit: ESS" "$ess > 0.9" "$t/fm3.json"
+
+# a fit resumed on another rank count: 2 ranks for 40 steps, 3 to 100,
+# as 3 ranks throughout (a constant learning rate: the spec's cosine
+# schedule would depend on --steps)
+FB="--batch 200 --seed 5 --schedule constant --eval-samples 100"
+run 3 "$F" fit "$FS" $FB --steps 100 -o "$t/ffull.ckpt" >/dev/null 2>&1
+check "fit full" 0 $?
+run 2 "$F" fit "$FS" $FB --steps 40 -o "$t/fhalf.ckpt" >/dev/null 2>&1
+check "fit half" 0 $?
+run 3 "$F" fit "$FS" $FB --steps 100 --resume "$t/fhalf.ckpt" \
+    -o "$t/fres.ckpt" >/dev/null 2>"$t/err"
+check "fit resume" 0 $?
+"$F" export "$t/ffull.ckpt" -o "$t/ffull.st" && \
+    "$F" export "$t/fres.ckpt" -o "$t/fres.st"
+same_file "fit resume 2 -> 3 ranks" "$t/ffull.st" "$t/fres.st"
+
+cat >"$t/g2.flow" <<'SPEC'
+flow g2 {
+  input x : real[2];
+  repeat 2 { iaf(hidden = [16], order = natural); iaf(hidden = [16], order = reverse); }
+  output z ~ normal;
+}
+SPEC
+# the target fails on one rank's samples (a coordinate beyond mu +- 4;
+# this seed's first such sample is on rank 1): both ranks stop in that
+# step with a message, no hang, no checkpoint
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$FLOW_TARGET_PLUGINS" run 2 "$F" fit \
+    "$t/g2.flow" --target 'shifted_normal(fail_beyond = 4)' --steps 50 \
+    --eval-samples 100 -o "$t/ff.ckpt" >"$t/out" 2>"$t/err"
+frc=$?
+truth "fit, a failing rank: exit ($frc)" "$frc != 0 && $frc != 124" "$t/err"
+has "fit, a failing rank: its message" "$t/err" "further than 4 from 1"
+has "fit, a failing rank: the other's" "$t/err" \
+    "rank 1's blocks of the batch failed in step"
+absent "fit, a failing rank: no checkpoint" "$t/ff.ckpt"
+
+# a target whose log-density overflows to -inf everywhere: every rank
+# skips the same steps and stops after 10 with exit 3, no checkpoint
+FLOW_PLUGIN_PATH="$FLOW_PLUGIN_PATH:$FLOW_TARGET_PLUGINS" run 2 "$F" fit \
+    "$t/g2.flow" --target 'shifted_normal(mu = 1e200)' \
+    --steps 30 -o "$t/fd.ckpt" >"$t/out" 2>"$t/err"
+check "fit diverged: exit" 3 $?
+has "fit diverged: the message" "$t/err" "10 steps in a row had a non-finite ELBO"
+absent "fit diverged: no checkpoint" "$t/fd.ckpt"
+
+# SIGTERM to rank 1 alone: both ranks stop after the same step, rank 0
+# writes the checkpoint and says so once, exit 143; it resumes
+mkdir "$t/fs"
+( timeout 60 mpirun --oversubscribe -np 2 sh -c \
+    'echo $$ >"$0/pid.$OMPI_COMM_WORLD_RANK"; exec "$@"' "$t/fs" \
+    "$F" fit "$FS" --steps 1000000 --log-every 20 --eval-samples 100 \
+    -o "$t/fs/sig.ckpt" >"$t/fsout" 2>&1
+  echo $? >"$t/fsrc" ) &
+i=0      # a progress line: both ranks are in the loop
+while ! grep -q '^step 20/' "$t/fsout" 2>/dev/null && [ $i -lt 400 ]; do
+    sleep 0.1; i=$((i + 1)); done
+kill -TERM "$(cat "$t/fs/pid.1")"
+wait
+same "fit, SIGTERM on rank 1: exit" 143 "$(cat "$t/fsrc")"
+same "fit, SIGTERM on rank 1: one message" 1 \
+    "$(grep -c 'interrupted by signal 15 after step' "$t/fsout")"
+k=$(sed -n 's/.*after step \([0-9]*\);.*/\1/p' "$t/fsout")
+run 2 "$F" fit "$FS" --steps $((${k:-0} + 10)) --eval-samples 100 --json \
+    --resume "$t/fs/sig.ckpt" -o "$t/fs/more.ckpt" >"$t/out" 2>"$t/err"
+check "fit, SIGTERM on rank 1: the checkpoint resumes" 0 $?
+has "fit, SIGTERM on rank 1: 10 steps more" "$t/out" \
+    "\"steps\": $((${k:-0} + 10)),"
 
 finish mpi.sh

@@ -9,6 +9,7 @@
 
 #include "flow/flow.h"
 #include "flow/flowc.h"
+#include "../runtime/vi.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
@@ -272,6 +273,71 @@ START_TEST(test_elbo_gradient_fd)
 }
 END_TEST
 
+/* A block of a step's samples is drawn from the stream of (key, block)
+ * alone, so that processes sharing the blocks out draw what one process
+ * draws: the 4 blocks of a batch of 100 (32, 32, 32 and 4 samples)
+ * computed in another order on a model whose stream has moved give the
+ * same bits; a one-block batch is flow_model_elbo_grad on block 0's
+ * stream, bit for bit; a block's gradient is its share of the batch
+ * mean (32/100 of the one-block batch's). */
+START_TEST(test_elbo_blocks_any_order)
+{
+    enum { B = 100, NBK = 4 };
+    static const size_t order[NBK] = {3, 1, 0, 2};
+    const uint64_t key = 0x5eedf00d1234ull;
+    flow_model *m;
+    flow_target *t = build(3, " iaf(hidden = [5], identity_init = false);\n"
+                              " output z ~ normal;\n"
+                              " target gmm(components = 2, seed = 3, "
+                              "std = 0.9);", &m, 5);
+    size_t np = flow_model_num_params(m);
+    flow_real *ref = malloc(NBK * np * sizeof *ref);
+    flow_real *g = malloc(np * sizeof *g), *g1 = malloc(np * sizeof *g1);
+    double sref[NBK], sum, elbo, worst = 0;
+    uint64_t st[6];
+    ck_assert(ref && g && g1);
+    for (size_t k = 0; k < NBK; k++) {
+        ck_assert_int_eq(vi_elbo_block(m, t, key, k, k < 3 ? 32 : 4, B, 1.0,
+                                       &sref[k], ref + k * np), FLOW_OK);
+        ck_assert_double_finite(sref[k]);
+    }
+    ck_assert_msg(sref[0] != sref[1], "blocks 0 and 1 drew alike: %.17g",
+                  sref[0]);
+    flow_model_seed(m, 77);
+    for (size_t i = 0; i < NBK; i++) {
+        size_t k = order[i];
+        ck_assert_int_eq(vi_elbo_block(m, t, key, k, k < 3 ? 32 : 4, B, 1.0,
+                                       &sum, g), FLOW_OK);
+        ck_assert_msg(memcmp(&sum, &sref[k], sizeof sum) == 0, "block %zu: "
+                      "sum %.17g, in order %.17g", k, sum, sref[k]);
+        ck_assert_msg(memcmp(g, ref + k * np, np * sizeof *g) == 0,
+                      "block %zu: other gradient bits out of order", k);
+    }
+    /* block 0 as a batch of its own */
+    ck_assert_int_eq(vi_elbo_block(m, t, key, 0, 32, 32, 1.0, &sum, g),
+                     FLOW_OK);
+    vi_block_stream(st, key, 0);
+    flow_model_set_rng(m, st);
+    ck_assert_int_eq(flow_model_elbo_grad(m, t, 32, &elbo, g1), FLOW_OK);
+    ck_assert_msg(memcmp(g, g1, np * sizeof *g) == 0, "block 0 alone: "
+                  "other bits than flow_model_elbo_grad");
+    ck_assert_double_eq(elbo, sum / 32);
+    ck_assert_double_eq(sum, sref[0]);
+    for (size_t i = 0; i < np; i++) {
+        double want = (double)g1[i] * 32 / B;
+        double err = fabs((double)ref[i] - want) / (1e-6 + fabs(want));
+        worst = err > worst ? err : worst;
+    }
+    ck_assert_msg(worst < 1e-5, "block 0 of 100: worst relative error %g "
+                  "against 32/100 of the one-block gradient", worst);
+    free(ref);
+    free(g);
+    free(g1);
+    flow_model_free(m);
+    flow_target_free(t);
+}
+END_TEST
+
 START_TEST(test_fit_refusals)
 {
     flow_model *m;
@@ -424,6 +490,7 @@ Suite *suite_vi(void)
     tc = tcase_create("elbo");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_elbo_gradient_fd);
+    tcase_add_test(tc, test_elbo_blocks_any_order);
     suite_add_tcase(s, tc);
     tc = tcase_create("refusals");
     tcase_add_checked_fixture(tc, setup, teardown);

@@ -544,8 +544,10 @@ FLOW_API void flow_comm_abort(flow_comm *comm, int code, const char *msg);
  * trainer with the same model parameters, configuration and whole data
  * set, and call flow_trainer_step the same number of times.  comm is
  * borrowed (it must outlive t); with a single-process comm it gives the
- * same bits as any number of processes.  Maximum likelihood on data only
- * (FLOW_ERR_UNSUPPORTED for a target).  Call before the first step. */
+ * same bits as any number of processes.  A trainer on a target draws
+ * each step's samples in the same blocks, block k from a stream of the
+ * step's key and k alone (one draw of the model's stream per step).
+ * Call before the first step. */
 #define FLOW_TRAIN_BLOCK 32
 FLOW_API int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm);
 /* flow_model_evaluate over comm's processes: the rows in blocks of

@@ -1,7 +1,9 @@
 /* usertarget.c - test-only target plugin, as a user would write one: a
  * Gaussian N(mu, sigma^2 I) scaled by e^c, so log Z = c + (D/2) log(2 pi
- * sigma^2) is known (tests/cli_fit.sh, tests/test_vi.c). */
+ * sigma^2) is known (tests/cli_fit.sh, tests/test_vi.c); with fail_beyond
+ * set, a target that fails on far samples (tests/mpi.sh). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "flow/flow_plugin.h"
@@ -9,7 +11,7 @@
 typedef struct shifted {
     const flow_host *host;
     size_t dim;
-    double mu, sigma, c;
+    double mu, sigma, c, fail_beyond;
 } shifted;
 
 static const flow_attr_spec attrs[] = {
@@ -19,6 +21,9 @@ static const flow_attr_spec attrs[] = {
      .def_real = 0.5, .has_min = 1, .min = 1e-3},
     {.name = "c", .type = FLOW_ATTR_REAL, .doc = "log of the scale factor",
      .def_real = 2.0},
+    {.name = "fail_beyond", .type = FLOW_ATTR_REAL, .doc = "fail on a "
+     "sample with a coordinate further than this from mu (0: never)",
+     .def_real = 0.0, .has_min = 1, .min = 0},
     {0}};
 
 static int describe(const flow_target_config *cfg, size_t *dim_out,
@@ -41,6 +46,7 @@ static void *create(const flow_host *host, const flow_target_config *cfg,
     s->mu = cfg->attrs[0].r;
     s->sigma = cfg->attrs[1].r;
     s->c = cfg->attrs[2].r;
+    s->fail_beyond = cfg->attrs[3].r;
     return s;
 }
 
@@ -60,6 +66,12 @@ static int log_density(void *self, const flow_call *c, const flow_real *x,
         double q = 0;
         for (size_t i = 0; i < s->dim; i++) {
             double e = x[r * s->dim + i] - s->mu;
+            if (s->fail_beyond > 0 && fabs(e) > s->fail_beyond) {
+                snprintf(c->err, c->err_cap, "sample %zu: x[%zu] = %g is "
+                         "further than %g from %g", r, i,
+                         (double)x[r * s->dim + i], s->fail_beyond, s->mu);
+                return FLOW_ERR_NUMERIC;
+            }
             q += e * e;
             if (grad)
                 grad[r * s->dim + i] = (flow_real)(-e / v);
