@@ -138,9 +138,13 @@ int cli_cmd_sample(int argc, char **argv)
     flow_model_seed(l.model, o.seed);
     for (size_t r = 0; r < total; r += o.batch) {
         size_t b = total - r < o.batch ? total - r : o.batch;
+        /* log-densities only where they are written or weigh the
+         * samples: without them the layers skip their log-dets (the same
+         * samples, bit for bit) */
         if (flow_model_sample_tempered(l.model, b, o.temperature,
                                        k ? cv + r * k : NULL, x + r * dim,
-                                       lp + r) != FLOW_OK) {
+                                       o.with_logprob || tg ? lp + r : NULL)
+            != FLOW_OK) {
             cli_fail(l.ctx, cmd);
             goto out;
         }

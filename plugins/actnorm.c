@@ -164,7 +164,8 @@ static int actnorm_forward(void *self, const flow_call *c, const flow_real *x,
 {
     const actnorm *a = self;
     const flow_real *s = c->params, *t = c->params + a->nc;
-    double ld = sum_scales(a, s);
+    int skip = flow_call_skip_logdet(c);
+    double ld = skip ? 0 : sum_scales(a, s);
     for (size_t r = 0; r < c->n; r++) {
         for (size_t k = 0; k < a->nc; k++) {
             flow_real e = (flow_real)exp(s[k]);
@@ -172,7 +173,8 @@ static int actnorm_forward(void *self, const flow_call *c, const flow_real *x,
             for (size_t j = 0; j < a->g; j++)
                 z[o + j] = x[o + j] * e + t[k];
         }
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }
@@ -182,7 +184,8 @@ static int actnorm_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const actnorm *a = self;
     const flow_real *s = c->params, *t = c->params + a->nc;
-    double ld = -sum_scales(a, s);
+    int skip = flow_call_skip_logdet(c);
+    double ld = skip ? 0 : -sum_scales(a, s);
     for (size_t r = 0; r < c->n; r++) {
         for (size_t k = 0; k < a->nc; k++) {
             flow_real e = (flow_real)exp(-s[k]);
@@ -190,7 +193,8 @@ static int actnorm_inverse(void *self, const flow_call *c, const flow_real *z,
             for (size_t j = 0; j < a->g; j++)
                 x[o + j] = (z[o + j] - t[k]) * e;
         }
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }

@@ -371,13 +371,13 @@ static int ar_F(const ar_layer *a, const flow_call *c, const flow_real *in,
 {
     arws w = ar_carve(a, c);
     size_t n = c->n, d = a->d;
-    int rc;
+    int rc, skip = flow_call_skip_logdet(c);
     if ((rc = ar_net(a, c, in, &w)) != FLOW_OK)
         return rc;
-    if (a->host->tf_forward(&a->tf, n * d, in, w.theta, out, w.lad)
-        != FLOW_OK)
+    if (a->host->tf_forward(&a->tf, n * d, in, w.theta, out,
+                            skip ? NULL : w.lad) != FLOW_OK)
         return a->host->error(c, "transformer produced a non-finite value");
-    for (size_t r = 0; r < n; r++) {
+    for (size_t r = 0; !skip && r < n; r++) {
         double s = 0;
         for (size_t i = 0; i < d; i++)
             s += w.lad[r * d + i];
@@ -411,7 +411,8 @@ static void theta_get(const ar_layer *a, size_t n, size_t i,
 }
 
 /* One step of G by net_made_step (theta of dimension i into ct) and the
- * inverse transformer; x_prev = the column of the step before. */
+ * inverse transformer; x_prev = the column of the step before; logdet
+ * NULL: no log-det (flow_call_skip_logdet). */
 static int ar_G_step(const ar_layer *a, const flow_call *c, arws *w,
                      size_t s, const flow_real *in, flow_real *out,
                      flow_real *logdet)
@@ -426,12 +427,12 @@ static int ar_G_step(const ar_layer *a, const flow_call *c, arws *w,
     if (rc != FLOW_OK)
         return rc;
     col_get(n, d, i, in, w->cb);
-    if (a->host->tf_inverse(&a->tf, n, w->cb, w->ct, w->ca, w->cl)
-        != FLOW_OK)
+    if (a->host->tf_inverse(&a->tf, n, w->cb, w->ct, w->ca,
+                            logdet ? w->cl : NULL) != FLOW_OK)
         return a->host->error(c, "inverse transformer produced a "
                               "non-finite value at dimension %zu", i);
     col_set(n, d, i, w->ca, out);
-    for (size_t r = 0; r < n; r++)
+    for (size_t r = 0; logdet && r < n; r++)
         logdet[r] += w->cl[r];
     return FLOW_OK;
 }
@@ -449,7 +450,10 @@ static int ar_G(const ar_layer *a, const flow_call *c, const flow_real *in,
     arws w = ar_carve(a, c);
     size_t n = c->n, d = a->d;
     int rc;
-    memset(logdet, 0, n * sizeof *logdet);
+    if (flow_call_skip_logdet(c))
+        logdet = NULL;
+    else
+        memset(logdet, 0, n * sizeof *logdet);
     if (a->stepwise) {
         for (size_t s = 0; s < d; s++) {
             rc = ar_G_step(a, c, &w, s, in, out, logdet);
@@ -469,12 +473,12 @@ static int ar_G(const ar_layer *a, const flow_call *c, const flow_real *in,
             return rc;
         theta_get(a, n, i, w.theta, w.ct);
         col_get(n, d, i, in, w.cb);
-        if (a->host->tf_inverse(&a->tf, n, w.cb, w.ct, w.ca, w.cl)
-            != FLOW_OK)
+        if (a->host->tf_inverse(&a->tf, n, w.cb, w.ct, w.ca,
+                                logdet ? w.cl : NULL) != FLOW_OK)
             return a->host->error(c, "inverse transformer produced a "
                                   "non-finite value at dimension %zu", i);
         col_set(n, d, i, w.ca, out);
-        for (size_t r = 0; r < n; r++)
+        for (size_t r = 0; logdet && r < n; r++)
             logdet[r] += w.cl[r];
     }
     return FLOW_OK;

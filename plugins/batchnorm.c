@@ -129,16 +129,17 @@ static int batchnorm_forward(void *self, const flow_call *c,
     const batchnorm *b = self;
     const flow_real *g = c->params, *be = c->params + b->d;
     double *mu = c->ws, *var = mu + b->d, ld = 0;
-    int rc;
+    int rc, skip = flow_call_skip_logdet(c);
     if ((rc = stats(b, c, x, mu, var)) != FLOW_OK)
         return rc;
-    for (size_t i = 0; i < b->d; i++)
+    for (size_t i = 0; !skip && i < b->d; i++)
         ld += g[i] - 0.5 * log(var[i] + b->eps);
     for (size_t r = 0; r < c->n; r++) {
         for (size_t i = 0; i < b->d; i++)
             z[r * b->d + i] = (flow_real)((x[r * b->d + i] - mu[i])
                               / sqrt(var[i] + b->eps) * exp(g[i]) + be[i]);
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }
@@ -150,18 +151,20 @@ static int batchnorm_inverse(void *self, const flow_call *c,
     const batchnorm *b = self;
     const flow_real *g = c->params, *be = c->params + b->d;
     double *mu = c->ws, *var = mu + b->d, ld = 0;
+    int skip = flow_call_skip_logdet(c);
     if (c->training)
         return c->host->error(c, "the inverse of batchnorm needs evaluation "
                               "mode (batch statistics of the output are "
                               "unknown)");
     stats(b, c, z, mu, var);
-    for (size_t i = 0; i < b->d; i++)
+    for (size_t i = 0; !skip && i < b->d; i++)
         ld -= g[i] - 0.5 * log(var[i] + b->eps);
     for (size_t r = 0; r < c->n; r++) {
         for (size_t i = 0; i < b->d; i++)
             x[r * b->d + i] = (flow_real)((z[r * b->d + i] - be[i])
                               * exp(-g[i]) * sqrt(var[i] + b->eps) + mu[i]);
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }

@@ -582,20 +582,21 @@ static int apply(void *self, const flow_call *call, const flow_real *in,
     const coupling *c = self;
     cws w = carve(c, call);
     size_t n = call->n;
+    /* no log-det asked for: the transformer skips its log-derivatives */
+    flow_real *lad = flow_call_skip_logdet(call) ? NULL : w.lad;
     int rc;
     if ((rc = condition(c, call, in, &w)) != FLOW_OK)
         return rc;
     gather(n, c->d, c->ti, c->dt, in, w.u);
-    rc = dir ? c->host->tf_inverse(&c->tf, n * c->dt, w.u, w.theta, w.v,
-                                   w.lad)
-             : c->host->tf_forward(&c->tf, n * c->dt, w.u, w.theta, w.v,
-                                   w.lad);
+    rc = dir ? c->host->tf_inverse(&c->tf, n * c->dt, w.u, w.theta, w.v, lad)
+             : c->host->tf_forward(&c->tf, n * c->dt, w.u, w.theta, w.v, lad);
     if (rc != FLOW_OK)
         return c->host->error(call, "transformer produced a non-finite value "
                               "(%s)", dir ? "inverse" : "forward");
     memcpy(out, in, n * c->d * sizeof *out);
     scatter(n, c->d, c->ti, c->dt, w.v, out);
-    sum_rows(c, n, w.lad, logdet);
+    if (lad)
+        sum_rows(c, n, lad, logdet);
     return FLOW_OK;
 }
 

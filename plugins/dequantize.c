@@ -109,7 +109,8 @@ static int dequantize_forward(void *self, const flow_call *c,
             z[r * l->d + i] = (flow_real)(((double)x[r * l->d + i] + u)
                                           / l->levels);
         }
-        logdet[r] = (flow_real)ld;
+        if (!flow_call_skip_logdet(c))
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }
@@ -125,7 +126,8 @@ static int dequantize_inverse(void *self, const flow_call *c,
         for (size_t i = 0; i < l->d; i++)
             x[r * l->d + i] = (flow_real)(l->levels * (double)z[r * l->d + i]
                                           - 0.5);
-        logdet[r] = (flow_real)ld;
+        if (!flow_call_skip_logdet(c))
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }

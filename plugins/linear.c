@@ -282,10 +282,11 @@ static int linear_forward(void *self, const flow_call *c, const flow_real *x,
                           flow_real *z, flow_real *logdet)
 {
     const linear *l = self;
-    double ld = sum_s(l, c->params);
+    int skip = flow_call_skip_logdet(c);
+    double ld = skip ? 0 : sum_s(l, c->params);
     affine_rows(c->n, l->d, l->g, l->W, l->d, 1, x, NULL,
                 c->params + l->d * l->d, z);
-    for (size_t r = 0; r < c->n; r++)
+    for (size_t r = 0; !skip && r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
 }
@@ -294,10 +295,11 @@ static int linear_inverse(void *self, const flow_call *c, const flow_real *z,
                           flow_real *x, flow_real *logdet)
 {
     const linear *l = self;
-    double ld = -sum_s(l, c->params);
+    int skip = flow_call_skip_logdet(c);
+    double ld = skip ? 0 : -sum_s(l, c->params);
     affine_rows(c->n, l->d, l->g, l->Wi, l->d, 1, z,
                 c->params + l->d * l->d, NULL, x);
-    for (size_t r = 0; r < c->n; r++)
+    for (size_t r = 0; !skip && r < c->n; r++)
         logdet[r] = (flow_real)ld;
     return FLOW_OK;
 }

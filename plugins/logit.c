@@ -82,15 +82,18 @@ static int logit_forward(void *self, const flow_call *c, const flow_real *x,
                          flow_real *z, flow_real *logdet)
 {
     const logit *l = self;
+    int skip = flow_call_skip_logdet(c);
     for (size_t r = 0; r < c->n; r++) {
         double ld = 0, s;
         for (size_t i = 0; i < l->d; i++) {
             if (squeeze(l, c, r, i, x[r * l->d + i], &s) != FLOW_OK)
                 return FLOW_ERR_NUMERIC;
             z[r * l->d + i] = (flow_real)(log(s) - log1p(-s));
-            ld += log(l->k) - log(s) - log1p(-s);
+            if (!skip)
+                ld += log(l->k) - log(s) - log1p(-s);
         }
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }
@@ -111,14 +114,17 @@ static int logit_inverse(void *self, const flow_call *c, const flow_real *z,
                          flow_real *x, flow_real *logdet)
 {
     const logit *l = self;
+    int skip = flow_call_skip_logdet(c);
     for (size_t r = 0; r < c->n; r++) {
         double ld = 0;
         for (size_t i = 0; i < l->d; i++) {
             double v = z[r * l->d + i];
             x[r * l->d + i] = (flow_real)((sigmoid(v) - l->alpha) / l->k);
-            ld += -softplus(-v) - softplus(v) - log(l->k);
+            if (!skip)
+                ld += -softplus(-v) - softplus(v) - log(l->k);
         }
-        logdet[r] = (flow_real)ld;
+        if (!skip)
+            logdet[r] = (flow_real)ld;
     }
     return FLOW_OK;
 }

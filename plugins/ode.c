@@ -461,6 +461,18 @@ static void count_nfe(ode_layer *L, const flow_call *c, size_t nfe)
         atomic_fetch_add(&L->nfe, (unsigned long long)nfe);
 }
 
+/* Whether a call that skips its log-det (flow_call_skip_logdet) may
+ * leave out the trace.  With RK4 it may: the log-det column l is
+ * integrated beside z and never feeds back into it.  DOPRI5's step
+ * control measures the error of every row over z and l together
+ * (dyn_norm), so the trace moves the accepted steps and with them z:
+ * without it the samples would change, and DOPRI5 computes the trace
+ * anyway (only the backprop tape is left out). */
+static int skips_trace(const ode_layer *L)
+{
+    return L->opts.method == ODE_RK4;
+}
+
 /* dir 0 integrates t0 -> t1 (density), dir 1 t1 -> t0 (sampling); the
  * log-det column integrates tr from the start to the end time, which is
  * log|det| of that direction's map. */
@@ -476,29 +488,35 @@ static int run(void *self, const flow_call *c, const flow_real *in,
     ode_sys sys;
     ode_dyn e;
     int rc, hutch = L->hutch && (c->training || L->in_eval);
+    /* no log-det asked for: no backward follows either, so no tape */
+    int skip = flow_call_skip_logdet(c), keep = L->backprop && !skip;
     if (n == 0)
         return FLOW_OK;
     w = carve(L, c, c->training);   /* tapes are recorded in training only */
     w.head->magic = 0;
     if (hutch) {
+        /* drawn even when the trace is skipped: the stream stays the same */
         if (L->noise == NOISE_GAUSSIAN)
             L->host->rng_normal(c->rng, w.eps, nd);
         else
             L->host->rng_rademacher(c->rng, w.eps, nd);
     }
     make_dyn(L, c, &w, hutch, c->training, &e, &sys);
+    e.no_trace = skip && skips_trace(L);
     memcpy(w.y, in, nd * sizeof *in);
     memset(w.y + nd, 0, n * sizeof *w.y);
-    if (L->backprop)
+    if (keep)
         ode_tape_carve(&L->opts, sys.m, w.tape, &tape);
     rc = ode_solve(&sys, &L->opts, ta, tb, w.y, w.solver,
-                   L->backprop ? &tape : NULL, &st, c->err, c->err_cap);
+                   keep ? &tape : NULL, &st, c->err, c->err_cap);
     count_nfe(L, c, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(out, w.y, nd * sizeof *out);
+    if (skip)
+        return FLOW_OK;
     memcpy(logdet, w.y + nd, n * sizeof *logdet);
-    *w.head = (ws_head){WS_MAGIC, n, L->backprop ? tape.steps : 0, e.rec,
+    *w.head = (ws_head){WS_MAGIC, n, keep ? tape.steps : 0, e.rec,
                         dir, hutch, c->training};
     return FLOW_OK;
 }

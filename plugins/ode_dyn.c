@@ -214,6 +214,17 @@ static int dyn_f(void *env, double t, const flow_real *y, flow_real *dy)
 {
     ode_dyn *e = env;
     int rc;
+    if (e->no_trace) {
+        /* f alone: net_div without tangent rows (its primal rows are the
+         * same products as with them) or net_forward, whichever the
+         * trace would have come with, so z keeps its bits */
+        memset(dy + e->n * e->d, 0, e->n * sizeof *dy);
+        if (e->div_tape)
+            return div_forward(e, e->div_tape, t, y, dy, NULL);
+        rc = e->host->net_forward(e->net, e->params, e->n, net_input(e, y),
+                                  NULL, t, dy, e->net_ws);
+        return rc == FLOW_OK ? FLOW_OK : net_fail(e, "forward", rc);
+    }
     if (e->div_tape) {
         void *tape = e->div_tape;
         if (e->rec_tapes && e->rec < e->rec_cap) {

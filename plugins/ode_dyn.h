@@ -17,6 +17,9 @@ typedef struct ode_dyn {
     size_t n, d, k, np;         /* rows, D, K, net parameters             */
     const flow_real *ctx;       /* n x K, NULL when K = 0                 */
     const flow_real *eps;       /* n x D Hutchinson probes; NULL: exact   */
+    int no_trace;               /* 1: dl/dt = 0, no trace computed (the
+                                   call skips its log-det); z the same
+                                   bits                                    */
     const flow_call *c;         /* for error messages (host->error)       */
     /* buffers, from ode_dyn_carve */
     flow_real *xa, *tx, *ty, *dty, *dxa, *dxb, *fo, *tro;

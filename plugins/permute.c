@@ -150,7 +150,8 @@ static int permute_forward(void *self, const flow_call *c, const flow_real *x,
 {
     const permute *p = self;
     common_gather(p->perm, p->d, c->n, x, z);
-    memset(logdet, 0, c->n * sizeof *logdet);
+    if (!flow_call_skip_logdet(c))
+        memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
 
@@ -159,7 +160,8 @@ static int permute_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const permute *p = self;
     common_scatter(p->perm, p->d, c->n, z, x);
-    memset(logdet, 0, c->n * sizeof *logdet);
+    if (!flow_call_skip_logdet(c))
+        memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
 

@@ -479,6 +479,8 @@ static int residual_forward(void *self, const flow_call *call,
         return rc;
     for (size_t i = 0; i < nd; i++)
         z[i] = x[i] + w.g[i];
+    if (flow_call_skip_logdet(call))    /* D JVPs and an LU per row saved */
+        return FLOW_OK;
     if (call->training && r->mode != LD_EXACT)
         return series_logdet(r, call, &w, logdet);
     return exact_logdet(r, call, &w, logdet, 1.0);
@@ -665,7 +667,8 @@ static int fixed_point(const residual *r, const flow_call *call,
 }
 
 /* The log-det of the inverse is always the exact one (D JVPs at the
- * solution), in training too. */
+ * solution), in training too; without one asked for, the fixed point
+ * alone. */
 static int residual_inverse(void *self, const flow_call *call,
                             const flow_real *z, flow_real *x,
                             flow_real *logdet)
@@ -675,6 +678,8 @@ static int residual_inverse(void *self, const flow_call *call,
     int rc;
     if ((rc = fixed_point(r, call, z, x, &w)) != FLOW_OK)
         return rc;
+    if (flow_call_skip_logdet(call))
+        return FLOW_OK;
     if ((rc = eval_g(r, call, x, &w)) != FLOW_OK)
         return rc;
     return exact_logdet(r, call, &w, logdet, -1.0);

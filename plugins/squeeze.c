@@ -121,7 +121,8 @@ static int squeeze_forward(void *self, const flow_call *c, const flow_real *x,
 {
     const squeeze *s = self;
     common_gather(s->perm, s->d, c->n, x, z);
-    memset(logdet, 0, c->n * sizeof *logdet);
+    if (!flow_call_skip_logdet(c))
+        memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
 
@@ -130,7 +131,8 @@ static int squeeze_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const squeeze *s = self;
     common_scatter(s->perm, s->d, c->n, z, x);
-    memset(logdet, 0, c->n * sizeof *logdet);
+    if (!flow_call_skip_logdet(c))
+        memset(logdet, 0, c->n * sizeof *logdet);
     return FLOW_OK;
 }
 

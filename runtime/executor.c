@@ -200,6 +200,7 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi)
         }
         exec_fill_call(m, nd, &c, hi - lo,
                        j->cv && kc ? j->cv + lo * kc : NULL, grad, t);
+        c.skip_logdet = j->skip_logdet;
         if ((rc = call_layer(j, st, &c, lo)) != FLOW_OK) {
             j->rc[t] = rc;
             j->fail[t] = s;
@@ -439,13 +440,22 @@ static int blame_nonfinite(flow_model *m, size_t n, size_t upto, int rc)
     return rc;
 }
 
+/* Whether a pass with these flags tells its layers to skip their
+ * log-dets: never before a backward pass, nor in training mode, where
+ * estimators draw random numbers for them (the stream must not depend
+ * on whether log-densities were asked for). */
+static int skips_logdet(const flow_model *m, unsigned flags)
+{
+    return (flags & EXEC_NO_LOGDET) && !(flags & EXEC_TAPE) && !m->training;
+}
+
 /* Forward through every node; z (n x dim) gets exits then the final
  * state; m->ld_sum the summed log-dets.  Activations stay in m->act. */
 int exec_forward(flow_model *m, size_t n, const flow_real *x,
                  const flow_real *cv, flow_real *z, int data_init,
-                 int tape)
+                 unsigned flags)
 {
-    int rc;
+    int rc, skip = skips_logdet(m, flags);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
         || (rc = prepare_all(m, n, 0)) != FLOW_OK)
         return rc;
@@ -454,8 +464,9 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
     for (size_t i = 0, e; i < m->n_nodes; i = e) {
         node *nd = &m->nodes[i];
         job j = {.m = m, .kind = JOB_FORWARD, .n = n, .cv = cv,
-                 .ld = m->ld, .ld_sum = m->ld_sum, .z = z, .steps = m->steps,
-                 .no_tape = !tape};
+                 .ld = m->ld, .ld_sum = skip ? NULL : m->ld_sum, .z = z,
+                 .steps = m->steps, .no_tape = !(flags & EXEC_TAPE),
+                 .skip_logdet = skip};
         if (data_init && nd->kind == NODE_LAYER
             && (nd->desc.flags & FLOW_LAYER_DATA_INIT)
             && nd->type->data_init) {
@@ -505,7 +516,8 @@ int flow_model_forward(flow_model *m, size_t n, const flow_real *x,
     if ((rc = model_check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    if ((rc = exec_forward(m, n, x, c, z, 0, 0)) != FLOW_OK)
+    if ((rc = exec_forward(m, n, x, c, z, 0,
+                           logdet ? 0 : EXEC_NO_LOGDET)) != FLOW_OK)
         return rc;
     if (logdet)
         memcpy(logdet, m->ld_sum, n * sizeof *logdet);
@@ -520,7 +532,7 @@ int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
         return rc;
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK)
         return rc;
-    return exec_forward(m, n, x, c, m->zbuf, 1, 0);
+    return exec_forward(m, n, x, c, m->zbuf, 1, EXEC_NO_LOGDET);
 }
 
 /* Adds the base log-densities of z (exits and final) to logp. */
@@ -612,10 +624,10 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
 /* Inverse through every node from z; x gets the data, m->ld_sum the
  * summed inverse log-dets. */
 int exec_inverse(flow_model *m, size_t n, const flow_real *z,
-                 const flow_real *cv, flow_real *x, int tape)
+                 const flow_real *cv, flow_real *x, unsigned flags)
 {
     size_t df = model_out_dim(m);
-    int rc;
+    int rc, skip = skips_logdet(m, flags);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
         || (rc = prepare_all(m, n, 1)) != FLOW_OK)
         return rc;
@@ -625,8 +637,9 @@ int exec_inverse(flow_model *m, size_t n, const flow_real *z,
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
     for (size_t e = m->n_nodes, i; e > 0; e = i) {
         job j = {.m = m, .kind = JOB_INVERSE, .n = n, .cv = cv,
-                 .ld = m->ld, .ld_sum = m->ld_sum, .zin = z,
-                 .steps = m->steps, .no_tape = !tape};
+                 .ld = m->ld, .ld_sum = skip ? NULL : m->ld_sum, .zin = z,
+                 .steps = m->steps, .no_tape = !(flags & EXEC_TAPE),
+                 .skip_logdet = skip};
         /* nodes e-1 down to i in one job */
         for (i = e; i > 0; i--) {
             node *nd = &m->nodes[i - 1];
@@ -657,7 +670,8 @@ int flow_model_inverse(flow_model *m, size_t n, const flow_real *z,
     if ((rc = model_check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    if ((rc = exec_inverse(m, n, z, c, x, 0)) != FLOW_OK)
+    if ((rc = exec_inverse(m, n, z, c, x,
+                           logdet ? 0 : EXEC_NO_LOGDET)) != FLOW_OK)
         return rc;
     if (logdet)
         memcpy(logdet, m->ld_sum, n * sizeof *logdet);
@@ -725,7 +739,8 @@ int flow_model_sample_tempered(flow_model *m, size_t n, double temperature,
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
         || (rc = draw_latents(m, n, temperature, m->zbuf, NULL)) != FLOW_OK)
         return rc;
-    if ((rc = exec_inverse(m, n, m->zbuf, c, x, 0)) != FLOW_OK)
+    if ((rc = exec_inverse(m, n, m->zbuf, c, x,
+                           logp ? 0 : EXEC_NO_LOGDET)) != FLOW_OK)
         return rc;
     if (logp) {
         /* log p(x) = log p_base(z) - log|det df^-1/dz| */

@@ -89,7 +89,7 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
         return rc;
     ctx_clear_error(m->ctx);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = exec_forward(m, n, x, c, m->zbuf, 0, 1)) != FLOW_OK)
+        || (rc = exec_forward(m, n, x, c, m->zbuf, 0, EXEC_TAPE)) != FLOW_OK)
         return rc;
     w = (flow_real)weight;
     memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
@@ -187,7 +187,7 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
         return rc;
     ctx_clear_error(m->ctx);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = exec_inverse(m, n, z, c, m->zbuf, 1)) != FLOW_OK)
+        || (rc = exec_inverse(m, n, z, c, m->zbuf, EXEC_TAPE)) != FLOW_OK)
         return rc;
     g = m->g0;
     gnext = m->g1;

@@ -123,6 +123,8 @@ typedef struct job {
     const job_step *steps;
     size_t n_steps;
     int no_tape;                /* no backward follows: rows in blocks */
+    int skip_logdet;            /* the layers' log-dets are not read
+                                   (flow_call.skip_logdet); ld_sum NULL */
     size_t block;               /* rows per block (exec_run_job), 0: all */
     int rc[MAX_THREADS];
     size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
@@ -153,16 +155,25 @@ void exec_fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
 /* Per-batch storage for n rows (kept when large enough). */
 int exec_grow_batch(flow_model *m, size_t n);
 void exec_free_batch(flow_model *m);
+/* Flags of a pass.  EXEC_TAPE: a backward pass follows (each layer's
+ * workspace keeps its tape; rows are not split in blocks).
+ * EXEC_NO_LOGDET: the caller reads no log-det, so the layers are told to
+ * skip theirs (flow_call.skip_logdet) and m->ld_sum stays 0;
+ * honoured in evaluation mode without EXEC_TAPE only. */
+#define EXEC_TAPE 1u
+#define EXEC_NO_LOGDET 2u
+
 /* Forward through every node from x (n x dim): z gets the exits' columns
  * then the final state, m->ld_sum the summed log-dets, m->act the
- * activations (kept for a backward pass when tape is set; data_init runs
+ * activations (kept for a backward pass with EXEC_TAPE; data_init runs
  * the layers' data-dependent initialisation on the way). */
 int exec_forward(flow_model *m, size_t n, const flow_real *x,
-                 const flow_real *cv, flow_real *z, int data_init, int tape);
+                 const flow_real *cv, flow_real *z, int data_init,
+                 unsigned flags);
 /* Inverse through every node from z: x gets the data, m->ld_sum the
  * summed log|det df^-1/dz|. */
 int exec_inverse(flow_model *m, size_t n, const flow_real *z,
-                 const flow_real *cv, flow_real *x, int tape);
+                 const flow_real *cv, flow_real *x, unsigned flags);
 /* logp += the base log-densities of z (the exits' and the output's). */
 int exec_add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
                          flow_real *logp);

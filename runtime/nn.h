@@ -56,7 +56,8 @@ int nn_jvp_backward(const flow_net *net, const flow_real *params, size_t n,
  * outputs <= its inputs.  The
  * tape (returned size) is written by nn_div_forward and read by
  * nn_div_backward; the scratch (*scratch bytes) is free between calls.
- * 0 when the net is not supported. */
+ * 0 when the net is not supported.  tr NULL: y alone, the same bits, on
+ * a tape the backward refuses. */
 size_t nn_div_workspace(const flow_net *net, size_t n, size_t *scratch);
 int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
                    const flow_real *x, double t, const flow_real *eps,

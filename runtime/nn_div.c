@@ -438,14 +438,18 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
     int tanh_act, st;
     if (!div_supported(net))
         return FLOW_ERR_UNSUPPORTED;
-    if (!params || !x || !y || !tr || !tape || !scratch ||
+    if (!params || !x || !y || !tape || !scratch ||
         (uintptr_t)tape % sizeof(double) != 0 ||
         (uintptr_t)scratch % sizeof(double) != 0)
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
     D = net->y_width;
-    B = eps ? 1 : D;
+    /* no trace asked for: no tangent blocks (y from the primal rows'
+     * own products, as with them), and a tape the backward refuses */
+    if (!tr)
+        eps = NULL;
+    B = !tr ? 0 : eps ? 1 : D;
     R = n * (1 + B);
     L = net->n_layers;
     tanh_act = net->act == FLOW_ACT_TANH;
@@ -521,6 +525,8 @@ int nn_div_forward(const flow_net *net, const flow_real *params, size_t n,
         st = blas_gemm(0, 1, n, D, in, 1, ain, in, w, ld, 1, y, D);
         if (st != FLOW_OK)
             return st;
+        if (!tr)
+            return FLOW_OK;
         if (L > 1)
             div_fwd_trace(n, D, in, ld, ain, w, eps, tr);
         for (size_t r = 0; L == 1 && r < n; r++) {

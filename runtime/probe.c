@@ -677,7 +677,7 @@ int flow_model_verify_layers(flow_model *m, size_t n, const flow_real *x,
     m->training = 0;
     /* each layer's input rows: the activations of an evaluation-mode
      * forward pass (m->act[i] enters node i) */
-    rc = exec_forward(m, rows, x, c, z, 0, 1);
+    rc = exec_forward(m, rows, x, c, z, 0, EXEC_TAPE);
     for (size_t i = 0; rc == FLOW_OK && i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
         if (!in_scope(m, nd, scope))

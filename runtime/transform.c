@@ -232,7 +232,8 @@ static void rq_local(double W, double Y, double H,
 static double clamp01(double v) { return v < 0 ? 0 : v > 1 ? 1 : v; }
 
 /* Value and log-derivative only (the forward passes): eq. 4 and the log
- * of eq. 5, lad = log(s^2 nn / den^2), one log instead of three. */
+ * of eq. 5, lad = log(s^2 nn / den^2), one log instead of three; lad NULL:
+ * the value alone. */
 static void rq_value(const knots *kn, size_t k, double x, double *y,
                      double *lad)
 {
@@ -243,7 +244,8 @@ static void rq_value(const knots *kn, size_t k, double x, double *y,
     double den = s + (d0 + d1 - 2 * s) * om;
     double nn = d1 * xi * xi + 2 * s * om + d0 * (1 - xi) * (1 - xi);
     *y = Y + H * (s * xi * xi + d0 * om) / den;
-    *lad = log(s * s * nn / (den * den));
+    if (lad)
+        *lad = log(s * s * nn / (den * den));
 }
 
 /* Evaluates the spline in bin k at forward input x. */
@@ -331,11 +333,13 @@ int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
     case FLOW_TF_AFFINE_SIGMOID:
         affine_any(c->kind, dir, theta[0], &l, &dl, &e);
         *out = dir ? (in - theta[1]) * e : in * e + theta[1];
-        *lad = dir ? -l : l;
+        if (lad)
+            *lad = dir ? -l : l;
         return FLOW_OK;
     case FLOW_TF_ADDITIVE:
         *out = dir ? in - theta[0] : in + theta[0];
-        *lad = 0;
+        if (lad)
+            *lad = 0;
         return FLOW_OK;
     case FLOW_TF_SPLINE:
         break;
@@ -344,7 +348,8 @@ int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
     }
     if (!inside(c, in)) {             /* linear tails: identity */
         *out = in;
-        *lad = 0;
+        if (lad)
+            *lad = 0;
         return FLOW_OK;
     }
     make_knots(c, theta, &kn);
@@ -353,9 +358,11 @@ int tf_eval1(const tf_cfg *c, int dir, double in, const double *theta,
         rq_value(&kn, k, in, out, lad);
     } else {
         double x = rq_inverse(&kn, in, &k), y;
-        rq_value(&kn, k, x, &y, lad);
         *out = x;
-        *lad = -*lad;
+        if (lad) {
+            rq_value(&kn, k, x, &y, lad);
+            *lad = -*lad;
+        }
     }
     return FLOW_OK;
 }
@@ -744,7 +751,8 @@ static int eval_batch(const flow_tf *tf, int dir, size_t m,
 #endif
     for (size_t i = 0; i < m; i++) {
         load_theta(theta + i * c.n_theta, c.n_theta, th);
-        tf_eval1(&c, dir, (double)in[i], th, &o, &l);
+        l = 0;
+        tf_eval1(&c, dir, (double)in[i], th, &o, lad ? &l : NULL);
         out[i] = (flow_real)o;
         if (lad)
             lad[i] = (flow_real)l;

@@ -39,7 +39,8 @@ int tf_resolve(const flow_tf *tf, tf_cfg *cfg);
 
 /* One scalar in double precision (the core the batch calls use).
  * dir 0: out = tau(in), lad = log tau'(in); dir 1: out = tau^-1(in), lad =
- * -log tau'(out).  theta holds cfg->n_theta raw values. */
+ * -log tau'(out); lad NULL: out alone, the same bits (a layer skipping
+ * its log-det).  theta holds cfg->n_theta raw values. */
 int tf_eval1(const tf_cfg *cfg, int dir, double in, const double *theta,
              double *out, double *lad);
 /* VJP of tf_eval1 at `in`: given gout = dL/dout and glad = dL/dlad, write

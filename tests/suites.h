@@ -19,6 +19,7 @@
     X(train) \
     X(conform)      /* conformance checks of every bundled layer type */ \
     X(layers)       /* coupling and autoregressive layers in models */ \
+    X(nologdet)     /* passes without log-dets (flow_call.skip_logdet) */ \
     X(ckpt_model)   /* checkpoints of whole models */ \
     X(matrix)       /* BLAS/LAPACK wrappers */ \
     X(nn)           /* MLP and MADE conditioners, divergence kernels */ \

@@ -865,6 +865,14 @@ static void check_div(const netcase *nc, int hutch, uint64_t seed)
         ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? NULL : eps,
                                         y2, tr2, tape, scr), FLOW_OK);
         ck_assert_mem_eq(y, y2, NR * D * sizeof *y);
+        /* nor on whether there are any: tr NULL gives y alone (a layer
+         * skipping its log-det), on a tape the backward refuses */
+        ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? eps : NULL,
+                                        y2, NULL, tape, scr), FLOW_OK);
+        ck_assert_mem_eq(y, y2, NR * D * sizeof *y);
+        ck_assert_int_eq(nn_div_backward(net, p, NR, tape, scr,
+                                         hutch ? eps : NULL, dy, dtr, dx,
+                                         dp), FLOW_ERR_INVAL);
         ck_assert_int_eq(nn_div_forward(net, p, NR, x, t, hutch ? eps : NULL,
                                         y2, tr2, tape, scr), FLOW_OK);
     }

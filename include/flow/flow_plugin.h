@@ -57,8 +57,10 @@ extern "C" {
  *   1.8  flow_layer_desc.range, .range_lo, .range_hi: where the outputs
  *        lie when the inputs lie in the domain (dequantize: [0, 1])
  *   1.9  FLOW_TF_AFFINE_SIGMOID (Glow's sigmoid scale; an older host's
- *        transformer entries refuse it with FLOW_ERR_INVAL) */
-#define FLOW_PLUGIN_ABI_MINOR 9u
+ *        transformer entries refuse it with FLOW_ERR_INVAL)
+ *   1.10 flow_call.skip_logdet (read it with flow_call_skip_logdet); host
+ *        net_div_forward accepts tr = NULL (y only) */
+#define FLOW_PLUGIN_ABI_MINOR 10u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -405,7 +407,28 @@ typedef struct flow_call {
                                      (or use host->error) before returning
                                      a non-zero status                       */
     size_t err_cap;
+    /* 1.10 (read only when struct_size covers it: flow_call_skip_logdet).
+     * 1 on a forward or inverse call whose logdet output the caller does
+     * not read (sampling, or encoding, without densities): the layer may
+     * leave logdet unwritten and skip the work that only feeds it (an ODE
+     * layer's trace, a residual layer's log-det, a spline's derivatives).
+     * Set only in evaluation mode (training 0) and only where no backward
+     * follows the call; never on backward calls.  The output must be the
+     * same bits with and without it, and the call must draw the same
+     * numbers from rng, so that later draws do not change either.  A
+     * plugin that ignores it (or was built against an older header)
+     * computes the log-det as always, which is also correct. */
+    int skip_logdet;
 } flow_call;
+
+/* 1 when c asks the layer to skip its log-det (1.10), 0 otherwise and
+ * from a host older than 1.10, whose calls are shorter. */
+static inline int flow_call_skip_logdet(const flow_call *c)
+{
+    return c->struct_size >= offsetof(flow_call, skip_logdet)
+                             + sizeof c->skip_logdet
+           && c->skip_logdet;
+}
 
 /* Portable export (1.6): the sink a layer's export_tensors() writes its
  * weights and derived constants into, as named tensors and architecture
@@ -785,7 +808,9 @@ struct flow_host {
      *                the negative of tf_forward's lad at the x it returns
      *                (the affine transformer: x = (y - t) e^-l, lad = -l).
      * Both return FLOW_ERR_NUMERIC when a finite input gives a non-finite
-     * output or lad, FLOW_ERR_INVAL for an invalid tf. */
+     * output or lad, FLOW_ERR_INVAL for an invalid tf.  With lad NULL the
+     * output is the same bits and the log-derivative is not computed (a
+     * spline's derivative and its log: a layer skipping its log-det). */
     size_t (*tf_params)(const flow_tf *tf);
     int (*tf_forward)(const flow_tf *tf, size_t m, const flow_real *x,
                       const flow_real *theta, flow_real *y, flow_real *lad);
@@ -826,6 +851,9 @@ struct flow_host {
      * vectors, or e) stacked under the primal rows: one GEMM per layer on
      * `out` n (or n) tangent rows instead of one JVP per tangent
      * (docs/plugins.md).  y does not depend on eps (the same bits).
+     * 1.10: tr may be NULL: y alone (the same bits), no tangent rows, and
+     * a tape that net_div_backward refuses; for a layer skipping its
+     * log-det (flow_call_skip_logdet, which only a 1.10 host sets).
      * Supported: FLOW_NET_MLP without context inputs or spectral norm,
      * out <= in; otherwise net_div_workspace returns 0 and the calls
      * FLOW_ERR_UNSUPPORTED.  net_div_workspace: bytes of the tape for n

@@ -11,10 +11,15 @@
  *             sign is still right: only perturbed parameters show it
  *   ld_noshift: correct log-det, but the inverse forgets t, which starts
  *             at 0: the round trip fails only at perturbed parameters
+ *   ld_lazy:  correct log-det, except on calls that ask to skip it
+ *             (flow_call_skip_logdet): there it writes NaN, which a host
+ *             reading it anyway would turn into NaN log-densities, and
+ *             counts the call in its stat "skipped" (tests/test_nologdet.c)
  * Each log-det bug is consistent with itself: the inverse returns the
  * negated (wrong) log-det and the backward is the gradient of what the
  * forward computes, so only a log-det against the Jacobian catches it. */
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "flow/flow_plugin.h"
@@ -25,6 +30,8 @@ typedef struct affine {
     double sign, offset;        /* log-det = sign * sum(s) + offset */
     double s0;                  /* initial s */
     int noshift;                /* the inverse ignores t */
+    int lazy;                   /* ld_lazy */
+    atomic_ulong skipped;       /* ld_lazy: calls that skipped the log-det */
 } affine;
 
 static int ld_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -57,6 +64,7 @@ static void *ld_create_as(const flow_host *host, const flow_layer_config *cfg,
     a->offset = offset;
     a->s0 = s0;
     a->noshift = noshift;
+    atomic_init(&a->skipped, 0);
     return a;
 }
 
@@ -90,6 +98,15 @@ static void *noshift_create(const flow_host *host,
     return ld_create_as(host, cfg, diag, 1, 0, 0.5, 1);
 }
 
+static void *lazy_create(const flow_host *host, const flow_layer_config *cfg,
+                         flow_diag *diag)
+{
+    affine *a = ld_create_as(host, cfg, diag, 1, 0, 0.5, 0);
+    if (a)
+        a->lazy = 1;
+    return a;
+}
+
 static void ld_destroy(void *self)
 {
     affine *a = self;
@@ -115,12 +132,28 @@ static double ld_value(const affine *a, const flow_real *s)
     return a->sign * sum + a->offset;
 }
 
+/* The log-det l of a call, NaN (and counted) on an ld_lazy call that
+ * skips it; the calls of several threads may count at once. */
+static flow_real ld_of_call(const affine *a, const flow_call *c, double l)
+{
+    if (!a->lazy || !flow_call_skip_logdet(c))
+        return (flow_real)l;
+    atomic_fetch_add(&((affine *)(void *)a)->skipped, 1);
+    return (flow_real)NAN;
+}
+
+static double ld_skipped(void *self)
+{
+    affine *a = self;
+    return (double)atomic_load(&a->skipped);
+}
+
 static int ld_forward(void *self, const flow_call *c, const flow_real *x,
                       flow_real *z, flow_real *logdet)
 {
     const affine *a = self;
     const flow_real *s = c->params, *t = c->params + a->d;
-    flow_real l = (flow_real)ld_value(a, s);
+    flow_real l = ld_of_call(a, c, ld_value(a, s));
     for (size_t r = 0; r < c->n; r++) {
         for (size_t i = 0; i < a->d; i++)
             z[r * a->d + i] = x[r * a->d + i] * (flow_real)exp((double)s[i])
@@ -135,7 +168,7 @@ static int ld_inverse(void *self, const flow_call *c, const flow_real *z,
 {
     const affine *a = self;
     const flow_real *s = c->params, *t = c->params + a->d;
-    flow_real l = (flow_real)-ld_value(a, s);
+    flow_real l = ld_of_call(a, c, -ld_value(a, s));
     for (size_t r = 0; r < c->n; r++) {
         for (size_t i = 0; i < a->d; i++)
             x[r * a->d + i] = (z[r * a->d + i] - (a->noshift ? 0 : t[i]))
@@ -218,7 +251,23 @@ LD_TYPE(flip0_type, "ld_flip0", "test: ld_flip starting as the identity",
 LD_TYPE(noshift_type, "ld_noshift", "test: z = x e^s + t, inverse without t",
         noshift_create);
 
+static const flow_layer_type lazy_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "ld_lazy",
+    .summary = "test: z = x e^s + t, a NaN log-det where it may be skipped",
+    .describe = ld_describe,
+    .create = lazy_create,
+    .destroy = ld_destroy,
+    .init = ld_init,
+    .forward = ld_forward,
+    .inverse = ld_inverse,
+    .forward_backward = ld_forward_backward,
+    .inverse_backward = ld_inverse_backward,
+    .stat_name = "skipped",
+    .stat = ld_skipped,
+};
+
 FLOW_PLUGIN_LAYERS("ldbugs", "test",
                    "log-det bugs that flatter the likelihood (tests)",
                    &ok_type, &flip_type, &plus_type, &flip0_type,
-                   &noshift_type);
+                   &noshift_type, &lazy_type);
