@@ -672,6 +672,15 @@ void flow_model_set_rng(flow_model *m, const uint64_t in[6])
 
 flow_ctx *model_ctx(const flow_model *m) { return m->ctx; }
 
+int model_has_stochastic(const flow_model *m)
+{
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_LAYER
+            && (m->nodes[i].desc.flags & FLOW_LAYER_STOCHASTIC))
+            return 1;
+    return 0;
+}
+
 /* ------------------------------------------------------------ slices */
 
 size_t model_slice_count(const flow_model *m)

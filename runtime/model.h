@@ -9,6 +9,9 @@
 #define MODEL_MAX_THREADS 64
 
 flow_ctx *model_ctx(const flow_model *m);
+/* 1 when a layer draws random numbers in its passes
+ * (FLOW_LAYER_STOCHASTIC: dequantize's noise, Hutchinson probes) */
+int model_has_stochastic(const flow_model *m);
 
 /* Runs fn(arg, t, lo, hi) for the chunks t = 0..k-1 of [0, n), k the
  * model's thread count (or fewer for small n), on its thread pool; the

@@ -33,6 +33,13 @@ struct flow_trainer {
     flow_real *bgrad;           /* this process's blocks' gradients */
     double *blogp;              /* and their log-density sums */
     size_t max_local;           /* blocks of a batch one process takes */
+    /* buffers that training passes update (batchnorm's running
+     * averages): each block starts from the step's (buf0), and what the
+     * blocks leave (bbuf: this process's, ball: every process's) is
+     * averaged in block order, the same for any N (comm_buffers) */
+    size_t nbuf;
+    flow_real *buf0, *bbuf, *ball;
+    int stochastic;             /* a layer draws in its passes */
     /* a share of the rows (flow_trainer_new_shard): x and c hold the
      * rows [offs[rank], offs[rank + 1]) of n */
     size_t *offs;               /* per process, then n */
@@ -95,6 +102,9 @@ void flow_trainer_free(flow_trainer *t)
     free(t->perm);
     free(t->bgrad);
     free(t->blogp);
+    free(t->buf0);
+    free(t->bbuf);
+    free(t->ball);
     rsum_free(&t->rs);
     free(t->offs);
     free(t->place);
@@ -474,11 +484,29 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     t->blogp = malloc((t->max_local + 1) * sizeof *t->blogp);
     if (!t->bgrad || !t->blogp || rsum_init(&t->rs, t->np, 1) != FLOW_OK)
         goto nomem;
+    free(t->buf0);
+    free(t->bbuf);
+    free(t->ball);
+    t->buf0 = t->bbuf = t->ball = NULL;
+    t->nbuf = t->target ? 0 : flow_model_num_buffers(t->m);
+    if (t->nbuf) {
+        size_t per = t->max_local * t->nbuf;
+        if (per / t->nbuf != t->max_local || per > SIZE_MAX / size
+            || !(t->buf0 = malloc(t->nbuf * sizeof *t->buf0))
+            || !(t->bbuf = malloc(per * sizeof *t->bbuf))
+            || !(t->ball = malloc(per * size * sizeof *t->ball)))
+            goto nomem;
+    }
+    t->stochastic = model_has_stochastic(t->m);
     t->comm = comm;
     return FLOW_OK;
 nomem:
     free(t->bgrad);
     free(t->blogp);
+    free(t->buf0);
+    free(t->bbuf);
+    free(t->ball);
+    t->buf0 = t->bbuf = t->ball = NULL;
     t->bgrad = NULL;
     t->blogp = NULL;
     return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for %zu "
@@ -610,6 +638,43 @@ static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
     return FLOW_OK;
 }
 
+/* The buffers after a step of nb blocks: every process's blocks' copies
+ * gathered (in block order: process q's blocks follow q - 1's), and each
+ * value the mean of the blocks' in block order in double, or the value
+ * itself where every block left the same bits (buffers that training
+ * does not touch stay as they are, NaN included).  Batchnorm's running
+ * average, (1 - m) a + m s_k in block k, so becomes (1 - m) a + m times
+ * the mean of the blocks' statistics: one update per step, the same for
+ * any N (docs/distributed.md, "Batch normalisation"). */
+static int comm_buffers(flow_trainer *t, size_t nb, flow_real *buf)
+{
+    size_t size = (size_t)flow_comm_size(t->comm), per = t->max_local *
+                                                         t->nbuf;
+    int rc = comm_allgather(t->comm, t->bbuf, t->ball, per * sizeof *buf);
+    if (rc != FLOW_OK)
+        return rc;
+    for (size_t j = 0; j < t->nbuf; j++) {
+        const flow_real *first = NULL;
+        int same = 1;
+        double s = 0;
+        for (size_t q = 0; q < size; q++) {
+            size_t lo = q * nb / size, hi = (q + 1) * nb / size;
+            for (size_t k = lo; k < hi; k++) {
+                const flow_real *v = t->ball + q * per + (k - lo) * t->nbuf
+                                     + j;
+                if (!first)
+                    first = v;
+                else if (memcmp(v, first, sizeof *v) != 0)
+                    same = 0;
+                s += (double)*v;
+            }
+        }
+        if (first)
+            buf[j] = same ? *first : (flow_real)(s / (double)nb);
+    }
+    return FLOW_OK;
+}
+
 /* The step's gradient with a communicator: the batch of b rows (from
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
@@ -623,14 +688,35 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
+    flow_real *buf = t->nbuf ? flow_model_buffers(t->m) : NULL;
+    uint64_t after[6], key = 0;
     int rc = FLOW_OK;
 
     if (t->offs && (rc = fetch_blocks(t, start, b, nb)) != FLOW_OK)
         return rc;
+    if (t->stochastic) {
+        /* as a fit's blocks (target_comm_gradient): one key per step from
+         * the model's stream, block k's draws from the stream of (key,
+         * k) alone, so that they do not follow the split */
+        flow_rng r;
+        flow_model_get_rng(t->m, after);
+        rng_load(&r, after);
+        key = rng_u64(&r);
+        rng_save(&r, after);
+    }
+    if (buf)
+        memcpy(t->buf0, buf, t->nbuf * sizeof *buf);
     flow_model_set_training(t->m, 1);
     for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
         size_t r0 = k * FLOW_TRAIN_BLOCK;
         size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
+        if (t->stochastic) {
+            uint64_t s[6];
+            vi_block_stream(s, key, k);
+            flow_model_set_rng(t->m, s);
+        }
+        if (buf && k > lo)
+            memcpy(buf, t->buf0, t->nbuf * sizeof *buf);
         /* a share's blocks sit in bx one after the other, a whole
          * set's block is copied to its start */
         size_t at = t->offs ? r0 - lo * FLOW_TRAIN_BLOCK : 0;
@@ -646,12 +732,17 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
                                  t->cdim ? t->bc + at * t->cdim : NULL,
                                  1.0 / (double)b, &t->blogp[k - lo],
                                  t->bgrad + (k - lo) * t->np);
+        if (buf)
+            memcpy(t->bbuf + (k - lo) * t->nbuf, buf,
+                   t->nbuf * sizeof *buf);
     }
     flow_model_set_training(t->m, 0);
+    if (t->stochastic)
+        flow_model_set_rng(t->m, after);
     if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
         return rc;
     *mean /= (double)b;
-    return FLOW_OK;
+    return buf ? comm_buffers(t, nb, buf) : FLOW_OK;
 }
 
 /* The variational step's gradient with a communicator: the batch of
