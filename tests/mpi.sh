@@ -37,11 +37,12 @@ run() { timeout 120 mpirun --oversubscribe -np "$@"; }
 
 "$F" data moons -n 300 --seed 1 -o "$t/tr.csv"
 # batch 70: blocks of 32, 32 and 6 rows (3 blocks: one per rank at 3, two
-# and one at 2); 300 rows: the fifth step's batch is 20 rows, then a new
-# shuffle; a held-out fifth validated at each epoch's end
+# and one at 2, and a rank with none at 4); 300 rows: the fifth step's
+# batch is 20 rows, then a new shuffle; a held-out fifth validated at each
+# epoch's end
 A="--data $t/tr.csv --batch 70 --epochs 3 --seed 3 --threads 2 --valid-fraction 0.2 --quiet"
 "$F" train "$SPEC" $A --reproducible -o "$t/r.ckpt"; check reproducible 0 $?
-for n in 1 2 3; do
+for n in 1 2 3 4; do
     run $n "$F" train "$SPEC" $A -o "$t/m$n.ckpt" 2>"$t/err$n"
     check "np $n" 0 $?
     same_file "np $n = one process --reproducible" "$t/r.ckpt" "$t/m$n.ckpt"
