@@ -19,6 +19,8 @@
 
 struct pool {
     pthread_mutex_t mu;
+    void **scratch;             /* per thread (pool_scratch)               */
+    size_t *scratch_bytes;
     pthread_cond_t go, done;
     pthread_t *th;
     size_t n_workers;
@@ -36,6 +38,9 @@ struct pool {
     size_t sleepers;            /* workers blocked on go (under mu) */
     int waiting;                /* the caller is blocked on done (under mu) */
 };
+
+/* The pool lent to this thread (pool_lend). */
+static _Thread_local pool *lent;
 
 typedef struct worker_arg {
     pool *p;
@@ -128,7 +133,9 @@ pool *pool_new(size_t threads)
     atomic_init(&p->gen, 0);
     atomic_init(&p->pending, 0);
     atomic_init(&p->quit, 0);
-    if (!(p->th = calloc(threads - 1, sizeof *p->th)))
+    if (!(p->th = calloc(threads - 1, sizeof *p->th))
+        || !(p->scratch = calloc(threads, sizeof *p->scratch))
+        || !(p->scratch_bytes = calloc(threads, sizeof *p->scratch_bytes)))
         goto fail;
     for (size_t i = 0; i + 1 < threads; i++) {
         worker_arg *w = malloc(sizeof *w);
@@ -159,6 +166,11 @@ void pool_free(pool *p)
     pthread_mutex_unlock(&p->mu);
     for (size_t i = 0; i < p->n_workers; i++)
         pthread_join(p->th[i], NULL);
+    if (p->scratch)
+        for (size_t t = 0; t <= p->n_workers; t++)
+            free(p->scratch[t]);
+    free(p->scratch);
+    free(p->scratch_bytes);
     free(p->th);
     pthread_cond_destroy(&p->go);
     pthread_cond_destroy(&p->done);
@@ -168,8 +180,10 @@ void pool_free(pool *p)
 
 void pool_run(pool *p, size_t n, pool_fn fn, void *arg)
 {
+    pool *outer = lent;
     if (n == 0)
         return;
+    lent = NULL;
     p->fn = fn;
     p->arg = arg;
     p->n_tasks = n;
@@ -182,12 +196,50 @@ void pool_run(pool *p, size_t n, pool_fn fn, void *arg)
         pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
     fn(arg, 0);
-    if (spin_zero(&p->pending))
-        return;
-    pthread_mutex_lock(&p->mu);
-    p->waiting = 1;
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
-        pthread_cond_wait(&p->done, &p->mu);
-    p->waiting = 0;
-    pthread_mutex_unlock(&p->mu);
+    if (!spin_zero(&p->pending)) {
+        pthread_mutex_lock(&p->mu);
+        p->waiting = 1;
+        while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0)
+            pthread_cond_wait(&p->done, &p->mu);
+        p->waiting = 0;
+        pthread_mutex_unlock(&p->mu);
+    }
+    lent = outer;
+}
+
+size_t pool_threads(const pool *p)
+{
+    return p ? p->n_workers + 1 : 1;
+}
+
+void *pool_scratch(pool *p, size_t t, size_t bytes)
+{
+    void *q;
+    if (t > p->n_workers)
+        return NULL;
+    if (bytes <= p->scratch_bytes[t] && p->scratch[t])
+        return p->scratch[t];
+    free(p->scratch[t]);
+    p->scratch[t] = NULL;
+    p->scratch_bytes[t] = 0;
+    if (posix_memalign(&q, 64, bytes ? bytes : 64) != 0)
+        return NULL;
+    p->scratch[t] = q;
+    p->scratch_bytes[t] = bytes;
+    return q;
+}
+
+size_t pool_scratch_size(const pool *p, size_t t)
+{
+    return t <= p->n_workers ? p->scratch_bytes[t] : 0;
+}
+
+void pool_lend(pool *p)
+{
+    lent = p;
+}
+
+pool *pool_lent(void)
+{
+    return lent;
 }
