@@ -1119,29 +1119,25 @@ static int back_layer(const conv_net *net, const flow_real *params, size_t n,
     return st;
 }
 
-/* ------------------------------------------------------------ the channel split */
+/* ------------------------------------------------------------ split */
 
-/* A call on few images, while the model's pool is lent to its thread
- * (pool_lent: the executor runs the batch as one row chunk on the
- * caller), runs layer by layer over all its images, each layer split
- * over the pool's threads by the shares above: output channels of the
- * hidden layers' forward products and of the input gradients' rows
- * (input channels), output columns of the narrow last layer, and the
- * parameter gradient's entries (by output channel where there are
- * enough, mm_part).  Every entry of every product is then one thread's,
- * computed by the same tgemm call on the same operands as without the
- * split (tgemm.h: an entry's bits depend only on its row of A and column
- * of B), each entry of dW accumulated image after image in row order
- * as before, and the elementwise steps (bias, ReLU, residual sums,
- * copies) the same operations on the same values: outputs, input and
- * parameter gradients are the same bits split or not, whatever the
- * thread count.  So the split runs only where every product goes to
- * tgemm (net->split); OpenBLAS's blocking may depend on a product's
- * shape.  Each thread has its own per-image scratch (conv_ws's private
- * part; the workers' from pool_scratch) and does the small shared
- * preparations (im2col of a thin input, transposes, bordered copies) for
- * itself; the backward pass keeps the gradients between layers for
- * groups of images in the caller's pool scratch. */
+/* A call on few images made while the model's pool is lent to its
+ * thread (pool_lent: the executor runs the batch as one row chunk on the
+ * caller) runs layer by layer over all its images, each layer split
+ * over the pool's threads by the shares above.  The rule that keeps the
+ * bits: every entry of every product is written by one thread, by the
+ * same tgemm call on the same operands as without the split (tgemm.h:
+ * an entry depends only on its row of A and column of B), each entry of
+ * dW is accumulated image after image in row order as before, and the
+ * elementwise steps are the same operations on the same values; so
+ * outputs and gradients do not depend on the split or the thread count.
+ * Hence only where every product goes to tgemm (net->split): OpenBLAS's
+ * blocking may depend on a product's shape.  Each thread has its own
+ * per-image scratch (the workers' from pool_scratch) and makes the small
+ * shared operands (a thin input's im2col, transposes, bordered copies)
+ * itself; the backward keeps the gradients between layers for groups of
+ * images in the caller's pool scratch (docs/runtime.md, "The channel
+ * split"). */
 
 /* Threads beyond this gain nothing on the few images a split call has. */
 #define SPLIT_MAX_THREADS 16
@@ -1407,7 +1403,8 @@ static void dwt_store(const conv_net *net, const flow_real *dwt,
 /* Image by image, from the output down: the per-image order keeps every
  * product's operands in cache (the tape of one image, hid x hwp), and
  * the parameter gradient sums the images in row order, whatever the
- * batch. */
+ * batch; or layer by layer over groups of images with the channel split,
+ * the same sums. */
 int conv_net_backward(const conv_net *net, const flow_real *params,
                       size_t n, void *ws, const flow_real *dy,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)

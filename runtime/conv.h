@@ -11,7 +11,9 @@
  * accumulated image after image in row order.  Inside the net an image's
  * planes are H W rounded up to 8 values apart (tgemm's width).  OpenBLAS
  * stays single-threaded (matrix.h): the model's threads split the batch
- * by rows (docs/runtime.md, "Convolutions"). */
+ * by rows, and a call on few images made while the model's pool is lent
+ * to its thread splits its layers' channels over the pool, with the same
+ * bits (docs/runtime.md, "Convolutions"). */
 
 #include <stddef.h>
 

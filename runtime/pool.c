@@ -1,6 +1,7 @@
 /* pool.c - persistent worker threads for row-parallel layer calls: a
  * generation counter each worker waits on, spinning briefly, then asleep
- * on a condition variable.  The work split is fixed by the caller, so
+ * on a condition variable; per-thread scratch, and the thread-local loan
+ * of a pool to a layer call.  The work split is fixed by the caller, so
  * results do not depend on timing. */
 #include <pthread.h>
 #include <stdatomic.h>

@@ -758,8 +758,10 @@ END_TEST
 
 /* ------------------------------------------------------------ channel split */
 
-/* The nets of net_cases, then glow_fashion's two conditioners and a
- * residual one with context and 8 hidden channels. */
+/* The nets of net_cases, then glow_fashion's two conditioners, a
+ * residual one with context and 16 hidden channels, and one whose
+ * backward keeps the gradients of 8 images at a time (64 planes of 32 x
+ * 32: 512 kB per image, groups of 4 MiB). */
 static const ccase split_cases[] = {
     {1, 5, 3, 0, 4, 3, 1, 2, 0},
     {2, 4, 5, 2, 3, 3, 2, 3, 1},
@@ -770,6 +772,7 @@ static const ccase split_cases[] = {
     {2, 14, 14, 0, 64, 3, 1, 4, 0},
     {4, 7, 7, 0, 64, 3, 1, 8, 0},
     {3, 6, 5, 2, 16, 3, 2, 6, 1},
+    {2, 32, 32, 0, 64, 3, 1, 4, 0},
 };
 
 /* Whether the channel split can run here: every product of the net on
