@@ -7,11 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conv.h"
+#include "conv_impl.h"
 #include "json.h"
 #include "matrix.h"
 #include "nn_impl.h"
-#include "pool.h"
 #include "rng.h"
 #include "tgemm.h"
 #include "vec.h"
@@ -24,78 +23,6 @@
 /* "flowcnv1": the tape was written by conv_net_forward */
 #define CONV_MAGIC 0x666c6f77636e7631ull
 
-typedef struct conv_layer {
-    size_t cin, cout, k;        /* channels in and out, kernel size        */
-    size_t w_off, b_off;        /* W (cout x cin x k x k), b (cout)        */
-    int flip;                   /* backward's dx with the flipped kernel:
-                                   k > 1 and cout < cin (conv_apply_backward) */
-    size_t f_off;               /* its flipped kernel in conv_ws.wf        */
-    size_t coutp;               /* cout rounded up to 8                    */
-    size_t t_off;               /* its dW^T (cin k k x coutp) then db^T
-                                   (coutp) in conv_ws.dwt                  */
-} conv_layer;
-
-struct conv_net {
-    size_t c, h, w, hw;         /* input image; hw = h w                   */
-    size_t hwp;                 /* hw rounded up to 8: a plane's stride in
-                                   the tape and scratch (tgemm's width)    */
-    size_t ctx;                 /* context inputs (constant channels)      */
-    size_t hid, k, blocks, cout;
-    int residual, zero_last;
-    uint64_t seed;
-    size_t n_layers;            /* blocks + 2                              */
-    conv_layer *layer;
-    size_t n_params;
-    size_t col_max;             /* values of the largest im2col matrix     */
-    size_t flip_total;          /* values of the flipped kernels           */
-    size_t dwt_total;           /* values of the transposed dW and db      */
-    size_t coutp_max;           /* the largest coutp                       */
-    int shift;                  /* the last layer by shifted products
-                                   (shift_apply), not im2col               */
-    size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
-                                   in conv_ws.pad, product width           */
-    int shiftw;                 /* and its dW from pixel-major copies
-                                   (shift_back_wt): hid a multiple of 8    */
-    size_t s_off;               /* then its dW (k k x cout x hid) and db
-                                   (cout x 8) in conv_ws.dwt               */
-    int split;                  /* every product goes to tgemm, so the
-                                   channel split may run (below)           */
-    size_t madds;               /* forward multiply-adds of one image      */
-};
-
-/* Workspace: the header, the tape (per image: x, ctx, each hidden
- * layer's activations, and with residual stages each stage's ReLU
- * output), the scratch of a whole backward call (flipped kernels,
- * transposed parameter gradient, constant rows), then the per-image
- * scratch that each thread of the channel split has its own copy of. */
-typedef struct conv_head {
-    uint64_t magic;
-    size_t n;
-} conv_head;
-
-typedef struct conv_ws {
-    flow_real *x, *cx, *h, *r;  /* tape                                    */
-    /* a thread's own (carve_private) */
-    flow_real *aug;             /* (c + ctx) x hw: image and context planes */
-    flow_real *col, *dcol;      /* col_max each                            */
-    flow_real *g[3];            /* hid x hwp each                          */
-    flow_real *yt;              /* out_channels x hwp: the last layer's
-                                   output, then its gradient               */
-    flow_real *gt;              /* hwp x coutp_max: a gradient transposed  */
-    flow_real *daug;            /* (c + ctx) x hw                          */
-    flow_real *wf;              /* flipped kernels, written per backward   */
-    flow_real *dwt;             /* dW^T and db^T of every layer, per
-                                   backward                                */
-    flow_real *ones;            /* hwp: 1 on the image's hw, then 0        */
-    flow_real *pad;             /* hid planes of sp: zero-bordered input of
-                                   the shifted layer                       */
-    flow_real *gtp;             /* ns x coutp: its gradient transposed     */
-    flow_real *onesp;           /* ns: 1 on its image columns, 0 elsewhere */
-    flow_real *padt;            /* sp rows of hid: pad pixel-major         */
-    flow_real *gp;              /* cout x ns: the gradient on the columns  */
-    flow_real *ones8;           /* ns x 8: onesp in every column           */
-    size_t total;
-} conv_ws;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -472,9 +399,9 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
     net->n_params = p;
     for (size_t l = 0; l < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
+        size_t ck = ly->cin * ly->k * ly->k;
         net->madds = add_sat(net->madds,
-                             mul_sat(mul_sat(ly->cout, ly->cin * ly->k * ly->k),
-                                     net->hw));
+                             mul_sat(mul_sat(ly->cout, ck), net->hw));
     }
 #if !FLOW_REAL_DOUBLE
     {
@@ -577,8 +504,8 @@ void conv_net_init(const conv_net *net, flow_real *params, flow_rng *rng)
 
 /* A thread's per-image scratch laid out from base + off (base NULL:
  * sizes only); the offset after it. */
-static size_t carve_private(const conv_net *net, char *base, size_t off,
-                            conv_ws *cw)
+size_t conv_carve_private(const conv_net *net, char *base, size_t off,
+                          conv_ws *cw)
 {
     size_t ca = net->c + net->ctx;
     size_t hid_img = mul_sat(net->hid, net->hwp);
@@ -592,8 +519,9 @@ static size_t carve_private(const conv_net *net, char *base, size_t off,
     TAKE(gt, mul_sat(net->hwp, net->coutp_max));
     TAKE(daug, mul_sat(ca, net->hw));
     TAKE(pad, net->shift ? mul_sat(net->hid, net->sp) : 0);
-    TAKE(gtp, net->shift ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
-                         : 0);
+    TAKE(gtp, net->shift
+                  ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
+                  : 0);
     TAKE(padt, net->shiftw ? mul_sat(net->hid, net->sp) : 0);
     TAKE(gp, net->shiftw ? mul_sat(net->cout, net->ns) : 0);
     return off;
@@ -614,7 +542,7 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(ones, net->hwp);
     TAKE(onesp, net->ns);
     TAKE(ones8, net->shiftw ? mul_sat(net->ns, 8) : 0);
-    off = carve_private(net, base, off, cw);
+    off = conv_carve_private(net, base, off, cw);
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
 
@@ -631,25 +559,16 @@ size_t conv_net_workspace(const conv_net *net, size_t n)
 
 /* ------------------------------------------------------------ shares */
 
-/* A thread's share of one layer's work on one image: thread t of k, {0,
- * 1} being all of it (the calls of one thread).  The channel split
- * (below) runs a layer on every image with each thread's share; the
- * shares of one product partition its output entries, so that each entry
- * is written by one thread, by the same call on the same operands as
- * without the split. */
-typedef struct part {
-    size_t t, k;
-} part;
+static const conv_part WHOLE = {0, 1, 1};
 
-static const part WHOLE = {0, 1};
-
-/* Share p of count items: [*lo, *hi), whole runs of `unit` items but
- * the last. */
-static void share(part p, size_t count, size_t unit, size_t *lo, size_t *hi)
+/* The items of shares p of count: [*lo, *hi), whole runs of `unit`
+ * items but the last. */
+static void share(conv_part p, size_t count, size_t unit, size_t *lo,
+                  size_t *hi)
 {
     size_t units = (count + unit - 1) / unit;
-    *lo = units * p.t / p.k * unit;
-    *hi = units * (p.t + 1) / p.k * unit;
+    *lo = units * p.lo / p.k * unit;
+    *hi = units * p.hi / p.k * unit;
     if (*lo > count)
         *lo = count;
     if (*hi > count)
@@ -713,9 +632,10 @@ static int mm(size_t m, size_t n, size_t k, const flow_real *a, size_t ars,
 }
 
 /* mm on share p of C's rows */
-static int mm_rows(part p, size_t m, size_t n, size_t k, const flow_real *a,
-                   size_t ars, size_t acs, const flow_real *b, size_t ldb,
-                   int acc, flow_real *c, size_t ldc)
+static int mm_rows(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
 {
     size_t lo, hi;
     share(p, m, 1, &lo, &hi);
@@ -726,9 +646,10 @@ static int mm_rows(part p, size_t m, size_t n, size_t k, const flow_real *a,
 }
 
 /* mm on share p of C's columns, in runs of 8 (tgemm's width) */
-static int mm_cols(part p, size_t m, size_t n, size_t k, const flow_real *a,
-                   size_t ars, size_t acs, const flow_real *b, size_t ldb,
-                   int acc, flow_real *c, size_t ldc)
+static int mm_cols(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
 {
     size_t lo, hi;
     share(p, n, 8, &lo, &hi);
@@ -740,9 +661,10 @@ static int mm_cols(part p, size_t m, size_t n, size_t k, const flow_real *a,
 /* mm on share p of C's entries, by columns where every share gets a run
  * of 8 (tgemm's wider tiles), else by rows: for products that no other
  * step of the stage reads (the parameter gradient) */
-static int mm_part(part p, size_t m, size_t n, size_t k, const flow_real *a,
-                   size_t ars, size_t acs, const flow_real *b, size_t ldb,
-                   int acc, flow_real *c, size_t ldc)
+static int mm_part(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
 {
     return (n / 8 >= p.k ? mm_cols : mm_rows)(p, m, n, k, a, ars, acs, b,
                                               ldb, acc, c, ldc);
@@ -767,7 +689,7 @@ FLOW_VECTORIZE static void bias_relu(size_t cout, size_t hwp,
  * onto b (the entry's chain, then b added). */
 static int layer_apply(const conv_net *net, const flow_real *params,
                        size_t l, const flow_real *in, size_t ips,
-                       flow_real *out, flow_real *col, part p, int cols)
+                       flow_real *out, flow_real *col, conv_part p, int cols)
 {
     const conv_layer *ly = &net->layer[l];
     const size_t hwp = net->hwp, ck = ly->cin * ly->k * ly->k;
@@ -811,7 +733,7 @@ static void pad_fill(const conv_net *net, const flow_real *in,
  * input in (hid planes of hwp), without the bias */
 static int shift_apply(const conv_net *net, const flow_real *params,
                        const flow_real *in, flow_real *out, flow_real *pad,
-                       part p)
+                       conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, ck = ly->cin * kk;
@@ -836,7 +758,7 @@ static int shift_apply(const conv_net *net, const flow_real *params,
  * rate); G on the output columns (gp, 0 on the border columns) and db
  * (cout x 8, equal columns) += G ones8. */
 static int shift_back_wt(const conv_net *net, const flow_real *in,
-                         const flow_real *g, const conv_ws *cw, part p)
+                         const flow_real *g, const conv_ws *cw, conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, hid = ly->cin, cout = ly->cout;
@@ -864,7 +786,7 @@ static int shift_back_wt(const conv_net *net, const flow_real *in,
  * (stride k k coutp) += pad_t G^T, with G^T laid out on the output
  * columns u (gtp, 0 on the border columns, so they add exact zeros) */
 static int shift_back_w(const conv_net *net, const flow_real *in,
-                        const flow_real *g, const conv_ws *cw, part p)
+                        const flow_real *g, const conv_ws *cw, conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, ck = ly->cin * kk, cp = ly->coutp;
@@ -892,7 +814,7 @@ static int shift_back_w(const conv_net *net, const flow_real *in,
 /* The zero borders of a thread's copies for the shifted layer (pad_fill
  * and the gradients on the output columns write only the image's
  * positions). */
-static void clear_shift(const conv_net *net, const conv_ws *cw, int back)
+void conv_clear_shift(const conv_net *net, const conv_ws *cw, int back)
 {
     if (!net->shift)
         return;
@@ -910,9 +832,9 @@ static void clear_shift(const conv_net *net, const conv_ws *cw, int back)
  * layer the output channels (rows), with their bias, ReLU and residual
  * sum; of the last the output columns, with their bias and copy into y.
  * cw's scratch is the calling thread's own, its tape shared. */
-static int fwd_layer(const conv_net *net, const flow_real *params,
-                     const conv_ws *cw, size_t n, size_t l, size_t i,
-                     flow_real *y, part p)
+int conv_fwd_layer(const conv_net *net, const flow_real *params,
+                   const conv_ws *cw, size_t n, size_t l, size_t i,
+                   flow_real *y, conv_part p)
 {
     const size_t last = net->blocks + 1, hwp = net->hwp;
     size_t ys = hwp, y0 = 0, yr = net->w;   /* yt's geometry */
@@ -978,7 +900,7 @@ static int fwd_layer(const conv_net *net, const flow_real *params,
 static int layer_back(const conv_net *net, const flow_real *params,
                       size_t l, const flow_real *in, size_t ips,
                       const flow_real *g, flow_real *din, size_t ops,
-                      int grads, const conv_ws *cw, part p)
+                      int grads, const conv_ws *cw, conv_part p)
 {
     const conv_layer *ly = &net->layer[l];
     const size_t hw = net->hw, hwp = net->hwp, k = ly->k, kk = k * k;
@@ -1041,12 +963,6 @@ static int layer_back(const conv_net *net, const flow_real *params,
     return st;
 }
 
-/* What a backward pass needs besides the tape. */
-typedef struct back_args {
-    const flow_real *dy;        /* n images of cout planes                 */
-    flow_real *dx, *dctx;       /* written, accumulated; may be NULL      */
-    int grads, want_in;         /* dW and db; layer 0's input gradient     */
-} back_args;
 
 /* Layer l of image i in the backward pass, share p of it (layer_back's),
  * from the output down: gin = dL/d(h_l) (the last layer reads dy
@@ -1056,10 +972,10 @@ typedef struct back_args {
  * ReLU(conv h_{b-1})), in the rows of share p.  gout may be gin with
  * residual stages (on one thread), never without; cw->g[1] and g[2]
  * are the residual stage's scratch. */
-static int back_layer(const conv_net *net, const flow_real *params, size_t n,
-                      const conv_ws *cw, size_t l, size_t i,
-                      const back_args *ba, const flow_real *gin,
-                      flow_real *gout, part p)
+int conv_back_layer(const conv_net *net, const flow_real *params, size_t n,
+                    const conv_ws *cw, size_t l, size_t i,
+                    const conv_back_args *ba, const flow_real *gin,
+                    flow_real *gout, conv_part p)
 {
     const size_t hw = net->hw, hwp = net->hwp, last = net->blocks + 1;
     const size_t hsz = net->hid * hwp;
@@ -1119,192 +1035,6 @@ static int back_layer(const conv_net *net, const flow_real *params, size_t n,
     return st;
 }
 
-/* ------------------------------------------------------------ split */
-
-/* A call on few images made while the model's pool is lent to its
- * thread (pool_lent: the executor runs the batch as one row chunk on the
- * caller) runs layer by layer over all its images, each layer split
- * over the pool's threads by the shares above.  The rule that keeps the
- * bits: every entry of every product is written by one thread, by the
- * same tgemm call on the same operands as without the split (tgemm.h:
- * an entry depends only on its row of A and column of B), each entry of
- * dW is accumulated image after image in row order as before, and the
- * elementwise steps are the same operations on the same values; so
- * outputs and gradients do not depend on the split or the thread count.
- * Hence only where every product goes to tgemm (net->split): OpenBLAS's
- * blocking may depend on a product's shape.  Each thread has its own
- * per-image scratch (the workers' from pool_scratch) and makes the small
- * shared operands (a thin input's im2col, transposes, bordered copies)
- * itself; the backward keeps the gradients between layers for groups of
- * images in the caller's pool scratch (docs/runtime.md, "The channel
- * split"). */
-
-/* Threads beyond this gain nothing on the few images a split call has. */
-#define SPLIT_MAX_THREADS 16
-/* A thread's share of one layer on all the images, in multiply-adds, at
- * which the split pays for its pool runs (docs/runtime.md, "the channel
- * split": measured on glow_fashion's conditioners) */
-#define SPLIT_MIN_MADDS 400000
-/* The backward's gradients between layers (two per image) for a group */
-#define SPLIT_GROUP_BYTES ((size_t)4 << 20)
-
-static size_t split_min = SPLIT_MIN_MADDS;
-
-size_t conv_set_split_min(size_t madds)
-{
-    size_t old = split_min;
-    split_min = madds;
-    return old;
-}
-
-typedef struct team {
-    const conv_net *net;
-    const flow_real *params;
-    size_t n, k;                /* images, threads                         */
-    size_t l;                   /* the layer of this stage                 */
-    size_t i0, i1;              /* backward: the group's images            */
-    flow_real *y;               /* forward: the output                     */
-    const back_args *ba;
-    flow_real *gb[2];           /* backward: dL/dh of the group's images,
-                                   read from gb[cur], written to the other */
-    int cur;
-    conv_ws cw[SPLIT_MAX_THREADS];
-    int rc[SPLIT_MAX_THREADS];
-} team;
-
-/* Threads for a call on n images (1: no split), the pool in *pp. */
-static size_t split_threads(const conv_net *net, size_t n, pool **pp)
-{
-    pool *p = pool_lent();
-    size_t k, work;
-    if (!p || !net->split)
-        return 1;
-    k = pool_threads(p);
-    if (k > SPLIT_MAX_THREADS)
-        k = SPLIT_MAX_THREADS;
-    if (k > net->hid)
-        k = net->hid;
-    work = mul_sat(n, net->madds) / net->n_layers;
-    while (k > 1 && work / k < split_min)
-        k--;
-    *pp = p;
-    return k;
-}
-
-/* The threads' views of the workspace: the caller's, and for each worker
- * the same tape and shared scratch with private scratch of its own. */
-static int team_init(team *tm, pool *p, const conv_ws *cw)
-{
-    const conv_net *net = tm->net;
-    size_t bytes = carve_private(net, NULL, 0, &tm->cw[0]);
-    tm->cw[0] = *cw;
-    for (size_t t = 1; t < tm->k; t++) {
-        char *s = pool_scratch(p, t, bytes);
-        if (!s)
-            return 0;
-        tm->cw[t] = *cw;
-        carve_private(net, s, 0, &tm->cw[t]);
-    }
-    return 1;
-}
-
-static int team_rc(const team *tm)
-{
-    for (size_t t = 0; t < tm->k; t++)
-        if (tm->rc[t] != FLOW_OK)
-            return tm->rc[t];
-    return FLOW_OK;
-}
-
-static void fwd_task(void *arg, size_t t)
-{
-    team *tm = arg;
-    const part p = {t, tm->k};
-    int st = FLOW_OK;
-    if (tm->l + 1 == tm->net->n_layers)
-        clear_shift(tm->net, &tm->cw[t], 0);
-    for (size_t i = 0; i < tm->n && st == FLOW_OK; i++)
-        st = fwd_layer(tm->net, tm->params, &tm->cw[t], tm->n, tm->l, i,
-                       tm->y, p);
-    tm->rc[t] = st;
-}
-
-/* The forward pass split: one pool run per layer.  -1: not split (no
- * pool lent, too little work, no scratch), else the status. */
-static int fwd_split(const conv_net *net, const flow_real *params, size_t n,
-                     flow_real *y, const conv_ws *cw)
-{
-    team tm;
-    pool *p = NULL;
-    int st = FLOW_OK;
-    tm.net = net;
-    tm.params = params;
-    tm.n = n;
-    tm.y = y;
-    if ((tm.k = split_threads(net, n, &p)) < 2 || !team_init(&tm, p, cw))
-        return -1;
-    for (tm.l = 0; tm.l < net->n_layers && st == FLOW_OK; tm.l++) {
-        pool_run(p, tm.k, fwd_task, &tm);
-        st = team_rc(&tm);
-    }
-    return st;
-}
-
-static void back_task(void *arg, size_t t)
-{
-    team *tm = arg;
-    const conv_net *net = tm->net;
-    const size_t hsz = net->hid * net->hwp;
-    const part p = {t, tm->k};
-    int st = FLOW_OK;
-    if (tm->l + 1 == net->n_layers && tm->ba->grads)
-        clear_shift(net, &tm->cw[t], 1);
-    for (size_t i = tm->i0; i < tm->i1 && st == FLOW_OK; i++) {
-        size_t j = i - tm->i0;
-        st = back_layer(net, tm->params, tm->n, &tm->cw[t], tm->l, i, tm->ba,
-                        tm->gb[tm->cur] + j * hsz,
-                        tm->gb[!tm->cur] + j * hsz, p);
-    }
-    tm->rc[t] = st;
-}
-
-/* The backward pass split: per group of images, one pool run per layer
- * from the output down.  -1 when not split, else the status. */
-static int back_split(const conv_net *net, const flow_real *params,
-                      size_t n, const back_args *ba, const conv_ws *cw)
-{
-    const size_t hsz = net->hid * net->hwp;
-    const size_t per = 2 * hsz * sizeof(flow_real);
-    size_t g = SPLIT_GROUP_BYTES / per;
-    team tm;
-    pool *p = NULL;
-    int st = FLOW_OK;
-    tm.net = net;
-    tm.params = params;
-    tm.n = n;
-    tm.ba = ba;
-    if ((tm.k = split_threads(net, n, &p)) < 2)
-        return -1;
-    if (g < 1)
-        g = 1;
-    if (g > n)
-        g = n;
-    if (!team_init(&tm, p, cw)
-        || !(tm.gb[0] = pool_scratch(p, 0, g * per)))
-        return -1;
-    tm.gb[1] = tm.gb[0] + g * hsz;
-    for (tm.i0 = 0; tm.i0 < n && st == FLOW_OK; tm.i0 = tm.i1) {
-        tm.i1 = n - tm.i0 < g ? n : tm.i0 + g;
-        tm.cur = 0;
-        for (tm.l = net->n_layers; tm.l-- > 0 && st == FLOW_OK;) {
-            pool_run(p, tm.k, back_task, &tm);
-            st = team_rc(&tm);
-            tm.cur = !tm.cur;
-        }
-    }
-    return st;
-}
-
 /* ------------------------------------------------------------ the passes */
 
 int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
@@ -1325,13 +1055,13 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
     memcpy(cw.x, x, n * net->c * net->hw * sizeof *x);
     if (net->ctx)
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
-    clear_shift(net, &cw, 0);
-    if ((st = fwd_split(net, params, n, y, &cw)) < 0) {
+    conv_clear_shift(net, &cw, 0);
+    if ((st = conv_fwd_split(net, params, n, y, &cw)) < 0) {
         /* image by image: one image's operands stay in cache */
         st = FLOW_OK;
         for (size_t i = 0; i < n && st == FLOW_OK; i++)
             for (size_t l = 0; l < net->n_layers && st == FLOW_OK; l++)
-                st = fwd_layer(net, params, &cw, n, l, i, y, WHOLE);
+                st = conv_fwd_layer(net, params, &cw, n, l, i, y, WHOLE);
     }
     if (st != FLOW_OK)
         return st;
@@ -1410,7 +1140,7 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)
 {
     const conv_head *hd = ws;
-    back_args ba;
+    conv_back_args ba;
     conv_ws cw;
     int st = FLOW_OK;
     if (!net || !params || !dy || !ws || (uintptr_t)ws % sizeof(double))
@@ -1419,7 +1149,7 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
         return FLOW_OK;
     if (hd->magic != CONV_MAGIC || hd->n != n)
         return FLOW_ERR_INVAL;    /* no matching forward on this ws */
-    ba = (back_args){dy, dx, dctx, dparams != NULL,
+    ba = (conv_back_args){dy, dx, dctx, dparams != NULL,
                      dx || (dctx && net->ctx)};
     if (!ba.want_in && !ba.grads)
         return FLOW_OK;
@@ -1443,16 +1173,16 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
         if (net->shiftw)
             for (size_t u = 0; u < net->ns * 8; u++)
                 cw.ones8[u] = cw.onesp[u / 8];
-        clear_shift(net, &cw, 1);
+        conv_clear_shift(net, &cw, 1);
     }
-    if ((st = back_split(net, params, n, &ba, &cw)) < 0) {
+    if ((st = conv_back_split(net, params, n, &ba, &cw)) < 0) {
         st = FLOW_OK;
         for (size_t i = 0; i < n && st == FLOW_OK; i++) {
             /* with residual stages the gradient is summed in place */
             flow_real *gi = cw.g[0], *go = net->residual ? cw.g[0] : cw.g[2];
             for (size_t l = net->n_layers; l-- > 0 && st == FLOW_OK;) {
                 flow_real *tmp = gi;
-                st = back_layer(net, params, n, &cw, l, i, &ba, gi, go,
+                st = conv_back_layer(net, params, n, &cw, l, i, &ba, gi, go,
                                 WHOLE);
                 gi = go;
                 go = tmp;

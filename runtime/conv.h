@@ -93,12 +93,12 @@ int conv_net_export(const conv_net *net, const flow_real *params,
                     const char *prefix, const char *output_layout,
                     flow_export *ex);
 
-/* The channel split (conv.c): a call made while a pool is lent to its
- * thread (pool_lent) splits each layer over the pool's threads when a
- * thread's share of a layer on all the images is at least this many
+/* The channel split (conv_split.c): a call made while a pool is lent to
+ * its thread (pool_lent) splits each layer over the pool's threads when a
+ * thread's share of a layer of one image is at least this many forward
  * multiply-adds; the same bits either way.  Returns the previous value
- * (tests: 0 splits every call that can).  Not thread-safe: set it before
- * the calls. */
+ * (tests: 0 splits every call that can, with no pause after splits that
+ * did not pay).  Not thread-safe: set it before the calls. */
 size_t conv_set_split_min(size_t madds);
 
 /* Introspection (tests): layers, and layer l's shape and offsets. */

@@ -6,6 +6,7 @@
 #ifndef FLOW_RUNTIME_POOL_H
 #define FLOW_RUNTIME_POOL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 
 typedef struct pool pool;
@@ -18,6 +19,16 @@ void pool_free(pool *p);
 /* Runs fn(arg, t) for t = 0..n-1 (n <= threads): t = 0 on the caller,
  * the rest on workers; returns when all are done. */
 void pool_run(pool *p, size_t n, pool_fn fn, void *arg);
+/* A team run: fn(arg, 0) on the caller and fn(arg, t) on each worker t
+ * that starts before the caller's call has returned; returns when the
+ * caller's has and no worker is inside fn.  fn must do the whole work
+ * with any subset of the threads taking part (each piece claimed by
+ * whoever comes first, e.g. with an atomic counter): a worker off its
+ * core is then never waited for unless it holds a piece.  A worker's t
+ * is its own across runs (per-thread scratch). */
+void pool_team(pool *p, pool_fn fn, void *arg);
+/* Waits until *v >= target (acquire): spins, then yields the core. */
+void pool_spin_until(atomic_size_t *v, size_t target);
 /* Threads of the pool, the caller included. */
 size_t pool_threads(const pool *p);
 /* Thread t's scratch, owned by the pool: grown to at least `bytes`
