@@ -23,7 +23,6 @@
 /* "flowcnv1": the tape was written by conv_net_forward */
 #define CONV_MAGIC 0x666c6f77636e7631ull
 
-
 /* ------------------------------------------------------------ helpers */
 
 /* g *= ReLU'(at the output h) */
@@ -361,7 +360,8 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
     net->seed = spec->seed;
     net->n_layers = net->blocks + 2;
     net->layer = calloc(net->n_layers, sizeof *net->layer);
-    if (!net->layer)
+    net->tune = calloc(2, sizeof *net->tune);
+    if (!net->layer || !net->tune)
         goto nomem;
     for (size_t l = 0; l < net->n_layers; l++) {
         conv_layer *ly = &net->layer[l];
@@ -435,6 +435,7 @@ void conv_net_destroy(conv_net *net)
     if (!net)
         return;
     free(net->layer);
+    free(net->tune);
     free(net);
 }
 
@@ -1037,6 +1038,16 @@ int conv_back_layer(const conv_net *net, const flow_real *params, size_t n,
 
 /* ------------------------------------------------------------ the passes */
 
+int conv_fwd_serial(const conv_net *net, const flow_real *params, size_t n,
+                    flow_real *y, const conv_ws *cw)
+{
+    int st = FLOW_OK;
+    for (size_t i = 0; i < n && st == FLOW_OK; i++)
+        for (size_t l = 0; l < net->n_layers && st == FLOW_OK; l++)
+            st = conv_fwd_layer(net, params, cw, n, l, i, y, WHOLE);
+    return st;
+}
+
 int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
                      const flow_real *x, const flow_real *ctx, flow_real *y,
                      void *ws)
@@ -1056,14 +1067,7 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
     if (net->ctx)
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
     conv_clear_shift(net, &cw, 0);
-    if ((st = conv_fwd_split(net, params, n, y, &cw)) < 0) {
-        /* image by image: one image's operands stay in cache */
-        st = FLOW_OK;
-        for (size_t i = 0; i < n && st == FLOW_OK; i++)
-            for (size_t l = 0; l < net->n_layers && st == FLOW_OK; l++)
-                st = conv_fwd_layer(net, params, &cw, n, l, i, y, WHOLE);
-    }
-    if (st != FLOW_OK)
+    if ((st = conv_fwd_run(net, params, n, y, &cw)) != FLOW_OK)
         return st;
     hd->magic = CONV_MAGIC;
     return FLOW_OK;
@@ -1133,8 +1137,27 @@ static void dwt_store(const conv_net *net, const flow_real *dwt,
 /* Image by image, from the output down: the per-image order keeps every
  * product's operands in cache (the tape of one image, hid x hwp), and
  * the parameter gradient sums the images in row order, whatever the
- * batch; or layer by layer over groups of images with the channel split,
- * the same sums. */
+ * batch. */
+int conv_back_serial(const conv_net *net, const flow_real *params,
+                     size_t n, const conv_back_args *ba, const conv_ws *cw)
+{
+    int st = FLOW_OK;
+    for (size_t i = 0; i < n && st == FLOW_OK; i++) {
+        /* with residual stages the gradient is summed in place */
+        flow_real *gi = cw->g[0], *go = net->residual ? cw->g[0] : cw->g[2];
+        for (size_t l = net->n_layers; l-- > 0 && st == FLOW_OK;) {
+            flow_real *tmp = gi;
+            st = conv_back_layer(net, params, n, cw, l, i, ba, gi, go, WHOLE);
+            gi = go;
+            go = tmp;
+        }
+    }
+    return st;
+}
+
+/* The tape's check, the scratch of the whole call (flipped kernels, dW
+ * and db transposed, rows of ones), then the pass image by image or with
+ * the channel split (the same sums). */
 int conv_net_backward(const conv_net *net, const flow_real *params,
                       size_t n, void *ws, const flow_real *dy,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)
@@ -1175,20 +1198,7 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
                 cw.ones8[u] = cw.onesp[u / 8];
         conv_clear_shift(net, &cw, 1);
     }
-    if ((st = conv_back_split(net, params, n, &ba, &cw)) < 0) {
-        st = FLOW_OK;
-        for (size_t i = 0; i < n && st == FLOW_OK; i++) {
-            /* with residual stages the gradient is summed in place */
-            flow_real *gi = cw.g[0], *go = net->residual ? cw.g[0] : cw.g[2];
-            for (size_t l = net->n_layers; l-- > 0 && st == FLOW_OK;) {
-                flow_real *tmp = gi;
-                st = conv_back_layer(net, params, n, &cw, l, i, &ba, gi, go,
-                                WHOLE);
-                gi = go;
-                go = tmp;
-            }
-        }
-    }
+    st = conv_back_run(net, params, n, &ba, &cw);
     if (ba.grads)
         dwt_store(net, cw.dwt, dparams);
     return st;

@@ -4,6 +4,7 @@
 #ifndef FLOW_RUNTIME_CONV_IMPL_H
 #define FLOW_RUNTIME_CONV_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -11,6 +12,15 @@
 
 /* Layers of a net at most: blocks <= 64 (conv_net_create) plus two. */
 #define CONV_MAX_LAYERS 66
+
+/* A net's record, per direction, of its recent passes over a lent pool
+ * (conv_split.c): ns per image of the last 3 calls of each kind, split
+ * ([0]) and image by image ([1]). */
+typedef struct conv_tune {
+    atomic_long ns[2][3];
+    atomic_uint count[2];       /* calls of each kind so far               */
+    atomic_uint calls;
+} conv_tune;
 
 typedef struct conv_layer {
     size_t cin, cout, k;        /* channels in and out, kernel size        */
@@ -47,8 +57,10 @@ struct conv_net {
     size_t s_off;               /* then its dW (k k x cout x hid) and db
                                    (cout x 8) in conv_ws.dwt               */
     int split;                  /* every product goes to tgemm, so the
-                                   channel split may run (below)           */
+                                   channel split may run (conv_split.c)    */
     size_t madds;               /* forward multiply-adds of one image      */
+    conv_tune *tune;            /* [2]: forward, backward; written by the
+                                   passes (a net is otherwise read-only)   */
 };
 
 /* Workspace: the header, the tape (per image: x, ctx, each hidden
@@ -125,13 +137,18 @@ int conv_back_layer(const conv_net *net, const flow_real *params, size_t n,
                     const conv_back_args *ba, const flow_real *gin,
                     flow_real *gout, conv_part p);
 
-/* The channel split (conv_split.c) of a forward or backward call on n
- * images with the workspace cw (the backward's shared scratch already
- * filled): -1 when it does not run (no pool lent to this thread, too
- * little work, no scratch), else the call's status. */
-int conv_fwd_split(const conv_net *net, const flow_real *params, size_t n,
-                   flow_real *y, const conv_ws *cw);
-int conv_back_split(const conv_net *net, const flow_real *params, size_t n,
-                    const conv_back_args *ba, const conv_ws *cw);
+/* The passes image by image on the calling thread (conv.c): one image's
+ * operands stay in cache. */
+int conv_fwd_serial(const conv_net *net, const flow_real *params, size_t n,
+                    flow_real *y, const conv_ws *cw);
+int conv_back_serial(const conv_net *net, const flow_real *params,
+                     size_t n, const conv_back_args *ba, const conv_ws *cw);
+/* The passes of a call on n images with the workspace cw (the backward's
+ * shared scratch already filled): split over the pool lent to this
+ * thread where that pays, else image by image (conv_split.c). */
+int conv_fwd_run(const conv_net *net, const flow_real *params, size_t n,
+                 flow_real *y, const conv_ws *cw);
+int conv_back_run(const conv_net *net, const flow_real *params, size_t n,
+                  const conv_back_args *ba, const conv_ws *cw);
 
 #endif

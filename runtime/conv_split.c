@@ -1,8 +1,7 @@
 /* conv_split.c - the conv net's channel split: a call on few images made
- * while the model's pool is lent to its thread, each layer shared out
+ * while the model's pool is lent to its thread runs each layer shared out
  * over the pool's threads, with the bits of one thread. */
 #include <stdatomic.h>
-#include <string.h>
 #include <time.h>
 
 #include "conv_impl.h"
@@ -10,14 +9,14 @@
 #include "pool.h"
 
 /* The executor lends its pool (pool_lent) while it runs a batch as one
- * row chunk on the caller.  A conv net called then runs layer by layer
- * over all its images, each layer in k shares (conv_part: output
+ * row chunk on the caller.  A conv net called then may run layer by
+ * layer over all its images, each layer in k shares (conv_part: output
  * channels of a hidden layer, output columns of the last, dW's entries,
  * the input gradient's input channels; conv.c).  The rule that keeps the
- * bits: every entry of every product is written by one share, by the same
- * tgemm call on the same operands as without the split (tgemm.h: an
- * entry depends only on its row of A and column of B), each entry of dW
- * is accumulated image after image in row order as before, and the
+ * bits: every entry of every product is written by one share, by a tgemm
+ * call on the same operands as without the split (tgemm.h: an entry
+ * depends only on its row of A and column of B), each entry of dW is
+ * accumulated image after image in row order as before, and the
  * elementwise steps are the same operations on the same values; so
  * outputs and gradients do not depend on the split, the thread count or
  * which thread ran a share.  Hence only where every product goes to
@@ -28,23 +27,22 @@
  * the shares of a layer from a counter, runs them on all the images with
  * its own per-image scratch (the workers' from pool_scratch), and waits
  * for the layer's last share before the next layer.  A worker off its
- * core (a loaded machine) is never waited for unless it holds a share:
- * the caller takes the shares it has not claimed, and when no worker
- * came to the layer before, all the layer's shares at once, as one range
- * (one product, without the copies each share makes for itself: on one
- * thread the split then costs about what the image-by-image pass does,
- * where share by share it cost 15-25% more).  The backward keeps the
- * gradients between layers for groups of images in the caller's pool
- * scratch, one team run per group (docs/runtime.md, "The channel
- * split").
+ * core is never waited for unless it holds a share: the caller takes the
+ * shares it has not claimed, and when no worker came to the layer before,
+ * all the layer's shares at once, as one range (one product, without the
+ * copies each share makes for itself).  The backward keeps the gradients
+ * between layers for groups of images in the caller's pool scratch, one
+ * team run per group.
  *
- * A split that did not pay pauses the split for the next calls, 4 and
- * doubling up to 1024 while it keeps not paying (one that pays halves the
- * next pause): on a machine whose cores are taken by other jobs (a
- * worker preempted while it holds a share, or spinning on the caller's
- * core) the calls then run image by image, as on one thread.  It paid
- * when the call took less than 4/5 of what the caller's own shares say
- * all k would take on one thread.  The bits do not depend on it. */
+ * Whether a call splits: its net must be large enough (SPLIT_MIN_MADDS),
+ * and the split must have been faster lately.  Each net keeps, per
+ * direction, the time per image of its last split calls and of its last
+ * image-by-image ones, runs the kind with the lower median and now and
+ * then the other to keep both current: on a machine whose other jobs
+ * take the cores, a worker preempted while it holds a share costs the
+ * call a scheduler slice, and the calls then run image by image
+ * (docs/runtime.md, "The channel split").  The bits do not depend on the
+ * choice. */
 
 /* Threads beyond this gain nothing on the few images a split call has. */
 #define SPLIT_MAX_THREADS 16
@@ -53,18 +51,13 @@
  * fixed costs (its own im2col or bordered copy, its products' edges, the
  * wait at the layer's end) that the image count does not amortise.
  * Measured on glow_fashion's conditioners (90,000-250,000 a thread on 2:
- * 1.3-1.6x faster) and glow_tiny's (1,300-3,000: 0.5-0.8x at 1 to 32
+ * 1.4-1.6x faster) and glow_tiny's (1,300-3,000: 0.5-0.8x at 1 to 32
  * images); bench/README.md, "Image flows: glow_fashion". */
 #define SPLIT_MIN_MADDS 32768
 /* The backward's gradients between layers (two per image) for a group */
 #define SPLIT_GROUP_BYTES ((size_t)4 << 20)
-/* The longest pause after splits that did not pay, in calls */
-#define SPLIT_MAX_PAUSE 1024u
 
 static size_t split_min = SPLIT_MIN_MADDS;
-/* Calls left in the pause, and the next pause's length (0: the last
- * split paid); shared by every net of the process, a hint only. */
-static atomic_uint pause_left, pause_next;
 
 size_t conv_set_split_min(size_t madds)
 {
@@ -87,8 +80,6 @@ typedef struct team {
     atomic_size_t next[CONV_MAX_LAYERS];    /* per stage: shares claimed   */
     atomic_size_t done[CONV_MAX_LAYERS];    /* and finished                */
     atomic_int rc;              /* the first failure                       */
-    size_t own;                 /* shares the caller ran                   */
-    long own_ns;                /* and the ns they took                    */
     conv_ws cw[SPLIT_MAX_THREADS];          /* per thread                  */
 } team;
 
@@ -99,19 +90,15 @@ static long now_ns(void)
     return (long)ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
-/* Threads for a call (1: no split), the pool in *pp. */
+/* ------------------------------------------------------------ choice */
+
+/* Threads a call may split over (1: none), the pool in *pp. */
 static size_t split_threads(const conv_net *net, pool **pp)
 {
     pool *p = pool_lent();
     size_t k, layer = net->madds / net->n_layers;
-    unsigned left;
     if (!p || !net->split)
         return 1;
-    left = atomic_load_explicit(&pause_left, memory_order_relaxed);
-    if (left > 0 && split_min > 0) {
-        atomic_store_explicit(&pause_left, left - 1, memory_order_relaxed);
-        return 1;
-    }
     k = pool_threads(p);
     if (k > SPLIT_MAX_THREADS)
         k = SPLIT_MAX_THREADS;
@@ -122,6 +109,63 @@ static size_t split_threads(const conv_net *net, pool **pp)
     *pp = p;
     return k;
 }
+
+/* The median of kind j's last 3 times (of fewer, their least), 0 when
+ * it has none. */
+static long recent(conv_tune *tu, int j)
+{
+    unsigned c = atomic_load_explicit(&tu->count[j], memory_order_relaxed);
+    long v[3], t;
+    for (int i = 0; i < 3; i++)
+        v[i] = atomic_load_explicit(&tu->ns[j][i], memory_order_relaxed);
+    if (c == 0)
+        return 0;
+    if (c < 3) {
+        t = v[0];
+        for (unsigned i = 1; i < c; i++)
+            t = v[i] < t ? v[i] : t;
+        return t;
+    }
+    if (v[0] > v[1])
+        t = v[0], v[0] = v[1], v[1] = t;
+    if (v[1] > v[2])
+        v[1] = v[2];
+    return v[0] > v[1] ? v[0] : v[1];
+}
+
+/* Whether to split this call: the kind with the lower recent time, the
+ * other every 8th call while they are within 25%, every 16th within 2x,
+ * else every 64th; a kind not timed yet first (the split before the
+ * image-by-image pass).  Always with the threshold at 0 (the tests). */
+static int choose_split(conv_tune *tu)
+{
+    long sp = recent(tu, 0), se = recent(tu, 1), lo, hi;
+    unsigned c = atomic_fetch_add_explicit(&tu->calls, 1,
+                                           memory_order_relaxed);
+    unsigned period;
+    int faster;
+    if (split_min == 0 || sp == 0)
+        return 1;
+    if (se == 0)
+        return 0;
+    faster = sp <= se;
+    lo = faster ? sp : se;
+    hi = faster ? se : sp;
+    period = 4 * hi < 5 * lo ? 8 : hi < 2 * lo ? 16 : 64;
+    return c % period == period - 1 ? !faster : faster;
+}
+
+/* Notes a call of kind j (0: split) begun at t0, on n images. */
+static void note(conv_tune *tu, int j, long t0, size_t n)
+{
+    long x = (now_ns() - t0) / (long)n;
+    unsigned c = atomic_fetch_add_explicit(&tu->count[j], 1,
+                                           memory_order_relaxed);
+    atomic_store_explicit(&tu->ns[j][c % 3], x > 0 ? x : 1,
+                          memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------ the team */
 
 /* The threads' views of the workspace: the caller's, and for each worker
  * the same tape and shared scratch with private scratch of its own. */
@@ -148,27 +192,6 @@ static void team_reset(team *tm)
         atomic_init(&tm->present[s], 0);
     }
     atomic_init(&tm->rc, FLOW_OK);
-    tm->own = 0;
-    tm->own_ns = 0;
-}
-
-/* Runs the team on the pool and judges whether the split paid: the
- * caller's shares give the time of all k on one thread. */
-static void team_go(team *tm, pool *p, pool_fn fn)
-{
-    unsigned nx = atomic_load_explicit(&pause_next, memory_order_relaxed);
-    long t0 = now_ns(), total;
-    pool_team(p, fn, tm);
-    total = now_ns() - t0;
-    if (tm->own == 0
-        || 5.0 * (double)total
-               < 4.0 * (double)tm->own_ns * (double)tm->k / (double)tm->own) {
-        atomic_store_explicit(&pause_next, nx / 2, memory_order_relaxed);
-        return;
-    }
-    nx = nx == 0 ? 4 : nx < SPLIT_MAX_PAUSE ? 2 * nx : nx;
-    atomic_store_explicit(&pause_next, nx, memory_order_relaxed);
-    atomic_store_explicit(&pause_left, nx, memory_order_relaxed);
 }
 
 /* Shares p of stage s (layer l) on every image, on thread t's scratch. */
@@ -235,16 +258,11 @@ static void team_task(void *arg, size_t t)
         if (t > 0)
             atomic_store_explicit(&tm->present[s], 1, memory_order_relaxed);
         while (claim(tm, t, s, &p)) {
-            long t0 = t == 0 ? now_ns() : 0;
             if (atomic_load_explicit(&tm->rc, memory_order_relaxed)
                 == FLOW_OK) {
                 int st = run_shares(tm, t, s, l, p), ok = FLOW_OK;
                 if (st != FLOW_OK)
                     atomic_compare_exchange_strong(&tm->rc, &ok, st);
-            }
-            if (t == 0) {
-                tm->own += p.hi - p.lo;
-                tm->own_ns += now_ns() - t0;
             }
             atomic_fetch_add_explicit(&tm->done[s], p.hi - p.lo,
                                       memory_order_release);
@@ -253,39 +271,41 @@ static void team_task(void *arg, size_t t)
     }
 }
 
-int conv_fwd_split(const conv_net *net, const flow_real *params, size_t n,
-                   flow_real *y, const conv_ws *cw)
+/* The forward pass split: -1 when it cannot run (no scratch). */
+static int fwd_split(const conv_net *net, const flow_real *params,
+                     size_t n, flow_real *y, const conv_ws *cw, pool *p,
+                     size_t k)
 {
     team tm;
-    pool *p = NULL;
     tm.net = net;
     tm.params = params;
     tm.n = n;
+    tm.k = k;
     tm.back = 0;
     tm.y = y;
-    if ((tm.k = split_threads(net, &p)) < 2 || !team_init(&tm, p, cw))
+    if (!team_init(&tm, p, cw))
         return -1;
     team_reset(&tm);
-    team_go(&tm, p, team_task);
+    pool_team(p, team_task, &tm);
     return atomic_load(&tm.rc);
 }
 
-int conv_back_split(const conv_net *net, const flow_real *params, size_t n,
-                    const conv_back_args *ba, const conv_ws *cw)
+/* The backward pass split, by groups of images: -1 when it cannot run. */
+static int back_split(const conv_net *net, const flow_real *params,
+                      size_t n, const conv_back_args *ba, const conv_ws *cw,
+                      pool *p, size_t k)
 {
     const size_t hsz = net->hid * net->hwp;
     const size_t per = 2 * hsz * sizeof(flow_real);
     size_t g = SPLIT_GROUP_BYTES / per;
     team tm;
-    pool *p = NULL;
     int st = FLOW_OK;
     tm.net = net;
     tm.params = params;
     tm.n = n;
+    tm.k = k;
     tm.back = 1;
     tm.ba = ba;
-    if ((tm.k = split_threads(net, &p)) < 2)
-        return -1;
     if (g < 1)
         g = 1;
     if (g > n)
@@ -297,8 +317,52 @@ int conv_back_split(const conv_net *net, const flow_real *params, size_t n,
     for (tm.i0 = 0; tm.i0 < n && st == FLOW_OK; tm.i0 = tm.i1) {
         tm.i1 = n - tm.i0 < g ? n : tm.i0 + g;
         team_reset(&tm);
-        team_go(&tm, p, team_task);
+        pool_team(p, team_task, &tm);
         st = atomic_load(&tm.rc);
     }
+    return st;
+}
+
+/* ------------------------------------------------------------ the passes */
+
+int conv_fwd_run(const conv_net *net, const flow_real *params, size_t n,
+                 flow_real *y, const conv_ws *cw)
+{
+    conv_tune *tu = &net->tune[0];
+    pool *p = NULL;
+    size_t k = split_threads(net, &p);
+    long t0;
+    int st;
+    if (k < 2)
+        return conv_fwd_serial(net, params, n, y, cw);
+    t0 = now_ns();
+    if (choose_split(tu)
+        && (st = fwd_split(net, params, n, y, cw, p, k)) >= 0) {
+        note(tu, 0, t0, n);
+        return st;
+    }
+    st = conv_fwd_serial(net, params, n, y, cw);
+    note(tu, 1, t0, n);
+    return st;
+}
+
+int conv_back_run(const conv_net *net, const flow_real *params, size_t n,
+                  const conv_back_args *ba, const conv_ws *cw)
+{
+    conv_tune *tu = &net->tune[1];
+    pool *p = NULL;
+    size_t k = split_threads(net, &p);
+    long t0;
+    int st;
+    if (k < 2)
+        return conv_back_serial(net, params, n, ba, cw);
+    t0 = now_ns();
+    if (choose_split(tu)
+        && (st = back_split(net, params, n, ba, cw, p, k)) >= 0) {
+        note(tu, 0, t0, n);
+        return st;
+    }
+    st = conv_back_serial(net, params, n, ba, cw);
+    note(tu, 1, t0, n);
     return st;
 }
