@@ -51,8 +51,9 @@
  * fixed costs (its own im2col or bordered copy, its products' edges, the
  * wait at the layer's end) that the image count does not amortise.
  * Measured on glow_fashion's conditioners (90,000-250,000 a thread on 2:
- * 1.4-1.6x faster) and glow_tiny's (1,300-3,000: 0.5-0.8x at 1 to 32
- * images); bench/README.md, "Image flows: glow_fashion". */
+ * forward 1.4-1.7x faster, forward + backward 1.1-1.6x) and glow_tiny's
+ * (1,300-3,000: forward 0.65x at 1 image to 1.2x at 32, forward +
+ * backward 0.75-1.1x); bench/README.md, "Image flows: glow_fashion". */
 #define SPLIT_MIN_MADDS 32768
 /* The backward's gradients between layers (two per image) for a group */
 #define SPLIT_GROUP_BYTES ((size_t)4 << 20)
