@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conv.h"
+#include "conv_impl.h"
 #include "json.h"
 #include "matrix.h"
 #include "nn_impl.h"
@@ -22,73 +22,6 @@
 
 /* "flowcnv1": the tape was written by conv_net_forward */
 #define CONV_MAGIC 0x666c6f77636e7631ull
-
-typedef struct conv_layer {
-    size_t cin, cout, k;        /* channels in and out, kernel size        */
-    size_t w_off, b_off;        /* W (cout x cin x k x k), b (cout)        */
-    int flip;                   /* backward's dx with the flipped kernel:
-                                   k > 1 and cout < cin (conv_apply_backward) */
-    size_t f_off;               /* its flipped kernel in conv_ws.wf        */
-    size_t coutp;               /* cout rounded up to 8                    */
-    size_t t_off;               /* its dW^T (cin k k x coutp) then db^T
-                                   (coutp) in conv_ws.dwt                  */
-} conv_layer;
-
-struct conv_net {
-    size_t c, h, w, hw;         /* input image; hw = h w                   */
-    size_t hwp;                 /* hw rounded up to 8: a plane's stride in
-                                   the tape and scratch (tgemm's width)    */
-    size_t ctx;                 /* context inputs (constant channels)      */
-    size_t hid, k, blocks, cout;
-    int residual, zero_last;
-    uint64_t seed;
-    size_t n_layers;            /* blocks + 2                              */
-    conv_layer *layer;
-    size_t n_params;
-    size_t col_max;             /* values of the largest im2col matrix     */
-    size_t flip_total;          /* values of the flipped kernels           */
-    size_t dwt_total;           /* values of the transposed dW and db      */
-    size_t coutp_max;           /* the largest coutp                       */
-    int shift;                  /* the last layer by shifted products
-                                   (shift_apply), not im2col               */
-    size_t wp, sp, ns;          /* its padded row w + 2 (k/2), plane stride
-                                   in conv_ws.pad, product width           */
-    int shiftw;                 /* and its dW from pixel-major copies
-                                   (shift_back_wt): hid a multiple of 8    */
-    size_t s_off;               /* then its dW (k k x cout x hid) and db
-                                   (cout x 8) in conv_ws.dwt               */
-};
-
-/* Workspace: the header, the tape (per image: x, ctx, each hidden
- * layer's activations, and with residual stages each stage's ReLU
- * output), then per-image scratch that the backward pass reuses. */
-typedef struct conv_head {
-    uint64_t magic;
-    size_t n;
-} conv_head;
-
-typedef struct conv_ws {
-    flow_real *x, *cx, *h, *r;  /* tape                                    */
-    flow_real *aug;             /* (c + ctx) x hw: image and context planes */
-    flow_real *col, *dcol;      /* col_max each                            */
-    flow_real *g[3];            /* hid x hwp each                          */
-    flow_real *yt;              /* out_channels x hwp: the last layer's
-                                   output, then its gradient               */
-    flow_real *gt;              /* hwp x coutp_max: a gradient transposed  */
-    flow_real *daug;            /* (c + ctx) x hw                          */
-    flow_real *wf;              /* flipped kernels, written per backward   */
-    flow_real *dwt;             /* dW^T and db^T of every layer, per
-                                   backward                                */
-    flow_real *ones;            /* hwp: 1 on the image's hw, then 0        */
-    flow_real *pad;             /* hid planes of sp: zero-bordered input of
-                                   the shifted layer                       */
-    flow_real *gtp;             /* ns x coutp: its gradient transposed     */
-    flow_real *onesp;           /* ns: 1 on its image columns, 0 elsewhere */
-    flow_real *padt;            /* sp rows of hid: pad pixel-major         */
-    flow_real *gp;              /* cout x ns: the gradient on the columns  */
-    flow_real *ones8;           /* ns x 8: onesp in every column           */
-    size_t total;
-} conv_ws;
 
 /* ------------------------------------------------------------ helpers */
 
@@ -427,7 +360,8 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
     net->seed = spec->seed;
     net->n_layers = net->blocks + 2;
     net->layer = calloc(net->n_layers, sizeof *net->layer);
-    if (!net->layer)
+    net->tune = calloc(2, sizeof *net->tune);
+    if (!net->layer || !net->tune)
         goto nomem;
     for (size_t l = 0; l < net->n_layers; l++) {
         conv_layer *ly = &net->layer[l];
@@ -463,15 +397,24 @@ conv_net *conv_net_create(const flow_net_spec *spec, char *err,
             net->col_max = col;
     }
     net->n_params = p;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const conv_layer *ly = &net->layer[l];
+        size_t ck = ly->cin * ly->k * ly->k;
+        net->madds = add_sat(net->madds,
+                             mul_sat(mul_sat(ly->cout, ck), net->hw));
+    }
+#if !FLOW_REAL_DOUBLE
+    {
+        float ta[8] = {0}, tb[8] = {0}, tc[8];
+        net->split = tgemm(1, 8, 1, ta, 1, 1, tb, 8, NULL, 0, tc, 8);
+    }
+#endif
     /* the shifted last layer where tgemm runs (its A strides are general,
      * which OpenBLAS's fallback cannot take): rows of w + 2 pk, planes of
      * (h + 2 pk) of them plus margins (layer_shift) */
     if (net->k > 1) {
         const size_t pk = net->k / 2;
-#if !FLOW_REAL_DOUBLE
-        float ta[8] = {0}, tb[8] = {0}, tc[8];
-        net->shift = tgemm(1, 8, 1, ta, 1, 1, tb, 8, NULL, 0, tc, 8);
-#endif
+        net->shift = net->split;
         net->wp = net->w + 2 * pk;
         net->ns = (net->h * net->wp + 7) / 8 * 8;
         net->sp = ((net->h + 2 * pk) * net->wp + 2 * pk + 8 + 7) / 8 * 8;
@@ -492,6 +435,7 @@ void conv_net_destroy(conv_net *net)
     if (!net)
         return;
     free(net->layer);
+    free(net->tune);
     free(net);
 }
 
@@ -553,23 +497,19 @@ void conv_net_init(const conv_net *net, flow_real *params, flow_rng *rng)
 
 /* ------------------------------------------------------------ workspace */
 
-/* The workspace of n images laid out from ws (NULL: sizes only). */
-static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
-{
-    const size_t r = sizeof(flow_real);
-    size_t off = round_up(sizeof(conv_head));
-    size_t ca = net->c + net->ctx;
-    size_t hid_img = mul_sat(net->hid, net->hwp);
-    char *base = ws;
 #define TAKE(field, count) \
     do { \
         cw->field = base ? (flow_real *)(void *)(base + off) : NULL; \
-        off = add_sat(off, round_up(mul_sat((count), r))); \
+        off = add_sat(off, round_up(mul_sat((count), sizeof(flow_real)))); \
     } while (0)
-    TAKE(x, mul_sat(n, net->c * net->hw));
-    TAKE(cx, mul_sat(n, net->ctx));
-    TAKE(h, mul_sat(mul_sat(n, hid_img), net->blocks + 1));
-    TAKE(r, net->residual ? mul_sat(mul_sat(n, hid_img), net->blocks) : 0);
+
+/* A thread's per-image scratch laid out from base + off (base NULL:
+ * sizes only); the offset after it. */
+size_t conv_carve_private(const conv_net *net, char *base, size_t off,
+                          conv_ws *cw)
+{
+    size_t ca = net->c + net->ctx;
+    size_t hid_img = mul_sat(net->hid, net->hwp);
     TAKE(aug, mul_sat(ca, net->hw));
     TAKE(col, net->col_max);
     TAKE(dcol, net->col_max);
@@ -579,19 +519,35 @@ static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
     TAKE(yt, mul_sat(net->cout, net->hwp > net->ns ? net->hwp : net->ns));
     TAKE(gt, mul_sat(net->hwp, net->coutp_max));
     TAKE(daug, mul_sat(ca, net->hw));
+    TAKE(pad, net->shift ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gtp, net->shift
+                  ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
+                  : 0);
+    TAKE(padt, net->shiftw ? mul_sat(net->hid, net->sp) : 0);
+    TAKE(gp, net->shiftw ? mul_sat(net->cout, net->ns) : 0);
+    return off;
+}
+
+/* The workspace of n images laid out from ws (NULL: sizes only). */
+static void carve(const conv_net *net, size_t n, void *ws, conv_ws *cw)
+{
+    size_t off = round_up(sizeof(conv_head));
+    size_t hid_img = mul_sat(net->hid, net->hwp);
+    char *base = ws;
+    TAKE(x, mul_sat(n, net->c * net->hw));
+    TAKE(cx, mul_sat(n, net->ctx));
+    TAKE(h, mul_sat(mul_sat(n, hid_img), net->blocks + 1));
+    TAKE(r, net->residual ? mul_sat(mul_sat(n, hid_img), net->blocks) : 0);
     TAKE(wf, net->flip_total);
     TAKE(dwt, net->dwt_total);
     TAKE(ones, net->hwp);
-    TAKE(pad, net->shift ? mul_sat(net->hid, net->sp) : 0);
-    TAKE(gtp, net->shift ? mul_sat(net->ns, net->layer[net->n_layers - 1].coutp)
-                         : 0);
     TAKE(onesp, net->ns);
-    TAKE(padt, net->shiftw ? mul_sat(net->hid, net->sp) : 0);
-    TAKE(gp, net->shiftw ? mul_sat(net->cout, net->ns) : 0);
     TAKE(ones8, net->shiftw ? mul_sat(net->ns, 8) : 0);
-#undef TAKE
+    off = conv_carve_private(net, base, off, cw);
     cw->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
+
+#undef TAKE
 
 size_t conv_net_workspace(const conv_net *net, size_t n)
 {
@@ -600,6 +556,24 @@ size_t conv_net_workspace(const conv_net *net, size_t n)
         return 0;
     carve(net, n ? n : 1, NULL, &cw);
     return cw.total;
+}
+
+/* ------------------------------------------------------------ shares */
+
+static const conv_part WHOLE = {0, 1, 1};
+
+/* The items of shares p of count: [*lo, *hi), whole runs of `unit`
+ * items but the last. */
+static void share(conv_part p, size_t count, size_t unit, size_t *lo,
+                  size_t *hi)
+{
+    size_t units = (count + unit - 1) / unit;
+    *lo = units * p.lo / p.k * unit;
+    *hi = units * p.hi / p.k * unit;
+    if (*lo > count)
+        *lo = count;
+    if (*hi > count)
+        *hi = count;
 }
 
 /* ------------------------------------------------------------ passes */
@@ -658,6 +632,45 @@ static int mm(size_t m, size_t n, size_t k, const flow_real *a, size_t ars,
                      acc ? 1 : 0, c, ldc);
 }
 
+/* mm on share p of C's rows */
+static int mm_rows(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
+{
+    size_t lo, hi;
+    share(p, m, 1, &lo, &hi);
+    if (hi == lo)
+        return FLOW_OK;
+    return mm(hi - lo, n, k, a + lo * ars, ars, acs, b, ldb, acc,
+              c + lo * ldc, ldc);
+}
+
+/* mm on share p of C's columns, in runs of 8 (tgemm's width) */
+static int mm_cols(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
+{
+    size_t lo, hi;
+    share(p, n, 8, &lo, &hi);
+    if (hi == lo)
+        return FLOW_OK;
+    return mm(m, hi - lo, k, a, ars, acs, b + lo, ldb, acc, c + lo, ldc);
+}
+
+/* mm on share p of C's entries, by columns where every share gets a run
+ * of 8 (tgemm's wider tiles), else by rows: for products that no other
+ * step of the stage reads (the parameter gradient) */
+static int mm_part(conv_part p, size_t m, size_t n, size_t k,
+                   const flow_real *a, size_t ars, size_t acs,
+                   const flow_real *b, size_t ldb, int acc, flow_real *c,
+                   size_t ldc)
+{
+    return (n / 8 >= p.k ? mm_cols : mm_rows)(p, m, n, k, a, ars, acs, b,
+                                              ldb, acc, c, ldc);
+}
+
 /* out (planes of hwp) = ReLU(out + b), one pass */
 FLOW_VECTORIZE static void bias_relu(size_t cout, size_t hwp,
                                      const flow_real *restrict b,
@@ -670,13 +683,14 @@ FLOW_VECTORIZE static void bias_relu(size_t cout, size_t hwp,
         }
 }
 
-/* Layer l on one image without its bias: out (cout planes of hwp) = W in,
- * in of cin planes ips apart (hw for layer 0's input, hwp for hidden
- * ones).  The caller adds b after the product (bias_relu), the bits of
- * the product accumulating onto b (the entry's chain, then b added). */
+/* Layer l on one image without its bias, share p of out's rows (cols:
+ * of its columns): out (cout planes of hwp) = W in, in of cin planes ips
+ * apart (hw for layer 0's input, hwp for hidden ones).  The caller adds b
+ * after the product (bias_relu), the bits of the product accumulating
+ * onto b (the entry's chain, then b added). */
 static int layer_apply(const conv_net *net, const flow_real *params,
                        size_t l, const flow_real *in, size_t ips,
-                       flow_real *out, flow_real *col)
+                       flow_real *out, flow_real *col, conv_part p, int cols)
 {
     const conv_layer *ly = &net->layer[l];
     const size_t hwp = net->hwp, ck = ly->cin * ly->k * ly->k;
@@ -684,8 +698,9 @@ static int layer_apply(const conv_net *net, const flow_real *params,
         im2col_ld(ly->cin, net->h, net->w, ly->k, in, ips, col, hwp);
         in = col;
     }
-    return mm(ly->cout, hwp, ck, params + ly->w_off, ck, 1, in, hwp, 0, out,
-              hwp);
+    return (cols ? mm_cols : mm_rows)(p, ly->cout, hwp, ck,
+                                      params + ly->w_off, ck, 1, in, hwp, 0,
+                                      out, hwp);
 }
 
 /* The shifted last layer (net->shift): a same-padded convolution without
@@ -715,34 +730,36 @@ static void pad_fill(const conv_net *net, const flow_real *in,
         }
 }
 
-/* out (cout rows of ns) = the layer's W on its input in (hid planes of
- * hwp), without the bias */
+/* share p of the columns of out (cout rows of ns) = the layer's W on its
+ * input in (hid planes of hwp), without the bias */
 static int shift_apply(const conv_net *net, const flow_real *params,
-                       const flow_real *in, flow_real *out, flow_real *pad)
+                       const flow_real *in, flow_real *out, flow_real *pad,
+                       conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, ck = ly->cin * kk;
     pad_fill(net, in, pad);
     for (size_t t = 0; t < kk; t++) {
-        int st = mm(ly->cout, net->ns, ly->cin, params + ly->w_off + t, ck,
-                    kk, pad + (t / k) * net->wp + t % k, net->sp, t > 0, out,
-                    net->ns);
+        int st = mm_cols(p, ly->cout, net->ns, ly->cin,
+                         params + ly->w_off + t, ck, kk,
+                         pad + (t / k) * net->wp + t % k, net->sp, t > 0,
+                         out, net->ns);
         if (st != FLOW_OK)
             return st;
     }
     return FLOW_OK;
 }
 
-/* dW and db of the shifted layer += one image's (hid a multiple of 8),
- * given its input in and g (cout planes of hwp), with the input copied
- * pixel-major (padt: row r holds pad's column r of every plane), so that
- * tap t's operand pad_t^T is the (ns x hid) matrix at row ky wp + kx and
- * dW_t (cout x hid) += G pad_t^T is a product of width hid, not of width
- * cout (8: a quarter of the AVX-512 kernel's rate); G on the output
- * columns (gp, 0 on the border columns) and db (cout x 8, equal
- * columns) += G ones8. */
+/* Share p of dW and db of the shifted layer += one image's (hid a
+ * multiple of 8), given its input in and g (cout planes of hwp), with
+ * the input copied pixel-major (padt: row r holds pad's column r of
+ * every plane), so that tap t's operand pad_t^T is the (ns x hid) matrix
+ * at row ky wp + kx and dW_t (cout x hid) += G pad_t^T is a product of
+ * width hid, not of width cout (8: a quarter of the AVX-512 kernel's
+ * rate); G on the output columns (gp, 0 on the border columns) and db
+ * (cout x 8, equal columns) += G ones8. */
 static int shift_back_wt(const conv_net *net, const flow_real *in,
-                         const flow_real *g, const conv_ws *cw)
+                         const flow_real *g, const conv_ws *cw, conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, hid = ly->cin, cout = ly->cout;
@@ -757,20 +774,20 @@ static int shift_back_wt(const conv_net *net, const flow_real *in,
             memcpy(cw->gp + o * ns + y * wp + pk,
                    g + o * net->hwp + y * net->w, net->w * sizeof *g);
     for (size_t t = 0; t < kk && st == FLOW_OK; t++)
-        st = mm(cout, hid, ns, cw->gp, ns, 1,
-                cw->padt + ((t / k) * wp + t % k) * hid, hid, 1,
-                dw + t * cout * hid, hid);
+        st = mm_part(p, cout, hid, ns, cw->gp, ns, 1,
+                     cw->padt + ((t / k) * wp + t % k) * hid, hid, 1,
+                     dw + t * cout * hid, hid);
     if (st == FLOW_OK)
-        st = mm(cout, 8, ns, cw->gp, ns, 1, cw->ones8, 8, 1, dbs, 8);
+        st = mm_part(p, cout, 8, ns, cw->gp, ns, 1, cw->ones8, 8, 1, dbs, 8);
     return st;
 }
 
-/* dW^T and db^T of the shifted layer += one image's, given its input in
- * and g (cout planes of hwp): tap t's rows c k k + t of dW^T (stride k k
- * coutp) += pad_t G^T, with G^T laid out on the output columns u (gtp, 0
- * on the border columns, so they add exact zeros) */
+/* Share p of dW^T and db^T of the shifted layer += one image's, given
+ * its input in and g (cout planes of hwp): tap t's rows c k k + t of dW^T
+ * (stride k k coutp) += pad_t G^T, with G^T laid out on the output
+ * columns u (gtp, 0 on the border columns, so they add exact zeros) */
 static int shift_back_w(const conv_net *net, const flow_real *in,
-                        const flow_real *g, const conv_ws *cw)
+                        const flow_real *g, const conv_ws *cw, conv_part p)
 {
     const conv_layer *ly = &net->layer[net->n_layers - 1];
     const size_t k = ly->k, kk = k * k, ck = ly->cin * kk, cp = ly->coutp;
@@ -778,7 +795,7 @@ static int shift_back_w(const conv_net *net, const flow_real *in,
     flow_real *dwt = cw->dwt + ly->t_off;
     int st = FLOW_OK;
     if (net->shiftw)
-        return shift_back_wt(net, in, g, cw);
+        return shift_back_wt(net, in, g, cw, p);
     pad_fill(net, in, cw->pad);
     for (size_t y = 0; y < net->h; y++)
         for (size_t x = 0; x < net->w; x++) {
@@ -787,11 +804,247 @@ static int shift_back_w(const conv_net *net, const flow_real *in,
                 row[o] = g[o * net->hwp + y * net->w + x];
         }
     for (size_t t = 0; t < kk && st == FLOW_OK; t++)
-        st = mm(ly->cin, cp, net->ns, cw->pad + (t / k) * wp + t % k,
-                net->sp, 1, cw->gtp, cp, 1, dwt + t * cp, kk * cp);
+        st = mm_part(p, ly->cin, cp, net->ns, cw->pad + (t / k) * wp + t % k,
+                     net->sp, 1, cw->gtp, cp, 1, dwt + t * cp, kk * cp);
     if (st == FLOW_OK)
-        st = mm(1, cp, net->ns, cw->onesp, net->ns, 1, cw->gtp, cp, 1,
-                dwt + ck * cp, cp);
+        st = mm_part(p, 1, cp, net->ns, cw->onesp, net->ns, 1, cw->gtp, cp,
+                     1, dwt + ck * cp, cp);
+    return st;
+}
+
+/* The zero borders of a thread's copies for the shifted layer (pad_fill
+ * and the gradients on the output columns write only the image's
+ * positions). */
+void conv_clear_shift(const conv_net *net, const conv_ws *cw, int back)
+{
+    if (!net->shift)
+        return;
+    memset(cw->pad, 0, net->hid * net->sp * sizeof *cw->pad);
+    if (back && !net->shiftw)
+        memset(cw->gtp, 0, net->ns * net->layer[net->n_layers - 1].coutp
+                               * sizeof *cw->gtp);
+    if (back && net->shiftw) {
+        memset(cw->padt, 0, net->hid * net->sp * sizeof *cw->padt);
+        memset(cw->gp, 0, net->cout * net->ns * sizeof *cw->gp);
+    }
+}
+
+/* Layer l of image i in the forward pass, share p of it: of a hidden
+ * layer the output channels (rows), with their bias, ReLU and residual
+ * sum; of the last the output columns, with their bias and copy into y.
+ * cw's scratch is the calling thread's own, its tape shared. */
+int conv_fwd_layer(const conv_net *net, const flow_real *params,
+                   const conv_ws *cw, size_t n, size_t l, size_t i,
+                   flow_real *y, conv_part p)
+{
+    const size_t last = net->blocks + 1, hwp = net->hwp;
+    size_t ys = hwp, y0 = 0, yr = net->w;   /* yt's geometry */
+    size_t lo, hi;
+    flow_real *yi;
+    int st;
+    if (l < last) {
+        const flow_real *in = l ? hid_of(net, cw, n, l - 1, i)
+                                : input_of(net, cw, i);
+        flow_real *hb = hid_of(net, cw, n, l, i);
+        flow_real *rb = net->residual && l ? res_of(net, cw, n, l, i) : hb;
+        st = layer_apply(net, params, l, in, l ? hwp : net->hw, rb, cw->col,
+                         p, 0);
+        if (st != FLOW_OK)
+            return st;
+        share(p, net->hid, 1, &lo, &hi);
+        bias_relu(hi - lo, hwp, params + net->layer[l].b_off + lo,
+                  rb + lo * hwp);
+        if (rb != hb)
+            for (size_t q = lo * hwp; q < hi * hwp; q++)
+                hb[q] = in[q] + rb[q];
+        return FLOW_OK;
+    }
+    if (net->shift) {
+        st = shift_apply(net, params, hid_of(net, cw, n, net->blocks, i),
+                         cw->yt, cw->pad, p);
+        ys = net->ns;
+        y0 = net->k / 2;
+        yr = net->wp;
+    } else {
+        st = layer_apply(net, params, last, hid_of(net, cw, n, net->blocks, i),
+                         hwp, cw->yt, cw->col, p, 1);
+    }
+    if (st != FLOW_OK)
+        return st;
+    share(p, ys, 8, &lo, &hi);              /* the columns computed */
+    yi = y + i * net->cout * net->hw;
+    for (size_t o = 0; o < net->cout; o++) {
+        const flow_real bo = params[net->layer[last].b_off + o];
+        for (size_t yy = 0; yy < net->h; yy++) {
+            const size_t u = yy * yr + y0;  /* column of pixel (yy, 0) */
+            const flow_real *src = cw->yt + o * ys + u;
+            flow_real *dst = yi + o * net->hw + yy * net->w;
+            size_t q0 = lo > u ? lo - u : 0, q1 = hi > u ? hi - u : 0;
+            if (q1 > net->w)
+                q1 = net->w;
+            for (size_t q = q0; q < q1; q++)
+                dst[q] = src[q] + bo;
+        }
+    }
+    return FLOW_OK;
+}
+
+/* The VJP of layer l on one image given g (cout planes of hwp, padding
+ * columns 0), share p: of db and dW^T (cw->dwt) accumulated when grads
+ * (entries, mm_part), of din (cin planes ops apart) written when not NULL
+ * (input channels).  dW^T (cin k k x coutp) += col G^T, the transposed
+ * product so that tgemm's width is coutp, not cin k k (18 or 36 for a
+ * thin first layer); G^T's padding rows and columns are 0, so they add
+ * exact zeros.  din as in conv_apply_backward: W^T G for k = 1, the
+ * convolution of G with the flipped kernel when the layer narrows, else
+ * col2im(W^T G), each input channel from its own rows. */
+static int layer_back(const conv_net *net, const flow_real *params,
+                      size_t l, const flow_real *in, size_t ips,
+                      const flow_real *g, flow_real *din, size_t ops,
+                      int grads, const conv_ws *cw, conv_part p)
+{
+    const conv_layer *ly = &net->layer[l];
+    const size_t hw = net->hw, hwp = net->hwp, k = ly->k, kk = k * k;
+    const size_t ck = ly->cin * kk, cp = ly->coutp;
+    const flow_real *wt = params + ly->w_off;
+    flow_real *dst;
+    size_t c0, c1;
+    int st;
+    if (grads && net->shift && l + 1 == net->n_layers) {
+        if ((st = shift_back_w(net, in, g, cw, p)) != FLOW_OK)
+            return st;
+    } else if (grads) {
+        const flow_real *colp = in;
+        if (k != 1 || ips != hwp) {
+            im2col_ld(ly->cin, net->h, net->w, k, in, ips, cw->col, hwp);
+            colp = cw->col;
+        }
+        memset(cw->gt + hw * cp, 0, (hwp - hw) * cp * sizeof *cw->gt);
+        transpose(ly->cout, hw, g, hwp, cw->gt, cp);
+        if (cp > ly->cout)
+            for (size_t q = 0; q < hw; q++)
+                for (size_t o = ly->cout; o < cp; o++)
+                    cw->gt[q * cp + o] = 0;
+        st = mm_part(p, ck, cp, hwp, colp, hwp, 1, cw->gt, cp, 1,
+                     cw->dwt + ly->t_off, cp);
+        if (st == FLOW_OK)      /* db^T += 1^T G^T, the row sums of G */
+            st = mm_part(p, 1, cp, hwp, cw->ones, hwp, 1, cw->gt, cp, 1,
+                         cw->dwt + ly->t_off + ck * cp, cp);
+        if (st != FLOW_OK)
+            return st;
+    }
+    if (!din)
+        return FLOW_OK;
+    share(p, ly->cin, 1, &c0, &c1);
+    if (c1 == c0)
+        return FLOW_OK;
+    dst = ops == hwp ? din : cw->dcol;
+    if (k == 1) {
+        st = mm(c1 - c0, hwp, ly->cout, wt + c0, 1, ly->cin, g, hwp, 0,
+                dst + c0 * hwp, hwp);
+    } else if (ly->flip) {
+        const size_t fk = ly->cout * kk;
+        im2col_ld(ly->cout, net->h, net->w, k, g, hwp, cw->col, hwp);
+        st = mm(c1 - c0, hwp, fk, cw->wf + ly->f_off + c0 * fk, fk, 1,
+                cw->col, hwp, 0, dst + c0 * hwp, hwp);
+    } else {
+        st = mm((c1 - c0) * kk, hwp, ly->cout, wt + c0 * kk, 1, ck, g, hwp,
+                0, cw->dcol + c0 * kk * hwp, hwp);
+        if (st == FLOW_OK)
+            col2im_ld(c1 - c0, net->h, net->w, k, cw->dcol + c0 * kk * hwp,
+                      hwp, din + c0 * ops, ops);
+        return st;
+    }
+    if (st == FLOW_OK && dst != din)
+        for (size_t c = c0; c < c1; c++)
+            memcpy(din + c * ops, dst + c * hwp, hw * sizeof *din);
+    if (st == FLOW_OK && ops > hw)
+        for (size_t c = c0; c < c1; c++)
+            memset(din + c * ops + hw, 0, (ops - hw) * sizeof *din);
+    return st;
+}
+
+
+/* Layer l of image i in the backward pass, share p of it (layer_back's),
+ * from the output down: gin = dL/d(h_l) (the last layer reads dy
+ * instead), gout = dL/d(h_{l-1}) (layer 0: dx and dctx instead), times
+ * ReLU'(h_{l-1}) where h_{l-1} is a ReLU's output (without residual
+ * stages every hidden layer; with them h_0 only: h_b = h_{b-1} +
+ * ReLU(conv h_{b-1})), in the rows of share p.  gout may be gin with
+ * residual stages (on one thread), never without; cw->g[1] and g[2]
+ * are the residual stage's scratch. */
+int conv_back_layer(const conv_net *net, const flow_real *params, size_t n,
+                    const conv_ws *cw, size_t l, size_t i,
+                    const conv_back_args *ba, const flow_real *gin,
+                    flow_real *gout, conv_part p)
+{
+    const size_t hw = net->hw, hwp = net->hwp, last = net->blocks + 1;
+    const size_t hsz = net->hid * hwp;
+    const flow_real *prev;
+    size_t c0, c1;
+    int st;
+    if (l == 0) {
+        st = layer_back(net, params, 0, input_of(net, cw, i), hw, gin,
+                        ba->want_in ? cw->daug : NULL, hw, ba->grads, cw, p);
+        if (st != FLOW_OK || !ba->want_in)
+            return st;
+        share(p, net->c + net->ctx, 1, &c0, &c1);
+        for (size_t c = c0; c < c1; c++) {
+            const flow_real *pl = cw->daug + c * hw;
+            double s = 0;
+            if (c < net->c) {
+                if (ba->dx)
+                    memcpy(ba->dx + (i * net->c + c) * hw, pl,
+                           hw * sizeof *pl);
+                continue;
+            }
+            if (!ba->dctx)
+                continue;
+            for (size_t q = 0; q < hw; q++)
+                s += pl[q];
+            ba->dctx[i * net->ctx + c - net->c] += (flow_real)s;
+        }
+        return FLOW_OK;
+    }
+    prev = hid_of(net, cw, n, l - 1, i);
+    if (l == last) {
+        /* dL/dy of image i in padded planes, the padding 0 */
+        const flow_real *dyi = ba->dy + i * net->cout * hw;
+        for (size_t o = 0; o < net->cout; o++) {
+            memcpy(cw->yt + o * hwp, dyi + o * hw, hw * sizeof *dyi);
+            memset(cw->yt + o * hwp + hw, 0, (hwp - hw) * sizeof *dyi);
+        }
+        st = layer_back(net, params, l, prev, hwp, cw->yt, gout, hwp,
+                        ba->grads, cw, p);
+    } else if (net->residual) {
+        flow_real *gb = cw->g[1], *gc = cw->g[2];
+        memcpy(gb, gin, hsz * sizeof *gb);
+        relu_grad(res_of(net, cw, n, l, i), gb, hsz);
+        st = layer_back(net, params, l, prev, hwp, gb, gc, hwp, ba->grads,
+                        cw, p);
+        share(p, net->hid, 1, &c0, &c1);
+        for (size_t q = c0 * hwp; q < c1 * hwp; q++)
+            gout[q] = gin[q] + gc[q];  /* the skip */
+    } else {
+        st = layer_back(net, params, l, prev, hwp, gin, gout, hwp, ba->grads,
+                        cw, p);
+    }
+    if (st == FLOW_OK && (!net->residual || l == 1)) {
+        share(p, net->hid, 1, &c0, &c1);
+        relu_grad(prev + c0 * hwp, gout + c0 * hwp, (c1 - c0) * hwp);
+    }
+    return st;
+}
+
+/* ------------------------------------------------------------ the passes */
+
+int conv_fwd_serial(const conv_net *net, const flow_real *params, size_t n,
+                    flow_real *y, const conv_ws *cw)
+{
+    int st = FLOW_OK;
+    for (size_t i = 0; i < n && st == FLOW_OK; i++)
+        for (size_t l = 0; l < net->n_layers && st == FLOW_OK; l++)
+            st = conv_fwd_layer(net, params, cw, n, l, i, y, WHOLE);
     return st;
 }
 
@@ -801,8 +1054,7 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
 {
     conv_head *hd = ws;
     conv_ws cw;
-    const size_t hsz = net ? net->hid * net->hwp : 0;
-    int st;
+    int st = FLOW_OK;
     if (!net || !params || !x || !y || !ws || (net->ctx && !ctx) ||
         (uintptr_t)ws % sizeof(double) != 0)
         return FLOW_ERR_INVAL;
@@ -814,120 +1066,11 @@ int conv_net_forward(const conv_net *net, const flow_real *params, size_t n,
     memcpy(cw.x, x, n * net->c * net->hw * sizeof *x);
     if (net->ctx)
         memcpy(cw.cx, ctx, n * net->ctx * sizeof *ctx);
-    if (net->shift)
-        memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
-    for (size_t i = 0; i < n; i++) {
-        const size_t last = net->blocks + 1;
-        const flow_real *hl = hid_of(net, &cw, n, net->blocks, i);
-        size_t ys = net->hwp, y0 = 0, yr = net->w;   /* yt's geometry */
-        flow_real *h0 = hid_of(net, &cw, n, 0, i);
-        flow_real *yi = y + i * net->cout * net->hw;
-        st = layer_apply(net, params, 0, input_of(net, &cw, i), net->hw, h0,
-                         cw.col);
-        if (st != FLOW_OK)
-            return st;
-        bias_relu(net->hid, net->hwp, params + net->layer[0].b_off, h0);
-        for (size_t b = 1; b <= net->blocks; b++) {
-            const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
-            flow_real *hb = hid_of(net, &cw, n, b, i);
-            flow_real *rb = net->residual ? res_of(net, &cw, n, b, i) : hb;
-            st = layer_apply(net, params, b, prev, net->hwp, rb, cw.col);
-            if (st != FLOW_OK)
-                return st;
-            bias_relu(net->hid, net->hwp, params + net->layer[b].b_off, rb);
-            if (net->residual)
-                for (size_t p = 0; p < hsz; p++)
-                    hb[p] = prev[p] + rb[p];
-        }
-        if (net->shift) {
-            st = shift_apply(net, params, hl, cw.yt, cw.pad);
-            ys = net->ns;
-            y0 = net->k / 2;
-            yr = net->wp;
-        } else {
-            st = layer_apply(net, params, last, hl, net->hwp, cw.yt, cw.col);
-        }
-        if (st != FLOW_OK)
-            return st;
-        for (size_t o = 0; o < net->cout; o++) {
-            const flow_real bo = params[net->layer[last].b_off + o];
-            for (size_t yy = 0; yy < net->h; yy++) {
-                const flow_real *src = cw.yt + o * ys + yy * yr + y0;
-                flow_real *dst = yi + o * net->hw + yy * net->w;
-                for (size_t q = 0; q < net->w; q++)
-                    dst[q] = src[q] + bo;
-            }
-        }
-    }
+    conv_clear_shift(net, &cw, 0);
+    if ((st = conv_fwd_run(net, params, n, y, &cw)) != FLOW_OK)
+        return st;
     hd->magic = CONV_MAGIC;
     return FLOW_OK;
-}
-
-/* The VJP of layer l on one image given g (cout planes of hwp, padding
- * columns 0): db and dW^T (cw->dwt) accumulated when dparams is not NULL,
- * din (cin planes ops apart) written when not NULL.  dW^T (cin k k x
- * coutp) += col G^T, the transposed product so that tgemm's width is
- * coutp, not cin k k (18 or 36 for a thin first layer); G^T's padding
- * rows and columns are 0, so they add exact zeros.  din as in
- * conv_apply_backward: W^T G for k = 1, the convolution of G with the
- * flipped kernel when the layer narrows, else col2im(W^T G). */
-static int layer_back(const conv_net *net, const flow_real *params,
-                      size_t l, const flow_real *in, size_t ips,
-                      const flow_real *g, flow_real *din, size_t ops,
-                      int grads, const conv_ws *cw)
-{
-    const conv_layer *ly = &net->layer[l];
-    const size_t hw = net->hw, hwp = net->hwp, k = ly->k;
-    const size_t ck = ly->cin * k * k, cp = ly->coutp;
-    const flow_real *wt = params + ly->w_off;
-    flow_real *dst;
-    int st;
-    if (grads && net->shift && l + 1 == net->n_layers) {
-        if ((st = shift_back_w(net, in, g, cw)) != FLOW_OK)
-            return st;
-    } else if (grads) {
-        const flow_real *colp = in;
-        if (k != 1 || ips != hwp) {
-            im2col_ld(ly->cin, net->h, net->w, k, in, ips, cw->col, hwp);
-            colp = cw->col;
-        }
-        memset(cw->gt + hw * cp, 0, (hwp - hw) * cp * sizeof *cw->gt);
-        transpose(ly->cout, hw, g, hwp, cw->gt, cp);
-        if (cp > ly->cout)
-            for (size_t p = 0; p < hw; p++)
-                for (size_t o = ly->cout; o < cp; o++)
-                    cw->gt[p * cp + o] = 0;
-        st = mm(ck, cp, hwp, colp, hwp, 1, cw->gt, cp, 1,
-                cw->dwt + ly->t_off, cp);
-        if (st == FLOW_OK)      /* db^T += 1^T G^T, the row sums of G */
-            st = mm(1, cp, hwp, cw->ones, hwp, 1, cw->gt, cp, 1,
-                    cw->dwt + ly->t_off + ck * cp, cp);
-        if (st != FLOW_OK)
-            return st;
-    }
-    if (!din)
-        return FLOW_OK;
-    dst = ops == hwp ? din : cw->dcol;
-    if (k == 1) {
-        st = mm(ly->cin, hwp, ly->cout, wt, 1, ly->cin, g, hwp, 0, dst, hwp);
-    } else if (ly->flip) {
-        const size_t fk = ly->cout * k * k;
-        im2col_ld(ly->cout, net->h, net->w, k, g, hwp, cw->col, hwp);
-        st = mm(ly->cin, hwp, fk, cw->wf + ly->f_off, fk, 1, cw->col, hwp, 0,
-                dst, hwp);
-    } else {
-        st = mm(ck, hwp, ly->cout, wt, 1, ck, g, hwp, 0, cw->dcol, hwp);
-        if (st == FLOW_OK)
-            col2im_ld(ly->cin, net->h, net->w, k, cw->dcol, hwp, din, ops);
-        return st;
-    }
-    if (st == FLOW_OK && dst != din)
-        for (size_t c = 0; c < ly->cin; c++)
-            memcpy(din + c * ops, dst + c * hwp, hw * sizeof *din);
-    if (st == FLOW_OK && ops > hw)
-        for (size_t c = 0; c < ly->cin; c++)
-            memset(din + c * ops + hw, 0, (ops - hw) * sizeof *din);
-    return st;
 }
 
 /* dW and db of every layer to their transposed scratch (cin k k + 1 rows
@@ -995,104 +1138,68 @@ static void dwt_store(const conv_net *net, const flow_real *dwt,
  * product's operands in cache (the tape of one image, hid x hwp), and
  * the parameter gradient sums the images in row order, whatever the
  * batch. */
+int conv_back_serial(const conv_net *net, const flow_real *params,
+                     size_t n, const conv_back_args *ba, const conv_ws *cw)
+{
+    int st = FLOW_OK;
+    for (size_t i = 0; i < n && st == FLOW_OK; i++) {
+        /* with residual stages the gradient is summed in place */
+        flow_real *gi = cw->g[0], *go = net->residual ? cw->g[0] : cw->g[2];
+        for (size_t l = net->n_layers; l-- > 0 && st == FLOW_OK;) {
+            flow_real *tmp = gi;
+            st = conv_back_layer(net, params, n, cw, l, i, ba, gi, go, WHOLE);
+            gi = go;
+            go = tmp;
+        }
+    }
+    return st;
+}
+
+/* The tape's check, the scratch of the whole call (flipped kernels, dW
+ * and db transposed, rows of ones), then the pass image by image or with
+ * the channel split (the same sums). */
 int conv_net_backward(const conv_net *net, const flow_real *params,
                       size_t n, void *ws, const flow_real *dy,
                       flow_real *dx, flow_real *dctx, flow_real *dparams)
 {
     const conv_head *hd = ws;
+    conv_back_args ba;
     conv_ws cw;
-    size_t hsz, hw, hwp, last;
-    int st = FLOW_OK, want_in, grads = dparams != NULL;
+    int st = FLOW_OK;
     if (!net || !params || !dy || !ws || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (n == 0)
         return FLOW_OK;
     if (hd->magic != CONV_MAGIC || hd->n != n)
         return FLOW_ERR_INVAL;    /* no matching forward on this ws */
-    want_in = dx || (dctx && net->ctx);
-    if (!want_in && !dparams)
+    ba = (conv_back_args){dy, dx, dctx, dparams != NULL,
+                     dx || (dctx && net->ctx)};
+    if (!ba.want_in && !ba.grads)
         return FLOW_OK;
     carve(net, n, ws, &cw);
-    hw = net->hw;
-    hwp = net->hwp;
-    hsz = net->hid * hwp;
-    last = net->blocks + 1;
     for (size_t l = 0; l < net->n_layers; l++) {
         const conv_layer *ly = &net->layer[l];
         if (ly->flip)
             conv_flip(ly->cin, ly->cout, ly->k, params + ly->w_off,
                       cw.wf + ly->f_off);
     }
-    if (grads) {
+    if (ba.grads) {
         dwt_load(net, dparams, cw.dwt);
-        for (size_t p = 0; p < hwp; p++)
-            cw.ones[p] = p < hw ? 1 : 0;
+        for (size_t q = 0; q < net->hwp; q++)
+            cw.ones[q] = q < net->hw ? 1 : 0;
     }
-    if (grads && net->shift) {
+    if (ba.grads && net->shift) {
         const size_t pk = net->k / 2;
-        if (!net->shiftw) {
-            memset(cw.pad, 0, net->hid * net->sp * sizeof *cw.pad);
-            memset(cw.gtp, 0,
-                   net->ns * net->layer[last].coutp * sizeof *cw.gtp);
-        }
         for (size_t u = 0; u < net->ns; u++)
             cw.onesp[u] = u < net->h * net->wp && u % net->wp >= pk &&
                                   u % net->wp < pk + net->w ? 1 : 0;
-        if (net->shiftw) {
-            memset(cw.padt, 0, net->hid * net->sp * sizeof *cw.padt);
-            memset(cw.gp, 0, net->cout * net->ns * sizeof *cw.gp);
+        if (net->shiftw)
             for (size_t u = 0; u < net->ns * 8; u++)
                 cw.ones8[u] = cw.onesp[u / 8];
-        }
+        conv_clear_shift(net, &cw, 1);
     }
-    for (size_t i = 0; i < n && st == FLOW_OK; i++) {
-        flow_real *ga = cw.g[0], *gb = cw.g[1], *gc = cw.g[2], *tmp;
-        const flow_real *dyi = dy + i * net->cout * hw;
-        /* dL/dy of image i in padded planes, the padding 0 */
-        for (size_t o = 0; o < net->cout; o++) {
-            memcpy(cw.yt + o * hwp, dyi + o * hw, hw * sizeof *dyi);
-            memset(cw.yt + o * hwp + hw, 0, (hwp - hw) * sizeof *dyi);
-        }
-        st = layer_back(net, params, last, hid_of(net, &cw, n, net->blocks, i),
-                        hwp, cw.yt, ga, hwp, grads, &cw);
-        for (size_t b = net->blocks; b >= 1 && st == FLOW_OK; b--) {
-            const flow_real *prev = hid_of(net, &cw, n, b - 1, i);
-            if (net->residual) {
-                /* h_b = h_{b-1} + ReLU(conv h_{b-1}): the skip adds ga */
-                memcpy(gb, ga, hsz * sizeof *gb);
-                relu_grad(res_of(net, &cw, n, b, i), gb, hsz);
-                st = layer_back(net, params, b, prev, hwp, gb, gc, hwp, grads,
-                                &cw);
-                for (size_t p = 0; p < hsz; p++)
-                    ga[p] += gc[p];
-            } else {
-                relu_grad(hid_of(net, &cw, n, b, i), ga, hsz);
-                st = layer_back(net, params, b, prev, hwp, ga, gc, hwp, grads,
-                                &cw);
-                tmp = ga;
-                ga = gc;
-                gc = tmp;
-            }
-        }
-        if (st != FLOW_OK)
-            break;
-        relu_grad(hid_of(net, &cw, n, 0, i), ga, hsz);
-        st = layer_back(net, params, 0, input_of(net, &cw, i), hw, ga,
-                        want_in ? cw.daug : NULL, hw, grads, &cw);
-        if (st != FLOW_OK)
-            break;
-        if (dx)
-            memcpy(dx + i * net->c * hw, cw.daug, net->c * hw * sizeof *dx);
-        if (dctx)
-            for (size_t j = 0; j < net->ctx; j++) {
-                const flow_real *pl = cw.daug + (net->c + j) * hw;
-                double s = 0;
-                for (size_t p = 0; p < hw; p++)
-                    s += pl[p];
-                dctx[i * net->ctx + j] += (flow_real)s;
-            }
-    }
-    if (grads)
+    st = conv_back_run(net, params, n, &ba, &cw);
+    if (ba.grads)
         dwt_store(net, cw.dwt, dparams);
     return st;
 }

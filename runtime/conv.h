@@ -11,7 +11,9 @@
  * accumulated image after image in row order.  Inside the net an image's
  * planes are H W rounded up to 8 values apart (tgemm's width).  OpenBLAS
  * stays single-threaded (matrix.h): the model's threads split the batch
- * by rows (docs/runtime.md, "Convolutions"). */
+ * by rows, and a call on few images made while the model's pool is lent
+ * to its thread splits its layers' channels over the pool, with the same
+ * bits (docs/runtime.md, "Convolutions"). */
 
 #include <stddef.h>
 
@@ -90,6 +92,14 @@ int conv_net_backward(const conv_net *net, const flow_real *params,
 int conv_net_export(const conv_net *net, const flow_real *params,
                     const char *prefix, const char *output_layout,
                     flow_export *ex);
+
+/* The channel split (conv_split.c): a call made while a pool is lent to
+ * its thread (pool_lent) splits each layer over the pool's threads when a
+ * thread's share of a layer of one image is at least this many forward
+ * multiply-adds; the same bits either way.  Returns the previous value
+ * (tests: 0 splits every call that can, with no pause after splits that
+ * did not pay).  Not thread-safe: set it before the calls. */
+size_t conv_set_split_min(size_t madds);
 
 /* Introspection (tests): layers, and layer l's shape and offsets. */
 size_t conv_net_layers(const conv_net *net);

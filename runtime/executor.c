@@ -285,10 +285,18 @@ int exec_run_job(job *j, const char *what)
         for (size_t t = 1; t < j->k; t++)
             rng_stream(&m->trng[t], seed, (unsigned)t);
     }
-    if (j->k > 1)
+    if (j->k > 1) {
         pool_run(m->pool, j->k, job_task, j);
-    else
+    } else if (m->pool) {
+        /* one chunk on the caller, the workers idle: lent to the layers,
+         * so that a convolutional conditioner splits its channels over
+         * them (conv.c, "the channel split") */
+        pool_lend(m->pool);
         job_task(j, 0);
+        pool_lend(NULL);
+    } else {
+        job_task(j, 0);
+    }
     if ((bad = first_failure(m, j->k, j->rc, j->fail)) == MAX_THREADS)
         return FLOW_OK;
     return model_layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);

@@ -3,12 +3,15 @@
  * differences of a double-precision reference, layout, determinism. */
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../runtime/conv.h"
 #include "../runtime/nn.h"
+#include "../runtime/pool.h"
 #include "../runtime/rng.h"
+#include "../runtime/tgemm.h"
 #include "flow/flow.h"
 #include "suites.h"
 
@@ -754,6 +757,293 @@ START_TEST(test_batch_invariance)
 }
 END_TEST
 
+/* ------------------------------------------------------------ channel split */
+
+/* The nets of net_cases, then glow_fashion's two conditioners, a
+ * residual one with context and 16 hidden channels, and one whose
+ * backward keeps the gradients of 8 images at a time (64 planes of 32 x
+ * 32: 512 kB per image, groups of 4 MiB). */
+static const ccase split_cases[] = {
+    {1, 5, 3, 0, 4, 3, 1, 2, 0},
+    {2, 4, 5, 2, 3, 3, 2, 3, 1},
+    {3, 3, 3, 0, 5, 1, 0, 2, 0},
+    {2, 3, 4, 1, 3, 5, 1, 1, 0},
+    {2, 5, 6, 1, 8, 3, 1, 3, 0},
+    {1, 3, 4, 0, 8, 5, 1, 2, 1},
+    {2, 14, 14, 0, 64, 3, 1, 4, 0},
+    {4, 7, 7, 0, 64, 3, 1, 8, 0},
+    {3, 6, 5, 2, 16, 3, 2, 6, 1},
+    {2, 32, 32, 0, 64, 3, 1, 4, 0},
+};
+
+/* Whether the channel split can run here: every product of the net on
+ * tgemm (float build, AVX2 + FMA). */
+static int split_runs(void)
+{
+#if FLOW_REAL_DOUBLE
+    return 0;
+#else
+    float a[8] = {0}, b[8] = {0}, c[8];
+    return tgemm(1, 8, 1, a, 1, 1, b, 8, NULL, 0, c, 8);
+#endif
+}
+
+typedef struct net_run {
+    flow_real *y, *dx, *dcx, *dp;
+} net_run;
+
+/* A forward and a backward of n images with pl lent to this thread (NULL:
+ * none), into r (dp accumulated onto its contents). */
+static void run_net(const flow_net *net, const ccase *cc, pool *pl,
+                    size_t n, const flow_real *p, const flow_real *x,
+                    const flow_real *cx, const flow_real *dy, net_run *r)
+{
+    void *ws = ws_new(net, n);
+    int fw, bw;
+    pool_lend(pl);
+    fw = nn_forward(net, p, n, x, cc->ctx ? cx : NULL, 0, r->y, ws);
+    bw = fw == FLOW_OK ? nn_backward(net, p, n, ws, dy, r->dx,
+                                     cc->ctx ? r->dcx : NULL, r->dp)
+                       : fw;
+    pool_lend(NULL);
+    ck_assert_int_eq(fw, FLOW_OK);
+    ck_assert_int_eq(bw, FLOW_OK);
+    free(ws);
+}
+
+static void same_bits(const char *what, size_t threads, size_t n,
+                      const flow_real *a, const flow_real *b, size_t m)
+{
+    for (size_t q = 0; q < m; q++)
+        ck_assert_msg(memcmp(&a[q], &b[q], sizeof *a) == 0,
+                      "%zu images, %zu threads: %s[%zu] = %.9g split, "
+                      "%.9g on one thread", n, threads, what, q, (double)b[q],
+                      (double)a[q]);
+}
+
+/* The channel split (conv.c) gives the bits of one thread: outputs,
+ * input and context gradients, and the parameter gradient accumulated
+ * onto a nonzero start, for 1, 5 and 16 images on 2 and 3 threads, with
+ * the work threshold at 0 so that every call splits (checked: the
+ * workers' scratch was used) where the split can run at all. */
+START_TEST(test_channel_split)
+{
+    static const size_t sizes[] = {1, 5, 16};
+    const ccase *cc = &split_cases[_i];
+    const size_t din = cc->c * cc->h * cc->w, dout = cc->cout * cc->h * cc->w;
+    const size_t nmax = 16, old = conv_set_split_min(0);
+    flow_net *net = make(cc, 0);
+    const size_t np = nn_params(net);
+    flow_real *p = malloc(np * sizeof *p), *g0 = malloc(np * sizeof *g0);
+    flow_real *x = malloc(nmax * din * sizeof *x);
+    flow_real *dy = malloc(nmax * dout * sizeof *dy);
+    flow_real *cx = malloc((nmax * cc->ctx + 1) * sizeof *cx);
+    net_run r[2];
+    flow_rng rng;
+    ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(g0);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(dy);
+    ck_assert_ptr_nonnull(cx);
+    for (int k = 0; k < 2; k++) {
+        r[k].y = malloc(nmax * dout * sizeof *r[k].y);
+        r[k].dx = malloc(nmax * din * sizeof *r[k].dx);
+        r[k].dcx = malloc((nmax * cc->ctx + 1) * sizeof *r[k].dcx);
+        r[k].dp = malloc(np * sizeof *r[k].dp);
+        ck_assert_ptr_nonnull(r[k].y);
+        ck_assert_ptr_nonnull(r[k].dx);
+        ck_assert_ptr_nonnull(r[k].dcx);
+        ck_assert_ptr_nonnull(r[k].dp);
+    }
+    rng_seed(&rng, 41 + (uint64_t)_i);
+    nn_init(net, p, &rng);      /* the last layer random: every product */
+    fill_normal(&rng, x, nmax * din, 1);
+    fill_normal(&rng, dy, nmax * dout, 1);
+    fill_normal(&rng, cx, nmax * cc->ctx + 1, 1);
+    fill_normal(&rng, g0, np, 0.5);
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const size_t n = sizes[si];
+        memcpy(r[0].dp, g0, np * sizeof *g0);
+        memset(r[0].dcx, 0, (nmax * cc->ctx + 1) * sizeof *r[0].dcx);
+        run_net(net, cc, NULL, n, p, x, cx, dy, &r[0]);
+        for (size_t threads = 2; threads <= 3; threads++) {
+            pool *pl = pool_new(threads);
+            ck_assert_ptr_nonnull(pl);
+            memcpy(r[1].dp, g0, np * sizeof *g0);
+            memset(r[1].dcx, 0, (nmax * cc->ctx + 1) * sizeof *r[1].dcx);
+            run_net(net, cc, pl, n, p, x, cx, dy, &r[1]);
+            ck_assert_msg((pool_scratch_size(pl, 1) > 0) == split_runs(),
+                          "%zu images, %zu threads: worker scratch %zu "
+                          "bytes, the split %s", n, threads,
+                          pool_scratch_size(pl, 1),
+                          split_runs() ? "can run" : "cannot run");
+            same_bits("y", threads, n, r[0].y, r[1].y, n * dout);
+            same_bits("dx", threads, n, r[0].dx, r[1].dx, n * din);
+            same_bits("dctx", threads, n, r[0].dcx, r[1].dcx, n * cc->ctx);
+            same_bits("dparams", threads, n, r[0].dp, r[1].dp, np);
+            pool_free(pl);
+        }
+    }
+    conv_set_split_min(old);
+    for (int k = 0; k < 2; k++) {
+        free(r[k].y);
+        free(r[k].dx);
+        free(r[k].dcx);
+        free(r[k].dp);
+    }
+    free(p);
+    free(g0);
+    free(x);
+    free(dy);
+    free(cx);
+    nn_destroy(net);
+}
+END_TEST
+
+/* The default work threshold: glow_fashion's 4 x 14 x 14 conditioner
+ * (246,000 multiply-adds a thread in a layer of an image on 2 threads)
+ * splits, a 4-channel 5 x 3 net (310) does not. */
+START_TEST(test_split_threshold)
+{
+    static const ccase big = {2, 14, 14, 0, 64, 3, 1, 4, 0};
+    static const ccase tiny = {1, 5, 3, 0, 4, 3, 1, 2, 0};
+    const ccase *cs[2] = {&big, &tiny};
+    const size_t ns[2] = {16, 1};
+    for (int c = 0; c < 2; c++) {
+        const ccase *cc = cs[c];
+        const size_t n = ns[c];
+        const size_t din = cc->c * cc->h * cc->w;
+        const size_t dout = cc->cout * cc->h * cc->w;
+        flow_net *net = make(cc, 0);
+        const size_t np = nn_params(net);
+        flow_real *p = calloc(np, sizeof *p), *x = calloc(n * din, sizeof *x);
+        flow_real *dy = calloc(n * dout, sizeof *dy);
+        net_run r = {calloc(n * dout, sizeof(flow_real)),
+                     calloc(n * din, sizeof(flow_real)), NULL,
+                     calloc(np, sizeof(flow_real))};
+        pool *pl = pool_new(2);
+        ck_assert_ptr_nonnull(pl);
+        ck_assert_ptr_nonnull(p);
+        ck_assert_ptr_nonnull(x);
+        ck_assert_ptr_nonnull(dy);
+        ck_assert_ptr_nonnull(r.y);
+        ck_assert_ptr_nonnull(r.dx);
+        ck_assert_ptr_nonnull(r.dp);
+        run_net(net, cc, pl, n, p, x, NULL, dy, &r);
+        ck_assert_msg((pool_scratch_size(pl, 1) > 0) == (c == 0 &&
+                                                         split_runs()),
+                      "%zu images of %zu x %zu x %zu, %zu hidden: worker "
+                      "scratch %zu bytes", n, cc->c, cc->h, cc->w, cc->hid,
+                      pool_scratch_size(pl, 1));
+        pool_free(pl);
+        free(p);
+        free(x);
+        free(dy);
+        free(r.y);
+        free(r.dx);
+        free(r.dp);
+        nn_destroy(net);
+    }
+}
+END_TEST
+
+typedef struct lend_probe {
+    pool *seen[4];
+} lend_probe;
+
+static void probe_task(void *arg, size_t t)
+{
+    ((lend_probe *)arg)->seen[t] = pool_lent();
+}
+
+/* A lent pool is the lending thread's only, and hidden inside a run of
+ * it (a task that split again would wait for itself). */
+START_TEST(test_pool_lend)
+{
+    pool *pl = pool_new(3);
+    lend_probe pr = {{pl, pl, pl, pl}};
+    ck_assert_ptr_nonnull(pl);
+    ck_assert_ptr_null(pool_lent());
+    pool_lend(pl);
+    ck_assert_ptr_eq(pool_lent(), pl);
+    pool_run(pl, 3, probe_task, &pr);
+    for (int t = 0; t < 3; t++)
+        ck_assert_msg(pr.seen[t] == NULL, "task %d saw the lent pool", t);
+    ck_assert_ptr_eq(pool_lent(), pl);
+    pool_lend(NULL);
+    ck_assert_ptr_null(pool_lent());
+    ck_assert_uint_eq(pool_threads(pl), 3);
+    ck_assert_uint_eq(pool_scratch_size(pl, 2), 0);
+    ck_assert_ptr_nonnull(pool_scratch(pl, 2, 100));
+    ck_assert_uint_eq(pool_scratch_size(pl, 2), 100);
+    ck_assert_ptr_null(pool_scratch(pl, 3, 100));
+    pool_free(pl);
+}
+END_TEST
+
+/* A team run's pieces (pool_team): every one claimed once, by whoever
+ * comes first. */
+typedef struct team_probe {
+    atomic_size_t next, done;
+    size_t pieces, threads;
+    int owner[64];              /* thread that ran piece i, -1 none */
+    int bad_t;
+} team_probe;
+
+static void team_probe_task(void *arg, size_t t)
+{
+    team_probe *tp = arg;
+    size_t i;
+    if (t >= tp->threads)
+        tp->bad_t = 1;
+    while ((i = atomic_fetch_add(&tp->next, 1)) < tp->pieces) {
+        tp->owner[i] = (int)t;
+        atomic_fetch_add_explicit(&tp->done, 1, memory_order_release);
+    }
+    pool_spin_until(&tp->done, tp->pieces);
+}
+
+static void run_probe_task(void *arg, size_t t)
+{
+    atomic_fetch_add((atomic_size_t *)arg, t + 1);
+}
+
+/* Team runs between plain runs, 2000 of each: every piece of a team run
+ * runs once, on a thread of the pool, and the caller sees all of them
+ * when pool_team returns (workers that come late take no piece and touch
+ * no freed state: ASan builds would see it); every plain run runs each
+ * task once. */
+START_TEST(test_pool_team)
+{
+    pool *pl = pool_new(3);
+    ck_assert_ptr_nonnull(pl);
+    for (int it = 0; it < 2000; it++) {
+        team_probe *tp = malloc(sizeof *tp);
+        atomic_size_t sum;
+        ck_assert_ptr_nonnull(tp);
+        atomic_init(&tp->next, 0);
+        atomic_init(&tp->done, 0);
+        tp->pieces = 1 + (size_t)it % 64;
+        tp->threads = 3;
+        tp->bad_t = 0;
+        for (int i = 0; i < 64; i++)
+            tp->owner[i] = -1;
+        pool_team(pl, team_probe_task, tp);
+        ck_assert_int_eq(tp->bad_t, 0);
+        for (size_t i = 0; i < tp->pieces; i++) {
+            ck_assert_msg(tp->owner[i] >= 0 && tp->owner[i] < 3,
+                          "run %d: piece %zu of %zu ran on %d", it, i,
+                          tp->pieces, tp->owner[i]);
+        }
+        free(tp);               /* a late worker must not read it */
+        atomic_init(&sum, 0);
+        pool_run(pl, 3, run_probe_task, &sum);
+        ck_assert_uint_eq(atomic_load(&sum), 1 + 2 + 3);
+    }
+    pool_free(pl);
+}
+END_TEST
+
 /* ------------------------------------------------------------ host table */
 
 typedef struct sink {
@@ -906,6 +1196,11 @@ Suite *suite_conv(void)
     tcase_add_test(tc, test_zero_last);
     tcase_add_test(tc, test_thread_split);
     tcase_add_loop_test(tc, test_batch_invariance, 0, 2);
+    tcase_add_loop_test(tc, test_channel_split, 0,
+                        (int)(sizeof split_cases / sizeof split_cases[0]));
+    tcase_add_test(tc, test_split_threshold);
+    tcase_add_test(tc, test_pool_lend);
+    tcase_add_test(tc, test_pool_team);
     tcase_add_test(tc, test_host_entries);
     tcase_add_test(tc, test_spec_errors);
     tcase_set_timeout(tc, 60);

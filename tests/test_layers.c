@@ -1,7 +1,9 @@
 /* test_layers.c - layer-specific properties beyond the generic conformance
  * checks: IAF with a MAF's weights is that MAF's inverse; MAF sampling and
- * IAF density invert to 1e-5 on 64 dimensions; coupling masks. */
+ * IAF density invert to 1e-5 on 64 dimensions; coupling masks; a glow
+ * model's bits on any thread count. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -329,6 +331,126 @@ START_TEST(test_log_prob_blocks)
 }
 END_TEST
 
+/* glow_tiny's architecture (specs/glow_tiny.flow): dequantization,
+ * logit, two scales of actnorm, conv1x1 and affine coupling with a
+ * 16-channel convolutional conditioner on 4 x 4 and 2 x 2 planes. */
+static const char glow_small[] =
+    "flow glow_small {\n"
+    "  input x : real[1, 8, 8] in [0, 255];\n"
+    "  dequantize(levels = 256);\n"
+    "  logit(alpha = 0.05);\n"
+    "  squeeze(factor = 2);\n"
+    "  repeat 2 {\n"
+    "    actnorm;\n"
+    "    conv1x1;\n"
+    "    coupling(mask = channel, net = conv(hidden = 16),\n"
+    "             transformer = affine);\n"
+    "  }\n"
+    "  exit 2 -> z1 ~ normal;\n"
+    "  squeeze(factor = 2);\n"
+    "  repeat 2 {\n"
+    "    actnorm;\n"
+    "    conv1x1;\n"
+    "    coupling(mask = channel, net = conv(hidden = 16),\n"
+    "             transformer = affine);\n"
+    "  }\n"
+    "  output z ~ normal;\n"
+    "}\n";
+
+typedef struct glow_out {
+    flow_real lp[63], x[63 * 64], slp[63], *grad;
+    double mean;
+} glow_out;
+
+/* Log-densities, samples (with their log-densities) and the training
+ * gradient (dequantization noise drawn) of n rows, each from a fixed
+ * seed of the model's stream. */
+static void glow_run(flow_model *m, size_t n, const flow_real *x,
+                     glow_out *o)
+{
+    ck_assert_int_eq(flow_model_log_prob(m, n, x, NULL, o->lp), FLOW_OK);
+    flow_model_seed(m, 7);
+    ck_assert_int_eq(flow_model_sample(m, n, NULL, o->x, o->slp), FLOW_OK);
+    flow_model_seed(m, 9);
+    ck_assert_int_eq(flow_model_loglik_grad(m, n, x, NULL, &o->mean,
+                                            o->grad), FLOW_OK);
+}
+
+static void glow_same(const char *what, const char *how, size_t n,
+                      const flow_real *a, const flow_real *b, size_t m)
+{
+    for (size_t q = 0; q < m; q++)
+        ck_assert_msg(memcmp(&a[q], &b[q], sizeof *a) == 0,
+                      "%zu rows, %s: %s[%zu] = %.9g, one thread %.9g", n, how,
+                      what, q, (double)b[q], (double)a[q]);
+}
+
+/* The executor lends its pool to a batch of fewer than 2 x 32 rows (one
+ * row chunk) and the conv conditioners split their channels over it
+ * (runtime/conv.c): log-densities, samples and the parameter gradient of
+ * 1, 5, 16 and 63 rows are the bits of one thread on 2 and 3 threads,
+ * with the split forced on every call (work threshold 0) and with the
+ * default threshold (which leaves these small planes unsplit). */
+START_TEST(test_glow_threads_bits)
+{
+    enum { NMAX = 63, D = 64 };
+    static const size_t sizes[] = {1, 5, 16, 63};
+    static const struct { size_t threads, split_min; const char *how; }
+        runs[] = {{2, 0, "2 threads, split"}, {3, 0, "3 threads, split"},
+                  {2, SIZE_MAX, "2 threads, not split"}};
+    flow_compilation *comp = flow_compile_string(ctx, "glow.flow", glow_small,
+                                                 strlen(glow_small));
+    flow_model *m = NULL;
+    flow_real x[NMAX * D];
+    glow_out *o = malloc(2 * sizeof *o);
+    size_t np, keep;
+    ck_assert_ptr_nonnull(comp);
+    ck_assert_ptr_nonnull(o);
+    ck_assert_uint_eq(flow_compile_errors(comp), 0);
+    ck_assert_int_eq(flow_graph_build_model(ctx, flow_compile_graph(comp), 3,
+                                            &m), FLOW_OK);
+    np = flow_model_num_params(m);
+    o[0].grad = malloc(np * sizeof *o[0].grad);
+    o[1].grad = malloc(np * sizeof *o[1].grad);
+    ck_assert_ptr_nonnull(o[0].grad);
+    ck_assert_ptr_nonnull(o[1].grad);
+    for (size_t i = 0; i < NMAX * D; i++)   /* integer pixels */
+        x[i] = (flow_real)floor(127.5 + 127 * sin(0.37 * (double)i + 0.1));
+    ck_assert_int_eq(flow_model_data_init(m, NMAX, x, NULL), FLOW_OK);
+    perturb(m, 0.1, 3);         /* the last convs start at 0: move them */
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const size_t n = sizes[si];
+        double gmax = 0;
+        ck_assert_int_eq(flow_model_set_threads(m, 1), FLOW_OK);
+        glow_run(m, n, x, &o[0]);
+        for (size_t q = 0; q < np; q++)
+            gmax = fmax(gmax, fabs(o[0].grad[q]));
+        ck_assert_msg(gmax > 1e-3 && isfinite(o[0].mean),
+                      "%zu rows: mean log-likelihood %g, largest gradient "
+                      "%g", n, o[0].mean, gmax);
+        for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
+            keep = conv_set_split_min(runs[k].split_min);
+            ck_assert_int_eq(flow_model_set_threads(m, runs[k].threads),
+                             FLOW_OK);
+            glow_run(m, n, x, &o[1]);
+            conv_set_split_min(keep);
+            glow_same("log p", runs[k].how, n, o[0].lp, o[1].lp, n);
+            glow_same("sample", runs[k].how, n, o[0].x, o[1].x, n * D);
+            glow_same("sample log p", runs[k].how, n, o[0].slp, o[1].slp, n);
+            glow_same("gradient", runs[k].how, n, o[0].grad, o[1].grad, np);
+            ck_assert_msg(memcmp(&o[0].mean, &o[1].mean, sizeof o[0].mean)
+                          == 0, "%zu rows, %s: mean %.17g, one thread "
+                          "%.17g", n, runs[k].how, o[1].mean, o[0].mean);
+        }
+    }
+    free(o[0].grad);
+    free(o[1].grad);
+    free(o);
+    flow_model_free(m);
+    flow_compile_free(comp);
+}
+END_TEST
+
 /* The sampling direction's backward through a whole model (MAF, IAF,
  * permutation and an exit) against central differences, in double. */
 START_TEST(test_model_inverse_grad)
@@ -425,6 +547,7 @@ Suite *suite_layers(void)
     tcase_add_test(tc, test_coupling_errors);
     tcase_add_test(tc, test_conv_coupling_reference);
     tcase_add_test(tc, test_log_prob_blocks);
+    tcase_add_test(tc, test_glow_threads_bits);
     suite_add_tcase(s, tc);
     tc = tcase_create("inverse_gradients");
     tcase_add_checked_fixture(tc, setup, teardown);
