@@ -290,7 +290,7 @@ int exec_run_job(job *j, const char *what)
     } else if (m->pool) {
         /* one chunk on the caller, the workers idle: lent to the layers,
          * so that a convolutional conditioner splits its channels over
-         * them (conv.c, "the channel split") */
+         * them (conv_split.c) */
         pool_lend(m->pool);
         job_task(j, 0);
         pool_lend(NULL);

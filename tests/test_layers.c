@@ -387,10 +387,10 @@ static void glow_same(const char *what, const char *how, size_t n,
 
 /* The executor lends its pool to a batch of fewer than 2 x 32 rows (one
  * row chunk) and the conv conditioners split their channels over it
- * (runtime/conv.c): log-densities, samples and the parameter gradient of
- * 1, 5, 16 and 63 rows are the bits of one thread on 2 and 3 threads,
- * with the split forced on every call (work threshold 0) and with the
- * default threshold (which leaves these small planes unsplit). */
+ * (runtime/conv_split.c): log-densities, samples and the parameter
+ * gradient of 1, 5, 16 and 63 rows are the bits of one thread on 2 and 3
+ * threads with the split forced on every call (work threshold 0), and on
+ * 2 threads with it off (the unsplit path). */
 START_TEST(test_glow_threads_bits)
 {
     enum { NMAX = 63, D = 64 };
