@@ -83,6 +83,11 @@ int cli_check_output_sources(const char *cmd, const char *out,
 extern volatile sig_atomic_t cli_stop_signal;
 void cli_catch_stop_signals(int on);
 void cli_stop_saving(void);
+/* Under several ranks, after every step: a signal seen by any rank stops
+ * all of them after the same step, the largest signal number being
+ * every rank's (*stop, and cli_stop_signal where this rank saw none);
+ * one allreduce (train and fit). */
+int cli_agree_stop(flow_comm *comm, int *stop);
 
 /* Seconds on the monotonic clock; v as a JSON number with `digits`
  * significant digits, or null for inf and NaN, which JSON lacks

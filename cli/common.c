@@ -592,6 +592,18 @@ void cli_stop_saving(void)
     alarm(0);
 }
 
+int cli_agree_stop(flow_comm *comm, int *stop)
+{
+    double v = (double)cli_stop_signal;
+    int rc = flow_comm_allreduce(comm, &v, 1, FLOW_COMM_MAX);
+    if (rc == FLOW_OK && v > 0) {
+        *stop = (int)v;
+        if (!cli_stop_signal)
+            cli_stop_signal = (int)v;
+    }
+    return rc;
+}
+
 /* ------------------------------------------------------------ text */
 
 void cli_text_add(cli_text *t, const char *fmt, ...)

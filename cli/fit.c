@@ -336,20 +336,6 @@ static int save(fit_run *r, const fit_opts *o, const char *report)
     return rc;
 }
 
-/* A signal seen by any rank stops all of them after the same step: the
- * largest signal number is every rank's (as `flowkit train` agrees). */
-static int agree_stop(flow_comm *comm, int *stop)
-{
-    double v = (double)cli_stop_signal;
-    int rc = flow_comm_allreduce(comm, &v, 1, FLOW_COMM_MAX);
-    if (rc == FLOW_OK && v > 0) {
-        *stop = (int)v;
-        if (!cli_stop_signal)
-            cli_stop_signal = (int)v;
-    }
-    return rc;
-}
-
 int cli_cmd_fit(int argc, char **argv)
 {
     const char *cmd = "flowkit fit";
@@ -397,7 +383,7 @@ int cli_cmd_fit(int argc, char **argv)
             }
             goto failmsg;
         }
-        if (many && agree_stop(r.comm, &stop) != FLOW_OK)
+        if (many && cli_agree_stop(r.comm, &stop) != FLOW_OK)
             goto failmsg;
         if (isfinite(loss)) {
             win += -loss;

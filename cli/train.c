@@ -581,20 +581,6 @@ static int share_init(flow_comm *comm, flow_model *m)
     return rc;
 }
 
-/* A signal seen by any rank stops all of them after the same step: the
- * largest signal number is every rank's. */
-static int agree_stop(flow_comm *comm, int *stop)
-{
-    double v = (double)cli_stop_signal;
-    int rc = flow_comm_allreduce(comm, &v, 1, FLOW_COMM_MAX);
-    if (rc == FLOW_OK && v > 0) {
-        *stop = (int)v;
-        if (!cli_stop_signal)
-            cli_stop_signal = (int)v;
-    }
-    return rc;
-}
-
 /* The split's training share takes the column names of the data read
  * (the checkpoint records them). */
 static int take_names(flow_ctx *ctx, flow_data *tr, const flow_data *all)
@@ -820,7 +806,8 @@ int cli_cmd_train(int argc, char **argv)
                              VALID_BLOCK);
             goto out;
         }
-        if (flow_comm_size(comm) > 1 && agree_stop(comm, &stop) != FLOW_OK)
+        if (flow_comm_size(comm) > 1
+            && cli_agree_stop(comm, &stop) != FLOW_OK)
             goto failmsg;
         if (cli_stop_signal)    /* the step returned: the grace ends */
             cli_stop_saving();

@@ -605,6 +605,20 @@ static int fetch_blocks(flow_trainer *t, size_t start, size_t b, size_t nb)
                       cols, 2);
 }
 
+/* A block-sum step's key: one draw from the model's stream, the same on
+ * every process (all hold the same stream); after = the stream past that
+ * draw, which the step leaves behind whatever its blocks drew. */
+static uint64_t step_key(flow_model *m, uint64_t after[6])
+{
+    flow_rng r;
+    uint64_t key;
+    flow_model_get_rng(m, after);
+    rng_load(&r, after);
+    key = rng_u64(&r);
+    rng_save(&r, after);
+    return key;
+}
+
 /* The blocks [lo, hi) of nb that this process computed (their gradients
  * in bgrad, their extra value in blogp; rc: how that went) summed with
  * every process's by pre-rounding (rsum.c) into t->grad and *extra.
@@ -695,14 +709,10 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     if (t->offs && (rc = fetch_blocks(t, start, b, nb)) != FLOW_OK)
         return rc;
     if (t->stochastic) {
-        /* as a fit's blocks (target_comm_gradient): one key per step from
-         * the model's stream, block k's draws from the stream of (key,
-         * k) alone, so that they do not follow the split */
-        flow_rng r;
-        flow_model_get_rng(t->m, after);
-        rng_load(&r, after);
-        key = rng_u64(&r);
-        rng_save(&r, after);
+        /* as a fit's blocks (target_comm_gradient): block k's draws
+         * from the stream of (key, k) alone, so that they do not follow
+         * the split */
+        key = step_key(t->m, after);
     }
     if (buf)
         memcpy(t->buf0, buf, t->nbuf * sizeof *buf);
@@ -764,13 +774,9 @@ static int target_comm_gradient(flow_trainer *t, double beta, double *elbo)
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
     uint64_t after[6], key;
     double sum = NAN;
-    flow_rng r;
     int rc = FLOW_OK;
 
-    flow_model_get_rng(t->m, after);
-    rng_load(&r, after);
-    key = rng_u64(&r);
-    rng_save(&r, after);
+    key = step_key(t->m, after);
     for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
         size_t r0 = k * FLOW_TRAIN_BLOCK;
         size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
