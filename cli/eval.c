@@ -454,6 +454,20 @@ static double dequant_levels(const flow_graph *g)
     return 0;
 }
 
+/* 1 when some layer's evaluation-mode log-det is an estimate (an `ode`
+ * with hutchinson(in_eval = true), a residual layer's series): the
+ * figures are then unbiased estimates, not exact values. */
+static int logdet_estimated(const flow_graph *g)
+{
+    for (size_t i = 0; i < flow_graph_node_count(g); i++) {
+        const flow_graph_node *nd = flow_graph_node_get(g, i);
+        if (nd->kind == FLOW_NODE_LAYER && nd->desc
+            && !nd->desc->logdet_exact)
+            return 1;
+    }
+    return 0;
+}
+
 /* eval --noise K: the dequantization bound E_u log p_pix(x + u) <= log
  * P(x) (Theis et al. 2016, sec. 3.1) as RealNVP and Glow evaluate it,
  * with K draws u ~ U[0, 1)^D per row, where the evaluation-mode layer
@@ -660,7 +674,9 @@ int cli_cmd_eval(int argc, char **argv)
             printf(", \"bits_per_dim_unit\": ");
             cli_json_num(stdout, bpd - log2(levels), 9);
         }
-        printf(", \"logdet\": \"exact\"}\n");
+        printf(", \"logdet\": \"%s\"}\n",
+               logdet_estimated(flow_compile_graph(l.comp)) ? "estimated"
+                                                            : "exact");
     } else if (levels > 0)
         printf("log-likelihood %.6f +- %.6f nats per sample (n = %zu); "
                "%.6f bits/dim (discrete, %.0f levels, %s); %.6f bits/dim "

@@ -149,4 +149,16 @@ check noise-flat-train 0 $?
 check noise-flat 2 $?
 has noise-flat "$t/out" "--noise draws the dequantization noise of a model whose first layer is \`dequantize\`"
 
+# --json names the log-det's kind: exact, or estimated when a layer
+# estimates it in evaluation (an ode with hutchinson(in_eval = true))
+has json-logdet-exact "$t/m.json" '"logdet": "exact"'
+sed -e 's/ in \[0, 1\]//' -e 's/dequantize(levels = 2);/ode(hidden = [4], solver = rk4(steps = 1), gradient = backprop, trace = hutchinson(in_eval = true));/' \
+    "$t/dq2.flow" >"$t/est.flow"
+"$F" train "$t/est.flow" --data "$t/bin4.csv" --steps 1 -o "$t/est.ckpt" \
+    --quiet 2>"$t/err"
+check logdet-estimated-train 0 $?
+"$F" eval "$t/est.ckpt" --data "$t/bin4.csv" --json >"$t/est.json" 2>"$t/err"
+check logdet-estimated-eval 0 $?
+has json-logdet-estimated "$t/est.json" '"logdet": "estimated"'
+
 finish cli_dequant
