@@ -921,10 +921,13 @@ int cli_cmd_train(int argc, char **argv)
         }
     }
     cli_progress_clear(&pr);
-    if (cli_stop_signal) {
+    /* with several ranks, the agreed signal: one that reached a rank
+     * after the last step's agreement is not the others', and saving is
+     * collective */
+    if (flow_comm_size(comm) > 1 ? stop : cli_stop_signal) {
         /* interrupted: save the exact training state (not the best
          * parameters) so that --resume continues where this stopped */
-        int sig = cli_stop_signal;
+        int sig = flow_comm_size(comm) > 1 ? stop : cli_stop_signal;
         cli_text_add(&h, "]");
         if (h.failed)
             goto oom;
