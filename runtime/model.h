@@ -12,6 +12,9 @@ flow_ctx *model_ctx(const flow_model *m);
 /* 1 when a layer draws random numbers in its passes
  * (FLOW_LAYER_STOCHASTIC: dequantize's noise, Hutchinson probes) */
 int model_has_stochastic(const flow_model *m);
+/* 1 when a layer needs the whole batch in one call
+ * (FLOW_LAYER_WHOLE_BATCH: batchnorm's statistics) */
+int model_has_whole_batch(const flow_model *m);
 
 /* Runs fn(arg, t, lo, hi) for the chunks t = 0..k-1 of [0, n), k the
  * model's thread count (or fewer for small n), on its thread pool; the
@@ -50,5 +53,21 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
 int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
                         const flow_real *c, double weight, double *sum_logp,
                         flow_real *grad);
+
+/* The block pass: the n rows of x as nb = ceil(n / rows) blocks of
+ * `rows` (the last one short) in one forward and backward pass, layer by
+ * layer, the model's threads each taking whole blocks.  Block k's
+ * gradient of its rows' log-densities, each weighted by `weight`, goes
+ * to bgrad + k * n_params (all nb slots are overwritten), the plain sum
+ * of its rows' log-densities (in row order, in double) to sum_logp[k]:
+ * each block's bits are those of model_loglik_grad_w on its rows alone,
+ * whatever the thread count.  streams (6 words a block, as
+ * flow_model_set_rng takes them): block k's layers draw from stream k
+ * alone; required when a layer draws (model_has_stochastic), else may be
+ * NULL.  The model's own stream is not used. */
+int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
+                             const flow_real *c, size_t rows, double weight,
+                             const uint64_t *streams, double *sum_logp,
+                             flow_real *bgrad);
 
 #endif

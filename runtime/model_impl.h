@@ -3,6 +3,7 @@
 #ifndef FLOW_RUNTIME_MODEL_IMPL_H
 #define FLOW_RUNTIME_MODEL_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -35,6 +36,8 @@ typedef struct node {
     void *ws[MAX_THREADS];      /* per thread: what forward leaves for the
                                    matching backward */
     size_t ws_bytes[MAX_THREADS];
+    void **bws;                 /* the block pass: per block, n_bws */
+    size_t *bws_bytes, n_bws;
     /* exit */
     size_t k;
     char *name;
@@ -99,6 +102,16 @@ struct flow_model {
     flow_real *zbuf;            /* cap_rows x dim */
     job_step *steps;            /* n_nodes: the job being run */
     int tgrad_dirty;            /* tgrad not all zero (gradient.c) */
+    /* the block pass (model_loglik_grad_blocks), while blk_rows > 0: the
+     * rows of a pass are blocks of blk_rows (the last one short) that
+     * threads take whole; block k's layer calls get its workspaces
+     * (node.bws[k]), its parameter gradient slot blk_grad + k n_params
+     * and, when blk_rng is set, its own stream blk_rng[k] */
+    size_t blk_rows, blk_n;
+    flow_real *blk_grad;
+    flow_rng *blk_rng;
+    flow_rng *blk_rng_buf;      /* blk_rng_cap streams, kept */
+    size_t blk_rng_cap;
     char err[1024];
 };
 
@@ -128,6 +141,8 @@ typedef struct job {
     size_t block;               /* rows per block (exec_run_job), 0: all */
     int rc[MAX_THREADS];
     size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
+    size_t fail_blk[MAX_THREADS]; /* the block pass: and in which block */
+    atomic_size_t next_blk;     /* the block pass: the next block to take */
 } job;
 
 /* ------------------------------------------------------------ model.c */
@@ -155,6 +170,8 @@ void exec_fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
 /* Per-batch storage for n rows (kept when large enough). */
 int exec_grow_batch(flow_model *m, size_t n);
 void exec_free_batch(flow_model *m);
+/* A node's block-pass workspaces. */
+void exec_free_block_ws(node *nd);
 /* Flags of a pass.  EXEC_TAPE: a backward pass follows (each layer's
  * workspace keeps its tape; rows are not split in blocks).
  * EXEC_NO_LOGDET: the caller reads no log-det, so the layers are told to

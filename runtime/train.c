@@ -40,6 +40,9 @@ struct flow_trainer {
     size_t nbuf;
     flow_real *buf0, *bbuf, *ball;
     int stochastic;             /* a layer draws in its passes */
+    int layered;                /* the block pass (model_loglik_grad_
+                                   blocks) instead of a pass per block */
+    uint64_t *streams;          /* its blocks' streams, 6 words each */
     /* a share of the rows (flow_trainer_new_shard): x and c hold the
      * rows [offs[rank], offs[rank + 1]) of n */
     size_t *offs;               /* per process, then n */
@@ -102,6 +105,7 @@ void flow_trainer_free(flow_trainer *t)
     free(t->perm);
     free(t->bgrad);
     free(t->blogp);
+    free(t->streams);
     free(t->buf0);
     free(t->bbuf);
     free(t->ball);
@@ -498,6 +502,12 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
             goto nomem;
     }
     t->stochastic = model_has_stochastic(t->m);
+    t->layered = !t->target && !model_has_whole_batch(t->m);
+    free(t->streams);
+    t->streams = NULL;
+    if (t->layered && t->stochastic
+        && !(t->streams = malloc(6 * t->max_local * sizeof *t->streams)))
+        goto nomem;
     t->comm = comm;
     return FLOW_OK;
 nomem:
@@ -624,14 +634,50 @@ static uint64_t step_key(flow_model *m, uint64_t after[6])
  * every process's by pre-rounding (rsum.c) into t->grad and *extra.
  * Every process takes part in the collectives, a failed one too, so
  * that the others learn of the failure instead of waiting. */
+typedef struct blocks_pass {
+    flow_trainer *t;
+    size_t n_local;
+    int add;                    /* 0: rsum_see, 1: rsum_add */
+} blocks_pass;
+
+/* The local blocks' parameters [lo, hi) through rsum (its groups from
+ * the first that starts at or after lo: the model's threads split the
+ * parameters, each group on one thread, every block in block order). */
+static void blocks_task(void *arg, size_t th, size_t lo, size_t hi)
+{
+    const blocks_pass *bp = arg;
+    flow_trainer *t = bp->t;
+    size_t g0 = (lo + RSUM_CHUNK - 1) / RSUM_CHUNK;
+    size_t g1 = (hi + RSUM_CHUNK - 1) / RSUM_CHUNK;
+    (void)th;
+    for (size_t k = 0; k < bp->n_local; k++) {
+        const flow_real *v = t->bgrad + k * t->np;
+        if (bp->add)
+            rsum_add_groups(&t->rs, v, g0, g1);
+        else
+            rsum_see_groups(&t->rs, v, g0, g1);
+    }
+}
+
+static void blocks_all(flow_trainer *t, size_t n_local, int add)
+{
+    blocks_pass bp = {t, n_local, add};
+    model_parallel_for(t->m, t->np, blocks_task, &bp);
+    for (size_t k = 0; k < n_local; k++) {
+        if (add)
+            rsum_add_extra(&t->rs, &t->blogp[k]);
+        else
+            rsum_see_extra(&t->rs, &t->blogp[k]);
+    }
+}
+
 static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
                       int rc, double *extra)
 {
     int crc, failed_rank = -1;
     rsum_begin(&t->rs);
     if (rc == FLOW_OK)
-        for (size_t k = lo; k < hi; k++)
-            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+        blocks_all(t, hi - lo, 0);
     crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK, &failed_rank);
     if (rc != FLOW_OK)
         return rc;
@@ -642,8 +688,7 @@ static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
                               "blocks of the batch failed in step %llu (its "
                               "message is on its own stderr)", failed_rank,
                               (unsigned long long)t->st.step + 1);
-    for (size_t k = lo; k < hi; k++)
-        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    blocks_all(t, hi - lo, 1);
     if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
         return rc;
     for (size_t i = 0; i < t->np; i++)
@@ -689,6 +734,38 @@ static int comm_buffers(flow_trainer *t, size_t nb, flow_real *buf)
     return FLOW_OK;
 }
 
+/* This process's blocks [lo, hi) of a batch of b rows (from perm[start])
+ * in one block pass (model_loglik_grad_blocks): the rows of the blocks
+ * one after the other in bx, block k drawing from the stream of (key, k)
+ * when a layer draws; the blocks' gradients into bgrad, their sums of
+ * log-densities into blogp. */
+static int layered_blocks(flow_trainer *t, size_t start, size_t b,
+                          size_t lo, size_t hi, uint64_t key)
+{
+    size_t r0 = lo * FLOW_TRAIN_BLOCK;
+    size_t r1 = hi * FLOW_TRAIN_BLOCK < b ? hi * FLOW_TRAIN_BLOCK : b;
+    int rc;
+    if (hi <= lo)
+        return FLOW_OK;
+    for (size_t r = 0; !t->offs && r < r1 - r0; r++) {
+        size_t src = t->perm[start + r0 + r];
+        memcpy(t->bx + r * t->dim, t->x + src * t->dim,
+               t->dim * sizeof *t->bx);
+        if (t->cdim)
+            memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
+                   t->cdim * sizeof *t->bc);
+    }
+    for (size_t k = lo; t->streams && k < hi; k++)
+        vi_block_stream(t->streams + 6 * (k - lo), key, k);
+    flow_model_set_training(t->m, 1);
+    rc = model_loglik_grad_blocks(t->m, r1 - r0, t->bx,
+                                  t->cdim ? t->bc : NULL, FLOW_TRAIN_BLOCK,
+                                  1.0 / (double)b, t->streams, t->blogp,
+                                  t->bgrad);
+    flow_model_set_training(t->m, 0);
+    return rc;
+}
+
 /* The step's gradient with a communicator: the batch of b rows (from
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
@@ -713,6 +790,15 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
          * from the stream of (key, k) alone, so that they do not follow
          * the split */
         key = step_key(t->m, after);
+    }
+    if (t->layered) {
+        rc = layered_blocks(t, start, b, lo, hi, key);
+        if (t->stochastic)
+            flow_model_set_rng(t->m, after);
+        if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
+            return rc;
+        *mean /= (double)b;
+        return FLOW_OK;
     }
     if (buf)
         memcpy(t->buf0, buf, t->nbuf * sizeof *buf);
