@@ -265,7 +265,21 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
         exec_fill_call(m, nd, &c, hi - lo,
                        j->cv && kc ? j->cv + lo * kc : NULL, grad, t);
         c.skip_logdet = j->skip_logdet;
-        if (m->blk_rows) {
+        if (m->blk_rows && (nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)) {
+            /* all of this process's blocks in one call, its sums over
+             * every process's blocks through block_sum */
+            if (grad && j->kind == JOB_FORWARD_BACKWARD)
+                for (size_t k = 0; k < m->blk_n; k++)
+                    memset(grad + k * m->n_params + nd->p_off, 0,
+                           nd->desc.n_params * sizeof *grad);
+            c.block_rows = m->blk_rows;
+            c.grad_stride = m->n_params;
+            c.block_sum = exec_block_sum;
+            c.block_ctx = m;
+            c.err = msg;
+            c.err_cap = sizeof msg;
+            msg[0] = '\0';
+        } else if (m->blk_rows) {
             /* the slot's range of this layer, cleared here while the
              * layer's backward is about to write it (block_pass clears
              * the bases') instead of all nb slots in a pass of its own */
@@ -306,7 +320,7 @@ static void job_task(void *arg, size_t t)
     size_t lo = j->n * t / j->k, hi = j->n * (t + 1) / j->k;
     size_t bs = j->block ? j->block : hi - lo;
     j->rc[t] = FLOW_OK;
-    if (j->m->blk_rows) {
+    if (j->m->blk_rows && !j->whole) {
         /* whole blocks, whichever thread comes first: a block's
          * arithmetic is its own, so the bits do not follow the split */
         size_t R = j->m->blk_rows, kb;
@@ -385,11 +399,8 @@ int exec_run_job(job *j, const char *what)
                 & (FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_STOCHASTIC)))
             j->block = 0;
     atomic_store(&j->next_blk, 0);
-    if (m->blk_rows && j->n_steps == 1 && first->kind == NODE_LAYER
-        && (first->desc.flags & FLOW_LAYER_WHOLE_BATCH))
-        return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): a whole-batch "
-                           "layer in the block pass", first->label,
-                           first->file);
+    j->whole = m->blk_rows && j->n_steps == 1 && first->kind == NODE_LAYER
+               && (first->desc.flags & FLOW_LAYER_WHOLE_BATCH);
     if (j->k > 1 && j->n_steps == 1 && !m->blk_rows
         && (first->desc.flags & FLOW_LAYER_STOCHASTIC)) {
         /* per-thread streams drawn from the model's stream: everything
@@ -414,6 +425,34 @@ int exec_run_job(job *j, const char *what)
                               m->blk_rows ? j->fail_blk : NULL)) == MAX_THREADS)
         return FLOW_OK;
     return model_layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);
+}
+
+void exec_blocks_drain(flow_model *m, size_t fwd_from, size_t bwd_from)
+{
+    for (size_t pass = 0; pass < 2; pass++)
+        for (size_t s = 0; s < m->n_nodes; s++) {
+            size_t i = pass ? m->n_nodes - 1 - s : s;
+            node *nd = &m->nodes[i];
+            flow_real none = 0;
+            flow_call c;
+            if (nd->kind != NODE_LAYER
+                || !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)
+                || (pass ? i >= bwd_from : i < fwd_from)
+                || ensure_ws(m, nd, 0, 0) != FLOW_OK)
+                continue;
+            exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
+            c.block_rows = m->blk_rows;
+            c.grad_stride = m->n_params;
+            c.block_sum = exec_block_sum;
+            c.block_ctx = m;
+            c.err = m->terr[0];
+            c.err_cap = sizeof m->terr[0];
+            if (pass)
+                (void)nd->type->forward_backward(nd->self, &c, &none, &none,
+                                                 &none, &none, &none);
+            else
+                (void)nd->type->forward(nd->self, &c, &none, &none, &none);
+        }
 }
 
 /* ------------------------------------------------------------ batch work */
@@ -583,6 +622,7 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
         return rc;
     memcpy(m->act[0], x, n * m->dim * sizeof *x);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
+    m->blk_fwd_end = 0;
     for (size_t i = 0, e; i < m->n_nodes; i = e) {
         node *nd = &m->nodes[i];
         job j = {.m = m, .kind = JOB_FORWARD, .n = n, .cv = cv,
@@ -612,6 +652,7 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
                                          .out = m->act[e + 1]};
         }
         j.n_steps = e - i;
+        m->blk_fwd_end = e;
         if ((rc = exec_run_job(&j, "forward")) != FLOW_OK) {
             /* one thread over whole columns: the job's steps before the
              * failing one ran on every row too */

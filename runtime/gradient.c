@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "ctx.h"
 #include "model_impl.h"
 #include "vec.h"
@@ -279,18 +280,24 @@ static int grow_block_rng(flow_model *m, size_t nb)
 
 /* The block pass's forward, base densities and backward (m->blk_* set):
  * as model_loglik_grad_w, each base and layer call on one block's rows
- * with that block's gradient slot. */
+ * with that block's gradient slot, a whole-batch layer's on all of them.
+ * On failure, *fwd_from and *bwd_from say which whole-batch calls the
+ * other processes still make (exec_blocks_drain). */
 static int block_pass(flow_model *m, size_t n, const flow_real *x,
                       const flow_real *c, double weight, double *sum_logp,
-                      flow_real *bgrad)
+                      flow_real *bgrad, size_t *fwd_from, size_t *bwd_from)
 {
     size_t R = m->blk_rows, nb = m->blk_n, np = m->n_params;
     size_t kc = m->cdim, bd = m->base.dim, pbase = m->base_off;
     flow_real w = (flow_real)weight, *dz, *dprev, *t;
     int rc;
 
-    if ((rc = exec_forward(m, n, x, c, m->zbuf, 0, EXEC_TAPE)) != FLOW_OK)
+    m->blk_fwd_end = 0;
+    if ((rc = exec_forward(m, n, x, c, m->zbuf, 0, EXEC_TAPE)) != FLOW_OK) {
+        *fwd_from = m->blk_fwd_end;
         return rc;
+    }
+    *fwd_from = m->n_nodes;
     memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
     if ((rc = exec_add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
         return rc;
@@ -364,8 +371,11 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
                 lo--;
             }
             j.n_steps = i - lo + 1;
-            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK)
+            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK) {
+                *bwd_from = lo;
                 return rc;
+            }
+            *bwd_from = lo;
             i = lo;
             continue;
         }
@@ -385,32 +395,101 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
     return FLOW_OK;
 }
 
+int exec_block_sum(const flow_call *c, size_t count, const double *partials,
+                   double *sums)
+{
+    flow_model *m = c->block_ctx;
+    size_t nbl = m->blk_rows ? (c->n + m->blk_rows - 1) / m->blk_rows : 0;
+    size_t size = m->blk_comm ? (size_t)flow_comm_size(m->blk_comm) : 1;
+    size_t per = (m->blk_total + size - 1) / size * count;
+    double *all = NULL, *mine = NULL;
+    int rc = FLOW_OK;
+    memset(sums, 0, count * sizeof *sums);
+    if (!m->blk_comm) {
+        for (size_t k = 0; k < nbl; k++)
+            for (size_t i = 0; i < count; i++)
+                sums[i] += partials[k * count + i];
+        return FLOW_OK;
+    }
+    /* every process's partials, padded to the most blocks one holds */
+    if (per && (!(mine = calloc(per, sizeof *mine))
+                || !(all = malloc(size * per * sizeof *all)))) {
+        free(mine);
+        snprintf(c->err, c->err_cap, "out of memory for the sums of %zu "
+                 "blocks", m->blk_total);
+        return FLOW_ERR_NOMEM;
+    }
+    if (nbl)
+        memcpy(mine, partials, nbl * count * sizeof *mine);
+    if (per && (rc = comm_allgather(m->blk_comm, mine, all,
+                                    per * sizeof *all)) != FLOW_OK)
+        snprintf(c->err, c->err_cap, "%s", flow_errmsg(m->ctx));
+    for (size_t q = 0; rc == FLOW_OK && q < size; q++) {
+        size_t lo = q * m->blk_total / size, hi = (q + 1) * m->blk_total / size;
+        for (size_t k = lo; k < hi; k++)
+            for (size_t i = 0; i < count; i++)
+                sums[i] += all[q * per + (k - lo) * count + i];
+    }
+    free(mine);
+    free(all);
+    return rc;
+}
+
 int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
                              const flow_real *c, size_t rows, double weight,
-                             const uint64_t *streams, double *sum_logp,
+                             const uint64_t *streams, flow_comm *comm,
+                             size_t batch, double *sum_logp,
                              flow_real *bgrad)
 {
-    size_t nb;
-    int rc;
+    size_t nb, size = comm ? (size_t)flow_comm_size(comm) : 1, rank, total;
+    size_t fwd_from = 0, bwd_from = m->n_nodes;
+    int rc, whole = model_has_whole_batch(m);
 
-    if ((rc = model_check_rows(m, n)) != FLOW_OK)
-        return rc;
     ctx_clear_error(m->ctx);
     if (rows == 0)
         return model_error(m, FLOW_ERR_INVAL, "block pass: blocks of 0 "
                            "rows");
+    if (!comm)
+        batch = n;
     nb = (n + rows - 1) / rows;
-    if (!streams && model_has_stochastic(m))
-        return model_error(m, FLOW_ERR_INVAL, "block pass: a layer draws "
-                           "random numbers, and no streams were given");
-    if (model_has_whole_batch(m))
-        return model_error(m, FLOW_ERR_UNSUPPORTED, "block pass: the model "
-                           "has a whole-batch layer");
+    total = (batch + rows - 1) / rows;
+    rank = comm ? (size_t)flow_comm_rank(comm) : 0;
+    {
+        size_t lo = rank * total / size, hi = (rank + 1) * total / size;
+        size_t want = hi > lo ? (hi * rows < batch ? hi * rows : batch)
+                                    - lo * rows : 0;
+        if (n != want)
+            return model_error(m, FLOW_ERR_INVAL, "block pass: %zu rows, "
+                               "but process %zu of %zu holds %zu of a "
+                               "batch of %zu", n, rank, size, want, batch);
+    }
+    m->blk_rows = rows;
+    m->blk_n = nb;
+    m->blk_grad = bgrad;
+    m->blk_rng = NULL;
+    m->blk_comm = comm;
+    m->blk_first = total * rank / size;
+    m->blk_total = total;
+    if (n == 0) {
+        /* no block here: the others' whole-batch sums still need this
+         * process's (empty) share */
+        if (whole && comm)
+            exec_blocks_drain(m, 0, m->n_nodes);
+        rc = FLOW_OK;
+        goto done;
+    }
+    if ((rc = model_check_rows(m, n)) != FLOW_OK)
+        goto fail;
+    if (!streams && model_has_stochastic(m)) {
+        rc = model_error(m, FLOW_ERR_INVAL, "block pass: a layer draws "
+                         "random numbers, and no streams were given");
+        goto fail;
+    }
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK)
-        return rc;
+        goto fail;
     if (streams) {
         if ((rc = grow_block_rng(m, nb)) != FLOW_OK)
-            return rc;
+            goto fail;
         for (size_t k = 0; k < nb; k++) {
             flow_rng *r = &m->blk_rng_buf[k];
             const uint64_t *s = streams + 6 * k;
@@ -418,14 +497,26 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
             r->has_spare = s[4] != 0;
             memcpy(&r->spare, &s[5], sizeof s[5]);
         }
+        m->blk_rng = m->blk_rng_buf;
     }
-    m->blk_rows = rows;
-    m->blk_n = nb;
-    m->blk_grad = bgrad;
-    m->blk_rng = streams ? m->blk_rng_buf : NULL;
-    rc = block_pass(m, n, x, c, weight, sum_logp, bgrad);
+    fwd_from = 0;
+    bwd_from = m->n_nodes;
+    rc = block_pass(m, n, x, c, weight, sum_logp, bgrad, &fwd_from,
+                    &bwd_from);
+    if (rc == FLOW_OK)
+        goto done;
+fail:
+    /* the whole-batch calls the other processes still make */
+    if (whole && comm) {
+        char keep[sizeof m->err];
+        memcpy(keep, m->err, sizeof keep);
+        exec_blocks_drain(m, fwd_from, bwd_from);
+        memcpy(m->err, keep, sizeof keep);
+    }
+done:
     m->blk_rows = m->blk_n = 0;
     m->blk_grad = NULL;
     m->blk_rng = NULL;
+    m->blk_comm = NULL;
     return rc;
 }

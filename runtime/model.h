@@ -54,20 +54,28 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
                         const flow_real *c, double weight, double *sum_logp,
                         flow_real *grad);
 
-/* The block pass: the n rows of x as nb = ceil(n / rows) blocks of
- * `rows` (the last one short) in one forward and backward pass, layer by
- * layer, the model's threads each taking whole blocks.  Block k's
+/* The block pass: a batch of `batch` rows cut into nb = ceil(batch /
+ * rows) blocks of `rows` (the last one short), of which this process
+ * holds blocks [r nb / N, (r + 1) nb / N) (r, N: its rank and the size of
+ * comm; comm NULL: one process, batch = n, all blocks), their n rows one
+ * after the other in x.  One forward and backward pass, layer by layer,
+ * the model's threads each taking whole blocks.  Local block k's
  * gradient of its rows' log-densities, each weighted by `weight`, goes
- * to bgrad + k * n_params (all nb slots are overwritten), the plain sum
- * of its rows' log-densities (in row order, in double) to sum_logp[k]:
- * each block's bits are those of model_loglik_grad_w on its rows alone,
- * whatever the thread count.  streams (6 words a block, as
- * flow_model_set_rng takes them): block k's layers draw from stream k
- * alone; required when a layer draws (model_has_stochastic), else may be
- * NULL.  The model's own stream is not used. */
+ * to bgrad + k * n_params (every slot overwritten), the plain sum of its
+ * rows' log-densities (in row order, in double) to sum_logp[k]: each
+ * block's bits are those of model_loglik_grad_w on its rows alone,
+ * whatever the thread count, for models without whole-batch layers.
+ * Those (batchnorm) see the batch's statistics over every process's
+ * blocks (flow_call.block_sum: a collective on comm, so every process
+ * calls this once per step, one with no block too, n = 0), the same bits
+ * for any N.  streams (6 words a block, as flow_model_set_rng takes
+ * them): local block k's layers draw from stream k alone; required when
+ * a layer draws (model_has_stochastic), else may be NULL.  The model's
+ * own stream is not used. */
 int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
                              const flow_real *c, size_t rows, double weight,
-                             const uint64_t *streams, double *sum_logp,
+                             const uint64_t *streams, flow_comm *comm,
+                             size_t batch, double *sum_logp,
                              flow_real *bgrad);
 
 #endif

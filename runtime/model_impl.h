@@ -112,6 +112,14 @@ struct flow_model {
     flow_rng *blk_rng;
     flow_rng *blk_rng_buf;      /* blk_rng_cap streams, kept */
     size_t blk_rng_cap;
+    /* whole-batch layers' sums over the blocks (exec_block_sum): this
+     * process's blocks are [blk_first, blk_first + blk_n) of blk_total,
+     * process q of the communicator holding [q T / N, (q + 1) T / N)
+     * (blk_comm NULL: one process, all of them) */
+    flow_comm *blk_comm;
+    size_t blk_first, blk_total;
+    size_t blk_fwd_end;         /* exec_forward: its jobs ran (or failed
+                                   on every process alike) up to here */
     char err[1024];
 };
 
@@ -143,6 +151,8 @@ typedef struct job {
     size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
     size_t fail_blk[MAX_THREADS]; /* the block pass: and in which block */
     atomic_size_t next_blk;     /* the block pass: the next block to take */
+    int whole;                  /* the block pass: a whole-batch layer's
+                                   call on all of the process's rows */
 } job;
 
 /* ------------------------------------------------------------ model.c */
@@ -194,6 +204,15 @@ int exec_inverse(flow_model *m, size_t n, const flow_real *z,
 /* logp += the base log-densities of z (the exits' and the output's). */
 int exec_add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
                          flow_real *logp);
+/* flow_call.block_sum of the block pass (gradient.c): every process's
+ * blocks' partials gathered and added in block order. */
+int exec_block_sum(const flow_call *c, size_t count, const double *partials,
+                   double *sums);
+/* The block pass on a process whose own work failed (or that holds no
+ * block): the whole-batch layers' calls that the other processes make,
+ * on no rows, so that their block sums do not wait for this one:
+ * forward from node fwd_from on, then backward below node bwd_from. */
+void exec_blocks_drain(flow_model *m, size_t fwd_from, size_t bwd_from);
 /* Whether node nd can share a job with its neighbours. */
 int exec_joinable(const flow_model *m, const node *nd, size_t n);
 /* Runs the job on the model's threads; on failure, the error of its

@@ -33,16 +33,8 @@ struct flow_trainer {
     flow_real *bgrad;           /* this process's blocks' gradients */
     double *blogp;              /* and their log-density sums */
     size_t max_local;           /* blocks of a batch one process takes */
-    /* buffers that training passes update (batchnorm's running
-     * averages): each block starts from the step's (buf0), and what the
-     * blocks leave (bbuf: this process's, ball: every process's) is
-     * averaged in block order, the same for any N (comm_buffers) */
-    size_t nbuf;
-    flow_real *buf0, *bbuf, *ball;
     int stochastic;             /* a layer draws in its passes */
-    int layered;                /* the block pass (model_loglik_grad_
-                                   blocks) instead of a pass per block */
-    uint64_t *streams;          /* its blocks' streams, 6 words each */
+    uint64_t *streams;          /* the blocks' streams, 6 words each */
     /* a share of the rows (flow_trainer_new_shard): x and c hold the
      * rows [offs[rank], offs[rank + 1]) of n */
     size_t *offs;               /* per process, then n */
@@ -106,9 +98,6 @@ void flow_trainer_free(flow_trainer *t)
     free(t->bgrad);
     free(t->blogp);
     free(t->streams);
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
     rsum_free(&t->rs);
     free(t->offs);
     free(t->place);
@@ -488,24 +477,10 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     t->blogp = malloc((t->max_local + 1) * sizeof *t->blogp);
     if (!t->bgrad || !t->blogp || rsum_init(&t->rs, t->np, 1) != FLOW_OK)
         goto nomem;
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
-    t->buf0 = t->bbuf = t->ball = NULL;
-    t->nbuf = t->target ? 0 : flow_model_num_buffers(t->m);
-    if (t->nbuf) {
-        size_t per = t->max_local * t->nbuf;
-        if (per / t->nbuf != t->max_local || per > SIZE_MAX / size
-            || !(t->buf0 = malloc(t->nbuf * sizeof *t->buf0))
-            || !(t->bbuf = malloc(per * sizeof *t->bbuf))
-            || !(t->ball = malloc(per * size * sizeof *t->ball)))
-            goto nomem;
-    }
     t->stochastic = model_has_stochastic(t->m);
-    t->layered = !t->target && !model_has_whole_batch(t->m);
     free(t->streams);
     t->streams = NULL;
-    if (t->layered && t->stochastic
+    if (!t->target && t->stochastic
         && !(t->streams = malloc(6 * t->max_local * sizeof *t->streams)))
         goto nomem;
     t->comm = comm;
@@ -513,10 +488,6 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
 nomem:
     free(t->bgrad);
     free(t->blogp);
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
-    t->buf0 = t->bbuf = t->ball = NULL;
     t->bgrad = NULL;
     t->blogp = NULL;
     return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for %zu "
@@ -697,43 +668,6 @@ static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
     return FLOW_OK;
 }
 
-/* The buffers after a step of nb blocks: every process's blocks' copies
- * gathered (in block order: process q's blocks follow q - 1's), and each
- * value the mean of the blocks' in block order in double, or the value
- * itself where every block left the same bits (buffers that training
- * does not touch stay as they are, NaN included).  Batchnorm's running
- * average, (1 - m) a + m s_k in block k, so becomes (1 - m) a + m times
- * the mean of the blocks' statistics: one update per step, the same for
- * any N (docs/distributed.md, "Batch normalisation"). */
-static int comm_buffers(flow_trainer *t, size_t nb, flow_real *buf)
-{
-    size_t size = (size_t)flow_comm_size(t->comm), per = t->max_local *
-                                                         t->nbuf;
-    int rc = comm_allgather(t->comm, t->bbuf, t->ball, per * sizeof *buf);
-    if (rc != FLOW_OK)
-        return rc;
-    for (size_t j = 0; j < t->nbuf; j++) {
-        const flow_real *first = NULL;
-        int same = 1;
-        double s = 0;
-        for (size_t q = 0; q < size; q++) {
-            size_t lo = q * nb / size, hi = (q + 1) * nb / size;
-            for (size_t k = lo; k < hi; k++) {
-                const flow_real *v = t->ball + q * per + (k - lo) * t->nbuf
-                                     + j;
-                if (!first)
-                    first = v;
-                else if (memcmp(v, first, sizeof *v) != 0)
-                    same = 0;
-                s += (double)*v;
-            }
-        }
-        if (first)
-            buf[j] = same ? *first : (flow_real)(s / (double)nb);
-    }
-    return FLOW_OK;
-}
-
 /* This process's blocks [lo, hi) of a batch of b rows (from perm[start])
  * in one block pass (model_loglik_grad_blocks): the rows of the blocks
  * one after the other in bx, block k drawing from the stream of (key, k)
@@ -745,8 +679,8 @@ static int layered_blocks(flow_trainer *t, size_t start, size_t b,
     size_t r0 = lo * FLOW_TRAIN_BLOCK;
     size_t r1 = hi * FLOW_TRAIN_BLOCK < b ? hi * FLOW_TRAIN_BLOCK : b;
     int rc;
-    if (hi <= lo)
-        return FLOW_OK;
+    if (hi <= lo)               /* no block here: whole-batch sums still */
+        r0 = r1 = 0;
     for (size_t r = 0; !t->offs && r < r1 - r0; r++) {
         size_t src = t->perm[start + r0 + r];
         memcpy(t->bx + r * t->dim, t->x + src * t->dim,
@@ -760,8 +694,8 @@ static int layered_blocks(flow_trainer *t, size_t start, size_t b,
     flow_model_set_training(t->m, 1);
     rc = model_loglik_grad_blocks(t->m, r1 - r0, t->bx,
                                   t->cdim ? t->bc : NULL, FLOW_TRAIN_BLOCK,
-                                  1.0 / (double)b, t->streams, t->blogp,
-                                  t->bgrad);
+                                  1.0 / (double)b, t->streams, t->comm, b,
+                                  t->blogp, t->bgrad);
     flow_model_set_training(t->m, 0);
     return rc;
 }
@@ -770,8 +704,12 @@ static int layered_blocks(flow_trainer *t, size_t start, size_t b,
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
  * block's gradient of its share of the batch mean (weight 1/b per row)
- * on its own, and the blocks summed by pre-rounding (rsum.c): the sum,
- * the log-density and so the step are the same bits for any N. */
+ * in its own slot (one block pass: model_loglik_grad_blocks; batchnorm
+ * with the statistics of the whole batch, summed over the blocks of
+ * every process), and the blocks summed by pre-rounding (rsum.c): the
+ * sum, the log-density and so the step are the same bits for any N.
+ * Batchnorm's running averages get one update per step from those
+ * statistics, the same bits on every process. */
 static int comm_gradient(flow_trainer *t, size_t start, size_t b,
                          double *mean)
 {
@@ -779,7 +717,6 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
-    flow_real *buf = t->nbuf ? flow_model_buffers(t->m) : NULL;
     uint64_t after[6], key = 0;
     int rc = FLOW_OK;
 
@@ -791,54 +728,13 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
          * the split */
         key = step_key(t->m, after);
     }
-    if (t->layered) {
-        rc = layered_blocks(t, start, b, lo, hi, key);
-        if (t->stochastic)
-            flow_model_set_rng(t->m, after);
-        if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
-            return rc;
-        *mean /= (double)b;
-        return FLOW_OK;
-    }
-    if (buf)
-        memcpy(t->buf0, buf, t->nbuf * sizeof *buf);
-    flow_model_set_training(t->m, 1);
-    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
-        size_t r0 = k * FLOW_TRAIN_BLOCK;
-        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
-        if (t->stochastic) {
-            uint64_t s[6];
-            vi_block_stream(s, key, k);
-            flow_model_set_rng(t->m, s);
-        }
-        if (buf && k > lo)
-            memcpy(buf, t->buf0, t->nbuf * sizeof *buf);
-        /* a share's blocks sit in bx one after the other, a whole
-         * set's block is copied to its start */
-        size_t at = t->offs ? r0 - lo * FLOW_TRAIN_BLOCK : 0;
-        for (size_t r = 0; !t->offs && r < nr; r++) {
-            size_t src = t->perm[start + r0 + r];
-            memcpy(t->bx + r * t->dim, t->x + src * t->dim,
-                   t->dim * sizeof *t->bx);
-            if (t->cdim)
-                memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
-                       t->cdim * sizeof *t->bc);
-        }
-        rc = model_loglik_grad_w(t->m, nr, t->bx + at * t->dim,
-                                 t->cdim ? t->bc + at * t->cdim : NULL,
-                                 1.0 / (double)b, &t->blogp[k - lo],
-                                 t->bgrad + (k - lo) * t->np);
-        if (buf)
-            memcpy(t->bbuf + (k - lo) * t->nbuf, buf,
-                   t->nbuf * sizeof *buf);
-    }
-    flow_model_set_training(t->m, 0);
+    rc = layered_blocks(t, start, b, lo, hi, key);
     if (t->stochastic)
         flow_model_set_rng(t->m, after);
     if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
         return rc;
     *mean /= (double)b;
-    return buf ? comm_buffers(t, nb, buf) : FLOW_OK;
+    return FLOW_OK;
 }
 
 /* The variational step's gradient with a communicator: the batch of

@@ -1,6 +1,7 @@
 /* test_blocks.c - the block pass (model_loglik_grad_blocks): every block's
  * gradient and log-density the same bits for any thread count and equal
- * to a pass over that block alone; stochastic layers draw per block. */
+ * to a pass over that block alone; stochastic layers draw per block;
+ * batchnorm with the whole batch's statistics equals the plain pass. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -92,7 +93,8 @@ static void check_blocks(const char *src, int stochastic)
         ck_assert_int_eq(flow_model_set_threads(m, (size_t)t + 1), FLOW_OK);
         ck_assert_msg(model_loglik_grad_blocks(m, N, x, NULL, R, 1.0 / N,
                                                stochastic ? streams : NULL,
-                                               lp[t], g[t]) == FLOW_OK,
+                                               NULL, N, lp[t], g[t])
+                      == FLOW_OK,
                       "%s", flow_errmsg(ctx));
         if (t) {
             ck_assert_msg(memcmp(g[t], g[0], NB * np * sizeof *g[0]) == 0,
@@ -145,10 +147,91 @@ START_TEST(test_block_pass_needs_streams)
     fill(x, 1);
     flow_model_set_training(m, 1);
     ck_assert_int_eq(model_loglik_grad_blocks(m, N, x, NULL, R, 1.0 / N,
-                                              NULL, lp, g), FLOW_ERR_INVAL);
+                                              NULL, NULL, N, lp, g),
+                     FLOW_ERR_INVAL);
     ck_assert_msg(strstr(flow_errmsg(ctx), "no streams") != NULL, "%s",
                   flow_errmsg(ctx));
     free(g);
+    flow_model_free(m);
+}
+END_TEST
+
+static const char bn_spec[] =
+    "flow bn {\n"
+    "  input x : real[4];\n"
+    "  coupling(mask = parity(0), hidden = [16], transformer = affine);\n"
+    "  batchnorm;\n"
+    "  coupling(mask = parity(1), hidden = [16], transformer = affine);\n"
+    "  batchnorm(momentum = 0.3);\n"
+    "  output z ~ normal;\n"
+    "}\n";
+
+/* Batchnorm in the block pass normalises with the whole batch's
+ * statistics (summed over the blocks), so the blocks' gradients add up
+ * to the plain pass's over the whole batch, the log-densities too, and
+ * the running averages get the plain pass's one update; the sums differ
+ * from the plain pass's only in their order of additions.  And the bits
+ * do not depend on the thread count. */
+START_TEST(test_block_pass_batchnorm_global)
+{
+    flow_model *m = build(bn_spec);
+    size_t np = flow_model_num_params(m), nbuf = flow_model_num_buffers(m);
+    flow_real x[N * D], *g = malloc(NB * np * sizeof *g);
+    flow_real *g2 = malloc(NB * np * sizeof *g2);
+    flow_real *plain = malloc(np * sizeof *plain);
+    flow_real *buf0 = malloc(nbuf * sizeof *buf0);
+    flow_real *bufb = malloc(nbuf * sizeof *bufb);
+    double lp[NB], lp2[NB], mean, total = 0, worst = 0;
+    const double tol = FLOW_REAL_DOUBLE ? 1e-10 : 2e-4;
+    fill(x, 0);
+    for (size_t j = 0; j < np; j++)     /* gamma, beta and nets off zero */
+        flow_model_params(m)[j] = (flow_real)(0.2 * sin(1.7 * (double)j));
+    memcpy(buf0, flow_model_buffers(m), nbuf * sizeof *buf0);
+    flow_model_set_training(m, 1);
+    ck_assert_msg(model_loglik_grad_blocks(m, N, x, NULL, R, 1.0 / N, NULL,
+                                           NULL, N, lp, g) == FLOW_OK,
+                  "%s", flow_errmsg(ctx));
+    memcpy(bufb, flow_model_buffers(m), nbuf * sizeof *bufb);
+    memcpy(flow_model_buffers(m), buf0, nbuf * sizeof *buf0);
+    ck_assert_int_eq(flow_model_set_threads(m, 2), FLOW_OK);
+    ck_assert_int_eq(model_loglik_grad_blocks(m, N, x, NULL, R, 1.0 / N,
+                                              NULL, NULL, N, lp2, g2),
+                     FLOW_OK);
+    ck_assert_msg(memcmp(g, g2, NB * np * sizeof *g) == 0 &&
+                  memcmp(lp, lp2, sizeof lp) == 0,
+                  "2 threads: other bits");
+    ck_assert_msg(memcmp(flow_model_buffers(m), bufb, nbuf * sizeof *bufb)
+                  == 0, "2 threads: other running averages");
+    ck_assert_int_eq(flow_model_set_threads(m, 1), FLOW_OK);
+    memcpy(flow_model_buffers(m), buf0, nbuf * sizeof *buf0);
+    ck_assert_int_eq(flow_model_loglik_grad(m, N, x, NULL, &mean, plain),
+                     FLOW_OK);
+    for (size_t k = 0; k < NB; k++)
+        total += lp[k];
+    ck_assert_double_eq_tol(total / N, mean, tol * (1 + fabs(mean)));
+    for (size_t j = 0; j < np; j++) {
+        double s = 0;
+        for (size_t k = 0; k < NB; k++)
+            s += g[k * np + j];
+        ck_assert_msg(fabs(s - plain[j]) <= tol * (1 + fabs(plain[j])),
+                      "parameter %zu of %zu: blocks sum to %.9g, the plain "
+                      "pass %.9g", j, np, s, (double)plain[j]);
+        if (fabs(plain[j]) > worst)
+            worst = fabs(plain[j]);
+    }
+    ck_assert_msg(worst > 1e-2, "a gradient worth comparing (largest %g)",
+                  worst);
+    for (size_t j = 0; j < nbuf; j++)
+        ck_assert_msg(fabs(bufb[j] - flow_model_buffers(m)[j])
+                      <= tol * (1 + fabs(bufb[j])),
+                      "buffer %zu: %.9g after the block pass, %.9g after the "
+                      "plain pass", j, (double)bufb[j],
+                      (double)flow_model_buffers(m)[j]);
+    free(g);
+    free(g2);
+    free(plain);
+    free(buf0);
+    free(bufb);
     flow_model_free(m);
 }
 END_TEST
@@ -162,6 +245,7 @@ Suite *suite_blocks(void)
     tcase_add_test(tc, test_block_pass_any_threads);
     tcase_add_test(tc, test_block_pass_streams);
     tcase_add_test(tc, test_block_pass_needs_streams);
+    tcase_add_test(tc, test_block_pass_batchnorm_global);
     suite_add_tcase(s, tc);
     return s;
 }
