@@ -279,8 +279,9 @@ static int grow_block_rng(flow_model *m, size_t nb)
 }
 
 /* The block pass's forward, base densities and backward (m->blk_* set):
- * as model_loglik_grad_w, each base and layer call on one block's rows
- * with that block's gradient slot, a whole-batch layer's on all of them.
+ * as model_loglik_grad_w up to the layers' finish_grad, each base and
+ * layer call on one block's rows with that block's gradient slot, a
+ * whole-batch layer's on all of them.
  * On failure, *fwd_from and *bwd_from say which whole-batch calls the
  * other processes still make (exec_blocks_drain). */
 static int block_pass(flow_model *m, size_t n, const flow_real *x,
@@ -288,7 +289,7 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
                       flow_real *bgrad, size_t *fwd_from, size_t *bwd_from)
 {
     size_t R = m->blk_rows, nb = m->blk_n, np = m->n_params;
-    size_t kc = m->cdim, bd = m->base.dim, pbase = m->base_off;
+    size_t bd = m->base.dim, pbase = m->base_off;
     flow_real w = (flow_real)weight, *dz, *dprev, *t;
     int rc;
 
@@ -383,16 +384,12 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
         dz = dprev;
         dprev = t;
     }
-    /* each block's finish_grad on its own slot, as a pass over that
-     * block alone would (a layer's finish_grad may use the layer's
-     * scratch: one block at a time, the layers on the threads) */
-    for (size_t k = 0; k < nb; k++) {
-        size_t r0 = k * R, nr = n - r0 < R ? n - r0 : R;
-        if ((rc = exec_batch_all(m, nr, 1, c && kc ? c + r0 * kc : NULL,
-                                 bgrad + k * np)) != FLOW_OK)
-            return rc;
-    }
     return FLOW_OK;
+}
+
+int model_blocks_finish(flow_model *m, size_t n, flow_real *grad)
+{
+    return exec_batch_all(m, n, 1, NULL, grad);
 }
 
 int exec_block_sum(const flow_call *c, size_t count, const double *partials,
@@ -472,10 +469,11 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
     m->blk_total = total;
     if (n == 0) {
         /* no block here: the others' whole-batch sums still need this
-         * process's (empty) share */
+         * process's (empty) share, and model_blocks_finish the layers'
+         * per-batch state */
         if (whole && comm)
             exec_blocks_drain(m, 0, m->n_nodes);
-        rc = FLOW_OK;
+        rc = exec_batch_all(m, 0, 0, NULL, NULL);
         goto done;
     }
     if ((rc = model_check_rows(m, n)) != FLOW_OK)

@@ -61,10 +61,13 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
  * after the other in x.  One forward and backward pass, layer by layer,
  * the model's threads each taking whole blocks.  Local block k's
  * gradient of its rows' log-densities, each weighted by `weight`, goes
- * to bgrad + k * n_params (every slot overwritten), the plain sum of its
+ * to bgrad + k * n_params (every slot overwritten) as the layers'
+ * backward passes leave it, before their finish_grad (which maps the sum
+ * of the slots once: model_blocks_finish), and the plain sum of its
  * rows' log-densities (in row order, in double) to sum_logp[k]: each
- * block's bits are those of model_loglik_grad_w on its rows alone,
- * whatever the thread count, for models without whole-batch layers.
+ * block's bits are those of model_loglik_grad_w on its rows alone (its
+ * gradient mapped by model_blocks_finish), whatever the thread count,
+ * for models without whole-batch layers.
  * Those (batchnorm) see the batch's statistics over every process's
  * blocks (flow_call.block_sum: a collective on comm, so every process
  * calls this once per step, one with no block too, n = 0), the same bits
@@ -77,5 +80,11 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
                              const uint64_t *streams, flow_comm *comm,
                              size_t batch, double *sum_logp,
                              flow_real *bgrad);
+/* The layers' finish_grad (the MADE's gradient from degree order to the
+ * parameters', an LU layer's dW to its factors) on a sum of the block
+ * pass's slots, for a batch of n rows: once per step, as the plain pass
+ * applies it to the sum of its threads' gradients.  After
+ * model_loglik_grad_blocks, with the parameters it ran on. */
+int model_blocks_finish(flow_model *m, size_t n, flow_real *grad);
 
 #endif

@@ -734,7 +734,9 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
         return rc;
     *mean /= (double)b;
-    return FLOW_OK;
+    /* the layers' finish_grad once, on the exact sum: the same input and
+     * so the same bits on every process */
+    return model_blocks_finish(t->m, b, t->grad);
 }
 
 /* The variational step's gradient with a communicator: the batch of

@@ -108,6 +108,8 @@ static void check_blocks(const char *src, int stochastic)
         size_t r0 = k * R, nr = N - r0 < R ? N - r0 : R;
         if (stochastic)
             flow_model_set_rng(m, streams + 6 * k);
+        /* the slot mapped by the layers' finish_grad, as alone */
+        ck_assert_int_eq(model_blocks_finish(m, nr, g[0] + k * np), FLOW_OK);
         ck_assert_int_eq(model_loglik_grad_w(m, nr, x + r0 * D, NULL,
                                              1.0 / N, &lone, one), FLOW_OK);
         ck_assert_msg(memcmp(&lone, &lp[0][k], sizeof lone) == 0,
@@ -211,7 +213,7 @@ START_TEST(test_block_pass_batchnorm_global)
     ck_assert_double_eq_tol(total / N, mean, tol * (1 + fabs(mean)));
     for (size_t j = 0; j < np; j++) {
         double s = 0;
-        for (size_t k = 0; k < NB; k++)
+        for (size_t k = 0; k < NB; k++)     /* no finish_grad here */
             s += g[k * np + j];
         ck_assert_msg(fabs(s - plain[j]) <= tol * (1 + fabs(plain[j])),
                       "parameter %zu of %zu: blocks sum to %.9g, the plain "
