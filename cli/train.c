@@ -771,11 +771,17 @@ int cli_cmd_train(int argc, char **argv)
         }
         if (h.len && h.s[h.len - 1] == ']')
             h.s[--h.len] = '\0';            /* reopen the array */
-    } else if (flow_model_data_init(l.model, n < o.cfg.batch ? n
-                                    : o.cfg.batch,
-                                    flow_data_values(head ? head : tr),
-                                    flow_data_context(head ? head : tr))
-               != FLOW_OK
+    /* with the block sum the bits do not depend on the threads, so the
+     * initialisation runs on one: a layer that draws before actnorm
+     * draws per thread's rows */
+    } else if ((use_comm && flow_model_set_threads(l.model, 1) != FLOW_OK)
+               || flow_model_data_init(l.model, n < o.cfg.batch ? n
+                                       : o.cfg.batch,
+                                       flow_data_values(head ? head : tr),
+                                       flow_data_context(head ? head : tr))
+                      != FLOW_OK
+               || (use_comm && flow_model_set_threads(l.model, o.threads)
+                                   != FLOW_OK)
                || (use_comm && share_init(comm, l.model) != FLOW_OK))
         goto failmsg;
     if (verify_layers(&l, cmd, &o, head ? head : tr) != 0)

@@ -27,7 +27,9 @@ typedef struct batchnorm {
 
 /* Buffers: running mean (D), running variance (D).  Params: gamma (D),
  * beta (D).  Workspace: the statistics used by the last call (mu, var as
- * doubles), read by its backward. */
+ * doubles), read by its backward; then, for a call in the block pass
+ * (flow_call_block_rows), the batch sums (2D + 1) and each block's
+ * partial sums (2D + 1 a block, at most one block a row, plus one). */
 static int batchnorm_describe(const flow_layer_config *cfg,
                               flow_layer_desc *out, flow_diag *diag)
 {
@@ -74,8 +76,8 @@ static void batchnorm_destroy(void *self)
 static size_t batchnorm_workspace(void *self, size_t n, int dir)
 {
     const batchnorm *b = self;
-    (void)n, (void)dir;
-    return 2 * b->d * sizeof(double);
+    (void)dir;
+    return (2 * b->d + 1 + (n + 2) * (2 * b->d + 1)) * sizeof(double);
 }
 
 static int batchnorm_init(void *self, const flow_call *c, flow_real *params)
@@ -122,6 +124,76 @@ static int stats(const batchnorm *b, const flow_call *c, const flow_real *x,
     return FLOW_OK;
 }
 
+/* The block pass's workspace: after mu and var, the batch's row count,
+ * the sums, then the blocks' partials. */
+static double *ws_count(const batchnorm *b, const flow_call *c)
+{
+    return (double *)c->ws + 2 * b->d;
+}
+
+static double *ws_sums(const batchnorm *b, const flow_call *c)
+{
+    return ws_count(b, c) + 1;
+}
+
+static double *ws_parts(const batchnorm *b, const flow_call *c)
+{
+    return ws_sums(b, c) + 2 * b->d + 1;
+}
+
+/* Statistics of the whole batch in the block pass: N rows, mu = S1 / N,
+ * var = S2 / N with S1 = sum x and S2 = sum (x - mu)^2 summed over every
+ * process's blocks (c->block_sum: each block's rows in row order, in
+ * double, the blocks in the batch's order, so the same bits for any
+ * number of processes); the two-pass variance of stats(), over the
+ * batch.  The running averages as stats() updates them, with N. */
+static int block_stats(const batchnorm *b, const flow_call *c,
+                       const flow_real *x, double *mu, double *var)
+{
+    size_t d = b->d, n = c->n, R = flow_call_block_rows(c);
+    size_t nbl = (n + R - 1) / R;
+    double *sums = ws_sums(b, c), *part = ws_parts(b, c), N;
+    int rc;
+    for (size_t j = 0; j < nbl; j++) {
+        size_t r0 = j * R, r1 = n - r0 < R ? n : r0 + R;
+        double *p = part + j * (d + 1);
+        p[0] = (double)(r1 - r0);
+        for (size_t i = 0; i < d; i++) {
+            double s = 0;
+            for (size_t r = r0; r < r1; r++)
+                s += x[r * d + i];
+            p[1 + i] = s;
+        }
+    }
+    if ((rc = c->block_sum(c, d + 1, part, sums)) != FLOW_OK)
+        return rc;
+    N = *ws_count(b, c) = sums[0];
+    for (size_t i = 0; i < d; i++)
+        mu[i] = N > 0 ? sums[1 + i] / N : 0;
+    for (size_t j = 0; j < nbl; j++) {
+        size_t r0 = j * R, r1 = n - r0 < R ? n : r0 + R;
+        for (size_t i = 0; i < d; i++) {
+            double s = 0;
+            for (size_t r = r0; r < r1; r++)
+                s += (x[r * d + i] - mu[i]) * (x[r * d + i] - mu[i]);
+            part[j * d + i] = s;
+        }
+    }
+    if ((rc = c->block_sum(c, d, part, sums)) != FLOW_OK)
+        return rc;
+    if (N < 2)      /* the same on every process: after both sums */
+        return c->host->error(c, "batch statistics need at least 2 rows, "
+                              "got %.0f", N);
+    for (size_t i = 0; i < d; i++) {
+        var[i] = sums[i] / N;
+        c->buffers[i] = (flow_real)((1 - b->momentum) * c->buffers[i]
+                                    + b->momentum * mu[i]);
+        c->buffers[d + i] = (flow_real)((1 - b->momentum) * c->buffers[d + i]
+                                        + b->momentum * sums[i] / (N - 1));
+    }
+    return FLOW_OK;
+}
+
 static int batchnorm_forward(void *self, const flow_call *c,
                              const flow_real *x, flow_real *z,
                              flow_real *logdet)
@@ -130,7 +202,9 @@ static int batchnorm_forward(void *self, const flow_call *c,
     const flow_real *g = c->params, *be = c->params + b->d;
     double *mu = c->ws, *var = mu + b->d, ld = 0;
     int rc, skip = flow_call_skip_logdet(c);
-    if ((rc = stats(b, c, x, mu, var)) != FLOW_OK)
+    if ((rc = c->training && flow_call_block_rows(c)
+                  ? block_stats(b, c, x, mu, var)
+                  : stats(b, c, x, mu, var)) != FLOW_OK)
         return rc;
     for (size_t i = 0; !skip && i < b->d; i++)
         ld += g[i] - 0.5 * log(var[i] + b->eps);
@@ -169,6 +243,58 @@ static int batchnorm_inverse(void *self, const flow_call *c,
     return FLOW_OK;
 }
 
+/* The backward below in the block pass: the sums over the rows, S (of
+ * dlogdet), sum dz and sum dz xhat per column, are the whole batch's
+ * (c->block_sum, as block_stats), and each block's gamma and beta
+ * gradients, its own rows' sums, go to its slot (grad + j grad_stride). */
+static int block_backward(const batchnorm *b, const flow_call *c,
+                          const flow_real *x, const flow_real *dz,
+                          const flow_real *dlogdet, flow_real *dx)
+{
+    const flow_real *g = c->params;
+    const double *mu = c->ws, *var = mu + b->d;
+    size_t n = c->n, d = b->d, R = flow_call_block_rows(c);
+    size_t nbl = (n + R - 1) / R, w = 2 * d + 1;
+    double *sums = ws_sums(b, c), *part = ws_parts(b, c), N;
+    int rc;
+    for (size_t j = 0; j < nbl; j++) {
+        size_t r0 = j * R, r1 = n - r0 < R ? n : r0 + R;
+        double *p = part + j * w, S = 0;
+        for (size_t r = r0; r < r1; r++)
+            S += dlogdet[r];
+        p[0] = S;
+        for (size_t i = 0; i < d; i++) {
+            double sd = sqrt(var[i] + b->eps), s1 = 0, s2 = 0;
+            for (size_t r = r0; r < r1; r++) {
+                double gz = dz[r * d + i];
+                s1 += gz;
+                s2 += gz * (x[r * d + i] - mu[i]) / sd;
+            }
+            p[1 + i] = s1;
+            p[1 + d + i] = s2;
+        }
+    }
+    if ((rc = c->block_sum(c, w, part, sums)) != FLOW_OK)
+        return rc;
+    N = *ws_count(b, c);
+    for (size_t i = 0; i < d; i++) {
+        double sd = sqrt(var[i] + b->eps), e = exp(g[i]);
+        double mdx = e * sums[1 + i] / N, mdxx = e * sums[1 + d + i] / N;
+        for (size_t r = 0; r < n; r++) {
+            double xh = (x[r * d + i] - mu[i]) / sd, dxh = dz[r * d + i] * e;
+            dx[r * d + i] = (flow_real)((dxh - mdx - xh * mdxx) / sd
+                                        - sums[0] * xh / (N * sd));
+        }
+        for (size_t j = 0; c->grad && j < nbl; j++) {
+            flow_real *gj = c->grad + j * c->grad_stride;
+            const double *p = part + j * w;
+            gj[i] += (flow_real)(e * p[1 + d + i] + p[0]);
+            gj[d + i] += (flow_real)p[1 + i];
+        }
+    }
+    return FLOW_OK;
+}
+
 /* Backward of z = xhat e^g + beta, xhat = (x - mu)/sd, sd = sqrt(var+eps),
  * logdet = sum(g - log sd).  In training mode mu and var depend on the
  * batch (Ioffe & Szegedy 2015, sec. 3, the chain rule through the batch
@@ -185,6 +311,8 @@ static int batchnorm_forward_backward(void *self, const flow_call *c,
     size_t n = c->n, d = b->d;
     double S = 0;
     (void)z;
+    if (c->training && flow_call_block_rows(c))
+        return block_backward(b, c, x, dz, dlogdet, dx);
     for (size_t r = 0; r < n; r++)
         S += dlogdet[r];
     for (size_t i = 0; i < d; i++) {

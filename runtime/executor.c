@@ -105,6 +105,8 @@ static size_t chunks(const flow_model *m, const node *nd, size_t n)
     size_t k = m->threads;
     if (k < 2 || !m->pool || (nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))
         return 1;
+    if (m->blk_rows)            /* threads take whole blocks */
+        return k < m->blk_n ? k : m->blk_n;
     if (n / k < MIN_ROWS_PER_THREAD)
         k = n / MIN_ROWS_PER_THREAD;
     return k ? k : 1;
@@ -113,11 +115,17 @@ static size_t chunks(const flow_model *m, const node *nd, size_t n)
 /* Each thread's workspace for its rows of node nd in direction dir (0:
  * forward, 1: inverse), grown to what the layer asks for; a layer
  * without a workspace callback needs none. */
+static int ensure_block_ws(flow_model *m, node *nd, int dir);
+
 static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
 {
     size_t k = chunks(m, nd, n), rows = (n + k - 1) / k;
-    size_t need = nd->type->workspace
-                      ? nd->type->workspace(nd->self, rows, dir) : 0;
+    size_t need;
+    if (m->blk_rows && !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))
+        return ensure_block_ws(m, nd, dir);
+    if (m->blk_rows)            /* a whole-batch layer: one call, all rows */
+        k = 1, rows = n;
+    need = nd->type->workspace ? nd->type->workspace(nd->self, rows, dir) : 0;
     for (size_t t = 0; t < k; t++) {
         if (need <= nd->ws_bytes[t])
             continue;
@@ -132,6 +140,57 @@ static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
         nd->ws_bytes[t] = need;
     }
     return FLOW_OK;
+}
+
+/* The block pass: a workspace per block (a thread takes any block, and
+ * block k's backward reads what its forward left), each for blk_rows
+ * rows. */
+static int ensure_block_ws(flow_model *m, node *nd, int dir)
+{
+    size_t nb = m->blk_n;
+    size_t need = nd->type->workspace
+                      ? nd->type->workspace(nd->self, m->blk_rows, dir) : 0;
+    if (nb > nd->n_bws) {
+        void **w = realloc(nd->bws, nb * sizeof *w);
+        size_t *wb;
+        if (w)
+            nd->bws = w;
+        wb = w ? realloc(nd->bws_bytes, nb * sizeof *wb) : NULL;
+        if (!wb)
+            return model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for "
+                               "%zu block workspaces", nd->label, nb);
+        nd->bws_bytes = wb;
+        for (size_t k = nd->n_bws; k < nb; k++) {
+            nd->bws[k] = NULL;
+            nd->bws_bytes[k] = 0;
+        }
+        nd->n_bws = nb;
+    }
+    for (size_t k = 0; k < nb; k++) {
+        if (need <= nd->bws_bytes[k] && nd->bws[k])
+            continue;
+        free(nd->bws[k]);
+        nd->bws[k] = NULL;
+        nd->bws_bytes[k] = 0;
+        if (posix_memalign(&nd->bws[k], 64, need ? need : 64) != 0) {
+            nd->bws[k] = NULL;
+            return model_error(m, FLOW_ERR_NOMEM, "%s: out of memory for a "
+                               "workspace of %zu bytes", nd->label, need);
+        }
+        nd->bws_bytes[k] = need;
+    }
+    return FLOW_OK;
+}
+
+void exec_free_block_ws(node *nd)
+{
+    for (size_t k = 0; k < nd->n_bws; k++)
+        free(nd->bws[k]);
+    free(nd->bws);
+    free(nd->bws_bytes);
+    nd->bws = NULL;
+    nd->bws_bytes = NULL;
+    nd->n_bws = 0;
 }
 
 /* ------------------------------------------------------------ jobs */
@@ -181,13 +240,18 @@ static int call_layer(const job *j, const job_step *st, flow_call *c,
     }
 }
 
-/* Thread t's rows [lo, hi) through every step of the job. */
-static void job_rows(job *j, size_t t, size_t lo, size_t hi)
+/* Thread t's rows [lo, hi) through every step of the job; in the block
+ * pass, block kb's rows with its gradient slot, workspaces, stream and
+ * a message buffer of its own (kept only for the job's first failure). */
+static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
 {
     flow_model *m = j->m;
     flow_real *grad = j->grad && t ? m->tgrad : j->grad;
+    char msg[sizeof m->terr[0]];
     if (grad && t)
         grad += (t - 1) * m->n_params;
+    if (m->blk_rows && j->grad)
+        grad = m->blk_grad + kb * m->n_params;
     for (size_t s = 0; s < j->n_steps; s++) {
         const job_step *st = &j->steps[s];
         node *nd = st->nd;
@@ -201,7 +265,45 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi)
         exec_fill_call(m, nd, &c, hi - lo,
                        j->cv && kc ? j->cv + lo * kc : NULL, grad, t);
         c.skip_logdet = j->skip_logdet;
+        if (m->blk_rows && (nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)) {
+            /* all of this process's blocks in one call, its sums over
+             * every process's blocks through block_sum */
+            if (grad && j->kind == JOB_FORWARD_BACKWARD)
+                for (size_t k = 0; k < m->blk_n; k++)
+                    memset(grad + k * m->n_params + nd->p_off, 0,
+                           nd->desc.n_params * sizeof *grad);
+            c.block_rows = m->blk_rows;
+            c.grad_stride = m->n_params;
+            c.block_sum = exec_block_sum;
+            c.block_ctx = m;
+            c.err = msg;
+            c.err_cap = sizeof msg;
+            msg[0] = '\0';
+        } else if (m->blk_rows) {
+            /* the slot's range of this layer, cleared here while the
+             * layer's backward is about to write it (block_pass clears
+             * the bases') instead of all nb slots in a pass of its own */
+            if (grad && j->kind == JOB_FORWARD_BACKWARD)
+                memset(grad + nd->p_off, 0,
+                       nd->desc.n_params * sizeof *grad);
+            c.ws = nd->bws[kb];
+            c.ws_bytes = nd->bws_bytes[kb];
+            if (m->blk_rng)
+                c.rng = &m->blk_rng[kb];
+            c.err = msg;
+            c.err_cap = sizeof msg;
+            msg[0] = '\0';
+        }
         if ((rc = call_layer(j, st, &c, lo)) != FLOW_OK) {
+            if (m->blk_rows) {
+                /* the first failure in (step, block) order: the same
+                 * whichever thread ran which block */
+                if (j->rc[t] != FLOW_OK && (j->fail[t] < s
+                        || (j->fail[t] == s && j->fail_blk[t] < kb)))
+                    return;
+                memcpy(t ? m->terr[t] : m->err, msg, sizeof msg);
+                j->fail_blk[t] = kb;
+            }
             j->rc[t] = rc;
             j->fail[t] = s;
             return;
@@ -218,8 +320,20 @@ static void job_task(void *arg, size_t t)
     size_t lo = j->n * t / j->k, hi = j->n * (t + 1) / j->k;
     size_t bs = j->block ? j->block : hi - lo;
     j->rc[t] = FLOW_OK;
+    if (j->m->blk_rows && !j->whole) {
+        /* whole blocks, whichever thread comes first: a block's
+         * arithmetic is its own, so the bits do not follow the split */
+        size_t R = j->m->blk_rows, kb;
+        while ((kb = atomic_fetch_add_explicit(&j->next_blk, 1,
+                                               memory_order_relaxed))
+               < j->m->blk_n) {
+            size_t b0 = kb * R, b1 = j->n - b0 < R ? j->n : b0 + R;
+            job_rows(j, t, b0, b1, kb);
+        }
+        return;
+    }
     for (size_t b = lo; b < hi && j->rc[t] == FLOW_OK; b += bs)
-        job_rows(j, t, b, hi - b < bs ? hi : b + bs);
+        job_rows(j, t, b, hi - b < bs ? hi : b + bs, 0);
 }
 
 /* Rows of a batch of n split into this many chunks (layers without
@@ -229,6 +343,8 @@ static size_t row_chunks(const flow_model *m, size_t n)
     size_t k = m->threads;
     if (k < 2 || !m->pool)
         return 1;
+    if (m->blk_rows)
+        return k < m->blk_n ? k : m->blk_n;
     if (n / k < MIN_ROWS_PER_THREAD)
         k = n / MIN_ROWS_PER_THREAD;
     return k ? k : 1;
@@ -240,6 +356,9 @@ static size_t row_chunks(const flow_model *m, size_t n)
  * layers, after the caller's thread used it for the layer before). */
 int exec_joinable(const flow_model *m, const node *nd, size_t n)
 {
+    if (m->blk_rows)    /* each block draws from its own stream */
+        return nd->kind == NODE_EXIT
+               || !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH);
     if (row_chunks(m, n) == 1 || nd->kind == NODE_EXIT)
         return 1;
     return !(nd->desc.flags & (FLOW_LAYER_WHOLE_BATCH
@@ -250,11 +369,13 @@ int exec_joinable(const flow_model *m, const node *nd, size_t n)
  * order), the thread whose failure comes first, its message moved to
  * m->err; MAX_THREADS when none failed. */
 static size_t first_failure(flow_model *m, size_t k, const int *rc,
-                            const size_t *fail)
+                            const size_t *fail, const size_t *blk)
 {
     size_t bad = MAX_THREADS;
     for (size_t t = 0; t < k; t++)
-        if (rc[t] != FLOW_OK && (bad == MAX_THREADS || fail[t] < fail[bad]))
+        if (rc[t] != FLOW_OK && (bad == MAX_THREADS || fail[t] < fail[bad]
+                                 || (blk && fail[t] == fail[bad]
+                                     && blk[t] < blk[bad])))
             bad = t;
     if (bad != MAX_THREADS && bad)
         memcpy(m->err, m->terr[bad], sizeof m->terr[bad]);
@@ -277,7 +398,10 @@ int exec_run_job(job *j, const char *what)
             && (j->steps[i].nd->desc.flags
                 & (FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_STOCHASTIC)))
             j->block = 0;
-    if (j->k > 1 && j->n_steps == 1
+    atomic_store(&j->next_blk, 0);
+    j->whole = m->blk_rows && j->n_steps == 1 && first->kind == NODE_LAYER
+               && (first->desc.flags & FLOW_LAYER_WHOLE_BATCH);
+    if (j->k > 1 && j->n_steps == 1 && !m->blk_rows
         && (first->desc.flags & FLOW_LAYER_STOCHASTIC)) {
         /* per-thread streams drawn from the model's stream: everything
          * random still derives from it (and from checkpoints of it) */
@@ -297,9 +421,38 @@ int exec_run_job(job *j, const char *what)
     } else {
         job_task(j, 0);
     }
-    if ((bad = first_failure(m, j->k, j->rc, j->fail)) == MAX_THREADS)
+    if ((bad = first_failure(m, j->k, j->rc, j->fail,
+                              m->blk_rows ? j->fail_blk : NULL)) == MAX_THREADS)
         return FLOW_OK;
     return model_layer_error(m, j->steps[j->fail[bad]].nd, j->rc[bad], what);
+}
+
+void exec_blocks_drain(flow_model *m, size_t fwd_from, size_t bwd_from)
+{
+    for (size_t pass = 0; pass < 2; pass++)
+        for (size_t s = 0; s < m->n_nodes; s++) {
+            size_t i = pass ? m->n_nodes - 1 - s : s;
+            node *nd = &m->nodes[i];
+            flow_real none = 0;
+            flow_call c;
+            if (nd->kind != NODE_LAYER
+                || !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)
+                || (pass ? i >= bwd_from : i < fwd_from)
+                || ensure_ws(m, nd, 0, 0) != FLOW_OK)
+                continue;
+            exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
+            c.block_rows = m->blk_rows;
+            c.grad_stride = m->n_params;
+            c.block_sum = exec_block_sum;
+            c.block_ctx = m;
+            c.err = m->terr[0];
+            c.err_cap = sizeof m->terr[0];
+            if (pass)
+                (void)nd->type->forward_backward(nd->self, &c, &none, &none,
+                                                 &none, &none, &none);
+            else
+                (void)nd->type->forward(nd->self, &c, &none, &none, &none);
+        }
 }
 
 /* ------------------------------------------------------------ batch work */
@@ -377,7 +530,7 @@ int exec_batch_all(flow_model *m, size_t n, int finish,
             pool_run(m->pool, bj.k, batch_task, &bj);
         else
             batch_task(&bj, 0);
-        bad_t = first_failure(m, bj.k, bj.rc, bj.fail);
+        bad_t = first_failure(m, bj.k, bj.rc, bj.fail, NULL);
         if (bad_t != MAX_THREADS) {
             bad = bj.fail[bad_t];
             rc = bj.rc[bad_t];
@@ -469,6 +622,7 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
         return rc;
     memcpy(m->act[0], x, n * m->dim * sizeof *x);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
+    m->blk_fwd_end = 0;
     for (size_t i = 0, e; i < m->n_nodes; i = e) {
         node *nd = &m->nodes[i];
         job j = {.m = m, .kind = JOB_FORWARD, .n = n, .cv = cv,
@@ -498,6 +652,7 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
                                          .out = m->act[e + 1]};
         }
         j.n_steps = e - i;
+        m->blk_fwd_end = e;
         if ((rc = exec_run_job(&j, "forward")) != FLOW_OK) {
             /* one thread over whole columns: the job's steps before the
              * failing one ran on every row too */

@@ -1,7 +1,9 @@
 /* gradient.c - backward passes: the log-likelihood gradient (training on
  * data) and the sampling direction's (fits), summed over the threads. */
+#include <stdlib.h>
 #include <string.h>
 
+#include "comm.h"
 #include "ctx.h"
 #include "model_impl.h"
 #include "vec.h"
@@ -259,4 +261,260 @@ int flow_model_inverse_grad(flow_model *m, size_t n, const flow_real *z,
 {
     given_grads gg = {m->dim, dx, dlogdet};
     return model_inverse_grad_mid(m, n, z, c, copy_given, &gg, grad, dz);
+}
+
+/* ------------------------------------------------------------ block pass */
+
+static int grow_block_rng(flow_model *m, size_t nb)
+{
+    flow_rng *r;
+    if (nb <= m->blk_rng_cap)
+        return FLOW_OK;
+    if (!(r = realloc(m->blk_rng_buf, nb * sizeof *r)))
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory for %zu block "
+                           "streams", nb);
+    m->blk_rng_buf = r;
+    m->blk_rng_cap = nb;
+    return FLOW_OK;
+}
+
+/* The block pass's forward, base densities and backward (m->blk_* set):
+ * as model_loglik_grad_w up to the layers' finish_grad, each base and
+ * layer call on one block's rows with that block's gradient slot, a
+ * whole-batch layer's on all of them.
+ * On failure, *fwd_from and *bwd_from say which whole-batch calls the
+ * other processes still make (exec_blocks_drain). */
+static int block_pass(flow_model *m, size_t n, const flow_real *x,
+                      const flow_real *c, double weight, double *sum_logp,
+                      flow_real *bgrad, size_t *fwd_from, size_t *bwd_from)
+{
+    size_t R = m->blk_rows, nb = m->blk_n, np = m->n_params;
+    size_t bd = m->base.dim, pbase = m->base_off;
+    flow_real w = (flow_real)weight, *dz, *dprev, *t;
+    int rc;
+
+    m->blk_fwd_end = 0;
+    if ((rc = exec_forward(m, n, x, c, m->zbuf, 0, EXEC_TAPE)) != FLOW_OK) {
+        *fwd_from = m->blk_fwd_end;
+        return rc;
+    }
+    *fwd_from = m->n_nodes;
+    memcpy(m->ld, m->ld_sum, n * sizeof *m->ld);
+    if ((rc = exec_add_base_logpdf(m, n, m->zbuf, m->ld)) != FLOW_OK)
+        return rc;
+    for (size_t k = 0; k < nb; k++) {
+        double total = 0;
+        for (size_t r = k * R; r < n && r < (k + 1) * R; r++) {
+            total += m->ld[r];
+            m->ones[r] = w;         /* dL/dlogdet and dL/dlogp_base */
+        }
+        sum_logp[k] = total;
+    }
+    /* the bases' parameters follow the layers' (model.c); each layer's
+     * range of a slot is cleared by its backward job (job_rows) */
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_EXIT && m->nodes[i].bp_off < pbase)
+            pbase = m->nodes[i].bp_off;
+    for (size_t k = 0; k < nb; k++)
+        memset(bgrad + k * np + pbase, 0, (np - pbase) * sizeof *bgrad);
+    dz = m->g0;
+    dprev = m->g1;
+    exec_gather_cols(n, m->dim, m->zbuf, m->z_final, bd, m->t0);
+    for (size_t k = 0; k < nb; k++) {
+        size_t r0 = k * R, nr = n - r0 < R ? n - r0 : R;
+        if (base_grad(&m->base, m->params + m->base_off, nr, m->t0 + r0 * bd,
+                      m->ones + r0, dz + r0 * bd,
+                      bgrad + k * np + m->base_off) != FLOW_OK)
+            return model_error(m, FLOW_ERR_NUMERIC, "base distribution: "
+                               "gradient failed");
+    }
+    for (size_t i = m->n_nodes; i-- > 0;) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_EXIT) {
+            size_t ek = nd->k;
+            for (size_t r = n; r-- > 0;)
+                memmove(dprev + r * nd->in_dim + ek, dz + r * nd->out_dim,
+                        nd->out_dim * sizeof *dz);
+            exec_gather_cols(n, m->dim, m->zbuf, nd->z_off, ek, m->t0);
+            for (size_t k = 0; k < nb; k++) {
+                size_t r0 = k * R, nr = n - r0 < R ? n - r0 : R;
+                if (base_grad(&nd->base, m->params + nd->bp_off, nr,
+                              m->t0 + r0 * ek, m->ones + r0,
+                              m->t1 + r0 * ek,
+                              bgrad + k * np + nd->bp_off) != FLOW_OK)
+                    return model_error(m, FLOW_ERR_NUMERIC, "exit %s: base "
+                                       "gradient failed", nd->name);
+            }
+            for (size_t r = 0; r < n; r++)
+                memcpy(dprev + r * nd->in_dim, m->t1 + r * ek,
+                       ek * sizeof *dprev);
+        } else {
+            job j = {.m = m, .kind = JOB_FORWARD_BACKWARD, .n = n, .cv = c,
+                     .dld = m->ones, .grad = bgrad, .steps = m->steps};
+            size_t lo = i;      /* the job: layers i down to lo */
+            for (;;) {
+                node *nl = &m->nodes[lo];
+                if (!(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                    || !nl->type->forward_backward)
+                    return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): "
+                                       "layer cannot be trained (no "
+                                       "backward)", nl->label, nl->file);
+                m->steps[i - lo] = (job_step){.nd = nl, .in = m->act[lo],
+                                              .out = m->act[lo + 1],
+                                              .dout = dz, .din = dprev};
+                t = dz;
+                dz = dprev;
+                dprev = t;
+                if (lo == 0 || nl[-1].kind != NODE_LAYER
+                    || !exec_joinable(m, nl - 1, n)
+                    || !exec_joinable(m, nl, n))
+                    break;
+                lo--;
+            }
+            j.n_steps = i - lo + 1;
+            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK) {
+                *bwd_from = lo;
+                return rc;
+            }
+            *bwd_from = lo;
+            i = lo;
+            continue;
+        }
+        t = dz;
+        dz = dprev;
+        dprev = t;
+    }
+    return FLOW_OK;
+}
+
+int model_blocks_finish(flow_model *m, size_t n, flow_real *grad)
+{
+    return exec_batch_all(m, n, 1, NULL, grad);
+}
+
+int exec_block_sum(const flow_call *c, size_t count, const double *partials,
+                   double *sums)
+{
+    flow_model *m = c->block_ctx;
+    size_t nbl = m->blk_rows ? (c->n + m->blk_rows - 1) / m->blk_rows : 0;
+    size_t size = m->blk_comm ? (size_t)flow_comm_size(m->blk_comm) : 1;
+    size_t per = (m->blk_total + size - 1) / size * count;
+    double *all = NULL, *mine = NULL;
+    int rc = FLOW_OK;
+    memset(sums, 0, count * sizeof *sums);
+    if (!m->blk_comm) {
+        for (size_t k = 0; k < nbl; k++)
+            for (size_t i = 0; i < count; i++)
+                sums[i] += partials[k * count + i];
+        return FLOW_OK;
+    }
+    /* every process's partials, padded to the most blocks one holds */
+    if (per && (!(mine = calloc(per, sizeof *mine))
+                || !(all = malloc(size * per * sizeof *all)))) {
+        free(mine);
+        snprintf(c->err, c->err_cap, "out of memory for the sums of %zu "
+                 "blocks", m->blk_total);
+        return FLOW_ERR_NOMEM;
+    }
+    if (nbl)
+        memcpy(mine, partials, nbl * count * sizeof *mine);
+    if (per && (rc = comm_allgather(m->blk_comm, mine, all,
+                                    per * sizeof *all)) != FLOW_OK)
+        snprintf(c->err, c->err_cap, "%s", flow_errmsg(m->ctx));
+    for (size_t q = 0; rc == FLOW_OK && q < size; q++) {
+        size_t lo = q * m->blk_total / size, hi = (q + 1) * m->blk_total / size;
+        for (size_t k = lo; k < hi; k++)
+            for (size_t i = 0; i < count; i++)
+                sums[i] += all[q * per + (k - lo) * count + i];
+    }
+    free(mine);
+    free(all);
+    return rc;
+}
+
+int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
+                             const flow_real *c, size_t rows, double weight,
+                             const uint64_t *streams, flow_comm *comm,
+                             size_t batch, double *sum_logp,
+                             flow_real *bgrad)
+{
+    size_t nb, size = comm ? (size_t)flow_comm_size(comm) : 1, rank, total;
+    size_t fwd_from = 0, bwd_from = m->n_nodes;
+    int rc, whole = model_has_whole_batch(m);
+
+    ctx_clear_error(m->ctx);
+    if (rows == 0)
+        return model_error(m, FLOW_ERR_INVAL, "block pass: blocks of 0 "
+                           "rows");
+    if (!comm)
+        batch = n;
+    nb = (n + rows - 1) / rows;
+    total = (batch + rows - 1) / rows;
+    rank = comm ? (size_t)flow_comm_rank(comm) : 0;
+    {
+        size_t lo = rank * total / size, hi = (rank + 1) * total / size;
+        size_t want = hi > lo ? (hi * rows < batch ? hi * rows : batch)
+                                    - lo * rows : 0;
+        if (n != want)
+            return model_error(m, FLOW_ERR_INVAL, "block pass: %zu rows, "
+                               "but process %zu of %zu holds %zu of a "
+                               "batch of %zu", n, rank, size, want, batch);
+    }
+    m->blk_rows = rows;
+    m->blk_n = nb;
+    m->blk_grad = bgrad;
+    m->blk_rng = NULL;
+    m->blk_comm = comm;
+    m->blk_first = total * rank / size;
+    m->blk_total = total;
+    if (n == 0) {
+        /* no block here: the others' whole-batch sums still need this
+         * process's (empty) share, and model_blocks_finish the layers'
+         * per-batch state */
+        if (whole && comm)
+            exec_blocks_drain(m, 0, m->n_nodes);
+        rc = exec_batch_all(m, 0, 0, NULL, NULL);
+        goto done;
+    }
+    if ((rc = model_check_rows(m, n)) != FLOW_OK)
+        goto fail;
+    if (!streams && model_has_stochastic(m)) {
+        rc = model_error(m, FLOW_ERR_INVAL, "block pass: a layer draws "
+                         "random numbers, and no streams were given");
+        goto fail;
+    }
+    if ((rc = exec_grow_batch(m, n)) != FLOW_OK)
+        goto fail;
+    if (streams) {
+        if ((rc = grow_block_rng(m, nb)) != FLOW_OK)
+            goto fail;
+        for (size_t k = 0; k < nb; k++) {
+            flow_rng *r = &m->blk_rng_buf[k];
+            const uint64_t *s = streams + 6 * k;
+            memcpy(r->s, s, 4 * sizeof *s);
+            r->has_spare = s[4] != 0;
+            memcpy(&r->spare, &s[5], sizeof s[5]);
+        }
+        m->blk_rng = m->blk_rng_buf;
+    }
+    fwd_from = 0;
+    bwd_from = m->n_nodes;
+    rc = block_pass(m, n, x, c, weight, sum_logp, bgrad, &fwd_from,
+                    &bwd_from);
+    if (rc == FLOW_OK)
+        goto done;
+fail:
+    /* the whole-batch calls the other processes still make */
+    if (whole && comm) {
+        char keep[sizeof m->err];
+        memcpy(keep, m->err, sizeof keep);
+        exec_blocks_drain(m, fwd_from, bwd_from);
+        memcpy(m->err, keep, sizeof keep);
+    }
+done:
+    m->blk_rows = m->blk_n = 0;
+    m->blk_grad = NULL;
+    m->blk_rng = NULL;
+    m->blk_comm = NULL;
+    return rc;
 }

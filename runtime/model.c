@@ -524,8 +524,10 @@ void flow_model_free(flow_model *m)
             nd->type->destroy(nd->self);
         for (size_t t = 0; t < MAX_THREADS; t++)
             free(nd->ws[t]);
+        exec_free_block_ws(nd);
     }
     exec_free_batch(m);
+    free(m->blk_rng_buf);
     pool_free(m->pool);
     free(m->tgrad);
     free(m->nodes);
@@ -671,6 +673,15 @@ void flow_model_set_rng(flow_model *m, const uint64_t in[6])
 }
 
 flow_ctx *model_ctx(const flow_model *m) { return m->ctx; }
+
+int model_has_whole_batch(const flow_model *m)
+{
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_LAYER
+            && (m->nodes[i].desc.flags & FLOW_LAYER_WHOLE_BATCH))
+            return 1;
+    return 0;
+}
 
 int model_has_stochastic(const flow_model *m)
 {

@@ -12,6 +12,9 @@ flow_ctx *model_ctx(const flow_model *m);
 /* 1 when a layer draws random numbers in its passes
  * (FLOW_LAYER_STOCHASTIC: dequantize's noise, Hutchinson probes) */
 int model_has_stochastic(const flow_model *m);
+/* 1 when a layer needs the whole batch in one call
+ * (FLOW_LAYER_WHOLE_BATCH: batchnorm's statistics) */
+int model_has_whole_batch(const flow_model *m);
 
 /* Runs fn(arg, t, lo, hi) for the chunks t = 0..k-1 of [0, n), k the
  * model's thread count (or fewer for small n), on its thread pool; the
@@ -50,5 +53,38 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
 int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
                         const flow_real *c, double weight, double *sum_logp,
                         flow_real *grad);
+
+/* The block pass: a batch of `batch` rows cut into nb = ceil(batch /
+ * rows) blocks of `rows` (the last one short), of which this process
+ * holds blocks [r nb / N, (r + 1) nb / N) (r, N: its rank and the size of
+ * comm; comm NULL: one process, batch = n, all blocks), their n rows one
+ * after the other in x.  One forward and backward pass, layer by layer,
+ * the model's threads each taking whole blocks.  Local block k's
+ * gradient of its rows' log-densities, each weighted by `weight`, goes
+ * to bgrad + k * n_params (every slot overwritten) as the layers'
+ * backward passes leave it, before their finish_grad (which maps the sum
+ * of the slots once: model_blocks_finish), and the plain sum of its
+ * rows' log-densities (in row order, in double) to sum_logp[k]: each
+ * block's bits are those of model_loglik_grad_w on its rows alone (its
+ * gradient mapped by model_blocks_finish), whatever the thread count,
+ * for models without whole-batch layers.
+ * Those (batchnorm) see the batch's statistics over every process's
+ * blocks (flow_call.block_sum: a collective on comm, so every process
+ * calls this once per step, one with no block too, n = 0), the same bits
+ * for any N.  streams (6 words a block, as flow_model_set_rng takes
+ * them): local block k's layers draw from stream k alone; required when
+ * a layer draws (model_has_stochastic), else may be NULL.  The model's
+ * own stream is not used. */
+int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
+                             const flow_real *c, size_t rows, double weight,
+                             const uint64_t *streams, flow_comm *comm,
+                             size_t batch, double *sum_logp,
+                             flow_real *bgrad);
+/* The layers' finish_grad (the MADE's gradient from degree order to the
+ * parameters', an LU layer's dW to its factors) on a sum of the block
+ * pass's slots, for a batch of n rows: once per step, as the plain pass
+ * applies it to the sum of its threads' gradients.  After
+ * model_loglik_grad_blocks, with the parameters it ran on. */
+int model_blocks_finish(flow_model *m, size_t n, flow_real *grad);
 
 #endif

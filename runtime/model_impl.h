@@ -3,6 +3,7 @@
 #ifndef FLOW_RUNTIME_MODEL_IMPL_H
 #define FLOW_RUNTIME_MODEL_IMPL_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -35,6 +36,8 @@ typedef struct node {
     void *ws[MAX_THREADS];      /* per thread: what forward leaves for the
                                    matching backward */
     size_t ws_bytes[MAX_THREADS];
+    void **bws;                 /* the block pass: per block, n_bws */
+    size_t *bws_bytes, n_bws;
     /* exit */
     size_t k;
     char *name;
@@ -99,6 +102,24 @@ struct flow_model {
     flow_real *zbuf;            /* cap_rows x dim */
     job_step *steps;            /* n_nodes: the job being run */
     int tgrad_dirty;            /* tgrad not all zero (gradient.c) */
+    /* the block pass (model_loglik_grad_blocks), while blk_rows > 0: the
+     * rows of a pass are blocks of blk_rows (the last one short) that
+     * threads take whole; block k's layer calls get its workspaces
+     * (node.bws[k]), its parameter gradient slot blk_grad + k n_params
+     * and, when blk_rng is set, its own stream blk_rng[k] */
+    size_t blk_rows, blk_n;
+    flow_real *blk_grad;
+    flow_rng *blk_rng;
+    flow_rng *blk_rng_buf;      /* blk_rng_cap streams, kept */
+    size_t blk_rng_cap;
+    /* whole-batch layers' sums over the blocks (exec_block_sum): this
+     * process's blocks are [blk_first, blk_first + blk_n) of blk_total,
+     * process q of the communicator holding [q T / N, (q + 1) T / N)
+     * (blk_comm NULL: one process, all of them) */
+    flow_comm *blk_comm;
+    size_t blk_first, blk_total;
+    size_t blk_fwd_end;         /* exec_forward: its jobs ran (or failed
+                                   on every process alike) up to here */
     char err[1024];
 };
 
@@ -128,6 +149,10 @@ typedef struct job {
     size_t block;               /* rows per block (exec_run_job), 0: all */
     int rc[MAX_THREADS];
     size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
+    size_t fail_blk[MAX_THREADS]; /* the block pass: and in which block */
+    atomic_size_t next_blk;     /* the block pass: the next block to take */
+    int whole;                  /* the block pass: a whole-batch layer's
+                                   call on all of the process's rows */
 } job;
 
 /* ------------------------------------------------------------ model.c */
@@ -155,6 +180,8 @@ void exec_fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
 /* Per-batch storage for n rows (kept when large enough). */
 int exec_grow_batch(flow_model *m, size_t n);
 void exec_free_batch(flow_model *m);
+/* A node's block-pass workspaces. */
+void exec_free_block_ws(node *nd);
 /* Flags of a pass.  EXEC_TAPE: a backward pass follows (each layer's
  * workspace keeps its tape; rows are not split in blocks).
  * EXEC_NO_LOGDET: the caller reads no log-det, so the layers are told to
@@ -177,6 +204,15 @@ int exec_inverse(flow_model *m, size_t n, const flow_real *z,
 /* logp += the base log-densities of z (the exits' and the output's). */
 int exec_add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
                          flow_real *logp);
+/* flow_call.block_sum of the block pass (gradient.c): every process's
+ * blocks' partials gathered and added in block order. */
+int exec_block_sum(const flow_call *c, size_t count, const double *partials,
+                   double *sums);
+/* The block pass on a process whose own work failed (or that holds no
+ * block): the whole-batch layers' calls that the other processes make,
+ * on no rows, so that their block sums do not wait for this one:
+ * forward from node fwd_from on, then backward below node bwd_from. */
+void exec_blocks_drain(flow_model *m, size_t fwd_from, size_t bwd_from);
 /* Whether node nd can share a job with its neighbours. */
 int exec_joinable(const flow_model *m, const node *nd, size_t n);
 /* Runs the job on the model's threads; on failure, the error of its

@@ -90,16 +90,26 @@ RSUM_CLONES FLOW_VECTORIZE static double chunk_max(const flow_real *restrict v,
     return (double)a > m ? (double)a : m;
 }
 
-void rsum_see(rsum *r, const flow_real *v, const double *extra)
+void rsum_see_groups(rsum *r, const flow_real *v, size_t g0, size_t g1)
 {
-    size_t ng = (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK;
-    for (size_t g = 0; g < ng; g++) {
+    for (size_t g = g0; g < g1; g++) {
         size_t lo = g * RSUM_CHUNK;
         size_t hi = lo + RSUM_CHUNK < r->n_main ? lo + RSUM_CHUNK : r->n_main;
         r->max[g] = chunk_max(v + lo, hi - lo, r->max[g]);
     }
+}
+
+void rsum_see_extra(rsum *r, const double *extra)
+{
+    size_t ng = (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK;
     for (size_t e = 0; e < r->n_extra; e++)
         r->max[ng + e] = absmax(r->max[ng + e], extra[e]);
+}
+
+void rsum_see(rsum *r, const flow_real *v, const double *extra)
+{
+    rsum_see_groups(r, v, 0, (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK);
+    rsum_see_extra(r, extra);
 }
 
 /* The grid of a group whose values are at most M in magnitude, summed
@@ -159,20 +169,32 @@ RSUM_CLONES FLOW_VECTORIZE static void chunk_add(double *restrict sum,
         sum[i] += ((double)v[i] + sigma) - sigma;
 }
 
-void rsum_add(rsum *r, const flow_real *v, const double *extra)
+void rsum_add_groups(rsum *r, const flow_real *v, size_t g0, size_t g1)
 {
-    size_t ng = (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK;
     if (!r->finite)
         return;
-    for (size_t g = 0; g < ng; g++) {
+    for (size_t g = g0; g < g1; g++) {
         size_t lo = g * RSUM_CHUNK;
         size_t hi = lo + RSUM_CHUNK < r->n_main ? lo + RSUM_CHUNK : r->n_main;
         if (r->sigma[g] != 0)
             chunk_add(r->sum + lo, v + lo, hi - lo, r->sigma[g]);
     }
+}
+
+void rsum_add_extra(rsum *r, const double *extra)
+{
+    size_t ng = (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK;
+    if (!r->finite)
+        return;
     for (size_t e = 0; e < r->n_extra; e++)
         if (r->sigma[ng + e] != 0)
             r->sum[r->n_main + e] += round_to(extra[e], r->sigma[ng + e]);
+}
+
+void rsum_add(rsum *r, const flow_real *v, const double *extra)
+{
+    rsum_add_groups(r, v, 0, (r->n_main + RSUM_CHUNK - 1) / RSUM_CHUNK);
+    rsum_add_extra(r, extra);
 }
 
 int rsum_finish(rsum *r, flow_comm *comm)

@@ -39,5 +39,12 @@ int rsum_agree(rsum *r, flow_comm *comm, size_t n_blocks, int failed,
                int *first_failed);
 void rsum_add(rsum *r, const flow_real *v, const double *extra);
 int rsum_finish(rsum *r, flow_comm *comm);
+/* rsum_see and rsum_add in parts: the main values' groups [g0, g1)
+ * (disjoint ranges may run on different threads at once), and the extra
+ * values; the same results as the whole calls. */
+void rsum_see_groups(rsum *r, const flow_real *v, size_t g0, size_t g1);
+void rsum_see_extra(rsum *r, const double *extra);
+void rsum_add_groups(rsum *r, const flow_real *v, size_t g0, size_t g1);
+void rsum_add_extra(rsum *r, const double *extra);
 
 #endif

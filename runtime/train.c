@@ -33,13 +33,8 @@ struct flow_trainer {
     flow_real *bgrad;           /* this process's blocks' gradients */
     double *blogp;              /* and their log-density sums */
     size_t max_local;           /* blocks of a batch one process takes */
-    /* buffers that training passes update (batchnorm's running
-     * averages): each block starts from the step's (buf0), and what the
-     * blocks leave (bbuf: this process's, ball: every process's) is
-     * averaged in block order, the same for any N (comm_buffers) */
-    size_t nbuf;
-    flow_real *buf0, *bbuf, *ball;
     int stochastic;             /* a layer draws in its passes */
+    uint64_t *streams;          /* the blocks' streams, 6 words each */
     /* a share of the rows (flow_trainer_new_shard): x and c hold the
      * rows [offs[rank], offs[rank + 1]) of n */
     size_t *offs;               /* per process, then n */
@@ -102,9 +97,7 @@ void flow_trainer_free(flow_trainer *t)
     free(t->perm);
     free(t->bgrad);
     free(t->blogp);
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
+    free(t->streams);
     rsum_free(&t->rs);
     free(t->offs);
     free(t->place);
@@ -484,29 +477,17 @@ int flow_trainer_set_comm(flow_trainer *t, flow_comm *comm)
     t->blogp = malloc((t->max_local + 1) * sizeof *t->blogp);
     if (!t->bgrad || !t->blogp || rsum_init(&t->rs, t->np, 1) != FLOW_OK)
         goto nomem;
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
-    t->buf0 = t->bbuf = t->ball = NULL;
-    t->nbuf = t->target ? 0 : flow_model_num_buffers(t->m);
-    if (t->nbuf) {
-        size_t per = t->max_local * t->nbuf;
-        if (per / t->nbuf != t->max_local || per > SIZE_MAX / size
-            || !(t->buf0 = malloc(t->nbuf * sizeof *t->buf0))
-            || !(t->bbuf = malloc(per * sizeof *t->bbuf))
-            || !(t->ball = malloc(per * size * sizeof *t->ball)))
-            goto nomem;
-    }
     t->stochastic = model_has_stochastic(t->m);
+    free(t->streams);
+    t->streams = NULL;
+    if (!t->target && t->stochastic
+        && !(t->streams = malloc(6 * t->max_local * sizeof *t->streams)))
+        goto nomem;
     t->comm = comm;
     return FLOW_OK;
 nomem:
     free(t->bgrad);
     free(t->blogp);
-    free(t->buf0);
-    free(t->bbuf);
-    free(t->ball);
-    t->buf0 = t->bbuf = t->ball = NULL;
     t->bgrad = NULL;
     t->blogp = NULL;
     return flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory for %zu "
@@ -624,14 +605,50 @@ static uint64_t step_key(flow_model *m, uint64_t after[6])
  * every process's by pre-rounding (rsum.c) into t->grad and *extra.
  * Every process takes part in the collectives, a failed one too, so
  * that the others learn of the failure instead of waiting. */
+typedef struct blocks_pass {
+    flow_trainer *t;
+    size_t n_local;
+    int add;                    /* 0: rsum_see, 1: rsum_add */
+} blocks_pass;
+
+/* The local blocks' parameters [lo, hi) through rsum (its groups from
+ * the first that starts at or after lo: the model's threads split the
+ * parameters, each group on one thread, every block in block order). */
+static void blocks_task(void *arg, size_t th, size_t lo, size_t hi)
+{
+    const blocks_pass *bp = arg;
+    flow_trainer *t = bp->t;
+    size_t g0 = (lo + RSUM_CHUNK - 1) / RSUM_CHUNK;
+    size_t g1 = (hi + RSUM_CHUNK - 1) / RSUM_CHUNK;
+    (void)th;
+    for (size_t k = 0; k < bp->n_local; k++) {
+        const flow_real *v = t->bgrad + k * t->np;
+        if (bp->add)
+            rsum_add_groups(&t->rs, v, g0, g1);
+        else
+            rsum_see_groups(&t->rs, v, g0, g1);
+    }
+}
+
+static void blocks_all(flow_trainer *t, size_t n_local, int add)
+{
+    blocks_pass bp = {t, n_local, add};
+    model_parallel_for(t->m, t->np, blocks_task, &bp);
+    for (size_t k = 0; k < n_local; k++) {
+        if (add)
+            rsum_add_extra(&t->rs, &t->blogp[k]);
+        else
+            rsum_see_extra(&t->rs, &t->blogp[k]);
+    }
+}
+
 static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
                       int rc, double *extra)
 {
     int crc, failed_rank = -1;
     rsum_begin(&t->rs);
     if (rc == FLOW_OK)
-        for (size_t k = lo; k < hi; k++)
-            rsum_see(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+        blocks_all(t, hi - lo, 0);
     crc = rsum_agree(&t->rs, t->comm, nb, rc != FLOW_OK, &failed_rank);
     if (rc != FLOW_OK)
         return rc;
@@ -642,8 +659,7 @@ static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
                               "blocks of the batch failed in step %llu (its "
                               "message is on its own stderr)", failed_rank,
                               (unsigned long long)t->st.step + 1);
-    for (size_t k = lo; k < hi; k++)
-        rsum_add(&t->rs, t->bgrad + (k - lo) * t->np, &t->blogp[k - lo]);
+    blocks_all(t, hi - lo, 1);
     if ((rc = rsum_finish(&t->rs, t->comm)) != FLOW_OK)
         return rc;
     for (size_t i = 0; i < t->np; i++)
@@ -652,49 +668,48 @@ static int sum_blocks(flow_trainer *t, size_t lo, size_t hi, size_t nb,
     return FLOW_OK;
 }
 
-/* The buffers after a step of nb blocks: every process's blocks' copies
- * gathered (in block order: process q's blocks follow q - 1's), and each
- * value the mean of the blocks' in block order in double, or the value
- * itself where every block left the same bits (buffers that training
- * does not touch stay as they are, NaN included).  Batchnorm's running
- * average, (1 - m) a + m s_k in block k, so becomes (1 - m) a + m times
- * the mean of the blocks' statistics: one update per step, the same for
- * any N (docs/distributed.md, "Batch normalisation"). */
-static int comm_buffers(flow_trainer *t, size_t nb, flow_real *buf)
+/* This process's blocks [lo, hi) of a batch of b rows (from perm[start])
+ * in one block pass (model_loglik_grad_blocks): the rows of the blocks
+ * one after the other in bx, block k drawing from the stream of (key, k)
+ * when a layer draws; the blocks' gradients into bgrad, their sums of
+ * log-densities into blogp. */
+static int layered_blocks(flow_trainer *t, size_t start, size_t b,
+                          size_t lo, size_t hi, uint64_t key)
 {
-    size_t size = (size_t)flow_comm_size(t->comm), per = t->max_local *
-                                                         t->nbuf;
-    int rc = comm_allgather(t->comm, t->bbuf, t->ball, per * sizeof *buf);
-    if (rc != FLOW_OK)
-        return rc;
-    for (size_t j = 0; j < t->nbuf; j++) {
-        const flow_real *first = NULL;
-        int same = 1;
-        double s = 0;
-        for (size_t q = 0; q < size; q++) {
-            size_t lo = q * nb / size, hi = (q + 1) * nb / size;
-            for (size_t k = lo; k < hi; k++) {
-                const flow_real *v = t->ball + q * per + (k - lo) * t->nbuf
-                                     + j;
-                if (!first)
-                    first = v;
-                else if (memcmp(v, first, sizeof *v) != 0)
-                    same = 0;
-                s += (double)*v;
-            }
-        }
-        if (first)
-            buf[j] = same ? *first : (flow_real)(s / (double)nb);
+    size_t r0 = lo * FLOW_TRAIN_BLOCK;
+    size_t r1 = hi * FLOW_TRAIN_BLOCK < b ? hi * FLOW_TRAIN_BLOCK : b;
+    int rc;
+    if (hi <= lo)               /* no block here: whole-batch sums still */
+        r0 = r1 = 0;
+    for (size_t r = 0; !t->offs && r < r1 - r0; r++) {
+        size_t src = t->perm[start + r0 + r];
+        memcpy(t->bx + r * t->dim, t->x + src * t->dim,
+               t->dim * sizeof *t->bx);
+        if (t->cdim)
+            memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
+                   t->cdim * sizeof *t->bc);
     }
-    return FLOW_OK;
+    for (size_t k = lo; t->streams && k < hi; k++)
+        vi_block_stream(t->streams + 6 * (k - lo), key, k);
+    flow_model_set_training(t->m, 1);
+    rc = model_loglik_grad_blocks(t->m, r1 - r0, t->bx,
+                                  t->cdim ? t->bc : NULL, FLOW_TRAIN_BLOCK,
+                                  1.0 / (double)b, t->streams, t->comm, b,
+                                  t->blogp, t->bgrad);
+    flow_model_set_training(t->m, 0);
+    return rc;
 }
 
 /* The step's gradient with a communicator: the batch of b rows (from
  * perm[start]) in nb blocks of FLOW_TRAIN_BLOCK rows (the last one
  * short), this process's blocks [rank nb / N, (rank + 1) nb / N), each
  * block's gradient of its share of the batch mean (weight 1/b per row)
- * on its own, and the blocks summed by pre-rounding (rsum.c): the sum,
- * the log-density and so the step are the same bits for any N. */
+ * in its own slot (one block pass: model_loglik_grad_blocks; batchnorm
+ * with the statistics of the whole batch, summed over the blocks of
+ * every process), and the blocks summed by pre-rounding (rsum.c): the
+ * sum, the log-density and so the step are the same bits for any N.
+ * Batchnorm's running averages get one update per step from those
+ * statistics, the same bits on every process. */
 static int comm_gradient(flow_trainer *t, size_t start, size_t b,
                          double *mean)
 {
@@ -702,7 +717,6 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
-    flow_real *buf = t->nbuf ? flow_model_buffers(t->m) : NULL;
     uint64_t after[6], key = 0;
     int rc = FLOW_OK;
 
@@ -714,45 +728,15 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
          * the split */
         key = step_key(t->m, after);
     }
-    if (buf)
-        memcpy(t->buf0, buf, t->nbuf * sizeof *buf);
-    flow_model_set_training(t->m, 1);
-    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
-        size_t r0 = k * FLOW_TRAIN_BLOCK;
-        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
-        if (t->stochastic) {
-            uint64_t s[6];
-            vi_block_stream(s, key, k);
-            flow_model_set_rng(t->m, s);
-        }
-        if (buf && k > lo)
-            memcpy(buf, t->buf0, t->nbuf * sizeof *buf);
-        /* a share's blocks sit in bx one after the other, a whole
-         * set's block is copied to its start */
-        size_t at = t->offs ? r0 - lo * FLOW_TRAIN_BLOCK : 0;
-        for (size_t r = 0; !t->offs && r < nr; r++) {
-            size_t src = t->perm[start + r0 + r];
-            memcpy(t->bx + r * t->dim, t->x + src * t->dim,
-                   t->dim * sizeof *t->bx);
-            if (t->cdim)
-                memcpy(t->bc + r * t->cdim, t->c + src * t->cdim,
-                       t->cdim * sizeof *t->bc);
-        }
-        rc = model_loglik_grad_w(t->m, nr, t->bx + at * t->dim,
-                                 t->cdim ? t->bc + at * t->cdim : NULL,
-                                 1.0 / (double)b, &t->blogp[k - lo],
-                                 t->bgrad + (k - lo) * t->np);
-        if (buf)
-            memcpy(t->bbuf + (k - lo) * t->nbuf, buf,
-                   t->nbuf * sizeof *buf);
-    }
-    flow_model_set_training(t->m, 0);
+    rc = layered_blocks(t, start, b, lo, hi, key);
     if (t->stochastic)
         flow_model_set_rng(t->m, after);
     if ((rc = sum_blocks(t, lo, hi, nb, rc, mean)) != FLOW_OK)
         return rc;
     *mean /= (double)b;
-    return buf ? comm_buffers(t, nb, buf) : FLOW_OK;
+    /* the layers' finish_grad once, on the exact sum: the same input and
+     * so the same bits on every process */
+    return model_blocks_finish(t->m, b, t->grad);
 }
 
 /* The variational step's gradient with a communicator: the batch of

@@ -62,9 +62,11 @@ for n in 2 3; do
         -o "$t/dm$n.ckpt"; check "stochastic: np $n" 0 $?
     same_file "stochastic: np $n = one process" "$t/dr.ckpt" "$t/dm$n.ckpt"
 done
-# batch normalisation: its running averages, updated block by block, are
-# averaged over the step's blocks in block order: the checkpoint's
-# buffers are the same bits for any N too
+# batch normalisation with the statistics of the whole global batch
+# (each block's sums added in block order over every rank): the
+# checkpoint, running averages included, is the same bits for any N and
+# any thread count; at 4 ranks one rank holds none of the 3 blocks and
+# still takes part in the sums
 cat >"$t/bn.flow" <<'EOF'
 flow bn {
     input x : real[2];
@@ -78,8 +80,11 @@ EOF
 BN="--data $t/tr.csv --batch 70 --steps 6 --seed 2 --quiet"
 "$F" train "$t/bn.flow" $BN --reproducible -o "$t/br.ckpt"
 check "batchnorm: reproducible" 0 $?
-for n in 2 3; do
-    run $n "$F" train "$t/bn.flow" $BN -o "$t/bm$n.ckpt"
+"$F" train "$t/bn.flow" $BN --reproducible --threads 3 -o "$t/br3.ckpt"
+check "batchnorm: reproducible, 3 threads" 0 $?
+same_file "batchnorm: 3 threads = 1 thread" "$t/br.ckpt" "$t/br3.ckpt"
+for n in 2 3 4; do
+    run $n "$F" train "$t/bn.flow" $BN --threads 2 -o "$t/bm$n.ckpt"
     check "batchnorm: np $n" 0 $?
     same_file "batchnorm: np $n = one process" "$t/br.ckpt" "$t/bm$n.ckpt"
 done
@@ -204,6 +209,26 @@ fails_all "eval, failing row on rank 2" "spike.csv:232: fault_error#1" \
     "$F" eval "$t/f.ckpt" --data "$t/spike.csv" --batch 40
 fails_all "compare, failing row on rank 2" "spike.csv:232: fault_error#1" \
     "$F" compare "$t/r.ckpt" "$t/f.ckpt" --data "$t/spike.csv" --batch 40
+# training with batchnorm, a row failing before it on one rank (line 250,
+# past the first batch that initialisation reads): that rank takes part
+# in batchnorm's sums over the blocks all the same, so the others do not
+# wait for it; every rank learns of the failure in that step
+cat >"$t/fbn.flow" <<'EOF'
+flow fbn {
+    input x : real[2];
+    coupling(mask = half, hidden = [8]);
+    fault_error(at = 100);
+    batchnorm;
+    coupling(mask = half, hidden = [8]);
+    output z ~ normal;
+}
+EOF
+awk -F, 'NR == 250 { $1 = 500 } { print }' OFS=, "$t/tr.csv" >"$t/spk.csv"
+fails_all "batchnorm, failing row on one rank" \
+    "blocks of the batch failed in step 2" \
+    "$F" train "$t/fbn.flow" --data "$t/spk.csv" --steps 3 --batch 100 \
+    --quiet -o "$t/fb.ckpt"
+absent "batchnorm, failing row: no checkpoint" "$t/fb.ckpt"
 # a NaN log-density, found by rank 0 among the gathered rows
 fails_all "logprob, NaN row" "nan.csv:232: the log-density is nan" \
     "$F" logprob "$t/f.ckpt" --data "$t/nan.csv" --batch 40 -o "$t/no.csv"

@@ -42,6 +42,7 @@
     X(tgemm)        /* runtime/tgemm.c */ \
     X(probe)        /* training's probe of third-party layers */ \
     X(comm)         /* communicator, reproducible block sums */ \
+    X(blocks)       /* the block pass: threads take whole blocks */ \
     X(shard)        /* data split over processes, rows moved */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */
 

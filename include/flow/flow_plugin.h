@@ -59,8 +59,11 @@ extern "C" {
  *   1.9  FLOW_TF_AFFINE_SIGMOID (Glow's sigmoid scale; an older host's
  *        transformer entries refuse it with FLOW_ERR_INVAL)
  *   1.10 flow_call.skip_logdet (read it with flow_call_skip_logdet); host
- *        net_div_forward accepts tr = NULL (y only) */
-#define FLOW_PLUGIN_ABI_MINOR 10u
+ *        net_div_forward accepts tr = NULL (y only)
+ *   1.11 flow_call.block_rows .. block_ctx: a whole-batch layer's call in
+ *        the block pass, its batch sums over every process's blocks
+ *        (read them with flow_call_block_rows) */
+#define FLOW_PLUGIN_ABI_MINOR 11u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -419,7 +422,40 @@ typedef struct flow_call {
      * plugin that ignores it (or was built against an older header)
      * computes the log-det as always, which is also correct. */
     int skip_logdet;
+    /* 1.11 (read only when struct_size covers them: flow_call_block_rows).
+     * Set on the training calls of a whole-batch layer
+     * (FLOW_LAYER_WHOLE_BATCH) in the block pass (reproducible and
+     * multi-process training, docs/distributed.md): the batch is cut into
+     * blocks of block_rows rows (the last one short), spread over the
+     * processes, and this call's n rows are this process's blocks, whole
+     * and in order (possibly none: n = 0, a process with no block still
+     * takes part in every block_sum).  The batch's statistics are sums
+     * over the blocks of all processes: the layer sums each of its
+     * blocks' rows (in row order, in double) into partials (block j's
+     * `count` values at partials + j * count, j < ceil(n / block_rows))
+     * and block_sum returns, in sums, every block's values added in the
+     * batch's block order: the same bits however the blocks are spread.
+     * block_sum is a collective call: every process makes the same calls
+     * with the same count, so a layer fails only on what the sums say
+     * (the same on every process), never between two of its calls on one
+     * process alone.  The parameter gradient is per block: block j's
+     * rows' share goes to grad + j * grad_stride.  0 / NULL outside the
+     * block pass: the call's rows are the whole batch, as before. */
+    size_t block_rows;
+    size_t grad_stride;
+    int (*block_sum)(const struct flow_call *c, size_t count,
+                     const double *partials, double *sums);
+    void *block_ctx;              /* the host's, for block_sum               */
 } flow_call;
+
+/* The call's block_rows when it is a block-pass call (1.11), 0 otherwise
+ * and from a host older than 1.11. */
+static inline size_t flow_call_block_rows(const flow_call *c)
+{
+    return c->struct_size >= offsetof(flow_call, block_ctx)
+                             + sizeof c->block_ctx
+           && c->block_sum ? c->block_rows : 0;
+}
 
 /* 1 when c asks the layer to skip its log-det (1.10), 0 otherwise and
  * from a host older than 1.10, whose calls are shorter. */
