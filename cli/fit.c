@@ -357,6 +357,9 @@ int cli_cmd_fit(int argc, char **argv)
                                : NULL}, 2)) != 0)
         return rc;
     memset(&r, 0, sizeof r);
+    /* as for train: a signal during the set-up ends the loop before its
+     * first step, which saves the state */
+    cli_catch_stop_signals(1);
     if ((rc = fit_setup(&r, &o, cmd)) != 0) {
         ret = rc;
         goto out;
@@ -365,8 +368,6 @@ int cli_cmd_fit(int argc, char **argv)
     tty = tty && r.rank0;
     t0 = cli_now_s();
     flow_trainer_get_state(r.trainer, &st);
-    cli_stop_signal = 0;
-    cli_catch_stop_signals(1);
     while (st.step < o.steps && !(many ? stop : cli_stop_signal)) {
         double loss;
         uint64_t skipped = st.skipped, before = st.step;

@@ -654,6 +654,10 @@ int cli_cmd_train(int argc, char **argv)
         o.json = 0;
         o.verbose = 0;
     }
+    /* from here on (every path ends at out:), so that a signal during
+     * the set-up (compiling, reading the data) is not lost: the loop
+     * then ends before its first step and saves the state */
+    cli_catch_stop_signals(1);
     if (!(l.comp = cli_compile(l.ctx, cmd, o.spec, NULL))
         || cli_check_output_sources(cmd, o.out, flow_compile_graph(l.comp)))
         goto out;
@@ -791,8 +795,6 @@ int cli_cmd_train(int argc, char **argv)
     t0 = cli_now_s();
     flow_trainer_get_state(t, &st);
     cli_progress_init(&pr, o.quiet, o.log_every, st.step);
-    cli_stop_signal = 0;
-    cli_catch_stop_signals(1);
     while (st.step < total && !(flow_comm_size(comm) > 1 ? stop
                                                          : cli_stop_signal)) {
         uint64_t skipped = st.skipped, before = st.step;

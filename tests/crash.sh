@@ -23,9 +23,11 @@ for sig in TERM INT; do
     "$F" train "$SPEC" --data "$t/tr.csv" --batch 64 --steps 100000000 \
         -o "$t/sig.ckpt" 2>"$t/err" &
     pid=$!
-    # wait until training is under way (the first epoch line)
+    # wait until training is under way (the first epoch line; up to 60 s
+    # on a loaded machine: a SIGINT that reaches a background job before
+    # flowkit installs its handler is ignored, as the shell set it up)
     i=0
-    while [ $i -lt 100 ] && ! grep -q "^epoch" "$t/err"; do sleep 0.1; i=$((i + 1)); done
+    while [ $i -lt 600 ] && ! grep -q "^epoch" "$t/err"; do sleep 0.1; i=$((i + 1)); done
     kill -$sig $pid
     wait $pid
     rc=$?
