@@ -12,17 +12,61 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
 #include <immintrin.h>
+#include <stdint.h>
 
 #define TG_TARGET __attribute__((target("avx2,fma")))
 #define TG_MR 6                 /* rows of a tile */
+
+/* The epilogue of tgemm_ep with its pointers at a tile's first row and
+ * column (tgemm.h). */
+typedef struct tg_ep {
+    const float *bias;
+    int acc, relu;
+    const float *gate;
+    size_t ldg;
+    float *colsum;
+} tg_ep;
+
+/* e moved down i rows and right j columns */
+static inline __attribute__((always_inline)) tg_ep tg_ep_at(tg_ep e,
+                                                             size_t i,
+                                                             size_t j)
+{
+    if (e.bias)
+        e.bias += j;
+    if (e.gate)
+        e.gate += i * e.ldg + j;
+    if (e.colsum)
+        e.colsum += j;
+    return e;
+}
+
+/* pos_mask of nn_impl.h, 0.5 + copysign(0.5, z): 1 for z >= +0, 0 for
+ * z <= -0, by the sign bit alone */
+static inline __attribute__((always_inline)) TG_TARGET __m256
+tg_posmask(__m256 z)
+{
+    const __m256 half = _mm256_set1_ps(0.5f);
+    __m256 sign = _mm256_and_ps(z, _mm256_set1_ps(-0.0f));
+    return _mm256_add_ps(half, _mm256_or_ps(half, sign));
+}
+
+/* ReLU as nn_impl.h's act_inplace, pos_mask(z) z: -0 for z <= -0, so
+ * that the backward pass reads the sign of z from the result */
+static inline __attribute__((always_inline)) TG_TARGET __m256
+tg_relu(__m256 z)
+{
+    return _mm256_mul_ps(tg_posmask(z), z);
+}
 
 /* One tile of mr rows and 8 nb columns (nb = 1 or 2), k loop innermost
  * over registers; inlined with constant mr and nb. */
 static inline __attribute__((always_inline)) TG_TARGET void
 tg_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
-        const float *b, size_t ldb, const float *bias, int acc, float *c,
-        size_t ldc)
+        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    const float *bias = e.bias;
+    int acc = e.acc;
     __m256 c0[TG_MR], c1[TG_MR];
 #pragma GCC unroll 6
     for (int i = 0; i < TG_MR; i++) {
@@ -53,31 +97,54 @@ tg_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
             if (nb > 1)
                 c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(ci + 8));
         }
+        if (e.relu) {
+            c0[i] = tg_relu(c0[i]);
+            if (nb > 1)
+                c1[i] = tg_relu(c1[i]);
+        }
+        if (e.gate) {
+            const float *gi = e.gate + i * e.ldg;
+            c0[i] = _mm256_mul_ps(c0[i], tg_posmask(_mm256_loadu_ps(gi)));
+            if (nb > 1)
+                c1[i] = _mm256_mul_ps(c1[i],
+                                      tg_posmask(_mm256_loadu_ps(gi + 8)));
+        }
         _mm256_storeu_ps(ci, c0[i]);
         if (nb > 1)
             _mm256_storeu_ps(ci + 8, c1[i]);
+    }
+    if (e.colsum) {             /* row by row, as tgemm.h promises */
+        __m256 s0 = _mm256_loadu_ps(e.colsum), s1 = s0;
+        if (nb > 1)
+            s1 = _mm256_loadu_ps(e.colsum + 8);
+        for (int i = 0; i < mr; i++) {
+            s0 = _mm256_add_ps(s0, c0[i]);
+            if (nb > 1)
+                s1 = _mm256_add_ps(s1, c1[i]);
+        }
+        _mm256_storeu_ps(e.colsum, s0);
+        if (nb > 1)
+            _mm256_storeu_ps(e.colsum + 8, s1);
     }
 }
 
 /* rows i0..i0+mr-1, all columns */
 static inline __attribute__((always_inline)) TG_TARGET void
 tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
-        const float *b, size_t ldb, const float *bias, int acc, float *c,
-        size_t ldc)
+        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
 {
     size_t j = 0;
     for (; j + 16 <= n; j += 16)
-        tg_tile(mr, 2, k, a, ars, acs, b + j, ldb, bias ? bias + j : NULL,
-                acc, c + j, ldc);
+        tg_tile(mr, 2, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
+                ldc);
     if (j < n)
-        tg_tile(mr, 1, k, a, ars, acs, b + j, ldb, bias ? bias + j : NULL,
-                acc, c + j, ldc);
+        tg_tile(mr, 1, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
+                ldc);
 }
 
 static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
-                             size_t ldb, const float *bias, int acc,
-                             float *c, size_t ldc)
+                             size_t ldb, tg_ep e, float *c, size_t ldc)
 {
     size_t i = 0;
     for (; i + TG_MR <= m; i += TG_MR) {
@@ -85,30 +152,30 @@ static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
         for (size_t r = i + TG_MR; r < i + 2 * TG_MR && r < m; r++)
             for (size_t j = 0; j < n; j += 16)
                 __builtin_prefetch(c + r * ldc + j, 1);
-        tg_rows(TG_MR, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(TG_MR, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
     }
     /* the last m % 6 rows: a constant count in each call, so that each
      * inlined tg_rows keeps its accumulators in registers */
     switch (m - i) {
     case 1:
-        tg_rows(1, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(1, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
         break;
     case 2:
-        tg_rows(2, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(2, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
         break;
     case 3:
-        tg_rows(3, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(3, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
         break;
     case 4:
-        tg_rows(4, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(4, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
         break;
     case 5:
-        tg_rows(5, n, k, a + i * ars, ars, acs, b, ldb, bias, acc,
+        tg_rows(5, n, k, a + i * ars, ars, acs, b, ldb, tg_ep_at(e, i, 0),
                 c + i * ldc, ldc);
         break;
     default:
@@ -124,11 +191,28 @@ static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
 #define TZ_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define TZ_MR 12
 
+static inline __attribute__((always_inline)) TZ_TARGET __m512
+tz_posmask(__m512 z)
+{
+    const __m512i half = _mm512_set1_epi32(0x3f000000);    /* 0.5f */
+    __m512i sign = _mm512_and_si512(_mm512_castps_si512(z),
+                                    _mm512_set1_epi32(INT32_MIN));
+    return _mm512_add_ps(_mm512_castsi512_ps(half),
+                         _mm512_castsi512_ps(_mm512_or_si512(half, sign)));
+}
+
+static inline __attribute__((always_inline)) TZ_TARGET __m512
+tz_relu(__m512 z)
+{
+    return _mm512_mul_ps(tz_posmask(z), z);
+}
+
 static inline __attribute__((always_inline)) TZ_TARGET void
 tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
-        const float *b, size_t ldb, const float *bias, int acc, float *c,
-        size_t ldc)
+        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    const float *bias = e.bias;
+    int acc = e.acc;
     __m512 c0[TZ_MR], c1[TZ_MR];
 #pragma GCC unroll 12
     for (int i = 0; i < TZ_MR; i++) {
@@ -159,9 +243,34 @@ tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
             if (nb > 1)
                 c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
         }
+        if (e.relu) {
+            c0[i] = tz_relu(c0[i]);
+            if (nb > 1)
+                c1[i] = tz_relu(c1[i]);
+        }
+        if (e.gate) {
+            const float *gi = e.gate + i * e.ldg;
+            c0[i] = _mm512_mul_ps(c0[i], tz_posmask(_mm512_loadu_ps(gi)));
+            if (nb > 1)
+                c1[i] = _mm512_mul_ps(c1[i],
+                                      tz_posmask(_mm512_loadu_ps(gi + 16)));
+        }
         _mm512_storeu_ps(ci, c0[i]);
         if (nb > 1)
             _mm512_storeu_ps(ci + 16, c1[i]);
+    }
+    if (e.colsum) {             /* row by row, as tgemm.h promises */
+        __m512 s0 = _mm512_loadu_ps(e.colsum), s1 = s0;
+        if (nb > 1)
+            s1 = _mm512_loadu_ps(e.colsum + 16);
+        for (int i = 0; i < mr; i++) {
+            s0 = _mm512_add_ps(s0, c0[i]);
+            if (nb > 1)
+                s1 = _mm512_add_ps(s1, c1[i]);
+        }
+        _mm512_storeu_ps(e.colsum, s0);
+        if (nb > 1)
+            _mm512_storeu_ps(e.colsum + 16, s1);
     }
 }
 
@@ -171,9 +280,10 @@ tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
 
 static inline __attribute__((always_inline)) TZ_TARGET void
 tz_tile8(int mr, size_t k, const float *a, size_t ars, size_t acs,
-         const float *b, size_t ldb, const float *bias, int acc, float *c,
-         size_t ldc)
+         const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    const float *bias = e.bias;
+    int acc = e.acc;
     __m256 c0[TZ_MR8];
 #pragma GCC unroll 24
     for (int i = 0; i < TZ_MR8; i++)
@@ -192,44 +302,54 @@ tz_tile8(int mr, size_t k, const float *a, size_t ars, size_t acs,
             c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(bias));
         else if (acc)
             c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(ci));
+        if (e.relu)
+            c0[i] = tg_relu(c0[i]);
+        if (e.gate)
+            c0[i] = _mm256_mul_ps(c0[i], tg_posmask(_mm256_loadu_ps(
+                                             e.gate + i * e.ldg)));
         _mm256_storeu_ps(ci, c0[i]);
+    }
+    if (e.colsum) {
+        __m256 s0 = _mm256_loadu_ps(e.colsum);
+        for (int i = 0; i < mr; i++)
+            s0 = _mm256_add_ps(s0, c0[i]);
+        _mm256_storeu_ps(e.colsum, s0);
     }
 }
 
 static inline __attribute__((always_inline)) TZ_TARGET void
 tz_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
-        const float *b, size_t ldb, const float *bias, int acc, float *c,
-        size_t ldc)
+        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
 {
     size_t j = 0;
     for (; j + 32 <= n; j += 32)
-        tz_tile(mr, 2, k, a, ars, acs, b + j, ldb, bias ? bias + j : NULL,
-                acc, c + j, ldc);
+        tz_tile(mr, 2, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
+                ldc);
     if (j + 16 <= n) {
-        tz_tile(mr, 1, k, a, ars, acs, b + j, ldb, bias ? bias + j : NULL,
-                acc, c + j, ldc);
+        tz_tile(mr, 1, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
+                ldc);
         j += 16;
     }
     if (j < n)
-        tz_tile8(mr, k, a, ars, acs, b + j, ldb, bias ? bias + j : NULL, acc,
-                 c + j, ldc);
+        tz_tile8(mr, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
+                 ldc);
 }
 
 /* n = 8: 24-row tiles of tz_tile8, the rest in one call of constant rows */
 #define TZ_NARROW(r) \
     case r: \
-        tz_tile8(r, k, a, ars, acs, b, ldb, bias, acc, c, ldc); \
+        tz_tile8(r, k, a, ars, acs, b, ldb, e, c, ldc); \
         break
 
 static TZ_TARGET void tz_narrow(size_t m, size_t k, const float *a,
                                 size_t ars, const size_t acs, const float *b,
-                                size_t ldb, const float *bias, int acc,
-                                float *c, size_t ldc)
+                                size_t ldb, tg_ep e, float *c, size_t ldc)
 {
     for (; m >= TZ_MR8; m -= TZ_MR8) {
-        tz_tile8(TZ_MR8, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
+        tz_tile8(TZ_MR8, k, a, ars, acs, b, ldb, e, c, ldc);
         a += TZ_MR8 * ars;
         c += TZ_MR8 * ldc;
+        e = tg_ep_at(e, TZ_MR8, 0);
     }
     switch (m) {
     TZ_NARROW(1); TZ_NARROW(2); TZ_NARROW(3); TZ_NARROW(4); TZ_NARROW(5);
@@ -245,28 +365,83 @@ static TZ_TARGET void tz_narrow(size_t m, size_t k, const float *a,
 
 #define TZ_TAIL(r) \
     case r: \
-        tz_rows(r, n, k, a, ars, acs, b, ldb, bias, acc, c, ldc); \
+        tz_rows(r, n, k, a, ars, acs, b, ldb, e, c, ldc); \
         break
 
 static TZ_TARGET void tz_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
-                             size_t ldb, const float *bias, int acc,
-                             float *c, size_t ldc)
+                             size_t ldb, tg_ep e, float *c, size_t ldc)
 {
     if (n == 8) {
-        tz_narrow(m, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
+        tz_narrow(m, k, a, ars, acs, b, ldb, e, c, ldc);
         return;
     }
     for (; m >= TZ_MR; m -= TZ_MR) {
-        tz_rows(TZ_MR, n, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
+        tz_rows(TZ_MR, n, k, a, ars, acs, b, ldb, e, c, ldc);
         a += TZ_MR * ars;
         c += TZ_MR * ldc;
+        e = tg_ep_at(e, TZ_MR, 0);
     }
     switch (m) {
     TZ_TAIL(1); TZ_TAIL(2); TZ_TAIL(3); TZ_TAIL(4); TZ_TAIL(5); TZ_TAIL(6);
     TZ_TAIL(7); TZ_TAIL(8); TZ_TAIL(9); TZ_TAIL(10); TZ_TAIL(11);
     default:
         break;
+    }
+}
+
+/* tgemm_dot: rows of A against rows of Bt, 16 products side by side in
+ * one register per (row, column) pair (the last chunk masked), then the
+ * register's lanes added by _mm512_reduce_add_ps, a fixed tree: an
+ * entry's bits depend on its row of A and its row of Bt only.  Up to 4
+ * rows x 2 columns at a time, for 8 independent chains. */
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_dot_tile(int mr, int nc, size_t k, const float *a, size_t lda,
+            const float *bt, size_t ldbt, __m512 s[4][2])
+{
+    size_t q = 0;
+    for (int i = 0; i < 4; i++)
+        s[i][0] = s[i][1] = _mm512_setzero_ps();
+    for (; q < k; q += 16) {
+        __mmask16 mk = k - q >= 16 ? (__mmask16)0xffff
+                                   : (__mmask16)((1u << (k - q)) - 1);
+        __m512 b0 = _mm512_maskz_loadu_ps(mk, bt + q);
+        __m512 b1 = nc > 1 ? _mm512_maskz_loadu_ps(mk, bt + ldbt + q) : b0;
+        for (int i = 0; i < mr; i++) {
+            __m512 av = _mm512_maskz_loadu_ps(mk, a + i * lda + q);
+            s[i][0] = _mm512_fmadd_ps(av, b0, s[i][0]);
+            if (nc > 1)
+                s[i][1] = _mm512_fmadd_ps(av, b1, s[i][1]);
+        }
+    }
+}
+
+static TZ_TARGET void tz_dot(size_t m, size_t n, size_t k, const float *a,
+                             size_t lda, const float *bt, size_t ldbt,
+                             const float *bias, int acc, float *c, size_t ldc)
+{
+    for (size_t i = 0; i < m; i += 4) {
+        int mr = m - i >= 4 ? 4 : (int)(m - i);
+        for (size_t j = 0; j < n; j += 2) {
+            int nc = n - j >= 2 ? 2 : 1;
+            __m512 s[4][2];
+            if (mr == 4 && nc == 2)
+                tz_dot_tile(4, 2, k, a + i * lda, lda, bt + j * ldbt, ldbt,
+                            s);
+            else if (nc == 2)
+                tz_dot_tile(mr, 2, k, a + i * lda, lda, bt + j * ldbt, ldbt,
+                            s);
+            else
+                tz_dot_tile(mr, 1, k, a + i * lda, lda, bt + j * ldbt, ldbt,
+                            s);
+            for (int r = 0; r < mr; r++)
+                for (int v = 0; v < nc; v++) {
+                    float *cij = c + (i + (size_t)r) * ldc + j + (size_t)v;
+                    float x = _mm512_reduce_add_ps(s[r][v]);
+                    *cij = bias ? x + bias[j + (size_t)v]
+                                : acc ? x + *cij : x;
+                }
+        }
     }
 }
 
@@ -284,26 +459,84 @@ static int tg_level(void)
     return level;
 }
 
-int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
-          size_t acs, const float *b, size_t ldb, const float *bias, int acc,
-          float *c, size_t ldc)
+int tgemm_level(void)
+{
+    return tg_level();
+}
+
+int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
+              const float *bt, size_t ldbt, const float *bias, int acc,
+              float *c, size_t ldc)
+{
+    if (tg_level() < 2)
+        return 0;
+    if (m && n)
+        tz_dot(m, n, k, a, lda, bt, ldbt, bias, acc, c, ldc);
+    return 1;
+}
+
+int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+             size_t acs, const float *b, size_t ldb, const tgemm_epi *ep,
+             float *c, size_t ldc)
 {
     int level;
+    tg_ep e = {0};
     if (n % 8 != 0)
         return 0;
     level = tg_level();
     if (!level)
         return 0;
+    if (ep) {
+        e.bias = ep->bias;
+        e.acc = ep->acc;
+        e.relu = ep->relu;
+        e.gate = ep->gate;
+        e.ldg = ep->ldg;
+        e.colsum = ep->colsum;
+    }
     if (m && n) {
         if (level == 2)
-            tz_run(m, n, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
+            tz_run(m, n, k, a, ars, acs, b, ldb, e, c, ldc);
         else
-            tg_run(m, n, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
+            tg_run(m, n, k, a, ars, acs, b, ldb, e, c, ldc);
     }
     return 1;
 }
 
+int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
+          size_t acs, const float *b, size_t ldb, const float *bias, int acc,
+          float *c, size_t ldc)
+{
+    tgemm_epi ep = {0};
+    ep.bias = bias;
+    ep.acc = acc;
+    return tgemm_ep(m, n, k, a, ars, acs, b, ldb, &ep, c, ldc);
+}
+
 #else
+
+int tgemm_level(void)
+{
+    return 0;
+}
+
+int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
+              const float *bt, size_t ldbt, const float *bias, int acc,
+              float *c, size_t ldc)
+{
+    (void)m, (void)n, (void)k, (void)a, (void)lda, (void)bt, (void)ldbt;
+    (void)bias, (void)acc, (void)c, (void)ldc;
+    return 0;
+}
+
+int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+             size_t acs, const float *b, size_t ldb, const tgemm_epi *ep,
+             float *c, size_t ldc)
+{
+    (void)m, (void)n, (void)k, (void)a, (void)ars, (void)acs, (void)b;
+    (void)ldb, (void)ep, (void)c, (void)ldc;
+    return 0;
+}
 
 int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
           size_t acs, const float *b, size_t ldb, const float *bias, int acc,

@@ -25,4 +25,40 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
           size_t acs, const float *b, size_t ldb, const float *bias, int acc,
           float *c, size_t ldc);
 
+/* What tgemm_ep does to each entry after the products, in this order:
+ * the bias or C added (as tgemm's bias and acc), then ReLU (relu: v =
+ * pos_mask(v) v, nn_impl.h, -0 for v <= -0), then the gate (v *=
+ * pos_mask(gate[i * ldg + j]): ReLU's derivative read from its output),
+ * then v stored and (colsum) added to colsum[j], rows in increasing
+ * order, so colsum[j] ends as colsum[j] + v_0 + v_1 + ... in float
+ * (each entry then depends on the row order within the call, as a
+ * column sum must).  NULL / 0 fields are skipped. */
+typedef struct tgemm_epi {
+    const float *bias;
+    int acc;
+    int relu;
+    const float *gate;
+    size_t ldg;
+    float *colsum;
+} tgemm_epi;
+
+/* tgemm with an epilogue (ep NULL: none, C = A B); returns 1 when done, 0
+ * when declined as tgemm. */
+int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+             size_t acs, const float *b, size_t ldb, const tgemm_epi *ep,
+             float *c, size_t ldc);
+
+/* C[i][j] = sum_q A[i][q] Bt[j][q] + (bias: bias[j]; else acc: C[i][j];
+ * else 0), A row-major (lda), Bt row-major (ldbt: B transposed, e.g. a
+ * weight matrix W of y = x W^T), for narrow C (a layer of 1 or 2 outputs,
+ * where tgemm's 8-column tiles would idle): dot products along k, 16 at a
+ * time, in a fixed order whatever m and n.  Any n; AVX-512 only, else
+ * declined (0, nothing written). */
+int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
+              const float *bt, size_t ldbt, const float *bias, int acc,
+              float *c, size_t ldc);
+
+/* 2: AVX-512 kernels, 1: AVX2 + FMA only, 0: tgemm declines everything */
+int tgemm_level(void);
+
 #endif
