@@ -445,6 +445,59 @@ static TZ_TARGET void tz_dot(size_t m, size_t n, size_t k, const float *a,
     }
 }
 
+/* One 16 x 16 block: rows of src in registers, pairs interleaved
+ * (unpack), then quads (shuffle_ps), leaving in 128-bit lane L of
+ * r[4 i + c] rows 4 i..4 i + 3 of column 4 L + c; the shuffle_f32x4
+ * pairs then gather lane L of r[c], r[4 + c], r[8 + c], r[12 + c] into
+ * dst row 4 L + c. */
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_tr16(const float *src, size_t lds, float *dst, size_t ldd)
+{
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_loadu_ps(src + (size_t)i * lds);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2],
+                                     _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2],
+                                         _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3],
+                                         _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3],
+                                         _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+        __m512 b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+        __m512 e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        __m512 f = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+        _mm512_storeu_ps(dst + (size_t)c * ldd,
+                         _mm512_shuffle_f32x4(a, e, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(c + 8) * ldd,
+                         _mm512_shuffle_f32x4(a, e, 0xdd));
+        _mm512_storeu_ps(dst + (size_t)(c + 4) * ldd,
+                         _mm512_shuffle_f32x4(b, f, 0x88));
+        _mm512_storeu_ps(dst + (size_t)(c + 12) * ldd,
+                         _mm512_shuffle_f32x4(b, f, 0xdd));
+    }
+}
+
+static TZ_TARGET void tz_transpose(size_t rows, size_t cols, const float *src,
+                                   size_t lds, float *dst, size_t ldd)
+{
+    size_t r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+    for (size_t r = 0; r < r16; r += 16)
+        for (size_t c = 0; c < c16; c += 16)
+            tz_tr16(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+    for (size_t r = 0; r < rows; r++)       /* the edges */
+        for (size_t c = r < r16 ? c16 : 0; c < cols; c++)
+            dst[c * ldd + r] = src[r * lds + c];
+}
+
 /* 2: AVX-512 (F + VL), 1: AVX2 + FMA, 0: neither */
 static int tg_level(void)
 {
@@ -462,6 +515,23 @@ static int tg_level(void)
 int tgemm_level(void)
 {
     return tg_level();
+}
+
+void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
+                     float *dst, size_t ldd)
+{
+    if (tg_level() == 2) {
+        tz_transpose(rows, cols, src, lds, dst, ldd);
+        return;
+    }
+    for (size_t r0 = 0; r0 < rows; r0 += 8)
+        for (size_t c0 = 0; c0 < cols; c0 += 8) {
+            size_t r1 = r0 + 8 < rows ? r0 + 8 : rows;
+            size_t c1 = c0 + 8 < cols ? c0 + 8 : cols;
+            for (size_t c = c0; c < c1; c++)
+                for (size_t r = r0; r < r1; r++)
+                    dst[c * ldd + r] = src[r * lds + c];
+        }
 }
 
 int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
@@ -518,6 +588,14 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
 int tgemm_level(void)
 {
     return 0;
+}
+
+void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
+                     float *dst, size_t ldd)
+{
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++)
+            dst[c * ldd + r] = src[r * lds + c];
 }
 
 int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,

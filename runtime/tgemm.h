@@ -58,6 +58,12 @@ int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
               const float *bt, size_t ldbt, const float *bias, int acc,
               float *c, size_t ldc);
 
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (a weight
+ * matrix W into the B = W^T of x W^T), 16 x 16 blocks in registers with
+ * AVX-512; on any CPU. */
+void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
+                     float *dst, size_t ldd);
+
 /* 2: AVX-512 kernels, 1: AVX2 + FMA only, 0: tgemm declines everything */
 int tgemm_level(void);
 

@@ -357,6 +357,42 @@ START_TEST(test_tgemm_dot)
 }
 END_TEST
 
+/* tgemm_transpose on 16 x 16 blocks and ragged edges, strides wider than
+ * the matrices: every entry moved bit for bit, nothing else written */
+START_TEST(test_tgemm_transpose)
+{
+    static const size_t dims[] = {1, 2, 5, 15, 16, 17, 33, 128};
+    enum { ND = sizeof dims / sizeof dims[0] };
+    flow_rng rng;
+    rng_seed(&rng, 81);
+    for (size_t a = 0; a < ND; a++)
+        for (size_t b = 0; b < ND; b++) {
+            size_t rows = dims[a], cols = dims[b];
+            size_t lds = cols + 3, ldd = rows + 5;
+            float *src = malloc(rows * lds * sizeof *src);
+            float *dst = malloc(cols * ldd * sizeof *dst);
+            ck_assert_ptr_nonnull(src);
+            ck_assert_ptr_nonnull(dst);
+            for (size_t i = 0; i < rows * lds; i++)
+                src[i] = urand(&rng);
+            for (size_t i = 0; i < cols * ldd; i++)
+                dst[i] = -7;
+            tgemm_transpose(rows, cols, src, lds, dst, ldd);
+            for (size_t c = 0; c < cols; c++)
+                for (size_t r = 0; r < ldd; r++) {
+                    float want = r < rows ? src[r * lds + c] : -7;
+                    ck_assert_msg(memcmp(&dst[c * ldd + r], &want,
+                                         sizeof want) == 0,
+                                  "%zu x %zu: dst[%zu][%zu] %g vs %g", rows,
+                                  cols, c, r, (double)dst[c * ldd + r],
+                                  (double)want);
+                }
+            free(src);
+            free(dst);
+        }
+}
+END_TEST
+
 /* widths that are not a multiple of 8 are declined with C untouched; on a
  * machine without AVX2 + FMA every call is */
 START_TEST(test_tgemm_declines)
@@ -390,6 +426,7 @@ Suite *suite_tgemm(void)
     tcase_add_test(tc, test_tgemm_epilogues);
     tcase_add_test(tc, test_tgemm_relu_signs);
     tcase_add_test(tc, test_tgemm_dot);
+    tcase_add_test(tc, test_tgemm_transpose);
     suite_add_tcase(s, tc);
     tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
