@@ -390,54 +390,83 @@ static TZ_TARGET void tz_run(size_t m, size_t n, size_t k, const float *a,
     }
 }
 
-/* tgemm_dot: rows of A against rows of Bt, 16 products side by side in
- * one register per (row, column) pair (the last chunk masked), then the
- * register's lanes added by _mm512_reduce_add_ps, a fixed tree: an
- * entry's bits depend on its row of A and its row of Bt only.  Up to 4
- * rows x 2 columns at a time, for 8 independent chains. */
-static inline __attribute__((always_inline)) TZ_TARGET void
-tz_dot_tile(int mr, int nc, size_t k, const float *a, size_t lda,
-            const float *bt, size_t ldbt, __m512 s[4][2])
+/* tgemm_dot: 16 (row, column) pairs at a time, each pair's products
+ * summed 16 lanes wide in one register over k (the last chunk masked),
+ * then the 16 registers' lanes added by one transposing tree (tz_hsum16):
+ * an entry's bits depend on its row of A and its row of Bt only, never on
+ * which pairs share the registers.  Pairs: 8 rows x 2 columns, or 16 rows
+ * x 1 column for an odd last column; missing rows stay 0. */
+static inline __attribute__((always_inline)) TZ_TARGET __m512
+tz_hsum16(__m512 v[16])
 {
-    size_t q = 0;
-    for (int i = 0; i < 4; i++)
-        s[i][0] = s[i][1] = _mm512_setzero_ps();
-    for (; q < k; q += 16) {
+    __m512 s[8], w[4], x0, x1;
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)       /* pairs: lanes 0+2, 1+3 of each */
+        s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)       /* quads: one sum per 128-bit lane */
+        w[i] = _mm512_add_ps(
+            _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+            _mm512_shuffle_ps(s[2 * i], s[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* the four 128-bit lanes of each: L0 + L1 and L2 + L3, then those */
+    x0 = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88),
+                       _mm512_shuffle_f32x4(w[0], w[1], 0xdd));
+    x1 = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x88),
+                       _mm512_shuffle_f32x4(w[2], w[3], 0xdd));
+    /* lane 4 g + i: register 4 g + i's sum, for g, i < 4 */
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x0, x1, 0x88),
+                         _mm512_shuffle_f32x4(x0, x1, 0xdd));
+}
+
+/* acc[p] for pair p = (row p % rows_per, column p / rows_per) */
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_dot_pairs(int mr, int nc, int rows_per, size_t k, const float *a,
+             size_t lda, const float *bt, size_t ldbt, float out[16])
+{
+    __m512 s[16];
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++)
+        s[p] = _mm512_setzero_ps();
+    for (size_t q = 0; q < k; q += 16) {
         __mmask16 mk = k - q >= 16 ? (__mmask16)0xffff
                                    : (__mmask16)((1u << (k - q)) - 1);
         __m512 b0 = _mm512_maskz_loadu_ps(mk, bt + q);
         __m512 b1 = nc > 1 ? _mm512_maskz_loadu_ps(mk, bt + ldbt + q) : b0;
+#pragma GCC unroll 16
         for (int i = 0; i < mr; i++) {
-            __m512 av = _mm512_maskz_loadu_ps(mk, a + i * lda + q);
-            s[i][0] = _mm512_fmadd_ps(av, b0, s[i][0]);
+            __m512 av = _mm512_maskz_loadu_ps(mk, a + (size_t)i * lda + q);
+            s[i] = _mm512_fmadd_ps(av, b0, s[i]);
             if (nc > 1)
-                s[i][1] = _mm512_fmadd_ps(av, b1, s[i][1]);
+                s[rows_per + i] = _mm512_fmadd_ps(av, b1, s[rows_per + i]);
         }
     }
+    _mm512_storeu_ps(out, tz_hsum16(s));
 }
 
 static TZ_TARGET void tz_dot(size_t m, size_t n, size_t k, const float *a,
                              size_t lda, const float *bt, size_t ldbt,
                              const float *bias, int acc, float *c, size_t ldc)
 {
-    for (size_t i = 0; i < m; i += 4) {
-        int mr = m - i >= 4 ? 4 : (int)(m - i);
-        for (size_t j = 0; j < n; j += 2) {
-            int nc = n - j >= 2 ? 2 : 1;
-            __m512 s[4][2];
-            if (mr == 4 && nc == 2)
-                tz_dot_tile(4, 2, k, a + i * lda, lda, bt + j * ldbt, ldbt,
-                            s);
+    size_t j = 0;
+    for (; j < n; j += 2) {
+        int nc = n - j >= 2 ? 2 : 1, per = nc == 2 ? 8 : 16;
+        for (size_t i = 0; i < m; i += (size_t)per) {
+            int mr = m - i >= (size_t)per ? per : (int)(m - i);
+            float out[16];
+            const float *ai = a + i * lda, *bj = bt + j * ldbt;
+            if (nc == 2 && mr == 8)
+                tz_dot_pairs(8, 2, 8, k, ai, lda, bj, ldbt, out);
             else if (nc == 2)
-                tz_dot_tile(mr, 2, k, a + i * lda, lda, bt + j * ldbt, ldbt,
-                            s);
+                tz_dot_pairs(mr, 2, 8, k, ai, lda, bj, ldbt, out);
+            else if (mr == 16)
+                tz_dot_pairs(16, 1, 16, k, ai, lda, bj, ldbt, out);
             else
-                tz_dot_tile(mr, 1, k, a + i * lda, lda, bt + j * ldbt, ldbt,
-                            s);
-            for (int r = 0; r < mr; r++)
-                for (int v = 0; v < nc; v++) {
+                tz_dot_pairs(mr, 1, 16, k, ai, lda, bj, ldbt, out);
+            for (int v = 0; v < nc; v++)
+                for (int r = 0; r < mr; r++) {
                     float *cij = c + (i + (size_t)r) * ldc + j + (size_t)v;
-                    float x = _mm512_reduce_add_ps(s[r][v]);
+                    float x = out[v * per + r];
                     *cij = bias ? x + bias[j + (size_t)v]
                                 : acc ? x + *cij : x;
                 }
