@@ -191,20 +191,30 @@ static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
 #define TZ_TARGET __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define TZ_MR 12
 
+/* v * pos_mask(g) with pos_mask's bits (v * 1 = v, v * 0 = the same
+ * signed zero or NaN) by a masked multiply on g's sign bits: 2
+ * instructions for tg_posmask's 4 and a product */
 static inline __attribute__((always_inline)) TZ_TARGET __m512
-tz_posmask(__m512 z)
+tz_gate(__m512 v, __m512 g)
 {
-    const __m512i half = _mm512_set1_epi32(0x3f000000);    /* 0.5f */
-    __m512i sign = _mm512_and_si512(_mm512_castps_si512(z),
-                                    _mm512_set1_epi32(INT32_MIN));
-    return _mm512_add_ps(_mm512_castsi512_ps(half),
-                         _mm512_castsi512_ps(_mm512_or_si512(half, sign)));
+    __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_castps_si512(g),
+                                            _mm512_setzero_si512());
+    return _mm512_mask_mul_ps(v, neg, v, _mm512_setzero_ps());
 }
 
+/* ReLU as tg_relu, pos_mask(z) z */
 static inline __attribute__((always_inline)) TZ_TARGET __m512
 tz_relu(__m512 z)
 {
-    return _mm512_mul_ps(tz_posmask(z), z);
+    return tz_gate(z, z);
+}
+
+static inline __attribute__((always_inline)) TZ_TARGET __m256
+tz_gate8(__m256 v, __m256 g)
+{
+    __mmask8 neg = _mm256_cmplt_epi32_mask(_mm256_castps_si256(g),
+                                           _mm256_setzero_si256());
+    return _mm256_mask_mul_ps(v, neg, v, _mm256_setzero_ps());
 }
 
 static inline __attribute__((always_inline)) TZ_TARGET void
@@ -250,10 +260,9 @@ tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
         }
         if (e.gate) {
             const float *gi = e.gate + i * e.ldg;
-            c0[i] = _mm512_mul_ps(c0[i], tz_posmask(_mm512_loadu_ps(gi)));
+            c0[i] = tz_gate(c0[i], _mm512_loadu_ps(gi));
             if (nb > 1)
-                c1[i] = _mm512_mul_ps(c1[i],
-                                      tz_posmask(_mm512_loadu_ps(gi + 16)));
+                c1[i] = tz_gate(c1[i], _mm512_loadu_ps(gi + 16));
         }
         _mm512_storeu_ps(ci, c0[i]);
         if (nb > 1)
@@ -303,10 +312,9 @@ tz_tile8(int mr, size_t k, const float *a, size_t ars, size_t acs,
         else if (acc)
             c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(ci));
         if (e.relu)
-            c0[i] = tg_relu(c0[i]);
+            c0[i] = tz_gate8(c0[i], c0[i]);
         if (e.gate)
-            c0[i] = _mm256_mul_ps(c0[i], tg_posmask(_mm256_loadu_ps(
-                                             e.gate + i * e.ldg)));
+            c0[i] = tz_gate8(c0[i], _mm256_loadu_ps(e.gate + i * e.ldg));
         _mm256_storeu_ps(ci, c0[i]);
     }
     if (e.colsum) {
