@@ -7,7 +7,8 @@
  * layers' B, e.g. a 64 x 64 weight matrix, stays in L1), A broadcast one
  * element at a time.  Measured on the development machine (AMD EPYC, 1
  * thread, 768 x 64 x 64 and 64 x 64 x 768): 113 GFLOP/s against OpenBLAS
- * 0.3.21's 66-96 on the same calls. */
+ * 0.3.21's 66-96 on the same calls; on the AVX-512 path (Zen 5, 1
+ * thread, quiet) 250 GFLOP/s on 256 x 128 x 128 against its 128. */
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 

@@ -4,10 +4,13 @@
 #define FLOW_RUNTIME_TGEMM_H
 
 /* For the divergence kernels of nn_div.c (64 x 64 weights against a few
- * hundred rows), where OpenBLAS's packing costs a third of the time, and
- * the convolutions of conv.c (one image per call, so that its bits are
- * its own).  The AVX-512 path computes every entry as the AVX2 one does:
- * the same bits on either CPU.
+ * hundred rows), where OpenBLAS's packing costs a third of the time, the
+ * convolutions of conv.c (one image per call, so that its bits are its
+ * own), and the plain MLPs of nn.c (a coupling's conditioner, 128 x 128
+ * weights against 256-row blocks): OpenBLAS 0.3.21 runs its AVX2 kernel
+ * on CPUs with full-width AVX-512 (Zen 5), where these tiles run at
+ * twice its rate.  The AVX-512 path computes every entry as the AVX2 one
+ * does: the same bits on either CPU (tgemm_dot is AVX-512 only).
  * Chosen at run time; elsewhere (other CPUs, other compilers, the float64
  * build) tgemm declines and the caller uses blas_gemm. */
 
