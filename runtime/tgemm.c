@@ -434,6 +434,8 @@ tz_dot_pairs(int mr, int nc, int rows_per, size_t k, const float *a,
              size_t lda, const float *bt, size_t ldbt, float out[16])
 {
     __m512 s[16];
+    if (mr > rows_per)          /* never: bounds s[] for the compiler */
+        mr = rows_per;
 #pragma GCC unroll 16
     for (int p = 0; p < 16; p++)
         s[p] = _mm512_setzero_ps();
