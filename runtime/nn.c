@@ -11,16 +11,44 @@
 #include "matrix.h"
 #include "nn_impl.h"
 #include "rng.h"
+#include "tgemm.h"
 
 /* Offsets (bytes from ws) of the tape for n rows. */
 typedef struct ws_layout {
     size_t wm, gw, sn, sn_scratch, gate, xin, cin;
+    size_t wt;                   /* fast path: each layer's W^T (fast_net) */
+    size_t nacc;                 /* fast path: grad_w_narrow's sums, 8 x
+                                    max_width                            */
     size_t u, z, h, tu, tz, th;  /* per-layer arrays start here, each
                                     layer at + off_rows * n * sizeof    */
     size_t s[4];                 /* backward scratch, n x max_width each  */
     size_t bsum;                 /* bias-gradient sums, max_width doubles */
     size_t total;
 } ws_layout;
+
+/* 1 when the float kernels of tgemm.c run this net (nn_forward_fast,
+ * nn_backward_fast): a plain MLP (no MADE mask, no spectral norm, no time
+ * input) in the float build on a CPU with AVX2 + FMA; elsewhere the
+ * OpenBLAS path below. */
+static int fast_net(const flow_net *net)
+{
+#if FLOW_REAL_DOUBLE
+    (void)net;
+    return 0;
+#else
+    return net->kind == FLOW_NET_MLP && !net->derived && !net->conv &&
+           net->time == FLOW_TIME_NONE && tgemm_level() > 0;
+#endif
+}
+
+/* Offset (elements) of layer l's W^T in the fast path's wt array. */
+static size_t wt_off(const flow_net *net, size_t l)
+{
+    size_t s = 0;
+    for (size_t i = 0; i < l; i++)
+        s += net->layer[i].out * net->layer[i].cols;
+    return s;
+}
 
 static void layout(const flow_net *net, size_t n, ws_layout *lo)
 {
@@ -37,6 +65,8 @@ static void layout(const flow_net *net, size_t n, ws_layout *lo)
     TAKE(sn, mul_sat(net->sn_total, sizeof(double)));
     TAKE(sn_scratch, net->sn_scratch);
     TAKE(gate, squash ? mul_sat(net->gate_total, r) : 0);
+    TAKE(wt, fast_net(net) ? mul_sat(wt_off(net, net->n_layers), r) : 0);
+    TAKE(nacc, fast_net(net) ? mul_sat(8 * r, net->max_width) : 0);
     TAKE(xin, mul_sat(mul_sat(n, net->d), r));
     TAKE(cin, mul_sat(mul_sat(n, net->k), r));
     TAKE(u, squash ? allr : 0);
@@ -429,6 +459,84 @@ static int derive_weights(const flow_net *net, const flow_real *params,
     return FLOW_OK;
 }
 
+#if !FLOW_REAL_DOUBLE
+/* The forward pass of a fast_net: per layer z = [x | ctx] W^T + b by
+ * tgemm against W^T (transposed into the tape, which the backward pass's
+ * narrow products read too), the bias and ReLU in its epilogue; a layer
+ * of fewer than 8 outputs (an MLP's last, e.g. a 2-D affine coupling's
+ * scale and shift) as dot products against W's rows (tgemm_dot).  The
+ * tape is that of nn_forward's OpenBLAS path (ReLU's z is its h).
+ * Returns 0 when a kernel declined before anything was written, so that
+ * the caller runs the OpenBLAS path instead; 1 when done. */
+static int forward_fast(const flow_net *net, const flow_real *params,
+                        size_t n, void *ws, const ws_layout *lo)
+{
+    int relu = net->act == FLOW_ACT_RELU;
+    const float *ctx = at(ws, lo->cin);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        int last = l + 1 == net->n_layers;
+        size_t ho = hidden_off(net, l) * n;
+        size_t win = l == 0 ? net->d : ly->in;
+        const float *w = params + ly->w_off, *bias = params + ly->b_off;
+        const float *in =
+            l == 0 ? at(ws, lo->xin) : at(ws, lo->h) + hidden_off(net, l - 1) * n;
+        float *h = last ? NULL : at(ws, lo->h) + ho;
+        float *z = last ? NULL : relu ? h : at(ws, lo->z) + ho;
+        float *wt = at(ws, lo->wt) + wt_off(net, l);
+        int done;
+        tgemm_transpose(ly->out, ly->cols, w, ly->cols, wt, ly->out);
+        if (last)
+            return 1;       /* the output layer: nn_forward's y */
+        if (ly->out % 8 == 0) {
+            int two = l == 0 && net->k;    /* the context's block follows */
+            tgemm_epi ep = {.bias = bias, .relu = relu && !two};
+            done = tgemm_ep(n, ly->out, win, in, win, 1, wt, ly->out, &ep, z,
+                            ly->out);
+            if (done && two) {
+                tgemm_epi ep2 = {.acc = 1, .relu = relu};
+                done = tgemm_ep(n, ly->out, net->k, ctx, net->k, 1,
+                                wt + net->d * ly->out, ly->out, &ep2, z,
+                                ly->out);
+            }
+        } else {
+            done = !(l == 0 && net->k) &&
+                   tgemm_dot(n, ly->out, win, in, win, w, ly->cols, bias, 0,
+                             z, ly->out);
+            if (done && relu)
+                act_inplace(net, n * ly->out, z, h);
+        }
+        if (!done)
+            return 0;
+        if (!relu)
+            act_apply(net, z, h, n * ly->out);
+    }
+    return 1;
+}
+
+/* The output layer of a fast_net (after forward_fast): y = h W^T + b. */
+static int forward_fast_out(const flow_net *net, const flow_real *params,
+                            size_t n, void *ws, const ws_layout *lo,
+                            flow_real *y)
+{
+    size_t l = net->n_layers - 1;
+    const nn_layer *ly = &net->layer[l];
+    size_t win = l == 0 ? net->d : ly->in;
+    const float *in =
+        l == 0 ? at(ws, lo->xin) : at(ws, lo->h) + hidden_off(net, l - 1) * n;
+    if (l == 0 && net->k)
+        return 0;
+    if (ly->out % 8 == 0) {
+        tgemm_epi ep = {.bias = params + ly->b_off};
+        return tgemm_ep(n, ly->out, win, in, win, 1,
+                        at(ws, lo->wt) + wt_off(net, l), ly->out, &ep, y,
+                        ly->out);
+    }
+    return tgemm_dot(n, ly->out, win, in, win, params + ly->w_off, ly->cols,
+                     params + ly->b_off, 0, y, ly->out);
+}
+#endif
+
 int nn_forward(const flow_net *net, const flow_real *params, size_t n,
                const flow_real *x, const flow_real *ctx, double t,
                flow_real *y, void *ws)
@@ -449,11 +557,20 @@ int nn_forward(const flow_net *net, const flow_real *params, size_t n,
     hd->n = n;
     hd->t = t;
     hd->have_jvp = 0;
+    hd->fast = 0;
     memcpy(at(ws, lo.xin), x, n * net->d * sizeof(flow_real));
     if (net->k)
         memcpy(at(ws, lo.cin), ctx, n * net->k * sizeof(flow_real));
     if (net->derived && (st = derive_weights(net, params, ws, &lo)) != FLOW_OK)
         return st;
+#if !FLOW_REAL_DOUBLE
+    if (fast_net(net) && forward_fast(net, params, n, ws, &lo) &&
+        forward_fast_out(net, params, n, ws, &lo, y)) {
+        hd->fast = 1;
+        hd->magic = WS_MAGIC;
+        return FLOW_OK;
+    }
+#endif
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         int last = l + 1 == net->n_layers;
@@ -695,6 +812,120 @@ static void grad_gate(const flow_net *net, size_t l, size_t n, double t,
     (void)params;
 }
 
+#if !FLOW_REAL_DOUBLE
+/* dW (out x ldw, its first win columns) += G^T X for a narrow X (n x
+ * win, win < 8: a 2-D coupling's one conditioning input), row by row
+ * into acc (win x out, contiguous over the outputs so that the loop
+ * vectorises), then added to dW; OpenBLAS ran this outer-product sum at
+ * a third of its GEMM rate. */
+FLOW_VECTORIZE static void grad_w_narrow(size_t n, size_t out, size_t win,
+                                         const float *restrict g,
+                                         const float *restrict x,
+                                         float *restrict acc,
+                                         float *restrict dw, size_t ldw)
+{
+    memset(acc, 0, win * out * sizeof *acc);
+    for (size_t r = 0; r < n; r++)
+        for (size_t c = 0; c < win; c++) {
+            float xv = x[r * win + c];
+            float *restrict ac = acc + c * out;
+            const float *restrict gr = g + r * out;
+            for (size_t j = 0; j < out; j++)
+                ac[j] += gr[j] * xv;
+        }
+    for (size_t j = 0; j < out; j++)
+        for (size_t c = 0; c < win; c++)
+            dw[j * ldw + c] += acc[c * out + j];
+}
+
+/* nn_backward after forward_fast (net->time none, so the bias gradients
+ * are column sums; dparams NULL: the input gradients only).  dL/dh_{l-1}
+ * = G W by tgemm with ReLU's derivative (pos_mask of the taped h) and the
+ * bias gradient's column sums in its epilogue; dW += G^T X by tgemm (A
+ * read transposed in place) where X is 8 or more columns wide; the input
+ * gradient of a narrow input (a 2-D coupling's one conditioning column)
+ * as dot products against W^T's rows.  Returns 1 when done, 0 when a
+ * kernel declined before anything was written (the caller then runs the
+ * OpenBLAS path); -1 - status on a failure of that path's calls. */
+static int backward_fast(const flow_net *net, const flow_real *params,
+                         size_t n, void *ws, const ws_layout *lo,
+                         const flow_real *dy, flow_real *dx, flow_real *dctx,
+                         flow_real *dparams)
+{
+    int relu = net->act == FLOW_ACT_RELU, nb = 0, st;
+    const float *gcur = dy;
+    if (dparams)
+        colsum_add(n, net->y_width, dy,
+                   dparams + net->layer[net->n_layers - 1].b_off);
+    for (size_t l = net->n_layers; l-- > 0;) {
+        const nn_layer *ly = &net->layer[l];
+        const float *w = params + ly->w_off;
+        const float *wt = at(ws, lo->wt) + wt_off(net, l);
+        size_t win = l == 0 ? net->d : ly->in;
+        const float *in =
+            l == 0 ? at(ws, lo->xin) : at(ws, lo->h) + hidden_off(net, l - 1) * n;
+        float *gnext = at(ws, lo->s[nb]);
+        if (dparams) {
+            tgemm_epi acc = {.acc = 1};
+            float *dw = dparams + ly->w_off;
+            if (win < 8)
+                grad_w_narrow(n, ly->out, win, gcur, in, at(ws, lo->nacc),
+                              dw, ly->cols);
+            else if (!(win % 8 == 0 &&
+                       tgemm_ep(ly->out, win, n, gcur, 1, ly->out, in, win,
+                                &acc, dw, ly->cols))) {
+                st = blas_gemm(1, 0, ly->out, win, n, 1, gcur, ly->out, in,
+                               win, 1, dw, ly->cols);
+                if (st != FLOW_OK)
+                    return -1 - st;
+            }
+            if (l == 0 && net->k) {
+                st = blas_gemm(1, 0, ly->out, net->k, n, 1, gcur, ly->out,
+                               at(ws, lo->cin), net->k, 1, dw + net->d,
+                               ly->cols);
+                if (st != FLOW_OK)
+                    return -1 - st;
+            }
+        }
+        if (l == 0) {
+            st = FLOW_OK;
+            if (dx && !(net->d % 8 == 0
+                            ? tgemm_ep(n, net->d, ly->out, gcur, ly->out, 1,
+                                       w, ly->cols, NULL, dx, net->d)
+                            : tgemm_dot(n, net->d, ly->out, gcur, ly->out,
+                                        wt, ly->out, NULL, 0, dx, net->d)))
+                st = blas_gemm(0, 0, n, net->d, ly->out, 1, gcur, ly->out, w,
+                               ly->cols, 0, dx, net->d);
+            if (st == FLOW_OK && dctx && net->k)
+                st = blas_gemm(0, 0, n, net->k, ly->out, 1, gcur, ly->out,
+                               w + net->d, ly->cols, 1, dctx, net->k);
+            return st == FLOW_OK ? 1 : -1 - st;
+        }
+        {
+            size_t hp = hidden_off(net, l - 1) * n;
+            float *db = dparams ? dparams + net->layer[l - 1].b_off : NULL;
+            tgemm_epi ep = {.gate = relu ? at(ws, lo->h) + hp : NULL,
+                            .ldg = ly->in, .colsum = relu ? db : NULL};
+            if (!tgemm_ep(n, ly->in, ly->out, gcur, ly->out, 1, w, ly->cols,
+                          &ep, gnext, ly->in)) {
+                st = blas_gemm(0, 0, n, ly->in, ly->out, 1, gcur, ly->out, w,
+                               ly->cols, 0, gnext, ly->in);
+                if (st != FLOW_OK)
+                    return -1 - st;
+                grad_act_bias(net, n, ly->in, at(ws, lo->z) + hp,
+                              at(ws, lo->h) + hp, gnext, db);
+            } else if (!relu) {
+                grad_act_bias(net, n, ly->in, at(ws, lo->z) + hp,
+                              at(ws, lo->h) + hp, gnext, db);
+            }
+        }
+        gcur = gnext;
+        nb = 1 - nb;
+    }
+    return 1;
+}
+#endif
+
 int nn_backward(const flow_net *net, const flow_real *params, size_t n,
                 void *ws, const flow_real *dy, flow_real *dx,
                 flow_real *dctx, flow_real *dparams)
@@ -714,11 +945,17 @@ int nn_backward(const flow_net *net, const flow_real *params, size_t n,
     if ((st = check_tape(net, n, ws)) != FLOW_OK)
         return st;
     t = ((ws_head *)ws)->t;
+    layout(net, n, &lo);
+#if !FLOW_REAL_DOUBLE
+    if (((ws_head *)ws)->fast) {
+        st = backward_fast(net, params, n, ws, &lo, dy, dx, dctx, dparams);
+        return st < 0 ? -1 - st : FLOW_OK;
+    }
+#endif
     squash = net->time == FLOW_TIME_CONCATSQUASH;
     /* without time terms the bias gradients are column sums taken in the
      * passes that produce each G (colsum_add, grad_act_bias) */
     fused = dparams && net->time == FLOW_TIME_NONE;
-    layout(net, n, &lo);
     buf[0] = at(ws, lo.s[0]);
     buf[1] = at(ws, lo.s[1]);
     if (squash) {               /* grad_gate scales G in place */

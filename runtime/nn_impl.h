@@ -91,6 +91,8 @@ typedef struct ws_head {
     double t;
     int have_jvp;
     size_t step_next;           /* nn_made_step: the step expected next */
+    int fast;                   /* nn_forward took the tgemm path (nn.c),
+                                   whose tape holds each layer's W^T */
 } ws_head;
 
 /* ---------------------------------------------------------- helpers */

@@ -4,10 +4,13 @@
 #define FLOW_RUNTIME_TGEMM_H
 
 /* For the divergence kernels of nn_div.c (64 x 64 weights against a few
- * hundred rows), where OpenBLAS's packing costs a third of the time, and
- * the convolutions of conv.c (one image per call, so that its bits are
- * its own).  The AVX-512 path computes every entry as the AVX2 one does:
- * the same bits on either CPU.
+ * hundred rows), where OpenBLAS's packing costs a third of the time, the
+ * convolutions of conv.c (one image per call, so that its bits are its
+ * own), and the plain MLPs of nn.c (a coupling's conditioner, 128 x 128
+ * weights against 256-row blocks): OpenBLAS 0.3.21 runs its AVX2 kernel
+ * on CPUs with full-width AVX-512 (Zen 5), where these tiles run at
+ * twice its rate.  The AVX-512 path computes every entry as the AVX2 one
+ * does: the same bits on either CPU (tgemm_dot is AVX-512 only).
  * Chosen at run time; elsewhere (other CPUs, other compilers, the float64
  * build) tgemm declines and the caller uses blas_gemm. */
 
@@ -24,5 +27,47 @@
 int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
           size_t acs, const float *b, size_t ldb, const float *bias, int acc,
           float *c, size_t ldc);
+
+/* What tgemm_ep does to each entry after the products, in this order:
+ * the bias or C added (as tgemm's bias and acc), then ReLU (relu: v =
+ * pos_mask(v) v, nn_impl.h, -0 for v <= -0), then the gate (v *=
+ * pos_mask(gate[i * ldg + j]): ReLU's derivative read from its output),
+ * then v stored and (colsum) added to colsum[j], rows in increasing
+ * order, so colsum[j] ends as colsum[j] + v_0 + v_1 + ... in float
+ * (each entry then depends on the row order within the call, as a
+ * column sum must).  NULL / 0 fields are skipped. */
+typedef struct tgemm_epi {
+    const float *bias;
+    int acc;
+    int relu;
+    const float *gate;
+    size_t ldg;
+    float *colsum;
+} tgemm_epi;
+
+/* tgemm with an epilogue (ep NULL: none, C = A B); returns 1 when done, 0
+ * when declined as tgemm. */
+int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+             size_t acs, const float *b, size_t ldb, const tgemm_epi *ep,
+             float *c, size_t ldc);
+
+/* C[i][j] = sum_q A[i][q] Bt[j][q] + (bias: bias[j]; else acc: C[i][j];
+ * else 0), A row-major (lda), Bt row-major (ldbt: B transposed, e.g. a
+ * weight matrix W of y = x W^T), for narrow C (a layer of 1 or 2 outputs,
+ * where tgemm's 8-column tiles would idle): dot products along k, 16 at a
+ * time, in a fixed order whatever m and n.  Any n; AVX-512 only, else
+ * declined (0, nothing written). */
+int tgemm_dot(size_t m, size_t n, size_t k, const float *a, size_t lda,
+              const float *bt, size_t ldbt, const float *bias, int acc,
+              float *c, size_t ldc);
+
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols (a weight
+ * matrix W into the B = W^T of x W^T), 16 x 16 blocks in registers with
+ * AVX-512; on any CPU. */
+void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
+                     float *dst, size_t ldd);
+
+/* 2: AVX-512 kernels, 1: AVX2 + FMA only, 0: tgemm declines everything */
+int tgemm_level(void);
 
 #endif

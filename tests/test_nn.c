@@ -404,6 +404,29 @@ START_TEST(test_mlp_activations)
 }
 END_TEST
 
+/* MLPs that the float build runs on tgemm.c's kernels (nn.c, fast_net:
+ * no time, no mask; hidden widths of multiples of 8): a 2-D coupling's
+ * conditioner (one input, two outputs: tgemm_dot on both ends), a
+ * context block, an 8-wide input and output (tgemm both ways), one
+ * output, and no hidden layer; each activation's epilogue or pass.  In
+ * the float64 build the same nets check the OpenBLAS path. */
+START_TEST(test_mlp_fast)
+{
+    static const netcase cs[] = {
+        {FLOW_NET_MLP, 1, 0, 2, 2, {16, 24}, FLOW_ACT_RELU, FLOW_TIME_NONE,
+         0, 0},
+        {FLOW_NET_MLP, 2, 3, 3, 2, {8, 16}, FLOW_ACT_TANH, FLOW_TIME_NONE, 0,
+         0},
+        {FLOW_NET_MLP, 8, 0, 8, 2, {16, 8}, FLOW_ACT_ELU, FLOW_TIME_NONE, 0,
+         0},
+        {FLOW_NET_MLP, 3, 0, 1, 1, {8}, FLOW_ACT_LEAKY_RELU, FLOW_TIME_NONE,
+         0, 0},
+        {FLOW_NET_MLP, 2, 0, 3, 0, {0}, FLOW_ACT_RELU, FLOW_TIME_NONE, 0, 0},
+    };
+    check_net(&cs[_i], NULL, 0, 1, 300 + (uint64_t)_i);
+}
+END_TEST
+
 /* time conditioning: concat and concatsquash, with context and zero_last */
 START_TEST(test_mlp_time)
 {
@@ -1030,6 +1053,7 @@ Suite *suite_nn(void)
     tcase_add_loop_test(tc, test_mlp_activations, FLOW_ACT_IDENTITY,
                         FLOW_ACT_SIGMOID + 1);
     tcase_add_loop_test(tc, test_mlp_time, 0, 4);
+    tcase_add_loop_test(tc, test_mlp_fast, 0, 5);
     tcase_add_test(tc, test_spectral_norm);
     suite_add_tcase(s, tc);
     tc = tcase_create("made");

@@ -3,7 +3,8 @@
  * 16-column tiles), A plain and transposed, strides wider than the
  * matrices, the three modes (C = AB, C += AB, C = AB + bias), C never
  * read without acc (NaN-filled), nothing written outside C, and the
- * declines. */
+ * declines; the epilogues of tgemm_ep (ReLU, ReLU's derivative, column
+ * sums) and the dot-product kernel tgemm_dot on odd shapes. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -125,6 +126,273 @@ START_TEST(test_tgemm_rows_independent)
 }
 END_TEST
 
+/* pos_mask of nn_impl.h: 1 for +0 and above, 0 for -0 and below */
+static double ref_posmask(float z)
+{
+    return signbit(z) ? 0 : 1;
+}
+
+/* tgemm_ep on one shape against the triple loop: bias / acc / neither,
+ * then relu, gate and colsum as asked; the bound of check_one per entry.
+ * A ReLU'd entry whose exact value lies within the bound of 0 may take
+ * either sign's branch: it must then be 0 or the unclipped value.  The
+ * column sums are checked exactly against the float sums of the entries
+ * written, row by row (tgemm.h's order). */
+static void check_ep(size_t m, size_t n, size_t k, int trans, int mode,
+                     int relu, int gate, int colsum, flow_rng *rng)
+{
+    size_t lda = (trans ? m : k) + 1, ldb = n + 3, ldc = n + 2, ldg = n + 5;
+    size_t ars = trans ? 1 : lda, acs = trans ? lda : 1;
+    size_t arows = trans ? k : m;
+    float *a = malloc(arows * lda * sizeof *a);
+    float *b = malloc(k * ldb * sizeof *b);
+    float *c = malloc(m * ldc * sizeof *c);
+    float *c0 = malloc(m * ldc * sizeof *c0);
+    float *g = malloc(m * ldg * sizeof *g);
+    float bias[160], cs[160], cs0[160];
+    tgemm_epi ep = {0};
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(c0);
+    ck_assert_ptr_nonnull(g);
+    ck_assert_uint_le(n, 160);
+    for (size_t i = 0; i < arows * lda; i++)
+        a[i] = urand(rng);
+    for (size_t i = 0; i < k * ldb; i++)
+        b[i] = urand(rng);
+    for (size_t j = 0; j < n; j++) {
+        bias[j] = urand(rng);
+        cs[j] = cs0[j] = urand(rng);
+    }
+    for (size_t i = 0; i < m * ldg; i++)   /* signed zeros among them */
+        g[i] = i % 7 == 0 ? -0.0f : i % 7 == 1 ? 0.0f : urand(rng);
+    for (size_t i = 0; i < m * ldc; i++)
+        c0[i] = (mode == 1 || i % ldc >= n) ? urand(rng) : NAN;
+    memcpy(c, c0, m * ldc * sizeof *c);
+    ep.bias = mode == 2 ? bias : NULL;
+    ep.acc = mode == 1;
+    ep.relu = relu;
+    ep.gate = gate ? g : NULL;
+    ep.ldg = ldg;
+    ep.colsum = colsum ? cs : NULL;
+    ck_assert_int_eq(tgemm_ep(m, n, k, a, ars, acs, b, ldb, &ep, c, ldc), 1);
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < ldc; j++) {
+            double s = 0, sa = 0, add, tol, v, got = c[i * ldc + j];
+            if (j >= n) {
+                ck_assert_mem_eq(&c[i * ldc + j], &c0[i * ldc + j],
+                                 sizeof *c);
+                continue;
+            }
+            for (size_t q = 0; q < k; q++) {
+                double p = (double)a[i * ars + q * acs] * b[q * ldb + j];
+                s += p;
+                sa += fabs(p);
+            }
+            add = mode == 1 ? c0[i * ldc + j] : mode == 2 ? bias[j] : 0;
+            tol = (double)(k + 2) * ldexp(1, -24) * (sa + fabs(add));
+            v = s + add;
+            if (relu && fabs(v) <= tol)      /* either branch */
+                v = got == 0 ? 0 : v;
+            else if (relu && v < 0)
+                v = 0;
+            if (gate)
+                v *= ref_posmask(g[i * ldg + j]);
+            ck_assert_msg(isfinite(got) && fabs(got - v) <= tol,
+                          "m %zu n %zu k %zu trans %d mode %d relu %d gate "
+                          "%d: C[%zu][%zu] %.9g vs %.9g (tol %g)", m, n, k,
+                          trans, mode, relu, gate, i, j, got, v, tol);
+        }
+    }
+    for (size_t j = 0; j < n; j++) {
+        float want = cs0[j];
+        for (size_t i = 0; i < m; i++)
+            want += colsum ? c[i * ldc + j] : 0;
+        ck_assert_msg(memcmp(&cs[j], &want, sizeof want) == 0,
+                      "colsum[%zu] %.9g vs %.9g (m %zu n %zu k %zu)", j,
+                      (double)cs[j], (double)want, m, n, k);
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(c0);
+    free(g);
+}
+
+START_TEST(test_tgemm_epilogues)
+{
+    static const size_t ms[] = {1, 5, 7, 13, 25};
+    static const size_t ns[] = {8, 16, 24, 40, 136};
+    static const size_t ks[] = {1, 2, 3, 128};
+    flow_rng rng;
+    if (!tg_on())
+        return;
+    rng_seed(&rng, 79);
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                for (int f = 0; f < 3 * 8; f++)
+                    check_ep(ms[a], ns[b], ks[c], f % 2, f / 8, f / 2 % 2,
+                             f / 4 % 2, (f + (int)b) % 3 == 0, &rng);
+}
+END_TEST
+
+/* ReLU and its gate on the values that decide them: +0 and -0, the
+ * smallest subnormals, infinities, NaN (k = 1, B = 1: C = A + bias 0) */
+START_TEST(test_tgemm_relu_signs)
+{
+    const float v[8] = {0.0f, -0.0f, 1e-45f, -1e-45f, INFINITY, -INFINITY,
+                        NAN, -2.5f};
+    float b[8], bias[8] = {0}, c[8], g[8];
+    tgemm_epi ep = {.bias = bias, .relu = 1};
+    if (!tg_on())
+        return;
+    for (int j = 0; j < 8; j++) {
+        float a1 = v[j];
+        b[j] = 1;
+        ck_assert_int_eq(tgemm_ep(1, 8, 1, &a1, 1, 1, b, 8, &ep, c, 8), 1);
+        {
+            /* nn_impl.h's act_inplace: (0.5 + copysign(0.5, z)) z */
+            float want = (0.5f + copysignf(0.5f, a1 + 0.0f)) * (a1 + 0.0f);
+            ck_assert_msg(memcmp(&c[0], &want, sizeof want) == 0 ||
+                          (isnan(c[0]) && isnan(want)),
+                          "relu(%g) = %g, want %g", (double)a1, (double)c[0],
+                          (double)want);
+        }
+    }
+    /* the gate: C = 1 * pos_mask(g) */
+    for (int j = 0; j < 8; j++) {
+        g[j] = v[j];
+        b[j] = 1;
+    }
+    {
+        tgemm_epi eg = {.gate = g, .ldg = 8};
+        float one = 1;
+        ck_assert_int_eq(tgemm_ep(1, 8, 1, &one, 1, 1, b, 8, &eg, c, 8), 1);
+        for (int j = 0; j < 8; j++)
+            ck_assert_msg(c[j] == (signbit(v[j]) ? 0.0f : 1.0f),
+                          "gate(%g) = %g", (double)v[j], (double)c[j]);
+    }
+}
+END_TEST
+
+/* tgemm_dot against the triple loop on the narrow shapes it serves and
+ * odd ones (rows 1, 5, 7, 13; k 1, 2, 3, 17, 128; n 1, 2, 3, 17), the
+ * three modes, strides wider than the matrices; nothing written outside
+ * C; each row's values as computed alone (bit for bit) */
+static void check_dot(size_t m, size_t n, size_t k, int mode, flow_rng *rng)
+{
+    size_t lda = k + 3, ldbt = k + 1, ldc = n + 2;
+    float *a = malloc(m * lda * sizeof *a), *bt = malloc(n * ldbt * sizeof *bt);
+    float *c = malloc(m * ldc * sizeof *c), *c0 = malloc(m * ldc * sizeof *c0);
+    float bias[32], row[32];
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(bt);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(c0);
+    for (size_t i = 0; i < m * lda; i++)
+        a[i] = urand(rng);
+    for (size_t i = 0; i < n * ldbt; i++)
+        bt[i] = urand(rng);
+    for (size_t j = 0; j < n; j++)
+        bias[j] = urand(rng);
+    for (size_t i = 0; i < m * ldc; i++)
+        c0[i] = (mode == 1 || i % ldc >= n) ? urand(rng) : NAN;
+    memcpy(c, c0, m * ldc * sizeof *c);
+    ck_assert_int_eq(tgemm_dot(m, n, k, a, lda, bt, ldbt,
+                               mode == 2 ? bias : NULL, mode == 1, c, ldc), 1);
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < ldc; j++) {
+            double s = 0, sa = 0, add, tol;
+            if (j >= n) {
+                ck_assert_mem_eq(&c[i * ldc + j], &c0[i * ldc + j],
+                                 sizeof *c);
+                continue;
+            }
+            for (size_t q = 0; q < k; q++) {
+                double p = (double)a[i * lda + q] * bt[j * ldbt + q];
+                s += p;
+                sa += fabs(p);
+            }
+            add = mode == 1 ? c0[i * ldc + j] : mode == 2 ? bias[j] : 0;
+            tol = (double)(k + 2) * ldexp(1, -24) * (sa + fabs(add));
+            ck_assert_msg(isfinite(c[i * ldc + j]) &&
+                          fabs(c[i * ldc + j] - (s + add)) <= tol,
+                          "dot m %zu n %zu k %zu mode %d: C[%zu][%zu] %.9g "
+                          "vs %.9g (tol %g)", m, n, k, mode, i, j,
+                          (double)c[i * ldc + j], s + add, tol);
+        }
+        if (mode != 1) {
+            ck_assert_int_eq(tgemm_dot(1, n, k, a + i * lda, lda, bt, ldbt,
+                                       mode == 2 ? bias : NULL, 0, row, n), 1);
+            ck_assert_mem_eq(row, c + i * ldc, n * sizeof *row);
+        }
+    }
+    free(a);
+    free(bt);
+    free(c);
+    free(c0);
+}
+
+START_TEST(test_tgemm_dot)
+{
+    static const size_t ms[] = {1, 5, 7, 13};
+    static const size_t ns[] = {1, 2, 3, 17};
+    static const size_t ks[] = {1, 2, 3, 17, 128};
+    flow_rng rng;
+    if (tgemm_level() < 2) {     /* AVX-512 only: declined, C untouched */
+        float a[4] = {1, 2, 3, 4}, c[2] = {5, 6};
+        ck_assert_int_eq(tgemm_dot(1, 2, 2, a, 2, a, 2, NULL, 0, c, 2), 0);
+        ck_assert_float_eq(c[0], 5);
+        ck_assert_float_eq(c[1], 6);
+        return;
+    }
+    rng_seed(&rng, 80);
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                for (int mode = 0; mode < 3; mode++)
+                    check_dot(ms[a], ns[b], ks[c], mode, &rng);
+}
+END_TEST
+
+/* tgemm_transpose on 16 x 16 blocks and ragged edges, strides wider than
+ * the matrices: every entry moved bit for bit, nothing else written */
+START_TEST(test_tgemm_transpose)
+{
+    static const size_t dims[] = {1, 2, 5, 15, 16, 17, 33, 128};
+    enum { ND = sizeof dims / sizeof dims[0] };
+    flow_rng rng;
+    rng_seed(&rng, 81);
+    for (size_t a = 0; a < ND; a++)
+        for (size_t b = 0; b < ND; b++) {
+            size_t rows = dims[a], cols = dims[b];
+            size_t lds = cols + 3, ldd = rows + 5;
+            float *src = malloc(rows * lds * sizeof *src);
+            float *dst = malloc(cols * ldd * sizeof *dst);
+            ck_assert_ptr_nonnull(src);
+            ck_assert_ptr_nonnull(dst);
+            for (size_t i = 0; i < rows * lds; i++)
+                src[i] = urand(&rng);
+            for (size_t i = 0; i < cols * ldd; i++)
+                dst[i] = -7;
+            tgemm_transpose(rows, cols, src, lds, dst, ldd);
+            for (size_t c = 0; c < cols; c++)
+                for (size_t r = 0; r < ldd; r++) {
+                    float want = r < rows ? src[r * lds + c] : -7;
+                    ck_assert_msg(memcmp(&dst[c * ldd + r], &want,
+                                         sizeof want) == 0,
+                                  "%zu x %zu: dst[%zu][%zu] %g vs %g", rows,
+                                  cols, c, r, (double)dst[c * ldd + r],
+                                  (double)want);
+                }
+            free(src);
+            free(dst);
+        }
+}
+END_TEST
+
 /* widths that are not a multiple of 8 are declined with C untouched; on a
  * machine without AVX2 + FMA every call is */
 START_TEST(test_tgemm_declines)
@@ -137,8 +405,10 @@ START_TEST(test_tgemm_declines)
     for (size_t n = 1; n <= 12; n++) {
         if (n == 8)
             continue;
+        tgemm_epi ep = {.relu = 1, .colsum = keep};
         ck_assert_int_eq(tgemm(4, n, 12, a, 12, 1, b, 12, NULL, 0, c, 12),
                          0);
+        ck_assert_int_eq(tgemm_ep(4, n, 12, a, 12, 1, b, 12, &ep, c, 12), 0);
         ck_assert_mem_eq(c, keep, sizeof c);
     }
     if (!tg_on())
@@ -153,6 +423,10 @@ Suite *suite_tgemm(void)
     TCase *tc = tcase_create("kernels");
     tcase_add_test(tc, test_tgemm_shapes);
     tcase_add_test(tc, test_tgemm_rows_independent);
+    tcase_add_test(tc, test_tgemm_epilogues);
+    tcase_add_test(tc, test_tgemm_relu_signs);
+    tcase_add_test(tc, test_tgemm_dot);
+    tcase_add_test(tc, test_tgemm_transpose);
     suite_add_tcase(s, tc);
     tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
