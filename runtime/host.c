@@ -112,6 +112,8 @@ static const flow_host host_table = {
     /* 1.6 */
     .net_export = nn_export,
     .tf_export = tf_export,
+    /* 1.11 */
+    .net_made_from_cyclic = nn_made_from_cyclic,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }
