@@ -568,20 +568,29 @@ static int made_direct(const flow_net *net, size_t l)
 
 /* 1 when a weight the blocked passes read but the mask zeroes (row p,
  * columns vis[p] .. ext[p]: the block's prefix past the row's own) is
- * not 0 in layer l of params (NaN included). */
+ * not +-0 in layer l of params (NaN included): an OR over the bits
+ * without the sign, as masked_nonzero, once per batch. */
 static int made_block_dirty(const flow_net *net, const flow_real *params,
                             size_t l)
 {
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
     const nn_layer *ly = &net->layer[l];
     size_t roff = sort_roff(net, l);
     const size_t *ex = net->ext + roff, *vi = net->vis + roff;
+    bits_t acc = 0;
     for (size_t p = 0; p < ly->out; p++) {
         const flow_real *wr = params + ly->w_off + p * ly->cols;
-        for (size_t q = vi[p]; q < ex[p]; q++)
-            if (wr[q] != 0)
-                return 1;
+        for (size_t q = vi[p]; q < ex[p]; q++) {
+            bits_t b;
+            memcpy(&b, wr + q, sizeof b);
+            acc |= b << 1;
+        }
     }
-    return 0;
+    return acc != 0;
 }
 
 /* sw: the head (made_prep: params and which layers are read from them),
@@ -709,6 +718,7 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
     size_t d, k, kd, ldin, yw;
     const flow_real *in;
     flow_real *xs, *ys;
+    int out_direct;
     if (!net || !sw || !x || !y || !ws || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (!net->sortable)
@@ -737,6 +747,12 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         for (size_t q = 0; q < d; q++)
             xr[k + q] = x[r * d + net->by_deg[q]];
     }
+    /* output rows in the spec's order already: the last GEMMs write y */
+    out_direct = 1;
+    for (size_t p = 0; p < yw && out_direct; p++)
+        out_direct = net->rmap[hidden_rows(net) + p] == p;
+    if (out_direct)
+        ys = y;
     in = xs;
     ldin = kd;
     for (size_t l = 0; l < net->n_layers; l++) {
@@ -785,7 +801,7 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
             ldin = R;
         }
     }
-    {
+    if (!out_direct) {
         const size_t *rm = net->rmap + hidden_rows(net);
         for (size_t r = 0; r < n; r++)
             for (size_t p = 0; p < yw; p++)
