@@ -584,6 +584,12 @@ static int made_block_dirty(const flow_net *net, const flow_real *params,
     bits_t acc = 0;
     for (size_t p = 0; p < ly->out; p++) {
         const flow_real *wr = params + ly->w_off + p * ly->cols;
+#if defined(__GNUC__)
+        /* rows a page apart: the hardware prefetcher stops at each */
+        if (p + 8 < ly->out)
+            for (size_t q = vi[p + 8]; q < ex[p + 8]; q += 64 / sizeof *wr)
+                __builtin_prefetch(wr + 8 * ly->cols + q);
+#endif
         for (size_t q = vi[p]; q < ex[p]; q++) {
             bits_t b;
             memcpy(&b, wr + q, sizeof b);
@@ -954,4 +960,39 @@ int nn_made_from_cyclic(const flow_net *net, flow_real *params)
     }
     free(tmp);
     return FLOW_OK;
+}
+
+/* The host's net_init: for a MADE, the initial weights of the cyclic
+ * order (nn_init with the masks of that order: the same draws, in the
+ * same order, with the same fan-ins) moved to degree order, so that a
+ * seed gives the network it gave in format 2, to the bit.  Other nets,
+ * or no memory for the masks (a valid initialisation still, with other
+ * draws for each unit): nn_init as it is. */
+void nn_made_net_init(const flow_net *net, flow_real *params, flow_rng *rng)
+{
+    flow_net old;
+    uint8_t *m;
+    if (!net || !params || net->kind != FLOW_NET_MADE || !net->mask
+        || !net->sperm || !(m = malloc(net->mask_total + 1))) {
+        nn_init(net, params, rng);
+        return;
+    }
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const uint8_t *src = net->mask + ly->m_off;
+        uint8_t *dst = m + ly->m_off;
+        const size_t *rp = l + 1 < net->n_layers
+                               ? net->sperm + hidden_off(net, l) : NULL;
+        const size_t *cp = l ? net->sperm + hidden_off(net, l - 1) : NULL;
+        for (size_t p = 0; p < ly->out; p++) {
+            uint8_t *row = dst + (rp ? rp[p] : p) * ly->cols;
+            for (size_t q = 0; q < ly->cols; q++)
+                row[cp && q < ly->in ? cp[q] : q] = src[p * ly->cols + q];
+        }
+    }
+    old = *net;
+    old.mask = m;
+    nn_init(&old, params, rng);
+    free(m);
+    nn_made_from_cyclic(net, params);
 }

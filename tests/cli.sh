@@ -70,6 +70,15 @@ if "$FLOWKIT" --version | grep -q float32; then
         -o "$t/v2rlp.csv" 2>"$t/err"; check "made v2: resumed logprob" 0 $?
     close "made v2: resumed log-densities" "$D/made_v2_logprob.csv" 2 \
         "$t/v2rlp.csv"
+    # a seed gives the network it gave in format 2 (nn_made_net_init): the
+    # fixture's own training run, from scratch, ends where it ended
+    "$FLOWKIT" train "$D/made_v2.flow" --data "$t/g5.csv" --steps 40 \
+        --batch 64 --lr 1e-2 --seed 4 -o "$t/v2t.ckpt" >/dev/null 2>"$t/err"
+    check "made v2: trained again" 0 $?
+    "$FLOWKIT" logprob "$t/v2t.ckpt" --data "$t/g5x.csv" \
+        -o "$t/v2tlp.csv" 2>"$t/err"; check "made v2: retrained logprob" 0 $?
+    close "made v2: trained again from the same seed" \
+        "$D/made_v2_logprob.csv" 1 "$t/v2tlp.csv"
     "$FLOWKIT" info "$t/v2r.ckpt" >"$t/out" 2>&1
     has "made v2: rewritten as format 3" "$t/out" "format_version 3"
     "$top_builddir/tests/ckpt_edit" --rehash "$D/made_v2.ckpt" \
