@@ -69,13 +69,12 @@ static void sort_layout_of(const flow_net *net, size_t n, sort_layout *so)
  * is wide enough, instead of the paper's i.i.d. draw), and the units are
  * stored sorted by degree (the cyclic degrees' multiset, in order), so
  * that the degree-order passes read the parameters as they are.  With
- * context the
- * range starts at 0: degree-0 units see only the context, so even the
- * first dimension's outputs depend on it, as flow_net_spec promises.
- * Hidden masks are
- * M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq. 13) and the output mask is
- * strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)] (eq. 14), with output unit
- * i*out + k of dimension i having degree order[i] + 1. */
+ * context the range starts at 0: degree-0 units see only the context, so
+ * even the first dimension's outputs depend on it, as flow_net_spec
+ * promises.  Hidden masks are M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq.
+ * 13) and the output mask is strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)]
+ * (eq. 14), with output unit i*out + k of dimension i having degree
+ * order[i] + 1. */
 static int made_masks(flow_net *net, const int32_t *order)
 {
     size_t d = net->d, maxw = net->max_width;
