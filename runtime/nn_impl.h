@@ -65,7 +65,8 @@ struct flow_net {
      * hidden layer l, bstart + l * (D + 1) holds, for k = 0..D, the number
      * of its units of degree < k; sperm + hidden_off(l) lists the units
      * of the cyclic order of format-2 checkpoints in that order (stored
-     * unit p was cyclic unit sperm[p]: nn_made_from_cyclic). */
+     * unit p was cyclic unit sperm[p]: nn_made_from_cyclic), and sperm +
+     * hidden_rows + hidden_off(l) is the inverse (nn_made_net_init). */
     size_t *by_deg;
     size_t *sperm;
     size_t *bstart;

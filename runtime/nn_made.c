@@ -1,5 +1,6 @@
 /* nn_made.c - MADE in degree order (Germain et al. 2015): degrees and masks,
  * sampling degree by degree, and the density pass in blocks of rows. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +86,7 @@ static int made_masks(flow_net *net, const int32_t *order)
     cur = malloc(maxw * sizeof *cur);
     net->mask = calloc(net->mask_total ? net->mask_total : 1, 1);
     net->by_deg = calloc(d, sizeof *net->by_deg);
-    net->sperm = calloc(hidden_rows(net) + 1, sizeof *net->sperm);
+    net->sperm = calloc(2 * hidden_rows(net) + 1, sizeof *net->sperm);
     net->bstart = calloc((net->n_layers - 1) * (d + 1) + 1,
                          sizeof *net->bstart);
     if (!prev || !cur || !net->mask || !net->by_deg || !net->sperm
@@ -139,6 +140,8 @@ static int made_masks(flow_net *net, const int32_t *order)
             for (size_t q = 0; q < d; q++)
                 for (size_t r = bs[q]; r < bs[q + 1]; r++)
                     cur[r] = (int32_t)q;
+            for (size_t p = 0; p < ly->out; p++)  /* and its inverse */
+                perm[hidden_rows(net) + perm[p]] = p;
         }
         for (size_t r = 0; r < ly->out; r++) {
             for (size_t j = 0; j < ly->in; j++)
@@ -950,6 +953,15 @@ int nn_made_from_cyclic(const flow_net *net, flow_real *params)
         memcpy(tmp, b, ly->out * sizeof *tmp);
         for (size_t p = 0; p < ly->out; p++)
             b[p] = tmp[perm[p]];
+        if (net->time == FLOW_TIME_CONCATSQUASH) {  /* per-unit gates */
+            flow_real *g[3] = {params + ly->ga_off, params + ly->gc_off,
+                               params + ly->gd_off};
+            for (int i = 0; i < 3; i++) {
+                memcpy(tmp, g[i], ly->out * sizeof *tmp);
+                for (size_t p = 0; p < ly->out; p++)
+                    g[i][p] = tmp[perm[p]];
+            }
+        }
         for (size_t r = 0; r < up->out; r++) {
             flow_real *row = wu + r * up->cols;
             memcpy(tmp, row, ly->out * sizeof *tmp);
@@ -961,37 +973,59 @@ int nn_made_from_cyclic(const flow_net *net, flow_real *params)
     return FLOW_OK;
 }
 
-/* The host's net_init: for a MADE, the initial weights of the cyclic
- * order (nn_init with the masks of that order: the same draws, in the
- * same order, with the same fan-ins) moved to degree order, so that a
- * seed gives the network it gave in format 2, to the bit.  Other nets,
- * or no memory for the masks (a valid initialisation still, with other
- * draws for each unit): nn_init as it is. */
+/* The host's net_init: for a MADE, nn_init's draws as they fell in the
+ * cyclic order (the same stream, fan-ins and masks), each written where
+ * nn_made_from_cyclic moves it, so that a seed gives the network it gave
+ * in format 2, to the bit; no allocation (net_init cannot fail).  Other
+ * nets: nn_init. */
 void nn_made_net_init(const flow_net *net, flow_real *params, flow_rng *rng)
 {
-    flow_net old;
-    uint8_t *m;
+    flow_rng local;
+    size_t hr;
     if (!net || !params || net->kind != FLOW_NET_MADE || !net->mask
-        || !net->sperm || !(m = malloc(net->mask_total + 1))) {
+        || !net->sperm) {
         nn_init(net, params, rng);
         return;
     }
+    if (!rng) {
+        rng_seed(&local, net->seed ^ 0x6e6e696e6974ull);  /* as nn_init */
+        rng = &local;
+    }
+    hr = hidden_rows(net);
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
-        const uint8_t *src = net->mask + ly->m_off;
-        uint8_t *dst = m + ly->m_off;
-        const size_t *rp = l + 1 < net->n_layers
-                               ? net->sperm + hidden_off(net, l) : NULL;
-        const size_t *cp = l ? net->sperm + hidden_off(net, l - 1) : NULL;
-        for (size_t p = 0; p < ly->out; p++) {
-            uint8_t *row = dst + (rp ? rp[p] : p) * ly->cols;
-            for (size_t q = 0; q < ly->cols; q++)
-                row[cp && q < ly->in ? cp[q] : q] = src[p * ly->cols + q];
+        const uint8_t *m = net->mask + ly->m_off;
+        int last = l + 1 == net->n_layers;
+        int zero = last && net->zero_last;
+        /* stored row / column of cyclic row r / column j */
+        const size_t *ri = last ? NULL : net->sperm + hr + hidden_off(net, l);
+        const size_t *ci = l ? net->sperm + hr + hidden_off(net, l - 1)
+                             : NULL;
+        flow_real *w = params + ly->w_off;
+        for (size_t r = 0; r < ly->out; r++) {
+            size_t p = ri ? ri[r] : r, fan = 0;
+            const uint8_t *mr = m + p * ly->cols;
+            double sc;
+            for (size_t j = 0; j < ly->cols; j++)
+                fan += mr[j];
+            if (fan == 0)
+                fan = 1;
+            sc = 1.0 / sqrt((double)fan);   /* nn_init's U(-s, s) */
+            for (size_t j = 0; j < ly->cols; j++) {
+                size_t q = ci && j < ly->in ? ci[j] : j;
+                double v = (2 * rng_uniform(rng) - 1) * sc;
+                w[p * ly->cols + q] = zero || !mr[q] ? 0 : (flow_real)v;
+            }
+            params[ly->b_off + p] =
+                zero ? 0 : (flow_real)((2 * rng_uniform(rng) - 1) * sc);
         }
+        if (net->time == FLOW_TIME_CONCATSQUASH)
+            for (size_t r = 0; r < ly->out; r++) {
+                size_t p = ri ? ri[r] : r;
+                params[ly->ga_off + p] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gc_off + p] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gd_off + p] =
+                    zero ? 0 : (flow_real)(2 * rng_uniform(rng) - 1);
+            }
     }
-    old = *net;
-    old.mask = m;
-    nn_init(&old, params, rng);
-    free(m);
-    nn_made_from_cyclic(net, params);
 }
