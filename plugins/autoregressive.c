@@ -8,14 +8,17 @@
  * the direction is shared.
  *
  * Speed (docs/plugins.md, "Autoregressive layers"): the MADE is built
- * premasked, and on hosts with the degree-order entries prepare() sorts
- * its weights by degree once per batch (the mask applied there), F runs
- * as blocked GEMMs over each block's unmasked prefix (net_made_forward /
- * _backward) and finish_grad() maps the gradient back to the parameters'
- * layout; G runs net_made_step on the same sorted weights, computing each
- * hidden unit once over the D steps instead of D dense passes.  Older
- * hosts: the dense passes, prepare() checking the masks once per batch
- * and masking a private copy if parameters came from elsewhere. */
+ * premasked, and on hosts with the degree-order entries prepare() readies
+ * its weights in degree order once per batch (net_made_sort: the hidden
+ * layers are stored so and read in place; what is not is copied sorted,
+ * the mask applied), F runs as blocked GEMMs over each block's unmasked
+ * prefix (net_made_forward / _backward) and finish_grad() brings the
+ * gradient to the parameters' layout; G runs net_made_step on the same
+ * weights, computing each hidden unit once over the D steps instead of D
+ * dense passes.  Older hosts: the dense passes, prepare() checking the
+ * masks once per batch and masking a private copy if parameters came from
+ * elsewhere.  Checkpoints of format < 3 stored the hidden units in
+ * another order: upgrade_params converts them (net_made_from_cyclic). */
 #include "common.h"
 
 enum { AR_TRANSFORMER, AR_ORDER, AR_HIDDEN, AR_ACTIVATION, AR_IDENTITY_INIT };
@@ -63,8 +66,9 @@ typedef struct ar_layer {
     int stepwise;               /* host has net_made_step                  */
     flow_real *mcopy;           /* masked copy of params (np), on demand   */
     const flow_real *wp;        /* this batch: mcopy, or NULL = c->params  */
-    /* MADE in degree order (host's net_made_sort ...): the sorted masked
-     * weights of this batch (and finish_grad's scratch) */
+    /* MADE in degree order (host's net_made_sort ...): this batch's
+     * weights in degree order (the parameters where they are so, else a
+     * sorted masked copy) and finish_grad's scratch */
     int blocked;
     size_t n_sorted;
     flow_real *sorted;
@@ -267,7 +271,8 @@ static int ar_init(void *self, const flow_call *c, flow_real *params)
 /* Once per batch: a premasked MADE needs its masked weights at 0.  Init
  * and training keep them so (net_backward zeroes their gradient); other
  * parameters (written by hand, tests) are masked into a private copy.
- * In degree order (blocked) the sort applies the mask itself. */
+ * In degree order (blocked) net_made_sort checks or applies the mask
+ * itself. */
 static int ar_prepare(void *self, const flow_call *c)
 {
     ar_layer *a = self;
@@ -340,7 +345,7 @@ static int ar_net(const ar_layer *a, const flow_call *c, const flow_real *in,
 }
 
 /* The MADE's VJP after ar_net on the same workspace (gradients in the
- * sorted layout when blocked: ar_finish_grad maps them). */
+ * degree-order layout when blocked: ar_finish_grad maps them). */
 static int ar_net_backward(const ar_layer *a, const flow_call *c, arws *w,
                            const flow_real *dtheta, flow_real *dx,
                            flow_real *dctx, flow_real *grad)
@@ -354,7 +359,8 @@ static int ar_net_backward(const ar_layer *a, const flow_call *c, arws *w,
 }
 
 /* Once per batch after the threads' gradients were summed: the blocked
- * MADE's gradient from degree order to the parameters' layout. */
+ * MADE's gradient from degree order to the parameters' layout (for the
+ * layers read in place, the masked weights the blocks wrote set to 0). */
 static int ar_finish_grad(void *self, const flow_call *c, flow_real *grad)
 {
     ar_layer *a = self;
@@ -576,6 +582,24 @@ static int ar_export(void *self, const flow_call *c, flow_export *ex)
                                 "transformer.params_per_scalar", ex);
 }
 
+/* Parameters (or moments) of a checkpoint of format < 3, whose MADE
+ * stored its hidden units in the masks' cyclic order, into the degree
+ * order of this host (flow_plugin.h, upgrade_params). */
+static int ar_upgrade(void *self, const flow_call *c, uint32_t format,
+                      flow_real *params)
+{
+    const ar_layer *a = self;
+    const flow_host *h = a->host;
+    if (format >= 3)
+        return FLOW_OK;
+    if (!FLOW_HOST_HAS(h, net_made_from_cyclic) || !h->net_made_from_cyclic)
+        return h->error(c, "this host cannot convert MADE parameters of "
+                        "checkpoint format %u", (unsigned)format);
+    return h->net_made_from_cyclic(a->net, params) == FLOW_OK
+               ? FLOW_OK
+               : h->error(c, "out of memory converting the MADE parameters");
+}
+
 /* --- the two layer types: F and G in opposite directions ---------------- */
 
 static int maf_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -666,6 +690,7 @@ static const flow_layer_type maf_type = {
     .forward_backward = maf_forward_backward,
     .inverse_backward = maf_inverse_backward,
     .export_tensors = ar_export,
+    .upgrade_params = ar_upgrade,
 };
 
 static const flow_layer_type iaf_type = {
@@ -686,6 +711,7 @@ static const flow_layer_type iaf_type = {
     .forward_backward = iaf_forward_backward,
     .inverse_backward = iaf_inverse_backward,
     .export_tensors = ar_export,
+    .upgrade_params = ar_upgrade,
 };
 
 FLOW_PLUGIN_LAYERS("autoregressive", FLOW_VERSION_STRING,

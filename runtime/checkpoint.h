@@ -11,7 +11,7 @@
 #include "rng.h"
 
 #define CKPT_FORMAT "flowkit.checkpoint"
-#define CKPT_FORMAT_VERSION 2       /* 1 is read too (docs/formats.md) */
+#define CKPT_FORMAT_VERSION 3       /* 1 and 2 are read too (docs/formats.md) */
 #define CKPT_HEADER_MAX 100000000u  /* the limit of safetensors itself */
 #define CKPT_MAX_DIMS 8
 #define CKPT_NAME_MAX 1024

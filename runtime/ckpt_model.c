@@ -735,6 +735,9 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
     uint64_t rng[6], st[ST_N], erng[6];
     flow_train_state ts;
     char name[CKPT_NAME_MAX];
+    /* an older format's parameter layout, converted after reading */
+    int old = ckpt_version(ck->ck) < CKPT_FORMAT_VERSION
+                  ? ckpt_version(ck->ck) : 0;
     int rc;
 
     if ((rc = check_known_tensors(ck, m)) != FLOW_OK
@@ -758,6 +761,8 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
                 return rc;
         }
     }
+    if (old && (rc = model_upgrade_params(m, (uint32_t)old, p)) != FLOW_OK)
+        return rc;
     if ((rc = ckpt_get_vec(ctx, ck->ck, "rng/model", CKPT_U64, rng, 6))
         != FLOW_OK || (rc = check_rng(ck, "rng/model", rng)) != FLOW_OK)
         return rc;
@@ -780,14 +785,23 @@ int flow_checkpoint_restore(const flow_checkpoint *ck, flow_model *m,
         || (rc = ckpt_get_vec(ctx, ck->ck, "adam/v", CKPT_REAL,
                               flow_trainer_adam_v(t), np)) != FLOW_OK
         || (rc = check_loaded(ck, "adam/v", flow_trainer_adam_v(t), np, 1))
-           != FLOW_OK)
+           != FLOW_OK
+        || (old && ((rc = model_upgrade_params(m, (uint32_t)old,
+                                               flow_trainer_adam_m(t)))
+                        != FLOW_OK
+                    || (rc = model_upgrade_params(m, (uint32_t)old,
+                                                  flow_trainer_adam_v(t)))
+                           != FLOW_OK)))
         return rc;
     if (ts.has_best
         && ((rc = ckpt_get_vec(ctx, ck->ck, "train/best", CKPT_REAL,
                                flow_trainer_best_params(t), np)) != FLOW_OK
             || (rc = check_loaded(ck, "train/best",
                                   flow_trainer_best_params(t), np, 0))
-               != FLOW_OK))
+               != FLOW_OK
+            || (old && (rc = model_upgrade_params(
+                            m, (uint32_t)old, flow_trainer_best_params(t)))
+                           != FLOW_OK)))
         return rc;
     return flow_trainer_set_state(t, &ts);
 }

@@ -82,7 +82,7 @@ static const flow_host host_table = {
     .net_create = nn_create,
     .net_destroy = nn_destroy,
     .net_params = nn_params,
-    .net_init = nn_init,
+    .net_init = nn_made_net_init,
     .net_workspace = nn_workspace,
     .net_forward = nn_forward,
     .net_backward = nn_backward,
@@ -112,6 +112,8 @@ static const flow_host host_table = {
     /* 1.6 */
     .net_export = nn_export,
     .tf_export = tf_export,
+    /* 1.11 */
+    .net_made_from_cyclic = nn_made_from_cyclic,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

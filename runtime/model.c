@@ -613,6 +613,30 @@ int flow_model_finish(flow_model *m, uint64_t seed)
     return FLOW_OK;
 }
 
+/* A parameter-shaped vector (the parameters, Adam's moments, the best
+ * parameters) read from a checkpoint of an older format into this host's
+ * layout: each layer with the upgrade_params hook converts its slice. */
+int model_upgrade_params(flow_model *m, uint32_t format, flow_real *vec)
+{
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        const flow_layer_type *t = nd->type;
+        flow_call c;
+        int rc;
+        if (nd->kind != NODE_LAYER || !nd->self
+            || t->struct_size < offsetof(flow_layer_type, upgrade_params)
+                                + sizeof t->upgrade_params
+            || !t->upgrade_params || !nd->desc.n_params)
+            continue;
+        exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
+        rc = t->upgrade_params(nd->self, &c, format, vec + nd->p_off);
+        if (rc != FLOW_OK)
+            return model_layer_error(m, nd, rc, "converting the parameters "
+                                     "of an older checkpoint format");
+    }
+    return FLOW_OK;
+}
+
 /* ------------------------------------------------------------ queries */
 
 size_t flow_model_dim(const flow_model *m) { return m->dim; }

@@ -33,6 +33,9 @@ typedef struct model_slice_info {
 } model_slice_info;
 
 size_t model_slice_count(const flow_model *m);
+/* A parameter-shaped vector of a checkpoint of format `format` into this
+ * host's layout, in place (flow_layer_type.upgrade_params; model.c). */
+int model_upgrade_params(flow_model *m, uint32_t format, flow_real *vec);
 int model_slice(const flow_model *m, size_t i, model_slice_info *s);
 
 /* Backward of the sampling direction whose output gradients are decided

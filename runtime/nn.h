@@ -89,6 +89,13 @@ int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sorted);
 int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
                         size_t n, const flow_real *ctx, size_t step,
                         const flow_real *x_prev, flow_real *theta, void *ws);
+/* A parameter vector of checkpoint format 2 (hidden units in the cyclic
+ * order) into the degree-order layout, in place (nn_made.c; flow_plugin.h,
+ * net_made_from_cyclic); nothing to do for an MLP. */
+int nn_made_from_cyclic(const flow_net *net, flow_real *params);
+/* The host's net_init: nn_init, a MADE's drawn as in the cyclic order and
+ * converted, so that a seed keeps giving the same network (nn_made.c). */
+void nn_made_net_init(const flow_net *net, flow_real *params, flow_rng *rng);
 
 /* Portable export (nn_export.c; flow_plugin.h, net_export): the affine
  * maps as PREFIX.{k}.weight/bias (+ mask, time terms), weights as used,

@@ -61,19 +61,23 @@ struct flow_net {
     int premasked;              /* MADE: params used as they are, masked
                                    weights known to be 0 (spec.premasked)  */
     /* MADE sampling by degree (nn_made_step): by_deg[s] = the input of
-     * degree s + 1; per hidden layer l, sperm + hidden_off(l) lists its
-     * units sorted by degree (stable) and bstart + l * (D + 1) holds, for
-     * k = 0..D, the number of its units of degree < k. */
+     * degree s + 1; hidden units are stored sorted by degree, and per
+     * hidden layer l, bstart + l * (D + 1) holds, for k = 0..D, the number
+     * of its units of degree < k; sperm + hidden_off(l) lists the units
+     * of the cyclic order of format-2 checkpoints in that order (stored
+     * unit p was cyclic unit sperm[p]: nn_made_from_cyclic), and sperm +
+     * hidden_rows + hidden_off(l) is the inverse (nn_made_net_init). */
     size_t *by_deg;
     size_t *sperm;
     size_t *bstart;
     /* MADE in degree order (nn_made_forward / nn_made_backward), set when
      * the net is sortable (premasked, no time input, no spectral norm):
      * per layer, at row offset hidden_off(l) (the output layer after the
-     * hidden rows), rmap = the parameter row of sorted row p and ext = the
-     * sorted input columns its block of rows reads; cmap (at the sum of
+     * hidden rows), rmap = the parameter row of sorted row p (identity for
+     * hidden rows), ext = the sorted input columns its block of rows reads
+     * and vis = those its own mask row lets through; cmap (at the sum of
      * the inputs of the layers below) = the parameter column of sorted
-     * column q. */
+     * column q (identity above layer 0). */
     int sortable;
     size_t *rmap, *ext, *vis;
     uint32_t *cmap;             /* 32 bits: the sort's gather reads it */

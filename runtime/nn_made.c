@@ -1,5 +1,6 @@
 /* nn_made.c - MADE in degree order (Germain et al. 2015): degrees and masks,
  * sampling degree by degree, and the density pass in blocks of rows. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,11 +14,12 @@
 #define MADE_BLOCK 64
 
 /* Offsets of nn_made_step's state, which reuses the same workspace:
- * weights with rows and columns sorted by degree (sw), the inputs in
- * degree order after the context (xs, n x (K + D)), the hidden units in
- * degree order (hs, per layer at hidden_off * n) and one block's biases. */
+ * layer 0's weights with their columns sorted by degree (sw, room for
+ * every layer's), the inputs in degree order after the context (xs, n x
+ * (K + D)) and the hidden units in degree order (hs, per layer at
+ * hidden_off * n). */
 typedef struct step_layout {
-    size_t sw, xs, hs, bb, total;
+    size_t sw, xs, hs, total;
 } step_layout;
 
 /* Offsets of nn_made_forward's tape (inputs in degree order xs, n x (K +
@@ -38,7 +40,6 @@ static void step_layout_of(const flow_net *net, size_t n, step_layout *sl)
     TAKE(sw, mul_sat(net->mask_total, r));
     TAKE(xs, mul_sat(mul_sat(n, add_sat(net->d, net->k)), r));
     TAKE(hs, mul_sat(mul_sat(n, hidden_rows(net)), r));
-    TAKE(bb, mul_sat(net->max_width, r));
 #undef TAKE
     sl->total = off >= SIZE_MAX - WS_ALIGN ? 0 : off;
 }
@@ -66,13 +67,15 @@ static void sort_layout_of(const flow_net *net, size_t n, sort_layout *so)
  * degree m^0(j) = order[j] + 1, context and time degree 0 (visible to
  * every unit); hidden unit k of layer l gets m^l(k) in [min m^{l-1}, D-1]
  * (cyclic from a seed-drawn offset, so every degree appears when the layer
- * is wide enough, instead of the paper's i.i.d. draw).  With context the
- * range starts at 0: degree-0 units see only the context, so even the
- * first dimension's outputs depend on it, as flow_net_spec promises.
- * Hidden masks are
- * M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq. 13) and the output mask is
- * strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)] (eq. 14), with output unit
- * i*out + k of dimension i having degree order[i] + 1. */
+ * is wide enough, instead of the paper's i.i.d. draw), and the units are
+ * stored sorted by degree (the cyclic degrees' multiset, in order), so
+ * that the degree-order passes read the parameters as they are.  With
+ * context the range starts at 0: degree-0 units see only the context, so
+ * even the first dimension's outputs depend on it, as flow_net_spec
+ * promises.  Hidden masks are M^l_{kd} = 1[m^l(k) >= m^{l-1}(d)] (eq.
+ * 13) and the output mask is strict, M^V_{id} = 1[m^V(i) > m^{L-1}(d)]
+ * (eq. 14), with output unit i*out + k of dimension i having degree
+ * order[i] + 1. */
 static int made_masks(flow_net *net, const int32_t *order)
 {
     size_t d = net->d, maxw = net->max_width;
@@ -83,7 +86,7 @@ static int made_masks(flow_net *net, const int32_t *order)
     cur = malloc(maxw * sizeof *cur);
     net->mask = calloc(net->mask_total ? net->mask_total : 1, 1);
     net->by_deg = calloc(d, sizeof *net->by_deg);
-    net->sperm = calloc(hidden_rows(net) + 1, sizeof *net->sperm);
+    net->sperm = calloc(2 * hidden_rows(net) + 1, sizeof *net->sperm);
     net->bstart = calloc((net->n_layers - 1) * (d + 1) + 1,
                          sizeof *net->bstart);
     if (!prev || !cur || !net->mask || !net->by_deg || !net->sperm
@@ -118,14 +121,11 @@ static int made_masks(flow_net *net, const int32_t *order)
                 cur[r] = lo + (int32_t)((r + shift) % (uint64_t)span);
             else
                 cur[r] = lo;
-            for (size_t j = 0; j < ly->in; j++)
-                m[r * ly->cols + j] = last ? cur[r] > prev[j]
-                                           : cur[r] >= prev[j];
-            if (ly->cols > ly->in)   /* time column: always visible */
-                m[r * ly->cols + ly->in] = 1;
         }
         if (!last) {
-            /* counting sort of the units by degree (0..D-1) */
+            /* The cyclic degrees sorted (counting sort, stable): unit p
+             * is stored in degree order and was unit perm[p] of the
+             * cyclic order (format-2 checkpoints, nn_made_from_cyclic). */
             size_t *bs = net->bstart + l * (d + 1);
             size_t *perm = net->sperm + hidden_off(net, l);
             for (size_t r = 0; r < ly->out; r++)
@@ -137,6 +137,18 @@ static int made_masks(flow_net *net, const int32_t *order)
             for (size_t q = d; q > 0; q--)        /* ... and back */
                 bs[q] = bs[q - 1];
             bs[0] = 0;
+            for (size_t q = 0; q < d; q++)
+                for (size_t r = bs[q]; r < bs[q + 1]; r++)
+                    cur[r] = (int32_t)q;
+            for (size_t p = 0; p < ly->out; p++)  /* and its inverse */
+                perm[hidden_rows(net) + perm[p]] = p;
+        }
+        for (size_t r = 0; r < ly->out; r++) {
+            for (size_t j = 0; j < ly->in; j++)
+                m[r * ly->cols + j] = last ? cur[r] > prev[j]
+                                           : cur[r] >= prev[j];
+            if (ly->cols > ly->in)   /* time column: always visible */
+                m[r * ly->cols + ly->in] = 1;
         }
         memcpy(prev, cur, ly->out * sizeof *cur);
     }
@@ -148,7 +160,7 @@ fail:
 }
 
 /* The maps of MADE in degree order (nn_made_forward): rows of each layer
- * sorted by degree (hidden units by sperm, outputs by the degree of their
+ * sorted by degree (hidden units as stored, outputs by the degree of their
  * dimension), columns likewise (layer 0: the context, degree 0, then the
  * inputs by degree).  A row of degree m sees a prefix of the sorted
  * columns: the inputs of degree <= m (hidden, eq. 13 of Germain et al.
@@ -189,7 +201,7 @@ static int made_blocks(flow_net *net)
             } else {
                 while (bs[g + 1] <= p)
                     g++;
-                rm[p] = net->sperm[hidden_off(net, l) + p];
+                rm[p] = p;      /* hidden units are stored by degree */
                 m = g;
             }
             vi[p] = ex[p] = l ? bp[m + 1] : k + m;
@@ -200,8 +212,7 @@ static int made_blocks(flow_net *net)
                 ex[p] = ex[p1 - 1];
         }
         for (size_t q = 0; q < ly->in; q++)
-            cm[q] = (uint32_t)(l ? net->sperm[hidden_off(net, l - 1) + q]
-                      : q < k ? d + q : net->by_deg[q - k]);
+            cm[q] = (uint32_t)(l ? q : q < k ? d + q : net->by_deg[q - k]);
         for (size_t p = 0; p < ly->out; p++) {
             size_t c = rm[p];
             while (c > p)
@@ -287,35 +298,24 @@ int nn_mask_params(const flow_net *net, const flow_real *params,
 
 /* ----------------------------------------------- sampling by degree */
 
-/* The weights of every layer with rows and columns in degree order (the
- * orders of nn_made_step): hidden rows by sperm, output rows as they are;
- * layer 0's columns are the context then the inputs by degree, deeper
- * layers' columns the previous layer's units by degree.  One gather over
- * the parameters per sampling call. */
+/* Layer 0's weights with their columns in degree order (the context,
+ * then the inputs by degree) for nn_made_step; the deeper layers are
+ * stored in degree order already (made_masks) and read as they are.  One
+ * gather over layer 0 per sampling call. */
 static void sort_weights(const flow_net *net, const flow_real *params,
                          flow_real *sw)
 {
     size_t d = net->d, k = net->k;
-    for (size_t l = 0; l < net->n_layers; l++) {
-        const nn_layer *ly = &net->layer[l];
-        int last = l + 1 == net->n_layers;
-        const size_t *rp = last ? NULL : net->sperm + hidden_off(net, l);
-        const size_t *cp = l ? net->sperm + hidden_off(net, l - 1) : NULL;
-        const flow_real *w = params + ly->w_off;
-        flow_real *dst = sw + ly->m_off;
-        for (size_t p = 0; p < ly->out; p++) {
-            const flow_real *wr = w + (rp ? rp[p] : p) * ly->cols;
-            flow_real *dr = dst + p * ly->cols;
-            if (cp) {
-                for (size_t q = 0; q < ly->in; q++)
-                    dr[q] = wr[cp[q]];
-            } else {
-                for (size_t q = 0; q < k; q++)
-                    dr[q] = wr[d + q];
-                for (size_t q = 0; q < d; q++)
-                    dr[k + q] = wr[net->by_deg[q]];
-            }
-        }
+    const nn_layer *ly = &net->layer[0];
+    const flow_real *w = params + ly->w_off;
+    flow_real *dst = sw + ly->m_off;
+    for (size_t p = 0; p < ly->out; p++) {
+        const flow_real *wr = w + p * ly->cols;
+        flow_real *dr = dst + p * ly->cols;
+        for (size_t q = 0; q < k; q++)
+            dr[q] = wr[d + q];
+        for (size_t q = 0; q < d; q++)
+            dr[k + q] = wr[net->by_deg[q]];
     }
 }
 
@@ -339,6 +339,60 @@ static void bias_act_block(const flow_net *net, flow_real *z, size_t ld,
     }
 }
 
+/* Row offset of layer l in rmap / ext, and column offset in cmap. */
+static size_t sort_roff(const flow_net *net, size_t l)
+{
+    return l + 1 == net->n_layers ? hidden_rows(net) : hidden_off(net, l);
+}
+
+static size_t sort_coff(const flow_net *net, size_t l)
+{
+    size_t s = 0;
+    for (size_t i = 0; i < l; i++)
+        s += net->layer[i].in;
+    return s;
+}
+
+/* The head of nn_made_sort's buffer: the parameters it was prepared
+ * from, then one byte per layer, 1 when the degree-order passes read that
+ * layer from the parameters as they are (made_direct), 0 when from its
+ * sorted copy after the head. */
+typedef struct made_prep {
+    uint64_t magic;
+    const flow_real *params;
+} made_prep;
+
+#define PREP_MAGIC 0x666c6f776d707231ull  /* "flowmpr1" */
+
+static size_t prep_reals(const flow_net *net)
+{
+    return round_up(sizeof(made_prep) + net->n_layers) / sizeof(flow_real);
+}
+
+static int prep_is_direct(const flow_real *sw, size_t l)
+{
+    return ((const uint8_t *)sw)[sizeof(made_prep) + l];
+}
+
+/* Layer l's weights (stride cols, rows and columns in degree order) and
+ * biases (rows in degree order) for the degree-order passes. */
+static const flow_real *prep_w(const flow_net *net, const flow_real *sw,
+                               size_t l)
+{
+    const made_prep *hd = (const made_prep *)(const void *)sw;
+    return prep_is_direct(sw, l) ? hd->params + net->layer[l].w_off
+                                 : sw + prep_reals(net) + net->layer[l].m_off;
+}
+
+static const flow_real *prep_b(const flow_net *net, const flow_real *sw,
+                               size_t l)
+{
+    const made_prep *hd = (const made_prep *)(const void *)sw;
+    return prep_is_direct(sw, l) ? hd->params + net->layer[l].b_off
+                                 : sw + prep_reals(net) + net->mask_total
+                                       + sort_roff(net, l);
+}
+
 /* Sampling a MADE degree by degree (MAF, Papamakarios et al. 2017, sec.
  * 3.1: x_i = u_i exp(alpha_i) + mu_i, one dimension after the other).
  * Hidden unit k of layer l with degree m^l(k) depends on exactly the
@@ -355,10 +409,10 @@ static void bias_act_block(const flow_net *net, flow_real *z, size_t ld,
  * net_forward.  Products in degree order are the same sums as the masked
  * dense ones (the skipped terms are masked zeros) up to the order of the
  * additions. */
-/* One step on weights sorted by degree: ssw is NULL for weights from
- * params (sorted here into the workspace at step 0, sort_weights: output
- * rows as they are, biases read from params), or nn_made_sort's layout
- * (output rows by degree too, biases after the weights). */
+/* One step on weights in degree order: ssw is NULL for weights from
+ * params (layer 0 sorted here into the workspace at step 0, sort_weights;
+ * the rest and the biases read from params, output rows as they are), or
+ * nn_made_sort's buffer (prep_w, prep_b: output rows by degree too). */
 static int made_step_run(const flow_net *net, const flow_real *params,
                          const flow_real *ssw, size_t n,
                          const flow_real *ctx, size_t step,
@@ -367,8 +421,9 @@ static int made_step_run(const flow_net *net, const flow_real *params,
     ws_head *hd = ws;
     step_layout sl;
     size_t d, k, kd, L, pr;
-    flow_real *xs, *hs, *bb;
-    const flow_real *in, *sw;
+    flow_real *xs, *hs;
+    const flow_real *in;
+    flow_real *sw0;
     size_t ldin;
     int st;
     if (!net || !(ssw || params) || !theta || !ws
@@ -377,6 +432,8 @@ static int made_step_run(const flow_net *net, const flow_real *params,
     if (net->kind != FLOW_NET_MADE || net->sn > 0 ||
         net->time != FLOW_TIME_NONE || (ssw && !net->sortable))
         return FLOW_ERR_UNSUPPORTED;
+    if (ssw && ((const made_prep *)(const void *)ssw)->magic != PREP_MAGIC)
+        return FLOW_ERR_INVAL;
     d = net->d;
     k = net->k;
     if (step >= d || (k && !ctx) || (step > 0 && !x_prev))
@@ -386,17 +443,16 @@ static int made_step_run(const flow_net *net, const flow_real *params,
     step_layout_of(net, n, &sl);
     kd = k + d;
     L = net->n_layers;
-    sw = ssw ? ssw : at(ws, sl.sw);
+    sw0 = at(ws, sl.sw);
     xs = at(ws, sl.xs);
     hs = at(ws, sl.hs);
-    bb = at(ws, sl.bb);
     if (step == 0) {
         hd->magic = 0;
         hd->n = n;
         hd->t = 0;
         hd->have_jvp = 0;
         if (!ssw)
-            sort_weights(net, params, at(ws, sl.sw));
+            sort_weights(net, params, sw0);
         for (size_t r = 0; k && r < n; r++)
             memcpy(xs + r * kd, ctx + r * k, k * sizeof *xs);
         hd->magic = WS_STEP_MAGIC;
@@ -413,25 +469,23 @@ static int made_step_run(const flow_net *net, const flow_real *params,
     for (size_t l = 0; l + 1 < L; l++) {
         const nn_layer *ly = &net->layer[l];
         const size_t *bs = net->bstart + l * (d + 1);
-        const size_t *perm = net->sperm + hidden_off(net, l);
         size_t b0 = bs[step], b1 = bs[step + 1];
         flow_real *h = hs + hidden_off(net, l) * n;
+        const flow_real *w = ssw ? prep_w(net, ssw, l)
+                             : l ? params + ly->w_off : sw0 + ly->m_off;
+        const flow_real *b = ssw ? prep_b(net, ssw, l) : params + ly->b_off;
         if (b1 > b0) {
             if (pr) {
                 st = blas_gemm(0, 1, n, b1 - b0, pr, 1, in, ldin,
-                               sw + ly->m_off + b0 * ly->cols, ly->cols, 0,
-                               h + b0, ly->out);
+                               w + b0 * ly->cols, ly->cols, 0, h + b0,
+                               ly->out);
                 if (st != FLOW_OK)
                     return st;
             } else {
                 for (size_t r = 0; r < n; r++)
                     memset(h + r * ly->out + b0, 0, (b1 - b0) * sizeof *h);
             }
-            for (size_t j = b0; j < b1; j++)
-                bb[j - b0] = ssw ? ssw[net->mask_total + hidden_off(net, l)
-                                       + j]
-                                 : params[ly->b_off + perm[j]];
-            bias_act_block(net, h + b0, ly->out, n, b1 - b0, bb);
+            bias_act_block(net, h + b0, ly->out, n, b1 - b0, b + b0);
         }
         in = h;
         ldin = ly->out;
@@ -442,13 +496,13 @@ static int made_step_run(const flow_net *net, const flow_real *params,
         size_t out = net->out;
         /* the rows of the dimension of degree step + 1 */
         size_t row = (ssw ? step : net->by_deg[step]) * out;
-        const flow_real *b = ssw ? ssw + net->mask_total + hidden_rows(net)
-                                       + row
-                                 : params + ly->b_off + row;
+        const flow_real *w = ssw ? prep_w(net, ssw, L - 1)
+                             : L > 1 ? params + ly->w_off : sw0 + ly->m_off;
+        const flow_real *b = (ssw ? prep_b(net, ssw, L - 1)
+                                  : params + ly->b_off) + row;
         if (pr) {
             st = blas_gemm(0, 1, n, out, pr, 1, in, ldin,
-                           sw + ly->m_off + row * ly->cols, ly->cols, 0,
-                           theta, out);
+                           w + row * ly->cols, ly->cols, 0, theta, out);
             if (st != FLOW_OK)
                 return st;
         } else {
@@ -485,39 +539,90 @@ int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
 
 /* ------------------------ the density pass in degree order, blocked */
 
-/* Row offset of layer l in rmap / ext, and column offset in cmap. */
-static size_t sort_roff(const flow_net *net, size_t l)
-{
-    return l + 1 == net->n_layers ? hidden_rows(net) : hidden_off(net, l);
-}
-
-static size_t sort_coff(const flow_net *net, size_t l)
-{
-    size_t s = 0;
-    for (size_t i = 0; i < l; i++)
-        s += net->layer[i].in;
-    return s;
-}
-
 size_t nn_made_sorted_count(const flow_net *net)
 {
     if (!net || !net->sortable)
         return 0;
-    /* weights, biases, then nn_made_grad's scratch (3 x max_width) */
-    return net->mask_total + all_rows(net) + 3 * net->max_width;
+    /* head, weights, biases, then nn_made_grad's scratch (3 x max_width) */
+    return prep_reals(net) + net->mask_total + all_rows(net)
+           + 3 * net->max_width;
 }
 
-/* sw: per layer the masked weights with rows and columns in degree order
- * (at m_off, rows x cols, each row written up to its block's prefix ext;
- * the rest is never read), then every layer's biases in row order (at
- * mask_total + the layer's row offset).  The mask is applied here, so the
- * parameters' masked weights may hold anything. */
+/* 1 when layer l's rows and columns in degree order are those of the
+ * parameters: its hidden rows and deeper columns always (made_masks
+ * stores them by degree); layer 0's columns and the output rows when
+ * there is no context and the inputs' order is the natural one. */
+static int made_direct(const flow_net *net, size_t l)
+{
+    const nn_layer *ly = &net->layer[l];
+    const size_t *rm = net->rmap + sort_roff(net, l);
+    const uint32_t *cm = net->cmap + sort_coff(net, l);
+    if (ly->cols != ly->in)
+        return 0;
+    for (size_t p = 0; p < ly->out; p++)
+        if (rm[p] != p)
+            return 0;
+    for (size_t q = 0; q < ly->in; q++)
+        if (cm[q] != q)
+            return 0;
+    return 1;
+}
+
+/* 1 when a weight the blocked passes read but the mask zeroes (row p,
+ * columns vis[p] .. ext[p]: the block's prefix past the row's own) is
+ * not +-0 in layer l of params (NaN included): an OR over the bits
+ * without the sign, as masked_nonzero, once per batch. */
+static int made_block_dirty(const flow_net *net, const flow_real *params,
+                            size_t l)
+{
+#if FLOW_REAL_DOUBLE
+    typedef uint64_t bits_t;
+#else
+    typedef uint32_t bits_t;
+#endif
+    const nn_layer *ly = &net->layer[l];
+    size_t roff = sort_roff(net, l);
+    const size_t *ex = net->ext + roff, *vi = net->vis + roff;
+    bits_t acc = 0;
+    for (size_t p = 0; p < ly->out; p++) {
+        const flow_real *wr = params + ly->w_off + p * ly->cols;
+#if defined(__GNUC__)
+        /* rows a page apart: the hardware prefetcher stops at each */
+        if (p + 8 < ly->out)
+            for (size_t q = vi[p + 8]; q < ex[p + 8]; q += 64 / sizeof *wr)
+                __builtin_prefetch(wr + 8 * ly->cols + q);
+#endif
+        for (size_t q = vi[p]; q < ex[p]; q++) {
+            bits_t b;
+            memcpy(&b, wr + q, sizeof b);
+            acc |= b << 1;
+        }
+    }
+    return acc != 0;
+}
+
+/* sw: the head (made_prep: params and which layers are read from them),
+ * then per layer not read from params the masked weights with rows and
+ * columns in degree order (at prep_reals + m_off, rows x cols, each row
+ * written up to its block's prefix ext; the rest is never read), then
+ * those layers' biases in row order (at prep_reals + mask_total + the
+ * layer's row offset).  A layer in degree order in the parameters
+ * (made_direct) is read from them when the weights the blocks read past
+ * their rows' masks are 0, as init and training keep them; otherwise
+ * (parameters from elsewhere) it is copied with the mask applied. */
 int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
 {
+    made_prep *hd = (made_prep *)(void *)sw;
+    uint8_t *direct;
+    flow_real *dw;
     if (!net || !params || !sw)
         return FLOW_ERR_INVAL;
     if (!net->sortable)
         return FLOW_ERR_UNSUPPORTED;
+    direct = (uint8_t *)sw + sizeof(made_prep);
+    dw = sw + prep_reals(net);
+    hd->magic = PREP_MAGIC;
+    hd->params = params;
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         size_t roff = sort_roff(net, l);
@@ -525,7 +630,11 @@ int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
         const size_t *vi = net->vis + roff;
         const uint32_t *cm = net->cmap + sort_coff(net, l);
         const flow_real *w = params + ly->w_off;
-        flow_real *dst = sw + ly->m_off;
+        flow_real *dst = dw + ly->m_off;
+        direct[l] = (uint8_t)(made_direct(net, l)
+                              && !made_block_dirty(net, params, l));
+        if (direct[l])
+            continue;
         for (size_t p = 0; p < ly->out; p++) {
             const flow_real *wr = w + rm[p] * ly->cols;
             flow_real *dr = dst + p * ly->cols;
@@ -535,7 +644,7 @@ int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
                 dr[q] = wr[cm[q]];
             for (; q < ex[p]; q++)
                 dr[q] = 0;
-            sw[net->mask_total + roff + p] = params[ly->b_off + rm[p]];
+            dw[net->mask_total + roff + p] = params[ly->b_off + rm[p]];
         }
     }
     return FLOW_OK;
@@ -543,25 +652,39 @@ int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
 
 /* The gradient in nn_made_backward's layout (each layer's W at w_off in
  * degree order up to ext, its biases at b_off in degree order) mapped in
- * place to the parameters' layout, masked weights 0.  Sorted row p goes
- * to row rmap[p], scattered by cmap: the rows move along the cycles of
- * rmap, one row held aside (scratch at the end of sw), so nothing is
- * copied twice and no gradient-sized buffer is needed. */
+ * place to the parameters' layout, masked weights 0.  A layer read from
+ * the parameters is in their layout already: only the masked weights its
+ * blocks wrote (vis[p] .. ext[p] of each row) are set to 0.  Otherwise
+ * sorted row p goes to row rmap[p], scattered by cmap: the rows move
+ * along the cycles of rmap, one row held aside (scratch at the end of
+ * sw), so nothing is copied twice and no gradient-sized buffer is
+ * needed. */
 int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
 {
     if (!net || !grad || !sw)
         return FLOW_ERR_INVAL;
     if (!net->sortable)
         return FLOW_ERR_UNSUPPORTED;
+    if (((const made_prep *)(const void *)sw)->magic != PREP_MAGIC)
+        return FLOW_ERR_INVAL;
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         size_t roff = sort_roff(net, l), C = ly->cols;
         const size_t *rm = net->rmap + roff, *vi = net->vis + roff;
+        const size_t *ex = net->ext + roff;
         const uint32_t *cm = net->cmap + sort_coff(net, l);
         const uint8_t *lead = net->lead + roff;
-        flow_real *a = sw + net->mask_total + all_rows(net);
+        flow_real *a = sw + prep_reals(net) + net->mask_total
+                       + all_rows(net);
         flow_real *b = a + net->max_width, *bias = b + net->max_width;
         flow_real *w = grad + ly->w_off;
+        if (prep_is_direct(sw, l)) {
+            for (size_t p = 0; p < ly->out; p++)
+                if (ex[p] > vi[p])
+                    memset(w + p * C + vi[p], 0,
+                           (ex[p] - vi[p]) * sizeof *w);
+            continue;
+        }
         for (size_t p0 = 0; p0 < ly->out; p0++) {
             size_t cur = p0;
             if (!lead[p0])
@@ -603,10 +726,13 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
     size_t d, k, kd, ldin, yw;
     const flow_real *in;
     flow_real *xs, *ys;
+    int out_direct;
     if (!net || !sw || !x || !y || !ws || (uintptr_t)ws % sizeof(double))
         return FLOW_ERR_INVAL;
     if (!net->sortable)
         return FLOW_ERR_UNSUPPORTED;
+    if (((const made_prep *)(const void *)sw)->magic != PREP_MAGIC)
+        return FLOW_ERR_INVAL;
     d = net->d;
     k = net->k;
     if (k && !ctx)
@@ -629,6 +755,12 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         for (size_t q = 0; q < d; q++)
             xr[k + q] = x[r * d + net->by_deg[q]];
     }
+    /* output rows in the spec's order already: the last GEMMs write y */
+    out_direct = 1;
+    for (size_t p = 0; p < yw && out_direct; p++)
+        out_direct = net->rmap[hidden_rows(net) + p] == p;
+    if (out_direct)
+        ys = y;
     in = xs;
     ldin = kd;
     for (size_t l = 0; l < net->n_layers; l++) {
@@ -636,13 +768,13 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         int last = l + 1 == net->n_layers;
         size_t roff = sort_roff(net, l), R = ly->out;
         const size_t *ex = net->ext + roff;
-        const flow_real *w = sw + ly->m_off;
+        const flow_real *w = prep_w(net, sw, l);
         flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
         flow_real *z = last ? ys
                        : net->act == FLOW_ACT_RELU
                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
         int st = FLOW_OK;
-        fill_rows(n, R, sw + net->mask_total + roff, z);
+        fill_rows(n, R, prep_b(net, sw, l), z);
         if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {
             /* column blocks would average under 32 wide (few inputs): one
              * GEMM per row block over its prefix (docs/runtime.md) */
@@ -677,7 +809,7 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
             ldin = R;
         }
     }
-    {
+    if (!out_direct) {
         const size_t *rm = net->rmap + hidden_rows(net);
         for (size_t r = 0; r < n; r++)
             for (size_t p = 0; p < yw; p++)
@@ -731,7 +863,7 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
         const nn_layer *ly = &net->layer[l];
         size_t R = ly->out, C = l ? ly->in : kd, e0 = 0;
         const size_t *ex = net->ext + sort_roff(net, l);
-        const flow_real *w = sw + ly->m_off;
+        const flow_real *w = prep_w(net, sw, l);
         const flow_real *in =
             l ? at(ws, so.h) + hidden_off(net, l - 1) * n : at(ws, so.xs);
         flow_real *gin = buf[nb];
@@ -786,4 +918,114 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
         nb = 1 - nb;
     }
     return FLOW_OK;
+}
+
+/* ------------------------------------ parameters of the cyclic order */
+
+/* Parameters of format-2 checkpoints (docs/formats.md) stored the
+ * hidden units in the cyclic order of made_masks; since format 3 they are
+ * sorted by degree.  Stored unit p is cyclic unit sperm[p] (the stable
+ * sort of made_masks): its weight row, its bias and its column in the
+ * layer above move to p.  Any vector in the parameters' layout (Adam's
+ * moments too) converts the same way; the network's function does not
+ * change (the same units, relabelled). */
+int nn_made_from_cyclic(const flow_net *net, flow_real *params)
+{
+    flow_real *tmp;
+    if (!net || !params)
+        return FLOW_ERR_INVAL;
+    if (net->kind != FLOW_NET_MADE || !net->sperm)
+        return FLOW_OK;
+    tmp = malloc((net->max_wsize > net->max_width ? net->max_wsize
+                                                   : net->max_width)
+                 * sizeof *tmp + 1);
+    if (!tmp)
+        return FLOW_ERR_NOMEM;
+    for (size_t l = 0; l + 1 < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l], *up = &net->layer[l + 1];
+        const size_t *perm = net->sperm + hidden_off(net, l);
+        flow_real *w = params + ly->w_off, *b = params + ly->b_off;
+        flow_real *wu = params + up->w_off;
+        memcpy(tmp, w, ly->out * ly->cols * sizeof *tmp);
+        for (size_t p = 0; p < ly->out; p++)
+            memcpy(w + p * ly->cols, tmp + perm[p] * ly->cols,
+                   ly->cols * sizeof *w);
+        memcpy(tmp, b, ly->out * sizeof *tmp);
+        for (size_t p = 0; p < ly->out; p++)
+            b[p] = tmp[perm[p]];
+        if (net->time == FLOW_TIME_CONCATSQUASH) {  /* per-unit gates */
+            flow_real *g[3] = {params + ly->ga_off, params + ly->gc_off,
+                               params + ly->gd_off};
+            for (int i = 0; i < 3; i++) {
+                memcpy(tmp, g[i], ly->out * sizeof *tmp);
+                for (size_t p = 0; p < ly->out; p++)
+                    g[i][p] = tmp[perm[p]];
+            }
+        }
+        for (size_t r = 0; r < up->out; r++) {
+            flow_real *row = wu + r * up->cols;
+            memcpy(tmp, row, ly->out * sizeof *tmp);
+            for (size_t q = 0; q < ly->out; q++)
+                row[q] = tmp[perm[q]];
+        }
+    }
+    free(tmp);
+    return FLOW_OK;
+}
+
+/* The host's net_init: for a MADE, nn_init's draws as they fell in the
+ * cyclic order (the same stream, fan-ins and masks), each written where
+ * nn_made_from_cyclic moves it, so that a seed gives the network it gave
+ * in format 2, to the bit; no allocation (net_init cannot fail).  Other
+ * nets: nn_init. */
+void nn_made_net_init(const flow_net *net, flow_real *params, flow_rng *rng)
+{
+    flow_rng local;
+    size_t hr;
+    if (!net || !params || net->kind != FLOW_NET_MADE || !net->mask
+        || !net->sperm) {
+        nn_init(net, params, rng);
+        return;
+    }
+    if (!rng) {
+        rng_seed(&local, net->seed ^ 0x6e6e696e6974ull);  /* as nn_init */
+        rng = &local;
+    }
+    hr = hidden_rows(net);
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const uint8_t *m = net->mask + ly->m_off;
+        int last = l + 1 == net->n_layers;
+        int zero = last && net->zero_last;
+        /* stored row / column of cyclic row r / column j */
+        const size_t *ri = last ? NULL : net->sperm + hr + hidden_off(net, l);
+        const size_t *ci = l ? net->sperm + hr + hidden_off(net, l - 1)
+                             : NULL;
+        flow_real *w = params + ly->w_off;
+        for (size_t r = 0; r < ly->out; r++) {
+            size_t p = ri ? ri[r] : r, fan = 0;
+            const uint8_t *mr = m + p * ly->cols;
+            double sc;
+            for (size_t j = 0; j < ly->cols; j++)
+                fan += mr[j];
+            if (fan == 0)
+                fan = 1;
+            sc = 1.0 / sqrt((double)fan);   /* nn_init's U(-s, s) */
+            for (size_t j = 0; j < ly->cols; j++) {
+                size_t q = ci && j < ly->in ? ci[j] : j;
+                double v = (2 * rng_uniform(rng) - 1) * sc;
+                w[p * ly->cols + q] = zero || !mr[q] ? 0 : (flow_real)v;
+            }
+            params[ly->b_off + p] =
+                zero ? 0 : (flow_real)((2 * rng_uniform(rng) - 1) * sc);
+        }
+        if (net->time == FLOW_TIME_CONCATSQUASH)
+            for (size_t r = 0; r < ly->out; r++) {
+                size_t p = ri ? ri[r] : r;
+                params[ly->ga_off + p] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gc_off + p] = (flow_real)(2 * rng_uniform(rng) - 1);
+                params[ly->gd_off + p] =
+                    zero ? 0 : (flow_real)(2 * rng_uniform(rng) - 1);
+            }
+    }
 }

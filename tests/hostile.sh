@@ -124,8 +124,8 @@ fails "other precision: sample" "prec.ckpt: checkpoint precision is $other but t
 fails "other precision: train --resume" "prec.ckpt: checkpoint precision is $other" \
     "$F" train "$t/small.flow" --data "$t/tr.csv" --steps 5 \
     --resume "$t/prec.ckpt" -o "$O/r.ckpt"
-"$EDIT" "$A" "$t/ver.ckpt" '"format_version":"2"' '"format_version":"3"'
-fails "newer format: logprob" "ver.ckpt: checkpoint format version 3 is newer than this flowkit supports (2): upgrade flowkit" \
+"$EDIT" "$A" "$t/ver.ckpt" '"format_version":"3"' '"format_version":"4"'
+fails "newer format: logprob" "ver.ckpt: checkpoint format version 4 is newer than this flowkit supports (3): upgrade flowkit" \
     "$F" logprob "$t/ver.ckpt" --data "$t/te.csv" -o "$O/lp.csv"
 shape=$(head -c $((8 + hlen)) "$A" | grep -ao '"params/coupling#0":{"dtype":"F[0-9]*","shape":\[[0-9]*\]' \
         | sed 's/.*"shape"://')
@@ -481,7 +481,7 @@ fails "embedded import not embedded: never read from disk" \
     "$F" eval "$t/ne.ckpt" --data "$t/te.csv"
 lacks "embedded import not embedded: not shown" "$t/err" "SECRET_LINE"
 # format 1 (no embedded imports): refused with the way out, which works
-"$EDIT" --rehash "$t/sc.ckpt" "$t/v1f.ckpt" '"format_version":"2"' \
+"$EDIT" --rehash "$t/sc.ckpt" "$t/v1f.ckpt" '"format_version":"3"' \
     '"format_version":"1"' '"imports":' '"unused":'
 fails "format 1 with imports: eval" \
     "note: $t/v1f.ckpt has checkpoint format 1, which does not embed imported files" \

@@ -116,7 +116,7 @@ START_TEST(test_round_trip)
     ck_assert_ptr_null(ckpt_find(ck, "params/c1/w"));
     /* metadata */
     ck_assert_str_eq(ckpt_meta(ck, "format"), "flowkit.checkpoint");
-    ck_assert_str_eq(ckpt_meta(ck, "format_version"), "2");
+    ck_assert_str_eq(ckpt_meta(ck, "format_version"), "3");
     ck_assert_str_eq(ckpt_meta(ck, "flowkit_version"), FLOW_VERSION_STRING);
     ck_assert_str_eq(ckpt_meta(ck, "precision"), FLOW_REAL_NAME);
     ck_assert_str_eq(ckpt_meta(ck, "spec"), spec);
@@ -328,9 +328,9 @@ START_TEST(test_hostile_headers)
           "[0,16]}}", data, 16);
     ck_assert_int_eq(ckpt_read(ctx, tu_path(dir, "ok.ckpt"), &ck), FLOW_OK);
     ckpt_free(ck);
-    expect_craft(META("3", FLOW_REAL_NAME) "}", 0,
-                 "checkpoint format version 3 is newer than this flowkit "
-                 "supports (2): upgrade flowkit");
+    expect_craft(META("4", FLOW_REAL_NAME) "}", 0,
+                 "checkpoint format version 4 is newer than this flowkit "
+                 "supports (3): upgrade flowkit");
     snprintf(tmpl, sizeof tmpl, META("1", "%s") "}", other);
     snprintf(msg, sizeof msg, "checkpoint precision is %s but this flowkit "
              "computes in %s", other, FLOW_REAL_NAME);

@@ -475,8 +475,11 @@ END_TEST
 
 /* MADE in degree order (nn_made_sort / _forward / _backward / _grad)
  * against the dense premasked passes on the same parameters: outputs,
- * input, context and parameter gradients (masked weights hold garbage in
- * the parameters: the sort must ignore it, and their gradient is 0).
+ * input, context and parameter gradients, their masked entries 0.  Twice:
+ * masked weights holding garbage in the parameters (the sort must ignore
+ * it: every layer copied with the mask applied), then premasked (the
+ * layers stored in degree order read in place, their blocks' masked
+ * gradients set to 0 by nn_made_grad).
  * Widths cover several row blocks with ragged ends (MADE_BLOCK = 64). */
 static const mcase sorted_cases[] = {
     {64, 0, 2, 2, {512, 512}, FLOW_ACT_RELU, 0}, /* maf64's layers       */
@@ -555,40 +558,45 @@ START_TEST(test_sorted_matches_dense)
     ws2 = ws_alloc(net, N);
     ck_assert_int_eq(nn_forward(net, pm, N, x, k ? c : NULL, 0, y1, ws1),
                      FLOW_OK);
-    ck_assert_int_eq(nn_made_sort(net, p, sw), FLOW_OK);
-    ck_assert_int_eq(nn_made_forward(net, sw, N, x, k ? c : NULL, y2, ws2),
-                     FLOW_OK);
-    ck_assert_msg(rel_err(y2, y1, N * yw, &ref) <= STEP_TOL && ref > 0.1,
-                  "case %d: outputs differ by %g (rel.)", _i,
-                  rel_err(y2, y1, N * yw, &ref));
     ck_assert_int_eq(nn_backward(net, pm, N, ws1, dy, dx1, k ? dc1 : NULL,
                                  g1), FLOW_OK);
-    /* twice: dparams and dctx accumulate, dx is written */
-    for (int rep = 0; rep < 2; rep++)
-        ck_assert_int_eq(nn_made_backward(net, sw, N, ws2, dy, dx2,
-                                          k ? dc2 : NULL, g2), FLOW_OK);
-    ck_assert_int_eq(nn_made_grad(net, g2, sw), FLOW_OK);
-    for (size_t i = 0; i < np; i++)
-        g2[i] /= 2;
-    for (size_t i = 0; i < N * k; i++)
-        dc2[i] /= 2;
-    ck_assert_msg(rel_err(dx2, dx1, N * d, &ref) <= GRAD_TOL,
-                  "case %d: dx differs by %g", _i,
-                  rel_err(dx2, dx1, N * d, &ref));
-    ck_assert_msg(rel_err(dc2, dc1, N * k, &ref) <= GRAD_TOL,
-                  "case %d: dctx differs by %g", _i,
-                  rel_err(dc2, dc1, N * k, &ref));
-    ck_assert_msg(rel_err(g2, g1, np, &ref) <= GRAD_TOL && ref > 0.1,
-                  "case %d: dparams differ by %g (rel.)", _i,
-                  rel_err(g2, g1, np, &ref));
-    for (size_t l = 0; l < nn_layers(net); l++) {  /* masked: exactly 0 */
-        size_t rows, cols, wo;
-        const uint8_t *mk = nn_layer_mask(net, l);
-        nn_layer_shape(net, l, &rows, &cols, &wo, NULL);
-        for (size_t i = 0; i < rows * cols; i++)
-            if (!mk[i])
-                ck_assert_msg(g2[wo + i] == 0, "case %d: masked gradient "
-                              "%zu.%zu = %g", _i, l, i, (double)g2[wo + i]);
+    for (int src = 0; src < 2; src++) {
+        memset(g2, 0, np * sizeof *g2);
+        memset(dc2, 0, (N * k + 1) * sizeof *dc2);
+        ck_assert_int_eq(nn_made_sort(net, src ? pm : p, sw), FLOW_OK);
+        ck_assert_int_eq(nn_made_forward(net, sw, N, x, k ? c : NULL, y2,
+                                         ws2), FLOW_OK);
+        ck_assert_msg(rel_err(y2, y1, N * yw, &ref) <= STEP_TOL
+                      && ref > 0.1, "case %d/%d: outputs differ by %g "
+                      "(rel.)", _i, src, rel_err(y2, y1, N * yw, &ref));
+        /* twice: dparams and dctx accumulate, dx is written */
+        for (int rep = 0; rep < 2; rep++)
+            ck_assert_int_eq(nn_made_backward(net, sw, N, ws2, dy, dx2,
+                                              k ? dc2 : NULL, g2), FLOW_OK);
+        ck_assert_int_eq(nn_made_grad(net, g2, sw), FLOW_OK);
+        for (size_t i = 0; i < np; i++)
+            g2[i] /= 2;
+        for (size_t i = 0; i < N * k; i++)
+            dc2[i] /= 2;
+        ck_assert_msg(rel_err(dx2, dx1, N * d, &ref) <= GRAD_TOL,
+                      "case %d/%d: dx differs by %g", _i, src,
+                      rel_err(dx2, dx1, N * d, &ref));
+        ck_assert_msg(rel_err(dc2, dc1, N * k, &ref) <= GRAD_TOL,
+                      "case %d/%d: dctx differs by %g", _i, src,
+                      rel_err(dc2, dc1, N * k, &ref));
+        ck_assert_msg(rel_err(g2, g1, np, &ref) <= GRAD_TOL && ref > 0.1,
+                      "case %d/%d: dparams differ by %g (rel.)", _i, src,
+                      rel_err(g2, g1, np, &ref));
+        for (size_t l = 0; l < nn_layers(net); l++) {  /* masked: 0 */
+            size_t rows, cols, wo;
+            const uint8_t *mk = nn_layer_mask(net, l);
+            nn_layer_shape(net, l, &rows, &cols, &wo, NULL);
+            for (size_t i = 0; i < rows * cols; i++)
+                if (!mk[i])
+                    ck_assert_msg(g2[wo + i] == 0, "case %d/%d: masked "
+                                  "gradient %zu.%zu = %g", _i, src, l, i,
+                                  (double)g2[wo + i]);
+        }
     }
     /* a tape of another kind is refused both ways */
     ck_assert_int_eq(nn_made_backward(net, sw, N, ws1, dy, dx2, NULL, NULL),
@@ -620,7 +628,8 @@ END_TEST
 
 /* Sampling steps on the sorted weights give the same bits as on the raw
  * parameters (the same values and products: every row reads within its
- * prefix), masked weights holding garbage. */
+ * prefix), masked weights holding garbage (every layer copied by the
+ * sort), then premasked (the layers in degree order read in place). */
 START_TEST(test_step_sorted_same)
 {
     enum { N = 11 };
@@ -629,13 +638,14 @@ START_TEST(test_step_sorted_same)
     int32_t *order = malloc(d * sizeof *order);
     flow_rng r;
     flow_net *net;
-    flow_real *p, *sw, *c, *t1, *t2, *xp;
+    flow_real *p, *pm, *sw, *c, *t1, *t2, *xp;
     void *ws1, *ws2;
     rng_seed(&r, 110 + (uint64_t)_i);
     make_order(mc, order, &r);
     net = made(mc, order, 1);
     np = nn_params(net);
     p = malloc(np * sizeof *p);
+    pm = malloc(np * sizeof *pm);
     sw = malloc(nn_made_sorted_count(net) * sizeof *sw);
     c = malloc((N * k + 1) * sizeof *c);
     t1 = malloc(N * out * sizeof *t1);
@@ -643,6 +653,7 @@ START_TEST(test_step_sorted_same)
     xp = malloc(N * sizeof *xp);
     ck_assert_ptr_nonnull(order);
     ck_assert_ptr_nonnull(p);
+    ck_assert_ptr_nonnull(pm);
     ck_assert_ptr_nonnull(sw);
     ck_assert_ptr_nonnull(c);
     ck_assert_ptr_nonnull(t1);
@@ -650,24 +661,29 @@ START_TEST(test_step_sorted_same)
     ck_assert_ptr_nonnull(xp);
     rng_normal(&r, p, np);
     rng_normal(&r, c, N * k);
-    ck_assert_int_eq(nn_made_sort(net, p, sw), FLOW_OK);
+    nn_mask_params(net, p, pm);
     ws1 = ws_alloc(net, N);
     ws2 = ws_alloc(net, N);
-    for (size_t s = 0; s < d; s++) {
-        ck_assert_int_eq(nn_made_step(net, p, N, k ? c : NULL, s,
-                                      s ? xp : NULL, t1, ws1), FLOW_OK);
-        ck_assert_int_eq(nn_made_step_sorted(net, sw, N, k ? c : NULL, s,
-                                             s ? xp : NULL, t2, ws2),
-                         FLOW_OK);
-        ck_assert_msg(memcmp(t1, t2, N * out * sizeof *t1) == 0,
-                      "case %d step %zu: sorted step differs", _i, s);
-        for (size_t rr = 0; rr < N; rr++)   /* the next input: anything */
-            xp[rr] = t1[rr * out] * 0.5f;
+    for (int src = 0; src < 2; src++) {
+        ck_assert_int_eq(nn_made_sort(net, src ? pm : p, sw), FLOW_OK);
+        for (size_t s = 0; s < d; s++) {
+            ck_assert_int_eq(nn_made_step(net, p, N, k ? c : NULL, s,
+                                          s ? xp : NULL, t1, ws1), FLOW_OK);
+            ck_assert_int_eq(nn_made_step_sorted(net, sw, N, k ? c : NULL, s,
+                                                 s ? xp : NULL, t2, ws2),
+                             FLOW_OK);
+            ck_assert_msg(memcmp(t1, t2, N * out * sizeof *t1) == 0,
+                          "case %d/%d step %zu: sorted step differs", _i,
+                          src, s);
+            for (size_t rr = 0; rr < N; rr++)   /* the next input: any */
+                xp[rr] = t1[rr * out] * 0.5f;
+        }
     }
     free(ws1);
     free(ws2);
     free(order);
     free(p);
+    free(pm);
     free(sw);
     free(c);
     free(t1);

@@ -62,7 +62,9 @@ extern "C" {
  *        net_div_forward accepts tr = NULL (y only)
  *   1.11 flow_call.block_rows .. block_ctx: a whole-batch layer's call in
  *        the block pass, its batch sums over every process's blocks
- *        (read them with flow_call_block_rows) */
+ *        (read them with flow_call_block_rows); MADE hidden units stored
+ *        in degree order (checkpoint format 3):
+ *        flow_layer_type.upgrade_params, host net_made_from_cyclic */
 #define FLOW_PLUGIN_ABI_MINOR 11u
 
 /* Name of the one symbol a plugin exports. */
@@ -576,6 +578,19 @@ typedef struct flow_layer_type {
      * slices, c->n = 0, no workspace.  A layer with a host network calls
      * host->net_export for it and host->tf_export for its transformer. */
     int (*export_tensors)(void *self, const flow_call *c, flow_export *ex);
+
+    /* 1.11, optional (read only when struct_size covers it; NULL: the
+     * layer's parameter layout never changed).  Converts, in place, a
+     * vector in the layout of the layer's parameters as a checkpoint of
+     * format `format` (docs/formats.md) stored them into this host's
+     * layout: params is the vector (the layer's slice of the parameters,
+     * or of Adam's moments or the best parameters of the training state);
+     * c as for export_tensors (c->n = 0, no workspace).  The host calls it
+     * once per vector when restoring a checkpoint older than its format;
+     * a layer with a MADE calls host->net_made_from_cyclic for format
+     * < 3. */
+    int (*upgrade_params)(void *self, const flow_call *c, uint32_t format,
+                          flow_real *params);
 } flow_layer_type;
 
 /* ---------------------------------------------------------------------
@@ -945,7 +960,10 @@ struct flow_host {
      * norm; then the other entries return FLOW_ERR_UNSUPPORTED).
      * net_made_sort: sorted (that many values) from params, the mask
      * applied (params' masked weights may hold anything); run it whenever
-     * params change (a layer's prepare).  net_made_forward: y as
+     * params change (a layer's prepare).  Since 1.11 sorted refers to
+     * params where they are in degree order already (the hidden layers:
+     * no copy), so params must stay in place and unchanged until the
+     * next net_made_sort.  net_made_forward: y as
      * net_forward on those params (the same sums up to the order of the
      * additions), leaving a tape in ws (net_workspace bytes) that only
      * net_made_backward reads.  net_made_backward: as net_backward, except
@@ -989,6 +1007,13 @@ struct flow_host {
                       const char *prefix, const char *output_layout,
                       flow_export *ex);
     int (*tf_export)(const flow_tf *tf, const char *key, flow_export *ex);
+    /* 1.11 (test FLOW_HOST_HAS before use).  MADE: the hidden units are
+     * stored sorted by degree; checkpoints of format 2 and older stored
+     * them in the masks' cyclic order.  Converts a vector in that older
+     * layout (net_params(net) values) in place; the network's function
+     * is the same (the units relabelled).  FLOW_OK and nothing done for
+     * an MLP. */
+    int (*net_made_from_cyclic)(const flow_net *net, flow_real *params);
 };
 
 #define FLOW_HOST_HAS(h, field) \
