@@ -15,6 +15,10 @@
 #define CLI_EXIT_DIVERGED 3
 /* flow_model_set_threads' limit, checked as a usage error. */
 #define CLI_MAX_THREADS 64
+/* *threads when 0 (no --threads): FLOWKIT_THREADS, else the CPUs in the
+ * process's affinity mask (at most CLI_MAX_THREADS).  0, or
+ * CLI_EXIT_USAGE after printing why FLOWKIT_THREADS is not a count. */
+int cli_default_threads(const char *cmd, size_t *threads);
 
 /* Option cursor over argv: `--name value` and `--name=value`. */
 typedef struct cli_args {

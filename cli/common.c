@@ -2,6 +2,10 @@
  * compiling a spec, loading a checkpoint, reading data for a model,
  * checking an output before any work, JSON output, growing text, the
  * clock and the stop signals. */
+#ifdef __linux__
+#define _GNU_SOURCE             /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
+#endif
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
@@ -14,6 +18,45 @@
 #include "cli.h"
 
 /* ------------------------------------------------------------ common */
+
+/* The CPUs this process may run on (its affinity mask: a taskset or a
+ * container's cpuset, not the machine's count), at least 1. */
+static size_t cpus_available(void)
+{
+    long n = 0;
+#ifdef __linux__
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0)
+        n = CPU_COUNT(&set);
+#endif
+    if (n <= 0)
+        n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > CLI_MAX_THREADS ? CLI_MAX_THREADS : (size_t)n;
+}
+
+int cli_default_threads(const char *cmd, size_t *threads)
+{
+    const char *e = getenv("FLOWKIT_THREADS");
+    char *end;
+    unsigned long long v;
+    if (*threads)               /* --threads given */
+        return 0;
+    if (!e) {
+        *threads = cpus_available();
+        return 0;
+    }
+    errno = 0;
+    v = strtoull(e, &end, 10);
+    if (e[0] < '0' || e[0] > '9' || *end || errno || v < 1
+        || v > CLI_MAX_THREADS) {
+        fprintf(stderr, "%s: FLOWKIT_THREADS='%s' is not a thread count "
+                "(a whole number from 1 to %d)\n", cmd, e, CLI_MAX_THREADS);
+        return CLI_EXIT_USAGE;
+    }
+    *threads = (size_t)v;
+    return 0;
+}
 
 int cli_fail(flow_ctx *ctx, const char *cmd)
 {

@@ -358,7 +358,7 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
     int k, rc = 0;
     memset(o, 0, sizeof *o);
     o->batch = 4096;
-    o->threads = 1;
+    o->threads = 0;            /* cli_default_threads */
     o->header = 1;
     o->out = "-";
     o->temperature = 1;
@@ -422,6 +422,8 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             return cli_unknown_option(&a);
     }
     if (rc)
+        return rc;
+    if ((rc = cli_default_threads(a.cmd, &o->threads)) != 0)
         return rc;
     if (!o->ckpt)
         return cli_usage_error(&a, "missing CKPT");

@@ -37,6 +37,8 @@ static void fit_usage(FILE *f)
           "                       (default 0: off)\n"
           "  --seed S             initialisation and sampling (default 0)\n"
           "  --threads T          worker threads splitting each batch by rows\n"
+          "                       (default: FLOWKIT_THREADS, else the CPUs;\n"
+          "                       the bits follow T without --reproducible)\n"
           "  --reproducible       samples drawn and gradients summed in blocks\n"
           "                       of 32: the same bits as under mpirun with\n"
           "                       any number of ranks (always on under\n"
@@ -76,7 +78,7 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
     flow_train_config_default(&o->cfg);
     o->cfg.batch = 256;
     o->steps = 1000;
-    o->threads = 1;
+    o->threads = 0;            /* cli_default_threads */
     o->eval_n = 10000;
     o->log_every = 100;
     while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
@@ -141,6 +143,8 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             return cli_unknown_option(&a);
     }
     if (rc)
+        return rc;
+    if ((rc = cli_default_threads(a.cmd, &o->threads)) != 0)
         return rc;
     if (!o->spec)
         return cli_usage_error(&a, "missing SPEC");

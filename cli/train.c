@@ -45,9 +45,11 @@ static void train_usage(FILE *f)
           "  --patience N         stop after N validations without\n"
           "                       improvement, keep the best (default off)\n"
           "  --seed S             initialisation and shuffling (default 0)\n"
-          "  --threads T          worker threads splitting each batch by rows\n"
-          "                       (default 1; same seed and threads, "
-          "same bits)\n"
+          "  --threads T          worker threads taking the batch's blocks\n"
+          "                       (default: FLOWKIT_THREADS, else the CPUs "
+          "this\n"
+          "                       process may use; any T gives the same "
+          "bits)\n"
           "  --reproducible       gradients summed in blocks of 32 rows, "
           "the same\n"
           "                       bits as under mpirun with any number of "
@@ -112,7 +114,7 @@ static int parse_train(int argc, char **argv, train_opts *o)
     memset(o, 0, sizeof *o);
     flow_train_config_default(&o->cfg);
     o->epochs = 10;
-    o->threads = 1;
+    o->threads = 0;            /* cli_default_threads */
     o->verify = FLOW_VERIFY_THIRD_PARTY;
     while (rc == 0 && (k = cli_next_arg(&a, &pos)) >= 0) {
         if (k == 0) {
@@ -201,6 +203,8 @@ static int parse_train(int argc, char **argv, train_opts *o)
             return cli_unknown_option(&a);
     }
     if (rc)
+        return rc;
+    if ((rc = cli_default_threads(a.cmd, &o->threads)) != 0)
         return rc;
     if (!o->spec)
         return cli_usage_error(&a, "missing SPEC");
@@ -775,17 +779,16 @@ int cli_cmd_train(int argc, char **argv)
         }
         if (h.len && h.s[h.len - 1] == ']')
             h.s[--h.len] = '\0';            /* reopen the array */
-    /* with the block sum the bits do not depend on the threads, so the
-     * initialisation runs on one: a layer that draws before actnorm
-     * draws per thread's rows */
-    } else if ((use_comm && flow_model_set_threads(l.model, 1) != FLOW_OK)
+    /* training's bits do not depend on the threads, so neither may the
+     * initialisation's: it runs on one (a layer that draws before
+     * actnorm draws per thread's rows) */
+    } else if (flow_model_set_threads(l.model, 1) != FLOW_OK
                || flow_model_data_init(l.model, n < o.cfg.batch ? n
                                        : o.cfg.batch,
                                        flow_data_values(head ? head : tr),
                                        flow_data_context(head ? head : tr))
                       != FLOW_OK
-               || (use_comm && flow_model_set_threads(l.model, o.threads)
-                                   != FLOW_OK)
+               || flow_model_set_threads(l.model, o.threads) != FLOW_OK
                || (use_comm && share_init(comm, l.model) != FLOW_OK))
         goto failmsg;
     if (verify_layers(&l, cmd, &o, head ? head : tr) != 0)

@@ -112,7 +112,9 @@ static void compare_usage(FILE *f)
           "  --columns L      data columns by name or 0-based index\n"
           "  --context L      context columns (conditional models)\n"
           "  --batch B        rows per pass (default 4096)\n"
-          "  --threads T      worker threads per model (default 1)\n"
+          "  --threads T      worker threads per model (default: "
+          "FLOWKIT_THREADS,\n"
+          "                   else the CPUs)\n"
           "  --json           one JSON object on standard output\n", f);
 }
 
@@ -131,7 +133,7 @@ static int parse_compare(int argc, char **argv, cmp_opts *o)
     int k, rc = 0;
     memset(o, 0, sizeof *o);
     o->batch = 4096;
-    o->threads = 1;
+    o->threads = 0;            /* cli_default_threads */
     if (!(o->ckpts = calloc((size_t)argc, sizeof *o->ckpts))) {
         fputs("flowkit compare: out of memory\n", stderr);
         return 1;
@@ -158,6 +160,8 @@ static int parse_compare(int argc, char **argv, cmp_opts *o)
             return cli_unknown_option(&a);
     }
     if (rc)
+        return rc;
+    if ((rc = cli_default_threads(a.cmd, &o->threads)) != 0)
         return rc;
     if (o->n_ckpts < 2)
         return cli_usage_error(&a, "give at least two checkpoints (%s)",
@@ -438,7 +442,9 @@ static void hdr_usage(FILE *f)
           "  --max-contexts K  refuse data with more distinct contexts than\n"
           "                    this (each costs N samples; default 100)\n"
           "  --batch B         rows per pass (default 4096)\n"
-          "  --threads T       worker threads (default 1)\n"
+          "  --threads T       worker threads (default: FLOWKIT_THREADS, "
+          "else the\n"
+          "                    CPUs)\n"
           "  --json            the summary as one JSON object\n", f);
 }
 
@@ -462,7 +468,7 @@ static int parse_hdr(int argc, char **argv, hdr_opts *o)
     o->level = 0.95;
     o->samples = 100000;
     o->batch = 4096;
-    o->threads = 1;
+    o->threads = 0;            /* cli_default_threads */
     o->max_contexts = 100;
     o->out = "-";
     o->header = 1;
@@ -519,6 +525,8 @@ static int parse_hdr(int argc, char **argv, hdr_opts *o)
             return cli_unknown_option(&a);
     }
     if (rc)
+        return rc;
+    if ((rc = cli_default_threads(a.cmd, &o->threads)) != 0)
         return rc;
     if (!o->ckpt)
         return cli_usage_error(&a, "missing CKPT");

@@ -97,7 +97,9 @@ typedef struct ode_layer {
     ode_opts opts;
     int hutch, noise, in_eval, backprop;
     double t0, t1;
-    atomic_ullong nfe;          /* since the last prepare(): one batch */
+    /* since the last prepare(), one batch: the most evaluations of one
+     * call, [0] solving forward (or inverse), [1] backward */
+    atomic_ullong nfe[2];
 } ode_layer;
 
 /* --- configuration ------------------------------------------------------ */
@@ -277,7 +279,8 @@ static void *ode_create(const flow_host *host, const flow_layer_config *cfg,
     L->host = host;
     L->d = cfg->dim;
     L->k = cfg->context_dim;
-    atomic_init(&L->nfe, 0);
+    atomic_init(&L->nfe[0], 0);
+    atomic_init(&L->nfe[1], 0);
     if (make_opts(cfg, &L->opts, diag) != FLOW_OK
         || !(L->net = make_net(cfg, diag))) {
         ode_destroy(L);
@@ -451,14 +454,18 @@ static void make_dyn(const ode_layer *L, const flow_call *c, ode_ws *w,
 
 /* --- directions ---------------------------------------------------------- */
 
-/* The batch's evaluations: the row chunks of a split batch (RK4 only:
- * dopri5 sees whole batches) run the same steps in parallel and count
- * once, as the chunk of thread 0, so the count does not depend on the
- * thread count. */
-static void count_nfe(ode_layer *L, const flow_call *c, size_t nfe)
+/* The batch's evaluations: the row chunks or blocks of a split batch
+ * (RK4 only: dopri5 sees whole batches) each run the same steps, in
+ * parallel or one after the other, so the batch counts the most of one
+ * call per direction, which does not depend on the thread count nor on
+ * how many calls the rows took. */
+static void count_nfe(ode_layer *L, int backward, size_t nfe)
 {
-    if (c->thread == 0)
-        atomic_fetch_add(&L->nfe, (unsigned long long)nfe);
+    atomic_ullong *a = &L->nfe[backward];
+    unsigned long long v = atomic_load(a);
+    while (v < nfe && !atomic_compare_exchange_weak(a, &v,
+                                                    (unsigned long long)nfe))
+        ;
 }
 
 /* Whether a call that skips its log-det (flow_call_skip_logdet) may
@@ -509,7 +516,7 @@ static int run(void *self, const flow_call *c, const flow_real *in,
         ode_tape_carve(&L->opts, sys.m, w.tape, &tape);
     rc = ode_solve(&sys, &L->opts, ta, tb, w.y, w.solver,
                    keep ? &tape : NULL, &st, c->err, c->err_cap);
-    count_nfe(L, c, st.nfe);
+    count_nfe(L, 0, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(out, w.y, nd * sizeof *out);
@@ -571,7 +578,7 @@ static int back(void *self, const flow_call *c, const flow_real *out,
         rc = ode_adjoint(&sys, &L->opts, ta, tb, w.y, w.a, w.g, NULL, NULL,
                          w.solver, &st, c->err, c->err_cap);
     }
-    count_nfe(L, c, st.nfe);
+    count_nfe(L, 1, st.nfe);
     if (rc != FLOW_OK)
         return rc;
     memcpy(din, w.a, nd * sizeof *din);
@@ -610,14 +617,15 @@ static int ode_prepare(void *self, const flow_call *c)
 {
     ode_layer *L = self;
     (void)c;
-    atomic_store(&L->nfe, 0);
+    atomic_store(&L->nfe[0], 0);
+    atomic_store(&L->nfe[1], 0);
     return FLOW_OK;
 }
 
 static double ode_stat(void *self)
 {
     ode_layer *L = self;
-    return (double)atomic_load(&L->nfe);
+    return (double)(atomic_load(&L->nfe[0]) + atomic_load(&L->nfe[1]));
 }
 
 /* Export: the dynamics net, but not portable: the density is an ODE

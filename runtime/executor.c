@@ -125,6 +125,8 @@ static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
         return ensure_block_ws(m, nd, dir);
     if (m->blk_rows)            /* a whole-batch layer: one call, all rows */
         k = 1, rows = n;
+    else if (rows < BLOCK_ROWS) /* a pass without tape: a grid block */
+        rows = n < BLOCK_ROWS ? n : BLOCK_ROWS;
     need = nd->type->workspace ? nd->type->workspace(nd->self, rows, dir) : 0;
     for (size_t t = 0; t < k; t++) {
         if (need <= nd->ws_bytes[t])
@@ -332,6 +334,16 @@ static void job_task(void *arg, size_t t)
         }
         return;
     }
+    if (j->block) {
+        /* calls of the fixed grid's blocks of j->block rows, the threads
+         * taking consecutive blocks: each call's rows, and so each row's
+         * bits, do not depend on the thread count */
+        size_t nbl = (j->n + bs - 1) / bs;
+        lo = nbl * t / j->k * bs;
+        hi = nbl * (t + 1) / j->k * bs;
+        if (hi > j->n)
+            hi = j->n;
+    }
     for (size_t b = lo; b < hi && j->rc[t] == FLOW_OK; b += bs)
         job_rows(j, t, b, hi - b < bs ? hi : b + bs, 0);
 }
@@ -350,16 +362,20 @@ static size_t row_chunks(const flow_model *m, size_t n)
     return k ? k : 1;
 }
 
-/* Whether node nd can share a job with its neighbours: always on one
- * thread; with several, not a whole-batch layer, nor a stochastic one
- * (its per-thread streams are seeded from the model's stream between
- * layers, after the caller's thread used it for the layer before). */
+/* Whether node nd can share a job with its neighbours: not a
+ * whole-batch layer, nor a stochastic one (with several threads, its
+ * per-thread streams are seeded from the model's stream between layers,
+ * after the caller's thread used it for the layer before).  The same on
+ * one thread: a job with such a layer runs its rows in one call, the
+ * others in the grid's blocks (job_task), and which calls a row sees
+ * must not depend on the thread count. */
 int exec_joinable(const flow_model *m, const node *nd, size_t n)
 {
+    (void)n;
     if (m->blk_rows)    /* each block draws from its own stream */
         return nd->kind == NODE_EXIT
                || !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH);
-    if (row_chunks(m, n) == 1 || nd->kind == NODE_EXIT)
+    if (nd->kind == NODE_EXIT)
         return 1;
     return !(nd->desc.flags & (FLOW_LAYER_WHOLE_BATCH
                                | FLOW_LAYER_STOCHASTIC));

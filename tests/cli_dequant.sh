@@ -93,12 +93,14 @@ truth bpd-below-untrained "$m < $u - 1"
 # the [0, 1] scale differs by log2(256) = 8 bits/dim, D log 256 nats
 truth bpd-unit "($m - $mu - 8) ^ 2 < 1e-10"
 truth loglik-unit "(($llu - $ll) - 16 * log(256)) ^ 2 < 1e-8"
-# deterministic for a given thread count (the sums' order is the threads')
-"$F" eval "$t/m.ckpt" --data "$t/te.npy" --json --threads 2 >"$t/t1.json" \
-    2>"$t/err"
-"$F" eval "$t/m.ckpt" --data "$t/te.npy" --json --threads 2 >"$t/t2.json" \
-    2>"$t/err"
-same_file eval-threads "$t/t1.json" "$t/t2.json"
+# the same bytes at 1, 2 and 3 threads (rows in a fixed grid of blocks,
+# the mean summed row by row)
+for th in 1 2 3; do
+    "$F" eval "$t/m.ckpt" --data "$t/te.npy" --json --threads $th \
+        >"$t/t$th.json" 2>"$t/err"
+done
+same_file eval-threads-2 "$t/t1.json" "$t/t2.json"
+same_file eval-threads-3 "$t/t1.json" "$t/t3.json"
 
 # --- eval --noise K: the dequantization bound, against its closed form ---
 # No layer after dequantize(levels = 2): log p = sum_j log N((x_j + u_j)

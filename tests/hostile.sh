@@ -231,11 +231,11 @@ where="fault_error#1 ($t/f.ckpt[$t/faulty.flow]:4:5, $FLOW_FAULT_PLUGINS/faulty.
 FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: logprob" \
     "$where: forward: row 149 of " \
     "$F" logprob "$t/f.ckpt" --data "$t/spike.csv" -o "$O/lp.csv"
-# with two threads the second half of the batch is another call (on the
-# second thread): its message comes out whole
-awk -F, 'NR == 202 { $1 = 500 } { print }' OFS=, "$t/tr.csv" >"$t/spike2.csv"
+# with two threads the grid's second block (rows 256-299) is another
+# call (on the second thread): its message comes out whole
+awk -F, 'NR == 282 { $1 = 500 } { print }' OFS=, "$t/tr.csv" >"$t/spike2.csv"
 FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: logprob --threads 2" \
-    "$where: forward: row 50 of 150: value 500 reached the test fault threshold 100" \
+    "$where: forward: row 24 of 44: value 500 reached the test fault threshold 100" \
     "$F" logprob "$t/f.ckpt" --data "$t/spike2.csv" --threads 2 -o "$O/lp.csv"
 FLOW_PLUGIN_PATH=$FP fails "plugin error mid-batch: eval" "$where: forward: row 149 of " \
     "$F" eval "$t/f.ckpt" --data "$t/spike.csv"

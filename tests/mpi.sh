@@ -47,10 +47,11 @@ for n in 1 2 3 4; do
     check "np $n" 0 $?
     same_file "np $n = one process --reproducible" "$t/r.ckpt" "$t/m$n.ckpt"
 done
-# without --reproducible one process sums row by row: other bits
+# without --reproducible one process adds blocks of up to 128 rows in
+# block order: other bits
 "$F" train "$SPEC" $A -o "$t/plain.ckpt"
 if cmp -s "$t/plain.ckpt" "$t/r.ckpt"; then
-    bad "plain: the row-by-row sum gave the block sum's bits"; else ok; fi
+    bad "plain: the local block sum gave the block sum's bits"; else ok; fi
 # a layer that draws in its passes (dequantize's noise): block k draws
 # from the stream of (step, k), so the bits do not follow the split
 "$F" data shapes --size 4 -n 300 --seed 1 -o "$t/sh.npy"

@@ -449,7 +449,10 @@ FLOW_API flow_trainer *flow_trainer_new_target(flow_model *m,
                                                flow_target *t);
 FLOW_API void flow_trainer_free(flow_trainer *t);
 /* One optimisation step on the next mini-batch (a new shuffle at each
- * epoch).  *loss = the batch's negative mean log-likelihood.  A non-finite
+ * epoch): without a communicator the batch in blocks of half its rows,
+ * rounded up to a multiple of 32, at most 128, their gradients added in
+ * block order, so the bits do not depend on the model's thread count.
+ * *loss = the batch's negative mean log-likelihood.  A non-finite
  * loss or gradient skips the step (counted); FLOW_ERR_NUMERIC after
  * max_skipped such steps in a row. */
 FLOW_API int flow_trainer_step(flow_trainer *t, double *loss);

@@ -73,10 +73,13 @@ class Fit(unittest.TestCase):
         try:
             spec = s.write("q.flow", SPEC)
             tgt = "banana(a = 1.5, b = 0.5)"
+            # fit's bits follow the thread count (without --reproducible):
+            # the same one on both sides
             cli("fit", spec, "--target", tgt, "--steps", 60, "--seed", 2,
-                "--eval-samples", 500, "--json", "-o", s("cli.ckpt"))
+                "--eval-samples", 500, "--threads", 1, "--json", "-o",
+                s("cli.ckpt"))
             m, rep = flowkit.fit(spec, target=tgt, steps=60, seed=2,
-                                 eval_samples=500)
+                                 eval_samples=500, threads=1)
             ref = flowkit.load(s("cli.ckpt"))
             self.assertTrue(np.array_equal(m.parameters, ref.parameters))
             self.assertEqual(m.info()["target"], tgt)
