@@ -8,6 +8,7 @@
 #include "matrix.h"
 #include "nn_impl.h"
 #include "rng.h"
+#include "tgemm.h"
 
 /* Rows per block of a MADE layer in degree order (nn_made_forward): each
  * block's GEMM reads the input prefix of its highest degree. */
@@ -360,6 +361,7 @@ static size_t sort_coff(const flow_net *net, size_t l)
 typedef struct made_prep {
     uint64_t magic;
     const flow_real *params;
+    int have_wt;                /* made_wt written (made_prep_wt) */
 } made_prep;
 
 #define PREP_MAGIC 0x666c6f776d707231ull  /* "flowmpr1" */
@@ -391,6 +393,90 @@ static const flow_real *prep_b(const flow_net *net, const flow_real *sw,
     return prep_is_direct(sw, l) ? hd->params + net->layer[l].b_off
                                  : sw + prep_reals(net) + net->mask_total
                                        + sort_roff(net, l);
+}
+
+/* Layer l's W^T in degree order ([cols][out], stride out) for the tgemm
+ * forward, after nn_made_grad's scratch; entries (q, p) with q past the
+ * prefix of row p's block are never written nor read. */
+static size_t made_wt(const flow_net *net, size_t l)
+{
+    return prep_reals(net) + net->mask_total + all_rows(net)
+           + 3 * net->max_width + net->layer[l].m_off;
+}
+
+/* Rows per scratch tile of made_gemm's last columns */
+#define MADE_TAIL_ROWS 128
+
+/* C = op(A) B + (acc ? C : 0) as blas_gemm(trans_a, 0, ...) with alpha 1,
+ * B readable in bcols >= n columns: in the float build tgemm (tgemm.h:
+ * twice OpenBLAS 0.3.21's rate on CPUs with full-width AVX-512) takes the
+ * columns up to a multiple of 8, then the last n % 8 as 8 columns into a
+ * scratch tile (the extra ones discarded: a column of C reads only its
+ * column of B) when B has them; blas_gemm whatever tgemm declines.  Every
+ * entry is one sum over k either way, and neither kernel lets a row's
+ * values depend on the other rows, so the results do not depend on how
+ * rows are blocked over threads. */
+static int made_gemm(int trans_a, size_t m, size_t n, size_t k,
+                     const flow_real *a, size_t lda, const flow_real *b,
+                     size_t ldb, size_t bcols, int acc, flow_real *c,
+                     size_t ldc)
+{
+    size_t n8 = 0;
+#if !FLOW_REAL_DOUBLE
+    size_t ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;
+    if (n >= 8 && tgemm(m, n & ~(size_t)7, k, a, ars, acs, b, ldb, NULL,
+                        acc, c, ldc))
+        n8 = n & ~(size_t)7;
+    if (n8 < n && n8 + 8 <= bcols && tgemm_level() > 0) {
+        float t[MADE_TAIL_ROWS * 8];
+        for (size_t i0 = 0; i0 < m; i0 += MADE_TAIL_ROWS) {
+            size_t i1 = i0 + MADE_TAIL_ROWS < m ? i0 + MADE_TAIL_ROWS : m;
+            tgemm(i1 - i0, 8, k, a + i0 * ars, ars, acs, b + n8, ldb, NULL,
+                  0, t, 8);
+            for (size_t i = i0; i < i1; i++)
+                for (size_t j = n8; j < n; j++)
+                    c[i * ldc + j] = (acc ? c[i * ldc + j] : 0)
+                                     + t[(i - i0) * 8 + j - n8];
+        }
+        return FLOW_OK;
+    }
+#else
+    (void)bcols;
+#endif
+    if (n8 == n)
+        return FLOW_OK;
+    return blas_gemm(trans_a, 0, m, n - n8, k, 1, a, lda, b + n8, ldb,
+                     acc ? 1 : 0, c + n8, ldc);
+}
+
+/* Writes made_wt for every layer when tgemm runs here (float build,
+ * tgemm_level() > 0): the forward's products read B = W^T row-major, and
+ * one transpose per pass serves every row block of every thread.  Row
+ * block [p0, p1) is read at the columns before its prefix ext[p0] only,
+ * so only those are transposed (they are written in w). */
+static void made_prep_wt(const flow_net *net, flow_real *sw)
+{
+    made_prep *hd = (made_prep *)(void *)sw;
+    hd->have_wt = 0;
+#if !FLOW_REAL_DOUBLE
+    if (tgemm_level() <= 0)
+        return;
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const size_t *ex = net->ext + sort_roff(net, l);
+        const flow_real *w = prep_w(net, sw, l);
+        flow_real *wt = sw + made_wt(net, l);
+        for (size_t p0 = 0; p0 < ly->out; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < ly->out ? p0 + MADE_BLOCK : ly->out;
+            if (ex[p0])
+                tgemm_transpose(p1 - p0, ex[p0], w + p0 * ly->cols,
+                                ly->cols, wt + p0, ly->out);
+        }
+    }
+    hd->have_wt = 1;
+#else
+    (void)net;
+#endif
 }
 
 /* Sampling a MADE degree by degree (MAF, Papamakarios et al. 2017, sec.
@@ -543,9 +629,10 @@ size_t nn_made_sorted_count(const flow_net *net)
 {
     if (!net || !net->sortable)
         return 0;
-    /* head, weights, biases, then nn_made_grad's scratch (3 x max_width) */
+    /* head, weights, biases, nn_made_grad's scratch (3 x max_width), then
+     * the transposed weights of the tgemm forward (made_wt) */
     return prep_reals(net) + net->mask_total + all_rows(net)
-           + 3 * net->max_width;
+           + 3 * net->max_width + net->mask_total;
 }
 
 /* 1 when layer l's rows and columns in degree order are those of the
@@ -604,12 +691,13 @@ static int made_block_dirty(const flow_net *net, const flow_real *params,
 /* sw: the head (made_prep: params and which layers are read from them),
  * then per layer not read from params the masked weights with rows and
  * columns in degree order (at prep_reals + m_off, rows x cols, each row
- * written up to its block's prefix ext; the rest is never read), then
- * those layers' biases in row order (at prep_reals + mask_total + the
- * layer's row offset).  A layer in degree order in the parameters
- * (made_direct) is read from them when the weights the blocks read past
- * their rows' masks are 0, as init and training keep them; otherwise
- * (parameters from elsewhere) it is copied with the mask applied. */
+ * written up to its block's prefix ext and 0 for 7 more; the rest is
+ * never read), then those layers' biases in row order (at prep_reals +
+ * mask_total + the layer's row offset), then made_wt.  A layer in degree
+ * order in the parameters (made_direct) is read from them when the
+ * weights the blocks read past their rows' masks are 0, as init and
+ * training keep them; otherwise (parameters from elsewhere) it is copied
+ * with the mask applied. */
 int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
 {
     made_prep *hd = (made_prep *)(void *)sw;
@@ -642,11 +730,14 @@ int nn_made_sort(const flow_net *net, const flow_real *params, flow_real *sw)
             /* the mask row in degree order: vis[p] ones, then zeros */
             for (; q < vi[p]; q++)
                 dr[q] = wr[cm[q]];
-            for (; q < ex[p]; q++)
+            /* and up to 7 past the prefix, which made_gemm's last tile
+             * of dX = G W reads into columns it discards */
+            for (; q < ex[p] + 7 && q < ly->cols; q++)
                 dr[q] = 0;
             dw[net->mask_total + roff + p] = params[ly->b_off + rm[p]];
         }
     }
+    made_prep_wt(net, sw);
     return FLOW_OK;
 }
 
@@ -769,21 +860,32 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         size_t roff = sort_roff(net, l), R = ly->out;
         const size_t *ex = net->ext + roff;
         const flow_real *w = prep_w(net, sw, l);
+        /* W^T for tgemm: column block [e0, e1) of rows p0.. is the k x n
+         * matrix at row e0, column p0 of made_wt (stride R) */
+        const flow_real *wt =
+            ((const made_prep *)(const void *)sw)->have_wt
+                ? sw + made_wt(net, l) : NULL;
         flow_real *h = last ? NULL : at(ws, so.h) + hidden_off(net, l) * n;
         flow_real *z = last ? ys
                        : net->act == FLOW_ACT_RELU
                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
         int st = FLOW_OK;
+        (void)wt;               /* read by the float build's tgemm only */
         fill_rows(n, R, prep_b(net, sw, l), z);
         if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {
             /* column blocks would average under 32 wide (few inputs): one
              * GEMM per row block over its prefix (docs/runtime.md) */
             for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
                 size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
-                if (ex[p0])
-                    st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
-                                   w + p0 * ly->cols, ly->cols, 1, z + p0,
-                                   R);
+                if (!ex[p0])
+                    continue;
+#if !FLOW_REAL_DOUBLE
+                if (wt && tgemm(n, p1 - p0, ex[p0], in, ldin, 1, wt + p0, R,
+                                NULL, 1, z + p0, R))
+                    continue;
+#endif
+                st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
+                               w + p0 * ly->cols, ly->cols, 1, z + p0, R);
             }
         } else {
             /* by column blocks: columns [ext of block b-1, ext of block
@@ -795,9 +897,13 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
                 size_t e1 = ex[p0];
                 if (e1 <= e0)
                     continue;
-                st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
-                               w + p0 * ly->cols + e0, ly->cols, 1, z + p0,
-                               R);
+#if !FLOW_REAL_DOUBLE
+                if (!(wt && tgemm(n, R - p0, e1 - e0, in + e0, ldin, 1,
+                                  wt + e0 * R + p0, R, NULL, 1, z + p0, R)))
+#endif
+                    st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0,
+                                   ldin, w + p0 * ly->cols + e0, ly->cols, 1,
+                                   z + p0, R);
                 e0 = e1;
             }
         }
@@ -873,9 +979,9 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
                 size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
                 if (ex[p0] == 0)
                     continue;
-                st = blas_gemm(1, 0, p1 - p0, ex[p0], n, 1, gcur + p0, R,
-                               in, C, 1, dparams + ly->w_off +
-                               p0 * ly->cols, ly->cols);
+                st = made_gemm(1, p1 - p0, ex[p0], n, gcur + p0, R, in, C,
+                               C, 1, dparams + ly->w_off + p0 * ly->cols,
+                               ly->cols);
                 if (st != FLOW_OK)
                     return st;
             }
@@ -885,8 +991,9 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
             size_t e1 = ex[p0];
             if (e1 <= e0)
                 continue;
-            st = blas_gemm(0, 0, n, e1 - e0, R - p0, 1, gcur + p0, R,
-                           w + p0 * ly->cols + e0, ly->cols, 0, gin + e0, C);
+            st = made_gemm(0, n, e1 - e0, R - p0, gcur + p0, R,
+                           w + p0 * ly->cols + e0, ly->cols, ly->cols - e0,
+                           0, gin + e0, C);
             if (st != FLOW_OK)
                 return st;
             e0 = e1;
