@@ -15,6 +15,9 @@
 #include "vec.h"
 #include "vi.h"
 
+/* grad_norm2's chunk: parameters per partial sum */
+#define NORM_CHUNK 16384
+
 struct flow_trainer {
     flow_model *m;
     flow_train_config cfg;
@@ -46,6 +49,7 @@ struct flow_trainer {
     flow_real *lgrad;           /* the blocks' gradients, lslots of np */
     double *llogp;              /* and their log-density sums */
     uint64_t *lstreams;         /* their streams when a layer draws */
+    double *npart;              /* grad_norm2's partials, one per chunk */
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -111,6 +115,7 @@ void flow_trainer_free(flow_trainer *t)
     free(t->lgrad);
     free(t->llogp);
     free(t->lstreams);
+    free(t->npart);
     free(t);
 }
 
@@ -172,9 +177,10 @@ static flow_trainer *trainer_alloc(flow_model *m, const flow_train_config *cfg)
     t->am = calloc(np ? np : 1, sizeof *t->am);
     t->av = calloc(np ? np : 1, sizeof *t->av);
     t->best = calloc(np ? np : 1, sizeof *t->best);
+    t->npart = calloc(np / NORM_CHUNK + 1, sizeof *t->npart);
     t->st.best_score = -INFINITY;
     rng_seed(&t->rng, cfg->seed);
-    if (!t->grad || !t->am || !t->av || !t->best) {
+    if (!t->grad || !t->am || !t->av || !t->best || !t->npart) {
         flow_trainer_free(t);
         return NULL;
     }
@@ -379,26 +385,38 @@ FLOW_VECTORIZE static double norm2_loop(size_t n, const flow_real *g)
     return s;
 }
 
+/* The squared norm in fixed chunks of NORM_CHUNK parameters, each chunk's
+ * norm2_loop stored in its own partial, and the partials added in chunk
+ * order: the same bits for any thread count, since the threads' ranges
+ * only decide which thread computes a chunk (the one whose range holds
+ * the chunk's first parameter). */
+
 typedef struct norm_job {
     const flow_real *g;
-    double part[MODEL_MAX_THREADS];
+    size_t np;
+    double *part;
 } norm_job;
 
 static void norm_task(void *arg, size_t th, size_t lo, size_t hi)
 {
     norm_job *nj = arg;
-    nj->part[th] = norm2_loop(hi - lo, nj->g + lo);
+    (void)th;
+    for (size_t c = (lo + NORM_CHUNK - 1) / NORM_CHUNK; c * NORM_CHUNK < hi;
+         c++) {
+        size_t a = c * NORM_CHUNK;
+        size_t b = nj->np - a < NORM_CHUNK ? nj->np - a : NORM_CHUNK;
+        nj->part[c] = norm2_loop(b, nj->g + a);
+    }
 }
 
-/* The partial sums of the threads' chunks added in thread order: fixed
- * for a thread count. */
 static double grad_norm2(flow_trainer *t)
 {
-    norm_job nj = {t->grad, {0}};
+    size_t nc = (t->np + NORM_CHUNK - 1) / NORM_CHUNK;
+    norm_job nj = {t->grad, t->np, t->npart};
     double s = 0;
     model_parallel_for(t->m, t->np, norm_task, &nj);
-    for (size_t i = 0; i < MODEL_MAX_THREADS; i++)
-        s += nj.part[i];
+    for (size_t c = 0; c < nc; c++)
+        s += nj.part[c];
     return s;
 }
 
