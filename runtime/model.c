@@ -9,6 +9,7 @@
 
 #include "ctx.h"
 #include "model_impl.h"
+#include "nn.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -592,12 +593,14 @@ int flow_model_finish(flow_model *m, uint64_t seed)
         node *nd = &m->nodes[i];
         flow_diag diag;
         flow_call c;
+        size_t made0 = nn_made_created();
         int rc;
         if (nd->kind != NODE_LAYER)
             continue;
         memset(&diag, 0, sizeof diag);
         diag.struct_size = sizeof diag;
         nd->self = nd->type->create(flow_host_services(), &nd->cfg, &diag);
+        nd->host_made = nn_made_created() != made0;
         if (!nd->self)
             return model_error(m, FLOW_ERR_PLUGIN, "%s (%s): create failed: "
                                "%s", nd->label, nd->file,
@@ -606,6 +609,7 @@ int flow_model_finish(flow_model *m, uint64_t seed)
             continue;
         exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
         rc = nd->type->init(nd->self, &c, m->params + nd->p_off);
+        nd->host_made |= nn_made_created() != made0;
         if (rc != FLOW_OK)
             return model_layer_error(m, nd, rc, "init");
     }
@@ -615,7 +619,10 @@ int flow_model_finish(flow_model *m, uint64_t seed)
 
 /* A parameter-shaped vector (the parameters, Adam's moments, the best
  * parameters) read from a checkpoint of an older format into this host's
- * layout: each layer with the upgrade_params hook converts its slice. */
+ * layout: each layer with the upgrade_params hook converts its slice.  A
+ * layer that holds a host MADE but has no hook (a plugin built before
+ * ABI 1.11) would read a format 1 or 2 MADE's weights in the old order
+ * and run another network without a word: refused. */
 int model_upgrade_params(flow_model *m, uint32_t format, flow_real *vec)
 {
     for (size_t i = 0; i < m->n_nodes; i++) {
@@ -623,10 +630,23 @@ int model_upgrade_params(flow_model *m, uint32_t format, flow_real *vec)
         const flow_layer_type *t = nd->type;
         flow_call c;
         int rc;
-        if (nd->kind != NODE_LAYER || !nd->self
-            || t->struct_size < offsetof(flow_layer_type, upgrade_params)
-                                + sizeof t->upgrade_params
-            || !t->upgrade_params || !nd->desc.n_params)
+        int hook = nd->kind == NODE_LAYER && nd->self
+                   && t->struct_size >= offsetof(flow_layer_type,
+                                                 upgrade_params)
+                                        + sizeof t->upgrade_params
+                   && t->upgrade_params;
+        if (!hook && nd->kind == NODE_LAYER && nd->host_made && format < 3
+            && nd->desc.n_params)
+            return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): the "
+                               "checkpoint's format %u stores MADE weights "
+                               "in the order flowkit used before format 3, "
+                               "and this layer's plugin cannot convert "
+                               "them (it has no upgrade_params, ABI 1.11): "
+                               "rebuild the plugin against this flowkit, or "
+                               "load the checkpoint with the flowkit that "
+                               "wrote it and retrain", nd->label, nd->file,
+                               (unsigned)format);
+        if (!hook || !nd->desc.n_params)
             continue;
         exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
         rc = t->upgrade_params(nd->self, &c, format, vec + nd->p_off);

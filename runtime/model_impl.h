@@ -32,6 +32,7 @@ typedef struct node {
     int32_t *dep_vec;
     int given;
     void *self;
+    int host_made;              /* its create or init made a host MADE */
     size_t p_off, b_off;
     void *ws[MAX_THREADS];      /* per thread: what forward leaves for the
                                    matching backward */

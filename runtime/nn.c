@@ -180,6 +180,10 @@ static flow_net *conv_wrap(const flow_net_spec *spec, char *err,
     return net;
 }
 
+static _Thread_local size_t made_created;
+
+size_t nn_made_created(void) { return made_created; }
+
 flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
 {
     flow_net *net = NULL;
@@ -195,6 +199,7 @@ flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap)
     if (!net)
         goto nomem;
     net->kind = spec->kind;
+    made_created += spec->kind == FLOW_NET_MADE;
     net->d = spec->in;
     net->k = spec->context;
     net->out = spec->out;

@@ -29,6 +29,12 @@
  * sigma computed exactly (LAPACK, la_top_singular) in each forward call
  * (no state between calls), gradients through sigma included. */
 flow_net *nn_create(const flow_net_spec *spec, char *err, size_t err_cap);
+
+/* MADE nets nn_create has made on the calling thread so far: the model
+ * compares it around a layer's create and init to learn whether the
+ * layer holds a host MADE, whose weight order changed with checkpoint
+ * format 3 (model_upgrade_params). */
+size_t nn_made_created(void);
 void nn_destroy(flow_net *net);
 size_t nn_params(const flow_net *net);
 /* Random init (uniform, s = 1 / sqrt(fan_in): see nn.c), zero_last

@@ -106,7 +106,7 @@ has plugin-file "$t/out" "PASS: 1 layer, "
 "$FLOWKIT" check "$FLOW_TEST_PLUGINS/minimal.so" >"$t/out" 2>&1
 check null-callbacks 0 $?
 has null-callbacks "$t/out" "minimal_shift ($FLOW_TEST_PLUGINS/minimal.so): D = 2, K = 0"
-has null-callbacks "$t/out" "PASS: 1 layer, 26 checks, 0 failed, 0 skipped"
+has null-callbacks "$t/out" "PASS: 2 layers, 52 checks, 0 failed, 0 skipped"
 mkdir "$t/minimal"
 cp "$FLOW_TEST_PLUGINS/minimal.so" "$t/minimal/"
 cat >"$t/shift.flow" <<'EOF'

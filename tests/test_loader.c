@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "flow/flow.h"
+#include "../runtime/model.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
@@ -323,6 +324,48 @@ START_TEST(test_null_workspace_and_init)
 }
 END_TEST
 
+/* Checkpoint formats 1 and 2 stored MADE weights in another order: a
+ * layer holding a host MADE without the upgrade_params hook (a plugin
+ * built before ABI 1.11) is refused for them, by name, and passes for
+ * format 3; a layer without a MADE passes for any format. */
+START_TEST(test_made_without_upgrade_refused)
+{
+    enum { D = 3 };
+    flow_real vec[64];
+    flow_model *m;
+    ck_assert_int_eq(flow_plugin_load(ctx, test_plugin("minimal")), FLOW_OK);
+    for (int made = 0; made <= 1; made++) {
+        const char *type = made ? "minimal_made" : "minimal_shift";
+        m = flow_model_new(ctx, D, 0);
+        ck_assert_ptr_nonnull(m);
+        ck_assert_msg(flow_model_add_layer(m, type, NULL, NULL, 0, 0, 0, 0)
+                      == FLOW_OK, "%s", flow_errmsg(ctx));
+        ck_assert_msg(flow_model_finish(m, 7) == FLOW_OK, "%s",
+                      flow_errmsg(ctx));
+        ck_assert_uint_eq(flow_model_num_params(m), D);
+        for (int i = 0; i < D; i++)
+            vec[i] = (flow_real)(i + 1);
+        ck_assert_int_eq(model_upgrade_params(m, 3, vec), FLOW_OK);
+        for (uint32_t format = 1; format <= 2; format++) {
+            int rc = model_upgrade_params(m, format, vec);
+            if (!made) {
+                ck_assert_int_eq(rc, FLOW_OK);
+                continue;
+            }
+            ck_assert_int_eq(rc, FLOW_ERR_UNSUPPORTED);
+            ck_assert_msg(strstr(flow_errmsg(ctx), "minimal_made") != NULL
+                          && strstr(flow_errmsg(ctx), "minimal.so") != NULL
+                          && strstr(flow_errmsg(ctx), "upgrade_params")
+                             != NULL, "%s", flow_errmsg(ctx));
+        }
+        /* refused or not, the vector is as it was */
+        for (int i = 0; i < D; i++)
+            ck_assert_double_eq(vec[i], (double)(i + 1));
+        flow_model_free(m);
+    }
+}
+END_TEST
+
 Suite *suite_loader(void)
 {
     Suite *s = suite_create("loader");
@@ -346,6 +389,7 @@ Suite *suite_loader(void)
     tc = tcase_create("optional_callbacks");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_null_workspace_and_init);
+    tcase_add_test(tc, test_made_without_upgrade_refused);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,7 +1,10 @@
 /* minimal.c - test-only plugin: the smallest trainable layer, with every
  * optional callback NULL (workspace and init among them, ABI 1.4).
  * z = x + b per dimension, b the D parameters, which start at the host's
- * zeros: the layer starts as the identity.  log|det J| = 0. */
+ * zeros: the layer starts as the identity.  log|det J| = 0.
+ * minimal_made is the same layer holding a host MADE and no
+ * upgrade_params, as a plugin built before ABI 1.11 would: the host must
+ * refuse a checkpoint of format 1 or 2 for it. */
 #include <string.h>
 
 #include "flow/flow_plugin.h"
@@ -9,6 +12,7 @@
 typedef struct shift {
     const flow_host *host;
     size_t d;
+    flow_net *made;             /* minimal_made only */
 } shift;
 
 static int shift_describe(const flow_layer_config *cfg, flow_layer_desc *out,
@@ -42,8 +46,37 @@ static void *shift_create(const flow_host *host, const flow_layer_config *cfg,
 static void shift_destroy(void *self)
 {
     shift *s = self;
-    if (s)
+    if (s) {
+        if (s->made)
+            s->host->net_destroy(s->made);
         s->host->free(s);
+    }
+}
+
+/* shift_create, and a host MADE of D inputs (hidden [4], 2 outputs per
+ * dimension) that the layer keeps and never runs */
+static void *made_create(const flow_host *host, const flow_layer_config *cfg,
+                         flow_diag *diag)
+{
+    static const size_t hidden[1] = {4};
+    flow_net_spec spec;
+    shift *s = shift_create(host, cfg, diag);
+    if (!s)
+        return NULL;
+    memset(&spec, 0, sizeof spec);
+    spec.struct_size = sizeof spec;
+    spec.kind = FLOW_NET_MADE;
+    spec.in = cfg->dim;
+    spec.out = 2;
+    spec.n_hidden = 1;
+    spec.hidden = hidden;
+    spec.act = FLOW_ACT_RELU;
+    if (!(s->made = host->net_create(&spec, diag->message,
+                                     sizeof diag->message))) {
+        shift_destroy(s);
+        return NULL;
+    }
+    return s;
 }
 
 /* out = in + sign * b, row by row; logdet 0 */
@@ -113,6 +146,19 @@ static const flow_layer_type shift_type = {
     .inverse_backward = shift_inverse_backward,
 };
 
+static const flow_layer_type made_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "minimal_made",
+    .summary = "test: minimal_shift holding a host MADE, no upgrade_params",
+    .describe = shift_describe,
+    .create = made_create,
+    .destroy = shift_destroy,
+    .forward = shift_forward,
+    .inverse = shift_inverse,
+    .forward_backward = shift_forward_backward,
+    .inverse_backward = shift_inverse_backward,
+};
+
 FLOW_PLUGIN_LAYERS("minimal", "test",
                    "a layer with every optional callback NULL (tests)",
-                   &shift_type);
+                   &shift_type, &made_type);
