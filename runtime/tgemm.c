@@ -129,6 +129,51 @@ tg_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
     }
 }
 
+/* The last nr < 8 columns: tg_tile's 8-column tile with its loads and
+ * stores masked (_mm256_maskload_ps reads 0, and never faults, past
+ * column nr), so that each entry is the same sequence of operations as
+ * in a full tile. */
+static inline __attribute__((always_inline)) TG_TARGET void
+tg_tilem(int mr, size_t nr, size_t k, const float *a, size_t ars,
+         size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+         size_t ldc)
+{
+    __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr),
+                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 c0[TG_MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < TG_MR; i++)
+        c0[i] = _mm256_setzero_ps();
+    for (size_t q = 0; q < k; q++) {
+        const float *aq = a + q * acs;
+        __m256 b0 = _mm256_maskload_ps(b + q * ldb, mk);
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++)
+            c0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + i * ars), b0,
+                                    c0[i]);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(e.bias, mk));
+        else if (e.acc)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(ci, mk));
+        if (e.relu)
+            c0[i] = tg_relu(c0[i]);
+        if (e.gate)
+            c0[i] = _mm256_mul_ps(c0[i], tg_posmask(_mm256_maskload_ps(
+                                             e.gate + i * e.ldg, mk)));
+        _mm256_maskstore_ps(ci, mk, c0[i]);
+    }
+    if (e.colsum) {
+        __m256 s0 = _mm256_maskload_ps(e.colsum, mk);
+        for (int i = 0; i < mr; i++)
+            s0 = _mm256_add_ps(s0, c0[i]);
+        _mm256_maskstore_ps(e.colsum, mk, s0);
+    }
+}
+
 /* rows i0..i0+mr-1, all columns */
 static inline __attribute__((always_inline)) TG_TARGET void
 tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
@@ -138,9 +183,14 @@ tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
     for (; j + 16 <= n; j += 16)
         tg_tile(mr, 2, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                 ldc);
-    if (j < n)
+    if (j + 8 <= n) {
         tg_tile(mr, 1, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                 ldc);
+        j += 8;
+    }
+    if (j < n)
+        tg_tilem(mr, n - j, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j),
+                 c + j, ldc);
 }
 
 static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
@@ -326,6 +376,48 @@ tz_tile8(int mr, size_t k, const float *a, size_t ars, size_t acs,
     }
 }
 
+/* The last 1-15 columns (but 8) of a row band: one 16-lane register
+ * per row, loads and stores masked to the nr = popcount(mk) columns
+ * (masked lanes read 0 and never fault), each entry the same sequence of
+ * operations as in tz_tile and tg_tilem. */
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_tilem(int mr, __mmask16 mk, size_t k, const float *a, size_t ars,
+         size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+         size_t ldc)
+{
+    __m512 c0[TZ_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < TZ_MR; i++)
+        c0[i] = _mm512_setzero_ps();
+    for (size_t q = 0; q < k; q++) {
+        const float *aq = a + q * acs;
+        __m512 b0 = _mm512_maskz_loadu_ps(mk, b + q * ldb);
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++)
+            c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(aq[i * ars]), b0, c0[i]);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias)
+            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(mk, e.bias));
+        else if (e.acc)
+            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(mk, ci));
+        if (e.relu)
+            c0[i] = tz_relu(c0[i]);
+        if (e.gate)
+            c0[i] = tz_gate(c0[i],
+                            _mm512_maskz_loadu_ps(mk, e.gate + i * e.ldg));
+        _mm512_mask_storeu_ps(ci, mk, c0[i]);
+    }
+    if (e.colsum) {
+        __m512 s0 = _mm512_maskz_loadu_ps(mk, e.colsum);
+        for (int i = 0; i < mr; i++)
+            s0 = _mm512_add_ps(s0, c0[i]);
+        _mm512_mask_storeu_ps(e.colsum, mk, s0);
+    }
+}
+
 static inline __attribute__((always_inline)) TZ_TARGET void
 tz_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
         const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
@@ -339,9 +431,12 @@ tz_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
                 ldc);
         j += 16;
     }
-    if (j < n)
+    if (j + 8 == n)
         tz_tile8(mr, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                  ldc);
+    else if (j < n)
+        tz_tilem(mr, (__mmask16)((1u << (n - j)) - 1), k, a, ars, acs, b + j,
+                 ldb, tg_ep_at(e, 0, j), c + j, ldc);
 }
 
 /* n = 8: 24-row tiles of tz_tile8, the rest in one call of constant rows */
@@ -538,7 +633,10 @@ static TZ_TARGET void tz_transpose(size_t rows, size_t cols, const float *src,
             dst[c * ldd + r] = src[r * lds + c];
 }
 
-/* 2: AVX-512 (F + VL), 1: AVX2 + FMA, 0: neither */
+/* tgemm_cap_level's cap */
+static int tg_cap = 2;
+
+/* 2: AVX-512 (F + VL), 1: AVX2 + FMA, 0: neither; at most tg_cap */
 static int tg_level(void)
 {
     static int level = -1;
@@ -549,12 +647,17 @@ static int tg_level(void)
                 : __builtin_cpu_supports("avx512f") &&
                         __builtin_cpu_supports("avx512vl") ? 2 : 1;
     }
-    return level;
+    return level < tg_cap ? level : tg_cap;
 }
 
 int tgemm_level(void)
 {
     return tg_level();
+}
+
+void tgemm_cap_level(int cap)
+{
+    tg_cap = cap;
 }
 
 void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
@@ -591,8 +694,6 @@ int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
 {
     int level;
     tg_ep e = {0};
-    if (n % 8 != 0)
-        return 0;
     level = tg_level();
     if (!level)
         return 0;
@@ -628,6 +729,11 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
 int tgemm_level(void)
 {
     return 0;
+}
+
+void tgemm_cap_level(int cap)
+{
+    (void)cap;
 }
 
 void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
