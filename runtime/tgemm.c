@@ -168,6 +168,7 @@ tg_tilem(int mr, size_t nr, size_t k, const float *a, size_t ars,
     }
     if (e.colsum) {
         __m256 s0 = _mm256_maskload_ps(e.colsum, mk);
+#pragma GCC unroll 6
         for (int i = 0; i < mr; i++)
             s0 = _mm256_add_ps(s0, c0[i]);
         _mm256_maskstore_ps(e.colsum, mk, s0);
@@ -412,6 +413,7 @@ tz_tilem(int mr, __mmask16 mk, size_t k, const float *a, size_t ars,
     }
     if (e.colsum) {
         __m512 s0 = _mm512_maskz_loadu_ps(mk, e.colsum);
+#pragma GCC unroll 12
         for (int i = 0; i < mr; i++)
             s0 = _mm512_add_ps(s0, c0[i]);
         _mm512_mask_storeu_ps(e.colsum, mk, s0);
