@@ -184,20 +184,48 @@ tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
     for (; j + 16 <= n; j += 16)
         tg_tile(mr, 2, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                 ldc);
-    if (j + 8 <= n) {
+    if (j < n)
         tg_tile(mr, 1, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                 ldc);
-        j += 8;
+}
+
+/* The last nr < 8 columns, all rows, in a pass of their own: inlined
+ * into tg_rows, the masked tile's registers would crowd the full tiles'
+ * loop (5% slower on full widths) */
+#define TG_TAIL(r) \
+    case r: \
+        tg_tilem(r, nr, k, a, ars, acs, b, ldb, e, c, ldc); \
+        break
+
+static __attribute__((noinline)) TG_TARGET void
+tg_tail(size_t m, size_t nr, size_t k, const float *a, size_t ars,
+        size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+        size_t ldc)
+{
+    for (; m >= TG_MR; m -= TG_MR) {
+        tg_tilem(TG_MR, nr, k, a, ars, acs, b, ldb, e, c, ldc);
+        a += TG_MR * ars;
+        c += TG_MR * ldc;
+        e = tg_ep_at(e, TG_MR, 0);
     }
-    if (j < n)
-        tg_tilem(mr, n - j, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j),
-                 c + j, ldc);
+    switch (m) {
+    TG_TAIL(1); TG_TAIL(2); TG_TAIL(3); TG_TAIL(4); TG_TAIL(5);
+    default:
+        break;
+    }
 }
 
 static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
                              size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    if (n % 8) {
+        tg_tail(m, n % 8, k, a, ars, acs, b + n / 8 * 8, ldb,
+                tg_ep_at(e, 0, n / 8 * 8), c + n / 8 * 8, ldc);
+        n = n / 8 * 8;
+        if (!n)
+            return;
+    }
     size_t i = 0;
     for (; i + TG_MR <= m; i += TG_MR) {
         /* the next tile row's C, often not in cache yet (a fresh tape) */
@@ -433,12 +461,9 @@ tz_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
                 ldc);
         j += 16;
     }
-    if (j + 8 == n)
+    if (j < n)
         tz_tile8(mr, k, a, ars, acs, b + j, ldb, tg_ep_at(e, 0, j), c + j,
                  ldc);
-    else if (j < n)
-        tz_tilem(mr, (__mmask16)((1u << (n - j)) - 1), k, a, ars, acs, b + j,
-                 ldb, tg_ep_at(e, 0, j), c + j, ldc);
 }
 
 /* n = 8: 24-row tiles of tz_tile8, the rest in one call of constant rows */
@@ -469,6 +494,34 @@ static TZ_TARGET void tz_narrow(size_t m, size_t k, const float *a,
     }
 }
 
+/* The last nr = n % 16 columns (n % 8 != 0), all rows, in a pass of
+ * their own, as tg_tail */
+#define TZ_MTAIL(r) \
+    case r: \
+        tz_tilem(r, mk, k, a, ars, acs, b, ldb, e, c, ldc); \
+        break
+
+static __attribute__((noinline)) TZ_TARGET void
+tz_tail(size_t m, size_t nr, size_t k, const float *a, size_t ars,
+        size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+        size_t ldc)
+{
+    __mmask16 mk = (__mmask16)((1u << nr) - 1);
+    for (; m >= TZ_MR; m -= TZ_MR) {
+        tz_tilem(TZ_MR, mk, k, a, ars, acs, b, ldb, e, c, ldc);
+        a += TZ_MR * ars;
+        c += TZ_MR * ldc;
+        e = tg_ep_at(e, TZ_MR, 0);
+    }
+    switch (m) {
+    TZ_MTAIL(1); TZ_MTAIL(2); TZ_MTAIL(3); TZ_MTAIL(4); TZ_MTAIL(5);
+    TZ_MTAIL(6); TZ_MTAIL(7); TZ_MTAIL(8); TZ_MTAIL(9); TZ_MTAIL(10);
+    TZ_MTAIL(11);
+    default:
+        break;
+    }
+}
+
 #define TZ_TAIL(r) \
     case r: \
         tz_rows(r, n, k, a, ars, acs, b, ldb, e, c, ldc); \
@@ -478,6 +531,13 @@ static TZ_TARGET void tz_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
                              size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    if (n % 8) {
+        tz_tail(m, n % 16, k, a, ars, acs, b + n / 16 * 16, ldb,
+                tg_ep_at(e, 0, n / 16 * 16), c + n / 16 * 16, ldc);
+        n = n / 16 * 16;
+        if (!n)
+            return;
+    }
     if (n == 8) {
         tz_narrow(m, k, a, ars, acs, b, ldb, e, c, ldc);
         return;

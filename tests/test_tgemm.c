@@ -603,6 +603,7 @@ Suite *suite_tgemm(void)
     tcase_add_test(tc, test_tgemm_tail_epilogues);
     tcase_add_test(tc, test_tgemm_tail_columns);
     tcase_add_test(tc, test_tgemm_avx2_bits);
+    tcase_set_timeout(tc, 60);      /* seconds on a loaded machine */
     suite_add_tcase(s, tc);
     tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
