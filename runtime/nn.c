@@ -465,10 +465,22 @@ static int derive_weights(const flow_net *net, const flow_real *params,
 }
 
 #if !FLOW_REAL_DOUBLE
+/* 1 when a product of width out (a layer's outputs, or the input
+ * gradient's columns) runs on tgemm's tiles, 0 on tgemm_dot's dot
+ * products: those are faster below 7 columns (AVX-512, k = 128, 4096
+ * rows: 24 against 93 us for 1 column, 59 against 92 for 4, 89 against
+ * 94 for 6, 113 against 94 for 7, where the tiles' cost is that of a
+ * 16-column tile), and run on AVX-512 only; from 7 columns on the tiles,
+ * whose last n % 16 columns are masked (tgemm.h), win. */
+static int tile_width(size_t out)
+{
+    return out >= 7 || tgemm_level() < 2;
+}
+
 /* The forward pass of a fast_net: per layer z = [x | ctx] W^T + b by
  * tgemm against W^T (transposed into the tape, which the backward pass's
  * narrow products read too), the bias and ReLU in its epilogue; a layer
- * of fewer than 8 outputs (an MLP's last, e.g. a 2-D affine coupling's
+ * of fewer than 7 outputs (an MLP's last, e.g. a 2-D affine coupling's
  * scale and shift) as dot products against W's rows (tgemm_dot).  The
  * tape is that of nn_forward's OpenBLAS path (ReLU's z is its h).
  * Returns 0 when a kernel declined before anything was written, so that
@@ -493,7 +505,7 @@ static int forward_fast(const flow_net *net, const flow_real *params,
         tgemm_transpose(ly->out, ly->cols, w, ly->cols, wt, ly->out);
         if (last)
             return 1;       /* the output layer: nn_forward's y */
-        if (ly->out % 8 == 0) {
+        if (tile_width(ly->out) || (l == 0 && net->k)) {
             int two = l == 0 && net->k;    /* the context's block follows */
             tgemm_epi ep = {.bias = bias, .relu = relu && !two};
             done = tgemm_ep(n, ly->out, win, in, win, 1, wt, ly->out, &ep, z,
@@ -505,8 +517,7 @@ static int forward_fast(const flow_net *net, const flow_real *params,
                                 ly->out);
             }
         } else {
-            done = !(l == 0 && net->k) &&
-                   tgemm_dot(n, ly->out, win, in, win, w, ly->cols, bias, 0,
+            done = tgemm_dot(n, ly->out, win, in, win, w, ly->cols, bias, 0,
                              z, ly->out);
             if (done && relu)
                 act_inplace(net, n * ly->out, z, h);
@@ -531,7 +542,7 @@ static int forward_fast_out(const flow_net *net, const flow_real *params,
         l == 0 ? at(ws, lo->xin) : at(ws, lo->h) + hidden_off(net, l - 1) * n;
     if (l == 0 && net->k)
         return 0;
-    if (ly->out % 8 == 0) {
+    if (tile_width(ly->out)) {
         tgemm_epi ep = {.bias = params + ly->b_off};
         return tgemm_ep(n, ly->out, win, in, win, 1,
                         at(ws, lo->wt) + wt_off(net, l), ly->out, &ep, y,
@@ -848,8 +859,8 @@ FLOW_VECTORIZE static void grad_w_narrow(size_t n, size_t out, size_t win,
  * = G W by tgemm with ReLU's derivative (pos_mask of the taped h) and the
  * bias gradient's column sums in its epilogue; dW += G^T X by tgemm (A
  * read transposed in place) where X is 8 or more columns wide; the input
- * gradient of a narrow input (a 2-D coupling's one conditioning column)
- * as dot products against W^T's rows.  Returns 1 when done, 0 when a
+ * gradient of a narrow input (under 7 columns, tile_width: a 2-D
+ * coupling's one conditioning column) as dot products against W^T's rows.  Returns 1 when done, 0 when a
  * kernel declined before anything was written (the caller then runs the
  * OpenBLAS path); -1 - status on a failure of that path's calls. */
 static int backward_fast(const flow_net *net, const flow_real *params,
@@ -876,9 +887,8 @@ static int backward_fast(const flow_net *net, const flow_real *params,
             if (win < 8)
                 grad_w_narrow(n, ly->out, win, gcur, in, at(ws, lo->nacc),
                               dw, ly->cols);
-            else if (!(win % 8 == 0 &&
-                       tgemm_ep(ly->out, win, n, gcur, 1, ly->out, in, win,
-                                &acc, dw, ly->cols))) {
+            else if (!tgemm_ep(ly->out, win, n, gcur, 1, ly->out, in, win,
+                               &acc, dw, ly->cols)) {
                 st = blas_gemm(1, 0, ly->out, win, n, 1, gcur, ly->out, in,
                                win, 1, dw, ly->cols);
                 if (st != FLOW_OK)
@@ -894,7 +904,7 @@ static int backward_fast(const flow_net *net, const flow_real *params,
         }
         if (l == 0) {
             st = FLOW_OK;
-            if (dx && !(net->d % 8 == 0
+            if (dx && !(tile_width(net->d)
                             ? tgemm_ep(n, net->d, ly->out, gcur, ly->out, 1,
                                        w, ly->cols, NULL, dx, net->d)
                             : tgemm_dot(n, net->d, ly->out, gcur, ly->out,

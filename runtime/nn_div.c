@@ -58,8 +58,8 @@
  * pass.  The same arithmetic as B net_jvp + net_jvp_backward passes and a
  * net_backward (docs/runtime.md), in 2 + 2 GEMMs per hidden layer instead
  * of 2 + 4 B + 2.  In the float build the hidden layers' products go to
- * tgemm (runtime/tgemm.c) when their widths allow (multiples of 8) and the
- * CPU has AVX2 + FMA, else to blas_gemm.
+ * tgemm (runtime/tgemm.c, any width) when the CPU has AVX2 + FMA, else to
+ * blas_gemm.
  *
  * tanh: in the float32 build a rational approximation (below). */
 

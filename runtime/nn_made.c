@@ -404,49 +404,23 @@ static size_t made_wt(const flow_net *net, size_t l)
            + 3 * net->max_width + net->layer[l].m_off;
 }
 
-/* Rows per scratch tile of made_gemm's last columns */
-#define MADE_TAIL_ROWS 128
-
-/* C = op(A) B + (acc ? C : 0) as blas_gemm(trans_a, 0, ...) with alpha 1,
- * B readable in bcols >= n columns: in the float build tgemm (tgemm.h:
- * twice OpenBLAS 0.3.21's rate on CPUs with full-width AVX-512) takes the
- * columns up to a multiple of 8, then the last n % 8 as 8 columns into a
- * scratch tile (the extra ones discarded: a column of C reads only its
- * column of B) when B has them; blas_gemm whatever tgemm declines.  Every
- * entry is one sum over k either way, and neither kernel lets a row's
- * values depend on the other rows, so the results do not depend on how
- * rows are blocked over threads. */
+/* C = op(A) B + (acc ? C : 0) as blas_gemm(trans_a, 0, ...) with alpha 1:
+ * in the float build tgemm (tgemm.h: twice OpenBLAS 0.3.21's rate on CPUs
+ * with full-width AVX-512; any width, the last columns in a masked tile),
+ * blas_gemm where it declines.  Every entry is one sum over k either way,
+ * and neither kernel lets a row's values depend on the other rows, so the
+ * results do not depend on how rows are blocked over threads. */
 static int made_gemm(int trans_a, size_t m, size_t n, size_t k,
                      const flow_real *a, size_t lda, const flow_real *b,
-                     size_t ldb, size_t bcols, int acc, flow_real *c,
-                     size_t ldc)
+                     size_t ldb, int acc, flow_real *c, size_t ldc)
 {
-    size_t n8 = 0;
 #if !FLOW_REAL_DOUBLE
     size_t ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;
-    if (n >= 8 && tgemm(m, n & ~(size_t)7, k, a, ars, acs, b, ldb, NULL,
-                        acc, c, ldc))
-        n8 = n & ~(size_t)7;
-    if (n8 < n && n8 + 8 <= bcols && tgemm_level() > 0) {
-        float t[MADE_TAIL_ROWS * 8];
-        for (size_t i0 = 0; i0 < m; i0 += MADE_TAIL_ROWS) {
-            size_t i1 = i0 + MADE_TAIL_ROWS < m ? i0 + MADE_TAIL_ROWS : m;
-            tgemm(i1 - i0, 8, k, a + i0 * ars, ars, acs, b + n8, ldb, NULL,
-                  0, t, 8);
-            for (size_t i = i0; i < i1; i++)
-                for (size_t j = n8; j < n; j++)
-                    c[i * ldc + j] = (acc ? c[i * ldc + j] : 0)
-                                     + t[(i - i0) * 8 + j - n8];
-        }
+    if (tgemm(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc))
         return FLOW_OK;
-    }
-#else
-    (void)bcols;
 #endif
-    if (n8 == n)
-        return FLOW_OK;
-    return blas_gemm(trans_a, 0, m, n - n8, k, 1, a, lda, b + n8, ldb,
-                     acc ? 1 : 0, c + n8, ldc);
+    return blas_gemm(trans_a, 0, m, n, k, 1, a, lda, b, ldb, acc ? 1 : 0, c,
+                     ldc);
 }
 
 /* Writes made_wt for every layer when tgemm runs here (float build,
@@ -980,7 +954,7 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
                 if (ex[p0] == 0)
                     continue;
                 st = made_gemm(1, p1 - p0, ex[p0], n, gcur + p0, R, in, C,
-                               C, 1, dparams + ly->w_off + p0 * ly->cols,
+                               1, dparams + ly->w_off + p0 * ly->cols,
                                ly->cols);
                 if (st != FLOW_OK)
                     return st;
@@ -992,8 +966,8 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
             if (e1 <= e0)
                 continue;
             st = made_gemm(0, n, e1 - e0, R - p0, gcur + p0, R,
-                           w + p0 * ly->cols + e0, ly->cols, ly->cols - e0,
-                           0, gin + e0, C);
+                           w + p0 * ly->cols + e0, ly->cols, 0, gin + e0,
+                           C);
             if (st != FLOW_OK)
                 return st;
             e0 = e1;

@@ -129,6 +129,52 @@ tg_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
     }
 }
 
+/* The last nr < 8 columns: tg_tile's 8-column tile with its loads and
+ * stores masked (_mm256_maskload_ps reads 0, and never faults, past
+ * column nr), so that each entry is the same sequence of operations as
+ * in a full tile. */
+static inline __attribute__((always_inline)) TG_TARGET void
+tg_tilem(int mr, size_t nr, size_t k, const float *a, size_t ars,
+         size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+         size_t ldc)
+{
+    __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nr),
+                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 c0[TG_MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < TG_MR; i++)
+        c0[i] = _mm256_setzero_ps();
+    for (size_t q = 0; q < k; q++) {
+        const float *aq = a + q * acs;
+        __m256 b0 = _mm256_maskload_ps(b + q * ldb, mk);
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++)
+            c0[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(aq + i * ars), b0,
+                                    c0[i]);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(e.bias, mk));
+        else if (e.acc)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_maskload_ps(ci, mk));
+        if (e.relu)
+            c0[i] = tg_relu(c0[i]);
+        if (e.gate)
+            c0[i] = _mm256_mul_ps(c0[i], tg_posmask(_mm256_maskload_ps(
+                                             e.gate + i * e.ldg, mk)));
+        _mm256_maskstore_ps(ci, mk, c0[i]);
+    }
+    if (e.colsum) {
+        __m256 s0 = _mm256_maskload_ps(e.colsum, mk);
+#pragma GCC unroll 6
+        for (int i = 0; i < mr; i++)
+            s0 = _mm256_add_ps(s0, c0[i]);
+        _mm256_maskstore_ps(e.colsum, mk, s0);
+    }
+}
+
 /* rows i0..i0+mr-1, all columns */
 static inline __attribute__((always_inline)) TG_TARGET void
 tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
@@ -143,10 +189,43 @@ tg_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
                 ldc);
 }
 
+/* The last nr < 8 columns, all rows, in a pass of their own: inlined
+ * into tg_rows, the masked tile's registers would crowd the full tiles'
+ * loop (5% slower on full widths) */
+#define TG_TAIL(r) \
+    case r: \
+        tg_tilem(r, nr, k, a, ars, acs, b, ldb, e, c, ldc); \
+        break
+
+static __attribute__((noinline)) TG_TARGET void
+tg_tail(size_t m, size_t nr, size_t k, const float *a, size_t ars,
+        size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+        size_t ldc)
+{
+    for (; m >= TG_MR; m -= TG_MR) {
+        tg_tilem(TG_MR, nr, k, a, ars, acs, b, ldb, e, c, ldc);
+        a += TG_MR * ars;
+        c += TG_MR * ldc;
+        e = tg_ep_at(e, TG_MR, 0);
+    }
+    switch (m) {
+    TG_TAIL(1); TG_TAIL(2); TG_TAIL(3); TG_TAIL(4); TG_TAIL(5);
+    default:
+        break;
+    }
+}
+
 static TG_TARGET void tg_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
                              size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    if (n % 8) {
+        tg_tail(m, n % 8, k, a, ars, acs, b + n / 8 * 8, ldb,
+                tg_ep_at(e, 0, n / 8 * 8), c + n / 8 * 8, ldc);
+        n = n / 8 * 8;
+        if (!n)
+            return;
+    }
     size_t i = 0;
     for (; i + TG_MR <= m; i += TG_MR) {
         /* the next tile row's C, often not in cache yet (a fresh tape) */
@@ -326,6 +405,49 @@ tz_tile8(int mr, size_t k, const float *a, size_t ars, size_t acs,
     }
 }
 
+/* The last 1-15 columns (but 8) of a row band: one 16-lane register
+ * per row, loads and stores masked to the nr = popcount(mk) columns
+ * (masked lanes read 0 and never fault), each entry the same sequence of
+ * operations as in tz_tile and tg_tilem. */
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_tilem(int mr, __mmask16 mk, size_t k, const float *a, size_t ars,
+         size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+         size_t ldc)
+{
+    __m512 c0[TZ_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < TZ_MR; i++)
+        c0[i] = _mm512_setzero_ps();
+    for (size_t q = 0; q < k; q++) {
+        const float *aq = a + q * acs;
+        __m512 b0 = _mm512_maskz_loadu_ps(mk, b + q * ldb);
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++)
+            c0[i] = _mm512_fmadd_ps(_mm512_set1_ps(aq[i * ars]), b0, c0[i]);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias)
+            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(mk, e.bias));
+        else if (e.acc)
+            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(mk, ci));
+        if (e.relu)
+            c0[i] = tz_relu(c0[i]);
+        if (e.gate)
+            c0[i] = tz_gate(c0[i],
+                            _mm512_maskz_loadu_ps(mk, e.gate + i * e.ldg));
+        _mm512_mask_storeu_ps(ci, mk, c0[i]);
+    }
+    if (e.colsum) {
+        __m512 s0 = _mm512_maskz_loadu_ps(mk, e.colsum);
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++)
+            s0 = _mm512_add_ps(s0, c0[i]);
+        _mm512_mask_storeu_ps(e.colsum, mk, s0);
+    }
+}
+
 static inline __attribute__((always_inline)) TZ_TARGET void
 tz_rows(int mr, size_t n, size_t k, const float *a, size_t ars, size_t acs,
         const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
@@ -372,6 +494,34 @@ static TZ_TARGET void tz_narrow(size_t m, size_t k, const float *a,
     }
 }
 
+/* The last nr = n % 16 columns (n % 8 != 0), all rows, in a pass of
+ * their own, as tg_tail */
+#define TZ_MTAIL(r) \
+    case r: \
+        tz_tilem(r, mk, k, a, ars, acs, b, ldb, e, c, ldc); \
+        break
+
+static __attribute__((noinline)) TZ_TARGET void
+tz_tail(size_t m, size_t nr, size_t k, const float *a, size_t ars,
+        size_t acs, const float *b, size_t ldb, tg_ep e, float *c,
+        size_t ldc)
+{
+    __mmask16 mk = (__mmask16)((1u << nr) - 1);
+    for (; m >= TZ_MR; m -= TZ_MR) {
+        tz_tilem(TZ_MR, mk, k, a, ars, acs, b, ldb, e, c, ldc);
+        a += TZ_MR * ars;
+        c += TZ_MR * ldc;
+        e = tg_ep_at(e, TZ_MR, 0);
+    }
+    switch (m) {
+    TZ_MTAIL(1); TZ_MTAIL(2); TZ_MTAIL(3); TZ_MTAIL(4); TZ_MTAIL(5);
+    TZ_MTAIL(6); TZ_MTAIL(7); TZ_MTAIL(8); TZ_MTAIL(9); TZ_MTAIL(10);
+    TZ_MTAIL(11);
+    default:
+        break;
+    }
+}
+
 #define TZ_TAIL(r) \
     case r: \
         tz_rows(r, n, k, a, ars, acs, b, ldb, e, c, ldc); \
@@ -381,6 +531,13 @@ static TZ_TARGET void tz_run(size_t m, size_t n, size_t k, const float *a,
                              size_t ars, size_t acs, const float *b,
                              size_t ldb, tg_ep e, float *c, size_t ldc)
 {
+    if (n % 8) {
+        tz_tail(m, n % 16, k, a, ars, acs, b + n / 16 * 16, ldb,
+                tg_ep_at(e, 0, n / 16 * 16), c + n / 16 * 16, ldc);
+        n = n / 16 * 16;
+        if (!n)
+            return;
+    }
     if (n == 8) {
         tz_narrow(m, k, a, ars, acs, b, ldb, e, c, ldc);
         return;
@@ -538,7 +695,10 @@ static TZ_TARGET void tz_transpose(size_t rows, size_t cols, const float *src,
             dst[c * ldd + r] = src[r * lds + c];
 }
 
-/* 2: AVX-512 (F + VL), 1: AVX2 + FMA, 0: neither */
+/* tgemm_cap_level's cap */
+static int tg_cap = 2;
+
+/* 2: AVX-512 (F + VL), 1: AVX2 + FMA, 0: neither; at most tg_cap */
 static int tg_level(void)
 {
     static int level = -1;
@@ -549,12 +709,17 @@ static int tg_level(void)
                 : __builtin_cpu_supports("avx512f") &&
                         __builtin_cpu_supports("avx512vl") ? 2 : 1;
     }
-    return level;
+    return level < tg_cap ? level : tg_cap;
 }
 
 int tgemm_level(void)
 {
     return tg_level();
+}
+
+void tgemm_cap_level(int cap)
+{
+    tg_cap = cap;
 }
 
 void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
@@ -591,8 +756,6 @@ int tgemm_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
 {
     int level;
     tg_ep e = {0};
-    if (n % 8 != 0)
-        return 0;
     level = tg_level();
     if (!level)
         return 0;
@@ -628,6 +791,11 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
 int tgemm_level(void)
 {
     return 0;
+}
+
+void tgemm_cap_level(int cap)
+{
+    (void)cap;
 }
 
 void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,

@@ -22,8 +22,12 @@
  * lda), B row-major (ldb) and C row-major (ldc).  Each C[i][j] is one
  * sequence of fused multiply-adds over k = 0, 1, ... from 0, then the
  * bias or C added: a row's values do not depend on m or on the other
- * rows.  Returns 1 when done, 0 when declined (nothing written): n not a
- * multiple of 8, no AVX2 + FMA, or not built in. */
+ * rows, and a column's values do not depend on n or on the columns
+ * beside it (the last n % 8 or n % 16 columns run in a tile with masked
+ * loads and stores: no entry of C outside the m x n block, of B or bias
+ * outside its n columns, is read or written).  Any m, n, k; returns 1
+ * when done, 0 when declined (nothing written): no AVX2 + FMA, or not
+ * built in. */
 int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
           size_t acs, const float *b, size_t ldb, const float *bias, int acc,
           float *c, size_t ldc);
@@ -69,5 +73,10 @@ void tgemm_transpose(size_t rows, size_t cols, const float *src, size_t lds,
 
 /* 2: AVX-512 kernels, 1: AVX2 + FMA only, 0: tgemm declines everything */
 int tgemm_level(void);
+
+/* Caps tgemm_level() at cap (2: no cap), so that a test can run the AVX2
+ * path on an AVX-512 CPU and compare the bits; not for concurrent use
+ * with products in flight. */
+void tgemm_cap_level(int cap);
 
 #endif

@@ -2,7 +2,9 @@
  * a double-precision triple loop: every tile shape (row tails 1-5, 8- and
  * 16-column tiles), A plain and transposed, strides wider than the
  * matrices, the three modes (C = AB, C += AB, C = AB + bias), C never
- * read without acc (NaN-filled), nothing written outside C, and the
+ * read without acc (NaN-filled), nothing written outside C, widths that
+ * are not a multiple of 8 (masked tiles: a column's bits independent of
+ * the call's width, the AVX2 path's bits equal to AVX-512's), and the
  * declines; the epilogues of tgemm_ep (ReLU, ReLU's derivative, column
  * sums) and the dot-product kernel tgemm_dot on odd shapes. */
 #include <float.h>
@@ -393,27 +395,197 @@ START_TEST(test_tgemm_transpose)
 }
 END_TEST
 
-/* widths that are not a multiple of 8 are declined with C untouched; on a
- * machine without AVX2 + FMA every call is */
+/* widths that are not a multiple of 8 (the last columns in a masked
+ * tile): every row tail of both paths' tiles, both A layouts, the three
+ * modes, nothing written outside C (check_one) */
+START_TEST(test_tgemm_tails)
+{
+    static const size_t ms[] = {1, 5, 6, 7, 12, 13, 25};
+    static const size_t ks[] = {0, 1, 9, 64};
+    flow_rng rng;
+    if (!tg_on())
+        return;
+    rng_seed(&rng, 81);
+    for (size_t n = 1; n <= 40; n++)
+        for (size_t a = 0; n % 8 && a < sizeof ms / sizeof ms[0]; a++)
+            for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                for (int trans = 0; trans < 2; trans++)
+                    for (int mode = 0; mode < 3; mode++)
+                        check_one(ms[a], n, ks[c], trans, mode, &rng);
+}
+END_TEST
+
+/* the epilogues on the masked tiles (and a 92-wide layer, nsf8's spline
+ * parameters: 64 + 16 + 12 columns on AVX-512, 80 + 8 + 4 on AVX2) */
+START_TEST(test_tgemm_tail_epilogues)
+{
+    static const size_t ms[] = {1, 7, 13, 25};
+    static const size_t ns[] = {1, 3, 4, 7, 9, 12, 15, 17, 23, 31, 39, 92};
+    static const size_t ks[] = {1, 3, 128};
+    flow_rng rng;
+    if (!tg_on())
+        return;
+    rng_seed(&rng, 82);
+    for (size_t a = 0; a < sizeof ms / sizeof ms[0]; a++)
+        for (size_t b = 0; b < sizeof ns / sizeof ns[0]; b++)
+            for (size_t c = 0; c < sizeof ks / sizeof ks[0]; c++)
+                for (int f = 0; f < 3 * 8; f++)
+                    check_ep(ms[a], ns[b], ks[c], f % 2, f / 8, f / 2 % 2,
+                             f / 4 % 2, (f + (int)b) % 3 == 0, &rng);
+}
+END_TEST
+
+enum { TW_M = 29, TW_K = 37, TW_W = 112 };
+
+/* Inputs of the width tests: A (row-major TW_M x TW_K, or transposed),
+ * B TW_K x TW_W, the gate (signed zeros among its values), bias */
+typedef struct tw_in {
+    float a[TW_M * TW_K], b[TW_K * TW_W], g[TW_M * TW_W], bias[TW_W];
+    float c0[TW_M * TW_W], cs0[TW_W];
+} tw_in;
+
+static void tw_fill(tw_in *in, flow_rng *rng)
+{
+    for (size_t i = 0; i < TW_M * TW_K; i++)
+        in->a[i] = urand(rng);
+    for (size_t i = 0; i < TW_K * TW_W; i++)
+        in->b[i] = urand(rng);
+    for (size_t i = 0; i < TW_M * TW_W; i++) {
+        in->g[i] = i % 5 == 0 ? -0.0f : i % 5 == 1 ? 0.0f : urand(rng);
+        in->c0[i] = urand(rng);
+    }
+    for (size_t j = 0; j < TW_W; j++) {
+        in->bias[j] = urand(rng);
+        in->cs0[j] = urand(rng);
+    }
+}
+
+/* C (TW_M x TW_W, from c0) and the column sums (from cs0) after one
+ * tgemm_ep of m rows, n columns and k = TW_K, with the epilogue of
+ * flags f: bits 0-1 the mode (bias, acc, none), 2 relu, 3 gate, 4
+ * colsum, 5 A transposed */
+static void tw_run(const tw_in *in, size_t m, size_t n, int f, float *c,
+                   float *cs)
+{
+    int trans = f >> 5 & 1;
+    tgemm_epi ep = {.bias = f % 4 == 0 ? in->bias : NULL,
+                    .acc = f % 4 == 1, .relu = f >> 2 & 1,
+                    .gate = f >> 3 & 1 ? in->g : NULL, .ldg = TW_W,
+                    .colsum = f >> 4 & 1 ? cs : NULL};
+    memcpy(c, in->c0, sizeof in->c0);
+    memcpy(cs, in->cs0, sizeof in->cs0);
+    ck_assert_int_eq(tgemm_ep(m, n, TW_K, in->a, trans ? 1 : TW_K,
+                              trans ? TW_M : 1, in->b, TW_W, &ep, c, TW_W),
+                     1);
+}
+
+/* a column's bits do not depend on the width of the call or on the tile
+ * it falls in (tgemm.h): the first n columns of an n-wide product equal
+ * those of wider ones, with every epilogue, and the n-wide call writes
+ * nothing past column n of C or of the column sums */
+START_TEST(test_tgemm_tail_columns)
+{
+    static const size_t extra[] = {1, 3, 8, 17};
+    static const size_t pairs[][2] = {{88, 92}, {80, 92}, {92, 96},
+                                      {92, 112}, {64, 92}};
+    tw_in *in = malloc(sizeof *in);
+    float *c = malloc(sizeof in->c0), *cw = malloc(sizeof in->c0);
+    float cs[TW_W], csw[TW_W];
+    flow_rng rng;
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(cw);
+    if (tg_on()) {
+        rng_seed(&rng, 83);
+        tw_fill(in, &rng);
+    }
+    for (size_t t = 0; tg_on() && t < 40 * 4 + 5; t++) {
+        size_t n = t < 160 ? t / 4 + 1 : pairs[t - 160][0];
+        size_t nw = t < 160 ? n + extra[t % 4] : pairs[t - 160][1];
+        for (int f = 0; f < 64; f++) {
+            size_t m = f % 3 == 0 ? TW_M : f % 3 == 1 ? 13 : 5;
+            if (f % 4 == 3)
+                continue;
+            tw_run(in, m, n, f, c, cs);
+            tw_run(in, m, nw, f, cw, csw);
+            for (size_t i = 0; i < TW_M; i++) {
+                size_t w = i < m ? n : 0;
+                ck_assert_msg(memcmp(c + i * TW_W, cw + i * TW_W,
+                                     w * sizeof *c) == 0,
+                              "row %zu: n %zu vs %zu differ (f %d)", i, n,
+                              nw, f);
+                ck_assert_msg(memcmp(c + i * TW_W + w, in->c0 + i * TW_W + w,
+                                     (TW_W - w) * sizeof *c) == 0,
+                              "row %zu: written past column %zu (f %d)", i,
+                              w, f);
+            }
+            ck_assert_msg(memcmp(cs, csw, n * sizeof *cs) == 0 &&
+                                  memcmp(cs + n, in->cs0 + n,
+                                         (TW_W - n) * sizeof *cs) == 0,
+                          "column sums: n %zu vs %zu (f %d)", n, nw, f);
+        }
+    }
+    free(in);
+    free(c);
+    free(cw);
+}
+END_TEST
+
+/* the AVX2 path (tgemm_cap_level(1)) gives the AVX-512 path's bits on
+ * every width 1-40 and 92, every epilogue and row tail: tgemm.h's
+ * promise that the CPU does not change a result */
+START_TEST(test_tgemm_avx2_bits)
+{
+    tw_in *in = malloc(sizeof *in);
+    float *c = malloc(sizeof in->c0), *c2 = malloc(sizeof in->c0);
+    float cs[TW_W], cs2[TW_W];
+    flow_rng rng;
+    ck_assert_ptr_nonnull(in);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_ptr_nonnull(c2);
+    rng_seed(&rng, 84);
+    tw_fill(in, &rng);
+    for (size_t n = 1; tgemm_level() == 2 && n <= 41; n++) {
+        size_t w = n <= 40 ? n : 92;
+        for (int f = 0; f < 64; f++) {
+            size_t m = f % 3 == 0 ? TW_M : f % 3 == 1 ? 24 : 7;
+            if (f % 4 == 3)
+                continue;
+            tw_run(in, m, w, f, c, cs);
+            tgemm_cap_level(1);
+            ck_assert_int_eq(tgemm_level(), 1);
+            tw_run(in, m, w, f, c2, cs2);
+            tgemm_cap_level(2);
+            ck_assert_msg(memcmp(c, c2, sizeof in->c0) == 0 &&
+                                  memcmp(cs, cs2, sizeof cs) == 0,
+                          "AVX2 vs AVX-512: m %zu n %zu f %d", m, w, f);
+        }
+    }
+    free(in);
+    free(c);
+    free(c2);
+}
+END_TEST
+
+/* with the kernels capped off (tgemm_cap_level(0)), as on a machine
+ * without AVX2 + FMA, every call is declined with C untouched */
 START_TEST(test_tgemm_declines)
 {
-    float a[4 * 12], b[12 * 12], c[4 * 12], keep[4 * 12];
+    float a[4 * 12], b[12 * 12], c[4 * 12], keep[4 * 12], cs[12];
     for (size_t i = 0; i < 48; i++)
         a[i] = c[i] = keep[i] = (float)i;
     for (size_t i = 0; i < 144; i++)
         b[i] = 1;
+    tgemm_cap_level(0);
+    ck_assert_int_eq(tgemm_level(), 0);
     for (size_t n = 1; n <= 12; n++) {
-        if (n == 8)
-            continue;
-        tgemm_epi ep = {.relu = 1, .colsum = keep};
+        tgemm_epi ep = {.relu = 1, .colsum = cs};
         ck_assert_int_eq(tgemm(4, n, 12, a, 12, 1, b, 12, NULL, 0, c, 12),
                          0);
         ck_assert_int_eq(tgemm_ep(4, n, 12, a, 12, 1, b, 12, &ep, c, 12), 0);
         ck_assert_mem_eq(c, keep, sizeof c);
     }
-    if (!tg_on())
-        ck_assert_int_eq(tgemm(4, 8, 12, a, 12, 1, b, 12, NULL, 0, c, 12),
-                         0);
+    tgemm_cap_level(2);
 }
 END_TEST
 
@@ -427,6 +599,11 @@ Suite *suite_tgemm(void)
     tcase_add_test(tc, test_tgemm_relu_signs);
     tcase_add_test(tc, test_tgemm_dot);
     tcase_add_test(tc, test_tgemm_transpose);
+    tcase_add_test(tc, test_tgemm_tails);
+    tcase_add_test(tc, test_tgemm_tail_epilogues);
+    tcase_add_test(tc, test_tgemm_tail_columns);
+    tcase_add_test(tc, test_tgemm_avx2_bits);
+    tcase_set_timeout(tc, 60);      /* seconds on a loaded machine */
     suite_add_tcase(s, tc);
     tc = tcase_create("declines");
     tcase_add_test(tc, test_tgemm_declines);
