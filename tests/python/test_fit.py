@@ -73,8 +73,7 @@ class Fit(unittest.TestCase):
         try:
             spec = s.write("q.flow", SPEC)
             tgt = "banana(a = 1.5, b = 0.5)"
-            # fit's bits follow the thread count (without --reproducible):
-            # the same one on both sides
+            # the same bits at any thread count; one on both sides
             cli("fit", spec, "--target", tgt, "--steps", 60, "--seed", 2,
                 "--eval-samples", 500, "--threads", 1, "--json", "-o",
                 s("cli.ckpt"))
