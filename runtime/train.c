@@ -774,7 +774,7 @@ static int target_comm_gradient(flow_trainer *t, double beta, double *elbo)
     double sum = NAN;
     int rc;
 
-    if (hi <= lo)               /* no block here: the sums still */
+    if (hi <= lo)               /* no block here: in the sums all the same */
         r0 = r1 = 0;
     key = step_key(t->m, after);
     rc = vi_elbo_blocks(t->m, t->target, key, lo, r1 - r0, R, t->comm, b,
