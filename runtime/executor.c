@@ -258,6 +258,7 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
         const job_step *st = &j->steps[s];
         node *nd = st->nd;
         size_t kc = nd->given ? m->cdim : 0;
+        flow_rng grid;
         flow_call c;
         int rc;
         if (nd->kind == NODE_EXIT) {
@@ -267,25 +268,38 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
         exec_fill_call(m, nd, &c, hi - lo,
                        j->cv && kc ? j->cv + lo * kc : NULL, grad, t);
         c.skip_logdet = j->skip_logdet;
+        if (j->grid_rng) {
+            /* the grid block's own stream: its draws, like its rows, do
+             * not follow the thread count */
+            rng_stream(&grid, j->seed, (unsigned)kb);
+            c.rng = &grid;
+        }
         if (m->blk_rows && (nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)) {
             /* all of this process's blocks in one call, its sums over
-             * every process's blocks through block_sum */
-            if (grad && j->kind == JOB_FORWARD_BACKWARD)
+             * every process's blocks through block_sum in the density
+             * direction; the sampling direction's call (a fit's pass) is
+             * a plain one on these rows, its gradient in slot 0 */
+            if (grad && (j->kind == JOB_FORWARD_BACKWARD
+                         || j->kind == JOB_INVERSE_BACKWARD))
                 for (size_t k = 0; k < m->blk_n; k++)
                     memset(grad + k * m->n_params + nd->p_off, 0,
                            nd->desc.n_params * sizeof *grad);
-            c.block_rows = m->blk_rows;
-            c.grad_stride = m->n_params;
-            c.block_sum = exec_block_sum;
-            c.block_ctx = m;
+            if (j->kind == JOB_FORWARD || j->kind == JOB_FORWARD_BACKWARD) {
+                c.block_rows = m->blk_rows;
+                c.grad_stride = m->n_params;
+                c.block_sum = exec_block_sum;
+                c.block_ctx = m;
+            }
             c.err = msg;
             c.err_cap = sizeof msg;
             msg[0] = '\0';
         } else if (m->blk_rows) {
             /* the slot's range of this layer, cleared here while the
-             * layer's backward is about to write it (block_pass clears
-             * the bases') instead of all nb slots in a pass of its own */
-            if (grad && j->kind == JOB_FORWARD_BACKWARD)
+             * layer's backward is about to write it (the block passes
+             * clear the bases') instead of all nb slots in a pass of
+             * their own */
+            if (grad && (j->kind == JOB_FORWARD_BACKWARD
+                         || j->kind == JOB_INVERSE_BACKWARD))
                 memset(grad + nd->p_off, 0,
                        nd->desc.n_params * sizeof *grad);
             c.ws = nd->bws[kb];
@@ -345,7 +359,7 @@ static void job_task(void *arg, size_t t)
             hi = j->n;
     }
     for (size_t b = lo; b < hi && j->rc[t] == FLOW_OK; b += bs)
-        job_rows(j, t, b, hi - b < bs ? hi : b + bs, 0);
+        job_rows(j, t, b, hi - b < bs ? hi : b + bs, b / bs);
 }
 
 /* Rows of a batch of n split into this many chunks (layers without
@@ -363,12 +377,11 @@ static size_t row_chunks(const flow_model *m, size_t n)
 }
 
 /* Whether node nd can share a job with its neighbours: not a
- * whole-batch layer, nor a stochastic one (with several threads, its
- * per-thread streams are seeded from the model's stream between layers,
- * after the caller's thread used it for the layer before).  The same on
- * one thread: a job with such a layer runs its rows in one call, the
- * others in the grid's blocks (job_task), and which calls a row sees
- * must not depend on the thread count. */
+ * whole-batch layer, nor a stochastic one (its streams are seeded from
+ * the model's stream when its job starts, after the layer before drew
+ * from it: per grid block without a tape, per thread with one).  The
+ * same on one thread, so that which calls a row sees does not depend on
+ * the thread count. */
 int exec_joinable(const flow_model *m, const node *nd, size_t n)
 {
     (void)n;
@@ -411,19 +424,27 @@ int exec_run_job(job *j, const char *what)
     j->block = j->no_tape ? BLOCK_ROWS : 0;
     for (size_t i = 0; i < j->n_steps; i++)   /* whole rows only */
         if (j->steps[i].nd->kind == NODE_LAYER
-            && (j->steps[i].nd->desc.flags
-                & (FLOW_LAYER_WHOLE_BATCH | FLOW_LAYER_STOCHASTIC)))
+            && (j->steps[i].nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))
             j->block = 0;
     atomic_store(&j->next_blk, 0);
     j->whole = m->blk_rows && j->n_steps == 1 && first->kind == NODE_LAYER
                && (first->desc.flags & FLOW_LAYER_WHOLE_BATCH);
-    if (j->k > 1 && j->n_steps == 1 && !m->blk_rows
-        && (first->desc.flags & FLOW_LAYER_STOCHASTIC)) {
-        /* per-thread streams drawn from the model's stream: everything
-         * random still derives from it (and from checkpoints of it) */
+    j->grid_rng = 0;
+    if (j->n_steps == 1 && !m->blk_rows && first->kind == NODE_LAYER
+        && (first->desc.flags & FLOW_LAYER_STOCHASTIC)
+        && (j->block || j->k > 1)) {
+        /* streams drawn from the model's stream, so that everything
+         * random still derives from it (and from checkpoints of it): per
+         * grid block without a tape (the same draws at any T), else per
+         * thread */
         uint64_t seed = rng_u64(&m->rng);
-        for (size_t t = 1; t < j->k; t++)
-            rng_stream(&m->trng[t], seed, (unsigned)t);
+        if (j->block) {
+            j->grid_rng = 1;
+            j->seed = seed;
+        } else {
+            for (size_t t = 1; t < j->k; t++)
+                rng_stream(&m->trng[t], seed, (unsigned)t);
+        }
     }
     if (j->k > 1) {
         pool_run(m->pool, j->k, job_task, j);

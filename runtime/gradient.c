@@ -1,5 +1,6 @@
 /* gradient.c - backward passes: the log-likelihood gradient (training on
  * data) and the sampling direction's (fits), summed over the threads. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,6 +69,55 @@ static int finish_gradients(flow_model *m, size_t n, const flow_real *c,
     return exec_batch_all(m, n, 1, c, grad);
 }
 
+/* The backward job that starts at layer i: layer i and those next to it
+ * that can share its job (exec_joinable), in the backward's order.  The
+ * density direction's (JOB_FORWARD_BACKWARD) goes from i down, layer e
+ * mapping act[e] to act[e + 1]; the sampling direction's
+ * (JOB_INVERSE_BACKWARD) from i up, layer e mapping act[e + 1] to act[e].
+ * *g holds the gradient going in, and *g, *gnext swap at every layer as
+ * the callers' loops swap them at a node.  *end: the job's last layer,
+ * set once the job is built; then it runs. */
+static int backward_job(job *j, size_t i, flow_real **g, flow_real **gnext,
+                        size_t *end)
+{
+    flow_model *m = j->m;
+    int inv = j->kind == JOB_INVERSE_BACKWARD;
+    size_t e = i;
+    for (;;) {
+        node *nl = &m->nodes[e], *nx;
+        flow_real *t;
+        if (inv ? !(nl->desc.flags & FLOW_LAYER_BACKWARD_INVERSE)
+                      || !nl->type->inverse_backward
+                : !(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
+                      || !nl->type->forward_backward)
+            return model_error(m, FLOW_ERR_UNSUPPORTED, inv
+                               ? "%s (%s): layer has no backward for its "
+                                 "inverse"
+                               : "%s (%s): layer cannot be trained (no "
+                                 "backward)", nl->label, nl->file);
+        m->steps[inv ? e - i : i - e] =
+            (job_step){.nd = nl, .in = m->act[inv ? e + 1 : e],
+                       .out = m->act[inv ? e : e + 1], .dout = *g,
+                       .din = *gnext};
+        t = *g;
+        *g = *gnext;
+        *gnext = t;
+        if (inv ? e + 1 == m->n_nodes : e == 0)
+            break;
+        nx = inv ? nl + 1 : nl - 1;
+        if (nx->kind != NODE_LAYER || !exec_joinable(m, nx, j->n)
+            || !exec_joinable(m, nl, j->n))
+            break;
+        e = inv ? e + 1 : e - 1;
+    }
+    j->steps = m->steps;
+    j->n_steps = (inv ? e - i : i - e) + 1;
+    *end = e;
+    if (!m->blk_rows)       /* the block pass writes the blocks' slots */
+        m->tgrad_dirty = 1;
+    return exec_run_job(j, inv ? "inverse backward" : "backward");
+}
+
 int flow_model_loglik_grad(flow_model *m, size_t n, const flow_real *x,
                            const flow_real *c, double *mean_logp,
                            flow_real *grad)
@@ -128,38 +178,10 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
                 memcpy(dprev + r * nd->in_dim, m->t1 + r * nd->k,
                        nd->k * sizeof *dprev);
         } else {
-            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
-                || !nd->type->forward_backward)
-                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
-                                   "cannot be trained (no backward)",
-                                   nd->label, nd->file);
             job j = {.m = m, .kind = JOB_FORWARD_BACKWARD, .n = n,
-                     .cv = c, .dld = m->ones, .grad = grad,
-                     .steps = m->steps};
-            size_t lo = i;      /* the job: layers i down to lo */
-            for (;;) {
-                node *nl = &m->nodes[lo];
-                if (!(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
-                    || !nl->type->forward_backward)
-                    return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): "
-                                       "layer cannot be trained (no "
-                                       "backward)", nl->label, nl->file);
-                /* the gradient buffers alternate as they do here */
-                m->steps[i - lo] = (job_step){.nd = nl, .in = m->act[lo],
-                                              .out = m->act[lo + 1],
-                                              .dout = dz, .din = dprev};
-                t = dz;
-                dz = dprev;
-                dprev = t;
-                if (lo == 0 || nl[-1].kind != NODE_LAYER
-                    || !exec_joinable(m, nl - 1, n)
-                    || !exec_joinable(m, nl, n))
-                    break;
-                lo--;
-            }
-            j.n_steps = i - lo + 1;
-            m->tgrad_dirty = 1;
-            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK)
+                     .cv = c, .dld = m->ones, .grad = grad};
+            size_t lo;      /* the job: layers i down to lo */
+            if ((rc = backward_job(&j, i, &dz, &dprev, &lo)) != FLOW_OK)
                 return rc;
             i = lo;             /* the loop's i-- moves on to lo - 1 */
             continue;
@@ -175,30 +197,18 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
     return FLOW_OK;
 }
 
-/* The sampling direction's backward with the loss decided in between:
- * after x = f^-1(z) (logdet: log|det df^-1/dz|), mid() writes dL/dx and
- * dL/dlogdet from them. */
-int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
-                           const flow_real *c, model_mid_fn mid, void *arg,
-                           flow_real *grad, flow_real *dz)
+/* The sampling direction's backward after exec_inverse(EXEC_TAPE) of n
+ * rows, from dL/dx in g (n x dim; gnext the other gradient buffer) and
+ * dL/dlogdet in m->ones: the inverse ran nodes last to first, its
+ * backward runs first to last, node i mapping act[i + 1] (latent side) to
+ * act[i] (data side), the layers' parameter gradients into grad (in the
+ * block pass, the blocks' slots); dz (may be NULL) gets dL/dz. */
+static int inverse_backward(flow_model *m, size_t n, const flow_real *c,
+                            flow_real *grad, flow_real *g, flow_real *gnext,
+                            flow_real *dz)
 {
-    flow_real *g, *gnext, *t;
+    flow_real *t;
     int rc;
-
-    if ((rc = model_check_rows(m, n)) != FLOW_OK)
-        return rc;
-    ctx_clear_error(m->ctx);
-    if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = exec_inverse(m, n, z, c, m->zbuf, EXEC_TAPE)) != FLOW_OK)
-        return rc;
-    g = m->g0;
-    gnext = m->g1;
-    if ((rc = mid(arg, n, m->zbuf, m->ld_sum, g, m->ones)) != FLOW_OK)
-        return rc;
-    zero_grad(m, grad);
-    clear_tgrad(m);
-    /* the inverse ran nodes last to first; its backward runs first to
-     * last: node i maps act[i + 1] (latent side) to act[i] (data side) */
     for (size_t i = 0; i < m->n_nodes; i++) {
         node *nd = &m->nodes[i];
         if (nd->kind == NODE_EXIT) {
@@ -210,19 +220,13 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
                        nd->out_dim * sizeof *g);
             }
         } else {
-            job_step st = {.nd = nd, .in = m->act[i + 1], .out = m->act[i],
-                           .dout = g, .din = gnext};
             job j = {.m = m, .kind = JOB_INVERSE_BACKWARD, .n = n, .cv = c,
-                     .dld = m->ones, .grad = grad, .steps = &st,
-                     .n_steps = 1};
-            m->tgrad_dirty = 1;
-            if (!(nd->desc.flags & FLOW_LAYER_BACKWARD_INVERSE)
-                || !nd->type->inverse_backward)
-                return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): layer "
-                                   "has no backward for its inverse",
-                                   nd->label, nd->file);
-            if ((rc = exec_run_job(&j, "inverse backward")) != FLOW_OK)
+                     .dld = m->ones, .grad = grad};
+            size_t hi;      /* the job: layers i up to hi */
+            if ((rc = backward_job(&j, i, &g, &gnext, &hi)) != FLOW_OK)
                 return rc;
+            i = hi;             /* the loop's i++ moves on to hi + 1 */
+            continue;
         }
         t = g;
         g = gnext;
@@ -234,6 +238,30 @@ int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
             memcpy(dz + r * m->dim + m->z_final, g + r * df,
                    df * sizeof *dz);
     }
+    return FLOW_OK;
+}
+
+/* The sampling direction's backward with the loss decided in between:
+ * after x = f^-1(z) (logdet: log|det df^-1/dz|), mid() writes dL/dx and
+ * dL/dlogdet from them. */
+int model_inverse_grad_mid(flow_model *m, size_t n, const flow_real *z,
+                           const flow_real *c, model_mid_fn mid, void *arg,
+                           flow_real *grad, flow_real *dz)
+{
+    int rc;
+
+    if ((rc = model_check_rows(m, n)) != FLOW_OK)
+        return rc;
+    ctx_clear_error(m->ctx);
+    if ((rc = exec_grow_batch(m, n)) != FLOW_OK
+        || (rc = exec_inverse(m, n, z, c, m->zbuf, EXEC_TAPE)) != FLOW_OK)
+        return rc;
+    if ((rc = mid(arg, n, m->zbuf, m->ld_sum, m->g0, m->ones)) != FLOW_OK)
+        return rc;
+    zero_grad(m, grad);
+    clear_tgrad(m);
+    if ((rc = inverse_backward(m, n, c, grad, m->g0, m->g1, dz)) != FLOW_OK)
+        return rc;
     return finish_gradients(m, n, c, grad);
 }
 
@@ -278,6 +306,19 @@ static int grow_block_rng(flow_model *m, size_t nb)
     return FLOW_OK;
 }
 
+/* The bases' ranges of the blocks' gradient slots set to 0: the bases'
+ * parameters follow the layers' (model.c), and each layer's range of a
+ * slot is cleared by its backward job (job_rows). */
+static void clear_base_slots(flow_model *m, flow_real *bgrad)
+{
+    size_t np = m->n_params, pbase = m->base_off;
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_EXIT && m->nodes[i].bp_off < pbase)
+            pbase = m->nodes[i].bp_off;
+    for (size_t k = 0; k < m->blk_n; k++)
+        memset(bgrad + k * np + pbase, 0, (np - pbase) * sizeof *bgrad);
+}
+
 /* The block pass's forward, base densities and backward (m->blk_* set):
  * as model_loglik_grad_w up to the layers' finish_grad, each base and
  * layer call on one block's rows with that block's gradient slot, a
@@ -289,7 +330,7 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
                       flow_real *bgrad, size_t *fwd_from, size_t *bwd_from)
 {
     size_t R = m->blk_rows, nb = m->blk_n, np = m->n_params;
-    size_t bd = m->base.dim, pbase = m->base_off;
+    size_t bd = m->base.dim;
     flow_real w = (flow_real)weight, *dz, *dprev, *t;
     int rc;
 
@@ -310,13 +351,7 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
         }
         sum_logp[k] = total;
     }
-    /* the bases' parameters follow the layers' (model.c); each layer's
-     * range of a slot is cleared by its backward job (job_rows) */
-    for (size_t i = 0; i < m->n_nodes; i++)
-        if (m->nodes[i].kind == NODE_EXIT && m->nodes[i].bp_off < pbase)
-            pbase = m->nodes[i].bp_off;
-    for (size_t k = 0; k < nb; k++)
-        memset(bgrad + k * np + pbase, 0, (np - pbase) * sizeof *bgrad);
+    clear_base_slots(m, bgrad);
     dz = m->g0;
     dprev = m->g1;
     exec_gather_cols(n, m->dim, m->zbuf, m->z_final, bd, m->t0);
@@ -350,33 +385,13 @@ static int block_pass(flow_model *m, size_t n, const flow_real *x,
                        ek * sizeof *dprev);
         } else {
             job j = {.m = m, .kind = JOB_FORWARD_BACKWARD, .n = n, .cv = c,
-                     .dld = m->ones, .grad = bgrad, .steps = m->steps};
-            size_t lo = i;      /* the job: layers i down to lo */
-            for (;;) {
-                node *nl = &m->nodes[lo];
-                if (!(nl->desc.flags & FLOW_LAYER_BACKWARD_FORWARD)
-                    || !nl->type->forward_backward)
-                    return model_error(m, FLOW_ERR_UNSUPPORTED, "%s (%s): "
-                                       "layer cannot be trained (no "
-                                       "backward)", nl->label, nl->file);
-                m->steps[i - lo] = (job_step){.nd = nl, .in = m->act[lo],
-                                              .out = m->act[lo + 1],
-                                              .dout = dz, .din = dprev};
-                t = dz;
-                dz = dprev;
-                dprev = t;
-                if (lo == 0 || nl[-1].kind != NODE_LAYER
-                    || !exec_joinable(m, nl - 1, n)
-                    || !exec_joinable(m, nl, n))
-                    break;
-                lo--;
-            }
-            j.n_steps = i - lo + 1;
-            if ((rc = exec_run_job(&j, "backward")) != FLOW_OK) {
+                     .dld = m->ones, .grad = bgrad};
+            size_t lo = SIZE_MAX;   /* the job: layers i down to lo */
+            rc = backward_job(&j, i, &dz, &dprev, &lo);
+            if (lo != SIZE_MAX)     /* built: it ran, or failed running */
                 *bwd_from = lo;
+            if (rc != FLOW_OK)
                 return rc;
-            }
-            *bwd_from = lo;
             i = lo;
             continue;
         }
@@ -432,17 +447,18 @@ int exec_block_sum(const flow_call *c, size_t count, const double *partials,
     return rc;
 }
 
-int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
-                             const flow_real *c, size_t rows, double weight,
-                             const uint64_t *streams, flow_comm *comm,
-                             size_t batch, double *sum_logp,
-                             flow_real *bgrad)
+/* The block pass's state for n rows of this process in blocks of `rows`
+ * (m->blk_*), checked against its share of a batch of `batch` rows on
+ * comm (NULL: all of them, batch = n); streams (6 words a block, as
+ * flow_model_set_rng takes them) copied into the blocks' streams. */
+static int blocks_begin(flow_model *m, size_t n, size_t rows,
+                        const uint64_t *streams, flow_comm *comm,
+                        size_t batch, flow_real *bgrad)
 {
     size_t nb, size = comm ? (size_t)flow_comm_size(comm) : 1, rank, total;
-    size_t fwd_from = 0, bwd_from = m->n_nodes;
-    int rc, whole = model_has_whole_batch(m);
+    size_t lo, hi, want;
+    int rc;
 
-    ctx_clear_error(m->ctx);
     if (rows == 0)
         return model_error(m, FLOW_ERR_INVAL, "block pass: blocks of 0 "
                            "rows");
@@ -451,15 +467,13 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
     nb = (n + rows - 1) / rows;
     total = (batch + rows - 1) / rows;
     rank = comm ? (size_t)flow_comm_rank(comm) : 0;
-    {
-        size_t lo = rank * total / size, hi = (rank + 1) * total / size;
-        size_t want = hi > lo ? (hi * rows < batch ? hi * rows : batch)
-                                    - lo * rows : 0;
-        if (n != want)
-            return model_error(m, FLOW_ERR_INVAL, "block pass: %zu rows, "
-                               "but process %zu of %zu holds %zu of a "
-                               "batch of %zu", n, rank, size, want, batch);
-    }
+    lo = rank * total / size;
+    hi = (rank + 1) * total / size;
+    want = hi > lo ? (hi * rows < batch ? hi * rows : batch) - lo * rows : 0;
+    if (n != want)
+        return model_error(m, FLOW_ERR_INVAL, "block pass: %zu rows, but "
+                           "process %zu of %zu holds %zu of a batch of %zu",
+                           n, rank, size, want, batch);
     m->blk_rows = rows;
     m->blk_n = nb;
     m->blk_grad = bgrad;
@@ -467,27 +481,14 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
     m->blk_comm = comm;
     m->blk_first = total * rank / size;
     m->blk_total = total;
-    if (n == 0) {
-        /* no block here: the others' whole-batch sums still need this
-         * process's (empty) share, and model_blocks_finish the layers'
-         * per-batch state */
-        if (whole && comm)
-            exec_blocks_drain(m, 0, m->n_nodes);
-        rc = exec_batch_all(m, 0, 0, NULL, NULL);
-        goto done;
-    }
-    if ((rc = model_check_rows(m, n)) != FLOW_OK)
-        goto fail;
-    if (!streams && model_has_stochastic(m)) {
-        rc = model_error(m, FLOW_ERR_INVAL, "block pass: a layer draws "
-                         "random numbers, and no streams were given");
-        goto fail;
-    }
-    if ((rc = exec_grow_batch(m, n)) != FLOW_OK)
-        goto fail;
+    if (n == 0)
+        return FLOW_OK;
+    if ((rc = model_check_rows(m, n)) != FLOW_OK
+        || (rc = exec_grow_batch(m, n)) != FLOW_OK)
+        return rc;
     if (streams) {
         if ((rc = grow_block_rng(m, nb)) != FLOW_OK)
-            goto fail;
+            return rc;
         for (size_t k = 0; k < nb; k++) {
             flow_rng *r = &m->blk_rng_buf[k];
             const uint64_t *s = streams + 6 * k;
@@ -497,8 +498,47 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
         }
         m->blk_rng = m->blk_rng_buf;
     }
-    fwd_from = 0;
-    bwd_from = m->n_nodes;
+    return FLOW_OK;
+}
+
+static void blocks_end(flow_model *m)
+{
+    m->blk_rows = m->blk_n = 0;
+    m->blk_grad = NULL;
+    m->blk_rng = NULL;
+    m->blk_comm = NULL;
+}
+
+int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
+                             const flow_real *c, size_t rows, double weight,
+                             const uint64_t *streams, flow_comm *comm,
+                             size_t batch, double *sum_logp,
+                             flow_real *bgrad)
+{
+    size_t fwd_from = 0, bwd_from = m->n_nodes;
+    int rc, whole = model_has_whole_batch(m);
+
+    ctx_clear_error(m->ctx);
+    if ((rc = blocks_begin(m, n, rows, streams, comm, batch, bgrad))
+        != FLOW_OK) {
+        if (!m->blk_rows)       /* the call itself is wrong */
+            return rc;
+        goto fail;
+    }
+    if (n == 0) {
+        /* no block here: the others' whole-batch sums still need this
+         * process's (empty) share, and model_blocks_finish the layers'
+         * per-batch state */
+        if (whole && comm)
+            exec_blocks_drain(m, 0, m->n_nodes);
+        rc = exec_batch_all(m, 0, 0, NULL, NULL);
+        goto done;
+    }
+    if (!streams && model_has_stochastic(m)) {
+        rc = model_error(m, FLOW_ERR_INVAL, "block pass: a layer draws "
+                         "random numbers, and no streams were given");
+        goto fail;
+    }
     rc = block_pass(m, n, x, c, weight, sum_logp, bgrad, &fwd_from,
                     &bwd_from);
     if (rc == FLOW_OK)
@@ -512,9 +552,54 @@ fail:
         memcpy(m->err, keep, sizeof keep);
     }
 done:
-    m->blk_rows = m->blk_n = 0;
-    m->blk_grad = NULL;
-    m->blk_rng = NULL;
-    m->blk_comm = NULL;
+    blocks_end(m);
+    return rc;
+}
+
+int model_inverse_grad_blocks(flow_model *m, size_t n, size_t rows,
+                              const uint64_t *streams, flow_comm *comm,
+                              size_t batch, flow_real *z, flow_real *lpb,
+                              model_block_mid_fn mid, void *arg,
+                              flow_real *bgrad)
+{
+    flow_rng keep = m->rng;
+    size_t d = m->dim;
+    int rc;
+
+    ctx_clear_error(m->ctx);
+    if (!streams)
+        return model_error(m, FLOW_ERR_INVAL, "inverse block pass: no "
+                           "streams to draw the blocks' latents from");
+    if ((rc = blocks_begin(m, n, rows, streams, comm, batch, bgrad))
+        != FLOW_OK)
+        goto done;
+    if (n == 0) {               /* model_blocks_finish's per-batch state */
+        rc = exec_batch_all(m, 0, 0, NULL, NULL);
+        goto done;
+    }
+    /* block k's latents from its stream, which its layers' draws then
+     * continue (as one pass over that block alone would draw them) */
+    for (size_t k = 0; k < m->blk_n && rc == FLOW_OK; k++) {
+        size_t r0 = k * rows, nr = n - r0 < rows ? n - r0 : rows;
+        m->rng = m->blk_rng_buf[k];
+        rc = flow_model_sample_latent(m, nr, z + r0 * d, lpb + r0);
+        m->blk_rng_buf[k] = m->rng;
+    }
+    m->rng = keep;
+    if (rc != FLOW_OK
+        || (rc = exec_inverse(m, n, z, NULL, m->zbuf, EXEC_TAPE)) != FLOW_OK)
+        goto done;
+    for (size_t k = 0; k < m->blk_n && rc == FLOW_OK; k++) {
+        size_t r0 = k * rows, nr = n - r0 < rows ? n - r0 : rows;
+        rc = mid(arg, k, r0, nr, m->zbuf + r0 * d, m->ld_sum + r0,
+                 m->g0 + r0 * d, m->ones + r0);
+    }
+    if (rc != FLOW_OK)
+        goto done;
+    clear_base_slots(m, bgrad);
+    rc = inverse_backward(m, n, NULL, bgrad, m->g0, m->g1, NULL);
+done:
+    m->rng = keep;
+    blocks_end(m);
     return rc;
 }

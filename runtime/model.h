@@ -83,11 +83,38 @@ int model_loglik_grad_blocks(flow_model *m, size_t n, const flow_real *x,
                              const uint64_t *streams, flow_comm *comm,
                              size_t batch, double *sum_logp,
                              flow_real *bgrad);
+/* The sampling direction's block pass: as model_loglik_grad_blocks (the
+ * same blocks of a batch of `batch` rows, their split over the
+ * processes of comm, threads taking whole blocks, gradient slots in
+ * bgrad before finish_grad), for an unconditional flow whose loss is
+ * decided on the samples.  Block k draws its latents (the exits' columns,
+ * then the output's) from its stream (streams + 6 k, required) into its
+ * rows of z (n x dim), their log p_base into lpb (n); then one inverse
+ * pass over all the blocks, in which the block's layers draw from its
+ * stream where its latents left it; then mid(arg, k, r0, nr, x, logdet,
+ * dx, dlogdet) for each block in block order, on its nr rows from row
+ * r0: x = f^-1(z) and logdet = log|det df^-1/dz| in, dL/dx and
+ * dL/dlogdet out; then one backward pass.  Block k's bits are those of a
+ * model_inverse_grad_mid over its rows alone with the model's stream set
+ * to stream k (its gradient mapped by model_blocks_finish), whatever the
+ * thread count.  A whole-batch layer gets one plain call on this
+ * process's rows (no block sums in this direction).  The model's own
+ * stream is not used. */
+typedef int (*model_block_mid_fn)(void *arg, size_t k, size_t r0, size_t n,
+                                  const flow_real *x,
+                                  const flow_real *logdet, flow_real *dx,
+                                  flow_real *dlogdet);
+int model_inverse_grad_blocks(flow_model *m, size_t n, size_t rows,
+                              const uint64_t *streams, flow_comm *comm,
+                              size_t batch, flow_real *z, flow_real *lpb,
+                              model_block_mid_fn mid, void *arg,
+                              flow_real *bgrad);
 /* The layers' finish_grad (the MADE's gradient from degree order to the
  * parameters', an LU layer's dW to its factors) on a sum of the block
  * pass's slots, for a batch of n rows: once per step, as the plain pass
  * applies it to the sum of its threads' gradients.  After
- * model_loglik_grad_blocks, with the parameters it ran on. */
+ * model_loglik_grad_blocks or model_inverse_grad_blocks, with the
+ * parameters it ran on. */
 int model_blocks_finish(flow_model *m, size_t n, flow_real *grad);
 
 #endif

@@ -148,6 +148,9 @@ typedef struct job {
     int skip_logdet;            /* the layers' log-dets are not read
                                    (flow_call.skip_logdet); ld_sum NULL */
     size_t block;               /* rows per block (exec_run_job), 0: all */
+    int grid_rng;               /* a drawing layer on the grid: block b's
+                                   calls draw from rng_stream(seed, b) */
+    uint64_t seed;
     int rc[MAX_THREADS];
     size_t fail[MAX_THREADS];   /* step at which rc[t] failed */
     size_t fail_blk[MAX_THREADS]; /* the block pass: and in which block */

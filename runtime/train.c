@@ -449,10 +449,14 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
 
 static int target_comm_gradient(flow_trainer *t, double beta,
                                 double *elbo);
+static int target_local_gradient(flow_trainer *t, double beta,
+                                 double *elbo);
 
 /* A variational step: the ELBO of cfg.batch fresh samples (vi.c), with
  * log p~ scaled by beta_t = min(1, 0.01 + t / T) while annealing
- * (Rezende & Mohamed 2015, sec. 6.2). */
+ * (Rezende & Mohamed 2015, sec. 6.2); the samples drawn and the
+ * gradient summed in blocks, with or without a communicator, so that no
+ * bit follows the thread count. */
 static int target_step(flow_trainer *t, double *loss)
 {
     double elbo = NAN, beta = 1;
@@ -466,8 +470,7 @@ static int target_step(flow_trainer *t, double *loss)
     if (t->comm)
         rc = target_comm_gradient(t, beta, &elbo);
     else
-        rc = vi_elbo_grad(t->m, t->target, t->cfg.batch, beta, &elbo,
-                          t->grad);
+        rc = target_local_gradient(t, beta, &elbo);
     flow_model_set_training(t->m, 0);
     if (rc != FLOW_OK)
         return rc;
@@ -768,37 +771,37 @@ static int comm_gradient(flow_trainer *t, size_t start, size_t b,
 
 /* The variational step's gradient with a communicator: the batch of
  * b = cfg.batch samples in nb blocks of FLOW_TRAIN_BLOCK (the last one
- * short), this process's blocks [rank nb / N, (rank + 1) nb / N).  Each
- * step takes one key from the model's stream (every process the same
- * draw, and the stream moves by that one draw whatever the blocks do),
- * and block k draws its samples from the stream of (key, k)
- * (vi_elbo_block), so that the samples do not depend on N.  Each
- * block's gradient of its share of the batch mean on its own, and the
- * blocks' gradients and ELBO sums added by pre-rounding: the ELBO and
- * the step are the same bits for any N. */
+ * short), this process's blocks [rank nb / N, (rank + 1) nb / N) in one
+ * block pass (vi_elbo_blocks).  Each step takes one key from the model's
+ * stream (every process the same draw, and the stream moves by that one
+ * draw whatever the blocks do), and block k draws its samples from the
+ * stream of (key, k), so that the samples do not depend on N.  Each
+ * block's gradient of its share of the batch mean in its own slot, the
+ * blocks' gradients and ELBO sums added by pre-rounding, the layers'
+ * finish_grad once on that sum: the ELBO and the step are the same bits
+ * for any N. */
 static int target_comm_gradient(flow_trainer *t, double beta, double *elbo)
 {
-    size_t b = t->cfg.batch;
-    size_t nb = (b + FLOW_TRAIN_BLOCK - 1) / FLOW_TRAIN_BLOCK;
+    size_t b = t->cfg.batch, R = FLOW_TRAIN_BLOCK;
+    size_t nb = (b + R - 1) / R;
     size_t rank = (size_t)flow_comm_rank(t->comm);
     size_t size = (size_t)flow_comm_size(t->comm);
     size_t lo = rank * nb / size, hi = (rank + 1) * nb / size;
+    size_t r0 = lo * R, r1 = hi * R < b ? hi * R : b;
     uint64_t after[6], key;
     double sum = NAN;
-    int rc = FLOW_OK;
+    int rc;
 
+    if (hi <= lo)               /* no block here: in the sums all the same */
+        r0 = r1 = 0;
     key = step_key(t->m, after);
-    for (size_t k = lo; k < hi && rc == FLOW_OK; k++) {
-        size_t r0 = k * FLOW_TRAIN_BLOCK;
-        size_t nr = b - r0 < FLOW_TRAIN_BLOCK ? b - r0 : FLOW_TRAIN_BLOCK;
-        rc = vi_elbo_block(t->m, t->target, key, k, nr, b, beta,
-                           &t->blogp[k - lo], t->bgrad + (k - lo) * t->np);
-    }
+    rc = vi_elbo_blocks(t->m, t->target, key, lo, r1 - r0, R, t->comm, b,
+                        beta, t->blogp, t->bgrad);
     flow_model_set_rng(t->m, after);
     if ((rc = sum_blocks(t, lo, hi, nb, rc, &sum)) != FLOW_OK)
         return rc;
     *elbo = sum / (double)b;
-    return FLOW_OK;
+    return model_blocks_finish(t->m, b, t->grad);
 }
 
 /* One process's block rows for a batch of `batch` rows: half the batch,
@@ -818,14 +821,14 @@ static size_t train_block_rows(size_t batch)
 /* The local blocks' parameters [lo, hi): slot 0 + slot 1 + ... in block
  * order for each parameter, so the sum's bits do not depend on how the
  * threads split the parameters. */
-typedef struct local_sum {
+typedef struct local_sum_job {
     flow_trainer *t;
     size_t nb;
-} local_sum;
+} local_sum_job;
 
 static void local_sum_task(void *arg, size_t th, size_t lo, size_t hi)
 {
-    const local_sum *ls = arg;
+    const local_sum_job *ls = arg;
     flow_trainer *t = ls->t;
     size_t np = t->np;
     (void)th;
@@ -866,6 +869,21 @@ nomem:
                           "for %zu blocks of %zu parameters", nb, t->np);
 }
 
+/* The nb local blocks of a batch of b rows summed in block order: the
+ * slots into t->grad (local_sum_task), *mean = the blocks' sums (llogp)
+ * added in block order over b; then the layers' finish_grad on that
+ * sum. */
+static int local_sum(flow_trainer *t, size_t nb, size_t b, double *mean)
+{
+    local_sum_job ls = {t, nb};
+    double sum = 0;
+    model_parallel_for(t->m, t->np, local_sum_task, &ls);
+    for (size_t k = 0; k < nb; k++)
+        sum += t->llogp[k];
+    *mean = sum / (double)b;
+    return model_blocks_finish(t->m, b, t->grad);
+}
+
 /* The step's gradient in one process: the batch of b rows (from
  * perm[start]) in nb blocks of t->lrows rows (the last one short), each
  * block's gradient of its share of the batch mean in its own slot (one
@@ -878,8 +896,6 @@ static int local_gradient(flow_trainer *t, size_t start, size_t b,
 {
     size_t R = t->lrows, nb = (b + R - 1) / R;
     uint64_t after[6], key = 0;
-    double sum = 0;
-    local_sum ls = {t, nb};
     int rc;
 
     if ((rc = local_grow(t, nb)) != FLOW_OK)
@@ -907,11 +923,34 @@ static int local_gradient(flow_trainer *t, size_t start, size_t b,
         flow_model_set_rng(t->m, after);
     if (rc != FLOW_OK)
         return rc;
-    model_parallel_for(t->m, t->np, local_sum_task, &ls);
-    for (size_t k = 0; k < nb; k++)
-        sum += t->llogp[k];
-    *mean = sum / (double)b;
-    return model_blocks_finish(t->m, b, t->grad);
+    return local_sum(t, nb, b, mean);
+}
+
+/* The variational step's gradient in one process: the batch of b =
+ * cfg.batch samples in blocks of t->lrows (train_block_rows, the last
+ * one short) in one block pass (vi_elbo_blocks), block k drawing its
+ * samples from the stream of (key, k) as under a communicator, and the
+ * slots and ELBO sums added in block order (local_sum): the step's bits
+ * do not depend on the thread count. */
+static int target_local_gradient(flow_trainer *t, double beta, double *elbo)
+{
+    size_t b = t->cfg.batch, R, nb;
+    uint64_t after[6], key;
+    int rc;
+
+    if (!t->lrows)
+        t->lrows = train_block_rows(b);
+    R = t->lrows;
+    nb = (b + R - 1) / R;
+    if ((rc = local_grow(t, nb)) != FLOW_OK)
+        return rc;
+    key = step_key(t->m, after);
+    rc = vi_elbo_blocks(t->m, t->target, key, 0, b, R, NULL, b, beta,
+                        t->llogp, t->lgrad);
+    flow_model_set_rng(t->m, after);
+    if (rc != FLOW_OK)
+        return rc;
+    return local_sum(t, nb, b, elbo);
 }
 
 int flow_trainer_step(flow_trainer *t, double *loss)

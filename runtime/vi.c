@@ -343,6 +343,72 @@ int vi_elbo_block(flow_model *m, flow_target *t, uint64_t key, size_t k,
     return elbo_part(m, t, n, (double)total, beta, sum, grad);
 }
 
+/* The block pass's view of the ELBO terms: block k's rows r0.. of the
+ * batch's z, lpb and scratch, and its sum of terms into sums[k]. */
+typedef struct elbo_blocks {
+    elbo_mid e;
+    const flow_real *lpb;
+    flow_real *lp;
+    double *sums;
+} elbo_blocks;
+
+static int elbo_block_outputs(void *arg, size_t k, size_t r0, size_t n,
+                              const flow_real *x, const flow_real *logdet,
+                              flow_real *dx, flow_real *dlogdet)
+{
+    elbo_blocks *eb = arg;
+    int rc;
+    eb->e.lpb = eb->lpb + r0;
+    eb->e.lp = eb->lp + r0;
+    rc = elbo_outputs(&eb->e, n, x, logdet, dx, dlogdet);
+    eb->sums[k] = eb->e.sum;
+    return rc;
+}
+
+int vi_elbo_blocks(flow_model *m, flow_target *t, uint64_t key,
+                   size_t first, size_t n, size_t rows, flow_comm *comm,
+                   size_t total, double beta, double *sums, flow_real *bgrad)
+{
+    flow_ctx *ctx = model_ctx(m);
+    size_t d = flow_model_dim(m), nb = rows ? (n + rows - 1) / rows : 0;
+    flow_real *z = NULL, *lpb = NULL, *lp = NULL;
+    uint64_t *streams = NULL;
+    elbo_blocks eb;
+    int rc;
+
+    if ((rc = check_fit_model(m, t)) != FLOW_OK)
+        return rc;
+    if (total == 0 || n > SIZE_MAX / sizeof *z / (d + 2)
+        || nb > SIZE_MAX / sizeof *streams / 6)
+        return flow_ctx_error(ctx, FLOW_ERR_INVAL, "ELBO: %zu samples of "
+                              "%zu", n, total);
+    z = malloc((n * d + 1) * sizeof *z);
+    lpb = malloc((n + 1) * sizeof *lpb);
+    lp = malloc((n + 1) * sizeof *lp);
+    streams = malloc((6 * nb + 1) * sizeof *streams);
+    if (!z || !lpb || !lp || !streams) {
+        rc = flow_ctx_error(ctx, FLOW_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    for (size_t k = 0; k < nb; k++)
+        vi_block_stream(streams + 6 * k, key, first + k);
+    eb.e.t = t;
+    eb.e.beta = beta;
+    eb.e.total = (double)total;
+    eb.e.sum = NAN;
+    eb.lpb = lpb;
+    eb.lp = lp;
+    eb.sums = sums;
+    rc = model_inverse_grad_blocks(m, n, rows, streams, comm, total, z, lpb,
+                                   elbo_block_outputs, &eb, bgrad);
+out:
+    free(z);
+    free(lpb);
+    free(lp);
+    free(streams);
+    return rc;
+}
+
 /* --- importance sampling ------------------------------------------------ */
 
 int flow_importance_stats(size_t n, const double *logw, flow_is_stats *out)

@@ -29,4 +29,19 @@ int vi_elbo_block(flow_model *m, flow_target *t, uint64_t key, size_t k,
                   size_t n, size_t total, double beta, double *sum,
                   flow_real *grad);
 
+/* The n samples of this process's blocks [first, first + ceil(n / rows))
+ * of a variational step's batch of `total` in blocks of `rows` (on comm:
+ * as model_inverse_grad_blocks splits them; NULL: one process, n =
+ * total), in one block pass: block k draws its samples from the stream
+ * of (key, k), sums[k - first] = the sum of their terms beta log p~(x) -
+ * log q(x), and bgrad + (k - first) n_params the gradient of their share
+ * of the batch mean before the layers' finish_grad (model_blocks_finish
+ * maps the slots' sum).  Whatever the thread count, block k's sum is
+ * vi_elbo_block's on block k (one thread) and its slot, mapped by
+ * model_blocks_finish, that call's gradient. */
+int vi_elbo_blocks(flow_model *m, flow_target *t, uint64_t key,
+                   size_t first, size_t n, size_t rows, flow_comm *comm,
+                   size_t total, double beta, double *sums,
+                   flow_real *bgrad);
+
 #endif

@@ -1,6 +1,7 @@
-/* test_blocks.c - the block pass (model_loglik_grad_blocks): every block's
- * gradient and log-density the same bits for any thread count and equal
- * to a pass over that block alone; stochastic layers draw per block;
+/* test_blocks.c - the block passes (model_loglik_grad_blocks, and a fit's
+ * model_inverse_grad_blocks through vi_elbo_blocks): every block's
+ * gradient and sum the same bits for any thread count and equal to a
+ * pass over that block alone; stochastic layers draw per block;
  * batchnorm with the whole batch's statistics equals the plain pass. */
 #include <math.h>
 #include <stdint.h>
@@ -238,6 +239,172 @@ START_TEST(test_block_pass_batchnorm_global)
 }
 END_TEST
 
+/* Fits: an unconditional flow with parameter-free bases, with the
+ * layers of det_spec that map their gradient in finish_grad (iaf, LU
+ * linear), a coupling and an exit; and one whose ODE draws Hutchinson
+ * probes in its training-mode inverse. */
+static const char fit_spec[] =
+    "flow fit {\n"
+    "  input x : real[4];\n"
+    "  iaf(hidden = [32], transformer = affine);\n"
+    "  linear;\n"
+    "  exit 1 -> z1 ~ normal;\n"
+    "  coupling(mask = parity(0), hidden = [16], transformer = affine);\n"
+    "  iaf(hidden = [16, 16], transformer = affine, order = reverse);\n"
+    "  output z ~ normal;\n"
+    "}\n";
+
+static const char fit_ode_spec[] =
+    "flow fitode {\n"
+    "  input x : real[4];\n"
+    "  coupling(mask = parity(0), hidden = [16], transformer = affine);\n"
+    "  ode(hidden = [16], time = concat, solver = rk4(steps = 3),\n"
+    "      trace = hutchinson, gradient = backprop);\n"
+    "  output z ~ normal;\n"
+    "}\n";
+
+/* log p~(x) = -|x - 0.3|^2 / 2 - x_0 x_1 / 4: a correlated Gaussian,
+ * so that every parameter has a gradient. */
+static int gauss_target(void *arg, size_t n, size_t dim, const flow_real *x,
+                        flow_real *logp, flow_real *grad, char *err,
+                        size_t err_cap)
+{
+    (void)arg, (void)err, (void)err_cap;
+    for (size_t r = 0; r < n; r++) {
+        const flow_real *xr = x + r * dim;
+        double s = -0.25 * (double)xr[0] * (double)xr[1];
+        for (size_t i = 0; i < dim; i++) {
+            double u = (double)xr[i] - 0.3;
+            s -= 0.5 * u * u;
+            if (grad)
+                grad[r * dim + i] = (flow_real)(-u);
+        }
+        if (grad) {
+            grad[r * dim] -= (flow_real)(0.25 * xr[1]);
+            grad[r * dim + 1] -= (flow_real)(0.25 * xr[0]);
+        }
+        logp[r] = (flow_real)s;
+    }
+    return 0;
+}
+
+/* The fit's block pass (vi_elbo_blocks) of a batch of N samples in
+ * blocks of R on T = 1, 2, 3 threads: the same bits; block k's sum and
+ * (mapped by model_blocks_finish) its slot the bits of vi_elbo_block on
+ * block k alone; the slots' sum, mapped once, that of the blocks' own
+ * gradients to rounding; and the model's stream left as it was. */
+static void check_fit_blocks(const char *src, double beta)
+{
+    flow_model *m = build(src);
+    flow_target *tg = NULL;
+    size_t np = flow_model_num_params(m);
+    flow_real *g[3], *one = malloc((np + 1) * sizeof *one);
+    flow_real *sum = calloc(np + 1, sizeof *sum);
+    double *ref = calloc(np + 1, sizeof *ref);
+    double sums[3][NB], lone, worst = 0, big = 0;
+    const double tol = FLOW_REAL_DOUBLE ? 1e-12 : 1e-5;
+    uint64_t key = 0x5eedf17ULL, before[6], after[6];
+    ck_assert_int_eq(flow_target_new_callback(ctx, D, gauss_target, NULL,
+                                              NAN, &tg), FLOW_OK);
+    for (size_t j = 0; j < np; j++)     /* off the identity's zeros */
+        flow_model_params(m)[j] += (flow_real)(0.05 * sin(0.9 * (double)j));
+    flow_model_set_training(m, 1);
+    flow_model_get_rng(m, before);
+    for (int t = 0; t < 3; t++) {
+        g[t] = malloc(NB * np * sizeof *g[t]);
+        ck_assert_int_eq(flow_model_set_threads(m, (size_t)t + 1), FLOW_OK);
+        ck_assert_msg(vi_elbo_blocks(m, tg, key, 0, N, R, NULL, N, beta,
+                                     sums[t], g[t]) == FLOW_OK,
+                      "%s", flow_errmsg(ctx));
+        flow_model_get_rng(m, after);
+        ck_assert_msg(memcmp(before, after, sizeof after) == 0,
+                      "%d threads: the model's stream moved", t + 1);
+        if (t) {
+            ck_assert_msg(memcmp(g[t], g[0], NB * np * sizeof *g[0]) == 0,
+                          "%d threads: other gradient bits", t + 1);
+            ck_assert_msg(memcmp(sums[t], sums[0], sizeof sums[0]) == 0,
+                          "%d threads: other ELBO bits", t + 1);
+        }
+    }
+    ck_assert_int_eq(flow_model_set_threads(m, 1), FLOW_OK);
+    for (size_t k = 0; k < NB; k++)
+        for (size_t j = 0; j < np; j++)
+            sum[j] += g[0][k * np + j];
+    ck_assert_int_eq(model_blocks_finish(m, N, sum), FLOW_OK);
+    for (size_t k = 0; k < NB; k++) {
+        size_t r0 = k * R, nr = N - r0 < R ? N - r0 : R;
+        ck_assert_int_eq(vi_elbo_block(m, tg, key, k, nr, N, beta, &lone,
+                                       one), FLOW_OK);
+        ck_assert_double_finite(lone);
+        ck_assert_msg(memcmp(&lone, &sums[0][k], sizeof lone) == 0,
+                      "block %zu: ELBO sum %.17g, alone %.17g", k,
+                      sums[0][k], lone);
+        for (size_t j = 0; j < np; j++)
+            ref[j] += one[j];
+        ck_assert_int_eq(model_blocks_finish(m, nr, g[0] + k * np),
+                         FLOW_OK);
+        for (size_t j = 0; j < np; j++)
+            ck_assert_msg(memcmp(&one[j], &g[0][k * np + j], sizeof *one)
+                          == 0, "block %zu, parameter %zu of %zu: %.9g in "
+                          "the block pass, %.9g alone", k, j, np,
+                          (double)g[0][k * np + j], (double)one[j]);
+    }
+    for (size_t j = 0; j < np; j++) {
+        double e = fabs((double)sum[j] - ref[j]);
+        worst = e > worst ? e : worst;
+        big = fabs(ref[j]) > big ? fabs(ref[j]) : big;
+    }
+    ck_assert_msg(big > 1e-2, "a gradient worth comparing (largest %g)",
+                  big);
+    ck_assert_msg(worst <= tol * big, "the slots' sum mapped once is off "
+                  "the blocks' gradients by %g (largest %g)", worst, big);
+    for (int t = 0; t < 3; t++)
+        free(g[t]);
+    free(one);
+    free(sum);
+    free(ref);
+    flow_target_free(tg);
+    flow_model_free(m);
+}
+
+START_TEST(test_fit_blocks_any_threads)
+{
+    check_fit_blocks(fit_spec, 1.0);
+}
+END_TEST
+
+START_TEST(test_fit_blocks_streams)
+{
+    check_fit_blocks(fit_ode_spec, 0.4);
+}
+END_TEST
+
+/* A refused call (blocks of 0 rows) says why and leaves the model's
+ * stream where it was. */
+START_TEST(test_fit_blocks_refusal)
+{
+    flow_model *m = build(fit_spec);
+    flow_target *tg = NULL;
+    flow_real *g = malloc(8 * flow_model_num_params(m) * sizeof *g);
+    double sums[8];
+    uint64_t before[6], after[6];
+    ck_assert_int_eq(flow_target_new_callback(ctx, D, gauss_target, NULL,
+                                              NAN, &tg), FLOW_OK);
+    flow_model_get_rng(m, before);
+    flow_model_set_training(m, 1);
+    ck_assert_int_eq(vi_elbo_blocks(m, tg, 1, 0, N, 0, NULL, N, 1.0, sums,
+                                    g), FLOW_ERR_INVAL);
+    ck_assert_msg(strstr(flow_errmsg(ctx), "blocks of 0 rows") != NULL,
+                  "%s", flow_errmsg(ctx));
+    flow_model_get_rng(m, after);
+    ck_assert_msg(memcmp(before, after, sizeof after) == 0,
+                  "a refused call moved the model's stream");
+    free(g);
+    flow_target_free(tg);
+    flow_model_free(m);
+}
+END_TEST
+
 Suite *suite_blocks(void)
 {
     Suite *s = suite_create("blocks");
@@ -248,6 +415,9 @@ Suite *suite_blocks(void)
     tcase_add_test(tc, test_block_pass_streams);
     tcase_add_test(tc, test_block_pass_needs_streams);
     tcase_add_test(tc, test_block_pass_batchnorm_global);
+    tcase_add_test(tc, test_fit_blocks_any_threads);
+    tcase_add_test(tc, test_fit_blocks_streams);
+    tcase_add_test(tc, test_fit_blocks_refusal);
     suite_add_tcase(s, tc);
     return s;
 }

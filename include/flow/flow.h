@@ -438,6 +438,9 @@ FLOW_API void flow_train_config_default(flow_train_config *cfg);
  * cfg->batch samples per step, with the same Adam, schedules, clipping
  * and non-finite step skipping; x and c must then be NULL and n 0, and
  * flow_trainer_step's *loss is the negative ELBO of the step's samples.
+ * Either way a step runs its batch in blocks (the target is called once
+ * per block; docs/runtime.md, "The block pass"), so that its bits do not
+ * depend on the model's thread count.
  * NULL on failure (message in m's context). */
 FLOW_API flow_trainer *flow_trainer_new(flow_model *m,
                                         const flow_train_config *cfg,

@@ -41,8 +41,9 @@ class Fit(unittest.TestCase):
             return gauss(x)
         m, rep = flowkit.fit(SPEC, target=target, steps=400, lr=1e-2,
                              batch=128, seed=1, log_z=0.0, eval_samples=4000)
-        self.assertEqual(calls[0], (128, 2))
-        self.assertGreaterEqual(len(calls), 400)
+        # one call per block of the step's batch: 128 in two of 64
+        self.assertEqual(calls[0], (64, 2))
+        self.assertGreaterEqual(len(calls), 800)
         x = m.sample(4000, seed=3)
         # ELBO = log Z - KL(q || p) with log Z = 0: the fit's KL is about
         # 0.014 nats, which allows a mean shift of sqrt(2 KL) = 0.17 (the
@@ -73,8 +74,7 @@ class Fit(unittest.TestCase):
         try:
             spec = s.write("q.flow", SPEC)
             tgt = "banana(a = 1.5, b = 0.5)"
-            # fit's bits follow the thread count (without --reproducible):
-            # the same one on both sides
+            # the same bits at any thread count; one on both sides
             cli("fit", spec, "--target", tgt, "--steps", 60, "--seed", 2,
                 "--eval-samples", 500, "--threads", 1, "--json", "-o",
                 s("cli.ckpt"))
@@ -126,7 +126,9 @@ class Fit(unittest.TestCase):
         m, rep = flowkit.fit(SPEC, target=target, steps=100)
         self.assertIsNone(rep)
         self.assertTrue(m.interrupted)
-        self.assertEqual(m.step, 19)
+        # batches of 256 in two blocks of 128, one call each: the 20th
+        # call is step 10's second
+        self.assertEqual(m.step, 9)
         self.assertTrue(np.all(np.isfinite(m.sample(10, seed=1))))
 
 
