@@ -424,15 +424,15 @@ static int made_gemm(int trans_a, size_t m, size_t n, size_t k,
     size_t n8 = 0;
 #if !FLOW_REAL_DOUBLE
     size_t ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;
-    if (n >= 8 && tgemm(m, n & ~(size_t)7, k, a, ars, acs, b, ldb, NULL,
-                        acc, c, ldc))
+    if (n >= 8 && tgemm_mixed(m, n & ~(size_t)7, k, a, ars, acs, b, ldb,
+                              NULL, acc, c, ldc))
         n8 = n & ~(size_t)7;
     if (n8 < n && n8 + 8 <= bcols && tgemm_level() > 0) {
         float t[MADE_TAIL_ROWS * 8];
         for (size_t i0 = 0; i0 < m; i0 += MADE_TAIL_ROWS) {
             size_t i1 = i0 + MADE_TAIL_ROWS < m ? i0 + MADE_TAIL_ROWS : m;
-            tgemm(i1 - i0, 8, k, a + i0 * ars, ars, acs, b + n8, ldb, NULL,
-                  0, t, 8);
+            tgemm_mixed(i1 - i0, 8, k, a + i0 * ars, ars, acs, b + n8, ldb,
+                        NULL, 0, t, 8);
             for (size_t i = i0; i < i1; i++)
                 for (size_t j = n8; j < n; j++)
                     c[i * ldc + j] = (acc ? c[i * ldc + j] : 0)
@@ -880,8 +880,8 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
                 if (!ex[p0])
                     continue;
 #if !FLOW_REAL_DOUBLE
-                if (wt && tgemm(n, p1 - p0, ex[p0], in, ldin, 1, wt + p0, R,
-                                NULL, 1, z + p0, R))
+                if (wt && tgemm_mixed(n, p1 - p0, ex[p0], in, ldin, 1,
+                                      wt + p0, R, NULL, 1, z + p0, R))
                     continue;
 #endif
                 st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
@@ -898,8 +898,9 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
                 if (e1 <= e0)
                     continue;
 #if !FLOW_REAL_DOUBLE
-                if (!(wt && tgemm(n, R - p0, e1 - e0, in + e0, ldin, 1,
-                                  wt + e0 * R + p0, R, NULL, 1, z + p0, R)))
+                if (!(wt && tgemm_mixed(n, R - p0, e1 - e0, in + e0, ldin,
+                                        1, wt + e0 * R + p0, R, NULL, 1,
+                                        z + p0, R)))
 #endif
                     st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0,
                                    ldin, w + p0 * ly->cols + e0, ly->cols, 1,
