@@ -1,8 +1,9 @@
 #!/bin/sh
 # cli_precision.sh - --precision fp32|bf16-gemm on the commands that run a
-# model: bf16-gemm trains, evaluates and samples where the CPU has
-# AVX512-BF16 in the float build, with log-densities near fp32's and a
-# checkpoint of the same form; elsewhere it is refused with exit 2 and a
+# model: bf16-gemm trains (the same bits at any thread count, other bits
+# than fp32's), evaluates and samples where the CPU has AVX512-BF16 in the
+# float build, with log-densities near fp32's and a checkpoint of the same
+# form; elsewhere it is refused with exit 2 and a
 # message naming the flag; an unknown value is a usage error (run by make
 # check with FLOWKIT set).
 set -u
@@ -56,6 +57,16 @@ if [ $want = 2 ]; then
     finish cli_precision
 fi
 
+# the thread count changes no bits in bf16-gemm either
+for th in 1 3; do
+    "$F" train "$spec" --data "$t/g2.csv" --steps 30 --batch 200 --quiet \
+        --precision bf16-gemm --threads $th -o "$t/bf16-$th.ckpt"
+    check "train bf16-gemm, $th threads" 0 $?
+done
+same_file "bf16-gemm: 3 threads = 1" "$t/bf16-1.ckpt" "$t/bf16-3.ckpt"
+if cmp -s "$t/fp32.ckpt" "$t/bf16-1.ckpt"; then
+    bad "bf16-gemm: the checkpoint of fp32"
+else ok; fi
 # the checkpoint holds float weights as fp32's does: it evaluates in fp32
 "$F" eval "$t/bf16.ckpt" --data "$t/te.csv" --json >"$t/e.json"
 check "eval fp32 of a bf16-gemm checkpoint" 0 $?
