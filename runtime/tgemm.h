@@ -93,8 +93,9 @@ int tgemm_bf16_level(void);
 void tgemm_set_bf16(int on);
 int tgemm_bf16_on(void);
 
-/* tgemm_bf16_ep when this thread's precision is bf16 and it runs, else
- * tgemm_ep / tgemm: the products of the MLP and MADE conditioners. */
+/* tgemm_bf16_ep when this thread's precision is bf16, k >= 16 (shallower
+ * products run as fast on the float tiles) and it runs, else tgemm_ep /
+ * tgemm: the products of the MLP and MADE conditioners. */
 int tgemm_mixed_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
                    size_t acs, const float *b, size_t ldb,
                    const tgemm_epi *ep, float *c, size_t ldc);
