@@ -1,5 +1,5 @@
-/* tgemm.c - the register-tiled float GEMM of tgemm.h, AVX2 + FMA and
- * AVX-512 intrinsics behind a run-time CPU check. */
+/* tgemm.c - the register-tiled GEMM of tgemm.h: float (AVX2 + FMA, AVX-512)
+ * and bf16 products (AVX512-BF16), intrinsics behind run-time CPU checks. */
 #include "tgemm.h"
 
 /* Tiles of 6 rows x 16 (or 8) columns of C held in 12 (6) AVX registers
