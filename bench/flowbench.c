@@ -5,7 +5,7 @@
  *   flowbench sgemm [--n N] [--blas-threads T] [--reps R]
  *   flowbench model SPEC --data FILE --metric train|logprob|sample
  *             [--batch B] [--threads T] [--warmup W] [--iters N]
- *             [--min-time S] [--seed S]
+ *             [--min-time S] [--seed S] [--precision fp32|bf16-gemm]
  *
  * Exit status: 0 success, 1 error (spec, data, numerics), 2 usage.
  * The measuring rules are in bench/README.md. */
@@ -34,6 +34,7 @@ static const char *usage_text =
     "       flowbench model SPEC --data FILE --metric train|logprob|sample\n"
     "                 [--batch B] [--threads T] [--warmup W] [--iters N]\n"
     "                 [--min-time S] [--seed S]\n"
+    "                 [--precision fp32|bf16-gemm]\n"
     "\n"
     "sgemm: times cblas_sgemm on N x N x N products (default 2048) with T\n"
     "OpenBLAS threads (default 1), R timed calls after one warm-up call\n"
@@ -41,9 +42,11 @@ static const char *usage_text =
     "\n"
     "model: compiles SPEC (plugins from FLOW_PLUGIN_PATH), builds the model\n"
     "(seed S, default 0) with T executor threads (default 2) and reads FILE\n"
-    "(CSV, NPY or IDX images, every column is data).  Then W untimed and\n"
-    "at least N timed iterations (defaults 3 and 20), continuing until S\n"
-    "seconds have passed when --min-time is given, of one metric:\n"
+    "(CSV, NPY or IDX images, every column is data), its nets' products in\n"
+    "fp32 (default) or bf16-gemm (flow_model_set_precision).  Then W\n"
+    "untimed and at least N timed iterations (defaults 3 and 20),\n"
+    "continuing until S seconds have passed when --min-time is given, of\n"
+    "one metric:\n"
     "  train    one Adam step (lr 1e-3) on a shuffled batch of B rows\n"
     "           (after the data-dependent init on the first B rows)\n"
     "  logprob  flow_model_log_prob on B rows (default B 4096)\n"
@@ -206,6 +209,7 @@ typedef struct model_opts {
     int batch_given;
     double min_time;
     uint64_t seed;
+    int gemm;                   /* flow_gemm_precision */
 } model_opts;
 
 static int parse_model_opts(int argc, char **argv, model_opts *o)
@@ -245,7 +249,17 @@ static int parse_model_opts(int argc, char **argv, model_opts *o)
             rc = parse_double(a, v, &o->min_time);
         else if (!strcmp(a, "--seed"))
             rc = parse_size(a, v, 0, SIZE_MAX, &seed);
-        else
+        else if (!strcmp(a, "--precision")) {
+            if (!v)
+                return usage_error("option %s needs a value", a);
+            if (!strcmp(v, "fp32"))
+                o->gemm = FLOW_PRECISION_FP32;
+            else if (!strcmp(v, "bf16-gemm"))
+                o->gemm = FLOW_PRECISION_BF16_GEMM;
+            else
+                return usage_error("--precision: expected fp32 or bf16-gemm, "
+                                   "got '%s'", v);
+        } else
             return usage_error("unknown option '%s'", a);
         if (rc)
             return rc;
@@ -410,6 +424,11 @@ static int cmd_model(int argc, char **argv)
         fprintf(stderr, "flowbench: %s: %s\n", o.spec, flow_errmsg(ctx));
         goto done;
     }
+    if (flow_model_set_precision(m, o.gemm) != FLOW_OK) {
+        fprintf(stderr, "flowbench: --precision: %s\n", flow_errmsg(ctx));
+        status = EXIT_USAGE;
+        goto done;
+    }
     size_t iters;
     double secs, cpu, last;
     if ((rc = run_metric(&o, m, data, rows, &iters, &secs, &cpu, &last))
@@ -421,14 +440,16 @@ static int cmd_model(int argc, char **argv)
     double per_s = secs > 0 ? (double)iters / secs : 0;
     printf("{\"mode\": \"model\", \"spec\": ");
     flow_json_string(stdout, o.spec);
-    printf(", \"metric\": \"%s\", \"precision\": \"%s\", \"dim\": %zu, "
+    printf(", \"metric\": \"%s\", \"precision\": \"%s\", "
+           "\"gemm_precision\": \"%s\", \"dim\": %zu, "
            "\"params\": %zu, \"batch\": %zu, \"threads\": %zu, "
            "\"warmup\": %zu, \"iters\": %zu, \"seconds\": %.6g, "
            "\"cpu_seconds\": %.6g, "
            "\"iters_per_s\": %.6g, \"rows_per_s\": %.6g, "
            "\"last_value\": %.6g, \"peak_rss_kib\": %ld, "
            "\"base_rss_kib\": %ld}\n",
-           o.metric_name, flow_precision(), dim, flow_model_num_params(m),
+           o.metric_name, flow_precision(),
+           o.gemm ? "bf16-gemm" : "fp32", dim, flow_model_num_params(m),
            o.batch, o.threads, o.warmup, iters, secs, cpu, per_s,
            per_s * (double)o.batch, isfinite(last) ? last : 0.0,
            peak_rss_kib(), base_kib);

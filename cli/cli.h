@@ -51,6 +51,13 @@ int cli_flag(cli_args *a);
  * any 64-bit value (seeds). */
 int cli_parse_size(cli_args *a, size_t *out, size_t min);
 int cli_parse_range(cli_args *a, size_t *out, size_t min, size_t max);
+/* --precision fp32|bf16-gemm: the value into *precision (a
+ * flow_gemm_precision), else a usage error (exit 2). */
+int cli_parse_precision(cli_args *a, int *precision);
+/* Sets it on the model: 0, or CLI_EXIT_USAGE after printing why it cannot
+ * run here (no AVX512-BF16, the float64 build), naming --precision. */
+int cli_set_precision(const char *cmd, flow_ctx *ctx, flow_model *m,
+                      int precision);
 int cli_parse_u64(cli_args *a, uint64_t *out);
 int cli_parse_real(cli_args *a, double *out, double lo, double hi);
 /* Prints "CMD: <ctx's message>"; returns 1. */
@@ -247,6 +254,7 @@ typedef struct cli_run_opts {
     const char *ckpt, *data, *out, *columns, *context, *ctxfile;
     flow_data_format format;
     size_t batch, n, threads;
+    int precision;              /* --precision: flow_gemm_precision */
     uint64_t seed;
     int json, with_logprob, header, has_n;
     int weights;                /* sample: self-normalised IS weights */

@@ -35,6 +35,31 @@ static size_t cpus_available(void)
     return n < 1 ? 1 : n > CLI_MAX_THREADS ? CLI_MAX_THREADS : (size_t)n;
 }
 
+int cli_parse_precision(cli_args *a, int *precision)
+{
+    const char *v = cli_opt_value(a);
+    if (!v)
+        return CLI_EXIT_USAGE;
+    if (!strcmp(v, "fp32"))
+        *precision = FLOW_PRECISION_FP32;
+    else if (!strcmp(v, "bf16-gemm"))
+        *precision = FLOW_PRECISION_BF16_GEMM;
+    else
+        return cli_usage_error(a, "--precision must be fp32 or bf16-gemm, "
+                               "got '%s'", v);
+    return 0;
+}
+
+int cli_set_precision(const char *cmd, flow_ctx *ctx, flow_model *m,
+                      int precision)
+{
+    if (flow_model_set_precision(m, precision) == FLOW_OK)
+        return 0;
+    fprintf(stderr, "%s: --precision bf16-gemm: %s\n", cmd,
+            flow_errmsg(ctx));
+    return CLI_EXIT_USAGE;
+}
+
 int cli_default_threads(const char *cmd, size_t *threads)
 {
     const char *e = getenv("FLOWKIT_THREADS");

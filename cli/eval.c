@@ -388,6 +388,8 @@ int cli_parse_run(int argc, char **argv, const char *cmd, cli_run_opts *o,
             rc = cli_parse_size(&a, &o->batch, 1);
         else if (cli_opt_is(&a, "--threads"))
             rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
+        else if (cli_opt_is(&a, "--precision"))
+            rc = cli_parse_precision(&a, &o->precision);
         else if (cli_opt_is(&a, "--json"))
             o->json = !(rc = cli_flag(&a));
         else if (sampling && cli_opt_is(&a, "-n")) {
@@ -563,7 +565,8 @@ static void eval_usage(FILE *f)
 {
     fputs("usage: flowkit eval CKPT --data FILE [--columns L] [--context L]\n"
           "                    [--batch B] [--allow-nonfinite] [--json]\n"
-          "                    [--noise K [--seed S]]\n\n"
+          "                    [--noise K [--seed S]]\n"
+          "                    [--precision fp32|bf16-gemm]\n\n"
           "Mean log-likelihood (nats per sample) with its standard error, and\n"
           "bits per dimension, of the rows of FILE under the model.  A row\n"
           "whose log-density is not finite is an error naming its line;\n"
@@ -599,7 +602,8 @@ int cli_cmd_eval(int argc, char **argv)
         return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
-    if ((rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
+    if ((rc = cli_set_precision(cmd, l.ctx, l.model, o.precision)) != 0
+        || (rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
         goto out;
     rc = 1;
     rank = flow_comm_rank(comm);
@@ -763,7 +767,8 @@ static void logprob_usage(FILE *f)
     fputs("usage: flowkit logprob CKPT --data FILE [-o OUT] "
           "[--format csv|npy]\n"
           "                       [--columns L] [--context L] [--no-header]\n"
-          "                       [--allow-nonfinite]\n\n"
+          "                       [--allow-nonfinite]"
+          " [--precision fp32|bf16-gemm]\n\n"
           "One log-density (nats) per input row, in input order.  A row\n"
           "whose log-density is not finite is an error naming its line,\n"
           "found before anything is written; --allow-nonfinite writes it.\n"
@@ -791,7 +796,8 @@ static int map_rows(int argc, char **argv, const char *cmd,
         return rc;
     if (cli_load_checkpoint(&l, cmd, o.ckpt, o.threads) != 0)
         return 1;
-    if ((rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
+    if ((rc = cli_set_precision(cmd, l.ctx, l.model, o.precision)) != 0
+        || (rc = cli_comm_open(&l, cmd, o.data, &comm)) != 0)
         goto out;
     rc = 1;
     rank = flow_comm_rank(comm);

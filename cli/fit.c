@@ -39,6 +39,9 @@ static void fit_usage(FILE *f)
           "  --threads T          worker threads taking the batch's blocks\n"
           "                       (default: FLOWKIT_THREADS, else the CPUs;\n"
           "                       any T gives the same bits)\n"
+          "  --precision P        fp32 (default) or bf16-gemm: the conditioner\n"
+          "                       nets' products in bf16 with float sums, on\n"
+          "                       CPUs with AVX512-BF16 (docs/runtime.md)\n"
           "  --reproducible       samples drawn and gradients summed in blocks\n"
           "                       of 32: the same bits as under mpirun with\n"
           "                       any number of ranks (always on under\n"
@@ -62,6 +65,7 @@ static void fit_usage(FILE *f)
 typedef struct fit_opts {
     const char *spec, *target, *out, *resume;
     size_t steps, threads, eval_n, log_every;
+    int precision;              /* --precision: flow_gemm_precision */
     uint64_t seed;
     int json, reproducible;
     flow_train_config cfg;
@@ -131,6 +135,8 @@ static int parse_fit(int argc, char **argv, fit_opts *o)
             o->set_seed = 1;
         } else if (cli_opt_is(&a, "--threads"))
             rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
+        else if (cli_opt_is(&a, "--precision"))
+            rc = cli_parse_precision(&a, &o->precision);
         else if (cli_opt_is(&a, "--reproducible"))
             o->reproducible = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--eval-samples"))
@@ -296,8 +302,11 @@ static int fit_setup(fit_run *r, fit_opts *o, const char *cmd)
     o->cfg.seed = o->seed;
     o->cfg.total_steps = o->steps;
     if (flow_graph_build_model(r->ctx, g, o->seed, &r->model) != FLOW_OK
-        || flow_model_set_threads(r->model, o->threads) != FLOW_OK
-        || flow_graph_build_target(r->ctx, g, &r->target) != FLOW_OK
+        || flow_model_set_threads(r->model, o->threads) != FLOW_OK)
+        return cli_fail(r->ctx, cmd);
+    if (cli_set_precision(cmd, r->ctx, r->model, o->precision) != 0)
+        return CLI_EXIT_USAGE;
+    if (flow_graph_build_target(r->ctx, g, &r->target) != FLOW_OK
         || !(r->trainer = flow_trainer_new_target(r->model, &o->cfg,
                                                   r->target))
         || ((o->reproducible || !strcmp(flow_comm_kind(r->comm), "mpi"))

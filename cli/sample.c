@@ -18,7 +18,8 @@ static void sample_usage(FILE *f)
           "                      [--weights [--target T]]\n"
           "                      [--context FILE] [-o OUT] [--format csv|npy]\n"
           "                      [--shape C,H,W] [--range LO,HI]\n"
-          "                      [--temperature T]\n\n"
+          "                      [--temperature T]"
+          " [--precision fp32|bf16-gemm]\n\n"
           "Draws N samples (for a conditional model, N for each row of the\n"
           "--context file, which is appended to each sample).  With\n"
           "--with-logprob a column is each sample's log-density.  With\n"
@@ -76,6 +77,8 @@ int cli_cmd_sample(int argc, char **argv)
     if (cli_load_checkpoint_target(&l, cmd, o.ckpt, o.threads, o.weights
                                ? (o.target ? o.target : "") : NULL) != 0)
         return 1;
+    if ((rc = cli_set_precision(cmd, l.ctx, l.model, o.precision)) != 0)
+        goto out;
     rc = 1;
     if (o.weights
         && flow_graph_build_target(l.ctx, flow_compile_graph(l.comp), &tg)

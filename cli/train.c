@@ -50,6 +50,11 @@ static void train_usage(FILE *f)
           "this\n"
           "                       process may use; any T gives the same "
           "bits)\n"
+          "  --precision P        fp32 (default) or bf16-gemm: the "
+          "conditioner\n"
+          "                       nets' products in bf16 with float sums, "
+          "on\n"
+          "                       CPUs with AVX512-BF16 (docs/runtime.md)\n"
           "  --reproducible       gradients summed in blocks of 32 rows, "
           "the same\n"
           "                       bits as under mpirun with any number of "
@@ -98,6 +103,7 @@ typedef struct train_opts {
     double valid_fraction;
     size_t epochs, steps, threads, ckpt_every, log_every;
     int json, has_epochs, has_steps, quiet, reproducible;
+    int precision;              /* --precision: flow_gemm_precision */
     int verify;                 /* -1: no layer, else a flow_verify_scope */
     int set_verify, verbose;
     uint64_t seed;
@@ -178,6 +184,8 @@ static int parse_train(int argc, char **argv, train_opts *o)
             rc = cli_parse_u64(&a, &o->seed);
         else if (cli_opt_is(&a, "--threads"))
             rc = cli_parse_range(&a, &o->threads, 1, CLI_MAX_THREADS);
+        else if (cli_opt_is(&a, "--precision"))
+            rc = cli_parse_precision(&a, &o->precision);
         else if (cli_opt_is(&a, "--reproducible"))
             o->reproducible = !(rc = cli_flag(&a));
         else if (cli_opt_is(&a, "--checkpoint-every"))
@@ -723,6 +731,9 @@ int cli_cmd_train(int argc, char **argv)
             cli_fail(l.ctx, cmd);
             goto out;
         }
+        if ((ret = cli_set_precision(cmd, l.ctx, l.model, o.precision)) != 0)
+            goto out;
+        ret = 1;
     }
     n = flow_data_total_rows(tr);
     o.cfg.seed = o.seed;

@@ -6,6 +6,7 @@
 
 #include "ctx.h"
 #include "model_impl.h"
+#include "tgemm.h"
 
 /* Rows below which a batch is not split (per thread). */
 #define MIN_ROWS_PER_THREAD 32
@@ -40,6 +41,7 @@ void exec_fill_call(flow_model *m, node *nd, flow_call *c, size_t n,
     c->err = t ? m->terr[t] : m->err;
     c->err_cap = t ? sizeof m->terr[t] : sizeof m->err;
     c->err[0] = '\0';
+    tgemm_set_bf16(m->bf16);    /* the nets this call runs (tgemm.h) */
 }
 
 void exec_free_batch(flow_model *m)
@@ -952,6 +954,32 @@ int flow_model_sample_tempered(flow_model *m, size_t n, double temperature,
 }
 
 /* ------------------------------------------------------------ threads */
+
+int flow_model_set_precision(flow_model *m, int precision)
+{
+    if (precision == FLOW_PRECISION_FP32) {
+        m->bf16 = 0;
+        return FLOW_OK;
+    }
+    if (precision != FLOW_PRECISION_BF16_GEMM)
+        return model_error(m, FLOW_ERR_INVAL, "flow_model_set_precision: "
+                           "unknown precision %d", precision);
+#if FLOW_REAL_DOUBLE
+    return model_error(m, FLOW_ERR_UNSUPPORTED, "bf16-gemm needs the float "
+                       "build");
+#else
+    if (!tgemm_bf16_level())
+        return model_error(m, FLOW_ERR_UNSUPPORTED, "bf16-gemm needs a CPU "
+                           "with AVX512-BF16 (this one has not)");
+    m->bf16 = 1;
+    return FLOW_OK;
+#endif
+}
+
+int flow_model_get_precision(const flow_model *m)
+{
+    return m->bf16 ? FLOW_PRECISION_BF16_GEMM : FLOW_PRECISION_FP32;
+}
 
 int flow_model_set_threads(flow_model *m, size_t threads)
 {

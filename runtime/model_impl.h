@@ -97,6 +97,8 @@ struct flow_model {
      * gradient in tgrad[t - 1], summed in order afterwards */
     size_t threads;
     pool *pool;
+    int bf16;                   /* flow_model_set_precision: bf16 products
+                                   in the nets (tgemm_set_bf16)         */
     flow_rng trng[MAX_THREADS];
     flow_real *tgrad;
     char terr[MAX_THREADS][256];

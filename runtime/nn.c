@@ -508,13 +508,13 @@ static int forward_fast(const flow_net *net, const flow_real *params,
         if (tile_width(ly->out) || (l == 0 && net->k)) {
             int two = l == 0 && net->k;    /* the context's block follows */
             tgemm_epi ep = {.bias = bias, .relu = relu && !two};
-            done = tgemm_ep(n, ly->out, win, in, win, 1, wt, ly->out, &ep, z,
-                            ly->out);
+            done = tgemm_mixed_ep(n, ly->out, win, in, win, 1, wt, ly->out,
+                                  &ep, z, ly->out);
             if (done && two) {
                 tgemm_epi ep2 = {.acc = 1, .relu = relu};
-                done = tgemm_ep(n, ly->out, net->k, ctx, net->k, 1,
-                                wt + net->d * ly->out, ly->out, &ep2, z,
-                                ly->out);
+                done = tgemm_mixed_ep(n, ly->out, net->k, ctx, net->k, 1,
+                                      wt + net->d * ly->out, ly->out, &ep2,
+                                      z, ly->out);
             }
         } else {
             done = tgemm_dot(n, ly->out, win, in, win, w, ly->cols, bias, 0,
@@ -544,7 +544,7 @@ static int forward_fast_out(const flow_net *net, const flow_real *params,
         return 0;
     if (tile_width(ly->out)) {
         tgemm_epi ep = {.bias = params + ly->b_off};
-        return tgemm_ep(n, ly->out, win, in, win, 1,
+        return tgemm_mixed_ep(n, ly->out, win, in, win, 1,
                         at(ws, lo->wt) + wt_off(net, l), ly->out, &ep, y,
                         ly->out);
     }
@@ -887,8 +887,8 @@ static int backward_fast(const flow_net *net, const flow_real *params,
             if (win < 8)
                 grad_w_narrow(n, ly->out, win, gcur, in, at(ws, lo->nacc),
                               dw, ly->cols);
-            else if (!tgemm_ep(ly->out, win, n, gcur, 1, ly->out, in, win,
-                               &acc, dw, ly->cols)) {
+            else if (!tgemm_mixed_ep(ly->out, win, n, gcur, 1, ly->out, in,
+                                     win, &acc, dw, ly->cols)) {
                 st = blas_gemm(1, 0, ly->out, win, n, 1, gcur, ly->out, in,
                                win, 1, dw, ly->cols);
                 if (st != FLOW_OK)
@@ -905,8 +905,9 @@ static int backward_fast(const flow_net *net, const flow_real *params,
         if (l == 0) {
             st = FLOW_OK;
             if (dx && !(tile_width(net->d)
-                            ? tgemm_ep(n, net->d, ly->out, gcur, ly->out, 1,
-                                       w, ly->cols, NULL, dx, net->d)
+                            ? tgemm_mixed_ep(n, net->d, ly->out, gcur,
+                                             ly->out, 1, w, ly->cols, NULL,
+                                             dx, net->d)
                             : tgemm_dot(n, net->d, ly->out, gcur, ly->out,
                                         wt, ly->out, NULL, 0, dx, net->d)))
                 st = blas_gemm(0, 0, n, net->d, ly->out, 1, gcur, ly->out, w,
@@ -921,8 +922,8 @@ static int backward_fast(const flow_net *net, const flow_real *params,
             float *db = dparams ? dparams + net->layer[l - 1].b_off : NULL;
             tgemm_epi ep = {.gate = relu ? at(ws, lo->h) + hp : NULL,
                             .ldg = ly->in, .colsum = relu ? db : NULL};
-            if (!tgemm_ep(n, ly->in, ly->out, gcur, ly->out, 1, w, ly->cols,
-                          &ep, gnext, ly->in)) {
+            if (!tgemm_mixed_ep(n, ly->in, ly->out, gcur, ly->out, 1, w,
+                                ly->cols, &ep, gnext, ly->in)) {
                 st = blas_gemm(0, 0, n, ly->in, ly->out, 1, gcur, ly->out, w,
                                ly->cols, 0, gnext, ly->in);
                 if (st != FLOW_OK)

@@ -416,7 +416,7 @@ static int made_gemm(int trans_a, size_t m, size_t n, size_t k,
 {
 #if !FLOW_REAL_DOUBLE
     size_t ars = trans_a ? 1 : lda, acs = trans_a ? lda : 1;
-    if (tgemm(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc))
+    if (tgemm_mixed(m, n, k, a, ars, acs, b, ldb, NULL, acc, c, ldc))
         return FLOW_OK;
 #endif
     return blas_gemm(trans_a, 0, m, n, k, 1, a, lda, b, ldb, acc ? 1 : 0, c,
@@ -854,8 +854,8 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
                 if (!ex[p0])
                     continue;
 #if !FLOW_REAL_DOUBLE
-                if (wt && tgemm(n, p1 - p0, ex[p0], in, ldin, 1, wt + p0, R,
-                                NULL, 1, z + p0, R))
+                if (wt && tgemm_mixed(n, p1 - p0, ex[p0], in, ldin, 1,
+                                      wt + p0, R, NULL, 1, z + p0, R))
                     continue;
 #endif
                 st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
@@ -872,8 +872,9 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
                 if (e1 <= e0)
                     continue;
 #if !FLOW_REAL_DOUBLE
-                if (!(wt && tgemm(n, R - p0, e1 - e0, in + e0, ldin, 1,
-                                  wt + e0 * R + p0, R, NULL, 1, z + p0, R)))
+                if (!(wt && tgemm_mixed(n, R - p0, e1 - e0, in + e0, ldin,
+                                        1, wt + e0 * R + p0, R, NULL, 1,
+                                        z + p0, R)))
 #endif
                     st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0,
                                    ldin, w + p0 * ly->cols + e0, ly->cols, 1,

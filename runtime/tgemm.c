@@ -1,5 +1,5 @@
-/* tgemm.c - the register-tiled float GEMM of tgemm.h, AVX2 + FMA and
- * AVX-512 intrinsics behind a run-time CPU check. */
+/* tgemm.c - the register-tiled GEMM of tgemm.h: float (AVX2 + FMA, AVX-512)
+ * and bf16 products (AVX512-BF16), intrinsics behind run-time CPU checks. */
 #include "tgemm.h"
 
 /* Tiles of 6 rows x 16 (or 8) columns of C held in 12 (6) AVX registers
@@ -12,8 +12,10 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define TG_TARGET __attribute__((target("avx2,fma")))
 #define TG_MR 6                 /* rows of a tile */
@@ -695,6 +697,295 @@ static TZ_TARGET void tz_transpose(size_t rows, size_t cols, const float *src,
             dst[c * ldd + r] = src[r * lds + c];
 }
 
+/* ------------------------------------------------- bf16 products (opt-in)
+ *
+ * tgemm_bf16_ep: A and B rounded to bf16 (round to nearest even, the
+ * rounding of VCVTNE2PS2BF16, which also reads subnormals as 0) while
+ * packed into pairs along k, then C[i][j] accumulated in float by
+ * VDPBF16PS: per step q = 2 p, acc += A(i, q) B[q][j] + A(i, q + 1)
+ * B[q + 1][j] (the pair's products exact in float, k odd padded with a
+ * zero pair).  The packed layouts, in 32-bit words of two bf16:
+ *   B: word (p, j) at bp[p * n + j] = (B[2p][j], B[2p+1][j])
+ *   A: word (i, p) at ap[i * pars + p * pacs] = (A(i, 2p), A(i, 2p+1))
+ * with (pars, pacs) = (kp, 1) for a row-major A and (1, m) for a
+ * transposed one (either way the packing reads A's rows in place). */
+static int tg_level(void);
+
+#define TB_TARGET \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")))
+
+/* Words dst[0 .. len) = the pairs (bf16(r0[t]), bf16(r1[t])), r1 NULL
+ * for the zero pad of an odd k. */
+static TB_TARGET void tb_pairs(size_t len, const float *r0, const float *r1,
+                               uint32_t *dst)
+{
+    /* word t <- halfwords t (row q) and 16 + t (row q + 1) of cvtne2ps */
+    const __m512i idx = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (size_t t = 0; t < len; t += 16) {
+        __mmask16 mk = len - t >= 16 ? (__mmask16)0xffff
+                                     : (__mmask16)((1u << (len - t)) - 1);
+        __m512 x0 = _mm512_maskz_loadu_ps(mk, r0 + t);
+        __m512 x1 = r1 ? _mm512_maskz_loadu_ps(mk, r1 + t)
+                       : _mm512_setzero_ps();
+        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(x1, x0);
+        _mm512_mask_storeu_epi32(dst + t, mk,
+                                 _mm512_permutexvar_epi16(idx, v));
+    }
+}
+
+/* k floats at src (stride 1) as kp = ceil(k / 2) words in k order */
+static TB_TARGET void tb_row(size_t k, const float *src, uint32_t *dst)
+{
+    for (size_t q = 0; q < k; q += 32) {
+        size_t r = k - q;
+        __mmask16 m0 = r >= 16 ? (__mmask16)0xffff
+                               : (__mmask16)((1u << r) - 1);
+        __mmask16 m1 = r >= 32 ? (__mmask16)0xffff
+                       : r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : 0;
+        size_t words = r >= 32 ? 16 : (r + 1) / 2;
+        __m512 lo = _mm512_maskz_loadu_ps(m0, src + q);
+        __m512 hi = _mm512_maskz_loadu_ps(m1, src + q + 16);
+        __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_mask_storeu_epi32(dst + q / 2,
+                                 words >= 16 ? (__mmask16)0xffff
+                                 : (__mmask16)((1u << words) - 1), v);
+    }
+}
+
+/* bf16 of x by the packing's rounding, in the low half of the word */
+static TB_TARGET uint32_t tb_round(float x)
+{
+    __m128i v = (__m128i)_mm_cvtneps_pbh(_mm_set_ss(x));
+    return (uint32_t)_mm_extract_epi16(v, 0);
+}
+
+/* A packed as above; general strides (neither 1) word by word */
+static TB_TARGET void tb_pack_a(size_t m, size_t k, const float *a,
+                                size_t ars, size_t acs, uint32_t *ap,
+                                size_t *pars, size_t *pacs)
+{
+    size_t kp = (k + 1) / 2;
+    if (acs == 1) {
+        for (size_t i = 0; i < m; i++)
+            tb_row(k, a + i * ars, ap + i * kp);
+        *pars = kp, *pacs = 1;
+    } else if (ars == 1) {
+        for (size_t p = 0; p < kp; p++)
+            tb_pairs(m, a + 2 * p * acs,
+                     2 * p + 1 < k ? a + (2 * p + 1) * acs : NULL,
+                     ap + p * m);
+        *pars = 1, *pacs = m;
+    } else {
+        for (size_t i = 0; i < m; i++)
+            for (size_t p = 0; p < kp; p++) {
+                const float *x = a + i * ars + 2 * p * acs;
+                uint32_t hi = 2 * p + 1 < k ? tb_round(x[acs]) : 0;
+                ap[i * kp + p] = tb_round(x[0]) | hi << 16;
+            }
+        *pars = kp, *pacs = 1;
+    }
+}
+
+/* The epilogue of tz_tile on the accumulators of a tile (tgemm.h) */
+static inline __attribute__((always_inline)) TB_TARGET void
+tb_store(int mr, int nb, __m512 *c0, __m512 *c1, tg_ep e, float *c,
+         size_t ldc)
+{
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias) {
+            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(e.bias));
+            if (nb > 1)
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(e.bias + 16));
+        } else if (e.acc) {
+            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
+            if (nb > 1)
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
+        }
+        if (e.relu) {
+            c0[i] = tz_relu(c0[i]);
+            if (nb > 1)
+                c1[i] = tz_relu(c1[i]);
+        }
+        if (e.gate) {
+            const float *gi = e.gate + i * e.ldg;
+            c0[i] = tz_gate(c0[i], _mm512_loadu_ps(gi));
+            if (nb > 1)
+                c1[i] = tz_gate(c1[i], _mm512_loadu_ps(gi + 16));
+        }
+        _mm512_storeu_ps(ci, c0[i]);
+        if (nb > 1)
+            _mm512_storeu_ps(ci + 16, c1[i]);
+    }
+    if (e.colsum) {
+        __m512 s0 = _mm512_loadu_ps(e.colsum), s1 = s0;
+        if (nb > 1)
+            s1 = _mm512_loadu_ps(e.colsum + 16);
+        for (int i = 0; i < mr; i++) {
+            s0 = _mm512_add_ps(s0, c0[i]);
+            if (nb > 1)
+                s1 = _mm512_add_ps(s1, c1[i]);
+        }
+        _mm512_storeu_ps(e.colsum, s0);
+        if (nb > 1)
+            _mm512_storeu_ps(e.colsum + 16, s1);
+    }
+}
+
+/* mr rows x 16 nb columns (nb = 1, 2) from packed A and B */
+static inline __attribute__((always_inline)) TB_TARGET void
+tb_tile(int mr, int nb, size_t kp, const uint32_t *ap, size_t pars,
+        size_t pacs, const uint32_t *bp, size_t n, tg_ep e, float *c,
+        size_t ldc)
+{
+    __m512 c0[TZ_MR], c1[TZ_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < TZ_MR; i++) {
+        c0[i] = _mm512_setzero_ps();
+        c1[i] = _mm512_setzero_ps();
+    }
+    for (size_t p = 0; p < kp; p++) {
+        const uint32_t *bq = bp + p * n, *aq = ap + p * pacs;
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512(bq);
+        __m512bh b1 = nb > 1 ? (__m512bh)_mm512_loadu_si512(bq + 16) : b0;
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)aq[i * pars]);
+            c0[i] = _mm512_dpbf16_ps(c0[i], av, b0);
+            if (nb > 1)
+                c1[i] = _mm512_dpbf16_ps(c1[i], av, b1);
+        }
+    }
+    tb_store(mr, nb, c0, c1, e, c, ldc);
+}
+
+/* mr rows x the last 8 columns, in 256-bit registers */
+static inline __attribute__((always_inline)) TB_TARGET void
+tb_tile8(int mr, size_t kp, const uint32_t *ap, size_t pars, size_t pacs,
+         const uint32_t *bp, size_t n, tg_ep e, float *c, size_t ldc)
+{
+    __m256 c0[TZ_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < TZ_MR; i++)
+        c0[i] = _mm256_setzero_ps();
+    for (size_t p = 0; p < kp; p++) {
+        const uint32_t *aq = ap + p * pacs;
+        __m256bh b0 = (__m256bh)_mm256_loadu_si256((const void *)(bp + p * n));
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++)
+            c0[i] = _mm256_dpbf16_ps(
+                c0[i], (__m256bh)_mm256_set1_epi32((int)aq[i * pars]), b0);
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + i * ldc;
+        if (e.bias)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(e.bias));
+        else if (e.acc)
+            c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(ci));
+        if (e.relu)
+            c0[i] = tz_gate8(c0[i], c0[i]);
+        if (e.gate)
+            c0[i] = tz_gate8(c0[i], _mm256_loadu_ps(e.gate + i * e.ldg));
+        _mm256_storeu_ps(ci, c0[i]);
+    }
+    if (e.colsum) {
+        __m256 s0 = _mm256_loadu_ps(e.colsum);
+        for (int i = 0; i < mr; i++)
+            s0 = _mm256_add_ps(s0, c0[i]);
+        _mm256_storeu_ps(e.colsum, s0);
+    }
+}
+
+static inline __attribute__((always_inline)) TB_TARGET void
+tb_rows(int mr, size_t n, size_t kp, const uint32_t *ap, size_t pars,
+        size_t pacs, const uint32_t *bp, tg_ep e, float *c, size_t ldc)
+{
+    size_t j = 0;
+    for (; j + 32 <= n; j += 32)
+        tb_tile(mr, 2, kp, ap, pars, pacs, bp + j, n, tg_ep_at(e, 0, j),
+                c + j, ldc);
+    if (j + 16 <= n) {
+        tb_tile(mr, 1, kp, ap, pars, pacs, bp + j, n, tg_ep_at(e, 0, j),
+                c + j, ldc);
+        j += 16;
+    }
+    if (j < n)
+        tb_tile8(mr, kp, ap, pars, pacs, bp + j, n, tg_ep_at(e, 0, j), c + j,
+                 ldc);
+}
+
+#define TB_TAIL(r) \
+    case r: \
+        tb_rows(r, n, kp, ap, pars, pacs, bp, e, c, ldc); \
+        break
+
+static TB_TARGET void tb_run(size_t m, size_t n, size_t kp,
+                             const uint32_t *ap, size_t pars, size_t pacs,
+                             const uint32_t *bp, tg_ep e, float *c,
+                             size_t ldc)
+{
+    for (; m >= TZ_MR; m -= TZ_MR) {
+        tb_rows(TZ_MR, n, kp, ap, pars, pacs, bp, e, c, ldc);
+        ap += TZ_MR * pars;
+        c += TZ_MR * ldc;
+        e = tg_ep_at(e, TZ_MR, 0);
+    }
+    switch (m) {
+    TB_TAIL(1); TB_TAIL(2); TB_TAIL(3); TB_TAIL(4); TB_TAIL(5); TB_TAIL(6);
+    TB_TAIL(7); TB_TAIL(8); TB_TAIL(9); TB_TAIL(10); TB_TAIL(11);
+    default:
+        break;
+    }
+}
+
+/* Packs A and B into one allocation and runs the tiles; 0 when the
+ * allocation fails (nothing written). */
+static TB_TARGET int tb_gemm(size_t m, size_t n, size_t k, const float *a,
+                             size_t ars, size_t acs, const float *b,
+                             size_t ldb, tg_ep e, float *c, size_t ldc)
+{
+    size_t kp = (k + 1) / 2, pars, pacs;
+    uint32_t *ap, *bp;
+    if (kp > (SIZE_MAX / 4 - 16) / (m + n + 1))
+        return 0;
+    ap = malloc((m + n) * kp * sizeof *ap + 64);
+    if (!ap)
+        return 0;
+    bp = ap + m * kp;
+    tb_pack_a(m, k, a, ars, acs, ap, &pars, &pacs);
+    for (size_t p = 0; p < kp; p++)
+        tb_pairs(n, b + 2 * p * ldb,
+                 2 * p + 1 < k ? b + (2 * p + 1) * ldb : NULL, bp + p * n);
+    tb_run(m, n, kp, ap, pars, pacs, bp, e, c, ldc);
+    free(ap);
+    return 1;
+}
+
+/* AVX512-BF16 (CPUID.(EAX=7, ECX=1):EAX bit 5) with AVX-512 F, BW and
+ * VL, and the OS saving the opmask and zmm state (XCR0 bits 1, 2, 5-7) */
+static int tb_level(void)
+{
+    static int level = -1;
+    if (level < 0) {
+        unsigned eax = 0, ebx = 0, ecx = 0, edx = 0, lo = 0, hi = 0;
+        int ok = tg_level() == 2 && __builtin_cpu_supports("avx512bw") &&
+                 __get_cpuid(1, &eax, &ebx, &ecx, &edx) &&
+                 (ecx >> 27 & 1);                      /* OSXSAVE */
+        if (ok) {
+            __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+            ok = (lo & 0xe6) == 0xe6 &&
+                 __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) &&
+                 (eax >> 5 & 1);
+        }
+        level = ok;
+    }
+    return level;
+}
+
 /* tgemm_cap_level's cap */
 static int tg_cap = 2;
 
@@ -786,6 +1077,87 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
     return tgemm_ep(m, n, k, a, ars, acs, b, ldb, &ep, c, ldc);
 }
 
+/* tgemm_mixed's bf16 products from this depth on */
+#define TB_MIN_K 16
+
+/* this thread's precision (tgemm_set_bf16) */
+static _Thread_local int tb_on;
+
+int tgemm_bf16_level(void)
+{
+    return tb_level();
+}
+
+void tgemm_set_bf16(int on)
+{
+    tb_on = on != 0;
+}
+
+int tgemm_bf16_on(void)
+{
+    return tb_on;
+}
+
+int tgemm_bf16_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                  size_t acs, const float *b, size_t ldb,
+                  const tgemm_epi *ep, float *c, size_t ldc)
+{
+    tg_ep e = {0};
+    if (n % 8 != 0 || !tb_level())
+        return 0;
+    if (ep) {
+        e.bias = ep->bias;
+        e.acc = ep->acc;
+        e.relu = ep->relu;
+        e.gate = ep->gate;
+        e.ldg = ep->ldg;
+        e.colsum = ep->colsum;
+    }
+    if (!m || !n)
+        return 1;
+    return tb_gemm(m, n, k, a, ars, acs, b, ldb, e, c, ldc);
+}
+
+int tgemm_mixed_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                   size_t acs, const float *b, size_t ldb,
+                   const tgemm_epi *ep, float *c, size_t ldc)
+{
+    /* for k under 16 the float tiles are as fast (the packing outweighs
+     * the halved steps: 256 x 128 x 8, 129 GFLOP/s against their 132;
+     * 256 x 128 x 16, 232 against 178) */
+    size_t n8 = n & ~(size_t)7;
+    if (tb_on && k >= TB_MIN_K && n8 &&
+        tgemm_bf16_ep(m, n8, k, a, ars, acs, b, ldb, ep, c, ldc)) {
+        /* bf16's tiles are 8 columns wide: the last n % 8 columns on the
+         * float tiles (tgemm_ep runs wherever tgemm_bf16_ep did), each
+         * column's epilogue with its own bias, gate and column sum */
+        tgemm_epi e2 = {0};
+        if (n8 == n)
+            return 1;
+        if (ep)
+            e2 = *ep;
+        if (e2.bias)
+            e2.bias += n8;
+        if (e2.gate)
+            e2.gate += n8;
+        if (e2.colsum)
+            e2.colsum += n8;
+        return tgemm_ep(m, n - n8, k, a, ars, acs, b + n8, ldb, &e2, c + n8,
+                        ldc);
+    }
+    return tgemm_ep(m, n, k, a, ars, acs, b, ldb, ep, c, ldc);
+}
+
+int tgemm_mixed(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                size_t acs, const float *b, size_t ldb, const float *bias,
+                int acc, float *c, size_t ldc)
+{
+    tgemm_epi ep = {0};
+    ep.bias = bias;
+    ep.acc = acc;
+    return tgemm_mixed_ep(m, n, k, a, ars, acs, b, ldb, &ep, c, ldc);
+}
+
 #else
 
 int tgemm_level(void)
@@ -831,6 +1203,44 @@ int tgemm(size_t m, size_t n, size_t k, const float *a, size_t ars,
     (void)m, (void)n, (void)k, (void)a, (void)ars, (void)acs, (void)b;
     (void)ldb, (void)bias, (void)acc, (void)c, (void)ldc;
     return 0;
+}
+
+int tgemm_bf16_level(void)
+{
+    return 0;
+}
+
+void tgemm_set_bf16(int on)
+{
+    (void)on;
+}
+
+int tgemm_bf16_on(void)
+{
+    return 0;
+}
+
+int tgemm_bf16_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                  size_t acs, const float *b, size_t ldb,
+                  const tgemm_epi *ep, float *c, size_t ldc)
+{
+    (void)m, (void)n, (void)k, (void)a, (void)ars, (void)acs, (void)b;
+    (void)ldb, (void)ep, (void)c, (void)ldc;
+    return 0;
+}
+
+int tgemm_mixed_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                   size_t acs, const float *b, size_t ldb,
+                   const tgemm_epi *ep, float *c, size_t ldc)
+{
+    return tgemm_ep(m, n, k, a, ars, acs, b, ldb, ep, c, ldc);
+}
+
+int tgemm_mixed(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                size_t acs, const float *b, size_t ldb, const float *bias,
+                int acc, float *c, size_t ldc)
+{
+    return tgemm(m, n, k, a, ars, acs, b, ldb, bias, acc, c, ldc);
 }
 
 #endif

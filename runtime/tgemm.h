@@ -79,4 +79,37 @@ int tgemm_level(void);
  * with products in flight. */
 void tgemm_cap_level(int cap);
 
+/* bf16 products with float sums (opt-in, flow_model_set_precision): A
+ * and B rounded to bf16 (round to nearest even; subnormals read as 0)
+ * and each C[i][j] = sum over p of (A(i, 2p) B[2p][j] + A(i, 2p+1)
+ * B[2p+1][j]) in float by VDPBF16PS pairs along k (k odd: a zero pair
+ * last), then the epilogue of tgemm_ep.  As tgemm, a row's values do not
+ * depend on m or the other rows.  Returns 0 (nothing written) where n is
+ * not a multiple of 8, the CPU lacks AVX512-BF16 or the packing buffer
+ * ((m + n) ceil(k / 2) words) cannot be allocated. */
+int tgemm_bf16_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                  size_t acs, const float *b, size_t ldb,
+                  const tgemm_epi *ep, float *c, size_t ldc);
+
+/* 1 where tgemm_bf16_ep runs (AVX512-BF16 + F + BW + VL, zmm state
+ * enabled by the OS), else 0 */
+int tgemm_bf16_level(void);
+
+/* The calling thread's precision for tgemm_mixed / tgemm_mixed_ep: 1 =
+ * bf16 products.  The executor sets it from the model on every layer
+ * call (exec_fill_call), so a net runs at the precision of the model
+ * whose layer calls it. */
+void tgemm_set_bf16(int on);
+int tgemm_bf16_on(void);
+
+/* tgemm_bf16_ep when this thread's precision is bf16, k >= 16 (shallower
+ * products run as fast on the float tiles) and it runs, else tgemm_ep /
+ * tgemm: the products of the MLP and MADE conditioners. */
+int tgemm_mixed_ep(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                   size_t acs, const float *b, size_t ldb,
+                   const tgemm_epi *ep, float *c, size_t ldc);
+int tgemm_mixed(size_t m, size_t n, size_t k, const float *a, size_t ars,
+                size_t acs, const float *b, size_t ldb, const float *bias,
+                int acc, float *c, size_t ldc);
+
 #endif

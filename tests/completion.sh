@@ -132,9 +132,9 @@ help_opts() {
 
 # help_values: "OPT VALUE..." for each option whose help shows its values
 # as "a | b" or "a|b" ("--schedule S  constant | cosine", "[--format
-# csv|npy]")
+# csv|npy]", "[--precision fp32|bf16-gemm]")
 help_values() {
-    grep -oE -- '--?[a-z][a-z0-9-]*( [A-Z]+)? +[a-z0-9]+( ?\| ?[a-z0-9]+)+' \
+    grep -oE -- '--?[a-z][a-z0-9-]*( [A-Z]+)? +[a-z0-9]+(-[a-z0-9]+)*( ?\| ?[a-z0-9]+(-[a-z0-9]+)*)+' \
         | sed -E 's/ [A-Z]+ / /; s/ *\| */ /g; s/  +/ /g' | sort -u
 }
 

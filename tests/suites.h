@@ -40,6 +40,7 @@
     X(vi_fit)       /* fits to targets (seconds each) */ \
     X(target_callback) /* targets computed by the caller's function */ \
     X(tgemm)        /* runtime/tgemm.c */ \
+    X(bf16)         /* bf16 products, --precision bf16-gemm */ \
     X(probe)        /* training's probe of third-party layers */ \
     X(comm)         /* communicator, reproducible block sums */ \
     X(blocks)       /* the block pass: threads take whole blocks */ \

@@ -302,6 +302,21 @@ FLOW_API int flow_model_data_init(flow_model *m, size_t n, const flow_real *x,
  * single-threaded (docs/runtime.md).  The same seed and thread count give
  * the same bits.  After flow_model_finish; default 1. */
 FLOW_API int flow_model_set_threads(flow_model *m, size_t threads);
+/* The precision of the conditioner networks' matrix products (MLP and
+ * MADE weights against their inputs, forward and backward): */
+typedef enum flow_gemm_precision {
+    FLOW_PRECISION_FP32 = 0,     /* float products and sums (the default) */
+    FLOW_PRECISION_BF16_GEMM = 1 /* operands rounded to bf16, products
+                                    summed in float (AVX512-BF16 CPUs,
+                                    float build; docs/runtime.md) */
+} flow_gemm_precision;
+/* Sets it for every later call on the model (the weights, gradients and
+ * checkpoints stay float).  FLOW_ERR_UNSUPPORTED with "bf16-gemm needs a
+ * CPU with AVX512-BF16 (this one has not)" or "bf16-gemm needs the float
+ * build" where it cannot run; FLOW_ERR_INVAL for an unknown value. */
+FLOW_API int flow_model_set_precision(flow_model *m, int precision);
+/* The model's flow_gemm_precision (FLOW_PRECISION_FP32 unless set). */
+FLOW_API int flow_model_get_precision(const flow_model *m);
 /* Reseeds the model's random stream. */
 FLOW_API void flow_model_seed(flow_model *m, uint64_t seed);
 
