@@ -103,7 +103,14 @@ START_TEST(test_round_trip)
             ck_assert_msg(fabs(li[i] - le) <= RT_TOL * (1 + fabs(le)),
                           "i %d: lad of inverse %.9g vs %.9g", i,
                           (double)li[i], le);
-            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + BATCH_ULPS(tf) *
+            /* the float spline's lanes differ from the core in exp and
+             * log1p at about an ulp of double, so their knots by a few
+             * ulps of B (the cumulative sums): 16 ulp(B) in x and in y,
+             * the latter divided by the slope, allows for 8 bins */
+            double kab = tf->kind == FLOW_TF_SPLINE && !FLOW_REAL_DOUBLE
+                             ? 16 * 2.2e-16 * b * (1 + exp(-(double)lf[i]))
+                             : 0;
+            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + kab + BATCH_ULPS(tf) *
                                                       1.2e-7 * fabs(xe),
                           "i %d: inverse %.9g vs core %.9g", i,
                           (double)xb[i], xe);
