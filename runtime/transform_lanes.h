@@ -7,7 +7,8 @@
  * attributes), TATTR_F (the same for the out-of-line entry points), and
  * the memory / ISA helpers TF_(load) (TN floats widened), TF_(store)
  * (rounded to float, stored, read back), TF_(pairs) (TN interleaved (s,
- * t) pairs split), TF_(allin) (every lane in [lo, hi], NaN not),
+ * t) pairs split), TF_(tpose) (TN rows of nt floats transposed and
+ * widened, tt[q * TN + j] = row j's q), TF_(allin) (every lane in [lo, hi], NaN not),
  * TF_(any) (some lane -1) and TF_(sqrt).  Every operation below is one
  * IEEE operation on each lane in the scalar code's order (the build has
  * no FMA contraction: -std=c11), so every width gives the same bits. */
@@ -508,15 +509,20 @@ static TATTR_F int TF_(spline_eval_f)(const tf_cfg *c, int dir, size_t m,
         float pin[TN] = {0}, po[TN], pl[TN];
         TV vo, vl;
         TI bad;
-        for (size_t j = 0; j < r; j++) {
-            const float *th = theta + (i + j) * nt;
-            pin[j] = in[i + j];
-            for (size_t q = 0; q < nt; q++)
-                tt[q * TN + j] = th[q];
+        if (r == TN) {
+            memcpy(pin, in + i, sizeof pin);
+            TF_(tpose)(theta + i * nt, nt, tt);
+        } else {
+            for (size_t j = 0; j < r; j++) {
+                const float *th = theta + (i + j) * nt;
+                pin[j] = in[i + j];
+                for (size_t q = 0; q < nt; q++)
+                    tt[q * TN + j] = th[q];
+            }
+            for (size_t j = r; j < TN; j++)
+                for (size_t q = 0; q < nt; q++)
+                    tt[q * TN + j] = 0;
         }
-        for (size_t j = r; j < TN; j++)
-            for (size_t q = 0; q < nt; q++)
-                tt[q * TN + j] = 0;
         bad = TF_(spline_lanes)(c, dir, tt, TF_(load)(pin), &vo, &vl);
         TF_(store)(po, vo);
         TF_(store)(pl, vl);
