@@ -488,6 +488,224 @@ START_TEST(test_sigmoid_scale)
 }
 END_TEST
 
+#if !FLOW_REAL_DOUBLE
+/* The float spline's lanes (runtime/transform_lanes.h) against the double
+ * core rounded.  The lanes differ from the core only in exp, log1p and log
+ * (polynomials accurate to an ulp or two of double), so their knots (the
+ * cumulative sums of 2B w_j) differ by at most about 8 ulp(B) (the sum of
+ * 2B w_j 2 eps over j, 2 eps per weight), taken twice: dk = 16 eps B.  An
+ * output then differs by at most an ulp of float (the rounding of a
+ * double that moved) plus dk (1 + slope), slope = exp(lad) being
+ * dy/dx for the forward and dx/dy for the inverse; a log-det by an ulp of
+ * float plus dk times the log-slope's sensitivity to a knot, at most
+ * 1 / W + 1 / H through xi and s, both at least 2B min: 2 dk / (2B
+ * min). */
+#define LANE_DK (16 * 2.2204460492503131e-16 * 3.0)
+
+static double ulpf(double v)
+{
+    float f = fabsf((float)v);
+    return isfinite(f) ? (double)nextafterf(f, INFINITY) - f : 0;
+}
+
+/* parameters of one scalar, by kind: 0 N(0, 1); 1 N(0, 5^2) (near-empty
+ * and near-full bins, derivatives near min_d and large); 2 N(0, 30^2)
+ * (bins at the floors, derivatives up to 1e1); 3 a few logits at +-80
+ * (softmax weights underflowing) */
+static void lane_theta(flow_rng *r, int kind, float *th, size_t p)
+{
+    double sc = kind == 0 ? 1 : kind == 1 ? 5 : 30;
+    for (size_t j = 0; j < p; j++)
+        th[j] = (float)(sc * rng_normal1(r));
+    if (kind == 3)
+        for (size_t j = 0; j < p; j += 5)
+            th[j] = (float)(rng_uniform(r) < 0.5 ? -80 : 80);
+}
+
+/* the knots x_k of the forward (dir 0) or y_k (dir 1), as make_knots */
+static void lane_knots(const tf_cfg *c, const float *th, int dir,
+                       double *q)
+{
+    const size_t K = c->bins;
+    const double *mn = dir ? &c->min_h : &c->min_w;
+    double mx = -INFINITY, sum = 0, e[TF_MAX_BINS];
+    const float *v = th + (dir ? K : 0);
+    for (size_t j = 0; j < K; j++)
+        mx = fmax(mx, v[j]);
+    for (size_t j = 0; j < K; j++)
+        sum += e[j] = exp(v[j] - mx);
+    q[0] = -c->bound;
+    for (size_t j = 0; j < K; j++)
+        q[j + 1] = q[j] + 2 * c->bound * (*mn + (1 - (double)K * *mn) *
+                                          e[j] / sum);
+}
+
+/* loop index: dir (0, 1) + 2 * parameter kind (0..3) */
+START_TEST(test_spline_lanes_core)
+{
+    enum { M = 1203 };                     /* not a multiple of 8 */
+    const flow_tf *tf = &kinds[2];
+    const int dir = _i % 2, kind = _i / 2;
+    tf_cfg c;
+    static float th[M * 3 * TF_MAX_BINS];
+    float in[M], out[M], lad[M], out2[M], lad2[M];
+    double thd[3 * TF_MAX_BINS], q[TF_MAX_BINS + 1], worst = 0;
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 300 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int i = 0; i < M; i++) {
+        lane_theta(&r, kind, th + i * p, p);
+        in[i] = (float)(3.6 * (2 * rng_uniform(&r) - 1));
+        if (i % 4 == 1) {                /* at a knot and beside it */
+            lane_knots(&c, th + i * p, dir, q);
+            in[i] = (float)q[(size_t)i % (c.bins + 1)];
+            if (i % 8 == 5)
+                in[i] = nextafterf(in[i], (i % 16) < 8 ? 10.0f : -10.0f);
+        }
+    }
+    in[0] = 3.0f;                         /* the bound, just outside */
+    in[2] = -3.0f;
+    in[4] = nextafterf(3.0f, 10.0f);
+    in[6] = nextafterf(-3.0f, 0.0f);
+    ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, M, in, th, out,
+                                                     lad), FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        double o, l, to, tl;
+        for (size_t j = 0; j < p; j++)
+            thd[j] = th[i * p + j];
+        ck_assert_int_eq(tf_eval1(&c, dir, in[i], thd, &o, &l), FLOW_OK);
+        to = ulpf(o) + LANE_DK * (1 + exp(l));
+        tl = ulpf(l) + 2 * LANE_DK / (2 * c.bound * c.min_w);
+        ck_assert_msg(fabs(out[i] - o) <= to && fabs(lad[i] - l) <= tl,
+                      "dir %d kind %d i %d: in %.9g out %.9g vs core %.17g,"
+                      " lad %.9g vs %.17g", dir, kind, i, (double)in[i],
+                      (double)out[i], o, (double)lad[i], l);
+        worst = fmax(worst, fmax(fabs(out[i] - o) / to,
+                                 fabs(lad[i] - l) / tl));
+        if (fabs(in[i]) > 3)
+            ck_assert_msg(out[i] == in[i] && lad[i] == 0,
+                          "tail i %d: %.9g -> %.9g, lad %g", i,
+                          (double)in[i], (double)out[i], (double)lad[i]);
+    }
+    ck_assert_double_le(worst, 1.0);
+    /* the 2-lane path: the same bits, for every tail length */
+    ck_assert_int_eq(tf_lanes(2), 2);
+    for (int m = M - 17; m <= M; m++) {
+        ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, (size_t)m, in,
+                                                         th, out2, lad2),
+                         FLOW_OK);
+        ck_assert_int_eq(memcmp(out, out2, (size_t)m * sizeof *out), 0);
+        ck_assert_int_eq(memcmp(lad, lad2, (size_t)m * sizeof *lad), 0);
+    }
+    tf_lanes(0);
+}
+END_TEST
+
+/* Non-finite parameters: FLOW_ERR_NUMERIC exactly when the scalar path
+ * gives it (a finite input inside the bound with a non-finite result);
+ * the other scalars of the group keep their values; inputs outside stay
+ * the identity. */
+START_TEST(test_spline_lanes_nonfinite)
+{
+    enum { M = 21 };
+    const flow_tf *tf = &kinds[2];
+    tf_cfg c;
+    float th[M * 3 * 8], in[M], out[M], lad[M];
+    double thd[3 * 8];
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 77);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int dir = 0; dir < 2; dir++)
+        for (int bad = 0; bad < 4; bad++) {
+            int want = FLOW_OK;
+            for (int i = 0; i < M; i++) {
+                lane_theta(&r, 0, th + i * p, p);
+                in[i] = (float)(2.9 * (2 * rng_uniform(&r) - 1));
+            }
+            /* row 3: a NaN or +inf width logit, +inf derivative params,
+             * or a NaN input (not flagged: not finite) */
+            if (bad == 0)
+                th[3 * p + 2] = NAN;
+            else if (bad == 1)
+                th[3 * p + 1] = INFINITY;
+            else if (bad == 2)
+                for (size_t j = 2 * 8; j < p; j++)
+                    th[3 * p + j] = INFINITY;
+            else
+                in[3] = NAN;
+            th[9 * p] = NAN;               /* row 9: outside, unflagged */
+            in[9] = 5.0f;
+            for (int i = 0; i < M; i++) {
+                double o, l;
+                for (size_t j = 0; j < p; j++)
+                    thd[j] = th[i * p + j];
+                tf_eval1(&c, dir, in[i], thd, &o, &l);
+                if (isfinite(in[i]) && !(isfinite(o) && isfinite(l)))
+                    want = FLOW_ERR_NUMERIC;
+            }
+            ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, M, in, th,
+                                                             out, lad),
+                             want);
+            ck_assert_int_eq(want, bad < 3 ? FLOW_ERR_NUMERIC : FLOW_OK);
+            ck_assert_msg(out[9] == 5.0f && lad[9] == 0, "out %g lad %g",
+                          (double)out[9], (double)lad[9]);
+            for (int i = 0; i < M; i++)
+                if (i != 3 && i != 9) {
+                    double o, l;
+                    for (size_t j = 0; j < p; j++)
+                        thd[j] = th[i * p + j];
+                    tf_eval1(&c, dir, in[i], thd, &o, &l);
+                    ck_assert_msg(fabs(out[i] - o) <= ulpf(o) + LANE_DK *
+                                  (1 + exp(l)), "bad %d i %d: %.9g vs %.9g",
+                                  bad, i, (double)out[i], o);
+                }
+        }
+}
+END_TEST
+
+/* The affine kinds: the 8-lane path's bits are the 2-lane path's */
+START_TEST(test_affine_lanes_bits)
+{
+    enum { M = 203 };
+    const flow_tf *tf = &kinds[_i ? 3 : 0];
+    float th[2 * M], in[M], g[M], gl[M], o[2][M], l[2][M], gi[2][M];
+    float gt[2][2 * M];
+    flow_rng r;
+    rng_seed(&r, 91 + (uint64_t)_i);
+    for (int i = 0; i < M; i++) {
+        th[2 * i] = (float)(4 * rng_normal1(&r));
+        th[2 * i + 1] = (float)rng_normal1(&r);
+        in[i] = (float)(3 * rng_normal1(&r));
+        g[i] = (float)rng_normal1(&r);
+        gl[i] = (float)rng_normal1(&r);
+    }
+    for (int dir = 0; dir < 2; dir++)
+        for (int m = M - 9; m <= M; m++) {
+            for (int w = 0; w < 2; w++) {
+                tf_lanes(w ? 2 : 0);
+                ck_assert_int_eq((dir ? tf_inverse : tf_forward)(
+                                     tf, (size_t)m, in, th, o[w], l[w]),
+                                 FLOW_OK);
+                ck_assert_int_eq(
+                    dir ? tf_inverse_backward(tf, (size_t)m, in, NULL, th, g,
+                                              gl, gi[w], gt[w])
+                        : tf_backward(tf, (size_t)m, in, th, g, gl, gi[w],
+                                      gt[w]), FLOW_OK);
+            }
+            tf_lanes(0);
+            ck_assert_int_eq(memcmp(o[0], o[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(l[0], l[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(gi[0], gi[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(gt[0], gt[1], (size_t)m * 8), 0);
+        }
+}
+END_TEST
+#endif
+
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
@@ -509,6 +727,13 @@ Suite *suite_transform(void)
     tc = tcase_create("sigmoid");
     tcase_add_test(tc, test_sigmoid_scale);
     suite_add_tcase(s, tc);
+#if !FLOW_REAL_DOUBLE
+    tc = tcase_create("lanes");
+    tcase_add_loop_test(tc, test_spline_lanes_core, 0, 8);
+    tcase_add_test(tc, test_spline_lanes_nonfinite);
+    tcase_add_loop_test(tc, test_affine_lanes_bits, 0, 2);
+    suite_add_tcase(s, tc);
+#endif
     tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);
     tcase_add_test(tc, test_affine_nonfinite);
