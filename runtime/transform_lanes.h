@@ -380,33 +380,37 @@ static inline TATTR TV TF_(clamp01)(TV v)
 
 /* ------------------------------------------------------------ spline */
 
-/* The spline for TN scalars (transform.c's make_knots, find_bin, rq_value
- * and rq_inverse, one lane per scalar, the same operations in the same
- * order; only exp, log1p and log are the polynomials above).  tt holds
- * the parameters transposed, tt[q * TN + j] = theta_q of lane j, and is
- * overwritten.  The bin is the last knot at or below the input (what the
- * bisection finds: the knots increase), found in one pass over the knots
- * that keeps the bin's ends and derivative parameters.  in and the
- * results are in lanes; lanes outside [-B, B] keep the identity (out =
- * in, lad = 0).  Returns the lanes inside whose results are not finite
- * or whose log-det argument is not a positive normal double: the caller
- * redoes them on the scalar path, which decides the error. */
-static inline TATTR TI TF_(spline_lanes)(const tf_cfg *c, int dir,
-                                         double *tt, TV in, TV *out,
-                                         TV *lad)
+/* A bin of TN scalars' splines: its ends, its ends' derivative
+ * parameters (0 at the bound), b0 / b1 (its left / right end is the
+ * bound) and its index k. */
+typedef struct TF_(sbin) {
+    TV X, XR, Y, YR, tl, tr, k;
+    TI b0, b1;
+} TF_(sbin);
+
+/* The knots of TN scalars' splines (transform.c's softmax and
+ * make_knots, one lane per scalar, the same operations in the same
+ * order; only exp is the polynomial above) and the bin of key among the
+ * y knots in the lanes usey, the x knots elsewhere: the last knot at or
+ * below key (what find_bin's bisection finds, the knots increasing),
+ * found in one pass over the knots.  tt holds the parameters transposed,
+ * tt[q * TN + j] = theta_q of lane j; its width and height logits are
+ * overwritten (with the softmax probabilities when keep, for the VJP). */
+static inline TATTR void TF_(spline_bin)(const tf_cfg *c, double *tt,
+                                         TI usey, TV key, int keep,
+                                         TF_(sbin) *o)
 {
     const size_t K = c->bins;
     const double B = c->bound, tb = 2 * B;
     const double cw = 1 - (double)K * c->min_w;
     const double ch = 1 - (double)K * c->min_h;
-    const TV zero = TF_(bc)(0.0), one = TF_(bc)(1.0);
-    TI ins = (in >= -B) & (in <= B);
-    TV v = TF_(sel)(ins, in, zero), mw, mh, sw = zero, sh = zero;
-    TV xq = TF_(bc)(-B), yq = xq, X = xq, XR = xq, Y = xq, YR = xq;
-    TV tl = zero, tr = zero, d0, d1, x, W, H, s, xi, om, den, nn, y, a;
+    const TV zero = TF_(bc)(0.0);
     const TI all = zero == zero;
-    TI b0 = all, b1 = all, m;
-    /* softmax of widths and heights (softmax in transform.c) */
+    TV mw, mh, sw = zero, sh = zero, xq = TF_(bc)(-B), yq = xq;
+    TI m;
+    o->X = o->XR = o->Y = o->YR = xq;
+    o->tl = o->tr = o->k = zero;
+    o->b0 = o->b1 = all;
     mw = TF_(load_d)(tt);
     mh = TF_(load_d)(tt + K * TN);
     for (size_t q = 1; q < K; q++) {
@@ -424,7 +428,6 @@ static inline TATTR TI TF_(spline_lanes)(const tf_cfg *c, int dir,
     }
     sw = 1.0 / sw;
     sh = 1.0 / sh;
-    /* knots (make_knots) and the bin (find_bin) */
     for (size_t q = 0; q < K; q++) {
         TV pw = TF_(load_d)(tt + q * TN) * sw;
         TV ph = TF_(load_d)(tt + (K + q) * TN) * sh;
@@ -432,44 +435,76 @@ static inline TATTR TI TF_(spline_lanes)(const tf_cfg *c, int dir,
         TV yn = q + 1 == K ? TF_(bc)(B) : yq + tb * (c->min_h + ch * ph);
         TV tdr = q + 1 < K ? TF_(load_d)(tt + (2 * K + q) * TN) : zero;
         TI last = q + 1 == K ? all : (TI)zero;
+        if (keep) {
+            TF_(store_d)(tt + q * TN, pw);
+            TF_(store_d)(tt + (K + q) * TN, ph);
+        }
         if (q == 0) {
-            XR = xn;
-            YR = yn;
-            tr = tdr;
-            b1 = last;
+            o->XR = xn;
+            o->YR = yn;
+            o->tr = tdr;
+            o->b1 = last;
         } else {
-            m = dir ? yq <= v : xq <= v;
-            X = TF_(sel)(m, xq, X);
-            XR = TF_(sel)(m, xn, XR);
-            Y = TF_(sel)(m, yq, Y);
-            YR = TF_(sel)(m, yn, YR);
-            tl = TF_(sel)(m, TF_(load_d)(tt + (2 * K + q - 1) * TN), tl);
-            tr = TF_(sel)(m, tdr, tr);
-            b0 &= ~m;
-            b1 = (m & last) | (~m & b1);
+            m = (usey & (yq <= key)) | (~usey & (xq <= key));
+            o->X = TF_(sel)(m, xq, o->X);
+            o->XR = TF_(sel)(m, xn, o->XR);
+            o->Y = TF_(sel)(m, yq, o->Y);
+            o->YR = TF_(sel)(m, yn, o->YR);
+            o->tl = TF_(sel)(m, TF_(load_d)(tt + (2 * K + q - 1) * TN),
+                             o->tl);
+            o->tr = TF_(sel)(m, tdr, o->tr);
+            o->k = TF_(sel)(m, TF_(bc)((double)q), o->k);
+            o->b0 &= ~m;
+            o->b1 = (m & last) | (~m & o->b1);
         }
         xq = xn;
         yq = yn;
     }
+}
+
+/* rq_inverse's root inside the bin (Durkan et al. 2019, app. A.3: a
+ * xi^2 + b xi + c = 0, 2c / (-b - sqrt(disc)), disc clamped at 0, the
+ * result kept in the bin) for the lanes' y */
+static inline TATTR TV TF_(rq_root)(const TF_(sbin) *n, TV d0, TV d1, TV y)
+{
+    const TV zero = TF_(bc)(0.0);
+    TV W = n->XR - n->X, H = n->YR - n->Y, s = H / W;
+    TV dy = y - n->Y, e = d0 + d1 - 2.0 * s;
+    TV qa = H * (s - d0) + dy * e, qb = H * d0 - dy * e, qc = -s * dy;
+    TV disc = qb * qb - 4.0 * qa * qc, qd, xi;
+    disc = TF_(sel)(disc < 0.0, zero, disc);
+    qd = -qb - TF_(sqrt)(disc);
+    xi = TF_(sel)(qd != 0.0, 2.0 * qc / qd, zero);
+    xi = n->X + TF_(clamp01)(xi) * W;
+    return TF_(sel)(xi < n->XR, xi, n->XR);
+}
+
+/* The spline for TN scalars (tf_eval1: rq_value, rq_inverse; the same
+ * operations as transform.c's, exp, log1p and log the polynomials
+ * above).  in and the results are in lanes; lanes outside [-B, B] keep
+ * the identity (out = in, lad = 0).  Returns the lanes inside whose
+ * results are not finite or whose log-det argument is not a positive
+ * normal double: the caller redoes them on the scalar path, which
+ * decides the error. */
+static inline TATTR TI TF_(spline_lanes)(const tf_cfg *c, int dir,
+                                         double *tt, TV in, TV *out,
+                                         TV *lad)
+{
+    const TV zero = TF_(bc)(0.0), one = TF_(bc)(1.0);
+    TI ins = (in >= -c->bound) & (in <= c->bound);
+    TV v = TF_(sel)(ins, in, zero);
+    TV d0, d1, x, W, H, s, xi, om, den, nn, y, a, X, Y;
+    TF_(sbin) n;
+    TF_(spline_bin)(c, tt, dir ? zero == zero : zero != zero, v, 0, &n);
     /* the bin's ends' derivatives (knot_deriv): 1 at the bound */
-    d0 = TF_(sel)(b0, one, TF_(sderiv)(tl + c->d_shift, c->min_d));
-    d1 = TF_(sel)(b1, one, TF_(sderiv)(tr + c->d_shift, c->min_d));
-    W = XR - X;
-    H = YR - Y;
+    d0 = TF_(sel)(n.b0, one, TF_(sderiv)(n.tl + c->d_shift, c->min_d));
+    d1 = TF_(sel)(n.b1, one, TF_(sderiv)(n.tr + c->d_shift, c->min_d));
+    X = n.X;
+    Y = n.Y;
+    W = n.XR - X;
+    H = n.YR - Y;
     s = H / W;
-    if (dir) {
-        /* rq_inverse: Durkan et al. 2019, app. A.3 */
-        TV dy = v - Y, e = d0 + d1 - 2.0 * s;
-        TV qa = H * (s - d0) + dy * e, qb = H * d0 - dy * e, qc = -s * dy;
-        TV disc = qb * qb - 4.0 * qa * qc, qd;
-        disc = TF_(sel)(disc < 0.0, zero, disc);
-        qd = -qb - TF_(sqrt)(disc);
-        xi = TF_(sel)(qd != 0.0, 2.0 * qc / qd, zero);
-        xi = X + TF_(clamp01)(xi) * W;
-        x = TF_(sel)(xi < XR, xi, XR);
-    } else {
-        x = v;
-    }
+    x = dir ? TF_(rq_root)(&n, d0, d1, v) : v;
     /* rq_value: eq. 4, and eq. 5's log in one log */
     xi = TF_(clamp01)((x - X) / W);
     om = xi * (1.0 - xi);
