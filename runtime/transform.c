@@ -483,6 +483,14 @@ static inline void tpose_w2(const float *f, size_t nt, double *tt)
     }
 }
 
+static inline void untpose_w2(const double *tt, size_t nt, float *f)
+{
+    for (size_t q = 0; q < nt; q++) {
+        f[q] = (float)tt[2 * q];
+        f[nt + q] = (float)tt[2 * q + 1];
+    }
+}
+
 static inline int allin_w2(tf_v2 x, double lo, double hi)
 {
     tf_i2 in = (x >= (tf_v2){lo, lo}) & (x <= (tf_v2){hi, hi});
@@ -547,34 +555,57 @@ static inline TF_W8I void pairs_w8(const float *th, tf_v8 *s, tf_v8 *t)
     *t = (tf_v8)_mm512_permutex2var_pd(lo, od, hi);
 }
 
-/* 8 rows of nt floats, transposed in blocks of 8 columns (the last
- * block's loads masked to the row) in the classic 8 x 8 float transpose
- * of unpacks, shuffles and lane permutes, then widened: contiguous loads,
+/* The classic 8 x 8 float transpose of unpacks, shuffles and lane
+ * permutes: r[j][q] becomes r[q][j]. */
+static inline TF_W8I void tr8x8(__m256 *r)
+{
+    __m256 t[8], u[8];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+        t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+        u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xee);
+        u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+        u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xee);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+    }
+}
+
+/* 8 rows of nt floats transposed in blocks of 8 columns (the last
+ * block's loads masked to the row), then widened: contiguous loads,
  * where a gather per column cost a third of the spline's time. */
 static inline TF_W8I void tpose_w8(const float *f, size_t nt, double *tt)
 {
     for (size_t q0 = 0; q0 < nt; q0 += 8) {
         __mmask8 k = nt - q0 >= 8 ? 0xff
                                   : (__mmask8)((1u << (nt - q0)) - 1);
-        __m256 r[8], t[8], u[8];
+        __m256 r[8];
         for (int j = 0; j < 8; j++)
             r[j] = _mm256_maskz_loadu_ps(k, f + j * nt + q0);
-        for (int j = 0; j < 8; j += 2) {
-            t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-            t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-        }
-        for (int j = 0; j < 8; j += 4) {
-            u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
-            u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xee);
-            u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
-            u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xee);
-        }
-        for (int j = 0; j < 4; j++) {
-            r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
-            r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
-        }
+        tr8x8(r);
         for (size_t q = q0; q < nt && q < q0 + 8; q++)
             _mm512_store_pd(tt + q * 8, _mm512_cvtps_pd(r[q - q0]));
+    }
+}
+
+/* its inverse, rounding to float */
+static inline TF_W8I void untpose_w8(const double *tt, size_t nt, float *f)
+{
+    for (size_t q0 = 0; q0 < nt; q0 += 8) {
+        __mmask8 k = nt - q0 >= 8 ? 0xff
+                                  : (__mmask8)((1u << (nt - q0)) - 1);
+        __m256 r[8];
+        for (size_t q = q0; q < q0 + 8; q++)
+            r[q - q0] = q < nt ? _mm512_cvtpd_ps(_mm512_load_pd(tt + q * 8))
+                               : _mm256_setzero_ps();
+        tr8x8(r);
+        for (int j = 0; j < 8; j++)
+            _mm256_mask_storeu_ps(f + j * nt + q0, k, r[j]);
     }
 }
 
@@ -755,6 +786,44 @@ int tf_inverse(const flow_tf *tf, size_t m, const flow_real *y,
     return eval_batch(tf, 1, m, y, theta, x, lad);
 }
 
+/* VJP of scalar i on the double core: FLOW_ERR_NUMERIC where a finite
+ * dL/dout gives a non-finite dL/din. */
+static int vjp_row(const tf_cfg *c, int dir, const flow_real *in,
+                   const flow_real *xhint, const flow_real *theta,
+                   const flow_real *gout, const flow_real *glad,
+                   flow_real *gin, flow_real *gtheta, size_t i)
+{
+    double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
+    load_theta(theta + i * c->n_theta, c->n_theta, th);
+    if (xhint)
+        xh = (double)xhint[i];
+    vjp_core(c, dir, (double)in[i], xhint ? &xh : NULL, th,
+             (double)gout[i], glad ? (double)glad[i] : 0.0, &gi, gt);
+    if (gin)
+        gin[i] = (flow_real)gi;
+    if (gtheta)
+        for (size_t j = 0; j < c->n_theta; j++)
+            gtheta[i * c->n_theta + j] = (flow_real)gt[j];
+    return !isfinite(gi) && isfinite((double)gout[i]) ? FLOW_ERR_NUMERIC
+                                                      : FLOW_OK;
+}
+
+#if !FLOW_REAL_DOUBLE
+typedef struct vjp_ctx {
+    const tf_cfg *c;
+    int dir;
+    const float *in, *xhint, *theta, *gout, *glad;
+    float *gin, *gtheta;
+} vjp_ctx;
+
+static int vjp_redo(void *ctx, size_t i)
+{
+    const vjp_ctx *x = ctx;
+    return vjp_row(x->c, x->dir, x->in, x->xhint, x->theta, x->gout,
+                   x->glad, x->gin, x->gtheta, i);
+}
+#endif
+
 static int vjp_batch(const flow_tf *tf, int dir, size_t m,
                      const flow_real *in, const flow_real *xhint,
                      const flow_real *theta, const flow_real *gout,
@@ -762,7 +831,6 @@ static int vjp_batch(const flow_tf *tf, int dir, size_t m,
                      flow_real *gtheta)
 {
     tf_cfg c;
-    double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
     int st = FLOW_OK;
     if (tf_resolve(tf, &c) != FLOW_OK)
         return FLOW_ERR_INVAL;
@@ -773,21 +841,21 @@ static int vjp_batch(const flow_tf *tf, int dir, size_t m,
         return affine_vjp_f(0, dir, m, in, theta, gout, glad, gin, gtheta);
     if (c.kind == FLOW_TF_AFFINE_SIGMOID)
         return affine_vjp_f(1, dir, m, in, theta, gout, glad, gin, gtheta);
+    if (c.kind == FLOW_TF_SPLINE) {
+        vjp_ctx x = {&c, dir, in, xhint, theta, gout, glad, gin, gtheta};
+#ifdef TF_HAVE_W8
+        if (lanes_now() == 8)
+            return spline_vjp_f_w8(&c, dir, m, in, xhint, theta, gout, glad,
+                                   gin, gtheta, vjp_redo, &x);
 #endif
-    for (size_t i = 0; i < m; i++) {
-        load_theta(theta + i * c.n_theta, c.n_theta, th);
-        if (xhint)
-            xh = (double)xhint[i];
-        vjp_core(&c, dir, (double)in[i], xhint ? &xh : NULL, th,
-                 (double)gout[i], glad ? (double)glad[i] : 0.0, &gi, gt);
-        if (gin)
-            gin[i] = (flow_real)gi;
-        if (!isfinite(gi) && isfinite((double)gout[i]))
-            st = FLOW_ERR_NUMERIC;
-        if (gtheta)
-            for (size_t j = 0; j < c.n_theta; j++)
-                gtheta[i * c.n_theta + j] = (flow_real)gt[j];
+        return spline_vjp_f_w2(&c, dir, m, in, xhint, theta, gout, glad,
+                               gin, gtheta, vjp_redo, &x);
     }
+#endif
+    for (size_t i = 0; i < m; i++)
+        if (vjp_row(&c, dir, in, xhint, theta, gout, glad, gin, gtheta, i)
+            != FLOW_OK)
+            st = FLOW_ERR_NUMERIC;
     return st;
 }
 

@@ -8,7 +8,8 @@
  * the memory / ISA helpers TF_(load) (TN floats widened), TF_(store)
  * (rounded to float, stored, read back), TF_(pairs) (TN interleaved (s,
  * t) pairs split), TF_(tpose) (TN rows of nt floats transposed and
- * widened, tt[q * TN + j] = row j's q), TF_(allin) (every lane in [lo, hi], NaN not),
+ * widened, tt[q * TN + j] = row j's q), TF_(untpose) (its inverse,
+ * rounding to float), TF_(allin) (every lane in [lo, hi], NaN not),
  * TF_(any) (some lane -1) and TF_(sqrt).  Every operation below is one
  * IEEE operation on each lane in the scalar code's order (the build has
  * no FMA contraction: -std=c11), so every width gives the same bits. */
@@ -568,6 +569,189 @@ static TATTR_F int TF_(spline_eval_f)(const tf_cfg *c, int dir, size_t m,
             for (size_t j = 0; j < r; j++)
                 if (bad[j] && redo(ctx, i + j) != FLOW_OK)
                     st = FLOW_ERR_NUMERIC;
+    }
+    return st;
+}
+
+/* knot_deriv with its derivative in the raw parameter: sigmoid(z) = 1 /
+ * (1 + e) or e / (1 + e) from the one e = e^-|z| */
+static inline TATTR TV TF_(sderiv_ds)(TV z, double min_d, TV *ds)
+{
+    const TU sign = TF_(bcu)(0x8000000000000000ull);
+    TV e = TF_(sexp)((TV)((TU)z | sign));
+    *ds = TF_(sel)(z >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e));
+    return (min_d + TF_(sel)(z > 0.0, z, TF_(bc)(0.0))) + TF_(slog1p)(e);
+}
+
+/* The spline's VJP for TN scalars (vjp_core: rq_local's partials, the
+ * implicit-function inverse, rq_scatter), the same operations as
+ * transform.c's.  xh: the known inverse (dir 1), NaN where not known.
+ * gt receives the parameter gradients transposed (gt[q * TN + j]).
+ * Returns the lanes inside whose dL/din or local gradients are not
+ * finite: the caller redoes them on the scalar path. */
+static inline TATTR TI TF_(spline_vjp_lanes)(const tf_cfg *c, int dir,
+                                             double *tt, TV in, TV xh,
+                                             TV gout, TV glad, TV *gin,
+                                             double *gt)
+{
+    const size_t K = c->bins;
+    const double B = c->bound;
+    const double cw = 2 * B * (1 - (double)K * c->min_w);
+    const double ch = 2 * B * (1 - (double)K * c->min_h);
+    const TV zero = TF_(bc)(0.0), one = TF_(bc)(1.0);
+    const TV inf = TF_(bc)(INFINITY);
+    TI ins = (in >= -B) & (in <= B), hok = (xh >= -B) & (xh <= B), ok;
+    TV v = TF_(sel)(ins, in, zero), x, ds0, ds1, d0, d1, W, Y, H, xi;
+    TV s, om, e, a, den, nn, den2, a_xi, den_xi, nn_xi, den_s, y_xi, y_s;
+    TV y_d0, y_d1, l_xi, l_s, l_d0, l_d1, dydx, dldx, py[6], pl[6], g[6];
+    TV gi, sw = zero, sh = zero;
+    TF_(sbin) n;
+    if (dir == 0)
+        hok = (TI)zero;
+    TF_(spline_bin)(c, tt, dir ? ~hok : (TI)zero,
+                    TF_(sel)(hok, xh, v), 1, &n);
+    d0 = TF_(sderiv_ds)(n.tl + c->d_shift, c->min_d, &ds0);
+    d1 = TF_(sderiv_ds)(n.tr + c->d_shift, c->min_d, &ds1);
+    d0 = TF_(sel)(n.b0, one, d0);
+    ds0 = TF_(sel)(n.b0, zero, ds0);
+    d1 = TF_(sel)(n.b1, one, d1);
+    ds1 = TF_(sel)(n.b1, zero, ds1);
+    x = dir ? TF_(sel)(hok, xh, TF_(rq_root)(&n, d0, d1, v)) : v;
+    W = n.XR - n.X;
+    Y = n.Y;
+    H = n.YR - Y;
+    xi = TF_(clamp01)((x - n.X) / W);
+    /* rq_local: eqs. 4-5 and their partials */
+    s = H / W;
+    om = xi * (1.0 - xi);
+    e = d0 + d1 - 2.0 * s;
+    a = s * xi * xi + d0 * om;
+    den = s + e * om;
+    nn = d1 * xi * xi + 2.0 * s * om + d0 * (1.0 - xi) * (1.0 - xi);
+    den2 = den * den;
+    a_xi = 2.0 * s * xi + d0 * (1.0 - 2.0 * xi);
+    den_xi = e * (1.0 - 2.0 * xi);
+    nn_xi = 2.0 * d1 * xi + 2.0 * s * (1.0 - 2.0 * xi)
+            - 2.0 * d0 * (1.0 - xi);
+    den_s = 1.0 - 2.0 * om;
+    y_xi = H * (a_xi * den - a * den_xi) / den2;
+    y_s = H * (xi * xi * den - a * den_s) / den2;
+    y_d0 = H * (om * den - a * om) / den2;
+    y_d1 = -H * a * om / den2;
+    l_xi = nn_xi / nn - 2.0 * den_xi / den;
+    l_s = 2.0 / s + 2.0 * om / nn - 2.0 * den_s / den;
+    l_d0 = (1.0 - xi) * (1.0 - xi) / nn - 2.0 * om / den;
+    l_d1 = xi * xi / nn - 2.0 * om / den;
+    dydx = s * s * nn / den2;
+    dldx = l_xi / W;
+    py[0] = -y_xi / W;
+    py[1] = -y_xi * xi / W - y_s * s / W;
+    py[2] = one;
+    py[3] = a / den + y_s / W;
+    py[4] = y_d0;
+    py[5] = y_d1;
+    pl[0] = -l_xi / W;
+    pl[1] = -l_xi * xi / W - l_s * s / W;
+    pl[2] = zero;
+    pl[3] = l_s / W;
+    pl[4] = l_d0;
+    pl[5] = l_d1;
+    if (dir == 0) {
+        gi = gout * dydx + glad * dldx;
+        for (int i = 0; i < 6; i++)
+            g[i] = gout * py[i] + glad * pl[i];
+    } else {
+        TV G = gout - glad * dldx;
+        gi = G / dydx;
+        for (int i = 0; i < 6; i++)
+            g[i] = -G / dydx * py[i] - glad * pl[i];
+    }
+    ok = (gi < inf) & (gi > -inf);
+    for (int i = 0; i < 6; i++)
+        ok &= (g[i] < inf) & (g[i] > -inf);
+    *gin = TF_(sel)(ins, gi, gout);
+    /* rq_scatter: through the cumulative sums and the softmax Jacobian
+     * p_j (g_j - sum_i p_i g_i), softplus' = sigmoid; 0 outside */
+    for (size_t j = 0; j < K; j++) {
+        TI lt = TF_(bc)((double)j) < n.k, eq = TF_(bc)((double)j) == n.k;
+        TV gw = TF_(sel)(lt, g[0], TF_(sel)(eq, g[1], zero)) * cw;
+        TV gh = TF_(sel)(lt, g[2], TF_(sel)(eq, g[3], zero)) * ch;
+        TF_(store_d)(gt + j * TN, gw);
+        TF_(store_d)(gt + (K + j) * TN, gh);
+        sw += TF_(load_d)(tt + j * TN) * gw;
+        sh += TF_(load_d)(tt + (K + j) * TN) * gh;
+    }
+    for (size_t j = 0; j < K; j++) {
+        TV gw = TF_(load_d)(tt + j * TN) * (TF_(load_d)(gt + j * TN) - sw);
+        TV gh = TF_(load_d)(tt + (K + j) * TN) *
+                (TF_(load_d)(gt + (K + j) * TN) - sh);
+        TF_(store_d)(gt + j * TN, TF_(sel)(ins, gw, zero));
+        TF_(store_d)(gt + (K + j) * TN, TF_(sel)(ins, gh, zero));
+    }
+    for (size_t j = 0; j + 1 < K; j++) {
+        TV jv = TF_(bc)((double)j), t = zero;
+        t = TF_(sel)(jv + 1.0 == n.k, t + g[4] * ds0, t);
+        t = TF_(sel)(jv == n.k, t + g[5] * ds1, t);
+        TF_(store_d)(gt + (2 * K + j) * TN, TF_(sel)(ins, t, zero));
+    }
+    return ins & ~ok;
+}
+
+/* The spline's VJP for float data over m scalars, TN at a time (as
+ * spline_eval_f; xhint may be NULL, gin and gtheta too); lanes that
+ * spline_vjp_lanes rejects go to redo(ctx, i). */
+static TATTR_F int TF_(spline_vjp_f)(const tf_cfg *c, int dir, size_t m,
+                                     const float *in, const float *xhint,
+                                     const float *theta, const float *gout,
+                                     const float *glad, float *gin,
+                                     float *gtheta,
+                                     int (*redo)(void *, size_t),
+                                     void *ctx)
+{
+    double tt[3 * TF_MAX_BINS * TN] __attribute__((aligned(64)));
+    double gt[3 * TF_MAX_BINS * TN] __attribute__((aligned(64)));
+    const size_t nt = c->n_theta;
+    int st = FLOW_OK;
+    for (size_t i = 0; i < m; i += TN) {
+        size_t r = m - i < TN ? m - i : TN;
+        float pin[TN] = {0}, pxh[TN], pg[TN] = {0}, pgl[TN] = {0}, pgi[TN];
+        TV vgi;
+        TI bad;
+        for (size_t j = 0; j < TN; j++)
+            pxh[j] = NAN;
+        memcpy(pin, in + i, r * sizeof *pin);
+        memcpy(pg, gout + i, r * sizeof *pg);
+        if (xhint)
+            memcpy(pxh, xhint + i, r * sizeof *pxh);
+        if (glad)
+            memcpy(pgl, glad + i, r * sizeof *pgl);
+        if (r == TN) {
+            TF_(tpose)(theta + i * nt, nt, tt);
+        } else {
+            for (size_t j = 0; j < r; j++)
+                for (size_t q = 0; q < nt; q++)
+                    tt[q * TN + j] = theta[(i + j) * nt + q];
+            for (size_t j = r; j < TN; j++)
+                for (size_t q = 0; q < nt; q++)
+                    tt[q * TN + j] = 0;
+        }
+        bad = TF_(spline_vjp_lanes)(c, dir, tt, TF_(load)(pin),
+                                    TF_(load)(pxh), TF_(load)(pg),
+                                    TF_(load)(pgl), &vgi, gt);
+        TF_(store)(pgi, vgi);
+        if (gin)
+            memcpy(gin + i, pgi, r * sizeof *pgi);
+        if (gtheta) {
+            if (r == TN)
+                TF_(untpose)(gt, nt, gtheta + i * nt);
+            else
+                for (size_t j = 0; j < r; j++)
+                    for (size_t q = 0; q < nt; q++)
+                        gtheta[(i + j) * nt + q] = (float)gt[q * TN + j];
+        }
+        for (size_t j = 0; j < r; j++)      /* the others: never flagged */
+            if (bad[j] && redo(ctx, i + j) != FLOW_OK)
+                st = FLOW_ERR_NUMERIC;
     }
     return st;
 }

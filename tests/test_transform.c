@@ -603,6 +603,88 @@ START_TEST(test_spline_lanes_core)
 }
 END_TEST
 
+/* The spline's VJP lanes against the double core (tf_vjp1), each entry
+ * within an ulp of float of the core's plus the knots' difference
+ * carried through the partials: those are rational in the knots with
+ * denominators down to the smallest bin (2B min), dk / (2B min)^2 = 4e-10
+ * of the row's largest gradient (a margin of 2.5 in 1e-9). Loop index:
+ * dir + 2 * parameter kind. */
+START_TEST(test_spline_lanes_vjp)
+{
+    enum { M = 1203 };
+    const flow_tf *tf = &kinds[2];
+    const int dir = _i % 2, kind = _i / 2;
+    tf_cfg c;
+    static float th[M * 3 * TF_MAX_BINS], gt[M * 3 * TF_MAX_BINS],
+        gt2[M * 3 * TF_MAX_BINS];
+    float in[M], g[M], gl[M], gi[M], gi2[M], xs[M];
+    double thd[3 * TF_MAX_BINS], gtd[3 * TF_MAX_BINS], worst = 0;
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 500 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int i = 0; i < M; i++) {
+        lane_theta(&r, kind, th + i * p, p);
+        in[i] = (float)(3.6 * (2 * rng_uniform(&r) - 1));
+        g[i] = (float)rng_normal1(&r);
+        gl[i] = (float)rng_normal1(&r);
+    }
+    in[0] = 3.0f;
+    in[2] = nextafterf(-3.0f, -10.0f);
+    ck_assert_int_eq(dir ? tf_inverse_backward(tf, M, in, NULL, th, g, gl,
+                                               gi, gt)
+                         : tf_backward(tf, M, in, th, g, gl, gi, gt),
+                     FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        double gid, sc, tol;
+        for (size_t j = 0; j < p; j++)
+            thd[j] = th[i * p + j];
+        ck_assert_int_eq(tf_vjp1(&c, dir, in[i], thd, g[i], gl[i], &gid,
+                                 gtd), FLOW_OK);
+        sc = fabs(gid);
+        for (size_t j = 0; j < p; j++)
+            sc = fmax(sc, fabs(gtd[j]));
+        tol = 1e-9 * sc;
+        ck_assert_msg(fabs(gi[i] - gid) <= ulpf(gid) + tol,
+                      "dir %d kind %d i %d: dL/din %.9g vs %.17g", dir, kind,
+                      i, (double)gi[i], gid);
+        worst = fmax(worst, fabs(gi[i] - gid) / (ulpf(gid) + tol));
+        for (size_t j = 0; j < p; j++) {
+            double e = fabs(gt[i * p + j] - gtd[j]);
+            ck_assert_msg(e <= ulpf(gtd[j]) + tol,
+                          "dir %d kind %d i %d: dL/dtheta[%zu] %.9g vs "
+                          "%.17g", dir, kind, i, j, (double)gt[i * p + j],
+                          gtd[j]);
+            worst = fmax(worst, e / (ulpf(gtd[j]) + tol));
+        }
+    }
+    ck_assert_double_le(worst, 1.0);
+    /* the 2-lane path: the same bits, with and without the inverse */
+    if (dir)
+        ck_assert_int_eq(tf_inverse(tf, M, in, th, xs, NULL), FLOW_OK);
+    for (int w = 0; w < 2; w++)
+        for (int m = M - 9; m <= M; m++) {
+            const float *xh = w ? xs : NULL;
+            if (w && !dir)
+                break;
+            tf_lanes(0);
+            ck_assert_int_eq(dir ? tf_inverse_backward(tf, (size_t)m, in, xh,
+                                                       th, g, gl, gi, gt)
+                                 : tf_backward(tf, (size_t)m, in, th, g, gl,
+                                               gi, gt), FLOW_OK);
+            ck_assert_int_eq(tf_lanes(2), 2);
+            ck_assert_int_eq(dir ? tf_inverse_backward(tf, (size_t)m, in, xh,
+                                                       th, g, gl, gi2, gt2)
+                                 : tf_backward(tf, (size_t)m, in, th, g, gl,
+                                               gi2, gt2), FLOW_OK);
+            ck_assert_int_eq(memcmp(gi, gi2, (size_t)m * sizeof *gi), 0);
+            ck_assert_int_eq(memcmp(gt, gt2, (size_t)m * p * sizeof *gt), 0);
+        }
+    tf_lanes(0);
+}
+END_TEST
+
 /* Non-finite parameters: FLOW_ERR_NUMERIC exactly when the scalar path
  * gives it (a finite input inside the bound with a non-finite result);
  * the other scalars of the group keep their values; inputs outside stay
@@ -730,6 +812,7 @@ Suite *suite_transform(void)
 #if !FLOW_REAL_DOUBLE
     tc = tcase_create("lanes");
     tcase_add_loop_test(tc, test_spline_lanes_core, 0, 8);
+    tcase_add_loop_test(tc, test_spline_lanes_vjp, 0, 8);
     tcase_add_test(tc, test_spline_lanes_nonfinite);
     tcase_add_loop_test(tc, test_affine_lanes_bits, 0, 2);
     suite_add_tcase(s, tc);
