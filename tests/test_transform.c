@@ -541,12 +541,26 @@ static void lane_knots(const tf_cfg *c, const float *th, int dir,
                                           e[j] / sum);
 }
 
-/* loop index: dir (0, 1) + 2 * parameter kind (0..3) */
+/* bin counts beside the default 8 (one parameter group of 2, 8, 50 and
+ * 383: the transposes' partial blocks); loop index _i >= 8 of the lanes
+ * tests: dir + 2 * the count's index, parameters of kind 1 */
+static const size_t lane_bins[4] = {1, 3, 17, TF_MAX_BINS};
+
+static flow_tf lane_tf(int i)
+{
+    flow_tf t = kinds[2];
+    if (i >= 8)
+        t.bins = lane_bins[(i - 8) / 2];
+    return t;
+}
+
+/* loop index: dir (0, 1) + 2 * parameter kind (0..3), then other bin
+ * counts */
 START_TEST(test_spline_lanes_core)
 {
     enum { M = 1203 };                     /* not a multiple of 8 */
-    const flow_tf *tf = &kinds[2];
-    const int dir = _i % 2, kind = _i / 2;
+    const flow_tf tfv = lane_tf(_i), *tf = &tfv;
+    const int dir = _i % 2, kind = _i < 8 ? _i / 2 : 1;
     tf_cfg c;
     static float th[M * 3 * TF_MAX_BINS];
     float in[M], out[M], lad[M], out2[M], lad2[M];
@@ -608,13 +622,13 @@ END_TEST
  * within an ulp of float of the core's plus the knots' difference
  * carried through the partials: those are rational in the knots with
  * denominators down to the smallest bin (2B min), dk / (2B min)^2 = 4e-10
- * of the row's largest gradient (a margin of 2.5 in 1e-9). Loop index:
- * dir + 2 * parameter kind. */
+ * of the row's largest gradient (a margin of 2.5 in 1e-9).  Loop index
+ * as test_spline_lanes_core's. */
 START_TEST(test_spline_lanes_vjp)
 {
     enum { M = 1203 };
-    const flow_tf *tf = &kinds[2];
-    const int dir = _i % 2, kind = _i / 2;
+    const flow_tf tfv = lane_tf(_i), *tf = &tfv;
+    const int dir = _i % 2, kind = _i < 8 ? _i / 2 : 1;
     tf_cfg c;
     static float th[M * 3 * TF_MAX_BINS], gt[M * 3 * TF_MAX_BINS],
         gt2[M * 3 * TF_MAX_BINS];
@@ -812,8 +826,8 @@ Suite *suite_transform(void)
     suite_add_tcase(s, tc);
 #if !FLOW_REAL_DOUBLE
     tc = tcase_create("lanes");
-    tcase_add_loop_test(tc, test_spline_lanes_core, 0, 8);
-    tcase_add_loop_test(tc, test_spline_lanes_vjp, 0, 8);
+    tcase_add_loop_test(tc, test_spline_lanes_core, 0, 16);
+    tcase_add_loop_test(tc, test_spline_lanes_vjp, 0, 16);
     tcase_add_test(tc, test_spline_lanes_nonfinite);
     tcase_add_loop_test(tc, test_affine_lanes_bits, 0, 2);
     suite_add_tcase(s, tc);
