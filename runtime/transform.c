@@ -715,14 +715,14 @@ static int eval_row(const tf_cfg *c, int dir, const flow_real *in,
                     const flow_real *theta, flow_real *out, flow_real *lad,
                     size_t i)
 {
-    double th[3 * TF_MAX_BINS], o, l = 0;
+    double th[3 * TF_MAX_BINS], o, l = 0, v = (double)in[i];
     load_theta(theta + i * c->n_theta, c->n_theta, th);
-    tf_eval1(c, dir, (double)in[i], th, &o, lad ? &l : NULL);
-    out[i] = (flow_real)o;
+    tf_eval1(c, dir, v, th, &o, lad ? &l : NULL);
+    out[i] = (flow_real)o;          /* may be in[i]: v is the input */
     if (lad)
         lad[i] = (flow_real)l;
-    return isfinite((double)in[i]) && !(isfinite(o) && isfinite(l))
-        ? FLOW_ERR_NUMERIC : FLOW_OK;
+    return isfinite(v) && !(isfinite(o) && isfinite(l)) ? FLOW_ERR_NUMERIC
+                                                        : FLOW_OK;
 }
 
 #if !FLOW_REAL_DOUBLE
@@ -794,18 +794,18 @@ static int vjp_row(const tf_cfg *c, int dir, const flow_real *in,
                    flow_real *gin, flow_real *gtheta, size_t i)
 {
     double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
+    double g = (double)gout[i];       /* gin[i] may be gout[i] */
     load_theta(theta + i * c->n_theta, c->n_theta, th);
     if (xhint)
         xh = (double)xhint[i];
-    vjp_core(c, dir, (double)in[i], xhint ? &xh : NULL, th,
-             (double)gout[i], glad ? (double)glad[i] : 0.0, &gi, gt);
+    vjp_core(c, dir, (double)in[i], xhint ? &xh : NULL, th, g,
+             glad ? (double)glad[i] : 0.0, &gi, gt);
     if (gin)
         gin[i] = (flow_real)gi;
     if (gtheta)
         for (size_t j = 0; j < c->n_theta; j++)
             gtheta[i * c->n_theta + j] = (flow_real)gt[j];
-    return !isfinite(gi) && isfinite((double)gout[i]) ? FLOW_ERR_NUMERIC
-                                                      : FLOW_OK;
+    return !isfinite(gi) && isfinite(g) ? FLOW_ERR_NUMERIC : FLOW_OK;
 }
 
 #if !FLOW_REAL_DOUBLE

@@ -562,13 +562,22 @@ static TATTR_F int TF_(spline_eval_f)(const tf_cfg *c, int dir, size_t m,
         bad = TF_(spline_lanes)(c, dir, tt, TF_(load)(pin), &vo, &vl);
         TF_(store)(po, vo);
         TF_(store)(pl, vl);
-        memcpy(out + i, po, r * sizeof *po);
-        if (lad)
-            memcpy(lad + i, pl, r * sizeof *pl);
-        if (TF_(any)(bad))
-            for (size_t j = 0; j < r; j++)
-                if (bad[j] && redo(ctx, i + j) != FLOW_OK)
+        if (!TF_(any)(bad)) {
+            memcpy(out + i, po, r * sizeof *po);
+            if (lad)
+                memcpy(lad + i, pl, r * sizeof *pl);
+            continue;
+        }
+        /* redo reads in[i + j]: written lane by lane (out may be in) */
+        for (size_t j = 0; j < r; j++)
+            if (bad[j]) {
+                if (redo(ctx, i + j) != FLOW_OK)
                     st = FLOW_ERR_NUMERIC;
+            } else {
+                out[i + j] = po[j];
+                if (lad)
+                    lad[i + j] = pl[j];
+            }
     }
     return st;
 }
@@ -739,8 +748,10 @@ static TATTR_F int TF_(spline_vjp_f)(const tf_cfg *c, int dir, size_t m,
                                     TF_(load)(pxh), TF_(load)(pg),
                                     TF_(load)(pgl), &vgi, gt);
         TF_(store)(pgi, vgi);
-        if (gin)
-            memcpy(gin + i, pgi, r * sizeof *pgi);
+        if (gin)              /* before redo, which reads gout (maybe gin) */
+            for (size_t j = 0; j < r; j++)
+                if (!bad[j])
+                    gin[i + j] = pgi[j];
         if (gtheta) {
             if (r == TN)
                 TF_(untpose)(gt, nt, gtheta + i * nt);

@@ -750,6 +750,19 @@ START_TEST(test_spline_lanes_nonfinite)
             ck_assert_int_eq(want, bad < 3 ? FLOW_ERR_NUMERIC : FLOW_OK);
             ck_assert_msg(out[9] == 5.0f && lad[9] == 0, "out %g lad %g",
                           (double)out[9], (double)lad[9]);
+            {
+                /* in place (out = in), the rejected row redone from its
+                 * input: the same values */
+                float io[M];
+                memcpy(io, in, sizeof io);
+                ck_assert_int_eq((dir ? tf_inverse : tf_forward)(
+                                     tf, M, io, th, io, lad), want);
+                for (int i = 0; i < M; i++)
+                    ck_assert_msg(io[i] == out[i] ||
+                                  (isnan(io[i]) && isnan(out[i])),
+                                  "in place i %d: %g vs %g", i,
+                                  (double)io[i], (double)out[i]);
+            }
             for (int i = 0; i < M; i++)
                 if (i != 3 && i != 9) {
                     double o, l;
