@@ -438,288 +438,266 @@ int tf_vjp1(const tf_cfg *c, int dir, double in, const double *theta,
     return vjp_core(c, dir, in, NULL, theta, gout, glad, gin, gtheta);
 }
 
-/* ------------------------------------------- affine, float fast path */
+/* ------------------------------------------- float fast paths, lanes */
 
 #if !FLOW_REAL_DOUBLE
-/* Vectors of 2 doubles (SSE2's width: wider ones change the calling
- * convention without AVX), with GCC / Clang vector extensions: GCC -O2
- * does not vectorise the scalar loops (the exponent bits and the selects
- * defeat it).  Every scalar goes through a vector lane (an odd last one
- * padded), so a row's result does not depend on its place in the
- * batch. */
+/* The float transformers on vectors of doubles with GCC / Clang vector
+ * extensions (GCC -O2 does not vectorise the scalar loops: the exponent
+ * bits and the selects defeat it), in double with polynomial exp and log
+ * to stay within about an ulp of the double core rounded
+ * (docs/runtime.md).  transform_lanes.h is instantiated twice: 2 lanes
+ * (SSE2's width: wider ones change the calling convention without AVX)
+ * everywhere, and 8 lanes in AVX-512 functions chosen at run time.  Both
+ * do the same IEEE operations per lane, so the bits do not depend on the
+ * CPU, nor a scalar's on its place in the batch (a last partial group is
+ * padded). */
 typedef double tf_v2 __attribute__((vector_size(16)));
 typedef int64_t tf_i2 __attribute__((vector_size(16)));
-
-/* m ? a : b lane by lane (m from a comparison: -1 or 0) */
-static inline tf_v2 v2_sel(tf_i2 m, tf_v2 a, tf_v2 b)
-{
-    return (tf_v2)(((tf_i2)a & m) | ((tf_i2)b & ~m));
-}
-
-/* e^x for |x| <= 20 without libm, in double to keep the float result
- * within about an ulp of the double core (the log scale's error is
- * amplified by |l| <= C in e^l): x = k ln 2 + r with k = round(x / ln 2)
- * (adding 1.5 * 2^52 rounds to nearest) and ln 2 split in a part exact in
- * 32 bits and the rest (Cody & Waite 1980, ch. 6), |r| <= ln(2) / 2; e^r
- * by its Taylor polynomial of degree 7 (remainder < 0.35^8 / 8! = 5.5e-9
- * relative, a tenth of float's ulp) in Estrin's order (a shallower
- * dependency chain than Horner's), then 2^k set in the exponent bits (k
- * read off the low bits of x / ln 2 + 1.5 * 2^52: SSE2 has no packed
- * double-to-int64 conversion).  Defined for every x: the polynomial runs
- * on x clamped to [-708, 709] (so 2^k is a normal double's exponent, in
- * unsigned arithmetic) with NaN replaced by 0, and the lanes outside come
- * back as e^x rounded for float: 0 below, +inf above (-inf and +inf
- * included), NaN for NaN. */
 typedef uint64_t tf_u2 __attribute__((vector_size(16)));
 
-/* The polynomial and the exponent bits, for |x| within [-708, 709]. */
-static inline tf_v2 v2_exp_core(tf_v2 x)
-{
-    const tf_v2 big = {6755399441055744.0, 6755399441055744.0};
-    tf_v2 kb = x * 1.4426950408889634 + big, k = kb - big;
-    tf_v2 r = (x - k * 0.693147180369123816) - k * 1.90821492927058770e-10;
-    tf_v2 r2 = r * r, r4 = r2 * r2;
-    tf_v2 p = ((1.0 + r) + (0.5 + r * (1.0 / 6)) * r2) +
-              (((1.0 / 24) + r * (1.0 / 120)) +
-               ((1.0 / 720) + r * (1.0 / 5040)) * r2) * r4;
-    tf_u2 e = ((tf_u2)kb - (tf_u2)big + 1023) << 52;
-    return p * (tf_v2)e;
-}
-
-/* Lanes out of range or NaN (rare: the affine scales are bounded) take
- * the clamped path; the test of both lanes at once is what the common
- * case pays (the clamps and selects on every call cost maf64's
- * log-density 12%, bench/README.md). */
-static tf_v2 v2_exp_wide(tf_v2 x)
-{
-    const tf_v2 lo = {-708.0, -708.0}, hi = {709.0, 709.0};
-    const tf_v2 zero = {0.0, 0.0}, inf = {INFINITY, INFINITY};
-    tf_i2 nan = x != x, under = x < lo, over = x > hi;
-    tf_v2 xc = v2_sel(over, hi, v2_sel(under | nan, v2_sel(nan, zero, lo),
-                                       x));
-    tf_v2 y = v2_exp_core(xc);
-    y = v2_sel(over, inf, v2_sel(under, zero, y));
-    return v2_sel(nan, x, y);
-}
-
-static inline tf_v2 v2_exp(tf_v2 x)
-{
-    const tf_v2 lo = {-708.0, -708.0}, hi = {709.0, 709.0};
-    tf_i2 in = (x >= lo) & (x <= hi);           /* 0 for NaN */
-    if (__builtin_expect((in[0] & in[1]) != 0, 1))
-        return v2_exp_core(x);
-    return v2_exp_wide(x);
-}
-
-/* tanh(u) = (e^{2u} - 1) / (e^{2u} + 1) for u clamped to [-9, 9] (tanh(9)
- * is 1 in float); near 0 the subtraction leaves an absolute error of about
- * 3e-9, far below what the float log scale C tanh(s / C) resolves. */
-static inline tf_v2 v2_tanh(tf_v2 u)
-{
-    const tf_v2 c = {9.0, 9.0};
-    tf_v2 e;
-    u = v2_sel(u > c, c, u);
-    u = v2_sel(u < -c, -c, u);
-    e = v2_exp(2.0 * u);
-    return (e - 1.0) / (e + 1.0);
-}
-
-/* log x for positive normal x (the sigmoid scale, in (e^-5, 1]): x = 2^k
- * f with f in [sqrt(1/2), sqrt(2)) read off the bits (k through the
- * 2^52 trick, as in v2_exp_core: SSE2 has no packed int64 conversion),
- * log f = 2 atanh(u), u = (f - 1) / (f + 1), |u| <= 0.1716, by the series
- * 2 (u + u^3/3 + ... + u^11/11) (Abramowitz & Stegun 4.1.27; the first
- * term left out, 2 u^13 / 13, is below 2e-11), plus k ln 2 with ln 2
- * split as in v2_exp_core.  NaN lanes come back NaN. */
-static inline tf_v2 v2_log(tf_v2 x)
-{
-    const tf_u2 mant = {0x000fffffffffffffull, 0x000fffffffffffffull};
-    const tf_u2 one = {0x3ff0000000000000ull, 0x3ff0000000000000ull};
-    const tf_u2 magic = {0x4330000000000000ull, 0x4330000000000000ull};
-    const tf_v2 sqrt2 = {1.4142135623730951, 1.4142135623730951};
-    tf_u2 b = (tf_u2)x;
-    tf_v2 f = (tf_v2)((b & mant) | one);
-    tf_v2 k = (tf_v2)((b >> 52) | magic) - (4503599627370496.0 + 1023.0);
-    tf_i2 big = f > sqrt2;
-    tf_v2 u, u2, p, r;
-    f = v2_sel(big, f * 0.5, f);
-    k = v2_sel(big, k + 1.0, k);
-    u = (f - 1.0) / (f + 1.0);
-    u2 = u * u;
-    p = 1.0 + u2 * ((1.0 / 3) + u2 * ((1.0 / 5) + u2 * ((1.0 / 7)
-             + u2 * ((1.0 / 9) + u2 * (1.0 / 11)))));
-    r = k * 0.693147180369123816 + (k * 1.90821492927058770e-10
-                                    + 2.0 * u * p);
-    return v2_sel(x != x, x, r);
-}
-
-/* lanes where v is finite once rounded to float (|v| below FLT_MAX plus
- * half an ulp, 0x1.ffffffp127; false for NaN): -1, else 0.  On the
- * double, not on what v2_store read back: GCC 12 -O2 forwards the
- * unrounded double through the float store, so a product over FLT_MAX
- * stored as inf read back finite and went unreported. */
-static inline tf_i2 v2_fin(tf_v2 v)
-{
-    const tf_v2 lim = {0x1.ffffffp127, 0x1.ffffffp127};
-    return (v < lim) & (v > -lim);
-}
-
-static inline tf_v2 v2_load(const float *f)
+static inline tf_v2 load_w2(const float *f)
 {
     return (tf_v2){f[0], f[1]};
 }
 
 /* v rounded to float, stored, and read back (what was stored) */
-static inline tf_v2 v2_store(float *f, tf_v2 v)
+static inline tf_v2 store_w2(float *f, tf_v2 v)
 {
     f[0] = (float)v[0];
     f[1] = (float)v[1];
-    return v2_load(f);
+    return load_w2(f);
 }
 
 /* Two scalars' (s, t) split into s and t */
-static inline void v2_pairs(const float *th, tf_v2 *s, tf_v2 *t)
+static inline void pairs_w2(const float *th, tf_v2 *s, tf_v2 *t)
 {
     *s = (tf_v2){th[0], th[2]};
     *t = (tf_v2){th[1], th[3]};
 }
 
-/* Both affine kinds for two lanes (affine_any above): l = log scale, dl
- * = dl/ds and e = the scale of direction dir (e^l, or e^-l for dir 1).
- * exp kind: l = C tanh(s / C); sigmoid kind: scale = m + (1 - m)
- * sigma(s + 2), sigma and 1 - sigma from the one e^-|a| (sigmoid_scale). */
-static inline void affine_lanes(int sig, int dir, tf_v2 s, tf_v2 *l,
-                                tf_v2 *dl, tf_v2 *e)
+static inline void tpose_w2(const float *f, size_t nt, double *tt)
 {
-    if (sig) {
-        const double m = TF_SIGMOID_MIN;
-        const tf_v2 zero = {0.0, 0.0};
-        tf_v2 a = s + TF_SIGMOID_SHIFT;
-        tf_v2 ea = v2_exp(v2_sel(a < zero, a, -a));
-        tf_v2 r = 1.0 / (1.0 + ea), sg, om, sc;
-        tf_i2 pos = a >= zero;
-        sg = v2_sel(pos, r, ea * r);
-        om = v2_sel(pos, ea * r, r);
-        sc = m + (1.0 - m) * sg;
-        *l = v2_log(sc);
-        *dl = (1.0 - m) * sg * om / sc;
-        *e = dir ? 1.0 / sc : sc;
-    } else {
-        const double c = TF_AFFINE_CLAMP, ic = 1.0 / TF_AFFINE_CLAMP;
-        tf_v2 th = v2_tanh(s * ic);
-        *l = c * th;
-        *dl = 1.0 - th * th;
-        *e = v2_exp(dir ? -*l : *l);
+    for (size_t q = 0; q < nt; q++) {
+        tt[2 * q] = f[q];
+        tt[2 * q + 1] = f[nt + q];
     }
 }
 
-/* The affine transformer for two scalars (y = x e^l + t, lad = l;
- * inverse x = (y - t) e^-l, lad = -l): the lanes where the input is
- * finite but the output or log-det is not come back -1. */
-static inline tf_i2 affine_eval2(int sig, int dir, const float *in,
-                                 const float *theta, float *out, float *lad)
+static inline void untpose_w2(const double *tt, size_t nt, float *f)
 {
-    tf_v2 s, t, x, l, dl, e, o;
-    v2_pairs(theta, &s, &t);
-    x = v2_load(in);
-    affine_lanes(sig, dir, s, &l, &dl, &e);
-    o = v2_store(out, dir ? (x - t) * e : x * e + t);
-    if (dir)
-        l = -l;
-    if (lad)
-        v2_store(lad, l);
-    return v2_fin(x) & ~(v2_fin(o) & v2_fin(l));
-}
-
-/* Its VJP for two scalars (vjp_core's affine case): the lanes where dL/dy
- * is finite but dL/dx is not come back -1. */
-static inline tf_i2 affine_vjp2(int sig, int dir, const float *in,
-                                const float *theta, const float *gout,
-                                const float *glad, float *gin,
-                                float *gtheta)
-{
-    tf_v2 s, t, x, g, gl = {0, 0}, l, dl, e, gi, g0, g1;
-    float gbuf[2];
-    v2_pairs(theta, &s, &t);
-    x = v2_load(in);
-    g = v2_load(gout);
-    if (glad)
-        gl = v2_load(glad);
-    affine_lanes(sig, dir, s, &l, &dl, &e);
-    if (dir == 0) {          /* y = x e^l + t, lad = l */
-        gi = g * e;
-        g0 = (g * x * e + gl) * dl;
-        g1 = g;
-    } else {                 /* x = (y - t) e^-l, lad = -l */
-        gi = g * e;
-        g0 = (-g * ((x - t) * e) - gl) * dl;
-        g1 = -g * e;
+    for (size_t q = 0; q < nt; q++) {
+        f[q] = (float)tt[2 * q];
+        f[nt + q] = (float)tt[2 * q + 1];
     }
-    gi = v2_store(gin ? gin : gbuf, gi);
-    if (gtheta)
-        for (int j = 0; j < 2; j++) {
-            gtheta[2 * j] = (float)g0[j];
-            gtheta[2 * j + 1] = (float)g1[j];
-        }
-    return ~v2_fin(gi) & v2_fin(g);
 }
 
-/* The affine transformer for float data over m scalars, two at a time in
- * double with the polynomial exp: about an ulp from the double core
- * rounded (docs/runtime.md) and several times faster than its scalar
- * libm path (which cost 10% of a MAF training step).  Four scalars per
- * iteration: two independent chains, as the polynomials are
- * latency-bound.  An odd last scalar goes through a padded pair. */
+static inline int allin_w2(tf_v2 x, double lo, double hi)
+{
+    tf_i2 in = (x >= (tf_v2){lo, lo}) & (x <= (tf_v2){hi, hi});
+    return (in[0] & in[1]) != 0;
+}
+
+static inline int any_w2(tf_i2 m)
+{
+    return (m[0] | m[1]) != 0;
+}
+
+static inline tf_v2 sqrt_w2(tf_v2 x)
+{
+    return (tf_v2){sqrt(x[0]), sqrt(x[1])};
+}
+
+#define TN 2
+#define TV tf_v2
+#define TI tf_i2
+#define TU tf_u2
+#define TF_(name) name##_w2
+#define TATTR
+#define TATTR_F
+#include "transform_lanes.h"
+#undef TN
+#undef TV
+#undef TI
+#undef TU
+#undef TF_
+#undef TATTR
+#undef TATTR_F
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define TF_HAVE_W8 1
+#include <immintrin.h>
+
+#define TF_W8 __attribute__((target("avx512f,avx512vl,avx512dq,avx2")))
+#define TF_W8I __attribute__((always_inline)) TF_W8
+typedef double tf_v8 __attribute__((vector_size(64)));
+typedef int64_t tf_i8 __attribute__((vector_size(64)));
+typedef uint64_t tf_u8 __attribute__((vector_size(64)));
+
+static inline TF_W8I tf_v8 load_w8(const float *f)
+{
+    return (tf_v8)_mm512_cvtps_pd(_mm256_loadu_ps(f));
+}
+
+static inline TF_W8I tf_v8 store_w8(float *f, tf_v8 v)
+{
+    __m256 h = _mm512_cvtpd_ps((__m512d)v);
+    _mm256_storeu_ps(f, h);
+    return (tf_v8)_mm512_cvtps_pd(h);
+}
+
+static inline TF_W8I void pairs_w8(const float *th, tf_v8 *s, tf_v8 *t)
+{
+    const __m512i ev = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i od = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    __m512d lo = _mm512_cvtps_pd(_mm256_loadu_ps(th));
+    __m512d hi = _mm512_cvtps_pd(_mm256_loadu_ps(th + 8));
+    *s = (tf_v8)_mm512_permutex2var_pd(lo, ev, hi);
+    *t = (tf_v8)_mm512_permutex2var_pd(lo, od, hi);
+}
+
+/* The classic 8 x 8 float transpose of unpacks, shuffles and lane
+ * permutes: r[j][q] becomes r[q][j]. */
+static inline TF_W8I void tr8x8(__m256 *r)
+{
+    __m256 t[8], u[8];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
+        t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+        u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xee);
+        u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+        u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xee);
+    }
+    for (int j = 0; j < 4; j++) {
+        r[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        r[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+    }
+}
+
+/* 8 rows of nt floats transposed in blocks of 8 columns (the last
+ * block's loads masked to the row), then widened: contiguous loads,
+ * where a gather per column cost a third of the spline's time. */
+static inline TF_W8I void tpose_w8(const float *f, size_t nt, double *tt)
+{
+    for (size_t q0 = 0; q0 < nt; q0 += 8) {
+        __mmask8 k = nt - q0 >= 8 ? 0xff
+                                  : (__mmask8)((1u << (nt - q0)) - 1);
+        __m256 r[8];
+        for (int j = 0; j < 8; j++)
+            r[j] = _mm256_maskz_loadu_ps(k, f + j * nt + q0);
+        tr8x8(r);
+        for (size_t q = q0; q < nt && q < q0 + 8; q++)
+            _mm512_store_pd(tt + q * 8, _mm512_cvtps_pd(r[q - q0]));
+    }
+}
+
+/* its inverse, rounding to float */
+static inline TF_W8I void untpose_w8(const double *tt, size_t nt, float *f)
+{
+    for (size_t q0 = 0; q0 < nt; q0 += 8) {
+        __mmask8 k = nt - q0 >= 8 ? 0xff
+                                  : (__mmask8)((1u << (nt - q0)) - 1);
+        __m256 r[8];
+        for (size_t q = q0; q < q0 + 8; q++)
+            r[q - q0] = q < nt ? _mm512_cvtpd_ps(_mm512_load_pd(tt + q * 8))
+                               : _mm256_setzero_ps();
+        tr8x8(r);
+        for (int j = 0; j < 8; j++)
+            _mm256_mask_storeu_ps(f + j * nt + q0, k, r[j]);
+    }
+}
+
+static inline TF_W8I int allin_w8(tf_v8 x, double lo, double hi)
+{
+    __mmask8 a = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(lo),
+                                    _CMP_GE_OQ);
+    __mmask8 b = _mm512_cmp_pd_mask((__m512d)x, _mm512_set1_pd(hi),
+                                    _CMP_LE_OQ);
+    return (a & b) == 0xff;
+}
+
+static inline TF_W8I int any_w8(tf_i8 m)
+{
+    return _mm512_test_epi64_mask((__m512i)m, (__m512i)m) != 0;
+}
+
+static inline TF_W8I tf_v8 sqrt_w8(tf_v8 x)
+{
+    return (tf_v8)_mm512_sqrt_pd((__m512d)x);
+}
+
+#define TN 8
+#define TV tf_v8
+#define TI tf_i8
+#define TU tf_u8
+#define TF_(name) name##_w8
+#define TATTR TF_W8I
+#define TATTR_F TF_W8
+#include "transform_lanes.h"
+#undef TN
+#undef TV
+#undef TI
+#undef TU
+#undef TF_
+#undef TATTR
+#undef TATTR_F
+#endif
+
+/* 8 when the CPU has AVX-512 (F, VL, DQ), else 2; tf_lanes' force */
+static int lanes_force;
+
+static int lanes_now(void)
+{
+#ifdef TF_HAVE_W8
+    static int w8 = -1;
+    if (w8 < 0) {
+        __builtin_cpu_init();
+        w8 = __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512dq");
+    }
+    if (w8 && lanes_force != 2)
+        return 8;
+#endif
+    return 2;
+}
+
+int tf_lanes(int force)
+{
+    lanes_force = force;
+    return lanes_now();
+}
+
 static int affine_eval_f(int sig, int dir, size_t m, const float *in,
                          const float *theta, float *out, float *lad)
 {
-    tf_i2 bad = {0, 0};
-    size_t i = 0;
-    for (; i + 4 <= m; i += 4) {
-        bad |= affine_eval2(sig, dir, in + i, theta + 2 * i, out + i,
-                            lad ? lad + i : NULL);
-        bad |= affine_eval2(sig, dir, in + i + 2, theta + 2 * i + 4,
-                            out + i + 2, lad ? lad + i + 2 : NULL);
-    }
-    for (; i + 2 <= m; i += 2)
-        bad |= affine_eval2(sig, dir, in + i, theta + 2 * i, out + i,
-                            lad ? lad + i : NULL);
-    if (i < m) {
-        float pin[2] = {in[i], 0}, pth[4] = {theta[2 * i], theta[2 * i + 1],
-                                             0, 0};
-        float pout[2], plad[2];
-        bad |= affine_eval2(sig, dir, pin, pth, pout, plad);
-        out[i] = pout[0];
-        if (lad)
-            lad[i] = plad[0];
-    }
-    return (bad[0] | bad[1]) ? FLOW_ERR_NUMERIC : FLOW_OK;
+#ifdef TF_HAVE_W8
+    if (lanes_now() == 8)
+        return affine_eval_f_w8(sig, dir, m, in, theta, out, lad);
+#endif
+    return affine_eval_f_w2(sig, dir, m, in, theta, out, lad);
 }
 
 static int affine_vjp_f(int sig, int dir, size_t m, const float *in,
                         const float *theta, const float *gout,
                         const float *glad, float *gin, float *gtheta)
 {
-    tf_i2 bad = {0, 0};
-    size_t i = 0;
-    for (; i + 2 <= m; i += 2)
-        bad |= affine_vjp2(sig, dir, in + i, theta + 2 * i, gout + i,
-                           glad ? glad + i : NULL, gin ? gin + i : NULL,
-                           gtheta ? gtheta + 2 * i : NULL);
-    if (i < m) {
-        float pin[2] = {in[i], 0}, pth[4] = {theta[2 * i], theta[2 * i + 1],
-                                             0, 0};
-        float pg[2] = {gout[i], 0}, pgl[2] = {glad ? glad[i] : 0, 0};
-        float pgi[2], pgt[4];
-        bad |= affine_vjp2(sig, dir, pin, pth, pg, pgl, pgi, pgt);
-        if (gin)
-            gin[i] = pgi[0];
-        if (gtheta) {
-            gtheta[2 * i] = pgt[0];
-            gtheta[2 * i + 1] = pgt[1];
-        }
-    }
-    return (bad[0] | bad[1]) ? FLOW_ERR_NUMERIC : FLOW_OK;
+#ifdef TF_HAVE_W8
+    if (lanes_now() == 8)
+        return affine_vjp_f_w8(sig, dir, m, in, theta, gout, glad, gin,
+                               gtheta);
+#endif
+    return affine_vjp_f_w2(sig, dir, m, in, theta, gout, glad, gin, gtheta);
+}
+#endif
+
+#if FLOW_REAL_DOUBLE
+int tf_lanes(int force)
+{
+    (void)force;
+    return 1;
 }
 #endif
 
@@ -731,12 +709,43 @@ static void load_theta(const flow_real *src, size_t p, double *dst)
         dst[i] = (double)src[i];
 }
 
+/* Scalar i on the double core: FLOW_ERR_NUMERIC where a finite input
+ * gives a non-finite output or log-det. */
+static int eval_row(const tf_cfg *c, int dir, const flow_real *in,
+                    const flow_real *theta, flow_real *out, flow_real *lad,
+                    size_t i)
+{
+    double th[3 * TF_MAX_BINS], o, l = 0, v = (double)in[i];
+    load_theta(theta + i * c->n_theta, c->n_theta, th);
+    tf_eval1(c, dir, v, th, &o, lad ? &l : NULL);
+    out[i] = (flow_real)o;          /* may be in[i]: v is the input */
+    if (lad)
+        lad[i] = (flow_real)l;
+    return isfinite(v) && !(isfinite(o) && isfinite(l)) ? FLOW_ERR_NUMERIC
+                                                        : FLOW_OK;
+}
+
+#if !FLOW_REAL_DOUBLE
+/* the lanes path's way back to eval_row for the scalars it rejects */
+typedef struct eval_ctx {
+    const tf_cfg *c;
+    int dir;
+    const float *in, *theta;
+    float *out, *lad;
+} eval_ctx;
+
+static int eval_redo(void *ctx, size_t i)
+{
+    const eval_ctx *x = ctx;
+    return eval_row(x->c, x->dir, x->in, x->theta, x->out, x->lad, i);
+}
+#endif
+
 static int eval_batch(const flow_tf *tf, int dir, size_t m,
                       const flow_real *in, const flow_real *theta,
                       flow_real *out, flow_real *lad)
 {
     tf_cfg c;
-    double th[3 * TF_MAX_BINS], o, l;
     int st = FLOW_OK;
     if (tf_resolve(tf, &c) != FLOW_OK)
         return FLOW_ERR_INVAL;
@@ -748,17 +757,20 @@ static int eval_batch(const flow_tf *tf, int dir, size_t m,
         return affine_eval_f(0, dir, m, in, theta, out, lad);
     if (c.kind == FLOW_TF_AFFINE_SIGMOID)
         return affine_eval_f(1, dir, m, in, theta, out, lad);
+    if (c.kind == FLOW_TF_SPLINE) {
+        eval_ctx x = {&c, dir, in, theta, out, lad};
+#ifdef TF_HAVE_W8
+        if (lanes_now() == 8)
+            return spline_eval_f_w8(&c, dir, m, in, theta, out, lad,
+                                    eval_redo, &x);
 #endif
-    for (size_t i = 0; i < m; i++) {
-        load_theta(theta + i * c.n_theta, c.n_theta, th);
-        l = 0;
-        tf_eval1(&c, dir, (double)in[i], th, &o, lad ? &l : NULL);
-        out[i] = (flow_real)o;
-        if (lad)
-            lad[i] = (flow_real)l;
-        if (isfinite((double)in[i]) && !(isfinite(o) && isfinite(l)))
-            st = FLOW_ERR_NUMERIC;
+        return spline_eval_f_w2(&c, dir, m, in, theta, out, lad, eval_redo,
+                                &x);
     }
+#endif
+    for (size_t i = 0; i < m; i++)
+        if (eval_row(&c, dir, in, theta, out, lad, i) != FLOW_OK)
+            st = FLOW_ERR_NUMERIC;
     return st;
 }
 
@@ -774,6 +786,44 @@ int tf_inverse(const flow_tf *tf, size_t m, const flow_real *y,
     return eval_batch(tf, 1, m, y, theta, x, lad);
 }
 
+/* VJP of scalar i on the double core: FLOW_ERR_NUMERIC where a finite
+ * dL/dout gives a non-finite dL/din. */
+static int vjp_row(const tf_cfg *c, int dir, const flow_real *in,
+                   const flow_real *xhint, const flow_real *theta,
+                   const flow_real *gout, const flow_real *glad,
+                   flow_real *gin, flow_real *gtheta, size_t i)
+{
+    double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
+    double g = (double)gout[i];       /* gin[i] may be gout[i] */
+    load_theta(theta + i * c->n_theta, c->n_theta, th);
+    if (xhint)
+        xh = (double)xhint[i];
+    vjp_core(c, dir, (double)in[i], xhint ? &xh : NULL, th, g,
+             glad ? (double)glad[i] : 0.0, &gi, gt);
+    if (gin)
+        gin[i] = (flow_real)gi;
+    if (gtheta)
+        for (size_t j = 0; j < c->n_theta; j++)
+            gtheta[i * c->n_theta + j] = (flow_real)gt[j];
+    return !isfinite(gi) && isfinite(g) ? FLOW_ERR_NUMERIC : FLOW_OK;
+}
+
+#if !FLOW_REAL_DOUBLE
+typedef struct vjp_ctx {
+    const tf_cfg *c;
+    int dir;
+    const float *in, *xhint, *theta, *gout, *glad;
+    float *gin, *gtheta;
+} vjp_ctx;
+
+static int vjp_redo(void *ctx, size_t i)
+{
+    const vjp_ctx *x = ctx;
+    return vjp_row(x->c, x->dir, x->in, x->xhint, x->theta, x->gout,
+                   x->glad, x->gin, x->gtheta, i);
+}
+#endif
+
 static int vjp_batch(const flow_tf *tf, int dir, size_t m,
                      const flow_real *in, const flow_real *xhint,
                      const flow_real *theta, const flow_real *gout,
@@ -781,7 +831,6 @@ static int vjp_batch(const flow_tf *tf, int dir, size_t m,
                      flow_real *gtheta)
 {
     tf_cfg c;
-    double th[3 * TF_MAX_BINS], gt[3 * TF_MAX_BINS], gi, xh;
     int st = FLOW_OK;
     if (tf_resolve(tf, &c) != FLOW_OK)
         return FLOW_ERR_INVAL;
@@ -792,21 +841,21 @@ static int vjp_batch(const flow_tf *tf, int dir, size_t m,
         return affine_vjp_f(0, dir, m, in, theta, gout, glad, gin, gtheta);
     if (c.kind == FLOW_TF_AFFINE_SIGMOID)
         return affine_vjp_f(1, dir, m, in, theta, gout, glad, gin, gtheta);
+    if (c.kind == FLOW_TF_SPLINE) {
+        vjp_ctx x = {&c, dir, in, xhint, theta, gout, glad, gin, gtheta};
+#ifdef TF_HAVE_W8
+        if (lanes_now() == 8)
+            return spline_vjp_f_w8(&c, dir, m, in, xhint, theta, gout, glad,
+                                   gin, gtheta, vjp_redo, &x);
 #endif
-    for (size_t i = 0; i < m; i++) {
-        load_theta(theta + i * c.n_theta, c.n_theta, th);
-        if (xhint)
-            xh = (double)xhint[i];
-        vjp_core(&c, dir, (double)in[i], xhint ? &xh : NULL, th,
-                 (double)gout[i], glad ? (double)glad[i] : 0.0, &gi, gt);
-        if (gin)
-            gin[i] = (flow_real)gi;
-        if (!isfinite(gi) && isfinite((double)gout[i]))
-            st = FLOW_ERR_NUMERIC;
-        if (gtheta)
-            for (size_t j = 0; j < c.n_theta; j++)
-                gtheta[i * c.n_theta + j] = (flow_real)gt[j];
+        return spline_vjp_f_w2(&c, dir, m, in, xhint, theta, gout, glad,
+                               gin, gtheta, vjp_redo, &x);
     }
+#endif
+    for (size_t i = 0; i < m; i++)
+        if (vjp_row(&c, dir, in, xhint, theta, gout, glad, gin, gtheta, i)
+            != FLOW_OK)
+            st = FLOW_ERR_NUMERIC;
     return st;
 }
 

@@ -48,6 +48,13 @@ int tf_eval1(const tf_cfg *cfg, int dir, double in, const double *theta,
 int tf_vjp1(const tf_cfg *cfg, int dir, double in, const double *theta,
             double gout, double glad, double *gin, double *gtheta);
 
+/* The float build's lanes (runtime/transform_lanes.h): returns the width
+ * the batch calls use, 8 (AVX-512) or 2; force 2 makes them take the
+ * 2-lane path from now on, 0 restores the CPU's choice (the tests compare
+ * the two, which give the same bits).  Not thread-safe: tests only.  The
+ * float64 build has no lanes and returns 1. */
+int tf_lanes(int force);
+
 /* Host-table entries (see flow_plugin.h).  tf_params returns 0 for an
  * invalid flow_tf; the others return FLOW_ERR_INVAL for one and
  * FLOW_ERR_NUMERIC when a finite input gave a non-finite result (all m

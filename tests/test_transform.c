@@ -1,7 +1,8 @@
 /* test_transform.c - elementwise transformers (affine with exp or sigmoid
  * scale, additive, spline): round trips (inside, at and beyond the spline
  * bound), log-det and VJPs against central differences in double,
- * monotonicity, identity at zero parameters, robustness. */
+ * monotonicity, identity at zero parameters, robustness; the float
+ * build's lanes against the double core and 2 against 8 lanes. */
 #include <math.h>
 #include <string.h>
 
@@ -103,7 +104,14 @@ START_TEST(test_round_trip)
             ck_assert_msg(fabs(li[i] - le) <= RT_TOL * (1 + fabs(le)),
                           "i %d: lad of inverse %.9g vs %.9g", i,
                           (double)li[i], le);
-            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + BATCH_ULPS(tf) *
+            /* the float spline's lanes differ from the core in exp and
+             * log1p at about an ulp of double, so their knots by a few
+             * ulps of B (the cumulative sums): 16 ulp(B) in x and in y,
+             * the latter divided by the slope, allows for 8 bins */
+            double kab = tf->kind == FLOW_TF_SPLINE && !FLOW_REAL_DOUBLE
+                             ? 16 * 2.2e-16 * b * (1 + exp(-(double)lf[i]))
+                             : 0;
+            ck_assert_msg(fabs(xe - xb[i]) <= 1e-15 + kab + BATCH_ULPS(tf) *
                                                       1.2e-7 * fabs(xe),
                           "i %d: inverse %.9g vs core %.9g", i,
                           (double)xb[i], xe);
@@ -481,6 +489,333 @@ START_TEST(test_sigmoid_scale)
 }
 END_TEST
 
+#if !FLOW_REAL_DOUBLE
+/* The float spline's lanes (runtime/transform_lanes.h) against the double
+ * core rounded.  The lanes differ from the core only in exp, log1p and log
+ * (polynomials accurate to an ulp or two of double), so their knots (the
+ * cumulative sums of 2B w_j) differ by at most about 8 ulp(B) (the sum of
+ * 2B w_j 2 eps over j, 2 eps per weight), taken twice: dk = 16 eps B.  An
+ * output then differs by at most an ulp of float (the rounding of a
+ * double that moved) plus dk (1 + slope), slope = exp(lad) being
+ * dy/dx for the forward and dx/dy for the inverse; a log-det by an ulp of
+ * float plus dk times the log-slope's sensitivity to a knot, at most
+ * 1 / W + 1 / H through xi and s, both at least 2B min: 2 dk / (2B
+ * min). */
+#define LANE_DK (16 * 2.2204460492503131e-16 * 3.0)
+
+static double ulpf(double v)
+{
+    float f = fabsf((float)v);
+    return isfinite(f) ? (double)nextafterf(f, INFINITY) - f : 0;
+}
+
+/* parameters of one scalar, by kind: 0 N(0, 1); 1 N(0, 5^2) (near-empty
+ * and near-full bins, derivatives near min_d and large); 2 N(0, 30^2)
+ * (bins at the floors, derivatives up to 1e1); 3 a few logits at +-80
+ * (softmax weights underflowing) */
+static void lane_theta(flow_rng *r, int kind, float *th, size_t p)
+{
+    double sc = kind == 0 ? 1 : kind == 1 ? 5 : 30;
+    for (size_t j = 0; j < p; j++)
+        th[j] = (float)(sc * rng_normal1(r));
+    if (kind == 3)
+        for (size_t j = 0; j < p; j += 5)
+            th[j] = (float)(rng_uniform(r) < 0.5 ? -80 : 80);
+}
+
+/* the knots x_k of the forward (dir 0) or y_k (dir 1), as make_knots */
+static void lane_knots(const tf_cfg *c, const float *th, int dir,
+                       double *q)
+{
+    const size_t K = c->bins;
+    const double *mn = dir ? &c->min_h : &c->min_w;
+    double mx = -INFINITY, sum = 0, e[TF_MAX_BINS];
+    const float *v = th + (dir ? K : 0);
+    for (size_t j = 0; j < K; j++)
+        mx = fmax(mx, v[j]);
+    for (size_t j = 0; j < K; j++)
+        sum += e[j] = exp(v[j] - mx);
+    q[0] = -c->bound;
+    for (size_t j = 0; j < K; j++)
+        q[j + 1] = q[j] + 2 * c->bound * (*mn + (1 - (double)K * *mn) *
+                                          e[j] / sum);
+}
+
+/* bin counts beside the default 8 (one parameter group of 2, 8, 50 and
+ * 383: the transposes' partial blocks); loop index _i >= 8 of the lanes
+ * tests: dir + 2 * the count's index, parameters of kind 1 */
+static const size_t lane_bins[4] = {1, 3, 17, TF_MAX_BINS};
+
+static flow_tf lane_tf(int i)
+{
+    flow_tf t = kinds[2];
+    if (i >= 8)
+        t.bins = lane_bins[(i - 8) / 2];
+    return t;
+}
+
+/* loop index: dir (0, 1) + 2 * parameter kind (0..3), then other bin
+ * counts */
+START_TEST(test_spline_lanes_core)
+{
+    enum { M = 1203 };                     /* not a multiple of 8 */
+    const flow_tf tfv = lane_tf(_i), *tf = &tfv;
+    const int dir = _i % 2, kind = _i < 8 ? _i / 2 : 1;
+    tf_cfg c;
+    static float th[M * 3 * TF_MAX_BINS];
+    float in[M], out[M], lad[M], out2[M], lad2[M];
+    double thd[3 * TF_MAX_BINS], q[TF_MAX_BINS + 1], worst = 0;
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 300 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int i = 0; i < M; i++) {
+        lane_theta(&r, kind, th + i * p, p);
+        in[i] = (float)(3.6 * (2 * rng_uniform(&r) - 1));
+        if (i % 4 == 1) {                /* at a knot and beside it */
+            lane_knots(&c, th + i * p, dir, q);
+            in[i] = (float)q[(size_t)i % (c.bins + 1)];
+            if (i % 8 == 5)
+                in[i] = nextafterf(in[i], (i % 16) < 8 ? 10.0f : -10.0f);
+        }
+    }
+    in[0] = 3.0f;                         /* the bound, just outside */
+    in[2] = -3.0f;
+    in[4] = nextafterf(3.0f, 10.0f);
+    in[6] = nextafterf(-3.0f, 0.0f);
+    ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, M, in, th, out,
+                                                     lad), FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        double o, l, to, tl;
+        for (size_t j = 0; j < p; j++)
+            thd[j] = th[i * p + j];
+        ck_assert_int_eq(tf_eval1(&c, dir, in[i], thd, &o, &l), FLOW_OK);
+        to = ulpf(o) + LANE_DK * (1 + exp(l));
+        tl = ulpf(l) + 2 * LANE_DK / (2 * c.bound * c.min_w);
+        ck_assert_msg(fabs(out[i] - o) <= to && fabs(lad[i] - l) <= tl,
+                      "dir %d kind %d i %d: in %.9g out %.9g vs core %.17g,"
+                      " lad %.9g vs %.17g", dir, kind, i, (double)in[i],
+                      (double)out[i], o, (double)lad[i], l);
+        worst = fmax(worst, fmax(fabs(out[i] - o) / to,
+                                 fabs(lad[i] - l) / tl));
+        if (fabs(in[i]) > 3)
+            ck_assert_msg(out[i] == in[i] && lad[i] == 0,
+                          "tail i %d: %.9g -> %.9g, lad %g", i,
+                          (double)in[i], (double)out[i], (double)lad[i]);
+    }
+    ck_assert_double_le(worst, 1.0);
+    /* the 2-lane path: the same bits, for every tail length */
+    ck_assert_int_eq(tf_lanes(2), 2);
+    for (int m = M - 17; m <= M; m++) {
+        ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, (size_t)m, in,
+                                                         th, out2, lad2),
+                         FLOW_OK);
+        ck_assert_int_eq(memcmp(out, out2, (size_t)m * sizeof *out), 0);
+        ck_assert_int_eq(memcmp(lad, lad2, (size_t)m * sizeof *lad), 0);
+    }
+    tf_lanes(0);
+}
+END_TEST
+
+/* The spline's VJP lanes against the double core (tf_vjp1), each entry
+ * within an ulp of float of the core's plus the knots' difference
+ * carried through the partials: those are rational in the knots with
+ * denominators down to the smallest bin (2B min), dk / (2B min)^2 = 4e-10
+ * of the row's largest gradient (a margin of 2.5 in 1e-9).  Loop index
+ * as test_spline_lanes_core's. */
+START_TEST(test_spline_lanes_vjp)
+{
+    enum { M = 1203 };
+    const flow_tf tfv = lane_tf(_i), *tf = &tfv;
+    const int dir = _i % 2, kind = _i < 8 ? _i / 2 : 1;
+    tf_cfg c;
+    static float th[M * 3 * TF_MAX_BINS], gt[M * 3 * TF_MAX_BINS],
+        gt2[M * 3 * TF_MAX_BINS];
+    float in[M], g[M], gl[M], gi[M], gi2[M], xs[M];
+    double thd[3 * TF_MAX_BINS], gtd[3 * TF_MAX_BINS], worst = 0;
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 500 + (uint64_t)_i);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int i = 0; i < M; i++) {
+        lane_theta(&r, kind, th + i * p, p);
+        in[i] = (float)(3.6 * (2 * rng_uniform(&r) - 1));
+        g[i] = (float)rng_normal1(&r);
+        gl[i] = (float)rng_normal1(&r);
+    }
+    in[0] = 3.0f;
+    in[2] = nextafterf(-3.0f, -10.0f);
+    ck_assert_int_eq(dir ? tf_inverse_backward(tf, M, in, NULL, th, g, gl,
+                                               gi, gt)
+                         : tf_backward(tf, M, in, th, g, gl, gi, gt),
+                     FLOW_OK);
+    for (int i = 0; i < M; i++) {
+        double gid, sc, tol;
+        for (size_t j = 0; j < p; j++)
+            thd[j] = th[i * p + j];
+        ck_assert_int_eq(tf_vjp1(&c, dir, in[i], thd, g[i], gl[i], &gid,
+                                 gtd), FLOW_OK);
+        sc = fabs(gid);
+        for (size_t j = 0; j < p; j++)
+            sc = fmax(sc, fabs(gtd[j]));
+        tol = 1e-9 * sc;
+        ck_assert_msg(fabs(gi[i] - gid) <= ulpf(gid) + tol,
+                      "dir %d kind %d i %d: dL/din %.9g vs %.17g", dir, kind,
+                      i, (double)gi[i], gid);
+        worst = fmax(worst, fabs(gi[i] - gid) / (ulpf(gid) + tol));
+        for (size_t j = 0; j < p; j++) {
+            double e = fabs(gt[i * p + j] - gtd[j]);
+            ck_assert_msg(e <= ulpf(gtd[j]) + tol,
+                          "dir %d kind %d i %d: dL/dtheta[%zu] %.9g vs "
+                          "%.17g", dir, kind, i, j, (double)gt[i * p + j],
+                          gtd[j]);
+            worst = fmax(worst, e / (ulpf(gtd[j]) + tol));
+        }
+    }
+    ck_assert_double_le(worst, 1.0);
+    /* the 2-lane path: the same bits, with and without the inverse */
+    if (dir)
+        ck_assert_int_eq(tf_inverse(tf, M, in, th, xs, NULL), FLOW_OK);
+    for (int w = 0; w < 2; w++)
+        for (int m = M - 9; m <= M; m++) {
+            const float *xh = w ? xs : NULL;
+            if (w && !dir)
+                break;
+            tf_lanes(0);
+            ck_assert_int_eq(dir ? tf_inverse_backward(tf, (size_t)m, in, xh,
+                                                       th, g, gl, gi, gt)
+                                 : tf_backward(tf, (size_t)m, in, th, g, gl,
+                                               gi, gt), FLOW_OK);
+            ck_assert_int_eq(tf_lanes(2), 2);
+            ck_assert_int_eq(dir ? tf_inverse_backward(tf, (size_t)m, in, xh,
+                                                       th, g, gl, gi2, gt2)
+                                 : tf_backward(tf, (size_t)m, in, th, g, gl,
+                                               gi2, gt2), FLOW_OK);
+            ck_assert_int_eq(memcmp(gi, gi2, (size_t)m * sizeof *gi), 0);
+            ck_assert_int_eq(memcmp(gt, gt2, (size_t)m * p * sizeof *gt), 0);
+        }
+    tf_lanes(0);
+}
+END_TEST
+
+/* Non-finite parameters: FLOW_ERR_NUMERIC exactly when the scalar path
+ * gives it (a finite input inside the bound with a non-finite result);
+ * the other scalars of the group keep their values; inputs outside stay
+ * the identity. */
+START_TEST(test_spline_lanes_nonfinite)
+{
+    enum { M = 21 };
+    const flow_tf *tf = &kinds[2];
+    tf_cfg c;
+    float th[M * 3 * 8], in[M], out[M], lad[M];
+    double thd[3 * 8];
+    flow_rng r;
+    size_t p;
+    rng_seed(&r, 77);
+    ck_assert_int_eq(tf_resolve(tf, &c), FLOW_OK);
+    p = c.n_theta;
+    for (int dir = 0; dir < 2; dir++)
+        for (int bad = 0; bad < 4; bad++) {
+            int want = FLOW_OK;
+            for (int i = 0; i < M; i++) {
+                lane_theta(&r, 0, th + i * p, p);
+                in[i] = (float)(2.9 * (2 * rng_uniform(&r) - 1));
+            }
+            /* row 3: a NaN or +inf width logit, +inf derivative params,
+             * or a NaN input (not flagged: not finite) */
+            if (bad == 0)
+                th[3 * p + 2] = NAN;
+            else if (bad == 1)
+                th[3 * p + 1] = INFINITY;
+            else if (bad == 2)
+                for (size_t j = 2 * 8; j < p; j++)
+                    th[3 * p + j] = INFINITY;
+            else
+                in[3] = NAN;
+            th[9 * p] = NAN;               /* row 9: outside, unflagged */
+            in[9] = 5.0f;
+            for (int i = 0; i < M; i++) {
+                double o, l;
+                for (size_t j = 0; j < p; j++)
+                    thd[j] = th[i * p + j];
+                tf_eval1(&c, dir, in[i], thd, &o, &l);
+                if (isfinite(in[i]) && !(isfinite(o) && isfinite(l)))
+                    want = FLOW_ERR_NUMERIC;
+            }
+            ck_assert_int_eq((dir ? tf_inverse : tf_forward)(tf, M, in, th,
+                                                             out, lad),
+                             want);
+            ck_assert_int_eq(want, bad < 3 ? FLOW_ERR_NUMERIC : FLOW_OK);
+            ck_assert_msg(out[9] == 5.0f && lad[9] == 0, "out %g lad %g",
+                          (double)out[9], (double)lad[9]);
+            {
+                /* in place (out = in), the rejected row redone from its
+                 * input: the same values */
+                float io[M];
+                memcpy(io, in, sizeof io);
+                ck_assert_int_eq((dir ? tf_inverse : tf_forward)(
+                                     tf, M, io, th, io, lad), want);
+                for (int i = 0; i < M; i++)
+                    ck_assert_msg(io[i] == out[i] ||
+                                  (isnan(io[i]) && isnan(out[i])),
+                                  "in place i %d: %g vs %g", i,
+                                  (double)io[i], (double)out[i]);
+            }
+            for (int i = 0; i < M; i++)
+                if (i != 3 && i != 9) {
+                    double o, l;
+                    for (size_t j = 0; j < p; j++)
+                        thd[j] = th[i * p + j];
+                    tf_eval1(&c, dir, in[i], thd, &o, &l);
+                    ck_assert_msg(fabs(out[i] - o) <= ulpf(o) + LANE_DK *
+                                  (1 + exp(l)), "bad %d i %d: %.9g vs %.9g",
+                                  bad, i, (double)out[i], o);
+                }
+        }
+}
+END_TEST
+
+/* The affine kinds: the 8-lane path's bits are the 2-lane path's */
+START_TEST(test_affine_lanes_bits)
+{
+    enum { M = 203 };
+    const flow_tf *tf = &kinds[_i ? 3 : 0];
+    float th[2 * M], in[M], g[M], gl[M], o[2][M], l[2][M], gi[2][M];
+    float gt[2][2 * M];
+    flow_rng r;
+    rng_seed(&r, 91 + (uint64_t)_i);
+    for (int i = 0; i < M; i++) {
+        th[2 * i] = (float)(4 * rng_normal1(&r));
+        th[2 * i + 1] = (float)rng_normal1(&r);
+        in[i] = (float)(3 * rng_normal1(&r));
+        g[i] = (float)rng_normal1(&r);
+        gl[i] = (float)rng_normal1(&r);
+    }
+    for (int dir = 0; dir < 2; dir++)
+        for (int m = M - 9; m <= M; m++) {
+            for (int w = 0; w < 2; w++) {
+                tf_lanes(w ? 2 : 0);
+                ck_assert_int_eq((dir ? tf_inverse : tf_forward)(
+                                     tf, (size_t)m, in, th, o[w], l[w]),
+                                 FLOW_OK);
+                ck_assert_int_eq(
+                    dir ? tf_inverse_backward(tf, (size_t)m, in, NULL, th, g,
+                                              gl, gi[w], gt[w])
+                        : tf_backward(tf, (size_t)m, in, th, g, gl, gi[w],
+                                      gt[w]), FLOW_OK);
+            }
+            tf_lanes(0);
+            ck_assert_int_eq(memcmp(o[0], o[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(l[0], l[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(gi[0], gi[1], (size_t)m * 4), 0);
+            ck_assert_int_eq(memcmp(gt[0], gt[1], (size_t)m * 8), 0);
+        }
+}
+END_TEST
+#endif
+
 Suite *suite_transform(void)
 {
     Suite *s = suite_create("transform");
@@ -502,6 +837,14 @@ Suite *suite_transform(void)
     tc = tcase_create("sigmoid");
     tcase_add_test(tc, test_sigmoid_scale);
     suite_add_tcase(s, tc);
+#if !FLOW_REAL_DOUBLE
+    tc = tcase_create("lanes");
+    tcase_add_loop_test(tc, test_spline_lanes_core, 0, 16);
+    tcase_add_loop_test(tc, test_spline_lanes_vjp, 0, 16);
+    tcase_add_test(tc, test_spline_lanes_nonfinite);
+    tcase_add_loop_test(tc, test_affine_lanes_bits, 0, 2);
+    suite_add_tcase(s, tc);
+#endif
     tc = tcase_create("errors");
     tcase_add_test(tc, test_invalid_and_numeric);
     tcase_add_test(tc, test_affine_nonfinite);
