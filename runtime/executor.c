@@ -16,6 +16,25 @@
  * going to memory and back for every layer (4096-row batches: 2 MB per
  * activation of width 128). */
 #define BLOCK_ROWS 256
+/* A row holding more pass state than this (an image flow's: glow_fashion
+ * 754 KB, against 37-100 KB for the vector benchmarks) takes grid blocks
+ * of IMAGE_BLOCK_ROWS: its log-density passes are LOGPROB_MIN_ROWS rows,
+ * and one block of 256 would leave every thread but one idle. */
+#define IMAGE_ROW_BYTES ((size_t)256 << 10)
+#define IMAGE_BLOCK_ROWS 8
+
+static size_t pass_bytes_per_row(const flow_model *m);
+
+/* The grid's rows for m's passes without tape: the model's alone (never
+ * the thread count's), so that which rows share a call, and a drawing
+ * layer's block streams, do not follow T. */
+static size_t grid_rows(flow_model *m)
+{
+    if (!m->grid_rows)
+        m->grid_rows = pass_bytes_per_row(m) > IMAGE_ROW_BYTES
+                       ? IMAGE_BLOCK_ROWS : BLOCK_ROWS;
+    return m->grid_rows;
+}
 
 /* ------------------------------------------------------------ layer calls */
 
@@ -127,8 +146,8 @@ static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
         return ensure_block_ws(m, nd, dir);
     if (m->blk_rows)            /* a whole-batch layer: one call, all rows */
         k = 1, rows = n;
-    else if (rows < BLOCK_ROWS) /* a pass without tape: a grid block */
-        rows = n < BLOCK_ROWS ? n : BLOCK_ROWS;
+    else if (rows < grid_rows(m)) /* a pass without tape: a grid block */
+        rows = n < grid_rows(m) ? n : grid_rows(m);
     need = nd->type->workspace ? nd->type->workspace(nd->self, rows, dir) : 0;
     for (size_t t = 0; t < k; t++) {
         if (need <= nd->ws_bytes[t])
@@ -423,7 +442,7 @@ int exec_run_job(job *j, const char *what)
     size_t bad = MAX_THREADS;
     j->k = j->n_steps == 1 && first->kind == NODE_LAYER
                ? chunks(m, first, j->n) : row_chunks(m, j->n);
-    j->block = j->no_tape ? BLOCK_ROWS : 0;
+    j->block = j->no_tape ? grid_rows(m) : 0;
     for (size_t i = 0; i < j->n_steps; i++)   /* whole rows only */
         if (j->steps[i].nd->kind == NODE_LAYER
             && (j->steps[i].nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))

@@ -87,6 +87,7 @@ struct flow_model {
     arena_block *arena;
     /* per-batch storage, grown on demand */
     size_t cap_rows;
+    size_t grid_rows;           /* executor.c grid_rows, 0: not yet */
     flow_real **act;            /* act[i]: input of node i; act[n]: output */
     flow_real *ld, *ld_sum, *ones;
     flow_real *g0, *g1;         /* gradient ping-pong, cap_rows x dim */
