@@ -676,7 +676,8 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
 {
     int rc, skip = skips_logdet(m, flags);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = prepare_all(m, n, 0)) != FLOW_OK)
+        || (!(flags & EXEC_PREPARED)
+            && (rc = prepare_all(m, n, 0)) != FLOW_OK))
         return rc;
     memcpy(m->act[0], x, n * m->dim * sizeof *x);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
@@ -831,8 +832,12 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
     for (size_t r = 0; r < n && rc == FLOW_OK; r += block) {
         size_t b = n - r < block ? n - r : block;
         m->row_base = r;
+        /* one batch for the layers: prepare (a MADE's weights sorted and
+         * transposed, 1.8M of them in maf64, LU factors assembled, an
+         * ODE's evaluation count reset) once, on the first and largest
+         * block, as the parameters cannot change within the call */
         rc = exec_forward(m, b, x + r * m->dim, c ? c + r * m->cdim : NULL,
-                          m->zbuf, 0, 0);
+                          m->zbuf, 0, r ? EXEC_PREPARED : 0);
         if (rc == FLOW_OK) {
             memcpy(logp + r, m->ld_sum, b * sizeof *logp);
             rc = exec_add_base_logpdf(m, b, m->zbuf, logp + r);

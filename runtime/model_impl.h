@@ -196,6 +196,9 @@ void exec_free_block_ws(node *nd);
  * honoured in evaluation mode without EXEC_TAPE only. */
 #define EXEC_TAPE 1u
 #define EXEC_NO_LOGDET 2u
+/* the layers were prepared for this batch by an earlier pass of the same
+ * call on as many rows or more (flow_model_log_prob's later blocks) */
+#define EXEC_PREPARED 4u
 
 /* Forward through every node from x (n x dim): z gets the exits' columns
  * then the final state, m->ld_sum the summed log-dets, m->act the
