@@ -138,7 +138,8 @@ static size_t chunks(const flow_model *m, const node *nd, size_t n)
  * without a workspace callback needs none. */
 static int ensure_block_ws(flow_model *m, node *nd, int dir);
 
-static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
+static int ensure_ws(flow_model *m, node *nd, size_t n, int dir,
+                     int no_tape)
 {
     size_t k = chunks(m, nd, n), rows = (n + k - 1) / k;
     size_t need;
@@ -146,7 +147,12 @@ static int ensure_ws(flow_model *m, node *nd, size_t n, int dir)
         return ensure_block_ws(m, nd, dir);
     if (m->blk_rows)            /* a whole-batch layer: one call, all rows */
         k = 1, rows = n;
-    else if (rows < grid_rows(m)) /* a pass without tape: a grid block */
+    else if ((no_tape && !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH))
+             || rows < grid_rows(m))
+        /* a pass without tape calls the layer on grid blocks (job_task),
+         * whatever a thread's share of the rows: the workspace of a
+         * block, not of the share (a 4096-row log-density pass of maf64
+         * held 80 MB of MADE tapes for 256-row calls) */
         rows = n < grid_rows(m) ? n : grid_rows(m);
     need = nd->type->workspace ? nd->type->workspace(nd->self, rows, dir) : 0;
     for (size_t t = 0; t < k; t++) {
@@ -496,7 +502,7 @@ void exec_blocks_drain(flow_model *m, size_t fwd_from, size_t bwd_from)
             if (nd->kind != NODE_LAYER
                 || !(nd->desc.flags & FLOW_LAYER_WHOLE_BATCH)
                 || (pass ? i >= bwd_from : i < fwd_from)
-                || ensure_ws(m, nd, 0, 0) != FLOW_OK)
+                || ensure_ws(m, nd, 0, 0, 0) != FLOW_OK)
                 continue;
             exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
             c.block_rows = m->blk_rows;
@@ -610,12 +616,12 @@ int exec_batch_all(flow_model *m, size_t n, int finish,
                              finish ? "gradient" : "prepare");
 }
 
-static int prepare_all(flow_model *m, size_t n, int dir)
+static int prepare_all(flow_model *m, size_t n, int dir, int no_tape)
 {
     int rc;
     for (size_t i = 0; i < m->n_nodes; i++)
         if (m->nodes[i].kind == NODE_LAYER
-            && (rc = ensure_ws(m, &m->nodes[i], n, dir)) != FLOW_OK)
+            && (rc = ensure_ws(m, &m->nodes[i], n, dir, no_tape)) != FLOW_OK)
             return rc;
     return exec_batch_all(m, n, 0, NULL, NULL);
 }
@@ -677,7 +683,7 @@ int exec_forward(flow_model *m, size_t n, const flow_real *x,
     int rc, skip = skips_logdet(m, flags);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
         || (!(flags & EXEC_PREPARED)
-            && (rc = prepare_all(m, n, 0)) != FLOW_OK))
+            && (rc = prepare_all(m, n, 0, !(flags & EXEC_TAPE))) != FLOW_OK))
         return rc;
     memcpy(m->act[0], x, n * m->dim * sizeof *x);
     memset(m->ld_sum, 0, n * sizeof *m->ld_sum);
@@ -800,11 +806,25 @@ static size_t pass_bytes_per_row(const flow_model *m)
     return b;
 }
 
-/* A log-density holds LOGPROB_BLOCK_BYTES of per-row state at most (but
- * at least LOGPROB_MIN_ROWS rows a pass, so that the threads keep whole
- * chunks): the caller's n rows go through in blocks, each row's value
- * the same bits in any block (docs/runtime.md, "Threading in the
- * executor"). */
+/* Bytes a pass without tape holds per row: the activations between the
+ * nodes only, as its layers' workspaces are per grid block and thread
+ * (ensure_ws). */
+static size_t act_bytes_per_row(const flow_model *m)
+{
+    size_t b = model_out_dim(m) * sizeof(flow_real);
+    for (size_t i = 0; i < m->n_nodes; i++)
+        b += m->nodes[i].in_dim * sizeof(flow_real);
+    return b;
+}
+
+/* A log-density holds LOGPROB_BLOCK_BYTES of activations at most (but at
+ * least LOGPROB_MIN_ROWS rows a pass, so that the threads keep whole
+ * chunks), besides each thread's workspace for a grid block: the
+ * caller's n rows go through in blocks, each row's value the same bits
+ * in any block (docs/runtime.md, "Threading in the executor").  Blocks
+ * of many grid blocks keep the threads even: maf64's 4096 rows went in
+ * blocks of 820 when the workspaces counted per row, four grid blocks of
+ * 256, 256, 256 and 52 rows, one thread idle for a fifth of the pass. */
 #define LOGPROB_BLOCK_BYTES ((size_t)32 << 20)
 #define LOGPROB_MIN_ROWS 64
 
@@ -816,7 +836,7 @@ int flow_model_log_prob(flow_model *m, size_t n, const flow_real *x,
     if ((rc = model_check_rows(m, n)) != FLOW_OK)
         return rc;
     ctx_clear_error(m->ctx);
-    per_row = pass_bytes_per_row(m);
+    per_row = act_bytes_per_row(m);
     block = LOGPROB_BLOCK_BYTES / (per_row ? per_row : 1);
     if (block < LOGPROB_MIN_ROWS)
         block = LOGPROB_MIN_ROWS;
@@ -855,7 +875,7 @@ int exec_inverse(flow_model *m, size_t n, const flow_real *z,
     size_t df = model_out_dim(m);
     int rc, skip = skips_logdet(m, flags);
     if ((rc = exec_grow_batch(m, n)) != FLOW_OK
-        || (rc = prepare_all(m, n, 1)) != FLOW_OK)
+        || (rc = prepare_all(m, n, 1, !(flags & EXEC_TAPE))) != FLOW_OK)
         return rc;
     for (size_t r = 0; r < n; r++)
         memcpy(m->act[m->n_nodes] + r * df, z + r * m->dim + m->z_final,

@@ -778,6 +778,121 @@ int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
     return FLOW_OK;
 }
 
+/* Layer l of nn_made_forward through OpenBLAS: z = in W^T + b over the
+ * blocks' prefixes (the float64 build, and CPUs without tgemm). */
+static int made_layer_blas(const flow_net *net, size_t l, size_t n,
+                           const flow_real *in, size_t ldin,
+                           const flow_real *w, const flow_real *bias,
+                           flow_real *z)
+{
+    const nn_layer *ly = &net->layer[l];
+    size_t R = ly->out, C = ly->cols;
+    const size_t *ex = net->ext + sort_roff(net, l);
+    int st = FLOW_OK;
+    fill_rows(n, R, bias, z);
+    if ((l ? ly->in : net->k + net->d) * MADE_BLOCK < 32 * R) {
+        /* column blocks would average under 32 wide (few inputs): one
+         * GEMM per row block over its prefix (docs/runtime.md) */
+        for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+            if (ex[p0])
+                st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
+                               w + p0 * C, C, 1, z + p0, R);
+        }
+        return st;
+    }
+    /* by column blocks: columns [ext of block b-1, ext of block b) feed
+     * the rows of blocks b, b+1, ... (ext grows with the degree); each
+     * input column is packed for BLAS once, where row blocks would pack
+     * their prefix again for every block */
+    for (size_t p0 = 0, e0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
+        size_t e1 = ex[p0];
+        if (e1 <= e0)
+            continue;
+        st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0, ldin,
+                       w + p0 * C + e0, C, 1, z + p0, R);
+        e0 = e1;
+    }
+    return st;
+}
+
+#if !FLOW_REAL_DOUBLE
+/* z[r][p] = act(bias[p]) for rows p in [p0, p1) that see no input (a
+ * block whose prefix is empty): the value of the GEMMs' epilogue with no
+ * products. */
+static void made_bias_only(size_t n, size_t R, size_t p0, size_t p1,
+                           const flow_real *bias, int relu, flow_real *z)
+{
+    for (size_t r = 0; r < n; r++) {
+        flow_real *zr = z + r * R;
+        for (size_t p = p0; p < p1; p++)
+            zr[p] = relu ? pos_mask(bias[p]) * bias[p] : bias[p];
+    }
+}
+
+/* Layer l of nn_made_forward on tgemm against W^T in degree order (wt,
+ * made_wt): the same blocks as made_layer_blas, with the bias added by
+ * the epilogue of each row's first product instead of a pass filling z,
+ * and ReLU (relu) by the epilogue of its last: rows [p0, q) are complete
+ * once the column block ending at ext[p0] is in, q the first row block
+ * whose prefix is longer, so that block's product is split at q, the
+ * columns before it with ReLU.  Each entry is the same sequence of
+ * operations as fill, products, act_inplace (the bias added as C would
+ * be; tgemm's ReLU is act_inplace's pos_mask(v) v): the same bits. */
+static int made_layer_tgemm(const flow_net *net, size_t l, size_t n,
+                            const flow_real *in, size_t ldin,
+                            const flow_real *wt, const flow_real *bias,
+                            int relu, flow_real *z)
+{
+    const nn_layer *ly = &net->layer[l];
+    size_t R = ly->out;
+    const size_t *ex = net->ext + sort_roff(net, l);
+    if ((l ? ly->in : net->k + net->d) * MADE_BLOCK < 32 * R) {
+        for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
+            size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
+            tgemm_epi ep = {.bias = bias + p0, .relu = relu};
+            if (!ex[p0])
+                made_bias_only(n, R, p0, p1, bias, relu, z);
+            else if (!tgemm_mixed_ep(n, p1 - p0, ex[p0], in, ldin, 1,
+                                     wt + p0, R, &ep, z + p0, R))
+                return FLOW_ERR_UNSUPPORTED;
+        }
+        return FLOW_OK;
+    }
+    for (size_t p0 = 0, e0 = 0; p0 < R; p0 += MADE_BLOCK) {
+        size_t e1 = ex[p0], q = p0;
+        tgemm_epi ep = {.relu = relu};
+        if (e1 <= e0) {
+            if (e1 == 0)        /* no input yet: the bias alone */
+                made_bias_only(n, R, p0,
+                               p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R,
+                               bias, relu, z);
+            continue;
+        }
+        while (q < R && ex[q] <= e1)
+            q += MADE_BLOCK;
+        if (q > R)
+            q = R;
+        if (e0 == 0)
+            ep.bias = bias + p0;
+        else
+            ep.acc = 1;
+        /* rows [p0, q) complete here: their activation in the epilogue */
+        if (!tgemm_mixed_ep(n, q - p0, e1 - e0, in + e0, ldin, 1,
+                            wt + e0 * R + p0, R, &ep, z + p0, R))
+            return FLOW_ERR_UNSUPPORTED;
+        ep.relu = 0;
+        if (ep.bias)
+            ep.bias = bias + q;
+        if (q < R && !tgemm_mixed_ep(n, R - q, e1 - e0, in + e0, ldin, 1,
+                                     wt + e0 * R + q, R, &ep, z + q, R))
+            return FLOW_ERR_UNSUPPORTED;
+        e0 = e1;
+    }
+    return FLOW_OK;
+}
+#endif
+
 /* Same as nn_forward on the parameters sw was sorted from, in degree
  * order: each block of MADE_BLOCK rows is one GEMM over its input prefix
  * (made_blocks), the masked zeros past it skipped; the same sums as the
@@ -831,8 +946,7 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
     for (size_t l = 0; l < net->n_layers; l++) {
         const nn_layer *ly = &net->layer[l];
         int last = l + 1 == net->n_layers;
-        size_t roff = sort_roff(net, l), R = ly->out;
-        const size_t *ex = net->ext + roff;
+        size_t R = ly->out;
         const flow_real *w = prep_w(net, sw, l);
         /* W^T for tgemm: column block [e0, e1) of rows p0.. is the k x n
          * matrix at row e0, column p0 of made_wt (stride R) */
@@ -843,49 +957,24 @@ int nn_made_forward(const flow_net *net, const flow_real *sw, size_t n,
         flow_real *z = last ? ys
                        : net->act == FLOW_ACT_RELU
                        ? h : at(ws, so.z) + hidden_off(net, l) * n;
-        int st = FLOW_OK;
+        int relu = !last && net->act == FLOW_ACT_RELU, st;
         (void)wt;               /* read by the float build's tgemm only */
-        fill_rows(n, R, prep_b(net, sw, l), z);
-        if ((l ? ly->in : k + d) * MADE_BLOCK < 32 * R) {
-            /* column blocks would average under 32 wide (few inputs): one
-             * GEMM per row block over its prefix (docs/runtime.md) */
-            for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
-                size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
-                if (!ex[p0])
-                    continue;
 #if !FLOW_REAL_DOUBLE
-                if (wt && tgemm_mixed(n, p1 - p0, ex[p0], in, ldin, 1,
-                                      wt + p0, R, NULL, 1, z + p0, R))
-                    continue;
+        if (wt)
+            st = made_layer_tgemm(net, l, n, in, ldin, wt,
+                                  prep_b(net, sw, l), relu, z);
+        else
 #endif
-                st = blas_gemm(0, 1, n, p1 - p0, ex[p0], 1, in, ldin,
-                               w + p0 * ly->cols, ly->cols, 1, z + p0, R);
-            }
-        } else {
-            /* by column blocks: columns [ext of block b-1, ext of block
-             * b) feed the rows of blocks b, b+1, ... (ext grows with the
-             * degree); each input column is packed for BLAS once, where
-             * row blocks would pack their prefix again for every block */
-            for (size_t p0 = 0, e0 = 0; p0 < R && st == FLOW_OK;
-                 p0 += MADE_BLOCK) {
-                size_t e1 = ex[p0];
-                if (e1 <= e0)
-                    continue;
-#if !FLOW_REAL_DOUBLE
-                if (!(wt && tgemm_mixed(n, R - p0, e1 - e0, in + e0, ldin,
-                                        1, wt + e0 * R + p0, R, NULL, 1,
-                                        z + p0, R)))
-#endif
-                    st = blas_gemm(0, 1, n, R - p0, e1 - e0, 1, in + e0,
-                                   ldin, w + p0 * ly->cols + e0, ly->cols, 1,
-                                   z + p0, R);
-                e0 = e1;
-            }
+        {
+            relu = 0;
+            st = made_layer_blas(net, l, n, in, ldin, w, prep_b(net, sw, l),
+                                 z);
         }
         if (st != FLOW_OK)
             return st;
         if (!last) {
-            act_inplace(net, n * R, z, h);
+            if (!relu)
+                act_inplace(net, n * R, z, h);
             in = h;
             ldin = R;
         }

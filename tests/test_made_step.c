@@ -494,6 +494,11 @@ static const mcase sorted_cases[] = {
     {1, 2, 2, 1, {6}, FLOW_ACT_ELU, 0},          /* D = 1: context only  */
     {7, 0, 2, 0, {0}, FLOW_ACT_RELU, 1},         /* no hidden layer      */
     {9, 1, 2, 2, {40, 70}, FLOW_ACT_LEAKY_RELU, 1},
+    /* 70 outputs per dimension: the first output block's 64 rows see no
+     * hidden unit (bias only), by column blocks (120 >= 210 / 2 inputs)
+     * and by row blocks (20) */
+    {3, 0, 70, 1, {120}, FLOW_ACT_RELU, 0},
+    {3, 0, 70, 1, {20}, FLOW_ACT_RELU, 1},
 };
 
 static double rel_err(const flow_real *a, const flow_real *b, size_t n,
