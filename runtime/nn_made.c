@@ -1037,7 +1037,14 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
         const flow_real *in =
             l ? at(ws, so.h) + hidden_off(net, l - 1) * n : at(ws, so.xs);
         flow_real *gin = buf[nb];
+        /* ReLU below on tgemm (the forward's made_wt says it runs here):
+         * the activation's backward fused into the products of dh */
+        int fuse = l > 0 && net->act == FLOW_ACT_RELU
+                   && ((const made_prep *)(const void *)sw)->have_wt;
+        const flow_real *hprev =
+            l ? at(ws, so.h) + hidden_off(net, l - 1) * n : NULL;
         int st;
+        (void)hprev;            /* read by the float build's tgemm only */
         if (dparams)
             for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
                 size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
@@ -1055,6 +1062,24 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
             size_t e1 = ex[p0];
             if (e1 <= e0)
                 continue;
+#if !FLOW_REAL_DOUBLE
+            if (fuse) {
+                /* column block [e0, e1) of dh is complete in this product
+                 * (every row that reads it is in [p0, R)): ReLU's
+                 * derivative and the bias gradient's column sums in its
+                 * epilogue, grad_act_bias's operations in its order */
+                tgemm_epi ep = {
+                    .gate = hprev + e0, .ldg = C,
+                    .colsum = dparams ? dparams + net->layer[l - 1].b_off + e0
+                                      : NULL};
+                if (!tgemm_mixed_ep(n, e1 - e0, R - p0, gcur + p0, R, 1,
+                                    w + p0 * ly->cols + e0, ly->cols, &ep,
+                                    gin + e0, C))
+                    return FLOW_ERR_UNSUPPORTED;
+                e0 = e1;
+                continue;
+            }
+#endif
             st = made_gemm(0, n, e1 - e0, R - p0, gcur + p0, R,
                            w + p0 * ly->cols + e0, ly->cols, 0, gin + e0,
                            C);
@@ -1077,7 +1102,7 @@ int nn_made_backward(const flow_net *net, const flow_real *sw, size_t n,
             }
             return FLOW_OK;
         }
-        {
+        if (!fuse) {
             size_t hp = hidden_off(net, l - 1) * n;
             const flow_real *h = at(ws, so.h) + hp;
             const flow_real *z = net->act == FLOW_ACT_RELU ? h
