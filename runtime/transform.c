@@ -515,13 +515,6 @@ static inline tf_v2 sqrt_w2(tf_v2 x)
 #define TATTR
 #define TATTR_F
 #include "transform_lanes.h"
-#undef TN
-#undef TV
-#undef TI
-#undef TU
-#undef TF_
-#undef TATTR
-#undef TATTR_F
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define TF_HAVE_W8 1
@@ -636,13 +629,6 @@ static inline TF_W8I tf_v8 sqrt_w8(tf_v8 x)
 #define TATTR TF_W8I
 #define TATTR_F TF_W8
 #include "transform_lanes.h"
-#undef TN
-#undef TV
-#undef TI
-#undef TU
-#undef TF_
-#undef TATTR
-#undef TATTR_F
 #endif
 
 /* 8 when the CPU has AVX-512 (F, VL, DQ), else 2; tf_lanes' force */

@@ -12,7 +12,8 @@
  * rounding to float), TF_(allin) (every lane in [lo, hi], NaN not),
  * TF_(any) (some lane -1) and TF_(sqrt).  Every operation below is one
  * IEEE operation on each lane in the scalar code's order (the build has
- * no FMA contraction: -std=c11), so every width gives the same bits. */
+ * no FMA contraction: -std=c11), so every width gives the same bits.
+ * The width's macros are undefined at the end, ready for the next. */
 
 static inline TATTR TV TF_(bc)(double c)
 {
@@ -766,3 +767,11 @@ static TATTR_F int TF_(spline_vjp_f)(const tf_cfg *c, int dir, size_t m,
     }
     return st;
 }
+
+#undef TN
+#undef TV
+#undef TI
+#undef TU
+#undef TF_
+#undef TATTR
+#undef TATTR_F
