@@ -10,6 +10,7 @@
 #include "flow/flowc.h"
 #include "../runtime/rng.h"
 #include "../runtime/tgemm.h"
+#include "model_util.h"
 #include "suites.h"
 
 /* 1 where the bf16 kernel runs; else a message and the check is skipped */
@@ -245,26 +246,14 @@ static flow_ctx *ctx;
 
 static void setup(void)
 {
-    ctx = flow_ctx_new();
-    ck_assert_ptr_nonnull(ctx);
-    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
+    ctx = tu_ctx_with_plugins();
 }
 
 static void teardown(void) { flow_ctx_free(ctx); }
 
 static flow_model *build(const char *src, flow_compilation **comp)
 {
-    flow_model *m = NULL;
-    *comp = flow_compile_string(ctx, "bf16.flow", src, strlen(src));
-    ck_assert_ptr_nonnull(*comp);
-    if (flow_compile_errors(*comp))
-        flow_compile_print_diags(*comp, stderr, FLOW_DIAG_TEXT);
-    ck_assert_int_eq(flow_compile_errors(*comp), 0);
-    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(*comp), 5,
-                                         &m) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
-    return m;
+    return tu_build_model(ctx, "bf16.flow", src, 5, comp);
 }
 
 /* An affine-coupling model (MLP conditioners) and a MAF (MADE), their

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "flow/flowc.h"
+#include "model_util.h"
 #include "suites.h"
 
 static const char spec[] =
@@ -30,10 +31,7 @@ static char path[64];
 
 static void setup(void)
 {
-    ctx = flow_ctx_new();
-    ck_assert_ptr_nonnull(ctx);
-    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
+    ctx = tu_ctx_with_plugins();
     snprintf(path, sizeof path, "/tmp/flowkit-ckm-%ld.ckpt", (long)getpid());
 }
 
@@ -45,16 +43,7 @@ static void teardown(void)
 
 static flow_model *build(const char *src, flow_compilation **comp)
 {
-    flow_model *m = NULL;
-    *comp = flow_compile_string(ctx, "ck.flow", src, strlen(src));
-    ck_assert_ptr_nonnull(*comp);
-    if (flow_compile_errors(*comp))
-        flow_compile_print_diags(*comp, stderr, FLOW_DIAG_TEXT);
-    ck_assert_uint_eq(flow_compile_errors(*comp), 0);
-    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(*comp), 7,
-                                         &m) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
-    return m;
+    return tu_build_model(ctx, "ck.flow", src, 7, comp);
 }
 
 START_TEST(test_save_load_bit_identical)

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "flow/flowc.h"
+#include "model_util.h"
 #include "suites.h"
 #include "../runtime/json.h"
 
@@ -20,10 +21,7 @@ static json_doc *head, *arch;
 
 static void setup(void)
 {
-    ctx = flow_ctx_new();
-    ck_assert_ptr_nonnull(ctx);
-    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
+    ctx = tu_ctx_with_plugins();
     snprintf(path, sizeof path, "/tmp/flowkit-exp-%ld.st", (long)getpid());
     file = NULL;
     head = arch = NULL;
@@ -40,16 +38,7 @@ static void teardown(void)
 
 static flow_model *build(const char *src, flow_compilation **comp)
 {
-    flow_model *m = NULL;
-    *comp = flow_compile_string(ctx, "ex.flow", src, strlen(src));
-    ck_assert_ptr_nonnull(*comp);
-    if (flow_compile_errors(*comp))
-        flow_compile_print_diags(*comp, stderr, FLOW_DIAG_TEXT);
-    ck_assert_uint_eq(flow_compile_errors(*comp), 0);
-    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(*comp), 3,
-                                         &m) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
-    return m;
+    return tu_build_model(ctx, "ex.flow", src, 3, comp);
 }
 
 /* Reads path: the header into `head`, the architecture into `arch`;

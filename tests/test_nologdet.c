@@ -8,16 +8,14 @@
 
 #include "flow/flow.h"
 #include "flow/flowc.h"
+#include "model_util.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
 
 static void setup(void)
 {
-    ctx = flow_ctx_new();
-    ck_assert_ptr_nonnull(ctx);
-    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
+    ctx = tu_ctx_with_plugins();
     ck_assert_msg(flow_plugin_load(ctx, test_plugin("ldbugs")) == FLOW_OK,
                   "%s", flow_errmsg(ctx));
 }
@@ -84,19 +82,9 @@ static flow_model *build(const char *name, const char *body,
                          flow_compilation **comp)
 {
     char src[2048];
-    flow_model *m = NULL;
     snprintf(src, sizeof src, "flow %s { %s output z ~ normal; }", name,
              body);
-    *comp = flow_compile_string(ctx, "nologdet.flow", src, strlen(src));
-    ck_assert_ptr_nonnull(*comp);
-    if (flow_compile_errors(*comp))
-        flow_compile_print_diags(*comp, stderr, FLOW_DIAG_TEXT);
-    ck_assert_msg(flow_compile_errors(*comp) == 0, "%s: spec does not "
-                  "compile", name);
-    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(*comp), 7,
-                                         &m) == FLOW_OK, "%s: %s", name,
-                  flow_errmsg(ctx));
-    return m;
+    return tu_build_model(ctx, "nologdet.flow", src, 7, comp);
 }
 
 /* Parameters moved off their initial values (identity-initialised nets,
