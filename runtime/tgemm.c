@@ -299,38 +299,20 @@ tz_gate8(__m256 v, __m256 g)
     return _mm256_mask_mul_ps(v, neg, v, _mm256_setzero_ps());
 }
 
+/* The epilogue (tgemm.h) on the accumulators of a tile of mr rows x 16
+ * nb columns, shared by the float and bf16 tiles */
 static inline __attribute__((always_inline)) TZ_TARGET void
-tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
-        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
+tz_store(int mr, int nb, __m512 *c0, __m512 *c1, tg_ep e, float *c,
+         size_t ldc)
 {
-    const float *bias = e.bias;
-    int acc = e.acc;
-    __m512 c0[TZ_MR], c1[TZ_MR];
-#pragma GCC unroll 12
-    for (int i = 0; i < TZ_MR; i++) {
-        c0[i] = _mm512_setzero_ps();
-        c1[i] = _mm512_setzero_ps();
-    }
-    for (size_t q = 0; q < k; q++) {
-        const float *bq = b + q * ldb, *aq = a + q * acs;
-        __m512 b0 = _mm512_loadu_ps(bq);
-        __m512 b1 = nb > 1 ? _mm512_loadu_ps(bq + 16) : b0;
-#pragma GCC unroll 12
-        for (int i = 0; i < mr; i++) {
-            __m512 av = _mm512_set1_ps(aq[i * ars]);
-            c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
-            if (nb > 1)
-                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
-        }
-    }
 #pragma GCC unroll 12
     for (int i = 0; i < mr; i++) {
         float *ci = c + i * ldc;
-        if (bias) {
-            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(bias));
+        if (e.bias) {
+            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(e.bias));
             if (nb > 1)
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(bias + 16));
-        } else if (acc) {
+                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(e.bias + 16));
+        } else if (e.acc) {
             c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
             if (nb > 1)
                 c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
@@ -350,7 +332,7 @@ tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
         if (nb > 1)
             _mm512_storeu_ps(ci + 16, c1[i]);
     }
-    if (e.colsum) {             /* row by row, as tgemm.h promises */
+    if (e.colsum) {
         __m512 s0 = _mm512_loadu_ps(e.colsum), s1 = s0;
         if (nb > 1)
             s1 = _mm512_loadu_ps(e.colsum + 16);
@@ -363,6 +345,31 @@ tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
         if (nb > 1)
             _mm512_storeu_ps(e.colsum + 16, s1);
     }
+}
+
+static inline __attribute__((always_inline)) TZ_TARGET void
+tz_tile(int mr, int nb, size_t k, const float *a, size_t ars, size_t acs,
+        const float *b, size_t ldb, tg_ep e, float *c, size_t ldc)
+{
+    __m512 c0[TZ_MR], c1[TZ_MR];
+#pragma GCC unroll 12
+    for (int i = 0; i < TZ_MR; i++) {
+        c0[i] = _mm512_setzero_ps();
+        c1[i] = _mm512_setzero_ps();
+    }
+    for (size_t q = 0; q < k; q++) {
+        const float *bq = b + q * ldb, *aq = a + q * acs;
+        __m512 b0 = _mm512_loadu_ps(bq);
+        __m512 b1 = nb > 1 ? _mm512_loadu_ps(bq + 16) : b0;
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            __m512 av = _mm512_set1_ps(aq[i * ars]);
+            c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+            if (nb > 1)
+                c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+        }
+    }
+    tz_store(mr, nb, c0, c1, e, c, ldc);
 }
 
 /* 8 columns, up to 24 rows in 256-bit registers (a narrow C, e.g. a
@@ -788,53 +795,6 @@ static TB_TARGET void tb_pack_a(size_t m, size_t k, const float *a,
     }
 }
 
-/* The epilogue of tz_tile on the accumulators of a tile (tgemm.h) */
-static inline __attribute__((always_inline)) TB_TARGET void
-tb_store(int mr, int nb, __m512 *c0, __m512 *c1, tg_ep e, float *c,
-         size_t ldc)
-{
-#pragma GCC unroll 12
-    for (int i = 0; i < mr; i++) {
-        float *ci = c + i * ldc;
-        if (e.bias) {
-            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(e.bias));
-            if (nb > 1)
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(e.bias + 16));
-        } else if (e.acc) {
-            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(ci));
-            if (nb > 1)
-                c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(ci + 16));
-        }
-        if (e.relu) {
-            c0[i] = tz_relu(c0[i]);
-            if (nb > 1)
-                c1[i] = tz_relu(c1[i]);
-        }
-        if (e.gate) {
-            const float *gi = e.gate + i * e.ldg;
-            c0[i] = tz_gate(c0[i], _mm512_loadu_ps(gi));
-            if (nb > 1)
-                c1[i] = tz_gate(c1[i], _mm512_loadu_ps(gi + 16));
-        }
-        _mm512_storeu_ps(ci, c0[i]);
-        if (nb > 1)
-            _mm512_storeu_ps(ci + 16, c1[i]);
-    }
-    if (e.colsum) {
-        __m512 s0 = _mm512_loadu_ps(e.colsum), s1 = s0;
-        if (nb > 1)
-            s1 = _mm512_loadu_ps(e.colsum + 16);
-        for (int i = 0; i < mr; i++) {
-            s0 = _mm512_add_ps(s0, c0[i]);
-            if (nb > 1)
-                s1 = _mm512_add_ps(s1, c1[i]);
-        }
-        _mm512_storeu_ps(e.colsum, s0);
-        if (nb > 1)
-            _mm512_storeu_ps(e.colsum + 16, s1);
-    }
-}
-
 /* mr rows x 16 nb columns (nb = 1, 2) from packed A and B */
 static inline __attribute__((always_inline)) TB_TARGET void
 tb_tile(int mr, int nb, size_t kp, const uint32_t *ap, size_t pars,
@@ -859,7 +819,7 @@ tb_tile(int mr, int nb, size_t kp, const uint32_t *ap, size_t pars,
                 c1[i] = _mm512_dpbf16_ps(c1[i], av, b1);
         }
     }
-    tb_store(mr, nb, c0, c1, e, c, ldc);
+    tz_store(mr, nb, c0, c1, e, c, ldc);
 }
 
 /* mr rows x the last 8 columns, in 256-bit registers */
