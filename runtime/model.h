@@ -84,7 +84,8 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
  * after the other in x.  One forward and backward pass, layer by layer,
  * the model's threads each taking whole blocks.  Local block k's
  * gradient of its rows' log-densities, each weighted by `weight`, goes
- * to bgrad + k * n_params (every slot overwritten) as the layers'
+ * to bgrad + k * n_params (every slot overwritten; outside the support
+ * left as it is under model_set_live_slots) as the layers'
  * backward passes leave it, before their finish_grad (which maps the sum
  * of the slots once: model_blocks_finish), and the plain sum of its
  * rows' log-densities (in row order, in double) to sum_logp[k]: each
