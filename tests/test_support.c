@@ -306,7 +306,7 @@ START_TEST(test_invalid_support_refused)
     size_t n_runs, n_live;
     const size_t *runs;
     flow_model *m;
-    ck_assert_int_eq(flow_plugin_load(ctx, test_plugin("minimal")), FLOW_OK);
+    ck_assert_int_eq(flow_plugin_load(ctx, test_plugin("minsupport")), FLOW_OK);
     for (size_t i = 0; i < 2; i++) {
         m = flow_model_new(ctx, D, 0);
         ck_assert_ptr_nonnull(m);
@@ -314,7 +314,7 @@ START_TEST(test_invalid_support_refused)
                       == FLOW_OK, "%s", flow_errmsg(ctx));
         ck_assert_int_eq(flow_model_finish(m, 7), FLOW_ERR_PLUGIN);
         ck_assert_msg(strstr(flow_errmsg(ctx), bad[i]) != NULL
-                      && strstr(flow_errmsg(ctx), "minimal.so") != NULL
+                      && strstr(flow_errmsg(ctx), "minsupport.so") != NULL
                       && strstr(flow_errmsg(ctx), "grad_support") != NULL
                       && strstr(flow_errmsg(ctx), why[i]) != NULL, "%s",
                       flow_errmsg(ctx));

@@ -4,11 +4,14 @@
  * zeros: the layer starts as the identity.  log|det J| = 0.
  * minimal_made is the same layer holding a host MADE and no
  * upgrade_params, as a plugin built before ABI 1.11 would: the host must
- * refuse a checkpoint of format 1 or 2 for it.  minimal_runs lists its
- * gradient's support (ABI 1.12, grad_support) as one run per parameter,
- * more than the host's first call has room for; minimal_overlap and
- * minimal_past list invalid ones (overlapping runs; a run past the
- * layer's parameters), which the host must refuse by the layer's name. */
+ * refuse a checkpoint of format 1 or 2 for it.
+ * Built with MINIMAL_SUPPORT (minsupport.so, so that `flowkit check` of
+ * minimal.so stays all passes), the plugin holds instead three shifts
+ * listing their gradient's support (ABI 1.12, grad_support):
+ * minimal_runs one run per parameter, more than the host's first call
+ * has room for; minimal_overlap and minimal_past invalid lists
+ * (overlapping runs; a run past the layer's parameters), which the host
+ * must refuse by the layer's name. */
 #include <string.h>
 
 #include "flow/flow_plugin.h"
@@ -57,6 +60,7 @@ static void shift_destroy(void *self)
     }
 }
 
+#ifndef MINIMAL_SUPPORT
 /* shift_create, and a host MADE of D inputs (hidden [4], 2 outputs per
  * dimension) that the layer keeps and never runs */
 static void *made_create(const flow_host *host, const flow_layer_config *cfg,
@@ -82,6 +86,7 @@ static void *made_create(const flow_host *host, const flow_layer_config *cfg,
     }
     return s;
 }
+#endif
 
 /* out = in + sign * b, row by row; logdet 0 */
 static int shift_map(const shift *s, const flow_call *c, const flow_real *in,
@@ -137,32 +142,7 @@ static int shift_inverse_backward(void *self, const flow_call *c,
     return shift_vjp(self, c, dx, dz, -1);
 }
 
-static const flow_layer_type shift_type = {
-    .struct_size = sizeof(flow_layer_type),
-    .name = "minimal_shift",
-    .summary = "test: z = x + b with no workspace and no init",
-    .describe = shift_describe,
-    .create = shift_create,
-    .destroy = shift_destroy,
-    .forward = shift_forward,
-    .inverse = shift_inverse,
-    .forward_backward = shift_forward_backward,
-    .inverse_backward = shift_inverse_backward,
-};
-
-static const flow_layer_type made_type = {
-    .struct_size = sizeof(flow_layer_type),
-    .name = "minimal_made",
-    .summary = "test: minimal_shift holding a host MADE, no upgrade_params",
-    .describe = shift_describe,
-    .create = made_create,
-    .destroy = shift_destroy,
-    .forward = shift_forward,
-    .inverse = shift_inverse,
-    .forward_backward = shift_forward_backward,
-    .inverse_backward = shift_inverse_backward,
-};
-
+#ifdef MINIMAL_SUPPORT
 /* one run (i, 1) per parameter: valid, the same set as NULL */
 static size_t runs_support(void *self, const flow_call *c, size_t *runs,
                            size_t cap)
@@ -215,7 +195,37 @@ static const flow_layer_type overlap_type =
 static const flow_layer_type past_type =
     SUPPORT_TYPE("minimal_past", past_support);
 
+FLOW_PLUGIN_LAYERS("minsupport", "test",
+                   "shifts listing their gradient's support (tests)",
+                   &runs_type, &overlap_type, &past_type);
+#else
+static const flow_layer_type shift_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "minimal_shift",
+    .summary = "test: z = x + b with no workspace and no init",
+    .describe = shift_describe,
+    .create = shift_create,
+    .destroy = shift_destroy,
+    .forward = shift_forward,
+    .inverse = shift_inverse,
+    .forward_backward = shift_forward_backward,
+    .inverse_backward = shift_inverse_backward,
+};
+
+static const flow_layer_type made_type = {
+    .struct_size = sizeof(flow_layer_type),
+    .name = "minimal_made",
+    .summary = "test: minimal_shift holding a host MADE, no upgrade_params",
+    .describe = shift_describe,
+    .create = made_create,
+    .destroy = shift_destroy,
+    .forward = shift_forward,
+    .inverse = shift_inverse,
+    .forward_backward = shift_forward_backward,
+    .inverse_backward = shift_inverse_backward,
+};
+
 FLOW_PLUGIN_LAYERS("minimal", "test",
                    "a layer with every optional callback NULL (tests)",
-                   &shift_type, &made_type, &runs_type, &overlap_type,
-                   &past_type);
+                   &shift_type, &made_type);
+#endif
