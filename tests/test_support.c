@@ -267,15 +267,31 @@ START_TEST(test_training_bits_match_full_passes)
         size_t np = flow_model_num_params(m), n_runs, n_live;
         flow_real *ref = malloc(3 * np * sizeof *ref);
         flow_real *got = malloc(3 * np * sizeof *got);
-        model_support(m, &n_runs, &n_live, NULL);
+        flow_real *init = malloc(np * sizeof *init);
+        const size_t *runs = model_support(m, &n_runs, &n_live, NULL);
+        size_t moved = 0;
+        ck_assert_ptr_nonnull(ref);
+        ck_assert_ptr_nonnull(got);
+        ck_assert_ptr_nonnull(init);
         if (s == 0)
             ck_assert_uint_lt(n_live, np);
         else
             ck_assert_uint_eq(n_live, np);
-        flow_model_free(m);
-        ck_assert_ptr_nonnull(ref);
-        ck_assert_ptr_nonnull(got);
+        memcpy(init, flow_model_params(m), np * sizeof *init);
         train_run(train_specs[s], 1, 1, 20, ref);
+        /* the training moved the live parameters, not the others */
+        for (size_t i = 0; i < np; i++) {
+            int live = in_support(runs, n_runs, i);
+            moved += live && ref[i] != init[i];
+            if (!live)
+                ck_assert_msg(ref[i] == init[i] && ref[np + i] == 0
+                              && ref[2 * np + i] == 0, "parameter %zu "
+                              "outside the support changed", i);
+        }
+        ck_assert_msg(moved > n_live / 2, "spec %zu: %zu of %zu live "
+                      "parameters moved", s, moved, n_live);
+        flow_model_free(m);
+        free(init);
         for (int full = 0; full <= 1; full++)
             for (size_t threads = 1; threads <= 2; threads++) {
                 if (full && threads == 1)
