@@ -672,6 +672,28 @@ static int iaf_inverse_backward(void *self, const flow_call *c,
     return ar_F_backward(self, c, z, dx, dlogdet, dz);
 }
 
+/* The parameters whose gradient can be non-zero (flow_plugin.h,
+ * grad_support): the layer's parameters are its MADE's, at the same
+ * offsets, so the host's list for the net is the layer's.  The dense
+ * passes (no degree order on this host) write every weight's. */
+static size_t ar_grad_support(void *self, const flow_call *c, size_t *runs,
+                              size_t cap)
+{
+    const ar_layer *a = self;
+    const flow_host *h = a->host;
+    (void)c;
+    if (a->blocked && FLOW_HOST_HAS(h, net_made_grad_support)
+        && h->net_made_grad_support)
+        return h->net_made_grad_support(a->net, runs, cap);
+    if (!a->np)
+        return 0;
+    if (cap) {
+        runs[0] = 0;
+        runs[1] = a->np;
+    }
+    return 1;
+}
+
 static const flow_layer_type maf_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "maf",
@@ -691,6 +713,7 @@ static const flow_layer_type maf_type = {
     .inverse_backward = maf_inverse_backward,
     .export_tensors = ar_export,
     .upgrade_params = ar_upgrade,
+    .grad_support = ar_grad_support,
 };
 
 static const flow_layer_type iaf_type = {
@@ -712,6 +735,7 @@ static const flow_layer_type iaf_type = {
     .inverse_backward = iaf_inverse_backward,
     .export_tensors = ar_export,
     .upgrade_params = ar_upgrade,
+    .grad_support = ar_grad_support,
 };
 
 FLOW_PLUGIN_LAYERS("autoregressive", FLOW_VERSION_STRING,

@@ -269,6 +269,21 @@ static int call_layer(const job *j, const job_step *st, flow_call *c,
     }
 }
 
+/* Node nd's range of a block-pass gradient slot set to 0 before its
+ * backward accumulates there: only its support runs when the caller's
+ * slots are 0 elsewhere (m->blk_live, model_set_live_slots), since the
+ * layer writes nothing outside them; else the whole range. */
+static void clear_slot(const flow_model *m, const node *nd,
+                       flow_real *slot)
+{
+    if (!m->blk_live) {
+        memset(slot + nd->p_off, 0, nd->desc.n_params * sizeof *slot);
+        return;
+    }
+    for (size_t r = 0; r < nd->n_sup; r++)
+        memset(slot + nd->sup[2 * r], 0, nd->sup[2 * r + 1] * sizeof *slot);
+}
+
 /* Thread t's rows [lo, hi) through every step of the job; in the block
  * pass, block kb's rows with its gradient slot, workspaces, stream and
  * a message buffer of its own (kept only for the job's first failure). */
@@ -309,8 +324,7 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
             if (grad && (j->kind == JOB_FORWARD_BACKWARD
                          || j->kind == JOB_INVERSE_BACKWARD))
                 for (size_t k = 0; k < m->blk_n; k++)
-                    memset(grad + k * m->n_params + nd->p_off, 0,
-                           nd->desc.n_params * sizeof *grad);
+                    clear_slot(m, nd, grad + k * m->n_params);
             if (j->kind == JOB_FORWARD || j->kind == JOB_FORWARD_BACKWARD) {
                 c.block_rows = m->blk_rows;
                 c.grad_stride = m->n_params;
@@ -327,8 +341,7 @@ static void job_rows(job *j, size_t t, size_t lo, size_t hi, size_t kb)
              * their own */
             if (grad && (j->kind == JOB_FORWARD_BACKWARD
                          || j->kind == JOB_INVERSE_BACKWARD))
-                memset(grad + nd->p_off, 0,
-                       nd->desc.n_params * sizeof *grad);
+                clear_slot(m, nd, grad);
             c.ws = nd->bws[kb];
             c.ws_bytes = nd->bws_bytes[kb];
             if (m->blk_rng)

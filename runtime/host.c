@@ -114,6 +114,8 @@ static const flow_host host_table = {
     .tf_export = tf_export,
     /* 1.11 */
     .net_made_from_cyclic = nn_made_from_cyclic,
+    /* 1.12 */
+    .net_made_grad_support = nn_made_grad_support,
 };
 
 const flow_host *flow_host_services(void) { return &host_table; }

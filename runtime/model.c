@@ -526,7 +526,10 @@ void flow_model_free(flow_model *m)
         for (size_t t = 0; t < MAX_THREADS; t++)
             free(nd->ws[t]);
         exec_free_block_ws(nd);
+        free(nd->sup);
     }
+    free(m->live);
+    free(m->live_pre);
     exec_free_batch(m);
     free(m->blk_rng_buf);
     pool_free(m->pool);
@@ -541,6 +544,164 @@ void flow_model_free(flow_model *m)
     }
     free(m);
 }
+
+/* ------------------------------------------------ the gradient's support */
+
+/* Layer nd's runs from its grad_support (flow_plugin.h), checked and
+ * moved to the flat vector's offsets; one run of its whole range without
+ * the hook.  A list the layer cannot keep to its contract (unsorted,
+ * overlapping, past its parameters) would have the trainer skip
+ * parameters whose gradient is not 0: refused, naming the layer. */
+static int support_node(flow_model *m, node *nd)
+{
+    const flow_layer_type *t = nd->type;
+    size_t np = nd->desc.n_params, cap = 16, n, k = 0, end = 0;
+    size_t *r;
+    flow_call c;
+    int hook = t->struct_size >= offsetof(flow_layer_type, grad_support)
+                                     + sizeof t->grad_support
+               && t->grad_support;
+    if (!np)
+        return FLOW_OK;
+    if (!(r = malloc(2 * cap * sizeof *r)))
+        goto nomem;
+    if (!hook) {
+        r[0] = 0;
+        r[1] = np;
+        n = 1;
+    } else {
+        exec_fill_call(m, nd, &c, 0, NULL, NULL, 0);
+        n = t->grad_support(nd->self, &c, r, cap);
+        if (n > cap) {
+            size_t *g = n <= SIZE_MAX / 2 / sizeof *r
+                            ? realloc(r, 2 * n * sizeof *r) : NULL;
+            size_t again;
+            if (!g)
+                goto nomem;
+            r = g;
+            cap = n;
+            again = t->grad_support(nd->self, &c, r, cap);
+            if (again != n) {
+                snprintf(m->err, sizeof m->err, "it listed %zu runs, then "
+                         "%zu with room for them all (the list must not "
+                         "change)", n, again);
+                goto invalid;
+            }
+        }
+    }
+    /* check, drop the empty runs, offset into the flat vector */
+    for (size_t i = 0; i < n; i++) {
+        size_t off = r[2 * i], len = r[2 * i + 1];
+        if (off > np || len > np - off) {
+            snprintf(m->err, sizeof m->err, "run %zu (offset %zu, length "
+                     "%zu) is past the layer's %zu parameters", i, off, len,
+                     np);
+            goto invalid;
+        }
+        if (!len)
+            continue;
+        if (off < end) {
+            snprintf(m->err, sizeof m->err, "run %zu (offset %zu, length "
+                     "%zu) starts before the end of the one before it "
+                     "(%zu): the runs must be increasing and disjoint", i,
+                     off, len, end);
+            goto invalid;
+        }
+        end = off + len;
+        r[2 * k] = nd->p_off + off;
+        r[2 * k + 1] = len;
+        k++;
+    }
+    nd->sup = r;
+    nd->n_sup = k;
+    return FLOW_OK;
+invalid:
+    free(r);
+    return model_layer_error(m, nd, FLOW_ERR_PLUGIN, "grad_support");
+nomem:
+    free(r);
+    return model_error(m, FLOW_ERR_NOMEM, "%s (%s): out of memory for the "
+                       "gradient's support", nd->label, nd->file);
+}
+
+/* Appends [off, off + len) to the model's support (room for it made by
+ * the caller), merged into the last run when that ends at off. */
+static void support_push(flow_model *m, size_t off, size_t len)
+{
+    size_t n = m->n_live_runs;
+    if (!len)
+        return;
+    m->n_live += len;
+    if (n && m->live[2 * n - 2] + m->live[2 * n - 1] == off) {
+        m->live[2 * n - 1] += len;
+        return;
+    }
+    m->live[2 * n] = off;
+    m->live[2 * n + 1] = len;
+    m->n_live_runs = n + 1;
+}
+
+/* Every layer's runs, then the bases' parameters (which follow the
+ * layers', model.c), in one merged list. */
+static int support_build(flow_model *m)
+{
+    size_t total = 2;
+    int rc;
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        node *nd = &m->nodes[i];
+        if (nd->kind == NODE_LAYER) {
+            if ((rc = support_node(m, nd)) != FLOW_OK)
+                return rc;
+            total += nd->n_sup;
+        } else {
+            total++;
+        }
+    }
+    m->live = malloc(2 * total * sizeof *m->live);
+    m->live_pre = malloc((total + 1) * sizeof *m->live_pre);
+    if (!m->live || !m->live_pre)
+        return model_error(m, FLOW_ERR_NOMEM, "out of memory for the "
+                           "gradient's support");
+    for (size_t i = 0; i < m->n_nodes; i++) {
+        const node *nd = &m->nodes[i];
+        for (size_t j = 0; nd->kind == NODE_LAYER && j < nd->n_sup; j++)
+            support_push(m, nd->sup[2 * j], nd->sup[2 * j + 1]);
+    }
+    for (size_t i = 0; i < m->n_nodes; i++)
+        if (m->nodes[i].kind == NODE_EXIT)
+            support_push(m, m->nodes[i].bp_off,
+                         base_params(&m->nodes[i].base));
+    support_push(m, m->base_off, base_params(&m->base));
+    m->live_pre[0] = 0;
+    for (size_t r = 0; r < m->n_live_runs; r++)
+        m->live_pre[r + 1] = m->live_pre[r] + m->live[2 * r + 1];
+    return FLOW_OK;
+}
+
+const size_t *model_support(const flow_model *m, size_t *n_runs,
+                            size_t *n_live, const size_t **live_pre)
+{
+    *n_runs = m->n_live_runs;
+    *n_live = m->n_live;
+    if (live_pre)
+        *live_pre = m->live_pre;
+    return m->live;
+}
+
+size_t model_support_run(const size_t *live_pre, size_t n_runs, size_t j)
+{
+    size_t lo = 0, hi = n_runs;     /* live_pre[lo] <= j < live_pre[hi] */
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (live_pre[mid] <= j)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+void model_set_live_slots(flow_model *m, int on) { m->blk_live = on != 0; }
 
 int flow_model_finish(flow_model *m, uint64_t seed)
 {
@@ -612,6 +773,11 @@ int flow_model_finish(flow_model *m, uint64_t seed)
         nd->host_made |= nn_made_created() != made0;
         if (rc != FLOW_OK)
             return model_layer_error(m, nd, rc, "init");
+    }
+    {
+        int rc = support_build(m);
+        if (rc != FLOW_OK)
+            return rc;
     }
     m->finished = 1;
     return FLOW_OK;

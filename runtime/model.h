@@ -38,6 +38,26 @@ size_t model_slice_count(const flow_model *m);
 int model_upgrade_params(flow_model *m, uint32_t format, flow_real *vec);
 int model_slice(const flow_model *m, size_t i, model_slice_info *s);
 
+/* The support of the gradient: the parameters whose gradient can be
+ * non-zero, as *n_runs runs (runs[2i] the offset in the flat vector,
+ * runs[2i + 1] the length), increasing, disjoint and merged where
+ * adjacent; *n_live parameters in all.  Every other parameter's
+ * gradient is 0 at every step (the layers' grad_support, flow_plugin.h),
+ * so the trainer's passes skip them.  live_pre[r]: the parameters before
+ * run r (live_pre[*n_runs] = *n_live), to split the live ones over
+ * threads.  Built when the model is finished. */
+const size_t *model_support(const flow_model *m, size_t *n_runs,
+                            size_t *n_live, const size_t **live_pre);
+/* The first run holding live parameter j (j < n_live): the last r with
+ * live_pre[r] <= j. */
+size_t model_support_run(const size_t *live_pre, size_t n_runs, size_t j);
+/* on = 1: the caller's block-pass slots (model_loglik_grad_blocks,
+ * model_inverse_grad_blocks) hold 0 outside the support, from their
+ * allocation on, so each layer clears only its support runs of a slot
+ * before its backward writes them; 0 (the default): whole ranges, the
+ * slots may hold anything. */
+void model_set_live_slots(flow_model *m, int on);
+
 /* Backward of the sampling direction whose output gradients are decided
  * after the inverse ran: mid(arg, n, x, logdet, dx, dlogdet) sees x =
  * f^-1(z) and logdet = log|det df^-1/dz| and writes dL/dx (n x dim) and
@@ -64,7 +84,8 @@ int model_loglik_grad_w(flow_model *m, size_t n, const flow_real *x,
  * after the other in x.  One forward and backward pass, layer by layer,
  * the model's threads each taking whole blocks.  Local block k's
  * gradient of its rows' log-densities, each weighted by `weight`, goes
- * to bgrad + k * n_params (every slot overwritten) as the layers'
+ * to bgrad + k * n_params (every slot overwritten; outside the support
+ * left as it is under model_set_live_slots) as the layers'
  * backward passes leave it, before their finish_grad (which maps the sum
  * of the slots once: model_blocks_finish), and the plain sum of its
  * rows' log-densities (in row order, in double) to sum_logp[k]: each

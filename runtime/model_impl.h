@@ -34,6 +34,9 @@ typedef struct node {
     void *self;
     int host_made;              /* its create or init made a host MADE */
     size_t p_off, b_off;
+    size_t *sup, n_sup;         /* layer: the parameters whose gradient can
+                                   be non-zero (grad_support), n_sup runs
+                                   (offset in the flat vector, length) */
     void *ws[MAX_THREADS];      /* per thread: what forward leaves for the
                                    matching backward */
     size_t ws_bytes[MAX_THREADS];
@@ -124,6 +127,13 @@ struct flow_model {
     size_t blk_first, blk_total;
     size_t blk_fwd_end;         /* exec_forward: its jobs ran (or failed
                                    on every process alike) up to here */
+    int blk_live;               /* the block pass's slots are 0 outside
+                                   the support (model_set_live_slots):
+                                   a layer clears its support runs only */
+    /* the support of the gradient (model_support): every node's runs and
+     * the bases' parameters, merged; live_pre[r] parameters before run r
+     * (live_pre[n_live_runs] = n_live) */
+    size_t *live, *live_pre, n_live_runs, n_live;
     char err[1024];
 };
 

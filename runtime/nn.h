@@ -95,6 +95,10 @@ int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sorted);
 int nn_made_step_sorted(const flow_net *net, const flow_real *sorted,
                         size_t n, const flow_real *ctx, size_t step,
                         const flow_real *x_prev, flow_real *theta, void *ws);
+/* The parameters whose gradient can be non-zero, as merged runs (offset,
+ * length); the count, at most cap written (nn_made.c; flow_plugin.h,
+ * net_made_grad_support). */
+size_t nn_made_grad_support(const flow_net *net, size_t *runs, size_t cap);
 /* A parameter vector of checkpoint format 2 (hidden units in the cyclic
  * order) into the degree-order layout, in place (nn_made.c; flow_plugin.h,
  * net_made_from_cyclic); nothing to do for an MLP. */

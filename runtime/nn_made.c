@@ -629,6 +629,67 @@ static int made_direct(const flow_net *net, size_t l)
     return 1;
 }
 
+/* Runs being listed: at most cap written to runs, n counted, the last
+ * one ending at end (kept past cap, so that the count does not depend on
+ * cap). */
+typedef struct run_list {
+    size_t *runs, cap, n, end;
+} run_list;
+
+/* Appends the run [off, off + len), merged into the last one when that
+ * ends at off. */
+static void run_push(run_list *rl, size_t off, size_t len)
+{
+    if (len == 0)
+        return;
+    if (rl->n && rl->end == off) {
+        if (rl->n <= rl->cap)
+            rl->runs[2 * rl->n - 1] += len;
+    } else {
+        if (rl->n < rl->cap) {
+            rl->runs[2 * rl->n] = off;
+            rl->runs[2 * rl->n + 1] = len;
+        }
+        rl->n++;
+    }
+    rl->end = off + len;
+}
+
+/* The host's net_made_grad_support (flow_plugin.h).  nn_made_backward
+ * writes row block [p0, p1) of layer l's dW at columns [0, ext[p0]) of
+ * its rows in degree order, and every bias; nn_made_grad then leaves a
+ * layer read from the parameters (prep_is_direct) as it is but for
+ * zeros in columns [vis[p], ext[p]), and moves any other layer's rows
+ * and columns (rmap, cmap) anywhere in its matrix.  So a layer whose
+ * degree order is the parameters' (made_direct, structural, unlike
+ * prep_is_direct, which also asks that the parameters be masked) gives
+ * run (w_off + p cols, ext[p]) per row p, whichever of nn_made_grad's
+ * two paths a batch takes (the second writes each row whole, 0 past
+ * vis[p]); any other layer its whole matrix.  The layers' weights and
+ * biases follow one another in the parameters (nn.c), so the runs come
+ * out increasing. */
+size_t nn_made_grad_support(const flow_net *net, size_t *runs, size_t cap)
+{
+    run_list rl = {runs, runs ? cap : 0, 0, 0};
+    if (!net)
+        return 0;
+    if (!net->sortable) {
+        run_push(&rl, 0, net->n_params);
+        return rl.n;
+    }
+    for (size_t l = 0; l < net->n_layers; l++) {
+        const nn_layer *ly = &net->layer[l];
+        const size_t *ex = net->ext + sort_roff(net, l);
+        if (made_direct(net, l))
+            for (size_t p = 0; p < ly->out; p++)
+                run_push(&rl, ly->w_off + p * ly->cols, ex[p]);
+        else
+            run_push(&rl, ly->w_off, ly->out * ly->cols);
+        run_push(&rl, ly->b_off, ly->out);
+    }
+    return rl.n;
+}
+
 /* 1 when a weight the blocked passes read but the mask zeroes (row p,
  * columns vis[p] .. ext[p]: the block's prefix past the row's own) is
  * not +-0 in layer l of params (NaN included): an OR over the bits

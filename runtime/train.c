@@ -12,6 +12,7 @@
 #include "rng.h"
 #include "rsum.h"
 #include "shard.h"
+#include "train.h"
 #include "vec.h"
 #include "vi.h"
 
@@ -50,6 +51,12 @@ struct flow_trainer {
     double *llogp;              /* and their log-density sums */
     uint64_t *lstreams;         /* their streams when a layer draws */
     double *npart;              /* grad_norm2's partials, one per chunk */
+    /* the gradient's support (model_support): the passes over the
+     * parameters skip the rest, whose gradient is 0 at every step; full:
+     * every parameter (train_set_full_passes, tests) */
+    const size_t *live, *live_pre;
+    size_t n_runs, n_live;
+    int full;
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -178,6 +185,7 @@ static flow_trainer *trainer_alloc(flow_model *m, const flow_train_config *cfg)
     t->av = calloc(np ? np : 1, sizeof *t->av);
     t->best = calloc(np ? np : 1, sizeof *t->best);
     t->npart = calloc(np / NORM_CHUNK + 1, sizeof *t->npart);
+    t->live = model_support(m, &t->n_runs, &t->n_live, &t->live_pre);
     t->st.best_score = -INFINITY;
     rng_seed(&t->rng, cfg->seed);
     if (!t->grad || !t->am || !t->av || !t->best || !t->npart) {
@@ -341,6 +349,44 @@ FLOW_VECTORIZE static void adam_loop(size_t np, flow_real *restrict p,
     }
 }
 
+/* The live parameters [lo, hi) (their indices among the live ones, as
+ * model_parallel_for splits t->n_live) as pieces of the support's runs,
+ * in increasing order: live_begin, then live_next until it returns 0. */
+typedef struct live_iter {
+    const flow_trainer *t;
+    size_t r, j, hi;
+} live_iter;
+
+static void live_begin(live_iter *it, const flow_trainer *t, size_t lo,
+                       size_t hi)
+{
+    it->t = t;
+    it->j = lo;
+    it->hi = hi;
+    it->r = lo < hi ? model_support_run(t->live_pre, t->n_runs, lo) : 0;
+}
+
+static int live_next(live_iter *it, size_t *off, size_t *len)
+{
+    const flow_trainer *t = it->t;
+    size_t end;
+    if (it->j >= it->hi)
+        return 0;
+    end = t->live_pre[it->r + 1] < it->hi ? t->live_pre[it->r + 1] : it->hi;
+    *off = t->live[2 * it->r] + (it->j - t->live_pre[it->r]);
+    *len = end - it->j;
+    it->j = end;
+    it->r++;
+    return 1;
+}
+
+/* How many items the passes over the parameters split over the threads:
+ * the live parameters, or all of them with the full passes. */
+static size_t pass_count(const flow_trainer *t)
+{
+    return t->full ? t->np : t->n_live;
+}
+
 typedef struct adam_job {
     flow_trainer *t;
     flow_real *p;
@@ -351,13 +397,24 @@ static void adam_task(void *arg, size_t th, size_t lo, size_t hi)
 {
     adam_job *a = arg;
     flow_trainer *t = a->t;
+    live_iter it;
+    size_t off, len;
     (void)th;
-    adam_loop(hi - lo, a->p + lo, t->grad + lo, t->am + lo, t->av + lo,
-              a->b1, a->b2, a->wd, a->step, a->inv_c2, a->eps);
+    if (t->full) {
+        adam_loop(hi - lo, a->p + lo, t->grad + lo, t->am + lo, t->av + lo,
+                  a->b1, a->b2, a->wd, a->step, a->inv_c2, a->eps);
+        return;
+    }
+    live_begin(&it, t, lo, hi);
+    while (live_next(&it, &off, &len))
+        adam_loop(len, a->p + off, t->grad + off, t->am + off, t->av + off,
+                  a->b1, a->b2, a->wd, a->step, a->inv_c2, a->eps);
 }
 
 /* On the model's threads (model_parallel_for): elementwise, so the same
- * bits for any split. */
+ * bits for any split.  Over the support only: a parameter outside it has
+ * gradient 0 at every step, so it keeps its value and its moments stay
+ * 0 (no weight decay is applied to it either). */
 static void adam_update(flow_trainer *t, double lr)
 {
     double b1 = t->cfg.beta1, b2 = t->cfg.beta2;
@@ -366,7 +423,7 @@ static void adam_update(flow_trainer *t, double lr)
     adam_job a = {t, flow_model_params(t->m), (flow_real)b1, (flow_real)b2,
                   (flow_real)t->cfg.weight_decay, (flow_real)(lr / c1),
                   (flow_real)(1.0 / c2), (flow_real)t->cfg.adam_eps};
-    model_parallel_for(t->m, t->np, adam_task, &a);
+    model_parallel_for(t->m, pass_count(t), adam_task, &a);
 }
 
 /* Squared norm of g[0..n) in double, in 8 interleaved partial sums (a
@@ -391,28 +448,81 @@ FLOW_VECTORIZE static double norm2_loop(size_t n, const flow_real *g)
  * only decide which thread computes a chunk (the one whose range holds
  * the chunk's first parameter). */
 
+/* The first run of the support that ends past parameter a. */
+static size_t support_from(const flow_trainer *t, size_t a)
+{
+    size_t lo = 0, hi = t->n_runs;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (t->live[2 * mid] + t->live[2 * mid + 1] <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* norm2_loop(b, g + a) over the live parameters of the chunk [a, a + b)
+ * (a a multiple of 8), with its bits: each live g[i] goes to the partial
+ * sum norm2_loop adds it to ((i - a) % 8 in the body, 0 in the tail past
+ * the last multiple of 8), in increasing i as there, and a parameter
+ * outside the support, whose gradient is 0, adds +0 to a partial that
+ * is +0 or more, which changes no bit.  Each run's piece: a scalar head
+ * to the next multiple of 8, the vectorised body, a scalar tail. */
+FLOW_VECTORIZE static double norm2_live(const flow_trainer *t, size_t a,
+                                        size_t b)
+{
+    const flow_real *g = t->grad + a;
+    double acc[8] = {0}, s = 0;
+    size_t b8 = b / 8 * 8;
+    for (size_t r = support_from(t, a);
+         r < t->n_runs && t->live[2 * r] < a + b; r++) {
+        size_t lo = t->live[2 * r] > a ? t->live[2 * r] - a : 0;
+        size_t hi = t->live[2 * r] + t->live[2 * r + 1] - a;
+        size_t hb, i = lo;
+        if (hi > b)
+            hi = b;
+        hb = hi < b8 ? hi : b8;
+        for (; i < hb && i % 8; i++)
+            acc[i % 8] += (double)g[i] * g[i];
+        for (; i + 8 <= hb; i += 8)
+            for (size_t j = 0; j < 8; j++)
+                acc[j] += (double)g[i + j] * g[i + j];
+        for (; i < hb; i++)
+            acc[i % 8] += (double)g[i] * g[i];
+        for (; i < hi; i++)
+            acc[0] += (double)g[i] * g[i];
+    }
+    for (size_t j = 0; j < 8; j++)
+        s += acc[j];
+    return s;
+}
+
 typedef struct norm_job {
-    const flow_real *g;
-    size_t np;
+    const flow_trainer *t;
     double *part;
 } norm_job;
 
 static void norm_task(void *arg, size_t th, size_t lo, size_t hi)
 {
     norm_job *nj = arg;
+    const flow_trainer *t = nj->t;
     (void)th;
     for (size_t c = (lo + NORM_CHUNK - 1) / NORM_CHUNK; c * NORM_CHUNK < hi;
          c++) {
         size_t a = c * NORM_CHUNK;
-        size_t b = nj->np - a < NORM_CHUNK ? nj->np - a : NORM_CHUNK;
-        nj->part[c] = norm2_loop(b, nj->g + a);
+        size_t b = t->np - a < NORM_CHUNK ? t->np - a : NORM_CHUNK;
+        nj->part[c] = t->full ? norm2_loop(b, t->grad + a)
+                              : norm2_live(t, a, b);
     }
 }
 
+/* The chunks are those of the full parameter vector with either pass
+ * (the same bits), split over the threads by parameter. */
 static double grad_norm2(flow_trainer *t)
 {
     size_t nc = (t->np + NORM_CHUNK - 1) / NORM_CHUNK;
-    norm_job nj = {t->grad, t->np, t->npart};
+    norm_job nj = {t, t->npart};
     double s = 0;
     model_parallel_for(t->m, t->np, norm_task, &nj);
     for (size_t c = 0; c < nc; c++)
@@ -439,8 +549,15 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     t->skipped_run = 0;
     if (t->cfg.clip_norm > 0 && norm2 > t->cfg.clip_norm * t->cfg.clip_norm) {
         double s = t->cfg.clip_norm / sqrt(norm2);
-        for (size_t i = 0; i < t->np; i++)
-            t->grad[i] = (flow_real)(t->grad[i] * s);
+        if (t->full)
+            for (size_t i = 0; i < t->np; i++)
+                t->grad[i] = (flow_real)(t->grad[i] * s);
+        else
+            for (size_t r = 0; r < t->n_runs; r++) {
+                flow_real *g = t->grad + t->live[2 * r];
+                for (size_t i = 0; i < t->live[2 * r + 1]; i++)
+                    g[i] = (flow_real)(g[i] * s);
+            }
     }
     adam_update(t, flow_trainer_lr(t));
     t->st.step++;
@@ -818,25 +935,58 @@ static size_t train_block_rows(size_t batch)
     return r < 128 ? r : 128;
 }
 
-/* The local blocks' parameters [lo, hi): slot 0 + slot 1 + ... in block
- * order for each parameter, so the sum's bits do not depend on how the
- * threads split the parameters. */
+/* The local blocks' parameters: slot 0 + slot 1 + ... in block order for
+ * each parameter, so the sum's bits do not depend on how the threads
+ * split the parameters.  Over the support, one piece of a run at a time
+ * (a few KB: the slots' rows stay in L1 between the additions), the
+ * first two slots added in one pass: g = s0 + s1 is the bits of g = s0
+ * then g += s1. */
 typedef struct local_sum_job {
     flow_trainer *t;
     size_t nb;
 } local_sum_job;
 
+FLOW_VECTORIZE static void sum2_loop(size_t n, flow_real *restrict g,
+                                     const flow_real *restrict a,
+                                     const flow_real *restrict b)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] = a[i] + b[i];
+}
+
+FLOW_VECTORIZE static void add_loop(size_t n, flow_real *restrict g,
+                                    const flow_real *restrict v)
+{
+    for (size_t i = 0; i < n; i++)
+        g[i] += v[i];
+}
+
 static void local_sum_task(void *arg, size_t th, size_t lo, size_t hi)
 {
     const local_sum_job *ls = arg;
     flow_trainer *t = ls->t;
-    size_t np = t->np;
+    size_t np = t->np, off, len;
+    live_iter it;
     (void)th;
-    memcpy(t->grad + lo, t->lgrad + lo, (hi - lo) * sizeof *t->grad);
-    for (size_t k = 1; k < ls->nb; k++) {
-        const flow_real *v = t->lgrad + k * np;
-        for (size_t i = lo; i < hi; i++)
-            t->grad[i] += v[i];
+    if (t->full) {
+        memcpy(t->grad + lo, t->lgrad + lo, (hi - lo) * sizeof *t->grad);
+        for (size_t k = 1; k < ls->nb; k++) {
+            const flow_real *v = t->lgrad + k * np;
+            for (size_t i = lo; i < hi; i++)
+                t->grad[i] += v[i];
+        }
+        return;
+    }
+    live_begin(&it, t, lo, hi);
+    while (live_next(&it, &off, &len)) {
+        const flow_real *s0 = t->lgrad + off;
+        if (ls->nb == 1) {
+            memcpy(t->grad + off, s0, len * sizeof *t->grad);
+            continue;
+        }
+        sum2_loop(len, t->grad + off, s0, s0 + np);
+        for (size_t k = 2; k < ls->nb; k++)
+            add_loop(len, t->grad + off, t->lgrad + k * np + off);
     }
 }
 
@@ -851,8 +1001,12 @@ static int local_grow(flow_trainer *t, size_t nb)
     if (t->np && nb > SIZE_MAX / sizeof *g / t->np)
         goto nomem;
     g = realloc(t->lgrad, nb * t->np * sizeof *g + sizeof *g);
-    if (g)
+    if (g) {
+        /* 0 outside the support from here on: the block pass clears only
+         * the support's runs (model_set_live_slots) */
+        memset(g, 0, nb * t->np * sizeof *g);
         t->lgrad = g;
+    }
     lp = realloc(t->llogp, nb * sizeof *lp);
     if (lp)
         t->llogp = lp;
@@ -870,14 +1024,15 @@ nomem:
 }
 
 /* The nb local blocks of a batch of b rows summed in block order: the
- * slots into t->grad (local_sum_task), *mean = the blocks' sums (llogp)
- * added in block order over b; then the layers' finish_grad on that
- * sum. */
+ * slots into t->grad (local_sum_task; outside the support t->grad stays
+ * 0 from its allocation on, as finish_grad leaves it), *mean = the
+ * blocks' sums (llogp) added in block order over b; then the layers'
+ * finish_grad on that sum. */
 static int local_sum(flow_trainer *t, size_t nb, size_t b, double *mean)
 {
     local_sum_job ls = {t, nb};
     double sum = 0;
-    model_parallel_for(t->m, t->np, local_sum_task, &ls);
+    model_parallel_for(t->m, pass_count(t), local_sum_task, &ls);
     for (size_t k = 0; k < nb; k++)
         sum += t->llogp[k];
     *mean = sum / (double)b;
@@ -914,10 +1069,12 @@ static int local_gradient(flow_trainer *t, size_t start, size_t b,
             vi_block_stream(t->lstreams + 6 * k, key, k);
     }
     flow_model_set_training(t->m, 1);
+    model_set_live_slots(t->m, !t->full);
     rc = model_loglik_grad_blocks(t->m, b, t->bx, t->cdim ? t->bc : NULL, R,
                                   1.0 / (double)b,
                                   t->stochastic ? t->lstreams : NULL, NULL,
                                   b, t->llogp, t->lgrad);
+    model_set_live_slots(t->m, 0);
     flow_model_set_training(t->m, 0);
     if (t->stochastic)
         flow_model_set_rng(t->m, after);
@@ -945,8 +1102,10 @@ static int target_local_gradient(flow_trainer *t, double beta, double *elbo)
     if ((rc = local_grow(t, nb)) != FLOW_OK)
         return rc;
     key = step_key(t->m, after);
+    model_set_live_slots(t->m, !t->full);
     rc = vi_elbo_blocks(t->m, t->target, key, 0, b, R, NULL, b, beta,
                         t->llogp, t->lgrad);
+    model_set_live_slots(t->m, 0);
     flow_model_set_rng(t->m, after);
     if (rc != FLOW_OK)
         return rc;
@@ -1192,3 +1351,5 @@ int flow_trainer_set_state(flow_trainer *t, const flow_train_state *s)
 flow_real *flow_trainer_adam_m(flow_trainer *t) { return t->am; }
 flow_real *flow_trainer_adam_v(flow_trainer *t) { return t->av; }
 flow_real *flow_trainer_best_params(flow_trainer *t) { return t->best; }
+
+void train_set_full_passes(flow_trainer *t, int full) { t->full = full != 0; }

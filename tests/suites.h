@@ -44,6 +44,7 @@
     X(probe)        /* training's probe of third-party layers */ \
     X(comm)         /* communicator, reproducible block sums */ \
     X(blocks)       /* the block pass: threads take whole blocks */ \
+    X(support)      /* the gradient's support: passes skip dead weights */ \
     X(shard)        /* data split over processes, rows moved */ \
     X(alloc_fail)   /* every allocation of a session failing in turn */
 

@@ -64,8 +64,11 @@ extern "C" {
  *        the block pass, its batch sums over every process's blocks
  *        (read them with flow_call_block_rows); MADE hidden units stored
  *        in degree order (checkpoint format 3):
- *        flow_layer_type.upgrade_params, host net_made_from_cyclic */
-#define FLOW_PLUGIN_ABI_MINOR 11u
+ *        flow_layer_type.upgrade_params, host net_made_from_cyclic
+ *   1.12 flow_layer_type.grad_support (the parameters whose gradient can
+ *        be non-zero: the trainer's passes skip the rest), host
+ *        net_made_grad_support */
+#define FLOW_PLUGIN_ABI_MINOR 12u
 
 /* Name of the one symbol a plugin exports. */
 #define FLOW_PLUGIN_ENTRY_NAME "flow_plugin_entry"
@@ -591,6 +594,27 @@ typedef struct flow_layer_type {
      * < 3. */
     int (*upgrade_params)(void *self, const flow_call *c, uint32_t format,
                           flow_real *params);
+
+    /* 1.12, optional (read only when struct_size covers it; NULL: every
+     * parameter).  The parameters that the layer's backward calls
+     * (forward_backward, inverse_backward) may write in c->grad and that
+     * finish_grad may leave non-zero, as runs: runs[2i] the offset of run
+     * i relative to the layer's parameters, runs[2i + 1] its length;
+     * increasing and disjoint (a run may end where the next begins; empty
+     * runs are ignored), all within n_params.  The gradient of every
+     * other parameter is 0 at every step, so the trainer leaves those
+     * parameters alone in its passes: they keep their value (no weight
+     * decay either; a MADE's masked weights, which the mask zeroes, do
+     * not change the function).  The list is structural: it must not
+     * depend on the parameters' values, and it is asked for once, when
+     * the model is built.  Returns the number of runs and writes at most
+     * cap of them (runs holds 2 cap values); when it returns more than
+     * cap the host calls again with room for them all.  c as for
+     * export_tensors (c->n = 0, no workspace).  A layer with a MADE calls
+     * host->net_made_grad_support.  The host refuses an invalid list
+     * (unsorted, overlapping, past n_params) when it loads the model. */
+    size_t (*grad_support)(void *self, const flow_call *c, size_t *runs,
+                           size_t cap);
 } flow_layer_type;
 
 /* ---------------------------------------------------------------------
@@ -1014,6 +1038,22 @@ struct flow_host {
      * is the same (the units relabelled).  FLOW_OK and nothing done for
      * an MLP. */
     int (*net_made_from_cyclic)(const flow_net *net, flow_real *params);
+    /* 1.12 (test FLOW_HOST_HAS before use).  The parameters whose
+     * gradient net_backward / net_made_backward may write and
+     * net_made_grad may leave non-zero, as runs (offset, length) relative
+     * to the net's parameters, increasing, disjoint and merged where
+     * adjacent: a layer's grad_support for its network (flow_layer_type).
+     * A MADE in degree order (net_made_sorted_count > 0): a layer whose
+     * rows and columns in degree order are the parameters' (the hidden
+     * layers past the first always; the first without context and the
+     * output layer when the inputs' order is the natural one) gives each
+     * weight row the prefix its block's product writes, the weights past
+     * it being masked; any other layer its whole weight matrix; biases
+     * whole.  Any other
+     * net (an MLP, a MADE with time input): one run of all its
+     * parameters.  Returns the number of runs, writes at most cap. */
+    size_t (*net_made_grad_support)(const flow_net *net, size_t *runs,
+                                    size_t cap);
 };
 
 #define FLOW_HOST_HAS(h, field) \

@@ -4,7 +4,14 @@
  * zeros: the layer starts as the identity.  log|det J| = 0.
  * minimal_made is the same layer holding a host MADE and no
  * upgrade_params, as a plugin built before ABI 1.11 would: the host must
- * refuse a checkpoint of format 1 or 2 for it. */
+ * refuse a checkpoint of format 1 or 2 for it.
+ * Built with MINIMAL_SUPPORT (minsupport.so, so that `flowkit check` of
+ * minimal.so stays all passes), the plugin holds instead three shifts
+ * listing their gradient's support (ABI 1.12, grad_support):
+ * minimal_runs one run per parameter, more than the host's first call
+ * has room for; minimal_overlap and minimal_past invalid lists
+ * (overlapping runs; a run past the layer's parameters), which the host
+ * must refuse by the layer's name. */
 #include <string.h>
 
 #include "flow/flow_plugin.h"
@@ -53,6 +60,7 @@ static void shift_destroy(void *self)
     }
 }
 
+#ifndef MINIMAL_SUPPORT
 /* shift_create, and a host MADE of D inputs (hidden [4], 2 outputs per
  * dimension) that the layer keeps and never runs */
 static void *made_create(const flow_host *host, const flow_layer_config *cfg,
@@ -78,6 +86,7 @@ static void *made_create(const flow_host *host, const flow_layer_config *cfg,
     }
     return s;
 }
+#endif
 
 /* out = in + sign * b, row by row; logdet 0 */
 static int shift_map(const shift *s, const flow_call *c, const flow_real *in,
@@ -133,6 +142,63 @@ static int shift_inverse_backward(void *self, const flow_call *c,
     return shift_vjp(self, c, dx, dz, -1);
 }
 
+#ifdef MINIMAL_SUPPORT
+/* one run (i, 1) per parameter: valid, the same set as NULL */
+static size_t runs_support(void *self, const flow_call *c, size_t *runs,
+                           size_t cap)
+{
+    const shift *s = self;
+    (void)c;
+    for (size_t i = 0; i < s->d && i < cap; i++) {
+        runs[2 * i] = i;
+        runs[2 * i + 1] = 1;
+    }
+    return s->d;
+}
+
+/* (0, 2) then (1, 1): the second starts inside the first */
+static size_t overlap_support(void *self, const flow_call *c, size_t *runs,
+                              size_t cap)
+{
+    static const size_t r[4] = {0, 2, 1, 1};
+    (void)self, (void)c;
+    memcpy(runs, r, (cap < 2 ? cap : 2) * 2 * sizeof *runs);
+    return 2;
+}
+
+/* (0, D + 1): one past the layer's D parameters */
+static size_t past_support(void *self, const flow_call *c, size_t *runs,
+                           size_t cap)
+{
+    const shift *s = self;
+    (void)c;
+    if (cap) {
+        runs[0] = 0;
+        runs[1] = s->d + 1;
+    }
+    return 1;
+}
+
+#define SUPPORT_TYPE(NAME, FN) {                                      \
+    .struct_size = sizeof(flow_layer_type), .name = NAME,             \
+    .summary = "test: minimal_shift listing its gradient's support",  \
+    .describe = shift_describe, .create = shift_create,               \
+    .destroy = shift_destroy, .forward = shift_forward,               \
+    .inverse = shift_inverse,                                         \
+    .forward_backward = shift_forward_backward,                       \
+    .inverse_backward = shift_inverse_backward, .grad_support = FN}
+
+static const flow_layer_type runs_type =
+    SUPPORT_TYPE("minimal_runs", runs_support);
+static const flow_layer_type overlap_type =
+    SUPPORT_TYPE("minimal_overlap", overlap_support);
+static const flow_layer_type past_type =
+    SUPPORT_TYPE("minimal_past", past_support);
+
+FLOW_PLUGIN_LAYERS("minsupport", "test",
+                   "shifts listing their gradient's support (tests)",
+                   &runs_type, &overlap_type, &past_type);
+#else
 static const flow_layer_type shift_type = {
     .struct_size = sizeof(flow_layer_type),
     .name = "minimal_shift",
@@ -162,3 +228,4 @@ static const flow_layer_type made_type = {
 FLOW_PLUGIN_LAYERS("minimal", "test",
                    "a layer with every optional callback NULL (tests)",
                    &shift_type, &made_type);
+#endif
