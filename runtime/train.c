@@ -19,6 +19,15 @@
 /* grad_norm2's chunk: parameters per partial sum */
 #define NORM_CHUNK 16384
 
+/* A flow_real's bits, and its exponent field (all ones: inf or NaN) */
+#if FLOW_REAL_DOUBLE
+typedef uint64_t real_bits;
+#define EXP_ALL ((real_bits)0x7ff0000000000000u)
+#else
+typedef uint32_t real_bits;
+#define EXP_ALL ((real_bits)0x7f800000u)
+#endif
+
 struct flow_trainer {
     flow_model *m;
     flow_train_config cfg;
@@ -51,6 +60,9 @@ struct flow_trainer {
     double *llogp;              /* and their log-density sums */
     uint64_t *lstreams;         /* their streams when a layer draws */
     double *npart;              /* grad_norm2's partials, one per chunk */
+    /* whether local_sum's sums were all finite (1, 0), or -1 when it
+     * did not look (the full passes, a communicator's sum) */
+    int sum_finite;
     /* the gradient's support (model_support): the passes over the
      * parameters skip the rest, whose gradient is 0 at every step; full:
      * every parameter (train_set_full_passes, tests) */
@@ -187,6 +199,7 @@ static flow_trainer *trainer_alloc(flow_model *m, const flow_train_config *cfg)
     t->npart = calloc(np / NORM_CHUNK + 1, sizeof *t->npart);
     t->live = model_support(m, &t->n_runs, &t->n_live, &t->live_pre);
     t->st.best_score = -INFINITY;
+    t->sum_finite = -1;
     rng_seed(&t->rng, cfg->seed);
     if (!t->grad || !t->am || !t->av || !t->best || !t->npart) {
         flow_trainer_free(t);
@@ -535,7 +548,11 @@ static double grad_norm2(flow_trainer *t)
  * objective or gradient skips the step; then clipping and Adam. */
 static int apply_step(flow_trainer *t, double objective, const char *what)
 {
-    double norm2 = grad_norm2(t);
+    /* the norm serves clipping; without it, whether the gradient is
+     * finite was seen as the blocks' slots were added (local_sum) */
+    int finite_seen = t->sum_finite >= 0 && !(t->cfg.clip_norm > 0);
+    double norm2 = finite_seen ? (t->sum_finite ? 0 : NAN) : grad_norm2(t);
+    t->sum_finite = -1;
     if (!isfinite(objective) || !isfinite(norm2)) {
         t->st.skipped++;
         if (++t->skipped_run >= t->cfg.max_skipped && t->cfg.max_skipped)
@@ -944,30 +961,67 @@ static size_t train_block_rows(size_t batch)
 typedef struct local_sum_job {
     flow_trainer *t;
     size_t nb;
+    /* per thread: the least exp_room of the sums it wrote (0: one of
+     * them is not finite) */
+    real_bits room[MODEL_MAX_THREADS];
 } local_sum_job;
 
-FLOW_VECTORIZE static void sum2_loop(size_t n, flow_real *restrict g,
-                                     const flow_real *restrict a,
-                                     const flow_real *restrict b)
+/* How far v's exponent field is from all ones: 0 exactly when v is
+ * infinite or NaN.  Integer operations, so that a minimum over a loop
+ * vectorises (a float reduction would not without reassociation). */
+static inline real_bits exp_room(flow_real v)
 {
-    for (size_t i = 0; i < n; i++)
-        g[i] = a[i] + b[i];
+    real_bits u;
+    memcpy(&u, &v, sizeof u);
+    return EXP_ALL - (u & EXP_ALL);
 }
 
-FLOW_VECTORIZE static void add_loop(size_t n, flow_real *restrict g,
-                                    const flow_real *restrict v)
+FLOW_VECTORIZE static real_bits sum2_loop(size_t n, flow_real *restrict g,
+                                          const flow_real *restrict a,
+                                          const flow_real *restrict b)
 {
-    for (size_t i = 0; i < n; i++)
-        g[i] += v[i];
+    real_bits room = EXP_ALL;
+    for (size_t i = 0; i < n; i++) {
+        flow_real v = a[i] + b[i];
+        real_bits r = exp_room(v);
+        g[i] = v;
+        room = r < room ? r : room;
+    }
+    return room;
+}
+
+FLOW_VECTORIZE static real_bits add_loop(size_t n, flow_real *restrict g,
+                                         const flow_real *restrict v)
+{
+    real_bits room = EXP_ALL;
+    for (size_t i = 0; i < n; i++) {
+        flow_real x = g[i] + v[i];
+        real_bits r = exp_room(x);
+        g[i] = x;
+        room = r < room ? r : room;
+    }
+    return room;
+}
+
+FLOW_VECTORIZE static real_bits copy_loop(size_t n, flow_real *restrict g,
+                                          const flow_real *restrict v)
+{
+    real_bits room = EXP_ALL;
+    for (size_t i = 0; i < n; i++) {
+        real_bits r = exp_room(v[i]);
+        g[i] = v[i];
+        room = r < room ? r : room;
+    }
+    return room;
 }
 
 static void local_sum_task(void *arg, size_t th, size_t lo, size_t hi)
 {
-    const local_sum_job *ls = arg;
+    local_sum_job *ls = arg;
     flow_trainer *t = ls->t;
     size_t np = t->np, off, len;
+    real_bits room = EXP_ALL;
     live_iter it;
-    (void)th;
     if (t->full) {
         memcpy(t->grad + lo, t->lgrad + lo, (hi - lo) * sizeof *t->grad);
         for (size_t k = 1; k < ls->nb; k++) {
@@ -980,14 +1034,18 @@ static void local_sum_task(void *arg, size_t th, size_t lo, size_t hi)
     live_begin(&it, t, lo, hi);
     while (live_next(&it, &off, &len)) {
         const flow_real *s0 = t->lgrad + off;
+        real_bits r;
         if (ls->nb == 1) {
-            memcpy(t->grad + off, s0, len * sizeof *t->grad);
-            continue;
+            r = copy_loop(len, t->grad + off, s0);
+        } else {
+            r = sum2_loop(len, t->grad + off, s0, s0 + np);
+            for (size_t k = 2; k < ls->nb; k++)
+                r = add_loop(len, t->grad + off, t->lgrad + k * np + off);
         }
-        sum2_loop(len, t->grad + off, s0, s0 + np);
-        for (size_t k = 2; k < ls->nb; k++)
-            add_loop(len, t->grad + off, t->lgrad + k * np + off);
+        if (r < room)
+            room = r;
     }
+    ls->room[th] = room;
 }
 
 /* Room for the blocks of a batch of b rows. */
@@ -1030,9 +1088,18 @@ nomem:
  * finish_grad on that sum. */
 static int local_sum(flow_trainer *t, size_t nb, size_t b, double *mean)
 {
-    local_sum_job ls = {t, nb};
+    local_sum_job ls = {.t = t, .nb = nb};
     double sum = 0;
+    for (size_t th = 0; th < MODEL_MAX_THREADS; th++)
+        ls.room[th] = EXP_ALL;
     model_parallel_for(t->m, pass_count(t), local_sum_task, &ls);
+    t->sum_finite = -1;
+    if (!t->full) {
+        t->sum_finite = 1;
+        for (size_t th = 0; th < MODEL_MAX_THREADS; th++)
+            if (ls.room[th] == 0)
+                t->sum_finite = 0;
+    }
     for (size_t k = 0; k < nb; k++)
         sum += t->llogp[k];
     *mean = sum / (double)b;

@@ -303,6 +303,21 @@ FLOW_PLUGIN_PATH=$FP "$F" train "$t/nan.flow" --data "$t/spike.csv" --steps 12 \
     --batch 64 -o "$t/n2.ckpt" 2>"$t/err"
 has "NaN steps reported" "$t/err" "3 steps skipped: non-finite loss or gradient"
 cmp -s "$t/n.ckpt" "$t/n2.ckpt"; check "NaN steps: deterministic" 0 $?
+# fault_nangrad: a finite loss, a NaN parameter gradient from the same
+# row: the same 3 steps skipped, whether the trainer takes the gradient's
+# norm (--clip) or sees its finiteness while adding the blocks (no clip)
+sed 's/fault_error/fault_nangrad/' "$t/faulty.flow" >"$t/ng.flow"
+for clip in "" "--clip 1"; do
+    FLOW_PLUGIN_PATH=$FP "$F" train "$t/ng.flow" --data "$t/spike.csv" \
+        --steps 12 --batch 64 --threads 2 $clip --json -o "$t/ng.ckpt" \
+        >"$t/json" 2>"$t/err"
+    check "NaN gradient steps skipped ${clip:-no clip}" 0 $?
+    has "NaN gradient steps skipped ${clip:-no clip}" "$t/json" \
+        '"skipped_steps": 3,'
+    FLOW_PLUGIN_PATH=$FP "$F" logprob "$t/ng.ckpt" --data "$t/te.csv" \
+        -o "$t/nglp.csv"
+    check "NaN gradient steps: parameters finite ${clip:-no clip}" 0 $?
+done
 FLOW_PLUGIN_PATH=$FP "$F" logprob "$t/n.ckpt" --data "$t/te.csv" -o "$t/nlp.csv"
 check "NaN steps: parameters finite" 0 $?
 # every row: 10 non-finite steps in a row stop training (exit 3: the run

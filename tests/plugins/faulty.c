@@ -34,7 +34,7 @@ typedef struct fault {
     size_t d;
     double at;
     int nan;                    /* 1: fault_nan, 0: fault_error,
-                                   2: fault_hang */
+                                   2: fault_hang, 3: fault_nangrad */
     int prep;                   /* fault_prepare: -1 prepare fails, -2
                                    finish_grad fails, else neither */
     const flow_host *host;
@@ -87,6 +87,13 @@ static void *hang_create(const flow_host *host, const flow_layer_config *cfg,
 {
     (void)diag;
     return create(host, cfg, 2);
+}
+
+static void *nangrad_create(const flow_host *host,
+                            const flow_layer_config *cfg, flow_diag *diag)
+{
+    (void)diag;
+    return create(host, cfg, 3);
 }
 
 static void *prepare_create(const flow_host *host,
@@ -160,7 +167,7 @@ static int shift(fault *f, const flow_call *c, const flow_real *in,
                                   (double)row[0], f->at);
         for (size_t i = 0; i < f->d; i++)
             out[r * f->d + i] = (flow_real)(row[i] + sign * c->params[i]);
-        logdet[r] = hit ? (flow_real)NAN : 0;
+        logdet[r] = hit && f->nan == 1 ? (flow_real)NAN : 0;
     }
     return FLOW_OK;
 }
@@ -177,15 +184,19 @@ static int inverse(void *self, const flow_call *c, const flow_real *z,
     return shift(self, c, z, x, logdet, -1);
 }
 
-/* dL/din = dL/dout; dL/dt = +-sum over rows of dL/dout */
-static int backward(fault *f, const flow_call *c, const flow_real *dout,
-                    flow_real *din, double sign)
+/* dL/din = dL/dout; dL/dt = +-sum over rows of dL/dout, NaN for
+ * fault_nangrad's rows of `in` reaching `at` (the loss stays finite) */
+static int backward(fault *f, const flow_call *c, const flow_real *in,
+                    const flow_real *dout, flow_real *din, double sign)
 {
     memcpy(din, dout, c->n * f->d * sizeof *din);
     if (c->grad)
-        for (size_t r = 0; r < c->n; r++)
+        for (size_t r = 0; r < c->n; r++) {
+            int hit = f->nan == 3 && (double)in[r * f->d] >= f->at;
             for (size_t i = 0; i < f->d; i++)
-                c->grad[i] += (flow_real)(sign * dout[r * f->d + i]);
+                c->grad[i] += hit ? (flow_real)NAN
+                                  : (flow_real)(sign * dout[r * f->d + i]);
+        }
     return FLOW_OK;
 }
 
@@ -194,8 +205,8 @@ static int forward_backward(void *self, const flow_call *c,
                             const flow_real *dz, const flow_real *dlogdet,
                             flow_real *dx)
 {
-    (void)x, (void)z, (void)dlogdet;
-    return backward(self, c, dz, dx, 1);
+    (void)z, (void)dlogdet;
+    return backward(self, c, x, dz, dx, 1);
 }
 
 static int inverse_backward(void *self, const flow_call *c,
@@ -203,8 +214,8 @@ static int inverse_backward(void *self, const flow_call *c,
                             const flow_real *dx, const flow_real *dlogdet,
                             flow_real *dz)
 {
-    (void)z, (void)x, (void)dlogdet;
-    return backward(self, c, dx, dz, -1);
+    (void)x, (void)dlogdet;
+    return backward(self, c, z, dx, dz, -1);
 }
 
 #define FAULT_TYPE(NAME, SUMMARY) \
@@ -226,6 +237,9 @@ FAULT_TYPE(fault_nan, "test: a shift with a NaN log-det on rows reaching "
                       "`at`")
 FAULT_TYPE(fault_hang, "test: a shift that never returns on rows reaching "
                        "`at`")
+#define fault_nangrad_create nangrad_create
+FAULT_TYPE(fault_nangrad, "test: a shift with a NaN parameter gradient "
+                          "from rows reaching `at`")
 
 static const flow_layer_type fault_prepare_type = {
     .struct_size = sizeof(flow_layer_type), .name = "fault_prepare",
@@ -263,4 +277,5 @@ static const flow_layer_type fault_export_type = {
 FLOW_PLUGIN_LAYERS("faulty", "test",
                    "layers that fail or return NaN on chosen rows",
                    &fault_error_type, &fault_nan_type, &fault_hang_type,
+                   &fault_nangrad_type,
                    &fault_prepare_type, &fault_export_type);
