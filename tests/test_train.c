@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "flow/flow.h"
+#include "../runtime/rng.h"
+#include "../runtime/train.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
@@ -282,6 +284,58 @@ START_TEST(test_early_stopping_restores_best)
 }
 END_TEST
 
+/* The 16-lane Adam (AVX-512) gives the portable loop's bits on every
+ * kind of value: normal, subnormal and zero moments (FLUSH_SUB's both
+ * sides), +-0, huge and tiny gradients and parameters, NaN and inf, over
+ * lengths that end mid-vector; with and without weight decay. */
+START_TEST(test_adam_wide_same_bits)
+{
+    enum { N = 1000 };
+    static const float special[] = {0.0f, -0.0f, 1e-40f, -1e-40f, FLT_MIN,
+                                    -FLT_MIN, 1e30f, -1e30f, 3e38f, NAN,
+                                    INFINITY, -INFINITY, 1.0f, -2.5f};
+    const size_t ns = sizeof special / sizeof special[0];
+    flow_real *v[2][4];
+    flow_rng r;
+    if (!train_adam_wide()) {
+        fputs("test_adam_wide_same_bits: no AVX-512 here, skipped\n",
+              stderr);
+        return;
+    }
+    rng_seed(&r, 5);
+    for (int w = 0; w < 2; w++)
+        for (int a = 0; a < 4; a++) {
+            v[w][a] = malloc(N * sizeof **v);
+            ck_assert_ptr_nonnull(v[w][a]);
+        }
+    for (int a = 0; a < 4; a++)
+        for (size_t i = 0; i < N; i++) {
+            double u = rng_uniform(&r);
+            flow_real x = (flow_real)((2 * u - 1) * (a == 3 ? 1e-3 : 1));
+            if (i % 7 == (size_t)a)      /* specials in every array */
+                x = (flow_real)special[(i / 7 + (size_t)a) % ns];
+            if (i % 7 == 5)              /* and in all four at once */
+                x = (flow_real)special[(i / 7) % ns];
+            if (a == 3 && x < 0)         /* second moments stay >= 0 */
+                x = -x;
+            v[0][a][i] = v[1][a][i] = x;
+        }
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t len = N; len > 0; len = len > 37 ? len - 333 : 0)
+            for (int w = 0; w < 2; w++)
+                train_adam_kernel(w, len, v[w][0], v[w][1], v[w][2],
+                                  v[w][3], 0.9, 0.999, rep ? 1e-2 : 0,
+                                  1e-3, 1.0 / (1 - pow(0.999, rep + 1)),
+                                  1e-8);
+    for (int a = 0; a < 4; a++)
+        ck_assert_msg(memcmp(v[0][a], v[1][a], N * sizeof **v) == 0,
+                      "array %d differs between the two Adam kernels", a);
+    for (int w = 0; w < 2; w++)
+        for (int a = 0; a < 4; a++)
+            free(v[w][a]);
+}
+END_TEST
+
 START_TEST(test_divergence_is_reported)
 {
     flow_real x[4] = {0, NAN, 2, 3};
@@ -500,6 +554,7 @@ Suite *suite_train(void)
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_early_stopping_restores_best);
     tcase_add_test(tc, test_divergence_is_reported);
+    tcase_add_test(tc, test_adam_wide_same_bits);
     suite_add_tcase(s, tc);
     tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup, teardown);
