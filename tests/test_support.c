@@ -10,34 +10,21 @@
 #include "flow/flowc.h"
 #include "../runtime/model.h"
 #include "../runtime/train.h"
+#include "model_util.h"
 #include "suites.h"
 
 static flow_ctx *ctx;
 
 static void setup(void)
 {
-    ctx = flow_ctx_new();
-    ck_assert_ptr_nonnull(ctx);
-    ck_assert_msg(flow_plugin_load_all(ctx) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
+    ctx = tu_ctx_with_plugins();
 }
 
 static void teardown(void) { flow_ctx_free(ctx); }
 
 static flow_model *build(const char *src, uint64_t seed)
 {
-    flow_model *m = NULL;
-    flow_compilation *comp = flow_compile_string(ctx, "s.flow", src,
-                                                 strlen(src));
-    ck_assert_ptr_nonnull(comp);
-    if (flow_compile_errors(comp))
-        flow_compile_print_diags(comp, stderr, FLOW_DIAG_TEXT);
-    ck_assert_uint_eq(flow_compile_errors(comp), 0);
-    ck_assert_msg(flow_graph_build_model(ctx, flow_compile_graph(comp), seed,
-                                         &m) == FLOW_OK, "%s",
-                  flow_errmsg(ctx));
-    flow_compile_free(comp);
-    return m;
+    return tu_build_model(ctx, "s.flow", src, seed, NULL);
 }
 
 /* A uniform draw in [-1, 1) from a 64-bit LCG (Knuth's MMIX constants). */
