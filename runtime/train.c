@@ -61,14 +61,15 @@ struct flow_trainer {
     uint64_t *lstreams;         /* their streams when a layer draws */
     double *npart;              /* grad_norm2's partials, one per chunk */
     /* whether local_sum's sums were all finite (1, 0), or -1 when it
-     * did not look (the full passes, a communicator's sum) */
+     * did not look (a communicator's sum) */
     int sum_finite;
     /* the gradient's support (model_support): the passes over the
-     * parameters skip the rest, whose gradient is 0 at every step; full:
-     * every parameter (train_set_full_passes, tests) */
+     * parameters skip the rest, whose gradient is 0 at every step; or,
+     * with train_set_full_passes (tests), the one run full_run of every
+     * parameter */
     const size_t *live, *live_pre;
     size_t n_runs, n_live;
-    int full;
+    size_t full_run[2], full_pre[2];
 };
 
 void flow_train_config_default(flow_train_config *cfg)
@@ -393,11 +394,10 @@ static int live_next(live_iter *it, size_t *off, size_t *len)
     return 1;
 }
 
-/* How many items the passes over the parameters split over the threads:
- * the live parameters, or all of them with the full passes. */
-static size_t pass_count(const flow_trainer *t)
+/* 1 when the passes run over every parameter (train_set_full_passes) */
+static int full_passes(const flow_trainer *t)
 {
-    return t->full ? t->np : t->n_live;
+    return t->live == t->full_run;
 }
 
 #if !FLOW_REAL_DOUBLE && defined(__GNUC__) && defined(__x86_64__)
@@ -522,11 +522,6 @@ static void adam_task(void *arg, size_t th, size_t lo, size_t hi)
     live_iter it;
     size_t off, len;
     (void)th;
-    if (t->full) {
-        adam_run(hi - lo, a->p + lo, t->grad + lo, t->am + lo, t->av + lo,
-                 a->b1, a->b2, a->wd, a->step, a->inv_c2, a->eps);
-        return;
-    }
     live_begin(&it, t, lo, hi);
     while (live_next(&it, &off, &len))
         adam_run(len, a->p + off, t->grad + off, t->am + off, t->av + off,
@@ -545,27 +540,11 @@ static void adam_update(flow_trainer *t, double lr)
     adam_job a = {t, flow_model_params(t->m), (flow_real)b1, (flow_real)b2,
                   (flow_real)t->cfg.weight_decay, (flow_real)(lr / c1),
                   (flow_real)(1.0 / c2), (flow_real)t->cfg.adam_eps};
-    model_parallel_for(t->m, pass_count(t), adam_task, &a);
-}
-
-/* Squared norm of g[0..n) in double, in 8 interleaved partial sums (a
- * fixed order: same bits every run) so that it vectorises. */
-FLOW_VECTORIZE static double norm2_loop(size_t n, const flow_real *g)
-{
-    double acc[8] = {0}, s = 0;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (size_t j = 0; j < 8; j++)
-            acc[j] += (double)g[i + j] * g[i + j];
-    for (; i < n; i++)
-        acc[0] += (double)g[i] * g[i];
-    for (size_t j = 0; j < 8; j++)
-        s += acc[j];
-    return s;
+    model_parallel_for(t->m, t->n_live, adam_task, &a);
 }
 
 /* The squared norm in fixed chunks of NORM_CHUNK parameters, each chunk's
- * norm2_loop stored in its own partial, and the partials added in chunk
+ * norm2_live stored in its own partial, and the partials added in chunk
  * order: the same bits for any thread count, since the threads' ranges
  * only decide which thread computes a chunk (the one whose range holds
  * the chunk's first parameter). */
@@ -584,13 +563,14 @@ static size_t support_from(const flow_trainer *t, size_t a)
     return lo;
 }
 
-/* norm2_loop(b, g + a) over the live parameters of the chunk [a, a + b)
- * (a a multiple of 8), with its bits: each live g[i] goes to the partial
- * sum norm2_loop adds it to ((i - a) % 8 in the body, 0 in the tail past
- * the last multiple of 8), in increasing i as there, and a parameter
- * outside the support, whose gradient is 0, adds +0 to a partial that
- * is +0 or more, which changes no bit.  Each run's piece: a scalar head
- * to the next multiple of 8, the vectorised body, a scalar tail. */
+/* Squared norm of the chunk [a, a + b) (a a multiple of 8) in double, in
+ * 8 interleaved partial sums so that it vectorises: g[i] goes to partial
+ * (i - a) % 8, or to partial 0 in the tail past the last multiple of 8,
+ * in increasing i (a fixed order: the same bits every run).  Only the
+ * live parameters are read: one outside the support, whose gradient is
+ * 0, would add +0 to a partial that is +0 or more, which changes no bit,
+ * so the sum is that of the whole chunk.  Each run's piece: a scalar
+ * head to the next multiple of 8, the vectorised body, a scalar tail. */
 FLOW_VECTORIZE static double norm2_live(const flow_trainer *t, size_t a,
                                         size_t b)
 {
@@ -634,13 +614,12 @@ static void norm_task(void *arg, size_t th, size_t lo, size_t hi)
          c++) {
         size_t a = c * NORM_CHUNK;
         size_t b = t->np - a < NORM_CHUNK ? t->np - a : NORM_CHUNK;
-        nj->part[c] = t->full ? norm2_loop(b, t->grad + a)
-                              : norm2_live(t, a, b);
+        nj->part[c] = norm2_live(t, a, b);
     }
 }
 
-/* The chunks are those of the full parameter vector with either pass
- * (the same bits), split over the threads by parameter. */
+/* The chunks are those of the full parameter vector whatever the
+ * support (the same bits), split over the threads by parameter. */
 static double grad_norm2(flow_trainer *t)
 {
     size_t nc = (t->np + NORM_CHUNK - 1) / NORM_CHUNK;
@@ -675,15 +654,11 @@ static int apply_step(flow_trainer *t, double objective, const char *what)
     t->skipped_run = 0;
     if (t->cfg.clip_norm > 0 && norm2 > t->cfg.clip_norm * t->cfg.clip_norm) {
         double s = t->cfg.clip_norm / sqrt(norm2);
-        if (t->full)
-            for (size_t i = 0; i < t->np; i++)
-                t->grad[i] = (flow_real)(t->grad[i] * s);
-        else
-            for (size_t r = 0; r < t->n_runs; r++) {
-                flow_real *g = t->grad + t->live[2 * r];
-                for (size_t i = 0; i < t->live[2 * r + 1]; i++)
-                    g[i] = (flow_real)(g[i] * s);
-            }
+        for (size_t r = 0; r < t->n_runs; r++) {
+            flow_real *g = t->grad + t->live[2 * r];
+            for (size_t i = 0; i < t->live[2 * r + 1]; i++)
+                g[i] = (flow_real)(g[i] * s);
+        }
     }
     adam_update(t, flow_trainer_lr(t));
     t->st.step++;
@@ -1131,15 +1106,6 @@ static void local_sum_task(void *arg, size_t th, size_t lo, size_t hi)
     size_t np = t->np, off, len;
     real_bits room = EXP_ALL;
     live_iter it;
-    if (t->full) {
-        memcpy(t->grad + lo, t->lgrad + lo, (hi - lo) * sizeof *t->grad);
-        for (size_t k = 1; k < ls->nb; k++) {
-            const flow_real *v = t->lgrad + k * np;
-            for (size_t i = lo; i < hi; i++)
-                t->grad[i] += v[i];
-        }
-        return;
-    }
     live_begin(&it, t, lo, hi);
     while (live_next(&it, &off, &len)) {
         const flow_real *s0 = t->lgrad + off;
@@ -1201,14 +1167,11 @@ static int local_sum(flow_trainer *t, size_t nb, size_t b, double *mean)
     double sum = 0;
     for (size_t th = 0; th < MODEL_MAX_THREADS; th++)
         ls.room[th] = EXP_ALL;
-    model_parallel_for(t->m, pass_count(t), local_sum_task, &ls);
-    t->sum_finite = -1;
-    if (!t->full) {
-        t->sum_finite = 1;
-        for (size_t th = 0; th < MODEL_MAX_THREADS; th++)
-            if (ls.room[th] == 0)
-                t->sum_finite = 0;
-    }
+    model_parallel_for(t->m, t->n_live, local_sum_task, &ls);
+    t->sum_finite = 1;
+    for (size_t th = 0; th < MODEL_MAX_THREADS; th++)
+        if (ls.room[th] == 0)
+            t->sum_finite = 0;
     for (size_t k = 0; k < nb; k++)
         sum += t->llogp[k];
     *mean = sum / (double)b;
@@ -1245,7 +1208,7 @@ static int local_gradient(flow_trainer *t, size_t start, size_t b,
             vi_block_stream(t->lstreams + 6 * k, key, k);
     }
     flow_model_set_training(t->m, 1);
-    model_set_live_slots(t->m, !t->full);
+    model_set_live_slots(t->m, !full_passes(t));
     rc = model_loglik_grad_blocks(t->m, b, t->bx, t->cdim ? t->bc : NULL, R,
                                   1.0 / (double)b,
                                   t->stochastic ? t->lstreams : NULL, NULL,
@@ -1278,7 +1241,7 @@ static int target_local_gradient(flow_trainer *t, double beta, double *elbo)
     if ((rc = local_grow(t, nb)) != FLOW_OK)
         return rc;
     key = step_key(t->m, after);
-    model_set_live_slots(t->m, !t->full);
+    model_set_live_slots(t->m, !full_passes(t));
     rc = vi_elbo_blocks(t->m, t->target, key, 0, b, R, NULL, b, beta,
                         t->llogp, t->lgrad);
     model_set_live_slots(t->m, 0);
@@ -1528,4 +1491,16 @@ flow_real *flow_trainer_adam_m(flow_trainer *t) { return t->am; }
 flow_real *flow_trainer_adam_v(flow_trainer *t) { return t->av; }
 flow_real *flow_trainer_best_params(flow_trainer *t) { return t->best; }
 
-void train_set_full_passes(flow_trainer *t, int full) { t->full = full != 0; }
+void train_set_full_passes(flow_trainer *t, int full)
+{
+    if (!full) {
+        t->live = model_support(t->m, &t->n_runs, &t->n_live, &t->live_pre);
+        return;
+    }
+    t->full_run[0] = t->full_pre[0] = 0;
+    t->full_run[1] = t->full_pre[1] = t->np;
+    t->live = t->full_run;
+    t->live_pre = t->full_pre;
+    t->n_runs = t->np ? 1 : 0;
+    t->n_live = t->np;
+}
