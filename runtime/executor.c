@@ -798,16 +798,26 @@ int exec_add_base_logpdf(flow_model *m, size_t n, const flow_real *z,
     return FLOW_OK;
 }
 
-/* Bytes a density pass holds per row: every layer's workspace per row
- * (the tape its backward would read: for a convolutional coupling of
- * glow_fashion the conditioner's hidden planes) and the activations
- * between the nodes. */
-static size_t pass_bytes_per_row(const flow_model *m)
+/* Bytes of activations per row: those between the nodes and the output
+ * (all a pass without tape holds per row, its layers' workspaces being
+ * per grid block and thread: ensure_ws). */
+static size_t act_bytes_per_row(const flow_model *m)
 {
     size_t b = model_out_dim(m) * sizeof(flow_real);
+    for (size_t i = 0; i < m->n_nodes; i++)
+        b += m->nodes[i].in_dim * sizeof(flow_real);
+    return b;
+}
+
+/* Bytes a density pass holds per row: the activations (act_bytes_per_row)
+ * and every layer's workspace per row (the tape its backward would
+ * read: for a convolutional coupling of glow_fashion the conditioner's
+ * hidden planes). */
+static size_t pass_bytes_per_row(const flow_model *m)
+{
+    size_t b = act_bytes_per_row(m);
     for (size_t i = 0; i < m->n_nodes; i++) {
         const node *nd = &m->nodes[i];
-        b += nd->in_dim * sizeof(flow_real);
         if (nd->kind == NODE_LAYER && nd->type->workspace) {
             /* the growth per row: a workspace also has fixed scratch
              * (a conv net's im2col matrices, 4.7 MB at 64 x 32 x 32) */
@@ -819,16 +829,6 @@ static size_t pass_bytes_per_row(const flow_model *m)
     return b;
 }
 
-/* Bytes a pass without tape holds per row: the activations between the
- * nodes only, as its layers' workspaces are per grid block and thread
- * (ensure_ws). */
-static size_t act_bytes_per_row(const flow_model *m)
-{
-    size_t b = model_out_dim(m) * sizeof(flow_real);
-    for (size_t i = 0; i < m->n_nodes; i++)
-        b += m->nodes[i].in_dim * sizeof(flow_real);
-    return b;
-}
 
 /* A log-density holds LOGPROB_BLOCK_BYTES of activations at most (but at
  * least LOGPROB_MIN_ROWS rows a pass, so that the threads keep whole

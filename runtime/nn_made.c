@@ -839,6 +839,15 @@ int nn_made_grad(const flow_net *net, flow_real *grad, flow_real *sw)
     return FLOW_OK;
 }
 
+/* 1 when layer l's forward takes one GEMM per row block over its prefix:
+ * column blocks would average under 32 wide (few inputs, maf64's first
+ * layer: 64 inputs over 8 blocks; docs/runtime.md). */
+static int made_by_rows(const flow_net *net, size_t l)
+{
+    const nn_layer *ly = &net->layer[l];
+    return (l ? ly->in : net->k + net->d) * MADE_BLOCK < 32 * ly->out;
+}
+
 /* Layer l of nn_made_forward through OpenBLAS: z = in W^T + b over the
  * blocks' prefixes (the float64 build, and CPUs without tgemm). */
 static int made_layer_blas(const flow_net *net, size_t l, size_t n,
@@ -851,9 +860,7 @@ static int made_layer_blas(const flow_net *net, size_t l, size_t n,
     const size_t *ex = net->ext + sort_roff(net, l);
     int st = FLOW_OK;
     fill_rows(n, R, bias, z);
-    if ((l ? ly->in : net->k + net->d) * MADE_BLOCK < 32 * R) {
-        /* column blocks would average under 32 wide (few inputs): one
-         * GEMM per row block over its prefix (docs/runtime.md) */
+    if (made_by_rows(net, l)) {
         for (size_t p0 = 0; p0 < R && st == FLOW_OK; p0 += MADE_BLOCK) {
             size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
             if (ex[p0])
@@ -908,7 +915,7 @@ static int made_layer_tgemm(const flow_net *net, size_t l, size_t n,
     const nn_layer *ly = &net->layer[l];
     size_t R = ly->out;
     const size_t *ex = net->ext + sort_roff(net, l);
-    if ((l ? ly->in : net->k + net->d) * MADE_BLOCK < 32 * R) {
+    if (made_by_rows(net, l)) {
         for (size_t p0 = 0; p0 < R; p0 += MADE_BLOCK) {
             size_t p1 = p0 + MADE_BLOCK < R ? p0 + MADE_BLOCK : R;
             tgemm_epi ep = {.bias = bias + p0, .relu = relu};
