@@ -12,11 +12,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cblas.h>
 
 #include "flow/flow.h"
+#include "shapes.h"
 
 typedef struct shape {
     const char *what;
@@ -24,13 +24,6 @@ typedef struct shape {
     size_t m, n, k;
     flow_real beta;
 } shape;
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static flow_real *fill(size_t n, unsigned *seed)
 {
@@ -58,49 +51,28 @@ static void call(const shape *s, const flow_real *a, const flow_real *b,
         1, a, lda, b, ldb, s->beta, c, (int)s->n);
 }
 
-/* Nanoseconds per call: the best of reps loops of >= min_time seconds. */
-static double time_call(const shape *s, const flow_real *a,
-                         const flow_real *b, flow_real *c, double min_time,
-                         int reps)
+/* One call of shape_time: the shape and its operands. */
+typedef struct timed {
+    const shape *s;
+    const flow_real *a, *b;
+    flow_real *c;
+} timed;
+
+static int timed_call(void *arg)
 {
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        long calls = 0;
-        double t0 = now(), t;
-        do {
-            for (int i = 0; i < 64; i++)
-                call(s, a, b, c);
-            calls += 64;
-            t = now() - t0;
-        } while (t < min_time);
-        if (t / (double)calls < best)
-            best = t / (double)calls;
-    }
-    return best * 1e9;
+    timed *t = arg;
+    call(t->s, t->a, t->b, t->c);
+    return 1;
 }
 
 int main(int argc, char **argv)
 {
-    size_t rows = 256;
-    double min_time = 0.2;
-    int reps = 5;
+    shape_opts o = {.rows = 256, .min_time = 0.2, .reps = 5};
     unsigned seed = 1;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--rows"))
-            rows = (size_t)atol(argv[i + 1]);
-        else if (!strcmp(argv[i], "--min-time"))
-            min_time = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--reps"))
-            reps = atoi(argv[i + 1]);
-        else {
-            fprintf(stderr, "gemm_shapes: unknown option %s\n", argv[i]);
-            return 2;
-        }
-    }
-    if (rows == 0 || reps < 1) {
-        fprintf(stderr, "gemm_shapes: --rows and --reps must be >= 1\n");
+    size_t rows;
+    if (shape_opts_parse("gemm_shapes", argc, argv, &o))
         return 2;
-    }
+    rows = o.rows;
     openblas_set_num_threads(1);
     {
         /* nn.c's calls for the MLP 1 -> 128 -> 128 -> 2 (nn_forward's
@@ -124,7 +96,8 @@ int main(int argc, char **argv)
             flow_real *b = fill(s->k * s->n, &seed);
             flow_real *c = fill(s->m * s->n, &seed);
             double fl = 2.0 * (double)(s->m * s->n * s->k);
-            double ns = time_call(s, a, b, c, min_time, reps);
+            timed tc = {s, a, b, c};
+            double ns = shape_time(timed_call, &tc, &o);
             tot += ns;
             printf("{\"shape\": \"%s\", \"call\": \"gemm(%d,%d,%zu,%zu,%zu)\", "
                    "\"ns\": %.0f, \"gflops\": %.2f}\n", s->what, s->ta,
