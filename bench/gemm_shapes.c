@@ -58,11 +58,10 @@ typedef struct timed {
     flow_real *c;
 } timed;
 
-static int timed_call(void *arg)
+static void timed_call(void *arg)
 {
-    timed *t = arg;
+    const timed *t = arg;
     call(t->s, t->a, t->b, t->c);
-    return 1;
 }
 
 int main(int argc, char **argv)

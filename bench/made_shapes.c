@@ -44,13 +44,13 @@ typedef struct timed {
     float *c;
 } timed;
 
-static int timed_call(void *arg)
+static void timed_call(void *arg)
 {
     const timed *t = arg;
     const shape *s = t->s;
     tgemm_epi ep = {.acc = s->acc};
-    return tgemm_ep(s->m, s->n, s->k, t->a, s->ars, s->acs, t->b, s->ldb,
-                    &ep, t->c, s->ldc);
+    tgemm_ep(s->m, s->n, s->k, t->a, s->ars, s->acs, t->b, s->ldb, &ep,
+             t->c, s->ldc);
 }
 
 int main(int argc, char **argv)
@@ -60,6 +60,11 @@ int main(int argc, char **argv)
     size_t rows;
     if (shape_opts_parse("made_shapes", argc, argv, &o))
         return 2;
+    if (tgemm_level() <= 0) {
+        fprintf(stderr, "made_shapes: tgemm does not run on this CPU (no "
+                "AVX2 + FMA)\n");
+        return 1;
+    }
     rows = o.rows;
     {
         /* Layer 0's 64-row blocks see 8, 16, ..., 64 inputs (8 hidden
@@ -96,11 +101,6 @@ int main(int argc, char **argv)
             double fl = 2.0 * (double)(s->m * s->n * s->k);
             timed tc = {s, a, b, c};
             double ns = shape_time(timed_call, &tc, &o);
-            if (ns < 0) {
-                fprintf(stderr, "made_shapes: tgemm does not run on this "
-                        "CPU (no AVX2 + FMA)\n");
-                return 1;
-            }
             printf("{\"shape\": \"%s\", \"call\": \"tgemm(%zu,%zu,%zu) "
                    "ars %zu acs %zu ldb %zu\", \"ns\": %.0f, \"gflops\": "
                    "%.1f}\n", s->what, s->m, s->n, s->k, s->ars, s->acs,
